@@ -1,0 +1,1 @@
+"""Generated code for the exchange.v1 contract: do not edit."""
