@@ -1,0 +1,58 @@
+"""``exchange init``: the hub's own CA, its server certificate, the schema and a first operator.
+
+The first operator cannot be registered through the API (registering needs an
+operator), so init writes it straight into the store and gives it an identity
+directory; every later member is registered by an operator over gRPC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from exchange import pki, validation
+from exchange.config import Settings
+from exchange.errors import FailedPrecondition
+from exchange.models import Department, Person, PrincipalKind, PrincipalRef, Role
+from exchange.services.registry import CertificateAuthority
+from exchange.store import Store
+
+
+@dataclass(frozen=True)
+class OperatorSeed:
+    """The department the first operator belongs to, and the operator."""
+
+    department: Department
+    username: str
+    display_name: str
+
+
+def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
+    """Creates the hub's keys and schema and its first operator; returns the operator's identity files."""
+    files = pki.HubFiles(settings.home)
+    if files.ca_key.exists():
+        raise FailedPrecondition(f"the hub at {settings.home} is already initialized ({files.ca_key} exists)")
+    validation.validate_department(seed.department)
+    operator = Person(seed.username, seed.display_name, seed.department.code, frozenset({Role.OPERATOR}))
+    validation.validate_person(operator)
+
+    ca_key, ca_cert = pki.create_ca(f"Exchange hub CA ({seed.department.name})")
+    server_key, server_cert = pki.issue_server_certificate(ca_key, ca_cert, settings.hostnames)
+    pki.write_secret(files.ca_key, pki.key_pem(ca_key))
+    pki.write_public(files.ca_cert, pki.cert_pem(ca_cert))
+    pki.write_secret(files.server_key, pki.key_pem(server_key))
+    pki.write_public(files.server_cert, pki.cert_pem(server_cert))
+
+    store = Store(settings.effective_database_url)
+    try:
+        store.db.migrate()
+        store.registry.add_department(seed.department)
+        store.registry.add_person(operator)
+        ref = PrincipalRef(PrincipalKind.PERSON, seed.username)
+        key = pki.new_key()
+        record = CertificateAuthority(ca_key, ca_cert).issue(pki.make_csr(key, ref), ref, settings.certificate_days)
+        store.registry.add_certificate(record)
+    finally:
+        store.close()
+    identity = files.identity(ref)
+    identity.write(key, record.pem.encode(), pki.cert_pem(ca_cert))
+    return identity

@@ -1,0 +1,85 @@
+"""A client of the hub for the command line (and the demo): channel, stubs, readable errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from exchange import pki
+from exchange.config import Settings
+from exchange.errors import ConfigError
+from exchange.models import Page
+from exchange.v1 import catalog_pb2_grpc, registry_pb2_grpc
+
+T = TypeVar("T")
+
+
+class HubClient:
+    """Stubs for every hub service over one mutual-TLS channel, with the configured deadline."""
+
+    def __init__(self, settings: Settings, identity: Path | None = None) -> None:
+        directory = identity or settings.identity
+        if directory is None:
+            raise ConfigError(
+                "no identity to call the hub with: pass --identity DIR (a directory with key.pem, cert.pem "
+                "and ca.pem, as `exchange cert issue` writes) or set EXCHANGE_IDENTITY"
+            )
+        files = pki.IdentityFiles(directory)
+        for path in (files.key, files.cert, files.ca):
+            if not path.exists():
+                raise ConfigError(f"identity file {path} is missing")
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=files.ca.read_bytes(),
+            private_key=files.key.read_bytes(),
+            certificate_chain=files.cert.read_bytes(),
+        )
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+        self.channel = grpc.secure_channel(settings.hub_address, credentials, options=options)
+        self.timeout = settings.call_timeout_seconds
+        self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self.catalog = catalog_pb2_grpc.CatalogServiceStub(self.channel)
+
+    def call(self, method: Callable[..., T], request: Any) -> T:
+        return method(request, timeout=self.timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def all_pages(fetch: Callable[[str], Page[T]]) -> Iterator[T]:
+    """Every item of a paged list, following next-page tokens."""
+    token = ""
+    while True:
+        page = fetch(token)
+        yield from page.items
+        token = page.next_page_token
+        if not token:
+            return
+
+
+def describe(error: grpc.RpcError) -> str:
+    """A person-readable account of a failed call, with the field violations the hub sent."""
+    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    message = error.details() if isinstance(error, grpc.Call) else str(error)
+    lines = [f"{code.name}: {message}"]
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            lines += [f"  - {v.field}: {v.description}" for v in bad.field_violations]
+    return "\n".join(lines)

@@ -1,0 +1,348 @@
+"""The client verbs of the ``exchange`` command: registry, certificates and catalog.
+
+Each verb builds a request, calls the hub with the caller's certificate, and
+prints a table (or JSON with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from exchange import models as m
+from exchange import pki
+from exchange import wire as w
+from exchange.cli import files, tables
+from exchange.cli.client import HubClient
+from exchange.config import Settings
+from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import registry_pb2 as rpb
+
+
+def _time(ts: Timestamp) -> str:
+    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M") if ts.seconds else "-"
+
+
+def _show(args: argparse.Namespace, message: Message, fields: list[tuple[str, str]]) -> None:
+    if args.json:
+        print(json_format.MessageToJson(message, ensure_ascii=False))
+    else:
+        print(tables.render(["field", "value"], fields, max_column=100))
+
+
+def _show_list(args: argparse.Namespace, response: Message, headers: list[str], rows: list[list[str]]) -> None:
+    if args.json:
+        print(json_format.MessageToJson(response, ensure_ascii=False))
+        return
+    print(tables.render(headers, rows))
+    token = getattr(response, "next_page_token", "")
+    if token:
+        print(f"(more: add --page-token {token})")
+
+
+def _ref(args: argparse.Namespace) -> m.PrincipalRef:
+    if args.system:
+        return m.PrincipalRef(m.PrincipalKind.SYSTEM, args.system)
+    return m.PrincipalRef(m.PrincipalKind.PERSON, args.person)
+
+
+# Registry
+
+
+def whoami(args: argparse.Namespace, settings: Settings) -> int:
+    with HubClient(settings, args.identity) as hub:
+        me = hub.call(hub.registry.WhoAmI, rpb.WhoAmIRequest())
+    roles = ", ".join(w.ROLE.label(r) for r in me.roles) or "-"
+    _show(args, me, [
+        ("principal", f"{w.KIND.label(me.principal.kind)}/{me.principal.code}"),
+        ("name", me.display_name),
+        ("department", me.department_code),
+        ("roles", roles),
+        ("certificate", me.certificate_fingerprint_sha256),
+    ])
+    return 0
+
+
+def _department_rows(departments: list[rpb.Department]) -> list[list[str]]:
+    return [[d.code, d.name, w.LEVEL.label(d.level), d.division_code, d.parent_code or "-"] for d in departments]
+
+
+DEPARTMENT_HEADERS = ["code", "name", "level", "division", "parent"]
+
+
+def dept_create(args: argparse.Namespace, settings: Settings) -> int:
+    department = m.Department(args.code, args.name, args.division_code, m.AdministrativeLevel(args.level), args.parent)
+    with HubClient(settings, args.identity) as hub:
+        created = hub.call(
+            hub.registry.CreateDepartment, rpb.CreateDepartmentRequest(department=w.department_to_wire(department))
+        )
+    _show_list(args, created, DEPARTMENT_HEADERS, _department_rows([created]))
+    return 0
+
+
+def dept_get(args: argparse.Namespace, settings: Settings) -> int:
+    with HubClient(settings, args.identity) as hub:
+        d = hub.call(hub.registry.GetDepartment, rpb.GetDepartmentRequest(code=args.code))
+    _show_list(args, d, DEPARTMENT_HEADERS, _department_rows([d]))
+    return 0
+
+
+def dept_list(args: argparse.Namespace, settings: Settings) -> int:
+    level = w.LEVEL.wire(m.AdministrativeLevel(args.level)) if args.level else 0
+    request = rpb.ListDepartmentsRequest(
+        page_size=args.page_size, page_token=args.page_token, parent_code=args.parent or "", level=level
+    )
+    with HubClient(settings, args.identity) as hub:
+        response = hub.call(hub.registry.ListDepartments, request)
+    _show_list(args, response, DEPARTMENT_HEADERS, _department_rows(list(response.departments)))
+    return 0
+
+
+SYSTEM_HEADERS = ["code", "name", "department", "created"]
+
+
+def _system_rows(systems: list[rpb.System]) -> list[list[str]]:
+    return [[s.code, s.name, s.department_code, _time(s.create_time)] for s in systems]
+
+
+def system_create(args: argparse.Namespace, settings: Settings) -> int:
+    system = m.System(args.code, args.name, args.department, args.description)
+    with HubClient(settings, args.identity) as hub:
+        created = hub.call(hub.registry.CreateSystem, rpb.CreateSystemRequest(system=w.system_to_wire(system)))
+    _show_list(args, created, SYSTEM_HEADERS, _system_rows([created]))
+    return 0
+
+
+def system_get(args: argparse.Namespace, settings: Settings) -> int:
+    with HubClient(settings, args.identity) as hub:
+        s = hub.call(hub.registry.GetSystem, rpb.GetSystemRequest(code=args.code))
+    _show_list(args, s, SYSTEM_HEADERS, _system_rows([s]))
+    return 0
+
+
+def system_list(args: argparse.Namespace, settings: Settings) -> int:
+    request = rpb.ListSystemsRequest(
+        page_size=args.page_size, page_token=args.page_token, department_code=args.department or ""
+    )
+    with HubClient(settings, args.identity) as hub:
+        response = hub.call(hub.registry.ListSystems, request)
+    _show_list(args, response, SYSTEM_HEADERS, _system_rows(list(response.systems)))
+    return 0
+
+
+PERSON_HEADERS = ["username", "name", "department", "roles"]
+
+
+def _person_rows(people: list[rpb.Person]) -> list[list[str]]:
+    return [
+        [p.username, p.display_name, p.department_code, ", ".join(w.ROLE.label(r) for r in p.roles)] for p in people
+    ]
+
+
+def person_create(args: argparse.Namespace, settings: Settings) -> int:
+    person = m.Person(args.username, args.name, args.department, frozenset(m.Role(r) for r in args.role))
+    with HubClient(settings, args.identity) as hub:
+        created = hub.call(hub.registry.CreatePerson, rpb.CreatePersonRequest(person=w.person_to_wire(person)))
+    _show_list(args, created, PERSON_HEADERS, _person_rows([created]))
+    return 0
+
+
+def person_get(args: argparse.Namespace, settings: Settings) -> int:
+    with HubClient(settings, args.identity) as hub:
+        p = hub.call(hub.registry.GetPerson, rpb.GetPersonRequest(username=args.username))
+    _show_list(args, p, PERSON_HEADERS, _person_rows([p]))
+    return 0
+
+
+def person_list(args: argparse.Namespace, settings: Settings) -> int:
+    role = w.ROLE.wire(m.Role(args.role)) if args.role else 0
+    request = rpb.ListPeopleRequest(
+        page_size=args.page_size, page_token=args.page_token, department_code=args.department or "", role=role
+    )
+    with HubClient(settings, args.identity) as hub:
+        response = hub.call(hub.registry.ListPeople, request)
+    _show_list(args, response, PERSON_HEADERS, _person_rows(list(response.people)))
+    return 0
+
+
+# Certificates
+
+
+def issue_identity(hub: HubClient, ref: m.PrincipalRef, out: Path, ca_pem: bytes, days: int = 0) -> rpb.Certificate:
+    """Makes a key here, has the hub sign it for ``ref``, and writes an identity directory."""
+    key = pki.new_key()
+    request = rpb.IssueCertificateRequest(
+        principal=w.principal_ref_to_wire(ref), csr_pem=pki.make_csr(key, ref), validity_days=days
+    )
+    cert = hub.call(hub.registry.IssueCertificate, request)
+    pki.IdentityFiles(out).write(key, cert.pem.encode(), ca_pem)
+    return cert
+
+
+def cert_issue(args: argparse.Namespace, settings: Settings) -> int:
+    ref = _ref(args)
+    with HubClient(settings, args.identity) as hub:
+        ca_pem = pki.IdentityFiles(args.identity or settings.identity).ca.read_bytes()
+        cert = issue_identity(hub, ref, args.out, ca_pem, args.days)
+    print(f"issued a certificate for {ref} (valid until {_time(cert.not_after)}); identity written to {args.out}")
+    print(f"the private key never left this machine: {pki.IdentityFiles(args.out).key} (mode 0600)")
+    return 0
+
+
+def cert_list(args: argparse.Namespace, settings: Settings) -> int:
+    request = rpb.ListCertificatesRequest(page_size=args.page_size, page_token=args.page_token)
+    if args.system or args.person:
+        request.principal.CopyFrom(w.principal_ref_to_wire(_ref(args)))
+    with HubClient(settings, args.identity) as hub:
+        response = hub.call(hub.registry.ListCertificates, request)
+    rows = [
+        [
+            f"{w.KIND.label(c.principal.kind)}/{c.principal.code}",
+            c.serial_number[:16],
+            _time(c.not_before),
+            _time(c.not_after),
+            c.fingerprint_sha256[:16],
+        ]
+        for c in response.certificates
+    ]
+    _show_list(args, response, ["principal", "serial", "valid from", "valid until", "fingerprint"], rows)
+    return 0
+
+
+# Catalog
+
+RESOURCE_HEADERS = ["code", "name", "department", "share", "method", "status", "v"]
+
+
+def _resource_rows(resources: list[cpb.Resource]) -> list[list[str]]:
+    return [
+        [
+            r.code,
+            r.name,
+            r.department_code,
+            w.SHARE_TYPE.label(r.share_type),
+            w.SHARE_METHOD.label(r.share_method),
+            w.STATUS.label(r.status),
+            str(r.version),
+        ]
+        for r in resources
+    ]
+
+
+def _resource_detail(r: cpb.Resource) -> list[tuple[str, str]]:
+    rows = [
+        ("code", r.code),
+        ("name", r.name),
+        ("department", r.department_code),
+        ("summary", r.summary),
+        ("classification", r.classification),
+        ("format", r.format),
+        ("share type", w.SHARE_TYPE.label(r.share_type)),
+        ("share conditions", r.share_conditions or "-"),
+        ("legal basis", r.legal_basis or "-"),
+        ("share method", w.SHARE_METHOD.label(r.share_method)),
+        ("open to public", "yes" if r.open_to_public else "no"),
+        ("update cycle", w.UPDATE_CYCLE.label(r.update_cycle)),
+        ("related", ", ".join(r.related_resource_codes) or "-"),
+        ("status", f"{w.STATUS.label(r.status)} (version {r.version})"),
+        ("published", _time(r.publish_time)),
+    ]
+    for i in r.data_items:
+        personal = ", personal" if i.personal_information else ""
+        rows.append(
+            (f"  {i.name}", f"{i.title} ({w.FIELD_TYPE.label(i.type)}, {w.SENSITIVITY.label(i.sensitivity)}{personal})")
+        )
+    return rows
+
+
+def catalog_get(args: argparse.Namespace, settings: Settings) -> int:
+    with HubClient(settings, args.identity) as hub:
+        r = hub.call(hub.catalog.GetResource, cpb.GetResourceRequest(code=args.code, version=args.version))
+    _show(args, r, _resource_detail(r))
+    return 0
+
+
+def catalog_list(args: argparse.Namespace, settings: Settings) -> int:
+    request = cpb.ListResourcesRequest(
+        page_size=args.page_size,
+        page_token=args.page_token,
+        department_code=args.department or "",
+        share_type=w.SHARE_TYPE.wire(m.ShareType(args.share_type)) if args.share_type else 0,
+        status=w.STATUS.wire(m.ResourceStatus(args.status)) if args.status else 0,
+        text=args.text or "",
+        field_name=args.field or "",
+    )
+    with HubClient(settings, args.identity) as hub:
+        response = hub.call(hub.catalog.ListResources, request)
+    _show_list(args, response, RESOURCE_HEADERS, _resource_rows(list(response.resources)))
+    return 0
+
+
+def catalog_history(args: argparse.Namespace, settings: Settings) -> int:
+    request = cpb.ListResourceVersionsRequest(code=args.code, page_size=args.page_size, page_token=args.page_token)
+    with HubClient(settings, args.identity) as hub:
+        response = hub.call(hub.catalog.ListResourceVersions, request)
+    rows = [
+        [
+            str(v.version),
+            w.CHANGE.label(v.change),
+            f"{w.KIND.label(v.actor.kind)}/{v.actor.code}",
+            _time(v.change_time),
+            w.STATUS.label(v.resource.status),
+            v.reason or "-",
+        ]
+        for v in response.versions
+    ]
+    _show_list(args, response, ["version", "change", "by", "at", "status", "reason"], rows)
+    return 0
+
+
+def catalog_status(args: argparse.Namespace, settings: Settings) -> int:
+    request = cpb.ChangeResourceStatusRequest(code=args.code, expected_version=args.expected_version, reason=args.reason)
+    with HubClient(settings, args.identity) as hub:
+        method = {
+            "publish": hub.catalog.PublishResource,
+            "suspend": hub.catalog.SuspendResource,
+            "retire": hub.catalog.RetireResource,
+        }[args.verb]
+        r = hub.call(method, request)
+    _show_list(args, r, RESOURCE_HEADERS, _resource_rows([r]))
+    return 0
+
+
+def load_catalog(hub: HubClient, specs: list[m.ResourceSpec], publish: bool, reason: str) -> list[cpb.Resource]:
+    """Creates entries that are new and updates those that changed; returns what the hub holds after."""
+    results = []
+    for spec in specs:
+        wire = w.spec_to_wire(spec)
+        try:
+            current = hub.call(hub.catalog.GetResource, cpb.GetResourceRequest(code=spec.code))
+        except grpc.RpcError as e:
+            if not isinstance(e, grpc.Call) or e.code() is not grpc.StatusCode.NOT_FOUND:
+                raise
+            request = cpb.CreateResourceRequest(resource=wire, publish=publish, reason=reason)
+            results.append(hub.call(hub.catalog.CreateResource, request))
+            continue
+        editable = cpb.Resource()
+        editable.CopyFrom(current)
+        for name in ("status", "version", "publish_time", "create_time", "update_time"):
+            editable.ClearField(name)
+        if editable == wire:
+            results.append(current)
+            continue
+        update = cpb.UpdateResourceRequest(resource=wire, expected_version=current.version, reason=reason)
+        results.append(hub.call(hub.catalog.UpdateResource, update))
+    return results
+
+
+def catalog_load(args: argparse.Namespace, settings: Settings) -> int:
+    specs = files.read_catalog(args.file)
+    with HubClient(settings, args.identity) as hub:
+        results = load_catalog(hub, specs, publish=not args.draft, reason=args.reason)
+    print(tables.render(RESOURCE_HEADERS, _resource_rows(results)))
+    return 0

@@ -1,0 +1,210 @@
+"""``exchange demo``: a hub with the flat-sale scenario's departments and catalog, shown step by step.
+
+The demo runs in its own home (var/demo), rebuilt on every run, and calls the
+hub exactly as departments would: over mutual TLS, each with its own
+certificate. After the tour it keeps serving so the CLI can be tried against
+it, until Ctrl-C (or at once with --once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import signal
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+
+from exchange import models as m
+from exchange import pki
+from exchange import wire as w
+from exchange.bootstrap import OperatorSeed, initialize
+from exchange.cli import commands, files, tables
+from exchange.cli.client import HubClient, describe
+from exchange.config import Settings
+from exchange.errors import FailedPrecondition
+from exchange.server.app import Hub
+from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import registry_pb2 as rpb
+
+DATA = Path(__file__).resolve().parent.parent / "demo"
+MARKER = ".exchange-demo"
+
+
+def _fresh_home(home: Path) -> None:
+    """Empties the demo's home, refusing to touch a directory the demo did not make."""
+    if home.exists():
+        if not (home / MARKER).exists():
+            raise FailedPrecondition(f"{home} exists and is not a demo home; choose another with --home")
+        shutil.rmtree(home)
+    home.mkdir(parents=True, mode=0o700)
+    (home / MARKER).write_text("made by `exchange demo`; rebuilt on every run\n")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    home = args.home or Path("var/demo")
+    settings = replace(settings, home=home, database_url="", listen=args.listen or settings.listen)
+    _fresh_home(home)
+    members = files.read_members(DATA / "members.yaml")
+    specs = files.read_catalog(DATA / "catalog.yaml")
+    operator = initialize(settings, OperatorSeed(members.authority, members.operator.username,
+                                                 members.operator.display_name))
+    return asyncio.run(_serve_tour(settings, members, specs, operator.directory, args.once))
+
+
+async def _serve_tour(
+    settings: Settings, members: files.Members, specs: list[m.ResourceSpec], operator: Path, once: bool
+) -> int:
+    hub = Hub(settings)
+    port = await hub.start()
+    settings = replace(settings, hub_address=f"localhost:{port}")
+    try:
+        await asyncio.to_thread(Tour(settings, members, operator).run, specs)
+        if not once:
+            print(f"\nThe hub is serving on localhost:{port}. In another terminal, for example:")
+            print(f"  .venv/bin/exchange --hub localhost:{port} --identity {operator} catalog list")
+            print(f"  .venv/bin/exchange --hub localhost:{port} --identity {operator} dept list")
+            print("Press Ctrl-C to stop.")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+    finally:
+        await hub.stop(grace=2)
+    return 0
+
+
+def _step(title: str) -> None:
+    print(f"\n== {title}")
+
+
+class Tour:
+    """The demo's story, told through real calls to the hub."""
+
+    def __init__(self, settings: Settings, members: files.Members, operator: Path) -> None:
+        self.settings = settings
+        self.members = members
+        self.operator = operator
+        self.home = pki.HubFiles(settings.home)
+        self.ca_pem = pki.IdentityFiles(operator).ca.read_bytes()
+
+    def client(self, identity: Path) -> HubClient:
+        return HubClient(self.settings, identity)
+
+    def identity_of(self, username: str) -> Path:
+        return self.home.identity(m.PrincipalRef(m.PrincipalKind.PERSON, username)).directory
+
+    def run(self, specs: list[m.ResourceSpec]) -> None:
+        self.register()
+        self.publish(specs)
+        self.browse()
+        self.refusals()
+        self.history()
+
+    def register(self) -> None:
+        _step("1. The operator registers the departments, their systems and people, and certifies each")
+        with self.client(self.operator) as hub:
+            for d in self.members.departments:
+                hub.call(hub.registry.CreateDepartment, rpb.CreateDepartmentRequest(department=w.department_to_wire(d)))
+            for s in self.members.systems:
+                hub.call(hub.registry.CreateSystem, rpb.CreateSystemRequest(system=w.system_to_wire(s)))
+                ref = m.PrincipalRef(m.PrincipalKind.SYSTEM, s.code)
+                commands.issue_identity(hub, ref, self.home.identity(ref).directory, self.ca_pem)
+            for p in self.members.people:
+                hub.call(hub.registry.CreatePerson, rpb.CreatePersonRequest(person=w.person_to_wire(p)))
+                ref = m.PrincipalRef(m.PrincipalKind.PERSON, p.username)
+                commands.issue_identity(hub, ref, self.home.identity(ref).directory, self.ca_pem)
+            departments = hub.call(hub.registry.ListDepartments, rpb.ListDepartmentsRequest()).departments
+            people = hub.call(hub.registry.ListPeople, rpb.ListPeopleRequest()).people
+        print(tables.render(commands.DEPARTMENT_HEADERS, commands._department_rows(list(departments))))
+        print()
+        print(tables.render(commands.PERSON_HEADERS, commands._person_rows(list(people))))
+        print(f"\n{len(self.members.systems)} systems and {len(self.members.people)} people hold certificates "
+              f"in {self.home.home / 'identities'} (keys made locally, mode 0600).")
+
+    def steward_of(self, department: str) -> str:
+        return next(
+            p.username for p in self.members.people
+            if p.department_code == department and m.Role.OWNER_STEWARD in p.roles
+        )
+
+    def publish(self, specs: list[m.ResourceSpec]) -> None:
+        _step("2. Each department's steward publishes its own catalog entries")
+        for department in dict.fromkeys(s.department_code for s in specs):
+            steward = self.steward_of(department)
+            own = [s for s in specs if s.department_code == department]
+            with self.client(self.identity_of(steward)) as hub:
+                commands.load_catalog(hub, own, publish=True, reason="首次编目")
+            print(f"  {steward:<14} published {len(own)} entr{'y' if len(own) == 1 else 'ies'} of {department}")
+
+    def browse(self) -> None:
+        clerk = self.identity_of("bdc-clerk")
+        with self.client(clerk) as hub:
+            _step("3. The catalog, as the real-estate registry's clerk sees it")
+            self._list(hub, cpb.ListResourcesRequest())
+            _step("4. Search: entries with an ID-number field (data item 公民身份号码)")
+            self._list(hub, cpb.ListResourcesRequest(field_name="公民身份号码"))
+            _step("4b. Search: conditional entries mentioning 不动产")
+            conditional = w.SHARE_TYPE.wire(m.ShareType.CONDITIONAL)
+            self._list(hub, cpb.ListResourcesRequest(text="不动产", share_type=conditional))
+            _step("5. One entry in full: public security's resident identity")
+            entry = hub.call(hub.catalog.GetResource, cpb.GetResourceRequest(code="10101/350200000001"))
+            print(tables.render(["field", "value"], commands._resource_detail(entry), max_column=90))
+
+    @staticmethod
+    def _list(hub: HubClient, request: cpb.ListResourcesRequest) -> None:
+        response = hub.call(hub.catalog.ListResources, request)
+        print(tables.render(commands.RESOURCE_HEADERS, commands._resource_rows(list(response.resources))))
+
+    def _expect_refusal(self, what: str, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except grpc.RpcError as e:
+            print(f"  {what}\n    -> {describe(e).replace(chr(10), chr(10) + '    ')}")
+            return
+        raise AssertionError(f"the hub accepted: {what}")
+
+    def refusals(self) -> None:
+        _step("6. What the hub refuses, and how it says so")
+        housing = self.identity_of("zj-steward")
+        with self.client(housing) as hub:
+            request = cpb.ChangeResourceStatusRequest(code="10101/350200000001", reason="试图停用他人目录")
+            self._expect_refusal(
+                "housing's steward suspends public security's entry",
+                lambda: hub.call(hub.catalog.SuspendResource, request),
+            )
+            bad = w.spec_to_wire(m.ResourceSpec(
+                code="20301/350200000009", name="购房资格审核结果", department_code="11350200MB0034567G",
+                data_items=(m.DataItem("buyer_id_number", "购房人证件号码", m.FieldType.STRING),),
+                share_type=m.ShareType.CONDITIONAL, share_method=m.ShareMethod.QUERY,
+                update_cycle=m.UpdateCycle.DAILY,
+            ))
+            self._expect_refusal(
+                "a conditional entry with no conditions or legal basis",
+                lambda: hub.call(hub.catalog.CreateResource, cpb.CreateResourceRequest(resource=bad)),
+            )
+        with self.client(self.operator) as hub:
+            duplicate = self.members.departments[0]
+            self._expect_refusal(
+                f"registering {duplicate.name} a second time",
+                lambda: hub.call(hub.registry.CreateDepartment,
+                                 rpb.CreateDepartmentRequest(department=w.department_to_wire(duplicate))),
+            )
+
+    def history(self) -> None:
+        _step("7. Every change is a version: public security suspends, then republishes, its entry")
+        code = "10101/350200000001"
+        with self.client(self.identity_of("ga-steward")) as hub:
+            hub.call(hub.catalog.SuspendResource,
+                     cpb.ChangeResourceStatusRequest(code=code, reason="系统升级，暂停共享"))
+            hub.call(hub.catalog.PublishResource, cpb.ChangeResourceStatusRequest(code=code, reason="升级完成"))
+            versions = hub.call(hub.catalog.ListResourceVersions, cpb.ListResourceVersionsRequest(code=code))
+        rows = [
+            [str(v.version), w.CHANGE.label(v.change), v.actor.code, w.STATUS.label(v.resource.status), v.reason]
+            for v in versions.versions
+        ]
+        print(tables.render(["version", "change", "by", "status", "reason"], rows))

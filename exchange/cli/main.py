@@ -1,0 +1,201 @@
+"""``exchange``: run the hub (init, migrate, serve, demo) and call it (registry, certificates, catalog)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import grpc
+
+from exchange import config, models
+from exchange.bootstrap import OperatorSeed, initialize
+from exchange.cli import commands, demo
+from exchange.cli.client import describe
+from exchange.errors import ExchangeError, InvalidArgument
+from exchange.server.app import serve
+from exchange.store import Store
+
+Command = Callable[[argparse.Namespace, config.Settings], int]
+
+
+def _init(args: argparse.Namespace, settings: config.Settings) -> int:
+    seed = OperatorSeed(
+        models.Department(args.department_code, args.department_name, args.division_code,
+                          models.AdministrativeLevel(args.level)),
+        args.operator,
+        args.operator_name,
+    )
+    identity = initialize(settings, seed)
+    print(f"hub initialized in {settings.home} (store: {settings.effective_database_url})")
+    print(f"first operator {args.operator}: identity in {identity.directory}")
+    print(f"next: exchange serve, then exchange --identity {identity.directory} whoami")
+    return 0
+
+
+def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
+    store = Store(settings.effective_database_url)
+    try:
+        store.db.migrate()
+    finally:
+        store.close()
+    print("store schema is current")
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _paged(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--page-size", type=int, default=0, help="items per page (default 50, at most 1000)")
+    p.add_argument("--page-token", default="", help="token printed at the end of the previous page")
+
+
+def _principal_choice(p: argparse.ArgumentParser, required: bool) -> None:
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument("--system", help="a system's code")
+    group.add_argument("--person", help="a person's username")
+
+
+def _verb(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, fn: Command, text: str
+          ) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=text, description=text)
+    p.set_defaults(func=fn)
+    return p
+
+
+def _registry_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    levels = [x.value for x in models.AdministrativeLevel]
+    dept = top.add_parser("dept", help="departments").add_subparsers(dest="verb", required=True)
+    p = _verb(dept, "create", commands.dept_create, "register a department (operator)")
+    p.add_argument("--code", required=True, help="unified social credit code, 18 characters")
+    p.add_argument("--name", required=True)
+    p.add_argument("--division-code", required=True, help="GB/T 2260 division code, e.g. 350200")
+    p.add_argument("--level", required=True, choices=levels)
+    p.add_argument("--parent", help="code of the department above")
+    _verb(dept, "get", commands.dept_get, "show a department").add_argument("code")
+    p = _verb(dept, "list", commands.dept_list, "list departments")
+    p.add_argument("--parent")
+    p.add_argument("--level", choices=levels)
+    _paged(p)
+
+    system = top.add_parser("system", help="departmental systems").add_subparsers(dest="verb", required=True)
+    p = _verb(system, "create", commands.system_create, "register a system (operator)")
+    p.add_argument("--code", required=True, help="e.g. ga-rkxx")
+    p.add_argument("--name", required=True)
+    p.add_argument("--department", required=True, help="owning department's code")
+    p.add_argument("--description", default="")
+    _verb(system, "get", commands.system_get, "show a system").add_argument("code")
+    p = _verb(system, "list", commands.system_list, "list systems")
+    p.add_argument("--department")
+    _paged(p)
+
+    person = top.add_parser("person", help="people").add_subparsers(dest="verb", required=True)
+    p = _verb(person, "create", commands.person_create, "register a person (operator)")
+    p.add_argument("--username", required=True)
+    p.add_argument("--name", required=True, help="display name")
+    p.add_argument("--department", required=True)
+    p.add_argument("--role", action="append", required=True, choices=[r.value for r in models.Role])
+    _verb(person, "get", commands.person_get, "show a person").add_argument("username")
+    p = _verb(person, "list", commands.person_list, "list people")
+    p.add_argument("--department")
+    p.add_argument("--role", choices=[r.value for r in models.Role])
+    _paged(p)
+
+    cert = top.add_parser("cert", help="client certificates").add_subparsers(dest="verb", required=True)
+    p = _verb(cert, "issue", commands.cert_issue, "make a key here and have the hub certify it (operator)")
+    _principal_choice(p, required=True)
+    p.add_argument("--out", type=Path, required=True, help="identity directory to write")
+    p.add_argument("--days", type=int, default=0, help="validity in days (default: the hub's)")
+    p = _verb(cert, "list", commands.cert_list, "list issued certificates")
+    _principal_choice(p, required=False)
+    _paged(p)
+
+
+def _catalog_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    catalog = top.add_parser("catalog", help="the resource catalog").add_subparsers(dest="verb", required=True)
+    p = _verb(catalog, "load", commands.catalog_load, "create or update entries from a YAML/JSON file (steward)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--draft", action="store_true", help="create new entries as drafts")
+    p.add_argument("--reason", default="", help="recorded in each entry's history")
+    p = _verb(catalog, "get", commands.catalog_get, "show an entry")
+    p.add_argument("code")
+    p.add_argument("--version", type=int, default=0, help="a past version")
+    p = _verb(catalog, "list", commands.catalog_list, "list and search entries")
+    p.add_argument("--department")
+    p.add_argument("--share-type", choices=[x.value for x in models.ShareType])
+    p.add_argument("--status", choices=[x.value for x in models.ResourceStatus])
+    p.add_argument("--text", help="words in code, name, summary or classification")
+    p.add_argument("--field", help="entries with a data item of this name or title")
+    _paged(p)
+    p = _verb(catalog, "history", commands.catalog_history, "an entry's versions")
+    p.add_argument("code")
+    _paged(p)
+    for verb in ("publish", "suspend", "retire"):
+        p = _verb(catalog, verb, commands.catalog_status, f"{verb} an entry (steward)")
+        p.add_argument("code")
+        p.add_argument("--reason", default="", required=verb != "publish")
+        p.add_argument("--expected-version", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="exchange", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML settings file (default: exchange.toml if present)")
+    parser.add_argument("--home", type=Path, help="the hub's home directory (EXCHANGE_HOME)")
+    parser.add_argument("--hub", dest="hub_address", help="host:port of the hub (EXCHANGE_HUB_ADDRESS)")
+    parser.add_argument("--identity", type=Path, help="identity directory to call with (EXCHANGE_IDENTITY)")
+    parser.add_argument("--json", action="store_true", help="print responses as JSON")
+    top = parser.add_subparsers(dest="command", required=True)
+
+    p = _verb(top, "init", _init, "create the hub's CA, server certificate, schema and first operator")
+    p.add_argument("--department-code", required=True, help="the operating authority's credit code")
+    p.add_argument("--department-name", required=True)
+    p.add_argument("--division-code", required=True)
+    p.add_argument("--level", default="city", choices=[x.value for x in models.AdministrativeLevel])
+    p.add_argument("--operator", default="operator", help="the first operator's username")
+    p.add_argument("--operator-name", default="Hub operator")
+    _verb(top, "migrate", _migrate, "bring the store's schema up to date")
+    p = _verb(top, "serve", _serve, "run the hub until SIGTERM or Ctrl-C")
+    p.add_argument("--listen", help="host:port (EXCHANGE_LISTEN)")
+    p.add_argument("--insecure-dev", action="store_true", default=None,
+                   help="plaintext, no certificates: development only")
+    p = _verb(top, "demo", demo.run, "start a hub with demo departments and catalog, and show them")
+    p.add_argument("--once", action="store_true", help="stop after the tour instead of serving on")
+    p.add_argument("--listen", help="host:port (default 127.0.0.1:7443)")
+    _verb(top, "whoami", commands.whoami, "who the hub takes you to be")
+    _registry_verbs(top)
+    _catalog_verbs(top)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = {k: getattr(args, k, None) for k in ("home", "hub_address", "identity", "listen", "insecure_dev")}
+        settings = config.load(args.config, overrides=overrides)
+        logging.basicConfig(
+            level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        code: int = args.func(args, settings)
+        return code
+    except InvalidArgument as e:
+        lines = [f"  - {v.field}: {v.description}" for v in e.violations]
+        print("\n".join(["error: invalid input:", *lines]) if lines else f"error: {e.message}", file=sys.stderr)
+        return 2
+    except ExchangeError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as e:
+        print(f"error: {describe(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

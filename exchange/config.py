@@ -1,0 +1,166 @@
+"""The hub's configuration: defaults, then a TOML file, then ``EXCHANGE_*`` variables.
+
+This is the only module that reads configuration. Every setting is checked
+when loaded, and a bad one stops the program with a message naming the
+setting, where it came from, and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from exchange.errors import ConfigError
+
+ENV_PREFIX = "EXCHANGE_"
+DEFAULT_FILE = Path("exchange.toml")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings, with their defaults. Paths are relative to the working directory."""
+
+    # Where the hub keeps its certificate authority, server key and, by default, its database.
+    home: Path = Path("var/hub")
+    # SQLAlchemy URL; empty means a SQLite file in `home`. PostgreSQL: postgresql+psycopg://host/db
+    database_url: str = ""
+    # host:port the server listens on (mutual TLS).
+    listen: str = "127.0.0.1:7443"
+    # Names the server certificate is valid for (DNS names or IP addresses).
+    hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")
+    # Serve plaintext gRPC without client certificates. Development only; logged loudly.
+    insecure_dev: bool = False
+    # Largest request or response message, in bytes.
+    max_message_bytes: int = 4 * 1024 * 1024
+    # Validity of client certificates the hub issues, in days.
+    certificate_days: int = 365
+    # Seconds in-flight calls get to finish on shutdown.
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "INFO"
+    # Client side: where the hub is, which identity directory to use, and the call deadline.
+    hub_address: str = "localhost:7443"
+    identity: Path | None = None
+    call_timeout_seconds: float = 10.0
+    # Where these settings were read from, for messages.
+    sources: tuple[str, ...] = field(default=("defaults",), compare=False)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'exchange.db'}"
+
+
+_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def load(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Reads the settings: defaults, then ``path`` (or exchange.toml if present), then the environment.
+
+    ``overrides`` (from command-line flags) apply last.
+    """
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    file = path or (Path(env[ENV_PREFIX + "CONFIG"]) if ENV_PREFIX + "CONFIG" in env else None)
+    if file is None and DEFAULT_FILE.exists():
+        file = DEFAULT_FILE
+    if file is not None:
+        settings = _apply(settings, _read_file(file), f"file {file}")
+    settings = _apply(settings, _from_env(env), "environment")
+    if overrides:
+        settings = _apply(settings, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    _validate(settings)
+    return settings
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, str]:
+    names = {f.name for f in fields(Settings)} - {"sources"}
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+            name = key[len(ENV_PREFIX) :].lower()
+            if name not in names:
+                raise ConfigError(f"unknown setting {key}; known: {', '.join(sorted(ENV_PREFIX + n.upper() for n in names))}")
+            out[name] = value
+    return out
+
+
+def _apply(settings: Settings, values: Mapping[str, Any], source: str) -> Settings:
+    kinds = {f.name: f.type for f in fields(Settings)}
+    changes: dict[str, Any] = {}
+    for name, raw in values.items():
+        if name not in kinds or name == "sources":
+            raise ConfigError(f"{source}: unknown setting {name!r}")
+        changes[name] = _coerce(name, str(kinds[name]), raw, source)
+    if not changes:
+        return settings
+    return replace(settings, **changes, sources=(*settings.sources, source))
+
+
+def _coerce(name: str, kind: str, raw: Any, source: str) -> Any:  # noqa: PLR0911 - one branch per type
+    where = f"{source}: setting {name!r}"
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError("expected true or false")
+        if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError("expected a whole number")
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(str(raw))
+        if kind == "Path | None":
+            return Path(str(raw)) if str(raw) else None
+        if kind == "tuple[str, ...]":
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        return str(raw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {raw!r} is not valid ({e})") from None
+
+
+def _validate(s: Settings) -> None:
+    problems: list[str] = []
+    for name, value in (("listen", s.listen), ("hub_address", s.hub_address)):
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            problems.append(f"{name} must be host:port, got {value!r}")
+    if not 1024 <= s.max_message_bytes <= 256 * 1024 * 1024:
+        problems.append("max_message_bytes must be between 1 KiB and 256 MiB")
+    if not 1 <= s.certificate_days <= 825:
+        problems.append("certificate_days must be between 1 and 825")
+    if s.shutdown_grace_seconds < 0 or s.call_timeout_seconds <= 0:
+        problems.append("shutdown_grace_seconds must be >= 0 and call_timeout_seconds > 0")
+    if s.log_level.upper() not in _LOG_LEVELS:
+        problems.append(f"log_level must be one of {', '.join(sorted(_LOG_LEVELS))}")
+    if not s.hostnames:
+        problems.append("hostnames must name at least one host")
+    url = s.effective_database_url
+    if not url.startswith(("sqlite:", "postgresql")):
+        problems.append(f"database_url must be a sqlite: or postgresql URL, got {url.split(':')[0]!r}")
+    if problems:
+        raise ConfigError(f"invalid configuration (from {', '.join(s.sources)}): " + "; ".join(problems))

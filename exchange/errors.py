@@ -1,0 +1,92 @@
+"""One error tree for the whole hub.
+
+Services and the store raise these; the server maps each to a gRPC status
+with rich details (``google.rpc``), and the CLI prints them. Errors from
+libraries (SQLAlchemy, cryptography) are translated into these at the
+boundary where they occur, so no caller sees a library's exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request: its path (``resource.data_items[2].type``) and what is wrong."""
+
+    field: str
+    description: str
+
+
+class ExchangeError(Exception):
+    """Base of every error the hub reports to a caller."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ExchangeError):
+    """The request itself is malformed; it names every bad field."""
+
+    def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
+        super().__init__(message)
+        self.violations = list(violations or [])
+
+    @classmethod
+    def of(cls, violations: list[FieldViolation]) -> InvalidArgument:
+        """One error for several violations, with a message that lists them."""
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        return cls(f"invalid request: {summary}", violations)
+
+
+class NotFound(ExchangeError):
+    """A named thing does not exist (or is not visible to the caller)."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} {name!r} not found")
+        self.kind = kind
+        self.name = name
+
+
+class AlreadyExists(ExchangeError):
+    """Creating something whose unique key or name is taken."""
+
+    def __init__(self, kind: str, name: str, detail: str = "") -> None:
+        super().__init__(f"{kind} {name!r} already exists{': ' + detail if detail else ''}")
+        self.kind = kind
+        self.name = name
+
+
+class FailedPrecondition(ExchangeError):
+    """The request is well formed but the state does not allow it (e.g. changing a retired entry)."""
+
+    def __init__(self, message: str, subject: str = "", kind: str = "STATE") -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.kind = kind
+
+
+class Aborted(ExchangeError):
+    """A concurrent change won; re-read and try again."""
+
+
+class Unauthenticated(ExchangeError):
+    """The caller could not be identified as a registered principal."""
+
+
+class PermissionDenied(ExchangeError):
+    """The caller is known but lacks the right for this action."""
+
+    def __init__(self, message: str, reason: str = "FORBIDDEN") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Unavailable(ExchangeError):
+    """A part the hub depends on (the store) cannot answer now; retrying may help."""
+
+
+class ConfigError(ExchangeError):
+    """The configuration is invalid; the message says which setting and why."""

@@ -1,0 +1,210 @@
+"""Domain models of the hub: plain, immutable values shared by every layer.
+
+The gRPC messages in ``exchange.v1`` are the wire form of these; the store's
+tables are their stored form. Enum values are the lower-case names used in
+the store, in files and on the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class AdministrativeLevel(StrEnum):
+    PROVINCE = "province"
+    CITY = "city"
+    COUNTY = "county"
+    TOWNSHIP = "township"
+
+
+class Role(StrEnum):
+    OPERATOR = "operator"
+    OWNER_STEWARD = "owner_steward"
+    CONSUMER = "consumer"
+    SHARE_MANAGER = "share_manager"
+    AUDITOR = "auditor"
+
+
+class PrincipalKind(StrEnum):
+    SYSTEM = "system"
+    PERSON = "person"
+
+
+class ShareType(StrEnum):
+    UNCONDITIONAL = "unconditional"
+    CONDITIONAL = "conditional"
+    NOT_SHARED = "not_shared"
+
+
+class ShareMethod(StrEnum):
+    QUERY = "query"
+    STREAM = "stream"
+    DOCUMENT = "document"
+
+
+class SensitivityGrade(StrEnum):
+    GENERAL = "general"
+    IMPORTANT = "important"
+    CORE = "core"
+
+
+class FieldType(StrEnum):
+    STRING = "string"
+    INTEGER = "integer"
+    DECIMAL = "decimal"
+    BOOLEAN = "boolean"
+    DATE = "date"
+    TIMESTAMP = "timestamp"
+    BYTES = "bytes"
+
+
+class UpdateCycle(StrEnum):
+    REAL_TIME = "real_time"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+    QUARTERLY = "quarterly"
+    YEARLY = "yearly"
+    IRREGULAR = "irregular"
+
+
+class ResourceStatus(StrEnum):
+    DRAFT = "draft"
+    PUBLISHED = "published"
+    SUSPENDED = "suspended"
+    RETIRED = "retired"
+
+
+class ResourceChange(StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    PUBLISHED = "published"
+    SUSPENDED = "suspended"
+    RETIRED = "retired"
+
+
+@dataclass(frozen=True)
+class Department:
+    code: str
+    name: str
+    division_code: str
+    level: AdministrativeLevel
+    parent_code: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class System:
+    code: str
+    name: str
+    department_code: str
+    description: str = ""
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Person:
+    username: str
+    display_name: str
+    department_code: str
+    roles: frozenset[Role] = frozenset()
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PrincipalRef:
+    """Names a principal: ``system/<code>`` or ``person/<username>``."""
+
+    kind: PrincipalKind
+    code: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}/{self.code}"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller, as resolved from its client certificate."""
+
+    ref: PrincipalRef
+    display_name: str
+    department_code: str
+    roles: frozenset[Role] = frozenset()
+    certificate_fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    serial_number: str
+    fingerprint_sha256: str
+    principal: PrincipalRef
+    not_before: datetime
+    not_after: datetime
+    pem: str
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DataItem:
+    name: str
+    title: str
+    type: FieldType
+    description: str = ""
+    sensitivity: SensitivityGrade = SensitivityGrade.GENERAL
+    personal_information: bool = False
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """The part of a catalog entry its owner writes."""
+
+    code: str
+    name: str
+    department_code: str
+    data_items: tuple[DataItem, ...]
+    share_type: ShareType
+    share_method: ShareMethod
+    update_cycle: UpdateCycle
+    summary: str = ""
+    classification: str = ""
+    format: str = ""
+    share_conditions: str = ""
+    legal_basis: str = ""
+    open_to_public: bool = False
+    open_conditions: str = ""
+    related_resource_codes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A catalog entry as stored: the owner's spec plus the hub's bookkeeping."""
+
+    spec: ResourceSpec
+    status: ResourceStatus
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    published_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ResourceVersion:
+    version: int
+    change: ResourceChange
+    actor: PrincipalRef
+    reason: str
+    changed_at: datetime
+    resource: Resource
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list, and the token for the next (empty on the last page)."""
+
+    items: list[T] = field(default_factory=list)
+    next_page_token: str = ""

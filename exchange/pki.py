@@ -1,0 +1,246 @@
+"""The hub's own certificate authority and the identities it issues.
+
+Every caller holds a client certificate signed by the hub's CA; the private
+key of a caller is made on the caller's side and only a signing request
+(CSR) reaches the hub. Keys are EC P-256. Private keys are written with
+mode 0600 in directories of mode 0700 and never enter the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from exchange.errors import FieldViolation, InvalidArgument
+from exchange.models import PrincipalRef
+
+PrivateKey = ec.EllipticCurvePrivateKey
+URI_PREFIX = "urn:exchange:"
+_ORG = "Exchange hub"
+
+
+def new_key() -> PrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
+
+
+def create_ca(common_name: str, days: int = 3650) -> tuple[PrivateKey, x509.Certificate]:
+    key = new_key()
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _san_entries(hostnames: tuple[str, ...]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for host in hostnames:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            out.append(x509.DNSName(host))
+    return out
+
+
+def _leaf(
+    ca_key: PrivateKey,
+    ca_cert: x509.Certificate,
+    subject: x509.Name,
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    san: list[x509.GeneralName],
+    usage: x509.ObjectIdentifier,
+    days: int,
+) -> x509.Certificate:
+    now = _now()
+    not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def issue_server_certificate(
+    ca_key: PrivateKey, ca_cert: x509.Certificate, hostnames: tuple[str, ...], days: int = 825
+) -> tuple[PrivateKey, x509.Certificate]:
+    key = new_key()
+    cert = _leaf(
+        ca_key, ca_cert, _name(hostnames[0]), key.public_key(), _san_entries(hostnames),
+        ExtendedKeyUsageOID.SERVER_AUTH, days,
+    )
+    return key, cert
+
+
+def principal_uri(ref: PrincipalRef) -> str:
+    return f"{URI_PREFIX}{ref.kind.value}:{ref.code}"
+
+
+def make_csr(key: PrivateKey, ref: PrincipalRef) -> str:
+    csr = x509.CertificateSigningRequestBuilder().subject_name(_name(str(ref))).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def sign_csr(
+    ca_key: PrivateKey, ca_cert: x509.Certificate, csr_pem: str, ref: PrincipalRef, days: int
+) -> x509.Certificate:
+    """Issues a client certificate for ``ref`` over the CSR's public key.
+
+    The hub decides the identity: the CSR's own subject is ignored, and the
+    certificate names the principal in its CN and a URI SAN.
+    """
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        valid = csr.is_signature_valid
+        public_key = csr.public_key()
+    except (ValueError, InvalidSignature, UnicodeError):
+        raise InvalidArgument.of([FieldViolation("csr_pem", "is not a PEM certificate signing request")]) from None
+    if not valid:
+        raise InvalidArgument.of([FieldViolation("csr_pem", "its signature does not verify")])
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        acceptable = public_key.curve.name in {"secp256r1", "secp384r1"}
+    else:
+        acceptable = isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size >= 2048
+    if not acceptable or not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise InvalidArgument.of([FieldViolation("csr_pem", "key must be EC P-256/P-384 or RSA >= 2048 bits")])
+    san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(principal_uri(ref))]
+    return _leaf(ca_key, ca_cert, _name(str(ref)), public_key, san, ExtendedKeyUsageOID.CLIENT_AUTH, days)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def fingerprint_of_pem(pem: bytes) -> str:
+    return fingerprint(x509.load_pem_x509_certificate(pem))
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def load_key(path: Path) -> PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path} does not hold an EC private key")
+    return key
+
+
+def load_cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Writes a private key readable by its owner only (0600, in a 0700 directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def write_public(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_bytes(data)
+    os.chmod(path, 0o644)
+
+
+@dataclass(frozen=True)
+class IdentityFiles:
+    """A caller's identity directory: its key, its certificate and the hub's CA certificate."""
+
+    directory: Path
+
+    @property
+    def key(self) -> Path:
+        return self.directory / "key.pem"
+
+    @property
+    def cert(self) -> Path:
+        return self.directory / "cert.pem"
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.pem"
+
+    def write(self, key: PrivateKey, cert_pem_bytes: bytes, ca_pem_bytes: bytes) -> None:
+        write_secret(self.key, key_pem(key))
+        write_public(self.cert, cert_pem_bytes)
+        write_public(self.ca, ca_pem_bytes)
+
+
+@dataclass(frozen=True)
+class HubFiles:
+    """Where the hub keeps its CA and server credentials under its home directory."""
+
+    home: Path
+
+    @property
+    def ca_key(self) -> Path:
+        return self.home / "ca" / "ca.key"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.home / "ca" / "ca.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.home / "server" / "server.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.home / "server" / "server.pem"
+
+    def identity(self, ref: PrincipalRef) -> IdentityFiles:
+        return IdentityFiles(self.home / "identities" / f"{ref.kind.value}-{ref.code}")

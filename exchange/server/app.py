@@ -1,0 +1,120 @@
+"""The hub's gRPC server: wiring, credentials, health, reflection, shutdown.
+
+This is the only place (with the CLI) that puts the layers together: the
+store, the CA, the services and their handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from exchange import pki
+from exchange.config import Settings
+from exchange.errors import ConfigError
+from exchange.server.catalog import CatalogServicer
+from exchange.server.registry import RegistryServicer
+from exchange.services.catalog import CatalogService
+from exchange.services.registry import CertificateAuthority, RegistryService
+from exchange.store import Store
+from exchange.v1 import catalog_pb2, catalog_pb2_grpc, registry_pb2, registry_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICES = (
+    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+    catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+)
+
+
+@dataclass(frozen=True)
+class ServerCredentials:
+    ca: CertificateAuthority
+    tls: grpc.ServerCredentials
+
+
+def load_credentials(settings: Settings) -> ServerCredentials:
+    """The CA (to sign CSRs) and the mutual-TLS credentials, from the hub's home."""
+    files = pki.HubFiles(settings.home)
+    for path in (files.ca_key, files.ca_cert, files.server_key, files.server_cert):
+        if not path.exists():
+            raise ConfigError(f"{path} is missing: run `exchange init` first (home is {settings.home})")
+    ca = CertificateAuthority(pki.load_key(files.ca_key), pki.load_cert(files.ca_cert))
+    tls = grpc.ssl_server_credentials(
+        [(files.server_key.read_bytes(), files.server_cert.read_bytes())],
+        root_certificates=files.ca_cert.read_bytes(),
+        require_client_auth=True,
+    )
+    return ServerCredentials(ca, tls)
+
+
+class Hub:
+    """One hub process: a store, the services, and the gRPC server in front of them."""
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store or Store(settings.effective_database_url)
+        self.credentials = load_credentials(settings)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(options=options)
+        registry = RegistryService(self.store, self.credentials.ca, settings.certificate_days)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(registry, registry, settings.insecure_dev), self.server
+        )
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
+            CatalogServicer(CatalogService(self.store), registry, settings.insecure_dev), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+
+    async def start(self) -> int:
+        """Checks the store, binds the port and starts serving; returns the bound port."""
+        if not self.store.db.is_current():
+            raise ConfigError("the store's schema is not current: run `exchange migrate`")
+        if self.settings.insecure_dev:
+            log.warning(
+                "INSECURE DEVELOPMENT MODE: plaintext gRPC on %s, callers named by metadata, no certificates. "
+                "Never use this with real data.",
+                self.settings.listen,
+            )
+            self.port = self.server.add_insecure_port(self.settings.listen)
+        else:
+            self.port = self.server.add_secure_port(self.settings.listen, self.credentials.tls)
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {self.settings.listen}")
+        await self.server.start()
+        for name in ("", *SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("hub serving on port %d (store: %s)", self.port, self.store.db.backend)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Reports NOT_SERVING, lets in-flight calls finish within the grace period, then closes."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        self.store.close()
+        log.info("hub stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Runs a hub until SIGTERM or SIGINT, then shuts it down gracefully."""
+    hub = Hub(settings)
+    await hub.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutdown requested; finishing in-flight calls (grace %.1fs)", settings.shutdown_grace_seconds)
+    await hub.stop()

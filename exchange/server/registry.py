@@ -1,0 +1,99 @@
+"""RegistryService handlers: translate, call the registry service, translate back."""
+
+from __future__ import annotations
+
+from exchange.errors import FieldViolation
+from exchange.models import Principal, PrincipalRef
+from exchange import wire as c
+from exchange.server.rpc import Authenticator, unary
+from exchange.services.registry import RegistryService
+from exchange.v1 import registry_pb2 as pb
+from exchange.v1 import registry_pb2_grpc as pb_grpc
+from exchange.validation import raise_if
+
+
+class RegistryServicer(pb_grpc.RegistryServiceServicer):
+    def __init__(self, service: RegistryService, auth: Authenticator, insecure_dev: bool) -> None:
+        self.service = service
+        self.auth = auth
+        self.insecure_dev = insecure_dev
+
+    @unary
+    def WhoAmI(self, request: pb.WhoAmIRequest, actor: Principal) -> pb.WhoAmIResponse:
+        return pb.WhoAmIResponse(
+            principal=c.principal_ref_to_wire(actor.ref),
+            display_name=actor.display_name,
+            department_code=actor.department_code,
+            roles=[c.ROLE.wire(r) for r in sorted(actor.roles)],
+            certificate_fingerprint_sha256=actor.certificate_fingerprint,
+        )
+
+    @unary
+    def CreateDepartment(self, request: pb.CreateDepartmentRequest, actor: Principal) -> pb.Department:
+        created = self.service.create_department(actor, c.department_from_wire(request.department))
+        return c.department_to_wire(created)
+
+    @unary
+    def GetDepartment(self, request: pb.GetDepartmentRequest, actor: Principal) -> pb.Department:
+        return c.department_to_wire(self.service.get_department(actor, request.code))
+
+    @unary
+    def ListDepartments(self, request: pb.ListDepartmentsRequest, actor: Principal) -> pb.ListDepartmentsResponse:
+        out: list[FieldViolation] = []
+        level = c.LEVEL.domain(request.level, "level", out, required=False)
+        raise_if(out)
+        page = self.service.list_departments(
+            actor, request.page_size, request.page_token, request.parent_code, level
+        )
+        return pb.ListDepartmentsResponse(
+            departments=[c.department_to_wire(d) for d in page.items], next_page_token=page.next_page_token
+        )
+
+    @unary
+    def CreateSystem(self, request: pb.CreateSystemRequest, actor: Principal) -> pb.System:
+        return c.system_to_wire(self.service.create_system(actor, c.system_from_wire(request.system)))
+
+    @unary
+    def GetSystem(self, request: pb.GetSystemRequest, actor: Principal) -> pb.System:
+        return c.system_to_wire(self.service.get_system(actor, request.code))
+
+    @unary
+    def ListSystems(self, request: pb.ListSystemsRequest, actor: Principal) -> pb.ListSystemsResponse:
+        page = self.service.list_systems(actor, request.page_size, request.page_token, request.department_code)
+        return pb.ListSystemsResponse(
+            systems=[c.system_to_wire(s) for s in page.items], next_page_token=page.next_page_token
+        )
+
+    @unary
+    def CreatePerson(self, request: pb.CreatePersonRequest, actor: Principal) -> pb.Person:
+        return c.person_to_wire(self.service.create_person(actor, c.person_from_wire(request.person)))
+
+    @unary
+    def GetPerson(self, request: pb.GetPersonRequest, actor: Principal) -> pb.Person:
+        return c.person_to_wire(self.service.get_person(actor, request.username))
+
+    @unary
+    def ListPeople(self, request: pb.ListPeopleRequest, actor: Principal) -> pb.ListPeopleResponse:
+        out: list[FieldViolation] = []
+        role = c.ROLE.domain(request.role, "role", out, required=False)
+        raise_if(out)
+        page = self.service.list_people(actor, request.page_size, request.page_token, request.department_code, role)
+        return pb.ListPeopleResponse(
+            people=[c.person_to_wire(p) for p in page.items], next_page_token=page.next_page_token
+        )
+
+    @unary
+    def IssueCertificate(self, request: pb.IssueCertificateRequest, actor: Principal) -> pb.Certificate:
+        ref = c.principal_ref_from_wire(request.principal, "principal")
+        record = self.service.issue_certificate(actor, ref, request.csr_pem, request.validity_days)
+        return c.certificate_to_wire(record)
+
+    @unary
+    def ListCertificates(self, request: pb.ListCertificatesRequest, actor: Principal) -> pb.ListCertificatesResponse:
+        ref: PrincipalRef | None = None
+        if request.HasField("principal"):
+            ref = c.principal_ref_from_wire(request.principal, "principal")
+        page = self.service.list_certificates(actor, request.page_size, request.page_token, ref)
+        return pb.ListCertificatesResponse(
+            certificates=[c.certificate_to_wire(x) for x in page.items], next_page_token=page.next_page_token
+        )

@@ -1,0 +1,147 @@
+"""What every RPC handler does around its service call.
+
+Identify the caller from its client certificate, refuse a call whose deadline
+has already passed, run the (blocking) service call off the event loop, and
+turn the hub's errors into gRPC statuses with ``google.rpc`` details. An
+unexpected exception becomes INTERNAL with a reference id that is logged; its
+text never reaches the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from exchange import errors, pki
+from exchange.models import Principal, PrincipalKind, PrincipalRef
+
+log = logging.getLogger(__name__)
+DOMAIN = "exchange.v1"
+DEV_PRINCIPAL_HEADER = "x-exchange-dev-principal"
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class Authenticator(Protocol):
+    def authenticate(self, fingerprint: str) -> Principal | None: ...
+
+    def principal(self, ref: PrincipalRef) -> Principal: ...
+
+
+class Servicer(Protocol):
+    auth: Authenticator
+    insecure_dev: bool
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def status_of(error: errors.ExchangeError) -> status_pb2.Status:  # noqa: PLR0911 - one branch per error kind
+    """The rich gRPC status of a hub error."""
+    if isinstance(error, errors.InvalidArgument):
+        detail = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=error.message, details=[_pack(detail)])
+    if isinstance(error, errors.NotFound | errors.AlreadyExists):
+        code = code_pb2.NOT_FOUND if isinstance(error, errors.NotFound) else code_pb2.ALREADY_EXISTS
+        info = error_details_pb2.ResourceInfo(resource_type=error.kind, resource_name=error.name)
+        return status_pb2.Status(code=code, message=error.message, details=[_pack(info)])
+    if isinstance(error, errors.FailedPrecondition):
+        violation = error_details_pb2.PreconditionFailure.Violation(
+            type=error.kind, subject=error.subject, description=error.message
+        )
+        detail = error_details_pb2.PreconditionFailure(violations=[violation])
+        return status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=error.message, details=[_pack(detail)])
+    if isinstance(error, errors.PermissionDenied):
+        info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
+        return status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=error.message, details=[_pack(info)])
+    if isinstance(error, errors.Aborted):
+        return status_pb2.Status(code=code_pb2.ABORTED, message=error.message)
+    if isinstance(error, errors.Unauthenticated):
+        return status_pb2.Status(code=code_pb2.UNAUTHENTICATED, message=error.message)
+    if isinstance(error, errors.Unavailable):
+        return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=error.message)
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=error.message)
+
+
+def _peer_fingerprint(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    pems = context.auth_context().get("x509_pem_cert")
+    if not pems:
+        return None
+    return pki.fingerprint_of_pem(pems[0])
+
+
+def identify(servicer: Servicer, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+    """The registered principal behind this call (blocking: reads the store)."""
+    if servicer.insecure_dev:
+        header = dict(context.invocation_metadata() or ()).get(DEV_PRINCIPAL_HEADER, "")
+        kind, _, code = str(header).partition("/")
+        if kind not in {k.value for k in PrincipalKind} or not code:
+            raise errors.Unauthenticated(
+                f"development mode: send metadata {DEV_PRINCIPAL_HEADER}: person/<username> or system/<code>"
+            )
+        return servicer.auth.principal(PrincipalRef(PrincipalKind(kind), code))
+    fingerprint = _peer_fingerprint(context)
+    if fingerprint is None:
+        raise errors.Unauthenticated("no client certificate was presented")
+    principal = servicer.auth.authenticate(fingerprint)
+    if principal is None:
+        raise errors.Unauthenticated(
+            "the client certificate is not registered to a principal, has expired or has been revoked"
+        )
+    return principal
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
+    rich = rpc_status.to_status(status)
+    await context.abort(rich.code, rich.details, rich.trailing_metadata)
+
+
+Handler = Callable[[Any, Req, Principal], Resp]
+
+
+def unary(
+    fn: Callable[[Any, Req, Principal], Resp],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    """Wraps a blocking ``fn(servicer, request, principal)`` as an async, authenticated RPC handler."""
+
+    @functools.wraps(fn)
+    async def handler(self: Servicer, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            await _abort(context, status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message="deadline exceeded"))
+
+        def call() -> Resp:
+            return fn(self, request, identify(self, context))
+
+        try:
+            return await asyncio.to_thread(call)
+        except errors.ExchangeError as e:
+            await _abort(context, status_of(e))
+        except Exception:
+            reference = uuid.uuid4().hex[:12]
+            log.exception("internal error in %s (reference %s)", fn.__qualname__, reference)
+            await _abort(
+                context,
+                status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error; reference {reference}"),
+            )
+        raise AssertionError("unreachable: abort raises")
+
+    return handler

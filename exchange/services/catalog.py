@@ -1,0 +1,114 @@
+"""Publishing and finding catalog entries (政务信息资源目录).
+
+State machine of an entry: draft -> published <-> suspended, and any state
+but retired -> retired (final). Every change names its actor and reason and
+becomes a new version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from exchange import validation
+from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from exchange.models import (
+    Page,
+    Principal,
+    Resource,
+    ResourceChange,
+    ResourceSpec,
+    ResourceStatus,
+    ResourceVersion,
+)
+from exchange.paging import page_request
+from exchange.store import Store
+from exchange.store.catalog import ResourceFilter, Transition
+from policy import require_steward_of, visible_department
+
+# Which states each status change may start from.
+_ALLOWED_FROM = {
+    ResourceChange.PUBLISHED: {ResourceStatus.DRAFT, ResourceStatus.SUSPENDED},
+    ResourceChange.SUSPENDED: {ResourceStatus.PUBLISHED},
+    ResourceChange.RETIRED: {ResourceStatus.DRAFT, ResourceStatus.PUBLISHED, ResourceStatus.SUSPENDED},
+}
+_TARGET = {
+    ResourceChange.PUBLISHED: ResourceStatus.PUBLISHED,
+    ResourceChange.SUSPENDED: ResourceStatus.SUSPENDED,
+    ResourceChange.RETIRED: ResourceStatus.RETIRED,
+}
+_LISTED_BY_DEFAULT = (ResourceStatus.DRAFT, ResourceStatus.PUBLISHED, ResourceStatus.SUSPENDED)
+
+
+class CatalogService:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def create(self, actor: Principal, spec: ResourceSpec, publish: bool, reason: str) -> Resource:
+        validation.validate_resource_spec(spec)
+        require_steward_of(actor, spec.department_code, "create catalog entries")
+        status = ResourceStatus.PUBLISHED if publish else ResourceStatus.DRAFT
+        return self._store.catalog.create(spec, status, actor.ref, reason)
+
+    def update(self, actor: Principal, spec: ResourceSpec, expected_version: int, reason: str) -> Resource:
+        validation.validate_resource_spec(spec)
+
+        def decide(current: Resource) -> Transition:
+            require_steward_of(actor, current.spec.department_code, "update this entry")
+            if spec.department_code != current.spec.department_code:
+                raise InvalidArgument.of(
+                    [FieldViolation("resource.department_code", "an entry cannot move to another department")]
+                )
+            if current.status is ResourceStatus.RETIRED:
+                raise FailedPrecondition(f"resource {spec.code!r} is retired and cannot change", spec.code)
+            return Transition(spec, current.status, ResourceChange.UPDATED)
+
+        return self._store.catalog.change(spec.code, expected_version, actor.ref, reason, decide)
+
+    def change_status(
+        self, actor: Principal, code: str, change: ResourceChange, expected_version: int, reason: str
+    ) -> Resource:
+        if change is not ResourceChange.PUBLISHED and not reason.strip():
+            raise InvalidArgument.of([FieldViolation("reason", f"is required to mark an entry {change.value}")])
+
+        def decide(current: Resource) -> Transition:
+            require_steward_of(actor, current.spec.department_code, f"mark this entry {change.value}")
+            if current.status not in _ALLOWED_FROM[change]:
+                raise FailedPrecondition(
+                    f"resource {code!r} is {current.status.value}; it cannot become {_TARGET[change].value}",
+                    code,
+                )
+            return Transition(current.spec, _TARGET[change], change)
+
+        return self._store.catalog.change(code, expected_version, actor.ref, reason, decide)
+
+    def get(self, actor: Principal, code: str, version: int) -> Resource:
+        if version < 0:
+            raise InvalidArgument.of([FieldViolation("version", "must be 0 (current) or a positive version")])
+        resource = self._store.catalog.get(code, version)
+        self._require_visible(actor, resource)
+        return resource
+
+    def list(
+        self,
+        actor: Principal,
+        size: int,
+        token: str,
+        query: ResourceFilter,
+        status: ResourceStatus | None,
+    ) -> Page[Resource]:
+        page = page_request(size, token, {**query.__dict__, "status": status})
+        statuses = (status,) if status else _LISTED_BY_DEFAULT
+        return self._store.catalog.list(
+            page, replace(query, statuses=statuses, viewer_department=visible_department(actor))
+        )
+
+    def versions(self, actor: Principal, code: str, size: int, token: str) -> Page[ResourceVersion]:
+        self._require_visible(actor, self._store.catalog.get(code))
+        return self._store.catalog.versions(code, page_request(size, token, {"code": code}))
+
+    @staticmethod
+    def _require_visible(actor: Principal, resource: Resource) -> None:
+        """Drafts are the owner's business: to anyone else they do not exist."""
+        if resource.status is ResourceStatus.DRAFT and resource.spec.department_code != visible_department(actor):
+            raise NotFound("resource", resource.spec.code)
+

@@ -1,0 +1,114 @@
+"""Registering departments, systems and people, and issuing their certificates."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from cryptography import x509
+
+from exchange import pki, validation
+from exchange.errors import FieldViolation, InvalidArgument
+from exchange.models import (
+    AdministrativeLevel,
+    CertificateRecord,
+    Department,
+    Page,
+    Person,
+    Principal,
+    PrincipalRef,
+    Role,
+    System,
+)
+from exchange.paging import page_request
+from exchange.store import Store
+from policy import require_operator
+
+MAX_CERTIFICATE_DAYS = 825
+
+
+class CertificateAuthority:
+    """The hub's CA key and certificate, held in memory by the server to sign CSRs."""
+
+    def __init__(self, key: pki.PrivateKey, cert: x509.Certificate) -> None:
+        self.key = key
+        self.cert = cert
+
+    def issue(self, csr_pem: str, ref: PrincipalRef, days: int) -> CertificateRecord:
+        cert = pki.sign_csr(self.key, self.cert, csr_pem, ref, days)
+        return CertificateRecord(
+            serial_number=format(cert.serial_number, "x"),
+            fingerprint_sha256=pki.fingerprint(cert),
+            principal=ref,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            pem=pki.cert_pem(cert).decode(),
+        )
+
+
+class RegistryService:
+    def __init__(self, store: Store, ca: CertificateAuthority, default_certificate_days: int) -> None:
+        self._store = store
+        self._ca = ca
+        self._default_days = default_certificate_days
+
+    def create_department(self, actor: Principal, department: Department) -> Department:
+        validation.validate_department(department)
+        require_operator(actor, "register departments")
+        return self._store.registry.add_department(department)
+
+    def get_department(self, actor: Principal, code: str) -> Department:
+        return self._store.registry.get_department(code)
+
+    def list_departments(
+        self, actor: Principal, size: int, token: str, parent_code: str, level: AdministrativeLevel | None
+    ) -> Page[Department]:
+        page = page_request(size, token, {"parent": parent_code, "level": level})
+        return self._store.registry.list_departments(page, parent_code or None, level)
+
+    def create_system(self, actor: Principal, system: System) -> System:
+        validation.validate_system(system)
+        require_operator(actor, "register systems")
+        return self._store.registry.add_system(system)
+
+    def get_system(self, actor: Principal, code: str) -> System:
+        return self._store.registry.get_system(code)
+
+    def list_systems(self, actor: Principal, size: int, token: str, department_code: str) -> Page[System]:
+        page = page_request(size, token, {"department": department_code})
+        return self._store.registry.list_systems(page, department_code or None)
+
+    def create_person(self, actor: Principal, person: Person) -> Person:
+        validation.validate_person(person)
+        require_operator(actor, "register people")
+        return self._store.registry.add_person(person)
+
+    def get_person(self, actor: Principal, username: str) -> Person:
+        return self._store.registry.get_person(username)
+
+    def list_people(
+        self, actor: Principal, size: int, token: str, department_code: str, role: Role | None
+    ) -> Page[Person]:
+        page = page_request(size, token, {"department": department_code, "role": role})
+        return self._store.registry.list_people(page, department_code or None, role)
+
+    def issue_certificate(self, actor: Principal, ref: PrincipalRef, csr_pem: str, days: int) -> CertificateRecord:
+        if days < 0 or days > MAX_CERTIFICATE_DAYS:
+            raise InvalidArgument.of(
+                [FieldViolation("validity_days", f"must be between 1 and {MAX_CERTIFICATE_DAYS} (0: the default)")]
+            )
+        require_operator(actor, "issue certificates")
+        self._store.registry.principal(ref)
+        record = self._ca.issue(csr_pem, ref, days or self._default_days)
+        return self._store.registry.add_certificate(record)
+
+    def list_certificates(
+        self, actor: Principal, size: int, token: str, principal: PrincipalRef | None
+    ) -> Page[CertificateRecord]:
+        page = page_request(size, token, {"principal": str(principal) if principal else ""})
+        return self._store.registry.list_certificates(page, principal)
+
+    def principal(self, ref: PrincipalRef) -> Principal:
+        return self._store.registry.principal(ref)
+
+    def authenticate(self, fingerprint: str) -> Principal | None:
+        return self._store.registry.principal_for_certificate(fingerprint, dt.datetime.now(dt.UTC))

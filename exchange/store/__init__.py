@@ -1,0 +1,19 @@
+"""The hub's store: SQLAlchemy models, migrations and repositories."""
+
+from exchange.store.catalog import CatalogStore
+from exchange.store.database import Database
+from exchange.store.registry import RegistryStore
+
+__all__ = ["CatalogStore", "Database", "RegistryStore", "Store"]
+
+
+class Store:
+    """The hub's store: one database and the repositories over it."""
+
+    def __init__(self, url: str) -> None:
+        self.db = Database(url)
+        self.registry = RegistryStore(self.db)
+        self.catalog = CatalogStore(self.db)
+
+    def close(self) -> None:
+        self.db.dispose()

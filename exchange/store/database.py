@@ -1,0 +1,115 @@
+"""Connection to the store: engine, transactions, migrations, error translation.
+
+SQLite (a file, the default) and PostgreSQL (by URL) behave the same to the
+layers above. Database errors never leave this module as SQLAlchemy
+exceptions: a store that cannot be reached becomes ``Unavailable``, a
+conflicting concurrent write ``Aborted``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from exchange.errors import Aborted, ConfigError, Unavailable
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for a sqlite: or postgresql URL, with the settings the hub relies on."""
+    try:
+        parsed = make_url(url)
+    except SQLAlchemyError as e:
+        raise ConfigError(f"database_url is not a valid URL: {e}") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 5})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True, pool_size=10, connect_args={"connect_timeout": 5})
+    raise ConfigError(f"database_url: backend {parsed.get_backend_name()!r} is not supported (sqlite, postgresql)")
+
+
+class Database:
+    """The store's engine and unit of work."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_store_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on any error, errors translated."""
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except IntegrityError as e:
+            log.info("store conflict: %s", e.orig)
+            raise Aborted("the change conflicts with another made at the same time; read again and retry") from None
+        except OperationalError as e:
+            log.warning("store unavailable: %s", e.orig)
+            raise Unavailable("the store cannot be reached or is busy; retry later") from None
+        except DBAPIError as e:
+            log.error("store error: %s", e.orig)
+            raise Unavailable("the store failed to answer; retry later") from None
+
+    def ping(self) -> None:
+        with self.transaction() as session:
+            session.execute(text("SELECT 1"))
+
+    def migrate(self) -> None:
+        """Brings the schema to the newest migration."""
+        try:
+            with self.engine.begin() as connection:
+                config = _alembic_config()
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except OperationalError as e:
+            raise Unavailable(f"cannot migrate the store: {e.orig}") from None
+
+    def is_current(self) -> bool:
+        """True when the schema is at the newest migration."""
+        head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision() == head
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config

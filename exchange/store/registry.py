@@ -1,0 +1,238 @@
+"""Registry store: departments, systems, people and their certificates."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from exchange.errors import AlreadyExists, NotFound
+from exchange.models import (
+    AdministrativeLevel,
+    CertificateRecord,
+    Department,
+    Page,
+    Person,
+    Principal,
+    PrincipalKind,
+    PrincipalRef,
+    Role,
+    System,
+)
+from exchange.paging import PageRequest
+from exchange.store.database import Database
+from exchange.store.paging import fetch_page
+from exchange.store.schema import CertificateRow, DepartmentRow, PersonRoleRow, PersonRow, SystemRow
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def department_of(row: DepartmentRow) -> Department:
+    return Department(
+        code=row.code,
+        name=row.name,
+        division_code=row.division_code,
+        level=AdministrativeLevel(row.level),
+        parent_code=row.parent.code if row.parent else None,
+        created_at=row.created_at,
+    )
+
+
+def _system_of(row: SystemRow) -> System:
+    return System(row.code, row.name, row.department.code, row.description, row.created_at)
+
+
+def _person_of(row: PersonRow) -> Person:
+    roles = frozenset(Role(r.role) for r in row.roles)
+    return Person(row.username, row.display_name, row.department.code, roles, row.created_at)
+
+
+def _certificate_of(row: CertificateRow) -> CertificateRecord:
+    return CertificateRecord(
+        serial_number=row.serial_number,
+        fingerprint_sha256=row.fingerprint_sha256,
+        principal=PrincipalRef(PrincipalKind(row.principal_kind), row.principal_code),
+        not_before=row.not_before,
+        not_after=row.not_after,
+        pem=row.pem,
+        revoked_at=row.revoked_at,
+    )
+
+
+def department_row(session: Session, code: str) -> DepartmentRow:
+    """The department with ``code``, or NotFound."""
+    row = session.scalar(select(DepartmentRow).where(DepartmentRow.code == code))
+    if row is None:
+        raise NotFound("department", code)
+    return row
+
+
+class RegistryStore:
+    """Reads and writes the registry; every method is one transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # Departments
+
+    def add_department(self, d: Department) -> Department:
+        with self._db.transaction() as s:
+            if s.scalar(select(DepartmentRow.id).where(DepartmentRow.code == d.code)) is not None:
+                raise AlreadyExists("department", d.code)
+            if s.scalar(select(DepartmentRow.id).where(DepartmentRow.name == d.name)) is not None:
+                raise AlreadyExists("department name", d.name)
+            parent = department_row(s, d.parent_code) if d.parent_code else None
+            row = DepartmentRow(
+                code=d.code,
+                name=d.name,
+                division_code=d.division_code,
+                level=d.level.value,
+                parent=parent,
+                created_at=_now(),
+            )
+            s.add(row)
+            s.flush()
+            return department_of(row)
+
+    def get_department(self, code: str) -> Department:
+        with self._db.transaction() as s:
+            return department_of(department_row(s, code))
+
+    def list_departments(
+        self, page: PageRequest, parent_code: str | None = None, level: AdministrativeLevel | None = None
+    ) -> Page[Department]:
+        with self._db.transaction() as s:
+            stmt = select(DepartmentRow)
+            if parent_code:
+                stmt = stmt.where(DepartmentRow.parent_id == department_row(s, parent_code).id)
+            if level is not None:
+                stmt = stmt.where(DepartmentRow.level == level.value)
+            return fetch_page(s, stmt, DepartmentRow.code, page, department_of)
+
+    # Systems
+
+    def add_system(self, system: System) -> System:
+        with self._db.transaction() as s:
+            if s.scalar(select(SystemRow.id).where(SystemRow.code == system.code)) is not None:
+                raise AlreadyExists("system", system.code)
+            dept = department_row(s, system.department_code)
+            clash = select(SystemRow.id).where(SystemRow.department_id == dept.id, SystemRow.name == system.name)
+            if s.scalar(clash) is not None:
+                raise AlreadyExists("system name", system.name, f"the department {dept.name} has a system of that name")
+            row = SystemRow(
+                code=system.code, name=system.name, department=dept, description=system.description, created_at=_now()
+            )
+            s.add(row)
+            s.flush()
+            return _system_of(row)
+
+    def get_system(self, code: str) -> System:
+        with self._db.transaction() as s:
+            row = s.scalar(select(SystemRow).where(SystemRow.code == code))
+            if row is None:
+                raise NotFound("system", code)
+            return _system_of(row)
+
+    def list_systems(self, page: PageRequest, department_code: str | None = None) -> Page[System]:
+        with self._db.transaction() as s:
+            stmt = select(SystemRow)
+            if department_code:
+                stmt = stmt.where(SystemRow.department_id == department_row(s, department_code).id)
+            return fetch_page(s, stmt, SystemRow.code, page, _system_of)
+
+    # People
+
+    def add_person(self, person: Person) -> Person:
+        with self._db.transaction() as s:
+            if s.scalar(select(PersonRow.id).where(PersonRow.username == person.username)) is not None:
+                raise AlreadyExists("person", person.username)
+            row = PersonRow(
+                username=person.username,
+                display_name=person.display_name,
+                department=department_row(s, person.department_code),
+                roles=[PersonRoleRow(role=r.value) for r in sorted(person.roles)],
+                created_at=_now(),
+            )
+            s.add(row)
+            s.flush()
+            return _person_of(row)
+
+    def get_person(self, username: str) -> Person:
+        with self._db.transaction() as s:
+            row = s.scalar(select(PersonRow).where(PersonRow.username == username))
+            if row is None:
+                raise NotFound("person", username)
+            return _person_of(row)
+
+    def list_people(
+        self, page: PageRequest, department_code: str | None = None, role: Role | None = None
+    ) -> Page[Person]:
+        with self._db.transaction() as s:
+            stmt = select(PersonRow)
+            if department_code:
+                stmt = stmt.where(PersonRow.department_id == department_row(s, department_code).id)
+            if role is not None:
+                stmt = stmt.where(PersonRow.roles.any(PersonRoleRow.role == role.value))
+            return fetch_page(s, stmt, PersonRow.username, page, _person_of)
+
+    # Principals and certificates
+
+    def principal(self, ref: PrincipalRef) -> Principal:
+        """The registered principal ``ref`` names, or NotFound."""
+        with self._db.transaction() as s:
+            return _principal(s, ref)
+
+    def add_certificate(self, record: CertificateRecord) -> CertificateRecord:
+        with self._db.transaction() as s:
+            _principal(s, record.principal)
+            row = CertificateRow(
+                serial_number=record.serial_number,
+                fingerprint_sha256=record.fingerprint_sha256,
+                principal_kind=record.principal.kind.value,
+                principal_code=record.principal.code,
+                not_before=record.not_before,
+                not_after=record.not_after,
+                pem=record.pem,
+                created_at=_now(),
+            )
+            s.add(row)
+            s.flush()
+            return _certificate_of(row)
+
+    def list_certificates(self, page: PageRequest, principal: PrincipalRef | None = None) -> Page[CertificateRecord]:
+        with self._db.transaction() as s:
+            stmt = select(CertificateRow)
+            if principal is not None:
+                stmt = stmt.where(
+                    CertificateRow.principal_kind == principal.kind.value,
+                    CertificateRow.principal_code == principal.code,
+                )
+            return fetch_page(s, stmt, CertificateRow.fingerprint_sha256, page, _certificate_of)
+
+    def principal_for_certificate(self, fingerprint: str, at: dt.datetime) -> Principal | None:
+        """The principal a presented certificate belongs to, if it is registered, valid and not revoked."""
+        with self._db.transaction() as s:
+            cert = s.scalar(select(CertificateRow).where(CertificateRow.fingerprint_sha256 == fingerprint))
+            if cert is None or cert.revoked_at is not None or not cert.not_before <= at <= cert.not_after:
+                return None
+            ref = PrincipalRef(PrincipalKind(cert.principal_kind), cert.principal_code)
+            try:
+                found = _principal(s, ref)
+            except NotFound:
+                return None
+            return Principal(found.ref, found.display_name, found.department_code, found.roles, fingerprint)
+
+
+def _principal(s: Session, ref: PrincipalRef) -> Principal:
+    if ref.kind is PrincipalKind.SYSTEM:
+        system = s.scalar(select(SystemRow).where(SystemRow.code == ref.code))
+        if system is None:
+            raise NotFound("system", ref.code)
+        return Principal(ref, system.name, system.department.code)
+    person = s.scalar(select(PersonRow).where(PersonRow.username == ref.code))
+    if person is None:
+        raise NotFound("person", ref.code)
+    return Principal(ref, person.display_name, person.department.code, frozenset(Role(r.role) for r in person.roles))

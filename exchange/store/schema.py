@@ -1,0 +1,189 @@
+"""The store's tables (SQLAlchemy 2.x), shared by SQLite and PostgreSQL.
+
+Migrations in ``migrations/`` create exactly this schema; a test compares
+the two on both backends. Enum columns hold the lower-case values of the
+enums in ``exchange.models``; times are stored in UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC time on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class DepartmentRow(Base):
+    __tablename__ = "departments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(18), unique=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    division_code: Mapped[str] = mapped_column(String(9))
+    level: Mapped[str] = mapped_column(String(16))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+    parent: Mapped[DepartmentRow | None] = relationship(remote_side=[id], lazy="joined")
+
+
+class SystemRow(Base):
+    __tablename__ = "systems"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+    department: Mapped[DepartmentRow] = relationship(lazy="joined")
+    __table_args__ = (UniqueConstraint("department_id", "name", name="uq_systems_department_id_name"),)
+
+
+class PersonRow(Base):
+    __tablename__ = "people"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(63), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+    department: Mapped[DepartmentRow] = relationship(lazy="joined")
+    roles: Mapped[list[PersonRoleRow]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", order_by="PersonRoleRow.role"
+    )
+
+
+class PersonRoleRow(Base):
+    __tablename__ = "person_roles"
+
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+class CertificateRow(Base):
+    __tablename__ = "certificates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serial_number: Mapped[str] = mapped_column(String(64), unique=True)
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    principal_kind: Mapped[str] = mapped_column(String(16))
+    principal_code: Mapped[str] = mapped_column(String(63), index=True)
+    not_before: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    pem: Mapped[str] = mapped_column(Text)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class ResourceRow(Base):
+    __tablename__ = "resources"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), index=True)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    classification: Mapped[str] = mapped_column(Text, default="")
+    format: Mapped[str] = mapped_column(Text, default="")
+    share_type: Mapped[str] = mapped_column(String(16), index=True)
+    share_conditions: Mapped[str] = mapped_column(Text, default="")
+    legal_basis: Mapped[str] = mapped_column(Text, default="")
+    share_method: Mapped[str] = mapped_column(String(16))
+    open_to_public: Mapped[bool] = mapped_column(Boolean, default=False)
+    open_conditions: Mapped[str] = mapped_column(Text, default="")
+    update_cycle: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+    department: Mapped[DepartmentRow] = relationship(lazy="joined")
+    items: Mapped[list[DataItemRow]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", order_by="DataItemRow.position"
+    )
+    related: Mapped[list[RelatedResourceRow]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", order_by="RelatedResourceRow.position"
+    )
+    __table_args__ = (UniqueConstraint("department_id", "name", name="uq_resources_department_id_name"),)
+
+
+class DataItemRow(Base):
+    __tablename__ = "resource_items"
+
+    resource_id: Mapped[int] = mapped_column(ForeignKey("resources.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), index=True)
+    title: Mapped[str] = mapped_column(String(200), index=True)
+    type: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(Text, default="")
+    sensitivity: Mapped[str] = mapped_column(String(16))
+    personal_information: Mapped[bool] = mapped_column(Boolean)
+
+
+class RelatedResourceRow(Base):
+    __tablename__ = "resource_relations"
+
+    resource_id: Mapped[int] = mapped_column(ForeignKey("resources.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    related_code: Mapped[str] = mapped_column(String(32))
+
+
+class ResourceVersionRow(Base):
+    """An entry's state after each change: never updated, never deleted."""
+
+    __tablename__ = "resource_versions"
+
+    resource_id: Mapped[int] = mapped_column(ForeignKey("resources.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    change: Mapped[str] = mapped_column(String(16))
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    actor_code: Mapped[str] = mapped_column(String(63))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    snapshot: Mapped[dict[str, object]] = mapped_column(JSON)

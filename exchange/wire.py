@@ -1,0 +1,249 @@
+"""Wire form <-> domain form, for the registry and catalog messages.
+
+Reading a request collects every bad field as a ``FieldViolation`` (an enum
+left unspecified or holding a number this hub does not know, say) and raises
+them together, so the caller fixes a request in one round.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from exchange import models as m
+from exchange.errors import FieldViolation
+from exchange.validation import raise_if
+from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import registry_pb2 as rpb
+
+if TYPE_CHECKING:  # the generic wrapper type exists in the type stubs only
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+D = TypeVar("D", bound=StrEnum)
+P = TypeVar("P", bound=int)
+
+
+class EnumMap(Generic[D, P]):
+    """Maps a domain enum to a proto enum whose names are PREFIX + the member's name."""
+
+    def __init__(self, domain: type[D], wire: _EnumTypeWrapper[P], prefix: str) -> None:
+        self._to_wire = {d: wire.Value(prefix + d.name) for d in domain}
+        self._from_wire = {v: d for d, v in self._to_wire.items()}
+        self._names = ", ".join(prefix + d.name for d in domain)
+
+    def wire(self, value: D) -> P:
+        return self._to_wire[value]
+
+    def label(self, value: int) -> str:
+        """The domain name of a wire number, for display ("-" when unset or unknown)."""
+        found = self._from_wire.get(value)  # type: ignore[call-overload]
+        return "-" if found is None else str(found.value)
+
+    def domain(self, value: int, path: str, out: list[FieldViolation], *, required: bool = True) -> D | None:
+        """The domain value of a wire number; None (with a violation if required) when unspecified or unknown."""
+        if value == 0 and not required:
+            return None
+        found = self._from_wire.get(value)  # type: ignore[call-overload]
+        if found is None:
+            what = "is required" if value == 0 else f"{value} is not a known value"
+            out.append(FieldViolation(path, f"{what}; one of {self._names}"))
+        return found
+
+
+LEVEL = EnumMap(m.AdministrativeLevel, rpb.AdministrativeLevel, "ADMINISTRATIVE_LEVEL_")
+ROLE = EnumMap(m.Role, rpb.Role, "ROLE_")
+KIND = EnumMap(m.PrincipalKind, rpb.PrincipalKind, "PRINCIPAL_KIND_")
+SHARE_TYPE = EnumMap(m.ShareType, cpb.ShareType, "SHARE_TYPE_")
+SHARE_METHOD = EnumMap(m.ShareMethod, cpb.ShareMethod, "SHARE_METHOD_")
+SENSITIVITY = EnumMap(m.SensitivityGrade, cpb.SensitivityGrade, "SENSITIVITY_GRADE_")
+FIELD_TYPE = EnumMap(m.FieldType, cpb.FieldType, "FIELD_TYPE_")
+UPDATE_CYCLE = EnumMap(m.UpdateCycle, cpb.UpdateCycle, "UPDATE_CYCLE_")
+STATUS = EnumMap(m.ResourceStatus, cpb.ResourceStatus, "RESOURCE_STATUS_")
+CHANGE = EnumMap(m.ResourceChange, cpb.ResourceChange, "RESOURCE_CHANGE_")
+
+
+def timestamp(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _known(value: Any) -> Any:
+    """Placeholder for a field whose violation is already recorded; never reaches the store."""
+    return value
+
+
+# Registry
+
+
+def department_to_wire(d: m.Department) -> rpb.Department:
+    return rpb.Department(
+        code=d.code,
+        name=d.name,
+        division_code=d.division_code,
+        level=LEVEL.wire(d.level),
+        parent_code=d.parent_code or "",
+        create_time=timestamp(d.created_at),
+    )
+
+
+def department_from_wire(d: rpb.Department) -> m.Department:
+    out: list[FieldViolation] = []
+    level = LEVEL.domain(d.level, "department.level", out)
+    raise_if(out)
+    assert level is not None
+    return m.Department(d.code.strip(), d.name.strip(), d.division_code.strip(), level, d.parent_code.strip() or None)
+
+
+def system_to_wire(s: m.System) -> rpb.System:
+    return rpb.System(
+        code=s.code,
+        name=s.name,
+        department_code=s.department_code,
+        description=s.description,
+        create_time=timestamp(s.created_at),
+    )
+
+
+def system_from_wire(s: rpb.System) -> m.System:
+    return m.System(s.code.strip(), s.name.strip(), s.department_code.strip(), s.description.strip())
+
+
+def person_to_wire(p: m.Person) -> rpb.Person:
+    return rpb.Person(
+        username=p.username,
+        display_name=p.display_name,
+        department_code=p.department_code,
+        roles=[ROLE.wire(r) for r in sorted(p.roles)],
+        create_time=timestamp(p.created_at),
+    )
+
+
+def person_from_wire(p: rpb.Person) -> m.Person:
+    out: list[FieldViolation] = []
+    roles = [ROLE.domain(r, f"person.roles[{i}]", out) for i, r in enumerate(p.roles)]
+    raise_if(out)
+    return m.Person(
+        p.username.strip(), p.display_name.strip(), p.department_code.strip(), frozenset(r for r in roles if r)
+    )
+
+
+def principal_ref_to_wire(ref: m.PrincipalRef) -> rpb.PrincipalRef:
+    return rpb.PrincipalRef(kind=KIND.wire(ref.kind), code=ref.code)
+
+
+def principal_ref_from_wire(ref: rpb.PrincipalRef, path: str) -> m.PrincipalRef:
+    out: list[FieldViolation] = []
+    kind = KIND.domain(ref.kind, f"{path}.kind", out)
+    if not ref.code:
+        out.append(FieldViolation(f"{path}.code", "is required"))
+    raise_if(out)
+    assert kind is not None
+    return m.PrincipalRef(kind, ref.code)
+
+
+def certificate_to_wire(c: m.CertificateRecord) -> rpb.Certificate:
+    return rpb.Certificate(
+        serial_number=c.serial_number,
+        fingerprint_sha256=c.fingerprint_sha256,
+        principal=principal_ref_to_wire(c.principal),
+        not_before=timestamp(c.not_before),
+        not_after=timestamp(c.not_after),
+        pem=c.pem,
+    )
+
+
+# Catalog
+
+
+def spec_to_wire(s: m.ResourceSpec) -> cpb.Resource:
+    """The owner-written part of an entry as a message (output-only fields unset)."""
+    return cpb.Resource(
+        code=s.code,
+        name=s.name,
+        summary=s.summary,
+        department_code=s.department_code,
+        classification=s.classification,
+        format=s.format,
+        data_items=[
+            cpb.DataItem(
+                name=i.name,
+                title=i.title,
+                type=FIELD_TYPE.wire(i.type),
+                description=i.description,
+                sensitivity=SENSITIVITY.wire(i.sensitivity),
+                personal_information=i.personal_information,
+            )
+            for i in s.data_items
+        ],
+        share_type=SHARE_TYPE.wire(s.share_type),
+        share_conditions=s.share_conditions,
+        legal_basis=s.legal_basis,
+        share_method=SHARE_METHOD.wire(s.share_method),
+        open_to_public=s.open_to_public,
+        open_conditions=s.open_conditions,
+        update_cycle=UPDATE_CYCLE.wire(s.update_cycle),
+        related_resource_codes=list(s.related_resource_codes),
+    )
+
+
+def resource_to_wire(r: m.Resource) -> cpb.Resource:
+    wire = spec_to_wire(r.spec)
+    wire.status = STATUS.wire(r.status)
+    wire.version = r.version
+    wire.create_time.FromDatetime(r.created_at)
+    wire.update_time.FromDatetime(r.updated_at)
+    if r.published_at:
+        wire.publish_time.FromDatetime(r.published_at)
+    return wire
+
+
+def _item_from_wire(i: cpb.DataItem, path: str, out: list[FieldViolation]) -> m.DataItem:
+    return m.DataItem(
+        name=i.name.strip(),
+        title=i.title.strip(),
+        type=_known(FIELD_TYPE.domain(i.type, f"{path}.type", out)),
+        description=i.description.strip(),
+        sensitivity=_known(SENSITIVITY.domain(i.sensitivity, f"{path}.sensitivity", out)),
+        personal_information=i.personal_information,
+    )
+
+
+def resource_spec_from_wire(r: cpb.Resource) -> m.ResourceSpec:
+    """The owner-written part of a resource message; output-only fields are ignored."""
+    out: list[FieldViolation] = []
+    spec = m.ResourceSpec(
+        code=r.code.strip(),
+        name=r.name.strip(),
+        department_code=r.department_code.strip(),
+        data_items=tuple(_item_from_wire(i, f"resource.data_items[{n}]", out) for n, i in enumerate(r.data_items)),
+        share_type=_known(SHARE_TYPE.domain(r.share_type, "resource.share_type", out)),
+        share_method=_known(SHARE_METHOD.domain(r.share_method, "resource.share_method", out)),
+        update_cycle=_known(UPDATE_CYCLE.domain(r.update_cycle, "resource.update_cycle", out)),
+        summary=r.summary.strip(),
+        classification=r.classification.strip(),
+        format=r.format.strip(),
+        share_conditions=r.share_conditions.strip(),
+        legal_basis=r.legal_basis.strip(),
+        open_to_public=r.open_to_public,
+        open_conditions=r.open_conditions.strip(),
+        related_resource_codes=tuple(c.strip() for c in r.related_resource_codes),
+    )
+    raise_if(out)
+    return spec
+
+
+def version_to_wire(v: m.ResourceVersion) -> cpb.ResourceVersion:
+    return cpb.ResourceVersion(
+        version=v.version,
+        change=CHANGE.wire(v.change),
+        actor=principal_ref_to_wire(v.actor),
+        reason=v.reason,
+        change_time=timestamp(v.changed_at),
+        resource=resource_to_wire(v.resource),
+    )
