@@ -96,7 +96,9 @@ def _from_env(env: Mapping[str, str]) -> dict[str, str]:
         if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
             name = key[len(ENV_PREFIX) :].lower()
             if name not in names:
-                raise ConfigError(f"unknown setting {key}; known: {', '.join(sorted(ENV_PREFIX + n.upper() for n in names))}")
+                raise ConfigError(
+                    f"unknown setting {key}; known: {', '.join(sorted(ENV_PREFIX + n.upper() for n in names))}"
+                )
             out[name] = value
     return out
 

@@ -54,9 +54,7 @@ def create_ca(common_name: str, days: int = 3650) -> tuple[PrivateKey, x509.Cert
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -75,6 +73,7 @@ def _san_entries(hostnames: tuple[str, ...]) -> list[x509.GeneralName]:
 
 def _leaf(
     ca_key: PrivateKey,
+    *,
     ca_cert: x509.Certificate,
     subject: x509.Name,
     public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
@@ -96,9 +95,7 @@ def _leaf(
         .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 
@@ -108,8 +105,13 @@ def issue_server_certificate(
 ) -> tuple[PrivateKey, x509.Certificate]:
     key = new_key()
     cert = _leaf(
-        ca_key, ca_cert, _name(hostnames[0]), key.public_key(), _san_entries(hostnames),
-        ExtendedKeyUsageOID.SERVER_AUTH, days,
+        ca_key,
+        ca_cert=ca_cert,
+        subject=_name(hostnames[0]),
+        public_key=key.public_key(),
+        san=_san_entries(hostnames),
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        days=days,
     )
     return key, cert
 
@@ -146,7 +148,15 @@ def sign_csr(
     if not acceptable or not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise InvalidArgument.of([FieldViolation("csr_pem", "key must be EC P-256/P-384 or RSA >= 2048 bits")])
     san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(principal_uri(ref))]
-    return _leaf(ca_key, ca_cert, _name(str(ref)), public_key, san, ExtendedKeyUsageOID.CLIENT_AUTH, days)
+    return _leaf(
+        ca_key,
+        ca_cert=ca_cert,
+        subject=_name(str(ref)),
+        public_key=public_key,
+        san=san,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        days=days,
+    )
 
 
 def fingerprint(cert: x509.Certificate) -> str:

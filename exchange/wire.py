@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from exchange import models as m
 from exchange.errors import FieldViolation
-from exchange.validation import raise_if
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
+from exchange.validation import raise_if
 
 if TYPE_CHECKING:  # the generic wrapper type exists in the type stubs only
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
@@ -31,22 +31,26 @@ class EnumMap(Generic[D, P]):
 
     def __init__(self, domain: type[D], wire: _EnumTypeWrapper[P], prefix: str) -> None:
         self._to_wire = {d: wire.Value(prefix + d.name) for d in domain}
-        self._from_wire = {v: d for d, v in self._to_wire.items()}
+        self._from_wire: dict[int, D] = {int(v): d for d, v in self._to_wire.items()}
         self._names = ", ".join(prefix + d.name for d in domain)
 
     def wire(self, value: D) -> P:
         return self._to_wire[value]
 
+    def optional(self, value: D | None) -> P:
+        """The wire number of an optional filter: 0 (unspecified) for None."""
+        return self._to_wire[value] if value is not None else cast(P, 0)
+
     def label(self, value: int) -> str:
         """The domain name of a wire number, for display ("-" when unset or unknown)."""
-        found = self._from_wire.get(value)  # type: ignore[call-overload]
+        found = self._from_wire.get(value)
         return "-" if found is None else str(found.value)
 
     def domain(self, value: int, path: str, out: list[FieldViolation], *, required: bool = True) -> D | None:
         """The domain value of a wire number; None (with a violation if required) when unspecified or unknown."""
         if value == 0 and not required:
             return None
-        found = self._from_wire.get(value)  # type: ignore[call-overload]
+        found = self._from_wire.get(value)
         if found is None:
             what = "is required" if value == 0 else f"{value} is not a known value"
             out.append(FieldViolation(path, f"{what}; one of {self._names}"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,7 +13,6 @@ from grpc_status import rpc_status
 from exchange import pki
 from exchange.config import Settings
 from exchange.errors import ConfigError
-from exchange.models import Page
 from exchange.v1 import catalog_pb2_grpc, registry_pb2_grpc
 
 T = TypeVar("T")
@@ -29,6 +28,7 @@ class HubClient:
                 "no identity to call the hub with: pass --identity DIR (a directory with key.pem, cert.pem "
                 "and ca.pem, as `exchange cert issue` writes) or set EXCHANGE_IDENTITY"
             )
+        self.identity = directory
         files = pki.IdentityFiles(directory)
         for path in (files.key, files.cert, files.ca):
             if not path.exists():
@@ -60,26 +60,16 @@ class HubClient:
         self.close()
 
 
-def all_pages(fetch: Callable[[str], Page[T]]) -> Iterator[T]:
-    """Every item of a paged list, following next-page tokens."""
-    token = ""
-    while True:
-        page = fetch(token)
-        yield from page.items
-        token = page.next_page_token
-        if not token:
-            return
-
-
 def describe(error: grpc.RpcError) -> str:
     """A person-readable account of a failed call, with the field violations the hub sent."""
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     message = error.details() if isinstance(error, grpc.Call) else str(error)
     lines = [f"{code.name}: {message}"]
     status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
-    for detail in status.details if status else ():
+    details: list[Any] = list(status.details) if status else []
+    for detail in details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
+            bad: error_details_pb2.BadRequest = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             lines += [f"  - {v.field}: {v.description}" for v in bad.field_violations]
     return "\n".join(lines)

@@ -58,13 +58,17 @@ def whoami(args: argparse.Namespace, settings: Settings) -> int:
     with HubClient(settings, args.identity) as hub:
         me = hub.call(hub.registry.WhoAmI, rpb.WhoAmIRequest())
     roles = ", ".join(w.ROLE.label(r) for r in me.roles) or "-"
-    _show(args, me, [
-        ("principal", f"{w.KIND.label(me.principal.kind)}/{me.principal.code}"),
-        ("name", me.display_name),
-        ("department", me.department_code),
-        ("roles", roles),
-        ("certificate", me.certificate_fingerprint_sha256),
-    ])
+    _show(
+        args,
+        me,
+        [
+            ("principal", f"{w.KIND.label(me.principal.kind)}/{me.principal.code}"),
+            ("name", me.display_name),
+            ("department", me.department_code),
+            ("roles", roles),
+            ("certificate", me.certificate_fingerprint_sha256),
+        ],
+    )
     return 0
 
 
@@ -93,7 +97,7 @@ def dept_get(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def dept_list(args: argparse.Namespace, settings: Settings) -> int:
-    level = w.LEVEL.wire(m.AdministrativeLevel(args.level)) if args.level else 0
+    level = w.LEVEL.optional(m.AdministrativeLevel(args.level) if args.level else None)
     request = rpb.ListDepartmentsRequest(
         page_size=args.page_size, page_token=args.page_token, parent_code=args.parent or "", level=level
     )
@@ -160,7 +164,7 @@ def person_get(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def person_list(args: argparse.Namespace, settings: Settings) -> int:
-    role = w.ROLE.wire(m.Role(args.role)) if args.role else 0
+    role = w.ROLE.optional(m.Role(args.role) if args.role else None)
     request = rpb.ListPeopleRequest(
         page_size=args.page_size, page_token=args.page_token, department_code=args.department or "", role=role
     )
@@ -187,7 +191,7 @@ def issue_identity(hub: HubClient, ref: m.PrincipalRef, out: Path, ca_pem: bytes
 def cert_issue(args: argparse.Namespace, settings: Settings) -> int:
     ref = _ref(args)
     with HubClient(settings, args.identity) as hub:
-        ca_pem = pki.IdentityFiles(args.identity or settings.identity).ca.read_bytes()
+        ca_pem = pki.IdentityFiles(hub.identity).ca.read_bytes()
         cert = issue_identity(hub, ref, args.out, ca_pem, args.days)
     print(f"issued a certificate for {ref} (valid until {_time(cert.not_after)}); identity written to {args.out}")
     print(f"the private key never left this machine: {pki.IdentityFiles(args.out).key} (mode 0600)")
@@ -272,8 +276,8 @@ def catalog_list(args: argparse.Namespace, settings: Settings) -> int:
         page_size=args.page_size,
         page_token=args.page_token,
         department_code=args.department or "",
-        share_type=w.SHARE_TYPE.wire(m.ShareType(args.share_type)) if args.share_type else 0,
-        status=w.STATUS.wire(m.ResourceStatus(args.status)) if args.status else 0,
+        share_type=w.SHARE_TYPE.optional(m.ShareType(args.share_type) if args.share_type else None),
+        status=w.STATUS.optional(m.ResourceStatus(args.status) if args.status else None),
         text=args.text or "",
         field_name=args.field or "",
     )
@@ -303,7 +307,9 @@ def catalog_history(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def catalog_status(args: argparse.Namespace, settings: Settings) -> int:
-    request = cpb.ChangeResourceStatusRequest(code=args.code, expected_version=args.expected_version, reason=args.reason)
+    request = cpb.ChangeResourceStatusRequest(
+        code=args.code, expected_version=args.expected_version, reason=args.reason
+    )
     with HubClient(settings, args.identity) as hub:
         method = {
             "publish": hub.catalog.PublishResource,

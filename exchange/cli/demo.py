@@ -50,8 +50,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     _fresh_home(home)
     members = files.read_members(DATA / "members.yaml")
     specs = files.read_catalog(DATA / "catalog.yaml")
-    operator = initialize(settings, OperatorSeed(members.authority, members.operator.username,
-                                                 members.operator.display_name))
+    operator = initialize(
+        settings, OperatorSeed(members.authority, members.operator.username, members.operator.display_name)
+    )
     return asyncio.run(_serve_tour(settings, members, specs, operator.directory, args.once))
 
 
@@ -123,12 +124,15 @@ class Tour:
         print(tables.render(commands.DEPARTMENT_HEADERS, commands._department_rows(list(departments))))
         print()
         print(tables.render(commands.PERSON_HEADERS, commands._person_rows(list(people))))
-        print(f"\n{len(self.members.systems)} systems and {len(self.members.people)} people hold certificates "
-              f"in {self.home.home / 'identities'} (keys made locally, mode 0600).")
+        print(
+            f"\n{len(self.members.systems)} systems and {len(self.members.people)} people hold certificates "
+            f"in {self.home.home / 'identities'} (keys made locally, mode 0600)."
+        )
 
     def steward_of(self, department: str) -> str:
         return next(
-            p.username for p in self.members.people
+            p.username
+            for p in self.members.people
             if p.department_code == department and m.Role.OWNER_STEWARD in p.roles
         )
 
@@ -177,12 +181,17 @@ class Tour:
                 "housing's steward suspends public security's entry",
                 lambda: hub.call(hub.catalog.SuspendResource, request),
             )
-            bad = w.spec_to_wire(m.ResourceSpec(
-                code="20301/350200000009", name="购房资格审核结果", department_code="11350200MB0034567G",
-                data_items=(m.DataItem("buyer_id_number", "购房人证件号码", m.FieldType.STRING),),
-                share_type=m.ShareType.CONDITIONAL, share_method=m.ShareMethod.QUERY,
-                update_cycle=m.UpdateCycle.DAILY,
-            ))
+            bad = w.spec_to_wire(
+                m.ResourceSpec(
+                    code="20301/350200000009",
+                    name="购房资格审核结果",
+                    department_code="11350200MB0034567G",
+                    data_items=(m.DataItem("buyer_id_number", "购房人证件号码", m.FieldType.STRING),),
+                    share_type=m.ShareType.CONDITIONAL,
+                    share_method=m.ShareMethod.QUERY,
+                    update_cycle=m.UpdateCycle.DAILY,
+                )
+            )
             self._expect_refusal(
                 "a conditional entry with no conditions or legal basis",
                 lambda: hub.call(hub.catalog.CreateResource, cpb.CreateResourceRequest(resource=bad)),
@@ -191,16 +200,19 @@ class Tour:
             duplicate = self.members.departments[0]
             self._expect_refusal(
                 f"registering {duplicate.name} a second time",
-                lambda: hub.call(hub.registry.CreateDepartment,
-                                 rpb.CreateDepartmentRequest(department=w.department_to_wire(duplicate))),
+                lambda: hub.call(
+                    hub.registry.CreateDepartment,
+                    rpb.CreateDepartmentRequest(department=w.department_to_wire(duplicate)),
+                ),
             )
 
     def history(self) -> None:
         _step("7. Every change is a version: public security suspends, then republishes, its entry")
         code = "10101/350200000001"
         with self.client(self.identity_of("ga-steward")) as hub:
-            hub.call(hub.catalog.SuspendResource,
-                     cpb.ChangeResourceStatusRequest(code=code, reason="系统升级，暂停共享"))
+            hub.call(
+                hub.catalog.SuspendResource, cpb.ChangeResourceStatusRequest(code=code, reason="系统升级，暂停共享")
+            )
             hub.call(hub.catalog.PublishResource, cpb.ChangeResourceStatusRequest(code=code, reason="升级完成"))
             versions = hub.call(hub.catalog.ListResourceVersions, cpb.ListResourceVersionsRequest(code=code))
         rows = [

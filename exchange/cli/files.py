@@ -162,8 +162,10 @@ def read_members(path: Path) -> Members:
     people = []
     for i, d in enumerate(top.items("people")):
         r = _Reader(d, f"people[{i}]", out)
-        roles = frozenset(_Reader({"role": x}, f"{r.path}.roles[{n}]", out).choice("role", m.Role)
-                          for n, x in enumerate(r.items("roles")))
+        roles = frozenset(
+            _Reader({"role": x}, f"{r.path}.roles[{n}]", out).choice("role", m.Role)
+            for n, x in enumerate(r.items("roles"))
+        )
         people.append(m.Person(r.text("username"), r.text("display_name"), r.text("department"), roles))
     _raise_for(path, out)
     return Members(authority, operator, departments, systems, people)

@@ -24,8 +24,9 @@ Command = Callable[[argparse.Namespace, config.Settings], int]
 
 def _init(args: argparse.Namespace, settings: config.Settings) -> int:
     seed = OperatorSeed(
-        models.Department(args.department_code, args.department_name, args.division_code,
-                          models.AdministrativeLevel(args.level)),
+        models.Department(
+            args.department_code, args.department_name, args.division_code, models.AdministrativeLevel(args.level)
+        ),
         args.operator,
         args.operator_name,
     )
@@ -62,8 +63,9 @@ def _principal_choice(p: argparse.ArgumentParser, required: bool) -> None:
     group.add_argument("--person", help="a person's username")
 
 
-def _verb(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, fn: Command, text: str
-          ) -> argparse.ArgumentParser:
+def _verb(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, fn: Command, text: str
+) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=text, description=text)
     p.set_defaults(func=fn)
     return p
@@ -162,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     _verb(top, "migrate", _migrate, "bring the store's schema up to date")
     p = _verb(top, "serve", _serve, "run the hub until SIGTERM or Ctrl-C")
     p.add_argument("--listen", help="host:port (EXCHANGE_LISTEN)")
-    p.add_argument("--insecure-dev", action="store_true", default=None,
-                   help="plaintext, no certificates: development only")
+    p.add_argument(
+        "--insecure-dev", action="store_true", default=None, help="plaintext, no certificates: development only"
+    )
     p = _verb(top, "demo", demo.run, "start a hub with demo departments and catalog, and show them")
     p.add_argument("--once", action="store_true", help="stop after the tour instead of serving on")
     p.add_argument("--listen", help="host:port (default 127.0.0.1:7443)")
@@ -178,9 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = {k: getattr(args, k, None) for k in ("home", "hub_address", "identity", "listen", "insecure_dev")}
         settings = config.load(args.config, overrides=overrides)
-        logging.basicConfig(
-            level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         code: int = args.func(args, settings)
         return code
     except InvalidArgument as e:

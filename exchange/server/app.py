@@ -12,6 +12,7 @@ import signal
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import _async as health_aio  # the asyncio servicer that health.aio re-exports
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -60,7 +61,7 @@ class Hub:
         self.settings = settings
         self.store = store or Store(settings.effective_database_url)
         self.credentials = load_credentials(settings)
-        self.health = health.aio.HealthServicer()
+        self.health = health_aio.HealthServicer()
         self.port = 0
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),

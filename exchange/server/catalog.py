@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from exchange import wire as c
 from exchange.errors import FieldViolation
 from exchange.models import Principal, ResourceChange
-from exchange import wire as c
 from exchange.server.rpc import Authenticator, unary
 from exchange.services.catalog import CatalogService
 from exchange.store.catalog import ResourceFilter

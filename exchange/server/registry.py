@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from exchange import wire as c
 from exchange.errors import FieldViolation
 from exchange.models import Principal, PrincipalRef
-from exchange import wire as c
 from exchange.server.rpc import Authenticator, unary
 from exchange.services.registry import RegistryService
 from exchange.v1 import registry_pb2 as pb
@@ -42,9 +42,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         out: list[FieldViolation] = []
         level = c.LEVEL.domain(request.level, "level", out, required=False)
         raise_if(out)
-        page = self.service.list_departments(
-            actor, request.page_size, request.page_token, request.parent_code, level
-        )
+        page = self.service.list_departments(actor, request.page_size, request.page_token, request.parent_code, level)
         return pb.ListDepartmentsResponse(
             departments=[c.department_to_wire(d) for d in page.items], next_page_token=page.next_page_token
         )

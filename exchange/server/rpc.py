@@ -82,7 +82,7 @@ def status_of(error: errors.ExchangeError) -> status_pb2.Status:  # noqa: PLR091
 
 
 def _peer_fingerprint(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    pems = context.auth_context().get("x509_pem_cert")
+    pems = list(context.auth_context().get("x509_pem_cert") or ())
     if not pems:
         return None
     return pki.fingerprint_of_pem(pems[0])

@@ -111,4 +111,3 @@ class CatalogService:
         """Drafts are the owner's business: to anyone else they do not exist."""
         if resource.status is ResourceStatus.DRAFT and resource.spec.department_code != visible_department(actor):
             raise NotFound("resource", resource.spec.code)
-

@@ -133,8 +133,14 @@ def _write_spec(s: Session, row: ResourceRow, spec: ResourceSpec) -> None:
         if s.scalar(select(ResourceRow.id).where(ResourceRow.code == code)) is None:
             raise NotFound("related resource", code)
     for key in (
-        "name", "summary", "classification", "format", "share_conditions", "legal_basis",
-        "open_to_public", "open_conditions",
+        "name",
+        "summary",
+        "classification",
+        "format",
+        "share_conditions",
+        "legal_basis",
+        "open_to_public",
+        "open_conditions",
     ):
         setattr(row, key, getattr(spec, key))
     row.share_type = spec.share_type.value
@@ -251,19 +257,29 @@ class CatalogStore:
             if f.statuses:
                 stmt = stmt.where(ResourceRow.status.in_([x.value for x in f.statuses]))
             viewer = department_row(s, f.viewer_department).id if f.viewer_department else None
-            stmt = stmt.where(or_(ResourceRow.status != ResourceStatus.DRAFT.value, ResourceRow.department_id == viewer))
+            stmt = stmt.where(
+                or_(ResourceRow.status != ResourceStatus.DRAFT.value, ResourceRow.department_id == viewer)
+            )
             if f.text:
                 pattern = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
                 stmt = stmt.where(
-                    or_(*(c.ilike(pattern, escape="\\") for c in (
-                        ResourceRow.code, ResourceRow.name, ResourceRow.summary, ResourceRow.classification
-                    )))
+                    or_(
+                        *(
+                            c.ilike(pattern, escape="\\")
+                            for c in (
+                                ResourceRow.code,
+                                ResourceRow.name,
+                                ResourceRow.summary,
+                                ResourceRow.classification,
+                            )
+                        )
+                    )
                 )
             if f.field_name:
                 stmt = stmt.where(
                     ResourceRow.items.any(or_(DataItemRow.name == f.field_name, DataItemRow.title == f.field_name))
                 )
-            return fetch_page(s, stmt, ResourceRow.code, page, _resource_of)
+            return fetch_page(s, stmt, ResourceRow.code, page, convert=_resource_of)
 
     def versions(self, code: str, page: PageRequest) -> Page[ResourceVersion]:
         with self._db.transaction() as s:
@@ -271,7 +287,7 @@ class CatalogStore:
             if resource_id is None:
                 raise NotFound("resource", code)
             stmt = select(ResourceVersionRow).where(ResourceVersionRow.resource_id == resource_id)
-            return fetch_page(s, stmt, ResourceVersionRow.version, page, _version_of, parse=int)
+            return fetch_page(s, stmt, ResourceVersionRow.version, page, convert=_version_of, parse=int)
 
 
 def _version_of(row: ResourceVersionRow) -> ResourceVersion:

@@ -19,6 +19,7 @@ def fetch_page(
     stmt: Select[Any],
     key: InstrumentedAttribute[Any],
     page: PageRequest,
+    *,
     convert: Callable[[Any], T],
     parse: Callable[[str], Any] = str,
 ) -> Page[T]:

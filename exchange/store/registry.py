@@ -110,7 +110,7 @@ class RegistryStore:
                 stmt = stmt.where(DepartmentRow.parent_id == department_row(s, parent_code).id)
             if level is not None:
                 stmt = stmt.where(DepartmentRow.level == level.value)
-            return fetch_page(s, stmt, DepartmentRow.code, page, department_of)
+            return fetch_page(s, stmt, DepartmentRow.code, page, convert=department_of)
 
     # Systems
 
@@ -141,7 +141,7 @@ class RegistryStore:
             stmt = select(SystemRow)
             if department_code:
                 stmt = stmt.where(SystemRow.department_id == department_row(s, department_code).id)
-            return fetch_page(s, stmt, SystemRow.code, page, _system_of)
+            return fetch_page(s, stmt, SystemRow.code, page, convert=_system_of)
 
     # People
 
@@ -176,7 +176,7 @@ class RegistryStore:
                 stmt = stmt.where(PersonRow.department_id == department_row(s, department_code).id)
             if role is not None:
                 stmt = stmt.where(PersonRow.roles.any(PersonRoleRow.role == role.value))
-            return fetch_page(s, stmt, PersonRow.username, page, _person_of)
+            return fetch_page(s, stmt, PersonRow.username, page, convert=_person_of)
 
     # Principals and certificates
 
@@ -210,7 +210,7 @@ class RegistryStore:
                     CertificateRow.principal_kind == principal.kind.value,
                     CertificateRow.principal_code == principal.code,
                 )
-            return fetch_page(s, stmt, CertificateRow.fingerprint_sha256, page, _certificate_of)
+            return fetch_page(s, stmt, CertificateRow.fingerprint_sha256, page, convert=_certificate_of)
 
     def principal_for_certificate(self, fingerprint: str, at: dt.datetime) -> Principal | None:
         """The principal a presented certificate belongs to, if it is registered, valid and not revoked."""
