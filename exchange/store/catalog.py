@@ -187,7 +187,7 @@ class CatalogStore:
         self._db = db
 
     def create(self, spec: ResourceSpec, status: ResourceStatus, actor: PrincipalRef, reason: str) -> Resource:
-        with self._db.transaction() as s:
+        with self._db.write() as s:
             if s.scalar(select(ResourceRow.id).where(ResourceRow.code == spec.code)) is not None:
                 raise AlreadyExists("resource", spec.code)
             now = _now()
@@ -216,8 +216,8 @@ class CatalogStore:
 
         ``decide`` checks rights and state and raises to refuse; nothing is written then.
         """
-        with self._db.transaction() as s:
-            row = s.scalar(select(ResourceRow).where(ResourceRow.code == code).with_for_update())
+        with self._db.write() as s:
+            row = s.scalar(select(ResourceRow).where(ResourceRow.code == code).with_for_update(of=ResourceRow))
             if row is None:
                 raise NotFound("resource", code)
             current = _resource_of(row)
@@ -236,7 +236,7 @@ class CatalogStore:
             return _record_version(s, row, step.change, actor, reason)
 
     def get(self, code: str, version: int = 0) -> Resource:
-        with self._db.transaction() as s:
+        with self._db.read() as s:
             row = s.scalar(select(ResourceRow).where(ResourceRow.code == code))
             if row is None:
                 raise NotFound("resource", code)
@@ -248,7 +248,7 @@ class CatalogStore:
             return _from_snapshot(past.snapshot)
 
     def list(self, page: PageRequest, f: ResourceFilter) -> Page[Resource]:
-        with self._db.transaction() as s:
+        with self._db.read() as s:
             stmt = select(ResourceRow)
             if f.department_code:
                 stmt = stmt.where(ResourceRow.department_id == department_row(s, f.department_code).id)
@@ -282,7 +282,7 @@ class CatalogStore:
             return fetch_page(s, stmt, ResourceRow.code, page, convert=_resource_of)
 
     def versions(self, code: str, page: PageRequest) -> Page[ResourceVersion]:
-        with self._db.transaction() as s:
+        with self._db.read() as s:
             resource_id = s.scalar(select(ResourceRow.id).where(ResourceRow.code == code))
             if resource_id is None:
                 raise NotFound("resource", code)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,24 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # the driver must not BEGIN on its own: _sqlite_begin does
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    """Write transactions take SQLite's write lock up front (BEGIN IMMEDIATE).
+
+    A deferred transaction that reads and then writes can fail at once with
+    SQLITE_BUSY when another writer went first; taking the lock at BEGIN makes
+    writers queue (up to busy_timeout) instead. Reads stay deferred and
+    concurrent under WAL.
+    """
+    connection.exec_driver_sql(f"BEGIN {connection.get_execution_options().get('sqlite_begin', 'DEFERRED')}")
 
 
 def create_store_engine(url: str) -> Engine:
@@ -49,6 +61,7 @@ def create_store_engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 5})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
@@ -63,17 +76,25 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_store_engine(url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writes = sessionmaker(self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False)
+        self._reads = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
     def backend(self) -> str:
         return self.engine.dialect.name
 
+    def write(self) -> AbstractContextManager[Session]:
+        """A transaction that writes: committed on success, rolled back on any error, errors translated."""
+        return self._transaction(self._writes)
+
+    def read(self) -> AbstractContextManager[Session]:
+        """A transaction that only reads (concurrent with others on every backend)."""
+        return self._transaction(self._reads)
+
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back on any error, errors translated."""
+    def _transaction(self, sessions: sessionmaker[Session]) -> Iterator[Session]:
         try:
-            with self._sessions.begin() as session:
+            with sessions.begin() as session:
                 yield session
         except IntegrityError as e:
             log.info("store conflict: %s", e.orig)
@@ -86,7 +107,7 @@ class Database:
             raise Unavailable("the store failed to answer; retry later") from None
 
     def ping(self) -> None:
-        with self.transaction() as session:
+        with self.read() as session:
             session.execute(text("SELECT 1"))
 
     def migrate(self) -> None:

@@ -79,7 +79,7 @@ class RegistryStore:
     # Departments
 
     def add_department(self, d: Department) -> Department:
-        with self._db.transaction() as s:
+        with self._db.write() as s:
             if s.scalar(select(DepartmentRow.id).where(DepartmentRow.code == d.code)) is not None:
                 raise AlreadyExists("department", d.code)
             if s.scalar(select(DepartmentRow.id).where(DepartmentRow.name == d.name)) is not None:
@@ -98,13 +98,13 @@ class RegistryStore:
             return department_of(row)
 
     def get_department(self, code: str) -> Department:
-        with self._db.transaction() as s:
+        with self._db.read() as s:
             return department_of(department_row(s, code))
 
     def list_departments(
         self, page: PageRequest, parent_code: str | None = None, level: AdministrativeLevel | None = None
     ) -> Page[Department]:
-        with self._db.transaction() as s:
+        with self._db.read() as s:
             stmt = select(DepartmentRow)
             if parent_code:
                 stmt = stmt.where(DepartmentRow.parent_id == department_row(s, parent_code).id)
@@ -115,7 +115,7 @@ class RegistryStore:
     # Systems
 
     def add_system(self, system: System) -> System:
-        with self._db.transaction() as s:
+        with self._db.write() as s:
             if s.scalar(select(SystemRow.id).where(SystemRow.code == system.code)) is not None:
                 raise AlreadyExists("system", system.code)
             dept = department_row(s, system.department_code)
@@ -130,14 +130,14 @@ class RegistryStore:
             return _system_of(row)
 
     def get_system(self, code: str) -> System:
-        with self._db.transaction() as s:
+        with self._db.read() as s:
             row = s.scalar(select(SystemRow).where(SystemRow.code == code))
             if row is None:
                 raise NotFound("system", code)
             return _system_of(row)
 
     def list_systems(self, page: PageRequest, department_code: str | None = None) -> Page[System]:
-        with self._db.transaction() as s:
+        with self._db.read() as s:
             stmt = select(SystemRow)
             if department_code:
                 stmt = stmt.where(SystemRow.department_id == department_row(s, department_code).id)
@@ -146,7 +146,7 @@ class RegistryStore:
     # People
 
     def add_person(self, person: Person) -> Person:
-        with self._db.transaction() as s:
+        with self._db.write() as s:
             if s.scalar(select(PersonRow.id).where(PersonRow.username == person.username)) is not None:
                 raise AlreadyExists("person", person.username)
             row = PersonRow(
@@ -161,7 +161,7 @@ class RegistryStore:
             return _person_of(row)
 
     def get_person(self, username: str) -> Person:
-        with self._db.transaction() as s:
+        with self._db.read() as s:
             row = s.scalar(select(PersonRow).where(PersonRow.username == username))
             if row is None:
                 raise NotFound("person", username)
@@ -170,7 +170,7 @@ class RegistryStore:
     def list_people(
         self, page: PageRequest, department_code: str | None = None, role: Role | None = None
     ) -> Page[Person]:
-        with self._db.transaction() as s:
+        with self._db.read() as s:
             stmt = select(PersonRow)
             if department_code:
                 stmt = stmt.where(PersonRow.department_id == department_row(s, department_code).id)
@@ -182,11 +182,11 @@ class RegistryStore:
 
     def principal(self, ref: PrincipalRef) -> Principal:
         """The registered principal ``ref`` names, or NotFound."""
-        with self._db.transaction() as s:
+        with self._db.read() as s:
             return _principal(s, ref)
 
     def add_certificate(self, record: CertificateRecord) -> CertificateRecord:
-        with self._db.transaction() as s:
+        with self._db.write() as s:
             _principal(s, record.principal)
             row = CertificateRow(
                 serial_number=record.serial_number,
@@ -203,7 +203,7 @@ class RegistryStore:
             return _certificate_of(row)
 
     def list_certificates(self, page: PageRequest, principal: PrincipalRef | None = None) -> Page[CertificateRecord]:
-        with self._db.transaction() as s:
+        with self._db.read() as s:
             stmt = select(CertificateRow)
             if principal is not None:
                 stmt = stmt.where(
@@ -214,7 +214,7 @@ class RegistryStore:
 
     def principal_for_certificate(self, fingerprint: str, at: dt.datetime) -> Principal | None:
         """The principal a presented certificate belongs to, if it is registered, valid and not revoked."""
-        with self._db.transaction() as s:
+        with self._db.read() as s:
             cert = s.scalar(select(CertificateRow).where(CertificateRow.fingerprint_sha256 == fingerprint))
             if cert is None or cert.revoked_at is not None or not cert.not_before <= at <= cert.not_after:
                 return None

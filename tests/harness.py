@@ -1,0 +1,124 @@
+"""Test harness: a real hub on a loopback port, real certificates, real clients.
+
+The hub runs its asyncio gRPC server on a background thread's event loop;
+tests call it with the same synchronous client the CLI uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from exchange import models as m
+from exchange import pki
+from exchange import wire as w
+from exchange.bootstrap import OperatorSeed, initialize
+from exchange.cli.client import HubClient
+from exchange.cli.commands import issue_identity
+from exchange.config import Settings
+from exchange.server.app import Hub
+from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import registry_pb2 as rpb
+
+AUTHORITY = m.Department("11350200MB0012345Y", "厦门市大数据管理局", "350200", m.AdministrativeLevel.CITY)
+POLICE = m.Department("11350200MB0023456P", "厦门市公安局", "350200", m.AdministrativeLevel.CITY)
+HOUSING = m.Department("11350200MB0034567G", "厦门市住房和建设局", "350200", m.AdministrativeLevel.CITY)
+
+
+def identity_spec(code: str = "10101/350200000001", department: str = POLICE.code, **changes: object) -> m.ResourceSpec:
+    """A valid conditional catalog entry, with any field changed."""
+    spec = m.ResourceSpec(
+        code=code,
+        name="居民身份信息",
+        department_code=department,
+        data_items=(
+            m.DataItem(
+                "name", "姓名", m.FieldType.STRING, sensitivity=m.SensitivityGrade.IMPORTANT, personal_information=True
+            ),
+            m.DataItem(
+                "id_number",
+                "公民身份号码",
+                m.FieldType.STRING,
+                sensitivity=m.SensitivityGrade.IMPORTANT,
+                personal_information=True,
+            ),
+            m.DataItem("address", "户籍地址", m.FieldType.STRING),
+        ),
+        share_type=m.ShareType.CONDITIONAL,
+        share_method=m.ShareMethod.QUERY,
+        update_cycle=m.UpdateCycle.REAL_TIME,
+        summary="身份核验信息",
+        classification="基础信息资源/人口信息",
+        share_conditions="按事项申请",
+        legal_basis="《中华人民共和国居民身份证法》第十五条",
+    )
+    return replace(spec, **changes)  # type: ignore[arg-type]
+
+
+class RunningHub:
+    """A started hub and the identities made for it."""
+
+    def __init__(self, settings: Settings, operator: Path) -> None:
+        self.settings = settings
+        self.operator = operator
+        self.files = pki.HubFiles(settings.home)
+        self.ca_pem = self.files.ca_cert.read_bytes()
+
+    def client(self, identity: Path | None = None) -> HubClient:
+        return HubClient(self.settings, identity or self.operator)
+
+    def identity(self, kind: m.PrincipalKind, code: str) -> Path:
+        ref = m.PrincipalRef(kind, code)
+        out = self.files.identity(ref).directory
+        if not out.exists():
+            with self.client() as hub:
+                issue_identity(hub, ref, out, self.ca_pem)
+        return out
+
+    def add_department(self, d: m.Department) -> None:
+        with self.client() as hub:
+            hub.call(hub.registry.CreateDepartment, rpb.CreateDepartmentRequest(department=w.department_to_wire(d)))
+
+    def add_person(self, username: str, department: str, *roles: m.Role) -> Path:
+        person = m.Person(username, username.upper(), department, frozenset(roles))
+        with self.client() as hub:
+            hub.call(hub.registry.CreatePerson, rpb.CreatePersonRequest(person=w.person_to_wire(person)))
+        return self.identity(m.PrincipalKind.PERSON, username)
+
+    def add_system(self, code: str, department: str) -> Path:
+        with self.client() as hub:
+            system = w.system_to_wire(m.System(code, f"系统 {code}", department))
+            hub.call(hub.registry.CreateSystem, rpb.CreateSystemRequest(system=system))
+        return self.identity(m.PrincipalKind.SYSTEM, code)
+
+    def publish(self, steward: Path, spec: m.ResourceSpec, publish: bool = True) -> cpb.Resource:
+        with self.client(steward) as hub:
+            request = cpb.CreateResourceRequest(resource=w.spec_to_wire(spec), publish=publish, reason="test")
+            return hub.call(hub.catalog.CreateResource, request)
+
+
+def base_settings(home: Path, database_url: str = "", **changes: object) -> Settings:
+    settings = Settings(home=home, database_url=database_url, listen="127.0.0.1:0", call_timeout_seconds=20)
+    return replace(settings, **changes)  # type: ignore[arg-type]
+
+
+@contextmanager
+def running_hub(settings: Settings) -> Iterator[RunningHub]:
+    """Initializes a hub in ``settings.home`` and serves it on a loopback port until the block ends."""
+    operator = initialize(settings, OperatorSeed(AUTHORITY, "op-admin", "王运维")).directory
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="hub-loop", daemon=True)
+    thread.start()
+    hub = Hub(settings)
+    port = asyncio.run_coroutine_threadsafe(hub.start(), loop).result(timeout=30)
+    try:
+        yield RunningHub(replace(settings, hub_address=f"localhost:{port}"), operator)
+    finally:
+        asyncio.run_coroutine_threadsafe(hub.stop(grace=1), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
