@@ -195,7 +195,7 @@ def test_concurrent_changes_each_get_their_own_version(populated: Store) -> None
                     "",
                     lambda c: Transition(c.spec, c.status, m.ResourceChange.UPDATED),
                 )
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=bump) for _ in range(4)]

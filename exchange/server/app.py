@@ -63,38 +63,48 @@ class Hub:
         self.credentials = load_credentials(settings)
         self.health = health_aio.HealthServicer()
         self.port = 0
+        self.server: grpc.aio.Server | None = None
+
+    def _build_server(self) -> grpc.aio.Server:
+        """The gRPC server with every service; made inside the running event loop, which it binds to."""
+        settings = self.settings
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=options)
         registry = RegistryService(self.store, self.credentials.ca, settings.certificate_days)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(registry, registry, settings.insecure_dev), self.server
+            RegistryServicer(registry, registry, settings.insecure_dev), server
         )
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
-            CatalogServicer(CatalogService(self.store), registry, settings.insecure_dev), self.server
+            CatalogServicer(CatalogService(self.store), registry, settings.insecure_dev), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        return server
 
     async def start(self) -> int:
         """Checks the store, binds the port and starts serving; returns the bound port."""
         if not self.store.db.is_current():
             raise ConfigError("the store's schema is not current: run `exchange migrate`")
-        if self.settings.insecure_dev:
-            log.warning(
-                "INSECURE DEVELOPMENT MODE: plaintext gRPC on %s, callers named by metadata, no certificates. "
-                "Never use this with real data.",
-                self.settings.listen,
-            )
-            self.port = self.server.add_insecure_port(self.settings.listen)
-        else:
-            self.port = self.server.add_secure_port(self.settings.listen, self.credentials.tls)
+        self.server = server = self._build_server()
+        try:
+            if self.settings.insecure_dev:
+                log.warning(
+                    "INSECURE DEVELOPMENT MODE: plaintext gRPC on %s, callers named by metadata, no certificates. "
+                    "Never use this with real data.",
+                    self.settings.listen,
+                )
+                self.port = server.add_insecure_port(self.settings.listen)
+            else:
+                self.port = server.add_secure_port(self.settings.listen, self.credentials.tls)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise ConfigError(f"cannot listen on {self.settings.listen}")
-        await self.server.start()
+            raise ConfigError(f"cannot listen on {self.settings.listen}: the address is in use or not local")
+        await server.start()
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("hub serving on port %d (store: %s)", self.port, self.store.db.backend)
@@ -103,7 +113,8 @@ class Hub:
     async def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING, lets in-flight calls finish within the grace period, then closes."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        if self.server is not None:
+            await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         self.store.close()
         log.info("hub stopped")
 
