@@ -1,0 +1,235 @@
+"""The ``exchange`` command against a real hub: verbs, files, the demo, and serve with SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from exchange import models as m
+from exchange.cli.main import main
+from exchange.v1 import registry_pb2 as rpb
+from tests.harness import POLICE, RunningHub, base_settings, running_hub
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _run(hub: RunningHub, identity: Path, *argv: str) -> int:
+    return main(["--hub", hub.settings.hub_address, "--identity", str(identity), *argv])
+
+
+def test_registry_verbs(hub: RunningHub, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    op = hub.operator
+    args = [
+        "dept",
+        "create",
+        "--code",
+        POLICE.code,
+        "--name",
+        POLICE.name,
+        "--division-code",
+        "350200",
+        "--level",
+        "city",
+    ]
+    assert _run(hub, op, *args) == 0
+    assert (
+        _run(
+            hub, op, "system", "create", "--code", "ga-rkxx", "--name", "人口信息管理系统", "--department", POLICE.code
+        )
+        == 0
+    )
+    assert (
+        _run(
+            hub,
+            op,
+            "person",
+            "create",
+            "--username",
+            "ga-steward",
+            "--name",
+            "张警官",
+            "--department",
+            POLICE.code,
+            "--role",
+            "owner_steward",
+        )
+        == 0
+    )
+    out = tmp_path / "ga-rkxx"
+    assert _run(hub, op, "cert", "issue", "--system", "ga-rkxx", "--out", str(out)) == 0
+    capsys.readouterr()
+    assert _run(hub, out, "--json", "whoami") == 0
+    me = json.loads(capsys.readouterr().out)
+    assert me["principal"] == {"kind": "PRINCIPAL_KIND_SYSTEM", "code": "ga-rkxx"}
+    assert _run(hub, op, "dept", "list", "--level", "city") == 0
+    assert _run(hub, op, "person", "list", "--role", "owner_steward") == 0
+    assert _run(hub, op, "cert", "list", "--system", "ga-rkxx") == 0
+    printed = capsys.readouterr().out
+    assert "厦门市公安局" in printed and "ga-steward" in printed and "system/ga-rkxx" in printed
+
+
+def test_refusals_are_explained_with_exit_codes(hub: RunningHub, capsys: pytest.CaptureFixture[str]) -> None:
+    code = _run(
+        hub,
+        hub.operator,
+        "dept",
+        "create",
+        "--code",
+        "11350200MB0023456X",
+        "--name",
+        "x",
+        "--division-code",
+        "350200",
+        "--level",
+        "city",
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in err and "department.code" in err
+    assert main(["--identity", "/nonexistent", "whoami"]) == 2
+    assert "identity file" in capsys.readouterr().err
+
+
+CATALOG = """
+resources:
+  - code: 10101/350200000001
+    name: 居民身份信息
+    department: {police}
+    share_type: conditional
+    share_conditions: 按事项申请
+    legal_basis: 《中华人民共和国居民身份证法》
+    share_method: query
+    update_cycle: real_time
+    data_items:
+      - {{name: name, title: 姓名, type: string, sensitivity: important, personal: true}}
+      - {{name: id_number, title: 公民身份号码, type: string, sensitivity: important, personal: true}}
+"""
+
+
+def test_catalog_load_is_idempotent_and_updates(
+    hub: RunningHub, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    hub.add_department(POLICE)
+    steward = hub.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD)
+    file = tmp_path / "catalog.yaml"
+    file.write_text(CATALOG.format(police=POLICE.code), encoding="utf-8")
+    assert _run(hub, steward, "catalog", "load", str(file), "--reason", "首次编目") == 0
+    assert _run(hub, steward, "catalog", "load", str(file)) == 0  # unchanged: no new version
+    file.write_text(
+        CATALOG.format(police=POLICE.code).replace("按事项申请", "按事项申请，身份号码脱敏"), encoding="utf-8"
+    )
+    assert _run(hub, steward, "catalog", "load", str(file), "--reason", "补充条件") == 0
+    capsys.readouterr()
+    assert _run(hub, steward, "catalog", "history", "10101/350200000001") == 0
+    history = capsys.readouterr().out
+    assert "首次编目" in history and "补充条件" in history and " 3 " not in history
+    assert _run(hub, steward, "catalog", "suspend", "10101/350200000001", "--reason", "维护") == 0
+    assert _run(hub, steward, "catalog", "list", "--field", "id_number", "--status", "suspended") == 0
+    assert "居民身份信息" in capsys.readouterr().out
+
+
+def test_catalog_file_errors_name_every_place(
+    hub: RunningHub, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    file = tmp_path / "bad.yaml"
+    bad = (
+        CATALOG.format(police=POLICE.code)
+        .replace("type: string, sensitivity: important, personal: true}\n", "type: text}\n", 1)
+        .replace("share_method: query", "share_method: fax")
+    )
+    file.write_text(bad, encoding="utf-8")
+    assert _run(hub, hub.operator, "catalog", "load", str(file)) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml: resources[0].data_items[0].type: 'text' is not one of string" in err
+    assert "resources[0].share_method: 'fax'" in err
+    file.write_text("resources: [", encoding="utf-8")
+    assert _run(hub, hub.operator, "catalog", "load", str(file)) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_demo_runs_its_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "demo"
+    for _ in range(2):  # the demo rebuilds its home each time
+        assert main(["--home", str(home), "demo", "--once", "--listen", "127.0.0.1:0"]) == 0
+    out = capsys.readouterr().out
+    for expected in (
+        "厦门市不动产登记中心",
+        "不动产交易完税信息",
+        "PERMISSION_DENIED",
+        "ALREADY_EXISTS",
+        "系统升级，暂停共享",
+    ):
+        assert expected in out
+    (tmp_path / "precious").mkdir()
+    assert main(["--home", str(tmp_path / "precious"), "demo", "--once", "--listen", "127.0.0.1:0"]) == 2
+
+
+def test_insecure_development_mode_names_callers_by_metadata(tmp_path: Path) -> None:
+    with (
+        running_hub(base_settings(tmp_path / "hub", insecure_dev=True)) as hub,
+        grpc.insecure_channel(hub.settings.hub_address) as channel,
+    ):
+        from exchange.v1 import registry_pb2_grpc  # noqa: PLC0415
+
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        me = stub.WhoAmI(rpb.WhoAmIRequest(), metadata=[("x-exchange-dev-principal", "person/op-admin")], timeout=5)
+        assert me.principal.code == "op-admin"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.WhoAmI(rpb.WhoAmIRequest(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_serve_stops_gracefully_on_sigterm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "hub"
+    assert (
+        main(
+            [
+                "--home",
+                str(home),
+                "init",
+                "--department-code",
+                "11350200MB0012345Y",
+                "--department-name",
+                "厦门市大数据管理局",
+                "--division-code",
+                "350200",
+                "--operator",
+                "op-admin",
+            ]
+        )
+        == 0
+    )
+    identity = home / "identities" / "person-op-admin"
+    port = _free_port()
+    env = {**os.environ, "EXCHANGE_HOME": str(home), "EXCHANGE_LISTEN": f"127.0.0.1:{port}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "exchange.cli.main", "serve"], cwd=PROJECT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while main(["--hub", f"localhost:{port}", "--identity", str(identity), "whoami"]) != 0:
+            assert time.monotonic() < deadline, "the hub did not start"
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            time.sleep(0.2)
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=30)
+    finally:
+        server.kill()
+    assert server.returncode == 0, err
+    assert "shutdown requested" in err and "hub stopped" in err
