@@ -17,6 +17,7 @@ import pytest
 from exchange import models as m
 from exchange.cli.main import main
 from exchange.v1 import registry_pb2 as rpb
+from exchange.v1 import registry_pb2_grpc
 from tests.harness import POLICE, RunningHub, base_settings, running_hub
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -178,14 +179,12 @@ def test_insecure_development_mode_names_callers_by_metadata(tmp_path: Path) -> 
         running_hub(base_settings(tmp_path / "hub", insecure_dev=True)) as hub,
         grpc.insecure_channel(hub.settings.hub_address) as channel,
     ):
-        from exchange.v1 import registry_pb2_grpc  # noqa: PLC0415
-
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
-        me = stub.WhoAmI(rpb.WhoAmIRequest(), metadata=[("x-exchange-dev-principal", "person/op-admin")], timeout=5)
+        me = stub.WhoAmI(rpb.WhoAmIRequest(), metadata=(("x-exchange-dev-principal", "person/op-admin"),), timeout=5)
         assert me.principal.code == "op-admin"
         with pytest.raises(grpc.RpcError) as info:
             stub.WhoAmI(rpb.WhoAmIRequest(), timeout=5)
-        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def _free_port() -> int:
