@@ -84,6 +84,10 @@ class PermissionDenied(ExchangeError):
         self.reason = reason
 
 
+class DeadlineExceeded(ExchangeError):
+    """The caller's deadline ran out before the hub could finish (for instance while waiting for a lock)."""
+
+
 class Unavailable(ExchangeError):
     """A part the hub depends on (the store) cannot answer now; retrying may help."""
 

@@ -12,11 +12,12 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
 from exchange import models as m
-from exchange.errors import Aborted, AlreadyExists, NotFound
+from exchange.errors import Aborted, AlreadyExists, DeadlineExceeded, NotFound
 from exchange.paging import page_request
 from exchange.store import Store
 from exchange.store.catalog import ResourceFilter, Transition
-from exchange.store.schema import Base, ResourceVersionRow
+from exchange.store.database import deadline
+from exchange.store.schema import Base, ResourceRow, ResourceVersionRow
 from tests.harness import AUTHORITY, HOUSING, POLICE, identity_spec
 
 OPERATOR = m.PrincipalRef(m.PrincipalKind.PERSON, "op-admin")
@@ -261,3 +262,23 @@ def test_search_by_department_share_type_text_and_field(populated: Store) -> Non
     assert codes(field_name="id_number") == ["10101/350200000001"]
     assert codes(field_name="合同备案号") == ["20301/350200000001"]
     assert codes(statuses=(m.ResourceStatus.RETIRED,)) == []
+
+
+def test_a_write_waiting_on_a_lock_ends_with_the_callers_deadline(populated: Store) -> None:
+    populated.catalog.create(identity_spec(), m.ResourceStatus.PUBLISHED, STEWARD, "")
+    holder = populated.db.write()
+    session = holder.__enter__()  # another writer holds the lock
+    try:
+        session.execute(
+            select(ResourceRow).where(ResourceRow.code == "10101/350200000001").with_for_update(of=ResourceRow)
+        )
+        session.get(ResourceRow, 1)
+        with deadline(0.3), pytest.raises(DeadlineExceeded):
+            populated.catalog.change(
+                "10101/350200000001", 0, STEWARD, "", lambda c: Transition(c.spec, c.status, m.ResourceChange.UPDATED)
+            )
+    finally:
+        holder.__exit__(None, None, None)
+    with deadline(0), pytest.raises(DeadlineExceeded):
+        populated.catalog.get("10101/350200000001")
+    assert populated.catalog.get("10101/350200000001").version == 1

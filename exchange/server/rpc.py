@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 
 from exchange import errors, pki
 from exchange.models import Principal, PrincipalKind, PrincipalRef
+from exchange.store.database import deadline
 
 log = logging.getLogger(__name__)
 DOMAIN = "exchange.v1"
@@ -76,6 +77,8 @@ def status_of(error: errors.ExchangeError) -> status_pb2.Status:  # noqa: PLR091
         return status_pb2.Status(code=code_pb2.ABORTED, message=error.message)
     if isinstance(error, errors.Unauthenticated):
         return status_pb2.Status(code=code_pb2.UNAUTHENTICATED, message=error.message)
+    if isinstance(error, errors.DeadlineExceeded):
+        return status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message=error.message)
     if isinstance(error, errors.Unavailable):
         return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=error.message)
     return status_pb2.Status(code=code_pb2.INTERNAL, message=error.message)
@@ -129,7 +132,8 @@ def unary(
             await _abort(context, status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message="deadline exceeded"))
 
         def call() -> Resp:
-            return fn(self, request, identify(self, context))
+            with deadline(context.time_remaining()):
+                return fn(self, request, identify(self, context))
 
         try:
             return await asyncio.to_thread(call)

@@ -9,8 +9,10 @@ conflicting concurrent write ``Aborted``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,38 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from exchange.errors import Aborted, ConfigError, Unavailable
+from exchange.errors import Aborted, ConfigError, DeadlineExceeded, Unavailable
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+# When the current call must be done (time.monotonic()), or None: set by `deadline()`.
+_deadline: ContextVar[float | None] = ContextVar("store_deadline", default=None)
+_IDLE_WAIT_MS = 5000
+
+
+@contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Bounds the store work done inside the block to ``seconds`` (a gRPC call's time remaining).
+
+    Lock waits and statements then end when the caller stops waiting, with
+    DeadlineExceeded, instead of running on for nobody.
+    """
+    token = _deadline.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def _remaining_ms() -> int | None:
+    """Milliseconds left for the current call, or None without a deadline; raises when none are left."""
+    until = _deadline.get()
+    if until is None:
+        return None
+    left = int((until - time.monotonic()) * 1000)
+    if left <= 0:
+        raise DeadlineExceeded("the call's deadline passed before the store could answer")
+    return left
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -47,6 +77,8 @@ def _sqlite_begin(connection: Any) -> None:
     writers queue (up to busy_timeout) instead. Reads stay deferred and
     concurrent under WAL.
     """
+    wait = _remaining_ms()
+    connection.exec_driver_sql(f"PRAGMA busy_timeout={min(wait or _IDLE_WAIT_MS, _IDLE_WAIT_MS)}")
     connection.exec_driver_sql(f"BEGIN {connection.get_execution_options().get('sqlite_begin', 'DEFERRED')}")
 
 
@@ -95,11 +127,16 @@ class Database:
     def _transaction(self, sessions: sessionmaker[Session]) -> Iterator[Session]:
         try:
             with sessions.begin() as session:
+                wait = _remaining_ms()
+                if wait is not None and self.backend == "postgresql":
+                    session.execute(text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(wait)})
                 yield session
         except IntegrityError as e:
             log.info("store conflict: %s", e.orig)
             raise Aborted("the change conflicts with another made at the same time; read again and retry") from None
         except OperationalError as e:
+            if _deadline.get() is not None and _timed_out(e):
+                raise DeadlineExceeded("the call's deadline passed while the store was busy") from None
             log.warning("store unavailable: %s", e.orig)
             raise Unavailable("the store cannot be reached or is busy; retry later") from None
         except DBAPIError as e:
@@ -134,3 +171,9 @@ def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
+
+
+def _timed_out(error: OperationalError) -> bool:
+    """A statement cancelled by its timeout (PostgreSQL) or a lock wait that ran out (SQLite)."""
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return sqlstate == "57014" or "database is locked" in str(error.orig)
