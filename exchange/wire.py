@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -40,6 +40,15 @@ class EnumMap(Generic[D, P]):
     def optional(self, value: D | None) -> P:
         """The wire number of an optional filter: 0 (unspecified) for None."""
         return self._to_wire[value] if value is not None else cast(P, 0)
+
+    def checked(self, value: int, path: str, out: list[FieldViolation]) -> D:
+        """The domain value of a required field, recording a violation when it is unset or unknown.
+
+        After a violation the first member stands in, so a message can still be
+        built; callers raise ``out`` before the value is used.
+        """
+        found = self.domain(value, path, out)
+        return found if found is not None else next(iter(self._to_wire))
 
     def label(self, value: int) -> str:
         """The domain name of a wire number, for display ("-" when unset or unknown)."""
@@ -77,11 +86,6 @@ def timestamp(value: dt.datetime | None) -> Timestamp | None:
     return ts
 
 
-def _known(value: Any) -> Any:
-    """Placeholder for a field whose violation is already recorded; never reaches the store."""
-    return value
-
-
 # Registry
 
 
@@ -98,9 +102,8 @@ def department_to_wire(d: m.Department) -> rpb.Department:
 
 def department_from_wire(d: rpb.Department) -> m.Department:
     out: list[FieldViolation] = []
-    level = LEVEL.domain(d.level, "department.level", out)
+    level = LEVEL.checked(d.level, "department.level", out)
     raise_if(out)
-    assert level is not None
     return m.Department(d.code.strip(), d.name.strip(), d.division_code.strip(), level, d.parent_code.strip() or None)
 
 
@@ -143,11 +146,10 @@ def principal_ref_to_wire(ref: m.PrincipalRef) -> rpb.PrincipalRef:
 
 def principal_ref_from_wire(ref: rpb.PrincipalRef, path: str) -> m.PrincipalRef:
     out: list[FieldViolation] = []
-    kind = KIND.domain(ref.kind, f"{path}.kind", out)
+    kind = KIND.checked(ref.kind, f"{path}.kind", out)
     if not ref.code:
         out.append(FieldViolation(f"{path}.code", "is required"))
     raise_if(out)
-    assert kind is not None
     return m.PrincipalRef(kind, ref.code)
 
 
@@ -211,9 +213,9 @@ def _item_from_wire(i: cpb.DataItem, path: str, out: list[FieldViolation]) -> m.
     return m.DataItem(
         name=i.name.strip(),
         title=i.title.strip(),
-        type=_known(FIELD_TYPE.domain(i.type, f"{path}.type", out)),
+        type=FIELD_TYPE.checked(i.type, f"{path}.type", out),
         description=i.description.strip(),
-        sensitivity=_known(SENSITIVITY.domain(i.sensitivity, f"{path}.sensitivity", out)),
+        sensitivity=SENSITIVITY.checked(i.sensitivity, f"{path}.sensitivity", out),
         personal_information=i.personal_information,
     )
 
@@ -226,9 +228,9 @@ def resource_spec_from_wire(r: cpb.Resource) -> m.ResourceSpec:
         name=r.name.strip(),
         department_code=r.department_code.strip(),
         data_items=tuple(_item_from_wire(i, f"resource.data_items[{n}]", out) for n, i in enumerate(r.data_items)),
-        share_type=_known(SHARE_TYPE.domain(r.share_type, "resource.share_type", out)),
-        share_method=_known(SHARE_METHOD.domain(r.share_method, "resource.share_method", out)),
-        update_cycle=_known(UPDATE_CYCLE.domain(r.update_cycle, "resource.update_cycle", out)),
+        share_type=SHARE_TYPE.checked(r.share_type, "resource.share_type", out),
+        share_method=SHARE_METHOD.checked(r.share_method, "resource.share_method", out),
+        update_cycle=UPDATE_CYCLE.checked(r.update_cycle, "resource.update_cycle", out),
         summary=r.summary.strip(),
         classification=r.classification.strip(),
         format=r.format.strip(),

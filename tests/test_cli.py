@@ -174,7 +174,7 @@ def test_demo_runs_its_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["--home", str(tmp_path / "precious"), "demo", "--once", "--listen", "127.0.0.1:0"]) == 2
 
 
-def test_insecure_development_mode_names_callers_by_metadata(tmp_path: Path) -> None:
+def test_insecure_development_mode_names_callers_by_metadata(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with (
         running_hub(base_settings(tmp_path / "hub", insecure_dev=True)) as hub,
         grpc.insecure_channel(hub.settings.hub_address) as channel,
@@ -185,6 +185,11 @@ def test_insecure_development_mode_names_callers_by_metadata(tmp_path: Path) -> 
         with pytest.raises(grpc.RpcError) as info:
             stub.WhoAmI(rpb.WhoAmIRequest(), timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stranger = (("x-exchange-dev-principal", "person/nobody"),)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.WhoAmI(rpb.WhoAmIRequest(), metadata=stranger, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert any("INSECURE DEVELOPMENT MODE" in r.message and r.levelname == "WARNING" for r in caplog.records)
 
 
 def _free_port() -> int:

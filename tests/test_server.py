@@ -21,7 +21,7 @@ from exchange.services.registry import CertificateAuthority
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import registry_pb2_grpc
-from tests.harness import HOUSING, POLICE, RunningHub, identity_spec
+from tests.harness import HOUSING, POLICE, RunningHub, base_settings, identity_spec, running_hub
 
 PERSON = m.PrincipalKind.PERSON
 
@@ -467,3 +467,16 @@ def test_related_resources_must_exist(hub: RunningHub, members: dict[str, Path])
             cpb.CreateResourceRequest(resource=w.spec_to_wire(spec)),
         )
         assert "20301/350200000001" in (error.details() or "")
+
+
+def test_registry_and_catalog_through_the_hub_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    with running_hub(base_settings(tmp_path / "hub", postgres_url)) as pg_hub:
+        pg_hub.add_department(POLICE)
+        steward = pg_hub.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD)
+        pg_hub.publish(steward, identity_spec())
+        with pg_hub.client(steward) as c:
+            c.call(c.catalog.SuspendResource, cpb.ChangeResourceStatusRequest(code="10101/350200000001", reason="维护"))
+            again = cpb.CreateResourceRequest(resource=w.spec_to_wire(identity_spec()))
+            _fails(grpc.StatusCode.ALREADY_EXISTS, c.call, c.catalog.CreateResource, again)
+            found = c.call(c.catalog.ListResources, cpb.ListResourcesRequest(text="身份", field_name="id_number"))
+        assert [(r.code, r.version) for r in found.resources] == [("10101/350200000001", 2)]

@@ -100,7 +100,10 @@ def identify(servicer: Servicer, context: grpc.aio.ServicerContext[Any, Any]) ->
             raise errors.Unauthenticated(
                 f"development mode: send metadata {DEV_PRINCIPAL_HEADER}: person/<username> or system/<code>"
             )
-        return servicer.auth.principal(PrincipalRef(PrincipalKind(kind), code))
+        try:
+            return servicer.auth.principal(PrincipalRef(PrincipalKind(kind), code))
+        except errors.NotFound:
+            raise errors.Unauthenticated(f"development mode: {header} is not a registered principal") from None
     fingerprint = _peer_fingerprint(context)
     if fingerprint is None:
         raise errors.Unauthenticated("no client certificate was presented")
