@@ -7,7 +7,9 @@ prints a table (or JSON with ``--json``).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -22,6 +24,8 @@ from exchange.cli.client import HubClient
 from exchange.config import Settings
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
+
+T = TypeVar("T")
 
 
 def _time(ts: Timestamp) -> str:
@@ -45,6 +49,14 @@ def _show_list(args: argparse.Namespace, response: Message, headers: list[str], 
         print(f"(more: add --page-token {token})")
 
 
+def _ask(
+    args: argparse.Namespace, settings: Settings, rpc: Callable[[HubClient], Callable[..., T]], request: Message
+) -> T:
+    """One call to the hub with the caller's identity: ``rpc`` picks the stub method."""
+    with HubClient(settings, args.identity) as hub:
+        return hub.call(rpc(hub), request)
+
+
 def _ref(args: argparse.Namespace) -> m.PrincipalRef:
     if args.system:
         return m.PrincipalRef(m.PrincipalKind.SYSTEM, args.system)
@@ -55,8 +67,7 @@ def _ref(args: argparse.Namespace) -> m.PrincipalRef:
 
 
 def whoami(args: argparse.Namespace, settings: Settings) -> int:
-    with HubClient(settings, args.identity) as hub:
-        me = hub.call(hub.registry.WhoAmI, rpb.WhoAmIRequest())
+    me = _ask(args, settings, lambda hub: hub.registry.WhoAmI, rpb.WhoAmIRequest())
     roles = ", ".join(w.ROLE.label(r) for r in me.roles) or "-"
     _show(
         args,
@@ -81,17 +92,18 @@ DEPARTMENT_HEADERS = ["code", "name", "level", "division", "parent"]
 
 def dept_create(args: argparse.Namespace, settings: Settings) -> int:
     department = m.Department(args.code, args.name, args.division_code, m.AdministrativeLevel(args.level), args.parent)
-    with HubClient(settings, args.identity) as hub:
-        created = hub.call(
-            hub.registry.CreateDepartment, rpb.CreateDepartmentRequest(department=w.department_to_wire(department))
-        )
+    created = _ask(
+        args,
+        settings,
+        lambda hub: hub.registry.CreateDepartment,
+        rpb.CreateDepartmentRequest(department=w.department_to_wire(department)),
+    )
     _show_list(args, created, DEPARTMENT_HEADERS, _department_rows([created]))
     return 0
 
 
 def dept_get(args: argparse.Namespace, settings: Settings) -> int:
-    with HubClient(settings, args.identity) as hub:
-        d = hub.call(hub.registry.GetDepartment, rpb.GetDepartmentRequest(code=args.code))
+    d = _ask(args, settings, lambda hub: hub.registry.GetDepartment, rpb.GetDepartmentRequest(code=args.code))
     _show_list(args, d, DEPARTMENT_HEADERS, _department_rows([d]))
     return 0
 
@@ -101,8 +113,7 @@ def dept_list(args: argparse.Namespace, settings: Settings) -> int:
     request = rpb.ListDepartmentsRequest(
         page_size=args.page_size, page_token=args.page_token, parent_code=args.parent or "", level=level
     )
-    with HubClient(settings, args.identity) as hub:
-        response = hub.call(hub.registry.ListDepartments, request)
+    response = _ask(args, settings, lambda hub: hub.registry.ListDepartments, request)
     _show_list(args, response, DEPARTMENT_HEADERS, _department_rows(list(response.departments)))
     return 0
 
@@ -116,15 +127,15 @@ def _system_rows(systems: list[rpb.System]) -> list[list[str]]:
 
 def system_create(args: argparse.Namespace, settings: Settings) -> int:
     system = m.System(args.code, args.name, args.department, args.description)
-    with HubClient(settings, args.identity) as hub:
-        created = hub.call(hub.registry.CreateSystem, rpb.CreateSystemRequest(system=w.system_to_wire(system)))
+    created = _ask(
+        args, settings, lambda hub: hub.registry.CreateSystem, rpb.CreateSystemRequest(system=w.system_to_wire(system))
+    )
     _show_list(args, created, SYSTEM_HEADERS, _system_rows([created]))
     return 0
 
 
 def system_get(args: argparse.Namespace, settings: Settings) -> int:
-    with HubClient(settings, args.identity) as hub:
-        s = hub.call(hub.registry.GetSystem, rpb.GetSystemRequest(code=args.code))
+    s = _ask(args, settings, lambda hub: hub.registry.GetSystem, rpb.GetSystemRequest(code=args.code))
     _show_list(args, s, SYSTEM_HEADERS, _system_rows([s]))
     return 0
 
@@ -133,8 +144,7 @@ def system_list(args: argparse.Namespace, settings: Settings) -> int:
     request = rpb.ListSystemsRequest(
         page_size=args.page_size, page_token=args.page_token, department_code=args.department or ""
     )
-    with HubClient(settings, args.identity) as hub:
-        response = hub.call(hub.registry.ListSystems, request)
+    response = _ask(args, settings, lambda hub: hub.registry.ListSystems, request)
     _show_list(args, response, SYSTEM_HEADERS, _system_rows(list(response.systems)))
     return 0
 
@@ -150,15 +160,15 @@ def _person_rows(people: list[rpb.Person]) -> list[list[str]]:
 
 def person_create(args: argparse.Namespace, settings: Settings) -> int:
     person = m.Person(args.username, args.name, args.department, frozenset(m.Role(r) for r in args.role))
-    with HubClient(settings, args.identity) as hub:
-        created = hub.call(hub.registry.CreatePerson, rpb.CreatePersonRequest(person=w.person_to_wire(person)))
+    created = _ask(
+        args, settings, lambda hub: hub.registry.CreatePerson, rpb.CreatePersonRequest(person=w.person_to_wire(person))
+    )
     _show_list(args, created, PERSON_HEADERS, _person_rows([created]))
     return 0
 
 
 def person_get(args: argparse.Namespace, settings: Settings) -> int:
-    with HubClient(settings, args.identity) as hub:
-        p = hub.call(hub.registry.GetPerson, rpb.GetPersonRequest(username=args.username))
+    p = _ask(args, settings, lambda hub: hub.registry.GetPerson, rpb.GetPersonRequest(username=args.username))
     _show_list(args, p, PERSON_HEADERS, _person_rows([p]))
     return 0
 
@@ -168,8 +178,7 @@ def person_list(args: argparse.Namespace, settings: Settings) -> int:
     request = rpb.ListPeopleRequest(
         page_size=args.page_size, page_token=args.page_token, department_code=args.department or "", role=role
     )
-    with HubClient(settings, args.identity) as hub:
-        response = hub.call(hub.registry.ListPeople, request)
+    response = _ask(args, settings, lambda hub: hub.registry.ListPeople, request)
     _show_list(args, response, PERSON_HEADERS, _person_rows(list(response.people)))
     return 0
 
@@ -202,8 +211,7 @@ def cert_list(args: argparse.Namespace, settings: Settings) -> int:
     request = rpb.ListCertificatesRequest(page_size=args.page_size, page_token=args.page_token)
     if args.system or args.person:
         request.principal.CopyFrom(w.principal_ref_to_wire(_ref(args)))
-    with HubClient(settings, args.identity) as hub:
-        response = hub.call(hub.registry.ListCertificates, request)
+    response = _ask(args, settings, lambda hub: hub.registry.ListCertificates, request)
     rows = [
         [
             f"{w.KIND.label(c.principal.kind)}/{c.principal.code}",
@@ -265,8 +273,12 @@ def _resource_detail(r: cpb.Resource) -> list[tuple[str, str]]:
 
 
 def catalog_get(args: argparse.Namespace, settings: Settings) -> int:
-    with HubClient(settings, args.identity) as hub:
-        r = hub.call(hub.catalog.GetResource, cpb.GetResourceRequest(code=args.code, version=args.version))
+    r = _ask(
+        args,
+        settings,
+        lambda hub: hub.catalog.GetResource,
+        cpb.GetResourceRequest(code=args.code, version=args.version),
+    )
     _show(args, r, _resource_detail(r))
     return 0
 
@@ -281,16 +293,14 @@ def catalog_list(args: argparse.Namespace, settings: Settings) -> int:
         text=args.text or "",
         field_name=args.field or "",
     )
-    with HubClient(settings, args.identity) as hub:
-        response = hub.call(hub.catalog.ListResources, request)
+    response = _ask(args, settings, lambda hub: hub.catalog.ListResources, request)
     _show_list(args, response, RESOURCE_HEADERS, _resource_rows(list(response.resources)))
     return 0
 
 
 def catalog_history(args: argparse.Namespace, settings: Settings) -> int:
     request = cpb.ListResourceVersionsRequest(code=args.code, page_size=args.page_size, page_token=args.page_token)
-    with HubClient(settings, args.identity) as hub:
-        response = hub.call(hub.catalog.ListResourceVersions, request)
+    response = _ask(args, settings, lambda hub: hub.catalog.ListResourceVersions, request)
     rows = [
         [
             str(v.version),
