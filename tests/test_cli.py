@@ -237,3 +237,15 @@ def test_serve_stops_gracefully_on_sigterm(tmp_path: Path, capsys: pytest.Captur
         server.kill()
     assert server.returncode == 0, err
     assert "shutdown requested" in err and "hub stopped" in err
+
+
+def test_serve_refuses_a_store_that_is_not_migrated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "hub"
+    init = ["--home", str(home), "init", "--department-code", "11350200MB0012345Y", "--department-name", "大数据局"]
+    assert main([*init, "--division-code", "350200"]) == 0
+    monkeypatch.setenv("EXCHANGE_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert main(["--home", str(home), "serve", "--listen", "127.0.0.1:0"]) == 2
+    assert "run `exchange migrate`" in capsys.readouterr().err
+    assert main(["--home", str(home), "migrate"]) == 0

@@ -83,7 +83,7 @@ def whoami(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _department_rows(departments: list[rpb.Department]) -> list[list[str]]:
+def department_rows(departments: list[rpb.Department]) -> list[list[str]]:
     return [[d.code, d.name, w.LEVEL.label(d.level), d.division_code, d.parent_code or "-"] for d in departments]
 
 
@@ -98,13 +98,13 @@ def dept_create(args: argparse.Namespace, settings: Settings) -> int:
         lambda hub: hub.registry.CreateDepartment,
         rpb.CreateDepartmentRequest(department=w.department_to_wire(department)),
     )
-    _show_list(args, created, DEPARTMENT_HEADERS, _department_rows([created]))
+    _show_list(args, created, DEPARTMENT_HEADERS, department_rows([created]))
     return 0
 
 
 def dept_get(args: argparse.Namespace, settings: Settings) -> int:
     d = _ask(args, settings, lambda hub: hub.registry.GetDepartment, rpb.GetDepartmentRequest(code=args.code))
-    _show_list(args, d, DEPARTMENT_HEADERS, _department_rows([d]))
+    _show_list(args, d, DEPARTMENT_HEADERS, department_rows([d]))
     return 0
 
 
@@ -114,7 +114,7 @@ def dept_list(args: argparse.Namespace, settings: Settings) -> int:
         page_size=args.page_size, page_token=args.page_token, parent_code=args.parent or "", level=level
     )
     response = _ask(args, settings, lambda hub: hub.registry.ListDepartments, request)
-    _show_list(args, response, DEPARTMENT_HEADERS, _department_rows(list(response.departments)))
+    _show_list(args, response, DEPARTMENT_HEADERS, department_rows(list(response.departments)))
     return 0
 
 
@@ -152,7 +152,7 @@ def system_list(args: argparse.Namespace, settings: Settings) -> int:
 PERSON_HEADERS = ["username", "name", "department", "roles"]
 
 
-def _person_rows(people: list[rpb.Person]) -> list[list[str]]:
+def person_rows(people: list[rpb.Person]) -> list[list[str]]:
     return [
         [p.username, p.display_name, p.department_code, ", ".join(w.ROLE.label(r) for r in p.roles)] for p in people
     ]
@@ -163,13 +163,13 @@ def person_create(args: argparse.Namespace, settings: Settings) -> int:
     created = _ask(
         args, settings, lambda hub: hub.registry.CreatePerson, rpb.CreatePersonRequest(person=w.person_to_wire(person))
     )
-    _show_list(args, created, PERSON_HEADERS, _person_rows([created]))
+    _show_list(args, created, PERSON_HEADERS, person_rows([created]))
     return 0
 
 
 def person_get(args: argparse.Namespace, settings: Settings) -> int:
     p = _ask(args, settings, lambda hub: hub.registry.GetPerson, rpb.GetPersonRequest(username=args.username))
-    _show_list(args, p, PERSON_HEADERS, _person_rows([p]))
+    _show_list(args, p, PERSON_HEADERS, person_rows([p]))
     return 0
 
 
@@ -179,7 +179,7 @@ def person_list(args: argparse.Namespace, settings: Settings) -> int:
         page_size=args.page_size, page_token=args.page_token, department_code=args.department or "", role=role
     )
     response = _ask(args, settings, lambda hub: hub.registry.ListPeople, request)
-    _show_list(args, response, PERSON_HEADERS, _person_rows(list(response.people)))
+    _show_list(args, response, PERSON_HEADERS, person_rows(list(response.people)))
     return 0
 
 
@@ -231,7 +231,7 @@ def cert_list(args: argparse.Namespace, settings: Settings) -> int:
 RESOURCE_HEADERS = ["code", "name", "department", "share", "method", "status", "v"]
 
 
-def _resource_rows(resources: list[cpb.Resource]) -> list[list[str]]:
+def resource_rows(resources: list[cpb.Resource]) -> list[list[str]]:
     return [
         [
             r.code,
@@ -246,7 +246,7 @@ def _resource_rows(resources: list[cpb.Resource]) -> list[list[str]]:
     ]
 
 
-def _resource_detail(r: cpb.Resource) -> list[tuple[str, str]]:
+def resource_detail(r: cpb.Resource) -> list[tuple[str, str]]:
     rows = [
         ("code", r.code),
         ("name", r.name),
@@ -279,7 +279,7 @@ def catalog_get(args: argparse.Namespace, settings: Settings) -> int:
         lambda hub: hub.catalog.GetResource,
         cpb.GetResourceRequest(code=args.code, version=args.version),
     )
-    _show(args, r, _resource_detail(r))
+    _show(args, r, resource_detail(r))
     return 0
 
 
@@ -294,7 +294,7 @@ def catalog_list(args: argparse.Namespace, settings: Settings) -> int:
         field_name=args.field or "",
     )
     response = _ask(args, settings, lambda hub: hub.catalog.ListResources, request)
-    _show_list(args, response, RESOURCE_HEADERS, _resource_rows(list(response.resources)))
+    _show_list(args, response, RESOURCE_HEADERS, resource_rows(list(response.resources)))
     return 0
 
 
@@ -327,7 +327,7 @@ def catalog_status(args: argparse.Namespace, settings: Settings) -> int:
             "retire": hub.catalog.RetireResource,
         }[args.verb]
         r = hub.call(method, request)
-    _show_list(args, r, RESOURCE_HEADERS, _resource_rows([r]))
+    _show_list(args, r, RESOURCE_HEADERS, resource_rows([r]))
     return 0
 
 
@@ -360,5 +360,5 @@ def catalog_load(args: argparse.Namespace, settings: Settings) -> int:
     specs = files.read_catalog(args.file)
     with HubClient(settings, args.identity) as hub:
         results = load_catalog(hub, specs, publish=not args.draft, reason=args.reason)
-    print(tables.render(RESOURCE_HEADERS, _resource_rows(results)))
+    print(tables.render(RESOURCE_HEADERS, resource_rows(results)))
     return 0

@@ -121,9 +121,9 @@ class Tour:
                 commands.issue_identity(hub, ref, self.home.identity(ref).directory, self.ca_pem)
             departments = hub.call(hub.registry.ListDepartments, rpb.ListDepartmentsRequest()).departments
             people = hub.call(hub.registry.ListPeople, rpb.ListPeopleRequest()).people
-        print(tables.render(commands.DEPARTMENT_HEADERS, commands._department_rows(list(departments))))
+        print(tables.render(commands.DEPARTMENT_HEADERS, commands.department_rows(list(departments))))
         print()
-        print(tables.render(commands.PERSON_HEADERS, commands._person_rows(list(people))))
+        print(tables.render(commands.PERSON_HEADERS, commands.person_rows(list(people))))
         print(
             f"\n{len(self.members.systems)} systems and {len(self.members.people)} people hold certificates "
             f"in {self.home.home / 'identities'} (keys made locally, mode 0600)."
@@ -157,12 +157,12 @@ class Tour:
             self._list(hub, cpb.ListResourcesRequest(text="不动产", share_type=conditional))
             _step("5. One entry in full: public security's resident identity")
             entry = hub.call(hub.catalog.GetResource, cpb.GetResourceRequest(code="10101/350200000001"))
-            print(tables.render(["field", "value"], commands._resource_detail(entry), max_column=90))
+            print(tables.render(["field", "value"], commands.resource_detail(entry), max_column=90))
 
     @staticmethod
     def _list(hub: HubClient, request: cpb.ListResourcesRequest) -> None:
         response = hub.call(hub.catalog.ListResources, request)
-        print(tables.render(commands.RESOURCE_HEADERS, commands._resource_rows(list(response.resources))))
+        print(tables.render(commands.RESOURCE_HEADERS, commands.resource_rows(list(response.resources))))
 
     def _expect_refusal(self, what: str, call: Callable[[], object]) -> None:
         try:
