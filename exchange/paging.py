@@ -2,7 +2,9 @@
 
 A token is opaque to callers: URL-safe base64 of the last key returned and a
 digest of the filters it was issued for, so a token reused with other filters,
-or edited, is refused with a clear message instead of returning a wrong page.
+or garbled, is refused with a clear message instead of returning a wrong page.
+A token grants nothing: it only says where to continue, and every page is
+filtered by the caller's rights as the first was.
 """
 
 from __future__ import annotations

@@ -185,3 +185,33 @@ def _check_related(out: list[FieldViolation], r: ResourceSpec) -> None:
             out.append(FieldViolation(path, "a resource cannot relate to itself"))
         else:
             check_pattern(out, path, code, RESOURCE_CODE, "a resource code")
+
+
+_KEYS = {
+    "system": (SYSTEM_CODE, "a system code"),
+    "person": (USERNAME, "a username"),
+    "resource": (RESOURCE_CODE, "a resource code like '10101/350200000001'"),
+}
+
+
+def validate_key(field: str, value: str, kind: str, *, optional: bool = False) -> None:
+    """A code used to find something must have its format: a typo is INVALID_ARGUMENT, not NOT_FOUND.
+
+    ``kind`` is "department", "system", "person" or "resource"; empty passes when ``optional``.
+    """
+    if optional and not value:
+        return
+    out: list[FieldViolation] = []
+    if kind == "department":
+        check_department_code(out, field, value)
+    else:
+        pattern, hint = _KEYS[kind]
+        check_pattern(out, field, value, pattern, hint)
+    raise_if(out)
+
+
+def validate_free_text(field: str, value: str, limit: int = MAX_TEXT) -> None:
+    """Optional text such as a reason or a search string: bounded, no control characters."""
+    out: list[FieldViolation] = []
+    check_text(out, field, value, required=False, limit=limit)
+    raise_if(out)

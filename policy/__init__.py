@@ -7,6 +7,6 @@ separated rights (ownership, use, share management) with Casbin build on
 this package.
 """
 
-from policy.rules import require_operator, require_steward_of, visible_department
+from policy.rules import require_compatible_roles, require_operator, require_steward_of, visible_department
 
-__all__ = ["require_operator", "require_steward_of", "visible_department"]
+__all__ = ["require_compatible_roles", "require_operator", "require_steward_of", "visible_department"]

@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from exchange.store import Store
 from tests.harness import RunningHub, base_settings, running_hub
 
-PG_ADMIN_URL = os.environ.get("EXCHANGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
 def _postgres_reachable() -> str | None:

@@ -127,7 +127,7 @@ def test_certificate_maps_to_its_principal_only_while_valid(populated: Store) ->
     assert populated.registry.principal_for_certificate("b" * 64, now) is None
     with pytest.raises(NotFound):
         populated.registry.add_certificate(_certificate("c" * 64, m.PrincipalRef(m.PrincipalKind.SYSTEM, "nobody")))
-    with pytest.raises(Aborted):
+    with pytest.raises(AlreadyExists, match="already exists"):
         populated.registry.add_certificate(_certificate("a" * 64, STEWARD))
 
 

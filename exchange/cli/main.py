@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
+from sqlalchemy.engine import make_url
 
 from exchange import config, models
 from exchange.bootstrap import OperatorSeed, initialize
@@ -31,7 +32,8 @@ def _init(args: argparse.Namespace, settings: config.Settings) -> int:
         args.operator_name,
     )
     identity = initialize(settings, seed)
-    print(f"hub initialized in {settings.home} (store: {settings.effective_database_url})")
+    store_url = make_url(settings.effective_database_url).render_as_string(hide_password=True)
+    print(f"hub initialized in {settings.home} (store: {store_url})")
     print(f"first operator {args.operator}: identity in {identity.directory}")
     print(f"next: exchange serve, then exchange --identity {identity.directory} whoami")
     return 0

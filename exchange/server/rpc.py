@@ -120,9 +120,6 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2
     await context.abort(rich.code, rich.details, rich.trailing_metadata)
 
 
-Handler = Callable[[Any, Req, Principal], Resp]
-
-
 def unary(
     fn: Callable[[Any, Req, Principal], Resp],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:

@@ -45,12 +45,14 @@ class CatalogService:
 
     def create(self, actor: Principal, spec: ResourceSpec, publish: bool, reason: str) -> Resource:
         validation.validate_resource_spec(spec)
+        validation.validate_free_text("reason", reason)
         require_steward_of(actor, spec.department_code, "create catalog entries")
         status = ResourceStatus.PUBLISHED if publish else ResourceStatus.DRAFT
         return self._store.catalog.create(spec, status, actor.ref, reason)
 
     def update(self, actor: Principal, spec: ResourceSpec, expected_version: int, reason: str) -> Resource:
         validation.validate_resource_spec(spec)
+        validation.validate_free_text("reason", reason)
 
         def decide(current: Resource) -> Transition:
             require_steward_of(actor, current.spec.department_code, "update this entry")
@@ -67,6 +69,8 @@ class CatalogService:
     def change_status(
         self, actor: Principal, code: str, change: ResourceChange, expected_version: int, reason: str
     ) -> Resource:
+        validation.validate_key("code", code, "resource")
+        validation.validate_free_text("reason", reason)
         if change is not ResourceChange.PUBLISHED and not reason.strip():
             raise InvalidArgument.of([FieldViolation("reason", f"is required to mark an entry {change.value}")])
 
@@ -82,11 +86,12 @@ class CatalogService:
         return self._store.catalog.change(code, expected_version, actor.ref, reason, decide)
 
     def get(self, actor: Principal, code: str, version: int) -> Resource:
+        validation.validate_key("code", code, "resource")
         if version < 0:
             raise InvalidArgument.of([FieldViolation("version", "must be 0 (current) or a positive version")])
-        resource = self._store.catalog.get(code, version)
-        self._require_visible(actor, resource)
-        return resource
+        current = self._store.catalog.get(code)
+        self._require_visible(actor, current)
+        return current if version in (0, current.version) else self._store.catalog.get(code, version)
 
     def list(
         self,
@@ -96,6 +101,9 @@ class CatalogService:
         query: ResourceFilter,
         status: ResourceStatus | None,
     ) -> Page[Resource]:
+        validation.validate_key("department_code", query.department_code or "", "department", optional=True)
+        validation.validate_free_text("text", query.text, limit=validation.MAX_NAME)
+        validation.validate_free_text("field_name", query.field_name, limit=validation.MAX_NAME)
         page = page_request(size, token, {**query.__dict__, "status": status})
         statuses = (status,) if status else _LISTED_BY_DEFAULT
         return self._store.catalog.list(
@@ -103,6 +111,7 @@ class CatalogService:
         )
 
     def versions(self, actor: Principal, code: str, size: int, token: str) -> Page[ResourceVersion]:
+        validation.validate_key("code", code, "resource")
         self._require_visible(actor, self._store.catalog.get(code))
         return self._store.catalog.versions(code, page_request(size, token, {"code": code}))
 

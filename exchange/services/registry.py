@@ -21,7 +21,7 @@ from exchange.models import (
 )
 from exchange.paging import page_request
 from exchange.store import Store
-from policy import require_operator
+from policy import require_compatible_roles, require_operator
 
 MAX_CERTIFICATE_DAYS = 825
 
@@ -57,11 +57,13 @@ class RegistryService:
         return self._store.registry.add_department(department)
 
     def get_department(self, actor: Principal, code: str) -> Department:
+        validation.validate_key("code", code, "department")
         return self._store.registry.get_department(code)
 
     def list_departments(
         self, actor: Principal, size: int, token: str, parent_code: str, level: AdministrativeLevel | None
     ) -> Page[Department]:
+        validation.validate_key("parent_code", parent_code, "department", optional=True)
         page = page_request(size, token, {"parent": parent_code, "level": level})
         return self._store.registry.list_departments(page, parent_code or None, level)
 
@@ -71,23 +73,28 @@ class RegistryService:
         return self._store.registry.add_system(system)
 
     def get_system(self, actor: Principal, code: str) -> System:
+        validation.validate_key("code", code, "system")
         return self._store.registry.get_system(code)
 
     def list_systems(self, actor: Principal, size: int, token: str, department_code: str) -> Page[System]:
+        validation.validate_key("department_code", department_code, "department", optional=True)
         page = page_request(size, token, {"department": department_code})
         return self._store.registry.list_systems(page, department_code or None)
 
     def create_person(self, actor: Principal, person: Person) -> Person:
         validation.validate_person(person)
         require_operator(actor, "register people")
+        require_compatible_roles(person.roles)
         return self._store.registry.add_person(person)
 
     def get_person(self, actor: Principal, username: str) -> Person:
+        validation.validate_key("username", username, "person")
         return self._store.registry.get_person(username)
 
     def list_people(
         self, actor: Principal, size: int, token: str, department_code: str, role: Role | None
     ) -> Page[Person]:
+        validation.validate_key("department_code", department_code, "department", optional=True)
         page = page_request(size, token, {"department": department_code, "role": role})
         return self._store.registry.list_people(page, department_code or None, role)
 
@@ -97,6 +104,7 @@ class RegistryService:
                 [FieldViolation("validity_days", f"must be between 1 and {MAX_CERTIFICATE_DAYS} (0: the default)")]
             )
         require_operator(actor, "issue certificates")
+        validation.validate_key("principal.code", ref.code, ref.kind.value)
         self._store.registry.principal(ref)
         record = self._ca.issue(csr_pem, ref, days or self._default_days)
         return self._store.registry.add_certificate(record)
@@ -104,6 +112,8 @@ class RegistryService:
     def list_certificates(
         self, actor: Principal, size: int, token: str, principal: PrincipalRef | None
     ) -> Page[CertificateRecord]:
+        if principal is not None:
+            validation.validate_key("principal.code", principal.code, principal.kind.value)
         page = page_request(size, token, {"principal": str(principal) if principal else ""})
         return self._store.registry.list_certificates(page, principal)
 

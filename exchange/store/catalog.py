@@ -130,7 +130,13 @@ def _write_spec(s: Session, row: ResourceRow, spec: ResourceSpec) -> None:
     if s.scalar(clash) is not None:
         raise AlreadyExists("resource name", spec.name, "the department has another entry of that name")
     for code in spec.related_resource_codes:
-        if s.scalar(select(ResourceRow.id).where(ResourceRow.code == code)) is None:
+        related = s.scalar(select(ResourceRow).where(ResourceRow.code == code))
+        hidden = (
+            related is not None
+            and related.status == ResourceStatus.DRAFT.value
+            and related.department_id != row.department_id
+        )
+        if related is None or hidden:  # another department's draft is not there for this one
             raise NotFound("related resource", code)
     for key in (
         "name",

@@ -22,10 +22,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from exchange.errors import Aborted, ConfigError, DeadlineExceeded, Unavailable
+from exchange.errors import Aborted, AlreadyExists, ConfigError, DeadlineExceeded, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -87,7 +87,7 @@ def create_store_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except SQLAlchemyError as e:
-        raise ConfigError(f"database_url is not a valid URL: {e}") from None
+        raise ConfigError(f"database_url is not a valid SQLAlchemy URL ({type(e).__name__})") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -133,19 +133,22 @@ class Database:
                 yield session
         except IntegrityError as e:
             log.info("store conflict: %s", e.orig)
+            if _is_unique_violation(e):
+                raise AlreadyExists("record", _constraint(e), "created by another request at the same time") from None
             raise Aborted("the change conflicts with another made at the same time; read again and retry") from None
         except OperationalError as e:
-            if _deadline.get() is not None and _timed_out(e):
+            if _timed_out(e) and _deadline_passed():
                 raise DeadlineExceeded("the call's deadline passed while the store was busy") from None
             log.warning("store unavailable: %s", e.orig)
             raise Unavailable("the store cannot be reached or is busy; retry later") from None
+        except DataError as e:
+            log.info("store refused a value: %s", e.orig)
+            raise InvalidArgument(
+                "a value in the request cannot be stored or searched (a NUL character, or out of range)"
+            ) from None
         except DBAPIError as e:
             log.error("store error: %s", e.orig)
             raise Unavailable("the store failed to answer; retry later") from None
-
-    def ping(self) -> None:
-        with self.read() as session:
-            session.execute(text("SELECT 1"))
 
     def migrate(self) -> None:
         """Brings the schema to the newest migration."""
@@ -177,3 +180,23 @@ def _timed_out(error: OperationalError) -> bool:
     """A statement cancelled by its timeout (PostgreSQL) or a lock wait that ran out (SQLite)."""
     sqlstate = getattr(error.orig, "sqlstate", None)
     return sqlstate == "57014" or "database is locked" in str(error.orig)
+
+
+def _deadline_passed() -> bool:
+    """True when the current call has a deadline and (within a few milliseconds) it has run out."""
+    until = _deadline.get()
+    return until is not None and until - time.monotonic() < 0.05
+
+
+def _is_unique_violation(error: IntegrityError) -> bool:
+    return getattr(error.orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(error.orig)
+
+
+def _constraint(error: IntegrityError) -> str:
+    """The violated constraint or columns, for the message (no values)."""
+    diag = getattr(error.orig, "diag", None)
+    name = getattr(diag, "constraint_name", None)
+    if name:
+        return str(name)
+    text_ = str(error.orig)
+    return text_.split("UNIQUE constraint failed:", 1)[-1].strip() if "UNIQUE" in text_ else "unique key"

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from exchange.errors import FieldViolation, InvalidArgument
 from exchange.models import Page
 from exchange.paging import PageRequest
 
@@ -28,7 +29,11 @@ def fetch_page(
     ``parse`` turns the token's key back into the column's type (``int`` for numbers).
     """
     if page.after is not None:
-        stmt = stmt.where(key > parse(page.after))
+        try:
+            after = parse(page.after)
+        except ValueError:
+            raise InvalidArgument.of([FieldViolation("page_token", "is not a token this hub issued")]) from None
+        stmt = stmt.where(key > after)
     rows = list(session.scalars(stmt.order_by(key).limit(page.size + 1)).unique())
     more = len(rows) > page.size
     rows = rows[: page.size]
