@@ -37,22 +37,21 @@ def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
 
     ca_key, ca_cert = pki.create_ca(f"Exchange hub CA ({seed.department.name})")
     server_key, server_cert = pki.issue_server_certificate(ca_key, ca_cert, settings.hostnames)
+    ref = PrincipalRef(PrincipalKind.PERSON, seed.username)
+    key = pki.new_key()
+    record = CertificateAuthority(ca_key, ca_cert).issue(pki.make_csr(key, ref), ref, settings.certificate_days)
+
+    # The store first, in one transaction: if it fails, no key is left behind and init can be run again.
+    store = Store(settings.effective_database_url)
+    try:
+        store.db.migrate()
+        store.registry.bootstrap(seed.department, operator, record)
+    finally:
+        store.close()
     pki.write_secret(files.ca_key, pki.key_pem(ca_key))
     pki.write_public(files.ca_cert, pki.cert_pem(ca_cert))
     pki.write_secret(files.server_key, pki.key_pem(server_key))
     pki.write_public(files.server_cert, pki.cert_pem(server_cert))
-
-    store = Store(settings.effective_database_url)
-    try:
-        store.db.migrate()
-        store.registry.add_department(seed.department)
-        store.registry.add_person(operator)
-        ref = PrincipalRef(PrincipalKind.PERSON, seed.username)
-        key = pki.new_key()
-        record = CertificateAuthority(ca_key, ca_cert).issue(pki.make_csr(key, ref), ref, settings.certificate_days)
-        store.registry.add_certificate(record)
-    finally:
-        store.close()
     identity = files.identity(ref)
     identity.write(key, record.pem.encode(), pki.cert_pem(ca_cert))
     return identity

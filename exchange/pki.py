@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from exchange.errors import FieldViolation, InvalidArgument
+from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from exchange.models import PrincipalRef
 
 PrivateKey = ec.EllipticCurvePrivateKey
@@ -188,11 +188,20 @@ def load_cert(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
+def _private_directory(directory: Path) -> None:
+    """Creates a missing directory as 0700; an existing one keeps its mode (it may be the user's own)."""
+    if not directory.exists():
+        directory.mkdir(parents=True, mode=0o700)
+        os.chmod(directory, 0o700)
+
+
 def write_secret(path: Path, data: bytes) -> None:
-    """Writes a private key readable by its owner only (0600, in a 0700 directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Writes a new private key readable by its owner only (0600); never replaces or follows a link."""
+    _private_directory(path.parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise FailedPrecondition(f"{path} already exists; a key is never overwritten (choose another place)") from None
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, data)
@@ -201,7 +210,7 @@ def write_secret(path: Path, data: bytes) -> None:
 
 
 def write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_directory(path.parent)
     path.write_bytes(data)
     os.chmod(path, 0o644)
 

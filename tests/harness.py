@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from exchange import models as m
 from exchange import pki
 from exchange import wire as w
@@ -21,6 +23,8 @@ from exchange.cli.client import HubClient
 from exchange.cli.commands import issue_identity
 from exchange.config import Settings
 from exchange.server.app import Hub
+from exchange.store import Store
+from exchange.store.schema import Base
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
 
@@ -78,6 +82,15 @@ class RunningHub:
             with self.client() as hub:
                 issue_identity(hub, ref, out, self.ca_pem)
         return out
+
+    def rows(self, table: type[Base]) -> int:
+        """Rows in one of the store's tables, read directly: to show a refusal changed nothing."""
+        store = Store(self.settings.effective_database_url)
+        try:
+            with store.db.read() as s:
+                return s.scalar(select(func.count()).select_from(table)) or 0
+        finally:
+            store.close()
 
     def add_department(self, d: m.Department) -> None:
         with self.client() as hub:

@@ -130,9 +130,9 @@ def test_catalog_load_is_idempotent_and_updates(
     )
     assert _run(hub, steward, "catalog", "load", str(file), "--reason", "补充条件") == 0
     capsys.readouterr()
-    assert _run(hub, steward, "catalog", "history", "10101/350200000001") == 0
-    history = capsys.readouterr().out
-    assert "首次编目" in history and "补充条件" in history and " 3 " not in history
+    assert _run(hub, steward, "--json", "catalog", "history", "10101/350200000001") == 0
+    history = json.loads(capsys.readouterr().out)["versions"]
+    assert [(v["version"], v["reason"]) for v in history] == [("1", "首次编目"), ("2", "补充条件")]
     assert _run(hub, steward, "catalog", "suspend", "10101/350200000001", "--reason", "维护") == 0
     assert _run(hub, steward, "catalog", "list", "--field", "id_number", "--status", "suspended") == 0
     assert "居民身份信息" in capsys.readouterr().out

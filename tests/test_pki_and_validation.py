@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from exchange import models as m
 from exchange import pki, validation
 from exchange.bootstrap import OperatorSeed, initialize
-from exchange.errors import FailedPrecondition, InvalidArgument
+from exchange.errors import ExchangeError, FailedPrecondition, InvalidArgument
 from exchange.store import Store
 from tests.harness import AUTHORITY, base_settings, identity_spec
 
@@ -89,3 +89,26 @@ def test_init_writes_keys_for_the_owner_only_and_no_secret_to_the_store(tmp_path
     assert principal.roles == frozenset({m.Role.OPERATOR})
     with pytest.raises(FailedPrecondition, match="already initialized"):
         initialize(settings, OperatorSeed(AUTHORITY, "op-admin", "王运维"))
+
+
+def test_failed_init_leaves_no_key_and_can_be_retried(tmp_path: Path) -> None:
+    (tmp_path / "not-a-db").mkdir()
+    broken = base_settings(tmp_path / "hub", f"sqlite:///{tmp_path / 'not-a-db'}")  # a directory: cannot open
+    with pytest.raises(ExchangeError):
+        initialize(broken, OperatorSeed(AUTHORITY, "op-admin", "王运维"))
+    assert not (tmp_path / "hub" / "ca").exists()
+    identity = initialize(base_settings(tmp_path / "hub"), OperatorSeed(AUTHORITY, "op-admin", "王运维"))
+    assert identity.key.exists()
+
+
+def test_a_key_is_never_overwritten_or_written_through_a_link(tmp_path: Path) -> None:
+    target = tmp_path / "id" / "key.pem"
+    pki.write_secret(target, b"first")
+    with pytest.raises(FailedPrecondition, match="never overwritten"):
+        pki.write_secret(target, b"second")
+    assert target.read_bytes() == b"first"
+    link = tmp_path / "id" / "link.pem"
+    link.symlink_to(tmp_path / "elsewhere.pem")
+    with pytest.raises(FailedPrecondition):
+        pki.write_secret(link, b"secret")
+    assert not (tmp_path / "elsewhere.pem").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,10 +22,12 @@ from exchange.cli.client import HubClient
 from exchange.services.registry import CertificateAuthority
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
-from exchange.v1 import registry_pb2_grpc
+from exchange.v1 import catalog_pb2_grpc, registry_pb2_grpc
+from exchange.store.schema import CertificateRow, DepartmentRow, ResourceRow, ResourceVersionRow, SystemRow
 from tests.harness import HOUSING, POLICE, RunningHub, base_settings, identity_spec, running_hub
 
 PERSON = m.PrincipalKind.PERSON
+MARKET = m.Department("11350200MB0067890U", "厦门市市场监督管理局", "350200", m.AdministrativeLevel.CITY)
 
 
 def _fails(code: grpc.StatusCode, call: Any, *args: Any, **kwargs: Any) -> grpc.Call:
@@ -56,12 +60,6 @@ def members(hub: RunningHub) -> dict[str, Path]:
         "clerk": hub.add_person("zj-clerk", HOUSING.code, m.Role.CONSUMER),
         "system": hub.add_system("ga-rkxx", POLICE.code),
     }
-
-
-def _count(hub: RunningHub, method: str, request: Any, field: str) -> int:
-    with hub.client() as c:
-        stub = c.catalog if method.startswith("ListRes") else c.registry
-        return len(getattr(c.call(getattr(stub, method), request), field))
 
 
 # Identity and transport
@@ -122,19 +120,35 @@ def test_health_and_reflection_are_served(hub: RunningHub) -> None:
         assert described.package == "exchange.v1"
 
 
-def test_oversized_message_is_refused(hub: RunningHub, members: dict[str, Path]) -> None:
+def test_oversized_message_is_refused_by_the_server(hub: RunningHub, members: dict[str, Path]) -> None:
+    files = pki.IdentityFiles(members["police"])
+    credentials = grpc.ssl_channel_credentials(files.ca.read_bytes(), files.key.read_bytes(), files.cert.read_bytes())
+    big = hub.settings.max_message_bytes * 2  # the client would send it: only the hub's limit stands in the way
+    options = [("grpc.max_send_message_length", big)]
     spec = identity_spec(summary="长" * (hub.settings.max_message_bytes // 2))
-    with hub.client(members["police"]) as c:
+    with grpc.secure_channel(hub.settings.hub_address, credentials, options=options) as channel:
+        stub = catalog_pb2_grpc.CatalogServiceStub(channel)
         request = cpb.CreateResourceRequest(resource=w.spec_to_wire(spec))
-        _fails(grpc.StatusCode.RESOURCE_EXHAUSTED, c.call, c.catalog.CreateResource, request)
-    assert _count(hub, "ListResources", cpb.ListResourcesRequest(), "resources") == 0
+        error = _fails(grpc.StatusCode.RESOURCE_EXHAUSTED, stub.CreateResource, request, timeout=20)
+    assert "CLIENT" not in (error.details() or "")
+    assert hub.rows(ResourceRow) == 0
 
 
-def test_expired_deadline_is_reported(hub: RunningHub) -> None:
-    with hub.client() as c:
-        _fails(
-            grpc.StatusCode.DEADLINE_EXCEEDED, c.registry.ListDepartments, rpb.ListDepartmentsRequest(), timeout=0.0001
-        )
+def test_the_hub_gives_up_when_the_callers_deadline_passes(hub: RunningHub, members: dict[str, Path]) -> None:
+    """A write stuck behind a lock ends with the deadline instead of committing after the caller left."""
+    blocker = sqlite3.connect(hub.settings.effective_database_url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds SQLite's write lock
+    started = time.monotonic()
+    try:
+        with hub.client() as c:
+            request = rpb.CreateDepartmentRequest(department=w.department_to_wire(MARKET))
+            _fails(grpc.StatusCode.DEADLINE_EXCEEDED, c.registry.CreateDepartment, request, timeout=0.5)
+        time.sleep(max(0.0, 1.5 - (time.monotonic() - started)))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    time.sleep(1.0)  # were the hub still waiting for the lock, it would commit now
+    assert hub.rows(DepartmentRow) == 3
 
 
 # Registry
@@ -204,7 +218,7 @@ def test_malformed_department_is_invalid(hub: RunningHub, change: dict[str, Any]
             rpb.CreateDepartmentRequest(department=wire),
         )
     assert field in _violations(error)
-    assert _count(hub, "ListDepartments", rpb.ListDepartmentsRequest(), "departments") == 1
+    assert hub.rows(DepartmentRow) == 1
 
 
 def test_duplicate_and_unknown_references(hub: RunningHub, members: dict[str, Path]) -> None:
@@ -230,8 +244,8 @@ def test_duplicate_and_unknown_references(hub: RunningHub, members: dict[str, Pa
         )
         _fails(grpc.StatusCode.NOT_FOUND, c.call, c.registry.IssueCertificate, nobody)
         _fails(grpc.StatusCode.NOT_FOUND, c.call, c.registry.GetPerson, rpb.GetPersonRequest(username="nobody"))
-    assert _count(hub, "ListDepartments", rpb.ListDepartmentsRequest(), "departments") == 3
-    assert _count(hub, "ListSystems", rpb.ListSystemsRequest(), "systems") == 1
+    assert hub.rows(DepartmentRow) == 3
+    assert hub.rows(SystemRow) == 1
 
 
 def test_bad_certificate_requests(hub: RunningHub, members: dict[str, Path]) -> None:
@@ -253,7 +267,7 @@ def test_bad_certificate_requests(hub: RunningHub, members: dict[str, Path]) -> 
         assert "principal.kind" in _violations(
             _fails(grpc.StatusCode.INVALID_ARGUMENT, c.call, c.registry.IssueCertificate, no_kind)
         )
-    assert _count(hub, "ListCertificates", rpb.ListCertificatesRequest(), "certificates") == 5
+    assert hub.rows(CertificateRow) == 5
 
 
 def test_only_operators_register_members(hub: RunningHub, members: dict[str, Path]) -> None:
@@ -274,7 +288,7 @@ def test_only_operators_register_members(hub: RunningHub, members: dict[str, Pat
                 csr_pem=pki.make_csr(pki.new_key(), m.PrincipalRef(m.PrincipalKind.SYSTEM, "ga-rkxx")),
             )
             _fails(grpc.StatusCode.PERMISSION_DENIED, c.call, c.registry.IssueCertificate, request)
-    assert _count(hub, "ListDepartments", rpb.ListDepartmentsRequest(), "departments") == 3
+    assert hub.rows(DepartmentRow) == 3
 
 
 def test_person_needs_a_known_role(hub: RunningHub, members: dict[str, Path]) -> None:
@@ -347,7 +361,7 @@ def test_malformed_resource_is_invalid(
             grpc.StatusCode.INVALID_ARGUMENT, c.call, c.catalog.CreateResource, cpb.CreateResourceRequest(resource=wire)
         )
     assert field in _violations(error)
-    assert _count(hub, "ListResources", cpb.ListResourcesRequest(), "resources") == 0
+    assert hub.rows(ResourceRow) == 0
 
 
 def test_bad_data_items_are_named_each(hub: RunningHub, members: dict[str, Path]) -> None:
@@ -480,3 +494,67 @@ def test_registry_and_catalog_through_the_hub_on_postgresql(tmp_path: Path, post
             _fails(grpc.StatusCode.ALREADY_EXISTS, c.call, c.catalog.CreateResource, again)
             found = c.call(c.catalog.ListResources, cpb.ListResourcesRequest(text="身份", field_name="id_number"))
         assert [(r.code, r.version) for r in found.resources] == [("10101/350200000001", 2)]
+
+
+def test_lookups_with_malformed_codes_are_invalid_not_missing(hub: RunningHub, members: dict[str, Path]) -> None:
+    with hub.client(members["clerk"]) as c:
+        for call, request, field in (
+            (c.registry.GetDepartment, rpb.GetDepartmentRequest(code="bad"), "code"),
+            (c.registry.GetSystem, rpb.GetSystemRequest(code="GA RKXX"), "code"),
+            (c.registry.GetPerson, rpb.GetPersonRequest(username="../etc"), "username"),
+            (c.registry.ListSystems, rpb.ListSystemsRequest(department_code="123"), "department_code"),
+            (c.catalog.GetResource, cpb.GetResourceRequest(code="x"), "code"),
+            (c.catalog.ListResources, cpb.ListResourcesRequest(text="身份\x00"), "text"),
+            (c.catalog.ListResourceVersions, cpb.ListResourceVersionsRequest(code="x"), "code"),
+        ):
+            assert field in _violations(_fails(grpc.StatusCode.INVALID_ARGUMENT, c.call, call, request))
+
+
+def test_conflicting_roles_are_refused(hub: RunningHub, members: dict[str, Path]) -> None:
+    with hub.client() as c:
+        for roles in ([rpb.ROLE_AUDITOR, rpb.ROLE_OWNER_STEWARD], [rpb.ROLE_SHARE_MANAGER, rpb.ROLE_CONSUMER]):
+            person = rpb.Person(username="two-hats", display_name="两顶帽子", department_code=POLICE.code, roles=roles)
+            error = _fails(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                c.call,
+                c.registry.CreatePerson,
+                rpb.CreatePersonRequest(person=person),
+            )
+            assert "cannot be held together" in _violations(error)["person.roles"]
+        _fails(grpc.StatusCode.NOT_FOUND, c.call, c.registry.GetPerson, rpb.GetPersonRequest(username="two-hats"))
+
+
+def test_other_departments_drafts_cannot_be_referenced_or_probed(hub: RunningHub, members: dict[str, Path]) -> None:
+    hub.publish(members["police"], identity_spec(), publish=False)
+    with hub.client(members["housing"]) as c:
+        linked = identity_spec(
+            code="20301/350200000001",
+            department=HOUSING.code,
+            name="网签",
+            related_resource_codes=("10101/350200000001",),
+        )
+        _fails(
+            grpc.StatusCode.NOT_FOUND,
+            c.call,
+            c.catalog.CreateResource,
+            cpb.CreateResourceRequest(resource=w.spec_to_wire(linked)),
+        )
+        error = _fails(
+            grpc.StatusCode.NOT_FOUND,
+            c.call,
+            c.catalog.GetResource,
+            cpb.GetResourceRequest(code="10101/350200000001", version=7),
+        )
+        assert "resource '10101/350200000001' not found" in (error.details() or "")
+    assert hub.rows(ResourceRow) == 1 and hub.rows(ResourceVersionRow) == 1
+
+
+def test_reasons_are_bounded_text(hub: RunningHub, members: dict[str, Path]) -> None:
+    hub.publish(members["police"], identity_spec())
+    with hub.client(members["police"]) as c:
+        for reason in ("停用\x00", "长" * 5000):
+            request = cpb.ChangeResourceStatusRequest(code="10101/350200000001", reason=reason)
+            assert "reason" in _violations(
+                _fails(grpc.StatusCode.INVALID_ARGUMENT, c.call, c.catalog.SuspendResource, request)
+            )
+    assert hub.rows(ResourceVersionRow) == 1

@@ -80,22 +80,14 @@ class RegistryStore:
 
     def add_department(self, d: Department) -> Department:
         with self._db.write() as s:
-            if s.scalar(select(DepartmentRow.id).where(DepartmentRow.code == d.code)) is not None:
-                raise AlreadyExists("department", d.code)
-            if s.scalar(select(DepartmentRow.id).where(DepartmentRow.name == d.name)) is not None:
-                raise AlreadyExists("department name", d.name)
-            parent = department_row(s, d.parent_code) if d.parent_code else None
-            row = DepartmentRow(
-                code=d.code,
-                name=d.name,
-                division_code=d.division_code,
-                level=d.level.value,
-                parent=parent,
-                created_at=_now(),
-            )
-            s.add(row)
-            s.flush()
-            return department_of(row)
+            return _add_department(s, d)
+
+    def bootstrap(self, department: Department, operator: Person, certificate: CertificateRecord) -> None:
+        """The first department, its operator and the operator's certificate, all or nothing."""
+        with self._db.write() as s:
+            _add_department(s, department)
+            _add_person(s, operator)
+            _add_certificate(s, certificate)
 
     def get_department(self, code: str) -> Department:
         with self._db.read() as s:
@@ -147,18 +139,7 @@ class RegistryStore:
 
     def add_person(self, person: Person) -> Person:
         with self._db.write() as s:
-            if s.scalar(select(PersonRow.id).where(PersonRow.username == person.username)) is not None:
-                raise AlreadyExists("person", person.username)
-            row = PersonRow(
-                username=person.username,
-                display_name=person.display_name,
-                department=department_row(s, person.department_code),
-                roles=[PersonRoleRow(role=r.value) for r in sorted(person.roles)],
-                created_at=_now(),
-            )
-            s.add(row)
-            s.flush()
-            return _person_of(row)
+            return _add_person(s, person)
 
     def get_person(self, username: str) -> Person:
         with self._db.read() as s:
@@ -187,20 +168,7 @@ class RegistryStore:
 
     def add_certificate(self, record: CertificateRecord) -> CertificateRecord:
         with self._db.write() as s:
-            _principal(s, record.principal)
-            row = CertificateRow(
-                serial_number=record.serial_number,
-                fingerprint_sha256=record.fingerprint_sha256,
-                principal_kind=record.principal.kind.value,
-                principal_code=record.principal.code,
-                not_before=record.not_before,
-                not_after=record.not_after,
-                pem=record.pem,
-                created_at=_now(),
-            )
-            s.add(row)
-            s.flush()
-            return _certificate_of(row)
+            return _add_certificate(s, record)
 
     def list_certificates(self, page: PageRequest, principal: PrincipalRef | None = None) -> Page[CertificateRecord]:
         with self._db.read() as s:
@@ -236,3 +204,54 @@ def _principal(s: Session, ref: PrincipalRef) -> Principal:
     if person is None:
         raise NotFound("person", ref.code)
     return Principal(ref, person.display_name, person.department.code, frozenset(Role(r.role) for r in person.roles))
+
+
+def _add_department(s: Session, d: Department) -> Department:
+    if s.scalar(select(DepartmentRow.id).where(DepartmentRow.code == d.code)) is not None:
+        raise AlreadyExists("department", d.code)
+    if s.scalar(select(DepartmentRow.id).where(DepartmentRow.name == d.name)) is not None:
+        raise AlreadyExists("department name", d.name)
+    parent = department_row(s, d.parent_code) if d.parent_code else None
+    row = DepartmentRow(
+        code=d.code,
+        name=d.name,
+        division_code=d.division_code,
+        level=d.level.value,
+        parent=parent,
+        created_at=_now(),
+    )
+    s.add(row)
+    s.flush()
+    return department_of(row)
+
+
+def _add_person(s: Session, person: Person) -> Person:
+    if s.scalar(select(PersonRow.id).where(PersonRow.username == person.username)) is not None:
+        raise AlreadyExists("person", person.username)
+    row = PersonRow(
+        username=person.username,
+        display_name=person.display_name,
+        department=department_row(s, person.department_code),
+        roles=[PersonRoleRow(role=r.value) for r in sorted(person.roles)],
+        created_at=_now(),
+    )
+    s.add(row)
+    s.flush()
+    return _person_of(row)
+
+
+def _add_certificate(s: Session, record: CertificateRecord) -> CertificateRecord:
+    _principal(s, record.principal)
+    row = CertificateRow(
+        serial_number=record.serial_number,
+        fingerprint_sha256=record.fingerprint_sha256,
+        principal_kind=record.principal.kind.value,
+        principal_code=record.principal.code,
+        not_before=record.not_before,
+        not_after=record.not_after,
+        pem=record.pem,
+        created_at=_now(),
+    )
+    s.add(row)
+    s.flush()
+    return _certificate_of(row)
