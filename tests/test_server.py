@@ -20,10 +20,10 @@ from exchange import pki
 from exchange import wire as w
 from exchange.cli.client import HubClient
 from exchange.services.registry import CertificateAuthority
-from exchange.v1 import catalog_pb2 as cpb
-from exchange.v1 import registry_pb2 as rpb
-from exchange.v1 import catalog_pb2_grpc, registry_pb2_grpc
 from exchange.store.schema import CertificateRow, DepartmentRow, ResourceRow, ResourceVersionRow, SystemRow
+from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import catalog_pb2_grpc, registry_pb2_grpc
+from exchange.v1 import registry_pb2 as rpb
 from tests.harness import HOUSING, POLICE, RunningHub, base_settings, identity_spec, running_hub
 
 PERSON = m.PrincipalKind.PERSON
