@@ -147,6 +147,7 @@ class CertificateRecord:
     not_after: datetime
     pem: str
     revoked_at: datetime | None = None
+    revoke_reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,8 @@ def certificate_to_wire(c: m.CertificateRecord) -> rpb.Certificate:
         not_before=timestamp(c.not_before),
         not_after=timestamp(c.not_after),
         pem=c.pem,
+        revoke_time=timestamp(c.revoked_at),
+        revoke_reason=c.revoke_reason,
     )
 
 

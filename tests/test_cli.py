@@ -76,6 +76,10 @@ def test_registry_verbs(hub: RunningHub, capsys: pytest.CaptureFixture[str], tmp
     assert _run(hub, op, "cert", "list", "--system", "ga-rkxx") == 0
     printed = capsys.readouterr().out
     assert "厦门市公安局" in printed and "ga-steward" in printed and "system/ga-rkxx" in printed
+    fingerprint = me["certificateFingerprintSha256"]
+    assert _run(hub, op, "cert", "revoke", fingerprint, "--reason", "系统下线") == 0
+    assert _run(hub, out, "whoami") == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
 
 
 def test_refusals_are_explained_with_exit_codes(hub: RunningHub, capsys: pytest.CaptureFixture[str]) -> None:

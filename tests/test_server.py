@@ -558,3 +558,43 @@ def test_reasons_are_bounded_text(hub: RunningHub, members: dict[str, Path]) -> 
                 _fails(grpc.StatusCode.INVALID_ARGUMENT, c.call, c.catalog.SuspendResource, request)
             )
     assert hub.rows(ResourceVersionRow) == 1
+
+
+def test_a_revoked_certificate_is_refused_from_its_next_call(hub: RunningHub, members: dict[str, Path]) -> None:
+    fingerprint = pki.fingerprint_of_pem(pki.IdentityFiles(members["system"]).cert.read_bytes())
+    with hub.client(members["system"]) as holder:  # one open connection, before and after
+        holder.call(holder.registry.WhoAmI, rpb.WhoAmIRequest())
+        with hub.client(members["police"]) as c:
+            _fails(
+                grpc.StatusCode.PERMISSION_DENIED,
+                c.call,
+                c.registry.RevokeCertificate,
+                rpb.RevokeCertificateRequest(fingerprint_sha256=fingerprint, reason="密钥泄露"),
+            )
+        with hub.client() as op:
+            for request, code in (
+                (rpb.RevokeCertificateRequest(fingerprint_sha256="abc", reason="x"), grpc.StatusCode.INVALID_ARGUMENT),
+                (rpb.RevokeCertificateRequest(fingerprint_sha256=fingerprint), grpc.StatusCode.INVALID_ARGUMENT),
+                (rpb.RevokeCertificateRequest(fingerprint_sha256="0" * 64, reason="x"), grpc.StatusCode.NOT_FOUND),
+            ):
+                _fails(code, op.call, op.registry.RevokeCertificate, request)
+            holder.call(holder.registry.WhoAmI, rpb.WhoAmIRequest())  # nothing changed yet
+            revoked = op.call(
+                op.registry.RevokeCertificate,
+                rpb.RevokeCertificateRequest(fingerprint_sha256=fingerprint, reason="密钥泄露"),
+            )
+            assert revoked.revoke_reason == "密钥泄露" and revoked.revoke_time.seconds > 0
+            _fails(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                op.call,
+                op.registry.RevokeCertificate,
+                rpb.RevokeCertificateRequest(fingerprint_sha256=fingerprint, reason="again"),
+            )
+            own = pki.fingerprint_of_pem(pki.IdentityFiles(hub.operator).cert.read_bytes())
+            _fails(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                op.call,
+                op.registry.RevokeCertificate,
+                rpb.RevokeCertificateRequest(fingerprint_sha256=own, reason="oops"),
+            )
+        _fails(grpc.StatusCode.UNAUTHENTICATED, holder.call, holder.registry.WhoAmI, rpb.WhoAmIRequest())

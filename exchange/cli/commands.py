@@ -218,11 +218,22 @@ def cert_list(args: argparse.Namespace, settings: Settings) -> int:
             c.serial_number[:16],
             _time(c.not_before),
             _time(c.not_after),
-            c.fingerprint_sha256[:16],
+            f"{_time(c.revoke_time)} {c.revoke_reason}" if c.HasField("revoke_time") else "-",
+            c.fingerprint_sha256,
         ]
         for c in response.certificates
     ]
-    _show_list(args, response, ["principal", "serial", "valid from", "valid until", "fingerprint"], rows)
+    _show_list(args, response, ["principal", "serial", "valid from", "valid until", "revoked", "fingerprint"], rows)
+    return 0
+
+
+def cert_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    request = rpb.RevokeCertificateRequest(fingerprint_sha256=args.fingerprint, reason=args.reason)
+    cert = _ask(args, settings, lambda hub: hub.registry.RevokeCertificate, request)
+    print(
+        f"revoked the certificate of {w.KIND.label(cert.principal.kind)}/{cert.principal.code} "
+        f"({cert.fingerprint_sha256[:16]}…): refused from the next call on"
+    )
     return 0
 
 

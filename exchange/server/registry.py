@@ -95,3 +95,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         return pb.ListCertificatesResponse(
             certificates=[c.certificate_to_wire(x) for x in page.items], next_page_token=page.next_page_token
         )
+
+    @unary
+    def RevokeCertificate(self, request: pb.RevokeCertificateRequest, actor: Principal) -> pb.Certificate:
+        record = self.service.revoke_certificate(
+            actor, request.fingerprint_sha256.strip().lower(), request.reason.strip()
+        )
+        return c.certificate_to_wire(record)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from cryptography import x509
 
 from exchange import pki, validation
-from exchange.errors import FieldViolation, InvalidArgument
+from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from exchange.models import (
     AdministrativeLevel,
     CertificateRecord,
@@ -24,6 +25,7 @@ from exchange.store import Store
 from policy import require_compatible_roles, require_operator
 
 MAX_CERTIFICATE_DAYS = 825
+FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
 
 class CertificateAuthority:
@@ -116,6 +118,16 @@ class RegistryService:
             validation.validate_key("principal.code", principal.code, principal.kind.value)
         page = page_request(size, token, {"principal": str(principal) if principal else ""})
         return self._store.registry.list_certificates(page, principal)
+
+    def revoke_certificate(self, actor: Principal, fingerprint: str, reason: str) -> CertificateRecord:
+        out: list[FieldViolation] = []
+        validation.check_pattern(out, "fingerprint_sha256", fingerprint, FINGERPRINT, "a hex SHA-256 fingerprint")
+        validation.check_text(out, "reason", reason, required=True, limit=validation.MAX_TEXT)
+        validation.raise_if(out)
+        require_operator(actor, "revoke certificates")
+        if fingerprint == actor.certificate_fingerprint:
+            raise FailedPrecondition("this is the certificate you are calling with; revoke it from another identity")
+        return self._store.registry.revoke_certificate(fingerprint, reason, dt.datetime.now(dt.UTC))
 
     def principal(self, ref: PrincipalRef) -> Principal:
         return self._store.registry.principal(ref)

@@ -7,7 +7,7 @@ import datetime as dt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from exchange.errors import AlreadyExists, NotFound
+from exchange.errors import AlreadyExists, FailedPrecondition, NotFound
 from exchange.models import (
     AdministrativeLevel,
     CertificateRecord,
@@ -59,6 +59,7 @@ def _certificate_of(row: CertificateRow) -> CertificateRecord:
         not_after=row.not_after,
         pem=row.pem,
         revoked_at=row.revoked_at,
+        revoke_reason=row.revoke_reason,
     )
 
 
@@ -179,6 +180,18 @@ class RegistryStore:
                     CertificateRow.principal_code == principal.code,
                 )
             return fetch_page(s, stmt, CertificateRow.fingerprint_sha256, page, convert=_certificate_of)
+
+    def revoke_certificate(self, fingerprint: str, reason: str, at: dt.datetime) -> CertificateRecord:
+        with self._db.write() as s:
+            row = s.scalar(select(CertificateRow).where(CertificateRow.fingerprint_sha256 == fingerprint))
+            if row is None:
+                raise NotFound("certificate", fingerprint)
+            if row.revoked_at is not None:
+                raise FailedPrecondition(f"certificate {fingerprint[:16]}… was already revoked", fingerprint)
+            row.revoked_at = at
+            row.revoke_reason = reason
+            s.flush()
+            return _certificate_of(row)
 
     def principal_for_certificate(self, fingerprint: str, at: dt.datetime) -> Principal | None:
         """The principal a presented certificate belongs to, if it is registered, valid and not revoked."""

@@ -117,6 +117,7 @@ class CertificateRow(Base):
     not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     pem: Mapped[str] = mapped_column(Text)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    revoke_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 

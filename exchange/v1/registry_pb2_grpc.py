@@ -94,6 +94,11 @@ class RegistryServiceStub:
                 request_serializer=exchange_dot_v1_dot_registry__pb2.ListCertificatesRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_registry__pb2.ListCertificatesResponse.FromString,
                 _registered_method=True)
+        self.RevokeCertificate = channel.unary_unary(
+                '/exchange.v1.RegistryService/RevokeCertificate',
+                request_serializer=exchange_dot_v1_dot_registry__pb2.RevokeCertificateRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_registry__pb2.Certificate.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -174,6 +179,14 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeCertificate(self, request, context):
+        """Revokes a certificate (operator). Takes effect on the holder's next call,
+        on open connections too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +249,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListCertificates,
                     request_deserializer=exchange_dot_v1_dot_registry__pb2.ListCertificatesRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_registry__pb2.ListCertificatesResponse.SerializeToString,
+            ),
+            'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCertificate,
+                    request_deserializer=exchange_dot_v1_dot_registry__pb2.RevokeCertificateRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_registry__pb2.Certificate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -562,6 +580,33 @@ class RegistryService:
             '/exchange.v1.RegistryService/ListCertificates',
             exchange_dot_v1_dot_registry__pb2.ListCertificatesRequest.SerializeToString,
             exchange_dot_v1_dot_registry__pb2.ListCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.RegistryService/RevokeCertificate',
+            exchange_dot_v1_dot_registry__pb2.RevokeCertificateRequest.SerializeToString,
+            exchange_dot_v1_dot_registry__pb2.Certificate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class RegistryServiceStub:
     caller keeps the private key; only the certificate is stored.
     """
     ListCertificates: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListCertificatesRequest, _registry_pb2.ListCertificatesResponse]
+    RevokeCertificate: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RevokeCertificateRequest, _registry_pb2.Certificate]
+    """Revokes a certificate (operator). Takes effect on the holder's next call,
+    on open connections too.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -69,6 +73,10 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     caller keeps the private key; only the certificate is stored.
     """
     ListCertificates: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListCertificatesRequest, _registry_pb2.ListCertificatesResponse]  # type: ignore[assignment]
+    RevokeCertificate: _aio.UnaryUnaryMultiCallable[_registry_pb2.RevokeCertificateRequest, _registry_pb2.Certificate]  # type: ignore[assignment]
+    """Revokes a certificate (operator). Takes effect on the holder's next call,
+    on open connections too.
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -158,5 +166,15 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ListCertificatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListCertificatesResponse, _abc.Awaitable[_registry_pb2.ListCertificatesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeCertificate(
+        self,
+        request: _registry_pb2.RevokeCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Certificate, _abc.Awaitable[_registry_pb2.Certificate]]:
+        """Revokes a certificate (operator). Takes effect on the holder's next call,
+        on open connections too.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
