@@ -1,12 +1,21 @@
-"""Who may do what at the hub.
+"""Who may do what at the hub: the three separated rights, decided by Casbin.
 
-For now the rules of the foundation: operators register members, an owner
-department's stewards change its catalog entries, and every registered
-principal may read the registry and the published catalog. The three
-separated rights (ownership, use, share management) with Casbin build on
-this package.
+``model.conf`` and ``permissions.csv`` beside this file are the rules a
+reviewer reads; ``engine.RightsPolicy`` applies them to the registry's role
+assignments; ``rules`` holds the checks that are not a single permission
+(which roles may not be held together, which drafts a caller may see).
 """
 
-from policy.rules import require_compatible_roles, require_operator, require_steward_of, visible_department
+from policy.engine import HUB_WIDE, Action, Assignment, RightsPolicy, assignments_of
+from policy.rules import CONFLICTS, require_compatible_roles, visible_department
 
-__all__ = ["require_compatible_roles", "require_operator", "require_steward_of", "visible_department"]
+__all__ = [
+    "CONFLICTS",
+    "HUB_WIDE",
+    "Action",
+    "Assignment",
+    "RightsPolicy",
+    "assignments_of",
+    "require_compatible_roles",
+    "visible_department",
+]

@@ -282,7 +282,7 @@ def test_only_operators_register_members(hub: RunningHub, members: dict[str, Pat
                 c.registry.CreateDepartment,
                 rpb.CreateDepartmentRequest(department=department),
             )
-            assert "only an operator" in (error.details() or "")
+            assert "held by operator" in (error.details() or "")
             request = rpb.IssueCertificateRequest(
                 principal=rpb.PrincipalRef(kind=rpb.PRINCIPAL_KIND_SYSTEM, code="ga-rkxx"),
                 csr_pem=pki.make_csr(pki.new_key(), m.PrincipalRef(m.PrincipalKind.SYSTEM, "ga-rkxx")),

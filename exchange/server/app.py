@@ -25,6 +25,7 @@ from exchange.services.catalog import CatalogService
 from exchange.services.registry import CertificateAuthority, RegistryService
 from exchange.store import Store
 from exchange.v1 import catalog_pb2, catalog_pb2_grpc, registry_pb2, registry_pb2_grpc
+from policy import RightsPolicy, assignments_of
 
 log = logging.getLogger(__name__)
 SERVICES = (
@@ -74,12 +75,17 @@ class Hub:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=options)
-        registry = RegistryService(self.store, self.credentials.ca, settings.certificate_days)
+        policy = RightsPolicy(
+            a
+            for ref, department, roles in self.store.registry.role_assignments()
+            for a in assignments_of(ref, department, roles)
+        )
+        registry = RegistryService(self.store, self.credentials.ca, policy, settings.certificate_days)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, registry, settings.insecure_dev), server
         )
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
-            CatalogServicer(CatalogService(self.store), registry, settings.insecure_dev), server
+            CatalogServicer(CatalogService(self.store, policy), registry, settings.insecure_dev), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -23,7 +23,7 @@ from exchange.models import (
 from exchange.paging import page_request
 from exchange.store import Store
 from exchange.store.catalog import ResourceFilter, Transition
-from policy import require_steward_of, visible_department
+from policy import Action, RightsPolicy, visible_department
 
 # Which states each status change may start from.
 _ALLOWED_FROM = {
@@ -40,13 +40,14 @@ _LISTED_BY_DEFAULT = (ResourceStatus.DRAFT, ResourceStatus.PUBLISHED, ResourceSt
 
 
 class CatalogService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, policy: RightsPolicy) -> None:
         self._store = store
+        self._policy = policy
 
     def create(self, actor: Principal, spec: ResourceSpec, publish: bool, reason: str) -> Resource:
         validation.validate_resource_spec(spec)
         validation.validate_free_text("reason", reason)
-        require_steward_of(actor, spec.department_code, "create catalog entries")
+        self._policy.require(actor, Action.WRITE_CATALOG, spec.department_code, "create catalog entries")
         status = ResourceStatus.PUBLISHED if publish else ResourceStatus.DRAFT
         return self._store.catalog.create(spec, status, actor.ref, reason)
 
@@ -55,7 +56,7 @@ class CatalogService:
         validation.validate_free_text("reason", reason)
 
         def decide(current: Resource) -> Transition:
-            require_steward_of(actor, current.spec.department_code, "update this entry")
+            self._policy.require(actor, Action.WRITE_CATALOG, current.spec.department_code, "update this entry")
             if spec.department_code != current.spec.department_code:
                 raise InvalidArgument.of(
                     [FieldViolation("resource.department_code", "an entry cannot move to another department")]
@@ -75,7 +76,9 @@ class CatalogService:
             raise InvalidArgument.of([FieldViolation("reason", f"is required to mark an entry {change.value}")])
 
         def decide(current: Resource) -> Transition:
-            require_steward_of(actor, current.spec.department_code, f"mark this entry {change.value}")
+            self._policy.require(
+                actor, Action.WRITE_CATALOG, current.spec.department_code, f"mark this entry {change.value}"
+            )
             if current.status not in _ALLOWED_FROM[change]:
                 raise FailedPrecondition(
                     f"resource {code!r} is {current.status.value}; it cannot become {_TARGET[change].value}",

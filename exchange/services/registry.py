@@ -16,13 +16,14 @@ from exchange.models import (
     Page,
     Person,
     Principal,
+    PrincipalKind,
     PrincipalRef,
     Role,
     System,
 )
 from exchange.paging import page_request
 from exchange.store import Store
-from policy import require_compatible_roles, require_operator
+from policy import HUB_WIDE, Action, RightsPolicy, assignments_of, require_compatible_roles
 
 MAX_CERTIFICATE_DAYS = 825
 FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -48,14 +49,17 @@ class CertificateAuthority:
 
 
 class RegistryService:
-    def __init__(self, store: Store, ca: CertificateAuthority, default_certificate_days: int) -> None:
+    def __init__(
+        self, store: Store, ca: CertificateAuthority, policy: RightsPolicy, default_certificate_days: int
+    ) -> None:
         self._store = store
+        self._policy = policy
         self._ca = ca
         self._default_days = default_certificate_days
 
     def create_department(self, actor: Principal, department: Department) -> Department:
         validation.validate_department(department)
-        require_operator(actor, "register departments")
+        self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, "register departments")
         return self._store.registry.add_department(department)
 
     def get_department(self, actor: Principal, code: str) -> Department:
@@ -71,8 +75,12 @@ class RegistryService:
 
     def create_system(self, actor: Principal, system: System) -> System:
         validation.validate_system(system)
-        require_operator(actor, "register systems")
-        return self._store.registry.add_system(system)
+        self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, "register systems")
+        created = self._store.registry.add_system(system)
+        self._policy.assign(
+            assignments_of(PrincipalRef(PrincipalKind.SYSTEM, created.code), created.department_code, ())
+        )
+        return created
 
     def get_system(self, actor: Principal, code: str) -> System:
         validation.validate_key("code", code, "system")
@@ -85,9 +93,12 @@ class RegistryService:
 
     def create_person(self, actor: Principal, person: Person) -> Person:
         validation.validate_person(person)
-        require_operator(actor, "register people")
+        self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, "register people")
         require_compatible_roles(person.roles)
-        return self._store.registry.add_person(person)
+        created = self._store.registry.add_person(person)
+        ref = PrincipalRef(PrincipalKind.PERSON, created.username)
+        self._policy.assign(assignments_of(ref, created.department_code, created.roles))
+        return created
 
     def get_person(self, actor: Principal, username: str) -> Person:
         validation.validate_key("username", username, "person")
@@ -105,7 +116,7 @@ class RegistryService:
             raise InvalidArgument.of(
                 [FieldViolation("validity_days", f"must be between 1 and {MAX_CERTIFICATE_DAYS} (0: the default)")]
             )
-        require_operator(actor, "issue certificates")
+        self._policy.require(actor, Action.ISSUE_CERTIFICATE, HUB_WIDE, "issue certificates")
         validation.validate_key("principal.code", ref.code, ref.kind.value)
         self._store.registry.principal(ref)
         record = self._ca.issue(csr_pem, ref, days or self._default_days)
@@ -124,7 +135,7 @@ class RegistryService:
         validation.check_pattern(out, "fingerprint_sha256", fingerprint, FINGERPRINT, "a hex SHA-256 fingerprint")
         validation.check_text(out, "reason", reason, required=True, limit=validation.MAX_TEXT)
         validation.raise_if(out)
-        require_operator(actor, "revoke certificates")
+        self._policy.require(actor, Action.REVOKE_CERTIFICATE, HUB_WIDE, "revoke certificates")
         if fingerprint == actor.certificate_fingerprint:
             raise FailedPrecondition("this is the certificate you are calling with; revoke it from another identity")
         return self._store.registry.revoke_certificate(fingerprint, reason, dt.datetime.now(dt.UTC))

@@ -193,6 +193,23 @@ class RegistryStore:
             s.flush()
             return _certificate_of(row)
 
+    def role_assignments(self) -> list[tuple[PrincipalRef, str, frozenset[Role]]]:
+        """Every member that can hold rights: (principal, its department, its roles); systems hold none."""
+        with self._db.read() as s:
+            people = [
+                (
+                    PrincipalRef(PrincipalKind.PERSON, p.username),
+                    p.department.code,
+                    frozenset(Role(r.role) for r in p.roles),
+                )
+                for p in s.scalars(select(PersonRow))
+            ]
+            systems = [
+                (PrincipalRef(PrincipalKind.SYSTEM, x.code), x.department.code, frozenset[Role]())
+                for x in s.scalars(select(SystemRow))
+            ]
+            return people + systems
+
     def principal_for_certificate(self, fingerprint: str, at: dt.datetime) -> Principal | None:
         """The principal a presented certificate belongs to, if it is registered, valid and not revoked."""
         with self._db.read() as s:
