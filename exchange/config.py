@@ -38,6 +38,10 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     # Validity of client certificates the hub issues, in days.
     certificate_days: int = 365
+    # Holidays and make-up working days for the 10-working-day rule; empty: the bundled mainland calendar.
+    calendar_file: Path | None = None
+    # Longest validity a share request may ask for, in days.
+    max_grant_days: int = 1096
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
@@ -155,6 +159,10 @@ def _validate(s: Settings) -> None:
         problems.append("max_message_bytes must be between 1 KiB and 256 MiB")
     if not 1 <= s.certificate_days <= 825:
         problems.append("certificate_days must be between 1 and 825")
+    if not 1 <= s.max_grant_days <= 3660:
+        problems.append("max_grant_days must be between 1 and 3660")
+    if s.calendar_file is not None and not s.calendar_file.is_file():
+        problems.append(f"calendar_file {s.calendar_file} does not exist")
     if s.shutdown_grace_seconds < 0 or s.call_timeout_seconds <= 0:
         problems.append("shutdown_grace_seconds must be >= 0 and call_timeout_seconds > 0")
     if s.log_level.upper() not in _LOG_LEVELS:

@@ -8,7 +8,7 @@ the store, in files and on the command line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Generic, TypeVar
 
@@ -209,3 +209,87 @@ class Page(Generic[T]):
 
     items: list[T] = field(default_factory=list)
     next_page_token: str = ""
+
+
+class ShareRequestStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    GRANTED = "granted"
+    REFUSED = "refused"
+    DISPUTED = "disputed"
+    REFUSAL_UPHELD = "refusal_upheld"
+
+
+class MaskKind(StrEnum):
+    NONE = "none"
+    ID_NUMBER = "id_number"
+    NAME = "name"
+    PHONE = "phone"
+    FULL = "full"
+
+
+class GrantStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class ShareEvent:
+    """One step of a request's or grant's life: what, who, when, why."""
+
+    action: str
+    actor: PrincipalRef
+    at: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Application:
+    """What a consumer asks for: the resource, the matter and the minimum it needs."""
+
+    resource_code: str
+    consumer_department_code: str
+    system_codes: tuple[str, ...]
+    purpose: str
+    legal_basis: str
+    fields: tuple[str, ...]
+    start: date
+    end: date
+    expected_daily_calls: int
+
+
+@dataclass(frozen=True)
+class ShareRequest:
+    id: str
+    application: Application
+    status: ShareRequestStatus
+    applicant: PrincipalRef
+    created_at: datetime
+    due: date
+    approved_fields: tuple[str, ...] = ()
+    approved_end: date | None = None
+    masks: tuple[tuple[str, MaskKind], ...] = ()
+    decision_reason: str = ""
+    grant_id: str = ""
+    history: tuple[ShareEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class Grant:
+    id: str
+    request_id: str
+    resource_code: str
+    consumer_department_code: str
+    system_codes: tuple[str, ...]
+    fields: tuple[str, ...]
+    purpose: str
+    legal_basis: str
+    start: date
+    end: date
+    daily_quota: int
+    rate_per_second: int
+    masks: tuple[tuple[str, MaskKind], ...]
+    status: GrantStatus
+    issued_at: datetime
+    history: tuple[ShareEvent, ...] = ()

@@ -17,6 +17,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from google.type import date_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,11 +28,14 @@ PACKAGE_DIR = Path("exchange") / "v1"
 def _generate(out: Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / PACKAGE_DIR).glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
+    # google/type/*.proto (Date) ship with googleapis-common-protos
+    common = Path(date_pb2.__file__).resolve().parent.parent.parent
     scripts = Path(sysconfig.get_path("scripts"))
     args = [
         "protoc",
         f"-I{PROTO_DIR}",
         f"-I{include}",
+        f"-I{common}",
         f"--plugin=protoc-gen-mypy={scripts / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={scripts / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out}",

@@ -3,8 +3,9 @@
 from exchange.store.catalog import CatalogStore
 from exchange.store.database import Database
 from exchange.store.registry import RegistryStore
+from exchange.store.rights import RightsStore
 
-__all__ = ["CatalogStore", "Database", "RegistryStore", "Store"]
+__all__ = ["CatalogStore", "Database", "RegistryStore", "RightsStore", "Store"]
 
 
 class Store:
@@ -14,6 +15,7 @@ class Store:
         self.db = Database(url)
         self.registry = RegistryStore(self.db)
         self.catalog = CatalogStore(self.db)
+        self.rights = RightsStore(self.db)
 
     def close(self) -> None:
         self.db.dispose()

@@ -11,7 +11,9 @@ import datetime as dt
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Integer,
@@ -188,3 +190,73 @@ class ResourceVersionRow(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     snapshot: Mapped[dict[str, object]] = mapped_column(JSON)
+
+
+class ShareRequestRow(Base):
+    """A consumer department's application for one resource, and its decisions."""
+
+    __tablename__ = "share_requests"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    resource_id: Mapped[int] = mapped_column(ForeignKey("resources.id"), index=True)
+    consumer_department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), index=True)
+    system_codes: Mapped[list[str]] = mapped_column(JSON)
+    purpose: Mapped[str] = mapped_column(Text)
+    legal_basis: Mapped[str] = mapped_column(Text)
+    fields: Mapped[list[str]] = mapped_column(JSON)
+    start_date: Mapped[dt.date] = mapped_column(Date)
+    end_date: Mapped[dt.date] = mapped_column(Date)
+    expected_daily_calls: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    applicant_kind: Mapped[str] = mapped_column(String(16))
+    applicant_code: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    due_date: Mapped[dt.date] = mapped_column(Date, index=True)
+    approved_fields: Mapped[list[str]] = mapped_column(JSON)
+    approved_end: Mapped[dt.date | None] = mapped_column(Date)
+    masks: Mapped[list[list[str]]] = mapped_column(JSON)
+    decision_reason: Mapped[str] = mapped_column(Text, default="")
+    grant_id: Mapped[str | None] = mapped_column(String(32))
+
+    resource: Mapped[ResourceRow] = relationship(lazy="joined")
+    consumer: Mapped[DepartmentRow] = relationship(lazy="joined")
+
+
+class GrantRow(Base):
+    """The right of a consumer department's systems to read granted fields of one resource."""
+
+    __tablename__ = "grants"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("share_requests.id"), unique=True)
+    resource_id: Mapped[int] = mapped_column(ForeignKey("resources.id"), index=True)
+    consumer_department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), index=True)
+    system_codes: Mapped[list[str]] = mapped_column(JSON)
+    fields: Mapped[list[str]] = mapped_column(JSON)
+    purpose: Mapped[str] = mapped_column(Text)
+    legal_basis: Mapped[str] = mapped_column(Text)
+    start_date: Mapped[dt.date] = mapped_column(Date)
+    end_date: Mapped[dt.date] = mapped_column(Date)
+    daily_quota: Mapped[int] = mapped_column(BigInteger)
+    rate_per_second: Mapped[int] = mapped_column(Integer)
+    masks: Mapped[list[list[str]]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    issued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+    resource: Mapped[ResourceRow] = relationship(lazy="joined")
+    consumer: Mapped[DepartmentRow] = relationship(lazy="joined")
+
+
+class ShareEventRow(Base):
+    """One step of a request or grant: appended, never updated or deleted."""
+
+    __tablename__ = "share_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[str | None] = mapped_column(ForeignKey("share_requests.id"), index=True)
+    grant_id: Mapped[str | None] = mapped_column(ForeignKey("grants.id"), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    actor_code: Mapped[str] = mapped_column(String(63))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    reason: Mapped[str] = mapped_column(Text, default="")
