@@ -8,15 +8,18 @@ them together, so the caller fixes a request in one round.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.type import date_pb2
 
 from exchange import models as m
 from exchange.errors import FieldViolation
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
+from exchange.v1 import rights_pb2 as apb
 from exchange.validation import raise_if
 
 if TYPE_CHECKING:  # the generic wrapper type exists in the type stubs only
@@ -254,4 +257,115 @@ def version_to_wire(v: m.ResourceVersion) -> cpb.ResourceVersion:
         reason=v.reason,
         change_time=timestamp(v.changed_at),
         resource=resource_to_wire(v.resource),
+    )
+
+
+# Rights
+
+REQUEST_STATUS = EnumMap(m.ShareRequestStatus, apb.ShareRequestStatus, "SHARE_REQUEST_STATUS_")
+GRANT_STATUS = EnumMap(m.GrantStatus, apb.GrantStatus, "GRANT_STATUS_")
+MASK = EnumMap(m.MaskKind, apb.MaskKind, "MASK_KIND_")
+
+
+def date_to_wire(value: dt.date | None) -> date_pb2.Date | None:
+    return None if value is None else date_pb2.Date(year=value.year, month=value.month, day=value.day)
+
+
+def date_from_wire(value: date_pb2.Date, path: str, out: list[FieldViolation], *, required: bool) -> dt.date | None:
+    if value.year == 0 and value.month == 0 and value.day == 0:
+        if required:
+            out.append(FieldViolation(path, "is required"))
+        return None
+    try:
+        return dt.date(value.year, value.month, value.day)
+    except ValueError:
+        out.append(FieldViolation(path, f"{value.year:04d}-{value.month:02d}-{value.day:02d} is not a date"))
+        return None
+
+
+def masks_to_wire(masks: tuple[tuple[str, m.MaskKind], ...]) -> list[apb.FieldMask]:
+    return [apb.FieldMask(field=f, mask=MASK.wire(k)) for f, k in masks]
+
+
+def masks_from_wire(masks: Iterable[apb.FieldMask], out: list[FieldViolation]) -> tuple[tuple[str, m.MaskKind], ...]:
+    return tuple((x.field.strip(), MASK.checked(x.mask, f"masks[{i}].mask", out)) for i, x in enumerate(masks))
+
+
+def _events_to_wire(events: tuple[m.ShareEvent, ...]) -> list[apb.ShareEvent]:
+    return [
+        apb.ShareEvent(action=e.action, actor=principal_ref_to_wire(e.actor), time=timestamp(e.at), reason=e.reason)
+        for e in events
+    ]
+
+
+def application_from_wire(r: apb.ShareRequest) -> m.Application:
+    out: list[FieldViolation] = []
+    start = date_from_wire(r.start_date, "request.start_date", out, required=True)
+    end = date_from_wire(r.end_date, "request.end_date", out, required=True)
+    raise_if(out)
+    assert start is not None and end is not None
+    return m.Application(
+        resource_code=r.resource_code.strip(),
+        consumer_department_code=r.consumer_department_code.strip(),
+        system_codes=tuple(c.strip() for c in r.system_codes),
+        purpose=r.purpose.strip(),
+        legal_basis=r.legal_basis.strip(),
+        fields=tuple(f.strip() for f in r.fields),
+        start=start,
+        end=end,
+        expected_daily_calls=r.expected_daily_calls,
+    )
+
+
+def application_to_wire(a: m.Application) -> apb.ShareRequest:
+    return apb.ShareRequest(
+        resource_code=a.resource_code,
+        consumer_department_code=a.consumer_department_code,
+        system_codes=list(a.system_codes),
+        purpose=a.purpose,
+        legal_basis=a.legal_basis,
+        fields=list(a.fields),
+        start_date=date_to_wire(a.start),
+        end_date=date_to_wire(a.end),
+        expected_daily_calls=a.expected_daily_calls,
+    )
+
+
+def share_request_to_wire(r: m.ShareRequest, today: dt.date) -> apb.ShareRequest:
+    wire = application_to_wire(r.application)
+    wire.id = r.id
+    wire.status = REQUEST_STATUS.wire(r.status)
+    wire.applicant.CopyFrom(principal_ref_to_wire(r.applicant))
+    wire.create_time.FromDatetime(r.created_at)
+    wire.due_date.CopyFrom(date_to_wire(r.due))
+    open_statuses = {m.ShareRequestStatus.PENDING, m.ShareRequestStatus.APPROVED, m.ShareRequestStatus.DISPUTED}
+    wire.overdue = r.status in open_statuses and r.due < today
+    wire.approved_fields.extend(r.approved_fields)
+    if r.approved_end:
+        wire.approved_end_date.CopyFrom(date_to_wire(r.approved_end))
+    wire.masks.extend(masks_to_wire(r.masks))
+    wire.decision_reason = r.decision_reason
+    wire.grant_id = r.grant_id
+    wire.history.extend(_events_to_wire(r.history))
+    return wire
+
+
+def grant_to_wire(g: m.Grant) -> apb.Grant:
+    return apb.Grant(
+        id=g.id,
+        request_id=g.request_id,
+        resource_code=g.resource_code,
+        consumer_department_code=g.consumer_department_code,
+        system_codes=list(g.system_codes),
+        fields=list(g.fields),
+        purpose=g.purpose,
+        legal_basis=g.legal_basis,
+        start_date=date_to_wire(g.start),
+        end_date=date_to_wire(g.end),
+        daily_quota=g.daily_quota,
+        rate_per_second=g.rate_per_second,
+        masks=masks_to_wire(g.masks),
+        status=GRANT_STATUS.wire(g.status),
+        issue_time=timestamp(g.issued_at),
+        history=_events_to_wire(g.history),
     )

@@ -21,16 +21,20 @@ from exchange.config import Settings
 from exchange.errors import ConfigError
 from exchange.server.catalog import CatalogServicer
 from exchange.server.registry import RegistryServicer
+from exchange.server.rights import RightsServicer
 from exchange.services.catalog import CatalogService
 from exchange.services.registry import CertificateAuthority, RegistryService
+from exchange.services.rights import RightsService
 from exchange.store import Store
-from exchange.v1 import catalog_pb2, catalog_pb2_grpc, registry_pb2, registry_pb2_grpc
+from exchange.v1 import catalog_pb2, catalog_pb2_grpc, registry_pb2, registry_pb2_grpc, rights_pb2, rights_pb2_grpc
+from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
 from policy import RightsPolicy, assignments_of
 
 log = logging.getLogger(__name__)
 SERVICES = (
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+    rights_pb2.DESCRIPTOR.services_by_name["RightsService"].full_name,
 )
 
 
@@ -86,6 +90,11 @@ class Hub:
         )
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
             CatalogServicer(CatalogService(self.store, policy), registry, settings.insecure_dev), server
+        )
+        calendar = WorkCalendar.load(settings.calendar_file or DEFAULT_CALENDAR)
+        rights = RightsService(self.store, policy, calendar, settings.max_grant_days)
+        rights_pb2_grpc.add_RightsServiceServicer_to_server(
+            RightsServicer(rights, registry, settings.insecure_dev), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -1,0 +1,433 @@
+"""The share-request workflow: apply, decide, dispute, grant, suspend, resume, revoke.
+
+Rules (国发〔2016〕51号, 国务院令第809号): unconditional resources are granted
+on application; conditional ones are decided by their owner within 10
+working days, then granted by the share manager; not-shared ones are
+refused with their legal basis. A refusal may be disputed once; the share
+manager's decision is final. Every step is an event with who, when and why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from exchange import validation
+from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from exchange.models import (
+    Application,
+    Grant,
+    GrantStatus,
+    MaskKind,
+    Page,
+    Principal,
+    Resource,
+    ResourceStatus,
+    ShareEvent,
+    ShareRequest,
+    ShareRequestStatus,
+    ShareType,
+)
+from exchange.paging import page_request
+from exchange.store import Store
+from exchange.store.rights import GrantFilter, RequestFilter, RequestStep
+from exchange.workdays import ANSWER_WITHIN_WORKING_DAYS, WorkCalendar
+from policy import HUB_WIDE, Action, RightsPolicy
+
+MAX_DAILY_CALLS = 10_000_000
+MAX_RATE = 10_000
+Masks = tuple[tuple[str, MaskKind], ...]
+
+
+@dataclass(frozen=True)
+class Approval:
+    """The owner's terms: a subset of the requested fields, an end no later than asked, masks."""
+
+    fields: tuple[str, ...] = ()
+    end: dt.date | None = None
+    masks: Masks = ()
+    reason: str = ""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _new_id(prefix: str, at: dt.datetime) -> str:
+    return f"{prefix}-{at:%Y%m%d}-{secrets.token_hex(4)}"
+
+
+class RightsService:
+    def __init__(
+        self,
+        store: Store,
+        policy: RightsPolicy,
+        calendar: WorkCalendar,
+        max_grant_days: int,
+        *,
+        on_grant_change: Callable[[Grant], None] = lambda _: None,
+        clock: Callable[[], dt.datetime] = _now,
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._calendar = calendar
+        self._max_days = max_grant_days
+        self._on_grant_change = on_grant_change
+        self._clock = clock
+
+    # Applying
+
+    def apply(self, actor: Principal, app: Application) -> ShareRequest:
+        app = replace(app, consumer_department_code=actor.department_code)
+        self._policy.require(actor, Action.APPLY_FOR_DATA, actor.department_code, "apply for data")
+        resource = self._published(app.resource_code, actor)
+        now = self._clock()
+        self._validate_application(app, resource, now.date())
+        request = ShareRequest(
+            id=_new_id("SR", now),
+            application=app,
+            status=ShareRequestStatus.PENDING,
+            applicant=actor.ref,
+            created_at=now,
+            due=self._calendar.add_working_days(now.date(), ANSWER_WITHIN_WORKING_DAYS),
+        )
+        applied = ShareEvent("applied", actor.ref, now, app.purpose)
+        kind = resource.spec.share_type
+        if kind is ShareType.NOT_SHARED:
+            reason = f"the resource is classed not shared; legal basis: {resource.spec.legal_basis}"
+            refused = replace(request, status=ShareRequestStatus.REFUSED, decision_reason=reason)
+            step = RequestStep(refused, applied, extra_events=(ShareEvent("refused", actor.ref, now, reason),))
+        elif kind is ShareType.UNCONDITIONAL:
+            grant = self._grant_for(
+                request, fields=app.fields, end=app.end, masks=(), quota=app.expected_daily_calls, rate=0, now=now
+            )
+            granted = replace(
+                request,
+                status=ShareRequestStatus.GRANTED,
+                approved_fields=app.fields,
+                approved_end=app.end,
+                grant_id=grant.id,
+            )
+            reason = "unconditional resource: granted on application"
+            step = RequestStep(granted, applied, grant, (ShareEvent("granted", actor.ref, now, reason),))
+        else:
+            step = RequestStep(request, applied)
+        stored = self._store.rights.create_request(step)
+        if step.grant is not None:
+            self._on_grant_change(self._store.rights.get_grant(step.grant.id))
+        return stored
+
+    def _published(self, code: str, actor: Principal) -> Resource:
+        validation.validate_key("request.resource_code", code, "resource")
+        resource = self._store.catalog.get(code)
+        if resource.status is ResourceStatus.DRAFT and resource.spec.department_code != actor.department_code:
+            raise NotFound("resource", code)
+        if resource.status is not ResourceStatus.PUBLISHED:
+            raise FailedPrecondition(f"resource {code!r} is {resource.status.value}, not published", code)
+        return resource
+
+    def _validate_application(self, app: Application, resource: Resource, today: dt.date) -> None:
+        out: list[FieldViolation] = []
+        validation.check_text(out, "request.purpose", app.purpose, required=True, limit=validation.MAX_NAME)
+        needs_basis = resource.spec.share_type is ShareType.CONDITIONAL
+        validation.check_text(
+            out, "request.legal_basis", app.legal_basis, required=needs_basis, limit=validation.MAX_TEXT
+        )
+        self._check_fields(
+            out, "request.fields", app.fields, {i.name for i in resource.spec.data_items}, resource.spec.code
+        )
+        if not app.system_codes:
+            out.append(FieldViolation("request.system_codes", "name at least one system that will use the data"))
+        if app.start < today:
+            out.append(FieldViolation("request.start_date", f"{app.start} is in the past"))
+        if app.end <= app.start:
+            out.append(FieldViolation("request.end_date", "must be after the start date"))
+        elif (app.end - app.start).days > self._max_days:
+            out.append(FieldViolation("request.end_date", f"the period may be at most {self._max_days} days"))
+        if not 1 <= app.expected_daily_calls <= MAX_DAILY_CALLS:
+            out.append(FieldViolation("request.expected_daily_calls", f"must be between 1 and {MAX_DAILY_CALLS}"))
+        validation.raise_if(out)
+        for code in app.system_codes:
+            system = self._store.registry.get_system(code)
+            if system.department_code != app.consumer_department_code:
+                raise InvalidArgument.of(
+                    [FieldViolation("request.system_codes", f"system {code!r} belongs to another department")]
+                )
+
+    @staticmethod
+    def _check_fields(
+        out: list[FieldViolation], path: str, fields: tuple[str, ...], allowed: set[str], resource_code: str
+    ) -> None:
+        if not fields:
+            out.append(FieldViolation(path, "name the fields needed (minimum necessary: no wildcard)"))
+        if len(set(fields)) != len(fields):
+            out.append(FieldViolation(path, "a field is named twice"))
+        unknown = [f for f in fields if f not in allowed]
+        if unknown:
+            out.append(FieldViolation(path, f"{', '.join(unknown)} not in resource {resource_code}"))
+
+    # Deciding
+
+    def _resource_owner(self, request: ShareRequest) -> str:
+        return self._store.catalog.get(request.application.resource_code).spec.department_code
+
+    def _owner_decides(self, actor: Principal, request: ShareRequest, doing: str) -> None:
+        owner = self._resource_owner(request)
+        self._policy.require(actor, Action.DECIDE_REQUEST, owner, doing)
+        if request.applicant == actor.ref:
+            raise PermissionDenied(f"{actor.ref} may not decide its own request", reason="SELF_APPROVAL")
+        if request.application.consumer_department_code == owner:
+            raise PermissionDenied(
+                "a department's request for its own data is not decided by itself through the hub",
+                reason="SELF_APPROVAL",
+            )
+
+    @staticmethod
+    def _require_status(request: ShareRequest, *allowed: ShareRequestStatus) -> None:
+        if request.status not in allowed:
+            wanted = " or ".join(s.value for s in allowed)
+            raise FailedPrecondition(
+                f"request {request.id} is {request.status.value}, not {wanted}", request.id, kind="STATUS"
+            )
+
+    def approve(self, actor: Principal, request_id: str, approval: Approval) -> ShareRequest:
+        validation.validate_free_text("reason", approval.reason)
+
+        def decide(request: ShareRequest) -> RequestStep:
+            self._owner_decides(actor, request, "approve this request")
+            self._require_status(request, ShareRequestStatus.PENDING)
+            fields, end, masks = self._terms(request, approval)
+            now = self._clock()
+            approved = replace(
+                request,
+                status=ShareRequestStatus.APPROVED,
+                approved_fields=fields,
+                approved_end=end,
+                masks=masks,
+                decision_reason=approval.reason,
+            )
+            return RequestStep(approved, ShareEvent("approved", actor.ref, now, approval.reason))
+
+        return self._store.rights.change_request(request_id, decide)
+
+    def _terms(self, request: ShareRequest, approval: Approval) -> tuple[tuple[str, ...], dt.date, Masks]:
+        app = request.application
+        out: list[FieldViolation] = []
+        fields = approval.fields or app.fields
+        self._check_fields(out, "fields", fields, set(app.fields), "the request")
+        end = approval.end or app.end
+        if end > app.end or end <= app.start:
+            out.append(FieldViolation("end_date", f"must be after {app.start} and no later than {app.end}"))
+        masked = [f for f, _ in approval.masks]
+        if any(f not in fields for f in masked) or len(set(masked)) != len(masked):
+            out.append(FieldViolation("masks", "each mask names one granted field, once"))
+        validation.raise_if(out)
+        return fields, end, approval.masks
+
+    def refuse(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
+        _require_reason(reason)
+
+        def decide(request: ShareRequest) -> RequestStep:
+            self._owner_decides(actor, request, "refuse this request")
+            self._require_status(request, ShareRequestStatus.PENDING)
+            refused = replace(request, status=ShareRequestStatus.REFUSED, decision_reason=reason)
+            return RequestStep(refused, ShareEvent("refused", actor.ref, self._clock(), reason))
+
+        return self._store.rights.change_request(request_id, decide)
+
+    def dispute(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
+        _require_reason(reason)
+
+        def decide(request: ShareRequest) -> RequestStep:
+            consumer = request.application.consumer_department_code
+            self._policy.require(actor, Action.DISPUTE_REFUSAL, consumer, "dispute this refusal")
+            self._require_status(request, ShareRequestStatus.REFUSED)
+            disputed = replace(request, status=ShareRequestStatus.DISPUTED)
+            return RequestStep(disputed, ShareEvent("disputed", actor.ref, self._clock(), reason))
+
+        return self._store.rights.change_request(request_id, decide)
+
+    def decide_dispute(
+        self, actor: Principal, request_id: str, *, grant: bool, reason: str, quota: int, rate: int
+    ) -> ShareRequest:
+        _require_reason(reason)
+        _check_limits(quota, rate)
+
+        def decide(request: ShareRequest) -> RequestStep:
+            self._policy.require(actor, Action.DECIDE_DISPUTE, HUB_WIDE, "decide disputes")
+            self._require_status(request, ShareRequestStatus.DISPUTED)
+            now = self._clock()
+            if not grant:
+                upheld = replace(request, status=ShareRequestStatus.REFUSAL_UPHELD, decision_reason=reason)
+                return RequestStep(upheld, ShareEvent("refusal_upheld", actor.ref, now, reason))
+            app = request.application
+            issued = self._grant_for(
+                request,
+                fields=app.fields,
+                end=app.end,
+                masks=(),
+                quota=quota or app.expected_daily_calls,
+                rate=rate,
+                now=now,
+            )
+            granted = replace(
+                request,
+                status=ShareRequestStatus.GRANTED,
+                approved_fields=app.fields,
+                approved_end=app.end,
+                decision_reason=reason,
+                grant_id=issued.id,
+            )
+            return RequestStep(granted, ShareEvent("refusal_overturned", actor.ref, now, reason), issued)
+
+        changed = self._store.rights.change_request(request_id, decide)
+        if changed.grant_id:
+            self._on_grant_change(self._store.rights.get_grant(changed.grant_id))
+        return changed
+
+    # Grants
+
+    def _grant_for(
+        self,
+        request: ShareRequest,
+        *,
+        fields: tuple[str, ...],
+        end: dt.date,
+        masks: Masks,
+        quota: int,
+        rate: int,
+        now: dt.datetime,
+    ) -> Grant:
+        app = request.application
+        return Grant(
+            id=_new_id("GR", now),
+            request_id=request.id,
+            resource_code=app.resource_code,
+            consumer_department_code=app.consumer_department_code,
+            system_codes=app.system_codes,
+            fields=fields,
+            purpose=app.purpose,
+            legal_basis=app.legal_basis,
+            start=app.start,
+            end=end,
+            daily_quota=quota,
+            rate_per_second=rate,
+            masks=masks,
+            status=GrantStatus.ACTIVE,
+            issued_at=now,
+        )
+
+    def issue_grant(self, actor: Principal, request_id: str, quota: int, rate: int, reason: str) -> Grant:
+        _check_limits(quota, rate)
+        validation.validate_free_text("reason", reason)
+
+        def decide(request: ShareRequest) -> RequestStep:
+            self._policy.require(actor, Action.ISSUE_GRANT, HUB_WIDE, "issue grants")
+            self._require_status(request, ShareRequestStatus.APPROVED)
+            now = self._clock()
+            end = request.approved_end or request.application.end
+            issued = self._grant_for(
+                request,
+                fields=request.approved_fields,
+                end=end,
+                masks=request.masks,
+                quota=quota or request.application.expected_daily_calls,
+                rate=rate,
+                now=now,
+            )
+            granted = replace(request, status=ShareRequestStatus.GRANTED, grant_id=issued.id)
+            return RequestStep(granted, ShareEvent("granted", actor.ref, now, reason), issued)
+
+        changed = self._store.rights.change_request(request_id, decide)
+        grant = self._store.rights.get_grant(changed.grant_id)
+        self._on_grant_change(grant)
+        return grant
+
+    def change_grant(self, actor: Principal, grant_id: str, action: Action, reason: str) -> Grant:
+        _require_reason(reason)
+        moves = {
+            Action.SUSPEND_GRANT: ((GrantStatus.ACTIVE,), GrantStatus.SUSPENDED, "suspended"),
+            Action.RESUME_GRANT: ((GrantStatus.SUSPENDED,), GrantStatus.ACTIVE, "resumed"),
+            Action.REVOKE_GRANT: ((GrantStatus.ACTIVE, GrantStatus.SUSPENDED), GrantStatus.REVOKED, "revoked"),
+        }
+        sources, target, verb = moves[action]
+
+        def decide(grant: Grant) -> tuple[GrantStatus, ShareEvent]:
+            owner = self._store.catalog.get(grant.resource_code).spec.department_code
+            self._policy.require(actor, action, owner, f"{verb.removesuffix('d')} this grant")
+            if grant.status not in sources:
+                raise FailedPrecondition(f"grant {grant.id} is {grant.status.value}; it cannot be {verb}", grant.id)
+            return target, ShareEvent(verb, actor.ref, self._clock(), reason)
+
+        changed = self._store.rights.change_grant(grant_id, decide)
+        self._on_grant_change(changed)
+        return changed
+
+    # Reading
+
+    def _sees_everything(self, actor: Principal) -> bool:
+        return self._policy.allows(actor.ref, Action.ISSUE_GRANT, HUB_WIDE) or self._policy.allows(
+            actor.ref, Action.READ_AUDIT, HUB_WIDE
+        )
+
+    def get_request(self, actor: Principal, request_id: str) -> ShareRequest:
+        request = self._store.rights.get_request(request_id)
+        involved = {request.application.consumer_department_code, self._resource_owner(request)}
+        if not self._sees_everything(actor) and actor.department_code not in involved:
+            raise NotFound("share request", request_id)
+        return request
+
+    def list_requests(
+        self, actor: Principal, size: int, token: str, f: RequestFilter, *, view: str, overdue_only: bool
+    ) -> tuple[Page[ShareRequest], int]:
+        today = self._clock().date()
+        visible = None if self._sees_everything(actor) else actor.department_code
+        if view == "mine":
+            f = replace(f, consumer_department=actor.department_code)
+        elif view == "for_me":
+            f = self._for_me(actor, f)
+        f = replace(f, visible_to=visible, overdue_on=today if overdue_only else None)
+        page = page_request(size, token, {**f.__dict__, "view": view})
+        return self._store.rights.list_requests(page, f, today)
+
+    def _for_me(self, actor: Principal, f: RequestFilter) -> RequestFilter:
+        """Requests awaiting the caller's move.
+
+        The share manager: approved ones to grant and disputes to settle. An owner steward: pending
+        requests for the department's data. A consumer: the department's refusals, which it may dispute.
+        """
+        if self._policy.allows(actor.ref, Action.ISSUE_GRANT, HUB_WIDE):
+            return replace(f, statuses=(ShareRequestStatus.APPROVED, ShareRequestStatus.DISPUTED))
+        if self._policy.allows(actor.ref, Action.DECIDE_REQUEST, actor.department_code):
+            return replace(f, owner_department=actor.department_code, statuses=(ShareRequestStatus.PENDING,))
+        if self._policy.allows(actor.ref, Action.DISPUTE_REFUSAL, actor.department_code):
+            return replace(f, consumer_department=actor.department_code, statuses=(ShareRequestStatus.REFUSED,))
+        raise PermissionDenied(f"{actor.ref} decides nothing, so nothing awaits it", reason="NO_DECISIONS")
+
+    def get_grant(self, actor: Principal, grant_id: str) -> Grant:
+        grant = self._store.rights.get_grant(grant_id)
+        owner = self._store.catalog.get(grant.resource_code).spec.department_code
+        if not self._sees_everything(actor) and actor.department_code not in {grant.consumer_department_code, owner}:
+            raise NotFound("grant", grant_id)
+        return grant
+
+    def list_grants(self, actor: Principal, size: int, token: str, f: GrantFilter) -> Page[Grant]:
+        f = replace(f, visible_to=None if self._sees_everything(actor) else actor.department_code)
+        return self._store.rights.list_grants(page_request(size, token, dict(f.__dict__)), f)
+
+
+def _require_reason(reason: str) -> None:
+    out: list[FieldViolation] = []
+    validation.check_text(out, "reason", reason, required=True, limit=validation.MAX_TEXT)
+    validation.raise_if(out)
+
+
+def _check_limits(quota: int, rate: int) -> None:
+    out: list[FieldViolation] = []
+    if not 0 <= quota <= MAX_DAILY_CALLS:
+        out.append(FieldViolation("daily_quota", f"must be between 1 and {MAX_DAILY_CALLS} (0: the expected volume)"))
+    if not 0 <= rate <= MAX_RATE:
+        out.append(FieldViolation("rate_per_second", f"must be between 0 and {MAX_RATE} (0: the hub's default)"))
+    validation.raise_if(out)
