@@ -1,0 +1,327 @@
+"""The share-request workflow end to end: a real hub, real certificates, every role in its place."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from sqlalchemy import update
+
+from exchange import models as m
+from exchange import wire as w
+from exchange.store import Store
+from exchange.store.schema import GrantRow, ShareEventRow, ShareRequestRow
+from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import rights_pb2 as pb
+from exchange.v1 import rights_pb2_grpc
+from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
+from tests.harness import AUTHORITY, POLICE, RunningHub, identity_spec
+
+REGISTRY = m.Department("11350200MB00456789", "厦门市不动产登记中心", "350200", m.AdministrativeLevel.CITY)
+IDENTITY = "10101/350200000001"
+LICENCE = "10101/350200000002"
+RECORD = "10101/350200000003"
+TODAY = dt.datetime.now(dt.UTC).date()
+
+
+@pytest.fixture
+def world(hub: RunningHub) -> dict[str, Path]:
+    hub.add_department(POLICE)
+    hub.add_department(REGISTRY)
+    people = {
+        "owner": hub.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD),
+        "two-hats": hub.add_person("ga-both", POLICE.code, m.Role.OWNER_STEWARD, m.Role.CONSUMER),
+        "consumer": hub.add_person("bdc-clerk", REGISTRY.code, m.Role.CONSUMER),
+        "registry-owner": hub.add_person("bdc-steward", REGISTRY.code, m.Role.OWNER_STEWARD),
+        "manager": hub.add_person("sm-lin", AUTHORITY.code, m.Role.SHARE_MANAGER),
+        "auditor": hub.add_person("au-chen", AUTHORITY.code, m.Role.AUDITOR),
+        "system": hub.add_system("bdc-djxt", REGISTRY.code),
+        "operator": hub.operator,
+    }
+    hub.add_system("ga-rkxx", POLICE.code)
+    hub.publish(people["owner"], identity_spec(IDENTITY))
+    hub.publish(
+        people["owner"],
+        identity_spec(
+            LICENCE, name="户籍证明", share_type=m.ShareType.UNCONDITIONAL, share_conditions="", legal_basis=""
+        ),
+    )
+    hub.publish(
+        people["owner"],
+        identity_spec(
+            RECORD,
+            name="违法犯罪记录",
+            share_type=m.ShareType.NOT_SHARED,
+            share_conditions="",
+            legal_basis="《刑事诉讼法》第二百八十六条",
+        ),
+    )
+    return people
+
+
+def _application(resource: str = IDENTITY, **changes: Any) -> pb.ShareRequest:
+    app = m.Application(
+        resource_code=resource,
+        consumer_department_code="",
+        system_codes=("bdc-djxt",),
+        purpose="不动产转移登记",
+        legal_basis="《不动产登记暂行条例实施细则》第十一条",
+        fields=("name", "id_number"),
+        start=TODAY,
+        end=TODAY + dt.timedelta(days=365),
+        expected_daily_calls=500,
+    )
+    return w.application_to_wire(m.Application(**{**app.__dict__, **changes}))
+
+
+class Caller:
+    """The rights service as one principal sees it."""
+
+    def __init__(self, hub: RunningHub, identity: Path) -> None:
+        self._client = hub.client(identity)
+        self.stub = rights_pb2_grpc.RightsServiceStub(self._client.channel)
+
+    def __call__(self, method: str, request: Any) -> Any:
+        return getattr(self.stub, method)(request, timeout=20)
+
+    def fails(self, code: grpc.StatusCode, method: str, request: Any) -> grpc.Call:
+        with pytest.raises(grpc.RpcError) as info:
+            self(method, request)
+        error = info.value
+        assert isinstance(error, grpc.Call)
+        assert error.code() == code, error.details()
+        return error
+
+
+@pytest.fixture
+def as_(hub: RunningHub, world: dict[str, Path]) -> Any:
+    callers: dict[str, Caller] = {}
+
+    def get(who: str) -> Caller:
+        if who not in callers:
+            callers[who] = Caller(hub, world[who])
+        return callers[who]
+
+    return get
+
+
+def _violations(error: grpc.Call) -> set[str]:
+    status = rpc_status.from_call(error)
+    fields: set[str] = set()
+    for detail in status.details if status else []:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields |= {v.field for v in bad.field_violations}
+    return fields
+
+
+def test_conditional_request_is_decided_by_the_owner_then_granted_by_the_share_manager(as_: Any) -> None:
+    applied = as_("consumer")("Apply", pb.ApplyRequest(request=_application()))
+    assert applied.status == pb.SHARE_REQUEST_STATUS_PENDING
+    assert applied.consumer_department_code == REGISTRY.code and applied.applicant.code == "bdc-clerk"
+    due = WorkCalendar.load(DEFAULT_CALENDAR).add_working_days(TODAY, 10)
+    assert (applied.due_date.year, applied.due_date.month, applied.due_date.day) == (due.year, due.month, due.day)
+
+    shorter = TODAY + dt.timedelta(days=90)
+    approval = pb.ApproveRequest(
+        id=applied.id,
+        fields=["id_number"],
+        end_date=w.date_to_wire(shorter),
+        reason="仅核验身份号码",
+        masks=[pb.FieldMask(field="id_number", mask=pb.MASK_KIND_ID_NUMBER)],
+    )
+    approved = as_("owner")("Approve", approval)
+    assert approved.status == pb.SHARE_REQUEST_STATUS_APPROVED and list(approved.approved_fields) == ["id_number"]
+
+    grant = as_("manager")("IssueGrant", pb.IssueGrantRequest(request_id=applied.id, daily_quota=200))
+    assert (list(grant.fields), grant.daily_quota, grant.status) == (["id_number"], 200, pb.GRANT_STATUS_ACTIVE)
+    assert w.date_from_wire(grant.end_date, "", [], required=True) == shorter
+    assert [(x.field, x.mask) for x in grant.masks] == [("id_number", pb.MASK_KIND_ID_NUMBER)]
+    assert grant.purpose == "不动产转移登记" and list(grant.system_codes) == ["bdc-djxt"]
+
+    final = as_("consumer")("GetShareRequest", pb.GetShareRequestRequest(id=applied.id))
+    assert final.status == pb.SHARE_REQUEST_STATUS_GRANTED and final.grant_id == grant.id
+    assert [(e.action, e.actor.code) for e in final.history] == [
+        ("applied", "bdc-clerk"),
+        ("approved", "ga-steward"),
+        ("granted", "sm-lin"),
+    ]
+
+
+def test_unconditional_is_granted_at_once_and_not_shared_refused_with_its_basis(as_: Any) -> None:
+    granted = as_("consumer")("Apply", pb.ApplyRequest(request=_application(LICENCE)))
+    assert granted.status == pb.SHARE_REQUEST_STATUS_GRANTED and granted.grant_id
+    grant = as_("consumer")("GetGrant", pb.GetGrantRequest(id=granted.grant_id))
+    assert grant.status == pb.GRANT_STATUS_ACTIVE and grant.daily_quota == 500
+
+    refused = as_("consumer")("Apply", pb.ApplyRequest(request=_application(RECORD)))
+    assert refused.status == pb.SHARE_REQUEST_STATUS_REFUSED
+    assert "《刑事诉讼法》第二百八十六条" in refused.decision_reason and not refused.grant_id
+
+
+def test_a_refusal_can_be_disputed_once_and_the_share_manager_decides(as_: Any) -> None:
+    refused = as_("consumer")("Apply", pb.ApplyRequest(request=_application(RECORD)))
+    disputed = as_("consumer")("Dispute", pb.DisputeRequest(id=refused.id, reason="办理登记确需核查"))
+    assert disputed.status == pb.SHARE_REQUEST_STATUS_DISPUTED
+    as_("owner").fails(
+        grpc.StatusCode.PERMISSION_DENIED, "DecideDispute", pb.DecideDisputeRequest(id=refused.id, reason="x")
+    )
+    upheld = as_("manager")("DecideDispute", pb.DecideDisputeRequest(id=refused.id, grant=False, reason="依法封存"))
+    assert upheld.status == pb.SHARE_REQUEST_STATUS_REFUSAL_UPHELD
+    as_("consumer").fails(
+        grpc.StatusCode.FAILED_PRECONDITION, "Dispute", pb.DisputeRequest(id=refused.id, reason="再议")
+    )
+
+    pending = as_("consumer")("Apply", pb.ApplyRequest(request=_application()))
+    as_("owner")("Refuse", pb.RefuseRequest(id=pending.id, reason="用途不明"))
+    as_("consumer")("Dispute", pb.DisputeRequest(id=pending.id, reason="用途为不动产转移登记"))
+    overturned = as_("manager")("DecideDispute", pb.DecideDisputeRequest(id=pending.id, grant=True, reason="用途正当"))
+    assert overturned.status == pb.SHARE_REQUEST_STATUS_GRANTED and overturned.grant_id
+    assert [e.action for e in overturned.history] == ["applied", "refused", "disputed", "refusal_overturned"]
+
+
+def test_each_role_may_only_take_its_own_steps(hub: RunningHub, as_: Any) -> None:
+    applied = as_("consumer")("Apply", pb.ApplyRequest(request=_application()))
+    approve = pb.ApproveRequest(id=applied.id)
+    for who in ("consumer", "manager", "operator", "auditor", "registry-owner", "system"):
+        as_(who).fails(grpc.StatusCode.PERMISSION_DENIED, "Approve", approve)
+    for who in ("owner", "operator", "auditor", "manager", "system"):
+        as_(who).fails(grpc.StatusCode.PERMISSION_DENIED, "Apply", pb.ApplyRequest(request=_application()))
+    as_("owner")("Approve", approve)
+    for who in ("owner", "consumer", "operator", "auditor"):
+        as_(who).fails(grpc.StatusCode.PERMISSION_DENIED, "IssueGrant", pb.IssueGrantRequest(request_id=applied.id))
+    assert hub.rows(GrantRow) == 0
+
+
+def test_nobody_approves_their_own_request(as_: Any, world: dict[str, Path], hub: RunningHub) -> None:
+    hub.add_system("ga-other", POLICE.code)
+    own = as_("two-hats")("Apply", pb.ApplyRequest(request=_application(system_codes=("ga-other",))))
+    error = as_("two-hats").fails(grpc.StatusCode.PERMISSION_DENIED, "Approve", pb.ApproveRequest(id=own.id))
+    assert "its own request" in (error.details() or "")
+    error = as_("owner").fails(grpc.StatusCode.PERMISSION_DENIED, "Approve", pb.ApproveRequest(id=own.id))
+    assert "its own data" in (error.details() or "")
+
+
+BAD_APPLICATIONS: list[tuple[dict[str, Any], str]] = [
+    ({"fields": ("name", "salary")}, "request.fields"),
+    ({"fields": ()}, "request.fields"),
+    ({"purpose": " "}, "request.purpose"),
+    ({"legal_basis": ""}, "request.legal_basis"),
+    ({"start": TODAY - dt.timedelta(days=1)}, "request.start_date"),
+    ({"end": TODAY + dt.timedelta(days=5000)}, "request.end_date"),
+    ({"end": TODAY}, "request.end_date"),
+    ({"expected_daily_calls": 0}, "request.expected_daily_calls"),
+    ({"system_codes": ()}, "request.system_codes"),
+    ({"system_codes": ("ga-rkxx",)}, "request.system_codes"),  # another department's system
+]
+
+
+@pytest.mark.parametrize(("change", "field"), BAD_APPLICATIONS)
+def test_bad_applications_are_refused_and_change_nothing(
+    hub: RunningHub, as_: Any, change: dict[str, Any], field: str
+) -> None:
+    error = as_("consumer").fails(
+        grpc.StatusCode.INVALID_ARGUMENT, "Apply", pb.ApplyRequest(request=_application(**change))
+    )
+    assert field in _violations(error)
+    assert hub.rows(ShareRequestRow) == 0 and hub.rows(ShareEventRow) == 0
+
+
+def test_unknown_or_unpublished_resources(hub: RunningHub, as_: Any, world: dict[str, Path]) -> None:
+    as_("consumer").fails(
+        grpc.StatusCode.NOT_FOUND, "Apply", pb.ApplyRequest(request=_application("10101/350200000099"))
+    )
+    with hub.client(world["owner"]) as c:
+        from exchange.v1 import catalog_pb2 as cpb
+
+        c.call(c.catalog.SuspendResource, cpb.ChangeResourceStatusRequest(code=IDENTITY, reason="维护"))
+    error = as_("consumer").fails(grpc.StatusCode.FAILED_PRECONDITION, "Apply", pb.ApplyRequest(request=_application()))
+    assert "suspended" in (error.details() or "")
+    undated = _application()
+    undated.ClearField("start_date")
+    assert "request.start_date" in _violations(
+        as_("consumer").fails(grpc.StatusCode.INVALID_ARGUMENT, "Apply", pb.ApplyRequest(request=undated))
+    )
+    assert hub.rows(ShareRequestRow) == 0
+
+
+def test_decisions_only_on_pending_requests_and_only_once(hub: RunningHub, as_: Any) -> None:
+    applied = as_("consumer")("Apply", pb.ApplyRequest(request=_application()))
+    as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Refuse", pb.RefuseRequest(id=applied.id))
+    wider = pb.ApproveRequest(id=applied.id, fields=["name", "address"])
+    assert "fields" in _violations(as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Approve", wider))
+    later = pb.ApproveRequest(id=applied.id, end_date=w.date_to_wire(TODAY + dt.timedelta(days=400)))
+    assert "end_date" in _violations(as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Approve", later))
+    stray_mask = pb.ApproveRequest(
+        id=applied.id, fields=["name"], masks=[pb.FieldMask(field="id_number", mask=pb.MASK_KIND_ID_NUMBER)]
+    )
+    assert "masks" in _violations(as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Approve", stray_mask))
+    as_("owner")("Approve", pb.ApproveRequest(id=applied.id))
+    as_("owner").fails(grpc.StatusCode.FAILED_PRECONDITION, "Approve", pb.ApproveRequest(id=applied.id))
+    as_("owner").fails(grpc.StatusCode.FAILED_PRECONDITION, "Refuse", pb.RefuseRequest(id=applied.id, reason="晚了"))
+    as_("consumer").fails(grpc.StatusCode.FAILED_PRECONDITION, "Dispute", pb.DisputeRequest(id=applied.id, reason="x"))
+    as_("manager").fails(grpc.StatusCode.NOT_FOUND, "IssueGrant", pb.IssueGrantRequest(request_id="SR-nope"))
+    assert hub.rows(ShareEventRow) == 2
+
+
+def test_grants_are_suspended_resumed_and_revoked_by_owner_or_share_manager(hub: RunningHub, as_: Any) -> None:
+    applied = as_("consumer")("Apply", pb.ApplyRequest(request=_application(LICENCE)))
+    gid = applied.grant_id
+    as_("consumer").fails(grpc.StatusCode.PERMISSION_DENIED, "SuspendGrant", pb.ChangeGrantRequest(id=gid, reason="x"))
+    as_("registry-owner").fails(
+        grpc.StatusCode.PERMISSION_DENIED, "SuspendGrant", pb.ChangeGrantRequest(id=gid, reason="x")
+    )
+    as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "SuspendGrant", pb.ChangeGrantRequest(id=gid))
+    assert (
+        as_("owner")("SuspendGrant", pb.ChangeGrantRequest(id=gid, reason="核查")).status == pb.GRANT_STATUS_SUSPENDED
+    )
+    as_("owner").fails(grpc.StatusCode.FAILED_PRECONDITION, "SuspendGrant", pb.ChangeGrantRequest(id=gid, reason="x"))
+    assert (
+        as_("manager")("ResumeGrant", pb.ChangeGrantRequest(id=gid, reason="核查完毕")).status == pb.GRANT_STATUS_ACTIVE
+    )
+    revoked = as_("manager")("RevokeGrant", pb.ChangeGrantRequest(id=gid, reason="事项办结"))
+    assert revoked.status == pb.GRANT_STATUS_REVOKED
+    as_("owner").fails(grpc.StatusCode.FAILED_PRECONDITION, "ResumeGrant", pb.ChangeGrantRequest(id=gid, reason="x"))
+    assert [(e.action, e.actor.code) for e in revoked.history] == [
+        ("issued", "bdc-clerk"),
+        ("suspended", "ga-steward"),
+        ("resumed", "sm-lin"),
+        ("revoked", "sm-lin"),
+    ]
+
+
+def test_lists_views_and_overdue_requests(hub: RunningHub, as_: Any) -> None:
+    first = as_("consumer")("Apply", pb.ApplyRequest(request=_application()))
+    as_("consumer")("Apply", pb.ApplyRequest(request=_application(LICENCE)))
+    store = Store(hub.settings.effective_database_url)
+    try:  # ten working days pass without an answer
+        with store.db.write() as s:
+            s.execute(
+                update(ShareRequestRow)
+                .where(ShareRequestRow.id == first.id)
+                .values(due_date=TODAY - dt.timedelta(days=1))
+            )
+    finally:
+        store.close()
+    mine = as_("consumer")("ListShareRequests", pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_MINE))
+    assert len(mine.requests) == 2 and mine.overdue_count == 1
+    for_owner = as_("owner")("ListShareRequests", pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_FOR_ME))
+    assert [r.id for r in for_owner.requests] == [first.id] and for_owner.requests[0].overdue
+    overdue = as_("manager")("ListShareRequests", pb.ListShareRequestsRequest(overdue_only=True))
+    assert [r.id for r in overdue.requests] == [first.id]
+    assert not as_("registry-owner")(
+        "ListShareRequests", pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_FOR_ME)
+    ).requests
+    as_("operator").fails(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ListShareRequests",
+        pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_FOR_ME),
+    )
+    grants = as_("auditor")("ListGrants", pb.ListGrantsRequest(resource_code=LICENCE))
+    assert len(grants.grants) == 1
+    as_("operator").fails(grpc.StatusCode.NOT_FOUND, "GetShareRequest", pb.GetShareRequestRequest(id=first.id))
