@@ -16,7 +16,6 @@ from exchange import models as m
 from exchange import wire as w
 from exchange.store import Store
 from exchange.store.schema import GrantRow, ShareEventRow, ShareRequestRow
-from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
