@@ -66,8 +66,9 @@ def identity_spec(code: str = "10101/350200000001", department: str = POLICE.cod
 class RunningHub:
     """A started hub and the identities made for it."""
 
-    def __init__(self, settings: Settings, operator: Path) -> None:
+    def __init__(self, settings: Settings, operator: Path, hub: Hub) -> None:
         self.settings = settings
+        self.hub = hub
         self.operator = operator
         self.files = pki.HubFiles(settings.home)
         self.ca_pem = self.files.ca_cert.read_bytes()
@@ -129,7 +130,7 @@ def running_hub(settings: Settings) -> Iterator[RunningHub]:
     hub = Hub(settings)
     port = asyncio.run_coroutine_threadsafe(hub.start(), loop).result(timeout=30)
     try:
-        yield RunningHub(replace(settings, hub_address=f"localhost:{port}"), operator)
+        yield RunningHub(replace(settings, hub_address=f"localhost:{port}"), operator, hub)
     finally:
         asyncio.run_coroutine_threadsafe(hub.stop(grace=1), loop).result(timeout=30)
         loop.call_soon_threadsafe(loop.stop)

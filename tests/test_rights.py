@@ -19,6 +19,7 @@ from exchange.store.schema import GrantRow, ShareEventRow, ShareRequestRow
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
+from policy.decision import DenyReason, Question
 from tests.harness import AUTHORITY, POLICE, RunningHub, identity_spec
 
 REGISTRY = m.Department("11350200MB00456789", "厦门市不动产登记中心", "350200", m.AdministrativeLevel.CITY)
@@ -324,3 +325,19 @@ def test_lists_views_and_overdue_requests(hub: RunningHub, as_: Any) -> None:
     grants = as_("auditor")("ListGrants", pb.ListGrantsRequest(resource_code=LICENCE))
     assert len(grants.grants) == 1
     as_("operator").fails(grpc.StatusCode.NOT_FOUND, "GetShareRequest", pb.GetShareRequestRequest(id=first.id))
+
+
+def test_the_hubs_decisions_follow_grants_issued_and_revoked_through_it(hub: RunningHub, as_: Any) -> None:
+    question = Question("bdc-djxt", REGISTRY.code, IDENTITY, "不动产转移登记", ("id_number",))
+    assert hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, TODAY).reason is DenyReason.NO_GRANT
+    applied = as_("consumer")("Apply", pb.ApplyRequest(request=_application()))
+    as_("owner")(
+        "Approve",
+        pb.ApproveRequest(id=applied.id, masks=[pb.FieldMask(field="id_number", mask=pb.MASK_KIND_ID_NUMBER)]),
+    )
+    grant = as_("manager")("IssueGrant", pb.IssueGrantRequest(request_id=applied.id))
+    decision = hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, TODAY)
+    assert decision.allowed and decision.grant_id == grant.id
+    assert decision.masks == (("id_number", m.MaskKind.ID_NUMBER),)
+    as_("owner")("RevokeGrant", pb.ChangeGrantRequest(id=grant.id, reason="事项办结"))
+    assert hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, TODAY).reason is DenyReason.NO_GRANT

@@ -29,6 +29,7 @@ from exchange.store import Store
 from exchange.v1 import catalog_pb2, catalog_pb2_grpc, registry_pb2, registry_pb2_grpc, rights_pb2, rights_pb2_grpc
 from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
 from policy import RightsPolicy, assignments_of
+from policy.decision import DecisionPoint
 
 log = logging.getLogger(__name__)
 SERVICES = (
@@ -69,6 +70,7 @@ class Hub:
         self.health = health_aio.HealthServicer()
         self.port = 0
         self.server: grpc.aio.Server | None = None
+        self.decisions = DecisionPoint()
 
     def _build_server(self) -> grpc.aio.Server:
         """The gRPC server with every service; made inside the running event loop, which it binds to."""
@@ -92,7 +94,10 @@ class Hub:
             CatalogServicer(CatalogService(self.store, policy), registry, settings.insecure_dev), server
         )
         calendar = WorkCalendar.load(settings.calendar_file or DEFAULT_CALENDAR)
-        rights = RightsService(self.store, policy, calendar, settings.max_grant_days)
+        self.decisions = DecisionPoint(self.store.rights.live_grants())
+        rights = RightsService(
+            self.store, policy, calendar, settings.max_grant_days, on_grant_change=self.decisions.update
+        )
         rights_pb2_grpc.add_RightsServiceServicer_to_server(
             RightsServicer(rights, registry, settings.insecure_dev), server
         )

@@ -1,0 +1,157 @@
+"""The data plane's question: may this system read these fields of this resource, for this purpose?
+
+Casbin decides from the live grants (model ``grants.conf``), one small
+enforcer per (resource, consumer department), so the cost of a decision
+depends on the grants of that pair, not on all grants of the hub. An index
+of the same grants explains a denial precisely, and a cache answers a
+repeated question without Casbin until any grant changes. Quotas are
+counted per grant and day in this process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import casbin
+
+from exchange.models import Grant, GrantStatus, MaskKind, ResourceStatus
+
+GRANTS_MODEL = Path(__file__).resolve().parent / "grants.conf"
+# Distinct questions remembered before the cache starts afresh.
+CACHE_LIMIT = 100_000
+
+
+class DenyReason(StrEnum):
+    NO_GRANT = "no_grant"
+    WRONG_PURPOSE = "wrong_purpose"
+    SUSPENDED = "grant_suspended"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "grant_expired"
+    FIELD_NOT_GRANTED = "field_not_granted"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    RESOURCE_SUSPENDED = "resource_suspended"
+
+
+@dataclass(frozen=True)
+class Question:
+    system: str
+    department: str
+    resource: str
+    purpose: str
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    grant_id: str = ""
+    fields: tuple[str, ...] = ()
+    masks: tuple[tuple[str, MaskKind], ...] = ()
+    reason: DenyReason | None = None
+    message: str = ""
+
+
+def _deny(reason: DenyReason, message: str) -> Decision:
+    return Decision(False, reason=reason, message=message)
+
+
+@dataclass
+class _Pair:
+    """The grants of one (resource, consumer department): a Casbin enforcer of the active ones, and all of them."""
+
+    enforcer: casbin.Enforcer
+    grants: dict[str, Grant] = field(default_factory=dict)
+
+
+class DecisionPoint:
+    """Decides data-plane requests against the live grants; told of every grant change."""
+
+    def __init__(self, grants: list[Grant] | None = None) -> None:
+        self._pairs: dict[tuple[str, str], _Pair] = {}
+        self._cache: dict[Question, str] = {}
+        self._used: dict[tuple[str, dt.date], int] = defaultdict(int)
+        self._today: dt.date | None = None
+        self._lock = threading.Lock()
+        for grant in grants or []:
+            self.update(grant)
+
+    def update(self, grant: Grant) -> None:
+        """Takes a new or changed grant into account; cached answers are dropped."""
+        key = (grant.resource_code, grant.consumer_department_code)
+        with self._lock:
+            pair = self._pairs.get(key)
+            if pair is None:
+                pair = self._pairs[key] = _Pair(casbin.Enforcer(str(GRANTS_MODEL)))
+            pair.enforcer.remove_filtered_policy(2, grant.id)
+            if grant.status is GrantStatus.REVOKED:
+                pair.grants.pop(grant.id, None)
+            else:
+                pair.grants[grant.id] = grant
+            if grant.status is GrantStatus.ACTIVE:
+                pair.enforcer.add_policies([[s, grant.purpose, grant.id] for s in grant.system_codes])
+            self._cache.clear()
+
+    def decide(self, q: Question, resource_status: ResourceStatus, today: dt.date) -> Decision:
+        """Allow with the grant, the fields and the masks, or deny with the reason; an allowed call uses quota."""
+        if resource_status is not ResourceStatus.PUBLISHED:
+            return _deny(DenyReason.RESOURCE_SUSPENDED, f"resource {q.resource} is {resource_status.value}")
+        with self._lock:
+            grant = self._cached(q, today)
+            if grant is None:
+                found = self._match(q, today)
+                if isinstance(found, Decision):
+                    return found
+                grant = self._pairs[(q.resource, q.department)].grants[found]
+                if not grant.start <= today <= grant.end:
+                    return self._validity(grant, today)
+                if len(self._cache) >= CACHE_LIMIT:
+                    self._cache.clear()
+                self._cache[q] = grant.id
+            if today != self._today:
+                self._used.clear()  # quotas are per day: yesterday's counts are done with
+                self._today = today
+            used = self._used[(grant.id, today)]
+            if used >= grant.daily_quota:
+                return _deny(DenyReason.QUOTA_EXHAUSTED, f"grant {grant.id} used its {grant.daily_quota} calls today")
+            self._used[(grant.id, today)] = used + 1
+        masks = tuple((f, k) for f, k in grant.masks if f in q.fields)
+        return Decision(True, grant.id, q.fields, masks)
+
+    def _cached(self, q: Question, today: dt.date) -> Grant | None:
+        """The grant that answered ``q`` before, if it still stands today."""
+        grant_id = self._cache.get(q)
+        if grant_id is None:
+            return None
+        grant = self._pairs[(q.resource, q.department)].grants.get(grant_id)
+        return grant if grant is not None and grant.start <= today <= grant.end else None
+
+    def _match(self, q: Question, today: dt.date) -> str | Decision:
+        """The id of the grant that allows ``q``, found by Casbin and checked by the index; or a denial."""
+        pair = self._pairs.get((q.resource, q.department))
+        mine = [g for g in pair.grants.values() if q.system in g.system_codes] if pair else []
+        if pair is None or not mine:
+            return _deny(DenyReason.NO_GRANT, f"no grant lets system {q.system} read {q.resource}")
+        allowed, rule = pair.enforcer.enforce_ex(q.system, q.purpose)
+        if not allowed:
+            if any(g.purpose == q.purpose for g in mine):
+                return _deny(DenyReason.SUSPENDED, f"the grant for {q.purpose!r} on {q.resource} is suspended")
+            purposes = "、".join(sorted({g.purpose for g in mine}))
+            return _deny(DenyReason.WRONG_PURPOSE, f"granted only for {purposes}, not for {q.purpose!r}")
+        candidates = [g for g in mine if g.purpose == q.purpose and g.status is GrantStatus.ACTIVE]
+        current = [g for g in candidates if g.start <= today <= g.end] or [pair.grants[rule[2]]]
+        covering = [g for g in current if set(q.fields) <= set(g.fields)]
+        if not covering:
+            missing = sorted(set(q.fields) - set(current[0].fields))
+            return _deny(DenyReason.FIELD_NOT_GRANTED, f"fields not granted: {', '.join(missing)}")
+        return covering[0].id
+
+    @staticmethod
+    def _validity(grant: Grant, today: dt.date) -> Decision:
+        if today < grant.start:
+            return _deny(DenyReason.NOT_YET_VALID, f"grant {grant.id} is valid from {grant.start}")
+        return _deny(DenyReason.EXPIRED, f"grant {grant.id} expired on {grant.end}")

@@ -1,0 +1,92 @@
+"""The data-plane decision: allow with grant, fields and masks, or deny with the precise reason."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+
+from exchange import models as m
+from policy.decision import DecisionPoint, DenyReason, Question
+
+TODAY = dt.date(2026, 11, 23)
+PUBLISHED = m.ResourceStatus.PUBLISHED
+CONSUMER = "11350200MB00456789"
+
+
+def _grant(gid: str = "GR-1", **changes: object) -> m.Grant:
+    grant = m.Grant(
+        id=gid,
+        request_id=f"SR-{gid}",
+        resource_code="10101/350200000001",
+        consumer_department_code=CONSUMER,
+        system_codes=("bdc-djxt",),
+        fields=("name", "id_number"),
+        purpose="不动产转移登记",
+        legal_basis="细则第十一条",
+        start=TODAY - dt.timedelta(days=10),
+        end=TODAY + dt.timedelta(days=10),
+        daily_quota=3,
+        rate_per_second=0,
+        masks=(("id_number", m.MaskKind.ID_NUMBER),),
+        status=m.GrantStatus.ACTIVE,
+        issued_at=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+    )
+    return replace(grant, **changes)  # type: ignore[arg-type]
+
+
+def _ask(**changes: object) -> Question:
+    q = Question("bdc-djxt", CONSUMER, "10101/350200000001", "不动产转移登记", ("id_number",))
+    return replace(q, **changes)  # type: ignore[arg-type]
+
+
+def test_allowed_with_the_grant_and_only_the_masks_of_asked_fields() -> None:
+    point = DecisionPoint([_grant()])
+    decision = point.decide(_ask(), PUBLISHED, TODAY)
+    assert decision.allowed and decision.grant_id == "GR-1"
+    assert decision.masks == (("id_number", m.MaskKind.ID_NUMBER),)
+    assert point.decide(_ask(fields=("name",)), PUBLISHED, TODAY).masks == ()
+
+
+def test_each_denial_names_its_reason() -> None:
+    point = DecisionPoint([_grant()])
+    cases = [
+        (_ask(system="other-sys"), DenyReason.NO_GRANT),
+        (_ask(department="11350200MB0023456P"), DenyReason.NO_GRANT),
+        (_ask(resource="10101/350200000009"), DenyReason.NO_GRANT),
+        (_ask(purpose="企业开办"), DenyReason.WRONG_PURPOSE),
+        (_ask(fields=("id_number", "address")), DenyReason.FIELD_NOT_GRANTED),
+    ]
+    for question, reason in cases:
+        decision = point.decide(question, PUBLISHED, TODAY)
+        assert (decision.allowed, decision.reason) == (False, reason), question
+    assert "address" in point.decide(cases[-1][0], PUBLISHED, TODAY).message
+    suspended = point.decide(_ask(), m.ResourceStatus.SUSPENDED, TODAY)
+    assert suspended.reason is DenyReason.RESOURCE_SUSPENDED
+    assert point.decide(_ask(), PUBLISHED, TODAY + dt.timedelta(days=11)).reason is DenyReason.EXPIRED
+    assert point.decide(_ask(), PUBLISHED, TODAY - dt.timedelta(days=11)).reason is DenyReason.NOT_YET_VALID
+
+
+def test_suspension_resumption_and_revocation_take_effect_on_the_next_call() -> None:
+    point = DecisionPoint([_grant()])
+    assert point.decide(_ask(), PUBLISHED, TODAY).allowed  # now cached
+    point.update(_grant(status=m.GrantStatus.SUSPENDED))
+    assert point.decide(_ask(), PUBLISHED, TODAY).reason is DenyReason.SUSPENDED
+    point.update(_grant(status=m.GrantStatus.ACTIVE))
+    assert point.decide(_ask(), PUBLISHED, TODAY).allowed
+    point.update(_grant(status=m.GrantStatus.REVOKED))
+    assert point.decide(_ask(), PUBLISHED, TODAY).reason is DenyReason.NO_GRANT
+
+
+def test_quota_is_per_grant_and_day() -> None:
+    point = DecisionPoint([_grant()])
+    assert [point.decide(_ask(), PUBLISHED, TODAY).allowed for _ in range(4)] == [True, True, True, False]
+    assert point.decide(_ask(), PUBLISHED, TODAY).reason is DenyReason.QUOTA_EXHAUSTED
+    assert point.decide(_ask(), PUBLISHED, TODAY + dt.timedelta(days=1)).allowed
+
+
+def test_a_current_grant_is_preferred_to_an_expired_one() -> None:
+    old = _grant("GR-old", start=TODAY - dt.timedelta(days=400), end=TODAY - dt.timedelta(days=35))
+    point = DecisionPoint([old, _grant("GR-new")])
+    assert point.decide(_ask(), PUBLISHED, TODAY).grant_id == "GR-new"
+    later = TODAY + dt.timedelta(days=11)  # the new one has expired too: the cached answer must not stand
+    assert point.decide(_ask(), PUBLISHED, later).reason is DenyReason.EXPIRED
