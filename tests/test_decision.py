@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 from dataclasses import replace
 
 from exchange import models as m
@@ -90,3 +91,20 @@ def test_a_current_grant_is_preferred_to_an_expired_one() -> None:
     assert point.decide(_ask(), PUBLISHED, TODAY).grant_id == "GR-new"
     later = TODAY + dt.timedelta(days=11)  # the new one has expired too: the cached answer must not stand
     assert point.decide(_ask(), PUBLISHED, later).reason is DenyReason.EXPIRED
+
+
+def test_the_kept_answers_are_casbins_for_every_question() -> None:
+    rng = random.Random(7)
+    systems, purposes = ["s1", "s2", "s3"], ["不动产转移登记", "企业开办", "社保转移"]
+    point = DecisionPoint()
+    for i in range(60):
+        grant = _grant(
+            f"GR-{i}",
+            system_codes=tuple(rng.sample(systems, rng.randint(1, 2))),
+            purpose=rng.choice(purposes),
+            status=rng.choice(list(m.GrantStatus)),
+        )
+        point.update(grant)
+        for s in systems:
+            for p in purposes:
+                assert point.casbin_agrees(_ask(system=s, purpose=p)), (i, s, p)
