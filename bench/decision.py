@@ -14,8 +14,8 @@ It prints p50 and p99 in microseconds and the ratios.
 from __future__ import annotations
 
 import argparse
-import functools
 import datetime as dt
+import functools
 import gc
 import random
 import statistics
