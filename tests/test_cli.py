@@ -18,7 +18,7 @@ from exchange import models as m
 from exchange.cli.main import main
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import registry_pb2_grpc
-from tests.harness import POLICE, RunningHub, base_settings, running_hub
+from tests.harness import POLICE, RunningHub, base_settings, identity_spec, running_hub
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -253,3 +253,46 @@ def test_serve_refuses_a_store_that_is_not_migrated(
     assert main(["--home", str(home), "serve", "--listen", "127.0.0.1:0"]) == 2
     assert "run `exchange migrate`" in capsys.readouterr().err
     assert main(["--home", str(home), "migrate"]) == 0
+
+
+def test_rights_verbs(hub: RunningHub, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = m.Department("11350200MB00456789", "厦门市不动产登记中心", "350200", m.AdministrativeLevel.CITY)
+    hub.add_department(POLICE)
+    hub.add_department(registry)
+    owner = hub.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD)
+    clerk = hub.add_person("bdc-clerk", registry.code, m.Role.CONSUMER)
+    manager = hub.add_person("sm-lin", POLICE.code, m.Role.SHARE_MANAGER)
+    hub.add_system("bdc-djxt", registry.code)
+    hub.publish(owner, identity_spec())
+    apply = [
+        "request",
+        "apply",
+        "--resource",
+        "10101/350200000001",
+        "--purpose",
+        "不动产转移登记",
+        "--legal-basis",
+        "细则第十一条",
+        "--field",
+        "name",
+        "--field",
+        "id_number",
+        "--system",
+        "bdc-djxt",
+    ]
+    assert _run(hub, clerk, "--json", *apply) == 0
+    request_id = json.loads(capsys.readouterr().out)["id"]
+    assert _run(hub, owner, "request", "list", "--view", "for-me") == 0
+    assert request_id in capsys.readouterr().out
+    assert _run(hub, owner, "request", "approve", request_id, "--mask", "id_number=id_number", "--reason", "同意") == 0
+    assert "approved" in capsys.readouterr().out
+    assert _run(hub, manager, "--json", "grant", "issue", request_id, "--daily-quota", "50") == 0
+    grant = json.loads(capsys.readouterr().out)
+    assert grant["dailyQuota"] == "50" and grant["masks"] == [{"field": "id_number", "mask": "MASK_KIND_ID_NUMBER"}]
+    assert _run(hub, owner, "grant", "suspend", grant["id"], "--reason", "核查") == 0
+    assert _run(hub, clerk, "grant", "list") == 0
+    assert "suspended" in capsys.readouterr().out
+    assert _run(hub, clerk, "request", "approve", request_id) == 1
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
+    assert _run(hub, owner, "request", "approve", request_id, "--mask", "id_number=blur") == 2
+    assert "--mask" in capsys.readouterr().err

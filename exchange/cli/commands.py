@@ -39,7 +39,7 @@ def _show(args: argparse.Namespace, message: Message, fields: list[tuple[str, st
         print(tables.render(["field", "value"], fields, max_column=100))
 
 
-def _show_list(args: argparse.Namespace, response: Message, headers: list[str], rows: list[list[str]]) -> None:
+def show_list(args: argparse.Namespace, response: Message, headers: list[str], rows: list[list[str]]) -> None:
     if args.json:
         print(json_format.MessageToJson(response, ensure_ascii=False))
         return
@@ -49,7 +49,7 @@ def _show_list(args: argparse.Namespace, response: Message, headers: list[str], 
         print(f"(more: add --page-token {token})")
 
 
-def _ask(
+def ask(
     args: argparse.Namespace, settings: Settings, rpc: Callable[[HubClient], Callable[..., T]], request: Message
 ) -> T:
     """One call to the hub with the caller's identity: ``rpc`` picks the stub method."""
@@ -67,7 +67,7 @@ def _ref(args: argparse.Namespace) -> m.PrincipalRef:
 
 
 def whoami(args: argparse.Namespace, settings: Settings) -> int:
-    me = _ask(args, settings, lambda hub: hub.registry.WhoAmI, rpb.WhoAmIRequest())
+    me = ask(args, settings, lambda hub: hub.registry.WhoAmI, rpb.WhoAmIRequest())
     roles = ", ".join(w.ROLE.label(r) for r in me.roles) or "-"
     _show(
         args,
@@ -92,19 +92,19 @@ DEPARTMENT_HEADERS = ["code", "name", "level", "division", "parent"]
 
 def dept_create(args: argparse.Namespace, settings: Settings) -> int:
     department = m.Department(args.code, args.name, args.division_code, m.AdministrativeLevel(args.level), args.parent)
-    created = _ask(
+    created = ask(
         args,
         settings,
         lambda hub: hub.registry.CreateDepartment,
         rpb.CreateDepartmentRequest(department=w.department_to_wire(department)),
     )
-    _show_list(args, created, DEPARTMENT_HEADERS, department_rows([created]))
+    show_list(args, created, DEPARTMENT_HEADERS, department_rows([created]))
     return 0
 
 
 def dept_get(args: argparse.Namespace, settings: Settings) -> int:
-    d = _ask(args, settings, lambda hub: hub.registry.GetDepartment, rpb.GetDepartmentRequest(code=args.code))
-    _show_list(args, d, DEPARTMENT_HEADERS, department_rows([d]))
+    d = ask(args, settings, lambda hub: hub.registry.GetDepartment, rpb.GetDepartmentRequest(code=args.code))
+    show_list(args, d, DEPARTMENT_HEADERS, department_rows([d]))
     return 0
 
 
@@ -113,8 +113,8 @@ def dept_list(args: argparse.Namespace, settings: Settings) -> int:
     request = rpb.ListDepartmentsRequest(
         page_size=args.page_size, page_token=args.page_token, parent_code=args.parent or "", level=level
     )
-    response = _ask(args, settings, lambda hub: hub.registry.ListDepartments, request)
-    _show_list(args, response, DEPARTMENT_HEADERS, department_rows(list(response.departments)))
+    response = ask(args, settings, lambda hub: hub.registry.ListDepartments, request)
+    show_list(args, response, DEPARTMENT_HEADERS, department_rows(list(response.departments)))
     return 0
 
 
@@ -127,16 +127,16 @@ def _system_rows(systems: list[rpb.System]) -> list[list[str]]:
 
 def system_create(args: argparse.Namespace, settings: Settings) -> int:
     system = m.System(args.code, args.name, args.department, args.description)
-    created = _ask(
+    created = ask(
         args, settings, lambda hub: hub.registry.CreateSystem, rpb.CreateSystemRequest(system=w.system_to_wire(system))
     )
-    _show_list(args, created, SYSTEM_HEADERS, _system_rows([created]))
+    show_list(args, created, SYSTEM_HEADERS, _system_rows([created]))
     return 0
 
 
 def system_get(args: argparse.Namespace, settings: Settings) -> int:
-    s = _ask(args, settings, lambda hub: hub.registry.GetSystem, rpb.GetSystemRequest(code=args.code))
-    _show_list(args, s, SYSTEM_HEADERS, _system_rows([s]))
+    s = ask(args, settings, lambda hub: hub.registry.GetSystem, rpb.GetSystemRequest(code=args.code))
+    show_list(args, s, SYSTEM_HEADERS, _system_rows([s]))
     return 0
 
 
@@ -144,8 +144,8 @@ def system_list(args: argparse.Namespace, settings: Settings) -> int:
     request = rpb.ListSystemsRequest(
         page_size=args.page_size, page_token=args.page_token, department_code=args.department or ""
     )
-    response = _ask(args, settings, lambda hub: hub.registry.ListSystems, request)
-    _show_list(args, response, SYSTEM_HEADERS, _system_rows(list(response.systems)))
+    response = ask(args, settings, lambda hub: hub.registry.ListSystems, request)
+    show_list(args, response, SYSTEM_HEADERS, _system_rows(list(response.systems)))
     return 0
 
 
@@ -160,16 +160,16 @@ def person_rows(people: list[rpb.Person]) -> list[list[str]]:
 
 def person_create(args: argparse.Namespace, settings: Settings) -> int:
     person = m.Person(args.username, args.name, args.department, frozenset(m.Role(r) for r in args.role))
-    created = _ask(
+    created = ask(
         args, settings, lambda hub: hub.registry.CreatePerson, rpb.CreatePersonRequest(person=w.person_to_wire(person))
     )
-    _show_list(args, created, PERSON_HEADERS, person_rows([created]))
+    show_list(args, created, PERSON_HEADERS, person_rows([created]))
     return 0
 
 
 def person_get(args: argparse.Namespace, settings: Settings) -> int:
-    p = _ask(args, settings, lambda hub: hub.registry.GetPerson, rpb.GetPersonRequest(username=args.username))
-    _show_list(args, p, PERSON_HEADERS, person_rows([p]))
+    p = ask(args, settings, lambda hub: hub.registry.GetPerson, rpb.GetPersonRequest(username=args.username))
+    show_list(args, p, PERSON_HEADERS, person_rows([p]))
     return 0
 
 
@@ -178,8 +178,8 @@ def person_list(args: argparse.Namespace, settings: Settings) -> int:
     request = rpb.ListPeopleRequest(
         page_size=args.page_size, page_token=args.page_token, department_code=args.department or "", role=role
     )
-    response = _ask(args, settings, lambda hub: hub.registry.ListPeople, request)
-    _show_list(args, response, PERSON_HEADERS, person_rows(list(response.people)))
+    response = ask(args, settings, lambda hub: hub.registry.ListPeople, request)
+    show_list(args, response, PERSON_HEADERS, person_rows(list(response.people)))
     return 0
 
 
@@ -211,7 +211,7 @@ def cert_list(args: argparse.Namespace, settings: Settings) -> int:
     request = rpb.ListCertificatesRequest(page_size=args.page_size, page_token=args.page_token)
     if args.system or args.person:
         request.principal.CopyFrom(w.principal_ref_to_wire(_ref(args)))
-    response = _ask(args, settings, lambda hub: hub.registry.ListCertificates, request)
+    response = ask(args, settings, lambda hub: hub.registry.ListCertificates, request)
     rows = [
         [
             f"{w.KIND.label(c.principal.kind)}/{c.principal.code}",
@@ -223,13 +223,13 @@ def cert_list(args: argparse.Namespace, settings: Settings) -> int:
         ]
         for c in response.certificates
     ]
-    _show_list(args, response, ["principal", "serial", "valid from", "valid until", "revoked", "fingerprint"], rows)
+    show_list(args, response, ["principal", "serial", "valid from", "valid until", "revoked", "fingerprint"], rows)
     return 0
 
 
 def cert_revoke(args: argparse.Namespace, settings: Settings) -> int:
     request = rpb.RevokeCertificateRequest(fingerprint_sha256=args.fingerprint, reason=args.reason)
-    cert = _ask(args, settings, lambda hub: hub.registry.RevokeCertificate, request)
+    cert = ask(args, settings, lambda hub: hub.registry.RevokeCertificate, request)
     print(
         f"revoked the certificate of {w.KIND.label(cert.principal.kind)}/{cert.principal.code} "
         f"({cert.fingerprint_sha256[:16]}…): refused from the next call on"
@@ -284,7 +284,7 @@ def resource_detail(r: cpb.Resource) -> list[tuple[str, str]]:
 
 
 def catalog_get(args: argparse.Namespace, settings: Settings) -> int:
-    r = _ask(
+    r = ask(
         args,
         settings,
         lambda hub: hub.catalog.GetResource,
@@ -304,14 +304,14 @@ def catalog_list(args: argparse.Namespace, settings: Settings) -> int:
         text=args.text or "",
         field_name=args.field or "",
     )
-    response = _ask(args, settings, lambda hub: hub.catalog.ListResources, request)
-    _show_list(args, response, RESOURCE_HEADERS, resource_rows(list(response.resources)))
+    response = ask(args, settings, lambda hub: hub.catalog.ListResources, request)
+    show_list(args, response, RESOURCE_HEADERS, resource_rows(list(response.resources)))
     return 0
 
 
 def catalog_history(args: argparse.Namespace, settings: Settings) -> int:
     request = cpb.ListResourceVersionsRequest(code=args.code, page_size=args.page_size, page_token=args.page_token)
-    response = _ask(args, settings, lambda hub: hub.catalog.ListResourceVersions, request)
+    response = ask(args, settings, lambda hub: hub.catalog.ListResourceVersions, request)
     rows = [
         [
             str(v.version),
@@ -323,7 +323,7 @@ def catalog_history(args: argparse.Namespace, settings: Settings) -> int:
         ]
         for v in response.versions
     ]
-    _show_list(args, response, ["version", "change", "by", "at", "status", "reason"], rows)
+    show_list(args, response, ["version", "change", "by", "at", "status", "reason"], rows)
     return 0
 
 
@@ -338,7 +338,7 @@ def catalog_status(args: argparse.Namespace, settings: Settings) -> int:
             "retire": hub.catalog.RetireResource,
         }[args.verb]
         r = hub.call(method, request)
-    _show_list(args, r, RESOURCE_HEADERS, resource_rows([r]))
+    show_list(args, r, RESOURCE_HEADERS, resource_rows([r]))
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import shutil
 import signal
 from collections.abc import Callable
@@ -23,15 +24,19 @@ from exchange import pki
 from exchange import wire as w
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli import commands, files, tables
+from exchange.cli import rights as rights_cli
 from exchange.cli.client import HubClient, describe
 from exchange.config import Settings
 from exchange.errors import FailedPrecondition
 from exchange.server.app import Hub
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
+from exchange.v1 import rights_pb2 as rpb_r
+from policy.decision import DecisionPoint, Question
 
 DATA = Path(__file__).resolve().parent.parent / "demo"
 MARKER = ".exchange-demo"
+FLAT_SALE = "不动产转移登记"
 
 
 def _fresh_home(home: Path) -> None:
@@ -63,7 +68,7 @@ async def _serve_tour(
     port = await hub.start()
     settings = replace(settings, hub_address=f"localhost:{port}")
     try:
-        await asyncio.to_thread(Tour(settings, members, operator).run, specs)
+        await asyncio.to_thread(Tour(settings, members, operator, hub.decisions).run, specs)
         if not once:
             print(f"\nThe hub is serving on localhost:{port}. In another terminal, for example:")
             print(f"  .venv/bin/exchange --hub localhost:{port} --identity {operator} catalog list")
@@ -86,8 +91,9 @@ def _step(title: str) -> None:
 class Tour:
     """The demo's story, told through real calls to the hub."""
 
-    def __init__(self, settings: Settings, members: files.Members, operator: Path) -> None:
+    def __init__(self, settings: Settings, members: files.Members, operator: Path, decisions: DecisionPoint) -> None:
         self.settings = settings
+        self.decisions = decisions
         self.members = members
         self.operator = operator
         self.home = pki.HubFiles(settings.home)
@@ -105,6 +111,7 @@ class Tour:
         self.browse()
         self.refusals()
         self.history()
+        self.rights()
 
     def register(self) -> None:
         _step("1. The operator registers the departments, their systems and people, and certifies each")
@@ -220,3 +227,59 @@ class Tour:
             for v in versions.versions
         ]
         print(tables.render(["version", "change", "by", "status", "reason"], rows))
+
+    def _apply(
+        self, hub: HubClient, resource: str, fields: tuple[str, ...], purpose: str = FLAT_SALE
+    ) -> rpb_r.ShareRequest:
+        today = dt.date.today()
+        application = m.Application(
+            resource,
+            "",
+            ("bdc-djxt",),
+            purpose,
+            "《不动产登记暂行条例实施细则》第十一条",
+            fields,
+            today,
+            today + dt.timedelta(days=180),
+            300,
+        )
+        request = rpb_r.ApplyRequest(request=w.application_to_wire(application))
+        return hub.call(hub.rights.Apply, request)
+
+    def rights(self) -> None:
+        _step("8. Three separated rights: the registry applies, each owner decides, the share manager grants")
+        with self.client(self.identity_of("bdc-clerk")) as clerk:
+            identity = self._apply(clerk, "10101/350200000001", ("name", "id_number"))
+            contract = self._apply(clerk, "20301/350200000001", ("contract_no", "property_address", "price"))
+            tax = self._apply(clerk, "20501/350200000001", ("voucher_no", "tax_kind", "amount", "paid_on"))
+            self._apply(clerk, "20301/350200000002", ("contract_no", "document"))  # left pending
+            record = self._apply(clerk, "10101/350200000002", ("record_type",))  # not shared: refused at once
+            clerk.call(clerk.rights.Dispute, rpb_r.DisputeRequest(id=record.id, reason="办理登记需核实有无查封限制"))
+        masked = [rpb_r.FieldMask(field="id_number", mask=rpb_r.MASK_KIND_ID_NUMBER)]
+        for steward, request, masks in (
+            ("ga-steward", identity, masked),
+            ("zj-steward", contract, []),
+            ("sw-steward", tax, []),
+        ):
+            with self.client(self.identity_of(steward)) as owner:
+                owner.call(owner.rights.Approve, rpb_r.ApproveRequest(id=request.id, masks=masks, reason="同意"))
+        with self.client(self.identity_of("sm-lin")) as manager:
+            for request in (identity, contract, tax):
+                manager.call(manager.rights.IssueGrant, rpb_r.IssueGrantRequest(request_id=request.id))
+            listed = manager.call(manager.rights.ListShareRequests, rpb_r.ListShareRequestsRequest())
+            waiting = manager.call(
+                manager.rights.ListShareRequests, rpb_r.ListShareRequestsRequest(view=rpb_r.SHARE_REQUEST_VIEW_FOR_ME)
+            )
+            grants = manager.call(manager.rights.ListGrants, rpb_r.ListGrantsRequest())
+        print(tables.render(rights_cli.REQUEST_HEADERS, rights_cli.request_rows(list(listed.requests))))
+        print()
+        print(tables.render(rights_cli.GRANT_HEADERS, rights_cli.grant_rows(list(grants.grants))))
+        print(f"\nawaiting the share manager: {', '.join(r.id for r in waiting.requests)} (the disputed refusal)")
+        _step("9. The data plane's decision for the registry's system bdc-djxt")
+        for purpose, fields in ((FLAT_SALE, ("id_number",)), (FLAT_SALE, ("address",)), ("企业开办", ("id_number",))):
+            question = Question("bdc-djxt", "11350200MB00456789", "10101/350200000001", purpose, fields)
+            d = self.decisions.decide(question, m.ResourceStatus.PUBLISHED, dt.date.today())
+            answer = (
+                f"allowed by {d.grant_id}, masks {dict(d.masks) or 'none'}" if d.allowed else f"denied: {d.message}"
+            )
+            print(f"  {purpose} {', '.join(fields)} -> {answer}")

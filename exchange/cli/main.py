@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from exchange import config, models
 from exchange.bootstrap import OperatorSeed, initialize
-from exchange.cli import commands, demo
+from exchange.cli import commands, demo, rights
 from exchange.cli.client import describe
 from exchange.errors import ExchangeError, InvalidArgument
 from exchange.server.app import serve
@@ -150,6 +150,62 @@ def _catalog_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         p.add_argument("--expected-version", type=int, default=0)
 
 
+def _rights_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    request = top.add_parser("request", help="share requests").add_subparsers(dest="verb", required=True)
+    p = _verb(request, "apply", rights.request_apply, "apply for a resource (consumer)")
+    p.add_argument("--resource", required=True, help="resource code")
+    p.add_argument("--purpose", required=True, help="the matter, e.g. 不动产转移登记")
+    p.add_argument("--legal-basis", default="", help="required for conditional resources")
+    p.add_argument("--field", action="append", required=True, help="a field needed (repeat; minimum necessary)")
+    p.add_argument("--system", action="append", required=True, help="a system of yours that will read (repeat)")
+    p.add_argument("--start", help="YYYY-MM-DD (default today)")
+    p.add_argument("--end", help="YYYY-MM-DD (default a year after the start)")
+    p.add_argument("--daily-calls", type=int, default=100, help="expected calls per day")
+    _verb(request, "get", rights.request_get, "show a request and its history").add_argument("id")
+    p = _verb(request, "list", rights.request_list, "list requests")
+    p.add_argument("--view", choices=["all", "mine", "for-me"], default="all")
+    p.add_argument("--status", choices=[x.value for x in models.ShareRequestStatus])
+    p.add_argument("--resource")
+    p.add_argument("--consumer", help="consumer department code")
+    p.add_argument("--overdue", action="store_true", help="only requests past their 10-working-day due date")
+    _paged(p)
+    p = _verb(request, "approve", rights.request_approve, "approve a pending request (owner steward)")
+    p.add_argument("id")
+    p.add_argument("--field", action="append", help="grant only these fields (repeat; default: all requested)")
+    p.add_argument("--end", help="a shorter end date, YYYY-MM-DD")
+    p.add_argument("--mask", action="append", help="FIELD=KIND, KIND one of none, id_number, name, phone, full")
+    p.add_argument("--reason", default="")
+    for verb, fn, text in (
+        ("refuse", rights.request_refuse, "refuse a pending request (owner steward)"),
+        ("dispute", rights.request_dispute, "dispute a refusal (consumer)"),
+    ):
+        p = _verb(request, verb, fn, text)
+        p.add_argument("id")
+        p.add_argument("--reason", required=True)
+    p = _verb(request, "decide", rights.request_decide, "decide a dispute, finally (share manager)")
+    p.add_argument("id")
+    p.add_argument("outcome", choices=["grant", "uphold"])
+    p.add_argument("--reason", required=True)
+    p.add_argument("--daily-quota", type=int, default=0)
+
+    grant = top.add_parser("grant", help="grants").add_subparsers(dest="verb", required=True)
+    p = _verb(grant, "issue", rights.grant_issue, "issue the grant for an approved request (share manager)")
+    p.add_argument("request_id")
+    p.add_argument("--daily-quota", type=int, default=0, help="calls per day (default: the expected volume)")
+    p.add_argument("--rate", type=int, default=0, help="calls per second (default: the hub's)")
+    p.add_argument("--reason", default="")
+    for verb in ("suspend", "resume", "revoke"):
+        p = _verb(grant, verb, rights.grant_change, f"{verb} a grant (owner steward or share manager)")
+        p.add_argument("id")
+        p.add_argument("--reason", required=True)
+    _verb(grant, "get", rights.grant_get, "show a grant and its history").add_argument("id")
+    p = _verb(grant, "list", rights.grant_list, "list grants")
+    p.add_argument("--resource")
+    p.add_argument("--consumer")
+    p.add_argument("--status", choices=[x.value for x in models.GrantStatus])
+    _paged(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exchange", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML settings file (default: exchange.toml if present)")
@@ -178,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     _verb(top, "whoami", commands.whoami, "who the hub takes you to be")
     _registry_verbs(top)
     _catalog_verbs(top)
+    _rights_verbs(top)
     return parser
 
 
