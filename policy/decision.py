@@ -113,8 +113,11 @@ class DecisionPoint:
             pair.ask_casbin()
             self._cache.clear()
 
-    def decide(self, q: Question, resource_status: ResourceStatus, today: dt.date) -> Decision:
-        """Allow with the grant, the fields and the masks, or deny with the reason; an allowed call uses quota."""
+    def decide(self, q: Question, resource_status: ResourceStatus, today: dt.date, *, consume: bool = True) -> Decision:
+        """Allow with the grant, the fields and the masks, or deny with the reason.
+
+        An allowed call uses one call of the grant's daily quota unless ``consume`` is False (a dry run).
+        """
         if resource_status is not ResourceStatus.PUBLISHED:
             return _deny(DenyReason.RESOURCE_SUSPENDED, f"resource {q.resource} is {resource_status.value}")
         with self._lock:
@@ -135,7 +138,8 @@ class DecisionPoint:
             used = self._used[(grant.id, today)]
             if used >= grant.daily_quota:
                 return _deny(DenyReason.QUOTA_EXHAUSTED, f"grant {grant.id} used its {grant.daily_quota} calls today")
-            self._used[(grant.id, today)] = used + 1
+            if consume:
+                self._used[(grant.id, today)] = used + 1
         masks = tuple((f, k) for f, k in grant.masks if f in q.fields)
         return Decision(True, grant.id, q.fields, masks)
 

@@ -341,3 +341,25 @@ def test_the_hubs_decisions_follow_grants_issued_and_revoked_through_it(hub: Run
     assert decision.masks == (("id_number", m.MaskKind.ID_NUMBER),)
     as_("owner")("RevokeGrant", pb.ChangeGrantRequest(id=grant.id, reason="事项办结"))
     assert hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, TODAY).reason is DenyReason.NO_GRANT
+
+
+def test_check_access_answers_like_the_data_plane_without_using_quota(hub: RunningHub, as_: Any) -> None:
+    applied = as_("consumer")("Apply", pb.ApplyRequest(request=_application(LICENCE, expected_daily_calls=1)))
+    check = pb.CheckAccessRequest(
+        system_code="bdc-djxt", resource_code=LICENCE, purpose="不动产转移登记", fields=["id_number"]
+    )
+    for _ in range(3):  # a quota of one call a day is not used up by checks
+        answer = as_("system")("CheckAccess", check)
+        assert answer.allowed and answer.grant_id == applied.grant_id
+    wrong = as_("consumer")(
+        "CheckAccess",
+        pb.CheckAccessRequest(system_code="bdc-djxt", resource_code=LICENCE, purpose="企业开办", fields=["id_number"]),
+    )
+    assert (wrong.allowed, wrong.reason) == (False, "wrong_purpose")
+    assert as_("owner")("CheckAccess", check).allowed  # the owner may look at who can read its data
+    hub.add_department(m.Department("11350200MB0067890U", "厦门市市场监督管理局", "350200", m.AdministrativeLevel.CITY))
+    outsider = Caller(hub, hub.add_person("sj-steward", "11350200MB0067890U", m.Role.OWNER_STEWARD))
+    outsider.fails(grpc.StatusCode.PERMISSION_DENIED, "CheckAccess", check)
+    as_("consumer").fails(
+        grpc.StatusCode.INVALID_ARGUMENT, "CheckAccess", pb.CheckAccessRequest(system_code="bdc-djxt")
+    )

@@ -95,9 +95,7 @@ class Hub:
         )
         calendar = WorkCalendar.load(settings.calendar_file or DEFAULT_CALENDAR)
         self.decisions = DecisionPoint(self.store.rights.live_grants())
-        rights = RightsService(
-            self.store, policy, calendar, settings.max_grant_days, on_grant_change=self.decisions.update
-        )
+        rights = RightsService(self.store, policy, calendar, settings.max_grant_days, decisions=self.decisions)
         rights_pb2_grpc.add_RightsServiceServicer_to_server(
             RightsServicer(rights, registry, settings.insecure_dev), server
         )

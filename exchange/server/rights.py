@@ -15,6 +15,7 @@ from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc as pb_grpc
 from exchange.validation import raise_if
 from policy import Action
+from policy.decision import Question
 
 _VIEWS = {
     pb.SHARE_REQUEST_VIEW_UNSPECIFIED: "all",
@@ -143,4 +144,23 @@ class RightsServicer(pb_grpc.RightsServiceServicer):
         page = self.service.list_grants(actor, request.page_size, request.page_token, query)
         return pb.ListGrantsResponse(
             grants=[c.grant_to_wire(g) for g in page.items], next_page_token=page.next_page_token
+        )
+
+    @unary
+    def CheckAccess(self, request: pb.CheckAccessRequest, actor: Principal) -> pb.AccessDecision:
+        question = Question(
+            system=request.system_code.strip(),
+            department="",
+            resource=request.resource_code.strip(),
+            purpose=request.purpose.strip(),
+            fields=tuple(f.strip() for f in request.fields),
+        )
+        d = self.service.check_access(actor, question)
+        return pb.AccessDecision(
+            allowed=d.allowed,
+            grant_id=d.grant_id,
+            fields=list(d.fields),
+            masks=c.masks_to_wire(d.masks),
+            reason=d.reason.value if d.reason else "",
+            message=d.message,
         )

@@ -35,6 +35,7 @@ from exchange.store import Store
 from exchange.store.rights import GrantFilter, RequestFilter, RequestStep
 from exchange.workdays import ANSWER_WITHIN_WORKING_DAYS, WorkCalendar
 from policy import HUB_WIDE, Action, RightsPolicy
+from policy.decision import Decision, DecisionPoint, Question
 
 MAX_DAILY_CALLS = 10_000_000
 MAX_RATE = 10_000
@@ -67,14 +68,14 @@ class RightsService:
         calendar: WorkCalendar,
         max_grant_days: int,
         *,
-        on_grant_change: Callable[[Grant], None] = lambda _: None,
+        decisions: DecisionPoint | None = None,
         clock: Callable[[], dt.datetime] = _now,
     ) -> None:
         self._store = store
         self._policy = policy
         self._calendar = calendar
         self._max_days = max_grant_days
-        self._on_grant_change = on_grant_change
+        self._decisions = decisions or DecisionPoint()
         self._clock = clock
 
     # Applying
@@ -116,14 +117,12 @@ class RightsService:
             step = RequestStep(request, applied)
         stored = self._store.rights.create_request(step)
         if step.grant is not None:
-            self._on_grant_change(self._store.rights.get_grant(step.grant.id))
+            self._decisions.update(self._store.rights.get_grant(step.grant.id))
         return stored
 
     def _published(self, code: str, actor: Principal) -> Resource:
         validation.validate_key("request.resource_code", code, "resource")
-        resource = self._store.catalog.get(code)
-        if resource.status is ResourceStatus.DRAFT and resource.spec.department_code != actor.department_code:
-            raise NotFound("resource", code)
+        resource = self._visible_resource(code, actor)
         if resource.status is not ResourceStatus.PUBLISHED:
             raise FailedPrecondition(f"resource {code!r} is {resource.status.value}, not published", code)
         return resource
@@ -284,7 +283,7 @@ class RightsService:
 
         changed = self._store.rights.change_request(request_id, decide)
         if changed.grant_id:
-            self._on_grant_change(self._store.rights.get_grant(changed.grant_id))
+            self._decisions.update(self._store.rights.get_grant(changed.grant_id))
         return changed
 
     # Grants
@@ -342,7 +341,7 @@ class RightsService:
 
         changed = self._store.rights.change_request(request_id, decide)
         grant = self._store.rights.get_grant(changed.grant_id)
-        self._on_grant_change(grant)
+        self._decisions.update(grant)
         return grant
 
     def change_grant(self, actor: Principal, grant_id: str, action: Action, reason: str) -> Grant:
@@ -362,8 +361,35 @@ class RightsService:
             return target, ShareEvent(verb, actor.ref, self._clock(), reason)
 
         changed = self._store.rights.change_grant(grant_id, decide)
-        self._on_grant_change(changed)
+        self._decisions.update(changed)
         return changed
+
+    # The data plane's question, as a dry run
+
+    def check_access(self, actor: Principal, q: Question) -> Decision:
+        out: list[FieldViolation] = []
+        validation.check_pattern(out, "system_code", q.system, validation.SYSTEM_CODE, "a system code")
+        validation.check_pattern(out, "resource_code", q.resource, validation.RESOURCE_CODE, "a resource code")
+        validation.check_text(out, "purpose", q.purpose, required=True, limit=validation.MAX_NAME)
+        if not q.fields:
+            out.append(FieldViolation("fields", "name the fields to check"))
+        validation.raise_if(out)
+        system = self._store.registry.get_system(q.system)
+        resource = self._visible_resource(q.resource, actor)
+        involved = {system.department_code, resource.spec.department_code}
+        if actor.department_code not in involved and not self._sees_everything(actor):
+            raise PermissionDenied(
+                f"{actor.ref} may check only its own department's systems or resources", reason="CHECK_DENIED"
+            )
+        question = replace(q, department=system.department_code)
+        return self._decisions.decide(question, resource.status, self._clock().date(), consume=False)
+
+    def _visible_resource(self, code: str, actor: Principal) -> Resource:
+        """The resource, unless it is another department's draft (which does not exist for the caller)."""
+        resource = self._store.catalog.get(code)
+        if resource.status is ResourceStatus.DRAFT and resource.spec.department_code != actor.department_code:
+            raise NotFound("resource", code)
+        return resource
 
     # Reading
 

@@ -367,6 +367,74 @@ class Grant(_message.Message):
 Global___Grant: _TypeAlias = Grant  # noqa: Y015
 
 @_typing.final
+class CheckAccessRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYSTEM_CODE_FIELD_NUMBER: _builtins.int
+    RESOURCE_CODE_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    system_code: _builtins.str
+    resource_code: _builtins.str
+    purpose: _builtins.str
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        system_code: _builtins.str = ...,
+        resource_code: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "purpose", b"purpose", "resource_code", b"resource_code", "system_code", b"system_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckAccessRequest: _TypeAlias = CheckAccessRequest  # noqa: Y015
+
+@_typing.final
+class AccessDecision(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    MASKS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    allowed: _builtins.bool
+    grant_id: _builtins.str
+    reason: _builtins.str
+    """When denied: no_grant, wrong_purpose, grant_suspended, not_yet_valid,
+    grant_expired, field_not_granted, quota_exhausted, resource_suspended.
+    """
+    message: _builtins.str
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def masks(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldMask]: ...
+    def __init__(
+        self,
+        *,
+        allowed: _builtins.bool = ...,
+        grant_id: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+        masks: _abc.Iterable[Global___FieldMask] | None = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "fields", b"fields", "grant_id", b"grant_id", "masks", b"masks", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessDecision: _TypeAlias = AccessDecision  # noqa: Y015
+
+@_typing.final
 class ApplyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -99,6 +99,11 @@ class RightsServiceStub:
                 request_serializer=exchange_dot_v1_dot_rights__pb2.ListGrantsRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_rights__pb2.ListGrantsResponse.FromString,
                 _registered_method=True)
+        self.CheckAccess = channel.unary_unary(
+                '/exchange.v1.RightsService/CheckAccess',
+                request_serializer=exchange_dot_v1_dot_rights__pb2.CheckAccessRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_rights__pb2.AccessDecision.FromString,
+                _registered_method=True)
 
 
 class RightsServiceServicer:
@@ -188,6 +193,15 @@ class RightsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckAccess(self, request, context):
+        """Would this system be allowed to read these fields for this purpose now?
+        Answers as the data plane would, without using quota. For the system
+        itself, people of its department, its resource's owner and share managers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RightsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -255,6 +269,11 @@ def add_RightsServiceServicer_to_server(servicer, server):
                     servicer.ListGrants,
                     request_deserializer=exchange_dot_v1_dot_rights__pb2.ListGrantsRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_rights__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'CheckAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckAccess,
+                    request_deserializer=exchange_dot_v1_dot_rights__pb2.CheckAccessRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_rights__pb2.AccessDecision.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -608,6 +627,33 @@ class RightsService:
             '/exchange.v1.RightsService/ListGrants',
             exchange_dot_v1_dot_rights__pb2.ListGrantsRequest.SerializeToString,
             exchange_dot_v1_dot_rights__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.RightsService/CheckAccess',
+            exchange_dot_v1_dot_rights__pb2.CheckAccessRequest.SerializeToString,
+            exchange_dot_v1_dot_rights__pb2.AccessDecision.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,11 @@ class RightsServiceStub:
     RevokeGrant: _grpc.UnaryUnaryMultiCallable[_rights_pb2.ChangeGrantRequest, _rights_pb2.Grant]
     GetGrant: _grpc.UnaryUnaryMultiCallable[_rights_pb2.GetGrantRequest, _rights_pb2.Grant]
     ListGrants: _grpc.UnaryUnaryMultiCallable[_rights_pb2.ListGrantsRequest, _rights_pb2.ListGrantsResponse]
+    CheckAccess: _grpc.UnaryUnaryMultiCallable[_rights_pb2.CheckAccessRequest, _rights_pb2.AccessDecision]
+    """Would this system be allowed to read these fields for this purpose now?
+    Answers as the data plane would, without using quota. For the system
+    itself, people of its department, its resource's owner and share managers.
+    """
 
 @_typing.type_check_only
 class RightsServiceAsyncStub(RightsServiceStub):
@@ -78,6 +83,11 @@ class RightsServiceAsyncStub(RightsServiceStub):
     RevokeGrant: _aio.UnaryUnaryMultiCallable[_rights_pb2.ChangeGrantRequest, _rights_pb2.Grant]  # type: ignore[assignment]
     GetGrant: _aio.UnaryUnaryMultiCallable[_rights_pb2.GetGrantRequest, _rights_pb2.Grant]  # type: ignore[assignment]
     ListGrants: _aio.UnaryUnaryMultiCallable[_rights_pb2.ListGrantsRequest, _rights_pb2.ListGrantsResponse]  # type: ignore[assignment]
+    CheckAccess: _aio.UnaryUnaryMultiCallable[_rights_pb2.CheckAccessRequest, _rights_pb2.AccessDecision]  # type: ignore[assignment]
+    """Would this system be allowed to read these fields for this purpose now?
+    Answers as the data plane would, without using quota. For the system
+    itself, people of its department, its resource's owner and share managers.
+    """
 
 class RightsServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -177,5 +187,16 @@ class RightsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _rights_pb2.ListGrantsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_rights_pb2.ListGrantsResponse, _abc.Awaitable[_rights_pb2.ListGrantsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CheckAccess(
+        self,
+        request: _rights_pb2.CheckAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rights_pb2.AccessDecision, _abc.Awaitable[_rights_pb2.AccessDecision]]:
+        """Would this system be allowed to read these fields for this purpose now?
+        Answers as the data plane would, without using quota. For the system
+        itself, people of its department, its resource's owner and share managers.
+        """
 
 def add_RightsServiceServicer_to_server(servicer: RightsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
