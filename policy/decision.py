@@ -96,6 +96,12 @@ class DecisionPoint:
         for grant in grants or []:
             self.update(grant)
 
+    def replace_all(self, grants: list[Grant]) -> None:
+        """Starts afresh from the given grants (after this process may have missed changes)."""
+        fresh = DecisionPoint(grants)
+        with self._lock:
+            self._pairs, self._cache = fresh._pairs, {}
+
     def update(self, grant: Grant) -> None:
         """Takes a new or changed grant into account; cached answers are dropped."""
         key = (grant.resource_code, grant.consumer_department_code)

@@ -89,10 +89,12 @@ class RightsPolicy:
         self.assign(assignments)
 
     def assign(self, assignments: Iterable[Assignment]) -> None:
+        """Adds role assignments; ones already held are left as they are."""
         rules = [[str(a.principal), a.role, a.domain] for a in assignments]
-        if rules:
-            with self._lock:
-                self._enforcer.add_grouping_policies(rules)
+        with self._lock:
+            new = [r for r in rules if not self._enforcer.has_grouping_policy(*r)]
+            if new:
+                self._enforcer.add_grouping_policies(new)
 
     def allows(self, principal: PrincipalRef, action: Action, department: str) -> bool:
         with self._lock:

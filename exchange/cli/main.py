@@ -244,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = {k: getattr(args, k, None) for k in ("home", "hub_address", "identity", "listen", "insecure_dev")}
         settings = config.load(args.config, overrides=overrides)
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+        for chatty in ("alembic", "casbin"):  # both narrate every migration or policy line at INFO
+            logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
         code: int = args.func(args, settings)
         return code
     except InvalidArgument as e:

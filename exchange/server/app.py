@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from exchange import pki
 from exchange.config import Settings
 from exchange.errors import ConfigError
+from exchange.models import PrincipalKind, PrincipalRef
 from exchange.server.catalog import CatalogServicer
 from exchange.server.registry import RegistryServicer
 from exchange.server.rights import RightsServicer
@@ -26,6 +27,7 @@ from exchange.services.catalog import CatalogService
 from exchange.services.registry import CertificateAuthority, RegistryService
 from exchange.services.rights import RightsService
 from exchange.store import Store
+from exchange.store.changes import ChangeListener
 from exchange.v1 import catalog_pb2, catalog_pb2_grpc, registry_pb2, registry_pb2_grpc, rights_pb2, rights_pb2_grpc
 from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
 from policy import RightsPolicy, assignments_of
@@ -70,7 +72,9 @@ class Hub:
         self.health = health_aio.HealthServicer()
         self.port = 0
         self.server: grpc.aio.Server | None = None
+        self.policy = RightsPolicy()
         self.decisions = DecisionPoint()
+        self.listener: ChangeListener | None = None
 
     def _build_server(self) -> grpc.aio.Server:
         """The gRPC server with every service; made inside the running event loop, which it binds to."""
@@ -81,11 +85,7 @@ class Hub:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=options)
-        policy = RightsPolicy(
-            a
-            for ref, department, roles in self.store.registry.role_assignments()
-            for a in assignments_of(ref, department, roles)
-        )
+        policy = self.policy
         registry = RegistryService(self.store, self.credentials.ca, policy, settings.certificate_days)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, registry, settings.insecure_dev), server
@@ -94,7 +94,6 @@ class Hub:
             CatalogServicer(CatalogService(self.store, policy), registry, settings.insecure_dev), server
         )
         calendar = WorkCalendar.load(settings.calendar_file or DEFAULT_CALENDAR)
-        self.decisions = DecisionPoint(self.store.rights.live_grants())
         rights = RightsService(self.store, policy, calendar, settings.max_grant_days, decisions=self.decisions)
         rights_pb2_grpc.add_RightsServiceServicer_to_server(
             RightsServicer(rights, registry, settings.insecure_dev), server
@@ -103,10 +102,35 @@ class Hub:
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         return server
 
+    def _resync(self) -> None:
+        """Loads every role assignment and live grant from the store."""
+        self.policy.assign(
+            a
+            for ref, department, roles in self.store.registry.role_assignments()
+            for a in assignments_of(ref, department, roles)
+        )
+        self.decisions.replace_all(self.store.rights.live_grants())
+
+    def _apply_change(self, payload: str) -> None:
+        """A change another hub process committed: a grant, or a member's roles."""
+        kind, _, key = payload.partition(":")
+        if kind == "grant":
+            self.decisions.update(self.store.rights.get_grant(key))
+        elif kind == "principal":
+            principal_kind, _, code = key.partition("/")
+            who = self.store.registry.principal(PrincipalRef(PrincipalKind(principal_kind), code))
+            self.policy.assign(assignments_of(who.ref, who.department_code, who.roles))
+        log.debug("applied policy change %s", payload)
+
     async def start(self) -> int:
         """Checks the store, binds the port and starts serving; returns the bound port."""
         if not self.store.db.is_current():
             raise ConfigError("the store's schema is not current: run `exchange migrate`")
+        if self.store.db.backend == "postgresql":
+            self.listener = ChangeListener(self.store.db.url, self._apply_change, self._resync)
+            await asyncio.to_thread(self.listener.start)
+        else:
+            self._resync()
         self.server = server = self._build_server()
         try:
             if self.settings.insecure_dev:
@@ -133,6 +157,8 @@ class Hub:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        if self.listener is not None:
+            await asyncio.to_thread(self.listener.stop)
         self.store.close()
         log.info("hub stopped")
 

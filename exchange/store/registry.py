@@ -21,6 +21,7 @@ from exchange.models import (
     System,
 )
 from exchange.paging import PageRequest
+from exchange.store.changes import announce, principal_changed
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.schema import CertificateRow, DepartmentRow, PersonRoleRow, PersonRow, SystemRow
@@ -109,6 +110,7 @@ class RegistryStore:
 
     def add_system(self, system: System) -> System:
         with self._db.write() as s:
+            announce(s, principal_changed(f"system/{system.code}"))
             if s.scalar(select(SystemRow.id).where(SystemRow.code == system.code)) is not None:
                 raise AlreadyExists("system", system.code)
             dept = department_row(s, system.department_code)
@@ -267,6 +269,7 @@ def _add_person(s: Session, person: Person) -> Person:
     )
     s.add(row)
     s.flush()
+    announce(s, principal_changed(f"person/{person.username}"))
     return _person_of(row)
 
 

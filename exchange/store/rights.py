@@ -28,6 +28,7 @@ from exchange.models import (
     ShareRequestStatus,
 )
 from exchange.paging import PageRequest
+from exchange.store.changes import announce, grant_changed
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.registry import department_row
@@ -230,6 +231,7 @@ class RightsStore:
     def _record(s: Session, step: RequestStep, resource_id: int, consumer_id: int) -> None:
         if step.grant is not None:
             _add_grant(s, step.grant, resource_id, consumer_id)
+            announce(s, grant_changed(step.grant.id))
         for event in (step.event, *step.extra_events):
             _add_event(s, event, request_id=step.request.id)
         if step.grant is not None:
@@ -280,6 +282,7 @@ class RightsStore:
             status, event = decide(_grant_of(s, row))
             row.status = status.value
             _add_event(s, event, grant_id=grant_id)
+            announce(s, grant_changed(grant_id))
             s.flush()
             return _grant_of(s, row)
 

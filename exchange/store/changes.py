@@ -1,0 +1,87 @@
+"""Telling every hub process of policy changes: PostgreSQL NOTIFY on commit, LISTEN in each process.
+
+A change to a grant or a member's roles sends a notification in the same
+transaction, so other processes hear of it exactly when it is committed. Each
+process keeps one listening connection; when it (re)connects it resynchronises
+in full, so nothing committed while it was away is missed. SQLite serves one
+process, which applies its own changes directly, so there nothing is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+CHANNEL = "exchange_policy"
+_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def announce(session: Session, payload: str) -> None:
+    """Sends ``payload`` to every listening process when ``session`` commits (PostgreSQL only)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
+
+
+def grant_changed(grant_id: str) -> str:
+    return f"grant:{grant_id}"
+
+
+def principal_changed(principal: str) -> str:
+    return f"principal:{principal}"
+
+
+class ChangeListener:
+    """A thread that hears committed policy changes and hands each payload to ``on_change``.
+
+    ``on_resync`` runs after every (re)connection, before any payload: the
+    caller reloads its whole state there.
+    """
+
+    def __init__(self, url: str, on_change: Callable[[str], None], on_resync: Callable[[], None]) -> None:
+        self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._on_change = on_change
+        self._on_resync = on_resync
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="policy-listener", daemon=True)
+
+    def start(self, wait_seconds: float = 10.0) -> None:
+        """Starts listening; returns once the first LISTEN and resync are done (or the wait ran out)."""
+        self._thread.start()
+        if not self._ready.wait(wait_seconds):
+            log.warning("policy listener not connected after %.0fs; still trying", wait_seconds)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._on_resync()
+                    self._ready.set()
+                    failures = 0
+                    self._listen(conn)
+            except (psycopg.Error, OSError) as e:
+                delay = _RETRY_SECONDS[min(failures, len(_RETRY_SECONDS) - 1)]
+                failures += 1
+                log.warning("policy listener lost its connection (%s); retrying in %.1fs", e, delay)
+                self._stop.wait(delay)
+            except Exception:
+                log.exception("policy listener failed; resynchronising")
+                self._stop.wait(1.0)
+
+    def _listen(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        while not self._stop.is_set():
+            for note in conn.notifies(timeout=0.5):
+                self._on_change(note.payload)

@@ -1,0 +1,137 @@
+"""Two hub processes on one PostgreSQL: a change made through one is enforced by the other within a second."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from exchange import models as m
+from exchange import wire as w
+from exchange.cli.client import HubClient
+from exchange.v1 import registry_pb2 as rpb
+from exchange.v1 import rights_pb2 as pb
+from exchange.v1 import rights_pb2_grpc
+from tests.harness import POLICE, RunningHub, base_settings, identity_spec, running_hub
+
+PROJECT = Path(__file__).resolve().parent.parent
+REGISTRY = m.Department("11350200MB00456789", "厦门市不动产登记中心", "350200", m.AdministrativeLevel.CITY)
+IDENTITY = "10101/350200000001"
+PROPAGATION_LIMIT = 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def two_hubs(tmp_path: Path, postgres_url: str) -> Iterator[tuple[RunningHub, str]]:
+    """Hub A in this process and hub B in another, sharing the home (CA) and the PostgreSQL store."""
+    with running_hub(base_settings(tmp_path / "hub", postgres_url)) as a:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "EXCHANGE_HOME": str(a.settings.home),
+            "EXCHANGE_DATABASE_URL": postgres_url,
+            "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
+        }
+        log = tmp_path / "hub-b.log"  # a file, not a pipe: a full pipe would block hub B
+        with log.open("w") as sink:
+            b = subprocess.Popen(
+                [sys.executable, "-m", "exchange.cli.main", "serve"], cwd=PROJECT, env=env, stderr=sink, text=True
+            )
+            try:
+                address = f"localhost:{port}"
+                _wait_until_serving(a, address, b, log)
+                yield a, address
+            finally:
+                b.terminate()
+                b.wait(timeout=30)
+
+
+def _wait_until_serving(a: RunningHub, address: str, process: subprocess.Popen[str], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    with HubClient(replace(a.settings, hub_address=address), a.operator) as c:
+        while True:
+            try:
+                c.call(c.registry.WhoAmI, rpb.WhoAmIRequest())
+                return
+            except grpc.RpcError:
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "hub B did not start"
+                time.sleep(0.2)
+
+
+def _within(limit: float, check: Callable[[], bool]) -> float:
+    """Seconds until ``check`` holds, failing after ``limit``."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < limit, f"not seen within {limit}s"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_grants_and_roles_made_through_one_hub_are_enforced_by_the_other(two_hubs: tuple[RunningHub, str]) -> None:
+    a, b_address = two_hubs
+    a.add_department(POLICE)
+    a.add_department(REGISTRY)
+    owner = a.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD)
+    clerk = a.add_person("bdc-clerk", REGISTRY.code, m.Role.CONSUMER)
+    manager = a.add_person("sm-lin", POLICE.code, m.Role.SHARE_MANAGER)
+    a.add_system("bdc-djxt", REGISTRY.code)
+    a.publish(owner, identity_spec(IDENTITY))
+
+    def on(address: str, identity: Path) -> rights_pb2_grpc.RightsServiceStub:
+        return rights_pb2_grpc.RightsServiceStub(HubClient(replace(a.settings, hub_address=address), identity).channel)
+
+    today = dt.datetime.now(dt.UTC).date()
+    application = m.Application(
+        IDENTITY,
+        "",
+        ("bdc-djxt",),
+        "不动产转移登记",
+        "细则第十一条",
+        ("id_number",),
+        today,
+        today + dt.timedelta(days=30),
+        10,
+    )
+    # The consumer's role, given through hub A, reaches hub B: the clerk may apply there.
+    request = pb.ApplyRequest(request=w.application_to_wire(application))
+    applied_on_b: list[pb.ShareRequest] = []
+
+    def apply_on_b() -> bool:
+        try:
+            applied_on_b.append(on(b_address, clerk).Apply(request, timeout=10))
+        except grpc.RpcError as e:
+            assert isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.PERMISSION_DENIED, e
+            return False
+        return True
+
+    _within(PROPAGATION_LIMIT, apply_on_b)
+    applied = applied_on_b[0]
+    on(b_address, owner).Approve(pb.ApproveRequest(id=applied.id), timeout=10)
+    check = pb.CheckAccessRequest(
+        system_code="bdc-djxt", resource_code=IDENTITY, purpose="不动产转移登记", fields=["id_number"]
+    )
+    on_b = on(b_address, clerk)
+    assert not on_b.CheckAccess(check, timeout=10).allowed
+
+    grant = on(a.settings.hub_address, manager).IssueGrant(pb.IssueGrantRequest(request_id=applied.id), timeout=10)
+    seen = _within(PROPAGATION_LIMIT, lambda: on_b.CheckAccess(check, timeout=10).allowed)
+    on(a.settings.hub_address, owner).RevokeGrant(pb.ChangeGrantRequest(id=grant.id, reason="事项办结"), timeout=10)
+    gone = _within(PROPAGATION_LIMIT, lambda: not on_b.CheckAccess(check, timeout=10).allowed)
+    assert on_b.CheckAccess(check, timeout=10).reason == "no_grant"
+    print(f"grant seen by hub B after {seen * 1000:.0f} ms, revocation after {gone * 1000:.0f} ms")
