@@ -96,6 +96,14 @@ class RightsPolicy:
             if new:
                 self._enforcer.add_grouping_policies(new)
 
+    def set_roles(self, principal: PrincipalRef, assignments: Iterable[Assignment]) -> None:
+        """Replaces every role assignment of ``principal`` with ``assignments``."""
+        rules = [[str(a.principal), a.role, a.domain] for a in assignments]
+        with self._lock:
+            self._enforcer.remove_filtered_grouping_policy(0, str(principal))
+            if rules:
+                self._enforcer.add_grouping_policies(rules)
+
     def allows(self, principal: PrincipalRef, action: Action, department: str) -> bool:
         with self._lock:
             return bool(self._enforcer.enforce(str(principal), department, action.object, action.verb))

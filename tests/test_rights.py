@@ -16,6 +16,7 @@ from exchange import models as m
 from exchange import wire as w
 from exchange.store import Store
 from exchange.store.schema import GrantRow, ShareEventRow, ShareRequestRow
+from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
@@ -363,3 +364,36 @@ def test_check_access_answers_like_the_data_plane_without_using_quota(hub: Runni
     as_("consumer").fails(
         grpc.StatusCode.INVALID_ARGUMENT, "CheckAccess", pb.CheckAccessRequest(system_code="bdc-djxt")
     )
+
+
+def test_roles_are_assigned_and_taken_away_by_operators_within_the_separation_rules(
+    hub: RunningHub, as_: Any, world: dict[str, Path]
+) -> None:
+    def change(who: str, method: str, username: str, role: rpb.Role.ValueType) -> Any:
+        with hub.client(world[who]) as c:
+            return c.call(
+                getattr(c.registry, method), rpb.ChangeRoleRequest(username=username, role=role, reason="调岗")
+            )
+
+    def refused(code: grpc.StatusCode, who: str, method: str, username: str, role: rpb.Role.ValueType) -> str:
+        with pytest.raises(grpc.RpcError) as info:
+            change(who, method, username, role)
+        assert isinstance(info.value, grpc.Call) and info.value.code() == code, info.value
+        return info.value.details() or ""
+
+    assert "cannot be held together" in refused(
+        grpc.StatusCode.FAILED_PRECONDITION, "operator", "AssignRole", "bdc-clerk", rpb.ROLE_SHARE_MANAGER
+    )
+    refused(grpc.StatusCode.PERMISSION_DENIED, "manager", "AssignRole", "bdc-clerk", rpb.ROLE_OWNER_STEWARD)
+    assert "its own roles" in refused(
+        grpc.StatusCode.PERMISSION_DENIED, "operator", "AssignRole", "op-admin", rpb.ROLE_SHARE_MANAGER
+    )
+    refused(grpc.StatusCode.FAILED_PRECONDITION, "operator", "UnassignRole", "bdc-clerk", rpb.ROLE_AUDITOR)
+    refused(grpc.StatusCode.FAILED_PRECONDITION, "operator", "UnassignRole", "bdc-clerk", rpb.ROLE_CONSUMER)
+
+    as_("registry-owner").fails(grpc.StatusCode.PERMISSION_DENIED, "Apply", pb.ApplyRequest(request=_application()))
+    person = change("operator", "AssignRole", "bdc-steward", rpb.ROLE_CONSUMER)
+    assert sorted(person.roles) == sorted([rpb.ROLE_CONSUMER, rpb.ROLE_OWNER_STEWARD])
+    as_("registry-owner")("Apply", pb.ApplyRequest(request=_application()))  # the new role counts at once
+    change("operator", "UnassignRole", "bdc-steward", rpb.ROLE_CONSUMER)
+    as_("registry-owner").fails(grpc.StatusCode.PERMISSION_DENIED, "Apply", pb.ApplyRequest(request=_application()))

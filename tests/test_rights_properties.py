@@ -119,6 +119,7 @@ def actor(usual: str) -> st.SearchStrategy[str]:
 
 action = st.one_of(
     st.tuples(st.just("person"), st.sampled_from(USERS), st.sampled_from(DEPARTMENTS[1:]), roles),
+    st.tuples(st.sampled_from(("assign", "unassign")), st.sampled_from(ACTORS), st.sampled_from(list(m.Role))),
     st.tuples(
         st.just("apply"),
         st.one_of(st.sampled_from(("zj-consumer", "ga-consumer")), st.sampled_from(ACTORS)),
@@ -145,6 +146,10 @@ def _step(w: World, act: tuple[Any, ...]) -> None:
     if kind == "person":
         _, user, department, held = act
         w.registry.create_person(OPERATOR, m.Person(user, user, department.code, held))
+        return
+    if kind in {"assign", "unassign"}:
+        _, user, role = act
+        w.registry.change_role(OPERATOR, user, role, kind == "assign", "调岗")
         return
     actor = w.actor(act[1])
     if actor is None:

@@ -134,4 +134,18 @@ def test_grants_and_roles_made_through_one_hub_are_enforced_by_the_other(two_hub
     on(a.settings.hub_address, owner).RevokeGrant(pb.ChangeGrantRequest(id=grant.id, reason="事项办结"), timeout=10)
     gone = _within(PROPAGATION_LIMIT, lambda: not on_b.CheckAccess(check, timeout=10).allowed)
     assert on_b.CheckAccess(check, timeout=10).reason == "no_grant"
+
+    # Taking the consumer role away through hub A stops the clerk applying through hub B.
+    with HubClient(a.settings, a.operator) as op:
+        op.call(op.registry.AssignRole, rpb.ChangeRoleRequest(username="bdc-clerk", role=rpb.ROLE_OWNER_STEWARD))
+        op.call(op.registry.UnassignRole, rpb.ChangeRoleRequest(username="bdc-clerk", role=rpb.ROLE_CONSUMER))
+
+    def refused_on_b() -> bool:
+        try:
+            on(b_address, clerk).Apply(request, timeout=10)
+        except grpc.RpcError as e:
+            return isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.PERMISSION_DENIED
+        return False
+
+    _within(PROPAGATION_LIMIT, refused_on_b)
     print(f"grant seen by hub B after {seen * 1000:.0f} ms, revocation after {gone * 1000:.0f} ms")

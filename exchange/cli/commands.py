@@ -183,6 +183,14 @@ def person_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def person_role(args: argparse.Namespace, settings: Settings) -> int:
+    request = rpb.ChangeRoleRequest(username=args.username, role=w.ROLE.wire(m.Role(args.role)), reason=args.reason)
+    add = args.verb == "assign-role"
+    p = ask(args, settings, lambda hub: hub.registry.AssignRole if add else hub.registry.UnassignRole, request)
+    show_list(args, p, PERSON_HEADERS, person_rows([p]))
+    return 0
+
+
 # Certificates
 
 

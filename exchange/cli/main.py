@@ -105,6 +105,11 @@ def _registry_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--name", required=True, help="display name")
     p.add_argument("--department", required=True)
     p.add_argument("--role", action="append", required=True, choices=[r.value for r in models.Role])
+    for verb, text in (("assign-role", "give a person a role (operator)"), ("unassign-role", "take a role away")):
+        p = _verb(person, verb, commands.person_role, text)
+        p.add_argument("username")
+        p.add_argument("role", choices=[r.value for r in models.Role])
+        p.add_argument("--reason", default="")
     _verb(person, "get", commands.person_get, "show a person").add_argument("username")
     p = _verb(person, "list", commands.person_list, "list people")
     p.add_argument("--department")

@@ -103,12 +103,9 @@ class Hub:
         return server
 
     def _resync(self) -> None:
-        """Loads every role assignment and live grant from the store."""
-        self.policy.assign(
-            a
-            for ref, department, roles in self.store.registry.role_assignments()
-            for a in assignments_of(ref, department, roles)
-        )
+        """Loads every member's roles and every live grant from the store, replacing what was held."""
+        for ref, department, roles in self.store.registry.role_assignments():
+            self.policy.set_roles(ref, assignments_of(ref, department, roles))
         self.decisions.replace_all(self.store.rights.live_grants())
 
     def _apply_change(self, payload: str) -> None:
@@ -119,7 +116,7 @@ class Hub:
         elif kind == "principal":
             principal_kind, _, code = key.partition("/")
             who = self.store.registry.principal(PrincipalRef(PrincipalKind(principal_kind), code))
-            self.policy.assign(assignments_of(who.ref, who.department_code, who.roles))
+            self.policy.set_roles(who.ref, assignments_of(who.ref, who.department_code, who.roles))
         log.debug("applied policy change %s", payload)
 
     async def start(self) -> int:

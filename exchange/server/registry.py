@@ -102,3 +102,18 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             actor, request.fingerprint_sha256.strip().lower(), request.reason.strip()
         )
         return c.certificate_to_wire(record)
+
+    def _change_role(self, request: pb.ChangeRoleRequest, actor: Principal, add: bool) -> pb.Person:
+        out: list[FieldViolation] = []
+        role = c.ROLE.checked(request.role, "role", out)
+        raise_if(out)
+        changed = self.service.change_role(actor, request.username.strip(), role, add, request.reason.strip())
+        return c.person_to_wire(changed)
+
+    @unary
+    def AssignRole(self, request: pb.ChangeRoleRequest, actor: Principal) -> pb.Person:
+        return self._change_role(request, actor, add=True)
+
+    @unary
+    def UnassignRole(self, request: pb.ChangeRoleRequest, actor: Principal) -> pb.Person:
+        return self._change_role(request, actor, add=False)

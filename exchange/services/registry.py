@@ -8,7 +8,7 @@ import re
 from cryptography import x509
 
 from exchange import pki, validation
-from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, PermissionDenied
 from exchange.models import (
     AdministrativeLevel,
     CertificateRecord,
@@ -99,6 +99,33 @@ class RegistryService:
         ref = PrincipalRef(PrincipalKind.PERSON, created.username)
         self._policy.assign(assignments_of(ref, created.department_code, created.roles))
         return created
+
+    def change_role(self, actor: Principal, username: str, role: Role, add: bool, reason: str) -> Person:
+        validation.validate_key("username", username, "person")
+        validation.validate_free_text("reason", reason)
+        doing = f"{'assign' if add else 'unassign'} roles"
+        self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, doing)
+        if actor.ref == PrincipalRef(PrincipalKind.PERSON, username):
+            raise PermissionDenied(f"{actor.ref} may not change its own roles", reason="SELF_ELEVATION")
+
+        def change(person: Person) -> frozenset[Role]:
+            roles = person.roles | {role} if add else person.roles - {role}
+            if add and role in person.roles:
+                raise FailedPrecondition(f"{username} already holds the role {role.value}", username)
+            if not add and role not in person.roles:
+                raise FailedPrecondition(f"{username} does not hold the role {role.value}", username)
+            if not roles:
+                raise FailedPrecondition(f"{username} would hold no role; a person holds at least one", username)
+            try:
+                require_compatible_roles(roles)
+            except InvalidArgument as e:
+                raise FailedPrecondition(e.violations[0].description, username, kind="SEPARATION_OF_DUTIES") from None
+            return roles
+
+        changed = self._store.registry.set_roles(username, change)
+        ref = PrincipalRef(PrincipalKind.PERSON, username)
+        self._policy.set_roles(ref, assignments_of(ref, changed.department_code, changed.roles))
+        return changed
 
     def get_person(self, actor: Principal, username: str) -> Person:
         validation.validate_key("username", username, "person")

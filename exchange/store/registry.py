@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -143,6 +144,18 @@ class RegistryStore:
     def add_person(self, person: Person) -> Person:
         with self._db.write() as s:
             return _add_person(s, person)
+
+    def set_roles(self, username: str, change: Callable[[Person], frozenset[Role]]) -> Person:
+        """Sets a person's roles to what ``change`` makes of the current ones, under a row lock."""
+        with self._db.write() as s:
+            row = s.scalar(select(PersonRow).where(PersonRow.username == username).with_for_update(of=PersonRow))
+            if row is None:
+                raise NotFound("person", username)
+            roles = change(_person_of(row))
+            row.roles = [PersonRoleRow(role=r.value) for r in sorted(roles)]
+            s.flush()
+            announce(s, principal_changed(f"person/{username}"))
+            return _person_of(row)
 
     def get_person(self, username: str) -> Person:
         with self._db.read() as s:

@@ -84,6 +84,16 @@ class RegistryServiceStub:
                 request_serializer=exchange_dot_v1_dot_registry__pb2.ListPeopleRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_registry__pb2.ListPeopleResponse.FromString,
                 _registered_method=True)
+        self.AssignRole = channel.unary_unary(
+                '/exchange.v1.RegistryService/AssignRole',
+                request_serializer=exchange_dot_v1_dot_registry__pb2.ChangeRoleRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_registry__pb2.Person.FromString,
+                _registered_method=True)
+        self.UnassignRole = channel.unary_unary(
+                '/exchange.v1.RegistryService/UnassignRole',
+                request_serializer=exchange_dot_v1_dot_registry__pb2.ChangeRoleRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_registry__pb2.Person.FromString,
+                _registered_method=True)
         self.IssueCertificate = channel.unary_unary(
                 '/exchange.v1.RegistryService/IssueCertificate',
                 request_serializer=exchange_dot_v1_dot_registry__pb2.IssueCertificateRequest.SerializeToString,
@@ -165,6 +175,21 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AssignRole(self, request, context):
+        """Gives a person one more role, or takes one away (operator; never to or
+        from the operator itself). A role that conflicts with one the person
+        holds is refused (FAILED_PRECONDITION): the separated rights stay apart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnassignRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IssueCertificate(self, request, context):
         """Signs a certificate signing request for a registered principal. The
         caller keeps the private key; only the certificate is stored.
@@ -239,6 +264,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListPeople,
                     request_deserializer=exchange_dot_v1_dot_registry__pb2.ListPeopleRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_registry__pb2.ListPeopleResponse.SerializeToString,
+            ),
+            'AssignRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignRole,
+                    request_deserializer=exchange_dot_v1_dot_registry__pb2.ChangeRoleRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_registry__pb2.Person.SerializeToString,
+            ),
+            'UnassignRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnassignRole,
+                    request_deserializer=exchange_dot_v1_dot_registry__pb2.ChangeRoleRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_registry__pb2.Person.SerializeToString,
             ),
             'IssueCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueCertificate,
@@ -526,6 +561,60 @@ class RegistryService:
             '/exchange.v1.RegistryService/ListPeople',
             exchange_dot_v1_dot_registry__pb2.ListPeopleRequest.SerializeToString,
             exchange_dot_v1_dot_registry__pb2.ListPeopleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.RegistryService/AssignRole',
+            exchange_dot_v1_dot_registry__pb2.ChangeRoleRequest.SerializeToString,
+            exchange_dot_v1_dot_registry__pb2.Person.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnassignRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.RegistryService/UnassignRole',
+            exchange_dot_v1_dot_registry__pb2.ChangeRoleRequest.SerializeToString,
+            exchange_dot_v1_dot_registry__pb2.Person.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,12 @@ class RegistryServiceStub:
     CreatePerson: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreatePersonRequest, _registry_pb2.Person]
     GetPerson: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetPersonRequest, _registry_pb2.Person]
     ListPeople: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListPeopleRequest, _registry_pb2.ListPeopleResponse]
+    AssignRole: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ChangeRoleRequest, _registry_pb2.Person]
+    """Gives a person one more role, or takes one away (operator; never to or
+    from the operator itself). A role that conflicts with one the person
+    holds is refused (FAILED_PRECONDITION): the separated rights stay apart.
+    """
+    UnassignRole: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ChangeRoleRequest, _registry_pb2.Person]
     IssueCertificate: _grpc.UnaryUnaryMultiCallable[_registry_pb2.IssueCertificateRequest, _registry_pb2.Certificate]
     """Signs a certificate signing request for a registered principal. The
     caller keeps the private key; only the certificate is stored.
@@ -68,6 +74,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     CreatePerson: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreatePersonRequest, _registry_pb2.Person]  # type: ignore[assignment]
     GetPerson: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetPersonRequest, _registry_pb2.Person]  # type: ignore[assignment]
     ListPeople: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListPeopleRequest, _registry_pb2.ListPeopleResponse]  # type: ignore[assignment]
+    AssignRole: _aio.UnaryUnaryMultiCallable[_registry_pb2.ChangeRoleRequest, _registry_pb2.Person]  # type: ignore[assignment]
+    """Gives a person one more role, or takes one away (operator; never to or
+    from the operator itself). A role that conflicts with one the person
+    holds is refused (FAILED_PRECONDITION): the separated rights stay apart.
+    """
+    UnassignRole: _aio.UnaryUnaryMultiCallable[_registry_pb2.ChangeRoleRequest, _registry_pb2.Person]  # type: ignore[assignment]
     IssueCertificate: _aio.UnaryUnaryMultiCallable[_registry_pb2.IssueCertificateRequest, _registry_pb2.Certificate]  # type: ignore[assignment]
     """Signs a certificate signing request for a registered principal. The
     caller keeps the private key; only the certificate is stored.
@@ -149,6 +161,24 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ListPeopleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListPeopleResponse, _abc.Awaitable[_registry_pb2.ListPeopleResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AssignRole(
+        self,
+        request: _registry_pb2.ChangeRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Person, _abc.Awaitable[_registry_pb2.Person]]:
+        """Gives a person one more role, or takes one away (operator; never to or
+        from the operator itself). A role that conflicts with one the person
+        holds is refused (FAILED_PRECONDITION): the separated rights stay apart.
+        """
+
+    @_abc_1.abstractmethod
+    def UnassignRole(
+        self,
+        request: _registry_pb2.ChangeRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Person, _abc.Awaitable[_registry_pb2.Person]]: ...
 
     @_abc_1.abstractmethod
     def IssueCertificate(
