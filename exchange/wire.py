@@ -338,8 +338,7 @@ def share_request_to_wire(r: m.ShareRequest, today: dt.date) -> apb.ShareRequest
     wire.applicant.CopyFrom(principal_ref_to_wire(r.applicant))
     wire.create_time.FromDatetime(r.created_at)
     wire.due_date.CopyFrom(date_to_wire(r.due))
-    open_statuses = {m.ShareRequestStatus.PENDING, m.ShareRequestStatus.APPROVED, m.ShareRequestStatus.DISPUTED}
-    wire.overdue = r.status in open_statuses and r.due < today
+    wire.overdue = r.status is m.ShareRequestStatus.PENDING and r.due < today
     wire.approved_fields.extend(r.approved_fields)
     if r.approved_end:
         wire.approved_end_date.CopyFrom(date_to_wire(r.approved_end))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -91,33 +92,47 @@ class DecisionPoint:
         self._pairs: dict[tuple[str, str], _Pair] = {}
         self._cache: dict[Question, str] = {}
         self._used: dict[tuple[str, dt.date], int] = defaultdict(int)
-        self._today: dt.date | None = None
         self._lock = threading.Lock()
         for grant in grants or []:
             self.update(grant)
 
-    def replace_all(self, grants: list[Grant]) -> None:
-        """Starts afresh from the given grants (after this process may have missed changes)."""
-        fresh = DecisionPoint(grants)
+    def replace_all(self, load: Callable[[], list[Grant]]) -> None:
+        """Starts afresh from the store (after this process may have missed changes).
+
+        ``load`` runs under the lock, so no older update can land after it.
+        """
         with self._lock:
+            fresh = DecisionPoint(load())
             self._pairs, self._cache = fresh._pairs, {}
+
+    def refresh(self, grant_id: str, load: Callable[[str], Grant]) -> None:
+        """Takes a grant's committed state into account, read by ``load`` under the lock.
+
+        Reading under the lock makes concurrent changes converge on what the store holds: whichever
+        refresh runs last reads the last committed state, whatever order the changes were told in.
+        """
+        with self._lock:
+            self._apply(load(grant_id))
 
     def update(self, grant: Grant) -> None:
         """Takes a new or changed grant into account; cached answers are dropped."""
-        key = (grant.resource_code, grant.consumer_department_code)
         with self._lock:
-            pair = self._pairs.get(key)
-            if pair is None:
-                pair = self._pairs[key] = _Pair(casbin.Enforcer(str(GRANTS_MODEL)))
-            pair.enforcer.remove_filtered_policy(2, grant.id)
-            if grant.status is GrantStatus.REVOKED:
-                pair.grants.pop(grant.id, None)
-            else:
-                pair.grants[grant.id] = grant
-            if grant.status is GrantStatus.ACTIVE:
-                pair.enforcer.add_policies([[s, grant.purpose, grant.id] for s in grant.system_codes])
-            pair.ask_casbin()
-            self._cache.clear()
+            self._apply(grant)
+
+    def _apply(self, grant: Grant) -> None:
+        key = (grant.resource_code, grant.consumer_department_code)
+        pair = self._pairs.get(key)
+        if pair is None:
+            pair = self._pairs[key] = _Pair(casbin.Enforcer(str(GRANTS_MODEL)))
+        pair.enforcer.remove_filtered_policy(2, grant.id)
+        if grant.status is GrantStatus.REVOKED:
+            pair.grants.pop(grant.id, None)
+        else:
+            pair.grants[grant.id] = grant
+        if grant.status is GrantStatus.ACTIVE:
+            pair.enforcer.add_policies([[s, grant.purpose, grant.id] for s in grant.system_codes])
+        pair.ask_casbin()
+        self._cache.clear()
 
     def decide(self, q: Question, resource_status: ResourceStatus, today: dt.date, *, consume: bool = True) -> Decision:
         """Allow with the grant, the fields and the masks, or deny with the reason.
@@ -126,6 +141,8 @@ class DecisionPoint:
         """
         if resource_status is not ResourceStatus.PUBLISHED:
             return _deny(DenyReason.RESOURCE_SUSPENDED, f"resource {q.resource} is {resource_status.value}")
+        if not q.fields:
+            return _deny(DenyReason.FIELD_NOT_GRANTED, "no field named: ask for the fields needed")
         with self._lock:
             grant = self._cached(q, today)
             if grant is None:
@@ -138,16 +155,19 @@ class DecisionPoint:
                 if len(self._cache) >= CACHE_LIMIT:
                     self._cache.clear()
                 self._cache[q] = grant.id
-            if today != self._today:
-                self._used.clear()  # quotas are per day: yesterday's counts are done with
-                self._today = today
-            used = self._used[(grant.id, today)]
+            used = self._used.get((grant.id, today), 0)
             if used >= grant.daily_quota:
                 return _deny(DenyReason.QUOTA_EXHAUSTED, f"grant {grant.id} used its {grant.daily_quota} calls today")
             if consume:
-                self._used[(grant.id, today)] = used + 1
+                self._count(grant.id, today, used + 1)
         masks = tuple((f, k) for f, k in grant.masks if f in q.fields)
         return Decision(True, grant.id, q.fields, masks)
+
+    def _count(self, grant_id: str, today: dt.date, used: int) -> None:
+        """Records a call; counts of days before yesterday are dropped (time zones may differ by a day)."""
+        if len(self._used) > CACHE_LIMIT or any(day < today - dt.timedelta(days=1) for _, day in self._used):
+            self._used = defaultdict(int, {k: v for k, v in self._used.items() if k[1] >= today - dt.timedelta(days=1)})
+        self._used[(grant_id, today)] = used
 
     def _cached(self, q: Question, today: dt.date) -> Grant | None:
         """The grant that answered ``q`` before, if it still stands today."""

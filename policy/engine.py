@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -96,11 +96,24 @@ class RightsPolicy:
             if new:
                 self._enforcer.add_grouping_policies(new)
 
-    def set_roles(self, principal: PrincipalRef, assignments: Iterable[Assignment]) -> None:
-        """Replaces every role assignment of ``principal`` with ``assignments``."""
-        rules = [[str(a.principal), a.role, a.domain] for a in assignments]
+    def refresh_roles(self, principal: PrincipalRef, load: Callable[[], Iterable[Assignment]]) -> None:
+        """Replaces the role assignments of ``principal`` with what ``load`` reads from the store.
+
+        ``load`` runs under the lock, so concurrent changes converge on the committed state.
+        """
         with self._lock:
+            rules = [[str(a.principal), a.role, a.domain] for a in load()]
             self._enforcer.remove_filtered_grouping_policy(0, str(principal))
+            if rules:
+                self._enforcer.add_grouping_policies(rules)
+
+    def replace_roles(self, load: Callable[[], Iterable[Assignment]]) -> None:
+        """Replaces every role assignment with what ``load`` reads from the store (a full resync)."""
+        with self._lock:
+            rules = [[str(a.principal), a.role, a.domain] for a in load()]
+            held = self._enforcer.get_grouping_policy()
+            if held:
+                self._enforcer.remove_grouping_policies(held)
             if rules:
                 self._enforcer.add_grouping_policies(rules)
 

@@ -93,18 +93,36 @@ def test_a_current_grant_is_preferred_to_an_expired_one() -> None:
     assert point.decide(_ask(), PUBLISHED, later).reason is DenyReason.EXPIRED
 
 
-def test_the_kept_answers_are_casbins_for_every_question() -> None:
+def test_decisions_follow_the_grants_and_casbin_through_any_sequence_of_changes() -> None:
     rng = random.Random(7)
     systems, purposes = ["s1", "s2", "s3"], ["不动产转移登记", "企业开办", "社保转移"]
     point = DecisionPoint()
-    for i in range(60):
+    latest: dict[str, m.Grant] = {}
+    for i in range(80):
+        gid = f"GR-{rng.randint(0, 15)}"  # grants change again and again
         grant = _grant(
-            f"GR-{i}",
+            gid,
             system_codes=tuple(rng.sample(systems, rng.randint(1, 2))),
             purpose=rng.choice(purposes),
             status=rng.choice(list(m.GrantStatus)),
         )
         point.update(grant)
+        latest[gid] = grant
         for s in systems:
             for p in purposes:
-                assert point.casbin_agrees(_ask(system=s, purpose=p)), (i, s, p)
+                q = _ask(system=s, purpose=p)
+                expected = any(
+                    g.status is m.GrantStatus.ACTIVE and s in g.system_codes and g.purpose == p for g in latest.values()
+                )
+                assert point.decide(q, PUBLISHED, TODAY, consume=False).allowed == expected, (i, s, p)
+                assert point.casbin_agrees(q), (i, s, p)
+
+
+def test_dry_runs_and_other_days_leave_todays_quota_alone() -> None:
+    point = DecisionPoint([_grant()])
+    assert all(point.decide(_ask(), PUBLISHED, TODAY).allowed for _ in range(3))
+    yesterday = TODAY - dt.timedelta(days=1)
+    assert point.decide(_ask(), PUBLISHED, yesterday, consume=False).allowed
+    assert point.decide(_ask(), PUBLISHED, yesterday).allowed  # a caller a time zone behind
+    assert point.decide(_ask(), PUBLISHED, TODAY).reason is DenyReason.QUOTA_EXHAUSTED
+    assert point.decide(_ask(fields=()), PUBLISHED, TODAY + dt.timedelta(days=1)).reason is DenyReason.FIELD_NOT_GRANTED

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -199,13 +201,13 @@ def test_each_role_may_only_take_its_own_steps(hub: RunningHub, as_: Any) -> Non
     assert hub.rows(GrantRow) == 0
 
 
-def test_nobody_approves_their_own_request(as_: Any, world: dict[str, Path], hub: RunningHub) -> None:
+def test_a_department_does_not_apply_for_its_own_data(as_: Any, hub: RunningHub) -> None:
+    """So nobody can approve their own request, or their department's request to itself."""
     hub.add_system("ga-other", POLICE.code)
-    own = as_("two-hats")("Apply", pb.ApplyRequest(request=_application(system_codes=("ga-other",))))
-    error = as_("two-hats").fails(grpc.StatusCode.PERMISSION_DENIED, "Approve", pb.ApproveRequest(id=own.id))
-    assert "its own request" in (error.details() or "")
-    error = as_("owner").fails(grpc.StatusCode.PERMISSION_DENIED, "Approve", pb.ApproveRequest(id=own.id))
-    assert "its own data" in (error.details() or "")
+    request = pb.ApplyRequest(request=_application(system_codes=("ga-other",)))
+    error = as_("two-hats").fails(grpc.StatusCode.FAILED_PRECONDITION, "Apply", request)
+    assert "does not apply to itself" in (error.details() or "")
+    assert hub.rows(ShareRequestRow) == 0
 
 
 BAD_APPLICATIONS: list[tuple[dict[str, Any], str]] = [
@@ -218,7 +220,9 @@ BAD_APPLICATIONS: list[tuple[dict[str, Any], str]] = [
     ({"end": TODAY}, "request.end_date"),
     ({"expected_daily_calls": 0}, "request.expected_daily_calls"),
     ({"system_codes": ()}, "request.system_codes"),
-    ({"system_codes": ("ga-rkxx",)}, "request.system_codes"),  # another department's system
+    ({"system_codes": ("ga-rkxx",)}, "request.system_codes[0]"),  # another department's system
+    ({"system_codes": ("bdc-djxt", "bdc-none")}, "request.system_codes[1]"),  # not registered
+    ({"system_codes": ("bdc-djxt", "bdc-djxt")}, "request.system_codes"),
 ]
 
 
@@ -397,3 +401,25 @@ def test_roles_are_assigned_and_taken_away_by_operators_within_the_separation_ru
     as_("registry-owner")("Apply", pb.ApplyRequest(request=_application()))  # the new role counts at once
     change("operator", "UnassignRole", "bdc-steward", rpb.ROLE_CONSUMER)
     as_("registry-owner").fails(grpc.StatusCode.PERMISSION_DENIED, "Apply", pb.ApplyRequest(request=_application()))
+
+
+def test_concurrent_grant_changes_leave_decisions_as_the_store_says(hub: RunningHub, as_: Any) -> None:
+    applied = as_("consumer")("Apply", pb.ApplyRequest(request=_application(LICENCE)))
+    gid = applied.grant_id
+    question = Question("bdc-djxt", REGISTRY.code, LICENCE, "不动产转移登记", ("id_number",))
+
+    def flip(who: str, rounds: int) -> None:
+        caller = Caller(hub, hub.identity(m.PrincipalKind.PERSON, who))
+        for n in range(rounds):
+            method = "SuspendGrant" if n % 2 == 0 else "ResumeGrant"
+            with contextlib.suppress(grpc.RpcError):  # the other thread may have moved it first
+                caller(method, pb.ChangeGrantRequest(id=gid, reason="并发"))
+
+    threads = [threading.Thread(target=flip, args=(who, 12)) for who in ("ga-steward", "sm-lin", "ga-steward")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = as_("manager")("GetGrant", pb.GetGrantRequest(id=gid)).status
+    allowed = hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, TODAY, consume=False).allowed
+    assert allowed == (stored == pb.GRANT_STATUS_ACTIVE)

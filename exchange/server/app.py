@@ -30,7 +30,7 @@ from exchange.store import Store
 from exchange.store.changes import ChangeListener
 from exchange.v1 import catalog_pb2, catalog_pb2_grpc, registry_pb2, registry_pb2_grpc, rights_pb2, rights_pb2_grpc
 from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
-from policy import RightsPolicy, assignments_of
+from policy import Assignment, RightsPolicy, assignments_of
 from policy.decision import DecisionPoint
 
 log = logging.getLogger(__name__)
@@ -104,19 +104,22 @@ class Hub:
 
     def _resync(self) -> None:
         """Loads every member's roles and every live grant from the store, replacing what was held."""
-        for ref, department, roles in self.store.registry.role_assignments():
-            self.policy.set_roles(ref, assignments_of(ref, department, roles))
-        self.decisions.replace_all(self.store.rights.live_grants())
+
+        def every_assignment() -> list[Assignment]:
+            return [a for member in self.store.registry.role_assignments() for a in assignments_of(*member)]
+
+        self.policy.replace_roles(every_assignment)
+        self.decisions.replace_all(self.store.rights.live_grants)
 
     def _apply_change(self, payload: str) -> None:
         """A change another hub process committed: a grant, or a member's roles."""
         kind, _, key = payload.partition(":")
         if kind == "grant":
-            self.decisions.update(self.store.rights.get_grant(key))
+            self.decisions.refresh(key, self.store.rights.get_grant)
         elif kind == "principal":
             principal_kind, _, code = key.partition("/")
-            who = self.store.registry.principal(PrincipalRef(PrincipalKind(principal_kind), code))
-            self.policy.set_roles(who.ref, assignments_of(who.ref, who.department_code, who.roles))
+            ref = PrincipalRef(PrincipalKind(principal_kind), code)
+            self.policy.refresh_roles(ref, lambda: assignments_of(*self.store.registry.roles_of(ref)))
         log.debug("applied policy change %s", payload)
 
     async def start(self) -> int:

@@ -77,9 +77,7 @@ class RegistryService:
         validation.validate_system(system)
         self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, "register systems")
         created = self._store.registry.add_system(system)
-        self._policy.assign(
-            assignments_of(PrincipalRef(PrincipalKind.SYSTEM, created.code), created.department_code, ())
-        )
+        self._refresh_roles(PrincipalRef(PrincipalKind.SYSTEM, created.code))
         return created
 
     def get_system(self, actor: Principal, code: str) -> System:
@@ -96,8 +94,7 @@ class RegistryService:
         self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, "register people")
         require_compatible_roles(person.roles)
         created = self._store.registry.add_person(person)
-        ref = PrincipalRef(PrincipalKind.PERSON, created.username)
-        self._policy.assign(assignments_of(ref, created.department_code, created.roles))
+        self._refresh_roles(PrincipalRef(PrincipalKind.PERSON, created.username))
         return created
 
     def change_role(self, actor: Principal, username: str, role: Role, add: bool, reason: str) -> Person:
@@ -123,9 +120,12 @@ class RegistryService:
             return roles
 
         changed = self._store.registry.set_roles(username, change)
-        ref = PrincipalRef(PrincipalKind.PERSON, username)
-        self._policy.set_roles(ref, assignments_of(ref, changed.department_code, changed.roles))
+        self._refresh_roles(PrincipalRef(PrincipalKind.PERSON, username))
         return changed
+
+    def _refresh_roles(self, ref: PrincipalRef) -> None:
+        """Tells the policy a member's committed roles, read from the store under the policy's lock."""
+        self._policy.refresh_roles(ref, lambda: assignments_of(*self._store.registry.roles_of(ref)))
 
     def get_person(self, actor: Principal, username: str) -> Person:
         validation.validate_key("username", username, "person")

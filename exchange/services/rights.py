@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from exchange import validation
-from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from exchange.errors import FailedPrecondition, FieldViolation, NotFound, PermissionDenied
 from exchange.models import (
     Application,
     Grant,
@@ -84,6 +84,11 @@ class RightsService:
         app = replace(app, consumer_department_code=actor.department_code)
         self._policy.require(actor, Action.APPLY_FOR_DATA, actor.department_code, "apply for data")
         resource = self._published(app.resource_code, actor)
+        if resource.spec.department_code == actor.department_code:
+            raise FailedPrecondition(
+                "a department does not apply to itself through the hub: it holds this data already",
+                app.resource_code,
+            )
         now = self._clock()
         self._validate_application(app, resource, now.date())
         request = ShareRequest(
@@ -117,7 +122,7 @@ class RightsService:
             step = RequestStep(request, applied)
         stored = self._store.rights.create_request(step)
         if step.grant is not None:
-            self._decisions.update(self._store.rights.get_grant(step.grant.id))
+            self._decisions.refresh(step.grant.id, self._store.rights.get_grant)
         return stored
 
     def _published(self, code: str, actor: Principal) -> Resource:
@@ -147,13 +152,23 @@ class RightsService:
             out.append(FieldViolation("request.end_date", f"the period may be at most {self._max_days} days"))
         if not 1 <= app.expected_daily_calls <= MAX_DAILY_CALLS:
             out.append(FieldViolation("request.expected_daily_calls", f"must be between 1 and {MAX_DAILY_CALLS}"))
+        if len(set(app.system_codes)) != len(app.system_codes):
+            out.append(FieldViolation("request.system_codes", "a system is named twice"))
+        for n, code in enumerate(app.system_codes):
+            self._check_system(out, f"request.system_codes[{n}]", code, app.consumer_department_code)
         validation.raise_if(out)
-        for code in app.system_codes:
+
+    def _check_system(self, out: list[FieldViolation], path: str, code: str, department: str) -> None:
+        if not validation.SYSTEM_CODE.match(code):
+            out.append(FieldViolation(path, f"{code[:80]!r} is not a system code"))
+            return
+        try:
             system = self._store.registry.get_system(code)
-            if system.department_code != app.consumer_department_code:
-                raise InvalidArgument.of(
-                    [FieldViolation("request.system_codes", f"system {code!r} belongs to another department")]
-                )
+        except NotFound:
+            out.append(FieldViolation(path, f"system {code!r} is not registered"))
+            return
+        if system.department_code != department:
+            out.append(FieldViolation(path, f"system {code!r} belongs to another department"))
 
     @staticmethod
     def _check_fields(
@@ -175,13 +190,9 @@ class RightsService:
     def _owner_decides(self, actor: Principal, request: ShareRequest, doing: str) -> None:
         owner = self._resource_owner(request)
         self._policy.require(actor, Action.DECIDE_REQUEST, owner, doing)
-        if request.applicant == actor.ref:
-            raise PermissionDenied(f"{actor.ref} may not decide its own request", reason="SELF_APPROVAL")
-        if request.application.consumer_department_code == owner:
-            raise PermissionDenied(
-                "a department's request for its own data is not decided by itself through the hub",
-                reason="SELF_APPROVAL",
-            )
+        # apply() already refuses a department's request for its own data; this guards the rule itself.
+        if request.applicant == actor.ref or request.application.consumer_department_code == owner:
+            raise PermissionDenied(f"{actor.ref} may not decide its own department's request", reason="SELF_APPROVAL")
 
     @staticmethod
     def _require_status(request: ShareRequest, *allowed: ShareRequestStatus) -> None:
@@ -225,6 +236,15 @@ class RightsService:
         validation.raise_if(out)
         return fields, end, approval.masks
 
+    def _require_published(self, request: ShareRequest) -> None:
+        """A grant is issued only on a resource that is still published."""
+        resource = self._store.catalog.get(request.application.resource_code)
+        if resource.status is not ResourceStatus.PUBLISHED:
+            raise FailedPrecondition(
+                f"resource {resource.spec.code!r} is {resource.status.value}; no grant is issued on it",
+                resource.spec.code,
+            )
+
     def refuse(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
         _require_reason(reason)
 
@@ -261,6 +281,7 @@ class RightsService:
             if not grant:
                 upheld = replace(request, status=ShareRequestStatus.REFUSAL_UPHELD, decision_reason=reason)
                 return RequestStep(upheld, ShareEvent("refusal_upheld", actor.ref, now, reason))
+            self._require_published(request)
             app = request.application
             issued = self._grant_for(
                 request,
@@ -283,7 +304,7 @@ class RightsService:
 
         changed = self._store.rights.change_request(request_id, decide)
         if changed.grant_id:
-            self._decisions.update(self._store.rights.get_grant(changed.grant_id))
+            self._decisions.refresh(changed.grant_id, self._store.rights.get_grant)
         return changed
 
     # Grants
@@ -325,6 +346,7 @@ class RightsService:
         def decide(request: ShareRequest) -> RequestStep:
             self._policy.require(actor, Action.ISSUE_GRANT, HUB_WIDE, "issue grants")
             self._require_status(request, ShareRequestStatus.APPROVED)
+            self._require_published(request)
             now = self._clock()
             end = request.approved_end or request.application.end
             issued = self._grant_for(
@@ -340,9 +362,8 @@ class RightsService:
             return RequestStep(granted, ShareEvent("granted", actor.ref, now, reason), issued)
 
         changed = self._store.rights.change_request(request_id, decide)
-        grant = self._store.rights.get_grant(changed.grant_id)
-        self._decisions.update(grant)
-        return grant
+        self._decisions.refresh(changed.grant_id, self._store.rights.get_grant)
+        return self._store.rights.get_grant(changed.grant_id)
 
     def change_grant(self, actor: Principal, grant_id: str, action: Action, reason: str) -> Grant:
         _require_reason(reason)
@@ -361,7 +382,7 @@ class RightsService:
             return target, ShareEvent(verb, actor.ref, self._clock(), reason)
 
         changed = self._store.rights.change_grant(grant_id, decide)
-        self._decisions.update(changed)
+        self._decisions.refresh(grant_id, self._store.rights.get_grant)
         return changed
 
     # The data plane's question, as a dry run

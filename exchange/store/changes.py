@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -21,6 +22,14 @@ from sqlalchemy.orm import Session
 log = logging.getLogger(__name__)
 CHANNEL = "exchange_policy"
 _RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+# A half-open connection would stop notifications without an error: TCP keepalives end it within ~25 s.
+_KEEPALIVE = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 
 def announce(session: Session, payload: str) -> None:
@@ -45,7 +54,9 @@ class ChangeListener:
     """
 
     def __init__(self, url: str, on_change: Callable[[str], None], on_resync: Callable[[], None]) -> None:
-        self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._conninfo = make_conninfo(
+            make_url(url).set(drivername="postgresql").render_as_string(hide_password=False), **_KEEPALIVE
+        )
         self._on_change = on_change
         self._on_resync = on_resync
         self._stop = threading.Event()
@@ -66,7 +77,7 @@ class ChangeListener:
         failures = 0
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._on_resync()
                     self._ready.set()

@@ -208,6 +208,11 @@ class RegistryStore:
             s.flush()
             return _certificate_of(row)
 
+    def roles_of(self, ref: PrincipalRef) -> tuple[PrincipalRef, str, frozenset[Role]]:
+        """One member's (principal, department, roles), as role_assignments lists them."""
+        found = self.principal(ref)
+        return found.ref, found.department_code, found.roles
+
     def role_assignments(self) -> list[tuple[PrincipalRef, str, frozenset[Role]]]:
         """Every member that can hold rights: (principal, its department, its roles); systems hold none."""
         with self._db.read() as s:

@@ -34,7 +34,8 @@ from exchange.store.paging import fetch_page
 from exchange.store.registry import department_row
 from exchange.store.schema import GrantRow, ResourceRow, ShareEventRow, ShareRequestRow
 
-_OPEN = (ShareRequestStatus.PENDING.value, ShareRequestStatus.APPROVED.value, ShareRequestStatus.DISPUTED.value)
+# The 10-working-day rule binds the owner's answer: only requests awaiting it can be overdue.
+_AWAITING_OWNER = (ShareRequestStatus.PENDING.value,)
 
 
 @dataclass(frozen=True)
@@ -235,9 +236,8 @@ class RightsStore:
         for event in (step.event, *step.extra_events):
             _add_event(s, event, request_id=step.request.id)
         if step.grant is not None:
-            _add_event(
-                s, ShareEvent("issued", step.event.actor, step.event.at, step.event.reason), grant_id=step.grant.id
-            )
+            granting = (step.event, *step.extra_events)[-1]  # the step that granted: its who and why
+            _add_event(s, ShareEvent("issued", granting.actor, granting.at, granting.reason), grant_id=step.grant.id)
 
     def get_request(self, request_id: str) -> ShareRequest:
         with self._db.read() as s:
@@ -257,7 +257,7 @@ class RightsStore:
         if f.statuses:
             stmt = stmt.where(ShareRequestRow.status.in_([x.value for x in f.statuses]))
         if f.overdue_on is not None:
-            stmt = stmt.where(ShareRequestRow.status.in_(_OPEN), ShareRequestRow.due_date < f.overdue_on)
+            stmt = stmt.where(ShareRequestRow.status.in_(_AWAITING_OWNER), ShareRequestRow.due_date < f.overdue_on)
         if f.visible_to:
             department_id = department_row(s, f.visible_to).id
             stmt = stmt.where(
