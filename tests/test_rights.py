@@ -270,7 +270,9 @@ def test_decisions_only_on_pending_requests_and_only_once(hub: RunningHub, as_: 
     as_("owner").fails(grpc.StatusCode.FAILED_PRECONDITION, "Approve", pb.ApproveRequest(id=applied.id))
     as_("owner").fails(grpc.StatusCode.FAILED_PRECONDITION, "Refuse", pb.RefuseRequest(id=applied.id, reason="晚了"))
     as_("consumer").fails(grpc.StatusCode.FAILED_PRECONDITION, "Dispute", pb.DisputeRequest(id=applied.id, reason="x"))
-    as_("manager").fails(grpc.StatusCode.NOT_FOUND, "IssueGrant", pb.IssueGrantRequest(request_id="SR-nope"))
+    as_("manager").fails(grpc.StatusCode.INVALID_ARGUMENT, "IssueGrant", pb.IssueGrantRequest(request_id="SR-nope"))
+    unknown = pb.IssueGrantRequest(request_id="SR-20000101-00000000")
+    as_("manager").fails(grpc.StatusCode.NOT_FOUND, "IssueGrant", unknown)
     assert hub.rows(ShareEventRow) == 2
 
 

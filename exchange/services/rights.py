@@ -10,12 +10,13 @@ manager's decision is final. Every step is an event with who, when and why.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from exchange import validation
-from exchange.errors import FailedPrecondition, FieldViolation, NotFound, PermissionDenied
+from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from exchange.models import (
     Application,
     Grant,
@@ -203,6 +204,7 @@ class RightsService:
             )
 
     def approve(self, actor: Principal, request_id: str, approval: Approval) -> ShareRequest:
+        _require_id("id", request_id, "SR")
         validation.validate_free_text("reason", approval.reason)
 
         def decide(request: ShareRequest) -> RequestStep:
@@ -246,6 +248,7 @@ class RightsService:
             )
 
     def refuse(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
+        _require_id("id", request_id, "SR")
         _require_reason(reason)
 
         def decide(request: ShareRequest) -> RequestStep:
@@ -257,6 +260,7 @@ class RightsService:
         return self._store.rights.change_request(request_id, decide)
 
     def dispute(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
+        _require_id("id", request_id, "SR")
         _require_reason(reason)
 
         def decide(request: ShareRequest) -> RequestStep:
@@ -271,6 +275,7 @@ class RightsService:
     def decide_dispute(
         self, actor: Principal, request_id: str, *, grant: bool, reason: str, quota: int, rate: int
     ) -> ShareRequest:
+        _require_id("id", request_id, "SR")
         _require_reason(reason)
         _check_limits(quota, rate)
 
@@ -340,6 +345,7 @@ class RightsService:
         )
 
     def issue_grant(self, actor: Principal, request_id: str, quota: int, rate: int, reason: str) -> Grant:
+        _require_id("request_id", request_id, "SR")
         _check_limits(quota, rate)
         validation.validate_free_text("reason", reason)
 
@@ -366,6 +372,7 @@ class RightsService:
         return self._store.rights.get_grant(changed.grant_id)
 
     def change_grant(self, actor: Principal, grant_id: str, action: Action, reason: str) -> Grant:
+        _require_id("id", grant_id, "GR")
         _require_reason(reason)
         moves = {
             Action.SUSPEND_GRANT: ((GrantStatus.ACTIVE,), GrantStatus.SUSPENDED, "suspended"),
@@ -420,6 +427,7 @@ class RightsService:
         )
 
     def get_request(self, actor: Principal, request_id: str) -> ShareRequest:
+        _require_id("id", request_id, "SR")
         request = self._store.rights.get_request(request_id)
         involved = {request.application.consumer_department_code, self._resource_owner(request)}
         if not self._sees_everything(actor) and actor.department_code not in involved:
@@ -454,6 +462,7 @@ class RightsService:
         raise PermissionDenied(f"{actor.ref} decides nothing, so nothing awaits it", reason="NO_DECISIONS")
 
     def get_grant(self, actor: Principal, grant_id: str) -> Grant:
+        _require_id("id", grant_id, "GR")
         grant = self._store.rights.get_grant(grant_id)
         owner = self._store.catalog.get(grant.resource_code).spec.department_code
         if not self._sees_everything(actor) and actor.department_code not in {grant.consumer_department_code, owner}:
@@ -463,6 +472,15 @@ class RightsService:
     def list_grants(self, actor: Principal, size: int, token: str, f: GrantFilter) -> Page[Grant]:
         f = replace(f, visible_to=None if self._sees_everything(actor) else actor.department_code)
         return self._store.rights.list_grants(page_request(size, token, dict(f.__dict__)), f)
+
+
+_ID = re.compile(r"^(SR|GR)-[0-9]{8}-[0-9a-f]{8}$")
+
+
+def _require_id(field: str, value: str, prefix: str) -> None:
+    """A request (SR-…) or grant (GR-…) id of the hub's form: a typo is INVALID_ARGUMENT, not NOT_FOUND."""
+    if not _ID.match(value) or not value.startswith(prefix):
+        raise InvalidArgument.of([FieldViolation(field, f"{value[:40]!r} is not a {prefix}-YYYYMMDD-xxxxxxxx id")])
 
 
 def _require_reason(reason: str) -> None:
