@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -91,7 +90,8 @@ class DecisionPoint:
     def __init__(self, grants: list[Grant] | None = None) -> None:
         self._pairs: dict[tuple[str, str], _Pair] = {}
         self._cache: dict[Question, str] = {}
-        self._used: dict[tuple[str, dt.date], int] = defaultdict(int)
+        self._used: dict[tuple[str, dt.date], int] = {}
+        self._latest_day: dt.date | None = None
         self._lock = threading.Lock()
         for grant in grants or []:
             self.update(grant)
@@ -164,9 +164,11 @@ class DecisionPoint:
         return Decision(True, grant.id, q.fields, masks)
 
     def _count(self, grant_id: str, today: dt.date, used: int) -> None:
-        """Records a call; counts of days before yesterday are dropped (time zones may differ by a day)."""
-        if len(self._used) > CACHE_LIMIT or any(day < today - dt.timedelta(days=1) for _, day in self._used):
-            self._used = defaultdict(int, {k: v for k, v in self._used.items() if k[1] >= today - dt.timedelta(days=1)})
+        """Records a call; when a new day starts, counts older than yesterday go (callers' days may differ by one)."""
+        if self._latest_day is None or today > self._latest_day:
+            self._latest_day = today
+            cutoff = today - dt.timedelta(days=1)
+            self._used = {k: v for k, v in self._used.items() if k[1] >= cutoff}
         self._used[(grant_id, today)] = used
 
     def _cached(self, q: Question, today: dt.date) -> Grant | None:
