@@ -1,0 +1,185 @@
+"""The audit log's Merkle tree, exactly as RFC 9162 section 2.1 defines it.
+
+Leaf hash: SHA-256(0x00 || entry); interior node: SHA-256(0x01 || left || right); the root of n
+leaves splits at the largest power of two below n. Proof generation follows the recursive
+definitions of sections 2.1.3.1 (inclusion) and 2.1.4.1 (consistency); verification follows the
+iterative algorithms of 2.1.3.2 and 2.1.4.2. A proof that does not verify raises ProofError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+HASH_SIZE = 32
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+class ProofError(ValueError):
+    """A proof, root or hash that does not check out."""
+
+
+def leaf_hash(entry: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + entry).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """The largest power of two strictly less than n (n > 1)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+class MerkleTree:
+    """Leaf hashes in order, with every complete, aligned subtree's hash kept for fast roots and proofs.
+
+    ``levels[k][i]`` is the hash of leaves ``i*2**k .. (i+1)*2**k - 1``; appending a leaf adds at most
+    one node per level, so any range hash takes O(log n) look-ups.
+    """
+
+    def __init__(self, leaves: list[bytes] | None = None) -> None:
+        self.levels: list[list[bytes]] = [[]]
+        for leaf in leaves or []:
+            self.append(leaf)
+
+    @property
+    def size(self) -> int:
+        return len(self.levels[0])
+
+    def append(self, leaf: bytes) -> int:
+        """Adds a leaf hash; returns its index."""
+        if len(leaf) != HASH_SIZE:
+            raise ProofError(f"a leaf hash has {HASH_SIZE} bytes, not {len(leaf)}")
+        index = self.size
+        self.levels[0].append(leaf)
+        level, position = 0, index
+        while position % 2 == 1:
+            parent = node_hash(self.levels[level][position - 1], self.levels[level][position])
+            level, position = level + 1, position // 2
+            if len(self.levels) == level:
+                self.levels.append([])
+            self.levels[level].append(parent)
+        return index
+
+    def _range(self, start: int, end: int) -> bytes:
+        """MTH of leaves [start, end): a kept node when complete and aligned, else split."""
+        n = end - start
+        if n == 0:
+            return EMPTY_ROOT
+        if n & (n - 1) == 0 and start % n == 0:
+            return self.levels[n.bit_length() - 1][start // n]
+        k = _split(n)
+        return node_hash(self._range(start, start + k), self._range(start + k, end))
+
+    def root(self, size: int | None = None) -> bytes:
+        """The root of the tree's first ``size`` leaves (all of them by default)."""
+        size = self.size if size is None else size
+        self._check_size(size)
+        return self._range(0, size)
+
+    def _check_size(self, size: int) -> None:
+        if not 0 <= size <= self.size:
+            raise ProofError(f"tree size {size} is outside 0..{self.size}")
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """PATH(index, D[0:size]) of RFC 9162 2.1.3.1."""
+        self._check_size(size)
+        if not 0 <= index < size:
+            raise ProofError(f"leaf {index} is not in a tree of size {size}")
+        return self._path(index, 0, size)
+
+    def _path(self, m: int, start: int, end: int) -> list[bytes]:
+        n = end - start
+        if n == 1:
+            return []
+        k = _split(n)
+        if m < k:
+            return [*self._path(m, start, start + k), self._range(start + k, end)]
+        return [*self._path(m - k, start + k, end), self._range(start, start + k)]
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """PROOF(size1, D[0:size2]) of RFC 9162 2.1.4.1."""
+        self._check_size(size2)
+        if not 0 < size1 <= size2:
+            raise ProofError(f"no consistency proof from size {size1} to size {size2}")
+        return self._subproof(size1, 0, size2, complete=True)
+
+    def _subproof(self, m: int, start: int, end: int, *, complete: bool) -> list[bytes]:
+        n = end - start
+        if m == n:
+            return [] if complete else [self._range(start, end)]
+        k = _split(n)
+        if m <= k:
+            return [*self._subproof(m, start, start + k, complete=complete), self._range(start + k, end)]
+        return [*self._subproof(m - k, start + k, end, complete=False), self._range(start, start + k)]
+
+
+def _check_hashes(*hashes: bytes) -> None:
+    for h in hashes:
+        if len(h) != HASH_SIZE:
+            raise ProofError(f"a hash has {HASH_SIZE} bytes, not {len(h)}")
+
+
+def verify_inclusion(leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes) -> None:
+    """Checks that ``leaf`` is entry ``index`` of the tree of ``size`` leaves whose root is ``root``."""
+    _check_hashes(leaf, root, *proof)
+    if not 0 <= index < size:
+        raise ProofError(f"leaf index {index} is not below tree size {size}")
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            raise ProofError("the inclusion proof is longer than the tree is deep")
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = node_hash(r, p)
+        fn, sn = fn >> 1, sn >> 1
+    if sn != 0:
+        raise ProofError("the inclusion proof is shorter than the tree is deep")
+    if r != root:
+        raise ProofError("the inclusion proof leads to another root")
+
+
+def verify_consistency(size1: int, size2: int, proof: list[bytes], root1: bytes, root2: bytes) -> None:
+    """Checks that the tree of ``size2`` leaves (``root2``) extends the tree of ``size1`` leaves (``root1``)."""
+    if size1 <= 0 or size2 < size1:
+        raise ProofError(f"no consistency to prove from size {size1} to size {size2}")
+    if size1 == size2:
+        if proof:
+            raise ProofError("trees of equal size need an empty proof")
+        if root1 != root2:
+            raise ProofError("trees of equal size have different roots")
+        return
+    _check_hashes(root1, root2, *proof)
+    if not proof:
+        raise ProofError("the consistency proof is empty")
+    path = [root1, *proof] if size1 & (size1 - 1) == 0 else list(proof)
+    fr, sr = _chain_consistency(size1, size2, path)
+    if fr != root1:
+        raise ProofError("the consistency proof does not lead to the first root")
+    if sr != root2:
+        raise ProofError("the consistency proof does not lead to the second root")
+
+
+def _chain_consistency(size1: int, size2: int, path: list[bytes]) -> tuple[bytes, bytes]:
+    """Steps 3 to 6 of RFC 9162 2.1.4.2: the two roots the path leads to."""
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ProofError("the consistency proof is longer than the tree is deep")
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = node_hash(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    if sn != 0:
+        raise ProofError("the consistency proof is shorter than the tree is deep")
+    return fr, sr
