@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from audit.note import Signer
 from exchange import pki, validation
 from exchange.config import Settings
 from exchange.errors import FailedPrecondition
@@ -52,6 +53,9 @@ def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
     pki.write_public(files.ca_cert, pki.cert_pem(ca_cert))
     pki.write_secret(files.server_key, pki.key_pem(server_key))
     pki.write_public(files.server_cert, pki.cert_pem(server_cert))
+    log_signer = Signer.generate(settings.audit_origin)
+    pki.write_secret(files.audit_key, log_signer.encode().encode() + b"\n")
+    pki.write_public(files.audit_verifier, log_signer.verifier().encode().encode() + b"\n")
     identity = files.identity(ref)
     identity.write(key, record.pem.encode(), pki.cert_pem(ca_cert))
     return identity

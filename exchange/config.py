@@ -42,6 +42,10 @@ class Settings:
     calendar_file: Path | None = None
     # Longest validity a share request may ask for, in days.
     max_grant_days: int = 1096
+    # The audit log's name in its checkpoints (C2SP origin), e.g. "hub.xm.gov.cn/exchange/audit".
+    audit_origin: str = "exchange.local/audit"
+    # Seconds between signed checkpoints while records arrive.
+    checkpoint_seconds: float = 2.0
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
@@ -149,24 +153,32 @@ def _coerce(name: str, kind: str, raw: Any, source: str) -> Any:  # noqa: PLR091
         raise ConfigError(f"{where}: {raw!r} is not valid ({e})") from None
 
 
+# Numeric settings and their allowed ranges (inclusive), with the unit for messages.
+_RANGES: tuple[tuple[str, float, float, str], ...] = (
+    ("max_message_bytes", 1024, 256 * 1024 * 1024, "bytes"),
+    ("certificate_days", 1, 825, "days"),
+    ("max_grant_days", 1, 3660, "days"),
+    ("checkpoint_seconds", 0.1, 3600, "seconds"),
+    ("shutdown_grace_seconds", 0, 3600, "seconds"),
+    ("call_timeout_seconds", 0.001, 3600, "seconds"),
+)
+
+
 def _validate(s: Settings) -> None:
     problems: list[str] = []
     for name, value in (("listen", s.listen), ("hub_address", s.hub_address)):
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             problems.append(f"{name} must be host:port, got {value!r}")
-    if not 1024 <= s.max_message_bytes <= 256 * 1024 * 1024:
-        problems.append("max_message_bytes must be between 1 KiB and 256 MiB")
-    if not 1 <= s.certificate_days <= 825:
-        problems.append("certificate_days must be between 1 and 825")
-    if not 1 <= s.max_grant_days <= 3660:
-        problems.append("max_grant_days must be between 1 and 3660")
+    for name, low, high, unit in _RANGES:
+        if not low <= getattr(s, name) <= high:
+            problems.append(f"{name} must be between {low} and {high} {unit}")
     if s.calendar_file is not None and not s.calendar_file.is_file():
         problems.append(f"calendar_file {s.calendar_file} does not exist")
-    if s.shutdown_grace_seconds < 0 or s.call_timeout_seconds <= 0:
-        problems.append("shutdown_grace_seconds must be >= 0 and call_timeout_seconds > 0")
     if s.log_level.upper() not in _LOG_LEVELS:
         problems.append(f"log_level must be one of {', '.join(sorted(_LOG_LEVELS))}")
+    if not s.audit_origin or any(c.isspace() for c in s.audit_origin) or "+" in s.audit_origin:
+        problems.append("audit_origin must be a non-empty name without spaces or '+'")
     if not s.hostnames:
         problems.append("hostnames must name at least one host")
     url = s.effective_database_url

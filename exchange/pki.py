@@ -261,5 +261,15 @@ class HubFiles:
     def server_cert(self) -> Path:
         return self.home / "server" / "server.pem"
 
+    @property
+    def audit_key(self) -> Path:
+        """The audit log's Ed25519 signing key (C2SP signer key text)."""
+        return self.home / "audit" / "log.key"
+
+    @property
+    def audit_verifier(self) -> Path:
+        """The audit log's public verifier key, for auditors."""
+        return self.home / "audit" / "log.pub"
+
     def identity(self, ref: PrincipalRef) -> IdentityFiles:
         return IdentityFiles(self.home / "identities" / f"{ref.kind.value}-{ref.code}")

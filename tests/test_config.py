@@ -47,7 +47,7 @@ def test_config_file_named_by_environment(tmp_path: Path) -> None:
         ({"EXCHANGE_LOG_LEVEL": "LOUD"}, "log_level must be one of"),
         ({"EXCHANGE_DATABASE_URL": "mysql://x/y"}, "database_url must be a sqlite: or postgresql URL"),
         ({"EXCHANGE_LISTNE": "x"}, "unknown setting EXCHANGE_LISTNE"),
-        ({"EXCHANGE_CERTIFICATE_DAYS": "0"}, "certificate_days must be between 1 and 825"),
+        ({"EXCHANGE_CERTIFICATE_DAYS": "0"}, "certificate_days must be between 1 and 825 days"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:

@@ -16,6 +16,8 @@ from grpc_health.v1 import _async as health_aio  # the asyncio servicer that hea
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from audit.log import AuditLog
+from audit.note import NoteError, Signer
 from exchange import pki
 from exchange.config import Settings
 from exchange.errors import ConfigError
@@ -62,6 +64,19 @@ def load_credentials(settings: Settings) -> ServerCredentials:
     return ServerCredentials(ca, tls)
 
 
+def _load_signer(settings: Settings) -> Signer:
+    path = pki.HubFiles(settings.home).audit_key
+    try:
+        signer = Signer.parse(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing: the audit log's key is made by `exchange init`") from None
+    except NoteError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if signer.name != settings.audit_origin:
+        raise ConfigError(f"{path} signs for {signer.name!r}, but audit_origin is {settings.audit_origin!r}")
+    return signer
+
+
 class Hub:
     """One hub process: a store, the services, and the gRPC server in front of them."""
 
@@ -75,6 +90,12 @@ class Hub:
         self.policy = RightsPolicy()
         self.decisions = DecisionPoint()
         self.listener: ChangeListener | None = None
+        self.audit = AuditLog(
+            self.store.audit,
+            _load_signer(settings),
+            settings.audit_origin,
+            checkpoint_seconds=settings.checkpoint_seconds,
+        )
 
     def _build_server(self) -> grpc.aio.Server:
         """The gRPC server with every service; made inside the running event loop, which it binds to."""
@@ -131,6 +152,7 @@ class Hub:
             await asyncio.to_thread(self.listener.start)
         else:
             self._resync()
+        await asyncio.to_thread(self.audit.start)
         self.server = server = self._build_server()
         try:
             if self.settings.insecure_dev:
@@ -159,6 +181,7 @@ class Hub:
             await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         if self.listener is not None:
             await asyncio.to_thread(self.listener.stop)
+        await asyncio.to_thread(self.audit.stop)
         self.store.close()
         log.info("hub stopped")
 

@@ -21,7 +21,9 @@ from exchange.models import (
     ResourceVersion,
 )
 from exchange.paging import page_request
+from exchange.services.auditing import change_record
 from exchange.store import Store
+from exchange.store.audit import staging
 from exchange.store.catalog import ResourceFilter, Transition
 from policy import Action, RightsPolicy, visible_department
 
@@ -49,7 +51,11 @@ class CatalogService:
         validation.validate_free_text("reason", reason)
         self._policy.require(actor, Action.WRITE_CATALOG, spec.department_code, "create catalog entries")
         status = ResourceStatus.PUBLISHED if publish else ResourceStatus.DRAFT
-        return self._store.catalog.create(spec, status, actor.ref, reason)
+        record = change_record(
+            actor, "catalog", f"create:{status.value}", subject=spec.code, resource=spec.code, reason=reason
+        )
+        with staging(record):
+            return self._store.catalog.create(spec, status, actor.ref, reason)
 
     def update(self, actor: Principal, spec: ResourceSpec, expected_version: int, reason: str) -> Resource:
         validation.validate_resource_spec(spec)
@@ -65,7 +71,9 @@ class CatalogService:
                 raise FailedPrecondition(f"resource {spec.code!r} is retired and cannot change", spec.code)
             return Transition(spec, current.status, ResourceChange.UPDATED)
 
-        return self._store.catalog.change(spec.code, expected_version, actor.ref, reason, decide)
+        record = change_record(actor, "catalog", "update", subject=spec.code, resource=spec.code, reason=reason)
+        with staging(record):
+            return self._store.catalog.change(spec.code, expected_version, actor.ref, reason, decide)
 
     def change_status(
         self, actor: Principal, code: str, change: ResourceChange, expected_version: int, reason: str
@@ -86,7 +94,9 @@ class CatalogService:
                 )
             return Transition(current.spec, _TARGET[change], change)
 
-        return self._store.catalog.change(code, expected_version, actor.ref, reason, decide)
+        record = change_record(actor, "catalog", change.value, subject=code, resource=code, reason=reason)
+        with staging(record):
+            return self._store.catalog.change(code, expected_version, actor.ref, reason, decide)
 
     def get(self, actor: Principal, code: str, version: int) -> Resource:
         validation.validate_key("code", code, "resource")

@@ -22,7 +22,9 @@ from exchange.models import (
     System,
 )
 from exchange.paging import page_request
+from exchange.services.auditing import change_record
 from exchange.store import Store
+from exchange.store.audit import staging
 from policy import HUB_WIDE, Action, RightsPolicy, assignments_of, require_compatible_roles
 
 MAX_CERTIFICATE_DAYS = 825
@@ -60,7 +62,8 @@ class RegistryService:
     def create_department(self, actor: Principal, department: Department) -> Department:
         validation.validate_department(department)
         self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, "register departments")
-        return self._store.registry.add_department(department)
+        with staging(change_record(actor, "registry", "create_department", subject=department.code)):
+            return self._store.registry.add_department(department)
 
     def get_department(self, actor: Principal, code: str) -> Department:
         validation.validate_key("code", code, "department")
@@ -76,7 +79,8 @@ class RegistryService:
     def create_system(self, actor: Principal, system: System) -> System:
         validation.validate_system(system)
         self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, "register systems")
-        created = self._store.registry.add_system(system)
+        with staging(change_record(actor, "registry", "create_system", subject=f"system/{system.code}")):
+            created = self._store.registry.add_system(system)
         self._refresh_roles(PrincipalRef(PrincipalKind.SYSTEM, created.code))
         return created
 
@@ -93,7 +97,11 @@ class RegistryService:
         validation.validate_person(person)
         self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, "register people")
         require_compatible_roles(person.roles)
-        created = self._store.registry.add_person(person)
+        roles = ",".join(sorted(r.value for r in person.roles))
+        with staging(
+            change_record(actor, "registry", "create_person", subject=f"person/{person.username}", reason=roles)
+        ):
+            created = self._store.registry.add_person(person)
         self._refresh_roles(PrincipalRef(PrincipalKind.PERSON, created.username))
         return created
 
@@ -119,7 +127,9 @@ class RegistryService:
                 raise FailedPrecondition(e.violations[0].description, username, kind="SEPARATION_OF_DUTIES") from None
             return roles
 
-        changed = self._store.registry.set_roles(username, change)
+        action = f"{'assign' if add else 'unassign'}_role:{role.value}"
+        with staging(change_record(actor, "registry", action, subject=f"person/{username}", reason=reason)):
+            changed = self._store.registry.set_roles(username, change)
         self._refresh_roles(PrincipalRef(PrincipalKind.PERSON, username))
         return changed
 
@@ -147,7 +157,10 @@ class RegistryService:
         validation.validate_key("principal.code", ref.code, ref.kind.value)
         self._store.registry.principal(ref)
         record = self._ca.issue(csr_pem, ref, days or self._default_days)
-        return self._store.registry.add_certificate(record)
+        with staging(
+            change_record(actor, "registry", "issue_certificate", subject=str(ref), reason=record.fingerprint_sha256)
+        ):
+            return self._store.registry.add_certificate(record)
 
     def list_certificates(
         self, actor: Principal, size: int, token: str, principal: PrincipalRef | None
@@ -165,7 +178,8 @@ class RegistryService:
         self._policy.require(actor, Action.REVOKE_CERTIFICATE, HUB_WIDE, "revoke certificates")
         if fingerprint == actor.certificate_fingerprint:
             raise FailedPrecondition("this is the certificate you are calling with; revoke it from another identity")
-        return self._store.registry.revoke_certificate(fingerprint, reason, dt.datetime.now(dt.UTC))
+        with staging(change_record(actor, "registry", "revoke_certificate", subject=fingerprint, reason=reason)):
+            return self._store.registry.revoke_certificate(fingerprint, reason, dt.datetime.now(dt.UTC))
 
     def principal(self, ref: PrincipalRef) -> Principal:
         return self._store.registry.principal(ref)

@@ -32,7 +32,9 @@ from exchange.models import (
     ShareType,
 )
 from exchange.paging import page_request
+from exchange.services.auditing import change_record
 from exchange.store import Store
+from exchange.store.audit import staging
 from exchange.store.rights import GrantFilter, RequestFilter, RequestStep
 from exchange.workdays import ANSWER_WITHIN_WORKING_DAYS, WorkCalendar
 from policy import HUB_WIDE, Action, RightsPolicy
@@ -121,7 +123,17 @@ class RightsService:
             step = RequestStep(granted, applied, grant, (ShareEvent("granted", actor.ref, now, reason),))
         else:
             step = RequestStep(request, applied)
-        stored = self._store.rights.create_request(step)
+        record = change_record(
+            actor,
+            "rights",
+            f"apply:{kind.value}",
+            subject=request.id,
+            resource=app.resource_code,
+            purpose=app.purpose,
+            reason=step.request.decision_reason,
+        )
+        with staging(record):
+            stored = self._store.rights.create_request(step)
         if step.grant is not None:
             self._decisions.refresh(step.grant.id, self._store.rights.get_grant)
         return stored
@@ -222,7 +234,9 @@ class RightsService:
             )
             return RequestStep(approved, ShareEvent("approved", actor.ref, now, approval.reason))
 
-        return self._store.rights.change_request(request_id, decide)
+        record = change_record(actor, "rights", "approve", subject=request_id, reason=approval.reason)
+        with staging(record):
+            return self._store.rights.change_request(request_id, decide)
 
     def _terms(self, request: ShareRequest, approval: Approval) -> tuple[tuple[str, ...], dt.date, Masks]:
         app = request.application
@@ -257,7 +271,9 @@ class RightsService:
             refused = replace(request, status=ShareRequestStatus.REFUSED, decision_reason=reason)
             return RequestStep(refused, ShareEvent("refused", actor.ref, self._clock(), reason))
 
-        return self._store.rights.change_request(request_id, decide)
+        record = change_record(actor, "rights", "refuse", subject=request_id, reason=reason)
+        with staging(record):
+            return self._store.rights.change_request(request_id, decide)
 
     def dispute(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
         _require_id("id", request_id, "SR")
@@ -270,7 +286,9 @@ class RightsService:
             disputed = replace(request, status=ShareRequestStatus.DISPUTED)
             return RequestStep(disputed, ShareEvent("disputed", actor.ref, self._clock(), reason))
 
-        return self._store.rights.change_request(request_id, decide)
+        record = change_record(actor, "rights", "dispute", subject=request_id, reason=reason)
+        with staging(record):
+            return self._store.rights.change_request(request_id, decide)
 
     def decide_dispute(
         self, actor: Principal, request_id: str, *, grant: bool, reason: str, quota: int, rate: int
@@ -307,7 +325,11 @@ class RightsService:
             )
             return RequestStep(granted, ShareEvent("refusal_overturned", actor.ref, now, reason), issued)
 
-        changed = self._store.rights.change_request(request_id, decide)
+        record = change_record(
+            actor, "rights", f"decide_dispute:{'grant' if grant else 'uphold'}", subject=request_id, reason=reason
+        )
+        with staging(record):
+            changed = self._store.rights.change_request(request_id, decide)
         if changed.grant_id:
             self._decisions.refresh(changed.grant_id, self._store.rights.get_grant)
         return changed
@@ -367,7 +389,9 @@ class RightsService:
             granted = replace(request, status=ShareRequestStatus.GRANTED, grant_id=issued.id)
             return RequestStep(granted, ShareEvent("granted", actor.ref, now, reason), issued)
 
-        changed = self._store.rights.change_request(request_id, decide)
+        record = change_record(actor, "rights", "issue_grant", subject=request_id, reason=reason)
+        with staging(record):
+            changed = self._store.rights.change_request(request_id, decide)
         self._decisions.refresh(changed.grant_id, self._store.rights.get_grant)
         return self._store.rights.get_grant(changed.grant_id)
 
@@ -388,7 +412,9 @@ class RightsService:
                 raise FailedPrecondition(f"grant {grant.id} is {grant.status.value}; it cannot be {verb}", grant.id)
             return target, ShareEvent(verb, actor.ref, self._clock(), reason)
 
-        changed = self._store.rights.change_grant(grant_id, decide)
+        record = change_record(actor, "rights", f"{verb}_grant", subject=grant_id, grant=grant_id, reason=reason)
+        with staging(record):
+            changed = self._store.rights.change_grant(grant_id, decide)
         self._decisions.refresh(grant_id, self._store.rights.get_grant)
         return changed
 

@@ -1,11 +1,12 @@
 """The hub's store: SQLAlchemy models, migrations and repositories."""
 
+from exchange.store.audit import AuditStore, install_staging
 from exchange.store.catalog import CatalogStore
 from exchange.store.database import Database
 from exchange.store.registry import RegistryStore
 from exchange.store.rights import RightsStore
 
-__all__ = ["CatalogStore", "Database", "RegistryStore", "RightsStore", "Store"]
+__all__ = ["AuditStore", "CatalogStore", "Database", "RegistryStore", "RightsStore", "Store"]
 
 
 class Store:
@@ -16,6 +17,8 @@ class Store:
         self.registry = RegistryStore(self.db)
         self.catalog = CatalogStore(self.db)
         self.rights = RightsStore(self.db)
+        self.audit = AuditStore(self.db)
+        install_staging(self.db)
 
     def close(self) -> None:
         self.db.dispose()

@@ -108,7 +108,9 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_store_engine(url)
-        self._writes = sessionmaker(self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False)
+        self.write_sessions = sessionmaker(
+            self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False
+        )
         self._reads = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
@@ -117,7 +119,7 @@ class Database:
 
     def write(self) -> AbstractContextManager[Session]:
         """A transaction that writes: committed on success, rolled back on any error, errors translated."""
-        return self._transaction(self._writes)
+        return self._transaction(self.write_sessions)
 
     def read(self) -> AbstractContextManager[Session]:
         """A transaction that only reads (concurrent with others on every backend)."""

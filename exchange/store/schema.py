@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -260,3 +261,53 @@ class ShareEventRow(Base):
     actor_code: Mapped[str] = mapped_column(String(63))
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuditStagedRow(Base):
+    """An audit record committed with the change it records, waiting for the integrator to give it a place."""
+
+    __tablename__ = "audit_staged"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    record: Mapped[str] = mapped_column(Text)
+    staged_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class AuditEntryRow(Base):
+    """The audit log: entry ``seq`` is leaf ``seq`` of the RFC 9162 tree. Never updated, never reordered."""
+
+    __tablename__ = "audit_entries"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # The canonical record; None once its retention ended (the leaf hash stays, so proofs still hold).
+    record: Mapped[str | None] = mapped_column(Text)
+    time: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(80), index=True)
+    actor_department: Mapped[str] = mapped_column(String(18), index=True)
+    resource: Mapped[str] = mapped_column(String(32), index=True)
+    purpose: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))
+    exchange_id: Mapped[str] = mapped_column(String(64), index=True)
+
+
+class AuditSubjectRow(Base):
+    """The keyed hashes of the data subjects an entry concerns, for "who looked at this record"."""
+
+    __tablename__ = "audit_subjects"
+
+    seq: Mapped[int] = mapped_column(ForeignKey("audit_entries.seq"), primary_key=True)
+    subject_hash: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class AuditCheckpointRow(Base):
+    """A signed tree head (C2SP tlog-checkpoint in a signed note)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,80 @@
+"""What the audit log records, and the exact bytes it hashes.
+
+A record is a flat mapping of strings, integers and lists of strings. Its canonical encoding is
+JSON with keys sorted, no insignificant whitespace, UTF-8 without escaping non-ASCII, and no
+floating-point numbers (durations are whole microseconds), so anyone can recompute a leaf hash
+from a record: leaf = SHA-256(0x00 || canonical bytes), RFC 9162. Data subjects (an ID number,
+a company code) appear only as keyed hashes, so "who looked at this citizen" can be answered
+without storing the identifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from audit.merkle import leaf_hash
+
+Value = str | int | list[str]
+
+
+class RecordError(ValueError):
+    """A record that cannot be encoded canonically."""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audited event: an exchange (allowed, denied or failed) or a change of rights, catalog or registry."""
+
+    kind: str  # "exchange", "rights", "catalog", "registry"
+    action: str  # e.g. "query", "apply", "approve", "issue_grant", "publish"
+    time: str  # RFC 3339 UTC with microseconds, e.g. 2026-11-22T08:00:00.123456Z
+    actor: str  # principal, e.g. "system/bdc-djxt" or "person/ga-steward"
+    actor_department: str
+    outcome: str  # "ok", "allowed", "denied", "failed"
+    reason: str = ""
+    subject: str = ""  # what was acted on: a resource code, request id, grant id, person...
+    resource: str = ""
+    purpose: str = ""
+    grant: str = ""
+    exchange_id: str = ""
+    fields: list[str] = field(default_factory=list)
+    masks: list[str] = field(default_factory=list)  # "field=kind"
+    rows: int = 0
+    bytes: int = 0
+    request_sha256: str = ""
+    response_sha256: str = ""
+    data_subjects: list[str] = field(default_factory=list)  # keyed hashes, hex
+    hub: str = ""
+    latency_us: int = 0
+
+    def as_dict(self) -> dict[str, Value]:
+        return asdict(self)
+
+
+def canonical(record: Mapping[str, object]) -> bytes:
+    """The deterministic bytes of a record (sorted keys, compact, UTF-8, no floats)."""
+    for key, value in record.items():
+        if isinstance(value, float | bool) or value is None:
+            raise RecordError(f"field {key!r}: only strings, integers and lists of strings are recorded")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise RecordError(f"field {key!r}: lists hold strings only")
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_leaf(record: AuditRecord | Mapping[str, object]) -> tuple[bytes, bytes]:
+    """The canonical bytes of a record and its RFC 9162 leaf hash."""
+    data = canonical(record.as_dict() if isinstance(record, AuditRecord) else record)
+    return data, leaf_hash(data)
+
+
+def subject_hash(key: bytes, identifier: str) -> str:
+    """The keyed hash (HMAC-SHA-256, hex) under which a data subject's identifier is recorded."""
+    return hmac.new(key, identifier.strip().upper().encode(), hashlib.sha256).hexdigest()
+
+
+def subject_hashes(key: bytes, identifiers: Sequence[str]) -> list[str]:
+    return sorted({subject_hash(key, i) for i in identifiers if i.strip()})

@@ -1,0 +1,203 @@
+"""Audit store: records staged with the changes they record, the sequenced log, checkpoints.
+
+Staging: a service opens ``staging(record)`` around a store call; the record is inserted in that
+call's write transaction, so a change and its audit record commit together or not at all.
+Integration: one process at a time (PostgreSQL advisory lock; SQLite's single writer) moves staged
+records, oldest first, into ``audit_entries`` with the next sequence numbers, in one transaction,
+so the log is one gap-free sequence whatever the number of hub processes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from sqlalchemy import delete, event, func, select, text
+from sqlalchemy.orm import Session
+
+from audit.records import AuditRecord, canonical, record_leaf
+from exchange.models import Page
+from exchange.paging import PageRequest
+from exchange.store.database import Database
+from exchange.store.paging import fetch_page
+from exchange.store.schema import AuditCheckpointRow, AuditEntryRow, AuditStagedRow, AuditSubjectRow
+
+# An arbitrary constant naming the audit integrator's PostgreSQL advisory lock.
+INTEGRATOR_LOCK = 0x45584155  # "EXAU"
+_pending: ContextVar[list[AuditRecord] | None] = ContextVar("audit_pending", default=None)
+
+
+@contextmanager
+def staging(*records: AuditRecord) -> Iterator[None]:
+    """Stages ``records`` in the next write transaction committed inside the block."""
+    token = _pending.set(list(records))
+    try:
+        yield
+    finally:
+        _pending.reset(token)
+
+
+def _stage_pending(session: Session) -> None:
+    records = _pending.get()
+    if records:
+        now = dt.datetime.now(dt.UTC)
+        session.add_all(AuditStagedRow(record=canonical(r.as_dict()).decode(), staged_at=now) for r in records)
+        _pending.set([])
+
+
+def install_staging(db: Database) -> None:
+    """Makes every write transaction of ``db`` carry the records staged around it."""
+    event.listen(db.write_sessions, "before_commit", _stage_pending)
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    leaf_hash: bytes
+    record: str | None
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    department: str | None = None
+    actor: str | None = None
+    resource: str | None = None
+    purpose: str | None = None
+    outcome: str | None = None
+    exchange_id: str | None = None
+    subject_hash: str | None = None
+    # Owners see entries on their resources; consumers their own department's entries.
+    owner_resources: tuple[str, ...] | None = None
+
+
+class AuditStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def stage(self, records: list[AuditRecord]) -> None:
+        """Stages records in a transaction of their own (for events that change nothing else)."""
+        with staging(*records), self._db.write():
+            pass
+
+    def integrate(self, limit: int = 1000) -> list[tuple[int, bytes]]:
+        """Sequences up to ``limit`` staged records; returns their (seq, leaf hash), or [] if none."""
+        with self._db.write() as s:
+            if self._db.backend == "postgresql":
+                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INTEGRATOR_LOCK})
+            staged = list(s.scalars(select(AuditStagedRow).order_by(AuditStagedRow.id).limit(limit)))
+            if not staged:
+                return []
+            first = s.scalar(select(func.coalesce(func.max(AuditEntryRow.seq) + 1, 0))) or 0
+            out = []
+            for n, row in enumerate(staged):
+                seq = first + n
+                data = json.loads(row.record)
+                _, leaf = record_leaf(data)
+                s.add(_entry_row(seq, leaf, row.record, data))
+                s.add_all(AuditSubjectRow(seq=seq, subject_hash=h) for h in sorted(set(data["data_subjects"])))
+                out.append((seq, leaf))
+            s.flush()
+            s.execute(delete(AuditStagedRow).where(AuditStagedRow.id.in_([r.id for r in staged])))
+            return out
+
+    def staged_count(self) -> int:
+        with self._db.read() as s:
+            return s.scalar(select(func.count()).select_from(AuditStagedRow)) or 0
+
+    def size(self) -> int:
+        with self._db.read() as s:
+            return s.scalar(select(func.coalesce(func.max(AuditEntryRow.seq) + 1, 0))) or 0
+
+    def leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        """Leaf hashes of entries [start, end), in order."""
+        with self._db.read() as s:
+            rows = s.execute(
+                select(AuditEntryRow.seq, AuditEntryRow.leaf_hash)
+                .where(AuditEntryRow.seq >= start, AuditEntryRow.seq < end)
+                .order_by(AuditEntryRow.seq)
+            )
+            return [bytes(h) for _, h in rows]
+
+    def entries(self, start: int, end: int) -> list[Entry]:
+        with self._db.read() as s:
+            rows = s.scalars(
+                select(AuditEntryRow)
+                .where(AuditEntryRow.seq >= start, AuditEntryRow.seq < end)
+                .order_by(AuditEntryRow.seq)
+            )
+            return [Entry(r.seq, bytes(r.leaf_hash), r.record) for r in rows]
+
+    def search(self, page: PageRequest, f: EntryFilter) -> Page[Entry]:
+        with self._db.read() as s:
+            stmt = select(AuditEntryRow)
+            for column, value in (
+                (AuditEntryRow.actor_department, f.department),
+                (AuditEntryRow.actor, f.actor),
+                (AuditEntryRow.resource, f.resource),
+                (AuditEntryRow.purpose, f.purpose),
+                (AuditEntryRow.outcome, f.outcome),
+                (AuditEntryRow.exchange_id, f.exchange_id),
+            ):
+                if value:
+                    stmt = stmt.where(column == value)
+            if f.since:
+                stmt = stmt.where(AuditEntryRow.time >= f.since)
+            if f.until:
+                stmt = stmt.where(AuditEntryRow.time < f.until)
+            if f.subject_hash:
+                stmt = stmt.where(
+                    AuditEntryRow.seq.in_(
+                        select(AuditSubjectRow.seq).where(AuditSubjectRow.subject_hash == f.subject_hash)
+                    )
+                )
+            if f.owner_resources is not None:
+                stmt = stmt.where(AuditEntryRow.resource.in_(f.owner_resources))
+            return fetch_page(s, stmt, AuditEntryRow.seq, page, convert=_entry_of, parse=int)
+
+    def add_checkpoint(self, size: int, root: bytes, note: str) -> None:
+        with self._db.write() as s:
+            if s.get(AuditCheckpointRow, size) is None:
+                s.add(AuditCheckpointRow(size=size, root=root, note=note, issued_at=dt.datetime.now(dt.UTC)))
+
+    def latest_checkpoint(self) -> tuple[int, str] | None:
+        with self._db.read() as s:
+            row = s.scalar(select(AuditCheckpointRow).order_by(AuditCheckpointRow.size.desc()).limit(1))
+            return None if row is None else (row.size, row.note)
+
+    def checkpoints(self, start: int, end: int) -> list[tuple[int, str]]:
+        """Checkpoints with sizes in [start, end], oldest first."""
+        with self._db.read() as s:
+            rows = s.scalars(
+                select(AuditCheckpointRow)
+                .where(AuditCheckpointRow.size >= start, AuditCheckpointRow.size <= end)
+                .order_by(AuditCheckpointRow.size)
+            )
+            return [(r.size, r.note) for r in rows]
+
+
+def _entry_of(row: AuditEntryRow) -> Entry:
+    return Entry(row.seq, bytes(row.leaf_hash), row.record)
+
+
+def _entry_row(seq: int, leaf: bytes, record: str, data: dict[str, object]) -> AuditEntryRow:
+    when = dt.datetime.fromisoformat(str(data["time"]).replace("Z", "+00:00"))
+    return AuditEntryRow(
+        seq=seq,
+        leaf_hash=leaf,
+        record=record,
+        time=when,
+        kind=str(data["kind"]),
+        action=str(data["action"]),
+        actor=str(data["actor"]),
+        actor_department=str(data["actor_department"]),
+        resource=str(data["resource"]),
+        purpose=str(data["purpose"]),
+        outcome=str(data["outcome"]),
+        exchange_id=str(data["exchange_id"]),
+    )
