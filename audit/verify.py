@@ -1,0 +1,112 @@
+"""Checking an exported audit log offline, with nothing but the log's public key.
+
+An export is JSON lines: a header ``{"origin", "verifier_key", "start", "size"}``, then one line per
+entry ``{"seq", "leaf", "record"}`` (leaf hash in hex; record the canonical text, or null once
+pruned), then one line per signed checkpoint ``{"checkpoint": "<signed note>"}``. The verifier
+recomputes every leaf from its record, requires the sequence to have no gaps and record times
+never to go back, checks every checkpoint's signature and origin, recomputes its root from the
+leaves, and refuses two checkpoints of one size with different roots (a fork). It reports the first
+problem found, naming the entry or checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from audit.merkle import MerkleTree
+from audit.note import Checkpoint, NoteError, Verifier, open_note
+from audit.records import record_leaf
+
+
+class VerifyError(ValueError):
+    """The export does not verify; the message names the first bad entry or checkpoint."""
+
+
+@dataclass
+class Report:
+    entries: int = 0
+    pruned: int = 0
+    checkpoints: int = 0
+    size: int = 0
+    root: bytes = b""
+    problems: list[str] = field(default_factory=list)
+
+
+def verify_export(lines: Iterable[str], verifier: Verifier, progress: Callable[[int], None] | None = None) -> Report:
+    """Verifies an export; raises VerifyError at the first problem, returns what was checked otherwise."""
+    rows = iter(lines)
+    header = _json(next(rows, ""), "header")
+    if header.get("origin") != verifier.name:
+        raise VerifyError(f"the export is of log {header.get('origin')!r}, the key is {verifier.name!r}")
+    if header.get("start") != 0:
+        raise VerifyError("only exports from the first entry can be verified in full")
+    report, tree, last_time = Report(), MerkleTree(), ""
+    notes: list[str] = []
+    for n, line in enumerate(rows, start=2):
+        item = _json(line, f"line {n}")
+        if "checkpoint" in item:
+            notes.append(str(item["checkpoint"]))
+            continue
+        last_time = _check_entry(item, tree, report, last_time)
+        if progress is not None and report.entries % 10000 == 0:
+            progress(report.entries)
+    if report.entries != header.get("size"):
+        raise VerifyError(f"the export is truncated: {report.entries} entries, the header says {header.get('size')}")
+    roots: dict[int, bytes] = {}
+    for note in notes:
+        _check_checkpoint(note, verifier, tree, roots)
+        report.checkpoints += 1
+    if not notes:
+        raise VerifyError("the export holds no checkpoint: nothing vouches for its entries")
+    report.size, report.root = tree.size, tree.root()
+    return report
+
+
+def _json(line: str, where: str) -> dict[str, object]:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        raise VerifyError(f"{where} is not JSON") from None
+    if not isinstance(value, dict):
+        raise VerifyError(f"{where} is not an object")
+    return value
+
+
+def _check_entry(item: dict[str, object], tree: MerkleTree, report: Report, last_time: str) -> str:
+    seq = item.get("seq")
+    if seq != tree.size:
+        raise VerifyError(f"entry {seq}: expected entry {tree.size} (a gap, or entries out of order)")
+    leaf = bytes.fromhex(str(item.get("leaf", "")))
+    record = item.get("record")
+    if record is None:
+        report.pruned += 1
+    else:
+        data = json.loads(str(record))
+        _, computed = record_leaf(data)
+        if computed != leaf:
+            raise VerifyError(f"entry {seq}: its record does not hash to its leaf (edited)")
+        when = str(data.get("time", ""))
+        if when < last_time:
+            raise VerifyError(f"entry {seq}: its time {when} is before the previous entry's {last_time} (back-dated)")
+        last_time = when
+    tree.append(leaf)
+    report.entries += 1
+    return last_time
+
+
+def _check_checkpoint(note: str, verifier: Verifier, tree: MerkleTree, roots: dict[int, bytes]) -> None:
+    try:
+        checkpoint = Checkpoint.parse(open_note(note, verifier))
+    except NoteError as e:
+        raise VerifyError(f"checkpoint: {e}") from None
+    if checkpoint.origin != verifier.name:
+        raise VerifyError(f"checkpoint of size {checkpoint.size} names another log: {checkpoint.origin!r}")
+    seen = roots.setdefault(checkpoint.size, checkpoint.root)
+    if seen != checkpoint.root:
+        raise VerifyError(f"two checkpoints of size {checkpoint.size} with different roots: the log was forked")
+    if checkpoint.size > tree.size:
+        raise VerifyError(f"checkpoint of size {checkpoint.size} is beyond the {tree.size} entries exported")
+    if tree.root(checkpoint.size) != checkpoint.root:
+        raise VerifyError(f"checkpoint of size {checkpoint.size}: the entries lead to another root (rewritten)")

@@ -1,0 +1,189 @@
+"""The audit log on a real store (SQLite and PostgreSQL): sequencing, checkpoints, proofs, export, tampering."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from sqlalchemy import delete, update
+
+from audit.export import export_lines
+from audit.log import AuditLog
+from audit.merkle import verify_consistency, verify_inclusion
+from audit.note import Checkpoint, Signer, Verifier, open_note
+from audit.records import AuditRecord, record_leaf, subject_hash
+from audit.verify import VerifyError, verify_export
+from exchange import models as m
+from exchange import wire as w
+from exchange.paging import page_request
+from exchange.store import Store
+from exchange.store.audit import EntryFilter, staging
+from exchange.store.schema import AuditEntryRow, AuditSubjectRow
+from exchange.v1 import registry_pb2 as rpb
+from tests.harness import POLICE, RunningHub, identity_spec
+
+ORIGIN = "test.exchange/audit"
+KEY = b"subject-key"
+
+
+def _record(n: int, **changes: object) -> AuditRecord:
+    base = AuditRecord(
+        kind="exchange",
+        action="query",
+        time=f"2026-11-22T08:00:{n // 1000:02d}.{n % 1000:03d}000Z",
+        actor="system/bdc-djxt",
+        actor_department=POLICE.code,
+        outcome="allowed" if n % 3 else "denied",
+        resource="10101/350200000001",
+        purpose="不动产转移登记",
+        exchange_id=f"EX-{n}",
+        fields=["id_number"],
+        data_subjects=[subject_hash(KEY, f"35020019800101{n:04d}")],
+    )
+    return AuditRecord(**{**base.as_dict(), **changes})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def log(store: Store) -> Iterator[AuditLog]:
+    audit_log = AuditLog(store.audit, Signer.generate(ORIGIN), ORIGIN, checkpoint_seconds=3600)
+    yield audit_log
+
+
+def _fill(log: AuditLog, n: int, checkpoint_every: int = 0) -> None:
+    for i in range(n):
+        log.store.stage([_record(i)])
+        if checkpoint_every and (i + 1) % checkpoint_every == 0:
+            log.flush()
+    log.flush()
+
+
+def _verify(log: AuditLog) -> None:
+    verify_export(export_lines(log.store, log.signer.verifier()), log.signer.verifier())
+
+
+def test_records_are_sequenced_without_gaps_and_checkpointed(log: AuditLog) -> None:
+    _fill(log, 25, checkpoint_every=10)
+    assert log.store.size() == 25 and log.store.staged_count() == 0
+    entries = log.store.entries(0, 25)
+    assert [e.seq for e in entries] == list(range(25))
+    assert all(record_leaf(json.loads(e.record or ""))[1] == e.leaf_hash for e in entries)
+    sizes = [size for size, _ in log.store.checkpoints(0, 25)]
+    assert sizes == [10, 20, 25]
+    _, note = log.store.latest_checkpoint() or (0, "")
+    checkpoint = Checkpoint.parse(open_note(note, log.signer.verifier()))
+    assert (checkpoint.size, checkpoint.origin) == (25, ORIGIN)
+    for seq in (0, 7, 24):
+        verify_inclusion(entries[seq].leaf_hash, seq, 25, log.inclusion_proof(seq, 25), checkpoint.root)
+    first = Checkpoint.parse(open_note(log.store.checkpoints(10, 10)[0][1], log.signer.verifier()))
+    verify_consistency(10, 25, log.consistency_proof(10, 25), first.root, checkpoint.root)
+    report = verify_export(export_lines(log.store, log.signer.verifier()), log.signer.verifier())
+    assert (report.entries, report.checkpoints, report.root) == (25, 3, checkpoint.root)
+
+
+def test_search_by_department_resource_outcome_exchange_and_subject(log: AuditLog) -> None:
+    _fill(log, 12)
+    audit = log.store
+    page = page_request(100, "", {})
+    assert len(audit.search(page, EntryFilter(outcome="denied")).items) == 4
+    assert [e.seq for e in audit.search(page, EntryFilter(exchange_id="EX-5")).items] == [5]
+    who = subject_hash(KEY, "350200198001010007")
+    assert [e.seq for e in audit.search(page, EntryFilter(subject_hash=who)).items] == [7]
+    assert len(audit.search(page, EntryFilter(department=POLICE.code, resource="10101/350200000001")).items) == 12
+    assert audit.search(page, EntryFilter(owner_resources=())).items == []
+
+
+def test_a_change_and_its_record_commit_together(log: AuditLog, store: Store) -> None:
+    with pytest.raises(RuntimeError), staging(_record(1)), store.db.write():
+        raise RuntimeError("the change failed")
+    assert store.audit.staged_count() == 0
+    with staging(_record(2)), store.db.write():
+        pass
+    assert store.audit.staged_count() == 1
+
+
+def _tamper(store: Store, statement: object) -> None:
+    with store.db.write() as s:
+        s.execute(statement)  # type: ignore[call-overload]
+
+
+def test_an_edited_record_is_found(log: AuditLog, store: Store) -> None:
+    _fill(log, 8)
+    edited = json.dumps(
+        {**json.loads(store.audit.entries(3, 4)[0].record or ""), "outcome": "allowed"},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    _tamper(store, update(AuditEntryRow).where(AuditEntryRow.seq == 3).values(record=edited))
+    with pytest.raises(VerifyError, match="entry 3: its record does not hash to its leaf"):
+        _verify(log)
+
+
+def test_a_rewritten_record_with_its_leaf_is_found_by_the_checkpoint(log: AuditLog, store: Store) -> None:
+    _fill(log, 8)
+    data, leaf = record_leaf({**_record(3).as_dict(), "outcome": "allowed", "reason": "covered up"})
+    _tamper(store, update(AuditEntryRow).where(AuditEntryRow.seq == 3).values(record=data.decode(), leaf_hash=leaf))
+    with pytest.raises(VerifyError, match="entries lead to another root"):
+        _verify(log)
+
+
+def test_a_deleted_entry_is_found(log: AuditLog, store: Store) -> None:
+    _fill(log, 8)
+    _tamper(store, delete(AuditSubjectRow).where(AuditSubjectRow.seq == 5))
+    _tamper(store, delete(AuditEntryRow).where(AuditEntryRow.seq == 5))
+    with pytest.raises(VerifyError, match="expected entry 5"):
+        _verify(log)
+
+
+def test_reordered_entries_are_found(log: AuditLog, store: Store) -> None:
+    _fill(log, 8)
+    second, third = store.audit.entries(2, 4)
+    _tamper(
+        store,
+        update(AuditEntryRow).where(AuditEntryRow.seq == 2).values(record=third.record, leaf_hash=third.leaf_hash),
+    )
+    _tamper(
+        store,
+        update(AuditEntryRow).where(AuditEntryRow.seq == 3).values(record=second.record, leaf_hash=second.leaf_hash),
+    )
+    with pytest.raises(VerifyError, match=r"entry 3: its time .* is before"):
+        _verify(log)
+
+
+def test_forged_forked_or_truncated_exports_are_refused(log: AuditLog) -> None:
+    _fill(log, 6)
+    lines = list(export_lines(log.store, log.signer.verifier()))
+    verifier = log.signer.verifier()
+    with pytest.raises(VerifyError, match="truncated"):
+        verify_export(lines[:-2] + lines[-1:], verifier)
+    stranger = Signer.generate(ORIGIN)
+    with pytest.raises(VerifyError, match="no signature"):
+        verify_export(lines, stranger.verifier())
+    bad = json.loads(lines[-1])["checkpoint"].replace("\n6\n", "\n5\n")
+    with pytest.raises(VerifyError, match="does not verify"):
+        verify_export([*lines, json.dumps({"checkpoint": bad})], verifier)
+    other_root = Checkpoint(ORIGIN, 6, b"\x07" * 32).text()
+    fork = json.dumps({"checkpoint": log.signer.sign(other_root)})
+    with pytest.raises(VerifyError, match="forked"):
+        verify_export([*lines, fork], verifier)
+
+
+def test_every_change_through_the_hub_is_in_the_log_and_refusals_are_not(hub: RunningHub) -> None:
+    hub.add_department(POLICE)
+    steward = hub.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD)
+    hub.publish(steward, identity_spec())
+    with hub.client() as c, pytest.raises(grpc.RpcError):
+        c.call(c.registry.CreateDepartment, rpb.CreateDepartmentRequest(department=w.department_to_wire(POLICE)))
+    audit_log = hub.hub.audit
+    audit_log.flush()
+    records = [json.loads(e.record or "") for e in audit_log.store.entries(0, audit_log.store.size())]
+    actions = [(r["actor"], r["action"], r["subject"]) for r in records]
+    assert ("person/op-admin", "create_department", POLICE.code) in actions
+    assert ("person/op-admin", "create_person", "person/ga-steward") in actions
+    assert ("person/ga-steward", "create:published", "10101/350200000001") in actions
+    assert sum(1 for a in actions if a[1] == "create_department") == 1  # the refused duplicate left no record
+    verifier = Verifier.parse(hub.files.audit_verifier.read_text())
+    report = verify_export(export_lines(audit_log.store, verifier), verifier)
+    assert report.entries == len(records)
