@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from audit.merkle import MerkleTree
+from audit.merkle import MerkleTree, ProofError, verify_inclusion
 from audit.note import Checkpoint, NoteError, Verifier, open_note
 from audit.records import record_leaf
 
@@ -110,3 +110,19 @@ def _check_checkpoint(note: str, verifier: Verifier, tree: MerkleTree, roots: di
         raise VerifyError(f"checkpoint of size {checkpoint.size} is beyond the {tree.size} entries exported")
     if tree.root(checkpoint.size) != checkpoint.root:
         raise VerifyError(f"checkpoint of size {checkpoint.size}: the entries lead to another root (rewritten)")
+
+
+def verify_receipt(receipt: dict[str, object], verifier: Verifier) -> Checkpoint:
+    """Checks a receipt for one record: its leaf, its inclusion in a checkpoint, the checkpoint's signature."""
+    try:
+        checkpoint = Checkpoint.parse(open_note(str(receipt["checkpoint"]), verifier))
+        _, leaf = record_leaf(json.loads(str(receipt["record"])))
+        seq = int(str(receipt["seq"]))
+        proof = [bytes.fromhex(str(h)) for h in receipt["proof"]]  # type: ignore[attr-defined]
+    except (KeyError, TypeError, ValueError) as e:
+        raise VerifyError(f"the receipt is malformed: {e}") from None
+    try:
+        verify_inclusion(leaf, seq, checkpoint.size, proof, checkpoint.root)
+    except ProofError as e:
+        raise VerifyError(f"record {seq} is not in the signed log of {checkpoint.size} entries: {e}") from None
+    return checkpoint

@@ -7,15 +7,18 @@ directory; every later member is registered by an operator over gRPC.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 from audit.note import Signer
 from exchange import pki, validation
 from exchange.config import Settings
 from exchange.errors import FailedPrecondition
-from exchange.models import Department, Person, PrincipalKind, PrincipalRef, Role
+from exchange.models import Department, Person, Principal, PrincipalKind, PrincipalRef, Role
+from exchange.services.auditing import change_record
 from exchange.services.registry import CertificateAuthority
 from exchange.store import Store
+from exchange.store.audit import staging
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,9 @@ def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
     store = Store(settings.effective_database_url)
     try:
         store.db.migrate()
-        store.registry.bootstrap(seed.department, operator, record)
+        first = Principal(ref, seed.display_name, seed.department.code, operator.roles)
+        with staging(change_record(first, "registry", "init", subject=seed.department.code, reason="first operator")):
+            store.registry.bootstrap(seed.department, operator, record)
     finally:
         store.close()
     pki.write_secret(files.ca_key, pki.key_pem(ca_key))
@@ -56,6 +61,7 @@ def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
     log_signer = Signer.generate(settings.audit_origin)
     pki.write_secret(files.audit_key, log_signer.encode().encode() + b"\n")
     pki.write_public(files.audit_verifier, log_signer.verifier().encode().encode() + b"\n")
+    pki.write_secret(files.audit_subject_key, secrets.token_bytes(32))
     identity = files.identity(ref)
     identity.write(key, record.pem.encode(), pki.cert_pem(ca_cert))
     return identity

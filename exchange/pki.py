@@ -271,5 +271,10 @@ class HubFiles:
         """The audit log's public verifier key, for auditors."""
         return self.home / "audit" / "log.pub"
 
+    @property
+    def audit_subject_key(self) -> Path:
+        """The secret key under which data subjects' identifiers are hashed in audit records."""
+        return self.home / "audit" / "subject.key"
+
     def identity(self, ref: PrincipalRef) -> IdentityFiles:
         return IdentityFiles(self.home / "identities" / f"{ref.kind.value}-{ref.code}")

@@ -296,3 +296,39 @@ def test_rights_verbs(hub: RunningHub, capsys: pytest.CaptureFixture[str]) -> No
     assert "PERMISSION_DENIED" in capsys.readouterr().err
     assert _run(hub, owner, "request", "approve", request_id, "--mask", "id_number=blur") == 2
     assert "--mask" in capsys.readouterr().err
+
+
+def test_audit_verbs(hub: RunningHub, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    hub.add_department(POLICE)
+    auditor = hub.add_person("au-chen", "11350200MB0012345Y", m.Role.AUDITOR)
+    steward = hub.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD)
+    hub.publish(steward, identity_spec())
+    hub.hub.audit.flush()
+    key = str(hub.files.audit_verifier)
+    assert _run(hub, auditor, "audit", "checkpoint") == 0
+    assert "exchange.local/audit" in capsys.readouterr().out
+    assert _run(hub, auditor, "audit", "search", "--actor", "person/op-admin") == 0
+    assert "create_department" in capsys.readouterr().out
+    assert _run(hub, steward, "audit", "search") == 0  # the owner sees the records on its resources
+    own = capsys.readouterr().out
+    assert "10101/350200000001" in own and "create_department" not in own
+    assert _run(hub, hub.operator, "audit", "search") == 1
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
+
+    export = tmp_path / "log.jsonl"
+    assert _run(hub, auditor, "audit", "export", "--out", str(export)) == 0
+    assert main(["audit", "verify", str(export), "--key", key]) == 0
+    assert "the log verifies" in capsys.readouterr().out
+    text = export.read_text(encoding="utf-8")
+    export.write_text(text.replace("create_department", "delete_department", 1), encoding="utf-8")
+    assert main(["audit", "verify", str(export), "--key", key]) == 1
+    assert "its record does not hash to its leaf" in capsys.readouterr().err
+
+    receipt = tmp_path / "receipt.json"
+    assert _run(hub, auditor, "audit", "receipt", "2", "--out", str(receipt)) == 0
+    assert main(["audit", "verify-receipt", str(receipt), "--key", key]) == 0
+    forged = json.loads(receipt.read_text(encoding="utf-8"))
+    forged["record"] = forged["record"].replace('"ok"', '"failed"')
+    receipt.write_text(json.dumps(forged), encoding="utf-8")
+    assert main(["audit", "verify-receipt", str(receipt), "--key", key]) == 1
+    assert _run(hub, auditor, "audit", "proof", "1", "--key", key) == 0

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from exchange import config, models
 from exchange.bootstrap import OperatorSeed, initialize
-from exchange.cli import commands, demo, rights
+from exchange.cli import audit, commands, demo, rights
 from exchange.cli.client import describe
 from exchange.errors import ExchangeError, InvalidArgument
 from exchange.server.app import serve
@@ -211,6 +211,37 @@ def _rights_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _paged(p)
 
 
+def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    verbs = top.add_parser("audit", help="the audit log").add_subparsers(dest="verb", required=True)
+    p = _verb(verbs, "checkpoint", audit.checkpoint, "the newest signed checkpoint (or one of --size)")
+    p.add_argument("--size", type=int, default=0)
+    p = _verb(verbs, "search", audit.search, "search records (auditors: all; owners, consumers: their own)")
+    for flag in ("since", "until", "department", "actor", "resource", "purpose", "outcome", "exchange"):
+        p.add_argument(f"--{flag}")
+    p.add_argument("--subject", help="a data subject's ID number or code: who looked at this record")
+    _paged(p)
+    for verb, fn, text in (
+        ("proof", audit.proof_check, "check one record's inclusion proof here"),
+        ("receipt", audit.receipt, "write a self-contained proof for one record"),
+    ):
+        p = _verb(verbs, verb, fn, text)
+        p.add_argument("seq", type=int)
+        p.add_argument("--size", type=int, default=0, help="tree size (default: the newest checkpoint's)")
+        if verb == "proof":
+            p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
+        else:
+            p.add_argument("--out", type=Path, required=True)
+    p = _verb(verbs, "export", audit.export, "write the whole log for offline verification (auditors)")
+    p.add_argument("--out", type=Path, required=True)
+    for verb, fn, text in (
+        ("verify", audit.verify, "verify an export offline"),
+        ("verify-receipt", audit.verify_receipt_file, "verify a receipt offline"),
+    ):
+        p = _verb(verbs, verb, fn, text)
+        p.add_argument("file", type=Path)
+        p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exchange", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML settings file (default: exchange.toml if present)")
@@ -240,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_verbs(top)
     _catalog_verbs(top)
     _rights_verbs(top)
+    _audit_verbs(top)
     return parser
 
 

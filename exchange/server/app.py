@@ -17,20 +17,31 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from audit.log import AuditLog
-from audit.note import NoteError, Signer
+from audit.note import NoteError, Signer, Verifier
 from exchange import pki
 from exchange.config import Settings
 from exchange.errors import ConfigError
 from exchange.models import PrincipalKind, PrincipalRef
+from exchange.server.audit import AuditServicer
 from exchange.server.catalog import CatalogServicer
 from exchange.server.registry import RegistryServicer
 from exchange.server.rights import RightsServicer
+from exchange.services.audit import AuditReadService
 from exchange.services.catalog import CatalogService
 from exchange.services.registry import CertificateAuthority, RegistryService
 from exchange.services.rights import RightsService
 from exchange.store import Store
 from exchange.store.changes import ChangeListener
-from exchange.v1 import catalog_pb2, catalog_pb2_grpc, registry_pb2, registry_pb2_grpc, rights_pb2, rights_pb2_grpc
+from exchange.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    rights_pb2,
+    rights_pb2_grpc,
+)
 from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
 from policy import Assignment, RightsPolicy, assignments_of
 from policy.decision import DecisionPoint
@@ -40,6 +51,7 @@ SERVICES = (
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
     rights_pb2.DESCRIPTOR.services_by_name["RightsService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -75,6 +87,13 @@ def _load_signer(settings: Settings) -> Signer:
     if signer.name != settings.audit_origin:
         raise ConfigError(f"{path} signs for {signer.name!r}, but audit_origin is {settings.audit_origin!r}")
     return signer
+
+
+def _load_subject_key(files: pki.HubFiles) -> bytes:
+    try:
+        return files.audit_subject_key.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{files.audit_subject_key} is missing: it is made by `exchange init`") from None
 
 
 class Hub:
@@ -116,6 +135,12 @@ class Hub:
         )
         calendar = WorkCalendar.load(settings.calendar_file or DEFAULT_CALENDAR)
         rights = RightsService(self.store, policy, calendar, settings.max_grant_days, decisions=self.decisions)
+        files = pki.HubFiles(settings.home)
+        verifier = Verifier.parse(files.audit_verifier.read_text())
+        auditing = AuditReadService(self.store, self.audit, policy, verifier, _load_subject_key(files))
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(auditing, registry, settings.insecure_dev), server
+        )
         rights_pb2_grpc.add_RightsServiceServicer_to_server(
             RightsServicer(rights, registry, settings.insecure_dev), server
         )

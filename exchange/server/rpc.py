@@ -149,3 +149,17 @@ def unary(
         raise AssertionError("unreachable: abort raises")
 
     return handler
+
+
+async def caller_of(servicer: Servicer, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+    """The authenticated caller of a streaming handler; aborts the call with the right status otherwise."""
+    try:
+        return await asyncio.to_thread(identify, servicer, context)
+    except errors.ExchangeError as e:
+        await _abort(context, status_of(e))
+    raise AssertionError("unreachable: abort raises")
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: errors.ExchangeError) -> None:
+    """Ends a streaming call with the status of a hub error."""
+    await _abort(context, status_of(error))

@@ -1,0 +1,162 @@
+"""The audit verbs of the ``exchange`` command: checkpoints, search, proofs, export, receipts, verification.
+
+``verify`` and ``verify-receipt`` run offline with only the log's public key (``log.pub``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from audit.merkle import ProofError, verify_inclusion
+from audit.note import Checkpoint, Verifier, open_note
+from audit.verify import VerifyError, verify_export, verify_receipt
+from exchange.cli import tables
+from exchange.cli.client import HubClient
+from exchange.cli.commands import ask
+from exchange.config import Settings
+from exchange.errors import FieldViolation, InvalidArgument
+from exchange.v1 import audit_pb2 as pb
+
+
+def _verifier(path: Path) -> Verifier:
+    try:
+        return Verifier.parse(path.read_text())
+    except OSError as e:
+        raise InvalidArgument(f"cannot read the log's public key {path}: {e.strerror}") from None
+
+
+def _stamp(value: str | None, flag: str) -> Timestamp | None:
+    if not value:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument.of([FieldViolation(flag, f"{value!r} is not a date or time (ISO 8601)")]) from None
+    ts = Timestamp()
+    ts.FromDatetime(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
+    return ts
+
+
+def checkpoint(args: argparse.Namespace, settings: Settings) -> int:
+    head = ask(args, settings, lambda hub: hub.audit.GetCheckpoint, pb.GetCheckpointRequest(size=args.size))
+    print(f"size {head.size}, root {head.root_hash.hex()}\nverifier key: {head.verifier_key}\n\n{head.note}", end="")
+    return 0
+
+
+def search(args: argparse.Namespace, settings: Settings) -> int:
+    request = pb.SearchRecordsRequest(
+        page_size=args.page_size,
+        page_token=args.page_token,
+        department_code=args.department or "",
+        actor=args.actor or "",
+        resource_code=args.resource or "",
+        purpose=args.purpose or "",
+        outcome=args.outcome or "",
+        exchange_id=args.exchange or "",
+        data_subject=args.subject or "",
+    )
+    for name, flag in (("since", "--since"), ("until", "--until")):
+        stamp = _stamp(getattr(args, name), flag)
+        if stamp is not None:
+            getattr(request, name).CopyFrom(stamp)
+    response = ask(args, settings, lambda hub: hub.audit.SearchRecords, request)
+    rows = []
+    for e in response.entries:
+        r = json.loads(e.record) if e.record else {}
+        rows.append(
+            [
+                str(e.seq),
+                r.get("time", "(pruned)"),
+                r.get("actor", ""),
+                r.get("action", ""),
+                r.get("subject", "") or r.get("resource", ""),
+                r.get("outcome", ""),
+                r.get("reason", ""),
+            ]
+        )
+    print(tables.render(["seq", "time", "actor", "action", "subject", "outcome", "reason"], rows))
+    if response.next_page_token:
+        print(f"(more: add --page-token {response.next_page_token})")
+    return 0
+
+
+def _proof(args: argparse.Namespace, settings: Settings) -> pb.InclusionProof:
+    request = pb.GetInclusionProofRequest(seq=args.seq, tree_size=args.size)
+    return ask(args, settings, lambda hub: hub.audit.GetInclusionProof, request)
+
+
+def receipt(args: argparse.Namespace, settings: Settings) -> int:
+    proof = _proof(args, settings)
+    if not proof.HasField("checkpoint"):
+        raise InvalidArgument(f"no signed checkpoint of size {proof.tree_size}: ask without --size")
+    data = {
+        "seq": proof.entry.seq,
+        "record": proof.entry.record,
+        "leaf": proof.entry.leaf_hash.hex(),
+        "tree_size": proof.tree_size,
+        "proof": [h.hex() for h in proof.hashes],
+        "checkpoint": proof.checkpoint.note,
+        "verifier_key": proof.checkpoint.verifier_key,
+    }
+    verify_receipt(data, Verifier.parse(proof.checkpoint.verifier_key))
+    args.out.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(f"receipt for record {proof.entry.seq} in the log of {proof.tree_size} entries written to {args.out}")
+    return 0
+
+
+def proof_check(args: argparse.Namespace, settings: Settings) -> int:
+    proof = _proof(args, settings)
+    verifier = _verifier(args.key)
+    head = Checkpoint.parse(open_note(proof.checkpoint.note, verifier))
+    try:
+        verify_inclusion(proof.entry.leaf_hash, proof.entry.seq, proof.tree_size, list(proof.hashes), head.root)
+    except ProofError as e:
+        print(f"the proof does not verify: {e}", file=sys.stderr)
+        return 1
+    print(f"record {proof.entry.seq} is in the signed log of {proof.tree_size} entries (root {head.root.hex()})")
+    return 0
+
+
+def export(args: argparse.Namespace, settings: Settings) -> int:
+    count = 0
+    with HubClient(settings, args.identity) as hub, args.out.open("w", encoding="utf-8") as out:
+        for chunk in hub.audit.ExportLog(pb.ExportLogRequest(), timeout=max(hub.timeout, 3600)):
+            out.write(chunk.lines)
+            count += chunk.lines.count("\n")
+    print(f"{count} lines written to {args.out}; check them with `exchange audit verify {args.out} --key log.pub`")
+    return 0
+
+
+def _progress(done: int) -> None:
+    print(f"\r  verified {done:,} entries…", end="", file=sys.stderr, flush=True)
+
+
+def verify(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        with args.file.open(encoding="utf-8") as lines:
+            report = verify_export(lines, _verifier(args.key), progress=_progress)
+    except VerifyError as e:
+        print(f"\nthe log does NOT verify: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"\rthe log verifies: {report.entries} entries ({report.pruned} pruned), {report.checkpoints} signed "
+        f"checkpoints, root {report.root.hex()}"
+    )
+    return 0
+
+
+def verify_receipt_file(args: argparse.Namespace, settings: Settings) -> int:
+    data = json.loads(args.file.read_text(encoding="utf-8"))
+    try:
+        head = verify_receipt(data, _verifier(args.key))
+    except VerifyError as e:
+        print(f"the receipt does NOT verify: {e}", file=sys.stderr)
+        return 1
+    print(f"record {data['seq']} is in the log {head.origin} of {head.size} entries, signed by its key")
+    return 0

@@ -1,0 +1,91 @@
+"""AuditService handlers: checkpoints, proofs, search, and the export stream."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from exchange import validation
+from exchange.errors import ExchangeError
+from exchange.models import Principal
+from exchange.server.rpc import Authenticator, abort_with, caller_of, unary
+from exchange.services.audit import AuditReadService, SignedHead, parse_time
+from exchange.store.audit import Entry, EntryFilter
+from exchange.v1 import audit_pb2 as pb
+from exchange.v1 import audit_pb2_grpc as pb_grpc
+
+LINES_PER_CHUNK = 2000
+
+
+def _entry(e: Entry) -> pb.AuditEntry:
+    return pb.AuditEntry(seq=e.seq, leaf_hash=e.leaf_hash, record=e.record or "")
+
+
+class AuditServicer(pb_grpc.AuditServiceServicer):
+    def __init__(self, service: AuditReadService, auth: Authenticator, insecure_dev: bool) -> None:
+        self.service = service
+        self.auth = auth
+        self.insecure_dev = insecure_dev
+
+    def _head(self, head: SignedHead) -> pb.SignedCheckpoint:
+        return pb.SignedCheckpoint(
+            size=head.size, root_hash=head.root, note=head.note, verifier_key=self.service.verifier.encode()
+        )
+
+    @unary
+    def GetCheckpoint(self, request: pb.GetCheckpointRequest, actor: Principal) -> pb.SignedCheckpoint:
+        return self._head(self.service.checkpoint(request.size))
+
+    @unary
+    def GetInclusionProof(self, request: pb.GetInclusionProofRequest, actor: Principal) -> pb.InclusionProof:
+        entry, head, proof, size = self.service.inclusion(request.seq, request.tree_size)
+        answer = pb.InclusionProof(entry=_entry(entry), tree_size=size, hashes=proof)
+        if head is not None:
+            answer.checkpoint.CopyFrom(self._head(head))
+        return answer
+
+    @unary
+    def GetConsistencyProof(self, request: pb.GetConsistencyProofRequest, actor: Principal) -> pb.ConsistencyProof:
+        to_size, proof = self.service.consistency(request.from_size, request.to_size)
+        return pb.ConsistencyProof(from_size=request.from_size, to_size=to_size, hashes=proof)
+
+    @unary
+    def SearchRecords(self, request: pb.SearchRecordsRequest, actor: Principal) -> pb.SearchRecordsResponse:
+        validation.validate_key("department_code", request.department_code, "department", optional=True)
+        validation.validate_key("resource_code", request.resource_code, "resource", optional=True)
+        for name in ("actor", "purpose", "outcome", "exchange_id"):
+            validation.validate_free_text(name, getattr(request, name), limit=validation.MAX_NAME)
+        query = EntryFilter(
+            since=parse_time(request.since.seconds, request.since.nanos),
+            until=parse_time(request.until.seconds, request.until.nanos),
+            department=request.department_code or None,
+            actor=request.actor or None,
+            resource=request.resource_code or None,
+            purpose=request.purpose or None,
+            outcome=request.outcome or None,
+            exchange_id=request.exchange_id or None,
+        )
+        page = self.service.search(actor, request.page_size, request.page_token, query, request.data_subject.strip())
+        return pb.SearchRecordsResponse(entries=[_entry(e) for e in page.items], next_page_token=page.next_page_token)
+
+    async def ExportLog(
+        self, request: pb.ExportLogRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ExportChunk]:
+        actor = await caller_of(self, context)
+        try:
+            lines = await asyncio.to_thread(self.service.export, actor)
+            while True:
+                chunk = await asyncio.to_thread(_take, lines, LINES_PER_CHUNK)
+                if not chunk:
+                    return
+                yield pb.ExportChunk(lines="".join(line + "\n" for line in chunk))
+        except ExchangeError as e:
+            await abort_with(context, e)
+
+
+def _take(lines: Iterator[str], n: int) -> list[str]:
+    return list(itertools.islice(lines, n))

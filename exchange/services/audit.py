@@ -1,0 +1,118 @@
+"""Reading the audit log: checkpoints and proofs for anyone, records by right, the whole log for auditors."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from audit.export import export_lines
+from audit.log import AuditLog
+from audit.note import Checkpoint, Verifier, open_note
+from audit.records import subject_hash
+from exchange import validation
+from exchange.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from exchange.models import Page, Principal, ResourceStatus
+from exchange.paging import page_request
+from exchange.store import Store
+from exchange.store.audit import Entry, EntryFilter
+from exchange.store.catalog import ResourceFilter
+from policy import HUB_WIDE, Action, RightsPolicy
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    size: int
+    root: bytes
+    note: str
+
+
+class AuditReadService:
+    def __init__(
+        self, store: Store, log: AuditLog, policy: RightsPolicy, verifier: Verifier, subject_key: bytes
+    ) -> None:
+        self._store = store
+        self._log = log
+        self._policy = policy
+        self.verifier = verifier
+        self._subject_key = subject_key
+
+    def checkpoint(self, size: int) -> SignedHead:
+        if size < 0:
+            raise InvalidArgument.of([FieldViolation("size", "must be 0 (the newest) or a tree size")])
+        if size == 0:
+            latest = self._store.audit.latest_checkpoint()
+            if latest is None:
+                raise NotFound("checkpoint", "latest")
+            size, note = latest
+        else:
+            found = self._store.audit.checkpoints(size, size)
+            if not found:
+                raise NotFound("checkpoint", str(size))
+            note = found[0][1]
+        return SignedHead(size, Checkpoint.parse(open_note(note, self.verifier)).root, note)
+
+    def inclusion(self, seq: int, tree_size: int) -> tuple[Entry, SignedHead | None, list[bytes], int]:
+        head = self.checkpoint(0) if tree_size == 0 else None
+        size = head.size if head else tree_size
+        if not 0 <= seq < size:
+            raise InvalidArgument.of([FieldViolation("seq", f"entry {seq} is not in a tree of {size} entries")])
+        self._log.sync()
+        if size > self._log.tree.size:
+            raise InvalidArgument.of([FieldViolation("tree_size", f"the log has {self._log.tree.size} entries")])
+        entry = self._store.audit.entries(seq, seq + 1)[0]
+        if head is None:
+            found = self._store.audit.checkpoints(size, size)
+            head = SignedHead(size, self._log.tree.root(size), found[0][1]) if found else None
+        return entry, head, self._log.inclusion_proof(seq, size), size
+
+    def consistency(self, from_size: int, to_size: int) -> tuple[int, list[bytes]]:
+        to_size = to_size or self.checkpoint(0).size
+        self._log.sync()
+        if not 0 < from_size <= to_size <= self._log.tree.size:
+            raise InvalidArgument.of(
+                [
+                    FieldViolation(
+                        "from_size",
+                        f"need 0 < from_size <= to_size <= {self._log.tree.size}, got {from_size}, {to_size}",
+                    )
+                ]
+            )
+        return to_size, self._log.consistency_proof(from_size, to_size)
+
+    def search(self, actor: Principal, size: int, token: str, f: EntryFilter, data_subject: str) -> Page[Entry]:
+        validation.validate_free_text("data_subject", data_subject, limit=100)
+        if data_subject:
+            f = replace(f, subject_hash=subject_hash(self._subject_key, data_subject))
+        f = self._restrict(actor, f)
+        return self._store.audit.search(page_request(size, token, {**f.__dict__}), f)
+
+    def _restrict(self, actor: Principal, f: EntryFilter) -> EntryFilter:
+        """Auditors see everything; an owner steward its resources' records; a consumer its department's."""
+        if self._policy.allows(actor.ref, Action.READ_AUDIT, HUB_WIDE):
+            return f
+        if not self._policy.allows(actor.ref, Action.READ_OWN_AUDIT, actor.department_code):
+            raise PermissionDenied(f"{actor.ref} may not read the audit log", reason="AUDIT_READ_DENIED")
+        if self._policy.allows(actor.ref, Action.DECIDE_REQUEST, actor.department_code):
+            return replace(f, owner_resources=self._own_resources(actor.department_code))
+        return replace(f, department=actor.department_code)
+
+    def _own_resources(self, department: str) -> tuple[str, ...]:
+        codes: list[str] = []
+        token = ""
+        statuses = tuple(ResourceStatus)
+        while True:
+            query = ResourceFilter(department_code=department, statuses=statuses, viewer_department=department)
+            page = self._store.catalog.list(page_request(1000, token, {"d": department}), query)
+            codes += [r.spec.code for r in page.items]
+            token = page.next_page_token
+            if not token:
+                return tuple(codes)
+
+    def export(self, actor: Principal) -> Iterator[str]:
+        self._policy.require(actor, Action.READ_AUDIT, HUB_WIDE, "export the audit log")
+        return export_lines(self._store.audit, self.verifier)
+
+
+def parse_time(seconds: int, nanos: int) -> dt.datetime | None:
+    return None if seconds == 0 and nanos == 0 else dt.datetime.fromtimestamp(seconds + nanos / 1e9, dt.UTC)
