@@ -1,5 +1,9 @@
 """Audit store: records staged with the changes they record, the sequenced log, checkpoints.
 
+An entry is its record plus "logged", the time the integrator gave it its place; logged times never
+decrease along the log (each batch takes the later of now and the last entry's), so a verifier can
+check the order of time even though callers' own clocks and commit order differ a little.
+
 Staging: a service opens ``staging(record)`` around a store call; the record is inserted in that
 call's write transaction, so a change and its audit record commit together or not at all.
 Integration: one process at a time (PostgreSQL advisory lock; SQLite's single writer) moves staged
@@ -16,7 +20,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from sqlalchemy import delete, event, func, select, text
+from sqlalchemy import delete, event, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from audit.records import AuditRecord, canonical, record_leaf
@@ -81,9 +85,11 @@ class AuditStore:
         self._db = db
 
     def stage(self, records: list[AuditRecord]) -> None:
-        """Stages records in a transaction of their own (for events that change nothing else)."""
-        with staging(*records), self._db.write():
-            pass
+        """Stages records in one transaction of their own (exchanges, which change nothing else)."""
+        now = dt.datetime.now(dt.UTC)
+        rows = [{"record": canonical(r.as_dict()).decode(), "staged_at": now} for r in records]
+        with self._db.write() as s:
+            s.execute(insert(AuditStagedRow), rows)
 
     def integrate(self, limit: int = 1000) -> list[tuple[int, bytes]]:
         """Sequences up to ``limit`` staged records; returns their (seq, leaf hash), or [] if none."""
@@ -94,15 +100,21 @@ class AuditStore:
             if not staged:
                 return []
             first = s.scalar(select(func.coalesce(func.max(AuditEntryRow.seq) + 1, 0))) or 0
-            out = []
+            previous = s.scalar(select(func.max(AuditEntryRow.time)))
+            logged = max(dt.datetime.now(dt.UTC), previous or dt.datetime.min.replace(tzinfo=dt.UTC))
+            stamp = logged.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            out, entries, subjects = [], [], []
             for n, row in enumerate(staged):
                 seq = first + n
-                data = json.loads(row.record)
-                _, leaf = record_leaf(data)
-                s.add(_entry_row(seq, leaf, row.record, data))
-                s.add_all(AuditSubjectRow(seq=seq, subject_hash=h) for h in sorted(set(data["data_subjects"])))
+                data = {**json.loads(row.record), "logged": stamp}
+                text_, leaf = record_leaf(data)
+                entries.append(_entry_values(seq, leaf, text_.decode(), data, logged))
+                subjects += [{"seq": seq, "subject_hash": h} for h in sorted(set(data["data_subjects"]))]
                 out.append((seq, leaf))
-            s.flush()
+            s.execute(insert(AuditEntryRow), entries)
+            if subjects:
+                s.execute(insert(AuditSubjectRow), subjects)
+            # Exactly the rows read: one staged meanwhile by another process waits for the next round.
             s.execute(delete(AuditStagedRow).where(AuditStagedRow.id.in_([r.id for r in staged])))
             return out
 
@@ -185,19 +197,16 @@ def _entry_of(row: AuditEntryRow) -> Entry:
     return Entry(row.seq, bytes(row.leaf_hash), row.record)
 
 
-def _entry_row(seq: int, leaf: bytes, record: str, data: dict[str, object]) -> AuditEntryRow:
-    when = dt.datetime.fromisoformat(str(data["time"]).replace("Z", "+00:00"))
-    return AuditEntryRow(
-        seq=seq,
-        leaf_hash=leaf,
-        record=record,
-        time=when,
-        kind=str(data["kind"]),
-        action=str(data["action"]),
-        actor=str(data["actor"]),
-        actor_department=str(data["actor_department"]),
-        resource=str(data["resource"]),
-        purpose=str(data["purpose"]),
-        outcome=str(data["outcome"]),
-        exchange_id=str(data["exchange_id"]),
-    )
+def _entry_values(
+    seq: int, leaf: bytes, record: str, data: dict[str, object], logged: dt.datetime
+) -> dict[str, object]:
+    return {
+        "seq": seq,
+        "leaf_hash": leaf,
+        "record": record,
+        "time": logged,
+        **{
+            k: str(data[k])
+            for k in ("kind", "action", "actor", "actor_department", "resource", "purpose", "outcome", "exchange_id")
+        },
+    }
