@@ -46,6 +46,8 @@ class Settings:
     audit_origin: str = "exchange.local/audit"
     # Seconds between signed checkpoints while records arrive.
     checkpoint_seconds: float = 2.0
+    # Days the audit log keeps records in full (at least 180, the legal minimum for network logs).
+    audit_retention_days: int = 180
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
@@ -159,6 +161,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("certificate_days", 1, 825, "days"),
     ("max_grant_days", 1, 3660, "days"),
     ("checkpoint_seconds", 0.1, 3600, "seconds"),
+    ("audit_retention_days", 180, 36500, "days"),
     ("shutdown_grace_seconds", 0, 3600, "seconds"),
     ("call_timeout_seconds", 0.001, 3600, "seconds"),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 
@@ -188,3 +189,17 @@ def test_every_change_through_the_hub_is_in_the_log_and_refusals_are_not(hub: Ru
     verifier = Verifier.parse(hub.files.audit_verifier.read_text())
     report = verify_export(export_lines(audit_log.store, verifier), verifier)
     assert report.entries == len(records)
+
+
+def test_pruned_detail_leaves_a_verifiable_log(log: AuditLog, store: Store) -> None:
+    _fill(log, 10)
+    later = store.audit.entries(0, 1)[0]
+    cutoff = json.loads(later.record or "")["logged"]
+    moment = dt.datetime.fromisoformat(cutoff.replace("Z", "+00:00")) + dt.timedelta(microseconds=1)
+    pruned = store.audit.prune(moment)
+    assert pruned >= 1
+    report = verify_export(export_lines(store.audit, log.signer.verifier()), log.signer.verifier())
+    assert (report.entries, report.pruned) == (10, pruned)
+    who = subject_hash(KEY, "350200198001010000")
+    assert store.audit.search(page_request(10, "", {}), EntryFilter(subject_hash=who)).items == []
+    assert store.audit.prune(moment) == 0

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from sqlalchemy import delete, event, func, insert, select, text
+from sqlalchemy import delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from audit.records import AuditRecord, canonical, record_leaf
@@ -171,6 +171,17 @@ class AuditStore:
             if f.owner_resources is not None:
                 stmt = stmt.where(AuditEntryRow.resource.in_(f.owner_resources))
             return fetch_page(s, stmt, AuditEntryRow.seq, page, convert=_entry_of, parse=int)
+
+    def prune(self, before: dt.datetime) -> int:
+        """Drops the detail of entries logged before ``before``: records and subject hashes go, leaf hashes
+        stay, so every proof and checkpoint still verifies. Returns how many entries were pruned."""
+        with self._db.write() as s:
+            old = select(AuditEntryRow.seq).where(AuditEntryRow.time < before, AuditEntryRow.record.is_not(None))
+            seqs = list(s.scalars(old))
+            if seqs:
+                s.execute(delete(AuditSubjectRow).where(AuditSubjectRow.seq.in_(seqs)))
+                s.execute(update(AuditEntryRow).where(AuditEntryRow.seq.in_(seqs)).values(record=None))
+            return len(seqs)
 
     def add_checkpoint(self, size: int, root: bytes, note: str) -> None:
         with self._db.write() as s:
