@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import subprocess
@@ -15,12 +16,16 @@ from pathlib import Path
 import grpc
 import pytest
 
+from audit.export import export_lines
+from audit.note import Verifier
+from audit.verify import verify_export
 from exchange import models as m
 from exchange import wire as w
 from exchange.cli.client import HubClient
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
+from exchange.validation import uscc_check_character
 from tests.harness import POLICE, RunningHub, base_settings, identity_spec, running_hub
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -149,3 +154,22 @@ def test_grants_and_roles_made_through_one_hub_are_enforced_by_the_other(two_hub
 
     _within(PROPAGATION_LIMIT, refused_on_b)
     print(f"grant seen by hub B after {seen * 1000:.0f} ms, revocation after {gone * 1000:.0f} ms")
+
+
+def test_both_hubs_append_to_one_gap_free_log(two_hubs: tuple[RunningHub, str]) -> None:
+    a, b_address = two_hubs
+    on_b = replace(a.settings, hub_address=b_address)
+    for n in range(6):  # changes alternate between the two processes
+        settings = a.settings if n % 2 else on_b
+        with HubClient(settings, a.operator) as c:
+            first17 = f"11350200MB00{n:05d}"
+            code = first17 + uscc_check_character(first17)
+            d = m.Department(code, f"部门{n}", "350200", m.AdministrativeLevel.CITY)
+            c.call(c.registry.CreateDepartment, rpb.CreateDepartmentRequest(department=w.department_to_wire(d)))
+    time.sleep(0.5)
+    a.hub.audit.flush()
+    verifier = Verifier.parse(a.files.audit_verifier.read_text())
+    lines = list(export_lines(a.hub.store.audit, verifier))
+    report = verify_export(lines, verifier)
+    hubs = {json.loads(json.loads(line)["record"])["hub"] for line in lines[1:] if '"seq"' in line}
+    assert report.entries >= 7 and len(hubs) == 2  # one sequence, written by both processes
