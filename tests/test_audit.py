@@ -14,7 +14,7 @@ from audit.export import export_lines
 from audit.log import AuditLog
 from audit.merkle import verify_consistency, verify_inclusion
 from audit.note import Checkpoint, Signer, Verifier, open_note
-from audit.records import AuditRecord, record_leaf, subject_hash
+from audit.records import AuditRecord, canonical, record_leaf, subject_hash, with_logged
 from audit.verify import VerifyError, verify_export
 from exchange import models as m
 from exchange import wire as w
@@ -203,3 +203,12 @@ def test_pruned_detail_leaves_a_verifiable_log(log: AuditLog, store: Store) -> N
     who = subject_hash(KEY, "350200198001010000")
     assert store.audit.search(page_request(10, "", {}), EntryFilter(subject_hash=who)).items == []
     assert store.audit.prune(moment) == 0
+
+
+def test_adding_the_logged_time_equals_re_encoding() -> None:
+    for n in (0, 7, 123):
+        data = _record(n).as_dict()
+        assert with_logged(canonical(data), "2026-11-22T08:00:00.000001Z") == canonical(
+            {**data, "logged": "2026-11-22T08:00:00.000001Z"}
+        )
+    assert with_logged(canonical({"a": "x"}), "t") == canonical({"a": "x", "logged": "t"})

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from sqlalchemy import delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from audit.records import AuditRecord, canonical, record_leaf
+from audit.merkle import leaf_hash
+from audit.records import AuditRecord, canonical, with_logged
 from exchange.models import Page
 from exchange.paging import PageRequest
 from exchange.store.database import Database
@@ -106,8 +107,9 @@ class AuditStore:
             out, entries, subjects = [], [], []
             for n, row in enumerate(staged):
                 seq = first + n
-                data = {**json.loads(row.record), "logged": stamp}
-                text_, leaf = record_leaf(data)
+                data = json.loads(row.record)
+                text_ = with_logged(row.record.encode(), stamp)
+                leaf = leaf_hash(text_)
                 entries.append(_entry_values(seq, leaf, text_.decode(), data, logged))
                 subjects += [{"seq": seq, "subject_hash": h} for h in sorted(set(data["data_subjects"]))]
                 out.append((seq, leaf))
