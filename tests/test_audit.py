@@ -22,6 +22,7 @@ from exchange.paging import page_request
 from exchange.store import Store
 from exchange.store.audit import EntryFilter, staging
 from exchange.store.schema import AuditEntryRow, AuditSubjectRow
+from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import registry_pb2 as rpb
 from tests.harness import POLICE, RunningHub, identity_spec
 
@@ -212,3 +213,25 @@ def test_adding_the_logged_time_equals_re_encoding() -> None:
             {**data, "logged": "2026-11-22T08:00:00.000001Z"}
         )
     assert with_logged(canonical({"a": "x"}), "t") == canonical({"a": "x", "logged": "t"})
+
+
+def test_proofs_are_for_anyone_but_records_only_for_who_may_read_them(hub: RunningHub) -> None:
+    hub.add_department(POLICE)
+    auditor = hub.add_person("au-chen", "11350200MB0012345Y", m.Role.AUDITOR)
+    steward = hub.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD)
+    hub.hub.audit.flush()
+    request = apb.GetInclusionProofRequest(seq=1)
+    answers = {}
+    for who, identity in (("auditor", auditor), ("steward", steward), ("operator", hub.operator)):
+        with hub.client(identity) as c:
+            answers[who] = c.call(c.audit.GetInclusionProof, request)
+    assert json.loads(answers["auditor"].entry.record)["action"] == "create_department"
+    for who in ("steward", "operator"):
+        assert answers[who].entry.record == ""  # not theirs to read
+        assert answers[who].hashes == answers["auditor"].hashes and answers[who].entry.leaf_hash
+    checkpoint = Checkpoint.parse(
+        open_note(answers["steward"].checkpoint.note, Verifier.parse(answers["steward"].checkpoint.verifier_key))
+    )
+    verify_inclusion(
+        answers["steward"].entry.leaf_hash, 1, checkpoint.size, list(answers["steward"].hashes), checkpoint.root
+    )

@@ -42,7 +42,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
 
     @unary
     def GetInclusionProof(self, request: pb.GetInclusionProofRequest, actor: Principal) -> pb.InclusionProof:
-        entry, head, proof, size = self.service.inclusion(request.seq, request.tree_size)
+        entry, head, proof, size = self.service.inclusion(actor, request.seq, request.tree_size)
         answer = pb.InclusionProof(entry=_entry(entry), tree_size=size, hashes=proof)
         if head is not None:
             answer.checkpoint.CopyFrom(self._head(head))

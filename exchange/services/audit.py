@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -52,7 +53,10 @@ class AuditReadService:
             note = found[0][1]
         return SignedHead(size, Checkpoint.parse(open_note(note, self.verifier)).root, note)
 
-    def inclusion(self, seq: int, tree_size: int) -> tuple[Entry, SignedHead | None, list[bytes], int]:
+    def inclusion(
+        self, actor: Principal, seq: int, tree_size: int
+    ) -> tuple[Entry, SignedHead | None, list[bytes], int]:
+        """The proof for entry ``seq``; the record itself only to a caller who may read it (hashes to anyone)."""
         head = self.checkpoint(0) if tree_size == 0 else None
         size = head.size if head else tree_size
         if not 0 <= seq < size:
@@ -61,6 +65,8 @@ class AuditReadService:
         if size > self._log.tree.size:
             raise InvalidArgument.of([FieldViolation("tree_size", f"the log has {self._log.tree.size} entries")])
         entry = self._store.audit.entries(seq, seq + 1)[0]
+        if not self._may_read(actor, entry):
+            entry = replace(entry, record=None)
         if head is None:
             found = self._store.audit.checkpoints(size, size)
             head = SignedHead(size, self._log.tree.root(size), found[0][1]) if found else None
@@ -96,6 +102,18 @@ class AuditReadService:
         if self._policy.allows(actor.ref, Action.DECIDE_REQUEST, actor.department_code):
             return replace(f, owner_resources=self._own_resources(actor.department_code))
         return replace(f, department=actor.department_code)
+
+    def _may_read(self, actor: Principal, entry: Entry) -> bool:
+        if entry.record is None:
+            return True
+        try:
+            f = self._restrict(actor, EntryFilter())
+        except PermissionDenied:
+            return False
+        data = json.loads(entry.record)
+        if f.owner_resources is not None:
+            return data.get("resource") in f.owner_resources
+        return f.department is None or data.get("actor_department") == f.department
 
     def _own_resources(self, department: str) -> tuple[str, ...]:
         codes: list[str] = []
