@@ -33,10 +33,17 @@ class GroupCommitter:
         self.records = 0
 
     def append(self, record: AuditRecord, timeout: float | None = 30.0) -> None:
-        """Stages ``record`` durably; returns when committed, raises Unavailable if it could not be."""
+        """Stages ``record`` durably; returns when committed, raises Unavailable if it could not be.
+
+        After a timeout the record may still be committed later: the caller must treat its call as
+        failed (nothing released), which errs on the side the audit log can vouch for.
+        """
         done: Future[None] = Future()
         self._queue.put((record, done))
-        done.result(timeout)
+        try:
+            done.result(timeout)
+        except TimeoutError:
+            raise Unavailable("the audit log did not confirm in time; nothing was released") from None
 
     def close(self) -> None:
         self._queue.put(None)
@@ -67,8 +74,8 @@ class GroupCommitter:
     def _commit(self, batch: list[tuple[AuditRecord, Future[None]]]) -> None:
         try:
             self._store.stage([record for record, _ in batch])
-        except ExchangeError as e:
-            log.error("audit records could not be committed: %s", e.message)
+        except Exception as e:  # the committer must outlive any batch: every failure fails its callers
+            log.error("audit records could not be committed: %s", e.message if isinstance(e, ExchangeError) else e)
             failure = Unavailable("the audit log cannot be written; nothing was released")
             for _, done in batch:
                 done.set_exception(failure)

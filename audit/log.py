@@ -13,7 +13,7 @@ import time
 
 from audit.merkle import MerkleTree, ProofError
 from audit.note import Checkpoint, Signer
-from exchange.errors import Unavailable
+from exchange.errors import InvalidArgument
 from exchange.store.audit import AuditStore
 
 log = logging.getLogger(__name__)
@@ -106,9 +106,12 @@ class AuditLog:
             try:
                 return self.tree.inclusion_proof(seq, size)
             except ProofError as e:
-                raise Unavailable(str(e)) from None
+                raise InvalidArgument(str(e)) from None
 
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
         self.sync()
         with self._lock:
-            return self.tree.consistency_proof(size1, size2)
+            try:
+                return self.tree.consistency_proof(size1, size2)
+            except ProofError as e:
+                raise InvalidArgument(str(e)) from None

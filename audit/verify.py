@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from audit.merkle import MerkleTree, ProofError, leaf_hash, verify_inclusion
 from audit.note import Checkpoint, NoteError, Verifier, open_note
-from audit.records import record_leaf
 
 _LOGGED = re.compile(r'"logged":"([^"]*)"')
 
@@ -61,8 +60,11 @@ def verify_export(lines: Iterable[str], verifier: Verifier, progress: Callable[[
     for note in notes:
         _check_checkpoint(note, verifier, tree, roots)
         report.checkpoints += 1
-    if not notes:
-        raise VerifyError("the export holds no checkpoint: nothing vouches for its entries")
+    if tree.size not in roots:
+        raise VerifyError(
+            f"no signed checkpoint covers all {tree.size} entries (newest: {max(roots, default=0)}): "
+            "entries after it are vouched for by nothing"
+        )
     report.size, report.root = tree.size, tree.root()
     return report
 
@@ -81,9 +83,18 @@ def _check_entry(item: dict[str, object], tree: MerkleTree, report: Report, last
     seq = item.get("seq")
     if seq != tree.size:
         raise VerifyError(f"entry {seq}: expected entry {tree.size} (a gap, or entries out of order)")
-    leaf = bytes.fromhex(str(item.get("leaf", "")))
+    try:
+        leaf = bytes.fromhex(str(item.get("leaf", "")))
+    except ValueError:
+        raise VerifyError(f"entry {seq}: its leaf hash is not hex") from None
+    if len(leaf) != 32:
+        raise VerifyError(f"entry {seq}: its leaf hash is not 32 bytes")
     record = item.get("record")
     if record is None:
+        # Retention prunes the oldest entries first, and logged times never go back: only a prefix
+        # of the log can be pruned. A gap in the middle hides records.
+        if report.pruned != report.entries:
+            raise VerifyError(f"entry {seq}: its record is missing after entries that have theirs (hidden)")
         report.pruned += 1
     else:
         # The record is its canonical bytes: the leaf is their hash, with no need to re-encode.
@@ -121,11 +132,16 @@ def verify_receipt(receipt: dict[str, object], verifier: Verifier) -> Checkpoint
     """Checks a receipt for one record: its leaf, its inclusion in a checkpoint, the checkpoint's signature."""
     try:
         checkpoint = Checkpoint.parse(open_note(str(receipt["checkpoint"]), verifier))
-        _, leaf = record_leaf(json.loads(str(receipt["record"])))
+        record = receipt["record"]
+        if not isinstance(record, str) or not isinstance(receipt["proof"], list):
+            raise TypeError("record must be text and proof a list")
+        leaf = leaf_hash(record.encode())
         seq = int(str(receipt["seq"]))
-        proof = [bytes.fromhex(str(h)) for h in receipt["proof"]]  # type: ignore[attr-defined]
+        proof = [bytes.fromhex(str(h)) for h in receipt["proof"]]
     except (KeyError, TypeError, ValueError) as e:
         raise VerifyError(f"the receipt is malformed: {e}") from None
+    if checkpoint.origin != verifier.name:
+        raise VerifyError(f"the receipt's checkpoint names another log: {checkpoint.origin!r}")
     try:
         verify_inclusion(leaf, seq, checkpoint.size, proof, checkpoint.root)
     except ProofError as e:

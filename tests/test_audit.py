@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -12,7 +13,7 @@ from sqlalchemy import delete, update
 
 from audit.export import export_lines
 from audit.log import AuditLog
-from audit.merkle import verify_consistency, verify_inclusion
+from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, Signer, Verifier, open_note
 from audit.records import AuditRecord, canonical, record_leaf, subject_hash, with_logged
 from audit.verify import VerifyError, verify_export
@@ -235,3 +236,52 @@ def test_proofs_are_for_anyone_but_records_only_for_who_may_read_them(hub: Runni
     verify_inclusion(
         answers["steward"].entry.leaf_hash, 1, checkpoint.size, list(answers["steward"].hashes), checkpoint.root
     )
+
+
+def test_nothing_after_the_newest_checkpoint_and_no_hidden_records_are_accepted(log: AuditLog) -> None:
+    _fill(log, 6, checkpoint_every=3)
+    lines = list(export_lines(log.store, log.signer.verifier()))
+    verifier = log.signer.verifier()
+    entries = [line for line in lines if '"seq"' in line]
+    checkpoints = [line for line in lines if '"checkpoint"' in line]
+    header = json.loads(lines[0])
+    # The newest checkpoint dropped, the last entries rewritten, the header made to match.
+    rewritten = json.loads(entries[5])
+    rewritten["record"] = rewritten["record"].replace("allowed", "denied")
+    rewritten["leaf"] = leaf_hash(rewritten["record"].encode()).hex()
+    forged = [json.dumps(header), *entries[:5], json.dumps(rewritten), checkpoints[0]]
+    with pytest.raises(VerifyError, match="no signed checkpoint covers all 6"):
+        verify_export(forged, verifier)
+    # Records appended after the newest checkpoint.
+    appended = canonical({**_record(99).as_dict(), "logged": "2099-01-01T00:00:00.000000Z"}).decode()
+    extra = {"seq": 6, "leaf": leaf_hash(appended.encode()).hex(), "record": appended}
+    grown = [json.dumps({**header, "size": 7}), *entries, json.dumps(extra), *checkpoints]
+    with pytest.raises(VerifyError, match="no signed checkpoint covers all 7"):
+        verify_export(grown, verifier)
+    # A record blanked in the middle, passed off as pruned.
+    hidden = json.loads(entries[4])
+    hidden["record"] = None
+    with pytest.raises(VerifyError, match="entry 4: its record is missing"):
+        verify_export([lines[0], *entries[:4], json.dumps(hidden), entries[5], *checkpoints], verifier)
+
+
+def test_processes_signing_the_same_checkpoint_at_once_agree(store: Store) -> None:
+    signer = Signer.generate(ORIGIN)
+    logs = [AuditLog(store.audit, signer, ORIGIN) for _ in range(4)]
+    for i in range(20):
+        store.audit.stage([_record(i)])
+    errors: list[BaseException] = []
+
+    def flush(one: AuditLog) -> None:
+        try:
+            one.flush()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=flush, args=(one,)) for one in logs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.audit.size() == 20 and [s for s, _ in store.audit.checkpoints(20, 20)] == [20]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from exchange import models as m
 from exchange import wire as w
 from exchange.store import Store
 from exchange.store.schema import GrantRow, ShareEventRow, ShareRequestRow
+from exchange.v1 import audit_pb2 as apb
+from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
@@ -242,8 +245,6 @@ def test_unknown_or_unpublished_resources(hub: RunningHub, as_: Any, world: dict
         grpc.StatusCode.NOT_FOUND, "Apply", pb.ApplyRequest(request=_application("10101/350200000099"))
     )
     with hub.client(world["owner"]) as c:
-        from exchange.v1 import catalog_pb2 as cpb
-
         c.call(c.catalog.SuspendResource, cpb.ChangeResourceStatusRequest(code=IDENTITY, reason="维护"))
     error = as_("consumer").fails(grpc.StatusCode.FAILED_PRECONDITION, "Apply", pb.ApplyRequest(request=_application()))
     assert "suspended" in (error.details() or "")
@@ -425,3 +426,13 @@ def test_concurrent_grant_changes_leave_decisions_as_the_store_says(hub: Running
     stored = as_("manager")("GetGrant", pb.GetGrantRequest(id=gid)).status
     allowed = hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, TODAY, consume=False).allowed
     assert allowed == (stored == pb.GRANT_STATUS_ACTIVE)
+
+
+def test_owners_find_the_rights_records_on_their_resources(hub: RunningHub, as_: Any, world: dict[str, Path]) -> None:
+    applied = as_("consumer")("Apply", pb.ApplyRequest(request=_application()))
+    as_("owner")("Approve", pb.ApproveRequest(id=applied.id, reason="同意"))
+    hub.hub.audit.flush()
+    with hub.client(world["owner"]) as c:
+        found = c.call(c.audit.SearchRecords, apb.SearchRecordsRequest(resource_code=IDENTITY))
+    actions = [json.loads(e.record)["action"] for e in found.entries]
+    assert "apply:conditional" in actions and "approve" in actions

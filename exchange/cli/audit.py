@@ -13,8 +13,8 @@ from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from audit.merkle import ProofError, verify_inclusion
-from audit.note import Checkpoint, Verifier, open_note
+from audit.merkle import ProofError, leaf_hash, verify_inclusion
+from audit.note import Checkpoint, NoteError, Verifier, open_note
 from audit.verify import VerifyError, verify_export, verify_receipt
 from exchange.cli import tables
 from exchange.cli.client import HubClient
@@ -29,6 +29,8 @@ def _verifier(path: Path) -> Verifier:
         return Verifier.parse(path.read_text())
     except OSError as e:
         raise InvalidArgument(f"cannot read the log's public key {path}: {e.strerror}") from None
+    except NoteError as e:
+        raise InvalidArgument(f"{path} is not a log's public key: {e}") from None
 
 
 def _stamp(value: str | None, flag: str) -> Timestamp | None:
@@ -112,14 +114,20 @@ def receipt(args: argparse.Namespace, settings: Settings) -> int:
 
 def proof_check(args: argparse.Namespace, settings: Settings) -> int:
     proof = _proof(args, settings)
+    if not proof.HasField("checkpoint"):
+        raise InvalidArgument(f"no signed checkpoint of size {proof.tree_size}: ask without --size")
     verifier = _verifier(args.key)
-    head = Checkpoint.parse(open_note(proof.checkpoint.note, verifier))
+    leaf = leaf_hash(proof.entry.record.encode()) if proof.entry.record else proof.entry.leaf_hash
     try:
-        verify_inclusion(proof.entry.leaf_hash, proof.entry.seq, proof.tree_size, list(proof.hashes), head.root)
-    except ProofError as e:
-        print(f"the proof does not verify: {e}", file=sys.stderr)
+        head = Checkpoint.parse(open_note(proof.checkpoint.note, verifier))
+        if leaf != proof.entry.leaf_hash:
+            raise ProofError("the record does not hash to the leaf the hub sent")
+        verify_inclusion(leaf, proof.entry.seq, head.size, list(proof.hashes), head.root)
+    except (ProofError, NoteError) as e:
+        print(f"the proof does NOT verify: {e}", file=sys.stderr)
         return 1
-    print(f"record {proof.entry.seq} is in the signed log of {proof.tree_size} entries (root {head.root.hex()})")
+    seen = "its record checked" if proof.entry.record else "its record is not yours to read; its hash checked"
+    print(f"record {proof.entry.seq} is in the signed log of {head.size} entries ({seen}; root {head.root.hex()})")
     return 0
 
 
@@ -141,7 +149,7 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with args.file.open(encoding="utf-8") as lines:
             report = verify_export(lines, _verifier(args.key), progress=_progress)
-    except VerifyError as e:
+    except (VerifyError, ProofError) as e:
         print(f"\nthe log does NOT verify: {e}", file=sys.stderr)
         return 1
     print(

@@ -137,6 +137,8 @@ class Hub:
         rights = RightsService(self.store, policy, calendar, settings.max_grant_days, decisions=self.decisions)
         files = pki.HubFiles(settings.home)
         verifier = Verifier.parse(files.audit_verifier.read_text())
+        if verifier.encode() != self.audit.signer.verifier().encode():
+            raise ConfigError(f"{files.audit_verifier} is not the public key of {files.audit_key}")
         auditing = AuditReadService(self.store, self.audit, policy, verifier, _load_subject_key(files))
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditServicer(auditing, registry, settings.insecure_dev), server

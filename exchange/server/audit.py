@@ -60,8 +60,8 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         for name in ("actor", "purpose", "outcome", "exchange_id"):
             validation.validate_free_text(name, getattr(request, name), limit=validation.MAX_NAME)
         query = EntryFilter(
-            since=parse_time(request.since.seconds, request.since.nanos),
-            until=parse_time(request.until.seconds, request.until.nanos),
+            since=parse_time(request.since.seconds, request.since.nanos, "since"),
+            until=parse_time(request.until.seconds, request.until.nanos, "until"),
             department=request.department_code or None,
             actor=request.actor or None,
             resource=request.resource_code or None,

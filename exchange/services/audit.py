@@ -132,5 +132,10 @@ class AuditReadService:
         return export_lines(self._store.audit, self.verifier)
 
 
-def parse_time(seconds: int, nanos: int) -> dt.datetime | None:
-    return None if seconds == 0 and nanos == 0 else dt.datetime.fromtimestamp(seconds + nanos / 1e9, dt.UTC)
+def parse_time(seconds: int, nanos: int, field: str) -> dt.datetime | None:
+    if seconds == 0 and nanos == 0:
+        return None
+    try:
+        return dt.datetime.fromtimestamp(seconds + nanos / 1e9, dt.UTC)
+    except (ValueError, OSError, OverflowError):
+        raise InvalidArgument.of([FieldViolation(field, "is not a time this hub can search by")]) from None

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from audit.merkle import leaf_hash
 from audit.records import AuditRecord, canonical, with_logged
+from exchange.errors import Aborted, AlreadyExists, Unavailable
 from exchange.models import Page
 from exchange.paging import PageRequest
 from exchange.store.database import Database
@@ -182,13 +183,34 @@ class AuditStore:
             seqs = list(s.scalars(old))
             if seqs:
                 s.execute(delete(AuditSubjectRow).where(AuditSubjectRow.seq.in_(seqs)))
-                s.execute(update(AuditEntryRow).where(AuditEntryRow.seq.in_(seqs)).values(record=None))
+                blank = {
+                    "record": None,
+                    "action": "",
+                    "actor": "",
+                    "actor_department": "",
+                    "resource": "",
+                    "purpose": "",
+                    "outcome": "",
+                    "exchange_id": "",
+                }
+                s.execute(update(AuditEntryRow).where(AuditEntryRow.seq.in_(seqs)).values(**blank))
             return len(seqs)
 
     def add_checkpoint(self, size: int, root: bytes, note: str) -> None:
-        with self._db.write() as s:
-            if s.get(AuditCheckpointRow, size) is None:
-                s.add(AuditCheckpointRow(size=size, root=root, note=note, issued_at=dt.datetime.now(dt.UTC)))
+        """Keeps a checkpoint; another process may have kept the same one first, which is fine.
+
+        A different root for a size already checkpointed would be a fork: refused loudly.
+        """
+        try:
+            with self._db.write() as s:
+                if s.get(AuditCheckpointRow, size) is None:
+                    s.add(AuditCheckpointRow(size=size, root=root, note=note, issued_at=dt.datetime.now(dt.UTC)))
+        except (AlreadyExists, Aborted):
+            pass
+        with self._db.read() as s:
+            kept = s.get(AuditCheckpointRow, size)
+            if kept is None or bytes(kept.root) != root:
+                raise Unavailable(f"the audit log's checkpoint of size {size} disagrees with this process's tree")
 
     def latest_checkpoint(self) -> tuple[int, str] | None:
         with self._db.read() as s:
