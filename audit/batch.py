@@ -8,6 +8,7 @@ open a little longer for more company, ``max_batch`` caps it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -44,6 +45,28 @@ class GroupCommitter:
             done.result(timeout)
         except TimeoutError:
             raise Unavailable("the audit log did not confirm in time; nothing was released") from None
+
+    async def append_async(self, record: AuditRecord, timeout: float = 30.0) -> None:
+        """``append`` for asyncio handlers: awaits the commit without holding a thread (and without
+        ``asyncio.wait_for``, whose extra task per call costs a tenth of the throughput)."""
+        done: Future[None] = Future()
+        self._queue.put((record, done))
+        waiting = asyncio.wrap_future(done)
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            waiting.cancel()
+
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            if not expired:  # the caller itself was cancelled
+                raise
+            raise Unavailable("the audit log did not confirm in time; nothing was released") from None
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         self._queue.put(None)

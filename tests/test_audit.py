@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import threading
@@ -11,6 +12,7 @@ import grpc
 import pytest
 from sqlalchemy import delete, update
 
+from audit.batch import GroupCommitter
 from audit.export import export_lines
 from audit.log import AuditLog
 from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
@@ -19,6 +21,7 @@ from audit.records import AuditRecord, canonical, record_leaf, subject_hash, wit
 from audit.verify import VerifyError, verify_export
 from exchange import models as m
 from exchange import wire as w
+from exchange.errors import Unavailable
 from exchange.paging import page_request
 from exchange.store import Store
 from exchange.store.audit import EntryFilter, staging
@@ -285,3 +288,27 @@ def test_processes_signing_the_same_checkpoint_at_once_agree(store: Store) -> No
         t.join()
     assert errors == []
     assert store.audit.size() == 20 and [s for s, _ in store.audit.checkpoints(20, 20)] == [20]
+
+
+def test_group_commit_from_threads_and_coroutines_loses_nothing(store: Store) -> None:
+    committer = GroupCommitter(store.audit)
+    threads = [
+        threading.Thread(target=lambda k=k: [committer.append(_record(k * 100 + i)) for i in range(20)])
+        for k in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    async def callers() -> None:
+        await asyncio.gather(*(committer.append_async(_record(1000 + i)) for i in range(50)))
+
+    asyncio.run(callers())
+    committer.close()
+    assert store.audit.staged_count() == 130 and committer.records == 130 and committer.batches < 130
+    broken = GroupCommitter(store.audit)
+    with pytest.raises(Unavailable):
+        broken.append(_record(1, latency_us=1.5))  # type: ignore[arg-type]  # a float cannot be recorded
+    broken.append(_record(2))  # and the committer lives on
+    broken.close()
