@@ -92,3 +92,19 @@ def with_logged(record: bytes, logged: str) -> bytes:
         data = json.loads(record)
         return canonical({**data, "logged": logged})
     return record[:anchor] + b',"logged":' + json.dumps(logged).encode() + record[anchor:]
+
+
+# Export lines (see audit.export): one tab-separated line per entry.
+ENTRY = "E"
+
+
+def entry_line(seq: int, leaf: bytes, record: str | None) -> str:
+    return f"{ENTRY}\t{seq}\t{leaf.hex()}\t{record or ''}"
+
+
+def parse_entry_line(line: str) -> tuple[int, str, str | None]:
+    """(seq, leaf hash hex, record or None if pruned) of an entry line; ValueError if it is not one."""
+    kind, seq, leaf, record = line.rstrip("\n").split("\t", 3)
+    if kind != ENTRY:
+        raise ValueError("not an entry line")
+    return int(seq), leaf, record or None

@@ -1,8 +1,7 @@
 """Checking an exported audit log offline, with nothing but the log's public key.
 
-An export is JSON lines: a header ``{"origin", "verifier_key", "start", "size"}``, then one line per
-entry ``{"seq", "leaf", "record"}`` (leaf hash in hex; record the canonical text, or null once
-pruned), then one line per signed checkpoint ``{"checkpoint": "<signed note>"}``. The verifier
+An export (see audit.export) is a JSON header, one tab-separated line per entry (sequence number,
+leaf hash, canonical record or nothing once pruned), and one JSON line per signed checkpoint. The verifier
 recomputes every leaf from its record, requires the sequence to have no gaps and the times the
 entries were logged never to go back, checks every checkpoint's signature and origin, recomputes its root from the
 leaves, and refuses two checkpoints of one size with different roots (a fork). It reports the first
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 
 from audit.merkle import MerkleTree, ProofError, leaf_hash, verify_inclusion
 from audit.note import Checkpoint, NoteError, Verifier, open_note
+from audit.records import ENTRY, parse_entry_line
 
 _LOGGED = re.compile(r'"logged":"([^"]*)"')
 
@@ -47,11 +47,14 @@ def verify_export(lines: Iterable[str], verifier: Verifier, progress: Callable[[
     report, tree, last_time = Report(), MerkleTree(), ""
     notes: list[str] = []
     for n, line in enumerate(rows, start=2):
-        item = _json(line, f"line {n}")
-        if "checkpoint" in item:
-            notes.append(str(item["checkpoint"]))
-            continue
-        last_time = _check_entry(item, tree, report, last_time)
+        if line.startswith(ENTRY + "\t"):
+            try:
+                seq, leaf, record = parse_entry_line(line)
+            except ValueError:
+                raise VerifyError(f"line {n} is not an entry") from None
+            last_time = _check_entry(seq, leaf, record, tree=tree, report=report, last_time=last_time)
+        else:
+            notes.append(str(_json(line, f"line {n}").get("checkpoint", "")))
         if progress is not None and report.entries % 10000 == 0:
             progress(report.entries)
     if report.entries != header.get("size"):
@@ -79,17 +82,17 @@ def _json(line: str, where: str) -> dict[str, object]:
     return value
 
 
-def _check_entry(item: dict[str, object], tree: MerkleTree, report: Report, last_time: str) -> str:
-    seq = item.get("seq")
+def _check_entry(
+    seq: int, leaf_hex: str, record: str | None, *, tree: MerkleTree, report: Report, last_time: str
+) -> str:
     if seq != tree.size:
         raise VerifyError(f"entry {seq}: expected entry {tree.size} (a gap, or entries out of order)")
     try:
-        leaf = bytes.fromhex(str(item.get("leaf", "")))
+        leaf = bytes.fromhex(leaf_hex)
     except ValueError:
         raise VerifyError(f"entry {seq}: its leaf hash is not hex") from None
     if len(leaf) != 32:
         raise VerifyError(f"entry {seq}: its leaf hash is not 32 bytes")
-    record = item.get("record")
     if record is None:
         # Retention prunes the oldest entries first, and logged times never go back: only a prefix
         # of the log can be pruned. A gap in the middle hides records.
@@ -98,9 +101,9 @@ def _check_entry(item: dict[str, object], tree: MerkleTree, report: Report, last
         report.pruned += 1
     else:
         # The record is its canonical bytes: the leaf is their hash, with no need to re-encode.
-        if leaf_hash(str(record).encode()) != leaf:
+        if leaf_hash(record.encode()) != leaf:
             raise VerifyError(f"entry {seq}: its record does not hash to its leaf (edited)")
-        found = _LOGGED.search(str(record))
+        found = _LOGGED.search(record)
         when = found.group(1) if found else ""
         if not when or when < last_time:
             raise VerifyError(

@@ -17,7 +17,15 @@ from audit.export import export_lines
 from audit.log import AuditLog
 from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, Signer, Verifier, open_note
-from audit.records import AuditRecord, canonical, record_leaf, subject_hash, with_logged
+from audit.records import (
+    AuditRecord,
+    canonical,
+    entry_line,
+    parse_entry_line,
+    record_leaf,
+    subject_hash,
+    with_logged,
+)
 from audit.verify import VerifyError, verify_export
 from exchange import models as m
 from exchange import wire as w
@@ -245,27 +253,26 @@ def test_nothing_after_the_newest_checkpoint_and_no_hidden_records_are_accepted(
     _fill(log, 6, checkpoint_every=3)
     lines = list(export_lines(log.store, log.signer.verifier()))
     verifier = log.signer.verifier()
-    entries = [line for line in lines if '"seq"' in line]
+    entries = [line for line in lines if line.startswith("E\t")]
     checkpoints = [line for line in lines if '"checkpoint"' in line]
     header = json.loads(lines[0])
     # The newest checkpoint dropped, the last entries rewritten, the header made to match.
-    rewritten = json.loads(entries[5])
-    rewritten["record"] = rewritten["record"].replace("allowed", "denied")
-    rewritten["leaf"] = leaf_hash(rewritten["record"].encode()).hex()
-    forged = [json.dumps(header), *entries[:5], json.dumps(rewritten), checkpoints[0]]
+    record = (parse_entry_line(entries[5])[2] or "").replace("allowed", "denied")
+    rewritten = entry_line(5, leaf_hash(record.encode()), record)
+    forged = [json.dumps(header), *entries[:5], rewritten, checkpoints[0]]
     with pytest.raises(VerifyError, match="no signed checkpoint covers all 6"):
         verify_export(forged, verifier)
     # Records appended after the newest checkpoint.
     appended = canonical({**_record(99).as_dict(), "logged": "2099-01-01T00:00:00.000000Z"}).decode()
-    extra = {"seq": 6, "leaf": leaf_hash(appended.encode()).hex(), "record": appended}
-    grown = [json.dumps({**header, "size": 7}), *entries, json.dumps(extra), *checkpoints]
+    extra = entry_line(6, leaf_hash(appended.encode()), appended)
+    grown = [json.dumps({**header, "size": 7}), *entries, extra, *checkpoints]
     with pytest.raises(VerifyError, match="no signed checkpoint covers all 7"):
         verify_export(grown, verifier)
     # A record blanked in the middle, passed off as pruned.
-    hidden = json.loads(entries[4])
-    hidden["record"] = None
+    seq, leaf, _ = parse_entry_line(entries[4])
+    hidden = entry_line(seq, bytes.fromhex(leaf), None)
     with pytest.raises(VerifyError, match="entry 4: its record is missing"):
-        verify_export([lines[0], *entries[:4], json.dumps(hidden), entries[5], *checkpoints], verifier)
+        verify_export([lines[0], *entries[:4], hidden, entries[5], *checkpoints], verifier)
 
 
 def test_processes_signing_the_same_checkpoint_at_once_agree(store: Store) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 
 from audit.note import Verifier
+from audit.records import parse_entry_line
 from audit.verify import verify_export
 from exchange import models as m
 from exchange import pki
@@ -118,7 +119,8 @@ def test_every_acknowledged_change_survives_a_sigkill(tmp_path: Path) -> None:
     rows = lines.splitlines()
     verifier = Verifier.parse(files.audit_verifier.read_text())
     report = verify_export(rows, verifier)
-    logged = {json.loads(json.loads(r)["record"])["subject"] for r in rows[1:] if '"seq"' in r}
+    records = [parse_entry_line(r)[2] for r in rows[1:] if r.startswith("E\t")]
+    logged = {json.loads(r)["subject"] for r in records if r}
     missing = [code for code in acknowledged if code not in logged]
     assert missing == [], f"{len(missing)} acknowledged changes are not in the log"
     assert report.entries >= len(acknowledged)
