@@ -1,16 +1,19 @@
-"""Writing the audit log out for auditors: entries, leaf hashes and signed checkpoints, as lines.
+"""Writing the audit log out for auditors: a slice of entries with the checkpoints that vouch for it.
 
-The first line is a JSON header ``{"origin", "verifier_key", "start", "size"}``. Each entry is one
-tab-separated line ``E <seq> <leaf hash, hex> <record>``, the record being its canonical JSON as
-hashed (canonical JSON escapes tabs and newlines, so it never holds one) and empty once pruned.
-Each checkpoint is a JSON line ``{"checkpoint": "<signed note>"}``. Entry lines need no JSON
-parsing, which keeps offline verification of long logs fast.
+The first line is a JSON header ``{"origin", "verifier_key", "start", "size", "prefix"}``: the slice
+holds entries [start, size), and ``prefix`` lists (hex) the hashes of the complete subtrees covering
+the entries before it, so a verifier can recompute every root without them. Then come the signed
+checkpoints of sizes in [start, size], one JSON line each ``{"checkpoint": "<signed note>"}``, and
+then the entries, one tab-separated line each ``E <seq> <leaf hash, hex> <record>``, the record being
+its canonical JSON as hashed (which never holds a tab or a newline) and empty once pruned. Entry lines
+need no JSON parsing, and checkpoints come first, so a verifier reads a long log in one pass and
+little memory.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from audit.note import Verifier
 from audit.records import entry_line
@@ -19,13 +22,24 @@ from exchange.store.audit import AuditStore
 BATCH = 5000
 
 
-def export_lines(store: AuditStore, verifier: Verifier) -> Iterator[str]:
-    """The whole log, from entry 0 to the newest checkpoint's size, in the format audit.verify reads."""
+def export_lines(store: AuditStore, verifier: Verifier, start: int = 0, prefix: Sequence[bytes] = ()) -> Iterator[str]:
+    """Entries [start, newest checkpoint's size) with their checkpoints, in the format audit.verify reads.
+
+    ``prefix`` is ``MerkleTree.prefix(start)`` of the log (nothing when ``start`` is 0).
+    """
     latest = store.latest_checkpoint()
     size = latest[0] if latest else 0
-    yield json.dumps({"origin": verifier.name, "verifier_key": verifier.encode(), "start": 0, "size": size})
-    for start in range(0, size, BATCH):
-        for entry in store.entries(start, min(size, start + BATCH)):
-            yield entry_line(entry.seq, entry.leaf_hash, entry.record)
-    for _, note in store.checkpoints(0, size):
+    start = min(start, size)
+    header = {
+        "origin": verifier.name,
+        "verifier_key": verifier.encode(),
+        "start": start,
+        "size": size,
+        "prefix": [h.hex() for h in prefix],
+    }
+    yield json.dumps(header)
+    for _, note in store.checkpoints(start, size):
         yield json.dumps({"checkpoint": note}, ensure_ascii=False)
+    for first in range(start, size, BATCH):
+        for entry in store.entries(first, min(size, first + BATCH)):
+            yield entry_line(entry.seq, entry.leaf_hash, entry.record)

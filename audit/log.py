@@ -100,6 +100,11 @@ class AuditLog:
                 log.exception("audit log integration failed; retrying")
                 self._stop.wait(1.0)
 
+    def prefix(self, size: int) -> list[bytes]:
+        """The compact range standing for entries [0, size), for exports that start there."""
+        with self._lock:
+            return self.tree.prefix(size)
+
     def inclusion_proof(self, seq: int, size: int) -> list[bytes]:
         self.sync()
         with self._lock:

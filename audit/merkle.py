@@ -82,6 +82,16 @@ class MerkleTree:
         if not 0 <= size <= self.size:
             raise ProofError(f"tree size {size} is outside 0..{self.size}")
 
+    def prefix(self, size: int) -> list[bytes]:
+        """The hashes of the complete subtrees that cover leaves [0, size), largest first (a compact range)."""
+        self._check_size(size)
+        out, offset = [], 0
+        for k in range(size.bit_length() - 1, -1, -1):
+            if size >> k & 1:
+                out.append(self.levels[k][offset >> k])
+                offset += 1 << k
+        return out
+
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """PATH(index, D[0:size]) of RFC 9162 2.1.3.1."""
         self._check_size(size)
@@ -183,3 +193,36 @@ def _chain_consistency(size1: int, size2: int, path: list[bytes]) -> tuple[bytes
     if sn != 0:
         raise ProofError("the consistency proof is shorter than the tree is deep")
     return fr, sr
+
+
+class CompactRange:
+    """A tree's right frontier: what it takes to extend it leaf by leaf and compute its root, in O(log n).
+
+    Built from ``MerkleTree.prefix`` (or empty), it lets a verifier check a slice of a log against
+    checkpoints without holding the leaves before the slice, or any leaf it has passed.
+    """
+
+    def __init__(self, size: int = 0, prefix: list[bytes] | None = None) -> None:
+        hashes = list(prefix or [])
+        sizes = [1 << k for k in range(size.bit_length() - 1, -1, -1) if size >> k & 1]
+        if len(sizes) != len(hashes) or any(len(h) != HASH_SIZE for h in hashes):
+            raise ProofError(f"a prefix of {size} leaves has {len(sizes)} hashes of {HASH_SIZE} bytes")
+        self.size = size
+        self._nodes = list(zip(sizes, hashes, strict=True))
+
+    def append(self, leaf: bytes) -> None:
+        if len(leaf) != HASH_SIZE:
+            raise ProofError(f"a leaf hash has {HASH_SIZE} bytes, not {len(leaf)}")
+        self._nodes.append((1, leaf))
+        while len(self._nodes) > 1 and self._nodes[-1][0] == self._nodes[-2][0]:
+            (n, right), (_, left) = self._nodes.pop(), self._nodes.pop()
+            self._nodes.append((2 * n, node_hash(left, right)))
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self._nodes:
+            return EMPTY_ROOT
+        root = self._nodes[-1][1]
+        for _, h in reversed(self._nodes[:-1]):
+            root = node_hash(h, root)
+        return root

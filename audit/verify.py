@@ -1,7 +1,8 @@
 """Checking an exported audit log offline, with nothing but the log's public key.
 
-An export (see audit.export) is a JSON header, one tab-separated line per entry (sequence number,
-leaf hash, canonical record or nothing once pruned), and one JSON line per signed checkpoint. The verifier
+An export (see audit.export) is a JSON header with the slice's start and the prefix hashes before
+it, the signed checkpoints that fall in the slice, then one tab-separated line per entry. The
+verifier keeps only the tree's right frontier (O(log n) memory). The verifier
 recomputes every leaf from its record, requires the sequence to have no gaps and the times the
 entries were logged never to go back, checks every checkpoint's signature and origin, recomputes its root from the
 leaves, and refuses two checkpoints of one size with different roots (a fork). It reports the first
@@ -15,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from audit.merkle import MerkleTree, ProofError, leaf_hash, verify_inclusion
+from audit.merkle import CompactRange, ProofError, leaf_hash, verify_inclusion
 from audit.note import Checkpoint, NoteError, Verifier, open_note
 from audit.records import ENTRY, parse_entry_line
 
@@ -42,10 +43,9 @@ def verify_export(lines: Iterable[str], verifier: Verifier, progress: Callable[[
     header = _json(next(rows, ""), "header")
     if header.get("origin") != verifier.name:
         raise VerifyError(f"the export is of log {header.get('origin')!r}, the key is {verifier.name!r}")
-    if header.get("start") != 0:
-        raise VerifyError("only exports from the first entry can be verified in full")
-    report, tree, last_time = Report(), MerkleTree(), ""
-    notes: list[str] = []
+    tree = _prefix(header)
+    report, last_time = Report(), ""
+    roots: dict[int, bytes] = {}
     for n, line in enumerate(rows, start=2):
         if line.startswith(ENTRY + "\t"):
             try:
@@ -53,16 +53,20 @@ def verify_export(lines: Iterable[str], verifier: Verifier, progress: Callable[[
             except ValueError:
                 raise VerifyError(f"line {n} is not an entry") from None
             last_time = _check_entry(seq, leaf, record, tree=tree, report=report, last_time=last_time)
+            _check_root(tree, roots)
+            if progress is not None and report.entries % 10000 == 0:
+                progress(report.entries)
+        elif report.entries:
+            raise VerifyError(f"line {n}: checkpoints come before the entries")
         else:
-            notes.append(str(_json(line, f"line {n}").get("checkpoint", "")))
-        if progress is not None and report.entries % 10000 == 0:
-            progress(report.entries)
-    if report.entries != header.get("size"):
-        raise VerifyError(f"the export is truncated: {report.entries} entries, the header says {header.get('size')}")
-    roots: dict[int, bytes] = {}
-    for note in notes:
-        _check_checkpoint(note, verifier, tree, roots)
-        report.checkpoints += 1
+            _check_checkpoint(str(_json(line, f"line {n}").get("checkpoint", "")), verifier, roots)
+            report.checkpoints += 1
+            if tree.size in roots and roots[tree.size] != tree.root():
+                raise VerifyError(f"checkpoint of size {tree.size}: the prefix leads to another root")
+    if tree.size != header.get("size"):
+        raise VerifyError(
+            f"the export is truncated: it ends at entry {tree.size}, the header says {header.get('size')}"
+        )
     if tree.size not in roots:
         raise VerifyError(
             f"no signed checkpoint covers all {tree.size} entries (newest: {max(roots, default=0)}): "
@@ -70,6 +74,22 @@ def verify_export(lines: Iterable[str], verifier: Verifier, progress: Callable[[
         )
     report.size, report.root = tree.size, tree.root()
     return report
+
+
+def _prefix(header: dict[str, object]) -> CompactRange:
+    start, prefix = header.get("start"), header.get("prefix", [])
+    if not isinstance(start, int) or start < 0 or not isinstance(prefix, list):
+        raise VerifyError("the header's start and prefix are malformed")
+    try:
+        return CompactRange(start, [bytes.fromhex(str(h)) for h in prefix])
+    except (ValueError, ProofError) as e:
+        raise VerifyError(f"the header's prefix is malformed: {e}") from None
+
+
+def _check_root(tree: CompactRange, roots: dict[int, bytes]) -> None:
+    want = roots.get(tree.size)
+    if want is not None and tree.root() != want:
+        raise VerifyError(f"checkpoint of size {tree.size}: the entries lead to another root (rewritten)")
 
 
 def _json(line: str, where: str) -> dict[str, object]:
@@ -83,7 +103,7 @@ def _json(line: str, where: str) -> dict[str, object]:
 
 
 def _check_entry(
-    seq: int, leaf_hex: str, record: str | None, *, tree: MerkleTree, report: Report, last_time: str
+    seq: int, leaf_hex: str, record: str | None, *, tree: CompactRange, report: Report, last_time: str
 ) -> str:
     if seq != tree.size:
         raise VerifyError(f"entry {seq}: expected entry {tree.size} (a gap, or entries out of order)")
@@ -115,7 +135,7 @@ def _check_entry(
     return last_time
 
 
-def _check_checkpoint(note: str, verifier: Verifier, tree: MerkleTree, roots: dict[int, bytes]) -> None:
+def _check_checkpoint(note: str, verifier: Verifier, roots: dict[int, bytes]) -> None:
     try:
         checkpoint = Checkpoint.parse(open_note(note, verifier))
     except NoteError as e:
@@ -125,10 +145,6 @@ def _check_checkpoint(note: str, verifier: Verifier, tree: MerkleTree, roots: di
     seen = roots.setdefault(checkpoint.size, checkpoint.root)
     if seen != checkpoint.root:
         raise VerifyError(f"two checkpoints of size {checkpoint.size} with different roots: the log was forked")
-    if checkpoint.size > tree.size:
-        raise VerifyError(f"checkpoint of size {checkpoint.size} is beyond the {tree.size} entries exported")
-    if tree.root(checkpoint.size) != checkpoint.root:
-        raise VerifyError(f"checkpoint of size {checkpoint.size}: the entries lead to another root (rewritten)")
 
 
 def verify_receipt(receipt: dict[str, object], verifier: Verifier) -> Checkpoint:

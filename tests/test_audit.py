@@ -170,19 +170,23 @@ def test_reordered_entries_are_found(log: AuditLog, store: Store) -> None:
 def test_forged_forked_or_truncated_exports_are_refused(log: AuditLog) -> None:
     _fill(log, 6)
     lines = list(export_lines(log.store, log.signer.verifier()))
+    header, checkpoints = lines[0], [line for line in lines if '"checkpoint"' in line]
+    entries = [line for line in lines if line.startswith("E\t")]
     verifier = log.signer.verifier()
     with pytest.raises(VerifyError, match="truncated"):
-        verify_export(lines[:-2] + lines[-1:], verifier)
+        verify_export([header, *checkpoints, *entries[:-1]], verifier)
     stranger = Signer.generate(ORIGIN)
     with pytest.raises(VerifyError, match="no signature"):
         verify_export(lines, stranger.verifier())
-    bad = json.loads(lines[-1])["checkpoint"].replace("\n6\n", "\n5\n")
+    bad = json.loads(checkpoints[-1])["checkpoint"].replace("\n6\n", "\n5\n")
     with pytest.raises(VerifyError, match="does not verify"):
-        verify_export([*lines, json.dumps({"checkpoint": bad})], verifier)
+        verify_export([header, json.dumps({"checkpoint": bad}), *checkpoints, *entries], verifier)
     other_root = Checkpoint(ORIGIN, 6, b"\x07" * 32).text()
     fork = json.dumps({"checkpoint": log.signer.sign(other_root)})
     with pytest.raises(VerifyError, match="forked"):
-        verify_export([*lines, fork], verifier)
+        verify_export([header, *checkpoints, fork, *entries], verifier)
+    with pytest.raises(VerifyError, match="checkpoints come before"):
+        verify_export([header, *entries, *checkpoints], verifier)
 
 
 def test_every_change_through_the_hub_is_in_the_log_and_refusals_are_not(hub: RunningHub) -> None:
@@ -259,20 +263,20 @@ def test_nothing_after_the_newest_checkpoint_and_no_hidden_records_are_accepted(
     # The newest checkpoint dropped, the last entries rewritten, the header made to match.
     record = (parse_entry_line(entries[5])[2] or "").replace("allowed", "denied")
     rewritten = entry_line(5, leaf_hash(record.encode()), record)
-    forged = [json.dumps(header), *entries[:5], rewritten, checkpoints[0]]
+    forged = [json.dumps(header), checkpoints[0], *entries[:5], rewritten]
     with pytest.raises(VerifyError, match="no signed checkpoint covers all 6"):
         verify_export(forged, verifier)
     # Records appended after the newest checkpoint.
     appended = canonical({**_record(99).as_dict(), "logged": "2099-01-01T00:00:00.000000Z"}).decode()
     extra = entry_line(6, leaf_hash(appended.encode()), appended)
-    grown = [json.dumps({**header, "size": 7}), *entries, extra, *checkpoints]
+    grown = [json.dumps({**header, "size": 7}), *checkpoints, *entries, extra]
     with pytest.raises(VerifyError, match="no signed checkpoint covers all 7"):
         verify_export(grown, verifier)
     # A record blanked in the middle, passed off as pruned.
     seq, leaf, _ = parse_entry_line(entries[4])
     hidden = entry_line(seq, bytes.fromhex(leaf), None)
     with pytest.raises(VerifyError, match="entry 4: its record is missing"):
-        verify_export([lines[0], *entries[:4], hidden, entries[5], *checkpoints], verifier)
+        verify_export([lines[0], *checkpoints, *entries[:4], hidden, entries[5]], verifier)
 
 
 def test_processes_signing_the_same_checkpoint_at_once_agree(store: Store) -> None:
@@ -321,3 +325,18 @@ def test_group_commit_from_threads_and_coroutines_loses_nothing(store: Store) ->
         broken.append(_record(1, latency_us=1.5))  # a float cannot be recorded
     broken.append(_record(2))  # and the committer lives on
     broken.close()
+
+
+def test_a_slice_of_the_log_verifies_from_its_prefix_and_a_forged_prefix_does_not(log: AuditLog) -> None:
+    _fill(log, 30, checkpoint_every=10)
+    verifier = log.signer.verifier()
+    log.sync()
+    for start in (0, 10, 17, 30):
+        lines = list(export_lines(log.store, verifier, start, log.tree.prefix(start)))
+        report = verify_export(lines, verifier)
+        assert (report.entries, report.size) == (30 - start, 30)
+    lines = list(export_lines(log.store, verifier, 17, log.tree.prefix(17)))
+    header = json.loads(lines[0])
+    header["prefix"][0] = leaf_hash(b"forged").hex()
+    with pytest.raises(VerifyError, match="another root"):
+        verify_export([json.dumps(header), *lines[1:]], verifier)

@@ -324,6 +324,11 @@ def test_audit_verbs(hub: RunningHub, capsys: pytest.CaptureFixture[str], tmp_pa
     assert main(["audit", "verify", str(export), "--key", key]) == 1
     assert "its record does not hash to its leaf" in capsys.readouterr().err
 
+    tail = tmp_path / "tail.jsonl"
+    assert _run(hub, auditor, "audit", "export", "--out", str(tail), "--from", "3") == 0
+    assert main(["audit", "verify", str(tail), "--key", key]) == 0
+    assert _run(hub, auditor, "audit", "export", "--out", str(tail), "--from", "999") == 1
+
     receipt = tmp_path / "receipt.json"
     assert _run(hub, auditor, "audit", "receipt", "2", "--out", str(receipt)) == 0
     assert main(["audit", "verify-receipt", str(receipt), "--key", key]) == 0

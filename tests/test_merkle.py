@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from audit.merkle import MerkleTree, ProofError, leaf_hash, verify_consistency, verify_inclusion
+from audit.merkle import CompactRange, MerkleTree, ProofError, leaf_hash, verify_consistency, verify_inclusion
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "merkle"
 
@@ -98,3 +98,15 @@ def test_a_tampered_proof_or_leaf_fails() -> None:
         verify_consistency(6, 13, bad, tree.root(6), tree.root(13))
     with pytest.raises(ProofError):
         tree.inclusion_proof(13, 13)
+
+
+def test_a_compact_range_from_any_prefix_reaches_every_root() -> None:
+    tree = MerkleTree([leaf_hash(str(i).encode()) for i in range(40)])
+    for start in range(0, 41):
+        compact = CompactRange(start, tree.prefix(start))
+        assert compact.root() == tree.root(start)
+        for i in range(start, 40):
+            compact.append(tree.levels[0][i])
+            assert compact.root() == tree.root(i + 1), (start, i)
+    with pytest.raises(ProofError):
+        CompactRange(5, tree.prefix(4))

@@ -134,7 +134,8 @@ def proof_check(args: argparse.Namespace, settings: Settings) -> int:
 def export(args: argparse.Namespace, settings: Settings) -> int:
     count = 0
     with HubClient(settings, args.identity) as hub, args.out.open("w", encoding="utf-8") as out:
-        for chunk in hub.audit.ExportLog(pb.ExportLogRequest(), timeout=max(hub.timeout, 3600)):
+        request = pb.ExportLogRequest(from_seq=args.from_seq)
+        for chunk in hub.audit.ExportLog(request, timeout=max(hub.timeout, 3600)):
             out.write(chunk.lines)
             count += chunk.lines.count("\n")
     print(f"{count} lines written to {args.out}; check them with `exchange audit verify {args.out} --key log.pub`")

@@ -247,8 +247,9 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
         else:
             p.add_argument("--out", type=Path, required=True)
-    p = _verb(verbs, "export", audit.export, "write the whole log for offline verification (auditors)")
+    p = _verb(verbs, "export", audit.export, "write the log (or its tail) for offline verification (auditors)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--from", dest="from_seq", type=int, default=0, help="first entry (default: the first)")
     for verb, fn, text in (
         ("verify", audit.verify, "verify an export offline"),
         ("verify-receipt", audit.verify_receipt_file, "verify a receipt offline"),

@@ -77,7 +77,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     ) -> AsyncIterator[pb.ExportChunk]:
         actor = await caller_of(self, context)
         try:
-            lines = await asyncio.to_thread(self.service.export, actor)
+            lines = await asyncio.to_thread(self.service.export, actor, request.from_seq)
             while True:
                 chunk = await asyncio.to_thread(_take, lines, LINES_PER_CHUNK)
                 if not chunk:

@@ -127,9 +127,16 @@ class AuditReadService:
             if not token:
                 return tuple(codes)
 
-    def export(self, actor: Principal) -> Iterator[str]:
+    def export(self, actor: Principal, start: int) -> Iterator[str]:
         self._policy.require(actor, Action.READ_AUDIT, HUB_WIDE, "export the audit log")
-        return export_lines(self._store.audit, self.verifier)
+        latest = self._store.audit.latest_checkpoint()
+        size = latest[0] if latest else 0
+        if not 0 <= start <= size:
+            raise InvalidArgument.of(
+                [FieldViolation("from_seq", f"must be between 0 and {size}, the newest checkpoint")]
+            )
+        self._log.sync()
+        return export_lines(self._store.audit, self.verifier, start, self._log.prefix(start))
 
 
 def parse_time(seconds: int, nanos: int, field: str) -> dt.datetime | None:

@@ -284,12 +284,17 @@ Global___SearchRecordsResponse: _TypeAlias = SearchRecordsResponse  # noqa: Y015
 class ExportLogRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    FROM_SEQ_FIELD_NUMBER: _builtins.int
+    from_seq: _builtins.int
+    """0: from the first entry."""
     def __init__(
         self,
+        *,
+        from_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_seq", b"from_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

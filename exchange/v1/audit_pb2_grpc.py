@@ -94,7 +94,8 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportLog(self, request, context):
-        """The whole log as JSON lines (header, entries, checkpoints) for offline verification. Auditors.
+        """The log from entry `from_seq` to the newest checkpoint, with the checkpoints that vouch for it and
+        the hashes that stand for the entries before it, for offline verification. Auditors.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,9 @@ class AuditServiceStub:
     consumers their own department's records.
     """
     ExportLog: _grpc.UnaryStreamMultiCallable[_audit_pb2.ExportLogRequest, _audit_pb2.ExportChunk]
-    """The whole log as JSON lines (header, entries, checkpoints) for offline verification. Auditors."""
+    """The log from entry `from_seq` to the newest checkpoint, with the checkpoints that vouch for it and
+    the hashes that stand for the entries before it, for offline verification. Auditors.
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -61,7 +63,9 @@ class AuditServiceAsyncStub(AuditServiceStub):
     consumers their own department's records.
     """
     ExportLog: _aio.UnaryStreamMultiCallable[_audit_pb2.ExportLogRequest, _audit_pb2.ExportChunk]  # type: ignore[assignment]
-    """The whole log as JSON lines (header, entries, checkpoints) for offline verification. Auditors."""
+    """The log from entry `from_seq` to the newest checkpoint, with the checkpoints that vouch for it and
+    the hashes that stand for the entries before it, for offline verification. Auditors.
+    """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -104,6 +108,8 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.ExportLogRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_audit_pb2.ExportChunk], _abc.AsyncIterator[_audit_pb2.ExportChunk]]:
-        """The whole log as JSON lines (header, entries, checkpoints) for offline verification. Auditors."""
+        """The log from entry `from_seq` to the newest checkpoint, with the checkpoints that vouch for it and
+        the hashes that stand for the entries before it, for offline verification. Auditors.
+        """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
