@@ -52,10 +52,6 @@ class AuditLog:
         self._thread.join(timeout=10)
         self.flush()
 
-    def wake(self) -> None:
-        """Asks the integrator to look for staged records now (a record was just staged)."""
-        self._wake.set()
-
     def flush(self) -> int:
         """Integrates everything staged, catches the tree up and signs a checkpoint; returns the size."""
         while self.store.integrate():
