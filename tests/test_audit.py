@@ -340,3 +340,27 @@ def test_a_slice_of_the_log_verifies_from_its_prefix_and_a_forged_prefix_does_no
     header["prefix"][0] = leaf_hash(b"forged").hex()
     with pytest.raises(VerifyError, match="another root"):
         verify_export([json.dumps(header), *lines[1:]], verifier)
+
+
+def test_bad_ranges_and_missing_rights_get_precise_errors(hub: RunningHub) -> None:
+    auditor = hub.add_person("au-chen", "11350200MB0012345Y", m.Role.AUDITOR)
+    hub.hub.audit.flush()
+    with hub.client(auditor) as c:
+        for call, request in (
+            (c.audit.GetInclusionProof, apb.GetInclusionProofRequest(seq=999)),
+            (c.audit.GetInclusionProof, apb.GetInclusionProofRequest(seq=-1)),
+            (c.audit.GetConsistencyProof, apb.GetConsistencyProofRequest(from_size=0)),
+            (c.audit.GetConsistencyProof, apb.GetConsistencyProofRequest(from_size=5, to_size=2)),
+            (c.audit.GetCheckpoint, apb.GetCheckpointRequest(size=-3)),
+            (c.audit.SearchRecords, apb.SearchRecordsRequest(resource_code="bad")),
+            (c.audit.SearchRecords, apb.SearchRecordsRequest(page_size=5000)),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                c.call(call, request)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+        with pytest.raises(grpc.RpcError) as info:
+            c.call(c.audit.GetCheckpoint, apb.GetCheckpointRequest(size=12345))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with hub.client() as c, pytest.raises(grpc.RpcError) as info:
+        list(c.audit.ExportLog(apb.ExportLogRequest(), timeout=10))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -337,3 +337,8 @@ def test_audit_verbs(hub: RunningHub, capsys: pytest.CaptureFixture[str], tmp_pa
     receipt.write_text(json.dumps(forged), encoding="utf-8")
     assert main(["audit", "verify-receipt", str(receipt), "--key", key]) == 1
     assert _run(hub, auditor, "audit", "proof", "1", "--key", key) == 0
+    first = hub.hub.audit.store.checkpoints(1, 10**9)[0][0]
+    hub.add_person("zj-steward", POLICE.code, m.Role.OWNER_STEWARD)
+    hub.hub.audit.flush()
+    assert _run(hub, auditor, "audit", "consistency", str(first), "--key", key) == 0
+    assert "extends the signed log" in capsys.readouterr().out

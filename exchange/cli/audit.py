@@ -13,7 +13,7 @@ from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from audit.merkle import ProofError, leaf_hash, verify_inclusion
+from audit.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, NoteError, Verifier, open_note
 from audit.verify import VerifyError, verify_export, verify_receipt
 from exchange.cli import tables
@@ -128,6 +128,29 @@ def proof_check(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     seen = "its record checked" if proof.entry.record else "its record is not yours to read; its hash checked"
     print(f"record {proof.entry.seq} is in the signed log of {head.size} entries ({seen}; root {head.root.hex()})")
+    return 0
+
+
+def consistency(args: argparse.Namespace, settings: Settings) -> int:
+    """Checks here that the log's newer checkpoint extends an older one: nothing removed or rewritten."""
+    verifier = _verifier(args.key)
+    with HubClient(settings, args.identity) as hub:
+        old = hub.call(hub.audit.GetCheckpoint, pb.GetCheckpointRequest(size=args.from_size))
+        new = hub.call(hub.audit.GetCheckpoint, pb.GetCheckpointRequest(size=args.to_size))
+        proof = hub.call(
+            hub.audit.GetConsistencyProof, pb.GetConsistencyProofRequest(from_size=old.size, to_size=new.size)
+        )
+    try:
+        first = Checkpoint.parse(open_note(old.note, verifier))
+        second = Checkpoint.parse(open_note(new.note, verifier))
+        verify_consistency(first.size, second.size, list(proof.hashes), first.root, second.root)
+    except (ProofError, NoteError) as e:
+        print(f"the checkpoints are NOT consistent: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"the signed log of {second.size} entries extends the signed log of {first.size}: "
+        "nothing before was removed or changed"
+    )
     return 0
 
 

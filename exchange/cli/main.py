@@ -247,6 +247,10 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
         else:
             p.add_argument("--out", type=Path, required=True)
+    p = _verb(verbs, "consistency", audit.consistency, "check that a newer checkpoint extends an older one")
+    p.add_argument("from_size", type=int, help="size of the older checkpoint")
+    p.add_argument("--to", dest="to_size", type=int, default=0, help="size of the newer (default: the newest)")
+    p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
     p = _verb(verbs, "export", audit.export, "write the log (or its tail) for offline verification (auditors)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--from", dest="from_seq", type=int, default=0, help="first entry (default: the first)")
