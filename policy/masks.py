@@ -1,0 +1,41 @@
+"""Masking values before they leave the hub (个人信息保护法 art. 51: de-identification).
+
+Each mask keeps only what a grant allows to be seen: an ID number its first 6 and last 4 characters
+(the usual mask for 公民身份号码), a name its family name (first character), a phone number its last 4
+digits, FULL nothing. Masking is applied to text; other values are masked as their text.
+"""
+
+from __future__ import annotations
+
+from exchange.models import MaskKind
+
+MASK_CHAR = "*"
+
+
+def _keep(value: str, head: int, tail: int) -> str:
+    if len(value) <= head + tail:
+        return MASK_CHAR * len(value)
+    return value[:head] + MASK_CHAR * (len(value) - head - tail) + (value[-tail:] if tail else "")
+
+
+def mask(value: object, kind: MaskKind) -> object:
+    """The value as the grant lets it be seen; None stays None (an absent value reveals nothing)."""
+    if value is None or kind is MaskKind.NONE:
+        return value
+    text = str(value)
+    if kind is MaskKind.ID_NUMBER:
+        return _keep(text, 6, 4)
+    if kind is MaskKind.NAME:
+        return _keep(text, 1, 0) if len(text) > 1 else MASK_CHAR
+    if kind is MaskKind.PHONE:
+        digits = [c for c in text if c.isdigit()]
+        return MASK_CHAR * max(0, len(digits) - 4) + "".join(digits[-4:]) if len(digits) > 4 else MASK_CHAR * len(text)
+    return MASK_CHAR * len(text)
+
+
+def apply(
+    row: dict[str, object], fields: tuple[str, ...], masks: tuple[tuple[str, MaskKind], ...]
+) -> dict[str, object]:
+    """Only the granted fields of ``row``, each masked as the grant says."""
+    how = dict(masks)
+    return {f: mask(row.get(f), how.get(f, MaskKind.NONE)) for f in fields}
