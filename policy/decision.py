@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -39,6 +40,7 @@ class DenyReason(StrEnum):
     EXPIRED = "grant_expired"
     FIELD_NOT_GRANTED = "field_not_granted"
     QUOTA_EXHAUSTED = "quota_exhausted"
+    RATE_LIMITED = "rate_limited"
     RESOURCE_SUSPENDED = "resource_suspended"
 
 
@@ -87,7 +89,10 @@ class _Pair:
 class DecisionPoint:
     """Decides data-plane requests against the live grants; told of every grant change."""
 
-    def __init__(self, grants: list[Grant] | None = None) -> None:
+    def __init__(self, grants: list[Grant] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        # Per grant: tokens left and when they were counted (a bucket of one second's calls).
+        self._buckets: dict[str, tuple[float, float]] = {}
         self._pairs: dict[tuple[str, str], _Pair] = {}
         self._cache: dict[Question, str] = {}
         self._used: dict[tuple[str, dt.date], int] = {}
@@ -144,24 +149,43 @@ class DecisionPoint:
         if not q.fields:
             return _deny(DenyReason.FIELD_NOT_GRANTED, "no field named: ask for the fields needed")
         with self._lock:
-            grant = self._cached(q, today)
-            if grant is None:
-                found = self._match(q, today)
-                if isinstance(found, Decision):
-                    return found
-                grant = self._pairs[(q.resource, q.department)].grants[found]
-                if not grant.start <= today <= grant.end:
-                    return self._validity(grant, today)
-                if len(self._cache) >= CACHE_LIMIT:
-                    self._cache.clear()
-                self._cache[q] = grant.id
-            used = self._used.get((grant.id, today), 0)
-            if used >= grant.daily_quota:
-                return _deny(DenyReason.QUOTA_EXHAUSTED, f"grant {grant.id} used its {grant.daily_quota} calls today")
-            if consume:
-                self._count(grant.id, today, used + 1)
+            found = self._grant_for(q, today)
+            if isinstance(found, Decision):
+                return found
+            grant = found
+            refusal = self._use(grant, today, consume=consume)
+            if refusal is not None:
+                return refusal
         masks = tuple((f, k) for f, k in grant.masks if f in q.fields)
         return Decision(True, grant.id, q.fields, masks)
+
+    def _grant_for(self, q: Question, today: dt.date) -> Grant | Decision:
+        """The grant that answers ``q`` today (cached, or found and cached), or a denial."""
+        grant = self._cached(q, today)
+        if grant is not None:
+            return grant
+        found = self._match(q, today)
+        if isinstance(found, Decision):
+            return found
+        grant = self._pairs[(q.resource, q.department)].grants[found]
+        if not grant.start <= today <= grant.end:
+            return self._validity(grant, today)
+        if len(self._cache) >= CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[q] = grant.id
+        return grant
+
+    def _use(self, grant: Grant, today: dt.date, *, consume: bool) -> Decision | None:
+        """Counts a call against the grant's daily quota and rate; a denial when either is used up."""
+        used = self._used.get((grant.id, today), 0)
+        if used >= grant.daily_quota:
+            return _deny(DenyReason.QUOTA_EXHAUSTED, f"grant {grant.id} used its {grant.daily_quota} calls today")
+        if not consume:
+            return None
+        if not self._take_token(grant):
+            return _deny(DenyReason.RATE_LIMITED, f"grant {grant.id} allows {grant.rate_per_second} calls a second")
+        self._count(grant.id, today, used + 1)
+        return None
 
     def _count(self, grant_id: str, today: dt.date, used: int) -> None:
         """Records a call; when a new day starts, counts older than yesterday go (callers' days may differ by one)."""
@@ -170,6 +194,20 @@ class DecisionPoint:
             cutoff = today - dt.timedelta(days=1)
             self._used = {k: v for k, v in self._used.items() if k[1] >= cutoff}
         self._used[(grant_id, today)] = used
+
+    def _take_token(self, grant: Grant) -> bool:
+        """A token bucket per grant: ``rate_per_second`` calls a second, bursts up to one second's worth."""
+        rate = grant.rate_per_second
+        if rate <= 0:
+            return True
+        now = self._clock()
+        tokens, then = self._buckets.get(grant.id, (float(rate), now))
+        tokens = min(float(rate), tokens + (now - then) * rate)
+        if tokens < 1:
+            self._buckets[grant.id] = (tokens, now)
+            return False
+        self._buckets[grant.id] = (tokens - 1, now)
+        return True
 
     def _cached(self, q: Question, today: dt.date) -> Grant | None:
         """The grant that answered ``q`` before, if it still stands today."""

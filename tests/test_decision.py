@@ -126,3 +126,14 @@ def test_dry_runs_and_other_days_leave_todays_quota_alone() -> None:
     assert point.decide(_ask(), PUBLISHED, yesterday).allowed  # a caller a time zone behind
     assert point.decide(_ask(), PUBLISHED, TODAY).reason is DenyReason.QUOTA_EXHAUSTED
     assert point.decide(_ask(fields=()), PUBLISHED, TODAY + dt.timedelta(days=1)).reason is DenyReason.FIELD_NOT_GRANTED
+
+
+def test_the_rate_is_limited_per_grant_with_a_one_second_burst() -> None:
+    now = [100.0]
+    point = DecisionPoint([_grant(rate_per_second=2, daily_quota=100)], clock=lambda: now[0])
+    assert [point.decide(_ask(), PUBLISHED, TODAY).allowed for _ in range(3)] == [True, True, False]
+    assert point.decide(_ask(), PUBLISHED, TODAY).reason is DenyReason.RATE_LIMITED
+    now[0] += 0.5  # half a second brings one call back
+    assert point.decide(_ask(), PUBLISHED, TODAY).allowed
+    assert not point.decide(_ask(), PUBLISHED, TODAY).allowed
+    assert point.decide(_ask(), PUBLISHED, TODAY, consume=False).allowed  # a dry run is never limited

@@ -409,7 +409,7 @@ class AccessDecision(_message.Message):
     grant_id: _builtins.str
     reason: _builtins.str
     """When denied: no_grant, wrong_purpose, grant_suspended, not_yet_valid,
-    grant_expired, field_not_granted, quota_exhausted, resource_suspended.
+    grant_expired, field_not_granted, quota_exhausted, rate_limited, resource_suspended.
     """
     message: _builtins.str
     @_builtins.property
