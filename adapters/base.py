@@ -1,0 +1,88 @@
+"""What every connector to a departmental backend offers the hub, and how it fails.
+
+An adapter fetches rows of one catalog resource for declared filters. It returns only declared
+fields, with values of the declared types, or raises one of the errors below, which name the
+provider and never its internals. The hub then removes what was not granted and masks the rest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+from exchange.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from exchange.models import FieldType, ResourceSpec
+
+Row = dict[str, object]
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    resource: ResourceSpec
+    filters: dict[str, str]
+    fields: tuple[str, ...]
+    limit: int
+    timeout_seconds: float
+
+
+class Adapter(Protocol):
+    """A connector to one department's backend."""
+
+    name: str
+
+    def fetch(self, request: FetchRequest) -> list[Row]: ...
+
+
+class ProviderUnavailable(Unavailable):
+    """The provider cannot be reached or failed; retrying later may help."""
+
+    def __init__(self, provider: str) -> None:
+        super().__init__(f"the provider {provider} is unavailable")
+        self.provider = provider
+
+
+class ProviderTimeout(DeadlineExceeded):
+    def __init__(self, provider: str) -> None:
+        super().__init__(f"the provider {provider} did not answer in time")
+        self.provider = provider
+
+
+class ProviderContractError(FailedPrecondition):
+    """The provider answered outside the resource's declaration; nothing of it is passed on."""
+
+    def __init__(self, provider: str, detail: str) -> None:
+        super().__init__(
+            f"the provider {provider} answered outside its declaration: {detail}", provider, kind="PROVIDER_CONTRACT"
+        )
+        self.provider = provider
+
+
+_ACCEPTED: dict[FieldType, tuple[type, ...]] = {
+    FieldType.STRING: (str,),
+    FieldType.INTEGER: (int,),
+    FieldType.DECIMAL: (Decimal, int, float),
+    FieldType.BOOLEAN: (bool,),
+    FieldType.DATE: (dt.date,),
+    FieldType.TIMESTAMP: (dt.datetime,),
+    FieldType.BYTES: (bytes,),
+}
+
+
+def checked_rows(provider: str, resource: ResourceSpec, fields: tuple[str, ...], rows: list[Row]) -> list[Row]:
+    """The rows, if every value is a declared field of its declared type (None allowed); else a contract error."""
+    types = {i.name: i.type for i in resource.data_items}
+    for n, row in enumerate(rows):
+        extra = set(row) - set(fields)
+        if extra:
+            raise ProviderContractError(provider, f"row {n} has fields not asked for: {', '.join(sorted(extra))}")
+        for name, value in row.items():
+            kind = types.get(name)
+            if kind is None:
+                raise ProviderContractError(provider, f"row {n}: {name} is not a field of {resource.code}")
+            wrong_bool = isinstance(value, bool) and kind is not FieldType.BOOLEAN
+            is_date_only = kind is FieldType.DATE and isinstance(value, dt.datetime)
+            if value is not None and (not isinstance(value, _ACCEPTED[kind]) or wrong_bool or is_date_only):
+                raise ProviderContractError(provider, f"row {n}: {name} is {type(value).__name__}, not {kind.value}")
+    return rows
