@@ -40,7 +40,6 @@ class AuditLog:
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-log", daemon=True)
         self._signed_size = -1
-        self.healthy = True
 
     def start(self) -> None:
         self.flush()
@@ -90,9 +89,7 @@ class AuditLog:
                 if time.monotonic() - last_signed >= self._checkpoint_seconds:
                     self._sign()
                     last_signed = time.monotonic()
-                self.healthy = True
             except Exception:
-                self.healthy = False
                 log.exception("audit log integration failed; retrying")
                 self._stop.wait(1.0)
 

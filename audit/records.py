@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from audit.merkle import leaf_hash
@@ -75,10 +75,6 @@ def record_leaf(record: AuditRecord | Mapping[str, object]) -> tuple[bytes, byte
 def subject_hash(key: bytes, identifier: str) -> str:
     """The keyed hash (HMAC-SHA-256, hex) under which a data subject's identifier is recorded."""
     return hmac.new(key, identifier.strip().upper().encode(), hashlib.sha256).hexdigest()
-
-
-def subject_hashes(key: bytes, identifiers: Sequence[str]) -> list[str]:
-    return sorted({subject_hash(key, i) for i in identifiers if i.strip()})
 
 
 def with_logged(record: bytes, logged: str) -> bytes:
