@@ -8,31 +8,24 @@ provider and never its internals. The hub then removes what was not granted and 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
 
-from exchange.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from exchange.backend import Backend, Document, FetchRequest, Row
+from exchange.errors import DeadlineExceeded, FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
 from exchange.models import FieldType, ResourceSpec
 
-Row = dict[str, object]
-
-
-@dataclass(frozen=True)
-class FetchRequest:
-    resource: ResourceSpec
-    filters: dict[str, str]
-    fields: tuple[str, ...]
-    limit: int
-    timeout_seconds: float
-
-
-class Adapter(Protocol):
-    """A connector to one department's backend."""
-
-    name: str
-
-    def fetch(self, request: FetchRequest) -> list[Row]: ...
+__all__ = [
+    "Backend",
+    "Document",
+    "FetchRequest",
+    "ProviderContractError",
+    "ProviderTimeout",
+    "ProviderUnavailable",
+    "Row",
+    "Unsupported",
+    "checked_filters",
+    "checked_rows",
+]
 
 
 class ProviderUnavailable(Unavailable):
@@ -86,3 +79,24 @@ def checked_rows(provider: str, resource: ResourceSpec, fields: tuple[str, ...],
             if value is not None and (not isinstance(value, _ACCEPTED[kind]) or wrong_bool or is_date_only):
                 raise ProviderContractError(provider, f"row {n}: {name} is {type(value).__name__}, not {kind.value}")
     return rows
+
+
+class Unsupported(FailedPrecondition):
+    """The backend does not serve this kind of call (records from a file store, say)."""
+
+    def __init__(self, provider: str, what: str) -> None:
+        super().__init__(f"the provider {provider} does not serve {what}", provider, kind="BACKEND_MISMATCH")
+
+
+def checked_filters(request: FetchRequest) -> None:
+    """Refuses filters on items the resource does not declare filterable, or no filter at all.
+
+    The hub checks this before any backend is called; adapters check again, so no backend is ever
+    asked to filter on what its owner did not open to lookups.
+    """
+    filterable = {i.name for i in request.resource.data_items if i.filterable}
+    unknown = sorted(set(request.filters) - filterable)
+    if unknown or not request.filters:
+        allowed = ", ".join(sorted(filterable)) or "none"
+        detail = f"{', '.join(unknown)} cannot be filtered on" if unknown else "at least one filter is needed"
+        raise InvalidArgument.of([FieldViolation("filters", f"{detail}; declared filters: {allowed}")])

@@ -1,41 +1,48 @@
 """The SQL adapter: reads a table or view of a department's front-end database (前置库).
 
-Only declared filter columns can be filtered on, always as bound parameters; only declared fields
-are selected; every query is read-only, limited in rows and bounded in time (PostgreSQL
-statement_timeout; SQLite progress handler). Database errors become provider errors that name the
-provider, never the database's own message.
+Only the resource's filterable items can be filtered on, always as bound parameters; only the
+fields asked for are selected; every query is read-only, limited in rows and bounded in time
+(PostgreSQL statement_timeout; SQLite progress handler). Streams read with a server-side cursor
+in batches, so a large result is never held whole. Database errors become provider errors that
+name the provider, never the database's own message.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, MetaData, Select, Table, create_engine, event, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from adapters.base import (
+    Document,
     FetchRequest,
     ProviderContractError,
     ProviderTimeout,
     ProviderUnavailable,
     Row,
+    Unsupported,
+    checked_filters,
     checked_rows,
 )
-from exchange.errors import FieldViolation, InvalidArgument
+
+DEFAULT_MAX_ROWS = 1000
 
 
 @dataclass(frozen=True)
 class SqlBinding:
-    """Where a resource lives in a front-end database: its table, field columns and filter columns."""
+    """Where a resource lives in a front-end database: its table and the column of each item."""
 
     url: str
     table: str
-    columns: Mapping[str, str]  # resource field -> column
-    filters: Mapping[str, str]  # filter parameter -> column
-    max_rows: int = 1000
+    columns: Mapping[str, str] = field(default_factory=dict)  # data item -> column; default: same name
+    max_rows: int = DEFAULT_MAX_ROWS
+
+    def column(self, item: str) -> str:
+        return self.columns.get(item, item)
 
 
 class SqlAdapter:
@@ -53,49 +60,98 @@ class SqlAdapter:
                 raise ProviderUnavailable(self.name) from None
         return self._table
 
-    def fetch(self, request: FetchRequest) -> list[Row]:
-        unknown = sorted(set(request.filters) - set(self.binding.filters))
-        if unknown or not request.filters:
-            allowed = ", ".join(sorted(self.binding.filters))
-            detail = f"{', '.join(unknown)} cannot be filtered on" if unknown else "at least one filter is needed"
-            raise InvalidArgument.of([FieldViolation("filters", f"{detail}; declared filters: {allowed}")])
-        missing = [f for f in request.fields if f not in self.binding.columns]
-        if missing:
-            raise ProviderContractError(self.name, f"no column for {', '.join(missing)}")
+    def _query(self, request: FetchRequest) -> Select[Any]:
+        checked_filters(request)
         table = self._source()
         try:
-            columns = [table.c[self.binding.columns[f]].label(f) for f in request.fields]
+            columns = [table.c[self.binding.column(f)].label(f) for f in request.fields]
             query = select(*columns)
             for name, value in request.filters.items():
-                query = query.where(table.c[self.binding.filters[name]] == value)
-            query = query.limit(min(request.limit, self.binding.max_rows))
+                query = query.where(table.c[self.binding.column(name)] == value)
         except KeyError as e:
             raise ProviderContractError(self.name, f"the table has no column {e}") from None
-        rows = self._run(query, request.timeout_seconds)
+        # A stable order, so that pages neither skip nor repeat rows.
+        return query.order_by(*columns)
+
+    def fetch(self, request: FetchRequest) -> list[Row]:
+        query = self._query(request).limit(min(request.limit, self.binding.max_rows)).offset(request.offset)
+        with self._connection(request.timeout_seconds) as connection:
+            rows = self._rows(connection, query)
         return checked_rows(self.name, request.resource, request.fields, rows)
 
-    def _run(self, query: Any, timeout: float) -> list[Row]:
-        deadline = time.monotonic() + timeout
+    def stream(self, request: FetchRequest, batch_size: int) -> Iterator[list[Row]]:
+        """Batches read through a server-side cursor; each batch within the timeout."""
+        query = self._query(request)
+        with self._connection(request.timeout_seconds) as connection:
+            try:
+                result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(query)
+                while True:
+                    connection.info["deadline"] = time.monotonic() + request.timeout_seconds
+                    batch = [dict(r._mapping) for r in result.fetchmany(batch_size)]
+                    if not batch:
+                        return
+                    yield checked_rows(self.name, request.resource, request.fields, batch)
+            except OperationalError as e:
+                raise self._translate(e) from None
+            except DBAPIError:
+                raise ProviderUnavailable(self.name) from None
+
+    def document(self, request: FetchRequest) -> Document:
+        raise Unsupported(self.name, "documents")
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def _connection(self, timeout: float) -> _Bounded:
+        return _Bounded(self, timeout)
+
+    def _rows(self, connection: Connection, query: Select[Any]) -> list[Row]:
         try:
-            with self._engine.connect() as connection:
-                if connection.dialect.name == "postgresql":
-                    connection.execute(
-                        text("SELECT set_config('statement_timeout', :ms, true)"),
-                        {"ms": str(max(1, int(timeout * 1000)))},
-                    )
-                connection.info["deadline"] = deadline
-                try:
-                    result = [dict(r._mapping) for r in connection.execute(query)]
-                finally:
-                    connection.info.pop("deadline", None)
-                connection.rollback()
-                return result
+            return [dict(r._mapping) for r in connection.execute(query)]
         except OperationalError as e:
-            if getattr(e.orig, "sqlstate", None) == "57014" or "interrupted" in str(e.orig):
-                raise ProviderTimeout(self.name) from None
-            raise ProviderUnavailable(self.name) from None
+            raise self._translate(e) from None
         except DBAPIError:
             raise ProviderUnavailable(self.name) from None
+
+    def _translate(self, e: OperationalError) -> Exception:
+        if getattr(e.orig, "sqlstate", None) == "57014" or "interrupted" in str(e.orig):
+            return ProviderTimeout(self.name)
+        return ProviderUnavailable(self.name)
+
+
+class _Bounded:
+    """A read-only connection whose statements stop at the deadline; always rolled back."""
+
+    def __init__(self, adapter: SqlAdapter, timeout: float) -> None:
+        self._adapter = adapter
+        self._timeout = timeout
+        self._connection: Connection | None = None
+
+    def __enter__(self) -> Connection:
+        try:
+            connection = self._connection = self._adapter._engine.connect()
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT set_config('statement_timeout', :ms, false)"),
+                    {"ms": str(max(1, int(self._timeout * 1000)))},
+                )
+        except OperationalError as e:
+            raise self._adapter._translate(e) from None
+        except DBAPIError:
+            raise ProviderUnavailable(self._adapter.name) from None
+        connection.info["deadline"] = time.monotonic() + self._timeout
+        return connection
+
+    def __exit__(self, *exc: object) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        connection.info.pop("deadline", None)
+        try:
+            connection.rollback()
+            connection.close()
+        except SQLAlchemyError:
+            connection.invalidate()
 
 
 def _read_only_engine(url: str) -> Engine:

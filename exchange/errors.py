@@ -84,6 +84,14 @@ class PermissionDenied(ExchangeError):
         self.reason = reason
 
 
+class ResourceExhausted(ExchangeError):
+    """A limit of the caller's grant is used up (daily quota, calls per second); ``reason`` names which."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class DeadlineExceeded(ExchangeError):
     """The caller's deadline ran out before the hub could finish (for instance while waiting for a lock)."""
 

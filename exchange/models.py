@@ -158,6 +158,7 @@ class DataItem:
     description: str = ""
     sensitivity: SensitivityGrade = SensitivityGrade.GENERAL
     personal_information: bool = False
+    filterable: bool = False  # consumers may look records up by it (查询条件)
 
 
 @dataclass(frozen=True)
@@ -293,3 +294,27 @@ class Grant:
     status: GrantStatus
     issued_at: datetime
     history: tuple[ShareEvent, ...] = ()
+
+
+class BackendKind(StrEnum):
+    SQL = "sql"
+    GRPC = "grpc"
+    HTTP = "http"
+    FILES = "files"
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where the hub fetches a resource from: one backend and its options.
+
+    ``options`` are the backend's own settings (see ``adapters``): sql {url, table, columns},
+    grpc {target, system_code}, http {url, fields, records_key, parameters}, files {root,
+    name_template, media_type}. Values are strings or string-to-string mappings.
+    """
+
+    resource_code: str
+    kind: BackendKind
+    options: dict[str, object]
+    timeout_seconds: float = 0.0
+    max_rows: int = 0
+    version: int = 0

@@ -21,10 +21,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from exchange.models import PrincipalRef
+from exchange.models import PrincipalKind, PrincipalRef
 
 PrivateKey = ec.EllipticCurvePrivateKey
 URI_PREFIX = "urn:exchange:"
+HUB_URI = f"{URI_PREFIX}hub"
+# Provider names live under this domain (a reserved top-level name: never resolved, only checked).
+PROVIDER_DOMAIN = "provider.exchange.invalid"
 _ORG = "Exchange hub"
 
 
@@ -78,7 +81,7 @@ def _leaf(
     subject: x509.Name,
     public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
     san: list[x509.GeneralName],
-    usage: x509.ObjectIdentifier,
+    usage: list[x509.ObjectIdentifier],
     days: int,
 ) -> x509.Certificate:
     now = _now()
@@ -93,7 +96,7 @@ def _leaf(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -109,11 +112,17 @@ def issue_server_certificate(
         ca_cert=ca_cert,
         subject=_name(hostnames[0]),
         public_key=key.public_key(),
-        san=_san_entries(hostnames),
-        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        # The hub also presents this certificate to providers, which know it by HUB_URI.
+        san=[*_san_entries(hostnames), x509.UniformResourceIdentifier(HUB_URI)],
+        usage=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
         days=days,
     )
     return key, cert
+
+
+def provider_hostname(system_code: str) -> str:
+    """The name a system's certificate carries for serving as a provider; the hub checks it on connecting."""
+    return f"{system_code}.{PROVIDER_DOMAIN}"
 
 
 def principal_uri(ref: PrincipalRef) -> str:
@@ -148,13 +157,17 @@ def sign_csr(
     if not acceptable or not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise InvalidArgument.of([FieldViolation("csr_pem", "key must be EC P-256/P-384 or RSA >= 2048 bits")])
     san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(principal_uri(ref))]
+    usage = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if ref.kind is PrincipalKind.SYSTEM:  # a system may also serve as its department's provider
+        san.append(x509.DNSName(provider_hostname(ref.code)))
+        usage.append(ExtendedKeyUsageOID.SERVER_AUTH)
     return _leaf(
         ca_key,
         ca_cert=ca_cert,
         subject=_name(str(ref)),
         public_key=public_key,
         san=san,
-        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        usage=usage,
         days=days,
     )
 

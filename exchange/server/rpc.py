@@ -73,6 +73,9 @@ def status_of(error: errors.ExchangeError) -> status_pb2.Status:  # noqa: PLR091
     if isinstance(error, errors.PermissionDenied):
         info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
         return status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=error.message, details=[_pack(info)])
+    if isinstance(error, errors.ResourceExhausted):
+        info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
+        return status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=error.message, details=[_pack(info)])
     if isinstance(error, errors.Aborted):
         return status_pb2.Status(code=code_pb2.ABORTED, message=error.message)
     if isinstance(error, errors.Unauthenticated):

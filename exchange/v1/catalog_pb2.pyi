@@ -217,6 +217,7 @@ class DataItem(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     SENSITIVITY_FIELD_NUMBER: _builtins.int
     PERSONAL_INFORMATION_FIELD_NUMBER: _builtins.int
+    FILTERABLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier: lower-case letters, digits and underscores, e.g. "id_number"."""
     title: _builtins.str
@@ -226,6 +227,10 @@ class DataItem(_message.Message):
     sensitivity: Global___SensitivityGrade.ValueType
     personal_information: _builtins.bool
     """Personal information under 个人信息保护法."""
+    filterable: _builtins.bool
+    """Consumers may look records up by this item (查询条件): it can be a filter
+    of a query or name a document.
+    """
     def __init__(
         self,
         *,
@@ -235,10 +240,11 @@ class DataItem(_message.Message):
         description: _builtins.str = ...,
         sensitivity: Global___SensitivityGrade.ValueType = ...,
         personal_information: _builtins.bool = ...,
+        filterable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "personal_information", b"personal_information", "sensitivity", b"sensitivity", "title", b"title", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "filterable", b"filterable", "name", b"name", "personal_information", b"personal_information", "sensitivity", b"sensitivity", "title", b"title", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -374,6 +380,287 @@ class ResourceVersion(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResourceVersion: _TypeAlias = ResourceVersion  # noqa: Y015
+
+@_typing.final
+class Binding(_message.Message):
+    """Where the hub fetches a resource from: exactly one backend."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_CODE_FIELD_NUMBER: _builtins.int
+    SQL_FIELD_NUMBER: _builtins.int
+    GRPC_FIELD_NUMBER: _builtins.int
+    HTTP_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_ROWS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    resource_code: _builtins.str
+    timeout_seconds: _builtins.float
+    """Longest wait for the backend, in seconds (0: the hub's call_timeout_seconds)."""
+    max_rows: _builtins.int
+    """Most records one call may return (0: 1000). Streams are not capped."""
+    version: _builtins.int
+    """Output only."""
+    @_builtins.property
+    def sql(self) -> Global___SqlBackend: ...
+    @_builtins.property
+    def grpc(self) -> Global___GrpcBackend: ...
+    @_builtins.property
+    def http(self) -> Global___HttpBackend: ...
+    @_builtins.property
+    def files(self) -> Global___FileBackend: ...
+    def __init__(
+        self,
+        *,
+        resource_code: _builtins.str = ...,
+        sql: Global___SqlBackend | None = ...,
+        grpc: Global___GrpcBackend | None = ...,
+        http: Global___HttpBackend | None = ...,
+        files: Global___FileBackend | None = ...,
+        timeout_seconds: _builtins.float = ...,
+        max_rows: _builtins.int = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "files", b"files", "grpc", b"grpc", "http", b"http", "sql", b"sql"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "files", b"files", "grpc", b"grpc", "http", b"http", "max_rows", b"max_rows", "resource_code", b"resource_code", "sql", b"sql", "timeout_seconds", b"timeout_seconds", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_backend: _TypeAlias = _typing.Literal["sql", "grpc", "http", "files"]  # noqa: Y015
+    _WhichOneofArgType_backend: _TypeAlias = _typing.Literal["backend", b"backend"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_backend) -> _WhichOneofReturnType_backend | None: ...
+
+Global___Binding: _TypeAlias = Binding  # noqa: Y015
+
+@_typing.final
+class SqlBackend(_message.Message):
+    """A table or view of the department's front-end database (前置库)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ColumnsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    URL_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """SQLAlchemy URL, e.g. "postgresql+psycopg://reader@qzk.example/ga". The
+    hub connects read-only.
+    """
+    table: _builtins.str
+    @_builtins.property
+    def columns(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Data item -> column (items not named use their own name)."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        table: _builtins.str = ...,
+        columns: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "table", b"table", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SqlBackend: _TypeAlias = SqlBackend  # noqa: Y015
+
+@_typing.final
+class GrpcBackend(_message.Message):
+    """A provider service (ProviderService) run by the department."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    SYSTEM_CODE_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    """host:port"""
+    system_code: _builtins.str
+    """The registered system that runs it: its certificate must name this system."""
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        system_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["system_code", b"system_code", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrpcBackend: _TypeAlias = GrpcBackend  # noqa: Y015
+
+@_typing.final
+class HttpBackend(_message.Message):
+    """A departmental REST endpoint answering JSON."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    URL_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    RECORDS_KEY_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """http(s) URL; filters are sent as query parameters."""
+    records_key: _builtins.str
+    """The key holding the list of records; empty when the body is the list."""
+    @_builtins.property
+    def fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Data item -> JSON key (items not named use their own name)."""
+
+    @_builtins.property
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Filter -> query parameter name (filters not named use their own name)."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        records_key: _builtins.str = ...,
+        parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "parameters", b"parameters", "records_key", b"records_key", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HttpBackend: _TypeAlias = HttpBackend  # noqa: Y015
+
+@_typing.final
+class FileBackend(_message.Message):
+    """Documents kept in a directory of the owner's, under one of the hub's
+    configured document_roots.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOT_FIELD_NUMBER: _builtins.int
+    NAME_TEMPLATE_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    root: _builtins.str
+    name_template: _builtins.str
+    """File name pattern with {filter} placeholders, e.g. "{uscc}/完税证明.pdf"."""
+    media_type: _builtins.str
+    """e.g. "application/pdf"; empty: guessed from the file name."""
+    def __init__(
+        self,
+        *,
+        root: _builtins.str = ...,
+        name_template: _builtins.str = ...,
+        media_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["media_type", b"media_type", "name_template", b"name_template", "root", b"root"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileBackend: _TypeAlias = FileBackend  # noqa: Y015
+
+@_typing.final
+class SetBindingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    @_builtins.property
+    def binding(self) -> Global___Binding: ...
+    def __init__(
+        self,
+        *,
+        binding: Global___Binding | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBindingRequest: _TypeAlias = SetBindingRequest  # noqa: Y015
+
+@_typing.final
+class GetBindingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_CODE_FIELD_NUMBER: _builtins.int
+    resource_code: _builtins.str
+    def __init__(
+        self,
+        *,
+        resource_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resource_code", b"resource_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBindingRequest: _TypeAlias = GetBindingRequest  # noqa: Y015
 
 @_typing.final
 class CreateResourceRequest(_message.Message):

@@ -74,6 +74,16 @@ class CatalogServiceStub:
                 request_serializer=exchange_dot_v1_dot_catalog__pb2.ListResourceVersionsRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_catalog__pb2.ListResourceVersionsResponse.FromString,
                 _registered_method=True)
+        self.SetBinding = channel.unary_unary(
+                '/exchange.v1.CatalogService/SetBinding',
+                request_serializer=exchange_dot_v1_dot_catalog__pb2.SetBindingRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_catalog__pb2.Binding.FromString,
+                _registered_method=True)
+        self.GetBinding = channel.unary_unary(
+                '/exchange.v1.CatalogService/GetBinding',
+                request_serializer=exchange_dot_v1_dot_catalog__pb2.GetBindingRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_catalog__pb2.Binding.FromString,
+                _registered_method=True)
 
 
 class CatalogServiceServicer:
@@ -132,6 +142,22 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetBinding(self, request, context):
+        """Says where the hub fetches the resource from (its backend binding). The
+        owning department's steward or an operator. Replaces any earlier binding.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBinding(self, request, context):
+        """The binding of a resource. The owning department's steward or an operator:
+        it names the department's backend.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +200,16 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.ListResourceVersions,
                     request_deserializer=exchange_dot_v1_dot_catalog__pb2.ListResourceVersionsRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_catalog__pb2.ListResourceVersionsResponse.SerializeToString,
+            ),
+            'SetBinding': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBinding,
+                    request_deserializer=exchange_dot_v1_dot_catalog__pb2.SetBindingRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_catalog__pb2.Binding.SerializeToString,
+            ),
+            'GetBinding': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBinding,
+                    request_deserializer=exchange_dot_v1_dot_catalog__pb2.GetBindingRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_catalog__pb2.Binding.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -392,6 +428,60 @@ class CatalogService:
             '/exchange.v1.CatalogService/ListResourceVersions',
             exchange_dot_v1_dot_catalog__pb2.ListResourceVersionsRequest.SerializeToString,
             exchange_dot_v1_dot_catalog__pb2.ListResourceVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBinding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.CatalogService/SetBinding',
+            exchange_dot_v1_dot_catalog__pb2.SetBindingRequest.SerializeToString,
+            exchange_dot_v1_dot_catalog__pb2.Binding.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBinding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.CatalogService/GetBinding',
+            exchange_dot_v1_dot_catalog__pb2.GetBindingRequest.SerializeToString,
+            exchange_dot_v1_dot_catalog__pb2.Binding.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,14 @@ class CatalogServiceStub:
     ListResources: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListResourcesRequest, _catalog_pb2.ListResourcesResponse]
     """Lists and searches entries. Drafts are listed only to their department."""
     ListResourceVersions: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListResourceVersionsRequest, _catalog_pb2.ListResourceVersionsResponse]
+    SetBinding: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.SetBindingRequest, _catalog_pb2.Binding]
+    """Says where the hub fetches the resource from (its backend binding). The
+    owning department's steward or an operator. Replaces any earlier binding.
+    """
+    GetBinding: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.GetBindingRequest, _catalog_pb2.Binding]
+    """The binding of a resource. The owning department's steward or an operator:
+    it names the department's backend.
+    """
 
 @_typing.type_check_only
 class CatalogServiceAsyncStub(CatalogServiceStub):
@@ -65,6 +73,14 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     ListResources: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListResourcesRequest, _catalog_pb2.ListResourcesResponse]  # type: ignore[assignment]
     """Lists and searches entries. Drafts are listed only to their department."""
     ListResourceVersions: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListResourceVersionsRequest, _catalog_pb2.ListResourceVersionsResponse]  # type: ignore[assignment]
+    SetBinding: _aio.UnaryUnaryMultiCallable[_catalog_pb2.SetBindingRequest, _catalog_pb2.Binding]  # type: ignore[assignment]
+    """Says where the hub fetches the resource from (its backend binding). The
+    owning department's steward or an operator. Replaces any earlier binding.
+    """
+    GetBinding: _aio.UnaryUnaryMultiCallable[_catalog_pb2.GetBindingRequest, _catalog_pb2.Binding]  # type: ignore[assignment]
+    """The binding of a resource. The owning department's steward or an operator:
+    it names the department's backend.
+    """
 
 class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -128,5 +144,25 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_pb2.ListResourceVersionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.ListResourceVersionsResponse, _abc.Awaitable[_catalog_pb2.ListResourceVersionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetBinding(
+        self,
+        request: _catalog_pb2.SetBindingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.Binding, _abc.Awaitable[_catalog_pb2.Binding]]:
+        """Says where the hub fetches the resource from (its backend binding). The
+        owning department's steward or an operator. Replaces any earlier binding.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBinding(
+        self,
+        request: _catalog_pb2.GetBindingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.Binding, _abc.Awaitable[_catalog_pb2.Binding]]:
+        """The binding of a resource. The owning department's steward or an operator:
+        it names the department's backend.
+        """
 
 def add_CatalogServiceServicer_to_server(servicer: CatalogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,68 @@
+"""From a resource's binding to a backend: checking the options, and opening the connector.
+
+Each adapter module offers ``check(options, context)`` (the violations of its options, as a
+person would fix them) and ``open(name, binding, context)`` (a ready ``Backend``). The hub checks
+a binding when it is set and opens one backend per binding version, reused across calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from exchange.backend import Backend
+from exchange.errors import FieldViolation
+from exchange.models import BackendKind, Binding
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """The hub's own certificate and key, presented to providers, and the CA that signs theirs."""
+
+    key: bytes
+    certificate: bytes
+    ca: bytes
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What connectors need from the hub's configuration."""
+
+    tls: ClientTls | None = None
+    # Directories under which file backends may serve documents.
+    document_roots: tuple[Path, ...] = ()
+    default_timeout: float = 10.0
+    # URLs backends may not use (the hub's own database).
+    forbidden_urls: tuple[str, ...] = field(default_factory=tuple)
+
+
+class _Module(Protocol):
+    def check(self, options: Mapping[str, object], context: BackendContext) -> list[FieldViolation]: ...
+
+    def open(self, name: str, binding: Binding, context: BackendContext) -> Backend: ...
+
+
+def _modules() -> dict[BackendKind, _Module]:
+    from adapters import files, grpc_backend, http, sql_backend  # noqa: PLC0415 - import cost paid once, on use
+
+    return {
+        BackendKind.SQL: sql_backend,
+        BackendKind.GRPC: grpc_backend,
+        BackendKind.HTTP: http,
+        BackendKind.FILES: files,
+    }
+
+
+def check(binding: Binding, context: BackendContext) -> list[FieldViolation]:
+    """The problems with a binding's options; empty when it can be opened."""
+    return _modules()[binding.kind].check(binding.options, context)
+
+
+def open_backend(provider: str, binding: Binding, context: BackendContext) -> Backend:
+    """The backend of ``binding``; ``provider`` (the owning department) names it in every error."""
+    return _modules()[binding.kind].open(provider, binding, context)
+
+
+Opener = Callable[[str, Binding], Backend]
