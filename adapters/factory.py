@@ -7,6 +7,7 @@ a binding when it is set and opens one backend per binding version, reused acros
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,25 +45,28 @@ class _Module(Protocol):
     def open(self, name: str, binding: Binding, context: BackendContext) -> Backend: ...
 
 
-def _modules() -> dict[BackendKind, _Module]:
-    from adapters import files, grpc_backend, http, sql_backend  # noqa: PLC0415 - import cost paid once, on use
+_MODULES = {
+    BackendKind.SQL: "adapters.sql_backend",
+    BackendKind.GRPC: "adapters.grpc_backend",
+    BackendKind.HTTP: "adapters.http",
+    BackendKind.FILES: "adapters.files",
+}
 
-    return {
-        BackendKind.SQL: sql_backend,
-        BackendKind.GRPC: grpc_backend,
-        BackendKind.HTTP: http,
-        BackendKind.FILES: files,
-    }
+
+def _module(kind: BackendKind) -> _Module:
+    """The adapter module of a backend kind, imported on first use (a hub loads only what it binds)."""
+    module: _Module = importlib.import_module(_MODULES[kind])
+    return module
 
 
 def check(binding: Binding, context: BackendContext) -> list[FieldViolation]:
     """The problems with a binding's options; empty when it can be opened."""
-    return _modules()[binding.kind].check(binding.options, context)
+    return _module(binding.kind).check(binding.options, context)
 
 
 def open_backend(provider: str, binding: Binding, context: BackendContext) -> Backend:
     """The backend of ``binding``; ``provider`` (the owning department) names it in every error."""
-    return _modules()[binding.kind].open(provider, binding, context)
+    return _module(binding.kind).open(provider, binding, context)
 
 
 Opener = Callable[[str, Binding], Backend]

@@ -24,7 +24,7 @@ def check(options: Mapping[str, object], context: BackendContext) -> list[FieldV
     return out
 
 
-def open(name: str, binding: Binding, context: BackendContext) -> Backend:  # noqa: A001 - the adapter module protocol
+def open(name: str, binding: Binding, context: BackendContext) -> Backend:
     o = binding.options
     sql = SqlBinding(str(o["url"]), str(o["table"]), dict(o.get("columns") or {}), binding.max_rows or DEFAULT_MAX_ROWS)  # type: ignore[call-overload]
     return SqlAdapter(name, sql)

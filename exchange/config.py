@@ -48,6 +48,10 @@ class Settings:
     checkpoint_seconds: float = 2.0
     # Days the audit log keeps records in full (at least 180, the legal minimum for network logs).
     audit_retention_days: int = 180
+    # Directories file backends may serve documents from; empty: `home`/documents.
+    document_roots: tuple[str, ...] = ()
+    # Longest wait for a department's backend when its binding sets none, in seconds.
+    provider_timeout_seconds: float = 10.0
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
@@ -61,6 +65,10 @@ class Settings:
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'exchange.db'}"
+
+    @property
+    def effective_document_roots(self) -> tuple[Path, ...]:
+        return tuple(Path(r) for r in self.document_roots) or (self.home / "documents",)
 
 
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
@@ -164,6 +172,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("audit_retention_days", 180, 36500, "days"),
     ("shutdown_grace_seconds", 0, 3600, "seconds"),
     ("call_timeout_seconds", 0.001, 3600, "seconds"),
+    ("provider_timeout_seconds", 0.001, 600, "seconds"),
 )
 
 

@@ -189,6 +189,7 @@ def spec_to_wire(s: m.ResourceSpec) -> cpb.Resource:
                 description=i.description,
                 sensitivity=SENSITIVITY.wire(i.sensitivity),
                 personal_information=i.personal_information,
+                filterable=i.filterable,
             )
             for i in s.data_items
         ],
@@ -222,6 +223,7 @@ def _item_from_wire(i: cpb.DataItem, path: str, out: list[FieldViolation]) -> m.
         description=i.description.strip(),
         sensitivity=SENSITIVITY.checked(i.sensitivity, f"{path}.sensitivity", out),
         personal_information=i.personal_information,
+        filterable=i.filterable,
     )
 
 
@@ -368,3 +370,54 @@ def grant_to_wire(g: m.Grant) -> apb.Grant:
         issue_time=timestamp(g.issued_at),
         history=_events_to_wire(g.history),
     )
+
+
+_BACKENDS = {
+    "sql": m.BackendKind.SQL,
+    "grpc": m.BackendKind.GRPC,
+    "http": m.BackendKind.HTTP,
+    "files": m.BackendKind.FILES,
+}
+
+
+def binding_to_wire(b: m.Binding) -> cpb.Binding:
+    wire = cpb.Binding(
+        resource_code=b.resource_code, timeout_seconds=b.timeout_seconds, max_rows=b.max_rows, version=b.version
+    )
+    getattr(wire, b.kind.value).CopyFrom(_backend_message(b))
+    return wire
+
+
+def _backend_message(b: m.Binding) -> cpb.SqlBackend | cpb.GrpcBackend | cpb.HttpBackend | cpb.FileBackend:
+    message_type = {
+        m.BackendKind.SQL: cpb.SqlBackend,
+        m.BackendKind.GRPC: cpb.GrpcBackend,
+        m.BackendKind.HTTP: cpb.HttpBackend,
+        m.BackendKind.FILES: cpb.FileBackend,
+    }[b.kind]
+    message: cpb.SqlBackend | cpb.GrpcBackend | cpb.HttpBackend | cpb.FileBackend = message_type()
+    for key, value in b.options.items():
+        if isinstance(value, dict):
+            getattr(message, key).update(value)
+        else:
+            setattr(message, key, value)
+    return message
+
+
+def binding_from_wire(b: cpb.Binding) -> m.Binding:
+    """A binding message as options of its backend; output-only fields are ignored."""
+    out: list[FieldViolation] = []
+    which = b.WhichOneof("backend")
+    if which is None:
+        out.append(FieldViolation("binding.backend", "name one backend: sql, grpc, http or files"))
+    if not 0 <= b.timeout_seconds <= 600:
+        out.append(FieldViolation("binding.timeout_seconds", "must be between 0 and 600 (0: the hub's default)"))
+    if not 0 <= b.max_rows <= 100_000:
+        out.append(FieldViolation("binding.max_rows", "must be between 0 and 100000 (0: 1000)"))
+    raise_if(out)
+    assert which is not None
+    backend = getattr(b, which)
+    options: dict[str, object] = {}
+    for descriptor, value in backend.ListFields():
+        options[descriptor.name] = dict(value) if descriptor.message_type is not None else value
+    return m.Binding(b.resource_code.strip(), _BACKENDS[which], options, b.timeout_seconds, b.max_rows)

@@ -92,6 +92,7 @@ def _data_item(r: _Reader) -> m.DataItem:
         description=r.text("description", ""),
         sensitivity=r.choice("sensitivity", m.SensitivityGrade, m.SensitivityGrade.GENERAL),
         personal_information=r.flag("personal"),
+        filterable=r.flag("filterable"),
     )
 
 

@@ -16,18 +16,22 @@ from grpc_health.v1 import _async as health_aio  # the asyncio servicer that hea
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from adapters import factory
+from audit.batch import GroupCommitter
 from audit.log import AuditLog
 from audit.note import NoteError, Signer, Verifier
 from exchange import pki
 from exchange.config import Settings
-from exchange.errors import ConfigError
-from exchange.models import PrincipalKind, PrincipalRef
+from exchange.errors import ConfigError, FieldViolation
+from exchange.models import Binding, PrincipalKind, PrincipalRef
 from exchange.server.audit import AuditServicer
 from exchange.server.catalog import CatalogServicer
+from exchange.server.exchange import ExchangeServicer
 from exchange.server.registry import RegistryServicer
 from exchange.server.rights import RightsServicer
 from exchange.services.audit import AuditReadService
 from exchange.services.catalog import CatalogService
+from exchange.services.exchange import BackendPool, ExchangeService
 from exchange.services.registry import CertificateAuthority, RegistryService
 from exchange.services.rights import RightsService
 from exchange.store import Store
@@ -37,6 +41,8 @@ from exchange.v1 import (
     audit_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
+    exchange_pb2,
+    exchange_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
     rights_pb2,
@@ -52,6 +58,7 @@ SERVICES = (
     catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
     rights_pb2.DESCRIPTOR.services_by_name["RightsService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    exchange_pb2.DESCRIPTOR.services_by_name["ExchangeService"].full_name,
 )
 
 
@@ -59,6 +66,8 @@ SERVICES = (
 class ServerCredentials:
     ca: CertificateAuthority
     tls: grpc.ServerCredentials
+    # The hub's own key and certificate, which it also presents to providers, and the CA's certificate.
+    client: factory.ClientTls
 
 
 def load_credentials(settings: Settings) -> ServerCredentials:
@@ -68,12 +77,9 @@ def load_credentials(settings: Settings) -> ServerCredentials:
         if not path.exists():
             raise ConfigError(f"{path} is missing: run `exchange init` first (home is {settings.home})")
     ca = CertificateAuthority(pki.load_key(files.ca_key), pki.load_cert(files.ca_cert))
-    tls = grpc.ssl_server_credentials(
-        [(files.server_key.read_bytes(), files.server_cert.read_bytes())],
-        root_certificates=files.ca_cert.read_bytes(),
-        require_client_auth=True,
-    )
-    return ServerCredentials(ca, tls)
+    key, cert, ca_pem = files.server_key.read_bytes(), files.server_cert.read_bytes(), files.ca_cert.read_bytes()
+    tls = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca_pem, require_client_auth=True)
+    return ServerCredentials(ca, tls, factory.ClientTls(key, cert, ca_pem))
 
 
 def _load_signer(settings: Settings) -> Signer:
@@ -115,6 +121,17 @@ class Hub:
             settings.audit_origin,
             checkpoint_seconds=settings.checkpoint_seconds,
         )
+        self.committer: GroupCommitter | None = None
+        self.backend_context = factory.BackendContext(
+            tls=self.credentials.client,
+            document_roots=settings.effective_document_roots,
+            default_timeout=settings.provider_timeout_seconds,
+            forbidden_urls=(settings.effective_database_url,),
+        )
+        self.backends = BackendPool(lambda name, b: factory.open_backend(name, b, self.backend_context))
+
+    def _check_binding(self, binding: Binding) -> list[FieldViolation]:
+        return factory.check(binding, self.backend_context)
 
     def _build_server(self) -> grpc.aio.Server:
         """The gRPC server with every service; made inside the running event loop, which it binds to."""
@@ -131,7 +148,8 @@ class Hub:
             RegistryServicer(registry, registry, settings.insecure_dev), server
         )
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
-            CatalogServicer(CatalogService(self.store, policy), registry, settings.insecure_dev), server
+            CatalogServicer(CatalogService(self.store, policy, self._check_binding), registry, settings.insecure_dev),
+            server,
         )
         calendar = WorkCalendar.load(settings.calendar_file or DEFAULT_CALENDAR)
         rights = RightsService(self.store, policy, calendar, settings.max_grant_days, decisions=self.decisions)
@@ -145,6 +163,19 @@ class Hub:
         )
         rights_pb2_grpc.add_RightsServiceServicer_to_server(
             RightsServicer(rights, registry, settings.insecure_dev), server
+        )
+        assert self.committer is not None
+        exchanging = ExchangeService(
+            self.store,
+            self.decisions,
+            self.committer,
+            self.backends,
+            signer=self.audit.signer,
+            subject_key=_load_subject_key(files),
+            default_timeout=settings.provider_timeout_seconds,
+        )
+        exchange_pb2_grpc.add_ExchangeServiceServicer_to_server(
+            ExchangeServicer(exchanging, registry, settings.insecure_dev), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -180,6 +211,7 @@ class Hub:
         else:
             self._resync()
         await asyncio.to_thread(self.audit.start)
+        self.committer = GroupCommitter(self.store.audit)
         self.server = server = self._build_server()
         try:
             if self.settings.insecure_dev:
@@ -208,6 +240,9 @@ class Hub:
             await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         if self.listener is not None:
             await asyncio.to_thread(self.listener.stop)
+        if self.committer is not None:
+            await asyncio.to_thread(self.committer.close)
+        await asyncio.to_thread(self.backends.close)
         await asyncio.to_thread(self.audit.stop)
         self.store.close()
         log.info("hub stopped")

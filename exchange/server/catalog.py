@@ -77,3 +77,12 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         return pb.ListResourceVersionsResponse(
             versions=[c.version_to_wire(v) for v in page.items], next_page_token=page.next_page_token
         )
+
+    @unary
+    def SetBinding(self, request: pb.SetBindingRequest, actor: Principal) -> pb.Binding:
+        binding = c.binding_from_wire(request.binding)
+        return c.binding_to_wire(self.service.set_binding(actor, binding, request.reason.strip()))
+
+    @unary
+    def GetBinding(self, request: pb.GetBindingRequest, actor: Principal) -> pb.Binding:
+        return c.binding_to_wire(self.service.get_binding(actor, request.resource_code.strip()))

@@ -143,12 +143,7 @@ def unary(
         except errors.ExchangeError as e:
             await _abort(context, status_of(e))
         except Exception:
-            reference = uuid.uuid4().hex[:12]
-            log.exception("internal error in %s (reference %s)", fn.__qualname__, reference)
-            await _abort(
-                context,
-                status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error; reference {reference}"),
-            )
+            await internal_error(context, fn.__qualname__)
         raise AssertionError("unreachable: abort raises")
 
     return handler
@@ -166,3 +161,10 @@ async def caller_of(servicer: Servicer, context: grpc.aio.ServicerContext[Any, A
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: errors.ExchangeError) -> None:
     """Ends a streaming call with the status of a hub error."""
     await _abort(context, status_of(error))
+
+
+async def internal_error(context: grpc.aio.ServicerContext[Any, Any], where: str) -> None:
+    """Logs the exception being handled with a reference, and ends the call with INTERNAL and that reference only."""
+    reference = uuid.uuid4().hex[:12]
+    log.exception("internal error in %s (reference %s)", where, reference)
+    await _abort(context, status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error; reference {reference}"))

@@ -7,11 +7,14 @@ becomes a new version.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from urllib.parse import urlsplit, urlunsplit
 
 from exchange import validation
 from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from exchange.models import (
+    Binding,
     Page,
     Principal,
     Resource,
@@ -41,10 +44,47 @@ _TARGET = {
 _LISTED_BY_DEFAULT = (ResourceStatus.DRAFT, ResourceStatus.PUBLISHED, ResourceStatus.SUSPENDED)
 
 
+def _no_check(binding: Binding) -> list[FieldViolation]:
+    return []
+
+
 class CatalogService:
-    def __init__(self, store: Store, policy: RightsPolicy) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: RightsPolicy,
+        check_binding: Callable[[Binding], list[FieldViolation]] = _no_check,
+    ) -> None:
         self._store = store
         self._policy = policy
+        self._check_binding = check_binding
+
+    # Bindings: where the hub fetches an entry's data from (the owner's business)
+
+    def set_binding(self, actor: Principal, binding: Binding, reason: str) -> Binding:
+        validation.validate_key("binding.resource_code", binding.resource_code, "resource")
+        validation.validate_free_text("reason", reason)
+
+        def may_bind(current: Resource) -> None:
+            self._require_visible(actor, current)
+            self._policy.require(actor, Action.WRITE_CATALOG, current.spec.department_code, "bind this entry")
+            if current.status is ResourceStatus.RETIRED:
+                raise FailedPrecondition(f"resource {current.spec.code!r} is retired", current.spec.code)
+            validation.raise_if(self._check_binding(binding))
+
+        code = binding.resource_code
+        record = change_record(
+            actor, "catalog", f"bind:{binding.kind.value}", subject=code, resource=code, reason=reason
+        )
+        with staging(record):
+            return redacted(self._store.catalog.set_binding(binding, actor.ref, may_bind))
+
+    def get_binding(self, actor: Principal, code: str) -> Binding:
+        validation.validate_key("resource_code", code, "resource")
+        current = self._store.catalog.get(code)
+        self._require_visible(actor, current)
+        self._policy.require(actor, Action.WRITE_CATALOG, current.spec.department_code, "read this entry's binding")
+        return redacted(self._store.catalog.get_binding(code))
 
     def create(self, actor: Principal, spec: ResourceSpec, publish: bool, reason: str) -> Resource:
         validation.validate_resource_spec(spec)
@@ -133,3 +173,15 @@ class CatalogService:
         """Drafts are the owner's business: to anyone else they do not exist."""
         if resource.status is ResourceStatus.DRAFT and resource.spec.department_code != visible_department(actor):
             raise NotFound("resource", resource.spec.code)
+
+
+def redacted(binding: Binding) -> Binding:
+    """The binding with any password in its URL replaced, so reading a binding never shows one."""
+    url = binding.options.get("url")
+    if not isinstance(url, str):
+        return binding
+    parts = urlsplit(url)
+    if parts.password is None:
+        return binding
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return replace(binding, options={**binding.options, "url": urlunsplit(parts._replace(netloc=netloc))})

@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 
 from exchange.errors import Aborted, AlreadyExists, NotFound
 from exchange.models import (
+    BackendKind,
+    Binding,
     DataItem,
     FieldType,
     Page,
@@ -36,7 +38,7 @@ from exchange.paging import PageRequest
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.registry import department_row
-from exchange.store.schema import DataItemRow, RelatedResourceRow, ResourceRow, ResourceVersionRow
+from exchange.store.schema import BindingRow, DataItemRow, RelatedResourceRow, ResourceRow, ResourceVersionRow
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ def _resource_of(row: ResourceRow) -> Resource:
                 description=i.description,
                 sensitivity=SensitivityGrade(i.sensitivity),
                 personal_information=i.personal_information,
+                filterable=i.filterable,
             )
             for i in row.items
         ),
@@ -161,6 +164,7 @@ def _write_spec(s: Session, row: ResourceRow, spec: ResourceSpec) -> None:
             description=i.description,
             sensitivity=i.sensitivity.value,
             personal_information=i.personal_information,
+            filterable=i.filterable,
         )
         for n, i in enumerate(spec.data_items)
     ]
@@ -287,6 +291,49 @@ class CatalogStore:
                 )
             return fetch_page(s, stmt, ResourceRow.code, page, convert=_resource_of)
 
+    def set_binding(self, binding: Binding, actor: PrincipalRef, may_bind: Callable[[Resource], None]) -> Binding:
+        """Replaces the resource's binding; ``may_bind`` sees the entry and raises to refuse."""
+        with self._db.write() as s:
+            row = s.scalar(
+                select(ResourceRow).where(ResourceRow.code == binding.resource_code).with_for_update(of=ResourceRow)
+            )
+            if row is None:
+                raise NotFound("resource", binding.resource_code)
+            may_bind(_resource_of(row))
+            current = s.get(BindingRow, row.id)
+            if current is None:
+                current = BindingRow(resource_id=row.id, version=0)
+                s.add(current)
+            current.kind = binding.kind.value
+            current.options = binding.options
+            current.timeout_seconds = binding.timeout_seconds
+            current.max_rows = binding.max_rows
+            current.version += 1
+            current.updated_at = _now()
+            current.updated_by = str(actor)
+            s.flush()
+            return _binding_of(binding.resource_code, current)
+
+    def get_binding(self, code: str) -> Binding:
+        with self._db.read() as s:
+            found = s.execute(
+                select(BindingRow)
+                .join(ResourceRow, ResourceRow.id == BindingRow.resource_id)
+                .where(ResourceRow.code == code)
+            ).scalar()
+            if found is None:
+                raise NotFound("binding", code)
+            return _binding_of(code, found)
+
+    def with_binding(self, code: str) -> tuple[Resource, Binding | None]:
+        """The current entry and its binding, read together (the data plane's one catalog read)."""
+        with self._db.read() as s:
+            row = s.scalar(select(ResourceRow).where(ResourceRow.code == code))
+            if row is None:
+                raise NotFound("resource", code)
+            found = s.get(BindingRow, row.id)
+            return _resource_of(row), (_binding_of(code, found) if found is not None else None)
+
     def versions(self, code: str, page: PageRequest) -> Page[ResourceVersion]:
         with self._db.read() as s:
             resource_id = s.scalar(select(ResourceRow.id).where(ResourceRow.code == code))
@@ -294,6 +341,10 @@ class CatalogStore:
                 raise NotFound("resource", code)
             stmt = select(ResourceVersionRow).where(ResourceVersionRow.resource_id == resource_id)
             return fetch_page(s, stmt, ResourceVersionRow.version, page, convert=_version_of, parse=int)
+
+
+def _binding_of(code: str, row: BindingRow) -> Binding:
+    return Binding(code, BackendKind(row.kind), dict(row.options), row.timeout_seconds, row.max_rows, row.version)
 
 
 def _version_of(row: ResourceVersionRow) -> ResourceVersion:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -168,6 +170,22 @@ class DataItemRow(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     sensitivity: Mapped[str] = mapped_column(String(16))
     personal_information: Mapped[bool] = mapped_column(Boolean)
+    filterable: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class BindingRow(Base):
+    """Where the hub fetches a resource from; one per resource, replaced as a whole."""
+
+    __tablename__ = "resource_bindings"
+
+    resource_id: Mapped[int] = mapped_column(ForeignKey("resources.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    options: Mapped[dict[str, object]] = mapped_column(JSON)
+    timeout_seconds: Mapped[float] = mapped_column(Float)
+    max_rows: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_by: Mapped[str] = mapped_column(String(80))
 
 
 class RelatedResourceRow(Base):

@@ -144,15 +144,16 @@ class CatalogServiceServicer:
 
     def SetBinding(self, request, context):
         """Says where the hub fetches the resource from (its backend binding). The
-        owning department's steward or an operator. Replaces any earlier binding.
+        owning department's steward. Replaces any earlier binding; the options are
+        checked first (a file root must lie under the hub's document_roots).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetBinding(self, request, context):
-        """The binding of a resource. The owning department's steward or an operator:
-        it names the department's backend.
+        """The binding of a resource, with any password in a URL masked. The owning
+        department's steward: it names the department's backend.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

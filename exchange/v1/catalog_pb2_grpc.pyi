@@ -49,11 +49,12 @@ class CatalogServiceStub:
     ListResourceVersions: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListResourceVersionsRequest, _catalog_pb2.ListResourceVersionsResponse]
     SetBinding: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.SetBindingRequest, _catalog_pb2.Binding]
     """Says where the hub fetches the resource from (its backend binding). The
-    owning department's steward or an operator. Replaces any earlier binding.
+    owning department's steward. Replaces any earlier binding; the options are
+    checked first (a file root must lie under the hub's document_roots).
     """
     GetBinding: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.GetBindingRequest, _catalog_pb2.Binding]
-    """The binding of a resource. The owning department's steward or an operator:
-    it names the department's backend.
+    """The binding of a resource, with any password in a URL masked. The owning
+    department's steward: it names the department's backend.
     """
 
 @_typing.type_check_only
@@ -75,11 +76,12 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     ListResourceVersions: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListResourceVersionsRequest, _catalog_pb2.ListResourceVersionsResponse]  # type: ignore[assignment]
     SetBinding: _aio.UnaryUnaryMultiCallable[_catalog_pb2.SetBindingRequest, _catalog_pb2.Binding]  # type: ignore[assignment]
     """Says where the hub fetches the resource from (its backend binding). The
-    owning department's steward or an operator. Replaces any earlier binding.
+    owning department's steward. Replaces any earlier binding; the options are
+    checked first (a file root must lie under the hub's document_roots).
     """
     GetBinding: _aio.UnaryUnaryMultiCallable[_catalog_pb2.GetBindingRequest, _catalog_pb2.Binding]  # type: ignore[assignment]
-    """The binding of a resource. The owning department's steward or an operator:
-    it names the department's backend.
+    """The binding of a resource, with any password in a URL masked. The owning
+    department's steward: it names the department's backend.
     """
 
 class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -152,7 +154,8 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.Binding, _abc.Awaitable[_catalog_pb2.Binding]]:
         """Says where the hub fetches the resource from (its backend binding). The
-        owning department's steward or an operator. Replaces any earlier binding.
+        owning department's steward. Replaces any earlier binding; the options are
+        checked first (a file root must lie under the hub's document_roots).
         """
 
     @_abc_1.abstractmethod
@@ -161,8 +164,8 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_pb2.GetBindingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.Binding, _abc.Awaitable[_catalog_pb2.Binding]]:
-        """The binding of a resource. The owning department's steward or an operator:
-        it names the department's backend.
+        """The binding of a resource, with any password in a URL masked. The owning
+        department's steward: it names the department's backend.
         """
 
 def add_CatalogServiceServicer_to_server(servicer: CatalogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,111 @@
+"""ExchangeService handlers: who is calling, what they ask, then the exchange service; errors as statuses.
+
+Streams are async generators: gRPC asks for the next message only once the previous one is on
+its way to the consumer, so a slow consumer slows the provider instead of filling the hub's memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from exchange import values
+from exchange.errors import ExchangeError
+from exchange.server.rpc import Authenticator, abort_with, caller_of, internal_error
+from exchange.services.exchange import Ask, Disclosure, ExchangeService
+from exchange.v1 import exchange_pb2 as pb
+from exchange.v1 import exchange_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _ask(request: pb.QueryRequest | pb.FetchDocumentRequest) -> Ask:
+    fields = tuple(f.strip() for f in request.fields) if isinstance(request, pb.QueryRequest) else ()
+    filters = {k.strip(): v.strip() for k, v in request.filters.items()}
+    return Ask(request.resource_code.strip(), request.purpose.strip(), filters, fields, request.provenance)
+
+
+def _deadline(context: Context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _disclosure(d: Disclosure) -> pb.Disclosure:
+    return pb.Disclosure(fields=list(d.fields), masks={f: k.value for f, k in d.masks}, grant_id=d.grant_id)
+
+
+class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
+    def __init__(self, service: ExchangeService, auth: Authenticator, insecure_dev: bool) -> None:
+        self.service = service
+        self.auth = auth
+        self.insecure_dev = insecure_dev
+
+    async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
+        actor = await caller_of(self, context)
+        try:
+            result = await self.service.query(
+                actor, _ask(request), request.page_size, request.page_token, _deadline(context)
+            )
+        except ExchangeError as e:
+            await abort_with(context, e)
+            raise
+        except Exception:
+            await internal_error(context, "Query")
+            raise
+        return pb.QueryResponse(
+            exchange_id=result.exchange_id,
+            records=[values.record_to_wire(r) for r in result.rows],
+            next_page_token=result.next_page_token,
+            disclosure=_disclosure(result.disclosure),
+            provenance=pb.Provenance(note=result.provenance) if result.provenance else None,
+        )
+
+    async def StreamQuery(self, request: pb.QueryRequest, context: Context) -> AsyncIterator[pb.QueryBatch]:
+        actor = await caller_of(self, context)
+        batches = self.service.stream(actor, _ask(request), request.batch_size, _deadline(context))
+        try:
+            async for b in batches:
+                yield pb.QueryBatch(
+                    exchange_id=b.exchange_id,
+                    records=[values.record_to_wire(r) for r in b.rows],
+                    disclosure=_disclosure(b.disclosure) if b.disclosure else None,
+                    last=b.last,
+                    total_records=b.total,
+                    provenance=pb.Provenance(note=b.provenance) if b.provenance else None,
+                )
+        except ExchangeError as e:
+            await abort_with(context, e)
+        except Exception:
+            await internal_error(context, "StreamQuery")
+        finally:
+            await batches.aclose()
+
+    async def FetchDocument(
+        self, request: pb.FetchDocumentRequest, context: Context
+    ) -> AsyncIterator[pb.DocumentChunk]:
+        actor = await caller_of(self, context)
+        chunks = self.service.document(actor, _ask(request), _deadline(context))
+        try:
+            async for c in chunks:
+                info = None
+                if c.document is not None:
+                    d = c.document
+                    info = pb.DocumentInfo(name=d.name, media_type=d.media_type, size=d.size)
+                yield pb.DocumentChunk(
+                    exchange_id=c.exchange_id,
+                    info=info,
+                    data=c.data,
+                    last=c.last,
+                    sha256=c.sha256,
+                    total_bytes=c.total,
+                    provenance=pb.Provenance(note=c.provenance) if c.provenance else None,
+                )
+        except ExchangeError as e:
+            await abort_with(context, e)
+        except Exception:
+            await internal_error(context, "FetchDocument")
+        finally:
+            await chunks.aclose()

@@ -1,0 +1,547 @@
+"""The brokered exchange: decide, fetch from the owner, keep what was granted, mask, audit, answer.
+
+Every call that names a caller becomes one audited exchange with an id, whether it is allowed,
+refused or fails. The audit record is committed before any data is handed back: a query's once
+its answer is ready (with the digest of what will be returned), a stream's or a document's before
+the first batch or chunk (and a closing record after the last). If the audit log cannot confirm,
+the call fails with UNAVAILABLE and nothing is released.
+
+The blocking parts (store, backends) run in worker threads; the service's methods are coroutines
+so that waiting for the audit commit holds no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+from audit import provenance
+from audit.batch import GroupCommitter
+from audit.note import Signer
+from audit.records import AuditRecord, subject_hash
+from exchange import validation
+from exchange.backend import Backend, Document, FetchRequest, Row
+from exchange.errors import (
+    ExchangeError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from exchange.models import Binding, MaskKind, Principal, PrincipalKind, Resource, ResourceStatus, ShareMethod
+from exchange.paging import PageRequest, page_request
+from exchange.services.auditing import hub_instance, now_text
+from exchange.store import Store
+from exchange.values import BadValue, RowsDigest, parse_text
+from policy.decision import Decision, DecisionPoint, DenyReason, Question
+from policy.masks import apply
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+DEFAULT_BATCH_SIZE = 500
+MAX_BATCH_SIZE = 5000
+MAX_FILTERS = 16
+MAX_FILTER_TEXT = 256
+MAX_FIELDS = 200
+DOCUMENT_KINDS = (ShareMethod.DOCUMENT,)
+RECORD_KINDS = (ShareMethod.QUERY, ShareMethod.STREAM)
+_EXHAUSTED = {DenyReason.QUOTA_EXHAUSTED, DenyReason.RATE_LIMITED}
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A consumer's question, as it came (filters still text)."""
+
+    resource_code: str
+    purpose: str
+    filters: Mapping[str, str]
+    fields: tuple[str, ...] = ()
+    provenance: bool = False
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """What left the hub: the fields, their masks, and the grant that allowed it."""
+
+    fields: tuple[str, ...]
+    masks: tuple[tuple[str, MaskKind], ...]
+    grant_id: str
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    exchange_id: str
+    rows: list[Row]
+    next_page_token: str
+    disclosure: Disclosure
+    provenance: str = ""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One part of a stream: rows, or (last) the total and the provenance."""
+
+    exchange_id: str
+    rows: list[Row]
+    disclosure: Disclosure | None = None
+    last: bool = False
+    total: int = 0
+    provenance: str = ""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One part of a document: its description first, its digest last."""
+
+    exchange_id: str
+    data: bytes = b""
+    document: Document | None = None
+    last: bool = False
+    sha256: bytes = b""
+    total: int = 0
+    provenance: str = ""
+
+
+@dataclass(frozen=True)
+class _Call:
+    """The shape of one call: its id, what it does, which share methods it serves, its limits."""
+
+    exchange_id: str
+    action: str
+    methods: tuple[ShareMethod, ...]
+    deadline: float | None
+    page: tuple[int, str] | None = None
+    batch: int = 0
+
+
+@dataclass
+class _Plan:
+    """An allowed exchange, ready to fetch."""
+
+    resource: Resource
+    backend: Backend
+    request: FetchRequest
+    decision: Decision
+    record: AuditRecord
+    started: float = field(default_factory=time.monotonic)
+
+
+class BackendPool:
+    """One open backend per binding version, shared by all calls; a replaced version is closed."""
+
+    def __init__(self, opener: Callable[[str, Binding], Backend]) -> None:
+        self._opener = opener
+        self._open: dict[str, tuple[int, Backend]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, resource: Resource, binding: Binding) -> Backend:
+        with self._lock:
+            held = self._open.get(binding.resource_code)
+            if held is not None and held[0] == binding.version:
+                return held[1]
+            backend = self._opener(provider_name(resource), binding)
+            self._open[binding.resource_code] = (binding.version, backend)
+        if held is not None:
+            held[1].close()
+        return backend
+
+    def close(self) -> None:
+        with self._lock:
+            held, self._open = list(self._open.values()), {}
+        for _, backend in held:
+            backend.close()
+
+
+def provider_name(resource: Resource) -> str:
+    """How errors name a provider: the owning department, never its backend's internals."""
+    return f"of department {resource.spec.department_code} ({resource.spec.code})"
+
+
+class ExchangeService:
+    def __init__(
+        self,
+        store: Store,
+        decisions: DecisionPoint,
+        committer: GroupCommitter,
+        backends: BackendPool,
+        *,
+        signer: Signer,
+        subject_key: bytes,
+        default_timeout: float,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._store = store
+        self._decisions = decisions
+        self._committer = committer
+        self._backends = backends
+        self._signer = signer
+        self._subject_key = subject_key
+        self._default_timeout = default_timeout
+        self._clock = clock
+        self._hub = hub_instance()
+
+    # Queries
+
+    async def query(
+        self, actor: Principal, ask: Ask, page_size: int, page_token: str, deadline: float | None
+    ) -> QueryResult:
+        exchange_id = new_exchange_id()
+        call = _Call(exchange_id, "query", RECORD_KINDS, deadline, page=(page_size, page_token))
+        plan = await self._plan(actor, ask, call)
+        try:
+            rows, next_token, digest = await asyncio.to_thread(self._fetch_page, plan, ask, page_token)
+        except ExchangeError as e:
+            await self._append(_failed(plan.record, plan.started, e))
+            raise
+        note = self._statement(plan, "records", len(rows), digest) if ask.provenance else ""
+        done = replace(
+            plan.record, rows=len(rows), response_sha256=digest, latency_us=_since(plan.started), outcome="ok"
+        )
+        await self._append(done)
+        return QueryResult(exchange_id, rows, next_token, _disclosure(plan), note)
+
+    def _fetch_page(self, plan: _Plan, ask: Ask, page_token: str) -> tuple[list[Row], str, str]:
+        request = plan.request
+        rows = plan.backend.fetch(request)
+        if len(rows) > request.limit:
+            raise FailedPrecondition(
+                f"the provider {provider_name(plan.resource)} returned more rows than asked for",
+                kind="PROVIDER_CONTRACT",
+            )
+        size = request.limit - 1
+        more = len(rows) > size
+        rows = [apply(r, ask.fields, plan.decision.masks) for r in rows[:size]]
+        digest = RowsDigest()
+        digest.update(rows)
+        next_token = _page(ask, size, page_token).token_after(str(request.offset + size)) if more else ""
+        return rows, next_token, digest.hexdigest()
+
+    async def stream(
+        self, actor: Principal, ask: Ask, batch_size: int, deadline: float | None
+    ) -> AsyncGenerator[Batch, None]:
+        """Batches as the consumer takes them; the provider is read one batch ahead at most."""
+        exchange_id = new_exchange_id()
+        plan = await self._plan(actor, ask, _Call(exchange_id, "stream", RECORD_KINDS, deadline, batch=batch_size))
+        await self._append(plan.record)
+        size = batch_size or DEFAULT_BATCH_SIZE
+        batches = plan.backend.stream(plan.request, size)
+        digest = RowsDigest()
+        first = True
+        outcome: ExchangeError | str = "ok"
+        try:
+            while (rows := await asyncio.to_thread(_next_masked, batches, ask.fields, plan.decision.masks)) is not None:
+                digest.update(rows)
+                yield Batch(exchange_id, rows, _disclosure(plan) if first else None)
+                first = False
+            note = self._statement(plan, "records", digest.rows, digest.hexdigest()) if ask.provenance else ""
+            end = _closing(plan, "ok", digest.rows, 0, digest.hexdigest())
+            await self._append(end)
+            yield Batch(exchange_id, [], _disclosure(plan) if first else None, True, digest.rows, note)
+        except ExchangeError as e:
+            outcome = e
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
+            if outcome != "ok":
+                self._close_in_background(plan, outcome, digest)
+
+    # Documents
+
+    async def document(self, actor: Principal, ask: Ask, deadline: float | None) -> AsyncGenerator[Chunk, None]:
+        exchange_id = new_exchange_id()
+        plan = await self._plan(actor, ask, _Call(exchange_id, "document", DOCUMENT_KINDS, deadline))
+        try:
+            document = await asyncio.to_thread(plan.backend.document, plan.request)
+        except ExchangeError as e:
+            await self._append(_failed(plan.record, plan.started, e))
+            raise
+        sent = 0
+        digest = hashlib.sha256()
+        outcome: ExchangeError | str = "ok"
+        try:
+            await self._append(replace(plan.record, subject=document.name))
+            yield Chunk(exchange_id, document=document)
+            while (data := await asyncio.to_thread(next, document.chunks, None)) is not None:
+                digest.update(data)
+                sent += len(data)
+                yield Chunk(exchange_id, data=data)
+            hexdigest = digest.hexdigest()
+            note = self._statement(plan, "document", sent, hexdigest) if ask.provenance else ""
+            await self._append(_closing(plan, "ok", 0, sent, hexdigest))
+            yield Chunk(exchange_id, last=True, sha256=digest.digest(), total=sent, provenance=note)
+        except ExchangeError as e:
+            outcome = e
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            await asyncio.to_thread(document.close)
+            if outcome != "ok":
+                record = _closing(plan, outcome if isinstance(outcome, str) else "failed", 0, sent, "")
+                self._append_in_background(
+                    record if isinstance(outcome, str) else _failed(record, plan.started, outcome)
+                )
+
+    # Deciding
+
+    async def _plan(self, actor: Principal, ask: Ask, call: _Call) -> _Plan:
+        """The allowed exchange, or the refusal, audited, raised."""
+        record = self._record(actor, ask, call.exchange_id, call.action)
+        started = time.monotonic()
+        try:
+            return await asyncio.to_thread(self._decide, actor, ask, record, call)
+        except ExchangeError as e:
+            await self._append(_refused(record, started, e))
+            raise
+
+    def _decide(self, actor: Principal, ask: Ask, record: AuditRecord, call: _Call) -> _Plan:
+        _validate(actor, ask, call)
+        resource, binding = self._store.catalog.with_binding(ask.resource_code)
+        if resource.status is ResourceStatus.DRAFT and resource.spec.department_code != actor.department_code:
+            raise NotFound("resource", ask.resource_code)
+        filters = _typed_filters(resource, ask)
+        if resource.spec.share_method not in call.methods:
+            verb = "FetchDocument" if resource.spec.share_method is ShareMethod.DOCUMENT else "Query or StreamQuery"
+            raise FailedPrecondition(
+                f"resource {ask.resource_code} is shared by {resource.spec.share_method.value}: use {verb}",
+                ask.resource_code,
+                kind="SHARE_METHOD",
+            )
+        # Filtering on an item needs a grant of it too; a document is fetched whole, so needs every item.
+        wanted = ask.fields or tuple(i.name for i in resource.spec.data_items)
+        asked = tuple(dict.fromkeys((*wanted, *filters)))
+        question = Question(actor.ref.code, actor.department_code, ask.resource_code, ask.purpose, asked)
+        decision = self._decisions.decide(question, resource.status, self._clock().date())
+        if not decision.allowed:
+            raise _denial(decision)
+        if binding is None:
+            raise FailedPrecondition(
+                f"resource {ask.resource_code} is not bound to a backend yet: its owner must bind it",
+                ask.resource_code,
+                kind="NOT_BOUND",
+            )
+        backend = self._backends.get(resource, binding)
+        request = self._request(resource, binding, filters, ask, call)
+        masks = tuple(m for m in decision.masks if m[0] in ask.fields)
+        granted = replace(
+            record,
+            outcome="allowed",
+            grant=decision.grant_id,
+            masks=[f"{f}={k.value}" for f, k in masks],
+        )
+        return _Plan(resource, backend, request, replace(decision, masks=masks), granted)
+
+    def _request(
+        self, resource: Resource, binding: Binding, filters: dict[str, object], ask: Ask, call: _Call
+    ) -> FetchRequest:
+        timeout = binding.timeout_seconds or self._default_timeout
+        if call.deadline is not None:
+            timeout = min(timeout, max(0.001, call.deadline - time.monotonic()))
+        limit, offset = 0, 0
+        if call.page is not None:
+            size, token = call.page
+            paging = _page(ask, size, token)
+            limit = min(paging.size, binding.max_rows or MAX_PAGE_SIZE) + 1
+            offset = int(paging.after or 0)
+        return FetchRequest(resource.spec, filters, ask.fields, limit, timeout, offset, call.exchange_id)
+
+    # Recording
+
+    def _record(self, actor: Principal, ask: Ask, exchange_id: str, action: str) -> AuditRecord:
+        request = {"resource": ask.resource_code, "purpose": ask.purpose, "filters": dict(ask.filters)}
+        request["fields"] = list(ask.fields)
+        canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return AuditRecord(
+            kind="exchange",
+            action=action,
+            time=now_text(),
+            actor=str(actor.ref),
+            actor_department=actor.department_code,
+            outcome="denied",
+            subject=ask.resource_code[:64],
+            resource=ask.resource_code[:64],
+            purpose=ask.purpose[:200],
+            exchange_id=exchange_id,
+            fields=[f[:64] for f in ask.fields[:MAX_FIELDS]],
+            request_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+            data_subjects=sorted(
+                {subject_hash(self._subject_key, v) for v in list(ask.filters.values())[:MAX_FILTERS]}
+            ),
+            hub=self._hub,
+        )
+
+    async def _append(self, record: AuditRecord) -> None:
+        await self._committer.append_async(record)
+
+    def _append_in_background(self, record: AuditRecord) -> None:
+        """For the closing record of a call that was cancelled: the caller is gone, the record is not."""
+        task = asyncio.get_running_loop().create_task(self._append(record))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _close_in_background(self, plan: _Plan, outcome: ExchangeError | str, digest: RowsDigest) -> None:
+        if isinstance(outcome, str):
+            self._append_in_background(_closing(plan, outcome, digest.rows, 0, ""))
+        else:
+            self._append_in_background(_failed(_closing(plan, "failed", digest.rows, 0, ""), plan.started, outcome))
+
+    def _statement(self, plan: _Plan, kind: str, count: int, sha256: str) -> str:
+        statement = provenance.Statement(
+            exchange=plan.record.exchange_id,
+            time=now_text(),
+            resource=plan.resource.spec.code,
+            owner=plan.resource.spec.department_code,
+            consumer=plan.record.actor,
+            consumer_department=plan.record.actor_department,
+            kind=kind,
+            count=count,
+            sha256=sha256,
+        )
+        return provenance.sign(self._signer, statement)
+
+
+def new_exchange_id() -> str:
+    """A unique, unguessable id: "EX" and 26 hex digits, time-ordered by its first 10."""
+    return f"EX{int(time.time() * 1000):010x}{uuid.uuid4().hex[:16]}"
+
+
+def _page(ask: Ask, size: int, token: str) -> PageRequest:
+    scope = {"resource": ask.resource_code, "purpose": ask.purpose, "filters": dict(ask.filters)}
+    return page_request(size or DEFAULT_PAGE_SIZE, token, {**scope, "fields": list(ask.fields)})
+
+
+def _next_masked(
+    batches: Iterator[list[Row]], fields: tuple[str, ...], masks: tuple[tuple[str, MaskKind], ...]
+) -> list[Row] | None:
+    rows = next(batches, None)
+    return None if rows is None else [apply(r, fields, masks) for r in rows]
+
+
+def _disclosure(plan: _Plan) -> Disclosure:
+    return Disclosure(plan.request.fields, plan.decision.masks, plan.decision.grant_id)
+
+
+def _since(started: float) -> int:
+    return int((time.monotonic() - started) * 1_000_000)
+
+
+def _reason_of(error: ExchangeError) -> str:
+    if isinstance(error, PermissionDenied | ResourceExhausted):
+        return error.reason.lower()
+    if isinstance(error, FailedPrecondition):
+        return error.kind.lower()
+    return type(error).__name__.lower()
+
+
+def _refused(record: AuditRecord, started: float, error: ExchangeError) -> AuditRecord:
+    refusal = isinstance(error, PermissionDenied | ResourceExhausted | InvalidArgument | NotFound)
+    outcome = "denied" if refusal or getattr(error, "kind", "") == "SHARE_METHOD" else "failed"
+    return replace(
+        record, outcome=outcome, reason=f"{_reason_of(error)}: {error.message}"[:500], latency_us=_since(started)
+    )
+
+
+def _failed(record: AuditRecord, started: float, error: ExchangeError) -> AuditRecord:
+    return replace(
+        record, outcome="failed", reason=f"{_reason_of(error)}: {error.message}"[:500], latency_us=_since(started)
+    )
+
+
+def _closing(plan: _Plan, outcome: str, rows: int, size: int, sha256: str) -> AuditRecord:
+    return replace(
+        plan.record,
+        action=f"{plan.record.action}_end",
+        time=now_text(),
+        outcome=outcome,
+        rows=rows,
+        bytes=size,
+        response_sha256=sha256,
+        latency_us=_since(plan.started),
+    )
+
+
+def _denial(decision: Decision) -> ExchangeError:
+    reason = decision.reason or DenyReason.NO_GRANT
+    if reason in _EXHAUSTED:
+        return ResourceExhausted(decision.message, reason.value.upper())
+    return PermissionDenied(decision.message, reason.value.upper())
+
+
+def _validate(actor: Principal, ask: Ask, call: _Call) -> None:
+    out: list[FieldViolation] = []
+    document, page, batch = call.methods is DOCUMENT_KINDS, call.page, call.batch
+    if actor.ref.kind is not PrincipalKind.SYSTEM:
+        raise PermissionDenied(
+            "only registered systems exchange data; people use their department's system", "NOT_A_SYSTEM"
+        )
+    validation.check_pattern(out, "resource_code", ask.resource_code, validation.RESOURCE_CODE, "a resource code")
+    validation.check_text(out, "purpose", ask.purpose, required=True, limit=validation.MAX_NAME)
+    if not ask.filters:
+        out.append(FieldViolation("filters", "name the record(s) wanted with at least one filter"))
+    if len(ask.filters) > MAX_FILTERS:
+        out.append(FieldViolation("filters", f"at most {MAX_FILTERS} filters"))
+    for name, value in ask.filters.items():
+        if len(value) > MAX_FILTER_TEXT or not value.isprintable():
+            out.append(
+                FieldViolation(
+                    f"filters[{name[:40]}]", f"must be printable text of at most {MAX_FILTER_TEXT} characters"
+                )
+            )
+    if document and ask.fields:
+        out.append(FieldViolation("fields", "a document is fetched whole: name no fields"))
+    if not document and not ask.fields:
+        out.append(FieldViolation("fields", "name the fields needed (minimum necessary: no wildcard)"))
+    if len(ask.fields) > MAX_FIELDS or len(set(ask.fields)) != len(ask.fields):
+        out.append(FieldViolation("fields", f"name each field once, at most {MAX_FIELDS}"))
+    if page is not None and not 0 <= page[0] <= MAX_PAGE_SIZE:
+        out.append(FieldViolation("page_size", f"must be between 0 and {MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})"))
+    if not 0 <= batch <= MAX_BATCH_SIZE:
+        out.append(FieldViolation("batch_size", f"must be between 0 and {MAX_BATCH_SIZE} (0: {DEFAULT_BATCH_SIZE})"))
+    validation.raise_if(out)
+
+
+def _typed_filters(resource: Resource, ask: Ask) -> dict[str, object]:
+    """The filters read as their items' types; only filterable items, each checked."""
+    items = {i.name: i for i in resource.spec.data_items}
+    known = set(items)
+    out: list[FieldViolation] = []
+    unknown_fields = [f for f in ask.fields if f not in known]
+    if unknown_fields:
+        out.append(
+            FieldViolation(
+                "fields", f"{', '.join(f[:40] for f in unknown_fields[:5])} not in resource {resource.spec.code}"
+            )
+        )
+    filterable = sorted(n for n, i in items.items() if i.filterable)
+    typed: dict[str, object] = {}
+    for name, text in ask.filters.items():
+        item = items.get(name)
+        if item is None or not item.filterable:
+            out.append(
+                FieldViolation(
+                    f"filters[{name[:40]}]",
+                    f"cannot be filtered on; declared filters: {', '.join(filterable) or 'none'}",
+                )
+            )
+            continue
+        try:
+            typed[name] = parse_text(text, item.type)
+        except BadValue as e:
+            out.append(FieldViolation(f"filters[{name}]", str(e)))
+    if out:
+        raise InvalidArgument.of(out)
+    return typed
