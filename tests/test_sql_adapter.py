@@ -19,7 +19,7 @@ from tests.harness import identity_spec
 SPEC = identity_spec(
     data_items=(
         m.DataItem("name", "姓名", m.FieldType.STRING),
-        m.DataItem("id_number", "公民身份号码", m.FieldType.STRING),
+        m.DataItem("id_number", "公民身份号码", m.FieldType.STRING, filterable=True),
         m.DataItem("birth_date", "出生日期", m.FieldType.DATE),
         m.DataItem("household", "户号", m.FieldType.INTEGER),
     )
@@ -62,7 +62,7 @@ def _request(**changes: object) -> FetchRequest:
 
 
 def test_fetches_declared_fields_by_declared_filters(frontend: str) -> None:
-    adapter = SqlAdapter("公安前置库", SqlBinding(frontend, "rk", COLUMNS, {"id_number": "sfzh"}))
+    adapter = SqlAdapter("公安前置库", SqlBinding(frontend, "rk", COLUMNS))
     rows = adapter.fetch(_request())
     assert rows == [{"name": "张三", "birth_date": dt.date(1980, 1, 1)}]
     assert adapter.fetch(_request(filters={"id_number": "' OR '1'='1"})) == []  # bound, never spliced
@@ -73,33 +73,43 @@ def test_fetches_declared_fields_by_declared_filters(frontend: str) -> None:
 
 
 def test_it_cannot_write(frontend: str) -> None:
-    adapter = SqlAdapter("公安前置库", SqlBinding(frontend, "rk", COLUMNS, {"id_number": "sfzh"}))
+    adapter = SqlAdapter("公安前置库", SqlBinding(frontend, "rk", COLUMNS))
     adapter.fetch(_request())
     with pytest.raises(SQLAlchemyError), adapter._engine.connect() as c:
         c.execute(text("DELETE FROM rk"))
 
 
 def test_answers_outside_the_declaration_are_caught(frontend: str) -> None:
-    wrong_type = SqlAdapter(
-        "公安前置库", SqlBinding(frontend, "rk", {**COLUMNS, "household": "bad"}, {"id_number": "sfzh"})
-    )
+    wrong_type = SqlAdapter("公安前置库", SqlBinding(frontend, "rk", {**COLUMNS, "household": "bad"}))
     with pytest.raises(ProviderContractError, match="household is str, not integer"):
         wrong_type.fetch(_request(fields=("household",)))
-    no_column = SqlAdapter("公安前置库", SqlBinding(frontend, "rk", {**COLUMNS, "name": "nope"}, {"id_number": "sfzh"}))
+    no_column = SqlAdapter("公安前置库", SqlBinding(frontend, "rk", {**COLUMNS, "name": "nope"}))
     with pytest.raises(ProviderContractError):
         no_column.fetch(_request())
 
 
 def test_slow_or_missing_providers_fail_cleanly(frontend: str, tmp_path: Path) -> None:
-    slow = SqlAdapter(
-        "公安前置库", SqlBinding(frontend, "slow", {"name": "xm", "id_number": "sfzh"}, {"id_number": "sfzh"})
-    )
+    slow = SqlAdapter("公安前置库", SqlBinding(frontend, "slow", {"name": "xm", "id_number": "sfzh"}))
     started = dt.datetime.now()
     with pytest.raises(ProviderTimeout, match="公安前置库"):
         slow.fetch(_request(fields=("name",), timeout_seconds=0.3))
     assert (dt.datetime.now() - started).total_seconds() < 2.5
-    gone = SqlAdapter(
-        "住建前置库", SqlBinding(f"sqlite:///{tmp_path / 'missing' / 'x.db'}", "rk", COLUMNS, {"id_number": "sfzh"})
-    )
+    gone = SqlAdapter("住建前置库", SqlBinding(f"sqlite:///{tmp_path / 'missing' / 'x.db'}", "rk", COLUMNS))
     with pytest.raises(ProviderUnavailable, match="住建前置库"):
         gone.fetch(_request())
+
+
+def test_pages_and_streams_in_a_stable_order(frontend: str) -> None:
+    adapter = SqlAdapter("公安前置库", SqlBinding(frontend, "rk", COLUMNS))
+    everyone = FetchRequest(SPEC, {"birth_date": dt.date(1990, 2, 2)}, ("name",), 10, 5.0)
+    with pytest.raises(InvalidArgument, match="birth_date cannot be filtered on"):
+        adapter.fetch(everyone)
+    spec = identity_spec(
+        data_items=tuple(m.DataItem(i.name, i.title, i.type, filterable=True) for i in SPEC.data_items)
+    )
+    request = FetchRequest(spec, {"household": 7}, ("name",), 1, 5.0)
+    first, second = adapter.fetch(request), adapter.fetch(FetchRequest(**{**request.__dict__, "offset": 1}))
+    assert first == [{"name": "张三"}] and second == []
+    assert list(adapter.stream(FetchRequest(spec, {"household": 8}, ("name", "id_number"), 0, 5.0), 1)) == [
+        [{"name": "李四", "id_number": "350203199002023456"}]
+    ]
