@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from exchange import config, models
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli import audit, commands, demo, rights
+from exchange.cli import exchange as exchange_verbs
 from exchange.cli.client import describe
 from exchange.errors import ExchangeError, InvalidArgument
 from exchange.server.app import serve
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_verbs(top)
     _rights_verbs(top)
     _audit_verbs(top)
+    exchange_verbs.add_verbs(top, _verb)
     return parser
 
 

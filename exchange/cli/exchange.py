@@ -1,0 +1,207 @@
+"""The data-plane verbs of the ``exchange`` command: query, stream, fetch documents, verify provenance, bind.
+
+Records saved with ``--out`` are written as their canonical lines (one JSON object per line, keys
+sorted), which are exactly the bytes whose SHA-256 a provenance statement signs: verifying a saved
+answer is checking the statement's signature and the file's digest, for records and documents alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+
+from audit import provenance
+from audit.note import NoteError, Verifier
+from exchange import values
+from exchange.cli import tables
+from exchange.cli.client import HubClient
+from exchange.cli.commands import ask
+from exchange.config import Settings
+from exchange.errors import FieldViolation, InvalidArgument
+from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import exchange_pb2 as pb
+
+
+def _pairs(items: Iterable[str] | None, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidArgument.of([FieldViolation(flag, f"{item[:40]!r} is not name=value")])
+        out[name] = value
+    return out
+
+
+def _request(args: argparse.Namespace) -> pb.QueryRequest:
+    return pb.QueryRequest(
+        resource_code=args.resource,
+        purpose=args.purpose,
+        filters=_pairs(args.filter, "--filter"),
+        fields=args.field or [],
+        page_size=getattr(args, "page_size", 0),
+        page_token=getattr(args, "page_token", ""),
+        provenance=bool(args.provenance),
+        batch_size=getattr(args, "batch_size", 0),
+    )
+
+
+def _show_rows(fields: list[str], rows: list[dict[str, object]], masks: dict[str, str]) -> None:
+    headers = [f"{f} (masked: {masks[f]})" if f in masks else f for f in fields]
+    print(tables.render(headers, [["" if r.get(f) is None else str(r.get(f)) for f in fields] for r in rows]))
+
+
+def _save(args: argparse.Namespace, rows: list[dict[str, object]], note: str) -> None:
+    if args.out:
+        args.out.write_bytes(b"".join(values.canonical_row(r) for r in rows))
+        print(f"records written to {args.out} (canonical lines)", file=sys.stderr)
+    if args.provenance:
+        args.provenance.write_text(note)
+        print(f"provenance statement written to {args.provenance}", file=sys.stderr)
+
+
+def query(args: argparse.Namespace, settings: Settings) -> int:
+    answer = ask(args, settings, lambda hub: hub.exchange.Query, _request(args))
+    rows = [values.record_from_wire(r) for r in answer.records]
+    if args.json:
+        print(json_format.MessageToJson(answer, ensure_ascii=False))
+    else:
+        _show_rows(list(answer.disclosure.fields), rows, dict(answer.disclosure.masks))
+        print(f"exchange {answer.exchange_id}, grant {answer.disclosure.grant_id}, {len(rows)} record(s)")
+        if answer.next_page_token:
+            print(f"(more: add --page-token {answer.next_page_token})")
+    _save(args, rows, answer.provenance.note)
+    return 0
+
+
+def stream(args: argparse.Namespace, settings: Settings) -> int:
+    rows: list[dict[str, object]] = []
+    fields: list[str] = []
+    masks: dict[str, str] = {}
+    exchange_id, note = "", ""
+    with HubClient(settings, args.identity) as hub:
+        for batch in hub.exchange.StreamQuery(_request(args), timeout=hub.timeout):
+            exchange_id = batch.exchange_id
+            if batch.HasField("disclosure"):
+                fields, masks = list(batch.disclosure.fields), dict(batch.disclosure.masks)
+            rows += [values.record_from_wire(r) for r in batch.records]
+            note = batch.provenance.note or note
+    if not args.out:
+        _show_rows(fields, rows[:20], masks)
+    print(f"exchange {exchange_id}: {len(rows)} record(s)")
+    _save(args, rows, note)
+    return 0
+
+
+def document(args: argparse.Namespace, settings: Settings) -> int:
+    request = pb.FetchDocumentRequest(
+        resource_code=args.resource,
+        purpose=args.purpose,
+        filters=_pairs(args.filter, "--filter"),
+        provenance=bool(args.provenance),
+    )
+    digest = hashlib.sha256()
+    info: Any = None
+    last: Any = None
+    with HubClient(settings, args.identity) as hub, args.out.open("wb") as out:
+        for chunk in hub.exchange.FetchDocument(request, timeout=hub.timeout):
+            if chunk.HasField("info"):
+                info = chunk.info
+            out.write(chunk.data)
+            digest.update(chunk.data)
+            last = chunk
+    if last is None or not last.last or digest.digest() != last.sha256:
+        raise InvalidArgument(f"the document in {args.out} is incomplete or does not match its SHA-256")
+    print(
+        f"exchange {last.exchange_id}: {info.name} ({info.media_type}), {last.total_bytes} bytes, "
+        f"sha256 {digest.hexdigest()}"
+    )
+    if args.provenance:
+        args.provenance.write_text(last.provenance.note)
+    return 0
+
+
+def verify(args: argparse.Namespace, settings: Settings) -> int:
+    """Checks a provenance statement offline with the hub's public key, and the data it speaks of."""
+    try:
+        verifier = Verifier.parse(args.key.read_text())
+        note = args.note.read_text()
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {e.filename}: {e.strerror}") from None
+    except NoteError as e:
+        raise InvalidArgument(f"{args.key} is not the hub's public key: {e}") from None
+    sha256 = hashlib.sha256(args.data.read_bytes()).hexdigest() if args.data else None
+    try:
+        statement = provenance.verify(note, verifier, sha256)
+    except provenance.ProvenanceError as e:
+        print(f"NOT VERIFIED: {e}")
+        return 1
+    print(
+        f"verified: exchange {statement.exchange} at {statement.time}: {statement.count} "
+        f"{'record(s)' if statement.kind == 'records' else 'bytes'} of {statement.resource} "
+        f"(owner {statement.owner}) to {statement.consumer} ({statement.consumer_department})"
+        + ("; the data matches" if sha256 else "; no data file given, so only the signature was checked")
+    )
+    return 0
+
+
+def bind(args: argparse.Namespace, settings: Settings) -> int:
+    """Sets a resource's backend from a YAML file shaped like the Binding message."""
+    try:
+        data = yaml.safe_load(args.file.read_text())
+        binding = json_format.ParseDict(data, cpb.Binding())
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {args.file}: {e.strerror}") from None
+    except (yaml.YAMLError, json_format.ParseError) as e:
+        raise InvalidArgument(f"{args.file} is not a binding: {e}") from None
+    shown = ask(
+        args, settings, lambda hub: hub.catalog.SetBinding, cpb.SetBindingRequest(binding=binding, reason=args.reason)
+    )
+    print(json_format.MessageToJson(shown, ensure_ascii=False))
+    return 0
+
+
+def binding(args: argparse.Namespace, settings: Settings) -> int:
+    shown = ask(args, settings, lambda hub: hub.catalog.GetBinding, cpb.GetBindingRequest(resource_code=args.resource))
+    print(json_format.MessageToJson(shown, ensure_ascii=False))
+    return 0
+
+
+def add_verbs(top: Any, verb: Any) -> None:
+    """The data-plane verbs, added to the top-level parser with the CLI's ``_verb`` helper."""
+
+    def asking(p: argparse.ArgumentParser, *, fields: bool = True) -> None:
+        p.add_argument("resource", help="resource code, e.g. 10101/350200000001")
+        p.add_argument("--purpose", required=True, help="the matter, as granted")
+        p.add_argument("--filter", action="append", metavar="NAME=VALUE", help="a declared filter (repeatable)")
+        if fields:
+            p.add_argument("--field", action="append", metavar="NAME", help="a field wanted (repeatable)")
+        p.add_argument("--provenance", type=Path, metavar="FILE", help="ask for a signed statement and save it")
+
+    p = verb(top, "query", query, "look up records of a resource (systems)")
+    asking(p)
+    p.add_argument("--page-size", type=int, default=0)
+    p.add_argument("--page-token", default="")
+    p.add_argument("--out", type=Path, help="save the records as canonical lines")
+    p = verb(top, "stream", stream, "stream all matching records of a resource (systems)")
+    asking(p)
+    p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--out", type=Path, help="save the records as canonical lines")
+    p = verb(top, "document", document, "download a document (电子证照) of a resource (systems)")
+    asking(p, fields=False)
+    p.add_argument("--out", type=Path, required=True)
+    p = verb(top, "verify-provenance", verify, "check a provenance statement, and the saved data, offline")
+    p.add_argument("note", type=Path, help="the statement saved with --provenance")
+    p.add_argument("--key", type=Path, required=True, help="the hub's public key file (log.pub)")
+    p.add_argument("--data", type=Path, help="the records (--out) or document the statement speaks of")
+    p = verb(top, "bind", bind, "set where the hub fetches a resource from (owner steward)")
+    p.add_argument("file", type=Path, help="YAML: resource_code and one of sql, grpc, http, files")
+    p.add_argument("--reason", default="")
+    p = verb(top, "binding", binding, "show a resource's binding (owner steward)")
+    p.add_argument("resource")
