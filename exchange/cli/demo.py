@@ -28,6 +28,7 @@ from exchange import pki
 from exchange import wire as w
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli import commands, files, tables
+from exchange.cli import demo_exchange as flat_sale
 from exchange.cli import rights as rights_cli
 from exchange.cli.client import HubClient, describe
 from exchange.config import Settings
@@ -125,6 +126,7 @@ class Tour:
         self.refusals()
         self.history()
         self.rights()
+        self.exchange()
         self.audit()
 
     def register(self) -> None:
@@ -265,20 +267,24 @@ class Tour:
         with self.client(self.identity_of("bdc-clerk")) as clerk:
             identity = self._apply(clerk, "10101/350200000001", ("name", "id_number"))
             contract = self._apply(clerk, "20301/350200000001", ("contract_no", "property_address", "price"))
-            tax = self._apply(clerk, "20501/350200000001", ("voucher_no", "tax_kind", "amount", "paid_on"))
-            self._apply(clerk, "20301/350200000002", ("contract_no", "document"))  # left pending
+            tax_fields = ("voucher_no", "taxpayer_id_number", "tax_kind", "amount", "paid_on")
+            tax = self._apply(clerk, "20501/350200000001", tax_fields)
+            text = self._apply(clerk, "20301/350200000002", ("contract_no", "document"))
+            self._apply(clerk, "10101/350200000001", ("birth_date",), "抵押权登记")  # left pending
             record = self._apply(clerk, "10101/350200000002", ("record_type",))  # not shared: refused at once
             clerk.call(clerk.rights.Dispute, rpb_r.DisputeRequest(id=record.id, reason="办理登记需核实有无查封限制"))
         masked = [rpb_r.FieldMask(field="id_number", mask=rpb_r.MASK_KIND_ID_NUMBER)]
+        taxpayer = [rpb_r.FieldMask(field="taxpayer_id_number", mask=rpb_r.MASK_KIND_ID_NUMBER)]
         for steward, request, masks in (
             ("ga-steward", identity, masked),
             ("zj-steward", contract, []),
-            ("sw-steward", tax, []),
+            ("zj-steward", text, []),
+            ("sw-steward", tax, taxpayer),
         ):
             with self.client(self.identity_of(steward)) as owner:
                 owner.call(owner.rights.Approve, rpb_r.ApproveRequest(id=request.id, masks=masks, reason="同意"))
         with self.client(self.identity_of("sm-lin")) as manager:
-            for request in (identity, contract, tax):
+            for request in (identity, contract, text, tax):
                 manager.call(manager.rights.IssueGrant, rpb_r.IssueGrantRequest(request_id=request.id))
             listed = manager.call(manager.rights.ListShareRequests, rpb_r.ListShareRequestsRequest())
             waiting = manager.call(
@@ -289,29 +295,51 @@ class Tour:
         print()
         print(tables.render(rights_cli.GRANT_HEADERS, rights_cli.grant_rows(list(grants.grants))))
         print(f"\nawaiting the share manager: {', '.join(r.id for r in waiting.requests)} (the disputed refusal)")
+        pending = [r.id for r in listed.requests if r.status == rpb_r.SHARE_REQUEST_STATUS_PENDING]
+        print(f"awaiting public security's decision (due in 10 working days): {', '.join(pending)}")
         _step("9. The data plane's decision for the registry's system bdc-djxt")
         for purpose, fields in ((FLAT_SALE, ("id_number",)), (FLAT_SALE, ("address",)), ("企业开办", ("id_number",))):
             question = Question("bdc-djxt", "11350200MB00456789", "10101/350200000001", purpose, fields)
             d = self.decisions.decide(question, m.ResourceStatus.PUBLISHED, dt.date.today())
-            answer = (
-                f"allowed by {d.grant_id}, masks {dict(d.masks) or 'none'}" if d.allowed else f"denied: {d.message}"
-            )
+            masks = ", ".join(f"{f}={k.value}" for f, k in d.masks) or "none"
+            answer = f"allowed by {d.grant_id}, masks {masks}" if d.allowed else f"denied: {d.message}"
             print(f"  {purpose} {', '.join(fields)} -> {answer}")
 
+    def exchange(self) -> None:
+        _step("10. The flat sale through the hub: each owner binds its backend, the registry's system asks")
+        system = m.PrincipalRef(m.PrincipalKind.SYSTEM, "zj-wqba")
+        backends = flat_sale.Backends(self.settings.home)
+        try:
+            for code, (steward, binding) in flat_sale.bindings(backends, self.home.identity(system).directory).items():
+                with self.client(self.identity_of(steward)) as hub:
+                    hub.call(hub.catalog.SetBinding, cpb.SetBindingRequest(binding=binding, reason="接入共享平台"))
+                print(f"  {steward:<11} bound {code} to its {binding.WhichOneof('backend')} backend")
+            consumer = self.home.identity(m.PrincipalRef(m.PrincipalKind.SYSTEM, "bdc-djxt")).directory
+            with self.client(consumer) as hub:
+                summary = flat_sale.queries(hub)
+                out = self.settings.home / "contract-XM2026-000123.pdf"
+                summary.append(flat_sale.document(hub, self.home.audit_verifier, out))
+                print("\n  What the registry's system may not have:")
+                flat_sale.refusals(hub, flat_sale.expect_refusal)
+        finally:
+            backends.stop()
+        print()
+        print(tables.render(["resource", "backend", "returned", "masked", "exchange id"], summary))
+
     def audit(self) -> None:
-        _step("10. The audit log: every change above, verified offline with the log's public key")
+        _step("11. The audit log: every change and exchange above, verified offline with the log's public key")
         self.audit_log.flush()  # the hub signs a checkpoint every few seconds; the demo does not wait
         with self.client(self.identity_of("au-chen")) as auditor:
             head = auditor.call(auditor.audit.GetCheckpoint, apb.GetCheckpointRequest())
             found = auditor.call(
-                auditor.audit.SearchRecords, apb.SearchRecordsRequest(actor="person/ga-steward", page_size=5)
+                auditor.audit.SearchRecords, apb.SearchRecordsRequest(actor="system/bdc-djxt", page_size=10)
             )
             export = "".join(c.lines for c in auditor.audit.ExportLog(apb.ExportLogRequest(), timeout=60))
         rows = [
-            [str(e.seq), *(json.loads(e.record)[k] for k in ("logged", "actor", "action", "subject"))]
+            [str(e.seq), *(str(json.loads(e.record)[k]) for k in ("logged", "action", "resource", "outcome", "rows"))]
             for e in found.entries
         ]
-        print(tables.render(["seq", "logged", "actor", "action", "subject"], rows))
+        print(tables.render(["seq", "logged", "action", "resource", "outcome", "rows"], rows))
         verifier = Verifier.parse(self.home.audit_verifier.read_text())
         report = verify_export(export.splitlines(), verifier)
         print(f"\ncheckpoint: {head.size} entries, root {head.root_hash.hex()[:16]}…, signed by {verifier.name}")
