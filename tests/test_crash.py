@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+from sqlalchemy import create_engine, text
 
 from audit.note import Verifier
 from audit.records import parse_entry_line
@@ -28,7 +29,8 @@ from exchange.cli.commands import issue_identity
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
-from tests.harness import AUTHORITY, POLICE, base_settings, identity_spec
+from tests.exchange_world import make_world, query
+from tests.harness import AUTHORITY, POLICE, base_settings, identity_spec, running_hub
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -125,3 +127,67 @@ def test_every_acknowledged_change_survives_a_sigkill(tmp_path: Path) -> None:
     assert missing == [], f"{len(missing)} acknowledged changes are not in the log"
     assert report.entries >= len(acknowledged)
     print(f"{len(acknowledged)} changes acknowledged before SIGKILL, all in the verified log of {report.entries}")
+
+
+def test_every_acknowledged_exchange_survives_a_sigkill(tmp_path: Path) -> None:
+    """Queries through the hub under load, SIGKILL, restart: each answered exchange is in the verified log."""
+    frontend = f"sqlite:///{tmp_path / 'ga-qzk.db'}"
+    engine = create_engine(frontend)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE rk (name TEXT, id_number TEXT)"))
+        c.execute(text("INSERT INTO rk VALUES ('张三', '350203198001012345')"))
+    engine.dispose()
+    items = (
+        m.DataItem("name", "姓名", m.FieldType.STRING),
+        m.DataItem("id_number", "公民身份号码", m.FieldType.STRING, filterable=True),
+    )
+    home, port, log = tmp_path / "hub", _free_port(), tmp_path / "hub.log"
+    with running_hub(base_settings(home)) as setup:
+        world = make_world(setup)
+        world.publish("police", identity_spec(data_items=items))
+        world.bind(
+            "police", cpb.Binding(resource_code="10101/350200000001", sql=cpb.SqlBackend(url=frontend, table="rk"))
+        )
+        world.grant("10101/350200000001", ("name", "id_number"), "police", quota=1_000_000, rate=10_000)
+        consumer, auditor = world.consumer_system, world.people["auditor"]
+    settings = replace(base_settings(home), hub_address=f"localhost:{port}")
+    hub = _serve(home, port, log)
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def ask(worker: int) -> None:
+        with HubClient(settings, consumer) as c:
+            request = query("10101/350200000001", {"id_number": "350203198001012345"}, ["name"])
+            while not stop.is_set():
+                try:
+                    acknowledged.append(c.call(c.exchange.Query, request).exchange_id)
+                except grpc.RpcError:
+                    return
+
+    with HubClient(settings, consumer) as c:
+        _wait(c, hub, log)
+    workers = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in workers:
+        t.start()
+    time.sleep(2.5)
+    hub.send_signal(signal.SIGKILL)
+    hub.wait(timeout=10)
+    stop.set()
+    for t in workers:
+        t.join(timeout=30)
+    assert len(acknowledged) > 50, "too few exchanges before the kill to show anything"
+    hub = _serve(home, port, log)
+    try:
+        with HubClient(settings, auditor) as c:
+            _wait(c, hub, log)
+            lines = "".join(chunk.lines for chunk in c.audit.ExportLog(apb.ExportLogRequest(), timeout=60))
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        hub.wait(timeout=30)
+    rows = lines.splitlines()
+    verify_export(rows, Verifier.parse(pki.HubFiles(home).audit_verifier.read_text()))
+    records = [json.loads(r) for r in (parse_entry_line(x)[2] for x in rows[1:] if x.startswith("E\t")) if r]
+    answered = {r["exchange_id"] for r in records if r["kind"] == "exchange" and r["outcome"] == "ok"}
+    missing = [x for x in acknowledged if x not in answered]
+    assert missing == [], f"{len(missing)} of {len(acknowledged)} answered exchanges are not in the log"
+    print(f"{len(acknowledged)} exchanges answered before SIGKILL, all in the verified log")
