@@ -57,9 +57,18 @@ def test_client_certificate_names_the_principal_not_the_csr_subject() -> None:
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system/ga-rkxx"
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:exchange:system:ga-rkxx"]
+    # A system may also serve as its department's provider, under a name the hub checks.
+    assert san.get_values_for_type(x509.DNSName) == ["ga-rkxx.provider.exchange.invalid"]
     usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
     cert.verify_directly_issued_by(ca_cert)
+    person = pki.sign_csr(ca_key, ca_cert, csr, m.PrincipalRef(m.PrincipalKind.PERSON, "ga-steward"), days=30)
+    assert list(person.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ]
+    assert not person.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    )
 
 
 def test_weak_or_broken_requests_are_refused() -> None:

@@ -273,7 +273,8 @@ class ExchangeService:
         digest = hashlib.sha256()
         outcome: ExchangeError | str = "ok"
         try:
-            await self._append(replace(plan.record, subject=document.name))
+            # The file name stays out of the record: it may carry a data subject's identifier.
+            await self._append(plan.record)
             yield Chunk(exchange_id, document=document)
             while (data := await asyncio.to_thread(next, document.chunks, None)) is not None:
                 digest.update(data)
