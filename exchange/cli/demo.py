@@ -73,12 +73,18 @@ async def _serve_tour(
     hub = Hub(settings)
     port = await hub.start()
     settings = replace(settings, hub_address=f"localhost:{port}")
+    tour = Tour(settings, members, operator, hub.decisions, hub.audit)
     try:
-        await asyncio.to_thread(Tour(settings, members, operator, hub.decisions, hub.audit).run, specs)
+        await asyncio.to_thread(tour.run, specs)
         if not once:
             print(f"\nThe hub is serving on localhost:{port}. In another terminal, for example:")
             print(f"  .venv/bin/exchange --hub localhost:{port} --identity {operator} catalog list")
             print(f"  .venv/bin/exchange --hub localhost:{port} --identity {operator} dept list")
+            system = settings.home / "identities" / "system-bdc-djxt"
+            print(
+                f"  .venv/bin/exchange --hub localhost:{port} --identity {system} query 10101/350200000001"
+                f" --purpose {FLAT_SALE} --filter id_number={flat_sale.BUYER_ID} --field name --field id_number"
+            )
             print("Press Ctrl-C to stop.")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -87,6 +93,7 @@ async def _serve_tour(
             await stop.wait()
     finally:
         await hub.stop(grace=2)
+        await asyncio.to_thread(tour.backends.stop)
     return 0
 
 
@@ -112,6 +119,8 @@ class Tour:
         self.operator = operator
         self.home = pki.HubFiles(settings.home)
         self.ca_pem = pki.IdentityFiles(operator).ca.read_bytes()
+        # The departments' backends, serving for as long as the demo hub does.
+        self.backends = flat_sale.Backends(settings.home)
 
     def client(self, identity: Path) -> HubClient:
         return HubClient(self.settings, identity)
@@ -300,29 +309,26 @@ class Tour:
         _step("9. The data plane's decision for the registry's system bdc-djxt")
         for purpose, fields in ((FLAT_SALE, ("id_number",)), (FLAT_SALE, ("address",)), ("企业开办", ("id_number",))):
             question = Question("bdc-djxt", "11350200MB00456789", "10101/350200000001", purpose, fields)
-            d = self.decisions.decide(question, m.ResourceStatus.PUBLISHED, dt.date.today())
-            masks = ", ".join(f"{f}={k.value}" for f, k in d.masks) or "none"
-            answer = f"allowed by {d.grant_id}, masks {masks}" if d.allowed else f"denied: {d.message}"
+            today = dt.datetime.now(dt.UTC).date()
+            d = self.decisions.decide(question, m.ResourceStatus.PUBLISHED, today, consume=False)
+            shown = ", ".join(f"{f}={k.value}" for f, k in d.masks) or "none"
+            answer = f"allowed by {d.grant_id}, masks {shown}" if d.allowed else f"denied: {d.message}"
             print(f"  {purpose} {', '.join(fields)} -> {answer}")
 
     def exchange(self) -> None:
         _step("10. The flat sale through the hub: each owner binds its backend, the registry's system asks")
-        system = m.PrincipalRef(m.PrincipalKind.SYSTEM, "zj-wqba")
-        backends = flat_sale.Backends(self.settings.home)
-        try:
-            for code, (steward, binding) in flat_sale.bindings(backends, self.home.identity(system).directory).items():
-                with self.client(self.identity_of(steward)) as hub:
-                    hub.call(hub.catalog.SetBinding, cpb.SetBindingRequest(binding=binding, reason="接入共享平台"))
-                print(f"  {steward:<11} bound {code} to its {binding.WhichOneof('backend')} backend")
-            consumer = self.home.identity(m.PrincipalRef(m.PrincipalKind.SYSTEM, "bdc-djxt")).directory
-            with self.client(consumer) as hub:
-                summary = flat_sale.queries(hub)
-                out = self.settings.home / "contract-XM2026-000123.pdf"
-                summary.append(flat_sale.document(hub, self.home.audit_verifier, out))
-                print("\n  What the registry's system may not have:")
-                flat_sale.refusals(hub, flat_sale.expect_refusal)
-        finally:
-            backends.stop()
+        housing = self.home.identity(m.PrincipalRef(m.PrincipalKind.SYSTEM, "zj-wqba")).directory
+        for code, (steward, binding) in flat_sale.bindings(self.backends, housing).items():
+            with self.client(self.identity_of(steward)) as hub:
+                hub.call(hub.catalog.SetBinding, cpb.SetBindingRequest(binding=binding, reason="接入共享平台"))
+            print(f"  {steward:<11} bound {code} to its {binding.WhichOneof('backend')} backend")
+        consumer = self.home.identity(m.PrincipalRef(m.PrincipalKind.SYSTEM, "bdc-djxt")).directory
+        with self.client(consumer) as hub:
+            summary = flat_sale.queries(hub)
+            out = self.settings.home / "contract-XM2026-000123.pdf"
+            summary.append(flat_sale.document(hub, self.home.audit_verifier, out))
+            print("\n  What the registry's system may not have:")
+            flat_sale.refusals(hub, flat_sale.expect_refusal)
         print()
         print(tables.render(["resource", "backend", "returned", "masked", "exchange id"], summary))
 
