@@ -260,3 +260,11 @@ def test_bindings_are_the_owners_and_checked(world: World, frontend: str) -> Non
         shown = c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=secret, reason="x"))
         assert shown.sql.url == "postgresql+psycopg://reader:***@db.example/ga" and shown.version == 2
         assert c.call(c.catalog.GetBinding, cpb.GetBindingRequest(resource_code=IDENTITY)).sql.table == "rk"
+
+
+def test_a_deadline_too_short_ends_the_call_not_the_hub(world: World) -> None:
+    world.grant(IDENTITY, ("name", "id_number"), "police")
+    stub = world.exchange()
+    request = query(IDENTITY, {"id_number": ID_NUMBER}, ["name"])
+    fails(grpc.StatusCode.DEADLINE_EXCEEDED, stub.Query, request, timeout=0.0005)
+    assert len(stub.Query(request, timeout=20).records) == 1

@@ -202,6 +202,9 @@ class ExchangeService:
         except ExchangeError as e:
             await self._append(_failed(plan.record, plan.started, e))
             raise
+        except asyncio.CancelledError:  # the consumer went away or its deadline passed: nothing was sent
+            self._append_in_background(replace(plan.record, outcome="cancelled", latency_us=_since(plan.started)))
+            raise
         note = self._statement(plan, "records", len(rows), digest) if ask.provenance else ""
         done = replace(
             plan.record, rows=len(rows), response_sha256=digest, latency_us=_since(plan.started), outcome="ok"
