@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy import create_engine, text
 
 from adapters.provider import Provider, ProviderDocument, ProviderQuery, serve
 from exchange import models as m
@@ -78,7 +79,10 @@ class Housing:
             self.closed.set()
 
     def text(self, q: ProviderQuery) -> ProviderDocument | None:
-        return None
+        if q.filters.get("contract_no") != "XM2026-000123":
+            return None
+        pieces = [b"%PDF-1.4\n", b"x" * (3 << 20), b"%%EOF\n"]
+        return ProviderDocument("XM2026-000123.pdf", "application/pdf", sum(map(len, pieces)), iter(pieces))
 
 
 @pytest.fixture
@@ -172,6 +176,48 @@ def test_a_hanging_or_lying_provider_is_contained(world: World, provider: Housin
     assert len(stub.Query(ask, timeout=20).records) == 1  # the hub stayed up and serves on
 
 
+def test_a_document_from_a_grpc_provider(world: World, provider: Housing) -> None:
+    items = (
+        m.DataItem("contract_no", "合同备案号", m.FieldType.STRING, filterable=True),
+        m.DataItem("document", "合同文本", m.FieldType.BYTES),
+    )
+    spec = identity_spec(TEXTS, HOUSING.code, data_items=items, name="合同文本", share_method=m.ShareMethod.DOCUMENT)
+    world.publish("housing", spec)
+    with world.hub.client(world.people["housing"]) as c:
+        target = c.call(c.catalog.GetBinding, cpb.GetBindingRequest(resource_code=CONTRACTS)).grpc
+    world.bind("housing", cpb.Binding(resource_code=TEXTS, grpc=target))
+    world.grant(TEXTS, ("contract_no", "document"), "housing")
+    request = xpb.FetchDocumentRequest(resource_code=TEXTS, purpose=PURPOSE, filters={"contract_no": "XM2026-000123"})
+    chunks = list(world.exchange().FetchDocument(request, timeout=20))
+    data = b"".join(c.data for c in chunks)
+    assert len(data) == (3 << 20) + 15 and chunks[-1].sha256 == hashlib.sha256(data).digest()
+    assert chunks[0].info.media_type == "application/pdf" and chunks[0].info.size == len(data)
+    missing = xpb.FetchDocumentRequest(resource_code=TEXTS, purpose=PURPOSE, filters={"contract_no": "XM404"})
+    fails(grpc.StatusCode.NOT_FOUND, world.exchange().FetchDocument, missing)
+
+
+def test_fifty_mib_from_a_front_end_database_to_a_slow_consumer(world: World, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'bulk.db'}"
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE ht (contract_no TEXT, batch TEXT, buyer_id_number TEXT, text TEXT)"))
+        rows = [{"n": f"XM{n:08d}", "t": TEXT} for n in range(BULK)]
+        c.execute(text("INSERT INTO ht VALUES (:n, 'bulk', '350203198507154313', :t)"), rows)
+    engine.dispose()
+    world.publish("housing", _contracts_spec())
+    world.bind("housing", cpb.Binding(resource_code=CONTRACTS, sql=cpb.SqlBackend(url=url, table="ht")))
+    world.grant(CONTRACTS, ("contract_no", "batch", "text"), "housing")
+    request = query(CONTRACTS, {"batch": "bulk"}, ["contract_no", "text"], batch_size=1000)
+    batches = iter(world.exchange().StreamQuery(request, timeout=120))
+    received = len(next(batches).records)
+    time.sleep(2)  # a slow consumer
+    size = 0
+    for batch in batches:
+        received += len(batch.records)
+        size += batch.ByteSize()
+    assert received == BULK and size > 50 * 1000 * 1000
+
+
 def test_a_query_through_a_rest_endpoint(world: World) -> None:
     seen: list[str] = []
 
@@ -209,6 +255,10 @@ def test_a_query_through_a_rest_endpoint(world: World) -> None:
         )
         assert [values.record_from_wire(r) for r in answer.records] == [{"name": "林**", "amount": Decimal("97500.5")}]
         assert "sfzh=350203198507154313" in seen[0]
+        streamed = world.exchange().StreamQuery(
+            query(PAYERS, {"id_number": "350203198507154313"}, ["name", "amount"]), timeout=20
+        )
+        assert [len(b.records) for b in streamed] == [1, 0]
     finally:
         server.shutdown()
 
