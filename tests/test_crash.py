@@ -133,9 +133,9 @@ def test_every_acknowledged_exchange_survives_a_sigkill(tmp_path: Path) -> None:
     """Queries through the hub under load, SIGKILL, restart: each answered exchange is in the verified log."""
     frontend = f"sqlite:///{tmp_path / 'ga-qzk.db'}"
     engine = create_engine(frontend)
-    with engine.begin() as c:
-        c.execute(text("CREATE TABLE rk (name TEXT, id_number TEXT)"))
-        c.execute(text("INSERT INTO rk VALUES ('张三', '350203198001012345')"))
+    with engine.begin() as db:
+        db.execute(text("CREATE TABLE rk (name TEXT, id_number TEXT)"))
+        db.execute(text("INSERT INTO rk VALUES ('张三', '350203198001012345')"))
     engine.dispose()
     items = (
         m.DataItem("name", "姓名", m.FieldType.STRING),

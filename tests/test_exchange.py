@@ -221,7 +221,7 @@ def test_no_audit_no_data(world: World, monkeypatch: pytest.MonkeyPatch) -> None
     stream = stub.StreamQuery(query(IDENTITY, {"id_number": ID_NUMBER}, ["name"]), timeout=20)
     with pytest.raises(grpc.RpcError) as info:
         next(iter(stream))
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_provider_failures_are_named_and_audited(world: World, tmp_path: Path) -> None:
@@ -249,13 +249,13 @@ def test_bindings_are_the_owners_and_checked(world: World, frontend: str) -> Non
     with world.hub.client(world.people["housing"]) as c:
         with pytest.raises(grpc.RpcError) as info:
             c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=_binding(frontend), reason="x"))
-        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     own_store = world.hub.settings.effective_database_url
     with world.hub.client(world.people["police"]) as c:
         for binding in (_binding(own_store), cpb.Binding(resource_code=IDENTITY), _binding("mysql://x/y")):
             with pytest.raises(grpc.RpcError) as info:
                 c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=binding, reason="x"))
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         secret = _binding("postgresql+psycopg://reader:s3cret@db.example/ga")
         shown = c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=secret, reason="x"))
         assert shown.sql.url == "postgresql+psycopg://reader:***@db.example/ga" and shown.version == 2
