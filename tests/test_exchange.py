@@ -12,11 +12,12 @@ from sqlalchemy import create_engine, text
 from audit import provenance
 from audit.note import Verifier
 from exchange import models as m
-from exchange import values
+from exchange import pki, values
 from exchange.errors import Unavailable
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
+from exchange.v1 import registry_pb2 as rgpb
 from exchange.v1 import rights_pb2 as rpb
 from tests.exchange_world import World, fails, make_world, query, reason_of, violations
 from tests.harness import POLICE, RunningHub, identity_spec
@@ -268,3 +269,24 @@ def test_a_deadline_too_short_ends_the_call_not_the_hub(world: World) -> None:
     request = query(IDENTITY, {"id_number": ID_NUMBER}, ["name"])
     fails(grpc.StatusCode.DEADLINE_EXCEEDED, stub.Query, request, timeout=0.0005)
     assert len(stub.Query(request, timeout=20).records) == 1
+
+
+def test_changes_reach_the_next_exchange(world: World, tmp_path: Path) -> None:
+    """What every call reads is kept in memory; a suspension, a new binding or a revocation still counts at once."""
+    world.grant(IDENTITY, ("name", "id_number"), "police")
+    stub = world.exchange()
+    request = query(IDENTITY, {"id_number": ID_NUMBER}, ["name"])
+    assert len(stub.Query(request, timeout=20).records) == 1
+    with world.hub.client(world.people["police"]) as c:
+        c.call(c.catalog.SuspendResource, cpb.ChangeResourceStatusRequest(code=IDENTITY, reason="系统升级"))
+        assert reason_of(fails(grpc.StatusCode.PERMISSION_DENIED, stub.Query, request)) == "RESOURCE_SUSPENDED"
+        c.call(c.catalog.PublishResource, cpb.ChangeResourceStatusRequest(code=IDENTITY, reason="升级完成"))
+    assert len(stub.Query(request, timeout=20).records) == 1
+    world.bind("police", _binding(f"sqlite:///{tmp_path / 'gone' / 'x.db'}"))
+    fails(grpc.StatusCode.UNAVAILABLE, stub.Query, request)
+    fingerprint = pki.fingerprint_of_pem(pki.IdentityFiles(world.consumer_system).cert.read_bytes())
+    with world.hub.client() as op:
+        op.call(
+            op.registry.RevokeCertificate, rgpb.RevokeCertificateRequest(fingerprint_sha256=fingerprint, reason="泄露")
+        )
+    fails(grpc.StatusCode.UNAUTHENTICATED, stub.Query, request)

@@ -23,16 +23,17 @@ from audit.note import NoteError, Signer, Verifier
 from exchange import pki
 from exchange.config import Settings
 from exchange.errors import ConfigError, FieldViolation
-from exchange.models import Binding, PrincipalKind, PrincipalRef
+from exchange.models import Binding, PrincipalKind, PrincipalRef, Resource
 from exchange.server.audit import AuditServicer
 from exchange.server.catalog import CatalogServicer
 from exchange.server.exchange import ExchangeServicer
 from exchange.server.registry import RegistryServicer
 from exchange.server.rights import RightsServicer
 from exchange.services.audit import AuditReadService
+from exchange.services.cache import Cache
 from exchange.services.catalog import CatalogService
 from exchange.services.exchange import BackendPool, ExchangeService
-from exchange.services.registry import CertificateAuthority, RegistryService
+from exchange.services.registry import CertificateAuthority, Holder, RegistryService
 from exchange.services.rights import RightsService
 from exchange.store import Store
 from exchange.store.changes import ChangeListener
@@ -129,6 +130,18 @@ class Hub:
             forbidden_urls=(settings.effective_database_url,),
         )
         self.backends = BackendPool(lambda name, b: factory.open_backend(name, b, self.backend_context))
+        # What every call reads: certificate holders and catalog entries with their bindings.
+        self.holders: Cache[str, Holder] = Cache()
+        self.entries: Cache[str, tuple[Resource, Binding | None]] = Cache()
+        self.store.on_commit.append(self._forget)
+
+    def _forget(self, payload: str) -> None:
+        """Drops what a committed change (of this process or another) makes stale."""
+        kind = payload.partition(":")[0]
+        if kind in {"principal", "certificate"}:
+            self.holders.clear()
+        elif kind == "resource":
+            self.entries.clear()
 
     def _check_binding(self, binding: Binding) -> list[FieldViolation]:
         return factory.check(binding, self.backend_context)
@@ -143,7 +156,9 @@ class Hub:
         ]
         server = grpc.aio.server(options=options)
         policy = self.policy
-        registry = RegistryService(self.store, self.credentials.ca, policy, settings.certificate_days)
+        registry = RegistryService(
+            self.store, self.credentials.ca, policy, settings.certificate_days, holders=self.holders
+        )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, registry, settings.insecure_dev), server
         )
@@ -172,6 +187,7 @@ class Hub:
             self.backends,
             signer=self.audit.signer,
             subject_key=_load_subject_key(files),
+            entries=self.entries,
             default_timeout=settings.provider_timeout_seconds,
         )
         exchange_pb2_grpc.add_ExchangeServiceServicer_to_server(
@@ -187,11 +203,14 @@ class Hub:
         def every_assignment() -> list[Assignment]:
             return [a for member in self.store.registry.role_assignments() for a in assignments_of(*member)]
 
+        self.holders.clear()
+        self.entries.clear()
         self.policy.replace_roles(every_assignment)
         self.decisions.replace_all(self.store.rights.live_grants)
 
     def _apply_change(self, payload: str) -> None:
         """A change another hub process committed: a grant, or a member's roles."""
+        self._forget(payload)
         kind, _, key = payload.partition(":")
         if kind == "grant":
             self.decisions.refresh(key, self.store.rights.get_grant)

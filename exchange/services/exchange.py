@@ -40,6 +40,7 @@ from exchange.errors import (
 from exchange.models import Binding, MaskKind, Principal, PrincipalKind, Resource, ResourceStatus, ShareMethod
 from exchange.paging import PageRequest, page_request
 from exchange.services.auditing import hub_instance, now_text
+from exchange.services.cache import Cache
 from exchange.store import Store
 from exchange.values import BadValue, RowsDigest, parse_text
 from policy.decision import Decision, DecisionPoint, DenyReason, Question
@@ -177,8 +178,11 @@ class ExchangeService:
         signer: Signer,
         subject_key: bytes,
         default_timeout: float,
+        entries: Cache[str, tuple[Resource, Binding | None]] | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
+        # Catalog entries with their bindings, by code; the hub drops them on any catalog change.
+        self._entries: Cache[str, tuple[Resource, Binding | None]] = entries or Cache()
         self._store = store
         self._decisions = decisions
         self._committer = committer
@@ -315,7 +319,9 @@ class ExchangeService:
 
     def _decide(self, actor: Principal, ask: Ask, record: AuditRecord, call: _Call) -> _Plan:
         _validate(actor, ask, call)
-        resource, binding = self._store.catalog.with_binding(ask.resource_code)
+        found = self._entries.get(ask.resource_code, self._store.catalog.with_binding)
+        assert found is not None  # with_binding raises NotFound rather than answer None
+        resource, binding = found
         if resource.status is ResourceStatus.DRAFT and resource.spec.department_code != actor.department_code:
             raise NotFound("resource", ask.resource_code)
         filters = _typed_filters(resource, ask)

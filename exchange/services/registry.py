@@ -23,6 +23,7 @@ from exchange.models import (
 )
 from exchange.paging import page_request
 from exchange.services.auditing import change_record
+from exchange.services.cache import Cache
 from exchange.store import Store
 from exchange.store.audit import staging
 from policy import HUB_WIDE, Action, RightsPolicy, assignments_of, require_compatible_roles
@@ -50,14 +51,24 @@ class CertificateAuthority:
         )
 
 
+Holder = tuple[Principal, dt.datetime, dt.datetime]
+
+
 class RegistryService:
     def __init__(
-        self, store: Store, ca: CertificateAuthority, policy: RightsPolicy, default_certificate_days: int
+        self,
+        store: Store,
+        ca: CertificateAuthority,
+        policy: RightsPolicy,
+        default_certificate_days: int,
+        holders: Cache[str, Holder] | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
         self._ca = ca
         self._default_days = default_certificate_days
+        # Certificate holders by fingerprint; the hub drops them on any member or certificate change.
+        self._holders: Cache[str, Holder] = holders or Cache()
 
     def create_department(self, actor: Principal, department: Department) -> Department:
         validation.validate_department(department)
@@ -185,4 +196,8 @@ class RegistryService:
         return self._store.registry.principal(ref)
 
     def authenticate(self, fingerprint: str) -> Principal | None:
-        return self._store.registry.principal_for_certificate(fingerprint, dt.datetime.now(dt.UTC))
+        """The holder of a registered, unrevoked certificate within its validity period (cached until a change)."""
+        found = self._holders.get(fingerprint, self._store.registry.certificate_holder)
+        if found is None or not found[1] <= dt.datetime.now(dt.UTC) <= found[2]:
+            return None
+        return found[0]

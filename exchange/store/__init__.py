@@ -1,7 +1,10 @@
 """The hub's store: SQLAlchemy models, migrations and repositories."""
 
+from collections.abc import Callable
+
 from exchange.store.audit import AuditStore, install_staging
 from exchange.store.catalog import CatalogStore
+from exchange.store.changes import install_local_changes
 from exchange.store.database import Database
 from exchange.store.registry import RegistryStore
 from exchange.store.rights import RightsStore
@@ -19,6 +22,9 @@ class Store:
         self.rights = RightsStore(self.db)
         self.audit = AuditStore(self.db)
         install_staging(self.db)
+        # Told of every change this process commits (payloads as announced to other processes).
+        self.on_commit: list[Callable[[str], None]] = []
+        install_local_changes(self.db.write_sessions, self.on_commit)
 
     def close(self) -> None:
         self.db.dispose()

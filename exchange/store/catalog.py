@@ -35,6 +35,7 @@ from exchange.models import (
     UpdateCycle,
 )
 from exchange.paging import PageRequest
+from exchange.store.changes import announce, resource_changed
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.registry import department_row
@@ -212,6 +213,7 @@ class CatalogStore:
             )
             _write_spec(s, row, spec)
             s.add(row)
+            announce(s, resource_changed(spec.code))
             return _record_version(s, row, ResourceChange.CREATED, actor, reason)
 
     def change(
@@ -243,6 +245,7 @@ class CatalogStore:
             row.updated_at = _now()
             if step.status is ResourceStatus.PUBLISHED and row.published_at is None:
                 row.published_at = row.updated_at
+            announce(s, resource_changed(code))
             return _record_version(s, row, step.change, actor, reason)
 
     def get(self, code: str, version: int = 0) -> Resource:
@@ -312,6 +315,7 @@ class CatalogStore:
             current.updated_at = _now()
             current.updated_by = str(actor)
             s.flush()
+            announce(s, resource_changed(binding.resource_code))
             return _binding_of(binding.resource_code, current)
 
     def get_binding(self, code: str) -> Binding:

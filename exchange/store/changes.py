@@ -1,10 +1,11 @@
-"""Telling every hub process of policy changes: PostgreSQL NOTIFY on commit, LISTEN in each process.
+"""Telling every hub process of changes: PostgreSQL NOTIFY on commit, LISTEN in each process.
 
-A change to a grant or a member's roles sends a notification in the same
-transaction, so other processes hear of it exactly when it is committed. Each
-process keeps one listening connection; when it (re)connects it resynchronises
-in full, so nothing committed while it was away is missed. SQLite serves one
-process, which applies its own changes directly, so there nothing is sent.
+A change to a grant, a member, a certificate or a catalog entry sends a
+notification in the same transaction, so other processes hear of it exactly
+when it is committed. Each process keeps one listening connection; when it
+(re)connects it resynchronises in full, so nothing committed while it was away
+is missed. The committing process itself is also told, on every backend, by the
+store's ``on_commit`` listeners (what it keeps in memory is dropped there).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from collections.abc import Callable
 
 import psycopg
 from psycopg.conninfo import make_conninfo
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 CHANNEL = "exchange_policy"
@@ -33,9 +34,36 @@ _KEEPALIVE = {
 
 
 def announce(session: Session, payload: str) -> None:
-    """Sends ``payload`` to every listening process when ``session`` commits (PostgreSQL only)."""
+    """Sends ``payload`` to every listening process when ``session`` commits, and to this process's listeners."""
+    session.info.setdefault(_ANNOUNCED, []).append(payload)
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
+
+
+_ANNOUNCED = "exchange.announced"
+
+
+def install_local_changes(sessions: sessionmaker[Session], listeners: list[Callable[[str], None]]) -> None:
+    """After each commit of ``sessions``, hands what it announced to ``listeners`` (in this process)."""
+
+    def committed(session: Session) -> None:
+        for payload in session.info.pop(_ANNOUNCED, ()):
+            for listener in listeners:
+                listener(payload)
+
+    def rolled_back(session: Session) -> None:
+        session.info.pop(_ANNOUNCED, None)
+
+    event.listen(sessions, "after_commit", committed)
+    event.listen(sessions, "after_rollback", rolled_back)
+
+
+def certificate_changed(fingerprint: str) -> str:
+    return f"certificate:{fingerprint}"
+
+
+def resource_changed(code: str) -> str:
+    return f"resource:{code}"
 
 
 def grant_changed(grant_id: str) -> str:

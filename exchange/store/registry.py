@@ -22,7 +22,7 @@ from exchange.models import (
     System,
 )
 from exchange.paging import PageRequest
-from exchange.store.changes import announce, principal_changed
+from exchange.store.changes import announce, certificate_changed, principal_changed
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.schema import CertificateRow, DepartmentRow, PersonRoleRow, PersonRow, SystemRow
@@ -206,6 +206,7 @@ class RegistryStore:
             row.revoked_at = at
             row.revoke_reason = reason
             s.flush()
+            announce(s, certificate_changed(fingerprint))
             return _certificate_of(row)
 
     def roles_of(self, ref: PrincipalRef) -> tuple[PrincipalRef, str, frozenset[Role]]:
@@ -232,16 +233,24 @@ class RegistryStore:
 
     def principal_for_certificate(self, fingerprint: str, at: dt.datetime) -> Principal | None:
         """The principal a presented certificate belongs to, if it is registered, valid and not revoked."""
+        found = self.certificate_holder(fingerprint)
+        if found is None or not found[1] <= at <= found[2]:
+            return None
+        return found[0]
+
+    def certificate_holder(self, fingerprint: str) -> tuple[Principal, dt.datetime, dt.datetime] | None:
+        """The principal of an unrevoked registered certificate, with the certificate's validity period."""
         with self._db.read() as s:
             cert = s.scalar(select(CertificateRow).where(CertificateRow.fingerprint_sha256 == fingerprint))
-            if cert is None or cert.revoked_at is not None or not cert.not_before <= at <= cert.not_after:
+            if cert is None or cert.revoked_at is not None:
                 return None
             ref = PrincipalRef(PrincipalKind(cert.principal_kind), cert.principal_code)
             try:
                 found = _principal(s, ref)
             except NotFound:
                 return None
-            return Principal(found.ref, found.display_name, found.department_code, found.roles, fingerprint)
+            holder = Principal(found.ref, found.display_name, found.department_code, found.roles, fingerprint)
+            return holder, cert.not_before, cert.not_after
 
 
 def _principal(s: Session, ref: PrincipalRef) -> Principal:
