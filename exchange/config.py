@@ -52,6 +52,8 @@ class Settings:
     document_roots: tuple[str, ...] = ()
     # Longest wait for a department's backend when its binding sets none, in seconds.
     provider_timeout_seconds: float = 10.0
+    # Threads for the blocking parts of calls (store, backends); about the calls in flight one process serves.
+    worker_threads: int = 32
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
@@ -173,6 +175,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("shutdown_grace_seconds", 0, 3600, "seconds"),
     ("call_timeout_seconds", 0.001, 3600, "seconds"),
     ("provider_timeout_seconds", 0.001, 600, "seconds"),
+    ("worker_threads", 2, 1024, "threads"),
 )
 
 

@@ -150,7 +150,7 @@ def test_a_consumer_that_cancels_stops_the_provider(world: World, provider: Hous
     request = query(CONTRACTS, {"batch": "bulk"}, ["contract_no", "text"], batch_size=100)
     stream = world.exchange().StreamQuery(request, timeout=120)
     first = next(iter(stream))
-    cast(grpc.Future[object], stream).cancel()
+    cast("grpc.Future[object]", stream).cancel()
     assert provider.closed.wait(15), "the provider kept producing after the consumer cancelled"
     assert provider.produced < BULK
     deadline = time.monotonic() + 10

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -224,6 +225,8 @@ class Hub:
         """Checks the store, binds the port and starts serving; returns the bound port."""
         if not self.store.db.is_current():
             raise ConfigError("the store's schema is not current: run `exchange migrate`")
+        workers = ThreadPoolExecutor(self.settings.worker_threads, thread_name_prefix="hub-worker")
+        asyncio.get_running_loop().set_default_executor(workers)
         if self.store.db.backend == "postgresql":
             self.listener = ChangeListener(self.store.db.url, self._apply_change, self._resync)
             await asyncio.to_thread(self.listener.start)

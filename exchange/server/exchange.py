@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import grpc
 
 from exchange import values
 from exchange.errors import ExchangeError
-from exchange.server.rpc import Authenticator, abort_with, caller_of, internal_error
+from exchange.server.rpc import Authenticator, abort_with, identify, internal_error
 from exchange.services.exchange import Ask, Disclosure, ExchangeService
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc as pb_grpc
@@ -44,10 +45,13 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
         self.insecure_dev = insecure_dev
 
     async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
-        actor = await caller_of(self, context)
         try:
             result = await self.service.query(
-                actor, _ask(request), request.page_size, request.page_token, _deadline(context)
+                partial(identify, self, context),
+                _ask(request),
+                request.page_size,
+                request.page_token,
+                _deadline(context),
             )
         except ExchangeError as e:
             await abort_with(context, e)
@@ -64,8 +68,9 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
         )
 
     async def StreamQuery(self, request: pb.QueryRequest, context: Context) -> AsyncIterator[pb.QueryBatch]:
-        actor = await caller_of(self, context)
-        batches = self.service.stream(actor, _ask(request), request.batch_size, _deadline(context))
+        batches = self.service.stream(
+            partial(identify, self, context), _ask(request), request.batch_size, _deadline(context)
+        )
         try:
             async for b in batches:
                 yield pb.QueryBatch(
@@ -86,8 +91,7 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
     async def FetchDocument(
         self, request: pb.FetchDocumentRequest, context: Context
     ) -> AsyncIterator[pb.DocumentChunk]:
-        actor = await caller_of(self, context)
-        chunks = self.service.document(actor, _ask(request), _deadline(context))
+        chunks = self.service.document(partial(identify, self, context), _ask(request), _deadline(context))
         try:
             async for c in chunks:
                 info = None

@@ -124,6 +124,18 @@ class _Call:
     batch: int = 0
 
 
+@dataclass(frozen=True)
+class _Settled:
+    """What a worker-thread step came to: the record to commit, and the answer or the error."""
+
+    record: AuditRecord
+    error: ExchangeError | None = None
+    result: QueryResult | None = None
+
+
+Identify = Callable[[], Principal]
+
+
 @dataclass
 class _Plan:
     """An allowed exchange, ready to fetch."""
@@ -196,25 +208,44 @@ class ExchangeService:
     # Queries
 
     async def query(
-        self, actor: Principal, ask: Ask, page_size: int, page_token: str, deadline: float | None
+        self, identify: Identify, ask: Ask, page_size: int, page_token: str, deadline: float | None
     ) -> QueryResult:
-        exchange_id = new_exchange_id()
-        call = _Call(exchange_id, "query", RECORD_KINDS, deadline, page=(page_size, page_token))
-        plan = await self._plan(actor, ask, call)
+        """One page, worked out in one worker-thread step; its record is committed before it is returned."""
+        call = _Call(new_exchange_id(), "query", RECORD_KINDS, deadline, page=(page_size, page_token))
+        work = asyncio.ensure_future(asyncio.to_thread(self._answer, identify, ask, call))
         try:
-            rows, next_token, digest = await asyncio.to_thread(self._fetch_page, plan, ask, page_token)
+            settled = await asyncio.shield(work)
+        except asyncio.CancelledError:  # the consumer went away or its deadline passed: nothing is sent
+            work.add_done_callback(self._abandoned)
+            raise
+        await self._append(settled.record)
+        if settled.error is not None:
+            raise settled.error
+        assert settled.result is not None
+        return settled.result
+
+    def _answer(self, identify: Identify, ask: Ask, call: _Call) -> _Settled:
+        actor = identify()  # an unknown caller raises here: there is no one to record
+        started = time.monotonic()
+        record = self._record(actor, ask, call.exchange_id, call.action)
+        try:
+            plan = self._decide(actor, ask, record, call, started)
         except ExchangeError as e:
-            await self._append(_failed(plan.record, plan.started, e))
-            raise
-        except asyncio.CancelledError:  # the consumer went away or its deadline passed: nothing was sent
-            self._append_in_background(replace(plan.record, outcome="cancelled", latency_us=_since(plan.started)))
-            raise
+            return _Settled(_refused(record, started, e), e)
+        try:
+            rows, next_token, digest = self._fetch_page(plan, ask, call.page[1] if call.page else "")
+        except ExchangeError as e:
+            return _Settled(_failed(plan.record, started, e), e)
         note = self._statement(plan, "records", len(rows), digest) if ask.provenance else ""
-        done = replace(
-            plan.record, rows=len(rows), response_sha256=digest, latency_us=_since(plan.started), outcome="ok"
-        )
-        await self._append(done)
-        return QueryResult(exchange_id, rows, next_token, _disclosure(plan), note)
+        done = replace(plan.record, rows=len(rows), response_sha256=digest, latency_us=_since(started), outcome="ok")
+        return _Settled(done, result=QueryResult(call.exchange_id, rows, next_token, _disclosure(plan), note))
+
+    def _abandoned(self, work: asyncio.Future[_Settled]) -> None:
+        """Records a query whose consumer left before the answer: what it came to, marked cancelled if answered."""
+        if work.cancelled() or work.exception() is not None:
+            return
+        settled = work.result()
+        self._append_in_background(settled.record if settled.error else replace(settled.record, outcome="cancelled"))
 
     def _fetch_page(self, plan: _Plan, ask: Ask, page_token: str) -> tuple[list[Row], str, str]:
         request = plan.request
@@ -233,11 +264,11 @@ class ExchangeService:
         return rows, next_token, digest.hexdigest()
 
     async def stream(
-        self, actor: Principal, ask: Ask, batch_size: int, deadline: float | None
+        self, identify: Identify, ask: Ask, batch_size: int, deadline: float | None
     ) -> AsyncGenerator[Batch, None]:
         """Batches as the consumer takes them; the provider is read one batch ahead at most."""
         exchange_id = new_exchange_id()
-        plan = await self._plan(actor, ask, _Call(exchange_id, "stream", RECORD_KINDS, deadline, batch=batch_size))
+        plan = await self._plan(identify, ask, _Call(exchange_id, "stream", RECORD_KINDS, deadline, batch=batch_size))
         await self._append(plan.record)
         size = batch_size or DEFAULT_BATCH_SIZE
         batches = plan.backend.stream(plan.request, size)
@@ -268,9 +299,9 @@ class ExchangeService:
 
     # Documents
 
-    async def document(self, actor: Principal, ask: Ask, deadline: float | None) -> AsyncGenerator[Chunk, None]:
+    async def document(self, identify: Identify, ask: Ask, deadline: float | None) -> AsyncGenerator[Chunk, None]:
         exchange_id = new_exchange_id()
-        plan = await self._plan(actor, ask, _Call(exchange_id, "document", DOCUMENT_KINDS, deadline))
+        plan = await self._plan(identify, ask, _Call(exchange_id, "document", DOCUMENT_KINDS, deadline))
         try:
             document = await asyncio.to_thread(plan.backend.document, plan.request)
         except ExchangeError as e:
@@ -307,17 +338,25 @@ class ExchangeService:
 
     # Deciding
 
-    async def _plan(self, actor: Principal, ask: Ask, call: _Call) -> _Plan:
+    async def _plan(self, identify: Identify, ask: Ask, call: _Call) -> _Plan:
         """The allowed exchange, or the refusal, audited, raised."""
-        record = self._record(actor, ask, call.exchange_id, call.action)
-        started = time.monotonic()
-        try:
-            return await asyncio.to_thread(self._decide, actor, ask, record, call)
-        except ExchangeError as e:
-            await self._append(_refused(record, started, e))
-            raise
+        prepared = await asyncio.to_thread(self._prepare, identify, ask, call)
+        if isinstance(prepared, _Plan):
+            return prepared
+        await self._append(prepared.record)
+        assert prepared.error is not None
+        raise prepared.error
 
-    def _decide(self, actor: Principal, ask: Ask, record: AuditRecord, call: _Call) -> _Plan:
+    def _prepare(self, identify: Identify, ask: Ask, call: _Call) -> _Plan | _Settled:
+        actor = identify()  # an unknown caller raises here: there is no one to record
+        started = time.monotonic()
+        record = self._record(actor, ask, call.exchange_id, call.action)
+        try:
+            return self._decide(actor, ask, record, call, started)
+        except ExchangeError as e:
+            return _Settled(_refused(record, started, e), e)
+
+    def _decide(self, actor: Principal, ask: Ask, record: AuditRecord, call: _Call, started: float) -> _Plan:
         _validate(actor, ask, call)
         found = self._entries.get(ask.resource_code, self._store.catalog.with_binding)
         assert found is not None  # with_binding raises NotFound rather than answer None
@@ -354,7 +393,7 @@ class ExchangeService:
             grant=decision.grant_id,
             masks=[f"{f}={k.value}" for f, k in masks],
         )
-        return _Plan(resource, backend, request, replace(decision, masks=masks), granted)
+        return _Plan(resource, backend, request, replace(decision, masks=masks), granted, started)
 
     def _request(
         self, resource: Resource, binding: Binding, filters: dict[str, object], ask: Ask, call: _Call
