@@ -8,11 +8,14 @@ provider and never its internals. The hub then removes what was not granted and 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from decimal import Decimal
 
+from exchange import values
 from exchange.backend import Backend, Document, FetchRequest, Row
 from exchange.errors import DeadlineExceeded, FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
 from exchange.models import FieldType, ResourceSpec
+from exchange.v1 import data_pb2
 
 __all__ = [
     "Backend",
@@ -24,6 +27,7 @@ __all__ = [
     "Row",
     "Unsupported",
     "checked_filters",
+    "checked_records",
     "checked_rows",
 ]
 
@@ -100,3 +104,41 @@ def checked_filters(request: FetchRequest) -> None:
         allowed = ", ".join(sorted(filterable)) or "none"
         detail = f"{', '.join(unknown)} cannot be filtered on" if unknown else "at least one filter is needed"
         raise InvalidArgument.of([FieldViolation("filters", f"{detail}; declared filters: {allowed}")])
+
+
+# The wire kind (``exchange.v1.Value`` oneof) each declared type must arrive as.
+_WIRE_KIND: dict[FieldType, str] = {
+    FieldType.STRING: "string_value",
+    FieldType.INTEGER: "integer_value",
+    FieldType.DECIMAL: "decimal_value",
+    FieldType.BOOLEAN: "boolean_value",
+    FieldType.DATE: "date_value",
+    FieldType.TIMESTAMP: "timestamp_value",
+    FieldType.BYTES: "bytes_value",
+}
+
+
+def checked_records(
+    provider: str, types: Mapping[str, FieldType], records: list[data_pb2.Record]
+) -> list[data_pb2.Record]:
+    """``checked_rows`` for records still in wire form: only the fields in ``types``, each of its type or null.
+
+    Decimals and dates are also checked to be what they claim, since a consumer would parse them.
+    """
+    for n, record in enumerate(records):
+        for name, value in record.fields.items():
+            kind = types.get(name)
+            if kind is None:
+                raise ProviderContractError(provider, f"record {n} has a field not asked for: {name[:40]}")
+            which = value.WhichOneof("kind")
+            if which is not None and which != _WIRE_KIND[kind]:
+                raise ProviderContractError(provider, f"record {n}: {name} is not {kind.value}")
+            if which in _PARSED:
+                try:
+                    values.from_wire(value)
+                except values.BadValue:
+                    raise ProviderContractError(provider, f"record {n}: {name} is not a valid {kind.value}") from None
+    return records
+
+
+_PARSED = {"decimal_value", "date_value"}

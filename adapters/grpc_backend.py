@@ -26,6 +26,7 @@ from adapters.base import (
     ProviderUnavailable,
     Row,
     checked_filters,
+    checked_records,
     checked_rows,
 )
 from adapters.factory import BackendContext, ClientTls
@@ -159,17 +160,28 @@ class GrpcBackend:
         return self._stream(request, max(1, batch_size))
 
     def _stream(self, request: FetchRequest, batch_size: int) -> Generator[list[Row], None, None]:
+        for records in self._records(request, batch_size):
+            yield checked_rows(self.name, request.resource, request.fields, [self._row(r) for r in records])
+
+    def stream_records(self, request: FetchRequest, batch_size: int) -> Generator[list[data_pb2.Record], None, None]:
+        """``stream`` without leaving the wire form: the provider's records, checked, for the hub to pass on."""
+        checked_filters(request)
+        types = {i.name: i.type for i in request.resource.data_items if i.name in request.fields}
+        for records in self._records(request, max(1, batch_size)):
+            yield checked_records(self.name, types, records)
+
+    def _records(self, request: FetchRequest, batch_size: int) -> Generator[list[data_pb2.Record], None, None]:
         call = self._stub.Fetch(self._wire(request, 0))
         watchdog = _Watchdog(call, request.timeout_seconds)
-        pending: list[Row] = []
+        pending: list[data_pb2.Record] = []
         try:
             for batch in watchdog.watch(call):
-                pending.extend(self._row(r) for r in batch.records)
+                pending.extend(batch.records)
                 while len(pending) >= batch_size:
                     ready, pending = pending[:batch_size], pending[batch_size:]
-                    yield checked_rows(self.name, request.resource, request.fields, ready)
+                    yield ready
             if pending:
-                yield checked_rows(self.name, request.resource, request.fields, pending)
+                yield pending
         except grpc.RpcError as e:
             raise self._failure(e, watchdog.fired.is_set()) from None
         finally:

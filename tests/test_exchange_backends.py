@@ -128,7 +128,9 @@ def test_fifty_mib_to_a_slow_consumer_and_the_provider_waits_for_it(world: World
     request = query(CONTRACTS, {"batch": "bulk"}, ["contract_no", "buyer_id_number", "text"], batch_size=500)
     stream = world.exchange().StreamQuery(request, timeout=120)
     batches = iter(stream)
-    received = len(next(batches).records)
+    head = next(batches)
+    received = len(head.records)
+    assert {r.fields["buyer_id_number"].string_value for r in head.records} == {"350203********4313"}
     time.sleep(3)  # a slow consumer: the hub must not read the whole result meanwhile
     held_back = provider.produced
     size, last = 0, None
@@ -173,6 +175,9 @@ def test_a_hanging_or_lying_provider_is_contained(world: World, provider: Housin
     provider.garbage = True
     error = fails(grpc.StatusCode.FAILED_PRECONDITION, stub.Query, ask)
     assert "outside its declaration" in (error.details() or "") and "not a number" not in (error.details() or "")
+    streamed = stub.StreamQuery(ask, timeout=20)
+    error = fails(grpc.StatusCode.FAILED_PRECONDITION, lambda **_: streamed)
+    assert "not a number" not in (error.details() or "")
     provider.garbage = False
     assert len(stub.Query(ask, timeout=20).records) == 1  # the hub stayed up and serves on
 

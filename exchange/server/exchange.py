@@ -75,7 +75,7 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
             async for b in batches:
                 yield pb.QueryBatch(
                     exchange_id=b.exchange_id,
-                    records=[values.record_to_wire(r) for r in b.rows],
+                    records=b.records if b.records is not None else [values.record_to_wire(r) for r in b.rows],
                     disclosure=_disclosure(b.disclosure) if b.disclosure else None,
                     last=b.last,
                     total_records=b.total,

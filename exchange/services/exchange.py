@@ -21,12 +21,13 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from audit import provenance
 from audit.batch import GroupCommitter
 from audit.note import Signer
 from audit.records import AuditRecord, subject_hash
-from exchange import validation
+from exchange import validation, values
 from exchange.backend import Backend, Document, FetchRequest, Row
 from exchange.errors import (
     ExchangeError,
@@ -42,9 +43,10 @@ from exchange.paging import PageRequest, page_request
 from exchange.services.auditing import hub_instance, now_text
 from exchange.services.cache import Cache
 from exchange.store import Store
+from exchange.v1 import data_pb2
 from exchange.values import BadValue, RowsDigest, parse_text
 from policy.decision import Decision, DecisionPoint, DenyReason, Question
-from policy.masks import apply
+from policy.masks import apply, mask
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -89,7 +91,7 @@ class QueryResult:
 
 @dataclass(frozen=True)
 class Batch:
-    """One part of a stream: rows, or (last) the total and the provenance."""
+    """One part of a stream: rows (or records already in wire form), or (last) the total and the provenance."""
 
     exchange_id: str
     rows: list[Row]
@@ -97,6 +99,7 @@ class Batch:
     last: bool = False
     total: int = 0
     provenance: str = ""
+    records: list[data_pb2.Record] | None = None
 
 
 @dataclass(frozen=True)
@@ -271,19 +274,29 @@ class ExchangeService:
         plan = await self._plan(identify, ask, _Call(exchange_id, "stream", RECORD_KINDS, deadline, batch=batch_size))
         await self._append(plan.record)
         size = batch_size or DEFAULT_BATCH_SIZE
-        batches = plan.backend.stream(plan.request, size)
-        digest = RowsDigest()
+        wire = getattr(plan.backend, "stream_records", None)
+        # A backend whose records are already in wire form (a gRPC provider) has them passed on as they
+        # are, checked and masked in place, and digested only for a provenance statement; the others'
+        # rows are converted once, by the server.
+        digest = RowsDigest() if ask.provenance or wire is None else None
+        counted = _Count()
+        batches: Iterator[object]
+        if wire is not None:
+            batches = records = wire(plan.request, size)
+            step = partial(_next_records, records, plan, digest, counted)
+        else:
+            batches = rows = plan.backend.stream(plan.request, size)
+            step = partial(_next_rows, rows, plan, digest, counted)
         first = True
         outcome: ExchangeError | str = "ok"
         try:
-            while (rows := await asyncio.to_thread(_next_masked, batches, ask.fields, plan.decision.masks)) is not None:
-                digest.update(rows)
-                yield Batch(exchange_id, rows, _disclosure(plan) if first else None)
+            while (part := await asyncio.to_thread(step)) is not None:
+                yield Batch(exchange_id, part[0], _disclosure(plan) if first else None, records=part[1])
                 first = False
-            note = self._statement(plan, "records", digest.rows, digest.hexdigest()) if ask.provenance else ""
-            end = _closing(plan, "ok", digest.rows, 0, digest.hexdigest())
-            await self._append(end)
-            yield Batch(exchange_id, [], _disclosure(plan) if first else None, True, digest.rows, note)
+            hexdigest = digest.hexdigest() if digest is not None else ""
+            note = self._statement(plan, "records", counted.rows, hexdigest) if ask.provenance else ""
+            await self._append(_closing(plan, "ok", counted.rows, counted.size, hexdigest))
+            yield Batch(exchange_id, [], _disclosure(plan) if first else None, True, counted.rows, note)
         except ExchangeError as e:
             outcome = e
             raise
@@ -295,7 +308,7 @@ class ExchangeService:
             if close is not None:
                 await asyncio.to_thread(close)
             if outcome != "ok":
-                self._close_in_background(plan, outcome, digest)
+                self._close_in_background(plan, outcome, counted)
 
     # Documents
 
@@ -442,11 +455,9 @@ class ExchangeService:
         task = asyncio.get_running_loop().create_task(self._append(record))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    def _close_in_background(self, plan: _Plan, outcome: ExchangeError | str, digest: RowsDigest) -> None:
-        if isinstance(outcome, str):
-            self._append_in_background(_closing(plan, outcome, digest.rows, 0, ""))
-        else:
-            self._append_in_background(_failed(_closing(plan, "failed", digest.rows, 0, ""), plan.started, outcome))
+    def _close_in_background(self, plan: _Plan, outcome: ExchangeError | str, counted: _Count) -> None:
+        closing = _closing(plan, outcome if isinstance(outcome, str) else "failed", counted.rows, counted.size, "")
+        self._append_in_background(closing if isinstance(outcome, str) else _failed(closing, plan.started, outcome))
 
     def _statement(self, plan: _Plan, kind: str, count: int, sha256: str) -> str:
         statement = provenance.Statement(
@@ -473,11 +484,52 @@ def _page(ask: Ask, size: int, token: str) -> PageRequest:
     return page_request(size or DEFAULT_PAGE_SIZE, token, {**scope, "fields": list(ask.fields)})
 
 
-def _next_masked(
-    batches: Iterator[list[Row]], fields: tuple[str, ...], masks: tuple[tuple[str, MaskKind], ...]
-) -> list[Row] | None:
-    rows = next(batches, None)
-    return None if rows is None else [apply(r, fields, masks) for r in rows]
+@dataclass
+class _Count:
+    """What a stream has sent so far: records and, for records passed on in wire form, their bytes."""
+
+    rows: int = 0
+    size: int = 0
+
+
+Part = tuple[list[Row], list[data_pb2.Record] | None]
+
+
+def _next_rows(batches: Iterator[list[Row]], plan: _Plan, digest: RowsDigest | None, counted: _Count) -> Part | None:
+    """The next batch of rows, projected, masked, counted and digested; None at the end."""
+    batch = next(batches, None)
+    if batch is None:
+        return None
+    rows = [apply(r, plan.request.fields, plan.decision.masks) for r in batch]
+    counted.rows += len(rows)
+    if digest is not None:
+        digest.update(rows)
+    return rows, None
+
+
+def _next_records(
+    batches: Iterator[list[data_pb2.Record]], plan: _Plan, digest: RowsDigest | None, counted: _Count
+) -> Part | None:
+    """The next batch of wire records, masked in place, counted and (only when asked) digested; None at the end."""
+    batch = next(batches, None)
+    if batch is None:
+        return None
+    masks = plan.decision.masks
+    records = [mask_record(r, masks) for r in batch] if masks else batch
+    counted.rows += len(records)
+    counted.size += sum(r.ByteSize() for r in records)
+    if digest is not None:
+        digest.update(values.record_from_wire(r) for r in records)
+    return [], records
+
+
+def mask_record(record: data_pb2.Record, masks: tuple[tuple[str, MaskKind], ...]) -> data_pb2.Record:
+    """A record in wire form with the masked fields replaced by their masked text (nulls stay null)."""
+    for name, kind in masks:
+        if name in record.fields and record.fields[name].WhichOneof("kind") is not None:
+            shown = mask(values.from_wire(record.fields[name]), kind)
+            record.fields[name].CopyFrom(data_pb2.Value(string_value=str(shown)))
+    return record
 
 
 def _disclosure(plan: _Plan) -> Disclosure:
