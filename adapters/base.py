@@ -125,19 +125,27 @@ def checked_records(
 
     Decimals and dates are also checked to be what they claim, since a consumer would parse them.
     """
+    expected = [(name, _WIRE_KIND[kind], kind) for name, kind in types.items()]
     for n, record in enumerate(records):
-        for name, value in record.fields.items():
-            kind = types.get(name)
-            if kind is None:
-                raise ProviderContractError(provider, f"record {n} has a field not asked for: {name[:40]}")
+        fields = record.fields
+        present = 0
+        for name, wire_kind, kind in expected:
+            if name not in fields:
+                continue
+            present += 1
+            value = fields[name]
             which = value.WhichOneof("kind")
-            if which is not None and which != _WIRE_KIND[kind]:
+            if which is None or (which == wire_kind and which not in _PARSED):
+                continue
+            if which != wire_kind:
                 raise ProviderContractError(provider, f"record {n}: {name} is not {kind.value}")
-            if which in _PARSED:
-                try:
-                    values.from_wire(value)
-                except values.BadValue:
-                    raise ProviderContractError(provider, f"record {n}: {name} is not a valid {kind.value}") from None
+            try:
+                values.from_wire(value)
+            except values.BadValue:
+                raise ProviderContractError(provider, f"record {n}: {name} is not a valid {kind.value}") from None
+        if present != len(fields):
+            extra = sorted(set(fields) - set(types))
+            raise ProviderContractError(provider, f"record {n} has a field not asked for: {extra[0][:40]}")
     return records
 
 

@@ -525,10 +525,16 @@ def _next_records(
 
 def mask_record(record: data_pb2.Record, masks: tuple[tuple[str, MaskKind], ...]) -> data_pb2.Record:
     """A record in wire form with the masked fields replaced by their masked text (nulls stay null)."""
+    fields = record.fields
     for name, kind in masks:
-        if name in record.fields and record.fields[name].WhichOneof("kind") is not None:
-            shown = mask(values.from_wire(record.fields[name]), kind)
-            record.fields[name].CopyFrom(data_pb2.Value(string_value=str(shown)))
+        if name not in fields:
+            continue
+        value = fields[name]
+        which = value.WhichOneof("kind")
+        if which == "string_value":
+            value.string_value = str(mask(value.string_value, kind))
+        elif which is not None:
+            value.string_value = str(mask(values.from_wire(value), kind))  # setting the text clears the other kind
     return record
 
 
