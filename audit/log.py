@@ -17,6 +17,8 @@ from exchange.errors import InvalidArgument
 from exchange.store.audit import AuditStore
 
 log = logging.getLogger(__name__)
+# Staged records sequenced per transaction.
+INTEGRATE_BATCH = 1000
 
 
 class AuditLog:
@@ -27,7 +29,7 @@ class AuditLog:
         origin: str,
         *,
         checkpoint_seconds: float = 2.0,
-        poll_seconds: float = 0.05,
+        poll_seconds: float = 0.2,
     ) -> None:
         self.store = store
         self.signer = signer
@@ -83,8 +85,8 @@ class AuditLog:
             self._wake.wait(self._poll_seconds)
             self._wake.clear()
             try:
-                while self.store.integrate():
-                    pass
+                while len(self.store.integrate(INTEGRATE_BATCH)) == INTEGRATE_BATCH:
+                    pass  # a full batch: more may be waiting
                 self.sync()
                 if time.monotonic() - last_signed >= self._checkpoint_seconds:
                     self._sign()

@@ -91,7 +91,13 @@ def _peer_fingerprint(context: grpc.aio.ServicerContext[Any, Any]) -> str | None
     pems = list(context.auth_context().get("x509_pem_cert") or ())
     if not pems:
         return None
-    return pki.fingerprint_of_pem(pems[0])
+    return _fingerprint(pems[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _fingerprint(pem: bytes) -> str:
+    """A certificate's fingerprint, remembered: a caller presents the same certificate on every call."""
+    return pki.fingerprint_of_pem(pem)
 
 
 def identify(servicer: Servicer, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
