@@ -141,17 +141,11 @@ class GrpcBackend:
         checked_filters(request)
         if request.limit <= 0:
             return []
-        call = self._stub.Fetch(self._wire(request, request.limit), timeout=request.timeout_seconds)
-        rows: list[Row] = []
         try:
-            for batch in call:
-                rows.extend(self._row(r) for r in batch.records[: request.limit - len(rows)])
-                if len(rows) >= request.limit:
-                    break
+            answer = self._stub.Lookup(self._wire(request, request.limit), timeout=request.timeout_seconds)
         except grpc.RpcError as e:
             raise self._failure(e) from None
-        finally:
-            _cancel(call)
+        rows = [self._row(r) for r in answer.records[: request.limit]]
         return checked_rows(self.name, request.resource, request.fields, rows)
 
     def stream(self, request: FetchRequest, batch_size: int) -> Generator[list[Row], None, None]:

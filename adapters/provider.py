@@ -299,6 +299,17 @@ class _Servicer(provider_pb2_grpc.ProviderServiceServicer):
         rows = _guarded(partial(_rows_of, registered.function, query), context, query)
         return self._batches(rows, registered, query, context)
 
+    def Lookup(  # noqa: N802 - the RPC's name
+        self, request: provider_pb2.ProviderFetchRequest, context: grpc.ServicerContext
+    ) -> provider_pb2.ProviderBatch:
+        """``Fetch`` in one answer, for a page the hub bounds with ``limit``."""
+        if request.limit <= 0 or request.limit > DEFAULT_MAX_ROWS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"limit must be between 1 and {DEFAULT_MAX_ROWS}")
+        answer = provider_pb2.ProviderBatch()
+        for batch in self.Fetch(request, context):
+            answer.records.extend(batch.records)
+        return answer
+
     def FetchDocument(  # noqa: N802 - the RPC's name
         self, request: provider_pb2.ProviderFetchRequest, context: grpc.ServicerContext
     ) -> Iterator[provider_pb2.ProviderChunk]:

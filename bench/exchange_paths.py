@@ -12,7 +12,7 @@ Run: .venv/bin/python bench/exchange_paths.py [--quick] [--seconds 5] [--json FI
 
 Each runs in its own process (provider, proxy, load generator; the hub in this one), one path at a
 time, each warmed up first. Measured per path: calls/s with 64 calls in flight (one record per call;
-for direct and proxy a call is one Fetch read to its end), latency at a fixed 300 calls/s (open
+for direct and proxy a call is one Lookup, the call the hub makes), latency at a fixed 300 calls/s (open
 loop: calls start on schedule, latency counts from the scheduled time), and MiB/s of one stream of
 50,000 records of ~1 KiB. The ratios hub/proxy are checked against the targets (TARGETS). Also shown:
 the CPU time the process in the middle (proxy or hub) and the provider used per call and per GiB
@@ -88,6 +88,7 @@ PAGE_LIMIT = 101  # what the hub asks a provider for on a Query of the default p
 MAX_MESSAGE = 16 << 20
 CALL_TIMEOUT = 60.0
 FETCH = "/exchange.v1.ProviderService/Fetch"
+LOOKUP = "/exchange.v1.ProviderService/Lookup"
 QUERY = "/exchange.v1.ExchangeService/Query"
 STREAM_QUERY = "/exchange.v1.ExchangeService/StreamQuery"
 PATHS = ("direct", "proxy", "hub")
@@ -284,6 +285,7 @@ class Caller:
             self._one = one.SerializeToString()
         else:
             self._stream = channel.unary_stream(FETCH, request_serializer=None, response_deserializer=None)
+            self._lookup = channel.unary_unary(LOOKUP, request_serializer=None, response_deserializer=None)
             self._one = self._fetch(ONE, PAGE_LIMIT)
 
     def _bulk(self, records: int) -> bytes:
@@ -302,20 +304,18 @@ class Caller:
         )
         return request.SerializeToString()
 
-    async def unary(self) -> xpb.QueryResponse | list[provider_pb2.ProviderBatch]:
-        """One call for one record: Query on the hub, one Fetch read to its end on the provider."""
+    async def unary(self) -> xpb.QueryResponse | provider_pb2.ProviderBatch:
+        """One call for one record: Query on the hub, Lookup on the provider (the call the hub makes)."""
         if self.target.hub:
             raw: bytes = await self._query(self._one, timeout=CALL_TIMEOUT)
             answer = xpb.QueryResponse.FromString(raw)
             if len(answer.records) != 1:
                 raise RuntimeError(f"expected one record, got {len(answer.records)}")
             return answer
-        batches = [
-            provider_pb2.ProviderBatch.FromString(raw) async for raw in self._stream(self._one, timeout=CALL_TIMEOUT)
-        ]
-        if sum(len(b.records) for b in batches) != 1:
-            raise RuntimeError(f"expected one record, got {sum(len(b.records) for b in batches)}")
-        return batches
+        batch = provider_pb2.ProviderBatch.FromString(await self._lookup(self._one, timeout=CALL_TIMEOUT))
+        if len(batch.records) != 1:
+            raise RuntimeError(f"expected one record, got {len(batch.records)}")
+        return batch
 
     async def stream(self, records: int) -> tuple[int, int]:
         """One stream of ``records`` records read to its end: (records, bytes received)."""
@@ -442,7 +442,7 @@ async def probe(target: Target) -> tuple[dict[str, object], ...]:
         answer = await Caller(target, channel, 0).unary()
     finally:
         await channel.close(None)
-    records = answer.records if isinstance(answer, xpb.QueryResponse) else [r for b in answer for r in b.records]
+    records = answer.records
     return tuple({name: plain(value) for name, value in r.fields.items()} for r in records)
 
 

@@ -290,6 +290,11 @@ class _Rogue(provider_pb2_grpc.ProviderServiceServicer):
     ) -> Iterator[provider_pb2.ProviderBatch]:
         yield provider_pb2.ProviderBatch(records=[self._record])
 
+    def Lookup(
+        self, request: provider_pb2.ProviderFetchRequest, context: grpc.ServicerContext
+    ) -> provider_pb2.ProviderBatch:
+        return provider_pb2.ProviderBatch(records=[self._record])
+
     def FetchDocument(
         self, request: provider_pb2.ProviderFetchRequest, context: grpc.ServicerContext
     ) -> Iterator[provider_pb2.ProviderChunk]:

@@ -233,7 +233,7 @@ class Hub:
         else:
             self._resync()
         await asyncio.to_thread(self.audit.start)
-        self.committer = GroupCommitter(self.store.audit)
+        self.committer = GroupCommitter(self.store.audit, max_wait=0.001)
         self.server = server = self._build_server()
         try:
             if self.settings.insecure_dev:

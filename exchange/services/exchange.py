@@ -215,7 +215,8 @@ class ExchangeService:
     ) -> QueryResult:
         """One page, worked out in one worker-thread step; its record is committed before it is returned."""
         call = _Call(new_exchange_id(), "query", RECORD_KINDS, deadline, page=(page_size, page_token))
-        work = asyncio.ensure_future(asyncio.to_thread(self._answer, identify, ask, call))
+        # A plain executor future: the call's one worker-thread step, without a task around it.
+        work = asyncio.get_running_loop().run_in_executor(None, self._answer, identify, ask, call)
         try:
             settled = await asyncio.shield(work)
         except asyncio.CancelledError:  # the consumer went away or its deadline passed: nothing is sent

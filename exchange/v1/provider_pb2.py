@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from exchange.v1 import data_pb2 as exchange_dot_v1_dot_data__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xchange/v1/provider.proto\x12\x0b\x65xchange.v1\x1a\x16\x65xchange/v1/data.proto\"\xf6\x01\n\x14ProviderFetchRequest\x12\x15\n\rresource_code\x18\x01 \x01(\t\x12?\n\x07\x66ilters\x18\x02 \x03(\x0b\x32..exchange.v1.ProviderFetchRequest.FiltersEntry\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\r\n\x05limit\x18\x04 \x01(\x03\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x13\n\x0b\x65xchange_id\x18\x06 \x01(\t\x1a\x42\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.exchange.v1.Value:\x02\x38\x01\"5\n\rProviderBatch\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.exchange.v1.Record\"M\n\rProviderChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x32\xad\x01\n\x0fProviderService\x12H\n\x05\x46\x65tch\x12!.exchange.v1.ProviderFetchRequest\x1a\x1a.exchange.v1.ProviderBatch0\x01\x12P\n\rFetchDocument\x12!.exchange.v1.ProviderFetchRequest\x1a\x1a.exchange.v1.ProviderChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xchange/v1/provider.proto\x12\x0b\x65xchange.v1\x1a\x16\x65xchange/v1/data.proto\"\xf6\x01\n\x14ProviderFetchRequest\x12\x15\n\rresource_code\x18\x01 \x01(\t\x12?\n\x07\x66ilters\x18\x02 \x03(\x0b\x32..exchange.v1.ProviderFetchRequest.FiltersEntry\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\r\n\x05limit\x18\x04 \x01(\x03\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x13\n\x0b\x65xchange_id\x18\x06 \x01(\t\x1a\x42\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.exchange.v1.Value:\x02\x38\x01\"5\n\rProviderBatch\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.exchange.v1.Record\"M\n\rProviderChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x32\xf6\x01\n\x0fProviderService\x12H\n\x05\x46\x65tch\x12!.exchange.v1.ProviderFetchRequest\x1a\x1a.exchange.v1.ProviderBatch0\x01\x12G\n\x06Lookup\x12!.exchange.v1.ProviderFetchRequest\x1a\x1a.exchange.v1.ProviderBatch\x12P\n\rFetchDocument\x12!.exchange.v1.ProviderFetchRequest\x1a\x1a.exchange.v1.ProviderChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,5 +43,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDERCHUNK']._serialized_start=371
   _globals['_PROVIDERCHUNK']._serialized_end=448
   _globals['_PROVIDERSERVICE']._serialized_start=451
-  _globals['_PROVIDERSERVICE']._serialized_end=624
+  _globals['_PROVIDERSERVICE']._serialized_end=697
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,11 @@ class ProviderServiceStub:
                 request_serializer=exchange_dot_v1_dot_provider__pb2.ProviderFetchRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_provider__pb2.ProviderBatch.FromString,
                 _registered_method=True)
+        self.Lookup = channel.unary_unary(
+                '/exchange.v1.ProviderService/Lookup',
+                request_serializer=exchange_dot_v1_dot_provider__pb2.ProviderFetchRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_provider__pb2.ProviderBatch.FromString,
+                _registered_method=True)
         self.FetchDocument = channel.unary_stream(
                 '/exchange.v1.ProviderService/FetchDocument',
                 request_serializer=exchange_dot_v1_dot_provider__pb2.ProviderFetchRequest.SerializeToString,
@@ -56,6 +61,14 @@ class ProviderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Lookup(self, request, context):
+        """One page of records (at most `limit`, which is required) in one answer:
+        the hub's lookups, cheaper than a stream for a handful of records.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FetchDocument(self, request, context):
         """A document, in chunks; the first carries its name, media type and size.
         """
@@ -68,6 +81,11 @@ def add_ProviderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Fetch': grpc.unary_stream_rpc_method_handler(
                     servicer.Fetch,
+                    request_deserializer=exchange_dot_v1_dot_provider__pb2.ProviderFetchRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_provider__pb2.ProviderBatch.SerializeToString,
+            ),
+            'Lookup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lookup,
                     request_deserializer=exchange_dot_v1_dot_provider__pb2.ProviderFetchRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_provider__pb2.ProviderBatch.SerializeToString,
             ),
@@ -102,6 +120,33 @@ class ProviderService:
             request,
             target,
             '/exchange.v1.ProviderService/Fetch',
+            exchange_dot_v1_dot_provider__pb2.ProviderFetchRequest.SerializeToString,
+            exchange_dot_v1_dot_provider__pb2.ProviderBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lookup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.ProviderService/Lookup',
             exchange_dot_v1_dot_provider__pb2.ProviderFetchRequest.SerializeToString,
             exchange_dot_v1_dot_provider__pb2.ProviderBatch.FromString,
             options,

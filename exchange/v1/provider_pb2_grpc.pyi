@@ -37,6 +37,10 @@ class ProviderServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ProviderServiceAsyncStub: ...
     Fetch: _grpc.UnaryStreamMultiCallable[_provider_pb2.ProviderFetchRequest, _provider_pb2.ProviderBatch]
     """Records of a resource for typed filters, in batches."""
+    Lookup: _grpc.UnaryUnaryMultiCallable[_provider_pb2.ProviderFetchRequest, _provider_pb2.ProviderBatch]
+    """One page of records (at most `limit`, which is required) in one answer:
+    the hub's lookups, cheaper than a stream for a handful of records.
+    """
     FetchDocument: _grpc.UnaryStreamMultiCallable[_provider_pb2.ProviderFetchRequest, _provider_pb2.ProviderChunk]
     """A document, in chunks; the first carries its name, media type and size."""
 
@@ -45,6 +49,10 @@ class ProviderServiceAsyncStub(ProviderServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Fetch: _aio.UnaryStreamMultiCallable[_provider_pb2.ProviderFetchRequest, _provider_pb2.ProviderBatch]  # type: ignore[assignment]
     """Records of a resource for typed filters, in batches."""
+    Lookup: _aio.UnaryUnaryMultiCallable[_provider_pb2.ProviderFetchRequest, _provider_pb2.ProviderBatch]  # type: ignore[assignment]
+    """One page of records (at most `limit`, which is required) in one answer:
+    the hub's lookups, cheaper than a stream for a handful of records.
+    """
     FetchDocument: _aio.UnaryStreamMultiCallable[_provider_pb2.ProviderFetchRequest, _provider_pb2.ProviderChunk]  # type: ignore[assignment]
     """A document, in chunks; the first carries its name, media type and size."""
 
@@ -56,6 +64,16 @@ class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_provider_pb2.ProviderBatch], _abc.AsyncIterator[_provider_pb2.ProviderBatch]]:
         """Records of a resource for typed filters, in batches."""
+
+    @_abc_1.abstractmethod
+    def Lookup(
+        self,
+        request: _provider_pb2.ProviderFetchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_pb2.ProviderBatch, _abc.Awaitable[_provider_pb2.ProviderBatch]]:
+        """One page of records (at most `limit`, which is required) in one answer:
+        the hub's lookups, cheaper than a stream for a handful of records.
+        """
 
     @_abc_1.abstractmethod
     def FetchDocument(
