@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from audit.records import AuditRecord
@@ -43,8 +44,18 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 
 
 class GroupCommitter:
-    def __init__(self, store: AuditStore, *, max_batch: int = 1000, max_wait: float = 0.0) -> None:
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        max_batch: int = 1000,
+        max_wait: float = 0.0,
+        on_batch: Callable[[int, bool], None] | None = None,
+    ) -> None:
         self._store = store
+        # Told of each batch: its size, and whether it failed (for metrics and health).
+        self._on_batch = on_batch
+        self.failing = False
         self._max_batch = max_batch
         self._max_wait = max_wait
         self._queue: queue.SimpleQueue[tuple[AuditRecord, Waiter] | None] = queue.SimpleQueue()
@@ -115,6 +126,9 @@ class GroupCommitter:
         except Exception as e:  # the committer must outlive any batch: every failure fails its callers
             log.error("audit records could not be committed: %s", e.message if isinstance(e, ExchangeError) else e)
             error = Unavailable("the audit log cannot be written; nothing was released")
+        self.failing = error is not None
+        if self._on_batch is not None:
+            self._on_batch(len(batch), error is not None)
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for _, waiter in batch:
             if isinstance(waiter, Future):

@@ -42,6 +42,8 @@ class AuditLog:
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-log", daemon=True)
         self._signed_size = -1
+        # When this process last signed a checkpoint (Unix time), for the checkpoint-age metric.
+        self.signed_at: float | None = None
 
     def start(self) -> None:
         self.flush()
@@ -78,6 +80,7 @@ class AuditLog:
             note = self.signer.sign(checkpoint.text())
         self.store.add_checkpoint(size, checkpoint.root, note)
         self._signed_size = size
+        self.signed_at = time.time()
 
     def _run(self) -> None:
         last_signed = time.monotonic()

@@ -52,6 +52,10 @@ class Settings:
     document_roots: tuple[str, ...] = ()
     # Longest wait for a department's backend when its binding sets none, in seconds.
     provider_timeout_seconds: float = 10.0
+    # host:port of the HTTP port for /metrics, /healthz and /readyz; empty: none.
+    metrics_listen: str = "127.0.0.1:9464"
+    # Seconds between checks that the store and the audit log can be written (health).
+    health_check_seconds: float = 5.0
     # Threads for the blocking parts of calls (store, backends); about the calls in flight one process serves.
     worker_threads: int = 32
     # Seconds in-flight calls get to finish on shutdown.
@@ -176,6 +180,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("call_timeout_seconds", 0.001, 3600, "seconds"),
     ("provider_timeout_seconds", 0.001, 600, "seconds"),
     ("worker_threads", 2, 1024, "threads"),
+    ("health_check_seconds", 0.1, 300, "seconds"),
 )
 
 

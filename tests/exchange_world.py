@@ -95,7 +95,9 @@ def make_world(hub: RunningHub) -> World:
 
 
 def query(resource: str, filters: dict[str, str], fields: list[str], **changes: Any) -> xpb.QueryRequest:
-    return xpb.QueryRequest(resource_code=resource, purpose=PURPOSE, filters=filters, fields=fields, **changes)
+    return xpb.QueryRequest(
+        resource_code=resource, purpose=changes.pop("purpose", PURPOSE), filters=filters, fields=fields, **changes
+    )
 
 
 def fails(code: grpc.StatusCode, call: Any, *args: Any, **kwargs: Any) -> grpc.Call:

@@ -116,7 +116,13 @@ class RunningHub:
 
 
 def base_settings(home: Path, database_url: str = "", **changes: object) -> Settings:
-    settings = Settings(home=home, database_url=database_url, listen="127.0.0.1:0", call_timeout_seconds=20)
+    settings = Settings(
+        home=home,
+        database_url=database_url,
+        listen="127.0.0.1:0",
+        call_timeout_seconds=20,
+        metrics_listen="127.0.0.1:0",
+    )
     return replace(settings, **changes)  # type: ignore[arg-type]
 
 

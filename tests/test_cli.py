@@ -164,7 +164,10 @@ def test_catalog_file_errors_name_every_place(
 def test_demo_runs_its_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = tmp_path / "demo"
     for _ in range(2):  # the demo rebuilds its home each time
-        assert main(["--home", str(home), "demo", "--once", "--listen", "127.0.0.1:0"]) == 0
+        assert (
+            main(["--home", str(home), "demo", "--once", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            == 0
+        )
     out = capsys.readouterr().out
     for expected in (
         "厦门市不动产登记中心",
@@ -175,7 +178,21 @@ def test_demo_runs_its_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     ):
         assert expected in out
     (tmp_path / "precious").mkdir()
-    assert main(["--home", str(tmp_path / "precious"), "demo", "--once", "--listen", "127.0.0.1:0"]) == 2
+    assert (
+        main(
+            [
+                "--home",
+                str(tmp_path / "precious"),
+                "demo",
+                "--once",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ]
+        )
+        == 2
+    )
 
 
 def test_insecure_development_mode_names_callers_by_metadata(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -225,7 +242,12 @@ def test_serve_stops_gracefully_on_sigterm(tmp_path: Path, capsys: pytest.Captur
     )
     identity = home / "identities" / "person-op-admin"
     port = _free_port()
-    env = {**os.environ, "EXCHANGE_HOME": str(home), "EXCHANGE_LISTEN": f"127.0.0.1:{port}"}
+    env = {
+        **os.environ,
+        "EXCHANGE_HOME": str(home),
+        "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
+        "EXCHANGE_METRICS_LISTEN": "127.0.0.1:0",
+    }
     server = subprocess.Popen(
         [sys.executable, "-m", "exchange.cli.main", "serve"], cwd=PROJECT, env=env, stderr=subprocess.PIPE, text=True
     )

@@ -43,7 +43,12 @@ def _free_port() -> int:
 
 
 def _serve(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "EXCHANGE_HOME": str(home), "EXCHANGE_LISTEN": f"127.0.0.1:{port}"}
+    env = {
+        **os.environ,
+        "EXCHANGE_HOME": str(home),
+        "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
+        "EXCHANGE_METRICS_LISTEN": "127.0.0.1:0",
+    }
     with log.open("ab") as sink:
         return subprocess.Popen([sys.executable, "-m", "exchange.cli.main", "serve"], cwd=PROJECT, env=env, stderr=sink)
 

@@ -52,6 +52,7 @@ def two_hubs(tmp_path: Path, postgres_url: str) -> Iterator[tuple[RunningHub, st
             "EXCHANGE_HOME": str(a.settings.home),
             "EXCHANGE_DATABASE_URL": postgres_url,
             "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
+            "EXCHANGE_METRICS_LISTEN": "127.0.0.1:0",
         }
         log = tmp_path / "hub-b.log"  # a file, not a pipe: a full pipe would block hub B
         with log.open("w") as sink:

@@ -284,12 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     _verb(top, "prune-audit", _prune, "drop audit detail older than audit_retention_days (leaf hashes stay)")
     p = _verb(top, "serve", _serve, "run the hub until SIGTERM or Ctrl-C")
     p.add_argument("--listen", help="host:port (EXCHANGE_LISTEN)")
+    p.add_argument("--metrics-listen", help="host:port for /metrics, /healthz, /readyz (EXCHANGE_METRICS_LISTEN)")
     p.add_argument(
         "--insecure-dev", action="store_true", default=None, help="plaintext, no certificates: development only"
     )
     p = _verb(top, "demo", demo.run, "start a hub with demo departments and catalog, and show them")
     p.add_argument("--once", action="store_true", help="stop after the tour instead of serving on")
     p.add_argument("--listen", help="host:port (default 127.0.0.1:7443)")
+    p.add_argument("--metrics-listen", help="host:port for /metrics, /healthz, /readyz (default 127.0.0.1:9464)")
     _verb(top, "whoami", commands.whoami, "who the hub takes you to be")
     _registry_verbs(top)
     _catalog_verbs(top)
@@ -302,7 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        overrides = {k: getattr(args, k, None) for k in ("home", "hub_address", "identity", "listen", "insecure_dev")}
+        overrides = {
+            k: getattr(args, k, None)
+            for k in ("home", "hub_address", "identity", "listen", "metrics_listen", "insecure_dev")
+        }
         settings = config.load(args.config, overrides=overrides)
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         for chatty in ("alembic", "casbin"):  # both narrate every migration or policy line at INFO

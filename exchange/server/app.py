@@ -23,11 +23,12 @@ from audit.log import AuditLog
 from audit.note import NoteError, Signer, Verifier
 from exchange import pki
 from exchange.config import Settings
-from exchange.errors import ConfigError, FieldViolation
+from exchange.errors import ConfigError, ExchangeError, FieldViolation
 from exchange.models import Binding, PrincipalKind, PrincipalRef, Resource
 from exchange.server.audit import AuditServicer
 from exchange.server.catalog import CatalogServicer
 from exchange.server.exchange import ExchangeServicer
+from exchange.server.metrics import HubMetrics, MetricsServer
 from exchange.server.registry import RegistryServicer
 from exchange.server.rights import RightsServicer
 from exchange.services.audit import AuditReadService
@@ -124,6 +125,10 @@ class Hub:
             checkpoint_seconds=settings.checkpoint_seconds,
         )
         self.committer: GroupCommitter | None = None
+        self.metrics = HubMetrics()
+        self.metrics_server: MetricsServer | None = None
+        self.ready = False
+        self._health_task: asyncio.Task[None] | None = None
         self.backend_context = factory.BackendContext(
             tls=self.credentials.client,
             document_roots=settings.effective_document_roots,
@@ -189,6 +194,7 @@ class Hub:
             signer=self.audit.signer,
             subject_key=_load_subject_key(files),
             entries=self.entries,
+            observer=self.metrics,
             default_timeout=settings.provider_timeout_seconds,
         )
         exchange_pb2_grpc.add_ExchangeServiceServicer_to_server(
@@ -233,7 +239,7 @@ class Hub:
         else:
             self._resync()
         await asyncio.to_thread(self.audit.start)
-        self.committer = GroupCommitter(self.store.audit, max_wait=0.001)
+        self.committer = GroupCommitter(self.store.audit, max_wait=0.001, on_batch=self.metrics.batch_committed)
         self.server = server = self._build_server()
         try:
             if self.settings.insecure_dev:
@@ -250,13 +256,56 @@ class Hub:
         if self.port == 0:
             raise ConfigError(f"cannot listen on {self.settings.listen}: the address is in use or not local")
         await server.start()
-        for name in ("", *SERVICES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_serving(True)
+        self._start_metrics()
+        self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
         log.info("hub serving on port %d (store: %s)", self.port, self.store.db.backend)
         return self.port
 
+    def _start_metrics(self) -> None:
+        listen = self.settings.metrics_listen
+        if not listen:
+            return
+        self.metrics.watch_state(self.store, lambda: self.audit.signed_at)
+        try:
+            self.metrics_server = MetricsServer(self.metrics, lambda: self.ready, listen)
+        except OSError as e:
+            raise ConfigError(f"cannot serve metrics on {listen}: {e.strerror}; set metrics_listen") from None
+        self.metrics_server.start()
+        log.info("metrics, /healthz and /readyz on port %d", self.metrics_server.port)
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICES):
+            await self.health.set(name, status)
+        self.ready = serving
+
+    def _writable(self) -> bool:
+        """Whether the store takes a write and the audit log's last group commit went through."""
+        try:
+            self.store.db.check_writable()
+        except ExchangeError as e:
+            log.warning("health: the store cannot be written: %s", e.message)
+            return False
+        if self.committer is not None and self.committer.failing:
+            log.warning("health: the audit log's last commit failed")
+            return False
+        return True
+
+    async def _watch_health(self) -> None:
+        """Reports NOT_SERVING while the store or the audit log cannot be written, SERVING again once they can."""
+        while True:
+            await asyncio.sleep(self.settings.health_check_seconds)
+            writable = await asyncio.to_thread(self._writable)
+            if writable != self.ready:
+                log.warning("health: %s", "SERVING again" if writable else "NOT_SERVING")
+                await self._set_serving(writable)
+
     async def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING, lets in-flight calls finish within the grace period, then closes."""
+        self.ready = False
+        if self._health_task is not None:
+            self._health_task.cancel()
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
@@ -265,6 +314,8 @@ class Hub:
         if self.committer is not None:
             await asyncio.to_thread(self.committer.close)
         await asyncio.to_thread(self.backends.close)
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
         await asyncio.to_thread(self.audit.stop)
         self.store.close()
         log.info("hub stopped")

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Protocol
 
 from audit import provenance
 from audit.batch import GroupCommitter
@@ -151,6 +152,32 @@ class _Plan:
     started: float = field(default_factory=time.monotonic)
 
 
+class Observer(Protocol):
+    """What the service tells the hub's metrics."""
+
+    def recorded(self, record: AuditRecord) -> None: ...
+
+    def decided(self, seconds: float) -> None: ...
+
+    def provider_answered(self, provider: str, seconds: float, error: str) -> None: ...
+
+    def audit_waited(self, seconds: float) -> None: ...
+
+
+class _Unobserved:
+    def recorded(self, record: AuditRecord) -> None:
+        return None
+
+    def decided(self, seconds: float) -> None:
+        return None
+
+    def provider_answered(self, provider: str, seconds: float, error: str) -> None:
+        return None
+
+    def audit_waited(self, seconds: float) -> None:
+        return None
+
+
 class BackendPool:
     """One open backend per binding version, shared by all calls; a replaced version is closed."""
 
@@ -194,8 +221,10 @@ class ExchangeService:
         subject_key: bytes,
         default_timeout: float,
         entries: Cache[str, tuple[Resource, Binding | None]] | None = None,
+        observer: Observer | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
+        self._observer: Observer = observer or _Unobserved()
         # Catalog entries with their bindings, by code; the hub drops them on any catalog change.
         self._entries: Cache[str, tuple[Resource, Binding | None]] = entries or Cache()
         self._store = store
@@ -244,6 +273,17 @@ class ExchangeService:
         done = replace(plan.record, rows=len(rows), response_sha256=digest, latency_us=_since(started), outcome="ok")
         return _Settled(done, result=QueryResult(call.exchange_id, rows, next_token, _disclosure(plan), note))
 
+    def _fetch(self, plan: _Plan) -> list[Row]:
+        """The backend's answer, timed and, when it fails, counted by kind."""
+        asked_at, error = time.monotonic(), ""
+        try:
+            return plan.backend.fetch(plan.request)
+        except ExchangeError as e:
+            error = _reason_of(e)
+            raise
+        finally:
+            self._observer.provider_answered(plan.resource.spec.department_code, time.monotonic() - asked_at, error)
+
     def _abandoned(self, work: asyncio.Future[_Settled]) -> None:
         """Records a query whose consumer left before the answer: what it came to, marked cancelled if answered."""
         if work.cancelled() or work.exception() is not None:
@@ -253,7 +293,7 @@ class ExchangeService:
 
     def _fetch_page(self, plan: _Plan, ask: Ask, page_token: str) -> tuple[list[Row], str, str]:
         request = plan.request
-        rows = plan.backend.fetch(request)
+        rows = self._fetch(plan)
         if len(rows) > request.limit:
             raise FailedPrecondition(
                 f"the provider {provider_name(plan.resource)} returned more rows than asked for",
@@ -389,7 +429,9 @@ class ExchangeService:
         wanted = ask.fields or tuple(i.name for i in resource.spec.data_items)
         asked = tuple(dict.fromkeys((*wanted, *filters)))
         question = Question(actor.ref.code, actor.department_code, ask.resource_code, ask.purpose, asked)
+        asked_at = time.monotonic()
         decision = self._decisions.decide(question, resource.status, self._clock().date())
+        self._observer.decided(time.monotonic() - asked_at)
         if not decision.allowed:
             raise _denial(decision)
         if binding is None:
@@ -449,7 +491,10 @@ class ExchangeService:
         )
 
     async def _append(self, record: AuditRecord) -> None:
+        started = time.monotonic()
         await self._committer.append_async(record)
+        self._observer.audit_waited(time.monotonic() - started)
+        self._observer.recorded(record)
 
     def _append_in_background(self, record: AuditRecord) -> None:
         """For the closing record of a call that was cancelled: the caller is gone, the record is not."""

@@ -121,6 +121,11 @@ class Database:
         """A transaction that writes: committed on success, rolled back on any error, errors translated."""
         return self._transaction(self.write_sessions)
 
+    def check_writable(self) -> None:
+        """Opens and ends a write transaction (on SQLite, takes the write lock); raises Unavailable if it cannot."""
+        with self.write() as session:
+            session.execute(text("SELECT 1"))
+
     def read(self) -> AbstractContextManager[Session]:
         """A transaction that only reads (concurrent with others on every backend)."""
         return self._transaction(self._reads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from exchange.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -237,6 +237,16 @@ class RegistryStore:
         if found is None or not found[1] <= at <= found[2]:
             return None
         return found[0]
+
+    def certificate_expiries(self) -> list[tuple[str, dt.datetime]]:
+        """The latest expiry of each principal's unrevoked certificates ("system/<code>" or "person/<name>")."""
+        with self._db.read() as s:
+            rows = s.execute(
+                select(CertificateRow.principal_kind, CertificateRow.principal_code, func.max(CertificateRow.not_after))
+                .where(CertificateRow.revoked_at.is_(None))
+                .group_by(CertificateRow.principal_kind, CertificateRow.principal_code)
+            ).all()
+            return [(f"{kind}/{code}", not_after) for kind, code, not_after in rows]
 
     def certificate_holder(self, fingerprint: str) -> tuple[Principal, dt.datetime, dt.datetime] | None:
         """The principal of an unrevoked registered certificate, with the certificate's validity period."""

@@ -309,6 +309,16 @@ class RightsStore:
                 )
             return fetch_page(s, stmt, GrantRow.id, page, convert=lambda row: _grant_of(s, row))
 
+    def counts(self, today: dt.date) -> tuple[dict[str, int], int, int]:
+        """Grants by status, share requests awaiting their owner, and how many of those are overdue on ``today``."""
+        with self._db.read() as s:
+            rows = s.execute(select(GrantRow.status, func.count()).group_by(GrantRow.status)).all()
+            grants = {str(status): int(count) for status, count in rows}
+            awaiting = select(func.count()).where(ShareRequestRow.status.in_(_AWAITING_OWNER))
+            pending = s.scalar(awaiting) or 0
+            overdue = s.scalar(awaiting.where(ShareRequestRow.due_date < today)) or 0
+            return grants, pending, overdue
+
     def live_grants(self) -> list[Grant]:
         """Every grant not revoked, without history: what the decision index is built from."""
         with self._db.read() as s:

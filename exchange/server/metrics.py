@@ -1,0 +1,207 @@
+"""The hub's metrics (Prometheus), and the HTTP port that serves them with liveness and readiness.
+
+Each hub has its own registry (no process-wide state). Counters and histograms are fed by the
+exchange service's observer and the audit group commit; gauges of the store's state (grants,
+share requests, certificate expiry) are read when scraped, at most every ``STATE_SECONDS``. Label
+values are bounded: departments, resources and providers are members and catalog entries, outcomes
+and kinds are fixed sets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from audit.records import AuditRecord
+from exchange.store import Store
+
+STATE_SECONDS = 15.0
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_FAST = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05)
+
+
+class HubMetrics:
+    """Everything the hub measures, in one registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.exchanges = Counter(
+            "exchange_exchanges_total",
+            "Exchanges by consumer department, resource, call and outcome (ok, denied, failed, cancelled).",
+            ["consumer_department", "resource", "method", "outcome"],
+            registry=r,
+        )
+        self.exchange_seconds = Histogram(
+            "exchange_exchange_duration_seconds", "Time from a call's arrival to its final record.", ["method"],
+            buckets=_LATENCY, registry=r,
+        )  # fmt: skip
+        self.decision_seconds = Histogram(
+            "exchange_decision_duration_seconds", "Time the policy decision took.", buckets=_FAST, registry=r
+        )
+        self.provider_seconds = Histogram(
+            "exchange_provider_call_duration_seconds", "Time a department's backend took to answer a query.",
+            ["provider"], buckets=_LATENCY, registry=r,
+        )  # fmt: skip
+        self.provider_errors = Counter(
+            "exchange_provider_errors_total", "Backend failures by provider and kind.", ["provider", "kind"], registry=r
+        )
+        self.streamed_bytes = Counter(
+            "exchange_streamed_bytes_total", "Bytes of streams and documents sent to consumers.", ["resource"],
+            registry=r,
+        )  # fmt: skip
+        self.audit_commit_seconds = Histogram(
+            "exchange_audit_commit_duration_seconds", "Time a call waited for its audit record to commit.",
+            buckets=_LATENCY, registry=r,
+        )  # fmt: skip
+        self.audit_batch = Histogram(
+            "exchange_audit_batch_records", "Records per group-commit transaction.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r,
+        )  # fmt: skip
+        self.audit_records = Counter(
+            "exchange_audit_records_appended_total", "Audit records committed by group commit.", registry=r
+        )
+        self.audit_failures = Counter(
+            "exchange_audit_write_failures_total",
+            "Group commits that failed (their calls released nothing).",
+            registry=r,
+        )
+
+    # The exchange service's observer
+
+    def recorded(self, record: AuditRecord) -> None:
+        """A committed exchange record: final ones are counted (an "allowed" opening record is not final)."""
+        if record.kind != "exchange" or record.outcome == "allowed":
+            return
+        method = record.action.removesuffix("_end")
+        self.exchanges.labels(record.actor_department, record.resource, method, record.outcome).inc()
+        self.exchange_seconds.labels(method).observe(record.latency_us / 1_000_000)
+        if record.bytes:
+            self.streamed_bytes.labels(record.resource).inc(record.bytes)
+
+    def decided(self, seconds: float) -> None:
+        self.decision_seconds.observe(seconds)
+
+    def provider_answered(self, provider: str, seconds: float, error: str) -> None:
+        self.provider_seconds.labels(provider).observe(seconds)
+        if error:
+            self.provider_errors.labels(provider, error).inc()
+
+    def audit_waited(self, seconds: float) -> None:
+        self.audit_commit_seconds.observe(seconds)
+
+    # The group commit's observer
+
+    def batch_committed(self, records: int, failed: bool) -> None:
+        if failed:
+            self.audit_failures.inc()
+            return
+        self.audit_batch.observe(records)
+        self.audit_records.inc(records)
+
+    def watch_state(self, store: Store, checkpoint_time: Callable[[], float | None]) -> None:
+        """Adds the gauges read from the store and the audit log when scraped."""
+        self.registry.register(_StateCollector(store, checkpoint_time))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    """Gauges of the store's state, read at most every STATE_SECONDS (a scrape must not load the store)."""
+
+    def __init__(self, store: Store, checkpoint_time: Callable[[], float | None]) -> None:
+        self._store = store
+        self._checkpoint_time = checkpoint_time
+        self._lock = threading.Lock()
+        self._read_at = -STATE_SECONDS
+        self._state: list[Metric] = []
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing: describing would read the store when the hub starts and keep that for STATE_SECONDS."""
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            if time.monotonic() - self._read_at >= STATE_SECONDS:
+                self._state = self._read()
+                self._read_at = time.monotonic()
+            state = list(self._state)
+        age = GaugeMetricFamily("exchange_audit_checkpoint_age_seconds", "Seconds since the newest signed checkpoint.")
+        signed = self._checkpoint_time()
+        if signed is not None:
+            age.add_metric([], time.time() - signed)
+        return [*state, age]
+
+    def _read(self) -> list[Metric]:
+        today = dt.datetime.now(dt.UTC).date()
+        grants, pending, overdue = self._store.rights.counts(today)
+        by_state = GaugeMetricFamily("exchange_grants", "Grants by state.", labels=["state"])
+        for state in ("active", "suspended", "revoked"):
+            by_state.add_metric([state], grants.get(state, 0))
+        waiting = GaugeMetricFamily("exchange_share_requests_pending", "Share requests awaiting their owner.")
+        waiting.add_metric([], pending)
+        late = GaugeMetricFamily(
+            "exchange_share_requests_overdue", "Share requests awaiting their owner past the 10-working-day answer."
+        )
+        late.add_metric([], overdue)
+        expiry = GaugeMetricFamily(
+            "exchange_certificate_expiry_timestamp_seconds",
+            "When each principal's latest unrevoked certificate expires (Unix time).",
+            labels=["principal"],
+        )
+        for principal, not_after in self._store.registry.certificate_expiries():
+            expiry.add_metric([principal], not_after.timestamp())
+        return [by_state, waiting, late, expiry]
+
+
+class MetricsServer:
+    """GET /metrics (Prometheus text), /healthz (the process answers) and /readyz (200 only when serving)."""
+
+    def __init__(self, metrics: HubMetrics, ready: Callable[[], bool], listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        handler = _handler(metrics, ready)
+        self._server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), handler)
+        self._server.daemon_threads = True
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(metrics: HubMetrics, ready: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._answer(200, metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
+            elif self.path == "/healthz":
+                self._answer(200, b"ok\n", "text/plain")
+            elif self.path == "/readyz":
+                serving = ready()
+                self._answer(200 if serving else 503, b"ready\n" if serving else b"not serving\n", "text/plain")
+            else:
+                self._answer(404, b"not found: /metrics, /healthz or /readyz\n", "text/plain")
+
+        def _answer(self, status: int, body: bytes, media_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", media_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Scrapes and probes are too frequent to log."""
+
+    return Handler

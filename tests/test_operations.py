@@ -1,0 +1,130 @@
+"""Operating the hub: the metrics of a hub that served exchanges, and health that follows the store and audit log."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, text
+
+from exchange import models as m
+from exchange.errors import Unavailable
+from exchange.v1 import catalog_pb2 as cpb
+from tests.exchange_world import World, fails, make_world, query
+from tests.harness import POLICE, RunningHub, base_settings, identity_spec, running_hub
+
+IDENTITY = "10101/350200000001"
+
+
+def _get(hub: RunningHub, path: str) -> tuple[int, str]:
+    server = hub.hub.metrics_server
+    assert server is not None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.fixture
+def served(hub: RunningHub, tmp_path: Path) -> World:
+    """A hub that has answered, refused and failed exchanges."""
+    url = f"sqlite:///{tmp_path / 'ga.db'}"
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE rk (name TEXT, id_number TEXT)"))
+        c.execute(text("INSERT INTO rk VALUES ('张三', '350203198001012345')"))
+    engine.dispose()
+    world = make_world(hub)
+    items = (
+        m.DataItem("name", "姓名", m.FieldType.STRING),
+        m.DataItem("id_number", "号码", m.FieldType.STRING, filterable=True),
+    )
+    world.publish("police", identity_spec(IDENTITY, POLICE.code, data_items=items))
+    world.bind("police", cpb.Binding(resource_code=IDENTITY, sql=cpb.SqlBackend(url=url, table="rk")))
+    world.grant(IDENTITY, ("name", "id_number"), "police")
+    stub = world.exchange()
+    for _ in range(3):
+        stub.Query(query(IDENTITY, {"id_number": "350203198001012345"}, ["name"]), timeout=20)
+    fails(grpc.StatusCode.PERMISSION_DENIED, stub.Query, query(IDENTITY, {"id_number": "1"}, ["name"], purpose="x"))
+    hub.hub.audit.flush()
+    return world
+
+
+def _samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+
+
+def test_the_exposition_of_a_hub_that_served_exchanges(served: World) -> None:
+    status, body = _get(served.hub, "/metrics")
+    assert status == 200
+    samples = _samples(body)
+    ok = (("consumer_department", "11350200MB00456789"), ("method", "query"), ("outcome", "ok"), ("resource", IDENTITY))
+    assert samples[("exchange_exchanges_total", ok)] == 3
+    denied = tuple((k, "denied" if k == "outcome" else v) for k, v in ok)
+    assert samples[("exchange_exchanges_total", denied)] == 1
+    assert samples[("exchange_decision_duration_seconds_count", ())] == 4
+    assert samples[("exchange_provider_call_duration_seconds_count", (("provider", POLICE.code),))] == 3
+    assert samples[("exchange_audit_records_appended_total", ())] >= 4
+    assert samples[("exchange_grants", (("state", "active"),))] == 1
+    assert ("exchange_certificate_expiry_timestamp_seconds", (("principal", "system/bdc-djxt"),)) in samples
+    assert 0 <= samples[("exchange_audit_checkpoint_age_seconds", ())] < 60
+    names = {name for name, _ in samples}
+    assert {"exchange_share_requests_pending", "exchange_share_requests_overdue"} <= names
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
+def test_promtool_accepts_the_exposition(served: World) -> None:
+    _, body = _get(served.hub, "/metrics")
+    checked = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[RunningHub]:
+    with running_hub(base_settings(tmp_path / "hub", health_check_seconds=0.2)) as h:
+        yield h
+
+
+def _grpc_health(hub: RunningHub) -> int:
+    with hub.client() as c:
+        stub = health_pb2_grpc.HealthStub(c.channel)
+        return int(stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status)
+
+
+def _until(condition: object, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_health_follows_whether_the_store_can_be_written(watched: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _get(watched, "/healthz")[0] == 200 and _get(watched, "/readyz")[0] == 200
+    assert _grpc_health(watched) == health_pb2.HealthCheckResponse.SERVING
+
+    def broken() -> None:
+        raise Unavailable("the database is down")
+
+    monkeypatch.setattr(watched.hub.store.db, "check_writable", broken)
+    assert _until(lambda: _get(watched, "/readyz")[0] == 503)
+    assert _grpc_health(watched) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert _get(watched, "/healthz")[0] == 200  # alive, not ready
+    monkeypatch.undo()
+    assert _until(lambda: _get(watched, "/readyz")[0] == 200)
+    assert _grpc_health(watched) == health_pb2.HealthCheckResponse.SERVING
