@@ -61,6 +61,8 @@ class Settings:
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
+    # "json" (one object a line, for log collectors) or "text".
+    log_format: str = "json"
     # Client side: where the hub is, which identity directory to use, and the call deadline.
     hub_address: str = "localhost:7443"
     identity: Path | None = None
@@ -197,6 +199,8 @@ def _validate(s: Settings) -> None:
         problems.append(f"calendar_file {s.calendar_file} does not exist")
     if s.log_level.upper() not in _LOG_LEVELS:
         problems.append(f"log_level must be one of {', '.join(sorted(_LOG_LEVELS))}")
+    if s.log_format not in {"json", "text"}:
+        problems.append("log_format must be json or text")
     if not s.audit_origin or any(c.isspace() for c in s.audit_origin) or "+" in s.audit_origin:
         problems.append("audit_origin must be a non-empty name without spaces or '+'")
     if not s.hostnames:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 import subprocess
 import time
@@ -18,6 +20,7 @@ from sqlalchemy import create_engine, text
 
 from exchange import models as m
 from exchange.errors import Unavailable
+from exchange.logs import JsonFormatter
 from exchange.v1 import catalog_pb2 as cpb
 from tests.exchange_world import World, fails, make_world, query
 from tests.harness import POLICE, RunningHub, base_settings, identity_spec, running_hub
@@ -35,9 +38,13 @@ def _get(hub: RunningHub, path: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-@pytest.fixture
+@pytest.fixture(name="served")
+def served_fixture(hub: RunningHub, tmp_path: Path) -> World:
+    return served(hub, tmp_path)
+
+
 def served(hub: RunningHub, tmp_path: Path) -> World:
-    """A hub that has answered, refused and failed exchanges."""
+    """A hub that has answered and refused exchanges."""
     url = f"sqlite:///{tmp_path / 'ga.db'}"
     engine = create_engine(url)
     with engine.begin() as c:
@@ -128,3 +135,18 @@ def test_health_follows_whether_the_store_can_be_written(watched: RunningHub, mo
     monkeypatch.undo()
     assert _until(lambda: _get(watched, "/readyz")[0] == 200)
     assert _grpc_health(watched) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_one_json_line_per_exchange_and_change_without_data(
+    hub: RunningHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        served(hub, tmp_path)
+    lines = [JsonFormatter().format(r) for r in caplog.records]
+    events = [json.loads(line) for line in lines]
+    exchanges = [e for e in events if e.get("kind") == "exchange"]
+    assert [e["outcome"] for e in exchanges] == ["ok", "ok", "ok", "denied"]
+    assert all(e["exchange_id"].startswith("EX") and e["actor"] == "system/bdc-djxt" for e in exchanges)
+    changes = {(e["kind"], e["action"]) for e in events if e.get("kind") in {"catalog", "rights", "registry"}}
+    assert ("catalog", "bind:sql") in changes and ("rights", "issue_grant") in changes
+    assert not any("350203198001012345" in line or "张三" in line for line in lines)

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import logging
 import shutil
 import signal
 from collections.abc import Callable
@@ -23,8 +24,8 @@ import grpc
 from audit.log import AuditLog
 from audit.note import Verifier
 from audit.verify import verify_export
+from exchange import logs, pki
 from exchange import models as m
-from exchange import pki
 from exchange import wire as w
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli import commands, files, tables
@@ -56,6 +57,10 @@ def _fresh_home(home: Path) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    # The tour prints what happens; the hub's per-exchange and per-change log lines would repeat it.
+    logs.configure(settings.log_level, "text")
+    for logger in ("exchange.services.exchange", "exchange.store.audit"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
     home = args.home or Path("var/demo")
     settings = replace(settings, home=home, database_url="", listen=args.listen or settings.listen)
     _fresh_home(home)

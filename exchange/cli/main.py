@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import grpc
 from sqlalchemy.engine import make_url
 
-from exchange import config, models
+from exchange import config, logs, models
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli import audit, commands, demo, rights
 from exchange.cli import exchange as exchange_verbs
@@ -309,9 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for k in ("home", "hub_address", "identity", "listen", "metrics_listen", "insecure_dev")
         }
         settings = config.load(args.config, overrides=overrides)
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        for chatty in ("alembic", "casbin"):  # both narrate every migration or policy line at INFO
-            logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+        logs.configure(settings.log_level, settings.log_format)
         code: int = args.func(args, settings)
         return code
     except InvalidArgument as e:

@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -49,6 +50,7 @@ from exchange.values import BadValue, RowsDigest, parse_text
 from policy.decision import Decision, DecisionPoint, DenyReason, Question
 from policy.masks import apply, mask
 
+log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 DEFAULT_BATCH_SIZE = 500
@@ -495,6 +497,8 @@ class ExchangeService:
         await self._committer.append_async(record)
         self._observer.audit_waited(time.monotonic() - started)
         self._observer.recorded(record)
+        if record.outcome != "allowed":  # the final record of an exchange: one log line each
+            log.info("exchange %s %s", record.exchange_id, record.outcome, extra={"event": record.as_dict()})
 
     def _append_in_background(self, record: AuditRecord) -> None:
         """For the closing record of a call that was cancelled: the caller is gone, the record is not."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -37,6 +38,7 @@ from exchange.store.schema import AuditCheckpointRow, AuditEntryRow, AuditStaged
 _STAGED = cast(Table, AuditStagedRow.__table__)
 _ENTRIES = cast(Table, AuditEntryRow.__table__)
 _SUBJECTS = cast(Table, AuditSubjectRow.__table__)
+log = logging.getLogger(__name__)
 # An arbitrary constant naming the audit integrator's PostgreSQL advisory lock.
 INTEGRATOR_LOCK = 0x45584155  # "EXAU"
 _pending: ContextVar[list[AuditRecord] | None] = ContextVar("audit_pending", default=None)
@@ -57,12 +59,28 @@ def _stage_pending(session: Session) -> None:
     if records:
         now = dt.datetime.now(dt.UTC)
         session.add_all(AuditStagedRow(record=canonical(r.as_dict()).decode(), staged_at=now) for r in records)
+        session.info[_STAGED_KEY] = records
         _pending.set([])
+
+
+_STAGED_KEY = "exchange.staged"
+
+
+def _log_committed(session: Session) -> None:
+    """One log line per administrative change, once it is committed with its audit record."""
+    for record in session.info.pop(_STAGED_KEY, ()):
+        log.info("%s %s %s", record.kind, record.action, record.subject, extra={"event": record.as_dict()})
+
+
+def _forget_staged(session: Session) -> None:
+    session.info.pop(_STAGED_KEY, None)
 
 
 def install_staging(db: Database) -> None:
     """Makes every write transaction of ``db`` carry the records staged around it."""
     event.listen(db.write_sessions, "before_commit", _stage_pending)
+    event.listen(db.write_sessions, "after_commit", _log_committed)
+    event.listen(db.write_sessions, "after_rollback", _forget_staged)
 
 
 @dataclass(frozen=True)
