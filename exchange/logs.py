@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import sys
 from collections.abc import Mapping
 
 # Fields of an audit record that a log line leaves out.
@@ -32,15 +33,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is logged (it may be replaced after start-up)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure(level: str, form: str) -> None:
-    """Sets the root logger's level and format ("json" or "text"); quiets libraries that narrate."""
-    handler = logging.StreamHandler()
+    """Sets the root logger's level and our handler's format ("json" or "text"); quiets libraries that narrate.
+
+    Handlers installed by others (a test runner's, say) are left in place; ours is replaced.
+    """
+    handler = _Stderr()
     if form == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for old in [h for h in root.handlers if isinstance(h, _Stderr)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
     root.setLevel(level.upper())
     for chatty in ("alembic", "casbin"):  # both narrate every migration or policy line at INFO
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

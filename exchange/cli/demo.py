@@ -59,8 +59,18 @@ def _fresh_home(home: Path) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     # The tour prints what happens; the hub's per-exchange and per-change log lines would repeat it.
     logs.configure(settings.log_level, "text")
-    for logger in ("exchange.services.exchange", "exchange.store.audit"):
-        logging.getLogger(logger).setLevel(logging.WARNING)
+    quiet = [logging.getLogger(name) for name in ("exchange.services.exchange", "exchange.store.audit")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.WARNING)
+    try:
+        return _run(args, settings)
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     home = args.home or Path("var/demo")
     settings = replace(settings, home=home, database_url="", listen=args.listen or settings.listen)
     _fresh_home(home)
