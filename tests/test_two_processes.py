@@ -5,16 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy import create_engine, text
 
 from audit.export import export_lines
 from audit.note import Verifier
@@ -23,10 +27,14 @@ from audit.verify import verify_export
 from exchange import models as m
 from exchange import wire as w
 from exchange.cli.client import HubClient
+from exchange.config import Settings
+from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import exchange_pb2 as xpb
+from exchange.v1 import exchange_pb2_grpc, rights_pb2_grpc
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
-from exchange.v1 import rights_pb2_grpc
 from exchange.validation import uscc_check_character
+from tests.exchange_world import make_world, query
 from tests.harness import POLICE, RunningHub, base_settings, identity_spec, running_hub
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -42,30 +50,39 @@ def _free_port() -> int:
         return port
 
 
+@contextmanager
+def _hub_b(a: RunningHub, postgres_url: str, log: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Hub B in another process, sharing hub A's home (CA, keys) and PostgreSQL store."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "EXCHANGE_HOME": str(a.settings.home),
+        "EXCHANGE_DATABASE_URL": postgres_url,
+        "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
+        "EXCHANGE_METRICS_LISTEN": "127.0.0.1:0",
+    }
+    with log.open("w") as sink:  # a file, not a pipe: a full pipe would block hub B
+        b = subprocess.Popen(
+            [sys.executable, "-m", "exchange.cli.main", "serve"], cwd=PROJECT, env=env, stderr=sink, text=True
+        )
+        try:
+            address = f"localhost:{port}"
+            _wait_until_serving(a, address, b, log)
+            yield address, b
+        finally:
+            if b.poll() is None:
+                b.terminate()
+            b.wait(timeout=30)
+
+
 @pytest.fixture
 def two_hubs(tmp_path: Path, postgres_url: str) -> Iterator[tuple[RunningHub, str]]:
     """Hub A in this process and hub B in another, sharing the home (CA) and the PostgreSQL store."""
-    with running_hub(base_settings(tmp_path / "hub", postgres_url)) as a:
-        port = _free_port()
-        env = {
-            **os.environ,
-            "EXCHANGE_HOME": str(a.settings.home),
-            "EXCHANGE_DATABASE_URL": postgres_url,
-            "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
-            "EXCHANGE_METRICS_LISTEN": "127.0.0.1:0",
-        }
-        log = tmp_path / "hub-b.log"  # a file, not a pipe: a full pipe would block hub B
-        with log.open("w") as sink:
-            b = subprocess.Popen(
-                [sys.executable, "-m", "exchange.cli.main", "serve"], cwd=PROJECT, env=env, stderr=sink, text=True
-            )
-            try:
-                address = f"localhost:{port}"
-                _wait_until_serving(a, address, b, log)
-                yield a, address
-            finally:
-                b.terminate()
-                b.wait(timeout=30)
+    with (
+        running_hub(base_settings(tmp_path / "hub", postgres_url)) as a,
+        _hub_b(a, postgres_url, tmp_path / "b.log") as b,
+    ):
+        yield a, b[0]
 
 
 def _wait_until_serving(a: RunningHub, address: str, process: subprocess.Popen[str], log: Path) -> None:
@@ -176,3 +193,87 @@ def test_both_hubs_append_to_one_gap_free_log(two_hubs: tuple[RunningHub, str]) 
     records = [parse_entry_line(line)[2] for line in lines[1:] if line.startswith("E\t")]
     hubs = {json.loads(r)["hub"] for r in records if r}
     assert report.entries >= 7 and len(hubs) == 2  # one sequence, written by both processes
+
+
+def test_exchanges_spread_over_two_hubs_and_one_killed(tmp_path: Path, postgres_url: str) -> None:
+    """Scale-out: exchanges over two processes; a grant suspended through one is refused by the other at once;
+    one is killed mid-load and the other serves on; the audit log stays one verifiable sequence."""
+    frontend = f"sqlite:///{tmp_path / 'ga-qzk.db'}"
+    engine = create_engine(frontend)
+    with engine.begin() as db:
+        db.execute(text("CREATE TABLE rk (name TEXT, id_number TEXT)"))
+        db.execute(text("INSERT INTO rk VALUES ('张三', '350203198001012345')"))
+    engine.dispose()
+    items = (
+        m.DataItem("name", "姓名", m.FieldType.STRING),
+        m.DataItem("id_number", "公民身份号码", m.FieldType.STRING, filterable=True),
+    )
+    with running_hub(base_settings(tmp_path / "hub", postgres_url)) as a:
+        world = make_world(a)
+        world.publish("police", identity_spec(IDENTITY, data_items=items))
+        world.bind("police", cpb.Binding(resource_code=IDENTITY, sql=cpb.SqlBackend(url=frontend, table="rk")))
+        grant = world.grant(IDENTITY, ("name", "id_number"), "police", quota=1_000_000, rate=10_000)
+        ask = query(IDENTITY, {"id_number": "350203198001012345"}, ["name"])
+        with _hub_b(a, postgres_url, tmp_path / "b.log") as (b_address, b):
+            on_b = replace(a.settings, hub_address=b_address)
+            stub_b = exchange_pb2_grpc.ExchangeServiceStub(HubClient(on_b, world.consumer_system).channel)
+            assert len(stub_b.Query(ask, timeout=20).records) == 1
+            with a.client(world.people["police"]) as c:
+                c.call(c.rights.SuspendGrant, pb.ChangeGrantRequest(id=grant, reason="核查"))
+            _within(PROPAGATION_LIMIT, lambda: _refused(stub_b, ask))
+            with a.client(world.people["police"]) as c:
+                c.call(c.rights.ResumeGrant, pb.ChangeGrantRequest(id=grant, reason="核查完毕"))
+            _within(PROPAGATION_LIMIT, lambda: not _refused(stub_b, ask))
+            answered, after_kill = _load(a.settings, on_b, world.consumer_system, ask, b)
+        assert after_kill > 10, "hub A stopped serving when hub B was killed"
+        time.sleep(0.5)
+        a.hub.audit.flush()
+        verifier = Verifier.parse(a.files.audit_verifier.read_text())
+        lines = list(export_lines(a.hub.store.audit, verifier))
+    verify_export(lines, verifier)
+    records = [json.loads(r) for r in (parse_entry_line(x)[2] for x in lines[1:] if x.startswith("E\t")) if r]
+    logged = {r["exchange_id"] for r in records if r["kind"] == "exchange" and r["outcome"] == "ok"}
+    assert [x for x in answered if x not in logged] == []
+    assert len({r["hub"] for r in records if r["kind"] == "exchange"}) == 2  # one sequence, both processes in it
+
+
+def _refused(stub: exchange_pb2_grpc.ExchangeServiceStub, ask: xpb.QueryRequest) -> bool:
+    try:
+        stub.Query(ask, timeout=20)
+        return False
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.PERMISSION_DENIED
+        return True
+
+
+def _load(
+    on_a: Settings, on_b: Settings, identity: Path, ask: xpb.QueryRequest, b: subprocess.Popen[str]
+) -> tuple[list[str], int]:
+    """Queries on both hubs from 6 threads; hub B is killed after 1.5 s. The answered ids, and A's answers after."""
+    answered: list[str] = []
+    killed = threading.Event()
+    after_kill = [0]
+    stop = threading.Event()
+
+    def ask_on(settings: Settings) -> None:
+        with HubClient(settings, identity) as c:
+            while not stop.is_set():
+                try:
+                    answered.append(c.call(c.exchange.Query, ask).exchange_id)
+                except grpc.RpcError:
+                    return  # hub B died under this call: not answered
+                if killed.is_set() and settings is on_a:
+                    after_kill[0] += 1
+
+    workers = [threading.Thread(target=ask_on, args=(on_a if n % 2 else on_b,)) for n in range(6)]
+    for t in workers:
+        t.start()
+    time.sleep(1.5)
+    b.send_signal(signal.SIGKILL)
+    b.wait(timeout=10)
+    killed.set()
+    time.sleep(1.5)
+    stop.set()
+    for t in workers:
+        t.join(timeout=30)
+    return answered, after_kill[0]
