@@ -89,6 +89,7 @@ def test_the_exposition_of_a_hub_that_served_exchanges(served: World) -> None:
     assert samples[("exchange_grants", (("state", "active"),))] == 1
     assert ("exchange_certificate_expiry_timestamp_seconds", (("principal", "system/bdc-djxt"),)) in samples
     assert 0 <= samples[("exchange_audit_checkpoint_age_seconds", ())] < 60
+    assert samples[("exchange_ready", ())] == 1
     names = {name for name, _ in samples}
     assert {"exchange_share_requests_pending", "exchange_share_requests_overdue"} <= names
 

@@ -279,6 +279,7 @@ class Hub:
         for name in ("", *SERVICES):
             await self.health.set(name, status)
         self.ready = serving
+        self.metrics.ready.set(1 if serving else 0)
 
     def _writable(self) -> bool:
         """Whether the store takes a write and the audit log's last group commit went through."""
@@ -304,6 +305,7 @@ class Hub:
     async def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING, lets in-flight calls finish within the grace period, then closes."""
         self.ready = False
+        self.metrics.ready.set(0)
         if self._health_task is not None:
             self._health_task.cancel()
         await self.health.enter_graceful_shutdown()

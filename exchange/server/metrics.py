@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -67,6 +67,9 @@ class HubMetrics:
         )  # fmt: skip
         self.audit_records = Counter(
             "exchange_audit_records_appended_total", "Audit records committed by group commit.", registry=r
+        )
+        self.ready = Gauge(
+            "exchange_ready", "1 while the hub serves (the store and the audit log can be written), else 0.", registry=r
         )
         self.audit_failures = Counter(
             "exchange_audit_write_failures_total",
