@@ -16,6 +16,7 @@ from exchange import config, logs, models
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli import audit, commands, demo, rights
 from exchange.cli import exchange as exchange_verbs
+from exchange.cli.backup import add_verbs as add_backup_verbs
 from exchange.cli.client import describe
 from exchange.errors import ExchangeError, InvalidArgument
 from exchange.server.app import serve
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator-name", default="Hub operator")
     _verb(top, "migrate", _migrate, "bring the store's schema up to date")
     _verb(top, "prune-audit", _prune, "drop audit detail older than audit_retention_days (leaf hashes stay)")
+    # Backup and restore of the store (exchange/cli/backup.py).
+    add_backup_verbs(top, _verb)
     p = _verb(top, "serve", _serve, "run the hub until SIGTERM or Ctrl-C")
     p.add_argument("--listen", help="host:port (EXCHANGE_LISTEN)")
     p.add_argument("--metrics-listen", help="host:port for /metrics, /healthz, /readyz (EXCHANGE_METRICS_LISTEN)")
