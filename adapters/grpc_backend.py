@@ -9,11 +9,12 @@ caller learns only that the provider is unavailable, timed out, or answered outs
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Generator, Iterable, Iterator, Mapping
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 import grpc
 
@@ -135,6 +136,28 @@ class GrpcBackend:
         ]
         self._channel = grpc.secure_channel(target, credentials, options=options)
         self._stub = provider_pb2_grpc.ProviderServiceStub(self._channel)
+        self._target, self._credentials, self._options = target, credentials, options
+        # A grpc.aio channel for lookups from the hub's event loop, made there on first use.
+        self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, provider_pb2_grpc.ProviderServiceStub] | None = (
+            None
+        )
+
+    async def fetch_async(self, request: FetchRequest) -> list[Row]:
+        """``fetch`` on the caller's event loop: no worker thread is held while the provider answers."""
+        checked_filters(request)
+        if request.limit <= 0:
+            return []
+        loop = asyncio.get_running_loop()
+        if self._aio is None or self._aio[0] is not loop:
+            channel = grpc.aio.secure_channel(self._target, self._credentials, options=self._options)
+            self._aio = (loop, channel, provider_pb2_grpc.ProviderServiceStub(channel))
+        try:
+            call = self._aio[2].Lookup(self._wire(request, request.limit), timeout=request.timeout_seconds)
+            answer = await cast("Awaitable[provider_pb2.ProviderBatch]", call)
+        except grpc.aio.AioRpcError as e:
+            raise self._failure(e) from None
+        rows = [self._row(r) for r in answer.records[: request.limit]]
+        return checked_rows(self.name, request.resource, request.fields, rows)
 
     def fetch(self, request: FetchRequest) -> list[Row]:
         """At most ``request.limit`` rows, the whole call within ``request.timeout_seconds``."""
@@ -221,6 +244,10 @@ class GrpcBackend:
 
     def close(self) -> None:
         self._channel.close()
+        if self._aio is not None:
+            loop, channel, _ = self._aio
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(lambda: loop.create_task(channel.close(None)))
 
     def _wire(self, request: FetchRequest, limit: int) -> provider_pb2.ProviderFetchRequest:
         try:

@@ -51,7 +51,13 @@ class Document:
 
 
 class Backend(Protocol):
-    """A connector to one department's backend, made from a resource's binding."""
+    """A connector to one department's backend, made from a resource's binding.
+
+    Two optional methods let a backend do better, and the exchange service uses them when present:
+    ``async fetch_async(request)`` (a page fetched on the hub's event loop, holding no worker thread)
+    and ``stream_records(request, batch_size)`` (batches of ``exchange.v1.Record`` passed on as they
+    are, checked and masked in place, instead of rows converted twice). The gRPC backend has both.
+    """
 
     name: str
 

@@ -137,6 +137,8 @@ class _Settled:
     record: AuditRecord
     error: ExchangeError | None = None
     result: QueryResult | None = None
+    # Decided and allowed, to be fetched on the event loop.
+    plan: _Plan | None = None
 
 
 Identify = Callable[[], Principal]
@@ -253,11 +255,28 @@ class ExchangeService:
         except asyncio.CancelledError:  # the consumer went away or its deadline passed: nothing is sent
             work.add_done_callback(self._abandoned)
             raise
+        if settled.plan is not None:  # the backend answers on this loop: no worker thread while it does
+            settled = await self._answer_async(settled.plan, ask, call)
         await self._append(settled.record)
         if settled.error is not None:
             raise settled.error
         assert settled.result is not None
         return settled.result
+
+    async def _answer_async(self, plan: _Plan, ask: Ask, call: _Call) -> _Settled:
+        fetch_async = plan.backend.fetch_async  # type: ignore[attr-defined]
+        asked_at, error = time.monotonic(), ""
+        try:
+            rows = await fetch_async(plan.request)
+        except ExchangeError as e:
+            error = _reason_of(e)
+            return _Settled(_failed(plan.record, plan.started, e), e)
+        finally:
+            self._observer.provider_answered(plan.resource.spec.department_code, time.monotonic() - asked_at, error)
+        try:
+            return self._settle(plan, ask, call, rows)
+        except ExchangeError as e:
+            return _Settled(_failed(plan.record, plan.started, e), e)
 
     def _answer(self, identify: Identify, ask: Ask, call: _Call) -> _Settled:
         actor = identify()  # an unknown caller raises here: there is no one to record
@@ -267,10 +286,17 @@ class ExchangeService:
             plan = self._decide(actor, ask, record, call, started)
         except ExchangeError as e:
             return _Settled(_refused(record, started, e), e)
+        if hasattr(plan.backend, "fetch_async"):
+            return _Settled(plan.record, plan=plan)
         try:
-            rows, next_token, digest = self._fetch_page(plan, ask, call.page[1] if call.page else "")
+            return self._settle(plan, ask, call, self._fetch(plan))
         except ExchangeError as e:
             return _Settled(_failed(plan.record, started, e), e)
+
+    def _settle(self, plan: _Plan, ask: Ask, call: _Call, fetched: list[Row]) -> _Settled:
+        """The answer from the backend's rows: the page, masked and digested, with its record."""
+        started = plan.started
+        rows, next_token, digest = self._page_of(plan, ask, call.page[1] if call.page else "", fetched)
         note = self._statement(plan, "records", len(rows), digest) if ask.provenance else ""
         done = replace(plan.record, rows=len(rows), response_sha256=digest, latency_us=_since(started), outcome="ok")
         return _Settled(done, result=QueryResult(call.exchange_id, rows, next_token, _disclosure(plan), note))
@@ -293,9 +319,8 @@ class ExchangeService:
         settled = work.result()
         self._append_in_background(settled.record if settled.error else replace(settled.record, outcome="cancelled"))
 
-    def _fetch_page(self, plan: _Plan, ask: Ask, page_token: str) -> tuple[list[Row], str, str]:
+    def _page_of(self, plan: _Plan, ask: Ask, page_token: str, rows: list[Row]) -> tuple[list[Row], str, str]:
         request = plan.request
-        rows = self._fetch(plan)
         if len(rows) > request.limit:
             raise FailedPrecondition(
                 f"the provider {provider_name(plan.resource)} returned more rows than asked for",
