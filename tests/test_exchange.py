@@ -14,12 +14,13 @@ from audit.note import Verifier
 from exchange import models as m
 from exchange import pki, values
 from exchange.errors import Unavailable
+from exchange.services.exchange import Ask, _page
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import registry_pb2 as rgpb
 from exchange.v1 import rights_pb2 as rpb
-from tests.exchange_world import World, fails, make_world, query, reason_of, violations
+from tests.exchange_world import PURPOSE, World, fails, make_world, query, reason_of, violations
 from tests.harness import POLICE, RunningHub, identity_spec
 
 IDENTITY = "10101/350200000001"
@@ -290,3 +291,26 @@ def test_changes_reach_the_next_exchange(world: World, tmp_path: Path) -> None:
             op.registry.RevokeCertificate, rgpb.RevokeCertificateRequest(fingerprint_sha256=fingerprint, reason="泄露")
         )
     fails(grpc.StatusCode.UNAUTHENTICATED, stub.Query, request)
+
+
+def test_forged_page_tokens_and_backend_bugs_are_contained(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.grant(IDENTITY, ("name", "id_number", "household"), "police")
+    stub = world.exchange()
+    ask = Ask(IDENTITY, PURPOSE, {"household": "8"}, ("id_number",))
+    for after in ("abc", "-5", "9" * 30):  # well-formed for this query, but not an offset the hub issued
+        token = _page(ask, 100, "").token_after(after)
+        request = query(IDENTITY, {"household": "8"}, ["id_number"], page_size=100, page_token=token)
+        assert "page_token" in violations(fails(grpc.StatusCode.INVALID_ARGUMENT, stub.Query, request))
+    stub.Query(query(IDENTITY, {"id_number": ID_NUMBER}, ["name"]), timeout=20)  # opens the backend
+    backend = next(iter(world.hub.hub.backends._open.values()))[1]
+
+    def bug(request: object) -> list[dict[str, object]]:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(backend, "fetch", bug)
+    error = fails(grpc.StatusCode.UNAVAILABLE, stub.Query, query(IDENTITY, {"id_number": ID_NUMBER}, ["name"]))
+    assert "secret" not in (error.details() or "") and POLICE.code in (error.details() or "")
+    world.hub.hub.audit.flush()
+    with world.hub.client(world.people["auditor"]) as c:
+        found = c.call(c.audit.SearchRecords, apb.SearchRecordsRequest(outcome="failed"))
+    assert [json.loads(e.record)["action"] for e in found.entries] == ["query"]

@@ -116,6 +116,15 @@ def _audit(world: World, exchange_id: str) -> list[dict[str, object]]:
     return [json.loads(e.record) for e in found.entries]
 
 
+def test_a_provider_must_be_a_system_of_the_owner(world: World, provider: Housing) -> None:
+    world.hub.add_system("ga-rkxx", POLICE.code)
+    for code, expected in (("ga-rkxx", "another department"), ("nobody", "is registered")):
+        binding = cpb.Binding(resource_code=CONTRACTS, grpc=cpb.GrpcBackend(target="127.0.0.1:1", system_code=code))
+        with world.hub.client(world.people["housing"]) as c, pytest.raises(grpc.RpcError) as info:
+            c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=binding, reason="x"))
+        assert expected in (info.value.details() or "")
+
+
 def test_a_query_through_a_grpc_provider(world: World, provider: Housing) -> None:
     fields = ["contract_no", "buyer_id_number", "price"]
     answer = world.exchange().Query(query(CONTRACTS, {"contract_no": "XM2026-000123"}, fields), timeout=20)
@@ -270,7 +279,7 @@ def test_a_query_through_a_rest_endpoint(world: World) -> None:
 
 
 def test_documents_from_a_file_store_with_their_digest(world: World, tmp_path: Path) -> None:
-    root = world.hub.settings.effective_document_roots[0] / "zj"
+    root = world.hub.settings.effective_document_roots[0] / HOUSING.code / "contracts"
     root.mkdir(parents=True)
     content = b"%PDF-1.4\n" + bytes(range(256)) * 5000  # 1.2 MiB: several chunks
     (root / "XM2026-000123.pdf").write_bytes(content)
@@ -307,7 +316,10 @@ def test_documents_from_a_file_store_with_their_digest(world: World, tmp_path: P
         stub.FetchDocument,
         xpb.FetchDocumentRequest(resource_code=TEXTS, purpose=PURPOSE, filters={"contract_no": "XM404"}),
     )
-    outside = cpb.Binding(resource_code=TEXTS, files=cpb.FileBackend(root=str(tmp_path), name_template="{contract_no}"))
-    with world.hub.client(world.people["housing"]) as c, pytest.raises(grpc.RpcError) as info:
-        c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=outside, reason="x"))
-    assert "binding.root" in violations(info.value)  # type: ignore[arg-type]
+    police_files = world.hub.settings.effective_document_roots[0] / POLICE.code
+    police_files.mkdir()
+    for root in (tmp_path, police_files, police_files.parent):  # outside the hub's roots, or not the owner's own
+        outside = cpb.Binding(resource_code=TEXTS, files=cpb.FileBackend(root=str(root), name_template="{contract_no}"))
+        with world.hub.client(world.people["housing"]) as c, pytest.raises(grpc.RpcError) as info:
+            c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=outside, reason="x"))
+        assert "binding.root" in violations(info.value)  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ IDENTITY = "10101/350200000001"
 CONTRACT = "20301/350200000001"
 CONTRACT_TEXT = "20301/350200000002"
 TAX = "20501/350200000001"
+HOUSING = "11350200MB0034567G"
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Backends:
         return port
 
     def contract_texts(self) -> Path:
-        root = (self.home / "documents" / "zj-wqba").resolve()
+        root = (self.home / "documents" / HOUSING / "contracts").resolve()  # the owner's own directory
         root.mkdir(parents=True, exist_ok=True)
         for contract in housing.DEMO_CONTRACTS:
             (root / f"{contract['contract_no']}.pdf").write_bytes(housing.contract_pdf(contract))

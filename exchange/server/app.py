@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio servicer that health.aio re-exports
@@ -23,8 +23,8 @@ from audit.log import AuditLog
 from audit.note import NoteError, Signer, Verifier
 from exchange import pki
 from exchange.config import Settings
-from exchange.errors import ConfigError, ExchangeError, FieldViolation
-from exchange.models import Binding, PrincipalKind, PrincipalRef, Resource
+from exchange.errors import ConfigError, ExchangeError, FieldViolation, NotFound
+from exchange.models import BackendKind, Binding, PrincipalKind, PrincipalRef, Resource
 from exchange.server.audit import AuditServicer
 from exchange.server.catalog import CatalogServicer
 from exchange.server.exchange import ExchangeServicer
@@ -149,8 +149,23 @@ class Hub:
         elif kind == "resource":
             self.entries.clear()
 
-    def _check_binding(self, binding: Binding) -> list[FieldViolation]:
-        return factory.check(binding, self.backend_context)
+    def _check_binding(self, binding: Binding, department_code: str) -> list[FieldViolation]:
+        """A binding's problems, for the owning department: its documents, its own provider system."""
+        own = replace(
+            self.backend_context,
+            document_roots=tuple(root / department_code for root in self.backend_context.document_roots),
+        )
+        out = factory.check(binding, own)
+        system_code = binding.options.get("system_code")
+        if binding.kind is BackendKind.GRPC and isinstance(system_code, str) and system_code:
+            try:
+                system = self.store.registry.get_system(system_code)
+            except NotFound:
+                out.append(FieldViolation("binding.system_code", f"no system {system_code[:40]!r} is registered"))
+            else:
+                if system.department_code != department_code:
+                    out.append(FieldViolation("binding.system_code", "names a system of another department"))
+        return out
 
     def _build_server(self) -> grpc.aio.Server:
         """The gRPC server with every service; made inside the running event loop, which it binds to."""

@@ -44,7 +44,7 @@ _TARGET = {
 _LISTED_BY_DEFAULT = (ResourceStatus.DRAFT, ResourceStatus.PUBLISHED, ResourceStatus.SUSPENDED)
 
 
-def _no_check(binding: Binding) -> list[FieldViolation]:
+def _no_check(binding: Binding, department_code: str) -> list[FieldViolation]:
     return []
 
 
@@ -53,7 +53,7 @@ class CatalogService:
         self,
         store: Store,
         policy: RightsPolicy,
-        check_binding: Callable[[Binding], list[FieldViolation]] = _no_check,
+        check_binding: Callable[[Binding, str], list[FieldViolation]] = _no_check,
     ) -> None:
         self._store = store
         self._policy = policy
@@ -70,7 +70,7 @@ class CatalogService:
             self._policy.require(actor, Action.WRITE_CATALOG, current.spec.department_code, "bind this entry")
             if current.status is ResourceStatus.RETIRED:
                 raise FailedPrecondition(f"resource {current.spec.code!r} is retired", current.spec.code)
-            validation.raise_if(self._check_binding(binding))
+            validation.raise_if(self._check_binding(binding, current.spec.department_code))
 
         code = binding.resource_code
         record = change_record(

@@ -39,6 +39,7 @@ from exchange.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unavailable,
 )
 from exchange.models import Binding, MaskKind, Principal, PrincipalKind, Resource, ResourceStatus, ShareMethod
 from exchange.paging import PageRequest, page_request
@@ -271,6 +272,10 @@ class ExchangeService:
         except ExchangeError as e:
             error = _reason_of(e)
             return _Settled(_failed(plan.record, plan.started, e), e)
+        except Exception as e:  # a backend's own bug: the call fails, audited, and says nothing of it
+            error = "unexpected"
+            failure = _unexpected(plan, e)
+            return _Settled(_failed(plan.record, plan.started, failure), failure)
         finally:
             self._observer.provider_answered(plan.resource.spec.department_code, time.monotonic() - asked_at, error)
         try:
@@ -309,6 +314,9 @@ class ExchangeService:
         except ExchangeError as e:
             error = _reason_of(e)
             raise
+        except Exception as e:  # a backend's own bug: the call fails, audited, and says nothing of it
+            error = "unexpected"
+            raise _unexpected(plan, e) from None
         finally:
             self._observer.provider_answered(plan.resource.spec.department_code, time.monotonic() - asked_at, error)
 
@@ -371,12 +379,13 @@ class ExchangeService:
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
             raise
+        except Exception as e:
+            outcome = _unexpected(plan, e)
+            raise outcome from None
         finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                await asyncio.to_thread(close)
             if outcome != "ok":
                 self._close_in_background(plan, outcome, counted)
+            await _close_quietly(getattr(batches, "close", None))
 
     # Documents
 
@@ -388,6 +397,10 @@ class ExchangeService:
         except ExchangeError as e:
             await self._append(_failed(plan.record, plan.started, e))
             raise
+        except Exception as e:
+            failure = _unexpected(plan, e)
+            await self._append(_failed(plan.record, plan.started, failure))
+            raise failure from None
         sent = 0
         digest = hashlib.sha256()
         outcome: ExchangeError | str = "ok"
@@ -409,8 +422,11 @@ class ExchangeService:
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
             raise
+        except Exception as e:
+            outcome = _unexpected(plan, e)
+            raise outcome from None
         finally:
-            await asyncio.to_thread(document.close)
+            await _close_quietly(document.close)
             if outcome != "ok":
                 record = _closing(plan, outcome if isinstance(outcome, str) else "failed", 0, sent, "")
                 self._append_in_background(
@@ -461,6 +477,13 @@ class ExchangeService:
         self._observer.decided(time.monotonic() - asked_at)
         if not decision.allowed:
             raise _denial(decision)
+        if call.methods is DOCUMENT_KINDS and any(k is not MaskKind.NONE for _, k in decision.masks):
+            raise FailedPrecondition(
+                f"the grant masks items of {ask.resource_code}, and a document cannot be masked: "
+                "ask the owner for a grant without masks, or for the data as records",
+                ask.resource_code,
+                kind="MASKED_DOCUMENT",
+            )
         if binding is None:
             raise FailedPrecondition(
                 f"resource {ask.resource_code} is not bound to a backend yet: its owner must bind it",
@@ -613,6 +636,23 @@ def mask_record(record: data_pb2.Record, masks: tuple[tuple[str, MaskKind], ...]
     return record
 
 
+def _unexpected(plan: _Plan, error: Exception) -> ExchangeError:
+    """A backend failed in a way it should not (a bug of its own): logged here, UNAVAILABLE to the caller."""
+    reference = uuid.uuid4().hex[:12]
+    log.error("backend of %s failed unexpectedly (reference %s)", plan.resource.spec.code, reference, exc_info=error)
+    return Unavailable(f"the provider {provider_name(plan.resource)} failed; reference {reference}")
+
+
+async def _close_quietly(close: Callable[[], object] | None) -> None:
+    """Closes a backend's iterator or document; one still running a step in a worker thread is left to finish."""
+    if close is None:
+        return
+    try:
+        await asyncio.to_thread(close)
+    except ValueError:  # "generator already executing": the worker thread's step ends it when it returns
+        log.debug("closing a backend iterator that is still running a step")
+
+
 def _disclosure(plan: _Plan) -> Disclosure:
     return Disclosure(plan.request.fields, plan.decision.masks, plan.decision.grant_id)
 
@@ -691,6 +731,10 @@ def _validate(actor: Principal, ask: Ask, call: _Call) -> None:
         out.append(FieldViolation("fields", f"name each field once, at most {MAX_FIELDS}"))
     if page is not None and not 0 <= page[0] <= MAX_PAGE_SIZE:
         out.append(FieldViolation("page_size", f"must be between 0 and {MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})"))
+    elif page is not None and page[1]:
+        after = _page(ask, page[0], page[1]).after or ""  # a token issued for other filters is refused here
+        if not (after.isdigit() and len(after) <= 9):
+            out.append(FieldViolation("page_token", "is not a token this hub issued for this query"))
     if not 0 <= batch <= MAX_BATCH_SIZE:
         out.append(FieldViolation("batch_size", f"must be between 0 and {MAX_BATCH_SIZE} (0: {DEFAULT_BATCH_SIZE})"))
     validation.raise_if(out)
