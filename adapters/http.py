@@ -134,7 +134,8 @@ class HttpAdapter:
         return body
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        host, port = self._url.hostname or "", self._url.port
+        host = self._url.hostname or ""
+        port = self._url.port or (443 if self._url.scheme == "https" else 80)  # "[::1]" alone would parse badly
         if self._url.scheme == "https":
             return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
         return http.client.HTTPConnection(host, port, timeout=timeout)

@@ -187,8 +187,9 @@ class _TableSource:
         wanted = [table.c[self._columns[f]].label(f) for f in query.fields]
         statement = select(*wanted).where(*(table.c[self._columns[k]] == v for k, v in query.filters.items()))
         order = list(table.primary_key.columns) or wanted
-        limit = min(query.limit or self._max_rows, self._max_rows)
-        return statement.order_by(*order).limit(limit).offset(max(query.offset, 0))
+        statement = statement.order_by(*order).offset(max(query.offset, 0))
+        # A page is capped at max_rows; a stream (limit 0) is not: it is sent in batches as it is read.
+        return statement.limit(min(query.limit, self._max_rows)) if query.limit else statement
 
     def _source(self) -> Table:
         with self._lock:

@@ -335,9 +335,13 @@ class Archive:
             raise InvalidArgument(f"{what}: {member} is missing from the archive")
         return f
 
-    def read(self, member: str, what: str) -> bytes:
+    def read(self, member: str, what: str, limit: int = 64 << 20) -> bytes:
+        """A whole member, refused when larger than ``limit`` (read before it is verified)."""
         with self.open(member, what) as f:
-            return f.read()
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise InvalidArgument(f"{what} is larger than {limit} bytes: not an archive of this hub")
+        return data
 
     def rows(self, part: TablePart) -> Iterator[dict[str, Any]]:
         """A table part's rows, decoded; checks its SHA-256 again when the last is read."""
