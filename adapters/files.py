@@ -132,7 +132,11 @@ def _open_beneath(root: str, parts: list[str]) -> int:
                 os.close(parent)
         parent, fd = fd, -1
         try:
-            fd = os.open(parts[-1], _OPEN_FLAGS | os.O_NONBLOCK, dir_fd=parent)
+            # Only a regular file with one name is opened: no device, FIFO, or hard link to a file elsewhere.
+            found = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+            if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1:
+                raise FileNotFoundError(errno.ENOENT, "not a regular file with one name", parts[-1])
+            fd = os.open(parts[-1], _OPEN_FLAGS | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=parent)
         finally:
             os.close(parent)
         return fd
