@@ -122,6 +122,11 @@ def test_what_is_not_a_regular_file_is_not_found(root: Path) -> None:
         _adapter(root).document(_request(contract_no="FIFO"))
     with pytest.raises(NotFound):
         _adapter(root, "{uscc}/营业执照.pdf").document(_request(uscc="HT-001.pdf"))  # a file where a directory is
+    outside = root.parent / "elsewhere.pdf"
+    outside.write_bytes(b"another department's file")
+    os.link(outside, root / "LINK.pdf")  # a hard link gives no sign of where the file lives: refused
+    with pytest.raises(NotFound):
+        _adapter(root).document(_request(contract_no="LINK"))
 
 
 def test_filters_must_be_declared_and_name_the_document(root: Path) -> None:
