@@ -79,11 +79,17 @@ class HttpAdapter:
         self._tls = tls or ssl.create_default_context()
 
     def fetch(self, request: FetchRequest) -> list[Row]:
-        """At most ``request.limit`` rows; the endpoint's paging is asked for but not trusted."""
+        """At most ``request.limit`` rows after ``request.offset``; the page is always cut here.
+
+        The endpoint is asked for the first offset + limit records (``limit``, ``offset=0``), so one that
+        honours paging sends no more than needed and one that ignores it sends everything; either way
+        the same page results, and no page repeats another.
+        """
         checked_filters(request)
         body = self._get(self._target(request, paging=True), request.timeout_seconds)
-        first, records = _paged(self._records(body), request.offset, request.limit)
-        return checked_rows(self.name, request.resource, request.fields, self._rows(records, request, first))
+        start, end = request.offset, request.offset + request.limit
+        records = self._records(body)[start:end]
+        return checked_rows(self.name, request.resource, request.fields, self._rows(records, request, start))
 
     def stream(self, request: FetchRequest, batch_size: int) -> Generator[list[Row], None, None]:
         """Every record of one call, in batches; filters are checked now, the call made on the first batch."""
@@ -112,7 +118,7 @@ class HttpAdapter:
                 self.name, f"a filter would be sent as {', '.join(clash)}; map it to another name"
             )
         if paging:
-            pairs += [("limit", str(request.limit)), ("offset", str(request.offset))]
+            pairs += [("limit", str(request.offset + request.limit)), ("offset", "0")]
         query = "&".join(q for q in (self._url.query, urlencode(pairs)) if q)
         return f"{self._url.path or '/'}?{query}"
 
@@ -249,17 +255,6 @@ def _shut(sock: socket.socket) -> None:
     """Ends both directions of the connection; a TLS socket gets EOF underneath its TLS layer."""
     with contextlib.suppress(OSError):
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-def _paged(records: list[dict[str, object]], offset: int, limit: int) -> tuple[int, list[dict[str, object]]]:
-    """The page asked for, and the index of its first record in the answer.
-
-    An endpoint that sent at most ``limit`` records is taken to have paged; one that sent more did
-    not, so its answer is taken as the whole list and the page (``offset``, ``limit``) is cut here.
-    """
-    if len(records) <= limit:
-        return 0, records
-    return offset, records[offset : offset + limit]
 
 
 def _no_constant(name: str) -> object:

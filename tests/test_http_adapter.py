@@ -155,8 +155,8 @@ def test_declared_filters_are_sent_as_encoded_query_parameters(endpoint: Endpoin
             "sfzh": [hostile],
             "as_of": ["2024-01-02"],
             "active": ["true"],
-            "limit": ["3"],
-            "offset": ["6"],
+            "limit": ["9"],  # the first offset + limit records: the page is cut here
+            "offset": ["0"],
         }
     ]
     assert endpoint.accepts == ["application/json"]
@@ -339,8 +339,9 @@ def test_an_endpoint_that_does_not_page_is_paged_here(endpoint: Endpoint) -> Non
     endpoint.answer = answer_json({"data": [{"hh": i} for i in range(3)] + [{"hh": "x"}]})
     with pytest.raises(ProviderContractError, match="record 3: household"):  # numbered as in the answer
         adapter.fetch(_request(fields=("household",), limit=2, offset=2))
-    endpoint.answer = answer_json({"data": [{"hh": 7}, {"hh": 8}]})  # a page: taken as it is
-    assert adapter.fetch(_request(fields=("household",), limit=2, offset=6)) == [{"household": 7}, {"household": 8}]
+    endpoint.answer = answer_json({"data": [{"hh": i} for i in range(3)]})  # ignores paging, limit + 1 records
+    pages = [adapter.fetch(_request(fields=("household",), limit=2, offset=o)) for o in (0, 2, 4)]
+    assert pages == [[{"household": 0}, {"household": 1}], [{"household": 2}], []]  # no page repeats another
 
 
 def test_documents_are_not_served(endpoint: Endpoint) -> None:
