@@ -323,3 +323,21 @@ def test_documents_from_a_file_store_with_their_digest(world: World, tmp_path: P
         with world.hub.client(world.people["housing"]) as c, pytest.raises(grpc.RpcError) as info:
             c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=outside, reason="x"))
         assert "binding.root" in violations(info.value)  # type: ignore[arg-type]
+
+
+def test_a_consumer_that_gives_up_on_a_slow_provider_is_still_recorded(world: World, provider: Housing) -> None:
+    provider.hang.set()
+    ask = query(CONTRACTS, {"contract_no": "XM2026-000123"}, ["contract_no"])
+    fails(grpc.StatusCode.DEADLINE_EXCEEDED, world.exchange().Query, ask, timeout=0.5)  # the binding waits 2 s
+    provider.hang.clear()
+
+    def recorded() -> list[str]:
+        world.hub.hub.audit.flush()
+        with world.hub.client(world.people["auditor"]) as c:
+            found = c.call(c.audit.SearchRecords, apb.SearchRecordsRequest(actor="system/bdc-djxt"))
+        return [json.loads(e.record)["outcome"] for e in found.entries]
+
+    deadline = time.monotonic() + 10
+    while "failed" not in recorded() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert recorded() == ["failed"]  # the provider's timeout, recorded after the consumer left

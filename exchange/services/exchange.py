@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from audit import provenance
 from audit.batch import GroupCommitter
@@ -52,6 +52,7 @@ from policy.decision import Decision, DecisionPoint, DenyReason, Question
 from policy.masks import apply, mask
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 DEFAULT_BATCH_SIZE = 500
@@ -251,13 +252,10 @@ class ExchangeService:
         call = _Call(new_exchange_id(), "query", RECORD_KINDS, deadline, page=(page_size, page_token))
         # A plain executor future: the call's one worker-thread step, without a task around it.
         work = asyncio.get_running_loop().run_in_executor(None, self._answer, identify, ask, call)
-        try:
-            settled = await asyncio.shield(work)
-        except asyncio.CancelledError:  # the consumer went away or its deadline passed: nothing is sent
-            work.add_done_callback(self._abandoned)
-            raise
+        settled = await _unless_abandoned(work, self._abandoned)
         if settled.plan is not None:  # the backend answers on this loop: no worker thread while it does
-            settled = await self._answer_async(settled.plan, ask, call)
+            answering = asyncio.ensure_future(self._answer_async(settled.plan, ask, call))
+            settled = await _unless_abandoned(answering, self._abandoned)
         await self._append(settled.record)
         if settled.error is not None:
             raise settled.error
@@ -319,6 +317,25 @@ class ExchangeService:
             raise _unexpected(plan, e) from None
         finally:
             self._observer.provider_answered(plan.resource.spec.department_code, time.monotonic() - asked_at, error)
+
+    def _abandoned_plan(self, work: asyncio.Future[_Plan | _Settled]) -> None:
+        """Records a stream or document call whose consumer left while it was decided."""
+        if work.cancelled() or work.exception() is not None:
+            return
+        done = work.result()
+        record = done.record if isinstance(done, _Settled) else replace(done.record, outcome="cancelled")
+        self._append_in_background(record)
+
+    def _abandoned_document(self, plan: _Plan, work: asyncio.Future[Document]) -> None:
+        """Closes a document opened for a consumer that left meanwhile, and records what the call came to."""
+        if work.cancelled():
+            return
+        error = work.exception()
+        if error is None:
+            work.result().close()
+        failure = error if isinstance(error, ExchangeError) or error is None else _unexpected(plan, Exception(error))
+        outcome = replace(plan.record, outcome="cancelled", latency_us=_since(plan.started))
+        self._append_in_background(outcome if failure is None else _failed(plan.record, plan.started, failure))
 
     def _abandoned(self, work: asyncio.Future[_Settled]) -> None:
         """Records a query whose consumer left before the answer: what it came to, marked cancelled if answered."""
@@ -392,8 +409,9 @@ class ExchangeService:
     async def document(self, identify: Identify, ask: Ask, deadline: float | None) -> AsyncGenerator[Chunk, None]:
         exchange_id = new_exchange_id()
         plan = await self._plan(identify, ask, _Call(exchange_id, "document", DOCUMENT_KINDS, deadline))
+        opening = asyncio.ensure_future(asyncio.to_thread(plan.backend.document, plan.request))
         try:
-            document = await asyncio.to_thread(plan.backend.document, plan.request)
+            document = await _unless_abandoned(opening, partial(self._abandoned_document, plan))
         except ExchangeError as e:
             await self._append(_failed(plan.record, plan.started, e))
             raise
@@ -437,7 +455,8 @@ class ExchangeService:
 
     async def _plan(self, identify: Identify, ask: Ask, call: _Call) -> _Plan:
         """The allowed exchange, or the refusal, audited, raised."""
-        prepared = await asyncio.to_thread(self._prepare, identify, ask, call)
+        preparing = asyncio.ensure_future(asyncio.to_thread(self._prepare, identify, ask, call))
+        prepared = await _unless_abandoned(preparing, self._abandoned_plan)
         if isinstance(prepared, _Plan):
             return prepared
         await self._append(prepared.record)
@@ -641,6 +660,15 @@ def _unexpected(plan: _Plan, error: Exception) -> ExchangeError:
     reference = uuid.uuid4().hex[:12]
     log.error("backend of %s failed unexpectedly (reference %s)", plan.resource.spec.code, reference, exc_info=error)
     return Unavailable(f"the provider {provider_name(plan.resource)} failed; reference {reference}")
+
+
+async def _unless_abandoned(work: asyncio.Future[T], abandoned: Callable[[asyncio.Future[T]], None]) -> T:
+    """``work``'s result; if the caller is cancelled meanwhile, ``work`` goes on and ``abandoned`` gets it."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:  # the consumer went away or its deadline passed: nothing is sent
+        work.add_done_callback(abandoned)
+        raise
 
 
 async def _close_quietly(close: Callable[[], object] | None) -> None:
