@@ -77,7 +77,7 @@ class FileAdapter:
         if os.path.commonpath([self._root, path]) != self._root or path == self._root:
             raise NotFound("document", relative)
         fd, size = self._open(os.path.relpath(path, self._root), relative)
-        reader = _Reader(self.name, fd)
+        reader = _Reader(self.name, fd, size)
         media_type = self.binding.media_type or mimetypes.guess_type(relative)[0] or DEFAULT_MEDIA_TYPE
         return Document(os.path.basename(relative), media_type, size, reader.chunks(), reader.close)
 
@@ -149,9 +149,11 @@ def _open_beneath(root: str, parts: list[str]) -> int:
 class _Reader:
     """A file being read in chunks; ``close`` may come from another thread, at any time, more than once."""
 
-    def __init__(self, provider: str, fd: int) -> None:
+    def __init__(self, provider: str, fd: int, size: int) -> None:
         self._provider = provider
         self._fd = fd
+        # Bytes still to send: the size announced when the file was opened (a file growing meanwhile is cut).
+        self._left = size
         self._lock = threading.Lock()
 
     def chunks(self) -> Generator[bytes, None, None]:
@@ -164,12 +166,14 @@ class _Reader:
 
     def _read(self) -> bytes:
         with self._lock:
-            if self._fd < 0:
+            if self._fd < 0 or self._left <= 0:
                 return b""
             try:
-                return os.read(self._fd, CHUNK_BYTES)
+                chunk = os.read(self._fd, min(CHUNK_BYTES, self._left))
             except OSError:
                 raise ProviderUnavailable(self._provider) from None
+            self._left -= len(chunk)
+            return chunk
 
     def close(self) -> None:
         with self._lock:

@@ -50,6 +50,8 @@ from exchange.models import Binding, FieldType
 MAX_BODY_BYTES = 32 * 1024 * 1024
 READ_CHUNK_BYTES = 64 * 1024
 PAGING_PARAMETERS = ("limit", "offset")
+# Most JSON objects an answer may hold (a rough count of "{"): bounds the memory a parsed body takes.
+MAX_OBJECTS = 1_000_000
 OPTIONS = ("url", "fields", "records_key", "parameters")
 
 
@@ -174,6 +176,8 @@ class HttpAdapter:
         """The list of record objects in the body (none for a 404)."""
         if body is None:
             return []
+        if body.count(b"{") > MAX_OBJECTS:  # parsed, each object costs far more than its bytes
+            raise ProviderContractError(self.name, f"the answer holds more than {MAX_OBJECTS} objects: too much data")
         try:
             data = json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
         except (ValueError, RecursionError):

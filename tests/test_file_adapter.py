@@ -235,3 +235,10 @@ def test_check_reads_media_type_and_unknown_options(root: Path, tmp_path: Path) 
     assert [v.field for v in check({**base, "url": "x"}, context)] == ["binding.url"]
     assert [v.field for v in check({**base, "root": 3}, context)] == ["binding.root"]
     assert FileBinding("/r", "{a}/{b}.pdf").placeholders == {"a", "b"}
+
+
+def test_a_file_growing_while_read_is_cut_at_its_announced_size(root: Path) -> None:
+    document = _adapter(root).document(_request(contract_no="HT-001"))
+    with (root / "HT-001.pdf").open("ab") as grown:
+        grown.write(b"appended after the document was opened")
+    assert b"".join(document.chunks) == CONTENT and document.size == len(CONTENT)

@@ -428,3 +428,9 @@ def test_a_server_that_accepts_and_never_answers_times_out(scheme: str) -> None:
         with pytest.raises(ProviderTimeout):
             HttpAdapter("人社接口", HttpBinding(url)).fetch(_request(timeout_seconds=0.5))
         assert time.monotonic() - started < 1.5
+
+
+def test_an_answer_of_too_many_objects_is_refused_before_it_is_parsed(endpoint: Endpoint) -> None:
+    endpoint.answer = answer_raw(b'{"data": [' + b"{}," * 1_000_001 + b"{}]}")
+    with pytest.raises(ProviderContractError, match="too much data"):
+        _adapter(endpoint).fetch(_request())
