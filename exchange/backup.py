@@ -51,6 +51,7 @@ from sqlalchemy import (
     TypeDecorator,
     func,
     insert,
+    inspect,
     literal,
     select,
     text,
@@ -564,6 +565,12 @@ def _prepare(db: Database, revision: str) -> None:
     with db.read() as session:
         current = _revision(session)
     if current is None:
+        present = sorted(inspect(db.engine).get_table_names())
+        if present:  # not a new database: nothing is created in it
+            raise FailedPrecondition(
+                f"the database has tables ({', '.join(present[:3])}) but no schema revision of this hub: "
+                "restore only into a new database, or one migrated by this hub"
+            )
         head = _head()
         if revision != head:
             raise FailedPrecondition(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import create_engine, inspect, select, text
 
 from audit.merkle import leaf_hash
 from audit.note import Signer
@@ -431,3 +431,17 @@ def test_departments_are_loaded_parents_first() -> None:
     departments = Base.metadata.tables["departments"]
     rows: list[dict[str, Any]] = [{"id": 3, "parent_id": 2}, {"id": 2, "parent_id": 1}, {"id": 1, "parent_id": None}]
     assert [r["id"] for r in backup._parents_first(departments, rows)] == [1, 2, 3]
+
+
+def test_restore_creates_nothing_in_a_database_that_is_not_the_hubs(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "other"
+    home.mkdir()
+    engine = create_engine(f"sqlite:///{home / 'exchange.db'}")  # the home's database, holding something else
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE someone_elses (x INTEGER)"))
+    assert _restore(home, source.archive, source.key)[0] == 2
+    assert "no schema revision of this hub" in capsys.readouterr().err
+    assert inspect(engine).get_table_names() == ["someone_elses"]
+    engine.dispose()
