@@ -381,27 +381,18 @@ class ExchangeService:
             batches = rows = plan.backend.stream(plan.request, size)
             step = partial(_next_rows, rows, plan, digest, counted)
         first = True
-        outcome: ExchangeError | str = "ok"
+        ending = _Ending(plan)
         try:
-            while (part := await asyncio.to_thread(step)) is not None:
-                yield Batch(exchange_id, part[0], _disclosure(plan) if first else None, records=part[1])
-                first = False
-            hexdigest = digest.hexdigest() if digest is not None else ""
-            note = self._statement(plan, "records", counted.rows, hexdigest) if ask.provenance else ""
-            await self._append(_closing(plan, "ok", counted.rows, counted.size, hexdigest))
-            yield Batch(exchange_id, [], _disclosure(plan) if first else None, True, counted.rows, note)
-        except ExchangeError as e:
-            outcome = e
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"
-            raise
-        except Exception as e:
-            outcome = _unexpected(plan, e)
-            raise outcome from None
+            with ending:
+                while (part := await asyncio.to_thread(step)) is not None:
+                    yield Batch(exchange_id, part[0], _disclosure(plan) if first else None, records=part[1])
+                    first = False
+                hexdigest = digest.hexdigest() if digest is not None else ""
+                note = self._statement(plan, "records", counted.rows, hexdigest) if ask.provenance else ""
+                await self._append(_closing(plan, "ok", counted.rows, counted.size, hexdigest))
+                yield Batch(exchange_id, [], _disclosure(plan) if first else None, True, counted.rows, note)
         finally:
-            if outcome != "ok":
-                self._close_in_background(plan, outcome, counted)
+            self._close_unless_ok(plan, ending.outcome, counted)
             await _close_quietly(getattr(batches, "close", None))
 
     # Documents
@@ -419,37 +410,25 @@ class ExchangeService:
             failure = _unexpected(plan, e)
             await self._append(_failed(plan.record, plan.started, failure))
             raise failure from None
-        sent = 0
+        counted = _Count()
         digest = hashlib.sha256()
-        outcome: ExchangeError | str = "ok"
+        ending = _Ending(plan)
         try:
-            # The file name stays out of the record: it may carry a data subject's identifier.
-            await self._append(plan.record)
-            yield Chunk(exchange_id, document=document)
-            while (data := await asyncio.to_thread(next, document.chunks, None)) is not None:
-                digest.update(data)
-                sent += len(data)
-                yield Chunk(exchange_id, data=data)
-            hexdigest = digest.hexdigest()
-            note = self._statement(plan, "document", sent, hexdigest) if ask.provenance else ""
-            await self._append(_closing(plan, "ok", 0, sent, hexdigest))
-            yield Chunk(exchange_id, last=True, sha256=digest.digest(), total=sent, provenance=note)
-        except ExchangeError as e:
-            outcome = e
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"
-            raise
-        except Exception as e:
-            outcome = _unexpected(plan, e)
-            raise outcome from None
+            with ending:
+                # The file name stays out of the record: it may carry a data subject's identifier.
+                await self._append(plan.record)
+                yield Chunk(exchange_id, document=document)
+                while (data := await asyncio.to_thread(next, document.chunks, None)) is not None:
+                    digest.update(data)
+                    counted.size += len(data)
+                    yield Chunk(exchange_id, data=data)
+                hexdigest = digest.hexdigest()
+                note = self._statement(plan, "document", counted.size, hexdigest) if ask.provenance else ""
+                await self._append(_closing(plan, "ok", 0, counted.size, hexdigest))
+                yield Chunk(exchange_id, last=True, sha256=digest.digest(), total=counted.size, provenance=note)
         finally:
             await _close_quietly(document.close)
-            if outcome != "ok":
-                record = _closing(plan, outcome if isinstance(outcome, str) else "failed", 0, sent, "")
-                self._append_in_background(
-                    record if isinstance(outcome, str) else _failed(record, plan.started, outcome)
-                )
+            self._close_unless_ok(plan, ending.outcome, counted)
 
     # Deciding
 
@@ -572,7 +551,10 @@ class ExchangeService:
         task = asyncio.get_running_loop().create_task(self._append(record))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    def _close_in_background(self, plan: _Plan, outcome: ExchangeError | str, counted: _Count) -> None:
+    def _close_unless_ok(self, plan: _Plan, outcome: ExchangeError | str, counted: _Count) -> None:
+        """The closing record of a stream or document that did not end well (its caller may be gone)."""
+        if outcome == "ok":
+            return
         closing = _closing(plan, outcome if isinstance(outcome, str) else "failed", counted.rows, counted.size, "")
         self._append_in_background(closing if isinstance(outcome, str) else _failed(closing, plan.started, outcome))
 
@@ -601,9 +583,29 @@ def _page(ask: Ask, size: int, token: str) -> PageRequest:
     return page_request(size or DEFAULT_PAGE_SIZE, token, {**scope, "fields": list(ask.fields)})
 
 
+class _Ending:
+    """How a stream or document call ended: "ok", "cancelled", or its error (a backend's bug made one)."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self._plan = plan
+        self.outcome: ExchangeError | str = "ok"
+
+    def __enter__(self) -> _Ending:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        if isinstance(error, ExchangeError):
+            self.outcome = error
+        elif isinstance(error, asyncio.CancelledError | GeneratorExit):
+            self.outcome = "cancelled"
+        elif isinstance(error, Exception):
+            self.outcome = _unexpected(self._plan, error)
+            raise self.outcome from None
+
+
 @dataclass
 class _Count:
-    """What a stream has sent so far: records and, for records passed on in wire form, their bytes."""
+    """What a stream or document has sent so far: records, and bytes (wire-form records, document chunks)."""
 
     rows: int = 0
     size: int = 0
