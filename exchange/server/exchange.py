@@ -7,20 +7,22 @@ its way to the consumer, so a slow consumer slows the provider instead of fillin
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from exchange import values
 from exchange.errors import ExchangeError
 from exchange.server.rpc import Authenticator, abort_with, identify, internal_error
-from exchange.services.exchange import Ask, Disclosure, ExchangeService
+from exchange.services.exchange import Ask, Batch, Chunk, Disclosure, ExchangeService
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+P = TypeVar("P")
+M = TypeVar("M")
 
 
 def _ask(request: pb.QueryRequest | pb.FetchDocumentRequest) -> Ask:
@@ -67,49 +69,57 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
             provenance=pb.Provenance(note=result.provenance) if result.provenance else None,
         )
 
+    # Streaming handlers must be async generators themselves: that is how grpc.aio knows them.
+
     async def StreamQuery(self, request: pb.QueryRequest, context: Context) -> AsyncIterator[pb.QueryBatch]:
         batches = self.service.stream(
             partial(identify, self, context), _ask(request), request.batch_size, _deadline(context)
         )
-        try:
-            async for b in batches:
-                yield pb.QueryBatch(
-                    exchange_id=b.exchange_id,
-                    records=b.records if b.records is not None else [values.record_to_wire(r) for r in b.rows],
-                    disclosure=_disclosure(b.disclosure) if b.disclosure else None,
-                    last=b.last,
-                    total_records=b.total,
-                    provenance=pb.Provenance(note=b.provenance) if b.provenance else None,
-                )
-        except ExchangeError as e:
-            await abort_with(context, e)
-        except Exception:
-            await internal_error(context, "StreamQuery")
-        finally:
-            await batches.aclose()
+        async for message in _relay(context, batches, _batch, "StreamQuery"):
+            yield message
 
     async def FetchDocument(
         self, request: pb.FetchDocumentRequest, context: Context
     ) -> AsyncIterator[pb.DocumentChunk]:
         chunks = self.service.document(partial(identify, self, context), _ask(request), _deadline(context))
-        try:
-            async for c in chunks:
-                info = None
-                if c.document is not None:
-                    d = c.document
-                    info = pb.DocumentInfo(name=d.name, media_type=d.media_type, size=d.size)
-                yield pb.DocumentChunk(
-                    exchange_id=c.exchange_id,
-                    info=info,
-                    data=c.data,
-                    last=c.last,
-                    sha256=c.sha256,
-                    total_bytes=c.total,
-                    provenance=pb.Provenance(note=c.provenance) if c.provenance else None,
-                )
-        except ExchangeError as e:
-            await abort_with(context, e)
-        except Exception:
-            await internal_error(context, "FetchDocument")
-        finally:
-            await chunks.aclose()
+        async for message in _relay(context, chunks, _chunk, "FetchDocument"):
+            yield message
+
+
+def _batch(b: Batch) -> pb.QueryBatch:
+    return pb.QueryBatch(
+        exchange_id=b.exchange_id,
+        records=b.records if b.records is not None else [values.record_to_wire(r) for r in b.rows],
+        disclosure=_disclosure(b.disclosure) if b.disclosure else None,
+        last=b.last,
+        total_records=b.total,
+        provenance=pb.Provenance(note=b.provenance) if b.provenance else None,
+    )
+
+
+def _chunk(c: Chunk) -> pb.DocumentChunk:
+    d = c.document
+    return pb.DocumentChunk(
+        exchange_id=c.exchange_id,
+        info=pb.DocumentInfo(name=d.name, media_type=d.media_type, size=d.size) if d is not None else None,
+        data=c.data,
+        last=c.last,
+        sha256=c.sha256,
+        total_bytes=c.total,
+        provenance=pb.Provenance(note=c.provenance) if c.provenance else None,
+    )
+
+
+async def _relay(
+    context: Context, parts: AsyncGenerator[P, None], message: Callable[[P], M], where: str
+) -> AsyncIterator[M]:
+    """The service's parts as messages, as the consumer reads them; an error ends the call with its status."""
+    try:
+        async for part in parts:
+            yield message(part)
+    except ExchangeError as e:
+        await abort_with(context, e)
+    except Exception:
+        await internal_error(context, where)
+    finally:
+        await parts.aclose()
