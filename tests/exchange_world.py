@@ -9,8 +9,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from exchange import models as m
 from exchange import wire as w
@@ -110,23 +108,3 @@ def fails(code: grpc.StatusCode, call: Any, *args: Any, **kwargs: Any) -> grpc.C
     assert isinstance(error, grpc.Call)
     assert error.code() == code, f"{error.code()}: {error.details()}"
     return error
-
-
-def reason_of(error: grpc.Call) -> str:
-    """The ErrorInfo reason of a status, e.g. FIELD_NOT_GRANTED."""
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else []:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.reason)
-    return ""
-
-
-def violations(error: grpc.Call) -> set[str]:
-    status = rpc_status.from_call(error)
-    fields: set[str] = set()
-    for detail in status.details if status else []:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            fields |= {v.field for v in bad.field_violations}
-    return fields

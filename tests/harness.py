@@ -13,6 +13,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from sqlalchemy import func, select
 
 from exchange import models as m
@@ -142,3 +145,24 @@ def running_hub(settings: Settings) -> Iterator[RunningHub]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+def reason_of(error: grpc.Call) -> str:
+    """The ErrorInfo reason of a status, e.g. FIELD_NOT_GRANTED."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
+
+
+def violations(error: grpc.Call) -> set[str]:
+    """The fields a BadRequest detail names."""
+    status = rpc_status.from_call(error)
+    fields: set[str] = set()
+    for detail in status.details if status else []:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields |= {v.field for v in bad.field_violations}
+    return fields

@@ -20,8 +20,8 @@ from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import registry_pb2 as rgpb
 from exchange.v1 import rights_pb2 as rpb
-from tests.exchange_world import PURPOSE, World, fails, make_world, query, reason_of, violations
-from tests.harness import POLICE, RunningHub, identity_spec
+from tests.exchange_world import PURPOSE, World, fails, make_world, query
+from tests.harness import POLICE, RunningHub, identity_spec, reason_of, violations
 
 IDENTITY = "10101/350200000001"
 OTHER = "10101/350200000005"

@@ -28,8 +28,8 @@ from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import rights_pb2 as rpb
-from tests.exchange_world import PURPOSE, World, fails, make_world, query, violations
-from tests.harness import HOUSING, POLICE, RunningHub, identity_spec
+from tests.exchange_world import PURPOSE, World, fails, make_world, query
+from tests.harness import HOUSING, POLICE, RunningHub, identity_spec, violations
 
 CONTRACTS = "20301/350200000001"
 TEXTS = "20301/350200000002"

@@ -11,8 +11,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import update
 
 from exchange import models as m
@@ -26,7 +24,7 @@ from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
 from policy.decision import DenyReason, Question
-from tests.harness import AUTHORITY, POLICE, RunningHub, identity_spec
+from tests.harness import AUTHORITY, POLICE, RunningHub, identity_spec, violations
 
 REGISTRY = m.Department("11350200MB00456789", "厦门市不动产登记中心", "350200", m.AdministrativeLevel.CITY)
 IDENTITY = "10101/350200000001"
@@ -114,16 +112,6 @@ def as_(hub: RunningHub, world: dict[str, Path]) -> Any:
         return callers[who]
 
     return get
-
-
-def _violations(error: grpc.Call) -> set[str]:
-    status = rpc_status.from_call(error)
-    fields: set[str] = set()
-    for detail in status.details if status else []:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            fields |= {v.field for v in bad.field_violations}
-    return fields
 
 
 def test_conditional_request_is_decided_by_the_owner_then_granted_by_the_share_manager(as_: Any) -> None:
@@ -236,7 +224,7 @@ def test_bad_applications_are_refused_and_change_nothing(
     error = as_("consumer").fails(
         grpc.StatusCode.INVALID_ARGUMENT, "Apply", pb.ApplyRequest(request=_application(**change))
     )
-    assert field in _violations(error)
+    assert field in violations(error)
     assert hub.rows(ShareRequestRow) == 0 and hub.rows(ShareEventRow) == 0
 
 
@@ -250,7 +238,7 @@ def test_unknown_or_unpublished_resources(hub: RunningHub, as_: Any, world: dict
     assert "suspended" in (error.details() or "")
     undated = _application()
     undated.ClearField("start_date")
-    assert "request.start_date" in _violations(
+    assert "request.start_date" in violations(
         as_("consumer").fails(grpc.StatusCode.INVALID_ARGUMENT, "Apply", pb.ApplyRequest(request=undated))
     )
     assert hub.rows(ShareRequestRow) == 0
@@ -260,13 +248,13 @@ def test_decisions_only_on_pending_requests_and_only_once(hub: RunningHub, as_: 
     applied = as_("consumer")("Apply", pb.ApplyRequest(request=_application()))
     as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Refuse", pb.RefuseRequest(id=applied.id))
     wider = pb.ApproveRequest(id=applied.id, fields=["name", "address"])
-    assert "fields" in _violations(as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Approve", wider))
+    assert "fields" in violations(as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Approve", wider))
     later = pb.ApproveRequest(id=applied.id, end_date=w.date_to_wire(TODAY + dt.timedelta(days=400)))
-    assert "end_date" in _violations(as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Approve", later))
+    assert "end_date" in violations(as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Approve", later))
     stray_mask = pb.ApproveRequest(
         id=applied.id, fields=["name"], masks=[pb.FieldMask(field="id_number", mask=pb.MASK_KIND_ID_NUMBER)]
     )
-    assert "masks" in _violations(as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Approve", stray_mask))
+    assert "masks" in violations(as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Approve", stray_mask))
     as_("owner")("Approve", pb.ApproveRequest(id=applied.id))
     as_("owner").fails(grpc.StatusCode.FAILED_PRECONDITION, "Approve", pb.ApproveRequest(id=applied.id))
     as_("owner").fails(grpc.StatusCode.FAILED_PRECONDITION, "Refuse", pb.RefuseRequest(id=applied.id, reason="晚了"))
