@@ -24,7 +24,8 @@ from exchange.errors import FieldViolation, InvalidArgument
 from exchange.v1 import audit_pb2 as pb
 
 
-def _verifier(path: Path) -> Verifier:
+def read_verifier(path: Path) -> Verifier:
+    """The hub's public key (log.pub) from a file, or an error a person can act on."""
     try:
         return Verifier.parse(path.read_text())
     except OSError as e:
@@ -116,7 +117,7 @@ def proof_check(args: argparse.Namespace, settings: Settings) -> int:
     proof = _proof(args, settings)
     if not proof.HasField("checkpoint"):
         raise InvalidArgument(f"no signed checkpoint of size {proof.tree_size}: ask without --size")
-    verifier = _verifier(args.key)
+    verifier = read_verifier(args.key)
     leaf = leaf_hash(proof.entry.record.encode()) if proof.entry.record else proof.entry.leaf_hash
     try:
         head = Checkpoint.parse(open_note(proof.checkpoint.note, verifier))
@@ -133,7 +134,7 @@ def proof_check(args: argparse.Namespace, settings: Settings) -> int:
 
 def consistency(args: argparse.Namespace, settings: Settings) -> int:
     """Checks here that the log's newer checkpoint extends an older one: nothing removed or rewritten."""
-    verifier = _verifier(args.key)
+    verifier = read_verifier(args.key)
     with HubClient(settings, args.identity) as hub:
         old = hub.call(hub.audit.GetCheckpoint, pb.GetCheckpointRequest(size=args.from_size))
         new = hub.call(hub.audit.GetCheckpoint, pb.GetCheckpointRequest(size=args.to_size))
@@ -172,7 +173,7 @@ def _progress(done: int) -> None:
 def verify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with args.file.open(encoding="utf-8") as lines:
-            report = verify_export(lines, _verifier(args.key), progress=_progress)
+            report = verify_export(lines, read_verifier(args.key), progress=_progress)
     except (VerifyError, ProofError) as e:
         print(f"\nthe log does NOT verify: {e}", file=sys.stderr)
         return 1
@@ -186,7 +187,7 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
 def verify_receipt_file(args: argparse.Namespace, settings: Settings) -> int:
     data = json.loads(args.file.read_text(encoding="utf-8"))
     try:
-        head = verify_receipt(data, _verifier(args.key))
+        head = verify_receipt(data, read_verifier(args.key))
     except VerifyError as e:
         print(f"the receipt does NOT verify: {e}", file=sys.stderr)
         return 1

@@ -14,9 +14,10 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from audit.note import NoteError, Signer, Verifier
+from audit.note import NoteError, Signer
 from exchange import backup as archive
 from exchange import pki
+from exchange.cli.audit import read_verifier
 from exchange.config import Settings
 from exchange.errors import FailedPrecondition, InvalidArgument
 from exchange.store import Database
@@ -39,15 +40,6 @@ def _signer(settings: Settings) -> Signer:
         ) from None
     except NoteError as e:
         raise InvalidArgument(f"{path} is not the audit log's key: {e}") from None
-
-
-def _verifier(path: Path) -> Verifier:
-    try:
-        return Verifier.parse(path.read_text())
-    except OSError as e:
-        raise InvalidArgument(f"cannot read the log's public key {path}: {e.strerror}") from None
-    except NoteError as e:
-        raise InvalidArgument(f"{path} is not a log's public key: {e}") from None
 
 
 def _where(settings: Settings) -> str:
@@ -77,7 +69,7 @@ def backup(args: argparse.Namespace, settings: Settings) -> int:
 
 def restore(args: argparse.Namespace, settings: Settings) -> int:
     """Checks an archive (signature, parts, audit log), then loads it into the configured, empty database."""
-    verifier = _verifier(args.key)
+    verifier = read_verifier(args.key)
     db = Database(settings.effective_database_url)
     try:
         done = archive.restore(

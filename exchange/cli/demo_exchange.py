@@ -157,7 +157,7 @@ def document(hub: HubClient, verifier_file: Path, out: Path) -> list[str]:
     return [CONTRACT_TEXT, "file store", f"{len(data)} bytes", "-", last.exchange_id]
 
 
-def refusals(hub: HubClient, expect: Callable[[str, Callable[[], Any]], None]) -> None:
+def refusals(hub: HubClient) -> None:
     """What the registry's system may not have, and how the hub says so."""
     cases = (
         ("the home address, which was not granted", IDENTITY, FLAT_SALE, {"id_number": BUYER_ID}, ["address"]),
@@ -166,10 +166,11 @@ def refusals(hub: HubClient, expect: Callable[[str, Callable[[], Any]], None]) -
     )
     for what, code, purpose, filters, fields in cases:
         request = xpb.QueryRequest(resource_code=code, purpose=purpose, filters=filters, fields=fields)
-        expect(what, lambda r=request: hub.call(hub.exchange.Query, r))  # type: ignore[misc]
+        expect_refusal(what, lambda r=request: hub.call(hub.exchange.Query, r))  # type: ignore[misc]
 
 
 def expect_refusal(what: str, call: Callable[[], Any]) -> None:
+    """Makes a call the hub must refuse, and prints how it said so."""
     try:
         call()
     except grpc.RpcError as e:

@@ -18,9 +18,9 @@ import yaml
 from google.protobuf import json_format
 
 from audit import provenance
-from audit.note import NoteError, Verifier
 from exchange import values
 from exchange.cli import tables
+from exchange.cli.audit import read_verifier
 from exchange.cli.client import HubClient
 from exchange.cli.commands import ask
 from exchange.config import Settings
@@ -129,13 +129,11 @@ def document(args: argparse.Namespace, settings: Settings) -> int:
 
 def verify(args: argparse.Namespace, settings: Settings) -> int:
     """Checks a provenance statement offline with the hub's public key, and the data it speaks of."""
+    verifier = read_verifier(args.key)
     try:
-        verifier = Verifier.parse(args.key.read_text())
         note = args.note.read_text()
     except OSError as e:
-        raise InvalidArgument(f"cannot read {e.filename}: {e.strerror}") from None
-    except NoteError as e:
-        raise InvalidArgument(f"{args.key} is not the hub's public key: {e}") from None
+        raise InvalidArgument(f"cannot read {args.note}: {e.strerror}") from None
     sha256 = hashlib.sha256(args.data.read_bytes()).hexdigest() if args.data else None
     try:
         statement = provenance.verify(note, verifier, sha256)
