@@ -46,6 +46,7 @@ from adapters.factory import BackendContext
 from exchange.backend import Backend
 from exchange.errors import FieldViolation, InvalidArgument
 from exchange.models import Binding, FieldType
+from exchange.values import EXPECTED
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 READ_CHUNK_BYTES = 64 * 1024
@@ -208,7 +209,7 @@ class HttpAdapter:
             try:
                 row[name] = None if value is None else _READERS[kind](value)
             except ValueError:
-                raise ProviderContractError(self.name, f"record {n}: {name} is not {_EXPECTED[kind]}") from None
+                raise ProviderContractError(self.name, f"record {n}: {name} is not {EXPECTED[kind]}") from None
         return row
 
 
@@ -345,16 +346,6 @@ _READERS: dict[FieldType, Callable[[object], object]] = {
     FieldType.DATE: _date,
     FieldType.TIMESTAMP: _timestamp,
     FieldType.BYTES: _bytes,
-}
-
-_EXPECTED = {
-    FieldType.STRING: "a string",
-    FieldType.INTEGER: "a whole number",
-    FieldType.DECIMAL: "a decimal number",
-    FieldType.BOOLEAN: "true or false",
-    FieldType.DATE: "a date (YYYY-MM-DD)",
-    FieldType.TIMESTAMP: "a time (RFC 3339)",
-    FieldType.BYTES: "base64",
 }
 
 

@@ -107,11 +107,11 @@ def parse_text(text: str, kind: FieldType) -> object:  # noqa: PLR0911 - one bra
             return _utc(dt.datetime.fromisoformat(text.replace("Z", "+00:00")))
         return base64.b64decode(text, validate=True)
     except (ValueError, KeyError, InvalidOperation, ArithmeticError):
-        raise BadValue(f"{text[:40]!r} is not {_EXPECTED[kind]}") from None
+        raise BadValue(f"{text[:40]!r} is not {EXPECTED[kind]}") from None
 
 
-_EXPECTED = {
-    FieldType.STRING: "text",
+EXPECTED = {  # how a value of each type is described in errors
+    FieldType.STRING: "a string",
     FieldType.INTEGER: "a whole number",
     FieldType.DECIMAL: "a decimal number",
     FieldType.BOOLEAN: "true or false",
