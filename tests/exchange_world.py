@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import create_engine, text
 
 from exchange import models as m
 from exchange import wire as w
@@ -16,7 +17,7 @@ from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import exchange_pb2_grpc
 from exchange.v1 import rights_pb2 as rpb
-from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub
+from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, identity_spec
 
 REGISTRY = m.Department("11350200MB00456789", "厦门市不动产登记中心", "350200", m.AdministrativeLevel.CITY)
 PURPOSE = "不动产转移登记"
@@ -108,3 +109,29 @@ def fails(code: grpc.StatusCode, call: Any, *args: Any, **kwargs: Any) -> grpc.C
     assert isinstance(error, grpc.Call)
     assert error.code() == code, f"{error.code()}: {error.details()}"
     return error
+
+
+# A resident lookup served from a police front-end database: what the operations, crash and scale-out tests load.
+LOOKUP = "10101/350200000001"
+PERSON_ID = "350203198001012345"
+
+
+def serve_lookup(world: World, directory: Path, *, quota: int = 0, rate: int = 0) -> str:
+    """Publishes the lookup, binds it to a new SQLite front-end database in ``directory``, grants it; the grant id."""
+    url = f"sqlite:///{directory / 'ga-qzk.db'}"
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE rk (name TEXT, id_number TEXT)"))
+        c.execute(text("INSERT INTO rk VALUES ('张三', :id)"), {"id": PERSON_ID})
+    engine.dispose()
+    items = (
+        m.DataItem("name", "姓名", m.FieldType.STRING),
+        m.DataItem("id_number", "公民身份号码", m.FieldType.STRING, filterable=True),
+    )
+    world.publish("police", identity_spec(LOOKUP, POLICE.code, data_items=items))
+    world.bind("police", cpb.Binding(resource_code=LOOKUP, sql=cpb.SqlBackend(url=url, table="rk")))
+    return world.grant(LOOKUP, ("name", "id_number"), "police", quota=quota, rate=rate)
+
+
+def lookup(person: str = PERSON_ID, **changes: Any) -> xpb.QueryRequest:
+    return query(LOOKUP, {"id_number": person}, ["name"], **changes)

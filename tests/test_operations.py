@@ -16,14 +16,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, text
 
-from exchange import models as m
 from exchange.errors import Unavailable
 from exchange.logs import JsonFormatter
-from exchange.v1 import catalog_pb2 as cpb
-from tests.exchange_world import World, fails, make_world, query
-from tests.harness import POLICE, RunningHub, base_settings, identity_spec, running_hub
+from tests.exchange_world import World, fails, lookup, make_world, serve_lookup
+from tests.harness import POLICE, RunningHub, base_settings, running_hub
 
 IDENTITY = "10101/350200000001"
 
@@ -45,24 +42,12 @@ def served_fixture(hub: RunningHub, tmp_path: Path) -> World:
 
 def served(hub: RunningHub, tmp_path: Path) -> World:
     """A hub that has answered and refused exchanges."""
-    url = f"sqlite:///{tmp_path / 'ga.db'}"
-    engine = create_engine(url)
-    with engine.begin() as c:
-        c.execute(text("CREATE TABLE rk (name TEXT, id_number TEXT)"))
-        c.execute(text("INSERT INTO rk VALUES ('张三', '350203198001012345')"))
-    engine.dispose()
     world = make_world(hub)
-    items = (
-        m.DataItem("name", "姓名", m.FieldType.STRING),
-        m.DataItem("id_number", "号码", m.FieldType.STRING, filterable=True),
-    )
-    world.publish("police", identity_spec(IDENTITY, POLICE.code, data_items=items))
-    world.bind("police", cpb.Binding(resource_code=IDENTITY, sql=cpb.SqlBackend(url=url, table="rk")))
-    world.grant(IDENTITY, ("name", "id_number"), "police")
+    serve_lookup(world, tmp_path)
     stub = world.exchange()
     for _ in range(3):
-        stub.Query(query(IDENTITY, {"id_number": "350203198001012345"}, ["name"]), timeout=20)
-    fails(grpc.StatusCode.PERMISSION_DENIED, stub.Query, query(IDENTITY, {"id_number": "1"}, ["name"], purpose="x"))
+        stub.Query(lookup(), timeout=20)
+    fails(grpc.StatusCode.PERMISSION_DENIED, stub.Query, lookup("1", purpose="x"))
     hub.hub.audit.flush()
     return world
 

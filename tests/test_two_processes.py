@@ -18,7 +18,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy import create_engine, text
 
 from audit.export import export_lines
 from audit.note import Verifier
@@ -28,13 +27,12 @@ from exchange import models as m
 from exchange import wire as w
 from exchange.cli.client import HubClient
 from exchange.config import Settings
-from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import exchange_pb2_grpc, rights_pb2_grpc
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
 from exchange.validation import uscc_check_character
-from tests.exchange_world import make_world, query
+from tests.exchange_world import lookup, make_world, serve_lookup
 from tests.harness import POLICE, RunningHub, base_settings, identity_spec, running_hub
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -198,22 +196,10 @@ def test_both_hubs_append_to_one_gap_free_log(two_hubs: tuple[RunningHub, str]) 
 def test_exchanges_spread_over_two_hubs_and_one_killed(tmp_path: Path, postgres_url: str) -> None:
     """Scale-out: exchanges over two processes; a grant suspended through one is refused by the other at once;
     one is killed mid-load and the other serves on; the audit log stays one verifiable sequence."""
-    frontend = f"sqlite:///{tmp_path / 'ga-qzk.db'}"
-    engine = create_engine(frontend)
-    with engine.begin() as db:
-        db.execute(text("CREATE TABLE rk (name TEXT, id_number TEXT)"))
-        db.execute(text("INSERT INTO rk VALUES ('张三', '350203198001012345')"))
-    engine.dispose()
-    items = (
-        m.DataItem("name", "姓名", m.FieldType.STRING),
-        m.DataItem("id_number", "公民身份号码", m.FieldType.STRING, filterable=True),
-    )
     with running_hub(base_settings(tmp_path / "hub", postgres_url)) as a:
         world = make_world(a)
-        world.publish("police", identity_spec(IDENTITY, data_items=items))
-        world.bind("police", cpb.Binding(resource_code=IDENTITY, sql=cpb.SqlBackend(url=frontend, table="rk")))
-        grant = world.grant(IDENTITY, ("name", "id_number"), "police", quota=1_000_000, rate=10_000)
-        ask = query(IDENTITY, {"id_number": "350203198001012345"}, ["name"])
+        grant = serve_lookup(world, tmp_path, quota=1_000_000, rate=10_000)
+        ask = lookup()
         with _hub_b(a, postgres_url, tmp_path / "b.log") as (b_address, b):
             on_b = replace(a.settings, hub_address=b_address)
             stub_b = exchange_pb2_grpc.ExchangeServiceStub(HubClient(on_b, world.consumer_system).channel)
