@@ -35,10 +35,11 @@ from exchange.services.audit import AuditReadService
 from exchange.services.cache import Cache
 from exchange.services.catalog import CatalogService
 from exchange.services.exchange import BackendPool, ExchangeService
-from exchange.services.registry import CertificateAuthority, Holder, RegistryService
+from exchange.services.registry import CertificateAuthority, RegistryService
 from exchange.services.rights import RightsService
 from exchange.store import Store
 from exchange.store.changes import ChangeListener
+from exchange.store.registry import Holder
 from exchange.v1 import (
     audit_pb2,
     audit_pb2_grpc,

@@ -26,6 +26,7 @@ from exchange.services.auditing import change_record
 from exchange.services.cache import Cache
 from exchange.store import Store
 from exchange.store.audit import staging
+from exchange.store.registry import Holder, holder_at
 from policy import HUB_WIDE, Action, RightsPolicy, assignments_of, require_compatible_roles
 
 MAX_CERTIFICATE_DAYS = 825
@@ -49,9 +50,6 @@ class CertificateAuthority:
             not_after=cert.not_valid_after_utc,
             pem=pki.cert_pem(cert).decode(),
         )
-
-
-Holder = tuple[Principal, dt.datetime, dt.datetime]
 
 
 class RegistryService:
@@ -197,7 +195,6 @@ class RegistryService:
 
     def authenticate(self, fingerprint: str) -> Principal | None:
         """The holder of a registered, unrevoked certificate within its validity period (cached until a change)."""
-        found = self._holders.get(fingerprint, self._store.registry.certificate_holder)
-        if found is None or not found[1] <= dt.datetime.now(dt.UTC) <= found[2]:
-            return None
-        return found[0]
+        return holder_at(
+            self._holders.get(fingerprint, self._store.registry.certificate_holder), dt.datetime.now(dt.UTC)
+        )

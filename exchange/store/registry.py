@@ -233,10 +233,7 @@ class RegistryStore:
 
     def principal_for_certificate(self, fingerprint: str, at: dt.datetime) -> Principal | None:
         """The principal a presented certificate belongs to, if it is registered, valid and not revoked."""
-        found = self.certificate_holder(fingerprint)
-        if found is None or not found[1] <= at <= found[2]:
-            return None
-        return found[0]
+        return holder_at(self.certificate_holder(fingerprint), at)
 
     def certificate_expiries(self) -> list[tuple[str, dt.datetime]]:
         """The latest expiry of each principal's unrevoked certificates ("system/<code>" or "person/<name>")."""
@@ -248,7 +245,7 @@ class RegistryStore:
             ).all()
             return [(f"{kind}/{code}", not_after) for kind, code, not_after in rows]
 
-    def certificate_holder(self, fingerprint: str) -> tuple[Principal, dt.datetime, dt.datetime] | None:
+    def certificate_holder(self, fingerprint: str) -> Holder | None:
         """The principal of an unrevoked registered certificate, with the certificate's validity period."""
         with self._db.read() as s:
             cert = s.scalar(select(CertificateRow).where(CertificateRow.fingerprint_sha256 == fingerprint))
@@ -261,6 +258,17 @@ class RegistryStore:
                 return None
             holder = Principal(found.ref, found.display_name, found.department_code, found.roles, fingerprint)
             return holder, cert.not_before, cert.not_after
+
+
+# A certificate's holder, and the certificate's validity period.
+Holder = tuple[Principal, dt.datetime, dt.datetime]
+
+
+def holder_at(found: Holder | None, at: dt.datetime) -> Principal | None:
+    """The holder, if the certificate is valid at ``at``."""
+    if found is None or not found[1] <= at <= found[2]:
+        return None
+    return found[0]
 
 
 def _principal(s: Session, ref: PrincipalRef) -> Principal:
