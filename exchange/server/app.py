@@ -23,8 +23,8 @@ from audit.log import AuditLog
 from audit.note import NoteError, Signer, Verifier
 from exchange import pki
 from exchange.config import Settings
-from exchange.errors import ConfigError, ExchangeError, FieldViolation, NotFound
-from exchange.models import BackendKind, Binding, PrincipalKind, PrincipalRef, Resource
+from exchange.errors import ConfigError, ExchangeError, FieldViolation
+from exchange.models import Binding, PrincipalKind, PrincipalRef, Resource
 from exchange.server.audit import AuditServicer
 from exchange.server.catalog import CatalogServicer
 from exchange.server.exchange import ExchangeServicer
@@ -151,22 +151,12 @@ class Hub:
             self.entries.clear()
 
     def _check_binding(self, binding: Binding, department_code: str) -> list[FieldViolation]:
-        """A binding's problems, for the owning department: its documents, its own provider system."""
+        """A binding's problems, for the owning department: file roots are its own directories."""
         own = replace(
             self.backend_context,
             document_roots=tuple(root / department_code for root in self.backend_context.document_roots),
         )
-        out = factory.check(binding, own)
-        system_code = binding.options.get("system_code")
-        if binding.kind is BackendKind.GRPC and isinstance(system_code, str) and system_code:
-            try:
-                system = self.store.registry.get_system(system_code)
-            except NotFound:
-                out.append(FieldViolation("binding.system_code", f"no system {system_code[:40]!r} is registered"))
-            else:
-                if system.department_code != department_code:
-                    out.append(FieldViolation("binding.system_code", "names a system of another department"))
-        return out
+        return factory.check(binding, own)
 
     def _build_server(self) -> grpc.aio.Server:
         """The gRPC server with every service; made inside the running event loop, which it binds to."""

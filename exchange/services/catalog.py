@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from exchange import validation
 from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from exchange.models import (
+    BackendKind,
     Binding,
     Page,
     Principal,
@@ -70,7 +71,10 @@ class CatalogService:
             self._policy.require(actor, Action.WRITE_CATALOG, current.spec.department_code, "bind this entry")
             if current.status is ResourceStatus.RETIRED:
                 raise FailedPrecondition(f"resource {current.spec.code!r} is retired", current.spec.code)
-            validation.raise_if(self._check_binding(binding, current.spec.department_code))
+            department = current.spec.department_code
+            validation.raise_if(
+                [*self._check_binding(binding, department), *self._provider_problems(binding, department)]
+            )
 
         code = binding.resource_code
         record = change_record(
@@ -78,6 +82,19 @@ class CatalogService:
         )
         with staging(record):
             return redacted(self._store.catalog.set_binding(binding, actor.ref, may_bind))
+
+    def _provider_problems(self, binding: Binding, department: str) -> list[FieldViolation]:
+        """A gRPC provider must be a registered system of the owning department: no one answers for another."""
+        code = binding.options.get("system_code")
+        if binding.kind is not BackendKind.GRPC or not isinstance(code, str) or not code:
+            return []
+        try:
+            system = self._store.registry.get_system(code)
+        except NotFound:
+            return [FieldViolation("binding.system_code", f"no system {code[:40]!r} is registered")]
+        if system.department_code != department:
+            return [FieldViolation("binding.system_code", "names a system of another department")]
+        return []
 
     def get_binding(self, actor: Principal, code: str) -> Binding:
         validation.validate_key("resource_code", code, "resource")
