@@ -229,8 +229,13 @@ def key_files(home: Path) -> dict[str, tuple[Path, bool]]:
         (f.audit_key, True),
         (f.audit_verifier, False),
         (f.audit_subject_key, True),
+        (f.trust_bundle, False),
     )
     return {path.relative_to(home).as_posix(): (path, private) for path, private in files}
+
+
+# Key files a hub may lack: the trust bundle exists only once the CA has been rotated.
+OPTIONAL_KEY_FILES = frozenset({"ca/trust.pem"})
 
 
 def _dump_table(session: Session, table: Table, out: Path) -> TablePart:
@@ -266,6 +271,8 @@ def _read_keys(home: Path) -> dict[str, bytes]:
         try:
             out[name] = path.read_bytes()
         except FileNotFoundError:
+            if name in OPTIONAL_KEY_FILES:
+                continue
             raise FailedPrecondition(f"{path} is missing: a backup with keys needs all the hub's key files") from None
     return out
 
@@ -389,7 +396,7 @@ def read_manifest(archive: Archive, verifier: Verifier, key_label: str) -> Manif
     except NoteError as e:
         raise InvalidArgument(f"the archive's signature does not verify with {key_label}: {e}") from None
     _check_tables(manifest)
-    unknown = sorted({k.path for k in manifest.keys} ^ set(key_files(Path())))
+    unknown = sorted(({k.path for k in manifest.keys} ^ set(key_files(Path()))) - OPTIONAL_KEY_FILES)
     if manifest.keys and unknown:
         raise InvalidArgument(f"the archive's key files are not the hub's: {', '.join(unknown)}")
     return manifest

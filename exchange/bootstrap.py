@@ -32,7 +32,7 @@ class OperatorSeed:
 
 def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
     """Creates the hub's keys and schema and its first operator; returns the operator's identity files."""
-    files = pki.HubFiles(settings.home)
+    files = pki.HubFiles(settings.home, settings.ca_key_file)
     if files.ca_key.exists():
         raise FailedPrecondition(f"the hub at {settings.home} is already initialized ({files.ca_key} exists)")
     validation.validate_department(seed.department)

@@ -36,6 +36,9 @@ class Settings:
     insecure_dev: bool = False
     # Largest request or response message, in bytes.
     max_message_bytes: int = 4 * 1024 * 1024
+    # The CA's private key, if kept apart from `home` (e.g. a volume only the hub's user can read);
+    # empty: `home`/ca/ca.key. The hub refuses to start if others can read it.
+    ca_key_file: Path | None = None
     # Validity of client certificates the hub issues, in days.
     certificate_days: int = 365
     # Holidays and make-up working days for the 10-working-day rule; empty: the bundled mainland calendar.

@@ -148,6 +148,10 @@ class CertificateRecord:
     pem: str
     revoked_at: datetime | None = None
     revoke_reason: str = ""
+    # The holder's certificate this one renewed; revoking that one revokes this one too.
+    renewed_from: str = ""
+    # The CA certificate that signed it (filled in when shown; not stored).
+    issuer_fingerprint: str = ""
 
 
 @dataclass(frozen=True)

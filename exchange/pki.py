@@ -172,6 +172,25 @@ def sign_csr(
     )
 
 
+def _spki(key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey | object) -> bytes:
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        return b""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def csr_public_key_der(csr_pem: str) -> bytes:
+    """The DER public key of a CSR ("" when it cannot be read; ``sign_csr`` gives the precise error)."""
+    try:
+        return _spki(x509.load_pem_x509_csr(csr_pem.encode()).public_key())
+    except (ValueError, UnicodeError):
+        return b""
+
+
+def public_key_der_of(cert_pem_text: str) -> bytes:
+    """The DER public key of a PEM certificate."""
+    return _spki(x509.load_pem_x509_certificate(cert_pem_text.encode()).public_key())
+
+
 def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
@@ -228,6 +247,57 @@ def write_public(path: Path, data: bytes) -> None:
     os.chmod(path, 0o644)
 
 
+def replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Replaces a file atomically (a new file, synced, renamed over the old): a reader sees old or new, never half."""
+    _private_directory(path.parent)
+    staged = path.with_name(f".{path.name}.new")
+    staged.unlink(missing_ok=True)
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(staged, path)
+
+
+def check_private(path: Path) -> None:
+    """Refuses a private key file that others could read or change, or that is a link."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise FailedPrecondition(f"{path} is missing") from None
+    if not os.path.isfile(path) or os.path.islink(path):
+        raise FailedPrecondition(f"{path} must be a regular file, not a link")
+    if info.st_mode & 0o077:
+        raise FailedPrecondition(
+            f"{path} is readable or writable by others (mode {info.st_mode & 0o777:o}); run: chmod 600 {path}"
+        )
+    if info.st_uid != os.geteuid():
+        raise FailedPrecondition(f"{path} belongs to another user (uid {info.st_uid}); the hub's user must own it")
+
+
+def split_pems(bundle: bytes) -> list[x509.Certificate]:
+    """The certificates of a PEM bundle, in order."""
+    return x509.load_pem_x509_certificates(bundle) if bundle.strip() else []
+
+
+def bundle_pem(certs: list[x509.Certificate]) -> bytes:
+    return b"".join(cert_pem(c) for c in certs)
+
+
+def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``cert`` (name and signature both)."""
+    if cert.issuer != ca.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class IdentityFiles:
     """A caller's identity directory: its key, its certificate and the hub's CA certificate."""
@@ -254,17 +324,36 @@ class IdentityFiles:
 
 @dataclass(frozen=True)
 class HubFiles:
-    """Where the hub keeps its CA and server credentials under its home directory."""
+    """Where the hub keeps its CA and server credentials under its home directory.
+
+    The CA key may live elsewhere (``ca_key_file``), e.g. on a volume only the
+    hub's user can read, apart from the rest of the home.
+    """
 
     home: Path
+    ca_key_file: Path | None = None
 
     @property
     def ca_key(self) -> Path:
-        return self.home / "ca" / "ca.key"
+        return self.ca_key_file or self.home / "ca" / "ca.key"
 
     @property
     def ca_cert(self) -> Path:
+        """The CA certificate that signs new certificates."""
         return self.home / "ca" / "ca.pem"
+
+    @property
+    def trust_bundle(self) -> Path:
+        """Every CA certificate the hub trusts: the signing one first, then older ones until they are retired."""
+        return self.home / "ca" / "trust.pem"
+
+    def trusted_pem(self) -> bytes:
+        """The trust bundle; a hub whose CA was never rotated trusts its one CA."""
+        return self.trust_bundle.read_bytes() if self.trust_bundle.exists() else self.ca_cert.read_bytes()
+
+    def retired_key(self, ca_fingerprint: str) -> Path:
+        """Where a rotated-out CA key waits until its CA is retired (then it is deleted)."""
+        return self.ca_key.with_name(f"{self.ca_key.name}.{ca_fingerprint[:16]}.previous")
 
     @property
     def server_key(self) -> Path:

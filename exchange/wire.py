@@ -166,6 +166,8 @@ def certificate_to_wire(c: m.CertificateRecord) -> rpb.Certificate:
         pem=c.pem,
         revoke_time=timestamp(c.revoked_at),
         revoke_reason=c.revoke_reason,
+        renewed_from_sha256=c.renewed_from,
+        issuer_fingerprint_sha256=c.issuer_fingerprint,
     )
 
 

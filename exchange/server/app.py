@@ -27,6 +27,7 @@ from exchange.errors import ConfigError, ExchangeError, FieldViolation
 from exchange.models import Binding, PrincipalKind, PrincipalRef, Resource
 from exchange.server.audit import AuditServicer
 from exchange.server.catalog import CatalogServicer
+from exchange.server.credentials import TlsFiles
 from exchange.server.exchange import ExchangeServicer
 from exchange.server.metrics import HubMetrics, MetricsServer
 from exchange.server.registry import RegistryServicer
@@ -70,20 +71,18 @@ SERVICES = (
 class ServerCredentials:
     ca: CertificateAuthority
     tls: grpc.ServerCredentials
-    # The hub's own key and certificate, which it also presents to providers, and the CA's certificate.
+    # The hub's own key and certificate, which it also presents to providers, and the trust bundle.
+    # Read at start: providers see a renewed server certificate after the hub restarts.
     client: factory.ClientTls
+    files: TlsFiles
 
 
 def load_credentials(settings: Settings) -> ServerCredentials:
-    """The CA (to sign CSRs) and the mutual-TLS credentials, from the hub's home."""
-    files = pki.HubFiles(settings.home)
-    for path in (files.ca_key, files.ca_cert, files.server_key, files.server_cert):
-        if not path.exists():
-            raise ConfigError(f"{path} is missing: run `exchange init` first (home is {settings.home})")
-    ca = CertificateAuthority(pki.load_key(files.ca_key), pki.load_cert(files.ca_cert))
-    key, cert, ca_pem = files.server_key.read_bytes(), files.server_cert.read_bytes(), files.ca_cert.read_bytes()
-    tls = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca_pem, require_client_auth=True)
-    return ServerCredentials(ca, tls, factory.ClientTls(key, cert, ca_pem))
+    """The CA (to sign CSRs) and the mutual-TLS credentials, from the hub's home; both follow their files."""
+    files = TlsFiles(pki.HubFiles(settings.home, settings.ca_key_file))
+    authority = CertificateAuthority.following(files.current_authority, files.trust_pem)
+    key, cert, trust = files.server.value
+    return ServerCredentials(authority, files.credentials(), factory.ClientTls(key, cert, trust), files)
 
 
 def _load_signer(settings: Settings) -> Signer:

@@ -103,6 +103,19 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         )
         return c.certificate_to_wire(record)
 
+    @unary
+    def RenewCertificate(self, request: pb.RenewCertificateRequest, actor: Principal) -> pb.RenewCertificateResponse:
+        record = self.service.renew_certificate(actor, request.csr_pem, request.validity_days)
+        return pb.RenewCertificateResponse(certificate=c.certificate_to_wire(record), trust_bundle=self._bundle())
+
+    @unary
+    def GetTrustBundle(self, request: pb.GetTrustBundleRequest, actor: Principal) -> pb.TrustBundle:
+        return self._bundle()
+
+    def _bundle(self) -> pb.TrustBundle:
+        pem, signing = self.service.trust_bundle()
+        return pb.TrustBundle(pem=pem, signing_fingerprint_sha256=signing)
+
     def _change_role(self, request: pb.ChangeRoleRequest, actor: Principal, add: bool) -> pb.Person:
         out: list[FieldViolation] = []
         role = c.ROLE.checked(request.role, "role", out)

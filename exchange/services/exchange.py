@@ -56,6 +56,8 @@ T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 DEFAULT_BATCH_SIZE = 500
+# How often a stream or document asks again whether the caller's certificate still holds, in seconds.
+RECHECK_SECONDS = 1.0
 MAX_BATCH_SIZE = 5000
 MAX_FILTERS = 16
 MAX_FILTER_TEXT = 256
@@ -382,6 +384,7 @@ class ExchangeService:
             step = partial(_next_rows, rows, plan, digest, counted)
         first = True
         ending = _Ending(plan)
+        step = partial(_still_held, _Recheck(identify), step)
         try:
             with ending:
                 while (part := await asyncio.to_thread(step)) is not None:
@@ -418,7 +421,8 @@ class ExchangeService:
                 # The file name stays out of the record: it may carry a data subject's identifier.
                 await self._append(plan.record)
                 yield Chunk(exchange_id, document=document)
-                while (data := await asyncio.to_thread(next, document.chunks, None)) is not None:
+                read = partial(_still_held, _Recheck(identify), partial(next, document.chunks, None))
+                while (data := await asyncio.to_thread(read)) is not None:
                     digest.update(data)
                     counted.size += len(data)
                     yield Chunk(exchange_id, data=data)
@@ -601,6 +605,29 @@ class _Ending:
         elif isinstance(error, Exception):
             self.outcome = _unexpected(self._plan, error)
             raise self.outcome from None
+
+
+class _Recheck:
+    """Asks again, at most every RECHECK_SECONDS, whether the caller's certificate still holds.
+
+    A certificate revoked (or expired) during a long stream stops it at the next
+    batch: the closing record says why, as for any other failure.
+    """
+
+    def __init__(self, identify: Identify) -> None:
+        self._identify = identify
+        self._due = time.monotonic() + RECHECK_SECONDS
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now >= self._due:
+            self._due = now + RECHECK_SECONDS
+            self._identify()  # raises Unauthenticated once the certificate no longer holds
+
+
+def _still_held(recheck: _Recheck, step: Callable[[], T]) -> T:
+    recheck()
+    return step()
 
 
 @dataclass

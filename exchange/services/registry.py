@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
+from dataclasses import replace
 
 from cryptography import x509
 
-from exchange import pki, validation
-from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, PermissionDenied
+from exchange import ca, pki, validation
+from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from exchange.models import (
     AdministrativeLevel,
     CertificateRecord,
@@ -30,18 +32,30 @@ from exchange.store.registry import Holder, holder_at
 from policy import HUB_WIDE, Action, RightsPolicy, assignments_of, require_compatible_roles
 
 MAX_CERTIFICATE_DAYS = 825
+# Unrevoked, unexpired certificates one principal may hold: enough for a renewal overlap and a
+# few hosts of one system, few enough that a stolen key cannot mint itself a stock of successors.
+MAX_LIVE_CERTIFICATES = 5
 FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
 
 class CertificateAuthority:
-    """The hub's CA key and certificate, held in memory by the server to sign CSRs."""
+    """The hub's signing CA and trust bundle; the server's follow their files (rotation needs no restart)."""
 
-    def __init__(self, key: pki.PrivateKey, cert: x509.Certificate) -> None:
-        self.key = key
-        self.cert = cert
+    def __init__(self, key: pki.PrivateKey, cert: x509.Certificate, trust_pem: bytes | None = None) -> None:
+        fixed, bundle = ca.Authority(key, cert), trust_pem or pki.cert_pem(cert)
+        self._current: Callable[[], ca.Authority] = lambda: fixed
+        self._trust: Callable[[], bytes] = lambda: bundle
 
-    def issue(self, csr_pem: str, ref: PrincipalRef, days: int) -> CertificateRecord:
-        cert = pki.sign_csr(self.key, self.cert, csr_pem, ref, days)
+    @classmethod
+    def following(cls, current: Callable[[], ca.Authority], trust: Callable[[], bytes]) -> CertificateAuthority:
+        """A CA read through callables, e.g. from files that may be rotated while the hub runs."""
+        authority = cls.__new__(cls)
+        authority._current, authority._trust = current, trust
+        return authority
+
+    def issue(self, csr_pem: str, ref: PrincipalRef, days: int, renewed_from: str = "") -> CertificateRecord:
+        signing = self._current()
+        cert = pki.sign_csr(signing.key, signing.cert, csr_pem, ref, days)
         return CertificateRecord(
             serial_number=format(cert.serial_number, "x"),
             fingerprint_sha256=pki.fingerprint(cert),
@@ -49,6 +63,27 @@ class CertificateAuthority:
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
             pem=pki.cert_pem(cert).decode(),
+            renewed_from=renewed_from,
+            issuer_fingerprint=pki.fingerprint(signing.cert),
+        )
+
+    def trust_bundle(self) -> tuple[str, str]:
+        """(the trusted CA certificates as PEM, the signing CA's fingerprint)."""
+        return self._trust().decode(), pki.fingerprint(self._current().cert)
+
+    def with_issuer(self, record: CertificateRecord) -> CertificateRecord:
+        """The record with the fingerprint of the trusted CA that signed it ("" if none trusted now does)."""
+        cert = x509.load_pem_x509_certificate(record.pem.encode())
+        for candidate in pki.split_pems(self._trust()):
+            if pki.issued_by(cert, candidate):
+                return replace(record, issuer_fingerprint=pki.fingerprint(candidate))
+        return record
+
+
+def _check_days(days: int) -> None:
+    if days < 0 or days > MAX_CERTIFICATE_DAYS:
+        raise InvalidArgument.of(
+            [FieldViolation("validity_days", f"must be between 1 and {MAX_CERTIFICATE_DAYS} (0: the default)")]
         )
 
 
@@ -158,18 +193,49 @@ class RegistryService:
         return self._store.registry.list_people(page, department_code or None, role)
 
     def issue_certificate(self, actor: Principal, ref: PrincipalRef, csr_pem: str, days: int) -> CertificateRecord:
-        if days < 0 or days > MAX_CERTIFICATE_DAYS:
-            raise InvalidArgument.of(
-                [FieldViolation("validity_days", f"must be between 1 and {MAX_CERTIFICATE_DAYS} (0: the default)")]
-            )
+        _check_days(days)
         self._policy.require(actor, Action.ISSUE_CERTIFICATE, HUB_WIDE, "issue certificates")
         validation.validate_key("principal.code", ref.code, ref.kind.value)
         self._store.registry.principal(ref)
+        self._require_room(ref)
         record = self._ca.issue(csr_pem, ref, days or self._default_days)
         with staging(
             change_record(actor, "registry", "issue_certificate", subject=str(ref), reason=record.fingerprint_sha256)
         ):
-            return self._store.registry.add_certificate(record)
+            return self._shown(self._store.registry.add_certificate(record))
+
+    def renew_certificate(self, actor: Principal, csr_pem: str, days: int) -> CertificateRecord:
+        """A new certificate for the caller itself, over a new key; the current one stays until it expires."""
+        _check_days(days)
+        if not actor.certificate_fingerprint:
+            raise FailedPrecondition("renewal needs the caller's current client certificate (not development mode)")
+        current = self._store.registry.get_certificate(actor.certificate_fingerprint)
+        if pki.csr_public_key_der(csr_pem) == pki.public_key_der_of(current.pem):
+            raise InvalidArgument.of(
+                [FieldViolation("csr_pem", "is over the current key; renew with a newly generated key pair")]
+            )
+        self._require_room(actor.ref)
+        record = self._ca.issue(csr_pem, actor.ref, days or self._default_days, renewed_from=current.fingerprint_sha256)
+        with staging(
+            change_record(
+                actor, "registry", "renew_certificate", subject=str(actor.ref), reason=record.fingerprint_sha256
+            )
+        ):
+            return self._shown(self._store.registry.add_certificate(record))
+
+    def trust_bundle(self) -> tuple[str, str]:
+        return self._ca.trust_bundle()
+
+    def _require_room(self, ref: PrincipalRef) -> None:
+        if self._store.registry.live_certificates(ref, dt.datetime.now(dt.UTC)) >= MAX_LIVE_CERTIFICATES:
+            raise FailedPrecondition(
+                f"{ref} already holds {MAX_LIVE_CERTIFICATES} valid certificates; revoke one it no longer uses first",
+                str(ref),
+                kind="TOO_MANY_CERTIFICATES",
+            )
+
+    def _shown(self, record: CertificateRecord) -> CertificateRecord:
+        return self._ca.with_issuer(record)
 
     def list_certificates(
         self, actor: Principal, size: int, token: str, principal: PrincipalRef | None
@@ -177,18 +243,24 @@ class RegistryService:
         if principal is not None:
             validation.validate_key("principal.code", principal.code, principal.kind.value)
         page = page_request(size, token, {"principal": str(principal) if principal else ""})
-        return self._store.registry.list_certificates(page, principal)
+        found = self._store.registry.list_certificates(page, principal)
+        return replace(found, items=[self._shown(r) for r in found.items])
 
     def revoke_certificate(self, actor: Principal, fingerprint: str, reason: str) -> CertificateRecord:
         out: list[FieldViolation] = []
         validation.check_pattern(out, "fingerprint_sha256", fingerprint, FINGERPRINT, "a hex SHA-256 fingerprint")
         validation.check_text(out, "reason", reason, required=True, limit=validation.MAX_TEXT)
         validation.raise_if(out)
-        self._policy.require(actor, Action.REVOKE_CERTIFICATE, HUB_WIDE, "revoke certificates")
+        try:
+            owner: PrincipalRef | None = self._store.registry.get_certificate(fingerprint).principal
+        except NotFound:
+            owner = None
+        if owner != actor.ref:  # a holder may revoke its own other certificates
+            self._policy.require(actor, Action.REVOKE_CERTIFICATE, HUB_WIDE, "revoke certificates")
         if fingerprint == actor.certificate_fingerprint:
             raise FailedPrecondition("this is the certificate you are calling with; revoke it from another identity")
         with staging(change_record(actor, "registry", "revoke_certificate", subject=fingerprint, reason=reason)):
-            return self._store.registry.revoke_certificate(fingerprint, reason, dt.datetime.now(dt.UTC))
+            return self._shown(self._store.registry.revoke_certificate(fingerprint, reason, dt.datetime.now(dt.UTC)))
 
     def principal(self, ref: PrincipalRef) -> Principal:
         return self._store.registry.principal(ref)

@@ -62,6 +62,7 @@ def _certificate_of(row: CertificateRow) -> CertificateRecord:
         pem=row.pem,
         revoked_at=row.revoked_at,
         revoke_reason=row.revoke_reason,
+        renewed_from=row.renewed_from or "",
     )
 
 
@@ -196,17 +197,47 @@ class RegistryStore:
                 )
             return fetch_page(s, stmt, CertificateRow.fingerprint_sha256, page, convert=_certificate_of)
 
+    def get_certificate(self, fingerprint: str) -> CertificateRecord:
+        with self._db.read() as s:
+            row = s.scalar(select(CertificateRow).where(CertificateRow.fingerprint_sha256 == fingerprint))
+            if row is None:
+                raise NotFound("certificate", fingerprint)
+            return _certificate_of(row)
+
+    def live_certificates(self, ref: PrincipalRef, at: dt.datetime) -> int:
+        """How many unrevoked, unexpired certificates a principal holds."""
+        with self._db.read() as s:
+            found = s.scalar(
+                select(func.count())
+                .select_from(CertificateRow)
+                .where(
+                    CertificateRow.principal_kind == ref.kind.value,
+                    CertificateRow.principal_code == ref.code,
+                    CertificateRow.revoked_at.is_(None),
+                    CertificateRow.not_after > at,
+                )
+            )
+            return int(found or 0)
+
     def revoke_certificate(self, fingerprint: str, reason: str, at: dt.datetime) -> CertificateRecord:
+        """Revokes a certificate and every unrevoked one renewed from it, in one transaction."""
         with self._db.write() as s:
             row = s.scalar(select(CertificateRow).where(CertificateRow.fingerprint_sha256 == fingerprint))
             if row is None:
                 raise NotFound("certificate", fingerprint)
             if row.revoked_at is not None:
                 raise FailedPrecondition(f"certificate {fingerprint[:16]}… was already revoked", fingerprint)
-            row.revoked_at = at
-            row.revoke_reason = reason
+            rows, parents = [row], [fingerprint]
+            while parents:  # a key that was stolen may have renewed itself: its successors go with it
+                children = list(s.scalars(select(CertificateRow).where(CertificateRow.renewed_from.in_(parents))))
+                rows += [c for c in children if c.revoked_at is None]
+                parents = [c.fingerprint_sha256 for c in children]
+            for each in rows:
+                each.revoked_at = at
+                each.revoke_reason = reason if each is row else f"{reason} (renewed from {fingerprint[:16]}…)"
             s.flush()
-            announce(s, certificate_changed(fingerprint))
+            for each in rows:
+                announce(s, certificate_changed(each.fingerprint_sha256))
             return _certificate_of(row)
 
     def roles_of(self, ref: PrincipalRef) -> tuple[PrincipalRef, str, frozenset[Role]]:
@@ -329,6 +360,7 @@ def _add_certificate(s: Session, record: CertificateRecord) -> CertificateRecord
         not_after=record.not_after,
         pem=record.pem,
         created_at=_now(),
+        renewed_from=record.renewed_from or None,
     )
     s.add(row)
     s.flush()

@@ -124,6 +124,7 @@ class CertificateRow(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     revoke_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    renewed_from: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class ResourceRow(Base):

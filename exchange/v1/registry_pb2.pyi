@@ -263,6 +263,8 @@ class Certificate(_message.Message):
     PEM_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
     REVOKE_REASON_FIELD_NUMBER: _builtins.int
+    RENEWED_FROM_SHA256_FIELD_NUMBER: _builtins.int
+    ISSUER_FINGERPRINT_SHA256_FIELD_NUMBER: _builtins.int
     serial_number: _builtins.str
     """Hex serial number."""
     fingerprint_sha256: _builtins.str
@@ -270,6 +272,12 @@ class Certificate(_message.Message):
     pem: _builtins.str
     """PEM of the certificate (public; the private key never reaches the hub)."""
     revoke_reason: _builtins.str
+    renewed_from_sha256: _builtins.str
+    """The certificate this one renewed (its holder's previous one), if any.
+    Revoking a certificate revokes the ones renewed from it too.
+    """
+    issuer_fingerprint_sha256: _builtins.str
+    """Hex SHA-256 fingerprint of the CA certificate that signed it."""
     @_builtins.property
     def principal(self) -> Global___PrincipalRef: ...
     @_builtins.property
@@ -291,10 +299,12 @@ class Certificate(_message.Message):
         pem: _builtins.str = ...,
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
         revoke_reason: _builtins.str = ...,
+        renewed_from_sha256: _builtins.str = ...,
+        issuer_fingerprint_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before", "principal", b"principal", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint_sha256", b"fingerprint_sha256", "not_after", b"not_after", "not_before", b"not_before", "pem", b"pem", "principal", b"principal", "revoke_reason", b"revoke_reason", "revoke_time", b"revoke_time", "serial_number", b"serial_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint_sha256", b"fingerprint_sha256", "issuer_fingerprint_sha256", b"issuer_fingerprint_sha256", "not_after", b"not_after", "not_before", b"not_before", "pem", b"pem", "principal", b"principal", "renewed_from_sha256", b"renewed_from_sha256", "revoke_reason", b"revoke_reason", "revoke_time", b"revoke_time", "serial_number", b"serial_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -722,6 +732,93 @@ class RevokeCertificateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeCertificateRequest: _TypeAlias = RevokeCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RenewCertificateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    VALIDITY_DAYS_FIELD_NUMBER: _builtins.int
+    csr_pem: _builtins.str
+    """PEM PKCS#10 request over a NEW key pair (the current key is refused)."""
+    validity_days: _builtins.int
+    """Validity in days: 1 to 825; 0 means the hub's default."""
+    def __init__(
+        self,
+        *,
+        csr_pem: _builtins.str = ...,
+        validity_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "validity_days", b"validity_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewCertificateRequest: _TypeAlias = RenewCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RenewCertificateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    TRUST_BUNDLE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def certificate(self) -> Global___Certificate: ...
+    @_builtins.property
+    def trust_bundle(self) -> Global___TrustBundle: ...
+    def __init__(
+        self,
+        *,
+        certificate: Global___Certificate | None = ...,
+        trust_bundle: Global___TrustBundle | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "trust_bundle", b"trust_bundle"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "trust_bundle", b"trust_bundle"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewCertificateResponse: _TypeAlias = RenewCertificateResponse  # noqa: Y015
+
+@_typing.final
+class GetTrustBundleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrustBundleRequest: _TypeAlias = GetTrustBundleRequest  # noqa: Y015
+
+@_typing.final
+class TrustBundle(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEM_FIELD_NUMBER: _builtins.int
+    SIGNING_FINGERPRINT_SHA256_FIELD_NUMBER: _builtins.int
+    pem: _builtins.str
+    """Concatenated PEM CA certificates, the one that signs new certificates first."""
+    signing_fingerprint_sha256: _builtins.str
+    """Hex SHA-256 fingerprint of the CA that signs new certificates."""
+    def __init__(
+        self,
+        *,
+        pem: _builtins.str = ...,
+        signing_fingerprint_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pem", b"pem", "signing_fingerprint_sha256", b"signing_fingerprint_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrustBundle: _TypeAlias = TrustBundle  # noqa: Y015
 
 @_typing.final
 class ChangeRoleRequest(_message.Message):

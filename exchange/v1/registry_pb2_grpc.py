@@ -109,6 +109,16 @@ class RegistryServiceStub:
                 request_serializer=exchange_dot_v1_dot_registry__pb2.RevokeCertificateRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_registry__pb2.Certificate.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/exchange.v1.RegistryService/RenewCertificate',
+                request_serializer=exchange_dot_v1_dot_registry__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_registry__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
+        self.GetTrustBundle = channel.unary_unary(
+                '/exchange.v1.RegistryService/GetTrustBundle',
+                request_serializer=exchange_dot_v1_dot_registry__pb2.GetTrustBundleRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_registry__pb2.TrustBundle.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -205,8 +215,27 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeCertificate(self, request, context):
-        """Revokes a certificate (operator). Takes effect on the holder's next call,
-        on open connections too.
+        """Revokes a certificate (operator; or its own holder, for a certificate
+        other than the one calling). Takes effect on the holder's next call, on
+        open connections and streams too. Certificates renewed from it are
+        revoked with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewCertificate(self, request, context):
+        """Renews the caller's own certificate over a new key before it expires.
+        The new certificate names the same principal and records which one it
+        renewed; the current one stays valid until it expires or is revoked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrustBundle(self, request, context):
+        """The CA certificates the hub trusts now (more than one while its CA is
+        being rotated). Callers and providers keep this as their CA file.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -289,6 +318,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.RevokeCertificate,
                     request_deserializer=exchange_dot_v1_dot_registry__pb2.RevokeCertificateRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_registry__pb2.Certificate.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=exchange_dot_v1_dot_registry__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_registry__pb2.RenewCertificateResponse.SerializeToString,
+            ),
+            'GetTrustBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrustBundle,
+                    request_deserializer=exchange_dot_v1_dot_registry__pb2.GetTrustBundleRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_registry__pb2.TrustBundle.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -696,6 +735,60 @@ class RegistryService:
             '/exchange.v1.RegistryService/RevokeCertificate',
             exchange_dot_v1_dot_registry__pb2.RevokeCertificateRequest.SerializeToString,
             exchange_dot_v1_dot_registry__pb2.Certificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.RegistryService/RenewCertificate',
+            exchange_dot_v1_dot_registry__pb2.RenewCertificateRequest.SerializeToString,
+            exchange_dot_v1_dot_registry__pb2.RenewCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrustBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.RegistryService/GetTrustBundle',
+            exchange_dot_v1_dot_registry__pb2.GetTrustBundleRequest.SerializeToString,
+            exchange_dot_v1_dot_registry__pb2.TrustBundle.FromString,
             options,
             channel_credentials,
             insecure,

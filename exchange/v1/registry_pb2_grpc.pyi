@@ -56,8 +56,19 @@ class RegistryServiceStub:
     """
     ListCertificates: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListCertificatesRequest, _registry_pb2.ListCertificatesResponse]
     RevokeCertificate: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RevokeCertificateRequest, _registry_pb2.Certificate]
-    """Revokes a certificate (operator). Takes effect on the holder's next call,
-    on open connections too.
+    """Revokes a certificate (operator; or its own holder, for a certificate
+    other than the one calling). Takes effect on the holder's next call, on
+    open connections and streams too. Certificates renewed from it are
+    revoked with it.
+    """
+    RenewCertificate: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RenewCertificateRequest, _registry_pb2.RenewCertificateResponse]
+    """Renews the caller's own certificate over a new key before it expires.
+    The new certificate names the same principal and records which one it
+    renewed; the current one stays valid until it expires or is revoked.
+    """
+    GetTrustBundle: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetTrustBundleRequest, _registry_pb2.TrustBundle]
+    """The CA certificates the hub trusts now (more than one while its CA is
+    being rotated). Callers and providers keep this as their CA file.
     """
 
 @_typing.type_check_only
@@ -86,8 +97,19 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """
     ListCertificates: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListCertificatesRequest, _registry_pb2.ListCertificatesResponse]  # type: ignore[assignment]
     RevokeCertificate: _aio.UnaryUnaryMultiCallable[_registry_pb2.RevokeCertificateRequest, _registry_pb2.Certificate]  # type: ignore[assignment]
-    """Revokes a certificate (operator). Takes effect on the holder's next call,
-    on open connections too.
+    """Revokes a certificate (operator; or its own holder, for a certificate
+    other than the one calling). Takes effect on the holder's next call, on
+    open connections and streams too. Certificates renewed from it are
+    revoked with it.
+    """
+    RenewCertificate: _aio.UnaryUnaryMultiCallable[_registry_pb2.RenewCertificateRequest, _registry_pb2.RenewCertificateResponse]  # type: ignore[assignment]
+    """Renews the caller's own certificate over a new key before it expires.
+    The new certificate names the same principal and records which one it
+    renewed; the current one stays valid until it expires or is revoked.
+    """
+    GetTrustBundle: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetTrustBundleRequest, _registry_pb2.TrustBundle]  # type: ignore[assignment]
+    """The CA certificates the hub trusts now (more than one while its CA is
+    being rotated). Callers and providers keep this as their CA file.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -203,8 +225,31 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.RevokeCertificateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Certificate, _abc.Awaitable[_registry_pb2.Certificate]]:
-        """Revokes a certificate (operator). Takes effect on the holder's next call,
-        on open connections too.
+        """Revokes a certificate (operator; or its own holder, for a certificate
+        other than the one calling). Takes effect on the holder's next call, on
+        open connections and streams too. Certificates renewed from it are
+        revoked with it.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewCertificate(
+        self,
+        request: _registry_pb2.RenewCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RenewCertificateResponse, _abc.Awaitable[_registry_pb2.RenewCertificateResponse]]:
+        """Renews the caller's own certificate over a new key before it expires.
+        The new certificate names the same principal and records which one it
+        renewed; the current one stays valid until it expires or is revoked.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrustBundle(
+        self,
+        request: _registry_pb2.GetTrustBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.TrustBundle, _abc.Awaitable[_registry_pb2.TrustBundle]]:
+        """The CA certificates the hub trusts now (more than one while its CA is
+        being rotated). Callers and providers keep this as their CA file.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

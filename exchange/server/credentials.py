@@ -1,0 +1,128 @@
+"""The hub's TLS and CA material, re-read when its files change, so renewal and rotation need no restart.
+
+gRPC asks ``TlsFiles.fetch`` before every new connection's handshake; it
+answers from memory unless a file's (inode, size, mtime) changed, and keeps
+the material it has when the new files do not make a consistent set (a
+rotation half done): the next connection tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from exchange import ca, pki
+from exchange.errors import ConfigError, ExchangeError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Stamp = tuple[tuple[int, int, int], ...]
+
+
+def _stamp(paths: tuple[Path, ...]) -> Stamp:
+    out = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+            out.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        except FileNotFoundError:
+            out.append((0, 0, 0))
+    return tuple(out)
+
+
+class Watched(Generic[T]):
+    """A value loaded from files and loaded again once they change; a failed reload keeps the last good value."""
+
+    def __init__(self, paths: Callable[[], tuple[Path, ...]], load: Callable[[], T], what: str) -> None:
+        self._paths = paths
+        self._load = load
+        self._what = what
+        self._lock = threading.Lock()
+        self._stamp = _stamp(paths())
+        self.value = load()  # the first load's errors are the caller's: the hub does not start
+
+    def refresh(self) -> bool:
+        """Reloads if the files changed; True when a new value was taken."""
+        stamp = _stamp(self._paths())
+        if stamp == self._stamp:
+            return False
+        with self._lock:
+            if stamp == self._stamp:
+                return False
+            try:
+                value = self._load()
+            except (OSError, ValueError, ExchangeError) as e:
+                log.warning("keeping the current %s: its files changed but do not load yet: %s", self._what, e)
+                return False
+            self._stamp, self.value = stamp, value
+            log.info("reloaded the %s from its changed files", self._what)
+            return True
+
+
+def _server_material(files: pki.HubFiles) -> tuple[bytes, bytes, bytes]:
+    """(server key, server certificate, trust bundle), checked to be a usable set."""
+    key, cert, trust = files.server_key.read_bytes(), files.server_cert.read_bytes(), files.trusted_pem()
+    private = serialization.load_pem_private_key(key, password=None)
+    if private.public_key() != x509.load_pem_x509_certificate(cert).public_key():
+        raise ValueError(f"{files.server_key} does not belong to {files.server_cert}")
+    if not pki.split_pems(trust):
+        raise ValueError(f"{files.trust_bundle} holds no CA certificate")
+    return key, cert, trust
+
+
+class TlsFiles:
+    """The server's mutual-TLS configuration and the signing CA, both following their files."""
+
+    def __init__(self, files: pki.HubFiles) -> None:
+        for path in (files.ca_key, files.ca_cert, files.server_key, files.server_cert):
+            if not path.exists():
+                raise ConfigError(f"{path} is missing: run `exchange init` first (home is {files.home})")
+        try:
+            self.server = Watched(
+                lambda: (files.server_key, files.server_cert, files.trust_bundle, files.ca_cert),
+                lambda: _server_material(files),
+                "server certificate and trust bundle",
+            )
+            self.authority = Watched(
+                lambda: (files.ca_key, files.ca_cert), lambda: ca.load_authority(files), "signing CA"
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        except ExchangeError as e:
+            raise ConfigError(e.message) from None
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        key, cert, trust = self.server.value
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=trust)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC's question before a handshake: a new configuration, or None to keep the current one."""
+        try:
+            return self._configuration() if self.server.refresh() else None
+        except Exception:  # an exception must not cross into gRPC's core; the current configuration stays
+            log.exception("reloading the server's TLS files failed")
+            return None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        # The stubs say the fetcher must return a configuration; gRPC documents None as "no change".
+        return grpc.dynamic_ssl_server_credentials(
+            self._configuration(),
+            self.fetch,  # type: ignore[arg-type]
+            require_client_authentication=True,
+        )
+
+    def trust_pem(self) -> bytes:
+        self.server.refresh()
+        return self.server.value[2]
+
+    def current_authority(self) -> ca.Authority:
+        self.authority.refresh()
+        return self.authority.value
