@@ -17,6 +17,7 @@ from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli import audit, commands, demo, rights
 from exchange.cli import exchange as exchange_verbs
 from exchange.cli.backup import add_verbs as add_backup_verbs
+from exchange.cli.certificates import add_verbs as add_certificate_verbs
 from exchange.cli.client import describe
 from exchange.errors import ExchangeError, InvalidArgument
 from exchange.server.app import serve
@@ -138,12 +139,13 @@ def _registry_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _principal_choice(p, required=True)
     p.add_argument("--out", type=Path, required=True, help="identity directory to write")
     p.add_argument("--days", type=int, default=0, help="validity in days (default: the hub's)")
-    p = _verb(cert, "revoke", commands.cert_revoke, "revoke a certificate; refused from its next call (operator)")
+    p = _verb(cert, "revoke", commands.cert_revoke, "revoke a certificate and its renewals (operator, or its holder)")
     p.add_argument("fingerprint", help="SHA-256 fingerprint, as `cert list` shows it")
     p.add_argument("--reason", required=True, help="e.g. 'key compromise'")
     p = _verb(cert, "list", commands.cert_list, "list issued certificates")
     _principal_choice(p, required=False)
     _paged(p)
+    add_certificate_verbs(top, _verb, cert)
 
 
 def _catalog_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

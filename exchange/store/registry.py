@@ -204,6 +204,14 @@ class RegistryStore:
                 raise NotFound("certificate", fingerprint)
             return _certificate_of(row)
 
+    def valid_certificates(self, at: dt.datetime) -> list[CertificateRecord]:
+        """Every unrevoked certificate that has not expired at ``at``."""
+        with self._db.read() as s:
+            rows = s.scalars(
+                select(CertificateRow).where(CertificateRow.revoked_at.is_(None), CertificateRow.not_after > at)
+            )
+            return [_certificate_of(r) for r in rows]
+
     def live_certificates(self, ref: PrincipalRef, at: dt.datetime) -> int:
         """How many unrevoked, unexpired certificates a principal holds."""
         with self._db.read() as s:
