@@ -65,7 +65,7 @@ from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import provider_pb2
 from exchange.v1 import rights_pb2 as rpb
 from exchange.values import record_to_wire, to_wire
-from tests.exchange_world import PURPOSE, make_world
+from tests.exchange_world import PURPOSE, World, make_world
 from tests.harness import HOUSING, base_settings, identity_spec, running_hub
 
 SYSTEM = "zj-wqba"
@@ -217,7 +217,7 @@ def proxy_main(conn: Connection, upstream: Target) -> None:
 
 async def _proxy(conn: Connection, upstream: Target) -> None:
     options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
-    channel = _channel(upstream)
+    channel = secure_channel(upstream)
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((Forwarder(channel),))
     credentials = grpc.ssl_server_credentials(
@@ -334,7 +334,7 @@ class Caller:
         return count, size
 
 
-def _channel(target: Target) -> grpc.aio.Channel:
+def secure_channel(target: Target) -> grpc.aio.Channel:
     credentials = grpc.ssl_channel_credentials(
         root_certificates=target.ca, private_key=target.key, certificate_chain=target.cert
     )
@@ -407,7 +407,7 @@ async def streams(caller: Caller, seconds: float, records: int) -> Outcome:
 
 async def run_job(job: Job, warm: Callable[[], None]) -> Outcome:
     """Warms up (streams: one stream of a tenth of the records), calls ``warm``, then measures."""
-    channel = _channel(job.target)
+    channel = secure_channel(job.target)
     try:
         caller = Caller(job.target, channel, job.batch_size)
         if job.kind == "stream":
@@ -437,7 +437,7 @@ def load_main(conn: Connection) -> None:
 
 async def probe(target: Target) -> tuple[dict[str, object], ...]:
     """The one record a unary call returns on ``target``, as plain values."""
-    channel = _channel(target)
+    channel = secure_channel(target)
     try:
         answer = await Caller(target, channel, 0).unary()
     finally:
@@ -747,27 +747,7 @@ def run(ctx: Any, home: Path, args: argparse.Namespace, paths: list[str]) -> tup
             ) as proxy,
             child(ctx, load_main) as load,
         ):
-            items = (
-                m.DataItem("contract_no", "合同备案号", m.FieldType.STRING, filterable=True),
-                m.DataItem("property_address", "房屋坐落", m.FieldType.STRING),
-                m.DataItem("seller_name", "出卖人姓名", m.FieldType.STRING, personal_information=True),
-                m.DataItem("buyer_name", "买受人姓名", m.FieldType.STRING, personal_information=True),
-                m.DataItem("buyer_id_number", "买受人证件号码", m.FieldType.STRING, personal_information=True),
-                m.DataItem("price", "成交价格（元）", m.FieldType.DECIMAL),
-                m.DataItem("filed_on", "备案日期", m.FieldType.DATE),
-                m.DataItem("remarks", "备注", m.FieldType.STRING),
-            )
-            spec = identity_spec(
-                RESOURCE,
-                HOUSING.code,
-                name="存量房买卖合同网签备案信息",
-                data_items=items,
-                share_method=m.ShareMethod.QUERY,
-            )
-            world.publish("housing", spec)
-            grpc_backend = cpb.GrpcBackend(target=f"127.0.0.1:{provider.first}", system_code=SYSTEM)
-            world.bind("housing", cpb.Binding(resource_code=RESOURCE, grpc=grpc_backend))
-            world.grant(RESOURCE, FIELDS, "housing", MASKS, quota=MAX_DAILY_CALLS, rate=MAX_RATE)
+            publish_contracts(world, provider.first)
 
             consumer = pki.IdentityFiles(world.consumer_system)
             targets = {
@@ -810,6 +790,28 @@ def run(ctx: Any, home: Path, args: argparse.Namespace, paths: list[str]) -> tup
                     if outcome.first_error:
                         print(f"       first error: {outcome.first_error}")
         return results, running.hub.audit.flush()
+
+
+def publish_contracts(world: World, provider_port: object) -> str:
+    """Publishes the sale contracts as zj-wqba's (housing), binds them to the provider kit on ``provider_port``
+    and grants them to bdc-djxt with two personal fields masked and no practical quota; the grant's id."""
+    items = (
+        m.DataItem("contract_no", "合同备案号", m.FieldType.STRING, filterable=True),
+        m.DataItem("property_address", "房屋坐落", m.FieldType.STRING),
+        m.DataItem("seller_name", "出卖人姓名", m.FieldType.STRING, personal_information=True),
+        m.DataItem("buyer_name", "买受人姓名", m.FieldType.STRING, personal_information=True),
+        m.DataItem("buyer_id_number", "买受人证件号码", m.FieldType.STRING, personal_information=True),
+        m.DataItem("price", "成交价格（元）", m.FieldType.DECIMAL),
+        m.DataItem("filed_on", "备案日期", m.FieldType.DATE),
+        m.DataItem("remarks", "备注", m.FieldType.STRING),
+    )
+    spec = identity_spec(
+        RESOURCE, HOUSING.code, name="存量房买卖合同网签备案信息", data_items=items, share_method=m.ShareMethod.QUERY
+    )
+    world.publish("housing", spec)
+    grpc_backend = cpb.GrpcBackend(target=f"127.0.0.1:{provider_port}", system_code=SYSTEM)
+    world.bind("housing", cpb.Binding(resource_code=RESOURCE, grpc=grpc_backend))
+    return world.grant(RESOURCE, FIELDS, "housing", MASKS, quota=MAX_DAILY_CALLS, rate=MAX_RATE)
 
 
 def _no_profile() -> None:
