@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Generator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Generator, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Protocol, TypeVar, cast
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 MAX_RECEIVE = 16 << 20
 MAX_SEND = 4 << 20
 T = TypeVar("T")
+# What a grpc.aio stream's read() answers at its end (missing from the type stubs).
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 def check(options: Mapping[str, object], context: BackendContext) -> list[FieldViolation]:
@@ -147,17 +149,54 @@ class GrpcBackend:
         checked_filters(request)
         if request.limit <= 0:
             return []
-        loop = asyncio.get_running_loop()
-        if self._aio is None or self._aio[0] is not loop:
-            channel = grpc.aio.secure_channel(self._target, self._credentials, options=self._options)
-            self._aio = (loop, channel, provider_pb2_grpc.ProviderServiceStub(channel))
         try:
-            call = self._aio[2].Lookup(self._wire(request, request.limit), timeout=request.timeout_seconds)
+            call = self._aio_stub().Lookup(self._wire(request, request.limit), timeout=request.timeout_seconds)
             answer = await cast("Awaitable[provider_pb2.ProviderBatch]", call)
         except grpc.aio.AioRpcError as e:
             raise self._failure(e) from None
         rows = [self._row(r) for r in answer.records[: request.limit]]
         return checked_rows(self.name, request.resource, request.fields, rows)
+
+    def _aio_stub(self) -> provider_pb2_grpc.ProviderServiceStub:
+        """The stub of the grpc.aio channel of the running event loop, made on first use."""
+        loop = asyncio.get_running_loop()
+        if self._aio is None or self._aio[0] is not loop:
+            channel = grpc.aio.secure_channel(self._target, self._credentials, options=self._options)
+            self._aio = (loop, channel, provider_pb2_grpc.ProviderServiceStub(channel))
+        return self._aio[2]
+
+    async def stream_records_async(
+        self, request: FetchRequest, batch_size: int
+    ) -> AsyncGenerator[list[data_pb2.Record], None]:
+        """``stream_records`` on the caller's event loop: no worker thread is held while the provider is awaited,
+        however long it hangs; each message must come within ``request.timeout_seconds``."""
+        checked_filters(request)
+        types = {i.name: i.type for i in request.resource.data_items if i.name in request.fields}
+        size = max(1, batch_size)
+        call = cast(
+            "grpc.aio.UnaryStreamCall[provider_pb2.ProviderFetchRequest, provider_pb2.ProviderBatch]",
+            self._aio_stub().Fetch(self._wire(request, 0)),
+        )
+        pending: list[data_pb2.Record] = []
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(call.read(), request.timeout_seconds)
+                except TimeoutError:
+                    log.warning("the provider %s sent nothing for %ss", self.name, request.timeout_seconds)
+                    raise ProviderTimeout(self.name) from None
+                if message is _EOF:
+                    break
+                pending.extend(cast(provider_pb2.ProviderBatch, message).records)
+                while len(pending) >= size:
+                    ready, pending = pending[:size], pending[size:]
+                    yield await asyncio.to_thread(checked_records, self.name, types, ready)
+            if pending:
+                yield await asyncio.to_thread(checked_records, self.name, types, pending)
+        except grpc.aio.AioRpcError as e:
+            raise self._failure(e) from None
+        finally:
+            call.cancel()
 
     def fetch(self, request: FetchRequest) -> list[Row]:
         """At most ``request.limit`` rows, the whole call within ``request.timeout_seconds``."""

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Protocol, TypeVar
@@ -370,24 +370,42 @@ class ExchangeService:
         await self._append(plan.record)
         size = batch_size or DEFAULT_BATCH_SIZE
         wire = getattr(plan.backend, "stream_records", None)
+        wire_async = getattr(plan.backend, "stream_records_async", None)
         # A backend whose records are already in wire form (a gRPC provider) has them passed on as they
         # are, checked and masked in place, and digested only for a provenance statement; the others'
         # rows are converted once, by the server.
-        digest = RowsDigest() if ask.provenance or wire is None else None
+        digest = RowsDigest() if ask.provenance or (wire is None and wire_async is None) else None
         counted = _Count()
-        batches: Iterator[object]
-        if wire is not None:
-            batches = records = wire(plan.request, size)
-            step = partial(_next_records, records, plan, digest, counted)
+        recheck = _Recheck(identify)
+        next_part: Callable[[], Awaitable[Part | None]]
+        close: Callable[[], Awaitable[object]]
+        if wire_async is not None:
+            # Awaited on the event loop: a provider that hangs holds no worker thread meanwhile.
+            received: AsyncGenerator[list[data_pb2.Record], None] = wire_async(plan.request, size)
+
+            async def next_part() -> Part | None:
+                batch = await anext(received, None)
+                if batch is None:
+                    return None
+                masking = partial(_masked_records, batch, plan, digest, counted)
+                return await asyncio.to_thread(_still_held, recheck, masking)
+
+            close = received.aclose
         else:
-            batches = rows = plan.backend.stream(plan.request, size)
-            step = partial(_next_rows, rows, plan, digest, counted)
+            batches: Iterator[object]
+            if wire is not None:
+                batches = records = wire(plan.request, size)
+                step = partial(_next_records, records, plan, digest, counted)
+            else:
+                batches = rows = plan.backend.stream(plan.request, size)
+                step = partial(_next_rows, rows, plan, digest, counted)
+            next_part = partial(asyncio.to_thread, partial(_still_held, recheck, step))
+            close = partial(_close_quietly, getattr(batches, "close", None))
         first = True
         ending = _Ending(plan)
-        step = partial(_still_held, _Recheck(identify), step)
         try:
             with ending:
-                while (part := await asyncio.to_thread(step)) is not None:
+                while (part := await next_part()) is not None:
                     yield Batch(exchange_id, part[0], _disclosure(plan) if first else None, records=part[1])
                     first = False
                 hexdigest = digest.hexdigest() if digest is not None else ""
@@ -396,7 +414,7 @@ class ExchangeService:
                 yield Batch(exchange_id, [], _disclosure(plan) if first else None, True, counted.rows, note)
         finally:
             self._close_unless_ok(plan, ending.outcome, counted)
-            await _close_quietly(getattr(batches, "close", None))
+            await close()
 
     # Documents
 
@@ -658,8 +676,11 @@ def _next_records(
 ) -> Part | None:
     """The next batch of wire records, masked in place, counted and (only when asked) digested; None at the end."""
     batch = next(batches, None)
-    if batch is None:
-        return None
+    return None if batch is None else _masked_records(batch, plan, digest, counted)
+
+
+def _masked_records(batch: list[data_pb2.Record], plan: _Plan, digest: RowsDigest | None, counted: _Count) -> Part:
+    """A batch of wire records, masked in place, counted and (only when asked) digested."""
     masks = plan.decision.masks
     records = [mask_record(r, masks) for r in batch] if masks else batch
     counted.rows += len(records)
