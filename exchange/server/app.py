@@ -58,6 +58,8 @@ from policy import Assignment, RightsPolicy, assignments_of
 from policy.decision import DecisionPoint
 
 log = logging.getLogger(__name__)
+# At shutdown, how long the closing audit records of streams and documents cut short may take to commit.
+CLOSING_RECORDS_SECONDS = 10.0
 SERVICES = (
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
@@ -125,6 +127,7 @@ class Hub:
             checkpoint_seconds=settings.checkpoint_seconds,
         )
         self.committer: GroupCommitter | None = None
+        self.exchanging: ExchangeService | None = None
         self.metrics = HubMetrics()
         self.metrics_server: MetricsServer | None = None
         self.ready = False
@@ -205,6 +208,7 @@ class Hub:
         exchange_pb2_grpc.add_ExchangeServiceServicer_to_server(
             ExchangeServicer(exchanging, registry, settings.insecure_dev), server
         )
+        self.exchanging = exchanging
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         return server
@@ -316,6 +320,8 @@ class Hub:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        if self.exchanging is not None:  # closing records of streams cut short, before the committer stops
+            await self.exchanging.finish(CLOSING_RECORDS_SECONDS)
         if self.listener is not None:
             await asyncio.to_thread(self.listener.stop)
         if self.committer is not None:

@@ -244,6 +244,22 @@ class ExchangeService:
         self._default_timeout = default_timeout
         self._clock = clock
         self._hub = hub_instance()
+        # Streams and documents whose closing record is not yet on its way, and closing records being
+        # committed for callers that are gone: a shutdown waits for both (see ``finish``).
+        self._open: set[asyncio.Task[object]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def finish(self, timeout: float) -> None:
+        """At shutdown, once the server has stopped: ends the streams and documents still open (as cancelled)
+        and waits, at most ``timeout`` seconds, until every closing record is committed, so that no stream is
+        left in the log with its opening record only. The audit committer must still be running."""
+        until = time.monotonic() + timeout
+        for call in list(self._open):
+            call.cancel()
+        while (pending := {*self._open, *self._closing}) and (left := until - time.monotonic()) > 0:
+            await asyncio.wait(pending, timeout=left)
+        if pending:
+            log.warning("%d streams or closing audit records did not end before shutdown", len(pending))
 
     # Queries
 
@@ -367,7 +383,6 @@ class ExchangeService:
         """Batches as the consumer takes them; the provider is read one batch ahead at most."""
         exchange_id = new_exchange_id()
         plan = await self._plan(identify, ask, _Call(exchange_id, "stream", RECORD_KINDS, deadline, batch=batch_size))
-        await self._append(plan.record)
         size = batch_size or DEFAULT_BATCH_SIZE
         wire = getattr(plan.backend, "stream_records", None)
         wire_async = getattr(plan.backend, "stream_records_async", None)
@@ -403,8 +418,11 @@ class ExchangeService:
             close = partial(_close_quietly, getattr(batches, "close", None))
         first = True
         ending = _Ending(plan)
+        call = _current_task()
+        self._open.add(call)
         try:
             with ending:
+                await self._append(plan.record)
                 while (part := await next_part()) is not None:
                     yield Batch(exchange_id, part[0], _disclosure(plan) if first else None, records=part[1])
                     first = False
@@ -414,6 +432,7 @@ class ExchangeService:
                 yield Batch(exchange_id, [], _disclosure(plan) if first else None, True, counted.rows, note)
         finally:
             self._close_unless_ok(plan, ending.outcome, counted)
+            self._open.discard(call)
             await close()
 
     # Documents
@@ -434,6 +453,8 @@ class ExchangeService:
         counted = _Count()
         digest = hashlib.sha256()
         ending = _Ending(plan)
+        call = _current_task()
+        self._open.add(call)
         try:
             with ending:
                 # The file name stays out of the record: it may carry a data subject's identifier.
@@ -449,8 +470,9 @@ class ExchangeService:
                 await self._append(_closing(plan, "ok", 0, counted.size, hexdigest))
                 yield Chunk(exchange_id, last=True, sha256=digest.digest(), total=counted.size, provenance=note)
         finally:
-            await _close_quietly(document.close)
             self._close_unless_ok(plan, ending.outcome, counted)
+            self._open.discard(call)
+            await _close_quietly(document.close)
 
     # Deciding
 
@@ -571,7 +593,13 @@ class ExchangeService:
     def _append_in_background(self, record: AuditRecord) -> None:
         """For the closing record of a call that was cancelled: the caller is gone, the record is not."""
         task = asyncio.get_running_loop().create_task(self._append(record))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._closing.add(task)
+        task.add_done_callback(self._closing_done)
+
+    def _closing_done(self, task: asyncio.Task[None]) -> None:
+        self._closing.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a record that could not be committed was logged by the committer
 
     def _close_unless_ok(self, plan: _Plan, outcome: ExchangeError | str, counted: _Count) -> None:
         """The closing record of a stream or document that did not end well (its caller may be gone)."""
@@ -703,6 +731,12 @@ def mask_record(record: data_pb2.Record, masks: tuple[tuple[str, MaskKind], ...]
         elif which is not None:
             value.string_value = str(mask(values.from_wire(value), kind))  # setting the text clears the other kind
     return record
+
+
+def _current_task() -> asyncio.Task[object]:
+    task = asyncio.current_task()
+    assert task is not None  # the service's coroutines run as tasks of the hub's event loop
+    return task
 
 
 def _unexpected(plan: _Plan, error: Exception) -> ExchangeError:
