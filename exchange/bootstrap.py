@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from audit.note import Signer
 from exchange import pki, validation
 from exchange.config import Settings
-from exchange.errors import FailedPrecondition
+from exchange.errors import FailedPrecondition, FieldViolation
 from exchange.models import Department, Person, Principal, PrincipalKind, PrincipalRef, Role
 from exchange.services.auditing import change_record
-from exchange.services.registry import CertificateAuthority
+from exchange.services.registry import CertificateAuthority, identity_key
 from exchange.store import Store
 from exchange.store.audit import staging
 
@@ -28,6 +28,8 @@ class OperatorSeed:
     department: Department
     username: str
     display_name: str
+    # The operator's citizen identity number; "" leaves it unknown (see CreatePersonRequest.id_number).
+    id_number: str = ""
 
 
 def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
@@ -36,8 +38,16 @@ def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
     if files.ca_key.exists():
         raise FailedPrecondition(f"the hub at {settings.home} is already initialized ({files.ca_key} exists)")
     validation.validate_department(seed.department)
-    operator = Person(seed.username, seed.display_name, seed.department.code, frozenset({Role.OPERATOR}))
+    subject_key = secrets.token_bytes(32)  # also the secret people's identity numbers are hashed under
+    key_of_person = identity_key(subject_key, seed.id_number) if seed.id_number else ""
+    operator = Person(
+        seed.username, seed.display_name, seed.department.code, frozenset({Role.OPERATOR}), identity_key=key_of_person
+    )
     validation.validate_person(operator)
+    if seed.id_number:
+        out: list[FieldViolation] = []
+        validation.check_id_number(out, "operator_id_number", seed.id_number)
+        validation.raise_if(out)
 
     ca_key, ca_cert = pki.create_ca(f"Exchange hub CA ({seed.department.name})")
     server_key, server_cert = pki.issue_server_certificate(ca_key, ca_cert, settings.hostnames)
@@ -61,7 +71,7 @@ def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
     log_signer = Signer.generate(settings.audit_origin)
     pki.write_secret(files.audit_key, log_signer.encode().encode() + b"\n")
     pki.write_public(files.audit_verifier, log_signer.verifier().encode().encode() + b"\n")
-    pki.write_secret(files.audit_subject_key, secrets.token_bytes(32))
+    pki.write_secret(files.audit_subject_key, subject_key)
     identity = files.identity(ref)
     identity.write(key, record.pem.encode(), pki.cert_pem(ca_cert))
     return identity

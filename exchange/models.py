@@ -114,6 +114,8 @@ class Person:
     department_code: str
     roles: frozenset[Role] = frozenset()
     created_at: datetime | None = None
+    # A keyed hash of the person's identity number: equal for two registrations of one person. Never shown.
+    identity_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class Principal:
     department_code: str
     roles: frozenset[Role] = frozenset()
     certificate_fingerprint: str = ""
+    # For a person: the keyed hash of the identity number (see Person); "" when not known.
+    identity_key: str = ""
 
 
 @dataclass(frozen=True)

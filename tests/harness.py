@@ -24,6 +24,7 @@ from exchange import wire as w
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli.client import HubClient
 from exchange.cli.commands import issue_identity
+from exchange.cli.demo import sample_id_number
 from exchange.config import Settings
 from exchange.server.app import Hub
 from exchange.store import Store
@@ -100,10 +101,13 @@ class RunningHub:
         with self.client() as hub:
             hub.call(hub.registry.CreateDepartment, rpb.CreateDepartmentRequest(department=w.department_to_wire(d)))
 
-    def add_person(self, username: str, department: str, *roles: m.Role) -> Path:
+    def add_person(self, username: str, department: str, *roles: m.Role, id_number: str = "") -> Path:
+        """Registers a person (with a made-up identity number unless one is given) and certifies it."""
         person = m.Person(username, username.upper(), department, frozenset(roles))
         with self.client() as hub:
-            hub.call(hub.registry.CreatePerson, rpb.CreatePersonRequest(person=w.person_to_wire(person)))
+            number = id_number or sample_id_number(username)
+            request = rpb.CreatePersonRequest(person=w.person_to_wire(person), id_number=number)
+            hub.call(hub.registry.CreatePerson, request)
         return self.identity(m.PrincipalKind.PERSON, username)
 
     def add_system(self, code: str, department: str) -> Path:

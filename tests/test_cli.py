@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from exchange import models as m
+from exchange.cli.demo import sample_id_number
 from exchange.cli.main import main
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import registry_pb2_grpc
@@ -60,6 +61,8 @@ def test_registry_verbs(hub: RunningHub, capsys: pytest.CaptureFixture[str], tmp
             "张警官",
             "--department",
             POLICE.code,
+            "--id-number",
+            sample_id_number("ga-steward"),
             "--role",
             "owner_steward",
         )

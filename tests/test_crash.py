@@ -26,6 +26,7 @@ from exchange import wire as w
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli.client import HubClient
 from exchange.cli.commands import issue_identity
+from exchange.cli.demo import sample_id_number
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
@@ -111,7 +112,10 @@ def test_every_acknowledged_change_survives_a_sigkill(tmp_path: Path) -> None:
         ):
             op.call(
                 op.registry.CreatePerson,
-                rpb.CreatePersonRequest(person=w.person_to_wire(m.Person(name, name, dept, frozenset({role})))),
+                rpb.CreatePersonRequest(
+                    person=w.person_to_wire(m.Person(name, name, dept, frozenset({role}))),
+                    id_number=sample_id_number(name),
+                ),
             )
             ref = m.PrincipalRef(m.PrincipalKind.PERSON, name)
             issue_identity(op, ref, files.identity(ref).directory, files.ca_cert.read_bytes())

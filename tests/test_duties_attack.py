@@ -40,6 +40,7 @@ from exchange import models as m
 from exchange import pki
 from exchange import wire as w
 from exchange.cli.client import HubClient
+from exchange.cli.demo import sample_id_number
 from exchange.cli.main import main
 from exchange.server.rpc import DEV_PRINCIPAL_HEADER
 from exchange.services.registry import CertificateAuthority
@@ -298,7 +299,8 @@ REQUESTS: dict[str, Build] = {
     "RegistryService.GetSystem": lambda s, c: rpb.GetSystemRequest(code="bdc-djxt"),
     "RegistryService.ListSystems": lambda s, c: rpb.ListSystemsRequest(),
     "RegistryService.CreatePerson": lambda s, c: rpb.CreatePersonRequest(
-        person=w.person_to_wire(m.Person("new-steward", "新人", POLICE.code, frozenset({m.Role.OWNER_STEWARD})))
+        person=w.person_to_wire(m.Person("new-steward", "新人", POLICE.code, frozenset({m.Role.OWNER_STEWARD}))),
+        id_number=sample_id_number("new-steward"),
     ),
     "RegistryService.GetPerson": lambda s, c: rpb.GetPersonRequest(username="sm-lin"),
     "RegistryService.ListPeople": lambda s, c: rpb.ListPeopleRequest(),
@@ -701,31 +703,46 @@ def test_a_consumer_does_not_apply_through_another_departments_system(scene: Sce
 # Known gaps: attacks that succeed today. Each test states what the hub should do; strict, so the day the
 # gap is closed the test says so and becomes an ordinary one.
 
-SECOND_IDENTITY = (
-    "the hub cannot tell that two Person records are one human: a person carries no identity key (e.g. a "
-    "keyed hash of the national ID number), so a human registered in two departments approves its own request"
-)
 OPERATOR_HOLDS_KEYS = (
     "an operator alone certifies a key it made itself for any principal (IssueCertificate takes any CSR, "
     "and `cert issue` makes the key at the operator's side), so it can act as a system and read data"
 )
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=SECOND_IDENTITY)
 def test_one_human_registered_twice_does_not_approve_its_own_request(scene: Scene) -> None:
-    """李伟 works for the registry and, seconded, for the police: one human, two Person records."""
-    clerk = scene.hub.add_person("li-wei", REGISTRY.code, m.Role.CONSUMER)
-    seconded = scene.hub.add_person("li-wei-ga", POLICE.code, m.Role.OWNER_STEWARD)
+    """李伟 works for the registry and, seconded, for the police: one human (one identity number), two records."""
+    li_wei = sample_id_number("li-wei")
+    clerk = scene.hub.add_person("li-wei", REGISTRY.code, m.Role.CONSUMER, id_number=li_wei)
+    seconded = scene.hub.add_person("li-wei-ga", POLICE.code, m.Role.OWNER_STEWARD, id_number=li_wei)
     scene.identities |= {"li_wei": clerk, "li_wei_seconded": seconded}
     request = _apply(scene, "li_wei")
     c = scene.client("li_wei_seconded")
-    try:
+    with pytest.raises(grpc.RpcError) as info:
         c.call(c.rights.Approve, pb.ApproveRequest(id=request, reason="同意"))
-    except grpc.RpcError as e:
-        assert isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert reason_of(e) == "SELF_APPROVAL"
-    else:
-        raise AssertionError("the second identity approved the request its first identity filed")
+    assert isinstance(info.value, grpc.Call) and info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert reason_of(info.value) == "SELF_APPROVAL" and "same person" in (info.value.details() or "")
+
+
+def test_separated_rights_stay_apart_across_two_registrations_of_one_human(scene: Scene) -> None:
+    """A second registration may not carry a role that clashes with the first's, nor be given one later."""
+    wang = sample_id_number("wang-fang")
+    scene.hub.add_person("wang-fang", REGISTRY.code, m.Role.CONSUMER, id_number=wang)
+    op = scene.client("operator")
+    clash = w.person_to_wire(m.Person("wang-fang-sm", "王芳", AUTHORITY.code, frozenset({m.Role.SHARE_MANAGER})))
+    with pytest.raises(grpc.RpcError) as info:
+        op.call(op.registry.CreatePerson, rpb.CreatePersonRequest(person=clash, id_number=wang))
+    assert isinstance(info.value, grpc.Call) and info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "same person is registered as wang-fang" in (info.value.details() or "")
+    typo = wang[:-1] + ("0" if wang[-1] != "0" else "1")
+    with pytest.raises(grpc.RpcError) as info:
+        op.call(op.registry.CreatePerson, rpb.CreatePersonRequest(person=clash, id_number=typo))
+    assert isinstance(info.value, grpc.Call) and info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "check character" in (info.value.details() or "") + str(violations(info.value))
+    scene.hub.add_person("wang-fang-ga", POLICE.code, m.Role.OWNER_STEWARD, id_number=wang)  # compatible: allowed
+    ask = rpb.ChangeRoleRequest(username="wang-fang-ga", role=rpb.ROLE_SHARE_MANAGER, reason="借调")
+    with pytest.raises(grpc.RpcError) as info:
+        op.call(op.registry.AssignRole, ask)
+    assert isinstance(info.value, grpc.Call) and info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=OPERATOR_HOLDS_KEYS)

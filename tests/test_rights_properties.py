@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from exchange import models as m
+from exchange.cli.demo import sample_id_number
 from exchange.errors import ExchangeError
 from exchange.paging import page_request
 from exchange.pki import create_ca
@@ -88,13 +89,17 @@ def world() -> Iterator[World]:
         for code, department in SYSTEMS.items():
             registry.create_system(OPERATOR, m.System(code, code, department))
         steward = registry.create_person(
-            OPERATOR, m.Person("ga-owner", "所有者", POLICE.code, frozenset({m.Role.OWNER_STEWARD}))
+            OPERATOR,
+            m.Person("ga-owner", "所有者", POLICE.code, frozenset({m.Role.OWNER_STEWARD})),
+            sample_id_number("ga-owner"),
         )
         owner = m.Principal(
             m.PrincipalRef(m.PrincipalKind.PERSON, steward.username), "所有者", POLICE.code, steward.roles
         )
         for username, department, role in CAST:
-            registry.create_person(OPERATOR, m.Person(username, username, department, frozenset({role})))
+            registry.create_person(
+                OPERATOR, m.Person(username, username, department, frozenset({role})), sample_id_number(username)
+            )
         catalog = CatalogService(store, policy)
         for n, (code, kind) in enumerate(RESOURCES.items()):
             basis = "" if kind is m.ShareType.UNCONDITIONAL else "依据"
@@ -145,7 +150,7 @@ def _step(w: World, act: tuple[Any, ...]) -> None:
     kind = act[0]
     if kind == "person":
         _, user, department, held = act
-        w.registry.create_person(OPERATOR, m.Person(user, user, department.code, held))
+        w.registry.create_person(OPERATOR, m.Person(user, user, department.code, held), sample_id_number(user))
         return
     if kind in {"assign", "unassign"}:
         _, user, role = act

@@ -19,6 +19,7 @@ from exchange import models as m
 from exchange import pki
 from exchange import wire as w
 from exchange.cli.client import HubClient
+from exchange.cli.demo import sample_id_number
 from exchange.services.registry import CertificateAuthority
 from exchange.store.schema import CertificateRow, DepartmentRow, ResourceRow, ResourceVersionRow, SystemRow
 from exchange.v1 import catalog_pb2 as cpb
@@ -300,7 +301,7 @@ def test_person_needs_a_known_role(hub: RunningHub, members: dict[str, Path]) ->
                 grpc.StatusCode.INVALID_ARGUMENT,
                 c.call,
                 c.registry.CreatePerson,
-                rpb.CreatePersonRequest(person=person),
+                rpb.CreatePersonRequest(person=person, id_number=sample_id_number(person.username)),
             )
             assert field in _violations(error)
         _fails(grpc.StatusCode.NOT_FOUND, c.call, c.registry.GetPerson, rpb.GetPersonRequest(username="new-one"))
@@ -518,7 +519,7 @@ def test_conflicting_roles_are_refused(hub: RunningHub, members: dict[str, Path]
                 grpc.StatusCode.INVALID_ARGUMENT,
                 c.call,
                 c.registry.CreatePerson,
-                rpb.CreatePersonRequest(person=person),
+                rpb.CreatePersonRequest(person=person, id_number=sample_id_number(person.username)),
             )
             assert "cannot be held together" in _violations(error)["person.roles"]
         _fails(grpc.StatusCode.NOT_FOUND, c.call, c.registry.GetPerson, rpb.GetPersonRequest(username="two-hats"))

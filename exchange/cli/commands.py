@@ -161,7 +161,10 @@ def person_rows(people: list[rpb.Person]) -> list[list[str]]:
 def person_create(args: argparse.Namespace, settings: Settings) -> int:
     person = m.Person(args.username, args.name, args.department, frozenset(m.Role(r) for r in args.role))
     created = ask(
-        args, settings, lambda hub: hub.registry.CreatePerson, rpb.CreatePersonRequest(person=w.person_to_wire(person))
+        args,
+        settings,
+        lambda hub: hub.registry.CreatePerson,
+        rpb.CreatePersonRequest(person=w.person_to_wire(person), id_number=args.id_number),
     )
     show_list(args, created, PERSON_HEADERS, person_rows([created]))
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import logging
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 from audit.log import AuditLog
 from audit.note import Verifier
 from audit.verify import verify_export
-from exchange import logs, pki
+from exchange import logs, pki, validation
 from exchange import models as m
 from exchange import wire as w
 from exchange.bootstrap import OperatorSeed, initialize
@@ -41,6 +42,14 @@ from policy.decision import DecisionPoint, Question
 DATA = Path(__file__).resolve().parent.parent / "demo"
 MARKER = ".exchange-demo"
 FLAT_SALE = "不动产转移登记"
+
+
+def sample_id_number(name: str) -> str:
+    """A made-up citizen identity number for a demo or test person: well-formed, derived from the name, nobody's."""
+    h = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    born = dt.date(1960, 1, 1) + dt.timedelta(days=h % 15000)
+    body = f"350203{born:%Y%m%d}{h // 15000 % 1000:03d}"
+    return body + validation.id_number_check(body)
 
 
 def _fresh_home(home: Path) -> None:
@@ -160,7 +169,8 @@ class Tour:
                 ref = m.PrincipalRef(m.PrincipalKind.SYSTEM, s.code)
                 commands.issue_identity(hub, ref, self.home.identity(ref).directory, self.ca_pem)
             for p in self.members.people:
-                hub.call(hub.registry.CreatePerson, rpb.CreatePersonRequest(person=w.person_to_wire(p)))
+                request = rpb.CreatePersonRequest(person=w.person_to_wire(p), id_number=sample_id_number(p.username))
+                hub.call(hub.registry.CreatePerson, request)
                 ref = m.PrincipalRef(m.PrincipalKind.PERSON, p.username)
                 commands.issue_identity(hub, ref, self.home.identity(ref).directory, self.ca_pem)
             departments = hub.call(hub.registry.ListDepartments, rpb.ListDepartmentsRequest()).departments

@@ -33,6 +33,7 @@ def _init(args: argparse.Namespace, settings: config.Settings) -> int:
         ),
         args.operator,
         args.operator_name,
+        args.operator_id_number or "",
     )
     identity = initialize(settings, seed)
     store_url = make_url(settings.effective_database_url).render_as_string(hide_password=True)
@@ -116,12 +117,18 @@ def _registry_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = _verb(system, "list", commands.system_list, "list systems")
     p.add_argument("--department")
     _paged(p)
+    _person_verbs(top)
 
+
+def _person_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     person = top.add_parser("person", help="people").add_subparsers(dest="verb", required=True)
     p = _verb(person, "create", commands.person_create, "register a person (operator)")
     p.add_argument("--username", required=True)
     p.add_argument("--name", required=True, help="display name")
     p.add_argument("--department", required=True)
+    p.add_argument(
+        "--id-number", required=True, help="citizen identity number (kept only as a keyed hash: one person, one key)"
+    )
     p.add_argument("--role", action="append", required=True, choices=[r.value for r in models.Role])
     for verb, text in (("assign-role", "give a person a role (operator)"), ("unassign-role", "take a role away")):
         p = _verb(person, verb, commands.person_role, text)
@@ -282,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", default="city", choices=[x.value for x in models.AdministrativeLevel])
     p.add_argument("--operator", default="operator", help="the first operator's username")
     p.add_argument("--operator-name", default="Hub operator")
+    p.add_argument("--operator-id-number", help="the first operator's citizen identity number (kept as a keyed hash)")
     _verb(top, "migrate", _migrate, "bring the store's schema up to date")
     _verb(top, "prune-audit", _prune, "drop audit detail older than audit_retention_days (leaf hashes stay)")
     # Backup and restore of the store (exchange/cli/backup.py).

@@ -171,7 +171,12 @@ class Hub:
         server = grpc.aio.server(options=options)
         policy = self.policy
         registry = RegistryService(
-            self.store, self.credentials.ca, policy, settings.certificate_days, holders=self.holders
+            self.store,
+            self.credentials.ca,
+            policy,
+            settings.certificate_days,
+            holders=self.holders,
+            identity_secret=_load_subject_key(pki.HubFiles(settings.home)),
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, registry, settings.insecure_dev), server

@@ -64,7 +64,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @unary
     def CreatePerson(self, request: pb.CreatePersonRequest, actor: Principal) -> pb.Person:
-        return c.person_to_wire(self.service.create_person(actor, c.person_from_wire(request.person)))
+        person = c.person_from_wire(request.person)
+        return c.person_to_wire(self.service.create_person(actor, person, request.id_number))
 
     @unary
     def GetPerson(self, request: pb.GetPersonRequest, actor: Principal) -> pb.Person:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -80,6 +82,12 @@ class CertificateAuthority:
         return record
 
 
+def identity_key(secret: bytes, id_number: str) -> str:
+    """The keyed hash that tells two registrations of one person apart from two people."""
+    message = b"exchange person identity\x00" + id_number.strip().upper().encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
 def _check_days(days: int) -> None:
     if days < 0 or days > MAX_CERTIFICATE_DAYS:
         raise InvalidArgument.of(
@@ -94,10 +102,14 @@ class RegistryService:
         ca: CertificateAuthority,
         policy: RightsPolicy,
         default_certificate_days: int,
+        *,
         holders: Cache[str, Holder] | None = None,
+        identity_secret: bytes = b"",
     ) -> None:
         self._store = store
         self._policy = policy
+        # The hub secret under which people's identity numbers are hashed (never stored in clear).
+        self._identity_secret = identity_secret
         self._ca = ca
         self._default_days = default_certificate_days
         # Certificate holders by fingerprint; the hub drops them on any member or certificate change.
@@ -137,10 +149,17 @@ class RegistryService:
         page = page_request(size, token, {"department": department_code})
         return self._store.registry.list_systems(page, department_code or None)
 
-    def create_person(self, actor: Principal, person: Person) -> Person:
+    def create_person(self, actor: Principal, person: Person, id_number: str) -> Person:
         validation.validate_person(person)
+        out: list[FieldViolation] = []
+        validation.check_id_number(out, "id_number", id_number)
+        validation.raise_if(out)
         self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, "register people")
         require_compatible_roles(person.roles)
+        person = replace(person, identity_key=identity_key(self._identity_secret, id_number))
+        if person.identity_key == actor.identity_key:
+            raise PermissionDenied(f"{actor.ref} may not register itself again", reason="SELF_ELEVATION")
+        self._require_apart(person.username, person.identity_key, person.roles)
         roles = ",".join(sorted(r.value for r in person.roles))
         with staging(
             change_record(actor, "registry", "create_person", subject=f"person/{person.username}", reason=roles)
@@ -158,6 +177,10 @@ class RegistryService:
             raise PermissionDenied(f"{actor.ref} may not change its own roles", reason="SELF_ELEVATION")
 
         def change(person: Person) -> frozenset[Role]:
+            if person.identity_key and person.identity_key == actor.identity_key:
+                raise PermissionDenied(
+                    f"{actor.ref} may not change the roles of another registration of itself", reason="SELF_ELEVATION"
+                )
             roles = person.roles | {role} if add else person.roles - {role}
             if add and role in person.roles:
                 raise FailedPrecondition(f"{username} already holds the role {role.value}", username)
@@ -169,6 +192,8 @@ class RegistryService:
                 require_compatible_roles(roles)
             except InvalidArgument as e:
                 raise FailedPrecondition(e.violations[0].description, username, kind="SEPARATION_OF_DUTIES") from None
+            if add:
+                self._require_apart(username, person.identity_key, roles)
             return roles
 
         action = f"{'assign' if add else 'unassign'}_role:{role.value}"
@@ -176,6 +201,20 @@ class RegistryService:
             changed = self._store.registry.set_roles(username, change)
         self._refresh_roles(PrincipalRef(PrincipalKind.PERSON, username))
         return changed
+
+    def _require_apart(self, username: str, key: str, roles: frozenset[Role]) -> None:
+        """Refuses roles that clash with those the same person holds under another registration."""
+        for other in self._store.registry.same_person(key):
+            if other.username == username:
+                continue
+            try:
+                require_compatible_roles(roles | other.roles)
+            except InvalidArgument as e:
+                raise FailedPrecondition(
+                    f"the same person is registered as {other.username}: {e.violations[0].description}",
+                    username,
+                    kind="SEPARATION_OF_DUTIES",
+                ) from None
 
     def _refresh_roles(self, ref: PrincipalRef) -> None:
         """Tells the policy a member's committed roles, read from the store under the policy's lock."""

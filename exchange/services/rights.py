@@ -25,6 +25,7 @@ from exchange.models import (
     MaskKind,
     Page,
     Principal,
+    PrincipalRef,
     Resource,
     ResourceStatus,
     ShareEvent,
@@ -207,6 +208,16 @@ class RightsService:
         # apply() already refuses a department's request for its own data; this guards the rule itself.
         if request.applicant == actor.ref or request.application.consumer_department_code == owner:
             raise PermissionDenied(f"{actor.ref} may not decide its own department's request", reason="SELF_APPROVAL")
+        if actor.identity_key and actor.identity_key == self._identity_of(request.applicant):
+            raise PermissionDenied(
+                f"{actor.ref} is the same person as the applicant {request.applicant}", reason="SELF_APPROVAL"
+            )
+
+    def _identity_of(self, ref: PrincipalRef) -> str:
+        try:
+            return self._store.registry.principal(ref).identity_key
+        except NotFound:
+            return ""
 
     @staticmethod
     def _require_status(request: ShareRequest, *allowed: ShareRequestStatus) -> None:

@@ -49,7 +49,7 @@ def _system_of(row: SystemRow) -> System:
 
 def _person_of(row: PersonRow) -> Person:
     roles = frozenset(Role(r.role) for r in row.roles)
-    return Person(row.username, row.display_name, row.department.code, roles, row.created_at)
+    return Person(row.username, row.display_name, row.department.code, roles, row.created_at, row.identity_key or "")
 
 
 def _certificate_of(row: CertificateRow) -> CertificateRecord:
@@ -145,6 +145,13 @@ class RegistryStore:
     def add_person(self, person: Person) -> Person:
         with self._db.write() as s:
             return _add_person(s, person)
+
+    def same_person(self, identity_key: str) -> list[Person]:
+        """Every registration of the person with this identity key (none for "")."""
+        if not identity_key:
+            return []
+        with self._db.read() as s:
+            return [_person_of(r) for r in s.scalars(select(PersonRow).where(PersonRow.identity_key == identity_key))]
 
     def set_roles(self, username: str, change: Callable[[Person], frozenset[Role]]) -> Person:
         """Sets a person's roles to what ``change`` makes of the current ones, under a row lock."""
@@ -295,7 +302,9 @@ class RegistryStore:
                 found = _principal(s, ref)
             except NotFound:
                 return None
-            holder = Principal(found.ref, found.display_name, found.department_code, found.roles, fingerprint)
+            holder = Principal(
+                found.ref, found.display_name, found.department_code, found.roles, fingerprint, found.identity_key
+            )
             return holder, cert.not_before, cert.not_after
 
 
@@ -319,7 +328,8 @@ def _principal(s: Session, ref: PrincipalRef) -> Principal:
     person = s.scalar(select(PersonRow).where(PersonRow.username == ref.code))
     if person is None:
         raise NotFound("person", ref.code)
-    return Principal(ref, person.display_name, person.department.code, frozenset(Role(r.role) for r in person.roles))
+    roles = frozenset(Role(r.role) for r in person.roles)
+    return Principal(ref, person.display_name, person.department.code, roles, identity_key=person.identity_key or "")
 
 
 def _add_department(s: Session, d: Department) -> Department:
@@ -350,6 +360,7 @@ def _add_person(s: Session, person: Person) -> Person:
         department=department_row(s, person.department_code),
         roles=[PersonRoleRow(role=r.value) for r in sorted(person.roles)],
         created_at=_now(),
+        identity_key=person.identity_key or None,
     )
     s.add(row)
     s.flush()

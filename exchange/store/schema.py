@@ -96,6 +96,7 @@ class PersonRow(Base):
     display_name: Mapped[str] = mapped_column(String(200))
     department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    identity_key: Mapped[str | None] = mapped_column(String(64), index=True)
 
     department: Mapped[DepartmentRow] = relationship(lazy="joined")
     roles: Mapped[list[PersonRoleRow]] = relationship(

@@ -543,16 +543,25 @@ class CreatePersonRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PERSON_FIELD_NUMBER: _builtins.int
+    ID_NUMBER_FIELD_NUMBER: _builtins.int
+    id_number: _builtins.str
+    """The person's citizen identity number (公民身份号码, GB 11643: 18
+    characters with its check character), required. It is neither stored
+    nor shown: the hub keeps a keyed hash of it, to know a second
+    registration of the same person (e.g. on secondment to another
+    department) and keep the separated rights apart across both.
+    """
     @_builtins.property
     def person(self) -> Global___Person: ...
     def __init__(
         self,
         *,
         person: Global___Person | None = ...,
+        id_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["person", b"person"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id_number", b"id_number", "person", b"person"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
