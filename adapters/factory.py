@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from adapters.hosts import HostPolicy
 from exchange.backend import Backend
 from exchange.errors import FieldViolation
 from exchange.models import BackendKind, Binding
@@ -37,6 +38,11 @@ class BackendContext:
     default_timeout: float = 10.0
     # URLs backends may not use (the hub's own database).
     forbidden_urls: tuple[str, ...] = field(default_factory=tuple)
+    # The hosts backends may reach; None: no restriction (connector tests on loopback).
+    hosts: HostPolicy | None = None
+
+    def host_problems(self, host: str) -> list[str]:
+        return self.hosts.problems(host) if self.hosts is not None else []
 
 
 class _Module(Protocol):

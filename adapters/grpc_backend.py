@@ -55,6 +55,8 @@ def check(options: Mapping[str, object], context: BackendContext) -> list[FieldV
     code = opt.text(options, "system_code", out)
     if target.strip() and not _is_target(target):
         out.append(FieldViolation("binding.target", "must be host:port, with a port from 1 to 65535"))
+    elif target.strip():
+        out += [FieldViolation("binding.target", d) for d in context.host_problems(target.rpartition(":")[0])]
     if code.strip() and not SYSTEM_CODE.match(code):
         out.append(
             FieldViolation("binding.system_code", f"{code[:80]!r} is not a system code (e.g. zj-wqba: a-z, 0-9, -)")

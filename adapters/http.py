@@ -43,6 +43,7 @@ from adapters.base import (
     checked_rows,
 )
 from adapters.factory import BackendContext
+from adapters.hosts import HostPolicy
 from exchange.backend import Backend
 from exchange.errors import FieldViolation, InvalidArgument
 from exchange.models import Binding, FieldType
@@ -75,11 +76,14 @@ class HttpBinding:
 class HttpAdapter:
     """A backend reading records from one JSON endpoint; each call is one GET."""
 
-    def __init__(self, name: str, binding: HttpBinding, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, name: str, binding: HttpBinding, tls: ssl.SSLContext | None = None, hosts: HostPolicy | None = None
+    ) -> None:
         self.name = name
         self.binding = binding
         self._url: SplitResult = urlsplit(binding.url)
         self._tls = tls or ssl.create_default_context()
+        self._hosts = hosts
 
     def fetch(self, request: FetchRequest) -> list[Row]:
         """At most ``request.limit`` rows after ``request.offset``; the page is always cut here.
@@ -145,9 +149,18 @@ class HttpAdapter:
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         host = self._url.hostname or ""
         port = self._url.port or (443 if self._url.scheme == "https" else 80)  # "[::1]" alone would parse badly
+        connection: http.client.HTTPConnection
         if self._url.scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
-        return http.client.HTTPConnection(host, port, timeout=timeout)
+            connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
+        else:
+            connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        if self._hosts is not None:
+            # Connect to an address checked against the host policy; TLS still verifies the name.
+            hosts = self._hosts
+            connection._create_connection = lambda address, wait=None, source=None: hosts.connect(  # type: ignore[attr-defined]
+                host, port, wait if isinstance(wait, int | float) else timeout
+            )
+        return connection
 
     def _exchange(self, connection: http.client.HTTPConnection, watchdog: _Watchdog, target: str) -> bytes | None:
         connection.connect()
@@ -363,8 +376,21 @@ def check(options: Mapping[str, object], context: BackendContext) -> list[FieldV
     if paging:
         out.append(FieldViolation("binding.parameters", f"{', '.join(paging)} is sent for paging; use another name"))
     if url.strip():
-        out += [FieldViolation("binding.url", d) for d in _url_problems(url)]
+        problems = _url_problems(url)
+        if not problems:
+            problems = _policy_problems(urlsplit(url), context)
+        out += [FieldViolation("binding.url", d) for d in problems]
     return out
+
+
+def _policy_problems(parts: SplitResult, context: BackendContext) -> list[str]:
+    """What the operator's host policy says about a well-formed URL."""
+    if context.hosts is None:
+        return []
+    problems = context.host_problems(parts.hostname or "")
+    if parts.scheme == "http" and not context.hosts.allow_plain_http:
+        problems.append("must be https:// (plain http is off: setting allow_plain_http)")
+    return problems
 
 
 def _url_problems(url: str) -> list[str]:
@@ -398,7 +424,7 @@ def open(name: str, binding: Binding, context: BackendContext) -> Backend:
         records_key=str(o.get("records_key") or ""),
         parameters=opt.mapping(o, "parameters", []),
     )
-    return HttpAdapter(name, http_binding, _tls(context))
+    return HttpAdapter(name, http_binding, _tls(context), context.hosts)
 
 
 def _tls(context: BackendContext) -> ssl.SSLContext:

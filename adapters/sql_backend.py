@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from adapters import options as opt
 from adapters.factory import BackendContext
 from adapters.sql import DEFAULT_MAX_ROWS, SqlAdapter, SqlBinding
@@ -21,7 +24,17 @@ def check(options: Mapping[str, object], context: BackendContext) -> list[FieldV
         out.append(FieldViolation("binding.url", "must be a sqlite:// or postgresql+psycopg:// URL"))
     if url and url in context.forbidden_urls:
         out.append(FieldViolation("binding.url", "is the hub's own database, which no resource may be read from"))
+    if url.startswith("postgresql"):
+        out += [FieldViolation("binding.url", d) for d in context.host_problems(_host_of(url))]
     return out
+
+
+def _host_of(url: str) -> str:
+    """The host a PostgreSQL URL names ("" for a local socket, which the host policy leaves to the operator)."""
+    try:
+        return make_url(url).host or ""
+    except ArgumentError:
+        return "?"
 
 
 def open(name: str, binding: Binding, context: BackendContext) -> Backend:

@@ -53,6 +53,11 @@ class Settings:
     audit_retention_days: int = 180
     # Directories file backends may serve documents from; empty: `home`/documents.
     document_roots: tuple[str, ...] = ()
+    # Hosts bindings may reach: names, ".suffix" names, addresses or networks (e.g. "10.20.0.0/16").
+    # Empty: any host except this machine (loopback), link-local (cloud metadata) and unspecified addresses.
+    backend_hosts: tuple[str, ...] = ()
+    # Let REST bindings use plain http:// (off: https only). For a test bench or a local demo.
+    allow_plain_http: bool = False
     # Longest wait for a department's backend when its binding sets none, in seconds.
     provider_timeout_seconds: float = 10.0
     # host:port of the HTTP port for /metrics, /healthz and /readyz; empty: none.

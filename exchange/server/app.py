@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from adapters import factory
+from adapters.hosts import HostPolicy
 from audit.batch import GroupCommitter
 from audit.log import AuditLog
 from audit.note import NoteError, Signer, Verifier
@@ -137,6 +138,7 @@ class Hub:
             document_roots=settings.effective_document_roots,
             default_timeout=settings.provider_timeout_seconds,
             forbidden_urls=(settings.effective_database_url,),
+            hosts=HostPolicy(settings.backend_hosts, settings.allow_plain_http),
         )
         self.backends = BackendPool(lambda name, b: factory.open_backend(name, b, self.backend_context))
         # What every call reads: certificate holders and catalog entries with their bindings.
