@@ -13,7 +13,7 @@ import time
 
 from audit.merkle import MerkleTree, ProofError
 from audit.note import Checkpoint, Signer
-from exchange.errors import InvalidArgument
+from exchange.errors import ExchangeError, InvalidArgument
 from exchange.store.audit import AuditStore
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ class AuditLog:
                 if time.monotonic() - last_signed >= self._checkpoint_seconds:
                     self._sign()
                     last_signed = time.monotonic()
+            except ExchangeError as e:  # the store is down or full: expected until it is back, no traceback
+                log.warning("audit log integration failed: %s; retrying", e.message)
+                self._stop.wait(1.0)
             except Exception:
                 log.exception("audit log integration failed; retrying")
                 self._stop.wait(1.0)
