@@ -244,7 +244,7 @@ def free_port() -> int:
 def hub_process(home: Path, database_url: str, port: int, log_file: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``exchange serve`` on ``port`` with ``home`` (and ``database_url``); SIGTERM at the end."""
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")},  # the hub refuses unknown ones
         "PYTHONPATH": str(ROOT),
         "EXCHANGE_HOME": str(home),
         "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
@@ -437,6 +437,8 @@ class Memory:
     bounded: bool
     client_start_mib: float
     client_end_mib: float
+    # The growth per audit entry sequenced after the warm-up: what a hub holding each entry in memory would show.
+    bytes_per_audit_entry: float
 
 
 def memory(samples: list[Sample], warmup: float, max_growth_mib: float, max_growth_share: float) -> Memory:
@@ -456,6 +458,7 @@ def memory(samples: list[Sample], warmup: float, max_growth_mib: float, max_grow
         bounded=growth <= allowed,
         client_start_mib=round(start.client_rss / MIB, 1),
         client_end_mib=round(end.client_rss / MIB, 1),
+        bytes_per_audit_entry=round((end.hub_rss - start.hub_rss) / max(1, end.audit_entries - start.audit_entries)),
     )
 
 
@@ -834,7 +837,9 @@ def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=600.0, help="length of the load (default 600)")
     parser.add_argument("--rate", type=float, default=100.0, help="calls started a second (default 100)")
-    parser.add_argument("--window", type=float, default=60.0, help="seconds per reported window (default 60)")
+    parser.add_argument(
+        "--window", type=float, help="seconds per reported window (default 60, or a sixth of a shorter run)"
+    )
     parser.add_argument("--warmup", type=float, help="seconds before memory counts (default: one window)")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between readings (default 10)")
     parser.add_argument("--stream-every", type=int, default=20, help="every n-th call is a StreamQuery (0: none)")
@@ -856,6 +861,7 @@ def options() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = options().parse_args(argv)
+    args.window = args.window or min(60.0, args.seconds / 6)
     args.warmup = args.window if args.warmup is None else args.warmup
     if args.rate <= 0 or args.seconds <= 0 or args.window <= 0 or args.sample <= 0:
         raise SystemExit("--rate, --seconds, --window and --sample must be positive")
@@ -878,7 +884,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"hub RSS: idle {mem['idle_mib']} MiB, after warm-up {mem['start_mib']} MiB, end {mem['end_mib']} MiB, "
         f"peak {mem['peak_mib']} MiB, slope {mem['slope_mib_per_hour']} MiB/h; client RSS {mem['client_start_mib']} "
-        f"→ {mem['client_end_mib']} MiB; hub fds {totals['hub_fds']}, threads {totals['hub_threads']}"
+        f"→ {mem['client_end_mib']} MiB; hub fds {totals['hub_fds']}, threads {totals['hub_threads']}; "
+        f"growth per audit entry after the warm-up {mem['bytes_per_audit_entry']} bytes; hub RSS after the audit "
+        f"export {data['after_run']['hub_rss'] / MIB:.1f} MiB"
     )
     print(f"load average (1 min) during the run: min / mean / max {totals['load_1m']}; {os.cpu_count()} CPUs")
     print(f"audit: {json.dumps(data['audit'], ensure_ascii=False)}")
