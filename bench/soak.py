@@ -241,17 +241,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def hub_process(home: Path, database_url: str, port: int, log_file: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``exchange serve`` on ``port`` with ``home`` (and ``database_url``); SIGTERM at the end."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")},  # the hub refuses unknown ones
-        "PYTHONPATH": str(ROOT),
-        "EXCHANGE_HOME": str(home),
-        "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
-        "EXCHANGE_METRICS_LISTEN": "127.0.0.1:0",
-    }
-    if database_url:
-        env["EXCHANGE_DATABASE_URL"] = database_url
+def hub_process(settings: Settings, port: int, log_file: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``exchange serve`` on ``port`` with the server's part of ``settings`` (as EXCHANGE_* variables); SIGTERM
+    at the end."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")}  # the hub refuses unknown ones
+    env |= server_environment(settings)
+    env |= {"PYTHONPATH": str(ROOT), "EXCHANGE_LISTEN": f"127.0.0.1:{port}", "EXCHANGE_METRICS_LISTEN": "127.0.0.1:0"}
+    home = settings.home
     with log_file.open("ab") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "exchange.cli.main", "serve"], cwd=home, env=env, stdout=sink, stderr=sink
@@ -266,6 +262,28 @@ def hub_process(home: Path, database_url: str, port: int, log_file: Path) -> Ite
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+CLIENT_SETTINGS = {"sources", "hub_address", "identity", "call_timeout_seconds"}
+
+
+def server_environment(settings: Settings) -> dict[str, str]:
+    """The EXCHANGE_* variables that give a hub started with ``exchange serve`` the settings that differ from the
+    defaults (the client's own settings left out)."""
+    defaults = Settings()
+    env: dict[str, str] = {}
+    for f in dataclasses.fields(Settings):
+        value = getattr(settings, f.name)
+        if f.name in CLIENT_SETTINGS or value == getattr(defaults, f.name):
+            continue
+        if isinstance(value, tuple):
+            text_value = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            text_value = "true" if value else "false"
+        else:
+            text_value = "" if value is None else str(value)
+        env[f"EXCHANGE_{f.name.upper()}"] = text_value
+    return env
 
 
 def wait_until_serving(settings: Settings, identity: Path, process: subprocess.Popen[bytes], log_file: Path) -> None:
@@ -657,7 +675,7 @@ def run(args: argparse.Namespace, home: Path, database_url: str) -> dict[str, An
     with ExitStack() as stack:
         world = set_up(stack, ctx, args, settings)
         port, log_file = free_port(), home / "hub.log"
-        hub = stack.enter_context(hub_process(settings.home, database_url, port, log_file))
+        hub = stack.enter_context(hub_process(settings, port, log_file))
         settings = replace(settings, hub_address=f"localhost:{port}")
         wait_until_serving(settings, world.consumer, hub, log_file)
         store = StoreReader(settings.effective_database_url)
