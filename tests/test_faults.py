@@ -391,7 +391,7 @@ def test_postgres_stopped_and_restarted_under_load(tmp_path: Path, cluster: Clus
         assert during and all(o.code is grpc.StatusCode.UNAVAILABLE for o in during), {o.code for o in during}
         assert {o.details for o in load.outcomes if o.code is not OK} <= CLEAR_REFUSALS
         assert {(NOT_SERVING, 503)} <= health.between(stopped, started)
-        _until(RECOVERY_LIMIT, lambda: health.last() == (SERVING, 200))
+        serving = _until(RECOVERY_LIMIT, lambda: health.last() == (SERVING, 200))
         answered = load.answered()
         assert before > 20 and len(answered) > before
         assert hub.terminate() == 0
@@ -402,7 +402,8 @@ def test_postgres_stopped_and_restarted_under_load(tmp_path: Path, cluster: Clus
     refused = sum(o.code is not OK for o in load.outcomes)
     print(
         f"PostgreSQL stopped ({mode}) for 2.5 s: {refused} calls UNAVAILABLE, answering again {recovered:.1f} s "
-        f"after it was back; {len(answered)} answered exchanges, all in the verified log of {report.entries}"
+        f"after it was back (health SERVING at most {1 + serving:.1f} s later); {len(answered)} answered exchanges, "
+        f"all in the verified log of {report.entries}"
     )
 
 
@@ -704,7 +705,7 @@ def test_a_full_disk_refuses_calls_until_space_is_freed(tmp_path: Path) -> None:
             assert full and all(o.code is grpc.StatusCode.UNAVAILABLE for o in full), {o.code for o in full}
             assert {o.details for o in load.outcomes if o.code is not OK} <= CLEAR_REFUSALS
             assert (NOT_SERVING, 503) in health.between(filled, freed)
-            _until(RECOVERY_LIMIT, lambda: health.last() == (SERVING, 200))
+            serving = _until(RECOVERY_LIMIT, lambda: health.last() == (SERVING, 200))
             answered = load.answered()
             assert before > 20 and len(answered) > before
             assert hub.terminate() == 0
@@ -716,7 +717,8 @@ def test_a_full_disk_refuses_calls_until_space_is_freed(tmp_path: Path) -> None:
     assert missing == [], f"{len(missing)} of {len(answered)} answered exchanges are not in the log"
     print(
         f"disk full: refusing after {refused:.1f} s, {sum(o.code is not OK for o in load.outcomes)} calls "
-        f"UNAVAILABLE; answering again {recovered:.1f} s after space was freed; {len(answered)} answered "
+        f"UNAVAILABLE; answering again {recovered:.1f} s after space was freed (health SERVING at most "
+        f"{1 + serving:.1f} s later); {len(answered)} answered "
         f"exchanges, all in the verified log of {report.entries}; integrity_check ok"
     )
 
