@@ -31,6 +31,7 @@ from exchange.server.catalog import CatalogServicer
 from exchange.server.credentials import TlsFiles
 from exchange.server.exchange import ExchangeServicer
 from exchange.server.metrics import HubMetrics, MetricsServer
+from exchange.server.refusals import RefusalLog
 from exchange.server.registry import RegistryServicer
 from exchange.server.rights import RightsServicer
 from exchange.services.audit import AuditReadService
@@ -172,6 +173,8 @@ class Hub:
         ]
         server = grpc.aio.server(options=options)
         policy = self.policy
+        assert self.committer is not None
+        refusals = RefusalLog(self.committer)
         registry = RegistryService(
             self.store,
             self.credentials.ca,
@@ -181,10 +184,12 @@ class Hub:
             identity_secret=_load_subject_key(pki.HubFiles(settings.home)),
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(registry, registry, settings.insecure_dev), server
+            RegistryServicer(registry, registry, settings.insecure_dev, refusals), server
         )
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
-            CatalogServicer(CatalogService(self.store, policy, self._check_binding), registry, settings.insecure_dev),
+            CatalogServicer(
+                CatalogService(self.store, policy, self._check_binding), registry, settings.insecure_dev, refusals
+            ),
             server,
         )
         calendar = WorkCalendar.load(settings.calendar_file or DEFAULT_CALENDAR)
@@ -195,10 +200,10 @@ class Hub:
             raise ConfigError(f"{files.audit_verifier} is not the public key of {files.audit_key}")
         auditing = AuditReadService(self.store, self.audit, policy, verifier, _load_subject_key(files))
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditServicer(auditing, registry, settings.insecure_dev), server
+            AuditServicer(auditing, registry, settings.insecure_dev, refusals), server
         )
         rights_pb2_grpc.add_RightsServiceServicer_to_server(
-            RightsServicer(rights, registry, settings.insecure_dev), server
+            RightsServicer(rights, registry, settings.insecure_dev, refusals), server
         )
         assert self.committer is not None
         exchanging = ExchangeService(

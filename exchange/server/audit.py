@@ -10,9 +10,9 @@ from typing import Any
 import grpc
 
 from exchange import validation
-from exchange.errors import ExchangeError
+from exchange.errors import ExchangeError, PermissionDenied
 from exchange.models import Principal
-from exchange.server.rpc import Authenticator, abort_with, caller_of, unary
+from exchange.server.rpc import Authenticator, Refusals, abort_with, caller_of, unary
 from exchange.services.audit import AuditReadService, SignedHead, parse_time
 from exchange.store.audit import Entry, EntryFilter
 from exchange.v1 import audit_pb2 as pb
@@ -26,7 +26,10 @@ def _entry(e: Entry) -> pb.AuditEntry:
 
 
 class AuditServicer(pb_grpc.AuditServiceServicer):
-    def __init__(self, service: AuditReadService, auth: Authenticator, insecure_dev: bool) -> None:
+    def __init__(
+        self, service: AuditReadService, auth: Authenticator, insecure_dev: bool, refusals: Refusals | None = None
+    ) -> None:
+        self.refusals = refusals
         self.service = service
         self.auth = auth
         self.insecure_dev = insecure_dev
@@ -84,6 +87,8 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                     return
                 yield pb.ExportChunk(lines="".join(line + "\n" for line in chunk))
         except ExchangeError as e:
+            if isinstance(e, PermissionDenied) and self.refusals is not None:
+                await self.refusals.refused(actor, "AuditServicer.ExportLog", e)
             await abort_with(context, e)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from exchange import wire as c
 from exchange.errors import FieldViolation
 from exchange.models import Principal, ResourceChange
-from exchange.server.rpc import Authenticator, unary
+from exchange.server.rpc import Authenticator, Refusals, unary
 from exchange.services.catalog import CatalogService
 from exchange.store.catalog import ResourceFilter
 from exchange.v1 import catalog_pb2 as pb
@@ -14,7 +14,10 @@ from exchange.validation import raise_if
 
 
 class CatalogServicer(pb_grpc.CatalogServiceServicer):
-    def __init__(self, service: CatalogService, auth: Authenticator, insecure_dev: bool) -> None:
+    def __init__(
+        self, service: CatalogService, auth: Authenticator, insecure_dev: bool, refusals: Refusals | None = None
+    ) -> None:
+        self.refusals = refusals
         self.service = service
         self.auth = auth
         self.insecure_dev = insecure_dev

@@ -5,7 +5,7 @@ from __future__ import annotations
 from exchange import wire as c
 from exchange.errors import FieldViolation
 from exchange.models import Principal, PrincipalRef
-from exchange.server.rpc import Authenticator, unary
+from exchange.server.rpc import Authenticator, Refusals, unary
 from exchange.services.registry import RegistryService
 from exchange.v1 import registry_pb2 as pb
 from exchange.v1 import registry_pb2_grpc as pb_grpc
@@ -13,7 +13,10 @@ from exchange.validation import raise_if
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    def __init__(self, service: RegistryService, auth: Authenticator, insecure_dev: bool) -> None:
+    def __init__(
+        self, service: RegistryService, auth: Authenticator, insecure_dev: bool, refusals: Refusals | None = None
+    ) -> None:
+        self.refusals = refusals
         self.service = service
         self.auth = auth
         self.insecure_dev = insecure_dev

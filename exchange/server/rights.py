@@ -8,7 +8,7 @@ from exchange import validation
 from exchange import wire as c
 from exchange.errors import FieldViolation
 from exchange.models import Principal
-from exchange.server.rpc import Authenticator, unary
+from exchange.server.rpc import Authenticator, Refusals, unary
 from exchange.services.rights import Approval, RightsService
 from exchange.store.rights import GrantFilter, RequestFilter
 from exchange.v1 import rights_pb2 as pb
@@ -29,7 +29,10 @@ def _today() -> dt.date:
 
 
 class RightsServicer(pb_grpc.RightsServiceServicer):
-    def __init__(self, service: RightsService, auth: Authenticator, insecure_dev: bool) -> None:
+    def __init__(
+        self, service: RightsService, auth: Authenticator, insecure_dev: bool, refusals: Refusals | None = None
+    ) -> None:
+        self.refusals = refusals
         self.service = service
         self.auth = auth
         self.insecure_dev = insecure_dev

@@ -39,6 +39,12 @@ class Authenticator(Protocol):
     def principal(self, ref: PrincipalRef) -> Principal: ...
 
 
+class Refusals(Protocol):
+    """Where refused administrative calls are recorded (the audit log), so attempts leave a trace."""
+
+    async def refused(self, actor: Principal, where: str, error: errors.PermissionDenied) -> None: ...
+
+
 class Servicer(Protocol):
     auth: Authenticator
     insecure_dev: bool
@@ -140,13 +146,19 @@ def unary(
         if remaining is not None and remaining <= 0:
             await _abort(context, status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message="deadline exceeded"))
 
+        callers: list[Principal] = []
+
         def call() -> Resp:
             with deadline(context.time_remaining()):
-                return fn(self, request, identify(self, context))
+                callers.append(identify(self, context))
+                return fn(self, request, callers[0])
 
         try:
             return await asyncio.to_thread(call)
         except errors.ExchangeError as e:
+            refusals: Refusals | None = getattr(self, "refusals", None)
+            if isinstance(e, errors.PermissionDenied) and refusals is not None and callers:
+                await refusals.refused(callers[0], fn.__qualname__, e)
             await _abort(context, status_of(e))
         except Exception:
             await internal_error(context, fn.__qualname__)
