@@ -34,6 +34,7 @@ from exchange.server.metrics import HubMetrics, MetricsServer
 from exchange.server.refusals import RefusalLog
 from exchange.server.registry import RegistryServicer
 from exchange.server.rights import RightsServicer
+from exchange.server.rpc import RequestParsing
 from exchange.services.audit import AuditReadService
 from exchange.services.cache import Cache
 from exchange.services.catalog import CatalogService
@@ -171,7 +172,7 @@ class Hub:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=options, interceptors=[RequestParsing()])
         policy = self.policy
         assert self.committer is not None
         refusals = RefusalLog(self.committer)
