@@ -3,6 +3,10 @@
 Every hub process runs one ``AuditLog``. Its thread integrates what any process staged (one at a
 time, by the store's lock), catches its in-memory tree up with the entries in the store, and every
 few seconds, if the log grew, signs a checkpoint of the new size. Proofs are served from the tree.
+
+The tree in memory is only its right edge (O(log n) hashes); the subtrees of 256 leaves and more are
+kept in the store as they complete, and proofs and earlier roots read them, so a hub's memory does
+not grow with its log.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import threading
 import time
 
-from audit.merkle import MerkleTree, ProofError
+from audit.merkle import KEPT_LEVEL, FrontierTree, ProofError
 from audit.note import Checkpoint, Signer
 from exchange.errors import ExchangeError, InvalidArgument
 from exchange.store.audit import AuditStore
@@ -19,6 +23,8 @@ from exchange.store.audit import AuditStore
 log = logging.getLogger(__name__)
 # Staged records sequenced per transaction.
 INTEGRATE_BATCH = 1000
+# Leaf hashes read from the store at a time while catching the tree up.
+SYNC_CHUNK = 50_000
 
 
 class AuditLog:
@@ -34,7 +40,7 @@ class AuditLog:
         self.store = store
         self.signer = signer
         self.origin = origin
-        self.tree = MerkleTree()
+        self.tree = FrontierTree(store)
         self._checkpoint_seconds = checkpoint_seconds
         self._poll_seconds = poll_seconds
         self._lock = threading.Lock()
@@ -67,9 +73,26 @@ class AuditLog:
         """Brings the in-memory tree up to the entries in the store (other processes integrate too)."""
         with self._lock:
             size = self.store.size()
-            if size > self.tree.size:
-                for leaf in self.store.leaf_hashes(self.tree.size, size):
-                    self.tree.append(leaf)
+            if self.tree.size == 0 and size > 0:
+                self._resume(size)
+            while self.tree.size < size:
+                end = min(size, self.tree.size + SYNC_CHUNK)
+                kept = [node for leaf in self.store.leaf_hashes(self.tree.size, end) for node in self.tree.append(leaf)]
+                self.store.add_nodes(kept)
+
+    def _resume(self, size: int) -> None:
+        """Starts the tree at the store's size from the kept subtrees, when they are all there.
+
+        A log written before subtrees were kept (or restored without them) is read leaf by leaf
+        instead, once, in chunks; the subtrees it completes are kept on the way.
+        """
+        kept = size >> KEPT_LEVEL << KEPT_LEVEL
+        wanted = [
+            (k, (kept >> (k + 1)) << 1) for k in range(kept.bit_length() - 1, KEPT_LEVEL - 1, -1) if kept >> k & 1
+        ]
+        found = [self.store.node_hashes(level, [index]).get(index) for level, index in wanted]
+        if all(h is not None for h in found):
+            self.tree.start_at(kept, [h for h in found if h is not None])
 
     def _sign(self, *, force: bool = False) -> None:
         with self._lock:

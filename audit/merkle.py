@@ -9,6 +9,8 @@ iterative algorithms of 2.1.3.2 and 2.1.4.2. A proof that does not verify raises
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from typing import Protocol
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -210,14 +212,18 @@ class CompactRange:
         self.size = size
         self._nodes = list(zip(sizes, hashes, strict=True))
 
-    def append(self, leaf: bytes) -> None:
+    def append(self, leaf: bytes) -> list[tuple[int, bytes]]:
+        """Adds a leaf hash; returns the complete subtrees it made, as (level, hash), the leaf first."""
         if len(leaf) != HASH_SIZE:
             raise ProofError(f"a leaf hash has {HASH_SIZE} bytes, not {len(leaf)}")
+        made = [(0, leaf)]
         self._nodes.append((1, leaf))
         while len(self._nodes) > 1 and self._nodes[-1][0] == self._nodes[-2][0]:
             (n, right), (_, left) = self._nodes.pop(), self._nodes.pop()
             self._nodes.append((2 * n, node_hash(left, right)))
+            made.append(((2 * n).bit_length() - 1, self._nodes[-1][1]))
         self.size += 1
+        return made
 
     def root(self) -> bytes:
         if not self._nodes:
@@ -226,3 +232,113 @@ class CompactRange:
         for _, h in reversed(self._nodes[:-1]):
             root = node_hash(h, root)
         return root
+
+
+class NodeSource(Protocol):
+    """Where a ``FrontierTree`` finds what it does not keep: leaf hashes, and kept subtree hashes."""
+
+    def leaf_hashes(self, start: int, end: int) -> list[bytes]: ...
+
+    def node_hashes(self, level: int, indexes: list[int]) -> dict[int, bytes]: ...
+
+
+# Subtrees of 2**KEPT_LEVEL leaves and larger are kept (in the store); smaller ones are computed from leaves.
+KEPT_LEVEL = 8
+
+
+class FrontierTree:
+    """The same tree as ``MerkleTree`` in O(log n) memory: only its right frontier is held.
+
+    Appending yields the complete subtrees of ``2**KEPT_LEVEL`` leaves or more that the new leaf
+    completes, for the caller to keep (``NodeSource.node_hashes`` returns them later). Roots of
+    earlier sizes and proofs read those kept hashes, and compute smaller subtrees from at most
+    ``2**KEPT_LEVEL`` leaf hashes each. A long-running hub's memory then stays flat however long its
+    log grows.
+    """
+
+    def __init__(self, source: NodeSource) -> None:
+        self._source = source
+        self._frontier = CompactRange()
+
+    @property
+    def size(self) -> int:
+        return self._frontier.size
+
+    def start_at(self, size: int, prefix: list[bytes]) -> None:
+        """Continues a tree of ``size`` leaves from its compact range (``prefix``), e.g. after a restart."""
+        self._frontier = CompactRange(size, prefix)
+
+    def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Adds a leaf hash; returns the kept subtrees it completes as (level, index, hash)."""
+        index = self.size
+        made = self._frontier.append(leaf)
+        return [(level, index >> level, digest) for level, digest in made if level >= KEPT_LEVEL]
+
+    def root(self, size: int | None = None) -> bytes:
+        size = self.size if size is None else size
+        self._check_size(size)
+        return self._frontier.root() if size == self.size else self._range(0, size)
+
+    def prefix(self, size: int) -> list[bytes]:
+        """The compact range of leaves [0, size), largest subtree first."""
+        self._check_size(size)
+        out, offset = [], 0
+        for k in range(size.bit_length() - 1, -1, -1):
+            if size >> k & 1:
+                out.append(self._range(offset, offset + (1 << k)))
+                offset += 1 << k
+        return out
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        self._check_size(size)
+        if not 0 <= index < size:
+            raise ProofError(f"leaf {index} is not in a tree of size {size}")
+        return _proof_path(self._range, index, 0, size)
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        self._check_size(size2)
+        if not 0 < size1 <= size2:
+            raise ProofError(f"no consistency proof from size {size1} to size {size2}")
+        return _proof_subproof(self._range, size1, 0, size2, complete=True)
+
+    def _check_size(self, size: int) -> None:
+        if not 0 <= size <= self.size:
+            raise ProofError(f"tree size {size} is outside 0..{self.size}")
+
+    def _range(self, start: int, end: int) -> bytes:
+        n = end - start
+        if n == 0:
+            return EMPTY_ROOT
+        if n & (n - 1) == 0 and start % n == 0:
+            level = n.bit_length() - 1
+            if level >= KEPT_LEVEL:
+                found = self._source.node_hashes(level, [start >> level]).get(start >> level)
+                if found is None:
+                    raise ProofError(f"the kept hash of leaves {start}..{end - 1} is missing")
+                return found
+            return MerkleTree(self._source.leaf_hashes(start, end)).root()
+        k = _split(n)
+        return node_hash(self._range(start, start + k), self._range(start + k, end))
+
+
+Range = Callable[[int, int], bytes]
+
+
+def _proof_path(rng: Range, m: int, start: int, end: int) -> list[bytes]:
+    n = end - start
+    if n == 1:
+        return []
+    k = _split(n)
+    if m < k:
+        return [*_proof_path(rng, m, start, start + k), rng(start + k, end)]
+    return [*_proof_path(rng, m - k, start + k, end), rng(start, start + k)]
+
+
+def _proof_subproof(rng: Range, m: int, start: int, end: int, *, complete: bool) -> list[bytes]:
+    n = end - start
+    if m == n:
+        return [] if complete else [rng(start, end)]
+    k = _split(n)
+    if m <= k:
+        return [*_proof_subproof(rng, m, start, start + k, complete=complete), rng(start + k, end)]
+    return [*_proof_subproof(rng, m - k, start + k, end, complete=False), rng(start, start + k)]

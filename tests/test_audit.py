@@ -15,7 +15,7 @@ from sqlalchemy import delete, update
 from audit.batch import GroupCommitter
 from audit.export import export_lines
 from audit.log import AuditLog
-from audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+from audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, Signer, Verifier, open_note
 from audit.records import (
     AuditRecord,
@@ -33,7 +33,7 @@ from exchange.errors import Unavailable
 from exchange.paging import page_request
 from exchange.store import Store
 from exchange.store.audit import EntryFilter, staging
-from exchange.store.schema import AuditEntryRow, AuditSubjectRow
+from exchange.store.schema import AuditEntryRow, AuditNodeRow, AuditSubjectRow
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import registry_pb2 as rpb
 from tests.harness import POLICE, RunningHub, identity_spec
@@ -364,3 +364,22 @@ def test_bad_ranges_and_missing_rights_get_precise_errors(hub: RunningHub) -> No
     with hub.client() as c, pytest.raises(grpc.RpcError) as info:
         list(c.audit.ExportLog(apb.ExportLogRequest(), timeout=10))
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_restarted_log_resumes_from_its_kept_subtrees_or_rebuilds_them(log: AuditLog, store: Store) -> None:
+    """Memory stays flat: a process holds only the tree's right edge, and the store keeps the rest."""
+    _fill(log, 600)
+    kept = store.audit.node_hashes(8, [0, 1])
+    assert set(kept) == {0, 1} and store.audit.node_hashes(9, [0])
+    reference = MerkleTree(store.audit.leaf_hashes(0, 600))
+    restarted = AuditLog(store.audit, log.signer, ORIGIN, checkpoint_seconds=3600)
+    restarted.sync()
+    assert restarted.tree.root() == reference.root()
+    assert restarted.inclusion_proof(300, 600) == reference.inclusion_proof(300, 600)
+    assert restarted.consistency_proof(100, 600) == reference.consistency_proof(100, 600)
+    # A log from before subtrees were kept (or restored without them): read once, and kept on the way.
+    _tamper(store, delete(AuditNodeRow))
+    rebuilt = AuditLog(store.audit, log.signer, ORIGIN, checkpoint_seconds=3600)
+    rebuilt.sync()
+    assert rebuilt.tree.root() == reference.root() and store.audit.node_hashes(9, [0])
+    _verify(rebuilt)

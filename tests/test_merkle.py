@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from audit.merkle import CompactRange, MerkleTree, ProofError, leaf_hash, verify_consistency, verify_inclusion
+from audit.merkle import (
+    KEPT_LEVEL,
+    CompactRange,
+    FrontierTree,
+    MerkleTree,
+    ProofError,
+    leaf_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "merkle"
 
@@ -110,3 +119,52 @@ def test_a_compact_range_from_any_prefix_reaches_every_root() -> None:
             assert compact.root() == tree.root(i + 1), (start, i)
     with pytest.raises(ProofError):
         CompactRange(5, tree.prefix(4))
+
+
+class _Kept:
+    """A node source in memory: the leaves, and the subtree hashes a FrontierTree handed out to keep."""
+
+    def __init__(self) -> None:
+        self.leaves: list[bytes] = []
+        self.nodes: dict[tuple[int, int], bytes] = {}
+
+    def leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        return self.leaves[start:end]
+
+    def node_hashes(self, level: int, indexes: list[int]) -> dict[int, bytes]:
+        return {i: self.nodes[level, i] for i in indexes if (level, i) in self.nodes}
+
+
+def test_the_frontier_tree_is_the_same_tree_in_logarithmic_memory() -> None:
+    kept, reference = _Kept(), MerkleTree()
+    tree = FrontierTree(kept)
+    n = 3 * (1 << KEPT_LEVEL) + 77
+    for i in range(n):
+        leaf = leaf_hash(i.to_bytes(4, "big"))
+        kept.leaves.append(leaf)
+        reference.append(leaf)
+        kept.nodes.update({(level, index): h for level, index, h in tree.append(leaf)})
+        assert len(tree.prefix(tree.size)) == bin(tree.size).count("1")
+    assert tree.root() == reference.root()
+    # Only complete subtrees of 2**KEPT_LEVEL leaves or more were handed out, each exactly once.
+    assert sorted(kept.nodes) == [(8, 0), (8, 1), (8, 2), (9, 0)]
+    for size in (1, 2, 255, 256, 257, 511, 512, 700, n):
+        assert tree.root(size) == reference.root(size)
+        assert tree.prefix(size) == reference.prefix(size)
+        for index in {0, size // 2, size - 1}:
+            assert tree.inclusion_proof(index, size) == reference.inclusion_proof(index, size)
+        for size1 in {1, size // 3 or 1, size}:
+            assert tree.consistency_proof(size1, size) == reference.consistency_proof(size1, size)
+    resumed = FrontierTree(kept)
+    resumed.start_at(n, reference.prefix(n))
+    assert resumed.root() == reference.root() and resumed.inclusion_proof(5, n) == reference.inclusion_proof(5, n)
+
+
+def test_a_missing_kept_hash_is_an_error_not_a_wrong_proof() -> None:
+    kept = _Kept()
+    tree = FrontierTree(kept)
+    for i in range(600):
+        kept.leaves.append(leaf_hash(bytes([i % 256, i // 256])))
+        tree.append(kept.leaves[-1])  # the kept hashes are dropped
+    with pytest.raises(ProofError, match="missing"):
+        tree.inclusion_proof(3, 600)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import Table, delete, event, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from audit.merkle import leaf_hash
@@ -32,7 +34,7 @@ from exchange.models import Page
 from exchange.paging import PageRequest
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
-from exchange.store.schema import AuditCheckpointRow, AuditEntryRow, AuditStagedRow, AuditSubjectRow
+from exchange.store.schema import AuditCheckpointRow, AuditEntryRow, AuditNodeRow, AuditStagedRow, AuditSubjectRow
 
 # Bulk paths use the tables directly: the ORM's per-row bookkeeping costs more than the writes.
 _STAGED = cast(Table, AuditStagedRow.__table__)
@@ -161,6 +163,26 @@ class AuditStore:
                 .order_by(AuditEntryRow.seq)
             )
             return [bytes(h) for _, h in rows]
+
+    def node_hashes(self, level: int, indexes: list[int]) -> dict[int, bytes]:
+        """Kept subtree hashes of one level, by index (those not kept yet are absent)."""
+        with self._db.read() as s:
+            rows = s.execute(
+                select(AuditNodeRow.idx, AuditNodeRow.hash).where(
+                    AuditNodeRow.level == level, AuditNodeRow.idx.in_(indexes)
+                )
+            )
+            return {int(i): bytes(h) for i, h in rows}
+
+    def add_nodes(self, nodes: list[tuple[int, int, bytes]]) -> None:
+        """Keeps subtree hashes (level, index, hash); one another process kept already is left as it is."""
+        if not nodes:
+            return
+        rows = [{"level": level, "idx": idx, "hash": h} for level, idx, h in nodes]
+        insert_ignoring = pg_insert if self._db.backend == "postgresql" else sqlite_insert
+        with self._db.write() as s:
+            for start in range(0, len(rows), 300):  # within every database's limit of bound values
+                s.execute(insert_ignoring(AuditNodeRow).values(rows[start : start + 300]).on_conflict_do_nothing())
 
     def entries(self, start: int, end: int) -> list[Entry]:
         with self._db.read() as s:

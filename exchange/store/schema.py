@@ -322,6 +322,19 @@ class AuditSubjectRow(Base):
     subject_hash: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
 
 
+class AuditNodeRow(Base):
+    """A kept subtree hash of the audit tree (2**level leaves from index * 2**level): derived, never edited.
+
+    Hub processes keep only the tree's right edge in memory and read these for roots and proofs.
+    """
+
+    __tablename__ = "audit_nodes"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
 class AuditCheckpointRow(Base):
     """A signed tree head (C2SP tlog-checkpoint in a signed note)."""
 
