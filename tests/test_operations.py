@@ -73,6 +73,10 @@ def test_the_exposition_of_a_hub_that_served_exchanges(served: World) -> None:
     assert samples[("exchange_audit_records_appended_total", ())] >= 4
     assert samples[("exchange_grants", (("state", "active"),))] == 1
     assert ("exchange_certificate_expiry_timestamp_seconds", (("principal", "system/bdc-djxt"),)) in samples
+    own = {
+        dict(labels)["principal"] for name, labels in samples if name == "exchange_certificate_expiry_timestamp_seconds"
+    }
+    assert "hub/server" in own and any(p.startswith("hub/ca/") for p in own)  # the hub's own certificates too
     assert 0 <= samples[("exchange_audit_checkpoint_age_seconds", ())] < 60
     assert samples[("exchange_ready", ())] == 1
     names = {name for name, _ in samples}

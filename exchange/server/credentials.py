@@ -8,6 +8,7 @@ rotation half done): the next connection tries again.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
@@ -118,6 +119,14 @@ class TlsFiles:
             self.fetch,  # type: ignore[arg-type]
             require_client_authentication=True,
         )
+
+    def expiries(self) -> list[tuple[str, dt.datetime]]:
+        """The hub's own certificates and when they expire: its server certificate and each trusted CA."""
+        self.server.refresh()
+        _, cert, trust = self.server.value
+        out = [("hub/server", x509.load_pem_x509_certificate(cert).not_valid_after_utc)]
+        out += [(f"hub/ca/{pki.fingerprint(c)[:16]}", c.not_valid_after_utc) for c in pki.split_pems(trust)]
+        return out
 
     def trust_pem(self) -> bytes:
         self.server.refresh()

@@ -109,9 +109,14 @@ class HubMetrics:
         self.audit_batch.observe(records)
         self.audit_records.inc(records)
 
-    def watch_state(self, store: Store, checkpoint_time: Callable[[], float | None]) -> None:
-        """Adds the gauges read from the store and the audit log when scraped."""
-        self.registry.register(_StateCollector(store, checkpoint_time))
+    def watch_state(
+        self,
+        store: Store,
+        checkpoint_time: Callable[[], float | None],
+        own_certificates: Callable[[], list[tuple[str, dt.datetime]]] = list,
+    ) -> None:
+        """Adds the gauges read from the store, the audit log and the hub's own certificates when scraped."""
+        self.registry.register(_StateCollector(store, checkpoint_time, own_certificates))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -120,9 +125,15 @@ class HubMetrics:
 class _StateCollector(Collector):
     """Gauges of the store's state, read at most every STATE_SECONDS (a scrape must not load the store)."""
 
-    def __init__(self, store: Store, checkpoint_time: Callable[[], float | None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        checkpoint_time: Callable[[], float | None],
+        own_certificates: Callable[[], list[tuple[str, dt.datetime]]],
+    ) -> None:
         self._store = store
         self._checkpoint_time = checkpoint_time
+        self._own_certificates = own_certificates
         self._lock = threading.Lock()
         self._read_at = -STATE_SECONDS
         self._state: list[Metric] = []
@@ -157,10 +168,11 @@ class _StateCollector(Collector):
         late.add_metric([], overdue)
         expiry = GaugeMetricFamily(
             "exchange_certificate_expiry_timestamp_seconds",
-            "When each principal's latest unrevoked certificate expires (Unix time).",
+            "When each principal's latest unrevoked certificate expires (Unix time);"
+            " hub/server and hub/ca/<fingerprint> are the hub's own.",
             labels=["principal"],
         )
-        for principal, not_after in self._store.registry.certificate_expiries():
+        for principal, not_after in [*self._store.registry.certificate_expiries(), *self._own_certificates()]:
             expiry.add_metric([principal], not_after.timestamp())
         return [by_state, waiting, late, expiry]
 
