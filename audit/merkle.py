@@ -87,44 +87,21 @@ class MerkleTree:
     def prefix(self, size: int) -> list[bytes]:
         """The hashes of the complete subtrees that cover leaves [0, size), largest first (a compact range)."""
         self._check_size(size)
-        out, offset = [], 0
-        for k in range(size.bit_length() - 1, -1, -1):
-            if size >> k & 1:
-                out.append(self.levels[k][offset >> k])
-                offset += 1 << k
-        return out
+        return _compact_range(self._range, size)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """PATH(index, D[0:size]) of RFC 9162 2.1.3.1."""
         self._check_size(size)
         if not 0 <= index < size:
             raise ProofError(f"leaf {index} is not in a tree of size {size}")
-        return self._path(index, 0, size)
-
-    def _path(self, m: int, start: int, end: int) -> list[bytes]:
-        n = end - start
-        if n == 1:
-            return []
-        k = _split(n)
-        if m < k:
-            return [*self._path(m, start, start + k), self._range(start + k, end)]
-        return [*self._path(m - k, start + k, end), self._range(start, start + k)]
+        return _proof_path(self._range, index, 0, size)
 
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
         """PROOF(size1, D[0:size2]) of RFC 9162 2.1.4.1."""
         self._check_size(size2)
         if not 0 < size1 <= size2:
             raise ProofError(f"no consistency proof from size {size1} to size {size2}")
-        return self._subproof(size1, 0, size2, complete=True)
-
-    def _subproof(self, m: int, start: int, end: int, *, complete: bool) -> list[bytes]:
-        n = end - start
-        if m == n:
-            return [] if complete else [self._range(start, end)]
-        k = _split(n)
-        if m <= k:
-            return [*self._subproof(m, start, start + k, complete=complete), self._range(start + k, end)]
-        return [*self._subproof(m - k, start + k, end, complete=False), self._range(start, start + k)]
+        return _proof_subproof(self._range, size1, 0, size2, complete=True)
 
 
 def _check_hashes(*hashes: bytes) -> None:
@@ -282,12 +259,7 @@ class FrontierTree:
     def prefix(self, size: int) -> list[bytes]:
         """The compact range of leaves [0, size), largest subtree first."""
         self._check_size(size)
-        out, offset = [], 0
-        for k in range(size.bit_length() - 1, -1, -1):
-            if size >> k & 1:
-                out.append(self._range(offset, offset + (1 << k)))
-                offset += 1 << k
-        return out
+        return _compact_range(self._range, size)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         self._check_size(size)
@@ -321,10 +293,22 @@ class FrontierTree:
         return node_hash(self._range(start, start + k), self._range(start + k, end))
 
 
+# The hash of leaves [start, end), however a tree finds it: what the proof definitions below are written over.
 Range = Callable[[int, int], bytes]
 
 
+def _compact_range(rng: Range, size: int) -> list[bytes]:
+    """The complete subtrees covering leaves [0, size), largest first."""
+    out, offset = [], 0
+    for k in range(size.bit_length() - 1, -1, -1):
+        if size >> k & 1:
+            out.append(rng(offset, offset + (1 << k)))
+            offset += 1 << k
+    return out
+
+
 def _proof_path(rng: Range, m: int, start: int, end: int) -> list[bytes]:
+    """PATH(m, D[start:end]) of RFC 9162 2.1.3.1."""
     n = end - start
     if n == 1:
         return []
@@ -335,6 +319,7 @@ def _proof_path(rng: Range, m: int, start: int, end: int) -> list[bytes]:
 
 
 def _proof_subproof(rng: Range, m: int, start: int, end: int, *, complete: bool) -> list[bytes]:
+    """SUBPROOF(m, D[start:end], complete) of RFC 9162 2.1.4.1."""
     n = end - start
     if m == n:
         return [] if complete else [rng(start, end)]

@@ -666,7 +666,16 @@ def restore(
         audit = check_audit_log(archive, manifest, verifier)
         keys = _keys_to_write(archive, manifest, verifier, home) if home is not None else []
         _prepare(db, manifest.schema_revision)
-        _load(db, archive, manifest)
-    for key_path, data, private in keys:
-        (pki.write_secret if private else pki.write_public)(key_path, data)
+        # Keys first, the database last: a failure on either side leaves neither (the keys written here are
+        # new files, checked absent above, so removing them again touches nothing of anyone else's).
+        written: list[Path] = []
+        try:
+            for key_path, data, private in keys:
+                (pki.write_secret if private else pki.write_public)(key_path, data)
+                written.append(key_path)
+            _load(db, archive, manifest)
+        except BaseException:
+            for key_path in written:
+                key_path.unlink(missing_ok=True)
+            raise
     return Restored(manifest, audit, tuple(p for p, _, _ in keys))

@@ -34,6 +34,7 @@ class Action(StrEnum):
 
     REGISTER_MEMBERS = "registry:register"
     ISSUE_CERTIFICATE = "certificate:issue"
+    CERTIFY_SYSTEM = "system_certificate:issue"
     REVOKE_CERTIFICATE = "certificate:revoke"
     WRITE_CATALOG = "catalog:write"
     APPLY_FOR_DATA = "request:apply"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,13 +117,18 @@ LOOKUP = "10101/350200000001"
 PERSON_ID = "350203198001012345"
 
 
-def serve_lookup(world: World, directory: Path, *, quota: int = 0, rate: int = 0) -> str:
-    """Publishes the lookup, binds it to a new SQLite front-end database in ``directory``, grants it; the grant id."""
+def serve_lookup(
+    world: World, directory: Path, *, quota: int = 0, rate: int = 0, names: Sequence[str] = ("张三",)
+) -> str:
+    """Publishes the lookup, binds it to a new SQLite front-end database in ``directory``, grants it; the grant id.
+
+    Each of ``names`` is one record of PERSON_ID (many, or long ones, make a large answer).
+    """
     url = f"sqlite:///{directory / 'ga-qzk.db'}"
     engine = create_engine(url)
     with engine.begin() as c:
         c.execute(text("CREATE TABLE rk (name TEXT, id_number TEXT)"))
-        c.execute(text("INSERT INTO rk VALUES ('张三', :id)"), {"id": PERSON_ID})
+        c.execute(text("INSERT INTO rk VALUES (:name, :id)"), [{"name": n, "id": PERSON_ID} for n in names])
     engine.dispose()
     items = (
         m.DataItem("name", "姓名", m.FieldType.STRING),

@@ -76,17 +76,26 @@ class RunningHub:
         self.operator = operator
         self.files = pki.HubFiles(settings.home)
         self.ca_pem = self.files.ca_cert.read_bytes()
+        # Per department, a person who may certify its systems (its first steward or consumer).
+        self.certifiers: dict[str, Path] = {}
 
     def client(self, identity: Path | None = None) -> HubClient:
         return HubClient(self.settings, identity or self.operator)
 
-    def identity(self, kind: m.PrincipalKind, code: str) -> Path:
+    def identity(self, kind: m.PrincipalKind, code: str, issuer: Path | None = None) -> Path:
+        """The identity directory of a member, certified on first use (by ``issuer``, else the operator)."""
         ref = m.PrincipalRef(kind, code)
         out = self.files.identity(ref).directory
         if not out.exists():
-            with self.client() as hub:
+            with self.client(issuer) as hub:
                 issue_identity(hub, ref, out, self.ca_pem)
         return out
+
+    def certifier(self, department: str) -> Path:
+        """Someone of ``department`` who may certify its systems (a consumer made for it if there is none)."""
+        if department not in self.certifiers:
+            self.add_person(f"it-{department[-8:].lower()}", department, m.Role.CONSUMER)
+        return self.certifiers[department]
 
     def rows(self, table: type[Base]) -> int:
         """Rows in one of the store's tables, read directly: to show a refusal changed nothing."""
@@ -108,13 +117,16 @@ class RunningHub:
             number = id_number or sample_id_number(username)
             request = rpb.CreatePersonRequest(person=w.person_to_wire(person), id_number=number)
             hub.call(hub.registry.CreatePerson, request)
-        return self.identity(m.PrincipalKind.PERSON, username)
+        identity = self.identity(m.PrincipalKind.PERSON, username)
+        if {m.Role.OWNER_STEWARD, m.Role.CONSUMER} & set(roles):
+            self.certifiers.setdefault(department, identity)
+        return identity
 
     def add_system(self, code: str, department: str) -> Path:
         with self.client() as hub:
             system = w.system_to_wire(m.System(code, f"系统 {code}", department))
             hub.call(hub.registry.CreateSystem, rpb.CreateSystemRequest(system=system))
-        return self.identity(m.PrincipalKind.SYSTEM, code)
+        return self.identity(m.PrincipalKind.SYSTEM, code, self.certifier(department))
 
     def publish(self, steward: Path, spec: m.ResourceSpec, publish: bool = True) -> cpb.Resource:
         with self.client(steward) as hub:

@@ -23,7 +23,7 @@ from audit.note import Signer
 from exchange import backup
 from exchange import models as m
 from exchange.cli.main import main
-from exchange.errors import InvalidArgument
+from exchange.errors import InvalidArgument, Unavailable
 from exchange.store import Database
 from exchange.store.schema import Base
 from tests.harness import AUTHORITY, POLICE, RunningHub, base_settings, identity_spec, running_hub
@@ -408,6 +408,22 @@ def test_keys_are_written_only_when_asked_for_and_present(
     code, out = _restore(home, source.with_keys, source.key)
     assert code == 0 and "they were not written (add --with-keys)" in out
     assert not (home / "ca").exists() and not (home / "audit").exists()
+
+
+def test_a_load_that_fails_leaves_no_key_behind(
+    source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Keys are written before the database is loaded, and taken back if loading fails: all or nothing."""
+    home, url = _fresh(tmp_path)
+
+    def disk_gone(*_: object) -> None:
+        raise Unavailable("the store cannot be written: disk I/O error")
+
+    monkeypatch.setattr(backup, "_load", disk_gone)
+    assert _restore(home, source.with_keys, source.key, "--with-keys")[0] == 2
+    assert "disk I/O error" in capsys.readouterr().err
+    assert _row_count(url) == 0
+    assert not [p for p in (home / "ca", home / "audit", home / "server") if p.exists() and any(p.iterdir())]
 
 
 # --- Pieces -----------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from sqlalchemy import create_engine, text
 
 from exchange import ca, pki
 from exchange import models as m
@@ -24,14 +23,13 @@ from exchange.cli.main import main
 from exchange.errors import ConfigError
 from exchange.server.app import Hub
 from exchange.server.rpc import DEV_PRINCIPAL_HEADER
+from exchange.services.registry import record_of
 from exchange.v1 import audit_pb2 as apb
-from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
-from tests.exchange_world import PERSON_ID, World, fails, lookup, make_world, query, serve_lookup
-from tests.harness import POLICE, RunningHub, base_settings, identity_spec, running_hub
+from tests.exchange_world import World, fails, lookup, make_world, serve_lookup
+from tests.harness import POLICE, RunningHub, base_settings, running_hub
 
 SYSTEM = m.PrincipalRef(m.PrincipalKind.SYSTEM, "bdc-djxt")
-MANY = "10101/350200000077"
 
 
 @pytest.fixture
@@ -146,23 +144,8 @@ def test_a_holder_revokes_its_own_other_certificate_but_not_someone_elses(world:
 
 
 def _serve_many(world: World, directory: Path, rows: int = 3000) -> None:
-    """A resource of ~12 MB: more than gRPC's flow-control windows hold, so a slow reader holds the hub back."""
-    url = f"sqlite:///{directory / 'many.db'}"
-    engine = create_engine(url)
-    with engine.begin() as c:
-        c.execute(text("CREATE TABLE rk (name TEXT, id_number TEXT)"))
-        c.execute(
-            text("INSERT INTO rk VALUES (:n, :id)"),
-            [{"n": f"张{i}" + "户" * 1400, "id": PERSON_ID} for i in range(rows)],
-        )
-    engine.dispose()
-    items = (
-        m.DataItem("name", "姓名", m.FieldType.STRING),
-        m.DataItem("id_number", "公民身份号码", m.FieldType.STRING, filterable=True),
-    )
-    world.publish("police", identity_spec(MANY, POLICE.code, data_items=items))
-    world.bind("police", cpb.Binding(resource_code=MANY, sql=cpb.SqlBackend(url=url, table="rk")))
-    world.grant(MANY, ("name", "id_number"), "police")
+    """A lookup of ~12 MB: more than gRPC's flow-control windows hold, so a slow reader holds the hub back."""
+    serve_lookup(world, directory, names=[f"张{i}" + "户" * 1400 for i in range(rows)])
 
 
 def _closing_record(world: World, exchange_id: str) -> dict[str, object]:
@@ -179,7 +162,7 @@ def test_a_revoked_certificate_stops_its_open_stream_and_its_connection(world: W
     fingerprint = _whoami(hub, world.consumer_system).certificate_fingerprint_sha256
     with hub.client(world.consumer_system) as c:
         stub = world.exchange(world.consumer_system)
-        stream = stub.StreamQuery(query(MANY, {"id_number": PERSON_ID}, ["name"], batch_size=10), timeout=60)
+        stream = stub.StreamQuery(lookup(batch_size=10), timeout=60)
         first = next(iter(stream))
         with hub.client() as operator:
             ask = rpb.RevokeCertificateRequest(fingerprint_sha256=fingerprint, reason="system decommissioned")
@@ -212,15 +195,7 @@ def _short_lived(hub: RunningHub, directory: Path, seconds: float) -> Path:
         )
         .sign(authority.key, hashes.SHA256())
     )
-    record = m.CertificateRecord(
-        serial_number=format(cert.serial_number, "x"),
-        fingerprint_sha256=pki.fingerprint(cert),
-        principal=SYSTEM,
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        pem=pki.cert_pem(cert).decode(),
-    )
-    hub.hub.store.registry.add_certificate(record)
+    hub.hub.store.registry.add_certificate(record_of(cert, SYSTEM))
     pki.IdentityFiles(directory).write(key, pki.cert_pem(cert), hub.ca_pem)
     return directory
 
@@ -232,7 +207,7 @@ def test_an_expiring_certificate_stops_its_stream_and_is_refused_on_new_connecti
     hub = world.hub
     identity = _short_lived(hub, tmp_path / "short", seconds=3)
     stub = world.exchange(identity)
-    stream = stub.StreamQuery(query(MANY, {"id_number": PERSON_ID}, ["name"], batch_size=10), timeout=60)
+    stream = stub.StreamQuery(lookup(batch_size=10), timeout=60)
     first = next(iter(stream))
     with pytest.raises(grpc.RpcError) as info:
         for _ in stream:

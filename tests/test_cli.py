@@ -68,8 +68,13 @@ def test_registry_verbs(hub: RunningHub, capsys: pytest.CaptureFixture[str], tmp
         )
         == 0
     )
+    steward = tmp_path / "ga-steward"
+    assert _run(hub, op, "cert", "issue", "--person", "ga-steward", "--out", str(steward)) == 0
     out = tmp_path / "ga-rkxx"
-    assert _run(hub, op, "cert", "issue", "--system", "ga-rkxx", "--out", str(out)) == 0
+    # A system is certified by its own department, not by the operator.
+    assert _run(hub, op, "cert", "issue", "--system", "ga-rkxx", "--out", str(out)) == 1
+    assert "PERMISSION_DENIED" in capsys.readouterr().err and not out.exists()
+    assert _run(hub, steward, "cert", "issue", "--system", "ga-rkxx", "--out", str(out)) == 0
     capsys.readouterr()
     assert _run(hub, out, "--json", "whoami") == 0
     me = json.loads(capsys.readouterr().out)

@@ -217,6 +217,15 @@ def _until(limit: float, check: Callable[[], bool]) -> float:
 # A hub in a process of its own
 
 
+def _refused_while_out(load: Load, health: HealthWatch, during: list[Outcome], out: float, back: float) -> float:
+    """Only clear UNAVAILABLE refusals, all calls during the outage refused, health said so; seconds to SERVING."""
+    assert load.codes() <= {OK, grpc.StatusCode.UNAVAILABLE}, load.codes()
+    assert during and all(o.code is grpc.StatusCode.UNAVAILABLE for o in during), {o.code for o in during}
+    assert {o.details for o in load.outcomes if o.code is not OK} <= CLEAR_REFUSALS
+    assert (NOT_SERVING, 503) in health.between(out, back)
+    return _until(RECOVERY_LIMIT, lambda: health.last() == (SERVING, 200))
+
+
 @dataclass
 class HubProcess:
     process: subprocess.Popen[bytes]
@@ -387,11 +396,7 @@ def test_postgres_stopped_and_restarted_under_load(tmp_path: Path, cluster: Clus
             recovered = _until(RECOVERY_LIMIT, lambda: any(o.code is OK for o in load.since(started)))
             time.sleep(1)
         assert hub.alive(), "the hub exited when its store went away"
-        assert load.codes() <= {OK, grpc.StatusCode.UNAVAILABLE}, load.codes()
-        assert during and all(o.code is grpc.StatusCode.UNAVAILABLE for o in during), {o.code for o in during}
-        assert {o.details for o in load.outcomes if o.code is not OK} <= CLEAR_REFUSALS
-        assert {(NOT_SERVING, 503)} <= health.between(stopped, started)
-        serving = _until(RECOVERY_LIMIT, lambda: health.last() == (SERVING, 200))
+        serving = _refused_while_out(load, health, during, stopped, started)
         answered = load.answered()
         assert before > 20 and len(answered) > before
         assert hub.terminate() == 0
@@ -701,11 +706,7 @@ def test_a_full_disk_refuses_calls_until_space_is_freed(tmp_path: Path) -> None:
                 recovered = _until(RECOVERY_LIMIT, lambda: any(o.code is OK for o in load.since(freed)))
                 time.sleep(1)
             assert hub.alive(), "the hub exited when its disk filled up"
-            assert load.codes() <= {OK, grpc.StatusCode.UNAVAILABLE}, load.codes()
-            assert full and all(o.code is grpc.StatusCode.UNAVAILABLE for o in full), {o.code for o in full}
-            assert {o.details for o in load.outcomes if o.code is not OK} <= CLEAR_REFUSALS
-            assert (NOT_SERVING, 503) in health.between(filled, freed)
-            serving = _until(RECOVERY_LIMIT, lambda: health.last() == (SERVING, 200))
+            serving = _refused_while_out(load, health, full, filled, freed)
             answered = load.answered()
             assert before > 20 and len(answered) > before
             assert hub.terminate() == 0

@@ -251,7 +251,7 @@ def test_duplicate_and_unknown_references(hub: RunningHub, members: dict[str, Pa
 
 def test_bad_certificate_requests(hub: RunningHub, members: dict[str, Path]) -> None:
     ref = rpb.PrincipalRef(kind=rpb.PRINCIPAL_KIND_SYSTEM, code="ga-rkxx")
-    with hub.client() as c:
+    with hub.client(members["police"]) as c:  # the system's own department certifies it
         garbage = rpb.IssueCertificateRequest(principal=ref, csr_pem="-----BEGIN CERTIFICATE REQUEST-----\nxx")
         assert "csr_pem" in _violations(
             _fails(grpc.StatusCode.INVALID_ARGUMENT, c.call, c.registry.IssueCertificate, garbage)
@@ -285,8 +285,8 @@ def test_only_operators_register_members(hub: RunningHub, members: dict[str, Pat
             )
             assert "held by operator" in (error.details() or "")
             request = rpb.IssueCertificateRequest(
-                principal=rpb.PrincipalRef(kind=rpb.PRINCIPAL_KIND_SYSTEM, code="ga-rkxx"),
-                csr_pem=pki.make_csr(pki.new_key(), m.PrincipalRef(m.PrincipalKind.SYSTEM, "ga-rkxx")),
+                principal=rpb.PrincipalRef(kind=rpb.PRINCIPAL_KIND_PERSON, code="ga-steward"),
+                csr_pem=pki.make_csr(pki.new_key(), m.PrincipalRef(m.PrincipalKind.PERSON, "ga-steward")),
             )
             _fails(grpc.StatusCode.PERMISSION_DENIED, c.call, c.registry.IssueCertificate, request)
     assert hub.rows(DepartmentRow) == 3

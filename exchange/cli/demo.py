@@ -164,21 +164,26 @@ class Tour:
         self.audit()
 
     def register(self) -> None:
-        _step("1. The operator registers the departments, their systems and people, and certifies each")
+        _step(
+            "1. The operator registers the departments, their systems and people, and certifies the people;\n"
+            "   each department's steward certifies its own systems (an operator never does: it reads no data)"
+        )
         with self.client(self.operator) as hub:
             for d in self.members.departments:
                 hub.call(hub.registry.CreateDepartment, rpb.CreateDepartmentRequest(department=w.department_to_wire(d)))
-            for s in self.members.systems:
-                hub.call(hub.registry.CreateSystem, rpb.CreateSystemRequest(system=w.system_to_wire(s)))
-                ref = m.PrincipalRef(m.PrincipalKind.SYSTEM, s.code)
-                commands.issue_identity(hub, ref, self.home.identity(ref).directory, self.ca_pem)
             for p in self.members.people:
                 request = rpb.CreatePersonRequest(person=w.person_to_wire(p), id_number=sample_id_number(p.username))
                 hub.call(hub.registry.CreatePerson, request)
                 ref = m.PrincipalRef(m.PrincipalKind.PERSON, p.username)
                 commands.issue_identity(hub, ref, self.home.identity(ref).directory, self.ca_pem)
+            for s in self.members.systems:
+                hub.call(hub.registry.CreateSystem, rpb.CreateSystemRequest(system=w.system_to_wire(s)))
             departments = hub.call(hub.registry.ListDepartments, rpb.ListDepartmentsRequest()).departments
             people = hub.call(hub.registry.ListPeople, rpb.ListPeopleRequest()).people
+        for s in self.members.systems:
+            with self.client(self.identity_of(self.steward_of(s.department_code))) as hub:
+                ref = m.PrincipalRef(m.PrincipalKind.SYSTEM, s.code)
+                commands.issue_identity(hub, ref, self.home.identity(ref).directory, self.ca_pem)
         print(tables.render(commands.DEPARTMENT_HEADERS, commands.department_rows(list(departments))))
         print()
         print(tables.render(commands.PERSON_HEADERS, commands.person_rows(list(people))))

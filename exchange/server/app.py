@@ -342,7 +342,10 @@ class Hub:
         await asyncio.to_thread(self.backends.close)
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.stop)
-        await asyncio.to_thread(self.audit.stop)
+        try:
+            await asyncio.to_thread(self.audit.stop)
+        except ExchangeError as e:  # the store is down or full: what was staged waits there, for the next start
+            log.error("the final audit flush failed (%s); staged records are integrated when a hub next starts", e)
         self.store.close()
         log.info("hub stopped")
 

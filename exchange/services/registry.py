@@ -58,16 +58,7 @@ class CertificateAuthority:
     def issue(self, csr_pem: str, ref: PrincipalRef, days: int, renewed_from: str = "") -> CertificateRecord:
         signing = self._current()
         cert = pki.sign_csr(signing.key, signing.cert, csr_pem, ref, days)
-        return CertificateRecord(
-            serial_number=format(cert.serial_number, "x"),
-            fingerprint_sha256=pki.fingerprint(cert),
-            principal=ref,
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
-            pem=pki.cert_pem(cert).decode(),
-            renewed_from=renewed_from,
-            issuer_fingerprint=pki.fingerprint(signing.cert),
-        )
+        return replace(record_of(cert, ref, renewed_from), issuer_fingerprint=pki.fingerprint(signing.cert))
 
     def trust_bundle(self) -> tuple[str, str]:
         """(the trusted CA certificates as PEM, the signing CA's fingerprint)."""
@@ -80,6 +71,19 @@ class CertificateAuthority:
             if pki.issued_by(cert, candidate):
                 return replace(record, issuer_fingerprint=pki.fingerprint(candidate))
         return record
+
+
+def record_of(cert: x509.Certificate, ref: PrincipalRef, renewed_from: str = "") -> CertificateRecord:
+    """What the registry keeps of a certificate issued to ``ref``."""
+    return CertificateRecord(
+        serial_number=format(cert.serial_number, "x"),
+        fingerprint_sha256=pki.fingerprint(cert),
+        principal=ref,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        pem=pki.cert_pem(cert).decode(),
+        renewed_from=renewed_from,
+    )
 
 
 def identity_key(secret: bytes, id_number: str) -> str:
@@ -233,8 +237,13 @@ class RegistryService:
 
     def issue_certificate(self, actor: Principal, ref: PrincipalRef, csr_pem: str, days: int) -> CertificateRecord:
         _check_days(days)
-        self._policy.require(actor, Action.ISSUE_CERTIFICATE, HUB_WIDE, "issue certificates")
         validation.validate_key("principal.code", ref.code, ref.kind.value)
+        if ref.kind is PrincipalKind.SYSTEM:
+            # Whoever certifies a key can act as the system: its own department does, never an operator.
+            department = self._system_department(actor, ref.code)
+            self._policy.require(actor, Action.CERTIFY_SYSTEM, department, "certify its department's systems")
+        else:
+            self._policy.require(actor, Action.ISSUE_CERTIFICATE, HUB_WIDE, "issue certificates")
         self._store.registry.principal(ref)
         self._require_room(ref)
         record = self._ca.issue(csr_pem, ref, days or self._default_days)
@@ -242,6 +251,17 @@ class RegistryService:
             change_record(actor, "registry", "issue_certificate", subject=str(ref), reason=record.fingerprint_sha256)
         ):
             return self._shown(self._store.registry.add_certificate(record))
+
+    def _system_department(self, actor: Principal, code: str) -> str:
+        """The department of a system, as a certifier may learn it (an unknown system is refused, not named)."""
+        try:
+            return self._store.registry.principal(PrincipalRef(PrincipalKind.SYSTEM, code)).department_code
+        except NotFound:
+            if self._policy.allows(actor.ref, Action.REGISTER_MEMBERS, HUB_WIDE):
+                raise
+            raise PermissionDenied(
+                f"{actor.ref} may not certify system {code}", reason="SYSTEM_CERTIFICATE_ISSUE_DENIED"
+            ) from None
 
     def renew_certificate(self, actor: Principal, csr_pem: str, days: int) -> CertificateRecord:
         """A new certificate for the caller itself, over a new key; the current one stays until it expires."""
