@@ -66,6 +66,9 @@ class Settings:
     health_check_seconds: float = 5.0
     # Threads for the blocking parts of calls (store, backends); about the calls in flight one process serves.
     worker_threads: int = 32
+    # Most of those threads one department's backends may hold at once (0: half of worker_threads), so a
+    # backend that hangs cannot take the threads every other department needs.
+    backend_threads_per_department: int = 0
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
@@ -190,6 +193,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("call_timeout_seconds", 0.001, 3600, "seconds"),
     ("provider_timeout_seconds", 0.001, 600, "seconds"),
     ("worker_threads", 2, 1024, "threads"),
+    ("backend_threads_per_department", 0, 1024, "threads"),
     ("health_check_seconds", 0.1, 300, "seconds"),
 )
 

@@ -142,7 +142,10 @@ class Hub:
             forbidden_urls=(settings.effective_database_url,),
             hosts=HostPolicy(settings.backend_hosts, settings.allow_plain_http),
         )
-        self.backends = BackendPool(lambda name, b: factory.open_backend(name, b, self.backend_context))
+        self.backends = BackendPool(
+            lambda name, b: factory.open_backend(name, b, self.backend_context),
+            settings.backend_threads_per_department or max(1, settings.worker_threads // 2),
+        )
         # What every call reads: certificate holders and catalog entries with their bindings.
         self.holders: Cache[str, Holder] = Cache()
         self.entries: Cache[str, tuple[Resource, Binding | None]] = Cache()

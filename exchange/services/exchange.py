@@ -187,12 +187,36 @@ class _Unobserved:
 
 
 class BackendPool:
-    """One open backend per binding version, shared by all calls; a replaced version is closed."""
+    """One open backend per binding version, shared by all calls; a replaced version is closed.
 
-    def __init__(self, opener: Callable[[str, Binding], Backend]) -> None:
+    It is also a bulkhead: one department's backends may hold at most ``threads_per_department``
+    worker threads at once. A backend that hangs then takes only its share of the pool, and the
+    calls beyond it are refused at once (UNAVAILABLE, naming the department) instead of waiting for
+    a thread every other department needs too. Backends answered on the event loop hold no thread
+    and are not counted.
+    """
+
+    def __init__(self, opener: Callable[[str, Binding], Backend], threads_per_department: int = 16) -> None:
         self._opener = opener
         self._open: dict[str, tuple[int, Backend]] = {}
         self._lock = threading.Lock()
+        self._limit = max(1, threads_per_department)
+        self._busy: dict[str, threading.BoundedSemaphore] = {}
+
+    def holding(self, resource: Resource, work: Callable[[], T]) -> T:
+        """Runs ``work`` (in a worker thread) on one of the owning department's thread slots."""
+        department = resource.spec.department_code
+        with self._lock:
+            slots = self._busy.setdefault(department, threading.BoundedSemaphore(self._limit))
+        if not slots.acquire(blocking=False):
+            raise Unavailable(
+                f"the backend {provider_name(resource)} is not keeping up: {self._limit} calls already wait "
+                "for it; try again shortly"
+            )
+        try:
+            return work()
+        finally:
+            slots.release()
 
     def get(self, resource: Resource, binding: Binding) -> Backend:
         with self._lock:
@@ -326,7 +350,7 @@ class ExchangeService:
         """The backend's answer, timed and, when it fails, counted by kind."""
         asked_at, error = time.monotonic(), ""
         try:
-            return plan.backend.fetch(plan.request)
+            return self._backends.holding(plan.resource, partial(plan.backend.fetch, plan.request))
         except ExchangeError as e:
             error = _reason_of(e)
             raise
@@ -414,7 +438,8 @@ class ExchangeService:
             else:
                 batches = rows = plan.backend.stream(plan.request, size)
                 step = partial(_next_rows, rows, plan, digest, counted)
-            next_part = partial(asyncio.to_thread, partial(_still_held, recheck, step))
+            held = partial(self._backends.holding, plan.resource, partial(_still_held, recheck, step))
+            next_part = partial(asyncio.to_thread, held)
             close = partial(_close_quietly, getattr(batches, "close", None))
         first = True
         ending = _Ending(plan)
@@ -440,7 +465,8 @@ class ExchangeService:
     async def document(self, identify: Identify, ask: Ask, deadline: float | None) -> AsyncGenerator[Chunk, None]:
         exchange_id = new_exchange_id()
         plan = await self._plan(identify, ask, _Call(exchange_id, "document", DOCUMENT_KINDS, deadline))
-        opening = asyncio.ensure_future(asyncio.to_thread(plan.backend.document, plan.request))
+        open_document = partial(plan.backend.document, plan.request)
+        opening = asyncio.ensure_future(asyncio.to_thread(self._backends.holding, plan.resource, open_document))
         try:
             document = await _unless_abandoned(opening, partial(self._abandoned_document, plan))
         except ExchangeError as e:
@@ -460,7 +486,8 @@ class ExchangeService:
                 # The file name stays out of the record: it may carry a data subject's identifier.
                 await self._append(plan.record)
                 yield Chunk(exchange_id, document=document)
-                read = partial(_still_held, _Recheck(identify), partial(next, document.chunks, None))
+                chunk = partial(_still_held, _Recheck(identify), partial(next, document.chunks, None))
+                read = partial(self._backends.holding, plan.resource, chunk)
                 while (data := await asyncio.to_thread(read)) is not None:
                     digest.update(data)
                     counted.size += len(data)
