@@ -190,10 +190,10 @@ class BackendPool:
     """One open backend per binding version, shared by all calls; a replaced version is closed.
 
     It is also a bulkhead: one department's backends may hold at most ``threads_per_department``
-    worker threads at once. A backend that hangs then takes only its share of the pool, and the
-    calls beyond it are refused at once (UNAVAILABLE, naming the department) instead of waiting for
-    a thread every other department needs too. Backends answered on the event loop hold no thread
-    and are not counted.
+    worker threads at once. Calls beyond that wait for a slot on the event loop, holding no thread,
+    for at most the backend's own timeout, then fail (UNAVAILABLE, naming the department). A backend
+    that hangs thus takes only its share of the pool, never the threads the other departments need.
+    Backends answered on the event loop hold no thread and take no slot.
     """
 
     def __init__(self, opener: Callable[[str, Binding], Backend], threads_per_department: int = 16) -> None:
@@ -201,20 +201,20 @@ class BackendPool:
         self._open: dict[str, tuple[int, Backend]] = {}
         self._lock = threading.Lock()
         self._limit = max(1, threads_per_department)
-        self._busy: dict[str, threading.BoundedSemaphore] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
 
-    def holding(self, resource: Resource, work: Callable[[], T]) -> T:
-        """Runs ``work`` (in a worker thread) on one of the owning department's thread slots."""
-        department = resource.spec.department_code
-        with self._lock:
-            slots = self._busy.setdefault(department, threading.BoundedSemaphore(self._limit))
-        if not slots.acquire(blocking=False):
-            raise Unavailable(
-                f"the backend {provider_name(resource)} is not keeping up: {self._limit} calls already wait "
-                "for it; try again shortly"
-            )
+    async def in_thread(self, resource: Resource, wait: float, work: Callable[[], T]) -> T:
+        """Runs blocking backend ``work`` in a worker thread, on one of the owning department's slots."""
+        slots = self._slots.setdefault(resource.spec.department_code, asyncio.Semaphore(self._limit))
         try:
-            return work()
+            await asyncio.wait_for(slots.acquire(), wait)
+        except TimeoutError:
+            raise Unavailable(
+                f"the backend {provider_name(resource)} is not keeping up: {self._limit} calls have held it "
+                f"for over {wait:g} s; try again shortly"
+            ) from None
+        try:
+            return await asyncio.to_thread(work)
         finally:
             slots.release()
 
@@ -290,19 +290,39 @@ class ExchangeService:
     async def query(
         self, identify: Identify, ask: Ask, page_size: int, page_token: str, deadline: float | None
     ) -> QueryResult:
-        """One page, worked out in one worker-thread step; its record is committed before it is returned."""
+        """One page: decided in one worker-thread step, then fetched (on this loop when the backend can, else on
+        one of its department's thread slots); its record is committed before it is returned."""
         call = _Call(new_exchange_id(), "query", RECORD_KINDS, deadline, page=(page_size, page_token))
         # A plain executor future: the call's one worker-thread step, without a task around it.
         work = asyncio.get_running_loop().run_in_executor(None, self._answer, identify, ask, call)
         settled = await _unless_abandoned(work, self._abandoned)
-        if settled.plan is not None:  # the backend answers on this loop: no worker thread while it does
-            answering = asyncio.ensure_future(self._answer_async(settled.plan, ask, call))
+        if settled.plan is not None:
+            answering = asyncio.ensure_future(self._fetch_answer(settled.plan, ask, call))
             settled = await _unless_abandoned(answering, self._abandoned)
         await self._append(settled.record)
         if settled.error is not None:
             raise settled.error
         assert settled.result is not None
         return settled.result
+
+    async def _fetch_answer(self, plan: _Plan, ask: Ask, call: _Call) -> _Settled:
+        """The allowed call answered: on this loop when the backend can (no worker thread while it does),
+        else in a worker thread on one of the department's slots."""
+        if hasattr(plan.backend, "fetch_async"):
+            return await self._answer_async(plan, ask, call)
+        try:
+            return await self._backends.in_thread(
+                plan.resource, plan.request.timeout_seconds, partial(self._answer_blocking, plan, ask, call)
+            )
+        except ExchangeError as e:
+            self._observer.provider_answered(plan.resource.spec.department_code, 0.0, _reason_of(e))
+            return _Settled(_failed(plan.record, plan.started, e), e)
+
+    def _answer_blocking(self, plan: _Plan, ask: Ask, call: _Call) -> _Settled:
+        try:
+            return self._settle(plan, ask, call, self._fetch(plan))
+        except ExchangeError as e:
+            return _Settled(_failed(plan.record, plan.started, e), e)
 
     async def _answer_async(self, plan: _Plan, ask: Ask, call: _Call) -> _Settled:
         fetch_async = plan.backend.fetch_async  # type: ignore[attr-defined]
@@ -331,12 +351,7 @@ class ExchangeService:
             plan = self._decide(actor, ask, record, call, started)
         except ExchangeError as e:
             return _Settled(_refused(record, started, e), e)
-        if hasattr(plan.backend, "fetch_async"):
-            return _Settled(plan.record, plan=plan)
-        try:
-            return self._settle(plan, ask, call, self._fetch(plan))
-        except ExchangeError as e:
-            return _Settled(_failed(plan.record, started, e), e)
+        return _Settled(plan.record, plan=plan)  # fetched next: on the loop, or on one of the department's slots
 
     def _settle(self, plan: _Plan, ask: Ask, call: _Call, fetched: list[Row]) -> _Settled:
         """The answer from the backend's rows: the page, masked and digested, with its record."""
@@ -350,7 +365,7 @@ class ExchangeService:
         """The backend's answer, timed and, when it fails, counted by kind."""
         asked_at, error = time.monotonic(), ""
         try:
-            return self._backends.holding(plan.resource, partial(plan.backend.fetch, plan.request))
+            return plan.backend.fetch(plan.request)
         except ExchangeError as e:
             error = _reason_of(e)
             raise
@@ -438,8 +453,12 @@ class ExchangeService:
             else:
                 batches = rows = plan.backend.stream(plan.request, size)
                 step = partial(_next_rows, rows, plan, digest, counted)
-            held = partial(self._backends.holding, plan.resource, partial(_still_held, recheck, step))
-            next_part = partial(asyncio.to_thread, held)
+            next_part = partial(
+                self._backends.in_thread,
+                plan.resource,
+                plan.request.timeout_seconds,
+                partial(_still_held, recheck, step),
+            )
             close = partial(_close_quietly, getattr(batches, "close", None))
         first = True
         ending = _Ending(plan)
@@ -465,8 +484,9 @@ class ExchangeService:
     async def document(self, identify: Identify, ask: Ask, deadline: float | None) -> AsyncGenerator[Chunk, None]:
         exchange_id = new_exchange_id()
         plan = await self._plan(identify, ask, _Call(exchange_id, "document", DOCUMENT_KINDS, deadline))
+        wait = plan.request.timeout_seconds
         open_document = partial(plan.backend.document, plan.request)
-        opening = asyncio.ensure_future(asyncio.to_thread(self._backends.holding, plan.resource, open_document))
+        opening = asyncio.ensure_future(self._backends.in_thread(plan.resource, wait, open_document))
         try:
             document = await _unless_abandoned(opening, partial(self._abandoned_document, plan))
         except ExchangeError as e:
@@ -487,8 +507,8 @@ class ExchangeService:
                 await self._append(plan.record)
                 yield Chunk(exchange_id, document=document)
                 chunk = partial(_still_held, _Recheck(identify), partial(next, document.chunks, None))
-                read = partial(self._backends.holding, plan.resource, chunk)
-                while (data := await asyncio.to_thread(read)) is not None:
+                read = partial(self._backends.in_thread, plan.resource, wait, chunk)
+                while (data := await read()) is not None:
                     digest.update(data)
                     counted.size += len(data)
                     yield Chunk(exchange_id, data=data)
