@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -46,6 +50,20 @@ def test_migrations_create_exactly_the_models_schema(store: Store) -> None:
 def test_migrate_twice_is_harmless(store: Store) -> None:
     store.db.migrate()
     assert store.db.is_current()
+
+
+def test_migrations_started_together_take_turns(postgres_url: str, tmp_path: Path) -> None:
+    """Four `exchange migrate` at once on an empty PostgreSQL database (a rollout's pods): all succeed, once."""
+    env = {**os.environ, "EXCHANGE_DATABASE_URL": postgres_url}
+    command = [sys.executable, "-m", "exchange.cli.main", "--home", str(tmp_path), "migrate"]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(4)]
+    outputs = [r.communicate(timeout=120)[0].decode(errors="replace") for r in runs]
+    assert [r.returncode for r in runs] == [0, 0, 0, 0], outputs
+    store = Store(postgres_url)
+    try:
+        assert store.db.is_current()
+    finally:
+        store.close()
 
 
 def test_department_round_trip_and_parent(populated: Store) -> None:

@@ -29,6 +29,8 @@ from exchange.errors import Aborted, AlreadyExists, ConfigError, DeadlineExceede
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+# An arbitrary constant naming the PostgreSQL advisory lock that keeps migrations one at a time.
+MIGRATION_LOCK = 0x45584D49  # "EXMI"
 # When the current call must be done (time.monotonic()), or None: set by `deadline()`.
 _deadline: ContextVar[float | None] = ContextVar("store_deadline", default=None)
 _IDLE_WAIT_MS = 5000
@@ -158,9 +160,15 @@ class Database:
             raise Unavailable("the store failed to answer; retry later") from None
 
     def migrate(self) -> None:
-        """Brings the schema to the newest migration."""
+        """Brings the schema to the newest migration; on PostgreSQL one process at a time.
+
+        Two `exchange migrate` started together (two pods of a rollout, say) would otherwise both
+        find the schema old and race to change it; with the lock the second waits, then finds it current.
+        """
         try:
             with self.engine.begin() as connection:
+                if self.backend == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
                 config = _alembic_config()
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
