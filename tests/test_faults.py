@@ -412,6 +412,29 @@ def test_postgres_stopped_and_restarted_under_load(tmp_path: Path, cluster: Clus
     )
 
 
+def test_sigterm_while_the_store_is_down(tmp_path: Path, cluster: Cluster) -> None:
+    """Stopped while PostgreSQL is away: a clean exit that says what it could not do, and nothing lost."""
+    home, url, log = tmp_path / "hub", cluster.url(), tmp_path / "hub.log"
+    with running_hub(base_settings(home, url)) as setup:
+        world = make_world(setup)
+        serve_lookup(world, tmp_path, quota=1_000_000, rate=10_000)
+        consumer, auditor = world.consumer_system, world.people["auditor"]
+    with hub_process(home, log, consumer, database_url=url, shutdown_grace_seconds="1") as hub:
+        with Load(hub.settings, consumer, 3) as load:
+            time.sleep(1.0)
+            cluster.stop("fast")
+            time.sleep(1.0)
+        answered = load.answered()
+        assert hub.terminate() == 0
+    assert "the final audit flush failed" in log.read_text(errors="replace")
+    assert answered and load.codes() <= {OK, grpc.StatusCode.UNAVAILABLE}
+    cluster.start()
+    with hub_process(home, log, consumer, database_url=url) as hub:
+        _, records = exported_log(hub, auditor)
+    missing = [x for x in answered if x not in answered_in(records)]
+    assert missing == [], f"{len(missing)} of {len(answered)} answered exchanges are not in the log"
+
+
 # 2. Providers that hang, reset connections or trickle
 
 
