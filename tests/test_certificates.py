@@ -90,6 +90,20 @@ def test_a_holder_renews_its_own_certificate_and_revoking_the_old_one_revokes_th
     assert "renewed from" in _certificates(hub, SYSTEM)[new].revoke_reason
 
 
+def test_a_holder_retires_its_renewed_certificate_and_keeps_the_new_one(world: World) -> None:
+    hub, system = world.hub, world.consumer_system
+    old = _whoami(hub, system).certificate_fingerprint_sha256
+    with hub.client(system) as c:
+        renewed = c.call(
+            c.registry.RenewCertificate, rpb.RenewCertificateRequest(csr_pem=pki.make_csr(pki.new_key(), SYSTEM))
+        ).certificate
+    with hub.client() as c:
+        retire = rpb.RevokeCertificateRequest(fingerprint_sha256=old, reason="renewed", keep_renewals=True)
+        c.call(c.registry.RevokeCertificate, retire)
+    listed = _certificates(hub, SYSTEM)
+    assert listed[old].HasField("revoke_time") and not listed[renewed.fingerprint_sha256].HasField("revoke_time")
+
+
 def test_renewal_needs_a_new_key_and_names_only_the_caller(world: World) -> None:
     hub, system = world.hub, world.consumer_system
     files = pki.IdentityFiles(system)

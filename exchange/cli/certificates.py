@@ -59,8 +59,9 @@ def cert_renew(args: argparse.Namespace, settings: Settings) -> int:
     until = cert.not_after.ToJsonString()
     print(f"renewed the certificate of {ref}: {cert.fingerprint_sha256[:16]}… valid until {until}")
     print(f"identity {identity.directory} now uses the new key; the previous pair is kept as *.previous")
-    print(f"the previous certificate ({me.certificate_fingerprint_sha256[:16]}…) stays valid until it expires; revoke")
-    print(f"it once every copy of this identity is renewed: exchange cert revoke {me.certificate_fingerprint_sha256}")
+    old = me.certificate_fingerprint_sha256
+    print(f"the previous certificate ({old[:16]}…) stays valid until it expires; once every copy of this identity")
+    print(f"is renewed, retire it: exchange cert revoke {old} --keep-renewals --reason renewed")
     return 0
 
 

@@ -239,7 +239,9 @@ def cert_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cert_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    request = rpb.RevokeCertificateRequest(fingerprint_sha256=args.fingerprint, reason=args.reason)
+    request = rpb.RevokeCertificateRequest(
+        fingerprint_sha256=args.fingerprint, reason=args.reason, keep_renewals=args.keep_renewals
+    )
     cert = ask(args, settings, lambda hub: hub.registry.RevokeCertificate, request)
     print(
         f"revoked the certificate of {w.KIND.label(cert.principal.kind)}/{cert.principal.code} "

@@ -149,6 +149,12 @@ def _person_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = _verb(cert, "revoke", commands.cert_revoke, "revoke a certificate and its renewals (operator, or its holder)")
     p.add_argument("fingerprint", help="SHA-256 fingerprint, as `cert list` shows it")
     p.add_argument("--reason", required=True, help="e.g. 'key compromise'")
+    p.add_argument(
+        "--keep-renewals",
+        action="store_true",
+        help="leave the certificates renewed from it valid (retiring a certificate you renewed); "
+        "by default they are revoked with it, as for a key that leaked",
+    )
     p = _verb(cert, "list", commands.cert_list, "list issued certificates")
     _principal_choice(p, required=False)
     _paged(p)

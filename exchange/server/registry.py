@@ -103,7 +103,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     @unary
     def RevokeCertificate(self, request: pb.RevokeCertificateRequest, actor: Principal) -> pb.Certificate:
         record = self.service.revoke_certificate(
-            actor, request.fingerprint_sha256.strip().lower(), request.reason.strip()
+            actor,
+            request.fingerprint_sha256.strip().lower(),
+            request.reason.strip(),
+            keep_renewals=request.keep_renewals,
         )
         return c.certificate_to_wire(record)
 

@@ -305,7 +305,9 @@ class RegistryService:
         found = self._store.registry.list_certificates(page, principal)
         return replace(found, items=[self._shown(r) for r in found.items])
 
-    def revoke_certificate(self, actor: Principal, fingerprint: str, reason: str) -> CertificateRecord:
+    def revoke_certificate(
+        self, actor: Principal, fingerprint: str, reason: str, *, keep_renewals: bool = False
+    ) -> CertificateRecord:
         out: list[FieldViolation] = []
         validation.check_pattern(out, "fingerprint_sha256", fingerprint, FINGERPRINT, "a hex SHA-256 fingerprint")
         validation.check_text(out, "reason", reason, required=True, limit=validation.MAX_TEXT)
@@ -319,7 +321,10 @@ class RegistryService:
         if fingerprint == actor.certificate_fingerprint:
             raise FailedPrecondition("this is the certificate you are calling with; revoke it from another identity")
         with staging(change_record(actor, "registry", "revoke_certificate", subject=fingerprint, reason=reason)):
-            return self._shown(self._store.registry.revoke_certificate(fingerprint, reason, dt.datetime.now(dt.UTC)))
+            revoked = self._store.registry.revoke_certificate(
+                fingerprint, reason, dt.datetime.now(dt.UTC), with_renewals=not keep_renewals
+            )
+            return self._shown(revoked)
 
     def principal(self, ref: PrincipalRef) -> Principal:
         return self._store.registry.principal(ref)

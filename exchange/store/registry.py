@@ -234,15 +234,17 @@ class RegistryStore:
             )
             return int(found or 0)
 
-    def revoke_certificate(self, fingerprint: str, reason: str, at: dt.datetime) -> CertificateRecord:
-        """Revokes a certificate and every unrevoked one renewed from it, in one transaction."""
+    def revoke_certificate(
+        self, fingerprint: str, reason: str, at: dt.datetime, *, with_renewals: bool = True
+    ) -> CertificateRecord:
+        """Revokes a certificate and (unless told not to) every unrevoked one renewed from it, in one transaction."""
         with self._db.write() as s:
             row = s.scalar(select(CertificateRow).where(CertificateRow.fingerprint_sha256 == fingerprint))
             if row is None:
                 raise NotFound("certificate", fingerprint)
             if row.revoked_at is not None:
                 raise FailedPrecondition(f"certificate {fingerprint[:16]}… was already revoked", fingerprint)
-            rows, parents = [row], [fingerprint]
+            rows, parents = [row], [fingerprint] if with_renewals else []
             while parents:  # a key that was stolen may have renewed itself: its successors go with it
                 children = list(s.scalars(select(CertificateRow).where(CertificateRow.renewed_from.in_(parents))))
                 rows += [c for c in children if c.revoked_at is None]

@@ -724,19 +724,26 @@ class RevokeCertificateRequest(_message.Message):
 
     FINGERPRINT_SHA256_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    KEEP_RENEWALS_FIELD_NUMBER: _builtins.int
     fingerprint_sha256: _builtins.str
     """Hex SHA-256 fingerprint of the certificate, as listed by ListCertificates."""
     reason: _builtins.str
     """Why, e.g. "key compromise" or "system decommissioned"; required."""
+    keep_renewals: _builtins.bool
+    """Leave the certificates renewed from this one valid: for retiring a
+    certificate its holder has renewed. By default they are revoked with it,
+    as a key that leaked may have been renewed by whoever holds it.
+    """
     def __init__(
         self,
         *,
         fingerprint_sha256: _builtins.str = ...,
         reason: _builtins.str = ...,
+        keep_renewals: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint_sha256", b"fingerprint_sha256", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint_sha256", b"fingerprint_sha256", "keep_renewals", b"keep_renewals", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

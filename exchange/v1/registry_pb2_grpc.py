@@ -218,7 +218,7 @@ class RegistryServiceServicer:
         """Revokes a certificate (operator; or its own holder, for a certificate
         other than the one calling). Takes effect on the holder's next call, on
         open connections and streams too. Certificates renewed from it are
-        revoked with it.
+        revoked with it unless keep_renewals is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

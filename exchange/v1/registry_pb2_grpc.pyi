@@ -59,7 +59,7 @@ class RegistryServiceStub:
     """Revokes a certificate (operator; or its own holder, for a certificate
     other than the one calling). Takes effect on the holder's next call, on
     open connections and streams too. Certificates renewed from it are
-    revoked with it.
+    revoked with it unless keep_renewals is set.
     """
     RenewCertificate: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RenewCertificateRequest, _registry_pb2.RenewCertificateResponse]
     """Renews the caller's own certificate over a new key before it expires.
@@ -100,7 +100,7 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Revokes a certificate (operator; or its own holder, for a certificate
     other than the one calling). Takes effect on the holder's next call, on
     open connections and streams too. Certificates renewed from it are
-    revoked with it.
+    revoked with it unless keep_renewals is set.
     """
     RenewCertificate: _aio.UnaryUnaryMultiCallable[_registry_pb2.RenewCertificateRequest, _registry_pb2.RenewCertificateResponse]  # type: ignore[assignment]
     """Renews the caller's own certificate over a new key before it expires.
@@ -228,7 +228,7 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Revokes a certificate (operator; or its own holder, for a certificate
         other than the one calling). Takes effect on the holder's next call, on
         open connections and streams too. Certificates renewed from it are
-        revoked with it.
+        revoked with it unless keep_renewals is set.
         """
 
     @_abc_1.abstractmethod
