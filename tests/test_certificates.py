@@ -90,18 +90,28 @@ def test_a_holder_renews_its_own_certificate_and_revoking_the_old_one_revokes_th
     assert "renewed from" in _certificates(hub, SYSTEM)[new].revoke_reason
 
 
-def test_a_holder_retires_its_renewed_certificate_and_keeps_the_new_one(world: World) -> None:
+def test_a_holder_retires_its_renewed_certificate_and_a_thiefs_renewal_goes_with_it(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     hub, system = world.hub, world.consumer_system
+    stolen = _copy_identity(system, tmp_path / "stolen")  # a copy of the key, taken before the owner renews
     old = _whoami(hub, system).certificate_fingerprint_sha256
+    with hub.client(stolen) as thief:
+        ask = rpb.RenewCertificateRequest(csr_pem=pki.make_csr(pki.new_key(), SYSTEM))
+        thiefs = thief.call(thief.registry.RenewCertificate, ask).certificate.fingerprint_sha256
+    assert _cli(hub, system, "cert", "renew") == 0
+    owners = _whoami(hub, system).certificate_fingerprint_sha256
+    # Without keep_renewals the owner would revoke its own new certificate too: refused, with the way out.
     with hub.client(system) as c:
-        renewed = c.call(
-            c.registry.RenewCertificate, rpb.RenewCertificateRequest(csr_pem=pki.make_csr(pki.new_key(), SYSTEM))
-        ).certificate
-    with hub.client() as c:
-        retire = rpb.RevokeCertificateRequest(fingerprint_sha256=old, reason="renewed", keep_renewals=True)
-        c.call(c.registry.RevokeCertificate, retire)
+        plain = rpb.RevokeCertificateRequest(fingerprint_sha256=old, reason="renewed")
+        error = fails(grpc.StatusCode.FAILED_PRECONDITION, c.registry.RevokeCertificate, plain)
+    assert "keep_renewals" in (error.details() or "")
+    capsys.readouterr()
+    assert _cli(hub, system, "cert", "revoke", old, "--keep-renewals", "--reason", "renewed") == 0
     listed = _certificates(hub, SYSTEM)
-    assert listed[old].HasField("revoke_time") and not listed[renewed.fingerprint_sha256].HasField("revoke_time")
+    assert listed[old].HasField("revoke_time") and not listed[owners].HasField("revoke_time")
+    assert listed[thiefs].HasField("revoke_time")  # kept are only the renewals leading to the caller's own
+    assert _whoami(hub, system).certificate_fingerprint_sha256 == owners
 
 
 def test_renewal_needs_a_new_key_and_names_only_the_caller(world: World) -> None:

@@ -320,10 +320,16 @@ class RegistryService:
             self._policy.require(actor, Action.REVOKE_CERTIFICATE, HUB_WIDE, "revoke certificates")
         if fingerprint == actor.certificate_fingerprint:
             raise FailedPrecondition("this is the certificate you are calling with; revoke it from another identity")
-        with staging(change_record(actor, "registry", "revoke_certificate", subject=fingerprint, reason=reason)):
-            revoked = self._store.registry.revoke_certificate(
-                fingerprint, reason, dt.datetime.now(dt.UTC), with_renewals=not keep_renewals
+        if not keep_renewals and actor.certificate_fingerprint in self._store.registry.renewals_of(fingerprint):
+            raise FailedPrecondition(
+                "the certificate you are calling with was renewed from this one and would be revoked with it: "
+                "to retire this one and keep yours, ask with keep_renewals; after a leak, revoke from another identity"
             )
+        action = "revoke_certificate:keep_renewals" if keep_renewals else "revoke_certificate"
+        with staging(change_record(actor, "registry", action, subject=fingerprint, reason=reason)):
+            # keep_renewals spares only the renewals that lead to the caller's own certificate.
+            spare = actor.certificate_fingerprint if keep_renewals else ""
+            revoked = self._store.registry.revoke_certificate(fingerprint, reason, dt.datetime.now(dt.UTC), spare=spare)
             return self._shown(revoked)
 
     def principal(self, ref: PrincipalRef) -> Principal:

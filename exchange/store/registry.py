@@ -234,21 +234,36 @@ class RegistryStore:
             )
             return int(found or 0)
 
+    def renewals_of(self, fingerprint: str) -> dict[str, str]:
+        """Every certificate renewed, directly or not, from this one: fingerprint -> the one it renewed."""
+        with self._db.read() as s:
+            return _renewals(s, fingerprint)
+
     def revoke_certificate(
-        self, fingerprint: str, reason: str, at: dt.datetime, *, with_renewals: bool = True
+        self, fingerprint: str, reason: str, at: dt.datetime, *, spare: str = ""
     ) -> CertificateRecord:
-        """Revokes a certificate and (unless told not to) every unrevoked one renewed from it, in one transaction."""
+        """Revokes a certificate and every unrevoked one renewed from it, in one transaction.
+
+        A key that leaked may have been renewed by whoever holds it: its successors go with it. Only the
+        renewals leading to ``spare`` (the holder's own current certificate, when it retires an older
+        one it renewed) are left. A certificate already revoked whose renewals are not is revoked again
+        in that sense: its remaining renewals go.
+        """
         with self._db.write() as s:
             row = s.scalar(select(CertificateRow).where(CertificateRow.fingerprint_sha256 == fingerprint))
             if row is None:
                 raise NotFound("certificate", fingerprint)
-            if row.revoked_at is not None:
+            renewed = _renewals(s, fingerprint)
+            kept = _chain(renewed, spare, fingerprint)
+            doomed = [fp for fp in renewed if fp not in kept]
+            rows = [row] if row.revoked_at is None else []
+            rows += [
+                r
+                for r in s.scalars(select(CertificateRow).where(CertificateRow.fingerprint_sha256.in_(doomed)))
+                if r.revoked_at is None
+            ]
+            if not rows:
                 raise FailedPrecondition(f"certificate {fingerprint[:16]}… was already revoked", fingerprint)
-            rows, parents = [row], [fingerprint] if with_renewals else []
-            while parents:  # a key that was stolen may have renewed itself: its successors go with it
-                children = list(s.scalars(select(CertificateRow).where(CertificateRow.renewed_from.in_(parents))))
-                rows += [c for c in children if c.revoked_at is None]
-                parents = [c.fingerprint_sha256 for c in children]
             for each in rows:
                 each.revoked_at = at
                 each.revoke_reason = reason if each is row else f"{reason} (renewed from {fingerprint[:16]}…)"
@@ -368,6 +383,30 @@ def _add_person(s: Session, person: Person) -> Person:
     s.flush()
     announce(s, principal_changed(f"person/{person.username}"))
     return _person_of(row)
+
+
+def _renewals(s: Session, fingerprint: str) -> dict[str, str]:
+    """The certificates renewed from ``fingerprint``, however indirectly: each with the one it renewed."""
+    found: dict[str, str] = {}
+    parents = [fingerprint]
+    while parents:
+        children = s.execute(
+            select(CertificateRow.fingerprint_sha256, CertificateRow.renewed_from).where(
+                CertificateRow.renewed_from.in_(parents)
+            )
+        ).all()
+        found.update({child: str(parent) for child, parent in children})
+        parents = [child for child, _ in children]
+    return found
+
+
+def _chain(renewed: dict[str, str], last: str, first: str) -> set[str]:
+    """The renewals from ``first`` that lead to ``last`` (``last`` included); empty if it is not one of them."""
+    chain: set[str] = set()
+    while last in renewed:
+        chain.add(last)
+        last = renewed[last]
+    return chain if last == first else set()
 
 
 def _add_certificate(s: Session, record: CertificateRecord) -> CertificateRecord:

@@ -730,9 +730,10 @@ class RevokeCertificateRequest(_message.Message):
     reason: _builtins.str
     """Why, e.g. "key compromise" or "system decommissioned"; required."""
     keep_renewals: _builtins.bool
-    """Leave the certificates renewed from this one valid: for retiring a
-    certificate its holder has renewed. By default they are revoked with it,
-    as a key that leaked may have been renewed by whoever holds it.
+    """For a holder retiring a certificate it has renewed: leave valid the
+    renewals that lead to the certificate it is calling with (any other
+    renewal is revoked all the same). By default every renewal is revoked
+    with it, as a key that leaked may have been renewed by whoever holds it.
     """
     def __init__(
         self,
