@@ -35,11 +35,18 @@ def _address(host: str) -> Address | None:
         return None
 
 
+# Cloud metadata services outside the link-local range: in the shared address space (100.100.100.200
+# on some clouds) and on IPv6 (fd00:ec2::254).
+_METADATA: tuple[Network, ...] = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd00:ec2::254/128"))
+
+
 def _internal(address: Address) -> bool:
     """Addresses no binding reaches unless the operator lists them: this machine, metadata, no-one."""
     mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
     checked = mapped or address
-    return checked.is_loopback or checked.is_link_local or checked.is_unspecified or checked.is_multicast
+    if checked.is_loopback or checked.is_link_local or checked.is_unspecified or checked.is_multicast:
+        return True
+    return any(checked.version == n.version and checked in n for n in _METADATA)
 
 
 @dataclass(frozen=True)

@@ -75,10 +75,15 @@ class AuditLog:
             size = self.store.size()
             if self.tree.size == 0 and size > 0:
                 self._resume(size)
-            while self.tree.size < size:
-                end = min(size, self.tree.size + SYNC_CHUNK)
-                kept = [node for leaf in self.store.leaf_hashes(self.tree.size, end) for node in self.tree.append(leaf)]
-                self.store.add_nodes(kept)
+            try:
+                while self.tree.size < size:
+                    end = min(size, self.tree.size + SYNC_CHUNK)
+                    leaves = self.store.leaf_hashes(self.tree.size, end)
+                    self.store.add_nodes([node for leaf in leaves for node in self.tree.append(leaf)])
+            except BaseException:
+                # Kept subtrees that could not be written would be missing for good: start again from the store.
+                self.tree = FrontierTree(self.store)
+                raise
 
     def _resume(self, size: int) -> None:
         """Starts the tree at the store's size from the kept subtrees, when they are all there.

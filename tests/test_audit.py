@@ -366,6 +366,29 @@ def test_bad_ranges_and_missing_rights_get_precise_errors(hub: RunningHub) -> No
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+def test_kept_subtrees_that_could_not_be_written_are_written_later(
+    log: AuditLog, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails while the tree catches up: the tree starts again from the store, and no subtree goes missing."""
+    _fill(log, 100)
+
+    def full(nodes: object) -> None:
+        raise Unavailable("database or disk is full")
+
+    for i in range(100, 400):
+        store.audit.stage([_record(i)])
+    while store.audit.integrate():
+        pass
+    with monkeypatch.context() as patched:
+        patched.setattr(store.audit, "add_nodes", full)
+        with pytest.raises(Unavailable):
+            log.sync()
+    log.sync()
+    reference = MerkleTree(store.audit.leaf_hashes(0, 400))
+    assert log.tree.root() == reference.root() and log.tree.root(300) == reference.root(300)
+    assert log.inclusion_proof(10, 400) == reference.inclusion_proof(10, 400)
+
+
 def test_a_restarted_log_resumes_from_its_kept_subtrees_or_rebuilds_them(log: AuditLog, store: Store) -> None:
     """Memory stays flat: a process holds only the tree's right edge, and the store keeps the rest."""
     _fill(log, 600)

@@ -109,6 +109,9 @@ def test_health_and_reflection_are_served(hub: RunningHub) -> None:
         for service in ("", "exchange.v1.RegistryService", "exchange.v1.CatalogService"):
             answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        watching = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert next(iter(watching)).status == health_pb2.HealthCheckResponse.SERVING  # through the interceptor
+        watching.cancel()
         reflect = reflection_pb2_grpc.ServerReflectionStub(c.channel)
         replies = list(reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in replies[0].list_services_response.service}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -245,6 +246,13 @@ def _parsed_unary(behavior: Any, parse: Callable[[bytes], Any], expected: str) -
 
 
 def _parsed_stream(behavior: Any, parse: Callable[[bytes], Any], expected: str) -> Any:
+    if not inspect.isasyncgenfunction(behavior):  # a coroutine that writes its messages (grpc health's Watch)
+
+        async def writing(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await behavior(await _parse_or_refuse(parse, body, expected, context), context)
+
+        return writing
+
     async def stream(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         async for message in behavior(await _parse_or_refuse(parse, body, expected, context), context):
             yield message

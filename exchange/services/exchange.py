@@ -13,6 +13,7 @@ so that waiting for the audit commit holds no thread.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import hashlib
 import json
@@ -207,16 +208,24 @@ class BackendPool:
         """Runs blocking backend ``work`` in a worker thread, on one of the owning department's slots."""
         slots = self._slots.setdefault(resource.spec.department_code, asyncio.Semaphore(self._limit))
         try:
-            await asyncio.wait_for(slots.acquire(), wait)
+            async with asyncio.timeout(wait):
+                await slots.acquire()
         except TimeoutError:
             raise Unavailable(
                 f"the backend {provider_name(resource)} is not keeping up: {self._limit} calls have held it "
                 f"for over {wait:g} s; try again shortly"
             ) from None
-        try:
-            return await asyncio.to_thread(work)
-        finally:
+        # The slot is the thread's: it is given back when the thread is done, not when a caller that left
+        # stops waiting for it (the thread may still be blocked in the backend).
+        running = asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, work)
+
+        def done(finished: asyncio.Future[T]) -> None:
             slots.release()
+            if not finished.cancelled():
+                finished.exception()  # looked at: a caller that left does not want it logged as unretrieved
+
+        running.add_done_callback(done)
+        return await asyncio.shield(running)
 
     def get(self, resource: Resource, binding: Binding) -> Backend:
         with self._lock:
