@@ -40,6 +40,8 @@ class BackendContext:
     forbidden_urls: tuple[str, ...] = field(default_factory=tuple)
     # The hosts backends may reach; None: no restriction (connector tests on loopback).
     hosts: HostPolicy | None = None
+    # Whether SQLite files may be bound (a path reads any file the hub can: test benches and the demo).
+    allow_sqlite: bool = True
 
     def host_problems(self, host: str) -> list[str]:
         return self.hosts.problems(host) if self.hosts is not None else []

@@ -40,6 +40,8 @@ class SqlBinding:
     table: str
     columns: Mapping[str, str] = field(default_factory=dict)  # data item -> column; default: same name
     max_rows: int = DEFAULT_MAX_ROWS
+    # The vetted address to connect to (PostgreSQL), so the name is not resolved again; "" resolves it.
+    host_address: str = ""
 
     def column(self, item: str) -> str:
         return self.columns.get(item, item)
@@ -49,7 +51,7 @@ class SqlAdapter:
     def __init__(self, name: str, binding: SqlBinding) -> None:
         self.name = name
         self.binding = binding
-        self._engine = _read_only_engine(binding.url)
+        self._engine = _read_only_engine(binding.url, binding.host_address)
         self._table: Table | None = None
 
     def _source(self) -> Table:
@@ -154,10 +156,12 @@ class _Bounded:
             connection.invalidate()
 
 
-def _read_only_engine(url: str) -> Engine:
-    """An engine whose every connection refuses to write."""
+def _read_only_engine(url: str, host_address: str = "") -> Engine:
+    """An engine whose every connection refuses to write (to ``host_address`` when given)."""
     if url.startswith("postgresql"):
-        options = {"options": "-c default_transaction_read_only=on", "connect_timeout": 5}
+        options: dict[str, object] = {"options": "-c default_transaction_read_only=on", "connect_timeout": 5}
+        if host_address:
+            options["hostaddr"] = host_address
         return create_engine(url, pool_pre_ping=True, connect_args=options)
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":

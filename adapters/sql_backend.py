@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from adapters import options as opt
+from adapters.base import ProviderUnavailable
 from adapters.factory import BackendContext
 from adapters.sql import DEFAULT_MAX_ROWS, SqlAdapter, SqlBinding
 from exchange.backend import Backend
-from exchange.errors import FieldViolation
+from exchange.errors import FieldViolation, InvalidArgument
 from exchange.models import Binding
+
+log = logging.getLogger(__name__)
+
+
+# libpq parameters that would name another server than the URL's host: refused in a binding.
+_ADDRESSING = frozenset({"host", "hostaddr", "service", "port", "sslkey", "sslcert", "passfile"})
 
 
 def check(options: Mapping[str, object], context: BackendContext) -> list[FieldViolation]:
@@ -22,22 +31,72 @@ def check(options: Mapping[str, object], context: BackendContext) -> list[FieldV
     opt.mapping(options, "columns", out)
     if url and not url.startswith(("sqlite", "postgresql")):
         out.append(FieldViolation("binding.url", "must be a sqlite:// or postgresql+psycopg:// URL"))
-    if url and url in context.forbidden_urls:
+    if url and _is_hubs_own(url, context):
         out.append(FieldViolation("binding.url", "is the hub's own database, which no resource may be read from"))
     if url.startswith("postgresql"):
-        out += [FieldViolation("binding.url", d) for d in context.host_problems(_host_of(url))]
+        out += [FieldViolation("binding.url", d) for d in _postgres_problems(url, context)]
+    if url.startswith("sqlite") and not context.allow_sqlite:
+        out.append(
+            FieldViolation(
+                "binding.url",
+                "SQLite files are for test benches and the demo (setting allow_sqlite_backends): bind PostgreSQL",
+            )
+        )
     return out
 
 
-def _host_of(url: str) -> str:
-    """The host a PostgreSQL URL names ("" for a local socket, which the host policy leaves to the operator)."""
+def _postgres_problems(url: str, context: BackendContext) -> list[str]:
+    """A PostgreSQL URL must name exactly one server by its host, and that host must be allowed."""
     try:
-        return make_url(url).host or ""
+        parts = make_url(url)
     except ArgumentError:
-        return "?"
+        return ["is not a valid database URL"]
+    if not parts.host or "," in parts.host or parts.host.startswith("/"):
+        return ["must name one server by host name or address (no socket path, no host list)"]
+    named = sorted(k for k in parts.query if k.lower() in _ADDRESSING)
+    if named:
+        return [f"must not set {', '.join(named)}: the server is the URL's host and port"]
+    return context.host_problems(parts.host)
+
+
+def _is_hubs_own(url: str, context: BackendContext) -> bool:
+    """The hub's database, however the URL spells it (a SQLite file compares by its resolved path)."""
+    if url in context.forbidden_urls:
+        return True
+    mine = {_sqlite_file(u) for u in context.forbidden_urls} - {None}
+    return _sqlite_file(url) in mine
+
+
+def _sqlite_file(url: str) -> Path | None:
+    try:
+        parts = make_url(url)
+    except ArgumentError:
+        return None
+    if not parts.drivername.startswith("sqlite") or not parts.database:
+        return None
+    return Path(parts.database).resolve()
 
 
 def open(name: str, binding: Binding, context: BackendContext) -> Backend:
+    """The adapter for ``binding``, its options checked again; a PostgreSQL host is resolved and vetted once."""
+    violations = check(binding.options, context)
+    if violations:
+        raise InvalidArgument.of(violations)
     o = binding.options
-    sql = SqlBinding(str(o["url"]), str(o["table"]), dict(o.get("columns") or {}), binding.max_rows or DEFAULT_MAX_ROWS)  # type: ignore[call-overload]
+    url = str(o["url"])
+    address = _vetted_address(name, url, context) if url.startswith("postgresql") else ""
+    max_rows = binding.max_rows or DEFAULT_MAX_ROWS
+    sql = SqlBinding(url, str(o["table"]), dict(o.get("columns") or {}), max_rows, address)  # type: ignore[call-overload]
     return SqlAdapter(name, sql)
+
+
+def _vetted_address(name: str, url: str, context: BackendContext) -> str:
+    """The address the host resolves to now, checked against the host policy (connections go there only)."""
+    if context.hosts is None:
+        return ""
+    parts = make_url(url)
+    try:
+        return str(context.hosts.vetted(parts.host or "", parts.port or 5432)[0][1])
+    except (OSError, IndexError):  # refused by the policy (PermissionError) or not resolvable
+        log.warning("the database host of %s is not reachable under the host policy", name)
+        raise ProviderUnavailable(name) from None

@@ -58,6 +58,8 @@ class Settings:
     backend_hosts: tuple[str, ...] = ()
     # Let REST bindings use plain http:// (off: https only). For a test bench or a local demo.
     allow_plain_http: bool = False
+    # Let SQL bindings name SQLite files (a path reads any file the hub can). For a test bench or the demo.
+    allow_sqlite_backends: bool = False
     # Longest wait for a department's backend when its binding sets none, in seconds.
     provider_timeout_seconds: float = 10.0
     # host:port of the HTTP port for /metrics, /healthz and /readyz; empty: none.

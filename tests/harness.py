@@ -144,6 +144,7 @@ def base_settings(home: Path, database_url: str = "", **changes: object) -> Sett
         # The tests' department backends run on this machine (or are named under .example); REST ones speak http.
         backend_hosts=("127.0.0.0/8", "::1", ".example"),
         allow_plain_http=True,
+        allow_sqlite_backends=True,
     )
     return replace(settings, **changes)  # type: ignore[arg-type]
 

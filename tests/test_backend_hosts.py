@@ -14,6 +14,8 @@ from adapters.base import ProviderUnavailable
 from adapters.factory import BackendContext
 from adapters.hosts import HostPolicy
 from adapters.http import HttpAdapter, HttpBinding, check
+from adapters.sql import SqlAdapter
+from exchange import models as m
 from exchange.backend import FetchRequest
 from exchange.v1 import catalog_pb2 as cpb
 from tests.exchange_world import World, fails, make_world
@@ -136,3 +138,41 @@ def test_the_hub_refuses_a_binding_to_a_host_outside_its_list(tmp_path: Path) ->
             )
     details = error.details() or ""
     assert "not among the hosts" in details or "binding.url" in details
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://u:p@db.gov.example/x?host=127.0.0.1",  # libpq would connect to the query's host
+        "postgresql+psycopg://u:p@db.gov.example/x?hostaddr=169.254.169.254",
+        "postgresql+psycopg://u:p@db.gov.example/x?service=internal",
+        "postgresql+psycopg://u:p@db.gov.example/x?port=6432",
+        "postgresql+psycopg://u:p@db.gov.example/x?sslkey=/etc/exchange/ca.key",
+        "postgresql+psycopg://u:p@127.0.0.1,db.gov.example/x",  # a host list: libpq tries the first first
+        "postgresql+psycopg://u:p@/x?host=/var/run/postgresql",  # a socket on the hub's machine
+        "postgresql+psycopg://u:p@internal.other.example/x",
+    ],
+)
+def test_a_database_url_names_one_allowed_server_and_nothing_else(url: str) -> None:
+    assert sql_backend.check({"url": url, "table": "t"}, BackendContext(hosts=HostPolicy((".gov.example",))))
+
+
+def test_sqlite_files_only_where_allowed_and_never_the_hubs_own(tmp_path: Path) -> None:
+    own = tmp_path / "hub" / "exchange.db"
+    strict = BackendContext(hosts=HostPolicy(), allow_sqlite=False, forbidden_urls=(f"sqlite:///{own}",))
+    refused = sql_backend.check({"url": f"sqlite:///{tmp_path / 'front.db'}", "table": "t"}, strict)
+    assert any("allow_sqlite_backends" in v.description for v in refused)
+    bench = replace(strict, allow_sqlite=True)
+    assert sql_backend.check({"url": f"sqlite:///{tmp_path / 'front.db'}", "table": "t"}, bench) == []
+    alias = f"sqlite:///{tmp_path / 'hub' / '..' / 'hub' / 'exchange.db'}"  # the hub's file by another spelling
+    assert any("hub's own database" in v.description for v in sql_backend.check({"url": alias, "table": "t"}, bench))
+
+
+def test_a_database_host_is_resolved_and_vetted_once_when_opened() -> None:
+    """A listed name that resolves to this machine is not connected to; an allowed one is pinned to its address."""
+    binding = m.Binding("R1", m.BackendKind.SQL, {"url": "postgresql+psycopg://u@localhost/x", "table": "t"})
+    with pytest.raises(ProviderUnavailable):
+        sql_backend.open("公安前置库", binding, BackendContext(hosts=HostPolicy(("localhost",))))
+    opened = sql_backend.open("公安前置库", binding, BackendContext(hosts=HostPolicy(("localhost", "127.0.0.0/8", "::1"))))
+    assert isinstance(opened, SqlAdapter) and opened.binding.host_address in {"127.0.0.1", "::1"}
+    opened.close()

@@ -253,6 +253,7 @@ def test_serve_stops_gracefully_on_sigterm(tmp_path: Path, capsys: pytest.Captur
     env = {
         **os.environ,
         "EXCHANGE_HOME": str(home),
+        "EXCHANGE_ALLOW_SQLITE_BACKENDS": "true",
         "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
         "EXCHANGE_METRICS_LISTEN": "127.0.0.1:0",
     }

@@ -47,6 +47,7 @@ def _serve(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "EXCHANGE_HOME": str(home),
+        "EXCHANGE_ALLOW_SQLITE_BACKENDS": "true",
         "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
         "EXCHANGE_METRICS_LISTEN": "127.0.0.1:0",
     }

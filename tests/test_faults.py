@@ -249,6 +249,7 @@ def hub_process(home: Path, log: Path, identity: Path, **env: str) -> Iterator[H
     environment = {
         **os.environ,
         "EXCHANGE_HOME": str(home),
+        "EXCHANGE_ALLOW_SQLITE_BACKENDS": "true",
         "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
         "EXCHANGE_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
         **{f"EXCHANGE_{k.upper()}": v for k, v in env.items()},

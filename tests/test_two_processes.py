@@ -55,6 +55,7 @@ def _hub_b(a: RunningHub, postgres_url: str, log: Path) -> Iterator[tuple[str, s
     env = {
         **os.environ,
         "EXCHANGE_HOME": str(a.settings.home),
+        "EXCHANGE_ALLOW_SQLITE_BACKENDS": "true",
         "EXCHANGE_DATABASE_URL": postgres_url,
         "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
         "EXCHANGE_METRICS_LISTEN": "127.0.0.1:0",

@@ -82,7 +82,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     home = args.home or Path("var/demo")
     settings = replace(settings, home=home, database_url="", listen=args.listen or settings.listen)
     # The departments' demo backends run on this machine, and the tax bureau's REST endpoint speaks plain http.
-    settings = replace(settings, backend_hosts=(*settings.backend_hosts, *LOOPBACK), allow_plain_http=True)
+    settings = replace(
+        settings,
+        backend_hosts=(*settings.backend_hosts, *LOOPBACK),
+        allow_plain_http=True,
+        allow_sqlite_backends=True,  # the public security bureau's front-end database is a SQLite file here
+    )
     _fresh_home(home)
     members = files.read_members(DATA / "members.yaml")
     specs = files.read_catalog(DATA / "catalog.yaml")

@@ -141,6 +141,7 @@ class Hub:
             default_timeout=settings.provider_timeout_seconds,
             forbidden_urls=(settings.effective_database_url,),
             hosts=HostPolicy(settings.backend_hosts, settings.allow_plain_http),
+            allow_sqlite=settings.allow_sqlite_backends,
         )
         self.backends = BackendPool(
             lambda name, b: factory.open_backend(name, b, self.backend_context),
