@@ -173,6 +173,7 @@ def test_a_database_host_is_resolved_and_vetted_once_when_opened() -> None:
     binding = m.Binding("R1", m.BackendKind.SQL, {"url": "postgresql+psycopg://u@localhost/x", "table": "t"})
     with pytest.raises(ProviderUnavailable):
         sql_backend.open("公安前置库", binding, BackendContext(hosts=HostPolicy(("localhost",))))
-    opened = sql_backend.open("公安前置库", binding, BackendContext(hosts=HostPolicy(("localhost", "127.0.0.0/8", "::1"))))
+    loopback = BackendContext(hosts=HostPolicy(("localhost", "127.0.0.0/8", "::1")))
+    opened = sql_backend.open("公安前置库", binding, loopback)
     assert isinstance(opened, SqlAdapter) and opened.binding.host_address in {"127.0.0.1", "::1"}
     opened.close()
