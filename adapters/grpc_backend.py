@@ -54,9 +54,12 @@ def check(options: Mapping[str, object], context: BackendContext) -> list[FieldV
     target = opt.text(options, "target", out)
     code = opt.text(options, "system_code", out)
     if target.strip() and not _is_target(target):
-        out.append(FieldViolation("binding.target", "must be host:port, with a port from 1 to 65535"))
+        out.append(
+            FieldViolation("binding.target", "must be host:port (a name or address, IPv6 in brackets), port 1 to 65535")
+        )
     elif target.strip():
-        out += [FieldViolation("binding.target", d) for d in context.host_problems(target.rpartition(":")[0])]
+        host = target.rpartition(":")[0].strip("[]")
+        out += [FieldViolation("binding.target", d) for d in context.host_problems(host)]
     if code.strip() and not SYSTEM_CODE.match(code):
         out.append(
             FieldViolation("binding.system_code", f"{code[:80]!r} is not a system code (e.g. zj-wqba: a-z, 0-9, -)")
@@ -69,9 +72,12 @@ def check(options: Mapping[str, object], context: BackendContext) -> list[FieldV
 
 
 def _is_target(target: str) -> bool:
+    """host:port, where host is a name, an IPv4 address or a bracketed IPv6 one: no scheme, socket or path."""
     host, colon, port = target.rpartition(":")
-    if not colon or not host or any(c.isspace() for c in target):
+    if not colon or not host or any(c.isspace() for c in target) or "/" in target:
         return False
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        return False  # "unix:...", "dns:...", "ipv4:..." and bare IPv6 are gRPC's own addressing, not a host
     return port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
 
 
@@ -82,11 +88,24 @@ def _is_file_name(name: str) -> bool:
 
 
 def open(name: str, binding: Binding, context: BackendContext) -> Backend:
-    """A backend for a checked binding; ``name`` (the providing department) names it in every error."""
+    """A backend for a checked binding; ``name`` (the providing department) names it in every error.
+
+    With a host policy the target's host is resolved and vetted once, and the channel dials that address
+    (the provider's certificate is still checked by the system's name).
+    """
     if context.tls is None:
         log.error("cannot connect to the provider %s: the hub has no client certificate", name)
         raise ProviderUnavailable(name)
-    return GrpcBackend(name, str(binding.options["target"]), str(binding.options["system_code"]), context.tls)
+    target = str(binding.options["target"])
+    if context.hosts is not None:
+        host, _, port = target.rpartition(":")
+        try:
+            address = context.hosts.vetted(host.strip("[]"), int(port))[0][1]
+        except (OSError, IndexError, ValueError):  # refused by the policy, or not resolvable
+            log.warning("the provider %s at %s is not reachable under the host policy", name, target)
+            raise ProviderUnavailable(name) from None
+        target = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    return GrpcBackend(name, target, str(binding.options["system_code"]), context.tls)
 
 
 class _Cancellable(Protocol):

@@ -11,7 +11,7 @@ import pytest
 
 from adapters import grpc_backend, sql_backend
 from adapters.base import ProviderUnavailable
-from adapters.factory import BackendContext
+from adapters.factory import BackendContext, ClientTls
 from adapters.hosts import HostPolicy
 from adapters.http import HttpAdapter, HttpBinding, check
 from adapters.sql import SqlAdapter
@@ -177,3 +177,20 @@ def test_a_database_host_is_resolved_and_vetted_once_when_opened() -> None:
     opened = sql_backend.open("公安前置库", binding, loopback)
     assert isinstance(opened, SqlAdapter) and opened.binding.host_address in {"127.0.0.1", "::1"}
     opened.close()
+
+
+@pytest.mark.parametrize(
+    "target", ["unix:/tmp/x.gov.example:1", "dns:///x.gov.example:443", "ipv4:127.0.0.1:1", "::1:50051"]
+)
+def test_a_provider_target_is_a_host_and_port_not_grpcs_own_addressing(target: str) -> None:
+    problems = grpc_backend.check({"target": target, "system_code": "zj-wqba"}, BackendContext(tls=_DUMMY_TLS))
+    assert any("must be host:port" in v.description for v in problems), problems
+
+
+def test_a_provider_host_is_resolved_and_vetted_once_when_opened() -> None:
+    binding = m.Binding("R1", m.BackendKind.GRPC, {"target": "localhost:50051", "system_code": "zj-wqba"})
+    with pytest.raises(ProviderUnavailable):  # a name that resolves to this machine, with no list
+        grpc_backend.open("住建部门", binding, BackendContext(tls=_DUMMY_TLS, hosts=HostPolicy()))
+
+
+_DUMMY_TLS = ClientTls(b"key", b"certificate", b"ca")
