@@ -234,8 +234,9 @@ def key_files(home: Path) -> dict[str, tuple[Path, bool]]:
     return {path.relative_to(home).as_posix(): (path, private) for path, private in files}
 
 
-# Key files a hub may lack: the trust bundle exists only once the CA has been rotated.
-OPTIONAL_KEY_FILES = frozenset({"ca/trust.pem"})
+# Key files a hub may lack: the trust bundle exists only once the CA has been rotated, and the CA key
+# lives elsewhere when `ca_key_file` keeps it apart (it is then backed up with whatever keeps it).
+OPTIONAL_KEY_FILES = frozenset({"ca/trust.pem", "ca/ca.key"})
 
 
 def _dump_table(session: Session, table: Table, out: Path) -> TablePart:
