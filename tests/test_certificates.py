@@ -26,8 +26,9 @@ from exchange.server.rpc import DEV_PRINCIPAL_HEADER
 from exchange.services.registry import record_of
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import registry_pb2 as rpb
+from exchange.v1 import rights_pb2 as gpb
 from tests.exchange_world import World, fails, lookup, make_world, serve_lookup
-from tests.harness import POLICE, RunningHub, base_settings, running_hub
+from tests.harness import POLICE, RunningHub, base_settings, reason_of, running_hub
 
 SYSTEM = m.PrincipalRef(m.PrincipalKind.SYSTEM, "bdc-djxt")
 
@@ -199,6 +200,24 @@ def test_a_revoked_certificate_stops_its_open_stream_and_its_connection(world: W
         fails(grpc.StatusCode.UNAUTHENTICATED, c.registry.WhoAmI, rpb.WhoAmIRequest())
     closing = _closing_record(world, first.exchange_id)
     assert closing["outcome"] != "ok" and "revoked" in json.dumps(closing, ensure_ascii=False)
+
+
+def test_a_grant_suspended_during_a_stream_stops_it(world: World, tmp_path: Path) -> None:
+    """A suspension counts from the next call, and for streams already open from their next batch."""
+    grant = serve_lookup(world, tmp_path, names=[f"张{i}" + "户" * 1400 for i in range(3000)])
+    stub = world.exchange()
+    stream = stub.StreamQuery(lookup(batch_size=10), timeout=60)
+    first = next(iter(stream))
+    with world.hub.client(world.people["police"]) as steward:
+        ask = gpb.ChangeGrantRequest(id=grant, reason="核查期间暂停")
+        steward.call(steward.rights.SuspendGrant, ask)
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in stream:
+            time.sleep(0.02)
+    error = info.value
+    assert isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert reason_of(error) == "GRANT_SUSPENDED"
+    assert _closing_record(world, first.exchange_id)["outcome"] != "ok"
 
 
 def _short_lived(hub: RunningHub, directory: Path, seconds: float) -> Path:

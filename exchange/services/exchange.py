@@ -439,7 +439,7 @@ class ExchangeService:
         # rows are converted once, by the server.
         digest = RowsDigest() if ask.provenance or (wire is None and wire_async is None) else None
         counted = _Count()
-        recheck = _Recheck(identify)
+        recheck = _Recheck(identify, partial(self._still_granted, plan, ask))
         next_part: Callable[[], Awaitable[Part | None]]
         close: Callable[[], Awaitable[object]]
         if wire_async is not None:
@@ -515,7 +515,8 @@ class ExchangeService:
                 # The file name stays out of the record: it may carry a data subject's identifier.
                 await self._append(plan.record)
                 yield Chunk(exchange_id, document=document)
-                chunk = partial(_still_held, _Recheck(identify), partial(next, document.chunks, None))
+                recheck = _Recheck(identify, partial(self._still_granted, plan, ask))
+                chunk = partial(_still_held, recheck, partial(next, document.chunks, None))
                 read = partial(self._backends.in_thread, plan.resource, wait, chunk)
                 while (data := await read()) is not None:
                     digest.update(data)
@@ -550,6 +551,16 @@ class ExchangeService:
             return self._decide(actor, ask, record, call, started)
         except ExchangeError as e:
             return _Settled(_refused(record, started, e), e)
+
+    def _still_granted(self, plan: _Plan, ask: Ask, actor: Principal) -> None:
+        """Refuses, as the decision would now, a stream or document whose grant or resource no longer allows it."""
+        found = self._entries.get(ask.resource_code, self._store.catalog.with_binding)
+        status = found[0].status if found is not None else plan.resource.status
+        question = Question(actor.ref.code, actor.department_code, ask.resource_code, ask.purpose, plan.decision.fields)
+        decision = self._decisions.decide(question, status, self._clock().date(), consume=False)
+        # Quota and rate govern new calls; this one was counted when it began.
+        if not decision.allowed and decision.reason not in _COUNTING:
+            raise _denial(decision)
 
     def _decide(self, actor: Principal, ask: Ask, record: AuditRecord, call: _Call, started: float) -> _Plan:
         _validate(actor, ask, call)
@@ -709,22 +720,26 @@ class _Ending:
             raise self.outcome from None
 
 
-class _Recheck:
-    """Asks again, at most every RECHECK_SECONDS, whether the caller's certificate still holds.
+_COUNTING = frozenset({DenyReason.QUOTA_EXHAUSTED, DenyReason.RATE_LIMITED})
 
-    A certificate revoked (or expired) during a long stream stops it at the next
-    batch: the closing record says why, as for any other failure.
+
+class _Recheck:
+    """Asks again, at most every RECHECK_SECONDS, whether the caller's certificate and grant still hold.
+
+    A certificate revoked (or expired), or a grant suspended or revoked, during a long stream
+    stops it at the next batch: the closing record says why, as for any other failure.
     """
 
-    def __init__(self, identify: Identify) -> None:
+    def __init__(self, identify: Identify, granted: Callable[[Principal], None]) -> None:
         self._identify = identify
+        self._granted = granted
         self._due = time.monotonic() + RECHECK_SECONDS
 
     def __call__(self) -> None:
         now = time.monotonic()
         if now >= self._due:
             self._due = now + RECHECK_SECONDS
-            self._identify()  # raises Unauthenticated once the certificate no longer holds
+            self._granted(self._identify())  # Unauthenticated, or the denial, once they no longer hold
 
 
 def _still_held(recheck: _Recheck, step: Callable[[], T]) -> T:
