@@ -33,7 +33,41 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-class MerkleTree:
+class _Provable:
+    """What a tree offers once it can give the hash of any leaf range: sizes checked, compact ranges, proofs."""
+
+    @property
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def _range(self, start: int, end: int) -> bytes:
+        raise NotImplementedError
+
+    def _check_size(self, size: int) -> None:
+        if not 0 <= size <= self.size:
+            raise ProofError(f"tree size {size} is outside 0..{self.size}")
+
+    def prefix(self, size: int) -> list[bytes]:
+        """The hashes of the complete subtrees that cover leaves [0, size), largest first (a compact range)."""
+        self._check_size(size)
+        return _compact_range(self._range, size)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """PATH(index, D[0:size]) of RFC 9162 2.1.3.1."""
+        self._check_size(size)
+        if not 0 <= index < size:
+            raise ProofError(f"leaf {index} is not in a tree of size {size}")
+        return _proof_path(self._range, index, 0, size)
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """PROOF(size1, D[0:size2]) of RFC 9162 2.1.4.1."""
+        self._check_size(size2)
+        if not 0 < size1 <= size2:
+            raise ProofError(f"no consistency proof from size {size1} to size {size2}")
+        return _proof_subproof(self._range, size1, 0, size2, complete=True)
+
+
+class MerkleTree(_Provable):
     """Leaf hashes in order, with every complete, aligned subtree's hash kept for fast roots and proofs.
 
     ``levels[k][i]`` is the hash of leaves ``i*2**k .. (i+1)*2**k - 1``; appending a leaf adds at most
@@ -79,29 +113,6 @@ class MerkleTree:
         size = self.size if size is None else size
         self._check_size(size)
         return self._range(0, size)
-
-    def _check_size(self, size: int) -> None:
-        if not 0 <= size <= self.size:
-            raise ProofError(f"tree size {size} is outside 0..{self.size}")
-
-    def prefix(self, size: int) -> list[bytes]:
-        """The hashes of the complete subtrees that cover leaves [0, size), largest first (a compact range)."""
-        self._check_size(size)
-        return _compact_range(self._range, size)
-
-    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        """PATH(index, D[0:size]) of RFC 9162 2.1.3.1."""
-        self._check_size(size)
-        if not 0 <= index < size:
-            raise ProofError(f"leaf {index} is not in a tree of size {size}")
-        return _proof_path(self._range, index, 0, size)
-
-    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
-        """PROOF(size1, D[0:size2]) of RFC 9162 2.1.4.1."""
-        self._check_size(size2)
-        if not 0 < size1 <= size2:
-            raise ProofError(f"no consistency proof from size {size1} to size {size2}")
-        return _proof_subproof(self._range, size1, 0, size2, complete=True)
 
 
 def _check_hashes(*hashes: bytes) -> None:
@@ -223,7 +234,7 @@ class NodeSource(Protocol):
 KEPT_LEVEL = 8
 
 
-class FrontierTree:
+class FrontierTree(_Provable):
     """The same tree as ``MerkleTree`` in O(log n) memory: only its right frontier is held.
 
     Appending yields the complete subtrees of ``2**KEPT_LEVEL`` leaves or more that the new leaf
@@ -255,27 +266,6 @@ class FrontierTree:
         size = self.size if size is None else size
         self._check_size(size)
         return self._frontier.root() if size == self.size else self._range(0, size)
-
-    def prefix(self, size: int) -> list[bytes]:
-        """The compact range of leaves [0, size), largest subtree first."""
-        self._check_size(size)
-        return _compact_range(self._range, size)
-
-    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        self._check_size(size)
-        if not 0 <= index < size:
-            raise ProofError(f"leaf {index} is not in a tree of size {size}")
-        return _proof_path(self._range, index, 0, size)
-
-    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
-        self._check_size(size2)
-        if not 0 < size1 <= size2:
-            raise ProofError(f"no consistency proof from size {size1} to size {size2}")
-        return _proof_subproof(self._range, size1, 0, size2, complete=True)
-
-    def _check_size(self, size: int) -> None:
-        if not 0 <= size <= self.size:
-            raise ProofError(f"tree size {size} is outside 0..{self.size}")
 
     def _range(self, start: int, end: int) -> bytes:
         n = end - start

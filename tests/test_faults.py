@@ -374,16 +374,21 @@ def cluster() -> Iterator[Cluster]:
 # 1. PostgreSQL stopped and started again
 
 
+def _prepared(home: Path, url: str, directory: Path) -> tuple[Path, Path]:
+    """A hub home with the flat-sale members and the granted lookup; (the consumer system's, the auditor's identity)."""
+    with running_hub(base_settings(home, url)) as setup:
+        world = make_world(setup)
+        serve_lookup(world, directory, quota=1_000_000, rate=10_000)
+        return world.consumer_system, world.people["auditor"]
+
+
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_postgres_stopped_and_restarted_under_load(tmp_path: Path, cluster: Cluster, mode: str) -> None:
     """The store goes away for a few seconds under load (stopped cleanly, or as if it crashed): UNAVAILABLE
     meanwhile, NOT_SERVING, then by itself back to serving; every exchange answered before, during or after is
     in the verified log."""
     home, url = tmp_path / "hub", cluster.url()
-    with running_hub(base_settings(home, url)) as setup:
-        world = make_world(setup)
-        serve_lookup(world, tmp_path, quota=1_000_000, rate=10_000)
-        consumer, auditor = world.consumer_system, world.people["auditor"]
+    consumer, auditor = _prepared(home, url, tmp_path)
     with hub_process(home, tmp_path / "hub.log", consumer, database_url=url, health_check_seconds="0.2") as hub:
         with HealthWatch(hub.settings, consumer, hub.metrics_port) as health, Load(hub.settings, consumer, 6) as load:
             time.sleep(1.5)
@@ -416,10 +421,7 @@ def test_postgres_stopped_and_restarted_under_load(tmp_path: Path, cluster: Clus
 def test_sigterm_while_the_store_is_down(tmp_path: Path, cluster: Cluster) -> None:
     """Stopped while PostgreSQL is away: a clean exit that says what it could not do, and nothing lost."""
     home, url, log = tmp_path / "hub", cluster.url(), tmp_path / "hub.log"
-    with running_hub(base_settings(home, url)) as setup:
-        world = make_world(setup)
-        serve_lookup(world, tmp_path, quota=1_000_000, rate=10_000)
-        consumer, auditor = world.consumer_system, world.people["auditor"]
+    consumer, auditor = _prepared(home, url, tmp_path)
     with hub_process(home, log, consumer, database_url=url, shutdown_grace_seconds="1") as hub:
         with Load(hub.settings, consumer, 3) as load:
             time.sleep(1.0)
@@ -709,10 +711,7 @@ def test_a_full_disk_refuses_calls_until_space_is_freed(tmp_path: Path) -> None:
     again by itself once space is freed; the database passes its integrity check and the log holds every
     answered exchange."""
     with small_disk(tmp_path / "hub", "6m") as home:
-        with running_hub(base_settings(home)) as setup:
-            world = make_world(setup)
-            serve_lookup(world, tmp_path, quota=1_000_000, rate=10_000)
-            consumer, auditor = world.consumer_system, world.people["auditor"]
+        consumer, auditor = _prepared(home, "", tmp_path)
         with hub_process(home, tmp_path / "hub.log", consumer, health_check_seconds="0.2") as hub:
             with (
                 HealthWatch(hub.settings, consumer, hub.metrics_port) as health,
