@@ -91,6 +91,10 @@ class GroupCommitter:
         finally:
             timer.cancel()
 
+    def clear_failure(self) -> None:
+        """Marks the audit log writable again (the health check probed it) until a commit says otherwise."""
+        self.failing = False
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)

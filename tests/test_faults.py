@@ -710,7 +710,7 @@ def test_a_full_disk_refuses_calls_until_space_is_freed(tmp_path: Path) -> None:
     """The SQLite store's file system fills up under load: UNAVAILABLE and NOT_SERVING meanwhile, then serving
     again by itself once space is freed; the database passes its integrity check and the log holds every
     answered exchange."""
-    with small_disk(tmp_path / "hub", "6m") as home:
+    with small_disk(tmp_path / "hub", "32m") as home:  # room enough that what is freed is not refilled at once
         consumer, auditor = _prepared(home, "", tmp_path)
         with hub_process(home, tmp_path / "hub.log", consumer, health_check_seconds="0.2") as hub:
             with (

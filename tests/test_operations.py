@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from audit.records import AuditRecord
 from exchange.errors import Unavailable
 from exchange.logs import JsonFormatter
 from tests.exchange_world import World, fails, lookup, make_world, serve_lookup
@@ -123,6 +124,27 @@ def test_health_follows_whether_the_store_can_be_written(watched: RunningHub, mo
     assert _grpc_health(watched) == health_pb2.HealthCheckResponse.NOT_SERVING
     assert _get(watched, "/healthz")[0] == 200  # alive, not ready
     monkeypatch.undo()
+    assert _until(lambda: _get(watched, "/readyz")[0] == 200)
+    assert _grpc_health(watched) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_comes_back_after_a_failed_audit_commit_without_traffic(
+    watched: RunningHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed group commit turns the hub NOT_SERVING; with no call to commit again (a load balancer has taken
+    it out), the health check probes the audit log itself and turns it SERVING once it can be written."""
+    committer, audit = watched.hub.committer, watched.hub.store.audit
+    assert committer is not None
+
+    def disk_full(*_: object) -> None:
+        raise Unavailable("database or disk is full")
+
+    monkeypatch.setattr(audit, "stage", disk_full)
+    monkeypatch.setattr(audit, "probe", disk_full)
+    with pytest.raises(Unavailable):
+        committer.append(AuditRecord("registry", "probe", "2026-11-22T00:00:00.000000Z", "person/x", "", "ok"))
+    assert _until(lambda: _get(watched, "/readyz")[0] == 503)
+    monkeypatch.undo()  # the disk has room again; no call comes in
     assert _until(lambda: _get(watched, "/readyz")[0] == 200)
     assert _grpc_health(watched) == health_pb2.HealthCheckResponse.SERVING
 

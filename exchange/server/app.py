@@ -315,8 +315,14 @@ class Hub:
             log.warning("health: the store cannot be written: %s", e.message)
             return False
         if self.committer is not None and self.committer.failing:
-            log.warning("health: the audit log's last commit failed")
-            return False
+            # The last group commit failed; with no traffic none would succeed to say otherwise, so probe.
+            try:
+                self.store.audit.probe()
+            except ExchangeError as e:
+                log.warning("health: the audit log's last commit failed and it still cannot be written: %s", e.message)
+                return False
+            self.committer.clear_failure()
+            log.info("health: the audit log can be written again")
         return True
 
     async def _watch_health(self) -> None:

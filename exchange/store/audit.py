@@ -118,6 +118,16 @@ class AuditStore:
         with self._db.write() as s:
             s.execute(insert(_STAGED), rows)
 
+    def probe(self) -> None:
+        """Commits a write to the audit tables that leaves nothing behind: can records be staged now?
+
+        The row is inserted and deleted in one transaction, so no reader, the integrator included, ever
+        sees it; the commit still needs what a real one needs (the write lock, space for the journal).
+        """
+        with self._db.write() as s:
+            s.execute(insert(_STAGED), [{"record": "", "staged_at": dt.datetime.now(dt.UTC)}])
+            s.execute(delete(AuditStagedRow).where(AuditStagedRow.record == ""))
+
     def integrate(self, limit: int = 1000) -> list[tuple[int, bytes]]:
         """Sequences up to ``limit`` staged records; returns their (seq, leaf hash), or [] if none."""
         with self._db.write() as s:
