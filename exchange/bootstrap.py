@@ -53,7 +53,7 @@ def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
     server_key, server_cert = pki.issue_server_certificate(ca_key, ca_cert, settings.hostnames)
     ref = PrincipalRef(PrincipalKind.PERSON, seed.username)
     key = pki.new_key()
-    record = CertificateAuthority(ca_key, ca_cert).issue(pki.make_csr(key, ref), ref, settings.certificate_days)
+    record = CertificateAuthority.of(ca_key, ca_cert).issue(pki.make_csr(key, ref), ref, settings.certificate_days)
 
     # The store first, in one transaction: if it fails, no key is left behind and init can be run again.
     store = Store(settings.effective_database_url)

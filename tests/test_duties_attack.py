@@ -177,7 +177,7 @@ def _apply(scene: Scene, caller: str = "consumer") -> str:
 
 def _stranger(hub: RunningHub, directory: Path) -> Path:
     """An identity whose certificate the hub's CA signed but which no principal holds."""
-    ca = CertificateAuthority(pki.load_key(hub.files.ca_key), pki.load_cert(hub.files.ca_cert))
+    ca = CertificateAuthority.of(pki.load_key(hub.files.ca_key), pki.load_cert(hub.files.ca_cert))
     key = pki.new_key()
     ref = m.PrincipalRef(m.PrincipalKind.PERSON, "ghost")
     record = ca.issue(pki.make_csr(key, ref), ref, 30)

@@ -79,7 +79,7 @@ def world() -> Iterator[World]:
         policy = RightsPolicy()
         decisions = DecisionPoint()
         key, cert = create_ca("property test CA")
-        registry = RegistryService(store, CertificateAuthority(key, cert), policy, 30)
+        registry = RegistryService(store, CertificateAuthority.of(key, cert), policy, 30)
         rights = RightsService(store, policy, WorkCalendar(), 1096, decisions=decisions)
         store.registry.add_department(AUTHORITY)
         store.registry.add_person(m.Person("op-admin", "运维", AUTHORITY.code, frozenset({m.Role.OPERATOR})))

@@ -86,14 +86,14 @@ def test_certificate_from_a_foreign_ca_is_refused(hub: RunningHub, tmp_path: Pat
     foreign_key, foreign_ca = pki.create_ca("someone else's CA")
     key = pki.new_key()
     ref = m.PrincipalRef(PERSON, "op-admin")  # claims to be the operator
-    cert = CertificateAuthority(foreign_key, foreign_ca).issue(pki.make_csr(key, ref), ref, 30)
+    cert = CertificateAuthority.of(foreign_key, foreign_ca).issue(pki.make_csr(key, ref), ref, 30)
     pki.IdentityFiles(tmp_path / "forged").write(key, cert.pem.encode(), hub.ca_pem)
     with HubClient(hub.settings, tmp_path / "forged") as c:
         _fails(grpc.StatusCode.UNAVAILABLE, c.call, c.registry.WhoAmI, rpb.WhoAmIRequest())
 
 
 def test_hub_signed_but_unregistered_certificate_is_unauthenticated(hub: RunningHub, tmp_path: Path) -> None:
-    ca = CertificateAuthority(pki.load_key(hub.files.ca_key), pki.load_cert(hub.files.ca_cert))
+    ca = CertificateAuthority.of(pki.load_key(hub.files.ca_key), pki.load_cert(hub.files.ca_cert))
     key = pki.new_key()
     ref = m.PrincipalRef(PERSON, "op-admin")
     record = ca.issue(pki.make_csr(key, ref), ref, 30)  # signed by the hub's CA, but never recorded

@@ -85,7 +85,7 @@ class ServerCredentials:
 def load_credentials(settings: Settings) -> ServerCredentials:
     """The CA (to sign CSRs) and the mutual-TLS credentials, from the hub's home; both follow their files."""
     files = TlsFiles(pki.HubFiles(settings.home, settings.ca_key_file))
-    authority = CertificateAuthority.following(files.current_authority, files.trust_pem)
+    authority = CertificateAuthority(files.current_authority, files.trust_pem)
     key, cert, trust = files.server.value
     return ServerCredentials(authority, files.credentials(), factory.ClientTls(key, cert, trust), files)
 
@@ -180,13 +180,15 @@ class Hub:
         policy = self.policy
         assert self.committer is not None
         refusals = RefusalLog(self.committer)
+        files = pki.HubFiles(settings.home)
+        subject_key = _load_subject_key(files)  # keys data subjects in the log, and people's identity numbers
         registry = RegistryService(
             self.store,
             self.credentials.ca,
             policy,
             settings.certificate_days,
             holders=self.holders,
-            identity_secret=_load_subject_key(pki.HubFiles(settings.home)),
+            identity_secret=subject_key,
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, registry, settings.insecure_dev, refusals), server
@@ -199,25 +201,23 @@ class Hub:
         )
         calendar = WorkCalendar.load(settings.calendar_file or DEFAULT_CALENDAR)
         rights = RightsService(self.store, policy, calendar, settings.max_grant_days, decisions=self.decisions)
-        files = pki.HubFiles(settings.home)
         verifier = Verifier.parse(files.audit_verifier.read_text())
         if verifier.encode() != self.audit.signer.verifier().encode():
             raise ConfigError(f"{files.audit_verifier} is not the public key of {files.audit_key}")
-        auditing = AuditReadService(self.store, self.audit, policy, verifier, _load_subject_key(files))
+        auditing = AuditReadService(self.store, self.audit, policy, verifier, subject_key)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditServicer(auditing, registry, settings.insecure_dev, refusals), server
         )
         rights_pb2_grpc.add_RightsServiceServicer_to_server(
             RightsServicer(rights, registry, settings.insecure_dev, refusals), server
         )
-        assert self.committer is not None
         exchanging = ExchangeService(
             self.store,
             self.decisions,
             self.committer,
             self.backends,
             signer=self.audit.signer,
-            subject_key=_load_subject_key(files),
+            subject_key=subject_key,
             entries=self.entries,
             observer=self.metrics,
             default_timeout=settings.provider_timeout_seconds,

@@ -43,22 +43,20 @@ FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 class CertificateAuthority:
     """The hub's signing CA and trust bundle; the server's follow their files (rotation needs no restart)."""
 
-    def __init__(self, key: pki.PrivateKey, cert: x509.Certificate, trust_pem: bytes | None = None) -> None:
-        fixed, bundle = ca.Authority(key, cert), trust_pem or pki.cert_pem(cert)
-        self._current: Callable[[], ca.Authority] = lambda: fixed
-        self._trust: Callable[[], bytes] = lambda: bundle
+    def __init__(self, current: Callable[[], ca.Authority], trust: Callable[[], bytes]) -> None:
+        """A CA read through callables: the server's follow files that may be rotated while it runs."""
+        self._current = current
+        self._trust = trust
 
     @classmethod
-    def following(cls, current: Callable[[], ca.Authority], trust: Callable[[], bytes]) -> CertificateAuthority:
-        """A CA read through callables, e.g. from files that may be rotated while the hub runs."""
-        authority = cls.__new__(cls)
-        authority._current, authority._trust = current, trust
-        return authority
+    def of(cls, key: pki.PrivateKey, cert: x509.Certificate) -> CertificateAuthority:
+        """A CA that never changes, trusting only itself (``exchange init``, tests)."""
+        fixed, bundle = ca.Authority(key, cert), pki.cert_pem(cert)
+        return cls(lambda: fixed, lambda: bundle)
 
     def issue(self, csr_pem: str, ref: PrincipalRef, days: int, renewed_from: str = "") -> CertificateRecord:
         signing = self._current()
-        cert = pki.sign_csr(signing.key, signing.cert, csr_pem, ref, days)
-        return replace(record_of(cert, ref, renewed_from), issuer_fingerprint=pki.fingerprint(signing.cert))
+        return record_of(pki.sign_csr(signing.key, signing.cert, csr_pem, ref, days), ref, renewed_from)
 
     def trust_bundle(self) -> tuple[str, str]:
         """(the trusted CA certificates as PEM, the signing CA's fingerprint)."""
