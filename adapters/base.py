@@ -82,7 +82,7 @@ def checked_rows(provider: str, resource: ResourceSpec, fields: tuple[str, ...],
             is_date_only = kind is FieldType.DATE and isinstance(value, dt.datetime)
             if value is not None and (not isinstance(value, _ACCEPTED[kind]) or wrong_bool or is_date_only):
                 raise ProviderContractError(provider, f"row {n}: {name} is {type(value).__name__}, not {kind.value}")
-            if isinstance(value, int) and not wrong_bool and not -(2**63) <= value < 2**63:
+            if isinstance(value, int) and not wrong_bool and not values.INT64_MIN <= value <= values.INT64_MAX:
                 raise ProviderContractError(provider, f"row {n}: {name} is beyond a 64-bit integer")
     return rows
 

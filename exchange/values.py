@@ -93,7 +93,10 @@ def parse_text(text: str, kind: FieldType) -> object:  # noqa: PLR0911 - one bra
         if kind is FieldType.STRING:
             return text
         if kind is FieldType.INTEGER:
-            return int(text, 10)
+            whole = int(text, 10)
+            if not INT64_MIN <= whole <= INT64_MAX:  # what the contract's int64 and every backend can hold
+                raise ValueError
+            return whole
         if kind is FieldType.DECIMAL:
             number = Decimal(text)
             if not number.is_finite():
@@ -110,9 +113,11 @@ def parse_text(text: str, kind: FieldType) -> object:  # noqa: PLR0911 - one bra
         raise BadValue(f"{text[:40]!r} is not {EXPECTED[kind]}") from None
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 EXPECTED = {  # how a value of each type is described in errors
     FieldType.STRING: "a string",
-    FieldType.INTEGER: "a whole number",
+    FieldType.INTEGER: "a whole number (64-bit)",
     FieldType.DECIMAL: "a decimal number",
     FieldType.BOOLEAN: "true or false",
     FieldType.DATE: "a date (YYYY-MM-DD)",
