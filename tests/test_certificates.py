@@ -185,9 +185,8 @@ def test_a_revoked_certificate_stops_its_open_stream_and_its_connection(world: W
     _serve_many(world, tmp_path)
     hub = world.hub
     fingerprint = _whoami(hub, world.consumer_system).certificate_fingerprint_sha256
-    with hub.client(world.consumer_system) as c:
-        stub = world.exchange(world.consumer_system)
-        stream = stub.StreamQuery(lookup(batch_size=10), timeout=60)
+    with hub.client(world.consumer_system) as c:  # one connection: the stream and the call after it
+        stream = c.exchange.StreamQuery(lookup(batch_size=10), timeout=60)
         first = next(iter(stream))
         with hub.client() as operator:
             ask = rpb.RevokeCertificateRequest(fingerprint_sha256=fingerprint, reason="system decommissioned")
@@ -196,7 +195,7 @@ def test_a_revoked_certificate_stops_its_open_stream_and_its_connection(world: W
             for _ in stream:  # the consumer reads on: within a couple of seconds the hub stops the stream
                 time.sleep(0.02)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        # The same connection: the next call is refused too.
+        # The same connection, open before the revocation: the next call on it is refused too.
         fails(grpc.StatusCode.UNAUTHENTICATED, c.registry.WhoAmI, rpb.WhoAmIRequest())
     closing = _closing_record(world, first.exchange_id)
     assert closing["outcome"] != "ok" and "revoked" in json.dumps(closing, ensure_ascii=False)

@@ -403,10 +403,14 @@ def _text(record: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in record.items() if k != "logged"}, sort_keys=True)
 
 
-def _only_refusals_recorded(scene: Scene, before: dict[str, str]) -> None:
-    """Nothing in the store changed but the audit log, which may have gained refusal records (PERMISSION_DENIED)."""
+def _only_refusals_recorded(scene: Scene, before: dict[str, str], denied: int) -> None:
+    """Nothing in the store changed but the audit log, which gained one record per PERMISSION_DENIED (``denied``).
+
+    Refusals for another reason (a role conflict, a request in the wrong state) change nothing and record nothing.
+    """
     after = scene.state()
-    assert int(after.pop("audit records")) >= int(before["audit records"])
+    added = int(after.pop("audit records")) - int(before["audit records"])
+    assert added == denied, f"{added} audit records for {denied} refusal(s) with PERMISSION_DENIED"
     assert after == {k: v for k, v in before.items() if k != "audit records"}, "a refused call changed the store"
 
 
@@ -590,7 +594,7 @@ def test_nobody_assigns_itself_a_role(scene: Scene, role: m.Role) -> None:
         expected = "SELF_ELEVATION" if caller == "operator" else "REGISTRY_REGISTER_DENIED"
         assert reason_of(error) == expected, error.details()
         assert _roles(scene, username) == held
-    _only_refusals_recorded(scene, before)
+    _only_refusals_recorded(scene, before, denied=6)
 
 
 def test_an_operator_gets_no_separated_right_through_a_colleague(scene: Scene) -> None:
@@ -607,7 +611,7 @@ def test_an_operator_gets_no_separated_right_through_a_colleague(scene: Scene) -
     # Nor take the operator's role away, to make room for another: a person keeps at least one role.
     change = rpb.ChangeRoleRequest(username="op-admin", role=w.ROLE.wire(m.Role.OPERATOR), reason="腾位置")
     assert _refused(c.registry.UnassignRole, change).code() == grpc.StatusCode.FAILED_PRECONDITION
-    _only_refusals_recorded(scene, before)
+    _only_refusals_recorded(scene, before, denied=0)
 
 
 def test_a_requester_does_not_decide_its_own_request(scene: Scene) -> None:
@@ -625,7 +629,7 @@ def test_a_requester_does_not_decide_its_own_request(scene: Scene) -> None:
         error = _refused(method, message)
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error.details()
         assert reason_of(error) in {"REQUEST_DECIDE_DENIED", "GRANT_ISSUE_DENIED"}
-    _only_refusals_recorded(scene, before)
+    _only_refusals_recorded(scene, before, denied=3)
     # Nor does a department apply for its own data, so its steward never decides its own request.
     police_both = scene.hub.add_person("ga-both", POLICE.code, m.Role.OWNER_STEWARD, m.Role.CONSUMER)
     scene.identities["police_both"] = police_both
@@ -643,7 +647,7 @@ def test_the_consumer_departments_steward_does_not_approve_its_departments_reque
     error = _refused(c.rights.Approve, pb.ApproveRequest(id=scene.pending, reason="同意"))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED and reason_of(error) == "REQUEST_DECIDE_DENIED"
     assert f"for department {POLICE.code}" in (error.details() or "")
-    _only_refusals_recorded(scene, before)
+    _only_refusals_recorded(scene, before, denied=1)
 
 
 def test_the_share_manager_does_not_pass_over_the_owner(scene: Scene) -> None:
@@ -657,7 +661,7 @@ def test_the_share_manager_does_not_pass_over_the_owner(scene: Scene) -> None:
     ):
         error = _refused(method, message)
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
-    _only_refusals_recorded(scene, before)
+    _only_refusals_recorded(scene, before, denied=0)
 
 
 @pytest.mark.parametrize("caller", REGISTERED)
@@ -667,7 +671,7 @@ def test_nobody_revokes_the_certificate_it_calls_with(scene: Scene, caller: str)
     revoke = rpb.RevokeCertificateRequest(fingerprint_sha256=scene.fingerprint(caller), reason="自己撤销")
     error = _refused(c.registry.RevokeCertificate, revoke)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "calling with" in (error.details() or "")
-    _only_refusals_recorded(scene, before)
+    _only_refusals_recorded(scene, before, denied=0)
     assert c.call(c.registry.WhoAmI, rpb.WhoAmIRequest()).principal.code == scene.refs[caller].code
 
 
@@ -712,7 +716,7 @@ def test_a_consumer_does_not_apply_through_another_departments_system(scene: Sce
     error = _refused(c.rights.Apply, _application(systems=("bdc-djxt",)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(error) == {"request.system_codes[0]"}
-    _only_refusals_recorded(scene, before)
+    _only_refusals_recorded(scene, before, denied=0)
 
 
 def test_an_operator_cannot_certify_a_key_of_its_own_for_a_system(scene: Scene) -> None:
