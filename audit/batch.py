@@ -51,8 +51,11 @@ class GroupCommitter:
         max_batch: int = 1000,
         max_wait: float = 0.0,
         on_batch: Callable[[int, bool], None] | None = None,
+        halted: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._store = store
+        # Why records must not be taken now (the stored log failed its check), or None.
+        self._halted = halted
         # Told of each batch: its size, and whether it failed (for metrics and health).
         self._on_batch = on_batch
         self.failing = False
@@ -70,6 +73,7 @@ class GroupCommitter:
         After a timeout the record may still be committed later: the caller must treat its call as
         failed (nothing released), which errs on the side the audit log can vouch for.
         """
+        self._refuse_if_halted()
         done: Future[None] = Future()
         self._queue.put((record, done))
         try:
@@ -82,6 +86,7 @@ class GroupCommitter:
 
         The committer wakes each event loop once per batch, not once per record.
         """
+        self._refuse_if_halted()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._queue.put((record, (loop, done)))
@@ -90,6 +95,11 @@ class GroupCommitter:
             await done
         finally:
             timer.cancel()
+
+    def _refuse_if_halted(self) -> None:
+        reason = self._halted()
+        if reason is not None:
+            raise Unavailable(f"the audit log failed its integrity check ({reason}); nothing was released")
 
     def clear_failure(self) -> None:
         """Marks the audit log writable again (the health check probed it) until a commit says otherwise."""

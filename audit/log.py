@@ -7,6 +7,11 @@ few seconds, if the log grew, signs a checkpoint of the new size. Proofs are ser
 The tree in memory is only its right edge (O(log n) hashes); the subtrees of 256 leaves and more are
 kept in the store as they complete, and proofs and earlier roots read them, so a hub's memory does
 not grow with its log.
+
+Nothing unsigned is trusted: the log checks the whole stored log against its seals and newest signed
+checkpoint when it starts (audit.integrity) and whenever ``check`` is called, checks the seal of every
+entry it reads into its tree, and signs a checkpoint only over a tree consistent with the newest one
+signed before. A failed check leaves the log ``broken``: it signs and integrates nothing more.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import logging
 import threading
 import time
 
-from audit.merkle import KEPT_LEVEL, FrontierTree, ProofError
+from audit.integrity import Checked, check_log, newest_signed
+from audit.merkle import KEPT_LEVEL, FrontierTree, ProofError, verify_consistency
 from audit.note import Checkpoint, Signer
-from exchange.errors import ExchangeError, InvalidArgument
+from audit.seal import Sealer
+from exchange.errors import AuditTampered, ExchangeError, InvalidArgument
 from exchange.store.audit import AuditStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,12 @@ class AuditLog:
     ) -> None:
         self.store = store
         self.signer = signer
+        self.sealer = Sealer.of(signer)
+        store.sealer = self.sealer
+        # Why the stored log failed its check, once it has: nothing is signed or integrated after.
+        self.broken: str | None = None
+        # When the last whole check passed (Unix time), for its metric.
+        self.checked_at: float | None = None
         self.origin = origin
         self.tree = FrontierTree(store)
         self._checkpoint_seconds = checkpoint_seconds
@@ -52,8 +65,25 @@ class AuditLog:
         self.signed_at: float | None = None
 
     def start(self) -> None:
+        """Checks the stored log, integrates what waits and signs; raises AuditTampered over a bad log."""
+        self.check()
         self.flush()
         self._thread.start()
+
+    def check(self) -> Checked:
+        """Checks the whole stored log (audit.integrity); a failure marks the log broken and is raised."""
+        try:
+            checked = check_log(self.store, self.sealer, self.signer.verifier())
+        except AuditTampered as e:
+            self._break(e)
+            raise
+        self.checked_at = time.time()
+        return checked
+
+    def _break(self, error: AuditTampered) -> None:
+        if self.broken is None:
+            log.error("the stored audit log failed its check: %s; nothing more is signed or served", error.message)
+        self.broken = error.message
 
     def stop(self) -> None:
         self._stop.set()
@@ -63,11 +93,20 @@ class AuditLog:
 
     def flush(self) -> int:
         """Integrates everything staged, catches the tree up and signs a checkpoint; returns the size."""
-        while self.store.integrate():
-            pass
-        self.sync()
-        self._sign(force=True)
+        self._refuse_if_broken()
+        try:
+            while self.store.integrate():
+                pass
+            self.sync()
+            self._sign(force=True)
+        except AuditTampered as e:
+            self._break(e)
+            raise
         return self.tree.size
+
+    def _refuse_if_broken(self) -> None:
+        if self.broken is not None:
+            raise AuditTampered(self.broken)
 
     def sync(self) -> None:
         """Brings the in-memory tree up to the entries in the store (other processes integrate too)."""
@@ -78,12 +117,25 @@ class AuditLog:
             try:
                 while self.tree.size < size:
                     end = min(size, self.tree.size + SYNC_CHUNK)
-                    leaves = self.store.leaf_hashes(self.tree.size, end)
+                    leaves = self._sealed_leaves(self.tree.size, end)
                     self.store.add_nodes([node for leaf in leaves for node in self.tree.append(leaf)])
             except BaseException:
                 # Kept subtrees that could not be written would be missing for good: start again from the store.
                 self.tree = FrontierTree(self.store)
                 raise
+
+    def _sealed_leaves(self, start: int, end: int) -> list[bytes]:
+        """Leaf hashes of entries [start, end), each checked against its seal before the tree takes it."""
+        leaves: list[bytes] = []
+        for seq, leaf, mac in self.store.sealed_leaves(start, end):
+            if seq != start + len(leaves):
+                raise AuditTampered(f"entry {start + len(leaves)} is missing from the stored log")
+            if not Sealer.same(mac, self.sealer.entry(seq, leaf)):
+                raise AuditTampered(
+                    f"entry {seq} does not carry this hub's seal: it was written or changed outside the hub"
+                )
+            leaves.append(leaf)
+        return leaves
 
     def _resume(self, size: int) -> None:
         """Starts the tree at the store's size from the kept subtrees, when they are all there.
@@ -100,21 +152,40 @@ class AuditLog:
             self.tree.start_at(kept, [h for h in found if h is not None])
 
     def _sign(self, *, force: bool = False) -> None:
+        self._refuse_if_broken()
         with self._lock:
             size = self.tree.size
             if size == self._signed_size or (size == 0 and not force):
                 return
-            checkpoint = Checkpoint(self.origin, size, self.tree.root(size))
+            root = self.tree.root(size)
+            self._check_consistent(size, root)
+            checkpoint = Checkpoint(self.origin, size, root)
             note = self.signer.sign(checkpoint.text())
         self.store.add_checkpoint(size, checkpoint.root, note)
         self._signed_size = size
         self.signed_at = time.time()
+
+    def _check_consistent(self, size: int, root: bytes) -> None:
+        """Refuses to sign a tree that is not an extension of the newest checkpoint signed before."""
+        signed, signed_root = newest_signed(self.store, self.signer.verifier())
+        if signed == 0 or signed > size:  # none yet, or another process signed a larger one (it checked)
+            return
+        try:
+            proof = self.tree.consistency_proof(signed, size) if signed < size else []
+            verify_consistency(signed, size, proof, signed_root, root)
+        except ProofError:
+            raise AuditTampered(
+                f"the stored tree of {size} entries is not consistent with the newest signed checkpoint "
+                f"(size {signed}): entries under it were changed"
+            ) from None
 
     def _run(self) -> None:
         last_signed = time.monotonic()
         while not self._stop.is_set():
             self._wake.wait(self._poll_seconds)
             self._wake.clear()
+            if self.broken is not None:
+                continue
             try:
                 while len(self.store.integrate(INTEGRATE_BATCH)) == INTEGRATE_BATCH:
                     pass  # a full batch: more may be waiting
@@ -122,6 +193,8 @@ class AuditLog:
                 if time.monotonic() - last_signed >= self._checkpoint_seconds:
                     self._sign()
                     last_signed = time.monotonic()
+            except AuditTampered as e:
+                self._break(e)
             except ExchangeError as e:  # the store is down or full: expected until it is back, no traceback
                 log.warning("audit log integration failed: %s; retrying", e.message)
                 self._stop.wait(1.0)

@@ -11,6 +11,7 @@ import secrets
 from dataclasses import dataclass
 
 from audit.note import Signer
+from audit.seal import Sealer
 from exchange import pki, validation
 from exchange.config import Settings
 from exchange.errors import FailedPrecondition, FieldViolation
@@ -56,7 +57,9 @@ def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
     record = CertificateAuthority.of(ca_key, ca_cert).issue(pki.make_csr(key, ref), ref, settings.certificate_days)
 
     # The store first, in one transaction: if it fails, no key is left behind and init can be run again.
+    log_signer = Signer.generate(settings.audit_origin)
     store = Store(settings.effective_database_url)
+    store.audit.sealer = Sealer.of(log_signer)
     try:
         store.db.migrate()
         first = Principal(ref, seed.display_name, seed.department.code, operator.roles)
@@ -68,7 +71,6 @@ def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
     pki.write_public(files.ca_cert, pki.cert_pem(ca_cert))
     pki.write_secret(files.server_key, pki.key_pem(server_key))
     pki.write_public(files.server_cert, pki.cert_pem(server_cert))
-    log_signer = Signer.generate(settings.audit_origin)
     pki.write_secret(files.audit_key, log_signer.encode().encode() + b"\n")
     pki.write_public(files.audit_verifier, log_signer.verifier().encode().encode() + b"\n")
     pki.write_secret(files.audit_subject_key, subject_key)

@@ -49,6 +49,9 @@ class Settings:
     audit_origin: str = "exchange.local/audit"
     # Seconds between signed checkpoints while records arrive.
     checkpoint_seconds: float = 2.0
+    # Seconds between whole checks of the stored audit log against its seals and signed checkpoint
+    # (also done at start); a failed check turns the hub NOT_SERVING.
+    audit_check_seconds: float = 3600.0
     # Days the audit log keeps records in full (at least 180, the legal minimum for network logs).
     audit_retention_days: int = 180
     # Directories file backends may serve documents from; empty: `home`/documents.
@@ -191,6 +194,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("max_grant_days", 1, 3660, "days"),
     ("checkpoint_seconds", 0.1, 3600, "seconds"),
     ("audit_retention_days", 180, 36500, "days"),
+    ("audit_check_seconds", 1, 7 * 86400, "seconds"),
     ("shutdown_grace_seconds", 0, 3600, "seconds"),
     ("call_timeout_seconds", 0.001, 3600, "seconds"),
     ("provider_timeout_seconds", 0.001, 600, "seconds"),

@@ -100,5 +100,12 @@ class Unavailable(ExchangeError):
     """A part the hub depends on (the store) cannot answer now; retrying may help."""
 
 
+class AuditTampered(Unavailable):
+    """The stored audit log is not what this hub wrote: the message names the first row that differs.
+
+    The hub then signs nothing and serves no data until an operator has looked (docs/operating.md).
+    """
+
+
 class ConfigError(ExchangeError):
     """The configuration is invalid; the message says which setting and why."""

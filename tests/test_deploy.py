@@ -592,6 +592,7 @@ def test_alert_rules() -> None:
         "exchange_share_requests_overdue",
         "exchange_audit_checkpoint_age_seconds",
         "exchange_audit_write_failures_total",
+        "exchange_audit_log_intact",
         "exchange_certificate_expiry_timestamp_seconds",
         "exchange_provider_errors_total",
         "exchange_provider_call_duration_seconds_count",
@@ -743,6 +744,13 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
             "4m",
             [{"severity": "critical", **hub}],
         ),
+        _alert_case(
+            "ExchangeAuditLogTampered",
+            [_series("exchange_audit_log_intact", "1 1 0 0")],
+            "3m",
+            [{"severity": "critical", **hub}],
+        ),
+        _alert_case("ExchangeAuditLogTampered", [_series("exchange_audit_log_intact", "1x5")], "4m", []),
         # Certificates: 20 days left alerts, 40 does not.
         _alert_case(
             "ExchangeCertificateExpiringSoon",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -24,7 +25,7 @@ from audit.log import AuditLog
 from audit.note import NoteError, Signer, Verifier
 from exchange import pki
 from exchange.config import Settings
-from exchange.errors import ConfigError, ExchangeError, FieldViolation
+from exchange.errors import AuditTampered, ConfigError, ExchangeError, FieldViolation
 from exchange.models import Binding, PrincipalKind, PrincipalRef, Resource
 from exchange.server.audit import AuditServicer
 from exchange.server.catalog import CatalogServicer
@@ -265,7 +266,13 @@ class Hub:
         else:
             self._resync()
         await asyncio.to_thread(self.audit.start)
-        self.committer = GroupCommitter(self.store.audit, max_wait=0.001, on_batch=self.metrics.batch_committed)
+        self.committer = GroupCommitter(
+            self.store.audit,
+            max_wait=0.001,
+            on_batch=self.metrics.batch_committed,
+            halted=lambda: self.audit.broken,
+        )
+        self.metrics.audit_log_checked(True, self.audit.checked_at)
         self.server = server = self._build_server()
         try:
             if self.settings.insecure_dev:
@@ -308,7 +315,9 @@ class Hub:
         self.metrics.ready.set(1 if serving else 0)
 
     def _writable(self) -> bool:
-        """Whether the store takes a write and the audit log's last group commit went through."""
+        """Whether the store takes a write, the audit log's last group commit went through and it is intact."""
+        if self.audit.broken is not None:
+            return False
         try:
             self.store.db.check_writable()
         except ExchangeError as e:
@@ -325,10 +334,27 @@ class Hub:
             log.info("health: the audit log can be written again")
         return True
 
+    def _check_audit_log(self) -> None:
+        """The scheduled whole check of the stored audit log; a failure leaves the log broken (NOT_SERVING)."""
+        try:
+            self.audit.check()
+        except AuditTampered:
+            pass  # logged, and kept in self.audit.broken
+        except ExchangeError as e:  # the store cannot be read now: the next round tries again
+            log.warning("the audit log could not be checked: %s", e.message)
+        self.metrics.audit_log_checked(self.audit.broken is None, self.audit.checked_at)
+
     async def _watch_health(self) -> None:
-        """Reports NOT_SERVING while the store or the audit log cannot be written, SERVING again once they can."""
+        """Reports NOT_SERVING while the store or the audit log cannot be written, or the log failed its
+        check, SERVING again once they can (a broken log stays broken until an operator restarts)."""
+        next_check = time.monotonic() + self.settings.audit_check_seconds
         while True:
-            await asyncio.sleep(self.settings.health_check_seconds)
+            await asyncio.sleep(min(self.settings.health_check_seconds, self.settings.audit_check_seconds))
+            if time.monotonic() >= next_check:
+                await asyncio.to_thread(self._check_audit_log)
+                next_check = time.monotonic() + self.settings.audit_check_seconds
+            elif self.audit.broken is not None:
+                self.metrics.audit_log_checked(False, self.audit.checked_at)
             writable = await asyncio.to_thread(self._writable)
             if writable != self.ready:
                 log.warning("health: %s", "SERVING again" if writable else "NOT_SERVING")

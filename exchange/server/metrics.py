@@ -71,6 +71,16 @@ class HubMetrics:
         self.ready = Gauge(
             "exchange_ready", "1 while the hub serves (the store and the audit log can be written), else 0.", registry=r
         )
+        self.audit_intact = Gauge(
+            "exchange_audit_log_intact",
+            "1 while the stored audit log passes its check against its seals and newest signed checkpoint, else 0.",
+            registry=r,
+        )
+        self.audit_checked = Gauge(
+            "exchange_audit_log_checked_timestamp_seconds",
+            "When the stored audit log last passed its whole check (Unix time).",
+            registry=r,
+        )
         self.audit_failures = Counter(
             "exchange_audit_write_failures_total",
             "Group commits that failed (their calls released nothing).",
@@ -108,6 +118,11 @@ class HubMetrics:
             return
         self.audit_batch.observe(records)
         self.audit_records.inc(records)
+
+    def audit_log_checked(self, intact: bool, at: float | None) -> None:
+        self.audit_intact.set(1 if intact else 0)
+        if at is not None:
+            self.audit_checked.set(at)
 
     def watch_state(
         self,

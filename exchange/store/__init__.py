@@ -21,7 +21,7 @@ class Store:
         self.catalog = CatalogStore(self.db)
         self.rights = RightsStore(self.db)
         self.audit = AuditStore(self.db)
-        install_staging(self.db)
+        install_staging(self.db, self.audit)
         # Told of every change this process commits (payloads as announced to other processes).
         self.on_commit: list[Callable[[str], None]] = []
         install_local_changes(self.db.write_sessions, self.on_commit)

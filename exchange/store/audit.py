@@ -16,25 +16,33 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, delete, event, func, insert, select, text, update
+from sqlalchemy import Row, Table, bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from audit.merkle import leaf_hash
 from audit.records import AuditRecord, canonical, with_logged
-from exchange.errors import Aborted, AlreadyExists, Unavailable
+from audit.seal import Sealer
+from exchange.errors import Aborted, AlreadyExists, AuditTampered, Unavailable
 from exchange.models import Page
 from exchange.paging import PageRequest
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
-from exchange.store.schema import AuditCheckpointRow, AuditEntryRow, AuditNodeRow, AuditStagedRow, AuditSubjectRow
+from exchange.store.schema import (
+    AuditCheckpointRow,
+    AuditEntryRow,
+    AuditHeadRow,
+    AuditNodeRow,
+    AuditStagedRow,
+    AuditSubjectRow,
+)
 
 # Bulk paths use the tables directly: the ORM's per-row bookkeeping costs more than the writes.
 _STAGED = cast(Table, AuditStagedRow.__table__)
@@ -43,6 +51,8 @@ _SUBJECTS = cast(Table, AuditSubjectRow.__table__)
 log = logging.getLogger(__name__)
 # An arbitrary constant naming the audit integrator's PostgreSQL advisory lock.
 INTEGRATOR_LOCK = 0x45584155  # "EXAU"
+# The one row of audit_head.
+HEAD_ID = 1
 _pending: ContextVar[list[AuditRecord] | None] = ContextVar("audit_pending", default=None)
 
 
@@ -54,15 +64,6 @@ def staging(*records: AuditRecord) -> Iterator[None]:
         yield
     finally:
         _pending.reset(token)
-
-
-def _stage_pending(session: Session) -> None:
-    records = _pending.get()
-    if records:
-        now = dt.datetime.now(dt.UTC)
-        session.add_all(AuditStagedRow(record=canonical(r.as_dict()).decode(), staged_at=now) for r in records)
-        session.info[_STAGED_KEY] = records
-        _pending.set([])
 
 
 _STAGED_KEY = "exchange.staged"
@@ -78,9 +79,9 @@ def _forget_staged(session: Session) -> None:
     session.info.pop(_STAGED_KEY, None)
 
 
-def install_staging(db: Database) -> None:
-    """Makes every write transaction of ``db`` carry the records staged around it."""
-    event.listen(db.write_sessions, "before_commit", _stage_pending)
+def install_staging(db: Database, audit: AuditStore) -> None:
+    """Makes every write transaction of ``db`` carry the records staged around it, sealed by ``audit``."""
+    event.listen(db.write_sessions, "before_commit", audit.stage_pending)
     event.listen(db.write_sessions, "after_commit", _log_committed)
     event.listen(db.write_sessions, "after_rollback", _forget_staged)
 
@@ -110,11 +111,26 @@ class EntryFilter:
 class AuditStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Seals rows with the log's key (audit.seal); set once the key is known (AuditLog does).
+        self.sealer: Sealer | None = None
+
+    def _staged_row(self, record: AuditRecord, now: dt.datetime) -> dict[str, object]:
+        data = canonical(record.as_dict())
+        return {"record": data.decode(), "staged_at": now, "mac": self.sealer.staged(data) if self.sealer else None}
+
+    def stage_pending(self, session: Session) -> None:
+        """Inserts the records staged around this transaction (a session event, before commit)."""
+        records = _pending.get()
+        if records:
+            now = dt.datetime.now(dt.UTC)
+            session.execute(insert(_STAGED), [self._staged_row(r, now) for r in records])
+            session.info[_STAGED_KEY] = records
+            _pending.set([])
 
     def stage(self, records: list[AuditRecord]) -> None:
         """Stages records in one transaction of their own (exchanges, which change nothing else)."""
         now = dt.datetime.now(dt.UTC)
-        rows = [{"record": canonical(r.as_dict()).decode(), "staged_at": now} for r in records]
+        rows = [self._staged_row(r, now) for r in records]
         with self._db.write() as s:
             s.execute(insert(_STAGED), rows)
 
@@ -129,13 +145,21 @@ class AuditStore:
             s.execute(delete(AuditStagedRow).where(AuditStagedRow.record == ""))
 
     def integrate(self, limit: int = 1000) -> list[tuple[int, bytes]]:
-        """Sequences up to ``limit`` staged records; returns their (seq, leaf hash), or [] if none."""
+        """Sequences up to ``limit`` staged records; returns their (seq, leaf hash), or [] if none.
+
+        Each staged record's seal is checked first (one the hub did not write stops integration,
+        named), and the new entries and the log's head are sealed in the same transaction.
+        """
+        sealer = self._require_sealer()
         with self._db.write() as s:
             if self._db.backend == "postgresql":
                 s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INTEGRATOR_LOCK})
-            staged = s.execute(select(_STAGED.c.id, _STAGED.c.record).order_by(_STAGED.c.id).limit(limit)).all()
+            staged = s.execute(
+                select(_STAGED.c.id, _STAGED.c.record, _STAGED.c.mac).order_by(_STAGED.c.id).limit(limit)
+            ).all()
             if not staged:
                 return []
+            _check_staged(sealer, staged)
             first = s.scalar(select(func.coalesce(func.max(AuditEntryRow.seq) + 1, 0))) or 0
             previous = s.scalar(select(func.max(AuditEntryRow.time)))
             logged = max(dt.datetime.now(dt.UTC), previous or dt.datetime.min.replace(tzinfo=dt.UTC))
@@ -146,7 +170,9 @@ class AuditStore:
                 data = json.loads(row.record)
                 text_ = with_logged(row.record.encode(), stamp)
                 leaf = leaf_hash(text_)
-                entries.append(_entry_values(seq, leaf, text_.decode(), data, logged))
+                entries.append(
+                    {**_entry_values(seq, leaf, text_.decode(), data, logged), "mac": sealer.entry(seq, leaf)}
+                )
                 subjects += [{"seq": seq, "subject_hash": h} for h in sorted(set(data["data_subjects"]))]
                 out.append((seq, leaf))
             s.execute(insert(_ENTRIES), entries)
@@ -154,7 +180,57 @@ class AuditStore:
                 s.execute(insert(_SUBJECTS), subjects)
             # Exactly the rows read: one staged meanwhile by another process waits for the next round.
             s.execute(delete(_STAGED).where(_STAGED.c.id.in_([r.id for r in staged])))
+            _seal_head(s, sealer, first + len(staged), out[-1][1])
             return out
+
+    def _require_sealer(self) -> Sealer:
+        if self.sealer is None:
+            raise Unavailable("the audit log's seal key is not loaded: nothing can be integrated")
+        return self.sealer
+
+    def head(self) -> tuple[int, bytes] | None:
+        """The sealed head (size, seal) the integrator last left, or None before the first entry."""
+        with self._db.read() as s:
+            row = s.get(AuditHeadRow, HEAD_ID)
+            return None if row is None else (row.size, bytes(row.mac))
+
+    def sealed_leaves(self, start: int, end: int) -> list[tuple[int, bytes, bytes | None]]:
+        """(seq, leaf hash, seal) of entries [start, end), in order."""
+        with self._db.read() as s:
+            rows = s.execute(
+                select(AuditEntryRow.seq, AuditEntryRow.leaf_hash, AuditEntryRow.mac)
+                .where(AuditEntryRow.seq >= start, AuditEntryRow.seq < end)
+                .order_by(AuditEntryRow.seq)
+            )
+            return [(int(q), bytes(h), None if m is None else bytes(m)) for q, h, m in rows]
+
+    def sealed_entries(self, start: int, end: int) -> list[tuple[Entry, bytes | None]]:
+        """Entries [start, end) with their seals, in order."""
+        with self._db.read() as s:
+            rows = s.execute(
+                select(AuditEntryRow.seq, AuditEntryRow.leaf_hash, AuditEntryRow.record, AuditEntryRow.mac)
+                .where(AuditEntryRow.seq >= start, AuditEntryRow.seq < end)
+                .order_by(AuditEntryRow.seq)
+            )
+            return [(Entry(int(q), bytes(h), r), None if m is None else bytes(m)) for q, h, r, m in rows]
+
+    def add_seals(self, seals: list[tuple[int, bytes]]) -> None:
+        """Seals entries written before seals existed: (seq, seal). The caller checked them against a
+        signed checkpoint first; an entry that has a seal keeps it."""
+        if not seals:
+            return
+        stmt = (
+            update(_ENTRIES)
+            .where(_ENTRIES.c.seq == bindparam("at"), _ENTRIES.c.mac.is_(None))
+            .values(mac=bindparam("seal"))
+        )
+        with self._db.write() as s:
+            s.execute(stmt, [{"at": seq, "seal": mac} for seq, mac in seals])
+
+    def seal_head(self, size: int, last_leaf: bytes) -> None:
+        """Seals the head of a log written before seals existed (the caller checked it)."""
+        with self._db.write() as s:
+            _seal_head(s, self._require_sealer(), size, last_leaf)
 
     def staged_count(self) -> int:
         with self._db.read() as s:
@@ -272,6 +348,16 @@ class AuditStore:
             row = s.scalar(select(AuditCheckpointRow).order_by(AuditCheckpointRow.size.desc()).limit(1))
             return None if row is None else (row.size, row.note)
 
+    def checkpoint_roots(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        """(size, root) of the checkpoints with sizes in [start, end], oldest first."""
+        with self._db.read() as s:
+            rows = s.execute(
+                select(AuditCheckpointRow.size, AuditCheckpointRow.root)
+                .where(AuditCheckpointRow.size >= start, AuditCheckpointRow.size <= end)
+                .order_by(AuditCheckpointRow.size)
+            )
+            return [(int(n), bytes(r)) for n, r in rows]
+
     def checkpoints(self, start: int, end: int) -> list[tuple[int, str]]:
         """Checkpoints with sizes in [start, end], oldest first."""
         with self._db.read() as s:
@@ -281,6 +367,24 @@ class AuditStore:
                 .order_by(AuditCheckpointRow.size)
             )
             return [(r.size, r.note) for r in rows]
+
+
+def _check_staged(sealer: Sealer, staged: Sequence[Row[Any, Any, Any]]) -> None:
+    for row in staged:
+        if not Sealer.same(row.mac, sealer.staged(row.record.encode())):
+            raise AuditTampered(
+                f"staged audit record {row.id} does not carry this hub's seal: it was written or changed "
+                "outside the hub; nothing is integrated or signed until an operator has looked"
+            )
+
+
+def _seal_head(s: Session, sealer: Sealer, size: int, last_leaf: bytes) -> None:
+    mac = sealer.head(size, last_leaf)
+    row = s.get(AuditHeadRow, HEAD_ID)
+    if row is None:
+        s.add(AuditHeadRow(id=HEAD_ID, size=size, mac=mac))
+    else:
+        row.size, row.mac = size, mac
 
 
 def _entry_of(row: AuditEntryRow) -> Entry:

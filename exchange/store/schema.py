@@ -291,6 +291,8 @@ class AuditStagedRow(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     record: Mapped[str] = mapped_column(Text)
     staged_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # HMAC of the record under the log's seal key (audit.seal): a row the hub did not write has none that fits.
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary(32))
 
 
 class AuditEntryRow(Base):
@@ -311,6 +313,18 @@ class AuditEntryRow(Base):
     purpose: Mapped[str] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16))
     exchange_id: Mapped[str] = mapped_column(String(64), index=True)
+    # HMAC of (seq, leaf hash) under the log's seal key; None only for entries from before seals, until checked.
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+
+
+class AuditHeadRow(Base):
+    """The log's size and last leaf as the integrator left them, sealed: entries cut off the end show."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mac: Mapped[bytes] = mapped_column(LargeBinary(32))
 
 
 class AuditSubjectRow(Base):
