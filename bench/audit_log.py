@@ -8,7 +8,9 @@ Run: .venv/bin/python bench/audit_log.py [--records 200000] [--proof-records 100
   appends measured in the same run as the baseline.
 - proofs: a tree of --proof-records leaves in memory (as each hub process keeps it), inclusion
   proof generation and verification latency.
-- verify: the offline verifier over an export of the appended log, records/s.
+- verify: the offline verifier over an export of the appended log, records/s; and the hub's own
+  whole check of the stored log (seals, records, checkpoint, kept subtrees: audit.integrity), which
+  it runs at start and every audit_check_seconds, against that verifier in the same run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from audit.log import AuditLog
 from audit.merkle import MerkleTree, leaf_hash, verify_inclusion
 from audit.note import Signer
 from audit.records import AuditRecord, subject_hash
+from audit.seal import Sealer
 from audit.verify import verify_export
 from exchange.store import Store
 
@@ -110,9 +113,10 @@ def single_rate(store: Store, total: int) -> float:
     return total / (time.perf_counter() - started)
 
 
-def bench_backend(name: str, url: str, records: int) -> Store:
+def bench_backend(name: str, url: str, records: int, signer: Signer) -> Store:
     store = Store(url)
     store.db.migrate()
+    store.audit.sealer = Sealer.of(signer)
     baseline = single_rate(store, min(2000, records // 10))
     while store.audit.integrate(limit=5000):
         pass
@@ -132,8 +136,7 @@ def bench_backend(name: str, url: str, records: int) -> Store:
     return store
 
 
-def bench_verify(store: Store) -> None:
-    signer = Signer.generate(ORIGIN)
+def bench_verify(store: Store, signer: Signer) -> None:
     log = AuditLog(store.audit, signer, ORIGIN)
     log.flush()
     lines = list(export_lines(store.audit, signer.verifier()))
@@ -141,6 +144,13 @@ def bench_verify(store: Store) -> None:
     report = verify_export(lines, signer.verifier())
     took = time.perf_counter() - started
     print(f"verify     {report.entries:,} entries in {took:.2f} s: {report.entries / took:,.0f} records/s")
+    started = time.perf_counter()
+    checked = log.check()
+    check_took = time.perf_counter() - started
+    print(
+        f"check      the hub's whole check of the stored log, {checked.size:,} entries in {check_took:.2f} s: "
+        f"{checked.size / check_took:,.0f} entries/s (x{took / check_took:.2f} the offline verifier's rate)"
+    )
 
 
 def bench_proofs(n: int) -> None:
@@ -173,15 +183,17 @@ def main() -> None:
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        sqlite = bench_backend("sqlite", f"sqlite:///{Path(scratch) / 'bench.db'}", options.records)
-        bench_verify(sqlite)
+        signer = Signer.generate(ORIGIN)
+        sqlite = bench_backend("sqlite", f"sqlite:///{Path(scratch) / 'bench.db'}", options.records, signer)
+        bench_verify(sqlite, signer)
         sqlite.close()
     name = f"bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(options.postgres, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as c:
             c.execute(text(f'CREATE DATABASE "{name}"'))
-        pg = bench_backend("postgresql", options.postgres.rsplit("/", 1)[0] + f"/{name}", options.records)
+        pg = bench_backend("postgresql", options.postgres.rsplit("/", 1)[0] + f"/{name}", options.records, signer)
+        bench_verify(pg, signer)
         pg.close()
     except Exception as e:
         print(f"postgresql skipped: {e}")
