@@ -60,23 +60,24 @@ def newest_signed(store: AuditStore, verifier: Verifier) -> tuple[int, bytes]:
 def check_log(store: AuditStore, sealer: Sealer, verifier: Verifier) -> Checked:
     """Reads the whole stored log and checks it; raises AuditTampered naming the first bad row."""
     signed, signed_root = newest_signed(store, verifier)
-    size = _sealed_size(store, signed)
+    head = store.head()
+    size = _sealed_size(store, head, signed)
     walk = _Walk(store, sealer, signed)
-    last_leaf = walk.run(size)
+    last_leaf = walk.run(size, None if head is None else head[1])
     if signed and walk.root_at_signed != signed_root:
         raise AuditTampered(
             f"the entries before the newest signed checkpoint (size {signed}) lead to another root: "
             "entries under it were rewritten (with entries from before seals, the first cannot be named)"
         )
     sealed = _seal_old_entries(store, sealer, size) if walk.unsealed else 0
-    if store.head() is None and size:
+    if head is None and size:
         store.seal_head(size, last_leaf)
     return Checked(size, signed, sealed)
 
 
-def _sealed_size(store: AuditStore, signed: int) -> int:
+def _sealed_size(store: AuditStore, head: tuple[int, bytes] | None, signed: int) -> int:
     """How many entries the log has by its sealed head (entries integrated meanwhile are left for later)."""
-    head, stored = store.head(), store.size()
+    stored = store.size()
     if head is None:
         # A log from before seals: no head yet. All of it must be under the newest signed checkpoint.
         if stored > signed:
@@ -107,7 +108,7 @@ class _Walk:
         self.unsealed = 0
         self.root_at_signed = b""
 
-    def run(self, size: int) -> bytes:
+    def run(self, size: int, head_seal: bytes | None) -> bytes:
         last = b""
         for start in range(0, size, CHUNK):
             end = min(size, start + CHUNK)
@@ -120,8 +121,7 @@ class _Walk:
                         kept.setdefault(level, {})[seq >> level] = digest
                 self._check_root(roots)
             self._check_kept(kept)
-        head = self._store.head()
-        if head is not None and size and not Sealer.same(head[1], self._sealer.head(size, last)):
+        if head_seal is not None and size and not Sealer.same(head_seal, self._sealer.head(size, last)):
             raise AuditTampered(f"the log's head (size {size}) does not carry this hub's seal: it was changed")
         return last
 

@@ -147,6 +147,10 @@ def test_entries_cut_off_the_end_are_found(store: Store) -> None:
     _write(store, delete(AuditEntryRow).where(AuditEntryRow.seq >= 12))
     with pytest.raises(AuditTampered, match=r"entries 12\.\.13 were deleted from its end"):
         _log(store, signer).start()
+    # The head moved back with them: its seal no longer fits.
+    _write(store, update(AuditHeadRow).values(size=12))
+    with pytest.raises(AuditTampered, match=r"the log's head \(size 12\) does not carry this hub's seal"):
+        _log(store, signer).start()
 
 
 def test_a_changed_kept_subtree_is_found(store: Store) -> None:
