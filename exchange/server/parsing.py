@@ -11,9 +11,9 @@ one gRPC refuses unread, and the hub, seeing no request arrive, still records th
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
@@ -28,7 +28,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class Unread(Protocol):
     """Where calls refused before their request was read are recorded."""
 
-    async def unread(self, actor: Principal, method: str, reason: str, message: str) -> str: ...
+    async def unread(self, identify: Callable[[], Principal], method: str, reason: str, message: str) -> str: ...
 
 
 if TYPE_CHECKING:  # generic in the type stubs only
@@ -71,13 +71,8 @@ class RequestParsing(_Interceptor):
 
     async def refuse(self, context: Context, method: str, error: errors.ExchangeError, reason: str) -> None:
         """Ends the call with ``error``, recorded first when the caller is one the hub can identify."""
-        try:
-            actor = await asyncio.to_thread(identify, self, context)
-        except errors.ExchangeError:  # no one to record (mutual TLS refuses strangers before this)
-            actor = None
-        if actor is not None:
-            error.recorded_as(await self._refusals.unread(actor, method, reason, error.message))
-        await abort_with(context, error)
+        exchange_id = await self._refusals.unread(partial(identify, self, context), method, reason, error.message)
+        await abort_with(context, error.recorded_as(exchange_id) if exchange_id else error)
 
 
 class _Reader:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from audit.batch import GroupCommitter
 from audit.records import AuditRecord
@@ -33,7 +35,7 @@ class RefusalLog:
     def __init__(self, committer: GroupCommitter, rate: RefusalRate) -> None:
         self._committer = committer
         self._rate = rate
-        self._writing: set[asyncio.Task[None]] = set()
+        self._writing: set[asyncio.Task[Any]] = set()
 
     async def refused(self, actor: Principal, where: str, error: errors.PermissionDenied) -> str:
         """Records an administrative call refused by the policy; the exchange id its caller quotes."""
@@ -42,8 +44,21 @@ class RefusalLog:
         record = change_record(actor, kind, f"denied:{method}", subject=method, reason=error.reason)
         return await self._record(actor, record)
 
-    async def unread(self, actor: Principal, method: str, reason: str, message: str) -> str:
-        """Records a call refused before its request was read (``method`` as gRPC names it, /pkg.Service/Method)."""
+    async def unread(self, identify: Callable[[], Principal], method: str, reason: str, message: str) -> str:
+        """Records a call refused before its request was read (``method`` as gRPC names it, /pkg.Service/Method):
+        the exchange id its caller quotes, or "" if ``identify`` (blocking) finds no one to record.
+
+        It runs to its end even if the call is cancelled meanwhile, as when gRPC itself refused the request."""
+        recording = asyncio.get_running_loop().create_task(self._unread(identify, method, reason, message))
+        self._writing.add(recording)
+        recording.add_done_callback(self._writing.discard)
+        return await asyncio.shield(recording)
+
+    async def _unread(self, identify: Callable[[], Principal], method: str, reason: str, message: str) -> str:
+        try:
+            actor = await asyncio.to_thread(identify)
+        except errors.ExchangeError:  # no one to record (mutual TLS refuses strangers before this)
+            return ""
         service, _, name = method.strip("/").partition("/")
         kind = service.rpartition(".")[2].removesuffix("Service").lower()
         action = EXCHANGE_ACTIONS.get(name, name) if kind == "exchange" else f"denied:{name}"
@@ -56,7 +71,8 @@ class RefusalLog:
             self._in_background(counting_record(counted))
 
     async def close(self) -> None:
-        """At shutdown, before the committer stops: writes every count not yet written, and waits for them."""
+        """At shutdown, once the server has stopped and before the committer does: writes every count not yet
+        written, and waits for them and for the refusals still being recorded."""
         for counted in self._rate.drain():
             self._in_background(counting_record(counted))
         if self._writing:
