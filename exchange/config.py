@@ -36,6 +36,13 @@ class Settings:
     insecure_dev: bool = False
     # Largest request or response message, in bytes.
     max_message_bytes: int = 4 * 1024 * 1024
+    # How far past max_message_bytes a request is still read, so that its refusal carries an exchange id
+    # (and is recorded); a larger one gRPC refuses unread (still recorded, but its caller gets no id).
+    max_message_headroom_bytes: int = 1024 * 1024
+    # Refusals recorded one by one per caller per window; past that, one record counts the rest of the window.
+    refusal_records_per_window: int = 60
+    # The length of that window, in seconds.
+    refusal_window_seconds: float = 60.0
     # The CA's private key, if kept apart from `home` (e.g. a volume only the hub's user can read);
     # empty: `home`/ca/ca.key. The hub refuses to start if others can read it.
     ca_key_file: Path | None = None
@@ -190,6 +197,9 @@ def _coerce(name: str, kind: str, raw: Any, source: str) -> Any:  # noqa: PLR091
 # Numeric settings and their allowed ranges (inclusive), with the unit for messages.
 _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("max_message_bytes", 1024, 256 * 1024 * 1024, "bytes"),
+    ("max_message_headroom_bytes", 0, 64 * 1024 * 1024, "bytes"),
+    ("refusal_records_per_window", 1, 100000, "records"),
+    ("refusal_window_seconds", 1, 86400, "seconds"),
     ("certificate_days", 1, 825, "days"),
     ("max_grant_days", 1, 3660, "days"),
     ("checkpoint_seconds", 0.1, 3600, "seconds"),

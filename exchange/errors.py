@@ -9,6 +9,7 @@ boundary where they occur, so no caller sees a library's exception.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Self
 
 
 @dataclass(frozen=True)
@@ -22,9 +23,17 @@ class FieldViolation:
 class ExchangeError(Exception):
     """Base of every error the hub reports to a caller."""
 
+    # The id under which the audit log holds the call this error ended, for the caller to quote; "" if none.
+    exchange_id: str = ""
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def recorded_as(self, exchange_id: str) -> Self:
+        """This error, naming the audit record of the call it ended (sent to the caller in the status details)."""
+        self.exchange_id = exchange_id
+        return self
 
 
 class InvalidArgument(ExchangeError):

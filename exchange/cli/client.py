@@ -64,7 +64,7 @@ class HubClient:
 
 
 def describe(error: grpc.RpcError) -> str:
-    """A person-readable account of a failed call, with the field violations the hub sent."""
+    """A person-readable account of a failed call: the field violations the hub sent, and the exchange id to quote."""
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     message = error.details() if isinstance(error, grpc.Call) else str(error)
     lines = [f"{code.name}: {message}"]
@@ -75,4 +75,8 @@ def describe(error: grpc.RpcError) -> str:
             bad: error_details_pb2.BadRequest = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             lines += [f"  - {v.field}: {v.description}" for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.RequestInfo.DESCRIPTOR):
+            info: error_details_pb2.RequestInfo = error_details_pb2.RequestInfo()
+            detail.Unpack(info)
+            lines.append(f"  exchange id: {info.request_id} (quote it: the audit log holds this refusal under it)")
     return "\n".join(lines)

@@ -32,10 +32,11 @@ from exchange.server.catalog import CatalogServicer
 from exchange.server.credentials import TlsFiles
 from exchange.server.exchange import ExchangeServicer
 from exchange.server.metrics import HubMetrics, MetricsServer
+from exchange.server.parsing import RequestParsing
+from exchange.server.refusal_rate import RefusalRate
 from exchange.server.refusals import RefusalLog
 from exchange.server.registry import RegistryServicer
 from exchange.server.rights import RightsServicer
-from exchange.server.rpc import RequestParsing
 from exchange.services.audit import AuditReadService
 from exchange.services.cache import Cache
 from exchange.services.catalog import CatalogService
@@ -132,6 +133,8 @@ class Hub:
         )
         self.committer: GroupCommitter | None = None
         self.exchanging: ExchangeService | None = None
+        self.refusals: RefusalLog | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
         self.metrics = HubMetrics()
         self.metrics_server: MetricsServer | None = None
         self.ready = False
@@ -172,15 +175,10 @@ class Hub:
     def _build_server(self) -> grpc.aio.Server:
         """The gRPC server with every service; made inside the running event loop, which it binds to."""
         settings = self.settings
-        options = [
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-        server = grpc.aio.server(options=options, interceptors=[RequestParsing()])
         policy = self.policy
         assert self.committer is not None
-        refusals = RefusalLog(self.committer)
+        rate = RefusalRate(settings.refusal_records_per_window, settings.refusal_window_seconds)
+        self.refusals = refusals = RefusalLog(self.committer, rate)
         files = pki.HubFiles(settings.home)
         subject_key = _load_subject_key(files)  # keys data subjects in the log, and people's identity numbers
         registry = RegistryService(
@@ -191,6 +189,14 @@ class Hub:
             holders=self.holders,
             identity_secret=subject_key,
         )
+        options = [
+            # Read a little past the limit, so the hub itself refuses (and records) a request just over it.
+            ("grpc.max_receive_message_length", settings.max_message_bytes + settings.max_message_headroom_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        parsing = RequestParsing(registry, settings.insecure_dev, refusals, settings.max_message_bytes)
+        server = grpc.aio.server(options=options, interceptors=[parsing])
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, registry, settings.insecure_dev, refusals), server
         )
@@ -292,6 +298,7 @@ class Hub:
         await self._set_serving(True)
         self._start_metrics()
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
+        self._sweep_task = asyncio.get_running_loop().create_task(self._sweep_refusals())
         log.info("hub serving on port %d (store: %s)", self.port, self.store.db.backend)
         return self.port
 
@@ -360,17 +367,27 @@ class Hub:
                 log.warning("health: %s", "SERVING again" if writable else "NOT_SERVING")
                 await self._set_serving(writable)
 
+    async def _sweep_refusals(self) -> None:
+        """Writes the counts of refusals past the per-caller bound as their windows close."""
+        every = min(max(self.settings.refusal_window_seconds / 4, 1.0), 15.0)
+        while self.refusals is not None:
+            await asyncio.sleep(every)
+            self.refusals.sweep()
+
     async def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING, lets in-flight calls finish within the grace period, then closes."""
         self.ready = False
         self.metrics.ready.set(0)
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in (self._health_task, self._sweep_task):
+            if task is not None:
+                task.cancel()
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         if self.exchanging is not None:  # closing records of streams cut short, before the committer stops
             await self.exchanging.finish(CLOSING_RECORDS_SECONDS)
+        if self.refusals is not None:  # the counts of refusals past the bound, before the committer stops
+            await self.refusals.close()
         if self.listener is not None:
             await asyncio.to_thread(self.listener.stop)
         if self.committer is not None:

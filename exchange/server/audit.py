@@ -88,7 +88,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                 yield pb.ExportChunk(lines="".join(line + "\n" for line in chunk))
         except ExchangeError as e:
             if isinstance(e, PermissionDenied) and self.refusals is not None:
-                await self.refusals.refused(actor, "AuditServicer.ExportLog", e)
+                e.recorded_as(await self.refusals.refused(actor, "AuditServicer.ExportLog", e))
             await abort_with(context, e)
 
 

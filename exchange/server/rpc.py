@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -43,7 +42,9 @@ class Authenticator(Protocol):
 class Refusals(Protocol):
     """Where refused administrative calls are recorded (the audit log), so attempts leave a trace."""
 
-    async def refused(self, actor: Principal, where: str, error: errors.PermissionDenied) -> None: ...
+    async def refused(self, actor: Principal, where: str, error: errors.PermissionDenied) -> str:
+        """Records the refusal; the exchange id of the record that holds it."""
+        ...
 
 
 class Servicer(Protocol):
@@ -57,8 +58,15 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
-def status_of(error: errors.ExchangeError) -> status_pb2.Status:  # noqa: PLR0911 - one branch per error kind
-    """The rich gRPC status of a hub error."""
+def status_of(error: errors.ExchangeError) -> status_pb2.Status:
+    """The rich gRPC status of a hub error; a recorded one also names its exchange id (``RequestInfo``)."""
+    status = _status_of(error)
+    if error.exchange_id:
+        status.details.append(_pack(error_details_pb2.RequestInfo(request_id=error.exchange_id)))
+    return status
+
+
+def _status_of(error: errors.ExchangeError) -> status_pb2.Status:  # noqa: PLR0911 - one branch per error kind
     if isinstance(error, errors.InvalidArgument):
         detail = error_details_pb2.BadRequest(
             field_violations=[
@@ -159,7 +167,7 @@ def unary(
         except errors.ExchangeError as e:
             refusals: Refusals | None = getattr(self, "refusals", None)
             if isinstance(e, errors.PermissionDenied) and refusals is not None and callers:
-                await refusals.refused(callers[0], fn.__qualname__, e)
+                e.recorded_as(await refusals.refused(callers[0], fn.__qualname__, e))
             await _abort(context, status_of(e))
         except Exception:
             await internal_error(context, fn.__qualname__)
@@ -187,74 +195,3 @@ async def internal_error(context: grpc.aio.ServicerContext[Any, Any], where: str
     reference = uuid.uuid4().hex[:12]
     log.exception("internal error in %s (reference %s)", where, reference)
     await _abort(context, status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error; reference {reference}"))
-
-
-if TYPE_CHECKING:  # generic in the type stubs only
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _Interceptor = grpc.aio.ServerInterceptor
-
-
-class RequestParsing(_Interceptor):
-    """Parses each request inside the call, so a body that is not the expected message is INVALID_ARGUMENT.
-
-    Left to gRPC, such a body ends as UNKNOWN with the parser's exception text; here the caller is
-    told which message was expected, and nothing of the parser's internals.
-    """
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None or handler.request_streaming:  # type: ignore[redundant-expr,unused-ignore]
-            return handler
-        parse = handler.request_deserializer
-        owner = getattr(parse, "__self__", None)
-        expected = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request message")
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _parsed_unary(handler.unary_unary, parse, expected),
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _parsed_stream(handler.unary_stream, parse, expected),
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-
-async def _parse_or_refuse(
-    parse: Callable[[bytes], Any], body: bytes, expected: str, context: grpc.aio.ServicerContext[Any, Any]
-) -> Any:
-    try:
-        return parse(body)
-    except Exception:  # DecodeError, or a limit of the parser (nesting): the body is not the message
-        error = errors.InvalidArgument(
-            f"the request is not a valid {expected}: check that the caller uses this hub's exchange.v1 contract"
-        )
-        await _abort(context, status_of(error))
-
-
-def _parsed_unary(behavior: Any, parse: Callable[[bytes], Any], expected: str) -> Any:
-    async def unary(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return await behavior(await _parse_or_refuse(parse, body, expected, context), context)
-
-    return unary
-
-
-def _parsed_stream(behavior: Any, parse: Callable[[bytes], Any], expected: str) -> Any:
-    if not inspect.isasyncgenfunction(behavior):  # a coroutine that writes its messages (grpc health's Watch)
-
-        async def writing(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            await behavior(await _parse_or_refuse(parse, body, expected, context), context)
-
-        return writing
-
-    async def stream(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        async for message in behavior(await _parse_or_refuse(parse, body, expected, context), context):
-            yield message
-
-    return stream

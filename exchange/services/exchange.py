@@ -310,7 +310,7 @@ class ExchangeService:
             settled = await _unless_abandoned(answering, self._abandoned)
         await self._append(settled.record)
         if settled.error is not None:
-            raise settled.error
+            raise settled.error.recorded_as(call.exchange_id)
         assert settled.result is not None
         return settled.result
 
@@ -500,11 +500,11 @@ class ExchangeService:
             document = await _unless_abandoned(opening, partial(self._abandoned_document, plan))
         except ExchangeError as e:
             await self._append(_failed(plan.record, plan.started, e))
-            raise
+            raise e.recorded_as(exchange_id) from None
         except Exception as e:
             failure = _unexpected(plan, e)
             await self._append(_failed(plan.record, plan.started, failure))
-            raise failure from None
+            raise failure.recorded_as(exchange_id) from None
         counted = _Count()
         digest = hashlib.sha256()
         ending = _Ending(plan)
@@ -541,7 +541,7 @@ class ExchangeService:
             return prepared
         await self._append(prepared.record)
         assert prepared.error is not None
-        raise prepared.error
+        raise prepared.error.recorded_as(call.exchange_id)
 
     def _prepare(self, identify: Identify, ask: Ask, call: _Call) -> _Plan | _Settled:
         actor = identify()  # an unknown caller raises here: there is no one to record
@@ -711,12 +711,13 @@ class _Ending:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        exchange_id = self._plan.record.exchange_id
         if isinstance(error, ExchangeError):
-            self.outcome = error
+            self.outcome = error.recorded_as(exchange_id)  # its closing record says how the call ended
         elif isinstance(error, asyncio.CancelledError | GeneratorExit):
             self.outcome = "cancelled"
         elif isinstance(error, Exception):
-            self.outcome = _unexpected(self._plan, error)
+            self.outcome = _unexpected(self._plan, error).recorded_as(exchange_id)
             raise self.outcome from None
 
 
