@@ -81,6 +81,15 @@ class Settings:
     # Most of those threads one department's backends may hold at once (0: half of worker_threads), so a
     # backend that hangs cannot take the threads every other department needs.
     backend_threads_per_department: int = 0
+    # Lookups filtered on a masked item (a grant's verify_masked) that may find nothing each day, per grant
+    # and per consumer system, hub-wide (0: every such lookup is refused, since each is reserved as a miss).
+    masked_filter_misses_per_day: int = 5
+    # Misses on one masked pattern (values sharing the visible parts, e.g. an ID number's first 6 and last 4)
+    # after which lookups on that pattern are refused for the day and counted as an enumeration (an alert).
+    masked_filter_pattern_misses: int = 3
+    # Calls of a grant's daily quota a hub process takes from the store at a time (at most a tenth of the
+    # quota). Unused calls are given back at a clean stop; a crash loses them (counted as used).
+    quota_lease_calls: int = 20
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
@@ -211,6 +220,9 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("worker_threads", 2, 1024, "threads"),
     ("backend_threads_per_department", 0, 1024, "threads"),
     ("health_check_seconds", 0.1, 300, "seconds"),
+    ("masked_filter_misses_per_day", 0, 1000, "lookups"),
+    ("masked_filter_pattern_misses", 1, 100, "lookups"),
+    ("quota_lease_calls", 1, 100_000, "calls"),
 )
 
 

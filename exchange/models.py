@@ -282,6 +282,8 @@ class ShareRequest:
     decision_reason: str = ""
     grant_id: str = ""
     history: tuple[ShareEvent, ...] = ()
+    # Masked items the owner lets the consumer filter on: a bounded verification of a value it holds.
+    verify_masked: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -302,6 +304,25 @@ class Grant:
     status: GrantStatus
     issued_at: datetime
     history: tuple[ShareEvent, ...] = ()
+    # Masked items that may be used as filters (a bounded verification); any other masked item may not.
+    verify_masked: tuple[str, ...] = ()
+    # Today's use, shown to those who may suspend the grant (its owner's stewards, the share manager).
+    usage: GrantUsage | None = None
+
+
+@dataclass(frozen=True)
+class GrantUsage:
+    """One day's use of a grant, hub-wide: calls counted against its quota, and masked-item verifications.
+
+    ``calls`` counts the blocks of quota that hub processes leased, so it may run ahead of the calls made.
+    """
+
+    day: date
+    calls: int = 0
+    verifications: int = 0
+    misses: int = 0
+    refused: int = 0
+    miss_allowance: int = 0
 
 
 class BackendKind(StrEnum):

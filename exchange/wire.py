@@ -350,6 +350,7 @@ def share_request_to_wire(r: m.ShareRequest, today: dt.date) -> apb.ShareRequest
     wire.decision_reason = r.decision_reason
     wire.grant_id = r.grant_id
     wire.history.extend(_events_to_wire(r.history))
+    wire.verify_masked.extend(r.verify_masked)
     return wire
 
 
@@ -371,6 +372,19 @@ def grant_to_wire(g: m.Grant) -> apb.Grant:
         status=GRANT_STATUS.wire(g.status),
         issue_time=timestamp(g.issued_at),
         history=_events_to_wire(g.history),
+        verify_masked=list(g.verify_masked),
+        usage=usage_to_wire(g.usage) if g.usage is not None else None,
+    )
+
+
+def usage_to_wire(u: m.GrantUsage) -> apb.GrantUsage:
+    return apb.GrantUsage(
+        day=date_to_wire(u.day),
+        calls=u.calls,
+        verifications=u.verifications,
+        misses=u.misses,
+        refused=u.refused,
+        miss_allowance=u.miss_allowance,
     )
 
 

@@ -9,8 +9,10 @@ does not name is one Casbin denies, since the matcher only compares for
 equality. pycasbin re-parses its matcher on every call (about 25 µs), so
 asking at change time keeps that cost off the request path. An index of the
 same grants explains a denial precisely, and a cache answers a repeated
-question until any grant changes. Quotas are counted per grant and day in
-this process.
+question until any grant changes. Daily quotas are counted per grant and day
+hub-wide, in blocks leased from a shared counter (``policy.quota``); the rate
+per second is counted in this process. A grant that masks an item lets it be
+used as a filter only when it names the item in ``verify_masked``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import casbin
 
 from exchange.models import Grant, GrantStatus, MaskKind, ResourceStatus
+from policy.quota import DailyQuota
 
 GRANTS_MODEL = Path(__file__).resolve().parent / "grants.conf"
 # Distinct questions remembered before the cache starts afresh.
@@ -42,6 +45,7 @@ class DenyReason(StrEnum):
     QUOTA_EXHAUSTED = "quota_exhausted"
     RATE_LIMITED = "rate_limited"
     RESOURCE_SUSPENDED = "resource_suspended"
+    MASKED_FILTER_NOT_GRANTED = "masked_filter_not_granted"
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,10 @@ class Question:
     department: str
     resource: str
     purpose: str
+    # Every item asked for: returned and filtered on.
     fields: tuple[str, ...]
+    # The items filtered on (also in ``fields``).
+    filters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,10 +68,35 @@ class Decision:
     masks: tuple[tuple[str, MaskKind], ...] = ()
     reason: DenyReason | None = None
     message: str = ""
+    # Filters on masked items that the grant allows as a verification (bounded by the caller).
+    verifying: tuple[tuple[str, MaskKind], ...] = ()
 
 
-def _deny(reason: DenyReason, message: str) -> Decision:
-    return Decision(False, reason=reason, message=message)
+def _deny(reason: DenyReason, message: str, grant_id: str = "") -> Decision:
+    return Decision(False, grant_id, reason=reason, message=message)
+
+
+def _quota_used(grant: Grant) -> Decision:
+    return _deny(DenyReason.QUOTA_EXHAUSTED, f"grant {grant.id} used its {grant.daily_quota} calls today")
+
+
+def _masked_filters(grant: Grant, q: Question) -> Decision | None:
+    """A denial when ``q`` filters on an item the grant masks and does not let be verified.
+
+    Filtering on a masked item would let a caller that holds the masked value guess the hidden part
+    (an ID number's 8 birth-date digits) one lookup at a time: it is a right of its own.
+    """
+    masked = {f for f, k in grant.masks if k is not MaskKind.NONE}
+    refused = sorted(f for f in q.filters if f in masked and f not in grant.verify_masked)
+    if not refused:
+        return None
+    items = ", ".join(refused)
+    return _deny(
+        DenyReason.MASKED_FILTER_NOT_GRANTED,
+        f"{items} {'is' if len(refused) == 1 else 'are'} masked under grant {grant.id}: filtering on a masked item "
+        "needs the grant's verification term (verify_masked), which the owner grants when approving",
+        grant.id,
+    )
 
 
 @dataclass
@@ -89,14 +121,18 @@ class _Pair:
 class DecisionPoint:
     """Decides data-plane requests against the live grants; told of every grant change."""
 
-    def __init__(self, grants: list[Grant] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        grants: list[Grant] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        quota: DailyQuota | None = None,
+    ) -> None:
         self._clock = clock
         # Per grant: tokens left and when they were counted (a bucket of one second's calls).
         self._buckets: dict[str, tuple[float, float]] = {}
         self._pairs: dict[tuple[str, str], _Pair] = {}
         self._cache: dict[Question, str] = {}
-        self._used: dict[tuple[str, dt.date], int] = {}
-        self._latest_day: dt.date | None = None
+        self.quota = quota or DailyQuota()
         self._lock = threading.Lock()
         for grant in grants or []:
             self.update(grant)
@@ -142,7 +178,8 @@ class DecisionPoint:
     def decide(self, q: Question, resource_status: ResourceStatus, today: dt.date, *, consume: bool = True) -> Decision:
         """Allow with the grant, the fields and the masks, or deny with the reason.
 
-        An allowed call uses one call of the grant's daily quota unless ``consume`` is False (a dry run).
+        An allowed call uses one call of the grant's daily quota unless ``consume`` is False (a dry run);
+        a dry run knows only what this process has seen of the quota (it reads no shared counter).
         """
         if resource_status is not ResourceStatus.PUBLISHED:
             return _deny(DenyReason.RESOURCE_SUSPENDED, f"resource {q.resource} is {resource_status.value}")
@@ -153,11 +190,14 @@ class DecisionPoint:
             if isinstance(found, Decision):
                 return found
             grant = found
-            refusal = self._use(grant, today, consume=consume)
+            refusal = _masked_filters(grant, q) or self._limit(grant, today, consume=consume)
             if refusal is not None:
                 return refusal
+        if consume and not self.quota.take(grant.id, grant.daily_quota, today):
+            return _quota_used(grant)
         masks = tuple((f, k) for f, k in grant.masks if f in q.fields)
-        return Decision(True, grant.id, q.fields, masks)
+        verifying = tuple((f, k) for f, k in masks if f in q.filters and k is not MaskKind.NONE)
+        return Decision(True, grant.id, q.fields, masks, verifying=verifying)
 
     def _grant_for(self, q: Question, today: dt.date) -> Grant | Decision:
         """The grant that answers ``q`` today (cached, or found and cached), or a denial."""
@@ -175,25 +215,13 @@ class DecisionPoint:
         self._cache[q] = grant.id
         return grant
 
-    def _use(self, grant: Grant, today: dt.date, *, consume: bool) -> Decision | None:
-        """Counts a call against the grant's daily quota and rate; a denial when either is used up."""
-        used = self._used.get((grant.id, today), 0)
-        if used >= grant.daily_quota:
-            return _deny(DenyReason.QUOTA_EXHAUSTED, f"grant {grant.id} used its {grant.daily_quota} calls today")
-        if not consume:
-            return None
-        if not self._take_token(grant):
+    def _limit(self, grant: Grant, today: dt.date, *, consume: bool) -> Decision | None:
+        """A denial when the grant's quota is known to be used up today, or (for a call) its rate is."""
+        if self.quota.spent(grant.id, today):
+            return _quota_used(grant)
+        if consume and not self._take_token(grant):
             return _deny(DenyReason.RATE_LIMITED, f"grant {grant.id} allows {grant.rate_per_second} calls a second")
-        self._count(grant.id, today, used + 1)
         return None
-
-    def _count(self, grant_id: str, today: dt.date, used: int) -> None:
-        """Records a call; when a new day starts, counts older than yesterday go (callers' days may differ by one)."""
-        if self._latest_day is None or today > self._latest_day:
-            self._latest_day = today
-            cutoff = today - dt.timedelta(days=1)
-            self._used = {k: v for k, v in self._used.items() if k[1] >= cutoff}
-        self._used[(grant_id, today)] = used
 
     def _take_token(self, grant: Grant) -> bool:
         """A token bucket per grant: ``rate_per_second`` calls a second, bursts up to one second's worth."""

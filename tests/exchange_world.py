@@ -47,8 +47,10 @@ class World:
         *,
         quota: int = 0,
         rate: int = 0,
+        verify_masked: tuple[str, ...] = (),
     ) -> str:
-        """Applies as the registry, approves as ``owner`` with ``masks``, issues as the share manager."""
+        """Applies as the registry, approves as ``owner`` with ``masks`` (``verify_masked``: masked items it lets
+        be filtered on), issues as the share manager."""
         app = m.Application(
             resource_code=resource,
             consumer_department_code="",
@@ -66,7 +68,10 @@ class World:
             return str(applied.grant_id)
         mask_list = [rpb.FieldMask(field=f, mask=k) for f, k in masks]  # type: ignore[arg-type]
         with self.hub.client(self.people[owner]) as c:
-            c.call(c.rights.Approve, rpb.ApproveRequest(id=applied.id, masks=mask_list, reason="符合条件"))
+            approval = rpb.ApproveRequest(
+                id=applied.id, masks=mask_list, reason="符合条件", verify_masked=verify_masked
+            )
+            c.call(c.rights.Approve, approval)
         with self.hub.client(self.people["manager"]) as c:
             issued = c.call(
                 c.rights.IssueGrant,

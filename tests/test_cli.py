@@ -315,11 +315,17 @@ def test_rights_verbs(hub: RunningHub, capsys: pytest.CaptureFixture[str]) -> No
     request_id = json.loads(capsys.readouterr().out)["id"]
     assert _run(hub, owner, "request", "list", "--view", "for-me") == 0
     assert request_id in capsys.readouterr().out
-    assert _run(hub, owner, "request", "approve", request_id, "--mask", "id_number=id_number", "--reason", "同意") == 0
+    approve = ["request", "approve", request_id, "--mask", "id_number=id_number", "--reason", "同意"]
+    assert _run(hub, owner, *approve, "--verify-masked", "id_number") == 0
     assert "approved" in capsys.readouterr().out
     assert _run(hub, manager, "--json", "grant", "issue", request_id, "--daily-quota", "50") == 0
     grant = json.loads(capsys.readouterr().out)
     assert grant["dailyQuota"] == "50" and grant["masks"] == [{"field": "id_number", "mask": "MASK_KIND_ID_NUMBER"}]
+    assert grant["verifyMasked"] == ["id_number"]
+    assert _run(hub, owner, "grant", "get", grant["id"]) == 0
+    shown = capsys.readouterr().out
+    assert "masked items that may be filtered on (verification): id_number" in shown
+    assert "0 lookups, 0 found nothing (allowance 5 a day), 0 refused" in shown  # the owner sees today's use
     assert _run(hub, owner, "grant", "suspend", grant["id"], "--reason", "核查") == 0
     assert _run(hub, clerk, "grant", "list") == 0
     assert "suspended" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from exchange import models as m
 from policy.decision import DecisionPoint, DenyReason, Question
+from policy.quota import DailyQuota, LocalLeases
 
 TODAY = dt.date(2026, 11, 23)
 PUBLISHED = m.ResourceStatus.PUBLISHED
@@ -137,3 +138,25 @@ def test_the_rate_is_limited_per_grant_with_a_one_second_burst() -> None:
     assert point.decide(_ask(), PUBLISHED, TODAY).allowed
     assert not point.decide(_ask(), PUBLISHED, TODAY).allowed
     assert point.decide(_ask(), PUBLISHED, TODAY, consume=False).allowed  # a dry run is never limited
+
+
+def test_a_masked_item_is_a_filter_only_when_the_grant_lets_it_be_verified() -> None:
+    point = DecisionPoint([_grant()])
+    refused = point.decide(_ask(filters=("id_number",)), PUBLISHED, TODAY)
+    assert refused.reason is DenyReason.MASKED_FILTER_NOT_GRANTED and refused.grant_id == "GR-1"
+    assert "id_number is masked under grant GR-1" in refused.message and "verify_masked" in refused.message
+    plain = point.decide(_ask(fields=("name", "id_number"), filters=("name",)), PUBLISHED, TODAY)
+    assert plain.allowed and plain.verifying == ()  # reading the masked item is what the grant gives
+    point.update(_grant(verify_masked=("id_number",)))
+    verifying = point.decide(_ask(filters=("id_number",)), PUBLISHED, TODAY)
+    assert verifying.allowed and verifying.verifying == (("id_number", m.MaskKind.ID_NUMBER),)
+    unmasked = DecisionPoint([_grant(masks=(("id_number", m.MaskKind.NONE),))])
+    assert unmasked.decide(_ask(filters=("id_number",)), PUBLISHED, TODAY).verifying == ()
+
+
+def test_quota_blocks_leased_by_two_points_never_add_up_to_more_than_the_quota() -> None:
+    leases = LocalLeases()  # stands for the store both processes share
+    points = [DecisionPoint([_grant(daily_quota=25)], quota=DailyQuota(leases, block=4)) for _ in range(2)]
+    allowed = [points[n % 2].decide(_ask(), PUBLISHED, TODAY).allowed for n in range(40)]
+    assert allowed.count(True) == 25 and not any(allowed[25:])
+    assert points[0].decide(_ask(), PUBLISHED, TODAY, consume=False).reason is DenyReason.QUOTA_EXHAUSTED

@@ -596,6 +596,7 @@ def test_alert_rules() -> None:
         "exchange_certificate_expiry_timestamp_seconds",
         "exchange_provider_errors_total",
         "exchange_provider_call_duration_seconds_count",
+        "exchange_masked_filter_enumerations_total",
     } <= used
     assert any(re.search(r"\bup\{", r["expr"]) for r in rules)
 
@@ -772,6 +773,18 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
             ],
             "20m",
             [{"severity": "warning", "provider": "p1"}],
+        ),
+        # Guessing masked values: an enumeration refused on one replica alerts, naming who and what.
+        _alert_case(
+            "ExchangeMaskedValueEnumeration",
+            [
+                _series(
+                    "exchange_masked_filter_enumerations_total", "0 0 3 3 3", consumer_department="d1", resource="r1"
+                ),
+                _series("exchange_masked_filter_enumerations_total", "5x5", consumer_department="d2", resource="r2"),
+            ],
+            "4m",
+            [{"severity": "warning", "consumer_department": "d1", "resource": "r1"}],
         ),
         _alert_case("ExchangeHubDown", [_series("up", "1 1 0 0 0 0 0")], "6m", [{"severity": "critical", **hub}]),
         _alert_case("ExchangeNoHubs", [_series("up", "0x10")], "5m", [{"severity": "critical"}]),

@@ -76,7 +76,7 @@ def _audit(world: World, exchange_id: str) -> list[dict[str, object]]:
 
 def test_a_granted_query_returns_only_granted_fields_masked_and_audited(world: World) -> None:
     masks = (("id_number", rpb.MASK_KIND_ID_NUMBER), ("name", rpb.MASK_KIND_NAME))
-    grant = world.grant(IDENTITY, ("name", "id_number", "birth_date"), "police", masks)
+    grant = world.grant(IDENTITY, ("name", "id_number", "birth_date"), "police", masks, verify_masked=("id_number",))
     answer = world.exchange().Query(
         query(IDENTITY, {"id_number": ID_NUMBER}, ["name", "id_number", "birth_date"], provenance=True), timeout=20
     )

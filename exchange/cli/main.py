@@ -211,6 +211,12 @@ def _rights_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--field", action="append", help="grant only these fields (repeat; default: all requested)")
     p.add_argument("--end", help="a shorter end date, YYYY-MM-DD")
     p.add_argument("--mask", action="append", help="FIELD=KIND, KIND one of none, id_number, name, phone, full")
+    p.add_argument(
+        "--verify-masked",
+        action="append",
+        metavar="FIELD",
+        help="a masked field the consumer may filter on, to verify a value it holds (bounded lookups; repeatable)",
+    )
     p.add_argument("--reason", default="")
     for verb, fn, text in (
         ("refuse", rights.request_refuse, "refuse a pending request (owner steward)"),

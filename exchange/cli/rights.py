@@ -99,7 +99,17 @@ def _show_grant(args: argparse.Namespace, g: pb.Grant) -> None:
     if not args.json:
         masks = ", ".join(f"{x.field}={w.MASK.label(x.mask)}" for x in g.masks) or "none"
         print(f"systems: {', '.join(g.system_codes)}; masks: {masks}; legal basis: {g.legal_basis or '-'}")
+        print(f"masked items that may be filtered on (verification): {', '.join(g.verify_masked) or 'none'}")
+        if g.HasField("usage"):
+            print(_usage(g.usage))
         print(_history(list(g.history)))
+
+
+def _usage(u: pb.GrantUsage) -> str:
+    return (
+        f"today ({_date(u.day)}, UTC): {u.calls} calls counted against the quota; verifications on masked items: "
+        f"{u.verifications} lookups, {u.misses} found nothing (allowance {u.miss_allowance} a day), {u.refused} refused"
+    )
 
 
 def request_apply(args: argparse.Namespace, settings: Settings) -> int:
@@ -146,7 +156,13 @@ def request_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def request_approve(args: argparse.Namespace, settings: Settings) -> int:
-    request = pb.ApproveRequest(id=args.id, fields=args.field or [], masks=_masks(args.mask or []), reason=args.reason)
+    request = pb.ApproveRequest(
+        id=args.id,
+        fields=args.field or [],
+        masks=_masks(args.mask or []),
+        reason=args.reason,
+        verify_masked=args.verify_masked or [],
+    )
     if args.end:
         request.end_date.CopyFrom(w.date_to_wire(_iso(args.end, "--end")))
     _show_request(args, ask(args, settings, lambda hub: hub.rights.Approve, request))

@@ -61,6 +61,7 @@ from exchange.v1 import (
 from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
 from policy import Assignment, RightsPolicy, assignments_of
 from policy.decision import DecisionPoint
+from policy.quota import DailyQuota
 
 log = logging.getLogger(__name__)
 # At shutdown, how long the closing audit records of streams and documents cut short may take to commit.
@@ -123,7 +124,8 @@ class Hub:
         self.port = 0
         self.server: grpc.aio.Server | None = None
         self.policy = RightsPolicy()
-        self.decisions = DecisionPoint()
+        # Daily quotas are counted hub-wide in the store, in blocks this process leases.
+        self.decisions = DecisionPoint(quota=DailyQuota(self.store.counters, settings.quota_lease_calls))
         self.listener: ChangeListener | None = None
         self.audit = AuditLog(
             self.store.audit,
@@ -207,7 +209,14 @@ class Hub:
             server,
         )
         calendar = WorkCalendar.load(settings.calendar_file or DEFAULT_CALENDAR)
-        rights = RightsService(self.store, policy, calendar, settings.max_grant_days, decisions=self.decisions)
+        rights = RightsService(
+            self.store,
+            policy,
+            calendar,
+            settings.max_grant_days,
+            decisions=self.decisions,
+            miss_allowance=settings.masked_filter_misses_per_day,
+        )
         verifier = Verifier.parse(files.audit_verifier.read_text())
         if verifier.encode() != self.audit.signer.verifier().encode():
             raise ConfigError(f"{files.audit_verifier} is not the public key of {files.audit_key}")
@@ -228,6 +237,8 @@ class Hub:
             entries=self.entries,
             observer=self.metrics,
             default_timeout=settings.provider_timeout_seconds,
+            masked_misses_per_day=settings.masked_filter_misses_per_day,
+            masked_pattern_misses=settings.masked_filter_pattern_misses,
         )
         exchange_pb2_grpc.add_ExchangeServiceServicer_to_server(
             ExchangeServicer(exchanging, registry, settings.insecure_dev), server
@@ -374,6 +385,13 @@ class Hub:
             await asyncio.sleep(every)
             self.refusals.sweep()
 
+    def _give_back_quota(self) -> None:
+        """Returns the quota this process leased and did not use; if the store cannot take it, it stays used."""
+        try:
+            self.decisions.quota.release_all()
+        except ExchangeError as e:
+            log.warning("unused quota could not be given back (it counts as used today): %s", e.message)
+
     async def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING, lets in-flight calls finish within the grace period, then closes."""
         self.ready = False
@@ -393,6 +411,7 @@ class Hub:
         if self.committer is not None:
             await asyncio.to_thread(self.committer.close)
         await asyncio.to_thread(self.backends.close)
+        await asyncio.to_thread(self._give_back_quota)
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.stop)
         try:

@@ -81,6 +81,20 @@ class HubMetrics:
             "When the stored audit log last passed its whole check (Unix time).",
             registry=r,
         )
+        self.masked_filter_refusals = Counter(
+            "exchange_masked_filter_refusals_total",
+            "Lookups filtered on a masked item that were refused, by consumer department, resource and reason "
+            "(not_granted, misses_exhausted, enumeration).",
+            ["consumer_department", "resource", "reason"],
+            registry=r,
+        )
+        self.masked_filter_enumerations = Counter(
+            "exchange_masked_filter_enumerations_total",
+            "Lookups refused because several lookups on one masked pattern found nothing: someone guessing "
+            "the hidden part of a masked value.",
+            ["consumer_department", "resource"],
+            registry=r,
+        )
         self.audit_failures = Counter(
             "exchange_audit_write_failures_total",
             "Group commits that failed (their calls released nothing).",
@@ -109,6 +123,12 @@ class HubMetrics:
 
     def audit_waited(self, seconds: float) -> None:
         self.audit_commit_seconds.observe(seconds)
+
+    def masked_filter_refused(self, department: str, resource: str, reason: str) -> None:
+        """Labels are the caller's registered department and a catalog entry's code, never what it sent."""
+        self.masked_filter_refusals.labels(department, resource, reason).inc()
+        if reason == "enumeration":
+            self.masked_filter_enumerations.labels(department, resource).inc()
 
     # The group commit's observer
 

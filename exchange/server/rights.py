@@ -79,7 +79,13 @@ class RightsServicer(pb_grpc.RightsServiceServicer):
         end = c.date_from_wire(request.end_date, "end_date", out, required=False)
         masks = c.masks_from_wire(request.masks, out)
         raise_if(out)
-        approval = Approval(tuple(f.strip() for f in request.fields), end, masks, request.reason.strip())
+        approval = Approval(
+            tuple(f.strip() for f in request.fields),
+            end,
+            masks,
+            request.reason.strip(),
+            tuple(f.strip() for f in request.verify_masked),
+        )
         return c.share_request_to_wire(self.service.approve(actor, request.id.strip(), approval), _today())
 
     @unary

@@ -46,6 +46,7 @@ from exchange.models import Binding, MaskKind, Principal, PrincipalKind, Resourc
 from exchange.paging import PageRequest, page_request
 from exchange.services.auditing import hub_instance, now_text
 from exchange.services.cache import Cache
+from exchange.services.verification import Lookup, MaskedFilterGuard, Ticket
 from exchange.store import Store
 from exchange.v1 import data_pb2
 from exchange.values import BadValue, RowsDigest, parse_text
@@ -159,6 +160,8 @@ class _Plan:
     decision: Decision
     record: AuditRecord
     started: float = field(default_factory=time.monotonic)
+    # A lookup filtered on a masked item: its reserved miss, given back if it finds a record.
+    ticket: Ticket | None = None
 
 
 class Observer(Protocol):
@@ -172,6 +175,8 @@ class Observer(Protocol):
 
     def audit_waited(self, seconds: float) -> None: ...
 
+    def masked_filter_refused(self, department: str, resource: str, reason: str) -> None: ...
+
 
 class _Unobserved:
     def recorded(self, record: AuditRecord) -> None:
@@ -184,6 +189,9 @@ class _Unobserved:
         return None
 
     def audit_waited(self, seconds: float) -> None:
+        return None
+
+    def masked_filter_refused(self, department: str, resource: str, reason: str) -> None:
         return None
 
 
@@ -264,8 +272,13 @@ class ExchangeService:
         entries: Cache[str, tuple[Resource, Binding | None]] | None = None,
         observer: Observer | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        masked_misses_per_day: int = 5,
+        masked_pattern_misses: int = 3,
     ) -> None:
         self._observer: Observer = observer or _Unobserved()
+        self._guard = MaskedFilterGuard(
+            store.counters, subject_key, masked_misses_per_day, masked_pattern_misses, self._observer
+        )
         # Catalog entries with their bindings, by code; the hub drops them on any catalog change.
         self._entries: Cache[str, tuple[Resource, Binding | None]] = entries or Cache()
         self._store = store
@@ -305,9 +318,12 @@ class ExchangeService:
         # A plain executor future: the call's one worker-thread step, without a task around it.
         work = asyncio.get_running_loop().run_in_executor(None, self._answer, identify, ask, call)
         settled = await _unless_abandoned(work, self._abandoned)
-        if settled.plan is not None:
-            answering = asyncio.ensure_future(self._fetch_answer(settled.plan, ask, call))
+        plan = settled.plan
+        if plan is not None:
+            answering = asyncio.ensure_future(self._fetch_answer(plan, ask, call))
             settled = await _unless_abandoned(answering, self._abandoned)
+            if settled.result is not None and settled.result.rows:
+                await self._verified(plan)
         await self._append(settled.record)
         if settled.error is not None:
             raise settled.error.recorded_as(call.exchange_id)
@@ -469,6 +485,7 @@ class ExchangeService:
                 partial(_still_held, recheck, step),
             )
             close = partial(_close_quietly, getattr(batches, "close", None))
+        next_part = self._verifying(plan, next_part, counted)
         first = True
         ending = _Ending(plan)
         call = _current_task()
@@ -533,6 +550,35 @@ class ExchangeService:
 
     # Deciding
 
+    async def _verified(self, plan: _Plan) -> None:
+        """A lookup filtered on a masked item found a record: its reserved miss is given back.
+
+        If the store cannot take that, the miss stays counted (the bound errs on the safe side).
+        """
+        if plan.ticket is None:
+            return
+        try:
+            await asyncio.to_thread(self._guard.found, plan.ticket)
+        except ExchangeError as e:
+            log.warning("a verified lookup's miss could not be given back: %s", e.message)
+
+    def _verifying(
+        self, plan: _Plan, next_part: Callable[[], Awaitable[Part | None]], counted: _Count
+    ) -> Callable[[], Awaitable[Part | None]]:
+        """``next_part``, giving back a verification's reserved miss once the stream has a record to send."""
+        if plan.ticket is None:
+            return next_part
+        pending = [True]
+
+        async def part() -> Part | None:
+            got = await next_part()
+            if pending[0] and counted.rows:
+                pending[0] = False
+                await self._verified(plan)
+            return got
+
+        return part
+
     async def _plan(self, identify: Identify, ask: Ask, call: _Call) -> _Plan:
         """The allowed exchange, or the refusal, audited, raised."""
         preparing = asyncio.ensure_future(asyncio.to_thread(self._prepare, identify, ask, call))
@@ -580,11 +626,16 @@ class ExchangeService:
         # Filtering on an item needs a grant of it too; a document is fetched whole, so needs every item.
         wanted = ask.fields or tuple(i.name for i in resource.spec.data_items)
         asked = tuple(dict.fromkeys((*wanted, *filters)))
-        question = Question(actor.ref.code, actor.department_code, ask.resource_code, ask.purpose, asked)
+        question = Question(
+            actor.ref.code, actor.department_code, ask.resource_code, ask.purpose, asked, tuple(filters)
+        )
         asked_at = time.monotonic()
-        decision = self._decisions.decide(question, resource.status, self._clock().date())
+        today = self._clock().date()
+        decision = self._decisions.decide(question, resource.status, today)
         self._observer.decided(time.monotonic() - asked_at)
         if not decision.allowed:
+            if decision.reason is DenyReason.MASKED_FILTER_NOT_GRANTED:
+                self._count_not_granted(actor, resource, decision, today)
             raise _denial(decision)
         if call.methods is DOCUMENT_KINDS and any(k is not MaskKind.NONE for _, k in decision.masks):
             raise FailedPrecondition(
@@ -601,6 +652,7 @@ class ExchangeService:
             )
         backend = self._backends.get(resource, binding)
         request = self._request(resource, binding, filters, ask, call)
+        ticket = self._verification(actor, resource, decision, filters, today)
         masks = tuple(m for m in decision.masks if m[0] in ask.fields)
         granted = replace(
             record,
@@ -608,7 +660,24 @@ class ExchangeService:
             grant=decision.grant_id,
             masks=[f"{f}={k.value}" for f, k in masks],
         )
-        return _Plan(resource, backend, request, replace(decision, masks=masks), granted, started)
+        return _Plan(resource, backend, request, replace(decision, masks=masks), granted, started, ticket)
+
+    def _count_not_granted(self, actor: Principal, resource: Resource, decision: Decision, today: dt.date) -> None:
+        """Counts a masked filter the grant does not allow, for its owner; the refusal stands if it cannot be."""
+        try:
+            self._guard.not_granted(decision.grant_id, actor.ref.code, actor.department_code, resource.spec.code, today)
+        except ExchangeError as e:
+            log.warning("a refused masked filter could not be counted: %s", e.message)
+
+    def _verification(
+        self, actor: Principal, resource: Resource, decision: Decision, filters: dict[str, object], today: dt.date
+    ) -> Ticket | None:
+        """For a lookup filtered on masked items the grant lets be verified: its reserved miss, or the refusal."""
+        if not decision.verifying:
+            return None
+        values = tuple((name, kind, filters[name]) for name, kind in decision.verifying)
+        lookup = Lookup(decision.grant_id, actor.ref.code, actor.department_code, resource.spec.code, values)
+        return self._guard.begin(lookup, today)
 
     def _request(
         self, resource: Resource, binding: Binding, filters: dict[str, object], ask: Ask, call: _Call

@@ -22,6 +22,7 @@ from exchange.models import (
     Application,
     Grant,
     GrantStatus,
+    GrantUsage,
     MaskKind,
     Page,
     Principal,
@@ -35,6 +36,7 @@ from exchange.models import (
 )
 from exchange.paging import page_request
 from exchange.services.auditing import change_record
+from exchange.services.verification import grant_scope
 from exchange.store import Store
 from exchange.store.audit import staging
 from exchange.store.rights import GrantFilter, RequestFilter, RequestStep
@@ -55,6 +57,8 @@ class Approval:
     end: dt.date | None = None
     masks: Masks = ()
     reason: str = ""
+    # Masked items the consumer may filter on (a bounded verification of a value it holds).
+    verify_masked: tuple[str, ...] = ()
 
 
 def _now() -> dt.datetime:
@@ -75,7 +79,9 @@ class RightsService:
         *,
         decisions: DecisionPoint | None = None,
         clock: Callable[[], dt.datetime] = _now,
+        miss_allowance: int = 5,
     ) -> None:
+        self._miss_allowance = miss_allowance
         self._store = store
         self._policy = policy
         self._calendar = calendar
@@ -243,6 +249,7 @@ class RightsService:
                 approved_end=end,
                 masks=masks,
                 decision_reason=approval.reason,
+                verify_masked=approval.verify_masked,
             )
             return RequestStep(approved, ShareEvent("approved", actor.ref, now, approval.reason))
 
@@ -261,6 +268,10 @@ class RightsService:
         masked = [f for f, _ in approval.masks]
         if any(f not in fields for f in masked) or len(set(masked)) != len(masked):
             out.append(FieldViolation("masks", "each mask names one granted field, once"))
+        hidden = {f for f, k in approval.masks if k is not MaskKind.NONE}
+        verify = approval.verify_masked
+        if any(f not in hidden for f in verify) or len(set(verify)) != len(verify):
+            out.append(FieldViolation("verify_masked", "each item named is one this approval masks, named once"))
         validation.raise_if(out)
         return fields, end, approval.masks
 
@@ -369,6 +380,7 @@ class RightsService:
         quota: int,
         rate: int,
         now: dt.datetime,
+        verify_masked: tuple[str, ...] = (),
     ) -> Grant:
         app = request.application
         return Grant(
@@ -387,6 +399,7 @@ class RightsService:
             masks=masks,
             status=GrantStatus.ACTIVE,
             issued_at=now,
+            verify_masked=verify_masked,
         )
 
     def issue_grant(self, actor: Principal, request_id: str, quota: int, rate: int, reason: str) -> Grant:
@@ -408,6 +421,7 @@ class RightsService:
                 quota=quota or request.application.expected_daily_calls,
                 rate=rate,
                 now=now,
+                verify_masked=request.verify_masked,
             )
             granted = replace(request, status=ShareRequestStatus.GRANTED, grant_id=issued.id)
             return RequestStep(granted, ShareEvent("granted", actor.ref, now, reason), issued)
@@ -526,11 +540,38 @@ class RightsService:
         owner = self._store.catalog.get(grant.resource_code).spec.department_code
         if not self._sees_everything(actor) and actor.department_code not in {grant.consumer_department_code, owner}:
             raise NotFound("grant", grant_id)
-        return grant
+        return self._with_usage(actor, grant, owner)
 
     def list_grants(self, actor: Principal, size: int, token: str, f: GrantFilter) -> Page[Grant]:
         f = replace(f, visible_to=None if self._sees_everything(actor) else actor.department_code)
-        return self._store.rights.list_grants(page_request(size, token, dict(f.__dict__)), f)
+        page = self._store.rights.list_grants(page_request(size, token, dict(f.__dict__)), f)
+        owners: dict[str, str] = {}
+        grants = []
+        for grant in page.items:
+            if grant.resource_code not in owners:
+                owners[grant.resource_code] = self._store.catalog.get(grant.resource_code).spec.department_code
+            grants.append(self._with_usage(actor, grant, owners[grant.resource_code]))
+        return replace(page, items=grants)
+
+    def _with_usage(self, actor: Principal, grant: Grant, owner: str) -> Grant:
+        """The grant with today's use, for whoever may suspend it (its owner's stewards, the share manager).
+
+        They are the ones who act on misuse, so they see the calls and the masked-item verifications:
+        lookups, misses and refusals.
+        """
+        if not self._policy.allows(actor.ref, Action.SUSPEND_GRANT, owner):
+            return grant
+        today = self._clock().date()
+        counts = self._store.counters.counts(grant_scope(grant.id), today)
+        usage = GrantUsage(
+            day=today,
+            calls=self._store.counters.leased(grant.id, today),
+            verifications=counts.lookups,
+            misses=counts.misses,
+            refused=counts.refused,
+            miss_allowance=self._miss_allowance,
+        )
+        return replace(grant, usage=usage)
 
 
 _ID = re.compile(r"^(SR|GR)-[0-9]{8}-[0-9a-f]{8}$")

@@ -103,6 +103,7 @@ def _request_of(s: Session, row: ShareRequestRow, with_history: bool = True) -> 
         decision_reason=row.decision_reason,
         grant_id=row.grant_id or "",
         history=_events(s, ShareEventRow.request_id, row.id) if with_history else (),
+        verify_masked=tuple(row.verify_masked or ()),
     )
 
 
@@ -124,6 +125,7 @@ def _grant_of(s: Session, row: GrantRow, with_history: bool = True) -> Grant:
         status=GrantStatus(row.status),
         issued_at=row.issued_at,
         history=_events(s, ShareEventRow.grant_id, row.id) if with_history else (),
+        verify_masked=tuple(row.verify_masked or ()),
     )
 
 
@@ -141,6 +143,7 @@ def _write_request(row: ShareRequestRow, r: ShareRequest) -> None:
     row.masks = [[f, k.value] for f, k in r.masks]
     row.decision_reason = r.decision_reason
     row.grant_id = r.grant_id or None
+    row.verify_masked = list(r.verify_masked)
 
 
 def _add_grant(s: Session, g: Grant, resource_id: int, consumer_id: int) -> None:
@@ -161,6 +164,7 @@ def _add_grant(s: Session, g: Grant, resource_id: int, consumer_id: int) -> None
             masks=[[f, k.value] for f, k in g.masks],
             status=g.status.value,
             issued_at=g.issued_at,
+            verify_masked=list(g.verify_masked),
         )
     )
     s.flush()

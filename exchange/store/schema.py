@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -238,6 +239,7 @@ class ShareRequestRow(Base):
     masks: Mapped[list[list[str]]] = mapped_column(JSON)
     decision_reason: Mapped[str] = mapped_column(Text, default="")
     grant_id: Mapped[str | None] = mapped_column(String(32))
+    verify_masked: Mapped[list[str]] = mapped_column(JSON, server_default=text("'[]'"))
 
     resource: Mapped[ResourceRow] = relationship(lazy="joined")
     consumer: Mapped[DepartmentRow] = relationship(lazy="joined")
@@ -263,9 +265,37 @@ class GrantRow(Base):
     masks: Mapped[list[list[str]]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), index=True)
     issued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    verify_masked: Mapped[list[str]] = mapped_column(JSON, server_default=text("'[]'"))
 
     resource: Mapped[ResourceRow] = relationship(lazy="joined")
     consumer: Mapped[DepartmentRow] = relationship(lazy="joined")
+
+
+class QuotaLeaseRow(Base):
+    """Calls of a grant's daily quota handed out to hub processes (in blocks) on one UTC day.
+
+    A block counts as used once leased; a process gives back what it did not use when it stops cleanly,
+    so a crash can only lower what is left (it fails closed).
+    """
+
+    __tablename__ = "quota_leases"
+
+    grant_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    leased: Mapped[int] = mapped_column(BigInteger)
+
+
+class MaskedFilterCountRow(Base):
+    """Lookups filtered on a masked item on one UTC day, by scope: a grant, a consumer system, or a
+    masked pattern (a keyed hash of the value's visible parts; the value itself is never stored)."""
+
+    __tablename__ = "masked_filter_counts"
+
+    scope: Mapped[str] = mapped_column(String(80), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    lookups: Mapped[int] = mapped_column(BigInteger)
+    misses: Mapped[int] = mapped_column(BigInteger)
+    refused: Mapped[int] = mapped_column(BigInteger)
 
 
 class ShareEventRow(Base):

@@ -27,59 +27,61 @@ from google.type import date_pb2 as google_dot_type_dot_date__pb2
 from exchange.v1 import registry_pb2 as exchange_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65xchange/v1/rights.proto\x12\x0b\x65xchange.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a\x1a\x65xchange/v1/registry.proto\"?\n\tFieldMask\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12#\n\x04mask\x18\x02 \x01(\x0e\x32\x15.exchange.v1.MaskKind\"\x80\x01\n\nShareEvent\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12(\n\x05\x61\x63tor\x18\x02 \x01(\x0b\x32\x19.exchange.v1.PrincipalRef\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x92\x05\n\x0cShareRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rresource_code\x18\x02 \x01(\t\x12 \n\x18\x63onsumer_department_code\x18\x03 \x01(\t\x12\x14\n\x0csystem_codes\x18\x04 \x03(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x13\n\x0blegal_basis\x18\x06 \x01(\t\x12\x0e\n\x06\x66ields\x18\x07 \x03(\t\x12%\n\nstart_date\x18\x08 \x01(\x0b\x32\x11.google.type.Date\x12#\n\x08\x65nd_date\x18\t \x01(\x0b\x32\x11.google.type.Date\x12\x1c\n\x14\x65xpected_daily_calls\x18\n \x01(\x03\x12/\n\x06status\x18\x14 \x01(\x0e\x32\x1f.exchange.v1.ShareRequestStatus\x12,\n\tapplicant\x18\x15 \x01(\x0b\x32\x19.exchange.v1.PrincipalRef\x12/\n\x0b\x63reate_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x08\x64ue_date\x18\x17 \x01(\x0b\x32\x11.google.type.Date\x12\x0f\n\x07overdue\x18\x18 \x01(\x08\x12\x17\n\x0f\x61pproved_fields\x18\x19 \x03(\t\x12,\n\x11\x61pproved_end_date\x18\x1a \x01(\x0b\x32\x11.google.type.Date\x12%\n\x05masks\x18\x1b \x03(\x0b\x32\x16.exchange.v1.FieldMask\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\x1c \x01(\t\x12\x10\n\x08grant_id\x18\x1d \x01(\t\x12(\n\x07history\x18\x1e \x03(\x0b\x32\x17.exchange.v1.ShareEvent\"\xd1\x03\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x15\n\rresource_code\x18\x03 \x01(\t\x12 \n\x18\x63onsumer_department_code\x18\x04 \x01(\t\x12\x14\n\x0csystem_codes\x18\x05 \x03(\t\x12\x0e\n\x06\x66ields\x18\x06 \x03(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\x13\n\x0blegal_basis\x18\x08 \x01(\t\x12%\n\nstart_date\x18\t \x01(\x0b\x32\x11.google.type.Date\x12#\n\x08\x65nd_date\x18\n \x01(\x0b\x32\x11.google.type.Date\x12\x13\n\x0b\x64\x61ily_quota\x18\x0b \x01(\x03\x12\x17\n\x0frate_per_second\x18\x0c \x01(\x05\x12%\n\x05masks\x18\r \x03(\x0b\x32\x16.exchange.v1.FieldMask\x12(\n\x06status\x18\x0e \x01(\x0e\x32\x18.exchange.v1.GrantStatus\x12.\n\nissue_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07history\x18\x10 \x03(\x0b\x32\x17.exchange.v1.ShareEvent\"a\n\x12\x43heckAccessRequest\x12\x13\n\x0bsystem_code\x18\x01 \x01(\t\x12\x15\n\rresource_code\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\"\x8b\x01\n\x0e\x41\x63\x63\x65ssDecision\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12%\n\x05masks\x18\x04 \x03(\x0b\x32\x16.exchange.v1.FieldMask\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\":\n\x0c\x41pplyRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.exchange.v1.ShareRequest\"$\n\x16GetShareRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xee\x01\n\x18ListShareRequestsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12+\n\x04view\x18\x03 \x01(\x0e\x32\x1d.exchange.v1.ShareRequestView\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.exchange.v1.ShareRequestStatus\x12\x15\n\rresource_code\x18\x05 \x01(\t\x12 \n\x18\x63onsumer_department_code\x18\x06 \x01(\t\x12\x14\n\x0coverdue_only\x18\x07 \x01(\x08\"x\n\x19ListShareRequestsResponse\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.exchange.v1.ShareRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x15\n\roverdue_count\x18\x03 \x01(\x05\"\x88\x01\n\x0e\x41pproveRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\x12#\n\x08\x65nd_date\x18\x03 \x01(\x0b\x32\x11.google.type.Date\x12%\n\x05masks\x18\x04 \x03(\x0b\x32\x16.exchange.v1.FieldMask\x12\x0e\n\x06reason\x18\x05 \x01(\t\"+\n\rRefuseRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\",\n\x0e\x44isputeRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"o\n\x14\x44\x65\x63ideDisputeRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x61ily_quota\x18\x04 \x01(\x03\x12\x17\n\x0frate_per_second\x18\x05 \x01(\x05\"e\n\x11IssueGrantRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x61ily_quota\x18\x02 \x01(\x03\x12\x17\n\x0frate_per_second\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"0\n\x12\x43hangeGrantRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1d\n\x0fGetGrantRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x9d\x01\n\x11ListGrantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rresource_code\x18\x03 \x01(\t\x12 \n\x18\x63onsumer_department_code\x18\x04 \x01(\t\x12(\n\x06status\x18\x05 \x01(\x0e\x32\x18.exchange.v1.GrantStatus\"Q\n\x12ListGrantsResponse\x12\"\n\x06grants\x18\x01 \x03(\x0b\x32\x12.exchange.v1.Grant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8f\x02\n\x12ShareRequestStatus\x12$\n SHARE_REQUEST_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cSHARE_REQUEST_STATUS_PENDING\x10\x01\x12!\n\x1dSHARE_REQUEST_STATUS_APPROVED\x10\x02\x12 \n\x1cSHARE_REQUEST_STATUS_GRANTED\x10\x03\x12 \n\x1cSHARE_REQUEST_STATUS_REFUSED\x10\x04\x12!\n\x1dSHARE_REQUEST_STATUS_DISPUTED\x10\x05\x12\'\n#SHARE_REQUEST_STATUS_REFUSAL_UPHELD\x10\x06*\x8f\x01\n\x08MaskKind\x12\x19\n\x15MASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eMASK_KIND_NONE\x10\x01\x12\x17\n\x13MASK_KIND_ID_NUMBER\x10\x02\x12\x12\n\x0eMASK_KIND_NAME\x10\x03\x12\x13\n\x0fMASK_KIND_PHONE\x10\x04\x12\x12\n\x0eMASK_KIND_FULL\x10\x05*z\n\x0bGrantStatus\x12\x1c\n\x18GRANT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13GRANT_STATUS_ACTIVE\x10\x01\x12\x1a\n\x16GRANT_STATUS_SUSPENDED\x10\x02\x12\x18\n\x14GRANT_STATUS_REVOKED\x10\x03*r\n\x10ShareRequestView\x12\"\n\x1eSHARE_REQUEST_VIEW_UNSPECIFIED\x10\x00\x12\x1b\n\x17SHARE_REQUEST_VIEW_MINE\x10\x01\x12\x1d\n\x19SHARE_REQUEST_VIEW_FOR_ME\x10\x02\x32\x84\x08\n\rRightsService\x12=\n\x05\x41pply\x12\x19.exchange.v1.ApplyRequest\x1a\x19.exchange.v1.ShareRequest\x12Q\n\x0fGetShareRequest\x12#.exchange.v1.GetShareRequestRequest\x1a\x19.exchange.v1.ShareRequest\x12\x62\n\x11ListShareRequests\x12%.exchange.v1.ListShareRequestsRequest\x1a&.exchange.v1.ListShareRequestsResponse\x12\x41\n\x07\x41pprove\x12\x1b.exchange.v1.ApproveRequest\x1a\x19.exchange.v1.ShareRequest\x12?\n\x06Refuse\x12\x1a.exchange.v1.RefuseRequest\x1a\x19.exchange.v1.ShareRequest\x12\x41\n\x07\x44ispute\x12\x1b.exchange.v1.DisputeRequest\x1a\x19.exchange.v1.ShareRequest\x12M\n\rDecideDispute\x12!.exchange.v1.DecideDisputeRequest\x1a\x19.exchange.v1.ShareRequest\x12@\n\nIssueGrant\x12\x1e.exchange.v1.IssueGrantRequest\x1a\x12.exchange.v1.Grant\x12\x43\n\x0cSuspendGrant\x12\x1f.exchange.v1.ChangeGrantRequest\x1a\x12.exchange.v1.Grant\x12\x42\n\x0bResumeGrant\x12\x1f.exchange.v1.ChangeGrantRequest\x1a\x12.exchange.v1.Grant\x12\x42\n\x0bRevokeGrant\x12\x1f.exchange.v1.ChangeGrantRequest\x1a\x12.exchange.v1.Grant\x12<\n\x08GetGrant\x12\x1c.exchange.v1.GetGrantRequest\x1a\x12.exchange.v1.Grant\x12M\n\nListGrants\x12\x1e.exchange.v1.ListGrantsRequest\x1a\x1f.exchange.v1.ListGrantsResponse\x12K\n\x0b\x43heckAccess\x12\x1f.exchange.v1.CheckAccessRequest\x1a\x1b.exchange.v1.AccessDecisionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65xchange/v1/rights.proto\x12\x0b\x65xchange.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a\x1a\x65xchange/v1/registry.proto\"?\n\tFieldMask\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12#\n\x04mask\x18\x02 \x01(\x0e\x32\x15.exchange.v1.MaskKind\"\x80\x01\n\nShareEvent\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12(\n\x05\x61\x63tor\x18\x02 \x01(\x0b\x32\x19.exchange.v1.PrincipalRef\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xa9\x05\n\x0cShareRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rresource_code\x18\x02 \x01(\t\x12 \n\x18\x63onsumer_department_code\x18\x03 \x01(\t\x12\x14\n\x0csystem_codes\x18\x04 \x03(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x13\n\x0blegal_basis\x18\x06 \x01(\t\x12\x0e\n\x06\x66ields\x18\x07 \x03(\t\x12%\n\nstart_date\x18\x08 \x01(\x0b\x32\x11.google.type.Date\x12#\n\x08\x65nd_date\x18\t \x01(\x0b\x32\x11.google.type.Date\x12\x1c\n\x14\x65xpected_daily_calls\x18\n \x01(\x03\x12/\n\x06status\x18\x14 \x01(\x0e\x32\x1f.exchange.v1.ShareRequestStatus\x12,\n\tapplicant\x18\x15 \x01(\x0b\x32\x19.exchange.v1.PrincipalRef\x12/\n\x0b\x63reate_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x08\x64ue_date\x18\x17 \x01(\x0b\x32\x11.google.type.Date\x12\x0f\n\x07overdue\x18\x18 \x01(\x08\x12\x17\n\x0f\x61pproved_fields\x18\x19 \x03(\t\x12,\n\x11\x61pproved_end_date\x18\x1a \x01(\x0b\x32\x11.google.type.Date\x12%\n\x05masks\x18\x1b \x03(\x0b\x32\x16.exchange.v1.FieldMask\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\x1c \x01(\t\x12\x10\n\x08grant_id\x18\x1d \x01(\t\x12(\n\x07history\x18\x1e \x03(\x0b\x32\x17.exchange.v1.ShareEvent\x12\x15\n\rverify_masked\x18\x1f \x03(\t\"\x90\x04\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x15\n\rresource_code\x18\x03 \x01(\t\x12 \n\x18\x63onsumer_department_code\x18\x04 \x01(\t\x12\x14\n\x0csystem_codes\x18\x05 \x03(\t\x12\x0e\n\x06\x66ields\x18\x06 \x03(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\x13\n\x0blegal_basis\x18\x08 \x01(\t\x12%\n\nstart_date\x18\t \x01(\x0b\x32\x11.google.type.Date\x12#\n\x08\x65nd_date\x18\n \x01(\x0b\x32\x11.google.type.Date\x12\x13\n\x0b\x64\x61ily_quota\x18\x0b \x01(\x03\x12\x17\n\x0frate_per_second\x18\x0c \x01(\x05\x12%\n\x05masks\x18\r \x03(\x0b\x32\x16.exchange.v1.FieldMask\x12(\n\x06status\x18\x0e \x01(\x0e\x32\x18.exchange.v1.GrantStatus\x12.\n\nissue_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07history\x18\x10 \x03(\x0b\x32\x17.exchange.v1.ShareEvent\x12\x15\n\rverify_masked\x18\x11 \x03(\t\x12&\n\x05usage\x18\x12 \x01(\x0b\x32\x17.exchange.v1.GrantUsage\"\x8b\x01\n\nGrantUsage\x12\x1e\n\x03\x64\x61y\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\x15\n\rverifications\x18\x03 \x01(\x03\x12\x0e\n\x06misses\x18\x04 \x01(\x03\x12\x0f\n\x07refused\x18\x05 \x01(\x03\x12\x16\n\x0emiss_allowance\x18\x06 \x01(\x03\"a\n\x12\x43heckAccessRequest\x12\x13\n\x0bsystem_code\x18\x01 \x01(\t\x12\x15\n\rresource_code\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\"\x8b\x01\n\x0e\x41\x63\x63\x65ssDecision\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12%\n\x05masks\x18\x04 \x03(\x0b\x32\x16.exchange.v1.FieldMask\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\":\n\x0c\x41pplyRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.exchange.v1.ShareRequest\"$\n\x16GetShareRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xee\x01\n\x18ListShareRequestsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12+\n\x04view\x18\x03 \x01(\x0e\x32\x1d.exchange.v1.ShareRequestView\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.exchange.v1.ShareRequestStatus\x12\x15\n\rresource_code\x18\x05 \x01(\t\x12 \n\x18\x63onsumer_department_code\x18\x06 \x01(\t\x12\x14\n\x0coverdue_only\x18\x07 \x01(\x08\"x\n\x19ListShareRequestsResponse\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.exchange.v1.ShareRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x15\n\roverdue_count\x18\x03 \x01(\x05\"\x9f\x01\n\x0e\x41pproveRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\x12#\n\x08\x65nd_date\x18\x03 \x01(\x0b\x32\x11.google.type.Date\x12%\n\x05masks\x18\x04 \x03(\x0b\x32\x16.exchange.v1.FieldMask\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x15\n\rverify_masked\x18\x06 \x03(\t\"+\n\rRefuseRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\",\n\x0e\x44isputeRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"o\n\x14\x44\x65\x63ideDisputeRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05grant\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x61ily_quota\x18\x04 \x01(\x03\x12\x17\n\x0frate_per_second\x18\x05 \x01(\x05\"e\n\x11IssueGrantRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x61ily_quota\x18\x02 \x01(\x03\x12\x17\n\x0frate_per_second\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"0\n\x12\x43hangeGrantRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1d\n\x0fGetGrantRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x9d\x01\n\x11ListGrantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rresource_code\x18\x03 \x01(\t\x12 \n\x18\x63onsumer_department_code\x18\x04 \x01(\t\x12(\n\x06status\x18\x05 \x01(\x0e\x32\x18.exchange.v1.GrantStatus\"Q\n\x12ListGrantsResponse\x12\"\n\x06grants\x18\x01 \x03(\x0b\x32\x12.exchange.v1.Grant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8f\x02\n\x12ShareRequestStatus\x12$\n SHARE_REQUEST_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cSHARE_REQUEST_STATUS_PENDING\x10\x01\x12!\n\x1dSHARE_REQUEST_STATUS_APPROVED\x10\x02\x12 \n\x1cSHARE_REQUEST_STATUS_GRANTED\x10\x03\x12 \n\x1cSHARE_REQUEST_STATUS_REFUSED\x10\x04\x12!\n\x1dSHARE_REQUEST_STATUS_DISPUTED\x10\x05\x12\'\n#SHARE_REQUEST_STATUS_REFUSAL_UPHELD\x10\x06*\x8f\x01\n\x08MaskKind\x12\x19\n\x15MASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eMASK_KIND_NONE\x10\x01\x12\x17\n\x13MASK_KIND_ID_NUMBER\x10\x02\x12\x12\n\x0eMASK_KIND_NAME\x10\x03\x12\x13\n\x0fMASK_KIND_PHONE\x10\x04\x12\x12\n\x0eMASK_KIND_FULL\x10\x05*z\n\x0bGrantStatus\x12\x1c\n\x18GRANT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13GRANT_STATUS_ACTIVE\x10\x01\x12\x1a\n\x16GRANT_STATUS_SUSPENDED\x10\x02\x12\x18\n\x14GRANT_STATUS_REVOKED\x10\x03*r\n\x10ShareRequestView\x12\"\n\x1eSHARE_REQUEST_VIEW_UNSPECIFIED\x10\x00\x12\x1b\n\x17SHARE_REQUEST_VIEW_MINE\x10\x01\x12\x1d\n\x19SHARE_REQUEST_VIEW_FOR_ME\x10\x02\x32\x84\x08\n\rRightsService\x12=\n\x05\x41pply\x12\x19.exchange.v1.ApplyRequest\x1a\x19.exchange.v1.ShareRequest\x12Q\n\x0fGetShareRequest\x12#.exchange.v1.GetShareRequestRequest\x1a\x19.exchange.v1.ShareRequest\x12\x62\n\x11ListShareRequests\x12%.exchange.v1.ListShareRequestsRequest\x1a&.exchange.v1.ListShareRequestsResponse\x12\x41\n\x07\x41pprove\x12\x1b.exchange.v1.ApproveRequest\x1a\x19.exchange.v1.ShareRequest\x12?\n\x06Refuse\x12\x1a.exchange.v1.RefuseRequest\x1a\x19.exchange.v1.ShareRequest\x12\x41\n\x07\x44ispute\x12\x1b.exchange.v1.DisputeRequest\x1a\x19.exchange.v1.ShareRequest\x12M\n\rDecideDispute\x12!.exchange.v1.DecideDisputeRequest\x1a\x19.exchange.v1.ShareRequest\x12@\n\nIssueGrant\x12\x1e.exchange.v1.IssueGrantRequest\x1a\x12.exchange.v1.Grant\x12\x43\n\x0cSuspendGrant\x12\x1f.exchange.v1.ChangeGrantRequest\x1a\x12.exchange.v1.Grant\x12\x42\n\x0bResumeGrant\x12\x1f.exchange.v1.ChangeGrantRequest\x1a\x12.exchange.v1.Grant\x12\x42\n\x0bRevokeGrant\x12\x1f.exchange.v1.ChangeGrantRequest\x1a\x12.exchange.v1.Grant\x12<\n\x08GetGrant\x12\x1c.exchange.v1.GetGrantRequest\x1a\x12.exchange.v1.Grant\x12M\n\nListGrants\x12\x1e.exchange.v1.ListGrantsRequest\x1a\x1f.exchange.v1.ListGrantsResponse\x12K\n\x0b\x43heckAccess\x12\x1f.exchange.v1.CheckAccessRequest\x1a\x1b.exchange.v1.AccessDecisionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'exchange.v1.rights_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SHAREREQUESTSTATUS']._serialized_start=2924
-  _globals['_SHAREREQUESTSTATUS']._serialized_end=3195
-  _globals['_MASKKIND']._serialized_start=3198
-  _globals['_MASKKIND']._serialized_end=3341
-  _globals['_GRANTSTATUS']._serialized_start=3343
-  _globals['_GRANTSTATUS']._serialized_end=3465
-  _globals['_SHAREREQUESTVIEW']._serialized_start=3467
-  _globals['_SHAREREQUESTVIEW']._serialized_end=3581
+  _globals['_SHAREREQUESTSTATUS']._serialized_start=3175
+  _globals['_SHAREREQUESTSTATUS']._serialized_end=3446
+  _globals['_MASKKIND']._serialized_start=3449
+  _globals['_MASKKIND']._serialized_end=3592
+  _globals['_GRANTSTATUS']._serialized_start=3594
+  _globals['_GRANTSTATUS']._serialized_end=3716
+  _globals['_SHAREREQUESTVIEW']._serialized_start=3718
+  _globals['_SHAREREQUESTVIEW']._serialized_end=3832
   _globals['_FIELDMASK']._serialized_start=126
   _globals['_FIELDMASK']._serialized_end=189
   _globals['_SHAREEVENT']._serialized_start=192
   _globals['_SHAREEVENT']._serialized_end=320
   _globals['_SHAREREQUEST']._serialized_start=323
-  _globals['_SHAREREQUEST']._serialized_end=981
-  _globals['_GRANT']._serialized_start=984
-  _globals['_GRANT']._serialized_end=1449
-  _globals['_CHECKACCESSREQUEST']._serialized_start=1451
-  _globals['_CHECKACCESSREQUEST']._serialized_end=1548
-  _globals['_ACCESSDECISION']._serialized_start=1551
-  _globals['_ACCESSDECISION']._serialized_end=1690
-  _globals['_APPLYREQUEST']._serialized_start=1692
-  _globals['_APPLYREQUEST']._serialized_end=1750
-  _globals['_GETSHAREREQUESTREQUEST']._serialized_start=1752
-  _globals['_GETSHAREREQUESTREQUEST']._serialized_end=1788
-  _globals['_LISTSHAREREQUESTSREQUEST']._serialized_start=1791
-  _globals['_LISTSHAREREQUESTSREQUEST']._serialized_end=2029
-  _globals['_LISTSHAREREQUESTSRESPONSE']._serialized_start=2031
-  _globals['_LISTSHAREREQUESTSRESPONSE']._serialized_end=2151
-  _globals['_APPROVEREQUEST']._serialized_start=2154
-  _globals['_APPROVEREQUEST']._serialized_end=2290
-  _globals['_REFUSEREQUEST']._serialized_start=2292
-  _globals['_REFUSEREQUEST']._serialized_end=2335
-  _globals['_DISPUTEREQUEST']._serialized_start=2337
-  _globals['_DISPUTEREQUEST']._serialized_end=2381
-  _globals['_DECIDEDISPUTEREQUEST']._serialized_start=2383
-  _globals['_DECIDEDISPUTEREQUEST']._serialized_end=2494
-  _globals['_ISSUEGRANTREQUEST']._serialized_start=2496
-  _globals['_ISSUEGRANTREQUEST']._serialized_end=2597
-  _globals['_CHANGEGRANTREQUEST']._serialized_start=2599
-  _globals['_CHANGEGRANTREQUEST']._serialized_end=2647
-  _globals['_GETGRANTREQUEST']._serialized_start=2649
-  _globals['_GETGRANTREQUEST']._serialized_end=2678
-  _globals['_LISTGRANTSREQUEST']._serialized_start=2681
-  _globals['_LISTGRANTSREQUEST']._serialized_end=2838
-  _globals['_LISTGRANTSRESPONSE']._serialized_start=2840
-  _globals['_LISTGRANTSRESPONSE']._serialized_end=2921
-  _globals['_RIGHTSSERVICE']._serialized_start=3584
-  _globals['_RIGHTSSERVICE']._serialized_end=4612
+  _globals['_SHAREREQUEST']._serialized_end=1004
+  _globals['_GRANT']._serialized_start=1007
+  _globals['_GRANT']._serialized_end=1535
+  _globals['_GRANTUSAGE']._serialized_start=1538
+  _globals['_GRANTUSAGE']._serialized_end=1677
+  _globals['_CHECKACCESSREQUEST']._serialized_start=1679
+  _globals['_CHECKACCESSREQUEST']._serialized_end=1776
+  _globals['_ACCESSDECISION']._serialized_start=1779
+  _globals['_ACCESSDECISION']._serialized_end=1918
+  _globals['_APPLYREQUEST']._serialized_start=1920
+  _globals['_APPLYREQUEST']._serialized_end=1978
+  _globals['_GETSHAREREQUESTREQUEST']._serialized_start=1980
+  _globals['_GETSHAREREQUESTREQUEST']._serialized_end=2016
+  _globals['_LISTSHAREREQUESTSREQUEST']._serialized_start=2019
+  _globals['_LISTSHAREREQUESTSREQUEST']._serialized_end=2257
+  _globals['_LISTSHAREREQUESTSRESPONSE']._serialized_start=2259
+  _globals['_LISTSHAREREQUESTSRESPONSE']._serialized_end=2379
+  _globals['_APPROVEREQUEST']._serialized_start=2382
+  _globals['_APPROVEREQUEST']._serialized_end=2541
+  _globals['_REFUSEREQUEST']._serialized_start=2543
+  _globals['_REFUSEREQUEST']._serialized_end=2586
+  _globals['_DISPUTEREQUEST']._serialized_start=2588
+  _globals['_DISPUTEREQUEST']._serialized_end=2632
+  _globals['_DECIDEDISPUTEREQUEST']._serialized_start=2634
+  _globals['_DECIDEDISPUTEREQUEST']._serialized_end=2745
+  _globals['_ISSUEGRANTREQUEST']._serialized_start=2747
+  _globals['_ISSUEGRANTREQUEST']._serialized_end=2848
+  _globals['_CHANGEGRANTREQUEST']._serialized_start=2850
+  _globals['_CHANGEGRANTREQUEST']._serialized_end=2898
+  _globals['_GETGRANTREQUEST']._serialized_start=2900
+  _globals['_GETGRANTREQUEST']._serialized_end=2929
+  _globals['_LISTGRANTSREQUEST']._serialized_start=2932
+  _globals['_LISTGRANTSREQUEST']._serialized_end=3089
+  _globals['_LISTGRANTSRESPONSE']._serialized_start=3091
+  _globals['_LISTGRANTSRESPONSE']._serialized_end=3172
+  _globals['_RIGHTSSERVICE']._serialized_start=3835
+  _globals['_RIGHTSSERVICE']._serialized_end=4863
 # @@protoc_insertion_point(module_scope)

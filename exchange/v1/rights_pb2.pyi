@@ -218,6 +218,7 @@ class ShareRequest(_message.Message):
     DECISION_REASON_FIELD_NUMBER: _builtins.int
     GRANT_ID_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    VERIFY_MASKED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only: assigned by the hub, e.g. "SR-20261122-3f9a1c"."""
     resource_code: _builtins.str
@@ -261,6 +262,10 @@ class ShareRequest(_message.Message):
     def masks(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldMask]: ...
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShareEvent]: ...
+    @_builtins.property
+    def verify_masked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Masked items the owner lets the consumer filter on (see Grant.verify_masked)."""
+
     def __init__(
         self,
         *,
@@ -285,10 +290,11 @@ class ShareRequest(_message.Message):
         decision_reason: _builtins.str = ...,
         grant_id: _builtins.str = ...,
         history: _abc.Iterable[Global___ShareEvent] | None = ...,
+        verify_masked: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "approved_end_date", b"approved_end_date", "create_time", b"create_time", "due_date", b"due_date", "end_date", b"end_date", "start_date", b"start_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "approved_end_date", b"approved_end_date", "approved_fields", b"approved_fields", "consumer_department_code", b"consumer_department_code", "create_time", b"create_time", "decision_reason", b"decision_reason", "due_date", b"due_date", "end_date", b"end_date", "expected_daily_calls", b"expected_daily_calls", "fields", b"fields", "grant_id", b"grant_id", "history", b"history", "id", b"id", "legal_basis", b"legal_basis", "masks", b"masks", "overdue", b"overdue", "purpose", b"purpose", "resource_code", b"resource_code", "start_date", b"start_date", "status", b"status", "system_codes", b"system_codes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "approved_end_date", b"approved_end_date", "approved_fields", b"approved_fields", "consumer_department_code", b"consumer_department_code", "create_time", b"create_time", "decision_reason", b"decision_reason", "due_date", b"due_date", "end_date", b"end_date", "expected_daily_calls", b"expected_daily_calls", "fields", b"fields", "grant_id", b"grant_id", "history", b"history", "id", b"id", "legal_basis", b"legal_basis", "masks", b"masks", "overdue", b"overdue", "purpose", b"purpose", "resource_code", b"resource_code", "start_date", b"start_date", "status", b"status", "system_codes", b"system_codes", "verify_masked", b"verify_masked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -314,6 +320,8 @@ class Grant(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ISSUE_TIME_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    VERIFY_MASKED_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     request_id: _builtins.str
     resource_code: _builtins.str
@@ -338,6 +346,16 @@ class Grant(_message.Message):
     def issue_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShareEvent]: ...
+    @_builtins.property
+    def verify_masked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Masked items the consumer may filter on: a verification of a value it already holds, bounded by
+        a small daily allowance of lookups that find nothing. Filtering on any other masked item is refused.
+        """
+
+    @_builtins.property
+    def usage(self) -> Global___GrantUsage:
+        """Output only: today's use, for the owner's stewards and the share manager; unset for others."""
+
     def __init__(
         self,
         *,
@@ -357,14 +375,60 @@ class Grant(_message.Message):
         status: Global___GrantStatus.ValueType = ...,
         issue_time: _timestamp_pb2.Timestamp | None = ...,
         history: _abc.Iterable[Global___ShareEvent] | None = ...,
+        verify_masked: _abc.Iterable[_builtins.str] | None = ...,
+        usage: Global___GrantUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "issue_time", b"issue_time", "start_date", b"start_date"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "issue_time", b"issue_time", "start_date", b"start_date", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_department_code", b"consumer_department_code", "daily_quota", b"daily_quota", "end_date", b"end_date", "fields", b"fields", "history", b"history", "id", b"id", "issue_time", b"issue_time", "legal_basis", b"legal_basis", "masks", b"masks", "purpose", b"purpose", "rate_per_second", b"rate_per_second", "request_id", b"request_id", "resource_code", b"resource_code", "start_date", b"start_date", "status", b"status", "system_codes", b"system_codes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_department_code", b"consumer_department_code", "daily_quota", b"daily_quota", "end_date", b"end_date", "fields", b"fields", "history", b"history", "id", b"id", "issue_time", b"issue_time", "legal_basis", b"legal_basis", "masks", b"masks", "purpose", b"purpose", "rate_per_second", b"rate_per_second", "request_id", b"request_id", "resource_code", b"resource_code", "start_date", b"start_date", "status", b"status", "system_codes", b"system_codes", "usage", b"usage", "verify_masked", b"verify_masked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Grant: _TypeAlias = Grant  # noqa: Y015
+
+@_typing.final
+class GrantUsage(_message.Message):
+    """One day's use of a grant, counted by every hub process together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    VERIFICATIONS_FIELD_NUMBER: _builtins.int
+    MISSES_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    MISS_ALLOWANCE_FIELD_NUMBER: _builtins.int
+    calls: _builtins.int
+    """Calls counted against the daily quota (blocks leased by hub processes: may run ahead of calls made)."""
+    verifications: _builtins.int
+    """Lookups filtered on a masked item, those that found nothing, and those refused (allowance used up,
+    a masked value enumerated, or the grant does not allow the filter).
+    """
+    misses: _builtins.int
+    refused: _builtins.int
+    miss_allowance: _builtins.int
+    """Misses allowed a day, per grant and per consumer system."""
+    @_builtins.property
+    def day(self) -> _date_pb2.Date:
+        """UTC"""
+
+    def __init__(
+        self,
+        *,
+        day: _date_pb2.Date | None = ...,
+        calls: _builtins.int = ...,
+        verifications: _builtins.int = ...,
+        misses: _builtins.int = ...,
+        refused: _builtins.int = ...,
+        miss_allowance: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["day", b"day"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "day", b"day", "miss_allowance", b"miss_allowance", "misses", b"misses", "refused", b"refused", "verifications", b"verifications"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantUsage: _TypeAlias = GrantUsage  # noqa: Y015
 
 @_typing.final
 class CheckAccessRequest(_message.Message):
@@ -547,6 +611,7 @@ class ApproveRequest(_message.Message):
     END_DATE_FIELD_NUMBER: _builtins.int
     MASKS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    VERIFY_MASKED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     reason: _builtins.str
     @_builtins.property
@@ -559,6 +624,12 @@ class ApproveRequest(_message.Message):
 
     @_builtins.property
     def masks(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldMask]: ...
+    @_builtins.property
+    def verify_masked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Masked items (named in masks) the consumer may filter on, to verify a value it holds; a masked
+        item not named here cannot be filtered on.
+        """
+
     def __init__(
         self,
         *,
@@ -567,10 +638,11 @@ class ApproveRequest(_message.Message):
         end_date: _date_pb2.Date | None = ...,
         masks: _abc.Iterable[Global___FieldMask] | None = ...,
         reason: _builtins.str = ...,
+        verify_masked: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "fields", b"fields", "id", b"id", "masks", b"masks", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "fields", b"fields", "id", b"id", "masks", b"masks", "reason", b"reason", "verify_masked", b"verify_masked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
