@@ -15,7 +15,7 @@ import grpc
 
 from exchange import values
 from exchange.errors import ExchangeError
-from exchange.server.rpc import Authenticator, abort_with, identify, internal_error
+from exchange.server.rpc import Authenticator, abort_with, internal_error, peer_of, principal_of
 from exchange.services.exchange import Ask, Batch, Chunk, Disclosure, ExchangeService
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc as pb_grpc
@@ -49,7 +49,7 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
     async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
         try:
             result = await self.service.query(
-                partial(identify, self, context),
+                partial(principal_of, self, peer_of(self, context)),
                 _ask(request),
                 request.page_size,
                 request.page_token,
@@ -73,7 +73,7 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
 
     async def StreamQuery(self, request: pb.QueryRequest, context: Context) -> AsyncIterator[pb.QueryBatch]:
         batches = self.service.stream(
-            partial(identify, self, context), _ask(request), request.batch_size, _deadline(context)
+            partial(principal_of, self, peer_of(self, context)), _ask(request), request.batch_size, _deadline(context)
         )
         async for message in _relay(context, batches, _batch, "StreamQuery"):
             yield message
@@ -81,7 +81,9 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
     async def FetchDocument(
         self, request: pb.FetchDocumentRequest, context: Context
     ) -> AsyncIterator[pb.DocumentChunk]:
-        chunks = self.service.document(partial(identify, self, context), _ask(request), _deadline(context))
+        chunks = self.service.document(
+            partial(principal_of, self, peer_of(self, context)), _ask(request), _deadline(context)
+        )
         async for message in _relay(context, chunks, _chunk, "FetchDocument"):
             yield message
 

@@ -20,7 +20,7 @@ import grpc
 
 from exchange import errors
 from exchange.models import Principal
-from exchange.server.rpc import Authenticator, abort_with, identify
+from exchange.server.rpc import Authenticator, abort_with, peer_of, principal_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -71,7 +71,9 @@ class RequestParsing(_Interceptor):
 
     async def refuse(self, context: Context, method: str, error: errors.ExchangeError, reason: str) -> None:
         """Ends the call with ``error``, recorded first when the caller is one the hub can identify."""
-        exchange_id = await self._refusals.unread(partial(identify, self, context), method, reason, error.message)
+        # The caller is read off the call now: the recording may outlive the call, which must not be touched then.
+        caller = partial(principal_of, self, peer_of(self, context))
+        exchange_id = await self._refusals.unread(caller, method, reason, error.message)
         await abort_with(context, error.recorded_as(exchange_id) if exchange_id else error)
 
 

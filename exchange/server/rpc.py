@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -115,11 +117,27 @@ def _fingerprint(pem: bytes) -> str:
     return pki.fingerprint_of_pem(pem)
 
 
-def identify(servicer: Servicer, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-    """The registered principal behind this call (blocking: reads the store)."""
+@dataclass(frozen=True)
+class Peer:
+    """What a call says of its caller: its certificate's fingerprint, or in development mode its header."""
+
+    fingerprint: str | None
+    dev_header: str | None = None
+
+
+def peer_of(servicer: Servicer, context: grpc.aio.ServicerContext[Any, Any]) -> Peer:
+    """Reads the caller off the call: on the event loop, while the call is alive (a call gRPC has ended
+    must not be touched, least of all from another thread)."""
     if servicer.insecure_dev:
-        header = dict(context.invocation_metadata() or ()).get(DEV_PRINCIPAL_HEADER, "")
-        kind, _, code = str(header).partition("/")
+        return Peer(None, str(dict(context.invocation_metadata() or ()).get(DEV_PRINCIPAL_HEADER, "")))
+    return Peer(_peer_fingerprint(context))
+
+
+def principal_of(servicer: Servicer, peer: Peer) -> Principal:
+    """The registered principal behind ``peer`` (blocking: reads the store)."""
+    if servicer.insecure_dev:
+        header = peer.dev_header or ""
+        kind, _, code = header.partition("/")
         if kind not in {k.value for k in PrincipalKind} or not code:
             raise errors.Unauthenticated(
                 f"development mode: send metadata {DEV_PRINCIPAL_HEADER}: person/<username> or system/<code>"
@@ -128,15 +146,19 @@ def identify(servicer: Servicer, context: grpc.aio.ServicerContext[Any, Any]) ->
             return servicer.auth.principal(PrincipalRef(PrincipalKind(kind), code))
         except errors.NotFound:
             raise errors.Unauthenticated(f"development mode: {header} is not a registered principal") from None
-    fingerprint = _peer_fingerprint(context)
-    if fingerprint is None:
+    if peer.fingerprint is None:
         raise errors.Unauthenticated("no client certificate was presented")
-    principal = servicer.auth.authenticate(fingerprint)
+    principal = servicer.auth.authenticate(peer.fingerprint)
     if principal is None:
         raise errors.Unauthenticated(
             "the client certificate is not registered to a principal, has expired or has been revoked"
         )
     return principal
+
+
+def identify(servicer: Servicer, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+    """The registered principal behind this call (blocking: reads the store)."""
+    return principal_of(servicer, peer_of(servicer, context))
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
@@ -156,10 +178,13 @@ def unary(
             await _abort(context, status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message="deadline exceeded"))
 
         callers: list[Principal] = []
+        peer = peer_of(self, context)  # read on the event loop: the call is not touched from the worker thread
+
+        started = time.monotonic()
 
         def call() -> Resp:
-            with deadline(context.time_remaining()):
-                callers.append(identify(self, context))
+            with deadline(None if remaining is None else remaining - (time.monotonic() - started)):
+                callers.append(principal_of(self, peer))
                 return fn(self, request, callers[0])
 
         try:
@@ -179,7 +204,7 @@ def unary(
 async def caller_of(servicer: Servicer, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
     """The authenticated caller of a streaming handler; aborts the call with the right status otherwise."""
     try:
-        return await asyncio.to_thread(identify, servicer, context)
+        return await asyncio.to_thread(principal_of, servicer, peer_of(servicer, context))
     except errors.ExchangeError as e:
         await _abort(context, status_of(e))
     raise AssertionError("unreachable: abort raises")
