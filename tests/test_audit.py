@@ -17,6 +17,7 @@ from audit.export import export_lines
 from audit.log import AuditLog
 from audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, Signer, Verifier, open_note
+from audit.pruning import parse_time
 from audit.records import (
     AuditRecord,
     canonical,
@@ -32,7 +33,7 @@ from exchange import wire as w
 from exchange.errors import Unavailable
 from exchange.paging import page_request
 from exchange.store import Store
-from exchange.store.audit import EntryFilter, staging
+from exchange.store.audit import EntryFilter, Pruned, staging
 from exchange.store.schema import AuditEntryRow, AuditNodeRow, AuditSubjectRow
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import registry_pb2 as rpb
@@ -208,18 +209,24 @@ def test_every_change_through_the_hub_is_in_the_log_and_refusals_are_not(hub: Ru
     assert report.entries == len(records)
 
 
+def _logged(store: Store, seq: int) -> dt.datetime:
+    return parse_time(json.loads(store.audit.entries(seq, seq + 1)[0].record or "")["logged"])
+
+
 def test_pruned_detail_leaves_a_verifiable_log(log: AuditLog, store: Store) -> None:
-    _fill(log, 10)
-    later = store.audit.entries(0, 1)[0]
-    cutoff = json.loads(later.record or "")["logged"]
-    moment = dt.datetime.fromisoformat(cutoff.replace("Z", "+00:00")) + dt.timedelta(microseconds=1)
-    pruned = store.audit.prune(moment)
-    assert pruned >= 1
+    _fill(log, 10, checkpoint_every=5)
+    cutoff = _logged(store, 5)
+    assert _logged(store, 4) < cutoff  # two batches, logged one after the other
+    # Made when entry 5 is exactly 180 days old (the verifier cannot know when it was made: the hub's word).
+    done = store.audit.prune(log.signer, cutoff + dt.timedelta(days=180), 180)
+    assert done.entries == 5 and done.statement is not None and done.statement.up_to == 5
     report = verify_export(export_lines(store.audit, log.signer.verifier()), log.signer.verifier())
-    assert (report.entries, report.pruned) == (10, pruned)
+    assert (report.entries, report.pruned, report.statements) == (10, 5, 1)
+    assert report.pruning == done.statement
     who = subject_hash(KEY, "350200198001010000")
     assert store.audit.search(page_request(10, "", {}), EntryFilter(subject_hash=who)).items == []
-    assert store.audit.prune(moment) == 0
+    assert store.audit.prune(log.signer, cutoff + dt.timedelta(days=180), 180) == Pruned(0, None)
+    assert len(store.audit.pruning_statements()) == 1
 
 
 def test_adding_the_logged_time_equals_re_encoding() -> None:
