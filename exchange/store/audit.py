@@ -34,13 +34,13 @@ from audit.records import AuditRecord, canonical, with_logged
 from exchange.errors import Aborted, AlreadyExists, Unavailable
 from exchange.models import Page
 from exchange.paging import PageRequest
+from exchange.store import schema
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.schema import (
     AuditCheckpointRow,
     AuditEntryRow,
     AuditNodeRow,
-    AuditPruningRow,
     AuditStagedRow,
     AuditSubjectRow,
 )
@@ -255,17 +255,17 @@ class AuditStore:
             up_to = s.scalar(
                 select(func.coalesce(func.max(AuditEntryRow.seq) + 1, 0)).where(AuditEntryRow.time < cutoff)
             )
-            covered = s.scalar(select(func.coalesce(func.max(AuditPruningRow.up_to), 0))) or 0
+            covered = s.scalar(select(func.coalesce(func.max(schema.AuditPruningRow.up_to), 0))) or 0
             if not up_to or up_to <= covered:
                 return Pruned(len(seqs), None)
             statement = PruningStatement(signer.name, up_to, made, retention_days, cutoff)
-            s.add(AuditPruningRow(up_to=up_to, made=made, note=statement.sign(signer)))
+            s.add(schema.AuditPruningRow(up_to=up_to, made=made, note=statement.sign(signer)))
             return Pruned(len(seqs), statement)
 
     def pruning_statements(self) -> list[str]:
         """The signed pruning statements, in the order they were made (each covering more)."""
         with self._db.read() as s:
-            return list(s.scalars(select(AuditPruningRow.note).order_by(AuditPruningRow.up_to)))
+            return list(s.scalars(select(schema.AuditPruningRow.note).order_by(schema.AuditPruningRow.up_to)))
 
     def add_checkpoint(self, size: int, root: bytes, note: str) -> None:
         """Keeps a checkpoint; another process may have kept the same one first, which is fine.
@@ -299,6 +299,25 @@ class AuditStore:
             return [(r.size, r.note) for r in rows]
 
 
+def _entry_of(row: AuditEntryRow) -> Entry:
+    return Entry(row.seq, bytes(row.leaf_hash), row.record)
+
+
+def _entry_values(
+    seq: int, leaf: bytes, record: str, data: dict[str, object], logged: dt.datetime
+) -> dict[str, object]:
+    return {
+        "seq": seq,
+        "leaf_hash": leaf,
+        "record": record,
+        "time": logged,
+        **{
+            k: str(data[k])
+            for k in ("kind", "action", "actor", "actor_department", "resource", "purpose", "outcome", "exchange_id")
+        },
+    }
+
+
 # What pruning leaves of an entry's columns besides its seq, leaf hash, time and kind.
 _BLANK = {
     "record": None,
@@ -318,22 +337,3 @@ class Pruned:
 
     entries: int
     statement: PruningStatement | None
-
-
-def _entry_of(row: AuditEntryRow) -> Entry:
-    return Entry(row.seq, bytes(row.leaf_hash), row.record)
-
-
-def _entry_values(
-    seq: int, leaf: bytes, record: str, data: dict[str, object], logged: dt.datetime
-) -> dict[str, object]:
-    return {
-        "seq": seq,
-        "leaf_hash": leaf,
-        "record": record,
-        "time": logged,
-        **{
-            k: str(data[k])
-            for k in ("kind", "action", "actor", "actor_department", "resource", "purpose", "outcome", "exchange_id")
-        },
-    }
