@@ -391,36 +391,6 @@ def test_restore_refuses_a_database_at_another_schema_revision(
     assert _row_count(url) == 0
 
 
-def test_pruning_statements_travel_with_the_archive_and_are_required(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    settings = base_settings(tmp_path / "pruned")
-    with running_hub(settings) as hub:
-        hub.add_department(POLICE)
-        hub.hub.audit.flush()
-        db = Database(settings.effective_database_url)
-        try:
-            with db.write() as s:
-                old = dt.datetime.now(dt.UTC) - dt.timedelta(days=200)
-                s.execute(update(AuditEntryRow).where(AuditEntryRow.seq < 2).values(time=old))
-        finally:
-            db.dispose()
-        assert _quiet("--home", str(settings.home), "prune-audit")[0] == 0
-        archive = tmp_path / "pruned.tar"
-        assert _quiet("--home", str(settings.home), "backup", "--out", str(archive))[0] == 0
-    key, signer = settings.home / "audit" / "log.pub", Signer.parse((settings.home / "audit" / "log.key").read_text())
-    home, url = _fresh(tmp_path)
-    code, out = _restore(home, archive, key)
-    assert code == 0 and "(2 pruned, under 1 signed pruning statements)" in out
-    assert [row[0] for row in _tables(url)["audit_prunings"]] == [2]
-    # The statement taken out of the archive, the manifest re-signed by the hub's key: the pruning is bare.
-    members = _with_table(_members(archive), "audit_prunings", b"", signer)
-    home, url = _fresh(tmp_path, "without-statement")
-    assert _restore(home, _pack(members, tmp_path / "bare.tar"), key)[0] == 2
-    assert "entry 0: its record is missing and no signed pruning statement covers it" in capsys.readouterr().err
-    assert _row_count(url) == 0
-
-
 # --- Keys -------------------------------------------------------------------------------------
 
 
@@ -514,3 +484,36 @@ def test_restore_creates_nothing_in_a_database_that_is_not_the_hubs(
     assert "no schema revision of this hub" in capsys.readouterr().err
     assert inspect(engine).get_table_names() == ["someone_elses"]
     engine.dispose()
+
+
+# --- Pruning statements ----------------------------------------------------------------------
+
+
+def test_pruning_statements_travel_with_the_archive_and_are_required(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = base_settings(tmp_path / "pruned")
+    with running_hub(settings) as hub:
+        hub.add_department(POLICE)
+        hub.hub.audit.flush()
+        db = Database(settings.effective_database_url)
+        try:
+            with db.write() as s:
+                old = dt.datetime.now(dt.UTC) - dt.timedelta(days=200)
+                s.execute(update(AuditEntryRow).where(AuditEntryRow.seq < 2).values(time=old))
+        finally:
+            db.dispose()
+        assert _quiet("--home", str(settings.home), "prune-audit")[0] == 0
+        archive = tmp_path / "pruned.tar"
+        assert _quiet("--home", str(settings.home), "backup", "--out", str(archive))[0] == 0
+    key, signer = settings.home / "audit" / "log.pub", Signer.parse((settings.home / "audit" / "log.key").read_text())
+    home, url = _fresh(tmp_path)
+    code, out = _restore(home, archive, key)
+    assert code == 0 and "(2 pruned, under 1 signed pruning statements)" in out
+    assert [row[0] for row in _tables(url)["audit_prunings"]] == [2]
+    # The statement taken out of the archive, the manifest re-signed by the hub's key: the pruning is bare.
+    members = _with_table(_members(archive), "audit_prunings", b"", signer)
+    home, url = _fresh(tmp_path, "without-statement")
+    assert _restore(home, _pack(members, tmp_path / "bare.tar"), key)[0] == 2
+    assert "entry 0: its record is missing and no signed pruning statement covers it" in capsys.readouterr().err
+    assert _row_count(url) == 0

@@ -37,13 +37,7 @@ from exchange.paging import PageRequest
 from exchange.store import schema
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
-from exchange.store.schema import (
-    AuditCheckpointRow,
-    AuditEntryRow,
-    AuditNodeRow,
-    AuditStagedRow,
-    AuditSubjectRow,
-)
+from exchange.store.schema import AuditCheckpointRow, AuditEntryRow, AuditNodeRow, AuditStagedRow, AuditSubjectRow
 
 # Bulk paths use the tables directly: the ORM's per-row bookkeeping costs more than the writes.
 _STAGED = cast(Table, AuditStagedRow.__table__)
