@@ -2,12 +2,13 @@
 
 The first line is a JSON header ``{"origin", "verifier_key", "start", "size", "prefix"}``: the slice
 holds entries [start, size), and ``prefix`` lists (hex) the hashes of the complete subtrees covering
-the entries before it, so a verifier can recompute every root without them. Then come the signed
-checkpoints of sizes in [start, size], one JSON line each ``{"checkpoint": "<signed note>"}``, and
-then the entries, one tab-separated line each ``E <seq> <leaf hash, hex> <record>``, the record being
-its canonical JSON as hashed (which never holds a tab or a newline) and empty once pruned. Entry lines
-need no JSON parsing, and checkpoints come first, so a verifier reads a long log in one pass and
-little memory.
+the entries before it, so a verifier can recompute every root without them. Then come the hub's
+signed pruning statements (audit.pruning), oldest first, one JSON line each ``{"pruning": "<signed
+note>"}``; the signed checkpoints of sizes in [start, size], one JSON line each ``{"checkpoint":
+"<signed note>"}``; and then the entries, one tab-separated line each ``E <seq> <leaf hash, hex>
+<record>``, the record being its canonical JSON as hashed (which never holds a tab or a newline) and
+empty once pruned. Entry lines need no JSON parsing, and statements and checkpoints come first, so a
+verifier reads a long log in one pass and little memory.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def export_lines(store: AuditStore, verifier: Verifier, start: int = 0, prefix: 
         "prefix": [h.hex() for h in prefix],
     }
     yield json.dumps(header)
+    for note in store.pruning_statements():
+        yield json.dumps({"pruning": note}, ensure_ascii=False)
     for _, note in store.checkpoints(start, size):
         yield json.dumps({"checkpoint": note}, ensure_ascii=False)
     for first in range(start, size, BATCH):

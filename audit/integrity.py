@@ -7,7 +7,8 @@ in chunks (memory stays flat), and requires of the store what the hub wrote into
   (audit.seal), so a row written or changed in the database by anyone without the key is named;
 - the entries lead to the root of every stored checkpoint, the newest one's signature included;
 - the kept subtree hashes that proofs are served from agree with the entries;
-- the log ends where its sealed head says, so entries cut off its end show.
+- the log ends where its sealed head says, so entries cut off its end show;
+- a record is missing only where a signed pruning statement says retention dropped it.
 
 Entries from before seals existed are accepted only under the newest signed checkpoint, whose root
 they must lead to; they are sealed then. Anything else stops the hub: ``AuditTampered`` names the
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from audit.merkle import KEPT_LEVEL, CompactRange, leaf_hash
 from audit.note import Checkpoint, NoteError, Verifier, open_note
+from audit.pruning import Coverage, PruningError, open_statement
 from audit.seal import Sealer
 from exchange.errors import AuditTampered
 from exchange.store.audit import AuditStore
@@ -69,6 +71,8 @@ def check_log(store: AuditStore, sealer: Sealer, verifier: Verifier) -> Checked:
             f"the entries before the newest signed checkpoint (size {signed}) lead to another root: "
             "entries under it were rewritten (with entries from before seals, the first cannot be named)"
         )
+    if walk.last_pruned is not None:
+        _check_pruned(store, verifier, walk.last_pruned)
     sealed = _seal_old_entries(store, sealer, size) if walk.unsealed else 0
     if head is None and size:
         store.seal_head(size, last_leaf)
@@ -106,6 +110,8 @@ class _Walk:
         self._signed = signed
         self._tree = CompactRange()
         self.unsealed = 0
+        # The last entry found without its record (pruned, if a statement says so).
+        self.last_pruned: int | None = None
         self.root_at_signed = b""
 
     def run(self, size: int, head_seal: bytes | None) -> bytes:
@@ -130,7 +136,9 @@ class _Walk:
             seq, leaf = entry.seq, entry.leaf_hash
             if seq != self._tree.size:
                 raise AuditTampered(f"entry {self._tree.size} is missing from the stored log (next is {seq})")
-            if entry.record is not None and leaf_hash(entry.record.encode()) != leaf:
+            if entry.record is None:
+                self.last_pruned = seq
+            elif leaf_hash(entry.record.encode()) != leaf:
                 raise AuditTampered(f"entry {seq}: its record does not hash to its leaf (the record was edited)")
             if mac is None:
                 if seq >= self._signed:
@@ -167,6 +175,19 @@ class _Walk:
                         f"the kept subtree of entries {index << level}..{((index + 1) << level) - 1} "
                         "disagrees with them: audit_nodes was changed outside the hub"
                     )
+
+
+def _check_pruned(store: AuditStore, verifier: Verifier, last_pruned: int) -> None:
+    """Records are missing up to ``last_pruned``: the signed pruning statements must cover it.
+
+    Read after the entries: statements only grow, so one made while the log was read still counts."""
+    coverage = Coverage()
+    try:
+        for note in store.pruning_statements():
+            coverage.add(open_statement(note, verifier))
+        coverage.check_pruned(last_pruned)
+    except PruningError as e:
+        raise AuditTampered(f"{e} (records were blanked outside the hub's pruning)") from None
 
 
 def _seal_old_entries(store: AuditStore, sealer: Sealer, size: int) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -104,3 +105,12 @@ def parse_entry_line(line: str) -> tuple[int, str, str | None]:
     if kind != ENTRY:
         raise ValueError("not an entry line")
     return int(seq), leaf, record or None
+
+
+_LOGGED = re.compile(r'"logged":"([^"]*)"')
+
+
+def logged_of(record: str) -> str:
+    """The time an entry's record was logged, from its canonical JSON ("" if it has none)."""
+    found = _LOGGED.search(record)
+    return found.group(1) if found else ""

@@ -60,6 +60,8 @@ from sqlalchemy.orm import Session
 
 from audit.merkle import CompactRange, leaf_hash
 from audit.note import Checkpoint, NoteError, Signer, Verifier, open_note
+from audit.pruning import Coverage, PruningError, open_statement
+from audit.records import logged_of
 from exchange import pki
 from exchange.errors import FailedPrecondition, InvalidArgument
 from exchange.store.database import MIGRATIONS, Database
@@ -454,6 +456,8 @@ class AuditCheck:
     # Size and root of the newest checkpoint, whose signature was verified (0 and b"" without one).
     signed_size: int
     signed_root: bytes
+    # Signed pruning statements checked, under which the pruned entries were accepted.
+    statements: int = 0
 
 
 class _AuditWalk:
@@ -461,8 +465,9 @@ class _AuditWalk:
 
     WHERE = "audit log in the archive"
 
-    def __init__(self, checkpoints: Iterator[dict[str, Any]]) -> None:
+    def __init__(self, checkpoints: Iterator[dict[str, Any]], coverage: Coverage) -> None:
         self.tree = CompactRange()
+        self.coverage = coverage
         self.pruned = 0
         self.checked = 0
         self.newest: dict[str, Any] | None = None
@@ -480,11 +485,20 @@ class _AuditWalk:
         if record is None:
             if self.pruned != self.tree.size:
                 raise InvalidArgument(f"{where}: its record is missing after entries that have theirs (hidden)")
+            self._pruning(lambda: self.coverage.check_pruned(seq))
             self.pruned += 1
         elif leaf_hash(record.encode()) != leaf:
             raise InvalidArgument(f"{where}: its record does not hash to its leaf hash (edited)")
+        else:
+            self._pruning(lambda: self.coverage.check_kept(seq, logged_of(record)))
         self.tree.append(leaf)
         self._settle()
+
+    def _pruning(self, check: Callable[[], None]) -> None:
+        try:
+            check()
+        except PruningError as e:
+            raise InvalidArgument(f"{self.WHERE}: {e}") from None
 
     def _settle(self) -> None:
         """Checks the checkpoints of the tree's current size."""
@@ -506,8 +520,10 @@ class _AuditWalk:
                 f"{self.WHERE}: checkpoint of size {self._next['size']}, but the archive holds "
                 f"only {self.tree.size} entries"
             )
+        self._pruning(lambda: self.coverage.check_within(self.tree.size))
         size, root = _verify_checkpoint(self.newest, verifier) if self.newest is not None else (0, b"")
-        return AuditCheck(self.tree.size, self.pruned, self.checked, size, root)
+        statements = len(self.coverage.statements)
+        return AuditCheck(self.tree.size, self.pruned, self.checked, size, root, statements)
 
 
 def _verify_checkpoint(row: dict[str, Any], verifier: Verifier) -> tuple[int, bytes]:
@@ -528,9 +544,26 @@ def _verify_checkpoint(row: dict[str, Any], verifier: Verifier) -> tuple[int, by
     return size, root
 
 
+def _statements(rows: Iterator[dict[str, Any]], verifier: Verifier) -> Coverage:
+    """The archived pruning statements: each signed by the log's key, of its row's range, each covering more."""
+    coverage = Coverage()
+    for row in rows:
+        where = f"{_AuditWalk.WHERE}: pruning statement of row up to {row['up_to']}"
+        try:
+            statement = open_statement(row["note"], verifier)
+            if statement.up_to != row["up_to"]:
+                raise PruningError(f"its signed note says up to {statement.up_to}")
+            coverage.add(statement)
+        except PruningError as e:
+            raise InvalidArgument(f"{where}: {e}") from None
+    return coverage
+
+
 def check_audit_log(archive: Archive, manifest: Manifest, verifier: Verifier) -> AuditCheck:
-    """Recomputes the archived log's Merkle tree and checks it against its checkpoints, the newest signed."""
-    walk = _AuditWalk(archive.rows(manifest.table("audit_checkpoints")))
+    """Recomputes the archived log's Merkle tree and checks it against its checkpoints, the newest signed,
+    accepting entries without their records only under the archived signed pruning statements."""
+    coverage = _statements(archive.rows(manifest.table("audit_prunings")), verifier)
+    walk = _AuditWalk(archive.rows(manifest.table("audit_checkpoints")), coverage)
     for row in archive.rows(manifest.table("audit_entries")):
         walk.add(row)
     return walk.finish(verifier)

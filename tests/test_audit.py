@@ -17,6 +17,7 @@ from audit.export import export_lines
 from audit.log import AuditLog
 from audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, Signer, Verifier, open_note
+from audit.pruning import PruningStatement, parse_time
 from audit.records import (
     AuditRecord,
     canonical,
@@ -26,13 +27,13 @@ from audit.records import (
     subject_hash,
     with_logged,
 )
-from audit.verify import VerifyError, verify_export
+from audit.verify import VerifyError, open_checkpoint, verify_export
 from exchange import models as m
 from exchange import wire as w
 from exchange.errors import Unavailable
 from exchange.paging import page_request
 from exchange.store import Store
-from exchange.store.audit import EntryFilter, staging
+from exchange.store.audit import EntryFilter, Pruned, staging
 from exchange.store.schema import AuditEntryRow, AuditNodeRow, AuditSubjectRow
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import registry_pb2 as rpb
@@ -208,18 +209,24 @@ def test_every_change_through_the_hub_is_in_the_log_and_refusals_are_not(hub: Ru
     assert report.entries == len(records)
 
 
+def _logged(store: Store, seq: int) -> dt.datetime:
+    return parse_time(json.loads(store.audit.entries(seq, seq + 1)[0].record or "")["logged"])
+
+
 def test_pruned_detail_leaves_a_verifiable_log(log: AuditLog, store: Store) -> None:
-    _fill(log, 10)
-    later = store.audit.entries(0, 1)[0]
-    cutoff = json.loads(later.record or "")["logged"]
-    moment = dt.datetime.fromisoformat(cutoff.replace("Z", "+00:00")) + dt.timedelta(microseconds=1)
-    pruned = store.audit.prune(moment)
-    assert pruned >= 1
+    _fill(log, 10, checkpoint_every=5)
+    cutoff = _logged(store, 5)
+    assert _logged(store, 4) < cutoff  # two batches, logged one after the other
+    # Made when entry 5 is exactly 180 days old (the verifier cannot know when it was made: the hub's word).
+    done = store.audit.prune(log.signer, cutoff + dt.timedelta(days=180), 180)
+    assert done.entries == 5 and done.statement is not None and done.statement.up_to == 5
     report = verify_export(export_lines(store.audit, log.signer.verifier()), log.signer.verifier())
-    assert (report.entries, report.pruned) == (10, pruned)
+    assert (report.entries, report.pruned, report.statements) == (10, 5, 1)
+    assert report.pruning == done.statement
     who = subject_hash(KEY, "350200198001010000")
     assert store.audit.search(page_request(10, "", {}), EntryFilter(subject_hash=who)).items == []
-    assert store.audit.prune(moment) == 0
+    assert store.audit.prune(log.signer, cutoff + dt.timedelta(days=180), 180) == Pruned(0, None)
+    assert len(store.audit.pruning_statements()) == 1
 
 
 def test_adding_the_logged_time_equals_re_encoding() -> None:
@@ -406,3 +413,161 @@ def test_a_restarted_log_resumes_from_its_kept_subtrees_or_rebuilds_them(log: Au
     rebuilt.sync()
     assert rebuilt.tree.root() == reference.root() and store.audit.node_hashes(9, [0])
     _verify(rebuilt)
+
+
+# --- What a verified export proves (issue 20) ------------------------------------------------------
+
+
+def _parts(lines: list[str]) -> tuple[dict[str, object], list[str], list[str]]:
+    """An export's header, its checkpoint and statement lines, and its entry lines."""
+    signed = [line for line in lines[1:] if not line.startswith("E\t")]
+    return json.loads(lines[0]), signed, [line for line in lines if line.startswith("E\t")]
+
+
+def _note(line: str) -> str:
+    return str(json.loads(line)["checkpoint"])
+
+
+def _blanked(entry: str) -> str:
+    seq, leaf, _ = parse_entry_line(entry)
+    return entry_line(seq, bytes.fromhex(leaf), None)
+
+
+def test_an_export_cut_back_to_an_earlier_checkpoint_is_refused_while_a_later_one_is_in_it(log: AuditLog) -> None:
+    _fill(log, 6, checkpoint_every=3)
+    verifier = log.signer.verifier()
+    header, checkpoints, entries = _parts(list(export_lines(log.store, verifier)))
+    assert len(checkpoints) == 2  # sizes 3 and 6
+    cut = [json.dumps({**header, "size": 3}), *checkpoints, *entries[:3]]
+    with pytest.raises(VerifyError, match="truncated: it holds a signed checkpoint of size 6 but ends at entry 3"):
+        verify_export(cut, verifier)
+    # Cut back honestly, without the later checkpoint, it is a true account of the log at size 3.
+    assert verify_export([json.dumps({**header, "size": 3}), checkpoints[0], *entries[:3]], verifier).size == 3
+
+
+def test_an_export_is_checked_against_a_checkpoint_the_auditor_holds(log: AuditLog) -> None:
+    _fill(log, 6, checkpoint_every=3)
+    verifier = log.signer.verifier()
+    lines = list(export_lines(log.store, verifier))
+    header, checkpoints, entries = _parts(lines)
+    held3, held6 = (open_checkpoint(_note(c), verifier) for c in checkpoints)
+    assert verify_export(lines, verifier, held=held3).held == 3
+    assert verify_export(lines, verifier, held=held6).held == 6
+    # A held checkpoint of the same size, or an earlier one, with another root: another history.
+    for size in (3, 6):
+        other = open_checkpoint(log.signer.sign(Checkpoint(ORIGIN, size, b"\x07" * 32).text()), verifier)
+        with pytest.raises(VerifyError, match=f"not consistent with the held checkpoint of size {size}"):
+            verify_export(lines, verifier, held=other)
+    # An export that stops before what the auditor already holds.
+    short = [json.dumps({**header, "size": 3}), checkpoints[0], *entries[:3]]
+    with pytest.raises(VerifyError, match=r"stops short of the held checkpoint: it ends at entry 3, .* size 6"):
+        verify_export(short, verifier, held=held6)
+    # A tail export cannot vouch for a checkpoint before its first entry.
+    log.sync()
+    tail = list(export_lines(log.store, verifier, 4, log.tree.prefix(4)))
+    with pytest.raises(VerifyError, match="held checkpoint of size 3 is before the export's first entry 4"):
+        verify_export(tail, verifier, held=held3)
+    assert verify_export(tail, verifier, held=held6).held == 6
+    with pytest.raises(VerifyError, match="no signature"):
+        open_checkpoint(Signer.generate(ORIGIN).sign(held6.text()), verifier)
+
+
+def test_records_blanked_without_a_pruning_statement_are_refused(log: AuditLog, store: Store) -> None:
+    _fill(log, 8)
+    verifier = log.signer.verifier()
+    header, signed, entries = _parts(list(export_lines(log.store, verifier)))
+    blanked = [json.dumps(header), *signed, *(_blanked(e) for e in entries[:3]), *entries[3:]]
+    with pytest.raises(VerifyError, match=r"entry 0: its record is missing and no signed pruning statement"):
+        verify_export(blanked, verifier)
+    # The same in the store: records dropped behind the hub's back, without its statement.
+    _tamper(store, update(AuditEntryRow).where(AuditEntryRow.seq < 2).values(record=None))
+    with pytest.raises(VerifyError, match=r"entry 0: its record is missing and no signed pruning statement"):
+        _verify(log)
+
+
+def _pruned_log(log: AuditLog, store: Store) -> tuple[list[str], dt.datetime]:
+    """A log of 10 entries whose first 5 were pruned by the store under a statement; its export, and the cutoff."""
+    _fill(log, 10, checkpoint_every=5)
+    cutoff = _logged(store, 5)
+    assert _logged(store, 4) < cutoff
+    assert store.audit.prune(log.signer, cutoff + dt.timedelta(days=180), 180).entries == 5
+    return list(export_lines(store.audit, log.signer.verifier())), cutoff
+
+
+def _with_statement(lines: list[str], note: str) -> list[str]:
+    header, signed, entries = _parts(lines)
+    others = [line for line in signed if '"pruning"' not in line]
+    return [json.dumps(header), json.dumps({"pruning": note}), *others, *entries]
+
+
+def test_a_pruning_statement_covers_only_what_it_says_and_must_be_lawful(log: AuditLog, store: Store) -> None:
+    lines, cutoff = _pruned_log(log, store)
+    verifier, signer = log.signer.verifier(), log.signer
+    header, signed, entries = _parts(lines)
+    statement = next(json.loads(line)["pruning"] for line in signed if '"pruning"' in line)
+    assert verify_export(lines, verifier).pruned == 5
+    # One more record blanked than the statement covers: named.
+    more = [json.dumps(header), *signed, *entries[:5], _blanked(entries[5]), *entries[6:]]
+    with pytest.raises(VerifyError, match=r"entry 5: its record is missing .* \(statements cover entries before 5\)"):
+        verify_export(more, verifier)
+    # The statement edited, or signed by another key.
+    edited = statement.replace("up-to 5", "up-to 6")
+    with pytest.raises(VerifyError, match="does not verify"):
+        verify_export(_with_statement(lines, edited), verifier)
+    text = PruningStatement(ORIGIN, 5, cutoff + dt.timedelta(days=180), 180, cutoff).text()
+    with pytest.raises(VerifyError, match="no signature"):
+        verify_export(_with_statement(lines, Signer.generate(ORIGIN).sign(text)), verifier)
+    # Signed by the log's key but unlawful or inconsistent with the entries.
+    made = cutoff + dt.timedelta(days=180)
+    cases = {
+        "below the minimum of 180": PruningStatement(ORIGIN, 5, made, 30, made - dt.timedelta(days=30)),
+        "less than 180 days before": PruningStatement(ORIGIN, 5, made - dt.timedelta(seconds=1), 180, cutoff),
+        "entry 5: the first record kept .* before its cutoff": PruningStatement(
+            ORIGIN, 5, made + dt.timedelta(days=1), 180, cutoff + dt.timedelta(days=1)
+        ),
+        "entry 5: the pruning statement up to entry 6 says it was pruned, but its record is here": PruningStatement(
+            ORIGIN, 6, made, 180, cutoff
+        ),
+    }
+    for message, forged in cases.items():
+        with pytest.raises(VerifyError, match=message):
+            verify_export(_with_statement(lines, forged.sign(signer)), verifier)
+    # Every record gone, under a statement that claims entries the log does not have.
+    beyond = PruningStatement(ORIGIN, 11, made, 180, cutoff).sign(signer)
+    bare = [json.dumps(header), *signed, *(_blanked(e) for e in entries)]
+    with pytest.raises(VerifyError, match="pruning statement up to entry 11 reaches beyond the log's 10 entries"):
+        verify_export(_with_statement(bare, beyond), verifier)
+    # A second statement must extend the first.
+    older = PruningStatement(ORIGIN, 3, made + dt.timedelta(days=1), 180, cutoff).sign(signer)
+    with pytest.raises(VerifyError, match="up to entry 3 does not extend the pruning statement up to entry 5"):
+        verify_export([json.dumps(header), *signed, json.dumps({"pruning": older}), *entries], verifier)
+
+
+def test_a_later_pruning_covers_a_prefix_pruned_before_statements_existed(log: AuditLog, store: Store) -> None:
+    _fill(log, 10, checkpoint_every=5)
+    cutoff = _logged(store, 5)
+    _tamper(store, update(AuditEntryRow).where(AuditEntryRow.seq < 3).values(record=None))  # an earlier, bare pruning
+    with pytest.raises(VerifyError, match="entry 0: its record is missing"):
+        _verify(log)
+    done = store.audit.prune(log.signer, cutoff + dt.timedelta(days=181), 181)
+    assert (done.entries, done.statement is not None and done.statement.up_to) == (2, 5)
+    assert verify_export(export_lines(store.audit, log.signer.verifier()), log.signer.verifier()).pruned == 5
+
+
+def test_the_report_says_which_entries_it_proved_and_what_rests_on_the_prefix(log: AuditLog) -> None:
+    _fill(log, 30, checkpoint_every=10)
+    verifier = log.signer.verifier()
+    log.sync()
+    full = verify_export(export_lines(log.store, verifier), verifier)
+    assert (full.start, full.size) == (0, 30)
+    assert full.verdict()[0] == "entries 0 to 29 verified: the whole log, from its first entry (entry 0)"
+    assert full.as_dict()["from_log_start"] is True and full.as_dict()["prefix_only"] is None
+    tail = verify_export(export_lines(log.store, verifier, 17, log.tree.prefix(17)), verifier)
+    assert (tail.start, tail.entries, tail.size) == (17, 13, 30)
+    assert tail.verdict()[0] == (
+        "entries 17 to 29 verified (13 entries); the export does not begin at the log's start: entries 0 to 16 "
+        "are represented only by the header's prefix hashes, which the signed checkpoints vouch for only as a whole"
+    )
+    summary = tail.as_dict()
+    assert (summary["start"], summary["end"], summary["from_log_start"]) == (17, 30, False)
+    assert summary["prefix_only"] == {"start": 0, "end": 17}

@@ -246,3 +246,22 @@ def test_a_hub_turns_not_serving_when_its_log_is_changed_under_it_and_will_not_s
                 committer.append(_record(1), timeout=5)
     with pytest.raises(AuditTampered, match="entry 0 does not carry"):
         asyncio.run(Hub(settings).start())
+
+
+def test_records_are_missing_only_where_a_signed_pruning_statement_says_so(store: Store) -> None:
+    signer = Signer.generate(ORIGIN)
+    _signed_log(store, signer, signed=10)
+    # Blanked in the database, as if pruned: no statement covers them.
+    _write(store, update(AuditEntryRow).where(AuditEntryRow.seq < 3).values(record=None))
+    with pytest.raises(AuditTampered, match="entry 2: its record is missing and no signed pruning statement"):
+        _log(store, signer).check()
+
+
+def test_a_real_pruning_passes_the_check(store: Store) -> None:
+    signer = Signer.generate(ORIGIN)
+    _signed_log(store, signer, signed=10)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=200)
+    _write(store, update(AuditEntryRow).where(AuditEntryRow.seq < 4).values(time=old))
+    pruned = store.audit.prune(signer, dt.datetime.now(dt.UTC), 180)
+    assert pruned.statement is not None and pruned.statement.up_to == 4
+    assert _log(store, signer).check().size == 10

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import create_engine, inspect, select, text, update
 
 from audit.merkle import leaf_hash
 from audit.note import Signer
@@ -25,7 +25,7 @@ from exchange import models as m
 from exchange.cli.main import main
 from exchange.errors import InvalidArgument, Unavailable
 from exchange.store import Database
-from exchange.store.schema import Base
+from exchange.store.schema import AuditEntryRow, Base
 from tests.harness import AUTHORITY, POLICE, RunningHub, base_settings, identity_spec, running_hub
 
 REGISTRY = m.Department(
@@ -227,12 +227,13 @@ def _pack(members: dict[str, bytes], path: Path) -> Path:
 
 
 def _with_table(members: dict[str, bytes], table: str, data: bytes, signer: Signer | None) -> dict[str, bytes]:
-    """``table`` replaced by ``data``, its hash in the manifest updated; re-signed by ``signer``, or the old
-    signature kept (which then no longer verifies)."""
+    """``table`` replaced by ``data``, its hash and row count in the manifest updated; re-signed by ``signer``,
+    or the old signature kept (which then no longer verifies)."""
     text_, _, signatures = members[backup.MANIFEST].decode().rpartition("\n\n")
     manifest = backup.Manifest.parse(text_ + "\n")
     digest = hashlib.sha256(data).hexdigest()
-    tables = tuple(replace(t, sha256=digest) if t.table == table else t for t in manifest.tables)
+    rows = data.count(b"\n")
+    tables = tuple(replace(t, sha256=digest, rows=rows) if t.table == table else t for t in manifest.tables)
     new_text = replace(manifest, tables=tables).text()
     note = signer.sign(new_text) if signer else f"{new_text}\n{signatures}"
     return {**members, backup.MANIFEST: note.encode(), f"tables/{table}.jsonl": data}
@@ -278,6 +279,20 @@ def _record_and_leaf_signed_by_the_hub(members: dict[str, bytes], src: Source) -
     return _with_table(members, "audit_entries", data, src.signer)
 
 
+def _blank_records(data: bytes, below: int) -> bytes:
+    """The audit entries with the records of entries before ``below`` dropped, as pruning would."""
+    rows = [json.loads(line) for line in data.decode().splitlines()]
+    for row in rows:
+        if row[0] < below:
+            row[2] = None
+    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows).encode()
+
+
+def _records_blanked_signed_by_the_hub(members: dict[str, bytes], src: Source) -> dict[str, bytes]:
+    data = _blank_records(members["tables/audit_entries.jsonl"], 2)
+    return _with_table(members, "audit_entries", data, src.signer)
+
+
 def _unlisted_member(members: dict[str, bytes], src: Source) -> dict[str, bytes]:
     return {**members, "tables/extra.jsonl": b"[]\n"}
 
@@ -297,6 +312,10 @@ TAMPERING: dict[str, tuple[Callable[[dict[str, bytes], Source], dict[str, bytes]
     "a record and its leaf edited, re-signed by the hub's key": (
         _record_and_leaf_signed_by_the_hub,
         "audit log in the archive: checkpoint of size",
+    ),
+    "records blanked without a pruning statement, re-signed by the hub's key": (
+        _records_blanked_signed_by_the_hub,
+        "audit log in the archive: entry 0: its record is missing and no signed pruning statement covers it",
     ),
     "a member not in the manifest": (_unlisted_member, "tables/extra.jsonl, which its manifest does not list"),
     "a part missing": (_missing_part, "table grants: tables/grants.jsonl is missing from the archive"),
@@ -465,3 +484,36 @@ def test_restore_creates_nothing_in_a_database_that_is_not_the_hubs(
     assert "no schema revision of this hub" in capsys.readouterr().err
     assert inspect(engine).get_table_names() == ["someone_elses"]
     engine.dispose()
+
+
+# --- Pruning statements ----------------------------------------------------------------------
+
+
+def test_pruning_statements_travel_with_the_archive_and_are_required(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = base_settings(tmp_path / "pruned")
+    with running_hub(settings) as hub:
+        hub.add_department(POLICE)
+        hub.hub.audit.flush()
+        db = Database(settings.effective_database_url)
+        try:
+            with db.write() as s:
+                old = dt.datetime.now(dt.UTC) - dt.timedelta(days=200)
+                s.execute(update(AuditEntryRow).where(AuditEntryRow.seq < 2).values(time=old))
+        finally:
+            db.dispose()
+        assert _quiet("--home", str(settings.home), "prune-audit")[0] == 0
+        archive = tmp_path / "pruned.tar"
+        assert _quiet("--home", str(settings.home), "backup", "--out", str(archive))[0] == 0
+    key, signer = settings.home / "audit" / "log.pub", Signer.parse((settings.home / "audit" / "log.key").read_text())
+    home, url = _fresh(tmp_path)
+    code, out = _restore(home, archive, key)
+    assert code == 0 and "(2 pruned, under 1 signed pruning statements)" in out
+    assert [row[0] for row in _tables(url)["audit_prunings"]] == [2]
+    # The statement taken out of the archive, the manifest re-signed by the hub's key: the pruning is bare.
+    members = _with_table(_members(archive), "audit_prunings", b"", signer)
+    home, url = _fresh(tmp_path, "without-statement")
+    assert _restore(home, _pack(members, tmp_path / "bare.tar"), key)[0] == 2
+    assert "entry 0: its record is missing and no signed pruning statement covers it" in capsys.readouterr().err
+    assert _row_count(url) == 0

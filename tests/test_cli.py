@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -13,10 +14,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy import update
 
 from exchange import models as m
 from exchange.cli.demo import sample_id_number
 from exchange.cli.main import main
+from exchange.store import Database
+from exchange.store.schema import AuditEntryRow
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import registry_pb2_grpc
 from tests.harness import POLICE, RunningHub, base_settings, identity_spec, running_hub
@@ -379,3 +383,65 @@ def test_audit_verbs(hub: RunningHub, capsys: pytest.CaptureFixture[str], tmp_pa
     hub.hub.audit.flush()
     assert _run(hub, auditor, "audit", "consistency", str(first), "--key", key) == 0
     assert "extends the signed log" in capsys.readouterr().out
+
+
+def test_prune_audit_signs_its_statement_and_verify_says_what_it_proved(
+    hub: RunningHub, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EXCHANGE_DATABASE_URL", raising=False)
+    hub.add_department(POLICE)
+    auditor = hub.add_person("au-chen", "11350200MB0012345Y", m.Role.AUDITOR)
+    hub.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD)
+    hub.hub.audit.flush()
+    key, home = str(hub.files.audit_verifier), str(hub.settings.home)
+    # The first three entries made to look 200 days old in the store (their hashed records keep their time).
+    db = Database(hub.settings.effective_database_url)
+    try:
+        with db.write() as s:
+            old = dt.datetime.now(dt.UTC) - dt.timedelta(days=200)
+            s.execute(update(AuditEntryRow).where(AuditEntryRow.seq < 3).values(time=old))
+    finally:
+        db.dispose()
+    capsys.readouterr()
+    assert main(["--home", home, "prune-audit"]) == 0
+    out = capsys.readouterr().out
+    assert "pruned the detail of 3 audit entries" in out and "entries before 3 pruned" in out
+
+    held, export = tmp_path / "held.note", tmp_path / "log.jsonl"
+    assert _run(hub, auditor, "audit", "checkpoint", "--out", str(held)) == 0
+    assert _run(hub, auditor, "audit", "export", "--out", str(export)) == 0
+    size = hub.hub.audit.store.size()
+    capsys.readouterr()
+    assert main(["audit", "verify", str(export), "--key", key, "--checkpoint", str(held)]) == 0
+    out = capsys.readouterr().out
+    assert f"entries 0 to {size - 1} verified: the whole log, from its first entry (entry 0)" in out
+    assert "3 of them pruned (entries 0 to 2) under 1 signed pruning statements" in out
+    assert f"consistent with the held checkpoint of size {size}" in out
+    assert main(["--json", "audit", "verify", str(export), "--key", key]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["verified"], report["start"], report["end"], report["pruned"]) == (True, 0, size, 3)
+    assert report["pruning"]["up_to"] == 3 and report["pruning"]["retention_days"] == 180
+
+    # A record blanked in the file, beyond what the statement covers.
+    lines = export.read_text(encoding="utf-8").splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("E\t3\t"))
+    lines[at] = "\t".join(lines[at].split("\t")[:3]) + "\t"
+    blanked = tmp_path / "blanked.jsonl"
+    blanked.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["audit", "verify", str(blanked), "--key", key]) == 1
+    assert "entry 3: its record is missing and no signed pruning statement covers it" in capsys.readouterr().err
+
+    # The log grows; the old export stops short of the checkpoint the auditor now holds.
+    hub.add_person("zj-steward", POLICE.code, m.Role.OWNER_STEWARD)
+    hub.hub.audit.flush()
+    assert _run(hub, auditor, "audit", "checkpoint", "--out", str(held)) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", str(export), "--key", key, "--checkpoint", str(held)]) == 1
+    assert f"stops short of the held checkpoint: it ends at entry {size}" in capsys.readouterr().err
+
+    tail = tmp_path / "tail.jsonl"
+    assert _run(hub, auditor, "audit", "export", "--out", str(tail), "--from", "5") == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", str(tail), "--key", key, "--checkpoint", str(held)]) == 0
+    out = capsys.readouterr().out
+    assert "entries 5 to " in out and "entries 0 to 4 are represented only by the header's prefix hashes" in out

@@ -14,13 +14,14 @@ from pathlib import Path
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from audit.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
-from audit.note import Checkpoint, NoteError, Verifier, open_note
-from audit.verify import VerifyError, verify_export, verify_receipt
+from audit.note import Checkpoint, NoteError, Signer, Verifier, open_note
+from audit.verify import VerifyError, open_checkpoint, verify_export, verify_receipt
+from exchange import pki
 from exchange.cli import tables
 from exchange.cli.client import HubClient
 from exchange.cli.commands import ask
 from exchange.config import Settings
-from exchange.errors import FieldViolation, InvalidArgument
+from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from exchange.v1 import audit_pb2 as pb
 
 
@@ -32,6 +33,29 @@ def read_verifier(path: Path) -> Verifier:
         raise InvalidArgument(f"cannot read the log's public key {path}: {e.strerror}") from None
     except NoteError as e:
         raise InvalidArgument(f"{path} is not a log's public key: {e}") from None
+
+
+def read_signer(settings: Settings) -> Signer:
+    """The log's signing key from the hub's home, which must sign for the configured origin."""
+    path = pki.HubFiles(settings.home).audit_key
+    try:
+        signer = Signer.parse(path.read_text())
+    except FileNotFoundError:
+        raise FailedPrecondition(f"{path} is missing: run this with the hub's --home, where its audit key is") from None
+    except NoteError as e:
+        raise InvalidArgument(f"{path} is not the audit log's key: {e}") from None
+    if signer.name != settings.audit_origin:
+        raise FailedPrecondition(f"{path} signs for {signer.name!r}, but audit_origin is {settings.audit_origin!r}")
+    return signer
+
+
+def read_held_checkpoint(path: Path, verifier: Verifier) -> Checkpoint:
+    """A signed checkpoint note the auditor already holds, checked with the log's key."""
+    try:
+        note = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InvalidArgument(f"cannot read the held checkpoint {path}: {e.strerror}") from None
+    return open_checkpoint(note, verifier, f"the held checkpoint {path}")
 
 
 def _stamp(value: str | None, flag: str) -> Timestamp | None:
@@ -48,6 +72,10 @@ def _stamp(value: str | None, flag: str) -> Timestamp | None:
 
 def checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     head = ask(args, settings, lambda hub: hub.audit.GetCheckpoint, pb.GetCheckpointRequest(size=args.size))
+    if args.out is not None:
+        args.out.write_text(head.note, encoding="utf-8")
+        print(f"signed checkpoint of size {head.size} written to {args.out}")
+        return 0
     print(f"size {head.size}, root {head.root_hash.hex()}\nverifier key: {head.verifier_key}\n\n{head.note}", end="")
     return 0
 
@@ -171,16 +199,22 @@ def _progress(done: int) -> None:
 
 
 def verify(args: argparse.Namespace, settings: Settings) -> int:
+    """Verifies an export offline; prints what it proved (as JSON with --json), or the first problem."""
+    verifier = read_verifier(args.key)
     try:
+        held = read_held_checkpoint(args.checkpoint, verifier) if args.checkpoint is not None else None
         with args.file.open(encoding="utf-8") as lines:
-            report = verify_export(lines, read_verifier(args.key), progress=_progress)
+            progress = None if args.json else _progress
+            report = verify_export(lines, verifier, progress=progress, held=held)
     except (VerifyError, ProofError) as e:
+        if args.json:
+            print(json.dumps({"verified": False, "problem": str(e)}, ensure_ascii=False))
         print(f"\nthe log does NOT verify: {e}", file=sys.stderr)
         return 1
-    print(
-        f"\rthe log verifies: {report.entries} entries ({report.pruned} pruned), {report.checkpoints} signed "
-        f"checkpoints, root {report.root.hex()}"
-    )
+    if args.json:
+        print(json.dumps({"verified": True, **report.as_dict()}, ensure_ascii=False, indent=2))
+        return 0
+    print("\rthe log verifies:" + "".join(f"\n  {line}" for line in report.verdict()))
     return 0
 
 

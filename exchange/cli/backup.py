@@ -81,7 +81,8 @@ def restore(args: argparse.Namespace, settings: Settings) -> int:
     signed = f"the newest (size {audit.signed_size}) signed" if audit.checkpoints else "none signed yet"
     print(
         f"archive of {manifest.created} checked: signed by {verifier.name}, every part's SHA-256 matches; "
-        f"audit log of {audit.entries} entries ({audit.pruned} pruned) recomputed, {audit.checkpoints} checkpoints "
+        f"audit log of {audit.entries} entries ({audit.pruned} pruned, under {audit.statements} signed pruning "
+        f"statements) recomputed, {audit.checkpoints} checkpoints "
         f"match it, {signed}"
     )
     print(

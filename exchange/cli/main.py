@@ -54,17 +54,20 @@ def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _prune(args: argparse.Namespace, settings: config.Settings) -> int:
-    keep = dt.timedelta(days=settings.audit_retention_days)
-    before = dt.datetime.now(dt.UTC) - keep
+    signer = audit.read_signer(settings)
+    made = dt.datetime.now(dt.UTC)
     store = Store(settings.effective_database_url)
     try:
-        pruned = store.audit.prune(before)
+        done = store.audit.prune(signer, made, settings.audit_retention_days)
     finally:
         store.close()
+    cutoff = made - dt.timedelta(days=settings.audit_retention_days)
     print(
-        f"pruned the detail of {pruned} audit entries logged before {before:%Y-%m-%d} "
+        f"pruned the detail of {done.entries} audit entries logged before {cutoff:%Y-%m-%d %H:%M:%S} UTC "
         f"(retention {settings.audit_retention_days} days); their leaf hashes stay, so the log still verifies"
     )
+    if done.statement is not None:
+        print(f"signed pruning statement: entries before {done.statement.up_to} pruned, carried by every export")
     return 0
 
 
@@ -253,6 +256,7 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     verbs = top.add_parser("audit", help="the audit log").add_subparsers(dest="verb", required=True)
     p = _verb(verbs, "checkpoint", audit.checkpoint, "the newest signed checkpoint (or one of --size)")
     p.add_argument("--size", type=int, default=0)
+    p.add_argument("--out", type=Path, help="write the signed note alone to this file (for verify --checkpoint)")
     p = _verb(verbs, "search", audit.search, "search records (auditors: all; owners, consumers: their own)")
     for flag in ("since", "until", "department", "actor", "resource", "purpose", "outcome", "exchange"):
         p.add_argument(f"--{flag}")
@@ -283,6 +287,12 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         p = _verb(verbs, verb, fn, text)
         p.add_argument("file", type=Path)
         p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
+        if verb == "verify":
+            p.add_argument(
+                "--checkpoint",
+                type=Path,
+                help="a signed checkpoint note you already hold: the export must reach it and agree with it",
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,7 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator-name", default="Hub operator")
     p.add_argument("--operator-id-number", help="the first operator's citizen identity number (kept as a keyed hash)")
     _verb(top, "migrate", _migrate, "bring the store's schema up to date")
-    _verb(top, "prune-audit", _prune, "drop audit detail older than audit_retention_days (leaf hashes stay)")
+    _verb(
+        top,
+        "prune-audit",
+        _prune,
+        "drop audit detail older than audit_retention_days (leaf hashes stay), under a signed pruning statement",
+    )
     # Backup and restore of the store (exchange/cli/backup.py).
     add_backup_verbs(top, _verb)
     p = _verb(top, "serve", _serve, "run the hub until SIGTERM or Ctrl-C")

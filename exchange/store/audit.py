@@ -28,11 +28,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from audit.merkle import leaf_hash
+from audit.note import Signer
+from audit.pruning import PruningStatement
 from audit.records import AuditRecord, canonical, with_logged
 from audit.seal import Sealer
 from exchange.errors import Aborted, AlreadyExists, AuditTampered, Unavailable
 from exchange.models import Page
 from exchange.paging import PageRequest
+from exchange.store import schema
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.schema import (
@@ -306,26 +309,33 @@ class AuditStore:
                 stmt = stmt.where(AuditEntryRow.resource.in_(f.owner_resources))
             return fetch_page(s, stmt, AuditEntryRow.seq, page, convert=_entry_of, parse=int)
 
-    def prune(self, before: dt.datetime) -> int:
-        """Drops the detail of entries logged before ``before``: records and subject hashes go, leaf hashes
-        stay, so every proof and checkpoint still verifies. Returns how many entries were pruned."""
+    def prune(self, signer: Signer, made: dt.datetime, retention_days: int) -> Pruned:
+        """Drops the detail of entries logged more than ``retention_days`` before ``made``: records and subject
+        hashes go, leaf hashes stay, so every proof and checkpoint still verifies. In the same transaction it
+        keeps a pruning statement signed by ``signer`` (the log's key) covering every entry logged before the
+        cutoff, when they reach past the newest statement (so a prefix pruned before statements existed is
+        covered by the next run)."""
+        cutoff = made - dt.timedelta(days=retention_days)
         with self._db.write() as s:
-            old = select(AuditEntryRow.seq).where(AuditEntryRow.time < before, AuditEntryRow.record.is_not(None))
+            old = select(AuditEntryRow.seq).where(AuditEntryRow.time < cutoff, AuditEntryRow.record.is_not(None))
             seqs = list(s.scalars(old))
             if seqs:
                 s.execute(delete(AuditSubjectRow).where(AuditSubjectRow.seq.in_(seqs)))
-                blank = {
-                    "record": None,
-                    "action": "",
-                    "actor": "",
-                    "actor_department": "",
-                    "resource": "",
-                    "purpose": "",
-                    "outcome": "",
-                    "exchange_id": "",
-                }
-                s.execute(update(AuditEntryRow).where(AuditEntryRow.seq.in_(seqs)).values(**blank))
-            return len(seqs)
+                s.execute(update(AuditEntryRow).where(AuditEntryRow.seq.in_(seqs)).values(**_BLANK))
+            up_to = s.scalar(
+                select(func.coalesce(func.max(AuditEntryRow.seq) + 1, 0)).where(AuditEntryRow.time < cutoff)
+            )
+            covered = s.scalar(select(func.coalesce(func.max(schema.AuditPruningRow.up_to), 0))) or 0
+            if not up_to or up_to <= covered:
+                return Pruned(len(seqs), None)
+            statement = PruningStatement(signer.name, up_to, made, retention_days, cutoff)
+            s.add(schema.AuditPruningRow(up_to=up_to, made=made, note=statement.sign(signer)))
+            return Pruned(len(seqs), statement)
+
+    def pruning_statements(self) -> list[str]:
+        """The signed pruning statements, in the order they were made (each covering more)."""
+        with self._db.read() as s:
+            return list(s.scalars(select(schema.AuditPruningRow.note).order_by(schema.AuditPruningRow.up_to)))
 
     def add_checkpoint(self, size: int, root: bytes, note: str) -> None:
         """Keeps a checkpoint; another process may have kept the same one first, which is fine.
@@ -404,3 +414,24 @@ def _entry_values(
             for k in ("kind", "action", "actor", "actor_department", "resource", "purpose", "outcome", "exchange_id")
         },
     }
+
+
+# What pruning leaves of an entry's columns besides its seq, leaf hash, time and kind.
+_BLANK = {
+    "record": None,
+    "action": "",
+    "actor": "",
+    "actor_department": "",
+    "resource": "",
+    "purpose": "",
+    "outcome": "",
+    "exchange_id": "",
+}
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What one pruning did: how many records it dropped, and the statement it signed (None if none was due)."""
+
+    entries: int
+    statement: PruningStatement | None

@@ -388,3 +388,13 @@ class AuditCheckpointRow(Base):
     root: Mapped[bytes] = mapped_column(LargeBinary(32))
     note: Mapped[str] = mapped_column(Text)
     issued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class AuditPruningRow(Base):
+    """A signed pruning statement (audit.pruning): the records of entries [0, up_to) were dropped."""
+
+    __tablename__ = "audit_prunings"
+
+    up_to: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    made: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    note: Mapped[str] = mapped_column(Text)
