@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from exchange import config, logs, models
 from exchange.bootstrap import OperatorSeed, initialize
-from exchange.cli import audit, audit_search, commands, demo, rights
+from exchange.cli import audit, audit_index, audit_search, commands, demo, rights
 from exchange.cli import exchange as exchange_verbs
 from exchange.cli.backup import add_verbs as add_backup_verbs
 from exchange.cli.certificates import add_verbs as add_certificate_verbs
@@ -277,6 +277,13 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = _verb(verbs, "export", audit.export, "write the log (or its tail) for offline verification (auditors)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--from", dest="from_seq", type=int, default=0, help="first entry (default: the first)")
+    p = _verb(
+        verbs,
+        "check-index",
+        audit_index.check,
+        "compare the search indexes with the verified records, here on the hub's home (operator)",
+    )
+    p.add_argument("--repair", action="store_true", help="rewrite the indexes from the records")
     for verb, fn, text in (
         ("verify", audit.verify, "verify an export offline"),
         ("verify-receipt", audit.verify_receipt_file, "verify a receipt offline"),
