@@ -109,7 +109,7 @@ class AuditReadService:
         page = self._store.audit.search(page_request(size, token, {**f.__dict__}), f)
         head = self._newest_head()  # read after the page: every entry in it was integrated before
         provable = [e.seq for e in page.items if head is not None and e.seq < head.size]
-        proofs = {seq: self._log.inclusion_proof(seq, head.size) for seq in provable} if head else {}
+        proofs = self._log.inclusion_proofs(provable, head.size) if head else {}
         return SearchAnswer(page, head, proofs, f.subject_hash or "")
 
     def _newest_head(self) -> SignedHead | None:
