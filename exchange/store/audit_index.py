@@ -12,6 +12,7 @@ bounded: the tree's right frontier and one chunk of entries.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,21 +109,21 @@ def _verified_size(store: Store, verifier: Verifier) -> int:
 
 
 def _check_chunk(s: Session, start: int, end: int, report: IndexReport, repair: bool) -> list[Difference]:
+    # One statement (entries joined with their subject rows) sees one state of both tables, even at
+    # PostgreSQL's READ COMMITTED while prune-audit or the integrator commit meanwhile.
     rows = s.execute(
         select(AuditEntryRow.seq, AuditEntryRow.leaf_hash, AuditEntryRow.record, AuditEntryRow.time, *_columns())
+        .add_columns(AuditSubjectRow.subject_hash)
+        .outerjoin(AuditSubjectRow, AuditSubjectRow.seq == AuditEntryRow.seq)
         .where(AuditEntryRow.seq >= start, AuditEntryRow.seq < end)
         .order_by(AuditEntryRow.seq)
     ).all()
-    subjects: dict[int, set[str]] = {}
-    for seq, h in s.execute(
-        select(AuditSubjectRow.seq, AuditSubjectRow.subject_hash).where(
-            AuditSubjectRow.seq >= start, AuditSubjectRow.seq < end
-        )
-    ):
-        subjects.setdefault(int(seq), set()).add(str(h))
     out: list[Difference] = []
-    for row in rows:
-        stored = _Index({c: str(getattr(row, c)) for c in COLUMNS}, row.time, frozenset(subjects.get(row.seq, ())))
+    for _, group in itertools.groupby(rows, key=lambda r: int(r.seq)):
+        entry = list(group)
+        row = entry[0]
+        subjects = frozenset(str(r.subject_hash) for r in entry if r.subject_hash is not None)
+        stored = _Index({c: str(getattr(row, c)) for c in COLUMNS}, row.time, subjects)
         wanted = _wanted(int(row.seq), bytes(row.leaf_hash), row.record, stored, report)
         differences = _compare(row.seq, stored, wanted)
         if differences and repair:
