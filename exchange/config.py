@@ -51,9 +51,6 @@ class Settings:
     checkpoint_seconds: float = 2.0
     # Days the audit log keeps records in full (at least 180, the legal minimum for network logs).
     audit_retention_days: int = 180
-    # Seconds between the hub's checks of the audit search indexes against the verified records
-    # (`exchange audit check-index`); 0: never.
-    audit_index_check_seconds: float = 3600.0
     # Directories file backends may serve documents from; empty: `home`/documents.
     document_roots: tuple[str, ...] = ()
     # Hosts bindings may reach: names, ".suffix" names, addresses or networks (e.g. "10.20.0.0/16").
@@ -69,6 +66,9 @@ class Settings:
     metrics_listen: str = "127.0.0.1:9464"
     # Seconds between checks that the store and the audit log can be written (health).
     health_check_seconds: float = 5.0
+    # Seconds between the hub's checks of the audit search indexes against the verified records
+    # (`exchange audit check-index`); 0: never.
+    audit_index_check_seconds: float = 3600.0
     # Threads for the blocking parts of calls (store, backends); about the calls in flight one process serves.
     worker_threads: int = 32
     # Most of those threads one department's backends may hold at once (0: half of worker_threads), so a
@@ -194,13 +194,13 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("max_grant_days", 1, 3660, "days"),
     ("checkpoint_seconds", 0.1, 3600, "seconds"),
     ("audit_retention_days", 180, 36500, "days"),
-    ("audit_index_check_seconds", 0, 7 * 86400, "seconds"),
     ("shutdown_grace_seconds", 0, 3600, "seconds"),
     ("call_timeout_seconds", 0.001, 3600, "seconds"),
     ("provider_timeout_seconds", 0.001, 600, "seconds"),
     ("worker_threads", 2, 1024, "threads"),
     ("backend_threads_per_department", 0, 1024, "threads"),
     ("health_check_seconds", 0.1, 300, "seconds"),
+    ("audit_index_check_seconds", 0, 7 * 86400, "seconds"),
 )
 
 
