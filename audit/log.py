@@ -215,6 +215,15 @@ class AuditLog:
             except ProofError as e:
                 raise InvalidArgument(str(e)) from None
 
+    def inclusion_proofs(self, seqs: list[int], size: int) -> dict[int, list[bytes]]:
+        """The proofs of several entries (a page of search hits), reading what they share once."""
+        self.sync()
+        with self._lock:
+            try:
+                return self.tree.inclusion_proofs(seqs, size)
+            except ProofError as e:
+                raise InvalidArgument(str(e)) from None
+
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
         self.sync()
         with self._lock:

@@ -267,6 +267,32 @@ class FrontierTree(_Provable):
         self._check_size(size)
         return self._frontier.root() if size == self.size else self._range(0, size)
 
+    def inclusion_proofs(self, indexes: list[int], size: int) -> dict[int, list[bytes]]:
+        """The proofs of several leaves in the tree of ``size`` leaves, by leaf index.
+
+        What they share is read once: each block of ``2**KEPT_LEVEL`` leaves their lower levels are
+        computed from, and each subtree hash higher up.
+        """
+        self._check_size(size)
+        for index in indexes:
+            if not 0 <= index < size:
+                raise ProofError(f"leaf {index} is not in a tree of size {size}")
+        blocks: dict[int, MerkleTree] = {}
+        known: dict[tuple[int, int], bytes] = {}
+
+        def rng(start: int, end: int) -> bytes:
+            if (start, end) not in known:
+                n, first = end - start, start >> KEPT_LEVEL << KEPT_LEVEL
+                if n & (n - 1) == 0 and start % n == 0 and n < 1 << KEPT_LEVEL:
+                    if first not in blocks:
+                        blocks[first] = MerkleTree(self._source.leaf_hashes(first, first + (1 << KEPT_LEVEL)))
+                    known[start, end] = blocks[first]._range(start - first, end - first)
+                else:
+                    known[start, end] = self._range(start, end)
+            return known[start, end]
+
+        return {index: _proof_path(rng, index, 0, size) for index in indexes}
+
     def _range(self, start: int, end: int) -> bytes:
         n = end - start
         if n == 0:

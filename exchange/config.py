@@ -76,6 +76,9 @@ class Settings:
     metrics_listen: str = "127.0.0.1:9464"
     # Seconds between checks that the store and the audit log can be written (health).
     health_check_seconds: float = 5.0
+    # Seconds between the hub's checks of the audit search indexes against the verified records
+    # (`exchange audit check-index`); 0: never.
+    audit_index_check_seconds: float = 3600.0
     # Threads for the blocking parts of calls (store, backends); about the calls in flight one process serves.
     worker_threads: int = 32
     # Most of those threads one department's backends may hold at once (0: half of worker_threads), so a
@@ -223,6 +226,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("masked_filter_misses_per_day", 0, 1000, "lookups"),
     ("masked_filter_pattern_misses", 1, 100, "lookups"),
     ("quota_lease_calls", 1, 100_000, "calls"),
+    ("audit_index_check_seconds", 0, 7 * 86400, "seconds"),
 )
 
 

@@ -597,6 +597,8 @@ def test_alert_rules() -> None:
         "exchange_provider_errors_total",
         "exchange_provider_call_duration_seconds_count",
         "exchange_masked_filter_enumerations_total",
+        "exchange_audit_index_mismatches",
+        "exchange_audit_index_check_failures_total",
     } <= used
     assert any(re.search(r"\bup\{", r["expr"]) for r in rules)
 
@@ -738,6 +740,23 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
             ],
             "25m",
             [],
+        ),
+        # Index differences found by any replica alert at once; none found, no alert.
+        _alert_case(
+            "ExchangeAuditIndexMismatch",
+            [
+                _series("exchange_audit_index_mismatches", "0 0 3 3"),
+                _series("exchange_audit_index_mismatches", "0x3", instance="hub-2:9464"),
+            ],
+            "3m",
+            [{"severity": "critical"}],
+        ),
+        _alert_case("ExchangeAuditIndexMismatch", [_series("exchange_audit_index_mismatches", "0x10")], "5m", []),
+        _alert_case(
+            "ExchangeAuditIndexCheckFailing",
+            [_series("exchange_audit_index_check_failures_total", "0 0 1 1 1")],
+            "4m",
+            [{"severity": "critical", **hub}],
         ),
         _alert_case(
             "ExchangeAuditWriteFailures",

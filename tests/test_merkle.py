@@ -153,6 +153,8 @@ def test_the_frontier_tree_is_the_same_tree_in_logarithmic_memory() -> None:
         assert tree.prefix(size) == reference.prefix(size)
         for index in {0, size // 2, size - 1}:
             assert tree.inclusion_proof(index, size) == reference.inclusion_proof(index, size)
+        several = sorted({0, min(1, size - 1), size // 3, size // 2, max(0, size - 2), size - 1})
+        assert tree.inclusion_proofs(several, size) == {i: reference.inclusion_proof(i, size) for i in several}
         for size1 in {1, size // 3 or 1, size}:
             assert tree.consistency_proof(size1, size) == reference.consistency_proof(size1, size)
     resumed = FrontierTree(kept)
@@ -168,3 +170,7 @@ def test_a_missing_kept_hash_is_an_error_not_a_wrong_proof() -> None:
         tree.append(kept.leaves[-1])  # the kept hashes are dropped
     with pytest.raises(ProofError, match="missing"):
         tree.inclusion_proof(3, 600)
+    with pytest.raises(ProofError, match="missing"):
+        tree.inclusion_proofs([3, 4], 600)
+    with pytest.raises(ProofError, match="not in a tree"):
+        tree.inclusion_proofs([3, 600], 600)

@@ -1,4 +1,6 @@
-"""The audit verbs of the ``exchange`` command: checkpoints, search, proofs, export, receipts, verification.
+"""The audit verbs of the ``exchange`` command: checkpoints, proofs, export, receipts, verification.
+
+Search is in ``audit_search``.
 
 ``verify`` and ``verify-receipt`` run offline with only the log's public key (``log.pub``).
 """
@@ -6,22 +8,18 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from pathlib import Path
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from audit.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, NoteError, Signer, Verifier, open_note
 from audit.verify import VerifyError, open_checkpoint, verify_export, verify_receipt
 from exchange import pki
-from exchange.cli import tables
 from exchange.cli.client import HubClient
 from exchange.cli.commands import ask
 from exchange.config import Settings
-from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from exchange.errors import FailedPrecondition, InvalidArgument
 from exchange.v1 import audit_pb2 as pb
 
 
@@ -58,18 +56,6 @@ def read_held_checkpoint(path: Path, verifier: Verifier) -> Checkpoint:
     return open_checkpoint(note, verifier, f"the held checkpoint {path}")
 
 
-def _stamp(value: str | None, flag: str) -> Timestamp | None:
-    if not value:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidArgument.of([FieldViolation(flag, f"{value!r} is not a date or time (ISO 8601)")]) from None
-    ts = Timestamp()
-    ts.FromDatetime(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
-    return ts
-
-
 def checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     head = ask(args, settings, lambda hub: hub.audit.GetCheckpoint, pb.GetCheckpointRequest(size=args.size))
     if args.out is not None:
@@ -77,43 +63,6 @@ def checkpoint(args: argparse.Namespace, settings: Settings) -> int:
         print(f"signed checkpoint of size {head.size} written to {args.out}")
         return 0
     print(f"size {head.size}, root {head.root_hash.hex()}\nverifier key: {head.verifier_key}\n\n{head.note}", end="")
-    return 0
-
-
-def search(args: argparse.Namespace, settings: Settings) -> int:
-    request = pb.SearchRecordsRequest(
-        page_size=args.page_size,
-        page_token=args.page_token,
-        department_code=args.department or "",
-        actor=args.actor or "",
-        resource_code=args.resource or "",
-        purpose=args.purpose or "",
-        outcome=args.outcome or "",
-        exchange_id=args.exchange or "",
-        data_subject=args.subject or "",
-    )
-    for name, flag in (("since", "--since"), ("until", "--until")):
-        stamp = _stamp(getattr(args, name), flag)
-        if stamp is not None:
-            getattr(request, name).CopyFrom(stamp)
-    response = ask(args, settings, lambda hub: hub.audit.SearchRecords, request)
-    rows = []
-    for e in response.entries:
-        r = json.loads(e.record) if e.record else {}
-        rows.append(
-            [
-                str(e.seq),
-                r.get("time", "(pruned)"),
-                r.get("actor", ""),
-                r.get("action", ""),
-                r.get("subject", "") or r.get("resource", ""),
-                r.get("outcome", ""),
-                r.get("reason", ""),
-            ]
-        )
-    print(tables.render(["seq", "time", "actor", "action", "subject", "outcome", "reason"], rows))
-    if response.next_page_token:
-        print(f"(more: add --page-token {response.next_page_token})")
     return 0
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from exchange import config, logs, models
 from exchange.bootstrap import OperatorSeed, initialize
-from exchange.cli import audit, commands, demo, rights
+from exchange.cli import audit, audit_index, audit_search, commands, demo, rights
 from exchange.cli import exchange as exchange_verbs
 from exchange.cli.backup import add_verbs as add_backup_verbs
 from exchange.cli.certificates import add_verbs as add_certificate_verbs
@@ -257,10 +257,17 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = _verb(verbs, "checkpoint", audit.checkpoint, "the newest signed checkpoint (or one of --size)")
     p.add_argument("--size", type=int, default=0)
     p.add_argument("--out", type=Path, help="write the signed note alone to this file (for verify --checkpoint)")
-    p = _verb(verbs, "search", audit.search, "search records (auditors: all; owners, consumers: their own)")
+    p = _verb(verbs, "search", audit_search.search, "search records (auditors: all; owners, consumers: their own)")
     for flag in ("since", "until", "department", "actor", "resource", "purpose", "outcome", "exchange"):
         p.add_argument(f"--{flag}")
     p.add_argument("--subject", help="a data subject's ID number or code: who looked at this record")
+    p.add_argument("--key", type=Path, help="the log's public key file (log.pub): check every hit's inclusion proof")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="with --subject or --resource (auditors): also read the log and report the records the answer left out",
+    )
+    p.add_argument("--log", type=Path, help="with --verify: an export to compare with (default: fetch the log)")
     _paged(p)
     for verb, fn, text in (
         ("proof", audit.proof_check, "check one record's inclusion proof here"),
@@ -280,6 +287,13 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = _verb(verbs, "export", audit.export, "write the log (or its tail) for offline verification (auditors)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--from", dest="from_seq", type=int, default=0, help="first entry (default: the first)")
+    p = _verb(
+        verbs,
+        "check-index",
+        audit_index.check,
+        "compare the search indexes with the verified records, here on the hub's home (operator)",
+    )
+    p.add_argument("--repair", action="store_true", help="rewrite the indexes from the records")
     for verb, fn, text in (
         ("verify", audit.verify, "verify an export offline"),
         ("verify-receipt", audit.verify_receipt_file, "verify a receipt offline"),

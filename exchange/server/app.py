@@ -44,6 +44,7 @@ from exchange.services.exchange import BackendPool, ExchangeService
 from exchange.services.registry import CertificateAuthority, RegistryService
 from exchange.services.rights import RightsService
 from exchange.store import Store
+from exchange.store.audit_index import Difference, LogDoesNotVerify, check_index
 from exchange.store.changes import ChangeListener
 from exchange.store.registry import Holder
 from exchange.v1 import (
@@ -64,6 +65,8 @@ from policy.decision import DecisionPoint
 from policy.quota import DailyQuota
 
 log = logging.getLogger(__name__)
+# Differences an index check writes to the log one by one; the rest are counted.
+INDEX_DIFFERENCES_LOGGED = 20
 # At shutdown, how long the closing audit records of streams and documents cut short may take to commit.
 CLOSING_RECORDS_SECONDS = 10.0
 SERVICES = (
@@ -141,6 +144,7 @@ class Hub:
         self.metrics_server: MetricsServer | None = None
         self.ready = False
         self._health_task: asyncio.Task[None] | None = None
+        self._index_task: asyncio.Task[None] | None = None
         self.backend_context = factory.BackendContext(
             tls=self.credentials.client,
             document_roots=settings.effective_document_roots,
@@ -310,6 +314,8 @@ class Hub:
         self._start_metrics()
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
         self._sweep_task = asyncio.get_running_loop().create_task(self._sweep_refusals())
+        if self.settings.audit_index_check_seconds > 0:
+            self._index_task = asyncio.get_running_loop().create_task(self._watch_index())
         log.info("hub serving on port %d (store: %s)", self.port, self.store.db.backend)
         return self.port
 
@@ -392,11 +398,46 @@ class Hub:
         except ExchangeError as e:
             log.warning("unused quota could not be given back (it counts as used today): %s", e.message)
 
+    async def _watch_index(self) -> None:
+        """Checks the audit search indexes against the verified records every audit_index_check_seconds."""
+        while True:
+            await asyncio.sleep(self.settings.audit_index_check_seconds)
+            await asyncio.to_thread(self.check_audit_index)
+
+    def check_audit_index(self) -> None:
+        """One check of the audit search indexes (no repair); the result goes to the metrics and the log."""
+        logged: list[Difference] = []
+
+        def found(difference: Difference) -> None:
+            if len(logged) < INDEX_DIFFERENCES_LOGGED:
+                logged.append(difference)
+                log.error("audit search index: %s", difference)
+
+        try:
+            report = check_index(self.store, self.audit.signer.verifier(), found=found)
+        except LogDoesNotVerify as e:
+            self.metrics.index_check_failures.inc()
+            log.error("audit search index not checked: %s", e.message)
+            return
+        except Exception:
+            self.metrics.index_check_failures.inc()
+            log.exception("audit search index check failed")
+            return
+        self.metrics.index_mismatches.set(report.differences)
+        self.metrics.index_checked.set(time.time())
+        if report.differences:
+            log.error(
+                "audit search index: %d differences in %d entries; `exchange audit check-index --repair` "
+                "rewrites the indexes from the records",
+                report.differences,
+                report.entries_differing,
+            )
+
     async def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING, lets in-flight calls finish within the grace period, then closes."""
         self.ready = False
         self.metrics.ready.set(0)
-        for task in (self._health_task, self._sweep_task):
+        for task in (self._health_task, self._sweep_task, self._index_task):
             if task is not None:
                 task.cancel()
         await self.health.enter_graceful_shutdown()

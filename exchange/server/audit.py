@@ -21,8 +21,8 @@ from exchange.v1 import audit_pb2_grpc as pb_grpc
 LINES_PER_CHUNK = 2000
 
 
-def _entry(e: Entry) -> pb.AuditEntry:
-    return pb.AuditEntry(seq=e.seq, leaf_hash=e.leaf_hash, record=e.record or "")
+def _entry(e: Entry, proof: list[bytes] | None = None) -> pb.AuditEntry:
+    return pb.AuditEntry(seq=e.seq, leaf_hash=e.leaf_hash, record=e.record or "", proof=proof or [])
 
 
 class AuditServicer(pb_grpc.AuditServiceServicer):
@@ -72,8 +72,15 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             outcome=request.outcome or None,
             exchange_id=request.exchange_id or None,
         )
-        page = self.service.search(actor, request.page_size, request.page_token, query, request.data_subject.strip())
-        return pb.SearchRecordsResponse(entries=[_entry(e) for e in page.items], next_page_token=page.next_page_token)
+        found = self.service.search(actor, request.page_size, request.page_token, query, request.data_subject.strip())
+        answer = pb.SearchRecordsResponse(
+            entries=[_entry(e, found.proofs.get(e.seq, [])) for e in found.page.items],
+            next_page_token=found.page.next_page_token,
+            subject_hash=found.subject_hash,
+        )
+        if found.head is not None:
+            answer.checkpoint.CopyFrom(self._head(found.head))
+        return answer
 
     async def ExportLog(
         self, request: pb.ExportLogRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -100,6 +100,21 @@ class HubMetrics:
             "Group commits that failed (their calls released nothing).",
             registry=r,
         )
+        self.index_mismatches = Gauge(
+            "exchange_audit_index_mismatches",
+            "Differences between the audit search indexes and the verified records at the last check.",
+            registry=r,
+        )
+        self.index_checked = Gauge(
+            "exchange_audit_index_checked_timestamp_seconds",
+            "When the audit search indexes were last checked against the verified records (Unix time).",
+            registry=r,
+        )
+        self.index_check_failures = Counter(
+            "exchange_audit_index_check_failures_total",
+            "Index checks that could not compare: the log itself did not verify, or the store failed.",
+            registry=r,
+        )
 
     # The exchange service's observer
 

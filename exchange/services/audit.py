@@ -28,6 +28,20 @@ class SignedHead:
     note: str
 
 
+@dataclass(frozen=True)
+class SearchAnswer:
+    """A page of search hits, each provable against ``head`` (by its proof in ``proofs``) unless newer.
+
+    Entries at or beyond ``head.size`` (or all, while the log has no checkpoint) have no proof yet: they
+    are returned, and the client marks them as not yet provable.
+    """
+
+    page: Page[Entry]
+    head: SignedHead | None
+    proofs: dict[int, list[bytes]]
+    subject_hash: str
+
+
 class AuditReadService:
     def __init__(
         self, store: Store, log: AuditLog, policy: RightsPolicy, verifier: Verifier, subject_key: bytes
@@ -86,12 +100,23 @@ class AuditReadService:
             )
         return to_size, self._log.consistency_proof(from_size, to_size)
 
-    def search(self, actor: Principal, size: int, token: str, f: EntryFilter, data_subject: str) -> Page[Entry]:
+    def search(self, actor: Principal, size: int, token: str, f: EntryFilter, data_subject: str) -> SearchAnswer:
+        """A page of the records ``actor`` may read that match ``f``, with their inclusion proofs."""
         validation.validate_free_text("data_subject", data_subject, limit=100)
         if data_subject:
             f = replace(f, subject_hash=subject_hash(self._subject_key, data_subject))
         f = self._restrict(actor, f)
-        return self._store.audit.search(page_request(size, token, {**f.__dict__}), f)
+        page = self._store.audit.search(page_request(size, token, {**f.__dict__}), f)
+        head = self._newest_head()  # read after the page: every entry in it was integrated before
+        provable = [e.seq for e in page.items if head is not None and e.seq < head.size]
+        proofs = self._log.inclusion_proofs(provable, head.size) if head else {}
+        return SearchAnswer(page, head, proofs, f.subject_hash or "")
+
+    def _newest_head(self) -> SignedHead | None:
+        try:
+            return self.checkpoint(0)
+        except NotFound:
+            return None
 
     def _restrict(self, actor: Principal, f: EntryFilter) -> EntryFilter:
         """Auditors see everything; an owner steward its resources' records; a consumer its department's."""

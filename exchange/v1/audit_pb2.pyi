@@ -59,20 +59,29 @@ class AuditEntry(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     LEAF_HASH_FIELD_NUMBER: _builtins.int
     RECORD_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     leaf_hash: _builtins.bytes
     record: _builtins.str
     """The canonical JSON record; empty once its retention ended (the leaf stays)."""
+    @_builtins.property
+    def proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """In a search answer: the inclusion proof of this entry's leaf in the tree of the answer's checkpoint
+        (RFC 9162 PATH). Empty when the entry is not yet provable: its seq is at or beyond the checkpoint's
+        size, because the next checkpoint has not been signed yet (within checkpoint_seconds).
+        """
+
     def __init__(
         self,
         *,
         seq: _builtins.int = ...,
         leaf_hash: _builtins.bytes = ...,
         record: _builtins.str = ...,
+        proof: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaf_hash", b"leaf_hash", "record", b"record", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaf_hash", b"leaf_hash", "proof", b"proof", "record", b"record", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -263,18 +272,34 @@ class SearchRecordsResponse(_message.Message):
 
     ENTRIES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    SUBJECT_HASH_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    subject_hash: _builtins.str
+    """The keyed hash of `data_subject` the hub searched for (hex), to be found in each record's
+    data_subjects; empty when no data subject was asked for.
+    """
     @_builtins.property
-    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]:
+        """Each with its inclusion proof against `checkpoint`; the client checks the proofs with the log's key
+        and that each record matches the filter from its own bytes.
+        """
+
+    @_builtins.property
+    def checkpoint(self) -> Global___SignedCheckpoint:
+        """The newest signed checkpoint when the page was read; unset while the log has none."""
+
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___AuditEntry] | None = ...,
         next_page_token: _builtins.str = ...,
+        checkpoint: Global___SignedCheckpoint | None = ...,
+        subject_hash: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "entries", b"entries", "next_page_token", b"next_page_token", "subject_hash", b"subject_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
