@@ -103,7 +103,8 @@ def test_changed_columns_and_subject_rows_are_reported_and_repaired(
 
 def test_pruned_entries_must_stay_blank(log: AuditLog, store: Store) -> None:
     logged = json.loads(store.audit.entries(0, 1)[0].record or "")["logged"]
-    pruned = store.audit.prune(dt.datetime.fromisoformat(logged) + dt.timedelta(microseconds=1))
+    made = dt.datetime.fromisoformat(logged) + dt.timedelta(days=180, microseconds=1)
+    pruned = store.audit.prune(log.signer, made, 180).entries
     assert pruned >= 1
     report = check_index(store, log.signer.verifier())
     assert (report.pruned, report.differences) == (pruned, 0)
