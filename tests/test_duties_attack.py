@@ -403,14 +403,12 @@ def _text(record: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in record.items() if k != "logged"}, sort_keys=True)
 
 
-def _only_refusals_recorded(scene: Scene, before: dict[str, str], denied: int) -> None:
-    """Nothing in the store changed but the audit log, which gained one record per PERMISSION_DENIED (``denied``).
-
-    Refusals for another reason (a role conflict, a request in the wrong state) change nothing and record nothing.
-    """
+def _only_refusals_recorded(scene: Scene, before: dict[str, str], refused: int) -> None:
+    """Nothing in the store changed but the audit log, which gained one record per refusal (``refused``):
+    by the policy (PERMISSION_DENIED) or for what was asked (a role conflict, a request in the wrong state)."""
     after = scene.state()
     added = int(after.pop("audit records")) - int(before["audit records"])
-    assert added == denied, f"{added} audit records for {denied} refusal(s) with PERMISSION_DENIED"
+    assert added == refused, f"{added} audit records for {refused} refusal(s)"
     assert after == {k: v for k, v in before.items() if k != "audit records"}, "a refused call changed the store"
 
 
@@ -486,6 +484,11 @@ def test_rpc(scene: Scene, case: dict[str, str], caller: str) -> None:
         assert expected.lower() in record["reason"].lower()
         if kind != "data":
             assert record["action"] == f"denied:{rpc.rpartition('.')[2]}"
+        assert int(after.pop("audit records")) == int(before.pop("audit records")) + 1
+    elif expected == "hidden" and error is not None:
+        # Hidden is a refusal too: recorded (reason not_found), and the caller is told its exchange id.
+        (record,) = _denied_records(scene, caller, known)
+        assert record["reason"] == "not_found" and record["action"] == f"denied:{rpc.rpartition('.')[2]}"
         assert int(after.pop("audit records")) == int(before.pop("audit records")) + 1
     assert after == before, "a refused or read-only call changed the store"
 
@@ -594,7 +597,7 @@ def test_nobody_assigns_itself_a_role(scene: Scene, role: m.Role) -> None:
         expected = "SELF_ELEVATION" if caller == "operator" else "REGISTRY_REGISTER_DENIED"
         assert reason_of(error) == expected, error.details()
         assert _roles(scene, username) == held
-    _only_refusals_recorded(scene, before, denied=6)
+    _only_refusals_recorded(scene, before, refused=6)
 
 
 def test_an_operator_gets_no_separated_right_through_a_colleague(scene: Scene) -> None:
@@ -611,7 +614,7 @@ def test_an_operator_gets_no_separated_right_through_a_colleague(scene: Scene) -
     # Nor take the operator's role away, to make room for another: a person keeps at least one role.
     change = rpb.ChangeRoleRequest(username="op-admin", role=w.ROLE.wire(m.Role.OPERATOR), reason="腾位置")
     assert _refused(c.registry.UnassignRole, change).code() == grpc.StatusCode.FAILED_PRECONDITION
-    _only_refusals_recorded(scene, before, denied=0)
+    _only_refusals_recorded(scene, before, refused=5)
 
 
 def test_a_requester_does_not_decide_its_own_request(scene: Scene) -> None:
@@ -629,7 +632,7 @@ def test_a_requester_does_not_decide_its_own_request(scene: Scene) -> None:
         error = _refused(method, message)
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error.details()
         assert reason_of(error) in {"REQUEST_DECIDE_DENIED", "GRANT_ISSUE_DENIED"}
-    _only_refusals_recorded(scene, before, denied=3)
+    _only_refusals_recorded(scene, before, refused=3)
     # Nor does a department apply for its own data, so its steward never decides its own request.
     police_both = scene.hub.add_person("ga-both", POLICE.code, m.Role.OWNER_STEWARD, m.Role.CONSUMER)
     scene.identities["police_both"] = police_both
@@ -647,7 +650,7 @@ def test_the_consumer_departments_steward_does_not_approve_its_departments_reque
     error = _refused(c.rights.Approve, pb.ApproveRequest(id=scene.pending, reason="同意"))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED and reason_of(error) == "REQUEST_DECIDE_DENIED"
     assert f"for department {POLICE.code}" in (error.details() or "")
-    _only_refusals_recorded(scene, before, denied=1)
+    _only_refusals_recorded(scene, before, refused=1)
 
 
 def test_the_share_manager_does_not_pass_over_the_owner(scene: Scene) -> None:
@@ -661,7 +664,7 @@ def test_the_share_manager_does_not_pass_over_the_owner(scene: Scene) -> None:
     ):
         error = _refused(method, message)
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
-    _only_refusals_recorded(scene, before, denied=0)
+    _only_refusals_recorded(scene, before, refused=3)
 
 
 @pytest.mark.parametrize("caller", REGISTERED)
@@ -671,7 +674,7 @@ def test_nobody_revokes_the_certificate_it_calls_with(scene: Scene, caller: str)
     revoke = rpb.RevokeCertificateRequest(fingerprint_sha256=scene.fingerprint(caller), reason="自己撤销")
     error = _refused(c.registry.RevokeCertificate, revoke)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "calling with" in (error.details() or "")
-    _only_refusals_recorded(scene, before, denied=0)
+    _only_refusals_recorded(scene, before, refused=1)
     assert c.call(c.registry.WhoAmI, rpb.WhoAmIRequest()).principal.code == scene.refs[caller].code
 
 
@@ -716,7 +719,7 @@ def test_a_consumer_does_not_apply_through_another_departments_system(scene: Sce
     error = _refused(c.rights.Apply, _application(systems=("bdc-djxt",)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(error) == {"request.system_codes[0]"}
-    _only_refusals_recorded(scene, before, denied=0)
+    _only_refusals_recorded(scene, before, refused=1)
 
 
 def test_an_operator_cannot_certify_a_key_of_its_own_for_a_system(scene: Scene) -> None:

@@ -26,9 +26,11 @@ from exchange.cli.client import describe
 from exchange.config import load
 from exchange.errors import ConfigError
 from exchange.server.refusal_rate import RefusalRate
+from exchange.validation import uscc_check_character
 from exchange.store import Store
 from exchange.store.schema import AuditEntryRow, AuditStagedRow
 from exchange.v1 import audit_pb2 as apb
+from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import registry_pb2 as rgpb
 from tests.exchange_world import REGISTRY, World, make_world, query
@@ -190,6 +192,26 @@ def test_administrative_and_data_plane_refusals_name_their_exchange_id(world: Wo
         assert error.code() in {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND}, error.details()
         assert _one_record_quoted(world, error, "system/bdc-refused")["action"] == action
         assert exchange_id_of(error) in describe(error)  # what the command line prints
+
+
+def test_a_request_refused_for_what_it_asks_is_recorded_and_named_too(world: World) -> None:
+    """Not only the policy refuses: a malformed page token (INVALID_ARGUMENT) and an unknown department
+    (NOT_FOUND) are refusals the caller quotes, each one record with the kind of refusal as its reason."""
+    system = _system(world, "bdc-asks")
+    with world.hub.client(system) as c:
+        with pytest.raises(grpc.RpcError) as bad:
+            c.call(c.catalog.ListResources, cpb.ListResourcesRequest(page_token="not-a-token"))
+        with pytest.raises(grpc.RpcError) as unknown:
+            unregistered = "11350200MB0099999" + uscc_check_character("11350200MB0099999")
+            c.call(c.registry.GetDepartment, rgpb.GetDepartmentRequest(code=unregistered))
+    for info, code, reason in (
+        (bad, grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument"),
+        (unknown, grpc.StatusCode.NOT_FOUND, "not_found"),
+    ):
+        error = info.value
+        assert isinstance(error, grpc.Call)
+        assert error.code() == code, error.details()
+        assert _one_record_quoted(world, error, "system/bdc-asks")["reason"] == reason
 
 
 def test_a_caller_the_hub_cannot_identify_leaves_no_record(world: World) -> None:

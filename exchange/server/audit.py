@@ -10,8 +10,9 @@ from typing import Any
 import grpc
 
 from exchange import validation
-from exchange.errors import ExchangeError, PermissionDenied
+from exchange.errors import ExchangeError
 from exchange.models import Principal
+from exchange.server.refusals import is_refusal
 from exchange.server.rpc import Authenticator, Refusals, abort_with, caller_of, unary
 from exchange.services.audit import AuditReadService, SignedHead, parse_time
 from exchange.store.audit import Entry, EntryFilter
@@ -94,7 +95,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                     return
                 yield pb.ExportChunk(lines="".join(line + "\n" for line in chunk))
         except ExchangeError as e:
-            if isinstance(e, PermissionDenied) and self.refusals is not None:
+            if is_refusal(e) and self.refusals is not None:
                 e.recorded_as(await self.refusals.refused(actor, "AuditServicer.ExportLog", e))
             await abort_with(context, e)
 

@@ -37,11 +37,12 @@ class RefusalLog:
         self._rate = rate
         self._writing: set[asyncio.Task[Any]] = set()
 
-    async def refused(self, actor: Principal, where: str, error: errors.PermissionDenied) -> str:
-        """Records an administrative call refused by the policy; the exchange id its caller quotes."""
+    async def refused(self, actor: Principal, where: str, error: errors.ExchangeError) -> str:
+        """Records an administrative call refused (by the policy, or for what it asked); the exchange id
+        its caller quotes."""
         service, _, method = where.partition(".")
         kind = service.removesuffix("Servicer").lower() or "registry"
-        record = change_record(actor, kind, f"denied:{method}", subject=method, reason=error.reason)
+        record = change_record(actor, kind, f"denied:{method}", subject=method, reason=refusal_reason(error))
         return await self._record(actor, record)
 
     async def unread(self, identify: Callable[[], Principal], method: str, reason: str, message: str) -> str:
@@ -101,6 +102,30 @@ class RefusalLog:
             await self._committer.append_async(record, timeout=5.0)
         except Exception:  # the caller is refused all the same
             log.warning("a refusal (%s by %s) could not be recorded", record.action, record.actor, exc_info=True)
+
+
+# Errors that refuse what a caller asked (as opposed to the hub failing to answer), by their recorded reason.
+_REFUSALS: tuple[tuple[type[errors.ExchangeError], str], ...] = (
+    (errors.InvalidArgument, "invalid_argument"),
+    (errors.NotFound, "not_found"),
+    (errors.AlreadyExists, "already_exists"),
+    (errors.FailedPrecondition, "failed_precondition"),
+    (errors.Aborted, "aborted"),
+)
+
+
+def is_refusal(error: errors.ExchangeError) -> bool:
+    """Whether ``error`` refuses the caller's request (recorded), rather than the hub failing (not)."""
+    return isinstance(error, errors.PermissionDenied | errors.ResourceExhausted) or any(
+        isinstance(error, kind) for kind, _ in _REFUSALS
+    )
+
+
+def refusal_reason(error: errors.ExchangeError) -> str:
+    """The reason a refusal is recorded under: the policy's reason, or the kind of refusal."""
+    if isinstance(error, errors.PermissionDenied | errors.ResourceExhausted):
+        return error.reason
+    return next((reason for kind, reason in _REFUSALS if isinstance(error, kind)), "refused")
 
 
 def counting_record(counted: Counted) -> AuditRecord:

@@ -25,6 +25,7 @@ from grpc_status import rpc_status
 
 from exchange import errors, pki
 from exchange.models import Principal, PrincipalKind, PrincipalRef
+from exchange.server.refusals import is_refusal
 from exchange.store.database import deadline
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Authenticator(Protocol):
 class Refusals(Protocol):
     """Where refused administrative calls are recorded (the audit log), so attempts leave a trace."""
 
-    async def refused(self, actor: Principal, where: str, error: errors.PermissionDenied) -> str:
+    async def refused(self, actor: Principal, where: str, error: errors.ExchangeError) -> str:
         """Records the refusal; the exchange id of the record that holds it."""
         ...
 
@@ -191,7 +192,7 @@ def unary(
             return await asyncio.to_thread(call)
         except errors.ExchangeError as e:
             refusals: Refusals | None = getattr(self, "refusals", None)
-            if isinstance(e, errors.PermissionDenied) and refusals is not None and callers:
+            if is_refusal(e) and refusals is not None and callers:
                 e.recorded_as(await refusals.refused(callers[0], fn.__qualname__, e))
             await _abort(context, status_of(e))
         except Exception:
