@@ -26,13 +26,13 @@ from exchange.cli.client import describe
 from exchange.config import load
 from exchange.errors import ConfigError
 from exchange.server.refusal_rate import RefusalRate
-from exchange.validation import uscc_check_character
 from exchange.store import Store
 from exchange.store.schema import AuditEntryRow, AuditStagedRow
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import registry_pb2 as rgpb
+from exchange.validation import uscc_check_character
 from tests.exchange_world import REGISTRY, World, make_world, query
 from tests.harness import base_settings, reason_of, running_hub
 
