@@ -10,11 +10,11 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from audit.note import Signer
+from audit.note import NoteError, Signer
 from audit.seal import Sealer
 from exchange import pki, validation
 from exchange.config import Settings
-from exchange.errors import FailedPrecondition, FieldViolation
+from exchange.errors import ConfigError, FailedPrecondition, FieldViolation
 from exchange.models import Department, Person, Principal, PrincipalKind, PrincipalRef, Role
 from exchange.services.auditing import change_record
 from exchange.services.registry import CertificateAuthority, identity_key
@@ -77,3 +77,19 @@ def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
     identity = files.identity(ref)
     identity.write(key, record.pem.encode(), pki.cert_pem(ca_cert))
     return identity
+
+
+def load_audit_signer(settings: Settings) -> Signer:
+    """The audit log's signing key from the hub's home; it must sign for the configured ``audit_origin``."""
+    path = pki.HubFiles(settings.home).audit_key
+    try:
+        signer = Signer.parse(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} is missing: the audit log's key is made by `exchange init` (give the hub's --home)"
+        ) from None
+    except NoteError as e:
+        raise ConfigError(f"{path} is not the audit log's key: {e}") from None
+    if signer.name != settings.audit_origin:
+        raise ConfigError(f"{path} signs for {signer.name!r}, but audit_origin is {settings.audit_origin!r}")
+    return signer

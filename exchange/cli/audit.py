@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 
 from audit.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
-from audit.note import Checkpoint, NoteError, Signer, Verifier, open_note
+from audit.note import Checkpoint, NoteError, Verifier, open_note
 from audit.verify import VerifyError, open_checkpoint, verify_export, verify_receipt
-from exchange import pki
 from exchange.cli.client import HubClient
 from exchange.cli.commands import ask
 from exchange.config import Settings
-from exchange.errors import FailedPrecondition, InvalidArgument
+from exchange.errors import InvalidArgument
 from exchange.v1 import audit_pb2 as pb
 
 
@@ -31,20 +30,6 @@ def read_verifier(path: Path) -> Verifier:
         raise InvalidArgument(f"cannot read the log's public key {path}: {e.strerror}") from None
     except NoteError as e:
         raise InvalidArgument(f"{path} is not a log's public key: {e}") from None
-
-
-def read_signer(settings: Settings) -> Signer:
-    """The log's signing key from the hub's home, which must sign for the configured origin."""
-    path = pki.HubFiles(settings.home).audit_key
-    try:
-        signer = Signer.parse(path.read_text())
-    except FileNotFoundError:
-        raise FailedPrecondition(f"{path} is missing: run this with the hub's --home, where its audit key is") from None
-    except NoteError as e:
-        raise InvalidArgument(f"{path} is not the audit log's key: {e}") from None
-    if signer.name != settings.audit_origin:
-        raise FailedPrecondition(f"{path} signs for {signer.name!r}, but audit_origin is {settings.audit_origin!r}")
-    return signer
 
 
 def read_held_checkpoint(path: Path, verifier: Verifier) -> Checkpoint:

@@ -13,7 +13,7 @@ import grpc
 from sqlalchemy.engine import make_url
 
 from exchange import config, logs, models
-from exchange.bootstrap import OperatorSeed, initialize
+from exchange.bootstrap import OperatorSeed, initialize, load_audit_signer
 from exchange.cli import audit, audit_index, audit_search, commands, demo, rights
 from exchange.cli import exchange as exchange_verbs
 from exchange.cli.backup import add_verbs as add_backup_verbs
@@ -54,7 +54,7 @@ def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _prune(args: argparse.Namespace, settings: config.Settings) -> int:
-    signer = audit.read_signer(settings)
+    signer = load_audit_signer(settings)
     made = dt.datetime.now(dt.UTC)
     store = Store(settings.effective_database_url)
     try:

@@ -22,8 +22,9 @@ from adapters import factory
 from adapters.hosts import HostPolicy
 from audit.batch import GroupCommitter
 from audit.log import AuditLog
-from audit.note import NoteError, Signer, Verifier
+from audit.note import Verifier
 from exchange import pki
+from exchange.bootstrap import load_audit_signer
 from exchange.config import Settings
 from exchange.errors import AuditTampered, ConfigError, ExchangeError, FieldViolation
 from exchange.models import Binding, PrincipalKind, PrincipalRef, Resource
@@ -96,19 +97,6 @@ def load_credentials(settings: Settings) -> ServerCredentials:
     return ServerCredentials(authority, files.credentials(), factory.ClientTls(key, cert, trust), files)
 
 
-def _load_signer(settings: Settings) -> Signer:
-    path = pki.HubFiles(settings.home).audit_key
-    try:
-        signer = Signer.parse(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is missing: the audit log's key is made by `exchange init`") from None
-    except NoteError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    if signer.name != settings.audit_origin:
-        raise ConfigError(f"{path} signs for {signer.name!r}, but audit_origin is {settings.audit_origin!r}")
-    return signer
-
-
 def _load_subject_key(files: pki.HubFiles) -> bytes:
     try:
         return files.audit_subject_key.read_bytes()
@@ -132,7 +120,7 @@ class Hub:
         self.listener: ChangeListener | None = None
         self.audit = AuditLog(
             self.store.audit,
-            _load_signer(settings),
+            load_audit_signer(settings),
             settings.audit_origin,
             checkpoint_seconds=settings.checkpoint_seconds,
         )
