@@ -31,6 +31,7 @@ from exchange.store import Store
 from exchange.store.schema import Base
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
+from policy import assignments_of
 
 AUTHORITY = m.Department("11350200MB0012345Y", "厦门市大数据管理局", "350200", m.AdministrativeLevel.CITY)
 POLICE = m.Department("11350200MB0023456P", "厦门市公安局", "350200", m.AdministrativeLevel.CITY)
@@ -127,6 +128,18 @@ class RunningHub:
             system = w.system_to_wire(m.System(code, f"系统 {code}", department))
             hub.call(hub.registry.CreateSystem, rpb.CreateSystemRequest(system=system))
         return self.identity(m.PrincipalKind.SYSTEM, code, self.certifier(department))
+
+    def take_every_role(self, username: str) -> None:
+        """Leaves a person with no role, as no RPC may (a person keeps at least one): straight in the store.
+
+        The hub is told as it is told of any committed change: it forgets the cached holder and re-reads
+        the person's roles into its policy.
+        """
+        ref = m.PrincipalRef(m.PrincipalKind.PERSON, username)
+        registry = self.hub.store.registry
+        registry.set_roles(username, lambda person: frozenset())
+        self.hub.holders.clear()
+        self.hub.policy.refresh_roles(ref, lambda: assignments_of(*registry.roles_of(ref)))
 
     def publish(self, steward: Path, spec: m.ResourceSpec, publish: bool = True) -> cpb.Resource:
         with self.client(steward) as hub:

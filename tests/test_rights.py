@@ -24,7 +24,7 @@ from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
 from policy.decision import DenyReason, Question
-from tests.harness import AUTHORITY, POLICE, RunningHub, identity_spec, violations
+from tests.harness import AUTHORITY, POLICE, RunningHub, identity_spec, reason_of, violations
 
 REGISTRY = m.Department("11350200MB00456789", "厦门市不动产登记中心", "350200", m.AdministrativeLevel.CITY)
 IDENTITY = "10101/350200000001"
@@ -320,7 +320,10 @@ def test_lists_views_and_overdue_requests(hub: RunningHub, as_: Any) -> None:
     )
     grants = as_("auditor")("ListGrants", pb.ListGrantsRequest(resource_code=LICENCE))
     assert len(grants.grants) == 1
-    as_("operator").fails(grpc.StatusCode.NOT_FOUND, "GetShareRequest", pb.GetShareRequestRequest(id=first.id))
+    error = as_("operator").fails(
+        grpc.StatusCode.PERMISSION_DENIED, "GetShareRequest", pb.GetShareRequestRequest(id=first.id)
+    )
+    assert reason_of(error) == "REQUEST_READ_DENIED"
 
 
 def test_the_hubs_decisions_follow_grants_issued_and_revoked_through_it(hub: RunningHub, as_: Any) -> None:

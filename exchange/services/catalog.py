@@ -65,6 +65,7 @@ class CatalogService:
     def set_binding(self, actor: Principal, binding: Binding, reason: str) -> Binding:
         validation.validate_key("binding.resource_code", binding.resource_code, "resource")
         validation.validate_free_text("reason", reason)
+        self._require_writer(actor, "bind catalog entries")
 
         def may_bind(current: Resource) -> None:
             self._require_visible(actor, current)
@@ -98,6 +99,7 @@ class CatalogService:
 
     def get_binding(self, actor: Principal, code: str) -> Binding:
         validation.validate_key("resource_code", code, "resource")
+        self._require_writer(actor, "read catalog entries' bindings")
         current = self._store.catalog.get(code)
         self._require_visible(actor, current)
         self._policy.require(actor, Action.WRITE_CATALOG, current.spec.department_code, "read this entry's binding")
@@ -117,8 +119,10 @@ class CatalogService:
     def update(self, actor: Principal, spec: ResourceSpec, expected_version: int, reason: str) -> Resource:
         validation.validate_resource_spec(spec)
         validation.validate_free_text("reason", reason)
+        self._require_writer(actor, "update catalog entries")
 
         def decide(current: Resource) -> Transition:
+            self._require_visible(actor, current)
             self._policy.require(actor, Action.WRITE_CATALOG, current.spec.department_code, "update this entry")
             if spec.department_code != current.spec.department_code:
                 raise InvalidArgument.of(
@@ -139,8 +143,10 @@ class CatalogService:
         validation.validate_free_text("reason", reason)
         if change is not ResourceChange.PUBLISHED and not reason.strip():
             raise InvalidArgument.of([FieldViolation("reason", f"is required to mark an entry {change.value}")])
+        self._require_writer(actor, f"mark catalog entries {change.value}")
 
         def decide(current: Resource) -> Transition:
+            self._require_visible(actor, current)
             self._policy.require(
                 actor, Action.WRITE_CATALOG, current.spec.department_code, f"mark this entry {change.value}"
             )
@@ -184,6 +190,10 @@ class CatalogService:
         validation.validate_key("code", code, "resource")
         self._require_visible(actor, self._store.catalog.get(code))
         return self._store.catalog.versions(code, page_request(size, token, {"code": code}))
+
+    def _require_writer(self, actor: Principal, doing: str) -> None:
+        """Refuses, before any entry is looked up, a caller who may write no department's entries."""
+        self._policy.require(actor, Action.WRITE_CATALOG, actor.department_code, doing)
 
     @staticmethod
     def _require_visible(actor: Principal, resource: Resource) -> None:

@@ -238,8 +238,7 @@ class RegistryService:
         validation.validate_key("principal.code", ref.code, ref.kind.value)
         if ref.kind is PrincipalKind.SYSTEM:
             # Whoever certifies a key can act as the system: its own department does, never an operator.
-            department = self._system_department(actor, ref.code)
-            self._policy.require(actor, Action.CERTIFY_SYSTEM, department, "certify its department's systems")
+            self._system_department(actor, ref.code)
         else:
             self._policy.require(actor, Action.ISSUE_CERTIFICATE, HUB_WIDE, "issue certificates")
         self._store.registry.principal(ref)
@@ -251,15 +250,22 @@ class RegistryService:
             return self._shown(self._store.registry.add_certificate(record))
 
     def _system_department(self, actor: Principal, code: str) -> str:
-        """The department of a system, as a certifier may learn it (an unknown system is refused, not named)."""
+        """The department of a system its caller may certify; one it may not and an unknown one are refused
+        alike (a system is certified by its own department's people, so no one may certify one that is not)."""
+        refusal = PermissionDenied(
+            f"{actor.ref} may not certify system {code}: a system is certified by its own department's "
+            f"owner stewards and consumers, and this is not a system of department {actor.department_code}",
+            reason="SYSTEM_CERTIFICATE_ISSUE_DENIED",
+        )
+        if not self._policy.allows(actor.ref, Action.CERTIFY_SYSTEM, actor.department_code):
+            raise refusal
         try:
-            return self._store.registry.principal(PrincipalRef(PrincipalKind.SYSTEM, code)).department_code
+            department = self._store.registry.principal(PrincipalRef(PrincipalKind.SYSTEM, code)).department_code
         except NotFound:
-            if self._policy.allows(actor.ref, Action.REGISTER_MEMBERS, HUB_WIDE):
-                raise
-            raise PermissionDenied(
-                f"{actor.ref} may not certify system {code}", reason="SYSTEM_CERTIFICATE_ISSUE_DENIED"
-            ) from None
+            raise refusal from None
+        if not self._policy.allows(actor.ref, Action.CERTIFY_SYSTEM, department):
+            raise refusal
+        return department
 
     def renew_certificate(self, actor: Principal, csr_pem: str, days: int) -> CertificateRecord:
         """A new certificate for the caller itself, over a new key; the current one stays until it expires."""

@@ -236,6 +236,7 @@ class RightsService:
     def approve(self, actor: Principal, request_id: str, approval: Approval) -> ShareRequest:
         _require_id("id", request_id, "SR")
         validation.validate_free_text("reason", approval.reason)
+        self._require_party(actor, request_id, Action.DECIDE_REQUEST, "approve share requests")
 
         def decide(request: ShareRequest) -> RequestStep:
             self._owner_decides(actor, request, "approve this request")
@@ -300,6 +301,7 @@ class RightsService:
     def refuse(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
         _require_id("id", request_id, "SR")
         _require_reason(reason)
+        self._require_party(actor, request_id, Action.DECIDE_REQUEST, "refuse share requests")
 
         def decide(request: ShareRequest) -> RequestStep:
             self._owner_decides(actor, request, "refuse this request")
@@ -314,6 +316,7 @@ class RightsService:
     def dispute(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
         _require_id("id", request_id, "SR")
         _require_reason(reason)
+        self._require_party(actor, request_id, Action.DISPUTE_REFUSAL, "dispute refusals")
 
         def decide(request: ShareRequest) -> RequestStep:
             consumer = request.application.consumer_department_code
@@ -332,9 +335,9 @@ class RightsService:
         _require_id("id", request_id, "SR")
         _require_reason(reason)
         _check_limits(quota, rate)
+        self._policy.require(actor, Action.DECIDE_DISPUTE, HUB_WIDE, "decide disputes")
 
         def decide(request: ShareRequest) -> RequestStep:
-            self._policy.require(actor, Action.DECIDE_DISPUTE, HUB_WIDE, "decide disputes")
             self._require_status(request, ShareRequestStatus.DISPUTED)
             now = self._clock()
             if not grant:
@@ -406,9 +409,9 @@ class RightsService:
         _require_id("request_id", request_id, "SR")
         _check_limits(quota, rate)
         validation.validate_free_text("reason", reason)
+        self._policy.require(actor, Action.ISSUE_GRANT, HUB_WIDE, "issue grants")
 
         def decide(request: ShareRequest) -> RequestStep:
-            self._policy.require(actor, Action.ISSUE_GRANT, HUB_WIDE, "issue grants")
             self._require_status(request, ShareRequestStatus.APPROVED)
             self._require_published(request)
             now = self._clock()
@@ -441,6 +444,7 @@ class RightsService:
             Action.REVOKE_GRANT: ((GrantStatus.ACTIVE, GrantStatus.SUSPENDED), GrantStatus.REVOKED, "revoked"),
         }
         sources, target, verb = moves[action]
+        self._require_grant_party(actor, grant_id, action, f"{verb.removesuffix('d')} grants")
 
         def decide(grant: Grant) -> tuple[GrantStatus, ShareEvent]:
             owner = self._store.catalog.get(grant.resource_code).spec.department_code
@@ -492,20 +496,66 @@ class RightsService:
             raise NotFound("resource", code)
         return resource
 
-    # Reading
+    # Who may see a request or grant: decided before the store is asked whether it exists
 
     def _sees_everything(self, actor: Principal) -> bool:
         return self._policy.allows(actor.ref, Action.ISSUE_GRANT, HUB_WIDE) or self._policy.allows(
             actor.ref, Action.READ_AUDIT, HUB_WIDE
         )
 
+    def _require_reader(self, actor: Principal, what: str, reason: str) -> None:
+        """Refuses a caller none of whose roles takes part in sharing: it reads no request or grant at all."""
+        if not any(self._policy.allows(actor.ref, a, actor.department_code) for a in READER_RIGHTS):
+            raise PermissionDenied(
+                f"{actor.ref} may not read {what}: none of its roles takes part in sharing", reason=reason
+            )
+
+    def _require_party(self, actor: Principal, request_id: str, action: Action, doing: str) -> None:
+        """Refuses, before saying whether the request exists, a caller who may not do ``action`` to it."""
+        self._policy.require(actor, action, actor.department_code, doing)
+        self._visible_request(actor, request_id, denied_reason(action))
+
+    def _require_grant_party(self, actor: Principal, grant_id: str, action: Action, doing: str) -> None:
+        """Refuses, before saying whether the grant exists, a caller who may not do ``action`` to it."""
+        self._policy.require(actor, action, actor.department_code, doing)
+        self._visible_grant(actor, grant_id, denied_reason(action))
+
+    def _visible_request(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
+        """The request, if the caller sees every request or its department is party to this one.
+
+        Another department's request and one that does not exist are refused alike: only a caller who
+        would see any request is told that one does not exist.
+        """
+        try:
+            request = self._store.rights.get_request(request_id)
+        except NotFound:
+            if self._sees_everything(actor):
+                raise
+            raise PermissionDenied(not_party(actor, "share request", request_id), reason=reason) from None
+        parties = {request.application.consumer_department_code, self._resource_owner(request)}
+        if not self._sees_everything(actor) and actor.department_code not in parties:
+            raise PermissionDenied(not_party(actor, "share request", request_id), reason=reason)
+        return request
+
+    def _visible_grant(self, actor: Principal, grant_id: str, reason: str) -> Grant:
+        """The grant, if the caller sees every grant or its department is party to this one (as requests)."""
+        try:
+            grant = self._store.rights.get_grant(grant_id)
+        except NotFound:
+            if self._sees_everything(actor):
+                raise
+            raise PermissionDenied(not_party(actor, "grant", grant_id), reason=reason) from None
+        owner = self._store.catalog.get(grant.resource_code).spec.department_code
+        if not self._sees_everything(actor) and actor.department_code not in {grant.consumer_department_code, owner}:
+            raise PermissionDenied(not_party(actor, "grant", grant_id), reason=reason)
+        return grant
+
+    # Reading
+
     def get_request(self, actor: Principal, request_id: str) -> ShareRequest:
         _require_id("id", request_id, "SR")
-        request = self._store.rights.get_request(request_id)
-        involved = {request.application.consumer_department_code, self._resource_owner(request)}
-        if not self._sees_everything(actor) and actor.department_code not in involved:
-            raise NotFound("share request", request_id)
-        return request
+        self._require_reader(actor, "share requests", "REQUEST_READ_DENIED")
+        return self._visible_request(actor, request_id, "REQUEST_READ_DENIED")
 
     def list_requests(
         self, actor: Principal, size: int, token: str, f: RequestFilter, *, view: str, overdue_only: bool
@@ -536,11 +586,9 @@ class RightsService:
 
     def get_grant(self, actor: Principal, grant_id: str) -> Grant:
         _require_id("id", grant_id, "GR")
-        grant = self._store.rights.get_grant(grant_id)
-        owner = self._store.catalog.get(grant.resource_code).spec.department_code
-        if not self._sees_everything(actor) and actor.department_code not in {grant.consumer_department_code, owner}:
-            raise NotFound("grant", grant_id)
-        return self._with_usage(actor, grant, owner)
+        self._require_reader(actor, "grants", "GRANT_READ_DENIED")
+        grant = self._visible_grant(actor, grant_id, "GRANT_READ_DENIED")
+        return self._with_usage(actor, grant, self._store.catalog.get(grant.resource_code).spec.department_code)
 
     def list_grants(self, actor: Principal, size: int, token: str, f: GrantFilter) -> Page[Grant]:
         f = replace(f, visible_to=None if self._sees_everything(actor) else actor.department_code)
@@ -572,6 +620,29 @@ class RightsService:
             miss_allowance=self._miss_allowance,
         )
         return replace(grant, usage=usage)
+
+
+# Rights whose holders see share requests and grants: each those its own department is party to, or
+# every one for a right held hub-wide (the share manager's, the auditor's).
+READER_RIGHTS = (
+    Action.APPLY_FOR_DATA,
+    Action.DISPUTE_REFUSAL,
+    Action.DECIDE_REQUEST,
+    Action.SUSPEND_GRANT,
+    Action.ISSUE_GRANT,
+    Action.READ_AUDIT,
+    Action.READ_DATA,
+)
+
+
+def denied_reason(action: Action) -> str:
+    """The ErrorInfo reason of a refusal of ``action``, as the policy names it."""
+    return f"{action.object.upper()}_{action.verb.upper()}_DENIED"
+
+
+def not_party(actor: Principal, kind: str, name: str) -> str:
+    """The one message for another department's matter and for one that does not exist."""
+    return f"{actor.ref} may not see {kind} {name}: there is none its department is party to"
 
 
 _ID = re.compile(r"^(SR|GR)-[0-9]{8}-[0-9a-f]{8}$")
