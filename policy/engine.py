@@ -134,6 +134,11 @@ class RightsPolicy:
             reason=f"{action.object.upper()}_{action.verb.upper()}_DENIED",
         )
 
+    def require_somewhere(self, actor: Principal, action: Action, doing: str) -> None:
+        """Refuses a caller who may do ``action`` in no department, before anything it names is looked up."""
+        if not self.allows(actor.ref, action, actor.department_code):
+            self.require(actor, action, HUB_WIDE, doing)
+
     def roles_for(self, action: Action) -> list[str]:
         """Roles whose permissions include ``action``."""
         with self._lock:

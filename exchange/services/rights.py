@@ -444,7 +444,7 @@ class RightsService:
             Action.REVOKE_GRANT: ((GrantStatus.ACTIVE, GrantStatus.SUSPENDED), GrantStatus.REVOKED, "revoked"),
         }
         sources, target, verb = moves[action]
-        self._require_grant_party(actor, grant_id, action, f"{verb.removesuffix('d')} grants")
+        self._require_grant_party(actor, grant_id, action, f"{action.verb} grants")
 
         def decide(grant: Grant) -> tuple[GrantStatus, ShareEvent]:
             owner = self._store.catalog.get(grant.resource_code).spec.department_code
@@ -512,15 +512,15 @@ class RightsService:
 
     def _require_party(self, actor: Principal, request_id: str, action: Action, doing: str) -> None:
         """Refuses, before saying whether the request exists, a caller who may not do ``action`` to it."""
-        self._policy.require(actor, action, actor.department_code, doing)
-        self._visible_request(actor, request_id, denied_reason(action))
+        self._policy.require_somewhere(actor, action, doing)
+        self._visible_request(actor, request_id, denied_reason(action), f"{doing}: that takes the right {action}")
 
     def _require_grant_party(self, actor: Principal, grant_id: str, action: Action, doing: str) -> None:
         """Refuses, before saying whether the grant exists, a caller who may not do ``action`` to it."""
-        self._policy.require(actor, action, actor.department_code, doing)
-        self._visible_grant(actor, grant_id, denied_reason(action))
+        self._policy.require_somewhere(actor, action, doing)
+        self._visible_grant(actor, grant_id, denied_reason(action), f"{doing}: that takes the right {action}")
 
-    def _visible_request(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
+    def _visible_request(self, actor: Principal, request_id: str, reason: str, doing: str = "") -> ShareRequest:
         """The request, if the caller sees every request or its department is party to this one.
 
         Another department's request and one that does not exist are refused alike: only a caller who
@@ -531,23 +531,23 @@ class RightsService:
         except NotFound:
             if self._sees_everything(actor):
                 raise
-            raise PermissionDenied(not_party(actor, "share request", request_id), reason=reason) from None
+            raise PermissionDenied(not_party(actor, "share request", request_id, doing), reason=reason) from None
         parties = {request.application.consumer_department_code, self._resource_owner(request)}
         if not self._sees_everything(actor) and actor.department_code not in parties:
-            raise PermissionDenied(not_party(actor, "share request", request_id), reason=reason)
+            raise PermissionDenied(not_party(actor, "share request", request_id, doing), reason=reason)
         return request
 
-    def _visible_grant(self, actor: Principal, grant_id: str, reason: str) -> Grant:
+    def _visible_grant(self, actor: Principal, grant_id: str, reason: str, doing: str = "") -> Grant:
         """The grant, if the caller sees every grant or its department is party to this one (as requests)."""
         try:
             grant = self._store.rights.get_grant(grant_id)
         except NotFound:
             if self._sees_everything(actor):
                 raise
-            raise PermissionDenied(not_party(actor, "grant", grant_id), reason=reason) from None
+            raise PermissionDenied(not_party(actor, "grant", grant_id, doing), reason=reason) from None
         owner = self._store.catalog.get(grant.resource_code).spec.department_code
         if not self._sees_everything(actor) and actor.department_code not in {grant.consumer_department_code, owner}:
-            raise PermissionDenied(not_party(actor, "grant", grant_id), reason=reason)
+            raise PermissionDenied(not_party(actor, "grant", grant_id, doing), reason=reason)
         return grant
 
     # Reading
@@ -640,9 +640,13 @@ def denied_reason(action: Action) -> str:
     return f"{action.object.upper()}_{action.verb.upper()}_DENIED"
 
 
-def not_party(actor: Principal, kind: str, name: str) -> str:
-    """The one message for another department's matter and for one that does not exist."""
-    return f"{actor.ref} may not see {kind} {name}: there is none its department is party to"
+def not_party(actor: Principal, kind: str, name: str, doing: str = "") -> str:
+    """The one message for another department's matter and for one that does not exist (``doing``: what
+    was attempted and the right it takes; by default, seeing it)."""
+    party = f"{actor.department_code} is party to no {kind} {name}"
+    if doing:
+        return f"{actor.ref} may not {doing} in a department party to the {kind}, and {party}"
+    return f"{actor.ref} may not see {kind} {name}: {party}"
 
 
 _ID = re.compile(r"^(SR|GR)-[0-9]{8}-[0-9a-f]{8}$")
