@@ -313,11 +313,11 @@ def test_lists_views_and_overdue_requests(hub: RunningHub, as_: Any) -> None:
     assert not as_("registry-owner")(
         "ListShareRequests", pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_FOR_ME)
     ).requests
-    as_("operator").fails(
-        grpc.StatusCode.PERMISSION_DENIED,
-        "ListShareRequests",
-        pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_FOR_ME),
-    )
+    for view in (pb.SHARE_REQUEST_VIEW_FOR_ME, pb.SHARE_REQUEST_VIEW_UNSPECIFIED):
+        refused = as_("operator").fails(
+            grpc.StatusCode.PERMISSION_DENIED, "ListShareRequests", pb.ListShareRequestsRequest(view=view)
+        )
+        assert reason_of(refused) == "REQUEST_READ_DENIED"
     grants = as_("auditor")("ListGrants", pb.ListGrantsRequest(resource_code=LICENCE))
     assert len(grants.grants) == 1
     error = as_("operator").fails(

@@ -560,6 +560,7 @@ class RightsService:
     def list_requests(
         self, actor: Principal, size: int, token: str, f: RequestFilter, *, view: str, overdue_only: bool
     ) -> tuple[Page[ShareRequest], int]:
+        self._require_reader(actor, "share requests", "REQUEST_READ_DENIED")
         today = self._clock().date()
         visible = None if self._sees_everything(actor) else actor.department_code
         if view == "mine":
@@ -591,6 +592,7 @@ class RightsService:
         return self._with_usage(actor, grant, self._store.catalog.get(grant.resource_code).spec.department_code)
 
     def list_grants(self, actor: Principal, size: int, token: str, f: GrantFilter) -> Page[Grant]:
+        self._require_reader(actor, "grants", "GRANT_READ_DENIED")
         f = replace(f, visible_to=None if self._sees_everything(actor) else actor.department_code)
         page = self._store.rights.list_grants(page_request(size, token, dict(f.__dict__)), f)
         owners: dict[str, str] = {}
