@@ -22,6 +22,9 @@ from sqlalchemy.orm import Session
 from exchange.store.database import Database
 from exchange.store.schema import MaskedFilterCountRow, QuotaHolderRow, QuotaHoldRow, QuotaLeaseRow
 
+# Hold rows written by one statement of a heartbeat.
+PARK_ROWS = 1000
+
 
 class Verdict(StrEnum):
     """What a masked-filter lookup may do: go ahead (a miss reserved), or be refused and why."""
@@ -60,12 +63,24 @@ def _changed(s: Session, statement: Update) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
-def _insert_missing(
-    s: Session, table: type[QuotaLeaseRow | QuotaHoldRow | MaskedFilterCountRow], rows: list[dict[str, Any]]
-) -> None:
+def _insert_missing(s: Session, table: type[QuotaLeaseRow | MaskedFilterCountRow], rows: list[dict[str, Any]]) -> None:
     """Creates the rows that do not exist yet; one that another process created meanwhile is left as it is."""
     upsert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
     s.execute(upsert(table).values(rows).on_conflict_do_nothing())
+
+
+def _add_parked(s: Session, holder: str, park: dict[tuple[str, dt.date], int]) -> None:
+    """Adds ``park``'s calls to the holder's hold rows, made where missing: one statement for all grants."""
+    upsert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    rows = [{"holder": holder, "grant_id": g, "day": d, "parked": n} for (g, d), n in sorted(park.items())]
+    for start in range(0, len(rows), PARK_ROWS):  # within the drivers' bound on parameters
+        statement = upsert(QuotaHoldRow).values(rows[start : start + PARK_ROWS])
+        s.execute(
+            statement.on_conflict_do_update(
+                index_elements=[QuotaHoldRow.holder, QuotaHoldRow.grant_id, QuotaHoldRow.day],
+                set_={"parked": QuotaHoldRow.parked + statement.excluded.parked},
+            )
+        )
 
 
 class CountersStore:
@@ -106,13 +121,8 @@ class CountersStore:
             )
             if not renewed:
                 s.execute(insert(QuotaHolderRow).values(holder=holder, expires=_db_time(s, ttl)))
-            for (grant_id, day), calls in sorted(park.items()):
-                _insert_missing(s, QuotaHoldRow, [{"holder": holder, "grant_id": grant_id, "day": day, "parked": 0}])
-                s.execute(
-                    update(QuotaHoldRow)
-                    .where(QuotaHoldRow.holder == holder, QuotaHoldRow.grant_id == grant_id, QuotaHoldRow.day == day)
-                    .values(parked=QuotaHoldRow.parked + calls)
-                )
+            if park:
+                _add_parked(s, holder, park)
             live = s.scalar(
                 select(func.count()).select_from(QuotaHolderRow).where(QuotaHolderRow.expires > _db_time(s))
             )
