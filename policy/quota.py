@@ -141,17 +141,22 @@ class DailyQuota:
     def beat(self, ttl: float) -> None:
         """Renews this process's holder record for ``ttl`` seconds and parks its free calls under it.
 
-        The lock is held over the write so that no call unparks what is not yet parked. Then the
-        parked calls of holders that stopped beating go back to the pool.
+        Calls are held back while they are being parked (neither used nor taken back: a call needing
+        one meanwhile leases a block, and is refused if the pool is empty), so the quota lock is not
+        held over the store's write. Then the parked calls of holders that stopped beating go back.
         """
         with self._lock:
             park = {k: n for k, n in self._free.items() if n}
-            for key, calls in park.items():
-                self._parked[key] = self._parked.get(key, 0) + calls
             self._free = {}
+        renewed = True
+        try:
             renewed, self.processes = self._leases.beat(self.holder, ttl, park)
-            if not renewed:  # the record had expired: what was parked before went back to the pool
-                self._parked = park
+        finally:  # if the write failed they may be parked or not: kept as parked, taking them back will tell
+            with self._lock:
+                if not renewed:  # the record had expired: what was parked before went back to the pool
+                    self._parked = {}
+                for key, calls in park.items():
+                    self._parked[key] = self._parked.get(key, 0) + calls
         self._leases.reclaim()
 
     def release_all(self) -> None:
