@@ -105,7 +105,7 @@ class DailyQuota:
         # Live hub processes, as last counted by a beat: each gets an equal share of a grant's rate.
         self.processes = 1
         # Per (grant, day): calls leased and free to use; calls parked in the counter; days found used up
-        # with the calls the counter had handed out then.
+        # since the last beat, with the calls the counter had handed out then.
         self._free: dict[tuple[str, dt.date], int] = {}
         self._parked: dict[tuple[str, dt.date], int] = {}
         self._spent: dict[tuple[str, dt.date], int] = {}
@@ -148,6 +148,7 @@ class DailyQuota:
         with self._lock:
             park = {k: n for k, n in self._free.items() if n}
             self._free = {}
+            self._spent = {}  # calls may have come back to the pool since (a stopped process's): ask again
         renewed = True
         try:
             renewed, self.processes = self._leases.beat(self.holder, ttl, park)

@@ -117,3 +117,16 @@ def test_live_processes_share_a_grants_rate(store: Store) -> None:
     quotas[0].beat(ttl=60)
     now[0] += 1.0
     assert sum(points[0].decide(_ask(), PUBLISHED, TODAY).allowed for _ in range(20)) == 10
+
+
+def test_calls_back_in_the_pool_are_seen_by_a_process_that_found_it_empty(store: Store) -> None:
+    killed = DailyQuota(store.counters, block=5, holder="killed")
+    alive = DailyQuota(store.counters, block=5, holder="alive")
+    assert killed.take("GR-4", 50, DAY)  # leases 5 of 50, uses 1
+    assert [alive.take("GR-4", 50, DAY) for _ in range(46)] == [True] * 45 + [False]
+    assert alive.spent("GR-4", DAY)  # the decision point refuses from this, without asking the store
+    killed.beat(ttl=0.5)  # parks its 4 unused calls, then stops beating
+    _until(lambda: store.counters.reclaim() > 0)
+    alive.beat(ttl=60)  # its next heartbeat: the pool may have calls again
+    assert not alive.spent("GR-4", DAY)
+    assert [alive.take("GR-4", 50, DAY) for _ in range(5)] == [True] * 4 + [False]
