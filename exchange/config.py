@@ -93,6 +93,9 @@ class Settings:
     # Calls of a grant's daily quota a hub process takes from the store at a time (at most a tenth of the
     # quota). Unused calls are given back at a clean stop; a crash loses them (counted as used).
     quota_lease_calls: int = 20
+    # Seconds between a hub process's quota heartbeats: it renews its holder record (for three beats) and
+    # parks its unused calls there; a killed process's parked calls return within four beats.
+    quota_heartbeat_seconds: float = 5.0
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
@@ -226,6 +229,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("masked_filter_misses_per_day", 0, 1000, "lookups"),
     ("masked_filter_pattern_misses", 1, 100, "lookups"),
     ("quota_lease_calls", 1, 100_000, "calls"),
+    ("quota_heartbeat_seconds", 0.2, 60, "seconds"),
     ("audit_index_check_seconds", 0, 7 * 86400, "seconds"),
 )
 

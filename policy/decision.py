@@ -11,7 +11,8 @@ asking at change time keeps that cost off the request path. An index of the
 same grants explains a denial precisely, and a cache answers a repeated
 question until any grant changes. Daily quotas are counted per grant and day
 hub-wide, in blocks leased from a shared counter (``policy.quota``); the rate
-per second is counted in this process. A grant that masks an item lets it be
+per second is counted in this process against its share of the grant's rate (the
+rate divided by the live hub processes). A grant that masks an item lets it be
 used as a filter only when it names the item in ``verify_masked``.
 """
 
@@ -76,8 +77,14 @@ def _deny(reason: DenyReason, message: str, grant_id: str = "") -> Decision:
     return Decision(False, grant_id, reason=reason, message=message)
 
 
-def _quota_used(grant: Grant) -> Decision:
-    return _deny(DenyReason.QUOTA_EXHAUSTED, f"grant {grant.id} used its {grant.daily_quota} calls today")
+def _quota_used(grant: Grant, day: dt.date, used: int) -> Decision:
+    """The refusal of a grant whose day is used up: what it allows, what was handed out, when it resets."""
+    resets = day + dt.timedelta(days=1)
+    return _deny(
+        DenyReason.QUOTA_EXHAUSTED,
+        f"grant {grant.id} has used its daily quota of {grant.daily_quota} calls ({max(used, grant.daily_quota)} "
+        f"used); it resets at {resets.isoformat()} 00:00 UTC",
+    )
 
 
 def _masked_filters(grant: Grant, q: Question) -> Decision | None:
@@ -194,7 +201,7 @@ class DecisionPoint:
             if refusal is not None:
                 return refusal
         if consume and not self.quota.take(grant.id, grant.daily_quota, today):
-            return _quota_used(grant)
+            return _quota_used(grant, today, self.quota.used(grant.id, today))
         masks = tuple((f, k) for f, k in grant.masks if f in q.fields)
         verifying = tuple((f, k) for f, k in masks if f in q.filters and k is not MaskKind.NONE)
         return Decision(True, grant.id, q.fields, masks, verifying=verifying)
@@ -218,19 +225,24 @@ class DecisionPoint:
     def _limit(self, grant: Grant, today: dt.date, *, consume: bool) -> Decision | None:
         """A denial when the grant's quota is known to be used up today, or (for a call) its rate is."""
         if self.quota.spent(grant.id, today):
-            return _quota_used(grant)
+            return _quota_used(grant, today, self.quota.used(grant.id, today))
         if consume and not self._take_token(grant):
             return _deny(DenyReason.RATE_LIMITED, f"grant {grant.id} allows {grant.rate_per_second} calls a second")
         return None
 
     def _take_token(self, grant: Grant) -> bool:
-        """A token bucket per grant: ``rate_per_second`` calls a second, bursts up to one second's worth."""
-        rate = grant.rate_per_second
-        if rate <= 0:
+        """A token bucket per grant: this process's share of ``rate_per_second``, bursts of one second's worth.
+
+        The share is the rate over the live hub processes, so the processes together allow the rate;
+        a share under one call a second still lets one call through at a time (the bucket holds one).
+        """
+        if grant.rate_per_second <= 0:
             return True
+        rate = grant.rate_per_second / max(1, self.quota.processes)
+        size = max(1.0, rate)
         now = self._clock()
-        tokens, then = self._buckets.get(grant.id, (float(rate), now))
-        tokens = min(float(rate), tokens + (now - then) * rate)
+        tokens, then = self._buckets.get(grant.id, (size, now))
+        tokens = min(size, tokens + (now - then) * rate)
         if tokens < 1:
             self._buckets[grant.id] = (tokens, now)
             return False

@@ -160,3 +160,14 @@ def test_quota_blocks_leased_by_two_points_never_add_up_to_more_than_the_quota()
     allowed = [points[n % 2].decide(_ask(), PUBLISHED, TODAY).allowed for n in range(40)]
     assert allowed.count(True) == 25 and not any(allowed[25:])
     assert points[0].decide(_ask(), PUBLISHED, TODAY, consume=False).reason is DenyReason.QUOTA_EXHAUSTED
+
+
+def test_the_quota_refusal_names_the_grant_its_use_and_when_it_resets() -> None:
+    point = DecisionPoint([_grant("GR-20261123-0001")], quota=DailyQuota(LocalLeases(), block=2))
+    assert [point.decide(_ask(), PUBLISHED, TODAY).allowed for _ in range(3)] == [True] * 3
+    for _ in range(2):  # found used up by a lease, then known to this point
+        refused = point.decide(_ask(), PUBLISHED, TODAY)
+        assert refused.reason is DenyReason.QUOTA_EXHAUSTED
+        assert refused.message == (
+            "grant GR-20261123-0001 has used its daily quota of 3 calls (3 used); it resets at 2026-11-24 00:00 UTC"
+        )

@@ -128,6 +128,7 @@ class Hub:
         self.exchanging: ExchangeService | None = None
         self.refusals: RefusalLog | None = None
         self._sweep_task: asyncio.Task[None] | None = None
+        self._quota_task: asyncio.Task[None] | None = None
         self.metrics = HubMetrics()
         self.metrics_server: MetricsServer | None = None
         self.ready = False
@@ -275,6 +276,7 @@ class Hub:
         else:
             self._resync()
         await asyncio.to_thread(self.audit.start)
+        await asyncio.to_thread(self._beat_quota)  # registers this process before it serves (the rate's share)
         self.committer = GroupCommitter(
             self.store.audit,
             max_wait=0.001,
@@ -302,6 +304,7 @@ class Hub:
         self._start_metrics()
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
         self._sweep_task = asyncio.get_running_loop().create_task(self._sweep_refusals())
+        self._quota_task = asyncio.get_running_loop().create_task(self._quota_heartbeat())
         if self.settings.audit_index_check_seconds > 0:
             self._index_task = asyncio.get_running_loop().create_task(self._watch_index())
         log.info("hub serving on port %d (store: %s)", self.port, self.store.db.backend)
@@ -379,6 +382,19 @@ class Hub:
             await asyncio.sleep(every)
             self.refusals.sweep()
 
+    def _beat_quota(self) -> None:
+        """One quota heartbeat: this process's holder record lives three beats on the store's clock."""
+        self.decisions.quota.beat(3 * self.settings.quota_heartbeat_seconds)
+
+    async def _quota_heartbeat(self) -> None:
+        """Beats every quota_heartbeat_seconds; a missed beat is logged (parked calls wait, free ones are used)."""
+        while True:
+            await asyncio.sleep(self.settings.quota_heartbeat_seconds)
+            try:
+                await asyncio.to_thread(self._beat_quota)
+            except ExchangeError as e:
+                log.warning("quota heartbeat failed: %s", e.message)
+
     def _give_back_quota(self) -> None:
         """Returns the quota this process leased and did not use; if the store cannot take it, it stays used."""
         try:
@@ -425,7 +441,7 @@ class Hub:
         """Reports NOT_SERVING, lets in-flight calls finish within the grace period, then closes."""
         self.ready = False
         self.metrics.ready.set(0)
-        for task in (self._health_task, self._sweep_task, self._index_task):
+        for task in (self._health_task, self._sweep_task, self._index_task, self._quota_task):
             if task is not None:
                 task.cancel()
         await self.health.enter_graceful_shutdown()

@@ -2,7 +2,9 @@
 
 They live in the store so that they survive a restart and hold hub-wide (every process on one
 PostgreSQL counts into the same rows). Each change is one short write transaction that locks the
-rows it changes, in a fixed order, so concurrent processes queue instead of losing counts.
+rows it changes, in a fixed order (holder, then holds, then quota_leases), so concurrent processes
+queue instead of losing counts. Holders' expiries are times on the database's clock, never a
+process's, so clock skew between hub processes cannot make a live holder look expired.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, CursorResult, Update, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from exchange.store.database import Database
-from exchange.store.schema import MaskedFilterCountRow, QuotaLeaseRow
+from exchange.store.schema import MaskedFilterCountRow, QuotaHolderRow, QuotaHoldRow, QuotaLeaseRow
+
+# Hold rows written by one statement of a heartbeat.
+PARK_ROWS = 1000
 
 
 class Verdict(StrEnum):
@@ -38,10 +43,44 @@ class Counts:
     refused: int = 0
 
 
+class Beat(NamedTuple):
+    """What a holder's heartbeat found: whether its holder record still stood, and how many processes live."""
+
+    renewed: bool
+    processes: int
+
+
+def _db_time(s: Session, seconds: float = 0.0) -> ColumnElement[Any]:
+    """The database's clock now, plus ``seconds``: the one clock every hub process agrees on."""
+    if s.get_bind().dialect.name == "postgresql":
+        return func.now() + dt.timedelta(seconds=seconds)
+    return func.strftime("%Y-%m-%d %H:%M:%f", "now", f"{seconds:+.3f} seconds")
+
+
+def _changed(s: Session, statement: Update) -> int:
+    """Rows an UPDATE changed."""
+    result = s.execute(statement)
+    return int(result.rowcount) if isinstance(result, CursorResult) else 0
+
+
 def _insert_missing(s: Session, table: type[QuotaLeaseRow | MaskedFilterCountRow], rows: list[dict[str, Any]]) -> None:
     """Creates the rows that do not exist yet; one that another process created meanwhile is left as it is."""
-    insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
-    s.execute(insert(table).values(rows).on_conflict_do_nothing())
+    upsert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    s.execute(upsert(table).values(rows).on_conflict_do_nothing())
+
+
+def _add_parked(s: Session, holder: str, park: dict[tuple[str, dt.date], int]) -> None:
+    """Adds ``park``'s calls to the holder's hold rows, made where missing: one statement for all grants."""
+    upsert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    rows = [{"holder": holder, "grant_id": g, "day": d, "parked": n} for (g, d), n in sorted(park.items())]
+    for start in range(0, len(rows), PARK_ROWS):  # within the drivers' bound on parameters
+        statement = upsert(QuotaHoldRow).values(rows[start : start + PARK_ROWS])
+        s.execute(
+            statement.on_conflict_do_update(
+                index_elements=[QuotaHoldRow.holder, QuotaHoldRow.grant_id, QuotaHoldRow.day],
+                set_={"parked": QuotaHoldRow.parked + statement.excluded.parked},
+            )
+        )
 
 
 class CountersStore:
@@ -68,12 +107,108 @@ class CountersStore:
     def release(self, grant_id: str, day: dt.date, unused: int) -> None:
         """Gives back calls leased but not used (a process stopping cleanly)."""
         with self._db.write() as s:
+            self._give_back(s, {(grant_id, day): unused})
+
+    def beat(self, holder: str, ttl: float, park: dict[tuple[str, dt.date], int]) -> Beat:
+        """Renews ``holder`` until ``ttl`` seconds from now and parks ``park``'s leased calls under it.
+
+        ``renewed`` is False when the holder's record was gone (its earlier parked calls went back to
+        the pool). Holders whose time ran out are left to ``reclaim``, a transaction of its own.
+        """
+        with self._db.write() as s:
+            renewed = _changed(
+                s, update(QuotaHolderRow).where(QuotaHolderRow.holder == holder).values(expires=_db_time(s, ttl))
+            )
+            if not renewed:
+                s.execute(insert(QuotaHolderRow).values(holder=holder, expires=_db_time(s, ttl)))
+            if park:
+                _add_parked(s, holder, park)
+            live = s.scalar(
+                select(func.count()).select_from(QuotaHolderRow).where(QuotaHolderRow.expires > _db_time(s))
+            )
+        return Beat(bool(renewed), max(1, int(live or 0)))
+
+    def unpark(self, holder: str, grant_id: str, day: dt.date, calls: int) -> bool:
+        """Takes ``calls`` parked calls back into use; False if the holder's record expired and they went back."""
+        with self._db.write() as s:
+            alive = select(QuotaHolderRow.holder).where(
+                QuotaHolderRow.holder == holder, QuotaHolderRow.expires > _db_time(s)
+            )
+            taken = _changed(
+                s,
+                update(QuotaHoldRow)
+                .where(
+                    QuotaHoldRow.holder == holder,
+                    QuotaHoldRow.grant_id == grant_id,
+                    QuotaHoldRow.day == day,
+                    QuotaHoldRow.parked >= calls,
+                    alive.exists(),
+                )
+                .values(parked=QuotaHoldRow.parked - calls),
+            )
+            return bool(taken)
+
+    def reclaim(self) -> int:
+        """Returns the parked calls of every holder whose time ran out to the pool; how many holders."""
+        with self._db.write() as s:
+            gone = list(
+                s.scalars(
+                    select(QuotaHolderRow.holder)
+                    .where(QuotaHolderRow.expires <= _db_time(s))
+                    .order_by(QuotaHolderRow.holder)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if gone:
+                self._retire(s, gone)
+            return len(gone)
+
+    def retire(self, holder: str) -> None:
+        """A holder stopping cleanly: its parked calls go back to the pool and its record goes."""
+        with self._db.write() as s:
+            s.scalars(select(QuotaHolderRow).where(QuotaHolderRow.holder == holder).with_for_update()).all()
+            self._retire(s, [holder])
+
+    def live_holders(self) -> int:
+        """Holders whose time has not run out (hub processes sharing the counters)."""
+        with self._db.read() as s:
+            return int(
+                s.scalar(select(func.count()).select_from(QuotaHolderRow).where(QuotaHolderRow.expires > _db_time(s)))
+                or 0
+            )
+
+    def parked(self, holder: str | None = None) -> int:
+        """Calls parked in the store (by ``holder``, or by all)."""
+        with self._db.read() as s:
+            query = select(func.coalesce(func.sum(QuotaHoldRow.parked), 0))
+            if holder is not None:
+                query = query.where(QuotaHoldRow.holder == holder)
+            return int(s.scalar(query) or 0)
+
+    def _retire(self, s: Session, holders: list[str]) -> None:
+        holds = s.scalars(
+            select(QuotaHoldRow)
+            .where(QuotaHoldRow.holder.in_(holders))
+            .order_by(QuotaHoldRow.holder, QuotaHoldRow.grant_id, QuotaHoldRow.day)
+            .with_for_update()
+        ).all()
+        back: dict[tuple[str, dt.date], int] = {}
+        for hold in holds:
+            back[(hold.grant_id, hold.day)] = back.get((hold.grant_id, hold.day), 0) + hold.parked
+        self._give_back(s, back)
+        s.execute(delete(QuotaHoldRow).where(QuotaHoldRow.holder.in_(holders)))
+        s.execute(delete(QuotaHolderRow).where(QuotaHolderRow.holder.in_(holders)))
+
+    @staticmethod
+    def _give_back(s: Session, calls: dict[tuple[str, dt.date], int]) -> None:
+        """Lowers the leased count of each (grant, day) by its unused calls, rows locked in key order."""
+        for (grant_id, day), unused in sorted(calls.items()):
             row = s.scalars(
                 select(QuotaLeaseRow)
                 .where(QuotaLeaseRow.grant_id == grant_id, QuotaLeaseRow.day == day)
                 .with_for_update()
             ).one_or_none()
-            if row is not None:
+            if row is not None and unused:
                 row.leased = max(0, row.leased - unused)
 
     def leased(self, grant_id: str, day: dt.date) -> int:

@@ -285,6 +285,29 @@ class QuotaLeaseRow(Base):
     leased: Mapped[int] = mapped_column(BigInteger)
 
 
+class QuotaHolderRow(Base):
+    """A hub process that parks quota in the store; it renews ``expires`` (the database's clock) while it lives.
+
+    Once ``expires`` has passed, any process returns the holder's parked calls to the pool.
+    """
+
+    __tablename__ = "quota_holders"
+
+    holder: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires: Mapped[dt.datetime] = mapped_column(UTCDateTime(timezone=True))
+
+
+class QuotaHoldRow(Base):
+    """Calls of a grant's day leased by a holder and parked: promised unused until it takes them back."""
+
+    __tablename__ = "quota_holds"
+
+    holder: Mapped[str] = mapped_column(String(64), primary_key=True)
+    grant_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    parked: Mapped[int] = mapped_column(BigInteger)
+
+
 class MaskedFilterCountRow(Base):
     """Lookups filtered on a masked item on one UTC day, by scope: a grant, a consumer system, or a
     masked pattern (a keyed hash of the value's visible parts; the value itself is never stored)."""
