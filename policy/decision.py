@@ -2,9 +2,9 @@
 
 The Casbin model ``grants.conf`` is the rule: which live grant lets a system
 read a resource for a purpose. It is parsed once per decision point
-(``policy.grant_rule``), and each (resource, consumer department) keeps the
-policy lines of its active grants in the order a Casbin enforcer of that pair
-would hold them; when the pair's grants change, the model's answer for every
+(``policy.grant_rule``), and each (resource, consumer department) keeps its
+active grants in the order a Casbin enforcer of that pair would hold their
+policy lines; when the pair's grants change, the model's answer for every
 (system, purpose) the lines name is worked out and kept with the pair, so the
 cost of a decision depends on the grants of that pair, not on all grants of
 the hub. The model only compares for equality and allows when some line
@@ -122,7 +122,7 @@ def _collector_paused() -> Iterator[None]:
 
 @dataclass(slots=True)
 class _Pair:
-    """The grants of one (resource, consumer department): the model's policy lines of the active ones, and all."""
+    """The grants of one (resource, consumer department): all, the active ones in Casbin's order, the answers."""
 
     grants: dict[str, Grant] = field(default_factory=dict)
     # The active grants, in the order Casbin would hold their policy lines (a changed grant's go last).
