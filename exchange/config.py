@@ -48,7 +48,8 @@ class Settings:
     ca_key_file: Path | None = None
     # Validity of client certificates the hub issues, in days.
     certificate_days: int = 365
-    # Holidays and make-up working days for the 10-working-day rule; empty: the bundled mainland calendar.
+    # The operator's holidays and make-up working days for the 10-working-day rule, over the State Council's
+    # notices from the chinesecalendar package (the file wins); for local days off and a year the package lacks.
     calendar_file: Path | None = None
     # Longest validity a share request may ask for, in days.
     max_grant_days: int = 1096

@@ -335,7 +335,8 @@ def application_to_wire(a: m.Application) -> apb.ShareRequest:
     )
 
 
-def share_request_to_wire(r: m.ShareRequest, today: dt.date) -> apb.ShareRequest:
+def share_request_to_wire(r: m.ShareRequest, today: dt.date, due_note: str = "") -> apb.ShareRequest:
+    """``due_note``: why the due date is not the holiday calendars' word (WorkCalendar.due_note), if it is not."""
     wire = application_to_wire(r.application)
     wire.id = r.id
     wire.status = REQUEST_STATUS.wire(r.status)
@@ -343,6 +344,8 @@ def share_request_to_wire(r: m.ShareRequest, today: dt.date) -> apb.ShareRequest
     wire.create_time.FromDatetime(r.created_at)
     wire.due_date.CopyFrom(date_to_wire(r.due))
     wire.overdue = r.status is m.ShareRequestStatus.PENDING and r.due < today
+    wire.due_date_estimated = bool(due_note)
+    wire.due_date_note = due_note
     wire.approved_fields.extend(r.approved_fields)
     if r.approved_end:
         wire.approved_end_date.CopyFrom(date_to_wire(r.approved_end))

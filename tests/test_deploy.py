@@ -599,6 +599,8 @@ def test_alert_rules() -> None:
         "exchange_masked_filter_enumerations_total",
         "exchange_audit_index_mismatches",
         "exchange_audit_index_check_failures_total",
+        "exchange_calendar_assumed_years",
+        "exchange_calendar_covered_through_year",
     } <= used
     assert any(re.search(r"\bup\{", r["expr"]) for r in rules)
 
@@ -804,6 +806,31 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
             ],
             "4m",
             [{"severity": "warning", "consumer_department": "d1", "resource": "r1"}],
+        ),
+        # Deadlines counted Monday to Friday through a year with no calendar: after 5 minutes, on that replica.
+        _alert_case(
+            "ExchangeWorkingDaysAssumed",
+            [
+                _series("exchange_calendar_assumed_years", "0 0 1x10"),
+                _series("exchange_calendar_assumed_years", "0x12", instance="hub-2:9464"),
+            ],
+            "9m",
+            [{"severity": "warning", **hub}],
+        ),
+        _alert_case("ExchangeWorkingDaysAssumed", [_series("exchange_calendar_assumed_years", "0 0 1x10")], "4m", []),
+        # Calendars that end before the year 45 days ahead alert after an hour (promtool's clock starts on
+        # 1970-01-01: ending with 1969 alerts, ending with 1970 does not).
+        _alert_case(
+            "ExchangeHolidayCalendarEnding",
+            [
+                _series("exchange_calendar_covered_through_year", "1969x90"),
+                _series("exchange_calendar_covered_through_year", "1970x90", instance="hub-2:9464"),
+            ],
+            "70m",
+            [{"severity": "warning", **hub}],
+        ),
+        _alert_case(
+            "ExchangeHolidayCalendarEnding", [_series("exchange_calendar_covered_through_year", "1969x90")], "30m", []
         ),
         _alert_case("ExchangeHubDown", [_series("up", "1 1 0 0 0 0 0")], "6m", [{"severity": "critical", **hub}]),
         _alert_case("ExchangeNoHubs", [_series("up", "0x10")], "5m", [{"severity": "critical"}]),

@@ -22,7 +22,7 @@ from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
-from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
+from exchange.workdays import WorkCalendar
 from policy.decision import DenyReason, Question
 from tests.harness import AUTHORITY, POLICE, RunningHub, identity_spec, reason_of, violations
 
@@ -118,7 +118,7 @@ def test_conditional_request_is_decided_by_the_owner_then_granted_by_the_share_m
     applied = as_("consumer")("Apply", pb.ApplyRequest(request=_application()))
     assert applied.status == pb.SHARE_REQUEST_STATUS_PENDING
     assert applied.consumer_department_code == REGISTRY.code and applied.applicant.code == "bdc-clerk"
-    due = WorkCalendar.load(DEFAULT_CALENDAR).add_working_days(TODAY, 10)
+    due = WorkCalendar.mainland().add_working_days(TODAY, 10)
     assert (applied.due_date.year, applied.due_date.month, applied.due_date.day) == (due.year, due.month, due.day)
 
     shorter = TODAY + dt.timedelta(days=90)

@@ -29,6 +29,17 @@ def _date(value: date_pb2.Date) -> str:
     return d.isoformat() if d else "-"
 
 
+def _due(r: pb.ShareRequest) -> str:
+    return _date(r.due_date) + (" (estimated)" if r.due_date_estimated else "") + (" (overdue)" if r.overdue else "")
+
+
+def _due_notes(requests: list[pb.ShareRequest]) -> None:
+    """Below a table: the hub's note on each due date no calendar vouches for (e.g. Monday to Friday assumed)."""
+    for r in requests:
+        if r.due_date_estimated:
+            print(f"{r.id}: due {_date(r.due_date)} ({r.due_date_note or 'estimated'})")
+
+
 def request_rows(requests: list[pb.ShareRequest]) -> list[list[str]]:
     return [
         [
@@ -37,7 +48,7 @@ def request_rows(requests: list[pb.ShareRequest]) -> list[list[str]]:
             r.consumer_department_code,
             r.purpose,
             w.REQUEST_STATUS.label(r.status),
-            _date(r.due_date) + (" (overdue)" if r.overdue else ""),
+            _due(r),
             r.grant_id or "-",
         ]
         for r in requests
@@ -89,6 +100,7 @@ def _masks(values: list[str]) -> list[pb.FieldMask]:
 def _show_request(args: argparse.Namespace, r: pb.ShareRequest) -> None:
     show_list(args, r, REQUEST_HEADERS, request_rows([r]))
     if not args.json:
+        _due_notes([r])
         if r.decision_reason:
             print(f"decision: {r.decision_reason}")
         print(_history(list(r.history)))
@@ -151,6 +163,7 @@ def request_list(args: argparse.Namespace, settings: Settings) -> int:
     response = ask(args, settings, lambda hub: hub.rights.ListShareRequests, request)
     show_list(args, response, REQUEST_HEADERS, request_rows(list(response.requests)))
     if not args.json:
+        _due_notes(list(response.requests))
         print(f"overdue (past 10 working days, undecided): {response.overdue_count}")
     return 0
 

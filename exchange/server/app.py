@@ -7,6 +7,7 @@ store, the CA, the services and their handlers.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import signal
 import time
@@ -60,7 +61,7 @@ from exchange.v1 import (
     rights_pb2,
     rights_pb2_grpc,
 )
-from exchange.workdays import DEFAULT_CALENDAR, WorkCalendar
+from exchange.workdays import ANSWER_WITHIN_WORKING_DAYS, NOTICE_LEAD_DAYS, WorkCalendar
 from policy import Assignment, RightsPolicy, assignments_of
 from policy.decision import DecisionPoint
 from policy.quota import DailyQuota
@@ -109,6 +110,9 @@ class Hub:
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
+        # Working days: the State Council's notices (chinesecalendar) with the operator's file over them;
+        # read first, so that a bad file stops the hub before it opens anything.
+        self.calendar = WorkCalendar.mainland(settings.calendar_file)
         self.store = store or Store(settings.effective_database_url)
         self.credentials = load_credentials(settings)
         self.health = health_aio.HealthServicer()
@@ -134,6 +138,7 @@ class Hub:
         self.ready = False
         self._health_task: asyncio.Task[None] | None = None
         self._index_task: asyncio.Task[None] | None = None
+        self._calendar_task: asyncio.Task[None] | None = None
         self.backend_context = factory.BackendContext(
             tls=self.credentials.client,
             document_roots=settings.effective_document_roots,
@@ -201,11 +206,10 @@ class Hub:
             ),
             server,
         )
-        calendar = WorkCalendar.load(settings.calendar_file or DEFAULT_CALENDAR)
         rights = RightsService(
             self.store,
             policy,
-            calendar,
+            self.calendar,
             settings.max_grant_days,
             decisions=self.decisions,
             miss_allowance=settings.masked_filter_misses_per_day,
@@ -218,7 +222,7 @@ class Hub:
             AuditServicer(auditing, registry, settings.insecure_dev, refusals), server
         )
         rights_pb2_grpc.add_RightsServiceServicer_to_server(
-            RightsServicer(rights, registry, settings.insecure_dev, refusals), server
+            RightsServicer(rights, registry, settings.insecure_dev, refusals, calendar=self.calendar), server
         )
         exchanging = ExchangeService(
             self.store,
@@ -301,10 +305,13 @@ class Hub:
             raise ConfigError(f"cannot listen on {self.settings.listen}: the address is in use or not local")
         await server.start()
         await self._set_serving(True)
+        log.info("working days: %s", "; ".join(self.calendar.sources))
+        self.check_calendar()  # before the metrics are served: their calendar gauges are set from here
         self._start_metrics()
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
         self._sweep_task = asyncio.get_running_loop().create_task(self._sweep_refusals())
         self._quota_task = asyncio.get_running_loop().create_task(self._quota_heartbeat())
+        self._calendar_task = asyncio.get_running_loop().create_task(self._watch_calendar())
         if self.settings.audit_index_check_seconds > 0:
             self._index_task = asyncio.get_running_loop().create_task(self._watch_index())
         log.info("hub serving on port %d (store: %s)", self.port, self.store.db.backend)
@@ -402,6 +409,50 @@ class Hub:
         except ExchangeError as e:
             log.warning("unused quota could not be given back (it counts as used today): %s", e.message)
 
+    def check_calendar(self, today: dt.date | None = None) -> tuple[int, ...]:
+        """Logs and measures the years with no holiday calendar that deadlines reckoned ``today`` run through.
+
+        Those years are counted Monday to Friday; the hub goes on answering, but says so: a warning here
+        (at start and daily), the gauges ``exchange_calendar_assumed_years`` and
+        ``exchange_calendar_covered_through_year``, and a note on each such due date. A warning also
+        comes ``NOTICE_LEAD_DAYS`` ahead of a year that no calendar covers yet.
+        """
+        today = today or dt.datetime.now(dt.UTC).date()
+        due = self.calendar.add_working_days(today, ANSWER_WITHIN_WORKING_DAYS)
+        assumed = self.calendar.assumed_years(today, due)
+        through = self.calendar.covered_through(today.year)
+        self.metrics.calendar_checked(len(assumed), through)
+        advice = (
+            "add the State Council's notice for it to the calendar file (setting calendar_file, years and "
+            "holidays; docs/operating.md) or upgrade the chinesecalendar package, then restart the hub"
+        )
+        if assumed:
+            log.warning(
+                "working days: %s in no holiday calendar: a request applied for today is due %s, counting Monday"
+                " to Friday; %s (calendars: %s)",
+                ", ".join(map(str, assumed)),
+                due.isoformat(),
+                advice,
+                "; ".join(self.calendar.sources),
+            )
+        elif through < (today + dt.timedelta(days=NOTICE_LEAD_DAYS)).year:
+            log.warning(
+                "working days: no holiday calendar for %d yet: deadlines that reach into it will count Monday"
+                " to Friday; %s (calendars: %s)",
+                through + 1,
+                advice,
+                "; ".join(self.calendar.sources),
+            )
+        return assumed
+
+    async def _watch_calendar(self) -> None:
+        """Checks the calendar again just after each midnight (UTC, the day the hub reckons deadlines in)."""
+        while True:
+            now = dt.datetime.now(dt.UTC)
+            tomorrow = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(0, 0, 5), tzinfo=dt.UTC)
+            await asyncio.sleep((tomorrow - now).total_seconds())
+            self.check_calendar()
+
     async def _watch_index(self) -> None:
         """Checks the audit search indexes against the verified records every audit_index_check_seconds."""
         while True:
@@ -441,7 +492,7 @@ class Hub:
         """Reports NOT_SERVING, lets in-flight calls finish within the grace period, then closes."""
         self.ready = False
         self.metrics.ready.set(0)
-        for task in (self._health_task, self._sweep_task, self._index_task, self._quota_task):
+        for task in (self._health_task, self._sweep_task, self._index_task, self._quota_task, self._calendar_task):
             if task is not None:
                 task.cancel()
         await self.health.enter_graceful_shutdown()

@@ -110,6 +110,18 @@ class HubMetrics:
             "When the audit search indexes were last checked against the verified records (Unix time).",
             registry=r,
         )
+        self.calendar_assumed_years = Gauge(
+            "exchange_calendar_assumed_years",
+            "Years that a deadline reckoned today runs through and no holiday calendar covers (the chinesecalendar"
+            " package nor calendar_file): counted Monday to Friday. 0 normally.",
+            registry=r,
+        )
+        self.calendar_covered_through = Gauge(
+            "exchange_calendar_covered_through_year",
+            "The last year, from the current one on without a gap, that a holiday calendar covers"
+            " (the current year minus 1 if it is not covered).",
+            registry=r,
+        )
         self.index_check_failures = Counter(
             "exchange_audit_index_check_failures_total",
             "Index checks that could not compare: the log itself did not verify, or the store failed.",
@@ -158,6 +170,10 @@ class HubMetrics:
         self.audit_intact.set(1 if intact else 0)
         if at is not None:
             self.audit_checked.set(at)
+
+    def calendar_checked(self, assumed_years: int, covered_through: int) -> None:
+        self.calendar_assumed_years.set(assumed_years)
+        self.calendar_covered_through.set(covered_through)
 
     def watch_state(
         self,

@@ -7,13 +7,14 @@ import datetime as dt
 from exchange import validation
 from exchange import wire as c
 from exchange.errors import FieldViolation
-from exchange.models import Principal
+from exchange.models import Principal, ShareRequest, ShareRequestStatus
 from exchange.server.rpc import Authenticator, Refusals, unary
 from exchange.services.rights import Approval, RightsService
 from exchange.store.rights import GrantFilter, RequestFilter
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc as pb_grpc
 from exchange.validation import raise_if
+from exchange.workdays import WorkCalendar
 from policy import Action
 from policy.decision import Question
 
@@ -30,21 +31,36 @@ def _today() -> dt.date:
 
 class RightsServicer(pb_grpc.RightsServiceServicer):
     def __init__(
-        self, service: RightsService, auth: Authenticator, insecure_dev: bool, refusals: Refusals | None = None
+        self,
+        service: RightsService,
+        auth: Authenticator,
+        insecure_dev: bool,
+        refusals: Refusals | None = None,
+        *,
+        calendar: WorkCalendar | None = None,
     ) -> None:
         self.refusals = refusals
         self.service = service
         self.auth = auth
         self.insecure_dev = insecure_dev
+        # The hub's working-day calendar: a request awaiting its owner gets a note when its due date is not
+        # the calendar's word (a year in no calendar, or reckoned on an earlier one). None: no notes.
+        self.calendar = calendar
+
+    def _request(self, r: ShareRequest, today: dt.date | None = None) -> pb.ShareRequest:
+        note = ""
+        if self.calendar is not None and r.status is ShareRequestStatus.PENDING:
+            note = self.calendar.due_note(r.created_at.astimezone(dt.UTC).date(), r.due)
+        return c.share_request_to_wire(r, today or _today(), note)
 
     @unary
     def Apply(self, request: pb.ApplyRequest, actor: Principal) -> pb.ShareRequest:
         created = self.service.apply(actor, c.application_from_wire(request.request))
-        return c.share_request_to_wire(created, _today())
+        return self._request(created)
 
     @unary
     def GetShareRequest(self, request: pb.GetShareRequestRequest, actor: Principal) -> pb.ShareRequest:
-        return c.share_request_to_wire(self.service.get_request(actor, request.id.strip()), _today())
+        return self._request(self.service.get_request(actor, request.id.strip()))
 
     @unary
     def ListShareRequests(self, request: pb.ListShareRequestsRequest, actor: Principal) -> pb.ListShareRequestsResponse:
@@ -68,7 +84,7 @@ class RightsServicer(pb_grpc.RightsServiceServicer):
         )
         today = _today()
         return pb.ListShareRequestsResponse(
-            requests=[c.share_request_to_wire(r, today) for r in page.items],
+            requests=[self._request(r, today) for r in page.items],
             next_page_token=page.next_page_token,
             overdue_count=overdue,
         )
@@ -86,17 +102,17 @@ class RightsServicer(pb_grpc.RightsServiceServicer):
             request.reason.strip(),
             tuple(f.strip() for f in request.verify_masked),
         )
-        return c.share_request_to_wire(self.service.approve(actor, request.id.strip(), approval), _today())
+        return self._request(self.service.approve(actor, request.id.strip(), approval))
 
     @unary
     def Refuse(self, request: pb.RefuseRequest, actor: Principal) -> pb.ShareRequest:
         refused = self.service.refuse(actor, request.id.strip(), request.reason.strip())
-        return c.share_request_to_wire(refused, _today())
+        return self._request(refused)
 
     @unary
     def Dispute(self, request: pb.DisputeRequest, actor: Principal) -> pb.ShareRequest:
         disputed = self.service.dispute(actor, request.id.strip(), request.reason.strip())
-        return c.share_request_to_wire(disputed, _today())
+        return self._request(disputed)
 
     @unary
     def DecideDispute(self, request: pb.DecideDisputeRequest, actor: Principal) -> pb.ShareRequest:
@@ -108,7 +124,7 @@ class RightsServicer(pb_grpc.RightsServiceServicer):
             quota=request.daily_quota,
             rate=request.rate_per_second,
         )
-        return c.share_request_to_wire(decided, _today())
+        return self._request(decided)
 
     @unary
     def IssueGrant(self, request: pb.IssueGrantRequest, actor: Principal) -> pb.Grant:

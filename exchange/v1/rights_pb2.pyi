@@ -219,6 +219,8 @@ class ShareRequest(_message.Message):
     GRANT_ID_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     VERIFY_MASKED_FIELD_NUMBER: _builtins.int
+    DUE_DATE_ESTIMATED_FIELD_NUMBER: _builtins.int
+    DUE_DATE_NOTE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only: assigned by the hub, e.g. "SR-20261122-3f9a1c"."""
     resource_code: _builtins.str
@@ -234,6 +236,13 @@ class ShareRequest(_message.Message):
     overdue: _builtins.bool
     decision_reason: _builtins.str
     grant_id: _builtins.str
+    due_date_estimated: _builtins.bool
+    """Output only, while the request awaits its owner: true when due_date is not what the holiday calendars
+    give now, and due_date_note says why: a year it runs through is in no calendar (Monday to Friday were
+    counted), e.g. "2027 not in any calendar: Monday to Friday assumed", or it was reckoned on an earlier
+    calendar, e.g. "reckoned on an earlier calendar: by the current one due 2026-10-16".
+    """
+    due_date_note: _builtins.str
     @_builtins.property
     def system_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The consumer department's systems that will use the grant."""
@@ -291,10 +300,12 @@ class ShareRequest(_message.Message):
         grant_id: _builtins.str = ...,
         history: _abc.Iterable[Global___ShareEvent] | None = ...,
         verify_masked: _abc.Iterable[_builtins.str] | None = ...,
+        due_date_estimated: _builtins.bool = ...,
+        due_date_note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "approved_end_date", b"approved_end_date", "create_time", b"create_time", "due_date", b"due_date", "end_date", b"end_date", "start_date", b"start_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "approved_end_date", b"approved_end_date", "approved_fields", b"approved_fields", "consumer_department_code", b"consumer_department_code", "create_time", b"create_time", "decision_reason", b"decision_reason", "due_date", b"due_date", "end_date", b"end_date", "expected_daily_calls", b"expected_daily_calls", "fields", b"fields", "grant_id", b"grant_id", "history", b"history", "id", b"id", "legal_basis", b"legal_basis", "masks", b"masks", "overdue", b"overdue", "purpose", b"purpose", "resource_code", b"resource_code", "start_date", b"start_date", "status", b"status", "system_codes", b"system_codes", "verify_masked", b"verify_masked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "approved_end_date", b"approved_end_date", "approved_fields", b"approved_fields", "consumer_department_code", b"consumer_department_code", "create_time", b"create_time", "decision_reason", b"decision_reason", "due_date", b"due_date", "due_date_estimated", b"due_date_estimated", "due_date_note", b"due_date_note", "end_date", b"end_date", "expected_daily_calls", b"expected_daily_calls", "fields", b"fields", "grant_id", b"grant_id", "history", b"history", "id", b"id", "legal_basis", b"legal_basis", "masks", b"masks", "overdue", b"overdue", "purpose", b"purpose", "resource_code", b"resource_code", "start_date", b"start_date", "status", b"status", "system_codes", b"system_codes", "verify_masked", b"verify_masked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
