@@ -182,7 +182,13 @@ PROBES: dict[str, list[Probe]] = {
         Probe(lambda s, n: rpb.GetSystemRequest(code=n), _fixed("bdc-djxt"), "no-such-sys", (), "foreign_system")
     ],
     "RegistryService.GetPerson": [
-        Probe(lambda s, n: rpb.GetPersonRequest(username=n), _fixed("sm-lin"), "no-such-one", (), "consumer")
+        Probe(
+            lambda s, n: rpb.GetPersonRequest(username=n),
+            _fixed("sm-lin"),
+            "no-such-one",
+            ("system", "foreign_system"),
+            "consumer",
+        )
     ],
     "RegistryService.AssignRole": [
         Probe(

@@ -223,12 +223,14 @@ class RegistryService:
         self._policy.refresh_roles(ref, lambda: assignments_of(*self._store.registry.roles_of(ref)))
 
     def get_person(self, actor: Principal, username: str) -> Person:
+        _require_person(actor, "read a person")
         validation.validate_key("username", username, "person")
         return self._store.registry.get_person(username)
 
     def list_people(
         self, actor: Principal, size: int, token: str, department_code: str, role: Role | None
     ) -> Page[Person]:
+        _require_person(actor, "list people")
         validation.validate_key("department_code", department_code, "department", optional=True)
         page = page_request(size, token, {"department": department_code, "role": role})
         return self._store.registry.list_people(page, department_code or None, role)
@@ -343,4 +345,14 @@ class RegistryService:
         """The holder of a registered, unrevoked certificate within its validity period (cached until a change)."""
         return holder_at(
             self._holders.get(fingerprint, self._store.registry.certificate_holder), dt.datetime.now(dt.UTC)
+        )
+
+
+def _require_person(actor: Principal, what: str) -> None:
+    """People are read by people: a system exchanges data and administers nothing, so it learns no one's
+    name or roles, and cannot tell which usernames exist (refused before any lookup)."""
+    if actor.ref.kind is PrincipalKind.SYSTEM:
+        raise PermissionDenied(
+            f"{actor.ref} may not {what}: the people registry is read by people, not by systems",
+            reason="PEOPLE_READ_DENIED",
         )
