@@ -99,6 +99,28 @@ def make_world(hub: RunningHub) -> World:
     return world
 
 
+def every_caller(world: World) -> dict[str, Path]:
+    """One identity of every kind of caller the separation-of-duties tests try, made in ``world``'s hub:
+    the operator, the resource's and an uninvolved department's stewards, the applicant's and an
+    uninvolved department's consumers, the share manager, the auditor, the granted system, a system
+    without a grant, and a police person whose every role was taken away."""
+    hub = world.hub
+    identities = {
+        "operator": hub.operator,
+        "owner_steward": world.people["police"],
+        "foreign_steward": world.people["housing"],
+        "consumer": world.people["consumer"],
+        "foreign_consumer": hub.add_person("zj-clerk", HOUSING.code, m.Role.CONSUMER),
+        "share_manager": world.people["manager"],
+        "auditor": world.people["auditor"],
+        "system": world.consumer_system,
+        "foreign_system": hub.add_system("zj-zfxt", HOUSING.code),
+        "no_role": hub.add_person("ga-idle", POLICE.code, m.Role.CONSUMER),
+    }
+    hub.take_every_role("ga-idle")
+    return identities
+
+
 def query(resource: str, filters: dict[str, str], fields: list[str], **changes: Any) -> xpb.QueryRequest:
     return xpb.QueryRequest(
         resource_code=resource, purpose=changes.pop("purpose", PURPOSE), filters=filters, fields=fields, **changes

@@ -51,7 +51,7 @@ from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
-from tests.exchange_world import LOOKUP, PERSON_ID, PURPOSE, REGISTRY, lookup, make_world, serve_lookup
+from tests.exchange_world import LOOKUP, PERSON_ID, PURPOSE, REGISTRY, every_caller, lookup, make_world, serve_lookup
 from tests.harness import (
     AUTHORITY,
     HOUSING,
@@ -195,20 +195,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     with running_hub(base_settings(root / "hub")) as hub:
         world = make_world(hub)
         grant = serve_lookup(world, root)
-        identities = {
-            "operator": hub.operator,
-            "owner_steward": world.people["police"],
-            "foreign_steward": world.people["housing"],
-            "consumer": world.people["consumer"],
-            "foreign_consumer": hub.add_person("zj-clerk", HOUSING.code, m.Role.CONSUMER),
-            "share_manager": world.people["manager"],
-            "auditor": world.people["auditor"],
-            "system": world.consumer_system,
-            "foreign_system": hub.add_system("zj-zfxt", HOUSING.code),
-            "no_role": hub.add_person("ga-idle", POLICE.code, m.Role.CONSUMER),
-            "stranger": _stranger(hub, root / "stranger"),
-        }
-        hub.take_every_role("ga-idle")
+        identities = {**every_caller(world), "stranger": _stranger(hub, root / "stranger")}
         usernames = {
             "operator": "op-admin",
             "owner_steward": "ga-steward",

@@ -33,8 +33,8 @@ from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
 from exchange.validation import uscc_check_character
-from tests.exchange_world import LOOKUP, PURPOSE, make_world, serve_lookup
-from tests.harness import HOUSING, POLICE, RunningHub, base_settings, identity_spec, reason_of, running_hub
+from tests.exchange_world import LOOKUP, PURPOSE, every_caller, make_world, serve_lookup
+from tests.harness import POLICE, RunningHub, base_settings, identity_spec, reason_of, running_hub
 
 TODAY = dt.datetime.now(dt.UTC).date()
 DRAFT = "10101/350200000007"
@@ -83,19 +83,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     with running_hub(base_settings(root / "hub")) as hub:
         world = make_world(hub)
         grant = serve_lookup(world, root)
-        identities = {
-            "operator": hub.operator,
-            "owner_steward": world.people["police"],
-            "foreign_steward": world.people["housing"],
-            "consumer": world.people["consumer"],
-            "foreign_consumer": hub.add_person("zj-clerk", HOUSING.code, m.Role.CONSUMER),
-            "share_manager": world.people["manager"],
-            "auditor": world.people["auditor"],
-            "system": world.consumer_system,
-            "foreign_system": hub.add_system("zj-zfxt", HOUSING.code),
-            "no_role": hub.add_person("ga-idle", POLICE.code, m.Role.CONSUMER),
-        }
-        hub.take_every_role("ga-idle")
+        identities = every_caller(world)
         hub.publish(world.people["police"], identity_spec(DRAFT, POLICE.code, name="草稿目录"), publish=False)
         scene = Scene(hub, identities, root / "files", grant=grant)
         scene.files.mkdir()
