@@ -50,7 +50,7 @@ def newest_signed(store: AuditStore, verifier: Verifier) -> tuple[int, bytes]:
         checkpoint = Checkpoint.parse(open_note(note, verifier))
     except NoteError as e:
         raise AuditTampered(
-            f"the newest stored checkpoint (size {size}) is not signed by this log's key: {e}"
+            f"the newest stored checkpoint (size {size}) does not verify with the log's key: {e}"
         ) from None
     if checkpoint.size != size or checkpoint.origin != verifier.name:
         raise AuditTampered(

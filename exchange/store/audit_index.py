@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from audit.integrity import newest_signed
 from audit.merkle import CompactRange, leaf_hash
-from audit.note import Checkpoint, NoteError, Verifier, open_note
-from exchange.errors import FailedPrecondition
+from audit.note import Verifier
+from exchange.errors import AuditTampered, FailedPrecondition
 from exchange.store import Store
 from exchange.store.schema import AuditEntryRow, AuditSubjectRow
 
@@ -89,23 +90,20 @@ def check_index(
 
 def _verified_size(store: Store, verifier: Verifier) -> int:
     """The newest signed checkpoint's size, once its signature and the leaves' root check out."""
-    latest = store.audit.latest_checkpoint()
-    if latest is None:
-        return 0
     try:
-        head = Checkpoint.parse(open_note(latest[1], verifier))
-    except NoteError as e:
-        raise LogDoesNotVerify(f"the newest checkpoint does not verify with the log's key: {e}") from None
+        size, root = newest_signed(store.audit, verifier)
+    except AuditTampered as e:
+        raise LogDoesNotVerify(e.message) from None
     tree = CompactRange()
-    for start in range(0, head.size, LEAF_CHUNK):
-        for leaf in store.audit.leaf_hashes(start, min(head.size, start + LEAF_CHUNK)):
+    for start in range(0, size, LEAF_CHUNK):
+        for leaf in store.audit.leaf_hashes(start, min(size, start + LEAF_CHUNK)):
             tree.append(leaf)
-    if tree.size != head.size or tree.root() != head.root:
+    if tree.size != size or (size and tree.root() != root):
         raise LogDoesNotVerify(
-            f"the entries do not lead to the root of the signed checkpoint of size {head.size}: "
+            f"the entries do not lead to the root of the signed checkpoint of size {size}: "
             "the log itself was changed (`exchange audit verify` on an export names the entry)"
         )
-    return head.size
+    return size
 
 
 def _check_chunk(s: Session, start: int, end: int, report: IndexReport, repair: bool) -> list[Difference]:
