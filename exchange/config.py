@@ -97,6 +97,19 @@ class Settings:
     # Seconds between a hub process's quota heartbeats: it renews its holder record (for three beats) and
     # parks its unused calls there; a killed process's parked calls return within four beats.
     quota_heartbeat_seconds: float = 5.0
+    # host:port of the web console for people (HTTPS; a browser's client certificate or a sign-in link from
+    # `exchange console login`); empty: no console.
+    console_listen: str = ""
+    # The console's address as people's browsers reach it, for sign-in links (e.g. https://hub.xm.gov.cn:8443);
+    # empty: https://<console_listen>.
+    console_url: str = ""
+    # Minutes a sign-in link from `exchange console login` stays valid (it opens once).
+    console_link_minutes: float = 5.0
+    # Minutes a console session lasts without a request, and hours it lasts at most, whatever its use.
+    console_idle_minutes: float = 30.0
+    console_session_hours: float = 8.0
+    # Rows on one page of a console list.
+    console_page_size: int = 50
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
@@ -232,18 +245,35 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("quota_lease_calls", 1, 100_000, "calls"),
     ("quota_heartbeat_seconds", 0.2, 60, "seconds"),
     ("audit_index_check_seconds", 0, 7 * 86400, "seconds"),
+    ("console_link_minutes", 0.5, 60, "minutes"),
+    ("console_idle_minutes", 1, 24 * 60, "minutes"),
+    ("console_session_hours", 0.1, 24, "hours"),
+    ("console_page_size", 5, 500, "rows"),
 )
+
+
+def _console_problems(s: Settings) -> list[str]:
+    problems: list[str] = []
+    if s.console_url and not s.console_url.startswith("https://"):
+        problems.append(f"console_url must be an https:// address, got {s.console_url!r}")
+    if s.console_idle_minutes > s.console_session_hours * 60:
+        problems.append("console_idle_minutes must not be longer than console_session_hours")
+    return problems
 
 
 def _validate(s: Settings) -> None:
     problems: list[str] = []
-    for name, value in (("listen", s.listen), ("hub_address", s.hub_address)):
+    addresses = [("listen", s.listen), ("hub_address", s.hub_address)]
+    if s.console_listen:
+        addresses.append(("console_listen", s.console_listen))
+    for name, value in addresses:
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             problems.append(f"{name} must be host:port, got {value!r}")
     for name, low, high, unit in _RANGES:
         if not low <= getattr(s, name) <= high:
             problems.append(f"{name} must be between {low} and {high} {unit}")
+    problems += _console_problems(s)
     if s.calendar_file is not None and not s.calendar_file.is_file():
         problems.append(f"calendar_file {s.calendar_file} does not exist")
     if s.log_level.upper() not in _LOG_LEVELS:

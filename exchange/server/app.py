@@ -42,6 +42,7 @@ from exchange.server.rights import RightsServicer
 from exchange.services.audit import AuditReadService
 from exchange.services.cache import Cache
 from exchange.services.catalog import CatalogService
+from exchange.services.console import ConsoleAccess, Lifetimes
 from exchange.services.exchange import BackendPool, ExchangeService
 from exchange.services.registry import CertificateAuthority, RegistryService
 from exchange.services.rights import RightsService
@@ -130,6 +131,12 @@ class Hub:
         )
         self.committer: GroupCommitter | None = None
         self.exchanging: ExchangeService | None = None
+        # The services, once built (in start): the gRPC handlers and the web console call the same ones.
+        self.registry: RegistryService | None = None
+        self.catalog: CatalogService | None = None
+        self.rights: RightsService | None = None
+        self.auditing: AuditReadService | None = None
+        self.console_access: ConsoleAccess | None = None
         self.refusals: RefusalLog | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self._quota_task: asyncio.Task[None] | None = None
@@ -195,18 +202,26 @@ class Hub:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
+        self.registry = registry
+        self.console_access = ConsoleAccess(
+            self.store.console,
+            registry,
+            Lifetimes(
+                link=dt.timedelta(minutes=settings.console_link_minutes),
+                idle=dt.timedelta(minutes=settings.console_idle_minutes),
+                absolute=dt.timedelta(hours=settings.console_session_hours),
+            ),
+        )
         parsing = RequestParsing(registry, settings.insecure_dev, refusals, settings.max_message_bytes)
         server = grpc.aio.server(options=options, interceptors=[parsing])
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, registry, settings.insecure_dev, refusals), server
         )
+        self.catalog = CatalogService(self.store, policy, self._check_binding)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
-            CatalogServicer(
-                CatalogService(self.store, policy, self._check_binding), registry, settings.insecure_dev, refusals
-            ),
-            server,
+            CatalogServicer(self.catalog, registry, settings.insecure_dev, refusals), server
         )
-        rights = RightsService(
+        self.rights = rights = RightsService(
             self.store,
             policy,
             self.calendar,
@@ -217,7 +232,7 @@ class Hub:
         verifier = Verifier.parse(files.audit_verifier.read_text())
         if verifier.encode() != self.audit.signer.verifier().encode():
             raise ConfigError(f"{files.audit_verifier} is not the public key of {files.audit_key}")
-        auditing = AuditReadService(self.store, self.audit, policy, verifier, subject_key)
+        self.auditing = auditing = AuditReadService(self.store, self.audit, policy, verifier, subject_key)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditServicer(auditing, registry, settings.insecure_dev, refusals), server
         )

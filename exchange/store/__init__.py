@@ -5,12 +5,22 @@ from collections.abc import Callable
 from exchange.store.audit import AuditStore, install_staging
 from exchange.store.catalog import CatalogStore
 from exchange.store.changes import install_local_changes
+from exchange.store.console import ConsoleStore
 from exchange.store.counters import CountersStore
 from exchange.store.database import Database
 from exchange.store.registry import RegistryStore
 from exchange.store.rights import RightsStore
 
-__all__ = ["AuditStore", "CatalogStore", "CountersStore", "Database", "RegistryStore", "RightsStore", "Store"]
+__all__ = [
+    "AuditStore",
+    "CatalogStore",
+    "ConsoleStore",
+    "CountersStore",
+    "Database",
+    "RegistryStore",
+    "RightsStore",
+    "Store",
+]
 
 
 class Store:
@@ -23,6 +33,7 @@ class Store:
         self.rights = RightsStore(self.db)
         self.audit = AuditStore(self.db)
         self.counters = CountersStore(self.db)
+        self.console = ConsoleStore(self.db)
         install_staging(self.db, self.audit)
         # Told of every change this process commits (payloads as announced to other processes).
         self.on_commit: list[Callable[[str], None]] = []

@@ -421,3 +421,40 @@ class AuditPruningRow(Base):
     up_to: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     made: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     note: Mapped[str] = mapped_column(Text)
+
+
+class ConsoleLinkRow(Base):
+    """A one-time sign-in link for the web console, asked for over gRPC by a person with their certificate.
+
+    Only the SHA-256 of the link's secret is kept: the store alone cannot open a session.
+    """
+
+    __tablename__ = "console_links"
+
+    secret_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ConsoleSessionRow(Base):
+    """A person's web console session, bound to the certificate it was opened with.
+
+    The cookie holds the session's secret; only its SHA-256 is kept. ``roles`` are those held when it opened:
+    a session whose person has since lost one ends.
+    """
+
+    __tablename__ = "console_sessions"
+
+    secret_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    roles: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(16))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
