@@ -21,6 +21,9 @@ test: $(STAMP)
 	@# promtool (Debian package prometheus) checks the metrics exposition; CI installs it, elsewhere its test is skipped.
 	@if [ "$$CI" = "true" ] && ! command -v promtool >/dev/null 2>&1; then \
 		apt-get install -y -q prometheus >/dev/null 2>&1 || echo "promtool could not be installed: its test will be skipped"; fi
+	@# The console's pages are tested in Debian's Chromium, with a CJK font (else Chinese renders as empty boxes).
+	@if [ "$$CI" = "true" ] && { ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi wenquanyi; }; then \
+		apt-get install -y -q chromium fonts-wqy-microhei >/dev/null 2>&1 || echo "chromium could not be installed: the browser tests will fail"; fi
 	$(BIN)/python scripts/gen_proto.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -27,6 +27,9 @@ from audit.note import Verifier
 from exchange import pki
 from exchange.bootstrap import load_audit_signer
 from exchange.config import Settings
+from exchange.console.app import build_app
+from exchange.console.server import ConsoleServer
+from exchange.console.web import Services
 from exchange.errors import AuditTampered, ConfigError, ExchangeError, FieldViolation
 from exchange.models import Binding, PrincipalKind, PrincipalRef, Resource
 from exchange.server.audit import AuditServicer
@@ -137,6 +140,8 @@ class Hub:
         self.rights: RightsService | None = None
         self.auditing: AuditReadService | None = None
         self.console_access: ConsoleAccess | None = None
+        self.console: ConsoleServer | None = None
+        self.console_port = 0
         self.refusals: RefusalLog | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self._quota_task: asyncio.Task[None] | None = None
@@ -323,6 +328,7 @@ class Hub:
         log.info("working days: %s", "; ".join(self.calendar.sources))
         self.check_calendar()  # before the metrics are served: their calendar gauges are set from here
         self._start_metrics()
+        await self._start_console()
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
         self._sweep_task = asyncio.get_running_loop().create_task(self._sweep_refusals())
         self._quota_task = asyncio.get_running_loop().create_task(self._quota_heartbeat())
@@ -331,6 +337,37 @@ class Hub:
             self._index_task = asyncio.get_running_loop().create_task(self._watch_index())
         log.info("hub serving on port %d (store: %s)", self.port, self.store.db.backend)
         return self.port
+
+    async def _start_console(self) -> None:
+        """Serves the web console on console_listen, over the services the gRPC handlers use."""
+        listen = self.settings.console_listen
+        if not listen:
+            return
+        assert self.registry and self.catalog and self.rights and self.auditing and self.console_access
+        services = Services(
+            registry=self.registry,
+            catalog=self.catalog,
+            rights=self.rights,
+            auditing=self.auditing,
+            access=self.console_access,
+            policy=self.policy,
+            calendar=self.calendar,
+            refusals=self.refusals,
+            health=self.health_rows,
+        )
+        self.console = ConsoleServer(build_app(services, self.settings), listen, pki.HubFiles(self.settings.home))
+        self.console_port = await self.console.start()
+        log.info("web console on https://%s", listen.rpartition(":")[0] + f":{self.console_port}")
+
+    def health_rows(self) -> list[tuple[str, str]]:
+        """The hub's own state for the operator's health page: (name, value) rows."""
+        return [
+            ("serving", "yes" if self.ready else "no"),
+            ("store", self.store.db.backend),
+            ("audit_log_intact", "yes" if self.audit.broken is None else "no"),
+            ("audit_log_checked_at", str(self.audit.checked_at or "")),
+            ("audit_signed_at", str(self.audit.signed_at or "")),
+        ]
 
     def _start_metrics(self) -> None:
         listen = self.settings.metrics_listen
@@ -513,6 +550,8 @@ class Hub:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        if self.console is not None:
+            await self.console.stop()
         if self.exchanging is not None:  # closing records of streams cut short, before the committer stops
             await self.exchanging.finish(CLOSING_RECORDS_SECONDS)
         if self.refusals is not None:  # the counts of refusals past the bound, before the committer stops
@@ -525,6 +564,7 @@ class Hub:
         await asyncio.to_thread(self._give_back_quota)
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.stop)
+
         try:
             await asyncio.to_thread(self.audit.stop)
         except ExchangeError as e:  # the store is down or full: what was staged waits there, for the next start
