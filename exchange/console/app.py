@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from exchange import errors
 from exchange.config import Settings
-from exchange.console.pages import admin, audit, catalog, grants, home, inbox, manage, requests, signin, usage
+from exchange.console.pages import admin, audit, catalog, entries, grants, home, inbox, manage, requests, signin, usage
 from exchange.console.web import HERE, LANG_COOKIE, Console, MenuItem, Services, SignInRequired, Viewer
 from policy import Action
 
@@ -75,7 +75,7 @@ MENU = (
     MenuItem("nav.admin", "/admin", lambda v: v.may_anywhere(Action.REGISTER_MEMBERS)),
     MenuItem("nav.health", "/admin/health", lambda v: v.may_anywhere(Action.REGISTER_MEMBERS)),
 )
-PAGES = (signin, home, catalog, requests, inbox, manage, grants, usage, audit, admin)
+PAGES = (signin, home, catalog, requests, inbox, entries, manage, grants, usage, audit, admin)
 
 
 class _BodyTooLarge(Exception):

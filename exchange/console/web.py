@@ -264,15 +264,19 @@ PRE_CSRF_COOKIE = "__Host-exchange-csrf"
 
 
 def see_other(path: str, notice: str = "") -> RedirectResponse:
-    """Post/redirect/get: after a change, the page to show, with a message key (never data) to say what was done."""
+    """Post/redirect/get: after a change, the page to show, with a message key (never data) to say what was done:
+    ``notice`` "requests.applied" shows the message ``requests.notice.applied``."""
     if notice:
         path += ("&" if "?" in path else "?") + urlencode({"notice": notice})
     return RedirectResponse(path, status_code=303)
 
 
 def _notice(request: Request, t: Callable[..., str]) -> str:
-    key = request.query_params.get("notice", "")
-    return t(f"notice.{key}") if key.replace("_", "").isalnum() and len(key) < 40 else ""
+    """The message a redirect after a change asked for: ``?notice=<file>.<name>`` shows ``<file>.notice.<name>``."""
+    area, _, name = request.query_params.get("notice", "").partition(".")
+    if not (area.isidentifier() and name.isidentifier() and len(area) + len(name) < 60):
+        return ""
+    return t(f"{area}.notice.{name}")
 
 
 def _page_url(request: Request, **changes: object) -> str:

@@ -94,7 +94,7 @@ async def _sign_out(request: Request) -> Response:
     viewer = await console.viewer(request)
     await console.form(request, viewer, "ConsoleServicer.SignOut")
     await console.run(lambda: console.services.access.close(viewer.secret, viewer.principal))
-    response = see_other("/signin", "signed_out")
+    response = see_other("/signin", "signin.signed_out")
     response.delete_cookie(SESSION_COOKIE, secure=True, httponly=True, samesite="strict")
     return response
 
