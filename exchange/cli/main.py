@@ -19,6 +19,7 @@ from exchange.cli import exchange as exchange_verbs
 from exchange.cli.backup import add_verbs as add_backup_verbs
 from exchange.cli.certificates import add_verbs as add_certificate_verbs
 from exchange.cli.client import describe
+from exchange.cli.console import add_verbs as add_console_verbs
 from exchange.errors import ExchangeError, InvalidArgument
 from exchange.server.app import serve
 from exchange.store import Store
@@ -162,6 +163,7 @@ def _person_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _principal_choice(p, required=False)
     _paged(p)
     add_certificate_verbs(top, _verb, cert)
+    add_console_verbs(top, _verb, cert)
 
 
 def _catalog_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
