@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="stop after the tour instead of serving on")
     p.add_argument("--listen", help="host:port (default 127.0.0.1:7443)")
     p.add_argument("--metrics-listen", help="host:port for /metrics, /healthz, /readyz (default 127.0.0.1:9464)")
+    p.add_argument("--console-listen", help="host:port for the web console (default 127.0.0.1:7444)")
     _verb(top, "whoami", commands.whoami, "who the hub takes you to be")
     _registry_verbs(top)
     _catalog_verbs(top)
