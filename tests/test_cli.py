@@ -187,6 +187,7 @@ def test_demo_runs_its_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "PERMISSION_DENIED",
         "ALREADY_EXISTS",
         "系统升级，暂停共享",
+        "/signin/link/",
     ):
         assert expected in out
     (tmp_path / "precious").mkdir()

@@ -48,6 +48,7 @@ from exchange.store import Store
 from exchange.store.schema import AuditEntryRow, AuditStagedRow, Base
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import console_pb2 as cnpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
@@ -192,7 +193,8 @@ def _stranger(hub: RunningHub, directory: Path) -> Path:
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     root = tmp_path_factory.mktemp("duties")
-    with running_hub(base_settings(root / "hub")) as hub:
+    # A console address (port 0: any free one), so sign-in links are asked for and refused on their merits.
+    with running_hub(base_settings(root / "hub", console_listen="127.0.0.1:0")) as hub:
         world = make_world(hub)
         grant = serve_lookup(world, root)
         identities = {**every_caller(world), "stranger": _stranger(hub, root / "stranger")}
@@ -299,6 +301,7 @@ REQUESTS: dict[str, Build] = {
     ),
     "RegistryService.RenewCertificate": lambda s, c: rpb.RenewCertificateRequest(csr_pem=_csr_for_manager()),
     "RegistryService.GetTrustBundle": lambda s, c: rpb.GetTrustBundleRequest(),
+    "ConsoleService.CreateSignInLink": lambda s, c: cnpb.CreateSignInLinkRequest(),
     "CatalogService.CreateResource": lambda s, c: cpb.CreateResourceRequest(
         resource=w.spec_to_wire(identity_spec("10101/350200000009")), publish=True, reason="新增"
     ),

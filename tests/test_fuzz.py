@@ -712,6 +712,7 @@ NATURAL = {  # who gets furthest into each service
     "RightsService": ("consumer", "police", "manager"),
     "AuditService": ("auditor", "police"),
     "ExchangeService": ("system", "system"),
+    "ConsoleService": ("police", "system"),
 }
 
 

@@ -13,7 +13,14 @@ from grpc_status import rpc_status
 from exchange import pki
 from exchange.config import Settings
 from exchange.errors import ConfigError
-from exchange.v1 import audit_pb2_grpc, catalog_pb2_grpc, exchange_pb2_grpc, registry_pb2_grpc, rights_pb2_grpc
+from exchange.v1 import (
+    audit_pb2_grpc,
+    catalog_pb2_grpc,
+    console_pb2_grpc,
+    exchange_pb2_grpc,
+    registry_pb2_grpc,
+    rights_pb2_grpc,
+)
 
 T = TypeVar("T")
 
@@ -49,6 +56,7 @@ class HubClient:
         self.rights = rights_pb2_grpc.RightsServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.exchange = exchange_pb2_grpc.ExchangeServiceStub(self.channel)
+        self.console = console_pb2_grpc.ConsoleServiceStub(self.channel)
 
     def call(self, method: Callable[..., T], request: Any) -> T:
         return method(request, timeout=self.timeout)

@@ -33,8 +33,10 @@ from exchange.cli.client import HubClient
 from exchange.config import Settings
 from exchange.errors import FailedPrecondition
 from exchange.server.app import Hub
+from exchange.server.console import console_base_url
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import console_pb2 as cnpb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as rpb_r
 from policy.decision import DecisionPoint, Question
@@ -44,6 +46,8 @@ MARKER = ".exchange-demo"
 FLAT_SALE = "不动产转移登记"
 # The demo's departments serve their backends on this machine.
 LOOPBACK = ("127.0.0.0/8", "::1")
+# Where the demo serves the web console unless told otherwise (--console-listen, or the console_listen setting).
+CONSOLE_LISTEN = "127.0.0.1:7444"
 
 
 def sample_id_number(name: str) -> str:
@@ -81,6 +85,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     home = args.home or Path("var/demo")
     settings = replace(settings, home=home, database_url="", listen=args.listen or settings.listen)
+    console = getattr(args, "console_listen", None) or settings.console_listen or CONSOLE_LISTEN
+    settings = replace(settings, console_listen=console)
     # The departments' demo backends run on this machine, and the tax bureau's REST endpoint speaks plain http.
     settings = replace(
         settings,
@@ -106,6 +112,7 @@ async def _serve_tour(
     tour = Tour(settings, members, operator, hub.decisions, hub.audit)
     try:
         await asyncio.to_thread(tour.run, specs)
+        await asyncio.to_thread(tour.console_links, port)
         if not once:
             print(f"\nThe hub is serving on localhost:{port}. In another terminal, for example:")
             print(f"  .venv/bin/exchange --hub localhost:{port} --identity {operator} catalog list")
@@ -384,3 +391,20 @@ class Tour:
             f"offline verification of the export: {report.entries} entries and {report.checkpoints} signed "
             "checkpoints check out"
         )
+
+    def console_links(self, port: int) -> None:
+        """The web console's address, and a one-time sign-in link for each person, asked for with their certificate."""
+        _step(f"12. The web console for people, at {console_base_url(self.settings)}: a sign-in link for each")
+        people = [(self.members.operator.username, self.operator)]
+        people += [(p.username, self.identity_of(p.username)) for p in self.members.people]
+        rows = []
+        for username, identity in people:
+            with self.client(identity) as hub:
+                link = hub.call(hub.console.CreateSignInLink, cnpb.CreateSignInLinkRequest())
+            rows.append([username, link.url])
+        print(tables.render(["person", "sign-in link"], rows, max_column=120))
+        minutes = f"{self.settings.console_link_minutes:g}"
+        example = people[-1][1]
+        print(f"\nEach link opens one session, once, and expires in {minutes} minutes. A fresh one:")
+        print(f"  .venv/bin/exchange --hub localhost:{port} --identity {example} console login")
+        print("Or import a certificate into the browser: exchange --identity DIR cert export --out me.p12")

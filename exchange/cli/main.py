@@ -19,6 +19,7 @@ from exchange.cli import exchange as exchange_verbs
 from exchange.cli.backup import add_verbs as add_backup_verbs
 from exchange.cli.certificates import add_verbs as add_certificate_verbs
 from exchange.cli.client import describe
+from exchange.cli.console import add_verbs as add_console_verbs
 from exchange.errors import ExchangeError, InvalidArgument
 from exchange.server.app import serve
 from exchange.store import Store
@@ -162,6 +163,7 @@ def _person_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _principal_choice(p, required=False)
     _paged(p)
     add_certificate_verbs(top, _verb, cert)
+    add_console_verbs(top, _verb, cert)
 
 
 def _catalog_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -345,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="stop after the tour instead of serving on")
     p.add_argument("--listen", help="host:port (default 127.0.0.1:7443)")
     p.add_argument("--metrics-listen", help="host:port for /metrics, /healthz, /readyz (default 127.0.0.1:9464)")
+    p.add_argument("--console-listen", help="host:port for the web console (default 127.0.0.1:7444)")
     _verb(top, "whoami", commands.whoami, "who the hub takes you to be")
     _registry_verbs(top)
     _catalog_verbs(top)

@@ -34,6 +34,7 @@ from exchange.errors import AuditTampered, ConfigError, ExchangeError, FieldViol
 from exchange.models import Binding, PrincipalKind, PrincipalRef, Resource
 from exchange.server.audit import AuditServicer
 from exchange.server.catalog import CatalogServicer
+from exchange.server.console import ConsoleServicer, console_base_url
 from exchange.server.credentials import TlsFiles
 from exchange.server.exchange import ExchangeServicer
 from exchange.server.metrics import HubMetrics, MetricsServer
@@ -58,6 +59,8 @@ from exchange.v1 import (
     audit_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
+    console_pb2,
+    console_pb2_grpc,
     exchange_pb2,
     exchange_pb2_grpc,
     registry_pb2,
@@ -81,6 +84,7 @@ SERVICES = (
     rights_pb2.DESCRIPTOR.services_by_name["RightsService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     exchange_pb2.DESCRIPTOR.services_by_name["ExchangeService"].full_name,
+    console_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name,
 )
 
 
@@ -221,6 +225,10 @@ class Hub:
         server = grpc.aio.server(options=options, interceptors=[parsing])
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, registry, settings.insecure_dev, refusals), server
+        )
+        console_pb2_grpc.add_ConsoleServiceServicer_to_server(
+            ConsoleServicer(self.console_access, console_base_url(settings), registry, settings.insecure_dev, refusals),
+            server,
         )
         self.catalog = CatalogService(self.store, policy, self._check_binding)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
