@@ -177,7 +177,20 @@ def test_demo_runs_its_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     home = tmp_path / "demo"
     for _ in range(2):  # the demo rebuilds its home each time
         assert (
-            main(["--home", str(home), "demo", "--once", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            main(
+                [
+                    "--home",
+                    str(home),
+                    "demo",
+                    "--once",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--metrics-listen",
+                    "127.0.0.1:0",
+                    "--console-listen",
+                    "127.0.0.1:0",
+                ]
+            )
             == 0
         )
     out = capsys.readouterr().out

@@ -112,7 +112,7 @@ async def _serve_tour(
     tour = Tour(settings, members, operator, hub.decisions, hub.audit)
     try:
         await asyncio.to_thread(tour.run, specs)
-        await asyncio.to_thread(tour.console_links, port)
+        await asyncio.to_thread(tour.console_links, port, hub.console_port)
         if not once:
             print(f"\nThe hub is serving on localhost:{port}. In another terminal, for example:")
             print(f"  .venv/bin/exchange --hub localhost:{port} --identity {operator} catalog list")
@@ -392,9 +392,10 @@ class Tour:
             "checkpoints check out"
         )
 
-    def console_links(self, port: int) -> None:
+    def console_links(self, port: int, console_port: int) -> None:
         """The web console's address, and a one-time sign-in link for each person, asked for with their certificate."""
-        _step(f"12. The web console for people, at {console_base_url(self.settings)}: a sign-in link for each")
+        address = console_base_url(self.settings, console_port)
+        _step(f"12. The web console for people, at {address}: a sign-in link for each")
         people = [(self.members.operator.username, self.operator)]
         people += [(p.username, self.identity_of(p.username)) for p in self.members.people]
         rows = []

@@ -227,7 +227,13 @@ class Hub:
             RegistryServicer(registry, registry, settings.insecure_dev, refusals), server
         )
         console_pb2_grpc.add_ConsoleServiceServicer_to_server(
-            ConsoleServicer(self.console_access, console_base_url(settings), registry, settings.insecure_dev, refusals),
+            ConsoleServicer(
+                self.console_access,
+                lambda: console_base_url(settings, self.console_port),
+                registry,
+                settings.insecure_dev,
+                refusals,
+            ),
             server,
         )
         self.catalog = CatalogService(self.store, policy, self._check_binding)

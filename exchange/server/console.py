@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from exchange import errors
 from exchange import wire as c
 from exchange.config import Settings
@@ -15,18 +17,24 @@ from exchange.v1 import console_pb2_grpc as pb_grpc
 LINK_PATH = "/signin/link/"
 
 
-def console_base_url(settings: Settings) -> str:
-    """The console's address as browsers reach it (no trailing slash); "" when the hub serves no console."""
+def console_base_url(settings: Settings, bound_port: int = 0) -> str:
+    """The console's address as browsers reach it (no trailing slash); "" when the hub serves no console.
+
+    Without console_url it is console_listen's host with the port the console bound (console_listen may say 0).
+    """
     if not settings.console_listen:
         return ""
-    return (settings.console_url or f"https://{settings.console_listen}").rstrip("/")
+    if settings.console_url:
+        return settings.console_url.rstrip("/")
+    host, _, port = settings.console_listen.rpartition(":")
+    return f"https://{host}:{bound_port or port}"
 
 
 class ConsoleServicer(pb_grpc.ConsoleServiceServicer):
     def __init__(
         self,
         access: ConsoleAccess,
-        base_url: str,
+        base_url: Callable[[], str],
         auth: Authenticator,
         insecure_dev: bool,
         refusals: Refusals | None = None,
@@ -40,9 +48,10 @@ class ConsoleServicer(pb_grpc.ConsoleServiceServicer):
 
     @unary
     def CreateSignInLink(self, request: pb.CreateSignInLinkRequest, actor: Principal) -> pb.SignInLink:
-        if not self.base_url:
+        base_url = self.base_url()
+        if not base_url:
             raise errors.FailedPrecondition(
                 "this hub serves no web console: set console_listen", subject="console_listen", kind="NO_CONSOLE"
             )
         secret, expires = self.access.create_link(actor)
-        return pb.SignInLink(url=f"{self.base_url}{LINK_PATH}{secret}", expire_time=c.timestamp(expires))
+        return pb.SignInLink(url=f"{base_url}{LINK_PATH}{secret}", expire_time=c.timestamp(expires))
