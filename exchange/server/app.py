@@ -369,9 +369,20 @@ class Hub:
             refusals=self.refusals,
             health=self.health_rows,
         )
+        await asyncio.to_thread(self._prune_console)
         self.console = ConsoleServer(build_app(services, self.settings), listen, pki.HubFiles(self.settings.home))
         self.console_port = await self.console.start()
         log.info("web console on https://%s", listen.rpartition(":")[0] + f":{self.console_port}")
+
+    def _prune_console(self) -> None:
+        """Deletes sign-in links and console sessions that ended over a week ago (daily, and at start)."""
+        try:
+            gone = self.store.console.prune(dt.datetime.now(dt.UTC))
+        except ExchangeError as e:
+            log.warning("old console sessions could not be deleted: %s", e.message)
+            return
+        if gone:
+            log.info("deleted %d console sign-in links and sessions over for a week", gone)
 
     def health_rows(self) -> list[tuple[str, str]]:
         """The hub's own state for the operator's health page: (name, value) rows."""
@@ -518,6 +529,7 @@ class Hub:
             tomorrow = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(0, 0, 5), tzinfo=dt.UTC)
             await asyncio.sleep((tomorrow - now).total_seconds())
             self.check_calendar()
+            await asyncio.to_thread(self._prune_console)
 
     async def _watch_index(self) -> None:
         """Checks the audit search indexes against the verified records every audit_index_check_seconds."""
