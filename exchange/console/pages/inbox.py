@@ -64,7 +64,7 @@ def due_of(console: Console, request: ShareRequest, today: dt.date) -> Due:
     return Due(request.due, left, awaiting and request.due < today, note)
 
 
-def _today() -> dt.date:
+def utc_today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
@@ -87,7 +87,7 @@ async def _inbox(request: Request) -> Response:
         viewer, where, console.services.rights.list_requests, console.page_size, token, query, view=view,
         overdue_only=False,
     )
-    today = _today()
+    today = utc_today()
     rows = [(r, due_of(console, r, today)) for r in page.items]
     return console.render(
         request, viewer, "inbox/list.html", rows=rows, overdue=overdue, status=status, statuses=STATUSES,
@@ -124,7 +124,7 @@ async def _show(
     )
     return console.render(
         request, viewer, "inbox/request.html", status_code=status_code, share=share, resource=resource,
-        due=due_of(console, share, _today()), deciding=deciding, masks=MASK_KINDS, error=error,
+        due=due_of(console, share, utc_today()), deciding=deciding, masks=MASK_KINDS, error=error,
         violations=list(violations), **terms,
     )
 
