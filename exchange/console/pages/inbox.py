@@ -84,20 +84,34 @@ async def _inbox(request: Request) -> Response:
         view, query = "all", RequestFilter(owner_department=own, statuses=statuses)
     token = request.query_params.get("page", "")
     page, overdue = await console.call(
-        viewer, where, console.services.rights.list_requests, console.page_size, token, query, view=view,
+        viewer,
+        where,
+        console.services.rights.list_requests,
+        console.page_size,
+        token,
+        query,
+        view=view,
         overdue_only=False,
     )
     today = utc_today()
     rows = [(r, due_of(console, r, today)) for r in page.items]
     return console.render(
-        request, viewer, "inbox/list.html", rows=rows, overdue=overdue, status=status, statuses=STATUSES,
+        request,
+        viewer,
+        "inbox/list.html",
+        rows=rows,
+        overdue=overdue,
+        status=status,
+        statuses=STATUSES,
         next_token=page.next_page_token,
     )
 
 
 async def load_request(console: Console, viewer: Viewer, request_id: str) -> tuple[ShareRequest, Resource]:
     """The share request and the catalog entry it asks of, as the viewer may read them."""
-    share = await console.call(viewer, "RightsServicer.GetShareRequest", console.services.rights.get_request, request_id)
+    share = await console.call(
+        viewer, "RightsServicer.GetShareRequest", console.services.rights.get_request, request_id
+    )
     code = share.application.resource_code
     resource = await console.call(viewer, "CatalogServicer.GetResource", console.services.catalog.get, code, 0)
     return share, resource
@@ -123,9 +137,18 @@ async def _show(
         Action.DECIDE_REQUEST, resource.spec.department_code
     )
     return console.render(
-        request, viewer, "inbox/request.html", status_code=status_code, share=share, resource=resource,
-        due=due_of(console, share, utc_today()), deciding=deciding, masks=MASK_KINDS, error=error,
-        violations=list(violations), **terms,
+        request,
+        viewer,
+        "inbox/request.html",
+        status_code=status_code,
+        share=share,
+        resource=resource,
+        due=due_of(console, share, utc_today()),
+        deciding=deciding,
+        masks=MASK_KINDS,
+        error=error,
+        violations=list(violations),
+        **terms,
     )
 
 

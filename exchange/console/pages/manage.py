@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from exchange import errors
-from exchange.console.pages.inbox import utc_today, due_of, load_request, status_code_of
+from exchange.console.pages.inbox import due_of, load_request, status_code_of, utc_today
 from exchange.console.web import Console, Form, Viewer, see_other
 from exchange.models import ShareRequest, ShareRequestStatus
 from exchange.store.rights import RequestFilter
@@ -29,7 +29,11 @@ SECTIONS = (
 )
 
 
-async def _section(console: Console, viewer: Viewer, request: Request, name: str, f: RequestFilter, late: bool) -> Any:
+async def _section(
+    console: Console, viewer: Viewer, request: Request, section: tuple[str, RequestFilter, bool]
+) -> dict[str, Any]:
+    """One of the desk's lists, at the page its own parameter names."""
+    name, f, late = section
     token = request.query_params.get(f"page_{name}", "")
     rights = console.services.rights
     page, overdue = await console.call(
@@ -48,19 +52,29 @@ async def _desk(request: Request) -> Response:
     console = Console.of(request)
     viewer = await console.viewer(request)
     await console.require(viewer, Action.ISSUE_GRANT, LIST, "see requests awaiting the share manager")
-    sections = [await _section(console, viewer, request, *s) for s in SECTIONS]
+    sections = [await _section(console, viewer, request, s) for s in SECTIONS]
     return console.render(request, viewer, "manage/list.html", sections=sections)
 
 
-async def _show(request: Request, status_code: int = 200, error: str = "", violations: Any = (), **typed: Any) -> Response:
+async def _show(
+    request: Request, status_code: int = 200, error: str = "", violations: Any = (), **typed: Any
+) -> Response:
     console = Console.of(request)
     viewer = await console.viewer(request)
     await console.require(viewer, Action.ISSUE_GRANT, "RightsServicer.GetShareRequest", "open a request to grant")
     share, resource = await load_request(console, viewer, request.path_params["id"])
     return console.render(
-        request, viewer, "manage/request.html", status_code=status_code, share=share, resource=resource,
-        due=due_of(console, share, utc_today()), error=error, violations=list(violations),
-        typed=typed.get("typed", {}), granting=_form_of(viewer, share),
+        request,
+        viewer,
+        "manage/request.html",
+        status_code=status_code,
+        share=share,
+        resource=resource,
+        due=due_of(console, share, utc_today()),
+        error=error,
+        violations=list(violations),
+        typed=typed.get("typed", {}),
+        granting=_form_of(viewer, share),
     )
 
 
@@ -124,8 +138,14 @@ async def _dispute(request: Request) -> Response:
             raise errors.InvalidArgument.of([errors.FieldViolation("decision", "choose grant or uphold")])
         quota, rate = limits_of(form)
         await console.call(
-            viewer, where, console.services.rights.decide_dispute, request_id,
-            grant=decision == "grant", reason=form.get("reason"), quota=quota, rate=rate,
+            viewer,
+            where,
+            console.services.rights.decide_dispute,
+            request_id,
+            grant=decision == "grant",
+            reason=form.get("reason"),
+            quota=quota,
+            rate=rate,
         )
     except errors.ExchangeError as e:
         return await _refused(request, viewer, where, e, form)
