@@ -66,7 +66,7 @@ class World:
     def request(self, request_id: str) -> Any:
         return self.call(self.owner, "GetShareRequest", pb.GetShareRequestRequest(id=request_id))
 
-    def approve(self, request_id: str, *masks: tuple[str, int]) -> None:
+    def approve(self, request_id: str, *masks: tuple[str, pb.MaskKind.ValueType]) -> None:
         approval = pb.ApproveRequest(
             id=request_id,
             fields=["name", "id_number"],
