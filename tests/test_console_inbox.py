@@ -237,3 +237,31 @@ def test_a_refusal_needs_a_reason_and_then_refuses(world: World) -> None:
         assert done.status_code == 303 and done.headers["location"].endswith("notice=inbox.refused")
     refused = world.request(request_id)
     assert refused.status == pb.SHARE_REQUEST_STATUS_REFUSED and refused.decision_reason == "超出履职需要"
+
+
+def test_a_steward_of_the_applying_department_may_not_approve(world: World) -> None:
+    request_id = world.apply("申请方管理员自批")
+    housing_steward = world.hub.add_person("zj-steward", HOUSING.code, m.Role.OWNER_STEWARD)
+    with web_client(world.hub, housing_steward) as client:
+        assert f"/inbox/{request_id}" not in client.get("/inbox").text  # not its department's data
+        token = csrf_of(client.get("/").text)
+        refused = client.post(
+            f"/inbox/{request_id}/approve", data={"csrf": token, "fields": ["name"], "reason": "越权"}
+        )
+    assert refused.status_code == 403
+    found = re.search(r"EX[0-9A-Za-z-]+", refused.text)
+    assert found and world.recorded(found.group(0))
+    assert world.request(request_id).status == pb.SHARE_REQUEST_STATUS_PENDING
+
+
+def test_an_unknown_mask_kind_is_refused_and_the_form_kept(world: World) -> None:
+    request_id = world.apply("未知脱敏方式")
+    with web_client(world.hub, world.owner) as client:
+        token = csrf_of(client.get(f"/inbox/{request_id}").text)
+        refused = client.post(
+            f"/inbox/{request_id}/approve",
+            data={"csrf": token, "fields": ["name"], "mask.name": "scramble", "reason": "保留此理由"},
+        )
+    assert refused.status_code == 400
+    assert "is not a mask kind" in refused.text and "保留此理由" in refused.text
+    assert world.request(request_id).status == pb.SHARE_REQUEST_STATUS_PENDING

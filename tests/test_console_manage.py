@@ -136,3 +136,18 @@ def test_the_share_manager_decides_a_dispute(world: World) -> None:
         )
         assert decided.status_code == 303
     assert world.request(request_id).status == pb.SHARE_REQUEST_STATUS_REFUSAL_UPHELD
+
+
+def test_the_owner_steward_may_suspend_a_grant_on_its_data(world: World) -> None:
+    request_id = approved_request(world)
+    grant_id = world.call(world.manager, "IssueGrant", pb.IssueGrantRequest(request_id=request_id)).id
+    with web_client(world.hub, world.owner) as client:
+        page = client.get(f"/grants/{grant_id}")
+        assert page.status_code == 200 and 'id="suspend"' in page.text and 'id="revoke"' in page.text
+        listed = client.get("/grants", params={"status": "active"})
+        assert grant_id in listed.text
+        done = client.post(f"/grants/{grant_id}/revoke", data={"csrf": csrf_of(page.text), "reason": "事项已办结"})
+        assert done.status_code == 303
+        revoked = client.get("/grants", params={"status": "revoked"})
+        assert grant_id in revoked.text
+    assert grant_of(world, grant_id).status == pb.GRANT_STATUS_REVOKED

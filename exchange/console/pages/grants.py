@@ -99,6 +99,8 @@ async def _change(request: Request) -> Response:
     rights = console.services.rights
     try:
         await console.call(viewer, where, rights.change_grant, grant_id, action, form.get("reason"))
+    except errors.PermissionDenied:
+        raise  # the person is refused, not what they typed: the error page, with its audit record
     except errors.ExchangeError as e:
         typed = {"change": change, "reason": form.get("reason")}
         return await _show(request, status_code_of(e), console.error_text(request, e), typed)

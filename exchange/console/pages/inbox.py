@@ -156,8 +156,9 @@ async def _request_page(request: Request) -> Response:
     return await _show(request)
 
 
-def approval_of(form: Form, asked: tuple[str, ...]) -> Approval:
-    """The approve form as the service's Approval; a malformed date or mask kind is refused as the RPC would."""
+def approval_of(form: Form) -> Approval:
+    """The approve form as the service's Approval (``mask.<item>`` selects, "none" meaning unmasked); a
+    malformed date or mask kind is refused as the RPC refuses it. The service checks the terms themselves."""
     out: list[errors.FieldViolation] = []
     end: dt.date | None = None
     if form.get("end_date"):
@@ -166,15 +167,16 @@ def approval_of(form: Form, asked: tuple[str, ...]) -> Approval:
         except ValueError:
             out.append(errors.FieldViolation("end_date", "a date YYYY-MM-DD"))
     masks: list[tuple[str, MaskKind]] = []
-    for item in asked:
-        kind = form.get(f"mask.{item}", MaskKind.NONE.value)
+    for name, kind in form.values().items():
+        item = name.removeprefix("mask.")
+        if item == name or kind == MaskKind.NONE.value:
+            continue
         if kind not in MASK_KINDS:
-            out.append(errors.FieldViolation(f"masks[{item}].mask", f"{kind[:40]!r} is not a mask kind"))
-        elif kind != MaskKind.NONE.value:
+            out.append(errors.FieldViolation(f"masks[{item[:40]}].mask", f"{kind[:40]!r} is not a mask kind"))
+        else:
             masks.append((item, MaskKind(kind)))
-    errors_found = out
-    if errors_found:
-        raise errors.InvalidArgument.of(errors_found)
+    if out:
+        raise errors.InvalidArgument.of(out)
     fields = tuple(form.getlist("fields"))
     return Approval(fields, end, tuple(masks), form.get("reason"), tuple(form.getlist("verify_masked")))
 
@@ -194,8 +196,7 @@ async def _approve(request: Request) -> Response:
     request_id = request.path_params["id"]
     typed = {"typed": form.values(), "chosen": form.getlist("fields"), "verify": form.getlist("verify_masked")}
     try:
-        share, _ = await load_request(console, viewer, request_id)
-        approval = approval_of(form, share.application.fields)
+        approval = approval_of(form)
         await console.call(viewer, where, console.services.rights.approve, request_id, approval)
     except errors.ExchangeError as e:
         await console.record_refusal(viewer, where, e)
@@ -216,6 +217,10 @@ async def _refuse(request: Request) -> Response:
 
 
 async def _refused(request: Request, error: errors.ExchangeError, **typed: Any) -> Response:
+    """The decision page again with what was typed and why it was refused; a refusal of the person
+    (not of what they typed) is the error page, with its audit record."""
+    if isinstance(error, errors.PermissionDenied):
+        raise error
     console = Console.of(request)
     violations = getattr(error, "violations", [])
     message = console.error_text(request, error)

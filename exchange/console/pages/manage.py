@@ -155,6 +155,8 @@ async def _dispute(request: Request) -> Response:
 async def _refused(request: Request, viewer: Viewer, where: str, error: errors.ExchangeError, form: Form) -> Response:
     console = Console.of(request)
     await console.record_refusal(viewer, where, error)
+    if isinstance(error, errors.PermissionDenied):
+        raise error  # the person is refused, not what they typed: the error page, with its audit record
     message = console.error_text(request, error)
     violations = getattr(error, "violations", [])
     return await _show(request, status_code_of(error), message, violations, typed=form.values())
