@@ -265,3 +265,29 @@ def test_an_unknown_mask_kind_is_refused_and_the_form_kept(world: World) -> None
     assert refused.status_code == 400
     assert "is not a mask kind" in refused.text and "保留此理由" in refused.text
     assert world.request(request_id).status == pb.SHARE_REQUEST_STATUS_PENDING
+
+
+def test_in_english_overdue_rows_show_and_a_refused_approval_comes_back_as_typed(world: World, browser: Any) -> None:
+    late = world.apply("An overdue matter")
+    world.make_overdue(late)
+    page = new_page(browser, world.hub, world.owner)
+    page.goto(console_url(world.hub) + "/lang/en?next=/inbox")
+    page.wait_for_url("**/inbox")
+    row = page.locator("tr.overdue", has_text=late)
+    assert row.count() == 1 and "Overdue by" in row.inner_text()
+    assert "past their answer date" in page.content()
+    screenshot(page, "inbox-overdue-en")
+    row.get_by_role("link", name=late).click()
+    page.wait_for_url(f"**/inbox/{late}")
+    page.locator("#field-name").uncheck()
+    page.locator("select[name='mask.name']").select_option("name")  # a mask on an item not granted
+    page.locator("#approve textarea[name=reason]").fill("kept as typed")
+    page.locator("#approve button[type=submit]").click()
+    page.wait_for_url(f"**/inbox/{late}/approve")
+    assert "each mask names one granted field" in page.locator(".refusal").inner_text()
+    assert not page.locator("#field-name").is_checked() and page.locator("#field-id_number").is_checked()
+    assert page.locator("select[name='mask.name']").input_value() == "name"
+    assert page.locator("#approve textarea[name=reason]").input_value() == "kept as typed"
+    screenshot(page, "inbox-approve-refused-en")
+    assert world.request(late).status == pb.SHARE_REQUEST_STATUS_PENDING
+    page.context.close()
