@@ -6,12 +6,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from exchange.store import Store
+from tests.console_support import chromium
 from tests.harness import RunningHub, base_settings, running_hub
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -74,3 +76,11 @@ def store(store_url: str) -> Iterator[Store]:
 def hub(tmp_path: Path) -> Iterator[RunningHub]:
     with running_hub(base_settings(tmp_path / "hub")) as h:
         yield h
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, shared by every browser test of the run (Playwright's sync API
+    runs once per process)."""
+    with chromium() as launched:
+        yield launched

@@ -93,30 +93,22 @@ def require_chromium() -> None:
     pytest.skip(f"browser tests skipped: no Chromium at {CHROMIUM} (Debian package chromium)")
 
 
-# The browser the first module's fixture started (Playwright's sync API runs once per process).
-_RUNNING: list[Any] = []
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright."""
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright (one per test process: see the ``browser`` fixture
+    in conftest.py, which every browser test shares)."""
     require_chromium()
     from playwright.sync_api import sync_playwright
 
-    if _RUNNING:  # each test module imports this fixture: one Playwright per process, the first one's
-        yield _RUNNING[0]
-        return
     args = list(CHROMIUM_FLAGS)
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         args.append("--no-sandbox")
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
-        _RUNNING.append(chromium)
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
         try:
-            yield chromium
+            yield launched
         finally:
-            _RUNNING.clear()
-            chromium.close()
+            launched.close()
 
 
 def new_page(browser: Any, hub: RunningHub, identity: Path | None = None, *, certificate: bool = False) -> Any:

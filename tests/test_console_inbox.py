@@ -22,10 +22,8 @@ from exchange.store.schema import AuditEntryRow, AuditStagedRow, ShareRequestRow
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from exchange.workdays import WorkCalendar
-from tests.console_support import browser, console_hub, console_url, csrf_of, new_page, screenshot, web_client
+from tests.console_support import console_hub, console_url, csrf_of, new_page, screenshot, web_client
 from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, identity_spec
-
-__all__ = ["browser"]
 
 IDENTITY = "10101/350200000001"
 TODAY = dt.datetime.now(dt.UTC).date()

@@ -9,10 +9,8 @@ from typing import Any
 import pytest
 
 from exchange.v1 import rights_pb2 as pb
-from tests.console_support import browser, console_hub, console_url, csrf_of, new_page, screenshot, web_client
+from tests.console_support import console_hub, console_url, csrf_of, new_page, screenshot, web_client
 from tests.test_console_inbox import World
-
-__all__ = ["browser"]
 
 
 @pytest.fixture(scope="module")

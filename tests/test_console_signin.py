@@ -13,7 +13,6 @@ from exchange import models as m
 from exchange.store.schema import ConsoleLinkRow
 from exchange.v1 import registry_pb2 as rpb
 from tests.console_support import (
-    browser,
     console_hub,
     console_url,
     csrf_of,
@@ -23,8 +22,6 @@ from tests.console_support import (
     web_client,
 )
 from tests.harness import POLICE, RunningHub
-
-__all__ = ["browser"]
 
 
 @pytest.fixture(scope="module")
