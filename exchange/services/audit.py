@@ -42,6 +42,30 @@ class SearchAnswer:
     subject_hash: str
 
 
+@dataclass(frozen=True)
+class Tally:
+    """How many records share one day (UTC, of their place in the log) and the fields a chart groups by."""
+
+    day: dt.date
+    kind: str
+    action: str
+    outcome: str
+    actor: str
+    actor_department: str
+    resource: str
+    purpose: str
+    count: int
+
+    @property
+    def refused(self) -> bool:
+        """A refused exchange, or a refused call recorded as "denied:<method>"."""
+        return self.outcome == "denied" or self.action.startswith("denied:")
+
+
+# The most records one tally reads; a longer period is cut there (and says so).
+TALLY_LIMIT = 50_000
+
+
 class AuditReadService:
     def __init__(
         self, store: Store, log: AuditLog, policy: RightsPolicy, verifier: Verifier, subject_key: bytes
@@ -112,6 +136,40 @@ class AuditReadService:
         proofs = self._log.inclusion_proofs(provable, head.size) if head else {}
         return SearchAnswer(page, head, proofs, f.subject_hash or "")
 
+    def tally(self, actor: Principal, f: EntryFilter, limit: int = TALLY_LIMIT) -> tuple[list[Tally], bool]:
+        """Counts of the records ``actor`` may read that match ``f``, per day and grouping fields (for charts);
+        and whether the count stopped at ``limit`` records. Pruned records (no detail left) are not counted."""
+        f = self._restrict(actor, f)
+        counts: dict[tuple[str, ...], int] = {}
+        token, read = "", 0
+        while read < limit:
+            size = min(1000, limit - read)
+            page = self._store.audit.search(page_request(size, token, {**f.__dict__}), f)
+            read += len(page.items)
+            for entry in page.items:
+                if entry.record is not None:
+                    key = _tally_key(json.loads(entry.record))
+                    counts[key] = counts.get(key, 0) + 1
+            token = page.next_page_token
+            if not token:
+                break
+        tallies = [_tally(key, n) for key, n in sorted(counts.items())]
+        return tallies, bool(token)
+
+    def recent_checkpoints(self, below: int, count: int) -> list[tuple[int, str]]:
+        """Up to ``count`` signed checkpoints of sizes below ``below`` (0: any), newest first, as (size, note)."""
+        latest = self._store.audit.latest_checkpoint()
+        if latest is None or count <= 0:
+            return []
+        top = latest[0] if below <= 0 else min(below - 1, latest[0])
+        found: list[tuple[int, str]] = []
+        window = 64
+        while top >= 0 and len(found) < count:
+            start = max(0, top - window + 1)
+            found += reversed(self._store.audit.checkpoints(start, top))
+            top, window = start - 1, window * 4
+        return found[:count]
+
     def _newest_head(self) -> SignedHead | None:
         try:
             return self.checkpoint(0)
@@ -162,6 +220,17 @@ class AuditReadService:
             )
         self._log.sync()
         return export_lines(self._store.audit, self.verifier, start, self._log.prefix(start))
+
+
+def _tally_key(record: dict[str, object]) -> tuple[str, ...]:
+    day = str(record.get("logged") or record.get("time") or "")[:10]
+    names = ("kind", "action", "outcome", "actor", "actor_department", "resource", "purpose")
+    return (day, *(str(record.get(name, "")) for name in names))
+
+
+def _tally(key: tuple[str, ...], count: int) -> Tally:
+    day, kind, action, outcome, actor, department, resource, purpose = key
+    return Tally(dt.date.fromisoformat(day), kind, action, outcome, actor, department, resource, purpose, count)
 
 
 def parse_time(seconds: int, nanos: int, field: str) -> dt.datetime | None:
