@@ -78,9 +78,10 @@ def hub(tmp_path: Path) -> Iterator[RunningHub]:
         yield h
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium driven by Playwright, shared by every browser test of the run (Playwright's sync API
-    runs once per process)."""
+    """Debian's Chromium driven by Playwright, for one test module: Playwright's sync API keeps an event loop
+    running in the main thread while it lives, so it must end before other modules' asyncio code runs (and
+    only one may run at a time)."""
     with chromium() as launched:
         yield launched

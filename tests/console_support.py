@@ -95,8 +95,7 @@ def require_chromium() -> None:
 
 @contextmanager
 def chromium() -> Iterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright (one per test process: see the ``browser`` fixture
-    in conftest.py, which every browser test shares)."""
+    """Debian's Chromium, headless, driven by Playwright (see the ``browser`` fixture in conftest.py)."""
     require_chromium()
     from playwright.sync_api import sync_playwright
 
