@@ -114,6 +114,7 @@ async def _entry(request: Request) -> Response:
         owner=departments.get(resource.spec.department_code, resource.spec.department_code),
         versions=versions.items,
         next_token=versions.next_page_token,
+        paged=bool(request.query_params.get("page")),
         may_apply=may_apply(viewer, resource),
         shareable=resource.spec.share_type is not ShareType.NOT_SHARED,
     )
