@@ -93,21 +93,33 @@ def require_chromium() -> None:
     pytest.skip(f"browser tests skipped: no Chromium at {CHROMIUM} (Debian package chromium)")
 
 
+# One Chromium for the whole run: each test module imports the ``browser`` fixture, which makes it a
+# fixture of its own per module, but Playwright's sync API may run only once at a time in a process.
+_SHARED: dict[str, Any] = {"users": 0}
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright."""
+    """Debian's Chromium, headless, driven by Playwright (shared by every module that uses it)."""
     require_chromium()
-    from playwright.sync_api import sync_playwright
+    if not _SHARED["users"]:
+        from playwright.sync_api import sync_playwright
 
-    args = list(CHROMIUM_FLAGS)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        args.append("--no-sandbox")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+        args = list(CHROMIUM_FLAGS)
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            args.append("--no-sandbox")
+        _SHARED["playwright"] = sync_playwright().start()
+        _SHARED["chromium"] = _SHARED["playwright"].chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=args
+        )
+    _SHARED["users"] += 1
+    try:
+        yield _SHARED["chromium"]
+    finally:
+        _SHARED["users"] -= 1
+        if not _SHARED["users"]:
+            _SHARED.pop("chromium").close()
+            _SHARED.pop("playwright").stop()
 
 
 def new_page(browser: Any, hub: RunningHub, identity: Path | None = None, *, certificate: bool = False) -> Any:
