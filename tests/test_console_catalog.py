@@ -164,3 +164,12 @@ def test_another_departments_draft_is_not_found_and_bad_filters_are_refused(
         assert unknown.status_code == 400 and "table" not in unknown.text.split("</form>", 1)[1]
     with web_client(hub, people["owner"]) as owner:  # its own draft it sees
         assert owner.get(f"/catalog/{DRAFT}").status_code == 200
+
+
+def test_the_catalog_speaks_english_when_asked(hub: RunningHub, people: dict[str, Path]) -> None:
+    with web_client(hub, people["consumer"]) as client:
+        client.get("/lang/en", params={"next": "/catalog"})
+        listed = client.get("/catalog", params={"share_type": "unconditional"})
+        entry = client.get(f"/catalog/{RECORD}")
+    assert "<h1>Data catalog</h1>" in listed.text and ">Unconditional<" in listed.text and LICENCE in listed.text
+    assert "This resource is classed not shared, on the legal basis: 《刑事诉讼法》第二百八十六条" in entry.text

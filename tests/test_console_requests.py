@@ -206,7 +206,7 @@ def test_a_refusal_is_disputed_from_its_page(browser: Any, hub: RunningHub, peop
 
     with web_client(hub, people["consumer"]) as client:
         page = client.get(f"/requests/{applied.id}")
-        assert refusal in page.text and "对拒绝提出异议" in page.text
+        assert refusal in page.text and "对拒绝提出异议" in page.text and "厦门市住房和建设局" in page.text
         blank = client.post(f"/requests/{applied.id}/dispute", data={"csrf": csrf_of(page.text), "reason": " "})
         assert blank.status_code == 400 and "reason" in blank.text and "/dispute" in blank.text
 

@@ -87,7 +87,9 @@ async def _names(console: Console, viewer: Viewer, codes: set[str]) -> dict[str,
 async def _list(request: Request) -> Response:
     console = Console.of(request)
     viewer = await console.viewer(request)
-    await console.require(viewer, Action.APPLY_FOR_DATA, "Console.Requests", "follow the department's requests")
+    await console.require(
+        viewer, Action.APPLY_FOR_DATA, "RightsServicer.ListShareRequests", "follow the department's requests"
+    )
     status_text = request.query_params.get("status", "")
     statuses = [s.value for s in ShareRequestStatus]
     status = ShareRequestStatus(status_text) if status_text in statuses else None
@@ -248,6 +250,8 @@ async def _request_page(
     request: Request, console: Console, viewer: Viewer, found: ShareRequest, **extra: Any
 ) -> Response:
     names = await _names(console, viewer, {found.application.resource_code})
+    consumer = found.application.consumer_department_code
+    department = await console.run(lambda: console.services.registry.get_department(viewer.principal, consumer))
     may_dispute = found.status is ShareRequestStatus.REFUSED and viewer.may(
         Action.DISPUTE_REFUSAL, found.application.consumer_department_code
     )
@@ -260,6 +264,7 @@ async def _request_page(
         r=found,
         app=found.application,
         resource_name=names.get(found.application.resource_code, ""),
+        department=department,
         masks=dict(found.masks),
         may_dispute=may_dispute,
         **values,
