@@ -4,16 +4,19 @@ people, roles, certificates issued and revoked, refusals that keep what was type
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from exchange import models as m
 from exchange import pki, validation
 from exchange.cli.demo import sample_id_number
-from exchange.store.schema import DepartmentRow, PersonRow
+from exchange.store import Store
+from exchange.store.schema import AuditEntryRow, DepartmentRow, PersonRow
 from tests.console_support import browser, console_hub, console_url, csrf_of, new_page, screenshot, web_client
 from tests.harness import AUTHORITY, POLICE, RunningHub
 
@@ -38,6 +41,21 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
 @pytest.fixture(scope="module")
 def steward(hub: RunningHub) -> Path:
     return hub.add_person("sun-steward", POLICE.code, m.Role.OWNER_STEWARD)
+
+
+def audit_action(hub: RunningHub, exchange_id: str) -> str:
+    """The action of the audit entry with ``exchange_id``, once the log has taken it in (a few seconds at most)."""
+    store = Store(hub.settings.effective_database_url)
+    try:
+        for _ in range(100):
+            with store.db.read() as s:
+                action = s.scalar(select(AuditEntryRow.action).where(AuditEntryRow.exchange_id == exchange_id))
+            if action:
+                return str(action)
+            time.sleep(0.1)
+    finally:
+        store.close()
+    raise AssertionError(f"no audit entry {exchange_id}")
 
 
 def person(hub: RunningHub, username: str) -> m.Person:
@@ -118,6 +136,21 @@ def test_a_refused_department_keeps_what_was_typed_and_says_why(hub: RunningHub)
         assert hub.rows(DepartmentRow) == before
 
 
+def test_a_refused_system_keeps_what_was_typed(hub: RunningHub) -> None:
+    with web_client(hub, hub.operator) as client:
+        csrf = csrf_of(client.get("/admin/systems").text)
+        typed = {
+            "code": "Bad Code",
+            "name": "写错代码的系统",
+            "department_code": POLICE.code,
+            "description": "说明文字",
+        }
+        refused = client.post("/admin/systems", data={"csrf": csrf, **typed})
+        assert refused.status_code == 400 and "system.code" in refused.text
+        assert 'value="Bad Code"' in refused.text and ">说明文字</textarea>" in refused.text
+        assert f'<option value="{POLICE.code}" selected>' in refused.text
+
+
 def test_a_refused_person_never_shows_the_identity_number_back(hub: RunningHub) -> None:
     number = sample_id_number("zhou-typo")
     with web_client(hub, hub.operator) as client:
@@ -139,7 +172,9 @@ def test_a_steward_posting_the_operator_form_is_refused_and_nothing_is_created(h
         typed = {"code": uscc("11350200MB0056789"), "name": "冒名部门", "division_code": "350200", "level": "city"}
         refused = client.post("/admin/departments", data={"csrf": csrf, **typed})
         assert refused.status_code == 403
-        assert re.search(r"EX[0-9A-Z]+", refused.text), "the refusal names its audit record"
+        found = re.search(r"EX[0-9a-fA-F]+", refused.text)
+        assert found, "the refusal names its audit record"
+        assert audit_action(hub, found.group(0)) == "denied:CreateDepartment"
         assert "register departments" in refused.text
         assert hub.rows(DepartmentRow) == before
         assert 'href="/admin"' not in client.get("/").text  # the menu offers no operator page

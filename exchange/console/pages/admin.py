@@ -60,10 +60,11 @@ def choice(kind: type[E], value: str, path: str, out: list[errors.FieldViolation
 
 
 async def _operator(request: Request, where: str, doing: str) -> tuple[Console, Viewer]:
-    """The console and the signed-in person, who must be an operator (refused and recorded otherwise)."""
+    """The console and the signed-in person, who must be an operator (refused and recorded as ``where``:
+    the gRPC call the page stands for, or ``Console.<page>`` for a page no call stands for)."""
     console = Console.of(request)
     viewer = await console.viewer(request)
-    await console.require(viewer, Action.REGISTER_MEMBERS, REGISTRY + where, doing)
+    await console.require(viewer, Action.REGISTER_MEMBERS, where, doing)
     return console, viewer
 
 
@@ -94,12 +95,12 @@ async def _departments(console: Console, viewer: Viewer) -> list[Department]:
 
 
 async def _overview(request: Request) -> Response:
-    console, viewer = await _operator(request, "ListDepartments", "administer members")
+    console, viewer = await _operator(request, "Console.Admin", "administer members")
     return console.render(request, viewer, "admin/overview.html")
 
 
 async def _health(request: Request) -> Response:
-    console, viewer = await _operator(request, "ListDepartments", "read the hub's health")
+    console, viewer = await _operator(request, "Console.Health", "read the hub's health")
     rows = [_health_row(name, value) for name, value in await console.run(console.services.health)]
     return console.render(request, viewer, "admin/health.html", rows=rows)
 
@@ -147,13 +148,13 @@ async def _department_page(request: Request, console: Console, viewer: Viewer, s
 
 
 async def _list_departments(request: Request) -> Response:
-    console, viewer = await _operator(request, "ListDepartments", "administer departments")
+    console, viewer = await _operator(request, REGISTRY + "ListDepartments", "administer departments")
     return await _department_page(request, console, viewer, _fresh())
 
 
 async def _create_department(request: Request) -> Response:
     where = REGISTRY + "CreateDepartment"
-    console, viewer = await _operator(request, "CreateDepartment", "register departments")
+    console, viewer = await _operator(request, REGISTRY + "CreateDepartment", "register departments")
     form = await console.form(request, viewer, where)
     registry = console.services.registry
     try:
@@ -192,13 +193,13 @@ async def _system_page(request: Request, console: Console, viewer: Viewer, shown
 
 
 async def _list_systems(request: Request) -> Response:
-    console, viewer = await _operator(request, "ListSystems", "administer systems")
+    console, viewer = await _operator(request, REGISTRY + "ListSystems", "administer systems")
     return await _system_page(request, console, viewer, _fresh())
 
 
 async def _create_system(request: Request) -> Response:
     where = REGISTRY + "CreateSystem"
-    console, viewer = await _operator(request, "CreateSystem", "register systems")
+    console, viewer = await _operator(request, REGISTRY + "CreateSystem", "register systems")
     form = await console.form(request, viewer, where)
     registry = console.services.registry
     try:
@@ -244,13 +245,13 @@ async def _people_page(request: Request, console: Console, viewer: Viewer, shown
 
 
 async def _list_people(request: Request) -> Response:
-    console, viewer = await _operator(request, "ListPeople", "administer people")
+    console, viewer = await _operator(request, REGISTRY + "ListPeople", "administer people")
     return await _people_page(request, console, viewer, _fresh())
 
 
 async def _create_person(request: Request) -> Response:
     where = REGISTRY + "CreatePerson"
-    console, viewer = await _operator(request, "CreatePerson", "register people")
+    console, viewer = await _operator(request, REGISTRY + "CreatePerson", "register people")
     form = await console.form(request, viewer, where)
     registry = console.services.registry
 
@@ -268,7 +269,7 @@ async def _create_person(request: Request) -> Response:
 
 
 async def _change_role(request: Request) -> Response:
-    console, viewer = await _operator(request, "AssignRole", "assign roles")
+    console, viewer = await _operator(request, REGISTRY + "AssignRole", "assign roles")
     form = await console.form(request, viewer, REGISTRY + "AssignRole")
     add = form.get("change") != "unassign"
     where = REGISTRY + ("AssignRole" if add else "UnassignRole")
@@ -316,13 +317,13 @@ async def _certificate_page(request: Request, console: Console, viewer: Viewer, 
 
 
 async def _list_certificates(request: Request) -> Response:
-    console, viewer = await _operator(request, "ListCertificates", "administer certificates")
+    console, viewer = await _operator(request, REGISTRY + "ListCertificates", "administer certificates")
     return await _certificate_page(request, console, viewer, _fresh())
 
 
 async def _revoke_certificate(request: Request) -> Response:
     where = REGISTRY + "RevokeCertificate"
-    console, viewer = await _operator(request, "RevokeCertificate", "revoke certificates")
+    console, viewer = await _operator(request, REGISTRY + "RevokeCertificate", "revoke certificates")
     form = await console.form(request, viewer, where)
     registry = console.services.registry
     fingerprint, reason = form.get("fingerprint").lower(), form.get("reason")
@@ -335,7 +336,7 @@ async def _revoke_certificate(request: Request) -> Response:
 
 async def _issue_certificate(request: Request) -> Response:
     where = REGISTRY + "IssueCertificate"
-    console, viewer = await _operator(request, "IssueCertificate", "issue certificates")
+    console, viewer = await _operator(request, REGISTRY + "IssueCertificate", "issue certificates")
     form = await console.form(request, viewer, where)
     registry = console.services.registry
 
@@ -365,7 +366,7 @@ def _download_url(record: CertificateRecord) -> str:
 
 async def _certificate_pem(request: Request) -> Response:
     """A certificate's PEM as a file to save (certificates are public; the key never left its holder)."""
-    console, viewer = await _operator(request, "ListCertificates", "download certificates")
+    console, viewer = await _operator(request, REGISTRY + "ListCertificates", "download certificates")
     wanted = request.query_params.get("fingerprint", "").lower()
     registry = console.services.registry
 
