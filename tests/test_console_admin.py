@@ -33,7 +33,7 @@ TRANSPORT = m.Department(uscc("11350200MB0045678"), "厦门市交通运输局", 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
-    with console_hub(tmp_path_factory.mktemp("admin") / "hub") as h:
+    with console_hub(tmp_path_factory.mktemp("admin") / "hub", console_page_size=5) as h:
         h.add_department(POLICE)
         yield h
 
@@ -116,7 +116,26 @@ def test_the_operator_registers_a_department_a_system_and_a_person_in_the_browse
     assert page.locator(".notice").inner_text() == "角色已分配。"
     assert person(hub, "li-consumer").roles == {m.Role.CONSUMER, m.Role.OWNER_STEWARD}
     screenshot(page, "admin-people")
+    page.get_by_role("link", name="English").click()
+    assert page.locator("h1").inner_text() == "People"
+    screenshot(page, "admin-people-en")
     page.context.close()
+
+
+def test_a_long_list_of_departments_is_paged(hub: RunningHub) -> None:
+    for n in range(6):
+        first17 = f"11350200MB0{n}9999"
+        first17 += "0" * (17 - len(first17))
+        hub.add_department(m.Department(uscc(first17), f"分页测试部门{n}", "350200", m.AdministrativeLevel.CITY))
+    with web_client(hub, hub.operator) as client:
+        first = client.get("/admin/departments")
+        assert first.text.count("<tr><td><code>") == 5
+        following = re.search(r'href="(/admin/departments\?page=[^"]+)"', first.text)
+        assert following, "a full page links to the next"
+        second = client.get(following.group(1).replace("&amp;", "&"))
+        assert second.status_code == 200 and second.text.count("<tr><td><code>") >= 1
+        shown = set(re.findall(r"分页测试部门\d", first.text)) | set(re.findall(r"分页测试部门\d", second.text))
+        assert len(shown) > len(set(re.findall(r"分页测试部门\d", first.text)))
 
 
 def test_a_refused_department_keeps_what_was_typed_and_says_why(hub: RunningHub) -> None:
