@@ -390,8 +390,12 @@ class Hub:
             ("serving", "yes" if self.ready else "no"),
             ("store", self.store.db.backend),
             ("audit_log_intact", "yes" if self.audit.broken is None else "no"),
-            ("audit_log_checked_at", str(self.audit.checked_at or "")),
-            ("audit_signed_at", str(self.audit.signed_at or "")),
+            ("audit_log_checked_at", _utc(self.audit.checked_at)),
+            ("audit_signed_at", _utc(self.audit.signed_at)),
+            *(
+                (f"certificate_expires:{name}", _utc(when.timestamp()))
+                for name, when in self.credentials.files.expiries()
+            ),
         ]
 
     def _start_metrics(self) -> None:
@@ -610,3 +614,10 @@ async def serve(settings: Settings) -> None:
     await stopping.wait()
     log.info("shutdown requested; finishing in-flight calls (grace %.1fs)", settings.shutdown_grace_seconds)
     await hub.stop()
+
+
+def _utc(epoch: float | None) -> str:
+    """A moment for the operator's health page, as ISO 8601 UTC ("" if it has not happened)."""
+    if epoch is None:
+        return ""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
