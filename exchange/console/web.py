@@ -237,13 +237,17 @@ class Console:
         def t(key: str, **kw: object) -> str:
             return self.catalogs.text(locale, key, **kw)
 
+        menu = [m for m in self.menu if viewer is not None and m.shown(viewer)]
+        path = request.url.path
+        under = [m.path for m in menu if path == m.path or (m.path != "/" and path.startswith(m.path + "/"))]
         context = {
             "t": t,
             "locale": locale,
             "locales": LOCALE_NAMES,
             "viewer": viewer,
-            "menu": [m for m in self.menu if viewer is not None and m.shown(viewer)],
-            "path": request.url.path,
+            "menu": menu,
+            "current": max(under, key=len, default=""),  # the menu item the page is under (the longest match)
+            "path": path,
             "csrf": viewer.session.csrf_token if viewer else request.cookies.get(PRE_CSRF_COOKIE, ""),
             "notice": _notice(request, t),
             "page_url": lambda **q: _page_url(request, **q),
