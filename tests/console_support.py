@@ -113,7 +113,11 @@ def chromium() -> Iterator[Any]:
 def new_page(browser: Any, hub: RunningHub, identity: Path | None = None, *, certificate: bool = False) -> Any:
     """A fresh browser context's page (its own cookies), signed in with a link as ``identity`` unless
     ``certificate``: then the browser presents the identity's certificate and has not signed in yet."""
-    options: dict[str, Any] = {"ignore_https_errors": True, "viewport": {"width": 1280, "height": 860}}
+    options: dict[str, Any] = {
+        "ignore_https_errors": True,
+        "viewport": {"width": 1280, "height": 860},
+        "locale": "zh-CN",  # the browser of a Chinese-speaking official: dates as the console's users read them
+    }
     if certificate and identity is not None:
         options["client_certificates"] = [
             {
