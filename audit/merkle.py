@@ -229,6 +229,10 @@ class NodeSource(Protocol):
 
     def node_hashes(self, level: int, indexes: list[int]) -> dict[int, bytes]: ...
 
+    def leaf_blocks(self, firsts: list[int], width: int) -> dict[int, list[bytes]]:
+        """The leaf hashes of each block [first, first + width), by first, read together."""
+        ...
+
 
 # Subtrees of 2**KEPT_LEVEL leaves and larger are kept (in the store); smaller ones are computed from leaves.
 KEPT_LEVEL = 8
@@ -270,28 +274,55 @@ class FrontierTree(_Provable):
     def inclusion_proofs(self, indexes: list[int], size: int) -> dict[int, list[bytes]]:
         """The proofs of several leaves in the tree of ``size`` leaves, by leaf index.
 
-        What they share is read once: each block of ``2**KEPT_LEVEL`` leaves their lower levels are
-        computed from, and each subtree hash higher up.
+        Every hash they need is read in one go before any is computed: the kept subtree hashes one query
+        per level, and the blocks of ``2**KEPT_LEVEL`` leaves their lower levels are computed from, in one
+        more (a page of search hits spread over a long log would otherwise cost a read per hash).
         """
         self._check_size(size)
         for index in indexes:
             if not 0 <= index < size:
                 raise ProofError(f"leaf {index} is not in a tree of size {size}")
-        blocks: dict[int, MerkleTree] = {}
-        known: dict[tuple[int, int], bytes] = {}
+        wanted: set[tuple[int, int]] = set()
 
-        def rng(start: int, end: int) -> bytes:
-            if (start, end) not in known:
-                n, first = end - start, start >> KEPT_LEVEL << KEPT_LEVEL
-                if n & (n - 1) == 0 and start % n == 0 and n < 1 << KEPT_LEVEL:
-                    if first not in blocks:
-                        blocks[first] = MerkleTree(self._source.leaf_hashes(first, first + (1 << KEPT_LEVEL)))
-                    known[start, end] = blocks[first]._range(start - first, end - first)
-                else:
-                    known[start, end] = self._range(start, end)
-            return known[start, end]
+        def note(start: int, end: int) -> bytes:
+            wanted.add((start, end))
+            return b""
 
-        return {index: _proof_path(rng, index, 0, size) for index in indexes}
+        for index in indexes:  # the same walk as below, only to learn which ranges the proofs take
+            _proof_path(note, index, 0, size)
+        known = self._read_ranges(wanted)
+        return {index: _proof_path(lambda start, end: known[start, end], index, 0, size) for index in indexes}
+
+    def _read_ranges(self, ranges: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """The hashes of leaf ranges, each split as ``_range`` splits it, the pieces read together."""
+        pieces = {r: _aligned_pieces(*r) for r in ranges}
+        kept: dict[int, set[int]] = {}
+        blocks: set[int] = set()
+        for start, end in (p for parts in pieces.values() for p in parts):
+            level = (end - start).bit_length() - 1
+            if level >= KEPT_LEVEL:
+                kept.setdefault(level, set()).add(start >> level)
+            else:
+                blocks.add(start >> KEPT_LEVEL << KEPT_LEVEL)
+        nodes = {
+            (level, index): digest
+            for level, indexes in kept.items()
+            for index, digest in self._source.node_hashes(level, sorted(indexes)).items()
+        }
+        leaves = self._source.leaf_blocks(sorted(blocks), 1 << KEPT_LEVEL) if blocks else {}
+        trees = {first: MerkleTree(hashes) for first, hashes in leaves.items()}
+
+        def piece(start: int, end: int) -> bytes:
+            level = (end - start).bit_length() - 1
+            if level >= KEPT_LEVEL:
+                found = nodes.get((level, start >> level))
+                if found is None:
+                    raise ProofError(f"the kept hash of leaves {start}..{end - 1} is missing")
+                return found
+            first = start >> KEPT_LEVEL << KEPT_LEVEL
+            return trees[first]._range(start - first, end - first)
+
+        return {r: _join(r[0], r[1], piece) for r in ranges}
 
     def _range(self, start: int, end: int) -> bytes:
         n = end - start
@@ -307,6 +338,28 @@ class FrontierTree(_Provable):
             return MerkleTree(self._source.leaf_hashes(start, end)).root()
         k = _split(n)
         return node_hash(self._range(start, start + k), self._range(start + k, end))
+
+
+def _aligned_pieces(start: int, end: int) -> list[tuple[int, int]]:
+    """The complete subtrees the hash of leaves [start, end) is made of, as RFC 9162's MTH splits it."""
+    n = end - start
+    if n == 0:
+        return []
+    if n & (n - 1) == 0 and start % n == 0:
+        return [(start, end)]
+    k = _split(n)
+    return [*_aligned_pieces(start, start + k), *_aligned_pieces(start + k, end)]
+
+
+def _join(start: int, end: int, piece: Callable[[int, int], bytes]) -> bytes:
+    """The hash of leaves [start, end) from the hashes of its complete subtrees (``piece``)."""
+    n = end - start
+    if n == 0:
+        return EMPTY_ROOT
+    if n & (n - 1) == 0 and start % n == 0:
+        return piece(start, end)
+    k = _split(n)
+    return node_hash(_join(start, start + k, piece), _join(start + k, end, piece))
 
 
 # The hash of leaves [start, end), however a tree finds it: what the proof definitions below are written over.

@@ -160,10 +160,10 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|---:|")
         with web_client(hub, steward) as web:
             report("home (baseline)", *measure(lambda: web.get("/"), args.samples))
-        if args.seed_only:
-            return
+            if args.seed_only:
+                return
             report("request inbox, first page", *measure(lambda: web.get("/inbox"), args.samples))
-            report("request inbox, overdue only", *measure(lambda: web.get("/inbox?overdue=1"), args.samples))
+            report("request inbox, refused (none)", *measure(lambda: web.get("/inbox?status=refused"), args.samples))
         with web_client(hub, consumer) as web:
             report("my requests, first page", *measure(lambda: web.get("/requests"), args.samples))
         with web_client(hub, auditor) as web:

@@ -134,6 +134,9 @@ class _Kept:
     def node_hashes(self, level: int, indexes: list[int]) -> dict[int, bytes]:
         return {i: self.nodes[level, i] for i in indexes if (level, i) in self.nodes}
 
+    def leaf_blocks(self, firsts: list[int], width: int) -> dict[int, list[bytes]]:
+        return {first: self.leaves[first : first + width] for first in firsts}
+
 
 def test_the_frontier_tree_is_the_same_tree_in_logarithmic_memory() -> None:
     kept, reference = _Kept(), MerkleTree()

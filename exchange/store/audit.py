@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 INTEGRATOR_LOCK = 0x45584155  # "EXAU"
 # The one row of audit_head.
 HEAD_ID = 1
+# Values bound in one statement when reading many nodes or leaf blocks (within every backend's limit).
+BOUND_VALUES = 500
 _pending: ContextVar[list[AuditRecord] | None] = ContextVar("audit_pending", default=None)
 
 
@@ -255,13 +257,31 @@ class AuditStore:
 
     def node_hashes(self, level: int, indexes: list[int]) -> dict[int, bytes]:
         """Kept subtree hashes of one level, by index (those not kept yet are absent)."""
+        found: dict[int, bytes] = {}
         with self._db.read() as s:
-            rows = s.execute(
-                select(AuditNodeRow.idx, AuditNodeRow.hash).where(
-                    AuditNodeRow.level == level, AuditNodeRow.idx.in_(indexes)
+            for at in range(0, len(indexes), BOUND_VALUES):
+                rows = s.execute(
+                    select(AuditNodeRow.idx, AuditNodeRow.hash).where(
+                        AuditNodeRow.level == level, AuditNodeRow.idx.in_(indexes[at : at + BOUND_VALUES])
+                    )
                 )
-            )
-            return {int(i): bytes(h) for i, h in rows}
+                found.update((int(i), bytes(h)) for i, h in rows)
+        return found
+
+    def leaf_blocks(self, firsts: list[int], width: int) -> dict[int, list[bytes]]:
+        """Leaf hashes of the blocks [first, first + width), by first, in one read transaction (a range scan
+        of the primary key each: one statement with many ranges is planned as a scan of the whole log)."""
+        blocks: dict[int, list[bytes]] = {}
+        statement = (
+            select(AuditEntryRow.leaf_hash)
+            .where(AuditEntryRow.seq >= bindparam("first"), AuditEntryRow.seq < bindparam("end"))
+            .order_by(AuditEntryRow.seq)
+        )
+        with self._db.read() as s:
+            for first in firsts:
+                rows = s.execute(statement, {"first": first, "end": first + width}).scalars()
+                blocks[first] = [bytes(h) for h in rows]
+        return blocks
 
     def add_nodes(self, nodes: list[tuple[int, int, bytes]]) -> None:
         """Keeps subtree hashes (level, index, hash); one another process kept already is left as it is."""
