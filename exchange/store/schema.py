@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -352,6 +353,14 @@ class AuditEntryRow(Base):
     """The audit log: entry ``seq`` is leaf ``seq`` of the RFC 9162 tree. Never updated, never reordered."""
 
     __tablename__ = "audit_entries"
+    # Searches filter on these and page in seq order: (column, seq) lets a page be read in order and stop
+    # once full, instead of collecting every match and sorting it.
+    __table_args__ = (
+        Index("ix_audit_entries_actor_seq", "actor", "seq"),
+        Index("ix_audit_entries_actor_department_seq", "actor_department", "seq"),
+        Index("ix_audit_entries_resource_seq", "resource", "seq"),
+        Index("ix_audit_entries_outcome_seq", "outcome", "seq"),
+    )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
@@ -360,9 +369,9 @@ class AuditEntryRow(Base):
     time: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(32))
-    actor: Mapped[str] = mapped_column(String(80), index=True)
-    actor_department: Mapped[str] = mapped_column(String(18), index=True)
-    resource: Mapped[str] = mapped_column(String(32), index=True)
+    actor: Mapped[str] = mapped_column(String(80))
+    actor_department: Mapped[str] = mapped_column(String(18))
+    resource: Mapped[str] = mapped_column(String(32))
     purpose: Mapped[str] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16))
     exchange_id: Mapped[str] = mapped_column(String(64), index=True)
