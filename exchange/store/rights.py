@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -76,6 +76,18 @@ def _events(s: Session, column: InstrumentedAttribute[str | None], key: str) -> 
     return tuple(
         ShareEvent(r.action, PrincipalRef(PrincipalKind(r.actor_kind), r.actor_code), r.at, r.reason) for r in rows
     )
+
+
+def _histories(s: Session, request_ids: list[str]) -> dict[str, tuple[ShareEvent, ...]]:
+    """The histories of several requests in one query (a page of them would otherwise take one each)."""
+    found: dict[str, list[ShareEvent]] = {i: [] for i in request_ids}
+    rows = s.scalars(
+        select(ShareEventRow).where(ShareEventRow.request_id.in_(request_ids)).order_by(ShareEventRow.id)
+    )
+    for r in rows:
+        event = ShareEvent(r.action, PrincipalRef(PrincipalKind(r.actor_kind), r.actor_code), r.at, r.reason)
+        found[str(r.request_id)].append(event)
+    return {i: tuple(events) for i, events in found.items()}
 
 
 def _request_of(s: Session, row: ShareRequestRow, with_history: bool = True) -> ShareRequest:
@@ -273,7 +285,9 @@ class RightsStore:
         """One page of requests, and how many of all that match are overdue on ``today``."""
         with self._db.read() as s:
             stmt = self._request_query(s, f)
-            listed = fetch_page(s, stmt, ShareRequestRow.id, page, convert=lambda row: _request_of(s, row))
+            listed = fetch_page(s, stmt, ShareRequestRow.id, page, convert=lambda row: _request_of(s, row, False))
+            histories = _histories(s, [r.id for r in listed.items])
+            listed = replace(listed, items=[replace(r, history=histories[r.id]) for r in listed.items])
             overdue_stmt = self._request_query(s, RequestFilter(**{**f.__dict__, "overdue_on": today}))
             overdue = s.scalar(select(func.count()).select_from(overdue_stmt.subquery())) or 0
             return listed, overdue
