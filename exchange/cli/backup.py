@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from audit.note import NoteError, Signer
 from exchange import backup as archive
 from exchange import pki
+from exchange.cli import userfiles
 from exchange.cli.audit import read_verifier
 from exchange.config import Settings
 from exchange.errors import FailedPrecondition, InvalidArgument
@@ -48,6 +49,7 @@ def _where(settings: Settings) -> str:
 
 def backup(args: argparse.Namespace, settings: Settings) -> int:
     """Writes a signed archive of the store (and, with --with-keys, the home's key files)."""
+    userfiles.check_writable(args.out, "the archive")
     signer = _signer(settings)
     if args.with_keys:
         print(KEYS_WARNING, file=sys.stderr)

@@ -17,6 +17,7 @@ from cryptography import x509
 
 from exchange import ca, pki
 from exchange import wire as w
+from exchange.cli import userfiles
 from exchange.cli.client import HubClient
 from exchange.config import Settings
 from exchange.store import Store
@@ -67,6 +68,8 @@ def cert_renew(args: argparse.Namespace, settings: Settings) -> int:
 
 def cert_bundle(args: argparse.Namespace, settings: Settings) -> int:
     """Fetches the hub's trust bundle into the identity's CA file (or --out)."""
+    if args.out is not None:
+        userfiles.check_writable(args.out, "the trust bundle")
     with HubClient(settings, args.identity) as hub:
         bundle = hub.call(hub.registry.GetTrustBundle, rpb.GetTrustBundleRequest())
         target = args.out or pki.IdentityFiles(hub.identity).ca

@@ -22,6 +22,7 @@ from exchange import wire as w
 from exchange.cli import files, tables
 from exchange.cli.client import HubClient
 from exchange.config import Settings
+from exchange.errors import InvalidArgument
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
 
@@ -208,8 +209,19 @@ def issue_identity(hub: HubClient, ref: m.PrincipalRef, out: Path, ca_pem: bytes
     return cert
 
 
+def _check_identity_out(out: Path) -> None:
+    """An identity directory can be written at ``out`` (checked before the hub is asked: no certificate is wasted)."""
+    if out.exists() and not out.is_dir():
+        raise InvalidArgument(f"cannot write the identity {out}: it is a file; give a directory to create")
+    if not out.parent.is_dir():
+        raise InvalidArgument(f"cannot write the identity {out}: the directory {out.parent} does not exist")
+    if pki.IdentityFiles(out).key.exists():
+        raise InvalidArgument(f"cannot write the identity {out}: it already holds a key; choose another directory")
+
+
 def cert_issue(args: argparse.Namespace, settings: Settings) -> int:
     ref = _ref(args)
+    _check_identity_out(args.out)
     with HubClient(settings, args.identity) as hub:
         ca_pem = pki.IdentityFiles(hub.identity).ca.read_bytes()
         cert = issue_identity(hub, ref, args.out, ca_pem, args.days)

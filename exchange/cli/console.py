@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from exchange import pki
+from exchange.cli import userfiles
 from exchange.cli.client import HubClient
 from exchange.config import Settings
 from exchange.errors import ConfigError, FailedPrecondition, InvalidArgument
@@ -137,6 +138,7 @@ def cert_export(args: argparse.Namespace, settings: Settings) -> int:
     files = _identity(args, settings)
     key, cert, chain = _read(files)
     out = Path(args.out)
+    userfiles.check_writable(out, "the PKCS#12 file")
     if out.exists() and not args.force:  # before asking for a password that would go unused
         raise FailedPrecondition(f"{out} already exists: choose another file, or add --force to replace it")
     password = _password(args)

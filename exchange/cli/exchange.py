@@ -19,8 +19,9 @@ from google.protobuf import json_format
 
 from audit import provenance
 from exchange import values
-from exchange.cli import tables
+from exchange.cli import tables, userfiles
 from exchange.cli.audit import read_verifier
+from exchange.cli.bindings import show_binding
 from exchange.cli.client import HubClient
 from exchange.cli.commands import ask
 from exchange.config import Settings
@@ -66,7 +67,16 @@ def _save(args: argparse.Namespace, rows: list[dict[str, object]], note: str) ->
         print(f"provenance statement written to {args.provenance}", file=sys.stderr)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """The files to save to can be written: checked before the exchange, which the audit log records."""
+    if getattr(args, "out", None) is not None:
+        userfiles.check_writable(args.out, "the output file")
+    if args.provenance is not None:
+        userfiles.check_writable(args.provenance, "the provenance statement")
+
+
 def query(args: argparse.Namespace, settings: Settings) -> int:
+    _check_outputs(args)
     answer = ask(args, settings, lambda hub: hub.exchange.Query, _request(args))
     rows = [values.record_from_wire(r) for r in answer.records]
     if args.json:
@@ -85,6 +95,7 @@ def stream(args: argparse.Namespace, settings: Settings) -> int:
     fields: list[str] = []
     masks: dict[str, str] = {}
     exchange_id, note = "", ""
+    _check_outputs(args)
     with HubClient(settings, args.identity) as hub:
         for batch in hub.exchange.StreamQuery(_request(args), timeout=hub.timeout):
             exchange_id = batch.exchange_id
@@ -106,6 +117,7 @@ def document(args: argparse.Namespace, settings: Settings) -> int:
         filters=_pairs(args.filter, "--filter"),
         provenance=bool(args.provenance),
     )
+    _check_outputs(args)
     digest = hashlib.sha256()
     info: Any = None
     last: Any = None
@@ -130,15 +142,13 @@ def document(args: argparse.Namespace, settings: Settings) -> int:
 def verify(args: argparse.Namespace, settings: Settings) -> int:
     """Checks a provenance statement offline with the hub's public key, and the data it speaks of."""
     verifier = read_verifier(args.key)
-    try:
-        note = args.note.read_text()
-    except OSError as e:
-        raise InvalidArgument(f"cannot read {args.note}: {e.strerror}") from None
-    sha256 = hashlib.sha256(args.data.read_bytes()).hexdigest() if args.data else None
+    note = userfiles.read_text(args.note, "the provenance statement")
+    data = userfiles.read_bytes(args.data, "the data") if args.data else None
+    sha256 = hashlib.sha256(data).hexdigest() if data is not None else None
     try:
         statement = provenance.verify(note, verifier, sha256)
     except provenance.ProvenanceError as e:
-        print(f"NOT VERIFIED: {e}")
+        print(f"error: NOT VERIFIED: the statement {args.note}: {e}", file=sys.stderr)
         return 1
     print(
         f"verified: exchange {statement.exchange} at {statement.time}: {statement.count} "
@@ -151,23 +161,24 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def bind(args: argparse.Namespace, settings: Settings) -> int:
     """Sets a resource's backend from a YAML file shaped like the Binding message."""
+    text = userfiles.read_text(args.file, "the binding file")
     try:
-        data = yaml.safe_load(args.file.read_text())
+        data = yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise json_format.ParseError("the top level must be a mapping with resource_code and one backend")
         binding = json_format.ParseDict(data, cpb.Binding())
-    except OSError as e:
-        raise InvalidArgument(f"cannot read {args.file}: {e.strerror}") from None
     except (yaml.YAMLError, json_format.ParseError) as e:
         raise InvalidArgument(f"{args.file} is not a binding: {e}") from None
     shown = ask(
         args, settings, lambda hub: hub.catalog.SetBinding, cpb.SetBindingRequest(binding=binding, reason=args.reason)
     )
-    print(json_format.MessageToJson(shown, ensure_ascii=False))
+    show_binding(args, shown)
     return 0
 
 
 def binding(args: argparse.Namespace, settings: Settings) -> int:
     shown = ask(args, settings, lambda hub: hub.catalog.GetBinding, cpb.GetBindingRequest(resource_code=args.resource))
-    print(json_format.MessageToJson(shown, ensure_ascii=False))
+    show_binding(args, shown)
     return 0
 
 

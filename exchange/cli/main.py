@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from exchange import config, logs, models
 from exchange.bootstrap import OperatorSeed, initialize, load_audit_signer
-from exchange.cli import audit, audit_index, audit_search, commands, demo, rights
+from exchange.cli import audit, audit_index, audit_search, commands, demo, rights, userfiles
 from exchange.cli import exchange as exchange_verbs
 from exchange.cli.backup import add_verbs as add_backup_verbs
 from exchange.cli.certificates import add_verbs as add_certificate_verbs
@@ -368,18 +368,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(settings.log_level, settings.log_format)
         code: int = args.func(args, settings)
         return code
-    except InvalidArgument as e:
-        lines = [f"  - {v.field}: {v.description}" for v in e.violations]
-        print("\n".join(["error: invalid input:", *lines]) if lines else f"error: {e.message}", file=sys.stderr)
-        return 2
-    except ExchangeError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        return 2
-    except grpc.RpcError as e:
-        print(f"error: {describe(e)}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except (ExchangeError, grpc.RpcError, OSError, ValueError) as e:
+        message, status = _explain(e)
+        print(f"error: {message}", file=sys.stderr)
+        return status
+
+
+def _explain(e: Exception) -> tuple[str, int]:
+    """The CLI's one boundary for failures: what to print after ``error:``, and the exit code.
+
+    1 is the hub's refusal; 2 is a mistake on this side: bad input, a file that cannot be read or written
+    (OSError), a file's content that cannot be decoded (ValueError) where the verb said nothing more precise.
+    """
+    if isinstance(e, InvalidArgument):
+        lines = [f"  - {v.field}: {v.description}" for v in e.violations]
+        return ("\n".join(["invalid input:", *lines]) if lines else e.message), 2
+    if isinstance(e, ExchangeError):
+        return e.message, 2
+    if isinstance(e, grpc.RpcError):
+        return describe(e), 1
+    if isinstance(e, OSError):
+        return userfiles.os_problem(e), 2
+    return f"cannot use the input given: {e}", 2
 
 
 if __name__ == "__main__":
