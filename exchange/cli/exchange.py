@@ -8,7 +8,9 @@ answer is checking the statement's signature and the file's digest, for records 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -103,9 +105,13 @@ def stream(args: argparse.Namespace, settings: Settings) -> int:
                 fields, masks = list(batch.disclosure.fields), dict(batch.disclosure.masks)
             rows += [values.record_from_wire(r) for r in batch.records]
             note = batch.provenance.note or note
-    if not args.out:
-        _show_rows(fields, rows[:20], masks)
-    print(f"exchange {exchange_id}: {len(rows)} record(s)")
+    if args.json:
+        shown = {"exchange_id": exchange_id, "fields": fields, "masks": masks, "count": len(rows)}
+        print(json.dumps({**shown, "records": [] if args.out else rows}, ensure_ascii=False, indent=2, default=str))
+    else:
+        if not args.out:
+            _show_rows(fields, rows[:20], masks)
+        print(f"exchange {exchange_id}: {len(rows)} record(s)")
     _save(args, rows, note)
     return 0
 
@@ -130,10 +136,14 @@ def document(args: argparse.Namespace, settings: Settings) -> int:
             last = chunk
     if last is None or not last.last or digest.digest() != last.sha256:
         raise InvalidArgument(f"the document in {args.out} is incomplete or does not match its SHA-256")
-    print(
-        f"exchange {last.exchange_id}: {info.name} ({info.media_type}), {last.total_bytes} bytes, "
-        f"sha256 {digest.hexdigest()}"
-    )
+    if args.json:
+        shown = {"exchange_id": last.exchange_id, "name": info.name, "media_type": info.media_type}
+        print(json.dumps({**shown, "bytes": last.total_bytes, "sha256": digest.hexdigest()}, ensure_ascii=False))
+    else:
+        print(
+            f"exchange {last.exchange_id}: {info.name} ({info.media_type}), {last.total_bytes} bytes, "
+            f"sha256 {digest.hexdigest()}"
+        )
     if args.provenance:
         args.provenance.write_text(last.provenance.note)
     return 0
@@ -148,8 +158,17 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         statement = provenance.verify(note, verifier, sha256)
     except provenance.ProvenanceError as e:
+        if args.json:
+            print(json.dumps({"verified": False, "problem": str(e)}, ensure_ascii=False))
         print(f"error: NOT VERIFIED: the statement {args.note}: {e}", file=sys.stderr)
         return 1
+    if args.json:
+        print(
+            json.dumps(
+                {"verified": True, "data_checked": sha256 is not None, **dataclasses.asdict(statement)}, default=str
+            )
+        )
+        return 0
     print(
         f"verified: exchange {statement.exchange} at {statement.time}: {statement.count} "
         f"{'record(s)' if statement.kind == 'records' else 'bytes'} of {statement.resource} "
