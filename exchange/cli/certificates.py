@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from google.protobuf import json_format
 
 from exchange import ca, pki
 from exchange import wire as w
@@ -57,6 +59,9 @@ def cert_renew(args: argparse.Namespace, settings: Settings) -> int:
         identity = pki.IdentityFiles(hub.identity)
     _install(identity, key, renewed.certificate.pem.encode(), renewed.trust_bundle.pem.encode())
     cert = renewed.certificate
+    if args.json:
+        print(json_format.MessageToJson(cert, ensure_ascii=False))
+        return 0
     until = cert.not_after.ToJsonString()
     print(f"renewed the certificate of {ref}: {cert.fingerprint_sha256[:16]}… valid until {until}")
     print(f"identity {identity.directory} now uses the new key; the previous pair is kept as *.previous")
@@ -75,6 +80,10 @@ def cert_bundle(args: argparse.Namespace, settings: Settings) -> int:
         target = args.out or pki.IdentityFiles(hub.identity).ca
     pki.replace_file(target, bundle.pem.encode(), 0o644)
     count = len(pki.split_pems(bundle.pem.encode()))
+    if args.json:
+        shown = {"written_to": str(target), "certificates": count}
+        print(json.dumps({**shown, "signing_fingerprint_sha256": bundle.signing_fingerprint_sha256}))
+        return 0
     print(f"wrote {count} trusted CA certificate(s) to {target}; new certificates are signed by ", end="")
     print(f"{bundle.signing_fingerprint_sha256[:16]}…")
     return 0
