@@ -193,7 +193,11 @@ def test_demo_runs_its_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
             )
             == 0
         )
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    # The hub's log goes to a file, not into the tour's text; each refusal is told once, each violation once.
+    assert "INFO" not in err and "refused denied" not in err and (home / "hub.log").is_file()
+    assert "refused denied:SuspendResource" in (home / "hub.log").read_text(encoding="utf-8")
+    assert out.count("resource.legal_basis: is required for a conditional resource") == 2  # two runs
     for expected in (
         "厦门市不动产登记中心",
         "不动产交易完税信息",

@@ -72,19 +72,26 @@ class HubClient:
 
 
 def describe(error: grpc.RpcError) -> str:
-    """A person-readable account of a failed call: the field violations the hub sent, and the exchange id to quote."""
+    """A person-readable account of a failed call: the field violations the hub sent, and the exchange id to quote.
+
+    The hub's message already lists the violations on one line; they are printed once, one a line.
+    """
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     message = error.details() if isinstance(error, grpc.Call) else str(error)
-    lines = [f"{code.name}: {message}"]
     status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
     details: list[Any] = list(status.details) if status else []
+    violations: list[str] = []
+    notes: list[str] = []
     for detail in details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad: error_details_pb2.BadRequest = error_details_pb2.BadRequest()
             detail.Unpack(bad)
-            lines += [f"  - {v.field}: {v.description}" for v in bad.field_violations]
+            violations += [f"{v.field}: {v.description}" for v in bad.field_violations]
         elif detail.Is(error_details_pb2.RequestInfo.DESCRIPTOR):
             info: error_details_pb2.RequestInfo = error_details_pb2.RequestInfo()
             detail.Unpack(info)
-            lines.append(f"  exchange id: {info.request_id} (quote it: the audit log holds this refusal under it)")
-    return "\n".join(lines)
+            notes.append(f"  exchange id: {info.request_id} (quote it: the audit log holds this refusal under it)")
+    summary = "; ".join(violations)
+    if violations and message and message.endswith(summary) and len(message) > len(summary):
+        message = message[: -len(summary)].rstrip()
+    return "\n".join([f"{code.name}: {message}", *(f"  - {v}" for v in violations), *notes])
