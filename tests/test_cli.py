@@ -400,7 +400,7 @@ def test_audit_verbs(hub: RunningHub, capsys: pytest.CaptureFixture[str], tmp_pa
     hub.add_person("zj-steward", POLICE.code, m.Role.OWNER_STEWARD)
     hub.hub.audit.flush()
     assert _run(hub, auditor, "audit", "consistency", str(first), "--key", key) == 0
-    assert "extends the signed log" in capsys.readouterr().out
+    assert "extends that of" in capsys.readouterr().out
 
 
 def test_prune_audit_signs_its_statement_and_verify_says_what_it_proved(

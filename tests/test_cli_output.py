@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,9 @@ def test_checkpoint_and_proofs_print_their_hashes_in_a_table_and_as_json(
     old_root = bytes.fromhex(str(consistency["from_root_hash"]))
     verify_consistency(first, size, _hexes(consistency["hashes"]), old_root, root)
     table = _run(hub, auditor, capsys, "audit", "consistency", str(first), "--key", key)
-    assert f"extends the signed log of {first}" in table and str(consistency["to_root_hash"]) in table
+    assert (
+        f"extends that of {first} (nothing removed or changed)" in table and str(consistency["to_root_hash"]) in table
+    )
 
     found = _json(hub, auditor, capsys, "audit", "search", "--actor", "person/op-admin", "--key", key)
     entries = found["entries"]
@@ -105,3 +108,18 @@ def test_binding_is_a_table_and_catalog_get_shows_what_is_filterable(
     assert any(line.split() == ["filterable", "id_number"] for line in entry.splitlines())
     rows = {line.split()[0]: line for line in entry.splitlines() if line.startswith("  ")}
     assert rows["id_number"].endswith("personal, filterable)") and "filterable" not in rows["name"]
+
+
+def test_export_names_the_key_to_verify_it_with(
+    hub: RunningHub, auditor: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export = tmp_path / "log.jsonl"
+    # The identity was issued into the hub's home (HOME/identities/NAME): its log.pub is the one to name.
+    out = _run(hub, auditor, capsys, "audit", "export", "--out", str(export))
+    assert f"--key {hub.files.audit_verifier}`" in out
+    assert main(["audit", "verify", str(export), "--key", str(hub.files.audit_verifier)]) == 0
+    # An identity kept elsewhere, no home here: the hint says what the key is, not a path that is not it.
+    elsewhere = tmp_path / "a" / "b"
+    shutil.copytree(auditor, elsewhere)
+    out = _run(hub, elsewhere, capsys, "--home", str(tmp_path / "nohub"), "audit", "export", "--out", str(export))
+    assert "--key LOG_PUB`" in out and "audit/log.pub in the hub's home" in out

@@ -177,32 +177,49 @@ def consistency(args: argparse.Namespace, settings: Settings) -> int:
         *_hash_rows("proof", hashes),
         (
             "verified",
-            f"yes: the signed log of {second.size} entries extends the signed log of {first.size}: "
-            "nothing before was removed or changed",
+            f"yes: the log of {second.size} entries extends that of {first.size} (nothing removed or changed)",
         ),
     ]
     _emit(args, data, rows)
     return 0
 
 
+def _local_key(hub: HubClient, settings: Settings) -> Path | None:
+    """The log's public key file on this machine, if there is one: in the configured home, or in the home
+    the caller's identity was issued into (``HOME/identities/NAME``), and holding the key the hub signs with.
+
+    Only a hint for the next command: the verification itself trusts the file, not the hub's word.
+    """
+    verifier_key = hub.call(hub.audit.GetCheckpoint, pb.GetCheckpointRequest()).verifier_key.strip()
+    for home in (settings.home, hub.identity.parent.parent):
+        path = pki.HubFiles(home).audit_verifier
+        try:
+            if path.read_text(encoding="utf-8").strip() == verifier_key:
+                return path
+        except (OSError, UnicodeError):
+            continue
+    return None
+
+
 def export(args: argparse.Namespace, settings: Settings) -> int:
     userfiles.check_writable(args.out, "the export")
     count = 0
-    with HubClient(settings, args.identity) as hub, args.out.open("w", encoding="utf-8") as out:
-        request = pb.ExportLogRequest(from_seq=args.from_seq)
-        for chunk in hub.audit.ExportLog(request, timeout=max(hub.timeout, 3600)):
-            out.write(chunk.lines)
-            count += chunk.lines.count("\n")
-    key = pki.HubFiles(settings.home).audit_verifier
+    with HubClient(settings, args.identity) as hub:
+        with args.out.open("w", encoding="utf-8") as out:
+            request = pb.ExportLogRequest(from_seq=args.from_seq)
+            for chunk in hub.audit.ExportLog(request, timeout=max(hub.timeout, 3600)):
+                out.write(chunk.lines)
+                count += chunk.lines.count("\n")
+        key = _local_key(hub, settings)
     if args.json:
-        print(json.dumps({"lines": count, "written_to": str(args.out)}))
+        print(json.dumps({"lines": count, "written_to": str(args.out), "key": str(key) if key else None}))
         return 0
-    if key.is_file():
+    if key is not None:
         print(f"{count} lines written to {args.out}; check them with `exchange audit verify {args.out} --key {key}`")
     else:
         print(
-            f"{count} lines written to {args.out}; check them with `exchange audit verify {args.out} --key LOG_PUB`, "
-            "LOG_PUB being the log's public key: audit/log.pub in the hub's home (ask its operator for a copy)"
+            f"{count} lines written to {args.out}; check them with `exchange audit verify {args.out} --key LOG_PUB`,"
+            " LOG_PUB being the log's public key: audit/log.pub in the hub's home (ask its operator for a copy)"
         )
     return 0
 
