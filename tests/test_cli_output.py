@@ -123,3 +123,30 @@ def test_export_names_the_key_to_verify_it_with(
     shutil.copytree(auditor, elsewhere)
     out = _run(hub, elsewhere, capsys, "--home", str(tmp_path / "nohub"), "audit", "export", "--out", str(export))
     assert "--key LOG_PUB`" in out and "audit/log.pub in the hub's home" in out
+
+
+def test_the_verbs_on_the_hubs_host_answer_in_json_too(
+    hub: RunningHub, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EXCHANGE_DATABASE_URL", raising=False)
+    home = ["--home", str(hub.settings.home), "--json"]
+
+    def local(*argv: str) -> dict[str, object]:
+        capsys.readouterr()
+        assert main([*home, *argv]) == 0, capsys.readouterr().err
+        data = json.loads(capsys.readouterr().out)
+        assert isinstance(data, dict)
+        return data
+
+    status = local("ca", "status")
+    cas = status["cas"]
+    assert isinstance(cas, list) and cas[0]["signing"] is True and len(cas[0]["fingerprint"]) == 64
+    assert local("audit", "check-index")["differences"] == 0
+    archive = tmp_path / "store.tar"
+    assert local("backup", "--out", str(archive))["written_to"] == str(archive) and archive.is_file()
+    assert local("prune-audit")["pruned"] == 0
+    assert local("migrate") == {"schema": "current"}
+    capsys.readouterr()
+    assert main(["--home", str(hub.settings.home), "ca", "status"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["fingerprint", "role", "until", "key", "subject"]

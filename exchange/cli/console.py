@@ -154,6 +154,10 @@ def cert_export(args: argparse.Namespace, settings: Settings) -> int:
     data = pkcs12.serialize_key_and_certificates(friendly, key, cert, chain or None, encryption)
     _write(out, data, args.force)
     until = f"{cert.not_valid_after_utc:%Y-%m-%d}"
+    if args.json:
+        shown = {"written_to": str(out), "fingerprint_sha256": pki.fingerprint(cert), "ca_certificates": len(chain)}
+        print(json.dumps({**shown, "not_after": cert.not_valid_after_utc.isoformat()}))
+        return 0
     print(f"wrote {out} (PKCS#12, mode 0600): key and certificate {pki.fingerprint(cert)[:16]}… valid until {until}")
     print(f"with {len(chain)} CA certificate(s); import it into your browser with the password you chose")
     if _kind(cert) is PrincipalKind.SYSTEM:

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from exchange import config, logs, models
 from exchange.bootstrap import OperatorSeed, initialize, load_audit_signer
-from exchange.cli import audit, audit_index, audit_search, commands, demo, rights, userfiles
+from exchange.cli import audit, audit_index, audit_search, commands, demo, report, rights, userfiles
 from exchange.cli import exchange as exchange_verbs
 from exchange.cli.backup import add_verbs as add_backup_verbs
 from exchange.cli.certificates import add_verbs as add_certificate_verbs
@@ -38,9 +38,13 @@ def _init(args: argparse.Namespace, settings: config.Settings) -> int:
     )
     identity = initialize(settings, seed)
     store_url = make_url(settings.effective_database_url).render_as_string(hide_password=True)
-    print(f"hub initialized in {settings.home} (store: {store_url})")
-    print(f"first operator {args.operator}: identity in {identity.directory}")
-    print(f"next: exchange serve, then exchange --identity {identity.directory} whoami")
+    report.emit(
+        args,
+        {"home": settings.home, "store": store_url, "operator": args.operator, "identity": identity.directory},
+        f"hub initialized in {settings.home} (store: {store_url})",
+        f"first operator {args.operator}: identity in {identity.directory}",
+        f"next: exchange serve, then exchange --identity {identity.directory} whoami",
+    )
     return 0
 
 
@@ -50,7 +54,7 @@ def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
         store.db.migrate()
     finally:
         store.close()
-    print("store schema is current")
+    report.emit(args, {"schema": "current"}, "store schema is current")
     return 0
 
 
@@ -63,12 +67,15 @@ def _prune(args: argparse.Namespace, settings: config.Settings) -> int:
     finally:
         store.close()
     cutoff = made - dt.timedelta(days=settings.audit_retention_days)
-    print(
+    lines = [
         f"pruned the detail of {done.entries} audit entries logged before {cutoff:%Y-%m-%d %H:%M:%S} UTC "
         f"(retention {settings.audit_retention_days} days); their leaf hashes stay, so the log still verifies"
-    )
+    ]
     if done.statement is not None:
-        print(f"signed pruning statement: entries before {done.statement.up_to} pruned, carried by every export")
+        lines.append(f"signed pruning statement: entries before {done.statement.up_to} pruned, carried by every export")
+    up_to = done.statement.up_to if done.statement is not None else None
+    data = {"pruned": done.entries, "cutoff": cutoff.isoformat(), "statement_up_to": up_to}
+    report.emit(args, {**data, "retention_days": settings.audit_retention_days}, *lines)
     return 0
 
 
