@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print the hub's answers, proofs and verification reports as JSON instead of tables",
+        help="print what the command reports as JSON instead of tables (all but serve and demo, which run on)",
     )
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
