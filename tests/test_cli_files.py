@@ -168,3 +168,18 @@ def test_a_bad_config_file_is_an_error_not_a_traceback(
     elif isinstance(content, bytes):
         path.write_bytes(content)
     assert _problem(["--config", str(path), "whoami"], path, capsys) is None
+
+
+@pytest.mark.parametrize("kind", ["missing", "a file", "garbage"])
+def test_a_bad_identity_is_an_error_not_a_failed_connection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    identity = tmp_path / "identity"
+    if kind == "a file":
+        identity.write_bytes(GARBAGE)
+    elif kind == "garbage":
+        identity.mkdir()
+        for name in ("key.pem", "cert.pem", "ca.pem"):
+            (identity / name).write_bytes(GARBAGE)
+    # No hub listens on port 1: an identity not checked first would end in UNAVAILABLE, which names no file.
+    assert _problem(["--hub", "127.0.0.1:1", "--identity", str(identity), "whoami"], identity, capsys) is None

@@ -37,9 +37,7 @@ class HubClient:
             )
         self.identity = directory
         files = pki.IdentityFiles(directory)
-        for path in (files.key, files.cert, files.ca):
-            if not path.exists():
-                raise ConfigError(f"identity file {path} is missing")
+        _check_identity(files)
         credentials = grpc.ssl_channel_credentials(
             root_certificates=files.ca.read_bytes(),
             private_key=files.key.read_bytes(),
@@ -69,6 +67,28 @@ class HubClient:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _check_identity(files: pki.IdentityFiles) -> None:
+    """The identity directory holds a key, its certificate and the hub's CA, readable: said plainly here, where
+    gRPC would only fail to connect."""
+    if not files.directory.is_dir():
+        raise ConfigError(f"the identity {files.directory} is not a directory (one with key.pem, cert.pem, ca.pem)")
+    for path in (files.key, files.cert, files.ca):
+        if not path.exists():
+            raise ConfigError(f"identity file {path} is missing")
+    try:
+        pki.load_key(files.key)
+        pki.load_cert(files.cert)
+        if not pki.split_pems(files.ca.read_bytes()):
+            raise ValueError("no CA certificate")
+    except OSError as e:
+        raise ConfigError(f"cannot read the identity in {files.directory}: {e.strerror}") from None
+    except ValueError:
+        raise ConfigError(
+            f"the identity in {files.directory} cannot be read: key.pem must hold an EC private key, cert.pem "
+            "and ca.pem PEM certificates (as `exchange cert issue` writes them)"
+        ) from None
 
 
 def describe(error: grpc.RpcError) -> str:
