@@ -113,7 +113,7 @@ def test_refusals_are_explained_with_exit_codes(hub: RunningHub, capsys: pytest.
     err = capsys.readouterr().err
     assert "INVALID_ARGUMENT" in err and "department.code" in err
     assert main(["--identity", "/nonexistent", "whoami"]) == 2
-    assert "identity file" in capsys.readouterr().err
+    assert "the identity directory /nonexistent does not exist" in capsys.readouterr().err
 
 
 CATALOG = """

@@ -72,6 +72,8 @@ class HubClient:
 def _check_identity(files: pki.IdentityFiles) -> None:
     """The identity directory holds a key, its certificate and the hub's CA, readable: said plainly here, where
     gRPC would only fail to connect."""
+    if not files.directory.exists():
+        raise ConfigError(f"the identity directory {files.directory} does not exist (`exchange cert issue` writes one)")
     if not files.directory.is_dir():
         raise ConfigError(f"the identity {files.directory} is not a directory (one with key.pem, cert.pem, ca.pem)")
     for path in (files.key, files.cert, files.ca):
