@@ -11,7 +11,8 @@ import datetime as dt
 import json
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 # Fields of an audit record that a log line leaves out.
 _NOT_LOGGED = frozenset({"data_subjects", "request_sha256", "response_sha256", "masks"})
@@ -58,3 +59,26 @@ def configure(level: str, form: str) -> None:
     root.setLevel(level.upper())
     for chatty in ("alembic", "casbin"):  # both narrate every migration or policy line at INFO
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
+
+
+def to_file(path: Path) -> Callable[[], None]:
+    """Sends the log to ``path`` (plain text), leaving only errors on the terminal; returns what undoes it.
+
+    For a program that narrates on the terminal itself (the demo's tour): the hub's lines would land in
+    the middle of its text, and repeat what it says.
+    """
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    terminal = [(h, h.level) for h in root.handlers if isinstance(h, _Stderr)]
+    for h, _ in terminal:
+        h.setLevel(logging.ERROR)
+    root.addHandler(handler)
+
+    def undo() -> None:
+        root.removeHandler(handler)
+        handler.close()
+        for h, level in terminal:
+            h.setLevel(level)
+
+    return undo

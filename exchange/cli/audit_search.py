@@ -23,7 +23,7 @@ from audit.matching import PENDING, PROVED, HitError, RecordFilter, check_hit, c
 from audit.merkle import ProofError
 from audit.note import Checkpoint, NoteError, Verifier, open_note
 from audit.verify import VerifyError
-from exchange.cli import tables
+from exchange.cli import tables, userfiles
 from exchange.cli.audit import read_verifier
 from exchange.cli.client import HubClient
 from exchange.config import Settings
@@ -79,6 +79,7 @@ class Checked:
     """What the checks of an answer's pages found."""
 
     rows: list[list[str]] = field(default_factory=list)
+    entries: list[dict[str, object]] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     proved: int = 0
@@ -122,6 +123,7 @@ def _check_page(
         checked.pending += status == PENDING
         checked.seqs.append(e.seq)
         checked.rows.append(_row(e, status))
+        checked.entries.append(_entry(e, status))
     return f, checked
 
 
@@ -134,11 +136,28 @@ def _row(e: pb.AuditEntry, status: str) -> list[str]:
     return [str(e.seq), *map(str, cells), str(r.get("reason", "")), status]
 
 
-def _report(checked: Checked, verifier: Verifier | None) -> int:
+def _entry(e: pb.AuditEntry, status: str) -> dict[str, object]:
+    """One hit for ``--json``: its record as the log holds it (text: its bytes hash to the leaf), hashes in hex."""
+    return {
+        "seq": e.seq,
+        "record": e.record or None,
+        "leaf_hash": e.leaf_hash.hex(),
+        "proof": [h.hex() for h in e.proof],
+        "status": status,
+    }
+
+
+def _summary(checked: Checked) -> dict[str, object]:
+    return {"checked": not checked.problems, "proved": checked.proved, "pending": checked.pending}
+
+
+def _report(args: argparse.Namespace, checked: Checked, verifier: Verifier | None) -> int:
     for problem in checked.problems:
-        print(f"SEARCH ANSWER DOES NOT CHECK: {problem}", file=sys.stderr)
+        print(f"error: SEARCH ANSWER DOES NOT CHECK: {problem}", file=sys.stderr)
     if checked.problems:
         return 1
+    if args.json:
+        return 0
     if verifier is None:
         print("every record matches the search; proofs not checked (add --key log.pub)")
     else:
@@ -149,17 +168,23 @@ def _report(checked: Checked, verifier: Verifier | None) -> int:
 
 def search(args: argparse.Namespace, settings: Settings) -> int:
     verifier = read_verifier(args.key) if args.key else None
+    if args.log is not None:
+        userfiles.check_readable(args.log, "the export")
     if args.verify:
         return _search_verified(args, settings, verifier)
     request, f = _asked(args)
     with HubClient(settings, args.identity) as hub:
         response = hub.call(hub.audit.SearchRecords, request)
     _, checked = _check_page(response, args, f, verifier)
+    if args.json:
+        data = {"entries": checked.entries, "next_page_token": response.next_page_token, **_summary(checked)}
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return _report(args, checked, verifier)
     headers = ["seq", "time", "actor", "action", "subject", "outcome", "reason", "proof"]
     print(tables.render(headers, checked.rows))
     if response.next_page_token:
         print(f"(more: add --page-token {response.next_page_token})")
-    return _report(checked, verifier)
+    return _report(args, checked, verifier)
 
 
 def _search_verified(args: argparse.Namespace, settings: Settings, verifier: Verifier | None) -> int:
@@ -176,18 +201,33 @@ def _search_verified(args: argparse.Namespace, settings: Settings, verifier: Ver
             try:
                 log = matches_in_log(lines, verifier, f)
             except (VerifyError, ProofError) as e:
-                print(f"the log does NOT verify, so it cannot show what the search left out: {e}", file=sys.stderr)
+                where = f"the log in {args.log}" if args.log is not None else "the log fetched"
+                print(
+                    f"error: {where} does NOT verify, so it cannot show what the search left out: {e}", file=sys.stderr
+                )
                 return 1
+            except UnicodeError:
+                raise InvalidArgument(f"{args.log} is not an export of the audit log: not UTF-8 text") from None
     found = compare(log, checked.seqs, checked.bound or 0)
     for seq in found.missing:
         checked.problems.append(f"entry {seq} matches the search in the verified log, but the answer left it out")
     for seq in found.extra:
         checked.problems.append(f"entry {seq} is in the answer, but does not match the search in the verified log")
-    print(
-        f"{len(checked.seqs)} records in the answer; compared with the verified log over entries "
-        f"{found.start}..{found.end - 1}: {len(found.missing)} left out, {len(found.extra)} extra"
-    )
-    return _report(checked, verifier)
+    if args.json:
+        data = {
+            "answer": checked.seqs,
+            "compared": {"start": found.start, "end": found.end},
+            "left_out": list(found.missing),
+            "extra": list(found.extra),
+            **_summary(checked),
+        }
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+    else:
+        print(
+            f"{len(checked.seqs)} records in the answer; compared with the verified log over entries "
+            f"{found.start}..{found.end - 1}: {len(found.missing)} left out, {len(found.extra)} extra"
+        )
+    return _report(args, checked, verifier)
 
 
 def _all_pages(

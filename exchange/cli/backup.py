@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from audit.note import NoteError, Signer
 from exchange import backup as archive
 from exchange import pki
+from exchange.cli import report, userfiles
 from exchange.cli.audit import read_verifier
 from exchange.config import Settings
 from exchange.errors import FailedPrecondition, InvalidArgument
@@ -48,6 +49,7 @@ def _where(settings: Settings) -> str:
 
 def backup(args: argparse.Namespace, settings: Settings) -> int:
     """Writes a signed archive of the store (and, with --with-keys, the home's key files)."""
+    userfiles.check_writable(args.out, "the archive")
     signer = _signer(settings)
     if args.with_keys:
         print(KEYS_WARNING, file=sys.stderr)
@@ -57,13 +59,16 @@ def backup(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         db.dispose()
     rows = sum(t.rows for t in manifest.tables)
-    print(
+    key = pki.HubFiles(settings.home).audit_verifier
+    lines = [
         f"backup of {_where(settings)} written to {args.out}: {len(manifest.tables)} tables, {rows} rows, "
         f"schema revision {manifest.schema_revision}, signed by {signer.name}"
-    )
+    ]
     if manifest.keys:
-        print(f"it holds {len(manifest.keys)} key files of {settings.home}, private keys among them: protect it")
-    print(f"check and restore it with `exchange restore {args.out} --key {pki.HubFiles(settings.home).audit_verifier}`")
+        lines.append(f"it holds {len(manifest.keys)} key files of {settings.home}, private keys among them: protect it")
+    lines.append(f"check and restore it with `exchange restore {args.out} --key {key}`")
+    data = {"written_to": args.out, "tables": len(manifest.tables), "rows": rows, "key_files": len(manifest.keys)}
+    report.emit(args, {**data, "schema_revision": manifest.schema_revision, "signed_by": signer.name}, *lines)
     return 0
 
 
@@ -79,20 +84,20 @@ def restore(args: argparse.Namespace, settings: Settings) -> int:
         db.dispose()
     manifest, audit = done.manifest, done.audit
     signed = f"the newest (size {audit.signed_size}) signed" if audit.checkpoints else "none signed yet"
-    print(
+    rows = sum(t.rows for t in manifest.tables)
+    lines = [
         f"archive of {manifest.created} checked: signed by {verifier.name}, every part's SHA-256 matches; "
         f"audit log of {audit.entries} entries ({audit.pruned} pruned, under {audit.statements} signed pruning "
-        f"statements) recomputed, {audit.checkpoints} checkpoints "
-        f"match it, {signed}"
-    )
-    print(
+        f"statements) recomputed, {audit.checkpoints} checkpoints match it, {signed}",
         f"restored into {_where(settings)}: {len(manifest.tables)} tables, "
-        f"{sum(t.rows for t in manifest.tables)} rows (schema revision {manifest.schema_revision})"
-    )
-    for path in done.keys:
-        print(f"  wrote {path}")
+        f"{rows} rows (schema revision {manifest.schema_revision})",
+        *(f"  wrote {path}" for path in done.keys),
+    ]
     if manifest.keys and not args.with_keys:
-        print("the archive also holds the hub's key files; they were not written (add --with-keys)")
+        lines.append("the archive also holds the hub's key files; they were not written (add --with-keys)")
+    data = {"created": manifest.created, "signed_by": verifier.name, "audit_entries": audit.entries}
+    data |= {"tables": len(manifest.tables), "rows": rows, "keys_written": [str(p) for p in done.keys]}
+    report.emit(args, data, *lines)
     return 0
 
 

@@ -8,15 +8,19 @@ runs them can read the CA key, so they do not go through the network.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from google.protobuf import json_format
 
 from exchange import ca, pki
 from exchange import wire as w
+from exchange.cli import report, tables, userfiles
 from exchange.cli.client import HubClient
 from exchange.config import Settings
 from exchange.store import Store
@@ -56,6 +60,9 @@ def cert_renew(args: argparse.Namespace, settings: Settings) -> int:
         identity = pki.IdentityFiles(hub.identity)
     _install(identity, key, renewed.certificate.pem.encode(), renewed.trust_bundle.pem.encode())
     cert = renewed.certificate
+    if args.json:
+        print(json_format.MessageToJson(cert, ensure_ascii=False))
+        return 0
     until = cert.not_after.ToJsonString()
     print(f"renewed the certificate of {ref}: {cert.fingerprint_sha256[:16]}… valid until {until}")
     print(f"identity {identity.directory} now uses the new key; the previous pair is kept as *.previous")
@@ -67,11 +74,17 @@ def cert_renew(args: argparse.Namespace, settings: Settings) -> int:
 
 def cert_bundle(args: argparse.Namespace, settings: Settings) -> int:
     """Fetches the hub's trust bundle into the identity's CA file (or --out)."""
+    if args.out is not None:
+        userfiles.check_writable(args.out, "the trust bundle")
     with HubClient(settings, args.identity) as hub:
         bundle = hub.call(hub.registry.GetTrustBundle, rpb.GetTrustBundleRequest())
         target = args.out or pki.IdentityFiles(hub.identity).ca
     pki.replace_file(target, bundle.pem.encode(), 0o644)
     count = len(pki.split_pems(bundle.pem.encode()))
+    if args.json:
+        shown = {"written_to": str(target), "certificates": count}
+        print(json.dumps({**shown, "signing_fingerprint_sha256": bundle.signing_fingerprint_sha256}))
+        return 0
     print(f"wrote {count} trusted CA certificate(s) to {target}; new certificates are signed by ", end="")
     print(f"{bundle.signing_fingerprint_sha256[:16]}…")
     return 0
@@ -80,12 +93,25 @@ def cert_bundle(args: argparse.Namespace, settings: Settings) -> int:
 def ca_status(args: argparse.Namespace, settings: Settings) -> int:
     files = _files(settings)
     server = pki.load_cert(files.server_cert)
-    for entry in ca.status(files):
-        role = "signing" if entry.signing else "trusted (rotated out)"
-        key = "key kept" if entry.key_kept else "no key"
-        print(f"{entry.fingerprint}  {role:<22} until {entry.not_after:%Y-%m-%d}  {key}  {entry.subject}")
+    entries = ca.status(files)
     issuer = next((pki.fingerprint(c) for c in ca.trusted(files) if pki.issued_by(server, c)), "")
     until = f"{server.not_valid_after_utc:%Y-%m-%d}"
+    if args.json:
+        cas = [{**dataclasses.asdict(e), "not_after": e.not_after.isoformat()} for e in entries]
+        server_cert = {"not_after": server.not_valid_after_utc.isoformat(), "issuer_fingerprint": issuer or None}
+        print(json.dumps({"cas": cas, "server_certificate": server_cert}, ensure_ascii=False, indent=2))
+        return 0
+    rows = [
+        [
+            e.fingerprint,
+            "signing" if e.signing else "trusted (rotated out)",
+            f"{e.not_after:%Y-%m-%d}",
+            "kept" if e.key_kept else "no key",
+            e.subject,
+        ]
+        for e in entries
+    ]
+    print(tables.render(["fingerprint", "role", "until", "key", "subject"], rows, max_column=64))
     print(f"server certificate: until {until}, signed by {issuer[:16] + '…' if issuer else 'no trusted CA'}")
     return 0
 
@@ -96,18 +122,26 @@ def _trusted(files: pki.HubFiles, fingerprint: str) -> x509.Certificate | None:
 
 def ca_rotate(args: argparse.Namespace, settings: Settings) -> int:
     old, new = ca.rotate(_files(settings), args.name, args.days)
-    print(f"new signing CA {new[:16]}…; the previous CA {old[:16]}… stays trusted until retired")
-    print("next: give every caller and provider the new bundle (`exchange cert bundle`), then run")
-    print("`exchange ca renew-server`, have holders renew (`exchange cert renew`), and finally")
-    print(f"`exchange ca retire {old}`. A running hub takes the new files on its next connection.")
+    report.emit(
+        args,
+        {"signing_fingerprint": new, "previous_fingerprint": old},
+        f"new signing CA {new[:16]}…; the previous CA {old[:16]}… stays trusted until retired",
+        "next: give every caller and provider the new bundle (`exchange cert bundle`), then run",
+        "`exchange ca renew-server`, have holders renew (`exchange cert renew`), and finally",
+        f"`exchange ca retire {old}`. A running hub takes the new files on its next connection.",
+    )
     return 0
 
 
 def ca_renew_server(args: argparse.Namespace, settings: Settings) -> int:
     cert = ca.renew_server(_files(settings), settings.hostnames, args.days)
     names = ", ".join(settings.hostnames)
-    print(f"new server certificate for {names}, valid until {cert.not_valid_after_utc:%Y-%m-%d}")
-    print("the running hub presents it from its next connection (to providers: after a restart)")
+    report.emit(
+        args,
+        {"hostnames": list(settings.hostnames), "not_after": cert.not_valid_after_utc.isoformat()},
+        f"new server certificate for {names}, valid until {cert.not_valid_after_utc:%Y-%m-%d}",
+        "the running hub presents it from its next connection (to providers: after a restart)",
+    )
     return 0
 
 
@@ -123,9 +157,10 @@ def ca_retire(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             store.close()
     ca.retire(files, args.fingerprint, still, args.force)
-    print(f"CA {args.fingerprint[:16]}… is no longer trusted; its kept key was deleted")
+    lines = [f"CA {args.fingerprint[:16]}… is no longer trusted; its kept key was deleted"]
     if still:
-        print(f"{len(still)} certificate(s) it signed stop working now (forced)")
+        lines.append(f"{len(still)} certificate(s) it signed stop working now (forced)")
+    report.emit(args, {"retired_fingerprint": args.fingerprint, "certificates_stopped": len(still)}, *lines)
     return 0
 
 

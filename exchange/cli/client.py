@@ -37,9 +37,7 @@ class HubClient:
             )
         self.identity = directory
         files = pki.IdentityFiles(directory)
-        for path in (files.key, files.cert, files.ca):
-            if not path.exists():
-                raise ConfigError(f"identity file {path} is missing")
+        _check_identity(files)
         credentials = grpc.ssl_channel_credentials(
             root_certificates=files.ca.read_bytes(),
             private_key=files.key.read_bytes(),
@@ -71,20 +69,51 @@ class HubClient:
         self.close()
 
 
+def _check_identity(files: pki.IdentityFiles) -> None:
+    """The identity directory holds a key, its certificate and the hub's CA, readable: said plainly here, where
+    gRPC would only fail to connect."""
+    if not files.directory.exists():
+        raise ConfigError(f"the identity directory {files.directory} does not exist (`exchange cert issue` writes one)")
+    if not files.directory.is_dir():
+        raise ConfigError(f"the identity {files.directory} is not a directory (one with key.pem, cert.pem, ca.pem)")
+    for path in (files.key, files.cert, files.ca):
+        if not path.exists():
+            raise ConfigError(f"identity file {path} is missing")
+    try:
+        pki.load_key(files.key)
+        pki.load_cert(files.cert)
+        if not pki.split_pems(files.ca.read_bytes()):
+            raise ValueError("no CA certificate")
+    except OSError as e:
+        raise ConfigError(f"cannot read the identity in {files.directory}: {e.strerror}") from None
+    except ValueError:
+        raise ConfigError(
+            f"the identity in {files.directory} cannot be read: key.pem must hold an EC private key, cert.pem "
+            "and ca.pem PEM certificates (as `exchange cert issue` writes them)"
+        ) from None
+
+
 def describe(error: grpc.RpcError) -> str:
-    """A person-readable account of a failed call: the field violations the hub sent, and the exchange id to quote."""
+    """A person-readable account of a failed call: the field violations the hub sent, and the exchange id to quote.
+
+    The hub's message already lists the violations on one line; they are printed once, one a line.
+    """
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     message = error.details() if isinstance(error, grpc.Call) else str(error)
-    lines = [f"{code.name}: {message}"]
     status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
     details: list[Any] = list(status.details) if status else []
+    violations: list[str] = []
+    notes: list[str] = []
     for detail in details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad: error_details_pb2.BadRequest = error_details_pb2.BadRequest()
             detail.Unpack(bad)
-            lines += [f"  - {v.field}: {v.description}" for v in bad.field_violations]
+            violations += [f"{v.field}: {v.description}" for v in bad.field_violations]
         elif detail.Is(error_details_pb2.RequestInfo.DESCRIPTOR):
             info: error_details_pb2.RequestInfo = error_details_pb2.RequestInfo()
             detail.Unpack(info)
-            lines.append(f"  exchange id: {info.request_id} (quote it: the audit log holds this refusal under it)")
-    return "\n".join(lines)
+            notes.append(f"  exchange id: {info.request_id} (quote it: the audit log holds this refusal under it)")
+    summary = "; ".join(violations)
+    if violations and message and message.endswith(summary) and len(message) > len(summary):
+        message = message[: -len(summary)].rstrip()
+    return "\n".join([f"{code.name}: {message}", *(f"  - {v}" for v in violations), *notes])

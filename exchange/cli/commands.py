@@ -22,6 +22,7 @@ from exchange import wire as w
 from exchange.cli import files, tables
 from exchange.cli.client import HubClient
 from exchange.config import Settings
+from exchange.errors import InvalidArgument
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
 
@@ -208,11 +209,25 @@ def issue_identity(hub: HubClient, ref: m.PrincipalRef, out: Path, ca_pem: bytes
     return cert
 
 
+def _check_identity_out(out: Path) -> None:
+    """An identity directory can be written at ``out`` (checked before the hub is asked: no certificate is wasted)."""
+    if out.exists() and not out.is_dir():
+        raise InvalidArgument(f"cannot write the identity {out}: it is a file; give a directory to create")
+    if not out.parent.is_dir():
+        raise InvalidArgument(f"cannot write the identity {out}: the directory {out.parent} does not exist")
+    if pki.IdentityFiles(out).key.exists():
+        raise InvalidArgument(f"cannot write the identity {out}: it already holds a key; choose another directory")
+
+
 def cert_issue(args: argparse.Namespace, settings: Settings) -> int:
     ref = _ref(args)
+    _check_identity_out(args.out)
     with HubClient(settings, args.identity) as hub:
         ca_pem = pki.IdentityFiles(hub.identity).ca.read_bytes()
         cert = issue_identity(hub, ref, args.out, ca_pem, args.days)
+    if args.json:
+        print(json_format.MessageToJson(cert, ensure_ascii=False))
+        return 0
     print(f"issued a certificate for {ref} (valid until {_time(cert.not_after)}); identity written to {args.out}")
     print(f"the private key never left this machine: {pki.IdentityFiles(args.out).key} (mode 0600)")
     return 0
@@ -243,6 +258,9 @@ def cert_revoke(args: argparse.Namespace, settings: Settings) -> int:
         fingerprint_sha256=args.fingerprint, reason=args.reason, keep_renewals=args.keep_renewals
     )
     cert = ask(args, settings, lambda hub: hub.registry.RevokeCertificate, request)
+    if args.json:
+        print(json_format.MessageToJson(cert, ensure_ascii=False))
+        return 0
     print(
         f"revoked the certificate of {w.KIND.label(cert.principal.kind)}/{cert.principal.code} "
         f"({cert.fingerprint_sha256[:16]}…): refused from the next call on"
@@ -288,11 +306,12 @@ def resource_detail(r: cpb.Resource) -> list[tuple[str, str]]:
         ("status", f"{w.STATUS.label(r.status)} (version {r.version})"),
         ("published", _time(r.publish_time)),
     ]
+    filterable = [i.name for i in r.data_items if i.filterable]
+    rows.append(("filterable", ", ".join(filterable) or "none"))
     for i in r.data_items:
-        personal = ", personal" if i.personal_information else ""
-        rows.append(
-            (f"  {i.name}", f"{i.title} ({w.FIELD_TYPE.label(i.type)}, {w.SENSITIVITY.label(i.sensitivity)}{personal})")
-        )
+        notes = [w.FIELD_TYPE.label(i.type), w.SENSITIVITY.label(i.sensitivity)]
+        notes += ["personal"] * i.personal_information + ["filterable"] * i.filterable
+        rows.append((f"  {i.name}", f"{i.title} ({', '.join(notes)})"))
     return rows
 
 
@@ -384,5 +403,5 @@ def catalog_load(args: argparse.Namespace, settings: Settings) -> int:
     specs = files.read_catalog(args.file)
     with HubClient(settings, args.identity) as hub:
         results = load_catalog(hub, specs, publish=not args.draft, reason=args.reason)
-    print(tables.render(RESOURCE_HEADERS, resource_rows(results)))
+    show_list(args, cpb.ListResourcesResponse(resources=results), RESOURCE_HEADERS, resource_rows(results))
     return 0

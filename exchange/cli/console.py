@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from exchange import pki
+from exchange.cli import userfiles
 from exchange.cli.client import HubClient
 from exchange.config import Settings
 from exchange.errors import ConfigError, FailedPrecondition, InvalidArgument
@@ -137,6 +138,7 @@ def cert_export(args: argparse.Namespace, settings: Settings) -> int:
     files = _identity(args, settings)
     key, cert, chain = _read(files)
     out = Path(args.out)
+    userfiles.check_writable(out, "the PKCS#12 file")
     if out.exists() and not args.force:  # before asking for a password that would go unused
         raise FailedPrecondition(f"{out} already exists: choose another file, or add --force to replace it")
     password = _password(args)
@@ -152,6 +154,10 @@ def cert_export(args: argparse.Namespace, settings: Settings) -> int:
     data = pkcs12.serialize_key_and_certificates(friendly, key, cert, chain or None, encryption)
     _write(out, data, args.force)
     until = f"{cert.not_valid_after_utc:%Y-%m-%d}"
+    if args.json:
+        shown = {"written_to": str(out), "fingerprint_sha256": pki.fingerprint(cert), "ca_certificates": len(chain)}
+        print(json.dumps({**shown, "not_after": cert.not_valid_after_utc.isoformat()}))
+        return 0
     print(f"wrote {out} (PKCS#12, mode 0600): key and certificate {pki.fingerprint(cert)[:16]}… valid until {until}")
     print(f"with {len(chain)} CA certificate(s); import it into your browser with the password you chose")
     if _kind(cert) is PrincipalKind.SYSTEM:

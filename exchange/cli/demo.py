@@ -97,10 +97,15 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     _fresh_home(home)
     members = files.read_members(DATA / "members.yaml")
     specs = files.read_catalog(DATA / "catalog.yaml")
-    operator = initialize(
-        settings, OperatorSeed(members.authority, members.operator.username, members.operator.display_name)
-    )
-    return asyncio.run(_serve_tour(settings, members, specs, operator.directory, args.once))
+    undo = logs.to_file(home / "hub.log")
+    print(f"(the hub's own log goes to {home / 'hub.log'}; only its errors show here)")
+    try:
+        operator = initialize(
+            settings, OperatorSeed(members.authority, members.operator.username, members.operator.display_name)
+        )
+        return asyncio.run(_serve_tour(settings, members, specs, operator.directory, args.once))
+    finally:
+        undo()
 
 
 async def _serve_tour(

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import yaml
 
 from exchange import models as m
+from exchange.cli import userfiles
 from exchange.errors import FieldViolation, InvalidArgument
 
 E = TypeVar("E", bound=StrEnum)
@@ -21,10 +22,9 @@ E = TypeVar("E", bound=StrEnum)
 
 def load_document(path: Path) -> dict[str, Any]:
     """A YAML (or JSON, which YAML reads too) file whose top level is a mapping."""
+    text = userfiles.read_text(path, "the file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise InvalidArgument(f"cannot read {path}: {e.strerror}") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise InvalidArgument(f"{path} is not valid YAML or JSON: {e}") from None
     if not isinstance(data, dict):

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from exchange import config, logs, models
 from exchange.bootstrap import OperatorSeed, initialize, load_audit_signer
-from exchange.cli import audit, audit_index, audit_search, commands, demo, rights
+from exchange.cli import audit, audit_index, audit_search, commands, demo, report, rights, userfiles
 from exchange.cli import exchange as exchange_verbs
 from exchange.cli.backup import add_verbs as add_backup_verbs
 from exchange.cli.certificates import add_verbs as add_certificate_verbs
@@ -38,9 +38,13 @@ def _init(args: argparse.Namespace, settings: config.Settings) -> int:
     )
     identity = initialize(settings, seed)
     store_url = make_url(settings.effective_database_url).render_as_string(hide_password=True)
-    print(f"hub initialized in {settings.home} (store: {store_url})")
-    print(f"first operator {args.operator}: identity in {identity.directory}")
-    print(f"next: exchange serve, then exchange --identity {identity.directory} whoami")
+    report.emit(
+        args,
+        {"home": settings.home, "store": store_url, "operator": args.operator, "identity": identity.directory},
+        f"hub initialized in {settings.home} (store: {store_url})",
+        f"first operator {args.operator}: identity in {identity.directory}",
+        f"next: exchange serve, then exchange --identity {identity.directory} whoami",
+    )
     return 0
 
 
@@ -50,7 +54,7 @@ def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
         store.db.migrate()
     finally:
         store.close()
-    print("store schema is current")
+    report.emit(args, {"schema": "current"}, "store schema is current")
     return 0
 
 
@@ -63,12 +67,15 @@ def _prune(args: argparse.Namespace, settings: config.Settings) -> int:
     finally:
         store.close()
     cutoff = made - dt.timedelta(days=settings.audit_retention_days)
-    print(
+    lines = [
         f"pruned the detail of {done.entries} audit entries logged before {cutoff:%Y-%m-%d %H:%M:%S} UTC "
         f"(retention {settings.audit_retention_days} days); their leaf hashes stay, so the log still verifies"
-    )
+    ]
     if done.statement is not None:
-        print(f"signed pruning statement: entries before {done.statement.up_to} pruned, carried by every export")
+        lines.append(f"signed pruning statement: entries before {done.statement.up_to} pruned, carried by every export")
+    up_to = done.statement.up_to if done.statement is not None else None
+    data = {"pruned": done.entries, "cutoff": cutoff.isoformat(), "statement_up_to": up_to}
+    report.emit(args, {**data, "retention_days": settings.audit_retention_days}, *lines)
     return 0
 
 
@@ -101,25 +108,25 @@ def _registry_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dept = top.add_parser("dept", help="departments").add_subparsers(dest="verb", required=True)
     p = _verb(dept, "create", commands.dept_create, "register a department (operator)")
     p.add_argument("--code", required=True, help="unified social credit code, 18 characters")
-    p.add_argument("--name", required=True)
+    p.add_argument("--name", required=True, help="the department's full name, e.g. 厦门市公安局")
     p.add_argument("--division-code", required=True, help="GB/T 2260 division code, e.g. 350200")
-    p.add_argument("--level", required=True, choices=levels)
+    p.add_argument("--level", required=True, choices=levels, help="administrative level")
     p.add_argument("--parent", help="code of the department above")
-    _verb(dept, "get", commands.dept_get, "show a department").add_argument("code")
+    _verb(dept, "get", commands.dept_get, "show a department").add_argument("code", help="the department's credit code")
     p = _verb(dept, "list", commands.dept_list, "list departments")
-    p.add_argument("--parent")
-    p.add_argument("--level", choices=levels)
+    p.add_argument("--parent", help="only the departments under this one (its code)")
+    p.add_argument("--level", choices=levels, help="only departments of this level")
     _paged(p)
 
     system = top.add_parser("system", help="departmental systems").add_subparsers(dest="verb", required=True)
     p = _verb(system, "create", commands.system_create, "register a system (operator)")
     p.add_argument("--code", required=True, help="e.g. ga-rkxx")
-    p.add_argument("--name", required=True)
+    p.add_argument("--name", required=True, help="the system's name, e.g. 人口信息管理系统")
     p.add_argument("--department", required=True, help="owning department's code")
-    p.add_argument("--description", default="")
-    _verb(system, "get", commands.system_get, "show a system").add_argument("code")
+    p.add_argument("--description", default="", help="what the system does (optional)")
+    _verb(system, "get", commands.system_get, "show a system").add_argument("code", help="the system's code")
     p = _verb(system, "list", commands.system_list, "list systems")
-    p.add_argument("--department")
+    p.add_argument("--department", help="only this department's systems (its code)")
     _paged(p)
     _person_verbs(top)
 
@@ -127,22 +134,28 @@ def _registry_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _person_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     person = top.add_parser("person", help="people").add_subparsers(dest="verb", required=True)
     p = _verb(person, "create", commands.person_create, "register a person (operator)")
-    p.add_argument("--username", required=True)
+    p.add_argument("--username", required=True, help="login name, e.g. ga-steward")
     p.add_argument("--name", required=True, help="display name")
-    p.add_argument("--department", required=True)
+    p.add_argument("--department", required=True, help="the person's department (its code)")
     p.add_argument(
         "--id-number", required=True, help="citizen identity number (kept only as a keyed hash: one person, one key)"
     )
-    p.add_argument("--role", action="append", required=True, choices=[r.value for r in models.Role])
+    p.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        choices=[r.value for r in models.Role],
+        help="a role (repeat for more)",
+    )
     for verb, text in (("assign-role", "give a person a role (operator)"), ("unassign-role", "take a role away")):
         p = _verb(person, verb, commands.person_role, text)
-        p.add_argument("username")
-        p.add_argument("role", choices=[r.value for r in models.Role])
-        p.add_argument("--reason", default="")
-    _verb(person, "get", commands.person_get, "show a person").add_argument("username")
+        p.add_argument("username", help="the person's username")
+        p.add_argument("role", choices=[r.value for r in models.Role], help="the role")
+        p.add_argument("--reason", default="", help="recorded in the audit log")
+    _verb(person, "get", commands.person_get, "show a person").add_argument("username", help="the person's username")
     p = _verb(person, "list", commands.person_list, "list people")
-    p.add_argument("--department")
-    p.add_argument("--role", choices=[r.value for r in models.Role])
+    p.add_argument("--department", help="only this department's people (its code)")
+    p.add_argument("--role", choices=[r.value for r in models.Role], help="only people with this role")
     _paged(p)
 
     cert = top.add_parser("cert", help="client certificates").add_subparsers(dest="verb", required=True)
@@ -169,27 +182,29 @@ def _person_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _catalog_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     catalog = top.add_parser("catalog", help="the resource catalog").add_subparsers(dest="verb", required=True)
     p = _verb(catalog, "load", commands.catalog_load, "create or update entries from a YAML/JSON file (steward)")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="a YAML or JSON file with a top-level `resources` list")
     p.add_argument("--draft", action="store_true", help="create new entries as drafts")
     p.add_argument("--reason", default="", help="recorded in each entry's history")
     p = _verb(catalog, "get", commands.catalog_get, "show an entry")
-    p.add_argument("code")
+    p.add_argument("code", help="resource code, e.g. 10101/350200000001")
     p.add_argument("--version", type=int, default=0, help="a past version")
     p = _verb(catalog, "list", commands.catalog_list, "list and search entries")
-    p.add_argument("--department")
-    p.add_argument("--share-type", choices=[x.value for x in models.ShareType])
-    p.add_argument("--status", choices=[x.value for x in models.ResourceStatus])
+    p.add_argument("--department", help="only this department's entries (its code)")
+    p.add_argument("--share-type", choices=[x.value for x in models.ShareType], help="only entries shared this way")
+    p.add_argument("--status", choices=[x.value for x in models.ResourceStatus], help="only entries in this status")
     p.add_argument("--text", help="words in code, name, summary or classification")
     p.add_argument("--field", help="entries with a data item of this name or title")
     _paged(p)
     p = _verb(catalog, "history", commands.catalog_history, "an entry's versions")
-    p.add_argument("code")
+    p.add_argument("code", help="resource code")
     _paged(p)
     for verb in ("publish", "suspend", "retire"):
         p = _verb(catalog, verb, commands.catalog_status, f"{verb} an entry (steward)")
-        p.add_argument("code")
-        p.add_argument("--reason", default="", required=verb != "publish")
-        p.add_argument("--expected-version", type=int, default=0)
+        p.add_argument("code", help="resource code")
+        p.add_argument("--reason", default="", required=verb != "publish", help="recorded in the entry's history")
+        p.add_argument(
+            "--expected-version", type=int, default=0, help="refuse if the entry is no longer at this version"
+        )
 
 
 def _rights_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -203,16 +218,23 @@ def _rights_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--start", help="YYYY-MM-DD (default today)")
     p.add_argument("--end", help="YYYY-MM-DD (default a year after the start)")
     p.add_argument("--daily-calls", type=int, default=100, help="expected calls per day")
-    _verb(request, "get", rights.request_get, "show a request and its history").add_argument("id")
+    _verb(request, "get", rights.request_get, "show a request and its history").add_argument(
+        "id", help="the request's id"
+    )
     p = _verb(request, "list", rights.request_list, "list requests")
-    p.add_argument("--view", choices=["all", "mine", "for-me"], default="all")
-    p.add_argument("--status", choices=[x.value for x in models.ShareRequestStatus])
-    p.add_argument("--resource")
+    p.add_argument(
+        "--view",
+        choices=["all", "mine", "for-me"],
+        default="all",
+        help="mine: your department's requests; for-me: requests for its resources (default all you may see)",
+    )
+    p.add_argument("--status", choices=[x.value for x in models.ShareRequestStatus], help="only in this status")
+    p.add_argument("--resource", help="only requests for this resource (its code)")
     p.add_argument("--consumer", help="consumer department code")
     p.add_argument("--overdue", action="store_true", help="only requests past their 10-working-day due date")
     _paged(p)
     p = _verb(request, "approve", rights.request_approve, "approve a pending request (owner steward)")
-    p.add_argument("id")
+    p.add_argument("id", help="the request's id")
     p.add_argument("--field", action="append", help="grant only these fields (repeat; default: all requested)")
     p.add_argument("--end", help="a shorter end date, YYYY-MM-DD")
     p.add_argument("--mask", action="append", help="FIELD=KIND, KIND one of none, id_number, name, phone, full")
@@ -222,46 +244,58 @@ def _rights_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="FIELD",
         help="a masked field the consumer may filter on, to verify a value it holds (bounded lookups; repeatable)",
     )
-    p.add_argument("--reason", default="")
+    p.add_argument("--reason", default="", help="recorded in the request's history")
     for verb, fn, text in (
         ("refuse", rights.request_refuse, "refuse a pending request (owner steward)"),
         ("dispute", rights.request_dispute, "dispute a refusal (consumer)"),
     ):
         p = _verb(request, verb, fn, text)
-        p.add_argument("id")
-        p.add_argument("--reason", required=True)
+        p.add_argument("id", help="the request's id")
+        p.add_argument("--reason", required=True, help="why, for the other side and the audit log")
     p = _verb(request, "decide", rights.request_decide, "decide a dispute, finally (share manager)")
-    p.add_argument("id")
-    p.add_argument("outcome", choices=["grant", "uphold"])
-    p.add_argument("--reason", required=True)
-    p.add_argument("--daily-quota", type=int, default=0)
+    p.add_argument("id", help="the request's id")
+    p.add_argument("outcome", choices=["grant", "uphold"], help="grant the request, or uphold the refusal")
+    p.add_argument("--reason", required=True, help="why, for both sides and the audit log")
+    p.add_argument("--daily-quota", type=int, default=0, help="with grant: calls per day (default: the expected)")
 
     grant = top.add_parser("grant", help="grants").add_subparsers(dest="verb", required=True)
     p = _verb(grant, "issue", rights.grant_issue, "issue the grant for an approved request (share manager)")
-    p.add_argument("request_id")
+    p.add_argument("request_id", help="the approved request's id")
     p.add_argument("--daily-quota", type=int, default=0, help="calls per day (default: the expected volume)")
     p.add_argument("--rate", type=int, default=0, help="calls per second (default: the hub's)")
-    p.add_argument("--reason", default="")
+    p.add_argument("--reason", default="", help="recorded in the grant's history")
     for verb in ("suspend", "resume", "revoke"):
         p = _verb(grant, verb, rights.grant_change, f"{verb} a grant (owner steward or share manager)")
-        p.add_argument("id")
-        p.add_argument("--reason", required=True)
-    _verb(grant, "get", rights.grant_get, "show a grant and its history").add_argument("id")
+        p.add_argument("id", help="the grant's id")
+        p.add_argument("--reason", required=True, help="why, for the consumer and the audit log")
+    _verb(grant, "get", rights.grant_get, "show a grant and its history").add_argument("id", help="the grant's id")
     p = _verb(grant, "list", rights.grant_list, "list grants")
-    p.add_argument("--resource")
-    p.add_argument("--consumer")
-    p.add_argument("--status", choices=[x.value for x in models.GrantStatus])
+    p.add_argument("--resource", help="only grants of this resource (its code)")
+    p.add_argument("--consumer", help="only grants to this department (its code)")
+    p.add_argument("--status", choices=[x.value for x in models.GrantStatus], help="only grants in this status")
     _paged(p)
+
+
+SEARCH_FILTERS = {
+    "since": "records logged at or after this time, ISO 8601: 2026-03-01 or 2026-03-01T08:00+08:00 (UTC if no zone)",
+    "until": "records logged before this time, same format as --since",
+    "department": "records by principals of this department (its code)",
+    "actor": "records by this principal, e.g. person/ga-steward or system/ga-rkxx",
+    "resource": "records about this resource (its code)",
+    "purpose": "exchanges for this purpose",
+    "outcome": "records with this outcome: ok, allowed, denied or failed",
+    "exchange": "the record(s) of one exchange id, as an error or answer printed it",
+}
 
 
 def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verbs = top.add_parser("audit", help="the audit log").add_subparsers(dest="verb", required=True)
     p = _verb(verbs, "checkpoint", audit.checkpoint, "the newest signed checkpoint (or one of --size)")
-    p.add_argument("--size", type=int, default=0)
+    p.add_argument("--size", type=int, default=0, help="the signed checkpoint of this many entries (default: newest)")
     p.add_argument("--out", type=Path, help="write the signed note alone to this file (for verify --checkpoint)")
     p = _verb(verbs, "search", audit_search.search, "search records (auditors: all; owners, consumers: their own)")
-    for flag in ("since", "until", "department", "actor", "resource", "purpose", "outcome", "exchange"):
-        p.add_argument(f"--{flag}")
+    for flag, text in SEARCH_FILTERS.items():
+        p.add_argument(f"--{flag}", help=text)
     p.add_argument("--subject", help="a data subject's ID number or code: who looked at this record")
     p.add_argument("--key", type=Path, help="the log's public key file (log.pub): check every hit's inclusion proof")
     p.add_argument(
@@ -276,18 +310,18 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ("receipt", audit.receipt, "write a self-contained proof for one record"),
     ):
         p = _verb(verbs, verb, fn, text)
-        p.add_argument("seq", type=int)
+        p.add_argument("seq", type=int, help="the record's entry number (the seq column of audit search)")
         p.add_argument("--size", type=int, default=0, help="tree size (default: the newest checkpoint's)")
         if verb == "proof":
             p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
         else:
-            p.add_argument("--out", type=Path, required=True)
+            p.add_argument("--out", type=Path, required=True, help="the receipt file to write (JSON)")
     p = _verb(verbs, "consistency", audit.consistency, "check that a newer checkpoint extends an older one")
     p.add_argument("from_size", type=int, help="size of the older checkpoint")
     p.add_argument("--to", dest="to_size", type=int, default=0, help="size of the newer (default: the newest)")
     p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
     p = _verb(verbs, "export", audit.export, "write the log (or its tail) for offline verification (auditors)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the file to write, e.g. log.jsonl")
     p.add_argument("--from", dest="from_seq", type=int, default=0, help="first entry (default: the first)")
     p = _verb(
         verbs,
@@ -301,7 +335,7 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ("verify-receipt", audit.verify_receipt_file, "verify a receipt offline"),
     ):
         p = _verb(verbs, verb, fn, text)
-        p.add_argument("file", type=Path)
+        p.add_argument("file", type=Path, help="the export (audit export --out)" if verb == "verify" else "the receipt")
         p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
         if verb == "verify":
             p.add_argument(
@@ -311,22 +345,51 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             )
 
 
+OVERVIEW = """\
+Run a data exchange hub, and call it.
+
+on the hub's host (with its --home):
+  init, migrate, serve, demo, backup, restore, prune-audit, ca, audit check-index
+calling the hub (with --identity, as a person or a system):
+  whoami, dept, system, person, cert, console, catalog, request, grant, audit,
+  query, stream, document, bind, binding
+offline, with the audit log's public key (log.pub):
+  audit verify, audit verify-receipt, verify-provenance
+
+Responses print as tables; add --json (before the command) for JSON.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exchange", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="exchange",
+        description=OVERVIEW,
+        epilog="`exchange COMMAND --help` shows a command's own verbs and options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", type=Path, help="TOML settings file (default: exchange.toml if present)")
     parser.add_argument("--home", type=Path, help="the hub's home directory (EXCHANGE_HOME)")
     parser.add_argument("--hub", dest="hub_address", help="host:port of the hub (EXCHANGE_HUB_ADDRESS)")
     parser.add_argument("--identity", type=Path, help="identity directory to call with (EXCHANGE_IDENTITY)")
-    parser.add_argument("--json", action="store_true", help="print responses as JSON")
-    top = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print what the command reports as JSON instead of tables (all but serve and demo, which run on)",
+    )
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _verb(top, "init", _init, "create the hub's CA, server certificate, schema and first operator")
     p.add_argument("--department-code", required=True, help="the operating authority's credit code")
-    p.add_argument("--department-name", required=True)
-    p.add_argument("--division-code", required=True)
-    p.add_argument("--level", default="city", choices=[x.value for x in models.AdministrativeLevel])
+    p.add_argument("--department-name", required=True, help="the operating authority's name, e.g. 厦门市大数据管理局")
+    p.add_argument("--division-code", required=True, help="its GB/T 2260 division code, e.g. 350200")
+    p.add_argument(
+        "--level",
+        default="city",
+        help="its administrative level (default city)",
+        choices=[x.value for x in models.AdministrativeLevel],
+    )
     p.add_argument("--operator", default="operator", help="the first operator's username")
-    p.add_argument("--operator-name", default="Hub operator")
+    p.add_argument("--operator-name", default="Hub operator", help="the first operator's display name")
     p.add_argument("--operator-id-number", help="the first operator's citizen identity number (kept as a keyed hash)")
     _verb(top, "migrate", _migrate, "bring the store's schema up to date")
     _verb(
@@ -368,18 +431,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(settings.log_level, settings.log_format)
         code: int = args.func(args, settings)
         return code
-    except InvalidArgument as e:
-        lines = [f"  - {v.field}: {v.description}" for v in e.violations]
-        print("\n".join(["error: invalid input:", *lines]) if lines else f"error: {e.message}", file=sys.stderr)
-        return 2
-    except ExchangeError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        return 2
-    except grpc.RpcError as e:
-        print(f"error: {describe(e)}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except (ExchangeError, grpc.RpcError, OSError, ValueError) as e:
+        message, status = _explain(e)
+        print(f"error: {message}", file=sys.stderr)
+        return status
+
+
+def _explain(e: Exception) -> tuple[str, int]:
+    """The CLI's one boundary for failures: what to print after ``error:``, and the exit code.
+
+    1 is the hub's refusal; 2 is a mistake on this side: bad input, a file that cannot be read or written
+    (OSError), a file's content that cannot be decoded (ValueError) where the verb said nothing more precise.
+    """
+    if isinstance(e, InvalidArgument):
+        lines = [f"  - {v.field}: {v.description}" for v in e.violations]
+        return ("\n".join(["invalid input:", *lines]) if lines else e.message), 2
+    if isinstance(e, ExchangeError):
+        return e.message, 2
+    if isinstance(e, grpc.RpcError):
+        return describe(e), 1
+    if isinstance(e, OSError):
+        return userfiles.os_problem(e), 2
+    return f"cannot use the input given: {e}", 2
 
 
 if __name__ == "__main__":

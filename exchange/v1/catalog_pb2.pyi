@@ -277,8 +277,8 @@ class Resource(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """Resource code: front part (classification digits) "/" back part
-    (sequence digits), e.g. "1010100/000001". Immutable.
+    """Resource code: front part (1 to 9 classification digits) "/" back part
+    (6 to 12 sequence digits), e.g. "10101/350200000001". Immutable.
     """
     name: _builtins.str
     summary: _builtins.str

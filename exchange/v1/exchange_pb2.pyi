@@ -54,7 +54,9 @@ class QueryRequest(_message.Message):
     PROVENANCE_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     resource_code: _builtins.str
-    """Catalog code, e.g. "1010100/000001"."""
+    """The catalog entry's code: 1 to 9 classification digits, "/", 6 to 12
+    sequence digits, e.g. "10101/350200000001" (as `exchange catalog list` shows).
+    """
     purpose: _builtins.str
     """The matter the data is used for; must be the purpose of a grant."""
     page_size: _builtins.int
@@ -152,8 +154,8 @@ Global___Disclosure: _TypeAlias = Disclosure  # noqa: Y015
 class Provenance(_message.Message):
     """A signed statement that the hub returned these records (or this document)
     from the owner's resource to the consumer: a signed note (C2SP
-    signed-note) by the hub's audit key. Check it with `exchange provenance verify`
-    or audit.provenance.verify.
+    signed-note) by the hub's audit key. Check it with
+    `exchange verify-provenance NOTE --key log.pub --data FILE`, or audit.provenance.verify.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
