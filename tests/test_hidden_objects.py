@@ -356,6 +356,7 @@ NAMES_NO_OBJECT = {
     "ExchangeService.Query": "the data plane, decided by the grant",
     "ExchangeService.StreamQuery": "the data plane, decided by the grant",
     "ExchangeService.FetchDocument": "the data plane, decided by the grant",
+    "ConsoleService.CreateSignInLink": "the caller's own sign-in link",
 }
 
 
