@@ -66,6 +66,8 @@ MAX_FILTER_TEXT = 256
 MAX_FIELDS = 200
 DOCUMENT_KINDS = (ShareMethod.DOCUMENT,)
 RECORD_KINDS = (ShareMethod.QUERY, ShareMethod.STREAM)
+# The metric label of a resource code the catalog does not hold.
+UNKNOWN_RESOURCE = "unknown"
 _EXHAUSTED = {DenyReason.QUOTA_EXHAUSTED, DenyReason.RATE_LIMITED}
 
 
@@ -167,7 +169,8 @@ class _Plan:
 class Observer(Protocol):
     """What the service tells the hub's metrics."""
 
-    def recorded(self, record: AuditRecord) -> None: ...
+    def recorded(self, record: AuditRecord, resource: str) -> None:
+        """A committed record; ``resource`` is its resource code if the catalog holds it, else ``unknown``."""
 
     def decided(self, seconds: float) -> None: ...
 
@@ -179,7 +182,7 @@ class Observer(Protocol):
 
 
 class _Unobserved:
-    def recorded(self, record: AuditRecord) -> None:
+    def recorded(self, record: AuditRecord, resource: str) -> None:
         return None
 
     def decided(self, seconds: float) -> None:
@@ -722,9 +725,27 @@ class ExchangeService:
         started = time.monotonic()
         await self._committer.append_async(record)
         self._observer.audit_waited(time.monotonic() - started)
-        self._observer.recorded(record)
+        self._observer.recorded(record, await self._resource_label(record.resource))
         if record.outcome != "allowed":  # the final record of an exchange: one log line each
             log.info("exchange %s %s", record.exchange_id, record.outcome, extra={"event": record.as_dict()})
+
+    async def _resource_label(self, code: str) -> str:
+        """``code`` if the catalog holds it, else ``unknown``: what a caller sent never becomes a metric label.
+
+        A held entry answers at once; only a well-formed code not held yet is looked up (in a worker thread).
+        """
+        if self._entries.peek(code) is not None:
+            return code
+        if not validation.RESOURCE_CODE.match(code):
+            return UNKNOWN_RESOURCE
+        return await asyncio.to_thread(self._known_resource, code)
+
+    def _known_resource(self, code: str) -> str:
+        try:
+            found = self._entries.get(code, self._store.catalog.with_binding)
+        except ExchangeError:  # not held, or the store could not say: the record is committed either way
+            return UNKNOWN_RESOURCE
+        return code if found is not None else UNKNOWN_RESOURCE
 
     def _append_in_background(self, record: AuditRecord) -> None:
         """For the closing record of a call that was cancelled: the caller is gone, the record is not."""
