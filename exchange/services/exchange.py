@@ -42,7 +42,16 @@ from exchange.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from exchange.models import Binding, MaskKind, Principal, PrincipalKind, Resource, ResourceStatus, ShareMethod
+from exchange.models import (
+    Binding,
+    MaskKind,
+    Principal,
+    PrincipalKind,
+    Resource,
+    ResourceStatus,
+    ShareMethod,
+    ShareType,
+)
 from exchange.paging import PageRequest, page_request
 from exchange.services.auditing import hub_instance, now_text
 from exchange.services.cache import Cache
@@ -612,6 +621,7 @@ class ExchangeService:
             raise _denial(decision)
 
     def _decide(self, actor: Principal, ask: Ask, record: AuditRecord, call: _Call, started: float) -> _Plan:
+        self._refuse_not_shared(actor, ask)
         _validate(actor, ask, call)
         found = self._entries.get(ask.resource_code, self._store.catalog.with_binding)
         assert found is not None  # with_binding raises NotFound rather than answer None
@@ -664,6 +674,22 @@ class ExchangeService:
             masks=[f"{f}={k.value}" for f, k in masks],
         )
         return _Plan(resource, backend, request, replace(decision, masks=masks), granted, started, ticket)
+
+    def _refuse_not_shared(self, actor: Principal, ask: Ask) -> None:
+        """A resource classed not shared is refused first, saying so and how to dispute it: no filter or field
+        could make it answer, so a complaint about them would only mislead."""
+        if actor.ref.kind is not PrincipalKind.SYSTEM or not validation.RESOURCE_CODE.match(ask.resource_code):
+            return
+        try:
+            found = self._entries.get(ask.resource_code, self._store.catalog.with_binding)
+        except NotFound:
+            return  # said after the request's own checks, as for any code the catalog does not hold
+        resource = found[0] if found is not None else None
+        if resource is None or resource.spec.share_type is not ShareType.NOT_SHARED:
+            return
+        if resource.status is ResourceStatus.DRAFT and resource.spec.department_code != actor.department_code:
+            return
+        raise PermissionDenied(not_shared_message(resource), "NOT_SHARED")
 
     def _count_not_granted(self, actor: Principal, resource: Resource, decision: Decision, today: dt.date) -> None:
         """Counts a masked filter the grant does not allow, for its owner; the refusal stands if it cannot be."""
@@ -970,6 +996,17 @@ def _closing(plan: _Plan, outcome: str, rows: int, size: int, sha256: str) -> Au
     )
 
 
+def not_shared_message(resource: Resource) -> str:
+    """Why a not-shared resource answers no one, and how a consumer disputes that (the share manager decides)."""
+    basis = resource.spec.legal_basis or "none given"
+    return (
+        f"resource {resource.spec.code} is not shared: its owner {resource.spec.department_code} classed it "
+        f"not_shared (legal basis: {basis}), so no grant can be made for it. To dispute the class, apply for it "
+        "(exchange request apply): the application is refused with that legal basis, and you may then dispute "
+        "the refusal (exchange request dispute); the share manager decides, and the owner must show the legal basis."
+    )
+
+
 def _denial(decision: Decision) -> ExchangeError:
     reason = decision.reason or DenyReason.NO_GRANT
     if reason in _EXHAUSTED:
@@ -984,7 +1021,9 @@ def _validate(actor: Principal, ask: Ask, call: _Call) -> None:
         raise PermissionDenied(
             "only registered systems exchange data; people use their department's system", "NOT_A_SYSTEM"
         )
-    validation.check_pattern(out, "resource_code", ask.resource_code, validation.RESOURCE_CODE, "a resource code")
+    validation.check_pattern(
+        out, "resource_code", ask.resource_code, validation.RESOURCE_CODE, validation.RESOURCE_CODE_FORMAT
+    )
     validation.check_text(out, "purpose", ask.purpose, required=True, limit=validation.MAX_NAME)
     if not ask.filters:
         out.append(FieldViolation("filters", "name the record(s) wanted with at least one filter"))

@@ -474,7 +474,9 @@ class RightsService:
     def check_access(self, actor: Principal, q: Question) -> Decision:
         out: list[FieldViolation] = []
         validation.check_pattern(out, "system_code", q.system, validation.SYSTEM_CODE, "a system code")
-        validation.check_pattern(out, "resource_code", q.resource, validation.RESOURCE_CODE, "a resource code")
+        validation.check_pattern(
+            out, "resource_code", q.resource, validation.RESOURCE_CODE, validation.RESOURCE_CODE_FORMAT
+        )
         validation.check_text(out, "purpose", q.purpose, required=True, limit=validation.MAX_NAME)
         if not q.fields:
             out.append(FieldViolation("fields", "name the fields to check"))
