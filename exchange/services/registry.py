@@ -256,7 +256,7 @@ class RegistryService:
         alike (a system is certified by its own department's people, so no one may certify one that is not)."""
         refusal = PermissionDenied(
             f"{actor.ref} may not certify system {code}: a system is certified by its own department's "
-            f"owner stewards and consumers, and this is not a system of department {actor.department_code}",
+            f"owner stewards, and this is not a system of department {actor.department_code}",
             reason="SYSTEM_CERTIFICATE_ISSUE_DENIED",
         )
         if not self._policy.allows(actor.ref, Action.CERTIFY_SYSTEM, actor.department_code):
