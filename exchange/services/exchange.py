@@ -745,6 +745,7 @@ class ExchangeService:
                 {subject_hash(self._subject_key, v) for v in list(ask.filters.values())[:MAX_FILTERS]}
             ),
             hub=self._hub,
+            key_holder=actor.key_holder,
         )
 
     async def _append(self, record: AuditRecord) -> None:

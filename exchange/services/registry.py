@@ -245,7 +245,7 @@ class RegistryService:
             self._policy.require(actor, Action.ISSUE_CERTIFICATE, HUB_WIDE, "issue certificates")
         self._store.registry.principal(ref)
         self._require_room(ref)
-        record = self._ca.issue(csr_pem, ref, days or self._default_days)
+        record = replace(self._ca.issue(csr_pem, ref, days or self._default_days), issued_by=str(actor.ref))
         with staging(
             change_record(actor, "registry", "issue_certificate", subject=str(ref), reason=record.fingerprint_sha256)
         ):
@@ -280,7 +280,11 @@ class RegistryService:
                 [FieldViolation("csr_pem", "is over the current key; renew with a newly generated key pair")]
             )
         self._require_room(actor.ref)
-        record = self._ca.issue(csr_pem, actor.ref, days or self._default_days, renewed_from=current.fingerprint_sha256)
+        renewed = self._ca.issue(
+            csr_pem, actor.ref, days or self._default_days, renewed_from=current.fingerprint_sha256
+        )
+        # A system renewing its own key is still held by whoever had it certified.
+        record = replace(renewed, issued_by=current.issued_by)
         with staging(
             change_record(
                 actor, "registry", "renew_certificate", subject=str(actor.ref), reason=record.fingerprint_sha256
