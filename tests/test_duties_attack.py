@@ -194,7 +194,10 @@ def _stranger(hub: RunningHub, directory: Path) -> Path:
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     root = tmp_path_factory.mktemp("duties")
     # A console address (port 0: any free one), so sign-in links are asked for and refused on their merits.
-    with running_hub(base_settings(root / "hub", console_listen="127.0.0.1:0")) as hub:
+    # Every caller is refused hundreds of times here, each refusal expected in the log: no bound on their
+    # records (tests/test_refusals.py tests the bound).
+    settings = base_settings(root / "hub", console_listen="127.0.0.1:0", refusal_records_per_window=100_000)
+    with running_hub(settings) as hub:
         world = make_world(hub)
         grant = serve_lookup(world, root)
         identities = {**every_caller(world), "stranger": _stranger(hub, root / "stranger")}
