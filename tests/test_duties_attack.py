@@ -569,6 +569,22 @@ def test_the_right_is_decided_before_the_request_is_checked(scene: Scene, case: 
     assert after == before
 
 
+@pytest.mark.parametrize("caller", ["operator", "consumer", "auditor", "system", "no_role"])
+def test_a_caller_who_certifies_no_system_is_refused_before_its_system_request_is_checked(
+    scene: Scene, caller: str
+) -> None:
+    """The system form of IssueCertificate (the table's request names a person): the system right first."""
+    wrong = rpb.IssueCertificateRequest(
+        principal=rpb.PrincipalRef(kind=rpb.PRINCIPAL_KIND_SYSTEM, code="Not A Code!"), csr_pem="x", validity_days=-1
+    )
+    c = scene.client(caller)
+    with pytest.raises(grpc.RpcError) as info:
+        c.call(c.registry.IssueCertificate, wrong)
+    error = info.value
+    assert isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.PERMISSION_DENIED, error
+    assert reason_of(error) == "SYSTEM_CERTIFICATE_ISSUE_DENIED"
+
+
 # The command line
 
 

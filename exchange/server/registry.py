@@ -90,7 +90,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @unary
     def IssueCertificate(self, request: pb.IssueCertificateRequest, actor: Principal) -> pb.Certificate:
-        self.service.require_issuer(actor)
+        kind = c.KIND.domain(request.principal.kind, "principal.kind", [], required=False)
+        self.service.require_issuer(actor, kind, request.principal.code)  # before the request is checked
         ref = c.principal_ref_from_wire(request.principal, "principal")
         record = self.service.issue_certificate(actor, ref, request.csr_pem, request.validity_days)
         return c.certificate_to_wire(record)

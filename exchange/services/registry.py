@@ -246,14 +246,17 @@ class RegistryService:
         page = page_request(size, token, {"department": department_code, "role": role})
         return self._store.registry.list_people(page, department_code or None, role)
 
-    def require_issuer(self, actor: Principal) -> None:
-        """Refuses a caller who may certify no one at all (no person hub-wide, no system of its department),
-        before anything it asked is read."""
-        if not self._policy.allows(actor.ref, Action.CERTIFY_SYSTEM, actor.department_code):
+    def require_issuer(self, actor: Principal, kind: PrincipalKind | None, code: str = "") -> None:
+        """Refuses, before anything it asked is checked, a caller who may not certify this kind of principal
+        (a system: no system of its own department; a person, or a kind not known: no one at all)."""
+        certifies_systems = self._policy.allows(actor.ref, Action.CERTIFY_SYSTEM, actor.department_code)
+        if kind is PrincipalKind.SYSTEM and not certifies_systems:
+            raise self._certify_refusal(actor, code)
+        if kind is PrincipalKind.PERSON or not certifies_systems:
             self._policy.require(actor, Action.ISSUE_CERTIFICATE, HUB_WIDE, "issue certificates")
 
     def issue_certificate(self, actor: Principal, ref: PrincipalRef, csr_pem: str, days: int) -> CertificateRecord:
-        self.require_issuer(actor)
+        self.require_issuer(actor, ref.kind, ref.code)
         if ref.kind is PrincipalKind.SYSTEM:
             # Whoever certifies a key can act as the system: its own department's steward does, never an operator.
             self._system_department(actor, ref.code)
@@ -272,11 +275,7 @@ class RegistryService:
     def _system_department(self, actor: Principal, code: str) -> str:
         """The department of a system its caller may certify; one it may not and an unknown one are refused
         alike (a system is certified by its own department's people, so no one may certify one that is not)."""
-        refusal = PermissionDenied(
-            f"{actor.ref} may not certify system {code[:63]}: a system is certified by its own department's "
-            f"owner stewards, and this is not a system of department {actor.department_code}",
-            reason="SYSTEM_CERTIFICATE_ISSUE_DENIED",
-        )
+        refusal = self._certify_refusal(actor, code)
         if not self._policy.allows(actor.ref, Action.CERTIFY_SYSTEM, actor.department_code):
             raise refusal
         validation.validate_key("principal.code", code, PrincipalKind.SYSTEM.value)
@@ -287,6 +286,15 @@ class RegistryService:
         if not self._policy.allows(actor.ref, Action.CERTIFY_SYSTEM, department):
             raise refusal
         return department
+
+    @staticmethod
+    def _certify_refusal(actor: Principal, code: str) -> PermissionDenied:
+        system = f"system {code[:63]}" if code else "systems"
+        return PermissionDenied(
+            f"{actor.ref} may not certify {system}: a system is certified by its own department's owner stewards"
+            + (f", and this is not a system of department {actor.department_code}" if code else ""),
+            reason="SYSTEM_CERTIFICATE_ISSUE_DENIED",
+        )
 
     def renew_certificate(self, actor: Principal, csr_pem: str, days: int) -> CertificateRecord:
         """A new certificate for the caller itself, over a new key; the current one stays until it expires."""
