@@ -3,8 +3,9 @@
 Each hub has its own registry (no process-wide state). Counters and histograms are fed by the
 exchange service's observer and the audit group commit; gauges of the store's state (grants,
 share requests, certificate expiry) are read when scraped, at most every ``STATE_SECONDS``. Label
-values are bounded: departments, resources and providers are members and catalog entries, outcomes
-and kinds are fixed sets.
+values are bounded and never a caller's text: departments, resources and providers are members and
+catalog entries (a resource code the catalog does not hold is ``unknown``), outcomes, methods, kinds and
+reasons are fixed sets.
 """
 
 from __future__ import annotations
