@@ -51,10 +51,16 @@ class AuditRecord:
     data_subjects: list[str] = field(default_factory=list)  # keyed hashes, hex
     hub: str = ""
     latency_us: int = 0
+    # An exchange by a system: the person who had its certificate issued ("person/<username>"), who holds its
+    # key. Left out of the record when empty, so records made before it was kept keep their bytes.
+    key_holder: str = ""
 
     def as_dict(self) -> dict[str, Value]:
         # A shallow copy: dataclasses.asdict deep-copies and costs ten times as much on the hot path.
-        return dict(vars(self))
+        out: dict[str, Value] = dict(vars(self))
+        if not self.key_holder:
+            del out["key_holder"]
+        return out
 
 
 def canonical(record: Mapping[str, object]) -> bytes:

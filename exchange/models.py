@@ -140,6 +140,8 @@ class Principal:
     certificate_fingerprint: str = ""
     # For a person: the keyed hash of the identity number (see Person); "" when not known.
     identity_key: str = ""
+    # For a system: who had its calling certificate issued (the person answerable for its key), "" if not known.
+    key_holder: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ class CertificateRecord:
     renewed_from: str = ""
     # The CA certificate that signed it (filled in when shown; not stored).
     issuer_fingerprint: str = ""
+    # Who had it issued, e.g. "person/ga-steward" ("" before this was kept); a renewal keeps its predecessor's.
+    issued_by: str = ""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ _USCC = re.compile(rf"^[{USCC_ALPHABET}]{{18}}$")
 SYSTEM_CODE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 USERNAME = re.compile(r"^[a-z][a-z0-9._-]{1,62}$")
 RESOURCE_CODE = re.compile(r"^[0-9]{1,9}/[0-9]{6,12}$")
+# What RESOURCE_CODE asks for, in words: every message about a malformed resource code gives it.
+RESOURCE_CODE_FORMAT = "a resource code: 1-9 digits, '/', 6-12 digits (like '10101/350200000001')"
 ITEM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -153,7 +155,7 @@ def validate_person(p: Person) -> None:
 def validate_resource_spec(r: ResourceSpec) -> None:
     """Everything about a catalog entry that can be checked without the store."""
     out: list[FieldViolation] = []
-    check_pattern(out, "resource.code", r.code, RESOURCE_CODE, "a resource code like '1010100/000001'")
+    check_pattern(out, "resource.code", r.code, RESOURCE_CODE, RESOURCE_CODE_FORMAT)
     check_text(out, "resource.name", r.name, required=True, limit=MAX_NAME)
     check_department_code(out, "resource.department_code", r.department_code)
     for path, value in (
@@ -204,13 +206,13 @@ def _check_related(out: list[FieldViolation], r: ResourceSpec) -> None:
         if code == r.code:
             out.append(FieldViolation(path, "a resource cannot relate to itself"))
         else:
-            check_pattern(out, path, code, RESOURCE_CODE, "a resource code")
+            check_pattern(out, path, code, RESOURCE_CODE, RESOURCE_CODE_FORMAT)
 
 
 _KEYS = {
     "system": (SYSTEM_CODE, "a system code"),
     "person": (USERNAME, "a username"),
-    "resource": (RESOURCE_CODE, "a resource code like '10101/350200000001'"),
+    "resource": (RESOURCE_CODE, RESOURCE_CODE_FORMAT),
 }
 
 

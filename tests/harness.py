@@ -77,7 +77,7 @@ class RunningHub:
         self.operator = operator
         self.files = pki.HubFiles(settings.home)
         self.ca_pem = self.files.ca_cert.read_bytes()
-        # Per department, a person who may certify its systems (its first steward or consumer).
+        # Per department, a person who may certify its systems (its first owner steward).
         self.certifiers: dict[str, Path] = {}
 
     def client(self, identity: Path | None = None) -> HubClient:
@@ -93,9 +93,9 @@ class RunningHub:
         return out
 
     def certifier(self, department: str) -> Path:
-        """Someone of ``department`` who may certify its systems (a consumer made for it if there is none)."""
+        """Someone of ``department`` who may certify its systems (an owner steward made for it if there is none)."""
         if department not in self.certifiers:
-            self.add_person(f"it-{department[-8:].lower()}", department, m.Role.CONSUMER)
+            self.add_person(f"it-{department[-8:].lower()}", department, m.Role.OWNER_STEWARD)
         return self.certifiers[department]
 
     def rows(self, table: type[Base]) -> int:
@@ -119,7 +119,7 @@ class RunningHub:
             request = rpb.CreatePersonRequest(person=w.person_to_wire(person), id_number=number)
             hub.call(hub.registry.CreatePerson, request)
         identity = self.identity(m.PrincipalKind.PERSON, username)
-        if {m.Role.OWNER_STEWARD, m.Role.CONSUMER} & set(roles):
+        if m.Role.OWNER_STEWARD in roles:
             self.certifiers.setdefault(department, identity)
         return identity
 

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -571,3 +572,17 @@ def test_the_report_says_which_entries_it_proved_and_what_rests_on_the_prefix(lo
     summary = tail.as_dict()
     assert (summary["start"], summary["end"], summary["from_log_start"]) == (17, 30, False)
     assert summary["prefix_only"] == {"start": 0, "end": 17}
+
+
+def test_a_record_without_a_key_holder_keeps_its_bytes() -> None:
+    """``key_holder`` is left out when empty: every record made before it existed hashes as it did."""
+    record = AuditRecord("exchange", "query", "2026-11-22T08:00:00.000000Z", "system/bdc-djxt", "D", "ok")
+    before = (
+        '{"action":"query","actor":"system/bdc-djxt","actor_department":"D","bytes":0,"data_subjects":[],'
+        '"exchange_id":"","fields":[],"grant":"","hub":"","kind":"exchange","latency_us":0,"masks":[],'
+        '"outcome":"ok","purpose":"","reason":"","request_sha256":"","resource":"","response_sha256":"",'
+        '"rows":0,"subject":"","time":"2026-11-22T08:00:00.000000Z"}'
+    )
+    assert canonical(record.as_dict()) == before.encode()
+    held = canonical(replace(record, key_holder="person/bdc-steward").as_dict())
+    assert held == before.replace('"kind"', '"key_holder":"person/bdc-steward","kind"').encode()

@@ -357,3 +357,58 @@ def test_one_system_cannot_act_as_another(world: World, tmp_path: Path) -> None:
     serve_lookup(world, tmp_path)
     assert world.exchange().Query(lookup(), timeout=20).records
     fails(grpc.StatusCode.PERMISSION_DENIED, world.exchange(other).Query, lookup())
+
+
+# --- Who holds a system's key --------------------------------------------------------------------------------
+
+
+def test_only_an_owner_steward_of_its_department_certifies_a_system(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A consumer clerk could once certify a key of its own for the department's system and act as it."""
+    hub = world.hub
+    clerk = world.people["consumer"]  # a consumer of the system's own department
+    assert _cli(hub, clerk, "cert", "issue", "--system", SYSTEM.code, "--out", str(tmp_path / "clerk")) == 1
+    said = capsys.readouterr().err
+    assert "SYSTEM_CERTIFICATE_ISSUE_DENIED" in said or "may not certify system" in said, said
+    steward = hub.add_person("bdc-steward", "11350200MB00456789", m.Role.OWNER_STEWARD)
+    assert _cli(hub, steward, "cert", "issue", "--system", SYSTEM.code, "--out", str(tmp_path / "steward")) == 0
+    issued = pki.fingerprint_of_pem(pki.IdentityFiles(tmp_path / "steward").cert.read_bytes())
+    record = hub.hub.store.registry.get_certificate(issued)
+    assert record.issued_by == "person/bdc-steward"
+
+
+def test_each_exchange_of_a_system_names_who_holds_its_key(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub = world.hub
+    serve_lookup(world, tmp_path)
+    fingerprint = _whoami(hub, world.consumer_system).certificate_fingerprint_sha256
+    certifier = hub.hub.store.registry.get_certificate(fingerprint).issued_by
+    assert certifier.startswith("person/") and certifier != "person/bdc-clerk"  # a steward, not the clerk
+    answer = world.exchange().Query(lookup(), timeout=20)
+    hub.hub.audit.flush()
+    with hub.client(world.people["auditor"]) as c:
+        found = c.call(c.audit.SearchRecords, apb.SearchRecordsRequest(exchange_id=answer.exchange_id))
+    (record,) = [json.loads(e.record) for e in found.entries]
+    assert record["actor"] == "system/bdc-djxt" and record["key_holder"] == certifier
+    capsys.readouterr()
+    assert _cli(hub, world.people["auditor"], "audit", "search", "--exchange", answer.exchange_id) == 0
+    assert f"system/bdc-djxt (key held by {certifier})" in capsys.readouterr().out
+    # A change made by a person names no key holder: the person is the actor.
+    with hub.client(world.people["auditor"]) as c:
+        changes = c.call(c.audit.SearchRecords, apb.SearchRecordsRequest(actor="person/ga-steward"))
+    assert changes.entries and all("key_holder" not in json.loads(e.record) for e in changes.entries)
+
+
+def test_a_renewed_system_certificate_keeps_who_holds_its_key(world: World) -> None:
+    hub = world.hub
+    fingerprint = _whoami(hub, world.consumer_system).certificate_fingerprint_sha256
+    with hub.client(world.consumer_system) as c:
+        request = rpb.RenewCertificateRequest(csr_pem=pki.make_csr(pki.new_key(), SYSTEM))
+        renewed = c.call(c.registry.RenewCertificate, request).certificate
+    registry = hub.hub.store.registry
+    assert (
+        registry.get_certificate(renewed.fingerprint_sha256).issued_by
+        == registry.get_certificate(fingerprint).issued_by
+    )

@@ -194,7 +194,10 @@ def _stranger(hub: RunningHub, directory: Path) -> Path:
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     root = tmp_path_factory.mktemp("duties")
     # A console address (port 0: any free one), so sign-in links are asked for and refused on their merits.
-    with running_hub(base_settings(root / "hub", console_listen="127.0.0.1:0")) as hub:
+    # Every caller is refused hundreds of times here, each refusal expected in the log: no bound on their
+    # records (tests/test_refusals.py tests the bound).
+    settings = base_settings(root / "hub", console_listen="127.0.0.1:0", refusal_records_per_window=100_000)
+    with running_hub(settings) as hub:
         world = make_world(hub)
         grant = serve_lookup(world, root)
         identities = {**every_caller(world), "stranger": _stranger(hub, root / "stranger")}
@@ -466,6 +469,120 @@ def test_rpc(scene: Scene, case: dict[str, str], caller: str) -> None:
             assert record["action"] == f"denied:{rpc.rpartition('.')[2]}"
         assert int(after.pop("audit records")) == int(before.pop("audit records")) + 1
     assert after == before, "a refused or read-only call changed the store"
+
+
+# Permission before validation: every administrative RPC, asked wrongly by a caller without the right
+
+# The same RPCs asked with a request that is wrong in every way the handler or the service would check.
+INVALID: dict[str, Build] = {
+    "RegistryService.CreateDepartment": lambda s, c: rpb.CreateDepartmentRequest(department=rpb.Department(code="x")),
+    "RegistryService.CreateSystem": lambda s, c: rpb.CreateSystemRequest(system=rpb.System(code="Bad Code!")),
+    "RegistryService.CreatePerson": lambda s, c: rpb.CreatePersonRequest(
+        person=rpb.Person(username="X"), id_number="1"
+    ),
+    "RegistryService.GetPerson": lambda s, c: rpb.GetPersonRequest(username="NOT A USERNAME"),
+    "RegistryService.ListPeople": lambda s, c: rpb.ListPeopleRequest(role=99, department_code="bad"),  # type: ignore[arg-type]
+    "RegistryService.AssignRole": lambda s, c: rpb.ChangeRoleRequest(username="BAD NAME", role=99),  # type: ignore[arg-type]
+    "RegistryService.UnassignRole": lambda s, c: rpb.ChangeRoleRequest(username="BAD NAME", role=99),  # type: ignore[arg-type]
+    "RegistryService.IssueCertificate": lambda s, c: rpb.IssueCertificateRequest(
+        principal=w.principal_ref_to_wire(s.refs["share_manager"]), csr_pem="not a CSR", validity_days=-1
+    ),
+    "RegistryService.RevokeCertificate": lambda s, c: rpb.RevokeCertificateRequest(fingerprint_sha256="zz"),
+    "CatalogService.CreateResource": lambda s, c: cpb.CreateResourceRequest(resource=cpb.Resource(code="bad")),
+    "CatalogService.UpdateResource": lambda s, c: cpb.UpdateResourceRequest(resource=cpb.Resource(code="bad")),
+    "CatalogService.PublishResource": lambda s, c: cpb.ChangeResourceStatusRequest(code="bad"),
+    "CatalogService.SuspendResource": lambda s, c: cpb.ChangeResourceStatusRequest(code="bad"),
+    "CatalogService.RetireResource": lambda s, c: cpb.ChangeResourceStatusRequest(code="bad"),
+    "CatalogService.SetBinding": lambda s, c: cpb.SetBindingRequest(binding=cpb.Binding(resource_code="bad")),
+    "CatalogService.GetBinding": lambda s, c: cpb.GetBindingRequest(resource_code="bad"),
+    "RightsService.Apply": lambda s, c: pb.ApplyRequest(request=pb.ShareRequest(resource_code="bad")),
+    "RightsService.GetShareRequest": lambda s, c: pb.GetShareRequestRequest(id="bad"),
+    "RightsService.ListShareRequests": lambda s, c: pb.ListShareRequestsRequest(status=99, view=99),  # type: ignore[arg-type]
+    "RightsService.Approve": lambda s, c: pb.ApproveRequest(id="bad", masks=[pb.FieldMask(field="", mask=99)]),  # type: ignore[arg-type]
+    "RightsService.Refuse": lambda s, c: pb.RefuseRequest(id="bad"),
+    "RightsService.Dispute": lambda s, c: pb.DisputeRequest(id="bad"),
+    "RightsService.DecideDispute": lambda s, c: pb.DecideDisputeRequest(id="bad", daily_quota=-1),
+    "RightsService.IssueGrant": lambda s, c: pb.IssueGrantRequest(request_id="bad", daily_quota=-1),
+    "RightsService.SuspendGrant": lambda s, c: pb.ChangeGrantRequest(id="bad"),
+    "RightsService.ResumeGrant": lambda s, c: pb.ChangeGrantRequest(id="bad"),
+    "RightsService.RevokeGrant": lambda s, c: pb.ChangeGrantRequest(id="bad"),
+    "RightsService.GetGrant": lambda s, c: pb.GetGrantRequest(id="bad"),
+    "RightsService.ListGrants": lambda s, c: pb.ListGrantsRequest(status=99, resource_code="bad"),  # type: ignore[arg-type]
+    "AuditService.SearchRecords": lambda s, c: apb.SearchRecordsRequest(department_code="bad", resource_code="bad"),
+    "AuditService.ExportLog": lambda s, c: apb.ExportLogRequest(from_seq=10**12),
+}
+# Refusals that depend on what the request names: the caller holds the right in its own department, so the
+# request is checked first (a bad one is INVALID_ARGUMENT) and the named target refused after. A steward or
+# consumer of another department, and a reader not party to a share request or grant, are such callers.
+ELSEWHERE = {
+    *{(f"CatalogService.{m}", "foreign_steward") for m in ("CreateResource", "UpdateResource", "PublishResource")},
+    *{(f"CatalogService.{m}", "foreign_steward") for m in ("SuspendResource", "RetireResource")},
+    *{(f"CatalogService.{m}", "foreign_steward") for m in ("SetBinding", "GetBinding")},
+    *{(f"RightsService.{m}", "foreign_steward") for m in ("Approve", "Refuse")},
+    *{(f"RightsService.{m}Grant", "foreign_steward") for m in ("Suspend", "Resume", "Revoke")},
+    ("RightsService.Dispute", "foreign_consumer"),
+    *{(f"RightsService.{rpc}", who) for rpc in ("GetShareRequest", "GetGrant") for who in ("foreign_steward",)},
+    *{(f"RightsService.{rpc}", who) for rpc in ("GetShareRequest", "GetGrant") for who in ("foreign_consumer",)},
+    *{(f"RightsService.{rpc}", "foreign_system") for rpc in ("GetShareRequest", "GetGrant")},
+}
+# Administrative RPCs refused to some callers but not asked wrongly here, and why.
+NOT_ASKED_WRONGLY = {
+    "RightsService.CheckAccess": "its right is the caller's own department's systems or resources, named in it",
+    "ConsoleService.CreateSignInLink": "its request has no field to get wrong",
+}
+DENIED_CELLS = [
+    (case, caller)
+    for case in RPC_CASES
+    for caller in REGISTERED
+    if case["kind"] != "data"
+    and case[caller] not in ("allow", "hidden", "unauthenticated")
+    and case["rpc"] not in NOT_ASKED_WRONGLY
+    and (case["rpc"], caller) not in ELSEWHERE
+]
+
+
+def test_every_administrative_rpc_refused_to_someone_is_asked_wrongly() -> None:
+    refused = {case["rpc"] for case, _ in DENIED_CELLS}
+    assert refused | set(NOT_ASKED_WRONGLY) == {
+        c["rpc"]
+        for c in RPC_CASES
+        if c["kind"] != "data" and any(c[who] not in ("allow", "hidden") for who in REGISTERED)
+    }
+    assert set(INVALID) == refused, "every RPC refused to someone has a wrong request to try"
+
+
+@pytest.mark.parametrize(("case", "caller"), DENIED_CELLS, ids=[f"{c['rpc']}-{who}" for c, who in DENIED_CELLS])
+def test_the_right_is_decided_before_the_request_is_checked(scene: Scene, case: dict[str, str], caller: str) -> None:
+    """A caller without the right learns nothing of the rules of a form it may not submit."""
+    rpc = case["rpc"]
+    before = scene.state()
+    try:
+        _invoke(scene.client(caller).channel, METHODS[rpc], INVALID[rpc](scene, caller), ())
+    except grpc.RpcError as e:
+        assert isinstance(e, grpc.Call)
+        assert e.code() == grpc.StatusCode.PERMISSION_DENIED, f"{e.code()}: {e.details()}"
+        assert reason_of(e) == case[caller], e.details()
+    else:
+        pytest.fail(f"{caller} was answered a wrong {rpc}")
+    after = scene.state()
+    assert int(after.pop("audit records")) == int(before.pop("audit records")) + 1  # the refusal, recorded
+    assert after == before
+
+
+@pytest.mark.parametrize("caller", ["operator", "consumer", "auditor", "system", "no_role"])
+def test_a_caller_who_certifies_no_system_is_refused_before_its_system_request_is_checked(
+    scene: Scene, caller: str
+) -> None:
+    """The system form of IssueCertificate (the table's request names a person): the system right first."""
+    wrong = rpb.IssueCertificateRequest(
+        principal=rpb.PrincipalRef(kind=rpb.PRINCIPAL_KIND_SYSTEM, code="Not A Code!"), csr_pem="x", validity_days=-1
+    )
+    c = scene.client(caller)
+    with pytest.raises(grpc.RpcError) as info:
+        c.call(c.registry.IssueCertificate, wrong)
+    error = info.value
+    assert isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.PERMISSION_DENIED, error
+    assert reason_of(error) == "SYSTEM_CERTIFICATE_ISSUE_DENIED"
 
 
 # The command line

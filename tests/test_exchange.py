@@ -7,6 +7,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from sqlalchemy import create_engine, text
 
 from audit import provenance
@@ -186,6 +188,41 @@ def test_bad_input_gets_a_clear_status_and_no_data(world: World) -> None:
     )
     doc = xpb.FetchDocumentRequest(resource_code=IDENTITY, purpose="不动产转移登记", filters={"id_number": ID_NUMBER})
     fails(grpc.StatusCode.FAILED_PRECONDITION, stub.FetchDocument, doc)
+
+
+def _descriptions(error: grpc.Call) -> str:
+    """Every field violation's description of a BadRequest detail, and the status message."""
+    status = rpc_status.from_call(error)
+    texts = [error.details() or ""]
+    for detail in status.details if status else []:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            texts += [v.description for v in bad.field_violations]
+    return "\n".join(texts)
+
+
+def test_a_not_shared_resource_says_so_and_how_to_dispute_it(world: World) -> None:
+    secret = identity_spec(
+        OTHER, POLICE.code, share_type=m.ShareType.NOT_SHARED, legal_basis="《保守国家秘密法》第九条"
+    )
+    world.publish("police", secret)
+    stub = world.exchange()
+    for request in (query(OTHER, {}, ["name"]), query(OTHER, {"id_number": ID_NUMBER}, ["name"])):
+        refused = fails(grpc.StatusCode.PERMISSION_DENIED, stub.Query, request)
+        assert reason_of(refused) == "NOT_SHARED"
+        said = refused.details() or ""
+        assert "is not shared" in said and "《保守国家秘密法》第九条" in said, said
+        assert "request dispute" in said and "share manager" in said, said
+        assert "at least one filter" not in said
+    # A shared resource asked without filters still hears about its filters.
+    assert "filters" in violations(fails(grpc.StatusCode.INVALID_ARGUMENT, stub.Query, query(IDENTITY, {}, ["name"])))
+
+
+def test_a_malformed_resource_code_is_told_its_format(world: World) -> None:
+    stub = world.exchange()
+    bad = fails(grpc.StatusCode.INVALID_ARGUMENT, stub.Query, query("10101-1", {"id_number": ID_NUMBER}, ["name"]))
+    assert "resource_code" in violations(bad)
+    assert "1-9 digits, '/', 6-12 digits (like '10101/350200000001')" in _descriptions(bad)
 
 
 def test_a_stream_sends_every_record_in_batches_and_is_audited_before_and_after(world: World) -> None:

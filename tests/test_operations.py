@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from audit.records import AuditRecord
 from exchange.errors import Unavailable
 from exchange.logs import JsonFormatter
-from tests.exchange_world import World, fails, lookup, make_world, serve_lookup
+from tests.exchange_world import PERSON_ID, World, fails, lookup, make_world, query, serve_lookup
 from tests.harness import POLICE, RunningHub, base_settings, running_hub
 
 IDENTITY = "10101/350200000001"
@@ -82,6 +82,40 @@ def test_the_exposition_of_a_hub_that_served_exchanges(served: World) -> None:
     assert samples[("exchange_ready", ())] == 1
     names = {name for name, _ in samples}
     assert {"exchange_share_requests_pending", "exchange_share_requests_overdue"} <= names
+
+
+def _series(exposition: str, name: str) -> set[tuple[tuple[str, str], ...]]:
+    return {labels for sample, labels in _samples(exposition) if sample == name}
+
+
+def test_codes_a_caller_makes_up_add_no_series(served: World) -> None:
+    """Made-up codes, well formed or not (one of 5,000 characters), share one ``unknown`` label; real ones stay."""
+    before = _get(served.hub, "/metrics")[1]
+    stub = served.exchange()
+    junk = [f"99999/35020000{i:04d}" for i in range(20)] + [f"junk-{i}" for i in range(20)] + ["x" * 5000]
+    for code in junk:
+        fails(
+            grpc.StatusCode.NOT_FOUND if code[0] == "9" else grpc.StatusCode.INVALID_ARGUMENT,
+            stub.Query,
+            query(code, {"id_number": PERSON_ID}, ["name"]),
+        )
+    stub.Query(lookup(), timeout=20)
+    served.hub.hub.audit.flush()
+    after = _get(served.hub, "/metrics")[1]
+    names = ("exchange_exchanges_total", "exchange_exchange_duration_seconds_count", "exchange_streamed_bytes_total")
+    for name in names:
+        added = _series(after, name) - _series(before, name)
+        assert len(added) <= 2, f"{name} grew by {len(added)} series"  # the unknown code, denied and failed at most
+        assert all(dict(labels).get("resource", "unknown") == "unknown" for labels in added), added
+    unknown = {
+        dict(labels)["outcome"]: value
+        for (name, labels), value in _samples(after).items()
+        if name == "exchange_exchanges_total" and dict(labels)["resource"] == "unknown"
+    }
+    assert unknown == {"denied": len(junk)}
+    ok = (("consumer_department", "11350200MB00456789"), ("method", "query"), ("outcome", "ok"), ("resource", IDENTITY))
+    assert _samples(after)[("exchange_exchanges_total", ok)] == 4  # the real code is labelled as before
+    assert not any(code in after for code in junk)
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")

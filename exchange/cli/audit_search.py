@@ -132,7 +132,10 @@ def _row(e: pb.AuditEntry, status: str) -> list[str]:
     if not isinstance(r, dict):
         r = {}
     subject = r.get("subject", "") or r.get("resource", "")
-    cells = (r.get("time", "(pruned)"), r.get("actor", ""), r.get("action", ""), subject, r.get("outcome", ""))
+    actor = str(r.get("actor", ""))
+    if r.get("key_holder"):  # a system's exchange: who holds its key
+        actor += f" (key held by {r['key_holder']})"
+    cells = (r.get("time", "(pruned)"), actor, r.get("action", ""), subject, r.get("outcome", ""))
     return [str(e.seq), *map(str, cells), str(r.get("reason", "")), status]
 
 

@@ -159,7 +159,12 @@ def _person_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _paged(p)
 
     cert = top.add_parser("cert", help="client certificates").add_subparsers(dest="verb", required=True)
-    p = _verb(cert, "issue", commands.cert_issue, "make a key here and have the hub certify it (operator)")
+    p = _verb(
+        cert,
+        "issue",
+        commands.cert_issue,
+        "make a key here and have the hub certify it (operator; a system: its department's owner steward)",
+    )
     _principal_choice(p, required=True)
     p.add_argument("--out", type=Path, required=True, help="identity directory to write")
     p.add_argument("--days", type=int, default=0, help="validity in days (default: the hub's)")

@@ -59,6 +59,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
 
     @unary
     def SearchRecords(self, request: pb.SearchRecordsRequest, actor: Principal) -> pb.SearchRecordsResponse:
+        self.service.require_reader(actor)  # the right first, before the search is checked
         validation.validate_key("department_code", request.department_code, "department", optional=True)
         validation.validate_key("resource_code", request.resource_code, "resource", optional=True)
         for name in ("actor", "purpose", "outcome", "exchange_id"):

@@ -24,11 +24,13 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
 
     @unary
     def CreateResource(self, request: pb.CreateResourceRequest, actor: Principal) -> pb.Resource:
+        self.service.require_writer(actor, "create catalog entries")  # before the request is read
         spec = c.resource_spec_from_wire(request.resource)
         return c.resource_to_wire(self.service.create(actor, spec, request.publish, request.reason.strip()))
 
     @unary
     def UpdateResource(self, request: pb.UpdateResourceRequest, actor: Principal) -> pb.Resource:
+        self.service.require_writer(actor, "update catalog entries")
         spec = c.resource_spec_from_wire(request.resource)
         updated = self.service.update(actor, spec, request.expected_version, request.reason.strip())
         return c.resource_to_wire(updated)
@@ -83,6 +85,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
 
     @unary
     def SetBinding(self, request: pb.SetBindingRequest, actor: Principal) -> pb.Binding:
+        self.service.require_writer(actor, "bind catalog entries")
         binding = c.binding_from_wire(request.binding)
         return c.binding_to_wire(self.service.set_binding(actor, binding, request.reason.strip()))
 

@@ -3,8 +3,9 @@
 Each hub has its own registry (no process-wide state). Counters and histograms are fed by the
 exchange service's observer and the audit group commit; gauges of the store's state (grants,
 share requests, certificate expiry) are read when scraped, at most every ``STATE_SECONDS``. Label
-values are bounded: departments, resources and providers are members and catalog entries, outcomes
-and kinds are fixed sets.
+values are bounded and never a caller's text: departments, resources and providers are members and
+catalog entries (a resource code the catalog does not hold is ``unknown``), outcomes, methods, kinds and
+reasons are fixed sets.
 """
 
 from __future__ import annotations
@@ -130,15 +131,19 @@ class HubMetrics:
 
     # The exchange service's observer
 
-    def recorded(self, record: AuditRecord) -> None:
-        """A committed exchange record: final ones are counted (an "allowed" opening record is not final)."""
+    def recorded(self, record: AuditRecord, resource: str) -> None:
+        """A committed exchange record: final ones are counted (an "allowed" opening record is not final).
+
+        ``resource`` is the catalog code the record names, or ``unknown`` (never the code as the caller sent it);
+        the department is the caller's registered one; the method and outcome come from the hub's own sets.
+        """
         if record.kind != "exchange" or record.outcome == "allowed":
             return
         method = record.action.removesuffix("_end")
-        self.exchanges.labels(record.actor_department, record.resource, method, record.outcome).inc()
+        self.exchanges.labels(record.actor_department, resource, method, record.outcome).inc()
         self.exchange_seconds.labels(method).observe(record.latency_us / 1_000_000)
         if record.bytes:
-            self.streamed_bytes.labels(record.resource).inc(record.bytes)
+            self.streamed_bytes.labels(resource).inc(record.bytes)
 
     def decided(self, seconds: float) -> None:
         self.decision_seconds.observe(seconds)

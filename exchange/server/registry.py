@@ -33,6 +33,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @unary
     def CreateDepartment(self, request: pb.CreateDepartmentRequest, actor: Principal) -> pb.Department:
+        self.service.require_registrar(actor, "register departments")  # before the request is read
         created = self.service.create_department(actor, c.department_from_wire(request.department))
         return c.department_to_wire(created)
 
@@ -52,6 +53,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @unary
     def CreateSystem(self, request: pb.CreateSystemRequest, actor: Principal) -> pb.System:
+        self.service.require_registrar(actor, "register systems")
         return c.system_to_wire(self.service.create_system(actor, c.system_from_wire(request.system)))
 
     @unary
@@ -67,6 +69,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @unary
     def CreatePerson(self, request: pb.CreatePersonRequest, actor: Principal) -> pb.Person:
+        self.service.require_registrar(actor, "register people")
         person = c.person_from_wire(request.person)
         return c.person_to_wire(self.service.create_person(actor, person, request.id_number))
 
@@ -76,6 +79,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @unary
     def ListPeople(self, request: pb.ListPeopleRequest, actor: Principal) -> pb.ListPeopleResponse:
+        self.service.require_person_reader(actor, "list people")
         out: list[FieldViolation] = []
         role = c.ROLE.domain(request.role, "role", out, required=False)
         raise_if(out)
@@ -86,6 +90,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @unary
     def IssueCertificate(self, request: pb.IssueCertificateRequest, actor: Principal) -> pb.Certificate:
+        kind = c.KIND.domain(request.principal.kind, "principal.kind", [], required=False)
+        self.service.require_issuer(actor, kind, request.principal.code)  # before the request is checked
         ref = c.principal_ref_from_wire(request.principal, "principal")
         record = self.service.issue_certificate(actor, ref, request.csr_pem, request.validity_days)
         return c.certificate_to_wire(record)
@@ -124,6 +130,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         return pb.TrustBundle(pem=pem, signing_fingerprint_sha256=signing)
 
     def _change_role(self, request: pb.ChangeRoleRequest, actor: Principal, add: bool) -> pb.Person:
+        self.service.require_registrar(actor, f"{'assign' if add else 'unassign'} roles")
         out: list[FieldViolation] = []
         role = c.ROLE.checked(request.role, "role", out)
         raise_if(out)

@@ -55,6 +55,7 @@ class RightsServicer(pb_grpc.RightsServiceServicer):
 
     @unary
     def Apply(self, request: pb.ApplyRequest, actor: Principal) -> pb.ShareRequest:
+        self.service.require_applicant(actor)  # the right first, before the request is read
         created = self.service.apply(actor, c.application_from_wire(request.request))
         return self._request(created)
 
@@ -64,6 +65,7 @@ class RightsServicer(pb_grpc.RightsServiceServicer):
 
     @unary
     def ListShareRequests(self, request: pb.ListShareRequestsRequest, actor: Principal) -> pb.ListShareRequestsResponse:
+        self.service.require_request_reader(actor)
         out: list[FieldViolation] = []
         status = c.REQUEST_STATUS.domain(request.status, "status", out, required=False)
         view = _VIEWS.get(request.view)
@@ -91,6 +93,7 @@ class RightsServicer(pb_grpc.RightsServiceServicer):
 
     @unary
     def Approve(self, request: pb.ApproveRequest, actor: Principal) -> pb.ShareRequest:
+        self.service.require_somewhere(actor, Action.DECIDE_REQUEST, "approve share requests")
         out: list[FieldViolation] = []
         end = c.date_from_wire(request.end_date, "end_date", out, required=False)
         masks = c.masks_from_wire(request.masks, out)
@@ -154,6 +157,7 @@ class RightsServicer(pb_grpc.RightsServiceServicer):
 
     @unary
     def ListGrants(self, request: pb.ListGrantsRequest, actor: Principal) -> pb.ListGrantsResponse:
+        self.service.require_grant_reader(actor)
         out: list[FieldViolation] = []
         status = c.GRANT_STATUS.domain(request.status, "status", out, required=False)
         raise_if(out)

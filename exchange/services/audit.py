@@ -126,6 +126,7 @@ class AuditReadService:
 
     def search(self, actor: Principal, size: int, token: str, f: EntryFilter, data_subject: str) -> SearchAnswer:
         """A page of the records ``actor`` may read that match ``f``, with their inclusion proofs."""
+        self.require_reader(actor)
         validation.validate_free_text("data_subject", data_subject, limit=100)
         if data_subject:
             f = replace(f, subject_hash=subject_hash(self._subject_key, data_subject))
@@ -176,12 +177,18 @@ class AuditReadService:
         except NotFound:
             return None
 
+    def require_reader(self, actor: Principal) -> None:
+        """Refuses, before its search is checked, a caller who may read no record at all (the handler asks first)."""
+        if self._policy.allows(actor.ref, Action.READ_AUDIT, HUB_WIDE):
+            return
+        if not self._policy.allows(actor.ref, Action.READ_OWN_AUDIT, actor.department_code):
+            raise PermissionDenied(f"{actor.ref} may not read the audit log", reason="AUDIT_READ_DENIED")
+
     def _restrict(self, actor: Principal, f: EntryFilter) -> EntryFilter:
         """Auditors see everything; an owner steward its resources' records; a consumer its department's."""
         if self._policy.allows(actor.ref, Action.READ_AUDIT, HUB_WIDE):
             return f
-        if not self._policy.allows(actor.ref, Action.READ_OWN_AUDIT, actor.department_code):
-            raise PermissionDenied(f"{actor.ref} may not read the audit log", reason="AUDIT_READ_DENIED")
+        self.require_reader(actor)
         if self._policy.allows(actor.ref, Action.DECIDE_REQUEST, actor.department_code):
             return replace(f, owner_resources=self._own_resources(actor.department_code))
         return replace(f, department=actor.department_code)

@@ -37,6 +37,11 @@ class Cache(Generic[K, V]):
                     self._items[key] = value
         return value
 
+    def peek(self, key: K) -> V | None:
+        """The value for ``key`` if it is held, without loading it."""
+        with self._lock:
+            return self._items.get(key)
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

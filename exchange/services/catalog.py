@@ -63,9 +63,9 @@ class CatalogService:
     # Bindings: where the hub fetches an entry's data from (the owner's business)
 
     def set_binding(self, actor: Principal, binding: Binding, reason: str) -> Binding:
+        self.require_writer(actor, "bind catalog entries")
         validation.validate_key("binding.resource_code", binding.resource_code, "resource")
         validation.validate_free_text("reason", reason)
-        self._require_writer(actor, "bind catalog entries")
 
         def may_bind(current: Resource) -> None:
             self._require_visible(actor, current)
@@ -98,14 +98,15 @@ class CatalogService:
         return []
 
     def get_binding(self, actor: Principal, code: str) -> Binding:
+        self.require_writer(actor, "read catalog entries' bindings")
         validation.validate_key("resource_code", code, "resource")
-        self._require_writer(actor, "read catalog entries' bindings")
         current = self._store.catalog.get(code)
         self._require_visible(actor, current)
         self._policy.require(actor, Action.WRITE_CATALOG, current.spec.department_code, "read this entry's binding")
         return redacted(self._store.catalog.get_binding(code))
 
     def create(self, actor: Principal, spec: ResourceSpec, publish: bool, reason: str) -> Resource:
+        self.require_writer(actor, "create catalog entries")
         validation.validate_resource_spec(spec)
         validation.validate_free_text("reason", reason)
         self._policy.require(actor, Action.WRITE_CATALOG, spec.department_code, "create catalog entries")
@@ -117,9 +118,9 @@ class CatalogService:
             return self._store.catalog.create(spec, status, actor.ref, reason)
 
     def update(self, actor: Principal, spec: ResourceSpec, expected_version: int, reason: str) -> Resource:
+        self.require_writer(actor, "update catalog entries")
         validation.validate_resource_spec(spec)
         validation.validate_free_text("reason", reason)
-        self._require_writer(actor, "update catalog entries")
 
         def decide(current: Resource) -> Transition:
             self._require_visible(actor, current)
@@ -139,11 +140,11 @@ class CatalogService:
     def change_status(
         self, actor: Principal, code: str, change: ResourceChange, expected_version: int, reason: str
     ) -> Resource:
+        self.require_writer(actor, f"mark catalog entries {change.value}")
         validation.validate_key("code", code, "resource")
         validation.validate_free_text("reason", reason)
         if change is not ResourceChange.PUBLISHED and not reason.strip():
             raise InvalidArgument.of([FieldViolation("reason", f"is required to mark an entry {change.value}")])
-        self._require_writer(actor, f"mark catalog entries {change.value}")
 
         def decide(current: Resource) -> Transition:
             self._require_visible(actor, current)
@@ -191,8 +192,9 @@ class CatalogService:
         self._require_visible(actor, self._store.catalog.get(code))
         return self._store.catalog.versions(code, page_request(size, token, {"code": code}))
 
-    def _require_writer(self, actor: Principal, doing: str) -> None:
-        """Refuses, before any entry is looked up, a caller who may write no department's entries."""
+    def require_writer(self, actor: Principal, doing: str) -> None:
+        """Refuses, before its request is checked or any entry looked up, a caller who may write no department's
+        entries (the handlers ask this before they translate a request)."""
         self._policy.require_somewhere(actor, Action.WRITE_CATALOG, doing)
 
     @staticmethod

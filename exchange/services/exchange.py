@@ -42,7 +42,16 @@ from exchange.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from exchange.models import Binding, MaskKind, Principal, PrincipalKind, Resource, ResourceStatus, ShareMethod
+from exchange.models import (
+    Binding,
+    MaskKind,
+    Principal,
+    PrincipalKind,
+    Resource,
+    ResourceStatus,
+    ShareMethod,
+    ShareType,
+)
 from exchange.paging import PageRequest, page_request
 from exchange.services.auditing import hub_instance, now_text
 from exchange.services.cache import Cache
@@ -66,6 +75,8 @@ MAX_FILTER_TEXT = 256
 MAX_FIELDS = 200
 DOCUMENT_KINDS = (ShareMethod.DOCUMENT,)
 RECORD_KINDS = (ShareMethod.QUERY, ShareMethod.STREAM)
+# The metric label of a resource code the catalog does not hold.
+UNKNOWN_RESOURCE = "unknown"
 _EXHAUSTED = {DenyReason.QUOTA_EXHAUSTED, DenyReason.RATE_LIMITED}
 
 
@@ -167,7 +178,8 @@ class _Plan:
 class Observer(Protocol):
     """What the service tells the hub's metrics."""
 
-    def recorded(self, record: AuditRecord) -> None: ...
+    def recorded(self, record: AuditRecord, resource: str) -> None:
+        """A committed record; ``resource`` is its resource code if the catalog holds it, else ``unknown``."""
 
     def decided(self, seconds: float) -> None: ...
 
@@ -179,7 +191,7 @@ class Observer(Protocol):
 
 
 class _Unobserved:
-    def recorded(self, record: AuditRecord) -> None:
+    def recorded(self, record: AuditRecord, resource: str) -> None:
         return None
 
     def decided(self, seconds: float) -> None:
@@ -609,6 +621,7 @@ class ExchangeService:
             raise _denial(decision)
 
     def _decide(self, actor: Principal, ask: Ask, record: AuditRecord, call: _Call, started: float) -> _Plan:
+        self._refuse_not_shared(actor, ask)
         _validate(actor, ask, call)
         found = self._entries.get(ask.resource_code, self._store.catalog.with_binding)
         assert found is not None  # with_binding raises NotFound rather than answer None
@@ -661,6 +674,22 @@ class ExchangeService:
             masks=[f"{f}={k.value}" for f, k in masks],
         )
         return _Plan(resource, backend, request, replace(decision, masks=masks), granted, started, ticket)
+
+    def _refuse_not_shared(self, actor: Principal, ask: Ask) -> None:
+        """A resource classed not shared is refused first, saying so and how to dispute it: no filter or field
+        could make it answer, so a complaint about them would only mislead."""
+        if actor.ref.kind is not PrincipalKind.SYSTEM or not validation.RESOURCE_CODE.match(ask.resource_code):
+            return
+        try:
+            found = self._entries.get(ask.resource_code, self._store.catalog.with_binding)
+        except NotFound:
+            return  # said after the request's own checks, as for any code the catalog does not hold
+        resource = found[0] if found is not None else None
+        if resource is None or resource.spec.share_type is not ShareType.NOT_SHARED:
+            return
+        if resource.status is ResourceStatus.DRAFT and resource.spec.department_code != actor.department_code:
+            return
+        raise PermissionDenied(not_shared_message(resource), "NOT_SHARED")
 
     def _count_not_granted(self, actor: Principal, resource: Resource, decision: Decision, today: dt.date) -> None:
         """Counts a masked filter the grant does not allow, for its owner; the refusal stands if it cannot be."""
@@ -716,15 +745,34 @@ class ExchangeService:
                 {subject_hash(self._subject_key, v) for v in list(ask.filters.values())[:MAX_FILTERS]}
             ),
             hub=self._hub,
+            key_holder=actor.key_holder,
         )
 
     async def _append(self, record: AuditRecord) -> None:
         started = time.monotonic()
         await self._committer.append_async(record)
         self._observer.audit_waited(time.monotonic() - started)
-        self._observer.recorded(record)
+        self._observer.recorded(record, await self._resource_label(record.resource))
         if record.outcome != "allowed":  # the final record of an exchange: one log line each
             log.info("exchange %s %s", record.exchange_id, record.outcome, extra={"event": record.as_dict()})
+
+    async def _resource_label(self, code: str) -> str:
+        """``code`` if the catalog holds it, else ``unknown``: what a caller sent never becomes a metric label.
+
+        A held entry answers at once; only a well-formed code not held yet is looked up (in a worker thread).
+        """
+        if self._entries.peek(code) is not None:
+            return code
+        if not validation.RESOURCE_CODE.match(code):
+            return UNKNOWN_RESOURCE
+        return await asyncio.to_thread(self._known_resource, code)
+
+    def _known_resource(self, code: str) -> str:
+        try:
+            found = self._entries.get(code, self._store.catalog.with_binding)
+        except ExchangeError:  # not held, or the store could not say: the record is committed either way
+            return UNKNOWN_RESOURCE
+        return code if found is not None else UNKNOWN_RESOURCE
 
     def _append_in_background(self, record: AuditRecord) -> None:
         """For the closing record of a call that was cancelled: the caller is gone, the record is not."""
@@ -949,6 +997,17 @@ def _closing(plan: _Plan, outcome: str, rows: int, size: int, sha256: str) -> Au
     )
 
 
+def not_shared_message(resource: Resource) -> str:
+    """Why a not-shared resource answers no one, and how a consumer disputes that (the share manager decides)."""
+    basis = resource.spec.legal_basis or "none given"
+    return (
+        f"resource {resource.spec.code} is not shared: its owner {resource.spec.department_code} classed it "
+        f"not_shared (legal basis: {basis}), so no grant can be made for it. To dispute the class, apply for it "
+        "(exchange request apply): the application is refused with that legal basis, and you may then dispute "
+        "the refusal (exchange request dispute); the share manager decides, and the owner must show the legal basis."
+    )
+
+
 def _denial(decision: Decision) -> ExchangeError:
     reason = decision.reason or DenyReason.NO_GRANT
     if reason in _EXHAUSTED:
@@ -963,7 +1022,9 @@ def _validate(actor: Principal, ask: Ask, call: _Call) -> None:
         raise PermissionDenied(
             "only registered systems exchange data; people use their department's system", "NOT_A_SYSTEM"
         )
-    validation.check_pattern(out, "resource_code", ask.resource_code, validation.RESOURCE_CODE, "a resource code")
+    validation.check_pattern(
+        out, "resource_code", ask.resource_code, validation.RESOURCE_CODE, validation.RESOURCE_CODE_FORMAT
+    )
     validation.check_text(out, "purpose", ask.purpose, required=True, limit=validation.MAX_NAME)
     if not ask.filters:
         out.append(FieldViolation("filters", "name the record(s) wanted with at least one filter"))

@@ -117,9 +117,16 @@ class RegistryService:
         # Certificate holders by fingerprint; the hub drops them on any member or certificate change.
         self._holders: Cache[str, Holder] = holders or Cache()
 
+    # Each change below decides the caller's right before it checks the request: a caller without the right
+    # learns nothing of the rules of a form it may not submit. The handlers ask first too, before translating.
+
+    def require_registrar(self, actor: Principal, doing: str) -> None:
+        """Refuses a caller who may not register members (``doing`` says what it tried)."""
+        self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, doing)
+
     def create_department(self, actor: Principal, department: Department) -> Department:
+        self.require_registrar(actor, "register departments")
         validation.validate_department(department)
-        self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, "register departments")
         with staging(change_record(actor, "registry", "create_department", subject=department.code)):
             return self._store.registry.add_department(department)
 
@@ -135,8 +142,8 @@ class RegistryService:
         return self._store.registry.list_departments(page, parent_code or None, level)
 
     def create_system(self, actor: Principal, system: System) -> System:
+        self.require_registrar(actor, "register systems")
         validation.validate_system(system)
-        self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, "register systems")
         with staging(change_record(actor, "registry", "create_system", subject=f"system/{system.code}")):
             created = self._store.registry.add_system(system)
         self._refresh_roles(PrincipalRef(PrincipalKind.SYSTEM, created.code))
@@ -152,11 +159,11 @@ class RegistryService:
         return self._store.registry.list_systems(page, department_code or None)
 
     def create_person(self, actor: Principal, person: Person, id_number: str) -> Person:
+        self.require_registrar(actor, "register people")
         validation.validate_person(person)
         out: list[FieldViolation] = []
         validation.check_id_number(out, "id_number", id_number)
         validation.raise_if(out)
-        self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, "register people")
         require_compatible_roles(person.roles)
         person = replace(person, identity_key=identity_key(self._identity_secret, id_number))
         if person.identity_key == actor.identity_key:
@@ -171,10 +178,9 @@ class RegistryService:
         return created
 
     def change_role(self, actor: Principal, username: str, role: Role, add: bool, reason: str) -> Person:
+        self.require_registrar(actor, f"{'assign' if add else 'unassign'} roles")
         validation.validate_key("username", username, "person")
         validation.validate_free_text("reason", reason)
-        doing = f"{'assign' if add else 'unassign'} roles"
-        self._policy.require(actor, Action.REGISTER_MEMBERS, HUB_WIDE, doing)
         if actor.ref == PrincipalRef(PrincipalKind.PERSON, username):
             raise PermissionDenied(f"{actor.ref} may not change its own roles", reason="SELF_ELEVATION")
 
@@ -222,6 +228,11 @@ class RegistryService:
         """Tells the policy a member's committed roles, read from the store under the policy's lock."""
         self._policy.refresh_roles(ref, lambda: assignments_of(*self._store.registry.roles_of(ref)))
 
+    @staticmethod
+    def require_person_reader(actor: Principal, what: str) -> None:
+        """Refuses a system any reading of people (``what``: what it tried), before its request is checked."""
+        _require_person(actor, what)
+
     def get_person(self, actor: Principal, username: str) -> Person:
         _require_person(actor, "read a person")
         validation.validate_key("username", username, "person")
@@ -235,17 +246,27 @@ class RegistryService:
         page = page_request(size, token, {"department": department_code, "role": role})
         return self._store.registry.list_people(page, department_code or None, role)
 
+    def require_issuer(self, actor: Principal, kind: PrincipalKind | None, code: str = "") -> None:
+        """Refuses, before anything it asked is checked, a caller who may not certify this kind of principal
+        (a system: no system of its own department; a person, or a kind not known: no one at all)."""
+        certifies_systems = self._policy.allows(actor.ref, Action.CERTIFY_SYSTEM, actor.department_code)
+        if kind is PrincipalKind.SYSTEM and not certifies_systems:
+            raise self._certify_refusal(actor, code)
+        if kind is PrincipalKind.PERSON or not certifies_systems:
+            self._policy.require(actor, Action.ISSUE_CERTIFICATE, HUB_WIDE, "issue certificates")
+
     def issue_certificate(self, actor: Principal, ref: PrincipalRef, csr_pem: str, days: int) -> CertificateRecord:
-        _check_days(days)
-        validation.validate_key("principal.code", ref.code, ref.kind.value)
+        self.require_issuer(actor, ref.kind, ref.code)
         if ref.kind is PrincipalKind.SYSTEM:
-            # Whoever certifies a key can act as the system: its own department does, never an operator.
+            # Whoever certifies a key can act as the system: its own department's steward does, never an operator.
             self._system_department(actor, ref.code)
         else:
             self._policy.require(actor, Action.ISSUE_CERTIFICATE, HUB_WIDE, "issue certificates")
+            validation.validate_key("principal.code", ref.code, ref.kind.value)
+        _check_days(days)
         self._store.registry.principal(ref)
         self._require_room(ref)
-        record = self._ca.issue(csr_pem, ref, days or self._default_days)
+        record = replace(self._ca.issue(csr_pem, ref, days or self._default_days), issued_by=str(actor.ref))
         with staging(
             change_record(actor, "registry", "issue_certificate", subject=str(ref), reason=record.fingerprint_sha256)
         ):
@@ -254,13 +275,10 @@ class RegistryService:
     def _system_department(self, actor: Principal, code: str) -> str:
         """The department of a system its caller may certify; one it may not and an unknown one are refused
         alike (a system is certified by its own department's people, so no one may certify one that is not)."""
-        refusal = PermissionDenied(
-            f"{actor.ref} may not certify system {code}: a system is certified by its own department's "
-            f"owner stewards and consumers, and this is not a system of department {actor.department_code}",
-            reason="SYSTEM_CERTIFICATE_ISSUE_DENIED",
-        )
+        refusal = self._certify_refusal(actor, code)
         if not self._policy.allows(actor.ref, Action.CERTIFY_SYSTEM, actor.department_code):
             raise refusal
+        validation.validate_key("principal.code", code, PrincipalKind.SYSTEM.value)
         try:
             department = self._store.registry.principal(PrincipalRef(PrincipalKind.SYSTEM, code)).department_code
         except NotFound:
@@ -268,6 +286,15 @@ class RegistryService:
         if not self._policy.allows(actor.ref, Action.CERTIFY_SYSTEM, department):
             raise refusal
         return department
+
+    @staticmethod
+    def _certify_refusal(actor: Principal, code: str) -> PermissionDenied:
+        system = f"system {code[:63]}" if code else "systems"
+        return PermissionDenied(
+            f"{actor.ref} may not certify {system}: a system is certified by its own department's owner stewards"
+            + (f", and this is not a system of department {actor.department_code}" if code else ""),
+            reason="SYSTEM_CERTIFICATE_ISSUE_DENIED",
+        )
 
     def renew_certificate(self, actor: Principal, csr_pem: str, days: int) -> CertificateRecord:
         """A new certificate for the caller itself, over a new key; the current one stays until it expires."""
@@ -280,7 +307,11 @@ class RegistryService:
                 [FieldViolation("csr_pem", "is over the current key; renew with a newly generated key pair")]
             )
         self._require_room(actor.ref)
-        record = self._ca.issue(csr_pem, actor.ref, days or self._default_days, renewed_from=current.fingerprint_sha256)
+        renewed = self._ca.issue(
+            csr_pem, actor.ref, days or self._default_days, renewed_from=current.fingerprint_sha256
+        )
+        # A system renewing its own key is still held by whoever had it certified.
+        record = replace(renewed, issued_by=current.issued_by)
         with staging(
             change_record(
                 actor, "registry", "renew_certificate", subject=str(actor.ref), reason=record.fingerprint_sha256
@@ -314,16 +345,14 @@ class RegistryService:
     def revoke_certificate(
         self, actor: Principal, fingerprint: str, reason: str, *, keep_renewals: bool = False
     ) -> CertificateRecord:
+        if not self._policy.allows(actor.ref, Action.REVOKE_CERTIFICATE, HUB_WIDE) and (
+            self._holder_of(fingerprint) != actor.ref  # a holder may revoke its own other certificates
+        ):
+            self._policy.require(actor, Action.REVOKE_CERTIFICATE, HUB_WIDE, "revoke certificates")
         out: list[FieldViolation] = []
         validation.check_pattern(out, "fingerprint_sha256", fingerprint, FINGERPRINT, "a hex SHA-256 fingerprint")
         validation.check_text(out, "reason", reason, required=True, limit=validation.MAX_TEXT)
         validation.raise_if(out)
-        try:
-            owner: PrincipalRef | None = self._store.registry.get_certificate(fingerprint).principal
-        except NotFound:
-            owner = None
-        if owner != actor.ref:  # a holder may revoke its own other certificates
-            self._policy.require(actor, Action.REVOKE_CERTIFICATE, HUB_WIDE, "revoke certificates")
         if fingerprint == actor.certificate_fingerprint:
             raise FailedPrecondition("this is the certificate you are calling with; revoke it from another identity")
         if not keep_renewals and actor.certificate_fingerprint in self._store.registry.renewals_of(fingerprint):
@@ -337,6 +366,15 @@ class RegistryService:
             spare = actor.certificate_fingerprint if keep_renewals else ""
             revoked = self._store.registry.revoke_certificate(fingerprint, reason, dt.datetime.now(dt.UTC), spare=spare)
             return self._shown(revoked)
+
+    def _holder_of(self, fingerprint: str) -> PrincipalRef | None:
+        """Whose certificate ``fingerprint`` is; None for a malformed or unknown one (read only if well formed)."""
+        if not FINGERPRINT.match(fingerprint):
+            return None
+        try:
+            return self._store.registry.get_certificate(fingerprint).principal
+        except NotFound:
+            return None
 
     def principal(self, ref: PrincipalRef) -> Principal:
         return self._store.registry.principal(ref)

@@ -92,8 +92,8 @@ class RightsService:
     # Applying
 
     def apply(self, actor: Principal, app: Application) -> ShareRequest:
+        self.require_applicant(actor)
         app = replace(app, consumer_department_code=actor.department_code)
-        self._policy.require(actor, Action.APPLY_FOR_DATA, actor.department_code, "apply for data")
         resource = self._published(app.resource_code, actor)
         if resource.spec.department_code == actor.department_code:
             raise FailedPrecondition(
@@ -234,6 +234,7 @@ class RightsService:
             )
 
     def approve(self, actor: Principal, request_id: str, approval: Approval) -> ShareRequest:
+        self.require_somewhere(actor, Action.DECIDE_REQUEST, "approve share requests")
         _require_id("id", request_id, "SR")
         validation.validate_free_text("reason", approval.reason)
         self._require_party(actor, request_id, Action.DECIDE_REQUEST, "approve share requests")
@@ -299,6 +300,7 @@ class RightsService:
             )
 
     def refuse(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
+        self.require_somewhere(actor, Action.DECIDE_REQUEST, "refuse share requests")
         _require_id("id", request_id, "SR")
         _require_reason(reason)
         self._require_party(actor, request_id, Action.DECIDE_REQUEST, "refuse share requests")
@@ -314,6 +316,7 @@ class RightsService:
             return self._store.rights.change_request(request_id, decide)
 
     def dispute(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
+        self.require_somewhere(actor, Action.DISPUTE_REFUSAL, "dispute refusals")
         _require_id("id", request_id, "SR")
         _require_reason(reason)
         self._require_party(actor, request_id, Action.DISPUTE_REFUSAL, "dispute refusals")
@@ -332,10 +335,10 @@ class RightsService:
     def decide_dispute(
         self, actor: Principal, request_id: str, *, grant: bool, reason: str, quota: int, rate: int
     ) -> ShareRequest:
+        self._policy.require(actor, Action.DECIDE_DISPUTE, HUB_WIDE, "decide disputes")
         _require_id("id", request_id, "SR")
         _require_reason(reason)
         _check_limits(quota, rate)
-        self._policy.require(actor, Action.DECIDE_DISPUTE, HUB_WIDE, "decide disputes")
 
         def decide(request: ShareRequest) -> RequestStep:
             self._require_status(request, ShareRequestStatus.DISPUTED)
@@ -406,10 +409,10 @@ class RightsService:
         )
 
     def issue_grant(self, actor: Principal, request_id: str, quota: int, rate: int, reason: str) -> Grant:
+        self._policy.require(actor, Action.ISSUE_GRANT, HUB_WIDE, "issue grants")
         _require_id("request_id", request_id, "SR")
         _check_limits(quota, rate)
         validation.validate_free_text("reason", reason)
-        self._policy.require(actor, Action.ISSUE_GRANT, HUB_WIDE, "issue grants")
 
         def decide(request: ShareRequest) -> RequestStep:
             self._require_status(request, ShareRequestStatus.APPROVED)
@@ -436,6 +439,7 @@ class RightsService:
         return self._store.rights.get_grant(changed.grant_id)
 
     def change_grant(self, actor: Principal, grant_id: str, action: Action, reason: str) -> Grant:
+        self.require_somewhere(actor, action, f"{action.verb} grants")
         _require_id("id", grant_id, "GR")
         _require_reason(reason)
         moves = {
@@ -474,7 +478,9 @@ class RightsService:
     def check_access(self, actor: Principal, q: Question) -> Decision:
         out: list[FieldViolation] = []
         validation.check_pattern(out, "system_code", q.system, validation.SYSTEM_CODE, "a system code")
-        validation.check_pattern(out, "resource_code", q.resource, validation.RESOURCE_CODE, "a resource code")
+        validation.check_pattern(
+            out, "resource_code", q.resource, validation.RESOURCE_CODE, validation.RESOURCE_CODE_FORMAT
+        )
         validation.check_text(out, "purpose", q.purpose, required=True, limit=validation.MAX_NAME)
         if not q.fields:
             out.append(FieldViolation("fields", "name the fields to check"))
@@ -502,6 +508,22 @@ class RightsService:
         return self._policy.allows(actor.ref, Action.ISSUE_GRANT, HUB_WIDE) or self._policy.allows(
             actor.ref, Action.READ_AUDIT, HUB_WIDE
         )
+
+    # Asked first, by these methods and by the handlers before they translate a request: a caller without the
+    # right learns nothing of the rules of a form it may not submit.
+
+    def require_somewhere(self, actor: Principal, action: Action, doing: str) -> None:
+        """Refuses a caller who may do ``action`` in no department."""
+        self._policy.require_somewhere(actor, action, doing)
+
+    def require_applicant(self, actor: Principal) -> None:
+        self._policy.require(actor, Action.APPLY_FOR_DATA, actor.department_code, "apply for data")
+
+    def require_request_reader(self, actor: Principal) -> None:
+        self._require_reader(actor, "share requests", "REQUEST_READ_DENIED")
+
+    def require_grant_reader(self, actor: Principal) -> None:
+        self._require_reader(actor, "grants", "GRANT_READ_DENIED")
 
     def _require_reader(self, actor: Principal, what: str, reason: str) -> None:
         """Refuses a caller none of whose roles takes part in sharing: it reads no request or grant at all."""
@@ -553,8 +575,8 @@ class RightsService:
     # Reading
 
     def get_request(self, actor: Principal, request_id: str) -> ShareRequest:
+        self.require_request_reader(actor)
         _require_id("id", request_id, "SR")
-        self._require_reader(actor, "share requests", "REQUEST_READ_DENIED")
         return self._visible_request(actor, request_id, "REQUEST_READ_DENIED")
 
     def list_requests(
@@ -586,8 +608,8 @@ class RightsService:
         raise PermissionDenied(f"{actor.ref} decides nothing, so nothing awaits it", reason="NO_DECISIONS")
 
     def get_grant(self, actor: Principal, grant_id: str) -> Grant:
+        self.require_grant_reader(actor)
         _require_id("id", grant_id, "GR")
-        self._require_reader(actor, "grants", "GRANT_READ_DENIED")
         grant = self._visible_grant(actor, grant_id, "GRANT_READ_DENIED")
         return self._with_usage(actor, grant, self._store.catalog.get(grant.resource_code).spec.department_code)
 

@@ -63,6 +63,7 @@ def _certificate_of(row: CertificateRow) -> CertificateRecord:
         revoked_at=row.revoked_at,
         revoke_reason=row.revoke_reason,
         renewed_from=row.renewed_from or "",
+        issued_by=row.issued_by or "",
     )
 
 
@@ -320,7 +321,13 @@ class RegistryStore:
             except NotFound:
                 return None
             holder = Principal(
-                found.ref, found.display_name, found.department_code, found.roles, fingerprint, found.identity_key
+                found.ref,
+                found.display_name,
+                found.department_code,
+                found.roles,
+                fingerprint,
+                found.identity_key,
+                key_holder=(cert.issued_by or "") if ref.kind is PrincipalKind.SYSTEM else "",
             )
             return holder, cert.not_before, cert.not_after
 
@@ -421,6 +428,7 @@ def _add_certificate(s: Session, record: CertificateRecord) -> CertificateRecord
         pem=record.pem,
         created_at=_now(),
         renewed_from=record.renewed_from or None,
+        issued_by=record.issued_by,
     )
     s.add(row)
     s.flush()

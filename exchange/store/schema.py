@@ -128,6 +128,8 @@ class CertificateRow(Base):
     revoke_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     renewed_from: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Who had the hub certify the key ("person/<username>"): for a system, the person answerable for its key.
+    issued_by: Mapped[str] = mapped_column(String(80), default="", server_default="")
 
 
 class ResourceRow(Base):
