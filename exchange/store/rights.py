@@ -81,9 +81,7 @@ def _events(s: Session, column: InstrumentedAttribute[str | None], key: str) -> 
 def _histories(s: Session, request_ids: list[str]) -> dict[str, tuple[ShareEvent, ...]]:
     """The histories of several requests in one query (a page of them would otherwise take one each)."""
     found: dict[str, list[ShareEvent]] = {i: [] for i in request_ids}
-    rows = s.scalars(
-        select(ShareEventRow).where(ShareEventRow.request_id.in_(request_ids)).order_by(ShareEventRow.id)
-    )
+    rows = s.scalars(select(ShareEventRow).where(ShareEventRow.request_id.in_(request_ids)).order_by(ShareEventRow.id))
     for r in rows:
         event = ShareEvent(r.action, PrincipalRef(PrincipalKind(r.actor_kind), r.actor_code), r.at, r.reason)
         found[str(r.request_id)].append(event)

@@ -1,8 +1,8 @@
 """certificates: who had each one issued (for a system, the person answerable for its key)
 
-Revision ID: 0012
-Revises: 0011
-Create Date: 2026-12-08 10:00:00
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-04 17:40:00
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
