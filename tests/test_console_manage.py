@@ -57,7 +57,7 @@ def test_the_share_manager_issues_a_grant_and_the_consumer_sees_it(world: World,
     assert row.count() == 1
     text = row.inner_text()
     assert "身份证号脱敏" in text and "300" in text and "有效" in text
-    assert "今日用量仅向可暂停该授权的人员显示" in text  # usage is for those who may suspend it
+    assert "0 / 300" in text  # the consuming department sees its own use today against the quota
     screenshot(consumer, "grants-list")
     consumer.get_by_role("link", name=granted.grant_id).click()
     consumer.wait_for_url(f"**/grants/{granted.grant_id}")

@@ -117,11 +117,12 @@ def test_guessing_the_hidden_digits_of_a_masked_id_number_recovers_nothing(world
     assert "same visible parts found nothing today" in (refused.details() or "")
     labels = {"consumer_department": REGISTRY.code, "resource": LOOKUP}
     assert _metric(world, "exchange_masked_filter_enumerations_total", **labels) == QUOTA - 3
-    # The owner's steward sees the verifications, the misses and the refusals; the consumer does not.
+    # The owner's steward sees the verifications, the misses and the refusals, and so does the consuming
+    # department (its own use).
     usage = _usage(world, grant, "police").usage
     assert (usage.calls, usage.verifications, usage.misses, usage.refused) == (QUOTA, 3, 3, QUOTA - 3)
     assert usage.miss_allowance == 5
-    assert not _usage(world, grant, "consumer").HasField("usage")
+    assert _usage(world, grant, "consumer").usage == usage
     # Nothing of the guesses is kept but keyed hashes: no candidate is in the store's counters.
     store = Store(world.hub.settings.effective_database_url)
     try:

@@ -26,6 +26,7 @@ from exchange.models import (
     MaskKind,
     Page,
     Principal,
+    PrincipalKind,
     PrincipalRef,
     Resource,
     ResourceStatus,
@@ -626,12 +627,13 @@ class RightsService:
         return replace(page, items=grants)
 
     def _with_usage(self, actor: Principal, grant: Grant, owner: str) -> Grant:
-        """The grant with today's use, for whoever may suspend it (its owner's stewards, the share manager).
+        """The grant with today's use, for whoever may suspend it (its owner's stewards, the share manager),
+        and for the people of the consuming department, whose use it is.
 
-        They are the ones who act on misuse, so they see the calls and the masked-item verifications:
-        lookups, misses and refusals.
+        They see the calls and the masked-item verifications: lookups, misses and refusals.
         """
-        if not self._policy.allows(actor.ref, Action.SUSPEND_GRANT, owner):
+        consumer = actor.ref.kind is PrincipalKind.PERSON and actor.department_code == grant.consumer_department_code
+        if not consumer and not self._policy.allows(actor.ref, Action.SUSPEND_GRANT, owner):
             return grant
         today = self._clock().date()
         counts = self._store.counters.counts(grant_scope(grant.id), today)
