@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 import jinja2
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse
 
@@ -206,7 +207,16 @@ class Console:
 
     async def form(self, request: Request, viewer: Viewer | None, where: str = "Console.Form") -> Form:
         """The posted form, after its CSRF token and sizes are checked (refused and recorded otherwise)."""
-        data = await request.form(max_files=0, max_fields=500, max_part_size=FIELD_CHARS * 4)
+        try:
+            data = await request.form(max_files=0, max_fields=500, max_part_size=FIELD_CHARS * 4)
+        except HTTPException as e:  # the form parser's own refusal (a field or the field count over its bound)
+            bad = errors.InvalidArgument(
+                "the form is too long or malformed",
+                [errors.FieldViolation("form", f"{e.detail}; fields take at most {FIELD_CHARS} characters")],
+            )
+            if viewer is not None:
+                await self.record_refusal(viewer, where, bad)
+            raise bad from None
         expected = viewer.session.csrf_token if viewer else request.cookies.get(PRE_CSRF_COOKIE, "")
         sent = data.get("csrf")
         if not expected or not isinstance(sent, str) or not hmac.compare_digest(sent, expected):
