@@ -310,7 +310,6 @@ class FrontierTree(_Provable):
             for index, digest in self._source.node_hashes(level, sorted(indexes)).items()
         }
         leaves = self._source.leaf_blocks(sorted(blocks), 1 << KEPT_LEVEL) if blocks else {}
-        trees = {first: MerkleTree(hashes) for first, hashes in leaves.items()}
 
         def piece(start: int, end: int) -> bytes:
             level = (end - start).bit_length() - 1
@@ -320,7 +319,10 @@ class FrontierTree(_Provable):
                     raise ProofError(f"the kept hash of leaves {start}..{end - 1} is missing")
                 return found
             first = start >> KEPT_LEVEL << KEPT_LEVEL
-            return trees[first]._range(start - first, end - first)
+            block = leaves.get(first, [])
+            if end - first > len(block):
+                raise ProofError(f"the leaves {start}..{end - 1} are missing")
+            return _subtree_root(block[start - first : end - first])
 
         return {r: _join(r[0], r[1], piece) for r in ranges}
 
@@ -338,6 +340,14 @@ class FrontierTree(_Provable):
             return MerkleTree(self._source.leaf_hashes(start, end)).root()
         k = _split(n)
         return node_hash(self._range(start, start + k), self._range(start + k, end))
+
+
+def _subtree_root(leaves: list[bytes]) -> bytes:
+    """The hash of a complete subtree (a power of two of leaves), level by level."""
+    level = leaves
+    while len(level) > 1:
+        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
 
 
 def _aligned_pieces(start: int, end: int) -> list[tuple[int, int]]:

@@ -27,7 +27,7 @@ from starlette.responses import HTMLResponse, RedirectResponse
 from exchange import errors, pki
 from exchange.config import Settings
 from exchange.console.i18n import LOCALE_NAMES, Catalogs
-from exchange.models import Principal, Role
+from exchange.models import Principal, PrincipalRef, Role
 from exchange.services.audit import AuditReadService
 from exchange.services.catalog import CatalogService
 from exchange.services.console import ConsoleAccess
@@ -42,6 +42,8 @@ T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "__Host-exchange-session"
 LANG_COOKIE = "exchange-lang"
+# People whose menus are remembered at once (the menu depends only on identity, department and roles).
+MENUS_KEPT = 1000
 # The longest any one form field may be (a CSR or a reason is far shorter); longer is refused.
 FIELD_CHARS = 20_000
 
@@ -135,6 +137,7 @@ class Console:
         self.menu = tuple(menu)
         self.catalogs = Catalogs()
         self.page_size = settings.console_page_size
+        self._menus: dict[tuple[PrincipalRef, str, frozenset[Role]], list[MenuItem]] = {}
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -247,7 +250,7 @@ class Console:
         def t(key: str, **kw: object) -> str:
             return self.catalogs.text(locale, key, **kw)
 
-        menu = [m for m in self.menu if viewer is not None and m.shown(viewer)]
+        menu = self._menu_of(viewer)
         path = request.url.path
         under = [m.path for m in menu if path == m.path or (m.path != "/" and path.startswith(m.path + "/"))]
         context = {
@@ -265,6 +268,19 @@ class Console:
         }
         html = self.templates.get_template(template).render(context)
         return HTMLResponse(html, status_code=status_code)
+
+    def _menu_of(self, viewer: Viewer | None) -> list[MenuItem]:
+        """The menu items ``viewer`` may use: the policy's answer for their identity and roles, remembered
+        (each item asks the policy once or twice, and every page shows the menu)."""
+        if viewer is None:
+            return []
+        key = (viewer.principal.ref, viewer.principal.department_code, viewer.principal.roles)
+        shown = self._menus.get(key)
+        if shown is None:
+            if len(self._menus) >= MENUS_KEPT:
+                self._menus.clear()
+            shown = self._menus[key] = [m for m in self.menu if m.shown(viewer)]
+        return shown
 
     def error_text(self, request: Request, error: errors.ExchangeError) -> str:
         """What the person reads of a refusal: the service's own reason, with the record to quote."""
