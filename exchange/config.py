@@ -97,6 +97,8 @@ class Settings:
     # Seconds between a hub process's quota heartbeats: it renews its holder record (for three beats) and
     # parks its unused calls there; a killed process's parked calls return within four beats.
     quota_heartbeat_seconds: float = 5.0
+    # Working days an owning department has to answer an objection to its data (疑义、错误: 快速校核).
+    objection_answer_working_days: int = 5
     # host:port of the web console for people (HTTPS; a browser's client certificate or a sign-in link from
     # `exchange console login`); empty: no console.
     console_listen: str = ""
@@ -249,6 +251,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("quota_lease_calls", 1, 100_000, "calls"),
     ("quota_heartbeat_seconds", 0.2, 60, "seconds"),
     ("audit_index_check_seconds", 0, 7 * 86400, "seconds"),
+    ("objection_answer_working_days", 1, 60, "working days"),
     ("console_link_minutes", 0.5, 60, "minutes"),
     ("console_idle_minutes", 1, 24 * 60, "minutes"),
     ("console_session_hours", 0.1, 24, "hours"),

@@ -22,7 +22,21 @@ from starlette.staticfiles import StaticFiles
 
 from exchange import errors
 from exchange.config import Settings
-from exchange.console.pages import admin, audit, catalog, entries, grants, home, inbox, manage, requests, signin, usage
+from exchange.console.pages import (
+    admin,
+    audit,
+    catalog,
+    entries,
+    grants,
+    home,
+    inbox,
+    manage,
+    objections,
+    report,
+    requests,
+    signin,
+    usage,
+)
 from exchange.console.web import HERE, LANG_COOKIE, Console, MenuItem, Services, SignInRequired, Viewer
 from policy import Action
 
@@ -72,12 +86,20 @@ MENU = (
         lambda v: v.may(Action.APPLY_FOR_DATA) or v.may(Action.SUSPEND_GRANT) or v.may_anywhere(Action.ISSUE_GRANT),
     ),
     MenuItem("nav.manage", "/manage", lambda v: v.may_anywhere(Action.ISSUE_GRANT)),
+    MenuItem(
+        "nav.objections",
+        "/objections",
+        lambda v: v.may(Action.APPLY_FOR_DATA) or v.may(Action.DECIDE_REQUEST) or v.may_anywhere(Action.ISSUE_GRANT),
+    ),
+    MenuItem(
+        "nav.report", "/report", lambda v: v.may_anywhere(Action.READ_AUDIT) or v.may_anywhere(Action.ISSUE_GRANT)
+    ),
     MenuItem("nav.audit", "/audit", lambda v: v.may_anywhere(Action.READ_AUDIT)),
     MenuItem("nav.checkpoints", "/audit/checkpoints", lambda v: v.may_anywhere(Action.READ_AUDIT)),
     MenuItem("nav.admin", "/admin", lambda v: v.may_anywhere(Action.REGISTER_MEMBERS)),
     MenuItem("nav.health", "/admin/health", lambda v: v.may_anywhere(Action.REGISTER_MEMBERS)),
 )
-PAGES = (signin, home, catalog, requests, inbox, entries, manage, grants, usage, audit, admin)
+PAGES = (signin, home, catalog, requests, inbox, entries, manage, grants, objections, usage, audit, report, admin)
 
 
 class _BodyTooLarge(Exception):
