@@ -47,6 +47,8 @@ class Action(StrEnum):
     DECIDE_DISPUTE = "dispute:decide"
     READ_AUDIT = "audit:read"
     READ_OWN_AUDIT = "audit:read_own"
+    # The evaluation report (issue 19): figures per department, for auditors and the share manager.
+    READ_REPORT = "audit:report"
     READ_DATA = "data:read"
 
     @property

@@ -43,7 +43,7 @@ from exchange.server.refusal_rate import RefusalRate
 from exchange.server.refusals import RefusalLog
 from exchange.server.registry import RegistryServicer
 from exchange.server.rights import RightsServicer
-from exchange.services.audit import AuditReadService
+from exchange.services.audit import AuditReadService, ReportRules
 from exchange.services.cache import Cache
 from exchange.services.catalog import CatalogService
 from exchange.services.console import ConsoleAccess, Lifetimes
@@ -251,7 +251,8 @@ class Hub:
         verifier = Verifier.parse(files.audit_verifier.read_text())
         if verifier.encode() != self.audit.signer.verifier().encode():
             raise ConfigError(f"{files.audit_verifier} is not the public key of {files.audit_key}")
-        self.auditing = auditing = AuditReadService(self.store, self.audit, policy, verifier, subject_key)
+        rules = ReportRules(self.calendar, settings.audit_retention_days, settings.objection_answer_working_days)
+        self.auditing = auditing = AuditReadService(self.store, self.audit, policy, verifier, subject_key, rules=rules)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditServicer(auditing, registry, settings.insecure_dev, refusals), server
         )

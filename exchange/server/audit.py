@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from audit.report import to_json
 from exchange import validation
 from exchange.errors import ExchangeError
 from exchange.models import Principal
@@ -83,6 +84,11 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         if found.head is not None:
             answer.checkpoint.CopyFrom(self._head(found.head))
         return answer
+
+    @unary
+    def GetReport(self, request: pb.GetReportRequest, actor: Principal) -> pb.GetReportResponse:
+        computed, head = self.service.report(actor, request.from_date, request.to_date, request.department_code)
+        return pb.GetReportResponse(report_json=to_json(computed), checkpoint=self._head(head))
 
     async def ExportLog(
         self, request: pb.ExportLogRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from audit import report as evaluation
 from audit.export import export_lines
 from audit.log import AuditLog
 from audit.note import Checkpoint, Verifier, open_note
@@ -18,6 +19,7 @@ from exchange.paging import page_request
 from exchange.store import Store
 from exchange.store.audit import Entry, EntryFilter
 from exchange.store.catalog import ResourceFilter
+from exchange.workdays import WorkCalendar
 from policy import HUB_WIDE, Action, RightsPolicy
 
 
@@ -64,12 +66,31 @@ class Tally:
 
 # The most records one tally reads; a longer period is cut there (and says so).
 TALLY_LIMIT = 50_000
+# Records read from the store at a time while a report is computed.
+REPORT_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class ReportRules:
+    """What a report is reckoned by: the hub's calendar and the settings it reads (exchange/config.py)."""
+
+    calendar: WorkCalendar
+    retention_days: int
+    objection_days: int
 
 
 class AuditReadService:
     def __init__(
-        self, store: Store, log: AuditLog, policy: RightsPolicy, verifier: Verifier, subject_key: bytes
+        self,
+        store: Store,
+        log: AuditLog,
+        policy: RightsPolicy,
+        verifier: Verifier,
+        subject_key: bytes,
+        *,
+        rules: ReportRules | None = None,
     ) -> None:
+        self._rules = rules or ReportRules(WorkCalendar(), 0, 0)
         self._store = store
         self._log = log
         self._policy = policy
@@ -227,6 +248,63 @@ class AuditReadService:
             )
         self._log.sync()
         return export_lines(self._store.audit, self.verifier, start, self._log.prefix(start))
+
+    def report(
+        self, actor: Principal, start: str, end: str, department: str, today: dt.date | None = None
+    ) -> tuple[dict[str, object], SignedHead]:
+        """The evaluation report (audit.report) for [start, end), computed at the newest signed checkpoint."""
+        self._policy.require(actor, Action.READ_REPORT, HUB_WIDE, "read the evaluation report")
+        validation.validate_key("department_code", department, "department", optional=True)
+        period = self.report_period(start, end, today or dt.datetime.now(dt.UTC).date())
+        head = self.checkpoint(0)
+        ref = evaluation.CheckpointRef(head.size, head.root.hex(), head.note)
+        computed = evaluation.compute(
+            self._records(head.size),
+            period,
+            self._rules.calendar,
+            objection_days=self._rules.objection_days,
+            checkpoint=ref,
+            department=department,
+        )
+        return computed, head
+
+    def report_period(self, start: str, end: str, today: dt.date) -> evaluation.Period:
+        """The period asked for, refused when malformed, empty, reversed or older than the log keeps."""
+        first, last = _date("from_date", start), _date("to_date", end)
+        if last <= first:
+            problem = "is the period's start" if last == first else "is before the period's start"
+            raise InvalidArgument.of(
+                [FieldViolation("to_date", f"{end} {problem} ({start}): the period [from, to) must hold a day")]
+            )
+        oldest = today - dt.timedelta(days=self._rules.retention_days)
+        if first < oldest:
+            raise InvalidArgument.of(
+                [
+                    FieldViolation(
+                        "from_date",
+                        f"{start} is past the log's retention of {self._rules.retention_days} days: the records "
+                        f"before {oldest.isoformat()} may be pruned; start on or after it",
+                    )
+                ]
+            )
+        return evaluation.Period(first, last)
+
+    def _records(self, size: int) -> Iterator[tuple[int, dict[str, object] | None]]:
+        for first in range(0, size, REPORT_BATCH):
+            for entry in self._store.audit.entries(first, min(size, first + REPORT_BATCH)):
+                yield entry.seq, None if entry.record is None else json.loads(entry.record)
+
+
+def _date(name: str, text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text) if len(text) == 10 else _bad_date(name, text)
+    except ValueError:
+        return _bad_date(name, text)
+
+
+def _bad_date(name: str, text: str) -> dt.date:
+    shown = repr(text[:20]) if text else "nothing"
+    raise InvalidArgument.of([FieldViolation(name, f"must be a date YYYY-MM-DD, got {shown}")])
 
 
 def _tally_key(record: dict[str, object]) -> tuple[str, ...]:

@@ -344,3 +344,60 @@ class ExportChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportChunk: _TypeAlias = ExportChunk  # noqa: Y015
+
+@_typing.final
+class GetReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    DEPARTMENT_CODE_FIELD_NUMBER: _builtins.int
+    from_date: _builtins.str
+    """The period [from_date, to_date), dates "YYYY-MM-DD" (UTC days). Not empty, not reversed, and not
+    reaching back past the log's retention (setting audit_retention_days).
+    """
+    to_date: _builtins.str
+    department_code: _builtins.str
+    """Optional: one department's figures (and the exchanges it owns or made)."""
+    def __init__(
+        self,
+        *,
+        from_date: _builtins.str = ...,
+        to_date: _builtins.str = ...,
+        department_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department_code", b"department_code", "from_date", b"from_date", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReportRequest: _TypeAlias = GetReportRequest  # noqa: Y015
+
+@_typing.final
+class GetReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_JSON_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    report_json: _builtins.str
+    """The report as canonical JSON (sorted keys, compact, UTF-8), exactly as audit/report.py computes it;
+    `exchange audit report --from-export` recomputes the same text from a verified export.
+    """
+    @_builtins.property
+    def checkpoint(self) -> Global___SignedCheckpoint:
+        """The signed checkpoint the report was computed at: records at or beyond its size are not counted."""
+
+    def __init__(
+        self,
+        *,
+        report_json: _builtins.str = ...,
+        checkpoint: Global___SignedCheckpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "report_json", b"report_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReportResponse: _TypeAlias = GetReportResponse  # noqa: Y015

@@ -59,6 +59,11 @@ class AuditServiceStub:
                 request_serializer=exchange_dot_v1_dot_audit__pb2.ExportLogRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_audit__pb2.ExportChunk.FromString,
                 _registered_method=True)
+        self.GetReport = channel.unary_unary(
+                '/exchange.v1.AuditService/GetReport',
+                request_serializer=exchange_dot_v1_dot_audit__pb2.GetReportRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_audit__pb2.GetReportResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -101,6 +106,14 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReport(self, request, context):
+        """The evaluation report for a period, per department, computed from the log's records up to the newest
+        signed checkpoint (see docs/auditing.md). Auditors and the share manager (the right audit:report).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +141,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.ExportLog,
                     request_deserializer=exchange_dot_v1_dot_audit__pb2.ExportLogRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_audit__pb2.ExportChunk.SerializeToString,
+            ),
+            'GetReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReport,
+                    request_deserializer=exchange_dot_v1_dot_audit__pb2.GetReportRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_audit__pb2.GetReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +283,33 @@ class AuditService:
             '/exchange.v1.AuditService/ExportLog',
             exchange_dot_v1_dot_audit__pb2.ExportLogRequest.SerializeToString,
             exchange_dot_v1_dot_audit__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.AuditService/GetReport',
+            exchange_dot_v1_dot_audit__pb2.GetReportRequest.SerializeToString,
+            exchange_dot_v1_dot_audit__pb2.GetReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,10 @@ class AuditServiceStub:
     """The log from entry `from_seq` to the newest checkpoint, with the checkpoints that vouch for it and
     the hashes that stand for the entries before it, for offline verification. Auditors.
     """
+    GetReport: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetReportRequest, _audit_pb2.GetReportResponse]
+    """The evaluation report for a period, per department, computed from the log's records up to the newest
+    signed checkpoint (see docs/auditing.md). Auditors and the share manager (the right audit:report).
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -65,6 +69,10 @@ class AuditServiceAsyncStub(AuditServiceStub):
     ExportLog: _aio.UnaryStreamMultiCallable[_audit_pb2.ExportLogRequest, _audit_pb2.ExportChunk]  # type: ignore[assignment]
     """The log from entry `from_seq` to the newest checkpoint, with the checkpoints that vouch for it and
     the hashes that stand for the entries before it, for offline verification. Auditors.
+    """
+    GetReport: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetReportRequest, _audit_pb2.GetReportResponse]  # type: ignore[assignment]
+    """The evaluation report for a period, per department, computed from the log's records up to the newest
+    signed checkpoint (see docs/auditing.md). Auditors and the share manager (the right audit:report).
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +118,16 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_audit_pb2.ExportChunk], _abc.AsyncIterator[_audit_pb2.ExportChunk]]:
         """The log from entry `from_seq` to the newest checkpoint, with the checkpoints that vouch for it and
         the hashes that stand for the entries before it, for offline verification. Auditors.
+        """
+
+    @_abc_1.abstractmethod
+    def GetReport(
+        self,
+        request: _audit_pb2.GetReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetReportResponse, _abc.Awaitable[_audit_pb2.GetReportResponse]]:
+        """The evaluation report for a period, per department, computed from the log's records up to the newest
+        signed checkpoint (see docs/auditing.md). Auditors and the share manager (the right audit:report).
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
