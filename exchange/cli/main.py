@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from exchange import config, logs, models
 from exchange.bootstrap import OperatorSeed, initialize, load_audit_signer
-from exchange.cli import audit, audit_index, audit_search, commands, demo, report, rights, userfiles
+from exchange.cli import audit, audit_index, audit_search, commands, demo, evaluation, report, rights, userfiles
 from exchange.cli import exchange as exchange_verbs
 from exchange.cli.backup import add_verbs as add_backup_verbs
 from exchange.cli.certificates import add_verbs as add_certificate_verbs
@@ -325,6 +325,13 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("from_size", type=int, help="size of the older checkpoint")
     p.add_argument("--to", dest="to_size", type=int, default=0, help="size of the newer (default: the newest)")
     p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
+    p = _verb(
+        verbs,
+        "report",
+        evaluation.offline,
+        "recompute the evaluation report from an export, offline, after verifying it with the log's key",
+    )
+    evaluation.add_offline_arguments(p)
     p = _verb(verbs, "export", audit.export, "write the log (or its tail) for offline verification (auditors)")
     p.add_argument("--out", type=Path, required=True, help="the file to write, e.g. log.jsonl")
     p.add_argument("--from", dest="from_seq", type=int, default=0, help="first entry (default: the first)")
@@ -357,9 +364,9 @@ on the hub's host (with its --home):
   init, migrate, serve, demo, backup, restore, prune-audit, ca, audit check-index
 calling the hub (with --identity, as a person or a system):
   whoami, dept, system, person, cert, console, catalog, request, grant, audit,
-  query, stream, document, bind, binding
+  report, query, stream, document, bind, binding
 offline, with the audit log's public key (log.pub):
-  audit verify, audit verify-receipt, verify-provenance
+  audit verify, audit verify-receipt, audit report, verify-provenance
 
 Responses print as tables; add --json (before the command) for JSON.
 """
@@ -421,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_verbs(top)
     _rights_verbs(top)
     _audit_verbs(top)
+    p = _verb(
+        top, "report", evaluation.report, "the evaluation report of a period, per department (auditors, share manager)"
+    )
+    evaluation.add_arguments(p)
     exchange_verbs.add_verbs(top, _verb)
     return parser
 
