@@ -343,6 +343,10 @@ REQUESTS: dict[str, Build] = {
     "AuditService.GetConsistencyProof": lambda s, c: apb.GetConsistencyProofRequest(from_size=1),
     "AuditService.SearchRecords": lambda s, c: apb.SearchRecordsRequest(),
     "AuditService.ExportLog": lambda s, c: apb.ExportLogRequest(),
+    "AuditService.GetReport": lambda s, c: apb.GetReportRequest(
+        from_date=(dt.date.today() - dt.timedelta(days=7)).isoformat(),
+        to_date=(dt.date.today() + dt.timedelta(days=1)).isoformat(),
+    ),
     "ExchangeService.Query": lambda s, c: lookup(),
     "ExchangeService.StreamQuery": lambda s, c: lookup(),
     "ExchangeService.FetchDocument": lambda s, c: xpb.FetchDocumentRequest(
@@ -510,6 +514,7 @@ INVALID: dict[str, Build] = {
     "RightsService.ListGrants": lambda s, c: pb.ListGrantsRequest(status=99, resource_code="bad"),  # type: ignore[arg-type]
     "AuditService.SearchRecords": lambda s, c: apb.SearchRecordsRequest(department_code="bad", resource_code="bad"),
     "AuditService.ExportLog": lambda s, c: apb.ExportLogRequest(from_seq=10**12),
+    "AuditService.GetReport": lambda s, c: apb.GetReportRequest(from_date="2026-13-01", to_date="1900-01-01"),
 }
 # Refusals that depend on what the request names: the caller holds the right in its own department, so the
 # request is checked first (a bad one is INVALID_ARGUMENT) and the named target refused after. A steward or

@@ -14,6 +14,7 @@ examples (``EXCHANGE_FUZZ_EXAMPLES``, default 2000 per RPC) with fresh randomnes
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import os
 import pkgutil
@@ -287,6 +288,7 @@ def _seeds() -> dict[str, list[Message]]:
         apb.GetInclusionProofRequest(seq=1, tree_size=2),
         apb.GetConsistencyProofRequest(from_size=1, to_size=2),
         apb.ExportLogRequest(from_seq=0),
+        apb.GetReportRequest(from_date=str(dt.date.today()), to_date=str(dt.date.today() + dt.timedelta(1))),
         apb.GetCheckpointRequest(size=0),
         cpb.CreateResourceRequest(resource=wire.spec_to_wire(spec), publish=False, reason="fuzz"),
         cpb.UpdateResourceRequest(resource=wire.spec_to_wire(identity_spec(DECOY, POLICE.code)), reason="fuzz"),

@@ -353,6 +353,7 @@ NAMES_NO_OBJECT = {
     "AuditService.GetConsistencyProof": "sizes of the public log",
     "AuditService.SearchRecords": "searches (each caller sees what it may)",
     "AuditService.ExportLog": "the whole log",
+    "AuditService.GetReport": "figures per department for a period, for auditors and the share manager",
     "ExchangeService.Query": "the data plane, decided by the grant",
     "ExchangeService.StreamQuery": "the data plane, decided by the grant",
     "ExchangeService.FetchDocument": "the data plane, decided by the grant",
