@@ -1,0 +1,257 @@
+"""The evaluation report (issue 19): a scripted history's figures from the hub, equal offline from a verified
+export, and no figure at all from a tampered one; bad periods and callers without the right refused."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from audit.records import AuditRecord
+from exchange import models as m
+from exchange import wire as w
+from exchange.cli.main import main
+from exchange.services import auditing
+from exchange.v1 import audit_pb2 as apb
+from exchange.v1 import rights_pb2 as rpb
+from exchange.workdays import WorkCalendar
+from tests.exchange_world import LOOKUP, PERSON_ID, PURPOSE, REGISTRY, World, lookup, make_world, query, serve_lookup
+from tests.harness import AUTHORITY, POLICE, RunningHub, base_settings, identity_spec, reason_of, running_hub
+
+UNUSED = "10101/350200000009"
+TODAY = dt.datetime.now(dt.UTC).date()
+FROM, TO = TODAY - dt.timedelta(days=60), TODAY + dt.timedelta(days=1)
+REFUSAL = "用途与职责不符"
+
+
+@contextlib.contextmanager
+def dated(monkeypatch: pytest.MonkeyPatch, day: dt.date) -> Iterator[None]:
+    """Change records made in the block say they were made on ``day`` (the log still orders them as written)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(auditing, "now_text", lambda: f"{day.isoformat()}T09:00:00.000000Z")
+        yield
+
+
+def _apply(world: World, resource: str) -> str:
+    app = m.Application(
+        resource_code=resource,
+        consumer_department_code="",
+        system_codes=("bdc-djxt",),
+        purpose=PURPOSE,
+        legal_basis="《不动产登记暂行条例实施细则》第十一条",
+        fields=("name",),
+        start=TODAY,
+        end=TODAY + dt.timedelta(days=30),
+        expected_daily_calls=10,
+    )
+    with world.hub.client(world.people["consumer"]) as c:
+        return str(c.call(c.rights.Apply, rpb.ApplyRequest(request=w.application_to_wire(app))).id)
+
+
+def _rights(world: World, who: str, method: str, request: Any) -> None:
+    with world.hub.client(world.people[who]) as c:
+        c.call(getattr(c.rights, method), request)
+
+
+def _objection(action: str, subject: str, day: dt.date, by: tuple[str, str], reason: str) -> AuditRecord:
+    """An objection record in the shape the objection service writes (issue 19's contract)."""
+    return AuditRecord(
+        kind="objection",
+        action=action,
+        time=f"{day.isoformat()}T10:00:00.000000Z",
+        actor=by[0],
+        actor_department=by[1],
+        outcome="ok",
+        reason=reason,
+        subject=subject,
+        resource=LOOKUP,
+        fields=["name"] if action == "raise" else [],
+    )
+
+
+def _objections(hub: RunningHub) -> None:
+    """Three objections on the lookup: one answered late (corrected), one on time (rejected), one left open."""
+    old = TODAY - dt.timedelta(days=40)
+    clerk, steward = ("person/bdc-clerk", REGISTRY.code), ("person/ga-steward", POLICE.code)
+    records = [
+        _objection("raise", "OB-1", old, clerk, "姓名与户籍不符"),
+        _objection("raise", "OB-2", TODAY, clerk, "姓名有误"),
+        _objection("raise", "OB-3", old, clerk, "姓名缺字"),
+        _objection("answer:corrected", "OB-1", TODAY, steward, f"effective {TODAY}T08:00:00Z; 已更正"),
+        _objection("answer:rejected", "OB-2", TODAY, steward, "数据无误"),
+        _objection("escalate", "OB-3", TODAY, ("person/sm-lin", AUTHORITY.code), "逾期未答复"),
+    ]
+    hub.hub.store.audit.stage(records)
+
+
+def _history(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Writes the history through the real services; the answer times (working days) it makes."""
+    hub, calendar = world.hub, WorkCalendar.mainland()
+    serve_lookup(world, tmp_path)  # applied and approved today: on time, 0 working days
+    assert world.exchange().Query(lookup(), timeout=20).exchange_id  # the lookup is used
+    world.publish("police", identity_spec(UNUSED, POLICE.code, name="从未使用的目录"))
+    with pytest.raises(grpc.RpcError):  # no grant: denied, and UNUSED stays never used
+        world.exchange().Query(query(UNUSED, {"id_number": PERSON_ID}, ["name"]), timeout=20)
+    long_ago, lately = TODAY - dt.timedelta(days=40), TODAY - dt.timedelta(days=3)
+    with dated(monkeypatch, long_ago):
+        late, unanswered = _apply(world, UNUSED), _apply(world, UNUSED)
+    with dated(monkeypatch, lately):
+        refused = _apply(world, UNUSED)
+    _rights(world, "police", "Approve", rpb.ApproveRequest(id=late, reason="同意"))
+    _rights(world, "police", "Refuse", rpb.RefuseRequest(id=refused, reason=REFUSAL))
+    _rights(world, "consumer", "Dispute", rpb.DisputeRequest(id=refused, reason="有法定依据"))
+    _rights(world, "manager", "DecideDispute", rpb.DecideDisputeRequest(id=refused, grant=False, reason="维持"))
+    assert unanswered
+    _objections(hub)
+    hub.hub.audit.flush()
+
+    def days(start: dt.date) -> int:
+        return sum(calendar.is_working_day(start + dt.timedelta(days=n)) for n in range(1, (TODAY - start).days + 1))
+
+    return [0, days(long_ago), days(lately)]
+
+
+def _report(hub: RunningHub, identity: Path, **asked: str) -> apb.GetReportResponse:
+    with hub.client(identity) as c:
+        return c.call(c.audit.GetReport, apb.GetReportRequest(**asked))
+
+
+def _department(report: dict[str, Any], code: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [d for d in report["departments"] if d["department"] == code]
+    assert len(found) == 1, code
+    return found[0]
+
+
+def _check_figures(report: dict[str, Any], answer_days: list[int]) -> None:
+    police = _department(report, POLICE.code)
+    assert police["requests"] == {
+        "applied": 4,
+        "answered_on_time": 2,
+        "answered_late": 1,
+        "open_overdue": 1,
+        "median_answer_working_days": float(statistics.median(answer_days)),
+    }
+    assert police["refusals"] == [{"reason": REFUSAL, "count": 1}]
+    assert police["disputes"] == {"raised": 1, "overturned": 0, "upheld": 1}
+    assert police["objections"] == {
+        "raised": 0,
+        "received": 3,
+        "answered_on_time": 1,
+        "answered_late": 1,
+        "corrected": 1,
+        "no_correction": 0,
+        "rejected": 1,
+        "escalated": 1,
+        "open_overdue": 1,
+    }
+    assert police["catalog"] == {"entries": 2, "used": [LOOKUP], "never_used": [UNUSED]}
+    assert _department(report, REGISTRY.code)["objections"]["raised"] == 3
+    rows = {(x["resource"], x["owner"], x["consumer"], x["outcome"]): x["count"] for x in report["exchanges"]}
+    assert rows == {(LOOKUP, POLICE.code, REGISTRY.code, "ok"): 1, (UNUSED, POLICE.code, REGISTRY.code, "denied"): 1}
+
+
+def test_the_report_is_recomputed_offline_from_a_verified_export(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_hub(base_settings(tmp_path / "hub", database_url=store_url)) as hub:
+        world = make_world(hub)
+        answer_days = _history(world, tmp_path, monkeypatch)
+        auditor = world.people["auditor"]
+        answer = _report(hub, auditor, from_date=FROM.isoformat(), to_date=TO.isoformat())
+        report = json.loads(answer.report_json)
+        _check_figures(report, answer_days)
+        assert report["checkpoint"] == {
+            "size": answer.checkpoint.size,
+            "root": answer.checkpoint.root_hash.hex(),
+            "note": answer.checkpoint.note,
+        }
+        assert report["objection_answer_working_days"] == 5 and report["calendar"]
+
+        hub_argv = ["--hub", hub.settings.hub_address, "--identity", str(world.people["manager"])]
+        period = ["--from", FROM.isoformat(), "--to", TO.isoformat()]
+        capsys.readouterr()
+        assert main([*hub_argv, "report", *period, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["departments"] == report["departments"]  # the share manager too
+
+        export, note = tmp_path / "log.jsonl", tmp_path / "checkpoint.note"
+        note.write_text(answer.checkpoint.note, encoding="utf-8")
+        assert (
+            main(
+                ["--hub", hub.settings.hub_address, "--identity", str(auditor), "audit", "export", "--out", str(export)]
+            )
+            == 0
+        )
+        key = str(hub.files.audit_verifier)
+        offline = ["audit", "report", "--from-export", str(export), "--key", key, "--checkpoint", str(note), *period]
+        capsys.readouterr()
+        assert main([*offline, "--json"]) == 0
+        assert capsys.readouterr().out.strip() == answer.report_json  # the same figures, byte for byte
+
+        assert main([*offline, "--csv"]) == 0
+        csv_text = capsys.readouterr().out
+        assert (
+            f"refusals,{POLICE.code},{REFUSAL},1" in csv_text
+            and f"catalog,{POLICE.code},never_used,{UNUSED}" in csv_text
+        )
+
+        text = export.read_text(encoding="utf-8")
+        assert text.count(REFUSAL) >= 1
+        export.write_text(text.replace(REFUSAL, "依据充分", 1), encoding="utf-8")
+        assert main([*offline, "--json"]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and "does NOT verify" in err and "does not hash to its leaf" in err
+
+
+@pytest.fixture
+def quiet_hub(tmp_path: Path) -> Iterator[World]:
+    with running_hub(base_settings(tmp_path / "hub")) as hub:
+        world = make_world(hub)
+        hub.hub.audit.flush()
+        yield world
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "says"),
+    [
+        (TODAY, TODAY, "must hold a day"),
+        (TODAY, TODAY - dt.timedelta(days=3), "is before the period's start"),
+        (TODAY - dt.timedelta(days=181), TODAY, "past the log's retention of 180 days"),
+        ("2026-02-30", TODAY, "must be a date YYYY-MM-DD"),
+    ],
+)
+def test_a_bad_period_is_refused_and_recorded(quiet_hub: World, start: object, end: object, says: str) -> None:
+    hub = quiet_hub.hub
+    before = hub.hub.store.audit.size() + hub.hub.store.audit.staged_count()
+    with pytest.raises(grpc.RpcError) as info:
+        _report(hub, quiet_hub.people["auditor"], from_date=str(start), to_date=str(end))
+    error = info.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and says in (error.details() or ""), error.details()
+    hub.hub.audit.flush()
+    (record,) = [
+        json.loads(e.record or "{}")
+        for e in hub.hub.store.audit.entries(before, hub.hub.store.audit.size())
+        if '"denied:GetReport"' in (e.record or "")
+    ]
+    assert record["actor"] == "person/au-chen"
+
+
+def test_only_auditors_and_the_share_manager_read_the_report(quiet_hub: World) -> None:
+    asked = {"from_date": TODAY.isoformat(), "to_date": (TODAY + dt.timedelta(days=1)).isoformat()}
+    for who in ("police", "consumer"):
+        with pytest.raises(grpc.RpcError) as info:
+            _report(quiet_hub.hub, quiet_hub.people[who], **asked)
+        assert isinstance(info.value, grpc.Call)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert reason_of(info.value) == "AUDIT_REPORT_DENIED"
+    one = json.loads(
+        _report(quiet_hub.hub, quiet_hub.people["manager"], department_code=POLICE.code, **asked).report_json
+    )
+    assert [d["department"] for d in one["departments"]] == [POLICE.code] and one["department"] == POLICE.code
