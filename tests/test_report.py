@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from audit import report as evaluation
 from audit.records import AuditRecord
 from exchange import models as m
 from exchange import wire as w
@@ -255,3 +256,46 @@ def test_only_auditors_and_the_share_manager_read_the_report(quiet_hub: World) -
         _report(quiet_hub.hub, quiet_hub.people["manager"], department_code=POLICE.code, **asked).report_json
     )
     assert [d["department"] for d in one["departments"]] == [POLICE.code] and one["department"] == POLICE.code
+
+
+def _rec(kind: str, action: str, day: str, **fields: str) -> dict[str, object]:
+    return {"kind": kind, "action": action, "time": f"{day}T09:00:00.000000Z", "outcome": "ok", **fields}
+
+
+def test_the_computation_stops_at_the_checkpoint_and_reads_the_calendar() -> None:
+    """Pure: records past the checkpoint's size are not counted; answer times in working days, a holiday skipped."""
+    holiday = dt.date(2026, 3, 4)
+    calendar = WorkCalendar(holidays=frozenset({holiday}), sources=("test calendar",))
+    owner = {"actor_department": POLICE.code}
+    records: list[dict[str, object]] = [
+        _rec("catalog", "create:published", "2026-03-01", subject="R1", resource="R1", **owner),
+        _rec("catalog", "create:published", "2026-03-01", subject="R2", resource="R2", **owner),
+        _rec("catalog", "retired", "2026-03-01", subject="R2", resource="R2", **owner),
+        _rec("rights", "apply:conditional", "2026-03-02", subject="SR-1", resource="R1", actor_department="C"),
+        _rec("rights", "apply:conditional", "2026-03-02", subject="SR-2", resource="R1", actor_department="C"),
+        _rec("rights", "approve", "2026-03-05", subject="SR-1", resource="R1", **owner),  # Tue-Thu, the 4th off: 2
+        _rec("rights", "refuse", "2026-03-03", subject="SR-2", resource="R1", reason=" 不符 ", **owner),  # 1
+        _rec("exchange", "query", "2026-03-06", resource="R1", exchange_id="X1", actor_department="C"),
+        _rec("rights", "refuse", "2026-03-06", subject="SR-9", resource="R1", reason="past the checkpoint", **owner),
+    ]
+    entries = [(seq, r) for seq, r in enumerate(records)]
+    at = evaluation.CheckpointRef(len(records) - 1, "00", "note")
+    period = evaluation.Period(dt.date(2026, 3, 2), dt.date(2026, 3, 9))
+    got = evaluation.compute(entries, period, calendar, objection_days=5, checkpoint=at)
+    shown: dict[str, Any] = json.loads(evaluation.to_json(got))
+    assert len(shown["departments"]) == 1
+    police = shown["departments"][0]
+    assert police["requests"]["median_answer_working_days"] == 1.5
+    assert police["requests"]["answered_on_time"] == 2 and police["refusals"] == [{"reason": "不符", "count": 1}]
+    assert police["catalog"] == {"entries": 1, "used": ["R1"], "never_used": []}  # R2 retired before the period
+    assert got["calendar"] == ["test calendar"] and got["checkpoint"] == {"size": 8, "root": "00", "note": "note"}
+    again = evaluation.compute(iter(entries), period, calendar, objection_days=5, checkpoint=at)
+    assert evaluation.to_json(again) == evaluation.to_json(got)
+    later: dict[str, Any] = json.loads(
+        evaluation.to_json(
+            evaluation.compute(
+                entries, period, calendar, objection_days=5, checkpoint=evaluation.CheckpointRef(9, "", "")
+            )
+        )
+    )
+    assert {r["reason"] for r in later["departments"][0]["refusals"]} == {"不符", "past the checkpoint"}
