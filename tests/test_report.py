@@ -180,6 +180,10 @@ def test_the_report_is_recomputed_offline_from_a_verified_export(
         capsys.readouterr()
         assert main([*hub_argv, "report", *period, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["departments"] == report["departments"]  # the share manager too
+        assert main([*hub_argv, "report", *period, "--department", POLICE.code]) == 0
+        table = capsys.readouterr().out
+        assert f"checkpoint of size {answer.checkpoint.size}" in table and POLICE.code in table
+        assert "1 (0/1)" in table  # the dispute, upheld
 
         export, note = tmp_path / "log.jsonl", tmp_path / "checkpoint.note"
         note.write_text(answer.checkpoint.note, encoding="utf-8")
