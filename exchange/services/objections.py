@@ -29,7 +29,7 @@ from policy import HUB_WIDE, Action, RightsPolicy
 
 OBJECTION_ID = re.compile(r"^OB-[0-9]{8}-[0-9a-f]{8}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-EXCHANGE_ID = re.compile(r"^EX[0-9a-f]{26}$")
+EXCHANGE_ID = re.compile(r"^EX[0-9a-f]{20,40}$")
 MAX_ITEMS = validation.MAX_DATA_ITEMS
 # Outcomes of an exchange's records that mean its data reached the consumer.
 RECEIVED = frozenset({"allowed", "ok"})
@@ -323,7 +323,7 @@ def _validate_raising(r: Raising) -> None:
     elif len(r.fields) > MAX_ITEMS or len(set(r.fields)) != len(r.fields):
         out.append(FieldViolation("fields", f"name each item in doubt once, at most {MAX_ITEMS}"))
     if r.exchange_id and not EXCHANGE_ID.match(r.exchange_id):
-        out.append(FieldViolation("exchange_id", f"{r.exchange_id[:40]!r} is not an exchange id (EX and 26 hex)"))
+        out.append(FieldViolation("exchange_id", f"{r.exchange_id[:40]!r} is not an exchange id (EX and hex digits)"))
     if r.received_sha256 and not SHA256_HEX.match(r.received_sha256):
         out.append(FieldViolation("received_sha256", "must be the SHA-256 of the values received, 64 hex digits"))
     if r.exchange_id and not r.received_sha256:
