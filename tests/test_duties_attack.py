@@ -657,6 +657,7 @@ def test_cli(
         "refused": scene.refused,
         "disputed": scene.disputed,
         "grant": scene.grant,
+        "objection": scene.objection,
         "out": str(tmp_path / "out"),
         "victim_fingerprint": scene.fingerprint(_victim(caller)),
         "catalog_file": str(_catalog_file(scene)),

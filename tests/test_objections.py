@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 from exchange import models as m
 from exchange.cli.client import HubClient
+from exchange.cli.main import main
 from exchange.store import Store
 from exchange.store.schema import AuditEntryRow, AuditStagedRow, ObjectionRow
 from exchange.v1 import catalog_pb2 as cpb
@@ -213,3 +214,53 @@ def test_bad_input_is_refused_with_a_clear_status_and_changes_nothing(scene: Sce
 
 def _raising(**fields: Any) -> opb.RaiseObjectionRequest:
     return opb.RaiseObjectionRequest(resource_code=LOOKUP, fields=["name"], reason="金额有误", **fields)
+
+
+def test_the_command_raises_lists_and_answers_and_refuses_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_hub(base_settings(tmp_path / "hub")) as hub:
+        world = make_world(hub)
+        serve_lookup(world, tmp_path)
+
+        def run(who: str, *argv: str) -> tuple[int, str, str]:
+            capsys.readouterr()
+            code = main(["--hub", hub.settings.hub_address, "--identity", str(world.people[who]), *argv])
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        code, out, _ = run(
+            "consumer",
+            "--json",
+            "objection",
+            "raise",
+            "--resource",
+            LOOKUP,
+            "--field",
+            "name",
+            "--reason",
+            "姓名与户籍不符",
+        )
+        assert code == 0
+        objection = json.loads(out)["id"]
+        code, out, _ = run("police", "objection", "list", "--view", "for-me")
+        assert code == 0 and objection in out and "open" in out and "overdue (unanswered past the due date): 0" in out
+        code, out, _ = run(
+            "police",
+            "objection",
+            "answer",
+            objection,
+            "--kind",
+            "corrected",
+            "--text",
+            "已更正",
+            "--effective",
+            "2026-12-01T08:00:00+08:00",
+        )
+        assert code == 0 and "effective 2026-12-01 00:00 UTC" in out
+        code, _, err = run("police", "objection", "answer", objection, "--kind", "rejected", "--text", "改答")
+        assert code != 0 and "FAILED_PRECONDITION" in err and "answered already" in err and "Traceback" not in err
+        code, _, err = run(
+            "police", "objection", "answer", "OB-1", "--kind", "corrected", "--text", "x", "--effective", "yesterday"
+        )
+        assert code != 0 and "--effective" in err and "Traceback" not in err
