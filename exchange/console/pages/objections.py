@@ -192,3 +192,12 @@ def routes() -> list[BaseRoute]:
         Route("/objections/{id}/answer", _answer, methods=["POST"]),
         Route("/objections/{id}/escalate", _escalate, methods=["POST"]),
     ]
+
+
+async def for_entry(console: Console, viewer: Viewer, code: str) -> dict[str, Any]:
+    """A catalog entry's objections with their state (first page), so other consumers see data in doubt."""
+    service = console.services.objections
+    page, _ = await console.call(
+        viewer, "ObjectionServicer.ListObjections", service.list, console.page_size, "", ObjectionFilter(code)
+    )
+    return {"objections": page.items, "objections_today": service.today()}
