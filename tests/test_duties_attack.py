@@ -50,6 +50,7 @@ from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import console_pb2 as cnpb
 from exchange.v1 import exchange_pb2 as xpb
+from exchange.v1 import objection_pb2 as opb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
 from tests.exchange_world import LOOKUP, PERSON_ID, PURPOSE, REGISTRY, every_caller, lookup, make_world, serve_lookup
@@ -121,6 +122,7 @@ class Scene:
     disputed: str = ""
     granted: str = ""
     grant: str = ""
+    objection: str = ""
     clients: dict[str, HubClient] = field(default_factory=dict)
 
     def client(self, caller: str) -> HubClient:
@@ -241,6 +243,8 @@ def _stage_matters(scene: Scene) -> None:
         police.call(police.rights.Refuse, pb.RefuseRequest(id=request, reason="用途不明"))
     consumer.call(consumer.rights.Dispute, pb.DisputeRequest(id=scene.disputed, reason="有法定依据"))
     scene.granted = manager.call(manager.rights.GetGrant, pb.GetGrantRequest(id=scene.grant)).request_id
+    doubt = opb.RaiseObjectionRequest(resource_code=LOOKUP, fields=["name"], reason="姓名与户籍不符")
+    scene.objection = consumer.call(consumer.objections.RaiseObjection, doubt).id
 
 
 # What each RPC is asked, by whom
@@ -338,6 +342,15 @@ REQUESTS: dict[str, Build] = {
     "RightsService.CheckAccess": lambda s, c: pb.CheckAccessRequest(
         system_code="bdc-djxt", resource_code=LOOKUP, purpose=PURPOSE, fields=["name"]
     ),
+    "ObjectionService.RaiseObjection": lambda s, c: opb.RaiseObjectionRequest(
+        resource_code=LOOKUP, fields=["name"], reason="姓名有误"
+    ),
+    "ObjectionService.AnswerObjection": lambda s, c: opb.AnswerObjectionRequest(
+        id=s.objection, kind=opb.ANSWER_KIND_REJECTED, text="数据无误"
+    ),
+    "ObjectionService.EscalateObjection": lambda s, c: opb.EscalateObjectionRequest(id=s.objection, reason="督办"),
+    "ObjectionService.GetObjection": lambda s, c: opb.GetObjectionRequest(id=s.objection),
+    "ObjectionService.ListObjections": lambda s, c: opb.ListObjectionsRequest(),
     "AuditService.GetCheckpoint": lambda s, c: apb.GetCheckpointRequest(),
     "AuditService.GetInclusionProof": lambda s, c: apb.GetInclusionProofRequest(seq=0),
     "AuditService.GetConsistencyProof": lambda s, c: apb.GetConsistencyProofRequest(from_size=1),
@@ -513,6 +526,11 @@ INVALID: dict[str, Build] = {
     "RightsService.GetGrant": lambda s, c: pb.GetGrantRequest(id="bad"),
     "RightsService.ListGrants": lambda s, c: pb.ListGrantsRequest(status=99, resource_code="bad"),  # type: ignore[arg-type]
     "AuditService.SearchRecords": lambda s, c: apb.SearchRecordsRequest(department_code="bad", resource_code="bad"),
+    "ObjectionService.RaiseObjection": lambda s, c: opb.RaiseObjectionRequest(
+        resource_code="bad", exchange_id="bad", received_sha256="zz"
+    ),
+    "ObjectionService.AnswerObjection": lambda s, c: opb.AnswerObjectionRequest(id="bad", kind=99),  # type: ignore[arg-type]
+    "ObjectionService.EscalateObjection": lambda s, c: opb.EscalateObjectionRequest(id="bad"),
     "AuditService.ExportLog": lambda s, c: apb.ExportLogRequest(from_seq=10**12),
     "AuditService.GetReport": lambda s, c: apb.GetReportRequest(from_date="2026-13-01", to_date="1900-01-01"),
 }
@@ -526,6 +544,7 @@ ELSEWHERE = {
     *{(f"RightsService.{m}", "foreign_steward") for m in ("Approve", "Refuse")},
     *{(f"RightsService.{m}Grant", "foreign_steward") for m in ("Suspend", "Resume", "Revoke")},
     ("RightsService.Dispute", "foreign_consumer"),
+    ("ObjectionService.AnswerObjection", "foreign_steward"),
     *{(f"RightsService.{rpc}", who) for rpc in ("GetShareRequest", "GetGrant") for who in ("foreign_steward",)},
     *{(f"RightsService.{rpc}", who) for rpc in ("GetShareRequest", "GetGrant") for who in ("foreign_consumer",)},
     *{(f"RightsService.{rpc}", "foreign_system") for rpc in ("GetShareRequest", "GetGrant")},
@@ -643,6 +662,7 @@ def test_cli(
         "refused": scene.refused,
         "disputed": scene.disputed,
         "grant": scene.grant,
+        "objection": scene.objection,
         "out": str(tmp_path / "out"),
         "victim_fingerprint": scene.fingerprint(_victim(caller)),
         "catalog_file": str(_catalog_file(scene)),

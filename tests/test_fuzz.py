@@ -44,6 +44,7 @@ from exchange.server.app import SERVICES
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
+from exchange.v1 import objection_pb2 as opb
 from exchange.v1 import registry_pb2 as rgpb
 from exchange.v1 import rights_pb2 as rpb
 from tests.exchange_world import PURPOSE, World, make_world, query
@@ -312,6 +313,9 @@ def _seeds() -> dict[str, list[Message]]:
         rgpb.GetDepartmentRequest(code=POLICE.code),
         rgpb.ListPeopleRequest(page_size=5),
         rgpb.CreateDepartmentRequest(department=wire.department_to_wire(POLICE)),
+        opb.RaiseObjectionRequest(resource_code=DECOY, fields=["name"], reason="fuzz", received_sha256="0" * 64),
+        opb.AnswerObjectionRequest(id="OB-20260101-00000000", kind=opb.ANSWER_KIND_REJECTED, text="fuzz"),
+        opb.ListObjectionsRequest(page_size=5, resource_code=RECORDS, overdue_only=True),
     ]
     by_type: dict[str, list[Message]] = {}
     for seed in seeds:
@@ -715,6 +719,7 @@ NATURAL = {  # who gets furthest into each service
     "AuditService": ("auditor", "police"),
     "ExchangeService": ("system", "system"),
     "ConsoleService": ("police", "system"),
+    "ObjectionService": ("consumer", "police", "manager"),
 }
 
 

@@ -30,6 +30,7 @@ from exchange import pki
 from exchange import wire as w
 from exchange.cli.client import HubClient
 from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import objection_pb2 as opb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
 from exchange.validation import uscc_check_character
@@ -41,6 +42,7 @@ DRAFT = "10101/350200000007"
 MISSING_RESOURCE = "10101/350200000099"
 MISSING_REQUEST = "SR-20000101-00000000"
 MISSING_GRANT = "GR-20000101-00000000"
+MISSING_OBJECTION = "OB-20000101-00000000"
 MISSING_DEPARTMENT = "11350200MB0099999" + uscc_check_character("11350200MB0099999")
 
 
@@ -66,6 +68,7 @@ class Scene:
     files: Path
     pending: str = ""
     grant: str = ""
+    objection: str = ""
     clients: dict[str, HubClient] = field(default_factory=dict)
 
     def client(self, caller: str) -> HubClient:
@@ -90,6 +93,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         try:
             c = scene.client("consumer")
             scene.pending = c.call(c.rights.Apply, _application()).id
+            doubt = opb.RaiseObjectionRequest(resource_code=LOOKUP, fields=["name"], reason="姓名与户籍不符")
+            scene.objection = c.call(c.objections.RaiseObjection, doubt).id
             yield scene
         finally:
             for client in scene.clients.values():
@@ -329,6 +334,36 @@ PROBES: dict[str, list[Probe]] = {
             lambda s, n: pb.GetGrantRequest(id=n), lambda s: s.grant, MISSING_GRANT, REQUEST_READ_OUTSIDERS, "auditor"
         )
     ],
+    "ObjectionService.RaiseObjection": [
+        Probe(
+            lambda s, n: opb.RaiseObjectionRequest(resource_code=n, fields=["name"], reason="姓名有误"),
+            _fixed(LOOKUP),
+            MISSING_RESOURCE,
+            ("operator", "owner_steward", "share_manager", "auditor", "no_role"),
+            "consumer",
+        )
+    ],
+    "ObjectionService.AnswerObjection": [
+        Probe(
+            lambda s, n: opb.AnswerObjectionRequest(id=n, kind=opb.ANSWER_KIND_REJECTED, text="数据无误"),
+            lambda s: s.objection,
+            MISSING_OBJECTION,
+            ("operator", "consumer", "foreign_steward", "share_manager", "system", "no_role"),
+            "",
+        )
+    ],
+    "ObjectionService.EscalateObjection": [
+        Probe(
+            lambda s, n: opb.EscalateObjectionRequest(id=n, reason="督办"),
+            lambda s: s.objection,
+            MISSING_OBJECTION,
+            ("operator", "consumer", "owner_steward", "auditor", "system", "no_role"),
+            "share_manager",
+        )
+    ],
+    "ObjectionService.GetObjection": [
+        Probe(lambda s, n: opb.GetObjectionRequest(id=n), lambda s: s.objection, MISSING_OBJECTION, (), "consumer")
+    ],
 }
 
 # RPCs that name no existing object of a department, and why.
@@ -358,6 +393,7 @@ NAMES_NO_OBJECT = {
     "ExchangeService.StreamQuery": "the data plane, decided by the grant",
     "ExchangeService.FetchDocument": "the data plane, decided by the grant",
     "ConsoleService.CreateSignInLink": "the caller's own sign-in link",
+    "ObjectionService.ListObjections": "lists (an objection's state is public to whoever may see its resource)",
 }
 
 

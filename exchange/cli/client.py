@@ -18,6 +18,7 @@ from exchange.v1 import (
     catalog_pb2_grpc,
     console_pb2_grpc,
     exchange_pb2_grpc,
+    objection_pb2_grpc,
     registry_pb2_grpc,
     rights_pb2_grpc,
 )
@@ -55,6 +56,7 @@ class HubClient:
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.exchange = exchange_pb2_grpc.ExchangeServiceStub(self.channel)
         self.console = console_pb2_grpc.ConsoleServiceStub(self.channel)
+        self.objections = objection_pb2_grpc.ObjectionServiceStub(self.channel)
 
     def call(self, method: Callable[..., T], request: Any) -> T:
         return method(request, timeout=self.timeout)

@@ -31,6 +31,7 @@ from exchange.models import Principal, PrincipalRef, Role
 from exchange.services.audit import AuditReadService
 from exchange.services.catalog import CatalogService
 from exchange.services.console import ConsoleAccess
+from exchange.services.objections import ObjectionService
 from exchange.services.registry import RegistryService
 from exchange.services.rights import RightsService
 from exchange.store.console import SessionRecord
@@ -59,6 +60,7 @@ class Services:
     registry: RegistryService
     catalog: CatalogService
     rights: RightsService
+    objections: ObjectionService
     auditing: AuditReadService
     access: ConsoleAccess
     policy: RightsPolicy

@@ -38,6 +38,7 @@ from exchange.server.console import ConsoleServicer, console_base_url
 from exchange.server.credentials import TlsFiles
 from exchange.server.exchange import ExchangeServicer
 from exchange.server.metrics import HubMetrics, MetricsServer
+from exchange.server.objections import ObjectionServicer
 from exchange.server.parsing import RequestParsing
 from exchange.server.refusal_rate import RefusalRate
 from exchange.server.refusals import RefusalLog
@@ -48,6 +49,7 @@ from exchange.services.cache import Cache
 from exchange.services.catalog import CatalogService
 from exchange.services.console import ConsoleAccess, Lifetimes
 from exchange.services.exchange import BackendPool, ExchangeService
+from exchange.services.objections import ObjectionService
 from exchange.services.registry import CertificateAuthority, RegistryService
 from exchange.services.rights import RightsService
 from exchange.store import Store
@@ -63,6 +65,8 @@ from exchange.v1 import (
     console_pb2_grpc,
     exchange_pb2,
     exchange_pb2_grpc,
+    objection_pb2,
+    objection_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
     rights_pb2,
@@ -85,6 +89,7 @@ SERVICES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     exchange_pb2.DESCRIPTOR.services_by_name["ExchangeService"].full_name,
     console_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name,
+    objection_pb2.DESCRIPTOR.services_by_name["ObjectionService"].full_name,
 )
 
 
@@ -142,6 +147,7 @@ class Hub:
         self.registry: RegistryService | None = None
         self.catalog: CatalogService | None = None
         self.rights: RightsService | None = None
+        self.objections: ObjectionService | None = None
         self.auditing: AuditReadService | None = None
         self.console_access: ConsoleAccess | None = None
         self.console: ConsoleServer | None = None
@@ -259,6 +265,10 @@ class Hub:
         rights_pb2_grpc.add_RightsServiceServicer_to_server(
             RightsServicer(rights, registry, settings.insecure_dev, refusals, calendar=self.calendar), server
         )
+        self.objections = ObjectionService(self.store, policy, self.calendar, settings.objection_answer_working_days)
+        objection_pb2_grpc.add_ObjectionServiceServicer_to_server(
+            ObjectionServicer(self.objections, registry, settings.insecure_dev, refusals), server
+        )
         exchanging = ExchangeService(
             self.store,
             self.decisions,
@@ -359,10 +369,12 @@ class Hub:
         if not listen:
             return
         assert self.registry and self.catalog and self.rights and self.auditing and self.console_access
+        assert self.objections
         services = Services(
             registry=self.registry,
             catalog=self.catalog,
             rights=self.rights,
+            objections=self.objections,
             auditing=self.auditing,
             access=self.console_access,
             policy=self.policy,

@@ -8,6 +8,7 @@ from exchange.store.changes import install_local_changes
 from exchange.store.console import ConsoleStore
 from exchange.store.counters import CountersStore
 from exchange.store.database import Database
+from exchange.store.objections import ObjectionStore
 from exchange.store.registry import RegistryStore
 from exchange.store.rights import RightsStore
 
@@ -17,6 +18,7 @@ __all__ = [
     "ConsoleStore",
     "CountersStore",
     "Database",
+    "ObjectionStore",
     "RegistryStore",
     "RightsStore",
     "Store",
@@ -34,6 +36,7 @@ class Store:
         self.audit = AuditStore(self.db)
         self.counters = CountersStore(self.db)
         self.console = ConsoleStore(self.db)
+        self.objections = ObjectionStore(self.db)
         install_staging(self.db, self.audit)
         # Told of every change this process commits (payloads as announced to other processes).
         self.on_commit: list[Callable[[str], None]] = []

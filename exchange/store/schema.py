@@ -469,3 +469,33 @@ class ConsoleSessionRow(Base):
     seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ObjectionRow(Base):
+    """A consumer's objection to shared data (疑义、错误), and the owning department's answer.
+
+    Only a digest of the values the consumer received is kept, never the values themselves.
+    """
+
+    __tablename__ = "objections"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    resource_code: Mapped[str] = mapped_column(String(32), index=True)
+    owner_department: Mapped[str] = mapped_column(String(18), index=True)
+    exchange_id: Mapped[str] = mapped_column(String(64), default="")
+    fields: Mapped[list[str]] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(Text)
+    received_sha256: Mapped[str] = mapped_column(String(64), default="")
+    raised_by: Mapped[str] = mapped_column(String(80))
+    raiser_department: Mapped[str] = mapped_column(String(18), index=True)
+    raised_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    due_date: Mapped[dt.date] = mapped_column(Date, index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    answer_kind: Mapped[str] = mapped_column(String(16), default="")
+    answer_text: Mapped[str] = mapped_column(Text, default="")
+    effective_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    answered_by: Mapped[str] = mapped_column(String(80), default="")
+    answered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    escalated_by: Mapped[str] = mapped_column(String(80), default="")
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    escalation_reason: Mapped[str] = mapped_column(Text, default="")

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from exchange import errors
+from exchange.console.pages import objections
 from exchange.console.web import Console, Viewer
 from exchange.models import Department, Page, Resource, ResourceStatus, ResourceVersion, ShareType
 from exchange.store.catalog import ResourceFilter
@@ -117,6 +118,7 @@ async def _entry(request: Request) -> Response:
         paged=bool(request.query_params.get("page")),
         may_apply=may_apply(viewer, resource),
         shareable=resource.spec.share_type is not ShareType.NOT_SHARED,
+        **await objections.for_entry(console, viewer, code),
     )
 
 

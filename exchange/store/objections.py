@@ -1,0 +1,221 @@
+"""Objections to shared data: kept, changed under a row lock, listed; and the exchange records they cite.
+
+A change goes through ``change``: the row is locked, the caller's ``decide`` sees the objection as stored
+and returns it changed (or refuses), so two stewards answering at once cannot both succeed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, func, or_, select
+
+from exchange.errors import NotFound
+from exchange.models import Page
+from exchange.paging import PageRequest
+from exchange.store.database import Database
+from exchange.store.paging import fetch_page
+from exchange.store.schema import AuditEntryRow, AuditStagedRow, ObjectionRow
+
+S = TypeVar("S", bound=Select[Any])
+
+
+class ObjectionState(StrEnum):
+    OPEN = "open"
+    ANSWERED = "answered"
+    ESCALATED = "escalated"
+
+
+class AnswerKind(StrEnum):
+    CORRECTED = "corrected"
+    NO_CORRECTION = "no_correction"
+    REJECTED = "rejected"
+
+
+# Awaiting the owner's answer: an escalated objection still is.
+UNANSWERED = (ObjectionState.OPEN, ObjectionState.ESCALATED)
+
+
+@dataclass(frozen=True)
+class Objection:
+    """A consumer's objection and, once given, the owner's answer and the share manager's escalation."""
+
+    id: str
+    resource_code: str
+    owner_department: str
+    exchange_id: str
+    fields: tuple[str, ...]
+    reason: str
+    received_sha256: str
+    raised_by: str
+    raiser_department: str
+    raised_at: dt.datetime
+    due: dt.date
+    state: ObjectionState = ObjectionState.OPEN
+    answer_kind: AnswerKind | None = None
+    answer_text: str = ""
+    effective_at: dt.datetime | None = None
+    answered_by: str = ""
+    answered_at: dt.datetime | None = None
+    escalated_by: str = ""
+    escalated_at: dt.datetime | None = None
+    escalation_reason: str = ""
+
+    def overdue_on(self, today: dt.date) -> bool:
+        return self.state in UNANSWERED and self.due < today
+
+
+@dataclass(frozen=True)
+class ObjectionFilter:
+    resource_code: str | None = None
+    owner_department: str | None = None
+    raiser_department: str | None = None
+    states: tuple[ObjectionState, ...] = ()
+    overdue_on: dt.date | None = None
+
+
+@dataclass(frozen=True)
+class ExchangeSeen:
+    """What the audit log says of one exchange: who made it, on what, which items, and how it ended."""
+
+    actor_department: str
+    resource: str
+    fields: tuple[str, ...]
+    outcomes: frozenset[str]
+
+
+class ObjectionStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def add(self, objection: Objection) -> Objection:
+        with self._db.write() as s:
+            row = ObjectionRow(id=objection.id)
+            _write(row, objection)
+            s.add(row)
+            s.flush()
+            return _objection_of(row)
+
+    def get(self, objection_id: str) -> Objection:
+        with self._db.read() as s:
+            row = s.get(ObjectionRow, objection_id)
+            if row is None:
+                raise NotFound("objection", objection_id)
+            return _objection_of(row)
+
+    def change(self, objection_id: str, decide: Callable[[Objection], Objection]) -> Objection:
+        with self._db.write() as s:
+            row = s.scalar(select(ObjectionRow).where(ObjectionRow.id == objection_id).with_for_update())
+            if row is None:
+                raise NotFound("objection", objection_id)
+            _write(row, decide(_objection_of(row)))
+            s.flush()
+            return _objection_of(row)
+
+    def list(self, page: PageRequest, f: ObjectionFilter) -> Page[Objection]:
+        with self._db.read() as s:
+            return fetch_page(s, _filtered(select(ObjectionRow), f), ObjectionRow.id, page, convert=_objection_of)
+
+    def count(self, f: ObjectionFilter) -> int:
+        with self._db.read() as s:
+            return int(s.scalar(_filtered(select(func.count()).select_from(ObjectionRow), f)) or 0)
+
+    def set_due(self, objection_id: str, due: dt.date) -> None:
+        """Moves an objection's due date (for operators' corrections and tests of deadlines)."""
+        with self._db.write() as s:
+            row = s.get(ObjectionRow, objection_id)
+            if row is None:
+                raise NotFound("objection", objection_id)
+            row.due_date = due
+
+    def exchange_seen(self, exchange_id: str) -> ExchangeSeen | None:
+        """The exchange records of ``exchange_id`` in the log (integrated, or staged and not yet placed)."""
+        with self._db.read() as s:
+            placed = s.scalars(
+                select(AuditEntryRow.record).where(
+                    AuditEntryRow.exchange_id == exchange_id, AuditEntryRow.kind == "exchange"
+                )
+            )
+            records = [json.loads(r) for r in placed if r]
+            staged = s.scalars(select(AuditStagedRow.record).where(AuditStagedRow.record.contains(exchange_id)))
+            records += [r for r in map(json.loads, staged) if r.get("exchange_id") == exchange_id]
+        records = [r for r in records if r.get("kind") == "exchange"]
+        if not records:
+            return None
+        first = records[0]
+        return ExchangeSeen(
+            actor_department=str(first.get("actor_department", "")),
+            resource=str(first.get("resource", "")),
+            fields=tuple(str(f) for f in first.get("fields", [])),
+            outcomes=frozenset(str(r.get("outcome", "")) for r in records),
+        )
+
+
+def _filtered(stmt: S, f: ObjectionFilter) -> S:
+    for column, value in (
+        (ObjectionRow.resource_code, f.resource_code),
+        (ObjectionRow.owner_department, f.owner_department),
+        (ObjectionRow.raiser_department, f.raiser_department),
+    ):
+        if value:
+            stmt = stmt.where(column == value)
+    if f.states:
+        stmt = stmt.where(ObjectionRow.state.in_([s.value for s in f.states]))
+    if f.overdue_on is not None:
+        stmt = stmt.where(
+            ObjectionRow.due_date < f.overdue_on,
+            or_(*(ObjectionRow.state == s.value for s in UNANSWERED)),
+        )
+    return stmt
+
+
+def _write(row: ObjectionRow, o: Objection) -> None:
+    row.resource_code = o.resource_code
+    row.owner_department = o.owner_department
+    row.exchange_id = o.exchange_id
+    row.fields = list(o.fields)
+    row.reason = o.reason
+    row.received_sha256 = o.received_sha256
+    row.raised_by = o.raised_by
+    row.raiser_department = o.raiser_department
+    row.raised_at = o.raised_at
+    row.due_date = o.due
+    row.state = o.state.value
+    row.answer_kind = o.answer_kind.value if o.answer_kind else ""
+    row.answer_text = o.answer_text
+    row.effective_at = o.effective_at
+    row.answered_by = o.answered_by
+    row.answered_at = o.answered_at
+    row.escalated_by = o.escalated_by
+    row.escalated_at = o.escalated_at
+    row.escalation_reason = o.escalation_reason
+
+
+def _objection_of(row: ObjectionRow) -> Objection:
+    return Objection(
+        id=row.id,
+        resource_code=row.resource_code,
+        owner_department=row.owner_department,
+        exchange_id=row.exchange_id,
+        fields=tuple(row.fields),
+        reason=row.reason,
+        received_sha256=row.received_sha256,
+        raised_by=row.raised_by,
+        raiser_department=row.raiser_department,
+        raised_at=row.raised_at,
+        due=row.due_date,
+        state=ObjectionState(row.state),
+        answer_kind=AnswerKind(row.answer_kind) if row.answer_kind else None,
+        answer_text=row.answer_text,
+        effective_at=row.effective_at,
+        answered_by=row.answered_by,
+        answered_at=row.answered_at,
+        escalated_by=row.escalated_by,
+        escalated_at=row.escalated_at,
+        escalation_reason=row.escalation_reason,
+    )
