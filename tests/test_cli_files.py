@@ -21,6 +21,8 @@ from tests.harness import AUTHORITY, RunningHub
 
 # Arguments that name a file (or, for `cert issue --out`, a directory) the verb writes.
 OUTPUTS = {"out", "provenance"}
+# Arguments that must be dates for a verb to reach its files (a period: from the first day to the day after).
+DATES = {"from_date": "2026-11-01", "to_date": "2026-12-01"}
 DIRECTORY_OUTPUTS = {("cert", "issue", "out")}
 # Files whose content is anything at all (the data a provenance statement speaks of): no malformed case.
 OPAQUE = {("verify-provenance", "data")}
@@ -78,6 +80,8 @@ class Argv:
             return str(self.key if action.dest == "key" else self.placeholder)
         if action.choices:
             return str(next(iter(action.choices)))
+        if action.dest in DATES:
+            return DATES[action.dest]
         return "1" if action.type is int else "x"
 
     def build(
