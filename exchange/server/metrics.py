@@ -260,40 +260,58 @@ class _StateCollector(Collector):
         objections = self._store.objections.unanswered_by_owner(today, soon)
         return [
             _by_owner(
-                "exchange_share_requests_due_soon",
-                "Share requests awaiting their owner whose answer is due within 2 working days (not yet overdue).",
+                GaugeMetricFamily(
+                    "exchange_share_requests_due_soon",
+                    "Share requests awaiting their owner whose answer is due within 2 working days (not yet overdue).",
+                    labels=_OWNER,
+                ),
                 requests,
                 lambda t: t.due_soon,
             ),
             _by_owner(
-                "exchange_share_requests_overdue_by_owner",
-                "Share requests awaiting their owner past the 10-working-day answer, by owning department.",
+                GaugeMetricFamily(
+                    "exchange_share_requests_overdue_by_owner",
+                    "Share requests awaiting their owner past the 10-working-day answer, by owning department.",
+                    labels=_OWNER,
+                ),
                 requests,
                 lambda t: t.overdue,
             ),
             _by_owner(
-                "exchange_objections_open",
-                "Objections to shared data awaiting the owning department's answer (open or escalated).",
+                GaugeMetricFamily(
+                    "exchange_objections_open",
+                    "Objections to shared data awaiting the owning department's answer (open or escalated).",
+                    labels=_OWNER,
+                ),
                 objections,
                 lambda t: t.count,
             ),
             _by_owner(
-                "exchange_objections_due_soon",
-                "Unanswered objections whose answer is due within 2 working days (not yet overdue).",
+                GaugeMetricFamily(
+                    "exchange_objections_due_soon",
+                    "Unanswered objections whose answer is due within 2 working days (not yet overdue).",
+                    labels=_OWNER,
+                ),
                 objections,
                 lambda t: t.due_soon,
             ),
             _by_owner(
-                "exchange_objections_overdue",
-                "Unanswered objections past their answer deadline (objection_answer_working_days).",
+                GaugeMetricFamily(
+                    "exchange_objections_overdue",
+                    "Unanswered objections past their answer deadline (objection_answer_working_days).",
+                    labels=_OWNER,
+                ),
                 objections,
                 lambda t: t.overdue,
             ),
         ]
 
 
-def _by_owner(name: str, documentation: str, tallies: dict[str, Tally], value: Callable[[Tally], int]) -> Metric:
-    family = GaugeMetricFamily(name, documentation, labels=["owner_department"])
+_OWNER = ["owner_department"]
+
+
+def _by_owner(family: GaugeMetricFamily, tallies: dict[str, Tally], value: Callable[[Tally], int]) -> Metric:
+    """``family`` with one sample per owning department."""
     for department, tally in sorted(tallies.items()):
         family.add_metric([department], value(tally))
     return family
