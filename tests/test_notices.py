@@ -185,7 +185,7 @@ def test_the_home_page_shows_the_share_manager_what_awaits(scene: Scene) -> None
     html = _home(scene, "manager")
     for line in (
         '<a href="/manage#awaiting">已同意待授权的申请：1</a>',
-        '<a href="/manage#disputes">待裁决的拒绝异议：1</a>',
+        '<a href="/manage#disputes">待裁决的拒绝争议：1</a>',
         '<a href="/manage#overdue">提供部门逾期未答复的申请：1</a>',
         '<a href="/objections?view=for_me">未答复的数据异议：3</a>',
     ):
