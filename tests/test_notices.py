@@ -30,7 +30,7 @@ from exchange.v1 import objection_pb2 as opb
 from exchange.v1 import rights_pb2 as rpb
 from tests.console_support import console_hub, console_url, new_page, principal_of, screenshot, web_client
 from tests.exchange_world import LOOKUP, PURPOSE, World, make_world, serve_lookup
-from tests.harness import HOUSING, POLICE, RunningHub, identity_spec
+from tests.harness import HOUSING, POLICE, RunningHub, base_settings, identity_spec, running_hub
 
 TODAY = dt.datetime.now(dt.UTC).date()
 
@@ -117,6 +117,21 @@ def _awaiting(scene: Scene, who: str) -> tuple[dict[ShareRequestStatus, Tally], 
 
 
 def test_the_services_count_what_awaits_each_person(scene: Scene) -> None:
+    _check_counts(scene)
+
+
+def test_the_counts_and_gauges_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    """The same state in PostgreSQL: the counting queries (sums of cases, grouped) give the same figures."""
+    with running_hub(base_settings(tmp_path / "hub", postgres_url)) as hub:
+        world = make_world(hub)
+        serve_lookup(world, tmp_path)
+        _script(hub, world)
+        scene = Scene(hub, world)
+        _check_counts(scene)
+        _check_gauges(scene)
+
+
+def _check_counts(scene: Scene) -> None:
     requests, objections = _awaiting(scene, "police")
     assert requests == {ShareRequestStatus.PENDING: Tally(2, due_soon=1, overdue=0)}
     assert objections == Tally(3, due_soon=1, overdue=1), "the answered objection awaits no one"
@@ -153,6 +168,10 @@ def _gauges(scene: Scene) -> dict[tuple[str, str], float]:
 
 
 def test_the_gauges_count_per_owning_department(scene: Scene) -> None:
+    _check_gauges(scene)
+
+
+def _check_gauges(scene: Scene) -> None:
     gauges = _gauges(scene)
     assert gauges == {
         ("exchange_share_requests_due_soon", POLICE.code): 1,
