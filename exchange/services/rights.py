@@ -598,14 +598,18 @@ class RightsService:
     def awaiting(self, actor: Principal) -> dict[ShareRequestStatus, Tally]:
         """What awaits the caller, counted by status with its deadlines (the console's notices).
 
-        An owner steward: the department's pending requests. The share manager: approved requests to grant,
-        disputes, and every pending request (whose overdue count shows owners who have not answered).
-        "Due soon" is within DUE_SOON_WORKING_DAYS working days of today.
+        The share manager: approved requests to grant, disputes, and every pending request (whose overdue
+        count shows owners who have not answered). An owner steward: the department's pending requests.
+        "Due soon" is within DUE_SOON_WORKING_DAYS working days of today. The right to decide is the right
+        to see what there is to decide, so no other check is made (the home page asks on every visit).
         """
-        self._require_reader(actor, "share requests", "REQUEST_READ_DENIED")
-        f = self._for_me(actor, RequestFilter())
         if self._policy.allows(actor.ref, Action.ISSUE_GRANT, HUB_WIDE):
-            f = replace(f, statuses=(*f.statuses, ShareRequestStatus.PENDING))
+            waiting = (ShareRequestStatus.APPROVED, ShareRequestStatus.DISPUTED, ShareRequestStatus.PENDING)
+            f = RequestFilter(statuses=waiting)
+        elif self._policy.allows(actor.ref, Action.DECIDE_REQUEST, actor.department_code):
+            f = RequestFilter(owner_department=actor.department_code, statuses=(ShareRequestStatus.PENDING,))
+        else:
+            raise PermissionDenied(f"{actor.ref} decides no share requests, so none awaits it", reason="NO_DECISIONS")
         today = self._clock().date()
         return self._store.rights.tally_requests(
             f, today, self._calendar.add_working_days(today, DUE_SOON_WORKING_DAYS)
