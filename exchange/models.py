@@ -224,6 +224,15 @@ class Page(Generic[T]):
     next_page_token: str = ""
 
 
+@dataclass(frozen=True)
+class Tally:
+    """How many things await an answer, how many are due soon (not yet overdue), and how many are overdue."""
+
+    count: int = 0
+    due_soon: int = 0
+    overdue: int = 0
+
+
 class ShareRequestStatus(StrEnum):
     PENDING = "pending"
     APPROVED = "approved"

@@ -23,6 +23,8 @@ import yaml
 from exchange.errors import ConfigError
 
 ANSWER_WITHIN_WORKING_DAYS = 10
+# A deadline this many working days away or nearer is "due soon": what the console's notices and metrics count.
+DUE_SOON_WORKING_DAYS = 2
 # How long before a year's start the hub warns that no calendar covers it (the State Council's notice
 # comes out in November, the package soon after); the alert ExchangeHolidayCalendarEnding uses the same.
 NOTICE_LEAD_DAYS = 45

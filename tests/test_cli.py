@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -205,8 +206,14 @@ def test_demo_runs_its_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "ALREADY_EXISTS",
         "系统升级，暂停共享",
         "/signin/link/",
+        "answered by person/sw-steward: corrected, effective ",
+        "received (on time/late/corrected)",
     ):
         assert expected in out
+    # The objection to the tax amount, answered "corrected"; the report counts it for the tax bureau.
+    assert re.search(r"^OB-\d{8}-[0-9a-f]{8}\s+20501/350200000001\s+EX\w+\s+amount\s.*answered\s+corrected$", out, re.M)
+    tax_bureau = next(line for line in reversed(out.splitlines()) if line.startswith("11350200MB00567892 "))
+    assert "1 (1/0/1)" in tax_bureau, "one objection received, answered on time, corrected"
     (tmp_path / "precious").mkdir()
     assert (
         main(

@@ -38,6 +38,11 @@ STATE_GAUGES = {
     "exchange_grants",
     "exchange_share_requests_pending",
     "exchange_share_requests_overdue",
+    "exchange_share_requests_due_soon",
+    "exchange_share_requests_overdue_by_owner",
+    "exchange_objections_open",
+    "exchange_objections_due_soon",
+    "exchange_objections_overdue",
     "exchange_certificate_expiry_timestamp_seconds",
     "exchange_audit_checkpoint_age_seconds",
 }
@@ -590,6 +595,9 @@ def test_alert_rules() -> None:
         used |= _metric_tokens(rule["expr"])
     assert {
         "exchange_share_requests_overdue",
+        "exchange_share_requests_due_soon",
+        "exchange_objections_overdue",
+        "exchange_objections_due_soon",
         "exchange_audit_checkpoint_age_seconds",
         "exchange_audit_write_failures_total",
         "exchange_audit_log_intact",
@@ -723,6 +731,38 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
             [_series("exchange_share_requests_overdue", "2x90")],
             "65m",
             [{"severity": "warning"}],
+        ),
+        # Deadlines of owners: per owning department, once for all replicas, after an hour.
+        _alert_case(
+            "ExchangeObjectionsOverdue",
+            [
+                _series("exchange_objections_overdue", "1x90", owner_department="D1"),
+                _series("exchange_objections_overdue", "1x90", owner_department="D1", instance="hub-2:9464"),
+                _series("exchange_objections_overdue", "0x90", owner_department="D2"),
+            ],
+            "65m",
+            [{"severity": "warning", "owner_department": "D1"}],
+        ),
+        _alert_case(
+            "ExchangeObjectionsOverdue",
+            [_series("exchange_objections_overdue", "1x90", owner_department="D1")],
+            "30m",
+            [],
+        ),
+        _alert_case(
+            "ExchangeShareRequestsDueSoon",
+            [
+                _series("exchange_share_requests_due_soon", "2x90", owner_department="D1"),
+                _series("exchange_share_requests_due_soon", "0x90", owner_department="D2"),
+            ],
+            "65m",
+            [{"severity": "warning", "owner_department": "D1"}],
+        ),
+        _alert_case(
+            "ExchangeObjectionsDueSoon",
+            [_series("exchange_objections_due_soon", "1x90", owner_department="D2")],
+            "65m",
+            [{"severity": "warning", "owner_department": "D2"}],
         ),
         # Checkpoints stop while records keep arriving: alert. An idle log ages without alerting.
         _alert_case(

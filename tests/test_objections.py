@@ -138,7 +138,9 @@ def test_raise_answer_each_way_overdue_and_escalate(scene: Scene) -> None:
     actions = [(r["action"], r["reason"]) for r in scene.records() if r["kind"] == "objection"]
     assert ("answer:corrected", "effective 2026-12-01T08:00:00Z; 已更正姓名") in actions
     assert {a for a, _ in actions} == {"raise", "answer:corrected", "answer:no_correction", "answer:rejected"}
-    raised = next(r for r in scene.records() if r["kind"] == "objection" and r["subject"] == doubt.id)
+    raised = next(
+        r for r in scene.records() if r["kind"] == "objection" and r["subject"] == doubt.id and r["action"] == "raise"
+    )
     assert (raised["exchange_id"], raised["fields"], raised["resource"]) == (exchange_id, ["name"], LOOKUP)
     assert (raised["actor"], raised["actor_department"]) == ("system/bdc-djxt", REGISTRY.code)
     assert digest not in json.dumps(raised), "the record names the exchange, not the values' digest"

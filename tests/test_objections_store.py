@@ -8,9 +8,10 @@ from dataclasses import replace
 import pytest
 
 from exchange.errors import FailedPrecondition, NotFound
+from exchange.models import Tally
 from exchange.paging import page_request
 from exchange.store import Store
-from exchange.store.objections import AnswerKind, Objection, ObjectionFilter, ObjectionState
+from exchange.store.objections import UNANSWERED, AnswerKind, Objection, ObjectionFilter, ObjectionState
 
 RAISED = dt.datetime(2026, 12, 1, 9, 30, tzinfo=dt.UTC)
 
@@ -67,3 +68,22 @@ def test_lists_filter_by_owner_raiser_state_and_overdue(store: Store) -> None:
     assert store.objections.count(ObjectionFilter(states=(ObjectionState.ESCALATED,))) == 0
     every = store.objections.list(page_request(2, "", {}), ObjectionFilter(raiser_department="registry"))
     assert len(every.items) == 2 and every.next_page_token
+
+
+def test_tallies_count_unanswered_due_soon_and_overdue(store: Store) -> None:
+    """Per filter and per owner: answered ones count in the total only, deadlines only for unanswered ones."""
+    today, soon = dt.date(2026, 12, 7), dt.date(2026, 12, 9)
+    for n, owner, due in (
+        (1, "police", dt.date(2026, 12, 8)),  # due soon
+        (2, "police", dt.date(2026, 12, 1)),  # overdue
+        (3, "police", dt.date(2026, 12, 10)),  # after soon
+        (4, "housing", dt.date(2026, 12, 7)),  # due today: soon, not overdue
+        (5, "police", dt.date(2026, 12, 1)),  # answered: neither
+    ):
+        store.objections.add(replace(_objection(n, owner), due=due))
+    store.objections.change(_objection(5).id, lambda o: replace(o, state=ObjectionState.ANSWERED))
+    police = store.objections.tally(ObjectionFilter(owner_department="police"), today, soon)
+    assert police == Tally(4, due_soon=1, overdue=1)
+    assert store.objections.tally(ObjectionFilter(states=UNANSWERED), today, soon) == Tally(4, 2, 1)
+    assert store.objections.tally(ObjectionFilter(owner_department="tax"), today, soon) == Tally()
+    assert store.objections.unanswered_by_owner(today, soon) == {"police": Tally(3, 1, 1), "housing": Tally(1, 1, 0)}

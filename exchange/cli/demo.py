@@ -19,6 +19,8 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from audit.log import AuditLog
 from audit.note import Verifier
 from audit.verify import verify_export
@@ -26,8 +28,9 @@ from exchange import logs, pki, validation
 from exchange import models as m
 from exchange import wire as w
 from exchange.bootstrap import OperatorSeed, initialize
-from exchange.cli import commands, files, tables
+from exchange.cli import commands, evaluation, files, tables
 from exchange.cli import demo_exchange as flat_sale
+from exchange.cli import objections as objections_cli
 from exchange.cli import rights as rights_cli
 from exchange.cli.client import HubClient
 from exchange.config import Settings
@@ -37,6 +40,7 @@ from exchange.server.console import console_base_url
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import console_pb2 as cnpb
+from exchange.v1 import objection_pb2 as opb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as rpb_r
 from policy.decision import DecisionPoint, Question
@@ -163,6 +167,8 @@ class Tour:
         self.ca_pem = pki.IdentityFiles(operator).ca.read_bytes()
         # The departments' backends, serving for as long as the demo hub does.
         self.backends = flat_sale.Backends(settings.home)
+        # What the registry's system received, per resource: what it may object to.
+        self.receipts: dict[str, flat_sale.Receipt] = {}
 
     def client(self, identity: Path) -> HubClient:
         return HubClient(self.settings, identity)
@@ -178,7 +184,9 @@ class Tour:
         self.history()
         self.rights()
         self.exchange()
+        self.objection()
         self.audit()
+        self.report()
 
     def register(self) -> None:
         _step(
@@ -367,7 +375,7 @@ class Tour:
             print(f"  {steward:<11} bound {code} to its {binding.WhichOneof('backend')} backend")
         consumer = self.home.identity(m.PrincipalRef(m.PrincipalKind.SYSTEM, "bdc-djxt")).directory
         with self.client(consumer) as hub:
-            summary = flat_sale.queries(hub)
+            summary = flat_sale.queries(hub, self.receipts)
             out = self.settings.home / "contract-XM2026-000123.pdf"
             summary.append(flat_sale.document(hub, self.home.audit_verifier, out))
             print("\n  What the registry's system may not have:")
@@ -375,8 +383,35 @@ class Tour:
         print()
         print(tables.render(["resource", "backend", "returned", "masked", "exchange id"], summary))
 
+    def objection(self) -> None:
+        _step("11. The registry doubts the tax amount it received: it objects, the tax bureau corrects and answers")
+        tax = self.receipts[flat_sale.TAX]
+        raising = opb.RaiseObjectionRequest(
+            resource_code=flat_sale.TAX,
+            exchange_id=tax.exchange_id,
+            fields=["amount"],
+            reason="契税税额与合同价款不符，请核实",
+            received_sha256=tax.sha256,
+        )
+        with self.client(self.home.identity(m.PrincipalRef(m.PrincipalKind.SYSTEM, "bdc-djxt")).directory) as hub:
+            raised = hub.call(hub.objections.RaiseObjection, raising)
+        effective = Timestamp()
+        effective.FromDatetime(dt.datetime.now(dt.UTC).replace(microsecond=0))
+        answer = opb.AnswerObjectionRequest(
+            id=raised.id, kind=opb.ANSWER_KIND_CORRECTED, text="已按合同价款重新核定税额", effective_time=effective
+        )
+        with self.client(self.identity_of("sw-steward")) as steward:
+            answered = steward.call(steward.objections.AnswerObjection, answer)
+        print(tables.render(objections_cli.HEADERS, objections_cli.rows([answered])))
+        print(f"\n  raised by {raised.raised_by} against exchange {raised.exchange_id}: {raised.reason}")
+        print(f"  it cites the SHA-256 of what it received ({tax.sha256[:16]}…), never the values")
+        print(
+            f"  answered by {answered.answered_by}: corrected, effective "
+            f"{answered.effective_time.ToDatetime(dt.UTC):%Y-%m-%d %H:%M:%S} UTC: {answered.answer_text}"
+        )
+
     def audit(self) -> None:
-        _step("11. The audit log: every change and exchange above, verified offline with the log's public key")
+        _step("12. The audit log: every change and exchange above, verified offline with the log's public key")
         self.audit_log.flush()  # the hub signs a checkpoint every few seconds; the demo does not wait
         with self.client(self.identity_of("au-chen")) as auditor:
             head = auditor.call(auditor.audit.GetCheckpoint, apb.GetCheckpointRequest())
@@ -397,10 +432,26 @@ class Tour:
             "checkpoints check out"
         )
 
+    def report(self) -> None:
+        """The evaluation report of today, as the share manager asks for it: every figure drawn from the log."""
+        today = dt.datetime.now(dt.UTC).date()
+        _step(
+            f"13. The evaluation report for {today} (UTC), computed from the signed log, as the share manager sees it"
+        )
+        self.audit_log.flush()
+        period = apb.GetReportRequest(from_date=today.isoformat(), to_date=(today + dt.timedelta(days=1)).isoformat())
+        with self.client(self.identity_of("sm-lin")) as manager:
+            answer = manager.call(manager.audit.GetReport, period)
+        evaluation.print_table(json.loads(answer.report_json))
+        print(
+            f"\nAn auditor recomputes it offline: exchange audit report --from-export EXPORT --key LOG.pub"
+            f" --from {period.from_date} --to {period.to_date}"
+        )
+
     def console_links(self, port: int, console_port: int) -> None:
         """The web console's address, and a one-time sign-in link for each person, asked for with their certificate."""
         address = console_base_url(self.settings, console_port)
-        _step(f"12. The web console for people, at {address}: a sign-in link for each")
+        _step(f"14. The web console for people, at {address}: a sign-in link for each")
         people = [(self.members.operator.username, self.operator)]
         people += [(p.username, self.identity_of(p.username)) for p in self.members.people]
         rows = []

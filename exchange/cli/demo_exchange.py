@@ -9,6 +9,7 @@ asks the hub for each; the demo prints what came back, what was masked and what 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
@@ -121,8 +122,23 @@ QUERIES = (
 )
 
 
-def queries(hub: HubClient) -> list[list[str]]:
-    """The registry's three lookups; each printed, and summarized in the returned rows."""
+@dataclass(frozen=True)
+class Receipt:
+    """What a consumer keeps of one answer to object to it later: its exchange id and the values' SHA-256."""
+
+    exchange_id: str
+    sha256: str
+
+
+def received_digest(records: list[dict[str, object]]) -> str:
+    """The SHA-256 (hex) of the records as received, as canonical JSON: what an objection cites, not the values."""
+    canonical = json.dumps(records, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def queries(hub: HubClient, receipts: dict[str, Receipt] | None = None) -> list[list[str]]:
+    """The registry's three lookups; each printed, and summarized in the returned rows. ``receipts`` gets, per
+    resource code, the exchange id and the digest of what came back."""
     summary: list[list[str]] = []
     for label, code, filters, fields in QUERIES:
         request = xpb.QueryRequest(resource_code=code, purpose=FLAT_SALE, filters=filters, fields=fields)
@@ -133,6 +149,8 @@ def queries(hub: HubClient) -> list[list[str]]:
         headers = [f"{f} ({masks[f]} mask)" if f in masks else f for f in fields]
         print(tables.render(headers, [[str(r.get(f, "")) for f in fields] for r in rows]))
         summary.append([code, label.split(" · ")[1], str(len(rows)), ", ".join(masks) or "-", answer.exchange_id])
+        if receipts is not None:
+            receipts[code] = Receipt(answer.exchange_id, received_digest(rows))
     return summary
 
 

@@ -112,13 +112,17 @@ def _print(args: argparse.Namespace, data: Mapping[str, object]) -> None:
     elif args.csv:
         sys.stdout.write(evaluation.to_csv(data))
     else:
-        print(_head(data))
-        print(tables.render(COLUMNS, [_row(d) for d in _items(data["departments"])], max_column=60))
-        rows = [
-            [str(x[k]) for k in ("resource", "owner", "consumer", "outcome", "count")]
-            for x in _items(data["exchanges"])
-        ]
-        print(tables.render(["resource", "owner", "consumer", "outcome", "exchanges"], rows, max_column=60))
+        print_table(data)
+
+
+def print_table(data: Mapping[str, object]) -> None:
+    """The report for people: its head, the departments' figures, and the exchanges by resource and outcome."""
+    print(_head(data))
+    print(tables.render(COLUMNS, [_row(d) for d in _items(data["departments"])], max_column=60))
+    rows = [
+        [str(x[k]) for k in ("resource", "owner", "consumer", "outcome", "count")] for x in _items(data["exchanges"])
+    ]
+    print(tables.render(["resource", "owner", "consumer", "outcome", "exchanges"], rows, max_column=60))
 
 
 def _head(data: Mapping[str, object]) -> str:

@@ -415,7 +415,9 @@ class Hub:
         listen = self.settings.metrics_listen
         if not listen:
             return
-        self.metrics.watch_state(self.store, lambda: self.audit.signed_at, self.credentials.files.expiries)
+        self.metrics.watch_state(
+            self.store, lambda: self.audit.signed_at, self.credentials.files.expiries, self.calendar
+        )
         try:
             self.metrics_server = MetricsServer(self.metrics, lambda: self.ready, listen)
         except OSError as e:

@@ -1,11 +1,11 @@
 """The hub's metrics (Prometheus), and the HTTP port that serves them with liveness and readiness.
 
 Each hub has its own registry (no process-wide state). Counters and histograms are fed by the
-exchange service's observer and the audit group commit; gauges of the store's state (grants,
-share requests, certificate expiry) are read when scraped, at most every ``STATE_SECONDS``. Label
-values are bounded and never a caller's text: departments, resources and providers are members and
-catalog entries (a resource code the catalog does not hold is ``unknown``), outcomes, methods, kinds and
-reasons are fixed sets.
+exchange service's observer and the audit group commit; gauges of the store's state (grants, share
+requests and objections awaiting their owners, certificate expiry) are read when scraped, at most every
+``STATE_SECONDS``. Label values are bounded and never a caller's text: departments, resources and providers
+are members and catalog entries (a resource code the catalog does not hold is ``unknown``; an owning
+department is the one the catalog names), outcomes, methods, kinds and reasons are fixed sets.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from audit.records import AuditRecord
+from exchange.models import Tally
 from exchange.store import Store
+from exchange.workdays import DUE_SOON_WORKING_DAYS, WorkCalendar
 
 STATE_SECONDS = 15.0
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -185,9 +187,11 @@ class HubMetrics:
         store: Store,
         checkpoint_time: Callable[[], float | None],
         own_certificates: Callable[[], list[tuple[str, dt.datetime]]] = list,
+        calendar: WorkCalendar | None = None,
     ) -> None:
-        """Adds the gauges read from the store, the audit log and the hub's own certificates when scraped."""
-        self.registry.register(_StateCollector(store, checkpoint_time, own_certificates))
+        """Adds the gauges read from the store, the audit log and the hub's own certificates when scraped;
+        ``calendar`` reckons which deadlines are due soon (Monday to Friday without one)."""
+        self.registry.register(_StateCollector(store, checkpoint_time, own_certificates, calendar or WorkCalendar()))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -201,8 +205,10 @@ class _StateCollector(Collector):
         store: Store,
         checkpoint_time: Callable[[], float | None],
         own_certificates: Callable[[], list[tuple[str, dt.datetime]]],
+        calendar: WorkCalendar,
     ) -> None:
         self._store = store
+        self._calendar = calendar
         self._checkpoint_time = checkpoint_time
         self._own_certificates = own_certificates
         self._lock = threading.Lock()
@@ -245,7 +251,70 @@ class _StateCollector(Collector):
         )
         for principal, not_after in [*self._store.registry.certificate_expiries(), *self._own_certificates()]:
             expiry.add_metric([principal], not_after.timestamp())
-        return [by_state, waiting, late, expiry]
+        return [by_state, waiting, late, expiry, *self._awaiting_owners(today)]
+
+    def _awaiting_owners(self, today: dt.date) -> list[Metric]:
+        """Per owning department (codes the hub holds): share requests and objections awaiting its answer."""
+        soon = self._calendar.add_working_days(today, DUE_SOON_WORKING_DAYS)
+        requests = self._store.rights.awaiting_owners(today, soon)
+        objections = self._store.objections.unanswered_by_owner(today, soon)
+        return [
+            _by_owner(
+                GaugeMetricFamily(
+                    "exchange_share_requests_due_soon",
+                    "Share requests awaiting their owner whose answer is due within 2 working days (not yet overdue).",
+                    labels=_OWNER,
+                ),
+                requests,
+                lambda t: t.due_soon,
+            ),
+            _by_owner(
+                GaugeMetricFamily(
+                    "exchange_share_requests_overdue_by_owner",
+                    "Share requests awaiting their owner past the 10-working-day answer, by owning department.",
+                    labels=_OWNER,
+                ),
+                requests,
+                lambda t: t.overdue,
+            ),
+            _by_owner(
+                GaugeMetricFamily(
+                    "exchange_objections_open",
+                    "Objections to shared data awaiting the owning department's answer (open or escalated).",
+                    labels=_OWNER,
+                ),
+                objections,
+                lambda t: t.count,
+            ),
+            _by_owner(
+                GaugeMetricFamily(
+                    "exchange_objections_due_soon",
+                    "Unanswered objections whose answer is due within 2 working days (not yet overdue).",
+                    labels=_OWNER,
+                ),
+                objections,
+                lambda t: t.due_soon,
+            ),
+            _by_owner(
+                GaugeMetricFamily(
+                    "exchange_objections_overdue",
+                    "Unanswered objections past their answer deadline (objection_answer_working_days).",
+                    labels=_OWNER,
+                ),
+                objections,
+                lambda t: t.overdue,
+            ),
+        ]
+
+
+_OWNER = ["owner_department"]
+
+
+def _by_owner(family: GaugeMetricFamily, tallies: dict[str, Tally], value: Callable[[Tally], int]) -> Metric:
+    """``family`` with one sample per owning department."""
+    for department, tally in sorted(tallies.items()):
+        family.add_metric([department], value(tally))
+    return family
 
 
 class MetricsServer:

@@ -18,13 +18,13 @@ from dataclasses import dataclass, replace
 
 from exchange import validation
 from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, PermissionDenied
-from exchange.models import Page, Principal, PrincipalKind, Resource, ResourceStatus
+from exchange.models import Page, Principal, PrincipalKind, Resource, ResourceStatus, Tally
 from exchange.paging import page_request
 from exchange.services.auditing import change_record
 from exchange.store import Store
 from exchange.store.audit import staging
 from exchange.store.objections import UNANSWERED, AnswerKind, Objection, ObjectionFilter, ObjectionState
-from exchange.workdays import WorkCalendar
+from exchange.workdays import DUE_SOON_WORKING_DAYS, WorkCalendar
 from policy import HUB_WIDE, Action, RightsPolicy
 
 OBJECTION_ID = re.compile(r"^OB-[0-9]{8}-[0-9a-f]{8}$")
@@ -284,6 +284,13 @@ class ObjectionService:
         page = page_request(size, token, {**f.__dict__, "view": view})
         overdue = self._store.objections.count(replace(f, overdue_on=self.today()))
         return self._store.objections.list(page, f), overdue
+
+    def awaiting(self, actor: Principal) -> Tally:
+        """The objections awaiting the caller (as the "for_me" view finds them), with how many are due within
+        DUE_SOON_WORKING_DAYS working days and how many are overdue (the console's notices)."""
+        today = self.today()
+        soon = self._calendar.add_working_days(today, DUE_SOON_WORKING_DAYS)
+        return self._store.objections.tally(self._for_me(actor, ObjectionFilter()), today, soon)
 
     def _for_me(self, actor: Principal, f: ObjectionFilter) -> ObjectionFilter:
         """The share manager: every open one (to watch and escalate). A steward: its department's unanswered."""

@@ -34,6 +34,7 @@ from exchange.models import (
     ShareRequest,
     ShareRequestStatus,
     ShareType,
+    Tally,
 )
 from exchange.paging import page_request
 from exchange.services.auditing import change_record
@@ -41,7 +42,7 @@ from exchange.services.verification import grant_scope
 from exchange.store import Store
 from exchange.store.audit import staging
 from exchange.store.rights import GrantFilter, RequestFilter, RequestStep
-from exchange.workdays import ANSWER_WITHIN_WORKING_DAYS, WorkCalendar
+from exchange.workdays import ANSWER_WITHIN_WORKING_DAYS, DUE_SOON_WORKING_DAYS, WorkCalendar
 from policy import HUB_WIDE, Action, RightsPolicy
 from policy.decision import Decision, DecisionPoint, Question
 
@@ -593,6 +594,26 @@ class RightsService:
         f = replace(f, visible_to=visible, overdue_on=today if overdue_only else None)
         page = page_request(size, token, {**f.__dict__, "view": view})
         return self._store.rights.list_requests(page, f, today)
+
+    def awaiting(self, actor: Principal) -> dict[ShareRequestStatus, Tally]:
+        """What awaits the caller, counted by status with its deadlines (the console's notices).
+
+        The share manager: approved requests to grant, disputes, and every pending request (whose overdue
+        count shows owners who have not answered). An owner steward: the department's pending requests.
+        "Due soon" is within DUE_SOON_WORKING_DAYS working days of today. The right to decide is the right
+        to see what there is to decide, so no other check is made (the home page asks on every visit).
+        """
+        if self._policy.allows(actor.ref, Action.ISSUE_GRANT, HUB_WIDE):
+            waiting = (ShareRequestStatus.APPROVED, ShareRequestStatus.DISPUTED, ShareRequestStatus.PENDING)
+            f = RequestFilter(statuses=waiting)
+        elif self._policy.allows(actor.ref, Action.DECIDE_REQUEST, actor.department_code):
+            f = RequestFilter(owner_department=actor.department_code, statuses=(ShareRequestStatus.PENDING,))
+        else:
+            raise PermissionDenied(f"{actor.ref} decides no share requests, so none awaits it", reason="NO_DECISIONS")
+        today = self._clock().date()
+        return self._store.rights.tally_requests(
+            f, today, self._calendar.add_working_days(today, DUE_SOON_WORKING_DAYS)
+        )
 
     def _for_me(self, actor: Principal, f: RequestFilter) -> RequestFilter:
         """Requests awaiting the caller's move.

@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from exchange.errors import NotFound
@@ -26,13 +27,14 @@ from exchange.models import (
     ShareEvent,
     ShareRequest,
     ShareRequestStatus,
+    Tally,
 )
 from exchange.paging import PageRequest
 from exchange.store.changes import announce, grant_changed
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.registry import department_row
-from exchange.store.schema import GrantRow, ResourceRow, ShareEventRow, ShareRequestRow
+from exchange.store.schema import DepartmentRow, GrantRow, ResourceRow, ShareEventRow, ShareRequestRow
 
 # The 10-working-day rule binds the owner's answer: only requests awaiting it can be overdue.
 _AWAITING_OWNER = (ShareRequestStatus.PENDING.value,)
@@ -290,6 +292,27 @@ class RightsStore:
             overdue = s.scalar(select(func.count()).select_from(overdue_stmt.subquery())) or 0
             return listed, overdue
 
+    def tally_requests(self, f: RequestFilter, today: dt.date, soon: dt.date) -> dict[ShareRequestStatus, Tally]:
+        """The requests ``f`` finds, by status, in one query: how many, and of those awaiting their owner how
+        many fall due from ``today`` to ``soon`` and how many are overdue on ``today``."""
+        with self._db.read() as s:
+            stmt = self._request_query(s, f).with_only_columns(ShareRequestRow.status, *_tally_columns(today, soon))
+            rows = s.execute(stmt.group_by(ShareRequestRow.status)).all()
+            return {ShareRequestStatus(status): Tally(int(n), int(due), int(late)) for status, n, due, late in rows}
+
+    def awaiting_owners(self, today: dt.date, soon: dt.date) -> dict[str, Tally]:
+        """Requests awaiting their owner, by the owning department's code: how many, due soon, overdue."""
+        with self._db.read() as s:
+            stmt = (
+                select(DepartmentRow.code, *_tally_columns(today, soon))
+                .select_from(ShareRequestRow)
+                .join(ResourceRow, ShareRequestRow.resource_id == ResourceRow.id)
+                .join(DepartmentRow, ResourceRow.department_id == DepartmentRow.id)
+                .where(ShareRequestRow.status.in_(_AWAITING_OWNER))
+                .group_by(DepartmentRow.code)
+            )
+            return {str(code): Tally(int(n), int(due), int(late)) for code, n, due, late in s.execute(stmt).all()}
+
     def change_grant(self, grant_id: str, decide: Callable[[Grant], tuple[GrantStatus, ShareEvent]]) -> Grant:
         with self._db.write() as s:
             row = s.scalar(select(GrantRow).where(GrantRow.id == grant_id).with_for_update(of=GrantRow))
@@ -340,3 +363,15 @@ class RightsStore:
         with self._db.read() as s:
             rows = s.scalars(select(GrantRow).where(GrantRow.status != GrantStatus.REVOKED.value))
             return [_grant_of(s, r, with_history=False) for r in rows]
+
+
+def _tally_columns(today: dt.date, soon: dt.date) -> tuple[ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]]:
+    """count, due from ``today`` to ``soon``, overdue on ``today``: the last two only of requests awaiting the owner."""
+    awaiting = ShareRequestRow.status.in_(_AWAITING_OWNER)
+    due = and_(awaiting, ShareRequestRow.due_date >= today, ShareRequestRow.due_date <= soon)
+    late = and_(awaiting, ShareRequestRow.due_date < today)
+    return (
+        func.count(),
+        func.coalesce(func.sum(case((due, 1), else_=0)), 0),
+        func.coalesce(func.sum(case((late, 1), else_=0)), 0),
+    )
