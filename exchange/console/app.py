@@ -188,9 +188,8 @@ async def _hub_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     reference = uuid.uuid4().hex[:12]
-    log.error(
-        "console: unexpected error on %s %s (reference %s)", request.method, request.url.path, reference, exc_info=exc
-    )
+    path = "/signin/link/…" if request.url.path.startswith("/signin/link/") else request.url.path  # no link secret
+    log.error("console: unexpected error on %s %s (reference %s)", request.method, path, reference, exc_info=exc)
     console = Console.of(request)
     message = console.catalogs.text(console.locale(request), "common.error.internal", reference=reference)
     return console.render(
