@@ -168,6 +168,7 @@ def certificate_to_wire(c: m.CertificateRecord) -> rpb.Certificate:
         revoke_reason=c.revoke_reason,
         renewed_from_sha256=c.renewed_from,
         issuer_fingerprint_sha256=c.issuer_fingerprint,
+        issued_by=c.issued_by,
     )
 
 

@@ -376,6 +376,16 @@ def test_only_an_owner_steward_of_its_department_certifies_a_system(
     issued = pki.fingerprint_of_pem(pki.IdentityFiles(tmp_path / "steward").cert.read_bytes())
     record = hub.hub.store.registry.get_certificate(issued)
     assert record.issued_by == "person/bdc-steward"
+    # Whoever lists the system's certificates sees who had it issued, over gRPC and in the CLI's table.
+    with hub.client() as operator:
+        listed = operator.call(
+            operator.registry.ListCertificates,
+            rpb.ListCertificatesRequest(principal=rpb.PrincipalRef(kind=rpb.PRINCIPAL_KIND_SYSTEM, code=SYSTEM.code)),
+        )
+    assert {c.fingerprint_sha256: c.issued_by for c in listed.certificates}[issued] == "person/bdc-steward"
+    capsys.readouterr()
+    assert _cli(hub, hub.operator, "cert", "list", "--system", SYSTEM.code) == 0
+    assert "person/bdc-steward" in capsys.readouterr().out
 
 
 def test_each_exchange_of_a_system_names_who_holds_its_key(

@@ -245,11 +245,13 @@ def cert_list(args: argparse.Namespace, settings: Settings) -> int:
             _time(c.not_before),
             _time(c.not_after),
             f"{_time(c.revoke_time)} {c.revoke_reason}" if c.HasField("revoke_time") else "-",
+            c.issued_by or "-",
             c.fingerprint_sha256,
         ]
         for c in response.certificates
     ]
-    show_list(args, response, ["principal", "serial", "valid from", "valid until", "revoked", "fingerprint"], rows)
+    headers = ["principal", "serial", "valid from", "valid until", "revoked", "issued by", "fingerprint"]
+    show_list(args, response, headers, rows)
     return 0
 
 

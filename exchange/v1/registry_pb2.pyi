@@ -265,6 +265,7 @@ class Certificate(_message.Message):
     REVOKE_REASON_FIELD_NUMBER: _builtins.int
     RENEWED_FROM_SHA256_FIELD_NUMBER: _builtins.int
     ISSUER_FINGERPRINT_SHA256_FIELD_NUMBER: _builtins.int
+    ISSUED_BY_FIELD_NUMBER: _builtins.int
     serial_number: _builtins.str
     """Hex serial number."""
     fingerprint_sha256: _builtins.str
@@ -278,6 +279,11 @@ class Certificate(_message.Message):
     """
     issuer_fingerprint_sha256: _builtins.str
     """Hex SHA-256 fingerprint of the CA certificate that signed it."""
+    issued_by: _builtins.str
+    """Who had it issued, e.g. "person/ga-steward"; for a system's certificate, the person answerable for
+    its key (named in that system's exchange records as key_holder). Empty for certificates issued
+    before the hub kept it.
+    """
     @_builtins.property
     def principal(self) -> Global___PrincipalRef: ...
     @_builtins.property
@@ -301,10 +307,11 @@ class Certificate(_message.Message):
         revoke_reason: _builtins.str = ...,
         renewed_from_sha256: _builtins.str = ...,
         issuer_fingerprint_sha256: _builtins.str = ...,
+        issued_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "not_before", b"not_before", "principal", b"principal", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint_sha256", b"fingerprint_sha256", "issuer_fingerprint_sha256", b"issuer_fingerprint_sha256", "not_after", b"not_after", "not_before", b"not_before", "pem", b"pem", "principal", b"principal", "renewed_from_sha256", b"renewed_from_sha256", "revoke_reason", b"revoke_reason", "revoke_time", b"revoke_time", "serial_number", b"serial_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint_sha256", b"fingerprint_sha256", "issued_by", b"issued_by", "issuer_fingerprint_sha256", b"issuer_fingerprint_sha256", "not_after", b"not_after", "not_before", b"not_before", "pem", b"pem", "principal", b"principal", "renewed_from_sha256", b"renewed_from_sha256", "revoke_reason", b"revoke_reason", "revoke_time", b"revoke_time", "serial_number", b"serial_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
