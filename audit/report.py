@@ -7,7 +7,8 @@ a figure counts the events dated within the period [start, end). Per department:
 
 - requests: conditional applications to its resources in the period, and the owner's answers
   (approve/refuse) in the period, on time or late against apply date + 10 working days; their median
-  answer time in working days; requests still unanswered past their due date at the period's end.
+  answer time in working days; requests still unanswered past their due date at the period's end (or,
+  for a period reaching past the log's newest record, on that record's day: ``open_judged_on``).
 - refusals by reason (the owner's refusal text); disputes of its refusals raised and decided.
 - objections raised (as consumer), received, answered on time or late (due: raise date + N working
   days), corrected / no correction / rejected, escalated, and still open past their due date.
@@ -117,6 +118,13 @@ class _Tally:
         self.objections: dict[str, _Open] = {}
         self.exchanges: dict[str, tuple[str, str, str]] = {}  # exchange id -> (resource, consumer, outcome)
         self.departments: dict[str, _Department] = {}
+        # The newest day the signed log speaks of: what is still open is judged on the period's last day,
+        # or on this day if the period reaches past it (the log cannot say what will be overdue).
+        self.newest: dt.date | None = None
+
+    @property
+    def judged_on(self) -> dt.date:
+        return min(self.period.last, self.newest) if self.newest is not None else self.period.last
 
     def dept(self, code: str) -> _Department:
         if code not in self.departments:
@@ -129,6 +137,8 @@ class _Tally:
 
     def take(self, record: Record) -> None:
         day = _day(record)
+        if day is not None:
+            self.newest = day if self.newest is None else max(self.newest, day)
         if day is None or day >= self.period.end:
             return
         kind, action = record.get("kind"), str(record.get("action", ""))
@@ -208,8 +218,8 @@ class _Tally:
         return count
 
     def finish(self) -> None:
-        """Counts what is still open past its due date at the period's end, and the entries used."""
-        last = self.period.last
+        """Counts what is still open past its due date when judged (see ``judged_on``), and the entries used."""
+        last = self.judged_on
         for waiting in self.objections.values():
             if waiting.due < last:
                 self.dept(waiting.owner).objections["open_overdue"] += 1
@@ -218,7 +228,7 @@ class _Tally:
                 self.dept(self.owners[resource]).used.add(resource)
 
     def open_requests_overdue(self, owner: str) -> int:
-        last = self.period.last
+        last = self.judged_on
         return sum(1 for w in self.requests.values() if w.owner == owner and w.due < last)
 
 
@@ -248,6 +258,7 @@ def compute(
         codes = [department]
     return {
         "period": {"from": period.start.isoformat(), "to": period.end.isoformat()},
+        "open_judged_on": tally.judged_on.isoformat(),
         "objection_answer_working_days": objection_days,
         "request_answer_working_days": REQUEST_ANSWER_WORKING_DAYS,
         "calendar": list(calendar.sources),
@@ -320,6 +331,7 @@ def csv_rows(report: Mapping[str, object]) -> Iterator[list[str]]:
     for name in ("from", "to"):
         yield ["period", "", name, str(_mapping(report["period"])[name])]
     yield ["period", "", "objection_answer_working_days", str(report["objection_answer_working_days"])]
+    yield ["period", "", "open_judged_on", str(report["open_judged_on"])]
     checkpoint = _mapping(report["checkpoint"])
     yield ["checkpoint", "", "size", str(checkpoint["size"])]
     yield ["checkpoint", "", "root", str(checkpoint["root"])]

@@ -303,3 +303,26 @@ def test_the_computation_stops_at_the_checkpoint_and_reads_the_calendar() -> Non
         )
     )
     assert {r["reason"] for r in later["departments"][0]["refusals"]} == {"不符", "past the checkpoint"}
+
+
+def test_a_period_reaching_past_the_log_judges_what_is_open_on_the_logs_newest_day() -> None:
+    """Pure: a request due after the log's newest record is not overdue in a period that reaches past it
+    (the log cannot say what will be late); one due before it is."""
+    calendar = WorkCalendar(sources=("test calendar",))
+    owner = {"actor_department": POLICE.code}
+    records: list[dict[str, object]] = [
+        _rec("catalog", "create:published", "2026-03-01", subject="R1", resource="R1", **owner),
+        _rec("rights", "apply:conditional", "2026-03-02", subject="SR-1", resource="R1", actor_department="C"),
+        _rec("rights", "apply:conditional", "2026-03-20", subject="SR-2", resource="R1", actor_department="C"),
+    ]
+    entries = [(seq, r) for seq, r in enumerate(records)]
+    at = evaluation.CheckpointRef(len(records), "00", "note")
+    month = evaluation.Period(dt.date(2026, 3, 1), dt.date(2026, 4, 30))
+    got = evaluation.compute(entries, month, calendar, objection_days=5, checkpoint=at)
+    assert got["open_judged_on"] == "2026-03-20"
+    police = json.loads(evaluation.to_json(got))["departments"][0]
+    assert police["requests"]["open_overdue"] == 1  # SR-1 was due 2026-03-16; SR-2 is due 2026-04-03
+    past = evaluation.compute(
+        entries, evaluation.Period(dt.date(2026, 3, 1), dt.date(2026, 3, 10)), calendar, objection_days=5, checkpoint=at
+    )
+    assert past["open_judged_on"] == "2026-03-09"
