@@ -48,6 +48,8 @@ class Calendar(Protocol):
 
     def add_working_days(self, start: dt.date, count: int) -> dt.date: ...
 
+    def working_days_between(self, start: dt.date, end: dt.date) -> int: ...
+
 
 @dataclass(frozen=True)
 class Period:
@@ -190,7 +192,7 @@ class _Tally:
             d.on_time += 1
         else:
             d.late += 1
-        d.answer_days.append(self.working_days(waiting.opened, day))
+        d.answer_days.append(self.calendar.working_days_between(waiting.opened, day))
 
     def objection(self, record: Record, action: str, day: dt.date) -> None:
         subject, owner = str(record.get("subject", "")), self.owner_of(record)
@@ -208,14 +210,6 @@ class _Tally:
                 counts[ANSWERS[action]] += 1
         elif action == "escalate" and within:
             self.dept(owner).objections["escalated"] += 1
-
-    def working_days(self, start: dt.date, end: dt.date) -> int:
-        """Working days after ``start`` up to and including ``end``."""
-        count, day = 0, start
-        while day < end:
-            day += dt.timedelta(days=1)
-            count += self.calendar.is_working_day(day)
-        return count
 
     def finish(self) -> None:
         """Counts what is still open past its due date when judged (see ``judged_on``), and the entries used."""

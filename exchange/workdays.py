@@ -51,6 +51,12 @@ class WorkCalendar:
             return True
         return day.weekday() < 5 and day not in self.holidays
 
+    def working_days_between(self, start: dt.date, end: dt.date) -> int:
+        """Working days after ``start`` up to and including ``end``; negative when ``end`` comes first."""
+        first, last, sign = (start, end, 1) if end >= start else (end, start, -1)
+        days = (first + dt.timedelta(days=n) for n in range(1, (last - first).days + 1))
+        return sign * sum(1 for day in days if self.is_working_day(day))
+
     def add_working_days(self, start: dt.date, count: int) -> dt.date:
         """The ``count``-th working day after ``start`` (``start`` itself does not count)."""
         day, left = start, count

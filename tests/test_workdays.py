@@ -364,3 +364,13 @@ def _store_dates(hub: RunningHub, request_id: str, created: dt.datetime, due: dt
             )
     finally:
         store.close()
+
+
+def test_working_days_between_counts_after_the_start_up_to_the_end_either_way() -> None:
+    holiday = dt.date(2026, 3, 4)  # a Wednesday
+    calendar = WorkCalendar(holidays=frozenset({holiday}))
+    monday, next_monday = dt.date(2026, 3, 2), dt.date(2026, 3, 9)
+    assert calendar.working_days_between(monday, next_monday) == 4  # Tue, Thu, Fri, Mon
+    assert calendar.working_days_between(next_monday, monday) == -4
+    assert calendar.working_days_between(monday, monday) == 0
+    assert calendar.working_days_between(monday, calendar.add_working_days(monday, 10)) == 10

@@ -22,7 +22,6 @@ from exchange.console.web import Console, Form, Viewer, see_other
 from exchange.models import MaskKind, Resource, ShareRequest, ShareRequestStatus
 from exchange.services.rights import Approval
 from exchange.store.rights import RequestFilter
-from exchange.workdays import WorkCalendar
 from policy import Action
 
 STATUSES = tuple(s.value for s in ShareRequestStatus)
@@ -39,13 +38,6 @@ def status_code_of(error: errors.ExchangeError) -> int:
     return next((code for kind, code in _STATUS_CODES if isinstance(error, kind)), 409)
 
 
-def working_days_left(calendar: WorkCalendar, today: dt.date, due: dt.date) -> int:
-    """Working days from ``today`` to ``due`` (``today`` itself not counted); negative once ``due`` has passed."""
-    first, last, sign = (today, due, 1) if due >= today else (due, today, -1)
-    days = (first + dt.timedelta(days=n) for n in range(1, (last - first).days + 1))
-    return sign * sum(1 for day in days if calendar.is_working_day(day))
-
-
 @dataclass(frozen=True)
 class Due:
     """A request's answer deadline as the inbox shows it."""
@@ -60,7 +52,7 @@ def due_of(console: Console, request: ShareRequest, today: dt.date) -> Due:
     calendar = console.services.calendar
     awaiting = request.status is ShareRequestStatus.PENDING
     note = calendar.due_note(request.created_at.astimezone(dt.UTC).date(), request.due) if awaiting else ""
-    left = working_days_left(calendar, today, request.due)
+    left = calendar.working_days_between(today, request.due)
     return Due(request.due, left, awaiting and request.due < today, note)
 
 
