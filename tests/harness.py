@@ -7,6 +7,7 @@ tests call it with the same synchronous client the CLI uses.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from pathlib import Path
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from exchange import models as m
 from exchange import pki
@@ -28,7 +29,7 @@ from exchange.cli.demo import sample_id_number
 from exchange.config import Settings
 from exchange.server.app import Hub
 from exchange.store import Store
-from exchange.store.schema import Base
+from exchange.store.schema import Base, ObjectionRow
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
 from policy import assignments_of
@@ -199,3 +200,10 @@ def violations(error: grpc.Call) -> set[str]:
         if detail.Unpack(bad):
             fields |= {v.field for v in bad.field_violations}
     return fields
+
+
+def move_objection_due(store: Store, objection_id: str, due: dt.date) -> None:
+    """Sets an objection's due date straight in the store (as no RPC may): to test deadlines without waiting."""
+    with store.db.write() as s:
+        moved = s.execute(update(ObjectionRow).where(ObjectionRow.id == objection_id).values(due_date=due))
+        assert getattr(moved, "rowcount", 0) == 1, f"no objection {objection_id}"

@@ -30,7 +30,7 @@ from exchange.v1 import objection_pb2 as opb
 from exchange.v1 import rights_pb2 as rpb
 from tests.console_support import console_hub, console_url, new_page, principal_of, screenshot, web_client
 from tests.exchange_world import LOOKUP, PURPOSE, World, make_world, serve_lookup
-from tests.harness import HOUSING, POLICE, RunningHub, base_settings, identity_spec, running_hub
+from tests.harness import HOUSING, POLICE, RunningHub, base_settings, identity_spec, move_objection_due, running_hub
 
 TODAY = dt.datetime.now(dt.UTC).date()
 
@@ -93,8 +93,8 @@ def _script(hub: RunningHub, world: World) -> None:
         with store.db.write() as s:
             for request_id, due in ((police_soon, TODAY), (housing_late, TODAY - dt.timedelta(days=3))):
                 s.execute(update(ShareRequestRow).where(ShareRequestRow.id == request_id).values(due_date=due))
-        store.objections.set_due(soon, TODAY)
-        store.objections.set_due(late, TODAY - dt.timedelta(days=3))
+        move_objection_due(store, soon, TODAY)
+        move_objection_due(store, late, TODAY - dt.timedelta(days=3))
     finally:
         store.close()
 

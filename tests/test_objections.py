@@ -29,7 +29,7 @@ from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import objection_pb2 as opb
 from exchange.workdays import WorkCalendar
 from tests.exchange_world import LOOKUP, REGISTRY, World, lookup, make_world, serve_lookup
-from tests.harness import HOUSING, POLICE, RunningHub, base_settings, reason_of, running_hub
+from tests.harness import HOUSING, POLICE, RunningHub, base_settings, move_objection_due, reason_of, running_hub
 
 
 @dataclass
@@ -147,7 +147,7 @@ def test_raise_answer_each_way_overdue_and_escalate(scene: Scene) -> None:
 
     late = _raise(scene)
     assert not _listed(scene, "manager", overdue_only=True)
-    scene.store.objections.set_due(late.id, today - dt.timedelta(days=3))
+    move_objection_due(scene.store, late.id, today - dt.timedelta(days=3))
     overdue = _listed(scene, "manager", overdue_only=True)
     assert [o.id for o in overdue] == [late.id] and overdue[0].overdue
     assert [o.id for o in _listed(scene, "police", view=opb.OBJECTION_VIEW_FOR_ME)] == [late.id]

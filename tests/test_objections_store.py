@@ -12,6 +12,7 @@ from exchange.models import Tally
 from exchange.paging import page_request
 from exchange.store import Store
 from exchange.store.objections import UNANSWERED, AnswerKind, Objection, ObjectionFilter, ObjectionState
+from tests.harness import move_objection_due
 
 RAISED = dt.datetime(2026, 12, 1, 9, 30, tzinfo=dt.UTC)
 
@@ -58,7 +59,7 @@ def test_an_objection_is_kept_as_given_and_answered_once(store: Store) -> None:
 def test_lists_filter_by_owner_raiser_state_and_overdue(store: Store) -> None:
     for n, owner in ((1, "police"), (2, "police"), (3, "housing")):
         store.objections.add(_objection(n, owner))
-    store.objections.set_due(_objection(2).id, dt.date(2026, 11, 1))
+    move_objection_due(store, _objection(2).id, dt.date(2026, 11, 1))
     page = page_request(2, "", {})
     police = store.objections.list(page, ObjectionFilter(owner_department="police"))
     assert [o.id for o in police.items] == [_objection(1).id, _objection(2).id] and not police.next_page_token

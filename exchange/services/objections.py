@@ -164,7 +164,7 @@ class ObjectionService:
 
         Another department's exchange, one that was refused, and one that does not exist are refused alike.
         """
-        seen = self._store.objections.exchange_seen(raising.exchange_id)
+        seen = self._store.audit.exchange_seen(raising.exchange_id)
         if seen is None or seen.actor_department != actor.department_code or not seen.outcomes & RECEIVED:
             raise PermissionDenied(
                 f"{actor.ref} may object only to an exchange its department received, and "

@@ -99,6 +99,16 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class ExchangeSeen:
+    """What the audit log says of one exchange: who made it, on what, which items, and how it ended."""
+
+    actor_department: str
+    resource: str
+    fields: tuple[str, ...]
+    outcomes: frozenset[str]
+
+
+@dataclass(frozen=True)
 class EntryFilter:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
@@ -301,6 +311,29 @@ class AuditStore:
                 .order_by(AuditEntryRow.seq)
             )
             return [Entry(r.seq, bytes(r.leaf_hash), r.record) for r in rows]
+
+    def exchange_seen(self, exchange_id: str) -> ExchangeSeen | None:
+        """What the log says of exchange ``exchange_id``: its records, integrated or staged and not yet placed
+        (a consumer may object to an answer moments after it arrives); None if the log holds none."""
+        with self._db.read() as s:
+            placed = s.scalars(
+                select(AuditEntryRow.record).where(
+                    AuditEntryRow.exchange_id == exchange_id, AuditEntryRow.kind == "exchange"
+                )
+            )
+            records = [json.loads(r) for r in placed if r]
+            staged = s.scalars(select(_STAGED.c.record).where(_STAGED.c.record.contains(exchange_id)))
+            records += [r for r in map(json.loads, staged) if r.get("exchange_id") == exchange_id]
+        records = [r for r in records if r.get("kind") == "exchange"]
+        if not records:
+            return None
+        first = records[0]
+        return ExchangeSeen(
+            actor_department=str(first.get("actor_department", "")),
+            resource=str(first.get("resource", "")),
+            fields=tuple(str(f) for f in first.get("fields", [])),
+            outcomes=frozenset(str(r.get("outcome", "")) for r in records),
+        )
 
     def search(self, page: PageRequest, f: EntryFilter) -> Page[Entry]:
         with self._db.read() as s:

@@ -7,7 +7,6 @@ and returns it changed (or refuses), so two stewards answering at once cannot bo
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,7 +19,7 @@ from exchange.models import Page, Tally
 from exchange.paging import PageRequest
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
-from exchange.store.schema import AuditEntryRow, AuditStagedRow, ObjectionRow
+from exchange.store.schema import ObjectionRow
 
 S = TypeVar("S", bound=Select[Any])
 
@@ -79,16 +78,6 @@ class ObjectionFilter:
     overdue_on: dt.date | None = None
 
 
-@dataclass(frozen=True)
-class ExchangeSeen:
-    """What the audit log says of one exchange: who made it, on what, which items, and how it ended."""
-
-    actor_department: str
-    resource: str
-    fields: tuple[str, ...]
-    outcomes: frozenset[str]
-
-
 class ObjectionStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -139,36 +128,6 @@ class ObjectionStore:
             stmt = _filtered(select(ObjectionRow.owner_department, *_tally_columns(today, soon)), _UNANSWERED)
             rows = s.execute(stmt.group_by(ObjectionRow.owner_department)).all()
             return {str(code): Tally(int(n), int(due), int(late)) for code, n, due, late in rows}
-
-    def set_due(self, objection_id: str, due: dt.date) -> None:
-        """Moves an objection's due date (for operators' corrections and tests of deadlines)."""
-        with self._db.write() as s:
-            row = s.get(ObjectionRow, objection_id)
-            if row is None:
-                raise NotFound("objection", objection_id)
-            row.due_date = due
-
-    def exchange_seen(self, exchange_id: str) -> ExchangeSeen | None:
-        """The exchange records of ``exchange_id`` in the log (integrated, or staged and not yet placed)."""
-        with self._db.read() as s:
-            placed = s.scalars(
-                select(AuditEntryRow.record).where(
-                    AuditEntryRow.exchange_id == exchange_id, AuditEntryRow.kind == "exchange"
-                )
-            )
-            records = [json.loads(r) for r in placed if r]
-            staged = s.scalars(select(AuditStagedRow.record).where(AuditStagedRow.record.contains(exchange_id)))
-            records += [r for r in map(json.loads, staged) if r.get("exchange_id") == exchange_id]
-        records = [r for r in records if r.get("kind") == "exchange"]
-        if not records:
-            return None
-        first = records[0]
-        return ExchangeSeen(
-            actor_department=str(first.get("actor_department", "")),
-            resource=str(first.get("resource", "")),
-            fields=tuple(str(f) for f in first.get("fields", [])),
-            outcomes=frozenset(str(r.get("outcome", "")) for r in records),
-        )
 
 
 _UNANSWERED = ObjectionFilter(states=UNANSWERED)
