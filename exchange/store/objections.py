@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 
 from exchange.errors import NotFound
 from exchange.models import Page, Tally
@@ -20,6 +20,7 @@ from exchange.paging import PageRequest
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.schema import ObjectionRow
+from exchange.store.tally import tally_columns
 
 S = TypeVar("S", bound=Select[Any])
 
@@ -118,31 +119,19 @@ class ObjectionStore:
         """How many objections ``f`` finds, and of the unanswered ones how many fall due from ``today`` to ``soon``
         and how many are overdue on ``today`` (one query)."""
         with self._db.read() as s:
-            stmt = select(*_tally_columns(today, soon)).select_from(ObjectionRow)
+            stmt = select(*_tally(today, soon)).select_from(ObjectionRow)
             row = s.execute(_filtered(stmt, f)).one()
             return Tally(int(row[0]), int(row[1]), int(row[2]))
 
     def unanswered_by_owner(self, today: dt.date, soon: dt.date) -> dict[str, Tally]:
         """Unanswered objections by the owning department's code: how many, due soon, overdue."""
         with self._db.read() as s:
-            stmt = _filtered(select(ObjectionRow.owner_department, *_tally_columns(today, soon)), _UNANSWERED)
+            stmt = _filtered(select(ObjectionRow.owner_department, *_tally(today, soon)), _UNANSWERED)
             rows = s.execute(stmt.group_by(ObjectionRow.owner_department)).all()
             return {str(code): Tally(int(n), int(due), int(late)) for code, n, due, late in rows}
 
 
 _UNANSWERED = ObjectionFilter(states=UNANSWERED)
-
-
-def _tally_columns(today: dt.date, soon: dt.date) -> tuple[ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]]:
-    """count, due from ``today`` to ``soon``, overdue on ``today``: the last two only of unanswered objections."""
-    unanswered = ObjectionRow.state.in_([s.value for s in UNANSWERED])
-    due = and_(unanswered, ObjectionRow.due_date >= today, ObjectionRow.due_date <= soon)
-    late = and_(unanswered, ObjectionRow.due_date < today)
-    return (
-        func.count(),
-        func.coalesce(func.sum(case((due, 1), else_=0)), 0),
-        func.coalesce(func.sum(case((late, 1), else_=0)), 0),
-    )
 
 
 def _filtered(stmt: S, f: ObjectionFilter) -> S:
@@ -208,3 +197,7 @@ def _objection_of(row: ObjectionRow) -> Objection:
         escalated_at=row.escalated_at,
         escalation_reason=row.escalation_reason,
     )
+
+
+def _tally(today: dt.date, soon: dt.date) -> tuple[ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]]:
+    return tally_columns(ObjectionRow.state.in_([s.value for s in UNANSWERED]), ObjectionRow.due_date, today, soon)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from exchange.errors import NotFound
@@ -35,6 +35,7 @@ from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.registry import department_row
 from exchange.store.schema import DepartmentRow, GrantRow, ResourceRow, ShareEventRow, ShareRequestRow
+from exchange.store.tally import tally_columns
 
 # The 10-working-day rule binds the owner's answer: only requests awaiting it can be overdue.
 _AWAITING_OWNER = (ShareRequestStatus.PENDING.value,)
@@ -296,7 +297,7 @@ class RightsStore:
         """The requests ``f`` finds, by status, in one query: how many, and of those awaiting their owner how
         many fall due from ``today`` to ``soon`` and how many are overdue on ``today``."""
         with self._db.read() as s:
-            stmt = self._request_query(s, f).with_only_columns(ShareRequestRow.status, *_tally_columns(today, soon))
+            stmt = self._request_query(s, f).with_only_columns(ShareRequestRow.status, *_tally(today, soon))
             rows = s.execute(stmt.group_by(ShareRequestRow.status)).all()
             return {ShareRequestStatus(status): Tally(int(n), int(due), int(late)) for status, n, due, late in rows}
 
@@ -304,7 +305,7 @@ class RightsStore:
         """Requests awaiting their owner, by the owning department's code: how many, due soon, overdue."""
         with self._db.read() as s:
             stmt = (
-                select(DepartmentRow.code, *_tally_columns(today, soon))
+                select(DepartmentRow.code, *_tally(today, soon))
                 .select_from(ShareRequestRow)
                 .join(ResourceRow, ShareRequestRow.resource_id == ResourceRow.id)
                 .join(DepartmentRow, ResourceRow.department_id == DepartmentRow.id)
@@ -365,13 +366,5 @@ class RightsStore:
             return [_grant_of(s, r, with_history=False) for r in rows]
 
 
-def _tally_columns(today: dt.date, soon: dt.date) -> tuple[ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]]:
-    """count, due from ``today`` to ``soon``, overdue on ``today``: the last two only of requests awaiting the owner."""
-    awaiting = ShareRequestRow.status.in_(_AWAITING_OWNER)
-    due = and_(awaiting, ShareRequestRow.due_date >= today, ShareRequestRow.due_date <= soon)
-    late = and_(awaiting, ShareRequestRow.due_date < today)
-    return (
-        func.count(),
-        func.coalesce(func.sum(case((due, 1), else_=0)), 0),
-        func.coalesce(func.sum(case((late, 1), else_=0)), 0),
-    )
+def _tally(today: dt.date, soon: dt.date) -> tuple[ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]]:
+    return tally_columns(ShareRequestRow.status.in_(_AWAITING_OWNER), ShareRequestRow.due_date, today, soon)
