@@ -9,6 +9,7 @@ mode 0600 in directories of mode 0700 and never enter the database.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -197,6 +198,13 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 def fingerprint_of_pem(pem: bytes) -> str:
     return fingerprint(x509.load_pem_x509_certificate(pem))
+
+
+@functools.lru_cache(maxsize=4096)
+def fingerprint_of_presented(pem: bytes) -> str:
+    """The fingerprint of a certificate a caller presents, remembered: it presents the same one on every call
+    (gRPC and the web console alike), and parsing it each time would cost more than the lookup it serves."""
+    return fingerprint_of_pem(pem)
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:

@@ -127,7 +127,7 @@ class Form:
 def fingerprint_of(request: Request) -> str | None:
     """The fingerprint of the certificate the browser presented on this connection, if any."""
     chain = request.scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []
-    return pki.fingerprint_of_pem(chain[0].encode()) if chain else None
+    return pki.fingerprint_of_presented(chain[0].encode()) if chain else None
 
 
 class Console:

@@ -109,13 +109,7 @@ def _peer_fingerprint(context: grpc.aio.ServicerContext[Any, Any]) -> str | None
     pems = list(context.auth_context().get("x509_pem_cert") or ())
     if not pems:
         return None
-    return _fingerprint(pems[0])
-
-
-@functools.lru_cache(maxsize=4096)
-def _fingerprint(pem: bytes) -> str:
-    """A certificate's fingerprint, remembered: a caller presents the same certificate on every call."""
-    return pki.fingerprint_of_pem(pem)
+    return pki.fingerprint_of_presented(pems[0])
 
 
 @dataclass(frozen=True)
