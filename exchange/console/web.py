@@ -28,6 +28,7 @@ from exchange import errors, pki
 from exchange.config import Settings
 from exchange.console.i18n import LOCALE_NAMES, Catalogs
 from exchange.models import Principal, PrincipalRef, Role
+from exchange.server.refusals import is_refusal  # the same rule as refused gRPC calls
 from exchange.services.audit import AuditReadService
 from exchange.services.catalog import CatalogService
 from exchange.services.console import ConsoleAccess
@@ -196,8 +197,6 @@ class Console:
             raise
 
     async def record_refusal(self, viewer: Viewer, where: str, error: errors.ExchangeError) -> None:
-        from exchange.server.refusals import is_refusal  # the same rule as refused gRPC calls
-
         refusals = self.services.refusals
         if refusals is not None and is_refusal(error) and not error.exchange_id:
             error.recorded_as(await refusals.refused(viewer.principal, where, error))

@@ -45,8 +45,8 @@ async def _page(request: Request) -> Response:
     return await page(request)
 
 
-def _signed_in(console: Console, opened: Opened) -> Response:
-    response = see_other("/")
+def _signed_in(opened: Opened, response: Response) -> Response:
+    """``response`` with the new session's cookie (and the pre-session form token gone)."""
     seconds = int((opened.record.expires_at - opened.record.created_at).total_seconds())
     response.set_cookie(SESSION_COOKIE, opened.secret, max_age=seconds, secure=True, httponly=True, samesite="strict")
     response.delete_cookie(PRE_CSRF_COOKIE, secure=True, httponly=True, samesite="strict")
@@ -71,7 +71,7 @@ async def _with_certificate(request: Request) -> Response:
     except errors.ExchangeError as e:
         holder = await console.run(lambda: console.services.registry.authenticate(presented)) if presented else None
         return await _refused(request, holder, e)
-    return _signed_in(console, opened)
+    return _signed_in(opened, see_other("/"))
 
 
 async def _with_link(request: Request) -> Response:
@@ -81,12 +81,9 @@ async def _with_link(request: Request) -> Response:
         opened = await console.run(lambda: console.services.access.open_with_link(secret))
     except errors.ExchangeError as e:
         return await _refused(request, None, e)
-    response = console.render(request, None, "signed_in.html", who=opened.principal)
-    signed = _signed_in(console, opened)
-    for key, value in signed.raw_headers:
-        if key == b"set-cookie":
-            response.raw_headers.append((key, value))
-    return response
+    # A page that moves on to "/" itself: a redirect straight from a link opened elsewhere would carry the
+    # cross-site context, and the SameSite=Strict cookie would not be sent on the page it lands on.
+    return _signed_in(opened, console.render(request, None, "signed_in.html", who=opened.principal))
 
 
 async def _sign_out(request: Request) -> Response:
