@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from adapters.hosts import HostPolicy
-from exchange.backend import Backend
+from exchange.backend import Backend, Lane
 from exchange.errors import FieldViolation
 from exchange.models import BackendKind, Binding
 
@@ -42,6 +42,8 @@ class BackendContext:
     hosts: HostPolicy | None = None
     # Whether SQLite files may be bound (a path reads any file the hub can: test benches and the demo).
     allow_sqlite: bool = True
+    # The worker threads of the owning department, for adapters that block (SQL, files): see ``OnThreads``.
+    lane: Lane = field(default_factory=Lane)
 
     def host_problems(self, host: str) -> list[str]:
         return self.hosts.problems(host) if self.hosts is not None else []

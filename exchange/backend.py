@@ -1,20 +1,30 @@
 """What the hub asks of a departmental backend, whatever connects to it.
 
-The exchange service talks to every backend through ``Backend``; the connectors in ``adapters``
-implement it (SQL front-end database, gRPC provider, HTTP/JSON endpoint, file store). A backend
-returns only the fields asked for, with values of their declared types, or raises an
+The exchange service talks to every backend through ``Backend``, on the hub's event loop: a page is
+awaited, a stream is an async iterator of batches, a document an async iterator of chunks. The
+connectors in ``adapters`` implement it (SQL front-end database, gRPC provider, HTTP/JSON endpoint,
+file store). Those that can only block (a database driver, a file read) implement ``BlockingBackend``
+instead and are put behind ``OnThreads``, which runs each blocking step on a worker thread of their
+department's ``Lane``: a backend that hangs holds only its department's threads.
+
+A backend returns only the fields asked for, with values of their declared types, or raises an
 ``ExchangeError`` that names the provider and never its internals (see ``adapters.base``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from exchange.errors import Unavailable
 from exchange.models import ResourceSpec
+from exchange.v1 import data_pb2
 
 Row = dict[str, object]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -32,47 +42,169 @@ class FetchRequest:
     exchange_id: str = ""
 
 
-def _nothing() -> None:
+@dataclass(frozen=True)
+class Records:
+    """A batch of a stream still in wire form (a gRPC provider's), checked against the declaration.
+
+    The hub passes such records on as they are, masked in place, instead of converting them twice.
+    """
+
+    items: list[data_pb2.Record]
+
+
+# One batch of a stream: rows, or records already in wire form.
+Batch = list[Row] | Records
+
+
+async def _nothing() -> None:
     return None
 
 
 @dataclass
 class Document:
-    """A document being read: what it is, and its bytes as an iterator of chunks.
+    """A document being read: what it is, and its bytes as an async iterator of chunks.
 
-    ``close`` stops reading early (the consumer went away) and releases what the backend holds.
+    ``aclose`` stops reading early (the consumer went away) and releases what the backend holds.
     """
 
     name: str
     media_type: str
     size: int  # 0 when the backend does not know it in advance
-    chunks: Iterator[bytes]
-    close: Callable[[], None] = field(default=_nothing)
+    chunks: AsyncIterator[bytes]
+    aclose: Callable[[], Awaitable[None]] = field(default=_nothing)
 
 
 class Backend(Protocol):
-    """A connector to one department's backend, made from a resource's binding.
-
-    Two optional methods let a backend do better, and the exchange service uses them when present:
-    ``async fetch_async(request)`` (a page fetched on the hub's event loop, holding no worker thread)
-    and ``stream_records(request, batch_size)`` (batches of ``exchange.v1.Record`` passed on as they
-    are, checked and masked in place, instead of rows converted twice). The gRPC backend has both.
-    """
+    """A connector to one department's backend, made from a resource's binding; used on the event loop."""
 
     name: str
 
-    def fetch(self, request: FetchRequest) -> list[Row]:
-        """At most ``request.limit`` rows after ``request.offset``."""
+    async def fetch(self, request: FetchRequest) -> list[Row]:
+        """At most ``request.limit`` rows after ``request.offset``, within ``request.timeout_seconds``."""
         ...
 
-    def stream(self, request: FetchRequest, batch_size: int) -> Iterator[list[Row]]:
-        """All matching rows in batches; closing the iterator cancels the backend's work."""
+    def stream(self, request: FetchRequest, batch_size: int) -> AsyncIterator[Batch]:
+        """All matching rows in batches of at most ``batch_size``, each within ``request.timeout_seconds``.
+
+        An async generator: ``aclose()`` on it cancels the backend's work.
+        """
         ...
 
-    def document(self, request: FetchRequest) -> Document:
+    async def document(self, request: FetchRequest) -> Document:
         """The one document the filters name."""
         ...
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Releases connections; the backend is not used afterwards."""
         ...
+
+
+def _close_nothing() -> None:
+    return None
+
+
+@dataclass
+class BlockingDocument:
+    """``Document`` for a blocking backend: chunks from a plain iterator, ``close`` a plain call."""
+
+    name: str
+    media_type: str
+    size: int
+    chunks: Iterator[bytes]
+    close: Callable[[], None] = field(default=_close_nothing)
+
+
+class BlockingBackend(Protocol):
+    """A connector that blocks (a database driver, a file read): run by ``OnThreads``, never on the loop."""
+
+    name: str
+
+    def fetch(self, request: FetchRequest) -> list[Row]: ...
+
+    def stream(self, request: FetchRequest, batch_size: int) -> Generator[list[Row], None, None]:
+        """Closing the generator cancels the backend's work."""
+        ...
+
+    def document(self, request: FetchRequest) -> BlockingDocument: ...
+
+    def close(self) -> None: ...
+
+
+class Lane:
+    """The worker threads one department's blocking backends may hold at once (a bulkhead).
+
+    A step beyond the limit waits for a slot on the event loop, holding no thread, for at most the
+    backend's own timeout, then fails with UNAVAILABLE naming the provider.
+    """
+
+    def __init__(self, threads: int = 16) -> None:
+        self.threads = max(1, threads)
+        self._slots = asyncio.Semaphore(self.threads)
+
+    async def run(self, provider: str, wait: float, work: Callable[[], T]) -> T:
+        """``work`` on a worker thread, on one of this lane's slots."""
+        try:
+            async with asyncio.timeout(wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise Unavailable(
+                f"the backend {provider} is not keeping up: {self.threads} calls have held it "
+                f"for over {wait:g} s; try again shortly"
+            ) from None
+        # The slot is the thread's: it is given back when the thread is done, not when a caller that left
+        # stops waiting for it (the thread may still be blocked in the backend).
+        running = asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, work)
+        running.add_done_callback(self._release)
+        return await asyncio.shield(running)
+
+    def _release(self, finished: asyncio.Future[object]) -> None:
+        self._slots.release()
+        if not finished.cancelled():
+            finished.exception()  # looked at: a caller that left does not want it logged as unretrieved
+
+
+class OnThreads:
+    """A ``BlockingBackend`` as a ``Backend``: each blocking step on a thread of its department's lane."""
+
+    def __init__(self, backend: BlockingBackend, lane: Lane) -> None:
+        self._backend = backend
+        self._lane = lane
+        self.name = backend.name
+
+    async def fetch(self, request: FetchRequest) -> list[Row]:
+        return await self._lane.run(self.name, request.timeout_seconds, lambda: self._backend.fetch(request))
+
+    async def stream(self, request: FetchRequest, batch_size: int) -> AsyncIterator[Batch]:
+        wait = request.timeout_seconds
+        batches = await self._lane.run(self.name, wait, lambda: self._backend.stream(request, batch_size))
+        try:
+            while (batch := await self._lane.run(self.name, wait, lambda: next(batches, None))) is not None:
+                yield batch
+        finally:
+            await _close_quietly(batches.close)
+
+    async def document(self, request: FetchRequest) -> Document:
+        wait = request.timeout_seconds
+        opened = await self._lane.run(self.name, wait, lambda: self._backend.document(request))
+        return Document(opened.name, opened.media_type, opened.size, self._chunks(opened, wait), self._closer(opened))
+
+    async def _chunks(self, opened: BlockingDocument, wait: float) -> AsyncIterator[bytes]:
+        while (data := await self._lane.run(self.name, wait, lambda: next(opened.chunks, None))) is not None:
+            yield data
+
+    def _closer(self, opened: BlockingDocument) -> Callable[[], Awaitable[None]]:
+        async def aclose() -> None:
+            await _close_quietly(opened.close)
+
+        return aclose
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._backend.close)
+
+
+async def _close_quietly(close: Callable[[], object]) -> None:
+    """Closes a blocking iterator or document; one still running a step in a worker thread is left to finish."""
+    try:
+        await asyncio.to_thread(close)
+    except ValueError:  # "generator already executing": the worker thread's step ends it when it returns
+        return
