@@ -12,18 +12,33 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 from exchange import values
-from exchange.backend import Backend, Document, FetchRequest, Row
+from exchange.backend import (
+    Backend,
+    Batch,
+    BlockingBackend,
+    BlockingDocument,
+    Document,
+    FetchRequest,
+    OnThreads,
+    Records,
+    Row,
+)
 from exchange.errors import DeadlineExceeded, FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
 from exchange.models import FieldType, ResourceSpec
 from exchange.v1 import data_pb2
 
 __all__ = [
     "Backend",
+    "Batch",
+    "BlockingBackend",
+    "BlockingDocument",
     "Document",
     "FetchRequest",
+    "OnThreads",
     "ProviderContractError",
     "ProviderTimeout",
     "ProviderUnavailable",
+    "Records",
     "Row",
     "Unsupported",
     "checked_filters",

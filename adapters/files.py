@@ -22,14 +22,14 @@ import stat
 import string
 import threading
 import unicodedata
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from adapters import options as opt
-from adapters.base import Document, FetchRequest, ProviderUnavailable, Row, Unsupported, checked_filters
+from adapters.base import BlockingDocument, FetchRequest, ProviderUnavailable, Row, Unsupported, checked_filters
 from adapters.factory import BackendContext
-from exchange.backend import Backend
+from exchange.backend import Backend, OnThreads
 from exchange.errors import FieldViolation, InvalidArgument, NotFound
 from exchange.models import Binding
 
@@ -67,10 +67,10 @@ class FileAdapter:
     def fetch(self, request: FetchRequest) -> list[Row]:
         raise Unsupported(self.name, "records")
 
-    def stream(self, request: FetchRequest, batch_size: int) -> Iterator[list[Row]]:
+    def stream(self, request: FetchRequest, batch_size: int) -> Generator[list[Row], None, None]:
         raise Unsupported(self.name, "records")
 
-    def document(self, request: FetchRequest) -> Document:
+    def document(self, request: FetchRequest) -> BlockingDocument:
         """The document the filters name; NotFound when it is absent or lies outside the root."""
         relative = self._name(request)
         path = os.path.realpath(os.path.join(self._root, relative))
@@ -79,7 +79,7 @@ class FileAdapter:
         fd, size = self._open(os.path.relpath(path, self._root), relative)
         reader = _Reader(self.name, fd, size)
         media_type = self.binding.media_type or mimetypes.guess_type(relative)[0] or DEFAULT_MEDIA_TYPE
-        return Document(os.path.basename(relative), media_type, size, reader.chunks(), reader.close)
+        return BlockingDocument(os.path.basename(relative), media_type, size, reader.chunks(), reader.close)
 
     def close(self) -> None:
         """Nothing is held between documents; each document closes its own file."""
@@ -278,4 +278,4 @@ def open(name: str, binding: Binding, context: BackendContext) -> Backend:
         raise InvalidArgument.of(violations)
     o = binding.options
     files = FileBinding(str(o["root"]), str(o["name_template"]), str(o.get("media_type") or ""))
-    return FileAdapter(name, files)
+    return OnThreads(FileAdapter(name, files), context.lane)

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections.abc import AsyncGenerator, Awaitable, Generator, Iterable, Iterator, Mapping
-from functools import partial
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from typing import Protocol, TypeVar, cast
 
 import grpc
 
 from adapters import options as opt
 from adapters.base import (
+    Batch,
     Document,
     FetchRequest,
     ProviderContractError,
     ProviderTimeout,
     ProviderUnavailable,
+    Records,
     Row,
     checked_filters,
     checked_records,
@@ -43,9 +43,20 @@ log = logging.getLogger(__name__)
 
 MAX_RECEIVE = 16 << 20
 MAX_SEND = 4 << 20
-T = TypeVar("T")
+M_co = TypeVar("M_co", covariant=True)
 # What a grpc.aio stream's read() answers at its end (missing from the type stubs).
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+M = TypeVar("M")
+
+
+class _Stream(Protocol[M_co]):
+    """What the hub uses of a grpc.aio server-streaming call."""
+
+    async def read(self) -> M_co | object: ...
+
+    def cancel(self) -> bool: ...
 
 
 def check(options: Mapping[str, object], context: BackendContext) -> list[FieldViolation]:
@@ -108,205 +119,125 @@ def open(name: str, binding: Binding, context: BackendContext) -> Backend:
     return GrpcBackend(name, target, str(binding.options["system_code"]), context.tls)
 
 
-class _Cancellable(Protocol):
-    def cancel(self) -> bool: ...
-
-
-def _cancel(call: _Cancellable) -> None:
-    call.cancel()
-
-
-class _Watchdog:
-    """Cancels a call when no message arrives within ``seconds``; ``fired`` tells a timeout from other ends."""
-
-    def __init__(self, call: _Cancellable, seconds: float) -> None:
-        self._call = call
-        self._seconds = seconds
-        self.fired = threading.Event()
-
-    def watch(self, messages: Iterable[T]) -> Iterator[T]:
-        """The messages; the clock runs only while waiting for the next one, not while the caller works."""
-        iterator = iter(messages)
-        while True:
-            timer = threading.Timer(self._seconds, self._expire)
-            timer.daemon = True
-            timer.start()
-            try:
-                message = next(iterator)
-            except StopIteration:
-                return
-            finally:
-                timer.cancel()
-            yield message
-
-    def _expire(self) -> None:
-        self.fired.set()
-        self._call.cancel()
-
-
 class GrpcBackend:
-    """One provider service, reached over one mutual-TLS channel that only the named system can answer."""
+    """One provider service, reached over one mutual-TLS channel that only the named system can answer.
+
+    Every call is made on the hub's event loop (grpc.aio): no worker thread is held while a provider
+    answers, however long it hangs; each message must come within ``request.timeout_seconds``.
+    """
 
     def __init__(self, name: str, target: str, system_code: str, tls: ClientTls) -> None:
         self.name = name
-        credentials = grpc.ssl_channel_credentials(
+        self._credentials = grpc.ssl_channel_credentials(
             root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.certificate
         )
-        options = [
+        self._options = [
             ("grpc.ssl_target_name_override", pki.provider_hostname(system_code)),
             ("grpc.max_receive_message_length", MAX_RECEIVE),
             ("grpc.max_send_message_length", MAX_SEND),
         ]
-        self._channel = grpc.secure_channel(target, credentials, options=options)
-        self._stub = provider_pb2_grpc.ProviderServiceStub(self._channel)
-        self._target, self._credentials, self._options = target, credentials, options
-        # A grpc.aio channel for lookups from the hub's event loop, made there on first use.
+        self._target = target
+        # The channel of the event loop that uses it, made there on first use.
         self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, provider_pb2_grpc.ProviderServiceStub] | None = (
             None
         )
 
-    async def fetch_async(self, request: FetchRequest) -> list[Row]:
-        """``fetch`` on the caller's event loop: no worker thread is held while the provider answers."""
+    async def fetch(self, request: FetchRequest) -> list[Row]:
+        """At most ``request.limit`` rows, the whole call within ``request.timeout_seconds``."""
         checked_filters(request)
         if request.limit <= 0:
             return []
         try:
-            call = self._aio_stub().Lookup(self._wire(request, request.limit), timeout=request.timeout_seconds)
+            call = self._stub().Lookup(self._wire(request, request.limit), timeout=request.timeout_seconds)
             answer = await cast("Awaitable[provider_pb2.ProviderBatch]", call)
         except grpc.aio.AioRpcError as e:
             raise self._failure(e) from None
         rows = [self._row(r) for r in answer.records[: request.limit]]
         return checked_rows(self.name, request.resource, request.fields, rows)
 
-    def _aio_stub(self) -> provider_pb2_grpc.ProviderServiceStub:
-        """The stub of the grpc.aio channel of the running event loop, made on first use."""
+    def _stub(self) -> provider_pb2_grpc.ProviderServiceStub:
+        """The stub of the channel of the running event loop, made on first use."""
         loop = asyncio.get_running_loop()
         if self._aio is None or self._aio[0] is not loop:
             channel = grpc.aio.secure_channel(self._target, self._credentials, options=self._options)
             self._aio = (loop, channel, provider_pb2_grpc.ProviderServiceStub(channel))
         return self._aio[2]
 
-    async def stream_records_async(
-        self, request: FetchRequest, batch_size: int
-    ) -> AsyncGenerator[list[data_pb2.Record], None]:
-        """``stream_records`` on the caller's event loop: no worker thread is held while the provider is awaited,
-        however long it hangs; each message must come within ``request.timeout_seconds``."""
+    async def stream(self, request: FetchRequest, batch_size: int) -> AsyncGenerator[Batch, None]:
+        """The provider's records in batches of ``batch_size``, checked and left in wire form for the hub."""
         checked_filters(request)
         types = {i.name: i.type for i in request.resource.data_items if i.name in request.fields}
         size = max(1, batch_size)
-        call = cast(
-            "grpc.aio.UnaryStreamCall[provider_pb2.ProviderFetchRequest, provider_pb2.ProviderBatch]",
-            self._aio_stub().Fetch(self._wire(request, 0)),
-        )
+        call = cast("_Stream[provider_pb2.ProviderBatch]", self._stub().Fetch(self._wire(request, 0)))
         pending: list[data_pb2.Record] = []
         try:
-            while True:
-                try:
-                    message = await asyncio.wait_for(call.read(), request.timeout_seconds)
-                except TimeoutError:
-                    log.warning("the provider %s sent nothing for %ss", self.name, request.timeout_seconds)
-                    raise ProviderTimeout(self.name) from None
-                if message is _EOF:
-                    break
-                pending.extend(cast(provider_pb2.ProviderBatch, message).records)
+            while (message := await self._next(call, request.timeout_seconds)) is not None:
+                pending.extend(message.records)
                 while len(pending) >= size:
                     ready, pending = pending[:size], pending[size:]
-                    yield await asyncio.to_thread(checked_records, self.name, types, ready)
+                    yield Records(await asyncio.to_thread(checked_records, self.name, types, ready))
             if pending:
-                yield await asyncio.to_thread(checked_records, self.name, types, pending)
+                yield Records(await asyncio.to_thread(checked_records, self.name, types, pending))
         except grpc.aio.AioRpcError as e:
             raise self._failure(e) from None
         finally:
             call.cancel()
 
-    def fetch(self, request: FetchRequest) -> list[Row]:
-        """At most ``request.limit`` rows, the whole call within ``request.timeout_seconds``."""
-        checked_filters(request)
-        if request.limit <= 0:
-            return []
+    async def _next(self, call: _Stream[M], timeout: float) -> M | None:
+        """The stream's next message within ``timeout`` seconds; None at its end."""
         try:
-            answer = self._stub.Lookup(self._wire(request, request.limit), timeout=request.timeout_seconds)
-        except grpc.RpcError as e:
-            raise self._failure(e) from None
-        rows = [self._row(r) for r in answer.records[: request.limit]]
-        return checked_rows(self.name, request.resource, request.fields, rows)
+            message = await asyncio.wait_for(call.read(), timeout)
+        except TimeoutError:
+            log.warning("the provider %s sent nothing for %ss", self.name, timeout)
+            raise ProviderTimeout(self.name) from None
+        return None if message is _EOF else cast("M", message)
 
-    def stream(self, request: FetchRequest, batch_size: int) -> Generator[list[Row], None, None]:
-        """All matching rows in batches of ``batch_size``; closing the iterator cancels the provider's work."""
-        checked_filters(request)
-        return self._stream(request, max(1, batch_size))
-
-    def _stream(self, request: FetchRequest, batch_size: int) -> Generator[list[Row], None, None]:
-        for records in self._records(request, batch_size):
-            yield checked_rows(self.name, request.resource, request.fields, [self._row(r) for r in records])
-
-    def stream_records(self, request: FetchRequest, batch_size: int) -> Generator[list[data_pb2.Record], None, None]:
-        """``stream`` without leaving the wire form: the provider's records, checked, for the hub to pass on."""
-        checked_filters(request)
-        types = {i.name: i.type for i in request.resource.data_items if i.name in request.fields}
-        for records in self._records(request, max(1, batch_size)):
-            yield checked_records(self.name, types, records)
-
-    def _records(self, request: FetchRequest, batch_size: int) -> Generator[list[data_pb2.Record], None, None]:
-        call = self._stub.Fetch(self._wire(request, 0))
-        watchdog = _Watchdog(call, request.timeout_seconds)
-        pending: list[data_pb2.Record] = []
-        try:
-            for batch in watchdog.watch(call):
-                pending.extend(batch.records)
-                while len(pending) >= batch_size:
-                    ready, pending = pending[:batch_size], pending[batch_size:]
-                    yield ready
-            if pending:
-                yield pending
-        except grpc.RpcError as e:
-            raise self._failure(e, watchdog.fired.is_set()) from None
-        finally:
-            _cancel(call)
-
-    def document(self, request: FetchRequest) -> Document:
+    async def document(self, request: FetchRequest) -> Document:
         """The document the filters name; each chunk within ``request.timeout_seconds``."""
         checked_filters(request)
-        call = self._stub.FetchDocument(self._wire(request, 0))
-        watchdog = _Watchdog(call, request.timeout_seconds)
-        chunks = watchdog.watch(call)
+        code, wait = request.resource.code, request.timeout_seconds
+        call = cast("_Stream[provider_pb2.ProviderChunk]", self._stub().FetchDocument(self._wire(request, 0)))
         try:
-            first = next(chunks)
-        except StopIteration:
-            raise ProviderContractError(self.name, "the document stream was empty") from None
-        except grpc.RpcError as e:
-            _cancel(call)
-            raise self._failure(e, watchdog.fired.is_set(), request.resource.code) from None
+            first = await self._next(call, wait)
+        except grpc.aio.AioRpcError as e:
+            call.cancel()
+            raise self._failure(e, code) from None
+        except ExchangeError:
+            call.cancel()
+            raise
+        if first is None:
+            raise ProviderContractError(self.name, "the document stream was empty")
         if not _is_file_name(first.name):
-            _cancel(call)
+            call.cancel()
             raise ProviderContractError(self.name, "the document's name is not a plain file name")
-        data = self._data(first, chunks, call, watchdog, request.resource.code)
-        return Document(first.name, first.media_type, max(first.size, 0), data, close=partial(_cancel, call))
 
-    def _data(
-        self,
-        first: provider_pb2.ProviderChunk,
-        rest: Iterator[provider_pb2.ProviderChunk],
-        call: _Cancellable,
-        watchdog: _Watchdog,
-        code: str,
-    ) -> Iterator[bytes]:
+        async def aclose() -> None:
+            call.cancel()
+
+        data = self._data(first, call, wait, code)
+        return Document(first.name, first.media_type, max(first.size, 0), data, aclose)
+
+    async def _data(
+        self, first: provider_pb2.ProviderChunk, call: _Stream[provider_pb2.ProviderChunk], wait: float, code: str
+    ) -> AsyncGenerator[bytes, None]:
         try:
             if first.data:
                 yield first.data
-            for chunk in rest:
+            while (chunk := await self._next(call, wait)) is not None:
                 if chunk.data:
                     yield chunk.data
-        except grpc.RpcError as e:
-            raise self._failure(e, watchdog.fired.is_set(), code) from None
+        except grpc.aio.AioRpcError as e:
+            raise self._failure(e, code) from None
         finally:
-            _cancel(call)
+            call.cancel()
 
-    def close(self) -> None:
-        self._channel.close()
+    async def aclose(self) -> None:
         if self._aio is not None:
             loop, channel, _ = self._aio
-            if not loop.is_closed():
+            self._aio = None
+            if loop is asyncio.get_running_loop():
+                await channel.close(None)
+            elif not loop.is_closed():
                 loop.call_soon_threadsafe(lambda: loop.create_task(channel.close(None)))
 
     def _wire(self, request: FetchRequest, limit: int) -> provider_pb2.ProviderFetchRequest:
@@ -329,11 +260,11 @@ class GrpcBackend:
         except BadValue:
             raise ProviderContractError(self.name, "a record holds a malformed decimal or date") from None
 
-    def _failure(self, error: grpc.RpcError, timed_out: bool = False, document: str = "") -> ExchangeError:
+    def _failure(self, error: grpc.aio.AioRpcError, document: str = "") -> ExchangeError:
         """The caller's view of a failed call; the provider's own words go to the hub's log only."""
         code = error.code()
         log.warning("the provider %s answered %s: %s", self.name, code, error.details())
-        if timed_out or code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             return ProviderTimeout(self.name)
         if document and code is grpc.StatusCode.NOT_FOUND:
             return NotFound("document", document)

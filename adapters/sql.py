@@ -10,7 +10,7 @@ name the provider, never the database's own message.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, MetaData, Select, Table, create_engin
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from adapters.base import (
-    Document,
+    BlockingDocument,
     FetchRequest,
     ProviderContractError,
     ProviderTimeout,
@@ -81,7 +81,7 @@ class SqlAdapter:
             rows = self._rows(connection, query)
         return checked_rows(self.name, request.resource, request.fields, rows)
 
-    def stream(self, request: FetchRequest, batch_size: int) -> Iterator[list[Row]]:
+    def stream(self, request: FetchRequest, batch_size: int) -> Generator[list[Row], None, None]:
         """Batches read through a server-side cursor; each batch within the timeout."""
         query = self._query(request)
         with self._connection(request.timeout_seconds) as connection:
@@ -98,7 +98,7 @@ class SqlAdapter:
             except DBAPIError:
                 raise ProviderUnavailable(self.name) from None
 
-    def document(self, request: FetchRequest) -> Document:
+    def document(self, request: FetchRequest) -> BlockingDocument:
         raise Unsupported(self.name, "documents")
 
     def close(self) -> None:

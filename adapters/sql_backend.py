@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from adapters import options as opt
-from adapters.base import ProviderUnavailable
+from adapters.base import OnThreads, ProviderUnavailable
 from adapters.factory import BackendContext
 from adapters.sql import DEFAULT_MAX_ROWS, SqlAdapter, SqlBinding
 from exchange.backend import Backend
@@ -87,7 +87,7 @@ def open(name: str, binding: Binding, context: BackendContext) -> Backend:
     address = _vetted_address(name, url, context) if url.startswith("postgresql") else ""
     max_rows = binding.max_rows or DEFAULT_MAX_ROWS
     sql = SqlBinding(url, str(o["table"]), dict(o.get("columns") or {}), max_rows, address)  # type: ignore[call-overload]
-    return SqlAdapter(name, sql)
+    return OnThreads(SqlAdapter(name, sql), context.lane)
 
 
 def _vetted_address(name: str, url: str, context: BackendContext) -> str:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from exchange.errors import Unavailable
 from exchange.models import ResourceSpec
@@ -64,14 +64,15 @@ async def _nothing() -> None:
 class Document:
     """A document being read: what it is, and its bytes as an async iterator of chunks.
 
-    ``aclose`` stops reading early (the consumer went away) and releases what the backend holds.
+    ``aclose`` stops reading early (the consumer went away) and releases what the backend holds; the
+    exchange calls it, after closing ``chunks``, however the document ends.
     """
 
     name: str
     media_type: str
     size: int  # 0 when the backend does not know it in advance
-    chunks: AsyncIterator[bytes]
-    aclose: Callable[[], Awaitable[None]] = field(default=_nothing)
+    chunks: AsyncGenerator[bytes, None]
+    aclose: Callable[[], Coroutine[Any, Any, None]] = field(default=_nothing)
 
 
 class Backend(Protocol):
@@ -83,7 +84,7 @@ class Backend(Protocol):
         """At most ``request.limit`` rows after ``request.offset``, within ``request.timeout_seconds``."""
         ...
 
-    def stream(self, request: FetchRequest, batch_size: int) -> AsyncIterator[Batch]:
+    def stream(self, request: FetchRequest, batch_size: int) -> AsyncGenerator[Batch, None]:
         """All matching rows in batches of at most ``batch_size``, each within ``request.timeout_seconds``.
 
         An async generator: ``aclose()`` on it cancels the backend's work.
@@ -157,7 +158,7 @@ class Lane:
         running.add_done_callback(self._release)
         return await asyncio.shield(running)
 
-    def _release(self, finished: asyncio.Future[object]) -> None:
+    def _release(self, finished: asyncio.Future[Any]) -> None:
         self._slots.release()
         if not finished.cancelled():
             finished.exception()  # looked at: a caller that left does not want it logged as unretrieved
@@ -174,7 +175,7 @@ class OnThreads:
     async def fetch(self, request: FetchRequest) -> list[Row]:
         return await self._lane.run(self.name, request.timeout_seconds, lambda: self._backend.fetch(request))
 
-    async def stream(self, request: FetchRequest, batch_size: int) -> AsyncIterator[Batch]:
+    async def stream(self, request: FetchRequest, batch_size: int) -> AsyncGenerator[Batch, None]:
         wait = request.timeout_seconds
         batches = await self._lane.run(self.name, wait, lambda: self._backend.stream(request, batch_size))
         try:
@@ -188,11 +189,11 @@ class OnThreads:
         opened = await self._lane.run(self.name, wait, lambda: self._backend.document(request))
         return Document(opened.name, opened.media_type, opened.size, self._chunks(opened, wait), self._closer(opened))
 
-    async def _chunks(self, opened: BlockingDocument, wait: float) -> AsyncIterator[bytes]:
+    async def _chunks(self, opened: BlockingDocument, wait: float) -> AsyncGenerator[bytes, None]:
         while (data := await self._lane.run(self.name, wait, lambda: next(opened.chunks, None))) is not None:
             yield data
 
-    def _closer(self, opened: BlockingDocument) -> Callable[[], Awaitable[None]]:
+    def _closer(self, opened: BlockingDocument) -> Callable[[], Coroutine[Any, Any, None]]:
         async def aclose() -> None:
             await _close_quietly(opened.close)
 

@@ -2,12 +2,15 @@
 
 Each mask keeps only what a grant allows to be seen: an ID number its first 6 and last 4 characters
 (the usual mask for 公民身份号码), a name its family name (first character), a phone number its last 4
-digits, FULL nothing. Masking is applied to text; other values are masked as their text.
+digits, FULL nothing. Masking is applied to text; other values are masked as their text. This module is
+the one place masks are applied: to rows (``apply``) and to records still in wire form (``mask_record``).
 """
 
 from __future__ import annotations
 
+from exchange import values
 from exchange.models import MaskKind
+from exchange.v1 import data_pb2
 
 MASK_CHAR = "*"
 
@@ -39,3 +42,21 @@ def apply(
     """Only the granted fields of ``row``, each masked as the grant says."""
     how = dict(masks)
     return {f: mask(row.get(f), how.get(f, MaskKind.NONE)) for f in fields}
+
+
+def mask_record(record: data_pb2.Record, masks: tuple[tuple[str, MaskKind], ...]) -> data_pb2.Record:
+    """``apply`` for a record still in wire form: the masked fields replaced, in place, by their masked text.
+
+    The record holds only the fields asked for (the provider's answer is checked first); nulls stay null.
+    """
+    fields = record.fields
+    for name, kind in masks:
+        if name not in fields or kind is MaskKind.NONE:
+            continue
+        value = fields[name]
+        which = value.WhichOneof("kind")
+        if which == "string_value":
+            value.string_value = str(mask(value.string_value, kind))
+        elif which is not None:
+            value.string_value = str(mask(values.from_wire(value), kind))  # setting the text clears the other kind
+    return record

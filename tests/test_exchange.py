@@ -16,7 +16,7 @@ from audit.note import Verifier
 from exchange import models as m
 from exchange import pki, values
 from exchange.errors import Unavailable
-from exchange.services.exchange import Ask, _page
+from exchange.services.exchange import Ask, query_page
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
@@ -335,7 +335,7 @@ def test_forged_page_tokens_and_backend_bugs_are_contained(world: World, monkeyp
     stub = world.exchange()
     ask = Ask(IDENTITY, PURPOSE, {"household": "8"}, ("id_number",))
     for after in ("abc", "-5", "9" * 30):  # well-formed for this query, but not an offset the hub issued
-        token = _page(ask, 100, "").token_after(after)
+        token = query_page(ask, 100, "").token_after(after)
         request = query(IDENTITY, {"household": "8"}, ["id_number"], page_size=100, page_token=token)
         assert "page_token" in violations(fails(grpc.StatusCode.INVALID_ARGUMENT, stub.Query, request))
     stub.Query(query(IDENTITY, {"id_number": ID_NUMBER}, ["name"]), timeout=20)  # opens the backend

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent import futures
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -17,7 +18,16 @@ import grpc
 import pytest
 
 from adapters import grpc_backend
-from adapters.base import FetchRequest, ProviderContractError, ProviderTimeout, ProviderUnavailable, Row
+from adapters.base import (
+    Backend,
+    BlockingDocument,
+    FetchRequest,
+    ProviderContractError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    Records,
+    Row,
+)
 from adapters.examples import housing
 from adapters.factory import BackendContext, ClientTls
 from adapters.grpc_backend import GrpcBackend
@@ -26,7 +36,7 @@ from exchange import models as m
 from exchange import pki
 from exchange.errors import NotFound
 from exchange.v1 import data_pb2, provider_pb2, provider_pb2_grpc
-from exchange.values import to_wire
+from exchange.values import record_from_wire, to_wire
 from tests.harness import HOUSING, identity_spec
 
 SYSTEM = "zj-wqba"
@@ -100,16 +110,61 @@ def serving(certs: Pki) -> Iterator[Serve]:
         server.stop(grace=None).wait()
 
 
-Connect = Callable[..., GrpcBackend]
+class Blocking:
+    """The hub's (async) gRPC backend driven from a test, one event loop per test: each call awaited to its end.
+
+    Stream batches, which the backend leaves in wire form, are read back as rows, as the hub's shaping does.
+    """
+
+    def __init__(self, backend: Backend, runner: asyncio.Runner) -> None:
+        self._backend = backend
+        self._run = runner.run
+
+    def fetch(self, request: FetchRequest) -> list[Row]:
+        return self._run(self._backend.fetch(request))
+
+    def stream(self, request: FetchRequest, batch_size: int) -> Generator[list[Row], None, None]:
+        batches = self._backend.stream(request, batch_size)
+        try:
+            while (batch := self._run(anext(batches, None))) is not None:
+                yield [record_from_wire(r) for r in batch.items] if isinstance(batch, Records) else batch
+        finally:
+            self._run(batches.aclose())
+
+    def document(self, request: FetchRequest) -> BlockingDocument:
+        opened = self._run(self._backend.document(request))
+
+        def chunks() -> Iterator[bytes]:
+            while (data := self._run(anext(opened.chunks, None))) is not None:
+                yield data
+
+        def close() -> None:
+            self._run(opened.chunks.aclose())
+            self._run(opened.aclose())
+
+        return BlockingDocument(opened.name, opened.media_type, opened.size, chunks(), close)
+
+    def close(self) -> None:
+        self._run(self._backend.aclose())
+
+
+Connect = Callable[..., Blocking]
 
 
 @pytest.fixture
-def connect(certs: Pki, serving: Serve) -> Iterator[Connect]:
-    """Makes the hub's backends for a port (as zj-wqba's, with the hub's certificate unless told); closes them."""
-    backends: list[GrpcBackend] = []
+def runner() -> Iterator[asyncio.Runner]:
+    with asyncio.Runner() as running:
+        yield running
 
-    def make(port: int, system: str = SYSTEM, tls: ClientTls | None = None) -> GrpcBackend:
-        backends.append(GrpcBackend("厦门市住房和建设局", f"127.0.0.1:{port}", system, tls or certs.hub))
+
+@pytest.fixture
+def connect(certs: Pki, serving: Serve, runner: asyncio.Runner) -> Iterator[Connect]:
+    """Makes the hub's backends for a port (as zj-wqba's, with the hub's certificate unless told); closes them."""
+    backends: list[Blocking] = []
+
+    def make(port: int, system: str = SYSTEM, tls: ClientTls | None = None) -> Blocking:
+        backend = GrpcBackend("厦门市住房和建设局", f"127.0.0.1:{port}", system, tls or certs.hub)
+        backends.append(Blocking(backend, runner))
         return backends[-1]
 
     yield make
@@ -462,10 +517,10 @@ def test_check_reports_bad_options(certs: Pki, options: dict[str, object], tls: 
     assert all(f.startswith(e) for f, e in zip(found, expected, strict=True))
 
 
-def test_open_makes_a_backend_from_a_binding(certs: Pki, serving: Serve) -> None:
+def test_open_makes_a_backend_from_a_binding(certs: Pki, serving: Serve, runner: asyncio.Runner) -> None:
     port = serving(_listing(2))
     binding = m.Binding(CONTRACTS.code, m.BackendKind.GRPC, {"target": f"127.0.0.1:{port}", "system_code": SYSTEM})
-    backend = grpc_backend.open("厦门市住房和建设局", binding, BackendContext(tls=certs.hub))
+    backend = Blocking(grpc_backend.open("厦门市住房和建设局", binding, BackendContext(tls=certs.hub)), runner)
     assert len(backend.fetch(_request())) == 2
     backend.close()
     with pytest.raises(ProviderUnavailable):  # no client certificate to present

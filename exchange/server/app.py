@@ -170,7 +170,7 @@ class Hub:
             allow_sqlite=settings.allow_sqlite_backends,
         )
         self.backends = BackendPool(
-            lambda name, b: factory.open_backend(name, b, self.backend_context),
+            lambda name, b, lane: factory.open_backend(name, b, replace(self.backend_context, lane=lane)),
             settings.backend_threads_per_department or max(1, settings.worker_threads // 2),
         )
         # What every call reads: certificate holders and catalog entries with their bindings.
@@ -605,7 +605,7 @@ class Hub:
             await asyncio.to_thread(self.listener.stop)
         if self.committer is not None:
             await asyncio.to_thread(self.committer.close)
-        await asyncio.to_thread(self.backends.close)
+        await self.backends.aclose()
         await asyncio.to_thread(self._give_back_quota)
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.stop)

@@ -1,0 +1,124 @@
+"""The shapes a call takes through the exchange: what was asked, the call, its plan, and what is answered."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from audit.records import AuditRecord
+from exchange.backend import Backend, Document, FetchRequest, Row
+from exchange.models import MaskKind, Principal, Resource, ShareMethod
+from exchange.services.verification import Ticket
+from exchange.v1 import data_pb2
+from policy.decision import Decision
+
+DOCUMENT_KINDS = (ShareMethod.DOCUMENT,)
+RECORD_KINDS = (ShareMethod.QUERY, ShareMethod.STREAM)
+
+# Who is calling: the caller's certificate read against the registry (raises for an unknown caller).
+Identify = Callable[[], Principal]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A consumer's question, as it came (filters still text)."""
+
+    resource_code: str
+    purpose: str
+    filters: Mapping[str, str]
+    fields: tuple[str, ...] = ()
+    provenance: bool = False
+
+
+@dataclass(frozen=True)
+class Call:
+    """The shape of one call: its id, what it does, which share methods it serves, its limits."""
+
+    exchange_id: str
+    action: str
+    methods: tuple[ShareMethod, ...]
+    deadline: float | None
+    page: tuple[int, str] | None = None
+    batch: int = 0
+
+    @property
+    def for_document(self) -> bool:
+        return self.methods is DOCUMENT_KINDS
+
+
+@dataclass
+class Plan:
+    """An allowed exchange, ready to fetch: the resource, its backend, the request, the decision, its record."""
+
+    resource: Resource
+    backend: Backend
+    request: FetchRequest
+    decision: Decision
+    record: AuditRecord
+    started: float = field(default_factory=time.monotonic)
+    # A lookup filtered on a masked item: its reserved miss, given back if it finds a record.
+    ticket: Ticket | None = None
+
+    @property
+    def department(self) -> str:
+        return self.resource.spec.department_code
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """What left the hub: the fields, their masks, and the grant that allowed it."""
+
+    fields: tuple[str, ...]
+    masks: tuple[tuple[str, MaskKind], ...]
+    grant_id: str
+
+    @classmethod
+    def of(cls, plan: Plan) -> Disclosure:
+        return cls(plan.request.fields, plan.decision.masks, plan.decision.grant_id)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    exchange_id: str
+    rows: list[Row]
+    next_page_token: str
+    disclosure: Disclosure
+    provenance: str = ""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One part of a stream: rows (or records already in wire form), or (last) the total and the provenance."""
+
+    exchange_id: str
+    rows: list[Row]
+    disclosure: Disclosure | None = None
+    last: bool = False
+    total: int = 0
+    provenance: str = ""
+    records: list[data_pb2.Record] | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One part of a document: its description first, its digest last."""
+
+    exchange_id: str
+    data: bytes = b""
+    document: Document | None = None
+    last: bool = False
+    sha256: bytes = b""
+    total: int = 0
+    provenance: str = ""
+
+
+def new_exchange_id() -> str:
+    """A unique, unguessable id: "EX" and 26 hex digits, time-ordered by its first 10."""
+    return f"EX{int(time.time() * 1000):010x}{uuid.uuid4().hex[:16]}"
+
+
+def provider_name(resource: Resource) -> str:
+    """How errors name a provider: the owning department, never its backend's internals."""
+    return f"of department {resource.spec.department_code} ({resource.spec.code})"

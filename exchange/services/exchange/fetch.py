@@ -1,0 +1,125 @@
+"""Fetch: the backends, one open per binding version, and every call to them timed, counted and contained.
+
+A backend's own failure (an exception that is not the hub's error) is logged with a reference and
+becomes UNAVAILABLE for the caller: its text never leaves the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TypeVar
+
+from exchange.backend import Backend, Batch, Document, Lane, Row
+from exchange.errors import ExchangeError, FailedPrecondition, PermissionDenied, ResourceExhausted, Unavailable
+from exchange.models import Binding, Resource
+from exchange.services.exchange.answers import Plan, provider_name
+from exchange.services.exchange.observer import Observer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Opens a backend: the provider's name for errors, the binding, and the department's lane for blocking work.
+Opener = Callable[[str, Binding, Lane], Backend]
+
+
+class BackendPool:
+    """One open backend per binding version, shared by all calls; a replaced version is closed.
+
+    It is also a bulkhead: one department's blocking backends may hold at most ``threads_per_department``
+    worker threads at once (its ``Lane``); backends that answer on the event loop hold none.
+    """
+
+    def __init__(self, opener: Opener, threads_per_department: int = 16) -> None:
+        self._opener = opener
+        self._open: dict[str, tuple[int, Backend]] = {}
+        self._lock = threading.Lock()
+        self._threads = max(1, threads_per_department)
+        self._lanes: dict[str, Lane] = {}
+        self._retired: list[Backend] = []
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def lane(self, department: str) -> Lane:
+        with self._lock:
+            return self._lanes.setdefault(department, Lane(self._threads))
+
+    def get(self, resource: Resource, binding: Binding) -> Backend:
+        """The open backend of ``binding``'s version (called from worker threads); a replaced one is retired."""
+        with self._lock:
+            held = self._open.get(binding.resource_code)
+            if held is not None and held[0] == binding.version:
+                return held[1]
+        backend = self._opener(provider_name(resource), binding, self.lane(resource.spec.department_code))
+        with self._lock:
+            replaced = self._open.get(binding.resource_code)
+            self._open[binding.resource_code] = (binding.version, backend)
+            if replaced is not None:
+                self._retired.append(replaced[1])
+        return backend
+
+    def close_retired(self) -> None:
+        """On the event loop: closes the backends a newer binding replaced (a call still using one fails)."""
+        if not self._retired:
+            return
+        with self._lock:
+            retired, self._retired = self._retired, []
+        loop = asyncio.get_running_loop()
+        for backend in retired:
+            task = loop.create_task(backend.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            held, self._open = [b for _, b in self._open.values()] + self._retired, {}
+            self._retired = []
+        for backend in held:
+            await backend.aclose()
+
+
+class Provider:
+    """Calls to a plan's backend: timed for the metrics, failures counted by kind and contained."""
+
+    def __init__(self, observer: Observer) -> None:
+        self._observer = observer
+
+    async def rows(self, plan: Plan) -> list[Row]:
+        return await self._timed(plan, plan.backend.fetch(plan.request))
+
+    async def document(self, plan: Plan) -> Document:
+        return await self._timed(plan, plan.backend.document(plan.request))
+
+    def batches(self, plan: Plan, size: int) -> AsyncGenerator[Batch, None]:
+        return plan.backend.stream(plan.request, size)
+
+    async def _timed(self, plan: Plan, answer: Awaitable[T]) -> T:
+        asked_at, error = time.monotonic(), ""
+        try:
+            return await answer
+        except ExchangeError as e:
+            error = reason_of(e)
+            raise
+        except Exception as e:  # a backend's own bug: the call fails, audited, and says nothing of it
+            error = "unexpected"
+            raise unexpected(plan, e) from None
+        finally:
+            self._observer.provider_answered(plan.department, time.monotonic() - asked_at, error)
+
+
+def unexpected(plan: Plan, error: BaseException) -> ExchangeError:
+    """A backend failed in a way it should not (a bug of its own): logged here, UNAVAILABLE to the caller."""
+    reference = uuid.uuid4().hex[:12]
+    log.error("backend of %s failed unexpectedly (reference %s)", plan.resource.spec.code, reference, exc_info=error)
+    return Unavailable(f"the provider {provider_name(plan.resource)} failed; reference {reference}")
+
+
+def reason_of(error: ExchangeError) -> str:
+    """An error's kind, as the metrics and the audit record's reason name it."""
+    if isinstance(error, PermissionDenied | ResourceExhausted):
+        return error.reason.lower()
+    if isinstance(error, FailedPrecondition):
+        return error.kind.lower()
+    return type(error).__name__.lower()
