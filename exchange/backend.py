@@ -172,6 +172,11 @@ class OnThreads:
         self._lane = lane
         self.name = backend.name
 
+    @property
+    def blocking(self) -> BlockingBackend:
+        """The connector this wraps."""
+        return self._backend
+
     async def fetch(self, request: FetchRequest) -> list[Row]:
         return await self._lane.run(self.name, request.timeout_seconds, lambda: self._backend.fetch(request))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapters import files as files_adapter
-from adapters.base import FetchRequest, ProviderUnavailable, Unsupported
+from adapters.base import FetchRequest, OnThreads, ProviderUnavailable, Unsupported
 from adapters.factory import BackendContext
 from adapters.files import CHUNK_BYTES, FileAdapter, FileBinding, check
 from exchange import models as m
@@ -174,7 +174,8 @@ def test_a_read_error_is_unavailable(root: Path) -> None:
 def test_open_checks_the_options(root: Path, tmp_path: Path) -> None:
     options: dict[str, object] = {"root": str(root), "name_template": "{uscc}/营业执照.pdf"}
     backend = files_adapter.open("住建档案库", m.Binding("R1", m.BackendKind.FILES, options), _context(tmp_path))
-    assert isinstance(backend, FileAdapter) and backend.binding == FileBinding(str(root), "{uscc}/营业执照.pdf")
+    assert isinstance(backend, OnThreads) and isinstance(backend.blocking, FileAdapter)  # it blocks: on a lane
+    assert backend.blocking.binding == FileBinding(str(root), "{uscc}/营业执照.pdf")
     with pytest.raises(InvalidArgument, match="document roots"):
         files_adapter.open("住建档案库", m.Binding("R1", m.BackendKind.FILES, options), BackendContext())
 

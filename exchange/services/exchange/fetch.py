@@ -87,18 +87,18 @@ class Provider:
         self._observer = observer
 
     async def rows(self, plan: Plan) -> list[Row]:
-        return await self._timed(plan, plan.backend.fetch(plan.request))
+        return await self._timed(plan, lambda: plan.backend.fetch(plan.request))
 
     async def document(self, plan: Plan) -> Document:
-        return await self._timed(plan, plan.backend.document(plan.request))
+        return await self._timed(plan, lambda: plan.backend.document(plan.request))
 
     def batches(self, plan: Plan, size: int) -> AsyncGenerator[Batch, None]:
         return plan.backend.stream(plan.request, size)
 
-    async def _timed(self, plan: Plan, answer: Awaitable[T]) -> T:
+    async def _timed(self, plan: Plan, ask: Callable[[], Awaitable[T]]) -> T:
         asked_at, error = time.monotonic(), ""
         try:
-            return await answer
+            return await ask()
         except ExchangeError as e:
             error = reason_of(e)
             raise
