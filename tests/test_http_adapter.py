@@ -452,10 +452,10 @@ def test_check_accepts_good_options_and_open_refuses_bad_ones() -> None:
         http_adapter.open("人社接口", m.Binding("R1", m.BackendKind.HTTP, {"url": "gopher://x"}), CONTEXT)
 
 
-def _tls_server(tmp_path: Path) -> tuple[ssl.SSLContext, ClientTls]:
-    """A server context with a certificate for 127.0.0.1, and the hub's TLS settings that trust its CA."""
+def _tls_server(tmp_path: Path, hostnames: tuple[str, ...] = ("127.0.0.1",)) -> tuple[ssl.SSLContext, ClientTls]:
+    """A server context with a certificate for ``hostnames``, and the hub's TLS settings that trust its CA."""
     ca_key, ca = pki.create_ca("部门测试 CA")
-    key, cert = pki.issue_server_certificate(ca_key, ca, ("127.0.0.1",))
+    key, cert = pki.issue_server_certificate(ca_key, ca, hostnames)
     (tmp_path / "server.pem").write_bytes(pki.cert_pem(cert))
     (tmp_path / "server.key").write_bytes(pki.key_pem(key))
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
