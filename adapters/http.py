@@ -137,9 +137,10 @@ class HttpAdapter:
 
     async def _get(self, url: str, timeout: float) -> bytes | None:
         """The body of a 2xx answer, None for 404; the whole call, vetting the host included, ends by the timeout."""
-        request = self._client.build_request("GET", url, headers=self._headers(), timeout=timeout)
         try:
             async with asyncio.timeout(timeout):
+                # httpx's own timeouts (each phase) never end the call before the whole-call deadline does.
+                request = self._client.build_request("GET", url, headers=self._headers(), timeout=timeout)
                 return await self._exchange(request)
         except (TimeoutError, httpx.TimeoutException):
             raise ProviderTimeout(self.name) from None
