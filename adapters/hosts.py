@@ -98,17 +98,3 @@ class HostPolicy:
                 raise PermissionError(f"{host} resolves to {address}, which the hub may not reach (backend_hosts)")
             found.append((family, address))
         return found
-
-    def connect(self, host: str, port: int, timeout: float | None) -> socket.socket:
-        """A TCP connection to an allowed address of ``host`` (the first that answers)."""
-        last: OSError | None = None
-        for family, address in self.vetted(host, port):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(timeout)
-                sock.connect((str(address), port))
-                return sock
-            except OSError as e:
-                sock.close()
-                last = e
-        raise last or OSError(f"{host} resolves to no address")

@@ -1,34 +1,31 @@
-"""The HTTP/JSON adapter: looks records up at a department's JSON endpoint with a GET.
+"""The HTTP/JSON adapter: looks records up at a department's JSON endpoint with a GET, on the event loop.
 
 Binding options: ``url``; ``fields`` (data item -> JSON key, default the same name);
 ``records_key`` (the key of the list of records in the body; empty: the body is the list);
 ``parameters`` (filter -> query parameter, default the same name).
 
 Filters are sent as URL-encoded query parameters, with ``limit`` and ``offset`` so that an endpoint
-may page. The whole call, from connecting to the last byte, is bounded by the request's timeout: a
-watchdog shuts the socket down when the deadline passes, so a provider that accepts and never
-answers, or drips its answer, cannot hold the hub. Redirects are not followed, the body is capped,
-and JSON values are read strictly as the declared types (numbers as ``Decimal``, never as binary
-floats). Errors name the provider and what was wrong, never the provider's own text.
+may page. Each adapter holds one ``httpx`` client, so calls reuse connections. The whole call, from
+resolving and connecting to the last byte, is bounded by the request's timeout (``httpx``'s own
+timeouts bound each phase, not the call), so a provider that accepts and never answers, or drips its
+answer, cannot hold the hub. Under a host policy the adapter connects to the address it vetted, never
+to a second lookup of the name, while ``Host`` and TLS (name indication and verification) keep the
+name. Redirects are not followed, the body is capped as it arrives, and JSON values are read strictly
+as the declared types (numbers as ``Decimal``, never as binary floats). Errors name the provider and
+what was wrong, never the provider's own text.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
-import datetime as dt
-import http.client
+import asyncio
 import json
-import re
-import socket
 import ssl
-import threading
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from types import TracebackType
 from urllib.parse import SplitResult, urlencode, urlsplit
+
+import httpx
 
 from adapters import options as opt
 from adapters.base import (
@@ -44,13 +41,13 @@ from adapters.base import (
 )
 from adapters.factory import BackendContext
 from adapters.hosts import HostPolicy
-from exchange.backend import Backend
+from adapters.json_values import READERS, no_constant, query_text
+from exchange.backend import Backend, Batch
 from exchange.errors import FieldViolation, InvalidArgument
 from exchange.models import Binding, FieldType
 from exchange.values import EXPECTED
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
-READ_CHUNK_BYTES = 64 * 1024
 PAGING_PARAMETERS = ("limit", "offset")
 # Most JSON objects an answer may hold (a rough count of "{"): bounds the memory a parsed body takes.
 MAX_OBJECTS = 1_000_000
@@ -82,10 +79,13 @@ class HttpAdapter:
         self.name = name
         self.binding = binding
         self._url: SplitResult = urlsplit(binding.url)
-        self._tls = tls or ssl.create_default_context()
         self._hosts = hosts
+        # No proxy, certificate file or netrc from the environment: a proxy would connect past the host policy.
+        self._client = httpx.AsyncClient(
+            verify=tls or ssl.create_default_context(), follow_redirects=False, trust_env=False
+        )
 
-    def fetch(self, request: FetchRequest) -> list[Row]:
+    async def fetch(self, request: FetchRequest) -> list[Row]:
         """At most ``request.limit`` rows after ``request.offset``; the page is always cut here.
 
         The endpoint is asked for the first offset + limit records (``limit``, ``offset=0``), so one that
@@ -93,32 +93,38 @@ class HttpAdapter:
         the same page results, and no page repeats another.
         """
         checked_filters(request)
-        body = self._get(self._target(request, paging=True), request.timeout_seconds)
+        body = await self._get(self._target(request, paging=True), request.timeout_seconds)
         start, end = request.offset, request.offset + request.limit
         records = self._records(body)[start:end]
         return checked_rows(self.name, request.resource, request.fields, self._rows(records, request, start))
 
-    def stream(self, request: FetchRequest, batch_size: int) -> Generator[list[Row], None, None]:
-        """Every record of one call, in batches; filters are checked now, the call made on the first batch."""
+    async def stream(self, request: FetchRequest, batch_size: int) -> AsyncIterator[Batch]:
+        """Every record of one call, in batches; filters are checked, and the call made, on the first batch."""
         checked_filters(request)
-        return self._batches(request, max(1, batch_size))
-
-    def document(self, request: FetchRequest) -> Document:
-        raise Unsupported(self.name, "documents")
-
-    def close(self) -> None:
-        """Nothing is held between calls: each call opens and closes its own connection."""
-
-    def _batches(self, request: FetchRequest, batch_size: int) -> Generator[list[Row], None, None]:
-        body = self._get(self._target(request, paging=False), request.timeout_seconds)
+        body = await self._get(self._target(request, paging=False), request.timeout_seconds)
         # All records are read before the first batch, so a bad record lets nothing of the answer through.
         rows = checked_rows(self.name, request.resource, request.fields, self._rows(self._records(body), request))
-        for start in range(0, len(rows), batch_size):
-            yield rows[start : start + batch_size]
+        size = max(1, batch_size)
+        for start in range(0, len(rows), size):
+            yield rows[start : start + size]
+
+    async def document(self, request: FetchRequest) -> Document:
+        raise Unsupported(self.name, "documents")
+
+    async def aclose(self) -> None:
+        """Closes the pooled connections."""
+        await self._client.aclose()
+
+    def _headers(self) -> dict[str, str]:
+        """Every header sent to the provider, built here and only here (trace context belongs here too).
+
+        ``identity``: the body is capped as it arrives, and a compressed one would grow past the cap unseen.
+        """
+        return {"accept": "application/json", "accept-encoding": "identity"}
 
     def _target(self, request: FetchRequest, *, paging: bool) -> str:
-        """The path and query of the GET: the URL's own query, the filters, and the paging wanted."""
-        pairs = [(self.binding.parameter(k), _query_text(v)) for k, v in request.filters.items()]
+        """The URL of the GET: the binding's, with its own query, the filters, and the paging wanted."""
+        pairs = [(self.binding.parameter(k), query_text(v)) for k, v in request.filters.items()]
         clash = sorted(name for name, _ in pairs if name in PAGING_PARAMETERS)
         if clash:
             raise ProviderContractError(
@@ -127,60 +133,57 @@ class HttpAdapter:
         if paging:
             pairs += [("limit", str(request.offset + request.limit)), ("offset", "0")]
         query = "&".join(q for q in (self._url.query, urlencode(pairs)) if q)
-        return f"{self._url.path or '/'}?{query}"
+        return f"{self._url.scheme}://{self._url.netloc}{self._url.path or '/'}?{query}"
 
-    def _get(self, target: str, timeout: float) -> bytes | None:
-        """The body of a 2xx answer, None for 404; the whole call ends by the timeout."""
-        connection = self._connection(timeout)
-        watchdog = _Watchdog(connection, timeout)
+    async def _get(self, url: str, timeout: float) -> bytes | None:
+        """The body of a 2xx answer, None for 404; the whole call, vetting the host included, ends by the timeout."""
         try:
-            with watchdog:
-                body = self._exchange(connection, watchdog, target)
-        except TimeoutError:
+            async with asyncio.timeout(timeout):
+                # httpx's own timeouts (each phase) never end the call before the whole-call deadline does.
+                request = self._client.build_request("GET", url, headers=self._headers(), timeout=timeout)
+                return await self._exchange(request)
+        except (TimeoutError, httpx.TimeoutException):
             raise ProviderTimeout(self.name) from None
-        except (OSError, http.client.HTTPException):
-            raise (ProviderTimeout if watchdog.expired else ProviderUnavailable)(self.name) from None
-        finally:
-            connection.close()
-        if watchdog.expired:  # the body may have been cut short
-            raise ProviderTimeout(self.name)
-        return body
+        except (OSError, httpx.HTTPError):  # refused, reset, TLS not verified, a host the policy forbids
+            raise ProviderUnavailable(self.name) from None
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        host = self._url.hostname or ""
-        port = self._url.port or (443 if self._url.scheme == "https" else 80)  # "[::1]" alone would parse badly
-        connection: http.client.HTTPConnection
-        if self._url.scheme == "https":
-            connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
-        else:
-            connection = http.client.HTTPConnection(host, port, timeout=timeout)
-        if self._hosts is not None:
-            # Connect to an address checked against the host policy; TLS still verifies the name.
-            hosts = self._hosts
-            connection._create_connection = lambda address, wait=None, source=None: hosts.connect(  # type: ignore[attr-defined]
-                host, port, wait if isinstance(wait, int | float) else timeout
-            )
-        return connection
-
-    def _exchange(self, connection: http.client.HTTPConnection, watchdog: _Watchdog, target: str) -> bytes | None:
-        connection.connect()
-        if connection.sock is not None:
-            watchdog.watch(connection.sock)
-        connection.request("GET", target, headers={"Accept": "application/json"})
-        with connection.getresponse() as response:
-            if response.status == 404:
+    async def _exchange(self, request: httpx.Request) -> bytes | None:
+        response = await self._send(request)
+        try:
+            if response.status_code == 404:
                 return None
-            if not 200 <= response.status < 300:  # 3xx too: redirects are not followed
+            if not 200 <= response.status_code < 300:  # 3xx too: redirects are not followed
                 raise ProviderUnavailable(self.name)
-            return self._body(response)
+            return await self._body(response)
+        finally:
+            await response.aclose()  # a body not read to its end closes the connection instead of reusing it
 
-    def _body(self, response: http.client.HTTPResponse) -> bytes:
-        """The body, read in chunks and refused as soon as it passes the cap."""
-        length = response.getheader("Content-Length", "")
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The answer's head, from an address the host policy allows (the first of them that answers)."""
+        if self._hosts is None:
+            return await self._client.send(request, stream=True)
+        host = request.url.host
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        addresses = await asyncio.to_thread(self._hosts.vetted, host, port)  # resolving blocks
+        # The connection goes to the vetted address; Host (set from the name when the request was built)
+        # and TLS's name indication and certificate check keep the name.
+        request.extensions["sni_hostname"] = host
+        failed: httpx.ConnectError | None = None
+        for _, address in addresses:
+            request.url = request.url.copy_with(host=str(address))
+            try:
+                return await self._client.send(request, stream=True)
+            except httpx.ConnectError as e:
+                failed = e
+        raise failed or OSError(f"{host} resolves to no address")
+
+    async def _body(self, response: httpx.Response) -> bytes:
+        """The body as sent (not decoded), read as it arrives and refused as soon as it passes the cap."""
+        length = response.headers.get("content-length", "")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise ProviderContractError(self.name, "the answer holds too much data")
         body = bytearray()
-        while chunk := response.read1(READ_CHUNK_BYTES):
+        async for chunk in response.aiter_raw():
             body += chunk
             if len(body) > MAX_BODY_BYTES:
                 raise ProviderContractError(self.name, "the answer holds too much data")
@@ -193,7 +196,7 @@ class HttpAdapter:
         if body.count(b"{") > MAX_OBJECTS:  # parsed, each object costs far more than its bytes
             raise ProviderContractError(self.name, f"the answer holds more than {MAX_OBJECTS} objects: too much data")
         try:
-            data = json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
+            data = json.loads(body, parse_float=Decimal, parse_constant=no_constant)
         except (ValueError, RecursionError):
             raise ProviderContractError(self.name, "the answer is not JSON") from None
         key = self.binding.records_key
@@ -220,146 +223,10 @@ class HttpAdapter:
                 raise ProviderContractError(self.name, f"{name} is not a declared field")
             value = record.get(self.binding.key(name))
             try:
-                row[name] = None if value is None else _READERS[kind](value)
+                row[name] = None if value is None else READERS[kind](value)
             except ValueError:
                 raise ProviderContractError(self.name, f"record {n}: {name} is not {EXPECTED[kind]}") from None
         return row
-
-
-class _Watchdog:
-    """Shuts a connection's socket down when the deadline passes, ending any read or write in progress.
-
-    Once connected it holds its own duplicate of the socket, which stays open until the watchdog is
-    done: ``http.client`` may close its socket early (handing it to the response), and the timer
-    must never act on a descriptor number the process has since reused.
-    """
-
-    def __init__(self, connection: http.client.HTTPConnection, seconds: float) -> None:
-        self._connection = connection
-        self._sock: socket.socket | None = None
-        self._fired = threading.Event()
-        self._timer = threading.Timer(max(0.0, seconds), self._cut)
-        self._timer.daemon = True
-
-    @property
-    def expired(self) -> bool:
-        return self._fired.is_set()
-
-    def watch(self, sock: socket.socket) -> None:
-        """Watches the connected (and, for HTTPS, handshaken) socket from now on."""
-        self._sock = socket.fromfd(sock.fileno(), sock.family, sock.type)
-        if self.expired:
-            _shut(self._sock)
-
-    def __enter__(self) -> _Watchdog:
-        self._timer.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        self._timer.cancel()
-        self._timer.join()
-        if self._sock is not None:
-            self._sock.close()
-
-    def _cut(self) -> None:
-        self._fired.set()
-        # Before ``watch``, the socket being connected or handshaken is the connection's own.
-        sock = self._sock or self._connection.sock
-        if sock is not None:
-            _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    """Ends both directions of the connection; a TLS socket gets EOF underneath its TLS layer."""
-    with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _query_text(value: object) -> str:
-    """A filter's text form in a query: ISO dates, RFC 3339 UTC times, true/false, base64 bytes."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dt.datetime):
-        utc = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-        return utc.isoformat().replace("+00:00", "Z")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    return str(value)
-
-
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_TIMESTAMP = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
-)
-
-
-def _string(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    raise ValueError
-
-
-def _integer(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise ValueError
-
-
-def _decimal(value: object) -> Decimal:
-    """A JSON number (parsed as Decimal) or a numeric string; never through a binary float."""
-    if isinstance(value, Decimal) and value.is_finite():
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return Decimal(value)
-    if isinstance(value, str) and _NUMBER.fullmatch(value):
-        return Decimal(value)
-    raise ValueError
-
-
-def _boolean(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ValueError
-
-
-def _date(value: object) -> dt.date:
-    if isinstance(value, str) and _DATE.fullmatch(value):
-        return dt.date.fromisoformat(value)
-    raise ValueError
-
-
-def _timestamp(value: object) -> dt.datetime:
-    """An RFC 3339 time with its offset, as an aware UTC datetime (fractions past microseconds are dropped)."""
-    if isinstance(value, str) and _TIMESTAMP.fullmatch(value):
-        return dt.datetime.fromisoformat(value.upper()).astimezone(dt.UTC)
-    raise ValueError
-
-
-def _bytes(value: object) -> bytes:
-    if isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=True)
-        except binascii.Error:
-            raise ValueError from None
-    raise ValueError
-
-
-_READERS: dict[FieldType, Callable[[object], object]] = {
-    FieldType.STRING: _string,
-    FieldType.INTEGER: _integer,
-    FieldType.DECIMAL: _decimal,
-    FieldType.BOOLEAN: _boolean,
-    FieldType.DATE: _date,
-    FieldType.TIMESTAMP: _timestamp,
-    FieldType.BYTES: _bytes,
-}
 
 
 def check(options: Mapping[str, object], context: BackendContext) -> list[FieldViolation]:

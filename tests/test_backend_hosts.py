@@ -20,7 +20,7 @@ from exchange.backend import FetchRequest
 from exchange.v1 import catalog_pb2 as cpb
 from tests.exchange_world import World, fails, make_world
 from tests.harness import POLICE, base_settings, identity_spec, running_hub, violations
-from tests.test_http_adapter import SPEC, Endpoint, answer_json, serving
+from tests.test_http_adapter import SPEC, Endpoint, answer_json, on_loop, serving
 
 TAX = HostPolicy(("api.tax.example", ".gov.example", "10.20.0.0/16"))
 
@@ -92,18 +92,19 @@ def _request() -> FetchRequest:
     return FetchRequest(SPEC, {"id_number": "350203198001012345"}, ("household",), 10, 5.0)
 
 
-def test_the_rest_adapter_connects_only_to_vetted_addresses(endpoint: Endpoint) -> None:
+@on_loop
+async def test_the_rest_adapter_connects_only_to_vetted_addresses(endpoint: Endpoint) -> None:
     endpoint.answer = answer_json([{"household": 1}])
     binding = HttpBinding(endpoint.url)
-    assert HttpAdapter("税务接口", binding, hosts=HostPolicy(("127.0.0.1",), True)).fetch(_request()) == [
+    assert await HttpAdapter("税务接口", binding, hosts=HostPolicy(("127.0.0.1",), True)).fetch(_request()) == [
         {"household": 1}
     ]
     refused = HttpAdapter("税务接口", binding, hosts=HostPolicy(("api.tax.example",), True))
     with pytest.raises(ProviderUnavailable):
-        refused.fetch(_request())
+        await refused.fetch(_request())
     named = HttpAdapter("税务接口", replace(binding, url=endpoint.url.replace("127.0.0.1", "localhost")))
     with pytest.raises(ProviderUnavailable):  # a listed name, but it resolves to loopback
-        HttpAdapter("税务接口", named.binding, hosts=HostPolicy(("localhost",), True)).fetch(_request())
+        await HttpAdapter("税务接口", named.binding, hosts=HostPolicy(("localhost",), True)).fetch(_request())
     assert len(endpoint.paths) == 1  # only the allowed call arrived
 
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
+import functools
 import json
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, ParamSpec
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -25,6 +28,7 @@ from adapters.base import (
     ProviderContractError,
     ProviderTimeout,
     ProviderUnavailable,
+    Row,
     Unsupported,
 )
 from adapters.factory import BackendContext, ClientTls
@@ -62,7 +66,10 @@ class Endpoint:
     answer: Answer = field(default=lambda h: send(h, 200, b"[]"))
     paths: list[str] = field(default_factory=list)
     accepts: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)  # the Host header of each request
+    peers: list[object] = field(default_factory=list)  # the client's address of each request
     release: threading.Event = field(default_factory=threading.Event)
+    keep_alive: bool = False  # HTTP/1.1, keeping connections open between requests
 
     def queries(self) -> list[dict[str, list[str]]]:
         return [parse_qs(urlsplit(p).query, keep_blank_values=True) for p in self.paths]
@@ -95,9 +102,13 @@ class _QuietServer(ThreadingHTTPServer):
 
 def _handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1" if endpoint.keep_alive else "HTTP/1.0"
+
         def do_GET(self) -> None:
             endpoint.paths.append(self.path)
             endpoint.accepts.append(self.headers.get("Accept", ""))
+            endpoint.hosts.append(self.headers.get("Host", ""))
+            endpoint.peers.append(self.client_address)
             endpoint.answer(self)
 
         def log_message(self, format: str, *args: object) -> None:
@@ -107,14 +118,19 @@ def _handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serving(ep: Endpoint, tls: ssl.SSLContext | None = None) -> Iterator[Endpoint]:
-    """Serves ``ep`` on a loopback port (over TLS when ``tls`` is given) until the block ends."""
-    server = _QuietServer(("127.0.0.1", 0), _handler(ep))
+def serving(
+    ep: Endpoint, tls: ssl.SSLContext | None = None, address: tuple[str, int] = ("127.0.0.1", 0), name: str = ""
+) -> Iterator[Endpoint]:
+    """Serves ``ep`` on a loopback address (over TLS when ``tls`` is given) until the block ends.
+
+    Its URL names the host ``name`` when one is given, else the address.
+    """
+    server = _QuietServer(address, _handler(ep))
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="json-endpoint", daemon=True)
     thread.start()
-    ep.url = f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}/api/rk"
+    ep.url = f"{'https' if tls else 'http'}://{name or address[0]}:{server.server_address[1]}/api/rk"
     try:
         yield ep
     finally:
@@ -130,6 +146,28 @@ def endpoint() -> Iterator[Endpoint]:
         yield ep
 
 
+P = ParamSpec("P")
+
+
+def on_loop(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """Runs an async test on an event loop of its own (the adapter is used on the hub's loop)."""
+
+    @functools.wraps(test)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+async def streamed(adapter: HttpAdapter, request: FetchRequest, batch_size: int) -> list[list[Row]]:
+    """Every batch of a stream."""
+    out: list[list[Row]] = []
+    async for batch in adapter.stream(request, batch_size):
+        assert isinstance(batch, list)
+        out.append(batch)
+    return out
+
+
 def _request(**changes: object) -> FetchRequest:
     base = FetchRequest(SPEC, {"id_number": "350203198001012345"}, ("name", "household"), 10, 5.0)
     return replace(base, **changes)  # type: ignore[arg-type]
@@ -140,12 +178,13 @@ def _adapter(endpoint: Endpoint, **changes: object) -> HttpAdapter:
     return HttpAdapter("人社接口", binding)
 
 
-def test_declared_filters_are_sent_as_encoded_query_parameters(endpoint: Endpoint) -> None:
+@on_loop
+async def test_declared_filters_are_sent_as_encoded_query_parameters(endpoint: Endpoint) -> None:
     endpoint.answer = answer_json({"data": []})
     hostile = "' OR '1'='1&limit=999#frag 张"
     filters = {"id_number": hostile, "as_of": dt.date(2024, 1, 2), "active": True}
     adapter = _adapter(endpoint, url=endpoint.url + "?app=hub")
-    assert adapter.fetch(_request(filters=filters, limit=3, offset=6)) == []
+    assert await adapter.fetch(_request(filters=filters, limit=3, offset=6)) == []
     (path,) = endpoint.paths
     assert path.startswith("/api/rk?app=hub&")
     assert "&limit=999" not in path and "#" not in path and " " not in path
@@ -162,7 +201,8 @@ def test_declared_filters_are_sent_as_encoded_query_parameters(endpoint: Endpoin
     assert endpoint.accepts == ["application/json"]
 
 
-def test_json_values_become_the_declared_types(endpoint: Endpoint) -> None:
+@on_loop
+async def test_json_values_become_the_declared_types(endpoint: Endpoint) -> None:
     photo = base64.b64encode(b"\x89PNG\x00\xff").decode()
     records = (
         '{"data": [{"xm": "张三", "csrq": "1980-01-01", "hh": 7, "sr": 12345678901234567890.123456789,'
@@ -170,7 +210,7 @@ def test_json_values_become_the_declared_types(endpoint: Endpoint) -> None:
         ' {"xm": null, "sr": "0.30", "gxsj": "2024-01-02t00:00:00z"}, {"sr": 0.1}]}'
     )
     endpoint.answer = answer_raw(records.encode())
-    rows = _adapter(endpoint).fetch(_request(fields=ALL))
+    rows = await _adapter(endpoint).fetch(_request(fields=ALL))
     assert rows[0] == {
         "name": "张三",
         "birth_date": dt.date(1980, 1, 1),
@@ -202,12 +242,13 @@ def test_json_values_become_the_declared_types(endpoint: Endpoint) -> None:
         ("photo", "zp", '"not base64!"', "base64"),
     ],
 )
-def test_a_value_of_the_wrong_type_is_caught(
+@on_loop
+async def test_a_value_of_the_wrong_type_is_caught(
     endpoint: Endpoint, item: str, key: str, value: str, expected: str
 ) -> None:
     endpoint.answer = answer_raw(f'{{"data": [{{}}, {{"{key}": {value}}}]}}'.encode())
     with pytest.raises(ProviderContractError, match=f"record 1: {item} is not {expected}") as caught:
-        _adapter(endpoint).fetch(_request(fields=(item,)))
+        await _adapter(endpoint).fetch(_request(fields=(item,)))
     assert "SECRET" not in caught.value.message and value not in caught.value.message
 
 
@@ -224,24 +265,27 @@ def test_a_value_of_the_wrong_type_is_caught(
         ("", b'[{"hh": 1}, "x"]', "record 1 is not an object"),
     ],
 )
-def test_an_answer_that_is_not_a_list_of_records_is_refused(
+@on_loop
+async def test_an_answer_that_is_not_a_list_of_records_is_refused(
     endpoint: Endpoint, records_key: str, body: bytes, match: str
 ) -> None:
     endpoint.answer = answer_raw(body)
     with pytest.raises(ProviderContractError, match=match) as caught:
-        _adapter(endpoint, records_key=records_key).fetch(_request())
+        await _adapter(endpoint, records_key=records_key).fetch(_request())
     assert "ORA" not in caught.value.message
 
 
-def test_a_body_without_records_key_is_the_list(endpoint: Endpoint) -> None:
+@on_loop
+async def test_a_body_without_records_key_is_the_list(endpoint: Endpoint) -> None:
     endpoint.answer = answer_json([{"xm": "张三", "hh": 7}])
-    assert _adapter(endpoint, records_key="").fetch(_request()) == [{"name": "张三", "household": 7}]
+    assert await _adapter(endpoint, records_key="").fetch(_request()) == [{"name": "张三", "household": 7}]
 
 
-def test_too_much_data_is_refused(endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+@on_loop
+async def test_too_much_data_is_refused(endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint.answer = lambda h: send(h, 200, b"", length=str(http_adapter.MAX_BODY_BYTES + 1))
     with pytest.raises(ProviderContractError, match="too much data"):
-        _adapter(endpoint).fetch(_request())
+        await _adapter(endpoint).fetch(_request())
 
     def unannounced(h: BaseHTTPRequestHandler) -> None:  # no Content-Length: read until the cap
         h.send_response(200)
@@ -252,36 +296,40 @@ def test_too_much_data_is_refused(endpoint: Endpoint, monkeypatch: pytest.Monkey
     monkeypatch.setattr(http_adapter, "MAX_BODY_BYTES", 4096)
     endpoint.answer = unannounced
     with pytest.raises(ProviderContractError, match="too much data"):
-        _adapter(endpoint).fetch(_request())
+        await _adapter(endpoint).fetch(_request())
 
 
 @pytest.mark.parametrize("status", [500, 503, 400, 403, 302])
-def test_provider_failures_are_unavailable_without_their_text(endpoint: Endpoint, status: int) -> None:
+@on_loop
+async def test_provider_failures_are_unavailable_without_their_text(endpoint: Endpoint, status: int) -> None:
     endpoint.answer = lambda h: send(h, status, b"ORA-00942: table RK_SECRET does not exist", Location="/elsewhere")
     with pytest.raises(ProviderUnavailable, match="人社接口") as caught:
-        _adapter(endpoint).fetch(_request())
+        await _adapter(endpoint).fetch(_request())
     assert "ORA" not in caught.value.message and "SECRET" not in caught.value.message
     assert len(endpoint.paths) == 1  # a redirect is not followed
 
 
-def test_not_found_is_no_records(endpoint: Endpoint) -> None:
+@on_loop
+async def test_not_found_is_no_records(endpoint: Endpoint) -> None:
     endpoint.answer = answer_raw(b"<html>no such person</html>", status=404)
-    assert _adapter(endpoint).fetch(_request()) == []
-    assert list(_adapter(endpoint).stream(_request(), 10)) == []
+    assert await _adapter(endpoint).fetch(_request()) == []
+    assert await streamed(_adapter(endpoint), _request(), 10) == []
 
 
-def test_a_hanging_endpoint_times_out_quickly(endpoint: Endpoint) -> None:
+@on_loop
+async def test_a_hanging_endpoint_times_out_quickly(endpoint: Endpoint) -> None:
     def hang(h: BaseHTTPRequestHandler) -> None:
         endpoint.release.wait(10)
 
     endpoint.answer = hang
     started = time.monotonic()
     with pytest.raises(ProviderTimeout, match="人社接口"):
-        _adapter(endpoint).fetch(_request(timeout_seconds=0.5))
+        await _adapter(endpoint).fetch(_request(timeout_seconds=0.5))
     assert time.monotonic() - started < 1.5
 
 
-def test_a_dripping_endpoint_is_bounded_as_a_whole(endpoint: Endpoint) -> None:
+@on_loop
+async def test_a_dripping_endpoint_is_bounded_as_a_whole(endpoint: Endpoint) -> None:
     def drip(h: BaseHTTPRequestHandler) -> None:
         h.send_response(200)
         h.send_header("Content-Length", "1000")
@@ -294,59 +342,68 @@ def test_a_dripping_endpoint_is_bounded_as_a_whole(endpoint: Endpoint) -> None:
     endpoint.answer = drip
     started = time.monotonic()
     with pytest.raises(ProviderTimeout):
-        _adapter(endpoint).fetch(_request(timeout_seconds=0.5))
+        await _adapter(endpoint).fetch(_request(timeout_seconds=0.5))
     assert time.monotonic() - started < 1.5
 
 
-def test_a_refused_connection_is_unavailable() -> None:
+@on_loop
+async def test_a_refused_connection_is_unavailable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     adapter = HttpAdapter("人社接口", HttpBinding(f"http://127.0.0.1:{port}/api"))
     with pytest.raises(ProviderUnavailable, match="人社接口"):
-        adapter.fetch(_request(timeout_seconds=2.0))
+        await adapter.fetch(_request(timeout_seconds=2.0))
 
 
-def test_undeclared_filters_are_refused_before_any_request(endpoint: Endpoint) -> None:
+@on_loop
+async def test_undeclared_filters_are_refused_before_any_request(endpoint: Endpoint) -> None:
     adapter = _adapter(endpoint)
     with pytest.raises(InvalidArgument, match="name cannot be filtered on"):
-        adapter.fetch(_request(filters={"name": "张三"}))
+        await adapter.fetch(_request(filters={"name": "张三"}))
     with pytest.raises(InvalidArgument, match="at least one filter"):
-        adapter.stream(_request(filters={}), 10)
+        await anext(adapter.stream(_request(filters={}), 10))
     assert endpoint.paths == []
 
 
-def test_stream_yields_batches_of_one_call(endpoint: Endpoint) -> None:
+@on_loop
+async def test_stream_yields_batches_of_one_call(endpoint: Endpoint) -> None:
     endpoint.answer = answer_json({"data": [{"xm": f"人{i}", "hh": i} for i in range(5)]})
-    batches = list(_adapter(endpoint).stream(_request(limit=2), 2))
+    batches = await streamed(_adapter(endpoint), _request(limit=2), 2)
     assert [len(b) for b in batches] == [2, 2, 1]
     assert [r["household"] for b in batches for r in b] == [0, 1, 2, 3, 4]
     assert len(endpoint.paths) == 1
     assert "limit" not in endpoint.queries()[0] and "offset" not in endpoint.queries()[0]
 
 
-def test_stream_lets_nothing_through_when_a_record_is_bad(endpoint: Endpoint) -> None:
+@on_loop
+async def test_stream_lets_nothing_through_when_a_record_is_bad(endpoint: Endpoint) -> None:
     endpoint.answer = answer_json({"data": [{"hh": 1}, {"hh": 2}, {"hh": "3"}]})
     with pytest.raises(ProviderContractError, match="record 2: household"):
-        next(_adapter(endpoint).stream(_request(), 1))
+        await anext(_adapter(endpoint).stream(_request(), 1))
 
 
-def test_an_endpoint_that_does_not_page_is_paged_here(endpoint: Endpoint) -> None:
+@on_loop
+async def test_an_endpoint_that_does_not_page_is_paged_here(endpoint: Endpoint) -> None:
     endpoint.answer = answer_json({"data": [{"hh": i} for i in range(5)]})
     adapter = _adapter(endpoint)
-    assert adapter.fetch(_request(fields=("household",), limit=2)) == [{"household": 0}, {"household": 1}]
-    assert adapter.fetch(_request(fields=("household",), limit=2, offset=2)) == [{"household": 2}, {"household": 3}]
+    assert await adapter.fetch(_request(fields=("household",), limit=2)) == [{"household": 0}, {"household": 1}]
+    assert await adapter.fetch(_request(fields=("household",), limit=2, offset=2)) == [
+        {"household": 2},
+        {"household": 3},
+    ]
     endpoint.answer = answer_json({"data": [{"hh": i} for i in range(3)] + [{"hh": "x"}]})
     with pytest.raises(ProviderContractError, match="record 3: household"):  # numbered as in the answer
-        adapter.fetch(_request(fields=("household",), limit=2, offset=2))
+        await adapter.fetch(_request(fields=("household",), limit=2, offset=2))
     endpoint.answer = answer_json({"data": [{"hh": i} for i in range(3)]})  # ignores paging, limit + 1 records
-    pages = [adapter.fetch(_request(fields=("household",), limit=2, offset=o)) for o in (0, 2, 4)]
+    pages = [await adapter.fetch(_request(fields=("household",), limit=2, offset=o)) for o in (0, 2, 4)]
     assert pages == [[{"household": 0}, {"household": 1}], [{"household": 2}], []]  # no page repeats another
 
 
-def test_documents_are_not_served(endpoint: Endpoint) -> None:
+@on_loop
+async def test_documents_are_not_served(endpoint: Endpoint) -> None:
     with pytest.raises(Unsupported, match="documents"):
-        _adapter(endpoint).document(_request())
+        await _adapter(endpoint).document(_request())
 
 
 CONTEXT = BackendContext()
@@ -395,10 +452,10 @@ def test_check_accepts_good_options_and_open_refuses_bad_ones() -> None:
         http_adapter.open("人社接口", m.Binding("R1", m.BackendKind.HTTP, {"url": "gopher://x"}), CONTEXT)
 
 
-def _tls_server(tmp_path: Path) -> tuple[ssl.SSLContext, ClientTls]:
-    """A server context with a certificate for 127.0.0.1, and the hub's TLS settings that trust its CA."""
+def _tls_server(tmp_path: Path, hostnames: tuple[str, ...] = ("127.0.0.1",)) -> tuple[ssl.SSLContext, ClientTls]:
+    """A server context with a certificate for ``hostnames``, and the hub's TLS settings that trust its CA."""
     ca_key, ca = pki.create_ca("部门测试 CA")
-    key, cert = pki.issue_server_certificate(ca_key, ca, ("127.0.0.1",))
+    key, cert = pki.issue_server_certificate(ca_key, ca, hostnames)
     (tmp_path / "server.pem").write_bytes(pki.cert_pem(cert))
     (tmp_path / "server.key").write_bytes(pki.key_pem(key))
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -406,31 +463,34 @@ def _tls_server(tmp_path: Path) -> tuple[ssl.SSLContext, ClientTls]:
     return server, ClientTls(pki.key_pem(key), pki.cert_pem(cert), pki.cert_pem(ca))
 
 
-def test_https_endpoints_are_verified(tmp_path: Path) -> None:
+@on_loop
+async def test_https_endpoints_are_verified(tmp_path: Path) -> None:
     server_tls, client_tls = _tls_server(tmp_path)
     with serving(Endpoint(answer=answer_json({"data": [{"xm": "张三"}]})), server_tls) as ep:
         binding = m.Binding("R1", m.BackendKind.HTTP, {"url": ep.url, "fields": FIELDS, "records_key": "data"})
         trusted = http_adapter.open("人社接口", binding, BackendContext(tls=client_tls))
-        assert trusted.fetch(_request(fields=("name",))) == [{"name": "张三"}]
+        assert await trusted.fetch(_request(fields=("name",))) == [{"name": "张三"}]
         untrusted = http_adapter.open("人社接口", binding, BackendContext())
         with pytest.raises(ProviderUnavailable):
-            untrusted.fetch(_request(fields=("name",)))
+            await untrusted.fetch(_request(fields=("name",)))
     assert len(ep.paths) == 1
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
-def test_a_server_that_accepts_and_never_answers_times_out(scheme: str) -> None:
+@on_loop
+async def test_a_server_that_accepts_and_never_answers_times_out(scheme: str) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)  # the kernel completes connections; nobody reads or answers
         url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/api"
         started = time.monotonic()
         with pytest.raises(ProviderTimeout):
-            HttpAdapter("人社接口", HttpBinding(url)).fetch(_request(timeout_seconds=0.5))
+            await HttpAdapter("人社接口", HttpBinding(url)).fetch(_request(timeout_seconds=0.5))
         assert time.monotonic() - started < 1.5
 
 
-def test_an_answer_of_too_many_objects_is_refused_before_it_is_parsed(endpoint: Endpoint) -> None:
+@on_loop
+async def test_an_answer_of_too_many_objects_is_refused_before_it_is_parsed(endpoint: Endpoint) -> None:
     endpoint.answer = answer_raw(b'{"data": [' + b"{}," * 1_000_001 + b"{}]}")
     with pytest.raises(ProviderContractError, match="too much data"):
-        _adapter(endpoint).fetch(_request())
+        await _adapter(endpoint).fetch(_request())
