@@ -37,6 +37,8 @@ Context = otel_context.Context
 INSTRUMENTATION = "exchange"
 # The span attribute naming the exchange (its audit record's exchange id).
 EXCHANGE_ID = "exchange.id"
+# Longest one export of a batch may take, retries included: also the most a stop waits for a collector that is down.
+EXPORT_TIMEOUT_SECONDS = 5.0
 # Server-side gRPC codes that mark a span as failed (OpenTelemetry's conventions for RPC servers):
 # the others are the caller's doing (a refusal, a bad argument), not a fault of this process.
 _SERVER_FAULTS = frozenset(
@@ -91,7 +93,9 @@ def open_tracing(
     if exporter is None:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))
+        exporter = OTLPSpanExporter(
+            endpoint=endpoint, insecure=endpoint.startswith("http://"), timeout=EXPORT_TIMEOUT_SECONDS
+        )
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name}),
         sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
