@@ -216,6 +216,20 @@ def test_a_query_is_one_trace_from_the_hub_to_the_provider(traced: Traced, excha
     assert int(logged[-1]["span_id"], 16) in hub_ids
 
 
+def test_a_stream_is_one_span_with_the_providers_stream_under_it(traced: Traced) -> None:
+    batches = list(traced.world.exchange().StreamQuery(_ask(), timeout=20))
+    exchange_id = batches[0].exchange_id
+    assert exchange_id and batches[-1].last
+    span = traced.hub_span("exchange.v1.ExchangeService/StreamQuery")
+    attributes = dict(span.attributes or {})
+    assert attributes["exchange.id"] == exchange_id
+    assert attributes["rpc.grpc.status_code"] == 0
+    rpc = tree_of(span.name, traced.hub_spans, traced.provider_spans)
+    fetch = rpc.find("exchange.v1.ProviderService/Fetch")
+    assert dict(fetch.span.attributes or {})["exchange.id"] == exchange_id
+    _no_data_on([*traced.hub_spans.get_finished_spans(), *traced.provider_spans.get_finished_spans()])
+
+
 def test_a_callers_trace_is_joined(traced: Traced) -> None:
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     metadata = (("traceparent", f"00-{trace_id}-{parent_id}-01"),)
