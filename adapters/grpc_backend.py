@@ -5,6 +5,8 @@ provider must present). The hub connects over mutual TLS with its own certificat
 the provider's certificate against ``pki.provider_hostname(system_code)``, so only that system
 can answer for the resource. Whatever the provider says on failure stays in the hub's log: the
 caller learns only that the provider is unavailable, timed out, or answered outside its declaration.
+Every call carries the hub's trace context (a W3C ``traceparent`` in its metadata) when a span is
+current, so a provider that traces (``adapters.provider.serve(..., tracer=...)``) joins the hub's trace.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from adapters.base import (
     checked_rows,
 )
 from adapters.factory import BackendContext, ClientTls
-from exchange import pki
+from exchange import pki, tracing
 from exchange.backend import Backend
 from exchange.errors import ExchangeError, FieldViolation, InvalidArgument, NotFound
 from exchange.models import Binding
@@ -49,6 +51,11 @@ _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 M = TypeVar("M")
+
+
+def _trace() -> tuple[tuple[str, str], ...] | None:
+    """The call's trace context for the provider (its ``traceparent``), so the provider's spans join the hub's."""
+    return tracing.outgoing_metadata() or None
 
 
 class _Stream(Protocol[M_co]):
@@ -148,7 +155,9 @@ class GrpcBackend:
         if request.limit <= 0:
             return []
         try:
-            call = self._stub().Lookup(self._wire(request, request.limit), timeout=request.timeout_seconds)
+            call = self._stub().Lookup(
+                self._wire(request, request.limit), timeout=request.timeout_seconds, metadata=_trace()
+            )
             answer = await cast("Awaitable[provider_pb2.ProviderBatch]", call)
         except grpc.aio.AioRpcError as e:
             raise self._failure(e) from None
@@ -168,7 +177,9 @@ class GrpcBackend:
         checked_filters(request)
         types = {i.name: i.type for i in request.resource.data_items if i.name in request.fields}
         size = max(1, batch_size)
-        call = cast("_Stream[provider_pb2.ProviderBatch]", self._stub().Fetch(self._wire(request, 0)))
+        call = cast(
+            "_Stream[provider_pb2.ProviderBatch]", self._stub().Fetch(self._wire(request, 0), metadata=_trace())
+        )
         pending: list[data_pb2.Record] = []
         try:
             while (message := await self._next(call, request.timeout_seconds)) is not None:
@@ -196,7 +207,9 @@ class GrpcBackend:
         """The document the filters name; each chunk within ``request.timeout_seconds``."""
         checked_filters(request)
         code, wait = request.resource.code, request.timeout_seconds
-        call = cast("_Stream[provider_pb2.ProviderChunk]", self._stub().FetchDocument(self._wire(request, 0)))
+        call = cast(
+            "_Stream[provider_pb2.ProviderChunk]", self._stub().FetchDocument(self._wire(request, 0), metadata=_trace())
+        )
         try:
             first = await self._next(call, wait)
         except grpc.aio.AioRpcError as e:

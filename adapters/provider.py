@@ -30,8 +30,10 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from cryptography import x509
+from opentelemetry.trace import Tracer
 from sqlalchemy import Engine, MetaData, Select, Table, create_engine, event, select
 
+from adapters.provider_tracing import ProviderTracing
 from exchange import pki
 from exchange.errors import ConfigError
 from exchange.v1 import data_pb2, provider_pb2, provider_pb2_grpc
@@ -404,11 +406,14 @@ def _next_piece(pieces: Iterator[object]) -> bytes | None:
     return piece
 
 
-def serve(provider: Provider, listen: str, identity: Path, max_workers: int = 16) -> tuple[grpc.Server, int]:
+def serve(
+    provider: Provider, listen: str, identity: Path, max_workers: int = 16, *, tracer: Tracer | None = None
+) -> tuple[grpc.Server, int]:
     """Starts serving ``provider`` on ``listen`` with the system's identity directory; returns the server and port.
 
     The server presents the system's certificate, requires a client certificate signed by the
-    identity's CA, and answers only the hub.
+    identity's CA, and answers only the hub. With a ``tracer`` (``exchange.tracing.open_tracing``, the
+    department's own exporter) each call gets a span joined to the hub's trace.
     """
     files = pki.IdentityFiles(identity)
     try:
@@ -417,7 +422,8 @@ def serve(provider: Provider, listen: str, identity: Path, max_workers: int = 16
         raise ConfigError(f"cannot read the provider's identity in {identity}: {e.strerror}") from None
     credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
     options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
+    traced: list[grpc.ServerInterceptor[Any, Any]] = [ProviderTracing(tracer)] if tracer is not None else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options, interceptors=traced)
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(_Servicer(provider), server)
     try:
         port = server.add_secure_port(listen, credentials)

@@ -115,6 +115,15 @@ class Settings:
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
+    # Tracing of calls with OpenTelemetry: "off" (no spans, no exporter) or "otlp" (spans batched in the
+    # background to an OpenTelemetry collector at tracing_endpoint; a collector that is down costs no call).
+    tracing: str = "off"
+    # The collector's OTLP/gRPC address: http://host:4317 (plaintext) or https://host:4317 (TLS).
+    tracing_endpoint: str = "http://127.0.0.1:4317"
+    # The service name the hub's spans carry (service.name), e.g. to tell the hubs of two regions apart.
+    tracing_service_name: str = "exchange-hub"
+    # Share of traces started at the hub that are kept (0 to 1); a caller's own sampling decision is followed.
+    tracing_sample_ratio: float = 1.0
     # "json" (one object a line, for log collectors) or "text".
     log_format: str = "json"
     # Client side: where the hub is, which identity directory to use, and the call deadline.
@@ -256,6 +265,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("console_idle_minutes", 1, 24 * 60, "minutes"),
     ("console_session_hours", 0.1, 24, "hours"),
     ("console_page_size", 5, 500, "rows"),
+    ("tracing_sample_ratio", 0, 1, "(a share of traces)"),
 )
 
 
@@ -265,6 +275,17 @@ def _console_problems(s: Settings) -> list[str]:
         problems.append(f"console_url must be an https:// address, got {s.console_url!r}")
     if s.console_idle_minutes > s.console_session_hours * 60:
         problems.append("console_idle_minutes must not be longer than console_session_hours")
+    return problems
+
+
+def _tracing_problems(s: Settings) -> list[str]:
+    problems: list[str] = []
+    if s.tracing not in {"off", "otlp"}:
+        problems.append(f"tracing must be off or otlp, got {s.tracing!r}")
+    elif s.tracing == "otlp" and not s.tracing_endpoint.startswith(("http://", "https://")):
+        problems.append(f"tracing_endpoint must be http://host:port or https://host:port, got {s.tracing_endpoint!r}")
+    if not s.tracing_service_name.strip():
+        problems.append("tracing_service_name must not be empty")
     return problems
 
 
@@ -281,6 +302,7 @@ def _validate(s: Settings) -> None:
         if not low <= getattr(s, name) <= high:
             problems.append(f"{name} must be between {low} and {high} {unit}")
     problems += _console_problems(s)
+    problems += _tracing_problems(s)
     if s.calendar_file is not None and not s.calendar_file.is_file():
         problems.append(f"calendar_file {s.calendar_file} does not exist")
     if s.log_level.upper() not in _LOG_LEVELS:

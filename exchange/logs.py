@@ -3,6 +3,7 @@
 An event logged with ``extra={"event": {...}}`` has those fields in its line: exchanges and
 administrative changes are logged so, with their exchange id and outcome and never with the data or
 an identifier in clear (records carry data subjects only as keyed hashes, and those are left out too).
+A line logged while a traced call is being served also has its ``trace_id`` and ``span_id``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from exchange import tracing
 
 # Fields of an audit record that a log line leaves out.
 _NOT_LOGGED = frozenset({"data_subjects", "request_sha256", "response_sha256", "masks"})
@@ -26,6 +29,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        line.update(tracing.log_ids())  # the call's trace, when the line is logged under a span
         event = getattr(record, "event", None)
         if isinstance(event, Mapping):
             line.update({k: v for k, v in event.items() if k not in _NOT_LOGGED and k not in line})

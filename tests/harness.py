@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from opentelemetry.sdk.trace.export import SpanExporter
 from sqlalchemy import func, select, update
 
 from exchange import models as m
@@ -164,13 +165,16 @@ def base_settings(home: Path, database_url: str = "", **changes: object) -> Sett
 
 
 @contextmanager
-def running_hub(settings: Settings) -> Iterator[RunningHub]:
-    """Initializes a hub in ``settings.home`` and serves it on a loopback port until the block ends."""
+def running_hub(settings: Settings, span_exporter: SpanExporter | None = None) -> Iterator[RunningHub]:
+    """Initializes a hub in ``settings.home`` and serves it on a loopback port until the block ends.
+
+    ``span_exporter`` receives the hub's spans when its settings turn tracing on.
+    """
     operator = initialize(settings, OperatorSeed(AUTHORITY, "op-admin", "王运维")).directory
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="hub-loop", daemon=True)
     thread.start()
-    hub = Hub(settings)
+    hub = Hub(settings, span_exporter=span_exporter)
     port = asyncio.run_coroutine_threadsafe(hub.start(), loop).result(timeout=30)
     try:
         yield RunningHub(replace(settings, hub_address=f"localhost:{port}"), operator, hub)

@@ -48,6 +48,9 @@ def test_config_file_named_by_environment(tmp_path: Path) -> None:
         ({"EXCHANGE_DATABASE_URL": "mysql://x/y"}, "database_url must be a sqlite: or postgresql URL"),
         ({"EXCHANGE_LISTNE": "x"}, "unknown setting EXCHANGE_LISTNE"),
         ({"EXCHANGE_CERTIFICATE_DAYS": "0"}, "certificate_days must be between 1 and 825 days"),
+        ({"EXCHANGE_TRACING": "jaeger"}, "tracing must be off or otlp"),
+        ({"EXCHANGE_TRACING": "otlp", "EXCHANGE_TRACING_ENDPOINT": "collector:4317"}, "tracing_endpoint must be http"),
+        ({"EXCHANGE_TRACING_SAMPLE_RATIO": "1.5"}, "tracing_sample_ratio must be between 0 and 1"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:

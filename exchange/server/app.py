@@ -18,13 +18,14 @@ import grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio servicer that health.aio re-exports
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from adapters import factory
 from adapters.hosts import HostPolicy
 from audit.batch import GroupCommitter
 from audit.log import AuditLog
 from audit.note import Verifier
-from exchange import pki
+from exchange import pki, tracing
 from exchange.bootstrap import load_audit_signer
 from exchange.config import Settings
 from exchange.console.app import build_app
@@ -44,6 +45,7 @@ from exchange.server.refusal_rate import RefusalRate
 from exchange.server.refusals import RefusalLog
 from exchange.server.registry import RegistryServicer
 from exchange.server.rights import RightsServicer
+from exchange.server.tracing import RpcTracing
 from exchange.services.audit import AuditReadService, ReportRules
 from exchange.services.cache import Cache
 from exchange.services.catalog import CatalogService
@@ -121,8 +123,14 @@ def _load_subject_key(files: pki.HubFiles) -> bytes:
 class Hub:
     """One hub process: a store, the services, and the gRPC server in front of them."""
 
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store | None = None, span_exporter: SpanExporter | None = None
+    ) -> None:
+        """``span_exporter`` (tests) receives the spans in place of the OTLP collector, when tracing is on."""
         self.settings = settings
+        # Built at start (its export thread with it) and shut down, flushing, at stop; off: a no-op tracer.
+        self.tracing = tracing.off()
+        self._span_exporter = span_exporter
         # Working days: the State Council's notices (chinesecalendar) with the operator's file over them;
         # read first, so that a bad file stops the hub before it opens anything.
         self.calendar = WorkCalendar.mainland(settings.calendar_file)
@@ -228,7 +236,9 @@ class Hub:
             ),
         )
         parsing = RequestParsing(registry, settings.insecure_dev, refusals, settings.max_message_bytes)
-        server = grpc.aio.server(options=options, interceptors=[parsing])
+        # Tracing outermost, so that its span also covers the requests refused while being read.
+        traced = [RpcTracing(self.tracing.tracer)] if self.tracing.enabled else []
+        server = grpc.aio.server(options=options, interceptors=[*traced, parsing])
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, registry, settings.insecure_dev, refusals), server
         )
@@ -333,6 +343,7 @@ class Hub:
             halted=lambda: self.audit.broken,
         )
         self.metrics.audit_log_checked(True, self.audit.checked_at)
+        self.tracing = tracing.hub_tracing(self.settings, self._span_exporter)
         self.server = server = self._build_server()
         try:
             if self.settings.insecure_dev:
@@ -615,6 +626,7 @@ class Hub:
         except ExchangeError as e:  # the store is down or full: what was staged waits there, for the next start
             log.error("the final audit flush failed (%s); staged records are integrated when a hub next starts", e)
         self.store.close()
+        await asyncio.to_thread(self.tracing.shutdown)  # the last spans exported
         log.info("hub stopped")
 
 

@@ -23,7 +23,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from exchange import errors, pki
+from exchange import errors, pki, tracing
 from exchange.models import Principal, PrincipalKind, PrincipalRef
 from exchange.server.refusals import is_refusal
 from exchange.store.database import deadline
@@ -188,7 +188,7 @@ def unary(
             refusals: Refusals | None = getattr(self, "refusals", None)
             if is_refusal(e) and refusals is not None and callers:
                 e.recorded_as(await refusals.refused(callers[0], fn.__qualname__, e))
-            await _abort(context, status_of(e))
+            await abort_with(context, e)
         except Exception:
             await internal_error(context, fn.__qualname__)
         raise AssertionError("unreachable: abort raises")
@@ -201,12 +201,13 @@ async def caller_of(servicer: Servicer, context: grpc.aio.ServicerContext[Any, A
     try:
         return await asyncio.to_thread(principal_of, servicer, peer_of(servicer, context))
     except errors.ExchangeError as e:
-        await _abort(context, status_of(e))
+        await abort_with(context, e)
     raise AssertionError("unreachable: abort raises")
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: errors.ExchangeError) -> None:
-    """Ends a streaming call with the status of a hub error."""
+    """Ends a call with the status of a hub error; a recorded one's exchange id also goes on the call's span."""
+    tracing.note_exchange_id(error.exchange_id)
     await _abort(context, status_of(error))
 
 
