@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from urllib.parse import SplitResult, urlencode, urlsplit
@@ -42,6 +42,7 @@ from adapters.base import (
 from adapters.factory import BackendContext
 from adapters.hosts import HostPolicy
 from adapters.json_values import READERS, no_constant, query_text
+from exchange import tracing
 from exchange.backend import Backend, Batch
 from exchange.errors import FieldViolation, InvalidArgument
 from exchange.models import Binding, FieldType
@@ -98,7 +99,7 @@ class HttpAdapter:
         records = self._records(body)[start:end]
         return checked_rows(self.name, request.resource, request.fields, self._rows(records, request, start))
 
-    async def stream(self, request: FetchRequest, batch_size: int) -> AsyncIterator[Batch]:
+    async def stream(self, request: FetchRequest, batch_size: int) -> AsyncGenerator[Batch, None]:
         """Every record of one call, in batches; filters are checked, and the call made, on the first batch."""
         checked_filters(request)
         body = await self._get(self._target(request, paging=False), request.timeout_seconds)
@@ -120,7 +121,7 @@ class HttpAdapter:
 
         ``identity``: the body is capped as it arrives, and a compressed one would grow past the cap unseen.
         """
-        return {"accept": "application/json", "accept-encoding": "identity"}
+        return {"accept": "application/json", "accept-encoding": "identity", **tracing.outgoing_headers()}
 
     def _target(self, request: FetchRequest, *, paging: bool) -> str:
         """The URL of the GET: the binding's, with its own query, the filters, and the paging wanted."""

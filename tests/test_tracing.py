@@ -209,6 +209,13 @@ def test_a_query_is_one_trace_from_the_hub_to_the_provider(traced: Traced, excha
     assert provider.span.resource.attributes["service.name"] == "zj-wqba-provider"
     _no_data_on([*traced.hub_spans.get_finished_spans(), *traced.provider_spans.get_finished_spans()])
 
+    # The exchange's steps, in order, as children of the call's span; the provider's span under the fetch.
+    steps = [c.name for c in rpc.children]
+    assert steps == ["decide", "fetch", "mask", "audit.commit"], rpc.outline()
+    assert rpc.find("fetch").children[0].span is provider.span
+    assert dict(rpc.find("decide").span.attributes or {})["exchange.id"] == answer.exchange_id
+    assert dict(rpc.find("audit.commit").span.attributes or {})["exchange.outcome"] == "ok"
+
     lines = [json.loads(line) for line in exchange_log.getvalue().splitlines()]
     logged = [line for line in lines if line.get("exchange_id") == answer.exchange_id]
     assert logged, f"no log line of exchange {answer.exchange_id}: {lines}"
@@ -227,6 +234,9 @@ def test_a_stream_is_one_span_with_the_providers_stream_under_it(traced: Traced)
     rpc = tree_of(span.name, traced.hub_spans, traced.provider_spans)
     fetch = rpc.find("exchange.v1.ProviderService/Fetch")
     assert dict(fetch.span.attributes or {})["exchange.id"] == exchange_id
+    # Decided, the opening record committed, a batch masked, the closing record committed.
+    steps = [c.name for c in rpc.children if c.name != fetch.name]
+    assert steps[:2] == ["decide", "audit.commit"] and steps[-1] == "audit.commit" and "mask" in steps, rpc.outline()
     _no_data_on([*traced.hub_spans.get_finished_spans(), *traced.provider_spans.get_finished_spans()])
 
 

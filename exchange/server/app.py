@@ -291,6 +291,7 @@ class Hub:
             default_timeout=settings.provider_timeout_seconds,
             masked_misses_per_day=settings.masked_filter_misses_per_day,
             masked_pattern_misses=settings.masked_filter_pattern_misses,
+            tracer=self.tracing.tracer if self.tracing.enabled else None,
         )
         exchange_pb2_grpc.add_ExchangeServiceServicer_to_server(
             ExchangeServicer(exchanging, registry, settings.insecure_dev), server

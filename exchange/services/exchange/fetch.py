@@ -19,6 +19,7 @@ from exchange.errors import ExchangeError, FailedPrecondition, PermissionDenied,
 from exchange.models import Binding, Resource
 from exchange.services.exchange.answers import Plan, provider_name
 from exchange.services.exchange.observer import Observer
+from exchange.services.exchange.steps import Steps
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,8 +84,9 @@ class BackendPool:
 class Provider:
     """Calls to a plan's backend: timed for the metrics, failures counted by kind and contained."""
 
-    def __init__(self, observer: Observer) -> None:
+    def __init__(self, observer: Observer, steps: Steps) -> None:
         self._observer = observer
+        self._steps = steps
 
     async def rows(self, plan: Plan) -> list[Row]:
         return await self._timed(plan, lambda: plan.backend.fetch(plan.request))
@@ -98,7 +100,8 @@ class Provider:
     async def _timed(self, plan: Plan, ask: Callable[[], Awaitable[T]]) -> T:
         asked_at, error = time.monotonic(), ""
         try:
-            return await ask()
+            with self._steps("fetch", provider=plan.department):
+                return await ask()
         except ExchangeError as e:
             error = reason_of(e)
             raise

@@ -27,6 +27,7 @@ from exchange.services.exchange.admit import MAX_FIELDS, MAX_FILTERS
 from exchange.services.exchange.answers import Ask, Plan
 from exchange.services.exchange.fetch import reason_of, unexpected
 from exchange.services.exchange.observer import Observer
+from exchange.services.exchange.steps import Steps
 
 log = logging.getLogger("exchange.services.exchange")
 # The metric label of a resource code the catalog does not hold.
@@ -45,7 +46,9 @@ class Recorder:
         *,
         known: Callable[[str], bool | None],
         lookup: Callable[[str], bool],
+        steps: Steps,
     ) -> None:
+        self._steps = steps
         self._committer = committer
         self._signer = signer
         self._subject_key = subject_key
@@ -54,7 +57,7 @@ class Recorder:
         self._lookup = lookup
         self._hub = hub_instance()
         # Closing records being committed for callers that are gone: a shutdown waits for them.
-        self.closing: set[asyncio.Task[None]] = set()
+        self.closing: set[asyncio.Future[None]] = set()
 
     def opening(self, actor: Principal, ask: Ask, exchange_id: str, action: str) -> AuditRecord:
         """The call's record as it begins: who, what, why, for which data subjects (hashed); refused until decided."""
@@ -83,7 +86,8 @@ class Recorder:
     async def append(self, record: AuditRecord) -> None:
         """Commits ``record`` to the log (durably, in a group commit), then counts it and logs the outcome."""
         started = time.monotonic()
-        await self._committer.append_async(record)
+        with self._steps("audit.commit", outcome=record.outcome):
+            await self._committer.append_async(record)
         self._observer.audit_waited(time.monotonic() - started)
         self._observer.recorded(record, await self._resource_label(record.resource))
         if record.outcome != "allowed":  # the final record of an exchange: one log line each
@@ -91,11 +95,14 @@ class Recorder:
 
     def append_in_background(self, record: AuditRecord) -> None:
         """For the closing record of a call that was cancelled: the caller is gone, the record is not."""
-        task = asyncio.get_running_loop().create_task(self.append(record))
+        self.track(asyncio.get_running_loop().create_task(self.append(record)))
+
+    def track(self, task: asyncio.Future[None]) -> None:
+        """Keeps ``task`` (finishing for a caller that is gone) until it is done; a shutdown waits for it."""
         self.closing.add(task)
         task.add_done_callback(self._closing_done)
 
-    def _closing_done(self, task: asyncio.Task[None]) -> None:
+    def _closing_done(self, task: asyncio.Future[None]) -> None:
         self.closing.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: a record that could not be committed was logged by the committer

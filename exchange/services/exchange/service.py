@@ -21,7 +21,9 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from opentelemetry.trace import Tracer
 
 from audit.batch import GroupCommitter
 from audit.note import Signer
@@ -48,6 +50,7 @@ from exchange.services.exchange.decide import Decider, Entries, Recheck
 from exchange.services.exchange.fetch import BackendPool, Provider
 from exchange.services.exchange.observer import Observer, Unobserved
 from exchange.services.exchange.record import Ending, Recorder, answered, closing, failed, refused
+from exchange.services.exchange.steps import Steps
 from exchange.services.verification import MaskedFilterGuard
 from exchange.store import Store
 from policy.decision import DecisionPoint
@@ -81,7 +84,10 @@ class ExchangeService:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         masked_misses_per_day: int = 5,
         masked_pattern_misses: int = 3,
+        tracer: Tracer | None = None,
     ) -> None:
+        # With tracing off (None) the steps cost nothing: no span, not even a no-op one, is made.
+        self._steps = Steps(tracer)
         watcher: Observer = observer or Unobserved()
         guard = MaskedFilterGuard(store.counters, subject_key, masked_misses_per_day, masked_pattern_misses, watcher)
         # Catalog entries with their bindings, by code; the hub drops them on any catalog change.
@@ -91,10 +97,12 @@ class ExchangeService:
             store, decisions, backends, self._entries, guard,
             default_timeout=default_timeout, clock=clock, decided=watcher.decided,
         )  # fmt: skip
-        self._provider = Provider(watcher)
-        self._recorder = Recorder(committer, signer, subject_key, watcher, known=self._held, lookup=self._holds)
+        self._provider = Provider(watcher, self._steps)
+        self._recorder = Recorder(
+            committer, signer, subject_key, watcher, known=self._held, lookup=self._holds, steps=self._steps
+        )
         # Streams and documents under way: a shutdown ends them and waits for their closing records.
-        self._open: set[asyncio.Task[object]] = set()
+        self._open: set[asyncio.Future[Any]] = set()
 
     async def finish(self, timeout: float) -> None:
         """At shutdown, once the server has stopped: ends the streams and documents still open (as cancelled)
@@ -103,6 +111,7 @@ class ExchangeService:
         until = time.monotonic() + timeout
         for call in list(self._open):
             call.cancel()
+        pending: set[asyncio.Future[Any]]
         while (pending := {*self._open, *self._recorder.closing}) and (left := until - time.monotonic()) > 0:
             await asyncio.wait(pending, timeout=left)
         if pending:
@@ -128,7 +137,9 @@ class ExchangeService:
 
     async def _answer(self, plan: Plan, ask: Ask, call: Call) -> Settled:
         try:
-            page = shape.page(plan, ask, call.page[1] if call.page else "", await self._provider.rows(plan))
+            rows = await self._provider.rows(plan)
+            with self._steps("mask", rows=len(rows)):
+                page = shape.page(plan, ask, call.page[1] if call.page else "", rows)
         except ExchangeError as e:
             return Settled(failed(plan.record, plan.started, e), e)
         note = self._recorder.statement(plan, "records", len(page.rows), page.digest) if ask.provenance else ""
@@ -161,7 +172,8 @@ class ExchangeService:
                 await self._recorder.append(plan.record)
                 async for batch in batches:
                     await recheck()
-                    rows, records = await asyncio.to_thread(shaper, batch)
+                    with self._steps("mask"):
+                        rows, records = await asyncio.to_thread(shaper, batch)
                     if shaper.counted.rows:
                         await self._found(plan)
                     yield Batch(call.exchange_id, rows, Disclosure.of(plan) if first else None, records=records)
@@ -222,7 +234,7 @@ class ExchangeService:
         if error is None:
             opened = work.result()
             assert isinstance(opened, Document)
-            asyncio.ensure_future(opened.aclose())
+            self._recorder.track(asyncio.ensure_future(opened.aclose()))
         cancelled = replace(plan.record, outcome="cancelled", latency_us=int((time.monotonic() - plan.started) * 1e6))
         self._recorder.append_in_background(
             failed(plan.record, plan.started, error) if isinstance(error, ExchangeError) else cancelled
@@ -242,13 +254,14 @@ class ExchangeService:
         raise prepared.error.recorded_as(call.exchange_id)
 
     def _prepare(self, identify: Identify, ask: Ask, call: Call) -> Plan | Settled:
-        actor = identify()  # an unknown caller raises here: there is no one to record
-        started = time.monotonic()
-        record = self._recorder.opening(actor, ask, call.exchange_id, call.action)
-        try:
-            return self._decider.plan(actor, ask, call, record, started)
-        except ExchangeError as e:
-            return Settled(refused(record, started, e), e)
+        with self._steps("decide", action=call.action, id=call.exchange_id):
+            actor = identify()  # an unknown caller raises here: there is no one to record
+            started = time.monotonic()
+            record = self._recorder.opening(actor, ask, call.exchange_id, call.action)
+            try:
+                return self._decider.plan(actor, ask, call, record, started)
+            except ExchangeError as e:
+                return Settled(refused(record, started, e), e)
 
     def _abandoned_plan(self, work: asyncio.Future[Plan | Settled]) -> None:
         """Records a call whose consumer left while it was decided."""
