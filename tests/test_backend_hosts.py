@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from adapters import grpc_backend, sql_backend
-from adapters.base import ProviderUnavailable
+from adapters.base import OnThreads, ProviderUnavailable
 from adapters.factory import BackendContext, ClientTls
 from adapters.hosts import HostPolicy
 from adapters.http import HttpAdapter, HttpBinding, check
@@ -175,8 +175,9 @@ def test_a_database_host_is_resolved_and_vetted_once_when_opened() -> None:
         sql_backend.open("公安前置库", binding, BackendContext(hosts=HostPolicy(("localhost",))))
     loopback = BackendContext(hosts=HostPolicy(("localhost", "127.0.0.0/8", "::1")))
     opened = sql_backend.open("公安前置库", binding, loopback)
-    assert isinstance(opened, SqlAdapter) and opened.binding.host_address in {"127.0.0.1", "::1"}
-    opened.close()
+    assert isinstance(opened, OnThreads) and isinstance(opened.blocking, SqlAdapter)  # it blocks: on a lane
+    assert opened.blocking.binding.host_address in {"127.0.0.1", "::1"}
+    opened.blocking.close()
 
 
 @pytest.mark.parametrize(
