@@ -59,8 +59,14 @@ def test_the_contract_as_it_is_passes(copy: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "reported"),
     [
-        # a field removed without reserving its number: old clients' values land nowhere
+        # a field removed: code generated from the release loses it (FILE refuses it even with the number reserved)
         ("  bool provenance = 7;\n", "", 'field "7" with name "provenance" on message "QueryRequest" was deleted'),
+        # FILE, not only WIRE: reserving the number does not make a removal compatible for generated code
+        (
+            "  bool provenance = 7;\n",
+            '  reserved 7;\n  reserved "provenance";\n',
+            'field "7" with name "provenance" on message "QueryRequest" was deleted',
+        ),
         # a field's type changed: old clients' bytes no longer decode
         (
             "  int32 batch_size = 8;\n",
@@ -68,7 +74,7 @@ def test_the_contract_as_it_is_passes(copy: Path) -> None:
             'Field "8" with name "batch_size" on message "QueryRequest" changed type from "int32" to "string"',
         ),
     ],
-    ids=["removed", "retyped"],
+    ids=["removed", "removed-reserved", "retyped"],
 )
 def test_a_breaking_change_fails_and_names_the_field(copy: Path, old: str, new: str, reported: str) -> None:
     _edit(copy, EXCHANGE, old, new)
