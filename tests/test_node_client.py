@@ -76,3 +76,15 @@ def test_a_refusal_reaches_the_node_client_with_its_details(world: World) -> Non
     assert lines[0].startswith("PERMISSION_DENIED: "), done.stderr
     assert any(line.startswith("google.rpc.ErrorInfo: ") and '"reason":"WRONG_PURPOSE"' in line for line in lines)
     assert any(re.fullmatch(r'google.rpc.RequestInfo: \{"request_id":"EX[0-9a-f]+"\}', line) for line in lines)
+
+
+def test_the_documented_command_passes_what_this_test_passes() -> None:
+    """docs/integrating.md shows the command run here, with the demo's values: the same options, no others."""
+    text = (PROJECT / "docs" / "integrating.md").read_text(encoding="utf-8")
+    found = re.search(r"A worked call from Node\.js.*?```sh\n(.*?)```", text, re.S)
+    assert found, "docs/integrating.md lost its Node.js command"
+    command = found.group(1).replace("\\\n", " ")
+    assert "npm ci --prefix examples/clients/node" in command
+    documented = set(re.findall(r"(--[a-z]+) ", command.split("node examples/clients/node/query.js", 1)[1]))
+    passed = {"--hub", "--identity", "--proto", "--googleapis", "--resource", "--purpose", "--filter", "--field"}
+    assert documented == passed
