@@ -14,6 +14,8 @@ const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
 const protobuf = require("protobufjs");
 
+// What the contract imports, and what the hub's error details are made of (besides google/protobuf/*).
+const GOOGLEAPIS = ["google/type/date.proto", "google/rpc/status.proto", "google/rpc/error_details.proto"];
 const USAGE = `usage: node query.js --hub HOST:PORT --identity DIR --proto DIR --googleapis DIR
        --resource CODE --purpose TEXT --filter ITEM=VALUE... --field ITEM... [--deadline SECONDS]`;
 
@@ -34,8 +36,10 @@ function options() {
   for (const name of ["hub", "identity", "proto", "googleapis", "resource", "purpose"]) {
     if (!values[name]) throw new Error(`--${name} is missing\n${USAGE}`);
   }
-  if (!fs.existsSync(path.join(values.googleapis, "google", "type", "date.proto"))) {
-    throw new Error(`${values.googleapis} has no google/type/date.proto: see docs/integrating.md for where it comes from`);
+  for (const needed of GOOGLEAPIS) {
+    if (!fs.existsSync(path.join(values.googleapis, needed))) {
+      throw new Error(`${values.googleapis} has no ${needed}: see docs/integrating.md for where it comes from`);
+    }
   }
   return values;
 }
@@ -52,7 +56,7 @@ function loadContract(includeDirs) {
   });
   const details = new protobuf.Root();
   details.resolvePath = (_origin, target) => includeDirs.map((d) => path.join(d, target)).find(fs.existsSync) || target;
-  details.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"], { keepCase: true });
+  details.loadSync(GOOGLEAPIS.slice(1), { keepCase: true });
   return { exchange: grpc.loadPackageDefinition(definition).exchange.v1, details };
 }
 
