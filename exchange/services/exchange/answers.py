@@ -115,7 +115,7 @@ class Chunk:
 
 
 def new_exchange_id() -> str:
-    """A unique, unguessable id: "EX" and 26 hex digits, time-ordered by its first 10."""
+    """A unique, unguessable id: "EX" and 27 hex digits (11 of milliseconds since 1970, 16 random), time-ordered."""
     return f"EX{int(time.time() * 1000):010x}{uuid.uuid4().hex[:16]}"
 
 
