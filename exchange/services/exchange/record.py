@@ -20,7 +20,14 @@ from audit.batch import GroupCommitter
 from audit.note import Signer
 from audit.records import AuditRecord, subject_hash
 from exchange import validation
-from exchange.errors import ExchangeError, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from exchange.errors import (
+    ExchangeError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from exchange.models import Principal
 from exchange.services.auditing import hub_instance, now_text
 from exchange.services.exchange.admit import MAX_FIELDS, MAX_FILTERS
@@ -141,7 +148,8 @@ def since(started: float) -> int:
 def refused(record: AuditRecord, started: float, error: ExchangeError) -> AuditRecord:
     """The record of a call refused before any fetch (denied), or that failed while being decided."""
     refusal = isinstance(error, PermissionDenied | ResourceExhausted | InvalidArgument | NotFound)
-    outcome = "denied" if refusal or getattr(error, "kind", "") == "SHARE_METHOD" else "failed"
+    wrong_method = isinstance(error, FailedPrecondition) and error.kind == "SHARE_METHOD"
+    outcome = "denied" if refusal or wrong_method else "failed"
     reason = f"{reason_of(error)}: {error.message}"[:500]
     return replace(record, outcome=outcome, reason=reason, latency_us=since(started))
 
