@@ -58,6 +58,7 @@ import grpc
 from adapters.provider import Provider, ProviderQuery, Row, serve
 from exchange import models as m
 from exchange import pki
+from exchange.paging import DEFAULT_PAGE_SIZE
 from exchange.services.exchange import MAX_BATCH_SIZE
 from exchange.services.rights import MAX_DAILY_CALLS, MAX_RATE
 from exchange.v1 import catalog_pb2 as cpb
@@ -84,7 +85,7 @@ MASKS = (("buyer_name", rpb.MASK_KIND_NAME), ("buyer_id_number", rpb.MASK_KIND_I
 ONE = "XM2026-000123"  # the contract a unary call asks for
 BULK = "BULK-"  # BULK-<n>: n contracts, for streams
 POOL = 1000  # distinct rows the provider cycles through
-PAGE_LIMIT = 101  # what the hub asks a provider for on a Query of the default page (100, and one more)
+PAGE_LIMIT = DEFAULT_PAGE_SIZE + 1  # what the hub asks a provider for on a Query of the default page (and one more)
 MAX_MESSAGE = 16 << 20
 CALL_TIMEOUT = 60.0
 FETCH = "/exchange.v1.ProviderService/Fetch"
