@@ -13,9 +13,6 @@ import grpc
 import pytest
 from sqlalchemy import delete, update
 
-from audit.batch import GroupCommitter
-from audit.export import export_lines
-from audit.log import AuditLog
 from audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, Signer, Verifier, open_note
 from audit.pruning import PruningStatement, parse_time
@@ -31,6 +28,9 @@ from audit.records import (
 from audit.verify import VerifyError, open_checkpoint, verify_export
 from exchange import models as m
 from exchange import wire as w
+from exchange.auditlog.batch import GroupCommitter
+from exchange.auditlog.export import export_lines
+from exchange.auditlog.log import AuditLog
 from exchange.errors import Unavailable
 from exchange.paging import page_request
 from exchange.store import Store

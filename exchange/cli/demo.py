@@ -21,12 +21,12 @@ from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from audit.log import AuditLog
 from audit.note import Verifier
 from audit.verify import verify_export
 from exchange import logs, pki, validation
 from exchange import models as m
 from exchange import wire as w
+from exchange.auditlog.log import AuditLog
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli import commands, evaluation, files, tables
 from exchange.cli import demo_exchange as flat_sale

@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TypeVar
 
-from audit.batch import GroupCommitter
 from audit.note import Signer
 from audit.records import AuditRecord
+from exchange.auditlog.batch import GroupCommitter
 from exchange.backend import Document
 from exchange.errors import ExchangeError
 from exchange.services.cache import Cache
