@@ -75,7 +75,7 @@ def _fresh_home(home: Path) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     # The tour prints what happens; the hub's per-exchange and per-change log lines would repeat it.
     logs.configure(settings.log_level, "text")
-    quiet = [logging.getLogger(name) for name in ("exchange.services.exchange", "exchange.store.audit")]
+    quiet = [logging.getLogger(name) for name in ("exchange.services.exchange", "exchange.store.recorded")]
     levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.WARNING)
