@@ -97,7 +97,7 @@ def with_logged(record: bytes, logged: str) -> bytes:
     return record[:anchor] + b',"logged":' + json.dumps(logged).encode() + record[anchor:]
 
 
-# Export lines (see audit.export): one tab-separated line per entry.
+# Export lines (see exchange.auditlog.export): one tab-separated line per entry.
 ENTRY = "E"
 
 

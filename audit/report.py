@@ -368,7 +368,8 @@ def _strs(value: object) -> list[str]:
 
 
 def entries_of_export(lines: Iterable[str]) -> Iterator[tuple[int, Record | None]]:
-    """(seq, record) of an export's entry lines (see audit.export), for ``compute``; other lines are skipped."""
+    """(seq, record) of an export's entry lines (see exchange.auditlog.export), for ``compute``; other lines are
+    skipped."""
     for line in lines:
         if line.startswith(ENTRY + "\t"):
             seq, _leaf, record = parse_entry_line(line)

@@ -1,6 +1,6 @@
 """Checking an exported audit log offline, with nothing but the log's public key.
 
-An export (see audit.export) is a JSON header with the slice's start and the prefix hashes before
+An export (see exchange.auditlog.export) is a JSON header with the slice's start and the prefix hashes before
 it, the hub's signed pruning statements and the signed checkpoints that fall in the slice, then one
 tab-separated line per entry. The verifier keeps only the tree's right frontier (O(log n) memory).
 It recomputes every leaf from its record, requires the sequence to have no gaps and the times the

@@ -9,7 +9,7 @@ Run: .venv/bin/python bench/audit_log.py [--records 200000] [--proof-records 100
 - proofs: a tree of --proof-records leaves in memory (as each hub process keeps it), inclusion
   proof generation and verification latency.
 - verify: the offline verifier over an export of the appended log, records/s; and the hub's own
-  whole check of the stored log (seals, records, checkpoint, kept subtrees: audit.integrity), which
+  whole check of the stored log (seals, records, checkpoint, kept subtrees: exchange.auditlog.integrity), which
   it runs at start and every audit_check_seconds, against that verifier in the same run.
 """
 
@@ -26,14 +26,14 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from audit.batch import GroupCommitter
-from audit.export import export_lines
-from audit.log import AuditLog
 from audit.merkle import MerkleTree, leaf_hash, verify_inclusion
 from audit.note import Signer
 from audit.records import AuditRecord, subject_hash
 from audit.seal import Sealer
 from audit.verify import verify_export
+from exchange.auditlog.batch import GroupCommitter
+from exchange.auditlog.export import export_lines
+from exchange.auditlog.log import AuditLog
 from exchange.store import Store
 
 ORIGIN = "bench.exchange/audit"

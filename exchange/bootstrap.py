@@ -19,7 +19,6 @@ from exchange.models import Department, Person, Principal, PrincipalKind, Princi
 from exchange.services.auditing import change_record
 from exchange.services.registry import CertificateAuthority, identity_key
 from exchange.store import Store
-from exchange.store.audit import staging
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,8 @@ def initialize(settings: Settings, seed: OperatorSeed) -> pki.IdentityFiles:
     try:
         store.db.migrate()
         first = Principal(ref, seed.display_name, seed.department.code, operator.roles)
-        with staging(change_record(first, "registry", "init", subject=seed.department.code, reason="first operator")):
-            store.registry.bootstrap(seed.department, operator, record)
+        audit = change_record(first, "registry", "init", subject=seed.department.code, reason="first operator")
+        store.registry.bootstrap(seed.department, operator, record, audit=audit)
     finally:
         store.close()
     pki.write_secret(files.ca_key, pki.key_pem(ca_key))

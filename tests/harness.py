@@ -20,6 +20,7 @@ from grpc_status import rpc_status
 from opentelemetry.sdk.trace.export import SpanExporter
 from sqlalchemy import func, select, update
 
+from audit.records import AuditRecord
 from exchange import models as m
 from exchange import pki
 from exchange import wire as w
@@ -34,6 +35,10 @@ from exchange.store.schema import Base, ObjectionRow
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
 from policy import assignments_of
+
+# The audit record a test hands a store method that writes a change straight in the store (each such method
+# takes one: the change and its record commit together).
+TEST_RECORD = AuditRecord("registry", "test", "2026-11-22T00:00:00.000000Z", "person/test", "", "ok", subject="test")
 
 AUTHORITY = m.Department("11350200MB0012345Y", "厦门市大数据管理局", "350200", m.AdministrativeLevel.CITY)
 POLICE = m.Department("11350200MB0023456P", "厦门市公安局", "350200", m.AdministrativeLevel.CITY)
@@ -139,7 +144,7 @@ class RunningHub:
         """
         ref = m.PrincipalRef(m.PrincipalKind.PERSON, username)
         registry = self.hub.store.registry
-        registry.set_roles(username, lambda person: frozenset())
+        registry.set_roles(username, lambda person: frozenset(), audit=TEST_RECORD)
         self.hub.holders.clear()
         self.hub.policy.refresh_roles(ref, lambda: assignments_of(*registry.roles_of(ref)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,14 +14,12 @@ import grpc
 import pytest
 from sqlalchemy import delete, update
 
-from audit.batch import GroupCommitter
-from audit.export import export_lines
-from audit.log import AuditLog
 from audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, Signer, Verifier, open_note
 from audit.pruning import PruningStatement, parse_time
 from audit.records import (
     AuditRecord,
+    RecordError,
     canonical,
     entry_line,
     parse_entry_line,
@@ -31,10 +30,13 @@ from audit.records import (
 from audit.verify import VerifyError, open_checkpoint, verify_export
 from exchange import models as m
 from exchange import wire as w
-from exchange.errors import Unavailable
+from exchange.auditlog.batch import GroupCommitter
+from exchange.auditlog.export import export_lines
+from exchange.auditlog.log import AuditLog
+from exchange.errors import AlreadyExists, NotFound, Unavailable
 from exchange.paging import page_request
 from exchange.store import Store
-from exchange.store.audit import EntryFilter, Pruned, staging
+from exchange.store.audit import EntryFilter, Pruned
 from exchange.store.schema import AuditEntryRow, AuditNodeRow, AuditSubjectRow
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import registry_pb2 as rpb
@@ -110,13 +112,44 @@ def test_search_by_department_resource_outcome_exchange_and_subject(log: AuditLo
     assert audit.search(page, EntryFilter(owner_resources=())).items == []
 
 
-def test_a_change_and_its_record_commit_together(log: AuditLog, store: Store) -> None:
-    with pytest.raises(RuntimeError), staging(_record(1)), store.db.write():
-        raise RuntimeError("the change failed")
-    assert store.audit.staged_count() == 0
-    with staging(_record(2)), store.db.write():
-        pass
+def _change(action: str, subject: str) -> AuditRecord:
+    return AuditRecord(
+        "registry", action, "2026-11-22T08:00:00.000000Z", "person/op-admin", POLICE.code, "ok", subject=subject
+    )
+
+
+def test_a_change_and_its_record_commit_together(log: AuditLog, store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """The store method is handed the record: committed with the change, sealed, and logged once committed."""
+    caplog.set_level(logging.INFO, logger="exchange.store.recorded")
+    store.registry.add_department(POLICE, audit=_change("create_department", POLICE.code))
     assert store.audit.staged_count() == 1
+    with pytest.raises(AlreadyExists):
+        store.registry.add_department(POLICE, audit=_change("create_department", "again"))
+    with pytest.raises(NotFound):
+        store.registry.set_roles("nobody", lambda person: frozenset(), audit=_change("set_roles", "person/nobody"))
+    assert store.audit.staged_count() == 1
+    assert [r.event["subject"] for r in caplog.records if hasattr(r, "event")] == [POLICE.code]
+    assert log.flush() == 1  # integration accepts the row: it carries the log's seal
+    (entry,) = log.store.entries(0, 1)
+    assert json.loads(entry.record or "")["action"] == "create_department"
+
+
+def test_a_change_without_its_record_is_refused_before_anything_is_written(store: Store) -> None:
+    with pytest.raises(TypeError, match="must carry its audit record"):
+        store.registry.add_department(POLICE, audit=None)  # type: ignore[arg-type]
+    with pytest.raises(NotFound):
+        store.registry.get_department(POLICE.code)
+    assert store.audit.staged_count() == 0
+
+
+def test_a_record_that_cannot_be_written_takes_its_change_back(store: Store) -> None:
+    """The department is written first; its record, refused as it is staged, rolls it back."""
+    unrecordable = replace(_change("create_department", POLICE.code), fields=[7])  # type: ignore[list-item]
+    with pytest.raises(RecordError, match="lists hold strings only"):
+        store.registry.add_department(POLICE, audit=unrecordable)
+    with pytest.raises(NotFound):
+        store.registry.get_department(POLICE.code)
+    assert store.audit.staged_count() == 0
 
 
 def _tamper(store: Store, statement: object) -> None:

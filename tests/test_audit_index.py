@@ -10,17 +10,18 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import delete, insert, update
 
-from audit.export import export_lines
-from audit.log import AuditLog
 from audit.matching import PENDING, PROVED, HitError, RecordFilter, check_hit, compare, matches_in_log, mismatch
 from audit.merkle import leaf_hash
 from audit.note import Checkpoint, Signer, open_note
 from audit.records import AuditRecord, record_leaf, subject_hash
 from audit.verify import VerifyError
+from exchange.auditlog import indexes
+from exchange.auditlog.export import export_lines
+from exchange.auditlog.indexes import Difference, LogDoesNotVerify, check_index
+from exchange.auditlog.log import AuditLog
 from exchange.paging import page_request
-from exchange.store import Store, audit_index
+from exchange.store import Store
 from exchange.store.audit import EntryFilter
-from exchange.store.audit_index import Difference, LogDoesNotVerify, check_index
 from exchange.store.schema import AuditEntryRow, AuditSubjectRow
 
 ORIGIN = "test.exchange/audit"
@@ -71,7 +72,7 @@ def _seqs(store: Store, f: EntryFilter) -> list[int]:
 def test_changed_columns_and_subject_rows_are_reported_and_repaired(
     log: AuditLog, store: Store, chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(audit_index, "CHUNK", chunk)
+    monkeypatch.setattr(indexes, "CHUNK", chunk)
     assert _check(log, store) == []
     later = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     _tamper(

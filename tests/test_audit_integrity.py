@@ -13,13 +13,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import delete, insert, update
 
-from audit.batch import GroupCommitter
-from audit.export import export_lines
-from audit.log import AuditLog
 from audit.merkle import leaf_hash
 from audit.note import Signer
 from audit.records import AuditRecord
 from audit.verify import verify_export
+from exchange.auditlog.batch import GroupCommitter
+from exchange.auditlog.export import export_lines
+from exchange.auditlog.log import AuditLog
 from exchange.errors import AuditTampered, Unavailable
 from exchange.server.app import Hub
 from exchange.store import Store

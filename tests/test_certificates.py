@@ -28,7 +28,7 @@ from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as gpb
 from tests.exchange_world import World, fails, lookup, make_world, serve_lookup
-from tests.harness import POLICE, RunningHub, base_settings, reason_of, running_hub
+from tests.harness import POLICE, TEST_RECORD, RunningHub, base_settings, reason_of, running_hub
 
 SYSTEM = m.PrincipalRef(m.PrincipalKind.SYSTEM, "bdc-djxt")
 
@@ -237,7 +237,7 @@ def _short_lived(hub: RunningHub, directory: Path, seconds: float) -> Path:
         )
         .sign(authority.key, hashes.SHA256())
     )
-    hub.hub.store.registry.add_certificate(record_of(cert, SYSTEM))
+    hub.hub.store.registry.add_certificate(record_of(cert, SYSTEM), audit=TEST_RECORD)
     pki.IdentityFiles(directory).write(key, pki.cert_pem(cert), hub.ca_pem)
     return directory
 

@@ -37,12 +37,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.provider import Provider, ProviderQuery, serve
-from audit.export import export_lines
 from audit.note import Verifier
 from audit.records import parse_entry_line
 from audit.verify import Report, verify_export
 from exchange import models as m
 from exchange import pki
+from exchange.auditlog.export import export_lines
 from exchange.cli.client import HubClient
 from exchange.config import Settings
 from exchange.v1 import audit_pb2 as apb

@@ -35,11 +35,11 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 import exchange.v1
-from audit.export import export_lines
 from audit.note import Verifier
 from audit.verify import verify_export
 from exchange import models as m
 from exchange import pki, wire
+from exchange.auditlog.export import export_lines
 from exchange.server.app import SERVICES
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb

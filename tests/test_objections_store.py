@@ -12,7 +12,7 @@ from exchange.models import Tally
 from exchange.paging import page_request
 from exchange.store import Store
 from exchange.store.objections import UNANSWERED, AnswerKind, Objection, ObjectionFilter, ObjectionState
-from tests.harness import move_objection_due
+from tests.harness import TEST_RECORD, move_objection_due
 
 RAISED = dt.datetime(2026, 12, 1, 9, 30, tzinfo=dt.UTC)
 
@@ -34,7 +34,7 @@ def _objection(n: int, owner: str = "police", raiser: str = "registry") -> Objec
 
 
 def test_an_objection_is_kept_as_given_and_answered_once(store: Store) -> None:
-    first = store.objections.add(_objection(1))
+    first = store.objections.add(_objection(1), audit=TEST_RECORD)
     assert store.objections.get(first.id) == first
     at = RAISED + dt.timedelta(days=1)
 
@@ -43,14 +43,14 @@ def test_an_objection_is_kept_as_given_and_answered_once(store: Store) -> None:
             raise FailedPrecondition("answered already", o.id)
         return replace(o, state=ObjectionState.ANSWERED, answer_kind=AnswerKind.CORRECTED, effective_at=at)
 
-    answered = store.objections.change(first.id, answer)
+    answered = store.objections.change(first.id, answer, audit=TEST_RECORD)
     assert (answered.state, answered.answer_kind, answered.effective_at) == (
         ObjectionState.ANSWERED,
         AnswerKind.CORRECTED,
         at,
     )
     with pytest.raises(FailedPrecondition):
-        store.objections.change(first.id, answer)
+        store.objections.change(first.id, answer, audit=TEST_RECORD)
     assert store.objections.get(first.id) == answered
     with pytest.raises(NotFound):
         store.objections.get("OB-20000101-00000000")
@@ -58,7 +58,7 @@ def test_an_objection_is_kept_as_given_and_answered_once(store: Store) -> None:
 
 def test_lists_filter_by_owner_raiser_state_and_overdue(store: Store) -> None:
     for n, owner in ((1, "police"), (2, "police"), (3, "housing")):
-        store.objections.add(_objection(n, owner))
+        store.objections.add(_objection(n, owner), audit=TEST_RECORD)
     move_objection_due(store, _objection(2).id, dt.date(2026, 11, 1))
     page = page_request(2, "", {})
     police = store.objections.list(page, ObjectionFilter(owner_department="police"))
@@ -81,8 +81,8 @@ def test_tallies_count_unanswered_due_soon_and_overdue(store: Store) -> None:
         (4, "housing", dt.date(2026, 12, 7)),  # due today: soon, not overdue
         (5, "police", dt.date(2026, 12, 1)),  # answered: neither
     ):
-        store.objections.add(replace(_objection(n, owner), due=due))
-    store.objections.change(_objection(5).id, lambda o: replace(o, state=ObjectionState.ANSWERED))
+        store.objections.add(replace(_objection(n, owner), due=due), audit=TEST_RECORD)
+    store.objections.change(_objection(5).id, lambda o: replace(o, state=ObjectionState.ANSWERED), audit=TEST_RECORD)
     police = store.objections.tally(ObjectionFilter(owner_department="police"), today, soon)
     assert police == Tally(4, due_soon=1, overdue=1)
     assert store.objections.tally(ObjectionFilter(states=UNANSWERED), today, soon) == Tally(4, 2, 1)

@@ -31,7 +31,7 @@ from exchange.store.rights import RequestFilter
 from exchange.workdays import WorkCalendar
 from policy import Action, RightsPolicy, assignments_of, require_compatible_roles
 from policy.decision import DecisionPoint, Question
-from tests.harness import AUTHORITY, HOUSING, POLICE, identity_spec
+from tests.harness import AUTHORITY, HOUSING, POLICE, TEST_RECORD, identity_spec
 
 TODAY = dt.datetime.now(dt.UTC).date()
 DEPARTMENTS = (AUTHORITY, POLICE, HOUSING)
@@ -81,8 +81,10 @@ def world() -> Iterator[World]:
         key, cert = create_ca("property test CA")
         registry = RegistryService(store, CertificateAuthority.of(key, cert), policy, 30)
         rights = RightsService(store, policy, WorkCalendar(), 1096, decisions=decisions)
-        store.registry.add_department(AUTHORITY)
-        store.registry.add_person(m.Person("op-admin", "运维", AUTHORITY.code, frozenset({m.Role.OPERATOR})))
+        store.registry.add_department(AUTHORITY, audit=TEST_RECORD)
+        store.registry.add_person(
+            m.Person("op-admin", "运维", AUTHORITY.code, frozenset({m.Role.OPERATOR})), audit=TEST_RECORD
+        )
         policy.assign(assignments_of(OPERATOR.ref, AUTHORITY.code, OPERATOR.roles))
         for d in DEPARTMENTS[1:]:
             registry.create_department(OPERATOR, d)

@@ -22,7 +22,7 @@ from exchange.store import Store
 from exchange.store.catalog import ResourceFilter, Transition
 from exchange.store.database import deadline
 from exchange.store.schema import Base, ResourceRow, ResourceVersionRow
-from tests.harness import AUTHORITY, HOUSING, POLICE, identity_spec
+from tests.harness import AUTHORITY, HOUSING, POLICE, TEST_RECORD, identity_spec
 
 OPERATOR = m.PrincipalRef(m.PrincipalKind.PERSON, "op-admin")
 STEWARD = m.PrincipalRef(m.PrincipalKind.PERSON, "ga-steward")
@@ -35,8 +35,10 @@ def _page(size: int = 50, token: str = "", **filters: object) -> object:
 @pytest.fixture
 def populated(store: Store) -> Store:
     for d in (AUTHORITY, POLICE, HOUSING):
-        store.registry.add_department(d)
-    store.registry.add_person(m.Person("ga-steward", "张警官", POLICE.code, frozenset({m.Role.OWNER_STEWARD})))
+        store.registry.add_department(d, audit=TEST_RECORD)
+    store.registry.add_person(
+        m.Person("ga-steward", "张警官", POLICE.code, frozenset({m.Role.OWNER_STEWARD})), audit=TEST_RECORD
+    )
     return store
 
 
@@ -74,7 +76,7 @@ def test_department_round_trip_and_parent(populated: Store) -> None:
         m.AdministrativeLevel.COUNTY,
         parent_code=POLICE.code,
     )
-    stored = populated.registry.add_department(child)
+    stored = populated.registry.add_department(child, audit=TEST_RECORD)
     assert stored.parent_code == POLICE.code
     assert stored.created_at is not None and stored.created_at.tzinfo is not None
     assert populated.registry.get_department(child.code) == stored
@@ -84,29 +86,30 @@ def test_department_round_trip_and_parent(populated: Store) -> None:
 
 def test_duplicate_department_code_or_name_refused_and_nothing_written(populated: Store) -> None:
     with pytest.raises(AlreadyExists, match="already exists"):
-        populated.registry.add_department(replace(POLICE, name="另一个名字"))
+        populated.registry.add_department(replace(POLICE, name="另一个名字"), audit=TEST_RECORD)
     with pytest.raises(AlreadyExists, match="name"):
-        populated.registry.add_department(replace(POLICE, code="11350200MB0067890U"))
+        populated.registry.add_department(replace(POLICE, code="11350200MB0067890U"), audit=TEST_RECORD)
     listed = populated.registry.list_departments(page_request(0, "", {}))
     assert len(listed.items) == 3
 
 
 def test_unknown_department_references_are_not_found(populated: Store) -> None:
     with pytest.raises(NotFound, match="11350200MB0067890U"):
-        populated.registry.add_system(m.System("x-sys", "系统", "11350200MB0067890U"))
+        populated.registry.add_system(m.System("x-sys", "系统", "11350200MB0067890U"), audit=TEST_RECORD)
     with pytest.raises(NotFound):
         populated.registry.add_department(
-            replace(HOUSING, code="11350200MB00567892", name="税务", parent_code="11350200MB0067890U")
+            replace(HOUSING, code="11350200MB00567892", name="税务", parent_code="11350200MB0067890U"),
+            audit=TEST_RECORD,
         )
     assert populated.registry.list_systems(page_request(0, "", {})).items == []
 
 
 def test_systems_and_people(populated: Store) -> None:
-    populated.registry.add_system(m.System("ga-rkxx", "人口信息管理系统", POLICE.code, "户籍"))
+    populated.registry.add_system(m.System("ga-rkxx", "人口信息管理系统", POLICE.code, "户籍"), audit=TEST_RECORD)
     with pytest.raises(AlreadyExists):
-        populated.registry.add_system(m.System("ga-rkxx", "别的系统", POLICE.code))
+        populated.registry.add_system(m.System("ga-rkxx", "别的系统", POLICE.code), audit=TEST_RECORD)
     with pytest.raises(AlreadyExists, match="system name"):
-        populated.registry.add_system(m.System("ga-other", "人口信息管理系统", POLICE.code))
+        populated.registry.add_system(m.System("ga-other", "人口信息管理系统", POLICE.code), audit=TEST_RECORD)
     assert populated.registry.get_system("ga-rkxx").department_code == POLICE.code
     person = populated.registry.get_person("ga-steward")
     assert person.roles == frozenset({m.Role.OWNER_STEWARD})
@@ -117,7 +120,7 @@ def test_systems_and_people(populated: Store) -> None:
 
 def test_pagination_visits_every_item_once(populated: Store) -> None:
     for i in range(7):
-        populated.registry.add_system(m.System(f"sys-{i:02d}", f"系统{i}", HOUSING.code))
+        populated.registry.add_system(m.System(f"sys-{i:02d}", f"系统{i}", HOUSING.code), audit=TEST_RECORD)
     seen: list[str] = []
     token = ""
     while True:
@@ -137,26 +140,33 @@ def _certificate(fingerprint: str, ref: m.PrincipalRef, days: int = 30) -> m.Cer
 
 
 def test_certificate_maps_to_its_principal_only_while_valid(populated: Store) -> None:
-    populated.registry.add_certificate(_certificate("a" * 64, STEWARD))
+    populated.registry.add_certificate(_certificate("a" * 64, STEWARD), audit=TEST_RECORD)
     now = dt.datetime.now(dt.UTC)
     principal = populated.registry.principal_for_certificate("a" * 64, now)
     assert principal is not None and principal.ref == STEWARD and principal.department_code == POLICE.code
     assert populated.registry.principal_for_certificate("a" * 64, now + dt.timedelta(days=31)) is None
     assert populated.registry.principal_for_certificate("b" * 64, now) is None
     with pytest.raises(NotFound):
-        populated.registry.add_certificate(_certificate("c" * 64, m.PrincipalRef(m.PrincipalKind.SYSTEM, "nobody")))
+        populated.registry.add_certificate(
+            _certificate("c" * 64, m.PrincipalRef(m.PrincipalKind.SYSTEM, "nobody")), audit=TEST_RECORD
+        )
     with pytest.raises(AlreadyExists, match="already exists"):
-        populated.registry.add_certificate(_certificate("a" * 64, STEWARD))
+        populated.registry.add_certificate(_certificate("a" * 64, STEWARD), audit=TEST_RECORD)
 
 
 def test_resource_create_update_and_history(populated: Store) -> None:
-    created = populated.catalog.create(identity_spec(), m.ResourceStatus.DRAFT, STEWARD, "编目")
+    created = populated.catalog.create(identity_spec(), m.ResourceStatus.DRAFT, STEWARD, "编目", audit=TEST_RECORD)
     assert (created.version, created.status, created.published_at) == (1, m.ResourceStatus.DRAFT, None)
     assert populated.catalog.get(created.spec.code) == created
 
     changed = identity_spec(name="居民身份核验信息", summary="更新")
     updated = populated.catalog.change(
-        created.spec.code, 1, STEWARD, "改名", lambda cur: Transition(changed, cur.status, m.ResourceChange.UPDATED)
+        created.spec.code,
+        1,
+        STEWARD,
+        "改名",
+        lambda cur: Transition(changed, cur.status, m.ResourceChange.UPDATED),
+        audit=TEST_RECORD,
     )
     assert updated.version == 2 and updated.spec.name == "居民身份核验信息"
     published = populated.catalog.change(
@@ -165,6 +175,7 @@ def test_resource_create_update_and_history(populated: Store) -> None:
         STEWARD,
         "",
         lambda cur: Transition(cur.spec, m.ResourceStatus.PUBLISHED, m.ResourceChange.PUBLISHED),
+        audit=TEST_RECORD,
     )
     assert published.published_at is not None and published.version == 3
 
@@ -184,24 +195,29 @@ def test_resource_create_update_and_history(populated: Store) -> None:
 
 
 def test_stale_version_is_aborted_and_refusal_writes_nothing(populated: Store) -> None:
-    populated.catalog.create(identity_spec(), m.ResourceStatus.PUBLISHED, STEWARD, "")
+    populated.catalog.create(identity_spec(), m.ResourceStatus.PUBLISHED, STEWARD, "", audit=TEST_RECORD)
     with pytest.raises(Aborted, match="version 1, not 5"):
         populated.catalog.change(
-            "10101/350200000001", 5, STEWARD, "", lambda c: Transition(c.spec, c.status, m.ResourceChange.UPDATED)
+            "10101/350200000001",
+            5,
+            STEWARD,
+            "",
+            lambda c: Transition(c.spec, c.status, m.ResourceChange.UPDATED),
+            audit=TEST_RECORD,
         )
 
     def refuse(current: m.Resource) -> Transition:
         raise NotFound("anything", "x")
 
     with pytest.raises(NotFound):
-        populated.catalog.change("10101/350200000001", 0, STEWARD, "", refuse)
+        populated.catalog.change("10101/350200000001", 0, STEWARD, "", refuse, audit=TEST_RECORD)
     assert populated.catalog.get("10101/350200000001").version == 1
     with populated.db.read() as s:
         assert s.scalar(select(func.count()).select_from(ResourceVersionRow)) == 1
 
 
 def test_concurrent_changes_each_get_their_own_version(populated: Store) -> None:
-    populated.catalog.create(identity_spec(), m.ResourceStatus.PUBLISHED, STEWARD, "")
+    populated.catalog.create(identity_spec(), m.ResourceStatus.PUBLISHED, STEWARD, "", audit=TEST_RECORD)
     errors: list[BaseException] = []
 
     def bump() -> None:
@@ -213,6 +229,7 @@ def test_concurrent_changes_each_get_their_own_version(populated: Store) -> None
                     STEWARD,
                     "",
                     lambda c: Transition(c.spec, c.status, m.ResourceChange.UPDATED),
+                    audit=TEST_RECORD,
                 )
         except BaseException as e:
             errors.append(e)
@@ -229,24 +246,27 @@ def test_concurrent_changes_each_get_their_own_version(populated: Store) -> None
 
 
 def test_resource_uniqueness_and_references(populated: Store) -> None:
-    populated.catalog.create(identity_spec(), m.ResourceStatus.PUBLISHED, STEWARD, "")
+    populated.catalog.create(identity_spec(), m.ResourceStatus.PUBLISHED, STEWARD, "", audit=TEST_RECORD)
     with pytest.raises(AlreadyExists):
-        populated.catalog.create(identity_spec(name="别名"), m.ResourceStatus.DRAFT, STEWARD, "")
+        populated.catalog.create(identity_spec(name="别名"), m.ResourceStatus.DRAFT, STEWARD, "", audit=TEST_RECORD)
     with pytest.raises(AlreadyExists, match="resource name"):
-        populated.catalog.create(identity_spec(code="10101/350200000002"), m.ResourceStatus.DRAFT, STEWARD, "")
+        populated.catalog.create(
+            identity_spec(code="10101/350200000002"), m.ResourceStatus.DRAFT, STEWARD, "", audit=TEST_RECORD
+        )
     with pytest.raises(NotFound, match="related resource"):
         populated.catalog.create(
             identity_spec(code="10101/350200000003", name="其他", related_resource_codes=("99999/000000000001",)),
             m.ResourceStatus.DRAFT,
             STEWARD,
             "",
+            audit=TEST_RECORD,
         )
     listed = populated.catalog.list(page_request(0, "", {}), ResourceFilter())
     assert [r.spec.code for r in listed.items] == ["10101/350200000001"]
 
 
 def test_search_by_department_share_type_text_and_field(populated: Store) -> None:
-    populated.catalog.create(identity_spec(), m.ResourceStatus.PUBLISHED, STEWARD, "")
+    populated.catalog.create(identity_spec(), m.ResourceStatus.PUBLISHED, STEWARD, "", audit=TEST_RECORD)
     housing = identity_spec(
         code="20301/350200000001",
         department=HOUSING.code,
@@ -257,9 +277,13 @@ def test_search_by_department_share_type_text_and_field(populated: Store) -> Non
         legal_basis="",
         data_items=(m.DataItem("contract_no", "合同备案号", m.FieldType.STRING),),
     )
-    populated.catalog.create(housing, m.ResourceStatus.PUBLISHED, STEWARD, "")
+    populated.catalog.create(housing, m.ResourceStatus.PUBLISHED, STEWARD, "", audit=TEST_RECORD)
     populated.catalog.create(
-        identity_spec(code="10101/350200000009", name="草稿", summary="不动产"), m.ResourceStatus.DRAFT, STEWARD, ""
+        identity_spec(code="10101/350200000009", name="草稿", summary="不动产"),
+        m.ResourceStatus.DRAFT,
+        STEWARD,
+        "",
+        audit=TEST_RECORD,
     )
 
     def codes(**f: object) -> list[str]:
@@ -283,7 +307,7 @@ def test_search_by_department_share_type_text_and_field(populated: Store) -> Non
 
 
 def test_a_write_waiting_on_a_lock_ends_with_the_callers_deadline(populated: Store) -> None:
-    populated.catalog.create(identity_spec(), m.ResourceStatus.PUBLISHED, STEWARD, "")
+    populated.catalog.create(identity_spec(), m.ResourceStatus.PUBLISHED, STEWARD, "", audit=TEST_RECORD)
     holder = populated.db.write()
     session = holder.__enter__()  # another writer holds the lock
     try:
@@ -293,7 +317,12 @@ def test_a_write_waiting_on_a_lock_ends_with_the_callers_deadline(populated: Sto
         session.get(ResourceRow, 1)
         with deadline(0.3), pytest.raises(DeadlineExceeded):
             populated.catalog.change(
-                "10101/350200000001", 0, STEWARD, "", lambda c: Transition(c.spec, c.status, m.ResourceChange.UPDATED)
+                "10101/350200000001",
+                0,
+                STEWARD,
+                "",
+                lambda c: Transition(c.spec, c.status, m.ResourceChange.UPDATED),
+                audit=TEST_RECORD,
             )
     finally:
         holder.__exit__(None, None, None)

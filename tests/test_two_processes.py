@@ -19,12 +19,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from audit.export import export_lines
 from audit.note import Verifier
 from audit.records import parse_entry_line
 from audit.verify import verify_export
 from exchange import models as m
 from exchange import wire as w
+from exchange.auditlog.export import export_lines
 from exchange.cli.client import HubClient
 from exchange.config import Settings
 from exchange.v1 import exchange_pb2 as xpb

@@ -33,7 +33,7 @@ from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from exchange.workdays import WorkCalendar
 from policy import RightsPolicy, assignments_of
-from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, base_settings, identity_spec, running_hub
+from tests.harness import AUTHORITY, HOUSING, POLICE, TEST_RECORD, RunningHub, base_settings, identity_spec, running_hub
 
 D = dt.date.fromisoformat
 IDENTITY = "10101/350200000001"
@@ -58,8 +58,10 @@ class Applying:
         policy = RightsPolicy()
         key, cert = create_ca("workdays test CA")
         registry = RegistryService(store, CertificateAuthority.of(key, cert), policy, 30)
-        store.registry.add_department(AUTHORITY)
-        store.registry.add_person(m.Person("op-admin", "运维", AUTHORITY.code, frozenset({m.Role.OPERATOR})))
+        store.registry.add_department(AUTHORITY, audit=TEST_RECORD)
+        store.registry.add_person(
+            m.Person("op-admin", "运维", AUTHORITY.code, frozenset({m.Role.OPERATOR})), audit=TEST_RECORD
+        )
         policy.assign(assignments_of(OPERATOR.ref, AUTHORITY.code, OPERATOR.roles))
         for member in (POLICE, HOUSING):
             registry.create_department(OPERATOR, member)

@@ -11,11 +11,11 @@ import argparse
 import sys
 
 from exchange import pki
+from exchange.auditlog.indexes import Difference, LogDoesNotVerify, check_index
 from exchange.cli import report as out
 from exchange.cli.audit import read_verifier
 from exchange.config import Settings
 from exchange.store import Store
-from exchange.store.audit_index import Difference, LogDoesNotVerify, check_index
 
 
 def _print(difference: Difference) -> None:

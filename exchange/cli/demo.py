@@ -21,12 +21,12 @@ from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from audit.log import AuditLog
 from audit.note import Verifier
 from audit.verify import verify_export
 from exchange import logs, pki, validation
 from exchange import models as m
 from exchange import wire as w
+from exchange.auditlog.log import AuditLog
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli import commands, evaluation, files, tables
 from exchange.cli import demo_exchange as flat_sale
@@ -75,7 +75,7 @@ def _fresh_home(home: Path) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     # The tour prints what happens; the hub's per-exchange and per-change log lines would repeat it.
     logs.configure(settings.log_level, "text")
-    quiet = [logging.getLogger(name) for name in ("exchange.services.exchange", "exchange.store.audit")]
+    quiet = [logging.getLogger(name) for name in ("exchange.services.exchange", "exchange.store.recorded")]
     levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.WARNING)

@@ -22,10 +22,11 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from adapters import factory
 from adapters.hosts import HostPolicy
-from audit.batch import GroupCommitter
-from audit.log import AuditLog
 from audit.note import Verifier
 from exchange import pki, tracing
+from exchange.auditlog.batch import GroupCommitter
+from exchange.auditlog.indexes import Difference, LogDoesNotVerify, check_index
+from exchange.auditlog.log import AuditLog
 from exchange.bootstrap import load_audit_signer
 from exchange.config import Settings
 from exchange.console.app import build_app
@@ -55,7 +56,6 @@ from exchange.services.objections import ObjectionService
 from exchange.services.registry import CertificateAuthority, RegistryService
 from exchange.services.rights import RightsService
 from exchange.store import Store
-from exchange.store.audit_index import Difference, LogDoesNotVerify, check_index
 from exchange.store.changes import ChangeListener
 from exchange.store.registry import Holder
 from exchange.v1 import (

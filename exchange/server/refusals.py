@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from audit.batch import GroupCommitter
 from audit.records import AuditRecord
 from exchange import errors
+from exchange.auditlog.batch import GroupCommitter
 from exchange.models import Principal
 from exchange.server.refusal_rate import Counted, RefusalRate
 from exchange.services.auditing import change_record

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from audit import report as evaluation
-from audit.export import export_lines
-from audit.log import AuditLog
 from audit.note import Checkpoint, Verifier, open_note
 from audit.records import subject_hash
 from exchange import validation
+from exchange.auditlog.export import export_lines
+from exchange.auditlog.log import AuditLog
 from exchange.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from exchange.models import Page, Principal, ResourceStatus
 from exchange.paging import page_request

@@ -1,4 +1,4 @@
-"""Audit records for changes of registry, catalog and rights, staged with the change itself."""
+"""Audit records for changes of registry, catalog and rights, handed to the store method that writes the change."""
 
 from __future__ import annotations
 

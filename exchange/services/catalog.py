@@ -27,7 +27,6 @@ from exchange.models import (
 from exchange.paging import page_request
 from exchange.services.auditing import change_record
 from exchange.store import Store
-from exchange.store.audit import staging
 from exchange.store.catalog import ResourceFilter, Transition
 from policy import Action, RightsPolicy, visible_department
 
@@ -81,8 +80,7 @@ class CatalogService:
         record = change_record(
             actor, "catalog", f"bind:{binding.kind.value}", subject=code, resource=code, reason=reason
         )
-        with staging(record):
-            return redacted(self._store.catalog.set_binding(binding, actor.ref, may_bind))
+        return redacted(self._store.catalog.set_binding(binding, actor.ref, may_bind, audit=record))
 
     def _provider_problems(self, binding: Binding, department: str) -> list[FieldViolation]:
         """A gRPC provider must be a registered system of the owning department: no one answers for another."""
@@ -114,8 +112,7 @@ class CatalogService:
         record = change_record(
             actor, "catalog", f"create:{status.value}", subject=spec.code, resource=spec.code, reason=reason
         )
-        with staging(record):
-            return self._store.catalog.create(spec, status, actor.ref, reason)
+        return self._store.catalog.create(spec, status, actor.ref, reason, audit=record)
 
     def update(self, actor: Principal, spec: ResourceSpec, expected_version: int, reason: str) -> Resource:
         self.require_writer(actor, "update catalog entries")
@@ -134,8 +131,7 @@ class CatalogService:
             return Transition(spec, current.status, ResourceChange.UPDATED)
 
         record = change_record(actor, "catalog", "update", subject=spec.code, resource=spec.code, reason=reason)
-        with staging(record):
-            return self._store.catalog.change(spec.code, expected_version, actor.ref, reason, decide)
+        return self._store.catalog.change(spec.code, expected_version, actor.ref, reason, decide, audit=record)
 
     def change_status(
         self, actor: Principal, code: str, change: ResourceChange, expected_version: int, reason: str
@@ -159,8 +155,7 @@ class CatalogService:
             return Transition(current.spec, _TARGET[change], change)
 
         record = change_record(actor, "catalog", change.value, subject=code, resource=code, reason=reason)
-        with staging(record):
-            return self._store.catalog.change(code, expected_version, actor.ref, reason, decide)
+        return self._store.catalog.change(code, expected_version, actor.ref, reason, decide, audit=record)
 
     def get(self, actor: Principal, code: str, version: int) -> Resource:
         validation.validate_key("code", code, "resource")

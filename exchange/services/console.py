@@ -19,7 +19,6 @@ from typing import Protocol
 from exchange import errors
 from exchange.models import Principal, PrincipalKind
 from exchange.services.auditing import change_record
-from exchange.store.audit import staging
 from exchange.store.console import ConsoleStore, Link, SessionRecord
 
 # A session's last-seen time is written at most this often (each request would otherwise be a write).
@@ -89,8 +88,9 @@ class ConsoleAccess:
         record = change_record(
             actor, "console", "sign_in_link", subject=str(actor.ref), reason=f"until {expires:%H:%M}Z"
         )
-        with staging(record):
-            self._store.add_link(_hash(secret), Link(actor.ref.code, actor.certificate_fingerprint, expires), now)
+        self._store.add_link(
+            _hash(secret), Link(actor.ref.code, actor.certificate_fingerprint, expires), now, audit=record
+        )
         return secret, expires
 
     def open_with_link(self, secret: str) -> Opened:
@@ -140,8 +140,7 @@ class ConsoleAccess:
             ended_at=None,
         )
         audit = change_record(principal, "console", "sign_in", subject=str(principal.ref), reason=method)
-        with staging(audit):
-            self._store.add_session(record)
+        self._store.add_session(record, audit=audit)
         return Opened(secret, record, principal)
 
     def resume(self, secret: str, presented: str | None) -> Resumed:
@@ -163,7 +162,7 @@ class ConsoleAccess:
         if not why and principal is not None and not record.roles <= {r.value for r in principal.roles}:
             why = "your roles have changed since you signed in"
         if why or principal is None:
-            self._store.end(record.secret_hash, now)
+            self._store.expire(record.secret_hash, now)
             raise errors.Unauthenticated(f"your session has ended: {why}; sign in again")
         if now - record.seen_at >= TOUCH_EVERY:
             self._store.touch(record.secret_hash, now)
@@ -181,8 +180,7 @@ class ConsoleAccess:
     def close(self, secret: str, principal: Principal) -> None:
         """Signs out: ends the session, with its audit record."""
         audit = change_record(principal, "console", "sign_out", subject=str(principal.ref))
-        with staging(audit):
-            self._store.end(_hash(secret), _now())
+        self._store.end(_hash(secret), _now(), audit=audit)
 
 
 _LINK_REFUSALS = {

@@ -22,7 +22,6 @@ from exchange.models import Page, Principal, PrincipalKind, Resource, ResourceSt
 from exchange.paging import page_request
 from exchange.services.auditing import change_record
 from exchange.store import Store
-from exchange.store.audit import staging
 from exchange.store.objections import UNANSWERED, AnswerKind, Objection, ObjectionFilter, ObjectionState
 from exchange.workdays import DUE_SOON_WORKING_DAYS, WorkCalendar
 from policy import HUB_WIDE, Action, RightsPolicy
@@ -132,8 +131,7 @@ class ObjectionService:
             actor, "objection", "raise", subject=objection.id, resource=objection.resource_code, reason=raising.reason
         )
         record = replace(record, exchange_id=raising.exchange_id, fields=list(raising.fields))
-        with staging(record):
-            return self._store.objections.add(objection)
+        return self._store.objections.add(objection, audit=record)
 
     def _objectable(self, actor: Principal, code: str) -> Resource:
         resource = self._store.catalog.get(code)
@@ -219,8 +217,7 @@ class ObjectionService:
             resource=known.resource_code,
             reason=reason,
         )
-        with staging(record):
-            return self._store.objections.change(objection_id, decide)
+        return self._store.objections.change(objection_id, decide, audit=record)
 
     def _owned(self, actor: Principal, objection_id: str) -> Objection:
         """The objection, if the caller's department owns its resource; another's and a missing one alike."""
@@ -260,8 +257,7 @@ class ObjectionService:
         record = change_record(
             actor, "objection", "escalate", subject=objection_id, resource=known.resource_code, reason=reason
         )
-        with staging(record):
-            return self._store.objections.change(objection_id, decide)
+        return self._store.objections.change(objection_id, decide, audit=record)
 
     # Reading: an objection's state is public to whoever may see its resource (a published one: every member).
 

@@ -29,7 +29,6 @@ from exchange.paging import page_request
 from exchange.services.auditing import change_record
 from exchange.services.cache import Cache
 from exchange.store import Store
-from exchange.store.audit import staging
 from exchange.store.registry import Holder, holder_at
 from policy import HUB_WIDE, Action, RightsPolicy, assignments_of, require_compatible_roles
 
@@ -127,8 +126,8 @@ class RegistryService:
     def create_department(self, actor: Principal, department: Department) -> Department:
         self.require_registrar(actor, "register departments")
         validation.validate_department(department)
-        with staging(change_record(actor, "registry", "create_department", subject=department.code)):
-            return self._store.registry.add_department(department)
+        audit = change_record(actor, "registry", "create_department", subject=department.code)
+        return self._store.registry.add_department(department, audit=audit)
 
     def get_department(self, actor: Principal, code: str) -> Department:
         validation.validate_key("code", code, "department")
@@ -144,8 +143,8 @@ class RegistryService:
     def create_system(self, actor: Principal, system: System) -> System:
         self.require_registrar(actor, "register systems")
         validation.validate_system(system)
-        with staging(change_record(actor, "registry", "create_system", subject=f"system/{system.code}")):
-            created = self._store.registry.add_system(system)
+        audit = change_record(actor, "registry", "create_system", subject=f"system/{system.code}")
+        created = self._store.registry.add_system(system, audit=audit)
         self._refresh_roles(PrincipalRef(PrincipalKind.SYSTEM, created.code))
         return created
 
@@ -170,10 +169,8 @@ class RegistryService:
             raise PermissionDenied(f"{actor.ref} may not register itself again", reason="SELF_ELEVATION")
         self._require_apart(person.username, person.identity_key, person.roles)
         roles = ",".join(sorted(r.value for r in person.roles))
-        with staging(
-            change_record(actor, "registry", "create_person", subject=f"person/{person.username}", reason=roles)
-        ):
-            created = self._store.registry.add_person(person)
+        audit = change_record(actor, "registry", "create_person", subject=f"person/{person.username}", reason=roles)
+        created = self._store.registry.add_person(person, audit=audit)
         self._refresh_roles(PrincipalRef(PrincipalKind.PERSON, created.username))
         return created
 
@@ -205,8 +202,8 @@ class RegistryService:
             return roles
 
         action = f"{'assign' if add else 'unassign'}_role:{role.value}"
-        with staging(change_record(actor, "registry", action, subject=f"person/{username}", reason=reason)):
-            changed = self._store.registry.set_roles(username, change)
+        audit = change_record(actor, "registry", action, subject=f"person/{username}", reason=reason)
+        changed = self._store.registry.set_roles(username, change, audit=audit)
         self._refresh_roles(PrincipalRef(PrincipalKind.PERSON, username))
         return changed
 
@@ -267,10 +264,10 @@ class RegistryService:
         self._store.registry.principal(ref)
         self._require_room(ref)
         record = replace(self._ca.issue(csr_pem, ref, days or self._default_days), issued_by=str(actor.ref))
-        with staging(
-            change_record(actor, "registry", "issue_certificate", subject=str(ref), reason=record.fingerprint_sha256)
-        ):
-            return self._shown(self._store.registry.add_certificate(record))
+        audit = change_record(
+            actor, "registry", "issue_certificate", subject=str(ref), reason=record.fingerprint_sha256
+        )
+        return self._shown(self._store.registry.add_certificate(record, audit=audit))
 
     def _system_department(self, actor: Principal, code: str) -> str:
         """The department of a system its caller may certify; one it may not and an unknown one are refused
@@ -312,12 +309,10 @@ class RegistryService:
         )
         # A system renewing its own key is still held by whoever had it certified.
         record = replace(renewed, issued_by=current.issued_by)
-        with staging(
-            change_record(
-                actor, "registry", "renew_certificate", subject=str(actor.ref), reason=record.fingerprint_sha256
-            )
-        ):
-            return self._shown(self._store.registry.add_certificate(record))
+        audit = change_record(
+            actor, "registry", "renew_certificate", subject=str(actor.ref), reason=record.fingerprint_sha256
+        )
+        return self._shown(self._store.registry.add_certificate(record, audit=audit))
 
     def trust_bundle(self) -> tuple[str, str]:
         return self._ca.trust_bundle()
@@ -361,11 +356,13 @@ class RegistryService:
                 "to retire this one and keep yours, ask with keep_renewals; after a leak, revoke from another identity"
             )
         action = "revoke_certificate:keep_renewals" if keep_renewals else "revoke_certificate"
-        with staging(change_record(actor, "registry", action, subject=fingerprint, reason=reason)):
-            # keep_renewals spares only the renewals that lead to the caller's own certificate.
-            spare = actor.certificate_fingerprint if keep_renewals else ""
-            revoked = self._store.registry.revoke_certificate(fingerprint, reason, dt.datetime.now(dt.UTC), spare=spare)
-            return self._shown(revoked)
+        # keep_renewals spares only the renewals that lead to the caller's own certificate.
+        spare = actor.certificate_fingerprint if keep_renewals else ""
+        audit = change_record(actor, "registry", action, subject=fingerprint, reason=reason)
+        revoked = self._store.registry.revoke_certificate(
+            fingerprint, reason, dt.datetime.now(dt.UTC), spare=spare, audit=audit
+        )
+        return self._shown(revoked)
 
     def _holder_of(self, fingerprint: str) -> PrincipalRef | None:
         """Whose certificate ``fingerprint`` is; None for a malformed or unknown one (read only if well formed)."""

@@ -40,7 +40,6 @@ from exchange.paging import page_request
 from exchange.services.auditing import change_record
 from exchange.services.verification import grant_scope
 from exchange.store import Store
-from exchange.store.audit import staging
 from exchange.store.rights import GrantFilter, RequestFilter, RequestStep
 from exchange.workdays import ANSWER_WITHIN_WORKING_DAYS, DUE_SOON_WORKING_DAYS, WorkCalendar
 from policy import HUB_WIDE, Action, RightsPolicy
@@ -142,8 +141,7 @@ class RightsService:
             purpose=app.purpose,
             reason=step.request.decision_reason,
         )
-        with staging(record):
-            stored = self._store.rights.create_request(step)
+        stored = self._store.rights.create_request(step, audit=record)
         if step.grant is not None:
             self._decisions.refresh(step.grant.id, self._store.rights.get_grant)
         return stored
@@ -258,8 +256,7 @@ class RightsService:
             return RequestStep(approved, ShareEvent("approved", actor.ref, now, approval.reason))
 
         record = self._request_record(actor, "approve", request_id, approval.reason)
-        with staging(record):
-            return self._store.rights.change_request(request_id, decide)
+        return self._store.rights.change_request(request_id, decide, audit=record)
 
     def _terms(self, request: ShareRequest, approval: Approval) -> tuple[tuple[str, ...], dt.date, Masks]:
         app = request.application
@@ -314,8 +311,7 @@ class RightsService:
             return RequestStep(refused, ShareEvent("refused", actor.ref, self._clock(), reason))
 
         record = self._request_record(actor, "refuse", request_id, reason)
-        with staging(record):
-            return self._store.rights.change_request(request_id, decide)
+        return self._store.rights.change_request(request_id, decide, audit=record)
 
     def dispute(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
         self.require_somewhere(actor, Action.DISPUTE_REFUSAL, "dispute refusals")
@@ -331,8 +327,7 @@ class RightsService:
             return RequestStep(disputed, ShareEvent("disputed", actor.ref, self._clock(), reason))
 
         record = self._request_record(actor, "dispute", request_id, reason)
-        with staging(record):
-            return self._store.rights.change_request(request_id, decide)
+        return self._store.rights.change_request(request_id, decide, audit=record)
 
     def decide_dispute(
         self, actor: Principal, request_id: str, *, grant: bool, reason: str, quota: int, rate: int
@@ -370,8 +365,7 @@ class RightsService:
             return RequestStep(granted, ShareEvent("refusal_overturned", actor.ref, now, reason), issued)
 
         record = self._request_record(actor, f"decide_dispute:{'grant' if grant else 'uphold'}", request_id, reason)
-        with staging(record):
-            changed = self._store.rights.change_request(request_id, decide)
+        changed = self._store.rights.change_request(request_id, decide, audit=record)
         if changed.grant_id:
             self._decisions.refresh(changed.grant_id, self._store.rights.get_grant)
         return changed
@@ -435,8 +429,7 @@ class RightsService:
             return RequestStep(granted, ShareEvent("granted", actor.ref, now, reason), issued)
 
         record = self._request_record(actor, "issue_grant", request_id, reason)
-        with staging(record):
-            changed = self._store.rights.change_request(request_id, decide)
+        changed = self._store.rights.change_request(request_id, decide, audit=record)
         self._decisions.refresh(changed.grant_id, self._store.rights.get_grant)
         return self._store.rights.get_grant(changed.grant_id)
 
@@ -470,8 +463,7 @@ class RightsService:
             grant=grant_id,
             reason=reason,
         )
-        with staging(record):
-            changed = self._store.rights.change_grant(grant_id, decide)
+        changed = self._store.rights.change_grant(grant_id, decide, audit=record)
         self._decisions.refresh(grant_id, self._store.rights.get_grant)
         return changed
 

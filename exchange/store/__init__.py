@@ -2,13 +2,14 @@
 
 from collections.abc import Callable
 
-from exchange.store.audit import AuditStore, install_staging
+from exchange.store.audit import AuditStore
 from exchange.store.catalog import CatalogStore
 from exchange.store.changes import install_local_changes
 from exchange.store.console import ConsoleStore
 from exchange.store.counters import CountersStore
 from exchange.store.database import Database
 from exchange.store.objections import ObjectionStore
+from exchange.store.recorded import RecordedWrites
 from exchange.store.registry import RegistryStore
 from exchange.store.rights import RightsStore
 
@@ -19,6 +20,7 @@ __all__ = [
     "CountersStore",
     "Database",
     "ObjectionStore",
+    "RecordedWrites",
     "RegistryStore",
     "RightsStore",
     "Store",
@@ -30,14 +32,15 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.db = Database(url)
-        self.registry = RegistryStore(self.db)
-        self.catalog = CatalogStore(self.db)
-        self.rights = RightsStore(self.db)
         self.audit = AuditStore(self.db)
+        # The repositories that make administrative changes write them with their audit records.
+        recorded = RecordedWrites(self.db, self.audit)
+        self.registry = RegistryStore(self.db, recorded)
+        self.catalog = CatalogStore(self.db, recorded)
+        self.rights = RightsStore(self.db, recorded)
         self.counters = CountersStore(self.db)
-        self.console = ConsoleStore(self.db)
-        self.objections = ObjectionStore(self.db)
-        install_staging(self.db, self.audit)
+        self.console = ConsoleStore(self.db, recorded)
+        self.objections = ObjectionStore(self.db, recorded)
         # Told of every change this process commits (payloads as announced to other processes).
         self.on_commit: list[Callable[[str], None]] = []
         install_local_changes(self.db.write_sessions, self.on_commit)

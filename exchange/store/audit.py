@@ -4,8 +4,9 @@ An entry is its record plus "logged", the time the integrator gave it its place;
 decrease along the log (each batch takes the later of now and the last entry's), so a verifier can
 check the order of time even though callers' own clocks and commit order differ a little.
 
-Staging: a service opens ``staging(record)`` around a store call; the record is inserted in that
-call's write transaction, so a change and its audit record commit together or not at all.
+Staging: a repository method that makes an administrative change takes its record from the caller
+and writes through ``RecordedWrites`` (exchange.store.recorded), which inserts the record here
+(``stage_in``) in that same transaction, so a change and its audit record commit together or not at all.
 Integration: one process at a time (PostgreSQL advisory lock; SQLite's single writer) moves staged
 records, oldest first, into ``audit_entries`` with the next sequence numbers, in one transaction,
 so the log is one gap-free sequence whatever the number of hub processes.
@@ -15,14 +16,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, delete, event, func, insert, select, text, update
+from sqlalchemy import Row, Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -51,44 +49,12 @@ from exchange.store.schema import (
 _STAGED = cast(Table, AuditStagedRow.__table__)
 _ENTRIES = cast(Table, AuditEntryRow.__table__)
 _SUBJECTS = cast(Table, AuditSubjectRow.__table__)
-log = logging.getLogger(__name__)
 # An arbitrary constant naming the audit integrator's PostgreSQL advisory lock.
 INTEGRATOR_LOCK = 0x45584155  # "EXAU"
 # The one row of audit_head.
 HEAD_ID = 1
 # Values bound in one statement when reading many nodes or leaf blocks (within every backend's limit).
 BOUND_VALUES = 500
-_pending: ContextVar[list[AuditRecord] | None] = ContextVar("audit_pending", default=None)
-
-
-@contextmanager
-def staging(*records: AuditRecord) -> Iterator[None]:
-    """Stages ``records`` in the next write transaction committed inside the block."""
-    token = _pending.set(list(records))
-    try:
-        yield
-    finally:
-        _pending.reset(token)
-
-
-_STAGED_KEY = "exchange.staged"
-
-
-def _log_committed(session: Session) -> None:
-    """One log line per administrative change, once it is committed with its audit record."""
-    for record in session.info.pop(_STAGED_KEY, ()):
-        log.info("%s %s %s", record.kind, record.action, record.subject, extra={"event": record.as_dict()})
-
-
-def _forget_staged(session: Session) -> None:
-    session.info.pop(_STAGED_KEY, None)
-
-
-def install_staging(db: Database, audit: AuditStore) -> None:
-    """Makes every write transaction of ``db`` carry the records staged around it, sealed by ``audit``."""
-    event.listen(db.write_sessions, "before_commit", audit.stage_pending)
-    event.listen(db.write_sessions, "after_commit", _log_committed)
-    event.listen(db.write_sessions, "after_rollback", _forget_staged)
 
 
 @dataclass(frozen=True)
@@ -133,21 +99,15 @@ class AuditStore:
         data = canonical(record.as_dict())
         return {"record": data.decode(), "staged_at": now, "mac": self.sealer.staged(data) if self.sealer else None}
 
-    def stage_pending(self, session: Session) -> None:
-        """Inserts the records staged around this transaction (a session event, before commit)."""
-        records = _pending.get()
-        if records:
-            now = dt.datetime.now(dt.UTC)
-            session.execute(insert(_STAGED), [self._staged_row(r, now) for r in records])
-            session.info[_STAGED_KEY] = records
-            _pending.set([])
+    def stage_in(self, session: Session, records: Sequence[AuditRecord]) -> None:
+        """Inserts ``records``, sealed, in ``session``'s transaction: they commit with it or not at all."""
+        now = dt.datetime.now(dt.UTC)
+        session.execute(insert(_STAGED), [self._staged_row(r, now) for r in records])
 
     def stage(self, records: list[AuditRecord]) -> None:
         """Stages records in one transaction of their own (exchanges, which change nothing else)."""
-        now = dt.datetime.now(dt.UTC)
-        rows = [self._staged_row(r, now) for r in records]
         with self._db.write() as s:
-            s.execute(insert(_STAGED), rows)
+            self.stage_in(s, records)
 
     def probe(self) -> None:
         """Commits a write to the audit tables that leaves nothing behind: can records be staged now?

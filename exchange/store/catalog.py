@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from audit.records import AuditRecord
 from exchange.errors import Aborted, AlreadyExists, NotFound
 from exchange.models import (
     BackendKind,
@@ -38,6 +39,7 @@ from exchange.paging import PageRequest
 from exchange.store.changes import announce, resource_changed
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
+from exchange.store.recorded import RecordedWrites
 from exchange.store.registry import department_row
 from exchange.store.schema import BindingRow, DataItemRow, RelatedResourceRow, ResourceRow, ResourceVersionRow
 
@@ -194,11 +196,14 @@ def _record_version(s: Session, row: ResourceRow, change: ResourceChange, actor:
 class CatalogStore:
     """Reads and writes catalog entries; every method is one transaction."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, recorded: RecordedWrites) -> None:
         self._db = db
+        self._recorded = recorded
 
-    def create(self, spec: ResourceSpec, status: ResourceStatus, actor: PrincipalRef, reason: str) -> Resource:
-        with self._db.write() as s:
+    def create(
+        self, spec: ResourceSpec, status: ResourceStatus, actor: PrincipalRef, reason: str, *, audit: AuditRecord
+    ) -> Resource:
+        with self._recorded.write(audit) as s:
             if s.scalar(select(ResourceRow.id).where(ResourceRow.code == spec.code)) is not None:
                 raise AlreadyExists("resource", spec.code)
             now = _now()
@@ -223,12 +228,14 @@ class CatalogStore:
         actor: PrincipalRef,
         reason: str,
         decide: Callable[[Resource], Transition],
+        *,
+        audit: AuditRecord,
     ) -> Resource:
         """Applies ``decide`` to the current entry under a row lock, and records the new version.
 
         ``decide`` checks rights and state and raises to refuse; nothing is written then.
         """
-        with self._db.write() as s:
+        with self._recorded.write(audit) as s:
             row = s.scalar(select(ResourceRow).where(ResourceRow.code == code).with_for_update(of=ResourceRow))
             if row is None:
                 raise NotFound("resource", code)
@@ -294,9 +301,11 @@ class CatalogStore:
                 )
             return fetch_page(s, stmt, ResourceRow.code, page, convert=_resource_of)
 
-    def set_binding(self, binding: Binding, actor: PrincipalRef, may_bind: Callable[[Resource], None]) -> Binding:
+    def set_binding(
+        self, binding: Binding, actor: PrincipalRef, may_bind: Callable[[Resource], None], *, audit: AuditRecord
+    ) -> Binding:
         """Replaces the resource's binding; ``may_bind`` sees the entry and raises to refuse."""
-        with self._db.write() as s:
+        with self._recorded.write(audit) as s:
             row = s.scalar(
                 select(ResourceRow).where(ResourceRow.code == binding.resource_code).with_for_update(of=ResourceRow)
             )

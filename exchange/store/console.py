@@ -10,8 +10,11 @@ import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
+from audit.records import AuditRecord
 from exchange.store.database import Database
+from exchange.store.recorded import RecordedWrites
 from exchange.store.schema import ConsoleLinkRow, ConsoleSessionRow
 
 # Ended or expired sessions and used or expired links are kept this long (for support), then deleted.
@@ -44,11 +47,12 @@ class SessionRecord:
 class ConsoleStore:
     """Links and sessions of the web console."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, recorded: RecordedWrites) -> None:
         self._db = db
+        self._recorded = recorded
 
-    def add_link(self, secret_hash: str, link: Link, now: dt.datetime) -> None:
-        with self._db.write() as s:
+    def add_link(self, secret_hash: str, link: Link, now: dt.datetime, *, audit: AuditRecord) -> None:
+        with self._recorded.write(audit) as s:
             s.add(
                 ConsoleLinkRow(
                     secret_hash=secret_hash,
@@ -78,8 +82,8 @@ class ConsoleStore:
                 return None, "used"
             return Link(row.username, row.fingerprint, row.expires_at), ""
 
-    def add_session(self, record: SessionRecord) -> None:
-        with self._db.write() as s:
+    def add_session(self, record: SessionRecord, *, audit: AuditRecord) -> None:
+        with self._recorded.write(audit) as s:
             s.add(
                 ConsoleSessionRow(
                     secret_hash=record.secret_hash,
@@ -108,15 +112,18 @@ class ConsoleStore:
                 .values(seen_at=now)
             )
 
-    def end(self, secret_hash: str, now: dt.datetime) -> bool:
-        """Ends a session; False if it had already ended."""
+    def end(self, secret_hash: str, now: dt.datetime, *, audit: AuditRecord) -> bool:
+        """Ends a session its holder signed out of, with that audit record; False if it had already ended."""
+        with self._recorded.write(audit) as s:
+            return _end(s, secret_hash, now)
+
+    def expire(self, secret_hash: str, now: dt.datetime) -> bool:
+        """Ends a session found over (too old, idle, its certificate or roles gone); False if it had ended.
+
+        Housekeeping like ``touch`` and ``prune``, not a change anyone made: it carries no audit record.
+        """
         with self._db.write() as s:
-            done = s.execute(
-                update(ConsoleSessionRow)
-                .where(ConsoleSessionRow.secret_hash == secret_hash, ConsoleSessionRow.ended_at.is_(None))
-                .values(ended_at=now)
-            )
-            return getattr(done, "rowcount", 0) == 1
+            return _end(s, secret_hash, now)
 
     def prune(self, now: dt.datetime) -> int:
         """Deletes links and sessions over for longer than ``KEEP_ENDED``; how many rows went."""
@@ -130,6 +137,15 @@ class ConsoleStore:
         with self._db.read() as s:
             rows = s.scalars(select(ConsoleSessionRow).where(ConsoleSessionRow.username == username))
             return [_session_of(r) for r in rows]
+
+
+def _end(s: Session, secret_hash: str, now: dt.datetime) -> bool:
+    done = s.execute(
+        update(ConsoleSessionRow)
+        .where(ConsoleSessionRow.secret_hash == secret_hash, ConsoleSessionRow.ended_at.is_(None))
+        .values(ended_at=now)
+    )
+    return getattr(done, "rowcount", 0) == 1
 
 
 def _session_of(row: ConsoleSessionRow) -> SessionRecord:

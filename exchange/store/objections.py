@@ -14,11 +14,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, func, or_, select
 
+from audit.records import AuditRecord
 from exchange.errors import NotFound
 from exchange.models import Page, Tally
 from exchange.paging import PageRequest
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
+from exchange.store.recorded import RecordedWrites
 from exchange.store.schema import ObjectionRow
 from exchange.store.tally import tally_columns
 
@@ -80,11 +82,12 @@ class ObjectionFilter:
 
 
 class ObjectionStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, recorded: RecordedWrites) -> None:
         self._db = db
+        self._recorded = recorded
 
-    def add(self, objection: Objection) -> Objection:
-        with self._db.write() as s:
+    def add(self, objection: Objection, *, audit: AuditRecord) -> Objection:
+        with self._recorded.write(audit) as s:
             row = ObjectionRow(id=objection.id)
             _write(row, objection)
             s.add(row)
@@ -98,8 +101,8 @@ class ObjectionStore:
                 raise NotFound("objection", objection_id)
             return _objection_of(row)
 
-    def change(self, objection_id: str, decide: Callable[[Objection], Objection]) -> Objection:
-        with self._db.write() as s:
+    def change(self, objection_id: str, decide: Callable[[Objection], Objection], *, audit: AuditRecord) -> Objection:
+        with self._recorded.write(audit) as s:
             row = s.scalar(select(ObjectionRow).where(ObjectionRow.id == objection_id).with_for_update())
             if row is None:
                 raise NotFound("objection", objection_id)

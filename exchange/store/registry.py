@@ -8,6 +8,7 @@ from collections.abc import Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from audit.records import AuditRecord
 from exchange.errors import AlreadyExists, FailedPrecondition, NotFound
 from exchange.models import (
     AdministrativeLevel,
@@ -25,6 +26,7 @@ from exchange.paging import PageRequest
 from exchange.store.changes import announce, certificate_changed, principal_changed
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
+from exchange.store.recorded import RecordedWrites
 from exchange.store.schema import CertificateRow, DepartmentRow, PersonRoleRow, PersonRow, SystemRow
 
 
@@ -78,18 +80,21 @@ def department_row(session: Session, code: str) -> DepartmentRow:
 class RegistryStore:
     """Reads and writes the registry; every method is one transaction."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, recorded: RecordedWrites) -> None:
         self._db = db
+        self._recorded = recorded
 
     # Departments
 
-    def add_department(self, d: Department) -> Department:
-        with self._db.write() as s:
+    def add_department(self, d: Department, *, audit: AuditRecord) -> Department:
+        with self._recorded.write(audit) as s:
             return _add_department(s, d)
 
-    def bootstrap(self, department: Department, operator: Person, certificate: CertificateRecord) -> None:
+    def bootstrap(
+        self, department: Department, operator: Person, certificate: CertificateRecord, *, audit: AuditRecord
+    ) -> None:
         """The first department, its operator and the operator's certificate, all or nothing."""
-        with self._db.write() as s:
+        with self._recorded.write(audit) as s:
             _add_department(s, department)
             _add_person(s, operator)
             _add_certificate(s, certificate)
@@ -111,8 +116,8 @@ class RegistryStore:
 
     # Systems
 
-    def add_system(self, system: System) -> System:
-        with self._db.write() as s:
+    def add_system(self, system: System, *, audit: AuditRecord) -> System:
+        with self._recorded.write(audit) as s:
             announce(s, principal_changed(f"system/{system.code}"))
             if s.scalar(select(SystemRow.id).where(SystemRow.code == system.code)) is not None:
                 raise AlreadyExists("system", system.code)
@@ -143,8 +148,8 @@ class RegistryStore:
 
     # People
 
-    def add_person(self, person: Person) -> Person:
-        with self._db.write() as s:
+    def add_person(self, person: Person, *, audit: AuditRecord) -> Person:
+        with self._recorded.write(audit) as s:
             return _add_person(s, person)
 
     def same_person(self, identity_key: str) -> list[Person]:
@@ -154,9 +159,9 @@ class RegistryStore:
         with self._db.read() as s:
             return [_person_of(r) for r in s.scalars(select(PersonRow).where(PersonRow.identity_key == identity_key))]
 
-    def set_roles(self, username: str, change: Callable[[Person], frozenset[Role]]) -> Person:
+    def set_roles(self, username: str, change: Callable[[Person], frozenset[Role]], *, audit: AuditRecord) -> Person:
         """Sets a person's roles to what ``change`` makes of the current ones, under a row lock."""
-        with self._db.write() as s:
+        with self._recorded.write(audit) as s:
             row = s.scalar(select(PersonRow).where(PersonRow.username == username).with_for_update(of=PersonRow))
             if row is None:
                 raise NotFound("person", username)
@@ -191,8 +196,8 @@ class RegistryStore:
         with self._db.read() as s:
             return _principal(s, ref)
 
-    def add_certificate(self, record: CertificateRecord) -> CertificateRecord:
-        with self._db.write() as s:
+    def add_certificate(self, record: CertificateRecord, *, audit: AuditRecord) -> CertificateRecord:
+        with self._recorded.write(audit) as s:
             return _add_certificate(s, record)
 
     def list_certificates(self, page: PageRequest, principal: PrincipalRef | None = None) -> Page[CertificateRecord]:
@@ -241,7 +246,7 @@ class RegistryStore:
             return _renewals(s, fingerprint)
 
     def revoke_certificate(
-        self, fingerprint: str, reason: str, at: dt.datetime, *, spare: str = ""
+        self, fingerprint: str, reason: str, at: dt.datetime, *, spare: str = "", audit: AuditRecord
     ) -> CertificateRecord:
         """Revokes a certificate and every unrevoked one renewed from it, in one transaction.
 
@@ -250,7 +255,7 @@ class RegistryStore:
         one it renewed) are left. A certificate already revoked whose renewals are not is revoked again
         in that sense: its remaining renewals go.
         """
-        with self._db.write() as s:
+        with self._recorded.write(audit) as s:
             row = s.scalar(select(CertificateRow).where(CertificateRow.fingerprint_sha256 == fingerprint))
             if row is None:
                 raise NotFound("certificate", fingerprint)

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from audit.records import AuditRecord
 from exchange.errors import NotFound
 from exchange.models import (
     Application,
@@ -33,6 +34,7 @@ from exchange.paging import PageRequest
 from exchange.store.changes import announce, grant_changed
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
+from exchange.store.recorded import RecordedWrites
 from exchange.store.registry import department_row
 from exchange.store.schema import DepartmentRow, GrantRow, ResourceRow, ShareEventRow, ShareRequestRow
 from exchange.store.tally import tally_columns
@@ -200,13 +202,14 @@ def _add_event(s: Session, e: ShareEvent, request_id: str | None = None, grant_i
 class RightsStore:
     """Reads and writes share requests and grants; every method is one transaction."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, recorded: RecordedWrites) -> None:
         self._db = db
+        self._recorded = recorded
 
-    def create_request(self, step: RequestStep) -> ShareRequest:
+    def create_request(self, step: RequestStep, *, audit: AuditRecord) -> ShareRequest:
         """Stores a new request with its first event (and, for unconditional resources, its grant)."""
         r = step.request
-        with self._db.write() as s:
+        with self._recorded.write(audit) as s:
             resource_id = _resource_id(s, r.application.resource_code)
             consumer_id = department_row(s, r.application.consumer_department_code).id
             row = ShareRequestRow(
@@ -232,8 +235,10 @@ class RightsStore:
             s.flush()
             return _request_of(s, row)
 
-    def change_request(self, request_id: str, decide: Callable[[ShareRequest], RequestStep]) -> ShareRequest:
-        with self._db.write() as s:
+    def change_request(
+        self, request_id: str, decide: Callable[[ShareRequest], RequestStep], *, audit: AuditRecord
+    ) -> ShareRequest:
+        with self._recorded.write(audit) as s:
             row = s.scalar(
                 select(ShareRequestRow).where(ShareRequestRow.id == request_id).with_for_update(of=ShareRequestRow)
             )
@@ -314,8 +319,10 @@ class RightsStore:
             )
             return {str(code): Tally(int(n), int(due), int(late)) for code, n, due, late in s.execute(stmt).all()}
 
-    def change_grant(self, grant_id: str, decide: Callable[[Grant], tuple[GrantStatus, ShareEvent]]) -> Grant:
-        with self._db.write() as s:
+    def change_grant(
+        self, grant_id: str, decide: Callable[[Grant], tuple[GrantStatus, ShareEvent]], *, audit: AuditRecord
+    ) -> Grant:
+        with self._recorded.write(audit) as s:
             row = s.scalar(select(GrantRow).where(GrantRow.id == grant_id).with_for_update(of=GrantRow))
             if row is None:
                 raise NotFound("grant", grant_id)

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from audit import provenance
-from audit.batch import GroupCommitter
 from audit.note import Signer
 from audit.records import AuditRecord, subject_hash
 from exchange import validation
+from exchange.auditlog.batch import GroupCommitter
 from exchange.errors import (
     ExchangeError,
     FailedPrecondition,

@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 
 from opentelemetry.trace import Tracer
 
-from audit.batch import GroupCommitter
 from audit.note import Signer
 from audit.records import AuditRecord
+from exchange.auditlog.batch import GroupCommitter
 from exchange.backend import Document
 from exchange.errors import ExchangeError
 from exchange.services.cache import Cache

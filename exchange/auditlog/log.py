@@ -9,7 +9,7 @@ kept in the store as they complete, and proofs and earlier roots read them, so a
 not grow with its log.
 
 Nothing unsigned is trusted: the log checks the whole stored log against its seals and newest signed
-checkpoint when it starts (audit.integrity) and whenever ``check`` is called, checks the seal of every
+checkpoint when it starts (exchange.auditlog.integrity) and whenever ``check`` is called, checks the seal of every
 entry it reads into its tree, and signs a checkpoint only over a tree consistent with the newest one
 signed before. A failed check leaves the log ``broken``: it signs and integrates nothing more.
 """
@@ -20,10 +20,10 @@ import logging
 import threading
 import time
 
-from audit.integrity import Checked, check_log, newest_signed
 from audit.merkle import KEPT_LEVEL, FrontierTree, ProofError, verify_consistency
 from audit.note import Checkpoint, Signer
 from audit.seal import Sealer
+from exchange.auditlog.integrity import Checked, check_log, newest_signed
 from exchange.errors import AuditTampered, ExchangeError, InvalidArgument
 from exchange.store.audit import AuditStore
 
@@ -71,7 +71,7 @@ class AuditLog:
         self._thread.start()
 
     def check(self) -> Checked:
-        """Checks the whole stored log (audit.integrity); a failure marks the log broken and is raised."""
+        """Checks the whole stored log (exchange.auditlog.integrity); a failure marks the log broken and is raised."""
         try:
             checked = check_log(self.store, self.sealer, self.signer.verifier())
         except AuditTampered as e:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from audit.integrity import newest_signed
 from audit.merkle import CompactRange, leaf_hash
 from audit.note import Verifier
+from exchange.auditlog.integrity import newest_signed
 from exchange.errors import AuditTampered, FailedPrecondition
 from exchange.store import Store
 from exchange.store.schema import AuditEntryRow, AuditSubjectRow
