@@ -214,7 +214,7 @@ def add_verbs(top: Any, verb: Any) -> None:
 
     p = verb(top, "query", query, "look up records of a resource (systems)")
     asking(p)
-    p.add_argument("--page-size", type=int, default=0, help="records per page (default 100, at most 1000)")
+    p.add_argument("--page-size", type=int, default=0, help="records per page (default 50, at most 1000)")
     p.add_argument("--page-token", default="", help="token printed at the end of the previous page")
     p.add_argument("--out", type=Path, help="save the records as canonical lines")
     p = verb(top, "stream", stream, "stream all matching records of a resource (systems)")

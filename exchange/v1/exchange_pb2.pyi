@@ -60,7 +60,7 @@ class QueryRequest(_message.Message):
     purpose: _builtins.str
     """The matter the data is used for; must be the purpose of a grant."""
     page_size: _builtins.int
-    """Query only: records per page (0: 100; at most 1000)."""
+    """Query only: records per page (0: 50, as for lists; at most 1000)."""
     page_token: _builtins.str
     provenance: _builtins.bool
     """Ask the hub to sign a digest of what it returns (互认: mutual recognition)."""
