@@ -197,3 +197,14 @@ def test_supervisor_gives_up_with_the_workers_error_when_they_cannot_start(tmp_p
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: worker") and "could not start (3 tries)" in last and "cannot listen on" in last
+
+
+def test_workers_stop_themselves_when_their_supervisor_is_killed(tmp_path: Path, postgres_url: str) -> None:
+    port = _free_port()
+    log = tmp_path / "supervisor.log"
+    with running_hub(base_settings(tmp_path / "hub", postgres_url)) as a, _workers(a, postgres_url, log, port) as s:
+        pids = list(_serving(log).values())
+        s.send_signal(signal.SIGKILL)
+        s.wait(timeout=10)
+        _until(STOP_LIMIT, "the orphaned workers stopped", lambda: not any(_alive(pid) for pid in pids))
+    assert log.read_text().count("hub stopped") == 2  # each drained and finished, as on SIGTERM
