@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -45,6 +46,23 @@ def _free_port() -> int:
         return port
 
 
+def _two_free_ports() -> int:
+    """A port whose next one is free too (worker i serves metrics on the base port + i)."""
+    while True:
+        port = _free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+
+
+def _ready(port: int) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+        return bool(answer.status == 200)
+
+
 def _serving(log: Path) -> dict[int, int]:
     """The pid each worker slot last reported serving with, from the supervisor's JSON log."""
     pids: dict[int, int] = {}
@@ -74,14 +92,16 @@ def _alive(pid: int) -> bool:
 
 
 @contextmanager
-def _workers(a: RunningHub, postgres_url: str, log: Path, port: int) -> Iterator[subprocess.Popen[str]]:
+def _workers(
+    a: RunningHub, postgres_url: str, log: Path, port: int, metrics: int = 0
+) -> Iterator[subprocess.Popen[str]]:
     """`exchange serve --workers 2` on ``port``, sharing hub A's home and PostgreSQL store; stopped after."""
     env = {
         **os.environ,
         "EXCHANGE_HOME": str(a.settings.home),
         "EXCHANGE_ALLOW_SQLITE_BACKENDS": "true",
         "EXCHANGE_DATABASE_URL": postgres_url,
-        "EXCHANGE_METRICS_LISTEN": "127.0.0.1:0",
+        "EXCHANGE_METRICS_LISTEN": f"127.0.0.1:{metrics}",
         "EXCHANGE_LOG_FORMAT": "json",
     }
     command = [sys.executable, "-m", "exchange.cli.main", "serve", "--workers", "2", "--listen", f"127.0.0.1:{port}"]
@@ -123,8 +143,10 @@ def test_two_workers_share_the_port_and_one_log_and_are_replaced_and_stopped(tmp
         world = make_world(a)
         serve_lookup(world, tmp_path, quota=1_000_000, rate=10_000)
         on_workers = replace(a.settings, hub_address=f"localhost:{port}")
-        with _workers(a, postgres_url, log, port) as supervisor:
+        metrics = _two_free_ports()
+        with _workers(a, postgres_url, log, port, metrics) as supervisor:
             first = _serving(log)
+            assert _ready(metrics) and _ready(metrics + 1)  # each worker's own /readyz, on the base port + i
             answered = [_query_fresh(on_workers, world.consumer_system, lookup()) for _ in range(40)]
 
             os.kill(first[1], signal.SIGKILL)  # a worker dies: the supervisor starts another in its slot
