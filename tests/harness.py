@@ -30,6 +30,7 @@ from exchange.cli.commands import issue_identity
 from exchange.cli.demo import sample_id_number
 from exchange.config import Settings
 from exchange.server.app import Hub
+from exchange.server.loop import new_loop
 from exchange.store import Store
 from exchange.store.schema import Base, ObjectionRow
 from exchange.v1 import catalog_pb2 as cpb
@@ -176,7 +177,7 @@ def running_hub(settings: Settings, span_exporter: SpanExporter | None = None) -
     ``span_exporter`` receives the hub's spans when its settings turn tracing on.
     """
     operator = initialize(settings, OperatorSeed(AUTHORITY, "op-admin", "王运维")).directory
-    loop = asyncio.new_event_loop()
+    loop = new_loop(settings)
     thread = threading.Thread(target=loop.run_forever, name="hub-loop", daemon=True)
     thread.start()
     hub = Hub(settings, span_exporter=span_exporter)

@@ -35,6 +35,7 @@ from exchange.cli import rights as rights_cli
 from exchange.cli.client import HubClient
 from exchange.config import Settings
 from exchange.errors import FailedPrecondition
+from exchange.server import loop as event_loop
 from exchange.server.app import Hub
 from exchange.server.console import console_base_url
 from exchange.v1 import audit_pb2 as apb
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         operator = initialize(
             settings, OperatorSeed(members.authority, members.operator.username, members.operator.display_name)
         )
-        return asyncio.run(_serve_tour(settings, members, specs, operator.directory, args.once))
+        return event_loop.run(settings, _serve_tour(settings, members, specs, operator.directory, args.once))
     finally:
         undo()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from exchange.cli.client import describe
 from exchange.cli.console import add_verbs as add_console_verbs
 from exchange.cli.objections import add_verbs as add_objection_verbs
 from exchange.errors import ExchangeError, InvalidArgument
+from exchange.server import loop
 from exchange.server.app import serve
 from exchange.server.workers import supervise
 from exchange.store import Store
@@ -84,7 +84,7 @@ def _prune(args: argparse.Namespace, settings: config.Settings) -> int:
 def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
     if settings.workers > 1:  # a supervisor of worker processes, each a hub on the same port
         return supervise(settings)
-    asyncio.run(serve(settings))
+    loop.run(settings, serve(settings))
     return 0
 
 

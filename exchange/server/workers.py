@@ -15,7 +15,6 @@ fails to start several times in a row (a taken port, a bad setting, a store that
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -32,6 +31,7 @@ from typing import Any
 from exchange import logs
 from exchange.config import Settings
 from exchange.errors import ConfigError, ExchangeError
+from exchange.server import loop
 from exchange.server.app import serve
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def worker_main(settings: Settings, index: int, reports: Connection, parent: Con
     logs.configure(settings.log_level, settings.log_format)
     threading.Thread(target=_stop_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     try:
-        asyncio.run(serve(settings, lambda port: reports.send(("ready", port))))
+        loop.run(settings, serve(settings, lambda port: reports.send(("ready", port))))
     except ExchangeError as e:
         reports.send(("error", e.message))
         sys.exit(2)

@@ -97,7 +97,8 @@ class Recorder:
             await self._committer.append_async(record)
         self._observer.audit_waited(time.monotonic() - started)
         self._observer.recorded(record, await self._resource_label(record.resource))
-        if record.outcome != "allowed":  # the final record of an exchange: one log line each
+        # The final record of an exchange: one log line each (built only if the line is written).
+        if record.outcome != "allowed" and log.isEnabledFor(logging.INFO):
             log.info("exchange %s %s", record.exchange_id, record.outcome, extra={"event": record.as_dict()})
 
     def append_in_background(self, record: AuditRecord) -> None:
