@@ -169,7 +169,7 @@ class Supervisor:
         w.process.start()
         theirs.close()
         watched.close()
-        w.reports, w.serving_since = reports, None
+        w.reports, w.serving_since, w.error = reports, None, ""
         log.info("worker %d started (pid %d)", w.index, w.process.pid)
 
     def _watch(self) -> None:
@@ -214,7 +214,9 @@ class Supervisor:
         w.quick_deaths += 1
         w.due = now + delay
         how = f"signal {-code}" if code is not None and code < 0 else f"status {code}"
-        why = f": {w.error}" if w.error and w.serving_since is None else ""
+        if w.serving_since is None and not w.error:  # killed, or gone without a word: say how at least
+            w.error = f"it exited with {how} before serving"
+        why = f": {w.error}" if w.serving_since is None else ""
         log.error("worker %d (pid %d) exited with %s%s; restarting in %.1fs", w.index, pid, how, why, delay)
 
     def _stop_all(self) -> None:
