@@ -80,6 +80,10 @@ class Settings:
     # Seconds between the hub's checks of the audit search indexes against the verified records
     # (`exchange audit check-index`); 0: never.
     audit_index_check_seconds: float = 3600.0
+    # Hub processes `exchange serve` runs on the one `listen` port (SO_REUSEPORT), under a supervisor that
+    # restarts one that dies; more than 1 needs a PostgreSQL store and a fixed port. Worker i serves metrics on
+    # metrics_listen's port + i; only worker 0 serves the console.
+    workers: int = 1
     # Threads for the blocking parts of calls (store, backends); about the calls in flight one process serves.
     worker_threads: int = 32
     # Most of those threads one department's backends may hold at once (0: half of worker_threads), so a
@@ -255,6 +259,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("shutdown_grace_seconds", 0, 3600, "seconds"),
     ("call_timeout_seconds", 0.001, 3600, "seconds"),
     ("provider_timeout_seconds", 0.001, 600, "seconds"),
+    ("workers", 1, 64, "processes"),
     ("worker_threads", 2, 1024, "threads"),
     ("backend_threads_per_department", 0, 1024, "threads"),
     ("health_check_seconds", 0.1, 300, "seconds"),

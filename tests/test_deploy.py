@@ -22,6 +22,8 @@ import yaml
 from exchange import config, pki
 from exchange.cli.main import build_parser
 from exchange.server import metrics
+from exchange.server.workers import check as check_workers
+from exchange.server.workers import worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -213,6 +215,23 @@ def _load_settings(env: dict[str, str]) -> config.Settings:
     return config.load(environ=env)
 
 
+def _worker_metrics_ports(settings: config.Settings) -> set[int]:
+    """The metrics ports of a hub's workers: metrics_listen's port + i for worker i (exchange/server/workers.py)."""
+    return {_port(worker_settings(settings, i).metrics_listen) for i in range(settings.workers)}
+
+
+def _compose_hub_settings() -> dict[str, config.Settings]:
+    """The settings of each compose service that serves a hub."""
+    image = _image_env()
+    hubs = {n: s for n, s in _compose_hub_services().items() if s.get("command") == ["serve"]}
+    return {name: _load_settings({**image, **_compose_env(service)}) for name, service in hubs.items()}
+
+
+def _k8s_hub_settings() -> config.Settings:
+    (hub,) = _hub_deployment()["spec"]["template"]["spec"]["containers"]
+    return _load_settings({**_image_env(), **_k8s_env(hub)})
+
+
 # The files parse
 
 
@@ -346,14 +365,18 @@ def test_hubs_get_longer_than_their_shutdown_grace() -> None:
 # Ports and probes
 
 
+@pytest.mark.usefixtures("no_config_file")
 def test_compose_ports() -> None:
     compose = _compose()
     hubs = {n: s for n, s in _compose_hub_services().items() if s.get("command") == ["serve"]}
     assert set(hubs) == {"hub-1", "hub-2"}
+    settings = _compose_hub_settings()
     for name, service in hubs.items():
         exposed = {int(str(p).split("/")[0]) for p in service.get("expose", [])}
         published = {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service.get("ports", [])}
-        assert exposed | published <= HUB_PORTS and exposed, name
+        workers = _worker_metrics_ports(settings[name])
+        assert exposed | published <= HUB_PORTS | workers and exposed, name
+        assert workers <= exposed, f"{name}: every worker's metrics port is reachable"
         assert "healthcheck" not in service or service["healthcheck"].get("disable") is not True, name
     envoy = compose["services"]["envoy"]
     assert {int(str(p).rsplit(":", 1)[-1]) for p in envoy["ports"]} == {GRPC_PORT}
@@ -381,19 +404,25 @@ def test_envoy_passes_tls_through_to_ready_hubs() -> None:
     assert check["http_health_check"]["path"] == "/readyz"
 
 
+@pytest.mark.usefixtures("no_config_file")
 def test_prometheus_scrapes_the_hubs_metrics() -> None:
     prometheus = _load(DEPLOY / "prometheus" / "prometheus.yml")
     jobs = prometheus["scrape_configs"]
     assert jobs
+    # One target per worker of each hub: worker i's own /metrics on 9464 + i.
+    every_worker = {
+        f"{name}:{port}" for name, s in _compose_hub_settings().items() for port in _worker_metrics_ports(s)
+    }
     for job in jobs:
         assert job.get("metrics_path", "/metrics") == "/metrics", job["job_name"]
         targets = [t for static in job["static_configs"] for t in static["targets"]]
-        assert targets and all(_port(t) == METRICS_PORT for t in targets), job["job_name"]
+        assert targets and set(targets) == every_worker, job["job_name"]
     assert [j["job_name"] for j in jobs] == ["exchange-hub"]
     for rule_file in prometheus["rule_files"]:
         assert (DEPLOY / "prometheus" / rule_file).is_file()
 
 
+@pytest.mark.usefixtures("no_config_file")
 def test_kubernetes_ports_and_probes() -> None:
     deployment = _hub_deployment()
     template = deployment["spec"]["template"]
@@ -404,9 +433,10 @@ def test_kubernetes_ports_and_probes() -> None:
 
     containers = list(_hub_containers())
     assert containers
+    workers = _worker_metrics_ports(_k8s_hub_settings())
     for _, container in containers:
         for port in container.get("ports", []):
-            assert port["containerPort"] in HUB_PORTS, container["name"]
+            assert port["containerPort"] in HUB_PORTS | workers, container["name"]
         for probe_name in ("startupProbe", "livenessProbe", "readinessProbe"):
             probe = container.get(probe_name)
             if probe is None:
@@ -415,7 +445,12 @@ def test_kubernetes_ports_and_probes() -> None:
             assert probe["httpGet"]["path"] in PROBE_PATHS
 
     (hub,) = template["spec"]["containers"]
-    assert {p["name"]: p["containerPort"] for p in hub["ports"]} == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    worker_ports = {f"metrics-{port - METRICS_PORT}": port for port in workers - {METRICS_PORT}}
+    assert {p["name"]: p["containerPort"] for p in hub["ports"]} == {
+        "grpc": GRPC_PORT,
+        "metrics": METRICS_PORT,
+        **worker_ports,
+    }
     assert hub["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert hub["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert hub["startupProbe"]["httpGet"]["path"] == "/healthz"
@@ -427,6 +462,16 @@ def test_kubernetes_ports_and_probes() -> None:
     assert {p["port"] for p in ports} == HUB_PORTS
     for port in ports:
         assert _container_port(hub, port.get("targetPort", port["port"])) == port["port"]
+
+
+@pytest.mark.usefixtures("no_config_file")
+def test_deployed_hubs_run_several_workers_as_they_may() -> None:
+    """Compose and Kubernetes run each hub as workers on its one port: PostgreSQL and a fixed port, as required."""
+    deployed = [*_compose_hub_settings().values(), _k8s_hub_settings()]
+    for settings in deployed:
+        assert settings.workers >= 2
+        check_workers(settings)  # raises for SQLite, port 0, or metrics ports past 65535
+    assert _image_env().get("EXCHANGE_WORKERS", "1") == "1", "the image alone (SQLite by default) runs one process"
 
 
 # The Kubernetes workload

@@ -23,6 +23,7 @@ from exchange.cli.objections import add_verbs as add_objection_verbs
 from exchange.errors import ExchangeError, InvalidArgument
 from exchange.server import loop
 from exchange.server.app import serve
+from exchange.server.workers import supervise
 from exchange.store import Store
 
 Command = Callable[[argparse.Namespace, config.Settings], int]
@@ -81,6 +82,8 @@ def _prune(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
+    if settings.workers > 1:  # a supervisor of worker processes, each a hub on the same port
+        return supervise(settings)
     loop.run(settings, serve(settings))
     return 0
 
@@ -419,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--insecure-dev", action="store_true", default=None, help="plaintext, no certificates: development only"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="hub processes on the one port, under a supervisor (EXCHANGE_WORKERS, default 1; "
+        "more than 1 needs PostgreSQL and a fixed port)",
+    )
     p = _verb(top, "demo", demo.run, "start a hub with demo departments and catalog, and show them")
     p.add_argument("--once", action="store_true", help="stop after the tour instead of serving on")
     p.add_argument("--listen", help="host:port (default 127.0.0.1:7443)")
@@ -443,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = {
             k: getattr(args, k, None)
-            for k in ("home", "hub_address", "identity", "listen", "metrics_listen", "insecure_dev")
+            for k in ("home", "hub_address", "identity", "listen", "metrics_listen", "insecure_dev", "workers")
         }
         settings = config.load(args.config, overrides=overrides)
         logs.configure(settings.log_level, settings.log_format)

@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -224,7 +225,8 @@ class Hub:
             # Read a little past the limit, so the hub itself refuses (and records) a request just over it.
             ("grpc.max_receive_message_length", settings.max_message_bytes + settings.max_message_headroom_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Several worker processes share the port (exchange serve --workers); one alone must own it.
+            ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         ]
         self.registry = registry
         self.console_access = ConsoleAccess(
@@ -634,10 +636,15 @@ class Hub:
         log.info("hub stopped")
 
 
-async def serve(settings: Settings) -> None:
-    """Runs a hub until SIGTERM or SIGINT, then shuts it down gracefully."""
+async def serve(settings: Settings, on_ready: Callable[[int], None] | None = None) -> None:
+    """Runs a hub until SIGTERM or SIGINT, then shuts it down gracefully.
+
+    ``on_ready`` is told the bound port once the hub serves (a worker tells its supervisor so).
+    """
     hub = Hub(settings)
     await hub.start()
+    if on_ready is not None:
+        on_ready(hub.port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
