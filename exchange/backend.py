@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from exchange.errors import Unavailable
@@ -192,17 +193,17 @@ class OnThreads:
     async def document(self, request: FetchRequest) -> Document:
         wait = request.timeout_seconds
         opened = await self._lane.run(self.name, wait, lambda: self._backend.document(request))
-        return Document(opened.name, opened.media_type, opened.size, self._chunks(opened, wait), self._closer(opened))
+        return Document(
+            opened.name,
+            opened.media_type,
+            opened.size,
+            self._chunks(opened, wait),
+            partial(_close_quietly, opened.close),
+        )
 
     async def _chunks(self, opened: BlockingDocument, wait: float) -> AsyncGenerator[bytes, None]:
         while (data := await self._lane.run(self.name, wait, lambda: next(opened.chunks, None))) is not None:
             yield data
-
-    def _closer(self, opened: BlockingDocument) -> Callable[[], Coroutine[Any, Any, None]]:
-        async def aclose() -> None:
-            await _close_quietly(opened.close)
-
-        return aclose
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._backend.close)

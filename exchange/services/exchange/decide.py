@@ -111,8 +111,7 @@ class Decider:
 
     def still_granted(self, plan: Plan, ask: Ask, actor: Principal) -> None:
         """Refuses, as the decision would now, a stream or document whose grant or resource no longer allows it."""
-        found = self._entries.get(ask.resource_code, self._store.catalog.with_binding)
-        status = found[0].status if found is not None else plan.resource.status
+        status = self.entry(ask.resource_code)[0].status
         question = Question(actor.ref.code, actor.department_code, ask.resource_code, ask.purpose, plan.decision.fields)
         decision = self._decisions.decide(question, status, self._clock().date(), consume=False)
         if not decision.allowed and decision.reason not in _COUNTING:

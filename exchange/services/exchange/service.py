@@ -49,7 +49,7 @@ from exchange.services.exchange.answers import (
 from exchange.services.exchange.decide import Decider, Entries, Recheck
 from exchange.services.exchange.fetch import BackendPool, Provider
 from exchange.services.exchange.observer import Observer, Unobserved
-from exchange.services.exchange.record import Ending, Recorder, answered, closing, failed, refused
+from exchange.services.exchange.record import Ending, Recorder, answered, closing, failed, refused, since
 from exchange.services.exchange.steps import Steps
 from exchange.services.verification import MaskedFilterGuard
 from exchange.store import Store
@@ -235,10 +235,11 @@ class ExchangeService:
             opened = work.result()
             assert isinstance(opened, Document)
             self._recorder.track(asyncio.ensure_future(opened.aclose()))
-        cancelled = replace(plan.record, outcome="cancelled", latency_us=int((time.monotonic() - plan.started) * 1e6))
-        self._recorder.append_in_background(
-            failed(plan.record, plan.started, error) if isinstance(error, ExchangeError) else cancelled
-        )
+        if isinstance(error, ExchangeError):
+            self._recorder.append_in_background(failed(plan.record, plan.started, error))
+        else:
+            cancelled = replace(plan.record, outcome="cancelled", latency_us=since(plan.started))
+            self._recorder.append_in_background(cancelled)
 
     # Steps shared by every call
 
