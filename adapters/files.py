@@ -27,7 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters import options as opt
-from adapters.base import BlockingDocument, FetchRequest, ProviderUnavailable, Row, Unsupported, checked_filters
+from adapters.base import (
+    BlockingDocument,
+    ChangeBatch,
+    ChangeRequest,
+    FetchRequest,
+    ProviderUnavailable,
+    Row,
+    Unsupported,
+    checked_filters,
+)
 from adapters.factory import BackendContext
 from exchange.backend import Backend, OnThreads
 from exchange.errors import FieldViolation, InvalidArgument, NotFound
@@ -80,6 +89,9 @@ class FileAdapter:
         reader = _Reader(self.name, fd, size)
         media_type = self.binding.media_type or mimetypes.guess_type(relative)[0] or DEFAULT_MEDIA_TYPE
         return BlockingDocument(os.path.basename(relative), media_type, size, reader.chunks(), reader.close)
+
+    def changes(self, request: ChangeRequest) -> ChangeBatch:
+        raise Unsupported(self.name, "changes")
 
     def close(self) -> None:
         """Nothing is held between documents; each document closes its own file."""

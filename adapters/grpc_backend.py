@@ -28,13 +28,14 @@ from adapters.base import (
     ProviderUnavailable,
     Records,
     Row,
+    Unsupported,
     checked_filters,
     checked_records,
     checked_rows,
 )
 from adapters.factory import BackendContext, ClientTls
 from exchange import pki, tracing
-from exchange.backend import Backend
+from exchange.backend import Backend, ChangeBatch, ChangeRequest
 from exchange.errors import ExchangeError, FieldViolation, InvalidArgument, NotFound
 from exchange.models import Binding
 from exchange.v1 import data_pb2, provider_pb2, provider_pb2_grpc
@@ -243,6 +244,9 @@ class GrpcBackend:
             raise self._failure(e, code) from None
         finally:
             call.cancel()
+
+    async def changes(self, request: ChangeRequest) -> ChangeBatch:
+        raise Unsupported(self.name, "changes")
 
     async def aclose(self) -> None:
         if self._aio is not None:

@@ -43,7 +43,7 @@ from adapters.factory import BackendContext
 from adapters.hosts import HostPolicy
 from adapters.json_values import READERS, no_constant, query_text
 from exchange import tracing
-from exchange.backend import Backend, Batch
+from exchange.backend import Backend, Batch, ChangeBatch, ChangeRequest
 from exchange.errors import FieldViolation, InvalidArgument
 from exchange.models import Binding, FieldType
 from exchange.values import EXPECTED
@@ -111,6 +111,10 @@ class HttpAdapter:
 
     async def document(self, request: FetchRequest) -> Document:
         raise Unsupported(self.name, "documents")
+
+    async def changes(self, request: ChangeRequest) -> ChangeBatch:
+        """An HTTP/JSON endpoint has no way to say what changed: its resources cannot be subscribed to."""
+        raise Unsupported(self.name, "changes")
 
     async def aclose(self) -> None:
         """Closes the pooled connections."""

@@ -19,6 +19,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from adapters.base import (
     BlockingDocument,
+    ChangeBatch,
+    ChangeRequest,
     FetchRequest,
     ProviderContractError,
     ProviderTimeout,
@@ -100,6 +102,9 @@ class SqlAdapter:
 
     def document(self, request: FetchRequest) -> BlockingDocument:
         raise Unsupported(self.name, "documents")
+
+    def changes(self, request: ChangeRequest) -> ChangeBatch:
+        raise Unsupported(self.name, "changes")
 
     def close(self) -> None:
         self._engine.dispose()

@@ -57,6 +57,49 @@ class Records:
 Batch = list[Row] | Records
 
 
+@dataclass(frozen=True)
+class ChangeRequest:
+    """Ask a source for the changes after a position, for a subscription.
+
+    ``after`` is a cursor the same source returned before (opaque to the hub, stored as it is), ``""``
+    for the source's first change, or ``None`` for "from now": no changes, only the current position.
+    ``filters`` are typed values of filterable items the changes must match (may be empty: all rows).
+    """
+
+    resource: ResourceSpec
+    filters: Mapping[str, object]
+    fields: tuple[str, ...]
+    after: str | None
+    # Most changes to return in one batch.
+    limit: int
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change at the source: the row as it is after the change, and the position just after it.
+
+    ``kind`` is ``"upsert"`` (a row added or changed) or ``"delete"`` (``row`` then holds at least the
+    items that identify it). ``cursor`` resumes right after this change; cursors of one source only grow.
+    """
+
+    cursor: str
+    row: Row
+    kind: str = "upsert"
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """Changes in the source's order, and the position after the last of them.
+
+    ``cursor`` equals the last change's cursor, or, when there are none, the position to ask from next
+    (for ``after=None``: the current position; else the request's ``after``).
+    """
+
+    changes: list[Change]
+    cursor: str
+
+
 async def _nothing() -> None:
     return None
 
@@ -96,6 +139,14 @@ class Backend(Protocol):
         """The one document the filters name."""
         ...
 
+    async def changes(self, request: ChangeRequest) -> ChangeBatch:
+        """At most ``request.limit`` changes after ``request.after``, in order, within the timeout.
+
+        A backend that cannot tell its changes raises ``adapters.base.Unsupported``; one whose source
+        went backwards (a position it handed out no longer exists) raises ``FailedPrecondition``.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Releases connections; the backend is not used afterwards."""
         ...
@@ -128,6 +179,8 @@ class BlockingBackend(Protocol):
         ...
 
     def document(self, request: FetchRequest) -> BlockingDocument: ...
+
+    def changes(self, request: ChangeRequest) -> ChangeBatch: ...
 
     def close(self) -> None: ...
 
@@ -200,6 +253,9 @@ class OnThreads:
             self._chunks(opened, wait),
             partial(_close_quietly, opened.close),
         )
+
+    async def changes(self, request: ChangeRequest) -> ChangeBatch:
+        return await self._lane.run(self.name, request.timeout_seconds, lambda: self._backend.changes(request))
 
     async def _chunks(self, opened: BlockingDocument, wait: float) -> AsyncGenerator[bytes, None]:
         while (data := await self._lane.run(self.name, wait, lambda: next(opened.chunks, None))) is not None:

@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 import pytest
 
 from exchange import models as m
-from exchange.backend import Backend, BlockingDocument, FetchRequest, Lane, OnThreads, Row
+from exchange.backend import (
+    Backend,
+    BlockingDocument,
+    Change,
+    ChangeBatch,
+    ChangeRequest,
+    FetchRequest,
+    Lane,
+    OnThreads,
+    Row,
+)
 from exchange.errors import Unavailable
 from exchange.services.exchange import BackendPool
 from tests.harness import POLICE, identity_spec
@@ -63,6 +73,12 @@ class Blocking:
             yield from (b"x" * 10 for _ in range(1000))
 
         return BlockingDocument("a.pdf", "application/pdf", 0, chunks(), lambda: self.closed.append("document"))
+
+    def changes(self, request: ChangeRequest) -> ChangeBatch:
+        self.threads.add(threading.current_thread().name)
+        start = int(request.after or 0)
+        found = [Change(str(n), {"name": f"{n}"}) for n in range(start + 1, start + 1 + request.limit)]
+        return ChangeBatch(found, found[-1].cursor if found else request.after or "0")
 
     def close(self) -> None:
         self.closed.append("backend")
@@ -172,3 +188,15 @@ def _open() -> threading.Event:
     gate = threading.Event()
     gate.set()
     return gate
+
+
+def test_changes_are_read_on_a_lane_thread() -> None:
+    backend = Blocking()
+
+    async def read() -> ChangeBatch:
+        on_threads: Backend = OnThreads(backend, Lane(2))
+        return await on_threads.changes(ChangeRequest(SPEC, {}, ("name",), "5", 3, 5.0))
+
+    batch = asyncio.run(read())
+    assert [c.cursor for c in batch.changes] == ["6", "7", "8"] and batch.cursor == "8"
+    assert threading.current_thread().name not in backend.threads
