@@ -46,7 +46,9 @@ __all__ = [
     "ProviderUnavailable",
     "Records",
     "Row",
+    "SourceWentBack",
     "Unsupported",
+    "checked_change_filters",
     "checked_filters",
     "checked_records",
     "checked_rows",
@@ -127,6 +129,33 @@ def checked_filters(request: FetchRequest) -> None:
         allowed = ", ".join(sorted(filterable)) or "none"
         detail = f"{', '.join(unknown)} cannot be filtered on" if unknown else "at least one filter is needed"
         raise InvalidArgument.of([FieldViolation("filters", f"{detail}; declared filters: {allowed}")])
+
+
+def checked_change_filters(request: ChangeRequest) -> None:
+    """``checked_filters`` for changes: only filterable items, but none at all is allowed (every change)."""
+    filterable = {i.name for i in request.resource.data_items if i.filterable}
+    unknown = sorted(set(request.filters) - filterable)
+    if unknown:
+        allowed = ", ".join(sorted(filterable)) or "none"
+        detail = f"{', '.join(unknown)} cannot be filtered on; declared filters: {allowed}"
+        raise InvalidArgument.of([FieldViolation("filters", detail)])
+    if request.limit <= 0:
+        raise InvalidArgument.of([FieldViolation("limit", "must be at least 1")])
+
+
+class SourceWentBack(FailedPrecondition):
+    """A change source is behind a position it handed out (a table restored, a provider repeating itself).
+
+    Nothing is delivered and nothing restarts on its own: the source's owner must look.
+    """
+
+    def __init__(self, provider: str, resource: str, detail: str) -> None:
+        super().__init__(
+            f"the changes of {resource} from the provider {provider} went backwards: {detail}",
+            provider,
+            kind="CHANGES_BACKWARDS",
+        )
+        self.provider = provider
 
 
 # The wire kind (``exchange.v1.Value`` oneof) each declared type must arrive as.
