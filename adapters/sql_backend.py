@@ -59,21 +59,25 @@ def _change_problems(options: Mapping[str, object]) -> list[FieldViolation]:
     out: list[FieldViolation] = []
     column = opt.text(options, "change_column", out, required=False)
     key = opt.text(options, "change_key", out, required=False)
-    settle = opt.text(options, "change_settle_seconds", out, required=False)
     for name, value in (("change_column", column), ("change_key", key)):
         if value and not _COLUMN.match(value):
             out.append(FieldViolation(f"binding.{name}", f"{value[:80]!r} is not a column name"))
-    if (key or settle) and not column:
+    has_settle = options.get("change_settle_seconds") is not None
+    if (key or has_settle) and not column:
         out.append(FieldViolation("binding.change_column", "is required with change_key or change_settle_seconds"))
-    if settle and _settle(settle) is None:
+    if has_settle and _settle(options) is None:
         limit = f"must be a number of seconds from 0 to {MAX_SETTLE_SECONDS:g}"
         out.append(FieldViolation("binding.change_settle_seconds", limit))
     return out
 
 
-def _settle(text: str) -> float | None:
+def _settle(options: Mapping[str, object]) -> float | None:
+    """The settle delay given (a number, or a number as text), if it is one from 0 s to a day."""
+    given = options.get("change_settle_seconds")
+    if isinstance(given, bool) or not isinstance(given, int | float | str):
+        return None
     try:
-        seconds = float(text)
+        seconds = float(given)
     except ValueError:
         return None
     return seconds if 0 <= seconds <= MAX_SETTLE_SECONDS else None
@@ -84,8 +88,7 @@ def changes_of(options: Mapping[str, object]) -> ChangeColumns | None:
     column = str(options.get("change_column") or "")
     if not column:
         return None
-    settle = str(options.get("change_settle_seconds") or "")
-    return ChangeColumns(column, str(options.get("change_key") or ""), _settle(settle) if settle else None)
+    return ChangeColumns(column, str(options.get("change_key") or ""), _settle(options))
 
 
 def _postgres_problems(url: str, context: BackendContext) -> list[str]:

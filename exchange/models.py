@@ -357,7 +357,7 @@ def binding_is_subscribable(kind: BackendKind | str, options: Mapping[str, objec
     if kind == BackendKind.SQL:
         return bool(options.get("change_column"))
     if kind == BackendKind.GRPC:
-        return options.get("changes") == "true"
+        return options.get("changes") in (True, "true")
     if kind == BackendKind.FILES:
         return options.get("changes") == NEW_FILES
     return False
@@ -384,7 +384,7 @@ class Binding:
     def subscribable(self) -> bool:
         """Whether the binding declares a change source, so the resource can be subscribed to.
 
-        sql: a ``change_column``; grpc: ``changes = "true"``; files: ``changes = "new files"``. An
+        sql: a ``change_column``; grpc: ``changes`` true; files: ``changes = "new files"``. An
         HTTP/JSON endpoint cannot tell its changes.
         """
         return binding_is_subscribable(self.kind, self.options)

@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -20,8 +21,11 @@ from adapters.factory import BackendContext
 from adapters.sql import SqlAdapter, SqlBinding
 from adapters.sql_changes import ChangeColumns, decode, encode
 from exchange import models as m
+from exchange.cli.commands import resource_detail
 from exchange.errors import InvalidArgument
-from tests.harness import identity_spec
+from exchange.v1 import catalog_pb2 as cpb
+from tests.console_support import console_hub, web_client
+from tests.harness import POLICE, identity_spec
 
 SPEC = identity_spec(
     data_items=(
@@ -188,13 +192,16 @@ def test_cursors_are_typed_and_stable() -> None:
         ({"change_key": "xkzh"}, "binding.change_column"),
         ({"change_column": "gxsj", "change_settle_seconds": "-1"}, "binding.change_settle_seconds"),
         ({"change_column": "gxsj", "change_settle_seconds": "soon"}, "binding.change_settle_seconds"),
-        ({"change_column": "gxsj", "change_settle_seconds": "90000"}, "binding.change_settle_seconds"),
+        ({"change_column": "gxsj", "change_settle_seconds": 90000.0}, "binding.change_settle_seconds"),
+        ({"change_column": "gxsj", "change_settle_seconds": True}, "binding.change_settle_seconds"),
     ],
 )
 def test_bad_change_options_are_named(options: dict[str, object], path: str) -> None:
     base: dict[str, object] = {"url": "sqlite:///x.db", "table": "xk"}
     assert [v.field for v in sql_backend.check({**base, **options}, BackendContext())] == [path]
-    assert sql_backend.check({**base, "change_column": "gxsj", "change_settle_seconds": "2.5"}, BackendContext()) == []
+    for settle in ("2.5", 0.0, 60):
+        good = {**base, "change_column": "gxsj", "change_settle_seconds": settle}
+        assert sql_backend.check(good, BackendContext()) == []
 
 
 def test_the_opened_binding_reads_changes_on_a_lane_thread(frontend: str) -> None:
@@ -210,3 +217,47 @@ def test_the_opened_binding_reads_changes_on_a_lane_thread(frontend: str) -> Non
             await backend.aclose()
 
     assert [c.row["licence_no"] for c in asyncio.run(read()).changes] == ["L-01", "L-02", "L-03"]
+
+
+def _sql_binding(**changes: object) -> cpb.Binding:
+    backend = cpb.SqlBackend(url="sqlite:///xk.db", table="xk", columns=COLUMNS, **changes)  # type: ignore[arg-type]
+    return cpb.Binding(resource_code=SPEC.code, sql=backend)
+
+
+def test_the_catalog_shows_an_entry_subscribable_once_its_binding_declares_changes(tmp_path: Path) -> None:
+    with console_hub(tmp_path / "hub") as hub:
+        hub.add_department(POLICE)
+        owner = hub.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD)
+        hub.publish(owner, SPEC)
+        with hub.client(owner) as c:
+
+            def entry() -> cpb.Resource:
+                return c.call(c.catalog.GetResource, cpb.GetResourceRequest(code=SPEC.code))
+
+            def bind(binding: cpb.Binding) -> cpb.Binding:
+                return c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=binding, reason="接入前置库"))
+
+            bind(_sql_binding())
+            assert not entry().subscribable and ("subscribable", "no") in resource_detail(entry())
+            for bad, named in (
+                (_sql_binding(change_column="gx sj"), "binding.change_column"),
+                (_sql_binding(change_column="bb", change_settle_seconds=-1), "binding.change_settle_seconds"),
+            ):
+                with pytest.raises(grpc.RpcError) as refused:
+                    bind(bad)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert named in str(refused.value.details())
+            assert not entry().subscribable
+            shown = bind(_sql_binding(change_column="bb", change_key="xkzh", change_settle_seconds=0))
+            assert shown.sql.change_column == "bb" and shown.sql.HasField("change_settle_seconds")
+            assert entry().subscribable and ("subscribable", "yes") in resource_detail(entry())
+            listed = c.call(c.catalog.ListResources, cpb.ListResourcesRequest())
+            assert [(r.code, r.subscribable) for r in listed.resources] == [(SPEC.code, True)]
+            history = c.call(c.catalog.ListResourceVersions, cpb.ListResourceVersionsRequest(code=SPEC.code))
+            assert [v.version for v in history.versions] == [1]  # binding is not an edit of the entry
+        with web_client(hub, owner) as web:
+            assert "可订阅" in web.get(f"/catalog/{SPEC.code}").text
+            assert "是：可订阅此资源的变更" in web.get(f"/catalog/{SPEC.code}").text
+        with hub.client(owner) as c:
+            c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=_sql_binding(), reason="停用订阅"))
+            assert not c.call(c.catalog.GetResource, cpb.GetResourceRequest(code=SPEC.code)).subscribable

@@ -304,6 +304,7 @@ def resource_detail(r: cpb.Resource) -> list[tuple[str, str]]:
         ("share method", w.SHARE_METHOD.label(r.share_method)),
         ("open to public", "yes" if r.open_to_public else "no"),
         ("update cycle", w.UPDATE_CYCLE.label(r.update_cycle)),
+        ("subscribable", "yes" if r.subscribable else "no"),
         ("related", ", ".join(r.related_resource_codes) or "-"),
         ("status", f"{w.STATUS.label(r.status)} (version {r.version})"),
         ("published", _time(r.publish_time)),

@@ -34,6 +34,7 @@ from exchange.models import (
     ShareMethod,
     ShareType,
     UpdateCycle,
+    binding_is_subscribable,
 )
 from exchange.paging import PageRequest
 from exchange.store.changes import announce, resource_changed
@@ -97,12 +98,17 @@ def _resource_of(row: ResourceRow) -> Resource:
         open_conditions=row.open_conditions,
         related_resource_codes=tuple(r.related_code for r in row.related),
     )
-    return Resource(spec, ResourceStatus(row.status), row.version, row.created_at, row.updated_at, row.published_at)
+    binding = row.binding
+    subscribable = binding is not None and binding_is_subscribable(binding.kind, binding.options)
+    return Resource(
+        spec, ResourceStatus(row.status), row.version, row.created_at, row.updated_at, row.published_at, subscribable
+    )
 
 
 def snapshot(resource: Resource) -> dict[str, Any]:
     """The JSON form of an entry kept in its history."""
     data = asdict(resource)
+    data.pop("subscribable")  # the binding's, not the entry's: kept out of the entry's history
     for key in ("created_at", "updated_at", "published_at"):
         data[key] = data[key].isoformat() if data[key] else None
     return data
