@@ -38,6 +38,7 @@ __all__ = [
     "Change",
     "ChangeBatch",
     "ChangeRequest",
+    "ChangesSkipped",
     "Document",
     "FetchRequest",
     "OnThreads",
@@ -154,6 +155,20 @@ class SourceWentBack(FailedPrecondition):
             f"the changes of {resource} from the provider {provider} went backwards: {detail}",
             provider,
             kind="CHANGES_BACKWARDS",
+        )
+        self.provider = provider
+
+
+class ChangesSkipped(FailedPrecondition):
+    """A provider that numbers its changes jumped over some: they would be lost, so none of the page is taken."""
+
+    def __init__(self, provider: str, resource: str, first: int, last: int) -> None:
+        missing = f"change {first}" if first == last else f"changes {first} to {last}"
+        super().__init__(
+            f"the provider {provider} skipped {missing} of {resource}: nothing after them is delivered until it "
+            "sends them",
+            provider,
+            kind="CHANGES_SKIPPED",
         )
         self.provider = provider
 
