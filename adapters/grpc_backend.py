@@ -5,7 +5,8 @@ provider must present) and ``changes`` (true: the provider serves ListChanges fo
 which can then be subscribed to; its answers are checked by ``adapters.grpc_changes``). The hub
 connects over mutual TLS with its own certificate, and checks the provider's certificate against
 ``pki.provider_hostname(system_code)``, so only that system can answer for the resource. Whatever
-the provider says on failure stays in the hub's log: the caller learns only that the provider is unavailable, timed out, or answered outside its declaration.
+the provider says on failure stays in the hub's log: the caller learns only that the provider is
+unavailable, timed out, or answered outside its declaration.
 Every call carries the hub's trace context (a W3C ``traceparent`` in its metadata) when a span is
 current, so a provider that traces (``adapters.provider.serve(..., tracer=...)``) joins the hub's trace.
 """
