@@ -8,7 +8,8 @@ every record is of the declared fields and types (as Fetch), and each kind is up
 A provider that numbers its changes (``ProviderChange.sequence`` 1, 2, 3... over all the resource's
 changes) lets the hub see more: a number that does not grow is ``SourceWentBack``, and one that
 jumps (4 after 2) is ``ChangesSkipped``: change 3 would be lost, so nothing of the page is delivered.
-Numbering is all or nothing: once numbered, every later change must be numbered.
+Gaps are looked for only when the request has no filters (changes filtered out leave gaps of their
+own); the numbers must grow in any case. Once numbered, every later change must be numbered.
 
 The hub's cursor wraps the provider's with the last sequence number seen, as compact JSON
 (``[7,"the provider's cursor"]``; 0 when not numbered), so the check holds across pages.
@@ -95,6 +96,6 @@ def _next_sequence(provider: str, request: ChangeRequest, n: int, last: int, giv
         return 0
     if given <= last:
         raise SourceWentBack(provider, request.resource.code, f"change {n} is numbered {given}, after {last}")
-    if known and given > last + 1:
+    if known and given > last + 1 and not request.filters:  # filtered out changes leave gaps of their own
         raise ChangesSkipped(provider, request.resource.code, last + 1, given - 1)
     return given
