@@ -369,7 +369,7 @@ class Binding:
 
     ``options`` are the backend's own settings (see ``adapters``): sql {url, table, columns,
     change_column, change_key, change_settle_seconds}, grpc {target, system_code, changes}, http {url,
-    fields, records_key, parameters}, files {root, name_template, media_type, changes, changes_glob}.
+    fields, records_key, parameters}, files {root, name_template, media_type, changes}.
     Values are strings or string-to-string mappings.
     """
 

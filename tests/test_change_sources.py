@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,14 +16,17 @@ import grpc
 import pytest
 from sqlalchemy import create_engine, text
 
-from adapters import sql_backend
+from adapters import files, sql_backend
 from adapters.base import ChangeBatch, ChangeRequest, ProviderContractError, SourceWentBack, Unsupported
 from adapters.factory import BackendContext
+from adapters.file_changes import FileChanges
+from adapters.files import FileAdapter, FileBinding
 from adapters.sql import SqlAdapter, SqlBinding
 from adapters.sql_changes import ChangeColumns, decode, encode
 from exchange import models as m
 from exchange.cli.commands import resource_detail
 from exchange.errors import InvalidArgument
+from exchange.models import NEW_FILES
 from exchange.v1 import catalog_pb2 as cpb
 from tests.console_support import console_hub, web_client
 from tests.harness import POLICE, identity_spec
@@ -261,3 +265,91 @@ def test_the_catalog_shows_an_entry_subscribable_once_its_binding_declares_chang
         with hub.client(owner) as c:
             c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=_sql_binding(), reason="停用订阅"))
             assert not c.call(c.catalog.GetResource, cpb.GetResourceRequest(code=SPEC.code)).subscribable
+
+
+# The file store: new documents under a root, named by a template.
+
+TEXTS = identity_spec(
+    code="20301/350200000002",
+    name="房屋买卖合同文本",
+    share_method=m.ShareMethod.DOCUMENT,
+    data_items=(
+        m.DataItem("year", "年份", m.FieldType.STRING, filterable=True),
+        m.DataItem("contract_no", "合同备案号", m.FieldType.STRING, filterable=True),
+        m.DataItem("file_name", "文件名", m.FieldType.STRING),
+        m.DataItem("file_size", "文件大小", m.FieldType.INTEGER),
+        m.DataItem("file_modified", "文件时间", m.FieldType.TIMESTAMP),
+        m.DataItem("document", "合同文本", m.FieldType.BYTES),
+    ),
+)
+HOUR_AGO = (int(NOW.timestamp()) - 3600) * 10**9
+
+
+def _put(root: Path, name: str, when: int, data: bytes = b"%PDF") -> None:
+    """A file written ``when`` (ns since the epoch)."""
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.utime(path, ns=(when, when))
+
+
+def _new_files(root: Path, after: str | None, limit: int = 10, **filters: object) -> ChangeBatch:
+    files = FileAdapter("住建文件库", FileBinding(str(root), "{year}/{contract_no}.pdf", changes=True))
+    fields = ("contract_no", "year", "file_name", "file_size", "file_modified")
+    return files.changes(ChangeRequest(TEXTS, filters, fields, after, limit, 5.0))
+
+
+def test_new_files_come_in_time_order_ties_broken_by_name(tmp_path: Path) -> None:
+    for name in ("2026/XM-3.pdf", "2026/XM-1.pdf", "2025/XM-2.pdf"):  # the same time: ordered by name
+        _put(tmp_path, name, HOUR_AGO)
+    _put(tmp_path, "2025/XM-0.pdf", HOUR_AGO - 1, b"older")
+    _put(tmp_path, "2026/notes.txt", HOUR_AGO)  # not a document of the resource
+    first = _new_files(tmp_path, "", 2)
+    assert first.changes[0].row == {
+        "contract_no": "XM-0",
+        "year": "2025",
+        "file_name": "2025/XM-0.pdf",
+        "file_size": 5,
+        "file_modified": dt.datetime.fromtimestamp((HOUR_AGO - 1) / 1e9, dt.UTC),
+    }
+    rest = _new_files(tmp_path, first.cursor, 2)
+    names = [c.row["file_name"] for c in first.changes + rest.changes]
+    assert names == ["2025/XM-0.pdf", "2025/XM-2.pdf", "2026/XM-1.pdf", "2026/XM-3.pdf"]
+    assert _new_files(tmp_path, rest.cursor) == ChangeBatch([], rest.cursor)
+    assert _new_files(tmp_path, None).cursor == rest.cursor
+    _put(tmp_path, "2026/XM-1.pdf", HOUR_AGO + 1, b"signed")  # written again: it comes again
+    assert [c.row["file_size"] for c in _new_files(tmp_path, rest.cursor).changes] == [6]
+    assert [c.row["contract_no"] for c in _new_files(tmp_path, "", year="2025").changes] == ["XM-0", "XM-2"]
+
+
+def test_a_file_still_being_written_waits_until_it_settles(tmp_path: Path) -> None:
+    _put(tmp_path, "2026/XM-1.pdf", HOUR_AGO)
+    _put(tmp_path, "2026/XM-2.pdf", (int(NOW.timestamp()) + 3600) * 10**9)  # as if written this instant
+    assert [c.row["contract_no"] for c in _new_files(tmp_path, "").changes] == ["XM-1"]
+    now = FileChanges("住建文件库", str(tmp_path), "{year}/{contract_no}.pdf", settle_seconds=-7200)
+    assert len(now.read(ChangeRequest(TEXTS, {}, ("contract_no",), "", 10, 5.0)).changes) == 2
+
+
+def test_symlinks_are_not_followed_and_nothing_outside_the_root_is_told(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    _put(outside, "2026/XM-9.pdf", HOUR_AGO)
+    _put(root, "2026/XM-1.pdf", HOUR_AGO)
+    (root / "2027").symlink_to(outside / "2026")  # a directory link
+    (root / "2026" / "XM-8.pdf").symlink_to(outside / "2026" / "XM-9.pdf")  # a file link
+    os.link(outside / "2026" / "XM-9.pdf", root / "2026" / "XM-7.pdf")  # a hard link to a file outside
+    assert [c.row["file_name"] for c in _new_files(root, "").changes] == ["2026/XM-1.pdf"]
+
+
+def test_a_file_store_without_changes_or_with_a_foreign_cursor(tmp_path: Path) -> None:
+    plain = FileAdapter("住建文件库", FileBinding(str(tmp_path), "{year}/{contract_no}.pdf"))
+    with pytest.raises(Unsupported, match="does not serve changes"):
+        plain.changes(ChangeRequest(TEXTS, {}, ("contract_no",), "", 10, 5.0))
+    with pytest.raises(SourceWentBack, match="not one this file store handed out"):
+        _new_files(tmp_path, '["i",7,"s","L-01"]')
+    with pytest.raises(InvalidArgument, match="file_name cannot be filtered on"):
+        _new_files(tmp_path, "", file_name="x")
+    options: dict[str, object] = {"root": str(tmp_path), "name_template": "{contract_no}.pdf"}
+    context = BackendContext(document_roots=(tmp_path,))
+    assert files.check({**options, "changes": NEW_FILES}, context) == []
+    assert [v.field for v in files.check({**options, "changes": "all"}, context)] == ["binding.changes"]
+    assert m.Binding(TEXTS.code, m.BackendKind.FILES, {**options, "changes": NEW_FILES}).subscribable

@@ -630,17 +630,15 @@ class FileBackend(_message.Message):
     NAME_TEMPLATE_FIELD_NUMBER: _builtins.int
     MEDIA_TYPE_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
-    CHANGES_GLOB_FIELD_NUMBER: _builtins.int
     root: _builtins.str
     name_template: _builtins.str
     """File name pattern with {filter} placeholders, e.g. "{uscc}/完税证明.pdf"."""
     media_type: _builtins.str
     """e.g. "application/pdf"; empty: guessed from the file name."""
     changes: _builtins.str
-    """"new files": each regular file that appears under the root is a change."""
-    changes_glob: _builtins.str
-    """Only new files whose relative path matches this pattern (e.g. "*.pdf",
-    "2026/*/*.pdf"); empty: every file.
+    """"new files": each regular file that appears under the root and matches
+    name_template is a change (a row of its placeholders' values and its
+    file_name, file_size, file_modified, as the resource declares them).
     """
     def __init__(
         self,
@@ -649,11 +647,10 @@ class FileBackend(_message.Message):
         name_template: _builtins.str = ...,
         media_type: _builtins.str = ...,
         changes: _builtins.str = ...,
-        changes_glob: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "changes_glob", b"changes_glob", "media_type", b"media_type", "name_template", b"name_template", "root", b"root"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "media_type", b"media_type", "name_template", b"name_template", "root", b"root"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
