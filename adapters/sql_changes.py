@@ -17,7 +17,9 @@ transaction. An integer column has no age (settle 0): its writers must commit in
 a sequence assigned at commit).
 
 A change column whose largest value is below a cursor's (a table restored from a backup, a sequence
-reset) is reported as ``SourceWentBack``, never silently restarted. Deleted rows are not seen.
+reset) is reported as ``SourceWentBack``, never silently restarted. Deleted rows are not seen, nor
+rows whose change value is null. The change column must be an integer, a number or a time (text
+would be ordered by the database's collation, which the hub cannot compare with).
 """
 
 from __future__ import annotations
@@ -146,7 +148,11 @@ class TableChanges:
             if first is None:
                 raise ProviderContractError(self.provider, "set change_key: the resource has no filterable item")
             key = self._column_of(first)
-        return self._column(self._options.column), self._column(key)
+        value = self._column(self._options.column)
+        if not isinstance(value.type, sqltypes.Integer | sqltypes.Numeric | sqltypes.DateTime | sqltypes.Date):
+            detail = f"the change column {value.name!r} is {value.type}, not an integer, a number or a time"
+            raise ProviderContractError(self.provider, detail)
+        return value, self._column(key)
 
     def _column(self, name: str) -> Column[Any]:
         try:

@@ -151,6 +151,8 @@ def test_an_update_time_column_reads_only_settled_rows(frontend: str) -> None:
     assert _all(at_once, "", 2)[0] == ["L-01", "L-02", "L-03", "L-04", "L-05"]
     with pytest.raises(ProviderContractError, match="change_settle_seconds needs a time column"):
         _adapter(frontend, ChangeColumns("bb", "xkzh", settle_seconds=5)).changes(_ask(""))
+    with pytest.raises(ProviderContractError, match="the change column 'czr' is TEXT, not an integer"):
+        _adapter(frontend, ChangeColumns("czr", "xkzh")).changes(_ask(""))
 
 
 def test_a_column_that_went_backwards_is_refused_naming_both_values(frontend: str) -> None:
