@@ -264,9 +264,15 @@ def test_the_catalog_shows_an_entry_subscribable_once_its_binding_declares_chang
         with web_client(hub, owner) as web:
             assert "可订阅" in web.get(f"/catalog/{SPEC.code}").text
             assert "是：可订阅此资源的变更" in web.get(f"/catalog/{SPEC.code}").text
+        hub.add_system("ga-xkxt", POLICE.code)
         with hub.client(owner) as c:
             c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=_sql_binding(), reason="停用订阅"))
             assert not c.call(c.catalog.GetResource, cpb.GetResourceRequest(code=SPEC.code)).subscribable
+            provider = cpb.GrpcBackend(target="127.0.0.1:7600", system_code="ga-xkxt", changes=True)
+            grpc_binding = cpb.Binding(resource_code=SPEC.code, grpc=provider)
+            shown = c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=grpc_binding, reason="接入提供服务"))
+            assert shown.grpc.changes
+            assert c.call(c.catalog.GetResource, cpb.GetResourceRequest(code=SPEC.code)).subscribable
 
 
 # The file store: new documents under a root, named by a template.
