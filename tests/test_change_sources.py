@@ -76,6 +76,7 @@ COLUMNS = {"licence_no": "xkzh", "holder": "czr", "district": "qx", "revision": 
 
 
 BY_REVISION = ChangeColumns("bb", "xkzh")
+OTHER = "10101/350200000009"
 
 
 def _adapter(url: str, changes: ChangeColumns | None = BY_REVISION) -> SqlAdapter:
@@ -235,6 +236,7 @@ def test_the_catalog_shows_an_entry_subscribable_once_its_binding_declares_chang
         hub.add_department(POLICE)
         owner = hub.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD)
         hub.publish(owner, SPEC)
+        hub.publish(owner, identity_spec(OTHER, name="户籍证明"))  # never bound
         with hub.client(owner) as c:
 
             def entry() -> cpb.Resource:
@@ -258,7 +260,9 @@ def test_the_catalog_shows_an_entry_subscribable_once_its_binding_declares_chang
             assert shown.sql.change_column == "bb" and shown.sql.HasField("change_settle_seconds")
             assert entry().subscribable and ("subscribable", "yes") in resource_detail(entry())
             listed = c.call(c.catalog.ListResources, cpb.ListResourcesRequest())
-            assert [(r.code, r.subscribable) for r in listed.resources] == [(SPEC.code, True)]
+            assert [(r.code, r.subscribable) for r in listed.resources] == [(SPEC.code, True), (OTHER, False)]
+            only = c.call(c.catalog.ListResources, cpb.ListResourcesRequest(subscribable=True))
+            assert [r.code for r in only.resources] == [SPEC.code]
             history = c.call(c.catalog.ListResourceVersions, cpb.ListResourceVersionsRequest(code=SPEC.code))
             assert [v.version for v in history.versions] == [1]  # binding is not an edit of the entry
         with web_client(hub, owner) as web:

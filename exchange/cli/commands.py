@@ -338,6 +338,7 @@ def catalog_list(args: argparse.Namespace, settings: Settings) -> int:
         status=w.STATUS.optional(m.ResourceStatus(args.status) if args.status else None),
         text=args.text or "",
         field_name=args.field or "",
+        subscribable=args.subscribable,
     )
     response = ask(args, settings, lambda hub: hub.catalog.ListResources, request)
     show_list(args, response, RESOURCE_HEADERS, resource_rows(list(response.resources)))

@@ -61,6 +61,8 @@ class ResourceFilter:
     statuses: tuple[ResourceStatus, ...] = ()
     text: str = ""
     field_name: str = ""
+    # Only entries whose binding declares a change source.
+    subscribable: bool = False
     # Drafts are visible to their own department only.
     viewer_department: str | None = None
 
@@ -305,6 +307,8 @@ class CatalogStore:
                 stmt = stmt.where(
                     ResourceRow.items.any(or_(DataItemRow.name == f.field_name, DataItemRow.title == f.field_name))
                 )
+            if f.subscribable:
+                stmt = stmt.where(ResourceRow.id.in_(_subscribable_ids(s)))
             return fetch_page(s, stmt, ResourceRow.code, page, convert=_resource_of)
 
     def set_binding(
@@ -360,6 +364,11 @@ class CatalogStore:
                 raise NotFound("resource", code)
             stmt = select(ResourceVersionRow).where(ResourceVersionRow.resource_id == resource_id)
             return fetch_page(s, stmt, ResourceVersionRow.version, page, convert=_version_of, parse=int)
+
+
+def _subscribable_ids(s: Session) -> list[int]:
+    """The resources whose binding declares a change source (options are judged here, as every dialect can)."""
+    return [b.resource_id for b in s.scalars(select(BindingRow)) if binding_is_subscribable(b.kind, b.options)]
 
 
 def _binding_of(code: str, row: BindingRow) -> Binding:

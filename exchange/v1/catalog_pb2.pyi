@@ -814,6 +814,7 @@ class ListResourcesRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     FIELD_NAME_FIELD_NUMBER: _builtins.int
+    SUBSCRIBABLE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     page_token: _builtins.str
     department_code: _builtins.str
@@ -824,6 +825,8 @@ class ListResourcesRequest(_message.Message):
     """Words to find in the code, name, summary or classification."""
     field_name: _builtins.str
     """Entries with a data item of this name or title."""
+    subscribable: _builtins.bool
+    """Only entries that can be subscribed to (their binding declares changes)."""
     def __init__(
         self,
         *,
@@ -834,10 +837,11 @@ class ListResourcesRequest(_message.Message):
         status: Global___ResourceStatus.ValueType = ...,
         text: _builtins.str = ...,
         field_name: _builtins.str = ...,
+        subscribable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["department_code", b"department_code", "field_name", b"field_name", "page_size", b"page_size", "page_token", b"page_token", "share_type", b"share_type", "status", b"status", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department_code", b"department_code", "field_name", b"field_name", "page_size", b"page_size", "page_token", b"page_token", "share_type", b"share_type", "status", b"status", "subscribable", b"subscribable", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
