@@ -225,6 +225,9 @@ def test_a_change_without_a_cursor_or_outside_the_declaration_is_a_contract_erro
         read("")
     with pytest.raises(SourceWentBack, match="not one this provider handed out"):
         read("c1")  # a position the hub never handed out for this source
+    log.entries[0] = ProviderChange("c1", {"contract_no": "XM-001"}, "insert")
+    with pytest.raises(ProviderUnavailable):  # the kit refuses to send it: a failure of the department's code
+        read("")
 
 
 def test_a_provider_without_a_changes_function_or_a_binding_without_changes(
