@@ -38,6 +38,7 @@ __all__ = [
     "Change",
     "ChangeBatch",
     "ChangeRequest",
+    "ChangesSkipped",
     "Document",
     "FetchRequest",
     "OnThreads",
@@ -46,7 +47,9 @@ __all__ = [
     "ProviderUnavailable",
     "Records",
     "Row",
+    "SourceWentBack",
     "Unsupported",
+    "checked_change_filters",
     "checked_filters",
     "checked_records",
     "checked_rows",
@@ -127,6 +130,47 @@ def checked_filters(request: FetchRequest) -> None:
         allowed = ", ".join(sorted(filterable)) or "none"
         detail = f"{', '.join(unknown)} cannot be filtered on" if unknown else "at least one filter is needed"
         raise InvalidArgument.of([FieldViolation("filters", f"{detail}; declared filters: {allowed}")])
+
+
+def checked_change_filters(request: ChangeRequest) -> None:
+    """``checked_filters`` for changes: only filterable items, but none at all is allowed (every change)."""
+    filterable = {i.name for i in request.resource.data_items if i.filterable}
+    unknown = sorted(set(request.filters) - filterable)
+    if unknown:
+        allowed = ", ".join(sorted(filterable)) or "none"
+        detail = f"{', '.join(unknown)} cannot be filtered on; declared filters: {allowed}"
+        raise InvalidArgument.of([FieldViolation("filters", detail)])
+    if request.limit <= 0:
+        raise InvalidArgument.of([FieldViolation("limit", "must be at least 1")])
+
+
+class SourceWentBack(FailedPrecondition):
+    """A change source is behind a position it handed out (a table restored, a provider repeating itself).
+
+    Nothing is delivered and nothing restarts on its own: the source's owner must look.
+    """
+
+    def __init__(self, provider: str, resource: str, detail: str) -> None:
+        super().__init__(
+            f"the changes of {resource} from the provider {provider} went backwards: {detail}",
+            provider,
+            kind="CHANGES_BACKWARDS",
+        )
+        self.provider = provider
+
+
+class ChangesSkipped(FailedPrecondition):
+    """A provider that numbers its changes jumped over some: they would be lost, so none of the page is taken."""
+
+    def __init__(self, provider: str, resource: str, first: int, last: int) -> None:
+        missing = f"change {first}" if first == last else f"changes {first} to {last}"
+        super().__init__(
+            f"the provider {provider} skipped {missing} of {resource}: nothing after them is delivered until it "
+            "sends them",
+            provider,
+            kind="CHANGES_SKIPPED",
+        )
+        self.provider = provider
 
 
 # The wire kind (``exchange.v1.Value`` oneof) each declared type must arrive as.

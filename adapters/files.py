@@ -2,7 +2,8 @@
 
 Binding options: ``root`` (an absolute directory inside one of the hub's document roots),
 ``name_template`` (a relative name whose ``{placeholder}`` parts are filled from the request's
-filters, e.g. ``{uscc}/营业执照.pdf``) and ``media_type`` (optional; else guessed from the name).
+filters, e.g. ``{uscc}/营业执照.pdf``), ``media_type`` (optional; else guessed from the name) and
+``changes`` (optional: ``"new files"`` makes new documents changes, see ``adapters.file_changes``).
 
 Filter values must be safe single path segments. The built path is resolved and must stay inside
 the root; a name resolving outside it (through a symlink, say) is answered as not found, so a
@@ -38,15 +39,16 @@ from adapters.base import (
     checked_filters,
 )
 from adapters.factory import BackendContext
+from adapters.file_changes import FileChanges
 from exchange.backend import Backend, OnThreads
 from exchange.errors import FieldViolation, InvalidArgument, NotFound
-from exchange.models import Binding
+from exchange.models import NEW_FILES, Binding
 
 CHUNK_BYTES = 64 * 1024
 MAX_SEGMENT_BYTES = 255
 SHOWN_CHARS = 40
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
-OPTIONS = ("root", "name_template", "media_type")
+OPTIONS = ("root", "name_template", "media_type", "changes")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
@@ -59,6 +61,8 @@ class FileBinding:
     root: str
     name_template: str
     media_type: str = ""
+    # New files under the root are changes (``adapters.file_changes``): the resource can be subscribed to.
+    changes: bool = False
 
     @property
     def placeholders(self) -> frozenset[str]:
@@ -91,7 +95,10 @@ class FileAdapter:
         return BlockingDocument(os.path.basename(relative), media_type, size, reader.chunks(), reader.close)
 
     def changes(self, request: ChangeRequest) -> ChangeBatch:
-        raise Unsupported(self.name, "changes")
+        """New documents under the root, after ``request.after`` (see ``adapters.file_changes``)."""
+        if not self.binding.changes:
+            raise Unsupported(self.name, "changes")
+        return FileChanges(self.name, self._root, self.binding.name_template).read(request)
 
     def close(self) -> None:
         """Nothing is held between documents; each document closes its own file."""
@@ -237,6 +244,8 @@ def check(options: Mapping[str, object], context: BackendContext) -> list[FieldV
         out += [FieldViolation("binding.name_template", d) for d in _template_problems(template)]
     if media_type and not _MEDIA_TYPE.fullmatch(media_type):
         out.append(FieldViolation("binding.media_type", "must be a media type (type/subtype)"))
+    if opt.text(options, "changes", out, required=False) not in ("", NEW_FILES):
+        out.append(FieldViolation("binding.changes", f"must be {NEW_FILES!r} or empty"))
     return out
 
 
@@ -289,5 +298,7 @@ def open(name: str, binding: Binding, context: BackendContext) -> Backend:
     if violations:
         raise InvalidArgument.of(violations)
     o = binding.options
-    files = FileBinding(str(o["root"]), str(o["name_template"]), str(o.get("media_type") or ""))
+    files = FileBinding(
+        str(o["root"]), str(o["name_template"]), str(o.get("media_type") or ""), changes=binding.subscribable
+    )
     return OnThreads(FileAdapter(name, files), context.lane)

@@ -1,10 +1,12 @@
 """The gRPC adapter: the hub's client of a department's provider service (see ``adapters.provider``).
 
-Binding options: ``target`` (host:port) and ``system_code`` (the system whose certificate the
-provider must present). The hub connects over mutual TLS with its own certificate, and checks
-the provider's certificate against ``pki.provider_hostname(system_code)``, so only that system
-can answer for the resource. Whatever the provider says on failure stays in the hub's log: the
-caller learns only that the provider is unavailable, timed out, or answered outside its declaration.
+Binding options: ``target`` (host:port), ``system_code`` (the system whose certificate the
+provider must present) and ``changes`` (true: the provider serves ListChanges for the resource,
+which can then be subscribed to; its answers are checked by ``adapters.grpc_changes``). The hub
+connects over mutual TLS with its own certificate, and checks the provider's certificate against
+``pki.provider_hostname(system_code)``, so only that system can answer for the resource. Whatever
+the provider says on failure stays in the hub's log: the caller learns only that the provider is
+unavailable, timed out, or answered outside its declaration.
 Every call carries the hub's trace context (a W3C ``traceparent`` in its metadata) when a span is
 current, so a provider that traces (``adapters.provider.serve(..., tracer=...)``) joins the hub's trace.
 """
@@ -29,11 +31,13 @@ from adapters.base import (
     Records,
     Row,
     Unsupported,
+    checked_change_filters,
     checked_filters,
     checked_records,
     checked_rows,
 )
 from adapters.factory import BackendContext, ClientTls
+from adapters.grpc_changes import checked_changes, current, position
 from exchange import pki, tracing
 from exchange.backend import Backend, ChangeBatch, ChangeRequest
 from exchange.errors import ExchangeError, FieldViolation, InvalidArgument, NotFound
@@ -83,6 +87,8 @@ def check(options: Mapping[str, object], context: BackendContext) -> list[FieldV
         out.append(
             FieldViolation("binding.system_code", f"{code[:80]!r} is not a system code (e.g. zj-wqba: a-z, 0-9, -)")
         )
+    if options.get("changes") not in (None, True, False, "true", "false"):
+        out.append(FieldViolation("binding.changes", "must be true (the provider serves ListChanges) or false"))
     if context.tls is None:
         out.append(
             FieldViolation("binding", "the hub has no client certificate to present to providers; configure its TLS")
@@ -124,7 +130,7 @@ def open(name: str, binding: Binding, context: BackendContext) -> Backend:
             log.warning("the provider %s at %s is not reachable under the host policy", name, target)
             raise ProviderUnavailable(name) from None
         target = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
-    return GrpcBackend(name, target, str(binding.options["system_code"]), context.tls)
+    return GrpcBackend(name, target, str(binding.options["system_code"]), context.tls, changes=binding.subscribable)
 
 
 class GrpcBackend:
@@ -134,8 +140,10 @@ class GrpcBackend:
     answers, however long it hangs; each message must come within ``request.timeout_seconds``.
     """
 
-    def __init__(self, name: str, target: str, system_code: str, tls: ClientTls) -> None:
+    def __init__(self, name: str, target: str, system_code: str, tls: ClientTls, *, changes: bool = False) -> None:
         self.name = name
+        # The binding declares that the provider serves ListChanges for the resource.
+        self._changes = changes
         self._credentials = grpc.ssl_channel_credentials(
             root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.certificate
         )
@@ -246,7 +254,31 @@ class GrpcBackend:
             call.cancel()
 
     async def changes(self, request: ChangeRequest) -> ChangeBatch:
-        raise Unsupported(self.name, "changes")
+        """A page of changes from the provider's ListChanges, checked (``adapters.grpc_changes``)."""
+        if not self._changes:
+            raise Unsupported(self.name, "changes")
+        checked_change_filters(request)
+        _, after = position(self.name, request)
+        asked = provider_pb2.ProviderChangesRequest(
+            resource_code=request.resource.code,
+            filters=self._wire_filters(request.filters),
+            fields=request.fields,
+            after=after,
+            from_now=request.after is None,
+            limit=request.limit,
+        )
+        try:
+            call = self._stub().ListChanges(asked, timeout=request.timeout_seconds, metadata=_trace())
+            answer = await cast("Awaitable[provider_pb2.ProviderChanges]", call)
+        except grpc.aio.AioRpcError as e:
+            raise self._failure(e) from None
+        if request.after is None:
+            return ChangeBatch([], current(self.name, answer))
+        page = list(answer.changes[: request.limit])
+        types = {i.name: i.type for i in request.resource.data_items if i.name in request.fields}
+        records = checked_records(self.name, types, [c.record for c in page])
+        rows = checked_rows(self.name, request.resource, request.fields, [self._row(r) for r in records])
+        return checked_changes(self.name, request, page, rows)
 
     async def aclose(self) -> None:
         if self._aio is not None:
@@ -257,14 +289,16 @@ class GrpcBackend:
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(lambda: loop.create_task(channel.close(None)))
 
-    def _wire(self, request: FetchRequest, limit: int) -> provider_pb2.ProviderFetchRequest:
+    def _wire_filters(self, filters: Mapping[str, object]) -> dict[str, data_pb2.Value]:
         try:
-            filters = {name: to_wire(value) for name, value in request.filters.items()}
+            return {name: to_wire(value) for name, value in filters.items()}
         except TypeError:
             raise InvalidArgument.of([FieldViolation("filters", "a value is not of a data item type")]) from None
+
+    def _wire(self, request: FetchRequest, limit: int) -> provider_pb2.ProviderFetchRequest:
         return provider_pb2.ProviderFetchRequest(
             resource_code=request.resource.code,
-            filters=filters,
+            filters=self._wire_filters(request.filters),
             fields=request.fields,
             limit=limit,
             offset=max(request.offset, 0),

@@ -8,6 +8,10 @@ A department registers one function per catalog resource and serves them over mu
     def contracts(q: ProviderQuery) -> Iterable[Row]:
         ...
 
+    @provider.changes("20301/350200000001")  # optional: lets the hub subscribe to the resource
+    def contract_changes(q: ChangesQuery) -> Iterable[ProviderChange]:
+        ...
+
     provider.table("20301/350200000002", "postgresql+psycopg://...", "wq_ht", columns=(...), filters=("contract_no",))
     server, port = serve(provider, "0.0.0.0:7443", Path("identity"))
 
@@ -29,7 +33,10 @@ from adapters.provider_query import (
     BATCH_RECORDS,
     CHUNK_BYTES,
     DEFAULT_MAX_ROWS,
+    ChangesFunction,
+    ChangesQuery,
     DocumentFunction,
+    ProviderChange,
     ProviderDocument,
     ProviderQuery,
     QueryRefused,
@@ -46,8 +53,11 @@ __all__ = [
     "CHUNK_BYTES",
     "DEFAULT_MAX_ROWS",
     "MAX_MESSAGE",
+    "ChangesFunction",
+    "ChangesQuery",
     "DocumentFunction",
     "Provider",
+    "ProviderChange",
     "ProviderDocument",
     "ProviderQuery",
     "QueryRefused",

@@ -1,7 +1,8 @@
 """The provider kit's registration API: ``Provider``, the resources a department serves and the function for each.
 
 A department registers a records function (``@provider.records``), a document function
-(``@provider.document``) or a table of its database (``provider.table``) per resource code; the
+(``@provider.document``) or a table of its database (``provider.table``) per resource code, and
+may add a changes function (``@provider.changes``) so the resource can be subscribed to; the
 servicer looks them up by the code the hub asks for.
 """
 
@@ -13,11 +14,12 @@ from typing import TypeVar
 
 from sqlalchemy import Engine
 
-from adapters.provider_query import DEFAULT_MAX_ROWS, DocumentFunction, RecordsFunction
+from adapters.provider_query import DEFAULT_MAX_ROWS, ChangesFunction, DocumentFunction, RecordsFunction
 from adapters.provider_tables import TableSource, read_only_engine
 
 R = TypeVar("R", bound=RecordsFunction)
 D = TypeVar("D", bound=DocumentFunction)
+C = TypeVar("C", bound=ChangesFunction)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Provider:
     def __init__(self) -> None:
         self._records: dict[str, RegisteredRecords] = {}
         self._documents: dict[str, DocumentFunction] = {}
+        self._changes: dict[str, ChangesFunction] = {}
         self._engines: list[Engine] = []
 
     def records(self, code: str, *, handles_paging: bool = False) -> Callable[[R], R]:
@@ -52,6 +55,21 @@ class Provider:
         def register(function: D) -> D:
             self._claim(code)
             self._documents[code] = function
+            return function
+
+        return register
+
+    def changes(self, code: str) -> Callable[[C], C]:
+        """Registers the changes function of a resource also served by records (for subscriptions).
+
+        The function yields ``ProviderChange``s after ``query.after`` in the department's order; the kit
+        stops at the hub's limit and closes the iterator.
+        """
+
+        def register(function: C) -> C:
+            if code in self._changes:
+                raise ValueError(f"the changes of {code} are already registered")
+            self._changes[code] = function
             return function
 
         return register
@@ -83,6 +101,10 @@ class Provider:
     def document_for(self, code: str) -> DocumentFunction | None:
         """The document function registered for ``code``, if any."""
         return self._documents.get(code)
+
+    def changes_for(self, code: str) -> ChangesFunction | None:
+        """The changes function registered for ``code``, if any."""
+        return self._changes.get(code)
 
     def close(self) -> None:
         """Releases the database connections of the tables served."""

@@ -17,11 +17,13 @@ from typing import NoReturn, TypeVar
 import grpc
 from cryptography import x509
 
+from adapters.provider_changes import changes_of, message
 from adapters.provider_query import (
     BATCH_BYTES,
     BATCH_RECORDS,
     CHUNK_BYTES,
     DEFAULT_MAX_ROWS,
+    ChangesQuery,
     DocumentFunction,
     ProviderDocument,
     ProviderQuery,
@@ -68,12 +70,13 @@ def _require_hub(context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the exchange hub may call this provider")
 
 
-def _fail(context: grpc.ServicerContext, query: ProviderQuery) -> NoReturn:
-    log.exception("the function for %s failed (exchange %s)", query.resource_code, query.exchange_id or "-")
+def _fail(context: grpc.ServicerContext, query: ProviderQuery | ChangesQuery) -> NoReturn:
+    exchange = query.exchange_id if isinstance(query, ProviderQuery) else "changes"
+    log.exception("the function for %s failed (exchange %s)", query.resource_code, exchange or "-")
     context.abort(grpc.StatusCode.INTERNAL, _FAILED)
 
 
-def _guarded(step: Callable[[], T], context: grpc.ServicerContext, query: ProviderQuery) -> T:
+def _guarded(step: Callable[[], T], context: grpc.ServicerContext, query: ProviderQuery | ChangesQuery) -> T:
     """Runs department code: a refusal is sent as it is, any other failure is logged and sent as INTERNAL."""
     try:
         return step()
@@ -152,6 +155,49 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         if opened is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no such document")
         return self._chunks(*opened, query, context)
+
+    def ListChanges(  # noqa: N802 - the RPC's name
+        self, request: provider_pb2.ProviderChangesRequest, context: grpc.ServicerContext
+    ) -> provider_pb2.ProviderChanges:
+        """One page of the resource's changes after ``request.after`` (for ``from_now``: only the position)."""
+        _require_hub(context)
+        function = self._provider.changes_for(request.resource_code)
+        if function is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "this provider does not serve the changes of that resource")
+        if request.limit <= 0 or request.limit > DEFAULT_MAX_ROWS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"limit must be between 1 and {DEFAULT_MAX_ROWS}")
+        filters = _query(provider_pb2.ProviderFetchRequest(filters=request.filters), context).filters
+        query = ChangesQuery(
+            request.resource_code,
+            filters,
+            tuple(request.fields),
+            "" if request.from_now else request.after,
+            request.from_now,
+            request.limit,
+            context.is_active,
+        )
+        changes = _guarded(partial(changes_of, function, query), context, query)
+        try:
+            return self._page(changes, query, context)
+        finally:
+            _close(changes)
+
+    def _page(
+        self, changes: Iterator[object], query: ChangesQuery, context: grpc.ServicerContext
+    ) -> provider_pb2.ProviderChanges:
+        """At most ``query.limit`` changes; for ``from_now`` the newest one's cursor and sequence, no change."""
+        answer = provider_pb2.ProviderChanges()
+        wanted = 1 if query.from_now else query.limit
+        while len(answer.changes) < wanted and context.is_active():
+            change: object = _guarded(partial(next, changes, _END), context, query)
+            if change is _END:
+                break
+            answer.changes.append(_guarded(partial(message, change, query.fields), context, query))
+        if query.from_now and answer.changes:
+            newest = answer.changes[-1]
+            answer.cursor, answer.sequence = newest.cursor, newest.sequence
+            del answer.changes[:]
+        return answer
 
     def _batches(
         self, rows: Iterator[Row], registered: RegisteredRecords, query: ProviderQuery, context: grpc.ServicerContext

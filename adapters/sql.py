@@ -3,7 +3,8 @@
 Only the resource's filterable items can be filtered on, always as bound parameters; only the
 fields asked for are selected; every query is read-only, limited in rows and bounded in time
 (PostgreSQL statement_timeout; SQLite progress handler). Streams read with a server-side cursor
-in batches, so a large result is never held whole. Database errors become provider errors that
+in batches, so a large result is never held whole. A table with a declared change column is also a
+change source for subscriptions (``adapters.sql_changes``). Database errors become provider errors that
 name the provider, never the database's own message.
 """
 
@@ -30,6 +31,7 @@ from adapters.base import (
     checked_filters,
     checked_rows,
 )
+from adapters.sql_changes import ChangeColumns, TableChanges
 
 DEFAULT_MAX_ROWS = 1000
 
@@ -44,6 +46,8 @@ class SqlBinding:
     max_rows: int = DEFAULT_MAX_ROWS
     # The vetted address to connect to (PostgreSQL), so the name is not resolved again; "" resolves it.
     host_address: str = ""
+    # The change column and its tie-breaking key (see ``adapters.sql_changes``); None: not a change source.
+    changes: ChangeColumns | None = None
 
     def column(self, item: str) -> str:
         return self.columns.get(item, item)
@@ -104,7 +108,17 @@ class SqlAdapter:
         raise Unsupported(self.name, "documents")
 
     def changes(self, request: ChangeRequest) -> ChangeBatch:
-        raise Unsupported(self.name, "changes")
+        """Rows changed after ``request.after``, by the binding's change column (``adapters.sql_changes``)."""
+        if self.binding.changes is None:
+            raise Unsupported(self.name, "changes")
+        reader = TableChanges(self.name, self._source(), self.binding.column, self.binding.changes)
+        with self._connection(request.timeout_seconds) as connection:
+            try:
+                return reader.read(connection, request, self.binding.max_rows)
+            except OperationalError as e:
+                raise self._translate(e) from None
+            except DBAPIError:
+                raise ProviderUnavailable(self.name) from None
 
     def close(self) -> None:
         self._engine.dispose()

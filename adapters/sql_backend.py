@@ -1,8 +1,10 @@
-"""The SQL adapter as a binding: options {url, table, columns}."""
+"""The SQL adapter as a binding: options {url, table, columns}, and for a change source
+{change_column, change_key, change_settle_seconds} (see ``adapters.sql_changes``)."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from adapters import options as opt
 from adapters.base import OnThreads, ProviderUnavailable
 from adapters.factory import BackendContext
 from adapters.sql import DEFAULT_MAX_ROWS, SqlAdapter, SqlBinding
+from adapters.sql_changes import ChangeColumns
 from exchange.backend import Backend
 from exchange.errors import FieldViolation, InvalidArgument
 from exchange.models import Binding
@@ -29,6 +32,7 @@ def check(options: Mapping[str, object], context: BackendContext) -> list[FieldV
     url = opt.text(options, "url", out)
     opt.text(options, "table", out)
     opt.mapping(options, "columns", out)
+    out += _change_problems(options)
     if url and not url.startswith(("sqlite", "postgresql")):
         out.append(FieldViolation("binding.url", "must be a sqlite:// or postgresql+psycopg:// URL"))
     if url and _is_hubs_own(url, context):
@@ -43,6 +47,48 @@ def check(options: Mapping[str, object], context: BackendContext) -> list[FieldV
             )
         )
     return out
+
+
+# A column name a change option may give: a letter or '_' first, then letters, digits, '_' or '$'.
+_COLUMN = re.compile(r"^[^\W\d]\w{0,62}$")
+MAX_SETTLE_SECONDS = 86_400.0
+
+
+def _change_problems(options: Mapping[str, object]) -> list[FieldViolation]:
+    """The change options: a column name, a key only with a column, a settle delay of 0 s to a day."""
+    out: list[FieldViolation] = []
+    column = opt.text(options, "change_column", out, required=False)
+    key = opt.text(options, "change_key", out, required=False)
+    for name, value in (("change_column", column), ("change_key", key)):
+        if value and not _COLUMN.match(value):
+            out.append(FieldViolation(f"binding.{name}", f"{value[:80]!r} is not a column name"))
+    has_settle = options.get("change_settle_seconds") is not None
+    if (key or has_settle) and not column:
+        out.append(FieldViolation("binding.change_column", "is required with change_key or change_settle_seconds"))
+    if has_settle and _settle(options) is None:
+        limit = f"must be a number of seconds from 0 to {MAX_SETTLE_SECONDS:g}"
+        out.append(FieldViolation("binding.change_settle_seconds", limit))
+    return out
+
+
+def _settle(options: Mapping[str, object]) -> float | None:
+    """The settle delay given (a number, or a number as text), if it is one from 0 s to a day."""
+    given = options.get("change_settle_seconds")
+    if isinstance(given, bool) or not isinstance(given, int | float | str):
+        return None
+    try:
+        seconds = float(given)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= MAX_SETTLE_SECONDS else None
+
+
+def changes_of(options: Mapping[str, object]) -> ChangeColumns | None:
+    """The checked change options as ``ChangeColumns``; None when the binding names no change column."""
+    column = str(options.get("change_column") or "")
+    if not column:
+        return None
+    return ChangeColumns(column, str(options.get("change_key") or ""), _settle(options))
 
 
 def _postgres_problems(url: str, context: BackendContext) -> list[str]:
@@ -86,7 +132,8 @@ def open(name: str, binding: Binding, context: BackendContext) -> Backend:
     url = str(o["url"])
     address = _vetted_address(name, url, context) if url.startswith("postgresql") else ""
     max_rows = binding.max_rows or DEFAULT_MAX_ROWS
-    sql = SqlBinding(url, str(o["table"]), dict(o.get("columns") or {}), max_rows, address)  # type: ignore[call-overload]
+    columns = dict(o.get("columns") or {})  # type: ignore[call-overload]
+    sql = SqlBinding(url, str(o["table"]), columns, max_rows, address, changes_of(o))
     return OnThreads(SqlAdapter(name, sql), context.lane)
 
 

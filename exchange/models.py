@@ -7,6 +7,7 @@ the store, in files and on the command line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -204,6 +205,8 @@ class Resource:
     created_at: datetime
     updated_at: datetime
     published_at: datetime | None = None
+    # Its binding declares a change source (``Binding.subscribable``): it can be subscribed to.
+    subscribable: bool = False
 
 
 @dataclass(frozen=True)
@@ -345,13 +348,29 @@ class BackendKind(StrEnum):
     FILES = "files"
 
 
+# The value of the ``changes`` option that makes a file store a change source.
+NEW_FILES = "new files"
+
+
+def binding_is_subscribable(kind: BackendKind | str, options: Mapping[str, object]) -> bool:
+    """``Binding.subscribable`` for a binding's kind and options as stored."""
+    if kind == BackendKind.SQL:
+        return bool(options.get("change_column"))
+    if kind == BackendKind.GRPC:
+        return options.get("changes") in (True, "true")
+    if kind == BackendKind.FILES:
+        return options.get("changes") == NEW_FILES
+    return False
+
+
 @dataclass(frozen=True)
 class Binding:
     """Where the hub fetches a resource from: one backend and its options.
 
-    ``options`` are the backend's own settings (see ``adapters``): sql {url, table, columns},
-    grpc {target, system_code}, http {url, fields, records_key, parameters}, files {root,
-    name_template, media_type}. Values are strings or string-to-string mappings.
+    ``options`` are the backend's own settings (see ``adapters``): sql {url, table, columns,
+    change_column, change_key, change_settle_seconds}, grpc {target, system_code, changes}, http {url,
+    fields, records_key, parameters}, files {root, name_template, media_type, changes}.
+    Values are strings or string-to-string mappings.
     """
 
     resource_code: str
@@ -360,3 +379,12 @@ class Binding:
     timeout_seconds: float = 0.0
     max_rows: int = 0
     version: int = 0
+
+    @property
+    def subscribable(self) -> bool:
+        """Whether the binding declares a change source, so the resource can be subscribed to.
+
+        sql: a ``change_column``; grpc: ``changes`` true; files: ``changes = "new files"``. An
+        HTTP/JSON endpoint cannot tell its changes.
+        """
+        return binding_is_subscribable(self.kind, self.options)

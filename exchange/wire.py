@@ -211,6 +211,7 @@ def resource_to_wire(r: m.Resource) -> cpb.Resource:
     wire = spec_to_wire(r.spec)
     wire.status = STATUS.wire(r.status)
     wire.version = r.version
+    wire.subscribable = r.subscribable
     wire.create_time.FromDatetime(r.created_at)
     wire.update_time.FromDatetime(r.updated_at)
     if r.published_at:

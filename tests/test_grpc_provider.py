@@ -355,6 +355,11 @@ class _Rogue(provider_pb2_grpc.ProviderServiceServicer):
     ) -> Iterator[provider_pb2.ProviderChunk]:
         yield provider_pb2.ProviderChunk()
 
+    def ListChanges(
+        self, request: provider_pb2.ProviderChangesRequest, context: grpc.ServicerContext
+    ) -> provider_pb2.ProviderChanges:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "no changes here")
+
 
 class _rogue:  # noqa: N801 - used as a context manager
     def __init__(self, certs: Pki, record: data_pb2.Record) -> None:

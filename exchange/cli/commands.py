@@ -304,6 +304,7 @@ def resource_detail(r: cpb.Resource) -> list[tuple[str, str]]:
         ("share method", w.SHARE_METHOD.label(r.share_method)),
         ("open to public", "yes" if r.open_to_public else "no"),
         ("update cycle", w.UPDATE_CYCLE.label(r.update_cycle)),
+        ("subscribable", "yes" if r.subscribable else "no"),
         ("related", ", ".join(r.related_resource_codes) or "-"),
         ("status", f"{w.STATUS.label(r.status)} (version {r.version})"),
         ("published", _time(r.publish_time)),
@@ -337,6 +338,7 @@ def catalog_list(args: argparse.Namespace, settings: Settings) -> int:
         status=w.STATUS.optional(m.ResourceStatus(args.status) if args.status else None),
         text=args.text or "",
         field_name=args.field or "",
+        subscribable=args.subscribable,
     )
     response = ask(args, settings, lambda hub: hub.catalog.ListResources, request)
     show_list(args, response, RESOURCE_HEADERS, resource_rows(list(response.resources)))

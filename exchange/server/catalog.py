@@ -68,6 +68,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             share_type=share_type,
             text=request.text.strip(),
             field_name=request.field_name.strip(),
+            subscribable=request.subscribable,
         )
         page = self.service.list(actor, request.page_size, request.page_token, query, status)
         return pb.ListResourcesResponse(

@@ -34,6 +34,7 @@ from exchange.models import (
     ShareMethod,
     ShareType,
     UpdateCycle,
+    binding_is_subscribable,
 )
 from exchange.paging import PageRequest
 from exchange.store.changes import announce, resource_changed
@@ -60,6 +61,8 @@ class ResourceFilter:
     statuses: tuple[ResourceStatus, ...] = ()
     text: str = ""
     field_name: str = ""
+    # Only entries whose binding declares a change source.
+    subscribable: bool = False
     # Drafts are visible to their own department only.
     viewer_department: str | None = None
 
@@ -97,12 +100,17 @@ def _resource_of(row: ResourceRow) -> Resource:
         open_conditions=row.open_conditions,
         related_resource_codes=tuple(r.related_code for r in row.related),
     )
-    return Resource(spec, ResourceStatus(row.status), row.version, row.created_at, row.updated_at, row.published_at)
+    binding = row.binding
+    subscribable = binding is not None and binding_is_subscribable(binding.kind, binding.options)
+    return Resource(
+        spec, ResourceStatus(row.status), row.version, row.created_at, row.updated_at, row.published_at, subscribable
+    )
 
 
 def snapshot(resource: Resource) -> dict[str, Any]:
     """The JSON form of an entry kept in its history."""
     data = asdict(resource)
+    data.pop("subscribable")  # the binding's, not the entry's: kept out of the entry's history
     for key in ("created_at", "updated_at", "published_at"):
         data[key] = data[key].isoformat() if data[key] else None
     return data
@@ -299,6 +307,8 @@ class CatalogStore:
                 stmt = stmt.where(
                     ResourceRow.items.any(or_(DataItemRow.name == f.field_name, DataItemRow.title == f.field_name))
                 )
+            if f.subscribable:
+                stmt = stmt.where(ResourceRow.id.in_(_subscribable_ids(s)))
             return fetch_page(s, stmt, ResourceRow.code, page, convert=_resource_of)
 
     def set_binding(
@@ -354,6 +364,11 @@ class CatalogStore:
                 raise NotFound("resource", code)
             stmt = select(ResourceVersionRow).where(ResourceVersionRow.resource_id == resource_id)
             return fetch_page(s, stmt, ResourceVersionRow.version, page, convert=_version_of, parse=int)
+
+
+def _subscribable_ids(s: Session) -> list[int]:
+    """The resources whose binding declares a change source (options are judged here, as every dialect can)."""
+    return [b.resource_id for b in s.scalars(select(BindingRow)) if binding_is_subscribable(b.kind, b.options)]
 
 
 def _binding_of(code: str, row: BindingRow) -> Binding:

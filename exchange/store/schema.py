@@ -162,6 +162,8 @@ class ResourceRow(Base):
     related: Mapped[list[RelatedResourceRow]] = relationship(
         lazy="selectin", cascade="all, delete-orphan", order_by="RelatedResourceRow.position"
     )
+    # Read only: whether the binding declares a change source (the catalog's "subscribable").
+    binding: Mapped[BindingRow | None] = relationship(lazy="selectin", viewonly=True)
     __table_args__ = (UniqueConstraint("department_id", "name", name="uq_resources_department_id_name"),)
 
 

@@ -276,6 +276,7 @@ class Resource(_message.Message):
     PUBLISH_TIME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SUBSCRIBABLE_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Resource code: front part (1 to 9 classification digits) "/" back part
     (6 to 12 sequence digits), e.g. "10101/350200000001". Immutable.
@@ -300,6 +301,8 @@ class Resource(_message.Message):
     status: Global___ResourceStatus.ValueType
     """Output only."""
     version: _builtins.int
+    subscribable: _builtins.bool
+    """Its binding declares a change source, so it can be subscribed to."""
     @_builtins.property
     def data_items(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataItem]: ...
     @_builtins.property
@@ -333,10 +336,11 @@ class Resource(_message.Message):
         publish_time: _timestamp_pb2.Timestamp | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        subscribable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "publish_time", b"publish_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "code", b"code", "create_time", b"create_time", "data_items", b"data_items", "department_code", b"department_code", "format", b"format", "legal_basis", b"legal_basis", "name", b"name", "open_conditions", b"open_conditions", "open_to_public", b"open_to_public", "publish_time", b"publish_time", "related_resource_codes", b"related_resource_codes", "share_conditions", b"share_conditions", "share_method", b"share_method", "share_type", b"share_type", "status", b"status", "summary", b"summary", "update_cycle", b"update_cycle", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "code", b"code", "create_time", b"create_time", "data_items", b"data_items", "department_code", b"department_code", "format", b"format", "legal_basis", b"legal_basis", "name", b"name", "open_conditions", b"open_conditions", "open_to_public", b"open_to_public", "publish_time", b"publish_time", "related_resource_codes", b"related_resource_codes", "share_conditions", b"share_conditions", "share_method", b"share_method", "share_type", b"share_type", "status", b"status", "subscribable", b"subscribable", "summary", b"summary", "update_cycle", b"update_cycle", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -461,11 +465,27 @@ class SqlBackend(_message.Message):
     URL_FIELD_NUMBER: _builtins.int
     TABLE_FIELD_NUMBER: _builtins.int
     COLUMNS_FIELD_NUMBER: _builtins.int
+    CHANGE_COLUMN_FIELD_NUMBER: _builtins.int
+    CHANGE_KEY_FIELD_NUMBER: _builtins.int
+    CHANGE_SETTLE_SECONDS_FIELD_NUMBER: _builtins.int
     url: _builtins.str
     """SQLAlchemy URL, e.g. "postgresql+psycopg://reader@qzk.example/ga". The
     hub connects read-only.
     """
     table: _builtins.str
+    change_column: _builtins.str
+    """Makes the table a change source: a column whose value grows with every
+    insert or update (an integer id or sequence, or an update time).
+    """
+    change_key: _builtins.str
+    """A unique column that orders rows with the same change value; empty: the
+    column of the resource's first filterable item.
+    """
+    change_settle_seconds: _builtins.float
+    """Only rows whose update time is this many seconds old are read, so a
+    transaction that commits late is not skipped. Unset: 30 for a time
+    column, 0 for an integer one.
+    """
     @_builtins.property
     def columns(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Data item -> column (items not named use their own name)."""
@@ -476,12 +496,17 @@ class SqlBackend(_message.Message):
         url: _builtins.str = ...,
         table: _builtins.str = ...,
         columns: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        change_column: _builtins.str = ...,
+        change_key: _builtins.str = ...,
+        change_settle_seconds: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_change_settle_seconds", b"_change_settle_seconds", "change_settle_seconds", b"change_settle_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "table", b"table", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_change_settle_seconds", b"_change_settle_seconds", "change_column", b"change_column", "change_key", b"change_key", "change_settle_seconds", b"change_settle_seconds", "columns", b"columns", "table", b"table", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__change_settle_seconds: _TypeAlias = _typing.Literal["change_settle_seconds"]  # noqa: Y015
+    _WhichOneofArgType__change_settle_seconds: _TypeAlias = _typing.Literal["_change_settle_seconds", b"_change_settle_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__change_settle_seconds) -> _WhichOneofReturnType__change_settle_seconds | None: ...
 
 Global___SqlBackend: _TypeAlias = SqlBackend  # noqa: Y015
 
@@ -493,19 +518,23 @@ class GrpcBackend(_message.Message):
 
     TARGET_FIELD_NUMBER: _builtins.int
     SYSTEM_CODE_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     target: _builtins.str
     """host:port"""
     system_code: _builtins.str
     """The registered system that runs it: its certificate must name this system."""
+    changes: _builtins.bool
+    """The provider serves ListChanges for this resource: it can be subscribed to."""
     def __init__(
         self,
         *,
         target: _builtins.str = ...,
         system_code: _builtins.str = ...,
+        changes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["system_code", b"system_code", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "system_code", b"system_code", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -600,21 +629,28 @@ class FileBackend(_message.Message):
     ROOT_FIELD_NUMBER: _builtins.int
     NAME_TEMPLATE_FIELD_NUMBER: _builtins.int
     MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     root: _builtins.str
     name_template: _builtins.str
     """File name pattern with {filter} placeholders, e.g. "{uscc}/完税证明.pdf"."""
     media_type: _builtins.str
     """e.g. "application/pdf"; empty: guessed from the file name."""
+    changes: _builtins.str
+    """"new files": each regular file that appears under the root and matches
+    name_template is a change (a row of its placeholders' values and its
+    file_name, file_size, file_modified, as the resource declares them).
+    """
     def __init__(
         self,
         *,
         root: _builtins.str = ...,
         name_template: _builtins.str = ...,
         media_type: _builtins.str = ...,
+        changes: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["media_type", b"media_type", "name_template", b"name_template", "root", b"root"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "media_type", b"media_type", "name_template", b"name_template", "root", b"root"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -778,6 +814,7 @@ class ListResourcesRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     FIELD_NAME_FIELD_NUMBER: _builtins.int
+    SUBSCRIBABLE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     page_token: _builtins.str
     department_code: _builtins.str
@@ -788,6 +825,8 @@ class ListResourcesRequest(_message.Message):
     """Words to find in the code, name, summary or classification."""
     field_name: _builtins.str
     """Entries with a data item of this name or title."""
+    subscribable: _builtins.bool
+    """Only entries that can be subscribed to (their binding declares changes)."""
     def __init__(
         self,
         *,
@@ -798,10 +837,11 @@ class ListResourcesRequest(_message.Message):
         status: Global___ResourceStatus.ValueType = ...,
         text: _builtins.str = ...,
         field_name: _builtins.str = ...,
+        subscribable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["department_code", b"department_code", "field_name", b"field_name", "page_size", b"page_size", "page_token", b"page_token", "share_type", b"share_type", "status", b"status", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department_code", b"department_code", "field_name", b"field_name", "page_size", b"page_size", "page_token", b"page_token", "share_type", b"share_type", "status", b"status", "subscribable", b"subscribable", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

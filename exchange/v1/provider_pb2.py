@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from exchange.v1 import data_pb2 as exchange_dot_v1_dot_data__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xchange/v1/provider.proto\x12\x0b\x65xchange.v1\x1a\x16\x65xchange/v1/data.proto\"\xf6\x01\n\x14ProviderFetchRequest\x12\x15\n\rresource_code\x18\x01 \x01(\t\x12?\n\x07\x66ilters\x18\x02 \x03(\x0b\x32..exchange.v1.ProviderFetchRequest.FiltersEntry\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\r\n\x05limit\x18\x04 \x01(\x03\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x13\n\x0b\x65xchange_id\x18\x06 \x01(\t\x1a\x42\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.exchange.v1.Value:\x02\x38\x01\"5\n\rProviderBatch\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.exchange.v1.Record\"M\n\rProviderChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x32\xf6\x01\n\x0fProviderService\x12H\n\x05\x46\x65tch\x12!.exchange.v1.ProviderFetchRequest\x1a\x1a.exchange.v1.ProviderBatch0\x01\x12G\n\x06Lookup\x12!.exchange.v1.ProviderFetchRequest\x1a\x1a.exchange.v1.ProviderBatch\x12P\n\rFetchDocument\x12!.exchange.v1.ProviderFetchRequest\x1a\x1a.exchange.v1.ProviderChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xchange/v1/provider.proto\x12\x0b\x65xchange.v1\x1a\x16\x65xchange/v1/data.proto\"\xf6\x01\n\x14ProviderFetchRequest\x12\x15\n\rresource_code\x18\x01 \x01(\t\x12?\n\x07\x66ilters\x18\x02 \x03(\x0b\x32..exchange.v1.ProviderFetchRequest.FiltersEntry\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\r\n\x05limit\x18\x04 \x01(\x03\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x13\n\x0b\x65xchange_id\x18\x06 \x01(\t\x1a\x42\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.exchange.v1.Value:\x02\x38\x01\"5\n\rProviderBatch\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.exchange.v1.Record\"M\n\rProviderChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xf6\x01\n\x16ProviderChangesRequest\x12\x15\n\rresource_code\x18\x01 \x01(\t\x12\x41\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x30.exchange.v1.ProviderChangesRequest.FiltersEntry\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\r\n\x05\x61\x66ter\x18\x04 \x01(\t\x12\x10\n\x08\x66rom_now\x18\x05 \x01(\x08\x12\r\n\x05limit\x18\x06 \x01(\x03\x1a\x42\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.exchange.v1.Value:\x02\x38\x01\"a\n\x0fProviderChanges\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.exchange.v1.ProviderChange\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x03\"\x86\x01\n\x0eProviderChange\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.exchange.v1.ProviderChangeKind\x12#\n\x06record\x18\x03 \x01(\x0b\x32\x13.exchange.v1.Record\x12\x10\n\x08sequence\x18\x04 \x01(\x03*|\n\x12ProviderChangeKind\x12$\n PROVIDER_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bPROVIDER_CHANGE_KIND_UPSERT\x10\x01\x12\x1f\n\x1bPROVIDER_CHANGE_KIND_DELETE\x10\x02\x32\xc8\x02\n\x0fProviderService\x12H\n\x05\x46\x65tch\x12!.exchange.v1.ProviderFetchRequest\x1a\x1a.exchange.v1.ProviderBatch0\x01\x12G\n\x06Lookup\x12!.exchange.v1.ProviderFetchRequest\x1a\x1a.exchange.v1.ProviderBatch\x12P\n\rFetchDocument\x12!.exchange.v1.ProviderFetchRequest\x1a\x1a.exchange.v1.ProviderChunk0\x01\x12P\n\x0bListChanges\x12#.exchange.v1.ProviderChangesRequest\x1a\x1c.exchange.v1.ProviderChangesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROVIDERFETCHREQUEST_FILTERSENTRY']._loaded_options = None
   _globals['_PROVIDERFETCHREQUEST_FILTERSENTRY']._serialized_options = b'8\001'
+  _globals['_PROVIDERCHANGESREQUEST_FILTERSENTRY']._loaded_options = None
+  _globals['_PROVIDERCHANGESREQUEST_FILTERSENTRY']._serialized_options = b'8\001'
+  _globals['_PROVIDERCHANGEKIND']._serialized_start=935
+  _globals['_PROVIDERCHANGEKIND']._serialized_end=1059
   _globals['_PROVIDERFETCHREQUEST']._serialized_start=68
   _globals['_PROVIDERFETCHREQUEST']._serialized_end=314
   _globals['_PROVIDERFETCHREQUEST_FILTERSENTRY']._serialized_start=248
@@ -42,6 +46,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDERBATCH']._serialized_end=369
   _globals['_PROVIDERCHUNK']._serialized_start=371
   _globals['_PROVIDERCHUNK']._serialized_end=448
-  _globals['_PROVIDERSERVICE']._serialized_start=451
-  _globals['_PROVIDERSERVICE']._serialized_end=697
+  _globals['_PROVIDERCHANGESREQUEST']._serialized_start=451
+  _globals['_PROVIDERCHANGESREQUEST']._serialized_end=697
+  _globals['_PROVIDERCHANGESREQUEST_FILTERSENTRY']._serialized_start=248
+  _globals['_PROVIDERCHANGESREQUEST_FILTERSENTRY']._serialized_end=314
+  _globals['_PROVIDERCHANGES']._serialized_start=699
+  _globals['_PROVIDERCHANGES']._serialized_end=796
+  _globals['_PROVIDERCHANGE']._serialized_start=799
+  _globals['_PROVIDERCHANGE']._serialized_end=933
+  _globals['_PROVIDERSERVICE']._serialized_start=1062
+  _globals['_PROVIDERSERVICE']._serialized_end=1390
 # @@protoc_insertion_point(module_scope)

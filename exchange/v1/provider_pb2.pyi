@@ -12,6 +12,7 @@ from exchange.v1 import data_pb2 as _data_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -22,6 +23,27 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ProviderChangeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProviderChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProviderChangeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROVIDER_CHANGE_KIND_UNSPECIFIED: _ProviderChangeKind.ValueType  # 0
+    PROVIDER_CHANGE_KIND_UPSERT: _ProviderChangeKind.ValueType  # 1
+    """A record added or changed."""
+    PROVIDER_CHANGE_KIND_DELETE: _ProviderChangeKind.ValueType  # 2
+    """A record removed."""
+
+class ProviderChangeKind(_ProviderChangeKind, metaclass=_ProviderChangeKindEnumTypeWrapper): ...
+
+PROVIDER_CHANGE_KIND_UNSPECIFIED: ProviderChangeKind.ValueType  # 0
+PROVIDER_CHANGE_KIND_UPSERT: ProviderChangeKind.ValueType  # 1
+"""A record added or changed."""
+PROVIDER_CHANGE_KIND_DELETE: ProviderChangeKind.ValueType  # 2
+"""A record removed."""
+Global___ProviderChangeKind: _TypeAlias = ProviderChangeKind  # noqa: Y015
 
 @_typing.final
 class ProviderFetchRequest(_message.Message):
@@ -132,3 +154,136 @@ class ProviderChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProviderChunk: _TypeAlias = ProviderChunk  # noqa: Y015
+
+@_typing.final
+class ProviderChangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FiltersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _data_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _data_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RESOURCE_CODE_FIELD_NUMBER: _builtins.int
+    FILTERS_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    FROM_NOW_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    resource_code: _builtins.str
+    after: _builtins.str
+    """The cursor of the last change the hub has; empty: from the first change."""
+    from_now: _builtins.bool
+    """No changes, only the current position: the cursor (and sequence) of the
+    newest change, from which the hub asks next. `after` is then empty.
+    """
+    limit: _builtins.int
+    """At most this many changes (required, 1 to 10000)."""
+    @_builtins.property
+    def filters(self) -> _containers.MessageMap[_builtins.str, _data_pb2.Value]:
+        """Only changes whose record matches these (may be empty: every change)."""
+
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these fields may be returned."""
+
+    def __init__(
+        self,
+        *,
+        resource_code: _builtins.str = ...,
+        filters: _abc.Mapping[_builtins.str, _data_pb2.Value] | None = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+        after: _builtins.str = ...,
+        from_now: _builtins.bool = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "fields", b"fields", "filters", b"filters", "from_now", b"from_now", "limit", b"limit", "resource_code", b"resource_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderChangesRequest: _TypeAlias = ProviderChangesRequest  # noqa: Y015
+
+@_typing.final
+class ProviderChanges(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """For from_now: the current position (empty when there is no change yet).
+    Otherwise unused: the hub resumes after the last change's cursor.
+    """
+    sequence: _builtins.int
+    """For from_now: the sequence number of that position (0: not numbered)."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderChange]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___ProviderChange] | None = ...,
+        cursor: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "cursor", b"cursor", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderChanges: _TypeAlias = ProviderChanges  # noqa: Y015
+
+@_typing.final
+class ProviderChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Resumes right after this change; never empty, never repeated."""
+    kind: Global___ProviderChangeKind.ValueType
+    sequence: _builtins.int
+    """Optional: 1, 2, 3... without gaps over all the resource's changes, so the
+    hub can see a skipped one; 0 when the provider does not number them.
+    """
+    @_builtins.property
+    def record(self) -> _data_pb2.Record:
+        """The record as it is after the change (for a delete: at least the items
+        that identify it), only the fields asked for.
+        """
+
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str = ...,
+        kind: Global___ProviderChangeKind.ValueType = ...,
+        record: _data_pb2.Record | None = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "kind", b"kind", "record", b"record", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderChange: _TypeAlias = ProviderChange  # noqa: Y015

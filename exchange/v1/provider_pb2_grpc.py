@@ -49,6 +49,11 @@ class ProviderServiceStub:
                 request_serializer=exchange_dot_v1_dot_provider__pb2.ProviderFetchRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_provider__pb2.ProviderChunk.FromString,
                 _registered_method=True)
+        self.ListChanges = channel.unary_unary(
+                '/exchange.v1.ProviderService/ListChanges',
+                request_serializer=exchange_dot_v1_dot_provider__pb2.ProviderChangesRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_provider__pb2.ProviderChanges.FromString,
+                _registered_method=True)
 
 
 class ProviderServiceServicer:
@@ -76,6 +81,14 @@ class ProviderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListChanges(self, request, context):
+        """One page of a resource's changes after a cursor, in the provider's order
+        (for subscriptions; only for a resource whose binding declares changes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_ProviderServiceServicer_to_server(servicer, server):
                     servicer.FetchDocument,
                     request_deserializer=exchange_dot_v1_dot_provider__pb2.ProviderFetchRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_provider__pb2.ProviderChunk.SerializeToString,
+            ),
+            'ListChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChanges,
+                    request_deserializer=exchange_dot_v1_dot_provider__pb2.ProviderChangesRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_provider__pb2.ProviderChanges.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +194,33 @@ class ProviderService:
             '/exchange.v1.ProviderService/FetchDocument',
             exchange_dot_v1_dot_provider__pb2.ProviderFetchRequest.SerializeToString,
             exchange_dot_v1_dot_provider__pb2.ProviderChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.ProviderService/ListChanges',
+            exchange_dot_v1_dot_provider__pb2.ProviderChangesRequest.SerializeToString,
+            exchange_dot_v1_dot_provider__pb2.ProviderChanges.FromString,
             options,
             channel_credentials,
             insecure,

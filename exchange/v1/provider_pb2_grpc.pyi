@@ -43,6 +43,10 @@ class ProviderServiceStub:
     """
     FetchDocument: _grpc.UnaryStreamMultiCallable[_provider_pb2.ProviderFetchRequest, _provider_pb2.ProviderChunk]
     """A document, in chunks; the first carries its name, media type and size."""
+    ListChanges: _grpc.UnaryUnaryMultiCallable[_provider_pb2.ProviderChangesRequest, _provider_pb2.ProviderChanges]
+    """One page of a resource's changes after a cursor, in the provider's order
+    (for subscriptions; only for a resource whose binding declares changes).
+    """
 
 @_typing.type_check_only
 class ProviderServiceAsyncStub(ProviderServiceStub):
@@ -55,6 +59,10 @@ class ProviderServiceAsyncStub(ProviderServiceStub):
     """
     FetchDocument: _aio.UnaryStreamMultiCallable[_provider_pb2.ProviderFetchRequest, _provider_pb2.ProviderChunk]  # type: ignore[assignment]
     """A document, in chunks; the first carries its name, media type and size."""
+    ListChanges: _aio.UnaryUnaryMultiCallable[_provider_pb2.ProviderChangesRequest, _provider_pb2.ProviderChanges]  # type: ignore[assignment]
+    """One page of a resource's changes after a cursor, in the provider's order
+    (for subscriptions; only for a resource whose binding declares changes).
+    """
 
 class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -82,5 +90,15 @@ class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_provider_pb2.ProviderChunk], _abc.AsyncIterator[_provider_pb2.ProviderChunk]]:
         """A document, in chunks; the first carries its name, media type and size."""
+
+    @_abc_1.abstractmethod
+    def ListChanges(
+        self,
+        request: _provider_pb2.ProviderChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_pb2.ProviderChanges, _abc.Awaitable[_provider_pb2.ProviderChanges]]:
+        """One page of a resource's changes after a cursor, in the provider's order
+        (for subscriptions; only for a resource whose binding declares changes).
+        """
 
 def add_ProviderServiceServicer_to_server(servicer: ProviderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
