@@ -72,9 +72,7 @@ def origin_of(note: str) -> str:
     return first
 
 
-def decide(
-    logs: Mapping[str, Verifier], seen: Seen | None, note: str, old_size: int, proof: list[bytes]
-) -> Checkpoint:
+def decide(logs: Mapping[str, Verifier], seen: Seen | None, note: str, old_size: int, proof: list[bytes]) -> Checkpoint:
     """The checkpoint in ``note`` if the witness may cosign it, given what it ``seen`` for its origin.
 
     ``logs`` maps each witnessed origin to its verifier key. Raises Refusal otherwise.

@@ -38,7 +38,11 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
 
     def _head(self, head: SignedHead) -> pb.SignedCheckpoint:
         return pb.SignedCheckpoint(
-            size=head.size, root_hash=head.root, note=head.note, verifier_key=self.service.verifier.encode()
+            size=head.size,
+            root_hash=head.root,
+            note=head.note,
+            verifier_key=self.service.verifier.encode(),
+            cosignatures=head.cosignatures,
         )
 
     @unary
