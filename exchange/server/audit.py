@@ -47,7 +47,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
 
     @unary
     def GetCheckpoint(self, request: pb.GetCheckpointRequest, actor: Principal) -> pb.SignedCheckpoint:
-        return self._head(self.service.checkpoint(request.size))
+        return self._head(self.service.checkpoint(request.size, witnessed=request.witnessed))
 
     @unary
     def GetInclusionProof(self, request: pb.GetInclusionProofRequest, actor: Principal) -> pb.InclusionProof:

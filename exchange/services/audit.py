@@ -99,9 +99,13 @@ class AuditReadService:
         self.verifier = verifier
         self._subject_key = subject_key
 
-    def checkpoint(self, size: int) -> SignedHead:
+    def checkpoint(self, size: int, *, witnessed: bool = False) -> SignedHead:
         if size < 0:
             raise InvalidArgument.of([FieldViolation("size", "must be 0 (the newest) or a tree size")])
+        if size == 0 and witnessed:
+            size = self._store.witness.newest_cosigned()
+            if size == 0:
+                raise NotFound("witnessed checkpoint", "latest")
         if size == 0:
             latest = self._store.audit.latest_checkpoint()
             if latest is None:

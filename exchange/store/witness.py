@@ -93,6 +93,11 @@ class WitnessStore:
             )
             return list(rows)
 
+    def newest_cosigned(self) -> int:
+        """The largest size of this hub's checkpoints that any witness cosigned (0 if none)."""
+        with self._db.read() as s:
+            return int(s.scalar(select(func.coalesce(func.max(WitnessCosignatureRow.size), 0))) or 0)
+
     def last_cosigned(self, witness: str) -> int:
         """The largest size of this hub's checkpoints that ``witness`` cosigned (0 if none): its old size."""
         with self._db.read() as s:
