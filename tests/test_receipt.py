@@ -8,6 +8,7 @@ receipt verifies with the auditor's trusted keys, and each tampering is refused 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
