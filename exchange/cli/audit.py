@@ -264,12 +264,13 @@ def _receipt_data(path: Path) -> dict[str, object]:
 
 def verify_receipt_file(args: argparse.Namespace, settings: Settings) -> int:
     """Verifies a receipt offline: one record's (with --key), or a cross-hub receipt's (with --trust)."""
+    verifier = read_verifier(args.key) if args.key is not None else None
+    trust = audit_receipt.read_trust(args.trust) if args.trust else None
     data = _receipt_data(args.file)
     if data.get("format") == CROSS_HUB:
-        return audit_receipt.verify_cross(args, data)
-    if args.key is None:
+        return audit_receipt.verify_cross(args, trust, data)
+    if verifier is None:
         raise InvalidArgument("a one-record receipt is checked with --key LOG_PUB, the log's public key")
-    verifier = read_verifier(args.key)
     try:
         head = verify_receipt(data, verifier)
     except VerifyError as e:

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from audit.cosignature import with_cosignatures
+from audit.cosignature import WitnessVerifier, with_cosignatures
 from audit.note import Verifier
 from audit.receipt import Part, ProvedRecord, ReceiptError, Trust, document, merge, parts_of, verify, verify_part
 from exchange.cli import userfiles
@@ -29,9 +29,10 @@ def cross_receipt(args: argparse.Namespace, settings: Settings) -> int:
     """Writes this hub's part of a cross-hub receipt, or with --merge the receipt made of several parts."""
     userfiles.check_writable(args.out, "the receipt")
     if args.merge:
+        groups = [_parts(path) for path in args.merge]
         if args.exchange_id:
             raise InvalidArgument("give either an exchange id (this hub's part) or --merge FILES, not both")
-        parts = merge(*(_parts(path) for path in args.merge))
+        parts = merge(*groups)
     elif args.exchange_id:
         parts = [_this_hubs_part(args, settings)]
     else:
@@ -87,22 +88,28 @@ def _seqs(hub: HubClient, exchange_id: str) -> list[int]:
 
 
 def read_trust(paths: list[Path]) -> Trust:
-    lines = [line for path in paths for line in userfiles.read_text(path, "a trusted keys file").splitlines()]
-    try:
-        return Trust.parse(lines)
-    except ReceiptError as e:
-        raise InvalidArgument(str(e)) from None
+    """The keys in the --trust files, each file checked on its own so an error names it."""
+    logs: dict[str, Verifier] = {}
+    witnesses: list[tuple[WitnessVerifier, str]] = []
+    for path in paths:
+        try:
+            trust = Trust.parse(userfiles.read_text(path, "a trusted keys file").splitlines())
+        except ReceiptError as e:
+            raise InvalidArgument(f"{path}: {e}") from None
+        logs.update(trust.logs)
+        witnesses += trust.witnesses
+    return Trust(logs, tuple(witnesses))
 
 
-def verify_cross(args: argparse.Namespace, data: dict[str, object]) -> int:
+def verify_cross(args: argparse.Namespace, trust: Trust | None, data: dict[str, object]) -> int:
     """Verifies a cross-hub receipt offline against the keys in the --trust files."""
-    if not args.trust:
+    if trust is None:
         raise InvalidArgument(
             "a cross-hub receipt is checked with --trust FILE: the hubs' log keys, and their witness keys each "
             "followed by the origin of the hub it belongs to"
         )
     try:
-        verified = verify(data, read_trust(args.trust))
+        verified = verify(data, trust)
     except ReceiptError as e:
         if args.json:
             print(json.dumps({"verified": False, "problem": str(e)}, ensure_ascii=False))
