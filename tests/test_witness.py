@@ -8,6 +8,7 @@ B's store cannot both cosign divergent trees (SQLite and PostgreSQL).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,9 +94,11 @@ def test_consistent_growth_is_cosigned_and_kept(hub_a: HubLog, witness_store: St
 
 
 def test_a_fork_is_refused_kept_and_logged(
-    tmp_path: Path, hub_a: HubLog, signer: Signer, witness_store: Store, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, hub_a: HubLog, signer: Signer, caplog: pytest.LogCaptureFixture
 ) -> None:
     key = WitnessKey.generate("hub-b.example/witness")
+    hub_b = hub_log(f"sqlite:///{tmp_path / 'b.db'}", Signer.generate("hub-b.example/audit"))
+    witness_store = hub_b.store
     # The same hub's key signing another history of the same size: what a hub shows a second peer.
     other = hub_log(f"sqlite:///{tmp_path / 'a-fork.db'}", signer)
     hub_a.add(*(record(i) for i in range(4)))
@@ -124,7 +127,15 @@ def test_a_fork_is_refused_kept_and_logged(
     assert "forked checkpoint" in caplog.text
     seen = witness_store.witness.seen(ORIGIN)
     assert seen is not None and seen.note == hub_a.latest_note()  # nothing of the fork was taken
+    # B's own audit log holds each refusal, naming the forked log and what did not agree.
+    size = hub_b.log.flush()
+    refusals = [json.loads(e.record or "") for e in hub_b.store.audit.entries(0, size)]
+    assert [(r["kind"], r["action"], r["outcome"], r["subject"]) for r in refusals] == [
+        ("witness", "refuse_fork", "denied", ORIGIN)
+    ] * 2
+    assert "different roots" in refusals[0]["reason"] and "not consistent" in refusals[1]["reason"]
     other.store.close()
+    hub_b.store.close()
 
 
 def test_a_stale_old_size_is_told_the_size_to_prove_from(

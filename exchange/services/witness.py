@@ -13,13 +13,17 @@ from collections.abc import Callable, Mapping
 
 from audit.cosignature import Cosignature, WitnessKey
 from audit.note import Verifier
-from audit.witnessing import Refusal, Refused, decide
+from audit.records import AuditRecord
+from audit.witnessing import Fork, Refusal, Refused, decide
 from exchange.errors import ExchangeError, FailedPrecondition, InvalidArgument, PermissionDenied
+from exchange.services.auditing import now_text
 from exchange.store.witness import WitnessStore
 
 log = logging.getLogger(__name__)
 # Decisions made again when another hub process advanced the same origin meanwhile.
 ATTEMPTS = 3
+# Who a fork's audit record names as its actor: a peer hub, whose log is the record's subject.
+PEER_ACTOR = "peer-hub"
 
 
 class Witness:
@@ -57,7 +61,7 @@ class Witness:
 
     def _refused(self, refusal: Refusal) -> ExchangeError:
         if refusal.reason is Refused.FORK and refusal.fork is not None:
-            self._store.keep_fork(refusal.fork)
+            self._store.keep_fork(refusal.fork, _fork_record(refusal.fork))
             log.error("witness refused a forked checkpoint of %s: %s", refusal.fork.origin, refusal.fork.detail)
             return FailedPrecondition(refusal.message, subject=refusal.fork.origin, kind="FORK")
         log.warning("witness refused a checkpoint: %s", refusal.message)
@@ -68,3 +72,17 @@ class Witness:
         if refusal.reason is Refused.BAD_SIGNATURE:
             return PermissionDenied(refusal.message, reason="BAD_SIGNATURE")
         return InvalidArgument(refusal.message)
+
+
+def _fork_record(fork: Fork) -> AuditRecord:
+    """The audit record of a refused fork: the peer log (its origin) and what did not agree."""
+    return AuditRecord(
+        kind="witness",
+        action="refuse_fork",
+        time=now_text(),
+        actor=PEER_ACTOR,
+        actor_department="",
+        outcome="denied",
+        subject=fork.origin[:200],
+        reason=fork.detail[:500],
+    )

@@ -43,7 +43,7 @@ class Store:
         self.counters = CountersStore(self.db)
         self.console = ConsoleStore(self.db, recorded)
         self.objections = ObjectionStore(self.db, recorded)
-        self.witness = WitnessStore(self.db)
+        self.witness = WitnessStore(self.db, recorded)
         # Told of every change this process commits (payloads as announced to other processes).
         self.on_commit: list[Callable[[str], None]] = []
         install_local_changes(self.db.write_sessions, self.on_commit)

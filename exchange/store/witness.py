@@ -15,15 +15,18 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from audit.records import AuditRecord
 from audit.witnessing import Fork, Seen
 from exchange.errors import AlreadyExists
 from exchange.store.database import Database
+from exchange.store.recorded import RecordedWrites
 from exchange.store.schema import WitnessCosignatureRow, WitnessForkRow, WitnessSeenRow
 
 
 class WitnessStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, recorded: RecordedWrites) -> None:
         self._db = db
+        self._recorded = recorded
 
     def seen(self, origin: str) -> Seen | None:
         """The last checkpoint cosigned for ``origin``, or None before the first."""
@@ -52,8 +55,9 @@ class WitnessStore:
         with self._db.write() as s:
             return bool(s.execute(statement).rowcount == 1)  # type: ignore[attr-defined]
 
-    def keep_fork(self, fork: Fork) -> None:
-        with self._db.write() as s:
+    def keep_fork(self, fork: Fork, audit: AuditRecord) -> None:
+        """Keeps the evidence of ``fork``, with its audit record in the same transaction."""
+        with self._recorded.write(audit) as s:
             s.add(
                 WitnessForkRow(
                     origin=fork.origin,
