@@ -1,16 +1,17 @@
-"""Cross-hub receipts: one exchange that crossed two hubs, proved from both hubs' logs, checked offline.
+"""Cross-hub receipts: one exchange that crossed hubs, proved from each hub's log, checked offline.
 
 When hub A forwards a consumer's call to hub B, each hub logs its own exchange record, and each record
-names the other (the link fields below). A receipt bundles, for each hub, its records of that exchange
-with their inclusion proofs under one of its checkpoints, and that checkpoint witnessed (cosigned, C2SP
-tlog-cosignature v1) by the other hub. An auditor verifies it with only the keys they trust.
+names the other (the link fields below); a call forwarded on through more hubs leaves a record at each.
+A receipt bundles, for each hub, its records of that exchange with their inclusion proofs under one of
+its checkpoints, and that checkpoint witnessed (cosigned, C2SP tlog-cosignature v1) by a neighbouring
+hub. An auditor verifies it with only the keys they trust.
 
 The receipt is JSON (UTF-8)::
 
     {
       "format": "exchange-cross-hub-receipt",   # what this file is
       "version": 1,                              # this layout; verifiers refuse versions they do not know
-      "parts": [                                 # one per hub, two in a complete receipt (one in a hub's part)
+      "parts": [                                 # one per hub (a hub's own part alone: one), in any order
         {
           "origin": "hub-a.example/audit",       # the hub's log origin (its checkpoints' first line)
           "log_key": "<origin>+<id>+<key>",      # the hub's log verifier key, as the hub states it (compared
@@ -29,13 +30,16 @@ The receipt is JSON (UTF-8)::
 
 Link fields, which the forwarding hubs write into their exchange records (audit.records.AuditRecord):
 ``peer_hub`` (the other hub's log origin), ``peer_exchange_id`` (the other hub's id of the exchange) and
-``hop`` ("out" at the hub that forwarded the call, "in" at the hub that served it).
+``hop`` ("out" in the record of the hub that forwarded the call to that peer, "in" in the record of the
+hub that received it from that peer). A hub in the middle of a chain writes one record of each.
 
 Verification, against trusted keys (log keys, and witness keys each bound to the hub it belongs to): the
-format and version; two parts of two different origins; per part, the checkpoint signed by the trusted
-log key of its origin, every record canonical, of the part's exchange id and included under that
-checkpoint, and the checkpoint cosigned by a trusted witness of the other hub; and the records linked:
-a record of each hub names the other hub and the other's exchange id, one "out" and one "in".
+format and version; at least two parts, of different origins; per part, the checkpoint signed by the
+trusted log key of its origin, every record canonical, of the part's exchange id and included under that
+checkpoint; the records linked into one chain, from the consumer's hub to the serving hub: each hub's
+"out" record names the next hub and its exchange id, and the next hub's "in" record names it back; and
+each checkpoint cosigned by a trusted witness of a hub next to it in that chain (with two hubs: the other
+one), so no hub vouches for itself.
 """
 
 from __future__ import annotations
@@ -45,14 +49,13 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from audit.cosignature import Cosignature, WitnessVerifier
+from audit.cosignature import WitnessVerifier
 from audit.merkle import ProofError, leaf_hash, verify_inclusion
 from audit.note import Checkpoint, NoteError, Verifier, open_note
 from audit.records import canonical
 
 FORMAT = "exchange-cross-hub-receipt"
 VERSION = 1
-HOPS = ("in", "out")
 
 
 class ReceiptError(ValueError):
@@ -219,56 +222,99 @@ def _check_record(part: Part, checkpoint: Checkpoint, r: ProvedRecord) -> None:
         ) from None
 
 
-def _witnessed(part: Part, checkpoint: Checkpoint, by_hub: str, trust: Trust) -> tuple[str, int]:
-    """The trusted witness of hub ``by_hub`` that cosigned the part's checkpoint, and when."""
-    witnesses = [w for w, hub in trust.witnesses if hub == by_hub]
+def _witnessed(part: Part, neighbours: list[str], trust: Trust) -> tuple[str, int]:
+    """The trusted witness of a hub next to the part's in the chain that cosigned its checkpoint, and when."""
+    witnesses = [w for w, hub in trust.witnesses if hub in neighbours]
+    by = " or ".join(neighbours)
     if not witnesses:
-        raise ReceiptError(f"{part.origin}: no witness key of {by_hub} is trusted, so its cosignature cannot count")
+        raise ReceiptError(f"{part.origin}: no witness key of {by} is trusted, so no cosignature can count")
     problems = []
     for witness in witnesses:
         try:
-            found: Cosignature = witness.find(part.checkpoint)
+            found = witness.find(part.checkpoint)
         except NoteError as e:
             problems.append(str(e))
             continue
         return witness.name, found.timestamp
-    raise ReceiptError(f"{part.origin}: the checkpoint is not witnessed by {by_hub}: {'; '.join(problems)}")
+    raise ReceiptError(f"{part.origin}: the checkpoint is not witnessed by {by}: {'; '.join(problems)}")
 
 
-def _check_linked(a: Part, b: Part) -> None:
-    """A record of each part names the other hub and its exchange id, one "out" and one "in"."""
-    hops = []
-    for this, other in ((a, b), (b, a)):
-        linked = [
-            d
-            for d in (json.loads(r.record) for r in this.records)
-            if d.get("peer_hub") == other.origin and d.get("peer_exchange_id") == other.exchange_id
-        ]
-        if not linked:
-            raise ReceiptError(
-                f"the records are not linked: no record of {this.origin} names {other.origin}'s exchange "
-                f"{other.exchange_id} (peer_hub, peer_exchange_id)"
+def _hops(part: Part, other: Part) -> set[str]:
+    """The hops of the part's records that name ``other``'s hub and exchange id (empty: none names it)."""
+    records = (json.loads(r.record) for r in part.records)
+    return {
+        str(d.get("hop", ""))
+        for d in records
+        if d.get("peer_hub") == other.origin and d.get("peer_exchange_id") == other.exchange_id
+    }
+
+
+def _links(parts: list[Part]) -> dict[str, Part]:
+    """Each hub's next hub: X forwarded to Y when X's record names Y "out" and Y's names X "in"."""
+    following: dict[str, Part] = {}
+    for x in parts:
+        for y in parts:
+            if x is y:
+                continue
+            ours, theirs = _hops(x, y), _hops(y, x)
+            if ours and not theirs:
+                raise ReceiptError(
+                    f"the records are not linked: {x.origin}'s record names {y.origin}'s exchange {y.exchange_id}, "
+                    f"but no record of {y.origin} names {x.origin}'s exchange {x.exchange_id} back"
+                )
+            if "out" in ours and "in" in theirs:
+                if x.origin in following:
+                    raise ReceiptError(f"the records are not linked: {x.origin} forwarded the exchange to two hubs")
+                following[x.origin] = y
+            elif ours and "in" not in ours:
+                raise ReceiptError(f'{x.origin} and {y.origin} name each other, but not as one hop "out" and one "in"')
+    return following
+
+
+def chain(parts: list[Part]) -> list[Part]:
+    """The parts in the order the exchange went, from the consumer's hub to the serving hub; ReceiptError
+    unless every hub's record names the next one's exchange and that one's names it back."""
+    following = _links(parts)
+    targets = {p.origin for p in following.values()}
+    starts = [p for p in parts if p.origin not in targets]
+    ordered = starts[:1]
+    while ordered and ordered[-1].origin in following and len(ordered) <= len(parts):
+        ordered.append(following[ordered[-1].origin])
+    if len(starts) != 1 or len(ordered) != len(parts):
+        raise ReceiptError(_unlinked(parts))
+    return ordered
+
+
+def _unlinked(parts: list[Part]) -> str:
+    """Why the parts do not form one chain, naming a hub that links to none of the others if there is one."""
+    for lone in parts:
+        others = [q for q in parts if q is not lone]
+        if not any(_hops(lone, q) or _hops(q, lone) for q in others):
+            named = ", ".join(f"{q.origin}'s exchange {q.exchange_id}" for q in others)
+            return (
+                f"the records are not linked: no record of {lone.origin} names {named}, and no record of theirs "
+                f"names {lone.origin}'s exchange {lone.exchange_id} (peer_hub, peer_exchange_id)"
             )
-        hops.append({str(d.get("hop", "")) for d in linked})
-    if not any({x, y} == set(HOPS) for x in hops[0] for y in hops[1]):
-        raise ReceiptError('the linked records do not show one hop "out" and one "in"')
+    return "the records are not linked into one chain from the consumer's hub to the serving hub"
 
 
 def verify(data: object, trust: Trust) -> list[Verified]:
-    """Checks a cross-hub receipt offline against ``trust``; the verified parts, or ReceiptError."""
+    """Checks a cross-hub receipt offline against ``trust``; the verified parts in the exchange's order."""
     parts = parts_of(data)
-    if len(parts) != 2 or parts[0].origin == parts[1].origin:
+    if len(parts) < 2 or len({p.origin for p in parts}) != len(parts):
         raise ReceiptError(
-            f"a cross-hub receipt has one part from each of two hubs; this one has {len(parts)} part(s) "
-            f"of {sorted({p.origin for p in parts})} (merge the other hub's part in)"
+            f"a cross-hub receipt has one part from each hub the exchange crossed; this one has {len(parts)} "
+            f"part(s) of {sorted({p.origin for p in parts})} (merge the other hubs' parts in)"
         )
-    verified = []
-    for part, other in ((parts[0], parts[1]), (parts[1], parts[0])):
+    checkpoints: dict[str, Checkpoint] = {}
+    for part in parts:
         verifier = trust.logs.get(part.origin)
         if verifier is None:
             raise ReceiptError(f"{part.origin}: no trusted log key for this hub (give its log.pub with --trust)")
-        checkpoint = verify_part(part, verifier)
-        witness, at = _witnessed(part, checkpoint, other.origin, trust)
-        verified.append(Verified(part, checkpoint, witness, at))
-    _check_linked(parts[0], parts[1])
+        checkpoints[part.origin] = verify_part(part, verifier)
+    ordered = chain(parts)
+    verified = []
+    for n, part in enumerate(ordered):
+        neighbours = [p.origin for p in ordered[max(n - 1, 0) : n + 2] if p is not part]
+        verified.append(Verified(part, checkpoints[part.origin], *_witnessed(part, neighbours, trust)))
     return verified

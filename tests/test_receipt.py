@@ -157,6 +157,45 @@ def test_records_linked_the_same_way_round_are_refused(tmp_path: Path) -> None:
     both_out.b.store.close()
 
 
+def test_a_call_forwarded_through_a_middle_hub_is_one_chain(tmp_path: Path) -> None:
+    """A forwards to B, which forwards to C: B records the hop in and the hop out; each hub is witnessed by
+    a neighbour, and a cosignature from a hub that is not next to it does not count."""
+    c_origin = "hub-c.example/audit"
+    a, b, c = (
+        hub_log(f"sqlite:///{tmp_path / f'{n}.db'}", Signer.generate(o))
+        for n, o in (("a", A), ("b", B), ("c", c_origin))
+    )
+    a.add(record(1, exchange_id="EX-A", peer_hub=B, peer_exchange_id="EX-B", hop="out"))
+    b.add(
+        record(2, exchange_id="EX-B", peer_hub=A, peer_exchange_id="EX-A", hop="in"),
+        record(3, exchange_id="EX-B", peer_hub=c_origin, peer_exchange_id="EX-C", hop="out"),
+    )
+    c.add(record(4, exchange_id="EX-C", peer_hub=B, peer_exchange_id="EX-B", hop="in"))
+    keys = {o: WitnessKey.generate(o.replace("/audit", "/witness")) for o in (A, B, c_origin)}
+    # A and C by B's witness; B by C's. A's witness cosigns C: not a neighbour of C.
+    for log, by in ((a, b), (c, b), (b, c), (c, a)):
+        with serving(witness_of(by.store, keys[by.origin], log)) as channel:
+            submit_checkpoint(channel, log.store, log.log, keys[by.origin].verifier())
+    trust = Trust.parse(
+        [h.signer.verifier().encode() for h in (a, b, c)] + [f"{k.verifier().encode()} {o}" for o, k in keys.items()]
+    )
+    parts = [_part(c, "EX-C"), _part(a, "EX-A"), _part(b, "EX-B")]  # in any order
+    verified = verify(document(parts), trust)
+    assert [(v.part.origin, v.witness) for v in verified] == [
+        (A, "hub-b.example/witness"),
+        (B, "hub-c.example/witness"),
+        (c_origin, "hub-b.example/witness"),
+    ]
+    assert "— hub-a.example/witness " in parts[0].checkpoint
+    by_a_only = replace(parts[0], checkpoint=parts[0].checkpoint.replace("— hub-b.example/witness ", "— x "))
+    with pytest.raises(ReceiptError, match=f"{c_origin}: the checkpoint is not witnessed by {B}"):
+        verify(document([by_a_only, *parts[1:]]), trust)
+    with pytest.raises(ReceiptError, match="not linked"):  # the middle hub's part left out
+        verify(document(parts[:2]), trust)
+    for h in (a, b, c):
+        h.store.close()
+
+
 @pytest.mark.parametrize("which", ["log", "witness", "binding"])
 def test_wrong_keys_are_refused(crossed: Crossed, which: str) -> None:
     trust = crossed.trust_lines()
@@ -179,7 +218,7 @@ def test_one_hubs_part_alone_is_not_a_receipt(
 ) -> None:
     receipt = _write(tmp_path / "a.json", [_part(crossed.a, "EX-A")])
     assert _verify_cli(tmp_path, receipt, crossed.trust_lines()) == 1
-    assert "one part from each of two hubs" in capsys.readouterr().err
+    assert "one part from each hub the exchange crossed; this one has 1 part(s)" in capsys.readouterr().err
     assert main(["audit", "verify-receipt", str(receipt)]) == 2  # neither --trust nor --key: told what to give
 
 

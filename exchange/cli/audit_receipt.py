@@ -123,7 +123,7 @@ def verify_cross(args: argparse.Namespace, trust: Trust | None, data: dict[str, 
         ]  # fmt: skip
         print(json.dumps({"verified": True, "parts": parts}, ensure_ascii=False, indent=2))
         return 0
-    print("the receipt verifies: one exchange, recorded and witnessed at both hubs:")
+    print("the receipt verifies: one exchange, recorded and witnessed at each hub it crossed, in order:")
     print("".join(f"  {v.sentence()}\n" for v in verified), end="")
-    print("  each hub's record names the other's exchange id")
+    print("  each hub's record names the next hub's exchange id, and that hub's names it back")
     return 0
