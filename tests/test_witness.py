@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 from audit.cosignature import Cosignature, WitnessKey, with_cosignatures
 from audit.note import Checkpoint, Signer
 from audit.witnessing import Seen
-from exchange.errors import FailedPrecondition
+from exchange.errors import FailedPrecondition, Unavailable
 from exchange.server.witness import submit_checkpoint
 from exchange.store import Store
 from exchange.v1 import audit_pb2 as apb
@@ -91,6 +91,22 @@ def test_consistent_growth_is_cosigned_and_kept(hub_a: HubLog, witness_store: St
     note = with_cosignatures(hub_a.latest_note(), hub_a.store.witness.cosignatures(10))
     assert key.verifier().find(note) == second
     assert hub_a.store.witness.cosignatures(3) == [first.line()]
+
+
+def test_the_same_checkpoint_again_is_cosigned_again_and_a_false_answer_is_not_kept(
+    hub_a: HubLog, witness_store: Store
+) -> None:
+    key = WitnessKey.generate("hub-b.example/witness")
+    hub_a.add(*(record(i) for i in range(3)))
+    with serving(witness_of(witness_store, key, hub_a)) as channel:
+        first = submit_checkpoint(channel, hub_a.store, hub_a.log, key.verifier())
+        again = submit_checkpoint(channel, hub_a.store, hub_a.log, key.verifier())  # old size 3, no proof
+        impostor = WitnessKey.generate("hub-b.example/witness")  # the name, not the key
+        with pytest.raises(Unavailable, match="without a valid cosignature by its key"):
+            submit_checkpoint(channel, hub_a.store, hub_a.log, impostor.verifier())
+    assert first is not None and again is not None
+    assert hub_a.store.witness.cosignatures(3) == [again.line()]  # one per witness and size: the newest
+    assert hub_a.store.witness.last_cosigned(key.name) == 3
 
 
 def test_a_fork_is_refused_kept_and_logged(
