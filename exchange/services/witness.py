@@ -15,7 +15,7 @@ from audit.cosignature import Cosignature, WitnessKey
 from audit.note import Verifier
 from audit.records import AuditRecord
 from audit.witnessing import Fork, Refusal, Refused, decide
-from exchange.errors import ExchangeError, FailedPrecondition, InvalidArgument, PermissionDenied
+from exchange.errors import Aborted, ExchangeError, FailedPrecondition, InvalidArgument, PermissionDenied
 from exchange.services.auditing import now_text
 from exchange.store.witness import WitnessStore
 
@@ -51,13 +51,13 @@ class Witness:
             raise self._refused(refusal) from None
 
     def _add(self, note: str, old_size: int, proof: list[bytes]) -> Cosignature:
+        origin = note.split("\n", 1)[0]
         for _ in range(ATTEMPTS):
-            origin = note.split("\n", 1)[0]
             seen = self._store.seen(origin) if origin in self._logs else None
             checkpoint = decide(self._logs, seen, note, old_size, proof)
             if self._store.advance(origin, seen, checkpoint.size, checkpoint.root, note):
                 return self._key.cosign(checkpoint.text(), int(self._clock()))
-        raise Refusal(Refused.OLD_SIZE, "other submissions for this log keep winning: retry", last_size=old_size)
+        raise Aborted(f"other submissions of the log {origin} kept changing what this witness saw: retry")
 
     def _refused(self, refusal: Refusal) -> ExchangeError:
         if refusal.reason is Refused.FORK and refusal.fork is not None:

@@ -50,7 +50,8 @@ class WitnessServiceServicer:
         its origin's key did not sign (BAD_SIGNATURE); FAILED_PRECONDITION with a PreconditionFailure of type
         OLD_SIZE whose subject is the size the witness holds, when `old_size` is not that size (retry with a
         proof from it); FAILED_PRECONDITION of type FORK when the checkpoint does not extend the one seen
-        (both are kept as evidence); INVALID_ARGUMENT for a malformed checkpoint or proof.
+        (both are kept as evidence); INVALID_ARGUMENT for a malformed checkpoint or proof; ABORTED when other
+        submissions of the same log kept changing what the witness saw (retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,7 +41,8 @@ class WitnessServiceStub:
     its origin's key did not sign (BAD_SIGNATURE); FAILED_PRECONDITION with a PreconditionFailure of type
     OLD_SIZE whose subject is the size the witness holds, when `old_size` is not that size (retry with a
     proof from it); FAILED_PRECONDITION of type FORK when the checkpoint does not extend the one seen
-    (both are kept as evidence); INVALID_ARGUMENT for a malformed checkpoint or proof.
+    (both are kept as evidence); INVALID_ARGUMENT for a malformed checkpoint or proof; ABORTED when other
+    submissions of the same log kept changing what the witness saw (retry).
     """
 
 @_typing.type_check_only
@@ -53,7 +54,8 @@ class WitnessServiceAsyncStub(WitnessServiceStub):
     its origin's key did not sign (BAD_SIGNATURE); FAILED_PRECONDITION with a PreconditionFailure of type
     OLD_SIZE whose subject is the size the witness holds, when `old_size` is not that size (retry with a
     proof from it); FAILED_PRECONDITION of type FORK when the checkpoint does not extend the one seen
-    (both are kept as evidence); INVALID_ARGUMENT for a malformed checkpoint or proof.
+    (both are kept as evidence); INVALID_ARGUMENT for a malformed checkpoint or proof; ABORTED when other
+    submissions of the same log kept changing what the witness saw (retry).
     """
 
 class WitnessServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -68,7 +70,8 @@ class WitnessServiceServicer(metaclass=_abc_1.ABCMeta):
         its origin's key did not sign (BAD_SIGNATURE); FAILED_PRECONDITION with a PreconditionFailure of type
         OLD_SIZE whose subject is the size the witness holds, when `old_size` is not that size (retry with a
         proof from it); FAILED_PRECONDITION of type FORK when the checkpoint does not extend the one seen
-        (both are kept as evidence); INVALID_ARGUMENT for a malformed checkpoint or proof.
+        (both are kept as evidence); INVALID_ARGUMENT for a malformed checkpoint or proof; ABORTED when other
+        submissions of the same log kept changing what the witness saw (retry).
         """
 
 def add_WitnessServiceServicer_to_server(servicer: WitnessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
