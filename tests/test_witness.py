@@ -19,8 +19,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from audit.cosignature import Cosignature, WitnessKey, with_cosignatures
+from audit.merkle import MerkleTree, leaf_hash
 from audit.note import Checkpoint, Signer
-from audit.witnessing import Seen
+from audit.witnessing import Refusal, Refused, Seen, decide
 from exchange.errors import FailedPrecondition, Unavailable
 from exchange.server.witness import submit_checkpoint
 from exchange.store import Store
@@ -296,3 +297,31 @@ def test_get_checkpoint_serves_the_cosignatures_received(hub: RunningHub) -> Non
         served = client.call(client.audit.GetCheckpoint, apb.GetCheckpointRequest(size=head.size))
     assert list(served.cosignatures) == [line]
     assert key.verifier().find(with_cosignatures(served.note, list(served.cosignatures))).timestamp == 1_700_000_000
+
+
+def _signed(signer: Signer, leaves: list[bytes]) -> tuple[MerkleTree, str]:
+    tree = MerkleTree([leaf_hash(x) for x in leaves])
+    return tree, signer.sign(Checkpoint(signer.name, tree.size, tree.root()).text())
+
+
+def test_the_decision_gives_each_refusal_its_reason(signer: Signer) -> None:
+    logs = {ORIGIN: signer.verifier()}
+    tree5, note5 = _signed(signer, [b"%d" % i for i in range(5)])
+    tree8, note8 = _signed(signer, [b"%d" % i for i in range(8)])
+    seen = Seen(5, tree5.root(), note5)
+    proof = tree8.consistency_proof(5, 8)
+    assert decide(logs, seen, note8, 5, proof).size == 8
+    assert decide(logs, Seen(0, tree5.root(0), note5), note5, 0, []).size == 5  # from an empty tree
+    cases = [
+        (seen, note5, 5, [bytes(32)], Refused.MALFORMED),  # a proof between equal sizes
+        (Seen(8, tree8.root(), note8), note5, 8, [], Refused.MALFORMED),  # a smaller tree than the old size
+        (seen, note8, 5, [bytes(31), *proof[1:]], Refused.MALFORMED),
+        (seen, note8, 5, [*proof, bytes(32)], Refused.FORK),  # a well-formed proof that does not verify
+        (seen, note8, 6, proof, Refused.OLD_SIZE),
+        (seen, "\n" + note8, 5, proof, Refused.MALFORMED),
+        (seen, note8.replace("\n8\n", "\n9\n"), 5, proof, Refused.BAD_SIGNATURE),
+    ]
+    for held, note, old, given, reason in cases:
+        with pytest.raises(Refusal) as refused:
+            decide(logs, held, note, old, given)
+        assert refused.value.reason is reason, refused.value.message
