@@ -54,13 +54,23 @@ class AuditRecord:
     # An exchange by a system: the person who had its certificate issued ("person/<username>"), who holds its
     # key. Left out of the record when empty, so records made before it was kept keep their bytes.
     key_holder: str = ""
+    # An exchange that crossed hubs (audit.receipt): the other hub's log origin, its id of the exchange, and
+    # "out" at the hub that forwarded the call or "in" at the hub that served it. Left out when empty.
+    peer_hub: str = ""
+    peer_exchange_id: str = ""
+    hop: str = ""
 
     def as_dict(self) -> dict[str, Value]:
         # A shallow copy: dataclasses.asdict deep-copies and costs ten times as much on the hot path.
         out: dict[str, Value] = dict(vars(self))
-        if not self.key_holder:
-            del out["key_holder"]
+        for optional in _OPTIONAL:
+            if not out[optional]:
+                del out[optional]
         return out
+
+
+# Fields left out of a record when empty, so records made before them keep their bytes.
+_OPTIONAL = ("key_holder", "peer_hub", "peer_exchange_id", "hop")
 
 
 def canonical(record: Mapping[str, object]) -> bytes:

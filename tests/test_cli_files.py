@@ -35,6 +35,7 @@ GARBAGE = b"\xff\xfe\x00 not { what [ it should be: \x80\x81\n"
 KNOWN = {
     ("audit", "verify"),
     ("audit", "verify-receipt"),
+    ("audit", "cross-receipt"),
     ("audit", "proof"),
     ("audit", "search"),
     ("audit", "export"),

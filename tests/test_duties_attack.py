@@ -72,6 +72,8 @@ TODAY = dt.datetime.now(dt.UTC).date()
 MARKET = m.Department("11350200MB0067890U", "厦门市市场监督管理局", "350200", m.AdministrativeLevel.CITY)
 # Services whose stubs are generated here but which departments serve, not the hub.
 SERVED_BY_DEPARTMENTS = {"exchange.v1.ProviderService"}
+# Served only to peer hubs, on the federation listener: no member's duty reaches them.
+SERVED_TO_PEERS = {"exchange.v1.WitnessService"}
 
 
 def _rows(name: str) -> list[dict[str, str]]:
@@ -99,7 +101,7 @@ SERVICES = _generated_services()
 METHODS = {
     f"{s.name}.{method.name}": method
     for name, s in SERVICES.items()
-    if name not in SERVED_BY_DEPARTMENTS
+    if name not in SERVED_BY_DEPARTMENTS | SERVED_TO_PEERS
     for method in s.methods
 }
 

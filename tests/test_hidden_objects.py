@@ -46,14 +46,19 @@ MISSING_OBJECTION = "OB-20000101-00000000"
 MISSING_DEPARTMENT = "11350200MB0099999" + uscc_check_character("11350200MB0099999")
 
 
+# Services the hub does not serve to its members: the departments' ProviderService, and what it serves to
+# peer hubs only, on its federation listener.
+NOT_FOR_MEMBERS = {"exchange.v1.ProviderService", "exchange.v1.WitnessService"}
+
+
 def _hub_methods() -> dict[str, descriptor.MethodDescriptor]:
-    """Every method of every service the hub serves (the departments' ProviderService is not one)."""
+    """Every method of every service the hub serves its members (NOT_FOR_MEMBERS are not)."""
     found: dict[str, descriptor.MethodDescriptor] = {}
     for module in pkgutil.iter_modules(exchange.v1.__path__):
         if module.name.endswith("_pb2"):
             generated = importlib.import_module(f"exchange.v1.{module.name}")
             for service in generated.DESCRIPTOR.services_by_name.values():
-                if service.full_name != "exchange.v1.ProviderService":
+                if service.full_name not in NOT_FOR_MEMBERS:
                     found |= {f"{service.name}.{method.name}": method for method in service.methods}
     return found
 

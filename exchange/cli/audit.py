@@ -14,9 +14,10 @@ from pathlib import Path
 
 from audit.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, NoteError, Verifier, open_note
+from audit.receipt import FORMAT as CROSS_HUB
 from audit.verify import VerifyError, open_checkpoint, verify_export, verify_receipt
 from exchange import pki
-from exchange.cli import tables, userfiles
+from exchange.cli import audit_receipt, tables, userfiles
 from exchange.cli.client import HubClient
 from exchange.cli.commands import ask
 from exchange.config import Settings
@@ -262,8 +263,14 @@ def _receipt_data(path: Path) -> dict[str, object]:
 
 
 def verify_receipt_file(args: argparse.Namespace, settings: Settings) -> int:
-    verifier = read_verifier(args.key)
+    """Verifies a receipt offline: one record's (with --key), or a cross-hub receipt's (with --trust)."""
+    verifier = read_verifier(args.key) if args.key is not None else None
+    trust = audit_receipt.read_trust(args.trust) if args.trust else None
     data = _receipt_data(args.file)
+    if data.get("format") == CROSS_HUB:
+        return audit_receipt.verify_cross(args, trust, data)
+    if verifier is None:
+        raise InvalidArgument("a one-record receipt is checked with --key LOG_PUB, the log's public key")
     try:
         head = verify_receipt(data, verifier)
     except VerifyError as e:

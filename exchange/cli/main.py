@@ -13,7 +13,18 @@ from sqlalchemy.engine import make_url
 
 from exchange import config, logs, models
 from exchange.bootstrap import OperatorSeed, initialize, load_audit_signer
-from exchange.cli import audit, audit_index, audit_search, commands, demo, evaluation, report, rights, userfiles
+from exchange.cli import (
+    audit,
+    audit_index,
+    audit_receipt,
+    audit_search,
+    commands,
+    demo,
+    evaluation,
+    report,
+    rights,
+    userfiles,
+)
 from exchange.cli import exchange as exchange_verbs
 from exchange.cli.backup import add_verbs as add_backup_verbs
 from exchange.cli.certificates import add_verbs as add_certificate_verbs
@@ -326,6 +337,10 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
         else:
             p.add_argument("--out", type=Path, required=True, help="the receipt file to write (JSON)")
+    p = _verb(verbs, "cross-receipt", audit_receipt.cross_receipt, "this hub's part of a cross-hub receipt, or --merge")
+    p.add_argument("exchange_id", nargs="?", default="", help="this hub's id of the exchange")
+    p.add_argument("--merge", type=Path, nargs="+", help="join receipt parts (one per hub) into one receipt")
+    p.add_argument("--out", type=Path, required=True, help="the receipt file to write (JSON)")
     p = _verb(verbs, "consistency", audit.consistency, "check that a newer checkpoint extends an older one")
     p.add_argument("from_size", type=int, help="size of the older checkpoint")
     p.add_argument("--to", dest="to_size", type=int, default=0, help="size of the newer (default: the newest)")
@@ -353,7 +368,16 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ):
         p = _verb(verbs, verb, fn, text)
         p.add_argument("file", type=Path, help="the export (audit export --out)" if verb == "verify" else "the receipt")
-        p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
+        p.add_argument("--key", type=Path, required=verb == "verify", help="the log's public key file (log.pub)")
+        if verb == "verify-receipt":
+            p.add_argument(
+                "--trust",
+                type=Path,
+                action="append",
+                default=[],
+                help="for a cross-hub receipt: a file of trusted keys, one a line: each hub's log key, and each "
+                "witness key followed by the origin of the hub it belongs to (repeatable)",
+            )
         if verb == "verify":
             p.add_argument(
                 "--checkpoint",

@@ -38,12 +38,16 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
 
     def _head(self, head: SignedHead) -> pb.SignedCheckpoint:
         return pb.SignedCheckpoint(
-            size=head.size, root_hash=head.root, note=head.note, verifier_key=self.service.verifier.encode()
+            size=head.size,
+            root_hash=head.root,
+            note=head.note,
+            verifier_key=self.service.verifier.encode(),
+            cosignatures=head.cosignatures,
         )
 
     @unary
     def GetCheckpoint(self, request: pb.GetCheckpointRequest, actor: Principal) -> pb.SignedCheckpoint:
-        return self._head(self.service.checkpoint(request.size))
+        return self._head(self.service.checkpoint(request.size, witnessed=request.witnessed))
 
     @unary
     def GetInclusionProof(self, request: pb.GetInclusionProofRequest, actor: Principal) -> pb.InclusionProof:

@@ -28,6 +28,8 @@ class SignedHead:
     size: int
     root: bytes
     note: str
+    # Cosignature lines peer hubs' witnesses gave this checkpoint (exchange.store.witness).
+    cosignatures: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,13 @@ class AuditReadService:
         self.verifier = verifier
         self._subject_key = subject_key
 
-    def checkpoint(self, size: int) -> SignedHead:
+    def checkpoint(self, size: int, *, witnessed: bool = False) -> SignedHead:
         if size < 0:
             raise InvalidArgument.of([FieldViolation("size", "must be 0 (the newest) or a tree size")])
+        if size == 0 and witnessed:
+            size = self._store.witness.newest_cosigned()
+            if size == 0:
+                raise NotFound("witnessed checkpoint", "latest")
         if size == 0:
             latest = self._store.audit.latest_checkpoint()
             if latest is None:
@@ -110,7 +116,8 @@ class AuditReadService:
             if not found:
                 raise NotFound("checkpoint", str(size))
             note = found[0][1]
-        return SignedHead(size, Checkpoint.parse(open_note(note, self.verifier)).root, note)
+        root = Checkpoint.parse(open_note(note, self.verifier)).root
+        return SignedHead(size, root, note, tuple(self._store.witness.cosignatures(size)))
 
     def inclusion(
         self, actor: Principal, seq: int, tree_size: int
@@ -128,7 +135,8 @@ class AuditReadService:
             entry = replace(entry, record=None)
         if head is None:
             found = self._store.audit.checkpoints(size, size)
-            head = SignedHead(size, self._log.tree.root(size), found[0][1]) if found else None
+            cosigned = tuple(self._store.witness.cosignatures(size)) if found else ()
+            head = SignedHead(size, self._log.tree.root(size), found[0][1], cosigned) if found else None
         return entry, head, self._log.inclusion_proof(seq, size), size
 
     def consistency(self, from_size: int, to_size: int) -> tuple[int, list[bytes]]:

@@ -501,3 +501,39 @@ class ObjectionRow(Base):
     escalated_by: Mapped[str] = mapped_column(String(80), default="")
     escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     escalation_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class WitnessSeenRow(Base):
+    """What this hub, as a witness, last cosigned for a peer log: one row per origin, advanced by compare-and-set."""
+
+    __tablename__ = "witness_seen"
+
+    origin: Mapped[str] = mapped_column(String(255), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class WitnessForkRow(Base):
+    """Evidence of a fork a witness refused: two checkpoints one origin signed that cannot both be true."""
+
+    __tablename__ = "witness_forks"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    origin: Mapped[str] = mapped_column(String(255), index=True)
+    seen_note: Mapped[str] = mapped_column(Text)
+    offered_note: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text)
+    detected_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class WitnessCosignatureRow(Base):
+    """A cosignature a witness gave this hub's checkpoint of ``size``: the newest per witness and size is kept."""
+
+    __tablename__ = "witness_cosignatures"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    witness: Mapped[str] = mapped_column(String(255), primary_key=True)
+    line: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -30,12 +30,20 @@ class SignedCheckpoint(_message.Message):
     ROOT_HASH_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
     VERIFIER_KEY_FIELD_NUMBER: _builtins.int
+    COSIGNATURES_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     root_hash: _builtins.bytes
     note: _builtins.str
     """The signed note, as the verifier checks it."""
     verifier_key: _builtins.str
     """The log's verifier key ("<origin>+<key id>+<key>"); compare it with the one you trust."""
+    @_builtins.property
+    def cosignatures(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Cosignature lines ("— <witness name> <base64>", C2SP tlog-cosignature v1) that peer hubs' witnesses
+        gave this checkpoint; add them to `note` after its own signature to get the witnessed checkpoint.
+        Empty when no witness has cosigned this size.
+        """
+
     def __init__(
         self,
         *,
@@ -43,10 +51,11 @@ class SignedCheckpoint(_message.Message):
         root_hash: _builtins.bytes = ...,
         note: _builtins.str = ...,
         verifier_key: _builtins.str = ...,
+        cosignatures: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "root_hash", b"root_hash", "size", b"size", "verifier_key", b"verifier_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosignatures", b"cosignatures", "note", b"note", "root_hash", b"root_hash", "size", b"size", "verifier_key", b"verifier_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -92,16 +101,22 @@ class GetCheckpointRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SIZE_FIELD_NUMBER: _builtins.int
+    WITNESSED_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     """0: the newest."""
+    witnessed: _builtins.bool
+    """With size 0: the newest checkpoint that a witness has cosigned (NOT_FOUND while none has), for
+    receipts that need a witnessed checkpoint.
+    """
     def __init__(
         self,
         *,
         size: _builtins.int = ...,
+        witnessed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size", "witnessed", b"witnessed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
