@@ -129,17 +129,28 @@ class TableChanges:
         if request.after is None:
             return ChangeBatch([], self._position(connection, value, key, settled))
         after = self._after(request, value, key)
+        # With filters, the newest settled row bounds the read: when fewer rows than asked match, the position
+        # moves to it, past the rows the filters left out, instead of reading them again at every poll.
+        bound = self._position(connection, value, key, settled) if request.filters else ""
         labelled = [self._column(self._column_of(f)).label(f) for f in request.fields]
         query = select(*labelled, value.label(_VALUE), key.label(_KEY)).where(value.is_not(None), after, settled)
+        if bound:
+            query = query.where(self._not_after(bound, value, key))
         for name, wanted in request.filters.items():
             query = query.where(self._column(self._column_of(name)) == wanted)
-        query = query.order_by(value, key).limit(max(1, min(request.limit, max_rows)))
-        found = [dict(r._mapping) for r in connection.execute(query)]
+        limit = max(1, min(request.limit, max_rows))
+        found = [dict(r._mapping) for r in connection.execute(query.order_by(value, key).limit(limit))]
         changes = [self._change(row) for row in found]
         checked_rows(self.provider, request.resource, request.fields, [c.row for c in changes])
         if not changes and request.after:
             self._require_not_behind(connection, value, request)
+        if len(changes) < limit and bound and bound != request.after:
+            return ChangeBatch(changes, bound)
         return ChangeBatch(changes, changes[-1].cursor if changes else request.after)
+
+    def _not_after(self, cursor: str, value: Column[Any], key: Column[Any]) -> ColumnElement[bool]:
+        last_value, last_key = decode(cursor)
+        return or_(value < last_value, and_(value == last_value, key <= last_key))
 
     def _columns(self, request: ChangeRequest) -> tuple[Column[Any], Column[Any]]:
         key = self._options.key

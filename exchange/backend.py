@@ -92,8 +92,9 @@ class Change:
 class ChangeBatch:
     """Changes in the source's order, and the position after the last of them.
 
-    ``cursor`` equals the last change's cursor, or, when there are none, the position to ask from next
-    (for ``after=None``: the current position; else the request's ``after``).
+    ``cursor`` is the position to ask from next: the last change's cursor, or one past it when the source
+    knows that no later change up to there matches the request's filters (so it is not read again); when
+    there are no changes, the current position for ``after=None``, else the request's ``after`` or later.
     """
 
     changes: list[Change]
