@@ -1,0 +1,223 @@
+"""Subscriptions through a real hub on loopback: a fake police backend produces changes, a consumer system
+subscribes under its grant, follows, acknowledges, and is stopped when the grant or the resource is."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import rights_pb2 as rpb
+from exchange.v1 import subscription_pb2 as spb
+from tests.exchange_world import LOOKUP, PERSON_ID, PURPOSE
+from tests.harness import HOUSING, RunningHub, base_settings, reason_of, running_hub
+from tests.subscription_world import FakeSource, Subscribing, ends_with, read, sequences, subscribing
+
+OTHER_ID = "350203199002023456"
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[RunningHub]:
+    with running_hub(base_settings(tmp_path / "hub", subscription_poll_seconds=0.05)) as h:
+        yield h
+
+
+@pytest.fixture
+def subs(hub: RunningHub, tmp_path: Path) -> Subscribing:
+    return subscribing(hub, tmp_path)
+
+
+def follow(subs: Subscribing, sub_id: str) -> Iterator[spb.FollowResponse]:
+    stream: Iterator[spb.FollowResponse] = subs.stub().Follow(spb.FollowRequest(id=sub_id), timeout=30)
+    return stream
+
+
+def test_created_under_the_grant_and_refused_outside_it(subs: Subscribing) -> None:
+    created = subs.subscribe()
+    assert created.status == spb.SUBSCRIPTION_STATUS_ACTIVE
+    assert created.grant_id == subs.grant_id and created.consumer_system_code == "bdc-djxt"
+    stub = subs.stub()
+    outside = spb.CreateSubscriptionRequest(resource_code=LOOKUP, purpose=PURPOSE, fields=["name", "address"])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CreateSubscription(outside, timeout=20)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]  # not an item
+    wrong_purpose = spb.CreateSubscriptionRequest(resource_code=LOOKUP, purpose="其他事项", fields=["name"])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CreateSubscription(wrong_purpose, timeout=20)
+    assert reason_of(info.value) == "WRONG_PURPOSE"  # type: ignore[arg-type]
+    foreign = subs.stub(subs.hub.add_system("zj-zfxt", HOUSING.code))
+    with pytest.raises(grpc.RpcError) as info:
+        foreign.CreateSubscription(
+            spb.CreateSubscriptionRequest(resource_code=LOOKUP, purpose=PURPOSE, fields=["name"])
+        )
+    assert reason_of(info.value) == "NO_GRANT"  # type: ignore[arg-type]
+    person = subs.stub(subs.world.people["consumer"])
+    with pytest.raises(grpc.RpcError) as info:
+        person.CreateSubscription(spb.CreateSubscriptionRequest(resource_code=LOOKUP, purpose=PURPOSE, fields=["name"]))
+    assert reason_of(info.value) == "NOT_A_SYSTEM"  # type: ignore[arg-type]
+
+
+def test_a_source_that_cannot_tell_its_changes_is_refused(hub: RunningHub, tmp_path: Path) -> None:
+    subs = subscribing(hub, tmp_path, FakeSource(subscribable=False))
+    with pytest.raises(grpc.RpcError) as info:
+        subs.subscribe()
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert "does not tell its changes" in info.value.details()  # type: ignore[attr-defined]
+
+
+def test_changes_arrive_in_order_and_resume_after_the_last_acknowledged(subs: Subscribing) -> None:
+    subs.source.change("旧记录", PERSON_ID)  # before subscribing "from now": not delivered
+    sub = subs.subscribe()
+    for name in ("张三", "李四", "王五"):
+        subs.source.change(name, PERSON_ID)
+    stream = follow(subs, sub.id)
+    first = read(stream, 3)
+    assert sequences(first) == [1, 2, 3]
+    names = [c.record.fields["name"].string_value for m in first for c in m.batch.changes]
+    assert names == ["张三", "李四", "王五"]
+    ids = {c.sequence: c.change_id for m in first for c in m.batch.changes}
+    subs.stub().Acknowledge(spb.AcknowledgeRequest(id=sub.id, sequence=2), timeout=20)
+    stream.cancel()  # type: ignore[attr-defined]  # the consumer disconnects with 3 unacknowledged
+
+    again = follow(subs, sub.id)
+    resumed = read(again, 1)
+    assert sequences(resumed) == [3]
+    assert resumed[0].batch.changes[0].change_id == ids[3]  # the same id: the consumer deduplicates by it
+    acked = subs.stub().Acknowledge(spb.AcknowledgeRequest(id=sub.id, sequence=3), timeout=20)
+    assert (acked.acknowledged_sequence, acked.pending) == (3, 0)
+    subs.source.change("赵六", PERSON_ID)
+    assert sequences(read(again, 1)) == [4]
+    again.cancel()  # type: ignore[attr-defined]
+
+
+def test_from_the_first_change_and_filtered(subs: Subscribing) -> None:
+    subs.source.change("张三", PERSON_ID)
+    subs.source.change("李四", OTHER_ID)
+    subs.source.change("王五", PERSON_ID)
+    sub = subs.subscribe(start=spb.SUBSCRIPTION_START_FIRST)
+    sub.filters  # noqa: B018 - the plain subscription takes every change
+    stream = follow(subs, sub.id)
+    assert [c.record.fields["name"].string_value for m in read(stream, 3) for c in m.batch.changes] == [
+        "张三",
+        "李四",
+        "王五",
+    ]
+    stream.cancel()  # type: ignore[attr-defined]
+    request = spb.CreateSubscriptionRequest(
+        resource_code=LOOKUP, purpose=PURPOSE, fields=["name"], filters={"id_number": OTHER_ID},
+        start=spb.SUBSCRIPTION_START_FIRST,
+    )  # fmt: skip
+    only = subs.stub().CreateSubscription(request, timeout=20).subscription
+    other = follow(subs, only.id)
+    got = read(other, 1)
+    assert [c.record.fields["name"].string_value for c in got[0].batch.changes] == ["李四"]
+    assert set(got[0].batch.changes[0].record.fields) == {"name"}  # only the items subscribed to
+    other.cancel()  # type: ignore[attr-defined]
+
+
+def test_an_acknowledgement_of_a_change_never_delivered_is_refused(subs: Subscribing) -> None:
+    sub = subs.subscribe()
+    subs.source.change("张三", PERSON_ID)
+    stream = follow(subs, sub.id)
+    assert sequences(read(stream, 1)) == [1]
+    with pytest.raises(grpc.RpcError) as info:
+        subs.stub().Acknowledge(spb.AcknowledgeRequest(id=sub.id, sequence=7), timeout=20)
+    error = info.value
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert "sequence 7" in error.details() and "last delivered is 1" in error.details()  # type: ignore[attr-defined]
+    stream.cancel()  # type: ignore[attr-defined]
+
+
+def test_one_follower_at_a_time(subs: Subscribing) -> None:
+    sub = subs.subscribe()
+    subs.source.change("张三", PERSON_ID)
+    first = follow(subs, sub.id)
+    assert sequences(read(first, 1)) == [1]
+    error = ends_with(grpc.StatusCode.FAILED_PRECONDITION, follow(subs, sub.id))
+    assert "only one follower at a time" in error.details()
+    first.cancel()  # type: ignore[attr-defined]
+
+
+def test_suspending_the_grant_stops_delivery_and_acknowledgement(subs: Subscribing) -> None:
+    sub = subs.subscribe()
+    subs.source.change("张三", PERSON_ID)
+    stream = follow(subs, sub.id)
+    assert sequences(read(stream, 1)) == [1]
+    with subs.hub.client(subs.world.people["police"]) as c:
+        c.call(c.rights.SuspendGrant, rpb.ChangeGrantRequest(id=subs.grant_id, reason="核查使用情况"))
+    subs.source.change("李四", PERSON_ID)
+    error = ends_with(grpc.StatusCode.PERMISSION_DENIED, stream)
+    assert reason_of(error) == "GRANT_SUSPENDED"
+    with pytest.raises(grpc.RpcError) as info:
+        subs.stub().Acknowledge(spb.AcknowledgeRequest(id=sub.id, sequence=1), timeout=20)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    listed = subs.stub().GetSubscription(spb.GetSubscriptionRequest(id=sub.id), timeout=20).subscription
+    assert listed.delivered_sequence == 1  # the second change was not sent
+
+
+def test_suspending_the_resource_stops_delivery(subs: Subscribing) -> None:
+    sub = subs.subscribe()
+    stream = follow(subs, sub.id)
+    subs.source.change("张三", PERSON_ID)
+    assert sequences(read(stream, 1)) == [1]
+    with subs.hub.client(subs.world.people["police"]) as c:
+        current = c.call(c.catalog.GetResource, cpb.GetResourceRequest(code=LOOKUP))
+        request = cpb.ChangeResourceStatusRequest(code=LOOKUP, expected_version=current.version, reason="数据核查")
+        c.call(c.catalog.SuspendResource, request)
+    subs.source.change("李四", PERSON_ID)
+    error = ends_with(grpc.StatusCode.PERMISSION_DENIED, stream)
+    assert reason_of(error) == "RESOURCE_SUSPENDED"
+
+
+def test_changes_past_the_retention_window_are_announced_as_a_gap(subs: Subscribing) -> None:
+    sub = subs.subscribe()
+    for name in ("张三", "李四"):
+        subs.source.change(name, PERSON_ID)
+    store = subs.hub.hub.store
+    for _ in range(2000):  # until the poller has taken both into the window
+        if store.subscriptions.get(sub.id).pending == 2:
+            break
+        time.sleep(0.01)
+    store.subscriptions.drop_older(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    subs.source.change("王五", PERSON_ID)
+    stream = follow(subs, sub.id)
+    messages = read(stream, 3)
+    gap = messages[0].gap
+    assert (gap.first_sequence, gap.last_sequence) == (1, 2)
+    assert "re-read by query" in gap.message
+    assert sequences(messages[1:]) == [3]
+    subs.stub().Acknowledge(spb.AcknowledgeRequest(id=sub.id, sequence=3), timeout=20)
+    stream.cancel()  # type: ignore[attr-defined]
+
+
+def test_every_delivered_batch_is_in_the_audit_log(subs: Subscribing) -> None:
+    sub = subs.subscribe()
+    subs.source.change("张三", PERSON_ID)
+    subs.source.change("李四", PERSON_ID)
+    stream = follow(subs, sub.id)
+    batches = [m.batch for m in read(stream, 2)]
+    stream.cancel()  # type: ignore[attr-defined]
+    for batch in batches:
+        seen = subs.hub.hub.store.audit.exchange_seen(batch.exchange_id)
+        assert seen is not None, batch.exchange_id
+        assert seen.resource == LOOKUP and "ok" in seen.outcomes
+        assert seen.fields == ("name", "id_number")
+        assert batch.disclosure.grant_id == subs.grant_id
+
+
+def test_listed_for_the_owner_and_the_consumer_not_for_others(subs: Subscribing) -> None:
+    sub = subs.subscribe()
+    request = spb.ListSubscriptionsRequest()
+    for who in ("police", "consumer", "manager"):
+        listed = subs.stub(subs.world.people[who]).ListSubscriptions(request, timeout=20)
+        assert [s.id for s in listed.subscriptions] == [sub.id], who
+    listed = subs.stub(subs.world.people["housing"]).ListSubscriptions(request, timeout=20)
+    assert list(listed.subscriptions) == []
+    cancelled = subs.stub().CancelSubscription(spb.CancelSubscriptionRequest(id=sub.id, reason="业务调整"), timeout=20)
+    assert cancelled.subscription.status == spb.SUBSCRIPTION_STATUS_CANCELLED
+    ends_with(grpc.StatusCode.FAILED_PRECONDITION, follow(subs, sub.id))
