@@ -87,7 +87,7 @@ def plug(hub: RunningHub, source: FakeSource) -> None:
     def opener(name: str, binding: Binding, lane: Lane) -> FakeSource:
         return source
 
-    hub.hub.backends._opener = opener  # type: ignore[assignment]
+    hub.hub.backends._opener = opener
 
 
 def subscribing(hub: RunningHub, directory: Path, source: FakeSource | None = None) -> Subscribing:
