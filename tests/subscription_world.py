@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncGenerator, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -13,6 +15,8 @@ import pytest
 from adapters.base import Unsupported
 from exchange.backend import Batch, Change, ChangeBatch, ChangeRequest, Document, FetchRequest, Lane, Row
 from exchange.models import Binding
+from exchange.server.app import Hub
+from exchange.server.loop import new_loop
 from exchange.v1 import subscription_pb2 as spb
 from exchange.v1 import subscription_pb2_grpc
 from tests.exchange_world import LOOKUP, PURPOSE, World, make_world, serve_lookup
@@ -122,3 +126,23 @@ def ends_with(code: grpc.StatusCode, stream: Iterator[spb.FollowResponse]) -> gr
     assert isinstance(error, grpc.Call)
     assert error.code() == code, f"{error.code()}: {error.details()}"
     return error
+
+
+@contextmanager
+def another_hub(first: RunningHub, source: FakeSource) -> Iterator[RunningHub]:
+    """A second hub process over ``first``'s home and store (its own event loop and port), the fake plugged in."""
+    settings = replace(first.settings, hub_address="")
+    loop = new_loop(settings)
+    thread = threading.Thread(target=loop.run_forever, name="hub-loop-2", daemon=True)
+    thread.start()
+    hub = Hub(settings)
+    port = asyncio.run_coroutine_threadsafe(hub.start(), loop).result(timeout=30)
+    running = RunningHub(replace(settings, hub_address=f"localhost:{port}"), first.operator, hub)
+    plug(running, source)
+    try:
+        yield running
+    finally:
+        asyncio.run_coroutine_threadsafe(hub.stop(grace=1), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

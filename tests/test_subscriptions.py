@@ -15,9 +15,18 @@ import pytest
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import rights_pb2 as rpb
 from exchange.v1 import subscription_pb2 as spb
+from exchange.v1 import subscription_pb2_grpc
 from tests.exchange_world import LOOKUP, PERSON_ID, PURPOSE
 from tests.harness import HOUSING, RunningHub, base_settings, reason_of, running_hub
-from tests.subscription_world import FakeSource, Subscribing, ends_with, read, sequences, subscribing
+from tests.subscription_world import (
+    FakeSource,
+    Subscribing,
+    another_hub,
+    ends_with,
+    read,
+    sequences,
+    subscribing,
+)
 
 OTHER_ID = "350203199002023456"
 
@@ -33,9 +42,12 @@ def subs(hub: RunningHub, tmp_path: Path) -> Subscribing:
     return subscribing(hub, tmp_path)
 
 
-def follow(subs: Subscribing, sub_id: str) -> Any:
-    """A Follow call: an iterator of its messages that ``cancel()`` ends (the consumer disconnecting)."""
-    return subs.stub().Follow(spb.FollowRequest(id=sub_id), timeout=30)
+def follow(subs: Subscribing, sub_id: str, on: RunningHub | None = None) -> Any:
+    """A Follow call (on ``on``, else the first hub): an iterator of its messages that ``cancel()`` ends."""
+    client = (on or subs.hub).client(subs.world.consumer_system)
+    return subscription_pb2_grpc.SubscriptionServiceStub(client.channel).Follow(
+        spb.FollowRequest(id=sub_id), timeout=30
+    )
 
 
 def reason(error: grpc.RpcError) -> str:
@@ -227,3 +239,28 @@ def test_listed_for_the_owner_and_the_consumer_not_for_others(subs: Subscribing)
     cancelled = subs.stub().CancelSubscription(spb.CancelSubscriptionRequest(id=sub.id, reason="业务调整"), timeout=20)
     assert cancelled.subscription.status == spb.SUBSCRIPTION_STATUS_CANCELLED
     ends_with(grpc.StatusCode.FAILED_PRECONDITION, follow(subs, sub.id))
+
+
+def test_two_hubs_on_one_store_give_a_change_to_one_follower_and_resume_after_a_restart(subs: Subscribing) -> None:
+    sub = subs.subscribe()
+    for name in ("张三", "李四"):
+        subs.source.change(name, PERSON_ID)
+    with another_hub(subs.hub, subs.source) as second:
+        on_first = follow(subs, sub.id)
+        assert sequences(read(on_first, 2)) == [1, 2]
+        # The same subscription followed through the other hub process while the first follower is live: refused.
+        error = ends_with(grpc.StatusCode.FAILED_PRECONDITION, follow(subs, sub.id, on=second))
+        assert "only one follower at a time" in str(error.details())
+        subs.stub().Acknowledge(spb.AcknowledgeRequest(id=sub.id, sequence=1), timeout=20)
+        on_first.cancel()
+        subs.source.change("王五", PERSON_ID)
+        on_second = follow(subs, sub.id, on=second)
+        assert sequences(read(on_second, 2)) == [2, 3]  # 2 again (never acknowledged), then the new one
+        subs.stub().Acknowledge(spb.AcknowledgeRequest(id=sub.id, sequence=2), timeout=20)
+        on_second.cancel()
+    # The second process stopped; a third starts over the same store and the consumer resumes there.
+    subs.source.change("赵六", PERSON_ID)
+    with another_hub(subs.hub, subs.source) as third:
+        resumed = follow(subs, sub.id, on=third)
+        assert sequences(read(resumed, 2)) == [3, 4]
+        resumed.cancel()
