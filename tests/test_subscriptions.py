@@ -4,6 +4,7 @@ subscribes under its grant, follows, acknowledges, and is stopped when the grant
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from exchange.cli.main import main
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import rights_pb2 as rpb
 from exchange.v1 import subscription_pb2 as spb
@@ -264,3 +266,20 @@ def test_two_hubs_on_one_store_give_a_change_to_one_follower_and_resume_after_a_
         resumed = follow(subs, sub.id, on=third)
         assert sequences(read(resumed, 2)) == [3, 4]
         resumed.cancel()
+
+
+def test_the_cli_follows_writes_json_lines_and_acknowledges(subs: Subscribing, tmp_path: Path) -> None:
+    system = str(subs.world.consumer_system)
+    base = ["--hub", subs.hub.settings.hub_address, "--identity", system, "subscribe"]
+    assert main([*base, "create", "--resource", LOOKUP, "--purpose", PURPOSE, "--field", "name"]) == 0
+    sub_id = subs.stub().ListSubscriptions(spb.ListSubscriptionsRequest(), timeout=20).subscriptions[0].id
+    for name in ("张三", "李四"):
+        subs.source.change(name, PERSON_ID)
+    out = tmp_path / "changes.jsonl"
+    assert main([*base, "follow", sub_id, "--out", str(out), "--max-changes", "2"]) == 0
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(x["sequence"], x["record"]["name"]) for x in lines] == [(1, "张三"), (2, "李四")]
+    assert all(x["change_id"] and x["exchange_id"] for x in lines)
+    got = subs.stub().GetSubscription(spb.GetSubscriptionRequest(id=sub_id), timeout=20).subscription
+    assert (got.acknowledged_sequence, got.pending) == (2, 0)
+    assert main([*base, "cancel", sub_id, "--reason", "停止订阅"]) == 0
