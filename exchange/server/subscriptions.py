@@ -118,7 +118,7 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
         try:
             created = await self.service.create(actor, _creation(request))
         except ExchangeError as e:
-            await self._refused(actor, e)
+            await self._refused(actor, e, "CreateSubscription")
             await abort_with(context, e)
             raise
         except Exception:
@@ -126,9 +126,9 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
             raise
         return pb.CreateSubscriptionResponse(subscription=subscription_to_wire(created))
 
-    async def _refused(self, actor: Principal, error: ExchangeError) -> None:
+    async def _refused(self, actor: Principal, error: ExchangeError, method: str) -> None:
         if is_refusal(error) and self.refusals is not None:
-            error.recorded_as(await self.refusals.refused(actor, "SubscriptionServicer.CreateSubscription", error))
+            error.recorded_as(await self.refusals.refused(actor, f"SubscriptionServicer.{method}", error))
 
     @unary
     def GetSubscription(self, request: pb.GetSubscriptionRequest, actor: Principal) -> pb.GetSubscriptionResponse:
@@ -158,12 +158,15 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
         return pb.AcknowledgeResponse(acknowledged_sequence=sub.acknowledged_sequence, pending=sub.pending)
 
     async def Follow(self, request: pb.FollowRequest, context: Context) -> AsyncIterator[pb.FollowResponse]:
+        actor = await caller_of(self, context)
         identify = partial(principal_of, self, peer_of(self, context))
         parts = self.follower.follow(identify, request.id.strip(), max(0, request.batch_size))
         try:
             async for part in parts:
                 yield part_to_wire(part)
         except ExchangeError as e:
+            if not e.exchange_id:  # a refusal before any batch: recorded here (the follower records the rest)
+                await self._refused(actor, e, "Follow")
             await abort_with(context, e)
         except Exception:
             await internal_error(context, "Follow")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from audit.records import AuditRecord
 from exchange.errors import ExchangeError, FailedPrecondition, PermissionDenied, ResourceExhausted
-from exchange.models import MaskKind, Principal
+from exchange.models import MaskKind, Principal, PrincipalKind
 from exchange.services.exchange.answers import Identify, new_exchange_id
 from exchange.services.exchange.record import Recorder, refused, since
 from exchange.services.subscriptions.terms import Terms, ask_of
@@ -179,6 +179,10 @@ class Follower:
 
     def owned(self, actor: Principal, subscription_id: str) -> Subscription:
         """The subscription, if ``actor`` is the system that subscribed; another's and a missing one alike."""
+        if actor.ref.kind is not PrincipalKind.SYSTEM:
+            raise PermissionDenied(
+                "only registered systems follow subscriptions; people use their department's system", "NOT_A_SYSTEM"
+            )
         try:
             sub = self._store.subscriptions.get(subscription_id)
         except ExchangeError:

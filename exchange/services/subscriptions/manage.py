@@ -113,6 +113,7 @@ class SubscriptionService:
     # Reading
 
     def get(self, actor: Principal, subscription_id: str) -> Subscription:
+        self._require_reader(actor)  # the right first, before the request is read
         _require_id(subscription_id)
         try:
             sub = self._store.subscriptions.get(subscription_id)
@@ -129,12 +130,12 @@ class SubscriptionService:
     def list(
         self, actor: Principal, size: int, token: str, resource_code: str, include_cancelled: bool
     ) -> Page[Subscription]:
+        self._require_reader(actor)
         validation.validate_key("resource_code", resource_code, "resource", optional=True)
         f = SubscriptionFilter(resource_code=resource_code or None, include_cancelled=include_cancelled)
         if actor.ref.kind is PrincipalKind.SYSTEM:
             f = replace(f, consumer_department=actor.department_code)
         elif not self._sees_everything(actor):
-            self._require_party(actor)
             f = replace(f, visible_to=actor.department_code)
         page = page_request(size, token, dict(f.__dict__))
         return self._store.subscriptions.find(page, f)
@@ -142,14 +143,19 @@ class SubscriptionService:
     # Cancelling: the subscribing system, or a consumer of its department.
 
     def cancel(self, actor: Principal, subscription_id: str, reason: str) -> Subscription:
+        if not self._may_cancel(actor, actor.department_code):  # the right first, before the request is read
+            raise PermissionDenied(
+                f"{actor.ref} may not cancel subscriptions: the subscribing system or a consumer of its department "
+                "does (an owner suspends the grant instead)",
+                reason="SUBSCRIPTION_CANCEL_DENIED",
+            )
         _require_id(subscription_id)
         out: list[FieldViolation] = []
         validation.check_text(out, "reason", reason, required=False, limit=validation.MAX_TEXT)
         validation.raise_if(out)
         sub = self.get(actor, subscription_id)
-        mine = str(actor.ref) == f"system/{sub.consumer_system}" or (
-            actor.ref.kind is PrincipalKind.PERSON
-            and self._policy.allows(actor.ref, Action.APPLY_FOR_DATA, sub.consumer_department)
+        mine = self._may_cancel(actor, sub.consumer_department) and (
+            actor.ref.kind is PrincipalKind.PERSON or actor.ref.code == sub.consumer_system
         )
         if not mine:
             raise PermissionDenied(
@@ -164,6 +170,11 @@ class SubscriptionService:
             reason=reason,
         )  # fmt: skip
         return self._store.subscriptions.cancel(subscription_id, self._clock(), audit=record)
+
+    def _may_cancel(self, actor: Principal, department: str) -> bool:
+        if actor.ref.kind is PrincipalKind.SYSTEM:
+            return actor.department_code == department
+        return self._policy.allows(actor.ref, Action.APPLY_FOR_DATA, department)
 
     def _sees(self, actor: Principal, sub: Subscription) -> bool:
         if self._sees_everything(actor):
@@ -181,8 +192,9 @@ class SubscriptionService:
         own = actor.department_code
         return any(self._policy.allows(actor.ref, a, own) for a in (Action.APPLY_FOR_DATA, Action.DECIDE_REQUEST))
 
-    def _require_party(self, actor: Principal) -> None:
-        if not self._party(actor):
+    def _require_reader(self, actor: Principal) -> None:
+        """Refuses a caller that takes part in no sharing: it reads no subscription at all."""
+        if actor.ref.kind is not PrincipalKind.SYSTEM and not self._sees_everything(actor) and not self._party(actor):
             raise PermissionDenied(
                 f"{actor.ref} may not read subscriptions: a consumer, an owner steward, the share manager or an "
                 "auditor does",
