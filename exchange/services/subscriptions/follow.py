@@ -20,11 +20,18 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 
 from audit.records import AuditRecord
-from exchange.errors import ExchangeError, FailedPrecondition, PermissionDenied, ResourceExhausted
+from exchange.errors import (
+    ExchangeError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from exchange.models import MaskKind, Principal, PrincipalKind
 from exchange.services.exchange.answers import Identify, new_exchange_id
 from exchange.services.exchange.record import Recorder, refused, since
-from exchange.services.subscriptions.terms import Terms, ask_of
+from exchange.services.subscriptions.terms import Terms, ask_of, require_id
 from exchange.store import Store
 from exchange.store.subscriptions import PendingChange, Subscription
 from policy.decision import Decision, DenyReason
@@ -172,6 +179,8 @@ class Follower:
     def acknowledge(self, actor: Principal, subscription_id: str, sequence: int) -> Subscription:
         """Forgets the changes up to ``sequence`` (blocking); refused after the grant was suspended or revoked."""
         sub = self.owned(actor, subscription_id)
+        if sequence < 0:
+            raise InvalidArgument.of([FieldViolation("sequence", "must be 0 or more: the last sequence received")])
         decision = self._terms.decide(actor.ref.code, actor.department_code, ask_of(sub), consume=False)
         if not decision.allowed and decision.reason not in _QUOTA:
             raise _refusal(sub, decision)
@@ -183,6 +192,7 @@ class Follower:
             raise PermissionDenied(
                 "only registered systems follow subscriptions; people use their department's system", "NOT_A_SYSTEM"
             )
+        require_id(subscription_id)
         try:
             sub = self._store.subscriptions.get(subscription_id)
         except ExchangeError:

@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from exchange import validation
-from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from exchange.errors import FailedPrecondition, FieldViolation, NotFound, PermissionDenied
 from exchange.models import Page, Principal, PrincipalKind, ResourceStatus
 from exchange.paging import page_request
 from exchange.services.auditing import change_record
 from exchange.services.exchange.admit import MAX_FIELDS, MAX_FILTER_TEXT, MAX_FILTERS, typed_filters
 from exchange.services.exchange.answers import Ask
 from exchange.services.exchange.decide import denial
-from exchange.services.subscriptions.terms import Terms
+from exchange.services.subscriptions.terms import Terms, require_id
 from exchange.store import Store
 from exchange.store.subscriptions import Subscription, SubscriptionFilter, SubscriptionStatus
 from policy import HUB_WIDE, Action, RightsPolicy
 
-SUBSCRIPTION_ID = re.compile(r"^SB-[0-9]{8}-[0-9a-f]{12}$")
 # A source that cannot tell its changes says so with this kind (adapters.base.Unsupported).
 UNSUPPORTED = "BACKEND_MISMATCH"
 
@@ -114,7 +112,7 @@ class SubscriptionService:
 
     def get(self, actor: Principal, subscription_id: str) -> Subscription:
         self._require_reader(actor)  # the right first, before the request is read
-        _require_id(subscription_id)
+        require_id(subscription_id)
         try:
             sub = self._store.subscriptions.get(subscription_id)
         except NotFound:
@@ -149,7 +147,7 @@ class SubscriptionService:
                 "does (an owner suspends the grant instead)",
                 reason="SUBSCRIPTION_CANCEL_DENIED",
             )
-        _require_id(subscription_id)
+        require_id(subscription_id)
         out: list[FieldViolation] = []
         validation.check_text(out, "reason", reason, required=False, limit=validation.MAX_TEXT)
         validation.raise_if(out)
@@ -200,11 +198,6 @@ class SubscriptionService:
                 "auditor does",
                 reason="SUBSCRIPTION_READ_DENIED",
             )
-
-
-def _require_id(value: str) -> None:
-    if not SUBSCRIPTION_ID.match(value):
-        raise InvalidArgument.of([FieldViolation("id", f"{value[:40]!r} is not a subscription id (SB-YYYYMMDD-...)")])
 
 
 def _validate(ask: Ask) -> None:

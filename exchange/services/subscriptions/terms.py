@@ -9,10 +9,11 @@ daily quota, like a query.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 
 from exchange.backend import Backend, ChangeRequest
-from exchange.errors import ExchangeError, FailedPrecondition, NotFound
+from exchange.errors import ExchangeError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from exchange.models import Binding, Resource, ResourceStatus
 from exchange.services.exchange import BackendPool
 from exchange.services.exchange.admit import typed_filters
@@ -95,6 +96,14 @@ class Terms:
         filters = typed_filters(resource, ask)
         timeout = binding.timeout_seconds or self._default_timeout
         return ChangeRequest(resource.spec, filters, ask.fields, after, limit, timeout)
+
+
+SUBSCRIPTION_ID = re.compile(r"^SB-[0-9]{8}-[0-9a-f]{12}$")
+
+
+def require_id(value: str) -> None:
+    if not SUBSCRIPTION_ID.match(value):
+        raise InvalidArgument.of([FieldViolation("id", f"{value[:40]!r} is not a subscription id (SB-YYYYMMDD-...)")])
 
 
 def ask_of(sub: Subscription) -> Ask:
