@@ -43,8 +43,10 @@ def test_a_poll_appends_with_consecutive_sequences_only_under_its_lease_and_posi
     assert subs.append(Poll(sub.id, "hub-a", "00000002"), _changes("c"), "00000003", NOW) == 3
     assert [p.sequence for p in subs.pending(sub.id, 0, 10)] == [1, 2, 3]
     assert [p.payload for p in subs.pending(sub.id, 1, 1)] == [b"b"]
+    subs.release_polls("hub-a")  # a clean stop: hub-b takes over at once
+    assert [s.id for s in subs.claim_polls("hub-b", NOW, LEASE)] == [sub.id]
     later = NOW + 2 * LEASE
-    assert [s.id for s in subs.claim_polls("hub-b", later, LEASE)] == [sub.id]  # hub-a's lease expired
+    assert [s.id for s in subs.claim_polls("hub-a", later, LEASE)] == [sub.id]  # hub-b's lease expired
     got = subs.get(sub.id)
     assert (got.source_cursor, got.next_sequence, got.pending) == ("00000003", 4, 3)
 

@@ -671,6 +671,8 @@ class Hub:
             await asyncio.to_thread(self.listener.stop)
         if self.committer is not None:
             await asyncio.to_thread(self.committer.close)
+        if self.poller is not None:
+            await asyncio.to_thread(self.poller.stop)
         await self.backends.aclose()
         await asyncio.to_thread(self._give_back_quota)
         if self.metrics_server is not None:

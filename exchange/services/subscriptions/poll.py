@@ -71,6 +71,13 @@ class Poller:
                 log.warning("subscription poll failed: %s", e.message)
             await asyncio.sleep(self._settings.poll_seconds)
 
+    def stop(self) -> None:
+        """At a clean stop (blocking): this process's poll leases are given up for others to take at once."""
+        try:
+            self._store.subscriptions.release_polls(self._settings.holder)
+        except ExchangeError as e:
+            log.warning("subscription poll leases not given up (they expire by themselves): %s", e.message)
+
     async def poll_once(self) -> int:
         """One round over the subscriptions this process may poll; how many changes it appended."""
         lease = dt.timedelta(seconds=self._settings.lease_seconds)
