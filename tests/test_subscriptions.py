@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from exchange.cli.main import main
+from exchange.errors import Unavailable
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import rights_pb2 as rpb
 from exchange.v1 import subscription_pb2 as spb
@@ -283,3 +284,38 @@ def test_the_cli_follows_writes_json_lines_and_acknowledges(subs: Subscribing, t
     got = subs.stub().GetSubscription(spb.GetSubscriptionRequest(id=sub_id), timeout=20).subscription
     assert (got.acknowledged_sequence, got.pending) == (2, 0)
     assert main([*base, "cancel", sub_id, "--reason", "停止订阅"]) == 0
+
+
+def test_a_fault_between_fetching_and_recording_loses_nothing_and_duplicates_only_the_unacknowledged(
+    subs: Subscribing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = subs.subscribe()
+    window = subs.hub.hub.store.subscriptions
+    appended, delivered = window.append, window.delivered
+    faults = {"append": 1, "delivered": 1}
+
+    def failing(name: str, real: Any) -> Any:
+        def call(*args: Any) -> Any:
+            if faults[name]:
+                faults[name] -= 1
+                raise Unavailable("the store failed to answer; retry later")  # as if the process died here
+            return real(*args)
+
+        return call
+
+    monkeypatch.setattr(window, "append", failing("append", appended))
+    monkeypatch.setattr(window, "delivered", failing("delivered", delivered))
+    subs.source.change("张三", PERSON_ID)
+    subs.source.change("李四", PERSON_ID)
+    # The first poll's fetch is not recorded; a later poll fetches the same changes again, once each.
+    first = follow(subs, sub.id)
+    error = ends_with(grpc.StatusCode.UNAVAILABLE, first)  # the batch was audited, its delivery not recorded
+    assert faults == {"append": 0, "delivered": 0}, error.details()
+    again = follow(subs, sub.id)
+    batch = read(again, 2)
+    assert sequences(batch) == [1, 2]
+    assert [c.record.fields["name"].string_value for m in batch for c in m.batch.changes] == ["张三", "李四"]
+    subs.stub().Acknowledge(spb.AcknowledgeRequest(id=sub.id, sequence=2), timeout=20)
+    again.cancel()
+    got = subs.stub().GetSubscription(spb.GetSubscriptionRequest(id=sub.id), timeout=20).subscription
+    assert (got.last_sequence, got.acknowledged_sequence, got.pending) == (2, 2, 0)
