@@ -301,6 +301,13 @@ def _console_problems(s: Settings) -> list[str]:
     return problems
 
 
+def _subscription_problems(s: Settings) -> list[str]:
+    """A follower renews its reader lease at least every poll: the lease must outlast the wait between polls."""
+    if s.subscription_lease_seconds <= 2 * s.subscription_poll_seconds:
+        return ["subscription_lease_seconds must be more than twice subscription_poll_seconds"]
+    return []
+
+
 def _tracing_problems(s: Settings) -> list[str]:
     problems: list[str] = []
     if s.event_loop not in {"uvloop", "asyncio"}:
@@ -328,6 +335,7 @@ def _validate(s: Settings) -> None:
             problems.append(f"{name} must be between {low} and {high} {unit}")
     problems += _console_problems(s)
     problems += _tracing_problems(s)
+    problems += _subscription_problems(s)
     if s.calendar_file is not None and not s.calendar_file.is_file():
         problems.append(f"calendar_file {s.calendar_file} does not exist")
     if s.log_level.upper() not in _LOG_LEVELS:

@@ -19,7 +19,7 @@ from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import rights_pb2 as rpb
 from exchange.v1 import subscription_pb2 as spb
 from exchange.v1 import subscription_pb2_grpc
-from tests.exchange_world import LOOKUP, PERSON_ID, PURPOSE
+from tests.exchange_world import LOOKUP, PERSON_ID, PURPOSE, REGISTRY
 from tests.harness import HOUSING, RunningHub, base_settings, reason_of, running_hub
 from tests.subscription_world import (
     FakeSource,
@@ -319,3 +319,23 @@ def test_a_fault_between_fetching_and_recording_loses_nothing_and_duplicates_onl
     again.cancel()
     got = subs.stub().GetSubscription(spb.GetSubscriptionRequest(id=sub.id), timeout=20).subscription
     assert (got.last_sequence, got.acknowledged_sequence, got.pending) == (2, 2, 0)
+
+
+def test_lag_and_deliveries_are_measured(subs: Subscribing) -> None:
+    sub = subs.subscribe()
+    subs.source.change("张三", PERSON_ID)
+    subs.source.change("李四", PERSON_ID)
+    store = subs.hub.hub.store
+    for _ in range(2000):  # until the poller has taken both into the window
+        if store.subscriptions.get(sub.id).pending == 2:
+            break
+        time.sleep(0.01)
+    text = subs.hub.hub.metrics.exposition().decode()
+    labels = f'consumer_department="{REGISTRY.code}",resource="{LOOKUP}",subscription="{sub.id}"'
+    assert f"exchange_subscription_pending_changes{{{labels}}} 2.0" in text
+    assert f"exchange_subscription_lag_seconds{{{labels}}}" in text
+    stream = follow(subs, sub.id)
+    read(stream, 2)
+    stream.cancel()
+    delivered = subs.hub.hub.metrics.exposition().decode()
+    assert f'exchange_subscription_changes_delivered_total{{resource="{LOOKUP}"}} 2.0' in delivered
