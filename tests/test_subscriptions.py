@@ -12,9 +12,12 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import select
 
+from audit.records import subject_hash
 from exchange.cli.main import main
 from exchange.errors import Unavailable
+from exchange.store.schema import AuditEntryRow, AuditStagedRow
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import rights_pb2 as rpb
 from exchange.v1 import subscription_pb2 as spb
@@ -229,6 +232,14 @@ def test_every_delivered_batch_is_in_the_audit_log(subs: Subscribing) -> None:
         assert seen.resource == LOOKUP and "ok" in seen.outcomes
         assert seen.fields == ("name", "id_number")
         assert batch.disclosure.grant_id == subs.grant_id
+    key = subs.hub.files.audit_subject_key.read_bytes()
+    with subs.hub.hub.store.db.read() as session:
+        texts = [*session.scalars(select(AuditStagedRow.record)), *session.scalars(select(AuditEntryRow.record))]
+    records = [json.loads(t) for t in texts if t]
+    (record,) = [r for r in records if r.get("exchange_id") == batches[0].exchange_id]
+    assert (record["action"], record["subject"], record["rows"]) == ("subscription", sub.id, len(batches[0].changes))
+    assert subject_hash(key, PERSON_ID) in record["data_subjects"]  # the data subject, keyed, never in clear
+    assert PERSON_ID not in json.dumps(record, ensure_ascii=False)
 
 
 def test_listed_for_the_owner_and_the_consumer_not_for_others(subs: Subscribing) -> None:

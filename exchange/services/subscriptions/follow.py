@@ -154,16 +154,17 @@ class Follower:
         exchange_id = new_exchange_id()
         masks = tuple(m for m in decision.masks if m[0] in sub.fields)
         digest = hashlib.sha256(b"".join(c.payload for c in changes)).hexdigest()
-        subjects = sorted({h for c in changes for h in c.subjects})[:1000]
+        opening = self._opening(actor, sub, exchange_id)
+        subjects = sorted({*opening.data_subjects, *(h for c in changes for h in c.subjects)})
         record = replace(
-            self._opening(actor, sub, exchange_id),
+            opening,
             outcome="ok",
             grant=decision.grant_id,
             masks=[f"{f}={k.value}" for f, k in masks],
             rows=len(changes),
             bytes=sum(len(c.payload) for c in changes),
             response_sha256=digest,
-            data_subjects=sorted(set(subjects)),
+            data_subjects=subjects,
             reason=f"subscription {sub.id}: changes {changes[0].sequence}..{changes[-1].sequence}",
             latency_us=since(started),
         )

@@ -69,6 +69,8 @@ class Poller:
                 await self.poll_once()
             except ExchangeError as e:
                 log.warning("subscription poll failed: %s", e.message)
+            except Exception:  # a bug must not end polling for every subscription of this process
+                log.exception("subscription poll failed unexpectedly")
             await asyncio.sleep(self._settings.poll_seconds)
 
     def stop(self) -> None:
@@ -90,6 +92,8 @@ class Poller:
                 appended += await self.poll(sub)
             except ExchangeError as e:
                 log.warning("subscription %s: the source could not be polled: %s", sub.id, e.message)
+            except Exception:  # a backend's own bug: logged here, never passed on; the next round tries again
+                log.exception("subscription %s: the source failed unexpectedly", sub.id)
         await asyncio.to_thread(self.sweep)
         return appended
 
