@@ -116,7 +116,9 @@ class SubscriptionService:
         try:
             sub = self._store.subscriptions.get(subscription_id)
         except NotFound:
-            sub = None
+            if self._sees_everything(actor):  # who would see any subscription is told it does not exist
+                raise
+            sub = None  # anyone else is answered as for one it may not see
         if sub is None or not self._sees(actor, sub):
             raise PermissionDenied(
                 f"{actor.ref} may not see subscription {subscription_id}: only its consumer department, the owner "
