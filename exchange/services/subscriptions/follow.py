@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -35,6 +36,8 @@ from exchange.services.subscriptions.terms import Terms, ask_of, require_id
 from exchange.store import Store
 from exchange.store.subscriptions import PendingChange, Subscription
 from policy.decision import Decision, DenyReason
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class Follower:
         await asyncio.to_thread(take, subscription_id, holder, self._clock(), lease)
         sent, size = sub.acknowledged_sequence, min(size or self._settings.batch_size, self._settings.batch_size)
         self._waiting[subscription_id] = event = asyncio.Event()
+        # The lease is renewed in the background too: a consumer slow to take a batch keeps its place.
+        keeper = asyncio.ensure_future(self._keep(subscription_id, holder, lease))
         try:
             while True:
                 event.clear()
@@ -111,8 +116,20 @@ class Follower:
                 yield part
                 sent = part.last if isinstance(part, Gap) else part.changes[-1].sequence
         finally:
+            keeper.cancel()
             self._waiting.pop(subscription_id, None)
             await asyncio.shield(asyncio.to_thread(self._store.subscriptions.release_reader, subscription_id, holder))
+
+    async def _keep(self, subscription_id: str, holder: str, lease: dt.timedelta) -> None:
+        """Renews the reader lease every third of its length while the follow lasts."""
+        while True:
+            await asyncio.sleep(lease.total_seconds() / 3)
+            try:
+                await asyncio.to_thread(self._store.subscriptions.take_reader, subscription_id, holder, self._clock(),
+                                        lease)  # fmt: skip
+            except ExchangeError as e:  # the follow's own next step meets the same and ends with its status
+                log.warning("subscription %s: the reader lease could not be renewed: %s", subscription_id, e.message)
+                return
 
     async def _next(self, identify: Identify, sub: Subscription, holder: str, sent: int, size: int) -> Part | None:
         """The next part to send after ``sent``, recorded as delivered; None when there is nothing yet."""
