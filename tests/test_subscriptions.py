@@ -350,3 +350,19 @@ def test_lag_and_deliveries_are_measured(subs: Subscribing) -> None:
     stream.cancel()
     delivered = subs.hub.hub.metrics.exposition().decode()
     assert f'exchange_subscription_changes_delivered_total{{resource="{LOOKUP}"}} 2.0' in delivered
+
+
+def test_on_postgresql_changes_arrive_in_order_and_resume(tmp_path: Path, postgres_url: str) -> None:
+    settings = base_settings(tmp_path / "hub", postgres_url, subscription_poll_seconds=0.05)
+    with running_hub(settings) as hub:
+        subs = subscribing(hub, tmp_path)
+        sub = subs.subscribe()
+        for name in ("张三", "李四", "王五"):
+            subs.source.change(name, PERSON_ID)
+        stream = follow(subs, sub.id)
+        assert sequences(read(stream, 3)) == [1, 2, 3]
+        subs.stub().Acknowledge(spb.AcknowledgeRequest(id=sub.id, sequence=1), timeout=20)
+        stream.cancel()
+        again = follow(subs, sub.id)
+        assert sequences(read(again, 2)) == [2, 3]
+        again.cancel()
