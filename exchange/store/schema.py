@@ -549,4 +549,6 @@ class PendingChangeRow(Base):
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     # Keyed hashes of the data subjects the change is about (for the audit record of its delivery).
     subjects: Mapped[list[str]] = mapped_column(JSON)
+    # The masks the record was shaped with ("field=kind"): delivery refuses one masked less than the grant now says.
+    masks: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)

@@ -66,6 +66,7 @@ class NewChange:
     kind: str
     payload: bytes
     subjects: tuple[str, ...] = ()
+    masks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class PendingChange:
     payload: bytes
     created_at: dt.datetime
     subjects: tuple[str, ...] = ()
+    masks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,10 @@ class SubscriptionStore:
                 .limit(limit)
             )
             return [
-                PendingChange(r.sequence, r.change_id, r.kind, r.payload, r.created_at, tuple(r.subjects)) for r in rows
+                PendingChange(
+                    r.sequence, r.change_id, r.kind, r.payload, r.created_at, tuple(r.subjects), tuple(r.masks)
+                )
+                for r in rows
             ]
 
     def lag(self) -> list[Lag]:
@@ -227,7 +232,8 @@ class SubscriptionStore:
             for change in changes:
                 s.add(PendingChangeRow(
                     subscription_id=subscription_id, sequence=sequence, change_id=change.change_id,
-                    kind=change.kind, payload=change.payload, subjects=list(change.subjects), created_at=now,
+                    kind=change.kind, payload=change.payload, subjects=list(change.subjects),
+                    masks=list(change.masks), created_at=now,
                 ))  # fmt: skip
                 sequence += 1
             row.next_sequence, row.source_cursor, row.updated_at = sequence, cursor, now

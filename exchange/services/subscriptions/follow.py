@@ -53,15 +53,21 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Gap:
+    """Changes not sent: dropped after the retention window, or (``remasked``) shaped with masks the grant now
+    in force makes stricter, so that sending them would show more than it allows."""
+
     first: int
     last: int
+    remasked: bool = False
 
     @property
     def message(self) -> str:
-        return (
-            f"changes {self.first}..{self.last} were dropped after the retention window: re-read by query "
-            "what they may have changed"
+        why = (
+            "were taken under masks the grant in force no longer allows"
+            if self.remasked
+            else "were dropped after the retention window"
         )
+        return f"changes {self.first}..{self.last} {why}: re-read by query what they may have changed"
 
 
 Part = Delivery | Gap
@@ -145,6 +151,11 @@ class Follower:
         decision = await self._check(actor, sub, consume=True)
         if decision is None:
             return None  # the grant's rate: the batch waits a moment
+        changes, exposed = _within_masks(changes, decision, sub.fields)
+        if exposed:
+            gap = Gap(exposed[0].sequence, exposed[-1].sequence, remasked=True)
+            await asyncio.to_thread(self._store.subscriptions.delivered, sub.id, holder, gap.last)
+            return gap
         delivery = await self._record(actor, sub, decision, changes)
         await asyncio.to_thread(self._store.subscriptions.delivered, sub.id, holder, changes[-1].sequence)
         self._delivered(sub.resource_code, len(changes))
@@ -230,6 +241,26 @@ class Follower:
 
 
 _QUOTA = frozenset({DenyReason.QUOTA_EXHAUSTED, DenyReason.RATE_LIMITED})
+
+
+def _within_masks(
+    changes: list[PendingChange], decision: Decision, fields: tuple[str, ...]
+) -> tuple[list[PendingChange], list[PendingChange]]:
+    """The leading changes shaped with masks the grant still allows, or else the leading ones it no longer does
+    (an item masked now that was masked otherwise, or not at all, when the change was taken)."""
+    now = {f: k.value for f, k in decision.masks if f in fields and k is not MaskKind.NONE}
+
+    def exposed(change: PendingChange) -> bool:
+        then = dict(m.partition("=")[::2] for m in change.masks)
+        return any(then.get(f) != kind for f, kind in now.items())
+
+    first = exposed(changes[0])
+    run: list[PendingChange] = []
+    for change in changes:
+        if exposed(change) != first:
+            break
+        run.append(change)
+    return ([], run) if first else (run, [])
 
 
 def _refusal(sub: Subscription, decision: Decision) -> ExchangeError:

@@ -126,7 +126,8 @@ class Poller:
         identifying = [i.name for i in resource.spec.data_items if i.filterable and change.row.get(i.name) is not None]
         subjects = tuple(sorted({subject_hash(self._subject_key, str(change.row[n])) for n in identifying}))
         change_id = hashlib.sha256(f"{resource.spec.code}\x00{change.cursor}".encode()).hexdigest()[:32]
-        return NewChange(change_id, change.kind, values.record_to_wire(row).SerializeToString(), subjects)
+        masks = tuple(sorted(f"{f}={k.value}" for f, k in decision.masks if f in sub.fields))
+        return NewChange(change_id, change.kind, values.record_to_wire(row).SerializeToString(), subjects, masks)
 
     def sweep(self) -> None:
         """Drops pending changes older than the retention window (their followers are told of the gap)."""

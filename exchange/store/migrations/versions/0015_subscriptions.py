@@ -59,6 +59,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=8), nullable=False),
         sa.Column("payload", sa.LargeBinary(), nullable=False),
         sa.Column("subjects", sa.JSON(), nullable=False),
+        sa.Column("masks", sa.JSON(), nullable=False),
         sa.Column("created_at", utc(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["subscription_id"],
