@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -108,13 +108,6 @@ class Lag:
     consumer_department: str
     pending: int
     oldest_pending_at: dt.datetime | None
-
-
-@dataclass
-class Dropped:
-    """What a retention sweep dropped: per subscription, the highest sequence dropped."""
-
-    through: dict[str, int] = field(default_factory=dict)
 
 
 class SubscriptionStore:
@@ -239,10 +232,10 @@ class SubscriptionStore:
             row.next_sequence, row.source_cursor, row.updated_at = sequence, cursor, now
             return sequence - 1
 
-    def drop_older(self, before: dt.datetime) -> Dropped:
+    def drop_older(self, before: dt.datetime) -> dict[str, int]:
         """Drops pending changes taken before ``before`` (unacknowledged past the retention window), keeping per
-        subscription the highest sequence dropped, so that its follower is told of the gap."""
-        dropped = Dropped()
+        subscription the highest sequence dropped, so that its follower is told of the gap; those, by id."""
+        dropped: dict[str, int] = {}
         with self._db.read() as s:  # most rounds find nothing: no write transaction for them
             if s.scalar(select(PendingChangeRow.sequence).where(PendingChangeRow.created_at < before).limit(1)) is None:
                 return dropped
@@ -261,7 +254,7 @@ class SubscriptionStore:
                 row = s.get(SubscriptionRow, subscription_id)
                 if row is not None:
                     row.dropped_through = max(row.dropped_through, int(through))
-                dropped.through[str(subscription_id)] = int(through)
+                dropped[str(subscription_id)] = int(through)
         return dropped
 
     # Following and acknowledging

@@ -133,7 +133,7 @@ class Poller:
         """Drops pending changes older than the retention window (their followers are told of the gap)."""
         before = self._clock() - dt.timedelta(hours=self._settings.retention_hours)
         dropped = self._store.subscriptions.drop_older(before)
-        for subscription_id, through in dropped.through.items():
+        for subscription_id, through in dropped.items():
             log.warning(
                 "subscription %s: changes up to %d were dropped unacknowledged after the retention window",
                 subscription_id,
