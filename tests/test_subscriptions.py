@@ -378,6 +378,9 @@ def test_changes_taken_under_looser_masks_than_the_grant_now_in_force_are_not_se
         time.sleep(0.01)
     with subs.hub.client(subs.world.people["police"]) as c:
         c.call(c.rights.RevokeGrant, rpb.ChangeGrantRequest(id=subs.grant_id, reason="改为脱敏提供"))
+    with pytest.raises(grpc.RpcError) as info:  # an acknowledgement after the revocation
+        subs.stub().Acknowledge(spb.AcknowledgeRequest(id=sub.id, sequence=0), timeout=20)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     masked = subs.world.grant(LOOKUP, ("name", "id_number"), "police", masks=(("name", rpb.MASK_KIND_NAME),))
     subs.source.change("李四", PERSON_ID)
     stream = follow(subs, sub.id)
