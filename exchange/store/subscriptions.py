@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from audit.records import AuditRecord
@@ -173,31 +173,23 @@ class SubscriptionStore:
     # Polling
 
     def claim_polls(self, holder: str, now: dt.datetime, lease: dt.timedelta) -> list[Subscription]:
-        """The active subscriptions whose poll lease ``holder`` now holds (free, expired or its own), renewed."""
+        """The active subscriptions whose poll lease ``holder`` holds: it takes the free and expired ones, and
+        renews its own once half their lease has run (a write per lease, not per poll)."""
+        due = _free(SubscriptionRow.poll_holder, SubscriptionRow.poll_expires, holder, now, now + lease / 2)
+        active = SubscriptionRow.status == SubscriptionStatus.ACTIVE.value
         with self._db.read() as s:
-            ids = list(
-                s.scalars(
-                    select(SubscriptionRow.id).where(
-                        SubscriptionRow.status == SubscriptionStatus.ACTIVE.value,
-                        _free(SubscriptionRow.poll_holder, SubscriptionRow.poll_expires, holder, now),
-                    )
-                )
-            )
-        claimed: list[str] = []
+            ids = list(s.scalars(select(SubscriptionRow.id).where(active, due)))
         for subscription_id in ids:
             with self._db.write() as s:
-                done = s.execute(
+                s.execute(
                     update(SubscriptionRow)
-                    .where(
-                        SubscriptionRow.id == subscription_id,
-                        SubscriptionRow.status == SubscriptionStatus.ACTIVE.value,
-                        _free(SubscriptionRow.poll_holder, SubscriptionRow.poll_expires, holder, now),
-                    )
+                    .where(SubscriptionRow.id == subscription_id, active, due)
                     .values(poll_holder=holder, poll_expires=now + lease)
                 )
-                if _count(done):
-                    claimed.append(subscription_id)
-        return [self.get(i) for i in claimed]
+        with self._db.read() as s:
+            held = SubscriptionRow.poll_holder == holder
+            mine = list(s.scalars(select(SubscriptionRow.id).where(active, held, SubscriptionRow.poll_expires > now)))
+        return [self.get(i) for i in mine]
 
     def release_polls(self, holder: str) -> None:
         """Gives up ``holder``'s poll leases (a clean stop): other processes take them over at once."""
@@ -327,12 +319,12 @@ def _locked(s: Session, subscription_id: str) -> SubscriptionRow:
     return row
 
 
-def _free(holder_col: Any, expires_col: Any, holder: str, now: dt.datetime) -> ColumnElement[bool]:
-    return or_(holder_col == holder, holder_col == "", expires_col.is_(None), expires_col < now)
-
-
-def _count(result: object) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)
+def _free(
+    holder_col: Any, expires_col: Any, holder: str, now: dt.datetime, renew_by: dt.datetime
+) -> ColumnElement[bool]:
+    """Free, expired, or ``holder``'s own and expiring before ``renew_by``."""
+    mine = and_(holder_col == holder, or_(expires_col.is_(None), expires_col < renew_by))
+    return or_(mine, holder_col == "", expires_col.is_(None), expires_col < now)
 
 
 def _conditions(f: SubscriptionFilter) -> list[ColumnElement[bool]]:
