@@ -28,8 +28,9 @@ class FakeSource:
 
     name = "fake-police"
 
-    def __init__(self, subscribable: bool = True) -> None:
+    def __init__(self, subscribable: bool = True, *, filtering: bool = True) -> None:
         self.subscribable = subscribable
+        self.filtering = filtering  # False: a faulty source that returns every change whatever the filters
         self.log: list[Change] = []
         self._lock = threading.Lock()
 
@@ -45,7 +46,8 @@ class FakeSource:
         if request.after is None:
             return ChangeBatch([], f"{len(log):08d}")
         start = int(request.after or "0")
-        wanted = [c for c in log[start:] if all(c.row.get(k) == v for k, v in request.filters.items())]
+        filters = request.filters if self.filtering else {}
+        wanted = [c for c in log[start:] if all(c.row.get(k) == v for k, v in filters.items())]
         taken = wanted[: request.limit]
         cursor = taken[-1].cursor if taken else (log[-1].cursor if log and not wanted else request.after)
         return ChangeBatch(taken, cursor)

@@ -391,3 +391,22 @@ def test_changes_taken_under_looser_masks_than_the_grant_now_in_force_are_not_se
     assert [c.record.fields["name"].string_value for c in batch.changes] == ["李*"]
     assert batch.disclosure.grant_id == masked and batch.disclosure.masks["name"] == "name"
     stream.cancel()
+
+
+def test_changes_a_faulty_source_returns_outside_the_filters_are_not_taken(hub: RunningHub, tmp_path: Path) -> None:
+    subs = subscribing(hub, tmp_path, FakeSource(filtering=False))
+    subs.source.change("张三", PERSON_ID)
+    subs.source.change("李四", OTHER_ID)
+    subs.source.change("王五", PERSON_ID)
+    request = spb.CreateSubscriptionRequest(
+        resource_code=LOOKUP, purpose=PURPOSE, fields=["name"], filters={"id_number": OTHER_ID},
+        start=spb.SUBSCRIPTION_START_FIRST,
+    )  # fmt: skip
+    sub = subs.stub().CreateSubscription(request, timeout=20).subscription
+    stream = follow(subs, sub.id)
+    got = read(stream, 1)
+    assert [c.record.fields["name"].string_value for c in got[0].batch.changes] == ["李四"]
+    stream.cancel()
+    assert (
+        subs.stub().GetSubscription(spb.GetSubscriptionRequest(id=sub.id), timeout=20).subscription.last_sequence == 1
+    )

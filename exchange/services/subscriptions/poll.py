@@ -15,7 +15,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from audit.records import subject_hash
@@ -108,7 +108,8 @@ class Poller:
         batch = await backend.changes(request)
         if not batch.changes and batch.cursor == sub.source_cursor:
             return 0
-        shaped = [self._shaped(resource, sub, decision, c) for c in batch.changes]
+        matching = [c for c in batch.changes if _matches(c, request.filters)]
+        shaped = [self._shaped(resource, sub, decision, c) for c in matching]
         poll = Poll(sub.id, self._settings.holder, sub.source_cursor)
         last = await asyncio.to_thread(self._store.subscriptions.append, poll, shaped, batch.cursor, self._clock())
         if last and shaped:
@@ -139,3 +140,9 @@ class Poller:
                 subscription_id,
                 through,
             )
+
+
+def _matches(change: Change, filters: Mapping[str, object]) -> bool:
+    """Whether a change is of a record the subscription's filters name: the hub checks what the source should
+    have (a row that lacks a filtered item, a deletion's, is kept: the source chose it)."""
+    return all(change.row.get(name, value) == value for name, value in filters.items())
