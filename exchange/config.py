@@ -101,6 +101,17 @@ class Settings:
     # Seconds between a hub process's quota heartbeats: it renews its holder record (for three beats) and
     # parks its unused calls there; a killed process's parked calls return within four beats.
     quota_heartbeat_seconds: float = 5.0
+    # Subscriptions (docs/integrating.md "Subscriptions"). Seconds between polls of a subscribed source for
+    # changes after the stored position; also how often a follower with nothing to send looks again.
+    subscription_poll_seconds: float = 2.0
+    # Most changes taken from a source in one poll, and most sent in one batch to a follower.
+    subscription_batch_size: int = 500
+    # Hours a change waits unacknowledged in a subscription's window before it is dropped; the follower is then
+    # told the dropped sequence numbers (a gap) and re-reads by query.
+    subscription_retention_hours: float = 72.0
+    # Seconds a follower's reader lease and a process's poll lease last without renewal: after a hub process
+    # dies, another takes over its polls, and a consumer may follow again, once this has passed.
+    subscription_lease_seconds: float = 15.0
     # Working days an owning department has to answer an objection to its data (疑义、错误: 快速校核).
     objection_answer_working_days: int = 5
     # host:port of the web console for people (HTTPS; a browser's client certificate or a sign-in link from
@@ -269,6 +280,10 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("quota_heartbeat_seconds", 0.2, 60, "seconds"),
     ("audit_index_check_seconds", 0, 7 * 86400, "seconds"),
     ("objection_answer_working_days", 1, 60, "working days"),
+    ("subscription_poll_seconds", 0.05, 3600, "seconds"),
+    ("subscription_batch_size", 1, 5000, "changes"),
+    ("subscription_retention_hours", 0.001, 24 * 90, "hours"),
+    ("subscription_lease_seconds", 1, 3600, "seconds"),
     ("console_link_minutes", 0.5, 60, "minutes"),
     ("console_idle_minutes", 1, 24 * 60, "minutes"),
     ("console_session_hours", 0.1, 24, "hours"),
@@ -284,6 +299,13 @@ def _console_problems(s: Settings) -> list[str]:
     if s.console_idle_minutes > s.console_session_hours * 60:
         problems.append("console_idle_minutes must not be longer than console_session_hours")
     return problems
+
+
+def _subscription_problems(s: Settings) -> list[str]:
+    """A follower renews its reader lease at least every poll: the lease must outlast the wait between polls."""
+    if s.subscription_lease_seconds <= 2 * s.subscription_poll_seconds:
+        return ["subscription_lease_seconds must be more than twice subscription_poll_seconds"]
+    return []
 
 
 def _tracing_problems(s: Settings) -> list[str]:
@@ -313,6 +335,7 @@ def _validate(s: Settings) -> None:
             problems.append(f"{name} must be between {low} and {high} {unit}")
     problems += _console_problems(s)
     problems += _tracing_problems(s)
+    problems += _subscription_problems(s)
     if s.calendar_file is not None and not s.calendar_file.is_file():
         problems.append(f"calendar_file {s.calendar_file} does not exist")
     if s.log_level.upper() not in _LOG_LEVELS:

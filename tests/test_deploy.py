@@ -21,7 +21,7 @@ import yaml
 
 from exchange import config, pki
 from exchange.cli.main import build_parser
-from exchange.server import metrics
+from exchange.server import metrics, subscription_metrics
 from exchange.server.workers import check as check_workers
 from exchange.server.workers import worker_settings
 
@@ -597,7 +597,8 @@ def _hub_metric_names() -> set[str]:
     source = Path(metrics.__file__).read_text(encoding="utf-8")
     state = set(re.findall(r'GaugeMetricFamily\(\s*"(exchange_[a-z0-9_]+)"', source))
     assert state == STATE_GAUGES, "the state gauges changed: update STATE_GAUGES and the alerts"
-    return names | state
+    lag = Path(subscription_metrics.__file__).read_text(encoding="utf-8")
+    return names | state | set(re.findall(r'GaugeMetricFamily\(\s*"(exchange_[a-z0-9_]+)"', lag))
 
 
 def _metric_tokens(text: str) -> set[str]:

@@ -29,13 +29,15 @@ from exchange import models as m
 from exchange import pki
 from exchange import wire as w
 from exchange.cli.client import HubClient
+from exchange.store.subscriptions import Subscription
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import objection_pb2 as opb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
+from exchange.v1 import subscription_pb2 as spb
 from exchange.validation import uscc_check_character
-from tests.exchange_world import LOOKUP, PURPOSE, every_caller, make_world, serve_lookup
-from tests.harness import POLICE, RunningHub, base_settings, identity_spec, reason_of, running_hub
+from tests.exchange_world import LOOKUP, PURPOSE, REGISTRY, every_caller, make_world, serve_lookup
+from tests.harness import POLICE, TEST_RECORD, RunningHub, base_settings, identity_spec, reason_of, running_hub
 
 TODAY = dt.datetime.now(dt.UTC).date()
 DRAFT = "10101/350200000007"
@@ -43,6 +45,7 @@ MISSING_RESOURCE = "10101/350200000099"
 MISSING_REQUEST = "SR-20000101-00000000"
 MISSING_GRANT = "GR-20000101-00000000"
 MISSING_OBJECTION = "OB-20000101-00000000"
+MISSING_SUBSCRIPTION = "SB-20000101-000000000000"
 MISSING_DEPARTMENT = "11350200MB0099999" + uscc_check_character("11350200MB0099999")
 
 
@@ -74,6 +77,7 @@ class Scene:
     pending: str = ""
     grant: str = ""
     objection: str = ""
+    subscription: str = ""
     clients: dict[str, HubClient] = field(default_factory=dict)
 
     def client(self, caller: str) -> HubClient:
@@ -100,10 +104,22 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             scene.pending = c.call(c.rights.Apply, _application()).id
             doubt = opb.RaiseObjectionRequest(resource_code=LOOKUP, fields=["name"], reason="姓名与户籍不符")
             scene.objection = c.call(c.objections.RaiseObjection, doubt).id
+            scene.subscription = _subscription(hub, grant)
             yield scene
         finally:
             for client in scene.clients.values():
                 client.close()
+
+
+def _subscription(hub: RunningHub, grant: str) -> str:
+    """The registry system's subscription to the lookup, written in the store (its SQL source tells no changes)."""
+    sub = Subscription(
+        id="SB-20261204-0123456789ab", resource_code=LOOKUP, owner_department=POLICE.code,
+        consumer_department=REGISTRY.code, consumer_system="bdc-djxt", grant_id=grant, purpose=PURPOSE,
+        filters={}, fields=("name",), created_by="system/bdc-djxt", created_at=dt.datetime.now(dt.UTC),
+        source_cursor="",
+    )  # fmt: skip
+    return hub.hub.store.subscriptions.add(sub, audit=TEST_RECORD).id
 
 
 def _application() -> pb.ApplyRequest:
@@ -366,6 +382,33 @@ PROBES: dict[str, list[Probe]] = {
             "share_manager",
         )
     ],
+    "SubscriptionService.GetSubscription": [
+        Probe(
+            lambda s, n: spb.GetSubscriptionRequest(id=n),
+            lambda s: s.subscription,
+            MISSING_SUBSCRIPTION,
+            ("operator", "foreign_steward", "foreign_consumer", "foreign_system", "no_role"),
+            "share_manager",
+        )
+    ],
+    "SubscriptionService.CancelSubscription": [
+        Probe(
+            lambda s, n: spb.CancelSubscriptionRequest(id=n, reason="停止"),
+            lambda s: s.subscription,
+            MISSING_SUBSCRIPTION,
+            ("operator", "owner_steward", "foreign_steward", "foreign_consumer", "share_manager", "foreign_system"),
+            "",
+        )
+    ],
+    "SubscriptionService.Acknowledge": [
+        Probe(
+            lambda s, n: spb.AcknowledgeRequest(id=n, sequence=0),
+            lambda s: s.subscription,
+            MISSING_SUBSCRIPTION,
+            ("operator", "owner_steward", "consumer", "share_manager", "foreign_system", "no_role"),
+            "",
+        )
+    ],
     "ObjectionService.GetObjection": [
         Probe(lambda s, n: opb.GetObjectionRequest(id=n), lambda s: s.objection, MISSING_OBJECTION, (), "consumer")
     ],
@@ -399,6 +442,9 @@ NAMES_NO_OBJECT = {
     "ExchangeService.FetchDocument": "the data plane, decided by the grant",
     "ConsoleService.CreateSignInLink": "the caller's own sign-in link",
     "ObjectionService.ListObjections": "lists (an objection's state is public to whoever may see its resource)",
+    "SubscriptionService.CreateSubscription": "the data plane, decided by the grant (as Query)",
+    "SubscriptionService.ListSubscriptions": "lists (each caller sees what it may)",
+    "SubscriptionService.Follow": "a stream of the data plane; refused as Acknowledge is, whether it exists or not",
 }
 
 

@@ -21,6 +21,7 @@ from exchange.v1 import (
     objection_pb2_grpc,
     registry_pb2_grpc,
     rights_pb2_grpc,
+    subscription_pb2_grpc,
 )
 
 T = TypeVar("T")
@@ -57,6 +58,7 @@ class HubClient:
         self.exchange = exchange_pb2_grpc.ExchangeServiceStub(self.channel)
         self.console = console_pb2_grpc.ConsoleServiceStub(self.channel)
         self.objections = objection_pb2_grpc.ObjectionServiceStub(self.channel)
+        self.subscriptions = subscription_pb2_grpc.SubscriptionServiceStub(self.channel)
 
     def call(self, method: Callable[..., T], request: Any) -> T:
         return method(request, timeout=self.timeout)

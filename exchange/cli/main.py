@@ -31,6 +31,7 @@ from exchange.cli.certificates import add_verbs as add_certificate_verbs
 from exchange.cli.client import describe
 from exchange.cli.console import add_verbs as add_console_verbs
 from exchange.cli.objections import add_verbs as add_objection_verbs
+from exchange.cli.subscriptions import add_verbs as add_subscription_verbs
 from exchange.errors import ExchangeError, InvalidArgument
 from exchange.server import loop
 from exchange.server.app import serve
@@ -393,7 +394,7 @@ on the hub's host (with its --home):
   init, migrate, serve, demo, backup, restore, prune-audit, ca, audit check-index
 calling the hub (with --identity, as a person or a system):
   whoami, dept, system, person, cert, console, catalog, request, grant, objection, audit,
-  report, query, stream, document, bind, binding
+  report, query, stream, document, subscribe, bind, binding
 offline, with the audit log's public key (log.pub):
   audit verify, audit verify-receipt, audit report, verify-provenance
 
@@ -463,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_verbs(top)
     _rights_verbs(top)
     add_objection_verbs(top, _verb)
+    add_subscription_verbs(top, _verb)
     _audit_verbs(top)
     p = _verb(
         top, "report", evaluation.report, "the evaluation report of a period, per department (auditors, share manager)"

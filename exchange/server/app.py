@@ -48,15 +48,27 @@ from exchange.server.refusal_rate import RefusalRate
 from exchange.server.refusals import RefusalLog
 from exchange.server.registry import RegistryServicer
 from exchange.server.rights import RightsServicer
+from exchange.server.subscription_metrics import SubscriptionLag
+from exchange.server.subscriptions import SubscriptionServicer
 from exchange.server.tracing import RpcTracing
 from exchange.services.audit import AuditReadService, ReportRules
 from exchange.services.cache import Cache
 from exchange.services.catalog import CatalogService
 from exchange.services.console import ConsoleAccess, Lifetimes
 from exchange.services.exchange import BackendPool, ExchangeService
+from exchange.services.exchange.record import Recorder
+from exchange.services.exchange.steps import Steps
 from exchange.services.objections import ObjectionService
 from exchange.services.registry import CertificateAuthority, RegistryService
 from exchange.services.rights import RightsService
+from exchange.services.subscriptions import (
+    Follower,
+    FollowSettings,
+    Poller,
+    PollSettings,
+    SubscriptionService,
+    Terms,
+)
 from exchange.store import Store
 from exchange.store.changes import ChangeListener
 from exchange.store.registry import Holder
@@ -75,11 +87,13 @@ from exchange.v1 import (
     registry_pb2_grpc,
     rights_pb2,
     rights_pb2_grpc,
+    subscription_pb2,
+    subscription_pb2_grpc,
 )
 from exchange.workdays import ANSWER_WITHIN_WORKING_DAYS, NOTICE_LEAD_DAYS, WorkCalendar
 from policy import Assignment, RightsPolicy, assignments_of
 from policy.decision import DecisionPoint
-from policy.quota import DailyQuota
+from policy.quota import DailyQuota, holder_id
 
 log = logging.getLogger(__name__)
 # Differences an index check writes to the log one by one; the rest are counted.
@@ -94,6 +108,7 @@ SERVICES = (
     exchange_pb2.DESCRIPTOR.services_by_name["ExchangeService"].full_name,
     console_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name,
     objection_pb2.DESCRIPTOR.services_by_name["ObjectionService"].full_name,
+    subscription_pb2.DESCRIPTOR.services_by_name["SubscriptionService"].full_name,
 )
 
 
@@ -158,6 +173,9 @@ class Hub:
         self.catalog: CatalogService | None = None
         self.rights: RightsService | None = None
         self.objections: ObjectionService | None = None
+        self.subscriptions: SubscriptionService | None = None
+        self.poller: Poller | None = None
+        self._poll_task: asyncio.Task[None] | None = None
         self.auditing: AuditReadService | None = None
         self.console_access: ConsoleAccess | None = None
         self.console: ConsoleServer | None = None
@@ -300,9 +318,36 @@ class Hub:
             ExchangeServicer(exchanging, registry, settings.insecure_dev), server
         )
         self.exchanging = exchanging
+        self._add_subscriptions(server, registry, subject_key)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         return server
+
+    def _add_subscriptions(self, server: grpc.aio.Server, registry: RegistryService, subject_key: bytes) -> None:
+        """The subscription service, its follower and this process's poller (started with the hub)."""
+        settings = self.settings
+        assert self.committer is not None
+        terms = Terms(
+            self.store, self.decisions, self.backends, self.entries,
+            default_timeout=settings.provider_timeout_seconds, clock=_now,
+        )  # fmt: skip
+        recorder = Recorder(
+            self.committer, self.audit.signer, subject_key, self.metrics,
+            known=lambda code: self.entries.peek(code) is not None, lookup=terms.held, steps=Steps(None),
+        )  # fmt: skip
+        batch, poll, lease = (
+            settings.subscription_batch_size, settings.subscription_poll_seconds, settings.subscription_lease_seconds
+        )  # fmt: skip
+        follower = Follower(
+            self.store, terms, recorder, FollowSettings(batch, poll, lease),
+            clock=_now, delivered=self.metrics.subscription_delivered,
+        )  # fmt: skip
+        polls = PollSettings(holder_id(), batch, poll, lease, settings.subscription_retention_hours)
+        self.poller = Poller(self.store, terms, polls, subject_key, clock=_now, appended=follower.appended)
+        self.subscriptions = SubscriptionService(self.store, self.policy, terms, clock=_now)
+        subscription_pb2_grpc.add_SubscriptionServiceServicer_to_server(
+            SubscriptionServicer(self.subscriptions, follower, registry, settings.insecure_dev, self.refusals), server
+        )
 
     def _resync(self) -> None:
         """Loads every member's roles and every live grant from the store, replacing what was held."""
@@ -373,6 +418,8 @@ class Hub:
         self._sweep_task = asyncio.get_running_loop().create_task(self._sweep_refusals())
         self._quota_task = asyncio.get_running_loop().create_task(self._quota_heartbeat())
         self._calendar_task = asyncio.get_running_loop().create_task(self._watch_calendar())
+        if self.poller is not None:
+            self._poll_task = asyncio.get_running_loop().create_task(self.poller.run())
         heap.settle()  # what start-up built is kept out of the collector's full scans (exchange/server/heap.py)
         if self.settings.audit_index_check_seconds > 0:
             self._index_task = asyncio.get_running_loop().create_task(self._watch_index())
@@ -434,6 +481,7 @@ class Hub:
         self.metrics.watch_state(
             self.store, lambda: self.audit.signed_at, self.credentials.files.expiries, self.calendar
         )
+        self.metrics.watch_subscriptions(SubscriptionLag(self.store))
         try:
             self.metrics_server = MetricsServer(self.metrics, lambda: self.ready, listen)
         except OSError as e:
@@ -606,7 +654,8 @@ class Hub:
         self.ready = False
         heap.release()
         self.metrics.ready.set(0)
-        for task in (self._health_task, self._sweep_task, self._index_task, self._quota_task, self._calendar_task):
+        tasks = (self._health_task, self._sweep_task, self._index_task, self._quota_task, self._calendar_task)
+        for task in (*tasks, self._poll_task):
             if task is not None:
                 task.cancel()
         await self.health.enter_graceful_shutdown()
@@ -622,6 +671,8 @@ class Hub:
             await asyncio.to_thread(self.listener.stop)
         if self.committer is not None:
             await asyncio.to_thread(self.committer.close)
+        if self.poller is not None:
+            await asyncio.to_thread(self.poller.stop)
         await self.backends.aclose()
         await asyncio.to_thread(self._give_back_quota)
         if self.metrics_server is not None:
@@ -659,3 +710,7 @@ def _utc(epoch: float | None) -> str:
     if epoch is None:
         return ""
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -71,6 +71,11 @@ class HubMetrics:
         self.audit_records = Counter(
             "exchange_audit_records_appended_total", "Audit records committed by group commit.", registry=r
         )
+        self.subscription_changes = Counter(
+            "exchange_subscription_changes_delivered_total",
+            "Changes sent to subscription followers, by resource (a change sent again counts again).",
+            ["resource"], registry=r,
+        )  # fmt: skip
         self.ready = Gauge(
             "exchange_ready", "1 while the hub serves (the store and the audit log can be written), else 0.", registry=r
         )
@@ -192,6 +197,13 @@ class HubMetrics:
         """Adds the gauges read from the store, the audit log and the hub's own certificates when scraped;
         ``calendar`` reckons which deadlines are due soon (Monday to Friday without one)."""
         self.registry.register(_StateCollector(store, checkpoint_time, own_certificates, calendar or WorkCalendar()))
+
+    def subscription_delivered(self, resource: str, changes: int) -> None:
+        self.subscription_changes.labels(resource).inc(changes)
+
+    def watch_subscriptions(self, lag: Collector) -> None:
+        """Adds the subscriptions' lag gauges (read from the store when scraped)."""
+        self.registry.register(lag)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

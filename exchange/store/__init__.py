@@ -12,6 +12,7 @@ from exchange.store.objections import ObjectionStore
 from exchange.store.recorded import RecordedWrites
 from exchange.store.registry import RegistryStore
 from exchange.store.rights import RightsStore
+from exchange.store.subscriptions import SubscriptionStore
 from exchange.store.witness import WitnessStore
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "RegistryStore",
     "RightsStore",
     "Store",
+    "SubscriptionStore",
     "WitnessStore",
 ]
 
@@ -44,6 +46,7 @@ class Store:
         self.console = ConsoleStore(self.db, recorded)
         self.objections = ObjectionStore(self.db, recorded)
         self.witness = WitnessStore(self.db, recorded)
+        self.subscriptions = SubscriptionStore(self.db, recorded)
         # Told of every change this process commits (payloads as announced to other processes).
         self.on_commit: list[Callable[[str], None]] = []
         install_local_changes(self.db.write_sessions, self.on_commit)

@@ -537,3 +537,56 @@ class WitnessCosignatureRow(Base):
     witness: Mapped[str] = mapped_column(String(255), primary_key=True)
     line: Mapped[str] = mapped_column(Text)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class SubscriptionRow(Base):
+    """A consumer system's subscription to a resource's changes, and where its delivery stands.
+
+    Sequence numbers count the changes taken from the source (1, 2, 3...); ``source_cursor`` is the source's
+    position after the last of them (None until known). Two leases say who works on it: the one follower
+    sending its changes (reader), and the one hub process polling its source (poller).
+    """
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    resource_code: Mapped[str] = mapped_column(String(32), index=True)
+    owner_department: Mapped[str] = mapped_column(String(18), index=True)
+    consumer_department: Mapped[str] = mapped_column(String(18), index=True)
+    consumer_system: Mapped[str] = mapped_column(String(80))
+    grant_id: Mapped[str] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(Text)
+    filters: Mapped[dict[str, str]] = mapped_column(JSON)
+    fields: Mapped[list[str]] = mapped_column(JSON)
+    source_cursor: Mapped[str | None] = mapped_column(Text)
+    next_sequence: Mapped[int] = mapped_column(BigInteger, default=1)
+    acknowledged_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    dropped_through: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reader_holder: Mapped[str] = mapped_column(String(80), default="")
+    reader_expires: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    poll_holder: Mapped[str] = mapped_column(String(80), default="")
+    poll_expires: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class PendingChangeRow(Base):
+    """A change taken from the source for a subscription and not yet acknowledged: its record, already shaped
+    (granted items only, masked), as the protobuf ``Record`` bytes it is sent as."""
+
+    __tablename__ = "subscription_changes"
+
+    subscription_id: Mapped[str] = mapped_column(String(32), ForeignKey("subscriptions.id"), primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    change_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    # Keyed hashes of the data subjects the change is about (for the audit record of its delivery).
+    subjects: Mapped[list[str]] = mapped_column(JSON)
+    # The masks the record was shaped with ("field=kind"): delivery refuses one masked less than the grant now says.
+    masks: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
