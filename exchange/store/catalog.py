@@ -41,7 +41,14 @@ from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.recorded import RecordedWrites
 from exchange.store.registry import department_row
-from exchange.store.schema import BindingRow, DataItemRow, RelatedResourceRow, ResourceRow, ResourceVersionRow
+from exchange.store.schema import (
+    BindingRow,
+    CatalogOfferRow,
+    DataItemRow,
+    RelatedResourceRow,
+    ResourceRow,
+    ResourceVersionRow,
+)
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,7 @@ def snapshot(resource: Resource) -> dict[str, Any]:
     return data
 
 
-def _from_snapshot(data: dict[str, Any]) -> Resource:
+def from_snapshot(data: dict[str, Any]) -> Resource:
     spec = dict(data["spec"])
     spec["data_items"] = tuple(
         DataItem(**{**i, "type": FieldType(i["type"]), "sensitivity": SensitivityGrade(i["sensitivity"])})
@@ -190,6 +197,18 @@ def _record_version(s: Session, row: ResourceRow, change: ResourceChange, actor:
             snapshot=snapshot(resource),
         )
     )
+    if resource.status is not ResourceStatus.DRAFT:  # offered to peer hubs (federation); "" home: this hub
+        s.add(
+            CatalogOfferRow(
+                resource_code=row.code,
+                home_hub_code="",
+                home_hub_name="",
+                home_level="",
+                via_peer="",
+                snapshot=snapshot(resource),
+                offered_at=row.updated_at,
+            )
+        )
     return resource
 
 
@@ -265,7 +284,7 @@ class CatalogStore:
             past = s.get(ResourceVersionRow, (row.id, version))
             if past is None:
                 raise NotFound("resource version", f"{code}@{version}")
-            return _from_snapshot(past.snapshot)
+            return from_snapshot(past.snapshot)
 
     def list(self, page: PageRequest, f: ResourceFilter) -> Page[Resource]:
         with self._db.read() as s:
@@ -367,5 +386,5 @@ def _version_of(row: ResourceVersionRow) -> ResourceVersion:
         actor=PrincipalRef(PrincipalKind(row.actor_kind), row.actor_code),
         reason=row.reason,
         changed_at=row.changed_at,
-        resource=_from_snapshot(row.snapshot),
+        resource=from_snapshot(row.snapshot),
     )
