@@ -85,15 +85,20 @@ class FederatedCatalogStore:
             rows = [_offer_of(r) for r in s.scalars(stmt)]
             return rows, int(s.scalar(select(func.max(CatalogOfferRow.sequence))) or 0)
 
-    def receive(self, peer: str, accepted: list[tuple[Offer, HubRef]], cursor: int) -> None:
-        """Keeps the accepted offers of ``peer`` and moves its cursor to ``cursor``, all together or nothing."""
+    def receive(self, peer: str, accepted: list[tuple[Offer, HubRef]], cursor: int, problem: str = "") -> None:
+        """Keeps the accepted offers of ``peer`` and moves its cursor to ``cursor``, all together or nothing;
+        ``problem`` says what of the page was refused."""
         now = dt.datetime.now(dt.UTC)
         with self._db.write() as s:
             for offer, home in accepted:
                 _keep(s, peer, offer, home, now)
             row = s.get(PeerRow, peer, with_for_update=True)
             if row is not None:
-                row.offer_sequence, row.synced_at, row.sync_problem = max(row.offer_sequence, cursor), now, ""
+                row.offer_sequence, row.synced_at, row.sync_problem = (
+                    max(row.offer_sequence, cursor),
+                    now,
+                    problem[:2000],
+                )
 
     def held_elsewhere(self, code: str, peer: str) -> str | None:
         """Why an entry ``code`` offered by ``peer`` cannot be kept: catalogued here, or known via another peer."""
