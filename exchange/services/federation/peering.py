@@ -75,11 +75,12 @@ class PeeringService:
         self.own = own
         self.ca_pem = ca_pem
 
-    def _require(self, actor: Principal, doing: str) -> None:
+    def require(self, actor: Principal, doing: str) -> None:
+        """Refuses anyone but an operator (the right peering:manage)."""
         self._policy.require(actor, Action.MANAGE_PEERS, HUB_WIDE, doing)
 
     def register(self, actor: Principal, peer: Peer, reason: str) -> Peer:
-        self._require(actor, "register peer hubs")
+        self.require(actor, "register peer hubs")
         _check_peer(peer, self.own)
         validation.validate_free_text("reason", reason)
         fingerprint = pki.fingerprint_of_pem(peer.ca_pem.encode())
@@ -88,15 +89,15 @@ class PeeringService:
         return self._store.peers.register(fresh, audit=audit)
 
     def get(self, actor: Principal, code: str) -> Peer:
-        self._require(actor, "read peer hubs")
+        self.require(actor, "read peer hubs")
         return self._store.peers.get(code)
 
     def list(self, actor: Principal, state: PeerState | None) -> list[Peer]:
-        self._require(actor, "list peer hubs")
+        self.require(actor, "list peer hubs")
         return self._store.peers.list((state,) if state else ())
 
     def suspend(self, actor: Principal, code: str, reason: str) -> Peer:
-        self._require(actor, "suspend peerings")
+        self.require(actor, "suspend peerings")
 
         def decide(peer: Peer) -> Peer:
             if peer.state in (PeerState.ENDED, PeerState.SUSPENDED_HERE):
@@ -106,7 +107,7 @@ class PeeringService:
         return self._operator_change(actor, code, "suspend_peer", reason, decide)
 
     def resume(self, actor: Principal, code: str, reason: str) -> Peer:
-        self._require(actor, "resume peerings")
+        self.require(actor, "resume peerings")
 
         def decide(peer: Peer) -> Peer:
             if peer.state is not PeerState.SUSPENDED_HERE:
@@ -120,7 +121,7 @@ class PeeringService:
         return self._operator_change(actor, code, "resume_peer", reason, decide)
 
     def end(self, actor: Principal, code: str, reason: str) -> Peer:
-        self._require(actor, "end peerings")
+        self.require(actor, "end peerings")
 
         def decide(peer: Peer) -> Peer:
             if peer.state is PeerState.ENDED:
