@@ -35,7 +35,6 @@ from policy import RightsPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Rpc = Callable[[pb_grpc.PeeringServiceAsyncStub, float], Awaitable[T]]
 PAGE = 200
 _CHANGES = {
     "suspended": pb.PEERING_CHANGE_SUSPENDED,
@@ -106,6 +105,8 @@ class Federation:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def _stub(self, peer: Peer) -> pb_grpc.PeeringServiceAsyncStub:
+        """The stub for a peer, over a channel kept while its address and CA stay (the generated stub class
+        serves sync and asyncio channels alike; its type stubs name the asyncio flavour apart)."""
         key = (peer.address, peer.ca_fingerprint)
         held = self._channels.get(peer.code)
         if held is None or held[0] != key:
@@ -113,7 +114,7 @@ class Federation:
                 asyncio.get_running_loop().create_task(held[1].close(None))
             held = (key, channel_to(peer, self.hub))
             self._channels[peer.code] = held
-        return pb_grpc.PeeringServiceAsyncStub(held[1])
+        return pb_grpc.PeeringServiceStub(held[1])
 
     async def call(
         self, peer: Peer, what: str, rpc: Callable[[pb_grpc.PeeringServiceAsyncStub, float], Awaitable[T]]
@@ -122,7 +123,14 @@ class Federation:
         try:
             return await rpc(self._stub(peer), self.settings.federation_call_seconds)
         except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                await self._drop(peer.code)  # the next call connects afresh, not after the channel's back-off
             raise _hop_error(peer, what, e, self.settings.federation_call_seconds) from None
+
+    async def _drop(self, code: str) -> None:
+        held = self._channels.pop(code, None)
+        if held is not None:
+            await held[1].close(None)
 
     async def introduce(self, peer: Peer) -> Peer:
         """Tells a registered peer that this hub registered it; active once the peer registered this hub too."""

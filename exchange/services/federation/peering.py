@@ -170,7 +170,9 @@ class PeeringService:
                 "again with the new CA certificate"
             )
         if peer.state not in allowed:
-            raise PermissionDenied(f"hub {code} may not {doing}: {_why(peer)}", reason="PEERING_NOT_ACTIVE")
+            raise PermissionDenied(
+                f"hub {code} may not {doing}: {_why(peer, self.own.code)}", reason="PEERING_NOT_ACTIVE"
+            )
         return peer
 
     def introduced(self, peer: Peer, level: str, relation: PeerRelation) -> Peer:
@@ -212,10 +214,10 @@ class PeeringService:
         )
 
 
-def _why(peer: Peer) -> str:
+def _why(peer: Peer, own: str) -> str:
     return {
         PeerState.REGISTERED: "the peering is not active yet",
-        PeerState.SUSPENDED_HERE: "this hub's operator suspended the peering",
+        PeerState.SUSPENDED_HERE: f"hub {own}'s operator suspended the peering",
         PeerState.SUSPENDED_THERE: f"hub {peer.code}'s operator suspended the peering",
         PeerState.ENDED: "the peering has ended",
     }.get(peer.state, f"the peering is {peer.state}")
