@@ -20,6 +20,7 @@ from exchange.cli.certificates import add_verbs as add_certificate_verbs
 from exchange.cli.client import describe
 from exchange.cli.console import add_verbs as add_console_verbs
 from exchange.cli.objections import add_verbs as add_objection_verbs
+from exchange.cli.peers import add_verbs as add_peer_verbs
 from exchange.errors import ExchangeError, InvalidArgument
 from exchange.server import loop
 from exchange.server.app import serve
@@ -438,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_verbs(top)
     _rights_verbs(top)
     add_objection_verbs(top, _verb)
+    add_peer_verbs(top, _verb)
     _audit_verbs(top)
     p = _verb(
         top, "report", evaluation.report, "the evaluation report of a period, per department (auditors, share manager)"
