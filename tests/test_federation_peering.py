@@ -3,6 +3,7 @@ peer's hub certificate, from the CA registered for it, is let in; hub certificat
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from cryptography import x509
 from exchange import errors, pki
 from exchange import models as m
 from exchange.cli.client import HubClient
+from exchange.cli.main import main
 from exchange.federation.model import Peer, PeerRelation, PeerState
 from exchange.federation.tls import HubCertificate, channel_to
 from exchange.v1 import federation_pb2 as fpb
@@ -198,3 +200,30 @@ def test_the_federation_listener_refuses_department_certificates_and_unknown_cas
     stranger_key, stranger_ca = pki.create_ca("unregistered CA")
     refused = _offers_as(city, _certificate(stranger_key, stranger_ca, "360000"), "360000")
     assert refused is not None and refused.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def _cli(node: Node, *argv: str) -> int:
+    settings = node.running.settings
+    return main(["--hub", settings.hub_address, "--identity", str(node.running.operator), "--json", *argv])
+
+
+def test_operators_peer_two_hubs_from_the_command_line(
+    pair: dict[str, Node], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    city, province = pair["city"], pair["province"]
+    for node, other, relation in ((city, province, "parent"), (province, city, "child")):
+        ca_file = tmp_path / f"{other.level}-ca.pem"
+        assert _cli(other, "peer", "identity", "--ca-out", str(ca_file)) == 0
+        identity = json.loads(capsys.readouterr().out)
+        assert identity["code"] == other.code and identity["level"] == other.level
+        register = ["peer", "register", "--code", other.code, "--name", identity["name"], "--level", other.level]
+        register += ["--relation", relation, "--address", other.address, "--ca-file", str(ca_file)]
+        assert _cli(node, *register, "--reason", "省市共享协议") == 0
+        capsys.readouterr()
+    assert _cli(city, "peer", "list", "--state", "active") == 0
+    listed = json.loads(capsys.readouterr().out)["peers"]
+    assert [(p["code"], p["relation"]) for p in listed] == [("350000", "PEER_RELATION_PARENT")]
+    assert _cli(province, "peer", "suspend", city.code, "--reason", "演练") == 0
+    assert json.loads(capsys.readouterr().out)["peer"]["state"] == "PEER_STATE_SUSPENDED_HERE"
+    assert _cli(city, "peer", "resume", province.code, "--reason", "演练") == 1
+    assert "only hub 350000's operator resumes it" in capsys.readouterr().err
