@@ -369,7 +369,7 @@ on the hub's host (with its --home):
   init, migrate, serve, demo, backup, restore, prune-audit, ca, audit check-index
 calling the hub (with --identity, as a person or a system):
   whoami, dept, system, person, cert, console, catalog, request, grant, objection, audit,
-  report, query, stream, document, bind, binding
+  report, query, stream, document, bind, binding, peer
 offline, with the audit log's public key (log.pub):
   audit verify, audit verify-receipt, audit report, verify-provenance
 
