@@ -9,14 +9,18 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
 from sqlalchemy import func, select
 
 from exchange import models as m
 from exchange import pki
+from exchange import wire as w
 from exchange.federation.model import HubRef, Offer, Peer, PeerRelation
 from exchange.store.schema import CatalogOfferRow
 from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import exchange_pb2 as epb
+from exchange.v1 import rights_pb2 as rpb
 from tests.federation_support import PROVINCE_MARKET, SIMING_MARKET, Node, department, hubs, peer_pair
 from tests.harness import POLICE, TEST_RECORD, identity_spec
 
@@ -187,3 +191,35 @@ def test_offers_a_peer_may_not_make_are_refused_and_the_rest_kept(tmp_path: Path
         refusals = city.federation.catalog.accept(parent, [looped], 1)
         assert refusals and "come from its children, not its parent" in refusals[0]
         assert city.running.hub.store.federated.get("10101/350203000079") is None
+
+
+def test_a_remote_entry_is_read_only_here_neither_applied_for_nor_queried(tmp_path: Path) -> None:
+    with hubs(tmp_path, "county", "city") as running:
+        county, city = running["county"], running["city"]
+        peer_pair(county, city)
+        _publish(county, SIMING_MARKET, COUNTY_ENTRY)
+        city.sync()
+        city.running.add_department(POLICE)
+        system = city.running.add_system("ga-rkxt", POLICE.code)
+        clerk = city.running.add_person("ga-clerk", POLICE.code, m.Role.CONSUMER)
+        with city.running.client(system) as hub, pytest.raises(grpc.RpcError) as queried:
+            hub.call(
+                hub.exchange.Query, epb.QueryRequest(resource_code=COUNTY_ENTRY, purpose="户籍核验", fields=["name"])
+            )
+        today = dt.date.today()
+        ask = rpb.ShareRequest(
+            resource_code=COUNTY_ENTRY,
+            system_codes=["ga-rkxt"],
+            purpose="户籍核验",
+            legal_basis="《中华人民共和国居民身份证法》第十五条",
+            fields=["name"],
+            start_date=w.date_to_wire(today),
+            end_date=w.date_to_wire(today + dt.timedelta(days=30)),
+        )
+        with city.running.client(clerk) as hub, pytest.raises(grpc.RpcError) as applied:
+            hub.call(hub.rights.Apply, rpb.ApplyRequest(request=ask))
+        for refused in (queried.value, applied.value):
+            assert refused.code() is grpc.StatusCode.FAILED_PRECONDITION
+            assert "homed at hub 350203 (思明区政务数据共享平台); cross-hub exchange is not yet available" in str(
+                refused.details()
+            )
