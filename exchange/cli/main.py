@@ -204,6 +204,10 @@ def _catalog_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--status", choices=[x.value for x in models.ResourceStatus], help="only entries in this status")
     p.add_argument("--text", help="words in code, name, summary or classification")
     p.add_argument("--field", help="entries with a data item of this name or title")
+    p.add_argument("--home-hub", help="only entries homed at this hub (its division code; federation)")
+    p.add_argument(
+        "--home-level", choices=config.HUB_LEVELS, help="only entries homed at hubs of this level (federation)"
+    )
     _paged(p)
     p = _verb(catalog, "history", commands.catalog_history, "an entry's versions")
     p.add_argument("code", help="resource code")
