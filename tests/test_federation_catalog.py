@@ -20,6 +20,7 @@ from exchange.federation.model import HubRef, Offer, Peer, PeerRelation
 from exchange.store.schema import CatalogOfferRow
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as epb
+from exchange.v1 import federation_pb2 as fpb
 from exchange.v1 import rights_pb2 as rpb
 from tests.federation_support import PROVINCE_MARKET, SIMING_MARKET, Node, department, hubs, peer_pair
 from tests.harness import POLICE, TEST_RECORD, identity_spec
@@ -127,6 +128,11 @@ def test_sync_is_incremental_resumes_after_its_cursor_and_carries_a_suspension(t
             seen = hub.call(hub.catalog.GetResource, cpb.GetResourceRequest(code=COUNTY_ENTRY))
         assert seen.status == cpb.RESOURCE_STATUS_SUSPENDED and seen.version == 2
         assert seen.home_hub_code == county.code
+
+        # the county ends the peering: its entries leave the city's catalog
+        with county.running.client() as hub:
+            hub.call(hub.federation.EndPeer, fpb.EndPeerRequest(code=city.code, reason="机构调整"))
+        assert set(_listed(city)) == set()
 
 
 def test_a_peer_offering_an_entry_of_a_department_its_home_does_not_hold_is_refused(tmp_path: Path) -> None:

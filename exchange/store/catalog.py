@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 
 from audit.records import AuditRecord
@@ -181,6 +181,18 @@ def _write_spec(s: Session, row: ResourceRow, spec: ResourceSpec) -> None:
     row.related = [RelatedResourceRow(position=n, related_code=c) for n, c in enumerate(spec.related_resource_codes)]
 
 
+# The key of the PostgreSQL advisory lock under which offers are numbered (see lock_offers).
+_OFFERS_LOCK = 0x0FFE25
+
+
+def lock_offers(s: Session) -> None:
+    """Numbers this transaction's offers after every earlier one has committed: peers read offers after the last
+    sequence they stored, so a sequence must never become visible after a higher one. On PostgreSQL a transaction
+    lock serialises the writers of offers (catalog changes: few); SQLite serialises every write already."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _OFFERS_LOCK})
+
+
 def _record_version(s: Session, row: ResourceRow, change: ResourceChange, actor: PrincipalRef, reason: str) -> Resource:
     s.flush()
     s.refresh(row)
@@ -198,6 +210,7 @@ def _record_version(s: Session, row: ResourceRow, change: ResourceChange, actor:
         )
     )
     if resource.status is not ResourceStatus.DRAFT:  # offered to peer hubs (federation); "" home: this hub
+        lock_offers(s)
         s.add(
             CatalogOfferRow(
                 resource_code=row.code,

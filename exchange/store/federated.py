@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from exchange.federation.model import HubRef, Offer, RemoteEntry
 from exchange.models import Page, ResourceStatus, ShareType
 from exchange.paging import PageRequest
-from exchange.store.catalog import from_snapshot, snapshot
+from exchange.store.catalog import from_snapshot, lock_offers, snapshot
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.schema import CatalogOfferRow, PeerRow, RemoteEntryRow, ResourceRow
@@ -90,6 +90,8 @@ class FederatedCatalogStore:
         ``problem`` says what of the page was refused."""
         now = dt.datetime.now(dt.UTC)
         with self._db.write() as s:
+            if accepted:
+                lock_offers(s)  # relayed entries are offered onward
             for offer, home in accepted:
                 _keep(s, peer, offer, home, now)
             row = s.get(PeerRow, peer, with_for_update=True)
@@ -99,6 +101,14 @@ class FederatedCatalogStore:
                     now,
                     problem[:2000],
                 )
+
+    def forget(self, peer: str) -> int:
+        """Drops the entries received from ``peer`` (its peering ended); how many."""
+        with self._db.write() as s:
+            rows = list(s.scalars(select(RemoteEntryRow).where(RemoteEntryRow.via_peer == peer)))
+            for row in rows:
+                s.delete(row)
+            return len(rows)
 
     def held_elsewhere(self, code: str, peer: str) -> str | None:
         """Why an entry ``code`` offered by ``peer`` cannot be kept: catalogued here, or known via another peer."""

@@ -128,7 +128,9 @@ class PeeringService:
                 raise FailedPrecondition(f"the peering with hub {code} has ended already", subject=code)
             return replace(peer, state=PeerState.ENDED, reason=reason)
 
-        return self._operator_change(actor, code, "end_peer", reason, decide)
+        ended = self._operator_change(actor, code, "end_peer", reason, decide)
+        self._forget(code)
+        return ended
 
     def _operator_change(self, actor: Principal, code: str, action: str, reason: str, decide: Decide) -> Peer:
         out: list[FieldViolation] = []
@@ -205,7 +207,15 @@ class PeeringService:
         before, after = moves[change]
         if peer.state not in before:
             return peer
-        return self._peer_change(peer.code, f"peer_{change}", reason, after)
+        now = self._peer_change(peer.code, f"peer_{change}", reason, after)
+        if now.state is PeerState.ENDED:
+            self._forget(peer.code)
+        return now
+
+    def _forget(self, code: str) -> None:
+        """An ended peering's entries leave this hub's catalog (hubs beyond keep what was relayed to them)."""
+        gone = self._store.federated.forget(code)
+        log.info("federation: the peering with hub %s ended; %d of its entries left the catalog", code, gone)
 
     def _peer_change(self, code: str, action: str, reason: str, state: PeerState) -> Peer:
         log.info("federation: the peering with hub %s is now %s (%s)", code, state, action)
