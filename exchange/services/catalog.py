@@ -173,10 +173,15 @@ class CatalogService:
         query: ResourceFilter,
         status: ResourceStatus | None,
     ) -> Page[Resource]:
+        self.check_query(query)
+        return self.list_page(actor, page_request(size, token, {**query.__dict__, "status": status}), query, status)
+
+    @staticmethod
+    def check_query(query: ResourceFilter) -> None:
+        """A search's filters, checked before anything is looked up."""
         validation.validate_key("department_code", query.department_code or "", "department", optional=True)
         validation.validate_free_text("text", query.text, limit=validation.MAX_NAME)
         validation.validate_free_text("field_name", query.field_name, limit=validation.MAX_NAME)
-        return self.list_page(actor, page_request(size, token, {**query.__dict__, "status": status}), query, status)
 
     def list_page(
         self, actor: Principal, page: PageRequest, query: ResourceFilter, status: ResourceStatus | None

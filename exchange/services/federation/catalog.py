@@ -108,6 +108,7 @@ class FederatedCatalog:
     ) -> Page[Listed]:
         """This hub's entries and those homed elsewhere, in code order; ``home`` filters by (hub code, level)."""
         home_code, home_level = home
+        self._catalog.check_query(query)
         out: list[FieldViolation] = []
         if home_code:
             validation.check_pattern(out, "home_hub_code", home_code, _HUB_CODE, "a six-digit division code")
