@@ -111,10 +111,9 @@ class PeeringService:
 
         def decide(peer: Peer) -> Peer:
             if peer.state is not PeerState.SUSPENDED_HERE:
-                whose = " (only hub {code}'s operator resumes it)" if peer.state is PeerState.SUSPENDED_THERE else ""
+                whose = f" (only hub {code}'s operator resumes it)" if peer.state is PeerState.SUSPENDED_THERE else ""
                 raise FailedPrecondition(
-                    f"the peering with hub {code} is {peer.state}, not suspended here{whose.format(code=code)}",
-                    subject=code,
+                    f"the peering with hub {code} is {peer.state}, not suspended here{whose}", subject=code
                 )
             return replace(peer, state=PeerState.ACTIVE, reason=reason)
 
