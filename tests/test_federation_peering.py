@@ -4,6 +4,7 @@ peer's hub certificate, from the CA registered for it, is let in; hub certificat
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from exchange.v1 import federation_pb2 as fpb
 from exchange.v1 import federation_pb2_grpc as fpb_grpc
 from exchange.v1 import registry_pb2 as rpb
 from tests.federation_support import Node, hub_identity, hubs, peer_pair
-from tests.harness import POLICE
+from tests.harness import POLICE, TEST_RECORD
 
 
 @pytest.fixture
@@ -227,3 +228,17 @@ def test_operators_peer_two_hubs_from_the_command_line(
     assert json.loads(capsys.readouterr().out)["peer"]["state"] == "PEER_STATE_SUSPENDED_HERE"
     assert _cli(city, "peer", "resume", province.code, "--reason", "演练") == 1
     assert "only hub 350000's operator resumes it" in capsys.readouterr().err
+
+
+def test_a_peer_that_does_not_answer_is_unavailable_naming_the_hop(pair: dict[str, Node]) -> None:
+    city = pair["city"]
+    with socket.socket() as silent:  # accepts connections and never says a word: a hung peer
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"localhost:{silent.getsockname()[1]}"
+        _, ca = pki.create_ca("a hung peer's CA")
+        hung = Peer("350000", "福建省", "province", PeerRelation.PARENT, address, pki.cert_pem(ca).decode())
+        city.running.hub.store.peers.register(hung, audit=TEST_RECORD)
+        with pytest.raises(errors.Unavailable) as refused:
+            _pull(city, "350000")
+    assert refused.value.message == f"peer hub 350000 at {address} did not answer list offered entries within 5s"
