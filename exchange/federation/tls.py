@@ -93,9 +93,9 @@ class PeerTrust:
         return grpc.dynamic_ssl_server_credentials(first, self.fetch, require_client_authentication=True)  # type: ignore[arg-type]
 
 
-def channel_to(peer: Peer, hub: HubCertificate) -> grpc.aio.Channel:
+def channel_to(peer: Peer, hub: HubCertificate, options: list[tuple[str, int]] | None = None) -> grpc.aio.Channel:
     """A mutual-TLS channel to a peer's federation listener: this hub's certificate, the peer's CA only."""
     credentials = grpc.ssl_channel_credentials(
         root_certificates=peer.ca_pem.encode(), private_key=hub.key, certificate_chain=hub.cert
     )
-    return grpc.aio.secure_channel(peer.address, credentials, options=[("grpc.enable_retries", 0)])
+    return grpc.aio.secure_channel(peer.address, credentials, options=[("grpc.enable_retries", 0), *(options or [])])

@@ -66,7 +66,7 @@ class Federation:
         """Serves the federation listener and starts the sync loop; returns the bound port."""
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.peers_changed)
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=self._limits())
         pb_grpc.add_PeeringServiceServicer_to_server(PeeringServicer(self), server)
         try:
             self.port = server.add_secure_port(self.settings.federation_listen, self.trust.credentials())
@@ -79,6 +79,10 @@ class Federation:
         self._task = self._loop.create_task(self._sync_forever())
         log.info("federation listener for hub %s on port %d", self.hub.code, self.port)
         return self.port
+
+    def _limits(self) -> list[tuple[str, int]]:
+        size = self.settings.max_message_bytes
+        return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -112,7 +116,7 @@ class Federation:
         if held is None or held[0] != key:
             if held is not None:
                 asyncio.get_running_loop().create_task(held[1].close(None))
-            held = (key, channel_to(peer, self.hub))
+            held = (key, channel_to(peer, self.hub, self._limits()))
             self._channels[peer.code] = held
         return pb_grpc.PeeringServiceStub(held[1])
 

@@ -89,4 +89,13 @@ class PeeringServicer(pb_grpc.PeeringServiceServicer):
     @from_peer((PeerState.ACTIVE,), "read the offered catalog entries")
     def ListOfferedEntries(self, request: pb.ListOfferedEntriesRequest, peer: Peer) -> pb.ListOfferedEntriesResponse:
         offers, last = self.federation.catalog.offers(peer, request.after_sequence, request.page_size)
-        return pb.ListOfferedEntriesResponse(entries=[fw.offer_to_wire(o) for o in offers], last_sequence=last)
+        # A page stays well under the message limit, however large its entries: the rest follow in the next one.
+        budget = self.federation.settings.max_message_bytes // 2
+        entries: list[pb.OfferedEntry] = []
+        for offer in offers:
+            entry = fw.offer_to_wire(offer)
+            budget -= entry.ByteSize()
+            if entries and budget < 0:
+                break
+            entries.append(entry)
+        return pb.ListOfferedEntriesResponse(entries=entries, last_sequence=last)

@@ -47,6 +47,13 @@ def peer_record(peer_code: str, action: str, reason: str) -> AuditRecord:
     )
 
 
+def _check_code(code: str) -> None:
+    """A peer's code, checked before it is looked up: a typo is INVALID_ARGUMENT, not NOT_FOUND."""
+    out: list[FieldViolation] = []
+    validation.check_pattern(out, "code", code, HUB_CODE, "a six-digit administrative division code")
+    validation.raise_if(out)
+
+
 def _check_peer(peer: Peer, own: HubRef) -> None:
     out: list[FieldViolation] = []
     validation.check_pattern(out, "peer.code", peer.code, HUB_CODE, "a six-digit administrative division code")
@@ -90,6 +97,7 @@ class PeeringService:
 
     def get(self, actor: Principal, code: str) -> Peer:
         self.require(actor, "read peer hubs")
+        _check_code(code)
         return self._store.peers.get(code)
 
     def list(self, actor: Principal, state: PeerState | None) -> list[Peer]:
@@ -132,8 +140,8 @@ class PeeringService:
         return ended
 
     def _operator_change(self, actor: Principal, code: str, action: str, reason: str, decide: Decide) -> Peer:
+        _check_code(code)
         out: list[FieldViolation] = []
-        validation.check_pattern(out, "code", code, HUB_CODE, "a six-digit administrative division code")
         validation.check_text(out, "reason", reason, required=True, limit=validation.MAX_TEXT)
         validation.raise_if(out)
         audit = change_record(actor, "federation", action, subject=code, reason=reason)
