@@ -14,15 +14,16 @@ from cryptography import x509
 
 from exchange import errors, pki
 from exchange import models as m
+from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli.client import HubClient
 from exchange.cli.main import main
 from exchange.federation.model import Peer, PeerRelation, PeerState
-from exchange.federation.tls import HubCertificate, channel_to
+from exchange.federation.tls import HubCertificate, channel_to, load_hub_certificate
 from exchange.v1 import federation_pb2 as fpb
 from exchange.v1 import federation_pb2_grpc as fpb_grpc
 from exchange.v1 import registry_pb2 as rpb
 from tests.federation_support import Node, hub_identity, hubs, peer_pair
-from tests.harness import POLICE, TEST_RECORD
+from tests.harness import AUTHORITY, POLICE, TEST_RECORD, base_settings
 
 
 @pytest.fixture
@@ -242,3 +243,22 @@ def test_a_peer_that_does_not_answer_is_unavailable_naming_the_hop(pair: dict[st
         with pytest.raises(errors.Unavailable) as refused:
             _pull(city, "350000")
     assert refused.value.message == f"peer hub 350000 at {address} did not answer list offered entries within 5s"
+
+
+def test_the_hub_certificate_is_issued_on_the_hubs_host_for_its_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "hub"
+    initialize(base_settings(home), OperatorSeed(AUTHORITY, "op-admin", "王运维"))  # initialized before federating
+    files = pki.HubFiles(home)
+    assert not files.hub_cert.exists()
+    assert main(["--home", str(home), "ca", "hub-cert"]) == 2
+    assert "set hub_code" in capsys.readouterr().err
+    monkeypatch.setenv("EXCHANGE_HUB_CODE", "350200")
+    assert main(["--home", str(home), "ca", "hub-cert"]) == 0
+    cert = pki.load_cert(files.hub_cert)
+    assert pki.hub_code_of(cert) == "350200"
+    assert pki.issued_by(cert, pki.load_cert(files.ca_cert))
+    assert load_hub_certificate(files, "350200").code == "350200"
+    with pytest.raises(errors.ConfigError, match="names hub '350200', not hub_code '350203'"):
+        load_hub_certificate(files, "350203")
