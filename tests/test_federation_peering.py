@@ -127,6 +127,8 @@ def test_a_hub_certificate_is_never_taken_for_a_department(pair: dict[str, Node]
         hub.call(hub.registry.ListDepartments, rpb.ListDepartmentsRequest())
     assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert "is a hub's (urn:exchange:hub:350200)" in str(refused.value.details())
+    # its expiry is watched with the hub's other certificates (metrics, the console's health page)
+    assert "hub/federation" in dict(city.running.hub.credentials.files.expiries())
 
 
 def _offers_as(node: Node, cert: HubCertificate, code: str) -> grpc.aio.AioRpcError | None:
