@@ -63,6 +63,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
         federation.peers_changed()
         try:  # active at once if the peer's operator registered this hub already
             peer = federation.run(federation.introduce(peer))
+            federation.sync_soon()
         except ExchangeError as e:
             log.info("federation: hub %s registered; not active yet: %s", peer.code, e.message)
             federation.store.peers.sync_failed(peer.code, e.message)
