@@ -29,13 +29,15 @@ from exchange import models as m
 from exchange import pki
 from exchange import wire as w
 from exchange.cli.client import HubClient
+from exchange.federation.model import Peer, PeerRelation
 from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import federation_pb2 as fpb
 from exchange.v1 import objection_pb2 as opb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
 from exchange.validation import uscc_check_character
 from tests.exchange_world import LOOKUP, PURPOSE, every_caller, make_world, serve_lookup
-from tests.harness import POLICE, RunningHub, base_settings, identity_spec, reason_of, running_hub
+from tests.harness import POLICE, TEST_RECORD, RunningHub, base_settings, identity_spec, reason_of, running_hub
 
 TODAY = dt.datetime.now(dt.UTC).date()
 DRAFT = "10101/350200000007"
@@ -44,6 +46,7 @@ MISSING_REQUEST = "SR-20000101-00000000"
 MISSING_GRANT = "GR-20000101-00000000"
 MISSING_OBJECTION = "OB-20000101-00000000"
 MISSING_DEPARTMENT = "11350200MB0099999" + uscc_check_character("11350200MB0099999")
+PEER, MISSING_PEER = "350000", "360000"
 
 
 def _hub_methods() -> dict[str, descriptor.MethodDescriptor]:
@@ -135,6 +138,16 @@ def _certify(kind: m.PrincipalKind) -> Callable[[Scene, str], Message]:
     return ask
 
 
+def _peer(s: Scene) -> str:
+    """A peer hub registered in the scene's store (it need not run: it is only named)."""
+    store = s.hub.hub.store
+    if store.peers.find(PEER) is None:
+        _, ca = pki.create_ca("福建省 CA")
+        peer = Peer(PEER, "福建省", "province", PeerRelation.PARENT, "localhost:1", pki.cert_pem(ca).decode())
+        store.peers.register(peer, audit=TEST_RECORD)
+    return PEER
+
+
 def _binding(s: Scene, code: str) -> Message:
     backend = cpb.SqlBackend(url=f"sqlite:///{s.files}/x.db", table="rk")
     return cpb.SetBindingRequest(binding=cpb.Binding(resource_code=code, sql=backend), reason="改接入")
@@ -158,6 +171,11 @@ class Probe:
 
 def _fixed(name: str) -> Callable[[Scene], str]:
     return lambda s: name
+
+
+def _peer_probes(ask: Callable[[Scene, str], Message]) -> list[Probe]:
+    """A peer hub, asked for by everyone but the operator (who alone manages peers)."""
+    return [Probe(ask, _peer, MISSING_PEER, REGISTRAR_OUTSIDERS, "operator")]
 
 
 CATALOG_OUTSIDERS = ("operator", "consumer", "share_manager", "auditor", "system", "no_role")
@@ -364,6 +382,11 @@ PROBES: dict[str, list[Probe]] = {
     "ObjectionService.GetObjection": [
         Probe(lambda s, n: opb.GetObjectionRequest(id=n), lambda s: s.objection, MISSING_OBJECTION, (), "consumer")
     ],
+    # Peer hubs are the operator's business (federation): to anyone else they do not exist.
+    "FederationService.GetPeer": _peer_probes(lambda s, n: fpb.GetPeerRequest(code=n)),
+    "FederationService.SuspendPeer": _peer_probes(lambda s, n: fpb.SuspendPeerRequest(code=n, reason="检查")),
+    "FederationService.ResumePeer": _peer_probes(lambda s, n: fpb.ResumePeerRequest(code=n, reason="恢复")),
+    "FederationService.EndPeer": _peer_probes(lambda s, n: fpb.EndPeerRequest(code=n, reason="终止")),
 }
 
 # RPCs that name no existing object of a department, and why.
@@ -394,6 +417,12 @@ NAMES_NO_OBJECT = {
     "ExchangeService.FetchDocument": "the data plane, decided by the grant",
     "ConsoleService.CreateSignInLink": "the caller's own sign-in link",
     "ObjectionService.ListObjections": "lists (an objection's state is public to whoever may see its resource)",
+    "FederationService.GetHubIdentity": "the hub's own",
+    "FederationService.RegisterPeer": "creates",
+    "FederationService.ListPeers": "lists (the operator's)",
+    "PeeringService.Introduce": "served on the federation listener only, to peer hubs (the caller itself)",
+    "PeeringService.NotifyPeering": "served on the federation listener only, to peer hubs (the caller itself)",
+    "PeeringService.ListOfferedEntries": "served on the federation listener only, to peer hubs (offers to the caller)",
 }
 
 

@@ -262,12 +262,12 @@ class Hub:
             server,
         )
         self.catalog = CatalogService(self.store, policy, self._check_binding)
-        federated, self.federation = federation.build(settings, self.store, policy, self.catalog)
+        federated, peering, self.federation = federation.build(settings, self.store, policy, self.catalog)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
             CatalogServicer(self.catalog, registry, settings.insecure_dev, refusals, federated=federated), server
         )
         federation_pb2_grpc.add_FederationServiceServicer_to_server(
-            FederationServicer(self.federation, registry, settings.insecure_dev, refusals), server
+            FederationServicer(peering, self.federation, registry, settings.insecure_dev, refusals), server
         )
         self.rights = rights = RightsService(
             self.store,

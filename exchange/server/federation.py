@@ -251,14 +251,14 @@ def _hop_error(peer: Peer, what: str, e: grpc.aio.AioRpcError, timeout: float) -
 
 def build(
     settings: Settings, store: Store, policy: RightsPolicy, catalog: CatalogService
-) -> tuple[FederatedCatalog, Federation | None]:
-    """The federated catalog (always: it also serves a hub that does not federate) and, when
-    ``federation_listen`` is set, the federation with its listener (not yet started)."""
+) -> tuple[FederatedCatalog, PeeringService, Federation | None]:
+    """The federated catalog and the peerings (always: a hub that does not federate still lists its own entries
+    and reads its peers) and, when ``federation_listen`` is set, the federation with its listener (not started)."""
     own = HubRef(settings.hub_code, settings.hub_name, settings.hub_level)
-    federated = FederatedCatalog(store, catalog, own)
-    if not settings.federation_listen:
-        return federated, None
     files = pki.HubFiles(settings.home, settings.ca_key_file)
-    hub = load_hub_certificate(files, settings.hub_code)
+    federated = FederatedCatalog(store, catalog, own)
     peering = PeeringService(store, policy, own, files.ca_cert.read_text())
-    return federated, Federation(settings, store, hub, peering, federated)
+    if not settings.federation_listen:
+        return federated, peering, None
+    hub = load_hub_certificate(files, settings.hub_code)
+    return federated, peering, Federation(settings, store, hub, peering, federated)
