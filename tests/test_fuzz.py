@@ -720,6 +720,7 @@ NATURAL = {  # who gets furthest into each service
     "ExchangeService": ("system", "system"),
     "ConsoleService": ("police", "system"),
     "ObjectionService": ("consumer", "police", "manager"),
+    "FederationService": ("operator",),
 }
 
 
