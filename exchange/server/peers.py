@@ -52,13 +52,13 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
     @unary
     def GetHubIdentity(self, request: pb.GetHubIdentityRequest, actor: Principal) -> pb.GetHubIdentityResponse:
         self.peering.require(actor, "read this hub's federation identity")
-        federation = self._federating()
         own, ca = self.peering.own, self.peering.ca_pem
         return pb.GetHubIdentityResponse(
             code=own.code,
             name=own.name,
             level=own.level,
-            federation_address=federation.settings.federation_listen,
+            # empty: the hub does not federate (no federation listener)
+            federation_address=self._federation.settings.federation_listen if self._federation else "",
             ca_certificate_pem=ca,
             ca_fingerprint_sha256=pki.fingerprint_of_pem(ca.encode()),
         )
@@ -80,6 +80,7 @@ class FederationServicer(pb_grpc.FederationServiceServicer):
 
     @unary
     def ListPeers(self, request: pb.ListPeersRequest, actor: Principal) -> pb.ListPeersResponse:
+        self.peering.require(actor, "list peer hubs")  # the right before the request is read
         out: list[FieldViolation] = []
         state = fw.STATE.domain(request.state, "state", out, required=False)
         raise_if(out)
