@@ -17,6 +17,8 @@ from exchange import models as m
 from exchange import pki
 from exchange import wire as w
 from exchange.federation.model import HubRef, Offer, Peer, PeerRelation
+from exchange.server.federation import readable_offers
+from exchange.server.federation_wire import offer_to_wire
 from exchange.store.schema import CatalogOfferRow
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as epb
@@ -229,3 +231,21 @@ def test_a_remote_entry_is_read_only_here_neither_applied_for_nor_queried(tmp_pa
             assert "homed at hub 350203 (思明区政务数据共享平台); cross-hub exchange is not yet available" in str(
                 refused.details()
             )
+
+
+def test_an_offer_that_cannot_be_read_is_refused_and_the_cursor_moves_past_it(tmp_path: Path) -> None:
+    with hubs(tmp_path, "county", "city") as running:
+        county, city = running["county"], running["city"]
+        peer_pair(county, city)
+        fine = _offer(COUNTY_ENTRY, SIMING_MARKET.code, HubRef("350203", "思明区政务数据共享平台", "county"), 7)
+        garbled = offer_to_wire(replace(fine, sequence=6))
+        garbled.resource.code = "10101/350203000002"
+        garbled.resource.share_type = 99  # type: ignore[assignment]  # a value no hub sends
+        page = fpb.ListOfferedEntriesResponse(entries=[garbled, offer_to_wire(fine)], last_sequence=9)
+        offers, unreadable = readable_offers(page)
+        assert [o.sequence for o in offers] == [7] and len(unreadable) == 1
+        refusals = city.federation.catalog.accept(city.peer(county.code), offers, 9, unreadable)
+        assert refusals == unreadable and "entry '10101/350203000002' (offer 6): malformed" in refusals[0]
+        assert city.peer(county.code).offer_sequence == 9
+        assert "malformed" in city.peer(county.code).sync_problem
+        assert set(_listed(city)) == {COUNTY_ENTRY}

@@ -170,12 +170,11 @@ class Federation:
         after = peer.offer_sequence
         while True:
             page = await self.call(peer, "list offered entries", _list_after(after))
-            offers, malformed = _offers_of(page)
-            if offers and not all(o.sequence > after for o in offers):
+            if not all(e.sequence > after for e in page.entries):
                 raise errors.FailedPrecondition(f"hub {peer.code} offered entries out of sequence (after {after})")
-            cursor = max((o.sequence for o in offers), default=page.last_sequence)
-            refused += malformed
-            refused += await asyncio.to_thread(self.catalog.accept, peer, offers, max(cursor, after))
+            cursor = max((e.sequence for e in page.entries), default=page.last_sequence)
+            offers, malformed = readable_offers(page)
+            refused += await asyncio.to_thread(self.catalog.accept, peer, offers, max(cursor, after), malformed)
             if not page.entries or cursor >= page.last_sequence:
                 return refused
             after = cursor
@@ -217,7 +216,7 @@ def _list_after(
     return rpc
 
 
-def _offers_of(page: pb.ListOfferedEntriesResponse) -> tuple[list[Offer], list[str]]:
+def readable_offers(page: pb.ListOfferedEntriesResponse) -> tuple[list[Offer], list[str]]:
     """The page's offers that can be read, and a refusal for each that cannot."""
     offers: list[Offer] = []
     malformed: list[str] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from exchange import validation
@@ -53,9 +54,10 @@ class FederatedCatalog:
         found, last = self._store.federated.offers(after, size or 100, peer.code)
         return [replace(o, home=o.home or self.own) for o in found], last
 
-    def accept(self, peer: Peer, offers: list[Offer], last: int) -> list[str]:
-        """Keeps what ``peer`` may offer and moves its cursor past the page; returns the refusals (logged)."""
-        refused: list[str] = []
+    def accept(self, peer: Peer, offers: list[Offer], last: int, unreadable: Sequence[str] = ()) -> list[str]:
+        """Keeps what ``peer`` may offer and moves its cursor to ``last`` (past the page); returns the refusals,
+        logged, with ``unreadable`` (the page's offers that could not be read, already described)."""
+        refused = list(unreadable)
         kept: list[tuple[Offer, HubRef]] = []
         for offer in offers:
             problem = self._problem(peer, offer)
@@ -63,9 +65,10 @@ class FederatedCatalog:
                 kept.append((offer, offer.home))
             else:
                 refused.append(f"entry {offer.resource.spec.code} (offer {offer.sequence}): {problem}")
-                log.warning("federation: refused from hub %s: %s", peer.code, refused[-1])
+        for refusal in refused:
+            log.warning("federation: refused from hub %s: %s", peer.code, refusal)
         cursor = max((o.sequence for o in offers), default=last)
-        self._store.federated.receive(peer.code, kept, cursor, "; ".join(refused))
+        self._store.federated.receive(peer.code, kept, max(cursor, last), "; ".join(refused))
         return refused
 
     def _problem(self, peer: Peer, offer: Offer) -> str | None:
