@@ -128,8 +128,10 @@ class Settings:
     # Seconds between two pulls of each active peer's offered catalog entries: a change at a peer's home
     # reaches this hub within this time plus one call (federation_call_seconds).
     federation_sync_seconds: float = 30.0
-    # Longest wait for a peer hub's answer, in seconds; past it the call fails UNAVAILABLE naming the peer.
-    federation_call_seconds: float = 10.0
+    # Longest wait for a peer hub's answer, in seconds; past it the call fails UNAVAILABLE naming the peer. An
+    # operator's RegisterPeer, SuspendPeer, ResumePeer or EndPeer waits this long for the peer: keep it below the
+    # operator's own call deadline (call_timeout_seconds).
+    federation_call_seconds: float = 5.0
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     # The hub's event loop: "uvloop" (libuv: fewer CPU cycles per call and per wake-up) or "asyncio" (the
