@@ -42,7 +42,7 @@ def _show(args: argparse.Namespace, response: Any, peer: pb.Peer) -> int:
         if peer.sync_problem:
             print(f"last problem: {peer.sync_problem}")
         if hasattr(response, "peer_told") and not response.peer_told:
-            print("the peer hub could not be told now; it refuses this hub's calls all the same")
+            print("the peer hub could not be told now; this hub refuses its calls all the same")
     return 0
 
 
