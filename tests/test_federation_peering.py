@@ -3,6 +3,7 @@ peer's hub certificate, from the CA registered for it, is let in; hub certificat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from collections.abc import Iterator
@@ -264,3 +265,18 @@ def test_the_hub_certificate_is_issued_on_the_hubs_host_for_its_code(
     assert load_hub_certificate(files, "350200").code == "350200"
     with pytest.raises(errors.ConfigError, match="names hub '350200', not hub_code '350203'"):
         load_hub_certificate(files, "350203")
+
+
+def test_a_resumption_the_peer_did_not_hear_is_told_again_when_its_refusal_says_so(pair: dict[str, Node]) -> None:
+    city, province = pair["city"], pair["province"]
+    peer_pair(city, province)
+    with city.running.client() as hub:
+        hub.call(hub.federation.SuspendPeer, fpb.SuspendPeerRequest(code=province.code, reason="检查"))
+    assert province.state_of(city.code) is PeerState.SUSPENDED_THERE
+    # The city's operator resumes while the province cannot be told (as if it were down at that moment):
+    city.running.hub.store.peers.change(
+        province.code, lambda p: dataclasses.replace(p, state=PeerState.ACTIVE), audit=TEST_RECORD
+    )
+    city.sync()  # the province refuses the pull as suspended by the city: the city tells it again
+    assert province.state_of(city.code) is PeerState.ACTIVE
+    assert any('"action":"peer_resumed"' in r for r in province.federation_records())

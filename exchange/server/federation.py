@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from exchange import errors, pki
 from exchange.config import Settings
@@ -190,9 +192,16 @@ class Federation:
                     peer = await self.introduce(peer)
                 if peer.state is PeerState.ACTIVE:
                     await self.pull(peer)
+            except errors.PermissionDenied as e:
+                if e.reason == "PEERING_SUSPENDED_BY_CALLER" and peer.state is PeerState.ACTIVE:
+                    await self.tell(peer, "resumed", "resumed here; told again")  # the first word was lost
+                await self._failed(peer, e)
             except errors.ExchangeError as e:
-                log.warning("federation: sync with hub %s: %s", peer.code, e.message)
-                await asyncio.to_thread(self.store.peers.sync_failed, peer.code, e.message)
+                await self._failed(peer, e)
+
+    async def _failed(self, peer: Peer, e: errors.ExchangeError) -> None:
+        log.warning("federation: sync with hub %s: %s", peer.code, e.message)
+        await asyncio.to_thread(self.store.peers.sync_failed, peer.code, e.message)
 
     async def _sync_forever(self) -> None:
         while True:
@@ -228,6 +237,16 @@ def readable_offers(page: pb.ListOfferedEntriesResponse) -> tuple[list[Offer], l
     return offers, malformed
 
 
+def _reason_of(e: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason a peer gave with its refusal ("" if none)."""
+    status = rpc_status.from_call(e)  # type: ignore[arg-type]  # an ended call has what it reads
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
+
+
 def _hop_error(peer: Peer, what: str, e: grpc.aio.AioRpcError, timeout: float) -> errors.ExchangeError:
     """The hub error for a failed call to a peer: it names the hop (the peer's code and address)."""
     hop = f"peer hub {peer.code} at {peer.address}"
@@ -240,7 +259,7 @@ def _hop_error(peer: Peer, what: str, e: grpc.aio.AioRpcError, timeout: float) -
             f"{hop} cannot be reached for {what} ({detail}); it may be down, or not have registered this hub yet"
         )
     if code is grpc.StatusCode.PERMISSION_DENIED:
-        return errors.PermissionDenied(f"{hop} refused {what}: {detail}", reason="PEER_REFUSED")
+        return errors.PermissionDenied(f"{hop} refused {what}: {detail}", reason=_reason_of(e) or "PEER_REFUSED")
     if code is grpc.StatusCode.UNAUTHENTICATED:
         return errors.Unauthenticated(f"{hop} did not accept this hub's certificate for {what}: {detail}")
     if code is grpc.StatusCode.FAILED_PRECONDITION:

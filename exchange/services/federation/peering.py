@@ -179,9 +179,10 @@ class PeeringService:
                 "again with the new CA certificate"
             )
         if peer.state not in allowed:
-            raise PermissionDenied(
-                f"hub {code} may not {doing}: {_why(peer, self.own.code)}", reason="PEERING_NOT_ACTIVE"
-            )
+            # The caller's own suspension has a reason of its own: a caller that holds the peering active
+            # learns that its resumption did not reach this hub, and tells it again.
+            reason = "PEERING_SUSPENDED_BY_CALLER" if peer.state is PeerState.SUSPENDED_THERE else "PEERING_NOT_ACTIVE"
+            raise PermissionDenied(f"hub {code} may not {doing}: {_why(peer, self.own.code)}", reason=reason)
         return peer
 
     def introduced(self, peer: Peer, level: str, relation: PeerRelation) -> Peer:
