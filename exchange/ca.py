@@ -98,6 +98,15 @@ def renew_server(files: pki.HubFiles, hostnames: tuple[str, ...], days: int = 82
     return cert
 
 
+def issue_hub(files: pki.HubFiles, hub_code: str, hostnames: tuple[str, ...], days: int = 825) -> x509.Certificate:
+    """A new hub certificate (``urn:exchange:hub:<code>``) from the signing CA, replacing any before it."""
+    authority = load_authority(files)
+    key, cert = pki.issue_hub_certificate(authority.key, authority.cert, hub_code, hostnames, days)
+    pki.replace_file(files.hub_key, pki.key_pem(key), 0o600)
+    pki.replace_file(files.hub_cert, pki.cert_pem(cert), 0o644)
+    return cert
+
+
 def still_issued_by(ca: x509.Certificate, certificates: Iterable[CertificateRecord], at: dt.datetime) -> list[str]:
     """The unrevoked, unexpired certificates ``ca`` signed (their fingerprints)."""
     out = []

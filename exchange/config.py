@@ -127,6 +127,22 @@ class Settings:
     console_session_hours: float = 8.0
     # Rows on one page of a console list.
     console_page_size: int = 50
+    # Federation (docs/federation.md). This hub's code: its administrative division code (GB/T 2260, six digits,
+    # e.g. 350203 思明区, 350200 厦门市, 350000 福建省; 000000 national); empty: the hub does not federate.
+    hub_code: str = ""
+    # This hub's name as its peers show it, and its level: county, city, province or national.
+    hub_name: str = ""
+    hub_level: str = ""
+    # host:port of the federation listener, where peer hubs call (mutual TLS with hub certificates, trusting
+    # only the CAs of registered peers); empty: none (the hub neither peers nor offers its catalog).
+    federation_listen: str = ""
+    # Seconds between two pulls of each active peer's offered catalog entries: a change at a peer's home
+    # reaches this hub within this time plus one call (federation_call_seconds).
+    federation_sync_seconds: float = 30.0
+    # Longest wait for a peer hub's answer, in seconds; past it the call fails UNAVAILABLE naming the peer. An
+    # operator's RegisterPeer, SuspendPeer, ResumePeer or EndPeer waits this long for the peer: keep it below the
+    # operator's own call deadline (call_timeout_seconds).
+    federation_call_seconds: float = 5.0
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     # The hub's event loop: "uvloop" (libuv: fewer CPU cycles per call and per wake-up) or "asyncio" (the
@@ -289,7 +305,29 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("console_session_hours", 0.1, 24, "hours"),
     ("console_page_size", 5, 500, "rows"),
     ("tracing_sample_ratio", 0, 1, "(a share of traces)"),
+    ("federation_sync_seconds", 0.1, 86400, "seconds"),
+    ("federation_call_seconds", 0.01, 600, "seconds"),
 )
+
+HUB_LEVELS = ("county", "city", "province", "national")
+
+
+def _federation_problems(s: Settings) -> list[str]:
+    """A federating hub needs its code, name and level; its code is a six-digit division code."""
+    problems: list[str] = []
+    if s.federation_listen:
+        host, _, port = s.federation_listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            problems.append(f"federation_listen must be host:port, got {s.federation_listen!r}")
+        if not (s.hub_code and s.hub_name and s.hub_level):
+            problems.append("federation_listen needs hub_code, hub_name and hub_level")
+        if s.workers > 1:  # each worker would serve the listener and pull the peers: not yet shared out
+            problems.append("federation_listen needs workers = 1 (a federating hub runs one process for now)")
+    if s.hub_code and (len(s.hub_code) != 6 or not s.hub_code.isdigit()):
+        problems.append(f"hub_code must be a six-digit administrative division code, got {s.hub_code!r}")
+    if s.hub_level and s.hub_level not in HUB_LEVELS:
+        problems.append(f"hub_level must be one of {', '.join(HUB_LEVELS)}, got {s.hub_level!r}")
+    return problems
 
 
 def _console_problems(s: Settings) -> list[str]:
@@ -336,6 +374,7 @@ def _validate(s: Settings) -> None:
     problems += _console_problems(s)
     problems += _tracing_problems(s)
     problems += _subscription_problems(s)
+    problems += _federation_problems(s)
     if s.calendar_file is not None and not s.calendar_file.is_file():
         problems.append(f"calendar_file {s.calendar_file} does not exist")
     if s.log_level.upper() not in _LOG_LEVELS:

@@ -121,6 +121,49 @@ def issue_server_certificate(
     return key, cert
 
 
+def hub_uri(hub_code: str) -> str:
+    """The URI a hub certificate names its hub by: never a department's principal (see ``hub_code_of``)."""
+    return f"{HUB_URI}:{hub_code}"
+
+
+def issue_hub_certificate(
+    ca_key: PrivateKey, ca_cert: x509.Certificate, hub_code: str, hostnames: tuple[str, ...], days: int = 825
+) -> tuple[PrivateKey, x509.Certificate]:
+    """The certificate this hub presents to its peers and serves its federation listener with."""
+    key = new_key()
+    cert = _leaf(
+        ca_key,
+        ca_cert=ca_cert,
+        subject=_name(f"hub {hub_code}"),
+        public_key=key.public_key(),
+        san=[*_san_entries(hostnames), x509.UniformResourceIdentifier(hub_uri(hub_code))],
+        usage=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        days=days,
+    )
+    return key, cert
+
+
+def hub_code_of(cert: x509.Certificate) -> str | None:
+    """The hub a certificate names (its ``urn:exchange:hub:<code>`` URI); "" for a hub's server certificate
+    (plain ``urn:exchange:hub``); None for any other certificate."""
+    try:
+        uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in uris.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri == HUB_URI:
+            return ""
+        if uri.startswith(HUB_URI + ":"):
+            return uri[len(HUB_URI) + 1 :]
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def hub_code_of_presented(pem: bytes) -> str | None:
+    """``hub_code_of`` a certificate a caller presents, remembered like its fingerprint."""
+    return hub_code_of(x509.load_pem_x509_certificate(pem))
+
+
 def provider_hostname(system_code: str) -> str:
     """The name a system's certificate carries for serving as a provider; the hub checks it on connecting."""
     return f"{system_code}.{PROVIDER_DOMAIN}"
@@ -370,6 +413,15 @@ class HubFiles:
     @property
     def server_cert(self) -> Path:
         return self.home / "server" / "server.pem"
+
+    @property
+    def hub_key(self) -> Path:
+        """The key of the hub certificate, which this hub presents to its peer hubs (federation)."""
+        return self.home / "hub" / "hub.key"
+
+    @property
+    def hub_cert(self) -> Path:
+        return self.home / "hub" / "hub.pem"
 
     @property
     def audit_key(self) -> Path:

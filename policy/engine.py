@@ -50,6 +50,8 @@ class Action(StrEnum):
     # The evaluation report (issue 19): figures per department, for auditors and the share manager.
     READ_REPORT = "audit:report"
     READ_DATA = "data:read"
+    # Federation (issue 15): registering, suspending, resuming and ending peerings with other hubs.
+    MANAGE_PEERS = "peering:manage"
 
     @property
     def object(self) -> str:

@@ -42,6 +42,7 @@ from exchange import wire as w
 from exchange.cli.client import HubClient
 from exchange.cli.demo import sample_id_number
 from exchange.cli.main import main
+from exchange.federation.model import Peer, PeerRelation
 from exchange.server.rpc import DEV_PRINCIPAL_HEADER
 from exchange.services.registry import CertificateAuthority
 from exchange.store import Store
@@ -51,6 +52,7 @@ from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import console_pb2 as cnpb
 from exchange.v1 import exchange_pb2 as xpb
+from exchange.v1 import federation_pb2 as fpb
 from exchange.v1 import objection_pb2 as opb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
@@ -73,10 +75,12 @@ HERE = Path(__file__).resolve().parent
 DOCUMENTS = "10101/350200000006"
 TODAY = dt.datetime.now(dt.UTC).date()
 MARKET = m.Department("11350200MB0067890U", "厦门市市场监督管理局", "350200", m.AdministrativeLevel.CITY)
+PEER = "350000"  # a peer hub the scene's store holds (federation; it need not run: it is only named)
 # Services whose stubs are generated here but which departments serve, not the hub.
 SERVED_BY_DEPARTMENTS = {"exchange.v1.ProviderService"}
-# Served only to peer hubs, on the federation listener: no member's duty reaches them.
-SERVED_TO_PEERS = {"exchange.v1.WitnessService"}
+# ...and those the hub's main port does not serve: those, and the one peer hubs call on the federation listener
+# (tests/test_federation_peering.py attacks it there).
+NOT_ON_THE_MAIN_PORT = SERVED_BY_DEPARTMENTS | {"exchange.v1.PeeringService", "exchange.v1.WitnessService"}
 
 
 def _rows(name: str) -> list[dict[str, str]]:
@@ -104,7 +108,7 @@ SERVICES = _generated_services()
 METHODS = {
     f"{s.name}.{method.name}": method
     for name, s in SERVICES.items()
-    if name not in SERVED_BY_DEPARTMENTS | SERVED_TO_PEERS
+    if name not in NOT_ON_THE_MAIN_PORT
     for method in s.methods
 }
 
@@ -252,6 +256,11 @@ def _stage_matters(scene: Scene) -> None:
         police.call(police.rights.Refuse, pb.RefuseRequest(id=request, reason="用途不明"))
     consumer.call(consumer.rights.Dispute, pb.DisputeRequest(id=scene.disputed, reason="有法定依据"))
     scene.granted = manager.call(manager.rights.GetGrant, pb.GetGrantRequest(id=scene.grant)).request_id
+    _, ca = pki.create_ca("福建省 CA")  # a peer hub, registered in the store (the hub does not federate)
+    peer = Peer(
+        PEER, "福建省政务数据共享平台", "province", PeerRelation.PARENT, "localhost:1", pki.cert_pem(ca).decode()
+    )
+    scene.hub.hub.store.peers.register(peer, audit=TEST_RECORD)
     doubt = opb.RaiseObjectionRequest(resource_code=LOOKUP, fields=["name"], reason="姓名与户籍不符")
     scene.objection = consumer.call(consumer.objections.RaiseObjection, doubt).id
     scene.subscription = _subscription(scene)
@@ -286,6 +295,18 @@ def _csr_for_manager() -> str:
 def _victim(caller: str) -> str:
     """Whose certificate a caller tries to revoke: someone else's (a holder may revoke its own other ones)."""
     return "auditor" if caller == "share_manager" else "share_manager"
+
+
+def _rogue_peer() -> fpb.Peer:
+    _, ca = pki.create_ca("a rogue hub's CA")
+    return fpb.Peer(
+        code="360000",
+        name="外部平台",
+        level="province",
+        relation=fpb.PEER_RELATION_PARENT,
+        address="localhost:1",
+        ca_certificate_pem=pki.cert_pem(ca).decode(),
+    )
 
 
 def _own_username(scene: Scene, caller: str) -> str:
@@ -396,6 +417,14 @@ REQUESTS: dict[str, Build] = {
     "ExchangeService.FetchDocument": lambda s, c: xpb.FetchDocumentRequest(
         resource_code=DOCUMENTS, purpose=PURPOSE, filters={"id_number": PERSON_ID}
     ),
+    "FederationService.GetHubIdentity": lambda s, c: fpb.GetHubIdentityRequest(),
+    # Each tries to make the hub peer with a hub of its own making.
+    "FederationService.RegisterPeer": lambda s, c: fpb.RegisterPeerRequest(peer=_rogue_peer(), reason="私下对接"),
+    "FederationService.ListPeers": lambda s, c: fpb.ListPeersRequest(),
+    "FederationService.GetPeer": lambda s, c: fpb.GetPeerRequest(code=PEER),
+    "FederationService.SuspendPeer": lambda s, c: fpb.SuspendPeerRequest(code=PEER, reason="停用"),
+    "FederationService.ResumePeer": lambda s, c: fpb.ResumePeerRequest(code=PEER, reason="恢复"),
+    "FederationService.EndPeer": lambda s, c: fpb.EndPeerRequest(code=PEER, reason="终止"),
 }
 
 
@@ -474,8 +503,8 @@ def test_the_table_covers_every_rpc_the_hub_serves() -> None:
 
 def test_services_the_hub_does_not_serve_are_unimplemented_there(scene: Scene) -> None:
     """The departments' provider API is in the generated code, but nobody reaches it through the hub."""
-    assert set(SERVICES) >= SERVED_BY_DEPARTMENTS
-    for name in SERVED_BY_DEPARTMENTS:
+    assert set(SERVICES) >= NOT_ON_THE_MAIN_PORT
+    for name in NOT_ON_THE_MAIN_PORT:
         for method in SERVICES[name].methods:
             request = message_factory.GetMessageClass(method.input_type)()
             with pytest.raises(grpc.RpcError) as info:
@@ -567,6 +596,12 @@ INVALID: dict[str, Build] = {
     "SubscriptionService.CancelSubscription": lambda s, c: spb.CancelSubscriptionRequest(id="bad"),
     "AuditService.ExportLog": lambda s, c: apb.ExportLogRequest(from_seq=10**12),
     "AuditService.GetReport": lambda s, c: apb.GetReportRequest(from_date="2026-13-01", to_date="1900-01-01"),
+    "FederationService.RegisterPeer": lambda s, c: fpb.RegisterPeerRequest(peer=fpb.Peer(code="x", relation=99)),  # type: ignore[arg-type]
+    "FederationService.ListPeers": lambda s, c: fpb.ListPeersRequest(state=99),  # type: ignore[arg-type]
+    "FederationService.GetPeer": lambda s, c: fpb.GetPeerRequest(code="bad"),
+    "FederationService.SuspendPeer": lambda s, c: fpb.SuspendPeerRequest(code="bad"),
+    "FederationService.ResumePeer": lambda s, c: fpb.ResumePeerRequest(code="bad"),
+    "FederationService.EndPeer": lambda s, c: fpb.EndPeerRequest(code="bad"),
 }
 # Refusals that depend on what the request names: the caller holds the right in its own department, so the
 # request is checked first (a bad one is INVALID_ARGUMENT) and the named target refused after. A steward or
@@ -592,6 +627,7 @@ ELSEWHERE = {
 NOT_ASKED_WRONGLY = {
     "RightsService.CheckAccess": "its right is the caller's own department's systems or resources, named in it",
     "ConsoleService.CreateSignInLink": "its request has no field to get wrong",
+    "FederationService.GetHubIdentity": "its request has no field to get wrong",
 }
 DENIED_CELLS = [
     (case, caller)

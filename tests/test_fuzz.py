@@ -721,6 +721,7 @@ NATURAL = {  # who gets furthest into each service
     "ConsoleService": ("police", "system"),
     "ObjectionService": ("consumer", "police", "manager"),
     "SubscriptionService": ("system", "police"),
+    "FederationService": ("operator",),
 }
 
 

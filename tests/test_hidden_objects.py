@@ -29,8 +29,10 @@ from exchange import models as m
 from exchange import pki
 from exchange import wire as w
 from exchange.cli.client import HubClient
+from exchange.federation.model import Peer, PeerRelation
 from exchange.store.subscriptions import Subscription
 from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import federation_pb2 as fpb
 from exchange.v1 import objection_pb2 as opb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as pb
@@ -47,6 +49,7 @@ MISSING_GRANT = "GR-20000101-00000000"
 MISSING_OBJECTION = "OB-20000101-00000000"
 MISSING_SUBSCRIPTION = "SB-20000101-000000000000"
 MISSING_DEPARTMENT = "11350200MB0099999" + uscc_check_character("11350200MB0099999")
+PEER, MISSING_PEER = "350000", "360000"
 
 
 # Services the hub does not serve to its members: the departments' ProviderService, and what it serves to
@@ -156,6 +159,16 @@ def _certify(kind: m.PrincipalKind) -> Callable[[Scene, str], Message]:
     return ask
 
 
+def _peer(s: Scene) -> str:
+    """A peer hub registered in the scene's store (it need not run: it is only named)."""
+    store = s.hub.hub.store
+    if store.peers.find(PEER) is None:
+        _, ca = pki.create_ca("福建省 CA")
+        peer = Peer(PEER, "福建省", "province", PeerRelation.PARENT, "localhost:1", pki.cert_pem(ca).decode())
+        store.peers.register(peer, audit=TEST_RECORD)
+    return PEER
+
+
 def _binding(s: Scene, code: str) -> Message:
     backend = cpb.SqlBackend(url=f"sqlite:///{s.files}/x.db", table="rk")
     return cpb.SetBindingRequest(binding=cpb.Binding(resource_code=code, sql=backend), reason="改接入")
@@ -179,6 +192,11 @@ class Probe:
 
 def _fixed(name: str) -> Callable[[Scene], str]:
     return lambda s: name
+
+
+def _peer_probes(ask: Callable[[Scene, str], Message]) -> list[Probe]:
+    """A peer hub, asked for by everyone but the operator (who alone manages peers)."""
+    return [Probe(ask, _peer, MISSING_PEER, REGISTRAR_OUTSIDERS, "operator")]
 
 
 CATALOG_OUTSIDERS = ("operator", "consumer", "share_manager", "auditor", "system", "no_role")
@@ -412,6 +430,11 @@ PROBES: dict[str, list[Probe]] = {
     "ObjectionService.GetObjection": [
         Probe(lambda s, n: opb.GetObjectionRequest(id=n), lambda s: s.objection, MISSING_OBJECTION, (), "consumer")
     ],
+    # Peer hubs are the operator's business (federation): to anyone else they do not exist.
+    "FederationService.GetPeer": _peer_probes(lambda s, n: fpb.GetPeerRequest(code=n)),
+    "FederationService.SuspendPeer": _peer_probes(lambda s, n: fpb.SuspendPeerRequest(code=n, reason="检查")),
+    "FederationService.ResumePeer": _peer_probes(lambda s, n: fpb.ResumePeerRequest(code=n, reason="恢复")),
+    "FederationService.EndPeer": _peer_probes(lambda s, n: fpb.EndPeerRequest(code=n, reason="终止")),
 }
 
 # RPCs that name no existing object of a department, and why.
@@ -445,6 +468,12 @@ NAMES_NO_OBJECT = {
     "SubscriptionService.CreateSubscription": "the data plane, decided by the grant (as Query)",
     "SubscriptionService.ListSubscriptions": "lists (each caller sees what it may)",
     "SubscriptionService.Follow": "a stream of the data plane; refused as Acknowledge is, whether it exists or not",
+    "FederationService.GetHubIdentity": "the hub's own",
+    "FederationService.RegisterPeer": "creates",
+    "FederationService.ListPeers": "lists (the operator's)",
+    "PeeringService.Introduce": "served on the federation listener only, to peer hubs (the caller itself)",
+    "PeeringService.NotifyPeering": "served on the federation listener only, to peer hubs (the caller itself)",
+    "PeeringService.ListOfferedEntries": "served on the federation listener only, to peer hubs (offers to the caller)",
 }
 
 

@@ -19,6 +19,8 @@ RULES = {
     "audit": ("exchange.store", "exchange.auditlog", *HUB),
     "policy": HUB,
     "adapters": HUB,
+    # federation's core (peers, the division tree, trust and channels): the services and server build on it
+    "exchange/federation": HUB,
 }
 
 

@@ -23,6 +23,7 @@ from exchange import wire as w
 from exchange.cli import report, tables, userfiles
 from exchange.cli.client import HubClient
 from exchange.config import Settings
+from exchange.errors import ConfigError
 from exchange.store import Store
 from exchange.v1 import registry_pb2 as rpb
 
@@ -145,6 +146,21 @@ def ca_renew_server(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def ca_hub_cert(args: argparse.Namespace, settings: Settings) -> int:
+    """The hub certificate this hub presents to its peer hubs (federation), for ``hub_code``."""
+    if not settings.hub_code:
+        raise ConfigError("set hub_code (the hub's six-digit division code) before issuing its hub certificate")
+    cert = ca.issue_hub(_files(settings), settings.hub_code, settings.hostnames, args.days)
+    report.emit(
+        args,
+        {"hub_code": settings.hub_code, "not_after": cert.not_valid_after_utc.isoformat()},
+        f"new hub certificate for hub {settings.hub_code} ({pki.hub_uri(settings.hub_code)}), "
+        f"valid until {cert.not_valid_after_utc:%Y-%m-%d}",
+        "restart the hub to present it to its peers",
+    )
+    return 0
+
+
 def ca_retire(args: argparse.Namespace, settings: Settings) -> int:
     files = _files(settings)
     target = _trusted(files, args.fingerprint)
@@ -177,6 +193,8 @@ def add_verbs(top: Any, verb: Any, cert: Any) -> None:
     p.add_argument("--name", default="Exchange hub CA", help="the new CA's common name")
     p.add_argument("--days", type=int, default=3650, help="the new CA's validity in days")
     p = verb(sub, "renew-server", ca_renew_server, "a new server key and certificate from the signing CA")
+    p.add_argument("--days", type=int, default=825, help="validity in days")
+    p = verb(sub, "hub-cert", ca_hub_cert, "a new hub certificate for federation (names hub_code)")
     p.add_argument("--days", type=int, default=825, help="validity in days")
     p = verb(sub, "retire", ca_retire, "stop trusting a rotated-out CA and delete its kept key")
     p.add_argument("fingerprint", help="the CA's SHA-256 fingerprint, as `exchange ca status` shows it")

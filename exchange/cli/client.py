@@ -18,6 +18,7 @@ from exchange.v1 import (
     catalog_pb2_grpc,
     console_pb2_grpc,
     exchange_pb2_grpc,
+    federation_pb2_grpc,
     objection_pb2_grpc,
     registry_pb2_grpc,
     rights_pb2_grpc,
@@ -59,6 +60,7 @@ class HubClient:
         self.console = console_pb2_grpc.ConsoleServiceStub(self.channel)
         self.objections = objection_pb2_grpc.ObjectionServiceStub(self.channel)
         self.subscriptions = subscription_pb2_grpc.SubscriptionServiceStub(self.channel)
+        self.federation = federation_pb2_grpc.FederationServiceStub(self.channel)
 
     def call(self, method: Callable[..., T], request: Any) -> T:
         return method(request, timeout=self.timeout)

@@ -339,9 +339,17 @@ def catalog_list(args: argparse.Namespace, settings: Settings) -> int:
         text=args.text or "",
         field_name=args.field or "",
         subscribable=args.subscribable,
+        home_hub_code=args.home_hub or "",
+        home_level=args.home_level or "",
     )
     response = ask(args, settings, lambda hub: hub.catalog.ListResources, request)
-    show_list(args, response, RESOURCE_HEADERS, resource_rows(list(response.resources)))
+    resources = list(response.resources)
+    if any(r.home_hub_code for r in resources):  # entries homed at peer hubs (federation) say where
+        homes = [[f"{r.home_hub_code} {r.home_hub_name}" if r.home_hub_code else "-"] for r in resources]
+        rows = [row + home for row, home in zip(resource_rows(resources), homes, strict=True)]
+        show_list(args, response, [*RESOURCE_HEADERS, "home hub"], rows)
+    else:
+        show_list(args, response, RESOURCE_HEADERS, resource_rows(resources))
     return 0
 
 

@@ -31,6 +31,7 @@ from exchange.cli.certificates import add_verbs as add_certificate_verbs
 from exchange.cli.client import describe
 from exchange.cli.console import add_verbs as add_console_verbs
 from exchange.cli.objections import add_verbs as add_objection_verbs
+from exchange.cli.peers import add_verbs as add_peer_verbs
 from exchange.cli.subscriptions import add_verbs as add_subscription_verbs
 from exchange.errors import ExchangeError, InvalidArgument
 from exchange.server import loop
@@ -216,6 +217,10 @@ def _catalog_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--text", help="words in code, name, summary or classification")
     p.add_argument("--field", help="entries with a data item of this name or title")
     p.add_argument("--subscribable", action="store_true", help="only entries that can be subscribed to")
+    p.add_argument("--home-hub", help="only entries homed at this hub (its division code; federation)")
+    p.add_argument(
+        "--home-level", choices=config.HUB_LEVELS, help="only entries homed at hubs of this level (federation)"
+    )
     _paged(p)
     p = _verb(catalog, "history", commands.catalog_history, "an entry's versions")
     p.add_argument("code", help="resource code")
@@ -394,7 +399,7 @@ on the hub's host (with its --home):
   init, migrate, serve, demo, backup, restore, prune-audit, ca, audit check-index
 calling the hub (with --identity, as a person or a system):
   whoami, dept, system, person, cert, console, catalog, request, grant, objection, audit,
-  report, query, stream, document, subscribe, bind, binding
+  report, query, stream, document, subscribe, bind, binding, peer
 offline, with the audit log's public key (log.pub):
   audit verify, audit verify-receipt, audit report, verify-provenance
 
@@ -465,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     _rights_verbs(top)
     add_objection_verbs(top, _verb)
     add_subscription_verbs(top, _verb)
+    add_peer_verbs(top, _verb)
     _audit_verbs(top)
     p = _verb(
         top, "report", evaluation.report, "the evaluation report of a period, per department (auditors, share manager)"

@@ -35,7 +35,7 @@ from exchange.console.server import ConsoleServer
 from exchange.console.web import Services
 from exchange.errors import AuditTampered, ConfigError, ExchangeError, FieldViolation
 from exchange.models import Binding, PrincipalKind, PrincipalRef, Resource
-from exchange.server import heap
+from exchange.server import federation, heap
 from exchange.server.audit import AuditServicer
 from exchange.server.catalog import CatalogServicer
 from exchange.server.console import ConsoleServicer, console_base_url
@@ -44,6 +44,7 @@ from exchange.server.exchange import ExchangeServicer
 from exchange.server.metrics import HubMetrics, MetricsServer
 from exchange.server.objections import ObjectionServicer
 from exchange.server.parsing import RequestParsing
+from exchange.server.peers import FederationServicer
 from exchange.server.refusal_rate import RefusalRate
 from exchange.server.refusals import RefusalLog
 from exchange.server.registry import RegistryServicer
@@ -81,6 +82,8 @@ from exchange.v1 import (
     console_pb2_grpc,
     exchange_pb2,
     exchange_pb2_grpc,
+    federation_pb2,
+    federation_pb2_grpc,
     objection_pb2,
     objection_pb2_grpc,
     registry_pb2,
@@ -109,6 +112,7 @@ SERVICES = (
     console_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name,
     objection_pb2.DESCRIPTOR.services_by_name["ObjectionService"].full_name,
     subscription_pb2.DESCRIPTOR.services_by_name["SubscriptionService"].full_name,
+    federation_pb2.DESCRIPTOR.services_by_name["FederationService"].full_name,
 )
 
 
@@ -180,6 +184,8 @@ class Hub:
         self.console_access: ConsoleAccess | None = None
         self.console: ConsoleServer | None = None
         self.console_port = 0
+        # Peering with other hubs and their catalogs (docs/federation.md); None: this hub does not federate.
+        self.federation: federation.Federation | None = None
         self.refusals: RefusalLog | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self._quota_task: asyncio.Task[None] | None = None
@@ -274,8 +280,12 @@ class Hub:
             server,
         )
         self.catalog = CatalogService(self.store, policy, self._check_binding)
+        federated, peering, self.federation = federation.build(settings, self.store, policy, self.catalog)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
-            CatalogServicer(self.catalog, registry, settings.insecure_dev, refusals), server
+            CatalogServicer(self.catalog, registry, settings.insecure_dev, refusals, federated=federated), server
+        )
+        federation_pb2_grpc.add_FederationServiceServicer_to_server(
+            FederationServicer(peering, self.federation, registry, settings.insecure_dev, refusals), server
         )
         self.rights = rights = RightsService(
             self.store,
@@ -409,6 +419,8 @@ class Hub:
         if self.port == 0:
             raise ConfigError(f"cannot listen on {self.settings.listen}: the address is in use or not local")
         await server.start()
+        if self.federation is not None:
+            await self.federation.start()
         await self._set_serving(True)
         log.info("working days: %s", "; ".join(self.calendar.sources))
         self.check_calendar()  # before the metrics are served: their calendar gauges are set from here
@@ -663,6 +675,8 @@ class Hub:
             await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         if self.console is not None:
             await self.console.stop()
+        if self.federation is not None:
+            await self.federation.stop()
         if self.exchanging is not None:  # closing records of streams cut short, before the committer stops
             await self.exchanging.finish(CLOSING_RECORDS_SECONDS)
         if self.refusals is not None:  # the counts of refusals past the bound, before the committer stops

@@ -5,8 +5,10 @@ from __future__ import annotations
 from exchange import wire as c
 from exchange.errors import FieldViolation
 from exchange.models import Principal, ResourceChange
+from exchange.server.federation_wire import listed_to_wire
 from exchange.server.rpc import Authenticator, Refusals, unary
 from exchange.services.catalog import CatalogService
+from exchange.services.federation.catalog import FederatedCatalog
 from exchange.store.catalog import ResourceFilter
 from exchange.v1 import catalog_pb2 as pb
 from exchange.v1 import catalog_pb2_grpc as pb_grpc
@@ -15,8 +17,16 @@ from exchange.validation import raise_if
 
 class CatalogServicer(pb_grpc.CatalogServiceServicer):
     def __init__(
-        self, service: CatalogService, auth: Authenticator, insecure_dev: bool, refusals: Refusals | None = None
+        self,
+        service: CatalogService,
+        auth: Authenticator,
+        insecure_dev: bool,
+        refusals: Refusals | None = None,
+        *,
+        federated: FederatedCatalog | None = None,
     ) -> None:
+        """``federated`` (the hub's) also lists and reads the entries homed at other hubs."""
+        self.federated = federated
         self.refusals = refusals
         self.service = service
         self.auth = auth
@@ -55,7 +65,10 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
 
     @unary
     def GetResource(self, request: pb.GetResourceRequest, actor: Principal) -> pb.Resource:
-        return c.resource_to_wire(self.service.get(actor, request.code.strip(), request.version))
+        if self.federated is None:
+            return c.resource_to_wire(self.service.get(actor, request.code.strip(), request.version))
+        found = self.federated.get(actor, request.code.strip(), request.version)
+        return listed_to_wire(found.resource, found.home)
 
     @unary
     def ListResources(self, request: pb.ListResourcesRequest, actor: Principal) -> pb.ListResourcesResponse:
@@ -70,9 +83,15 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             field_name=request.field_name.strip(),
             subscribable=request.subscribable,
         )
-        page = self.service.list(actor, request.page_size, request.page_token, query, status)
+        home = (request.home_hub_code.strip(), request.home_level.strip())
+        if self.federated is None:
+            page = self.service.list(actor, request.page_size, request.page_token, query, status)
+            resources = [c.resource_to_wire(r) for r in page.items]
+            return pb.ListResourcesResponse(resources=resources, next_page_token=page.next_page_token)
+        listed = self.federated.list(actor, request.page_size, request.page_token, query, status, home=home)
         return pb.ListResourcesResponse(
-            resources=[c.resource_to_wire(r) for r in page.items], next_page_token=page.next_page_token
+            resources=[listed_to_wire(x.resource, x.home) for x in listed.items],
+            next_page_token=listed.next_page_token,
         )
 
     @unary

@@ -8,6 +8,7 @@ rotation half done): the next connection tries again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -83,6 +84,7 @@ class TlsFiles:
     """The server's mutual-TLS configuration and the signing CA, both following their files."""
 
     def __init__(self, files: pki.HubFiles) -> None:
+        self._files = files
         for path in (files.ca_key, files.ca_cert, files.server_key, files.server_cert):
             if not path.exists():
                 raise ConfigError(f"{path} is missing: run `exchange init` first (home is {files.home})")
@@ -126,6 +128,10 @@ class TlsFiles:
         _, cert, trust = self.server.value
         out = [("hub/server", x509.load_pem_x509_certificate(cert).not_valid_after_utc)]
         out += [(f"hub/ca/{pki.fingerprint(c)[:16]}", c.not_valid_after_utc) for c in pki.split_pems(trust)]
+        # A federating hub's certificate for its peers (docs/federation.md); none when the hub does not federate
+        # (an unreadable one the federation listener reports at start).
+        with contextlib.suppress(OSError, ValueError):
+            out.append(("hub/federation", pki.load_cert(self._files.hub_cert).not_valid_after_utc))
         return out
 
     def trust_pem(self) -> bytes:

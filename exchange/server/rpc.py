@@ -105,19 +105,22 @@ def _status_of(error: errors.ExchangeError) -> status_pb2.Status:  # noqa: PLR09
     return status_pb2.Status(code=code_pb2.INTERNAL, message=error.message)
 
 
-def _peer_fingerprint(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+def _presented(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
     pems = list(context.auth_context().get("x509_pem_cert") or ())
-    if not pems:
-        return None
-    return pki.fingerprint_of_presented(pems[0])
+    return pems[0] if pems else None
 
 
 @dataclass(frozen=True)
 class Peer:
-    """What a call says of its caller: its certificate's fingerprint, or in development mode its header."""
+    """What a call says of its caller: its certificate's fingerprint, or in development mode its header.
+
+    ``hub_code`` is set when the certificate is a hub's (its own code, or "" for a hub's server certificate):
+    such a certificate never stands for a department's system or person.
+    """
 
     fingerprint: str | None
     dev_header: str | None = None
+    hub_code: str | None = None
 
 
 def peer_of(servicer: Servicer, context: grpc.aio.ServicerContext[Any, Any]) -> Peer:
@@ -125,7 +128,10 @@ def peer_of(servicer: Servicer, context: grpc.aio.ServicerContext[Any, Any]) -> 
     must not be touched, least of all from another thread)."""
     if servicer.insecure_dev:
         return Peer(None, str(dict(context.invocation_metadata() or ()).get(DEV_PRINCIPAL_HEADER, "")))
-    return Peer(_peer_fingerprint(context))
+    pem = _presented(context)
+    if pem is None:
+        return Peer(None)
+    return Peer(pki.fingerprint_of_presented(pem), hub_code=pki.hub_code_of_presented(pem))
 
 
 def principal_of(servicer: Servicer, peer: Peer) -> Principal:
@@ -143,6 +149,11 @@ def principal_of(servicer: Servicer, peer: Peer) -> Principal:
             raise errors.Unauthenticated(f"development mode: {header} is not a registered principal") from None
     if peer.fingerprint is None:
         raise errors.Unauthenticated("no client certificate was presented")
+    if peer.hub_code is not None:
+        raise errors.Unauthenticated(
+            f"the client certificate is a hub's ({pki.hub_uri(peer.hub_code) if peer.hub_code else pki.HUB_URI}), "
+            "never a department's system or person: hubs call each other on the federation listener"
+        )
     principal = servicer.auth.authenticate(peer.fingerprint)
     if principal is None:
         raise errors.Unauthenticated(

@@ -24,7 +24,7 @@ from exchange.models import (
     ResourceStatus,
     ResourceVersion,
 )
-from exchange.paging import page_request
+from exchange.paging import PageRequest, page_request
 from exchange.services.auditing import change_record
 from exchange.store import Store
 from exchange.store.catalog import ResourceFilter, Transition
@@ -173,10 +173,20 @@ class CatalogService:
         query: ResourceFilter,
         status: ResourceStatus | None,
     ) -> Page[Resource]:
+        self.check_query(query)
+        return self.list_page(actor, page_request(size, token, {**query.__dict__, "status": status}), query, status)
+
+    @staticmethod
+    def check_query(query: ResourceFilter) -> None:
+        """A search's filters, checked before anything is looked up."""
         validation.validate_key("department_code", query.department_code or "", "department", optional=True)
         validation.validate_free_text("text", query.text, limit=validation.MAX_NAME)
         validation.validate_free_text("field_name", query.field_name, limit=validation.MAX_NAME)
-        page = page_request(size, token, {**query.__dict__, "status": status})
+
+    def list_page(
+        self, actor: Principal, page: PageRequest, query: ResourceFilter, status: ResourceStatus | None
+    ) -> Page[Resource]:
+        """One page of the entries ``query`` finds, its request already checked (the federated catalog's part)."""
         statuses = (status,) if status else _LISTED_BY_DEFAULT
         return self._store.catalog.list(
             page, replace(query, statuses=statuses, viewer_department=visible_department(actor))

@@ -38,6 +38,7 @@ from exchange.models import (
 )
 from exchange.paging import page_request
 from exchange.services.auditing import change_record
+from exchange.services.federation.remote import refuse_if_remote
 from exchange.services.verification import grant_scope
 from exchange.store import Store
 from exchange.store.rights import GrantFilter, RequestFilter, RequestStep
@@ -148,7 +149,10 @@ class RightsService:
 
     def _published(self, code: str, actor: Principal) -> Resource:
         validation.validate_key("request.resource_code", code, "resource")
-        resource = self._visible_resource(code, actor)
+        try:
+            resource = self._visible_resource(code, actor)
+        except NotFound as missing:
+            raise refuse_if_remote(self._store, code, missing) from None
         if resource.status is not ResourceStatus.PUBLISHED:
             raise FailedPrecondition(f"resource {code!r} is {resource.status.value}, not published", code)
         return resource

@@ -8,7 +8,9 @@ from exchange.store.changes import install_local_changes
 from exchange.store.console import ConsoleStore
 from exchange.store.counters import CountersStore
 from exchange.store.database import Database
+from exchange.store.federated import FederatedCatalogStore
 from exchange.store.objections import ObjectionStore
+from exchange.store.peers import PeerStore
 from exchange.store.recorded import RecordedWrites
 from exchange.store.registry import RegistryStore
 from exchange.store.rights import RightsStore
@@ -21,7 +23,9 @@ __all__ = [
     "ConsoleStore",
     "CountersStore",
     "Database",
+    "FederatedCatalogStore",
     "ObjectionStore",
+    "PeerStore",
     "RecordedWrites",
     "RegistryStore",
     "RightsStore",
@@ -47,6 +51,8 @@ class Store:
         self.objections = ObjectionStore(self.db, recorded)
         self.witness = WitnessStore(self.db, recorded)
         self.subscriptions = SubscriptionStore(self.db, recorded)
+        self.peers = PeerStore(self.db, recorded)
+        self.federated = FederatedCatalogStore(self.db)
         # Told of every change this process commits (payloads as announced to other processes).
         self.on_commit: list[Callable[[str], None]] = []
         install_local_changes(self.db.write_sessions, self.on_commit)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 
 from audit.records import AuditRecord
@@ -42,7 +42,14 @@ from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.recorded import RecordedWrites
 from exchange.store.registry import department_row
-from exchange.store.schema import BindingRow, DataItemRow, RelatedResourceRow, ResourceRow, ResourceVersionRow
+from exchange.store.schema import (
+    BindingRow,
+    CatalogOfferRow,
+    DataItemRow,
+    RelatedResourceRow,
+    ResourceRow,
+    ResourceVersionRow,
+)
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ def snapshot(resource: Resource) -> dict[str, Any]:
     return data
 
 
-def _from_snapshot(data: dict[str, Any]) -> Resource:
+def from_snapshot(data: dict[str, Any]) -> Resource:
     spec = dict(data["spec"])
     spec["data_items"] = tuple(
         DataItem(**{**i, "type": FieldType(i["type"]), "sensitivity": SensitivityGrade(i["sensitivity"])})
@@ -182,6 +189,18 @@ def _write_spec(s: Session, row: ResourceRow, spec: ResourceSpec) -> None:
     row.related = [RelatedResourceRow(position=n, related_code=c) for n, c in enumerate(spec.related_resource_codes)]
 
 
+# The key of the PostgreSQL advisory lock under which offers are numbered (see lock_offers).
+_OFFERS_LOCK = 0x0FFE25
+
+
+def lock_offers(s: Session) -> None:
+    """Numbers this transaction's offers after every earlier one has committed: peers read offers after the last
+    sequence they stored, so a sequence must never become visible after a higher one. On PostgreSQL a transaction
+    lock serialises the writers of offers (catalog changes: few); SQLite serialises every write already."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _OFFERS_LOCK})
+
+
 def _record_version(s: Session, row: ResourceRow, change: ResourceChange, actor: PrincipalRef, reason: str) -> Resource:
     s.flush()
     s.refresh(row)
@@ -198,6 +217,19 @@ def _record_version(s: Session, row: ResourceRow, change: ResourceChange, actor:
             snapshot=snapshot(resource),
         )
     )
+    if resource.status is not ResourceStatus.DRAFT:  # offered to peer hubs (federation); "" home: this hub
+        lock_offers(s)
+        s.add(
+            CatalogOfferRow(
+                resource_code=row.code,
+                home_hub_code="",
+                home_hub_name="",
+                home_level="",
+                via_peer="",
+                snapshot=snapshot(resource),
+                offered_at=row.updated_at,
+            )
+        )
     return resource
 
 
@@ -273,7 +305,7 @@ class CatalogStore:
             past = s.get(ResourceVersionRow, (row.id, version))
             if past is None:
                 raise NotFound("resource version", f"{code}@{version}")
-            return _from_snapshot(past.snapshot)
+            return from_snapshot(past.snapshot)
 
     def list(self, page: PageRequest, f: ResourceFilter) -> Page[Resource]:
         with self._db.read() as s:
@@ -382,5 +414,5 @@ def _version_of(row: ResourceVersionRow) -> ResourceVersion:
         actor=PrincipalRef(PrincipalKind(row.actor_kind), row.actor_code),
         reason=row.reason,
         changed_at=row.changed_at,
-        resource=_from_snapshot(row.snapshot),
+        resource=from_snapshot(row.snapshot),
     )

@@ -590,3 +590,69 @@ class PendingChangeRow(Base):
     # The masks the record was shaped with ("field=kind"): delivery refuses one masked less than the grant now says.
     masks: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+# Federation (docs/federation.md): peer hubs, the catalog offers this hub makes them, the entries they offer.
+_SEQUENCE = BigInteger().with_variant(Integer(), "sqlite")  # SQLite numbers only INTEGER keys by itself
+
+
+class PeerRow(Base):
+    """A hub this hub's operator registered as a peer, and the peering's state as this hub holds it."""
+
+    __tablename__ = "peers"
+
+    code: Mapped[str] = mapped_column(String(6), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    level: Mapped[str] = mapped_column(String(16))
+    relation: Mapped[str] = mapped_column(String(8))
+    address: Mapped[str] = mapped_column(String(255))
+    ca_pem: Mapped[str] = mapped_column(Text)
+    ca_fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    offer_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    synced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    sync_problem: Mapped[str] = mapped_column(Text, default="")
+
+
+class CatalogOfferRow(Base):
+    """One state of a catalog entry as this hub offers it to its peers; appended, never changed.
+
+    ``via_peer`` is "" for this hub's own entries, else the peer a remote entry came from (it is offered to
+    every other peer, never back to that one).
+    """
+
+    __tablename__ = "catalog_offers"
+
+    sequence: Mapped[int] = mapped_column(_SEQUENCE, primary_key=True, autoincrement=True)
+    resource_code: Mapped[str] = mapped_column(String(32), index=True)
+    home_hub_code: Mapped[str] = mapped_column(String(6))
+    home_hub_name: Mapped[str] = mapped_column(String(200))
+    home_level: Mapped[str] = mapped_column(String(16))
+    via_peer: Mapped[str] = mapped_column(String(6), default="")
+    snapshot: Mapped[dict[str, object]] = mapped_column(JSON)
+    offered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class RemoteEntryRow(Base):
+    """A catalog entry homed at another hub, as the peer ``via_peer`` last offered it; read-only here."""
+
+    __tablename__ = "remote_entries"
+
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    department_code: Mapped[str] = mapped_column(String(18), index=True)
+    share_type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int] = mapped_column(Integer)
+    # " name title name title ... ": the data items, for the field_name filter
+    item_names: Mapped[str] = mapped_column(Text, default="")
+    home_hub_code: Mapped[str] = mapped_column(String(6), index=True)
+    home_hub_name: Mapped[str] = mapped_column(String(200))
+    home_level: Mapped[str] = mapped_column(String(16), index=True)
+    via_peer: Mapped[str] = mapped_column(String(6), index=True)
+    offer_sequence: Mapped[int] = mapped_column(BigInteger)
+    snapshot: Mapped[dict[str, object]] = mapped_column(JSON)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

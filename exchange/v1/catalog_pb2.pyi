@@ -277,6 +277,9 @@ class Resource(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SUBSCRIBABLE_FIELD_NUMBER: _builtins.int
+    HOME_HUB_CODE_FIELD_NUMBER: _builtins.int
+    HOME_HUB_NAME_FIELD_NUMBER: _builtins.int
+    HOME_LEVEL_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Resource code: front part (1 to 9 classification digits) "/" back part
     (6 to 12 sequence digits), e.g. "10101/350200000001". Immutable.
@@ -303,6 +306,13 @@ class Resource(_message.Message):
     version: _builtins.int
     subscribable: _builtins.bool
     """Its binding declares a change source, so it can be subscribed to."""
+    home_hub_code: _builtins.str
+    """Output only. Where the entry is catalogued (federation): empty for an entry of this hub; else the hub
+    that holds the owning department (its administrative division code and name) and its level (county,
+    city, province or national). Such a remote entry is read-only here.
+    """
+    home_hub_name: _builtins.str
+    home_level: _builtins.str
     @_builtins.property
     def data_items(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataItem]: ...
     @_builtins.property
@@ -337,10 +347,13 @@ class Resource(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         subscribable: _builtins.bool = ...,
+        home_hub_code: _builtins.str = ...,
+        home_hub_name: _builtins.str = ...,
+        home_level: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "publish_time", b"publish_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "code", b"code", "create_time", b"create_time", "data_items", b"data_items", "department_code", b"department_code", "format", b"format", "legal_basis", b"legal_basis", "name", b"name", "open_conditions", b"open_conditions", "open_to_public", b"open_to_public", "publish_time", b"publish_time", "related_resource_codes", b"related_resource_codes", "share_conditions", b"share_conditions", "share_method", b"share_method", "share_type", b"share_type", "status", b"status", "subscribable", b"subscribable", "summary", b"summary", "update_cycle", b"update_cycle", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "code", b"code", "create_time", b"create_time", "data_items", b"data_items", "department_code", b"department_code", "format", b"format", "home_hub_code", b"home_hub_code", "home_hub_name", b"home_hub_name", "home_level", b"home_level", "legal_basis", b"legal_basis", "name", b"name", "open_conditions", b"open_conditions", "open_to_public", b"open_to_public", "publish_time", b"publish_time", "related_resource_codes", b"related_resource_codes", "share_conditions", b"share_conditions", "share_method", b"share_method", "share_type", b"share_type", "status", b"status", "subscribable", b"subscribable", "summary", b"summary", "update_cycle", b"update_cycle", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -815,6 +828,8 @@ class ListResourcesRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     FIELD_NAME_FIELD_NUMBER: _builtins.int
     SUBSCRIBABLE_FIELD_NUMBER: _builtins.int
+    HOME_HUB_CODE_FIELD_NUMBER: _builtins.int
+    HOME_LEVEL_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     page_token: _builtins.str
     department_code: _builtins.str
@@ -827,6 +842,10 @@ class ListResourcesRequest(_message.Message):
     """Entries with a data item of this name or title."""
     subscribable: _builtins.bool
     """Only entries that can be subscribed to (their binding declares changes)."""
+    home_hub_code: _builtins.str
+    """Entries homed at this hub (its division code); this hub's own code lists only this hub's entries."""
+    home_level: _builtins.str
+    """Entries homed at hubs of this level: county, city, province or national."""
     def __init__(
         self,
         *,
@@ -838,10 +857,12 @@ class ListResourcesRequest(_message.Message):
         text: _builtins.str = ...,
         field_name: _builtins.str = ...,
         subscribable: _builtins.bool = ...,
+        home_hub_code: _builtins.str = ...,
+        home_level: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["department_code", b"department_code", "field_name", b"field_name", "page_size", b"page_size", "page_token", b"page_token", "share_type", b"share_type", "status", b"status", "subscribable", b"subscribable", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department_code", b"department_code", "field_name", b"field_name", "home_hub_code", b"home_hub_code", "home_level", b"home_level", "page_size", b"page_size", "page_token", b"page_token", "share_type", b"share_type", "status", b"status", "subscribable", b"subscribable", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,6 +30,7 @@ from exchange.services.cache import Cache
 from exchange.services.exchange.admit import admit, query_page, typed_filters
 from exchange.services.exchange.answers import Ask, Call, Plan
 from exchange.services.exchange.fetch import BackendPool
+from exchange.services.federation.remote import refuse_if_remote
 from exchange.services.verification import Lookup, MaskedFilterGuard, Ticket
 from exchange.store import Store
 from policy.decision import Decision, DecisionPoint, DenyReason, Question
@@ -66,7 +67,10 @@ class Decider:
         self._decided = decided
 
     def entry(self, code: str) -> tuple[Resource, Binding | None]:
-        found = self._entries.get(code, self._store.catalog.with_binding)
+        try:
+            found = self._entries.get(code, self._store.catalog.with_binding)
+        except NotFound as missing:
+            raise refuse_if_remote(self._store, code, missing) from None
         assert found is not None  # with_binding raises NotFound rather than answer None
         return found
 

@@ -1,7 +1,7 @@
 """witness state: the checkpoints this hub cosigned for peers, fork evidence, cosignatures it received
 
 Revision ID: 0017
-Revises: 0015
+Revises: 0016
 Create Date: 2026-12-04 22:00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import exchange.store.schema
 
 revision = "0017"
-down_revision = "0015"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,282 @@
+"""The federation listener and the calls this hub makes to its peers.
+
+Peer hubs call ``PeeringService`` on a port of its own (``federation_listen``), whose client roots are the
+CAs of registered peers only: hub certificates never reach the departments' services and department
+certificates never reach the federation's. This hub calls its peers over channels that present its hub
+certificate and trust each peer's registered CA only, with a deadline per call; a peer that is down or slow
+is UNAVAILABLE naming the hop. A loop pulls each active peer's offered catalog entries every
+``federation_sync_seconds`` and retries introductions still waiting for the other side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from exchange import errors, pki
+from exchange.config import Settings
+from exchange.federation.model import HubRef, Offer, Peer, PeerState
+from exchange.federation.tls import HubCertificate, PeerTrust, channel_to, load_hub_certificate
+from exchange.server import federation_wire as fw
+from exchange.server.peering import PeeringServicer
+from exchange.services.catalog import CatalogService
+from exchange.services.federation.catalog import FederatedCatalog
+from exchange.services.federation.peering import PeeringService
+from exchange.store import Store
+from exchange.v1 import federation_pb2 as pb
+from exchange.v1 import federation_pb2_grpc as pb_grpc
+from policy import RightsPolicy
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PAGE = 200
+_CHANGES = {
+    "suspended": pb.PEERING_CHANGE_SUSPENDED,
+    "resumed": pb.PEERING_CHANGE_RESUMED,
+    "ended": pb.PEERING_CHANGE_ENDED,
+}
+
+
+class Federation:
+    """This hub's federation: its listener, its channels to peers, and the catalog sync loop."""
+
+    def __init__(
+        self, settings: Settings, store: Store, hub: HubCertificate, peering: PeeringService, catalog: FederatedCatalog
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.peering = peering
+        self.catalog = catalog
+        self.trust = PeerTrust(hub)
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._channels: dict[str, tuple[tuple[str, str], grpc.aio.Channel]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+
+    async def start(self) -> int:
+        """Serves the federation listener and starts the sync loop; returns the bound port."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.peers_changed)
+        server = grpc.aio.server(options=self._limits())
+        pb_grpc.add_PeeringServiceServicer_to_server(PeeringServicer(self), server)
+        try:
+            self.port = server.add_secure_port(self.settings.federation_listen, self.trust.credentials())
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            raise errors.ConfigError(f"cannot listen on federation_listen {self.settings.federation_listen}")
+        await server.start()
+        self._server = server
+        self._task = self._loop.create_task(self._sync_forever())
+        log.info("federation listener for hub %s on port %d", self.hub.code, self.port)
+        return self.port
+
+    def _limits(self) -> list[tuple[str, int]]:
+        size = self.settings.max_message_bytes
+        return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._server is not None:
+            await self._server.stop(1)
+        for _, channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()
+
+    def peers_changed(self) -> None:
+        """Re-reads the peers for the listener's trust (blocking: reads the store)."""
+        self.trust.update(self.store.peers.list())
+
+    def run(self, work: Awaitable[T]) -> T:
+        """Runs a call to a peer on the hub's loop from a worker thread (an operator's RPC), waiting for it."""
+        assert self._loop is not None
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(work, self._loop)  # type: ignore[arg-type]
+        return future.result(self.settings.federation_call_seconds + 5)
+
+    def sync_soon(self) -> None:
+        """Starts the next sync round now (after a peering became active), from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _stub(self, peer: Peer) -> pb_grpc.PeeringServiceAsyncStub:
+        """The stub for a peer, over a channel kept while its address and CA stay (the generated stub class
+        serves sync and asyncio channels alike; its type stubs name the asyncio flavour apart)."""
+        key = (peer.address, peer.ca_fingerprint)
+        held = self._channels.get(peer.code)
+        if held is None or held[0] != key:
+            if held is not None:
+                asyncio.get_running_loop().create_task(held[1].close(None))
+            held = (key, channel_to(peer, self.hub, self._limits()))
+            self._channels[peer.code] = held
+        return pb_grpc.PeeringServiceStub(held[1])
+
+    async def call(
+        self, peer: Peer, what: str, rpc: Callable[[pb_grpc.PeeringServiceAsyncStub, float], Awaitable[T]]
+    ) -> T:
+        """One call to a peer, with its deadline; a hub error naming the peer hop if it fails."""
+        try:
+            return await rpc(self._stub(peer), self.settings.federation_call_seconds)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                await self._drop(peer.code)  # the next call connects afresh, not after the channel's back-off
+            raise _hop_error(peer, what, e, self.settings.federation_call_seconds) from None
+
+    async def _drop(self, code: str) -> None:
+        held = self._channels.pop(code, None)
+        if held is not None:
+            await held[1].close(None)
+
+    async def introduce(self, peer: Peer) -> Peer:
+        """Tells a registered peer that this hub registered it; active once the peer registered this hub too."""
+        own = self.peering.own
+        request = pb.IntroduceRequest(name=own.name, level=own.level, relation=fw.RELATION.wire(peer.relation))
+
+        async def rpc(stub: pb_grpc.PeeringServiceAsyncStub, timeout: float) -> pb.IntroduceResponse:
+            return await stub.Introduce(request, timeout=timeout)
+
+        answer = await self.call(peer, "introduce", rpc)
+        if answer.code != peer.code:
+            raise errors.FailedPrecondition(f"the hub at {peer.address} says it is hub {answer.code}, not {peer.code}")
+        theirs = fw.STATE.domain(answer.state, "state", [], required=False) or PeerState.REGISTERED
+        return await asyncio.to_thread(self.peering.confirmed, peer.code, theirs)
+
+    async def tell(self, peer: Peer, change: str, reason: str) -> bool:
+        """Tells a peer of a suspension, resumption or end; False (logged) when it could not be told now."""
+        request = pb.NotifyPeeringRequest(change=_CHANGES[change], reason=reason)
+
+        async def rpc(stub: pb_grpc.PeeringServiceAsyncStub, timeout: float) -> pb.NotifyPeeringResponse:
+            return await stub.NotifyPeering(request, timeout=timeout)
+
+        try:
+            await self.call(peer, "notify", rpc)
+        except errors.ExchangeError as e:
+            log.warning("federation: hub %s was not told the peering was %s: %s", peer.code, change, e.message)
+            return False
+        return True
+
+    async def pull(self, peer: Peer) -> list[str]:
+        """Fetches the peer's offers after the last one stored, page by page, keeping what it may offer."""
+        refused: list[str] = []
+        after = peer.offer_sequence
+        while True:
+            page = await self.call(peer, "list offered entries", _list_after(after))
+            if not all(e.sequence > after for e in page.entries):
+                raise errors.FailedPrecondition(f"hub {peer.code} offered entries out of sequence (after {after})")
+            cursor = max((e.sequence for e in page.entries), default=page.last_sequence)
+            offers, malformed = readable_offers(page)
+            refused += await asyncio.to_thread(self.catalog.accept, peer, offers, max(cursor, after), malformed)
+            if not page.entries or cursor >= page.last_sequence:
+                return refused
+            after = cursor
+
+    async def sync_once(self) -> None:
+        """One round: introductions still waiting, then the offers of every active peer."""
+        peers = await asyncio.to_thread(self.store.peers.list, (PeerState.REGISTERED, PeerState.ACTIVE))
+        await asyncio.to_thread(self.peers_changed)  # also catches changes other hub processes made
+        for registered in peers:
+            peer = registered
+            try:
+                if peer.state is PeerState.REGISTERED:
+                    peer = await self.introduce(peer)
+                if peer.state is PeerState.ACTIVE:
+                    await self.pull(peer)
+            except errors.PermissionDenied as e:
+                if e.reason == "PEERING_SUSPENDED_BY_CALLER" and peer.state is PeerState.ACTIVE:
+                    await self.tell(peer, "resumed", "resumed here; told again")  # the first word was lost
+                await self._failed(peer, e)
+            except errors.ExchangeError as e:
+                await self._failed(peer, e)
+
+    async def _failed(self, peer: Peer, e: errors.ExchangeError) -> None:
+        log.warning("federation: sync with hub %s: %s", peer.code, e.message)
+        await asyncio.to_thread(self.store.peers.sync_failed, peer.code, e.message)
+
+    async def _sync_forever(self) -> None:
+        while True:
+            try:
+                await self.sync_once()
+            except Exception:  # the loop must outlive one bad round (the store down); the next round retries
+                log.exception("federation: a sync round failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.federation_sync_seconds)
+
+
+def _list_after(
+    after: int,
+) -> Callable[[pb_grpc.PeeringServiceAsyncStub, float], Awaitable[pb.ListOfferedEntriesResponse]]:
+    request = pb.ListOfferedEntriesRequest(after_sequence=after, page_size=PAGE)
+
+    async def rpc(stub: pb_grpc.PeeringServiceAsyncStub, timeout: float) -> pb.ListOfferedEntriesResponse:
+        return await stub.ListOfferedEntries(request, timeout=timeout)
+
+    return rpc
+
+
+def readable_offers(page: pb.ListOfferedEntriesResponse) -> tuple[list[Offer], list[str]]:
+    """The page's offers that can be read, and a refusal for each that cannot."""
+    offers: list[Offer] = []
+    malformed: list[str] = []
+    for entry in page.entries:
+        try:
+            offers.append(fw.offer_from_wire(entry))
+        except errors.ExchangeError as e:
+            malformed.append(f"entry {entry.resource.code[:40]!r} (offer {entry.sequence}): malformed: {e.message}")
+    return offers, malformed
+
+
+def _reason_of(e: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason a peer gave with its refusal ("" if none)."""
+    status = rpc_status.from_call(e)  # type: ignore[arg-type]  # an ended call has what it reads
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
+
+
+def _hop_error(peer: Peer, what: str, e: grpc.aio.AioRpcError, timeout: float) -> errors.ExchangeError:
+    """The hub error for a failed call to a peer: it names the hop (the peer's code and address)."""
+    hop = f"peer hub {peer.code} at {peer.address}"
+    detail = e.details() or e.code().name
+    code = e.code()
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.Unavailable(f"{hop} did not answer {what} within {timeout:g}s")
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return errors.Unavailable(
+            f"{hop} cannot be reached for {what} ({detail}); it may be down, or not have registered this hub yet"
+        )
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return errors.PermissionDenied(f"{hop} refused {what}: {detail}", reason=_reason_of(e) or "PEER_REFUSED")
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return errors.Unauthenticated(f"{hop} did not accept this hub's certificate for {what}: {detail}")
+    if code is grpc.StatusCode.FAILED_PRECONDITION:
+        return errors.FailedPrecondition(f"{hop} refused {what}: {detail}", subject=peer.code)
+    return errors.Unavailable(f"{hop} failed {what}: {code.name}: {detail}")
+
+
+def build(
+    settings: Settings, store: Store, policy: RightsPolicy, catalog: CatalogService
+) -> tuple[FederatedCatalog, PeeringService, Federation | None]:
+    """The federated catalog and the peerings (always: a hub that does not federate still lists its own entries
+    and reads its peers) and, when ``federation_listen`` is set, the federation with its listener (not started)."""
+    own = HubRef(settings.hub_code, settings.hub_name, settings.hub_level)
+    files = pki.HubFiles(settings.home, settings.ca_key_file)
+    federated = FederatedCatalog(store, catalog, own)
+    peering = PeeringService(store, policy, own, files.ca_cert.read_text())
+    if not settings.federation_listen:
+        return federated, peering, None
+    hub = load_hub_certificate(files, settings.hub_code)
+    return federated, peering, Federation(settings, store, hub, peering, federated)

@@ -1,0 +1,1 @@
+"""Federation's services: peerings (operator and peer sides) and the federated catalog."""

@@ -1,0 +1,134 @@
+"""Hubs of three levels on loopback, each with its own home and CA, and the steps that peer them.
+
+思明区 (county, 350203) ← 厦门市 (city, 350200) ← 福建省 (province, 350000). Each hub serves its main port
+and its federation listener; tests drive the sync rounds themselves (``sync``) rather than wait for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from exchange import models as m
+from exchange import pki
+from exchange.config import Settings
+from exchange.federation.model import Peer, PeerState
+from exchange.server.federation import Federation
+from exchange.store.schema import AuditEntryRow, AuditStagedRow
+from exchange.v1 import federation_pb2 as fpb
+from exchange.validation import uscc_check_character
+from tests.harness import RunningHub, base_settings, running_hub
+
+
+def department(division: str, serial: str, name: str, level: m.AdministrativeLevel) -> m.Department:
+    """A department registered in ``division`` (its unified social credit code carries the division)."""
+    first17 = f"11{division}MB{serial}"
+    return m.Department(first17 + uscc_check_character(first17), name, division, level)
+
+
+SIMING_MARKET = department("350203", "0011223", "思明区市场监督管理局", m.AdministrativeLevel.COUNTY)
+PROVINCE_MARKET = department("350000", "0044556", "福建省市场监督管理局", m.AdministrativeLevel.PROVINCE)
+HUBS = {
+    "county": ("350203", "思明区政务数据共享平台"),
+    "city": ("350200", "厦门市政务数据共享平台"),
+    "province": ("350000", "福建省政务数据共享平台"),
+}
+
+
+@dataclass
+class Node:
+    """A running hub of the federation, by its level."""
+
+    level: str
+    running: RunningHub
+
+    @property
+    def code(self) -> str:
+        return HUBS[self.level][0]
+
+    @property
+    def federation(self) -> Federation:
+        found = self.running.hub.federation
+        assert found is not None
+        return found
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.federation.port}"
+
+    def sync(self) -> None:
+        """One sync round, run on the hub's own loop: introductions waiting, then each active peer's offers."""
+        self.federation.run(self.federation.sync_once())
+
+    def peer(self, code: str) -> Peer:
+        return self.running.hub.store.peers.get(code)
+
+    def state_of(self, code: str) -> PeerState:
+        return self.peer(code).state
+
+    def register(self, other: Node, relation: fpb.PeerRelation.ValueType) -> fpb.Peer:
+        """This hub's operator registers ``other`` (the CA certificate as ``other``'s operator handed it over)."""
+        peer = fpb.Peer(
+            code=other.code,
+            name=HUBS[other.level][1],
+            level=other.level,
+            relation=relation,
+            address=other.address,
+            ca_certificate_pem=other.running.ca_pem.decode(),
+        )
+        with self.running.client() as hub:
+            request = fpb.RegisterPeerRequest(peer=peer, reason="协议 2026-12")
+            return hub.call(hub.federation.RegisterPeer, request).peer
+
+    def federation_records(self) -> list[str]:
+        """The audit records of peering changes, staged or integrated, as their text."""
+        with self.running.hub.store.db.read() as s:
+            texts = [*s.scalars(select(AuditStagedRow.record)), *s.scalars(select(AuditEntryRow.record))]
+        return [t for t in texts if t and '"kind":"federation"' in t.replace(" ", "")]
+
+
+def settings_for(root: Path, level: str) -> Settings:
+    code, name = HUBS[level]
+    return base_settings(
+        root / level,
+        hub_code=code,
+        hub_name=name,
+        hub_level=level,
+        federation_listen="127.0.0.1:0",
+        federation_sync_seconds=3600.0,  # the tests run each round themselves
+        federation_call_seconds=5.0,
+    )
+
+
+@contextmanager
+def hubs(root: Path, *levels: str) -> Iterator[dict[str, Node]]:
+    """The hubs of ``levels``, running until the block ends."""
+    with ExitStack() as stack:
+        out = {}
+        for level in levels:
+            running = stack.enter_context(running_hub(settings_for(root, level)))
+            out[level] = Node(level, running)
+        yield out
+
+
+def peer_pair(child: Node, parent: Node) -> None:
+    """Both operators register the peering (the child's parent, the parent's child): it is active."""
+    child.register(parent, fpb.PEER_RELATION_PARENT)
+    parent.register(child, fpb.PEER_RELATION_CHILD)
+    assert child.state_of(parent.code) is PeerState.ACTIVE
+    assert parent.state_of(child.code) is PeerState.ACTIVE
+
+
+def hub_identity(node: Node, into: Path) -> Path:
+    """An identity directory holding the hub's own hub certificate (to show where it is refused)."""
+    files = pki.HubFiles(node.running.settings.home)
+    into.mkdir(parents=True)
+    (into / "key.pem").write_bytes(files.hub_key.read_bytes())
+    (into / "key.pem").chmod(0o600)
+    (into / "cert.pem").write_bytes(files.hub_cert.read_bytes())
+    (into / "ca.pem").write_bytes(node.running.ca_pem)
+    return into

@@ -1,0 +1,110 @@
+"""The federation's store on SQLite and PostgreSQL: peers and their changes, offers in commit order, remote
+entries kept with their home and the peer's cursor, and an ended peer's entries forgotten."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+
+import pytest
+
+from exchange import models as m
+from exchange import pki
+from exchange.errors import AlreadyExists, NotFound
+from exchange.federation.model import HubRef, Offer, Peer, PeerRelation, PeerState
+from exchange.paging import page_request
+from exchange.store import Store
+from exchange.store.catalog import Transition
+from exchange.store.federated import RemoteFilter
+from tests.federation_support import SIMING_MARKET
+from tests.harness import POLICE, TEST_RECORD, identity_spec
+
+STEWARD = m.PrincipalRef(m.PrincipalKind.PERSON, "ga-steward")
+COUNTY = HubRef("350203", "思明区", "county")
+
+
+def _peer(code: str = "350203", relation: PeerRelation = PeerRelation.CHILD) -> Peer:
+    _, ca = pki.create_ca(f"CA {code}")
+    return Peer(code, "思明区", "county", relation, "localhost:7445", pki.cert_pem(ca).decode(), "f" * 64)
+
+
+def test_a_peer_is_registered_once_changed_under_its_record_and_registered_anew_once_ended(store: Store) -> None:
+    peer = store.peers.register(_peer(), audit=TEST_RECORD)
+    assert (peer.state, peer.offer_sequence) == (PeerState.REGISTERED, 0)
+    with pytest.raises(AlreadyExists):
+        store.peers.register(_peer(), audit=TEST_RECORD)
+    with pytest.raises(NotFound):
+        store.peers.change("350206", lambda p: p, audit=TEST_RECORD)
+    ended = store.peers.change("350203", lambda p: dataclasses.replace(p, state=PeerState.ENDED), audit=TEST_RECORD)
+    assert ended.state is PeerState.ENDED
+    again = store.peers.register(_peer(), audit=TEST_RECORD)
+    assert again.state is PeerState.REGISTERED
+    assert [p.code for p in store.peers.list((PeerState.REGISTERED,))] == ["350203"]
+    assert store.peers.list((PeerState.ACTIVE,)) == []
+
+
+def _change(store: Store, code: str, status: m.ResourceStatus, change: m.ResourceChange) -> None:
+    def decide(current: m.Resource) -> Transition:
+        return Transition(current.spec, status, change)
+
+    store.catalog.change(code, 0, STEWARD, "test", decide, audit=TEST_RECORD)
+
+
+def test_offers_follow_published_changes_in_commit_order_and_skip_drafts(store: Store) -> None:
+    store.registry.add_department(POLICE, audit=TEST_RECORD)
+    codes = [f"10101/35020000000{i}" for i in range(1, 7)]
+    draft = identity_spec("10101/350200000000", name="草稿")
+    store.catalog.create(draft, m.ResourceStatus.DRAFT, STEWARD, "", audit=TEST_RECORD)
+    failed: list[BaseException] = []
+
+    def publish(code: str) -> None:
+        try:
+            spec = identity_spec(code, name=f"条目 {code}")
+            store.catalog.create(spec, m.ResourceStatus.PUBLISHED, STEWARD, "", audit=TEST_RECORD)
+        except BaseException as e:  # a thread's failure is the test's
+            failed.append(e)
+
+    threads = [threading.Thread(target=publish, args=(code,)) for code in codes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failed == []
+    _change(store, codes[0], m.ResourceStatus.SUSPENDED, m.ResourceChange.SUSPENDED)
+    offers, last = store.federated.offers(0, 100, "350203")
+    assert sorted(o.resource.spec.code for o in offers[:6]) == codes  # the draft is not offered
+    assert [o.sequence for o in offers] == sorted(o.sequence for o in offers) and last == offers[-1].sequence
+    assert offers[-1].resource.status is m.ResourceStatus.SUSPENDED and offers[-1].home is None
+    later, _ = store.federated.offers(offers[2].sequence, 100, "350203")
+    assert later == offers[3:]
+
+
+def _offer(code: str, sequence: int, version: int = 1) -> Offer:
+    now = dt.datetime.now(dt.UTC)
+    spec = identity_spec(code, SIMING_MARKET.code, name=f"条目 {code}")
+    resource = m.Resource(spec, m.ResourceStatus.PUBLISHED, version, now, now, now)
+    return Offer(sequence, resource, COUNTY)
+
+
+def test_received_entries_keep_their_home_move_the_cursor_and_are_relayed_to_other_peers(store: Store) -> None:
+    store.peers.register(_peer(), audit=TEST_RECORD)
+    store.peers.register(_peer("350000", PeerRelation.PARENT), audit=TEST_RECORD)
+    first, second = _offer("10101/350203000001", 4), _offer("10101/350203000002", 9)
+    store.federated.receive("350203", [(first, COUNTY), (second, COUNTY)], 9)
+    store.federated.receive("350203", [(first, COUNTY)], 9)  # a page seen again after a crash: nothing new
+    assert store.peers.get("350203").offer_sequence == 9
+    kept = store.federated.get("10101/350203000001")
+    assert kept is not None and kept.home == COUNTY and kept.via_peer == "350203"
+    to_parent, _ = store.federated.offers(0, 100, "350000")
+    assert [(o.resource.spec.code, o.home) for o in to_parent] == [
+        (first.resource.spec.code, COUNTY),
+        (second.resource.spec.code, COUNTY),
+    ]
+    assert store.federated.offers(0, 100, "350203")[0] == []  # never back to the peer it came from
+    found = store.federated.list(page_request(50, "", {}), RemoteFilter(home_level="county", field_name="id_number"))
+    assert [e.resource.spec.code for e in found.items] == ["10101/350203000001", "10101/350203000002"]
+    assert store.federated.list(page_request(50, "", {}), RemoteFilter(home_hub_code="350206")).items == []
+    assert store.federated.held_elsewhere("10101/350203000001", "350000") == "it is known already via peer 350203"
+    assert store.federated.forget("350203") == 2
+    assert store.federated.get("10101/350203000001") is None
