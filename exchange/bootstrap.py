@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+from audit.cosignature import WitnessKey
 from audit.note import NoteError, Signer
 from audit.seal import Sealer
 from exchange import pki, validation
@@ -96,3 +97,19 @@ def load_audit_signer(settings: Settings) -> Signer:
     if signer.name != settings.audit_origin:
         raise ConfigError(f"{path} signs for {signer.name!r}, but audit_origin is {settings.audit_origin!r}")
     return signer
+
+
+def load_witness_key(settings: Settings) -> WitnessKey:
+    """The key this hub cosigns its peers' checkpoints with; made on first use (a hub that starts federating).
+
+    It is never the audit log's own key: a witness's cosignature and a log's signature must not be confused.
+    """
+    path = pki.HubFiles(settings.home).witness_key
+    try:
+        return WitnessKey.parse(path.read_text())
+    except FileNotFoundError:
+        key = WitnessKey.generate(f"{settings.audit_origin}/witness")
+        pki.write_secret(path, key.encode().encode() + b"\n")
+        return key
+    except NoteError as e:
+        raise ConfigError(f"{path} is not a witness key: {e}") from None

@@ -429,6 +429,11 @@ class HubFiles:
         return self.home / "audit" / "log.key"
 
     @property
+    def witness_key(self) -> Path:
+        """The key this hub cosigns its peers' checkpoints with, as their witness (federation)."""
+        return self.home / "audit" / "witness.key"
+
+    @property
     def audit_verifier(self) -> Path:
         """The audit log's public verifier key, for auditors."""
         return self.home / "audit" / "log.pub"

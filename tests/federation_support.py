@@ -6,6 +6,7 @@ and its federation listener; tests drive the sync rounds themselves (``sync``) r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -121,6 +122,12 @@ def peer_pair(child: Node, parent: Node) -> None:
     parent.register(child, fpb.PEER_RELATION_CHILD)
     assert child.state_of(parent.code) is PeerState.ACTIVE
     assert parent.state_of(child.code) is PeerState.ACTIVE
+    # The parent's introduction woke the child's sync loop, which pulls the parent's offers on its own: let that
+    # round end, so that a test's own rounds do not race it.
+    until = time.monotonic() + 30
+    while child.peer(parent.code).synced_at is None or parent.peer(child.code).synced_at is None:
+        assert time.monotonic() < until, "the sync rounds woken by the peering did not end"
+        time.sleep(0.02)
 
 
 def hub_identity(node: Node, into: Path) -> Path:

@@ -13,12 +13,14 @@ import grpc
 import pytest
 from cryptography import x509
 
+from audit.cosignature import WitnessKey, WitnessVerifier
+from audit.note import Verifier
 from exchange import errors, pki
 from exchange import models as m
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli.client import HubClient
 from exchange.cli.main import main
-from exchange.federation.model import Peer, PeerRelation, PeerState
+from exchange.federation.model import HubKeys, Peer, PeerRelation, PeerState
 from exchange.federation.tls import HubCertificate, channel_to, load_hub_certificate
 from exchange.v1 import federation_pb2 as fpb
 from exchange.v1 import federation_pb2_grpc as fpb_grpc
@@ -54,6 +56,30 @@ def test_a_peering_is_active_only_once_both_operators_registered_it(pair: dict[s
     assert any('"action":"register_peer"' in r for r in city.federation_records())
     assert any('"action":"peering_active"' in r and '"actor":"hub/350000"' in r for r in city.federation_records())
     assert any('"action":"register_peer"' in r for r in province.federation_records())
+
+
+def test_peers_learn_each_others_log_and_witness_keys_when_the_peering_becomes_active(pair: dict[str, Node]) -> None:
+    city, province = pair["city"], pair["province"]
+    city.register(province, fpb.PEER_RELATION_PARENT)
+    assert city.peer(province.code).log_key == ""  # nothing is learnt before the other side agreed
+    province.register(city, fpb.PEER_RELATION_CHILD)
+    for here, there in ((city, province), (province, city)):
+        learnt = here.peer(there.code)
+        own = there.federation.peering.keys
+        assert (learnt.log_key, learnt.witness_key) == (own.log_key, own.witness_key)
+        assert Verifier.parse(learnt.log_key).name == there.running.hub.settings.audit_origin
+        assert WitnessVerifier.parse(learnt.witness_key).name.endswith("/witness")
+    with city.running.client() as hub:
+        shown = hub.call(hub.federation.GetPeer, fpb.GetPeerRequest(code=province.code)).peer
+    assert shown.log_key == province.federation.peering.keys.log_key
+    assert any('"action":"peer_keys"' in r for r in city.federation_records())
+    other = WitnessKey.generate("impostor.example/witness").verifier().encode()
+    told = HubKeys(province.federation.peering.keys.log_key, other)
+    with pytest.raises(errors.FailedPrecondition, match="other audit log or witness keys") as e:
+        city.federation.peering.confirmed(province.code, PeerState.ACTIVE, told)
+    assert e.value.kind == "PEER_KEYS_CHANGED"
+    with pytest.raises(errors.InvalidArgument, match="not valid"):
+        city.federation.peering.confirmed(province.code, PeerState.ACTIVE, HubKeys("x", "y"))
 
 
 def test_the_two_registrations_must_agree_on_who_is_the_parent(pair: dict[str, Node]) -> None:

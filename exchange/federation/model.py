@@ -36,6 +36,14 @@ class HubRef:
 
 
 @dataclass(frozen=True)
+class HubKeys:
+    """A hub's public keys as it tells its peers: its audit log's verifier key and its witness's (C2SP forms)."""
+
+    log_key: str
+    witness_key: str
+
+
+@dataclass(frozen=True)
 class Peer:
     """A registered peer hub and the peering as this hub holds it."""
 
@@ -53,6 +61,10 @@ class Peer:
     offer_sequence: int = 0
     synced_at: dt.datetime | None = None
     sync_problem: str = ""
+    # Learnt when the peering became active (over the mutual TLS the registered CA vouches for): the verifier
+    # key of the peer's audit log (its checkpoints, provenance and forwarded-call statements) and of its witness.
+    log_key: str = ""
+    witness_key: str = ""
 
     @property
     def hub(self) -> HubRef:

@@ -22,8 +22,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from exchange import errors, pki
+from exchange.bootstrap import load_witness_key
 from exchange.config import Settings
-from exchange.federation.model import HubRef, Offer, Peer, PeerState
+from exchange.federation.model import HubKeys, HubRef, Offer, Peer, PeerState
 from exchange.federation.tls import HubCertificate, PeerTrust, channel_to, load_hub_certificate
 from exchange.server import federation_wire as fw
 from exchange.server.peering import PeeringServicer
@@ -141,7 +142,14 @@ class Federation:
     async def introduce(self, peer: Peer) -> Peer:
         """Tells a registered peer that this hub registered it; active once the peer registered this hub too."""
         own = self.peering.own
-        request = pb.IntroduceRequest(name=own.name, level=own.level, relation=fw.RELATION.wire(peer.relation))
+        keys = self.peering.keys
+        request = pb.IntroduceRequest(
+            name=own.name,
+            level=own.level,
+            relation=fw.RELATION.wire(peer.relation),
+            log_key=keys.log_key,
+            witness_key=keys.witness_key,
+        )
 
         async def rpc(stub: pb_grpc.PeeringServiceAsyncStub, timeout: float) -> pb.IntroduceResponse:
             return await stub.Introduce(request, timeout=timeout)
@@ -150,7 +158,8 @@ class Federation:
         if answer.code != peer.code:
             raise errors.FailedPrecondition(f"the hub at {peer.address} says it is hub {answer.code}, not {peer.code}")
         theirs = fw.STATE.domain(answer.state, "state", [], required=False) or PeerState.REGISTERED
-        return await asyncio.to_thread(self.peering.confirmed, peer.code, theirs)
+        told = HubKeys(answer.log_key, answer.witness_key)
+        return await asyncio.to_thread(self.peering.confirmed, peer.code, theirs, told)
 
     async def tell(self, peer: Peer, change: str, reason: str) -> bool:
         """Tells a peer of a suspension, resumption or end; False (logged) when it could not be told now."""
@@ -205,11 +214,11 @@ class Federation:
 
     async def _sync_forever(self) -> None:
         while True:
+            self._wake.clear()  # before the round: a wake-up asked during it makes another round at once
             try:
                 await self.sync_once()
             except Exception:  # the loop must outlive one bad round (the store down); the next round retries
                 log.exception("federation: a sync round failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.federation_sync_seconds)
 
@@ -275,8 +284,15 @@ def build(
     own = HubRef(settings.hub_code, settings.hub_name, settings.hub_level)
     files = pki.HubFiles(settings.home, settings.ca_key_file)
     federated = FederatedCatalog(store, catalog, own)
-    peering = PeeringService(store, policy, own, files.ca_cert.read_text())
+    peering = PeeringService(store, policy, own, files.ca_cert.read_text(), _keys(settings, files))
     if not settings.federation_listen:
         return federated, peering, None
     hub = load_hub_certificate(files, settings.hub_code)
     return federated, peering, Federation(settings, store, hub, peering, federated)
+
+
+def _keys(settings: Settings, files: pki.HubFiles) -> HubKeys:
+    """The keys this hub tells its peers when it introduces itself (none for a hub that does not federate)."""
+    if not settings.hub_code:
+        return HubKeys("", "")
+    return HubKeys(files.audit_verifier.read_text().strip(), load_witness_key(settings).verifier().encode())

@@ -33,6 +33,8 @@ def peer_to_wire(p: Peer) -> pb.Peer:
         offer_sequence=p.offer_sequence,
         synced_at=c.timestamp(p.synced_at),
         sync_problem=p.sync_problem,
+        log_key=p.log_key,
+        witness_key=p.witness_key,
     )
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from exchange import errors
-from exchange.federation.model import Peer, PeerState
+from exchange.federation.model import HubKeys, Peer, PeerState
 from exchange.server import federation_wire as fw
 from exchange.server.rpc import abort_with, internal_error
 from exchange.v1 import federation_pb2 as pb
@@ -72,10 +72,18 @@ class PeeringServicer(pb_grpc.PeeringServiceServicer):
         relation = fw.RELATION.checked(request.relation, "relation", out)
         if out:
             raise errors.InvalidArgument.of(out)
-        now = self.federation.peering.introduced(peer, request.level, relation)
+        peering = self.federation.peering
+        now = peering.introduced(peer, request.level, relation, HubKeys(request.log_key, request.witness_key))
         self.federation.sync_soon()
-        own = self.federation.peering.own
-        return pb.IntroduceResponse(code=own.code, name=own.name, level=own.level, state=fw.STATE.wire(now.state))
+        own, keys = peering.own, peering.keys
+        return pb.IntroduceResponse(
+            code=own.code,
+            name=own.name,
+            level=own.level,
+            state=fw.STATE.wire(now.state),
+            log_key=keys.log_key,
+            witness_key=keys.witness_key,
+        )
 
     @from_peer(_ANY_BUT_ENDED, "change the peering")
     def NotifyPeering(self, request: pb.NotifyPeeringRequest, peer: Peer) -> pb.NotifyPeeringResponse:

@@ -31,12 +31,15 @@ def _peer_of(row: PeerRow) -> Peer:
         offer_sequence=row.offer_sequence,
         synced_at=row.synced_at,
         sync_problem=row.sync_problem,
+        log_key=row.log_key,
+        witness_key=row.witness_key,
     )
 
 
 def _write(row: PeerRow, peer: Peer) -> None:
     row.name, row.level, row.relation, row.address = peer.name, peer.level, peer.relation.value, peer.address
     row.ca_pem, row.ca_fingerprint, row.state, row.reason = peer.ca_pem, peer.ca_fingerprint, peer.state, peer.reason
+    row.log_key, row.witness_key = peer.log_key, peer.witness_key
 
 
 class PeerStore:

@@ -615,6 +615,8 @@ class PeerRow(Base):
     offer_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
     synced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     sync_problem: Mapped[str] = mapped_column(Text, default="")
+    log_key: Mapped[str] = mapped_column(Text, default="")
+    witness_key: Mapped[str] = mapped_column(Text, default="")
 
 
 class CatalogOfferRow(Base):

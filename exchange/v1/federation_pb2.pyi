@@ -118,6 +118,8 @@ class Peer(_message.Message):
     OFFER_SEQUENCE_FIELD_NUMBER: _builtins.int
     SYNCED_AT_FIELD_NUMBER: _builtins.int
     SYNC_PROBLEM_FIELD_NUMBER: _builtins.int
+    LOG_KEY_FIELD_NUMBER: _builtins.int
+    WITNESS_KEY_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """the peer hub's administrative division code, e.g. "350200" """
     name: _builtins.str
@@ -139,6 +141,11 @@ class Peer(_message.Message):
     """output only: the last of the peer's offers this hub has stored"""
     sync_problem: _builtins.str
     """output only: why the last pull failed ("" if it did not)"""
+    log_key: _builtins.str
+    """Output only: the keys the peer gave when the peering became active (compare them with the peer's
+    operator over another channel, as the CA's fingerprint).
+    """
+    witness_key: _builtins.str
     @_builtins.property
     def registered_at(self) -> _timestamp_pb2.Timestamp:
         """output only"""
@@ -168,10 +175,12 @@ class Peer(_message.Message):
         offer_sequence: _builtins.int = ...,
         synced_at: _timestamp_pb2.Timestamp | None = ...,
         sync_problem: _builtins.str = ...,
+        log_key: _builtins.str = ...,
+        witness_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "registered_at", b"registered_at", "synced_at", b"synced_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "ca_certificate_pem", b"ca_certificate_pem", "ca_fingerprint_sha256", b"ca_fingerprint_sha256", "changed_at", b"changed_at", "code", b"code", "level", b"level", "name", b"name", "offer_sequence", b"offer_sequence", "reason", b"reason", "registered_at", b"registered_at", "relation", b"relation", "state", b"state", "sync_problem", b"sync_problem", "synced_at", b"synced_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "ca_certificate_pem", b"ca_certificate_pem", "ca_fingerprint_sha256", b"ca_fingerprint_sha256", "changed_at", b"changed_at", "code", b"code", "level", b"level", "log_key", b"log_key", "name", b"name", "offer_sequence", b"offer_sequence", "reason", b"reason", "registered_at", b"registered_at", "relation", b"relation", "state", b"state", "sync_problem", b"sync_problem", "synced_at", b"synced_at", "witness_key", b"witness_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -499,20 +508,29 @@ class IntroduceRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     LEVEL_FIELD_NUMBER: _builtins.int
     RELATION_FIELD_NUMBER: _builtins.int
+    LOG_KEY_FIELD_NUMBER: _builtins.int
+    WITNESS_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     level: _builtins.str
     relation: Global___PeerRelation.ValueType
     """what the callee is to the caller: the caller's child is the callee's parent"""
+    log_key: _builtins.str
+    """The caller's audit log verifier key (C2SP signed-note verifier: checkpoints, provenance, forwarded calls)
+    and its witness's verifier key (C2SP tlog-cosignature); the callee keeps them for this peer.
+    """
+    witness_key: _builtins.str
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         level: _builtins.str = ...,
         relation: Global___PeerRelation.ValueType = ...,
+        log_key: _builtins.str = ...,
+        witness_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "name", b"name", "relation", b"relation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "log_key", b"log_key", "name", b"name", "relation", b"relation", "witness_key", b"witness_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -526,11 +544,16 @@ class IntroduceResponse(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     LEVEL_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    LOG_KEY_FIELD_NUMBER: _builtins.int
+    WITNESS_KEY_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     name: _builtins.str
     level: _builtins.str
     state: Global___PeerState.ValueType
     """the peering as the callee now holds it"""
+    log_key: _builtins.str
+    """the callee's keys, as in IntroduceRequest"""
+    witness_key: _builtins.str
     def __init__(
         self,
         *,
@@ -538,10 +561,12 @@ class IntroduceResponse(_message.Message):
         name: _builtins.str = ...,
         level: _builtins.str = ...,
         state: Global___PeerState.ValueType = ...,
+        log_key: _builtins.str = ...,
+        witness_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "level", b"level", "name", b"name", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "level", b"level", "log_key", b"log_key", "name", b"name", "state", b"state", "witness_key", b"witness_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

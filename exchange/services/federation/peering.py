@@ -15,11 +15,13 @@ from dataclasses import replace
 
 from cryptography import x509
 
+from audit.cosignature import WitnessVerifier
+from audit.note import NoteError, Verifier
 from audit.records import AuditRecord
 from exchange import pki, validation
 from exchange.config import HUB_LEVELS
-from exchange.errors import FailedPrecondition, FieldViolation, PermissionDenied, Unauthenticated
-from exchange.federation.model import HubRef, Peer, PeerRelation, PeerState
+from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, PermissionDenied, Unauthenticated
+from exchange.federation.model import HubKeys, HubRef, Peer, PeerRelation, PeerState
 from exchange.models import Principal
 from exchange.services.auditing import change_record, hub_instance, now_text
 from exchange.store import Store
@@ -76,11 +78,12 @@ def _check_peer(peer: Peer, own: HubRef) -> None:
 class PeeringService:
     """Peerings as this hub holds them. Blocking (reads and writes the store)."""
 
-    def __init__(self, store: Store, policy: RightsPolicy, own: HubRef, ca_pem: str) -> None:
+    def __init__(self, store: Store, policy: RightsPolicy, own: HubRef, ca_pem: str, keys: HubKeys) -> None:
         self._store = store
         self._policy = policy
         self.own = own
         self.ca_pem = ca_pem
+        self.keys = keys
 
     def require(self, actor: Principal, doing: str) -> None:
         """Refuses anyone but an operator (the right peering:manage)."""
@@ -185,7 +188,7 @@ class PeeringService:
             raise PermissionDenied(f"hub {code} may not {doing}: {_why(peer, self.own.code)}", reason=reason)
         return peer
 
-    def introduced(self, peer: Peer, level: str, relation: PeerRelation) -> Peer:
+    def introduced(self, peer: Peer, level: str, relation: PeerRelation, keys: HubKeys) -> Peer:
         """The peer says it registered this hub (its call came in, so this hub registered it): active."""
         if peer.relation is not OPPOSITE[relation] or peer.level != level:
             raise FailedPrecondition(
@@ -193,16 +196,37 @@ class PeeringService:
                 f"registered it as its {peer.relation.value} at level {peer.level}: the operators must agree",
                 subject=peer.code,
             )
+        peer = self._learn(peer, keys)
         if peer.state is PeerState.ACTIVE:
             return peer
         return self._peer_change(peer.code, "peering_active", "both operators registered the peering", PeerState.ACTIVE)
 
-    def confirmed(self, code: str, theirs: PeerState) -> Peer:
+    def confirmed(self, code: str, theirs: PeerState, keys: HubKeys) -> Peer:
         """This hub's introduction was accepted and the peer holds the peering ``theirs``."""
-        peer = self._store.peers.get(code)
+        peer = self._learn(self._store.peers.get(code), keys)
         if peer.state is PeerState.REGISTERED and theirs is PeerState.ACTIVE:
             return self._peer_change(code, "peering_active", "both operators registered the peering", PeerState.ACTIVE)
         return peer
+
+    def _learn(self, peer: Peer, keys: HubKeys) -> Peer:
+        """Keeps the keys a peer tells on introduction; a peer that tells other keys than it told before is
+        refused (a new log or witness is a new peering: end it and register again)."""
+        checked_keys(peer.code, keys)
+        if (peer.log_key, peer.witness_key) == (keys.log_key, keys.witness_key):
+            return peer
+        if peer.log_key or peer.witness_key:
+            raise FailedPrecondition(
+                f"hub {peer.code} now tells other audit log or witness keys than when it was introduced: "
+                "the operators must end the peering and register it again",
+                subject=peer.code,
+                kind="PEER_KEYS_CHANGED",
+            )
+        told = f"log key {keys.log_key}; witness key {keys.witness_key}"
+        return self._store.peers.change(
+            peer.code,
+            lambda p: replace(p, log_key=keys.log_key, witness_key=keys.witness_key),
+            audit=peer_record(peer.code, "peer_keys", told),
+        )
 
     def notified(self, peer: Peer, change: str, reason: str) -> Peer:
         """The peer's operator suspended, resumed or ended the peering."""
@@ -239,3 +263,12 @@ def _why(peer: Peer, own: str) -> str:
         PeerState.SUSPENDED_THERE: f"hub {peer.code}'s operator suspended the peering",
         PeerState.ENDED: "the peering has ended",
     }.get(peer.state, f"the peering is {peer.state}")
+
+
+def checked_keys(code: str, keys: HubKeys) -> None:
+    """Refuses keys a peer tells that are not a signed-note verifier key and a cosignature verifier key."""
+    try:
+        Verifier.parse(keys.log_key)
+        WitnessVerifier.parse(keys.witness_key)
+    except NoteError as e:
+        raise InvalidArgument.of([FieldViolation("log_key", f"hub {code} told keys that are not valid: {e}")]) from None

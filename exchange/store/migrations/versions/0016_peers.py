@@ -37,6 +37,8 @@ def upgrade() -> None:
         sa.Column("offer_sequence", sa.BigInteger(), nullable=False),
         sa.Column("synced_at", _TIME, nullable=True),
         sa.Column("sync_problem", sa.Text(), nullable=False),
+        sa.Column("log_key", sa.Text(), nullable=False),
+        sa.Column("witness_key", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("code", name=op.f("pk_peers")),
     )
     op.create_index(op.f("ix_peers_state"), "peers", ["state"], unique=False)
