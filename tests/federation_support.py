@@ -125,7 +125,7 @@ def peer_pair(child: Node, parent: Node) -> None:
     # The parent's introduction woke the child's sync loop, which pulls the parent's offers on its own: let that
     # round end, so that a test's own rounds do not race it.
     until = time.monotonic() + 30
-    while child.peer(parent.code).synced_at is None or parent.peer(child.code).synced_at is None:
+    while not (child.federation.idle and parent.federation.idle):
         assert time.monotonic() < until, "the sync rounds woken by the peering did not end"
         time.sleep(0.02)
 

@@ -64,6 +64,7 @@ class Federation:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
+        self._syncing = self._asked = False
 
     async def start(self) -> int:
         """Serves the federation listener and starts the sync loop; returns the bound port."""
@@ -106,9 +107,15 @@ class Federation:
         future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(work, self._loop)  # type: ignore[arg-type]
         return future.result(self.settings.federation_call_seconds + 5)
 
+    @property
+    def idle(self) -> bool:
+        """No sync round is running or asked for (for tests and a clean stop to wait on)."""
+        return not self._syncing and not self._asked
+
     def sync_soon(self) -> None:
         """Starts the next sync round now (after a peering became active), from any thread."""
         if self._loop is not None:
+            self._asked = True  # at once, from the asking thread: ``idle`` is false until the round has run
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def _stub(self, peer: Peer) -> pb_grpc.PeeringServiceAsyncStub:
@@ -215,10 +222,13 @@ class Federation:
     async def _sync_forever(self) -> None:
         while True:
             self._wake.clear()  # before the round: a wake-up asked during it makes another round at once
+            self._syncing, self._asked = True, False
             try:
                 await self.sync_once()
             except Exception:  # the loop must outlive one bad round (the store down); the next round retries
                 log.exception("federation: a sync round failed")
+            finally:
+                self._syncing = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.federation_sync_seconds)
 
