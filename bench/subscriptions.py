@@ -1,12 +1,11 @@
 """Subscriptions: changes a second from a SQL source to one and to 20 subscribers, and the end-to-end lag.
 
 Run: .venv/bin/python bench/subscriptions.py [--quick] [--subscribers 1,20] [--rate 200] [--seconds 10]
-     [--store postgresql+psycopg://USER@HOST/EMPTY_DB] [--poll-seconds S] [--batch-size N] [--json FILE]
+[--flat-rows 5000] [--store postgresql+psycopg://USER@HOST/EMPTY_DB] [--poll-seconds S] [--batch-size N] [--json F]
 
-A real hub runs in this process (a SQLite store in a temporary home by default; ``--store`` names an empty
-database instead). Market regulation's new companies live in a table of a SQLite front-end database (WAL)
-with an integer change column, bound as a subscribable resource and granted, the legal representative's ID
-number masked, to 20 systems of the real-estate registry. For each number of subscribers, two phases:
+A real hub runs in this process (SQLite store by default; ``--store``: an empty database). Market regulation's
+new companies live in a SQLite front-end table (WAL) with an integer change column, bound as subscribable and
+granted (the representative's ID number masked) to 20 registry systems. Per number of subscribers, two phases:
 
 - steady: a writer process inserts ``--rate`` rows a second, one per transaction, for ``--seconds``;
 - flat-out: the writer inserts ``--flat-rows`` rows as fast as it can, 200 rows a transaction.
@@ -14,9 +13,8 @@ number masked, to 20 systems of the real-estate registry. For each number of sub
 Each subscriber is its own system following its own subscription (created from now) over its own mutual-TLS
 channel, all in one follower process; it acknowledges each batch once read. Measured: changes a second
 delivered (per subscriber and in total: changes delivered over the time from the writer's start to the last
-delivery), the end-to-end lag from a row's insert (a time the writer puts in the row) to its receipt
-(p50, p99, max), the hub's CPU per delivered change (this process, all threads, from /proc), the follower
-process's CPU and the load average. The machine may be shared: read the numbers with the load.
+delivery), the lag from a row's insert (a time the writer puts in the row) to its receipt (p50, p99, max),
+the hub's CPU per delivered change (this process, from /proc), the followers' CPU and the load average.
 """
 
 # ruff: noqa: E402 - the path must be set before the project's imports
@@ -65,7 +63,6 @@ FIELDS = ("credit_code", "company_name", "legal_representative", "representative
 MASKED = "representative_id_number"
 FLAT_OUT_ROWS = 200  # rows per transaction when writing flat out
 DRAIN_SECONDS = 120.0  # how long the followers may take to catch up once the writer stopped
-log = logging.getLogger("bench.subscriptions")
 
 
 # The writer (own process)
@@ -261,19 +258,15 @@ class Phase:
     errors: list[str] = dataclasses.field(default_factory=list)
 
 
-def subscribe(running: RunningHub, systems: Sequence[Path]) -> list[str]:
-    ids = []
-    for identity in systems:
-        request = spb.CreateSubscriptionRequest(resource_code=RESOURCE, purpose=PURPOSE, fields=FIELDS)
-        with running.client(identity) as c:
-            ids.append(c.call(c.subscriptions.CreateSubscription, request).subscription.id)
-    return ids
+def subscribe(running: RunningHub, identity: Path) -> str:
+    request = spb.CreateSubscriptionRequest(resource_code=RESOURCE, purpose=PURPOSE, fields=FIELDS)
+    with running.client(identity) as c:
+        return c.call(c.subscriptions.CreateSubscription, request).subscription.id
 
 
-def cancel(running: RunningHub, systems: Sequence[Path], ids: Sequence[str]) -> None:
-    for identity, sid in zip(systems, ids, strict=True):
-        with running.client(identity) as c:
-            c.call(c.subscriptions.CancelSubscription, spb.CancelSubscriptionRequest(id=sid, reason="bench"))
+def cancel(running: RunningHub, identity: Path, sid: str) -> None:
+    with running.client(identity) as c:
+        c.call(c.subscriptions.CancelSubscription, spb.CancelSubscriptionRequest(id=sid, reason="bench"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,7 +282,7 @@ def measure(bench: Bench, systems: Sequence[Path], rate: float, amount: float) -
     """One phase: subscribe each of ``systems``, follow, write, wait for every follower to have everything."""
     phase = Phase(len(systems), "steady" if rate else "flat-out")
     ctx, running, source = bench.ctx, bench.running, bench.source
-    ids = subscribe(running, systems)
+    ids = [subscribe(running, identity) for identity in systems]
     pairs = [(str(s), sid) for s, sid in zip(systems, ids, strict=True)]
     address = f"127.0.0.1:{running.hub.port}"
     with child(ctx, follow_main, address, pairs) as followers, child(ctx, write_main, source, rate, amount) as writer:
@@ -303,7 +296,8 @@ def measure(bench: Bench, systems: Sequence[Path], rate: float, amount: float) -
         got: list[Received] = followers.conn.recv()
         elapsed = time.monotonic() - began
         hub_cpu, follower_cpu = cpu_seconds(os.getpid()) - hub_before, cpu_seconds(followers.pid) - followers_before
-    cancel(running, systems, ids)
+    for identity, sid in zip(systems, ids, strict=True):
+        cancel(running, identity, sid)
     summarize(phase, wrote, got, hub_cpu)
     phase.hub_cpu_share, phase.follower_cpu_share = hub_cpu / elapsed, follower_cpu / elapsed
     phase.load_average = os.getloadavg()[0]
@@ -361,12 +355,8 @@ def options() -> argparse.ArgumentParser:
 
 
 def hub_settings(home: Path, args: argparse.Namespace) -> Settings:
-    changes: dict[str, object] = {}
-    if args.poll_seconds:
-        changes["subscription_poll_seconds"] = args.poll_seconds
-    if args.batch_size:
-        changes["subscription_batch_size"] = args.batch_size
-    return base_settings(home / "hub", args.store, **changes)
+    named = {"subscription_poll_seconds": args.poll_seconds, "subscription_batch_size": args.batch_size}
+    return base_settings(home / "hub", args.store, **{k: v for k, v in named.items() if v})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -191,7 +191,6 @@ class Tour:
         self.rights()
         self.exchange()
         self.objection()
-        self.subscriptions.sources.create()
         self.subscriptions.run(first_step=12)
         self.audit()
         self.report()

@@ -214,6 +214,7 @@ class SubscriptionTour:
         return self.tour.home.identity(m.PrincipalRef(m.PrincipalKind.SYSTEM, code)).directory
 
     def run(self, first_step: int) -> None:
+        self.sources.create()
         self.subscribe(first_step)
         self.follow(first_step + 1)
         self.owners(first_step + 2)
