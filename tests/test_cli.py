@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import update
 
 from exchange import models as m
+from exchange.cli import demo_subscriptions
 from exchange.cli.demo import sample_id_number
 from exchange.cli.main import main
 from exchange.store import Database
@@ -214,6 +215,7 @@ def test_demo_runs_its_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert re.search(r"^OB-\d{8}-[0-9a-f]{8}\s+20501/350200000001\s+EX\w+\s+amount\s.*answered\s+corrected$", out, re.M)
     tax_bureau = next(line for line in reversed(out.splitlines()) if line.startswith("11350200MB00567892 "))
     assert "1 (1/0/1)" in tax_bureau, "one objection received, answered on time, corrected"
+    _assert_subscriptions_toured(out.split("== 1. ")[-1])  # the second run's tour
     (tmp_path / "precious").mkdir()
     assert (
         main(
@@ -229,6 +231,35 @@ def test_demo_runs_its_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
             ]
         )
         == 2
+    )
+
+
+def _assert_subscriptions_toured(out: str) -> None:
+    """The demo's subscription steps: changes received as each grant masks them, the owners' view, the audit."""
+    followed = out.split("== 13. ")[1].split("== 14. ", maxsplit=1)[0]
+    tax, certificates, registry = followed.split(" <- ")[1:]
+    assert tax.startswith("10201/350200000003 (税源登记)") and "2 change(s)" in tax
+    for company in demo_subscriptions.NEW_COMPANIES:
+        number = str(company["fddbrzjhm"])
+        assert f"{number[:6]}********{number[-4:]}" in tax and number not in out  # masked as the grant says
+        assert str(company["qymc"]) in tax and str(company["qymc"]) in registry
+    assert str(demo_subscriptions.OLD_COMPANY["qymc"]) not in followed, "a subscription starts now"
+    assert "representative_id_number (id_number mask)" in tax and "representative_id_number" not in registry
+    assert certificates.startswith("20302/350200000002 (税源登记)") and "350203********4313" in certificates
+    assert re.search(
+        r"^1\s+upsert\s+DJ\d{13}\s+闽\(\d{4}\)厦门市不动产权第0012345号\s+转移登记\s+林志强", certificates, re.M
+    )
+    assert registry.startswith("10201/350200000003 (不动产转移登记)") and "2 change(s)" in registry
+    owners = out.split("== 14. ")[1].split("== 15. ", maxsplit=1)[0]
+    # The late registration waits for both subscribers of market regulation's resource; its steward sees them.
+    for consumer in ("11350200MB00567892/sw-zgxt\\s+税源登记", "11350200MB00456789/bdc-djxt\\s+不动产转移登记"):
+        assert re.search(rf"^SB-\S+\s+10201/350200000003\s+{consumer}\s+active\s+2\s+3\s+1\s", owners, re.M)
+    assert re.search(
+        r"^SB-\S+\s+20302/350200000002\s+11350200MB00567892/sw-zgxt\s+税源登记\s+active\s+2\s+2\s+0", owners, re.M
+    )
+    assert "the batches in the audit log (3 records)" in owners
+    assert re.search(
+        r"system/sw-zgxt\s+subscription\s+20302/350200000002\s+税源登记\s+owner_id_number=id_number\s+2\s", owners
     )
 
 

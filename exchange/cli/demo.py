@@ -28,7 +28,7 @@ from exchange import models as m
 from exchange import wire as w
 from exchange.auditlog.log import AuditLog
 from exchange.bootstrap import OperatorSeed, initialize
-from exchange.cli import commands, evaluation, files, tables
+from exchange.cli import commands, demo_subscriptions, evaluation, files, tables
 from exchange.cli import demo_exchange as flat_sale
 from exchange.cli import objections as objections_cli
 from exchange.cli import rights as rights_cli
@@ -98,6 +98,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         backend_hosts=(*settings.backend_hosts, *LOOPBACK),
         allow_plain_http=True,
         allow_sqlite_backends=True,  # the public security bureau's front-end database is a SQLite file here
+        subscription_poll_seconds=0.25,  # the tour waits for changes to arrive: the hub looks at the sources often
     )
     _fresh_home(home)
     members = files.read_members(DATA / "members.yaml")
@@ -132,6 +133,8 @@ async def _serve_tour(
                 f"  .venv/bin/exchange --hub localhost:{port} --identity {system} query 10101/350200000001"
                 f" --purpose {FLAT_SALE} --filter id_number={flat_sale.BUYER_ID} --field name --field id_number"
             )
+            print("Follow the tax bureau's subscription to new companies (one registration waits for it):")
+            print(tour.subscriptions.follow_hint(port))
             print("Press Ctrl-C to stop.")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -170,6 +173,8 @@ class Tour:
         self.backends = flat_sale.Backends(settings.home)
         # What the registry's system received, per resource: what it may object to.
         self.receipts: dict[str, flat_sale.Receipt] = {}
+        # Market regulation's and the registry's tables that tell their changes, and the tour's subscriptions.
+        self.subscriptions = demo_subscriptions.SubscriptionTour(self, demo_subscriptions.Sources(settings.home))
 
     def client(self, identity: Path) -> HubClient:
         return HubClient(self.settings, identity)
@@ -186,6 +191,7 @@ class Tour:
         self.rights()
         self.exchange()
         self.objection()
+        self.subscriptions.run(first_step=12)
         self.audit()
         self.report()
 
@@ -412,7 +418,7 @@ class Tour:
         )
 
     def audit(self) -> None:
-        _step("12. The audit log: every change and exchange above, verified offline with the log's public key")
+        _step("15. The audit log: every change and exchange above, verified offline with the log's public key")
         self.audit_log.flush()  # the hub signs a checkpoint every few seconds; the demo does not wait
         with self.client(self.identity_of("au-chen")) as auditor:
             head = auditor.call(auditor.audit.GetCheckpoint, apb.GetCheckpointRequest())
@@ -437,7 +443,7 @@ class Tour:
         """The evaluation report of today, as the share manager asks for it: every figure drawn from the log."""
         today = dt.datetime.now(dt.UTC).date()
         _step(
-            f"13. The evaluation report for {today} (UTC), computed from the signed log, as the share manager sees it"
+            f"16. The evaluation report for {today} (UTC), computed from the signed log, as the share manager sees it"
         )
         self.audit_log.flush()
         period = apb.GetReportRequest(from_date=today.isoformat(), to_date=(today + dt.timedelta(days=1)).isoformat())
@@ -452,7 +458,7 @@ class Tour:
     def console_links(self, port: int, console_port: int) -> None:
         """The web console's address, and a one-time sign-in link for each person, asked for with their certificate."""
         address = console_base_url(self.settings, console_port)
-        _step(f"14. The web console for people, at {address}: a sign-in link for each")
+        _step(f"17. The web console for people, at {address}: a sign-in link for each")
         people = [(self.members.operator.username, self.operator)]
         people += [(p.username, self.identity_of(p.username)) for p in self.members.people]
         rows = []
