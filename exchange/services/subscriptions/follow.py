@@ -34,7 +34,7 @@ from exchange.services.exchange.answers import Identify, new_exchange_id
 from exchange.services.exchange.record import Recorder, refused, since
 from exchange.services.subscriptions.terms import Terms, ask_of, require_id
 from exchange.store import Store
-from exchange.store.subscriptions import PendingChange, Subscription
+from exchange.store.subscriptions import PendingChange, Subscription, SubscriptionStatus
 from policy.decision import Decision, DenyReason
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,9 @@ class Follower:
         try:
             while True:
                 event.clear()
-                sub = await asyncio.to_thread(take, subscription_id, holder, self._clock(), lease)
+                # Read, not renewed, at each step (the keeper renews it): ``delivered`` refuses a follower that
+                # lost its lease before any batch of it leaves.
+                sub = await asyncio.to_thread(self._still_active, subscription_id)
                 part = await self._next(identify, sub, holder, sent, size)
                 if part is None:
                     with contextlib.suppress(TimeoutError):
@@ -125,6 +127,16 @@ class Follower:
             keeper.cancel()
             self._waiting.pop(subscription_id, None)
             await asyncio.shield(asyncio.to_thread(self._store.subscriptions.release_reader, subscription_id, holder))
+
+    def _still_active(self, subscription_id: str) -> Subscription:
+        sub = self._store.subscriptions.get(subscription_id)
+        if sub.status is not SubscriptionStatus.ACTIVE:
+            raise FailedPrecondition(
+                f"subscription {subscription_id} is {sub.status.value}: it delivers nothing",
+                subscription_id,
+                kind="SUBSCRIPTION_CANCELLED",
+            )
+        return sub
 
     async def _keep(self, subscription_id: str, holder: str, lease: dt.timedelta) -> None:
         """Renews the reader lease every third of its length while the follow lasts."""
