@@ -41,6 +41,7 @@ from exchange.server.catalog import CatalogServicer
 from exchange.server.console import ConsoleServicer, console_base_url
 from exchange.server.credentials import TlsFiles
 from exchange.server.exchange import ExchangeServicer
+from exchange.server.federation_witness import WitnessedAge
 from exchange.server.metrics import HubMetrics, MetricsServer
 from exchange.server.objections import ObjectionServicer
 from exchange.server.parsing import RequestParsing
@@ -280,7 +281,9 @@ class Hub:
             server,
         )
         self.catalog = CatalogService(self.store, policy, self._check_binding)
-        federated, peering, self.federation = federation.build(settings, self.store, policy, self.catalog)
+        federated, peering, self.federation = federation.build(
+            settings, self.store, policy, self.catalog, proofs=self.audit, forks=self.metrics
+        )
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
             CatalogServicer(self.catalog, registry, settings.insecure_dev, refusals, federated=federated), server
         )
@@ -494,6 +497,8 @@ class Hub:
             self.store, lambda: self.audit.signed_at, self.credentials.files.expiries, self.calendar
         )
         self.metrics.watch_subscriptions(SubscriptionLag(self.store))
+        if self.federation is not None:
+            self.metrics.registry.register(WitnessedAge(self.store))  # how fresh the peers' cosignatures are
         try:
             self.metrics_server = MetricsServer(self.metrics, lambda: self.ready, listen)
         except OSError as e:

@@ -27,17 +27,21 @@ from exchange.config import Settings
 from exchange.federation.model import HubKeys, HubRef, Offer, Peer, PeerState
 from exchange.federation.tls import HubCertificate, PeerTrust, channel_to, load_hub_certificate
 from exchange.server import federation_wire as fw
+from exchange.server.federation_witness import ForkCounter, Submission, Witnessing
 from exchange.server.peering import PeeringServicer
+from exchange.server.witness import ConsistencyProofs
 from exchange.services.catalog import CatalogService
 from exchange.services.federation.catalog import FederatedCatalog
 from exchange.services.federation.peering import PeeringService
 from exchange.store import Store
 from exchange.v1 import federation_pb2 as pb
 from exchange.v1 import federation_pb2_grpc as pb_grpc
+from exchange.v1 import witness_pb2_grpc as wpb_grpc
 from policy import RightsPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S")
 PAGE = 200
 _CHANGES = {
     "suspended": pb.PEERING_CHANGE_SUSPENDED,
@@ -50,7 +54,14 @@ class Federation:
     """This hub's federation: its listener, its channels to peers, and the catalog sync loop."""
 
     def __init__(
-        self, settings: Settings, store: Store, hub: HubCertificate, peering: PeeringService, catalog: FederatedCatalog
+        self,
+        settings: Settings,
+        store: Store,
+        hub: HubCertificate,
+        peering: PeeringService,
+        catalog: FederatedCatalog,
+        *,
+        witnessing: Witnessing | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -58,6 +69,8 @@ class Federation:
         self.peering = peering
         self.catalog = catalog
         self.trust = PeerTrust(hub)
+        # The hub's witness of its peers' logs, and its own log's submissions to theirs (None: not witnessing).
+        self.witnessing = witnessing
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._channels: dict[str, tuple[tuple[str, str], grpc.aio.Channel]] = {}
@@ -71,6 +84,8 @@ class Federation:
         await asyncio.to_thread(self.peers_changed)
         server = grpc.aio.server(options=self._limits())
         pb_grpc.add_PeeringServiceServicer_to_server(PeeringServicer(self), server)
+        if self.witnessing is not None:
+            wpb_grpc.add_WitnessServiceServicer_to_server(self.witnessing.servicer(self), server)
         try:
             self.port = server.add_secure_port(self.settings.federation_listen, self.trust.credentials())
         except RuntimeError:
@@ -111,9 +126,8 @@ class Federation:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    def _stub(self, peer: Peer) -> pb_grpc.PeeringServiceAsyncStub:
-        """The stub for a peer, over a channel kept while its address and CA stay (the generated stub class
-        serves sync and asyncio channels alike; its type stubs name the asyncio flavour apart)."""
+    def _channel(self, peer: Peer) -> grpc.aio.Channel:
+        """The channel to a peer, kept while its address and CA stay."""
         key = (peer.address, peer.ca_fingerprint)
         held = self._channels.get(peer.code)
         if held is None or held[0] != key:
@@ -121,14 +135,25 @@ class Federation:
                 asyncio.get_running_loop().create_task(held[1].close(None))
             held = (key, channel_to(peer, self.hub, self._limits()))
             self._channels[peer.code] = held
-        return pb_grpc.PeeringServiceStub(held[1])
+        return held[1]
+
+    def _stub(self, peer: Peer) -> pb_grpc.PeeringServiceAsyncStub:
+        """The PeeringService stub for a peer (the generated stub class serves sync and asyncio channels alike;
+        its type stubs name the asyncio flavour apart)."""
+        return pb_grpc.PeeringServiceStub(self._channel(peer))
 
     async def call(
         self, peer: Peer, what: str, rpc: Callable[[pb_grpc.PeeringServiceAsyncStub, float], Awaitable[T]]
     ) -> T:
         """One call to a peer, with its deadline; a hub error naming the peer hop if it fails."""
+        return await self.call_on(peer, what, lambda _: self._stub(peer), rpc)
+
+    async def call_on(
+        self, peer: Peer, what: str, stub: Callable[[grpc.aio.Channel], S], rpc: Callable[[S, float], Awaitable[T]]
+    ) -> T:
+        """One call to a peer on a stub of any service ``stub`` makes of the peer's channel, as ``call``."""
         try:
-            return await rpc(self._stub(peer), self.settings.federation_call_seconds)
+            return await rpc(stub(self._channel(peer)), self.settings.federation_call_seconds)
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await self._drop(peer.code)  # the next call connects afresh, not after the channel's back-off
@@ -201,6 +226,8 @@ class Federation:
                     peer = await self.introduce(peer)
                 if peer.state is PeerState.ACTIVE:
                     await self.pull(peer)
+                    if self.witnessing is not None:
+                        await self.witnessing.submission.submit(self, peer)
             except errors.PermissionDenied as e:
                 if e.reason == "PEERING_SUSPENDED_BY_CALLER" and peer.state is PeerState.ACTIVE:
                     await self.tell(peer, "resumed", "resumed here; told again")  # the first word was lost
@@ -277,10 +304,17 @@ def _hop_error(peer: Peer, what: str, e: grpc.aio.AioRpcError, timeout: float) -
 
 
 def build(
-    settings: Settings, store: Store, policy: RightsPolicy, catalog: CatalogService
+    settings: Settings,
+    store: Store,
+    policy: RightsPolicy,
+    catalog: CatalogService,
+    *,
+    proofs: ConsistencyProofs | None = None,
+    forks: ForkCounter | None = None,
 ) -> tuple[FederatedCatalog, PeeringService, Federation | None]:
     """The federated catalog and the peerings (always: a hub that does not federate still lists its own entries
-    and reads its peers) and, when ``federation_listen`` is set, the federation with its listener (not started)."""
+    and reads its peers) and, when ``federation_listen`` is set, the federation with its listener (not started);
+    with the log's ``proofs``, it witnesses its peers and has them witness its log."""
     own = HubRef(settings.hub_code, settings.hub_name, settings.hub_level)
     files = pki.HubFiles(settings.home, settings.ca_key_file)
     federated = FederatedCatalog(store, catalog, own)
@@ -288,7 +322,10 @@ def build(
     if not settings.federation_listen:
         return federated, peering, None
     hub = load_hub_certificate(files, settings.hub_code)
-    return federated, peering, Federation(settings, store, hub, peering, federated)
+    witnessing = None
+    if proofs is not None:
+        witnessing = Witnessing(load_witness_key(settings), Submission(store, proofs, forks), forks)
+    return federated, peering, Federation(settings, store, hub, peering, federated, witnessing=witnessing)
 
 
 def _keys(settings: Settings, files: pki.HubFiles) -> HubKeys:

@@ -1,0 +1,161 @@
+"""Logs that vouch for each other, in running hubs: peers cosign each other's checkpoints in their sync rounds,
+refuse a suspended peer, another log's checkpoint and a fork (keeping the evidence, the submitter logging it),
+and an auditor at either end gets a cross-hub receipt of one exchange that verifies offline."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from audit.cosignature import WitnessVerifier, split_note, with_cosignatures
+from audit.note import Checkpoint, open_note
+from exchange import errors
+from exchange import models as m
+from exchange.bootstrap import load_audit_signer, load_witness_key
+from exchange.federation.model import PeerState
+from exchange.server.federation_witness import Submission
+from exchange.v1 import audit_pb2 as apb
+from exchange.v1 import federation_pb2 as fpb
+from exchange.v1 import witness_pb2 as wpb
+from exchange.v1 import witness_pb2_grpc as wpb_grpc
+from tests.federation_support import Node, hubs, peer_pair
+from tests.harness import AUTHORITY
+from tests.witness_support import HubLog, hub_log, record
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[dict[str, Node]]:
+    with hubs(tmp_path, "city", "province") as running:
+        peer_pair(running["city"], running["province"])
+        yield running
+
+
+def _log_of(node: Node) -> HubLog:
+    """The running hub's own audit log, to add records to as its exchanges would."""
+    own = HubLog.__new__(HubLog)
+    own.store, own.signer, own.log = node.running.hub.store, node.running.hub.audit.signer, node.running.hub.audit
+    return own
+
+
+def _auditor(node: Node) -> Path:
+    return node.running.add_person(f"au-{node.level}", AUTHORITY.code, m.Role.AUDITOR)
+
+
+def _witnessed(node: Node, auditor: Path) -> apb.SignedCheckpoint:
+    with node.running.client(auditor) as hub:
+        return hub.call(hub.audit.GetCheckpoint, apb.GetCheckpointRequest(witnessed=True))
+
+
+def _witness_of(node: Node) -> WitnessVerifier:
+    return load_witness_key(node.running.settings).verifier()
+
+
+def test_peers_cosign_each_others_checkpoints_as_their_logs_grow(pair: dict[str, Node]) -> None:
+    city, province = pair["city"], pair["province"]
+    auditor = _auditor(city)
+    first = _log_of(city).add(record(1), record(2))
+    _log_of(province).add(record(3))
+    city.sync()
+    province.sync()
+    head = _witnessed(city, auditor)
+    assert head.size >= first
+    note = with_cosignatures(head.note, list(head.cosignatures))
+    found = _witness_of(province).find(note)  # verifies with the province's own witness key
+    assert found.name == f"{province.running.settings.audit_origin}/witness"
+    assert _witness_of(city).find(with_cosignatures(*_province_head(province))).name.startswith("350200")
+
+    grown = _log_of(city).add(record(4), record(5), record(6))
+    city.sync()  # from the size the province cosigned, with a consistency proof
+    later = _witnessed(city, auditor)
+    assert later.size == grown > head.size
+    text, _ = split_note(later.note)
+    assert Checkpoint.parse(text).size == grown
+    _witness_of(province).find(with_cosignatures(later.note, list(later.cosignatures)))
+    seen = province.running.hub.store.witness.seen(city.running.settings.audit_origin)
+    assert seen is not None and seen.size == grown
+
+
+def _province_head(province: Node) -> tuple[str, list[str]]:
+    store = province.running.hub.store
+    size = store.witness.newest_cosigned()
+    return store.audit.checkpoints(size, size)[0][1], store.witness.cosignatures(size)
+
+
+def _submit(node: Node, code: str, submission: Submission | None = None) -> None:
+    """``node`` submits its checkpoint to ``code`` as if the peering were active on its side."""
+    federation = node.federation
+    assert federation.witnessing is not None
+    peer = dataclasses.replace(node.peer(code), state=PeerState.ACTIVE)
+    federation.run((submission or federation.witnessing.submission).submit(federation, peer))
+
+
+def test_a_suspended_peers_submission_is_refused(pair: dict[str, Node]) -> None:
+    city, province = pair["city"], pair["province"]
+    origin = province.running.settings.audit_origin
+
+    def seen_size() -> int:
+        seen = city.running.hub.store.witness.seen(origin)
+        return seen.size if seen is not None else 0
+
+    with city.running.client() as hub:
+        hub.call(hub.federation.SuspendPeer, fpb.SuspendPeerRequest(code=province.code, reason="安全检查"))
+    before = seen_size()
+    grown = _log_of(province).add(record(1))
+    with pytest.raises(errors.PermissionDenied, match=r"hub 350000 may not submit its checkpoint to be witnessed"):
+        _submit(province, city.code)
+    assert seen_size() == before < grown
+
+    with city.running.client() as hub:
+        hub.call(hub.federation.ResumePeer, fpb.ResumePeerRequest(code=province.code, reason="检查完毕"))
+    grown = _log_of(province).add(record(2))
+    _submit(province, city.code)  # accepted again, without a restart
+    assert seen_size() == grown
+
+
+def test_a_checkpoint_of_another_log_than_the_callers_is_refused(pair: dict[str, Node], tmp_path: Path) -> None:
+    city, province = pair["city"], pair["province"]
+    other = hub_log(f"sqlite:///{tmp_path / 'other.db'}", load_audit_signer(city.running.settings))
+    other.add(record(1))  # the city's log origin and key, submitted by the province
+    request = wpb.AddCheckpointRequest(old_size=0, checkpoint=other.latest_note())
+
+    async def rpc(stub: wpb_grpc.WitnessServiceAsyncStub, timeout: float) -> wpb.AddCheckpointResponse:
+        return await stub.AddCheckpoint(request, timeout=timeout)
+
+    peer = province.peer(city.code)
+    call = province.federation.call_on(peer, "witness", wpb_grpc.WitnessServiceStub, rpc)
+    with pytest.raises(errors.PermissionDenied, match=r"hub 350000 may submit only checkpoints of its own log"):
+        province.federation.run(call)
+    other.store.close()
+
+
+def test_a_forked_checkpoint_is_refused_kept_and_logged_by_the_submitter(
+    pair: dict[str, Node], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    city, province = pair["city"], pair["province"]
+    _log_of(city).add(record(1), record(2))
+    city.sync()
+    origin = city.running.settings.audit_origin
+    assert province.running.hub.store.witness.seen(origin) is not None
+    # A second history of the city's log, signed with its key: what a hub restored from an old copy would show.
+    forked = hub_log(f"sqlite:///{tmp_path / 'fork.db'}", load_audit_signer(city.running.settings))
+    size = city.running.hub.store.audit.size()
+    forked.add(*(record(100 + n) for n in range(size + 3)))  # larger, so that only its proof can tell
+    metrics = city.running.hub.metrics
+    caplog.set_level(logging.ERROR, logger="exchange.server.federation_witness")
+    with pytest.raises(errors.FailedPrecondition, match="as a FORK of its log") as refused:
+        _submit(city, province.code, Submission(forked.store, forked.log, metrics))
+    assert refused.value.kind == "FORK"
+    assert any("refused this hub's checkpoint" in r.message and r.levelno == logging.ERROR for r in caplog.records)
+    sample = metrics.registry.get_sample_value
+    assert sample("exchange_federation_forks_total", {"peer": province.code, "where": "refused_by_peer"}) == 1
+    seen_here = {"peer": city.code, "where": "seen_here"}
+    assert province.running.hub.metrics.registry.get_sample_value("exchange_federation_forks_total", seen_here) == 1
+    [fork] = province.running.hub.store.witness.forks(origin)
+    assert fork.offered_note == forked.latest_note()
+    held = Checkpoint.parse(open_note(fork.seen_note, city.running.hub.audit.signer.verifier()))
+    assert held.size >= 2 and held.origin == origin
+    forked.store.close()
