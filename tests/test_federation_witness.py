@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from audit.cosignature import WitnessVerifier, split_note, with_cosignatures
@@ -16,10 +17,13 @@ from audit.note import Checkpoint, open_note
 from exchange import errors
 from exchange import models as m
 from exchange.bootstrap import load_audit_signer, load_witness_key
+from exchange.cli.main import main
 from exchange.federation.model import PeerState
 from exchange.server.federation_witness import Submission
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import federation_pb2 as fpb
+from exchange.v1 import receipts_pb2 as rpb
+from exchange.v1 import receipts_pb2_grpc as rpb_grpc
 from exchange.v1 import witness_pb2 as wpb
 from exchange.v1 import witness_pb2_grpc as wpb_grpc
 from tests.federation_support import Node, hubs, peer_pair
@@ -159,3 +163,74 @@ def test_a_forked_checkpoint_is_refused_kept_and_logged_by_the_submitter(
     held = Checkpoint.parse(open_note(fork.seen_note, city.running.hub.audit.signer.verifier()))
     assert held.size >= 2 and held.origin == origin
     forked.store.close()
+
+
+def _linked(city: Node, province: Node) -> None:
+    """The city forwarded its exchange EX-CITY to the province, which served it as EX-PROV: each logs its record."""
+    city_origin, province_origin = city.running.settings.audit_origin, province.running.settings.audit_origin
+    _log_of(city).add(record(1, exchange_id="EX-CITY", peer_hub=province_origin, peer_exchange_id="EX-PROV", hop="out"))
+    _log_of(province).add(
+        record(2, exchange_id="EX-PROV", peer_hub=city_origin, peer_exchange_id="EX-CITY", hop="in"),
+        record(3, exchange_id="EX-OTHER"),  # the province's own exchange, the city no party to it
+    )
+
+
+def _trust(tmp_path: Path, *nodes: Node) -> Path:
+    lines = [n.running.hub.audit.signer.verifier().encode() for n in nodes]
+    lines += [f"{_witness_of(n).encode()} {n.running.settings.audit_origin}" for n in nodes]
+    path = tmp_path / "trusted.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _cross_receipt(node: Node, auditor: Path, exchange_id: str, out: Path) -> int:
+    argv = ["--hub", node.running.settings.hub_address, "--identity", str(auditor)]
+    return main([*argv, "audit", "cross-receipt", exchange_id, "--out", str(out)])
+
+
+def test_a_cross_hub_receipt_is_fetched_at_either_end_and_verifies_offline(
+    pair: dict[str, Node], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    city, province = pair["city"], pair["province"]
+    auditors = {"city": _auditor(city), "province": _auditor(province)}
+    _linked(city, province)
+    out = tmp_path / "early.json"
+    assert _cross_receipt(city, auditors["city"], "EX-CITY", out) != 0  # not yet witnessed by the province
+    assert "not yet under a checkpoint witnessed by hub 350000" in capsys.readouterr().err
+    city.sync()
+    province.sync()
+    trust = _trust(tmp_path, city, province)
+    for node, exchange_id in ((city, "EX-CITY"), (province, "EX-PROV")):
+        receipt = tmp_path / f"{node.level}.json"
+        assert _cross_receipt(node, auditors[node.level], exchange_id, receipt) == 0
+        capsys.readouterr()
+        assert main(["audit", "verify-receipt", str(receipt), "--trust", str(trust)]) == 0
+        said = capsys.readouterr().out
+        assert f"{city.running.settings.audit_origin}: exchange EX-CITY" in said
+        assert f"{province.running.settings.audit_origin}: exchange EX-PROV" in said
+        assert "witnessed by 350000.hub.example/audit/witness" in said  # the city's part, by the province
+
+
+def test_the_part_of_an_exchange_the_caller_was_not_party_to_is_not_found(pair: dict[str, Node]) -> None:
+    city, province = pair["city"], pair["province"]
+    _linked(city, province)
+    city.sync()
+    province.sync()
+
+    def ask(exchange_id: str) -> tuple[grpc.StatusCode, str]:
+        request = rpb.GetReceiptPartRequest(exchange_id=exchange_id)
+
+        async def rpc(stub: rpb_grpc.ReceiptServiceAsyncStub, timeout: float) -> tuple[grpc.StatusCode, str]:
+            try:
+                part = await stub.GetReceiptPart(request, timeout=timeout)
+            except grpc.aio.AioRpcError as e:
+                return e.code(), e.details() or ""
+            return grpc.StatusCode.OK, part.origin
+
+        peer = city.peer(province.code)
+        return city.federation.run(city.federation.call_on(peer, "receipt", rpb_grpc.ReceiptServiceStub, rpc))
+
+    assert ask("EX-PROV") == (grpc.StatusCode.OK, province.running.settings.audit_origin)
+    other, missing = ask("EX-OTHER"), ask("EX-NONE")
+    assert other[0] == missing[0] == grpc.StatusCode.NOT_FOUND
+    assert other[1].replace("EX-OTHER", "X") == missing[1].replace("EX-NONE", "X")  # nothing tells them apart

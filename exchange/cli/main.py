@@ -343,8 +343,12 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
         else:
             p.add_argument("--out", type=Path, required=True, help="the receipt file to write (JSON)")
-    p = _verb(verbs, "cross-receipt", audit_receipt.cross_receipt, "this hub's part of a cross-hub receipt, or --merge")
+    p = _verb(
+        verbs, "cross-receipt", audit_receipt.cross_receipt,
+        "a cross-hub receipt of one exchange (this hub's part and its peers'), or --merge",
+    )  # fmt: skip
     p.add_argument("exchange_id", nargs="?", default="", help="this hub's id of the exchange")
+    p.add_argument("--own", action="store_true", help="only this hub's part (the peers' are not fetched)")
     p.add_argument("--merge", type=Path, nargs="+", help="join receipt parts (one per hub) into one receipt")
     p.add_argument("--out", type=Path, required=True, help="the receipt file to write (JSON)")
     p = _verb(verbs, "consistency", audit.consistency, "check that a newer checkpoint extends an older one")

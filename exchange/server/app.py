@@ -46,6 +46,7 @@ from exchange.server.metrics import HubMetrics, MetricsServer
 from exchange.server.objections import ObjectionServicer
 from exchange.server.parsing import RequestParsing
 from exchange.server.peers import FederationServicer
+from exchange.server.receipts import CrossReceipts, Parts
 from exchange.server.refusal_rate import RefusalRate
 from exchange.server.refusals import RefusalLog
 from exchange.server.registry import RegistryServicer
@@ -304,7 +305,14 @@ class Hub:
         rules = ReportRules(self.calendar, settings.audit_retention_days, settings.objection_answer_working_days)
         self.auditing = auditing = AuditReadService(self.store, self.audit, policy, verifier, subject_key, rules=rules)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditServicer(auditing, registry, settings.insecure_dev, refusals), server
+            AuditServicer(
+                auditing,
+                registry,
+                settings.insecure_dev,
+                refusals,
+                receipts=CrossReceipts(self.federation, Parts(self.store, self.audit, verifier), policy),
+            ),
+            server,
         )
         rights_pb2_grpc.add_RightsServiceServicer_to_server(
             RightsServicer(rights, registry, settings.insecure_dev, refusals, calendar=self.calendar), server

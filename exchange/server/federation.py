@@ -21,6 +21,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from audit.note import Verifier
 from exchange import errors, pki
 from exchange.bootstrap import load_witness_key
 from exchange.config import Settings
@@ -29,13 +30,14 @@ from exchange.federation.tls import HubCertificate, PeerTrust, channel_to, load_
 from exchange.server import federation_wire as fw
 from exchange.server.federation_witness import ForkCounter, Submission, Witnessing
 from exchange.server.peering import PeeringServicer
-from exchange.server.witness import ConsistencyProofs
+from exchange.server.receipts import InclusionProofs, Parts, ReceiptServicer
 from exchange.services.catalog import CatalogService
 from exchange.services.federation.catalog import FederatedCatalog
 from exchange.services.federation.peering import PeeringService
 from exchange.store import Store
 from exchange.v1 import federation_pb2 as pb
 from exchange.v1 import federation_pb2_grpc as pb_grpc
+from exchange.v1 import receipts_pb2_grpc as rpb_grpc
 from exchange.v1 import witness_pb2_grpc as wpb_grpc
 from policy import RightsPolicy
 
@@ -62,6 +64,7 @@ class Federation:
         catalog: FederatedCatalog,
         *,
         witnessing: Witnessing | None = None,
+        parts: Parts | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -71,6 +74,8 @@ class Federation:
         self.trust = PeerTrust(hub)
         # The hub's witness of its peers' logs, and its own log's submissions to theirs (None: not witnessing).
         self.witnessing = witnessing
+        # This hub's parts of cross-hub receipts, for peers that were party to an exchange (None: not served).
+        self.parts = parts
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._channels: dict[str, tuple[tuple[str, str], grpc.aio.Channel]] = {}
@@ -86,6 +91,8 @@ class Federation:
         pb_grpc.add_PeeringServiceServicer_to_server(PeeringServicer(self), server)
         if self.witnessing is not None:
             wpb_grpc.add_WitnessServiceServicer_to_server(self.witnessing.servicer(self), server)
+        if self.parts is not None:
+            rpb_grpc.add_ReceiptServiceServicer_to_server(ReceiptServicer(self, self.parts), server)
         try:
             self.port = server.add_secure_port(self.settings.federation_listen, self.trust.credentials())
         except RuntimeError:
@@ -309,7 +316,7 @@ def build(
     policy: RightsPolicy,
     catalog: CatalogService,
     *,
-    proofs: ConsistencyProofs | None = None,
+    proofs: InclusionProofs | None = None,
     forks: ForkCounter | None = None,
 ) -> tuple[FederatedCatalog, PeeringService, Federation | None]:
     """The federated catalog and the peerings (always: a hub that does not federate still lists its own entries
@@ -322,10 +329,11 @@ def build(
     if not settings.federation_listen:
         return federated, peering, None
     hub = load_hub_certificate(files, settings.hub_code)
-    witnessing = None
-    if proofs is not None:
-        witnessing = Witnessing(load_witness_key(settings), Submission(store, proofs, forks), forks)
-    return federated, peering, Federation(settings, store, hub, peering, federated, witnessing=witnessing)
+    if proofs is None:
+        return federated, peering, Federation(settings, store, hub, peering, federated)
+    witnessing = Witnessing(load_witness_key(settings), Submission(store, proofs, forks), forks)
+    parts = Parts(store, proofs, Verifier.parse(files.audit_verifier.read_text()))
+    return federated, peering, Federation(settings, store, hub, peering, federated, witnessing=witnessing, parts=parts)
 
 
 def _keys(settings: Settings, files: pki.HubFiles) -> HubKeys:
