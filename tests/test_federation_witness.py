@@ -30,6 +30,8 @@ from tests.federation_support import Node, hubs, peer_pair
 from tests.harness import AUTHORITY
 from tests.witness_support import HubLog, hub_log, record
 
+AGE = "exchange_federation_witnessed_age_seconds"
+
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[dict[str, Node]]:
@@ -81,6 +83,8 @@ def test_peers_cosign_each_others_checkpoints_as_their_logs_grow(pair: dict[str,
     _witness_of(province).find(with_cosignatures(later.note, list(later.cosignatures)))
     seen = province.running.hub.store.witness.seen(city.running.settings.audit_origin)
     assert seen is not None and seen.size == grown
+    age = city.running.hub.metrics.registry.get_sample_value(AGE, {"peer": province.code})
+    assert age is not None and age >= 0  # the province's newest cosignature of the city's log, measured
 
 
 def _province_head(province: Node) -> tuple[str, list[str]]:
@@ -108,6 +112,7 @@ def test_a_suspended_peers_submission_is_refused(pair: dict[str, Node]) -> None:
     with city.running.client() as hub:
         hub.call(hub.federation.SuspendPeer, fpb.SuspendPeerRequest(code=province.code, reason="安全检查"))
     before = seen_size()
+    assert city.running.hub.metrics.registry.get_sample_value(AGE, {"peer": province.code}) is None  # not active
     grown = _log_of(province).add(record(1))
     with pytest.raises(errors.PermissionDenied, match=r"hub 350000 may not submit its checkpoint to be witnessed"):
         _submit(province, city.code)
