@@ -216,9 +216,14 @@ def test_a_cross_hub_receipt_is_fetched_at_either_end_and_verifies_offline(
         assert "witnessed by 350000.hub.example/audit/witness" in said  # the city's part, by the province
 
 
-def test_the_part_of_an_exchange_the_caller_was_not_party_to_is_not_found(pair: dict[str, Node]) -> None:
+def test_the_part_of_an_exchange_the_caller_was_not_party_to_is_not_found(
+    pair: dict[str, Node], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     city, province = pair["city"], pair["province"]
     _linked(city, province)
+    province_origin = province.running.settings.audit_origin
+    # A city record claiming the province's own exchange EX-OTHER: the province does not give it.
+    _log_of(city).add(record(4, exchange_id="EX-CLAIM", peer_hub=province_origin, peer_exchange_id="EX-OTHER"))
     city.sync()
     province.sync()
 
@@ -239,3 +244,8 @@ def test_the_part_of_an_exchange_the_caller_was_not_party_to_is_not_found(pair: 
     other, missing = ask("EX-OTHER"), ask("EX-NONE")
     assert other[0] == missing[0] == grpc.StatusCode.NOT_FOUND
     assert other[1].replace("EX-OTHER", "X") == missing[1].replace("EX-NONE", "X")  # nothing tells them apart
+
+    auditor = _auditor(city)
+    assert _cross_receipt(city, auditor, "EX-CLAIM", tmp_path / "claim.json") != 0
+    assert "peer hub 350000 has no record of its exchange EX-OTHER that names this hub" in capsys.readouterr().err
+    assert not (tmp_path / "claim.json").exists()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Protocol
 
+import grpc
+
 from audit.cosignature import with_cosignatures
 from audit.note import Verifier
 from audit.receipt import Part, ProvedRecord, ReceiptError, merge, verify_part
@@ -126,8 +128,13 @@ class CrossReceipts:
         if not found:
             raise errors.NotFound("exchange", exchange_id)
         links = {(str(f["peer_hub"]), str(f.get("peer_exchange_id", ""))) for _, f in found if f.get("peer_hub")}
-        if self.federation is None or not links:
+        if not links:
             raise errors.FailedPrecondition(f"exchange {exchange_id} did not cross to another hub: no record names one")
+        if self.federation is None:
+            raise errors.FailedPrecondition(
+                "this hub does not federate (federation_listen is not set), so it cannot fetch its peers' parts: "
+                "make each hub's part with `exchange audit cross-receipt ID --own` and join them with --merge"
+            )
         peers = self._peers([origin for origin, _ in links])
         own = self.parts.part(exchange_id, [e for e, _ in found], _witnesses(list(peers.values())))
         theirs = [self._fetch(peers[origin], their_id) for origin, their_id in sorted(links)]
@@ -153,7 +160,16 @@ class CrossReceipts:
         request = pb.GetReceiptPartRequest(exchange_id=exchange_id)
 
         async def rpc(stub: pb_grpc.ReceiptServiceAsyncStub, timeout: float) -> pb.ReceiptPart:
-            return await stub.GetReceiptPart(request, timeout=timeout)
+            try:
+                return await stub.GetReceiptPart(request, timeout=timeout)
+            except grpc.aio.AioRpcError as e:
+                if e.code() is not grpc.StatusCode.NOT_FOUND:
+                    raise
+            raise errors.FailedPrecondition(
+                f"peer hub {peer.code} has no record of its exchange {exchange_id} that names this hub: the records "
+                "here and there do not agree (see both hubs' audit logs)",
+                subject=peer.code,
+            )
 
         what = "fetch a receipt part"
         wire = self.federation.run(self.federation.call_on(peer, what, pb_grpc.ReceiptServiceStub, rpc))
