@@ -170,6 +170,21 @@ def test_a_forked_checkpoint_is_refused_kept_and_logged_by_the_submitter(
     forked.store.close()
 
 
+def test_a_log_rolled_back_below_what_the_peer_saw_is_told_as_a_fork(pair: dict[str, Node], tmp_path: Path) -> None:
+    city, province = pair["city"], pair["province"]
+    _log_of(city).add(record(1), record(2))
+    city.sync()
+    older = hub_log(f"sqlite:///{tmp_path / 'older.db'}", load_audit_signer(city.running.settings))
+    older.add(record(1))  # a copy of the city's log from before the province saw it grow
+    metrics = city.running.hub.metrics
+    with pytest.raises(errors.FailedPrecondition, match="as a FORK of its log") as refused:
+        _submit(city, province.code, Submission(older.store, older.log, metrics))
+    assert "the witness last saw the log" in refused.value.message
+    sample = metrics.registry.get_sample_value
+    assert sample("exchange_federation_forks_total", {"peer": province.code, "where": "refused_by_peer"}) == 1
+    older.store.close()
+
+
 def _linked(city: Node, province: Node) -> None:
     """The city forwarded its exchange EX-CITY to the province, which served it as EX-PROV: each logs its record."""
     city_origin, province_origin = city.running.settings.audit_origin, province.running.settings.audit_origin

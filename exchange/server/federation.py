@@ -5,7 +5,9 @@ CAs of registered peers only: hub certificates never reach the departments' serv
 certificates never reach the federation's. This hub calls its peers over channels that present its hub
 certificate and trust each peer's registered CA only, with a deadline per call; a peer that is down or slow
 is UNAVAILABLE naming the hop. A loop pulls each active peer's offered catalog entries every
-``federation_sync_seconds`` and retries introductions still waiting for the other side.
+``federation_sync_seconds``, has each cosign this hub's newest checkpoint (``federation_witness``) and
+retries introductions still waiting for the other side. The listener also serves the peers' witness
+(``WitnessService``) and their parts of cross-hub receipts (``ReceiptService``, ``receipts``).
 """
 
 from __future__ import annotations
@@ -223,7 +225,8 @@ class Federation:
             after = cursor
 
     async def sync_once(self) -> None:
-        """One round: introductions still waiting, then the offers of every active peer."""
+        """One round: introductions still waiting, then the offers of every active peer and its cosignature of
+        this hub's newest checkpoint."""
         peers = await asyncio.to_thread(self.store.peers.list, (PeerState.REGISTERED, PeerState.ACTIVE))
         await asyncio.to_thread(self.peers_changed)  # also catches changes other hub processes made
         for registered in peers:
@@ -233,14 +236,23 @@ class Federation:
                     peer = await self.introduce(peer)
                 if peer.state is PeerState.ACTIVE:
                     await self.pull(peer)
-                    if self.witnessing is not None:
-                        await self.witnessing.submission.submit(self, peer)
             except errors.PermissionDenied as e:
                 if e.reason == "PEERING_SUSPENDED_BY_CALLER" and peer.state is PeerState.ACTIVE:
                     await self.tell(peer, "resumed", "resumed here; told again")  # the first word was lost
                 await self._failed(peer, e)
             except errors.ExchangeError as e:
                 await self._failed(peer, e)
+            if peer.state is PeerState.ACTIVE:
+                await self._witnessed(peer)
+
+    async def _witnessed(self, peer: Peer) -> None:
+        """Has the peer cosign this hub's newest checkpoint (whatever became of the pull: it is another matter)."""
+        if self.witnessing is None:
+            return
+        try:
+            await self.witnessing.submission.submit(self, peer)
+        except errors.ExchangeError as e:
+            await self._failed(peer, e)
 
     async def _failed(self, peer: Peer, e: errors.ExchangeError) -> None:
         log.warning("federation: sync with hub %s: %s", peer.code, e.message)

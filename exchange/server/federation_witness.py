@@ -136,13 +136,16 @@ class Submission:
                 if violation_of(e, "FORK") is not None:
                     raise self._fork(peer, size, e) from None
                 asked = old_size_asked(e)
-                if attempt or asked is None or asked > size:
+                if asked is not None and asked > size:  # the peer saw more of this log than it now holds
+                    raise self._fork(peer, size, e) from None
+                if attempt or asked is None:
                     raise
                 old = asked
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _fork(self, peer: Peer, size: int, e: grpc.aio.AioRpcError) -> errors.ExchangeError:
-        """A peer refused this hub's checkpoint as a fork: it holds another history of this hub's log."""
+        """A peer refused this hub's checkpoint as a fork, or has seen a larger tree of this hub's log than the
+        newest checkpoint: either way it holds another history of this log (the second, a rolled-back one)."""
         if self.forks is not None:
             self.forks.fork_seen(peer.code, "refused_by_peer")
         message = (
