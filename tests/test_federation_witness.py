@@ -60,7 +60,7 @@ def _witness_of(node: Node) -> WitnessVerifier:
     return load_witness_key(node.running.settings).verifier()
 
 
-def test_peers_cosign_each_others_checkpoints_as_their_logs_grow(pair: dict[str, Node]) -> None:
+def test_peers_cosign_each_others_checkpoints_as_their_logs_grow(pair: dict[str, Node], tmp_path: Path) -> None:
     city, province = pair["city"], pair["province"]
     auditor = _auditor(city)
     first = _log_of(city).add(record(1), record(2))
@@ -85,6 +85,10 @@ def test_peers_cosign_each_others_checkpoints_as_their_logs_grow(pair: dict[str,
     assert seen is not None and seen.size == grown
     age = city.running.hub.metrics.registry.get_sample_value(AGE, {"peer": province.code})
     assert age is not None and age >= 0  # the province's newest cosignature of the city's log, measured
+    held = tmp_path / "witnessed.note"  # the auditor's CLI writes the witnessed checkpoint with its cosignatures
+    argv = ["--hub", city.running.settings.hub_address, "--identity", str(auditor), "audit", "checkpoint"]
+    assert main([*argv, "--witnessed", "--out", str(held)]) == 0
+    assert _witness_of(province).find(held.read_text(encoding="utf-8")).timestamp >= found.timestamp
 
 
 def _province_head(province: Node) -> tuple[str, list[str]]:

@@ -320,6 +320,9 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = _verb(verbs, "checkpoint", audit.checkpoint, "the newest signed checkpoint (or one of --size)")
     p.add_argument("--size", type=int, default=0, help="the signed checkpoint of this many entries (default: newest)")
     p.add_argument("--out", type=Path, help="write the signed note alone to this file (for verify --checkpoint)")
+    p.add_argument(
+        "--witnessed", action="store_true", help="the newest checkpoint peer hubs cosigned, with their cosignatures"
+    )
     p = _verb(verbs, "search", audit_search.search, "search records (auditors: all; owners, consumers: their own)")
     for flag, text in SEARCH_FILTERS.items():
         p.add_argument(f"--{flag}", help=text)
