@@ -99,6 +99,7 @@ def settings_for(root: Path, level: str) -> Settings:
         hub_code=code,
         hub_name=name,
         hub_level=level,
+        audit_origin=f"{code}.hub.example/audit",  # each hub's log has its own origin, as witnessing needs
         federation_listen="127.0.0.1:0",
         federation_sync_seconds=3600.0,  # the tests run each round themselves
         federation_call_seconds=5.0,
@@ -124,6 +125,7 @@ def peer_pair(child: Node, parent: Node) -> None:
     assert parent.state_of(child.code) is PeerState.ACTIVE
     # The parent's introduction woke the child's sync loop, which pulls the parent's offers on its own: let that
     # round end, so that a test's own rounds do not race it.
+    # A round that ran before the other side held the peering active failed (its problem noted): run one more.
     until = time.monotonic() + 30
     while not (child.federation.idle and parent.federation.idle):
         assert time.monotonic() < until, "the sync rounds woken by the peering did not end"

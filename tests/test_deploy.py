@@ -21,7 +21,7 @@ import yaml
 
 from exchange import config, pki
 from exchange.cli.main import build_parser
-from exchange.server import metrics, subscription_metrics
+from exchange.server import federation_witness, metrics, subscription_metrics
 from exchange.server.workers import check as check_workers
 from exchange.server.workers import worker_settings
 
@@ -597,8 +597,10 @@ def _hub_metric_names() -> set[str]:
     source = Path(metrics.__file__).read_text(encoding="utf-8")
     state = set(re.findall(r'GaugeMetricFamily\(\s*"(exchange_[a-z0-9_]+)"', source))
     assert state == STATE_GAUGES, "the state gauges changed: update STATE_GAUGES and the alerts"
-    lag = Path(subscription_metrics.__file__).read_text(encoding="utf-8")
-    return names | state | set(re.findall(r'GaugeMetricFamily\(\s*"(exchange_[a-z0-9_]+)"', lag))
+    for module in (subscription_metrics, federation_witness):
+        other = Path(str(module.__file__)).read_text(encoding="utf-8")
+        state |= set(re.findall(r'GaugeMetricFamily\(\s*"(exchange_[a-z0-9_]+)"', other))
+    return names | state
 
 
 def _metric_tokens(text: str) -> set[str]:
@@ -655,6 +657,8 @@ def test_alert_rules() -> None:
         "exchange_audit_index_check_failures_total",
         "exchange_calendar_assumed_years",
         "exchange_calendar_covered_through_year",
+        "exchange_federation_witnessed_age_seconds",
+        "exchange_federation_forks_total",
     } <= used
     assert any(re.search(r"\bup\{", r["expr"]) for r in rules)
 

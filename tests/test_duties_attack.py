@@ -80,7 +80,11 @@ PEER = "350000"  # a peer hub the scene's store holds (federation; it need not r
 SERVED_BY_DEPARTMENTS = {"exchange.v1.ProviderService"}
 # ...and those the hub's main port does not serve: those, and the one peer hubs call on the federation listener
 # (tests/test_federation_peering.py attacks it there).
-NOT_ON_THE_MAIN_PORT = SERVED_BY_DEPARTMENTS | {"exchange.v1.PeeringService", "exchange.v1.WitnessService"}
+NOT_ON_THE_MAIN_PORT = SERVED_BY_DEPARTMENTS | {
+    "exchange.v1.PeeringService",
+    "exchange.v1.WitnessService",
+    "exchange.v1.ReceiptService",
+}
 
 
 def _rows(name: str) -> list[dict[str, str]]:
@@ -408,6 +412,8 @@ REQUESTS: dict[str, Build] = {
     "AuditService.GetConsistencyProof": lambda s, c: apb.GetConsistencyProofRequest(from_size=1),
     "AuditService.SearchRecords": lambda s, c: apb.SearchRecordsRequest(),
     "AuditService.ExportLog": lambda s, c: apb.ExportLogRequest(),
+    # Auditors only; the allowed call needs peered hubs (tests/test_federation_witness.py makes it): kind "write".
+    "AuditService.GetCrossHubReceipt": lambda s, c: apb.GetCrossHubReceiptRequest(exchange_id="EX-1"),
     "AuditService.GetReport": lambda s, c: apb.GetReportRequest(
         from_date=(dt.date.today() - dt.timedelta(days=7)).isoformat(),
         to_date=(dt.date.today() + dt.timedelta(days=1)).isoformat(),
@@ -595,6 +601,7 @@ INVALID: dict[str, Build] = {
     "SubscriptionService.ListSubscriptions": lambda s, c: spb.ListSubscriptionsRequest(resource_code="bad"),
     "SubscriptionService.CancelSubscription": lambda s, c: spb.CancelSubscriptionRequest(id="bad"),
     "AuditService.ExportLog": lambda s, c: apb.ExportLogRequest(from_seq=10**12),
+    "AuditService.GetCrossHubReceipt": lambda s, c: apb.GetCrossHubReceiptRequest(exchange_id=" " * 300),
     "AuditService.GetReport": lambda s, c: apb.GetReportRequest(from_date="2026-13-01", to_date="1900-01-01"),
     "FederationService.RegisterPeer": lambda s, c: fpb.RegisterPeerRequest(peer=fpb.Peer(code="x", relation=99)),  # type: ignore[arg-type]
     "FederationService.ListPeers": lambda s, c: fpb.ListPeersRequest(state=99),  # type: ignore[arg-type]

@@ -54,7 +54,7 @@ PEER, MISSING_PEER = "350000", "360000"
 
 # Services the hub does not serve to its members: the departments' ProviderService, and what it serves to
 # peer hubs only, on its federation listener.
-NOT_FOR_MEMBERS = {"exchange.v1.ProviderService", "exchange.v1.WitnessService"}
+NOT_FOR_MEMBERS = {"exchange.v1.ProviderService", "exchange.v1.WitnessService", "exchange.v1.ReceiptService"}
 
 
 def _hub_methods() -> dict[str, descriptor.MethodDescriptor]:
@@ -460,6 +460,7 @@ NAMES_NO_OBJECT = {
     "AuditService.SearchRecords": "searches (each caller sees what it may)",
     "AuditService.ExportLog": "the whole log",
     "AuditService.GetReport": "figures per department for a period, for auditors and the share manager",
+    "AuditService.GetCrossHubReceipt": "an exchange id, for auditors, who read the whole log",
     "ExchangeService.Query": "the data plane, decided by the grant",
     "ExchangeService.StreamQuery": "the data plane, decided by the grant",
     "ExchangeService.FetchDocument": "the data plane, decided by the grant",

@@ -239,7 +239,7 @@ def test_a_running_hub_writes_its_part_through_the_cli(
     with serving(witness_of(a.store, key_a, b)) as channel:
         submit_checkpoint(channel, b.store, b.log, key_a.verifier())
     out_b = tmp_path / "b.json"
-    argv = ["--hub", hub.settings.hub_address, "--identity", str(auditor), "audit", "cross-receipt", "EX-B"]
+    argv = ["--hub", hub.settings.hub_address, "--identity", str(auditor), "audit", "cross-receipt", "EX-B", "--own"]
     assert main([*argv, "--out", str(out_b)]) == 0
     part_a = _write(tmp_path / "a.json", [_part(a, "EX-A")])
     receipt = tmp_path / "receipt.json"

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from audit.cosignature import with_cosignatures
 from audit.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, NoteError, Verifier, open_note
 from audit.receipt import FORMAT as CROSS_HUB
@@ -63,20 +64,24 @@ def _hash_rows(name: str, hashes: list[bytes]) -> list[tuple[str, str]]:
 def checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     if args.out is not None:
         userfiles.check_writable(args.out, "the checkpoint file")
-    head = ask(args, settings, lambda hub: hub.audit.GetCheckpoint, pb.GetCheckpointRequest(size=args.size))
+    request = pb.GetCheckpointRequest(size=args.size, witnessed=args.witnessed)
+    head = ask(args, settings, lambda hub: hub.audit.GetCheckpoint, request)
+    note = with_cosignatures(head.note, list(head.cosignatures)) if args.witnessed else head.note
     data: dict[str, object] = {
         "size": head.size,
         "root_hash": head.root_hash.hex(),
         "verifier_key": head.verifier_key,
-        "note": head.note,
+        "note": note,
+        "cosignatures": list(head.cosignatures),
     }
     if args.out is not None:
-        args.out.write_text(head.note, encoding="utf-8")
+        args.out.write_text(note, encoding="utf-8")
         data["written_to"] = str(args.out)
     rows = [("size", str(head.size)), ("root hash", head.root_hash.hex()), ("verifier key", head.verifier_key)]
+    rows += [("cosigned by", line.split(" ")[1]) for line in head.cosignatures]
     _emit(args, data, rows + ([("written to", str(args.out))] if args.out is not None else []))
     if not args.json and args.out is None:
-        print(f"\nsigned note:\n{head.note}", end="")
+        print(f"\nsigned note:\n{note}", end="")
     return 0
 
 

@@ -1,8 +1,10 @@
 """Cross-hub receipts from the command line: this hub's part of one exchange, merging parts, verifying.
 
-``exchange audit cross-receipt EXCHANGE_ID --out part.json`` asks this hub for its records of the exchange,
-proved under its newest witnessed checkpoint; ``exchange audit cross-receipt --merge a.json b.json --out
-r.json`` joins the two hubs' parts; ``exchange audit verify-receipt r.json --trust keys.txt`` checks the
+``exchange audit cross-receipt EXCHANGE_ID --out r.json`` asks this hub for the receipt of the exchange: its
+part and the parts of the peer hubs its records name, which the hub fetches over the federation
+(``AuditService.GetCrossHubReceipt``). With ``--own`` it writes this hub's part alone (its records, proved
+under its newest witnessed checkpoint); ``exchange audit cross-receipt --merge a.json b.json --out r.json``
+joins parts made at each hub; ``exchange audit verify-receipt r.json --trust keys.txt`` checks the
 result offline (audit.receipt), with the verdict and exit codes of ``exchange audit verify``.
 """
 
@@ -33,8 +35,10 @@ def cross_receipt(args: argparse.Namespace, settings: Settings) -> int:
         if args.exchange_id:
             raise InvalidArgument("give either an exchange id (this hub's part) or --merge FILES, not both")
         parts = merge(*groups)
-    elif args.exchange_id:
+    elif args.exchange_id and args.own:
         parts = [_this_hubs_part(args, settings)]
+    elif args.exchange_id:
+        parts = _fetched(args, settings)
     else:
         raise InvalidArgument("give the exchange id to prove, or --merge with the hubs' receipt parts")
     args.out.write_text(json.dumps(document(parts), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
@@ -44,6 +48,16 @@ def cross_receipt(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"receipt with the part(s) of {origins} written to {args.out}")
     return 0
+
+
+def _fetched(args: argparse.Namespace, settings: Settings) -> list[Part]:
+    """The receipt the hub makes: its part and its peers', fetched over the federation."""
+    with HubClient(settings, args.identity) as hub:
+        answer = hub.call(hub.audit.GetCrossHubReceipt, pb.GetCrossHubReceiptRequest(exchange_id=args.exchange_id))
+    try:
+        return parts_of(json.loads(answer.receipt_json))
+    except ValueError as e:
+        raise InvalidArgument(f"the hub sent a receipt that cannot be read: {e}") from None
 
 
 def _parts(path: Path) -> list[Part]:

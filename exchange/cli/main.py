@@ -320,6 +320,9 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = _verb(verbs, "checkpoint", audit.checkpoint, "the newest signed checkpoint (or one of --size)")
     p.add_argument("--size", type=int, default=0, help="the signed checkpoint of this many entries (default: newest)")
     p.add_argument("--out", type=Path, help="write the signed note alone to this file (for verify --checkpoint)")
+    p.add_argument(
+        "--witnessed", action="store_true", help="the newest checkpoint peer hubs cosigned, with their cosignatures"
+    )
     p = _verb(verbs, "search", audit_search.search, "search records (auditors: all; owners, consumers: their own)")
     for flag, text in SEARCH_FILTERS.items():
         p.add_argument(f"--{flag}", help=text)
@@ -343,8 +346,12 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             p.add_argument("--key", type=Path, required=True, help="the log's public key file (log.pub)")
         else:
             p.add_argument("--out", type=Path, required=True, help="the receipt file to write (JSON)")
-    p = _verb(verbs, "cross-receipt", audit_receipt.cross_receipt, "this hub's part of a cross-hub receipt, or --merge")
+    p = _verb(
+        verbs, "cross-receipt", audit_receipt.cross_receipt,
+        "a cross-hub receipt of one exchange (this hub's part and its peers'), or --merge",
+    )  # fmt: skip
     p.add_argument("exchange_id", nargs="?", default="", help="this hub's id of the exchange")
+    p.add_argument("--own", action="store_true", help="only this hub's part (the peers' are not fetched)")
     p.add_argument("--merge", type=Path, nargs="+", help="join receipt parts (one per hub) into one receipt")
     p.add_argument("--out", type=Path, required=True, help="the receipt file to write (JSON)")
     p = _verb(verbs, "consistency", audit.consistency, "check that a newer checkpoint extends an older one")

@@ -41,10 +41,12 @@ from exchange.server.catalog import CatalogServicer
 from exchange.server.console import ConsoleServicer, console_base_url
 from exchange.server.credentials import TlsFiles
 from exchange.server.exchange import ExchangeServicer
+from exchange.server.federation_witness import WitnessedAge
 from exchange.server.metrics import HubMetrics, MetricsServer
 from exchange.server.objections import ObjectionServicer
 from exchange.server.parsing import RequestParsing
 from exchange.server.peers import FederationServicer
+from exchange.server.receipts import CrossReceipts, Parts
 from exchange.server.refusal_rate import RefusalRate
 from exchange.server.refusals import RefusalLog
 from exchange.server.registry import RegistryServicer
@@ -280,7 +282,9 @@ class Hub:
             server,
         )
         self.catalog = CatalogService(self.store, policy, self._check_binding)
-        federated, peering, self.federation = federation.build(settings, self.store, policy, self.catalog)
+        federated, peering, self.federation = federation.build(
+            settings, self.store, policy, self.catalog, proofs=self.audit, forks=self.metrics
+        )
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
             CatalogServicer(self.catalog, registry, settings.insecure_dev, refusals, federated=federated), server
         )
@@ -301,7 +305,14 @@ class Hub:
         rules = ReportRules(self.calendar, settings.audit_retention_days, settings.objection_answer_working_days)
         self.auditing = auditing = AuditReadService(self.store, self.audit, policy, verifier, subject_key, rules=rules)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditServicer(auditing, registry, settings.insecure_dev, refusals), server
+            AuditServicer(
+                auditing,
+                registry,
+                settings.insecure_dev,
+                refusals,
+                receipts=CrossReceipts(self.federation, Parts(self.store, self.audit, verifier), policy),
+            ),
+            server,
         )
         rights_pb2_grpc.add_RightsServiceServicer_to_server(
             RightsServicer(rights, registry, settings.insecure_dev, refusals, calendar=self.calendar), server
@@ -494,6 +505,8 @@ class Hub:
             self.store, lambda: self.audit.signed_at, self.credentials.files.expiries, self.calendar
         )
         self.metrics.watch_subscriptions(SubscriptionLag(self.store))
+        if self.federation is not None:
+            self.metrics.registry.register(WitnessedAge(self.store))  # how fresh the peers' cosignatures are
         try:
             self.metrics_server = MetricsServer(self.metrics, lambda: self.ready, listen)
         except OSError as e:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
 
+from audit.receipt import document
 from audit.report import to_json
 from exchange import validation
-from exchange.errors import ExchangeError
+from exchange.errors import ExchangeError, FailedPrecondition
 from exchange.models import Principal
+from exchange.server.receipts import CrossReceipts
 from exchange.server.refusals import is_refusal
 from exchange.server.rpc import Authenticator, Refusals, abort_with, caller_of, unary
 from exchange.services.audit import AuditReadService, SignedHead, parse_time
@@ -29,8 +32,15 @@ def _entry(e: Entry, proof: list[bytes] | None = None) -> pb.AuditEntry:
 
 class AuditServicer(pb_grpc.AuditServiceServicer):
     def __init__(
-        self, service: AuditReadService, auth: Authenticator, insecure_dev: bool, refusals: Refusals | None = None
+        self,
+        service: AuditReadService,
+        auth: Authenticator,
+        insecure_dev: bool,
+        refusals: Refusals | None = None,
+        *,
+        receipts: CrossReceipts | None = None,
     ) -> None:
+        self.receipts = receipts
         self.refusals = refusals
         self.service = service
         self.auth = auth
@@ -48,6 +58,14 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     @unary
     def GetCheckpoint(self, request: pb.GetCheckpointRequest, actor: Principal) -> pb.SignedCheckpoint:
         return self._head(self.service.checkpoint(request.size, witnessed=request.witnessed))
+
+    @unary
+    def GetCrossHubReceipt(self, request: pb.GetCrossHubReceiptRequest, actor: Principal) -> pb.CrossHubReceipt:
+        if self.receipts is None:
+            raise FailedPrecondition("this hub makes no cross-hub receipts")
+        parts = self.receipts.receipt(actor, request.exchange_id)
+        text = json.dumps(document(parts), ensure_ascii=False, indent=2) + "\n"
+        return pb.CrossHubReceipt(receipt_json=text, origins=[p.origin for p in parts])
 
     @unary
     def GetInclusionProof(self, request: pb.GetInclusionProofRequest, actor: Principal) -> pb.InclusionProof:

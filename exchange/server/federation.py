@@ -5,7 +5,9 @@ CAs of registered peers only: hub certificates never reach the departments' serv
 certificates never reach the federation's. This hub calls its peers over channels that present its hub
 certificate and trust each peer's registered CA only, with a deadline per call; a peer that is down or slow
 is UNAVAILABLE naming the hop. A loop pulls each active peer's offered catalog entries every
-``federation_sync_seconds`` and retries introductions still waiting for the other side.
+``federation_sync_seconds``, has each cosign this hub's newest checkpoint (``federation_witness``) and
+retries introductions still waiting for the other side. The listener also serves the peers' witness
+(``WitnessService``) and their parts of cross-hub receipts (``ReceiptService``, ``receipts``).
 """
 
 from __future__ import annotations
@@ -21,23 +23,29 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from audit.note import Verifier
 from exchange import errors, pki
 from exchange.bootstrap import load_witness_key
 from exchange.config import Settings
 from exchange.federation.model import HubKeys, HubRef, Offer, Peer, PeerState
 from exchange.federation.tls import HubCertificate, PeerTrust, channel_to, load_hub_certificate
 from exchange.server import federation_wire as fw
+from exchange.server.federation_witness import ForkCounter, Submission, Witnessing
 from exchange.server.peering import PeeringServicer
+from exchange.server.receipts import InclusionProofs, Parts, ReceiptServicer
 from exchange.services.catalog import CatalogService
 from exchange.services.federation.catalog import FederatedCatalog
 from exchange.services.federation.peering import PeeringService
 from exchange.store import Store
 from exchange.v1 import federation_pb2 as pb
 from exchange.v1 import federation_pb2_grpc as pb_grpc
+from exchange.v1 import receipts_pb2_grpc as rpb_grpc
+from exchange.v1 import witness_pb2_grpc as wpb_grpc
 from policy import RightsPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S")
 PAGE = 200
 _CHANGES = {
     "suspended": pb.PEERING_CHANGE_SUSPENDED,
@@ -50,7 +58,15 @@ class Federation:
     """This hub's federation: its listener, its channels to peers, and the catalog sync loop."""
 
     def __init__(
-        self, settings: Settings, store: Store, hub: HubCertificate, peering: PeeringService, catalog: FederatedCatalog
+        self,
+        settings: Settings,
+        store: Store,
+        hub: HubCertificate,
+        peering: PeeringService,
+        catalog: FederatedCatalog,
+        *,
+        witnessing: Witnessing | None = None,
+        parts: Parts | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -58,6 +74,10 @@ class Federation:
         self.peering = peering
         self.catalog = catalog
         self.trust = PeerTrust(hub)
+        # The hub's witness of its peers' logs, and its own log's submissions to theirs (None: not witnessing).
+        self.witnessing = witnessing
+        # This hub's parts of cross-hub receipts, for peers that were party to an exchange (None: not served).
+        self.parts = parts
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._channels: dict[str, tuple[tuple[str, str], grpc.aio.Channel]] = {}
@@ -72,6 +92,10 @@ class Federation:
         await asyncio.to_thread(self.peers_changed)
         server = grpc.aio.server(options=self._limits())
         pb_grpc.add_PeeringServiceServicer_to_server(PeeringServicer(self), server)
+        if self.witnessing is not None:
+            wpb_grpc.add_WitnessServiceServicer_to_server(self.witnessing.servicer(self), server)
+        if self.parts is not None:
+            rpb_grpc.add_ReceiptServiceServicer_to_server(ReceiptServicer(self, self.parts), server)
         try:
             self.port = server.add_secure_port(self.settings.federation_listen, self.trust.credentials())
         except RuntimeError:
@@ -118,9 +142,8 @@ class Federation:
             self._asked = True  # at once, from the asking thread: ``idle`` is false until the round has run
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    def _stub(self, peer: Peer) -> pb_grpc.PeeringServiceAsyncStub:
-        """The stub for a peer, over a channel kept while its address and CA stay (the generated stub class
-        serves sync and asyncio channels alike; its type stubs name the asyncio flavour apart)."""
+    def _channel(self, peer: Peer) -> grpc.aio.Channel:
+        """The channel to a peer, kept while its address and CA stay."""
         key = (peer.address, peer.ca_fingerprint)
         held = self._channels.get(peer.code)
         if held is None or held[0] != key:
@@ -128,14 +151,25 @@ class Federation:
                 asyncio.get_running_loop().create_task(held[1].close(None))
             held = (key, channel_to(peer, self.hub, self._limits()))
             self._channels[peer.code] = held
-        return pb_grpc.PeeringServiceStub(held[1])
+        return held[1]
+
+    def _stub(self, peer: Peer) -> pb_grpc.PeeringServiceAsyncStub:
+        """The PeeringService stub for a peer (the generated stub class serves sync and asyncio channels alike;
+        its type stubs name the asyncio flavour apart)."""
+        return pb_grpc.PeeringServiceStub(self._channel(peer))
 
     async def call(
         self, peer: Peer, what: str, rpc: Callable[[pb_grpc.PeeringServiceAsyncStub, float], Awaitable[T]]
     ) -> T:
         """One call to a peer, with its deadline; a hub error naming the peer hop if it fails."""
+        return await self.call_on(peer, what, lambda _: self._stub(peer), rpc)
+
+    async def call_on(
+        self, peer: Peer, what: str, stub: Callable[[grpc.aio.Channel], S], rpc: Callable[[S, float], Awaitable[T]]
+    ) -> T:
+        """One call to a peer on a stub of any service ``stub`` makes of the peer's channel, as ``call``."""
         try:
-            return await rpc(self._stub(peer), self.settings.federation_call_seconds)
+            return await rpc(stub(self._channel(peer)), self.settings.federation_call_seconds)
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await self._drop(peer.code)  # the next call connects afresh, not after the channel's back-off
@@ -198,7 +232,8 @@ class Federation:
             after = cursor
 
     async def sync_once(self) -> None:
-        """One round: introductions still waiting, then the offers of every active peer."""
+        """One round: introductions still waiting, then the offers of every active peer and its cosignature of
+        this hub's newest checkpoint."""
         peers = await asyncio.to_thread(self.store.peers.list, (PeerState.REGISTERED, PeerState.ACTIVE))
         await asyncio.to_thread(self.peers_changed)  # also catches changes other hub processes made
         for registered in peers:
@@ -214,6 +249,17 @@ class Federation:
                 await self._failed(peer, e)
             except errors.ExchangeError as e:
                 await self._failed(peer, e)
+            if peer.state is PeerState.ACTIVE:
+                await self._witnessed(peer)
+
+    async def _witnessed(self, peer: Peer) -> None:
+        """Has the peer cosign this hub's newest checkpoint (whatever became of the pull: it is another matter)."""
+        if self.witnessing is None:
+            return
+        try:
+            await self.witnessing.submission.submit(self, peer)
+        except errors.ExchangeError as e:
+            await self._failed(peer, e)
 
     async def _failed(self, peer: Peer, e: errors.ExchangeError) -> None:
         log.warning("federation: sync with hub %s: %s", peer.code, e.message)
@@ -287,10 +333,17 @@ def _hop_error(peer: Peer, what: str, e: grpc.aio.AioRpcError, timeout: float) -
 
 
 def build(
-    settings: Settings, store: Store, policy: RightsPolicy, catalog: CatalogService
+    settings: Settings,
+    store: Store,
+    policy: RightsPolicy,
+    catalog: CatalogService,
+    *,
+    proofs: InclusionProofs | None = None,
+    forks: ForkCounter | None = None,
 ) -> tuple[FederatedCatalog, PeeringService, Federation | None]:
     """The federated catalog and the peerings (always: a hub that does not federate still lists its own entries
-    and reads its peers) and, when ``federation_listen`` is set, the federation with its listener (not started)."""
+    and reads its peers) and, when ``federation_listen`` is set, the federation with its listener (not started);
+    with the log's ``proofs``, it witnesses its peers and has them witness its log."""
     own = HubRef(settings.hub_code, settings.hub_name, settings.hub_level)
     files = pki.HubFiles(settings.home, settings.ca_key_file)
     federated = FederatedCatalog(store, catalog, own)
@@ -298,7 +351,11 @@ def build(
     if not settings.federation_listen:
         return federated, peering, None
     hub = load_hub_certificate(files, settings.hub_code)
-    return federated, peering, Federation(settings, store, hub, peering, federated)
+    if proofs is None:
+        return federated, peering, Federation(settings, store, hub, peering, federated)
+    witnessing = Witnessing(load_witness_key(settings), Submission(store, proofs, forks), forks)
+    parts = Parts(store, proofs, Verifier.parse(files.audit_verifier.read_text()))
+    return federated, peering, Federation(settings, store, hub, peering, federated, witnessing=witnessing, parts=parts)
 
 
 def _keys(settings: Settings, files: pki.HubFiles) -> HubKeys:

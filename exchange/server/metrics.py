@@ -135,6 +135,13 @@ class HubMetrics:
             "Index checks that could not compare: the log itself did not verify, or the store failed.",
             registry=r,
         )
+        self.forks = Counter(
+            "exchange_federation_forks_total",
+            "Forked checkpoints: a peer's that this hub's witness refused (seen_here), or this hub's that a peer's "
+            "witness refused (refused_by_peer: this hub's log was shown inconsistently).",
+            ["peer", "where"],
+            registry=r,
+        )
 
     # The exchange service's observer
 
@@ -182,6 +189,10 @@ class HubMetrics:
         self.audit_intact.set(1 if intact else 0)
         if at is not None:
             self.audit_checked.set(at)
+
+    def fork_seen(self, peer: str, where: str) -> None:
+        """A fork between this hub and ``peer``'s witnessing (``where``: seen_here, refused_by_peer)."""
+        self.forks.labels(peer, where).inc()
 
     def calendar_checked(self, assumed_years: int, covered_through: int) -> None:
         self.calendar_assumed_years.set(assumed_years)

@@ -56,8 +56,8 @@ class ConsistencyProofs(Protocol):
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]: ...
 
 
-def _old_size_asked(error: grpc.RpcError) -> int | None:
-    """The size a witness holds, from its OLD_SIZE refusal; None for any other status."""
+def violation_of(error: grpc.RpcError, kind: str) -> str | None:
+    """The subject of a witness's refusal of type ``kind`` (OLD_SIZE, FORK); None for any other status."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     if status is None:
         return None
@@ -66,9 +66,15 @@ def _old_size_asked(error: grpc.RpcError) -> int | None:
             failure = error_details_pb2.PreconditionFailure()
             detail.Unpack(failure)
             for violation in failure.violations:
-                if violation.type == "OLD_SIZE" and violation.subject.isdigit():
-                    return int(violation.subject)
+                if violation.type == kind:
+                    return str(violation.subject)
     return None
+
+
+def old_size_asked(error: grpc.RpcError) -> int | None:
+    """The size a witness holds, from its OLD_SIZE refusal; None for any other status."""
+    subject = violation_of(error, "OLD_SIZE")
+    return int(subject) if subject is not None and subject.isdigit() else None
 
 
 def submit_checkpoint(
@@ -86,25 +92,26 @@ def submit_checkpoint(
     stub = pb_grpc.WitnessServiceStub(channel)
     old = store.witness.last_cosigned(witness.name)
     for attempt in range(2):
-        request = pb.AddCheckpointRequest(old_size=old, consistency_proof=_proof(proofs, old, size), checkpoint=note)
+        proof = proof_from(proofs, old, size)
+        request = pb.AddCheckpointRequest(old_size=old, consistency_proof=proof, checkpoint=note)
         try:
             answer = stub.AddCheckpoint(request, timeout=timeout)
             break
         except grpc.RpcError as e:
-            asked = _old_size_asked(e)
+            asked = old_size_asked(e)
             if attempt or asked is None or asked > size:
                 raise
             old = asked
-    cosignature = _checked(answer, note, witness)
+    cosignature = checked_cosignature(answer, note, witness)
     store.witness.add_cosignature(size, witness.name, cosignature.line())
     return cosignature
 
 
-def _proof(proofs: ConsistencyProofs, old: int, size: int) -> list[bytes]:
+def proof_from(proofs: ConsistencyProofs, old: int, size: int) -> list[bytes]:
     return proofs.consistency_proof(old, size) if 0 < old < size else []
 
 
-def _checked(answer: pb.AddCheckpointResponse, note: str, witness: WitnessVerifier) -> Cosignature:
+def checked_cosignature(answer: pb.AddCheckpointResponse, note: str, witness: WitnessVerifier) -> Cosignature:
     text = note.rpartition("\n\n")[0] + "\n"
     for line in answer.cosignatures:
         try:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65xchange/v1/audit.proto\x12\x0b\x65xchange.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\x10SignedCheckpoint\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x11\n\troot_hash\x18\x02 \x01(\x0c\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\x14\n\x0cverifier_key\x18\x04 \x01(\t\x12\x14\n\x0c\x63osignatures\x18\x05 \x03(\t\"K\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x11\n\tleaf_hash\x18\x02 \x01(\x0c\x12\x0e\n\x06record\x18\x03 \x01(\t\x12\r\n\x05proof\x18\x04 \x03(\x0c\"7\n\x14GetCheckpointRequest\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x11\n\twitnessed\x18\x02 \x01(\x08\":\n\x18GetInclusionProofRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\"\x8e\x01\n\x0eInclusionProof\x12&\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x17.exchange.v1.AuditEntry\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x31\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x1d.exchange.v1.SignedCheckpoint\"@\n\x1aGetConsistencyProofRequest\x12\x11\n\tfrom_size\x18\x01 \x01(\x03\x12\x0f\n\x07to_size\x18\x02 \x01(\x03\"F\n\x10\x43onsistencyProof\x12\x11\n\tfrom_size\x18\x01 \x01(\x03\x12\x0f\n\x07to_size\x18\x02 \x01(\x03\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\"\x9f\x02\n\x14SearchRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65partment_code\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x15\n\rresource_code\x18\x07 \x01(\t\x12\x0f\n\x07purpose\x18\x08 \x01(\t\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\n \x01(\t\x12\x14\n\x0c\x64\x61ta_subject\x18\x0b \x01(\t\"\xa3\x01\n\x15SearchRecordsResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.exchange.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x31\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x1d.exchange.v1.SignedCheckpoint\x12\x14\n\x0csubject_hash\x18\x04 \x01(\t\"$\n\x10\x45xportLogRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x03\"\x1c\n\x0b\x45xportChunk\x12\r\n\x05lines\x18\x01 \x01(\t\"O\n\x10GetReportRequest\x12\x11\n\tfrom_date\x18\x01 \x01(\t\x12\x0f\n\x07to_date\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65partment_code\x18\x03 \x01(\t\"[\n\x11GetReportResponse\x12\x13\n\x0breport_json\x18\x01 \x01(\t\x12\x31\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x1d.exchange.v1.SignedCheckpoint2\x85\x04\n\x0c\x41uditService\x12Q\n\rGetCheckpoint\x12!.exchange.v1.GetCheckpointRequest\x1a\x1d.exchange.v1.SignedCheckpoint\x12W\n\x11GetInclusionProof\x12%.exchange.v1.GetInclusionProofRequest\x1a\x1b.exchange.v1.InclusionProof\x12]\n\x13GetConsistencyProof\x12\'.exchange.v1.GetConsistencyProofRequest\x1a\x1d.exchange.v1.ConsistencyProof\x12V\n\rSearchRecords\x12!.exchange.v1.SearchRecordsRequest\x1a\".exchange.v1.SearchRecordsResponse\x12\x46\n\tExportLog\x12\x1d.exchange.v1.ExportLogRequest\x1a\x18.exchange.v1.ExportChunk0\x01\x12J\n\tGetReport\x12\x1d.exchange.v1.GetReportRequest\x1a\x1e.exchange.v1.GetReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65xchange/v1/audit.proto\x12\x0b\x65xchange.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\x10SignedCheckpoint\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x11\n\troot_hash\x18\x02 \x01(\x0c\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\x14\n\x0cverifier_key\x18\x04 \x01(\t\x12\x14\n\x0c\x63osignatures\x18\x05 \x03(\t\"K\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x11\n\tleaf_hash\x18\x02 \x01(\x0c\x12\x0e\n\x06record\x18\x03 \x01(\t\x12\r\n\x05proof\x18\x04 \x03(\x0c\"0\n\x19GetCrossHubReceiptRequest\x12\x13\n\x0b\x65xchange_id\x18\x01 \x01(\t\"8\n\x0f\x43rossHubReceipt\x12\x14\n\x0creceipt_json\x18\x01 \x01(\t\x12\x0f\n\x07origins\x18\x02 \x03(\t\"7\n\x14GetCheckpointRequest\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x11\n\twitnessed\x18\x02 \x01(\x08\":\n\x18GetInclusionProofRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\"\x8e\x01\n\x0eInclusionProof\x12&\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x17.exchange.v1.AuditEntry\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x31\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x1d.exchange.v1.SignedCheckpoint\"@\n\x1aGetConsistencyProofRequest\x12\x11\n\tfrom_size\x18\x01 \x01(\x03\x12\x0f\n\x07to_size\x18\x02 \x01(\x03\"F\n\x10\x43onsistencyProof\x12\x11\n\tfrom_size\x18\x01 \x01(\x03\x12\x0f\n\x07to_size\x18\x02 \x01(\x03\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\"\x9f\x02\n\x14SearchRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65partment_code\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x15\n\rresource_code\x18\x07 \x01(\t\x12\x0f\n\x07purpose\x18\x08 \x01(\t\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\n \x01(\t\x12\x14\n\x0c\x64\x61ta_subject\x18\x0b \x01(\t\"\xa3\x01\n\x15SearchRecordsResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.exchange.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x31\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x1d.exchange.v1.SignedCheckpoint\x12\x14\n\x0csubject_hash\x18\x04 \x01(\t\"$\n\x10\x45xportLogRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x03\"\x1c\n\x0b\x45xportChunk\x12\r\n\x05lines\x18\x01 \x01(\t\"O\n\x10GetReportRequest\x12\x11\n\tfrom_date\x18\x01 \x01(\t\x12\x0f\n\x07to_date\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65partment_code\x18\x03 \x01(\t\"[\n\x11GetReportResponse\x12\x13\n\x0breport_json\x18\x01 \x01(\t\x12\x31\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x1d.exchange.v1.SignedCheckpoint2\xe1\x04\n\x0c\x41uditService\x12Q\n\rGetCheckpoint\x12!.exchange.v1.GetCheckpointRequest\x1a\x1d.exchange.v1.SignedCheckpoint\x12W\n\x11GetInclusionProof\x12%.exchange.v1.GetInclusionProofRequest\x1a\x1b.exchange.v1.InclusionProof\x12]\n\x13GetConsistencyProof\x12\'.exchange.v1.GetConsistencyProofRequest\x1a\x1d.exchange.v1.ConsistencyProof\x12V\n\rSearchRecords\x12!.exchange.v1.SearchRecordsRequest\x1a\".exchange.v1.SearchRecordsResponse\x12\x46\n\tExportLog\x12\x1d.exchange.v1.ExportLogRequest\x1a\x18.exchange.v1.ExportChunk0\x01\x12J\n\tGetReport\x12\x1d.exchange.v1.GetReportRequest\x1a\x1e.exchange.v1.GetReportResponse\x12Z\n\x12GetCrossHubReceipt\x12&.exchange.v1.GetCrossHubReceiptRequest\x1a\x1c.exchange.v1.CrossHubReceiptb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,28 +36,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNEDCHECKPOINT']._serialized_end=182
   _globals['_AUDITENTRY']._serialized_start=184
   _globals['_AUDITENTRY']._serialized_end=259
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=261
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=316
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=318
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=376
-  _globals['_INCLUSIONPROOF']._serialized_start=379
-  _globals['_INCLUSIONPROOF']._serialized_end=521
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=523
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=587
-  _globals['_CONSISTENCYPROOF']._serialized_start=589
-  _globals['_CONSISTENCYPROOF']._serialized_end=659
-  _globals['_SEARCHRECORDSREQUEST']._serialized_start=662
-  _globals['_SEARCHRECORDSREQUEST']._serialized_end=949
-  _globals['_SEARCHRECORDSRESPONSE']._serialized_start=952
-  _globals['_SEARCHRECORDSRESPONSE']._serialized_end=1115
-  _globals['_EXPORTLOGREQUEST']._serialized_start=1117
-  _globals['_EXPORTLOGREQUEST']._serialized_end=1153
-  _globals['_EXPORTCHUNK']._serialized_start=1155
-  _globals['_EXPORTCHUNK']._serialized_end=1183
-  _globals['_GETREPORTREQUEST']._serialized_start=1185
-  _globals['_GETREPORTREQUEST']._serialized_end=1264
-  _globals['_GETREPORTRESPONSE']._serialized_start=1266
-  _globals['_GETREPORTRESPONSE']._serialized_end=1357
-  _globals['_AUDITSERVICE']._serialized_start=1360
-  _globals['_AUDITSERVICE']._serialized_end=1877
+  _globals['_GETCROSSHUBRECEIPTREQUEST']._serialized_start=261
+  _globals['_GETCROSSHUBRECEIPTREQUEST']._serialized_end=309
+  _globals['_CROSSHUBRECEIPT']._serialized_start=311
+  _globals['_CROSSHUBRECEIPT']._serialized_end=367
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=369
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=424
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=426
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=484
+  _globals['_INCLUSIONPROOF']._serialized_start=487
+  _globals['_INCLUSIONPROOF']._serialized_end=629
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=631
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=695
+  _globals['_CONSISTENCYPROOF']._serialized_start=697
+  _globals['_CONSISTENCYPROOF']._serialized_end=767
+  _globals['_SEARCHRECORDSREQUEST']._serialized_start=770
+  _globals['_SEARCHRECORDSREQUEST']._serialized_end=1057
+  _globals['_SEARCHRECORDSRESPONSE']._serialized_start=1060
+  _globals['_SEARCHRECORDSRESPONSE']._serialized_end=1223
+  _globals['_EXPORTLOGREQUEST']._serialized_start=1225
+  _globals['_EXPORTLOGREQUEST']._serialized_end=1261
+  _globals['_EXPORTCHUNK']._serialized_start=1263
+  _globals['_EXPORTCHUNK']._serialized_end=1291
+  _globals['_GETREPORTREQUEST']._serialized_start=1293
+  _globals['_GETREPORTREQUEST']._serialized_end=1372
+  _globals['_GETREPORTRESPONSE']._serialized_start=1374
+  _globals['_GETREPORTRESPONSE']._serialized_end=1465
+  _globals['_AUDITSERVICE']._serialized_start=1468
+  _globals['_AUDITSERVICE']._serialized_end=2077
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,11 @@ class AuditServiceStub:
                 request_serializer=exchange_dot_v1_dot_audit__pb2.GetReportRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_audit__pb2.GetReportResponse.FromString,
                 _registered_method=True)
+        self.GetCrossHubReceipt = channel.unary_unary(
+                '/exchange.v1.AuditService/GetCrossHubReceipt',
+                request_serializer=exchange_dot_v1_dot_audit__pb2.GetCrossHubReceiptRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_audit__pb2.CrossHubReceipt.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -114,6 +119,16 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCrossHubReceipt(self, request, context):
+        """A cross-hub receipt of one exchange that crossed to peer hubs (see docs/auditing.md): this hub's part
+        and each adjacent peer's, fetched over the federation, each under a checkpoint a neighbouring hub
+        cosigned. Auditors. FAILED_PRECONDITION (type NOT_YET_WITNESSED) while a part's records are newer than
+        any checkpoint a neighbour cosigned: ask again after the next sync round.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +161,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.GetReport,
                     request_deserializer=exchange_dot_v1_dot_audit__pb2.GetReportRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_audit__pb2.GetReportResponse.SerializeToString,
+            ),
+            'GetCrossHubReceipt': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCrossHubReceipt,
+                    request_deserializer=exchange_dot_v1_dot_audit__pb2.GetCrossHubReceiptRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_audit__pb2.CrossHubReceipt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +330,33 @@ class AuditService:
             '/exchange.v1.AuditService/GetReport',
             exchange_dot_v1_dot_audit__pb2.GetReportRequest.SerializeToString,
             exchange_dot_v1_dot_audit__pb2.GetReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCrossHubReceipt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.AuditService/GetCrossHubReceipt',
+            exchange_dot_v1_dot_audit__pb2.GetCrossHubReceiptRequest.SerializeToString,
+            exchange_dot_v1_dot_audit__pb2.CrossHubReceipt.FromString,
             options,
             channel_credentials,
             insecure,

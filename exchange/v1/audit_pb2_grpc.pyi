@@ -52,6 +52,12 @@ class AuditServiceStub:
     """The evaluation report for a period, per department, computed from the log's records up to the newest
     signed checkpoint (see docs/auditing.md). Auditors and the share manager (the right audit:report).
     """
+    GetCrossHubReceipt: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetCrossHubReceiptRequest, _audit_pb2.CrossHubReceipt]
+    """A cross-hub receipt of one exchange that crossed to peer hubs (see docs/auditing.md): this hub's part
+    and each adjacent peer's, fetched over the federation, each under a checkpoint a neighbouring hub
+    cosigned. Auditors. FAILED_PRECONDITION (type NOT_YET_WITNESSED) while a part's records are newer than
+    any checkpoint a neighbour cosigned: ask again after the next sync round.
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -73,6 +79,12 @@ class AuditServiceAsyncStub(AuditServiceStub):
     GetReport: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetReportRequest, _audit_pb2.GetReportResponse]  # type: ignore[assignment]
     """The evaluation report for a period, per department, computed from the log's records up to the newest
     signed checkpoint (see docs/auditing.md). Auditors and the share manager (the right audit:report).
+    """
+    GetCrossHubReceipt: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetCrossHubReceiptRequest, _audit_pb2.CrossHubReceipt]  # type: ignore[assignment]
+    """A cross-hub receipt of one exchange that crossed to peer hubs (see docs/auditing.md): this hub's part
+    and each adjacent peer's, fetched over the federation, each under a checkpoint a neighbouring hub
+    cosigned. Auditors. FAILED_PRECONDITION (type NOT_YET_WITNESSED) while a part's records are newer than
+    any checkpoint a neighbour cosigned: ask again after the next sync round.
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -128,6 +140,18 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_pb2.GetReportResponse, _abc.Awaitable[_audit_pb2.GetReportResponse]]:
         """The evaluation report for a period, per department, computed from the log's records up to the newest
         signed checkpoint (see docs/auditing.md). Auditors and the share manager (the right audit:report).
+        """
+
+    @_abc_1.abstractmethod
+    def GetCrossHubReceipt(
+        self,
+        request: _audit_pb2.GetCrossHubReceiptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.CrossHubReceipt, _abc.Awaitable[_audit_pb2.CrossHubReceipt]]:
+        """A cross-hub receipt of one exchange that crossed to peer hubs (see docs/auditing.md): this hub's part
+        and each adjacent peer's, fetched over the federation, each under a checkpoint a neighbouring hub
+        cosigned. Auditors. FAILED_PRECONDITION (type NOT_YET_WITNESSED) while a part's records are newer than
+        any checkpoint a neighbour cosigned: ask again after the next sync round.
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

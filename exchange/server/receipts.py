@@ -1,0 +1,181 @@
+"""Cross-hub receipts in a running federation: this hub's part of an exchange, a peer's part fetched for it.
+
+An auditor asks this hub (``AuditService.GetCrossHubReceipt``) for one exchange by this hub's id. Its records
+name the hubs the exchange crossed to or came from (``peer_hub``: a log origin, ``peer_exchange_id``); for
+each adjacent active peer so named, this hub asks it over the federation (``ReceiptService.GetReceiptPart``)
+for its part, checks it with the peer's log key and merges it with its own. A peer answers only for an
+exchange whose records name the calling hub's log, and NOT_FOUND otherwise, so nothing leaks about
+exchanges the caller was not party to. Each part is proved under a checkpoint a neighbour cosigned (the
+asking hub's witness, for a peer's part): while the records are newer than any, FAILED_PRECONDITION says so.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Protocol
+
+import grpc
+
+from audit.cosignature import with_cosignatures
+from audit.note import Verifier
+from audit.receipt import Part, ProvedRecord, ReceiptError, merge, verify_part
+from exchange import errors
+from exchange.federation.model import Peer, PeerState
+from exchange.models import Principal
+from exchange.paging import MAX_PAGE_SIZE, PageRequest
+from exchange.server.federation_witness import peer_log, peer_witness
+from exchange.server.peering import from_peer
+from exchange.server.witness import ConsistencyProofs
+from exchange.store import Store
+from exchange.store.audit import Entry, EntryFilter
+from exchange.v1 import receipts_pb2 as pb
+from exchange.v1 import receipts_pb2_grpc as pb_grpc
+from policy import HUB_WIDE, Action, RightsPolicy
+
+if TYPE_CHECKING:
+    from exchange.server.federation import Federation
+
+
+class InclusionProofs(ConsistencyProofs, Protocol):
+    """Where the log's inclusion proofs come from (the running exchange.auditlog.log.AuditLog)."""
+
+    def inclusion_proofs(self, seqs: list[int], size: int) -> dict[int, list[bytes]]: ...
+
+
+class Parts:
+    """This hub's part of a receipt of one exchange, under a checkpoint one of the given witnesses cosigned."""
+
+    def __init__(self, store: Store, proofs: InclusionProofs, verifier: Verifier) -> None:
+        self.store = store
+        self.proofs = proofs
+        self.verifier = verifier
+
+    def records(self, exchange_id: str) -> list[tuple[Entry, dict[str, object]]]:
+        """This hub's records of the exchange, in log order, each with its fields."""
+        page = self.store.audit.search(PageRequest(MAX_PAGE_SIZE, None, ""), EntryFilter(exchange_id=exchange_id))
+        return [(e, json.loads(e.record)) for e in page.items if e.record]
+
+    def part(self, exchange_id: str, entries: list[Entry], witnesses: dict[str, str]) -> Part:
+        """The part for ``entries``; ``witnesses`` maps each witness name that may vouch to its hub's code."""
+        sizes = {name: self.store.witness.last_cosigned(name) for name in witnesses}
+        size = max(sizes.values(), default=0)
+        newest = max(e.seq for e in entries)
+        if size <= newest:
+            by = ", ".join(f"hub {code}" for code in sorted(witnesses.values())) or "no peer"
+            raise errors.FailedPrecondition(
+                f"exchange {exchange_id}'s records at {self.verifier.name} (up to entry {newest}) are not yet under a "
+                f"checkpoint witnessed by {by} (witnessed up to size {size}): each sync round "
+                "(federation_sync_seconds) has the peers cosign the newest checkpoint; ask again after the next",
+                subject=exchange_id,
+                kind="NOT_YET_WITNESSED",
+            )
+        note = self.store.audit.checkpoints(size, size)[0][1]
+        proofs = self.proofs.inclusion_proofs([e.seq for e in entries], size)
+        records = tuple(ProvedRecord(e.seq, e.record or "", tuple(proofs[e.seq])) for e in entries)
+        signed = with_cosignatures(note, self.store.witness.cosignatures(size))
+        return Part(self.verifier.name, self.verifier.encode(), exchange_id, records, signed)
+
+
+def part_to_wire(part: Part) -> pb.ReceiptPart:
+    records = [pb.ProvedRecord(seq=r.seq, record=r.record, proof=list(r.proof)) for r in part.records]
+    return pb.ReceiptPart(
+        origin=part.origin, log_key=part.log_key, exchange_id=part.exchange_id, records=records,
+        checkpoint=part.checkpoint,
+    )  # fmt: skip
+
+
+def part_from_wire(wire: pb.ReceiptPart) -> Part:
+    records = tuple(ProvedRecord(r.seq, r.record, tuple(r.proof)) for r in wire.records)
+    return Part(wire.origin, wire.log_key, wire.exchange_id, records, wire.checkpoint)
+
+
+def _witnesses(peers: list[Peer]) -> dict[str, str]:
+    return {w.name: p.code for p in peers if (w := peer_witness(p)) is not None}
+
+
+class ReceiptServicer(pb_grpc.ReceiptServiceServicer):
+    """ReceiptService on the federation listener: a peer's part of an exchange it was party to."""
+
+    def __init__(self, federation: Federation, parts: Parts) -> None:
+        self.federation = federation
+        self.parts = parts
+
+    @from_peer((PeerState.ACTIVE,), "fetch a receipt part")
+    def GetReceiptPart(self, request: pb.GetReceiptPartRequest, peer: Peer) -> pb.ReceiptPart:
+        origin = peer_log(peer).name
+        exchange_id = request.exchange_id.strip()[:200]
+        found = self.parts.records(exchange_id) if exchange_id else []
+        if not any(fields.get("peer_hub") == origin for _, fields in found):
+            raise errors.NotFound("exchange", exchange_id or "(none given)")
+        return part_to_wire(self.parts.part(exchange_id, [e for e, _ in found], _witnesses([peer])))
+
+
+class CrossReceipts:
+    """The auditor's side: this hub's part and its adjacent peers' parts of one exchange, merged."""
+
+    def __init__(self, federation: Federation | None, parts: Parts, policy: RightsPolicy) -> None:
+        self.federation = federation
+        self.parts = parts
+        self.policy = policy
+
+    def receipt(self, actor: Principal, exchange_id: str) -> list[Part]:
+        """The receipt's parts, this hub's first (blocking: run from a worker thread)."""
+        self.policy.require(actor, Action.READ_AUDIT, HUB_WIDE, "make a cross-hub receipt")
+        exchange_id = exchange_id.strip()
+        if not exchange_id or len(exchange_id) > 200:
+            raise errors.InvalidArgument.of([errors.FieldViolation("exchange_id", "give this hub's exchange id")])
+        found = self.parts.records(exchange_id)
+        if not found:
+            raise errors.NotFound("exchange", exchange_id)
+        links = {(str(f["peer_hub"]), str(f.get("peer_exchange_id", ""))) for _, f in found if f.get("peer_hub")}
+        if not links:
+            raise errors.FailedPrecondition(f"exchange {exchange_id} did not cross to another hub: no record names one")
+        if self.federation is None:
+            raise errors.FailedPrecondition(
+                "this hub does not federate (federation_listen is not set), so it cannot fetch its peers' parts: "
+                "make each hub's part with `exchange audit cross-receipt ID --own` and join them with --merge"
+            )
+        peers = self._peers([origin for origin, _ in links])
+        own = self.parts.part(exchange_id, [e for e, _ in found], _witnesses(list(peers.values())))
+        theirs = [self._fetch(peers[origin], their_id) for origin, their_id in sorted(links)]
+        try:
+            return merge([own], theirs)
+        except ReceiptError as e:
+            raise errors.FailedPrecondition(str(e)) from None
+
+    def _peers(self, origins: list[str]) -> dict[str, Peer]:
+        active = self.parts.store.peers.list((PeerState.ACTIVE,))
+        by_origin = {peer_log(p).name: p for p in active if p.log_key}
+        missing = sorted(set(origins) - set(by_origin))
+        if missing:
+            raise errors.FailedPrecondition(
+                f"the exchange crossed to the hub(s) whose log is {', '.join(missing)}, not an active peer of this "
+                "hub: ask that hub's auditors for its part (exchange audit cross-receipt --merge joins the parts)"
+            )
+        return {o: by_origin[o] for o in origins}
+
+    def _fetch(self, peer: Peer, exchange_id: str) -> Part:
+        """The peer's part over the federation, checked with its log key before it is merged."""
+        assert self.federation is not None
+        request = pb.GetReceiptPartRequest(exchange_id=exchange_id)
+
+        async def rpc(stub: pb_grpc.ReceiptServiceAsyncStub, timeout: float) -> pb.ReceiptPart:
+            try:
+                return await stub.GetReceiptPart(request, timeout=timeout)
+            except grpc.aio.AioRpcError as e:
+                if e.code() is not grpc.StatusCode.NOT_FOUND:
+                    raise
+            raise errors.FailedPrecondition(
+                f"peer hub {peer.code} has no record of its exchange {exchange_id} that names this hub: the records "
+                "here and there do not agree (see both hubs' audit logs)",
+                subject=peer.code,
+            )
+
+        what = "fetch a receipt part"
+        wire = self.federation.run(self.federation.call_on(peer, what, pb_grpc.ReceiptServiceStub, rpc))
+        part = part_from_wire(wire)
+        try:
+            verify_part(part, peer_log(peer))
+        except ReceiptError as e:
+            raise errors.Unavailable(f"peer hub {peer.code} sent a receipt part that does not verify: {e}") from None
+        return part
