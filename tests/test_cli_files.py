@@ -20,7 +20,7 @@ from exchange.cli.main import build_parser, main
 from tests.harness import AUTHORITY, RunningHub
 
 # Arguments that name a file (or, for `cert issue --out`, a directory) the verb writes.
-OUTPUTS = {"out", "provenance"}
+OUTPUTS = {"out", "provenance", "ca_out"}
 # Arguments that must be dates for a verb to reach its files (a period: from the first day to the day after).
 DATES = {"from_date": "2026-11-01", "to_date": "2026-12-01"}
 DIRECTORY_OUTPUTS = {("cert", "issue", "out")}
