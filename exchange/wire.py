@@ -356,6 +356,19 @@ def share_request_to_wire(r: m.ShareRequest, today: dt.date, due_note: str = "")
     wire.grant_id = r.grant_id
     wire.history.extend(_events_to_wire(r.history))
     wire.verify_masked.extend(r.verify_masked)
+    if r.cross_hub is not None:
+        link = r.cross_hub
+        wire.cross_hub.CopyFrom(
+            apb.CrossHubLink(
+                home_hub_code=link.home_hub,
+                home_request_id=link.home_request_id,
+                consumer_hub_code=link.consumer_hub,
+                consumer_request_id=link.consumer_request_id,
+                submission=link.submission,
+                problem=link.problem,
+                daily_quota=link.daily_quota,
+            )
+        )
     return wire
 
 

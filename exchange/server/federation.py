@@ -21,17 +21,22 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from audit.note import Signer
 from exchange import errors, pki
 from exchange.bootstrap import load_witness_key
 from exchange.config import Settings
 from exchange.federation.model import HubKeys, HubRef, Offer, Peer, PeerState
 from exchange.federation.tls import HubCertificate, PeerTrust, channel_to, load_hub_certificate
 from exchange.server import federation_wire as fw
+from exchange.server.cross_rights import CrossHubClient, CrossHubRightsServicer
 from exchange.server.peering import PeeringServicer
 from exchange.services.catalog import CatalogService
 from exchange.services.federation.catalog import FederatedCatalog
 from exchange.services.federation.peering import PeeringService
+from exchange.services.federation.rights import CrossHubRights
+from exchange.services.rights import RightsService
 from exchange.store import Store
+from exchange.v1 import applications_pb2_grpc as apb_grpc
 from exchange.v1 import federation_pb2 as pb
 from exchange.v1 import federation_pb2_grpc as pb_grpc
 from policy import RightsPolicy
@@ -64,6 +69,14 @@ class Federation:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
+        self.applications: CrossHubClient | None = None  # share requests across hubs, once rights are served
+
+    def serve_rights(self, rights: RightsService, signer: Signer) -> None:
+        """Applications across hubs: this hub's go to their home hubs, its peers' are received here."""
+        cross = CrossHubRights(self.store, rights, self.peering.own)
+        cross.wake = self.sync_soon
+        rights.forward_through(cross)
+        self.applications = CrossHubClient(self, cross, signer)
 
     async def start(self) -> int:
         """Serves the federation listener and starts the sync loop; returns the bound port."""
@@ -71,6 +84,10 @@ class Federation:
         await asyncio.to_thread(self.peers_changed)
         server = grpc.aio.server(options=self._limits())
         pb_grpc.add_PeeringServiceServicer_to_server(PeeringServicer(self), server)
+        if self.applications is not None:
+            apb_grpc.add_CrossHubRightsServiceServicer_to_server(
+                CrossHubRightsServicer(self, self.applications), server
+            )
         try:
             self.port = server.add_secure_port(self.settings.federation_listen, self.trust.credentials())
         except RuntimeError:
@@ -112,8 +129,12 @@ class Federation:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def _stub(self, peer: Peer) -> pb_grpc.PeeringServiceAsyncStub:
-        """The stub for a peer, over a channel kept while its address and CA stay (the generated stub class
-        serves sync and asyncio channels alike; its type stubs name the asyncio flavour apart)."""
+        """The stub for a peer (the generated stub class serves sync and asyncio channels alike; its type
+        stubs name the asyncio flavour apart)."""
+        return pb_grpc.PeeringServiceStub(self.channel(peer))
+
+    def channel(self, peer: Peer) -> grpc.aio.Channel:
+        """The channel to a peer, kept while its address and CA stay (for any hub-facing service)."""
         key = (peer.address, peer.ca_fingerprint)
         held = self._channels.get(peer.code)
         if held is None or held[0] != key:
@@ -121,7 +142,7 @@ class Federation:
                 asyncio.get_running_loop().create_task(held[1].close(None))
             held = (key, channel_to(peer, self.hub, self._limits()))
             self._channels[peer.code] = held
-        return pb_grpc.PeeringServiceStub(held[1])
+        return held[1]
 
     async def call(
         self, peer: Peer, what: str, rpc: Callable[[pb_grpc.PeeringServiceAsyncStub, float], Awaitable[T]]
@@ -207,6 +228,8 @@ class Federation:
                 await self._failed(peer, e)
             except errors.ExchangeError as e:
                 await self._failed(peer, e)
+        if self.applications is not None:
+            await self.applications.sync()
 
     async def _failed(self, peer: Peer, e: errors.ExchangeError) -> None:
         log.warning("federation: sync with hub %s: %s", peer.code, e.message)
