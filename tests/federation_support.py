@@ -87,9 +87,13 @@ class Node:
 
     def federation_records(self) -> list[str]:
         """The audit records of peering changes, staged or integrated, as their text."""
+        return self.federation_records_of("federation")
+
+    def federation_records_of(self, kind: str) -> list[str]:
+        """The audit records of one kind, staged or integrated, as their text."""
         with self.running.hub.store.db.read() as s:
             texts = [*s.scalars(select(AuditStagedRow.record)), *s.scalars(select(AuditEntryRow.record))]
-        return [t for t in texts if t and '"kind":"federation"' in t.replace(" ", "")]
+        return [t for t in texts if t and f'"kind":"{kind}"' in t.replace(" ", "")]
 
 
 def settings_for(root: Path, level: str) -> Settings:

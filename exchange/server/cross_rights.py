@@ -135,7 +135,10 @@ class CrossHubClient:
             status = _status(answer.status)
         except errors.ExchangeError as e:
             log.warning("federation: application %s not submitted: %s", request_id, e.message)
-            await asyncio.to_thread(store.applications.submission_failed, request_id, e.message)
+            if _final(e):  # the home or a hub on the way will not take it: refused, not retried
+                await asyncio.to_thread(self.rights.refused_on_the_way, home, request_id, e.message)
+            else:
+                await asyncio.to_thread(store.applications.submission_failed, request_id, e.message)
             return
         await asyncio.to_thread(self.rights.home_said, home, replace(status, origin_request_id=request_id))
 
@@ -243,6 +246,13 @@ class CrossHubRightsServicer(pb_grpc.CrossHubRightsServiceServicer):
         after = max(0, request.query.after_sequence)
         found = client.rights.statuses(statement.origin, after, PAGE)
         return pb.ListApplicationStatusResponse(statuses=[_status_to_wire(s) for s in found])
+
+
+def _final(e: errors.ExchangeError) -> bool:
+    """Whether a refused submission would be refused again: the home's rules, not a hub down or suspended."""
+    if isinstance(e, errors.PermissionDenied):
+        return e.reason in ("FOREIGN_DEPARTMENT", "FORWARD_REQUEST", "FORWARD_LOOP", "FORWARD_HOPS")
+    return isinstance(e, errors.FailedPrecondition | errors.InvalidArgument)
 
 
 # Wire forms

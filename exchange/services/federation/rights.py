@@ -124,6 +124,12 @@ class CrossHubRights:
         )
         return self._store.applications.record_status(status.origin_request_id, status, event, audit=record)
 
+    def refused_on_the_way(self, home_hub: str, request_id: str, why: str) -> None:
+        """An application the home, or a hub on the way, refused to take: refused here with its reason."""
+        request = self._store.applications.get_outgoing(request_id)
+        status = HomeStatus(request_id, "", ShareRequestStatus.REFUSED, why, request.due, 0)
+        self.home_said(home_hub, status)
+
     # At the home hub
 
     def accept(self, sub: Submission) -> HomeStatus:
