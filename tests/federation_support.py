@@ -128,10 +128,19 @@ def peer_pair(child: Node, parent: Node) -> None:
     assert parent.state_of(child.code) is PeerState.ACTIVE
     # The parent's introduction woke the child's sync loop, which pulls the parent's offers on its own: let that
     # round end, so that a test's own rounds do not race it.
+    # A round may have ended refused (the child's pull can come before the parent saw the peering active): the
+    # child then pulls once more here.
     until = time.monotonic() + 30
-    while child.peer(parent.code).synced_at is None or parent.peer(child.code).synced_at is None:
+    while not all(_round_ended(a, b) for a, b in ((child, parent), (parent, child))):
         assert time.monotonic() < until, "the sync rounds woken by the peering did not end"
         time.sleep(0.02)
+    if child.peer(parent.code).synced_at is None:
+        child.sync()
+
+
+def _round_ended(node: Node, other: Node) -> bool:
+    peer = node.peer(other.code)
+    return peer.synced_at is not None or bool(peer.sync_problem)
 
 
 def hub_identity(node: Node, into: Path) -> Path:

@@ -95,7 +95,8 @@ def test_a_county_application_is_decided_and_granted_at_the_province_and_its_sta
     assert submitted.cross_hub.submission == "submitted" and submitted.cross_hub.home_request_id
     home_id = submitted.cross_hub.home_request_id
     # At the province: an ordinary request for the county's department, with the consumer's hub, due as usual.
-    waiting = _call(province, tree["steward"], "ListShareRequests", pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_FOR_ME))
+    for_me = pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_FOR_ME)
+    waiting = _call(province, tree["steward"], "ListShareRequests", for_me)
     [there] = [r for r in waiting.requests if r.id == home_id]
     assert there.consumer_department_code == SIMING_MARKET.code
     assert (there.cross_hub.consumer_hub_code, there.cross_hub.consumer_request_id) == (county.code, applied.id)
@@ -119,7 +120,8 @@ def test_a_county_application_is_decided_and_granted_at_the_province_and_its_sta
     assert granted.cross_hub.daily_quota == 120
     assert [(x.field, x.mask) for x in granted.masks] == [("id_number", pb.MASK_KIND_ID_NUMBER)]
     assert [e.action for e in granted.history] == ["applied", "home_pending", "home_approved", "home_granted"]
-    listed = _call(county, tree["applicant"], "ListShareRequests", pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_MINE))
+    mine = pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_MINE)
+    listed = _call(county, tree["applicant"], "ListShareRequests", mine)
     assert [r.id for r in listed.requests] == [applied.id]
     # The province knows the county department as one of the county hub's, for the grant to name it.
     foreign = province.running.hub.store.registry.get_department(SIMING_MARKET.code)

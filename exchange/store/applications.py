@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from audit.records import AuditRecord
-from exchange.errors import NotFound
+from exchange.errors import AlreadyExists, NotFound
 from exchange.models import (
     AdministrativeLevel,
     Application,
@@ -304,7 +304,7 @@ class ApplicationStore:
                 s.execute(delete(ForwardSeenRow).where(ForwardSeenRow.expires < now - dt.timedelta(minutes=5)))
                 s.add(ForwardSeenRow(id=statement_id[:64], expires=expires))
                 s.flush()
-        except IntegrityError:
+        except (IntegrityError, AlreadyExists):
             return True
         return False
 
