@@ -75,12 +75,18 @@ def _apply(tree: dict[str, Any], applicant: Path | None = None, **changes: Any) 
         expected_daily_calls=300,
     )
     wire = w.application_to_wire(replace(app, **changes))
-    return _call(tree["county"], applicant or tree["applicant"], "Apply", pb.ApplyRequest(request=wire))
+    applied: pb.ShareRequest = _call(
+        tree["county"], applicant or tree["applicant"], "Apply", pb.ApplyRequest(request=wire)
+    )
+    return applied
 
 
 def _seen_at_county(tree: dict[str, Any], request_id: str) -> pb.ShareRequest:
     tree["county"].sync()
-    return _call(tree["county"], tree["applicant"], "GetShareRequest", pb.GetShareRequestRequest(id=request_id))
+    seen: pb.ShareRequest = _call(
+        tree["county"], tree["applicant"], "GetShareRequest", pb.GetShareRequestRequest(id=request_id)
+    )
+    return seen
 
 
 def test_a_county_application_is_decided_and_granted_at_the_province_and_its_status_reaches_the_county(
@@ -217,6 +223,6 @@ def test_a_forged_or_replayed_statement_is_refused(tree: dict[str, Any]) -> None
 def test_an_application_for_a_remote_entry_is_checked_at_the_county_first(tree: dict[str, Any]) -> None:
     with pytest.raises(grpc.RpcError) as info:
         _apply(tree, fields=("name", "salary"))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert "salary" in str(info.value.details())  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "salary" in str(info.value.details())
     assert not tree["county"].running.hub.store.applications.waiting()
