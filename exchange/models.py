@@ -342,6 +342,8 @@ class Grant:
     verify_masked: tuple[str, ...] = ()
     # Today's use, shown to those who may suspend the grant (its owner's stewards, the share manager).
     usage: GrantUsage | None = None
+    # The hub the consumer department is at, when it applied from another hub ("" for this hub's own).
+    consumer_hub: str = ""
 
 
 @dataclass(frozen=True)

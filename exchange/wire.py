@@ -391,6 +391,7 @@ def grant_to_wire(g: m.Grant) -> apb.Grant:
         issue_time=timestamp(g.issued_at),
         history=_events_to_wire(g.history),
         verify_masked=list(g.verify_masked),
+        consumer_hub_code=g.consumer_hub,
         usage=usage_to_wire(g.usage) if g.usage is not None else None,
     )
 

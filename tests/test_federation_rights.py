@@ -120,7 +120,8 @@ def test_a_county_application_is_decided_and_granted_at_the_province_and_its_sta
     assert approved.status == pb.SHARE_REQUEST_STATUS_APPROVED and list(approved.approved_fields) == ["id_number"]
 
     grant = _call(province, tree["manager"], "IssueGrant", pb.IssueGrantRequest(request_id=home_id, daily_quota=120))
-    assert grant.consumer_department_code == SIMING_MARKET.code  # the grant names the county's department
+    # The grant names the county's department, and its hub.
+    assert (grant.consumer_department_code, grant.consumer_hub_code) == (SIMING_MARKET.code, county.code)
     granted = _seen_at_county(tree, applied.id)
     assert granted.status == pb.SHARE_REQUEST_STATUS_GRANTED and granted.grant_id == grant.id
     assert granted.cross_hub.daily_quota == 120

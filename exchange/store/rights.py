@@ -158,7 +158,13 @@ def _grant_of(s: Session, row: GrantRow, with_history: bool = True) -> Grant:
         issued_at=row.issued_at,
         history=_events(s, ShareEventRow.grant_id, row.id) if with_history else (),
         verify_masked=tuple(row.verify_masked or ()),
+        consumer_hub=_consumer_hub(s, row.request_id) if with_history else "",
     )
+
+
+def _consumer_hub(s: Session, request_id: str) -> str:
+    link = s.get(IncomingApplicationRow, request_id)
+    return link.origin_hub_code if link is not None else ""
 
 
 def _resource_id(s: Session, code: str) -> int:

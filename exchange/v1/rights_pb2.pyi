@@ -387,6 +387,7 @@ class Grant(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     VERIFY_MASKED_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    CONSUMER_HUB_CODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     request_id: _builtins.str
     resource_code: _builtins.str
@@ -397,6 +398,10 @@ class Grant(_message.Message):
     rate_per_second: _builtins.int
     """Calls per second; 0 means the hub's default."""
     status: Global___GrantStatus.ValueType
+    consumer_hub_code: _builtins.str
+    """Output only: the hub the consumer department is at, when it is another hub (the grant was applied for
+    across hubs); empty for this hub's own departments.
+    """
     @_builtins.property
     def system_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -442,10 +447,11 @@ class Grant(_message.Message):
         history: _abc.Iterable[Global___ShareEvent] | None = ...,
         verify_masked: _abc.Iterable[_builtins.str] | None = ...,
         usage: Global___GrantUsage | None = ...,
+        consumer_hub_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "issue_time", b"issue_time", "start_date", b"start_date", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_department_code", b"consumer_department_code", "daily_quota", b"daily_quota", "end_date", b"end_date", "fields", b"fields", "history", b"history", "id", b"id", "issue_time", b"issue_time", "legal_basis", b"legal_basis", "masks", b"masks", "purpose", b"purpose", "rate_per_second", b"rate_per_second", "request_id", b"request_id", "resource_code", b"resource_code", "start_date", b"start_date", "status", b"status", "system_codes", b"system_codes", "usage", b"usage", "verify_masked", b"verify_masked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_department_code", b"consumer_department_code", "consumer_hub_code", b"consumer_hub_code", "daily_quota", b"daily_quota", "end_date", b"end_date", "fields", b"fields", "history", b"history", "id", b"id", "issue_time", b"issue_time", "legal_basis", b"legal_basis", "masks", b"masks", "purpose", b"purpose", "rate_per_second", b"rate_per_second", "request_id", b"request_id", "resource_code", b"resource_code", "start_date", b"start_date", "status", b"status", "system_codes", b"system_codes", "usage", b"usage", "verify_masked", b"verify_masked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
