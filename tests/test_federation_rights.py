@@ -22,9 +22,10 @@ from exchange.v1 import applications_pb2_grpc as apb_grpc
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from tests.federation_support import PROVINCE_MARKET, SIMING_MARKET, Node, department, hubs, peer_pair
-from tests.harness import TEST_RECORD, identity_spec
+from tests.harness import POLICE, TEST_RECORD, identity_spec
 
 ENTRY = "10101/350000000001"
+CITY_ENTRY = "10101/350200000001"
 PROVINCE_DATA = department("350000", "0099887", "福建省大数据管理局", m.AdministrativeLevel.PROVINCE)
 HULI = department("350206", "0077889", "湖里区市场监督管理局", m.AdministrativeLevel.COUNTY)
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -227,3 +228,20 @@ def test_an_application_for_a_remote_entry_is_checked_at_the_county_first(tree: 
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "salary" in str(info.value.details())
     assert not tree["county"].running.hub.store.applications.waiting()
+
+
+def test_an_application_to_the_adjacent_hub_goes_one_hop(tree: dict[str, Any]) -> None:
+    city, county = tree["city"], tree["county"]
+    city.running.add_department(POLICE)
+    steward = city.running.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD)
+    city.running.publish(steward, identity_spec(CITY_ENTRY, POLICE.code))
+    county.sync()
+    applied = _apply(tree, resource_code=CITY_ENTRY)
+    home_id = _seen_at_county(tree, applied.id).cross_hub.home_request_id
+    assert home_id and not any("relay:apply" in r for r in city.federation_records_of("rights"))
+    _call(city, steward, "Approve", pb.ApproveRequest(id=home_id, reason="同意"))
+    approved = _seen_at_county(tree, applied.id)
+    assert approved.status == pb.SHARE_REQUEST_STATUS_APPROVED and approved.cross_hub.home_hub_code == city.code
+    # Nothing reached the province, which homes neither the entry nor the request.
+    listed = _call(tree["province"], tree["steward"], "ListShareRequests", pb.ListShareRequestsRequest())
+    assert not listed.requests
