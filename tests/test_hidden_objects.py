@@ -54,7 +54,7 @@ PEER, MISSING_PEER = "350000", "360000"
 
 # Services the hub does not serve to its members: the departments' ProviderService, and what it serves to
 # peer hubs only, on its federation listener.
-NOT_FOR_MEMBERS = {"exchange.v1.ProviderService", "exchange.v1.WitnessService"}
+NOT_FOR_MEMBERS = {"exchange.v1.ProviderService", "exchange.v1.WitnessService", "exchange.v1.CrossHubRightsService"}
 
 
 def _hub_methods() -> dict[str, descriptor.MethodDescriptor]:
