@@ -140,7 +140,9 @@ class CrossHubClient:
             else:
                 await asyncio.to_thread(store.applications.submission_failed, request_id, e.message)
             return
-        await asyncio.to_thread(self.rights.home_said, home, replace(status, origin_request_id=request_id))
+        # The answer's change number is not a cursor: changes of other applications before it are still to be read.
+        said = replace(status, origin_request_id=request_id, sequence=0)
+        await asyncio.to_thread(self.rights.home_said, home, said)
 
     async def submit(
         self, peer: Peer, received: Forwarded | None, application: pb.CrossHubApplication, exchange_id: str, home: str

@@ -229,7 +229,13 @@ class ApplicationStore:
 
     def record_status(self, request_id: str, home: HomeStatus, event: ShareEvent, *, audit: AuditRecord) -> bool:
         """Copies the home's word into the application, if newer than the one held; False if it was not."""
-        with self._recorded.write(audit) as s:
+        with self._db.read() as s:
+            known = s.get(OutgoingApplicationRow, request_id)
+            if known is None:
+                return False
+            same = known.submission == SUBMITTED and known.status == home.status.value
+        # The same state read again (its first word came with the submission) moves the cursor only: no event.
+        with self._db.write() if same else self._recorded.write(audit) as s:
             row = s.scalar(
                 select(OutgoingApplicationRow)
                 .where(OutgoingApplicationRow.id == request_id)
@@ -238,7 +244,8 @@ class ApplicationStore:
             if row is None or (row.submission == SUBMITTED and home.sequence <= row.home_sequence):
                 return False
             _copy_status(row, home)
-            row.history = [*row.history, _event_json(event)]
+            if not same:
+                row.history = [*row.history, _event_json(event)]
             return True
 
     # At the home hub
