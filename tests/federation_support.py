@@ -96,26 +96,29 @@ class Node:
         return [t for t in texts if t and f'"kind":"{kind}"' in t.replace(" ", "")]
 
 
-def settings_for(root: Path, level: str) -> Settings:
+def settings_for(root: Path, level: str, **changes: object) -> Settings:
     code, name = HUBS[level]
     return base_settings(
         root / level,
+        "",
         hub_code=code,
         hub_name=name,
         hub_level=level,
         federation_listen="127.0.0.1:0",
         federation_sync_seconds=3600.0,  # the tests run each round themselves
         federation_call_seconds=5.0,
+        **changes,
     )
 
 
 @contextmanager
-def hubs(root: Path, *levels: str) -> Iterator[dict[str, Node]]:
-    """The hubs of ``levels``, running until the block ends."""
+def hubs(root: Path, *levels: str, console: bool = False) -> Iterator[dict[str, Node]]:
+    """The hubs of ``levels``, running until the block ends (each serving its web console too if ``console``)."""
+    changes = {"console_listen": "127.0.0.1:0"} if console else {}
     with ExitStack() as stack:
         out = {}
         for level in levels:
-            running = stack.enter_context(running_hub(settings_for(root, level)))
+            running = stack.enter_context(running_hub(settings_for(root, level, **changes)))
             out[level] = Node(level, running)
         yield out
 

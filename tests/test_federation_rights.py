@@ -21,6 +21,7 @@ from exchange.v1 import applications_pb2 as apb
 from exchange.v1 import applications_pb2_grpc as apb_grpc
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
+from tests.console_support import web_client
 from tests.federation_support import PROVINCE_MARKET, SIMING_MARKET, Node, department, hubs, peer_pair
 from tests.harness import POLICE, TEST_RECORD, identity_spec
 
@@ -34,7 +35,7 @@ TODAY = dt.datetime.now(dt.UTC).date()
 @pytest.fixture
 def tree(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """County ← city ← province, peered; the province's entry known at the county; the people of each side."""
-    with hubs(tmp_path, "county", "city", "province") as running:
+    with hubs(tmp_path, "county", "city", "province", console=True) as running:
         county, city, province = running["county"], running["city"], running["province"]
         peer_pair(county, city)
         peer_pair(city, province)
@@ -245,3 +246,16 @@ def test_an_application_to_the_adjacent_hub_goes_one_hop(tree: dict[str, Any]) -
     # Nothing reached the province, which homes neither the entry nor the request.
     listed = _call(tree["province"], tree["steward"], "ListShareRequests", pb.ListShareRequestsRequest())
     assert not listed.requests
+
+
+def test_the_consoles_show_the_other_hub_of_a_request_that_crosses_hubs(tree: dict[str, Any]) -> None:
+    applied = _apply(tree)
+    home_id = _seen_at_county(tree, applied.id).cross_hub.home_request_id
+    with web_client(tree["county"].running, tree["applicant"]) as county:
+        page = county.get(f"/requests/{applied.id}")
+        assert page.status_code == 200 and "@350000" in page.text and home_id in page.text
+        assert applied.id in county.get("/requests").text
+    with web_client(tree["province"].running, tree["steward"]) as province:
+        inbox = province.get("/inbox")
+        assert inbox.status_code == 200 and home_id in inbox.text and "@350203" in inbox.text
+        assert "@350203" in province.get(f"/inbox/{home_id}").text
