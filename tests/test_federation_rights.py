@@ -134,7 +134,7 @@ def test_a_county_application_is_decided_and_granted_at_the_province_and_its_sta
     assert [r.id for r in listed.requests] == [applied.id]
     # The province knows the county department as one of the county hub's, for the grant to name it.
     foreign = province.running.hub.store.registry.get_department(SIMING_MARKET.code)
-    assert foreign.division_code == "350203"
+    assert (foreign.division_code, foreign.name) == ("350203", SIMING_MARKET.name)
 
 
 def test_a_refusal_reaches_the_county_with_its_reasons(tree: dict[str, Any]) -> None:

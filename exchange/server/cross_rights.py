@@ -120,10 +120,19 @@ class CrossHubClient:
             waiting = await asyncio.to_thread(self.federation.store.applications.waiting)
             for request, via in waiting:
                 home = request.cross_hub.home_hub if request.cross_hub else ""
-                await self._submit_one(home, via, _wire(request.application, request.id, str(request.applicant)))
+                wire = _wire(request.application, request.id, str(request.applicant))
+                wire.consumer_department_name = await asyncio.to_thread(self._department_name, wire)
+                await self._submit_one(home, via, wire)
             homes = await asyncio.to_thread(self.federation.store.applications.homes)
             for home, via, after in homes:
                 await self._pull(home, via, after)
+
+    def _department_name(self, wire: pb.CrossHubApplication) -> str:
+        """The consumer department's name here, for the home's records ("" if it is gone)."""
+        try:
+            return self.federation.store.registry.get_department(wire.consumer_department_code).name
+        except errors.NotFound:
+            return ""
 
     async def _submit_one(self, home: str, via: str, application: pb.CrossHubApplication) -> None:
         store, request_id = self.federation.store, application.origin_request_id
