@@ -285,6 +285,23 @@ class Application:
 
 
 @dataclass(frozen=True)
+class CrossHubLink:
+    """How a share request crosses hubs (see the ShareRequest.cross_hub field of the contract).
+
+    At the consumer's hub: ``home_hub`` and ``home_request_id``, ``submission`` "waiting" or "submitted" and the
+    last ``problem``, and the home grant's ``daily_quota``. At the home hub: ``consumer_hub`` and its request id.
+    """
+
+    home_hub: str = ""
+    home_request_id: str = ""
+    consumer_hub: str = ""
+    consumer_request_id: str = ""
+    submission: str = ""
+    problem: str = ""
+    daily_quota: int = 0
+
+
+@dataclass(frozen=True)
 class ShareRequest:
     id: str
     application: Application
@@ -300,6 +317,7 @@ class ShareRequest:
     history: tuple[ShareEvent, ...] = ()
     # Masked items the owner lets the consumer filter on: a bounded verification of a value it holds.
     verify_masked: tuple[str, ...] = ()
+    cross_hub: CrossHubLink | None = None
 
 
 @dataclass(frozen=True)
@@ -324,6 +342,8 @@ class Grant:
     verify_masked: tuple[str, ...] = ()
     # Today's use, shown to those who may suspend the grant (its owner's stewards, the share manager).
     usage: GrantUsage | None = None
+    # The hub the consumer department is at, when it applied from another hub ("" for this hub's own).
+    consumer_hub: str = ""
 
 
 @dataclass(frozen=True)

@@ -356,6 +356,19 @@ def share_request_to_wire(r: m.ShareRequest, today: dt.date, due_note: str = "")
     wire.grant_id = r.grant_id
     wire.history.extend(_events_to_wire(r.history))
     wire.verify_masked.extend(r.verify_masked)
+    if r.cross_hub is not None:
+        link = r.cross_hub
+        wire.cross_hub.CopyFrom(
+            apb.CrossHubLink(
+                home_hub_code=link.home_hub,
+                home_request_id=link.home_request_id,
+                consumer_hub_code=link.consumer_hub,
+                consumer_request_id=link.consumer_request_id,
+                submission=link.submission,
+                problem=link.problem,
+                daily_quota=link.daily_quota,
+            )
+        )
     return wire
 
 
@@ -378,6 +391,7 @@ def grant_to_wire(g: m.Grant) -> apb.Grant:
         issue_time=timestamp(g.issued_at),
         history=_events_to_wire(g.history),
         verify_masked=list(g.verify_masked),
+        consumer_hub_code=g.consumer_hub,
         usage=usage_to_wire(g.usage) if g.usage is not None else None,
     )
 

@@ -87,15 +87,20 @@ class Node:
 
     def federation_records(self) -> list[str]:
         """The audit records of peering changes, staged or integrated, as their text."""
+        return self.federation_records_of("federation")
+
+    def federation_records_of(self, kind: str) -> list[str]:
+        """The audit records of one kind, staged or integrated, as their text."""
         with self.running.hub.store.db.read() as s:
             texts = [*s.scalars(select(AuditStagedRow.record)), *s.scalars(select(AuditEntryRow.record))]
-        return [t for t in texts if t and '"kind":"federation"' in t.replace(" ", "")]
+        return [t for t in texts if t and f'"kind":"{kind}"' in t.replace(" ", "")]
 
 
-def settings_for(root: Path, level: str) -> Settings:
+def settings_for(root: Path, level: str, **changes: object) -> Settings:
     code, name = HUBS[level]
     return base_settings(
         root / level,
+        "",
         hub_code=code,
         hub_name=name,
         hub_level=level,
@@ -103,16 +108,18 @@ def settings_for(root: Path, level: str) -> Settings:
         federation_listen="127.0.0.1:0",
         federation_sync_seconds=3600.0,  # the tests run each round themselves
         federation_call_seconds=5.0,
+        **changes,
     )
 
 
 @contextmanager
-def hubs(root: Path, *levels: str) -> Iterator[dict[str, Node]]:
-    """The hubs of ``levels``, running until the block ends."""
+def hubs(root: Path, *levels: str, console: bool = False) -> Iterator[dict[str, Node]]:
+    """The hubs of ``levels``, running until the block ends (each serving its web console too if ``console``)."""
+    changes = {"console_listen": "127.0.0.1:0"} if console else {}
     with ExitStack() as stack:
         out = {}
         for level in levels:
-            running = stack.enter_context(running_hub(settings_for(root, level)))
+            running = stack.enter_context(running_hub(settings_for(root, level, **changes)))
             out[level] = Node(level, running)
         yield out
 
@@ -130,6 +137,8 @@ def peer_pair(child: Node, parent: Node) -> None:
     while not (child.federation.idle and parent.federation.idle):
         assert time.monotonic() < until, "the sync rounds woken by the peering did not end"
         time.sleep(0.02)
+    if child.peer(parent.code).synced_at is None:
+        child.sync()
 
 
 def hub_identity(node: Node, into: Path) -> Path:

@@ -201,7 +201,7 @@ def test_offers_a_peer_may_not_make_are_refused_and_the_rest_kept(tmp_path: Path
         assert city.running.hub.store.federated.get("10101/350203000079") is None
 
 
-def test_a_remote_entry_is_read_only_here_neither_applied_for_nor_queried(tmp_path: Path) -> None:
+def test_a_remote_entry_is_not_queried_here_and_an_application_for_it_is_checked_here_first(tmp_path: Path) -> None:
     with hubs(tmp_path, "county", "city") as running:
         county, city = running["county"], running["city"]
         peer_pair(county, city)
@@ -214,6 +214,10 @@ def test_a_remote_entry_is_read_only_here_neither_applied_for_nor_queried(tmp_pa
             hub.call(
                 hub.exchange.Query, epb.QueryRequest(resource_code=COUNTY_ENTRY, purpose="户籍核验", fields=["name"])
             )
+        assert queried.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "homed at hub 350203 (思明区政务数据共享平台); cross-hub exchange is not yet available" in str(
+            queried.value.details()
+        )
         today = dt.date.today()
         ask = rpb.ShareRequest(
             resource_code=COUNTY_ENTRY,
@@ -224,13 +228,12 @@ def test_a_remote_entry_is_read_only_here_neither_applied_for_nor_queried(tmp_pa
             start_date=w.date_to_wire(today),
             end_date=w.date_to_wire(today + dt.timedelta(days=30)),
         )
+        # Applications go to the home hub (tests/test_federation_rights.py), once this hub finds nothing wrong.
         with city.running.client(clerk) as hub, pytest.raises(grpc.RpcError) as applied:
             hub.call(hub.rights.Apply, rpb.ApplyRequest(request=ask))
-        for refused in (queried.value, applied.value):
-            assert refused.code() is grpc.StatusCode.FAILED_PRECONDITION
-            assert "homed at hub 350203 (思明区政务数据共享平台); cross-hub exchange is not yet available" in str(
-                refused.details()
-            )
+        assert applied.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "expected_daily_calls" in str(applied.value.details())
+        assert not city.running.hub.store.applications.waiting()
 
 
 def test_an_offer_that_cannot_be_read_is_refused_and_the_cursor_moves_past_it(tmp_path: Path) -> None:

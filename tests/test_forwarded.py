@@ -119,3 +119,13 @@ def test_a_malformed_statement_is_refused_before_signing() -> None:
         issue(COUNTY, _statement(path=("350200",)), NOW)
     with pytest.raises(ForwardError):
         issue(COUNTY, _statement(purpose="two\nlines"), NOW)
+
+
+def test_share_requests_across_hubs_use_calls_of_their_own_and_an_unknown_call_is_refused() -> None:
+    applied = _check(issue(COUNTY, _statement(call="apply", system="person/sm-clerk"), NOW))
+    assert (applied.call, applied.system) == ("apply", "person/sm-clerk")
+    asked = _check(issue(COUNTY, _statement(call="status", resource="", department="", system="", purpose=""), NOW))
+    assert (asked.call, asked.resource, asked.department) == ("status", "", "")
+    with pytest.raises(ForwardError) as refused:
+        issue(COUNTY, _statement(call="revoke"), NOW)
+    assert refused.value.reason == "malformed"

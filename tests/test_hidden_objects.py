@@ -54,7 +54,12 @@ PEER, MISSING_PEER = "350000", "360000"
 
 # Services the hub does not serve to its members: the departments' ProviderService, and what it serves to
 # peer hubs only, on its federation listener.
-NOT_FOR_MEMBERS = {"exchange.v1.ProviderService", "exchange.v1.WitnessService", "exchange.v1.ReceiptService"}
+NOT_FOR_MEMBERS = {
+    "exchange.v1.ProviderService",
+    "exchange.v1.WitnessService",
+    "exchange.v1.ReceiptService",
+    "exchange.v1.CrossHubRightsService",
+}
 
 
 def _hub_methods() -> dict[str, descriptor.MethodDescriptor]:

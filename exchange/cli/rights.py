@@ -40,12 +40,17 @@ def _due_notes(requests: list[pb.ShareRequest]) -> None:
             print(f"{r.id}: due {_date(r.due_date)} ({r.due_date_note or 'estimated'})")
 
 
+def _at(code: str, hub: str) -> str:
+    """A resource or department with the other hub it is at, for a request that crosses hubs."""
+    return f"{code} @{hub}" if hub else code
+
+
 def request_rows(requests: list[pb.ShareRequest]) -> list[list[str]]:
     return [
         [
             r.id,
-            r.resource_code,
-            r.consumer_department_code,
+            _at(r.resource_code, r.cross_hub.home_hub_code),
+            _at(r.consumer_department_code, r.cross_hub.consumer_hub_code),
             r.purpose,
             w.REQUEST_STATUS.label(r.status),
             _due(r),
@@ -103,6 +108,12 @@ def _show_request(args: argparse.Namespace, r: pb.ShareRequest) -> None:
         _due_notes([r])
         if r.decision_reason:
             print(f"decision: {r.decision_reason}")
+        link = r.cross_hub
+        if link.home_hub_code:
+            problem = f"; last problem: {link.problem}" if link.problem else ""
+            print(f"decided at hub {link.home_hub_code} as {link.home_request_id or '-'} ({link.submission}){problem}")
+        if link.consumer_hub_code:
+            print(f"applied at hub {link.consumer_hub_code} as {link.consumer_request_id}")
         print(_history(list(r.history)))
 
 

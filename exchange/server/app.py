@@ -299,6 +299,8 @@ class Hub:
             decisions=self.decisions,
             miss_allowance=settings.masked_filter_misses_per_day,
         )
+        if self.federation is not None:
+            self.federation.serve_rights(rights, self.audit.signer)
         verifier = Verifier.parse(files.audit_verifier.read_text())
         if verifier.encode() != self.audit.signer.verifier().encode():
             raise ConfigError(f"{files.audit_verifier} is not the public key of {files.audit_key}")

@@ -23,20 +23,24 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from audit.note import Verifier
+from audit.note import Signer, Verifier
 from exchange import errors, pki
 from exchange.bootstrap import load_witness_key
 from exchange.config import Settings
 from exchange.federation.model import HubKeys, HubRef, Offer, Peer, PeerState
 from exchange.federation.tls import HubCertificate, PeerTrust, channel_to, load_hub_certificate
 from exchange.server import federation_wire as fw
+from exchange.server.cross_rights import CrossHubClient, CrossHubRightsServicer
 from exchange.server.federation_witness import ForkCounter, Submission, Witnessing
 from exchange.server.peering import PeeringServicer
 from exchange.server.receipts import InclusionProofs, Parts, ReceiptServicer
 from exchange.services.catalog import CatalogService
 from exchange.services.federation.catalog import FederatedCatalog
 from exchange.services.federation.peering import PeeringService
+from exchange.services.federation.rights import CrossHubRights
+from exchange.services.rights import RightsService
 from exchange.store import Store
+from exchange.v1 import applications_pb2_grpc as apb_grpc
 from exchange.v1 import federation_pb2 as pb
 from exchange.v1 import federation_pb2_grpc as pb_grpc
 from exchange.v1 import receipts_pb2_grpc as rpb_grpc
@@ -85,6 +89,14 @@ class Federation:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._syncing = self._asked = False
+        self.applications: CrossHubClient | None = None  # share requests across hubs, once rights are served
+
+    def serve_rights(self, rights: RightsService, signer: Signer) -> None:
+        """Applications across hubs: this hub's go to their home hubs, its peers' are received here."""
+        cross = CrossHubRights(self.store, rights, self.peering.own)
+        cross.wake = self.sync_soon
+        rights.forward_through(cross)
+        self.applications = CrossHubClient(self, cross, signer)
 
     async def start(self) -> int:
         """Serves the federation listener and starts the sync loop; returns the bound port."""
@@ -96,6 +108,10 @@ class Federation:
             wpb_grpc.add_WitnessServiceServicer_to_server(self.witnessing.servicer(self), server)
         if self.parts is not None:
             rpb_grpc.add_ReceiptServiceServicer_to_server(ReceiptServicer(self, self.parts), server)
+        if self.applications is not None:
+            apb_grpc.add_CrossHubRightsServiceServicer_to_server(
+                CrossHubRightsServicer(self, self.applications), server
+            )
         try:
             self.port = server.add_secure_port(self.settings.federation_listen, self.trust.credentials())
         except RuntimeError:
@@ -142,8 +158,13 @@ class Federation:
             self._asked = True  # at once, from the asking thread: ``idle`` is false until the round has run
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    def _channel(self, peer: Peer) -> grpc.aio.Channel:
-        """The channel to a peer, kept while its address and CA stay."""
+    def _stub(self, peer: Peer) -> pb_grpc.PeeringServiceAsyncStub:
+        """The stub for a peer (the generated stub class serves sync and asyncio channels alike; its type
+        stubs name the asyncio flavour apart)."""
+        return pb_grpc.PeeringServiceStub(self.channel(peer))
+
+    def channel(self, peer: Peer) -> grpc.aio.Channel:
+        """The channel to a peer, kept while its address and CA stay (for any hub-facing service)."""
         key = (peer.address, peer.ca_fingerprint)
         held = self._channels.get(peer.code)
         if held is None or held[0] != key:
@@ -152,11 +173,6 @@ class Federation:
             held = (key, channel_to(peer, self.hub, self._limits()))
             self._channels[peer.code] = held
         return held[1]
-
-    def _stub(self, peer: Peer) -> pb_grpc.PeeringServiceAsyncStub:
-        """The PeeringService stub for a peer (the generated stub class serves sync and asyncio channels alike;
-        its type stubs name the asyncio flavour apart)."""
-        return pb_grpc.PeeringServiceStub(self._channel(peer))
 
     async def call(
         self, peer: Peer, what: str, rpc: Callable[[pb_grpc.PeeringServiceAsyncStub, float], Awaitable[T]]
@@ -169,7 +185,7 @@ class Federation:
     ) -> T:
         """One call to a peer on a stub of any service ``stub`` makes of the peer's channel, as ``call``."""
         try:
-            return await rpc(stub(self._channel(peer)), self.settings.federation_call_seconds)
+            return await rpc(stub(self.channel(peer)), self.settings.federation_call_seconds)
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await self._drop(peer.code)  # the next call connects afresh, not after the channel's back-off
@@ -251,6 +267,8 @@ class Federation:
                 await self._failed(peer, e)
             if peer.state is PeerState.ACTIVE:
                 await self._witnessed(peer)
+        if self.applications is not None:
+            await self.applications.sync()
 
     async def _witnessed(self, peer: Peer) -> None:
         """Has the peer cosign this hub's newest checkpoint (whatever became of the pull: it is another matter)."""

@@ -14,10 +14,12 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from audit.records import AuditRecord
 from exchange import validation
 from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from exchange.federation.model import RemoteEntry
 from exchange.models import (
     Application,
     Grant,
@@ -63,6 +65,12 @@ class Approval:
     verify_masked: tuple[str, ...] = ()
 
 
+class Forwarding(Protocol):
+    """Where applications for entries homed at other hubs go (services/federation/rights.py)."""
+
+    def apply(self, actor: Principal, app: Application, remote: RemoteEntry) -> ShareRequest: ...
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -90,12 +98,21 @@ class RightsService:
         self._max_days = max_grant_days
         self._decisions = decisions or DecisionPoint()
         self._clock = clock
+        self._forwarding: Forwarding | None = None
 
     # Applying
+
+    def forward_through(self, forwarding: Forwarding) -> None:
+        """Applications for resources homed at other hubs go to ``forwarding`` (a federating hub's)."""
+        self._forwarding = forwarding
 
     def apply(self, actor: Principal, app: Application) -> ShareRequest:
         self.require_applicant(actor)
         app = replace(app, consumer_department_code=actor.department_code)
+        validation.validate_key("request.resource_code", app.resource_code, "resource")
+        remote = self._store.federated.get(app.resource_code)
+        if remote is not None and self._forwarding is not None:
+            return self._forwarding.apply(actor, app, remote)
         resource = self._published(app.resource_code, actor)
         if resource.spec.department_code == actor.department_code:
             raise FailedPrecondition(
@@ -103,22 +120,48 @@ class RightsService:
                 app.resource_code,
             )
         now = self._clock()
-        self._validate_application(app, resource, now.date())
-        request = ShareRequest(
+        self.validate_application(app, resource, now.date())
+        step = self.first_step(self.new_request(app, actor.ref, now), resource, actor.ref)
+        record = change_record(
+            actor,
+            "rights",
+            f"apply:{resource.spec.share_type.value}",
+            subject=step.request.id,
+            resource=app.resource_code,
+            purpose=app.purpose,
+            reason=step.request.decision_reason,
+        )
+        stored = self._store.rights.create_request(step, audit=record)
+        self.granted(step)
+        return stored
+
+    def new_request(self, app: Application, applicant: PrincipalRef, now: dt.datetime) -> ShareRequest:
+        """A new pending request, due in 10 working days."""
+        return ShareRequest(
             id=_new_id("SR", now),
             application=app,
             status=ShareRequestStatus.PENDING,
-            applicant=actor.ref,
+            applicant=applicant,
             created_at=now,
             due=self._calendar.add_working_days(now.date(), ANSWER_WITHIN_WORKING_DAYS),
         )
-        applied = ShareEvent("applied", actor.ref, now, app.purpose)
+
+    def granted(self, step: RequestStep) -> None:
+        """After a step is stored: the data plane learns of the grant it issued, if any."""
+        if step.grant is not None:
+            self._decisions.refresh(step.grant.id, self._store.rights.get_grant)
+
+    def first_step(self, request: ShareRequest, resource: Resource, actor: PrincipalRef) -> RequestStep:
+        """What an application makes of a new request by the resource's share type: refused (not shared),
+        granted (unconditional) or pending (conditional)."""
+        app, now = request.application, request.created_at
+        applied = ShareEvent("applied", actor, now, app.purpose)
         kind = resource.spec.share_type
         if kind is ShareType.NOT_SHARED:
             reason = f"the resource is classed not shared; legal basis: {resource.spec.legal_basis}"
             refused = replace(request, status=ShareRequestStatus.REFUSED, decision_reason=reason)
-            step = RequestStep(refused, applied, extra_events=(ShareEvent("refused", actor.ref, now, reason),))
-        elif kind is ShareType.UNCONDITIONAL:
+            return RequestStep(refused, applied, extra_events=(ShareEvent("refused", actor, now, reason),))
+        if kind is ShareType.UNCONDITIONAL:
             grant = self._grant_for(
                 request, fields=app.fields, end=app.end, masks=(), quota=app.expected_daily_calls, rate=0, now=now
             )
@@ -130,22 +173,8 @@ class RightsService:
                 grant_id=grant.id,
             )
             reason = "unconditional resource: granted on application"
-            step = RequestStep(granted, applied, grant, (ShareEvent("granted", actor.ref, now, reason),))
-        else:
-            step = RequestStep(request, applied)
-        record = change_record(
-            actor,
-            "rights",
-            f"apply:{kind.value}",
-            subject=request.id,
-            resource=app.resource_code,
-            purpose=app.purpose,
-            reason=step.request.decision_reason,
-        )
-        stored = self._store.rights.create_request(step, audit=record)
-        if step.grant is not None:
-            self._decisions.refresh(step.grant.id, self._store.rights.get_grant)
-        return stored
+            return RequestStep(granted, applied, grant, (ShareEvent("granted", actor, now, reason),))
+        return RequestStep(request, applied)
 
     def _published(self, code: str, actor: Principal) -> Resource:
         validation.validate_key("request.resource_code", code, "resource")
@@ -157,7 +186,11 @@ class RightsService:
             raise FailedPrecondition(f"resource {code!r} is {resource.status.value}, not published", code)
         return resource
 
-    def _validate_application(self, app: Application, resource: Resource, today: dt.date) -> None:
+    def validate_application(
+        self, app: Application, resource: Resource, today: dt.date, *, local_systems: bool = True
+    ) -> None:
+        """Refuses an application this hub would not accept for ``resource``; ``local_systems`` False: the
+        systems are another hub's (checked there), not this hub's registered ones."""
         out: list[FieldViolation] = []
         validation.check_text(out, "request.purpose", app.purpose, required=True, limit=validation.MAX_NAME)
         needs_basis = resource.spec.share_type is ShareType.CONDITIONAL
@@ -180,7 +213,10 @@ class RightsService:
         if len(set(app.system_codes)) != len(app.system_codes):
             out.append(FieldViolation("request.system_codes", "a system is named twice"))
         for n, code in enumerate(app.system_codes):
-            self._check_system(out, f"request.system_codes[{n}]", code, app.consumer_department_code)
+            if local_systems:
+                self._check_system(out, f"request.system_codes[{n}]", code, app.consumer_department_code)
+            elif not validation.SYSTEM_CODE.match(code):
+                out.append(FieldViolation(f"request.system_codes[{n}]", f"{code[:80]!r} is not a system code"))
         validation.raise_if(out)
 
     def _check_system(self, out: list[FieldViolation], path: str, code: str, department: str) -> None:
@@ -549,11 +585,27 @@ class RightsService:
         try:
             request = self._store.rights.get_request(request_id)
         except NotFound:
+            request = self._outgoing(actor, request_id, reason, doing)
+            if not doing:  # read only: another hub decides it; a change here finds no such request
+                return request
+            raise PermissionDenied(
+                f"request {request_id} is decided at its resource's home hub {_home_of(request)}, not here",
+                reason="DECIDED_AT_HOME",
+            ) from None
+        parties = {request.application.consumer_department_code, self._resource_owner(request)}
+        if not self._sees_everything(actor) and actor.department_code not in parties:
+            raise PermissionDenied(not_party(actor, "share request", request_id, doing), reason=reason)
+        return request
+
+    def _outgoing(self, actor: Principal, request_id: str, reason: str, doing: str) -> ShareRequest:
+        """This hub's application for a resource homed elsewhere, if the caller may see it (as requests)."""
+        try:
+            request = self._store.applications.get_outgoing(request_id)
+        except NotFound:
             if self._sees_everything(actor):
                 raise
             raise PermissionDenied(not_party(actor, "share request", request_id, doing), reason=reason) from None
-        parties = {request.application.consumer_department_code, self._resource_owner(request)}
-        if not self._sees_everything(actor) and actor.department_code not in parties:
+        if not self._sees_everything(actor) and actor.department_code != request.application.consumer_department_code:
             raise PermissionDenied(not_party(actor, "share request", request_id, doing), reason=reason)
         return request
 
@@ -589,7 +641,17 @@ class RightsService:
             f = self._for_me(actor, f)
         f = replace(f, visible_to=visible, overdue_on=today if overdue_only else None)
         page = page_request(size, token, {**f.__dict__, "view": view})
-        return self._store.rights.list_requests(page, f, today)
+        listed, overdue = self._store.rights.list_requests(page, f, today)
+        if listed.next_page_token or f.owner_department or overdue_only or view == "for_me":
+            return listed, overdue
+        # The last page also lists this hub's applications for resources homed at other hubs (decided there).
+        outgoing = [
+            r
+            for r in self._store.applications.list_outgoing(f.consumer_department or visible)
+            if (not f.resource_code or r.application.resource_code == f.resource_code)
+            and (not f.statuses or r.status in f.statuses)
+        ]
+        return replace(listed, items=[*listed.items, *outgoing]), overdue
 
     def awaiting(self, actor: Principal) -> dict[ShareRequestStatus, Tally]:
         """What awaits the caller, counted by status with its deadlines (the console's notices).
@@ -699,6 +761,10 @@ def _require_id(field: str, value: str, prefix: str) -> None:
     """A request (SR-…) or grant (GR-…) id of the hub's form: a typo is INVALID_ARGUMENT, not NOT_FOUND."""
     if not _ID.match(value) or not value.startswith(prefix):
         raise InvalidArgument.of([FieldViolation(field, f"{value[:40]!r} is not a {prefix}-YYYYMMDD-xxxxxxxx id")])
+
+
+def _home_of(request: ShareRequest) -> str:
+    return request.cross_hub.home_hub if request.cross_hub else "?"
 
 
 def _require_reason(reason: str) -> None:

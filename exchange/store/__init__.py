@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+from exchange.store.applications import ApplicationStore
 from exchange.store.audit import AuditStore
 from exchange.store.catalog import CatalogStore
 from exchange.store.changes import install_local_changes
@@ -46,6 +47,7 @@ class Store:
         self.registry = RegistryStore(self.db, recorded)
         self.catalog = CatalogStore(self.db, recorded)
         self.rights = RightsStore(self.db, recorded)
+        self.applications = ApplicationStore(self.db, recorded, self.rights)
         self.counters = CountersStore(self.db)
         self.console = ConsoleStore(self.db, recorded)
         self.objections = ObjectionStore(self.db, recorded)

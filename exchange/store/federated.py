@@ -85,6 +85,12 @@ class FederatedCatalogStore:
             rows = [_offer_of(r) for r in s.scalars(stmt)]
             return rows, int(s.scalar(select(func.max(CatalogOfferRow.sequence))) or 0)
 
+    def via_towards(self, home: str) -> str:
+        """The peer an entry homed at hub ``home`` came through (the next hop towards it), "" if none did."""
+        with self._db.read() as s:
+            stmt = select(RemoteEntryRow.via_peer).where(RemoteEntryRow.home_hub_code == home).limit(1)
+            return str(s.scalar(stmt) or "")
+
     def receive(self, peer: str, accepted: list[tuple[Offer, HubRef]], cursor: int, problem: str = "") -> None:
         """Keeps the accepted offers of ``peer`` and moves its cursor to ``cursor``, all together or nothing;
         ``problem`` says what of the page was refused."""

@@ -19,6 +19,7 @@ from audit.records import AuditRecord
 from exchange.errors import NotFound
 from exchange.models import (
     Application,
+    CrossHubLink,
     Grant,
     GrantStatus,
     MaskKind,
@@ -36,7 +37,14 @@ from exchange.store.database import Database
 from exchange.store.paging import fetch_page
 from exchange.store.recorded import RecordedWrites
 from exchange.store.registry import department_row
-from exchange.store.schema import DepartmentRow, GrantRow, ResourceRow, ShareEventRow, ShareRequestRow
+from exchange.store.schema import (
+    DepartmentRow,
+    GrantRow,
+    IncomingApplicationRow,
+    ResourceRow,
+    ShareEventRow,
+    ShareRequestRow,
+)
 from exchange.store.tally import tally_columns
 
 # The 10-working-day rule binds the owner's answer: only requests awaiting it can be overdue.
@@ -119,7 +127,16 @@ def _request_of(s: Session, row: ShareRequestRow, with_history: bool = True) -> 
         grant_id=row.grant_id or "",
         history=_events(s, ShareEventRow.request_id, row.id) if with_history else (),
         verify_masked=tuple(row.verify_masked or ()),
+        cross_hub=_incoming_link(s, row.id),
     )
+
+
+def _incoming_link(s: Session, request_id: str) -> CrossHubLink | None:
+    """For a request from another hub's department: that hub and its request id."""
+    link = s.get(IncomingApplicationRow, request_id)
+    if link is None:
+        return None
+    return CrossHubLink(consumer_hub=link.origin_hub_code, consumer_request_id=link.origin_request_id)
 
 
 def _grant_of(s: Session, row: GrantRow, with_history: bool = True) -> Grant:
@@ -141,7 +158,13 @@ def _grant_of(s: Session, row: GrantRow, with_history: bool = True) -> Grant:
         issued_at=row.issued_at,
         history=_events(s, ShareEventRow.grant_id, row.id) if with_history else (),
         verify_masked=tuple(row.verify_masked or ()),
+        consumer_hub=_consumer_hub(s, row.request_id) if with_history else "",
     )
+
+
+def _consumer_hub(s: Session, request_id: str) -> str:
+    link = s.get(IncomingApplicationRow, request_id)
+    return link.origin_hub_code if link is not None else ""
 
 
 def _resource_id(s: Session, code: str) -> int:
@@ -208,32 +231,36 @@ class RightsStore:
 
     def create_request(self, step: RequestStep, *, audit: AuditRecord) -> ShareRequest:
         """Stores a new request with its first event (and, for unconditional resources, its grant)."""
-        r = step.request
         with self._recorded.write(audit) as s:
-            resource_id = _resource_id(s, r.application.resource_code)
-            consumer_id = department_row(s, r.application.consumer_department_code).id
-            row = ShareRequestRow(
-                id=r.id,
-                resource_id=resource_id,
-                consumer_department_id=consumer_id,
-                system_codes=list(r.application.system_codes),
-                purpose=r.application.purpose,
-                legal_basis=r.application.legal_basis,
-                fields=list(r.application.fields),
-                start_date=r.application.start,
-                end_date=r.application.end,
-                expected_daily_calls=r.application.expected_daily_calls,
-                applicant_kind=r.applicant.kind.value,
-                applicant_code=r.applicant.code,
-                created_at=r.created_at,
-                due_date=r.due,
-            )
-            _write_request(row, r)
-            s.add(row)
-            s.flush()
-            self._record(s, step, resource_id, consumer_id)
-            s.flush()
-            return _request_of(s, row)
+            return self.insert_request(s, step)
+
+    def insert_request(self, s: Session, step: RequestStep) -> ShareRequest:
+        """Adds a new request in the caller's transaction ``s`` (create_request, or one that stores more)."""
+        r = step.request
+        resource_id = _resource_id(s, r.application.resource_code)
+        consumer_id = department_row(s, r.application.consumer_department_code).id
+        row = ShareRequestRow(
+            id=r.id,
+            resource_id=resource_id,
+            consumer_department_id=consumer_id,
+            system_codes=list(r.application.system_codes),
+            purpose=r.application.purpose,
+            legal_basis=r.application.legal_basis,
+            fields=list(r.application.fields),
+            start_date=r.application.start,
+            end_date=r.application.end,
+            expected_daily_calls=r.application.expected_daily_calls,
+            applicant_kind=r.applicant.kind.value,
+            applicant_code=r.applicant.code,
+            created_at=r.created_at,
+            due_date=r.due,
+        )
+        _write_request(row, r)
+        s.add(row)
+        s.flush()
+        self._record(s, step, resource_id, consumer_id)
+        s.flush()
+        return _request_of(s, row)
 
     def change_request(
         self, request_id: str, decide: Callable[[ShareRequest], RequestStep], *, audit: AuditRecord

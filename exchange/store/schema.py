@@ -658,3 +658,71 @@ class RemoteEntryRow(Base):
     offer_sequence: Mapped[int] = mapped_column(BigInteger)
     snapshot: Mapped[dict[str, object]] = mapped_column(JSON)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+# Share requests across hubs (docs/federation.md, "Applying across hubs").
+
+
+class OutgoingApplicationRow(Base):
+    """A share request of this hub's department for a resource homed at another hub: kept here, decided there.
+
+    ``submission`` is "waiting" until the home (through ``via_peer``) accepted it, then "submitted";
+    ``home_sequence`` is the home's change sequence of the state last read back.
+    """
+
+    __tablename__ = "applications_out"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    resource_code: Mapped[str] = mapped_column(String(32), index=True)
+    home_hub_code: Mapped[str] = mapped_column(String(6), index=True)
+    via_peer: Mapped[str] = mapped_column(String(6))
+    consumer_department_code: Mapped[str] = mapped_column(String(18), index=True)
+    application: Mapped[dict[str, object]] = mapped_column(JSON)
+    applicant: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    submission: Mapped[str] = mapped_column(String(16), index=True)
+    problem: Mapped[str] = mapped_column(Text, default="")
+    home_request_id: Mapped[str] = mapped_column(String(32), default="")
+    home_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    due_date: Mapped[dt.date] = mapped_column(Date)
+    decision_reason: Mapped[str] = mapped_column(Text, default="")
+    grant_id: Mapped[str] = mapped_column(String(32), default="")
+    approved_fields: Mapped[list[str]] = mapped_column(JSON)
+    approved_end: Mapped[dt.date | None] = mapped_column(Date)
+    masks: Mapped[list[list[str]]] = mapped_column(JSON)
+    daily_quota: Mapped[int] = mapped_column(BigInteger, default=0)
+    history: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+
+
+class IncomingApplicationRow(Base):
+    """A share request at this (home) hub from a department at another hub: which hub, its id there, and the
+    adjacent peer it came through."""
+
+    __tablename__ = "applications_in"
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("share_requests.id"), primary_key=True)
+    origin_hub_code: Mapped[str] = mapped_column(String(6), index=True)
+    origin_request_id: Mapped[str] = mapped_column(String(32))
+    via_peer: Mapped[str] = mapped_column(String(6))
+    __table_args__ = (
+        UniqueConstraint("origin_hub_code", "origin_request_id", name="uq_applications_in_origin_hub_code"),
+    )
+
+
+class ForeignDepartmentRow(Base):
+    """A department of another hub known here because it applied for this hub's data (its grants name it)."""
+
+    __tablename__ = "foreign_departments"
+
+    department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), primary_key=True)
+    hub_code: Mapped[str] = mapped_column(String(6))
+
+
+class ForwardSeenRow(Base):
+    """Ids of forwarded-call statements this hub accepted, kept until they expire: a replay is refused."""
+
+    __tablename__ = "forward_seen"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)

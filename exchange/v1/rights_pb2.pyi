@@ -221,6 +221,7 @@ class ShareRequest(_message.Message):
     VERIFY_MASKED_FIELD_NUMBER: _builtins.int
     DUE_DATE_ESTIMATED_FIELD_NUMBER: _builtins.int
     DUE_DATE_NOTE_FIELD_NUMBER: _builtins.int
+    CROSS_HUB_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only: assigned by the hub, e.g. "SR-20261122-3f9a1c"."""
     resource_code: _builtins.str
@@ -275,6 +276,10 @@ class ShareRequest(_message.Message):
     def verify_masked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Masked items the owner lets the consumer filter on (see Grant.verify_masked)."""
 
+    @_builtins.property
+    def cross_hub(self) -> Global___CrossHubLink:
+        """Output only: set for a request that crosses hubs (docs/federation.md, "Applying across hubs")."""
+
     def __init__(
         self,
         *,
@@ -302,14 +307,63 @@ class ShareRequest(_message.Message):
         verify_masked: _abc.Iterable[_builtins.str] | None = ...,
         due_date_estimated: _builtins.bool = ...,
         due_date_note: _builtins.str = ...,
+        cross_hub: Global___CrossHubLink | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "approved_end_date", b"approved_end_date", "create_time", b"create_time", "due_date", b"due_date", "end_date", b"end_date", "start_date", b"start_date"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "approved_end_date", b"approved_end_date", "create_time", b"create_time", "cross_hub", b"cross_hub", "due_date", b"due_date", "end_date", b"end_date", "start_date", b"start_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "approved_end_date", b"approved_end_date", "approved_fields", b"approved_fields", "consumer_department_code", b"consumer_department_code", "create_time", b"create_time", "decision_reason", b"decision_reason", "due_date", b"due_date", "due_date_estimated", b"due_date_estimated", "due_date_note", b"due_date_note", "end_date", b"end_date", "expected_daily_calls", b"expected_daily_calls", "fields", b"fields", "grant_id", b"grant_id", "history", b"history", "id", b"id", "legal_basis", b"legal_basis", "masks", b"masks", "overdue", b"overdue", "purpose", b"purpose", "resource_code", b"resource_code", "start_date", b"start_date", "status", b"status", "system_codes", b"system_codes", "verify_masked", b"verify_masked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "approved_end_date", b"approved_end_date", "approved_fields", b"approved_fields", "consumer_department_code", b"consumer_department_code", "create_time", b"create_time", "cross_hub", b"cross_hub", "decision_reason", b"decision_reason", "due_date", b"due_date", "due_date_estimated", b"due_date_estimated", "due_date_note", b"due_date_note", "end_date", b"end_date", "expected_daily_calls", b"expected_daily_calls", "fields", b"fields", "grant_id", b"grant_id", "history", b"history", "id", b"id", "legal_basis", b"legal_basis", "masks", b"masks", "overdue", b"overdue", "purpose", b"purpose", "resource_code", b"resource_code", "start_date", b"start_date", "status", b"status", "system_codes", b"system_codes", "verify_masked", b"verify_masked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShareRequest: _TypeAlias = ShareRequest  # noqa: Y015
+
+@_typing.final
+class CrossHubLink(_message.Message):
+    """How a share request crosses hubs. At the consumer's hub the resource is homed elsewhere: the request is
+    submitted to the home hub, which decides and grants; this hub shows its word. At the home hub the consumer
+    department is at another hub.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOME_HUB_CODE_FIELD_NUMBER: _builtins.int
+    HOME_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONSUMER_HUB_CODE_FIELD_NUMBER: _builtins.int
+    CONSUMER_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SUBMISSION_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    DAILY_QUOTA_FIELD_NUMBER: _builtins.int
+    home_hub_code: _builtins.str
+    """At the consumer's hub: the resource's home hub and the home's request id (once submitted)."""
+    home_request_id: _builtins.str
+    consumer_hub_code: _builtins.str
+    """At the home hub: the consumer department's hub and that hub's request id."""
+    consumer_request_id: _builtins.str
+    submission: _builtins.str
+    """At the consumer's hub: "waiting to be submitted" (the home could not be reached yet; the sync retries)
+    or "submitted"; with the last problem met on the way.
+    """
+    problem: _builtins.str
+    daily_quota: _builtins.int
+    """At the consumer's hub, once the home granted: the grant's daily quota (the grant's id is grant_id)."""
+    def __init__(
+        self,
+        *,
+        home_hub_code: _builtins.str = ...,
+        home_request_id: _builtins.str = ...,
+        consumer_hub_code: _builtins.str = ...,
+        consumer_request_id: _builtins.str = ...,
+        submission: _builtins.str = ...,
+        problem: _builtins.str = ...,
+        daily_quota: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_hub_code", b"consumer_hub_code", "consumer_request_id", b"consumer_request_id", "daily_quota", b"daily_quota", "home_hub_code", b"home_hub_code", "home_request_id", b"home_request_id", "problem", b"problem", "submission", b"submission"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CrossHubLink: _TypeAlias = CrossHubLink  # noqa: Y015
 
 @_typing.final
 class Grant(_message.Message):
@@ -333,6 +387,7 @@ class Grant(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     VERIFY_MASKED_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    CONSUMER_HUB_CODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     request_id: _builtins.str
     resource_code: _builtins.str
@@ -343,6 +398,10 @@ class Grant(_message.Message):
     rate_per_second: _builtins.int
     """Calls per second; 0 means the hub's default."""
     status: Global___GrantStatus.ValueType
+    consumer_hub_code: _builtins.str
+    """Output only: the hub the consumer department is at, when it is another hub (the grant was applied for
+    across hubs); empty for this hub's own departments.
+    """
     @_builtins.property
     def system_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -388,10 +447,11 @@ class Grant(_message.Message):
         history: _abc.Iterable[Global___ShareEvent] | None = ...,
         verify_masked: _abc.Iterable[_builtins.str] | None = ...,
         usage: Global___GrantUsage | None = ...,
+        consumer_hub_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "issue_time", b"issue_time", "start_date", b"start_date", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_department_code", b"consumer_department_code", "daily_quota", b"daily_quota", "end_date", b"end_date", "fields", b"fields", "history", b"history", "id", b"id", "issue_time", b"issue_time", "legal_basis", b"legal_basis", "masks", b"masks", "purpose", b"purpose", "rate_per_second", b"rate_per_second", "request_id", b"request_id", "resource_code", b"resource_code", "start_date", b"start_date", "status", b"status", "system_codes", b"system_codes", "usage", b"usage", "verify_masked", b"verify_masked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_department_code", b"consumer_department_code", "consumer_hub_code", b"consumer_hub_code", "daily_quota", b"daily_quota", "end_date", b"end_date", "fields", b"fields", "history", b"history", "id", b"id", "issue_time", b"issue_time", "legal_basis", b"legal_basis", "masks", b"masks", "purpose", b"purpose", "rate_per_second", b"rate_per_second", "request_id", b"request_id", "resource_code", b"resource_code", "start_date", b"start_date", "status", b"status", "system_codes", b"system_codes", "usage", b"usage", "verify_masked", b"verify_masked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

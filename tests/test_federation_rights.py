@@ -1,0 +1,261 @@
+"""Rights stay at home: a county department applies through its own hub for a resource homed at the province
+(county → city → province); the province's steward decides and its share manager grants; the county's people
+see the status as for a local request."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from audit.forwarded import Forwarded, issue, request_digest
+from exchange import models as m
+from exchange import wire as w
+from exchange.server.cross_rights import CrossHubClient
+from exchange.v1 import applications_pb2 as apb
+from exchange.v1 import applications_pb2_grpc as apb_grpc
+from exchange.v1 import rights_pb2 as pb
+from exchange.v1 import rights_pb2_grpc
+from tests.console_support import web_client
+from tests.federation_support import PROVINCE_MARKET, SIMING_MARKET, Node, department, hubs, peer_pair
+from tests.harness import POLICE, TEST_RECORD, identity_spec
+
+ENTRY = "10101/350000000001"
+CITY_ENTRY = "10101/350200000001"
+PROVINCE_DATA = department("350000", "0099887", "福建省大数据管理局", m.AdministrativeLevel.PROVINCE)
+HULI = department("350206", "0077889", "湖里区市场监督管理局", m.AdministrativeLevel.COUNTY)
+TODAY = dt.datetime.now(dt.UTC).date()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """County ← city ← province, peered; the province's entry known at the county; the people of each side."""
+    with hubs(tmp_path, "county", "city", "province", console=True) as running:
+        county, city, province = running["county"], running["city"], running["province"]
+        peer_pair(county, city)
+        peer_pair(city, province)
+        province.running.add_department(PROVINCE_MARKET)
+        province.running.add_department(PROVINCE_DATA)
+        steward = province.running.add_person("fj-steward", PROVINCE_MARKET.code, m.Role.OWNER_STEWARD)
+        manager = province.running.add_person("fj-manager", PROVINCE_DATA.code, m.Role.SHARE_MANAGER)
+        province.running.publish(steward, identity_spec(ENTRY, PROVINCE_MARKET.code))
+        county.running.add_department(SIMING_MARKET)
+        county.running.add_system("sm-djxt", SIMING_MARKET.code)
+        applicant = county.running.add_person("sm-clerk", SIMING_MARKET.code, m.Role.CONSUMER)
+        for node in (city, county):  # the entry travels down the tree
+            node.sync()
+        assert county.running.hub.store.federated.get(ENTRY) is not None
+        yield {**running, "steward": steward, "manager": manager, "applicant": applicant}
+
+
+def _rights(node: Node, identity: Path) -> Any:
+    client = node.running.client(identity)
+    return client, rights_pb2_grpc.RightsServiceStub(client.channel)
+
+
+def _call(node: Node, identity: Path, method: str, request: Any) -> Any:
+    client, stub = _rights(node, identity)
+    with client:
+        return getattr(stub, method)(request, timeout=30)
+
+
+def _apply(tree: dict[str, Any], applicant: Path | None = None, **changes: Any) -> pb.ShareRequest:
+    app = m.Application(
+        resource_code=ENTRY,
+        consumer_department_code="",
+        system_codes=("sm-djxt",),
+        purpose="企业登记核验",
+        legal_basis="《市场主体登记管理条例》第十六条",
+        fields=("name", "id_number"),
+        start=TODAY,
+        end=TODAY + dt.timedelta(days=365),
+        expected_daily_calls=300,
+    )
+    wire = w.application_to_wire(replace(app, **changes))
+    applied: pb.ShareRequest = _call(
+        tree["county"], applicant or tree["applicant"], "Apply", pb.ApplyRequest(request=wire)
+    )
+    return applied
+
+
+def _seen_at_county(tree: dict[str, Any], request_id: str) -> pb.ShareRequest:
+    tree["county"].sync()
+    seen: pb.ShareRequest = _call(
+        tree["county"], tree["applicant"], "GetShareRequest", pb.GetShareRequestRequest(id=request_id)
+    )
+    return seen
+
+
+def test_a_county_application_is_decided_and_granted_at_the_province_and_its_status_reaches_the_county(
+    tree: dict[str, Any],
+) -> None:
+    county, province = tree["county"], tree["province"]
+    applied = _apply(tree)
+    assert applied.status == pb.SHARE_REQUEST_STATUS_PENDING
+    assert applied.cross_hub.home_hub_code == province.code
+
+    submitted = _seen_at_county(tree, applied.id)
+    assert submitted.cross_hub.submission == "submitted" and submitted.cross_hub.home_request_id
+    home_id = submitted.cross_hub.home_request_id
+    # At the province: an ordinary request for the county's department, with the consumer's hub, due as usual.
+    for_me = pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_FOR_ME)
+    waiting = _call(province, tree["steward"], "ListShareRequests", for_me)
+    [there] = [r for r in waiting.requests if r.id == home_id]
+    assert there.consumer_department_code == SIMING_MARKET.code
+    assert (there.cross_hub.consumer_hub_code, there.cross_hub.consumer_request_id) == (county.code, applied.id)
+    assert submitted.due_date == there.due_date
+    assert any("relay:apply" in r for r in tree["city"].federation_records_of("rights"))
+
+    approval = pb.ApproveRequest(
+        id=home_id,
+        fields=["id_number"],
+        reason="仅核验身份号码",
+        masks=[pb.FieldMask(field="id_number", mask=pb.MASK_KIND_ID_NUMBER)],
+    )
+    _call(province, tree["steward"], "Approve", approval)
+    approved = _seen_at_county(tree, applied.id)
+    assert approved.status == pb.SHARE_REQUEST_STATUS_APPROVED and list(approved.approved_fields) == ["id_number"]
+
+    grant = _call(province, tree["manager"], "IssueGrant", pb.IssueGrantRequest(request_id=home_id, daily_quota=120))
+    # The grant names the county's department, and its hub.
+    assert (grant.consumer_department_code, grant.consumer_hub_code) == (SIMING_MARKET.code, county.code)
+    granted = _seen_at_county(tree, applied.id)
+    assert granted.status == pb.SHARE_REQUEST_STATUS_GRANTED and granted.grant_id == grant.id
+    assert granted.cross_hub.daily_quota == 120
+    assert [(x.field, x.mask) for x in granted.masks] == [("id_number", pb.MASK_KIND_ID_NUMBER)]
+    assert [e.action for e in granted.history] == ["applied", "home_pending", "home_approved", "home_granted"]
+    mine = pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_MINE)
+    listed = _call(county, tree["applicant"], "ListShareRequests", mine)
+    assert [r.id for r in listed.requests] == [applied.id]
+    # The province knows the county department as one of the county hub's, for the grant to name it.
+    foreign = province.running.hub.store.registry.get_department(SIMING_MARKET.code)
+    assert (foreign.division_code, foreign.name) == ("350203", SIMING_MARKET.name)
+
+
+def test_a_refusal_reaches_the_county_with_its_reasons(tree: dict[str, Any]) -> None:
+    applied = _apply(tree)
+    home_id = _seen_at_county(tree, applied.id).cross_hub.home_request_id
+    refusal = pb.RefuseRequest(id=home_id, reason="事项与数据用途不符")
+    _call(tree["province"], tree["steward"], "Refuse", refusal)
+    refused = _seen_at_county(tree, applied.id)
+    assert refused.status == pb.SHARE_REQUEST_STATUS_REFUSED and refused.decision_reason == "事项与数据用途不符"
+
+
+def test_an_application_waits_while_the_province_is_down_and_is_submitted_on_a_later_sync(
+    tree: dict[str, Any],
+) -> None:
+    city, province = tree["city"], tree["province"]
+    store = city.running.hub.store
+    address = city.peer(province.code).address
+    store.peers.change(province.code, lambda p: replace(p, address="127.0.0.1:9"), audit=TEST_RECORD)
+    applied = _apply(tree)
+    waiting = _seen_at_county(tree, applied.id)
+    assert waiting.cross_hub.submission == "waiting" and waiting.status == pb.SHARE_REQUEST_STATUS_PENDING
+    assert province.code in waiting.cross_hub.problem  # the hop that could not be reached is named
+    store.peers.change(province.code, lambda p: replace(p, address=address), audit=TEST_RECORD)
+    later = _seen_at_county(tree, applied.id)
+    assert later.cross_hub.submission == "submitted" and later.cross_hub.home_request_id
+
+
+def test_a_department_outside_the_county_hubs_division_is_refused(tree: dict[str, Any]) -> None:
+    county = tree["county"]
+    county.running.add_department(HULI)
+    county.running.add_system("hl-djxt", HULI.code)
+    clerk = county.running.add_person("hl-clerk", HULI.code, m.Role.CONSUMER)
+    applied = _apply(tree, clerk, system_codes=("hl-djxt",))
+    county.sync()
+    seen = _call(county, clerk, "GetShareRequest", pb.GetShareRequestRequest(id=applied.id))
+    assert seen.status == pb.SHARE_REQUEST_STATUS_REFUSED and "not within the division" in seen.decision_reason
+    listed = _call(tree["province"], tree["steward"], "ListShareRequests", pb.ListShareRequestsRequest())
+    assert not listed.requests
+
+
+def _submit_raw(node: Node, to: Node, sign: CrossHubClient, times: int) -> list[grpc.StatusCode]:
+    """Submits one application from ``node`` to ``to`` with a statement ``sign`` signs, ``times`` times."""
+    client = node.federation.applications
+    assert client is not None
+    application = apb.CrossHubApplication(
+        resource_code=ENTRY, consumer_department_code=SIMING_MARKET.code, consumer_department_name="x",
+        system_codes=["sm-djxt"], purpose="企业登记核验", legal_basis="依法", fields=["name"],
+        start_date=TODAY.isoformat(), end_date=(TODAY + dt.timedelta(days=30)).isoformat(),
+        expected_daily_calls=10, origin_request_id="SR-20261204-0000abcd", applicant="person/x",
+    )  # fmt: skip
+    statement = Forwarded(
+        sender=node.code, receiver=to.code, home=to.code, resource=ENTRY, call="apply",
+        department=SIMING_MARKET.code, system="person/x", purpose="企业登记核验", path=(node.code,),
+        exchanges=("SR-20261204-0000abcd",), hops_left=3,
+        request=request_digest(application.SerializeToString(deterministic=True)),
+    )  # fmt: skip
+    request = apb.SubmitApplicationRequest(
+        statement=issue(sign.signer, statement, dt.datetime.now(dt.UTC)), application=application
+    )
+
+    async def send() -> list[grpc.StatusCode]:
+        stub = apb_grpc.CrossHubRightsServiceStub(node.federation.channel(node.peer(to.code)))
+        codes = []
+        for _ in range(times):
+            try:
+                await stub.SubmitApplication(request, timeout=20)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as e:
+                codes.append(e.code())
+        return codes
+
+    return node.federation.run(send())
+
+
+def test_a_forged_or_replayed_statement_is_refused(tree: dict[str, Any]) -> None:
+    city, province, county = tree["city"], tree["province"], tree["county"]
+    county_client = county.federation.applications
+    city_client = city.federation.applications
+    assert county_client is not None and city_client is not None
+    # Signed with another hub's key than the calling city's: refused, nothing stored.
+    assert _submit_raw(city, province, county_client, 1) == [grpc.StatusCode.PERMISSION_DENIED]
+    # A statement used twice: the first is taken, the second refused as a replay.
+    assert _submit_raw(city, province, city_client, 2) == [grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED]
+    refusals = province.federation_records_of("rights")
+    assert any("refused:apply" in r and "signed" in r for r in refusals)
+    assert any("refused:apply" in r and "already used" in r for r in refusals)
+
+
+def test_an_application_for_a_remote_entry_is_checked_at_the_county_first(tree: dict[str, Any]) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        _apply(tree, fields=("name", "salary"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "salary" in str(info.value.details())
+    assert not tree["county"].running.hub.store.applications.waiting()
+
+
+def test_an_application_to_the_adjacent_hub_goes_one_hop(tree: dict[str, Any]) -> None:
+    city, county = tree["city"], tree["county"]
+    city.running.add_department(POLICE)
+    steward = city.running.add_person("ga-steward", POLICE.code, m.Role.OWNER_STEWARD)
+    city.running.publish(steward, identity_spec(CITY_ENTRY, POLICE.code))
+    county.sync()
+    applied = _apply(tree, resource_code=CITY_ENTRY)
+    home_id = _seen_at_county(tree, applied.id).cross_hub.home_request_id
+    assert home_id and not any("relay:apply" in r for r in city.federation_records_of("rights"))
+    _call(city, steward, "Approve", pb.ApproveRequest(id=home_id, reason="同意"))
+    approved = _seen_at_county(tree, applied.id)
+    assert approved.status == pb.SHARE_REQUEST_STATUS_APPROVED and approved.cross_hub.home_hub_code == city.code
+    # Nothing reached the province, which homes neither the entry nor the request.
+    listed = _call(tree["province"], tree["steward"], "ListShareRequests", pb.ListShareRequestsRequest())
+    assert not listed.requests
+
+
+def test_the_consoles_show_the_other_hub_of_a_request_that_crosses_hubs(tree: dict[str, Any]) -> None:
+    applied = _apply(tree)
+    home_id = _seen_at_county(tree, applied.id).cross_hub.home_request_id
+    with web_client(tree["county"].running, tree["applicant"]) as county:
+        page = county.get(f"/requests/{applied.id}")
+        assert page.status_code == 200 and "@350000" in page.text and home_id in page.text
+        assert applied.id in county.get("/requests").text
+    with web_client(tree["province"].running, tree["steward"]) as province:
+        inbox = province.get("/inbox")
+        assert inbox.status_code == 200 and home_id in inbox.text and "@350203" in inbox.text
+        assert "@350203" in province.get(f"/inbox/{home_id}").text

@@ -1,0 +1,96 @@
+"""Applications across hubs in the store, on SQLite and PostgreSQL: statements accepted once, requests from
+another hub's department with their link and change sequence, and this hub's applications homed elsewhere."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+
+from exchange import models as m
+from exchange.store import Store
+from exchange.store.applications import SUBMITTED, WAITING, HomeStatus, Incoming
+from exchange.store.rights import RequestStep
+from tests.federation_support import SIMING_MARKET
+from tests.harness import POLICE, TEST_RECORD, identity_spec
+
+ENTRY = "10101/350200000001"
+NOW = dt.datetime.now(dt.UTC)
+APPLICANT = m.PrincipalRef(m.PrincipalKind.PERSON, "sm-clerk@350203")
+
+
+def _request(request_id: str, resource: str = ENTRY) -> m.ShareRequest:
+    app = m.Application(
+        resource, SIMING_MARKET.code, ("sm-djxt",), "企业登记核验", "依法", ("name",), NOW.date(),
+        NOW.date() + dt.timedelta(days=30), 10,
+    )  # fmt: skip
+    return m.ShareRequest(request_id, app, m.ShareRequestStatus.PENDING, APPLICANT, NOW, NOW.date())
+
+
+def test_a_statement_is_accepted_once_until_it_expires(store: Store) -> None:
+    expires = NOW + dt.timedelta(seconds=60)
+    assert store.applications.seen("a" * 32, expires) is False
+    assert store.applications.seen("a" * 32, expires) is True
+    assert store.applications.seen("b" * 32, expires) is False
+
+
+def test_a_request_from_another_hub_names_its_department_and_hub_and_moves_its_sequence(store: Store) -> None:
+    store.registry.add_department(POLICE, audit=TEST_RECORD)
+    store.catalog.create(identity_spec(ENTRY), m.ResourceStatus.PUBLISHED, APPLICANT, "", audit=TEST_RECORD)
+    came = Incoming("350203", "SR-20261204-0000abcd", "350203", SIMING_MARKET.name)
+    applied = m.ShareEvent("applied", APPLICANT, NOW, "企业登记核验")
+    stored = store.applications.add_incoming(
+        RequestStep(_request("SR-20261204-11111111"), applied), came, audit=TEST_RECORD
+    )
+    assert stored.cross_hub is not None and stored.cross_hub.consumer_hub == "350203"
+    assert store.registry.get_department(SIMING_MARKET.code).division_code == "350203"
+    assert store.applications.received("350203", "SR-20261204-0000abcd") == stored.id
+    assert store.applications.received("350200", "SR-20261204-0000abcd") is None
+    [(found, first)] = store.applications.incoming_after("350203", 0, 10)
+    assert found == stored.id and first == store.applications.change_sequence(stored.id)
+    assert store.applications.incoming_after("350203", first, 10) == []
+    assert store.applications.incoming_after("350000", 0, 10) == []
+
+    def approve(current: m.ShareRequest) -> RequestStep:
+        approved = replace(current, status=m.ShareRequestStatus.APPROVED)
+        return RequestStep(approved, m.ShareEvent("approved", APPLICANT, NOW, "同意"))
+
+    store.rights.change_request(stored.id, approve, audit=TEST_RECORD)
+    [(_, second)] = store.applications.incoming_after("350203", first, 10)
+    assert second > first
+    again = store.rights.get_request(stored.id)
+    assert again.cross_hub is not None and again.cross_hub.consumer_request_id == "SR-20261204-0000abcd"
+
+
+def test_an_application_homed_elsewhere_waits_then_follows_its_homes_word_in_order(store: Store) -> None:
+    store.registry.add_department(SIMING_MARKET, audit=TEST_RECORD)
+    request = replace(
+        _request("SR-20261204-22222222", "10101/350000000001"),
+        cross_hub=m.CrossHubLink(home_hub="350000"),
+        history=(m.ShareEvent("applied", APPLICANT, NOW, "企业登记核验"),),
+    )
+    store.applications.add_outgoing(request, "350200", audit=TEST_RECORD)
+    [(waiting, via)] = store.applications.waiting()
+    assert (waiting.id, via, waiting.cross_hub.submission if waiting.cross_hub else "") == (
+        request.id,
+        "350200",
+        WAITING,
+    )
+    store.applications.submission_failed(request.id, "peer hub 350200 cannot be reached")
+    assert store.applications.get_outgoing(request.id).cross_hub.problem  # type: ignore[union-attr]
+    event = m.ShareEvent("home_pending", APPLICANT, NOW)
+    pending = HomeStatus(request.id, "SR-20261204-33333333", m.ShareRequestStatus.PENDING, "", NOW.date(), 0)
+    assert store.applications.record_status(request.id, pending, event, audit=TEST_RECORD)
+    assert store.applications.homes() == [("350000", "350200", 0)]
+    granted = replace(pending, status=m.ShareRequestStatus.GRANTED, sequence=9, grant_id="GR-20261204-44444444")
+    assert store.applications.record_status(request.id, granted, event, audit=TEST_RECORD)
+    stale = replace(pending, sequence=5)
+    assert not store.applications.record_status(request.id, stale, event, audit=TEST_RECORD)
+    seen = store.applications.get_outgoing(request.id)
+    assert (seen.status, seen.grant_id, seen.cross_hub.submission) == (  # type: ignore[union-attr]
+        m.ShareRequestStatus.GRANTED,
+        "GR-20261204-44444444",
+        SUBMITTED,
+    )
+    assert store.applications.homes() == [("350000", "350200", 9)]
+    assert [r.id for r in store.applications.list_outgoing(SIMING_MARKET.code)] == [request.id]
+    assert store.applications.list_outgoing(POLICE.code) == []
