@@ -254,7 +254,7 @@ def test_the_part_of_an_exchange_the_caller_was_not_party_to_is_not_found(
                 part = await stub.GetReceiptPart(request, timeout=timeout)
             except grpc.aio.AioRpcError as e:
                 return e.code(), e.details() or ""
-            return grpc.StatusCode.OK, part.origin
+            return grpc.StatusCode.OK, part.part.origin
 
         peer = city.peer(province.code)
         return city.federation.run(city.federation.call_on(peer, "receipt", rpb_grpc.ReceiptServiceStub, rpc))

@@ -101,13 +101,14 @@ class ReceiptServicer(pb_grpc.ReceiptServiceServicer):
         self.parts = parts
 
     @from_peer((PeerState.ACTIVE,), "fetch a receipt part")
-    def GetReceiptPart(self, request: pb.GetReceiptPartRequest, peer: Peer) -> pb.ReceiptPart:
+    def GetReceiptPart(self, request: pb.GetReceiptPartRequest, peer: Peer) -> pb.GetReceiptPartResponse:
         origin = peer_log(peer).name
         exchange_id = request.exchange_id.strip()[:200]
         found = self.parts.records(exchange_id) if exchange_id else []
         if not any(fields.get("peer_hub") == origin for _, fields in found):
             raise errors.NotFound("exchange", exchange_id or "(none given)")
-        return part_to_wire(self.parts.part(exchange_id, [e for e, _ in found], _witnesses([peer])))
+        part = self.parts.part(exchange_id, [e for e, _ in found], _witnesses([peer]))
+        return pb.GetReceiptPartResponse(part=part_to_wire(part))
 
 
 class CrossReceipts:
@@ -161,7 +162,7 @@ class CrossReceipts:
 
         async def rpc(stub: pb_grpc.ReceiptServiceAsyncStub, timeout: float) -> pb.ReceiptPart:
             try:
-                return await stub.GetReceiptPart(request, timeout=timeout)
+                return (await stub.GetReceiptPart(request, timeout=timeout)).part
             except grpc.aio.AioRpcError as e:
                 if e.code() is not grpc.StatusCode.NOT_FOUND:
                     raise

@@ -37,7 +37,7 @@ class ReceiptServiceStub:
         self.GetReceiptPart = channel.unary_unary(
                 '/exchange.v1.ReceiptService/GetReceiptPart',
                 request_serializer=exchange_dot_v1_dot_receipts__pb2.GetReceiptPartRequest.SerializeToString,
-                response_deserializer=exchange_dot_v1_dot_receipts__pb2.ReceiptPart.FromString,
+                response_deserializer=exchange_dot_v1_dot_receipts__pb2.GetReceiptPartResponse.FromString,
                 _registered_method=True)
 
 
@@ -60,7 +60,7 @@ def add_ReceiptServiceServicer_to_server(servicer, server):
             'GetReceiptPart': grpc.unary_unary_rpc_method_handler(
                     servicer.GetReceiptPart,
                     request_deserializer=exchange_dot_v1_dot_receipts__pb2.GetReceiptPartRequest.FromString,
-                    response_serializer=exchange_dot_v1_dot_receipts__pb2.ReceiptPart.SerializeToString,
+                    response_serializer=exchange_dot_v1_dot_receipts__pb2.GetReceiptPartResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,7 +89,7 @@ class ReceiptService:
             target,
             '/exchange.v1.ReceiptService/GetReceiptPart',
             exchange_dot_v1_dot_receipts__pb2.GetReceiptPartRequest.SerializeToString,
-            exchange_dot_v1_dot_receipts__pb2.ReceiptPart.FromString,
+            exchange_dot_v1_dot_receipts__pb2.GetReceiptPartResponse.FromString,
             options,
             channel_credentials,
             insecure,

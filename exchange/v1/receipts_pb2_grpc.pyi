@@ -35,7 +35,7 @@ class ReceiptServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ReceiptServiceAsyncStub: ...
-    GetReceiptPart: _grpc.UnaryUnaryMultiCallable[_receipts_pb2.GetReceiptPartRequest, _receipts_pb2.ReceiptPart]
+    GetReceiptPart: _grpc.UnaryUnaryMultiCallable[_receipts_pb2.GetReceiptPartRequest, _receipts_pb2.GetReceiptPartResponse]
     """The peer's records of exchange `exchange_id` (its own id of it) with their inclusion proofs under its
     newest checkpoint that the calling hub's witness cosigned, and that checkpoint with its cosignatures.
     NOT_FOUND when no record of that id names the caller; FAILED_PRECONDITION (type NOT_YET_WITNESSED)
@@ -45,7 +45,7 @@ class ReceiptServiceStub:
 @_typing.type_check_only
 class ReceiptServiceAsyncStub(ReceiptServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    GetReceiptPart: _aio.UnaryUnaryMultiCallable[_receipts_pb2.GetReceiptPartRequest, _receipts_pb2.ReceiptPart]  # type: ignore[assignment]
+    GetReceiptPart: _aio.UnaryUnaryMultiCallable[_receipts_pb2.GetReceiptPartRequest, _receipts_pb2.GetReceiptPartResponse]  # type: ignore[assignment]
     """The peer's records of exchange `exchange_id` (its own id of it) with their inclusion proofs under its
     newest checkpoint that the calling hub's witness cosigned, and that checkpoint with its cosignatures.
     NOT_FOUND when no record of that id names the caller; FAILED_PRECONDITION (type NOT_YET_WITNESSED)
@@ -58,7 +58,7 @@ class ReceiptServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _receipts_pb2.GetReceiptPartRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_receipts_pb2.ReceiptPart, _abc.Awaitable[_receipts_pb2.ReceiptPart]]:
+    ) -> _typing.Union[_receipts_pb2.GetReceiptPartResponse, _abc.Awaitable[_receipts_pb2.GetReceiptPartResponse]]:
         """The peer's records of exchange `exchange_id` (its own id of it) with their inclusion proofs under its
         newest checkpoint that the calling hub's witness cosigned, and that checkpoint with its cosignatures.
         NOT_FOUND when no record of that id names the caller; FAILED_PRECONDITION (type NOT_YET_WITNESSED)
