@@ -1,0 +1,147 @@
+"""Subscriptions under faults, with real hub processes and a real departmental table (issue 16).
+
+10,000 changes written to a front-end table while a consumer follows with random disconnections and the hub
+is SIGKILLed twice and started again on the same store: every change arrives, in order, without a hole,
+repeated only when unacknowledged, and every batch sent is in the verified audit log. On SQLite and on
+PostgreSQL (hub store and front end alike). The random choices are seeded; the seed is printed (a failing
+run shows it; set SUBSCRIPTION_FAULT_SEED to replay one).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from exchange.cli.client import HubClient
+from exchange.config import Settings
+from exchange.v1 import subscription_pb2 as spb
+from tests.change_follower import Consumer, Writer, check_delivery, create_table, publish_changes, subscribe
+from tests.exchange_world import make_world
+from tests.harness import base_settings, running_hub
+from tests.hub_process import HubProcess, free_port, verified_log
+
+TOTAL = 10_000
+STUCK_LIMIT = 300.0  # seconds without reaching the next step: a hang, not a slow machine
+SUBSCRIPTION_ENV = {
+    "EXCHANGE_ALLOW_SQLITE_BACKENDS": "true",
+    "EXCHANGE_BACKEND_HOSTS": "127.0.0.0/8,::1",
+    "EXCHANGE_SUBSCRIPTION_POLL_SECONDS": "0.05",
+    "EXCHANGE_SUBSCRIPTION_BATCH_SIZE": "500",
+    # A killed process's poll and reader leases run out after 2 s: the next process takes over then.
+    "EXCHANGE_SUBSCRIPTION_LEASE_SECONDS": "2",
+}
+
+
+def seed() -> int:
+    chosen = int(os.environ.get("SUBSCRIPTION_FAULT_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"SUBSCRIPTION_FAULT_SEED={chosen}")
+    return chosen
+
+
+@contextmanager
+def fresh_database(admin: str) -> Iterator[str]:
+    """Another empty PostgreSQL database (the department's front end beside the hub's store), dropped after."""
+    name = f"exchange_frontend_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with engine.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The hub's store ("": the home's SQLite file) and the police front end, both of the parameter's kind."""
+    if request.param == "sqlite":
+        yield "", f"sqlite:///{tmp_path / 'ga-qzk.db'}"
+        return
+    store: str = request.getfixturevalue("postgres_url")
+    with fresh_database(request.getfixturevalue("postgres_admin")) as frontend:
+        yield store, frontend
+
+
+def test_ten_thousand_changes_through_random_disconnections_and_two_sigkills(
+    tmp_path: Path, databases: tuple[str, str]
+) -> None:
+    rng = random.Random(seed())
+    store, frontend = databases
+    engine = create_table(frontend)
+    settings = base_settings(tmp_path / "hub", store)
+    with running_hub(settings) as setup:  # members, the bound resource, its grant and the subscription
+        world = make_world(setup)
+        publish_changes(world, frontend)
+        subscription = subscribe(world)
+    env = {**SUBSCRIPTION_ENV, **({"EXCHANGE_DATABASE_URL": store} if store else {})}
+    hub = HubProcess(settings, free_port(), tmp_path / "hub.log", env)
+    hub.start(world.consumer_system)
+    consumer = Consumer(hub.address, world.consumer_system, subscription, TOTAL, random.Random(rng.random()))
+    writer = Writer(engine, TOTAL, consumer.versions, random.Random(rng.random()))
+    threads = [threading.Thread(target=writer.run), threading.Thread(target=consumer.run)]
+    for t in threads:
+        t.start()
+    try:
+        for at in sorted(rng.sample(range(1_500, 8_000), 2)):  # two SIGKILLs, at random points of the run
+            _until(partial(_reached, consumer, at), consumer)
+            hub.kill()
+            hub.start(world.consumer_system)
+        _until(partial(_reached, consumer, 0), consumer)
+    finally:
+        consumer.stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        got = _state(hub, world.consumer_system, subscription)
+        hub.stop()
+        engine.dispose()
+    assert writer.failure is None and consumer.failure is None, (writer.failure, consumer.failure)
+    assert check_delivery(consumer, writer.written) == []
+    assert (got.last_sequence, got.acknowledged_sequence, got.pending) == (len(consumer.by_sequence),) * 2 + (0,)
+    _assert_batches_audited(settings, consumer)
+    print(
+        f"{TOTAL} changes in {len(consumer.by_sequence)} sequences over {consumer.follows} follows and "
+        f"{len(consumer.batches)} batches; {consumer.duplicates} sent again; retried: {dict(consumer.retried)}"
+    )
+
+
+def _reached(consumer: Consumer, changes: int) -> bool:
+    """Whether the consumer received ``changes`` changes (0: all, acknowledged), or failed."""
+    enough = len(consumer.versions) >= changes if changes else consumer.done
+    return enough or consumer.failure is not None
+
+
+def _until(check: Callable[[], bool], consumer: Consumer) -> None:
+    """Waits for ``check()``; a run stuck for STUCK_LIMIT seconds fails, naming where the consumer stands."""
+    deadline = time.monotonic() + STUCK_LIMIT
+    while not check():
+        assert time.monotonic() < deadline, f"stuck at {len(consumer.versions)} changes: {consumer.retried}"
+        time.sleep(0.01)
+
+
+def _state(hub: HubProcess, identity: Path, subscription: str) -> spb.Subscription:
+    with HubClient(hub.client_settings, identity) as c:
+        request = spb.GetSubscriptionRequest(id=subscription)
+        return c.call(c.subscriptions.GetSubscription, request).subscription
+
+
+def _assert_batches_audited(settings: Settings, consumer: Consumer) -> None:
+    """Every batch the consumer received has its ok record, with its sequences and size, in the verified log."""
+    report, records = verified_log(settings)
+    by_id = {str(r["exchange_id"]): r for r in records if r["kind"] == "exchange" and r["outcome"] == "ok"}
+    for exchange_id, first, last in consumer.batches:
+        record = by_id.get(exchange_id)
+        assert record is not None, f"batch {first}..{last} ({exchange_id}) is not in the verified log"
+        assert record["rows"] == last - first + 1 and f"changes {first}..{last}" in str(record["reason"])
+    assert report.entries >= len(set(consumer.batches))
