@@ -98,7 +98,8 @@ def subscribe(world: World, identity: Path | None = None) -> str:
 
 @dataclass
 class Writer:
-    """Writes ``total`` changes to ``hj``, ``chunk`` per transaction; ``written[v]`` is change v's (key, name)."""
+    """Writes ``total`` changes to ``hj`` (or until stopped), ``chunk`` per transaction; ``written[v]`` is change
+    v's (key, name), noted before its transaction commits."""
 
     engine: Engine
     total: int
@@ -107,6 +108,7 @@ class Writer:
     chunk: int = 25
     written: dict[int, tuple[str, str]] = field(default_factory=dict)
     failure: BaseException | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         try:
@@ -118,7 +120,7 @@ class Writer:
         current: dict[str, int] = {}
         keys: list[str] = []
         version = 0
-        while version < self.total:
+        while version < self.total and not self.stop.is_set():
             with self.engine.begin() as c:
                 for _ in range(min(self.chunk, self.total - version)):
                     version += 1
@@ -185,8 +187,8 @@ class Consumer:
             self.failure = e
 
     def _follow_once(self) -> None:
-        with _channel(self.address, self.identity) as channel:
-            stub = subscription_pb2_grpc.SubscriptionServiceStub(channel)
+        with channel(self.address, self.identity) as opened:
+            stub = subscription_pb2_grpc.SubscriptionServiceStub(opened)
             request = spb.FollowRequest(id=self.subscription, batch_size=self.rng.choice((0, 50, 100, 250)))
             stream: Any = stub.Follow(request, timeout=120)  # an iterator that cancel() ends
             self.follows += 1
@@ -232,7 +234,7 @@ class Consumer:
 
 
 @contextmanager
-def _channel(address: str, identity: Path) -> Iterator[grpc.Channel]:
+def channel(address: str, identity: Path) -> Iterator[grpc.Channel]:
     """A channel of its own (a follow after a kill does not wait out an older channel's reconnection backoff)."""
     files = pki.IdentityFiles(identity)
     credentials = grpc.ssl_channel_credentials(files.ca.read_bytes(), files.key.read_bytes(), files.cert.read_bytes())

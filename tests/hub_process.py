@@ -70,7 +70,7 @@ class HubProcess:
         }
         with self.log.open("ab") as sink:  # a file, not a pipe: a full pipe would block the hub
             command = [sys.executable, "-m", "exchange.cli.main", "serve"]
-            self.process = subprocess.Popen(command, cwd=PROJECT, env=env, stderr=sink)
+            self.process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=sink, stderr=sink)
         self._wait(identity)
 
     def _wait(self, identity: Path) -> None:
