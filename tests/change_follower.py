@@ -106,6 +106,7 @@ class Writer:
     seen: set[int]  # versions the consumer received (read only here)
     rng: random.Random
     chunk: int = 25
+    updates: float = 0.25  # the share of writes that update a row (one whose version ``seen`` holds)
     written: dict[int, tuple[str, str]] = field(default_factory=dict)
     failure: BaseException | None = None
     stop: threading.Event = field(default_factory=threading.Event)
@@ -124,7 +125,7 @@ class Writer:
             with self.engine.begin() as c:
                 for _ in range(min(self.chunk, self.total - version)):
                     version += 1
-                    key = self.rng.choice(keys) if keys and self.rng.random() < 0.25 else ""
+                    key = self.rng.choice(keys) if keys and self.rng.random() < self.updates else ""
                     name = f"名{version}"
                     if key and current[key] in self.seen:
                         c.execute(
@@ -156,6 +157,8 @@ class Consumer:
     subscription: str
     total: int
     rng: random.Random
+    most_batches: int = 4  # a follow is left after 1..most_batches batches
+    ack_rate: float = 0.6  # the share of batches acknowledged
     by_sequence: dict[int, Got] = field(default_factory=dict)
     versions: set[int] = field(default_factory=set)
     batches: list[tuple[str, int, int]] = field(default_factory=list)  # exchange id, first, last
@@ -192,11 +195,11 @@ class Consumer:
             request = spb.FollowRequest(id=self.subscription, batch_size=self.rng.choice((0, 50, 100, 250)))
             stream: Any = stub.Follow(request, timeout=120)  # an iterator that cancel() ends
             self.follows += 1
-            leave_after, previous = self.rng.randint(1, 4), -1
+            leave_after, previous = self.rng.randint(1, self.most_batches), -1
             try:
                 for message in stream:
                     previous = self._take(message, previous)
-                    if self.rng.random() < 0.6 or len(self.versions) >= self.total:
+                    if self.rng.random() < self.ack_rate or len(self.versions) >= self.total:
                         self._acknowledge(stub, previous)
                     leave_after -= 1
                     if leave_after == 0 or self.done:

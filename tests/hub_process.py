@@ -56,6 +56,11 @@ class HubProcess:
         return f"localhost:{self.port}"
 
     @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
     def client_settings(self) -> Settings:
         return replace(self.settings, hub_address=self.address)
 

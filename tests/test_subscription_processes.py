@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import create_engine, text
 
 from audit.note import Verifier
 from audit.records import parse_entry_line
@@ -22,11 +23,20 @@ from audit.verify import verify_export
 from exchange import values
 from exchange.auditlog.export import export_lines
 from exchange.models import ResourceStatus
+from exchange.store.poll_shares import taken_over
 from exchange.v1 import rights_pb2 as rpb
 from exchange.v1 import subscription_pb2 as spb
 from exchange.v1 import subscription_pb2_grpc
 from policy.decision import Question
-from tests.change_follower import Writer, channel, create_table, publish_changes, subscribe
+from tests.change_follower import (
+    Consumer,
+    Writer,
+    channel,
+    check_delivery,
+    create_table,
+    publish_changes,
+    subscribe,
+)
 from tests.exchange_world import LOOKUP, PERSON_ID, PURPOSE, REGISTRY, make_world
 from tests.harness import RunningHub, base_settings, reason_of, running_hub
 from tests.hub_process import hub_process
@@ -37,6 +47,7 @@ ENV = {
     "EXCHANGE_SUBSCRIPTION_POLL_SECONDS": "0.05",
     "EXCHANGE_SUBSCRIPTION_LEASE_SECONDS": "2",
 }
+SHARED = 3_000  # changes each of the shared subscriptions receives
 WAIT_LIMIT = 120.0  # seconds for a step that takes a few: a hang, not a slow machine
 
 
@@ -176,3 +187,74 @@ def test_a_process_not_yet_told_of_a_revocation_sends_nothing_after_it(tmp_path:
 def _follow(stub: subscription_pb2_grpc.SubscriptionServiceStub, subscription: str) -> Any:
     """A Follow call: an iterator of its messages that ``cancel()`` ends."""
     return stub.Follow(spb.FollowRequest(id=subscription), timeout=30)
+
+
+def test_two_processes_share_subscriptions_and_a_killed_ones_polls_move_to_the_other(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    frontend = f"sqlite:///{tmp_path / 'ga-qzk.db'}"
+    engine = create_table(frontend)
+    settings = base_settings(tmp_path / "hub", postgres_url)
+    with running_hub(settings) as setup:
+        world = make_world(setup)
+        publish_changes(world, frontend)
+        subs = [subscribe(world) for _ in range(4)]
+    env = {**ENV, "EXCHANGE_DATABASE_URL": postgres_url}
+    system = world.consumer_system
+    with (
+        hub_process(settings, system, tmp_path / "a.log", env) as a,
+        hub_process(settings, system, tmp_path / "b.log", env) as b,
+    ):
+        pids = {a.pid: "a", b.pid: "b"}
+        _until(lambda: set(_pollers(postgres_url, subs, pids).values()) == {"a", "b"}, "polls spread over both")
+        rng = random.Random(11)
+        readers = [  # one reader per subscription, half through each process; each acknowledges every batch
+            Consumer((a, b)[n % 2].address, system, sub, SHARED, random.Random(rng.random()), 10**6, 1.0)
+            for n, sub in enumerate(subs)
+        ]
+        writer = Writer(engine, SHARED, set(), random.Random(rng.random()), updates=0.0)
+        threads = [threading.Thread(target=writer.run), *(threading.Thread(target=r.run) for r in readers)]
+        for t in threads:
+            t.start()
+        try:
+            _until(lambda: min(len(r.versions) for r in readers) >= SHARED // 3, "a third delivered to each")
+            b.kill()
+            for r in readers:
+                r.address = a.address
+            _until(lambda: set(_pollers(postgres_url, subs, pids).values()) == {"a"}, "B's polls taken over by A")
+            _until(lambda: all(r.done or r.failure for r in readers), "every change delivered to every reader")
+        finally:
+            writer.stop.set()
+            for r in readers:
+                r.stop.set()
+            for t in threads:
+                t.join(timeout=60)
+    assert writer.failure is None and [r.failure for r in readers] == [None] * 4
+    for r in readers:
+        assert check_delivery(r, writer.written) == []
+    # Each change went once to each live reader: again only to those followed through B when it was killed.
+    assert [r.duplicates for r in readers[::2]] == [0, 0]
+    assert all(r.follows == 1 for r in readers[::2])
+
+
+def _pollers(store: str, subs: list[str], pids: dict[int, str]) -> dict[str, str]:
+    """Which process ("a", "b") holds each subscription's live poll lease, by the pid in its holder name."""
+    engine = create_engine(store)
+    try:
+        with engine.connect() as c:
+            rows = c.execute(
+                text("SELECT id, poll_holder FROM subscriptions WHERE poll_expires > now() AT TIME ZONE 'UTC'")
+            ).all()
+    finally:
+        engine.dispose()
+    return {str(i): pids.get(int(str(h).split(":")[1]), "?") for i, h in rows if i in subs and h}
+
+
+def test_a_process_takes_leases_over_only_from_processes_above_their_share() -> None:
+    leases = [(f"SB-{n}", "a") for n in range(5)]
+    assert taken_over(leases, "b", 5) == [("SB-0", "a"), ("SB-1", "a")]  # a keeps its share of 3
+    assert taken_over([*leases[:3], ("SB-3", "b"), ("SB-4", "b")], "b", 5) == []  # balanced: nothing moves
+    assert taken_over([*leases[:3], ("SB-3", "b"), ("SB-4", "b")], "a", 5) == []
+    assert taken_over([("SB-0", "a"), ("SB-1", "a"), ("SB-2", "b")], "c", 4) == []  # share 2: c takes the free one
+    assert taken_over([*leases[:4], ("SB-4", "b")], "c", 6) == [("SB-0", "a"), ("SB-1", "a")]  # share 2
+    assert taken_over([], "a", 3) == []
