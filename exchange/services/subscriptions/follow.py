@@ -26,6 +26,7 @@ from exchange.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     ResourceExhausted,
 )
@@ -230,7 +231,7 @@ class Follower:
         require_id(subscription_id)
         try:
             sub = self._store.subscriptions.get(subscription_id)
-        except ExchangeError:
+        except NotFound:  # a store that cannot answer is UNAVAILABLE, not a refusal: the follower retries
             sub = None
         if sub is None or str(actor.ref) != f"system/{sub.consumer_system}":
             raise PermissionDenied(
