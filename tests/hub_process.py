@@ -6,12 +6,16 @@ same keys), so a client that reconnects to the address reaches the new process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
+import pytest
 
 from audit.note import Verifier
 from audit.records import parse_entry_line
@@ -131,3 +136,70 @@ def verified_log(settings: Settings) -> tuple[Report, list[dict[str, object]]]:
     report = verify_export(lines, verifier)
     records = [json.loads(r) for r in (parse_entry_line(x)[2] for x in lines[1:] if x.startswith("E\t")) if r]
     return report, records
+
+
+class PrivateCluster:
+    """A PostgreSQL cluster of this test's own (initdb, pg_ctl), on a free port, to stop and start at will.
+
+    initdb refuses to run as root, so as root the cluster is made and run as the ``postgres`` user.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    @staticmethod
+    def unavailable() -> str:
+        """Why no private cluster can be made here ("" when one can)."""
+        if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+            return "initdb and pg_ctl are not installed"
+        if os.geteuid() == 0 and (shutil.which("runuser") is None or not _user_exists("postgres")):
+            return "running as root without a postgres user to run initdb as"
+        return ""
+
+    def _run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        done = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, f"{' '.join(command)}: {done.stdout}{done.stderr}"
+
+    def create(self) -> None:
+        self.directory.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.directory / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.directory / "data"), "-o", options, "-l", str(self.directory / "log"),
+                  "-w", "start")  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.directory / "data"), "-m", mode, "-w", "stop")
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@contextmanager
+def private_cluster() -> Iterator[PrivateCluster]:
+    """A private cluster in a new directory (its owner must reach it: not under the tests' root-only temp dir)."""
+    reason = PrivateCluster.unavailable()
+    if reason:
+        pytest.skip(f"no private PostgreSQL cluster: {reason}")
+    parent = Path(tempfile.mkdtemp(prefix="exchange-pg-"))
+    parent.chmod(0o755)
+    cluster = PrivateCluster(parent / "cluster")
+    try:
+        cluster.create()
+        yield cluster
+    finally:
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            cluster.stop("immediate")
+        shutil.rmtree(parent, ignore_errors=True)

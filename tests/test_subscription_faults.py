@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import grpc
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -28,9 +29,10 @@ from exchange.v1 import subscription_pb2 as spb
 from tests.change_follower import Consumer, Writer, check_delivery, create_table, publish_changes, subscribe
 from tests.exchange_world import make_world
 from tests.harness import base_settings, running_hub
-from tests.hub_process import HubProcess, free_port, verified_log
+from tests.hub_process import HubProcess, free_port, hub_process, private_cluster, verified_log
 
 TOTAL = 10_000
+RESTARTED = 3_000  # changes written while PostgreSQL is restarted
 STUCK_LIMIT = 300.0  # seconds without reaching the next step: a hang, not a slow machine
 SUBSCRIPTION_ENV = {
     "EXCHANGE_ALLOW_SQLITE_BACKENDS": "true",
@@ -145,3 +147,48 @@ def _assert_batches_audited(settings: Settings, consumer: Consumer) -> None:
         assert record is not None, f"batch {first}..{last} ({exchange_id}) is not in the verified log"
         assert record["rows"] == last - first + 1 and f"changes {first}..{last}" in str(record["reason"])
     assert report.entries >= len(set(consumer.batches))
+
+
+def test_postgresql_restarted_while_a_subscription_is_followed_and_polled(tmp_path: Path) -> None:
+    rng = random.Random(seed())
+    frontend = f"sqlite:///{tmp_path / 'ga-qzk.db'}"
+    engine = create_table(frontend)
+    with private_cluster() as cluster:
+        settings = base_settings(tmp_path / "hub", cluster.url)
+        with running_hub(settings) as setup:
+            world = make_world(setup)
+            publish_changes(world, frontend)
+            subscription = subscribe(world)
+        env = {**SUBSCRIPTION_ENV, "EXCHANGE_DATABASE_URL": cluster.url}
+        with hub_process(settings, world.consumer_system, tmp_path / "hub.log", env) as hub:
+            follower = random.Random(rng.random())
+            consumer = Consumer(hub.address, world.consumer_system, subscription, RESTARTED, follower)
+            writer = Writer(engine, RESTARTED, consumer.versions, random.Random(rng.random()))
+            threads = [threading.Thread(target=writer.run), threading.Thread(target=consumer.run)]
+            for t in threads:
+                t.start()
+            try:
+                _until(partial(_reached, consumer, RESTARTED // 3), consumer)
+                cluster.stop()
+                down = _refusal_while_down(hub, world.consumer_system, subscription)
+                cluster.start()
+                _until(partial(_reached, consumer, 0), consumer)
+            finally:
+                consumer.stop.set()
+                for t in threads:
+                    t.join(timeout=120)
+                engine.dispose()
+            got = _state(hub, world.consumer_system, subscription)
+    assert down.code() == grpc.StatusCode.UNAVAILABLE, f"{down.code()}: {down.details()}"
+    assert writer.failure is None and consumer.failure is None, (writer.failure, consumer.failure)
+    assert check_delivery(consumer, writer.written) == []
+    assert (got.last_sequence, got.acknowledged_sequence, got.pending) == (len(consumer.by_sequence),) * 2 + (0,)
+    print(f"while down: {down.details()}; retried: {dict(consumer.retried)}")
+
+
+def _refusal_while_down(hub: HubProcess, identity: Path, subscription: str) -> grpc.Call:
+    """The status of asking for the subscription while the store is down (it must not answer from memory)."""
+    with pytest.raises(grpc.RpcError) as info:
+        _state(hub, identity, subscription)
+    assert isinstance(info.value, grpc.Call)
+    return info.value
