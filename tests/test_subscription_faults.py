@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 
 from exchange.cli.client import HubClient
 from exchange.config import Settings
@@ -192,3 +192,72 @@ def _refusal_while_down(hub: HubProcess, identity: Path, subscription: str) -> g
         _state(hub, identity, subscription)
     assert isinstance(info.value, grpc.Call)
     return info.value
+
+
+def test_a_hub_killed_between_fetching_changes_and_recording_them_loses_and_repeats_nothing(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The test holds the subscription's row locked, so the hub's poll fetches the new changes and then waits to
+    append them; seen waiting (by PostgreSQL), the hub is SIGKILLed. The next process fetches them again, once."""
+    frontend = f"sqlite:///{tmp_path / 'ga-qzk.db'}"
+    engine = create_table(frontend)
+    settings = base_settings(tmp_path / "hub", postgres_url)
+    with running_hub(settings) as setup:
+        world = make_world(setup)
+        publish_changes(world, frontend)
+        subscription = subscribe(world)
+    env = {**SUBSCRIPTION_ENV, "EXCHANGE_DATABASE_URL": postgres_url}
+    store = create_engine(postgres_url)
+    hub = HubProcess(settings, free_port(), tmp_path / "hub.log", env)
+    hub.start(world.consumer_system)
+    written: dict[int, tuple[str, str]] = {}
+    try:
+        with store.connect() as lock:
+            _hold_until_append_waits(lock, subscription, engine, written)
+            hub.kill()
+            lock.rollback()
+        hub.start(world.consumer_system)
+        consumer = Consumer(hub.address, world.consumer_system, subscription, len(written), random.Random(2), 9, 1.0)
+        consumer.run()
+        got = _state(hub, world.consumer_system, subscription)
+    finally:
+        hub.stop()
+        store.dispose()
+        engine.dispose()
+    assert consumer.failure is None and check_delivery(consumer, written) == []
+    assert consumer.duplicates == 0 and (got.last_sequence, got.pending) == (len(written), 0)
+
+
+def _hold_until_append_waits(
+    lock: Connection, subscription: str, engine: Engine, written: dict[int, tuple[str, str]]
+) -> None:
+    """Locks the subscription's row, writes changes, and returns once the hub's append waits for the lock (its
+    fetch done). Anything else caught by the lock first (a poll lease renewal) is let through and the lock taken
+    again; changes appended meanwhile are followed by new ones."""
+    deadline = time.monotonic() + STUCK_LIMIT
+    while True:
+        row = lock.execute(text(_LOCK), {"id": subscription}).one()
+        if row.next_sequence > len(written):  # every change written so far is in the window: write more
+            _insert(engine, written, 5)
+        waiting = [str(q).lstrip().upper() for q in lock.execute(text(_WAITING)).scalars()]
+        if any(q.startswith("SELECT SUBSCRIPTIONS.") and q.endswith("FOR UPDATE") for q in waiting):
+            return
+        if waiting or row.next_sequence > len(written):
+            lock.rollback()
+        assert time.monotonic() < deadline, f"the hub's append never waited for the lock: {waiting}"
+        time.sleep(0.01)
+
+
+def _insert(engine: Engine, written: dict[int, tuple[str, str]], count: int) -> None:
+    with engine.begin() as c:
+        for version in range(len(written) + 1, len(written) + count + 1):
+            key, name = f"R{version:05d}", f"名{version}"
+            c.execute(text("INSERT INTO hj VALUES (:k, :n, :v)"), {"k": key, "n": name, "v": version})
+            written[version] = (key, name)
+
+
+_LOCK = "SELECT next_sequence FROM subscriptions WHERE id = :id FOR UPDATE"
+_WAITING = (
+    "SELECT query FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+    "AND pid <> pg_backend_pid()"
+)
