@@ -23,6 +23,7 @@ from exchange.models import Page
 from exchange.paging import PageRequest
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
+from exchange.store.poll_shares import taken_over
 from exchange.store.recorded import RecordedWrites
 from exchange.store.schema import PendingChangeRow, SubscriptionRow
 
@@ -116,7 +117,6 @@ class SubscriptionStore:
         self._recorded = recorded
 
     # Administrative changes, each with its audit record
-
     def add(self, subscription: Subscription, *, audit: AuditRecord) -> Subscription:
         with self._recorded.write(audit) as s:
             s.add(_row_of(subscription))
@@ -181,15 +181,24 @@ class SubscriptionStore:
             ids = list(s.scalars(select(SubscriptionRow.id).where(active, due)))
         for subscription_id in ids:
             with self._db.write() as s:
-                s.execute(
-                    update(SubscriptionRow)
-                    .where(SubscriptionRow.id == subscription_id, active, due)
-                    .values(poll_holder=holder, poll_expires=now + lease)
-                )
+                taken = update(SubscriptionRow).where(SubscriptionRow.id == subscription_id, active, due)
+                s.execute(taken.values(poll_holder=holder, poll_expires=now + lease))
+        self._balance(holder, now, lease)
         with self._db.read() as s:
             held = SubscriptionRow.poll_holder == holder
             mine = list(s.scalars(select(SubscriptionRow.id).where(active, held, SubscriptionRow.poll_expires > now)))
         return [self.get(i) for i in mine]
+
+    def _balance(self, holder: str, now: dt.datetime, lease: dt.timedelta) -> None:
+        """Takes leases over from processes holding more than their share (``poll_shares``)."""
+        live = and_(SubscriptionRow.status == SubscriptionStatus.ACTIVE.value, SubscriptionRow.poll_expires > now)
+        with self._db.read() as s:
+            active = s.scalar(select(func.count()).where(SubscriptionRow.status == SubscriptionStatus.ACTIVE.value))
+            held = s.execute(select(SubscriptionRow.id, SubscriptionRow.poll_holder).where(live)).all()
+        for subscription_id, other in taken_over([(str(i), str(h)) for i, h in held], holder, active or 0):
+            mine = SubscriptionRow.id == subscription_id, SubscriptionRow.poll_holder == other, live
+            with self._db.write() as s:
+                s.execute(update(SubscriptionRow).where(*mine).values(poll_holder=holder, poll_expires=now + lease))
 
     def release_polls(self, holder: str) -> None:
         """Gives up ``holder``'s poll leases (a clean stop): other processes take them over at once."""

@@ -26,10 +26,12 @@ from exchange.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     ResourceExhausted,
 )
 from exchange.models import MaskKind, Principal, PrincipalKind
+from exchange.services.auditing import now_text
 from exchange.services.exchange.answers import Identify, new_exchange_id
 from exchange.services.exchange.record import Recorder, refused, since
 from exchange.services.subscriptions.terms import Terms, ask_of, require_id
@@ -160,6 +162,7 @@ class Follower:
         changes = await asyncio.to_thread(self._store.subscriptions.pending, sub.id, sent, size)
         if not changes:
             return None
+        began = now_text()  # the batch's record bears a time before its grant was asked: see _record
         decision = await self._check(actor, sub, consume=True)
         if decision is None:
             return None  # the grant's rate: the batch waits a moment
@@ -168,15 +171,16 @@ class Follower:
             gap = Gap(exposed[0].sequence, exposed[-1].sequence, remasked=True)
             await asyncio.to_thread(self._store.subscriptions.delivered, sub.id, holder, gap.last)
             return gap
-        delivery = await self._record(actor, sub, decision, changes)
+        delivery = await self._record(actor, sub, decision, changes, began)
         await asyncio.to_thread(self._store.subscriptions.delivered, sub.id, holder, changes[-1].sequence)
         self._delivered(sub.resource_code, len(changes))
         return delivery
 
     async def _check(self, actor: Principal, sub: Subscription, *, consume: bool) -> Decision | None:
-        """The grant's decision for the next batch; a refusal is recorded and raised (the rate: None)."""
+        """The grant's decision for the next batch (``consume``: by the grant as the store holds it now); a refusal
+        is recorded and raised (the rate: None)."""
         decision = await asyncio.to_thread(self._terms.decide, actor.ref.code, actor.department_code, ask_of(sub),
-                                           consume=consume)  # fmt: skip
+                                           consume=consume, fresh=consume)  # fmt: skip
         if decision.allowed:
             return decision
         if decision.reason is DenyReason.RATE_LIMITED or (not consume and decision.reason in _QUOTA):
@@ -187,9 +191,11 @@ class Follower:
         raise error.recorded_as(record.exchange_id)
 
     async def _record(
-        self, actor: Principal, sub: Subscription, decision: Decision, changes: list[PendingChange]
+        self, actor: Principal, sub: Subscription, decision: Decision, changes: list[PendingChange], began: str
     ) -> Delivery:
-        """Commits the batch's audit record (durably) before it may be sent."""
+        """Commits the batch's audit record (durably) before it may be sent. Its time is ``began``, taken before
+        the grant was read from the store: so a batch sent is always recorded before a revocation's commit, even
+        when it is sent after it (it was allowed by the grant as it stood then)."""
         started = time.monotonic()
         exchange_id = new_exchange_id()
         masks = tuple(m for m in decision.masks if m[0] in sub.fields)
@@ -198,6 +204,7 @@ class Follower:
         subjects = sorted({*opening.data_subjects, *(h for c in changes for h in c.subjects)})
         record = replace(
             opening,
+            time=began,
             outcome="ok",
             grant=decision.grant_id,
             masks=[f"{f}={k.value}" for f, k in masks],
@@ -236,7 +243,7 @@ class Follower:
         require_id(subscription_id)
         try:
             sub = self._store.subscriptions.get(subscription_id)
-        except ExchangeError:
+        except NotFound:  # a store that cannot answer is UNAVAILABLE, not a refusal: the follower retries
             sub = None
         if sub is None or str(actor.ref) != f"system/{sub.consumer_system}":
             raise PermissionDenied(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from exchange.backend import Backend, ChangeRequest
 from exchange.errors import ExchangeError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from exchange.models import Binding, Resource, ResourceStatus
+from exchange.models import Binding, GrantStatus, Resource, ResourceStatus
 from exchange.services.exchange import BackendPool
 from exchange.services.exchange.admit import typed_filters
 from exchange.services.exchange.answers import Ask
@@ -59,13 +59,28 @@ class Terms:
         except ExchangeError:
             return False
 
-    def decide(self, system: str, department: str, ask: Ask, *, consume: bool) -> Decision:
-        """The grant decision for ``ask`` by ``system`` of ``department`` today."""
+    def decide(self, system: str, department: str, ask: Ask, *, consume: bool, fresh: bool = False) -> Decision:
+        """The grant decision for ``ask`` by ``system`` of ``department`` today; ``fresh``: by the grant as the
+        store holds it now (see ``_reread``)."""
         resource = self.entry(ask.resource_code)[0]
         filters = tuple(ask.filters)
         asked = tuple(dict.fromkeys((*ask.fields, *filters)))
         question = Question(system, department, ask.resource_code, ask.purpose, asked, filters)
-        return self._decisions.decide(question, resource.status, self._clock().date(), consume=consume)
+        today = self._clock().date()
+        if fresh:
+            self._reread(question, resource.status, today)
+        return self._decisions.decide(question, resource.status, today, consume=consume)
+
+    def _reread(self, question: Question, status: ResourceStatus, today: dt.date) -> None:
+        """Reads the grant that would decide ``question`` from the store and, if it was suspended or revoked there,
+        tells this process's decision point at once. Another process's change reaches this one by a notice
+        that takes a moment; a poll or a batch asking in that moment would otherwise go by the grant as it was,
+        and a change made after the revocation's commit could still be sent. One read per poll and per batch."""
+        probe = self._decisions.decide(question, status, today, consume=False)
+        if probe.grant_id:
+            stored = self._store.rights.get_grant(probe.grant_id)
+            if stored.status is not GrantStatus.ACTIVE:
+                self._decisions.update(stored)
 
     def require(self, sub: Subscription, *, consume: bool) -> Decision:
         """The decision for a batch of ``sub``; raises the refusal (quota and rate too: the caller decides)."""
@@ -75,8 +90,9 @@ class Terms:
         return decision
 
     def standing(self, sub: Subscription) -> Decision | None:
-        """The decision if the grant lets ``sub`` go on (quota aside), else None: nothing is fetched or sent."""
-        decision = self.decide(sub.consumer_system, sub.consumer_department, ask_of(sub), consume=False)
+        """The decision if the grant, as the store holds it, lets ``sub`` go on (quota aside), else None: nothing
+        is fetched."""
+        decision = self.decide(sub.consumer_system, sub.consumer_department, ask_of(sub), consume=False, fresh=True)
         return decision if decision.allowed else None
 
     def source(self, code: str) -> tuple[Resource, Binding, Backend]:
