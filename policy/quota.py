@@ -138,6 +138,20 @@ class DailyQuota:
             self._free[key] -= 1
             return True
 
+    def take_held(self, grant_id: str, day: dt.date) -> bool:
+        """Uses one call of a block this process holds, without waiting; False (nothing used) when that
+        would need the shared counter, or the lock is held (by a thread writing to the counter)."""
+        key = (grant_id, day)
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._free.get(key):
+                return False
+            self._free[key] -= 1
+            return True
+        finally:
+            self._lock.release()
+
     def beat(self, ttl: float) -> None:
         """Renews this process's holder record for ``ttl`` seconds and parks its free calls under it.
 
