@@ -17,7 +17,7 @@ from tests.test_decision import PUBLISHED, TODAY, _ask, _grant
 
 def _point(**grant: object) -> tuple[DecisionPoint, LocalLeases]:
     leases = LocalLeases()  # stands for the store's shared counter
-    return DecisionPoint([_grant(**grant)], quota=DailyQuota(leases, block=2)), leases
+    return DecisionPoint([_grant("GR-1", **grant)], quota=DailyQuota(leases, block=2)), leases
 
 
 def test_a_held_decision_uses_only_a_leased_block_and_counts_like_one_that_waits() -> None:
