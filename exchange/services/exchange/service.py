@@ -246,10 +246,11 @@ class ExchangeService:
     async def _plan(self, identify: Identify, ask: Ask, call: Call) -> Plan:
         """The allowed exchange (decided on the loop from what is held, else in a worker thread), or the
         refusal, audited, raised."""
-        prepared = self._prepare_held(identify, ask, call)
-        if prepared is None:
-            preparing = _in_thread(self._prepare, identify, ask, call)
-            prepared = await _unless_abandoned(preparing, self._abandoned_plan)
+        with self._steps("decide", action=call.action, id=call.exchange_id):
+            prepared = self._prepare_held(identify, ask, call)
+            if prepared is None:
+                preparing = _in_thread(self._prepare, identify, ask, call)
+                prepared = await _unless_abandoned(preparing, self._abandoned_plan)
         self._backends.close_retired()
         if isinstance(prepared, Plan):
             return prepared
@@ -267,14 +268,13 @@ class ExchangeService:
                 return None
 
     def _prepare(self, identify: Identify, ask: Ask, call: Call) -> Plan | Settled:
-        with self._steps("decide", action=call.action, id=call.exchange_id):
-            actor = identify()  # an unknown caller raises here: there is no one to record
-            started = time.monotonic()
-            record = self._recorder.opening(actor, ask, call.exchange_id, call.action)
-            try:
-                return self._decider.plan(actor, ask, call, record, started)
-            except ExchangeError as e:
-                return Settled(refused(record, started, e), e)
+        actor = identify()  # an unknown caller raises here: there is no one to record
+        started = time.monotonic()
+        record = self._recorder.opening(actor, ask, call.exchange_id, call.action)
+        try:
+            return self._decider.plan(actor, ask, call, record, started)
+        except ExchangeError as e:
+            return Settled(refused(record, started, e), e)
 
     def _abandoned_plan(self, work: asyncio.Future[Plan | Settled]) -> None:
         """Records a call whose consumer left while it was decided."""
