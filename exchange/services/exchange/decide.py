@@ -122,6 +122,9 @@ class Decider:
         decision = self._decisions.decide_held(question, resource.status, today)
         if decision is None:
             raise NotHeld(resource.spec.code)
+        ahead = self._decisions.quota.ahead(decision.grant_id, today) if decision.allowed else None
+        if ahead is not None:  # the next block of quota, leased in a thread before this one runs out
+            asyncio.get_running_loop().run_in_executor(None, ahead).add_done_callback(_lease_failed)
         return decision
 
     def still_granted(self, plan: Plan, ask: Ask, actor: Principal) -> None:
@@ -181,6 +184,12 @@ class Decider:
             limit = min(paging.size, binding.max_rows or MAX_PAGE_SIZE) + 1
             offset = int(paging.after or 0)
         return FetchRequest(resource.spec, filters, ask.fields, limit, timeout, offset, call.exchange_id)
+
+
+def _lease_failed(work: asyncio.Future[None]) -> None:
+    """A block leased ahead that could not be: the next call that needs one leases it (and says why not)."""
+    if not work.cancelled() and work.exception() is not None:
+        log.warning("a block of quota could not be leased ahead: %s", work.exception())
 
 
 def _check_method(resource: Resource, ask: Ask, call: Call) -> None:
