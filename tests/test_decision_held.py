@@ -111,3 +111,18 @@ def test_a_question_is_the_same_either_way() -> None:
         waited = waits.decide(question, PUBLISHED, TODAY)
         held = holds.decide_held(question, PUBLISHED, TODAY) or holds.decide(question, PUBLISHED, TODAY)
         assert (held.allowed, held.reason, held.masks) == (waited.allowed, waited.reason, waited.masks)
+
+
+def test_the_next_block_is_leased_ahead_once_half_of_one_is_left() -> None:
+    leases = LocalLeases()
+    quota = DailyQuota(leases, block=4)
+    assert quota.ahead("GR-1", TODAY) is None  # nothing leased yet: the first block is leased when needed
+    assert quota.take("GR-1", 100, TODAY)  # a block of 4, 3 left
+    assert quota.ahead("GR-1", TODAY) is None
+    assert quota.take_held("GR-1", TODAY)  # 2 left: half a block
+    work = quota.ahead("GR-1", TODAY)
+    assert work is not None and quota.ahead("GR-1", TODAY) is None  # one lease ahead at a time
+    work()
+    assert leases.leased("GR-1", TODAY) == 8
+    assert [quota.take_held("GR-1", TODAY) for _ in range(7)] == [True] * 6 + [False]
+    assert quota.ahead("GR-1", TODAY) is not None  # done, so the next may be leased
