@@ -87,7 +87,7 @@ class _Reader:
         self._method = method
 
     async def __call__(self, bodies: AsyncIterator[bytes], context: Context) -> Any:
-        body = await anext(aiter(bodies), None)
+        body = await _first(bodies)
         refusal = self._refusal(body)
         if body is not None and refusal is None:
             try:
@@ -109,6 +109,17 @@ class _Reader:
             message = f"the request is {len(body)} bytes, over this hub's limit of {limit}: send less per call"
             return errors.ResourceExhausted(message, "REQUEST_TOO_LARGE"), "request_too_large"
         return None
+
+
+async def _first(bodies: AsyncIterator[bytes]) -> bytes | None:
+    """The stream's first message; the stream is closed then, not left suspended: a suspended reader and its
+    call form a reference cycle that only the collector's full pass would free."""
+    reader = aiter(bodies)
+    body = await anext(reader, None)
+    closing = getattr(reader, "aclose", None)
+    if body is not None and closing is not None:  # at the end of the stream, it has closed itself
+        await closing()
+    return body
 
 
 def _read_unary(behavior: Any, read: _Reader) -> Any:
