@@ -23,5 +23,8 @@ def test_the_first_message_is_read_and_the_stream_closed_behind_it() -> None:
         for body in nothing:
             yield body
 
-    assert asyncio.run(_first(bodies())) == b"one" and closed == [True]
+    async def read() -> tuple[bytes | None, list[bool]]:  # what was closed before the loop ends (it closes the rest)
+        return await _first(bodies()), list(closed)
+
+    assert asyncio.run(read()) == (b"one", [True])
     assert asyncio.run(_first(empty())) is None
