@@ -45,6 +45,9 @@ class RequestParsing(_Interceptor):
         self.insecure_dev = insecure_dev
         self._refusals = refusals
         self.limit = limit
+        # Per method: the service's handler and its reading form, built once (the service's handler is the
+        # same object on every call; one replaced is wrapped again).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -54,10 +57,20 @@ class RequestParsing(_Interceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None or handler.request_streaming:  # type: ignore[redundant-expr,unused-ignore]
             return handler
+        method = str(handler_call_details.method)
+        held = self._wrapped.get(method)
+        if held is not None and held[0] is handler:
+            return held[1]
+        wrapped = self._reading(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _reading(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` in the form that reads its request itself (a one-message stream)."""
         parse = handler.request_deserializer
+        assert parse is not None  # intercept_service passes on a handler without one as it is
         owner = getattr(parse, "__self__", None)
         expected = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request message")
-        method = str(handler_call_details.method)
         read = _Reader(self, parse, expected, method)
         if handler.unary_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
