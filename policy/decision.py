@@ -91,6 +91,12 @@ def _quota_used(grant: Grant, day: dt.date, used: int) -> Decision:
     )
 
 
+def _allow(grant: Grant, q: Question) -> Decision:
+    masks = tuple((f, k) for f, k in grant.masks if f in q.fields)
+    verifying = tuple((f, k) for f, k in masks if f in q.filters and k is not MaskKind.NONE)
+    return Decision(True, grant.id, q.fields, masks, verifying=verifying)
+
+
 def _masked_filters(grant: Grant, q: Question) -> Decision | None:
     """A denial when ``q`` filters on an item the grant masks and does not let be verified.
 
@@ -238,9 +244,37 @@ class DecisionPoint:
                 return refusal
         if consume and not self.quota.take(grant.id, grant.daily_quota, today):
             return _quota_used(grant, today, self.quota.used(grant.id, today))
-        masks = tuple((f, k) for f, k in grant.masks if f in q.fields)
-        verifying = tuple((f, k) for f, k in masks if f in q.filters and k is not MaskKind.NONE)
-        return Decision(True, grant.id, q.fields, masks, verifying=verifying)
+        return _allow(grant, q)
+
+    def decide_held(self, q: Question, resource_status: ResourceStatus, today: dt.date) -> Decision | None:
+        """A call's decision (as ``decide``, counted) from what this process holds, never waiting on a lock
+        or the shared counter; None, with nothing counted, when it cannot be made so (a lock is busy, the
+        quota needs a new block) or the call filters on a masked item (its lookup is verified against shared
+        counters): the caller then decides with ``decide``, where waiting is allowed."""
+        if resource_status is not ResourceStatus.PUBLISHED or not q.fields:
+            return self.decide(q, resource_status, today)  # a denial, without a lock
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            found = self._grant_for(q, today)
+            return found if isinstance(found, Decision) else self._counted_held(found, q, today)
+        finally:
+            self._lock.release()
+
+    def _counted_held(self, grant: Grant, q: Question, today: dt.date) -> Decision | None:
+        """``decide_held``'s part after the grant is found, under the lock: terms, rate, then quota."""
+        refusal = _masked_filters(grant, q)
+        if refusal is not None:
+            return refusal
+        decision = _allow(grant, q)
+        if decision.verifying:
+            return None
+        if not self._take_token(grant):
+            return _deny(DenyReason.RATE_LIMITED, f"grant {grant.id} allows {grant.rate_per_second} calls a second")
+        if not self.quota.take_held(grant.id, today):
+            self._give_token(grant)
+            return None
+        return decision
 
     def _grant_for(self, q: Question, today: dt.date) -> Grant | Decision:
         """The grant that answers ``q`` today (cached, or found and cached), or a denial."""
@@ -284,6 +318,12 @@ class DecisionPoint:
             return False
         self._buckets[grant.id] = (tokens - 1, now)
         return True
+
+    def _give_token(self, grant: Grant) -> None:
+        """Gives back the token a call took, when it is decided again elsewhere."""
+        if grant.id in self._buckets:
+            tokens, then = self._buckets[grant.id]
+            self._buckets[grant.id] = (tokens + 1, then)
 
     def _cached(self, q: Question, today: dt.date) -> Grant | None:
         """The grant that answered ``q`` before, if it still stands today."""

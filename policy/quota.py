@@ -25,6 +25,8 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 
@@ -110,6 +112,9 @@ class DailyQuota:
         self._parked: dict[tuple[str, dt.date], int] = {}
         self._spent: dict[tuple[str, dt.date], int] = {}
         self._lock = threading.Lock()
+        # Per (grant, day): the block and quota last leased with, and the keys whose next block is being leased.
+        self._sizes: dict[tuple[str, dt.date], tuple[int, int]] = {}
+        self._leasing: set[tuple[str, dt.date]] = set()
 
     def spent(self, grant_id: str, day: dt.date) -> bool:
         """Whether this process knows the grant's quota for ``day`` to be used up (no store read)."""
@@ -130,6 +135,7 @@ class DailyQuota:
                 # A block small against the quota, so that other processes are not starved by this one.
                 want = max(1, min(self._block, quota // 10))
                 self._forget_before(day)
+                self._sizes[key] = (want, quota)
                 got = self._unpark(key, want) or self._leases.lease(grant_id, day, want, quota)
                 if got == 0:
                     self._spent[key] = self._leases.leased(grant_id, day)
@@ -137,6 +143,41 @@ class DailyQuota:
                 self._free[key] = got
             self._free[key] -= 1
             return True
+
+    def take_held(self, grant_id: str, day: dt.date) -> bool:
+        """Uses one call of a block this process holds, without waiting; False (nothing used) when that
+        would need the shared counter, or the lock is held (by a thread writing to the counter)."""
+        key = (grant_id, day)
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._free.get(key):
+                return False
+            self._free[key] -= 1
+            return True
+        finally:
+            self._lock.release()
+
+    def ahead(self, grant_id: str, day: dt.date) -> Callable[[], None] | None:
+        """When half a block is left: the work (to run off the event loop) that leases the next block ahead
+        of need, so that calls taking from held blocks do not run out and wait; None otherwise, or if under way."""
+        key = (grant_id, day)
+        with self._lock:
+            size = self._sizes.get(key)
+            if size is None or key in self._leasing or self._free.get(key, 0) > size[0] // 2:
+                return None
+            self._leasing.add(key)
+        return partial(self._lease_ahead, key, *size)
+
+    def _lease_ahead(self, key: tuple[str, dt.date], want: int, quota: int) -> None:
+        """Leases a block outside the lock (the counter's update is atomic), then adds it to the free calls."""
+        try:
+            got = self._leases.lease(key[0], key[1], want, quota)
+            with self._lock:
+                self._free[key] = self._free.get(key, 0) + got
+        finally:
+            with self._lock:
+                self._leasing.discard(key)
 
     def beat(self, ttl: float) -> None:
         """Renews this process's holder record for ``ttl`` seconds and parks its free calls under it.

@@ -45,6 +45,9 @@ class RequestParsing(_Interceptor):
         self.insecure_dev = insecure_dev
         self._refusals = refusals
         self.limit = limit
+        # Per method: the service's handler and its reading form, built once (the service's handler is the
+        # same object on every call; one replaced is wrapped again).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -54,10 +57,20 @@ class RequestParsing(_Interceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None or handler.request_streaming:  # type: ignore[redundant-expr,unused-ignore]
             return handler
+        method = str(handler_call_details.method)
+        held = self._wrapped.get(method)
+        if held is not None and held[0] is handler:
+            return held[1]
+        wrapped = self._reading(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _reading(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` in the form that reads its request itself (a one-message stream)."""
         parse = handler.request_deserializer
+        assert parse is not None  # intercept_service passes on a handler without one as it is
         owner = getattr(parse, "__self__", None)
         expected = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request message")
-        method = str(handler_call_details.method)
         read = _Reader(self, parse, expected, method)
         if handler.unary_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
@@ -87,7 +100,7 @@ class _Reader:
         self._method = method
 
     async def __call__(self, bodies: AsyncIterator[bytes], context: Context) -> Any:
-        body = await anext(aiter(bodies), None)
+        body = await _first(bodies)
         refusal = self._refusal(body)
         if body is not None and refusal is None:
             try:
@@ -109,6 +122,17 @@ class _Reader:
             message = f"the request is {len(body)} bytes, over this hub's limit of {limit}: send less per call"
             return errors.ResourceExhausted(message, "REQUEST_TOO_LARGE"), "request_too_large"
         return None
+
+
+async def _first(bodies: AsyncIterator[bytes]) -> bytes | None:
+    """The stream's first message; the stream is closed then, not left suspended: a suspended reader and its
+    call form a reference cycle that only the collector's full pass would free."""
+    reader = aiter(bodies)
+    body = await anext(reader, None)
+    closing = getattr(reader, "aclose", None)
+    if body is not None and closing is not None:  # at the end of the stream, it has closed itself
+        await closing()
+    return body
 
 
 def _read_unary(behavior: Any, read: _Reader) -> Any:

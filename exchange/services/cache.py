@@ -8,11 +8,35 @@ storing what it read before the change: such a value is returned to its caller b
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+# Set while a call is decided on the event loop: what is not held must not be read from the store there.
+_HELD_ONLY: ContextVar[bool] = ContextVar("held_only", default=False)
+
+
+class NotHeld(Exception):
+    """What was asked for is not held in memory, and reading it (the store, a lock) may not wait here."""
+
+
+def held_only() -> bool:
+    """Whether only what is held may be used (the caller is on the event loop): nothing may wait."""
+    return _HELD_ONLY.get()
+
+
+@contextmanager
+def holding_only() -> Iterator[None]:
+    """Within: a cache miss, or anything else that would wait on the store, raises ``NotHeld``."""
+    token = _HELD_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _HELD_ONLY.reset(token)
 
 
 class Cache(Generic[K, V]):
@@ -28,6 +52,8 @@ class Cache(Generic[K, V]):
             if key in self._items:
                 return self._items[key]
             generation = self._generation
+        if _HELD_ONLY.get():
+            raise NotHeld(key)
         value = load(key)
         if value is not None:
             with self._lock:

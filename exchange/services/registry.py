@@ -27,7 +27,7 @@ from exchange.models import (
 )
 from exchange.paging import page_request
 from exchange.services.auditing import change_record
-from exchange.services.cache import Cache
+from exchange.services.cache import Cache, NotHeld, held_only
 from exchange.store import Store
 from exchange.store.registry import Holder, holder_at
 from policy import HUB_WIDE, Action, RightsPolicy, assignments_of, require_compatible_roles
@@ -374,6 +374,8 @@ class RegistryService:
             return None
 
     def principal(self, ref: PrincipalRef) -> Principal:
+        if held_only():  # not cached: read from the store, off the event loop
+            raise NotHeld(ref)
         return self._store.registry.principal(ref)
 
     def authenticate(self, fingerprint: str) -> Principal | None:

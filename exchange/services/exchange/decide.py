@@ -1,5 +1,7 @@
 """Decide: which resource, which backend, whether a grant allows it, on what terms; and, during a long
-call, whether it still does. Runs in a worker thread (it reads the catalog, the grants and the counters).
+call, whether it still does. Runs on the event loop when all it needs is held in memory (the catalog entry,
+the caller, the grants, a block of quota); otherwise (``NotHeld`` raised there, nothing counted) in a worker
+thread, which may read the catalog, the grants and the counters.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from exchange.models import (
     ShareType,
 )
 from exchange.paging import MAX_PAGE_SIZE
-from exchange.services.cache import Cache
+from exchange.services.cache import Cache, NotHeld, held_only
 from exchange.services.exchange.admit import admit, query_page, typed_filters
 from exchange.services.exchange.answers import Ask, Call, Plan
 from exchange.services.exchange.fetch import BackendPool
@@ -105,12 +107,28 @@ class Decider:
             actor.ref.code, actor.department_code, ask.resource_code, ask.purpose, asked, tuple(filters)
         )
         asked_at = time.monotonic()
-        decision = self._decisions.decide(question, resource.status, today)
+        held = held_only()
+        if held:
+            decision = self._decided_held(question, resource, today)
+        else:
+            decision = self._decisions.decide(question, resource.status, today)
         self._decided(time.monotonic() - asked_at)
         if not decision.allowed:
             if decision.reason is DenyReason.MASKED_FILTER_NOT_GRANTED:
+                if held:  # counting the refusal writes to the store
+                    raise NotHeld(ask.resource_code)
                 self._count_not_granted(actor, resource, decision, today)
             raise denial(decision)
+        return decision
+
+    def _decided_held(self, question: Question, resource: Resource, today: dt.date) -> Decision:
+        """The decision made on the event loop; ``NotHeld`` (nothing counted) if it needs the store or a busy lock."""
+        decision = self._decisions.decide_held(question, resource.status, today)
+        if decision is None:
+            raise NotHeld(resource.spec.code)
+        ahead = self._decisions.quota.ahead(decision.grant_id, today) if decision.allowed else None
+        if ahead is not None:  # the next block of quota, leased in a thread before this one runs out
+            asyncio.get_running_loop().run_in_executor(None, ahead).add_done_callback(_lease_failed)
         return decision
 
     def still_granted(self, plan: Plan, ask: Ask, actor: Principal) -> None:
@@ -170,6 +188,12 @@ class Decider:
             limit = min(paging.size, binding.max_rows or MAX_PAGE_SIZE) + 1
             offset = int(paging.after or 0)
         return FetchRequest(resource.spec, filters, ask.fields, limit, timeout, offset, call.exchange_id)
+
+
+def _lease_failed(work: asyncio.Future[None]) -> None:
+    """A block leased ahead that could not be: the next call that needs one leases it (and says why not)."""
+    if not work.cancelled() and work.exception() is not None:
+        log.warning("a block of quota could not be leased ahead: %s", work.exception())
 
 
 def _check_method(resource: Resource, ask: Ask, call: Call) -> None:

@@ -17,6 +17,7 @@ from typing import TypeVar
 from exchange.backend import Backend, Batch, Document, Lane, Row
 from exchange.errors import ExchangeError, FailedPrecondition, PermissionDenied, ResourceExhausted, Unavailable
 from exchange.models import Binding, Resource
+from exchange.services.cache import NotHeld, held_only
 from exchange.services.exchange.answers import Plan, provider_name
 from exchange.services.exchange.observer import Observer
 from exchange.services.exchange.steps import Steps
@@ -53,6 +54,8 @@ class BackendPool:
             held = self._open.get(binding.resource_code)
             if held is not None and held[0] == binding.version:
                 return held[1]
+        if held_only():  # opening one may read files and build a channel: not on the event loop
+            raise NotHeld(binding.resource_code)
         backend = self._opener(provider_name(resource), binding, self.lane(resource.spec.department_code))
         with self._lock:
             replaced = self._open.get(binding.resource_code)

@@ -30,7 +30,7 @@ from audit.records import AuditRecord
 from exchange.auditlog.batch import GroupCommitter
 from exchange.backend import Document
 from exchange.errors import ExchangeError
-from exchange.services.cache import Cache
+from exchange.services.cache import Cache, NotHeld, holding_only
 from exchange.services.exchange import shape
 from exchange.services.exchange.admit import DEFAULT_BATCH_SIZE
 from exchange.services.exchange.answers import (
@@ -244,9 +244,13 @@ class ExchangeService:
     # Steps shared by every call
 
     async def _plan(self, identify: Identify, ask: Ask, call: Call) -> Plan:
-        """The allowed exchange (decided in a worker thread), or the refusal, audited, raised."""
-        preparing = _in_thread(self._prepare, identify, ask, call)
-        prepared = await _unless_abandoned(preparing, self._abandoned_plan)
+        """The allowed exchange (decided on the loop from what is held, else in a worker thread), or the
+        refusal, audited, raised."""
+        with self._steps("decide", action=call.action, id=call.exchange_id):
+            prepared = self._prepare_held(identify, ask, call)
+            if prepared is None:
+                preparing = _in_thread(self._prepare, identify, ask, call)
+                prepared = await _unless_abandoned(preparing, self._abandoned_plan)
         self._backends.close_retired()
         if isinstance(prepared, Plan):
             return prepared
@@ -254,15 +258,23 @@ class ExchangeService:
         assert prepared.error is not None
         raise prepared.error.recorded_as(call.exchange_id)
 
-    def _prepare(self, identify: Identify, ask: Ask, call: Call) -> Plan | Settled:
-        with self._steps("decide", action=call.action, id=call.exchange_id):
-            actor = identify()  # an unknown caller raises here: there is no one to record
-            started = time.monotonic()
-            record = self._recorder.opening(actor, ask, call.exchange_id, call.action)
+    def _prepare_held(self, identify: Identify, ask: Ask, call: Call) -> Plan | Settled | None:
+        """``_prepare`` on the event loop when the caller, the catalog entry, the grant and a block of quota
+        are held in memory (a thread hop each way saved); None, nothing counted, when it would wait on the store."""
+        with holding_only():
             try:
-                return self._decider.plan(actor, ask, call, record, started)
-            except ExchangeError as e:
-                return Settled(refused(record, started, e), e)
+                return self._prepare(identify, ask, call)
+            except NotHeld:
+                return None
+
+    def _prepare(self, identify: Identify, ask: Ask, call: Call) -> Plan | Settled:
+        actor = identify()  # an unknown caller raises here: there is no one to record
+        started = time.monotonic()
+        record = self._recorder.opening(actor, ask, call.exchange_id, call.action)
+        try:
+            return self._decider.plan(actor, ask, call, record, started)
+        except ExchangeError as e:
+            return Settled(refused(record, started, e), e)
 
     def _abandoned_plan(self, work: asyncio.Future[Plan | Settled]) -> None:
         """Records a call whose consumer left while it was decided."""
