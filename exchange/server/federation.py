@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import grpc
@@ -27,13 +28,16 @@ from exchange.config import Settings
 from exchange.federation.model import HubKeys, HubRef, Offer, Peer, PeerState
 from exchange.federation.tls import HubCertificate, PeerTrust, channel_to, load_hub_certificate
 from exchange.server import federation_wire as fw
+from exchange.server.forwarding import ForwardingServicer
 from exchange.server.peering import PeeringServicer
 from exchange.services.catalog import CatalogService
 from exchange.services.federation.catalog import FederatedCatalog
+from exchange.services.federation.forwarding import Forwarding
 from exchange.services.federation.peering import PeeringService
 from exchange.store import Store
 from exchange.v1 import federation_pb2 as pb
 from exchange.v1 import federation_pb2_grpc as pb_grpc
+from exchange.v1 import forwarding_pb2_grpc
 from policy import RightsPolicy
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,8 @@ class Federation:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
+        # Serves the exchanges peers forward here (set by the hub once its exchange service is built).
+        self.forwarding: Forwarding | None = None
 
     async def start(self) -> int:
         """Serves the federation listener and starts the sync loop; returns the bound port."""
@@ -71,6 +77,7 @@ class Federation:
         await asyncio.to_thread(self.peers_changed)
         server = grpc.aio.server(options=self._limits())
         pb_grpc.add_PeeringServiceServicer_to_server(PeeringServicer(self), server)
+        forwarding_pb2_grpc.add_ForwardingServiceServicer_to_server(ForwardingServicer(self), server)
         try:
             self.port = server.add_secure_port(self.settings.federation_listen, self.trust.credentials())
         except RuntimeError:
@@ -111,9 +118,8 @@ class Federation:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    def _stub(self, peer: Peer) -> pb_grpc.PeeringServiceAsyncStub:
-        """The stub for a peer, over a channel kept while its address and CA stay (the generated stub class
-        serves sync and asyncio channels alike; its type stubs name the asyncio flavour apart)."""
+    def _channel(self, peer: Peer) -> grpc.aio.Channel:
+        """The channel to a peer, kept while its address and CA stay."""
         key = (peer.address, peer.ca_fingerprint)
         held = self._channels.get(peer.code)
         if held is None or held[0] != key:
@@ -121,18 +127,25 @@ class Federation:
                 asyncio.get_running_loop().create_task(held[1].close(None))
             held = (key, channel_to(peer, self.hub, self._limits()))
             self._channels[peer.code] = held
-        return pb_grpc.PeeringServiceStub(held[1])
+        return held[1]
 
     async def call(
         self, peer: Peer, what: str, rpc: Callable[[pb_grpc.PeeringServiceAsyncStub, float], Awaitable[T]]
     ) -> T:
         """One call to a peer, with its deadline; a hub error naming the peer hop if it fails."""
+        timeout = self.settings.federation_call_seconds
+        return await self.call_on(peer, what, lambda channel: rpc(pb_grpc.PeeringServiceStub(channel), timeout))
+
+    async def call_on(
+        self, peer: Peer, what: str, rpc: Callable[[grpc.aio.Channel], Awaitable[T]], timeout: float | None = None
+    ) -> T:
+        """One call to a peer on the channel to it (another service's stub), its failures named as ``call``'s."""
         try:
-            return await rpc(self._stub(peer), self.settings.federation_call_seconds)
+            return await rpc(self._channel(peer))
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await self._drop(peer.code)  # the next call connects afresh, not after the channel's back-off
-            raise _hop_error(peer, what, e, self.settings.federation_call_seconds) from None
+            raise _hop_error(peer, what, e, timeout or self.settings.federation_call_seconds) from None
 
     async def _drop(self, code: str) -> None:
         held = self._channels.pop(code, None)
@@ -273,7 +286,21 @@ def _hop_error(peer: Peer, what: str, e: grpc.aio.AioRpcError, timeout: float) -
         return errors.Unauthenticated(f"{hop} did not accept this hub's certificate for {what}: {detail}")
     if code is grpc.StatusCode.FAILED_PRECONDITION:
         return errors.FailedPrecondition(f"{hop} refused {what}: {detail}", subject=peer.code)
-    return errors.Unavailable(f"{hop} failed {what}: {code.name}: {detail}")
+    return _forwarded_error(hop, what, e) or errors.Unavailable(f"{hop} failed {what}: {code.name}: {detail}")
+
+
+def _forwarded_error(hop: str, what: str, e: grpc.aio.AioRpcError) -> errors.ExchangeError | None:
+    """The refusals a forwarded exchange may come back with, kept as the hub further on gave them."""
+    code, detail = e.code(), e.details() or e.code().name
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return errors.InvalidArgument(f"{hop} refused {what}: {detail}")
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return errors.ResourceExhausted(f"{hop} refused {what}: {detail}", _reason_of(e) or "PEER_REFUSED")
+    if code is grpc.StatusCode.NOT_FOUND:
+        return errors.FailedPrecondition(f"{hop} refused {what}: {detail}", kind="NOT_FOUND_THERE")
+    if code is grpc.StatusCode.DATA_LOSS:
+        return errors.DataLoss(f"{hop} refused {what}: {detail}")
+    return None
 
 
 def build(
@@ -283,8 +310,10 @@ def build(
     and reads its peers) and, when ``federation_listen`` is set, the federation with its listener (not started)."""
     own = HubRef(settings.hub_code, settings.hub_name, settings.hub_level)
     files = pki.HubFiles(settings.home, settings.ca_key_file)
-    federated = FederatedCatalog(store, catalog, own)
-    peering = PeeringService(store, policy, own, files.ca_cert.read_text(), _keys(settings, files))
+    keys = _keys(settings, files)
+    # Its own entries are offered with its log key: hubs on the way check its answers to forwarded exchanges.
+    federated = FederatedCatalog(store, catalog, replace(own, log_key=keys.log_key))
+    peering = PeeringService(store, policy, own, files.ca_cert.read_text(), keys)
     if not settings.federation_listen:
         return federated, peering, None
     hub = load_hub_certificate(files, settings.hub_code)

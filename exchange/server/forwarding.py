@@ -1,0 +1,70 @@
+"""ForwardingService handlers on the federation listener, and this hub's calls of it on its peers.
+
+A peer forwards a consumer's call towards the hub where the resource is homed (docs/federation.md, "Exchanges
+across hubs"). The calling peer is admitted by its hub certificate as for every call on the listener; its
+peering must be active. What it may ask is the forwarding service's to decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from exchange import errors
+from exchange.federation.model import Peer, PeerState
+from exchange.server.rpc import abort_with, internal_error
+from exchange.v1 import forwarding_pb2 as pb
+from exchange.v1 import forwarding_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from exchange.server.federation import Federation
+
+Context = grpc.aio.ServicerContext[Any, Any]
+# Left for the hub that calls a peer to hear its answer, of the consumer's deadline, in seconds.
+_MARGIN = 0.2
+
+
+class ForwardingServicer(pb_grpc.ForwardingServiceServicer):
+    def __init__(self, federation: Federation) -> None:
+        self.federation = federation
+
+    async def ForwardQuery(self, request: pb.ForwardQueryRequest, context: Context) -> pb.ForwardQueryResponse:
+        chain = list(context.auth_context().get("x509_pem_cert") or ())
+        presented = chain[0] if chain else None
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        try:
+            peer = await _admitted(self.federation, presented)
+            forwarding = self.federation.forwarding
+            if forwarding is None:
+                raise errors.Unavailable(f"hub {self.federation.hub.code} is not serving forwarded exchanges yet")
+            return await forwarding.receive(peer, request.statement, request.request, deadline)
+        except errors.ExchangeError as e:
+            await abort_with(context, e)
+        except Exception:
+            await internal_error(context, "ForwardQuery")
+        raise AssertionError("unreachable: abort raises")
+
+
+async def _admitted(federation: Federation, presented: bytes | None) -> Peer:
+    return await asyncio.to_thread(federation.peering.admit, presented, (PeerState.ACTIVE,), "forward an exchange")
+
+
+async def forward_query(
+    federation: Federation, peer: Peer, request: pb.ForwardQueryRequest, deadline: float | None
+) -> pb.ForwardQueryResponse:
+    """Calls ``peer``'s ForwardQuery: within the consumer's deadline (less a margin to answer it), else the
+    longest a peer call and a provider's answer may take; failures name the hop (``Federation.call_on``)."""
+    settings = federation.settings
+    timeout = settings.federation_call_seconds + settings.provider_timeout_seconds
+    if deadline is not None:
+        timeout = min(timeout, max(0.01, deadline - time.monotonic() - _MARGIN))
+
+    async def rpc(channel: grpc.aio.Channel) -> pb.ForwardQueryResponse:
+        stub: pb_grpc.ForwardingServiceAsyncStub = pb_grpc.ForwardingServiceStub(channel)
+        return await stub.ForwardQuery(request, timeout=timeout)
+
+    return await federation.call_on(peer, "forwarded query", rpc, timeout)
