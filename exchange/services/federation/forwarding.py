@@ -297,4 +297,4 @@ class Forwarding:
             hop="in",
             forwarded=note[:4000],
         )
-        return refused(record, started, error)
+        return replace(refused(record, started, error), outcome="denied")  # a refusal, whatever its status
