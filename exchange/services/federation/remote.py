@@ -1,4 +1,5 @@
-"""The one answer for using an entry homed at another hub here: not yet (cross-hub exchange is future work)."""
+"""The one answer for applying for, streaming or fetching an entry homed at another hub here: not yet (a Query
+is forwarded to its home: services/federation/forwarding.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ def refuse_if_remote(store: Store, code: str, missing: NotFound) -> NotFound:
         return missing
     raise FailedPrecondition(
         f"resource {code} is homed at hub {remote.home.code} ({remote.home.name}); "
-        "cross-hub exchange is not yet available: apply for and query it at its home hub",
+        "cross-hub applications, streams and documents are not yet available (Query is forwarded to its home): "
+        "apply for it at its home hub",
         subject=code,
         kind="REMOTE_RESOURCE",
     )
