@@ -201,7 +201,7 @@ def test_offers_a_peer_may_not_make_are_refused_and_the_rest_kept(tmp_path: Path
         assert city.running.hub.store.federated.get("10101/350203000079") is None
 
 
-def test_a_remote_entry_is_read_only_here_neither_applied_for_nor_streamed(tmp_path: Path) -> None:
+def test_a_remote_entry_is_read_only_here_neither_applied_for_nor_fetched_as_a_document(tmp_path: Path) -> None:
     with hubs(tmp_path, "county", "city") as running:
         county, city = running["county"], running["city"]
         peer_pair(county, city)
@@ -211,10 +211,8 @@ def test_a_remote_entry_is_read_only_here_neither_applied_for_nor_streamed(tmp_p
         system = city.running.add_system("ga-rkxt", POLICE.code)
         clerk = city.running.add_person("ga-clerk", POLICE.code, m.Role.CONSUMER)
         with city.running.client(system) as hub, pytest.raises(grpc.RpcError) as queried:
-            asked = epb.QueryRequest(
-                resource_code=COUNTY_ENTRY, purpose="户籍核验", fields=["name"], filters={"id_number": "1"}
-            )
-            list(hub.exchange.StreamQuery(asked, timeout=20))
+            asked = epb.FetchDocumentRequest(resource_code=COUNTY_ENTRY, purpose="户籍核验", filters={"id_number": "1"})
+            list(hub.exchange.FetchDocument(asked, timeout=20))
         today = dt.date.today()
         ask = rpb.ShareRequest(
             resource_code=COUNTY_ENTRY,
@@ -229,7 +227,7 @@ def test_a_remote_entry_is_read_only_here_neither_applied_for_nor_streamed(tmp_p
             hub.call(hub.rights.Apply, rpb.ApplyRequest(request=ask))
         for refused in (queried.value, applied.value):
             assert refused.code() is grpc.StatusCode.FAILED_PRECONDITION
-            assert "homed at hub 350203 (思明区政务数据共享平台); cross-hub applications, streams" in str(
+            assert "homed at hub 350203 (思明区政务数据共享平台); cross-hub applications and documents" in str(
                 refused.details()
             )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from tests.harness import AUTHORITY, identity_spec
 ENTRY = "10101/350000000001"
 PURPOSE = "企业登记核查"
 PERSON = "350203198001012345"
+COMPANY = "91350203MA2Y000001"
 SYSTEM = "sm-djxt"
 TODAY = dt.datetime.now(dt.UTC).date()
 
@@ -66,6 +67,8 @@ def _serve_at_province(province: Node, root: Path) -> None:
     with engine.begin() as c:
         c.execute(text("CREATE TABLE qy (name TEXT, id_number TEXT, address TEXT)"))
         c.execute(text("INSERT INTO qy VALUES ('张三', :id, '厦门市思明区湖滨南路1号')"), {"id": PERSON})
+        for name in ("李四", "王五"):  # two records of one company's people: a stream of two batches of one
+            c.execute(text("INSERT INTO qy VALUES (:name, :id, '厦门市思明区')"), {"name": name, "id": COMPANY})
     engine.dispose()
     items = (
         m.DataItem("name", "姓名", m.FieldType.STRING),
@@ -331,3 +334,72 @@ def test_the_province_down_is_unavailable_naming_the_hop(tree: dict[str, Node]) 
     assert f"peer hub 350000 at {city.peer(province.code).address}" in str(error.details())
     assert [(r["hop"], r["outcome"]) for r in exchanges(city)] == [("in", "allowed"), ("out", "failed")]
     assert [(r["hop"], r["outcome"]) for r in exchanges(county)] == [("out", "failed")]
+
+
+def _stream(node: Node, provenance: bool = False) -> Iterator[xpb.QueryBatch]:
+    """StreamQuery of the company's two records at ``node``, one batch each, as they come."""
+    identity = node.running.identity(m.PrincipalKind.SYSTEM, SYSTEM)
+    with node.running.client(identity) as client:
+        stub = exchange_pb2_grpc.ExchangeServiceStub(client.channel)
+        request = xpb.QueryRequest(
+            resource_code=ENTRY,
+            purpose=PURPOSE,
+            filters={"id_number": COMPANY},
+            fields=["name"],
+            batch_size=1,
+            provenance=provenance,
+        )
+        yield from stub.StreamQuery(request, timeout=30)
+
+
+def _hops(node: Node) -> list[tuple[object, ...]]:
+    return [(r["action"], r["hop"], r["outcome"], r["rows"]) for r in exchanges(node)]
+
+
+def test_a_stream_crosses_two_hops_each_batch_checked_on_the_way(tree: dict[str, Node]) -> None:
+    county, city, province = tree["county"], tree["city"], tree["province"]
+    batches = list(_stream(county, provenance=True))
+    assert [r.fields["name"].string_value for b in batches for r in b.records] == ["李*", "王*"]
+    assert batches[-1].last and batches[-1].total_records == 2 and batches[-1].provenance.note
+    assert {b.exchange_id for b in batches} == {exchanges(county)[0]["exchange_id"]}
+    assert _hops(county) == [("stream", "out", "allowed", 0), ("stream_end", "out", "ok", 2)]
+    assert _hops(city) == [
+        ("stream", "in", "allowed", 0),
+        ("stream", "out", "allowed", 0),
+        ("stream_end", "out", "ok", 2),
+    ]
+    assert _hops(province) == [("stream", "in", "allowed", 0), ("stream_end", "in", "ok", 2)]
+    city_id, province_id = exchanges(city)[0]["exchange_id"], exchanges(province)[0]["exchange_id"]
+    assert {r["peer_exchange_id"] for r in exchanges(county)} == {city_id}
+    assert [r["peer_exchange_id"] for r in exchanges(city)][1:] == [province_id, province_id]
+    assert {r["peer_exchange_id"] for r in exchanges(province)} == {city_id}
+
+
+def test_a_batch_altered_on_the_way_is_refused_before_it_reaches_the_county(tree: dict[str, Node]) -> None:
+    county, city = tree["county"], tree["city"]
+    forwarding = city.federation.forwarding
+    assert forwarding is not None
+    passing: Callable[..., AsyncIterator[fpb.ForwardedBatch]] = forwarding._send_stream
+
+    async def widening(
+        peer: Peer, request: fpb.ForwardQueryRequest, deadline: float | None
+    ) -> AsyncIterator[fpb.ForwardedBatch]:
+        """The city's forwarding step, replaced by one that unmasks the name in the province's second batch."""
+        number = 0
+        async for part in passing(peer, request, deadline):
+            number += 1
+            if number == 2:
+                batch = xpb.QueryBatch.FromString(part.batch)
+                batch.records[0].fields["name"].string_value = "王五"
+                part.batch = batch.SerializeToString()
+            yield part
+
+    forwarding._send_stream = widening
+    received: list[xpb.QueryBatch] = []
+    with pytest.raises(grpc.RpcError) as info:
+        received.extend(_stream(county))
+    error = info.value
+    assert isinstance(error, grpc.Call) and error.code() is grpc.StatusCode.DATA_LOSS
+    assert "peer hub 350200" in str(error.details()) and "not one hub 350000 signed" in str(error.details())
+    assert [r.fields["name"].string_value for b in received for r in b.records] == ["李*"]  # the first, checked
+    assert _hops(county) == [("stream", "out", "allowed", 0), ("stream_end", "out", "failed", 1)]

@@ -42,7 +42,7 @@ from exchange.server.catalog import CatalogServicer
 from exchange.server.console import ConsoleServicer, console_base_url
 from exchange.server.credentials import TlsFiles
 from exchange.server.exchange import ExchangeServicer
-from exchange.server.forwarding import forward_query
+from exchange.server.forwarding import forward_query, forward_stream
 from exchange.server.metrics import HubMetrics, MetricsServer
 from exchange.server.objections import ObjectionServicer
 from exchange.server.parsing import RequestParsing
@@ -355,7 +355,12 @@ class Hub:
             self.settings.hub_code, self.settings.audit_origin, self.settings.federation_hop_limit, self.audit.signer
         )
         self.federation.forwarding = Forwarding(
-            self.store, exchanging, recorder, side, partial(forward_query, self.federation)
+            self.store,
+            exchanging,
+            recorder,
+            side,
+            send=partial(forward_query, self.federation),
+            send_stream=partial(forward_stream, self.federation),
         )
         return self.federation.forwarding
 

@@ -13,11 +13,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from exchange import values
 from exchange.errors import ExchangeError
 from exchange.server.rpc import Authenticator, abort_with, internal_error, peer_of, principal_of
-from exchange.services.exchange import Batch, Chunk, ExchangeService
-from exchange.services.exchange.answers import ask_of, disclosure_to_wire, query_response
+from exchange.services.exchange import Chunk, ExchangeService
+from exchange.services.exchange.answers import ask_of, batch_to_wire, query_response
 from exchange.services.federation.forwarding import Forwarding
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc as pb_grpc
@@ -61,11 +60,24 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
     # Streaming handlers must be async generators themselves: that is how grpc.aio knows them.
 
     async def StreamQuery(self, request: pb.QueryRequest, context: Context) -> AsyncIterator[pb.QueryBatch]:
-        batches = self.service.stream(
-            partial(principal_of, self, peer_of(self, context)), ask_of(request), request.batch_size, _deadline(context)
-        )
-        async for message in _relay(context, batches, _batch, "StreamQuery"):
+        identify = partial(principal_of, self, peer_of(self, context))
+        if self.forwarding is not None and await self._remote(request.resource_code.strip(), context):
+            forwarded = self.forwarding.stream(identify, request, _deadline(context))
+            async for message in _relay(context, forwarded, _same, "StreamQuery"):
+                yield message
+            return
+        batches = self.service.stream(identify, ask_of(request), request.batch_size, _deadline(context))
+        async for message in _relay(context, batches, batch_to_wire, "StreamQuery"):
             yield message
+
+    async def _remote(self, code: str, context: Context) -> bool:
+        """Whether ``code`` is an entry homed at another hub (the call ends with the status if that cannot be said)."""
+        assert self.forwarding is not None
+        try:
+            return await self.forwarding.is_remote(code)
+        except ExchangeError as e:
+            await abort_with(context, e)
+            raise
 
     async def FetchDocument(
         self, request: pb.FetchDocumentRequest, context: Context
@@ -75,17 +87,6 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
         )
         async for message in _relay(context, chunks, _chunk, "FetchDocument"):
             yield message
-
-
-def _batch(b: Batch) -> pb.QueryBatch:
-    return pb.QueryBatch(
-        exchange_id=b.exchange_id,
-        records=b.records if b.records is not None else [values.record_to_wire(r) for r in b.rows],
-        disclosure=disclosure_to_wire(b.disclosure) if b.disclosure else None,
-        last=b.last,
-        total_records=b.total,
-        provenance=pb.Provenance(note=b.provenance) if b.provenance else None,
-    )
 
 
 def _chunk(c: Chunk) -> pb.DocumentChunk:
@@ -114,3 +115,7 @@ async def _relay(
         await internal_error(context, where)
     finally:
         await parts.aclose()
+
+
+def _same(message: pb.QueryBatch) -> pb.QueryBatch:
+    return message

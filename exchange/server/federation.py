@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
 
@@ -146,6 +146,18 @@ class Federation:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await self._drop(peer.code)  # the next call connects afresh, not after the channel's back-off
             raise _hop_error(peer, what, e, timeout or self.settings.federation_call_seconds) from None
+
+    async def stream_on(
+        self, peer: Peer, what: str, rpc: Callable[[grpc.aio.Channel], AsyncIterator[T]], timeout: float
+    ) -> AsyncIterator[T]:
+        """A streaming call to a peer: its messages as they come, its failures named as ``call``'s."""
+        try:
+            async for message in rpc(self._channel(peer)):
+                yield message
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                await self._drop(peer.code)
+            raise _hop_error(peer, what, e, timeout) from None
 
     async def _drop(self, code: str) -> None:
         held = self._channels.pop(code, None)

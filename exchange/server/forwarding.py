@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -32,8 +33,7 @@ class ForwardingServicer(pb_grpc.ForwardingServiceServicer):
         self.federation = federation
 
     async def ForwardQuery(self, request: pb.ForwardQueryRequest, context: Context) -> pb.ForwardQueryResponse:
-        chain = list(context.auth_context().get("x509_pem_cert") or ())
-        presented = chain[0] if chain else None
+        presented = _presented(context)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         try:
@@ -48,6 +48,29 @@ class ForwardingServicer(pb_grpc.ForwardingServiceServicer):
             await internal_error(context, "ForwardQuery")
         raise AssertionError("unreachable: abort raises")
 
+    async def ForwardStream(
+        self, request: pb.ForwardQueryRequest, context: Context
+    ) -> AsyncIterator[pb.ForwardedBatch]:
+        presented = _presented(context)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        try:
+            peer = await _admitted(self.federation, presented)
+            forwarding = self.federation.forwarding
+            if forwarding is None:
+                raise errors.Unavailable(f"hub {self.federation.hub.code} is not serving forwarded exchanges yet")
+            async for batch in forwarding.receive_stream(peer, request.statement, request.request, deadline):
+                yield batch
+        except errors.ExchangeError as e:
+            await abort_with(context, e)
+        except Exception:
+            await internal_error(context, "ForwardStream")
+
+
+def _presented(context: Context) -> bytes | None:
+    chain = list(context.auth_context().get("x509_pem_cert") or ())
+    return chain[0] if chain else None
+
 
 async def _admitted(federation: Federation, presented: bytes | None) -> Peer:
     return await asyncio.to_thread(federation.peering.admit, presented, (PeerState.ACTIVE,), "forward an exchange")
@@ -58,13 +81,34 @@ async def forward_query(
 ) -> pb.ForwardQueryResponse:
     """Calls ``peer``'s ForwardQuery: within the consumer's deadline (less a margin to answer it), else the
     longest a peer call and a provider's answer may take; failures name the hop (``Federation.call_on``)."""
-    settings = federation.settings
-    timeout = settings.federation_call_seconds + settings.provider_timeout_seconds
-    if deadline is not None:
-        timeout = min(timeout, max(0.01, deadline - time.monotonic() - _MARGIN))
+    timeout = _timeout(federation, deadline)
 
     async def rpc(channel: grpc.aio.Channel) -> pb.ForwardQueryResponse:
         stub: pb_grpc.ForwardingServiceAsyncStub = pb_grpc.ForwardingServiceStub(channel)
         return await stub.ForwardQuery(request, timeout=timeout)
 
     return await federation.call_on(peer, "forwarded query", rpc, timeout)
+
+
+def forward_stream(
+    federation: Federation, peer: Peer, request: pb.ForwardQueryRequest, deadline: float | None
+) -> AsyncIterator[pb.ForwardedBatch]:
+    """Calls ``peer``'s ForwardStream: its batches as they come; failures name the hop. The whole stream has
+    the consumer's deadline, else none (the home's own limits end it)."""
+    timeout = None if deadline is None else max(0.01, deadline - time.monotonic() - _MARGIN)
+
+    def rpc(channel: grpc.aio.Channel) -> AsyncIterator[pb.ForwardedBatch]:
+        stub: pb_grpc.ForwardingServiceAsyncStub = pb_grpc.ForwardingServiceStub(channel)
+        return aiter(stub.ForwardStream(request, timeout=timeout))
+
+    return federation.stream_on(peer, "forwarded stream", rpc, timeout or federation.settings.federation_call_seconds)
+
+
+def _timeout(federation: Federation, deadline: float | None) -> float:
+    """Within the consumer's deadline (less a margin to answer it), else the longest a peer call and a
+    provider's answer may take."""
+    settings = federation.settings
+    timeout = settings.federation_call_seconds + settings.provider_timeout_seconds
+    if deadline is not None:
+        timeout = min(timeout, max(0.01, deadline - time.monotonic() - _MARGIN))
+    return timeout

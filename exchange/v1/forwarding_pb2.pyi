@@ -72,3 +72,35 @@ class ForwardQueryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForwardQueryResponse: _TypeAlias = ForwardQueryResponse  # noqa: Y015
+
+@_typing.final
+class ForwardedBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    EXCHANGE_ID_FIELD_NUMBER: _builtins.int
+    batch: _builtins.bytes
+    """The home hub's QueryBatch, serialized as the home hub made it."""
+    statement: _builtins.str
+    """The home hub's statement of this batch (exchange-provenance/v1 in a signed note, kind "batch", count
+    its number from 1): its sha256 is SHA-256 of the previous batch's statement sha256 (hex; "" before the
+    first) followed by the SHA-256 (hex) of this batch's records. The last batch also carries the home's
+    provenance statement of the whole stream.
+    """
+    exchange_id: _builtins.str
+    """The answering hub's id of this exchange."""
+    def __init__(
+        self,
+        *,
+        batch: _builtins.bytes = ...,
+        statement: _builtins.str = ...,
+        exchange_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "exchange_id", b"exchange_id", "statement", b"statement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardedBatch: _TypeAlias = ForwardedBatch  # noqa: Y015

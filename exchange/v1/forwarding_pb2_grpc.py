@@ -39,6 +39,11 @@ class ForwardingServiceStub:
                 request_serializer=exchange_dot_v1_dot_forwarding__pb2.ForwardQueryRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_forwarding__pb2.ForwardQueryResponse.FromString,
                 _registered_method=True)
+        self.ForwardStream = channel.unary_stream(
+                '/exchange.v1.ForwardingService/ForwardStream',
+                request_serializer=exchange_dot_v1_dot_forwarding__pb2.ForwardQueryRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_forwarding__pb2.ForwardedBatch.FromString,
+                _registered_method=True)
 
 
 class ForwardingServiceServicer:
@@ -56,6 +61,15 @@ class ForwardingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardStream(self, request, context):
+        """A StreamQuery forwarded by the calling peer (its statement's call is "stream"); the same refusals.
+        Each batch comes with the home hub's signed statement chaining the batches before it, so every hub
+        checks each batch before it passes it on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForwardingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -63,6 +77,11 @@ def add_ForwardingServiceServicer_to_server(servicer, server):
                     servicer.ForwardQuery,
                     request_deserializer=exchange_dot_v1_dot_forwarding__pb2.ForwardQueryRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_forwarding__pb2.ForwardQueryResponse.SerializeToString,
+            ),
+            'ForwardStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ForwardStream,
+                    request_deserializer=exchange_dot_v1_dot_forwarding__pb2.ForwardQueryRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_forwarding__pb2.ForwardedBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +111,33 @@ class ForwardingService:
             '/exchange.v1.ForwardingService/ForwardQuery',
             exchange_dot_v1_dot_forwarding__pb2.ForwardQueryRequest.SerializeToString,
             exchange_dot_v1_dot_forwarding__pb2.ForwardQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/exchange.v1.ForwardingService/ForwardStream',
+            exchange_dot_v1_dot_forwarding__pb2.ForwardQueryRequest.SerializeToString,
+            exchange_dot_v1_dot_forwarding__pb2.ForwardedBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,11 @@ class ForwardingServiceStub:
     UNAVAILABLE naming the hop when a hub further on cannot be reached; DATA_LOSS when the answer that came
     back does not carry the home hub's valid signature.
     """
+    ForwardStream: _grpc.UnaryStreamMultiCallable[_forwarding_pb2.ForwardQueryRequest, _forwarding_pb2.ForwardedBatch]
+    """A StreamQuery forwarded by the calling peer (its statement's call is "stream"); the same refusals.
+    Each batch comes with the home hub's signed statement chaining the batches before it, so every hub
+    checks each batch before it passes it on.
+    """
 
 @_typing.type_check_only
 class ForwardingServiceAsyncStub(ForwardingServiceStub):
@@ -53,6 +58,11 @@ class ForwardingServiceAsyncStub(ForwardingServiceStub):
     statement, a routing loop or a used hop limit; INVALID_ARGUMENT for a malformed statement or request;
     UNAVAILABLE naming the hop when a hub further on cannot be reached; DATA_LOSS when the answer that came
     back does not carry the home hub's valid signature.
+    """
+    ForwardStream: _aio.UnaryStreamMultiCallable[_forwarding_pb2.ForwardQueryRequest, _forwarding_pb2.ForwardedBatch]  # type: ignore[assignment]
+    """A StreamQuery forwarded by the calling peer (its statement's call is "stream"); the same refusals.
+    Each batch comes with the home hub's signed statement chaining the batches before it, so every hub
+    checks each batch before it passes it on.
     """
 
 class ForwardingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -68,6 +78,17 @@ class ForwardingServiceServicer(metaclass=_abc_1.ABCMeta):
         statement, a routing loop or a used hop limit; INVALID_ARGUMENT for a malformed statement or request;
         UNAVAILABLE naming the hop when a hub further on cannot be reached; DATA_LOSS when the answer that came
         back does not carry the home hub's valid signature.
+        """
+
+    @_abc_1.abstractmethod
+    def ForwardStream(
+        self,
+        request: _forwarding_pb2.ForwardQueryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_forwarding_pb2.ForwardedBatch], _abc.AsyncIterator[_forwarding_pb2.ForwardedBatch]]:
+        """A StreamQuery forwarded by the calling peer (its statement's call is "stream"); the same refusals.
+        Each batch comes with the home hub's signed statement chaining the batches before it, so every hub
+        checks each batch before it passes it on.
         """
 
 def add_ForwardingServiceServicer_to_server(servicer: ForwardingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -158,3 +158,15 @@ def query_response(result: QueryResult) -> xpb.QueryResponse:
         disclosure=disclosure_to_wire(result.disclosure),
         provenance=xpb.Provenance(note=result.provenance) if result.provenance else None,
     )
+
+
+def batch_to_wire(b: Batch) -> xpb.QueryBatch:
+    """A stream's batch as the consumer receives it."""
+    return xpb.QueryBatch(
+        exchange_id=b.exchange_id,
+        records=b.records if b.records is not None else [values.record_to_wire(r) for r in b.rows],
+        disclosure=disclosure_to_wire(b.disclosure) if b.disclosure else None,
+        last=b.last,
+        total_records=b.total,
+        provenance=xpb.Provenance(note=b.provenance) if b.provenance else None,
+    )

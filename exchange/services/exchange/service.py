@@ -166,10 +166,11 @@ class ExchangeService:
     # Streams
 
     async def stream(
-        self, identify: Identify, ask: Ask, batch_size: int, deadline: float | None
+        self, identify: Identify, ask: Ask, batch_size: int, deadline: float | None, *, link: Link | None = None
     ) -> AsyncGenerator[Batch, None]:
-        """Batches as the consumer takes them; the provider is read one batch ahead at most."""
-        call = Call(new_exchange_id(), "stream", RECORD_KINDS, deadline, batch=batch_size)
+        """Batches as the consumer takes them; the provider is read one batch ahead at most. ``link``: the call
+        was forwarded by another hub."""
+        call = Call(new_exchange_id(), "stream", RECORD_KINDS, deadline, batch=batch_size, link=link)
         plan = await self._plan(identify, ask, call)
         shaper = shape.StreamShaper(plan, ask.provenance)
         recheck = Recheck(identify, partial(self._decider.still_granted, plan, ask))

@@ -15,17 +15,17 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from audit import forwarded
 from audit.forwarded import Forwarded
 from audit.note import Signer
 from audit.records import AuditRecord
-from exchange.errors import ExchangeError, FailedPrecondition
+from exchange.errors import DataLoss, ExchangeError, FailedPrecondition
 from exchange.federation.model import Peer, PeerState, RemoteEntry
 from exchange.models import Principal, PrincipalKind, PrincipalRef
-from exchange.services.auditing import hub_instance, now_text
+from exchange.services.auditing import now_text
 from exchange.services.exchange import ExchangeService
 from exchange.services.exchange.admit import admit, typed_filters
 from exchange.services.exchange.answers import (
@@ -35,11 +35,13 @@ from exchange.services.exchange.answers import (
     Identify,
     Link,
     ask_of,
+    batch_to_wire,
     new_exchange_id,
     query_response,
 )
 from exchange.services.exchange.record import Recorder, failed, refused, since
 from exchange.services.federation import forwarding_checks as checks
+from exchange.services.federation.forwarding_records import hop_record, refused_call
 from exchange.store import Store
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import forwarding_pb2 as fpb
@@ -47,6 +49,7 @@ from exchange.v1 import forwarding_pb2 as fpb
 log = logging.getLogger(__name__)
 # Sends a forwarded query to a peer (Federation's call: its failures name the hop).
 Send = Callable[[Peer, fpb.ForwardQueryRequest, float | None], Awaitable[fpb.ForwardQueryResponse]]
+SendStream = Callable[[Peer, fpb.ForwardQueryRequest, float | None], AsyncIterator[fpb.ForwardedBatch]]
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,9 @@ class Forwarding:
         exchanging: ExchangeService,
         recorder: Recorder,
         hub: HubSide,
-        send: Send,
         *,
+        send: Send,
+        send_stream: SendStream,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._store = store
@@ -86,6 +90,7 @@ class Forwarding:
         self._recorder = recorder
         self._hub = hub
         self._send = send
+        self._send_stream = send_stream
         self._clock = clock
 
     async def is_remote(self, code: str) -> bool:
@@ -98,9 +103,35 @@ class Forwarding:
 
     async def query(self, identify: Identify, request: xpb.QueryRequest, deadline: float | None) -> xpb.QueryResponse:
         """The answer of the home hub to a consumer of this hub, checked; recorded here as the "out" hop."""
-        ask, raw = ask_of(request), request.SerializeToString()
         call = Call(new_exchange_id(), "query", RECORD_KINDS, deadline, page=(request.page_size, request.page_token))
         started = time.monotonic()
+        raw = request.SerializeToString()
+        record, statement, route, ask = await self._start(identify, request, raw, call)
+        _, response = await self._pass_on(record, statement, raw, route, deadline=deadline, started=started)
+        response.exchange_id = call.exchange_id  # the consumer's id of it here; the home's is in the provenance
+        if not ask.provenance:
+            response.ClearField("provenance")
+        return response
+
+    async def stream(
+        self, identify: Identify, request: xpb.QueryRequest, deadline: float | None
+    ) -> AsyncGenerator[xpb.QueryBatch, None]:
+        """The home hub's batches for a consumer of this hub, each checked before it is passed on."""
+        call = Call(new_exchange_id(), "stream", RECORD_KINDS, deadline, batch=request.batch_size)
+        started = time.monotonic()
+        raw = request.SerializeToString()
+        record, statement, route, ask = await self._start(identify, request, raw, call)
+        async for _, batch in self._pass_on_stream(record, statement, raw, route, deadline=deadline, started=started):
+            batch.exchange_id = call.exchange_id
+            if batch.last and not ask.provenance:
+                batch.ClearField("provenance")
+            yield batch
+
+    async def _start(
+        self, identify: Identify, request: xpb.QueryRequest, raw: bytes, call: Call
+    ) -> tuple[AuditRecord, Forwarded, Route, Ask]:
+        """Admits the consumer's call here (a refusal recorded and raised) and its first statement."""
+        ask = ask_of(request)
         admitted = await asyncio.to_thread(self._admit, identify, ask, call)
         if isinstance(admitted[1], ExchangeError):  # refused here
             await self._recorder.append(admitted[0])
@@ -111,7 +142,7 @@ class Forwarding:
             receiver=route.peer.code,
             home=route.home,
             resource=ask.resource_code,
-            call="query",
+            call=call.action,
             department=actor.department_code,
             system=actor.ref.code,
             purpose=ask.purpose,
@@ -120,11 +151,7 @@ class Forwarding:
             hops_left=self._hub.hop_limit,
             request=forwarded.request_digest(raw),
         )
-        _, response = await self._pass_on(record, statement, raw, route, deadline=deadline, started=started)
-        response.exchange_id = call.exchange_id  # the consumer's id of it here; the home's is in the provenance
-        if not ask.provenance:
-            response.ClearField("provenance")
-        return response
+        return record, statement, route, ask
 
     def _admit(
         self, identify: Identify, ask: Ask, call: Call
@@ -205,30 +232,106 @@ class Forwarding:
         await self._recorder.append(done)
         return answer, response
 
+    async def _pass_on_stream(
+        self,
+        record: AuditRecord,
+        statement: Forwarded,
+        raw: bytes,
+        route: Route,
+        *,
+        deadline: float | None,
+        started: float,
+    ) -> AsyncGenerator[tuple[fpb.ForwardedBatch, xpb.QueryBatch], None]:
+        """``_pass_on`` for a stream: each batch checked as it comes, before it is passed on; the "out" hop
+        recorded when the first batch names the next hub's exchange id, and closed when the last has passed."""
+        peer = route.peer
+        out = replace(record, hop="out", peer_hub=checks.log_origin(peer.log_key), peer_exchange_id="")
+        hop = f"peer hub {peer.code} at {peer.address}"
+        check, last = checks.BatchCheck(route.home_key, statement, hop), False
+        try:
+            note = forwarded.issue(self._hub.signer, statement, self._clock())
+            request = fpb.ForwardQueryRequest(statement=note, request=raw)
+            async for part in self._send_stream(peer, request, deadline):
+                batch = check(part.batch, part.statement)
+                if not out.peer_exchange_id:
+                    out = replace(out, outcome="allowed", peer_exchange_id=part.exchange_id[:64])
+                    await self._recorder.append(out)
+                last = batch.last
+                yield part, batch
+            if not last:
+                raise DataLoss(f"the stream from {hop} ended before its last batch")
+        except ExchangeError as e:
+            log.warning("forwarded stream %s to %s failed: %s", statement.exchanges[-1], hop, e.message)
+            ending = _closing(out) if out.peer_exchange_id else out
+            await self._recorder.append(replace(failed(ending, started, e), rows=check.rows))
+            raise e.recorded_as(record.exchange_id) from None
+        except (asyncio.CancelledError, GeneratorExit):  # the consumer went away: the record is written all the same
+            self._recorder.append_in_background(replace(_closing(out), outcome="cancelled", rows=check.rows))
+            raise
+        await self._recorder.append(replace(_closing(out), outcome="ok", rows=check.rows, latency_us=since(started)))
+
     # A hub that receives a forwarded call
 
     async def receive(self, peer: Peer, note: str, raw: bytes, deadline: float | None) -> fpb.ForwardQueryResponse:
         """A query ``peer`` forwarded: served if homed here, else passed on towards its home."""
         exchange_id, started = new_exchange_id(), time.monotonic()
-        try:
-            statement, request, route = await asyncio.to_thread(self._accept, peer, note, raw)
-        except ExchangeError as e:
-            log.warning("forwarded query from peer hub %s refused: %s", peer.code, e.message)
-            await self._recorder.append(self._refused_call(peer, note, exchange_id, e, started))
-            raise e.recorded_as(exchange_id) from None
+        statement, request, route = await self._accepted(peer, note, raw, "query", (exchange_id, started))
         if route is None:
             return await self._serve(peer, statement, note, request, deadline)
-        record = self._hop_record(peer, statement, note, exchange_id)
+        record = hop_record(peer, statement, note, exchange_id)
         await self._recorder.append(record)
         onward = forwarded.next_hop(statement, self._hub.code, exchange_id, route.peer.code)
         answer, _ = await self._pass_on(record, onward, raw, route, deadline=deadline, started=started)
         return fpb.ForwardQueryResponse(response=answer.response, provenance=answer.provenance, exchange_id=exchange_id)
 
-    def _accept(self, peer: Peer, note: str, raw: bytes) -> tuple[Forwarded, xpb.QueryRequest, Route | None]:
+    async def _accepted(
+        self, peer: Peer, note: str, raw: bytes, call: str, ids: tuple[str, float]
+    ) -> tuple[Forwarded, xpb.QueryRequest, Route | None]:
+        """``_accept`` in a worker thread; a refusal logged, recorded (under ``ids``: exchange id, start) and raised."""
+        try:
+            return await asyncio.to_thread(self._accept, peer, note, raw, call)
+        except ExchangeError as e:
+            log.warning("forwarded %s from peer hub %s refused: %s", call, peer.code, e.message)
+            await self._recorder.append(refused_call(peer, note, call, ids[0], error=e, started=ids[1]))
+            raise e.recorded_as(ids[0]) from None
+
+    async def receive_stream(
+        self, peer: Peer, note: str, raw: bytes, deadline: float | None
+    ) -> AsyncGenerator[fpb.ForwardedBatch, None]:
+        """A stream ``peer`` forwarded: served if homed here, else passed on, batch by batch, towards its home."""
+        exchange_id, started = new_exchange_id(), time.monotonic()
+        statement, request, route = await self._accepted(peer, note, raw, "stream", (exchange_id, started))
+        if route is None:
+            async for served in self._serve_stream(peer, statement, note, request, deadline):
+                yield served
+            return
+        record = hop_record(peer, statement, note, exchange_id)
+        await self._recorder.append(record)
+        onward = forwarded.next_hop(statement, self._hub.code, exchange_id, route.peer.code)
+        async for part, _ in self._pass_on_stream(record, onward, raw, route, deadline=deadline, started=started):
+            yield fpb.ForwardedBatch(batch=part.batch, statement=part.statement, exchange_id=exchange_id)
+
+    async def _serve_stream(
+        self, peer: Peer, statement: Forwarded, note: str, request: xpb.QueryRequest, deadline: float | None
+    ) -> AsyncGenerator[fpb.ForwardedBatch, None]:
+        """The home's batches, each with its signed statement chaining the ones before it."""
+        consumer, ask, link = _as_consumer(peer, statement, note, request)
+        batches = self._exchanging.stream(lambda: consumer, ask, request.batch_size, deadline, link=link)
+        previous, number = "", 0
+        try:
+            async for served in batches:
+                batch, number = batch_to_wire(served), number + 1
+                signed, previous = checks.batch_statement(self._hub.signer, statement, batch, number, previous)
+                yield fpb.ForwardedBatch(
+                    batch=batch.SerializeToString(), statement=signed, exchange_id=served.exchange_id
+                )
+        finally:
+            await batches.aclose()
+
+    def _accept(self, peer: Peer, note: str, raw: bytes, call: str) -> tuple[Forwarded, xpb.QueryRequest, Route | None]:
         """The statement, the request and where it goes next (None: homed here). Runs in a worker thread."""
-        statement = checks.accepted(
-            note, peer, me=self._hub.code, request=raw, now=self._clock(), seen=self._store.forwarded.seen
-        )
+        now, seen = self._clock(), self._store.forwarded.seen
+        statement = checks.accepted(note, peer, me=self._hub.code, request=raw, now=now, seen=seen, call=call)
         request = checks.request_of(raw, statement)
         entry = self._store.federated.get(statement.resource)
         if entry is None:
@@ -246,55 +349,26 @@ class Forwarding:
         self, peer: Peer, statement: Forwarded, note: str, request: xpb.QueryRequest, deadline: float | None
     ) -> fpb.ForwardQueryResponse:
         """The home's answer: decided by this hub's grants for the foreign department, signed."""
-        consumer = Principal(
-            PrincipalRef(PrincipalKind.SYSTEM, statement.system),
-            f"system {statement.system} at hub {statement.origin}",
-            statement.department,
-        )
-        link = Link(checks.log_origin(peer.log_key), statement.exchanges[-1], "in", note)
-        ask = replace(ask_of(request), provenance=True)
+        consumer, ask, link = _as_consumer(peer, statement, note, request)
         result = await self._exchanging.query(
             lambda: consumer, ask, request.page_size, request.page_token, deadline, link=link
         )
         response = query_response(result).SerializeToString()
         return fpb.ForwardQueryResponse(response=response, provenance=result.provenance, exchange_id=result.exchange_id)
 
-    def _hop_record(self, peer: Peer, statement: Forwarded, note: str, exchange_id: str) -> AuditRecord:
-        """A hub on the way: the "in" record of the call it passes on (who asks, from which hub)."""
-        return AuditRecord(
-            kind="exchange",
-            action="query",
-            time=now_text(),
-            actor=f"system/{statement.system}"[:200],
-            actor_department=statement.department,
-            outcome="allowed",
-            subject=statement.home,
-            resource=statement.resource,
-            purpose=statement.purpose[:200],
-            exchange_id=exchange_id,
-            request_sha256=statement.request,
-            hub=hub_instance(),
-            peer_hub=checks.log_origin(peer.log_key),
-            peer_exchange_id=statement.exchanges[-1],
-            hop="in",
-            forwarded=note,
-        )
 
-    def _refused_call(
-        self, peer: Peer, note: str, exchange_id: str, error: ExchangeError, started: float
-    ) -> AuditRecord:
-        """The record of a forwarded call this hub refused: the calling hub, the reason, the statement."""
-        record = AuditRecord(
-            kind="exchange",
-            action="query",
-            time=now_text(),
-            actor=f"hub/{peer.code}",
-            actor_department="",
-            outcome="denied",
-            exchange_id=exchange_id,
-            hub=hub_instance(),
-            peer_hub=checks.log_origin(peer.log_key),
-            hop="in",
-            forwarded=note[:4000],
-        )
-        return replace(refused(record, started, error), outcome="denied")  # a refusal, whatever its status
+def _as_consumer(peer: Peer, statement: Forwarded, note: str, request: xpb.QueryRequest) -> tuple[Principal, Ask, Link]:
+    """The home's view of a forwarded call: the foreign system as its caller (kind system, its code, the consuming
+    department), what it asks (always with provenance: the hubs on the way check it), and the link to record."""
+    consumer = Principal(
+        PrincipalRef(PrincipalKind.SYSTEM, statement.system),
+        f"system {statement.system} at hub {statement.origin}",
+        statement.department,
+    )
+    link = Link(checks.log_origin(peer.log_key), statement.exchanges[-1], "in", note)
+    return consumer, replace(ask_of(request), provenance=True), link
+
+
+def _closing(out: AuditRecord) -> AuditRecord:
+    """The closing record of a stream's "out" hop (its opening one was written with the first batch)."""
+    return replace(out, action=f"{out.action}_end", time=now_text())

@@ -10,13 +10,16 @@ change it unseen.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterable
 
 from audit import forwarded, provenance
 from audit.forwarded import Forwarded, ForwardError
-from audit.note import NoteError, Verifier
+from audit.note import NoteError, Signer, Verifier
 from exchange.errors import DataLoss, ExchangeError, FailedPrecondition, InvalidArgument, PermissionDenied
 from exchange.federation.model import Peer, department_division, within
+from exchange.services.auditing import now_text
+from exchange.v1 import data_pb2
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.values import RowsDigest, record_from_wire
 
@@ -51,6 +54,7 @@ def accepted(
     request: bytes,
     now: dt.datetime,
     seen: Callable[[str, dt.datetime], bool],
+    call: str = "query",
 ) -> Forwarded:
     """The statement of a call ``peer`` forwarded, if this hub may act on it; the refusal (an error) if not."""
     try:
@@ -74,8 +78,8 @@ def accepted(
             f"(division {division}, outside its own); it came from peer hub {peer.code}",
             "FORWARD_DEPARTMENT",
         )
-    if statement.call != "query":
-        raise FailedPrecondition(f"forwarded {statement.call} calls are not served yet", kind="FORWARD_CALL")
+    if statement.call != call:
+        raise InvalidArgument(f"the forwarded statement is for a {statement.call} call, not a {call}")
     return statement
 
 
@@ -95,9 +99,7 @@ def verified_answer(answer_bytes: bytes, note: str, home_key: str, statement: Fo
     DataLoss naming the hop the answer came from if not."""
     try:
         response = xpb.QueryResponse.FromString(answer_bytes)
-        digest = RowsDigest()
-        digest.update(record_from_wire(r) for r in response.records)
-        said = provenance.verify(note, Verifier.parse(home_key), digest.hexdigest())
+        said = provenance.verify(note, Verifier.parse(home_key), records_digest(response.records)[0])
     except (provenance.ProvenanceError, NoteError) as e:
         raise DataLoss(
             f"the answer that came back from {hop} is not the one hub {statement.home} signed: {e}"
@@ -110,3 +112,79 @@ def verified_answer(answer_bytes: bytes, note: str, home_key: str, statement: Fo
     if said.exchange != response.exchange_id:
         raise DataLoss(f"the answer that came back from {hop} names another exchange than its signed statement")
     return response
+
+
+def chained(previous: str, records_sha256: str) -> str:
+    """The sha256 a batch statement signs: SHA-256 (hex) of the previous batch's ("" before the first) and
+    this batch's records' SHA-256, both hex. A batch dropped, repeated, reordered or changed breaks the chain."""
+    return hashlib.sha256(f"{previous}{records_sha256}".encode()).hexdigest()
+
+
+def records_digest(records: Iterable[data_pb2.Record]) -> tuple[str, list[dict[str, object]]]:
+    """The SHA-256 of records' canonical lines (as provenance signs them) and the records read."""
+    rows = [record_from_wire(r) for r in records]
+    digest = RowsDigest()
+    digest.update(rows)
+    return digest.hexdigest(), rows
+
+
+def batch_statement(
+    signer: Signer, statement: Forwarded, batch: xpb.QueryBatch, number: int, previous: str
+) -> tuple[str, str]:
+    """The home's signed statement of one batch of a forwarded stream (see ``chained``), and its chained digest."""
+    sha256 = chained(previous, records_digest(batch.records)[0])
+    said = provenance.Statement(
+        exchange=batch.exchange_id,
+        time=now_text(),
+        resource=statement.resource,
+        owner="",  # a batch's statement names no owner: the stream's closing provenance does
+        consumer=f"system/{statement.system}",
+        consumer_department=statement.department,
+        kind="batch",
+        count=number,
+        sha256=sha256,
+    )
+    return provenance.sign(signer, said), sha256
+
+
+class BatchCheck:
+    """Checks each batch of a forwarded stream, as it comes, against the home's chained statements."""
+
+    def __init__(self, home_key: str, statement: Forwarded, hop: str) -> None:
+        self._key = home_key
+        self._statement = statement
+        self._hop = hop
+        self._previous = ""
+        self._number = 0
+        self._all = RowsDigest()
+        self.rows = 0
+
+    def __call__(self, raw: bytes, note: str) -> xpb.QueryBatch:
+        """The batch, if the home signed it as the next of this stream; DataLoss naming the hop if not."""
+        st, hop = self._statement, self._hop
+        try:
+            batch = xpb.QueryBatch.FromString(raw)
+            sha256, rows = records_digest(batch.records)
+            said = provenance.verify(note, Verifier.parse(self._key), chained(self._previous, sha256))
+        except (provenance.ProvenanceError, NoteError) as e:
+            raise DataLoss(f"a batch that came back from {hop} is not one hub {st.home} signed: {e}") from None
+        except Exception:  # an unreadable batch
+            raise DataLoss(f"a batch that came back from {hop} cannot be read") from None
+        self._number += 1
+        expected = ("batch", self._number, st.resource, f"system/{st.system}", st.department, batch.exchange_id)
+        if (said.kind, said.count, said.resource, said.consumer, said.consumer_department, said.exchange) != expected:
+            raise DataLoss(f"a batch that came back from {hop} is out of order or signed for another call")
+        self._previous, self.rows = said.sha256, self.rows + len(rows)
+        self._all.update(rows)
+        if batch.last:
+            self._last(batch)
+        return batch
+
+    def _last(self, batch: xpb.QueryBatch) -> None:
+        try:
+            said = provenance.verify(batch.provenance.note, Verifier.parse(self._key), self._all.hexdigest())
+        except (provenance.ProvenanceError, NoteError) as e:
+            problem = f"the stream that came back from {self._hop} does not match its closing statement: {e}"
+            raise DataLoss(problem) from None
+        if said.count != self.rows or batch.total_records != self.rows:
+            raise DataLoss(f"the stream that came back from {self._hop} lost records on the way")
