@@ -7,6 +7,7 @@ refused with their status, logged and recorded."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -50,7 +51,7 @@ def tree(tmp_path: Path) -> Iterator[dict[str, Node]]:
         peer_pair(running["county"], running["city"])
         peer_pair(running["city"], running["province"])
         _serve_at_province(running["province"], tmp_path)
-        grant_at_home(running["province"], ("name", "id_number", "address"), mask_name=True)
+        grant_at_home(running["province"], ENTRY, ("name", "id_number", "address"), mask_name=True)
         for level in ("city", "county"):
             running[level].sync()
         county = running["county"]
@@ -82,17 +83,20 @@ def _serve_at_province(province: Node, root: Path) -> None:
         c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=binding, reason="接入前置库"))
 
 
-def grant_at_home(province: Node, fields: tuple[str, ...], *, mask_name: bool = False) -> str:
+def grant_at_home(province: Node, entry: str, fields: tuple[str, ...], *, mask_name: bool = False) -> str:
     """TEST SEED, to be replaced by the cross-hub application (issue 15, item 3) once it lands: the province
     registers the county's department and system in its own registry, and the county's share request is made,
     approved and granted through the province's own services, as for a local consumer."""
     hub = province.running
-    hub.add_department(SIMING_MARKET)
-    hub.add_system(SYSTEM, SIMING_MARKET.code)
-    clerk = hub.add_person("sm-clerk", SIMING_MARKET.code, m.Role.CONSUMER)
-    manager = hub.add_person("fj-manager", AUTHORITY.code, m.Role.SHARE_MANAGER)
+    if SIMING_MARKET.code not in hub.certifiers:  # the first grant: the consumer side registered at the home
+        hub.add_department(SIMING_MARKET)
+        hub.add_system(SYSTEM, SIMING_MARKET.code)
+        hub.add_person("sm-clerk", SIMING_MARKET.code, m.Role.CONSUMER)
+        hub.add_person("fj-manager", AUTHORITY.code, m.Role.SHARE_MANAGER)
+    clerk = hub.identity(m.PrincipalKind.PERSON, "sm-clerk")
+    manager = hub.identity(m.PrincipalKind.PERSON, "fj-manager")
     app = m.Application(
-        ENTRY, "", (SYSTEM,), PURPOSE, "《市场主体登记管理条例》", fields, TODAY, TODAY + dt.timedelta(days=30), 100
+        entry, "", (SYSTEM,), PURPOSE, "《市场主体登记管理条例》", fields, TODAY, TODAY + dt.timedelta(days=30), 100
     )
     with hub.client(clerk) as c:
         applied = c.call(c.rights.Apply, rpb.ApplyRequest(request=w.application_to_wire(app)))
@@ -403,3 +407,46 @@ def test_a_batch_altered_on_the_way_is_refused_before_it_reaches_the_county(tree
     assert "peer hub 350200" in str(error.details()) and "not one hub 350000 signed" in str(error.details())
     assert [r.fields["name"].string_value for b in received for r in b.records] == ["李*"]  # the first, checked
     assert _hops(county) == [("stream", "out", "allowed", 0), ("stream_end", "out", "failed", 1)]
+
+
+DOCUMENTS = "10101/350000000002"
+
+
+def test_a_document_crosses_two_hops_each_chunk_checked_on_the_way(tree: dict[str, Node]) -> None:
+    county, city, province = tree["county"], tree["city"], tree["province"]
+    hub = province.running
+    folder = hub.settings.home / "documents" / PROVINCE_MARKET.code / "licences"  # the department's own root
+    folder.mkdir(parents=True)
+    licence = "营业执照".encode() * 5000
+    (folder / f"{COMPANY}.pdf").write_bytes(licence)
+    items = (m.DataItem("id_number", "统一社会信用代码", m.FieldType.STRING, filterable=True),)
+    spec = identity_spec(
+        DOCUMENTS, PROVINCE_MARKET.code, name="营业执照", data_items=items, share_method=m.ShareMethod.DOCUMENT
+    )
+    steward = hub.certifier(PROVINCE_MARKET.code)
+    hub.publish(steward, spec)
+    with hub.client(steward) as c:
+        files = cpb.FileBackend(root=str(folder), name_template="{id_number}.pdf")
+        binding = cpb.Binding(resource_code=DOCUMENTS, files=files)
+        c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=binding, reason="接入证照库"))
+    grant_at_home(province, DOCUMENTS, ("id_number",))
+    for level in ("city", "county"):
+        tree[level].sync()
+    identity = county.running.identity(m.PrincipalKind.SYSTEM, SYSTEM)
+    with county.running.client(identity) as client:
+        stub = exchange_pb2_grpc.ExchangeServiceStub(client.channel)
+        request = xpb.FetchDocumentRequest(resource_code=DOCUMENTS, purpose=PURPOSE, filters={"id_number": COMPANY})
+        chunks = list(stub.FetchDocument(request, timeout=30))
+    data = b"".join(c.data for c in chunks)
+    assert data == licence and chunks[-1].sha256 == hashlib.sha256(licence).digest()
+    assert chunks[0].info.size == len(licence) and not chunks[-1].HasField("provenance")
+    assert {c.exchange_id for c in chunks} == {exchanges(county)[0]["exchange_id"]}
+    assert [(r["action"], r["hop"], r["outcome"], r["bytes"]) for r in exchanges(county)] == [
+        ("document", "out", "allowed", 0),
+        ("document_end", "out", "ok", len(licence)),
+    ]
+    assert [(r["action"], r["hop"], r["outcome"]) for r in exchanges(province)][-2:] == [
+        ("document", "in", "allowed"),
+        ("document_end", "in", "ok"),
+    ]
+    assert {r["peer_exchange_id"] for r in exchanges(county)} == {exchanges(city)[0]["exchange_id"]}

@@ -42,7 +42,7 @@ from exchange.server.catalog import CatalogServicer
 from exchange.server.console import ConsoleServicer, console_base_url
 from exchange.server.credentials import TlsFiles
 from exchange.server.exchange import ExchangeServicer
-from exchange.server.forwarding import forward_query, forward_stream
+from exchange.server.forwarding import forward_document, forward_query, forward_stream
 from exchange.server.metrics import HubMetrics, MetricsServer
 from exchange.server.objections import ObjectionServicer
 from exchange.server.parsing import RequestParsing
@@ -361,6 +361,7 @@ class Hub:
             side,
             send=partial(forward_query, self.federation),
             send_stream=partial(forward_stream, self.federation),
+            send_document=partial(forward_document, self.federation),
         )
         return self.federation.forwarding
 

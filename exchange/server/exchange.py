@@ -15,8 +15,8 @@ import grpc
 
 from exchange.errors import ExchangeError
 from exchange.server.rpc import Authenticator, abort_with, internal_error, peer_of, principal_of
-from exchange.services.exchange import Chunk, ExchangeService
-from exchange.services.exchange.answers import ask_of, batch_to_wire, query_response
+from exchange.services.exchange import ExchangeService
+from exchange.services.exchange.answers import ask_of, batch_to_wire, chunk_to_wire, query_response
 from exchange.services.federation.forwarding import Forwarding
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc as pb_grpc
@@ -82,24 +82,15 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
     async def FetchDocument(
         self, request: pb.FetchDocumentRequest, context: Context
     ) -> AsyncIterator[pb.DocumentChunk]:
-        chunks = self.service.document(
-            partial(principal_of, self, peer_of(self, context)), ask_of(request), _deadline(context)
-        )
-        async for message in _relay(context, chunks, _chunk, "FetchDocument"):
+        identify = partial(principal_of, self, peer_of(self, context))
+        if self.forwarding is not None and await self._remote(request.resource_code.strip(), context):
+            forwarded = self.forwarding.document(identify, request, _deadline(context))
+            async for chunk in _relay(context, forwarded, _same, "FetchDocument"):
+                yield chunk
+            return
+        chunks = self.service.document(identify, ask_of(request), _deadline(context))
+        async for message in _relay(context, chunks, chunk_to_wire, "FetchDocument"):
             yield message
-
-
-def _chunk(c: Chunk) -> pb.DocumentChunk:
-    d = c.document
-    return pb.DocumentChunk(
-        exchange_id=c.exchange_id,
-        info=pb.DocumentInfo(name=d.name, media_type=d.media_type, size=d.size) if d is not None else None,
-        data=c.data,
-        last=c.last,
-        sha256=c.sha256,
-        total_bytes=c.total,
-        provenance=pb.Provenance(note=c.provenance) if c.provenance else None,
-    )
 
 
 async def _relay(
@@ -117,5 +108,5 @@ async def _relay(
         await parts.aclose()
 
 
-def _same(message: pb.QueryBatch) -> pb.QueryBatch:
+def _same(message: M) -> M:
     return message

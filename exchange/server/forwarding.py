@@ -17,6 +17,7 @@ import grpc
 from exchange import errors
 from exchange.federation.model import Peer, PeerState
 from exchange.server.rpc import abort_with, internal_error
+from exchange.services.federation.forwarding_parts import Part
 from exchange.v1 import forwarding_pb2 as pb
 from exchange.v1 import forwarding_pb2_grpc as pb_grpc
 
@@ -51,6 +52,16 @@ class ForwardingServicer(pb_grpc.ForwardingServiceServicer):
     async def ForwardStream(
         self, request: pb.ForwardQueryRequest, context: Context
     ) -> AsyncIterator[pb.ForwardedBatch]:
+        async for part in self._parts(request, context, "stream"):
+            yield pb.ForwardedBatch(batch=part.payload, statement=part.statement, exchange_id=part.exchange_id)
+
+    async def ForwardDocument(
+        self, request: pb.ForwardQueryRequest, context: Context
+    ) -> AsyncIterator[pb.ForwardedChunk]:
+        async for part in self._parts(request, context, "document"):
+            yield pb.ForwardedChunk(chunk=part.payload, statement=part.statement, exchange_id=part.exchange_id)
+
+    async def _parts(self, request: pb.ForwardQueryRequest, context: Context, call: str) -> AsyncIterator[Part]:
         presented = _presented(context)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
@@ -59,12 +70,12 @@ class ForwardingServicer(pb_grpc.ForwardingServiceServicer):
             forwarding = self.federation.forwarding
             if forwarding is None:
                 raise errors.Unavailable(f"hub {self.federation.hub.code} is not serving forwarded exchanges yet")
-            async for batch in forwarding.receive_stream(peer, request.statement, request.request, deadline):
-                yield batch
+            async for part in forwarding.receive_parts(peer, request.statement, request.request, call, deadline):
+                yield part
         except errors.ExchangeError as e:
             await abort_with(context, e)
         except Exception:
-            await internal_error(context, "ForwardStream")
+            await internal_error(context, f"Forward {call}")
 
 
 def _presented(context: Context) -> bytes | None:
@@ -95,13 +106,30 @@ def forward_stream(
 ) -> AsyncIterator[pb.ForwardedBatch]:
     """Calls ``peer``'s ForwardStream: its batches as they come; failures name the hop. The whole stream has
     the consumer's deadline, else none (the home's own limits end it)."""
-    timeout = None if deadline is None else max(0.01, deadline - time.monotonic() - _MARGIN)
+    timeout = _whole(deadline)
 
     def rpc(channel: grpc.aio.Channel) -> AsyncIterator[pb.ForwardedBatch]:
         stub: pb_grpc.ForwardingServiceAsyncStub = pb_grpc.ForwardingServiceStub(channel)
         return aiter(stub.ForwardStream(request, timeout=timeout))
 
     return federation.stream_on(peer, "forwarded stream", rpc, timeout or federation.settings.federation_call_seconds)
+
+
+def forward_document(
+    federation: Federation, peer: Peer, request: pb.ForwardQueryRequest, deadline: float | None
+) -> AsyncIterator[pb.ForwardedChunk]:
+    """Calls ``peer``'s ForwardDocument: its chunks as they come; failures name the hop (as ``forward_stream``)."""
+    timeout = _whole(deadline)
+
+    def rpc(channel: grpc.aio.Channel) -> AsyncIterator[pb.ForwardedChunk]:
+        stub: pb_grpc.ForwardingServiceAsyncStub = pb_grpc.ForwardingServiceStub(channel)
+        return aiter(stub.ForwardDocument(request, timeout=timeout))
+
+    return federation.stream_on(peer, "forwarded document", rpc, timeout or federation.settings.federation_call_seconds)
+
+
+def _whole(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.01, deadline - time.monotonic() - _MARGIN)
 
 
 def _timeout(federation: Federation, deadline: float | None) -> float:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65xchange/v1/forwarding.proto\x12\x0b\x65xchange.v1\"9\n\x13\x46orwardQueryRequest\x12\x11\n\tstatement\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\x0c\"Q\n\x14\x46orwardQueryResponse\x12\x10\n\x08response\x18\x01 \x01(\x0c\x12\x12\n\nprovenance\x18\x02 \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\x03 \x01(\t\"G\n\x0e\x46orwardedBatch\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x0c\x12\x11\n\tstatement\x18\x02 \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\x03 \x01(\t2\xba\x01\n\x11\x46orwardingService\x12S\n\x0c\x46orwardQuery\x12 .exchange.v1.ForwardQueryRequest\x1a!.exchange.v1.ForwardQueryResponse\x12P\n\rForwardStream\x12 .exchange.v1.ForwardQueryRequest\x1a\x1b.exchange.v1.ForwardedBatch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65xchange/v1/forwarding.proto\x12\x0b\x65xchange.v1\"9\n\x13\x46orwardQueryRequest\x12\x11\n\tstatement\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\x0c\"Q\n\x14\x46orwardQueryResponse\x12\x10\n\x08response\x18\x01 \x01(\x0c\x12\x12\n\nprovenance\x18\x02 \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\x03 \x01(\t\"G\n\x0e\x46orwardedBatch\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x0c\x12\x11\n\tstatement\x18\x02 \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\x03 \x01(\t\"G\n\x0e\x46orwardedChunk\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x11\n\tstatement\x18\x02 \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\x03 \x01(\t2\x8e\x02\n\x11\x46orwardingService\x12S\n\x0c\x46orwardQuery\x12 .exchange.v1.ForwardQueryRequest\x1a!.exchange.v1.ForwardQueryResponse\x12P\n\rForwardStream\x12 .exchange.v1.ForwardQueryRequest\x1a\x1b.exchange.v1.ForwardedBatch0\x01\x12R\n\x0f\x46orwardDocument\x12 .exchange.v1.ForwardQueryRequest\x1a\x1b.exchange.v1.ForwardedChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORWARDQUERYRESPONSE']._serialized_end=185
   _globals['_FORWARDEDBATCH']._serialized_start=187
   _globals['_FORWARDEDBATCH']._serialized_end=258
-  _globals['_FORWARDINGSERVICE']._serialized_start=261
-  _globals['_FORWARDINGSERVICE']._serialized_end=447
+  _globals['_FORWARDEDCHUNK']._serialized_start=260
+  _globals['_FORWARDEDCHUNK']._serialized_end=331
+  _globals['_FORWARDINGSERVICE']._serialized_start=334
+  _globals['_FORWARDINGSERVICE']._serialized_end=604
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class ForwardingServiceStub:
                 request_serializer=exchange_dot_v1_dot_forwarding__pb2.ForwardQueryRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_forwarding__pb2.ForwardedBatch.FromString,
                 _registered_method=True)
+        self.ForwardDocument = channel.unary_stream(
+                '/exchange.v1.ForwardingService/ForwardDocument',
+                request_serializer=exchange_dot_v1_dot_forwarding__pb2.ForwardQueryRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_forwarding__pb2.ForwardedChunk.FromString,
+                _registered_method=True)
 
 
 class ForwardingServiceServicer:
@@ -70,6 +75,15 @@ class ForwardingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardDocument(self, request, context):
+        """A FetchDocument forwarded by the calling peer (its statement's call is "document"; `request` holds the
+        serialized FetchDocumentRequest); the same refusals. Each chunk comes with the home hub's signed
+        statement chaining the chunks before it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForwardingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +96,11 @@ def add_ForwardingServiceServicer_to_server(servicer, server):
                     servicer.ForwardStream,
                     request_deserializer=exchange_dot_v1_dot_forwarding__pb2.ForwardQueryRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_forwarding__pb2.ForwardedBatch.SerializeToString,
+            ),
+            'ForwardDocument': grpc.unary_stream_rpc_method_handler(
+                    servicer.ForwardDocument,
+                    request_deserializer=exchange_dot_v1_dot_forwarding__pb2.ForwardQueryRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_forwarding__pb2.ForwardedChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +157,33 @@ class ForwardingService:
             '/exchange.v1.ForwardingService/ForwardStream',
             exchange_dot_v1_dot_forwarding__pb2.ForwardQueryRequest.SerializeToString,
             exchange_dot_v1_dot_forwarding__pb2.ForwardedBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/exchange.v1.ForwardingService/ForwardDocument',
+            exchange_dot_v1_dot_forwarding__pb2.ForwardQueryRequest.SerializeToString,
+            exchange_dot_v1_dot_forwarding__pb2.ForwardedChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -170,3 +170,17 @@ def batch_to_wire(b: Batch) -> xpb.QueryBatch:
         total_records=b.total,
         provenance=xpb.Provenance(note=b.provenance) if b.provenance else None,
     )
+
+
+def chunk_to_wire(c: Chunk) -> xpb.DocumentChunk:
+    """A document's chunk as the consumer receives it."""
+    d = c.document
+    return xpb.DocumentChunk(
+        exchange_id=c.exchange_id,
+        info=xpb.DocumentInfo(name=d.name, media_type=d.media_type, size=d.size) if d is not None else None,
+        data=c.data,
+        last=c.last,
+        sha256=c.sha256,
+        total_bytes=c.total,
+        provenance=xpb.Provenance(note=c.provenance) if c.provenance else None,
+    )

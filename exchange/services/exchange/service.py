@@ -202,9 +202,12 @@ class ExchangeService:
 
     # Documents
 
-    async def document(self, identify: Identify, ask: Ask, deadline: float | None) -> AsyncGenerator[Chunk, None]:
-        """The document's description, its chunks as the consumer takes them, then its digest."""
-        call = Call(new_exchange_id(), "document", DOCUMENT_KINDS, deadline)
+    async def document(
+        self, identify: Identify, ask: Ask, deadline: float | None, *, link: Link | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        """The document's description, its chunks as the consumer takes them, then its digest. ``link``: the call
+        was forwarded by another hub."""
+        call = Call(new_exchange_id(), "document", DOCUMENT_KINDS, deadline, link=link)
         plan = await self._plan(identify, ask, call)
         opening = asyncio.ensure_future(self._provider.document(plan))
         try:

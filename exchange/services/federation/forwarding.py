@@ -18,29 +18,31 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from google.protobuf.message import Message
+
 from audit import forwarded
 from audit.forwarded import Forwarded
 from audit.note import Signer
 from audit.records import AuditRecord
-from exchange.errors import DataLoss, ExchangeError, FailedPrecondition
+from exchange.errors import ExchangeError, FailedPrecondition
 from exchange.federation.model import Peer, PeerState, RemoteEntry
 from exchange.models import Principal, PrincipalKind, PrincipalRef
-from exchange.services.auditing import now_text
 from exchange.services.exchange import ExchangeService
 from exchange.services.exchange.admit import admit, typed_filters
 from exchange.services.exchange.answers import (
+    DOCUMENT_KINDS,
     RECORD_KINDS,
     Ask,
     Call,
     Identify,
     Link,
     ask_of,
-    batch_to_wire,
     new_exchange_id,
     query_response,
 )
 from exchange.services.exchange.record import Recorder, failed, refused, since
 from exchange.services.federation import forwarding_checks as checks
+from exchange.services.federation import forwarding_parts as parts
 from exchange.services.federation.forwarding_records import hop_record, refused_call
 from exchange.store import Store
 from exchange.v1 import exchange_pb2 as xpb
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 # Sends a forwarded query to a peer (Federation's call: its failures name the hop).
 Send = Callable[[Peer, fpb.ForwardQueryRequest, float | None], Awaitable[fpb.ForwardQueryResponse]]
 SendStream = Callable[[Peer, fpb.ForwardQueryRequest, float | None], AsyncIterator[fpb.ForwardedBatch]]
+SendDocument = Callable[[Peer, fpb.ForwardQueryRequest, float | None], AsyncIterator[fpb.ForwardedChunk]]
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class Forwarding:
         *,
         send: Send,
         send_stream: SendStream,
+        send_document: SendDocument,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._store = store
@@ -91,6 +95,7 @@ class Forwarding:
         self._hub = hub
         self._send = send
         self._send_stream = send_stream
+        self._send_document = send_document
         self._clock = clock
 
     async def is_remote(self, code: str) -> bool:
@@ -118,17 +123,37 @@ class Forwarding:
     ) -> AsyncGenerator[xpb.QueryBatch, None]:
         """The home hub's batches for a consumer of this hub, each checked before it is passed on."""
         call = Call(new_exchange_id(), "stream", RECORD_KINDS, deadline, batch=request.batch_size)
-        started = time.monotonic()
-        raw = request.SerializeToString()
+        async for message, ask in self._parts_for_consumer(identify, request, call):
+            assert isinstance(message, xpb.QueryBatch)
+            message.exchange_id = call.exchange_id
+            if message.last and not ask.provenance:
+                message.ClearField("provenance")
+            yield message
+
+    async def document(
+        self, identify: Identify, request: xpb.FetchDocumentRequest, deadline: float | None
+    ) -> AsyncGenerator[xpb.DocumentChunk, None]:
+        """The home hub's document for a consumer of this hub, each chunk checked before it is passed on."""
+        call = Call(new_exchange_id(), "document", DOCUMENT_KINDS, deadline)
+        async for message, ask in self._parts_for_consumer(identify, request, call):
+            assert isinstance(message, xpb.DocumentChunk)
+            message.exchange_id = call.exchange_id
+            if message.last and not ask.provenance:
+                message.ClearField("provenance")
+            yield message
+
+    async def _parts_for_consumer(
+        self, identify: Identify, request: xpb.QueryRequest | xpb.FetchDocumentRequest, call: Call
+    ) -> AsyncGenerator[tuple[Message, Ask], None]:
+        started, raw = time.monotonic(), request.SerializeToString()
         record, statement, route, ask = await self._start(identify, request, raw, call)
-        async for _, batch in self._pass_on_stream(record, statement, raw, route, deadline=deadline, started=started):
-            batch.exchange_id = call.exchange_id
-            if batch.last and not ask.provenance:
-                batch.ClearField("provenance")
-            yield batch
+        async for _, message in self._pass_on_parts(
+            record, statement, raw, route, deadline=call.deadline, started=started
+        ):
+            yield message, ask
 
     async def _start(
-        self, identify: Identify, request: xpb.QueryRequest, raw: bytes, call: Call
+        self, identify: Identify, request: xpb.QueryRequest | xpb.FetchDocumentRequest, raw: bytes, call: Call
     ) -> tuple[AuditRecord, Forwarded, Route, Ask]:
         """Admits the consumer's call here (a refusal recorded and raised) and its first statement."""
         ask = ask_of(request)
@@ -232,7 +257,7 @@ class Forwarding:
         await self._recorder.append(done)
         return answer, response
 
-    async def _pass_on_stream(
+    def _pass_on_parts(
         self,
         record: AuditRecord,
         statement: Forwarded,
@@ -241,34 +266,21 @@ class Forwarding:
         *,
         deadline: float | None,
         started: float,
-    ) -> AsyncGenerator[tuple[fpb.ForwardedBatch, xpb.QueryBatch], None]:
-        """``_pass_on`` for a stream: each batch checked as it comes, before it is passed on; the "out" hop
-        recorded when the first batch names the next hub's exchange id, and closed when the last has passed."""
+    ) -> AsyncGenerator[tuple[parts.Part, Message], None]:
+        """``_pass_on`` for a stream or a document: each part checked as it comes, before it is passed on."""
         peer = route.peer
         out = replace(record, hop="out", peer_hub=checks.log_origin(peer.log_key), peer_exchange_id="")
         hop = f"peer hub {peer.code} at {peer.address}"
-        check, last = checks.BatchCheck(route.home_key, statement, hop), False
-        try:
-            note = forwarded.issue(self._hub.signer, statement, self._clock())
-            request = fpb.ForwardQueryRequest(statement=note, request=raw)
-            async for part in self._send_stream(peer, request, deadline):
-                batch = check(part.batch, part.statement)
-                if not out.peer_exchange_id:
-                    out = replace(out, outcome="allowed", peer_exchange_id=part.exchange_id[:64])
-                    await self._recorder.append(out)
-                last = batch.last
-                yield part, batch
-            if not last:
-                raise DataLoss(f"the stream from {hop} ended before its last batch")
-        except ExchangeError as e:
-            log.warning("forwarded stream %s to %s failed: %s", statement.exchanges[-1], hop, e.message)
-            ending = _closing(out) if out.peer_exchange_id else out
-            await self._recorder.append(replace(failed(ending, started, e), rows=check.rows))
-            raise e.recorded_as(record.exchange_id) from None
-        except (asyncio.CancelledError, GeneratorExit):  # the consumer went away: the record is written all the same
-            self._recorder.append_in_background(replace(_closing(out), outcome="cancelled", rows=check.rows))
-            raise
-        await self._recorder.append(replace(_closing(out), outcome="ok", rows=check.rows, latency_us=since(started)))
+        note = forwarded.issue(self._hub.signer, statement, self._clock())
+        request = fpb.ForwardQueryRequest(statement=note, request=raw)
+        check: parts.PartCheck
+        if statement.call == "document":
+            check = checks.ChunkCheck(route.home_key, statement, hop)
+            came = parts.parts_of(self._send_document(peer, request, deadline), _chunk_part)
+        else:
+            check = checks.BatchCheck(route.home_key, statement, hop)
+            came = parts.parts_of(self._send_stream(peer, request, deadline), _batch_part)
+        return parts.pass_on(self._recorder, parts.Outgoing(out, statement.call, hop, started), came, check)
 
     # A hub that receives a forwarded call
 
@@ -277,6 +289,7 @@ class Forwarding:
         exchange_id, started = new_exchange_id(), time.monotonic()
         statement, request, route = await self._accepted(peer, note, raw, "query", (exchange_id, started))
         if route is None:
+            assert isinstance(request, xpb.QueryRequest)  # the statement said query, and request_of read it so
             return await self._serve(peer, statement, note, request, deadline)
         record = hop_record(peer, statement, note, exchange_id)
         await self._recorder.append(record)
@@ -286,7 +299,7 @@ class Forwarding:
 
     async def _accepted(
         self, peer: Peer, note: str, raw: bytes, call: str, ids: tuple[str, float]
-    ) -> tuple[Forwarded, xpb.QueryRequest, Route | None]:
+    ) -> tuple[Forwarded, xpb.QueryRequest | xpb.FetchDocumentRequest, Route | None]:
         """``_accept`` in a worker thread; a refusal logged, recorded (under ``ids``: exchange id, start) and raised."""
         try:
             return await asyncio.to_thread(self._accept, peer, note, raw, call)
@@ -295,40 +308,43 @@ class Forwarding:
             await self._recorder.append(refused_call(peer, note, call, ids[0], error=e, started=ids[1]))
             raise e.recorded_as(ids[0]) from None
 
-    async def receive_stream(
-        self, peer: Peer, note: str, raw: bytes, deadline: float | None
-    ) -> AsyncGenerator[fpb.ForwardedBatch, None]:
-        """A stream ``peer`` forwarded: served if homed here, else passed on, batch by batch, towards its home."""
+    async def receive_parts(
+        self, peer: Peer, note: str, raw: bytes, call: str, deadline: float | None
+    ) -> AsyncGenerator[parts.Part, None]:
+        """A stream or document (``call``) ``peer`` forwarded: served if homed here, else passed on, part by part,
+        towards its home; the parts as the home made them, with this hub's exchange id."""
         exchange_id, started = new_exchange_id(), time.monotonic()
-        statement, request, route = await self._accepted(peer, note, raw, "stream", (exchange_id, started))
+        statement, request, route = await self._accepted(peer, note, raw, call, (exchange_id, started))
         if route is None:
-            async for served in self._serve_stream(peer, statement, note, request, deadline):
+            async for served in self._serve_parts(peer, statement, note, request, deadline):
                 yield served
             return
         record = hop_record(peer, statement, note, exchange_id)
         await self._recorder.append(record)
         onward = forwarded.next_hop(statement, self._hub.code, exchange_id, route.peer.code)
-        async for part, _ in self._pass_on_stream(record, onward, raw, route, deadline=deadline, started=started):
-            yield fpb.ForwardedBatch(batch=part.batch, statement=part.statement, exchange_id=exchange_id)
+        async for part, _ in self._pass_on_parts(record, onward, raw, route, deadline=deadline, started=started):
+            yield replace(part, exchange_id=exchange_id)
 
-    async def _serve_stream(
-        self, peer: Peer, statement: Forwarded, note: str, request: xpb.QueryRequest, deadline: float | None
-    ) -> AsyncGenerator[fpb.ForwardedBatch, None]:
-        """The home's batches, each with its signed statement chaining the ones before it."""
+    def _serve_parts(
+        self,
+        peer: Peer,
+        statement: Forwarded,
+        note: str,
+        request: xpb.QueryRequest | xpb.FetchDocumentRequest,
+        deadline: float | None,
+    ) -> AsyncGenerator[parts.Part, None]:
+        """The home's batches or chunks, each with its signed statement chaining the ones before it."""
         consumer, ask, link = _as_consumer(peer, statement, note, request)
+        signer = self._hub.signer
+        if isinstance(request, xpb.FetchDocumentRequest):
+            chunks = self._exchanging.document(lambda: consumer, ask, deadline, link=link)
+            return parts.signed_chunks(signer, statement, chunks)
         batches = self._exchanging.stream(lambda: consumer, ask, request.batch_size, deadline, link=link)
-        previous, number = "", 0
-        try:
-            async for served in batches:
-                batch, number = batch_to_wire(served), number + 1
-                signed, previous = checks.batch_statement(self._hub.signer, statement, batch, number, previous)
-                yield fpb.ForwardedBatch(
-                    batch=batch.SerializeToString(), statement=signed, exchange_id=served.exchange_id
-                )
-        finally:
-            await batches.aclose()
+        return parts.signed_batches(signer, statement, batches)
 
-    def _accept(self, peer: Peer, note: str, raw: bytes, call: str) -> tuple[Forwarded, xpb.QueryRequest, Route | None]:
+    def _accept(
+        self, peer: Peer, note: str, raw: bytes, call: str
+    ) -> tuple[Forwarded, xpb.QueryRequest | xpb.FetchDocumentRequest, Route | None]:
         """The statement, the request and where it goes next (None: homed here). Runs in a worker thread."""
         now, seen = self._clock(), self._store.forwarded.seen
         statement = checks.accepted(note, peer, me=self._hub.code, request=raw, now=now, seen=seen, call=call)
@@ -357,7 +373,9 @@ class Forwarding:
         return fpb.ForwardQueryResponse(response=response, provenance=result.provenance, exchange_id=result.exchange_id)
 
 
-def _as_consumer(peer: Peer, statement: Forwarded, note: str, request: xpb.QueryRequest) -> tuple[Principal, Ask, Link]:
+def _as_consumer(
+    peer: Peer, statement: Forwarded, note: str, request: xpb.QueryRequest | xpb.FetchDocumentRequest
+) -> tuple[Principal, Ask, Link]:
     """The home's view of a forwarded call: the foreign system as its caller (kind system, its code, the consuming
     department), what it asks (always with provenance: the hubs on the way check it), and the link to record."""
     consumer = Principal(
@@ -369,6 +387,11 @@ def _as_consumer(peer: Peer, statement: Forwarded, note: str, request: xpb.Query
     return consumer, replace(ask_of(request), provenance=True), link
 
 
-def _closing(out: AuditRecord) -> AuditRecord:
-    """The closing record of a stream's "out" hop (its opening one was written with the first batch)."""
-    return replace(out, action=f"{out.action}_end", time=now_text())
+def _batch_part(message: Message) -> parts.Part:
+    assert isinstance(message, fpb.ForwardedBatch)
+    return parts.Part(message.batch, message.statement, message.exchange_id)
+
+
+def _chunk_part(message: Message) -> parts.Part:
+    assert isinstance(message, fpb.ForwardedChunk)
+    return parts.Part(message.chunk, message.statement, message.exchange_id)

@@ -83,12 +83,13 @@ def accepted(
     return statement
 
 
-def request_of(raw: bytes, statement: Forwarded) -> xpb.QueryRequest:
-    """The forwarded request, which must ask for what the statement names."""
+def request_of(raw: bytes, statement: Forwarded) -> xpb.QueryRequest | xpb.FetchDocumentRequest:
+    """The forwarded request (a FetchDocumentRequest for a document), which must ask for what the statement names."""
+    kind = xpb.FetchDocumentRequest if statement.call == "document" else xpb.QueryRequest
     try:
-        request = xpb.QueryRequest.FromString(raw)
+        request = kind.FromString(raw)
     except Exception:  # the protobuf runtime raises its own DecodeError
-        raise InvalidArgument("the forwarded request is not a QueryRequest") from None
+        raise InvalidArgument(f"the forwarded request is not a {kind.__name__}") from None
     if request.resource_code.strip() != statement.resource or request.purpose.strip() != statement.purpose:
         raise InvalidArgument("the forwarded request asks for another resource or purpose than its statement names")
     return request
@@ -128,63 +129,103 @@ def records_digest(records: Iterable[data_pb2.Record]) -> tuple[str, list[dict[s
     return digest.hexdigest(), rows
 
 
-def batch_statement(
-    signer: Signer, statement: Forwarded, batch: xpb.QueryBatch, number: int, previous: str
+def part_statement(
+    signer: Signer, statement: Forwarded, *, kind: str, number: int, previous: str, sha256: str, exchange_id: str
 ) -> tuple[str, str]:
-    """The home's signed statement of one batch of a forwarded stream (see ``chained``), and its chained digest."""
-    sha256 = chained(previous, records_digest(batch.records)[0])
+    """The home's signed statement of one part (kind "batch" or "chunk", its number from 1) of a forwarded stream
+    or document, whose own digest is ``sha256``; and the chained digest it signs (see ``chained``)."""
+    linked = chained(previous, sha256)
     said = provenance.Statement(
-        exchange=batch.exchange_id,
+        exchange=exchange_id,
         time=now_text(),
         resource=statement.resource,
-        owner="",  # a batch's statement names no owner: the stream's closing provenance does
+        owner="",  # a part's statement names no owner: the closing provenance statement does
         consumer=f"system/{statement.system}",
         consumer_department=statement.department,
-        kind="batch",
+        kind=kind,
         count=number,
-        sha256=sha256,
+        sha256=linked,
     )
-    return provenance.sign(signer, said), sha256
+    return provenance.sign(signer, said), linked
 
 
-class BatchCheck:
-    """Checks each batch of a forwarded stream, as it comes, against the home's chained statements."""
+class _Chain:
+    """The chain of a forwarded stream's or document's parts as a hub checks them."""
 
-    def __init__(self, home_key: str, statement: Forwarded, hop: str) -> None:
+    def __init__(self, home_key: str, statement: Forwarded, hop: str, kind: str) -> None:
         self._key = home_key
         self._statement = statement
         self._hop = hop
+        self._kind = kind
         self._previous = ""
         self._number = 0
-        self._all = RowsDigest()
         self.rows = 0
+        self.size = 0
 
-    def __call__(self, raw: bytes, note: str) -> xpb.QueryBatch:
-        """The batch, if the home signed it as the next of this stream; DataLoss naming the hop if not."""
+    def next(self, note: str, sha256: str, exchange_id: str) -> None:
+        """Checks the statement of the next part, whose own digest is ``sha256``; DataLoss naming the hop if not."""
         st, hop = self._statement, self._hop
         try:
-            batch = xpb.QueryBatch.FromString(raw)
-            sha256, rows = records_digest(batch.records)
             said = provenance.verify(note, Verifier.parse(self._key), chained(self._previous, sha256))
         except (provenance.ProvenanceError, NoteError) as e:
-            raise DataLoss(f"a batch that came back from {hop} is not one hub {st.home} signed: {e}") from None
-        except Exception:  # an unreadable batch
-            raise DataLoss(f"a batch that came back from {hop} cannot be read") from None
+            raise DataLoss(f"a {self._kind} that came back from {hop} is not one hub {st.home} signed: {e}") from None
         self._number += 1
-        expected = ("batch", self._number, st.resource, f"system/{st.system}", st.department, batch.exchange_id)
+        expected = (self._kind, self._number, st.resource, f"system/{st.system}", st.department, exchange_id)
         if (said.kind, said.count, said.resource, said.consumer, said.consumer_department, said.exchange) != expected:
-            raise DataLoss(f"a batch that came back from {hop} is out of order or signed for another call")
-        self._previous, self.rows = said.sha256, self.rows + len(rows)
+            raise DataLoss(f"a {self._kind} that came back from {hop} is out of order or signed for another call")
+        self._previous = said.sha256
+
+    def closing(self, note: str, sha256: str, count: int) -> None:
+        """Checks the closing provenance statement of the whole answer."""
+        try:
+            said = provenance.verify(note, Verifier.parse(self._key), sha256)
+        except (provenance.ProvenanceError, NoteError) as e:
+            problem = f"what came back from {self._hop} does not match its closing statement: {e}"
+            raise DataLoss(problem) from None
+        if said.count != count:
+            raise DataLoss(f"what came back from {self._hop} lost a part on the way")
+
+
+class ChunkCheck(_Chain):
+    """Checks each chunk of a forwarded document, as it comes, against the home's chained statements."""
+
+    def __init__(self, home_key: str, statement: Forwarded, hop: str) -> None:
+        super().__init__(home_key, statement, hop, "chunk")
+        self._whole = hashlib.sha256()
+
+    def __call__(self, payload: bytes, note: str) -> tuple[xpb.DocumentChunk, bool]:
+        try:
+            chunk = xpb.DocumentChunk.FromString(payload)
+        except Exception:  # an unreadable chunk
+            raise DataLoss(f"a chunk that came back from {self._hop} cannot be read") from None
+        self.next(note, hashlib.sha256(payload).hexdigest(), chunk.exchange_id)
+        self._whole.update(chunk.data)
+        self.size += len(chunk.data)
+        if chunk.last:
+            if chunk.sha256 != self._whole.digest() or chunk.total_bytes != self.size:
+                raise DataLoss(f"the document that came back from {self._hop} lost bytes on the way")
+            self.closing(chunk.provenance.note, self._whole.hexdigest(), self.size)
+        return chunk, chunk.last
+
+
+class BatchCheck(_Chain):
+    """Checks each batch of a forwarded stream, as it comes, against the home's chained statements."""
+
+    def __init__(self, home_key: str, statement: Forwarded, hop: str) -> None:
+        super().__init__(home_key, statement, hop, "batch")
+        self._all = RowsDigest()
+
+    def __call__(self, payload: bytes, note: str) -> tuple[xpb.QueryBatch, bool]:
+        try:
+            batch = xpb.QueryBatch.FromString(payload)
+            sha256, rows = records_digest(batch.records)
+        except Exception:  # an unreadable batch
+            raise DataLoss(f"a batch that came back from {self._hop} cannot be read") from None
+        self.next(note, sha256, batch.exchange_id)
+        self.rows += len(rows)
         self._all.update(rows)
         if batch.last:
-            self._last(batch)
-        return batch
-
-    def _last(self, batch: xpb.QueryBatch) -> None:
-        try:
-            said = provenance.verify(batch.provenance.note, Verifier.parse(self._key), self._all.hexdigest())
-        except (provenance.ProvenanceError, NoteError) as e:
-            problem = f"the stream that came back from {self._hop} does not match its closing statement: {e}"
-            raise DataLoss(problem) from None
-        if said.count != self.rows or batch.total_records != self.rows:
-            raise DataLoss(f"the stream that came back from {self._hop} lost records on the way")
+            if batch.total_records != self.rows:
+                raise DataLoss(f"the stream that came back from {self._hop} lost records on the way")
+            self.closing(batch.provenance.note, self._all.hexdigest(), self.rows)
+        return batch, batch.last

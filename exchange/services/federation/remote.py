@@ -1,5 +1,5 @@
-"""The one answer for applying for, or fetching a document of, an entry homed at another hub here: not yet (a
-Query or StreamQuery is forwarded to its home: services/federation/forwarding.py)."""
+"""The one answer for applying for an entry homed at another hub here: not yet (its exchanges are forwarded to its
+home: services/federation/forwarding.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ def refuse_if_remote(store: Store, code: str, missing: NotFound) -> NotFound:
         return missing
     raise FailedPrecondition(
         f"resource {code} is homed at hub {remote.home.code} ({remote.home.name}); "
-        "cross-hub applications and documents are not yet available (Query and StreamQuery are forwarded to "
-        "its home): apply for it at its home hub",
+        "cross-hub applications are not yet available (its data is asked for through this hub, which forwards "
+        "the call to its home): apply for it at its home hub",
         subject=code,
         kind="REMOTE_RESOURCE",
     )
