@@ -30,6 +30,7 @@ from exchange.store.schema import AuditEntryRow, AuditStagedRow
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import exchange_pb2_grpc
+from exchange.v1 import federation_pb2 as fpb_peers
 from exchange.v1 import forwarding_pb2 as fpb
 from exchange.v1 import rights_pb2 as rpb
 from tests.federation_support import PROVINCE_MARKET, SIMING_MARKET, Node, hubs, peer_pair
@@ -450,3 +451,21 @@ def test_a_document_crosses_two_hops_each_chunk_checked_on_the_way(tree: dict[st
         ("document_end", "in", "ok"),
     ]
     assert {r["peer_exchange_id"] for r in exchanges(county)} == {exchanges(city)[0]["exchange_id"]}
+
+
+def test_a_suspended_peering_on_the_way_refuses_the_call(tree: dict[str, Node]) -> None:
+    county, city, province = tree["county"], tree["city"], tree["province"]
+    with province.running.client() as hub:
+        hub.call(hub.federation.SuspendPeer, fpb_peers.SuspendPeerRequest(code=city.code, reason="安全检查"))
+    error = _refused(county, grpc.StatusCode.FAILED_PRECONDITION)
+    assert "peer hub 350200" in str(error.details()) and "peer hub 350000, whose peering is suspended_there" in str(
+        error.details()
+    )
+    assert exchanges(province) == []
+    # a call on a peering the receiving hub suspended is refused at its listener, as every call of a peer is
+    with city.running.client() as hub:
+        hub.call(hub.federation.SuspendPeer, fpb_peers.SuspendPeerRequest(code=county.code, reason="安全检查"))
+    raw = _request()
+    note = forwarded.issue(_signer(county), _statement(county, city, raw), dt.datetime.now(dt.UTC))
+    message = _refusal(lambda: _send(county, city, note, raw), errors.PermissionDenied)
+    assert "peer hub 350200" in message and "suspended" in message
