@@ -1,4 +1,5 @@
-"""Exchanges across hubs: a consumer's Query of an entry homed at another hub, forwarded along the tree of peers.
+"""Exchanges across hubs: a consumer's Query, StreamQuery or FetchDocument of an entry homed at another hub,
+forwarded along the tree of peers (streams and documents part by part: forwarding_parts).
 
 The consumer's hub (the origin) authenticates and admits the call as for a local entry, signs a forwarded
 statement (audit.forwarded) and calls the peer the entry came from (its ``via_peer``, the next hop towards
@@ -75,7 +76,7 @@ class Route:
 
 
 class Forwarding:
-    """Forwards queries of remote entries and serves those forwarded to this hub."""
+    """Forwards exchanges of remote entries and serves those forwarded to this hub."""
 
     def __init__(
         self,
