@@ -26,7 +26,9 @@ from exchange import models as m
 from exchange import wire as w
 from exchange.federation.model import Peer
 from exchange.server.forwarding import forward_query
-from exchange.store.schema import AuditEntryRow, AuditStagedRow
+from exchange.store import Store
+from exchange.store.forwarding import KEEP_PAST_EXPIRY
+from exchange.store.schema import AuditEntryRow, AuditStagedRow, ForwardedSeenRow
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import exchange_pb2_grpc
@@ -469,3 +471,18 @@ def test_a_suspended_peering_on_the_way_refuses_the_call(tree: dict[str, Node]) 
     note = forwarded.issue(_signer(county), _statement(county, city, raw), dt.datetime.now(dt.UTC))
     message = _refusal(lambda: _send(county, city, note, raw), errors.PermissionDenied)
     assert "peer hub 350200" in message and "suspended" in message
+
+
+def test_the_replay_guard_accepts_an_id_once_and_forgets_it_after_it_expired(store: Store) -> None:
+    """On SQLite and PostgreSQL: the store every hub process shares says whether a statement id was seen."""
+    now = dt.datetime.now(dt.UTC)
+    expires = now + forwarded.LIFETIME
+    assert store.forwarded.seen("a" * 32, expires) is False
+    assert store.forwarded.seen("a" * 32, expires) is True
+    assert store.forwarded.seen("b" * 32, expires) is False
+    long_gone = now - KEEP_PAST_EXPIRY - dt.timedelta(minutes=1)
+    assert store.forwarded.seen("c" * 32, long_gone) is False
+    store.forwarded.seen("d" * 32, expires)  # a new id drops those kept past their time
+    with store.db.read() as s:
+        kept = set(s.scalars(select(ForwardedSeenRow.id)))
+    assert kept == {"a" * 32, "b" * 32, "d" * 32}
