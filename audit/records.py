@@ -59,6 +59,8 @@ class AuditRecord:
     peer_hub: str = ""
     peer_exchange_id: str = ""
     hop: str = ""
+    # The forwarded-call statement (audit.forwarded, a signed note) the hub received with the call, if any.
+    forwarded: str = ""
 
     def as_dict(self) -> dict[str, Value]:
         # A shallow copy: dataclasses.asdict deep-copies and costs ten times as much on the hot path.
@@ -70,7 +72,7 @@ class AuditRecord:
 
 
 # Fields left out of a record when empty, so records made before them keep their bytes.
-_OPTIONAL = ("key_holder", "peer_hub", "peer_exchange_id", "hop")
+_OPTIONAL = ("key_holder", "peer_hub", "peer_exchange_id", "hop", "forwarded")
 
 
 def canonical(record: Mapping[str, object]) -> bytes:

@@ -143,6 +143,9 @@ class Settings:
     # operator's RegisterPeer, SuspendPeer, ResumePeer or EndPeer waits this long for the peer: keep it below the
     # operator's own call deadline (call_timeout_seconds).
     federation_call_seconds: float = 5.0
+    # How many hubs a consumer's call to an entry homed at another hub may pass on the way to its home
+    # (docs/federation.md, "Exchanges across hubs"); a call that would need more is refused.
+    federation_hop_limit: int = 4
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
     # The hub's event loop: "uvloop" (libuv: fewer CPU cycles per call and per wake-up) or "asyncio" (the
@@ -307,6 +310,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("tracing_sample_ratio", 0, 1, "(a share of traces)"),
     ("federation_sync_seconds", 0.1, 86400, "seconds"),
     ("federation_call_seconds", 0.01, 600, "seconds"),
+    ("federation_hop_limit", 1, 16, "hops"),
 )
 
 HUB_LEVELS = ("county", "city", "province", "national")

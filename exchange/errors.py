@@ -109,6 +109,10 @@ class Unavailable(ExchangeError):
     """A part the hub depends on (the store) cannot answer now; retrying may help."""
 
 
+class DataLoss(ExchangeError):
+    """Data that came from elsewhere does not verify (an answer altered on its way): it is not passed on."""
+
+
 class AuditTampered(Unavailable):
     """The stored audit log is not what this hub wrote: the message names the first row that differs.
 

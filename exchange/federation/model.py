@@ -33,6 +33,8 @@ class HubRef:
     code: str
     name: str
     level: str
+    # The hub's audit log verifier key, where it is known (relayed with catalog entries: see forwarding).
+    log_key: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 
 import grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio servicer that health.aio re-exports
@@ -42,6 +43,7 @@ from exchange.server.console import ConsoleServicer, console_base_url
 from exchange.server.credentials import TlsFiles
 from exchange.server.exchange import ExchangeServicer
 from exchange.server.federation_witness import WitnessedAge
+from exchange.server.forwarding import forward_document, forward_query, forward_stream
 from exchange.server.metrics import HubMetrics, MetricsServer
 from exchange.server.objections import ObjectionServicer
 from exchange.server.parsing import RequestParsing
@@ -61,6 +63,7 @@ from exchange.services.console import ConsoleAccess, Lifetimes
 from exchange.services.exchange import BackendPool, ExchangeService
 from exchange.services.exchange.record import Recorder
 from exchange.services.exchange.steps import Steps
+from exchange.services.federation.forwarding import Forwarding, HubSide
 from exchange.services.objections import ObjectionService
 from exchange.services.registry import CertificateAuthority, RegistryService
 from exchange.services.rights import RightsService
@@ -337,14 +340,43 @@ class Hub:
             masked_pattern_misses=settings.masked_filter_pattern_misses,
             tracer=self.tracing.tracer if self.tracing.enabled else None,
         )
+        forwarding = self._forwarding(exchanging, subject_key)
         exchange_pb2_grpc.add_ExchangeServiceServicer_to_server(
-            ExchangeServicer(exchanging, registry, settings.insecure_dev), server
+            ExchangeServicer(exchanging, registry, settings.insecure_dev, forwarding), server
         )
         self.exchanging = exchanging
         self._add_subscriptions(server, registry, subject_key)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         return server
+
+    def _forwarding(self, exchanging: ExchangeService, subject_key: bytes) -> Forwarding | None:
+        """Exchanges of entries homed at other hubs, forwarded along the peers (None: this hub does not federate)."""
+        if self.federation is None:
+            return None
+        assert self.committer is not None
+        recorder = Recorder(
+            self.committer,
+            self.audit.signer,
+            subject_key,
+            self.metrics,
+            known=lambda code: False,  # a remote entry's code is no metric label of this hub
+            lookup=lambda code: False,
+            steps=Steps(None),
+        )
+        side = HubSide(
+            self.settings.hub_code, self.settings.audit_origin, self.settings.federation_hop_limit, self.audit.signer
+        )
+        self.federation.forwarding = Forwarding(
+            self.store,
+            exchanging,
+            recorder,
+            side,
+            send=partial(forward_query, self.federation),
+            send_stream=partial(forward_stream, self.federation),
+            send_document=partial(forward_document, self.federation),
+        )
+        return self.federation.forwarding
 
     def _add_subscriptions(self, server: grpc.aio.Server, registry: RegistryService, subject_key: bytes) -> None:
         """The subscription service, its follower and this process's poller (started with the hub)."""

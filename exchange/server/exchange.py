@@ -13,10 +13,11 @@ from typing import Any, TypeVar
 
 import grpc
 
-from exchange import values
 from exchange.errors import ExchangeError
 from exchange.server.rpc import Authenticator, abort_with, internal_error, peer_of, principal_of
-from exchange.services.exchange import Ask, Batch, Chunk, Disclosure, ExchangeService
+from exchange.services.exchange import ExchangeService
+from exchange.services.exchange.answers import ask_of, batch_to_wire, chunk_to_wire, query_response
+from exchange.services.federation.forwarding import Forwarding
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc as pb_grpc
 
@@ -25,35 +26,28 @@ P = TypeVar("P")
 M = TypeVar("M")
 
 
-def _ask(request: pb.QueryRequest | pb.FetchDocumentRequest) -> Ask:
-    fields = tuple(f.strip() for f in request.fields) if isinstance(request, pb.QueryRequest) else ()
-    filters = {k.strip(): v.strip() for k, v in request.filters.items()}
-    return Ask(request.resource_code.strip(), request.purpose.strip(), filters, fields, request.provenance)
-
-
 def _deadline(context: Context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
 
 
-def _disclosure(d: Disclosure) -> pb.Disclosure:
-    return pb.Disclosure(fields=list(d.fields), masks={f: k.value for f, k in d.masks}, grant_id=d.grant_id)
-
-
 class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
-    def __init__(self, service: ExchangeService, auth: Authenticator, insecure_dev: bool) -> None:
+    def __init__(
+        self, service: ExchangeService, auth: Authenticator, insecure_dev: bool, forwarding: Forwarding | None = None
+    ) -> None:
         self.service = service
         self.auth = auth
         self.insecure_dev = insecure_dev
+        # Entries homed at other hubs are asked for there, through the peers (None: this hub does not federate).
+        self.forwarding = forwarding
 
     async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
+        identify = partial(principal_of, self, peer_of(self, context))
         try:
+            if self.forwarding is not None and await self.forwarding.is_remote(request.resource_code.strip()):
+                return await self.forwarding.query(identify, request, _deadline(context))
             result = await self.service.query(
-                partial(principal_of, self, peer_of(self, context)),
-                _ask(request),
-                request.page_size,
-                request.page_token,
-                _deadline(context),
+                identify, ask_of(request), request.page_size, request.page_token, _deadline(context)
             )
         except ExchangeError as e:
             await abort_with(context, e)
@@ -61,55 +55,42 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
         except Exception:
             await internal_error(context, "Query")
             raise
-        return pb.QueryResponse(
-            exchange_id=result.exchange_id,
-            records=[values.record_to_wire(r) for r in result.rows],
-            next_page_token=result.next_page_token,
-            disclosure=_disclosure(result.disclosure),
-            provenance=pb.Provenance(note=result.provenance) if result.provenance else None,
-        )
+        return query_response(result)
 
     # Streaming handlers must be async generators themselves: that is how grpc.aio knows them.
 
     async def StreamQuery(self, request: pb.QueryRequest, context: Context) -> AsyncIterator[pb.QueryBatch]:
-        batches = self.service.stream(
-            partial(principal_of, self, peer_of(self, context)), _ask(request), request.batch_size, _deadline(context)
-        )
-        async for message in _relay(context, batches, _batch, "StreamQuery"):
+        identify = partial(principal_of, self, peer_of(self, context))
+        if self.forwarding is not None and await self._remote(request.resource_code.strip(), context):
+            forwarded = self.forwarding.stream(identify, request, _deadline(context))
+            async for message in _relay(context, forwarded, _same, "StreamQuery"):
+                yield message
+            return
+        batches = self.service.stream(identify, ask_of(request), request.batch_size, _deadline(context))
+        async for message in _relay(context, batches, batch_to_wire, "StreamQuery"):
             yield message
+
+    async def _remote(self, code: str, context: Context) -> bool:
+        """Whether ``code`` is an entry homed at another hub (the call ends with the status if that cannot be said)."""
+        assert self.forwarding is not None
+        try:
+            return await self.forwarding.is_remote(code)
+        except ExchangeError as e:
+            await abort_with(context, e)
+            raise
 
     async def FetchDocument(
         self, request: pb.FetchDocumentRequest, context: Context
     ) -> AsyncIterator[pb.DocumentChunk]:
-        chunks = self.service.document(
-            partial(principal_of, self, peer_of(self, context)), _ask(request), _deadline(context)
-        )
-        async for message in _relay(context, chunks, _chunk, "FetchDocument"):
+        identify = partial(principal_of, self, peer_of(self, context))
+        if self.forwarding is not None and await self._remote(request.resource_code.strip(), context):
+            forwarded = self.forwarding.document(identify, request, _deadline(context))
+            async for chunk in _relay(context, forwarded, _same, "FetchDocument"):
+                yield chunk
+            return
+        chunks = self.service.document(identify, ask_of(request), _deadline(context))
+        async for message in _relay(context, chunks, chunk_to_wire, "FetchDocument"):
             yield message
-
-
-def _batch(b: Batch) -> pb.QueryBatch:
-    return pb.QueryBatch(
-        exchange_id=b.exchange_id,
-        records=b.records if b.records is not None else [values.record_to_wire(r) for r in b.rows],
-        disclosure=_disclosure(b.disclosure) if b.disclosure else None,
-        last=b.last,
-        total_records=b.total,
-        provenance=pb.Provenance(note=b.provenance) if b.provenance else None,
-    )
-
-
-def _chunk(c: Chunk) -> pb.DocumentChunk:
-    d = c.document
-    return pb.DocumentChunk(
-        exchange_id=c.exchange_id,
-        info=pb.DocumentInfo(name=d.name, media_type=d.media_type, size=d.size) if d is not None else None,
-        data=c.data,
-        last=c.last,
-        sha256=c.sha256,
-        total_bytes=c.total,
-        provenance=pb.Provenance(note=c.provenance) if c.provenance else None,
-    )
 
 
 async def _relay(
@@ -125,3 +106,7 @@ async def _relay(
         await internal_error(context, where)
     finally:
         await parts.aclose()
+
+
+def _same(message: M) -> M:
+    return message

@@ -16,7 +16,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import grpc
@@ -32,10 +33,12 @@ from exchange.federation.tls import HubCertificate, PeerTrust, channel_to, load_
 from exchange.server import federation_wire as fw
 from exchange.server.cross_rights import CrossHubClient, CrossHubRightsServicer
 from exchange.server.federation_witness import ForkCounter, Submission, Witnessing
+from exchange.server.forwarding import ForwardingServicer
 from exchange.server.peering import PeeringServicer
 from exchange.server.receipts import InclusionProofs, Parts, ReceiptServicer
 from exchange.services.catalog import CatalogService
 from exchange.services.federation.catalog import FederatedCatalog
+from exchange.services.federation.forwarding import Forwarding
 from exchange.services.federation.peering import PeeringService
 from exchange.services.federation.rights import CrossHubRights
 from exchange.services.rights import RightsService
@@ -43,6 +46,7 @@ from exchange.store import Store
 from exchange.v1 import applications_pb2_grpc as apb_grpc
 from exchange.v1 import federation_pb2 as pb
 from exchange.v1 import federation_pb2_grpc as pb_grpc
+from exchange.v1 import forwarding_pb2_grpc
 from exchange.v1 import receipts_pb2_grpc as rpb_grpc
 from exchange.v1 import witness_pb2_grpc as wpb_grpc
 from policy import RightsPolicy
@@ -90,6 +94,8 @@ class Federation:
         self._wake = asyncio.Event()
         self._syncing = self._asked = False
         self.applications: CrossHubClient | None = None  # share requests across hubs, once rights are served
+        # Serves the exchanges peers forward here (set by the hub once its exchange service is built).
+        self.forwarding: Forwarding | None = None
 
     def serve_rights(self, rights: RightsService, signer: Signer) -> None:
         """Applications across hubs: this hub's go to their home hubs, its peers' are received here."""
@@ -112,6 +118,7 @@ class Federation:
             apb_grpc.add_CrossHubRightsServiceServicer_to_server(
                 CrossHubRightsServicer(self, self.applications), server
             )
+        forwarding_pb2_grpc.add_ForwardingServiceServicer_to_server(ForwardingServicer(self), server)
         try:
             self.port = server.add_secure_port(self.settings.federation_listen, self.trust.credentials())
         except RuntimeError:
@@ -184,12 +191,32 @@ class Federation:
         self, peer: Peer, what: str, stub: Callable[[grpc.aio.Channel], S], rpc: Callable[[S, float], Awaitable[T]]
     ) -> T:
         """One call to a peer on a stub of any service ``stub`` makes of the peer's channel, as ``call``."""
+        timeout = self.settings.federation_call_seconds
+        return await self.call_over(peer, what, lambda channel: rpc(stub(channel), timeout), timeout)
+
+    async def call_over(
+        self, peer: Peer, what: str, rpc: Callable[[grpc.aio.Channel], Awaitable[T]], timeout: float | None = None
+    ) -> T:
+        """One call to a peer on the channel to it (the caller makes the stub and sets the deadline), its
+        failures named as ``call``'s."""
         try:
-            return await rpc(stub(self.channel(peer)), self.settings.federation_call_seconds)
+            return await rpc(self.channel(peer))
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await self._drop(peer.code)  # the next call connects afresh, not after the channel's back-off
-            raise _hop_error(peer, what, e, self.settings.federation_call_seconds) from None
+            raise _hop_error(peer, what, e, timeout or self.settings.federation_call_seconds) from None
+
+    async def stream_on(
+        self, peer: Peer, what: str, rpc: Callable[[grpc.aio.Channel], AsyncIterator[T]], timeout: float
+    ) -> AsyncIterator[T]:
+        """A streaming call to a peer: its messages as they come, its failures named as ``call``'s."""
+        try:
+            async for message in rpc(self.channel(peer)):
+                yield message
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                await self._drop(peer.code)
+            raise _hop_error(peer, what, e, timeout) from None
 
     async def _drop(self, code: str) -> None:
         held = self._channels.pop(code, None)
@@ -347,7 +374,21 @@ def _hop_error(peer: Peer, what: str, e: grpc.aio.AioRpcError, timeout: float) -
         return errors.Unauthenticated(f"{hop} did not accept this hub's certificate for {what}: {detail}")
     if code is grpc.StatusCode.FAILED_PRECONDITION:
         return errors.FailedPrecondition(f"{hop} refused {what}: {detail}", subject=peer.code)
-    return errors.Unavailable(f"{hop} failed {what}: {code.name}: {detail}")
+    return _forwarded_error(hop, what, e) or errors.Unavailable(f"{hop} failed {what}: {code.name}: {detail}")
+
+
+def _forwarded_error(hop: str, what: str, e: grpc.aio.AioRpcError) -> errors.ExchangeError | None:
+    """The refusals a forwarded exchange may come back with, kept as the hub further on gave them."""
+    code, detail = e.code(), e.details() or e.code().name
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return errors.InvalidArgument(f"{hop} refused {what}: {detail}")
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return errors.ResourceExhausted(f"{hop} refused {what}: {detail}", _reason_of(e) or "PEER_REFUSED")
+    if code is grpc.StatusCode.NOT_FOUND:
+        return errors.FailedPrecondition(f"{hop} refused {what}: {detail}", kind="NOT_FOUND_THERE")
+    if code is grpc.StatusCode.DATA_LOSS:
+        return errors.DataLoss(f"{hop} refused {what}: {detail}")
+    return None
 
 
 def build(
@@ -364,8 +405,10 @@ def build(
     with the log's ``proofs``, it witnesses its peers and has them witness its log."""
     own = HubRef(settings.hub_code, settings.hub_name, settings.hub_level)
     files = pki.HubFiles(settings.home, settings.ca_key_file)
-    federated = FederatedCatalog(store, catalog, own)
-    peering = PeeringService(store, policy, own, files.ca_cert.read_text(), _keys(settings, files))
+    keys = _keys(settings, files)
+    # Its own entries are offered with its log key: hubs on the way check its answers to forwarded exchanges.
+    federated = FederatedCatalog(store, catalog, replace(own, log_key=keys.log_key))
+    peering = PeeringService(store, policy, own, files.ca_cert.read_text(), keys)
     if not settings.federation_listen:
         return federated, peering, None
     hub = load_hub_certificate(files, settings.hub_code)

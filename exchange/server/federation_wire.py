@@ -55,7 +55,8 @@ def listed_to_wire(resource: Resource, home: HubRef | None) -> cpb.Resource:
 
 
 def offer_to_wire(o: Offer) -> pb.OfferedEntry:
-    return pb.OfferedEntry(sequence=o.sequence, resource=listed_to_wire(o.resource, o.home))
+    home_key = o.home.log_key if o.home is not None else ""
+    return pb.OfferedEntry(sequence=o.sequence, resource=listed_to_wire(o.resource, o.home), home_log_key=home_key)
 
 
 def offer_from_wire(o: pb.OfferedEntry) -> Offer:
@@ -68,7 +69,7 @@ def offer_from_wire(o: pb.OfferedEntry) -> Offer:
     resource = Resource(
         spec, status, r.version, r.create_time.ToDatetime(_UTC), r.update_time.ToDatetime(_UTC), _published(r)
     )
-    home = HubRef(r.home_hub_code, r.home_hub_name, r.home_level) if r.home_hub_code else None
+    home = HubRef(r.home_hub_code, r.home_hub_name, r.home_level, o.home_log_key) if r.home_hub_code else None
     return Offer(o.sequence, resource, home)
 
 

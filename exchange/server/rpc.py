@@ -102,6 +102,8 @@ def _status_of(error: errors.ExchangeError) -> status_pb2.Status:  # noqa: PLR09
         return status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message=error.message)
     if isinstance(error, errors.Unavailable):
         return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=error.message)
+    if isinstance(error, errors.DataLoss):
+        return status_pb2.Status(code=code_pb2.DATA_LOSS, message=error.message)
     return status_pb2.Status(code=code_pb2.INTERNAL, message=error.message)
 
 

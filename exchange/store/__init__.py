@@ -10,6 +10,7 @@ from exchange.store.console import ConsoleStore
 from exchange.store.counters import CountersStore
 from exchange.store.database import Database
 from exchange.store.federated import FederatedCatalogStore
+from exchange.store.forwarding import ForwardedStore
 from exchange.store.objections import ObjectionStore
 from exchange.store.peers import PeerStore
 from exchange.store.recorded import RecordedWrites
@@ -55,6 +56,7 @@ class Store:
         self.subscriptions = SubscriptionStore(self.db, recorded)
         self.peers = PeerStore(self.db, recorded)
         self.federated = FederatedCatalogStore(self.db)
+        self.forwarded = ForwardedStore(self.db)
         # Told of every change this process commits (payloads as announced to other processes).
         self.on_commit: list[Callable[[str], None]] = []
         install_local_changes(self.db.write_sessions, self.on_commit)

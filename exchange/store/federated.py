@@ -33,12 +33,12 @@ class RemoteFilter:
 
 
 def _offer_of(row: CatalogOfferRow) -> Offer:
-    home = HubRef(row.home_hub_code, row.home_hub_name, row.home_level) if row.home_hub_code else None
+    home = HubRef(row.home_hub_code, row.home_hub_name, row.home_level, row.home_log_key) if row.home_hub_code else None
     return Offer(row.sequence, from_snapshot(row.snapshot), home, row.via_peer)
 
 
 def _entry_of(row: RemoteEntryRow) -> RemoteEntry:
-    home = HubRef(row.home_hub_code, row.home_hub_name, row.home_level)
+    home = HubRef(row.home_hub_code, row.home_hub_name, row.home_level, row.home_log_key)
     return RemoteEntry(from_snapshot(row.snapshot), home, row.via_peer, row.offer_sequence)
 
 
@@ -51,6 +51,7 @@ def _keep(s: Session, peer: str, offer: Offer, home: HubRef, now: dt.datetime) -
     row.status, row.version = offer.resource.status.value, offer.resource.version
     row.item_names = " " + " ".join(f"{i.name} {i.title}" for i in spec.data_items) + " "
     row.home_hub_code, row.home_hub_name, row.home_level = home.code, home.name, home.level
+    row.home_log_key = home.log_key
     row.via_peer, row.offer_sequence, row.received_at = peer, offer.sequence, now
     row.snapshot = snapshot(offer.resource)
     s.add(row)
@@ -60,6 +61,7 @@ def _keep(s: Session, peer: str, offer: Offer, home: HubRef, now: dt.datetime) -
             home_hub_code=home.code,
             home_hub_name=home.name,
             home_level=home.level,
+            home_log_key=home.log_key,
             via_peer=peer,
             snapshot=row.snapshot,
             offered_at=now,

@@ -636,6 +636,8 @@ class CatalogOfferRow(Base):
     via_peer: Mapped[str] = mapped_column(String(6), default="")
     snapshot: Mapped[dict[str, object]] = mapped_column(JSON)
     offered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # The home hub's audit log verifier key, relayed with its name ("" for this hub's own entries: its own key).
+    home_log_key: Mapped[str] = mapped_column(Text, default="")
 
 
 class RemoteEntryRow(Base):
@@ -658,6 +660,8 @@ class RemoteEntryRow(Base):
     offer_sequence: Mapped[int] = mapped_column(BigInteger)
     snapshot: Mapped[dict[str, object]] = mapped_column(JSON)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # The home hub's audit log verifier key: answers of exchanges forwarded to the home are checked with it.
+    home_log_key: Mapped[str] = mapped_column(Text, default="")
 
 
 # Share requests across hubs (docs/federation.md, "Applying across hubs").
@@ -720,9 +724,20 @@ class ForeignDepartmentRow(Base):
 
 
 class ForwardSeenRow(Base):
-    """Ids of forwarded-call statements this hub accepted, kept until they expire: a replay is refused."""
+    """Ids of the statements of applications across hubs (apply, status) this hub accepted, kept until they
+    expire: a replay is refused. (Forwarded exchanges keep theirs in ``forwarded_seen``.)"""
 
     __tablename__ = "forward_seen"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class ForwardedSeenRow(Base):
+    """The ids of forwarded exchanges' statements (query, stream, document) this hub accepted, kept until they
+    expire: a replay is refused."""
+
+    __tablename__ = "forwarded_seen"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)

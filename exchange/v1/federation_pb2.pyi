@@ -621,8 +621,13 @@ class OfferedEntry(_message.Message):
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
     RESOURCE_FIELD_NUMBER: _builtins.int
+    HOME_LOG_KEY_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """the offer's place in the offering hub's sequence (increasing, never reused)"""
+    home_log_key: _builtins.str
+    """The home hub's audit log verifier key (C2SP note form), relayed hop by hop like its name: hubs on the
+    way check the home hub's signature over the answers of exchanges forwarded to it.
+    """
     @_builtins.property
     def resource(self) -> _catalog_pb2.Resource:
         """its home_hub_* fields name the hub that holds its department"""
@@ -632,10 +637,11 @@ class OfferedEntry(_message.Message):
         *,
         sequence: _builtins.int = ...,
         resource: _catalog_pb2.Resource | None = ...,
+        home_log_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["home_log_key", b"home_log_key", "resource", b"resource", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,10 +8,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from audit.records import AuditRecord
+from exchange import values
 from exchange.backend import Backend, Document, FetchRequest, Row
 from exchange.models import MaskKind, Principal, Resource, ShareMethod
 from exchange.services.verification import Ticket
 from exchange.v1 import data_pb2
+from exchange.v1 import exchange_pb2 as xpb
 from policy.decision import Decision
 
 DOCUMENT_KINDS = (ShareMethod.DOCUMENT,)
@@ -33,6 +35,17 @@ class Ask:
 
 
 @dataclass(frozen=True)
+class Link:
+    """An exchange forwarded from another hub: that hub's log origin and exchange id, this hub's side of it
+    ("in": it came from there), and the forwarded statement received (audit.receipt links the records)."""
+
+    peer_hub: str
+    peer_exchange_id: str
+    hop: str
+    forwarded: str = ""
+
+
+@dataclass(frozen=True)
 class Call:
     """The shape of one call: its id, what it does, which share methods it serves, its limits."""
 
@@ -42,6 +55,7 @@ class Call:
     deadline: float | None
     page: tuple[int, str] | None = None
     batch: int = 0
+    link: Link | None = None
 
     @property
     def for_document(self) -> bool:
@@ -122,3 +136,51 @@ def new_exchange_id() -> str:
 def provider_name(resource: Resource) -> str:
     """How errors name a provider: the owning department, never its backend's internals."""
     return f"of department {resource.spec.department_code} ({resource.spec.code})"
+
+
+def ask_of(request: xpb.QueryRequest | xpb.FetchDocumentRequest) -> Ask:
+    """What a consumer's request asks, its text trimmed."""
+    fields = tuple(f.strip() for f in request.fields) if isinstance(request, xpb.QueryRequest) else ()
+    filters = {k.strip(): v.strip() for k, v in request.filters.items()}
+    return Ask(request.resource_code.strip(), request.purpose.strip(), filters, fields, request.provenance)
+
+
+def disclosure_to_wire(d: Disclosure) -> xpb.Disclosure:
+    return xpb.Disclosure(fields=list(d.fields), masks={f: k.value for f, k in d.masks}, grant_id=d.grant_id)
+
+
+def query_response(result: QueryResult) -> xpb.QueryResponse:
+    """A query's answer as the consumer receives it."""
+    return xpb.QueryResponse(
+        exchange_id=result.exchange_id,
+        records=[values.record_to_wire(r) for r in result.rows],
+        next_page_token=result.next_page_token,
+        disclosure=disclosure_to_wire(result.disclosure),
+        provenance=xpb.Provenance(note=result.provenance) if result.provenance else None,
+    )
+
+
+def batch_to_wire(b: Batch) -> xpb.QueryBatch:
+    """A stream's batch as the consumer receives it."""
+    return xpb.QueryBatch(
+        exchange_id=b.exchange_id,
+        records=b.records if b.records is not None else [values.record_to_wire(r) for r in b.rows],
+        disclosure=disclosure_to_wire(b.disclosure) if b.disclosure else None,
+        last=b.last,
+        total_records=b.total,
+        provenance=xpb.Provenance(note=b.provenance) if b.provenance else None,
+    )
+
+
+def chunk_to_wire(c: Chunk) -> xpb.DocumentChunk:
+    """A document's chunk as the consumer receives it."""
+    d = c.document
+    return xpb.DocumentChunk(
+        exchange_id=c.exchange_id,
+        info=xpb.DocumentInfo(name=d.name, media_type=d.media_type, size=d.size) if d is not None else None,
+        data=c.data,
+        last=c.last,
+        sha256=c.sha256,
+        total_bytes=c.total,
+        provenance=xpb.Provenance(note=c.provenance) if c.provenance else None,
+    )

@@ -42,6 +42,7 @@ from exchange.services.exchange.answers import (
     Chunk,
     Disclosure,
     Identify,
+    Link,
     Plan,
     QueryResult,
     new_exchange_id,
@@ -120,10 +121,18 @@ class ExchangeService:
     # Queries
 
     async def query(
-        self, identify: Identify, ask: Ask, page_size: int, page_token: str, deadline: float | None
+        self,
+        identify: Identify,
+        ask: Ask,
+        page_size: int,
+        page_token: str,
+        deadline: float | None,
+        *,
+        link: Link | None = None,
     ) -> QueryResult:
-        """One page: decided in a worker thread, fetched, shaped; its record is committed before it is returned."""
-        call = Call(new_exchange_id(), "query", RECORD_KINDS, deadline, page=(page_size, page_token))
+        """One page: decided in a worker thread, fetched, shaped; its record is committed before it is returned.
+        ``link``: the call was forwarded by another hub (its records say so)."""
+        call = Call(new_exchange_id(), "query", RECORD_KINDS, deadline, page=(page_size, page_token), link=link)
         plan = await self._plan(identify, ask, call)
         answering = asyncio.ensure_future(self._answer(plan, ask, call))
         settled = await _unless_abandoned(answering, self._abandoned)
@@ -157,10 +166,11 @@ class ExchangeService:
     # Streams
 
     async def stream(
-        self, identify: Identify, ask: Ask, batch_size: int, deadline: float | None
+        self, identify: Identify, ask: Ask, batch_size: int, deadline: float | None, *, link: Link | None = None
     ) -> AsyncGenerator[Batch, None]:
-        """Batches as the consumer takes them; the provider is read one batch ahead at most."""
-        call = Call(new_exchange_id(), "stream", RECORD_KINDS, deadline, batch=batch_size)
+        """Batches as the consumer takes them; the provider is read one batch ahead at most. ``link``: the call
+        was forwarded by another hub."""
+        call = Call(new_exchange_id(), "stream", RECORD_KINDS, deadline, batch=batch_size, link=link)
         plan = await self._plan(identify, ask, call)
         shaper = shape.StreamShaper(plan, ask.provenance)
         recheck = Recheck(identify, partial(self._decider.still_granted, plan, ask))
@@ -192,9 +202,12 @@ class ExchangeService:
 
     # Documents
 
-    async def document(self, identify: Identify, ask: Ask, deadline: float | None) -> AsyncGenerator[Chunk, None]:
-        """The document's description, its chunks as the consumer takes them, then its digest."""
-        call = Call(new_exchange_id(), "document", DOCUMENT_KINDS, deadline)
+    async def document(
+        self, identify: Identify, ask: Ask, deadline: float | None, *, link: Link | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        """The document's description, its chunks as the consumer takes them, then its digest. ``link``: the call
+        was forwarded by another hub."""
+        call = Call(new_exchange_id(), "document", DOCUMENT_KINDS, deadline, link=link)
         plan = await self._plan(identify, ask, call)
         opening = asyncio.ensure_future(self._provider.document(plan))
         try:
@@ -271,6 +284,12 @@ class ExchangeService:
         actor = identify()  # an unknown caller raises here: there is no one to record
         started = time.monotonic()
         record = self._recorder.opening(actor, ask, call.exchange_id, call.action)
+        if call.link is not None:  # a call forwarded from a peer hub: its record names the hop
+            link = call.link
+            record = replace(
+                record, peer_hub=link.peer_hub, peer_exchange_id=link.peer_exchange_id, hop=link.hop,
+                forwarded=link.forwarded,
+            )  # fmt: skip
         try:
             return self._decider.plan(actor, ask, call, record, started)
         except ExchangeError as e:
@@ -309,6 +328,10 @@ class ExchangeService:
         record = ending.closing_record(counted.rows, counted.size)
         if record is not None:
             self._recorder.append_in_background(record)
+
+    def holds(self, code: str) -> bool:
+        """Whether this hub's catalog holds entry ``code`` as far as the cache knows (no store read)."""
+        return self._held(code)
 
     def _held(self, code: str) -> bool:
         return self._entries.peek(code) is not None

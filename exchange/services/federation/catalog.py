@@ -62,7 +62,7 @@ class FederatedCatalog:
         for offer in offers:
             problem = self._problem(peer, offer)
             if problem is None and offer.home is not None:
-                kept.append((offer, offer.home))
+                kept.append((offer, _home_key(peer, offer.home)))
             else:
                 refused.append(f"entry {offer.resource.spec.code} (offer {offer.sequence}): {problem}")
         for refusal in refused:
@@ -148,3 +148,8 @@ class FederatedCatalog:
             if remote is None or version not in (0, remote.resource.version):
                 raise
             return Listed(remote.resource, remote.home)
+
+
+def _home_key(peer: Peer, home: HubRef) -> HubRef:
+    """The home as kept: an adjacent home's log key is the one its peering told (never what an offer says)."""
+    return replace(home, log_key=peer.log_key) if home.code == peer.code else home

@@ -1,4 +1,5 @@
-"""The one answer for using an entry homed at another hub here: not yet (cross-hub exchange is future work)."""
+"""The answer for applying here for an entry homed at another hub when this hub does not forward applications (its
+federation listener is not running); a federating hub forwards them (services/federation/rights.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def refuse_if_remote(store: Store, code: str, missing: NotFound) -> NotFound:
         return missing
     raise FailedPrecondition(
         f"resource {code} is homed at hub {remote.home.code} ({remote.home.name}); "
-        "cross-hub exchange is not yet available: apply for and query it at its home hub",
+        "this hub does not forward applications now (its federation is not running): apply for it at its home hub",
         subject=code,
         kind="REMOTE_RESOURCE",
     )

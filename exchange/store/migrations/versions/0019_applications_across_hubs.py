@@ -2,7 +2,7 @@
 hubs' departments, the foreign departments they name, and the forwarded statements already accepted
 
 Revision ID: 0019
-Revises: 0017
+Revises: 0018
 Create Date: 2026-12-04 23:00:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import exchange.store.schema
 
 revision = "0019"
-down_revision = "0017"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
