@@ -79,12 +79,14 @@ PEER = "350000"  # a peer hub the scene's store holds (federation; it need not r
 # Services whose stubs are generated here but which departments serve, not the hub.
 SERVED_BY_DEPARTMENTS = {"exchange.v1.ProviderService"}
 # ...and those the hub's main port does not serve: those, and the one peer hubs call on the federation listener
-# (tests/test_federation_peering.py and tests/test_federation_rights.py attack them there).
+# (tests/test_federation_peering.py, tests/test_federation_rights.py and tests/test_federation_exchange.py
+# attack them there).
 NOT_ON_THE_MAIN_PORT = SERVED_BY_DEPARTMENTS | {
     "exchange.v1.PeeringService",
     "exchange.v1.WitnessService",
     "exchange.v1.ReceiptService",
     "exchange.v1.CrossHubRightsService",
+    "exchange.v1.ForwardingService",
 }
 
 

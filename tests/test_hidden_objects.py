@@ -59,6 +59,7 @@ NOT_FOR_MEMBERS = {
     "exchange.v1.WitnessService",
     "exchange.v1.ReceiptService",
     "exchange.v1.CrossHubRightsService",
+    "exchange.v1.ForwardingService",
 }
 
 
