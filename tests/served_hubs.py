@@ -94,7 +94,9 @@ class Served:
         return self.process.wait(timeout=WAIT)
 
 
-def _environment(settings_home: Path, level: str, port: int, federation: int, sync: float) -> dict[str, str]:
+def _environment(
+    settings_home: Path, level: str, port: int, federation: int, timing: tuple[float, float]
+) -> dict[str, str]:
     code, name = HUBS[level]
     return {
         **os.environ,
@@ -106,7 +108,8 @@ def _environment(settings_home: Path, level: str, port: int, federation: int, sy
         "EXCHANGE_HUB_LEVEL": level,
         "EXCHANGE_AUDIT_ORIGIN": f"{code}.hub.example/audit",
         "EXCHANGE_FEDERATION_LISTEN": f"127.0.0.1:{federation}",
-        "EXCHANGE_FEDERATION_SYNC_SECONDS": str(sync),
+        "EXCHANGE_FEDERATION_SYNC_SECONDS": str(timing[0]),
+        "EXCHANGE_CHECKPOINT_SECONDS": str(timing[1]),
         "EXCHANGE_FEDERATION_CALL_SECONDS": "5",
         "EXCHANGE_ALLOW_SQLITE_BACKENDS": "true",
         "EXCHANGE_BACKEND_HOSTS": "127.0.0.0/8,::1,.example",
@@ -114,8 +117,9 @@ def _environment(settings_home: Path, level: str, port: int, federation: int, sy
 
 
 @contextmanager
-def serve(root: Path, level: str, sync_seconds: float = 0.5) -> Iterator[Served]:
-    """The hub of ``level`` initialized in ``root``/``level`` and served in its own process until the block ends."""
+def serve(root: Path, level: str, sync_seconds: float = 0.5, checkpoint_seconds: float = 2.0) -> Iterator[Served]:
+    """The hub of ``level`` initialized in ``root``/``level`` and served in its own process until the block ends
+    (sync rounds and signed checkpoints every ``sync_seconds`` and ``checkpoint_seconds``)."""
     code, name = HUBS[level]
     port, federation = free_port(), free_port()
     settings = replace(
@@ -127,7 +131,7 @@ def serve(root: Path, level: str, sync_seconds: float = 0.5) -> Iterator[Served]
         hub_address=f"localhost:{port}",
     )
     operator = initialize(settings, OperatorSeed(AUTHORITY, "op-admin", "王运维")).directory
-    env = _environment(settings.home, level, port, federation, sync_seconds)
+    env = _environment(settings.home, level, port, federation, (sync_seconds, checkpoint_seconds))
     log = root / f"{level}.log"
     with log.open("wb") as sink:  # a file, not a pipe: a full pipe would block the hub
         command = [sys.executable, "-m", "exchange.cli.main", "serve"]
