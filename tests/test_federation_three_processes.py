@@ -225,8 +225,9 @@ def test_a_suspended_peering_refuses_and_the_province_down_is_unavailable_naming
 ) -> None:
     county, city, province = tree["county"], tree["city"], tree["province"]
     until(lambda: remote_codes(county, province.code) == [ENTRY, OTHER], "the province's entries at the county")
-    county.running.add_department(SIMING_MARKET)
-    county.running.add_system(SYSTEM, SIMING_MARKET.code)  # no grant needed: the calls are refused on the way
+    # An application waits at the county, submitted again each sync round while the calls below run: each
+    # refused submission must not cut the queries sharing the county's channel to the city short.
+    _apply_at_county(county)
     with city.running.client() as hub:
         hub.call(hub.federation.SuspendPeer, fpb.SuspendPeerRequest(code=province.code, reason="安全检查"))
     refused = _refused(county)
