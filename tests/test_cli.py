@@ -216,6 +216,7 @@ def test_demo_runs_its_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     tax_bureau = next(line for line in reversed(out.splitlines()) if line.startswith("11350200MB00567892 "))
     assert "1 (1/0/1)" in tax_bureau, "one objection received, answered on time, corrected"
     _assert_subscriptions_toured(out.split("== 1. ")[-1])  # the second run's tour
+    _assert_federation_toured(out.split("== 1. ")[-1])
     (tmp_path / "precious").mkdir()
     assert (
         main(
@@ -231,6 +232,31 @@ def test_demo_runs_its_tour(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
             ]
         )
         == 2
+    )
+
+
+def _assert_federation_toured(out: str) -> None:
+    """The demo's federation steps: the county hub peered with the city, the city's entries in the county's
+    catalog, the county's application granted at the city, its query through both hubs masked at the city, and
+    the cross-hub receipt verified offline."""
+    federation = out.split("== 17. ")[1].split("== 23. ", maxsplit=1)[0]
+    assert "hub 350203 registers 350200 厦门市政务数据共享平台 as its parent" in federation
+    assert re.search(r"hub 350200 registers 350203 \S+ as its child .*: active$", federation, re.M)
+    catalog = federation.split("== 18. ")[1].split("== 19. ")[0]
+    assert re.search(r"^10101/350200000001\s+居民身份信息\s", catalog, re.M)
+    applied = federation.split("== 20. ")[1].split("== 21. ")[0]
+    granted = re.search(r"at the county: (SR-\S+) granted, grant (GR-\S+), masks \['name'\]", applied)
+    assert granted is not None, applied
+    assert re.search(rf"at the city: SR-\S+ for 11350203MB0011002L@350203, .* granted {granted[2]}$", applied, re.M)
+    queried = federation.split("== 21. ")[1].split("== 22. ")[0]
+    assert "name 林**, id_number 350203198507154313" in queried and "masked at the city: name (name)" in queried
+    receipt = federation.split("== 22. ")[1]
+    assert "the receipt verifies: one exchange, recorded and witnessed at each hub it crossed" in receipt
+    assert re.search(
+        r"^  siming\.exchange\.local/audit: exchange EX\w+, .*witnessed by exchange\.local/audit/witness", receipt, re.M
+    )
+    assert re.search(
+        r"^  exchange\.local/audit: exchange EX\w+, .*witnessed by siming\.exchange\.local/audit/witness", receipt, re.M
     )
 
 

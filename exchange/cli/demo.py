@@ -28,7 +28,7 @@ from exchange import models as m
 from exchange import wire as w
 from exchange.auditlog.log import AuditLog
 from exchange.bootstrap import OperatorSeed, initialize
-from exchange.cli import commands, demo_subscriptions, evaluation, files, tables
+from exchange.cli import commands, demo_federation, demo_subscriptions, evaluation, files, tables
 from exchange.cli import demo_exchange as flat_sale
 from exchange.cli import objections as objections_cli
 from exchange.cli import rights as rights_cli
@@ -100,6 +100,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         allow_sqlite_backends=True,  # the public security bureau's front-end database is a SQLite file here
         subscription_poll_seconds=0.25,  # the tour waits for changes to arrive: the hub looks at the sources often
     )
+    settings = demo_federation.city_settings(settings)  # the city hub of a federation, with a county beside it
     _fresh_home(home)
     members = files.read_members(DATA / "members.yaml")
     specs = files.read_catalog(DATA / "catalog.yaml")
@@ -109,20 +110,34 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         operator = initialize(
             settings, OperatorSeed(members.authority, members.operator.username, members.operator.display_name)
         )
-        return event_loop.run(settings, _serve_tour(settings, members, specs, operator.directory, args.once))
+        county = demo_federation.county_settings(settings)
+        seed = OperatorSeed(demo_federation.COUNTY_AUTHORITY, "smop-admin", "何运维")
+        county_operator = initialize(county, seed).directory
+        tour = _serve_tour(settings, members, specs, (operator.directory, county_operator), args.once)
+        return event_loop.run(settings, tour)
     finally:
         undo()
 
 
 async def _serve_tour(
-    settings: Settings, members: files.Members, specs: list[m.ResourceSpec], operator: Path, once: bool
+    settings: Settings, members: files.Members, specs: list[m.ResourceSpec], operators: tuple[Path, Path], once: bool
 ) -> int:
+    operator, county_operator = operators
     hub = Hub(settings)
     port = await hub.start()
     settings = replace(settings, hub_address=f"localhost:{port}")
     tour = Tour(settings, members, operator, hub.decisions, hub.audit)
+    county = Hub(demo_federation.county_settings(settings))
     try:
+        county_port = await county.start()
         await asyncio.to_thread(tour.run, specs)
+        city_side = demo_federation.Side(settings, operator, _federation_port(hub), hub.audit.flush)
+        county_settings = replace(county.settings, hub_address=f"localhost:{county_port}")
+        county_side = demo_federation.Side(
+            county_settings, county_operator, _federation_port(county), county.audit.flush
+        )
+        federation = demo_federation.FederationTour(city_side, county_side, tour.identity_of, sample_id_number)
+        await asyncio.to_thread(federation.run, 17)
         await asyncio.to_thread(tour.console_links, port, hub.console_port)
         if not once:
             print(f"\nThe hub is serving on localhost:{port}. In another terminal, for example:")
@@ -142,9 +157,15 @@ async def _serve_tour(
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
     finally:
+        await county.stop(grace=2)
         await hub.stop(grace=2)
         await asyncio.to_thread(tour.backends.stop)
     return 0
+
+
+def _federation_port(hub: Hub) -> int:
+    assert hub.federation is not None, "the demo's hubs federate"
+    return hub.federation.port
 
 
 def _step(title: str) -> None:
@@ -458,7 +479,7 @@ class Tour:
     def console_links(self, port: int, console_port: int) -> None:
         """The web console's address, and a one-time sign-in link for each person, asked for with their certificate."""
         address = console_base_url(self.settings, console_port)
-        _step(f"17. The web console for people, at {address}: a sign-in link for each")
+        _step(f"23. The web console for people, at {address}: a sign-in link for each")
         people = [(self.members.operator.username, self.operator)]
         people += [(p.username, self.identity_of(p.username)) for p in self.members.people]
         rows = []

@@ -89,6 +89,8 @@ class Federation:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._channels: dict[str, tuple[tuple[str, str], grpc.aio.Channel]] = {}
+        self._dropped: set[grpc.aio.Channel] = set()  # channels dropped after a failure, closed a little later
+        self._closing: set[asyncio.Task[None]] = set()  # their closing, held so that no task is lost
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -140,9 +142,10 @@ class Federation:
             self._task.cancel()
         if self._server is not None:
             await self._server.stop(1)
-        for _, channel in self._channels.values():
+        for channel in [*(held for _, held in self._channels.values()), *self._dropped]:
             await channel.close(None)
         self._channels.clear()
+        self._dropped.clear()
 
     def peers_changed(self) -> None:
         """Re-reads the peers for the listener's trust (blocking: reads the store)."""
@@ -219,9 +222,26 @@ class Federation:
             raise _hop_error(peer, what, e, timeout) from None
 
     async def _drop(self, code: str) -> None:
+        """Forgets the channel to a peer, so that the next call connects afresh. Other calls may be on it, or
+        about to start on it (they took it before this one failed): it is closed only once they had the time a
+        forwarded call may take, never under them (closing it at once cut them short, or left them hanging
+        until the consumer's deadline)."""
         held = self._channels.pop(code, None)
         if held is not None:
-            await held[1].close(None)
+            self._dropped.add(held[1])
+            asyncio.get_running_loop().call_later(self._grace, self._close_dropped, held[1])
+
+    @property
+    def _grace(self) -> float:
+        """The longest a forwarded unary call waits for its answer."""
+        return self.settings.federation_call_seconds + self.settings.provider_timeout_seconds
+
+    def _close_dropped(self, channel: grpc.aio.Channel) -> None:
+        if channel in self._dropped:
+            self._dropped.discard(channel)
+            task = asyncio.get_running_loop().create_task(channel.close(self._grace))  # a stream's last chance
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def introduce(self, peer: Peer) -> Peer:
         """Tells a registered peer that this hub registered it; active once the peer registered this hub too."""

@@ -1,0 +1,211 @@
+"""Hubs of the federation as separate `exchange serve` processes, each with its own home, CA and store.
+
+Used by the process tests and the federation benchmark. Each hub serves its main port and its federation
+listener on loopback; its operator drives it over the main port (``running``: the same helpers as for an
+in-process hub, over RPCs only). Peering goes through the operators' own RPC (``RegisterPeer``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import cast
+
+import grpc
+from sqlalchemy import create_engine, text
+
+from exchange import models as m
+from exchange import wire as w
+from exchange.bootstrap import OperatorSeed, initialize
+from exchange.server.app import Hub
+from exchange.services.rights import MAX_DAILY_CALLS, MAX_RATE
+from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import federation_pb2 as fpb
+from exchange.v1 import registry_pb2 as regpb
+from exchange.v1 import rights_pb2 as rpb
+from tests.federation_support import HUBS
+from tests.harness import AUTHORITY, RunningHub, base_settings
+from tests.hub_process import free_port
+
+PROJECT = Path(__file__).resolve().parent.parent
+WAIT = 60.0  # a bound on waiting for a process, never a claim about speed
+
+
+def until(check: Callable[[], bool], what: str, wait: float = WAIT) -> None:
+    """Returns once ``check()`` holds; fails naming ``what`` after ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while not check():
+        assert time.monotonic() < deadline, f"not seen: {what}"
+        time.sleep(0.1)
+
+
+@dataclass
+class Served:
+    """One hub process: its level, its operator's view (``running``), its federation address and process."""
+
+    level: str
+    running: RunningHub
+    federation: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def code(self) -> str:
+        return HUBS[self.level][0]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def peer(self, code: str) -> fpb.Peer:
+        with self.running.client() as hub:
+            return hub.call(hub.federation.GetPeer, fpb.GetPeerRequest(code=code)).peer
+
+    def register(self, other: Served, relation: fpb.PeerRelation.ValueType) -> fpb.Peer:
+        """This hub's operator registers ``other`` with the CA certificate ``other``'s operator handed over."""
+        peer = fpb.Peer(
+            code=other.code,
+            name=HUBS[other.level][1],
+            level=other.level,
+            relation=relation,
+            address=other.federation,
+            ca_certificate_pem=other.running.ca_pem.decode(),
+        )
+        with self.running.client() as hub:
+            request = fpb.RegisterPeerRequest(peer=peer, reason="协议 2026-12")
+            return hub.call(hub.federation.RegisterPeer, request).peer
+
+    def stop(self) -> int:
+        """SIGTERM, as an operator stops a hub; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait(timeout=WAIT)
+
+
+def _environment(
+    settings_home: Path, level: str, port: int, federation: int, timing: tuple[float, float]
+) -> dict[str, str]:
+    code, name = HUBS[level]
+    return {
+        **os.environ,
+        "EXCHANGE_HOME": str(settings_home),
+        "EXCHANGE_LISTEN": f"127.0.0.1:{port}",
+        "EXCHANGE_METRICS_LISTEN": "",
+        "EXCHANGE_HUB_CODE": code,
+        "EXCHANGE_HUB_NAME": name,
+        "EXCHANGE_HUB_LEVEL": level,
+        "EXCHANGE_AUDIT_ORIGIN": f"{code}.hub.example/audit",
+        "EXCHANGE_FEDERATION_LISTEN": f"127.0.0.1:{federation}",
+        "EXCHANGE_FEDERATION_SYNC_SECONDS": str(timing[0]),
+        "EXCHANGE_CHECKPOINT_SECONDS": str(timing[1]),
+        "EXCHANGE_FEDERATION_CALL_SECONDS": "5",
+        "EXCHANGE_ALLOW_SQLITE_BACKENDS": "true",
+        "EXCHANGE_BACKEND_HOSTS": "127.0.0.0/8,::1,.example",
+    }
+
+
+@contextmanager
+def serve(root: Path, level: str, sync_seconds: float = 0.5, checkpoint_seconds: float = 2.0) -> Iterator[Served]:
+    """The hub of ``level`` initialized in ``root``/``level`` and served in its own process until the block ends
+    (sync rounds and signed checkpoints every ``sync_seconds`` and ``checkpoint_seconds``)."""
+    code, name = HUBS[level]
+    port, federation = free_port(), free_port()
+    settings = replace(
+        base_settings(root / level),
+        hub_code=code,
+        hub_name=name,
+        hub_level=level,
+        audit_origin=f"{code}.hub.example/audit",
+        hub_address=f"localhost:{port}",
+    )
+    operator = initialize(settings, OperatorSeed(AUTHORITY, "op-admin", "王运维")).directory
+    env = _environment(settings.home, level, port, federation, (sync_seconds, checkpoint_seconds))
+    log = root / f"{level}.log"
+    with log.open("wb") as sink:  # a file, not a pipe: a full pipe would block the hub
+        command = [sys.executable, "-m", "exchange.cli.main", "serve"]
+        process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=sink, stderr=sink)
+    # The operator's helpers work over RPCs only: no in-process Hub behind them.
+    served = Served(level, RunningHub(settings, operator, cast(Hub, None)), f"localhost:{federation}", process, log)
+    try:
+        until(lambda: _answers(served), f"the {level} hub serving")
+        yield served
+    finally:
+        served.stop()
+
+
+def _answers(served: Served) -> bool:
+    assert served.process.poll() is None, served.log.read_text()[-3000:]
+    try:
+        with served.running.client() as hub:
+            hub.call(hub.registry.WhoAmI, regpb.WhoAmIRequest())
+    except grpc.RpcError:
+        return False
+    return True
+
+
+def peer_pair(child: Served, parent: Served) -> None:
+    """Both operators register the peering; returns once both sides hold it active."""
+    child.register(parent, fpb.PEER_RELATION_PARENT)
+    parent.register(child, fpb.PEER_RELATION_CHILD)
+    active = fpb.PEER_STATE_ACTIVE
+    until(lambda: child.peer(parent.code).state == active == parent.peer(child.code).state, "the peering active")
+
+
+def remote_codes(node: Served, home: str) -> list[str]:
+    """The codes of the entries homed at ``home`` that ``node``'s catalog lists."""
+    with node.running.client() as hub:
+        found = hub.call(hub.catalog.ListResources, cpb.ListResourcesRequest(home_hub_code=home))
+    return [r.code for r in found.resources]
+
+
+def publish_sql(node: Served, steward: Path, spec: m.ResourceSpec, url: str, table: str) -> None:
+    """Publishes ``spec`` at ``node`` and binds it to a table of a SQLite database."""
+    node.running.publish(steward, spec)
+    with node.running.client(steward) as hub:
+        binding = cpb.Binding(resource_code=spec.code, sql=cpb.SqlBackend(url=url, table=table))
+        hub.call(hub.catalog.SetBinding, cpb.SetBindingRequest(binding=binding, reason="接入前置库"))
+
+
+def people_table(url: str, rows: list[tuple[str, str, str]]) -> None:
+    """A table ``qy`` (name, id_number, address) with ``rows``: a department's backend."""
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE qy (name TEXT, id_number TEXT, address TEXT)"))
+        for name, number, address in rows:
+            c.execute(text("INSERT INTO qy VALUES (:n, :i, :a)"), {"n": name, "i": number, "a": address})
+    engine.dispose()
+
+
+def grant_locally(
+    node: Served, entry: str, *, owner: str, consumer: m.Department, system: str, fields: tuple[str, ...], purpose: str
+) -> str:
+    """SEED: ``consumer`` and its ``system`` registered at ``node``, applying, approved with the name masked and
+    granted through ``node``'s own services, as a local consumer would be. The grant's id."""
+    hub = node.running
+    hub.add_department(consumer)
+    hub.add_system(system, consumer.code)
+    clerk = hub.add_person("sm-clerk", consumer.code, m.Role.CONSUMER)
+    manager = hub.add_person("fj-manager", AUTHORITY.code, m.Role.SHARE_MANAGER)
+    today = dt.datetime.now(dt.UTC).date()
+    app = m.Application(entry, "", (system,), purpose, "《市场主体登记管理条例》", fields, today,
+                        today + dt.timedelta(days=30), 1000)  # fmt: skip
+    with hub.client(clerk) as c:
+        applied = c.call(c.rights.Apply, rpb.ApplyRequest(request=w.application_to_wire(app)))
+    masks = [rpb.FieldMask(field="name", mask=rpb.MASK_KIND_NAME)]
+    with hub.client(hub.certifier(owner)) as c:
+        c.call(c.rights.Approve, rpb.ApproveRequest(id=applied.id, masks=masks, reason="符合条件"))
+    with hub.client(manager) as c:
+        grant = rpb.IssueGrantRequest(request_id=applied.id, daily_quota=MAX_DAILY_CALLS, rate_per_second=MAX_RATE)
+        return str(c.call(c.rights.IssueGrant, grant).id)

@@ -1,0 +1,241 @@
+"""Three hubs as three `exchange serve` processes on loopback, each with its own home, CA and store:
+思明区 (county) ← 厦门市 (city) ← 福建省 (province), peered both ways by their operators.
+
+One run shows the federation end to end across processes: the province's catalog reaches the county two hops
+away, and so does a suspension of one of its entries; the county's department applies through its own hub for
+a province entry, decided and granted at the province; the county's system queries it two hops away, masked at
+the province; the cross-hub receipt of that query verifies offline; and, at process level, a peering suspended
+on the way refuses the call, and the province down is UNAVAILABLE naming the hop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+import pytest
+
+from exchange import models as m
+from exchange import pki
+from exchange import wire as w
+from exchange.bootstrap import load_witness_key
+from exchange.cli.main import main
+from exchange.v1 import catalog_pb2 as cpb
+from exchange.v1 import exchange_pb2 as xpb
+from exchange.v1 import federation_pb2 as fpb
+from exchange.v1 import rights_pb2 as rpb
+from tests.federation_support import PROVINCE_MARKET, SIMING_MARKET
+from tests.harness import AUTHORITY, identity_spec
+from tests.served_hubs import Served, peer_pair, people_table, publish_sql, remote_codes, serve, until
+
+ENTRY = "10101/350000000001"
+OTHER = "10101/350000000002"  # published beside ENTRY, suspended later
+PURPOSE = "企业登记核查"
+PERSON = "350203198001012345"
+SYSTEM = "sm-djxt"
+ITEMS = (
+    m.DataItem("name", "姓名", m.FieldType.STRING),
+    m.DataItem("id_number", "公民身份号码", m.FieldType.STRING, filterable=True),
+    m.DataItem("address", "住所", m.FieldType.STRING),
+)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Iterator[dict[str, Served]]:
+    """The three hubs served, peered county ← city ← province; the province's two entries published."""
+    with ExitStack() as stack:
+        running = {level: stack.enter_context(serve(tmp_path, level, checkpoint_seconds=0.5)) for level in
+                   ("county", "city", "province")}  # fmt: skip
+        peer_pair(running["county"], running["city"])
+        peer_pair(running["city"], running["province"])
+        _publish_at_province(running["province"], tmp_path)
+        yield running
+
+
+def _publish_at_province(province: Served, root: Path) -> None:
+    hub = province.running
+    hub.add_department(PROVINCE_MARKET)
+    url = f"sqlite:///{root / 'qy.db'}"
+    people_table(url, [("张三", PERSON, "厦门市思明区湖滨南路1号")])
+    steward = hub.certifier(PROVINCE_MARKET.code)
+    for code, name in ((ENTRY, "企业人员身份信息"), (OTHER, "企业人员住所信息")):
+        spec = identity_spec(code, PROVINCE_MARKET.code, name=name, data_items=ITEMS)
+        publish_sql(province, steward, spec, url, "qy")
+
+
+def _status_at(node: Served, code: str) -> int:
+    with node.running.client() as hub:
+        return hub.call(hub.catalog.GetResource, cpb.GetResourceRequest(code=code)).status
+
+
+def _apply_at_county(county: Served) -> tuple[Path, str]:
+    """The county's market department, its clerk and system registered at the county; the clerk applies there
+    for the province's entry. The clerk's identity and the county's request id."""
+    hub = county.running
+    hub.add_department(SIMING_MARKET)
+    hub.add_system(SYSTEM, SIMING_MARKET.code)
+    clerk = hub.add_person("sm-clerk", SIMING_MARKET.code, m.Role.CONSUMER)
+    today = dt.datetime.now(dt.UTC).date()
+    app = m.Application(ENTRY, "", (SYSTEM,), PURPOSE, "《市场主体登记管理条例》", ("name", "id_number", "address"),
+                        today, today + dt.timedelta(days=30), 100)  # fmt: skip
+    with hub.client(clerk) as c:
+        applied = c.call(c.rights.Apply, rpb.ApplyRequest(request=w.application_to_wire(app)))
+    assert applied.cross_hub.home_hub_code == "350000"
+    return clerk, applied.id
+
+
+def _decide_at_province(province: Served, county_request: str) -> str:
+    """The province's steward approves the county's application (the name masked), its share manager grants."""
+    hub = province.running
+    steward = hub.certifier(PROVINCE_MARKET.code)
+    pending = rpb.ListShareRequestsRequest(resource_code=ENTRY, status=rpb.SHARE_REQUEST_STATUS_PENDING)
+
+    def arrived() -> bool:
+        with hub.client(steward) as c:
+            found = c.call(c.rights.ListShareRequests, pending).requests
+        return any(r.cross_hub.consumer_request_id == county_request for r in found)
+
+    until(arrived, "the county's application at the province")
+    with hub.client(steward) as c:
+        (request,) = c.call(c.rights.ListShareRequests, pending).requests
+        assert (request.consumer_department_code, request.cross_hub.consumer_hub_code) == (SIMING_MARKET.code, "350203")
+        masks = [rpb.FieldMask(field="name", mask=rpb.MASK_KIND_NAME)]
+        c.call(c.rights.Approve, rpb.ApproveRequest(id=request.id, masks=masks, reason="符合条件"))
+    manager = hub.add_person("fj-manager", AUTHORITY.code, m.Role.SHARE_MANAGER)
+    with hub.client(manager) as c:
+        return str(c.call(c.rights.IssueGrant, rpb.IssueGrantRequest(request_id=request.id)).id)
+
+
+def _query(county: Served) -> xpb.QueryResponse:
+    identity = county.running.identity(m.PrincipalKind.SYSTEM, SYSTEM)
+    request = xpb.QueryRequest(
+        resource_code=ENTRY, purpose=PURPOSE, filters={"id_number": PERSON}, fields=["name", "address"]
+    )
+    with county.running.client(identity) as hub:
+        return hub.call(hub.exchange.Query, request)
+
+
+def _refused(county: Served) -> grpc.Call:
+    with pytest.raises(grpc.RpcError) as info:
+        _query(county)
+    assert isinstance(info.value, grpc.Call)
+    return info.value
+
+
+def _cli(node: Served, identity: Path, *argv: str) -> int:
+    return main(["--hub", node.running.settings.hub_address, "--identity", str(identity), *argv])
+
+
+def _receipt_part(node: Served, auditor: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> None:
+    """``audit cross-receipt`` at ``node``, asked again until the records are under witnessed checkpoints."""
+
+    def made() -> bool:
+        done = _cli(node, auditor, "audit", "cross-receipt", *argv) == 0
+        said = capsys.readouterr()
+        assert done or "witness" in said.err, said.err  # the only refusal to wait out: not yet witnessed
+        return done
+
+    until(made, f"a receipt part at hub {node.code}")
+
+
+def _trust(root: Path, nodes: list[Served]) -> Path:
+    """Each hub's log key and witness key, as its operator hands them to an auditor."""
+    lines = []
+    for node in nodes:
+        settings = node.running.settings
+        lines.append(pki.HubFiles(settings.home).audit_verifier.read_text().strip())
+        lines.append(f"{load_witness_key(settings).verifier().encode()} {settings.audit_origin}")
+    path = root / "trusted.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _next_exchange(receipt: Path, origin: str) -> str:
+    """The exchange id that hub ``origin``'s "out" record names at the next hub."""
+    (part,) = [p for p in json.loads(receipt.read_text())["parts"] if p["origin"] == origin]
+    outs = [json.loads(r["record"]) for r in part["records"]]
+    (out,) = [r for r in outs if r.get("hop") == "out"]
+    return str(out["peer_exchange_id"])
+
+
+def test_three_served_hubs_share_catalog_rights_and_a_query_two_hops_away_with_its_receipt(
+    tree: dict[str, Served], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    county, city, province = tree["county"], tree["city"], tree["province"]
+    # Catalog sync two hops down, and an entry's suspension after it.
+    until(lambda: remote_codes(county, province.code) == [ENTRY, OTHER], "the province's entries at the county")
+    assert remote_codes(city, province.code) == [ENTRY, OTHER]
+    with province.running.client(province.running.certifier(PROVINCE_MARKET.code)) as hub:
+        hub.call(hub.catalog.SuspendResource, cpb.ChangeResourceStatusRequest(code=OTHER, reason="系统升级"))
+    suspended = cpb.RESOURCE_STATUS_SUSPENDED
+    until(lambda: _status_at(county, OTHER) == suspended == _status_at(city, OTHER), "the suspension at the peers")
+    assert _status_at(county, ENTRY) == cpb.RESOURCE_STATUS_PUBLISHED
+
+    # A cross-level share request: the county applies, the province decides and grants, the county sees it.
+    clerk, request_id = _apply_at_county(county)
+    grant = _decide_at_province(province, request_id)
+
+    def granted() -> bool:
+        with county.running.client(clerk) as hub:
+            seen = hub.call(hub.rights.GetShareRequest, rpb.GetShareRequestRequest(id=request_id))
+        return seen.status == rpb.SHARE_REQUEST_STATUS_GRANTED and seen.grant_id == grant
+
+    until(granted, "the province's grant at the county")
+
+    # A query two hops away, masked at the province.
+    answer = _query(county)
+    assert [(r.fields["name"].string_value, r.fields["address"].string_value) for r in answer.records] == [
+        ("张*", "厦门市思明区湖滨南路1号")
+    ]
+    assert dict(answer.disclosure.masks) == {"name": "name"}
+
+    # The cross-hub receipt: the county's and the city's parts fetched at the county, the province's made there.
+    auditors = {
+        n.level: n.running.add_person(f"au-{n.level}", AUTHORITY.code, m.Role.AUDITOR) for n in (county, province)
+    }
+    fetched, own, receipt = tmp_path / "county.json", tmp_path / "province.json", tmp_path / "receipt.json"
+    _receipt_part(county, auditors["county"], capsys, answer.exchange_id, "--out", str(fetched))
+    at_province = _next_exchange(fetched, city.running.settings.audit_origin)
+    _receipt_part(province, auditors["province"], capsys, at_province, "--own", "--out", str(own))
+    assert main(["audit", "cross-receipt", "--merge", str(fetched), str(own), "--out", str(receipt)]) == 0
+    trust = _trust(tmp_path, [county, city, province])
+    capsys.readouterr()
+    assert main(["audit", "verify-receipt", str(receipt), "--trust", str(trust)]) == 0
+    said = capsys.readouterr().out
+    for node in (county, city, province):
+        assert f"{node.running.settings.audit_origin}: exchange EX" in said
+    assert f"{province.running.settings.audit_origin}: exchange {at_province}" in said
+    # A record of the province's part altered (one more row than it served): the receipt no longer verifies.
+    document = json.loads(receipt.read_text())
+    (home,) = [p for p in document["parts"] if p["origin"] == province.running.settings.audit_origin]
+    served = json.loads(home["records"][0]["record"])
+    home["records"][0]["record"] = json.dumps({**served, "rows": served["rows"] + 1}, separators=(",", ":"))
+    altered = tmp_path / "altered.json"
+    altered.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+    assert main(["audit", "verify-receipt", str(altered), "--trust", str(trust)]) == 1
+    assert "does NOT verify" in capsys.readouterr().err
+
+
+def test_a_suspended_peering_refuses_and_the_province_down_is_unavailable_naming_the_hop(
+    tree: dict[str, Served],
+) -> None:
+    county, city, province = tree["county"], tree["city"], tree["province"]
+    until(lambda: remote_codes(county, province.code) == [ENTRY, OTHER], "the province's entries at the county")
+    # An application waits at the county, submitted again each sync round while the calls below run: each
+    # refused submission must not cut the queries sharing the county's channel to the city short.
+    _apply_at_county(county)
+    with city.running.client() as hub:
+        hub.call(hub.federation.SuspendPeer, fpb.SuspendPeerRequest(code=province.code, reason="安全检查"))
+    refused = _refused(county)
+    assert refused.code() in {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED}
+    assert "350000" in (refused.details() or "") and "suspended" in (refused.details() or "")
+    with city.running.client() as hub:
+        hub.call(hub.federation.ResumePeer, fpb.ResumePeerRequest(code=province.code, reason="检查完毕"))
+    assert province.stop() == 0
+    down = _refused(county)
+    assert down.code() == grpc.StatusCode.UNAVAILABLE, down.details()
+    assert f"peer hub 350000 at {province.federation}" in (down.details() or "")
