@@ -27,7 +27,7 @@ def _request(request_id: str, resource: str = ENTRY) -> m.ShareRequest:
 
 
 def test_a_statement_is_accepted_once_until_it_expires(store: Store) -> None:
-    expires = NOW + dt.timedelta(seconds=60)
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)  # now: a module-wide NOW may be long past
     assert store.applications.seen("a" * 32, expires) is False
     assert store.applications.seen("a" * 32, expires) is True
     assert store.applications.seen("b" * 32, expires) is False
