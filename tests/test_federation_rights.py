@@ -21,7 +21,7 @@ from exchange.v1 import applications_pb2 as apb
 from exchange.v1 import applications_pb2_grpc as apb_grpc
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
-from tests.console_support import web_client
+from tests.console_support import console_url, new_page, screenshot, web_client
 from tests.federation_support import PROVINCE_MARKET, SIMING_MARKET, Node, department, hubs, peer_pair
 from tests.harness import POLICE, TEST_RECORD, identity_spec
 
@@ -259,3 +259,20 @@ def test_the_consoles_show_the_other_hub_of_a_request_that_crosses_hubs(tree: di
         inbox = province.get("/inbox")
         assert inbox.status_code == 200 and home_id in inbox.text and "@350203" in inbox.text
         assert "@350203" in province.get(f"/inbox/{home_id}").text
+
+
+def test_the_pages_of_a_request_that_crosses_hubs_read_well_in_a_browser(tree: dict[str, Any], browser: Any) -> None:
+    """Seen in Chromium (screenshots under build/screenshots): the county's request names its home, the
+    province's inbox item names the county."""
+    applied = _apply(tree)
+    home_id = _seen_at_county(tree, applied.id).cross_hub.home_request_id
+    page = new_page(browser, tree["county"].running, tree["applicant"])
+    page.goto(console_url(tree["county"].running) + f"/requests/{applied.id}")
+    shown = page.inner_text("main")
+    assert "@350000" in shown and home_id in shown and "归属平台已受理" in shown
+    assert "requests." not in shown  # every event of the home's named in words, no message key left bare
+    screenshot(page, "federation-request-at-the-county")
+    page = new_page(browser, tree["province"].running, tree["steward"])
+    page.goto(console_url(tree["province"].running) + f"/inbox/{home_id}")
+    assert "@350203" in page.inner_text("main")
+    screenshot(page, "federation-request-in-the-home-inbox")
