@@ -37,7 +37,10 @@ Verification, against trusted keys (log keys, and witness keys each bound to the
 format and version; at least two parts, of different origins; per part, the checkpoint signed by the
 trusted log key of its origin, every record canonical, of the part's exchange id and included under that
 checkpoint; the records linked into one chain, from the consumer's hub to the serving hub: each hub's
-"out" record names the next hub and its exchange id, and the next hub's "in" record names it back; and
+"out" record names the next hub and its exchange id, and the next hub's "in" record names it back; the
+chain whole: it starts at a hub with an "out" record and no "in" record (the consumer's) and ends at one
+with an "in" record and no "out" record (the serving hub), and a record naming a hub that has no part
+makes the receipt incomplete, refused with that hub's origin and exchange id; and
 each checkpoint cosigned by a trusted witness of a hub next to it in that chain (with two hubs: the other
 one), so no hub vouches for itself.
 """
@@ -271,9 +274,41 @@ def _links(parts: list[Part]) -> dict[str, Part]:
     return following
 
 
+def _missing(parts: list[Part]) -> None:
+    """ReceiptError if a part's "out" or "in" record names a hub that has no part in the receipt: the chain
+    then stops short of the serving hub (or starts after the consumer's), so it proves no whole exchange."""
+    origins = {p.origin for p in parts}
+    for part in parts:
+        for data in (json.loads(r.record) for r in part.records):
+            hub, hop = str(data.get("peer_hub") or ""), data.get("hop")
+            if not hub or hub in origins or hop not in ("out", "in"):
+                continue
+            exchange = data.get("peer_exchange_id") or "(none: the hop failed)"
+            went = "forwarded the exchange to" if hop == "out" else "received the exchange from"
+            raise ReceiptError(
+                f"the receipt is incomplete: {part.origin} {went} {hub} (its exchange {exchange}), but the "
+                f"receipt has no part of {hub}: merge that hub's part in (exchange audit cross-receipt --merge)"
+            )
+
+
+def _ends(ordered: list[Part]) -> None:
+    """ReceiptError unless the chain starts at a hub that received the exchange from none and ends at one
+    that forwarded it to none (its records name no hop beyond the chain's ends)."""
+    for part, hop, end in ((ordered[0], "in", "consumer's"), (ordered[-1], "out", "serving")):
+        for data in (json.loads(r.record) for r in part.records):
+            if data.get("hop") == hop:
+                raise ReceiptError(
+                    f"the receipt is incomplete: the chain's end {part.origin} is not the {end} hub: its record "
+                    f"names a hop {hop!r} with {data.get('peer_hub')!r}'s exchange {data.get('peer_exchange_id')!r}, "
+                    "whose part does not link to it"
+                )
+
+
 def chain(parts: list[Part]) -> list[Part]:
     """The parts in the order the exchange went, from the consumer's hub to the serving hub; ReceiptError
-    unless every hub's record names the next one's exchange and that one's names it back."""
+    unless every hub's record names the next one's exchange and that one's names it back, and the chain
+    is whole (no hub it names is left out)."""
+    _missing(parts)
     following = _links(parts)
     targets = {p.origin for p in following.values()}
     starts = [p for p in parts if p.origin not in targets]
@@ -282,6 +317,7 @@ def chain(parts: list[Part]) -> list[Part]:
         ordered.append(following[ordered[-1].origin])
     if len(starts) != 1 or len(ordered) != len(parts):
         raise ReceiptError(_unlinked(parts))
+    _ends(ordered)
     return ordered
 
 

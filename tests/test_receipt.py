@@ -190,8 +190,17 @@ def test_a_call_forwarded_through_a_middle_hub_is_one_chain(tmp_path: Path) -> N
     by_a_only = replace(parts[0], checkpoint=parts[0].checkpoint.replace("— hub-b.example/witness ", "— x "))
     with pytest.raises(ReceiptError, match=f"{c_origin}: the checkpoint is not witnessed by {B}"):
         verify(document([by_a_only, *parts[1:]]), trust)
-    with pytest.raises(ReceiptError, match="not linked"):  # the middle hub's part left out
+    missing_b = re.escape(
+        f"incomplete: {c_origin} received the exchange from {B} (its exchange EX-B), but the receipt has no part of {B}"
+    )
+    with pytest.raises(ReceiptError, match=missing_b):  # the middle hub's part left out
         verify(document(parts[:2]), trust)
+    missing_c = re.escape(f"incomplete: {B} forwarded the exchange to {c_origin} (its exchange EX-C)")
+    with pytest.raises(ReceiptError, match=missing_c):  # stops at the middle hub: not the serving hub
+        verify(document(parts[1:]), trust)
+    missing_a = re.escape(f"incomplete: {B} received the exchange from {A} (its exchange EX-A)")
+    with pytest.raises(ReceiptError, match=missing_a):  # starts at the middle hub: not the consumer's
+        verify(document([parts[0], parts[2]]), trust)
     for h in (a, b, c):
         h.store.close()
 
