@@ -13,9 +13,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -56,6 +56,7 @@ class Served:
     federation: str
     process: subprocess.Popen[bytes]
     log: Path
+    environment: dict[str, str] = field(default_factory=dict)
 
     @property
     def code(self) -> str:
@@ -93,6 +94,18 @@ class Served:
                 self.process.kill()
         return self.process.wait(timeout=WAIT)
 
+    def restart(self) -> None:
+        """Stops the hub and serves it again from the same home and ports (e.g. after its CA changed)."""
+        assert self.stop() == 0
+        self.process = _launch(self.environment, self.log)
+        until(lambda: _answers(self), f"the {self.level} hub serving again")
+
+
+def _launch(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:  # a file, not a pipe: a full pipe would block the hub
+        command = [sys.executable, "-m", "exchange.cli.main", "serve"]
+        return subprocess.Popen(command, cwd=PROJECT, env=env, stdout=sink, stderr=sink)
+
 
 def _environment(
     settings_home: Path, level: str, port: int, federation: int, timing: tuple[float, float]
@@ -117,9 +130,16 @@ def _environment(
 
 
 @contextmanager
-def serve(root: Path, level: str, sync_seconds: float = 0.5, checkpoint_seconds: float = 2.0) -> Iterator[Served]:
+def serve(
+    root: Path,
+    level: str,
+    sync_seconds: float = 0.5,
+    checkpoint_seconds: float = 2.0,
+    extra: Mapping[str, str] | None = None,
+) -> Iterator[Served]:
     """The hub of ``level`` initialized in ``root``/``level`` and served in its own process until the block ends
-    (sync rounds and signed checkpoints every ``sync_seconds`` and ``checkpoint_seconds``)."""
+    (sync rounds and signed checkpoints every ``sync_seconds`` and ``checkpoint_seconds``; ``extra``: more
+    ``EXCHANGE_*`` settings)."""
     code, name = HUBS[level]
     port, federation = free_port(), free_port()
     settings = replace(
@@ -131,13 +151,13 @@ def serve(root: Path, level: str, sync_seconds: float = 0.5, checkpoint_seconds:
         hub_address=f"localhost:{port}",
     )
     operator = initialize(settings, OperatorSeed(AUTHORITY, "op-admin", "王运维")).directory
-    env = _environment(settings.home, level, port, federation, (sync_seconds, checkpoint_seconds))
+    env = {**_environment(settings.home, level, port, federation, (sync_seconds, checkpoint_seconds)), **(extra or {})}
     log = root / f"{level}.log"
-    with log.open("wb") as sink:  # a file, not a pipe: a full pipe would block the hub
-        command = [sys.executable, "-m", "exchange.cli.main", "serve"]
-        process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=sink, stderr=sink)
+    log.write_bytes(b"")
+    process = _launch(env, log)
     # The operator's helpers work over RPCs only: no in-process Hub behind them.
-    served = Served(level, RunningHub(settings, operator, cast(Hub, None)), f"localhost:{federation}", process, log)
+    running = RunningHub(settings, operator, cast(Hub, None))
+    served = Served(level, running, f"localhost:{federation}", process, log, env)
     try:
         until(lambda: _answers(served), f"the {level} hub serving")
         yield served

@@ -4,8 +4,10 @@
 One run shows the federation end to end across processes: the province's catalog reaches the county two hops
 away, and so does a suspension of one of its entries; the county's department applies through its own hub for
 a province entry, decided and granted at the province; the county's system queries it two hops away, masked at
-the province; the cross-hub receipt of that query verifies offline; and, at process level, a peering suspended
-on the way refuses the call, and the province down is UNAVAILABLE naming the hop.
+the province; the cross-hub receipt of that query verifies offline (and without the province's part is refused
+as incomplete); and, at process level, a peering suspended on the way refuses the call, the province down is
+UNAVAILABLE naming the hop, and so is the province served again with a new CA the city does not know; a county
+allowing one hop is refused at the province, two hops away, each side recording it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from exchange import ca, pki
 from exchange import models as m
-from exchange import pki
 from exchange import wire as w
 from exchange.bootstrap import load_witness_key
 from exchange.cli.main import main
+from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import federation_pb2 as fpb
@@ -126,6 +129,15 @@ def _refused(county: Served) -> grpc.Call:
     return info.value
 
 
+def _records(node: Served, auditor: Path, outcome: str, resource: str = ENTRY) -> list[dict[str, object]]:
+    """``node``'s audit records of calls with ``outcome`` ("": any) of ``resource`` ("": any), read by
+    ``auditor`` over its AuditService."""
+    request = apb.SearchRecordsRequest(page_size=100, resource_code=resource, outcome=outcome)
+    with node.running.client(auditor) as hub:
+        found = hub.call(hub.audit.SearchRecords, request)
+    return [json.loads(e.record) for e in found.entries]
+
+
 def _cli(node: Served, identity: Path, *argv: str) -> int:
     return main(["--hub", node.running.settings.hub_address, "--identity", str(identity), *argv])
 
@@ -209,6 +221,13 @@ def test_three_served_hubs_share_catalog_rights_and_a_query_two_hops_away_with_i
     for node in (county, city, province):
         assert f"{node.running.settings.audit_origin}: exchange EX" in said
     assert f"{province.running.settings.audit_origin}: exchange {at_province}" in said
+    # The county's and the city's parts alone stop at the city, whose "out" record names the province.
+    assert main(["audit", "verify-receipt", str(fetched), "--trust", str(trust)]) == 1
+    incomplete = capsys.readouterr().err
+    assert (
+        "incomplete" in incomplete
+        and f"{province.running.settings.audit_origin} (its exchange {at_province})" in incomplete
+    )
     # A record of the province's part altered (one more row than it served): the receipt no longer verifies.
     document = json.loads(receipt.read_text())
     (home,) = [p for p in document["parts"] if p["origin"] == province.running.settings.audit_origin]
@@ -235,7 +254,45 @@ def test_a_suspended_peering_refuses_and_the_province_down_is_unavailable_naming
     assert "350000" in (refused.details() or "") and "suspended" in (refused.details() or "")
     with city.running.client() as hub:
         hub.call(hub.federation.ResumePeer, fpb.ResumePeerRequest(code=province.code, reason="检查完毕"))
+    auditor = province.running.add_person("au-province", AUTHORITY.code, m.Role.AUDITOR)
+    received = [r for r in _records(province, auditor, "", "") if r.get("hop") == "in"]
     assert province.stop() == 0
     down = _refused(county)
     assert down.code() == grpc.StatusCode.UNAVAILABLE, down.details()
     assert f"peer hub 350000 at {province.federation}" in (down.details() or "")
+    # While it is down, the province's host rotates its CA and makes a new hub certificate, then serves again
+    # at the same addresses: the city still holds the old CA for it, so the hop fails and nothing reaches it.
+    settings = province.running.settings
+    files = pki.HubFiles(settings.home, settings.ca_key_file)
+    ca.rotate(files, "福建省政务数据共享平台 CA 2027")
+    ca.issue_hub(files, settings.hub_code, settings.hostnames)
+    province.restart()
+    changed = _refused(county)
+    assert changed.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED}, changed.details()
+    assert f"peer hub 350000 at {province.federation}" in (changed.details() or ""), changed.details()
+    assert [r for r in _records(province, auditor, "", "") if r.get("hop") == "in"] == received
+
+
+def test_a_call_beyond_the_origin_hubs_hop_limit_is_refused_and_recorded(tmp_path: Path) -> None:
+    """The county allows one hop (federation_hop_limit = 1): the province, two hops away, refuses the call."""
+    with ExitStack() as stack:
+        county = stack.enter_context(serve(tmp_path, "county", extra={"EXCHANGE_FEDERATION_HOP_LIMIT": "1"}))
+        city, province = (stack.enter_context(serve(tmp_path, level)) for level in ("city", "province"))
+        peer_pair(county, city)
+        peer_pair(city, province)
+        _publish_at_province(province, tmp_path)
+        county.running.add_department(SIMING_MARKET)
+        county.running.add_system(SYSTEM, SIMING_MARKET.code)
+        until(lambda: remote_codes(county, province.code) == [ENTRY, OTHER], "the province's entries at the county")
+        refused = _refused(county)
+        assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.details()
+        assert "hop limit (350203 → 350200)" in (refused.details() or ""), refused.details()
+        auditors = {n.level: n.running.add_person(f"au-{n.level}", AUTHORITY.code, m.Role.AUDITOR)
+                    for n in (county, province)}  # fmt: skip
+        # Refused before its statement was accepted: the province's record names the hop, not yet the entry.
+        until(lambda: _records(province, auditors["province"], "denied", "") != [], "the refusal recorded")
+        denied = _records(province, auditors["province"], "denied", "")
+        assert [(r["hop"], r["peer_hub"]) for r in denied] == [("in", city.running.settings.audit_origin)]
+        assert "hop limit" in str(denied[0]["reason"])
+        failed = _records(county, auditors["county"], "failed")
+        assert [(r["hop"], r["peer_hub"]) for r in failed] == [("out", city.running.settings.audit_origin)]
