@@ -26,13 +26,6 @@ def _request(request_id: str, resource: str = ENTRY) -> m.ShareRequest:
     return m.ShareRequest(request_id, app, m.ShareRequestStatus.PENDING, APPLICANT, NOW, NOW.date())
 
 
-def test_a_statement_is_accepted_once_until_it_expires(store: Store) -> None:
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)  # now: a module-wide NOW may be long past
-    assert store.applications.seen("a" * 32, expires) is False
-    assert store.applications.seen("a" * 32, expires) is True
-    assert store.applications.seen("b" * 32, expires) is False
-
-
 def test_a_request_from_another_hub_names_its_department_and_hub_and_moves_its_sequence(store: Store) -> None:
     store.registry.add_department(POLICE, audit=TEST_RECORD)
     store.catalog.create(identity_spec(ENTRY), m.ResourceStatus.PUBLISHED, APPLICANT, "", audit=TEST_RECORD)

@@ -80,7 +80,7 @@ class CrossHubClient:
         try:
             statement = check(
                 note, Verifier.parse(peer.log_key), me=self.me, request=request, now=_now(),
-                seen=self.federation.store.applications.seen,
+                seen=self.federation.store.forwarded.seen,
             )  # fmt: skip
         except (ForwardError, NoteError) as e:
             reason = e.reason if isinstance(e, ForwardError) else "signature"

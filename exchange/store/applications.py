@@ -13,12 +13,11 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from audit.records import AuditRecord
-from exchange.errors import AlreadyExists, NotFound
+from exchange.errors import NotFound
 from exchange.models import (
     AdministrativeLevel,
     Application,
@@ -36,7 +35,6 @@ from exchange.store.rights import RequestStep, RightsStore
 from exchange.store.schema import (
     DepartmentRow,
     ForeignDepartmentRow,
-    ForwardSeenRow,
     IncomingApplicationRow,
     OutgoingApplicationRow,
     ShareEventRow,
@@ -300,20 +298,6 @@ class ApplicationStore:
                     IncomingApplicationRow.origin_request_id == origin_request_id,
                 )
             )
-
-    # Forwarded statements
-
-    def seen(self, statement_id: str, expires: dt.datetime) -> bool:
-        """Records a statement's id until it expires; True if it was recorded before (a replay)."""
-        now = dt.datetime.now(dt.UTC)
-        try:
-            with self._db.write() as s:
-                s.execute(delete(ForwardSeenRow).where(ForwardSeenRow.expires < now - dt.timedelta(minutes=5)))
-                s.add(ForwardSeenRow(id=statement_id[:64], expires=expires))
-                s.flush()
-        except (IntegrityError, AlreadyExists):
-            return True
-        return False
 
 
 def _copy_status(row: OutgoingApplicationRow, home: HomeStatus) -> None:

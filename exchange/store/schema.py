@@ -723,19 +723,9 @@ class ForeignDepartmentRow(Base):
     hub_code: Mapped[str] = mapped_column(String(6))
 
 
-class ForwardSeenRow(Base):
-    """Ids of the statements of applications across hubs (apply, status) this hub accepted, kept until they
-    expire: a replay is refused. (Forwarded exchanges keep theirs in ``forwarded_seen``.)"""
-
-    __tablename__ = "forward_seen"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expires: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
-
-
 class ForwardedSeenRow(Base):
-    """The ids of forwarded exchanges' statements (query, stream, document) this hub accepted, kept until they
-    expire: a replay is refused."""
+    """The ids of forwarded statements (exchanges and applications across hubs) this hub accepted, kept until
+    they expire: a replay is refused."""
 
     __tablename__ = "forwarded_seen"
 

@@ -70,18 +70,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("department_id", name=op.f("pk_foreign_departments")),
     )
-    op.create_table(
-        "forward_seen",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("expires", when, nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_forward_seen")),
-    )
-    op.create_index(op.f("ix_forward_seen_expires"), "forward_seen", ["expires"], unique=False)
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_forward_seen_expires"), table_name="forward_seen")
-    op.drop_table("forward_seen")
     op.drop_table("foreign_departments")
     op.drop_index(op.f("ix_applications_in_origin_hub_code"), table_name="applications_in")
     op.drop_table("applications_in")
