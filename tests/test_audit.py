@@ -368,6 +368,42 @@ def test_group_commit_from_threads_and_coroutines_loses_nothing(store: Store) ->
     broken.close()
 
 
+def test_a_driver_write_that_fails_part_way_leaves_nothing_and_the_next_one_commits(store: Store) -> None:
+    """The group commit's driver transaction: a failure after an insert rolls the insert back, is Unavailable,
+    and releases the connection and this process's turn to write."""
+    store.audit.stage([_record(1)])
+    with pytest.raises(Unavailable), store.db.driver_write() as cursor:
+        cursor.execute("DELETE FROM audit_staged")
+        cursor.execute("SELECT no_such_column FROM audit_staged")
+    assert store.audit.staged_count() == 1
+    store.audit.stage([_record(2), _record(3)])
+    assert store.audit.staged_count() == 3
+
+
+def test_writers_of_one_process_take_turns_without_the_busy_handler(store: Store) -> None:
+    """A write waiting for another thread's transaction proceeds as soon as it ends, whatever its length."""
+    entered, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with store.db.write() as s:
+            store.audit.stage_in(s, [_record(1)])
+            entered.set()
+            release.wait(10)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    assert entered.wait(10)
+    waiting = threading.Thread(target=lambda: store.audit.stage([_record(2)]))
+    waiting.start()
+    if store.db.backend == "sqlite":  # one writer at a time: it waits (PostgreSQL lets both insert)
+        waiting.join(0.3)
+        assert waiting.is_alive()
+    release.set()
+    first.join(10)
+    waiting.join(10)
+    assert store.audit.staged_count() == 2
+
+
 def test_a_slice_of_the_log_verifies_from_its_prefix_and_a_forged_prefix_does_not(log: AuditLog) -> None:
     _fill(log, 30, checkpoint_every=10)
     verifier = log.signer.verifier()

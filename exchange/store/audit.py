@@ -58,6 +58,17 @@ BOUND_VALUES = 500
 
 
 @dataclass(frozen=True)
+class _DriverInsert:
+    """An insert compiled for the driver: its SQL, its parameters' order (positional styles), whether they are
+    named, and the conversion the time column needs on this backend (SQLite stores text)."""
+
+    sql: str
+    keys: tuple[str, ...]
+    named: bool
+    bind: Any
+
+
+@dataclass(frozen=True)
 class Entry:
     seq: int
     leaf_hash: bytes
@@ -94,6 +105,7 @@ class AuditStore:
         self._db = db
         # Seals rows with the log's key (audit.seal); set once the key is known (AuditLog does).
         self.sealer: Sealer | None = None
+        self._staged_insert: _DriverInsert | None = None
 
     def _staged_row(self, record: AuditRecord, now: dt.datetime) -> dict[str, object]:
         data = canonical(record.as_dict())
@@ -105,9 +117,28 @@ class AuditStore:
         session.execute(insert(_STAGED), [self._staged_row(r, now) for r in records])
 
     def stage(self, records: list[AuditRecord]) -> None:
-        """Stages records in one transaction of their own (exchanges, which change nothing else)."""
-        with self._db.write() as s:
-            self.stage_in(s, records)
+        """Stages records in one transaction of their own (exchanges, which change nothing else), written
+        through the driver: the group commit's batches are small, and a session's own cost would dominate."""
+        statement = self._insert_staged()
+        rows = [self._staged_row(r, dt.datetime.now(dt.UTC)) for r in records]
+        if statement.bind is not None:
+            rows = [{**row, "staged_at": statement.bind(row["staged_at"])} for row in rows]
+        values = rows if statement.named else [tuple(row[k] for k in statement.keys) for row in rows]
+        with self._db.driver_write() as cursor:
+            cursor.executemany(statement.sql, values)
+
+    def _insert_staged(self) -> _DriverInsert:
+        """The insert into audit_staged as the driver takes it (compiled once per store)."""
+        if self._staged_insert is None:
+            dialect = self._db.engine.dialect
+            compiled = insert(_STAGED).values(record=None, staged_at=None, mac=None).compile(dialect=dialect)
+            self._staged_insert = _DriverInsert(
+                str(compiled),
+                tuple(compiled.positiontup or ()),
+                not compiled.positional,
+                _STAGED.c.staged_at.type.bind_processor(dialect),
+            )
+        return self._staged_insert
 
     def probe(self) -> None:
         """Commits a write to the audit tables that leaves nothing behind: can records be staged now?
