@@ -13,6 +13,8 @@ only shows what it answers. Whether to offer "apply" is the policy's word (``Act
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -119,25 +121,31 @@ async def lookup(console: Console, viewer: Viewer, code: str) -> Listed:
     return listed
 
 
-async def names(console: Console, viewer: Viewer, codes: set[str]) -> dict[str, str]:
-    """The names of the catalog entries ``codes`` this person may see, this hub's or remote (the others left out)."""
+async def known(console: Console, viewer: Viewer, codes: set[str]) -> dict[str, Listed]:
+    """The catalog entries ``codes`` this person may see, this hub's or remote (the others, e.g. a remote entry
+    no longer offered, left out: a page then names them by code)."""
     federated = console.services.federated
 
-    def name_of(code: str) -> str:
+    def one(code: str) -> Listed:
         if federated is None:
-            return console.services.catalog.get(viewer.principal, code, 0).spec.name
-        return federated.get(viewer.principal, code, 0).resource.spec.name
+            return Listed(console.services.catalog.get(viewer.principal, code, 0))
+        return federated.get(viewer.principal, code, 0)
 
-    def each() -> dict[str, str]:
+    def each() -> dict[str, Listed]:
         out = {}
         for code in codes:
             try:
-                out[code] = name_of(code)
+                out[code] = one(code)
             except errors.ExchangeError:
                 continue
         return out
 
     return await console.run(each)
+
+
+async def names(console: Console, viewer: Viewer, codes: set[str]) -> dict[str, str]:
+    """The names of the catalog entries ``codes`` this person may see (see ``known``)."""
+    return {code: x.resource.spec.name for code, x in (await known(console, viewer, codes)).items()}
 
 
 def may_apply(viewer: Viewer, resource: Resource) -> bool:
@@ -157,7 +165,9 @@ async def _entry(request: Request) -> Response:
     listed = await lookup(console, viewer, code)
     resource = listed.resource
     versions: Page[ResourceVersion] = Page()
-    if listed.home is None:  # a remote entry's history is kept at its home
+    doubts: dict[str, Any] = {}
+    if listed.home is None:  # a remote entry's history and objections are kept at its home
+        doubts = await objections.for_entry(console, viewer, code)
         versions = await console.call(
             viewer,
             "CatalogServicer.ListResourceVersions",
@@ -180,7 +190,7 @@ async def _entry(request: Request) -> Response:
         paged=bool(request.query_params.get("page")),
         may_apply=may_apply(viewer, resource),
         shareable=resource.spec.share_type is not ShareType.NOT_SHARED,
-        **await objections.for_entry(console, viewer, code),
+        **doubts,
     )
 
 

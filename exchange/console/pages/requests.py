@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from exchange import errors
-from exchange.console.pages.catalog import lookup, names
+from exchange.console.pages.catalog import known, lookup, names
 from exchange.console.web import Console, Form, Viewer, see_other
 from exchange.models import (
     Application,
@@ -232,7 +232,8 @@ async def _submit(request: Request) -> Response:
 async def _request_page(
     request: Request, console: Console, viewer: Viewer, found: ShareRequest, **extra: Any
 ) -> Response:
-    named = await names(console, viewer, {found.application.resource_code})
+    entry = (await known(console, viewer, {found.application.resource_code})).get(found.application.resource_code)
+    home = entry.home if entry is not None else None
     consumer = found.application.consumer_department_code
     department = await console.run(lambda: console.services.registry.get_department(viewer.principal, consumer))
     may_dispute = found.status is ShareRequestStatus.REFUSED and viewer.may(
@@ -246,7 +247,9 @@ async def _request_page(
         shown=_shown(console, found, _today()),
         r=found,
         app=found.application,
-        resource_name=named.get(found.application.resource_code, ""),
+        resource_name=entry.resource.spec.name if entry is not None else "",
+        # The home hub's name, where the entry is known here (a request of another hub names only its code).
+        home_name=home.name if home is not None and found.cross_hub and home.code == found.cross_hub.home_hub else "",
         department=department,
         masks=dict(found.masks),
         may_dispute=may_dispute,
