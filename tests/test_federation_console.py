@@ -85,6 +85,10 @@ def test_the_county_catalog_lists_remote_entries_with_their_home_and_filters_by_
         assert _codes(county.get("/catalog", params={"text": "企业"})) == {PROVINCE_ENTRY}
         refused = county.get("/catalog", params={"home": "fujian"})
         assert refused.status_code == 400 and "home_hub_code" in refused.text
+        county.cookies.set("exchange-lang", "en")
+        english = county.get("/catalog")
+        assert "Home hub" in english.text and "This hub only" in english.text and "Province" in english.text
+        assert "catalog." not in english.text  # every new word has its English message
 
 
 def test_a_remote_entry_page_shows_its_home_and_a_suspended_one_takes_no_application(tree: dict[str, Any]) -> None:
