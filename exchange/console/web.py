@@ -32,6 +32,7 @@ from exchange.server.refusals import is_refusal  # the same rule as refused gRPC
 from exchange.services.audit import AuditReadService
 from exchange.services.catalog import CatalogService
 from exchange.services.console import ConsoleAccess
+from exchange.services.federation.catalog import FederatedCatalog
 from exchange.services.objections import ObjectionService
 from exchange.services.registry import RegistryService
 from exchange.services.rights import RightsService
@@ -67,6 +68,9 @@ class Services:
     policy: RightsPolicy
     calendar: WorkCalendar
     refusals: Refusals | None
+    # The catalog with the entries its peers offer, homed at other hubs (as CatalogService's gRPC handlers
+    # answer from it); None: the console lists this hub's own entries only.
+    federated: FederatedCatalog | None = None
     # What the operator's health page shows: (name, value) rows of the hub's own state.
     health: Callable[[], list[tuple[str, str]]] = field(default=lambda: [])
 

@@ -63,6 +63,7 @@ from exchange.services.console import ConsoleAccess, Lifetimes
 from exchange.services.exchange import BackendPool, ExchangeService
 from exchange.services.exchange.record import Recorder
 from exchange.services.exchange.steps import Steps
+from exchange.services.federation.catalog import FederatedCatalog
 from exchange.services.federation.forwarding import Forwarding, HubSide
 from exchange.services.objections import ObjectionService
 from exchange.services.registry import CertificateAuthority, RegistryService
@@ -180,6 +181,8 @@ class Hub:
         # The services, once built (in start): the gRPC handlers and the web console call the same ones.
         self.registry: RegistryService | None = None
         self.catalog: CatalogService | None = None
+        # The catalog with the entries homed at other hubs (what ListResources and GetResource answer from).
+        self.federated: FederatedCatalog | None = None
         self.rights: RightsService | None = None
         self.objections: ObjectionService | None = None
         self.subscriptions: SubscriptionService | None = None
@@ -288,6 +291,7 @@ class Hub:
         federated, peering, self.federation = federation.build(
             settings, self.store, policy, self.catalog, proofs=self.audit, forks=self.metrics
         )
+        self.federated = federated
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
             CatalogServicer(self.catalog, registry, settings.insecure_dev, refusals, federated=federated), server
         )
@@ -493,6 +497,7 @@ class Hub:
         services = Services(
             registry=self.registry,
             catalog=self.catalog,
+            federated=self.federated,
             rights=self.rights,
             objections=self.objections,
             auditing=self.auditing,

@@ -131,6 +131,19 @@ class FederatedCatalogStore:
             row = s.get(RemoteEntryRow, code)
             return None if row is None else _entry_of(row)
 
+    def homes(self) -> list[HubRef]:
+        """The home hubs of the entries kept here (each once, by code), for choosing among them."""
+        with self._db.read() as s:
+            rows = s.execute(
+                select(RemoteEntryRow.home_hub_code, RemoteEntryRow.home_hub_name, RemoteEntryRow.home_level)
+                .distinct()
+                .order_by(RemoteEntryRow.home_hub_code)
+            ).all()
+        seen: dict[str, HubRef] = {}
+        for code, name, level in rows:
+            seen.setdefault(code, HubRef(code, name, level))
+        return list(seen.values())
+
     def list(self, page: PageRequest, f: RemoteFilter) -> Page[RemoteEntry]:
         with self._db.read() as s:
             stmt = select(RemoteEntryRow)

@@ -16,12 +16,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from exchange import errors
+from exchange.console.pages.catalog import known, lookup, names
 from exchange.console.web import Console, Form, Viewer, see_other
 from exchange.models import (
     Application,
     Page,
     Principal,
-    Resource,
     ShareRequest,
     ShareRequestStatus,
     System,
@@ -66,21 +66,6 @@ def _today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
-async def _names(console: Console, viewer: Viewer, codes: set[str]) -> dict[str, str]:
-    """The names of the catalog entries ``codes`` (those the person may see)."""
-
-    def lookup() -> dict[str, str]:
-        out = {}
-        for code in codes:
-            try:
-                out[code] = console.services.catalog.get(viewer.principal, code, 0).spec.name
-            except errors.ExchangeError:
-                continue
-        return out
-
-    return await console.run(lookup)
-
-
 # My requests
 
 
@@ -106,13 +91,12 @@ async def _list(request: Request) -> Response:
     )
     today = _today()
     rows = [_shown(console, r, today) for r in page.items]
-    names = await _names(console, viewer, {r.application.resource_code for r in page.items})
     return console.render(
         request,
         viewer,
         "requests/list.html",
         rows=rows,
-        names=names,
+        names=await names(console, viewer, {r.application.resource_code for r in page.items}),
         next_token=page.next_page_token,
         statuses=statuses,
         status=status.value if status else "",
@@ -178,15 +162,14 @@ async def _apply_form(
     violations: list[errors.FieldViolation] | None = None,
     status_code: int = 200,
 ) -> Response:
-    resource: Resource = await console.call(
-        viewer, "CatalogServicer.GetResource", console.services.catalog.get, code, 0
-    )
+    listed = await lookup(console, viewer, code)
     return console.render(
         request,
         viewer,
         "requests/apply.html",
         status_code=status_code,
-        resource=resource,
+        resource=listed.resource,
+        home=listed.home,
         systems=await _systems(console, viewer),
         typed=typed,
         message=message,
@@ -249,7 +232,8 @@ async def _submit(request: Request) -> Response:
 async def _request_page(
     request: Request, console: Console, viewer: Viewer, found: ShareRequest, **extra: Any
 ) -> Response:
-    names = await _names(console, viewer, {found.application.resource_code})
+    entry = (await known(console, viewer, {found.application.resource_code})).get(found.application.resource_code)
+    home = entry.home if entry is not None else None
     consumer = found.application.consumer_department_code
     department = await console.run(lambda: console.services.registry.get_department(viewer.principal, consumer))
     may_dispute = found.status is ShareRequestStatus.REFUSED and viewer.may(
@@ -263,7 +247,9 @@ async def _request_page(
         shown=_shown(console, found, _today()),
         r=found,
         app=found.application,
-        resource_name=names.get(found.application.resource_code, ""),
+        resource_name=entry.resource.spec.name if entry is not None else "",
+        # The home hub's name, where the entry is known here (a request of another hub names only its code).
+        home_name=home.name if home is not None and found.cross_hub and home.code == found.cross_hub.home_hub else "",
         department=department,
         masks=dict(found.masks),
         may_dispute=may_dispute,

@@ -139,6 +139,10 @@ class FederatedCatalog:
         shown = merged[: page.size]
         return Page(shown, page.token_after(shown[-1].resource.spec.code) if more and shown else "")
 
+    def homes(self) -> tuple[HubRef, ...]:
+        """The hubs whose entries a search here may find: this hub first, then the homes of entries kept here."""
+        return (self.own, *(h for h in self._store.federated.homes() if h.code != self.own.code))
+
     def get(self, actor: Principal, code: str, version: int) -> Listed:
         """An entry of this hub, else one homed elsewhere (its current version only)."""
         try:
