@@ -72,12 +72,12 @@ def test_an_application_homed_elsewhere_waits_then_follows_its_homes_word_in_ord
     assert store.applications.get_outgoing(request.id).cross_hub.problem  # type: ignore[union-attr]
     event = m.ShareEvent("home_pending", APPLICANT, NOW)
     pending = HomeStatus(request.id, "SR-20261204-33333333", m.ShareRequestStatus.PENDING, "", NOW.date(), 0)
-    assert store.applications.record_status(request.id, pending, event, audit=TEST_RECORD)
+    assert store.applications.record_status(request.id, pending, (event,), audit=TEST_RECORD)
     assert store.applications.homes() == [("350000", "350200", 0)]
     granted = replace(pending, status=m.ShareRequestStatus.GRANTED, sequence=9, grant_id="GR-20261204-44444444")
-    assert store.applications.record_status(request.id, granted, event, audit=TEST_RECORD)
+    assert store.applications.record_status(request.id, granted, (event,), audit=TEST_RECORD)
     stale = replace(pending, sequence=5)
-    assert not store.applications.record_status(request.id, stale, event, audit=TEST_RECORD)
+    assert not store.applications.record_status(request.id, stale, (event,), audit=TEST_RECORD)
     seen = store.applications.get_outgoing(request.id)
     assert (seen.status, seen.grant_id, seen.cross_hub.submission) == (  # type: ignore[union-attr]
         m.ShareRequestStatus.GRANTED,
