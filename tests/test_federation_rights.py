@@ -16,6 +16,7 @@ import pytest
 from audit.forwarded import Forwarded, issue, request_digest
 from exchange import models as m
 from exchange import wire as w
+from exchange.cli.main import main
 from exchange.server.cross_rights import CrossHubClient
 from exchange.v1 import applications_pb2 as apb
 from exchange.v1 import applications_pb2_grpc as apb_grpc
@@ -333,14 +334,22 @@ def test_a_grant_suspended_resumed_and_revoked_at_the_province_is_seen_so_at_the
     assert sum("home_grant:revoked" in r for r in county.federation_records_of("rights")) == 1
 
 
-def test_a_grant_suspended_before_the_county_read_it_granted_shows_both_steps(tree: dict[str, Any]) -> None:
+def test_a_grant_suspended_before_the_county_read_it_granted_shows_both_steps(
+    tree: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    county = tree["county"]
     applied, grant = _granted(tree)
     _change_grant(tree, "SuspendGrant", grant.id, "核查异常调用")
     seen = _seen_at_county(tree, applied.id)
     assert seen.status == pb.SHARE_REQUEST_STATUS_GRANTED
     assert seen.cross_hub.grant_status == pb.GRANT_STATUS_SUSPENDED
     assert [e.action for e in seen.history][-2:] == ["home_granted", "home_grant_suspended"]
-    assert any("home_status:granted,home_grant:suspended" in r for r in tree["county"].federation_records_of("rights"))
+    assert any("home_status:granted,home_grant:suspended" in r for r in county.federation_records_of("rights"))
+    # The applicant's CLI says it too, with the home's reason.
+    capsys.readouterr()
+    address = ["--hub", county.running.settings.hub_address, "--identity", str(tree["applicant"])]
+    assert main([*address, "request", "get", applied.id]) == 0
+    assert f"grant at hub {tree['province'].code}: suspended, since " in capsys.readouterr().out
 
 
 def test_the_county_console_shows_the_grant_suspended_at_home_with_the_homes_reason(tree: dict[str, Any]) -> None:
