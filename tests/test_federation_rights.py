@@ -379,3 +379,17 @@ def test_a_grant_past_its_end_date_at_home_shows_expired_at_the_consumers_hub() 
     assert not m.home_grant_expired(revoked, TODAY + dt.timedelta(days=1))  # revoked says more than expired
     local = replace(request, cross_hub=None)
     assert not m.home_grant_expired(local, TODAY + dt.timedelta(days=1))  # a local grant is shown as a grant
+
+
+def test_a_grant_revoked_at_home_reads_well_at_the_county_in_a_browser(tree: dict[str, Any], browser: Any) -> None:
+    """Seen in Chromium (screenshot under build/screenshots): the county's request page names the grant revoked
+    at home, with the home's reason and every step of the history in words."""
+    applied, grant = _granted(tree)
+    _change_grant(tree, "RevokeGrant", grant.id, "事项已办结")
+    _seen_at_county(tree, applied.id)
+    page = new_page(browser, tree["county"].running, tree["applicant"])
+    page.goto(console_url(tree["county"].running) + f"/requests/{applied.id}")
+    shown = page.inner_text("main")
+    assert "已撤销" in shown and "事项已办结" in shown and "归属平台撤销授权" in shown
+    assert "requests." not in shown
+    screenshot(page, "federation-grant-revoked-at-home")
