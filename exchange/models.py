@@ -289,7 +289,9 @@ class CrossHubLink:
     """How a share request crosses hubs (see the ShareRequest.cross_hub field of the contract).
 
     At the consumer's hub: ``home_hub`` and ``home_request_id``, ``submission`` "waiting" or "submitted" and the
-    last ``problem``, and the home grant's ``daily_quota``. At the home hub: ``consumer_hub`` and its request id.
+    last ``problem``, and the home grant's ``daily_quota`` and state there as last read back (``grant_status``,
+    with the reason and time of its last suspension, resumption or revocation). At the home hub:
+    ``consumer_hub`` and its request id.
     """
 
     home_hub: str = ""
@@ -299,6 +301,9 @@ class CrossHubLink:
     submission: str = ""
     problem: str = ""
     daily_quota: int = 0
+    grant_status: GrantStatus | None = None
+    grant_reason: str = ""
+    grant_changed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -318,6 +323,14 @@ class ShareRequest:
     # Masked items the owner lets the consumer filter on: a bounded verification of a value it holds.
     verify_masked: tuple[str, ...] = ()
     cross_hub: CrossHubLink | None = None
+
+
+def home_grant_expired(r: ShareRequest, today: date) -> bool:
+    """At the consumer's hub: a request homed elsewhere whose grant's end date has passed (as the home's policy
+    has it, the grant is refused from the day after its end)."""
+    link = r.cross_hub
+    live = link is not None and link.grant_status in (GrantStatus.ACTIVE, GrantStatus.SUSPENDED)
+    return live and r.approved_end is not None and r.approved_end < today
 
 
 @dataclass(frozen=True)

@@ -367,8 +367,14 @@ def share_request_to_wire(r: m.ShareRequest, today: dt.date, due_note: str = "")
                 submission=link.submission,
                 problem=link.problem,
                 daily_quota=link.daily_quota,
+                grant_reason=link.grant_reason,
+                grant_expired=m.home_grant_expired(r, today),
             )
         )
+        if link.grant_status is not None:
+            wire.cross_hub.grant_status = GRANT_STATUS.wire(link.grant_status)
+        if link.grant_changed_at is not None:
+            wire.cross_hub.grant_change_time.FromDatetime(link.grant_changed_at)
     return wire
 
 

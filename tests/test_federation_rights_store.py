@@ -72,12 +72,12 @@ def test_an_application_homed_elsewhere_waits_then_follows_its_homes_word_in_ord
     assert store.applications.get_outgoing(request.id).cross_hub.problem  # type: ignore[union-attr]
     event = m.ShareEvent("home_pending", APPLICANT, NOW)
     pending = HomeStatus(request.id, "SR-20261204-33333333", m.ShareRequestStatus.PENDING, "", NOW.date(), 0)
-    assert store.applications.record_status(request.id, pending, event, audit=TEST_RECORD)
+    assert store.applications.record_status(request.id, pending, (event,), audit=TEST_RECORD)
     assert store.applications.homes() == [("350000", "350200", 0)]
     granted = replace(pending, status=m.ShareRequestStatus.GRANTED, sequence=9, grant_id="GR-20261204-44444444")
-    assert store.applications.record_status(request.id, granted, event, audit=TEST_RECORD)
+    assert store.applications.record_status(request.id, granted, (event,), audit=TEST_RECORD)
     stale = replace(pending, sequence=5)
-    assert not store.applications.record_status(request.id, stale, event, audit=TEST_RECORD)
+    assert not store.applications.record_status(request.id, stale, (event,), audit=TEST_RECORD)
     seen = store.applications.get_outgoing(request.id)
     assert (seen.status, seen.grant_id, seen.cross_hub.submission) == (  # type: ignore[union-attr]
         m.ShareRequestStatus.GRANTED,
@@ -87,3 +87,52 @@ def test_an_application_homed_elsewhere_waits_then_follows_its_homes_word_in_ord
     assert store.applications.homes() == [("350000", "350200", 9)]
     assert [r.id for r in store.applications.list_outgoing(SIMING_MARKET.code)] == [request.id]
     assert store.applications.list_outgoing(POLICE.code) == []
+
+
+def test_a_change_of_the_grant_moves_the_requests_sequence_and_reaches_the_outgoing_application(store: Store) -> None:
+    """At the home, suspending the grant of a request from another hub moves that request's change sequence (the
+    consumer's hub reads it); at the consumer's hub, the grant's state, reason and time are kept as read."""
+    store.registry.add_department(POLICE, audit=TEST_RECORD)
+    store.catalog.create(identity_spec(ENTRY), m.ResourceStatus.PUBLISHED, APPLICANT, "", audit=TEST_RECORD)
+    came = Incoming("350203", "SR-20261204-0000abcd", "350203", SIMING_MARKET.name)
+    applied = m.ShareEvent("applied", APPLICANT, NOW, "企业登记核验")
+    stored = store.applications.add_incoming(
+        RequestStep(_request("SR-20261204-11111111"), applied), came, audit=TEST_RECORD
+    )
+    grant = m.Grant(
+        "GR-20261204-55555555", stored.id, ENTRY, SIMING_MARKET.code, ("sm-djxt",), ("name",), "企业登记核验",
+        "依法", NOW.date(), NOW.date() + dt.timedelta(days=30), 10, 0, (), m.GrantStatus.ACTIVE, NOW,
+    )  # fmt: skip
+
+    def issue(current: m.ShareRequest) -> RequestStep:
+        granted = replace(current, status=m.ShareRequestStatus.GRANTED, grant_id=grant.id)
+        return RequestStep(granted, m.ShareEvent("granted", APPLICANT, NOW), grant)
+
+    store.rights.change_request(stored.id, issue, audit=TEST_RECORD)
+    [(_, granted)] = store.applications.incoming_after("350203", 0, 10)
+    assert granted == store.applications.change_sequence(stored.id)
+
+    suspension = m.ShareEvent("suspended", APPLICANT, NOW, "核查")
+    store.rights.change_grant(grant.id, lambda g: (m.GrantStatus.SUSPENDED, suspension), audit=TEST_RECORD)
+    [(found, suspended)] = store.applications.incoming_after("350203", granted, 10)
+    assert found == stored.id and suspended > granted
+    assert store.applications.change_sequence(stored.id) == suspended
+    assert store.applications.incoming_after("350203", suspended, 10) == []
+
+    # At the consumer's hub (the same store stands for it): the grant's state read back, with the home's reason
+    # and time.
+    request = replace(
+        _request("SR-20261204-0000abcd", "10101/350000000001"), cross_hub=m.CrossHubLink(home_hub="350000")
+    )
+    store.applications.add_outgoing(request, "350200", audit=TEST_RECORD)
+    at = NOW - dt.timedelta(hours=1)
+    home = HomeStatus(
+        request.id, stored.id, m.ShareRequestStatus.GRANTED, "", NOW.date(), suspended, grant.id,
+        grant_status=m.GrantStatus.SUSPENDED, grant_change="suspended", grant_reason="核查", grant_changed_at=at,
+    )  # fmt: skip
+    event = m.ShareEvent("home_grant_suspended", APPLICANT, at, "核查")
+    assert store.applications.record_status(request.id, home, (event,), audit=TEST_RECORD)
+    link = store.applications.get_outgoing(request.id).cross_hub
+    assert link is not None
+    assert (link.grant_status, link.grant_reason, link.grant_changed_at) == (m.GrantStatus.SUSPENDED, "核查", at)
+    assert store.applications.get_outgoing(request.id).history[-1] == event

@@ -112,9 +112,21 @@ def _show_request(args: argparse.Namespace, r: pb.ShareRequest) -> None:
         if link.home_hub_code:
             problem = f"; last problem: {link.problem}" if link.problem else ""
             print(f"decided at hub {link.home_hub_code} as {link.home_request_id or '-'} ({link.submission}){problem}")
+            if link.grant_status:
+                print(_home_grant(link))
         if link.consumer_hub_code:
             print(f"applied at hub {link.consumer_hub_code} as {link.consumer_request_id}")
         print(_history(list(r.history)))
+
+
+def _home_grant(link: pb.CrossHubLink) -> str:
+    """The grant at the home hub, as last read back: its state, whether it expired, its last change there."""
+    text = f"grant at hub {link.home_hub_code}: {w.GRANT_STATUS.label(link.grant_status)}"
+    text += " (expired)" if link.grant_expired else ""
+    if link.HasField("grant_change_time"):
+        at = link.grant_change_time.ToDatetime().strftime("%Y-%m-%d %H:%M")
+        text += f", since {at} UTC: {link.grant_reason or '-'}"
+    return text
 
 
 def _show_grant(args: argparse.Namespace, g: pb.Grant) -> None:

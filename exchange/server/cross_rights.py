@@ -22,7 +22,15 @@ from exchange import errors
 from exchange.federation.model import Peer, PeerState
 from exchange.models import Application, MaskKind
 from exchange.server.peering import from_peer
-from exchange.services.federation.rights import STATUSES, CrossHubRights, Submission, hub_record, require_within
+from exchange.services.federation.rights import (
+    GRANT_CHANGES,
+    GRANT_STATUSES,
+    STATUSES,
+    CrossHubRights,
+    Submission,
+    hub_record,
+    require_within,
+)
 from exchange.store.applications import HomeStatus
 from exchange.v1 import applications_pb2 as pb
 from exchange.v1 import applications_pb2_grpc as pb_grpc
@@ -319,6 +327,10 @@ def _status_to_wire(s: HomeStatus) -> pb.ApplicationStatus:
         masks=[f"{f}={k.value}" for f, k in s.masks],
         end_date=s.end.isoformat() if s.end else "",
         daily_quota=s.daily_quota,
+        grant_status=s.grant_status.value if s.grant_status else "",
+        grant_change=s.grant_change,
+        grant_reason=s.grant_reason,
+        grant_change_time=s.grant_changed_at.isoformat() if s.grant_changed_at else "",
     )
 
 
@@ -326,6 +338,9 @@ def _status(wire: pb.ApplicationStatus) -> HomeStatus:
     status = STATUSES.get(wire.status)
     if status is None:
         raise errors.FailedPrecondition(f"unknown application status {wire.status[:30]!r}")
+    grant_status = GRANT_STATUSES.get(wire.grant_status) if wire.grant_status else None
+    if wire.grant_status and grant_status is None:
+        raise errors.FailedPrecondition(f"unknown grant status {wire.grant_status[:30]!r}")
     try:
         masks = tuple((f, MaskKind(k)) for f, _, k in (m.partition("=") for m in wire.masks))
     except ValueError:
@@ -342,4 +357,18 @@ def _status(wire: pb.ApplicationStatus) -> HomeStatus:
         masks=masks,
         end=_date(wire.end_date, "status.end_date") if wire.end_date else None,
         daily_quota=wire.daily_quota,
+        grant_status=grant_status,
+        grant_change=wire.grant_change if wire.grant_change in GRANT_CHANGES else "",
+        grant_reason=wire.grant_reason,
+        grant_changed_at=_time(wire.grant_change_time) if wire.grant_change_time else None,
     )
+
+
+def _time(text: str) -> dt.datetime:
+    try:
+        at = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise errors.FailedPrecondition(f"{text[:40]!r} is not a time (RFC 3339) in an application status") from None
+    if at.tzinfo is None:
+        raise errors.FailedPrecondition(f"the time {text[:40]!r} of an application status names no time zone")
+    return at.astimezone(dt.UTC)

@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from audit.records import AuditRecord
@@ -22,6 +22,7 @@ from exchange.models import (
     AdministrativeLevel,
     Application,
     CrossHubLink,
+    GrantStatus,
     MaskKind,
     PrincipalKind,
     PrincipalRef,
@@ -38,6 +39,7 @@ from exchange.store.schema import (
     IncomingApplicationRow,
     OutgoingApplicationRow,
     ShareEventRow,
+    ShareRequestRow,
 )
 
 WAITING = "waiting"
@@ -47,7 +49,11 @@ LIST_LIMIT = 500
 
 @dataclass(frozen=True)
 class HomeStatus:
-    """An application's state as its home hub tells it; ``sequence`` is the home's change sequence."""
+    """An application's state as its home hub tells it; ``sequence`` is the home's change sequence.
+
+    Once granted, ``grant_status`` is the grant's state at home, and ``grant_change`` its last change there
+    ("suspended", "resumed" or "revoked"; "" while none) with that change's reason and time.
+    """
 
     origin_request_id: str
     home_request_id: str
@@ -60,6 +66,10 @@ class HomeStatus:
     masks: tuple[tuple[str, MaskKind], ...] = ()
     end: dt.date | None = None
     daily_quota: int = 0
+    grant_status: GrantStatus | None = None
+    grant_change: str = ""
+    grant_reason: str = ""
+    grant_changed_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,9 @@ def _outgoing_of(row: OutgoingApplicationRow) -> ShareRequest:
         submission=row.submission,
         problem=row.problem,
         daily_quota=row.daily_quota,
+        grant_status=GrantStatus(row.grant_status) if row.grant_status else None,
+        grant_reason=row.grant_reason,
+        grant_changed_at=row.grant_changed_at,
     )
     return ShareRequest(
         id=row.id,
@@ -225,15 +238,15 @@ class ApplicationStore:
             if row is not None:
                 row.problem = problem[:2000]
 
-    def record_status(self, request_id: str, home: HomeStatus, event: ShareEvent, *, audit: AuditRecord) -> bool:
-        """Copies the home's word into the application, if newer than the one held; False if it was not."""
-        with self._db.read() as s:
-            known = s.get(OutgoingApplicationRow, request_id)
-            if known is None:
-                return False
-            same = known.submission == SUBMITTED and known.status == home.status.value
-        # The same state read again (its first word came with the submission) moves the cursor only: no event.
-        with self._db.write() if same else self._recorded.write(audit) as s:
+    def record_status(
+        self, request_id: str, home: HomeStatus, events: tuple[ShareEvent, ...], *, audit: AuditRecord
+    ) -> bool:
+        """Copies the home's word into the application, if newer than the one held; False if it was not.
+
+        ``events`` are the changes it makes to what the applicant sees, added to the history with ``audit``;
+        none (the same state read again: its first word came with the submission) moves the cursor only.
+        """
+        with self._db.write() if not events else self._recorded.write(audit) as s:
             row = s.scalar(
                 select(OutgoingApplicationRow)
                 .where(OutgoingApplicationRow.id == request_id)
@@ -242,8 +255,8 @@ class ApplicationStore:
             if row is None or (row.submission == SUBMITTED and home.sequence <= row.home_sequence):
                 return False
             _copy_status(row, home)
-            if not same:
-                row.history = [*row.history, _event_json(event)]
+            if events:
+                row.history = [*row.history, *(_event_json(e) for e in events)]
             return True
 
     # At the home hub
@@ -269,15 +282,26 @@ class ApplicationStore:
     def incoming_after(self, origin_hub: str, after: int, limit: int) -> list[tuple[str, int]]:
         """Requests from ``origin_hub`` changed after ``after``: (request id, change sequence), oldest first.
 
-        The change sequence of a request is the number of its newest event, so every decision moves it on.
+        The change sequence of a request is the number of its newest event or its grant's, so every decision,
+        and every suspension, resumption or revocation of the grant, moves it on.
         """
-        last = func.max(ShareEventRow.id)
+        own = (
+            select(IncomingApplicationRow.request_id, ShareEventRow.id.label("event"))
+            .join(ShareEventRow, ShareEventRow.request_id == IncomingApplicationRow.request_id)
+            .where(IncomingApplicationRow.origin_hub_code == origin_hub)
+        )
+        of_grant = (
+            select(IncomingApplicationRow.request_id, ShareEventRow.id.label("event"))
+            .join(ShareRequestRow, ShareRequestRow.id == IncomingApplicationRow.request_id)
+            .join(ShareEventRow, ShareEventRow.grant_id == ShareRequestRow.grant_id)
+            .where(IncomingApplicationRow.origin_hub_code == origin_hub)
+        )
+        events = own.union_all(of_grant).subquery()
+        last = func.max(events.c.event)
         with self._db.read() as s:
             stmt = (
-                select(IncomingApplicationRow.request_id, last)
-                .join(ShareEventRow, ShareEventRow.request_id == IncomingApplicationRow.request_id)
-                .where(IncomingApplicationRow.origin_hub_code == origin_hub)
-                .group_by(IncomingApplicationRow.request_id)
+                select(events.c.request_id, last)
+                .group_by(events.c.request_id)
                 .having(last > after)
                 .order_by(last)
                 .limit(limit)
@@ -285,9 +309,13 @@ class ApplicationStore:
             return [(str(i), int(n)) for i, n in s.execute(stmt).all()]
 
     def change_sequence(self, request_id: str) -> int:
-        """A request's change sequence: the number of its newest event."""
+        """A request's change sequence: the number of its newest event or its grant's."""
+        grant = select(ShareRequestRow.grant_id).where(ShareRequestRow.id == request_id).scalar_subquery()
+        newest = select(func.max(ShareEventRow.id)).where(
+            or_(ShareEventRow.request_id == request_id, ShareEventRow.grant_id == grant)
+        )
         with self._db.read() as s:
-            return int(s.scalar(select(func.max(ShareEventRow.id)).where(ShareEventRow.request_id == request_id)) or 0)
+            return int(s.scalar(newest) or 0)
 
     def received(self, origin_hub: str, origin_request_id: str) -> str | None:
         """This hub's request id for an application already received from ``origin_hub``, if any."""
@@ -313,6 +341,9 @@ def _copy_status(row: OutgoingApplicationRow, home: HomeStatus) -> None:
     row.approved_end = home.end
     row.masks = [[f, k.value] for f, k in home.masks]
     row.daily_quota = home.daily_quota
+    row.grant_status = home.grant_status.value if home.grant_status else ""
+    row.grant_reason = home.grant_reason
+    row.grant_changed_at = home.grant_changed_at
 
 
 def _foreign_department(s: Session, code: str, came: Incoming) -> None:

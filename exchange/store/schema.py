@@ -671,7 +671,8 @@ class OutgoingApplicationRow(Base):
     """A share request of this hub's department for a resource homed at another hub: kept here, decided there.
 
     ``submission`` is "waiting" until the home (through ``via_peer``) accepted it, then "submitted";
-    ``home_sequence`` is the home's change sequence of the state last read back.
+    ``home_sequence`` is the home's change sequence of the state last read back. Once granted, ``grant_status``
+    is the grant's state at home ("" before), with the reason and time of its last change there.
     """
 
     __tablename__ = "applications_out"
@@ -697,6 +698,9 @@ class OutgoingApplicationRow(Base):
     masks: Mapped[list[list[str]]] = mapped_column(JSON)
     daily_quota: Mapped[int] = mapped_column(BigInteger, default=0)
     history: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    grant_status: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    grant_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    grant_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class IncomingApplicationRow(Base):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65xchange/v1/applications.proto\x12\x0b\x65xchange.v1\"\xae\x02\n\x13\x43rossHubApplication\x12\x15\n\rresource_code\x18\x01 \x01(\t\x12 \n\x18\x63onsumer_department_code\x18\x02 \x01(\t\x12 \n\x18\x63onsumer_department_name\x18\x03 \x01(\t\x12\x14\n\x0csystem_codes\x18\x04 \x03(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x13\n\x0blegal_basis\x18\x06 \x01(\t\x12\x0e\n\x06\x66ields\x18\x07 \x03(\t\x12\x12\n\nstart_date\x18\x08 \x01(\t\x12\x10\n\x08\x65nd_date\x18\t \x01(\t\x12\x1c\n\x14\x65xpected_daily_calls\x18\n \x01(\x03\x12\x19\n\x11origin_request_id\x18\x0b \x01(\t\x12\x11\n\tapplicant\x18\x0c \x01(\t\"d\n\x18SubmitApplicationRequest\x12\x11\n\tstatement\x18\x01 \x01(\t\x12\x35\n\x0b\x61pplication\x18\x02 \x01(\x0b\x32 .exchange.v1.CrossHubApplication\"K\n\x19SubmitApplicationResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.exchange.v1.ApplicationStatus\"\xf7\x01\n\x11\x41pplicationStatus\x12\x19\n\x11origin_request_id\x18\x01 \x01(\t\x12\x17\n\x0fhome_request_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08\x64ue_date\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x10\n\x08grant_id\x18\x07 \x01(\t\x12\x0e\n\x06\x66ields\x18\x08 \x03(\t\x12\r\n\x05masks\x18\t \x03(\t\x12\x12\n\nstart_date\x18\n \x01(\t\x12\x10\n\x08\x65nd_date\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x61ily_quota\x18\x0c \x01(\x03\"<\n\x0bStatusQuery\x12\x15\n\rhome_hub_code\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"Z\n\x1cListApplicationStatusRequest\x12\x11\n\tstatement\x18\x01 \x01(\t\x12\'\n\x05query\x18\x02 \x01(\x0b\x32\x18.exchange.v1.StatusQuery\"Q\n\x1dListApplicationStatusResponse\x12\x30\n\x08statuses\x18\x01 \x03(\x0b\x32\x1e.exchange.v1.ApplicationStatus2\xeb\x01\n\x15\x43rossHubRightsService\x12\x62\n\x11SubmitApplication\x12%.exchange.v1.SubmitApplicationRequest\x1a&.exchange.v1.SubmitApplicationResponse\x12n\n\x15ListApplicationStatus\x12).exchange.v1.ListApplicationStatusRequest\x1a*.exchange.v1.ListApplicationStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65xchange/v1/applications.proto\x12\x0b\x65xchange.v1\"\xae\x02\n\x13\x43rossHubApplication\x12\x15\n\rresource_code\x18\x01 \x01(\t\x12 \n\x18\x63onsumer_department_code\x18\x02 \x01(\t\x12 \n\x18\x63onsumer_department_name\x18\x03 \x01(\t\x12\x14\n\x0csystem_codes\x18\x04 \x03(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x13\n\x0blegal_basis\x18\x06 \x01(\t\x12\x0e\n\x06\x66ields\x18\x07 \x03(\t\x12\x12\n\nstart_date\x18\x08 \x01(\t\x12\x10\n\x08\x65nd_date\x18\t \x01(\t\x12\x1c\n\x14\x65xpected_daily_calls\x18\n \x01(\x03\x12\x19\n\x11origin_request_id\x18\x0b \x01(\t\x12\x11\n\tapplicant\x18\x0c \x01(\t\"d\n\x18SubmitApplicationRequest\x12\x11\n\tstatement\x18\x01 \x01(\t\x12\x35\n\x0b\x61pplication\x18\x02 \x01(\x0b\x32 .exchange.v1.CrossHubApplication\"K\n\x19SubmitApplicationResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.exchange.v1.ApplicationStatus\"\xd4\x02\n\x11\x41pplicationStatus\x12\x19\n\x11origin_request_id\x18\x01 \x01(\t\x12\x17\n\x0fhome_request_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08\x64ue_date\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x10\n\x08grant_id\x18\x07 \x01(\t\x12\x0e\n\x06\x66ields\x18\x08 \x03(\t\x12\r\n\x05masks\x18\t \x03(\t\x12\x12\n\nstart_date\x18\n \x01(\t\x12\x10\n\x08\x65nd_date\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x61ily_quota\x18\x0c \x01(\x03\x12\x14\n\x0cgrant_status\x18\r \x01(\t\x12\x14\n\x0cgrant_change\x18\x0e \x01(\t\x12\x14\n\x0cgrant_reason\x18\x0f \x01(\t\x12\x19\n\x11grant_change_time\x18\x10 \x01(\t\"<\n\x0bStatusQuery\x12\x15\n\rhome_hub_code\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"Z\n\x1cListApplicationStatusRequest\x12\x11\n\tstatement\x18\x01 \x01(\t\x12\'\n\x05query\x18\x02 \x01(\x0b\x32\x18.exchange.v1.StatusQuery\"Q\n\x1dListApplicationStatusResponse\x12\x30\n\x08statuses\x18\x01 \x03(\x0b\x32\x1e.exchange.v1.ApplicationStatus2\xeb\x01\n\x15\x43rossHubRightsService\x12\x62\n\x11SubmitApplication\x12%.exchange.v1.SubmitApplicationRequest\x1a&.exchange.v1.SubmitApplicationResponse\x12n\n\x15ListApplicationStatus\x12).exchange.v1.ListApplicationStatusRequest\x1a*.exchange.v1.ListApplicationStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITAPPLICATIONRESPONSE']._serialized_start=454
   _globals['_SUBMITAPPLICATIONRESPONSE']._serialized_end=529
   _globals['_APPLICATIONSTATUS']._serialized_start=532
-  _globals['_APPLICATIONSTATUS']._serialized_end=779
-  _globals['_STATUSQUERY']._serialized_start=781
-  _globals['_STATUSQUERY']._serialized_end=841
-  _globals['_LISTAPPLICATIONSTATUSREQUEST']._serialized_start=843
-  _globals['_LISTAPPLICATIONSTATUSREQUEST']._serialized_end=933
-  _globals['_LISTAPPLICATIONSTATUSRESPONSE']._serialized_start=935
-  _globals['_LISTAPPLICATIONSTATUSRESPONSE']._serialized_end=1016
-  _globals['_CROSSHUBRIGHTSSERVICE']._serialized_start=1019
-  _globals['_CROSSHUBRIGHTSSERVICE']._serialized_end=1254
+  _globals['_APPLICATIONSTATUS']._serialized_end=872
+  _globals['_STATUSQUERY']._serialized_start=874
+  _globals['_STATUSQUERY']._serialized_end=934
+  _globals['_LISTAPPLICATIONSTATUSREQUEST']._serialized_start=936
+  _globals['_LISTAPPLICATIONSTATUSREQUEST']._serialized_end=1026
+  _globals['_LISTAPPLICATIONSTATUSRESPONSE']._serialized_start=1028
+  _globals['_LISTAPPLICATIONSTATUSRESPONSE']._serialized_end=1109
+  _globals['_CROSSHUBRIGHTSSERVICE']._serialized_start=1112
+  _globals['_CROSSHUBRIGHTSSERVICE']._serialized_end=1347
 # @@protoc_insertion_point(module_scope)

@@ -145,6 +145,10 @@ class ApplicationStatus(_message.Message):
     START_DATE_FIELD_NUMBER: _builtins.int
     END_DATE_FIELD_NUMBER: _builtins.int
     DAILY_QUOTA_FIELD_NUMBER: _builtins.int
+    GRANT_STATUS_FIELD_NUMBER: _builtins.int
+    GRANT_CHANGE_FIELD_NUMBER: _builtins.int
+    GRANT_REASON_FIELD_NUMBER: _builtins.int
+    GRANT_CHANGE_TIME_FIELD_NUMBER: _builtins.int
     origin_request_id: _builtins.str
     home_request_id: _builtins.str
     status: _builtins.str
@@ -158,6 +162,14 @@ class ApplicationStatus(_message.Message):
     start_date: _builtins.str
     end_date: _builtins.str
     daily_quota: _builtins.int
+    grant_status: _builtins.str
+    """Once granted: the grant's state at home (active, suspended, revoked), and its last change there
+    (suspended, resumed, revoked; "" while none), with the reason and the time (RFC 3339, UTC) given at home.
+    A change of the grant moves the request's change sequence on.
+    """
+    grant_change: _builtins.str
+    grant_reason: _builtins.str
+    grant_change_time: _builtins.str
     @_builtins.property
     def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -179,10 +191,14 @@ class ApplicationStatus(_message.Message):
         start_date: _builtins.str = ...,
         end_date: _builtins.str = ...,
         daily_quota: _builtins.int = ...,
+        grant_status: _builtins.str = ...,
+        grant_change: _builtins.str = ...,
+        grant_reason: _builtins.str = ...,
+        grant_change_time: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["daily_quota", b"daily_quota", "due_date", b"due_date", "end_date", b"end_date", "fields", b"fields", "grant_id", b"grant_id", "home_request_id", b"home_request_id", "masks", b"masks", "origin_request_id", b"origin_request_id", "reason", b"reason", "sequence", b"sequence", "start_date", b"start_date", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["daily_quota", b"daily_quota", "due_date", b"due_date", "end_date", b"end_date", "fields", b"fields", "grant_change", b"grant_change", "grant_change_time", b"grant_change_time", "grant_id", b"grant_id", "grant_reason", b"grant_reason", "grant_status", b"grant_status", "home_request_id", b"home_request_id", "masks", b"masks", "origin_request_id", b"origin_request_id", "reason", b"reason", "sequence", b"sequence", "start_date", b"start_date", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -333,6 +333,10 @@ class CrossHubLink(_message.Message):
     SUBMISSION_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
     DAILY_QUOTA_FIELD_NUMBER: _builtins.int
+    GRANT_STATUS_FIELD_NUMBER: _builtins.int
+    GRANT_REASON_FIELD_NUMBER: _builtins.int
+    GRANT_CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    GRANT_EXPIRED_FIELD_NUMBER: _builtins.int
     home_hub_code: _builtins.str
     """At the consumer's hub: the resource's home hub and the home's request id (once submitted)."""
     home_request_id: _builtins.str
@@ -346,6 +350,16 @@ class CrossHubLink(_message.Message):
     problem: _builtins.str
     daily_quota: _builtins.int
     """At the consumer's hub, once the home granted: the grant's daily quota (the grant's id is grant_id)."""
+    grant_status: Global___GrantStatus.ValueType
+    """At the consumer's hub, once the home granted: the grant's state at home as last read back (the home
+    enforces it; the federation's sync copies each change), with the reason and time of its last change there
+    (suspended, resumed or revoked; unset while there was none).
+    """
+    grant_reason: _builtins.str
+    grant_expired: _builtins.bool
+    """At the consumer's hub: the grant's end date (approved_end_date) has passed; the home refuses its calls."""
+    @_builtins.property
+    def grant_change_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -356,10 +370,14 @@ class CrossHubLink(_message.Message):
         submission: _builtins.str = ...,
         problem: _builtins.str = ...,
         daily_quota: _builtins.int = ...,
+        grant_status: Global___GrantStatus.ValueType = ...,
+        grant_reason: _builtins.str = ...,
+        grant_change_time: _timestamp_pb2.Timestamp | None = ...,
+        grant_expired: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grant_change_time", b"grant_change_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_hub_code", b"consumer_hub_code", "consumer_request_id", b"consumer_request_id", "daily_quota", b"daily_quota", "home_hub_code", b"home_hub_code", "home_request_id", b"home_request_id", "problem", b"problem", "submission", b"submission"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_hub_code", b"consumer_hub_code", "consumer_request_id", b"consumer_request_id", "daily_quota", b"daily_quota", "grant_change_time", b"grant_change_time", "grant_expired", b"grant_expired", "grant_reason", b"grant_reason", "grant_status", b"grant_status", "home_hub_code", b"home_hub_code", "home_request_id", b"home_request_id", "problem", b"problem", "submission", b"submission"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,6 +25,7 @@ from exchange.models import (
     ShareRequest,
     ShareRequestStatus,
     System,
+    home_grant_expired,
 )
 from exchange.store.rights import RequestFilter
 from policy import Action
@@ -47,11 +48,13 @@ def status_of(error: errors.ExchangeError) -> int:
 
 @dataclass(frozen=True)
 class Shown:
-    """A request as a page shows it: overdue or not, and why its due date is an estimate, if it is."""
+    """A request as a page shows it: overdue or not, and why its due date is an estimate, if it is; for one
+    homed at another hub, whether its grant there has passed its end date."""
 
     request: ShareRequest
     overdue: bool
     due_note: str
+    grant_expired: bool = False
 
 
 def _shown(console: Console, r: ShareRequest, today: dt.date) -> Shown:
@@ -59,7 +62,7 @@ def _shown(console: Console, r: ShareRequest, today: dt.date) -> Shown:
     note = ""
     if r.status is ShareRequestStatus.PENDING:
         note = console.services.calendar.due_note(r.created_at.astimezone(dt.UTC).date(), r.due)
-    return Shown(r, r.status is ShareRequestStatus.PENDING and r.due < today, note)
+    return Shown(r, r.status is ShareRequestStatus.PENDING and r.due < today, note, home_grant_expired(r, today))
 
 
 def _today() -> dt.date:

@@ -21,6 +21,7 @@ from exchange.federation.model import HubRef, RemoteEntry, department_division, 
 from exchange.models import (
     Application,
     CrossHubLink,
+    GrantStatus,
     Principal,
     PrincipalKind,
     PrincipalRef,
@@ -110,19 +111,36 @@ class CrossHubRights:
         return stored
 
     def home_said(self, home_hub: str, status: HomeStatus) -> bool:
-        """Copies the home's word on one of this hub's applications; False if it was known already."""
-        event = ShareEvent(
-            f"home_{status.status.value}", PrincipalRef(PrincipalKind.SYSTEM, f"hub-{home_hub}"), self._clock(),
-            status.reason,
-        )  # fmt: skip
+        """Copies the home's word on one of this hub's applications; False if it was known already.
+
+        A new state of the request, and a new state of its grant at home (suspended, resumed, revoked: the
+        home's reason and time), each add an event to the history and are audit-recorded here; the same state
+        read again only moves the cursor.
+        """
+        try:
+            known = self._store.applications.get_outgoing(status.origin_request_id)
+        except NotFound:
+            return False
+        link = known.cross_hub or CrossHubLink()
+        home = PrincipalRef(PrincipalKind.SYSTEM, f"hub-{home_hub}")
+        events: list[ShareEvent] = []
+        actions: list[str] = []
+        said = f"home request {status.home_request_id}, change {status.sequence}"
+        if status.grant_id:
+            said += f", grant {status.grant_id}"
+        if link.submission != "submitted" or known.status is not status.status:
+            events.append(ShareEvent(f"home_{status.status.value}", home, self._clock(), status.reason))
+            actions.append(f"home_status:{status.status.value}")
+        if status.grant_change and status.grant_status is not None and status.grant_status is not link.grant_status:
+            at = status.grant_changed_at or self._clock()
+            events.append(ShareEvent(f"home_grant_{status.grant_change}", home, at, status.grant_reason))
+            actions.append(f"home_grant:{status.grant_change}")
+            said += f" {status.grant_change} at home at {at.isoformat()}: {status.grant_reason}"
         record = hub_record(
-            home_hub,
-            f"home_status:{status.status.value}",
-            subject=status.origin_request_id,
-            reason=f"home request {status.home_request_id}, change {status.sequence}"
-            + (f", grant {status.grant_id}" if status.grant_id else ""),
-        )
-        return self._store.applications.record_status(status.origin_request_id, status, event, audit=record)
+            home_hub, ",".join(actions) or f"home_status:{status.status.value}", subject=status.origin_request_id,
+            reason=said,
+        )  # fmt: skip
+        return self._store.applications.record_status(status.origin_request_id, status, tuple(events), audit=record)
 
     def refused_on_the_way(self, home_hub: str, request_id: str, why: str) -> None:
         """An application the home, or a hub on the way, refused to take: refused here with its reason."""
@@ -194,7 +212,8 @@ class CrossHubRights:
         request = self._store.rights.get_request(request_id)
         if not sequence:
             sequence = self._store.applications.change_sequence(request_id)
-        quota = self._store.rights.get_grant(request.grant_id).daily_quota if request.grant_id else 0
+        grant = self._store.rights.get_grant(request.grant_id) if request.grant_id else None
+        change = next((e for e in reversed(grant.history) if e.action in GRANT_CHANGES), None) if grant else None
         link = request.cross_hub or CrossHubLink()
         return HomeStatus(
             origin_request_id=link.consumer_request_id,
@@ -207,7 +226,11 @@ class CrossHubRights:
             fields=request.approved_fields,
             masks=request.masks,
             end=request.approved_end,
-            daily_quota=quota,
+            daily_quota=grant.daily_quota if grant else 0,
+            grant_status=grant.status if grant else None,
+            grant_change=change.action if change else "",
+            grant_reason=change.reason if change else "",
+            grant_changed_at=change.at if change else None,
         )
 
 
@@ -221,3 +244,6 @@ def require_within(department: str, origin_hub: str) -> None:
 
 
 STATUSES = {s.value: s for s in ShareRequestStatus}
+GRANT_STATUSES = {s.value: s for s in GrantStatus}
+# The changes of a grant at home that its consumer's hub copies (RightsService.change_grant's verbs).
+GRANT_CHANGES = ("suspended", "resumed", "revoked")
