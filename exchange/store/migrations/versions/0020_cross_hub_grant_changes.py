@@ -1,7 +1,7 @@
 """cross-hub grant changes: at the consumer's hub, an application's grant state at home (active, suspended,
 revoked) with the reason and time of its last change there
 
-Revision ID: 0020_cross_hub_grant_changes
+Revision ID: 0020
 Revises: 0019
 Create Date: 2026-12-05 01:30:00
 """
