@@ -15,7 +15,7 @@ as the city's second child); the altered answer has its own (served county ← r
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +27,7 @@ import pytest
 from audit.note import Checkpoint, Signer, open_note
 from exchange import models as m
 from exchange.bootstrap import load_audit_signer
+from exchange.federation.model import Peer
 from exchange.server.witness import old_size_asked, proof_from
 from exchange.services.federation.forwarding_parts import Part
 from exchange.store import Store
@@ -327,15 +328,17 @@ def _widen(rogue: Node) -> None:
         for r in records:
             r.fields["name"].string_value = r.fields["name"].string_value.replace("*", "三")
 
-    async def query(*args: Any) -> fwpb.ForwardQueryResponse:
-        answer = await receive(*args)
+    async def query(peer: Peer, note: str, raw: bytes, deadline: float | None) -> fwpb.ForwardQueryResponse:
+        answer = await receive(peer, note, raw, deadline)
         response = xpb.QueryResponse.FromString(answer.response)
         unmasked(response.records)
         answer.response = response.SerializeToString()
         return answer
 
-    async def stream(*args: Any) -> AsyncIterator[Part]:
-        async for part in receive_parts(*args):
+    async def stream(
+        peer: Peer, note: str, raw: bytes, call: str, deadline: float | None
+    ) -> AsyncGenerator[Part, None]:
+        async for part in receive_parts(peer, note, raw, call, deadline):
             batch = xpb.QueryBatch.FromString(part.payload)
             unmasked(batch.records)
             yield replace(part, payload=batch.SerializeToString())
