@@ -7,7 +7,9 @@ a province entry, decided and granted at the province; the county's system queri
 the province; the cross-hub receipt of that query verifies offline (and without the province's part is refused
 as incomplete); and, at process level, a peering suspended on the way refuses the call, the province down is
 UNAVAILABLE naming the hop, and so is the province served again with a new CA the city does not know; a county
-allowing one hop is refused at the province, two hops away, each side recording it.
+allowing one hop is refused at the province, two hops away, each side recording it. The bad cases of a
+misbehaving peer (forged, replayed and looping statements, an altered answer, entries of departments a peer
+does not hold, a forked checkpoint) are in tests/test_federation_bad_peers.py.
 """
 
 from __future__ import annotations
