@@ -28,7 +28,7 @@ from audit.forwarded import Forwarded
 from audit.note import Checkpoint, Signer, open_note
 from exchange import models as m
 from exchange.bootstrap import load_audit_signer
-from exchange.federation.model import Peer
+from exchange.federation.model import HubRef, Offer, Peer
 from exchange.server.witness import old_size_asked, proof_from
 from exchange.services.federation.forwarding_parts import Part
 from exchange.store import Store
@@ -60,6 +60,7 @@ PURPOSE = "企业登记核查"
 PERSON = "350203198001012345"
 COMPANY = "91350203MA2Y000001"
 HULI = department("350206", "0077889", "湖里区市场监督管理局", m.AdministrativeLevel.COUNTY)
+JIMEI = department("350211", "0066778", "集美区市场监督管理局", m.AdministrativeLevel.COUNTY)
 ROGUE = ("350206", "湖里区政务数据共享平台")
 ROGUE_SYSTEM = "hl-djxt"
 SYSTEM = "sm-djxt"
@@ -211,13 +212,27 @@ def test_a_statement_routed_in_a_loop_is_refused_by_the_city_process(world: Worl
     _nothing_passed_on(world, _denied_at(world.city, world.auditors["city"], "a routing loop", 1))
 
 
+def _claiming_home_elsewhere(rogue: Node, code: str, home: HubRef) -> None:
+    """The rogue's offers, replaced by ones that name ``home`` as the home of its entry ``code``."""
+    catalog = rogue.federation.catalog
+    honest = catalog.offers
+
+    def claiming(peer: Peer, after: int, size: int) -> tuple[list[Offer], int]:
+        found, last = honest(peer, after, size)
+        return [replace(o, home=home) if o.resource.spec.code == code else o for o in found], last
+
+    catalog.offers = claiming  # type: ignore[method-assign]
+
+
 def test_entries_of_departments_the_peer_does_not_hold_are_refused_and_never_reach_the_county(world: World) -> None:
     hub = world.rogue.running
-    held = "10101/350206000001"
+    held, elsewhere = "10101/350206000001", "10101/350211000001"
     foreign = {"10101/350206000008": SIMING_MARKET, "10101/350206000009": PROVINCE_MARKET}
-    for d in (HULI, *foreign.values()):
+    # An entry of 集美区's department, offered as homed at 集美区's hub: not a hub within the rogue's division.
+    _claiming_home_elsewhere(world.rogue, elsewhere, HubRef("350211", "集美区政务数据共享平台", "county"))
+    for d in (HULI, JIMEI, *foreign.values()):
         hub.add_department(d)
-    for code, d in ((held, HULI), *foreign.items()):
+    for code, d in ((held, HULI), (elsewhere, JIMEI), *foreign.items()):
         hub.publish(hub.certifier(d.code), identity_spec(code, d.code))
     until(lambda: remote_codes(world.city, ROGUE[0]) == [held], "the rogue's own entry at the city")
     refused = _denied_at(world.city, world.auditors["city"], "is not held by its home hub 350206", 2)
@@ -226,10 +241,17 @@ def test_entries_of_departments_the_peer_does_not_hold_are_refused_and_never_rea
         d = foreign[str(r["resource"])]
         said = f"its department {d.code} (division {d.division_code}) is not held by its home hub 350206"
         assert said in str(r["reason"])
+    (claimed,) = _denied_at(world.city, world.auditors["city"], "a child, may offer only entries homed within", 1)
+    assert (claimed["action"], claimed["resource"]) == ("refuse_offer", elsewhere)
+    assert "hub 350206, a child, may offer only entries homed within its division, not at 350211" in str(
+        claimed["reason"]
+    )
     assert "federation: refused from hub 350206: entry 10101/350206000008" in world.city.log.read_text()
-    # The county, below the city, gets the rogue's own entry and never the others.
+    assert remote_codes(world.city, "350211") == []
+    # The county, below the city, gets the rogue's own entry and never the others; so does the province.
     until(lambda: remote_codes(world.county, ROGUE[0]) == [held], "the rogue's own entry at the county")
     until(lambda: remote_codes(world.province, ROGUE[0]) == [held], "the rogue's own entry at the province")
+    assert remote_codes(world.county, "350211") == [] == remote_codes(world.province, "350211")
 
 
 def _forks_counted(world: World) -> float:
