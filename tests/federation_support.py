@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import select
 
@@ -40,6 +41,19 @@ HUBS = {
 }
 
 
+class Peerable(Protocol):
+    """A hub another hub's operator can register as a peer: in this process (``Node``) or served (``Served``)."""
+
+    level: str
+    running: RunningHub
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+
 @dataclass
 class Node:
     """A running hub of the federation, by its level."""
@@ -49,7 +63,7 @@ class Node:
 
     @property
     def code(self) -> str:
-        return HUBS[self.level][0]
+        return self.running.settings.hub_code
 
     @property
     def federation(self) -> Federation:
@@ -71,19 +85,9 @@ class Node:
     def state_of(self, code: str) -> PeerState:
         return self.peer(code).state
 
-    def register(self, other: Node, relation: fpb.PeerRelation.ValueType) -> fpb.Peer:
+    def register(self, other: Peerable, relation: fpb.PeerRelation.ValueType) -> fpb.Peer:
         """This hub's operator registers ``other`` (the CA certificate as ``other``'s operator handed it over)."""
-        peer = fpb.Peer(
-            code=other.code,
-            name=HUBS[other.level][1],
-            level=other.level,
-            relation=relation,
-            address=other.address,
-            ca_certificate_pem=other.running.ca_pem.decode(),
-        )
-        with self.running.client() as hub:
-            request = fpb.RegisterPeerRequest(peer=peer, reason="协议 2026-12")
-            return hub.call(hub.federation.RegisterPeer, request).peer
+        return register_peer(self.running, other, relation)
 
     def federation_records(self) -> list[str]:
         """The audit records of peering changes, staged or integrated, as their text."""
@@ -94,6 +98,21 @@ class Node:
         with self.running.hub.store.db.read() as s:
             texts = [*s.scalars(select(AuditStagedRow.record)), *s.scalars(select(AuditEntryRow.record))]
         return [t for t in texts if t and f'"kind":"{kind}"' in t.replace(" ", "")]
+
+
+def register_peer(at: RunningHub, other: Peerable, relation: fpb.PeerRelation.ValueType) -> fpb.Peer:
+    """The operator of the hub ``at`` registers ``other``, with the CA certificate ``other``'s operator handed over."""
+    peer = fpb.Peer(
+        code=other.code,
+        name=other.running.settings.hub_name,
+        level=other.level,
+        relation=relation,
+        address=other.address,
+        ca_certificate_pem=other.running.ca_pem.decode(),
+    )
+    with at.client() as hub:
+        request = fpb.RegisterPeerRequest(peer=peer, reason="协议 2026-12")
+        return hub.call(hub.federation.RegisterPeer, request).peer
 
 
 def settings_for(root: Path, level: str, **changes: object) -> Settings:

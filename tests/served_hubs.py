@@ -8,6 +8,7 @@ in-process hub, over RPCs only). Peering goes through the operators' own RPC (``
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -27,16 +28,23 @@ from exchange import wire as w
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.server.app import Hub
 from exchange.services.rights import MAX_DAILY_CALLS, MAX_RATE
+from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import federation_pb2 as fpb
 from exchange.v1 import registry_pb2 as regpb
 from exchange.v1 import rights_pb2 as rpb
-from tests.federation_support import HUBS
+from tests.federation_support import HUBS, Peerable, register_peer
 from tests.harness import AUTHORITY, RunningHub, base_settings
 from tests.hub_process import free_port
 
 PROJECT = Path(__file__).resolve().parent.parent
 WAIT = 60.0  # a bound on waiting for a process, never a claim about speed
+# The items of the people entries the process tests publish over ``people_table``.
+PEOPLE_ITEMS = (
+    m.DataItem("name", "姓名", m.FieldType.STRING),
+    m.DataItem("id_number", "公民身份号码", m.FieldType.STRING, filterable=True),
+    m.DataItem("address", "住所", m.FieldType.STRING),
+)
 
 
 def until(check: Callable[[], bool], what: str, wait: float = WAIT) -> None:
@@ -60,7 +68,12 @@ class Served:
 
     @property
     def code(self) -> str:
-        return HUBS[self.level][0]
+        return self.running.settings.hub_code
+
+    @property
+    def address(self) -> str:
+        """Its federation listener, where its peers call it."""
+        return self.federation
 
     @property
     def pid(self) -> int:
@@ -70,19 +83,9 @@ class Served:
         with self.running.client() as hub:
             return hub.call(hub.federation.GetPeer, fpb.GetPeerRequest(code=code)).peer
 
-    def register(self, other: Served, relation: fpb.PeerRelation.ValueType) -> fpb.Peer:
+    def register(self, other: Peerable, relation: fpb.PeerRelation.ValueType) -> fpb.Peer:
         """This hub's operator registers ``other`` with the CA certificate ``other``'s operator handed over."""
-        peer = fpb.Peer(
-            code=other.code,
-            name=HUBS[other.level][1],
-            level=other.level,
-            relation=relation,
-            address=other.federation,
-            ca_certificate_pem=other.running.ca_pem.decode(),
-        )
-        with self.running.client() as hub:
-            request = fpb.RegisterPeerRequest(peer=peer, reason="协议 2026-12")
-            return hub.call(hub.federation.RegisterPeer, request).peer
+        return register_peer(self.running, other, relation)
 
     def stop(self) -> int:
         """SIGTERM, as an operator stops a hub; the exit status."""
@@ -175,12 +178,29 @@ def _answers(served: Served) -> bool:
     return True
 
 
-def peer_pair(child: Served, parent: Served) -> None:
-    """Both operators register the peering; returns once both sides hold it active."""
-    child.register(parent, fpb.PEER_RELATION_PARENT)
-    parent.register(child, fpb.PEER_RELATION_CHILD)
+def peer_pair(child: Peerable, parent: Peerable) -> None:
+    """Both operators register the peering (either hub served or in this process); returns once both sides hold
+    it active."""
+    register_peer(child.running, parent, fpb.PEER_RELATION_PARENT)
+    register_peer(parent.running, child, fpb.PEER_RELATION_CHILD)
     active = fpb.PEER_STATE_ACTIVE
-    until(lambda: child.peer(parent.code).state == active == parent.peer(child.code).state, "the peering active")
+    until(lambda: _state(child, parent.code) == active == _state(parent, child.code), "the peering active")
+
+
+def _state(side: Peerable, code: str) -> fpb.PeerState.ValueType:
+    with side.running.client() as hub:
+        return hub.call(hub.federation.GetPeer, fpb.GetPeerRequest(code=code)).peer.state
+
+
+def audit_records(
+    node: Peerable, auditor: Path, outcome: str, resource: str = "", exchange_id: str = ""
+) -> list[dict[str, object]]:
+    """``node``'s audit records (integrated under a checkpoint) of ``outcome`` ("": any), of ``resource`` ("":
+    any) and ``exchange_id`` ("": any), read by ``auditor`` over its AuditService."""
+    request = apb.SearchRecordsRequest(page_size=100, resource_code=resource, outcome=outcome, exchange_id=exchange_id)
+    with node.running.client(auditor) as hub:
+        found = hub.call(hub.audit.SearchRecords, request)
+    return [json.loads(e.record) for e in found.entries]
 
 
 def remote_codes(node: Served, home: str) -> list[str]:

@@ -5,6 +5,7 @@ offer them."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -147,6 +148,10 @@ def test_a_peer_offering_an_entry_of_a_department_its_home_does_not_hold_is_refu
         assert f"entry {CITY_ENTRY}" in problem and "is not held by its home hub 350203" in problem
         assert set(_listed(city)) == {COUNTY_ENTRY}  # its own entry is kept; the cursor moved past both
         assert city.peer(county.code).offer_sequence >= 2
+        # the refusal outlives the next round's sync problem: it is in the city's audit log, naming the peer
+        (refusal,) = [json.loads(t) for t in city.federation_records() if '"refuse_offer"' in t]
+        assert (refusal["actor"], refusal["outcome"], refusal["resource"]) == ("hub/350203", "denied", CITY_ENTRY)
+        assert "is not held by its home hub 350203" in refusal["reason"]
 
 
 def _offer(code: str, department: str, home: HubRef, sequence: int = 1) -> Offer:

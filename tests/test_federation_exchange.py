@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from exchange import models as m
 from exchange import wire as w
 from exchange.federation.model import Peer
 from exchange.server.forwarding import forward_query
+from exchange.services.federation.forwarding_parts import Part
 from exchange.store import Store
 from exchange.store.forwarding import KEEP_PAST_EXPIRY
 from exchange.store.schema import AuditEntryRow, AuditStagedRow, ForwardedSeenRow
@@ -311,21 +312,22 @@ def test_an_answer_altered_on_the_way_is_refused_at_the_county(tree: dict[str, N
     county, city = tree["county"], tree["city"]
     forwarding = city.federation.forwarding
     assert forwarding is not None
-    passing: Callable[..., Awaitable[fpb.ForwardQueryResponse]] = forwarding._send
+    receive = forwarding.receive
 
-    async def widening(
-        peer: Peer, request: fpb.ForwardQueryRequest, deadline: float | None
-    ) -> fpb.ForwardQueryResponse:
-        """The city's forwarding step, replaced by one that unmasks the name in the province's answer."""
-        answer = await passing(peer, request, deadline)
+    async def widening(peer: Peer, note: str, raw: bytes, deadline: float | None) -> fpb.ForwardQueryResponse:
+        """The city's serving of a forwarded query, replaced by one that unmasks the name in the province's
+        answer after the city's own check passed it: the county must see it."""
+        answer = await receive(peer, note, raw, deadline)
         response = xpb.QueryResponse.FromString(answer.response)
         response.records[0].fields["name"].string_value = "张三"
         return replace_answer(answer, response)
 
-    forwarding._send = widening
+    forwarding.receive = widening  # type: ignore[method-assign]
     error = _refused(county, grpc.StatusCode.DATA_LOSS)
-    assert "peer hub 350200" in str(error.details()) and "not the one hub 350000 signed" in str(error.details())
+    said = f"the answer that came back from peer hub 350200 at {county.peer(city.code).address} is not the one hub"
+    assert said in str(error.details()) and "350000 signed" in str(error.details())
     assert [(r["hop"], r["outcome"]) for r in exchanges(county)] == [("out", "failed")]
+    assert [(r["hop"], r["outcome"]) for r in exchanges(city)] == [("in", "allowed"), ("out", "ok")]
 
 
 def replace_answer(answer: fpb.ForwardQueryResponse, response: xpb.QueryResponse) -> fpb.ForwardQueryResponse:
@@ -386,30 +388,34 @@ def test_a_batch_altered_on_the_way_is_refused_before_it_reaches_the_county(tree
     county, city = tree["county"], tree["city"]
     forwarding = city.federation.forwarding
     assert forwarding is not None
-    passing: Callable[..., AsyncIterator[fpb.ForwardStreamResponse]] = forwarding._send_stream
+    receive_parts = forwarding.receive_parts
 
     async def widening(
-        peer: Peer, request: fpb.ForwardQueryRequest, deadline: float | None
-    ) -> AsyncIterator[fpb.ForwardStreamResponse]:
-        """The city's forwarding step, replaced by one that unmasks the name in the province's second batch."""
+        peer: Peer, note: str, raw: bytes, call: str, deadline: float | None
+    ) -> AsyncGenerator[Part, None]:
+        """The city's serving of a forwarded stream, replaced by one that unmasks the name in the province's
+        second batch after the city's own check passed it: the county must see it."""
         number = 0
-        async for part in passing(peer, request, deadline):
+        async for part in receive_parts(peer, note, raw, call, deadline):
             number += 1
-            if number == 2:
-                batch = xpb.QueryBatch.FromString(part.batch)
-                batch.records[0].fields["name"].string_value = "王五"
-                part.batch = batch.SerializeToString()
-            yield part
+            if number != 2:
+                yield part
+                continue
+            batch = xpb.QueryBatch.FromString(part.payload)
+            batch.records[0].fields["name"].string_value = "王五"
+            yield replace(part, payload=batch.SerializeToString())
 
-    forwarding._send_stream = widening
+    forwarding.receive_parts = widening  # type: ignore[method-assign]
     received: list[xpb.QueryBatch] = []
     with pytest.raises(grpc.RpcError) as info:
         received.extend(_stream(county))
     error = info.value
     assert isinstance(error, grpc.Call) and error.code() is grpc.StatusCode.DATA_LOSS
-    assert "peer hub 350200" in str(error.details()) and "not one hub 350000 signed" in str(error.details())
+    said = f"a batch that came back from peer hub 350200 at {county.peer(city.code).address} is not one hub 350000"
+    assert said in str(error.details())
     assert [r.fields["name"].string_value for b in received for r in b.records] == ["李*"]  # the first, checked
     assert _hops(county) == [("stream", "out", "allowed", 0), ("stream_end", "out", "failed", 1)]
+    assert _hops(city)[-1] == ("stream_end", "out", "ok", 2)  # the city's own check passed what the province sent
 
 
 DOCUMENTS = "10101/350000000002"

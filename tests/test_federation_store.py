@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import threading
 
 import pytest
+from sqlalchemy import select
 
 from exchange import models as m
 from exchange import pki
@@ -17,6 +19,7 @@ from exchange.paging import page_request
 from exchange.store import Store
 from exchange.store.catalog import Transition
 from exchange.store.federated import RemoteFilter
+from exchange.store.schema import AuditStagedRow
 from tests.federation_support import SIMING_MARKET
 from tests.harness import POLICE, TEST_RECORD, identity_spec
 
@@ -108,3 +111,18 @@ def test_received_entries_keep_their_home_move_the_cursor_and_are_relayed_to_oth
     assert store.federated.held_elsewhere("10101/350203000001", "350000") == "it is known already via peer 350203"
     assert store.federated.forget("350203") == 2
     assert store.federated.get("10101/350203000001") is None
+
+
+def test_the_refusals_of_a_page_are_recorded_with_it(store: Store) -> None:
+    store.peers.register(_peer(), audit=TEST_RECORD)
+    kept = _offer("10101/350203000001", 3)
+    said = "entry 10101/350200000001 (offer 4): its department is not held by its home hub 350203"
+    refusal = dataclasses.replace(TEST_RECORD, kind="federation", action="refuse_offer", outcome="denied",
+                                  resource="10101/350200000001", reason=said)  # fmt: skip
+    store.federated.receive("350203", [(kept, COUNTY)], 4, said, [refusal])
+    assert store.peers.get("350203").offer_sequence == 4 and store.federated.get(kept.resource.spec.code) is not None
+    with store.db.read() as s:
+        staged = [json.loads(t) for t in s.scalars(select(AuditStagedRow.record)) if t]
+    assert [(r["action"], r["resource"]) for r in staged if r["kind"] == "federation"] == [
+        ("refuse_offer", "10101/350200000001")
+    ]

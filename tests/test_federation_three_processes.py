@@ -7,7 +7,9 @@ a province entry, decided and granted at the province; the county's system queri
 the province; the cross-hub receipt of that query verifies offline (and without the province's part is refused
 as incomplete); and, at process level, a peering suspended on the way refuses the call, the province down is
 UNAVAILABLE naming the hop, and so is the province served again with a new CA the city does not know; a county
-allowing one hop is refused at the province, two hops away, each side recording it.
+allowing one hop is refused at the province, two hops away, each side recording it. The bad cases of a
+misbehaving peer (forged, replayed and looping statements, an altered answer, entries of departments a peer
+does not hold, a forked checkpoint) are in tests/test_federation_bad_peers.py.
 """
 
 from __future__ import annotations
@@ -26,25 +28,29 @@ from exchange import models as m
 from exchange import wire as w
 from exchange.bootstrap import load_witness_key
 from exchange.cli.main import main
-from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import federation_pb2 as fpb
 from exchange.v1 import rights_pb2 as rpb
 from tests.federation_support import PROVINCE_MARKET, SIMING_MARKET
 from tests.harness import AUTHORITY, identity_spec
-from tests.served_hubs import Served, peer_pair, people_table, publish_sql, remote_codes, serve, until
+from tests.served_hubs import (
+    PEOPLE_ITEMS,
+    Served,
+    audit_records,
+    peer_pair,
+    people_table,
+    publish_sql,
+    remote_codes,
+    serve,
+    until,
+)
 
 ENTRY = "10101/350000000001"
 OTHER = "10101/350000000002"  # published beside ENTRY, suspended later
 PURPOSE = "企业登记核查"
 PERSON = "350203198001012345"
 SYSTEM = "sm-djxt"
-ITEMS = (
-    m.DataItem("name", "姓名", m.FieldType.STRING),
-    m.DataItem("id_number", "公民身份号码", m.FieldType.STRING, filterable=True),
-    m.DataItem("address", "住所", m.FieldType.STRING),
-)
 
 
 @pytest.fixture
@@ -66,7 +72,7 @@ def _publish_at_province(province: Served, root: Path) -> None:
     people_table(url, [("张三", PERSON, "厦门市思明区湖滨南路1号")])
     steward = hub.certifier(PROVINCE_MARKET.code)
     for code, name in ((ENTRY, "企业人员身份信息"), (OTHER, "企业人员住所信息")):
-        spec = identity_spec(code, PROVINCE_MARKET.code, name=name, data_items=ITEMS)
+        spec = identity_spec(code, PROVINCE_MARKET.code, name=name, data_items=PEOPLE_ITEMS)
         publish_sql(province, steward, spec, url, "qy")
 
 
@@ -127,15 +133,6 @@ def _refused(county: Served) -> grpc.Call:
         _query(county)
     assert isinstance(info.value, grpc.Call)
     return info.value
-
-
-def _records(node: Served, auditor: Path, outcome: str, resource: str = ENTRY) -> list[dict[str, object]]:
-    """``node``'s audit records of calls with ``outcome`` ("": any) of ``resource`` ("": any), read by
-    ``auditor`` over its AuditService."""
-    request = apb.SearchRecordsRequest(page_size=100, resource_code=resource, outcome=outcome)
-    with node.running.client(auditor) as hub:
-        found = hub.call(hub.audit.SearchRecords, request)
-    return [json.loads(e.record) for e in found.entries]
 
 
 def _cli(node: Served, identity: Path, *argv: str) -> int:
@@ -255,7 +252,7 @@ def test_a_suspended_peering_refuses_and_the_province_down_is_unavailable_naming
     with city.running.client() as hub:
         hub.call(hub.federation.ResumePeer, fpb.ResumePeerRequest(code=province.code, reason="检查完毕"))
     auditor = province.running.add_person("au-province", AUTHORITY.code, m.Role.AUDITOR)
-    received = [r for r in _records(province, auditor, "", "") if r.get("hop") == "in"]
+    received = [r for r in audit_records(province, auditor, "", "") if r.get("hop") == "in"]
     assert province.stop() == 0
     down = _refused(county)
     assert down.code() == grpc.StatusCode.UNAVAILABLE, down.details()
@@ -270,7 +267,7 @@ def test_a_suspended_peering_refuses_and_the_province_down_is_unavailable_naming
     changed = _refused(county)
     assert changed.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED}, changed.details()
     assert f"peer hub 350000 at {province.federation}" in (changed.details() or ""), changed.details()
-    assert [r for r in _records(province, auditor, "", "") if r.get("hop") == "in"] == received
+    assert [r for r in audit_records(province, auditor, "", "") if r.get("hop") == "in"] == received
 
 
 def test_a_call_beyond_the_origin_hubs_hop_limit_is_refused_and_recorded(tmp_path: Path) -> None:
@@ -290,9 +287,9 @@ def test_a_call_beyond_the_origin_hubs_hop_limit_is_refused_and_recorded(tmp_pat
         auditors = {n.level: n.running.add_person(f"au-{n.level}", AUTHORITY.code, m.Role.AUDITOR)
                     for n in (county, province)}  # fmt: skip
         # Refused before its statement was accepted: the province's record names the hop, not yet the entry.
-        until(lambda: _records(province, auditors["province"], "denied", "") != [], "the refusal recorded")
-        denied = _records(province, auditors["province"], "denied", "")
+        until(lambda: audit_records(province, auditors["province"], "denied", "") != [], "the refusal recorded")
+        denied = audit_records(province, auditors["province"], "denied", "")
         assert [(r["hop"], r["peer_hub"]) for r in denied] == [("in", city.running.settings.audit_origin)]
         assert "hop limit" in str(denied[0]["reason"])
-        failed = _records(county, auditors["county"], "failed")
+        failed = audit_records(county, auditors["county"], "failed", ENTRY)
         assert [(r["hop"], r["peer_hub"]) for r in failed] == [("out", city.running.settings.audit_origin)]

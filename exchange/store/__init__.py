@@ -55,7 +55,7 @@ class Store:
         self.witness = WitnessStore(self.db, recorded)
         self.subscriptions = SubscriptionStore(self.db, recorded)
         self.peers = PeerStore(self.db, recorded)
-        self.federated = FederatedCatalogStore(self.db)
+        self.federated = FederatedCatalogStore(self.db, self.audit)
         self.forwarded = ForwardedStore(self.db)
         # Told of every change this process commits (payloads as announced to other processes).
         self.on_commit: list[Callable[[str], None]] = []

@@ -2,19 +2,23 @@
 
 Offers are appended, never changed, numbered by an increasing sequence: a peer pulls those after the last
 it stored. Remote entries are kept one row per code, as their last offer showed them, with their home hub.
+The offers of a page this hub refused are recorded in its audit log in the same transaction as the page.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from audit.records import AuditRecord
 from exchange.federation.model import HubRef, Offer, RemoteEntry
 from exchange.models import Page, ResourceStatus, ShareType
 from exchange.paging import PageRequest
+from exchange.store.audit import AuditStore
 from exchange.store.catalog import from_snapshot, lock_offers, snapshot
 from exchange.store.database import Database
 from exchange.store.paging import fetch_page
@@ -72,8 +76,9 @@ def _keep(s: Session, peer: str, offer: Offer, home: HubRef, now: dt.datetime) -
 class FederatedCatalogStore:
     """Offers to peers and entries from peers; every method is one transaction."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, audit: AuditStore) -> None:
         self._db = db
+        self._audit = audit
 
     def offers(self, after: int, size: int, to_peer: str) -> tuple[list[Offer], int]:
         """Offers after sequence ``after`` that ``to_peer`` may have (not those it relayed), and the last sequence."""
@@ -93,11 +98,20 @@ class FederatedCatalogStore:
             stmt = select(RemoteEntryRow.via_peer).where(RemoteEntryRow.home_hub_code == home).limit(1)
             return str(s.scalar(stmt) or "")
 
-    def receive(self, peer: str, accepted: list[tuple[Offer, HubRef]], cursor: int, problem: str = "") -> None:
+    def receive(
+        self,
+        peer: str,
+        accepted: list[tuple[Offer, HubRef]],
+        cursor: int,
+        problem: str = "",
+        refusals: Sequence[AuditRecord] = (),
+    ) -> None:
         """Keeps the accepted offers of ``peer`` and moves its cursor to ``cursor``, all together or nothing;
-        ``problem`` says what of the page was refused."""
+        ``problem`` says what of the page was refused, ``refusals`` are the audit records of those offers."""
         now = dt.datetime.now(dt.UTC)
         with self._db.write() as s:
+            if refusals:
+                self._audit.stage_in(s, refusals)
             if accepted:
                 lock_offers(s)  # relayed entries are offered onward
             for offer, home in accepted:

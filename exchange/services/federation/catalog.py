@@ -4,7 +4,8 @@ over its own entries and those homed elsewhere.
 An entry keeps its home hub wherever it travels. A peer may offer only entries from its own side of the
 division tree: a child, entries homed within its division; a parent, entries homed outside this hub's
 division. An entry homed at (or within) this hub therefore never comes back to it, whatever the path, and
-an entry is offered onward to every peer but the one it came from.
+an entry is offered onward to every peer but the one it came from. Each offer refused is logged and recorded
+in the audit log (kind federation, action refuse_offer, the peer as actor), with the page it came in.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from audit.records import AuditRecord
 from exchange import validation
 from exchange.config import HUB_LEVELS
 from exchange.errors import ExchangeError, FieldViolation, InvalidArgument, NotFound
 from exchange.federation.model import HubRef, Offer, Peer, PeerRelation, department_division, within
 from exchange.models import Page, Principal, Resource, ResourceStatus
 from exchange.paging import page_request
+from exchange.services.auditing import hub_instance, now_text
 from exchange.services.catalog import CatalogService
 from exchange.store import Store
 from exchange.store.catalog import ResourceFilter
@@ -58,6 +61,7 @@ class FederatedCatalog:
         """Keeps what ``peer`` may offer and moves its cursor to ``last`` (past the page); returns the refusals,
         logged, with ``unreadable`` (the page's offers that could not be read, already described)."""
         refused = list(unreadable)
+        records = [_refusal_record(peer, "", r) for r in unreadable]
         kept: list[tuple[Offer, HubRef]] = []
         for offer in offers:
             problem = self._problem(peer, offer)
@@ -65,10 +69,11 @@ class FederatedCatalog:
                 kept.append((offer, _home_key(peer, offer.home)))
             else:
                 refused.append(f"entry {offer.resource.spec.code} (offer {offer.sequence}): {problem}")
+                records.append(_refusal_record(peer, offer.resource.spec.code, refused[-1]))
         for refusal in refused:
             log.warning("federation: refused from hub %s: %s", peer.code, refusal)
         cursor = max((o.sequence for o in offers), default=last)
-        self._store.federated.receive(peer.code, kept, max(cursor, last), "; ".join(refused))
+        self._store.federated.receive(peer.code, kept, max(cursor, last), "; ".join(refused), records)
         return refused
 
     def _problem(self, peer: Peer, offer: Offer) -> str | None:
@@ -152,6 +157,22 @@ class FederatedCatalog:
             if remote is None or version not in (0, remote.resource.version):
                 raise
             return Listed(remote.resource, remote.home)
+
+
+def _refusal_record(peer: Peer, code: str, refusal: str) -> AuditRecord:
+    """The audit record of an offer refused from ``peer``: the entry's code ("" if it could not be read), why."""
+    return AuditRecord(
+        kind="federation",
+        action="refuse_offer",
+        time=now_text(),
+        actor=f"hub/{peer.code}",
+        actor_department="",
+        outcome="denied",
+        reason=refusal[:500],
+        subject=peer.code,
+        resource=code[:100],
+        hub=hub_instance(),
+    )
 
 
 def _home_key(peer: Peer, home: HubRef) -> HubRef:
