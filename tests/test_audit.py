@@ -368,30 +368,6 @@ def test_group_commit_from_threads_and_coroutines_loses_nothing(store: Store) ->
     broken.close()
 
 
-def test_exchanges_committed_together_become_entries_as_the_integrator_makes_them(store: Store, log: AuditLog) -> None:
-    """The group commit's records: entries at once on SQLite (staged on PostgreSQL, for the integrator); either
-    way the same entries, subjects, seals and head as staged records get, and the whole log checks and verifies."""
-    log.store.stage([_record(0)])  # an administrative change's record, waiting for the integrator
-    log.store.commit([_record(1), _record(2)])
-    log.store.commit([_record(3)])
-    sqlite = store.db.backend == "sqlite"
-    assert (log.store.size(), log.store.staged_count()) == ((3, 1) if sqlite else (0, 4))
-    log.store.commit([_record(4)])
-    log.flush()
-    log.check()  # seals of every entry and of the head, kept subtrees, checkpoint
-    _verify(log)
-    entries = [json.loads(e.record or "") for e in log.store.entries(0, 5)]
-    assert [e["exchange_id"] for e in entries] == (
-        ["EX-1", "EX-2", "EX-3", "EX-4", "EX-0"] if sqlite else ["EX-0", "EX-1", "EX-2", "EX-3", "EX-4"]
-    )
-    assert [e["logged"] for e in entries] == sorted(e["logged"] for e in entries)
-    for entry in entries:
-        logged = entry.pop("logged")
-        assert entry == _record(int(entry["exchange_id"][3:])).as_dict() and logged.endswith("Z")
-    found = log.store.search(page_request(10, "", {}), EntryFilter(subject_hash=_record(3).data_subjects[0]))
-    assert [json.loads(e.record or "")["exchange_id"] for e in found.items] == ["EX-3"]
-
-
 def test_a_driver_write_that_fails_part_way_leaves_nothing_and_the_next_one_commits(store: Store) -> None:
     """The group commit's driver transaction: a failure after an insert rolls the insert back, is Unavailable,
     and releases the connection and this process's turn to write."""

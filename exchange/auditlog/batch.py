@@ -134,7 +134,7 @@ class GroupCommitter:
     def _commit(self, batch: list[tuple[AuditRecord, Waiter]]) -> None:
         error: Exception | None = None
         try:
-            self._store.commit([record for record, _ in batch])
+            self._store.stage([record for record, _ in batch])
             self.batches += 1
             self.records += len(batch)
         except Exception as e:  # the committer must outlive any batch: every failure fails its callers

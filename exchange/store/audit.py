@@ -33,9 +33,8 @@ from audit.seal import Sealer
 from exchange.errors import Aborted, AlreadyExists, AuditTampered, Unavailable
 from exchange.models import Page
 from exchange.paging import PageRequest
-from exchange.store import audit_append, schema
+from exchange.store import schema
 from exchange.store.database import Database
-from exchange.store.driver import DriverInsert
 from exchange.store.paging import fetch_page
 from exchange.store.schema import (
     AuditCheckpointRow,
@@ -59,9 +58,14 @@ BOUND_VALUES = 500
 
 
 @dataclass(frozen=True)
-class _Statements:
-    staged: DriverInsert
-    append: audit_append.Statements
+class _DriverInsert:
+    """An insert compiled for the driver: its SQL, its parameters' order (positional styles), whether they are
+    named, and the conversion the time column needs on this backend (SQLite stores text)."""
+
+    sql: str
+    keys: tuple[str, ...]
+    named: bool
+    bind: Any
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ class AuditStore:
         self._db = db
         # Seals rows with the log's key (audit.seal); set once the key is known (AuditLog does).
         self.sealer: Sealer | None = None
-        self._compiled: _Statements | None = None
+        self._staged_insert: _DriverInsert | None = None
 
     def _staged_row(self, record: AuditRecord, now: dt.datetime) -> dict[str, object]:
         data = canonical(record.as_dict())
@@ -113,36 +117,28 @@ class AuditStore:
         session.execute(insert(_STAGED), [self._staged_row(r, now) for r in records])
 
     def stage(self, records: list[AuditRecord]) -> None:
-        """Stages records in one transaction of their own, through the driver (exchange.store.driver)."""
-        now = dt.datetime.now(dt.UTC)
-        staged = self._statements().staged
+        """Stages records in one transaction of their own (exchanges, which change nothing else), written
+        through the driver: the group commit's batches are small, and a session's own cost would dominate."""
+        statement = self._insert_staged()
+        rows = [self._staged_row(r, dt.datetime.now(dt.UTC)) for r in records]
+        if statement.bind is not None:
+            rows = [{**row, "staged_at": statement.bind(row["staged_at"])} for row in rows]
+        values = rows if statement.named else [tuple(row[k] for k in statement.keys) for row in rows]
         with self._db.driver_write() as cursor:
-            cursor.executemany(staged.sql, staged.values([self._staged_row(r, now) for r in records]))
+            cursor.executemany(statement.sql, values)
 
-    def commit(self, records: list[AuditRecord]) -> None:
-        """Makes records that change nothing else (exchanges) durable in one transaction of their own.
-
-        On SQLite they take their places in the log in that transaction (exchange.store.audit_append): one
-        writer at a time anyway, so staging them would only add a second write. On PostgreSQL they are staged,
-        so that hub processes commit side by side, and the integrator sequences them (and so are they until
-        the log's seal key is loaded: the integrator refuses to sequence anything without it).
-        """
-        sealer = self.sealer
-        if self._db.backend != "sqlite" or sealer is None:
-            self.stage(records)
-            return
-        with self._db.driver_write() as cursor:
-            audit_append.append(cursor, self._statements().append, sealer, HEAD_ID, records)
-
-    def _statements(self) -> _Statements:
-        """The driver's statements for this store's dialect, compiled on first use."""
-        if self._compiled is None:
+    def _insert_staged(self) -> _DriverInsert:
+        """The insert into audit_staged as the driver takes it (compiled once per store)."""
+        if self._staged_insert is None:
             dialect = self._db.engine.dialect
-            self._compiled = _Statements(
-                DriverInsert.of(_STAGED, ("record", "staged_at", "mac"), dialect),
-                audit_append.Statements.of(dialect, HEAD_ID),
+            compiled = insert(_STAGED).values(record=None, staged_at=None, mac=None).compile(dialect=dialect)
+            self._staged_insert = _DriverInsert(
+                str(compiled),
+                tuple(compiled.positiontup or ()),
+                not compiled.positional,
+                _STAGED.c.staged_at.type.bind_processor(dialect),
             )
-        return self._compiled
+        return self._staged_insert
 
     def probe(self) -> None:
         """Commits a write to the audit tables that leaves nothing behind: can records be staged now?
