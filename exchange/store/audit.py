@@ -18,23 +18,23 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import Row, Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from audit.merkle import leaf_hash
 from audit.note import Signer
 from audit.pruning import PruningStatement
-from audit.records import AuditRecord, canonical, with_logged
+from audit.records import AuditRecord, canonical
 from audit.seal import Sealer
-from exchange.errors import Aborted, AlreadyExists, AuditTampered, Unavailable
+from exchange.errors import Aborted, AlreadyExists, Unavailable
 from exchange.models import Page
 from exchange.paging import PageRequest
-from exchange.store import schema
+from exchange.store import audit_integrate, schema
 from exchange.store.database import Database
+from exchange.store.driver import DriverStatement
 from exchange.store.paging import fetch_page
 from exchange.store.schema import (
     AuditCheckpointRow,
@@ -55,17 +55,6 @@ INTEGRATOR_LOCK = 0x45584155  # "EXAU"
 HEAD_ID = 1
 # Values bound in one statement when reading many nodes or leaf blocks (within every backend's limit).
 BOUND_VALUES = 500
-
-
-@dataclass(frozen=True)
-class _DriverInsert:
-    """An insert compiled for the driver: its SQL, its parameters' order (positional styles), whether they are
-    named, and the conversion the time column needs on this backend (SQLite stores text)."""
-
-    sql: str
-    keys: tuple[str, ...]
-    named: bool
-    bind: Any
 
 
 @dataclass(frozen=True)
@@ -105,7 +94,8 @@ class AuditStore:
         self._db = db
         # Seals rows with the log's key (audit.seal); set once the key is known (AuditLog does).
         self.sealer: Sealer | None = None
-        self._staged_insert: _DriverInsert | None = None
+        self._staged: DriverStatement | None = None
+        self._integrating: audit_integrate.Statements | None = None
 
     def _staged_row(self, record: AuditRecord, now: dt.datetime) -> dict[str, object]:
         data = canonical(record.as_dict())
@@ -119,26 +109,11 @@ class AuditStore:
     def stage(self, records: list[AuditRecord]) -> None:
         """Stages records in one transaction of their own (exchanges, which change nothing else), written
         through the driver: the group commit's batches are small, and a session's own cost would dominate."""
-        statement = self._insert_staged()
-        rows = [self._staged_row(r, dt.datetime.now(dt.UTC)) for r in records]
-        if statement.bind is not None:
-            rows = [{**row, "staged_at": statement.bind(row["staged_at"])} for row in rows]
-        values = rows if statement.named else [tuple(row[k] for k in statement.keys) for row in rows]
+        if self._staged is None:
+            self._staged = DriverStatement.insert(_STAGED, ("record", "staged_at", "mac"), self._db.engine.dialect)
+        now = dt.datetime.now(dt.UTC)
         with self._db.driver_write() as cursor:
-            cursor.executemany(statement.sql, values)
-
-    def _insert_staged(self) -> _DriverInsert:
-        """The insert into audit_staged as the driver takes it (compiled once per store)."""
-        if self._staged_insert is None:
-            dialect = self._db.engine.dialect
-            compiled = insert(_STAGED).values(record=None, staged_at=None, mac=None).compile(dialect=dialect)
-            self._staged_insert = _DriverInsert(
-                str(compiled),
-                tuple(compiled.positiontup or ()),
-                not compiled.positional,
-                _STAGED.c.staged_at.type.bind_processor(dialect),
-            )
-        return self._staged_insert
+            cursor.executemany(self._staged.sql, self._staged.values([self._staged_row(r, now) for r in records]))
 
     def probe(self) -> None:
         """Commits a write to the audit tables that leaves nothing behind: can records be staged now?
@@ -154,40 +129,15 @@ class AuditStore:
         """Sequences up to ``limit`` staged records; returns their (seq, leaf hash), or [] if none.
 
         Each staged record's seal is checked first (one the hub did not write stops integration,
-        named), and the new entries and the log's head are sealed in the same transaction.
+        named), and the new entries and the log's head are sealed in the same transaction
+        (exchange.store.audit_integrate, on the driver's cursor).
         """
         sealer = self._require_sealer()
-        with self._db.write() as s:
-            if self._db.backend == "postgresql":
-                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INTEGRATOR_LOCK})
-            staged = s.execute(
-                select(_STAGED.c.id, _STAGED.c.record, _STAGED.c.mac).order_by(_STAGED.c.id).limit(limit)
-            ).all()
-            if not staged:
-                return []
-            _check_staged(sealer, staged)
-            first = s.scalar(select(func.coalesce(func.max(AuditEntryRow.seq) + 1, 0))) or 0
-            previous = s.scalar(select(func.max(AuditEntryRow.time)))
-            logged = max(dt.datetime.now(dt.UTC), previous or dt.datetime.min.replace(tzinfo=dt.UTC))
-            stamp = logged.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            out, entries, subjects = [], [], []
-            for n, row in enumerate(staged):
-                seq = first + n
-                data = json.loads(row.record)
-                text_ = with_logged(row.record.encode(), stamp)
-                leaf = leaf_hash(text_)
-                entries.append(
-                    {**_entry_values(seq, leaf, text_.decode(), data, logged), "mac": sealer.entry(seq, leaf)}
-                )
-                subjects += [{"seq": seq, "subject_hash": h} for h in sorted(set(data["data_subjects"]))]
-                out.append((seq, leaf))
-            s.execute(insert(_ENTRIES), entries)
-            if subjects:
-                s.execute(insert(_SUBJECTS), subjects)
-            # Exactly the rows read: one staged meanwhile by another process waits for the next round.
-            s.execute(delete(_STAGED).where(_STAGED.c.id.in_([r.id for r in staged])))
-            _seal_head(s, sealer, first + len(staged), out[-1][1])
-            return out
+        if self._integrating is None:
+            lock = INTEGRATOR_LOCK if self._db.backend == "postgresql" else None
+            self._integrating = audit_integrate.Statements.of(self._db.engine.dialect, HEAD_ID, lock)
+        with self._db.driver_write() as cursor:
+            return audit_integrate.integrate(cursor, self._integrating, sealer, limit)
 
     def _require_sealer(self) -> Sealer:
         if self.sealer is None:
@@ -423,15 +373,6 @@ class AuditStore:
             return [(r.size, r.note) for r in rows]
 
 
-def _check_staged(sealer: Sealer, staged: Sequence[Row[Any, Any, Any]]) -> None:
-    for row in staged:
-        if not Sealer.same(row.mac, sealer.staged(row.record.encode())):
-            raise AuditTampered(
-                f"staged audit record {row.id} does not carry this hub's seal: it was written or changed "
-                "outside the hub; nothing is integrated or signed until an operator has looked"
-            )
-
-
 def _seal_head(s: Session, sealer: Sealer, size: int, last_leaf: bytes) -> None:
     mac = sealer.head(size, last_leaf)
     row = s.get(AuditHeadRow, HEAD_ID)
@@ -443,21 +384,6 @@ def _seal_head(s: Session, sealer: Sealer, size: int, last_leaf: bytes) -> None:
 
 def _entry_of(row: AuditEntryRow) -> Entry:
     return Entry(row.seq, bytes(row.leaf_hash), row.record)
-
-
-def _entry_values(
-    seq: int, leaf: bytes, record: str, data: dict[str, object], logged: dt.datetime
-) -> dict[str, object]:
-    return {
-        "seq": seq,
-        "leaf_hash": leaf,
-        "record": record,
-        "time": logged,
-        **{
-            k: str(data[k])
-            for k in ("kind", "action", "actor", "actor_department", "resource", "purpose", "outcome", "exchange_id")
-        },
-    }
 
 
 # What pruning leaves of an entry's columns besides its seq, leaf hash, time and kind.

@@ -1,0 +1,127 @@
+"""The audit integrator's transaction, on the driver's cursor: staged records become the log's next entries.
+
+Exchanges' records arrive staged by the group commit, a few per transaction; the integrator sequences them in
+batches every few hundred milliseconds, under the write lock (SQLite) or the integrator's advisory lock
+(PostgreSQL). Written through SQLAlchemy's session, its own bookkeeping per row cost more than the database's
+work, and every call waiting for its record's commit waited for that too. The rules are unchanged: staged
+records are taken oldest first and must carry this hub's seal; logged times never go back; each entry and the
+log's head are sealed in the same transaction; exactly the rows read are removed from the staging table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Dialect, Table, bindparam, delete, func, select, update
+
+from audit.merkle import leaf_hash
+from audit.records import with_logged
+from audit.seal import Sealer
+from exchange.errors import AuditTampered
+from exchange.store.driver import DriverStatement
+from exchange.store.schema import AuditEntryRow, AuditHeadRow, AuditStagedRow, AuditSubjectRow
+
+_STAGED = cast(Table, AuditStagedRow.__table__)
+_ENTRIES = cast(Table, AuditEntryRow.__table__)
+_SUBJECTS = cast(Table, AuditSubjectRow.__table__)
+_HEAD = cast(Table, AuditHeadRow.__table__)
+# The columns an entry keeps of its record, for searches.
+INDEXED = ("kind", "action", "actor", "actor_department", "resource", "purpose", "outcome", "exchange_id")
+_EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The integrator's statements, compiled once for one dialect."""
+
+    dialect: Dialect
+    head_id: int
+    lock: str | None
+    last: str
+    read_time: Any
+    entries: DriverStatement
+    subjects: DriverStatement
+    unstage: DriverStatement
+    head_update: DriverStatement
+    head_insert: DriverStatement
+
+    @classmethod
+    def of(cls, dialect: Dialect, head_id: int, lock: int | None) -> Statements:
+        # Two subqueries: SQLite answers a lone max() from an index, but scans the table for two in one select.
+        last = select(
+            select(func.coalesce(func.max(_ENTRIES.c.seq) + 1, 0)).scalar_subquery(),
+            select(func.max(_ENTRIES.c.time)).scalar_subquery(),
+        )
+        head = update(_HEAD).where(_HEAD.c.id == bindparam("head")).values(size=bindparam("size"), mac=bindparam("mac"))
+        return cls(
+            dialect,
+            head_id,
+            None if lock is None else f"SELECT pg_advisory_xact_lock({int(lock)})",
+            str(last.compile(dialect=dialect, compile_kwargs={"literal_binds": True})),
+            _ENTRIES.c.time.type.dialect_impl(dialect).result_processor(dialect, None),
+            DriverStatement.insert(_ENTRIES, ("seq", "leaf_hash", "record", "time", *INDEXED, "mac"), dialect),
+            DriverStatement.insert(_SUBJECTS, ("seq", "subject_hash"), dialect),
+            DriverStatement.of(delete(_STAGED).where(_STAGED.c.id == bindparam("staged")), dialect),
+            DriverStatement.of(head, dialect),
+            DriverStatement.insert(_HEAD, ("id", "size", "mac"), dialect),
+        )
+
+    def staged(self, limit: int) -> str:
+        query = select(_STAGED.c.id, _STAGED.c.record, _STAGED.c.mac).order_by(_STAGED.c.id).limit(limit)
+        return str(query.compile(dialect=self.dialect, compile_kwargs={"literal_binds": True}))
+
+
+def integrate(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> list[tuple[int, bytes]]:
+    """Sequences up to ``limit`` staged records on ``cursor`` (a write transaction under way); their (seq, leaf)."""
+    if sql.lock is not None:
+        cursor.execute(sql.lock)
+    staged: Sequence[tuple[int, str, bytes | None]] = cursor.execute(sql.staged(limit)).fetchall()
+    if not staged:
+        return []
+    check_staged(sealer, staged)
+    cursor.execute(sql.last)
+    first, previous = cursor.fetchone()
+    if previous is not None and sql.read_time is not None:
+        previous = sql.read_time(previous)
+    logged = max(dt.datetime.now(dt.UTC), previous or _EARLIEST)
+    stamp = logged.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    out: list[tuple[int, bytes]] = []
+    entries: list[dict[str, object]] = []
+    subjects: list[dict[str, object]] = []
+    for n, (_, record, _) in enumerate(staged):
+        seq, data, text = first + n, json.loads(record), with_logged(record.encode(), stamp)
+        leaf = leaf_hash(text)
+        entry: dict[str, object] = {k: str(data[k]) for k in INDEXED}
+        entry.update(seq=seq, leaf_hash=leaf, record=text.decode(), time=logged, mac=sealer.entry(seq, leaf))
+        entries.append(entry)
+        subjects += [{"seq": seq, "subject_hash": h} for h in sorted(set(data["data_subjects"]))]
+        out.append((seq, leaf))
+    cursor.executemany(sql.entries.sql, sql.entries.values(entries))
+    if subjects:
+        cursor.executemany(sql.subjects.sql, sql.subjects.values(subjects))
+    # Exactly the rows read: one staged meanwhile by another process waits for the next round.
+    cursor.executemany(sql.unstage.sql, sql.unstage.values({"staged": row[0]} for row in staged))
+    seal_head(cursor, sql, sealer, first + len(staged), out[-1][1])
+    return out
+
+
+def check_staged(sealer: Sealer, staged: Sequence[tuple[int, str, bytes | None]]) -> None:
+    """Refuses staged records that do not carry this hub's seal: written or changed outside the hub."""
+    for staged_id, record, mac in staged:
+        if not Sealer.same(mac, sealer.staged(record.encode())):
+            raise AuditTampered(
+                f"staged audit record {staged_id} does not carry this hub's seal: it was written or changed "
+                "outside the hub; nothing is integrated or signed until an operator has looked"
+            )
+
+
+def seal_head(cursor: Any, sql: Statements, sealer: Sealer, size: int, last_leaf: bytes) -> None:
+    """Sets the log's sealed head (size and last leaf) in the transaction that changed it."""
+    row = {"head": sql.head_id, "id": sql.head_id, "size": size, "mac": sealer.head(size, last_leaf)}
+    cursor.execute(sql.head_update.sql, sql.head_update.params(row))
+    if cursor.rowcount == 0:
+        cursor.execute(sql.head_insert.sql, sql.head_insert.params(row))
