@@ -42,8 +42,11 @@ class AuditLog:
         origin: str,
         *,
         checkpoint_seconds: float = 2.0,
-        poll_seconds: float = 0.2,
+        poll_seconds: float = 0.05,
     ) -> None:
+        # Integrating every 50 ms keeps each round's transaction short (about 15 records at 300 calls/s), so a
+        # group commit waiting for SQLite's write lock behind it waits a millisecond, not several (the p99 at
+        # 300 calls/s in bench/exchange_paths.py: 11-14 ms with 200 ms rounds, 8 ms with these).
         self.store = store
         self.signer = signer
         self.sealer = Sealer.of(signer)
