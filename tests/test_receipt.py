@@ -20,6 +20,8 @@ from audit.note import Signer
 from audit.receipt import Part, ProvedRecord, ReceiptError, Trust, document, verify
 from exchange import models as m
 from exchange.cli.main import main
+from exchange.errors import FailedPrecondition
+from exchange.server.receipts import Parts
 from exchange.server.witness import submit_checkpoint
 from exchange.store import Store
 from tests.harness import RunningHub
@@ -264,3 +266,17 @@ def test_a_running_hub_writes_its_part_through_the_cli(
     assert f"{b.origin}: exchange EX-B" in capsys.readouterr().out
     a.store.close()
     witness_store.close()
+
+
+def test_a_part_asked_for_before_its_records_are_placed_says_to_ask_again(tmp_path: Path) -> None:
+    """Records committed but not yet placed in the log: not "no such exchange", but not yet witnessed, ask again."""
+    b = hub_log(f"sqlite:///{tmp_path / 'b.db'}", Signer.generate("hub-b.example/audit"))
+    parts = Parts(b.store, b.log, b.signer.verifier())
+    b.store.audit.stage([record(1, exchange_id="EX-B", peer_hub=A, peer_exchange_id="EX-A", hop="in")])
+    with pytest.raises(FailedPrecondition) as refused:
+        parts.records("EX-B")
+    assert refused.value.kind == "NOT_YET_WITNESSED" and "not yet placed in the log" in refused.value.message
+    assert parts.records("EX-NONE") == []  # an exchange the log never saw is simply not found
+    b.log.flush()
+    assert [fields["exchange_id"] for _, fields in parts.records("EX-B")] == ["EX-B"]
+    b.store.close()

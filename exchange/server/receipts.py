@@ -53,7 +53,16 @@ class Parts:
     def records(self, exchange_id: str) -> list[tuple[Entry, dict[str, object]]]:
         """This hub's records of the exchange, in log order, each with its fields."""
         page = self.store.audit.search(PageRequest(MAX_PAGE_SIZE, None, ""), EntryFilter(exchange_id=exchange_id))
-        return [(e, json.loads(e.record)) for e in page.items if e.record]
+        found = [(e, json.loads(e.record)) for e in page.items if e.record]
+        if not found and self.store.audit.exchange_seen(exchange_id) is not None:
+            raise errors.FailedPrecondition(
+                f"exchange {exchange_id}'s records at {self.verifier.name} are committed but not yet placed in the "
+                "log, so not yet witnessed either: the log places them within a moment, and each sync round "
+                "(federation_sync_seconds) has the peers cosign the newest checkpoint; ask again after the next",
+                subject=exchange_id,
+                kind="NOT_YET_WITNESSED",
+            )
+        return found
 
     def part(self, exchange_id: str, entries: list[Entry], witnesses: dict[str, str]) -> Part:
         """The part for ``entries``; ``witnesses`` maps each witness name that may vouch to its hub's code."""
