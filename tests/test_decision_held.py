@@ -123,6 +123,28 @@ def test_the_next_block_is_leased_ahead_once_half_of_one_is_left() -> None:
     work = quota.ahead("GR-1", TODAY)
     assert work is not None and quota.ahead("GR-1", TODAY) is None  # one lease ahead at a time
     work()
-    assert leases.leased("GR-1", TODAY) == 8
-    assert [quota.take_held("GR-1", TODAY) for _ in range(7)] == [True] * 6 + [False]
+    assert leases.leased("GR-1", TODAY) == 12  # the first block lasted under a second: the next is twice as large
+    assert [quota.take_held("GR-1", TODAY) for _ in range(11)] == [True] * 10 + [False]
     assert quota.ahead("GR-1", TODAY) is not None  # done, so the next may be leased
+
+
+def test_blocks_grow_while_a_grant_is_busy_within_bounds_and_start_again_when_it_is_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("policy.quota.time.monotonic", lambda: now[0])
+    leases = LocalLeases()
+    quota = DailyQuota(leases, block=4)
+
+    def block(daily: int) -> int:
+        """Uses the held block up, then takes one call: the size of the block that call leased."""
+        while quota.take_held("GR-1", TODAY):
+            pass
+        before = leases.leased("GR-1", TODAY)
+        assert quota.take("GR-1", daily, TODAY)
+        return leases.leased("GR-1", TODAY) - before
+
+    assert [block(10_000) for _ in range(7)] == [4, 8, 16, 32, 64, 64, 64]  # at most 16 times the setting
+    assert block(400) == 40  # never more than a tenth of the quota
+    now[0] += 1.0
+    assert block(10_000) == 4  # a block that lasted a second or more: back to the setting
