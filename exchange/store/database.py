@@ -162,8 +162,8 @@ class Database:
     def driver_write(self) -> Iterator[Any]:
         """A write transaction on the driver's own connection: a DBAPI cursor, committed on success.
 
-        For the audit log's group commit, where an ORM session's begin and commit cost about five times the
-        insert itself (bench/audit_log.py). Same turn-taking as ``write``; any driver error is Unavailable.
+        For the audit log's group commit and integrator, where an ORM session's begin and commit cost about five
+        times a small batch's insert. Same turn-taking as ``write``; any driver error is Unavailable.
         """
         with self._one_writer():
             connection = self.engine.raw_connection()
