@@ -37,6 +37,7 @@ from exchange.errors import AlreadyExists, NotFound, Unavailable
 from exchange.paging import page_request
 from exchange.store import Store
 from exchange.store.audit import EntryFilter, Pruned
+from exchange.store.database import Database
 from exchange.store.schema import AuditEntryRow, AuditNodeRow, AuditSubjectRow
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import registry_pb2 as rpb
@@ -378,6 +379,13 @@ def test_a_driver_write_that_fails_part_way_leaves_nothing_and_the_next_one_comm
     assert store.audit.staged_count() == 1
     store.audit.stage([_record(2), _record(3)])
     assert store.audit.staged_count() == 3
+
+
+def test_a_driver_write_to_a_store_that_cannot_be_reached_is_unavailable() -> None:
+    db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none")  # nothing listens on port 1
+    with pytest.raises(Unavailable, match="cannot be reached"), db.driver_write():
+        pass
+    db.dispose()
 
 
 def test_writers_of_one_process_take_turns_without_the_busy_handler(store: Store) -> None:

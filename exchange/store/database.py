@@ -166,7 +166,11 @@ class Database:
         times a small batch's insert. Same turn-taking as ``write``; any driver error is Unavailable.
         """
         with self._one_writer():
-            connection = self.engine.raw_connection()
+            try:
+                connection = self.engine.raw_connection()
+            except (DBAPIError, self.engine.dialect.loaded_dbapi.Error) as e:  # the pool hands the driver's own
+                log.warning("store unavailable: %s", e)
+                raise Unavailable("the store cannot be reached or is busy; retry later") from None
             try:
                 yield from self._driver_transaction(connection)
             finally:
