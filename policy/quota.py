@@ -11,8 +11,8 @@ used under that record. A parked call is one the process promised not to use: to
 takes it back with one write that succeeds only while its record stands (``unpark``). When a process
 stops beating, any other process's beat returns its parked calls to the pool once its record expired.
 What a crash still keeps from the pool is the calls taken into use since the last beat and not used
-(at most one block per grant in use, two while the next is leased ahead): they stay counted as used for that day, so a crash can only end
-a grant's day a little early, never let it run over (it fails closed).
+(at most one block per grant in use, two while the next is leased ahead): they stay counted as used for
+that day, so a crash can only end a grant's day a little early, never let it run over (it fails closed).
 
 A block starts at the configured size and doubles while a grant's blocks last under a second, up to
 sixteen times that size and never more than a tenth of the quota, so a busy grant costs the counter a write
