@@ -26,14 +26,19 @@ def _request(request_id: str, resource: str = ENTRY) -> m.ShareRequest:
     return m.ShareRequest(request_id, app, m.ShareRequestStatus.PENDING, APPLICANT, NOW, NOW.date())
 
 
-def test_a_request_from_another_hub_names_its_department_and_hub_and_moves_its_sequence(store: Store) -> None:
+def _incoming(store: Store) -> m.ShareRequest:
+    """A published entry here, and a request for it from the county's market regulator through hub 350203."""
     store.registry.add_department(POLICE, audit=TEST_RECORD)
     store.catalog.create(identity_spec(ENTRY), m.ResourceStatus.PUBLISHED, APPLICANT, "", audit=TEST_RECORD)
     came = Incoming("350203", "SR-20261204-0000abcd", "350203", SIMING_MARKET.name)
     applied = m.ShareEvent("applied", APPLICANT, NOW, "企业登记核验")
-    stored = store.applications.add_incoming(
+    return store.applications.add_incoming(
         RequestStep(_request("SR-20261204-11111111"), applied), came, audit=TEST_RECORD
     )
+
+
+def test_a_request_from_another_hub_names_its_department_and_hub_and_moves_its_sequence(store: Store) -> None:
+    stored = _incoming(store)
     assert stored.cross_hub is not None and stored.cross_hub.consumer_hub == "350203"
     assert store.registry.get_department(SIMING_MARKET.code).division_code == "350203"
     assert store.applications.received("350203", "SR-20261204-0000abcd") == stored.id
@@ -92,13 +97,7 @@ def test_an_application_homed_elsewhere_waits_then_follows_its_homes_word_in_ord
 def test_a_change_of_the_grant_moves_the_requests_sequence_and_reaches_the_outgoing_application(store: Store) -> None:
     """At the home, suspending the grant of a request from another hub moves that request's change sequence (the
     consumer's hub reads it); at the consumer's hub, the grant's state, reason and time are kept as read."""
-    store.registry.add_department(POLICE, audit=TEST_RECORD)
-    store.catalog.create(identity_spec(ENTRY), m.ResourceStatus.PUBLISHED, APPLICANT, "", audit=TEST_RECORD)
-    came = Incoming("350203", "SR-20261204-0000abcd", "350203", SIMING_MARKET.name)
-    applied = m.ShareEvent("applied", APPLICANT, NOW, "企业登记核验")
-    stored = store.applications.add_incoming(
-        RequestStep(_request("SR-20261204-11111111"), applied), came, audit=TEST_RECORD
-    )
+    stored = _incoming(store)
     grant = m.Grant(
         "GR-20261204-55555555", stored.id, ENTRY, SIMING_MARKET.code, ("sm-djxt",), ("name",), "企业登记核验",
         "依法", NOW.date(), NOW.date() + dt.timedelta(days=30), 10, 0, (), m.GrantStatus.ACTIVE, NOW,
