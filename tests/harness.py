@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -217,3 +218,14 @@ def move_objection_due(store: Store, objection_id: str, due: dt.date) -> None:
     with store.db.write() as s:
         moved = s.execute(update(ObjectionRow).where(ObjectionRow.id == objection_id).values(due_date=due))
         assert getattr(moved, "rowcount", 0) == 1, f"no objection {objection_id}"
+
+
+# An exchange id as the hub makes them (exchange.services.exchange.new_exchange_id): "EX", then hex digits. Matched
+# whole, so that a random token on the same page that happens to contain "EX" is not taken for one.
+_EXCHANGE_ID = re.compile(r"\bEX[0-9a-f]{26,27}\b")
+
+
+def exchange_id_in(text: str) -> str | None:
+    """The first exchange id quoted in ``text`` (a page, a message), or None."""
+    found = _EXCHANGE_ID.search(text)
+    return found.group(0) if found else None

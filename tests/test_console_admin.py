@@ -18,7 +18,7 @@ from exchange.cli.demo import sample_id_number
 from exchange.store import Store
 from exchange.store.schema import AuditEntryRow, DepartmentRow, PersonRow
 from tests.console_support import console_hub, console_url, csrf_of, new_page, screenshot, web_client
-from tests.harness import AUTHORITY, POLICE, RunningHub
+from tests.harness import AUTHORITY, POLICE, RunningHub, exchange_id_in
 
 
 def uscc(first17: str) -> str:
@@ -189,9 +189,9 @@ def test_a_steward_posting_the_operator_form_is_refused_and_nothing_is_created(h
         typed = {"code": uscc("11350200MB0056789"), "name": "冒名部门", "division_code": "350200", "level": "city"}
         refused = client.post("/admin/departments", data={"csrf": csrf, **typed})
         assert refused.status_code == 403
-        found = re.search(r"EX[0-9a-fA-F]+", refused.text)
+        found = exchange_id_in(refused.text)
         assert found, "the refusal names its audit record"
-        assert audit_action(hub, found.group(0)) == "denied:CreateDepartment"
+        assert audit_action(hub, found) == "denied:CreateDepartment"
         assert "register departments" in refused.text
         assert hub.rows(DepartmentRow) == before
         assert 'href="/admin"' not in client.get("/").text  # the menu offers no operator page

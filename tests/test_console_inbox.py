@@ -23,7 +23,7 @@ from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from exchange.workdays import WorkCalendar
 from tests.console_support import console_hub, console_url, csrf_of, new_page, screenshot, web_client
-from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, identity_spec
+from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, exchange_id_in, identity_spec
 
 IDENTITY = "10101/350200000001"
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -185,7 +185,7 @@ def test_a_consumer_is_refused_the_decision_page_and_the_approve_form(world: Wor
     request_id = world.apply("消费方自行审批的尝试")
     with web_client(world.hub, world.consumer) as client:
         typed = client.get(f"/inbox/{request_id}")
-        assert typed.status_code == 403 and re.search(r"EX[0-9A-Za-z-]+", typed.text)
+        assert typed.status_code == 403 and exchange_id_in(typed.text)
         listed = client.get("/inbox")
         assert listed.status_code == 403
         token = csrf_of(client.get("/").text)
@@ -194,9 +194,9 @@ def test_a_consumer_is_refused_the_decision_page_and_the_approve_form(world: Wor
             data={"csrf": token, "fields": ["name"], "mask.name": "none", "reason": "自己批准"},
         )
     assert posted.status_code == 403
-    found = re.search(r"EX[0-9A-Za-z-]+", posted.text)
+    found = exchange_id_in(posted.text)
     assert found, posted.text
-    assert world.recorded(found.group(0))
+    assert world.recorded(found)
     unchanged = world.request(request_id)
     assert unchanged.status == pb.SHARE_REQUEST_STATUS_PENDING and not unchanged.approved_fields
 
@@ -247,8 +247,8 @@ def test_a_steward_of_the_applying_department_may_not_approve(world: World) -> N
             f"/inbox/{request_id}/approve", data={"csrf": token, "fields": ["name"], "reason": "越权"}
         )
     assert refused.status_code == 403
-    found = re.search(r"EX[0-9A-Za-z-]+", refused.text)
-    assert found and world.recorded(found.group(0))
+    found = exchange_id_in(refused.text)
+    assert found and world.recorded(found)
     assert world.request(request_id).status == pb.SHARE_REQUEST_STATUS_PENDING
 
 

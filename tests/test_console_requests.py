@@ -23,7 +23,7 @@ from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from tests.console_support import console_hub, console_url, csrf_of, new_page, screenshot, web_client
-from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, identity_spec
+from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, exchange_id_in, identity_spec
 
 IDENTITY = "10101/350200000001"
 LICENCE = "10101/350200000002"
@@ -183,11 +183,11 @@ def test_a_person_who_may_not_apply_is_refused_and_recorded(hub: RunningHub, peo
         answer = auditor.post("/requests/new", data=form)
     assert answer.status_code == 403
     assert hub.rows(ShareRequestRow) == before
-    found = re.search(r"\bEX[0-9A-Za-z-]+", answer.text)
+    found = exchange_id_in(answer.text)
     assert found, answer.text
     hub.hub.audit.flush()
     with hub.client(people["auditor"]) as c:
-        records = c.call(c.audit.SearchRecords, apb.SearchRecordsRequest(page_size=10, exchange_id=found.group(0)))
+        records = c.call(c.audit.SearchRecords, apb.SearchRecordsRequest(page_size=10, exchange_id=found))
     (record,) = [json.loads(e.record) for e in records.entries]
     assert record["actor"] == "person/au-chen" and record["outcome"] == "denied"
     assert record["action"] == "denied:Apply"
