@@ -369,6 +369,21 @@ def test_group_commit_from_threads_and_coroutines_loses_nothing(store: Store) ->
     broken.close()
 
 
+def test_a_record_quoting_an_overlong_code_is_placed_whole_and_its_search_columns_cut_to_fit(log: AuditLog) -> None:
+    """A refused call's record quotes what the caller sent (a 64-character resource code, say): the record keeps it
+    whole; the entry's search columns are cut to their widths, so no backend refuses the row and stops the log."""
+    overlong = _record(1, resource="R" * 64, actor="system/" + "x" * 90)
+    log.store.stage([overlong, _record(2)])
+    log.flush()
+    assert log.store.size() == 2
+    [entry, _] = log.store.entries(0, 2)
+    assert json.loads(entry.record or "")["resource"] == "R" * 64
+    found = log.store.search(page_request(10, "", {}), EntryFilter(resource="R" * 32))
+    assert [e.seq for e in found.items] == [0]
+    log.check()
+    _verify(log)
+
+
 def test_a_driver_write_that_fails_part_way_leaves_nothing_and_the_next_one_commits(store: Store) -> None:
     """The group commit's driver transaction: a failure after an insert rolls the insert back, is Unavailable,
     and releases the connection and this process's turn to write."""

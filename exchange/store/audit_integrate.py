@@ -31,6 +31,9 @@ _SUBJECTS = cast(Table, AuditSubjectRow.__table__)
 _HEAD = cast(Table, AuditHeadRow.__table__)
 # The columns an entry keeps of its record, for searches.
 INDEXED = ("kind", "action", "actor", "actor_department", "resource", "purpose", "outcome", "exchange_id")
+# Their widths (None: unbounded). A record keeps whatever it says; its search columns are cut to fit, so that a
+# record quoting a caller's overlong resource code can never stop the log on a backend that enforces widths.
+_WIDTHS = {k: getattr(_ENTRIES.c[k].type, "length", None) for k in INDEXED}
 _EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
@@ -95,7 +98,7 @@ def integrate(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> list[
     for n, (_, record, _) in enumerate(staged):
         seq, data, text = first + n, json.loads(record), with_logged(record.encode(), stamp)
         leaf = leaf_hash(text)
-        entry: dict[str, object] = {k: str(data[k]) for k in INDEXED}
+        entry: dict[str, object] = {k: str(data[k])[: _WIDTHS[k]] for k in INDEXED}
         entry.update(seq=seq, leaf_hash=leaf, record=text.decode(), time=logged, mac=sealer.entry(seq, leaf))
         entries.append(entry)
         subjects += [{"seq": seq, "subject_hash": h} for h in sorted(set(data["data_subjects"]))]
