@@ -133,11 +133,15 @@ class AuditStore:
         (exchange.store.audit_integrate, on the driver's cursor).
         """
         sealer = self._require_sealer()
+        with self._db.driver_write() as cursor:
+            return audit_integrate.integrate(cursor, self._integration(), sealer, limit)
+
+    def _integration(self) -> audit_integrate.Statements:
+        """The integrator's statements for this store's dialect, compiled on first use."""
         if self._integrating is None:
             lock = INTEGRATOR_LOCK if self._db.backend == "postgresql" else None
             self._integrating = audit_integrate.Statements.of(self._db.engine.dialect, HEAD_ID, lock)
-        with self._db.driver_write() as cursor:
-            return audit_integrate.integrate(cursor, self._integrating, sealer, limit)
+        return self._integrating
 
     def _require_sealer(self) -> Sealer:
         if self.sealer is None:
@@ -185,8 +189,9 @@ class AuditStore:
 
     def seal_head(self, size: int, last_leaf: bytes) -> None:
         """Seals the head of a log written before seals existed (the caller checked it)."""
-        with self._db.write() as s:
-            _seal_head(s, self._require_sealer(), size, last_leaf)
+        sealer = self._require_sealer()
+        with self._db.driver_write() as cursor:
+            audit_integrate.seal_head(cursor, self._integration(), sealer, size, last_leaf)
 
     def staged_count(self) -> int:
         with self._db.read() as s:
@@ -371,15 +376,6 @@ class AuditStore:
                 .order_by(AuditCheckpointRow.size)
             )
             return [(r.size, r.note) for r in rows]
-
-
-def _seal_head(s: Session, sealer: Sealer, size: int, last_leaf: bytes) -> None:
-    mac = sealer.head(size, last_leaf)
-    row = s.get(AuditHeadRow, HEAD_ID)
-    if row is None:
-        s.add(AuditHeadRow(id=HEAD_ID, size=size, mac=mac))
-    else:
-        row.size, row.mac = size, mac
 
 
 def _entry_of(row: AuditEntryRow) -> Entry:

@@ -41,9 +41,9 @@ _EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
 class Statements:
     """The integrator's statements, compiled once for one dialect."""
 
-    dialect: Dialect
     head_id: int
     lock: str | None
+    oldest: str
     last: str
     read_time: Any
     entries: DriverStatement
@@ -60,10 +60,11 @@ class Statements:
             select(func.max(_ENTRIES.c.time)).scalar_subquery(),
         )
         head = update(_HEAD).where(_HEAD.c.id == bindparam("head")).values(size=bindparam("size"), mac=bindparam("mac"))
+        oldest = select(_STAGED.c.id, _STAGED.c.record, _STAGED.c.mac).order_by(_STAGED.c.id)
         return cls(
-            dialect,
             head_id,
             None if lock is None else f"SELECT pg_advisory_xact_lock({int(lock)})",
+            str(oldest.compile(dialect=dialect)),
             str(last.compile(dialect=dialect, compile_kwargs={"literal_binds": True})),
             _ENTRIES.c.time.type.dialect_impl(dialect).result_processor(dialect, None),
             DriverStatement.insert(_ENTRIES, ("seq", "leaf_hash", "record", "time", *INDEXED, "mac"), dialect),
@@ -74,8 +75,8 @@ class Statements:
         )
 
     def staged(self, limit: int) -> str:
-        query = select(_STAGED.c.id, _STAGED.c.record, _STAGED.c.mac).order_by(_STAGED.c.id).limit(limit)
-        return str(query.compile(dialect=self.dialect, compile_kwargs={"literal_binds": True}))
+        """The oldest ``limit`` staged records (LIMIT reads the same on SQLite and PostgreSQL)."""
+        return f"{self.oldest} LIMIT {int(limit)}"
 
 
 def integrate(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> list[tuple[int, bytes]]:
