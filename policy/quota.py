@@ -105,6 +105,8 @@ class LocalLeases:
 # A block used up sooner than this (seconds) makes the next one twice as large, up to _GROWTH times the setting.
 _BUSY = 1.0
 _GROWTH = 16
+# Longest wait (seconds) at a time for this process's own calls being leased ahead or parked.
+_WAIT = 1.0
 
 
 class DailyQuota:
@@ -122,6 +124,9 @@ class DailyQuota:
         self._parked: dict[tuple[str, dt.date], int] = {}
         self._spent: dict[tuple[str, dt.date], int] = {}
         self._lock = threading.Lock()
+        # Notified when calls this process leased ahead or parked are back in hand (see ``take``).
+        self._arrived = threading.Condition(self._lock)
+        self._parking: set[tuple[str, dt.date]] = set()
         # Per (grant, day): the block and quota last leased with, and the keys whose next block is being leased.
         self._sizes: dict[tuple[str, dt.date], tuple[int, int]] = {}
         self._leasing: set[tuple[str, dt.date]] = set()
@@ -140,19 +145,27 @@ class DailyQuota:
             return self._spent.get((grant_id, day), 0)
 
     def take(self, grant_id: str, quota: int, day: dt.date) -> bool:
-        """Uses one call of the grant's quota for ``day``; False when none is left."""
+        """Uses one call of the grant's quota for ``day``; False when none is left.
+
+        When the pool is empty while this process's own calls of that day are on their way (a block leased
+        ahead, free calls being parked by a beat), it waits for them rather than refuse a call the quota
+        still allows.
+        """
         key = (grant_id, day)
         with self._lock:
-            if not self._free.get(key):
+            while not self._free.get(key):
                 want = self._next_block(key, quota)
                 self._forget_before(day)
-                self._sizes[key] = (want, quota)
-                self._leased_at[key] = time.monotonic()
                 got = self._unpark(key, want) or self._leases.lease(grant_id, day, want, quota)
-                if got == 0:
+                if got:
+                    self._free[key] = got
+                    self._sizes[key] = (want, quota)
+                    self._leased_at[key] = time.monotonic()
+                elif key in self._leasing or key in self._parking:
+                    self._arrived.wait(_WAIT)
+                else:
                     self._spent[key] = self._leases.leased(grant_id, day)
                     return False
-                self._free[key] = got
             self._free[key] -= 1
             return True
 
@@ -201,16 +214,18 @@ class DailyQuota:
         finally:
             with self._lock:
                 self._leasing.discard(key)
+                self._arrived.notify_all()
 
     def beat(self, ttl: float) -> None:
         """Renews this process's holder record for ``ttl`` seconds and parks its free calls under it.
 
         Calls are held back while they are being parked (neither used nor taken back: a call needing
-        one meanwhile leases a block, and is refused if the pool is empty), so the quota lock is not
-        held over the store's write. Then the parked calls of holders that stopped beating go back.
+        one meanwhile leases a block, and waits for the beat if the pool is empty), so the quota lock is
+        not held over the store's write. Then the parked calls of holders that stopped beating go back.
         """
         with self._lock:
             park = {k: n for k, n in self._free.items() if n}
+            self._parking = set(park)
             self._free = {}
             self._spent = {}  # calls may have come back to the pool since (a stopped process's): ask again
         renewed = True
@@ -222,6 +237,8 @@ class DailyQuota:
                     self._parked = {}
                 for key, calls in park.items():
                     self._parked[key] = self._parked.get(key, 0) + calls
+                self._parking = set()
+                self._arrived.notify_all()
         self._leases.reclaim()
 
     def release_all(self) -> None:

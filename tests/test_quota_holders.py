@@ -130,3 +130,80 @@ def test_calls_back_in_the_pool_are_seen_by_a_process_that_found_it_empty(store:
     alive.beat(ttl=60)  # its next heartbeat: the pool may have calls again
     assert not alive.spent("GR-4", DAY)
     assert [alive.take("GR-4", 50, DAY) for _ in range(5)] == [True] * 4 + [False]
+
+
+class _Paused:
+    """The store's counters, with one kind of write (``beat`` or ``lease``) held until released, at its start
+    or once done: a process whose own write is under way while another thread of it needs a call."""
+
+    def __init__(self, store: Store, method: str, *, done: bool = False) -> None:
+        self._counters = store.counters
+        self._method = method
+        self._done = done
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.pause = False
+
+    def __getattr__(self, name: str) -> object:
+        real = getattr(self._counters, name)
+        if name != self._method or not self.pause:
+            return real
+
+        def paused(*args: object) -> object:
+            self.pause = False
+            result = real(*args) if self._done else None
+            self.entered.set()
+            assert self.release.wait(DEADLINE)
+            return result if self._done else real(*args)
+
+        return paused
+
+
+def _take_in_thread(quota: DailyQuota, grant: str, limit: int) -> tuple[threading.Thread, list[bool]]:
+    took: list[bool] = []
+    thread = threading.Thread(target=lambda: took.append(quota.take(grant, limit, DAY)))
+    thread.start()
+    return thread, took
+
+
+def test_a_call_waits_for_its_own_calls_being_parked_rather_than_be_refused(store: Store) -> None:
+    counters = _Paused(store, "beat")
+    quota = DailyQuota(counters, block=5, holder="hub-a")  # type: ignore[arg-type]
+    assert store.counters.lease("GR-5", DAY, 45, 50) == 45  # other processes hold all but 5
+    assert quota.take("GR-5", 50, DAY)  # the pool's last 5 leased, 4 free
+    counters.pause = True
+    beat = threading.Thread(target=quota.beat, args=(60,))
+    beat.start()
+    assert counters.entered.wait(DEADLINE)  # the 4 free calls are on their way to being parked
+    thread, took = _take_in_thread(quota, "GR-5", 50)
+    thread.join(0.2)
+    assert thread.is_alive() and took == []  # the pool is empty: it waits, it does not refuse
+    counters.release.set()
+    beat.join(DEADLINE)
+    thread.join(DEADLINE)
+    assert took == [True]  # taken back from the parked calls
+    assert [quota.take("GR-5", 50, DAY) for _ in range(4)] == [True] * 3 + [False]
+    assert store.counters.leased("GR-5", DAY) == 50
+
+
+def test_a_call_waits_for_the_block_being_leased_ahead_rather_than_be_refused(store: Store) -> None:
+    counters = _Paused(store, "lease", done=True)
+    quota = DailyQuota(counters, block=4, holder="hub-a")  # type: ignore[arg-type]
+    assert store.counters.lease("GR-6", DAY, 72, 80) == 72  # other processes hold all but 8
+    assert [quota.take("GR-6", 80, DAY) for _ in range(3)] == [True] * 3  # 1 of the first block of 4 free
+    ahead = quota.ahead("GR-6", DAY)
+    assert ahead is not None
+    counters.pause = True
+    leasing = threading.Thread(target=ahead)
+    leasing.start()
+    assert counters.entered.wait(DEADLINE)  # the pool's last 4 leased as the next block, not yet in hand
+    assert quota.take("GR-6", 80, DAY)  # the first block's last call
+    thread, took = _take_in_thread(quota, "GR-6", 80)
+    thread.join(0.2)
+    assert thread.is_alive() and took == []  # the pool is empty, the block on its way: it waits
+    counters.release.set()
+    leasing.join(DEADLINE)
+    thread.join(DEADLINE)
+    assert took == [True]
+    assert [quota.take("GR-6", 80, DAY) for _ in range(4)] == [True] * 3 + [False]
+    assert store.counters.leased("GR-6", DAY) == 80
