@@ -17,18 +17,15 @@ from exchange.v1 import data_pb2
 MASK_CHAR = "*"
 
 
-def _keep(value: str, head: int, tail: int) -> str:
-    if len(value) <= head + tail:
-        return MASK_CHAR * len(value)
-    return value[:head] + MASK_CHAR * (len(value) - head - tail) + (value[-tail:] if tail else "")
-
-
 def _id_number(text: str) -> str:
-    return _keep(text, 6, 4)
+    """The first 6 and last 4 characters kept; all hidden if that would keep them all."""
+    n = len(text)
+    return text[:6] + MASK_CHAR * (n - 10) + text[-4:] if n > 10 else MASK_CHAR * n
 
 
 def _name(text: str) -> str:
-    return _keep(text, 1, 0) if len(text) > 1 else MASK_CHAR
+    """The first character kept (the family name); a single character hidden."""
+    return text[0] + MASK_CHAR * (len(text) - 1) if len(text) > 1 else MASK_CHAR
 
 
 def _phone(text: str) -> str:
