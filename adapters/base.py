@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
+from typing import NoReturn
 
 from exchange import values
 from exchange.backend import (
@@ -214,7 +215,7 @@ def checked_records(
     return records
 
 
-def _record_fault(provider: str, types: Mapping[str, FieldType], n: int, record: data_pb2.Record) -> None:
+def _record_fault(provider: str, types: Mapping[str, FieldType], n: int, record: data_pb2.Record) -> NoReturn:
     """Raises the contract error for the ``n``-th record, which ``checked_records`` found wrong.
 
     The first fault in the order of ``types`` is named, then a field not asked for.
