@@ -8,8 +8,9 @@ provider and never its internals. The hub then removes what was not granted and 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
-from decimal import Decimal
+from collections.abc import Callable, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import NoReturn
 
 from exchange import values
 from exchange.backend import (
@@ -191,29 +192,77 @@ def checked_records(
     """``checked_rows`` for records still in wire form: only the fields in ``types``, each of its type or null.
 
     Decimals and dates are also checked to be what they claim, since a consumer would parse them.
+    This runs for every streamed record, so it looks each value up once and only parses the kinds that
+    need it; a record found wrong is checked again the plain way (``_record_fault``) to say what is wrong.
     """
-    expected = [(name, _WIRE_KIND[kind], kind) for name, kind in types.items()]
+    expected = [(name, _WIRE_KIND[kind], _PARSES.get(kind)) for name, kind in types.items()]
     for n, record in enumerate(records):
         fields = record.fields
         present = 0
-        for name, wire_kind, kind in expected:
+        for name, wire_kind, parses in expected:
             if name not in fields:
                 continue
             present += 1
             value = fields[name]
             which = value.WhichOneof("kind")
-            if which is None or (which == wire_kind and which not in _PARSED):
-                continue
-            if which != wire_kind:
-                raise ProviderContractError(provider, f"record {n}: {name} is not {kind.value}")
-            try:
-                values.from_wire(value)
-            except values.BadValue:
-                raise ProviderContractError(provider, f"record {n}: {name} is not a valid {kind.value}") from None
+            if which == wire_kind:
+                if parses is not None and not parses(value):
+                    _record_fault(provider, types, n, record)
+            elif which is not None:
+                _record_fault(provider, types, n, record)
         if present != len(fields):
-            extra = sorted(set(fields) - set(types))
-            raise ProviderContractError(provider, f"record {n} has a field not asked for: {extra[0][:40]}")
+            _record_fault(provider, types, n, record)
     return records
+
+
+def _record_fault(provider: str, types: Mapping[str, FieldType], n: int, record: data_pb2.Record) -> NoReturn:
+    """Raises the contract error for the ``n``-th record, which ``checked_records`` found wrong.
+
+    The first fault in the order of ``types`` is named, then a field not asked for.
+    """
+    fields = record.fields
+    for name, kind in types.items():
+        if name not in fields:
+            continue
+        value = fields[name]
+        which = value.WhichOneof("kind")
+        wire_kind = _WIRE_KIND[kind]
+        if which is None or (which == wire_kind and which not in _PARSED):
+            continue
+        if which != wire_kind:
+            raise ProviderContractError(provider, f"record {n}: {name} is not {kind.value}")
+        try:
+            values.from_wire(value)
+        except values.BadValue:
+            raise ProviderContractError(provider, f"record {n}: {name} is not a valid {kind.value}") from None
+    extra = sorted(set(fields) - set(types))
+    raise ProviderContractError(provider, f"record {n} has a field not asked for: {extra[0][:40]}")
+
+
+def _is_decimal(value: data_pb2.Value) -> bool:
+    """Whether a decimal_value reads as a decimal, as ``values.from_wire`` reads it."""
+    try:
+        Decimal(value.decimal_value)
+    except InvalidOperation:
+        return False
+    return True
+
+
+def _is_date(value: data_pb2.Value) -> bool:
+    """Whether a date_value is a calendar date, as ``values.from_wire`` reads it."""
+    d = value.date_value
+    try:
+        dt.date(d.year, d.month, d.day)
+    except ValueError:
+        return False
+    return True
+
+
+# The wire kinds whose text or parts must also read as their type, and how to tell.
+_PARSES: dict[FieldType, Callable[[data_pb2.Value], bool]] = {
+    FieldType.DECIMAL: _is_decimal,
+    FieldType.DATE: _is_date,
+}
 
 
 _PARSED = {"decimal_value", "date_value"}

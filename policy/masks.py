@@ -8,6 +8,8 @@ the one place masks are applied: to rows (``apply``) and to records still in wir
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from exchange import values
 from exchange.models import MaskKind
 from exchange.v1 import data_pb2
@@ -15,25 +17,39 @@ from exchange.v1 import data_pb2
 MASK_CHAR = "*"
 
 
-def _keep(value: str, head: int, tail: int) -> str:
-    if len(value) <= head + tail:
-        return MASK_CHAR * len(value)
-    return value[:head] + MASK_CHAR * (len(value) - head - tail) + (value[-tail:] if tail else "")
+def _id_number(text: str) -> str:
+    """The first 6 and last 4 characters kept; all hidden if that would keep them all."""
+    n = len(text)
+    return text[:6] + MASK_CHAR * (n - 10) + text[-4:] if n > 10 else MASK_CHAR * n
+
+
+def _name(text: str) -> str:
+    """The first character kept (the family name); a single character hidden."""
+    return text[0] + MASK_CHAR * (len(text) - 1) if len(text) > 1 else MASK_CHAR
+
+
+def _phone(text: str) -> str:
+    digits = [c for c in text if c.isdigit()]
+    return MASK_CHAR * max(0, len(digits) - 4) + "".join(digits[-4:]) if len(digits) > 4 else MASK_CHAR * len(text)
+
+
+def _full(text: str) -> str:
+    return MASK_CHAR * len(text)
+
+
+# How each mask hides a value's text (every kind but NONE; an unknown kind hides all, as FULL).
+_HIDE: dict[MaskKind, Callable[[str], str]] = {
+    MaskKind.ID_NUMBER: _id_number,
+    MaskKind.NAME: _name,
+    MaskKind.PHONE: _phone,
+}
 
 
 def mask(value: object, kind: MaskKind) -> object:
     """The value as the grant lets it be seen; None stays None (an absent value reveals nothing)."""
     if value is None or kind is MaskKind.NONE:
         return value
-    text = str(value)
-    if kind is MaskKind.ID_NUMBER:
-        return _keep(text, 6, 4)
-    if kind is MaskKind.NAME:
-        return _keep(text, 1, 0) if len(text) > 1 else MASK_CHAR
-    if kind is MaskKind.PHONE:
-        digits = [c for c in text if c.isdigit()]
-        return MASK_CHAR * max(0, len(digits) - 4) + "".join(digits[-4:]) if len(digits) > 4 else MASK_CHAR * len(text)
-    return MASK_CHAR * len(text)
+    return _HIDE.get(kind, _full)(str(value))
 
 
 def apply(
@@ -49,14 +65,24 @@ def mask_record(record: data_pb2.Record, masks: tuple[tuple[str, MaskKind], ...]
 
     The record holds only the fields asked for (the provider's answer is checked first); nulls stay null.
     """
-    fields = record.fields
-    for name, kind in masks:
-        if name not in fields or kind is MaskKind.NONE:
-            continue
-        value = fields[name]
-        which = value.WhichOneof("kind")
-        if which == "string_value":
-            value.string_value = str(mask(value.string_value, kind))
-        elif which is not None:
-            value.string_value = str(mask(values.from_wire(value), kind))  # setting the text clears the other kind
-    return record
+    return record_masker(masks)(record)
+
+
+def record_masker(masks: tuple[tuple[str, MaskKind], ...]) -> Callable[[data_pb2.Record], data_pb2.Record]:
+    """``mask_record`` with ``masks`` worked out once, for the many records of a stream."""
+    hidden = tuple((name, _HIDE.get(kind, _full)) for name, kind in masks if kind is not MaskKind.NONE)
+
+    def masked(record: data_pb2.Record) -> data_pb2.Record:
+        fields = record.fields
+        for name, hide in hidden:
+            if name not in fields:
+                continue
+            value = fields[name]
+            which = value.WhichOneof("kind")
+            if which == "string_value":
+                value.string_value = hide(value.string_value)
+            elif which is not None:
+                value.string_value = hide(str(values.from_wire(value)))  # setting the text clears the other kind
+        return record
+
+    return masked

@@ -27,6 +27,7 @@ from adapters.base import (
     ProviderUnavailable,
     Records,
     Row,
+    checked_records,
 )
 from adapters.examples import housing
 from adapters.factory import BackendContext, ClientTls
@@ -332,6 +333,43 @@ def test_answers_outside_the_declaration_are_refused(certs: Pki, serving: Serve,
     malformed = data_pb2.Record(fields={"price": data_pb2.Value(decimal_value="1,000")})
     with _rogue(certs, malformed) as port, pytest.raises(ProviderContractError, match="malformed"):
         connect(port).fetch(_request())
+
+
+_STREAMED = {"contract_no": m.FieldType.STRING, "price": m.FieldType.DECIMAL, "filed_on": m.FieldType.DATE}
+_GOOD = {
+    "contract_no": to_wire("XM2026-000001"),
+    "price": to_wire(Decimal("1.50")),
+    "filed_on": to_wire(dt.date(2026, 1, 2)),
+}
+_BAD_DATE = data_pb2.Value()
+_BAD_DATE.date_value.year, _BAD_DATE.date_value.month, _BAD_DATE.date_value.day = 2026, 2, 30
+
+
+@pytest.mark.parametrize(
+    ("changes", "fault"),
+    [
+        ({}, None),
+        ({"price": data_pb2.Value(), "filed_on": None}, None),  # null and absent values are allowed
+        ({"price": to_wire(1)}, "record 1: price is not decimal"),
+        ({"price": data_pb2.Value(decimal_value="1,000")}, "record 1: price is not a valid decimal"),
+        ({"filed_on": _BAD_DATE}, "record 1: filed_on is not a valid date"),
+        ({"secret": to_wire("x")}, "record 1 has a field not asked for: secret"),
+        # the first fault in the declaration's order is named, before a field not asked for
+        ({"secret": to_wire("x"), "filed_on": to_wire("x"), "price": to_wire(True)}, "record 1: price is not decimal"),
+        ({"secret": to_wire("x"), "filed_on": _BAD_DATE}, "record 1: filed_on is not a valid date"),
+    ],
+)
+def test_streamed_records_are_checked_against_the_declaration(
+    changes: dict[str, data_pb2.Value | None], fault: str | None
+) -> None:
+    fields = {k: v for k, v in {**_GOOD, **changes}.items() if v is not None}
+    records = [data_pb2.Record(fields=_GOOD), data_pb2.Record(fields=fields)]
+    if fault is None:
+        assert checked_records("P", _STREAMED, records) is records
+        assert records[1] == data_pb2.Record(fields=fields)  # checking leaves the record as it was
+    else:
+        with pytest.raises(ProviderContractError, match=f"^the provider P answered outside its declaration: {fault}$"):
+            checked_records("P", _STREAMED, records)
 
 
 class _Rogue(provider_pb2_grpc.ProviderServiceServicer):

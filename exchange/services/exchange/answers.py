@@ -161,15 +161,24 @@ def query_response(result: QueryResult) -> xpb.QueryResponse:
 
 
 def batch_to_wire(b: Batch) -> xpb.QueryBatch:
-    """A stream's batch as the consumer receives it."""
-    return xpb.QueryBatch(
+    """A stream's batch as the consumer receives it.
+
+    Wire-form records are copied in one by one (``add().CopyFrom``), about twice as cheap with upb as
+    passing the list to the constructor, which matters at every streamed record.
+    """
+    message = xpb.QueryBatch(
         exchange_id=b.exchange_id,
-        records=b.records if b.records is not None else [values.record_to_wire(r) for r in b.rows],
+        records=[values.record_to_wire(r) for r in b.rows] if b.records is None else None,
         disclosure=disclosure_to_wire(b.disclosure) if b.disclosure else None,
         last=b.last,
         total_records=b.total,
         provenance=xpb.Provenance(note=b.provenance) if b.provenance else None,
     )
+    if b.records:
+        add = message.records.add
+        for record in b.records:
+            add().CopyFrom(record)
+    return message
 
 
 def chunk_to_wire(c: Chunk) -> xpb.DocumentChunk:

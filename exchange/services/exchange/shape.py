@@ -1,7 +1,7 @@
 """Shape: keep only the granted fields, mask them, count and digest what leaves, and cut the page.
 
 Rows from a backend are projected and masked (``policy.masks.apply``); records already in wire form
-(a gRPC provider's, checked against the declaration) are masked in place (``policy.masks.mask_record``)
+(a gRPC provider's, checked against the declaration) are masked in place (``policy.masks.record_masker``)
 and digested only when a provenance statement needs it.
 """
 
@@ -16,7 +16,7 @@ from exchange.services.exchange.admit import query_page
 from exchange.services.exchange.answers import Ask, Plan, provider_name
 from exchange.v1 import data_pb2
 from exchange.values import RowsDigest
-from policy.masks import apply, mask_record
+from policy.masks import apply, record_masker
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class StreamShaper:
     def __init__(self, plan: Plan, provenance: bool) -> None:
         self._plan = plan
         self._provenance = provenance
+        masks = plan.decision.masks
+        self._mask = record_masker(masks) if masks else None
         self._digest = RowsDigest()
         self._undigested = False
         self.counted = Count()
@@ -84,10 +86,9 @@ class StreamShaper:
         return rows
 
     def _records(self, batch: list[data_pb2.Record]) -> list[data_pb2.Record]:
-        masks = self._plan.decision.masks
-        records = [mask_record(r, masks) for r in batch] if masks else batch
+        records = batch if self._mask is None else list(map(self._mask, batch))
         self.counted.rows += len(records)
-        self.counted.size += sum(r.ByteSize() for r in records)
+        self.counted.size += sum(map(data_pb2.Record.ByteSize, records))
         if self._provenance:
             self._digest.update(values.record_from_wire(r) for r in records)
         else:
