@@ -119,14 +119,20 @@ _SETTERS: dict[type, Callable[[data_pb2.Value, Any], None]] = {
 
 def record_to_wire(row: Mapping[str, object]) -> data_pb2.Record:
     record = data_pb2.Record()
-    fields = record.fields
-    for name, value in row.items():
-        set_wire(fields[name], value)  # the map entry, made empty on first access, is filled in place
+    fill_record(record, row)
     return record
 
 
+def fill_record(record: data_pb2.Record, row: Mapping[str, object]) -> None:
+    """Writes ``row`` into an empty ``record`` (one added to a response, say, instead of one built and copied)."""
+    fields = record.fields
+    for name, value in row.items():
+        set_wire(fields[name], value)  # the map entry, made empty on first access, is filled in place
+
+
 def record_from_wire(record: data_pb2.Record) -> dict[str, object]:
-    return {name: from_wire(value) for name, value in record.fields.items()}
+    fields = record.fields  # read by key: a message map's items() is a generator written in Python
+    return {name: from_wire(fields[name]) for name in fields}
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

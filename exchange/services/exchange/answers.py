@@ -168,10 +168,12 @@ def query_response(result: QueryResult) -> xpb.QueryResponse:
     """A query's answer as the consumer receives it."""
     response = xpb.QueryResponse(
         exchange_id=result.exchange_id,
-        records=[values.record_to_wire(r) for r in result.rows],
         next_page_token=result.next_page_token,
         provenance=xpb.Provenance(note=result.provenance) if result.provenance else None,
     )
+    records = response.records
+    for row in result.rows:  # each written into the response's own record, not built apart and copied in
+        values.fill_record(records.add(), row)
     response.disclosure.CopyFrom(_wire_disclosure(result.disclosure))
     return response
 
