@@ -44,7 +44,7 @@ from exchange.errors import ExchangeError, FieldViolation, InvalidArgument, NotF
 from exchange.models import Binding
 from exchange.v1 import data_pb2, provider_pb2, provider_pb2_grpc
 from exchange.validation import SYSTEM_CODE
-from exchange.values import BadValue, record_from_wire, to_wire
+from exchange.values import BadValue, record_from_wire, set_wire, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -296,14 +296,20 @@ class GrpcBackend:
             raise InvalidArgument.of([FieldViolation("filters", "a value is not of a data item type")]) from None
 
     def _wire(self, request: FetchRequest, limit: int) -> provider_pb2.ProviderFetchRequest:
-        return provider_pb2.ProviderFetchRequest(
+        asked = provider_pb2.ProviderFetchRequest(
             resource_code=request.resource.code,
-            filters=self._wire_filters(request.filters),
             fields=request.fields,
             limit=limit,
             offset=max(request.offset, 0),
             exchange_id=request.exchange_id,
         )
+        filters = asked.filters
+        try:
+            for name, value in request.filters.items():  # each filled in place: no Value built and copied
+                set_wire(filters[name], value)
+        except TypeError:
+            raise InvalidArgument.of([FieldViolation("filters", "a value is not of a data item type")]) from None
+        return asked
 
     def _row(self, record: data_pb2.Record) -> Row:
         try:

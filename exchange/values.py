@@ -12,8 +12,9 @@ import base64
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from google.type import date_pb2
 
@@ -69,15 +70,69 @@ def from_wire(value: data_pb2.Value) -> object:
     return getattr(value, kind)
 
 
+def set_wire(target: data_pb2.Value, value: object) -> None:
+    """Writes ``value``'s wire form into ``target`` (a fresh Value, e.g. a record's map entry), as ``to_wire``
+    would make it: the common types set in place, without building and copying a Value; TypeError as there."""
+    setter = _SETTERS.get(type(value))
+    if setter is None:  # a datetime, bytes, a subclass of a common type: to_wire's checks decide
+        target.CopyFrom(to_wire(value))
+    else:
+        setter(target, value)
+
+
+def _set_nothing(target: data_pb2.Value, value: object) -> None:
+    return None  # a null: the entry stays an empty Value
+
+
+def _set_string(target: data_pb2.Value, value: str) -> None:
+    target.string_value = value
+
+
+def _set_integer(target: data_pb2.Value, value: int) -> None:
+    target.integer_value = value
+
+
+def _set_boolean(target: data_pb2.Value, value: bool) -> None:
+    target.boolean_value = value
+
+
+def _set_decimal(target: data_pb2.Value, value: Decimal | float) -> None:
+    target.decimal_value = str(value)
+
+
+def _set_date(target: data_pb2.Value, value: dt.date) -> None:
+    date = target.date_value
+    date.year, date.month, date.day = value.year, value.month, value.day
+
+
+# The exact types most values have (bool is not taken for int here: the type must match exactly).
+_SETTERS: dict[type, Callable[[data_pb2.Value, Any], None]] = {
+    type(None): _set_nothing,
+    str: _set_string,
+    int: _set_integer,
+    bool: _set_boolean,
+    Decimal: _set_decimal,
+    float: _set_decimal,
+    dt.date: _set_date,
+}
+
+
 def record_to_wire(row: Mapping[str, object]) -> data_pb2.Record:
     record = data_pb2.Record()
-    for name, value in row.items():
-        record.fields[name].CopyFrom(to_wire(value))
+    fill_record(record, row)
     return record
 
 
+def fill_record(record: data_pb2.Record, row: Mapping[str, object]) -> None:
+    """Writes ``row`` into an empty ``record`` (one added to a response, say, instead of one built and copied)."""
+    fields = record.fields
+    for name, value in row.items():
+        set_wire(fields[name], value)  # the map entry, made empty on first access, is filled in place
+
+
 def record_from_wire(record: data_pb2.Record) -> dict[str, object]:
-    return {name: from_wire(value) for name, value in record.fields.items()}
+    fields = record.fields  # read by key: a message map's items() is a generator written in Python
+    return {name: from_wire(fields[name]) for name in fields}
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -140,10 +195,50 @@ def _json_form(value: object) -> object:
     return value
 
 
+# The exact types whose JSON form is themselves (text, whole numbers, true/false, null), or made by one call.
+_JSON_FORMS: dict[type, Callable[[Any], object] | None] = {
+    str: None,
+    int: None,
+    bool: None,
+    type(None): None,
+    Decimal: str,
+    dt.date: dt.date.isoformat,
+}
+
+
+def _json_line(data: dict[str, object]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _encoder() -> Callable[[dict[str, object]], str]:
+    """``_json_line``, with the C encoder made once instead of per record when the interpreter has it.
+
+    Its settings are those ``json.dumps`` passes for ``_json_line``'s arguments (no circular check: a row is flat),
+    so each line is the same, character for character.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _json_line
+    unknown = json.JSONEncoder().default  # raises the TypeError json.dumps raises for what it cannot write
+    encode = make(None, unknown, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+
+    def line(data: dict[str, object]) -> str:
+        return "".join(encode(data, 0))
+
+    return line
+
+
+_line = _encoder()
+
+
 def canonical_row(row: Mapping[str, object]) -> bytes:
     """One record's canonical line: JSON, keys sorted, compact, UTF-8, then a newline."""
-    data = {k: _json_form(v) for k, v in row.items()}
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    forms = _JSON_FORMS
+    data = {}
+    for k, v in row.items():
+        form = forms.get(type(v), _json_form)
+        data[k] = v if form is None else form(v)
+    return _line(data).encode() + b"\n"
 
 
 class RowsDigest:

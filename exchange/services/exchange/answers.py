@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -130,7 +130,7 @@ class Chunk:
 
 def new_exchange_id() -> str:
     """A unique, unguessable id: "EX" and 27 hex digits (11 of milliseconds since 1970, 16 random), time-ordered."""
-    return f"EX{int(time.time() * 1000):010x}{uuid.uuid4().hex[:16]}"
+    return f"EX{int(time.time() * 1000):010x}{os.urandom(8).hex()}"  # uuid4's source, without building a UUID
 
 
 def provider_name(resource: Resource) -> str:
@@ -140,7 +140,7 @@ def provider_name(resource: Resource) -> str:
 
 def ask_of(request: xpb.QueryRequest | xpb.FetchDocumentRequest) -> Ask:
     """What a consumer's request asks, its text trimmed."""
-    fields = tuple(f.strip() for f in request.fields) if isinstance(request, xpb.QueryRequest) else ()
+    fields = tuple(map(str.strip, request.fields)) if isinstance(request, xpb.QueryRequest) else ()
     filters = {k.strip(): v.strip() for k, v in request.filters.items()}
     return Ask(request.resource_code.strip(), request.purpose.strip(), filters, fields, request.provenance)
 
@@ -149,15 +149,33 @@ def disclosure_to_wire(d: Disclosure) -> xpb.Disclosure:
     return xpb.Disclosure(fields=list(d.fields), masks={f: k.value for f, k in d.masks}, grant_id=d.grant_id)
 
 
+# The wire form of each disclosure lately answered: it depends on the grant, its masks and the fields asked for
+# only, which most calls repeat. Never handed out (only copied from), so never changed; emptied when full.
+_DISCLOSURES: dict[Disclosure, xpb.Disclosure] = {}
+_DISCLOSURES_HELD = 256
+
+
+def _wire_disclosure(d: Disclosure) -> xpb.Disclosure:
+    held = _DISCLOSURES.get(d)
+    if held is None:
+        if len(_DISCLOSURES) >= _DISCLOSURES_HELD:
+            _DISCLOSURES.clear()
+        held = _DISCLOSURES[d] = disclosure_to_wire(d)
+    return held
+
+
 def query_response(result: QueryResult) -> xpb.QueryResponse:
     """A query's answer as the consumer receives it."""
-    return xpb.QueryResponse(
+    response = xpb.QueryResponse(
         exchange_id=result.exchange_id,
-        records=[values.record_to_wire(r) for r in result.rows],
         next_page_token=result.next_page_token,
-        disclosure=disclosure_to_wire(result.disclosure),
         provenance=xpb.Provenance(note=result.provenance) if result.provenance else None,
     )
+    records = response.records
+    for row in result.rows:  # each written into the response's own record, not built apart and copied in
+        values.fill_record(records.add(), row)
+    response.disclosure.CopyFrom(_wire_disclosure(result.disclosure))
+    return response
 
 
 def batch_to_wire(b: Batch) -> xpb.QueryBatch:
