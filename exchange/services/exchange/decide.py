@@ -94,7 +94,7 @@ class Decider:
         ticket = self._verification(actor, resource, decision, filters, today)
         masks = tuple(m for m in decision.masks if m[0] in ask.fields)
         shown = [f"{f}={k.value}" for f, k in masks]
-        granted = replace(record, outcome="allowed", grant=decision.grant_id, masks=shown)
+        granted = record.but(outcome="allowed", grant=decision.grant_id, masks=shown)
         return Plan(resource, backend, request, replace(decision, masks=masks), granted, started, ticket)
 
     def _decide(

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from audit import provenance
 from audit.note import Signer
-from audit.records import AuditRecord, subject_hash
+from audit.records import AuditRecord, SubjectHasher, canonical_text
 from exchange import validation
 from exchange.auditlog.batch import GroupCommitter
 from exchange.errors import (
@@ -58,7 +56,7 @@ class Recorder:
         self._steps = steps
         self._committer = committer
         self._signer = signer
-        self._subject_key = subject_key
+        self._subject_hash = SubjectHasher(subject_key)
         self._observer = observer
         self._known = known
         self._lookup = lookup
@@ -70,8 +68,8 @@ class Recorder:
         """The call's record as it begins: who, what, why, for which data subjects (hashed); refused until decided."""
         request = {"resource": ask.resource_code, "purpose": ask.purpose, "filters": dict(ask.filters)}
         request["fields"] = list(ask.fields)
-        canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        subjects = {subject_hash(self._subject_key, v) for v in list(ask.filters.values())[:MAX_FILTERS]}
+        canonical = canonical_text(request)  # the bytes json.dumps(sort_keys, compact, ensure_ascii=False) gives
+        subjects = {self._subject_hash(v) for v in list(ask.filters.values())[:MAX_FILTERS]}
         return AuditRecord(
             kind="exchange",
             action=action,
@@ -152,24 +150,21 @@ def refused(record: AuditRecord, started: float, error: ExchangeError) -> AuditR
     wrong_method = isinstance(error, FailedPrecondition) and error.kind == "SHARE_METHOD"
     outcome = "denied" if refusal or wrong_method else "failed"
     reason = f"{reason_of(error)}: {error.message}"[:500]
-    return replace(record, outcome=outcome, reason=reason, latency_us=since(started))
+    return record.but(outcome=outcome, reason=reason, latency_us=since(started))
 
 
 def failed(record: AuditRecord, started: float, error: ExchangeError) -> AuditRecord:
-    return replace(
-        record, outcome="failed", reason=f"{reason_of(error)}: {error.message}"[:500], latency_us=since(started)
-    )
+    return record.but(outcome="failed", reason=f"{reason_of(error)}: {error.message}"[:500], latency_us=since(started))
 
 
 def answered(plan: Plan, rows: int, sha256: str) -> AuditRecord:
     """The record of a query answered: how many rows, and the digest of what is returned."""
-    return replace(plan.record, rows=rows, response_sha256=sha256, latency_us=since(plan.started), outcome="ok")
+    return plan.record.but(rows=rows, response_sha256=sha256, latency_us=since(plan.started), outcome="ok")
 
 
 def closing(plan: Plan, outcome: str, rows: int, size: int, sha256: str) -> AuditRecord:
     """The closing record of a stream or document."""
-    return replace(
-        plan.record,
+    return plan.record.but(
         action=f"{plan.record.action}_end",
         time=now_text(),
         outcome=outcome,
