@@ -61,6 +61,11 @@ class Recorder:
         self._known = known
         self._lookup = lookup
         self._hub = hub_instance()
+        # An exchange's record before it says anything of the call: each opening record is this one with the
+        # call's fields (AuditRecord.but), cheaper than building all its fields anew.
+        self._blank = AuditRecord(
+            kind="exchange", action="", time="", actor="", actor_department="", outcome="denied", hub=self._hub
+        )
         # Closing records being committed for callers that are gone: a shutdown waits for them.
         self.closing: set[asyncio.Future[None]] = set()
 
@@ -70,21 +75,19 @@ class Recorder:
         request["fields"] = list(ask.fields)
         canonical = canonical_text(request)  # the bytes json.dumps(sort_keys, compact, ensure_ascii=False) gives
         subjects = {self._subject_hash(v) for v in list(ask.filters.values())[:MAX_FILTERS]}
-        return AuditRecord(
-            kind="exchange",
+        return self._blank.but(
             action=action,
             time=now_text(),
             actor=str(actor.ref),
             actor_department=actor.department_code,
-            outcome="denied",
             subject=ask.resource_code[:64],
             resource=ask.resource_code[:64],
             purpose=ask.purpose[:200],
             exchange_id=exchange_id,
             fields=[f[:64] for f in ask.fields[:MAX_FIELDS]],
+            masks=[],  # a list of its own, as every record's
             request_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
             data_subjects=sorted(subjects),
-            hub=self._hub,
             key_holder=actor.key_holder,
         )
 
