@@ -95,7 +95,9 @@ class Decider:
         masks = tuple(m for m in decision.masks if m[0] in ask.fields)
         shown = [f"{f}={k.value}" for f, k in masks]
         granted = record.but(outcome="allowed", grant=decision.grant_id, masks=shown)
-        return Plan(resource, backend, request, replace(decision, masks=masks), granted, started, ticket)
+        if len(masks) != len(decision.masks):  # a masked item only filtered on: not among the fields returned
+            decision = replace(decision, masks=masks)
+        return Plan(resource, backend, request, decision, granted, started, ticket)
 
     def _decide(
         self, actor: Principal, ask: Ask, resource: Resource, filters: dict[str, object], today: dt.date
