@@ -97,7 +97,8 @@ class Recorder:
         with self._steps("audit.commit", outcome=record.outcome):
             await self._committer.append_async(record)
         self._observer.audit_waited(time.monotonic() - started)
-        self._observer.recorded(record, await self._resource_label(record.resource))
+        code = record.resource  # a held entry answers at once, without a coroutine
+        self._observer.recorded(record, code if self._known(code) else await self._resource_label(code))
         # The final record of an exchange: one log line each (built only if the line is written).
         if record.outcome != "allowed" and log.isEnabledFor(logging.INFO):
             log.info("exchange %s %s", record.exchange_id, record.outcome, extra={"event": record.as_dict()})
