@@ -369,6 +369,23 @@ def test_group_commit_from_threads_and_coroutines_loses_nothing(store: Store) ->
     broken.close()
 
 
+def test_a_loops_turn_is_committed_in_batches_of_at_most_max_batch_and_close_commits_one_pending(store: Store) -> None:
+    """The records one event loop appends in a turn go to the committer together: still no batch over max_batch,
+    every record committed once, and a turn not handed over yet when the committer closes is committed too."""
+    sizes: list[int] = []
+    committer = GroupCommitter(store.audit, max_batch=10, on_batch=lambda n, failed: sizes.append(n))
+
+    async def callers() -> None:
+        await asyncio.gather(*(committer.append_async(_record(2000 + i)) for i in range(35)))
+        pending = asyncio.ensure_future(committer.append_async(_record(3000)))
+        await asyncio.sleep(0)  # appended; its turn is not handed over yet
+        committer.close()
+        await asyncio.wait_for(pending, 5)
+
+    asyncio.run(callers())
+    assert sizes[:4] == [10, 10, 10, 5] and sum(sizes) == 36 and store.audit.staged_count() == 36
+
+
 def test_a_record_quoting_an_overlong_code_is_placed_whole_and_its_search_columns_cut_to_fit(log: AuditLog) -> None:
     """A refused call's record quotes what the caller sent (a 64-character resource code, say): the record keeps it
     whole; the entry's search columns are cut to their widths, so no backend refuses the row and stops the log."""

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # A caller waiting for its record: a thread's future, or an asyncio future with its loop.
 Waiter = Future[None] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+Staged = tuple[AuditRecord, Waiter]
 _TIMED_OUT = Unavailable("the audit log did not confirm in time; nothing was released")
 
 
@@ -38,9 +39,11 @@ def _settle_async(waiters: list[asyncio.Future[None]], error: Exception | None) 
                 waiter.set_exception(error)
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(_TIMED_OUT)
+def _expire_all(waiters: list[asyncio.Future[None]]) -> None:
+    """The records of one turn not confirmed in time: their callers fail (those confirmed are done already)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(_TIMED_OUT)
 
 
 class GroupCommitter:
@@ -61,7 +64,10 @@ class GroupCommitter:
         self.failing = False
         self._max_batch = max_batch
         self._max_wait = max_wait
-        self._queue: queue.SimpleQueue[tuple[AuditRecord, Waiter] | None] = queue.SimpleQueue()
+        # Single records (``append``), a loop's turn of them (``append_async``), or None to stop.
+        self._queue: queue.SimpleQueue[Staged | list[Staged] | None] = queue.SimpleQueue()
+        # The records each event loop has appended in its current turn, by loop and timeout: handed over after it.
+        self._turns: dict[tuple[asyncio.AbstractEventLoop, float], list[Staged]] = {}
         self._thread = threading.Thread(target=self._run, name="audit-commit", daemon=True)
         self._thread.start()
         self.batches = 0
@@ -84,17 +90,29 @@ class GroupCommitter:
     async def append_async(self, record: AuditRecord, timeout: float = 30.0) -> None:
         """``append`` for asyncio handlers: awaits the commit without holding a thread.
 
-        The committer wakes each event loop once per batch, not once per record.
+        The records an event loop appends in one of its turns go to the committer together, with one timer
+        for their timeout, and the committer wakes each loop once per batch: per record, the loop only adds
+        it to a list (a queue hand-over and a timer each cost more than the rest of this).
         """
         self._refuse_if_halted()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._queue.put((record, (loop, done)))
-        timer = loop.call_later(timeout, _expire, done)
-        try:
-            await done
-        finally:
-            timer.cancel()
+        key = (loop, timeout)
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = []
+            loop.call_soon(self._hand_over, key)
+        turn.append((record, (loop, done)))
+        await done
+
+    def _hand_over(self, key: tuple[asyncio.AbstractEventLoop, float]) -> None:
+        """Runs in the loop after the turn that appended: its records to the committer, and their timeout set."""
+        turn = self._turns.pop(key, None)
+        if not turn:
+            return  # handed over by ``close``
+        self._queue.put(turn)
+        loop, timeout = key
+        loop.call_later(timeout, _expire_all, [waiter[1] for _, waiter in turn if isinstance(waiter, tuple)])
 
     def _refuse_if_halted(self) -> None:
         reason = self._halted()
@@ -106,18 +124,27 @@ class GroupCommitter:
         self.failing = False
 
     def close(self) -> None:
+        for key in list(self._turns):  # a turn not handed over yet is committed before the committer stops
+            turn = self._turns.pop(key, None)
+            if turn:
+                self._queue.put(turn)
         self._queue.put(None)
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        carried: list[Staged] = []  # what did not fit in the last batch (a loop's turn is handed over whole)
+        closing = False
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
+            if not carried:
+                if closing:
+                    return
+                first = self._queue.get()
+                if first is None:
+                    return
+                carried = first if isinstance(first, list) else [first]
+            batch, carried = carried[: self._max_batch], carried[self._max_batch :]
             deadline = time.monotonic() + self._max_wait
-            closing = False
-            while len(batch) < self._max_batch:
+            while len(batch) < self._max_batch and not closing:
                 try:
                     left = deadline - time.monotonic()
                     item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
@@ -126,12 +153,13 @@ class GroupCommitter:
                 if item is None:
                     closing = True
                     break
-                batch.append(item)
+                room = self._max_batch - len(batch)
+                items = item if isinstance(item, list) else [item]
+                batch += items[:room]
+                carried = items[room:]
             self._commit(batch)
-            if closing:
-                return
 
-    def _commit(self, batch: list[tuple[AuditRecord, Waiter]]) -> None:
+    def _commit(self, batch: list[Staged]) -> None:
         error: Exception | None = None
         try:
             self._store.stage([record for record, _ in batch])

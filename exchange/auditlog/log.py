@@ -111,13 +111,23 @@ class AuditLog:
         if self.broken is not None:
             raise AuditTampered(self.broken)
 
-    def sync(self) -> None:
-        """Brings the in-memory tree up to the entries in the store (other processes integrate too)."""
+    def sync(self, size: int | None = None, integrated: list[tuple[int, bytes]] | None = None) -> None:
+        """Brings the in-memory tree up to the entries in the store (other processes integrate too).
+
+        ``size``: the store's size as just read in the integrator's own transaction (else it is read here).
+        ``integrated``: the (seq, leaf) this process just sequenced and sealed itself, in order; when they are
+        the tree's next entries they are taken as they are, not read back with their seals (which would only
+        check the seal this process made over the leaf it computed).
+        """
         with self._lock:
-            size = self.store.size()
+            if size is None:
+                size = self.store.size()
             if self.tree.size == 0 and size > 0:
                 self._resume(size)
             try:
+                if integrated and integrated[0][0] == self.tree.size and integrated[-1][0] < size:
+                    leaves = _in_order(integrated, self.tree.size)
+                    self.store.add_nodes([node for leaf in leaves for node in self.tree.append(leaf)])
                 while self.tree.size < size:
                     end = min(size, self.tree.size + SYNC_CHUNK)
                     leaves = self._sealed_leaves(self.tree.size, end)
@@ -190,9 +200,13 @@ class AuditLog:
             if self.broken is not None:
                 continue
             try:
-                while len(self.store.integrate(INTEGRATE_BATCH)) == INTEGRATE_BATCH:
-                    pass  # a full batch: more may be waiting
-                self.sync()
+                integrated: list[tuple[int, bytes]] = []
+                while True:
+                    done, size = self.store.integrate_sized(INTEGRATE_BATCH)
+                    integrated += done
+                    if len(done) < INTEGRATE_BATCH:
+                        break  # else a full batch: more may be waiting
+                self.sync(size, integrated)
                 if time.monotonic() - last_signed >= self._checkpoint_seconds:
                     self._sign()
                     last_signed = time.monotonic()
@@ -234,3 +248,14 @@ class AuditLog:
                 return self.tree.consistency_proof(size1, size2)
             except ProofError as e:
                 raise InvalidArgument(str(e)) from None
+
+
+def _in_order(integrated: list[tuple[int, bytes]], start: int) -> list[bytes]:
+    """The leaves of ``integrated`` while their seqs run on from ``start`` without a gap (another process's
+    entries between two of this process's batches are read from the store instead)."""
+    leaves: list[bytes] = []
+    for seq, leaf in integrated:
+        if seq != start + len(leaves):
+            break
+        leaves.append(leaf)
+    return leaves

@@ -42,6 +42,11 @@ class HubMetrics:
             ["consumer_department", "resource", "method", "outcome"],
             registry=r,
         )
+        # Each call's labelled children, resolved once (``labels`` costs a lock and a lookup on every call); the
+        # label values are bounded sets (see above), and nothing here removes a child, so these stay exact.
+        self._exchange_children: dict[tuple[str, str, str, str], Counter] = {}
+        self._duration_children: dict[str, Histogram] = {}
+        self._provider_children: dict[str, Histogram] = {}
         self.exchange_seconds = Histogram(
             "exchange_exchange_duration_seconds", "Time from a call's arrival to its final record.", ["method"],
             buckets=_LATENCY, registry=r,
@@ -154,8 +159,15 @@ class HubMetrics:
         if record.kind != "exchange" or record.outcome == "allowed":
             return
         method = record.action.removesuffix("_end")
-        self.exchanges.labels(record.actor_department, resource, method, record.outcome).inc()
-        self.exchange_seconds.labels(method).observe(record.latency_us / 1_000_000)
+        key = (record.actor_department, resource, method, record.outcome)
+        counted = self._exchange_children.get(key)
+        if counted is None:
+            counted = self._exchange_children[key] = self.exchanges.labels(*key)
+        counted.inc()
+        timed = self._duration_children.get(method)
+        if timed is None:
+            timed = self._duration_children[method] = self.exchange_seconds.labels(method)
+        timed.observe(record.latency_us / 1_000_000)
         if record.bytes:
             self.streamed_bytes.labels(resource).inc(record.bytes)
 
@@ -163,7 +175,10 @@ class HubMetrics:
         self.decision_seconds.observe(seconds)
 
     def provider_answered(self, provider: str, seconds: float, error: str) -> None:
-        self.provider_seconds.labels(provider).observe(seconds)
+        timed = self._provider_children.get(provider)
+        if timed is None:
+            timed = self._provider_children[provider] = self.provider_seconds.labels(provider)
+        timed.observe(seconds)
         if error:
             self.provider_errors.labels(provider, error).inc()
 

@@ -108,8 +108,8 @@ def _status_of(error: errors.ExchangeError) -> status_pb2.Status:  # noqa: PLR09
 
 
 def _presented(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
-    pems = list(context.auth_context().get("x509_pem_cert") or ())
-    return pems[0] if pems else None
+    pems = context.auth_context().get("x509_pem_cert")
+    return next(iter(pems), None) if pems else None  # the first, without copying them all
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,18 @@ def peer_of(servicer: Servicer, context: grpc.aio.ServicerContext[Any, Any]) -> 
         return Peer(None, str(dict(context.invocation_metadata() or ()).get(DEV_PRINCIPAL_HEADER, "")))
     pem = _presented(context)
     if pem is None:
-        return Peer(None)
+        return _NO_CERTIFICATE
+    return _peer_presenting(pem)
+
+
+_NO_CERTIFICATE = Peer(None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer_presenting(pem: bytes) -> Peer:
+    """The (immutable) peer behind a certificate, remembered: a caller presents the same one on every call, and
+    one lookup of its bytes costs less than two. Only what the certificate itself says is kept: whether it is
+    registered, revoked or expired is asked of the registry on every call (``principal_of``)."""
     return Peer(pki.fingerprint_of_presented(pem), hub_code=pki.hub_code_of_presented(pem))
 
 

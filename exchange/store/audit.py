@@ -136,6 +136,12 @@ class AuditStore:
         with self._db.driver_write() as cursor:
             return audit_integrate.integrate(cursor, self._integration(), sealer, limit)
 
+    def integrate_sized(self, limit: int = 1000) -> tuple[list[tuple[int, bytes]], int]:
+        """``integrate``, and the log's size after it, read in the same transaction (the integrator's round)."""
+        sealer = self._require_sealer()
+        with self._db.driver_write() as cursor:
+            return audit_integrate.integrate_sized(cursor, self._integration(), sealer, limit)
+
     def _integration(self) -> audit_integrate.Statements:
         """The integrator's statements for this store's dialect, compiled on first use."""
         if self._integrating is None:

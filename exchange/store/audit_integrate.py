@@ -45,6 +45,7 @@ class Statements:
     lock: str | None
     oldest: str
     last: str
+    size: str
     read_time: Any
     entries: DriverStatement
     subjects: DriverStatement
@@ -61,11 +62,13 @@ class Statements:
         )
         head = update(_HEAD).where(_HEAD.c.id == bindparam("head")).values(size=bindparam("size"), mac=bindparam("mac"))
         oldest = select(_STAGED.c.id, _STAGED.c.record, _STAGED.c.mac).order_by(_STAGED.c.id)
+        size = select(func.coalesce(func.max(_ENTRIES.c.seq) + 1, 0))
         return cls(
             head_id,
             None if lock is None else f"SELECT pg_advisory_xact_lock({int(lock)})",
             str(oldest.compile(dialect=dialect)),
             str(last.compile(dialect=dialect, compile_kwargs={"literal_binds": True})),
+            str(size.compile(dialect=dialect, compile_kwargs={"literal_binds": True})),
             _ENTRIES.c.time.type.dialect_impl(dialect).result_processor(dialect, None),
             DriverStatement.insert(_ENTRIES, ("seq", "leaf_hash", "record", "time", *INDEXED, "mac"), dialect),
             DriverStatement.insert(_SUBJECTS, ("seq", "subject_hash"), dialect),
@@ -81,11 +84,25 @@ class Statements:
 
 def integrate(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> list[tuple[int, bytes]]:
     """Sequences up to ``limit`` staged records on ``cursor`` (a write transaction under way); their (seq, leaf)."""
+    return integrate_sized(cursor, sql, sealer, limit, sized=False)[0]
+
+
+def integrate_sized(
+    cursor: Any, sql: Statements, sealer: Sealer, limit: int, *, sized: bool = True
+) -> tuple[list[tuple[int, bytes]], int]:
+    """``integrate``, and the log's size once it is done (-1 if not ``sized`` and nothing was staged).
+
+    The size is read in the same transaction, under the integrator's lock: the integrator's thread learns it
+    here rather than in a session of its own every round.
+    """
     if sql.lock is not None:
         cursor.execute(sql.lock)
     staged: Sequence[tuple[int, str, bytes | None]] = cursor.execute(sql.staged(limit)).fetchall()
     if not staged:
-        return []
+        if not sized:
+            return [], -1
+        cursor.execute(sql.size)
+        return [], int(cursor.fetchone()[0] or 0)
     check_staged(sealer, staged)
     cursor.execute(sql.last)
     first, previous = cursor.fetchone()
@@ -110,7 +127,7 @@ def integrate(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> list[
     # Exactly the rows read: one staged meanwhile by another process waits for the next round.
     cursor.executemany(sql.unstage.sql, sql.unstage.values({"staged": row[0]} for row in staged))
     seal_head(cursor, sql, sealer, first + len(staged), out[-1][1])
-    return out
+    return out, first + len(staged)
 
 
 def check_staged(sealer: Sealer, staged: Sequence[tuple[int, str, bytes | None]]) -> None:

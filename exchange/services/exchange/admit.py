@@ -82,11 +82,11 @@ def typed_filters(resource: Resource, ask: Ask) -> dict[str, object]:
     if unknown_fields:
         listed = ", ".join(f[:40] for f in unknown_fields[:5])
         out.append(FieldViolation("fields", f"{listed} not in resource {resource.spec.code}"))
-    filterable = sorted(n for n, i in items.items() if i.filterable)
     typed: dict[str, object] = {}
     for name, text in ask.filters.items():
         item = items.get(name)
         if item is None or not item.filterable:
+            filterable = sorted(n for n, i in items.items() if i.filterable)  # only a refusal lists them
             declared = f"cannot be filtered on; declared filters: {', '.join(filterable) or 'none'}"
             out.append(FieldViolation(f"filters[{name[:40]}]", declared))
             continue

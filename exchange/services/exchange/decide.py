@@ -27,7 +27,7 @@ from exchange.models import (
     ShareMethod,
     ShareType,
 )
-from exchange.paging import MAX_PAGE_SIZE
+from exchange.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from exchange.services.cache import Cache, NotHeld, held_only
 from exchange.services.exchange.admit import admit, query_page, typed_filters
 from exchange.services.exchange.answers import Ask, Call, Plan
@@ -94,8 +94,10 @@ class Decider:
         ticket = self._verification(actor, resource, decision, filters, today)
         masks = tuple(m for m in decision.masks if m[0] in ask.fields)
         shown = [f"{f}={k.value}" for f, k in masks]
-        granted = replace(record, outcome="allowed", grant=decision.grant_id, masks=shown)
-        return Plan(resource, backend, request, replace(decision, masks=masks), granted, started, ticket)
+        granted = record.but(outcome="allowed", grant=decision.grant_id, masks=shown)
+        if len(masks) != len(decision.masks):  # a masked item only filtered on: not among the fields returned
+            decision = replace(decision, masks=masks)
+        return Plan(resource, backend, request, decision, granted, started, ticket)
 
     def _decide(
         self, actor: Principal, ask: Ask, resource: Resource, filters: dict[str, object], today: dt.date
@@ -184,9 +186,13 @@ class Decider:
             timeout = min(timeout, max(0.001, call.deadline - time.monotonic()))
         limit, offset = 0, 0
         if call.page is not None:
-            paging = query_page(ask, *call.page)
-            limit = min(paging.size, binding.max_rows or MAX_PAGE_SIZE) + 1
-            offset = int(paging.after or 0)
+            size, token = call.page
+            if token:  # where it continues, from the token (checked against what was asked by admit already)
+                paging = query_page(ask, size, token)
+                size, offset = paging.size, int(paging.after or 0)
+            else:  # the first page: no token to check against the request's digest, so none is computed
+                size = size or DEFAULT_PAGE_SIZE
+            limit = min(size, binding.max_rows or MAX_PAGE_SIZE) + 1
         return FetchRequest(resource.spec, filters, ask.fields, limit, timeout, offset, call.exchange_id)
 
 

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from audit import provenance
 from audit.note import Signer
-from audit.records import AuditRecord, subject_hash
+from audit.records import AuditRecord, SubjectHasher, canonical_text
 from exchange import validation
 from exchange.auditlog.batch import GroupCommitter
 from exchange.errors import (
@@ -58,11 +56,16 @@ class Recorder:
         self._steps = steps
         self._committer = committer
         self._signer = signer
-        self._subject_key = subject_key
+        self._subject_hash = SubjectHasher(subject_key)
         self._observer = observer
         self._known = known
         self._lookup = lookup
         self._hub = hub_instance()
+        # An exchange's record before it says anything of the call: each opening record is this one with the
+        # call's fields (AuditRecord.but), cheaper than building all its fields anew.
+        self._blank = AuditRecord(
+            kind="exchange", action="", time="", actor="", actor_department="", outcome="denied", hub=self._hub
+        )
         # Closing records being committed for callers that are gone: a shutdown waits for them.
         self.closing: set[asyncio.Future[None]] = set()
 
@@ -70,23 +73,21 @@ class Recorder:
         """The call's record as it begins: who, what, why, for which data subjects (hashed); refused until decided."""
         request = {"resource": ask.resource_code, "purpose": ask.purpose, "filters": dict(ask.filters)}
         request["fields"] = list(ask.fields)
-        canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        subjects = {subject_hash(self._subject_key, v) for v in list(ask.filters.values())[:MAX_FILTERS]}
-        return AuditRecord(
-            kind="exchange",
+        canonical = canonical_text(request)  # the bytes json.dumps(sort_keys, compact, ensure_ascii=False) gives
+        subjects = {self._subject_hash(v) for v in list(ask.filters.values())[:MAX_FILTERS]}
+        return self._blank.but(
             action=action,
             time=now_text(),
             actor=str(actor.ref),
             actor_department=actor.department_code,
-            outcome="denied",
             subject=ask.resource_code[:64],
             resource=ask.resource_code[:64],
             purpose=ask.purpose[:200],
             exchange_id=exchange_id,
             fields=[f[:64] for f in ask.fields[:MAX_FIELDS]],
+            masks=[],  # a list of its own, as every record's
             request_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
             data_subjects=sorted(subjects),
-            hub=self._hub,
             key_holder=actor.key_holder,
         )
 
@@ -96,7 +97,8 @@ class Recorder:
         with self._steps("audit.commit", outcome=record.outcome):
             await self._committer.append_async(record)
         self._observer.audit_waited(time.monotonic() - started)
-        self._observer.recorded(record, await self._resource_label(record.resource))
+        code = record.resource  # a held entry answers at once, without a coroutine
+        self._observer.recorded(record, code if self._known(code) else await self._resource_label(code))
         # The final record of an exchange: one log line each (built only if the line is written).
         if record.outcome != "allowed" and log.isEnabledFor(logging.INFO):
             log.info("exchange %s %s", record.exchange_id, record.outcome, extra={"event": record.as_dict()})
@@ -152,24 +154,21 @@ def refused(record: AuditRecord, started: float, error: ExchangeError) -> AuditR
     wrong_method = isinstance(error, FailedPrecondition) and error.kind == "SHARE_METHOD"
     outcome = "denied" if refusal or wrong_method else "failed"
     reason = f"{reason_of(error)}: {error.message}"[:500]
-    return replace(record, outcome=outcome, reason=reason, latency_us=since(started))
+    return record.but(outcome=outcome, reason=reason, latency_us=since(started))
 
 
 def failed(record: AuditRecord, started: float, error: ExchangeError) -> AuditRecord:
-    return replace(
-        record, outcome="failed", reason=f"{reason_of(error)}: {error.message}"[:500], latency_us=since(started)
-    )
+    return record.but(outcome="failed", reason=f"{reason_of(error)}: {error.message}"[:500], latency_us=since(started))
 
 
 def answered(plan: Plan, rows: int, sha256: str) -> AuditRecord:
     """The record of a query answered: how many rows, and the digest of what is returned."""
-    return replace(plan.record, rows=rows, response_sha256=sha256, latency_us=since(plan.started), outcome="ok")
+    return plan.record.but(rows=rows, response_sha256=sha256, latency_us=since(plan.started), outcome="ok")
 
 
 def closing(plan: Plan, outcome: str, rows: int, size: int, sha256: str) -> AuditRecord:
     """The closing record of a stream or document."""
-    return replace(
-        plan.record,
+    return plan.record.but(
         action=f"{plan.record.action}_end",
         time=now_text(),
         outcome=outcome,
