@@ -57,7 +57,9 @@ def apply(
 ) -> dict[str, object]:
     """Only the granted fields of ``row``, each masked as the grant says."""
     how = dict(masks)
-    return {f: mask(row.get(f), how.get(f, MaskKind.NONE)) for f in fields}
+    if not how:
+        return {f: row.get(f) for f in fields}
+    return {f: mask(row.get(f), how[f]) if f in how else row.get(f) for f in fields}
 
 
 def mask_record(record: data_pb2.Record, masks: tuple[tuple[str, MaskKind], ...]) -> data_pb2.Record:
