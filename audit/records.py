@@ -121,7 +121,7 @@ def record_leaf(record: AuditRecord | Mapping[str, object]) -> tuple[bytes, byte
 
 def subject_hash(key: bytes, identifier: str) -> str:
     """The keyed hash (HMAC-SHA-256, hex) under which a data subject's identifier is recorded."""
-    return hmac.new(key, identifier.strip().upper().encode(), hashlib.sha256).hexdigest()
+    return SubjectHasher(key)(identifier)
 
 
 class SubjectHasher:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from google.type import date_pb2
 
+from audit.records import canonical_text
 from exchange.models import FieldType
 from exchange.v1 import data_pb2
 
@@ -206,31 +206,6 @@ _JSON_FORMS: dict[type, Callable[[Any], object] | None] = {
 }
 
 
-def _json_line(data: dict[str, object]) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _encoder() -> Callable[[dict[str, object]], str]:
-    """``_json_line``, with the C encoder made once instead of per record when the interpreter has it.
-
-    Its settings are those ``json.dumps`` passes for ``_json_line``'s arguments (no circular check: a row is flat),
-    so each line is the same, character for character.
-    """
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return _json_line
-    unknown = json.JSONEncoder().default  # raises the TypeError json.dumps raises for what it cannot write
-    encode = make(None, unknown, json.encoder.encode_basestring, None, ":", ",", True, False, True)
-
-    def line(data: dict[str, object]) -> str:
-        return "".join(encode(data, 0))
-
-    return line
-
-
-_line = _encoder()
-
-
 def canonical_row(row: Mapping[str, object]) -> bytes:
     """One record's canonical line: JSON, keys sorted, compact, UTF-8, then a newline."""
     forms = _JSON_FORMS
@@ -238,7 +213,7 @@ def canonical_row(row: Mapping[str, object]) -> bytes:
     for k, v in row.items():
         form = forms.get(type(v), _json_form)
         data[k] = v if form is None else form(v)
-    return _line(data).encode() + b"\n"
+    return canonical_text(data).encode() + b"\n"
 
 
 class RowsDigest:

@@ -132,9 +132,7 @@ class AuditStore:
         named), and the new entries and the log's head are sealed in the same transaction
         (exchange.store.audit_integrate, on the driver's cursor).
         """
-        sealer = self._require_sealer()
-        with self._db.driver_write() as cursor:
-            return audit_integrate.integrate(cursor, self._integration(), sealer, limit)
+        return self.integrate_sized(limit)[0]
 
     def integrate_sized(self, limit: int = 1000) -> tuple[list[tuple[int, bytes]], int]:
         """``integrate``, and the log's size after it, read in the same transaction (the integrator's round)."""

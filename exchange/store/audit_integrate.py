@@ -82,15 +82,9 @@ class Statements:
         return f"{self.oldest} LIMIT {int(limit)}"
 
 
-def integrate(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> list[tuple[int, bytes]]:
-    """Sequences up to ``limit`` staged records on ``cursor`` (a write transaction under way); their (seq, leaf)."""
-    return integrate_sized(cursor, sql, sealer, limit, sized=False)[0]
-
-
-def integrate_sized(
-    cursor: Any, sql: Statements, sealer: Sealer, limit: int, *, sized: bool = True
-) -> tuple[list[tuple[int, bytes]], int]:
-    """``integrate``, and the log's size once it is done (-1 if not ``sized`` and nothing was staged).
+def integrate_sized(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> tuple[list[tuple[int, bytes]], int]:
+    """Sequences up to ``limit`` staged records on ``cursor`` (a write transaction under way): their (seq, leaf),
+    and the log's size once it is done.
 
     The size is read in the same transaction, under the integrator's lock: the integrator's thread learns it
     here rather than in a session of its own every round.
@@ -99,8 +93,6 @@ def integrate_sized(
         cursor.execute(sql.lock)
     staged: Sequence[tuple[int, str, bytes | None]] = cursor.execute(sql.staged(limit)).fetchall()
     if not staged:
-        if not sized:
-            return [], -1
         cursor.execute(sql.size)
         return [], int(cursor.fetchone()[0] or 0)
     check_staged(sealer, staged)
