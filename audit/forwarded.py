@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from audit.note import NoteError, Signer, Verifier, open_note
 
 HEADER = "exchange-forward/v1"
-CALLS = ("query", "stream", "document", "apply", "status")
+CALLS = ("query", "stream", "document", "apply", "status", "dispute")
 # How long a statement may be used, and how far the hubs' clocks may disagree.
 LIFETIME = dt.timedelta(seconds=60)
 CLOCK_SKEW = dt.timedelta(seconds=30)
@@ -52,7 +52,7 @@ class Forwarded:
     receiver: str  # hub code of the peer it is addressed to
     home: str  # hub code where the resource is homed
     resource: str
-    call: str  # query, stream or document; apply or status for share requests across hubs
+    call: str  # query, stream or document; apply, status or dispute for share requests across hubs
     department: str  # the consuming department's code, at the origin hub
     system: str  # the consuming system's code
     purpose: str

@@ -290,7 +290,9 @@ class CrossHubLink:
 
     At the consumer's hub: ``home_hub`` and ``home_request_id``, ``submission`` "waiting" or "submitted" and the
     last ``problem``, and the home grant's ``daily_quota`` and state there as last read back (``grant_status``,
-    with the reason and time of its last suspension, resumption or revocation). At the home hub:
+    with the reason and time of its last suspension, resumption or revocation), and a dispute of the home's
+    refusal: ``dispute`` "" (none), "waiting" (to be submitted), "submitted" or "refused" (not taken, with the
+    ``dispute_problem`` saying why; while waiting, the last problem met on the way). At the home hub:
     ``consumer_hub`` and its request id.
     """
 
@@ -304,6 +306,8 @@ class CrossHubLink:
     grant_status: GrantStatus | None = None
     grant_reason: str = ""
     grant_changed_at: datetime | None = None
+    dispute: str = ""
+    dispute_problem: str = ""
 
 
 @dataclass(frozen=True)

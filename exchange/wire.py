@@ -369,6 +369,8 @@ def share_request_to_wire(r: m.ShareRequest, today: dt.date, due_note: str = "")
                 daily_quota=link.daily_quota,
                 grant_reason=link.grant_reason,
                 grant_expired=m.home_grant_expired(r, today),
+                dispute=link.dispute,
+                dispute_problem=link.dispute_problem,
             )
         )
         if link.grant_status is not None:

@@ -2,7 +2,8 @@
 listener) and this hub's calls to its peers in each sync round (submitting applications still waiting, reading
 back the status of those submitted). See docs/federation.md, "Applying across hubs".
 
-Every call carries a statement the calling hub signs (audit/forwarded.py, calls "apply" and "status"); a hub
+Every call carries a statement the calling hub signs (audit/forwarded.py, calls "apply", "status" and
+"dispute"); a hub
 that is not the home checks it, logs its hop and passes the call on towards the home with its own statement.
 """
 
@@ -27,11 +28,12 @@ from exchange.services.federation.rights import (
     GRANT_STATUSES,
     STATUSES,
     CrossHubRights,
+    DisputeSubmission,
     Submission,
     hub_record,
     require_within,
 )
-from exchange.store.applications import HomeStatus
+from exchange.store.applications import HomeStatus, OutgoingDispute
 from exchange.v1 import applications_pb2 as pb
 from exchange.v1 import applications_pb2_grpc as pb_grpc
 
@@ -50,7 +52,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _bytes(message: pb.CrossHubApplication | pb.StatusQuery) -> bytes:
+def _bytes(message: pb.CrossHubApplication | pb.StatusQuery | pb.CrossHubDispute) -> bytes:
     return message.SerializeToString(deterministic=True)
 
 
@@ -131,6 +133,8 @@ class CrossHubClient:
                 wire = _wire(request.application, request.id, str(request.applicant))
                 wire.consumer_department_name = await asyncio.to_thread(self._department_name, wire)
                 await self._submit_one(home, via, wire)
+            for dispute in await asyncio.to_thread(self.federation.store.applications.disputes_waiting):
+                await self._dispute_one(dispute)
             homes = await asyncio.to_thread(self.federation.store.applications.homes)
             for home, via, after in homes:
                 await self._pull(home, via, after)
@@ -180,6 +184,49 @@ class CrossHubClient:
             return await stub.SubmitApplication(request, timeout=timeout)
 
         return await self.call(peer, "submit an application", rpc)
+
+    async def _dispute_one(self, dispute: OutgoingDispute) -> None:
+        """Submits one dispute waiting here; its home's answer (disputed) is read back with the status pull."""
+        store, request_id = self.federation.store, dispute.request_id
+        wire = pb.CrossHubDispute(
+            origin_request_id=request_id, home_request_id=dispute.home_request_id,
+            resource_code=dispute.resource_code, consumer_department_code=dispute.consumer_department_code,
+            reason=dispute.reason, disputer=dispute.disputer,
+        )  # fmt: skip
+        try:
+            peer = await asyncio.to_thread(store.peers.get, dispute.via_peer)
+            if peer.state is not PeerState.ACTIVE:
+                raise errors.Unavailable(f"the peering with hub {dispute.via_peer} is {peer.state.value}")
+            exchange_id = f"DS-{secrets.token_hex(8)}"
+            await self.submit_dispute(peer, None, wire, exchange_id, dispute.home_hub, purpose=dispute.purpose)
+        except errors.ExchangeError as e:
+            log.warning("federation: dispute of %s not submitted: %s", request_id, e.message)
+            if _final(e):  # the home or a hub on the way will not take it: refused, not retried
+                await asyncio.to_thread(self.rights.dispute_refused_on_the_way, dispute.home_hub, request_id, e.message)
+            else:
+                await asyncio.to_thread(store.applications.dispute_failed, request_id, e.message)
+            return
+        await asyncio.to_thread(store.applications.dispute_submitted, request_id)
+
+    async def submit_dispute(
+        self, peer: Peer, received: Forwarded | None, dispute: pb.CrossHubDispute, exchange_id: str, home: str, *,
+        purpose: str,
+    ) -> pb.SubmitDisputeResponse:  # fmt: skip
+        """Submits ``dispute`` (of a request homed at ``home``, for ``purpose``) to ``peer``: this hub's own
+        (``received`` None) or one passed on."""
+        fresh = Forwarded(
+            sender=self.me, receiver=peer.code, home=home, resource=dispute.resource_code, call="dispute",
+            department=dispute.consumer_department_code, system=dispute.disputer, purpose=purpose,
+            path=(self.me,), exchanges=(exchange_id,), hops_left=HOPS, request=request_digest(_bytes(dispute)),
+        )  # fmt: skip
+        request = pb.SubmitDisputeRequest(
+            statement=self.statement(received, fresh, exchange_id, peer.code), dispute=dispute
+        )
+
+        async def rpc(stub: pb_grpc.CrossHubRightsServiceAsyncStub, timeout: float) -> pb.SubmitDisputeResponse:
+            return await stub.SubmitDispute(request, timeout=timeout)
+
+        return await self.call(peer, "submit a dispute", rpc)
 
     async def _pull(self, home: str, via: str, after: int) -> None:
         try:
@@ -252,6 +299,34 @@ class CrossHubRightsServicer(pb_grpc.CrossHubRightsServiceServicer):
         self.federation.store.audit.stage([record])
         return self.federation.run(client.submit(onward, statement, wire, hop_id, statement.home))
 
+    @from_peer((PeerState.ACTIVE,), "submit a dispute")
+    def SubmitDispute(self, request: pb.SubmitDisputeRequest, peer: Peer) -> pb.SubmitDisputeResponse:
+        client = self.client
+        statement = client.checked(peer, request.statement, _bytes(request.dispute), "dispute")
+        wire = request.dispute
+        if statement.home != client.me:
+            return self._relay_dispute(peer, statement, wire)
+        submission = DisputeSubmission(
+            origin_request_id=wire.origin_request_id, home_request_id=wire.home_request_id,
+            resource_code=wire.resource_code, consumer_department_code=wire.consumer_department_code,
+            reason=wire.reason.strip(), disputer=wire.disputer, statement=statement, via_peer=peer.code,
+        )  # fmt: skip
+        return pb.SubmitDisputeResponse(status=_status_to_wire(client.rights.accept_dispute(submission)))
+
+    def _relay_dispute(self, peer: Peer, statement: Forwarded, wire: pb.CrossHubDispute) -> pb.SubmitDisputeResponse:
+        client = self.client
+        require_within(wire.consumer_department_code, statement.origin)
+        onward = client.route(statement.home, wire.resource_code)
+        hop_id = f"FW-{secrets.token_hex(8)}"
+        record = hub_record(
+            peer.code, "relay:dispute", subject=hop_id, resource=wire.resource_code,
+            reason=f"from hub {statement.origin} ({wire.origin_request_id}) to hub {statement.home} "
+            f"({wire.home_request_id}) via {onward.code}; path {' → '.join(statement.path)}",
+        )  # fmt: skip
+        self.federation.store.audit.stage([record])
+        dispute = client.submit_dispute(onward, statement, wire, hop_id, statement.home, purpose=statement.purpose)
+        return self.federation.run(dispute)
+
     @from_peer((PeerState.ACTIVE,), "read the status of applications")
     def ListApplicationStatus(
         self, request: pb.ListApplicationStatusRequest, peer: Peer
@@ -270,7 +345,7 @@ class CrossHubRightsServicer(pb_grpc.CrossHubRightsServiceServicer):
 def _final(e: errors.ExchangeError) -> bool:
     """Whether a refused submission would be refused again: the home's rules, not a hub down or suspended."""
     if isinstance(e, errors.PermissionDenied):
-        return e.reason in ("FOREIGN_DEPARTMENT", "FORWARD_REQUEST", "FORWARD_LOOP", "FORWARD_HOPS")
+        return e.reason in ("FOREIGN_DEPARTMENT", "FOREIGN_REQUEST", "FORWARD_REQUEST", "FORWARD_LOOP", "FORWARD_HOPS")
     return isinstance(e, errors.FailedPrecondition | errors.InvalidArgument)
 
 

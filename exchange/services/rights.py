@@ -70,6 +70,8 @@ class Forwarding(Protocol):
 
     def apply(self, actor: Principal, app: Application, remote: RemoteEntry) -> ShareRequest: ...
 
+    def dispute(self, actor: Principal, request_id: str, reason: str) -> ShareRequest: ...
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -354,10 +356,18 @@ class RightsService:
         return self._store.rights.change_request(request_id, decide, audit=record)
 
     def dispute(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
+        """Disputes a refusal, once. A request refused at its resource's home hub is disputed through this
+        hub: kept here until the federation submits the dispute there, where the share manager decides."""
         self.require_somewhere(actor, Action.DISPUTE_REFUSAL, "dispute refusals")
         _require_id("id", request_id, "SR")
         _require_reason(reason)
-        self._require_party(actor, request_id, Action.DISPUTE_REFUSAL, "dispute refusals")
+        found = self._require_party(actor, request_id, Action.DISPUTE_REFUSAL, "dispute refusals", outgoing=True)
+        if found.cross_hub is not None and found.cross_hub.home_hub:
+            consumer = found.application.consumer_department_code
+            self._policy.require(actor, Action.DISPUTE_REFUSAL, consumer, "dispute this refusal")
+            if self._forwarding is None:
+                raise _decided_at_home(found)
+            return self._forwarding.dispute(actor, request_id, reason)
 
         def decide(request: ShareRequest) -> RequestStep:
             consumer = request.application.consumer_department_code
@@ -566,32 +576,36 @@ class RightsService:
                 f"{actor.ref} may not read {what}: none of its roles takes part in sharing", reason=reason
             )
 
-    def _require_party(self, actor: Principal, request_id: str, action: Action, doing: str) -> None:
-        """Refuses, before saying whether the request exists, a caller who may not do ``action`` to it."""
+    def _require_party(
+        self, actor: Principal, request_id: str, action: Action, doing: str, *, outgoing: bool = False
+    ) -> ShareRequest:
+        """Refuses, before saying whether the request exists, a caller who may not do ``action`` to it;
+        ``outgoing``: the action may be taken on this hub's application homed elsewhere (a dispute)."""
         self._policy.require_somewhere(actor, action, doing)
-        self._visible_request(actor, request_id, denied_reason(action), f"{doing}: that takes the right {action}")
+        doing = f"{doing}: that takes the right {action}"
+        return self._visible_request(actor, request_id, denied_reason(action), doing, outgoing=outgoing)
 
     def _require_grant_party(self, actor: Principal, grant_id: str, action: Action, doing: str) -> None:
         """Refuses, before saying whether the grant exists, a caller who may not do ``action`` to it."""
         self._policy.require_somewhere(actor, action, doing)
         self._visible_grant(actor, grant_id, denied_reason(action), f"{doing}: that takes the right {action}")
 
-    def _visible_request(self, actor: Principal, request_id: str, reason: str, doing: str = "") -> ShareRequest:
+    def _visible_request(
+        self, actor: Principal, request_id: str, reason: str, doing: str = "", *, outgoing: bool = False
+    ) -> ShareRequest:
         """The request, if the caller sees every request or its department is party to this one.
 
         Another department's request and one that does not exist are refused alike: only a caller who
-        would see any request is told that one does not exist.
+        would see any request is told that one does not exist. This hub's application homed elsewhere is
+        read here, and changed only at its home (but for a dispute, sent there: ``outgoing``).
         """
         try:
             request = self._store.rights.get_request(request_id)
         except NotFound:
             request = self._outgoing(actor, request_id, reason, doing)
-            if not doing:  # read only: another hub decides it; a change here finds no such request
+            if not doing or outgoing:  # read, or disputed through this hub; any other change is the home's
                 return request
-            raise PermissionDenied(
-                f"request {request_id} is decided at its resource's home hub {_home_of(request)}, not here",
-                reason="DECIDED_AT_HOME",
-            ) from None
+            raise _decided_at_home(request) from None
         parties = {request.application.consumer_department_code, self._resource_owner(request)}
         if not self._sees_everything(actor) and actor.department_code not in parties:
             raise PermissionDenied(not_party(actor, "share request", request_id, doing), reason=reason)
@@ -765,6 +779,13 @@ def _require_id(field: str, value: str, prefix: str) -> None:
 
 def _home_of(request: ShareRequest) -> str:
     return request.cross_hub.home_hub if request.cross_hub else "?"
+
+
+def _decided_at_home(request: ShareRequest) -> PermissionDenied:
+    return PermissionDenied(
+        f"request {request.id} is decided at its resource's home hub {_home_of(request)}, not here",
+        reason="DECIDED_AT_HOME",
+    )
 
 
 def _require_reason(reason: str) -> None:

@@ -10,6 +10,7 @@ the grant can name it. The ids of forwarded statements accepted are kept until t
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,6 +45,7 @@ from exchange.store.schema import (
 
 WAITING = "waiting"
 SUBMITTED = "submitted"
+REFUSED = "refused"  # a dispute the home, or a hub on the way, would not take
 LIST_LIMIT = 500
 
 
@@ -70,6 +72,22 @@ class HomeStatus:
     grant_change: str = ""
     grant_reason: str = ""
     grant_changed_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutgoingDispute:
+    """A dispute of a refusal at home, kept at the consumer's hub until submitted there: the request (this
+    hub's id and the home's), where it goes and through which peer, the department, why and who disputes."""
+
+    request_id: str
+    home_hub: str
+    home_request_id: str
+    via_peer: str
+    resource_code: str
+    consumer_department_code: str
+    purpose: str
+    reason: str
+    disputer: str
 
 
 @dataclass(frozen=True)
@@ -121,6 +139,8 @@ def _outgoing_of(row: OutgoingApplicationRow) -> ShareRequest:
         grant_status=GrantStatus(row.grant_status) if row.grant_status else None,
         grant_reason=row.grant_reason,
         grant_changed_at=row.grant_changed_at,
+        dispute=row.dispute,
+        dispute_problem=row.dispute_problem,
     )
     return ShareRequest(
         id=row.id,
@@ -257,6 +277,80 @@ class ApplicationStore:
             _copy_status(row, home)
             if events:
                 row.history = [*row.history, *(_event_json(e) for e in events)]
+            return True
+
+    def dispute_outgoing(
+        self, request_id: str, check: Callable[[ShareRequest], None], event: ShareEvent, *, audit: AuditRecord
+    ) -> ShareRequest:
+        """Keeps a dispute of the home's refusal as waiting to be submitted, if ``check`` (given the request as
+        it stands, under a lock) does not refuse it; ``event`` (the disputer, time and reason) goes into the
+        history."""
+        with self._recorded.write(audit) as s:
+            row = s.scalar(
+                select(OutgoingApplicationRow)
+                .where(OutgoingApplicationRow.id == request_id)
+                .with_for_update(of=OutgoingApplicationRow)
+            )
+            if row is None:
+                raise NotFound("share request", request_id)
+            check(_outgoing_of(row))
+            row.dispute = WAITING
+            row.dispute_reason = event.reason
+            row.disputer = str(event.actor)
+            row.disputed_at = event.at
+            row.dispute_problem = ""
+            row.history = [*row.history, _event_json(event)]
+            s.flush()
+            return _outgoing_of(row)
+
+    def disputes_waiting(self) -> list[OutgoingDispute]:
+        """Disputes not yet taken by their home, oldest request first."""
+        with self._db.read() as s:
+            stmt = select(OutgoingApplicationRow).where(OutgoingApplicationRow.dispute == WAITING)
+            return [
+                OutgoingDispute(
+                    request_id=r.id,
+                    home_hub=r.home_hub_code,
+                    home_request_id=r.home_request_id,
+                    via_peer=r.via_peer,
+                    resource_code=r.resource_code,
+                    consumer_department_code=r.consumer_department_code,
+                    purpose=str(r.application["purpose"]),
+                    reason=r.dispute_reason,
+                    disputer=r.disputer,
+                )
+                for r in s.scalars(stmt.order_by(OutgoingApplicationRow.id))
+            ]
+
+    def dispute_submitted(self, request_id: str) -> None:
+        """The home took the dispute; its status (disputed, then decided) is read back as any other."""
+        with self._db.write() as s:
+            row = s.get(OutgoingApplicationRow, request_id)
+            if row is not None and row.dispute == WAITING:
+                row.dispute = SUBMITTED
+                row.dispute_problem = ""
+
+    def dispute_failed(self, request_id: str, problem: str) -> None:
+        """Notes why a dispute is still waiting (shown to its department); the next sync retries."""
+        with self._db.write() as s:
+            row = s.get(OutgoingApplicationRow, request_id)
+            if row is not None and row.dispute == WAITING:
+                row.dispute_problem = problem[:2000]
+
+    def dispute_refused(self, request_id: str, event: ShareEvent, *, audit: AuditRecord) -> bool:
+        """A dispute the home, or a hub on the way, will not take: refused for good, with ``event`` (its
+        reason) in the history; False if it was not waiting."""
+        with self._recorded.write(audit) as s:
+            row = s.scalar(
+                select(OutgoingApplicationRow)
+                .where(OutgoingApplicationRow.id == request_id)
+                .with_for_update(of=OutgoingApplicationRow)
+            )
+            if row is None or row.dispute != WAITING:
+                return False
+            row.dispute = REFUSED
+            row.dispute_problem = event.reason[:2000]
+            row.history = [*row.history, _event_json(event)]
             return True
 
     # At the home hub

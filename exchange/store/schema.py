@@ -672,7 +672,9 @@ class OutgoingApplicationRow(Base):
 
     ``submission`` is "waiting" until the home (through ``via_peer``) accepted it, then "submitted";
     ``home_sequence`` is the home's change sequence of the state last read back. Once granted, ``grant_status``
-    is the grant's state at home ("" before), with the reason and time of its last change there.
+    is the grant's state at home ("" before), with the reason and time of its last change there. ``dispute`` is
+    "" until its department disputes a refusal at home, then "waiting" (to be submitted there), "submitted" or
+    "refused" (the home, or a hub on the way, would not take it: ``dispute_problem`` says why).
     """
 
     __tablename__ = "applications_out"
@@ -701,6 +703,11 @@ class OutgoingApplicationRow(Base):
     grant_status: Mapped[str] = mapped_column(String(16), default="", server_default="")
     grant_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     grant_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    dispute: Mapped[str] = mapped_column(String(16), default="", server_default="", index=True)
+    dispute_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    disputer: Mapped[str] = mapped_column(String(80), default="", server_default="")
+    disputed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    dispute_problem: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class IncomingApplicationRow(Base):

@@ -271,3 +271,87 @@ class ListApplicationStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListApplicationStatusResponse: _TypeAlias = ListApplicationStatusResponse  # noqa: Y015
+
+@_typing.final
+class CrossHubDispute(_message.Message):
+    """A dispute of a refusal as the origin hub submits it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    HOME_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESOURCE_CODE_FIELD_NUMBER: _builtins.int
+    CONSUMER_DEPARTMENT_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DISPUTER_FIELD_NUMBER: _builtins.int
+    origin_request_id: _builtins.str
+    """The origin hub's request id, and the home's (as the home told it)."""
+    home_request_id: _builtins.str
+    resource_code: _builtins.str
+    consumer_department_code: _builtins.str
+    reason: _builtins.str
+    disputer: _builtins.str
+    """Who disputes at the origin hub (e.g. "person/sm-clerk")."""
+    def __init__(
+        self,
+        *,
+        origin_request_id: _builtins.str = ...,
+        home_request_id: _builtins.str = ...,
+        resource_code: _builtins.str = ...,
+        consumer_department_code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        disputer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_department_code", b"consumer_department_code", "disputer", b"disputer", "home_request_id", b"home_request_id", "origin_request_id", b"origin_request_id", "reason", b"reason", "resource_code", b"resource_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CrossHubDispute: _TypeAlias = CrossHubDispute  # noqa: Y015
+
+@_typing.final
+class SubmitDisputeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    DISPUTE_FIELD_NUMBER: _builtins.int
+    statement: _builtins.str
+    """The exchange-forward/v1 signed note of the calling hub (call "dispute"), whose request digest is the
+    SHA-256 of `dispute` serialized deterministically.
+    """
+    @_builtins.property
+    def dispute(self) -> Global___CrossHubDispute: ...
+    def __init__(
+        self,
+        *,
+        statement: _builtins.str = ...,
+        dispute: Global___CrossHubDispute | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispute", b"dispute"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispute", b"dispute", "statement", b"statement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitDisputeRequest: _TypeAlias = SubmitDisputeRequest  # noqa: Y015
+
+@_typing.final
+class SubmitDisputeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___ApplicationStatus: ...
+    def __init__(
+        self,
+        *,
+        status: Global___ApplicationStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitDisputeResponse: _TypeAlias = SubmitDisputeResponse  # noqa: Y015

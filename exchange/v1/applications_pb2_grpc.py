@@ -44,6 +44,11 @@ class CrossHubRightsServiceStub:
                 request_serializer=exchange_dot_v1_dot_applications__pb2.ListApplicationStatusRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_applications__pb2.ListApplicationStatusResponse.FromString,
                 _registered_method=True)
+        self.SubmitDispute = channel.unary_unary(
+                '/exchange.v1.CrossHubRightsService/SubmitDispute',
+                request_serializer=exchange_dot_v1_dot_applications__pb2.SubmitDisputeRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_applications__pb2.SubmitDisputeResponse.FromString,
+                _registered_method=True)
 
 
 class CrossHubRightsServiceServicer:
@@ -69,6 +74,17 @@ class CrossHubRightsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitDispute(self, request, context):
+        """Submits a dispute of a refusal at the request's home hub (this hub, or the next towards it), as its
+        department would dispute it there; the home's share manager decides it. Refusals as SubmitApplication's,
+        and: PERMISSION_DENIED (reason FOREIGN_REQUEST) when the statement's origin hub did not submit that
+        request of that department; FAILED_PRECONDITION when the request is not refused at home (a refusal is
+        disputed once). The same dispute submitted again (its answer lost) is answered with the status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CrossHubRightsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +97,11 @@ def add_CrossHubRightsServiceServicer_to_server(servicer, server):
                     servicer.ListApplicationStatus,
                     request_deserializer=exchange_dot_v1_dot_applications__pb2.ListApplicationStatusRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_applications__pb2.ListApplicationStatusResponse.SerializeToString,
+            ),
+            'SubmitDispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitDispute,
+                    request_deserializer=exchange_dot_v1_dot_applications__pb2.SubmitDisputeRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_applications__pb2.SubmitDisputeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +158,33 @@ class CrossHubRightsService:
             '/exchange.v1.CrossHubRightsService/ListApplicationStatus',
             exchange_dot_v1_dot_applications__pb2.ListApplicationStatusRequest.SerializeToString,
             exchange_dot_v1_dot_applications__pb2.ListApplicationStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitDispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.CrossHubRightsService/SubmitDispute',
+            exchange_dot_v1_dot_applications__pb2.SubmitDisputeRequest.SerializeToString,
+            exchange_dot_v1_dot_applications__pb2.SubmitDisputeResponse.FromString,
             options,
             channel_credentials,
             insecure,

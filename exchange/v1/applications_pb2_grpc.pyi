@@ -48,6 +48,13 @@ class CrossHubRightsServiceStub:
     """The status of applications the statement's origin hub submitted to `home_hub_code`, changed after
     `after_sequence` (the home's change sequence), oldest change first.
     """
+    SubmitDispute: _grpc.UnaryUnaryMultiCallable[_applications_pb2.SubmitDisputeRequest, _applications_pb2.SubmitDisputeResponse]
+    """Submits a dispute of a refusal at the request's home hub (this hub, or the next towards it), as its
+    department would dispute it there; the home's share manager decides it. Refusals as SubmitApplication's,
+    and: PERMISSION_DENIED (reason FOREIGN_REQUEST) when the statement's origin hub did not submit that
+    request of that department; FAILED_PRECONDITION when the request is not refused at home (a refusal is
+    disputed once). The same dispute submitted again (its answer lost) is answered with the status.
+    """
 
 @_typing.type_check_only
 class CrossHubRightsServiceAsyncStub(CrossHubRightsServiceStub):
@@ -63,6 +70,13 @@ class CrossHubRightsServiceAsyncStub(CrossHubRightsServiceStub):
     ListApplicationStatus: _aio.UnaryUnaryMultiCallable[_applications_pb2.ListApplicationStatusRequest, _applications_pb2.ListApplicationStatusResponse]  # type: ignore[assignment]
     """The status of applications the statement's origin hub submitted to `home_hub_code`, changed after
     `after_sequence` (the home's change sequence), oldest change first.
+    """
+    SubmitDispute: _aio.UnaryUnaryMultiCallable[_applications_pb2.SubmitDisputeRequest, _applications_pb2.SubmitDisputeResponse]  # type: ignore[assignment]
+    """Submits a dispute of a refusal at the request's home hub (this hub, or the next towards it), as its
+    department would dispute it there; the home's share manager decides it. Refusals as SubmitApplication's,
+    and: PERMISSION_DENIED (reason FOREIGN_REQUEST) when the statement's origin hub did not submit that
+    request of that department; FAILED_PRECONDITION when the request is not refused at home (a refusal is
+    disputed once). The same dispute submitted again (its answer lost) is answered with the status.
     """
 
 class CrossHubRightsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -88,6 +102,19 @@ class CrossHubRightsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_applications_pb2.ListApplicationStatusResponse, _abc.Awaitable[_applications_pb2.ListApplicationStatusResponse]]:
         """The status of applications the statement's origin hub submitted to `home_hub_code`, changed after
         `after_sequence` (the home's change sequence), oldest change first.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitDispute(
+        self,
+        request: _applications_pb2.SubmitDisputeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_applications_pb2.SubmitDisputeResponse, _abc.Awaitable[_applications_pb2.SubmitDisputeResponse]]:
+        """Submits a dispute of a refusal at the request's home hub (this hub, or the next towards it), as its
+        department would dispute it there; the home's share manager decides it. Refusals as SubmitApplication's,
+        and: PERMISSION_DENIED (reason FOREIGN_REQUEST) when the statement's origin hub did not submit that
+        request of that department; FAILED_PRECONDITION when the request is not refused at home (a refusal is
+        disputed once). The same dispute submitted again (its answer lost) is answered with the status.
         """
 
 def add_CrossHubRightsServiceServicer_to_server(servicer: CrossHubRightsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -337,6 +337,8 @@ class CrossHubLink(_message.Message):
     GRANT_REASON_FIELD_NUMBER: _builtins.int
     GRANT_CHANGE_TIME_FIELD_NUMBER: _builtins.int
     GRANT_EXPIRED_FIELD_NUMBER: _builtins.int
+    DISPUTE_FIELD_NUMBER: _builtins.int
+    DISPUTE_PROBLEM_FIELD_NUMBER: _builtins.int
     home_hub_code: _builtins.str
     """At the consumer's hub: the resource's home hub and the home's request id (once submitted)."""
     home_request_id: _builtins.str
@@ -358,6 +360,12 @@ class CrossHubLink(_message.Message):
     grant_reason: _builtins.str
     grant_expired: _builtins.bool
     """At the consumer's hub: the grant's end date (approved_end_date) has passed; the home refuses its calls."""
+    dispute: _builtins.str
+    """At the consumer's hub: a dispute of the home's refusal, "" while none; "waiting" to be submitted (the sync
+    retries), "submitted" (the home's share manager decides; the status follows) or "refused" (the home, or a
+    hub on the way, would not take it), with the problem met (while waiting: the last one; refused: why).
+    """
+    dispute_problem: _builtins.str
     @_builtins.property
     def grant_change_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -374,10 +382,12 @@ class CrossHubLink(_message.Message):
         grant_reason: _builtins.str = ...,
         grant_change_time: _timestamp_pb2.Timestamp | None = ...,
         grant_expired: _builtins.bool = ...,
+        dispute: _builtins.str = ...,
+        dispute_problem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grant_change_time", b"grant_change_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_hub_code", b"consumer_hub_code", "consumer_request_id", b"consumer_request_id", "daily_quota", b"daily_quota", "grant_change_time", b"grant_change_time", "grant_expired", b"grant_expired", "grant_reason", b"grant_reason", "grant_status", b"grant_status", "home_hub_code", b"home_hub_code", "home_request_id", b"home_request_id", "problem", b"problem", "submission", b"submission"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_hub_code", b"consumer_hub_code", "consumer_request_id", b"consumer_request_id", "daily_quota", b"daily_quota", "dispute", b"dispute", "dispute_problem", b"dispute_problem", "grant_change_time", b"grant_change_time", "grant_expired", b"grant_expired", "grant_reason", b"grant_reason", "grant_status", b"grant_status", "home_hub_code", b"home_hub_code", "home_request_id", b"home_request_id", "problem", b"problem", "submission", b"submission"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from audit.forwarded import Forwarded
 from audit.records import AuditRecord
 from exchange import validation
-from exchange.errors import FailedPrecondition, NotFound, PermissionDenied
+from exchange.errors import FailedPrecondition, FieldViolation, NotFound, PermissionDenied
 from exchange.federation.model import HubRef, RemoteEntry, department_division, within
 from exchange.models import (
     Application,
@@ -34,6 +34,22 @@ from exchange.services.auditing import change_record, hub_instance, now_text
 from exchange.services.rights import RightsService
 from exchange.store import Store
 from exchange.store.applications import HomeStatus, Incoming
+from exchange.store.rights import RequestStep
+
+
+@dataclass(frozen=True)
+class DisputeSubmission:
+    """A dispute as a peer submits it: the origin hub's request and the home's, who disputes and why, the
+    statement that came with it, who sent it."""
+
+    origin_request_id: str
+    home_request_id: str
+    resource_code: str
+    consumer_department_code: str
+    reason: str
+    disputer: str
+    statement: Forwarded
+    via_peer: str
 
 
 @dataclass(frozen=True)
@@ -148,7 +164,104 @@ class CrossHubRights:
         status = HomeStatus(request_id, "", ShareRequestStatus.REFUSED, why, request.due, 0)
         self.home_said(home_hub, status)
 
+    def dispute(self, actor: Principal, request_id: str, reason: str) -> ShareRequest:
+        """Keeps a dispute of the home's refusal as waiting to be submitted there; the sync loop submits it.
+
+        The caller's right to dispute for the department was checked (RightsService.dispute); here, under the
+        store's lock: the home refused the request (its id there known) and it was not disputed before.
+        """
+
+        def check(request: ShareRequest) -> None:
+            link = request.cross_hub or CrossHubLink()
+            if request.status is not ShareRequestStatus.REFUSED:
+                raise FailedPrecondition(
+                    f"request {request.id} is {request.status.value}, not refused", request.id, kind="STATUS"
+                )
+            if link.dispute:
+                raise FailedPrecondition(
+                    f"request {request.id} was disputed already ({link.dispute}); a refusal is disputed once",
+                    request.id,
+                    kind="STATUS",
+                )
+            if not link.home_request_id:
+                raise FailedPrecondition(
+                    f"request {request.id} was refused before it reached hub {link.home_hub}: there is nothing "
+                    "there to dispute; apply again once the reason is mended",
+                    request.id,
+                    kind="STATUS",
+                )
+
+        known = self._store.applications.get_outgoing(request_id)
+        home = known.cross_hub.home_hub if known.cross_hub else ""
+        record = change_record(
+            actor, "rights", "dispute:forwarded", subject=request_id, resource=known.application.resource_code,
+            purpose=known.application.purpose, reason=f"{reason} (refused at home hub {home}; submitted from here)",
+        )  # fmt: skip
+        event = ShareEvent("disputed", actor.ref, self._clock(), reason)
+        disputed = self._store.applications.dispute_outgoing(request_id, check, event, audit=record)
+        self.wake()
+        return disputed
+
+    def dispute_refused_on_the_way(self, home_hub: str, request_id: str, why: str) -> None:
+        """A dispute the home, or a hub on the way, refused to take: refused for good here, with its reason."""
+        home = PrincipalRef(PrincipalKind.SYSTEM, f"hub-{home_hub}")
+        event = ShareEvent("dispute_refused", home, self._clock(), why)
+        record = hub_record(home_hub, "refused:dispute", subject=request_id, reason=why)
+        self._store.applications.dispute_refused(request_id, event, audit=record)
+
     # At the home hub
+
+    def accept_dispute(self, sub: DisputeSubmission) -> HomeStatus:
+        """Disputes, as its department would here, a refusal of a request that ``sub``'s origin hub submitted
+        (again: its status, if this very dispute was taken before)."""
+        statement = sub.statement
+        if (statement.resource, statement.department) != (sub.resource_code, sub.consumer_department_code):
+            raise PermissionDenied("the forwarded statement names another dispute", reason="FORWARD_REQUEST")
+        if statement.home != self.own.code:
+            raise FailedPrecondition(f"the dispute is for hub {statement.home}, not this hub {self.own.code}")
+        require_within(sub.consumer_department_code, statement.origin)
+        out: list[FieldViolation] = []
+        validation.check_text(out, "dispute.reason", sub.reason, required=True, limit=validation.MAX_TEXT)
+        validation.raise_if(out)
+        request_id = self._store.applications.received(statement.origin, sub.origin_request_id)
+        request = self._store.rights.get_request(request_id) if request_id == sub.home_request_id else None
+        if request is None or request.application.consumer_department_code != sub.consumer_department_code:
+            raise PermissionDenied(
+                f"hub {statement.origin} submitted no request {sub.home_request_id} of department "
+                f"{sub.consumer_department_code} here: it may not dispute it",
+                reason="FOREIGN_REQUEST",
+            )
+        disputer = PrincipalRef(PrincipalKind.PERSON, f"{sub.disputer.partition('/')[2]}@{statement.origin}"[:63])
+        if any(e.action == "disputed" and (e.actor, e.reason) == (disputer, sub.reason) for e in request.history):
+            return self._status_of(request.id, 0)  # this dispute, submitted again (the answer was lost)
+
+        def decide(current: ShareRequest) -> RequestStep:
+            if current.status is not ShareRequestStatus.REFUSED:
+                raise FailedPrecondition(
+                    f"request {current.id} is {current.status.value} at hub {self.own.code}, not refused: "
+                    "only a refusal may be disputed, once",
+                    current.id,
+                    kind="STATUS",
+                )
+            disputed = replace(current, status=ShareRequestStatus.DISPUTED)
+            return RequestStep(disputed, ShareEvent("disputed", disputer, self._clock(), sub.reason))
+
+        record = AuditRecord(
+            kind="rights",
+            action="dispute:from_hub",
+            time=now_text(),
+            actor=f"hub/{sub.via_peer}",
+            actor_department=sub.consumer_department_code,
+            outcome="ok",
+            reason=f"{sub.reason} (disputed at hub {statement.origin} as {sub.origin_request_id} by {sub.disputer}; "
+            f"path {' → '.join(statement.path)}; exchanges {','.join(statement.exchanges)})",
+            subject=request.id,
+            resource=request.application.resource_code,
+            purpose=request.application.purpose,
+            hub=hub_instance(),
+        )
+        self._store.rights.change_request(request.id, decide, audit=record)
+        return self._status_of(request.id, 0)
 
     def accept(self, sub: Submission) -> HomeStatus:
         """Stores a peer's submission as a share request for the foreign department (again: its status)."""
