@@ -114,9 +114,18 @@ def _show_request(args: argparse.Namespace, r: pb.ShareRequest) -> None:
             print(f"decided at hub {link.home_hub_code} as {link.home_request_id or '-'} ({link.submission}){problem}")
             if link.grant_status:
                 print(_home_grant(link))
+            if link.dispute:
+                print(_home_dispute(link))
         if link.consumer_hub_code:
             print(f"applied at hub {link.consumer_hub_code} as {link.consumer_request_id}")
         print(_history(list(r.history)))
+
+
+def _home_dispute(link: pb.CrossHubLink) -> str:
+    """The dispute of the home's refusal, as this hub keeps it: waiting, submitted or not taken (and why)."""
+    said = {"waiting": "waiting to be submitted", "submitted": "submitted", "refused": "not taken"}
+    text = f"dispute at hub {link.home_hub_code}: {said.get(link.dispute, link.dispute)}"
+    return text + (f" ({link.dispute_problem})" if link.dispute_problem else "")
 
 
 def _home_grant(link: pb.CrossHubLink) -> str:

@@ -239,9 +239,7 @@ async def _request_page(
     home = entry.home if entry is not None else None
     consumer = found.application.consumer_department_code
     department = await console.run(lambda: console.services.registry.get_department(viewer.principal, consumer))
-    may_dispute = found.status is ShareRequestStatus.REFUSED and viewer.may(
-        Action.DISPUTE_REFUSAL, found.application.consumer_department_code
-    )
+    may_dispute = _disputable(found) and viewer.may(Action.DISPUTE_REFUSAL, found.application.consumer_department_code)
     values: dict[str, Any] = {"message": "", "violations": [], "typed_reason": "", **extra}
     return console.render(
         request,
@@ -258,6 +256,14 @@ async def _request_page(
         may_dispute=may_dispute,
         **values,
     )
+
+
+def _disputable(found: ShareRequest) -> bool:
+    """A refusal not yet disputed; one decided at another hub only once it reached there (its id known)."""
+    link = found.cross_hub
+    if link is None or not link.home_hub:
+        return found.status is ShareRequestStatus.REFUSED
+    return found.status is ShareRequestStatus.REFUSED and not link.dispute and bool(link.home_request_id)
 
 
 async def _get(console: Console, viewer: Viewer, request_id: str) -> ShareRequest:
@@ -281,7 +287,9 @@ async def _dispute(request: Request) -> Response:
     form = await console.form(request, viewer, "RightsServicer.Dispute")
     reason = form.get("reason")
     try:
-        await console.call(viewer, "RightsServicer.Dispute", console.services.rights.dispute, request_id, reason)
+        disputed: ShareRequest = await console.call(
+            viewer, "RightsServicer.Dispute", console.services.rights.dispute, request_id, reason
+        )
     except errors.ExchangeError as e:
         found = await _get(console, viewer, request_id)
         response = await _request_page(
@@ -295,7 +303,8 @@ async def _dispute(request: Request) -> Response:
         )
         response.status_code = status_of(e)
         return response
-    return see_other(f"/requests/{request_id}", "requests.disputed")
+    forwarded = disputed.cross_hub is not None and bool(disputed.cross_hub.home_hub)
+    return see_other(f"/requests/{request_id}", "requests.dispute_forwarded" if forwarded else "requests.disputed")
 
 
 def routes() -> list[BaseRoute]:
