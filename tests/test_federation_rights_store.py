@@ -6,9 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import replace
 
+import pytest
+
 from exchange import models as m
+from exchange.errors import FailedPrecondition
 from exchange.store import Store
-from exchange.store.applications import SUBMITTED, WAITING, HomeStatus, Incoming
+from exchange.store.applications import REFUSED, SUBMITTED, WAITING, HomeStatus, Incoming
 from exchange.store.rights import RequestStep
 from tests.federation_support import SIMING_MARKET
 from tests.harness import POLICE, TEST_RECORD, identity_spec
@@ -135,3 +138,59 @@ def test_a_change_of_the_grant_moves_the_requests_sequence_and_reaches_the_outgo
     assert link is not None
     assert (link.grant_status, link.grant_reason, link.grant_changed_at) == (m.GrantStatus.SUSPENDED, "核查", at)
     assert store.applications.get_outgoing(request.id).history[-1] == event
+
+
+def test_a_dispute_of_a_refusal_at_home_waits_then_is_submitted_or_refused_once(store: Store) -> None:
+    """At the consumer's hub: a dispute is kept as waiting only if the check (under the lock) lets it, with its
+    event; a problem on the way keeps it waiting; the home's taking it, or refusing it for good, ends the wait."""
+    store.registry.add_department(SIMING_MARKET, audit=TEST_RECORD)
+    history = (m.ShareEvent("applied", APPLICANT, NOW, "企业登记核验"),)
+    for request_id in ("SR-20261205-66666666", "SR-20261205-77777777"):
+        request = replace(
+            _request(request_id, "10101/350000000001"), cross_hub=m.CrossHubLink(home_hub="350000"), history=history
+        )
+        store.applications.add_outgoing(request, "350200", audit=TEST_RECORD)
+        home_id = "SR-20261205-1" + request_id[-7:]
+        refused = HomeStatus(request_id, home_id, m.ShareRequestStatus.REFUSED, "用途不符", NOW.date(), 3)
+        assert store.applications.record_status(request_id, refused, (), audit=TEST_RECORD)
+    first, second = "SR-20261205-66666666", "SR-20261205-77777777"
+    disputer = m.PrincipalRef(m.PrincipalKind.PERSON, "sm-clerk")
+    event = m.ShareEvent("disputed", disputer, NOW, "确需核验")
+
+    def refuse(request: m.ShareRequest) -> None:
+        raise FailedPrecondition(f"{request.id} may not be disputed")
+
+    with pytest.raises(FailedPrecondition):
+        store.applications.dispute_outgoing(first, refuse, event, audit=TEST_RECORD)
+    assert store.applications.disputes_waiting() == []
+    seen: list[m.ShareRequest] = []
+    disputed = store.applications.dispute_outgoing(first, seen.append, event, audit=TEST_RECORD)
+    assert seen[0].status is m.ShareRequestStatus.REFUSED and seen[0].cross_hub.dispute == ""  # type: ignore[union-attr]
+    assert disputed.cross_hub is not None and disputed.cross_hub.dispute == WAITING
+    assert disputed.history[-1] == event and disputed.status is m.ShareRequestStatus.REFUSED
+    store.applications.dispute_outgoing(second, seen.append, event, audit=TEST_RECORD)
+    waiting = store.applications.disputes_waiting()
+    assert [(d.request_id, d.home_request_id, d.via_peer, d.home_hub) for d in waiting] == [
+        (first, "SR-20261205-16666666", "350200", "350000"),
+        (second, "SR-20261205-17777777", "350200", "350000"),
+    ]
+    assert (waiting[0].reason, waiting[0].disputer, waiting[0].purpose) == (
+        "确需核验",
+        "person/sm-clerk",
+        "企业登记核验",
+    )
+
+    store.applications.dispute_failed(first, "hub 350000 cannot be reached")
+    assert store.applications.get_outgoing(first).cross_hub.dispute_problem == "hub 350000 cannot be reached"  # type: ignore[union-attr]
+    store.applications.dispute_submitted(first)
+    link = store.applications.get_outgoing(first).cross_hub
+    assert link is not None and (link.dispute, link.dispute_problem) == (SUBMITTED, "")
+    no = m.ShareEvent("dispute_refused", disputer, NOW, "request is granted, not refused")
+    assert not store.applications.dispute_refused(first, no, audit=TEST_RECORD)  # submitted: not refused after
+    assert store.applications.dispute_refused(second, no, audit=TEST_RECORD)
+    refused_link = store.applications.get_outgoing(second)
+    assert refused_link.cross_hub is not None and refused_link.cross_hub.dispute == REFUSED
+    assert refused_link.cross_hub.dispute_problem == no.reason and refused_link.history[-1] == no
+    assert store.applications.disputes_waiting() == []
+    store.applications.dispute_failed(second, "late")  # a refused dispute keeps its reason
+    assert store.applications.get_outgoing(second).cross_hub.dispute_problem == no.reason  # type: ignore[union-attr]
