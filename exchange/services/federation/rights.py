@@ -145,7 +145,9 @@ class CrossHubRights:
         if status.grant_id:
             said += f", grant {status.grant_id}"
         if link.submission != "submitted" or known.status is not status.status:
-            events.append(ShareEvent(f"home_{status.status.value}", home, self._clock(), status.reason))
+            # A dispute's reason is the disputer's, told here already; the home's refusal reason is not its.
+            why = "" if status.status is ShareRequestStatus.DISPUTED else status.reason
+            events.append(ShareEvent(f"home_{status.status.value}", home, self._clock(), why))
             actions.append(f"home_status:{status.status.value}")
         if status.grant_change and status.grant_status is not None and status.grant_status is not link.grant_status:
             at = status.grant_changed_at or self._clock()
