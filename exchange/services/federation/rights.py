@@ -233,6 +233,8 @@ class CrossHubRights:
                 f"{sub.consumer_department_code} here: it may not dispute it",
                 reason="FOREIGN_REQUEST",
             )
+        if statement.purpose != request.application.purpose:
+            raise PermissionDenied("the forwarded statement names another purpose", reason="FORWARD_REQUEST")
         disputer = PrincipalRef(PrincipalKind.PERSON, f"{sub.disputer.partition('/')[2]}@{statement.origin}"[:63])
         if any(e.action == "disputed" and (e.actor, e.reason) == (disputer, sub.reason) for e in request.history):
             return self._status_of(request.id, 0)  # this dispute, submitted again (the answer was lost)
