@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import update
 
 from audit.forwarded import Forwarded, issue, request_digest
 from exchange import models as m
@@ -19,6 +20,7 @@ from exchange import wire as w
 from exchange.cli.main import main
 from exchange.server.cross_rights import CrossHubClient
 from exchange.store.applications import HomeStatus
+from exchange.store.schema import OutgoingApplicationRow
 from exchange.v1 import applications_pb2 as apb
 from exchange.v1 import applications_pb2_grpc as apb_grpc
 from exchange.v1 import rights_pb2 as pb
@@ -627,3 +629,21 @@ def test_a_dispute_submitted_to_the_province_reads_well_at_the_county_in_a_brows
     assert "已提交至归属平台 @350000" in shown and "归属平台异议处理中" in shown and "异议处理中" in shown
     assert "requests." not in shown and "form.dispute" not in page.content()
     screenshot(page, "federation-dispute-submitted-at-the-county")
+
+
+def test_a_dispute_submitted_again_after_its_answer_was_lost_is_taken_once(tree: dict[str, Any]) -> None:
+    """The province took the dispute but the county did not learn it (its answer lost): the county submits it
+    again on a later round, and the province answers with the status, disputing nothing twice."""
+    county, province = tree["county"], tree["province"]
+    applied, home_id = _refused(tree)
+    _dispute(tree, applied.id)
+    assert _seen_at_county(tree, applied.id).cross_hub.dispute == "submitted"
+    with county.running.hub.store.db.write() as s:  # as if the answer had not come back
+        s.execute(
+            update(OutgoingApplicationRow).where(OutgoingApplicationRow.id == applied.id).values(dispute="waiting")
+        )
+    again = _seen_at_county(tree, applied.id)
+    assert again.cross_hub.dispute == "submitted" and again.status == pb.SHARE_REQUEST_STATUS_DISPUTED
+    at_home = _call(province, tree["manager"], "GetShareRequest", pb.GetShareRequestRequest(id=home_id))
+    assert [e.action for e in at_home.history].count("disputed") == 1
+    assert sum("dispute:from_hub" in r for r in province.federation_records_of("rights")) == 1
