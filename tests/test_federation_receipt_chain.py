@@ -3,7 +3,8 @@
 An exchange the county forwarded through the city to the province leaves a record at each. An auditor at
 any of the three gets the whole chain's receipt from their own hub alone (each hub fetching the parts beyond
 it from its own peer), and it verifies offline. A hub beyond that is down is UNAVAILABLE naming it; a part
-the middle hub altered is refused at the asker; a hub beyond whose records do not tie the exchange to the
+the middle hub altered is refused at the asker, and one it forged whole under another key is refused offline,
+and at the asker once it knows the right key; a hub beyond whose records do not tie the exchange to the
 middle hub is a clear FAILED_PRECONDITION; an ask never turns back towards the hubs it came through; and a
 chain cut short by the hop limit is refused as incomplete, naming the hub left out.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from audit.note import Signer
 from audit.receipt import Part, ProvedRecord
 from exchange import errors
 from exchange import models as m
@@ -28,9 +30,11 @@ from exchange.server.receipt_chain import FURTHER_UNAVAILABLE, Ask, ChainParts
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import receipts_pb2 as rpb
 from exchange.v1 import receipts_pb2_grpc as rpb_grpc
-from tests.federation_support import Node, hubs, peer_pair
-from tests.harness import AUTHORITY, reason_of
-from tests.witness_support import HubLog, record
+from tests.federation_support import PROVINCE_MARKET, Node, hubs, peer_pair
+from tests.harness import AUTHORITY, identity_spec, reason_of
+from tests.witness_support import HubLog, hub_log, record
+
+ENTRY = "10101/350000000001"  # the province's, published for its log key to reach the county with the catalog
 
 
 @pytest.fixture
@@ -210,3 +214,69 @@ def test_a_chain_cut_short_by_the_hop_limit_is_refused_naming_the_hub_left_out(
 
 def _with_hop_limit(settings: Settings, limit: int) -> Settings:
     return replace(settings, federation_hop_limit=limit)
+
+
+def test_a_part_forged_whole_by_the_middle_hub_is_caught_with_a_key_the_asker_knows_and_offline(
+    tree: dict[str, Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The city passes on, for the province, a part that holds together under another key for the province's
+    log. The county cannot tell while it knows no key for that log (the city vouches for it); verify-receipt
+    with the hubs' own keys refuses it; once the province's key reached the county with the catalog, the
+    county refuses it itself."""
+    county, city, province = tree["county"], tree["city"], tree["province"]
+    at_county, at_city, at_province = _two_hops(tree, 70)
+    forger = hub_log(f"sqlite:///{tmp_path / 'forged.db'}", Signer.generate(_origin(province)))
+    forger.add(record(73, exchange_id=at_province, peer_hub=_origin(city), peer_exchange_id=at_city, hop="in"))
+    forged = _own_part(forger, at_province)
+    honest = ChainParts.beyond
+
+    def forging(self: ChainParts, *args: object, **kwargs: object) -> list[Part]:
+        found = honest(self, *args, **kwargs)  # type: ignore[arg-type]
+        return [forged if p.origin == _origin(province) else p for p in found]
+
+    monkeypatch.setattr(ChainParts, "beyond", forging)
+    auditor = _auditor(county)
+    receipt = tmp_path / "forged-receipt.json"
+    assert _cross_receipt(county, auditor, at_county, receipt) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    trust = _trust(tmp_path, [county, city, province])
+    assert main(["audit", "verify-receipt", str(receipt), "--trust", str(trust)]) == 1
+    assert f"{_origin(province)}: the receipt states another log key than the one you trust" in capsys.readouterr().err
+
+    _publish_at(province)
+    for node in (city, county):
+        node.sync()  # the entry, with its home's log key, relayed down to the county
+    assert county.running.hub.store.federated.get(ENTRY) is not None
+    with county.running.client(auditor) as hub, pytest.raises(grpc.RpcError) as refused:
+        hub.call(hub.audit.GetCrossHubReceipt, _receipt_request(at_county))
+    assert isinstance(refused.value, grpc.Call)
+    assert refused.value.code() == grpc.StatusCode.DATA_LOSS, refused.value.details()
+    assert "does not verify with the log key this hub knows for it" in (refused.value.details() or "")
+    forger.store.close()
+
+
+def _publish_at(node: Node) -> None:
+    hub = node.running
+    hub.add_department(PROVINCE_MARKET)
+    hub.publish(hub.certifier(PROVINCE_MARKET.code), identity_spec(ENTRY, PROVINCE_MARKET.code))
+
+
+def _own_part(h: HubLog, exchange_id: str) -> Part:
+    """``h``'s part of ``exchange_id`` under its newest checkpoint (no witness: what a forger can make)."""
+    size = h.store.audit.size()
+    note = h.store.audit.checkpoints(size, size)[0][1]
+    entries = [e for e in h.store.audit.entries(0, size) if f'"exchange_id":"{exchange_id}"' in (e.record or "")]
+    records = tuple(ProvedRecord(e.seq, e.record or "", tuple(h.log.inclusion_proof(e.seq, size))) for e in entries)
+    return Part(h.origin, h.signer.verifier().encode(), exchange_id, records, note)
+
+
+def test_a_hop_that_failed_before_the_next_hub_answered_is_refused_saying_so(tree: dict[str, Node]) -> None:
+    county, city = tree["county"], tree["city"]
+    failed = {"peer_hub": _origin(city), "peer_exchange_id": "", "hop": "out", "outcome": "failed"}
+    _log_of(county).add(record(80, exchange_id="EX-C80", **failed))
+    county.sync()
+    with county.running.client(_auditor(county)) as hub, pytest.raises(grpc.RpcError) as refused:
+        hub.call(hub.audit.GetCrossHubReceipt, _receipt_request("EX-C80"))
+    assert isinstance(refused.value, grpc.Call)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "names peer hub 350200 but not its id of the exchange: the hop failed" in (refused.value.details() or "")

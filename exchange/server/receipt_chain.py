@@ -115,7 +115,7 @@ class ChainParts:
         """The parts of the hubs ``links`` name beyond this one (none the ask came through), for a peer that
         asked with ``further_hops`` along ``path``; each fetched from its adjacent hub and checked."""
         hops = min(further_hops, self.federation.settings.federation_hop_limit)
-        ahead = [(origin, their_id) for origin, their_id in links if origin not in path]
+        ahead = [(origin, their_id) for origin, their_id in links if origin not in (*path, self.origin)]
         if hops <= 0 or not ahead:
             return []
         peers = self.peers([origin for origin, _ in ahead])
@@ -135,6 +135,13 @@ class ChainParts:
     def fetch(self, peer: Peer, ask: Ask) -> list[Part]:
         """The peer's part of its exchange ``ask.exchange_id`` and the parts beyond it that ``ask`` asks for,
         the peer's first, each checked (blocking: run from a worker thread)."""
+        if not ask.exchange_id:
+            raise errors.FailedPrecondition(
+                f"a record of the exchange at hub {self.code} names peer hub {peer.code} but not its id of the "
+                "exchange: the hop failed before that hub answered (see the record's outcome and reason), so no "
+                "receipt of it can be made",
+                subject=peer.code,
+            )
         request = pb.GetReceiptPartRequest(
             exchange_id=ask.exchange_id, further_hops=ask.further_hops, path=list(ask.path)
         )
