@@ -106,7 +106,14 @@ class DeadlineExceeded(ExchangeError):
 
 
 class Unavailable(ExchangeError):
-    """A part the hub depends on (the store) cannot answer now; retrying may help."""
+    """A part the hub depends on (the store, a peer hub) cannot answer now; retrying may help.
+
+    ``reason`` (an ErrorInfo reason, "" for none) tells apart a hub that answered that one further on cannot
+    be reached from a hub that cannot be reached itself."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class DataLoss(ExchangeError):

@@ -113,6 +113,16 @@ def test_received_entries_keep_their_home_move_the_cursor_and_are_relayed_to_oth
     assert store.federated.get("10101/350203000001") is None
 
 
+def test_the_home_hubs_log_keys_relayed_with_entries_are_listed_once_each(store: Store) -> None:
+    store.peers.register(_peer(), audit=TEST_RECORD)
+    keyed = dataclasses.replace(COUNTY, log_key="350203.hub.example/audit+0a1b2c3d+AX")
+    city = HubRef("350200", "厦门市", "city")  # relayed before its home's key was: none known
+    offers = [_offer("10101/350203000001", 1), _offer("10101/350203000002", 2), _offer("10101/350200000003", 3)]
+    assert store.federated.home_log_keys() == []
+    store.federated.receive("350203", [(offers[0], keyed), (offers[1], keyed), (offers[2], city)], 3)
+    assert store.federated.home_log_keys() == [keyed.log_key]
+
+
 def test_the_refusals_of_a_page_are_recorded_with_it(store: Store) -> None:
     store.peers.register(_peer(), audit=TEST_RECORD)
     kept = _offer("10101/350203000001", 3)

@@ -4,12 +4,13 @@
 One run shows the federation end to end across processes: the province's catalog reaches the county two hops
 away, and so does a suspension of one of its entries; the county's department applies through its own hub for
 a province entry, decided and granted at the province; the county's system queries it two hops away, masked at
-the province; the cross-hub receipt of that query verifies offline (and without the province's part is refused
-as incomplete); and, at process level, a peering suspended on the way refuses the call, the province down is
-UNAVAILABLE naming the hop, and so is the province served again with a new CA the city does not know; a county
-allowing one hop is refused at the province, two hops away, each side recording it. The bad cases of a
-misbehaving peer (forged, replayed and looping statements, an altered answer, entries of departments a peer
-does not hold, a forked checkpoint) are in tests/test_federation_bad_peers.py.
+the province; the cross-hub receipt of that query, fetched whole by an auditor at either end (or joined from
+each hub's own part), verifies offline (and without the province's part is refused as incomplete); and, at
+process level, a peering suspended on the way refuses the call, the province down is UNAVAILABLE naming the
+hop, and so is the province served again with a new CA the city does not know; a county allowing one hop is
+refused at the province, two hops away, each side recording it. The bad cases of a misbehaving peer (forged,
+replayed and looping statements, an altered answer, entries of departments a peer does not hold, a forked
+checkpoint) are in tests/test_federation_bad_peers.py.
 """
 
 from __future__ import annotations
@@ -202,32 +203,42 @@ def test_three_served_hubs_share_catalog_rights_and_a_query_two_hops_away_with_i
     ]
     assert dict(answer.disclosure.masks) == {"name": "name"}
 
-    # The cross-hub receipt: the county's and the city's parts fetched at the county, the province's made there.
-    auditors = {
-        n.level: n.running.add_person(f"au-{n.level}", AUTHORITY.code, m.Role.AUDITOR) for n in (county, province)
-    }
-    fetched, own, receipt = tmp_path / "county.json", tmp_path / "province.json", tmp_path / "receipt.json"
-    _receipt_part(county, auditors["county"], capsys, answer.exchange_id, "--out", str(fetched))
-    at_province = _next_exchange(fetched, city.running.settings.audit_origin)
-    _receipt_part(province, auditors["province"], capsys, at_province, "--own", "--out", str(own))
-    assert main(["audit", "cross-receipt", "--merge", str(fetched), str(own), "--out", str(receipt)]) == 0
+    # The cross-hub receipt: the county's auditor alone gets the whole chain (the city fetches the province's part).
+    auditors = {n.level: n.running.add_person(f"au-{n.level}", AUTHORITY.code, m.Role.AUDITOR) for n in tree.values()}
+    origins = {n.level: n.running.settings.audit_origin for n in tree.values()}
+    receipt, other = tmp_path / "receipt.json", tmp_path / "at-province.json"
+    _receipt_part(county, auditors["county"], capsys, answer.exchange_id, "--out", str(receipt))
+    at_city, at_province = _next_exchange(receipt, origins["county"]), _next_exchange(receipt, origins["city"])
     trust = _trust(tmp_path, [county, city, province])
     capsys.readouterr()
     assert main(["audit", "verify-receipt", str(receipt), "--trust", str(trust)]) == 0
     said = capsys.readouterr().out
-    for node in (county, city, province):
-        assert f"{node.running.settings.audit_origin}: exchange EX" in said
-    assert f"{province.running.settings.audit_origin}: exchange {at_province}" in said
-    # The county's and the city's parts alone stop at the city, whose "out" record names the province.
-    assert main(["audit", "verify-receipt", str(fetched), "--trust", str(trust)]) == 1
+    proved = [f"{origins['county']}: exchange {answer.exchange_id}", f"{origins['city']}: exchange {at_city}",
+              f"{origins['province']}: exchange {at_province}"]  # fmt: skip
+    assert all(line in said for line in proved), said
+    # The province's auditor, at the other end, gets the same chain from the province alone.
+    _receipt_part(province, auditors["province"], capsys, at_province, "--out", str(other))
+    assert main(["audit", "verify-receipt", str(other), "--trust", str(trust)]) == 0
+    said = capsys.readouterr().out
+    assert all(line in said for line in proved), said
+    # The other way: each hub's part made there (--own), joined with --merge; without the province's part, the
+    # chain stops at the city, whose "out" record names the province, and is refused as incomplete.
+    own = {level: tmp_path / f"own-{level}.json" for level in tree}
+    for level, exchange_id in (("county", answer.exchange_id), ("city", at_city), ("province", at_province)):
+        _receipt_part(tree[level], auditors[level], capsys, exchange_id, "--own", "--out", str(own[level]))
+    joined, short = tmp_path / "joined.json", tmp_path / "short.json"
+    assert main(["audit", "cross-receipt", "--merge", *(str(p) for p in own.values()), "--out", str(joined)]) == 0
+    assert main(["audit", "cross-receipt", "--merge", str(own["county"]), str(own["city"]), "--out", str(short)]) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify-receipt", str(joined), "--trust", str(trust)]) == 0
+    said = capsys.readouterr().out
+    assert all(line in said for line in proved), said
+    assert main(["audit", "verify-receipt", str(short), "--trust", str(trust)]) == 1
     incomplete = capsys.readouterr().err
-    assert (
-        "incomplete" in incomplete
-        and f"{province.running.settings.audit_origin} (its exchange {at_province})" in incomplete
-    )
+    assert "incomplete" in incomplete and f"{origins['province']} (its exchange {at_province})" in incomplete
     # A record of the province's part altered (one more row than it served): the receipt no longer verifies.
     document = json.loads(receipt.read_text())
-    (home,) = [p for p in document["parts"] if p["origin"] == province.running.settings.audit_origin]
+    (home,) = [p for p in document["parts"] if p["origin"] == origins["province"]]
     served = json.loads(home["records"][0]["record"])
     home["records"][0]["record"] = json.dumps({**served, "rows": served["rows"] + 1}, separators=(",", ":"))
     altered = tmp_path / "altered.json"

@@ -1,10 +1,11 @@
 """Cross-hub receipts from the command line: this hub's part of one exchange, merging parts, verifying.
 
 ``exchange audit cross-receipt EXCHANGE_ID --out r.json`` asks this hub for the receipt of the exchange: its
-part and the parts of the peer hubs its records name, which the hub fetches over the federation
-(``AuditService.GetCrossHubReceipt``). With ``--own`` it writes this hub's part alone (its records, proved
-under its newest witnessed checkpoint); ``exchange audit cross-receipt --merge a.json b.json --out r.json``
-joins parts made at each hub; ``exchange audit verify-receipt r.json --trust keys.txt`` checks the
+part and the parts of every other hub of the exchange's chain, which the hub fetches over the federation
+from its peers, each peer fetching those beyond it (``AuditService.GetCrossHubReceipt``). With ``--own`` it
+writes this hub's part alone (its records, proved under its newest witnessed checkpoint);
+``exchange audit cross-receipt --merge a.json b.json --out r.json`` joins parts made at each hub;
+``exchange audit verify-receipt r.json --trust keys.txt`` checks the
 result offline (audit.receipt), with the verdict and exit codes of ``exchange audit verify``.
 """
 
@@ -51,7 +52,7 @@ def cross_receipt(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _fetched(args: argparse.Namespace, settings: Settings) -> list[Part]:
-    """The receipt the hub makes: its part and its peers', fetched over the federation."""
+    """The receipt the hub makes: its part and the other hubs', fetched over the federation."""
     with HubClient(settings, args.identity) as hub:
         answer = hub.call(hub.audit.GetCrossHubReceipt, pb.GetCrossHubReceiptRequest(exchange_id=args.exchange_id))
     try:

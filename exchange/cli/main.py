@@ -348,10 +348,10 @@ def _audit_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             p.add_argument("--out", type=Path, required=True, help="the receipt file to write (JSON)")
     p = _verb(
         verbs, "cross-receipt", audit_receipt.cross_receipt,
-        "a cross-hub receipt of one exchange (this hub's part and its peers'), or --merge",
+        "a cross-hub receipt of one exchange (the parts of every hub it crossed, fetched here), or --merge",
     )  # fmt: skip
     p.add_argument("exchange_id", nargs="?", default="", help="this hub's id of the exchange")
-    p.add_argument("--own", action="store_true", help="only this hub's part (the peers' are not fetched)")
+    p.add_argument("--own", action="store_true", help="only this hub's part (the other hubs' are not fetched)")
     p.add_argument("--merge", type=Path, nargs="+", help="join receipt parts (one per hub) into one receipt")
     p.add_argument("--out", type=Path, required=True, help="the receipt file to write (JSON)")
     p = _verb(verbs, "consistency", audit.consistency, "check that a newer checkpoint extends an older one")

@@ -21,8 +21,6 @@ from dataclasses import replace
 from typing import TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from audit.note import Signer, Verifier
 from exchange import errors, pki
@@ -36,6 +34,7 @@ from exchange.server.federation_witness import ForkCounter, Submission, Witnessi
 from exchange.server.forwarding import ForwardingServicer
 from exchange.server.peering import PeeringServicer
 from exchange.server.receipts import InclusionProofs, Parts, ReceiptServicer
+from exchange.server.rpc import reason_of
 from exchange.services.catalog import CatalogService
 from exchange.services.federation.catalog import FederatedCatalog
 from exchange.services.federation.forwarding import Forwarding
@@ -367,16 +366,6 @@ def readable_offers(page: pb.ListOfferedEntriesResponse) -> tuple[list[Offer], l
     return offers, malformed
 
 
-def _reason_of(e: grpc.aio.AioRpcError) -> str:
-    """The ErrorInfo reason a peer gave with its refusal ("" if none)."""
-    status = rpc_status.from_call(e)  # type: ignore[arg-type]  # an ended call has what it reads
-    for detail in status.details if status else []:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.reason)
-    return ""
-
-
 def _hop_error(peer: Peer, what: str, e: grpc.aio.AioRpcError, timeout: float) -> errors.ExchangeError:
     """The hub error for a failed call to a peer: it names the hop (the peer's code and address)."""
     hop = f"peer hub {peer.code} at {peer.address}"
@@ -389,7 +378,7 @@ def _hop_error(peer: Peer, what: str, e: grpc.aio.AioRpcError, timeout: float) -
             f"{hop} cannot be reached for {what} ({detail}); it may be down, or not have registered this hub yet"
         )
     if code is grpc.StatusCode.PERMISSION_DENIED:
-        return errors.PermissionDenied(f"{hop} refused {what}: {detail}", reason=_reason_of(e) or "PEER_REFUSED")
+        return errors.PermissionDenied(f"{hop} refused {what}: {detail}", reason=reason_of(e) or "PEER_REFUSED")
     if code is grpc.StatusCode.UNAUTHENTICATED:
         return errors.Unauthenticated(f"{hop} did not accept this hub's certificate for {what}: {detail}")
     if code is grpc.StatusCode.FAILED_PRECONDITION:
@@ -403,7 +392,7 @@ def _forwarded_error(hop: str, what: str, e: grpc.aio.AioRpcError) -> errors.Exc
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         return errors.InvalidArgument(f"{hop} refused {what}: {detail}")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return errors.ResourceExhausted(f"{hop} refused {what}: {detail}", _reason_of(e) or "PEER_REFUSED")
+        return errors.ResourceExhausted(f"{hop} refused {what}: {detail}", reason_of(e) or "PEER_REFUSED")
     if code is grpc.StatusCode.NOT_FOUND:
         return errors.FailedPrecondition(f"{hop} refused {what}: {detail}", kind="NOT_FOUND_THERE")
     if code is grpc.StatusCode.DATA_LOSS:

@@ -1,9 +1,12 @@
-"""Cross-hub receipts in a running federation: this hub's part of an exchange, a peer's part fetched for it.
+"""Cross-hub receipts in a running federation: this hub's part of an exchange, the other hubs' fetched for it.
 
 An auditor asks this hub (``AuditService.GetCrossHubReceipt``) for one exchange by this hub's id. Its records
 name the hubs the exchange crossed to or came from (``peer_hub``: a log origin, ``peer_exchange_id``); for
 each adjacent active peer so named, this hub asks it over the federation (``ReceiptService.GetReceiptPart``)
-for its part, checks it with the peer's log key and merges it with its own. A peer answers only for an
+for its part and the parts of the hubs beyond it, which that peer fetches the same way from its own peers
+(receipt_chain: how far, and what each hub checks before it passes a part on). This hub checks them, merges
+them with its own part and refuses a receipt whose records do not link into the whole chain, from the
+consumer's hub to the serving hub (audit.receipt.chain), naming the hub missing. A peer answers only for an
 exchange whose records name the calling hub's log, and NOT_FOUND otherwise, so nothing leaks about
 exchanges the caller was not party to. Each part is proved under a checkpoint a neighbour cosigned (the
 asking hub's witness, for a peer's part): while the records are newer than any, FAILED_PRECONDITION says so.
@@ -14,17 +17,24 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Protocol
 
-import grpc
-
 from audit.cosignature import with_cosignatures
 from audit.note import Verifier
-from audit.receipt import Part, ProvedRecord, ReceiptError, merge, verify_part
+from audit.receipt import Part, ProvedRecord, ReceiptError, merge
+from audit.receipt import chain as whole_chain
 from exchange import errors
 from exchange.federation.model import Peer, PeerState
 from exchange.models import Principal
 from exchange.paging import MAX_PAGE_SIZE, PageRequest
 from exchange.server.federation_witness import peer_log, peer_witness
 from exchange.server.peering import from_peer
+from exchange.server.receipt_chain import (
+    FURTHER_UNAVAILABLE,
+    Ask,
+    ChainParts,
+    links_of,
+    part_to_wire,
+    path_of,
+)
 from exchange.server.witness import ConsistencyProofs
 from exchange.store import Store
 from exchange.store.audit import Entry, EntryFilter
@@ -85,29 +95,18 @@ class Parts:
         return Part(self.verifier.name, self.verifier.encode(), exchange_id, records, signed)
 
 
-def part_to_wire(part: Part) -> pb.ReceiptPart:
-    records = [pb.ProvedRecord(seq=r.seq, record=r.record, proof=list(r.proof)) for r in part.records]
-    return pb.ReceiptPart(
-        origin=part.origin, log_key=part.log_key, exchange_id=part.exchange_id, records=records,
-        checkpoint=part.checkpoint,
-    )  # fmt: skip
-
-
-def part_from_wire(wire: pb.ReceiptPart) -> Part:
-    records = tuple(ProvedRecord(r.seq, r.record, tuple(r.proof)) for r in wire.records)
-    return Part(wire.origin, wire.log_key, wire.exchange_id, records, wire.checkpoint)
-
-
 def _witnesses(peers: list[Peer]) -> dict[str, str]:
     return {w.name: p.code for p in peers if (w := peer_witness(p)) is not None}
 
 
 class ReceiptServicer(pb_grpc.ReceiptServiceServicer):
-    """ReceiptService on the federation listener: a peer's part of an exchange it was party to."""
+    """ReceiptService on the federation listener: a peer's part of an exchange it was party to, and, asked
+    for them, the parts of the hubs beyond this one (receipt_chain)."""
 
     def __init__(self, federation: Federation, parts: Parts) -> None:
         self.federation = federation
         self.parts = parts
+        self.chain = ChainParts(federation, parts.store, parts.verifier.name)
 
     @from_peer((PeerState.ACTIVE,), "fetch a receipt part")
     def GetReceiptPart(self, request: pb.GetReceiptPartRequest, peer: Peer) -> pb.GetReceiptPartResponse:
@@ -117,11 +116,14 @@ class ReceiptServicer(pb_grpc.ReceiptServiceServicer):
         if not any(fields.get("peer_hub") == origin for _, fields in found):
             raise errors.NotFound("exchange", exchange_id or "(none given)")
         part = self.parts.part(exchange_id, [e for e, _ in found], _witnesses([peer]))
-        return pb.GetReceiptPartResponse(part=part_to_wire(part))
+        path = path_of(request, origin)
+        further = self.chain.beyond(links_of(found), request.further_hops, path) if request.further_hops > 0 else []
+        return pb.GetReceiptPartResponse(part=part_to_wire(part), further=[part_to_wire(p) for p in further])
 
 
 class CrossReceipts:
-    """The auditor's side: this hub's part and its adjacent peers' parts of one exchange, merged."""
+    """The auditor's side: this hub's part and the parts of every other hub on the exchange's chain (its
+    adjacent peers' and, fetched through them, those beyond), merged and checked to form the whole chain."""
 
     def __init__(self, federation: Federation | None, parts: Parts, policy: RightsPolicy) -> None:
         self.federation = federation
@@ -137,7 +139,7 @@ class CrossReceipts:
         found = self.parts.records(exchange_id)
         if not found:
             raise errors.NotFound("exchange", exchange_id)
-        links = {(str(f["peer_hub"]), str(f.get("peer_exchange_id", ""))) for _, f in found if f.get("peer_hub")}
+        links = links_of(found)
         if not links:
             raise errors.FailedPrecondition(f"exchange {exchange_id} did not cross to another hub: no record names one")
         if self.federation is None:
@@ -145,47 +147,30 @@ class CrossReceipts:
                 "this hub does not federate (federation_listen is not set), so it cannot fetch its peers' parts: "
                 "make each hub's part with `exchange audit cross-receipt ID --own` and join them with --merge"
             )
-        peers = self._peers([origin for origin, _ in links])
+        chain = ChainParts(self.federation, self.parts.store, self.parts.verifier.name)
+        peers = chain.peers([origin for origin, _ in links])
         own = self.parts.part(exchange_id, [e for e, _ in found], _witnesses(list(peers.values())))
-        theirs = [self._fetch(peers[origin], their_id) for origin, their_id in sorted(links)]
+        beyond = self.federation.settings.federation_hop_limit - 1
+        theirs = [
+            p for origin, their_id in links for p in _fetch(chain, peers[origin], Ask(their_id, beyond, (own.origin,)))
+        ]
         try:
-            return merge([own], theirs)
+            merged = merge([own], theirs)
+            whole_chain(merged)
         except ReceiptError as e:
             raise errors.FailedPrecondition(str(e)) from None
+        return merged
 
-    def _peers(self, origins: list[str]) -> dict[str, Peer]:
-        active = self.parts.store.peers.list((PeerState.ACTIVE,))
-        by_origin = {peer_log(p).name: p for p in active if p.log_key}
-        missing = sorted(set(origins) - set(by_origin))
-        if missing:
-            raise errors.FailedPrecondition(
-                f"the exchange crossed to the hub(s) whose log is {', '.join(missing)}, not an active peer of this "
-                "hub: ask that hub's auditors for its part (exchange audit cross-receipt --merge joins the parts)"
-            )
-        return {o: by_origin[o] for o in origins}
 
-    def _fetch(self, peer: Peer, exchange_id: str) -> Part:
-        """The peer's part over the federation, checked with its log key before it is merged."""
-        assert self.federation is not None
-        request = pb.GetReceiptPartRequest(exchange_id=exchange_id)
-
-        async def rpc(stub: pb_grpc.ReceiptServiceAsyncStub, timeout: float) -> pb.ReceiptPart:
-            try:
-                return (await stub.GetReceiptPart(request, timeout=timeout)).part
-            except grpc.aio.AioRpcError as e:
-                if e.code() is not grpc.StatusCode.NOT_FOUND:
-                    raise
-            raise errors.FailedPrecondition(
-                f"peer hub {peer.code} has no record of its exchange {exchange_id} that names this hub: the records "
-                "here and there do not agree (see both hubs' audit logs)",
-                subject=peer.code,
-            )
-
-        what = "fetch a receipt part"
-        wire = self.federation.run(self.federation.call_on(peer, what, pb_grpc.ReceiptServiceStub, rpc))
-        part = part_from_wire(wire)
-        try:
-            verify_part(part, peer_log(peer))
-        except ReceiptError as e:
-            raise errors.Unavailable(f"peer hub {peer.code} sent a receipt part that does not verify: {e}") from None
-        return part
+def _fetch(chain: ChainParts, peer: Peer, ask: Ask) -> list[Part]:
+    """The peer's part and those beyond it; a hub beyond that cannot be reached is named, with what to do."""
+    try:
+        return chain.fetch(peer, ask)
+    except errors.Unavailable as e:
+        if e.reason != FURTHER_UNAVAILABLE:
+            raise
+        raise errors.Unavailable(
+            f"{e.message}. Peer hub {peer.code} answered; ask again later, or make that hub's part there "
+            "(exchange audit cross-receipt ID --own) and join the parts with --merge",
+            FURTHER_UNAVAILABLE,
+        ) from None

@@ -101,10 +101,21 @@ def _status_of(error: errors.ExchangeError) -> status_pb2.Status:  # noqa: PLR09
     if isinstance(error, errors.DeadlineExceeded):
         return status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message=error.message)
     if isinstance(error, errors.Unavailable):
-        return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=error.message)
+        found = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN))] if error.reason else []
+        return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=error.message, details=found)
     if isinstance(error, errors.DataLoss):
         return status_pb2.Status(code=code_pb2.DATA_LOSS, message=error.message)
     return status_pb2.Status(code=code_pb2.INTERNAL, message=error.message)
+
+
+def reason_of(e: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason a called service gave with its refusal (a peer hub's) ("" if none)."""
+    status = rpc_status.from_call(e)  # type: ignore[arg-type]  # an ended call has what it reads
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
 
 
 def _presented(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:

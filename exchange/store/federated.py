@@ -158,6 +158,14 @@ class FederatedCatalogStore:
             seen.setdefault(code, HubRef(code, name, level))
         return list(seen.values())
 
+    def home_log_keys(self) -> list[str]:
+        """The log keys of the home hubs of the entries kept here, as relayed with them (each once, none empty)."""
+        with self._db.read() as s:
+            found = s.scalars(
+                select(RemoteEntryRow.home_log_key).where(RemoteEntryRow.home_log_key != "").distinct()
+            ).all()
+        return sorted(found)
+
     def list(self, page: PageRequest, f: RemoteFilter) -> Page[RemoteEntry]:
         with self._db.read() as s:
             stmt = select(RemoteEntryRow)

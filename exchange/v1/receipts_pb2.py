@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xchange/v1/receipts.proto\x12\x0b\x65xchange.v1\",\n\x15GetReceiptPartRequest\x12\x13\n\x0b\x65xchange_id\x18\x01 \x01(\t\":\n\x0cProvedRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0e\n\x06record\x18\x02 \x01(\t\x12\r\n\x05proof\x18\x03 \x03(\x0c\"\x83\x01\n\x0bReceiptPart\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0f\n\x07log_key\x18\x02 \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\x03 \x01(\t\x12*\n\x07records\x18\x04 \x03(\x0b\x32\x19.exchange.v1.ProvedRecord\x12\x12\n\ncheckpoint\x18\x05 \x01(\t\"@\n\x16GetReceiptPartResponse\x12&\n\x04part\x18\x01 \x01(\x0b\x32\x18.exchange.v1.ReceiptPart2k\n\x0eReceiptService\x12Y\n\x0eGetReceiptPart\x12\".exchange.v1.GetReceiptPartRequest\x1a#.exchange.v1.GetReceiptPartResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xchange/v1/receipts.proto\x12\x0b\x65xchange.v1\"P\n\x15GetReceiptPartRequest\x12\x13\n\x0b\x65xchange_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66urther_hops\x18\x02 \x01(\x05\x12\x0c\n\x04path\x18\x03 \x03(\t\":\n\x0cProvedRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0e\n\x06record\x18\x02 \x01(\t\x12\r\n\x05proof\x18\x03 \x03(\x0c\"\x83\x01\n\x0bReceiptPart\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0f\n\x07log_key\x18\x02 \x01(\t\x12\x13\n\x0b\x65xchange_id\x18\x03 \x01(\t\x12*\n\x07records\x18\x04 \x03(\x0b\x32\x19.exchange.v1.ProvedRecord\x12\x12\n\ncheckpoint\x18\x05 \x01(\t\"k\n\x16GetReceiptPartResponse\x12&\n\x04part\x18\x01 \x01(\x0b\x32\x18.exchange.v1.ReceiptPart\x12)\n\x07\x66urther\x18\x02 \x03(\x0b\x32\x18.exchange.v1.ReceiptPart2k\n\x0eReceiptService\x12Y\n\x0eGetReceiptPart\x12\".exchange.v1.GetReceiptPartRequest\x1a#.exchange.v1.GetReceiptPartResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'exchange.v1.receipts_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETRECEIPTPARTREQUEST']._serialized_start=43
-  _globals['_GETRECEIPTPARTREQUEST']._serialized_end=87
-  _globals['_PROVEDRECORD']._serialized_start=89
-  _globals['_PROVEDRECORD']._serialized_end=147
-  _globals['_RECEIPTPART']._serialized_start=150
-  _globals['_RECEIPTPART']._serialized_end=281
-  _globals['_GETRECEIPTPARTRESPONSE']._serialized_start=283
-  _globals['_GETRECEIPTPARTRESPONSE']._serialized_end=347
-  _globals['_RECEIPTSERVICE']._serialized_start=349
-  _globals['_RECEIPTSERVICE']._serialized_end=456
+  _globals['_GETRECEIPTPARTREQUEST']._serialized_end=123
+  _globals['_PROVEDRECORD']._serialized_start=125
+  _globals['_PROVEDRECORD']._serialized_end=183
+  _globals['_RECEIPTPART']._serialized_start=186
+  _globals['_RECEIPTPART']._serialized_end=317
+  _globals['_GETRECEIPTPARTRESPONSE']._serialized_start=319
+  _globals['_GETRECEIPTPARTRESPONSE']._serialized_end=426
+  _globals['_RECEIPTSERVICE']._serialized_start=428
+  _globals['_RECEIPTSERVICE']._serialized_end=535
 # @@protoc_insertion_point(module_scope)

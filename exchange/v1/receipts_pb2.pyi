@@ -4,7 +4,9 @@ isort:skip_file
 Cross-hub receipts between peer hubs: a hub asks a peer for the peer's part of a receipt of one exchange
 that crossed both (audit/receipt.py describes a receipt and its parts). Served only to peer hubs (on the
 federation listener), and only for an exchange whose records at the peer name the calling hub's log
-as `peer_hub`: any other exchange is NOT_FOUND, exactly as one that does not exist.
+as `peer_hub`: any other exchange is NOT_FOUND, exactly as one that does not exist. Asked for them, the
+peer also fetches the parts of the hubs beyond it on the exchange's chain, each from its own adjacent
+peer in the same way (each further hub applies the same rule to the hub asking it).
 """
 
 from collections import abc as _abc
@@ -27,16 +29,31 @@ class GetReceiptPartRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXCHANGE_ID_FIELD_NUMBER: _builtins.int
+    FURTHER_HOPS_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
     exchange_id: _builtins.str
     """The answering hub's id of the exchange (the `peer_exchange_id` in the caller's record)."""
+    further_hops: _builtins.int
+    """How many hubs beyond the answering one (away from the caller) it fetches the parts of as well, each
+    from the hub before it; 0 (what a hub of an earlier version asks): its own part only. The answering hub
+    asks the next hub for one fewer, and never more than its own federation_hop_limit.
+    """
+    @_builtins.property
+    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The log origins of the hubs this ask came through, the first asker first and the calling hub last (a
+        first asker gives its own): the answering hub asks none of them, so an ask never turns back or loops.
+        """
+
     def __init__(
         self,
         *,
         exchange_id: _builtins.str = ...,
+        further_hops: _builtins.int = ...,
+        path: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange_id", b"exchange_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange_id", b"exchange_id", "further_hops", b"further_hops", "path", b"path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -112,16 +129,27 @@ class GetReceiptPartResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PART_FIELD_NUMBER: _builtins.int
+    FURTHER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def part(self) -> Global___ReceiptPart: ...
+    @_builtins.property
+    def further(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReceiptPart]:
+        """The parts of the hubs beyond the answering one that its records name (the exchange went on from it, or
+        came to it from further away), when `further_hops` asked for them, in no particular order. The
+        answering hub checked each: its adjacent peer's part with the log key that peer told at peering, any
+        part from further with the key it knows for that log (else the key the part states, vouched for by the
+        hub that passed it on). An auditor trusts keys, not hubs: verify-receipt with --trust is the real check.
+        """
+
     def __init__(
         self,
         *,
         part: Global___ReceiptPart | None = ...,
+        further: _abc.Iterable[Global___ReceiptPart] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["further", b"further", "part", b"part"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -49,6 +49,9 @@ class ReceiptServiceServicer:
         newest checkpoint that the calling hub's witness cosigned, and that checkpoint with its cosignatures.
         NOT_FOUND when no record of that id names the caller; FAILED_PRECONDITION (type NOT_YET_WITNESSED)
         while the records are newer than any checkpoint the caller cosigned: ask again after the next sync round.
+        With `further_hops`, also the parts beyond it (see GetReceiptPartResponse.further): UNAVAILABLE (reason
+        FURTHER_HUB_UNAVAILABLE) when a hub beyond cannot be reached, naming it; FAILED_PRECONDITION when a hub
+        beyond does not tie the exchange to the hub before it; DATA_LOSS when a part beyond does not verify.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

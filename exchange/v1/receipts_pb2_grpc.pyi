@@ -4,7 +4,9 @@ isort:skip_file
 Cross-hub receipts between peer hubs: a hub asks a peer for the peer's part of a receipt of one exchange
 that crossed both (audit/receipt.py describes a receipt and its parts). Served only to peer hubs (on the
 federation listener), and only for an exchange whose records at the peer name the calling hub's log
-as `peer_hub`: any other exchange is NOT_FOUND, exactly as one that does not exist.
+as `peer_hub`: any other exchange is NOT_FOUND, exactly as one that does not exist. Asked for them, the
+peer also fetches the parts of the hubs beyond it on the exchange's chain, each from its own adjacent
+peer in the same way (each further hub applies the same rule to the hub asking it).
 """
 
 from collections import abc as _abc
@@ -40,6 +42,9 @@ class ReceiptServiceStub:
     newest checkpoint that the calling hub's witness cosigned, and that checkpoint with its cosignatures.
     NOT_FOUND when no record of that id names the caller; FAILED_PRECONDITION (type NOT_YET_WITNESSED)
     while the records are newer than any checkpoint the caller cosigned: ask again after the next sync round.
+    With `further_hops`, also the parts beyond it (see GetReceiptPartResponse.further): UNAVAILABLE (reason
+    FURTHER_HUB_UNAVAILABLE) when a hub beyond cannot be reached, naming it; FAILED_PRECONDITION when a hub
+    beyond does not tie the exchange to the hub before it; DATA_LOSS when a part beyond does not verify.
     """
 
 @_typing.type_check_only
@@ -50,6 +55,9 @@ class ReceiptServiceAsyncStub(ReceiptServiceStub):
     newest checkpoint that the calling hub's witness cosigned, and that checkpoint with its cosignatures.
     NOT_FOUND when no record of that id names the caller; FAILED_PRECONDITION (type NOT_YET_WITNESSED)
     while the records are newer than any checkpoint the caller cosigned: ask again after the next sync round.
+    With `further_hops`, also the parts beyond it (see GetReceiptPartResponse.further): UNAVAILABLE (reason
+    FURTHER_HUB_UNAVAILABLE) when a hub beyond cannot be reached, naming it; FAILED_PRECONDITION when a hub
+    beyond does not tie the exchange to the hub before it; DATA_LOSS when a part beyond does not verify.
     """
 
 class ReceiptServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -63,6 +71,9 @@ class ReceiptServiceServicer(metaclass=_abc_1.ABCMeta):
         newest checkpoint that the calling hub's witness cosigned, and that checkpoint with its cosignatures.
         NOT_FOUND when no record of that id names the caller; FAILED_PRECONDITION (type NOT_YET_WITNESSED)
         while the records are newer than any checkpoint the caller cosigned: ask again after the next sync round.
+        With `further_hops`, also the parts beyond it (see GetReceiptPartResponse.further): UNAVAILABLE (reason
+        FURTHER_HUB_UNAVAILABLE) when a hub beyond cannot be reached, naming it; FAILED_PRECONDITION when a hub
+        beyond does not tie the exchange to the hub before it; DATA_LOSS when a part beyond does not verify.
         """
 
 def add_ReceiptServiceServicer_to_server(servicer: ReceiptServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
