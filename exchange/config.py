@@ -325,8 +325,6 @@ def _federation_problems(s: Settings) -> list[str]:
             problems.append(f"federation_listen must be host:port, got {s.federation_listen!r}")
         if not (s.hub_code and s.hub_name and s.hub_level):
             problems.append("federation_listen needs hub_code, hub_name and hub_level")
-        if s.workers > 1:  # each worker would serve the listener and pull the peers: not yet shared out
-            problems.append("federation_listen needs workers = 1 (a federating hub runs one process for now)")
     if s.hub_code and (len(s.hub_code) != 6 or not s.hub_code.isdigit()):
         problems.append(f"hub_code must be a six-digit administrative division code, got {s.hub_code!r}")
     if s.hub_level and s.hub_level not in HUB_LEVELS:
