@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 
 import psycopg
@@ -67,7 +68,7 @@ class SessionLock:
         row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
         self._held = bool(row and row[0])
         if self._held:
-            log.info("this process now holds the %s", self._what)
+            log.info("process %d now holds the %s", os.getpid(), self._what)
         return self._held
 
     def release(self) -> None:
