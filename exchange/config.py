@@ -134,7 +134,8 @@ class Settings:
     hub_name: str = ""
     hub_level: str = ""
     # host:port of the federation listener, where peer hubs call (mutual TLS with hub certificates, trusting
-    # only the CAs of registered peers); empty: none (the hub neither peers nor offers its catalog).
+    # only the CAs of registered peers); empty: none (the hub neither peers nor offers its catalog). With several
+    # workers, each serves it on the same port (docs/federation.md, "A hub of several processes").
     federation_listen: str = ""
     # Seconds between two pulls of each active peer's offered catalog entries: a change at a peer's home
     # reaches this hub within this time plus one call (federation_call_seconds).
