@@ -134,7 +134,8 @@ class Settings:
     hub_name: str = ""
     hub_level: str = ""
     # host:port of the federation listener, where peer hubs call (mutual TLS with hub certificates, trusting
-    # only the CAs of registered peers); empty: none (the hub neither peers nor offers its catalog).
+    # only the CAs of registered peers); empty: none (the hub neither peers nor offers its catalog). With several
+    # workers, each serves it on the same port (docs/federation.md, "A hub of several processes").
     federation_listen: str = ""
     # Seconds between two pulls of each active peer's offered catalog entries: a change at a peer's home
     # reaches this hub within this time plus one call (federation_call_seconds).
@@ -325,8 +326,6 @@ def _federation_problems(s: Settings) -> list[str]:
             problems.append(f"federation_listen must be host:port, got {s.federation_listen!r}")
         if not (s.hub_code and s.hub_name and s.hub_level):
             problems.append("federation_listen needs hub_code, hub_name and hub_level")
-        if s.workers > 1:  # each worker would serve the listener and pull the peers: not yet shared out
-            problems.append("federation_listen needs workers = 1 (a federating hub runs one process for now)")
     if s.hub_code and (len(s.hub_code) != 6 or not s.hub_code.isdigit()):
         problems.append(f"hub_code must be a six-digit administrative division code, got {s.hub_code!r}")
     if s.hub_level and s.hub_level not in HUB_LEVELS:

@@ -139,14 +139,17 @@ def serve(
     sync_seconds: float = 0.5,
     checkpoint_seconds: float = 2.0,
     extra: Mapping[str, str] | None = None,
+    *,
+    database_url: str = "",
 ) -> Iterator[Served]:
     """The hub of ``level`` initialized in ``root``/``level`` and served in its own process until the block ends
     (sync rounds and signed checkpoints every ``sync_seconds`` and ``checkpoint_seconds``; ``extra``: more
-    ``EXCHANGE_*`` settings)."""
+    ``EXCHANGE_*`` settings, e.g. EXCHANGE_WORKERS; ``database_url``: its store, "" for a SQLite file in its
+    home)."""
     code, name = HUBS[level]
     port, federation = free_port(), free_port()
     settings = replace(
-        base_settings(root / level),
+        base_settings(root / level, database_url),
         hub_code=code,
         hub_name=name,
         hub_level=level,
@@ -155,6 +158,8 @@ def serve(
     )
     operator = initialize(settings, OperatorSeed(AUTHORITY, "op-admin", "王运维")).directory
     env = {**_environment(settings.home, level, port, federation, (sync_seconds, checkpoint_seconds)), **(extra or {})}
+    if database_url:
+        env["EXCHANGE_DATABASE_URL"] = database_url
     log = root / f"{level}.log"
     log.write_bytes(b"")
     process = _launch(env, log)

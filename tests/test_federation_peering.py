@@ -15,7 +15,7 @@ from cryptography import x509
 
 from audit.cosignature import WitnessKey, WitnessVerifier
 from audit.note import Verifier
-from exchange import errors, pki
+from exchange import ca, errors, pki
 from exchange import models as m
 from exchange.bootstrap import OperatorSeed, initialize
 from exchange.cli.client import HubClient
@@ -306,3 +306,32 @@ def test_a_resumption_the_peer_did_not_hear_is_told_again_when_its_refusal_says_
     city.sync()  # the province refuses the pull as suspended by the city: the city tells it again
     assert province.state_of(city.code) is PeerState.ACTIVE
     assert any('"action":"peer_resumed"' in r for r in province.federation_records())
+
+
+def test_a_renewed_hub_certificate_is_presented_by_the_next_channel_and_a_half_written_one_is_not(
+    pair: dict[str, Node],
+) -> None:
+    city, province = pair["city"], pair["province"]
+    peer_pair(city, province)
+    federation, peer = city.federation, city.peer(province.code)
+    files = pki.HubFiles(city.running.settings.home, city.running.settings.ca_key_file)
+
+    async def channel() -> grpc.aio.Channel:
+        return federation.channel(peer)
+
+    before = federation.run(channel())
+    assert federation.run(channel()) is before  # kept while nothing changed
+    renewed = ca.issue_hub(files, city.code, city.running.settings.hostnames)
+    assert federation.hub.cert == pki.cert_pem(renewed)
+    after = federation.run(channel())
+    assert after is not before  # the old channel dropped: the next call connects presenting the new certificate
+    assert _pull(city, province.code) == []  # the province's listener took the renewed certificate
+
+    # Only the key written (a renewal cut short): the pair does not match, the renewed certificate stays.
+    authority = ca.load_authority(files)
+    key, _ = pki.issue_hub_certificate(authority.key, authority.cert, city.code, (), 30)
+    pki.replace_file(files.hub_key, pki.key_pem(key), 0o600)
+    with pytest.raises(errors.ConfigError, match="does not belong to"):
+        load_hub_certificate(files, city.code)
+    assert federation.hub.cert == pki.cert_pem(renewed)
+    assert federation.run(channel()) is after

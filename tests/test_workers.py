@@ -178,6 +178,9 @@ def test_several_workers_refuse_sqlite_and_port_zero(tmp_path: Path, capsys: pyt
         check(postgres)
     with pytest.raises(ConfigError, match="past 65535"):
         check(replace(postgres, listen="127.0.0.1:7443", metrics_listen="127.0.0.1:65534"))
+    with pytest.raises(ConfigError, match="federation listener's port too"):
+        check(replace(postgres, listen="127.0.0.1:7443", federation_listen="127.0.0.1:0"))
+    check(replace(postgres, listen="127.0.0.1:7443", federation_listen="127.0.0.1:7445"))
     check(replace(postgres, listen="127.0.0.1:7443"))
     check(Settings(home=home, listen="127.0.0.1:0"))  # one worker: anything that served before still does
 

@@ -156,7 +156,7 @@ def ca_hub_cert(args: argparse.Namespace, settings: Settings) -> int:
         {"hub_code": settings.hub_code, "not_after": cert.not_valid_after_utc.isoformat()},
         f"new hub certificate for hub {settings.hub_code} ({pki.hub_uri(settings.hub_code)}), "
         f"valid until {cert.not_valid_after_utc:%Y-%m-%d}",
-        "restart the hub to present it to its peers",
+        "the hub presents it to its peers from their next connection (no restart)",
     )
     return 0
 

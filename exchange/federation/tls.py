@@ -4,6 +4,11 @@ The federation listener trusts, as client roots, only the CAs of registered peer
 the set is handed to gRPC again (before the next handshake) whenever it changes. With no peer at all it
 trusts a CA made in memory whose key is thrown away: no certificate anyone holds verifies against it.
 A channel to a peer presents this hub's hub certificate and trusts the peer's registered CA only.
+
+The hub certificate follows its files (``exchange.watched``, as the main port's server certificate does):
+re-issued with ``exchange ca hub-cert``, it is presented from the listener's next handshake on, and by the
+channels made after it changed. A pair that does not load, or names another hub, is logged and the one
+before it kept.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from dataclasses import dataclass
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from exchange import pki
 from exchange.errors import ConfigError
 from exchange.federation.model import TRUSTED_STATES, Peer
+from exchange.watched import Watched
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +47,26 @@ def load_hub_certificate(files: pki.HubFiles, hub_code: str) -> HubCertificate:
         )
     pki.check_private(files.hub_key)
     key, cert = files.hub_key.read_bytes(), files.hub_cert.read_bytes()
-    named = pki.hub_code_of(x509.load_pem_x509_certificate(cert))
+    try:
+        certificate = x509.load_pem_x509_certificate(cert)
+        private = serialization.load_pem_private_key(key, password=None)
+    except ValueError as e:
+        raise ConfigError(f"{files.hub_cert} or {files.hub_key} does not load: {e}") from None
+    if private.public_key() != certificate.public_key():
+        raise ConfigError(f"{files.hub_key} does not belong to {files.hub_cert}: run `exchange ca hub-cert`")
+    named = pki.hub_code_of(certificate)
     if named != hub_code:
         raise ConfigError(
             f"{files.hub_cert} names hub {named!r}, not hub_code {hub_code!r}: run `exchange ca hub-cert`"
         )
     return HubCertificate(key, cert, hub_code)
+
+
+def watch_hub_certificate(files: pki.HubFiles, hub_code: str) -> Watched[HubCertificate]:
+    """The hub certificate, loaded now (its errors stop the hub) and again whenever its files change."""
+    return Watched(
+        lambda: (files.hub_key, files.hub_cert), lambda: load_hub_certificate(files, hub_code), "hub certificate"
+    )
 
 
 def _nobody() -> bytes:
@@ -57,12 +78,19 @@ def _nobody() -> bytes:
 class PeerTrust:
     """The federation listener's TLS configuration: this hub's certificate, and its peers' CAs as client roots."""
 
-    def __init__(self, hub: HubCertificate) -> None:
+    def __init__(self, hub: Watched[HubCertificate]) -> None:
         self._hub = hub
         self._lock = threading.Lock()
         self._trusted: tuple[str, ...] = ()
         self._roots = _nobody()
+        self._served = hub.value  # the hub certificate in the configuration gRPC holds
         self._changed = False
+
+    @property
+    def hub(self) -> HubCertificate:
+        """The hub certificate to present now (its files looked at first: a re-issued one is taken)."""
+        self._hub.refresh()
+        return self._hub.value
 
     def update(self, peers: Iterable[Peer]) -> None:
         """Takes the CAs of the peers that are registered and not ended (before the next handshake)."""
@@ -76,14 +104,22 @@ class PeerTrust:
             log.info("federation listener: now trusting the CAs of %d peer(s)", len(trusted))
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
-        return grpc.ssl_server_certificate_configuration([(self._hub.key, self._hub.cert)], self._roots)
+        self._served = hub = self._hub.value
+        return grpc.ssl_server_certificate_configuration([(hub.key, hub.cert)], self._roots)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        with self._lock:
-            if not self._changed:
-                return None
-            self._changed = False
-            return self._configuration()
+        """gRPC's question before a handshake: a new configuration (the peers' CAs or the hub certificate
+        changed), or None to keep the current one."""
+        try:
+            renewed = self.hub is not self._served
+            with self._lock:
+                if not (self._changed or renewed):
+                    return None
+                self._changed = False
+                return self._configuration()
+        except Exception:  # an exception must not cross into gRPC's core; the current configuration stays
+            log.exception("federation listener: reloading its TLS configuration failed")
+            return None
 
     def credentials(self) -> grpc.ServerCredentials:
         with self._lock:

@@ -77,7 +77,7 @@ from exchange.services.subscriptions import (
     Terms,
 )
 from exchange.store import Store
-from exchange.store.changes import ChangeListener
+from exchange.store.changes import FEDERATION_SYNC, ChangeListener
 from exchange.store.registry import Holder
 from exchange.v1 import (
     audit_pb2,
@@ -420,7 +420,7 @@ class Hub:
         self.decisions.replace_all(self.store.rights.live_grants)
 
     def _apply_change(self, payload: str) -> None:
-        """A change another hub process committed: a grant, or a member's roles."""
+        """A change another hub process committed: a grant, a member's roles, a peering; or a sync round asked."""
         self._forget(payload)
         kind, _, key = payload.partition(":")
         if kind == "grant":
@@ -429,6 +429,10 @@ class Hub:
             principal_kind, _, code = key.partition("/")
             ref = PrincipalRef(PrincipalKind(principal_kind), code)
             self.policy.refresh_roles(ref, lambda: assignments_of(*self.store.registry.roles_of(ref)))
+        elif kind == "peer" and self.federation is not None:
+            self.federation.peers_changed()  # the listener's trusted CAs, before the next handshake
+        elif payload == FEDERATION_SYNC and self.federation is not None:
+            self.federation.heard_sync()  # runs the round if this process holds the sync lock
         log.debug("applied policy change %s", payload)
 
     async def start(self) -> int:

@@ -8,6 +8,12 @@ is UNAVAILABLE naming the hop. A loop pulls each active peer's offered catalog e
 ``federation_sync_seconds``, has each cosign this hub's newest checkpoint (``federation_witness``) and
 retries introductions still waiting for the other side. The listener also serves the peers' witness
 (``WitnessService``) and their parts of cross-hub receipts (``ReceiptService``, ``receipts``).
+
+Several hub processes may share the store and the listener's port (``exchange serve --workers N``): each
+serves the listener and makes its own calls, but the sync rounds' jobs run in one process at a time, the
+holder of the federation's sync lock (``exchange.store.session_lock``). Every process still turns its loop:
+it re-reads the peers each round (a peering changed in another process reaches it by a notice at once, by the
+round at the latest) and, asked for a round it cannot run, asks the holder by a notice.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from exchange import errors, pki
 from exchange.bootstrap import load_witness_key
 from exchange.config import Settings
 from exchange.federation.model import HubKeys, HubRef, Offer, Peer, PeerState
-from exchange.federation.tls import HubCertificate, PeerTrust, channel_to, load_hub_certificate
+from exchange.federation.tls import HubCertificate, PeerTrust, channel_to, watch_hub_certificate
 from exchange.server import federation_wire as fw
 from exchange.server.cross_rights import CrossHubClient, CrossHubRightsServicer
 from exchange.server.federation_witness import ForkCounter, Submission, Witnessing
@@ -42,18 +48,22 @@ from exchange.services.federation.peering import PeeringService
 from exchange.services.federation.rights import CrossHubRights
 from exchange.services.rights import RightsService
 from exchange.store import Store
+from exchange.store.session_lock import session_lock
 from exchange.v1 import applications_pb2_grpc as apb_grpc
 from exchange.v1 import federation_pb2 as pb
 from exchange.v1 import federation_pb2_grpc as pb_grpc
 from exchange.v1 import forwarding_pb2_grpc
 from exchange.v1 import receipts_pb2_grpc as rpb_grpc
 from exchange.v1 import witness_pb2_grpc as wpb_grpc
+from exchange.watched import Watched
 from policy import RightsPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 S = TypeVar("S")
 PAGE = 200
+# An arbitrary constant naming the PostgreSQL advisory lock whose holder runs the federation's sync rounds.
+SYNC_LOCK = 0x45584645  # "EXFE"
 _CHANGES = {
     "suspended": pb.PEERING_CHANGE_SUSPENDED,
     "resumed": pb.PEERING_CHANGE_RESUMED,
@@ -68,7 +78,7 @@ class Federation:
         self,
         settings: Settings,
         store: Store,
-        hub: HubCertificate,
+        hub: Watched[HubCertificate],
         peering: PeeringService,
         catalog: FederatedCatalog,
         *,
@@ -77,26 +87,33 @@ class Federation:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.hub = hub
         self.peering = peering
         self.catalog = catalog
         self.trust = PeerTrust(hub)
+        # Held by the one process of the hub that runs the sync rounds (always held on SQLite: one process).
+        self.lock = session_lock(store.db.url, store.db.backend, SYNC_LOCK, "federation's sync lock")
         # The hub's witness of its peers' logs, and its own log's submissions to theirs (None: not witnessing).
         self.witnessing = witnessing
         # This hub's parts of cross-hub receipts, for peers that were party to an exchange (None: not served).
         self.parts = parts
         self.port = 0
         self._server: grpc.aio.Server | None = None
-        self._channels: dict[str, tuple[tuple[str, str], grpc.aio.Channel]] = {}
+        self._channels: dict[str, tuple[tuple[str, str, bytes], grpc.aio.Channel]] = {}
         self._dropped: set[grpc.aio.Channel] = set()  # channels dropped after a failure, closed a little later
         self._closing: set[asyncio.Task[None]] = set()  # their closing, held so that no task is lost
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._syncing = self._asked = False
+        self._forward = False  # a round asked in this process: if another holds the lock, ask it by a notice
         self.applications: CrossHubClient | None = None  # share requests across hubs, once rights are served
         # Serves the exchanges peers forward here (set by the hub once its exchange service is built).
         self.forwarding: Forwarding | None = None
+
+    @property
+    def hub(self) -> HubCertificate:
+        """The hub certificate presented now (re-read once its files change)."""
+        return self.trust.hub
 
     def serve_rights(self, rights: RightsService, signer: Signer) -> None:
         """Applications across hubs: this hub's go to their home hubs, its peers' are received here."""
@@ -109,7 +126,8 @@ class Federation:
         """Serves the federation listener and starts the sync loop; returns the bound port."""
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.peers_changed)
-        server = grpc.aio.server(options=self._limits())
+        # Every worker of ``serve --workers N`` serves the listener on the same port, as the main one.
+        server = grpc.aio.server(options=[*self._limits(), ("grpc.so_reuseport", int(self.settings.workers > 1))])
         pb_grpc.add_PeeringServiceServicer_to_server(PeeringServicer(self), server)
         if self.witnessing is not None:
             wpb_grpc.add_WitnessServiceServicer_to_server(self.witnessing.servicer(self), server)
@@ -145,6 +163,7 @@ class Federation:
             await channel.close(None)
         self._channels.clear()
         self._dropped.clear()
+        await asyncio.to_thread(self.lock.release)  # another process takes the rounds over at its next one
 
     def peers_changed(self) -> None:
         """Re-reads the peers for the listener's trust (blocking: reads the store)."""
@@ -162,7 +181,13 @@ class Federation:
         return not self._syncing and not self._asked
 
     def sync_soon(self) -> None:
-        """Starts the next sync round now (after a peering became active), from any thread."""
+        """Starts the next sync round now (after a peering became active, an application was made), from any
+        thread; when another process holds the sync lock, that one is asked."""
+        self._forward = True
+        self.heard_sync()
+
+    def heard_sync(self) -> None:
+        """Starts the next sync round now, for another process that asked (not passed on again)."""
         if self._loop is not None:
             self._asked = True  # at once, from the asking thread: ``idle`` is false until the round has run
             self._loop.call_soon_threadsafe(self._wake.set)
@@ -173,13 +198,15 @@ class Federation:
         return pb_grpc.PeeringServiceStub(self.channel(peer))
 
     def channel(self, peer: Peer) -> grpc.aio.Channel:
-        """The channel to a peer, kept while its address and CA stay (for any hub-facing service)."""
-        key = (peer.address, peer.ca_fingerprint)
+        """The channel to a peer, kept while its address, its CA and this hub's certificate stay (for any
+        hub-facing service). One that no longer fits is dropped as after a failure: calls on it finish."""
+        hub = self.hub
+        key = (peer.address, peer.ca_fingerprint, hub.cert)
         held = self._channels.get(peer.code)
         if held is None or held[0] != key:
             if held is not None:
-                asyncio.get_running_loop().create_task(held[1].close(None))
-            held = (key, channel_to(peer, self.hub, self._limits()))
+                self._drop_now(peer.code)
+            held = (key, channel_to(peer, hub, self._limits()))
             self._channels[peer.code] = held
         return held[1]
 
@@ -225,6 +252,9 @@ class Federation:
         about to start on it (they took it before this one failed): it is closed only once they had the time a
         forwarded call may take, never under them (closing it at once cut them short, or left them hanging
         until the consumer's deadline)."""
+        self._drop_now(code)
+
+    def _drop_now(self, code: str) -> None:
         held = self._channels.pop(code, None)
         if held is not None:
             self._dropped.add(held[1])
@@ -299,6 +329,8 @@ class Federation:
         peers = await asyncio.to_thread(self.store.peers.list, (PeerState.REGISTERED, PeerState.ACTIVE))
         await asyncio.to_thread(self.peers_changed)  # also catches changes other hub processes made
         for registered in peers:
+            if not await self._holding():
+                return
             peer = registered
             try:
                 if peer.state is PeerState.REGISTERED:
@@ -313,8 +345,22 @@ class Federation:
                 await self._failed(peer, e)
             if peer.state is PeerState.ACTIVE:
                 await self._witnessed(peer)
-        if self.applications is not None:
+        if self.applications is not None and await self._holding():
             await self.applications.sync()
+
+    async def _holding(self) -> bool:
+        """Whether this process still holds the sync lock (a process that lost it leaves the round)."""
+        return await asyncio.to_thread(self.lock.held)
+
+    async def _round(self, forward: bool) -> None:
+        """The loop's turn: the sync round if this process holds the sync lock; otherwise the peers re-read,
+        and a round asked here (``forward``) asked of the holder."""
+        if await self._holding():
+            await self.sync_once()
+            return
+        await asyncio.to_thread(self.peers_changed)  # a notice missed (a listener reconnecting) is made up here
+        if forward:
+            await asyncio.to_thread(self.store.peers.ask_sync)
 
     async def _witnessed(self, peer: Peer) -> None:
         """Has the peer cosign this hub's newest checkpoint (whatever became of the pull: it is another matter)."""
@@ -333,8 +379,9 @@ class Federation:
         while True:
             self._wake.clear()  # before the round: a wake-up asked during it makes another round at once
             self._syncing, self._asked = True, False
+            forward, self._forward = self._forward, False
             try:
-                await self.sync_once()
+                await self._round(forward)
             except Exception:  # the loop must outlive one bad round (the store down); the next round retries
                 log.exception("federation: a sync round failed")
             finally:
@@ -420,7 +467,7 @@ def build(
     peering = PeeringService(store, policy, own, files.ca_cert.read_text(), keys)
     if not settings.federation_listen:
         return federated, peering, None
-    hub = load_hub_certificate(files, settings.hub_code)
+    hub = watch_hub_certificate(files, settings.hub_code)
     if proofs is None:
         return federated, peering, Federation(settings, store, hub, peering, federated)
     witnessing = Witnessing(load_witness_key(settings), Submission(store, proofs, forks), forks)

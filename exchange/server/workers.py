@@ -5,8 +5,9 @@ a whole hub (started with multiprocessing's "spawn": a fresh interpreter, nothin
 one) listening on the same gRPC address with SO_REUSEPORT, so the kernel spreads new connections
 over them. They share the PostgreSQL store as separate hub processes do: grants and roles follow
 through LISTEN/NOTIFY, quotas are leased hub-wide, and one process at a time integrates and signs the
-audit log under an advisory lock. Worker i serves metrics on metrics_listen's port + i (its own
-process's counters); only worker 0 serves the web console.
+audit log under an advisory lock. A federating hub's workers all serve the federation listener on its port
+too; one at a time runs the federation's sync rounds (exchange/server/federation.py). Worker i serves
+metrics on metrics_listen's port + i (its own process's counters); only worker 0 serves the web console.
 
 The supervisor serves nothing itself. It restarts a worker that dies (after a growing delay), stops
 every worker gracefully on SIGTERM or SIGINT, and gives up, showing the worker's error, when a worker
@@ -65,6 +66,11 @@ def check(settings: Settings) -> None:
         raise ConfigError(
             f"workers = {n} share one port, so listen needs a fixed one: got {settings.listen}; "
             f"set listen (--listen, EXCHANGE_LISTEN) to {host}:PORT with PORT not 0"
+        )
+    if settings.federation_listen and int(settings.federation_listen.rpartition(":")[2]) == 0:
+        raise ConfigError(
+            f"workers = {n} share the federation listener's port too, so it needs a fixed one: got "
+            f"{settings.federation_listen}; set federation_listen (EXCHANGE_FEDERATION_LISTEN) to HOST:PORT, PORT not 0"
         )
     if settings.metrics_listen:
         metrics = int(settings.metrics_listen.rpartition(":")[2])

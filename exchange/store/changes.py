@@ -33,6 +33,12 @@ _KEEPALIVE = {
 }
 
 
+def session_conninfo(url: str) -> str:
+    """libpq's connection string for ``url``, for a connection of its own that must notice it was cut (TCP
+    keepalives): the listener's, and the session lock's (``exchange.store.session_lock``)."""
+    return make_conninfo(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False), **_KEEPALIVE)
+
+
 def announce(session: Session, payload: str) -> None:
     """Sends ``payload`` to every listening process when ``session`` commits, and to this process's listeners."""
     session.info.setdefault(_ANNOUNCED, []).append(payload)
@@ -74,6 +80,15 @@ def principal_changed(principal: str) -> str:
     return f"principal:{principal}"
 
 
+def peer_changed(code: str) -> str:
+    """A peering registered, suspended, resumed or ended: every process re-reads its peers."""
+    return f"peer:{code}"
+
+
+# Asks the process that holds the federation's sync lock for a round now (docs/federation.md).
+FEDERATION_SYNC = "federation:sync"
+
+
 class ChangeListener:
     """A thread that hears committed policy changes and hands each payload to ``on_change``.
 
@@ -82,9 +97,7 @@ class ChangeListener:
     """
 
     def __init__(self, url: str, on_change: Callable[[str], None], on_resync: Callable[[], None]) -> None:
-        self._conninfo = make_conninfo(
-            make_url(url).set(drivername="postgresql").render_as_string(hide_password=False), **_KEEPALIVE
-        )
+        self._conninfo = session_conninfo(url)
         self._on_change = on_change
         self._on_resync = on_resync
         self._stop = threading.Event()

@@ -1,4 +1,8 @@
-"""Peer hubs: registered, changed under a row lock with their audit record, listed; and each one's sync cursor."""
+"""Peer hubs: registered, changed under a row lock with their audit record, listed; and each one's sync cursor.
+
+Every change of a peering is announced to the other hub processes on its commit (``changes.peer_changed``):
+they re-read their peers for the federation listener's trust at once.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from sqlalchemy import select
 from audit.records import AuditRecord
 from exchange.errors import AlreadyExists, NotFound
 from exchange.federation.model import Peer, PeerRelation, PeerState
+from exchange.store.changes import FEDERATION_SYNC, announce, peer_changed
 from exchange.store.database import Database
 from exchange.store.recorded import RecordedWrites
 from exchange.store.schema import PeerRow
@@ -62,6 +67,7 @@ class PeerStore:
             _write(row, peer)
             row.registered_at = row.changed_at = now
             row.offer_sequence, row.synced_at, row.sync_problem = 0, None, ""
+            announce(s, peer_changed(peer.code))
             s.flush()
             return _peer_of(row)
 
@@ -73,6 +79,7 @@ class PeerStore:
                 raise NotFound("peer", code)
             _write(row, decide(_peer_of(row)))
             row.changed_at = dt.datetime.now(dt.UTC)
+            announce(s, peer_changed(code))
             s.flush()
             return _peer_of(row)
 
@@ -101,3 +108,9 @@ class PeerStore:
             row = s.get(PeerRow, code)
             if row is not None:
                 row.sync_problem = problem[:2000]
+
+    def ask_sync(self) -> None:
+        """Asks the hub process holding the federation's sync lock for a round now (a notice; none on SQLite,
+        where the one process asks itself)."""
+        with self._db.write() as s:
+            announce(s, FEDERATION_SYNC)
