@@ -8,9 +8,9 @@ provider and never its internals. The hub then removes what was not granted and 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from exchange import values
 from exchange.backend import (
@@ -184,6 +184,9 @@ class ChangesSkipped(FailedPrecondition):
         self.provider = provider
 
 
+# Records in wire form: a list, or a message's repeated field (checked where they are).
+Rs = TypeVar("Rs", bound=Sequence[data_pb2.Record])
+
 # The wire kind (``exchange.v1.Value`` oneof) each declared type must arrive as.
 _WIRE_KIND: dict[FieldType, str] = {
     FieldType.STRING: "string_value",
@@ -196,9 +199,7 @@ _WIRE_KIND: dict[FieldType, str] = {
 }
 
 
-def checked_records(
-    provider: str, types: Mapping[str, FieldType], records: list[data_pb2.Record]
-) -> list[data_pb2.Record]:
+def checked_records(provider: str, types: Mapping[str, FieldType], records: Rs) -> Rs:
     """``checked_rows`` for records still in wire form: only the fields in ``types``, each of its type or null.
 
     Decimals and dates are also checked to be what they claim, since a consumer would parse them.
