@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import NoReturn, TypeVar
+from typing import Literal, NoReturn, TypeVar
 
 from exchange import values
 from exchange.backend import (
@@ -188,7 +188,10 @@ class ChangesSkipped(FailedPrecondition):
 Rs = TypeVar("Rs", bound=Sequence[data_pb2.Record])
 
 # The wire kind (``exchange.v1.Value`` oneof) each declared type must arrive as.
-_WIRE_KIND: dict[FieldType, str] = {
+WireKind = Literal[
+    "string_value", "integer_value", "decimal_value", "boolean_value", "date_value", "timestamp_value", "bytes_value"
+]
+_WIRE_KIND: dict[FieldType, WireKind] = {
     FieldType.STRING: "string_value",
     FieldType.INTEGER: "integer_value",
     FieldType.DECIMAL: "decimal_value",
@@ -215,11 +218,10 @@ def checked_records(provider: str, types: Mapping[str, FieldType], records: Rs) 
                 continue
             present += 1
             value = fields[name]
-            which = value.WhichOneof("kind")
-            if which == wire_kind:
+            if value.HasField(wire_kind):  # cheaper than WhichOneof, which is asked only of other values
                 if parses is not None and not parses(value):
                     _record_fault(provider, types, n, record)
-            elif which is not None:
+            elif value.WhichOneof("kind") is not None:
                 _record_fault(provider, types, n, record)
         if present != len(fields):
             _record_fault(provider, types, n, record)

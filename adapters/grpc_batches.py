@@ -54,22 +54,32 @@ def _retagged(raw: bytes) -> Received:
         if data[pos] != _PROVIDER_RECORD:
             raise ValueError("not a record")
         data[pos] = _CONSUMER_RECORD
-        pos += 1
-        length = shift = 0
-        while True:  # the record's length, a varint
-            byte = data[pos]
-            pos += 1
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-            if shift > 28:
-                raise ValueError("length too long")
+        length, pos = _varint(data, pos + 1)
         pos += length
         if pos > total:
             raise ValueError("record cut short")
         ends.append(pos)
     return Received(bytes(data), ends)
+
+
+def _varint(data: bytearray, pos: int) -> tuple[int, int]:
+    """The record length at ``pos`` and where the record starts; one and two bytes (under 16 KiB) first."""
+    first = data[pos]
+    if first < 0x80:
+        return first, pos + 1
+    second = data[pos + 1]
+    if second < 0x80:
+        return (first & 0x7F) | second << 7, pos + 2
+    length, shift = 0, 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return length, pos
+        shift += 7
+        if shift > 28:
+            raise ValueError("length too long")
 
 
 def _reencoded(raw: bytes) -> Received:
