@@ -31,7 +31,7 @@ _CONSUMER_RECORD = 0x12  # field 2, length-delimited: QueryBatch.records
 class Received:
     """One provider message: its records tagged as ``QueryBatch.records``, and where each of them ends."""
 
-    data: bytes
+    data: bytes | bytearray
     ends: list[int] = field(default_factory=list)
     # The message did not parse as a ProviderBatch: nothing of it may be passed on.
     bad: bool = False
@@ -59,7 +59,7 @@ def _retagged(raw: bytes) -> Received:
         if pos > total:
             raise ValueError("record cut short")
         ends.append(pos)
-    return Received(bytes(data), ends)
+    return Received(data, ends)  # the copy made to retag, not copied again
 
 
 def _varint(data: bytearray, pos: int) -> tuple[int, int]:
@@ -93,7 +93,7 @@ def _reencoded(raw: bytes) -> Received:
     for record in batch.records:
         data += exchange_pb2.QueryBatch(records=[record]).SerializeToString()
         ends.append(len(data))
-    return Received(bytes(data), ends)
+    return Received(data, ends)
 
 
 class Cutter:

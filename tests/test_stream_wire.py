@@ -202,7 +202,7 @@ def test_a_provider_message_with_other_fields_is_read_the_slow_way() -> None:
         expected = list(provider_pb2.ProviderBatch.FromString(message).records)
         part = received(message)
         assert not part.bad
-        batch = exchange_pb2.QueryBatch.FromString(part.data)
+        batch = exchange_pb2.QueryBatch.FromString(bytes(part.data))
         assert list(batch.records) == expected and len(part.ends) == len(expected)
 
 
