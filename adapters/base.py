@@ -8,9 +8,9 @@ provider and never its internals. The hub then removes what was not granted and 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import NoReturn
+from typing import Literal, NoReturn, TypeVar
 
 from exchange import values
 from exchange.backend import (
@@ -184,8 +184,14 @@ class ChangesSkipped(FailedPrecondition):
         self.provider = provider
 
 
+# Records in wire form: a list, or a message's repeated field (checked where they are).
+Rs = TypeVar("Rs", bound=Sequence[data_pb2.Record])
+
 # The wire kind (``exchange.v1.Value`` oneof) each declared type must arrive as.
-_WIRE_KIND: dict[FieldType, str] = {
+WireKind = Literal[
+    "string_value", "integer_value", "decimal_value", "boolean_value", "date_value", "timestamp_value", "bytes_value"
+]
+_WIRE_KIND: dict[FieldType, WireKind] = {
     FieldType.STRING: "string_value",
     FieldType.INTEGER: "integer_value",
     FieldType.DECIMAL: "decimal_value",
@@ -196,9 +202,7 @@ _WIRE_KIND: dict[FieldType, str] = {
 }
 
 
-def checked_records(
-    provider: str, types: Mapping[str, FieldType], records: list[data_pb2.Record]
-) -> list[data_pb2.Record]:
+def checked_records(provider: str, types: Mapping[str, FieldType], records: Rs) -> Rs:
     """``checked_rows`` for records still in wire form: only the fields in ``types``, each of its type or null.
 
     Decimals and dates are also checked to be what they claim, since a consumer would parse them.
@@ -214,11 +218,10 @@ def checked_records(
                 continue
             present += 1
             value = fields[name]
-            which = value.WhichOneof("kind")
-            if which == wire_kind:
+            if value.HasField(wire_kind):  # cheaper than WhichOneof, which is asked only of other values
                 if parses is not None and not parses(value):
                     _record_fault(provider, types, n, record)
-            elif which is not None:
+            elif value.WhichOneof("kind") is not None:
                 _record_fault(provider, types, n, record)
         if present != len(fields):
             _record_fault(provider, types, n, record)

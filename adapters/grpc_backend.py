@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Awaitable, Mapping
 from typing import Protocol, TypeVar, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from adapters import options as opt
 from adapters.base import (
@@ -37,12 +38,13 @@ from adapters.base import (
     checked_rows,
 )
 from adapters.factory import BackendContext, ClientTls
+from adapters.grpc_batches import Cutter, Received, received
 from adapters.grpc_changes import checked_changes, current, position
 from exchange import pki, tracing
 from exchange.backend import Backend, ChangeBatch, ChangeRequest
 from exchange.errors import ExchangeError, FieldViolation, InvalidArgument, NotFound
-from exchange.models import Binding
-from exchange.v1 import data_pb2, provider_pb2, provider_pb2_grpc
+from exchange.models import Binding, FieldType
+from exchange.v1 import data_pb2, exchange_pb2, provider_pb2, provider_pb2_grpc
 from exchange.validation import SYSTEM_CODE
 from exchange.values import BadValue, record_from_wire, set_wire, to_wire
 
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MAX_RECEIVE = 16 << 20
 MAX_SEND = 4 << 20
+FETCH = "/exchange.v1.ProviderService/Fetch"
 M_co = TypeVar("M_co", covariant=True)
 # What a grpc.aio stream's read() answers at its end (missing from the type stubs).
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
@@ -157,6 +160,11 @@ class GrpcBackend:
         self._aio: tuple[asyncio.AbstractEventLoop, grpc.aio.Channel, provider_pb2_grpc.ProviderServiceStub] | None = (
             None
         )
+        # Fetch on that channel, its answers read straight into the consumer's messages.
+        self._fetch_of: (
+            tuple[grpc.aio.Channel, grpc.aio.UnaryStreamMultiCallable[provider_pb2.ProviderFetchRequest, Received]]
+            | None
+        ) = None
 
     async def fetch(self, request: FetchRequest) -> list[Row]:
         """At most ``request.limit`` rows, the whole call within ``request.timeout_seconds``."""
@@ -182,26 +190,52 @@ class GrpcBackend:
         return self._aio[2]
 
     async def stream(self, request: FetchRequest, batch_size: int) -> AsyncGenerator[Batch, None]:
-        """The provider's records in batches of ``batch_size``, checked and left in wire form for the hub."""
+        """The provider's records in batches of ``batch_size``, checked and left in wire form for the hub.
+
+        Each batch is the consumer's own message, its records parsed straight from the provider's bytes
+        (``adapters.grpc_batches``).
+        """
         checked_filters(request)
         types = {i.name: i.type for i in request.resource.data_items if i.name in request.fields}
-        size = max(1, batch_size)
-        call = cast(
-            "_Stream[provider_pb2.ProviderBatch]", self._stub().Fetch(self._wire(request, 0), metadata=_trace())
-        )
-        pending: list[data_pb2.Record] = []
+        cutter = Cutter(batch_size)
+        call = cast("_Stream[Received]", self._fetch()(self._wire(request, 0), metadata=_trace()))
         try:
-            while (message := await self._next(call, request.timeout_seconds)) is not None:
-                pending.extend(message.records)
-                while len(pending) >= size:
-                    ready, pending = pending[:size], pending[size:]
-                    yield Records(await asyncio.to_thread(checked_records, self.name, types, ready))
-            if pending:
-                yield Records(await asyncio.to_thread(checked_records, self.name, types, pending))
+            while (part := await self._next(call, request.timeout_seconds)) is not None:
+                for message in self._cut(cutter, part):
+                    yield await asyncio.to_thread(self._checked, types, message)
+            if (rest := cutter.rest()) is not None:
+                yield await asyncio.to_thread(self._checked, types, rest)
         except grpc.aio.AioRpcError as e:
             raise self._failure(e) from None
         finally:
             call.cancel()
+
+    def _fetch(self) -> grpc.aio.UnaryStreamMultiCallable[provider_pb2.ProviderFetchRequest, Received]:
+        """The provider's Fetch, its answers read by ``grpc_batches.received`` (on the running loop's channel)."""
+        self._stub()
+        assert self._aio is not None
+        channel = self._aio[1]
+        if self._fetch_of is None or self._fetch_of[0] is not channel:
+            method = channel.unary_stream(
+                FETCH,
+                request_serializer=provider_pb2.ProviderFetchRequest.SerializeToString,
+                response_deserializer=received,
+            )
+            self._fetch_of = (channel, method)
+        return self._fetch_of[1]
+
+    def _cut(self, cutter: Cutter, part: Received) -> list[exchange_pb2.QueryBatch]:
+        """The batches a provider's message completes; a message or record that does not parse breaks the contract."""
+        if part.bad:
+            raise ProviderContractError(self.name, "a batch is not a ProviderBatch")
+        try:
+            return cutter.cut(part)
+        except DecodeError:
+            raise ProviderContractError(self.name, "a record is not a valid Record") from None
+
+    def _checked(self, types: Mapping[str, FieldType], message: exchange_pb2.QueryBatch) -> Records:
+        checked_records(self.name, types, message.records)
+        return Records(message)
 
     async def _next(self, call: _Stream[M], timeout: float) -> M | None:
         """The stream's next message within ``timeout`` seconds; None at its end."""

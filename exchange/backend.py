@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from exchange.errors import Unavailable
 from exchange.models import ResourceSpec
-from exchange.v1 import data_pb2
+from exchange.v1 import data_pb2, exchange_pb2
 
 Row = dict[str, object]
 T = TypeVar("T")
@@ -47,10 +47,17 @@ class FetchRequest:
 class Records:
     """A batch of a stream still in wire form (a gRPC provider's), checked against the declaration.
 
-    The hub passes such records on as they are, masked in place, instead of converting them twice.
+    ``message`` is the very message the consumer will receive, its ``records`` parsed straight from the
+    provider's bytes and nothing else set: the hub masks them in place, fills in its own fields and sends
+    it as it is, instead of converting or copying the records.
     """
 
-    items: list[data_pb2.Record]
+    message: exchange_pb2.QueryBatch
+
+    @property
+    def items(self) -> Sequence[data_pb2.Record]:
+        """The batch's records (those of ``message``)."""
+        return self.message.records
 
 
 # One batch of a stream: rows, or records already in wire form.

@@ -80,9 +80,13 @@ def record_masker(masks: tuple[tuple[str, MaskKind], ...]) -> Callable[[data_pb2
             if name not in fields:
                 continue
             value = fields[name]
+            text = value.string_value  # text only if the value is a string: then its kind need not be asked
+            if text:
+                value.string_value = hide(text)
+                continue
             which = value.WhichOneof("kind")
             if which == "string_value":
-                value.string_value = hide(value.string_value)
+                value.string_value = hide(text)
             elif which is not None:
                 value.string_value = hide(str(values.from_wire(value)))  # setting the text clears the other kind
         return record

@@ -568,3 +568,64 @@ def test_open_makes_a_backend_from_a_binding(certs: Pki, serving: Serve, runner:
     backend.close()
     with pytest.raises(ProviderUnavailable):  # no client certificate to present
         grpc_backend.open("厦门市住房和建设局", binding, BackendContext())
+
+
+class _raw_rogue:  # noqa: N801 - used as a context manager
+    """A provider written without the kit whose Fetch sends the given bytes as its messages, whatever they are."""
+
+    def __init__(self, certs: Pki, messages: list[bytes]) -> None:
+        files = pki.IdentityFiles(certs.identity)
+        credentials = grpc.ssl_server_credentials(
+            [(files.key.read_bytes(), files.cert.read_bytes())], files.ca.read_bytes(), require_client_auth=True
+        )
+
+        def fetch(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+            yield from messages
+
+        handler = grpc.unary_stream_rpc_method_handler(fetch)  # no serializers: bytes as they are
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("exchange.v1.ProviderService", {"Fetch": handler}),)
+        )
+        self._port = self._server.add_secure_port("127.0.0.1:0", credentials)
+
+    def __enter__(self) -> int:
+        self._server.start()
+        return self._port
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop(grace=None).wait()
+
+
+def _batch_bytes(*numbers: int) -> bytes:
+    records = [data_pb2.Record(fields={"contract_no": to_wire(f"XM2026-{n:06d}")}) for n in numbers]
+    return provider_pb2.ProviderBatch(records=records).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("bad", "fault"),
+    [
+        (b"\x0a\xff\xff\xff", "a batch is not a ProviderBatch"),  # a record's length beyond the message
+        (b"\x0a\x02\xff\xff", "a record is not a valid Record"),  # framed as a record, not one inside
+    ],
+)
+def test_a_stream_message_that_does_not_parse_fails_the_stream(
+    certs: Pki, connect: Connect, bad: bytes, fault: str
+) -> None:
+    """Not an early, silent end of the stream: what was read before it is not the whole answer."""
+    with _raw_rogue(certs, [_batch_bytes(1, 2), bad, _batch_bytes(3)]) as port:
+        stream = connect(port).stream(_request(fields=("contract_no",)), batch_size=1)
+        assert next(stream) == [{"contract_no": "XM2026-000001"}]
+        assert next(stream) == [{"contract_no": "XM2026-000002"}]
+        with pytest.raises(ProviderContractError, match=f"declaration: {fault}$"):
+            next(stream)
+
+
+def test_a_stream_message_with_a_field_the_hub_does_not_know_still_gives_its_records(
+    certs: Pki, connect: Connect
+) -> None:
+    unknown = b"\x10\x07"  # field 2, a varint: a later version of ProviderBatch, say
+    messages = [_batch_bytes(1, 2) + unknown, unknown + _batch_bytes(3)]
+    with _raw_rogue(certs, messages) as port:
+        batches = list(connect(port).stream(_request(fields=("contract_no",)), batch_size=2))
+    assert batches == [[{"contract_no": f"XM2026-{n:06d}"} for n in (1, 2)], [{"contract_no": "XM2026-000003"}]]

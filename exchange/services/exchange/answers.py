@@ -12,7 +12,6 @@ from exchange import values
 from exchange.backend import Backend, Document, FetchRequest, Row
 from exchange.models import MaskKind, Principal, Resource, ShareMethod
 from exchange.services.verification import Ticket
-from exchange.v1 import data_pb2
 from exchange.v1 import exchange_pb2 as xpb
 from policy.decision import Decision
 
@@ -104,7 +103,10 @@ class QueryResult:
 
 @dataclass(frozen=True)
 class Batch:
-    """One part of a stream: rows (or records already in wire form), or (last) the total and the provenance."""
+    """One part of a stream: rows (or records already in wire form), or (last) the total and the provenance.
+
+    ``message``: records already in wire form, in the message the consumer receives (its other fields unset).
+    """
 
     exchange_id: str
     rows: list[Row]
@@ -112,7 +114,7 @@ class Batch:
     last: bool = False
     total: int = 0
     provenance: str = ""
-    records: list[data_pb2.Record] | None = None
+    message: xpb.QueryBatch | None = None
 
 
 @dataclass(frozen=True)
@@ -181,21 +183,26 @@ def query_response(result: QueryResult) -> xpb.QueryResponse:
 def batch_to_wire(b: Batch) -> xpb.QueryBatch:
     """A stream's batch as the consumer receives it.
 
-    Wire-form records are copied in one by one (``add().CopyFrom``), about twice as cheap with upb as
-    passing the list to the constructor, which matters at every streamed record.
+    Records in wire form are already in their message (parsed there from the provider's bytes): the batch's
+    own fields are set in it and it is sent as it is, no record copied.
     """
-    message = xpb.QueryBatch(
-        exchange_id=b.exchange_id,
-        records=[values.record_to_wire(r) for r in b.rows] if b.records is None else None,
-        disclosure=disclosure_to_wire(b.disclosure) if b.disclosure else None,
-        last=b.last,
-        total_records=b.total,
-        provenance=xpb.Provenance(note=b.provenance) if b.provenance else None,
-    )
-    if b.records:
-        add = message.records.add
-        for record in b.records:
-            add().CopyFrom(record)
+    message = b.message
+    if message is None:
+        return xpb.QueryBatch(
+            exchange_id=b.exchange_id,
+            records=[values.record_to_wire(r) for r in b.rows],
+            disclosure=disclosure_to_wire(b.disclosure) if b.disclosure else None,
+            last=b.last,
+            total_records=b.total,
+            provenance=xpb.Provenance(note=b.provenance) if b.provenance else None,
+        )
+    message.exchange_id = b.exchange_id
+    if b.disclosure:
+        message.disclosure.CopyFrom(disclosure_to_wire(b.disclosure))
+    message.last = b.last
+    message.total_records = b.total
+    if b.provenance:
+        message.provenance.note = b.provenance
     return message
 
 

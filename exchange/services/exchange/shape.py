@@ -14,7 +14,7 @@ from exchange.backend import Batch, Records, Row
 from exchange.errors import FailedPrecondition
 from exchange.services.exchange.admit import query_page
 from exchange.services.exchange.answers import Ask, Plan, provider_name
-from exchange.v1 import data_pb2
+from exchange.v1 import exchange_pb2 as xpb
 from exchange.values import RowsDigest
 from policy.masks import apply, record_masker
 
@@ -50,8 +50,8 @@ class Count:
     size: int = 0
 
 
-# A shaped batch of a stream: rows for the server to convert, or records already in wire form.
-Part = tuple[list[Row], list[data_pb2.Record] | None]
+# A shaped batch of a stream: rows for the server to convert, or the consumer's message with its records in it.
+Part = tuple[list[Row], xpb.QueryBatch | None]
 
 
 class StreamShaper:
@@ -72,7 +72,7 @@ class StreamShaper:
 
     def __call__(self, batch: Batch) -> Part:
         if isinstance(batch, Records):
-            return [], self._records(batch.items)
+            return [], self._records(batch.message)
         return self._rows(batch), None
 
     def hexdigest(self) -> str:
@@ -85,12 +85,16 @@ class StreamShaper:
         self._digest.update(rows)
         return rows
 
-    def _records(self, batch: list[data_pb2.Record]) -> list[data_pb2.Record]:
-        records = batch if self._mask is None else list(map(self._mask, batch))
+    def _records(self, message: xpb.QueryBatch) -> xpb.QueryBatch:
+        """The message's records masked in place; counted, with their size as sent, before the hub's fields are set."""
+        records = message.records
+        if self._mask is not None:
+            for record in records:
+                self._mask(record)
         self.counted.rows += len(records)
-        self.counted.size += sum(map(data_pb2.Record.ByteSize, records))
+        self.counted.size += message.ByteSize()  # only records are set yet: their bytes in the consumer's batch
         if self._provenance:
             self._digest.update(values.record_from_wire(r) for r in records)
         else:
             self._undigested = True
-        return records
+        return message
