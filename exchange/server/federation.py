@@ -34,6 +34,7 @@ from exchange.server import federation_wire as fw
 from exchange.server.cross_rights import CrossHubClient, CrossHubRightsServicer
 from exchange.server.federation_witness import ForkCounter, Submission, Witnessing
 from exchange.server.forwarding import ForwardingServicer
+from exchange.server.methods import MethodTable
 from exchange.server.peering import PeeringServicer
 from exchange.server.receipts import InclusionProofs, Parts, ReceiptServicer
 from exchange.services.catalog import CatalogService
@@ -110,7 +111,7 @@ class Federation:
         """Serves the federation listener and starts the sync loop; returns the bound port."""
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.peers_changed)
-        server = grpc.aio.server(options=self._limits())
+        server = MethodTable(grpc.aio.server(options=self._limits()))  # one accept pending, not one per method
         pb_grpc.add_PeeringServiceServicer_to_server(PeeringServicer(self), server)
         if self.witnessing is not None:
             wpb_grpc.add_WitnessServiceServicer_to_server(self.witnessing.servicer(self), server)
