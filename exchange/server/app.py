@@ -44,6 +44,7 @@ from exchange.server.credentials import TlsFiles
 from exchange.server.exchange import ExchangeServicer
 from exchange.server.federation_witness import WitnessedAge
 from exchange.server.forwarding import forward_document, forward_query, forward_stream
+from exchange.server.methods import MethodTable
 from exchange.server.metrics import HubMetrics, MetricsServer
 from exchange.server.objections import ObjectionServicer
 from exchange.server.parsing import RequestParsing
@@ -273,7 +274,8 @@ class Hub:
         parsing = RequestParsing(registry, settings.insecure_dev, refusals, settings.max_message_bytes)
         # Tracing outermost, so that its span also covers the requests refused while being read.
         traced = [RpcTracing(self.tracing.tracer)] if self.tracing.enabled else []
-        server = grpc.aio.server(options=options, interceptors=[*traced, parsing])
+        # One table of methods, not ~80 registered ones, each with a pending accept (exchange.server.methods).
+        server = MethodTable(grpc.aio.server(options=options, interceptors=[*traced, parsing]))
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, registry, settings.insecure_dev, refusals), server
         )

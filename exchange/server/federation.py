@@ -38,6 +38,7 @@ from exchange.server import federation_wire as fw
 from exchange.server.cross_rights import CrossHubClient, CrossHubRightsServicer
 from exchange.server.federation_witness import ForkCounter, Submission, Witnessing
 from exchange.server.forwarding import ForwardingServicer
+from exchange.server.methods import MethodTable
 from exchange.server.peering import PeeringServicer
 from exchange.server.receipts import InclusionProofs, Parts, ReceiptServicer
 from exchange.server.rpc import reason_of
@@ -126,8 +127,10 @@ class Federation:
         """Serves the federation listener and starts the sync loop; returns the bound port."""
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.peers_changed)
-        # Every worker of ``serve --workers N`` serves the listener on the same port, as the main one.
-        server = grpc.aio.server(options=[*self._limits(), ("grpc.so_reuseport", int(self.settings.workers > 1))])
+        # Every worker of ``serve --workers N`` serves the listener on the same port, as the main one; one
+        # accept pending, not one per method (exchange.server.methods).
+        options = [*self._limits(), ("grpc.so_reuseport", int(self.settings.workers > 1))]
+        server = MethodTable(grpc.aio.server(options=options))
         pb_grpc.add_PeeringServiceServicer_to_server(PeeringServicer(self), server)
         if self.witnessing is not None:
             wpb_grpc.add_WitnessServiceServicer_to_server(self.witnessing.servicer(self), server)

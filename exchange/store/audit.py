@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -55,6 +56,10 @@ INTEGRATOR_LOCK = 0x45584155  # "EXAU"
 HEAD_ID = 1
 # Values bound in one statement when reading many nodes or leaf blocks (within every backend's limit).
 BOUND_VALUES = 500
+
+log = logging.getLogger(__name__)
+# How often a round read ahead is read again when other processes keep integrating its records first.
+_READS_AGAIN = 10
 
 
 @dataclass(frozen=True)
@@ -136,9 +141,17 @@ class AuditStore:
 
     def integrate_sized(self, limit: int = 1000) -> tuple[list[tuple[int, bytes]], int]:
         """``integrate``, and the log's size after it, read in the same transaction (the integrator's round)."""
-        sealer = self._require_sealer()
-        with self._db.driver_write() as cursor:
-            return audit_integrate.integrate_sized(cursor, self._integration(), sealer, limit)
+        sealer, sql = self._require_sealer(), self._integration()
+        for _ in range(_READS_AGAIN):
+            # Read, checked and parsed before the write lock: a commit waiting for it waits for less.
+            with self._db.driver_read() as cursor:
+                prepared = audit_integrate.prepare(cursor, sql, sealer, limit)
+            try:
+                with self._db.driver_write() as cursor:
+                    return audit_integrate.integrate_prepared(cursor, sql, sealer, prepared)
+            except audit_integrate.Moved as e:  # another process integrated some of them: rolled back, read again
+                log.info("audit integration read again: %s", e)
+        raise Unavailable("the audit log's staged records kept being integrated by another process; retry later")
 
     def _integration(self) -> audit_integrate.Statements:
         """The integrator's statements for this store's dialect, compiled on first use."""

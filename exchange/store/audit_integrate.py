@@ -3,9 +3,12 @@
 Exchanges' records arrive staged by the group commit, a few per transaction; the integrator sequences them in
 batches every few hundred milliseconds, under the write lock (SQLite) or the integrator's advisory lock
 (PostgreSQL). Written through SQLAlchemy's session, its own bookkeeping per row cost more than the database's
-work, and every call waiting for its record's commit waited for that too. The rules are unchanged: staged
-records are taken oldest first and must carry this hub's seal; logged times never go back; each entry and the
-log's head are sealed in the same transaction; exactly the rows read are removed from the staging table.
+work, and every call waiting for its record's commit waited for that too. A round is read, its seals checked
+and its records parsed before the write lock is taken (``prepare``); under it only what needs the log's next
+sequence and time is done (``integrate_prepared``), so the group commit, with calls waiting on it, waits for
+less. The rules are unchanged: staged records are taken oldest first and must carry this hub's seal; logged
+times never go back; each entry and the log's head are sealed in the same transaction; exactly the rows read
+are removed from the staging table (if another process integrated some meanwhile, the round is rolled back).
 """
 
 from __future__ import annotations
@@ -82,20 +85,51 @@ class Statements:
         return f"{self.oldest} LIMIT {int(limit)}"
 
 
-def integrate_sized(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> tuple[list[tuple[int, bytes]], int]:
-    """Sequences up to ``limit`` staged records on ``cursor`` (a write transaction under way): their (seq, leaf),
-    and the log's size once it is done.
+class Moved(Exception):
+    """Rows read for a round were integrated meanwhile by another process: the round is rolled back, read again."""
 
-    The size is read in the same transaction, under the integrator's lock: the integrator's thread learns it
-    here rather than in a session of its own every round.
+
+@dataclass(frozen=True)
+class Prepared:
+    """A round's staged records, read and checked before the write lock is taken: all an entry keeps of each
+    but its place in the log (its sequence, logged time, leaf hash and seal, which are chosen under the lock)."""
+
+    ids: list[int]
+    records: list[bytes]
+    indexed: list[dict[str, object]]
+    subjects: list[list[str]]
+
+
+def prepare(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> Prepared:
+    """The oldest ``limit`` staged records, their seals checked, parsed for their search columns and subjects.
+
+    Done outside the write transaction: this is most of a round's Python, and a writer waiting for the lock
+    (the group commit, with calls waiting on it) should not wait for it too.
+    """
+    staged: Sequence[tuple[int, str, bytes | None]] = cursor.execute(sql.staged(limit)).fetchall()
+    check_staged(sealer, staged)
+    prepared = Prepared([], [], [], [])
+    for staged_id, record, _ in staged:
+        data = json.loads(record)
+        prepared.ids.append(staged_id)
+        prepared.records.append(record.encode())
+        prepared.indexed.append({k: str(data[k])[: _WIDTHS[k]] for k in INDEXED})
+        prepared.subjects.append(sorted(set(data["data_subjects"])))
+    return prepared
+
+
+def integrate_prepared(
+    cursor: Any, sql: Statements, sealer: Sealer, prepared: Prepared
+) -> tuple[list[tuple[int, bytes]], int]:
+    """Sequences ``prepared`` on ``cursor`` (a write transaction under way): their (seq, leaf), and the log's size
+    once it is done, read in the same transaction, under the integrator's lock. Raises ``Moved`` (the caller rolls
+    back) if not every row read is still staged: exactly the rows read are removed, each integrated once.
     """
     if sql.lock is not None:
         cursor.execute(sql.lock)
-    staged: Sequence[tuple[int, str, bytes | None]] = cursor.execute(sql.staged(limit)).fetchall()
-    if not staged:
+    if not prepared.ids:
         cursor.execute(sql.size)
         return [], int(cursor.fetchone()[0] or 0)
-    check_staged(sealer, staged)
     cursor.execute(sql.last)
     first, previous = cursor.fetchone()
     if previous is not None and sql.read_time is not None:
@@ -105,21 +139,32 @@ def integrate_sized(cursor: Any, sql: Statements, sealer: Sealer, limit: int) ->
     out: list[tuple[int, bytes]] = []
     entries: list[dict[str, object]] = []
     subjects: list[dict[str, object]] = []
-    for n, (_, record, _) in enumerate(staged):
-        seq, data, text = first + n, json.loads(record), with_logged(record.encode(), stamp)
+    for n, (record, indexed, hashes) in enumerate(
+        zip(prepared.records, prepared.indexed, prepared.subjects, strict=True)
+    ):
+        seq, text = first + n, with_logged(record, stamp)
         leaf = leaf_hash(text)
-        entry: dict[str, object] = {k: str(data[k])[: _WIDTHS[k]] for k in INDEXED}
-        entry.update(seq=seq, leaf_hash=leaf, record=text.decode(), time=logged, mac=sealer.entry(seq, leaf))
-        entries.append(entry)
-        subjects += [{"seq": seq, "subject_hash": h} for h in sorted(set(data["data_subjects"]))]
+        entries.append(
+            {
+                **indexed,
+                "seq": seq,
+                "leaf_hash": leaf,
+                "record": text.decode(),
+                "time": logged,
+                "mac": sealer.entry(seq, leaf),
+            }
+        )
+        subjects += [{"seq": seq, "subject_hash": h} for h in hashes]
         out.append((seq, leaf))
+    cursor.executemany(sql.unstage.sql, sql.unstage.values({"staged": i} for i in prepared.ids))
+    if cursor.rowcount != len(prepared.ids):
+        gone = len(prepared.ids) - cursor.rowcount
+        raise Moved(f"{gone} of the {len(prepared.ids)} staged records read were integrated meanwhile")
     cursor.executemany(sql.entries.sql, sql.entries.values(entries))
     if subjects:
         cursor.executemany(sql.subjects.sql, sql.subjects.values(subjects))
-    # Exactly the rows read: one staged meanwhile by another process waits for the next round.
-    cursor.executemany(sql.unstage.sql, sql.unstage.values({"staged": row[0]} for row in staged))
-    seal_head(cursor, sql, sealer, first + len(staged), out[-1][1])
-    return out, first + len(staged)
+    seal_head(cursor, sql, sealer, first + len(out), out[-1][1])
+    return out, first + len(out)
 
 
 def check_staged(sealer: Sealer, staged: Sequence[tuple[int, str, bytes | None]]) -> None:

@@ -176,6 +176,26 @@ class Database:
             finally:
                 connection.close()
 
+    @contextmanager
+    def driver_read(self) -> Iterator[Any]:
+        """A read on the driver's own connection, outside any write turn: a DBAPI cursor, its transaction (if the
+        driver began one) ended after. For the audit integrator's reading ahead of its write transaction."""
+        try:
+            connection = self.engine.raw_connection()
+        except (DBAPIError, self.engine.dialect.loaded_dbapi.Error) as e:
+            log.warning("store unavailable: %s", e)
+            raise Unavailable("the store cannot be reached or is busy; retry later") from None
+        cursor = connection.cursor()
+        try:
+            yield cursor
+        except self.engine.dialect.loaded_dbapi.Error as e:
+            log.warning("store unavailable: %s", e)
+            raise Unavailable("the store cannot be reached or is busy; retry later") from None
+        finally:
+            cursor.close()
+            _roll_back(connection)
+            connection.close()
+
     def _driver_transaction(self, connection: Any) -> Iterator[Any]:
         cursor = connection.cursor()
         try:

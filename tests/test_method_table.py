@@ -1,0 +1,89 @@
+"""The hub's one table of methods (exchange.server.methods): every method is found by its full name, methods
+added only as a generic handler are still served, an unknown one is UNIMPLEMENTED, and interceptors still run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+from exchange.server.methods import MethodTable
+from tests.harness import RunningHub
+
+ECHO = "/test.Echo/Say"
+
+
+class _Counting(grpc.aio.ServerInterceptor):  # type: ignore[type-arg,misc,unused-ignore]
+    """Counts the calls it sees: an interceptor still sees every call, whatever table found its method."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]], details: grpc.HandlerCallDetails
+    ) -> Any:
+        self.seen.append(str(details.method))
+        return await continuation(details)
+
+
+class _EchoOnly(grpc.GenericRpcHandler):  # type: ignore[type-arg,misc,unused-ignore]
+    """A service added only as a generic handler, with no registration of its methods."""
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        if handler_call_details.method != ECHO:
+            return None
+
+        async def say(request: bytes, context: Any) -> bytes:
+            return b"echo:" + request
+
+        return grpc.unary_unary_rpc_method_handler(say)
+
+
+Served = tuple[list[str], list[str], health_pb2.HealthCheckResponse, bytes, grpc.StatusCode, set[str]]
+
+
+async def _serve_and_call() -> Served:
+    counting = _Counting()
+    server = MethodTable(grpc.aio.server(interceptors=[counting]))
+    health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)
+    reflection.enable_server_reflection(("grpc.health.v1.Health", reflection.SERVICE_NAME), server)
+    server.add_generic_rpc_handlers((_EchoOnly(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            checked = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            echoed = await channel.unary_unary(ECHO, None, None)(b"hi", timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await channel.unary_unary("/test.Echo/Nothing", None, None)(b"", timeout=5)
+            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+            asking = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            listed = {s.name async for r in asking for s in r.list_services_response.service}
+    finally:
+        await server.stop(None)
+    return counting.seen, list(server.methods()), checked, echoed, unknown.value.code(), listed
+
+
+def test_every_method_is_served_through_one_table() -> None:
+    seen, methods, checked, echoed, unknown, listed = asyncio.run(_serve_and_call())
+    assert "/grpc.health.v1.Health/Check" in methods and "/grpc.health.v1.Health/Watch" in methods
+    assert ECHO not in methods  # found through its generic handler, as added
+    assert checked.status == health_pb2.HealthCheckResponse.SERVING
+    assert echoed == b"echo:hi"
+    assert unknown == grpc.StatusCode.UNIMPLEMENTED
+    assert listed == {"grpc.health.v1.Health", reflection.SERVICE_NAME}  # the asyncio reflection servicer
+    assert seen[:3] == ["/grpc.health.v1.Health/Check", ECHO, "/test.Echo/Nothing"]
+
+
+def test_the_hubs_server_holds_its_methods_in_the_table(hub: RunningHub) -> None:
+    server = hub.hub.server
+    assert isinstance(server, MethodTable)
+    methods = set(server.methods())
+    assert {"/exchange.v1.ExchangeService/Query", "/exchange.v1.RegistryService/WhoAmI"} <= methods
+    assert "/grpc.health.v1.Health/Check" in methods
