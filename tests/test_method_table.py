@@ -87,3 +87,42 @@ def test_the_hubs_server_holds_its_methods_in_the_table(hub: RunningHub) -> None
     methods = set(server.methods())
     assert {"/exchange.v1.ExchangeService/Query", "/exchange.v1.RegistryService/WhoAmI"} <= methods
     assert "/grpc.health.v1.Health/Check" in methods
+
+
+async def _stream_sent_as_encoded() -> tuple[list[bytes], list[str]]:
+    counting = _Counting()
+    server = MethodTable(grpc.aio.server(interceptors=[counting]))
+
+    async def parts(request: bytes, context: Any) -> Any:
+        for n in range(3):
+            yield health_pb2.HealthCheckResponse(status=n).SerializeToString()  # encoded by the servicer
+
+    handler = grpc.unary_stream_rpc_method_handler(
+        parts, response_serializer=health_pb2.HealthCheckResponse.SerializeToString
+    )
+    server.add_registered_method_handlers("test.Parts", {"Get": handler})
+    server.send_encoded("/test.Parts/Get")
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            got = [m async for m in channel.unary_stream("/test.Parts/Get", None, None)(b"", timeout=5)]
+    finally:
+        await server.stop(None)
+    return got, counting.seen
+
+
+def test_a_method_told_to_send_encoded_sends_its_servicers_bytes_as_they_are() -> None:
+    got, seen = asyncio.run(_stream_sent_as_encoded())
+    assert [health_pb2.HealthCheckResponse.FromString(m).status for m in got] == [0, 1, 2]
+    assert seen == ["/test.Parts/Get"]
+
+
+def test_only_a_streaming_method_is_sent_encoded() -> None:
+    async def tell() -> None:
+        server = MethodTable(grpc.aio.server())
+        health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)
+        server.send_encoded("/grpc.health.v1.Health/Check")
+
+    with pytest.raises(ValueError, match="not a server-streaming method"):
+        asyncio.run(tell())

@@ -19,6 +19,7 @@ from adapters.base import ProviderContractError, checked_records
 from adapters.grpc_batches import Cutter, received
 from exchange import values
 from exchange.models import FieldType, MaskKind
+from exchange.services.exchange.answers import Batch, Disclosure, batch_bytes, batch_to_wire
 from exchange.v1 import data_pb2, exchange_pb2, provider_pb2
 from policy.masks import apply, record_masker
 
@@ -218,3 +219,32 @@ def test_a_record_that_does_not_parse_fails_where_it_is_read() -> None:
     assert not part.bad
     with pytest.raises(DecodeError):
         Cutter(1).cut(part)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_batch_encoded_once_is_the_bytes_of_its_message_encoded(seed: int) -> None:
+    """``batch_bytes`` around the records the shaping encoded: byte for byte what the whole message encodes to,
+    for a first batch (disclosure), a middle one and a last one carrying a total and a provenance note."""
+    rng = random.Random(seed)
+    disclosure = Disclosure(("name", "price"), (("name", MaskKind.NAME),), f"G-{seed}")
+    shapes = [(disclosure, False, 0, ""), (None, False, 0, ""), (None, True, 5, "provenance-note")]
+    for shown, last, total, note in shapes:
+        records = [_record(rng) for _ in range(rng.randrange(0, 5))]
+        message = exchange_pb2.QueryBatch(records=records)
+        encoded = message.SerializeToString()
+        batch = Batch(f"EX{seed}", [], shown, last, total, note, message=message, encoded=encoded)
+        sent = batch_bytes(batch)
+        assert sent == batch_to_wire(batch).SerializeToString()
+        parsed = exchange_pb2.QueryBatch.FromString(sent)
+        assert (parsed.exchange_id, list(parsed.records), parsed.last, parsed.total_records) == (
+            f"EX{seed}",
+            records,
+            last,
+            total,
+        )
+        assert parsed.provenance.note == note and parsed.HasField("disclosure") is (shown is not None)
+
+
+def test_a_batch_of_rows_is_encoded_whole() -> None:
+    batch = Batch("EX1", [{"name": "张三", "price": Decimal("1.50")}], None, True, 1)
+    assert batch_bytes(batch) == batch_to_wire(batch).SerializeToString()

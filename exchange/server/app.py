@@ -42,6 +42,7 @@ from exchange.server.catalog import CatalogServicer
 from exchange.server.console import ConsoleServicer, console_base_url
 from exchange.server.credentials import TlsFiles
 from exchange.server.exchange import ExchangeServicer
+from exchange.server.exchange import add_to_server as add_exchange_to_server
 from exchange.server.federation_witness import WitnessedAge
 from exchange.server.forwarding import forward_document, forward_query, forward_stream
 from exchange.server.methods import MethodTable
@@ -88,7 +89,6 @@ from exchange.v1 import (
     console_pb2,
     console_pb2_grpc,
     exchange_pb2,
-    exchange_pb2_grpc,
     federation_pb2,
     federation_pb2_grpc,
     objection_pb2,
@@ -347,9 +347,7 @@ class Hub:
             tracer=self.tracing.tracer if self.tracing.enabled else None,
         )
         forwarding = self._forwarding(exchanging, subject_key)
-        exchange_pb2_grpc.add_ExchangeServiceServicer_to_server(
-            ExchangeServicer(exchanging, registry, settings.insecure_dev, forwarding), server
-        )
+        add_exchange_to_server(ExchangeServicer(exchanging, registry, settings.insecure_dev, forwarding), server)
         self.exchanging = exchanging
         self._add_subscriptions(server, registry, subject_key)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

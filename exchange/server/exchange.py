@@ -13,14 +13,17 @@ from typing import Any, TypeVar
 
 import grpc
 
+from exchange import tracing
 from exchange.errors import ExchangeError
+from exchange.server.methods import MethodTable
 from exchange.server.rpc import Authenticator, abort_with, internal_error, peer_of, principal_of
 from exchange.services.exchange import ExchangeService
-from exchange.services.exchange.answers import ask_of, batch_to_wire, chunk_to_wire, query_response
+from exchange.services.exchange.answers import Batch, ask_of, batch_bytes, chunk_to_wire, query_response
 from exchange.services.federation.forwarding import Forwarding
 from exchange.v1 import exchange_pb2 as pb
 from exchange.v1 import exchange_pb2_grpc as pb_grpc
 
+STREAM_QUERY = "/exchange.v1.ExchangeService/StreamQuery"
 Context = grpc.aio.ServicerContext[Any, Any]
 P = TypeVar("P")
 M = TypeVar("M")
@@ -29,6 +32,12 @@ M = TypeVar("M")
 def _deadline(context: Context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+def add_to_server(servicer: ExchangeServicer, server: MethodTable) -> None:
+    """Serves ``servicer``; StreamQuery's batches go out as the servicer encoded them (``batch_bytes``)."""
+    pb_grpc.add_ExchangeServiceServicer_to_server(servicer, server)
+    server.send_encoded(STREAM_QUERY)
 
 
 class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
@@ -59,16 +68,20 @@ class ExchangeServicer(pb_grpc.ExchangeServiceServicer):
 
     # Streaming handlers must be async generators themselves: that is how grpc.aio knows them.
 
-    async def StreamQuery(self, request: pb.QueryRequest, context: Context) -> AsyncIterator[pb.QueryBatch]:
+    # Its batches are yielded encoded, each once (``add_to_server`` tells gRPC to send them as they are): a
+    # batch's records were encoded by the shaping, for their size; gRPC would encode them all again.
+    async def StreamQuery(  # type: ignore[override]
+        self, request: pb.QueryRequest, context: Context
+    ) -> AsyncIterator[bytes]:
         identify = partial(principal_of, self, peer_of(self, context))
         if self.forwarding is not None and await self._remote(request.resource_code.strip(), context):
             forwarded = self.forwarding.stream(identify, request, _deadline(context))
-            async for message in _relay(context, forwarded, _same, "StreamQuery"):
-                yield message
+            async for encoded in _relay(context, forwarded, _encoded, "StreamQuery"):
+                yield encoded
             return
         batches = self.service.stream(identify, ask_of(request), request.batch_size, _deadline(context))
-        async for message in _relay(context, batches, batch_to_wire, "StreamQuery"):
-            yield message
+        async for encoded in _relay(context, batches, _batch_sent, "StreamQuery"):
+            yield encoded
 
     async def _remote(self, code: str, context: Context) -> bool:
         """Whether ``code`` is an entry homed at another hub (the call ends with the status if that cannot be said)."""
@@ -110,3 +123,17 @@ async def _relay(
 
 def _same(message: M) -> M:
     return message
+
+
+# A call's span (exchange.server.tracing) takes the exchange id from the messages it sees; encoded ones it cannot
+# read, so StreamQuery puts the id on the span itself (a no-op when tracing is off).
+
+
+def _batch_sent(batch: Batch) -> bytes:
+    tracing.note_exchange_id(batch.exchange_id)
+    return batch_bytes(batch)
+
+
+def _encoded(message: pb.QueryBatch) -> bytes:
+    tracing.note_exchange_id(message.exchange_id)
+    return message.SerializeToString()

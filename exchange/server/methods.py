@@ -60,6 +60,17 @@ class MethodTable(grpc.aio.Server):
         for name, handler in method_handlers.items():
             self._lookup.methods[f"/{service_name}/{name}"] = handler
 
+    def send_encoded(self, method: str) -> None:
+        """``method`` (a full name; server-streaming) sends the bytes its servicer yields as they are: the
+        servicer encodes its messages itself (once), gRPC does not encode them again. Interceptors are unchanged:
+        they pass the handler's (now absent) response serializer on as they found it."""
+        handler = self._lookup.methods[method]
+        if handler.unary_stream is None:
+            raise ValueError(f"{method} is not a server-streaming method")
+        self._lookup.methods[method] = grpc.unary_stream_rpc_method_handler(
+            handler.unary_stream, request_deserializer=handler.request_deserializer, response_serializer=None
+        )
+
     def methods(self) -> Iterable[str]:
         """The full names of the methods in the table."""
         return iter(self._lookup.methods)

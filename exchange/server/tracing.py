@@ -4,8 +4,9 @@ The span is named ``<service>/<method>`` (e.g. ``exchange.v1.ExchangeService/Que
 ``rpc.*`` attributes and the call's status code, and joins the caller's trace when the call's metadata
 has a ``traceparent``. It is the current span while the handler runs (and in the worker threads it
 starts with ``asyncio.to_thread``), so the steps below it and the calls to providers hang under it.
-The exchange id goes on it from the response (``exchange_id``) or, for an error, where the error is
-turned into a status (``exchange.server.rpc.abort_with``). Health checks and reflection are not traced:
+The exchange id goes on it from the response (``exchange_id``; StreamQuery, which yields its batches
+encoded, puts it there itself) or, for an error, where the error is turned into a status
+(``exchange.server.rpc.abort_with``). Health checks and reflection are not traced:
 a load balancer's probes every few seconds would bury the calls that matter.
 """
 

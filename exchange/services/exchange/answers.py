@@ -105,7 +105,8 @@ class QueryResult:
 class Batch:
     """One part of a stream: rows (or records already in wire form), or (last) the total and the provenance.
 
-    ``message``: records already in wire form, in the message the consumer receives (its other fields unset).
+    ``message``: records already in wire form, in the message the consumer receives (its other fields unset);
+    ``encoded``: that message's bytes, encoded once by the shaping (``batch_bytes`` sends them as they are).
     """
 
     exchange_id: str
@@ -115,6 +116,7 @@ class Batch:
     total: int = 0
     provenance: str = ""
     message: xpb.QueryBatch | None = None
+    encoded: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,24 @@ def batch_to_wire(b: Batch) -> xpb.QueryBatch:
     if b.provenance:
         message.provenance.note = b.provenance
     return message
+
+
+def batch_bytes(b: Batch) -> bytes:
+    """A stream's batch encoded as the consumer receives it, the same bytes as ``batch_to_wire``'s message encoded.
+
+    Records the shaping already encoded are not encoded again: the batch's own fields are encoded around them,
+    in field order (``exchange_id`` is field 1, before the records; the others come after them).
+    """
+    if b.encoded is None:
+        return batch_to_wire(b).SerializeToString()
+    head = xpb.QueryBatch(exchange_id=b.exchange_id).SerializeToString()
+    tail = xpb.QueryBatch(
+        disclosure=disclosure_to_wire(b.disclosure) if b.disclosure else None,
+        last=b.last,
+        total_records=b.total,
+        provenance=xpb.Provenance(note=b.provenance) if b.provenance else None,
+    )
+    return head + b.encoded + tail.SerializeToString()
 
 
 def chunk_to_wire(c: Chunk) -> xpb.DocumentChunk:

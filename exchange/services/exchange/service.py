@@ -183,10 +183,11 @@ class ExchangeService:
                 async for batch in batches:
                     await recheck()
                     with self._steps("mask"):
-                        rows, message = await asyncio.to_thread(shaper, batch)
+                        rows, message, encoded = await asyncio.to_thread(shaper, batch)
                     if shaper.counted.rows:
                         await self._found(plan)
-                    yield Batch(call.exchange_id, rows, Disclosure.of(plan) if first else None, message=message)
+                    disclosure = Disclosure.of(plan) if first else None
+                    yield Batch(call.exchange_id, rows, disclosure, message=message, encoded=encoded)
                     first = False
                 yield await self._stream_end(plan, ask, shaper, first)
         finally:

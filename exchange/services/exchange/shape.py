@@ -50,8 +50,9 @@ class Count:
     size: int = 0
 
 
-# A shaped batch of a stream: rows for the server to convert, or the consumer's message with its records in it.
-Part = tuple[list[Row], xpb.QueryBatch | None]
+# A shaped batch of a stream: rows for the server to convert, or the consumer's message with its records in it
+# and those records encoded as the consumer receives them (the message's bytes, its other fields still unset).
+Part = tuple[list[Row], xpb.QueryBatch | None, bytes | None]
 
 
 class StreamShaper:
@@ -72,8 +73,8 @@ class StreamShaper:
 
     def __call__(self, batch: Batch) -> Part:
         if isinstance(batch, Records):
-            return [], self._records(batch.message)
-        return self._rows(batch), None
+            return [], batch.message, self._records(batch.message)
+        return self._rows(batch), None, None
 
     def hexdigest(self) -> str:
         """The digest of what was sent; empty if records went out undigested."""
@@ -85,16 +86,18 @@ class StreamShaper:
         self._digest.update(rows)
         return rows
 
-    def _records(self, message: xpb.QueryBatch) -> xpb.QueryBatch:
-        """The message's records masked in place; counted, with their size as sent, before the hub's fields are set."""
+    def _records(self, message: xpb.QueryBatch) -> bytes:
+        """The message's records masked in place, then encoded once: the bytes sent (``answers.batch_bytes``) and
+        counted as the records' size, before the hub's fields are set."""
         records = message.records
         if self._mask is not None:
             for record in records:
                 self._mask(record)
         self.counted.rows += len(records)
-        self.counted.size += message.ByteSize()  # only records are set yet: their bytes in the consumer's batch
+        encoded = message.SerializeToString()  # only records are set yet: their bytes in the consumer's batch
+        self.counted.size += len(encoded)
         if self._provenance:
             self._digest.update(values.record_from_wire(r) for r in records)
         else:
             self._undigested = True
-        return message
+        return encoded
