@@ -109,6 +109,8 @@ class Forwarding:
         """Whether ``code`` is an entry homed at another hub (a cached entry of this hub is answered at once)."""
         if self._exchanging.holds(code):
             return False
+        if self._entries.peek(code) is not None:
+            return True  # held: no worker thread for a dictionary look-up
         return await asyncio.to_thread(self._entries.get, code) is not None
 
     # The consumer's hub

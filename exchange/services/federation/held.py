@@ -84,6 +84,11 @@ class HeldEntries:
         self._held: dict[str, tuple[RemoteEntry, float]] = {}
         self._generation = 0
 
+    def peek(self, code: str) -> RemoteEntry | None:
+        """The remote entry ``code`` if it is held (and fresh), without reading the store: callable on the loop."""
+        held = self._held.get(code)
+        return held[0] if held is not None and self._clock() - held[1] < self.seconds else None
+
     def get(self, code: str) -> RemoteEntry | None:
         """The remote entry ``code`` (None: no entry homed elsewhere has it, which is never kept)."""
         now = self._clock()
