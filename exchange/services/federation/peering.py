@@ -8,6 +8,7 @@ is an audit record on the hub that makes it, and on the peer when it is told.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -181,8 +182,7 @@ class PeeringService:
     def _admit(self, presented: bytes | None, allowed: tuple[PeerState, ...], doing: str) -> Peer:
         if presented is None:
             raise Unauthenticated("no hub certificate was presented")
-        cert = x509.load_pem_x509_certificate(presented)
-        code = pki.hub_code_of(cert)
+        code = pki.hub_code_of_presented(presented)
         if not code:
             raise Unauthenticated(
                 "the certificate is not a hub certificate (URI urn:exchange:hub:<code>): "
@@ -191,8 +191,7 @@ class PeeringService:
         peer = self.held.find(code)
         if code == self.own.code or peer is None:
             raise Unauthenticated(f"hub {code} is not a registered peer of hub {self.own.code}")
-        registered = x509.load_pem_x509_certificate(peer.ca_pem.encode())
-        if not pki.issued_by(cert, registered):
+        if not issued_by_registered(presented, peer.ca_pem):
             raise Unauthenticated(
                 f"hub {code}'s certificate is not issued by the CA registered for it (SHA-256 "
                 f"{peer.ca_fingerprint[:16]}…): if its CA changed, the operators must end and register the peering "
@@ -278,6 +277,15 @@ class PeeringService:
             return self._store.peers.change(code, decide, audit=audit)
         finally:
             self.held.forget()
+
+
+@functools.lru_cache(maxsize=1024)
+def issued_by_registered(presented: bytes, ca_pem: str) -> bool:
+    """Whether the CA registered for a peer (``ca_pem``) issued the certificate it presented: both parsed and
+    the signature checked once per pair, not on every call of the peer (both are immutable texts: a renewed
+    certificate or another CA is another pair)."""
+    cert = x509.load_pem_x509_certificate(presented)
+    return pki.issued_by(cert, x509.load_pem_x509_certificate(ca_pem.encode()))
 
 
 def _why(peer: Peer, own: str) -> str:
