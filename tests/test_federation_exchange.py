@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import replace
@@ -484,10 +485,47 @@ def test_a_suspended_peering_on_the_way_refuses_the_call(tree: dict[str, Node]) 
     assert "peer hub 350200" in message and "suspended" in message
 
 
+def test_a_peering_suspended_after_calls_refuses_the_next_call_at_once(tree: dict[str, Node]) -> None:
+    """The peers each hub holds for forwarded calls are forgotten by the suspension itself: at the county (the
+    consumer's hub) and at the city (a hub on the way), the call right after it is refused."""
+    county, city, province = tree["county"], tree["city"], tree["province"]
+    assert _query(county).records  # the county and the city hold their peers (and the entry) from now
+    with county.running.client() as hub:
+        hub.call(hub.federation.SuspendPeer, fpb_peers.SuspendPeerRequest(code=city.code, reason="安全检查"))
+    error = _refused(county, grpc.StatusCode.FAILED_PRECONDITION)
+    assert "peer hub 350200, whose peering is suspended_here" in str(error.details())
+    with county.running.client() as hub:
+        hub.call(hub.federation.ResumePeer, fpb_peers.ResumePeerRequest(code=city.code, reason="检查完毕"))
+    assert _query(county).records
+    with city.running.client() as hub:
+        hub.call(hub.federation.SuspendPeer, fpb_peers.SuspendPeerRequest(code=province.code, reason="安全检查"))
+    error = _refused(county, grpc.StatusCode.FAILED_PRECONDITION)
+    assert "peer hub 350000, whose peering is suspended_here" in str(error.details())
+    assert [r["action"] for r in exchanges(province) if r["hop"] == "in"] == ["query", "query"]
+
+
+def test_an_entry_suspended_at_home_is_refused_once_the_sync_round_brought_it(tree: dict[str, Node]) -> None:
+    """The remote entries the county holds are forgotten by the sync round that stores a change of them (held
+    here for ever otherwise: only that forgetting shows the change)."""
+    county, province = tree["county"], tree["province"]
+    held = county.federation.catalog.entries
+    held.seconds = math.inf
+    assert _query(county).records
+    with province.running.client(province.running.certifier(PROVINCE_MARKET.code)) as c:
+        c.call(c.catalog.SuspendResource, cpb.ChangeResourceStatusRequest(code=ENTRY, reason="停用"))
+    for level in ("city", "county"):
+        tree[level].sync()
+    entry = held.get(ENTRY)
+    assert entry is not None and entry.resource.status is m.ResourceStatus.SUSPENDED
+    error = _refused(county, grpc.StatusCode.PERMISSION_DENIED)  # by the home, as the round told the county
+    assert "resource 10101/350000000001 is suspended" in str(error.details())
+
+
 def test_the_replay_guard_accepts_an_id_once_and_forgets_it_after_it_expired(store: Store) -> None:
     """On SQLite and PostgreSQL: the store every hub process shares says whether a statement id was seen."""
     now = dt.datetime.now(dt.UTC)
     expires = now + forwarded.LIFETIME
+    store.forwarded.purge_seconds = 0.0  # every new id drops the expired ones (a hub: one call in 10 s at most)
     assert store.forwarded.seen("a" * 32, expires) is False
     assert store.forwarded.seen("a" * 32, expires) is True
     assert store.forwarded.seen("b" * 32, expires) is False

@@ -376,6 +376,8 @@ class Hub:
             exchanging,
             recorder,
             side,
+            peers=self.federation.peering.held,
+            entries=self.federation.catalog.entries,
             send=partial(forward_query, self.federation),
             send_stream=partial(forward_stream, self.federation),
             send_document=partial(forward_document, self.federation),

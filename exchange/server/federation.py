@@ -45,6 +45,7 @@ from exchange.server.rpc import reason_of
 from exchange.services.catalog import CatalogService
 from exchange.services.federation.catalog import FederatedCatalog
 from exchange.services.federation.forwarding import Forwarding
+from exchange.services.federation.held import HeldEntries
 from exchange.services.federation.peering import PeeringService
 from exchange.services.federation.rights import CrossHubRights
 from exchange.services.rights import RightsService
@@ -169,7 +170,9 @@ class Federation:
         await asyncio.to_thread(self.lock.release)  # another process takes the rounds over at its next one
 
     def peers_changed(self) -> None:
-        """Re-reads the peers for the listener's trust (blocking: reads the store)."""
+        """Re-reads the peers for the listener's trust (blocking: reads the store), and has the peers held for
+        calls read again (a change another process made, heard by its notice or at a round)."""
+        self.peering.held.forget()
         self.trust.update(self.store.peers.list())
 
     def run(self, work: Awaitable[T]) -> T:
@@ -466,8 +469,9 @@ def build(
     files = pki.HubFiles(settings.home, settings.ca_key_file)
     keys = _keys(settings, files)
     # Its own entries are offered with its log key: hubs on the way check its answers to forwarded exchanges.
-    federated = FederatedCatalog(store, catalog, replace(own, log_key=keys.log_key))
-    peering = PeeringService(store, policy, own, files.ca_cert.read_text(), keys)
+    entries = HeldEntries(store)  # one copy for the sync rounds that change them and the exchanges that read them
+    federated = FederatedCatalog(store, catalog, replace(own, log_key=keys.log_key), entries=entries)
+    peering = PeeringService(store, policy, own, files.ca_cert.read_text(), keys, entries=entries)
     if not settings.federation_listen:
         return federated, peering, None
     hub = watch_hub_certificate(files, settings.hub_code)

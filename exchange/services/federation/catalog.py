@@ -24,6 +24,7 @@ from exchange.models import Page, Principal, Resource, ResourceStatus
 from exchange.paging import page_request
 from exchange.services.auditing import hub_instance, now_text
 from exchange.services.catalog import CatalogService
+from exchange.services.federation.held import HeldEntries
 from exchange.store import Store
 from exchange.store.catalog import ResourceFilter
 from exchange.store.federated import RemoteFilter
@@ -43,12 +44,16 @@ class Listed:
 
 
 class FederatedCatalog:
-    """The catalog's federated side. Blocking (reads and writes the store)."""
+    """The catalog's federated side. Blocking (reads and writes the store). ``entries``: the remote entries
+    this process holds for forwarded exchanges, forgotten whenever a page of offers is kept here."""
 
-    def __init__(self, store: Store, catalog: CatalogService, own: HubRef) -> None:
+    def __init__(
+        self, store: Store, catalog: CatalogService, own: HubRef, *, entries: HeldEntries | None = None
+    ) -> None:
         self._store = store
         self._catalog = catalog
         self.own = own
+        self.entries = entries or HeldEntries(store)
 
     def offers(self, peer: Peer, after: int, size: int) -> tuple[list[Offer], int]:
         """The offers after ``after`` for ``peer``, each naming its home hub (this hub's own: this hub)."""
@@ -73,7 +78,11 @@ class FederatedCatalog:
         for refusal in refused:
             log.warning("federation: refused from hub %s: %s", peer.code, refusal)
         cursor = max((o.sequence for o in offers), default=last)
-        self._store.federated.receive(peer.code, kept, max(cursor, last), "; ".join(refused), records)
+        try:
+            self._store.federated.receive(peer.code, kept, max(cursor, last), "; ".join(refused), records)
+        finally:
+            if kept:
+                self.entries.forget()
         return refused
 
     def _problem(self, peer: Peer, offer: Offer) -> str | None:

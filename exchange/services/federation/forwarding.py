@@ -45,6 +45,7 @@ from exchange.services.exchange.record import Recorder, failed, refused, since
 from exchange.services.federation import forwarding_checks as checks
 from exchange.services.federation import forwarding_parts as parts
 from exchange.services.federation.forwarding_records import hop_record, refused_call
+from exchange.services.federation.held import HeldEntries, HeldPeers
 from exchange.store import Store
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import forwarding_pb2 as fpb
@@ -76,7 +77,8 @@ class Route:
 
 
 class Forwarding:
-    """Forwards exchanges of remote entries and serves those forwarded to this hub."""
+    """Forwards exchanges of remote entries and serves those forwarded to this hub. It reads the peers and the
+    remote entries it needs on every call from what this process holds of them (``held``: kept while unchanged)."""
 
     def __init__(
         self,
@@ -85,6 +87,8 @@ class Forwarding:
         recorder: Recorder,
         hub: HubSide,
         *,
+        peers: HeldPeers,
+        entries: HeldEntries,
         send: Send,
         send_stream: SendStream,
         send_document: SendDocument,
@@ -94,6 +98,8 @@ class Forwarding:
         self._exchanging = exchanging
         self._recorder = recorder
         self._hub = hub
+        self._peers = peers
+        self._entries = entries
         self._send = send
         self._send_stream = send_stream
         self._send_document = send_document
@@ -103,7 +109,9 @@ class Forwarding:
         """Whether ``code`` is an entry homed at another hub (a cached entry of this hub is answered at once)."""
         if self._exchanging.holds(code):
             return False
-        return await asyncio.to_thread(self._store.federated.get, code) is not None
+        if self._entries.peek(code) is not None:
+            return True  # held: no worker thread for a dictionary look-up
+        return await asyncio.to_thread(self._entries.get, code) is not None
 
     # The consumer's hub
 
@@ -189,7 +197,7 @@ class Forwarding:
         record = self._recorder.opening(actor, ask, call.exchange_id, call.action)
         try:
             admit(actor, ask, call)
-            entry = self._store.federated.get(ask.resource_code)
+            entry = self._entries.get(ask.resource_code)
             if entry is None:
                 raise FailedPrecondition(f"resource {ask.resource_code} is no longer catalogued at this hub")
             typed_filters(entry.resource, ask)
@@ -206,7 +214,7 @@ class Forwarding:
 
     def _route(self, entry: RemoteEntry) -> Route:
         """The active peer towards the entry's home, and the home's log key (both needed to forward)."""
-        peer = self._store.peers.get(entry.via_peer)
+        peer = self._peers.get(entry.via_peer)
         if peer.state is not PeerState.ACTIVE:
             raise FailedPrecondition(
                 f"resource {entry.resource.spec.code} is homed at hub {entry.home.code}, reached through peer hub "
@@ -350,7 +358,7 @@ class Forwarding:
         now, seen = self._clock(), self._store.forwarded.seen
         statement = checks.accepted(note, peer, me=self._hub.code, request=raw, now=now, seen=seen, call=call)
         request = checks.request_of(raw, statement)
-        entry = self._store.federated.get(statement.resource)
+        entry = self._entries.get(statement.resource)
         if entry is None:
             return statement, request, None  # this hub's own entry, or none: its exchange service says which
         route = self._route(entry)

@@ -10,6 +10,7 @@ change it unseen.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Callable, Iterable
 
@@ -28,10 +29,17 @@ _DENIED = ("signature", "receiver", "request", "replay")
 _MALFORMED = ("malformed",)
 
 
+@functools.lru_cache(maxsize=256)
+def verifier_of(log_key: str) -> Verifier:
+    """A hub's log key, parsed (NoteError if it is none). Every forwarded call checks one or two signatures with
+    the keys of a few hubs (its peers', its homes'), so each is parsed once: a parsed key is immutable."""
+    return Verifier.parse(log_key)
+
+
 def log_origin(log_key: str) -> str:
     """The log origin a hub's log key signs for (the name in its C2SP verifier key); "" if none is known."""
     try:
-        return Verifier.parse(log_key).name
+        return verifier_of(log_key).name
     except NoteError:
         return ""
 
@@ -58,7 +66,7 @@ def accepted(
 ) -> Forwarded:
     """The statement of a call ``peer`` forwarded, if this hub may act on it; the refusal (an error) if not."""
     try:
-        sender = Verifier.parse(peer.log_key)
+        sender = verifier_of(peer.log_key)
     except NoteError:
         raise FailedPrecondition(
             f"peer hub {peer.code} has told no log key: it cannot forward calls", subject=peer.code, kind="NO_LOG_KEY"
@@ -100,7 +108,7 @@ def verified_answer(answer_bytes: bytes, note: str, home_key: str, statement: Fo
     DataLoss naming the hop the answer came from if not."""
     try:
         response = xpb.QueryResponse.FromString(answer_bytes)
-        said = provenance.verify(note, Verifier.parse(home_key), records_digest(response.records)[0])
+        said = provenance.verify(note, verifier_of(home_key), records_digest(response.records)[0])
     except (provenance.ProvenanceError, NoteError) as e:
         raise DataLoss(
             f"the answer that came back from {hop} is not the one hub {statement.home} signed: {e}"
@@ -166,7 +174,7 @@ class _Chain:
         """Checks the statement of the next part, whose own digest is ``sha256``; DataLoss naming the hop if not."""
         st, hop = self._statement, self._hop
         try:
-            said = provenance.verify(note, Verifier.parse(self._key), chained(self._previous, sha256))
+            said = provenance.verify(note, verifier_of(self._key), chained(self._previous, sha256))
         except (provenance.ProvenanceError, NoteError) as e:
             raise DataLoss(f"a {self._kind} that came back from {hop} is not one hub {st.home} signed: {e}") from None
         self._number += 1
@@ -178,7 +186,7 @@ class _Chain:
     def closing(self, note: str, sha256: str, count: int) -> None:
         """Checks the closing provenance statement of the whole answer."""
         try:
-            said = provenance.verify(note, Verifier.parse(self._key), sha256)
+            said = provenance.verify(note, verifier_of(self._key), sha256)
         except (provenance.ProvenanceError, NoteError) as e:
             problem = f"what came back from {self._hop} does not match its closing statement: {e}"
             raise DataLoss(problem) from None

@@ -8,6 +8,7 @@ is an audit record on the hub that makes it, and on the peer when it is told.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from exchange.errors import FailedPrecondition, FieldViolation, InvalidArgument,
 from exchange.federation.model import HubKeys, HubRef, Peer, PeerRelation, PeerState
 from exchange.models import Principal
 from exchange.services.auditing import change_record, hub_instance, now_text
+from exchange.services.federation.held import HeldEntries, HeldPeers
 from exchange.store import Store
 from policy import HUB_WIDE, Action, RightsPolicy
 
@@ -76,14 +78,27 @@ def _check_peer(peer: Peer, own: HubRef) -> None:
 
 
 class PeeringService:
-    """Peerings as this hub holds them. Blocking (reads and writes the store)."""
+    """Peerings as this hub holds them. Blocking (reads and writes the store). ``held`` is this process's copy
+    of its peers (for the calls of peers and the exchanges forwarded to them), forgotten after every change made
+    here; ``entries`` the remote entries held, forgotten when an ended peering's entries leave the catalog."""
 
-    def __init__(self, store: Store, policy: RightsPolicy, own: HubRef, ca_pem: str, keys: HubKeys) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: RightsPolicy,
+        own: HubRef,
+        ca_pem: str,
+        keys: HubKeys,
+        *,
+        entries: HeldEntries | None = None,
+    ) -> None:
         self._store = store
         self._policy = policy
         self.own = own
         self.ca_pem = ca_pem
         self.keys = keys
+        self.held = HeldPeers(store)
+        self.entries = entries or HeldEntries(store)
 
     def require(self, actor: Principal, doing: str) -> None:
         """Refuses anyone but an operator (the right peering:manage)."""
@@ -96,7 +111,10 @@ class PeeringService:
         fingerprint = pki.fingerprint_of_pem(peer.ca_pem.encode())
         fresh = replace(peer, ca_fingerprint=fingerprint, state=PeerState.REGISTERED, reason=reason)
         audit = change_record(actor, "federation", "register_peer", subject=peer.code, reason=reason)
-        return self._store.peers.register(fresh, audit=audit)
+        try:
+            return self._store.peers.register(fresh, audit=audit)
+        finally:
+            self.held.forget()
 
     def get(self, actor: Principal, code: str) -> Peer:
         self.require(actor, "read peer hubs")
@@ -148,7 +166,7 @@ class PeeringService:
         validation.check_text(out, "reason", reason, required=True, limit=validation.MAX_TEXT)
         validation.raise_if(out)
         audit = change_record(actor, "federation", action, subject=code, reason=reason)
-        return self._store.peers.change(code, decide, audit=audit)
+        return self._change(code, decide, audit)
 
     # The peer's side: calls from peer hubs on the federation listener.
 
@@ -164,18 +182,16 @@ class PeeringService:
     def _admit(self, presented: bytes | None, allowed: tuple[PeerState, ...], doing: str) -> Peer:
         if presented is None:
             raise Unauthenticated("no hub certificate was presented")
-        cert = x509.load_pem_x509_certificate(presented)
-        code = pki.hub_code_of(cert)
+        code = pki.hub_code_of_presented(presented)
         if not code:
             raise Unauthenticated(
                 "the certificate is not a hub certificate (URI urn:exchange:hub:<code>): "
                 "the federation listener serves peer hubs only, never a department's system or person"
             )
-        peer = self._store.peers.find(code)
+        peer = self.held.find(code)
         if code == self.own.code or peer is None:
             raise Unauthenticated(f"hub {code} is not a registered peer of hub {self.own.code}")
-        registered = x509.load_pem_x509_certificate(peer.ca_pem.encode())
-        if not pki.issued_by(cert, registered):
+        if not issued_by_registered(presented, peer.ca_pem):
             raise Unauthenticated(
                 f"hub {code}'s certificate is not issued by the CA registered for it (SHA-256 "
                 f"{peer.ca_fingerprint[:16]}…): if its CA changed, the operators must end and register the peering "
@@ -222,10 +238,10 @@ class PeeringService:
                 kind="PEER_KEYS_CHANGED",
             )
         told = f"log key {keys.log_key}; witness key {keys.witness_key}"
-        return self._store.peers.change(
+        return self._change(
             peer.code,
             lambda p: replace(p, log_key=keys.log_key, witness_key=keys.witness_key),
-            audit=peer_record(peer.code, "peer_keys", told),
+            peer_record(peer.code, "peer_keys", told),
         )
 
     def notified(self, peer: Peer, change: str, reason: str) -> Peer:
@@ -247,13 +263,29 @@ class PeeringService:
     def _forget(self, code: str) -> None:
         """An ended peering's entries leave this hub's catalog (hubs beyond keep what was relayed to them)."""
         gone = self._store.federated.forget(code)
+        self.entries.forget()
         log.info("federation: the peering with hub %s ended; %d of its entries left the catalog", code, gone)
 
     def _peer_change(self, code: str, action: str, reason: str, state: PeerState) -> Peer:
         log.info("federation: the peering with hub %s is now %s (%s)", code, state, action)
-        return self._store.peers.change(
-            code, lambda p: replace(p, state=state, reason=reason), audit=peer_record(code, action, reason)
-        )
+        return self._change(code, lambda p: replace(p, state=state, reason=reason), peer_record(code, action, reason))
+
+    def _change(self, code: str, decide: Decide, audit: AuditRecord) -> Peer:
+        """Every change of a peering made here: the peers held are forgotten once it committed (or was refused),
+        so that the next call of this process sees it (a suspension refuses the next call at once)."""
+        try:
+            return self._store.peers.change(code, decide, audit=audit)
+        finally:
+            self.held.forget()
+
+
+@functools.lru_cache(maxsize=1024)
+def issued_by_registered(presented: bytes, ca_pem: str) -> bool:
+    """Whether the CA registered for a peer (``ca_pem``) issued the certificate it presented: both parsed and
+    the signature checked once per pair, not on every call of the peer (both are immutable texts: a renewed
+    certificate or another CA is another pair)."""
+    cert = x509.load_pem_x509_certificate(presented)
+    return pki.issued_by(cert, x509.load_pem_x509_certificate(ca_pem.encode()))
 
 
 def _why(peer: Peer, own: str) -> str:
