@@ -220,11 +220,17 @@ class Federation:
         return await self.call_on(peer, what, lambda _: self._stub(peer), rpc)
 
     async def call_on(
-        self, peer: Peer, what: str, stub: Callable[[grpc.aio.Channel], S], rpc: Callable[[S, float], Awaitable[T]]
+        self,
+        peer: Peer,
+        what: str,
+        stub: Callable[[grpc.aio.Channel], S],
+        rpc: Callable[[S, float], Awaitable[T]],
+        timeout: float | None = None,
     ) -> T:
-        """One call to a peer on a stub of any service ``stub`` makes of the peer's channel, as ``call``."""
-        timeout = self.settings.federation_call_seconds
-        return await self.call_over(peer, what, lambda channel: rpc(stub(channel), timeout), timeout)
+        """One call to a peer on a stub of any service ``stub`` makes of the peer's channel, as ``call``; within
+        ``timeout`` seconds if given (less than ``federation_call_seconds``: what the asker has left), else those."""
+        seconds = self.settings.federation_call_seconds if timeout is None else timeout
+        return await self.call_over(peer, what, lambda channel: rpc(stub(channel), seconds), seconds)
 
     async def call_over(
         self, peer: Peer, what: str, rpc: Callable[[grpc.aio.Channel], Awaitable[T]], timeout: float | None = None
