@@ -653,7 +653,7 @@ SIMING_POLICE = department("350203", "0033445", "厦门市公安局思明分局"
 LOCAL_ENTRY = "10101/350203000001"
 
 
-def _pages(tree: dict[str, Any], view: int) -> list[list[str]]:
+def _pages(tree: dict[str, Any], view: pb.ShareRequestView.ValueType) -> list[list[str]]:
     """The applicant's ListShareRequests at the county, one request a page: the ids of each page."""
     pages: list[list[str]] = []
     token = ""
