@@ -21,7 +21,7 @@ import yaml
 
 from exchange import config, pki
 from exchange.cli.main import build_parser
-from exchange.server import federation_witness, metrics, subscription_metrics
+from exchange.server import federation, federation_witness, metrics, subscription_metrics
 from exchange.server.workers import check as check_workers
 from exchange.server.workers import worker_settings
 
@@ -597,7 +597,7 @@ def _hub_metric_names() -> set[str]:
     source = Path(metrics.__file__).read_text(encoding="utf-8")
     state = set(re.findall(r'GaugeMetricFamily\(\s*"(exchange_[a-z0-9_]+)"', source))
     assert state == STATE_GAUGES, "the state gauges changed: update STATE_GAUGES and the alerts"
-    for module in (subscription_metrics, federation_witness):
+    for module in (subscription_metrics, federation_witness, federation):
         other = Path(str(module.__file__)).read_text(encoding="utf-8")
         state |= set(re.findall(r'GaugeMetricFamily\(\s*"(exchange_[a-z0-9_]+)"', other))
     return names | state
@@ -659,6 +659,7 @@ def test_alert_rules() -> None:
         "exchange_calendar_covered_through_year",
         "exchange_federation_witnessed_age_seconds",
         "exchange_federation_forks_total",
+        "exchange_federation_sync_holder",
     } <= used
     assert any(re.search(r"\bup\{", r["expr"]) for r in rules)
 
@@ -921,6 +922,27 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
         ),
         _alert_case(
             "ExchangeHolidayCalendarEnding", [_series("exchange_calendar_covered_through_year", "1969x90")], "30m", []
+        ),
+        # The federation's sync lock: none of the hub's processes holding it for 5 minutes alerts, once for all;
+        # a holder replaced within a round does not.
+        _alert_case(
+            "ExchangeFederationNotSyncing",
+            [
+                _series("exchange_federation_sync_holder", "1 0x10"),
+                _series("exchange_federation_sync_holder", "0x11", instance="hub-2:9464"),
+            ],
+            "8m",
+            [{"severity": "warning", "job": "exchange-hub"}],
+        ),
+        _alert_case("ExchangeFederationNotSyncing", [_series("exchange_federation_sync_holder", "1 0x10")], "4m", []),
+        _alert_case(
+            "ExchangeFederationNotSyncing",
+            [
+                _series("exchange_federation_sync_holder", "1 1 0x9"),
+                _series("exchange_federation_sync_holder", "0 0 1x9", instance="hub-2:9464"),
+            ],
+            "8m",
+            [],
         ),
         _alert_case("ExchangeHubDown", [_series("up", "1 1 0 0 0 0 0")], "6m", [{"severity": "critical", **hub}]),
         _alert_case("ExchangeNoHubs", [_series("up", "0x10")], "5m", [{"severity": "critical"}]),

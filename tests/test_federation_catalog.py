@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from exchange import models as m
 from exchange import pki
 from exchange import wire as w
+from exchange.cli.main import main
 from exchange.federation.model import HubRef, Offer, Peer, PeerRelation
 from exchange.server.federation import readable_offers
 from exchange.server.federation_wire import offer_to_wire
@@ -101,6 +102,31 @@ def test_entries_reach_every_hub_of_the_tree_with_their_home_and_filters_find_th
     with province.running.client() as hub:
         found = hub.call(hub.catalog.GetResource, cpb.GetResourceRequest(code=COUNTY_ENTRY))
     assert (found.home_hub_code, found.home_level, found.department_code) == ("350203", "county", SIMING_MARKET.code)
+
+
+def test_a_remote_entry_carries_its_owner_name_from_home_and_a_search_finds_it_by_that_name(
+    tree: dict[str, Node], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _sync_all(tree)
+    province = tree["province"]
+    with province.running.client() as hub:
+        relayed = hub.call(hub.catalog.GetResource, cpb.GetResourceRequest(code=COUNTY_ENTRY))
+        own = hub.call(hub.catalog.GetResource, cpb.GetResourceRequest(code=PROVINCE_ENTRY))
+        # the county's department is not in the province's registry: its name came with the entry, via the city
+        assert (relayed.home_hub_code, relayed.home_department_name) == ("350203", SIMING_MARKET.name)
+        assert own.home_department_name == ""  # this hub's registry names its own departments
+        found = hub.call(hub.catalog.ListResources, cpb.ListResourcesRequest(text="思明区市场"))
+        assert [r.code for r in found.resources] == [COUNTY_ENTRY]
+        both = hub.call(hub.catalog.ListResources, cpb.ListResourcesRequest(text="市场监督管理局"))
+        assert [r.code for r in both.resources] == [PROVINCE_ENTRY, COUNTY_ENTRY]  # local and remote, by owner
+    with tree["county"].running.client() as hub:
+        city = hub.call(hub.catalog.GetResource, cpb.GetResourceRequest(code=CITY_ENTRY))
+    assert city.home_department_name == POLICE.name
+    capsys.readouterr()
+    address = ["--hub", province.running.settings.hub_address, "--identity", str(province.running.operator)]
+    assert main([*address, "catalog", "list", "--text", "思明区市场"]) == 0
+    shown = capsys.readouterr().out
+    assert "department at home" in shown and SIMING_MARKET.name in shown and "350203 思明区政务数据共享平台" in shown
 
 
 def _offers_from(node: Node, peer: str) -> int:

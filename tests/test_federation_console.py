@@ -83,6 +83,11 @@ def test_the_county_catalog_lists_remote_entries_with_their_home_and_filters_by_
         assert _codes(county.get("/catalog", params={"level": "county", "text": "个体"})) == {COUNTY_ENTRY}
         assert _codes(county.get("/catalog", params={"level": "province", "text": "个体"})) == set()
         assert _codes(county.get("/catalog", params={"text": "企业"})) == {PROVINCE_ENTRY}
+        # remote owners are found and shown by their name at home (not in this hub's registry)
+        assert PROVINCE_MARKET.name in listed.text and POLICE.name in listed.text
+        assert _codes(county.get("/catalog", params={"text": "福建省市场"})) == {PROVINCE_ENTRY}
+        assert _codes(county.get("/catalog", params={"text": "公安"})) == {CITY_ENTRY}
+        assert _codes(county.get("/catalog", params={"text": "市场监督管理局"})) == {COUNTY_ENTRY, PROVINCE_ENTRY}
         refused = county.get("/catalog", params={"home": "fujian"})
         assert refused.status_code == 400 and "home_hub_code" in refused.text
         county.cookies.set("exchange-lang", "en")
@@ -97,6 +102,7 @@ def test_a_remote_entry_page_shows_its_home_and_a_suspended_one_takes_no_applica
         assert entry.status_code == 200, entry.text
         assert NAMES[PROVINCE_ENTRY] in entry.text and HUBS["province"][1] in entry.text and "省级" in entry.text
         assert "公民身份号码" in entry.text and PROVINCE_MARKET.code in entry.text  # its items, its owner
+        assert PROVINCE_MARKET.name in entry.text  # by its name at home
         assert "版本记录保存在其归属平台" in entry.text and "此资源的数据疑义" not in entry.text  # kept at home
         assert f"/requests/new?resource={PROVINCE_ENTRY}" in entry.text
         suspended = county.get(f"/catalog/{SUSPENDED_ENTRY}")
@@ -120,6 +126,12 @@ def test_an_application_made_in_the_county_console_goes_to_the_home_and_its_page
     page.wait_for_url(re.compile(r".*/catalog\?.*home=350000"))
     assert page.locator("table.catalog tbody tr").count() == 1
     screenshot(page, "federation-catalog-filtered")
+    page.goto(console_url(county) + "/catalog")
+    page.fill("input[name=text]", "福建省市场")  # a remote owner, by its name at home
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url(re.compile(r".*/catalog\?.*text=.*"))
+    assert page.locator("table.catalog tbody tr").count() == 1 and PROVINCE_MARKET.name in page.inner_text("main")
+    screenshot(page, "federation-catalog-owner-search")
     page.click(f"a[href='/catalog/{PROVINCE_ENTRY}'] >> nth=1")
     assert HUBS["province"][1] in page.inner_text("main") and "catalog." not in page.inner_text("main")
     screenshot(page, "federation-catalog-entry")

@@ -12,6 +12,7 @@ chain cut short by the hop limit is refused as incomplete, naming the hub left o
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,9 @@ from exchange import models as m
 from exchange.bootstrap import load_witness_key
 from exchange.cli.main import main
 from exchange.config import Settings
-from exchange.server.receipt_chain import FURTHER_UNAVAILABLE, Ask, ChainParts
+from exchange.server.receipt_chain import FURTHER_UNAVAILABLE, Ask, ChainParts, handed_on
+from exchange.server.receipts import Parts
+from exchange.store.audit import Entry
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import receipts_pb2 as rpb
 from exchange.v1 import receipts_pb2_grpc as rpb_grpc
@@ -121,6 +124,42 @@ def test_a_hub_beyond_that_is_down_is_unavailable_naming_it(tree: dict[str, Node
     assert f"hub {city.code} could not fetch the receipt part of the hub beyond it: peer hub {province.code}" in told
     assert reason_of(refused.value) == FURTHER_UNAVAILABLE
     assert "Peer hub 350200 answered" in told and "--own" in told and "--merge" in told
+
+
+def test_a_hub_beyond_that_hangs_is_named_before_the_askers_own_call_runs_out(
+    tree: dict[str, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The province answers nothing (slow, not down): the city, asked with the county's deadline, asks it with a
+    little less, so the city names the province before the county's own call to the city runs out."""
+    county, city, province = tree["county"], tree["city"], tree["province"]
+    at_county, _, _ = _two_hops(tree, 25)
+    released = threading.Event()
+    records = Parts.records
+
+    def hanging(self: Parts, exchange_id: str) -> list[tuple[Entry, dict[str, object]]]:
+        if self.store is province.running.hub.store:
+            released.wait(60)  # the province's part is never ready while the county waits
+        return records(self, exchange_id)
+
+    monkeypatch.setattr(Parts, "records", hanging)
+    try:
+        with county.running.client(_auditor(county)) as hub, pytest.raises(grpc.RpcError) as refused:
+            hub.call(hub.audit.GetCrossHubReceipt, _receipt_request(at_county))
+    finally:
+        released.set()
+    assert isinstance(refused.value, grpc.Call)
+    told = refused.value.details() or ""
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, told
+    assert reason_of(refused.value) == FURTHER_UNAVAILABLE, told
+    hop = f"hub {city.code} could not fetch the receipt part of the hub beyond it: peer hub {province.code} at "
+    assert hop in told and "did not answer fetch a receipt part within" in told
+    assert f"peer hub {city.code} at" not in told  # not the county's own hop
+
+
+def test_the_deadline_handed_on_is_a_little_less_than_the_time_left() -> None:
+    assert handed_on(None, 100.0) is None  # an ask without a deadline: each hop its own
+    assert handed_on(110.0, 100.0) == pytest.approx(109.0)  # a tenth kept to answer in
+    assert handed_on(101.0, 100.0) == pytest.approx(100.7)  # and never less than 0.3 s
 
 
 def _receipt_request(exchange_id: str) -> apb.GetCrossHubReceiptRequest:

@@ -647,3 +647,53 @@ def test_a_dispute_submitted_again_after_its_answer_was_lost_is_taken_once(tree:
     at_home = _call(province, tree["manager"], "GetShareRequest", pb.GetShareRequestRequest(id=home_id))
     assert [e.action for e in at_home.history].count("disputed") == 1
     assert sum("dispute:from_hub" in r for r in province.federation_records_of("rights")) == 1
+
+
+SIMING_POLICE = department("350203", "0033445", "厦门市公安局思明分局", m.AdministrativeLevel.COUNTY)
+LOCAL_ENTRY = "10101/350203000001"
+
+
+def _pages(tree: dict[str, Any], view: pb.ShareRequestView.ValueType) -> list[list[str]]:
+    """The applicant's ListShareRequests at the county, one request a page: the ids of each page."""
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        request = pb.ListShareRequestsRequest(view=view, page_size=1, page_token=token)
+        page = _call(tree["county"], tree["applicant"], "ListShareRequests", request)
+        pages.append([r.id for r in page.requests])
+        token = page.next_page_token
+        if not token:
+            return pages
+
+
+def test_a_refusal_homed_elsewhere_awaits_its_dispute_with_the_local_ones_page_by_page(
+    tree: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    county = tree["county"]
+    county.running.add_department(SIMING_POLICE)
+    owner = county.running.certifier(SIMING_POLICE.code)
+    county.running.publish(owner, identity_spec(LOCAL_ENTRY, SIMING_POLICE.code))
+    applied, _ = _refused(tree)  # refused at the province
+    local = [_apply(tree, resource_code=LOCAL_ENTRY, purpose=f"核验 {n}") for n in range(2)]
+    _call(county, owner, "Refuse", pb.RefuseRequest(id=local[0].id, reason="事项与数据用途不符"))
+    # The consumer's refusals to dispute: the local one and the one refused at the province, in id order.
+    for_me = _pages(tree, pb.SHARE_REQUEST_VIEW_FOR_ME)
+    assert all(len(p) <= 1 for p in for_me)
+    assert [i for p in for_me for i in p] == sorted([applied.id, local[0].id])
+    # Its whole list pages the requests homed elsewhere with its own, not all on the last page.
+    mine = _pages(tree, pb.SHARE_REQUEST_VIEW_MINE)
+    assert all(len(p) <= 1 for p in mine)
+    assert [i for p in mine for i in p] == sorted([applied.id, *(r.id for r in local)])
+    refused = pb.ListShareRequestsRequest(view=pb.SHARE_REQUEST_VIEW_MINE, status=pb.SHARE_REQUEST_STATUS_REFUSED)
+    listed = _call(county, tree["applicant"], "ListShareRequests", refused)
+    assert sorted(r.id for r in listed.requests) == sorted([applied.id, local[0].id])
+    capsys.readouterr()
+    address = ["--hub", county.running.settings.hub_address, "--identity", str(tree["applicant"])]
+    assert main([*address, "request", "list", "--view", "for-me"]) == 0
+    assert applied.id in capsys.readouterr().out
+    with web_client(county.running, tree["applicant"]) as web:  # the console's list of refusals, alike
+        page = web.get("/requests", params={"status": "refused"})
+        assert page.status_code == 200 and local[0].id in page.text and applied.id in page.text
+    # Once disputed (through this hub; waiting, or submitted and read back), it no longer awaits the consumer.
+    _dispute(tree, applied.id)
+    assert [i for p in _pages(tree, pb.SHARE_REQUEST_VIEW_FOR_ME) for i in p] == [local[0].id]

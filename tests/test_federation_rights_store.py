@@ -10,8 +10,9 @@ import pytest
 
 from exchange import models as m
 from exchange.errors import FailedPrecondition
+from exchange.paging import page_request
 from exchange.store import Store
-from exchange.store.applications import REFUSED, SUBMITTED, WAITING, HomeStatus, Incoming
+from exchange.store.applications import REFUSED, SUBMITTED, WAITING, HomeStatus, Incoming, OutgoingFilter
 from exchange.store.rights import RequestStep
 from tests.federation_support import SIMING_MARKET
 from tests.harness import POLICE, TEST_RECORD, identity_spec
@@ -93,8 +94,13 @@ def test_an_application_homed_elsewhere_waits_then_follows_its_homes_word_in_ord
         SUBMITTED,
     )
     assert store.applications.homes() == [("350000", "350200", 9)]
-    assert [r.id for r in store.applications.list_outgoing(SIMING_MARKET.code)] == [request.id]
-    assert store.applications.list_outgoing(POLICE.code) == []
+    page = page_request(10, "", {})
+    assert [r.id for r in store.applications.outgoing_page(page, OutgoingFilter(SIMING_MARKET.code)).items] == [
+        request.id
+    ]
+    assert store.applications.outgoing_page(page, OutgoingFilter(POLICE.code)).items == []
+    granted_only = OutgoingFilter(SIMING_MARKET.code, statuses=(m.ShareRequestStatus.GRANTED,), disputable=True)
+    assert store.applications.outgoing_page(page, granted_only).items == []  # not refused: nothing to dispute
 
 
 def test_a_change_of_the_grant_moves_the_requests_sequence_and_reaches_the_outgoing_application(store: Store) -> None:

@@ -9,6 +9,8 @@ import json
 import threading
 
 import pytest
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import select
 
 from exchange import models as m
@@ -18,6 +20,7 @@ from exchange.federation.model import HubRef, Offer, Peer, PeerRelation, PeerSta
 from exchange.paging import page_request
 from exchange.store import Store
 from exchange.store.catalog import Transition
+from exchange.store.database import MIGRATIONS
 from exchange.store.federated import RemoteFilter
 from exchange.store.schema import AuditStagedRow
 from tests.federation_support import SIMING_MARKET
@@ -136,3 +139,36 @@ def test_the_refusals_of_a_page_are_recorded_with_it(store: Store) -> None:
     assert [(r["action"], r["resource"]) for r in staged if r["kind"] == "federation"] == [
         ("refuse_offer", "10101/350200000001")
     ]
+
+
+def test_owner_names_go_with_offers_are_kept_relayed_and_searched(store: Store) -> None:
+    store.registry.add_department(POLICE, audit=TEST_RECORD)
+    store.catalog.create(
+        identity_spec("10101/350200000001"), m.ResourceStatus.PUBLISHED, STEWARD, "", audit=TEST_RECORD
+    )
+    [own], _ = store.federated.offers(0, 100, "350203")
+    assert own.department_name == POLICE.name  # this hub's registry names its own
+    store.peers.register(_peer(), audit=TEST_RECORD)
+    named = dataclasses.replace(_offer("10101/350203000001", 4), department_name=SIMING_MARKET.name)
+    store.federated.receive("350203", [(named, COUNTY), (_offer("10101/350203000002", 5), COUNTY)], 5)
+    kept = store.federated.get("10101/350203000001")
+    assert kept is not None and kept.department_name == SIMING_MARKET.name
+    relayed = [o.department_name for o in store.federated.offers(0, 100, "350000")[0] if o.home is not None]
+    assert relayed == [SIMING_MARKET.name, ""]  # as it came: a hub older than owner names sends none
+    found = store.federated.list(page_request(50, "", {}), RemoteFilter(text="思明区市场"))
+    assert [e.resource.spec.code for e in found.items] == ["10101/350203000001"]
+
+
+def test_migration_0022_names_the_owners_of_this_hubs_earlier_offers(store: Store) -> None:
+    store.registry.add_department(POLICE, audit=TEST_RECORD)
+    store.catalog.create(
+        identity_spec("10101/350200000001"), m.ResourceStatus.PUBLISHED, STEWARD, "", audit=TEST_RECORD
+    )
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0021")  # offers made before owner names
+        command.upgrade(config, "head")
+    [own], _ = store.federated.offers(0, 100, "350203")
+    assert own.department_name == POLICE.name

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -57,6 +58,13 @@ def _remote(at: RunningHub, home: str) -> list[str]:
     return [r.code for r in found.resources]
 
 
+def _holder(process: RunningHub) -> float:
+    """exchange_federation_sync_holder as the process's metrics expose it."""
+    exposed = process.hub.metrics.exposition().decode()
+    [value] = re.findall(r"^exchange_federation_sync_holder (\S+)$", exposed, re.MULTILINE)
+    return float(value)
+
+
 def _received(city: Node, steward: Path, request_id: str) -> int:
     """How many of the city's share requests came from the province's request ``request_id``."""
     with city.running.client(steward) as hub:
@@ -77,6 +85,7 @@ def test_the_rounds_run_in_the_lock_holder_which_the_other_process_asks_and_tell
         asked = other.hub.federation
         assert asked is not None
         assert province.federation.lock.held() and not asked.lock.held()
+        assert (_holder(province.running), _holder(other)) == (1.0, 0.0)  # what each process's metrics say
 
         # A round asked in the other process runs in the holder: it pulls the city's new entry.
         city.running.add_department(CITY_MARKET)
@@ -106,3 +115,9 @@ def test_the_rounds_run_in_the_lock_holder_which_the_other_process_asks_and_tell
 
         register_peer(county.running, province, fpb.PEER_RELATION_PARENT)
         until(introduced, "the county's introduction taken at the holder's listener")
+
+        # The lock given up (as a clean stop does), whichever process tries first takes it; the gauges follow:
+        # exactly one process says it holds it.
+        province.federation.lock.release()
+        until(lambda: asked.lock.held() or province.federation.lock.held(), "a process taking the lock again")
+        assert sorted([_holder(province.running), _holder(other)]) == [0.0, 1.0]

@@ -345,9 +345,12 @@ def catalog_list(args: argparse.Namespace, settings: Settings) -> int:
     response = ask(args, settings, lambda hub: hub.catalog.ListResources, request)
     resources = list(response.resources)
     if any(r.home_hub_code for r in resources):  # entries homed at peer hubs (federation) say where
-        homes = [[f"{r.home_hub_code} {r.home_hub_name}" if r.home_hub_code else "-"] for r in resources]
+        homes = [
+            [f"{r.home_hub_code} {r.home_hub_name}" if r.home_hub_code else "-", r.home_department_name or "-"]
+            for r in resources
+        ]
         rows = [row + home for row, home in zip(resource_rows(resources), homes, strict=True)]
-        show_list(args, response, [*RESOURCE_HEADERS, "home hub"], rows)
+        show_list(args, response, [*RESOURCE_HEADERS, "home hub", "department at home"], rows)
     else:
         show_list(args, response, RESOURCE_HEADERS, resource_rows(resources))
     return 0

@@ -253,7 +253,8 @@ def _rights_verbs(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--view",
         choices=["all", "mine", "for-me"],
         default="all",
-        help="mine: your department's requests; for-me: requests for its resources (default all you may see)",
+        help="mine: your department's requests; for-me: those awaiting your move (to decide, grant or settle; a"
+        " consumer: refusals it may dispute, here or at another hub) (default all you may see)",
     )
     p.add_argument("--status", choices=[x.value for x in models.ShareRequestStatus], help="only in this status")
     p.add_argument("--resource", help="only requests for this resource (its code)")

@@ -81,6 +81,8 @@ class RemoteEntry:
     home: HubRef
     via_peer: str
     sequence: int = 0
+    # The owning department's name as its home hub registers it (this registry does not hold it).
+    department_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class Offer:
     resource: Resource
     home: HubRef | None
     via_peer: str = ""
+    # The owning department's name as its home hub registers it, relayed with the home hub's name.
+    department_name: str = ""
 
 
 def division_prefix(code: str) -> str:

@@ -553,6 +553,7 @@ class Hub:
         self.metrics.watch_subscriptions(SubscriptionLag(self.store))
         if self.federation is not None:
             self.metrics.registry.register(WitnessedAge(self.store))  # how fresh the peers' cosignatures are
+            self.metrics.registry.register(federation.SyncHolder(self.federation.lock))  # whether it syncs here
         try:
             self.metrics_server = MetricsServer(self.metrics, lambda: self.ready, listen)
         except OSError as e:

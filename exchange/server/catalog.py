@@ -68,7 +68,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         if self.federated is None:
             return c.resource_to_wire(self.service.get(actor, request.code.strip(), request.version))
         found = self.federated.get(actor, request.code.strip(), request.version)
-        return listed_to_wire(found.resource, found.home)
+        return listed_to_wire(found.resource, found.home, found.department_name)
 
     @unary
     def ListResources(self, request: pb.ListResourcesRequest, actor: Principal) -> pb.ListResourcesResponse:
@@ -90,7 +90,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             return pb.ListResourcesResponse(resources=resources, next_page_token=page.next_page_token)
         listed = self.federated.list(actor, request.page_size, request.page_token, query, status, home=home)
         return pb.ListResourcesResponse(
-            resources=[listed_to_wire(x.resource, x.home) for x in listed.items],
+            resources=[listed_to_wire(x.resource, x.home, x.department_name) for x in listed.items],
             next_page_token=listed.next_page_token,
         )
 

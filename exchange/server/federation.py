@@ -22,11 +22,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TypeVar
 
 import grpc
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from audit.note import Signer, Verifier
 from exchange import errors, pki
@@ -50,7 +52,7 @@ from exchange.services.federation.peering import PeeringService
 from exchange.services.federation.rights import CrossHubRights
 from exchange.services.rights import RightsService
 from exchange.store import Store
-from exchange.store.session_lock import session_lock
+from exchange.store.session_lock import SessionLock, Solo, session_lock
 from exchange.v1 import applications_pb2_grpc as apb_grpc
 from exchange.v1 import federation_pb2 as pb
 from exchange.v1 import federation_pb2_grpc as pb_grpc
@@ -223,11 +225,17 @@ class Federation:
         return await self.call_on(peer, what, lambda _: self._stub(peer), rpc)
 
     async def call_on(
-        self, peer: Peer, what: str, stub: Callable[[grpc.aio.Channel], S], rpc: Callable[[S, float], Awaitable[T]]
+        self,
+        peer: Peer,
+        what: str,
+        stub: Callable[[grpc.aio.Channel], S],
+        rpc: Callable[[S, float], Awaitable[T]],
+        timeout: float | None = None,
     ) -> T:
-        """One call to a peer on a stub of any service ``stub`` makes of the peer's channel, as ``call``."""
-        timeout = self.settings.federation_call_seconds
-        return await self.call_over(peer, what, lambda channel: rpc(stub(channel), timeout), timeout)
+        """One call to a peer on a stub of any service ``stub`` makes of the peer's channel, as ``call``; within
+        ``timeout`` seconds if given (less than ``federation_call_seconds``: what the asker has left), else those."""
+        seconds = self.settings.federation_call_seconds if timeout is None else timeout
+        return await self.call_over(peer, what, lambda channel: rpc(stub(channel), seconds), seconds)
 
     async def call_over(
         self, peer: Peer, what: str, rpc: Callable[[grpc.aio.Channel], Awaitable[T]], timeout: float | None = None
@@ -394,6 +402,26 @@ class Federation:
                 self._syncing = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.federation_sync_seconds)
+
+
+class SyncHolder(Collector):
+    """exchange_federation_sync_holder: 1 in the process that holds the federation's sync lock, 0 in the others.
+
+    As of each process's last try at the lock (every round, within ``federation_sync_seconds``): a scrape makes
+    no round trip. Summed over a hub's processes it is 1; 0 for long means no process runs the sync rounds.
+    """
+
+    def __init__(self, lock: SessionLock | Solo) -> None:
+        self.lock = lock
+
+    def collect(self) -> Iterable[Metric]:
+        holder = GaugeMetricFamily(
+            "exchange_federation_sync_holder",
+            "1 in the process of this hub that holds the federation's sync lock (runs the sync rounds), 0 in "
+            "the others, as of its last try at the lock.",
+        )
+        holder.add_metric([], 1.0 if self.lock.holding else 0.0)
+        yield holder
 
 
 def _list_after(

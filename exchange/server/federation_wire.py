@@ -46,17 +46,20 @@ def peer_from_wire(p: pb.Peer) -> Peer:
     return Peer(p.code.strip(), p.name.strip(), p.level.strip(), relation, p.address.strip(), p.ca_certificate_pem)
 
 
-def listed_to_wire(resource: Resource, home: HubRef | None) -> cpb.Resource:
-    """A catalog entry; one homed at another hub names that hub."""
+def listed_to_wire(resource: Resource, home: HubRef | None, department_name: str = "") -> cpb.Resource:
+    """A catalog entry; one homed at another hub names that hub and its owning department's name there."""
     wire = c.resource_to_wire(resource)
     if home is not None:
         wire.home_hub_code, wire.home_hub_name, wire.home_level = home.code, home.name, home.level
+        wire.home_department_name = department_name
     return wire
 
 
 def offer_to_wire(o: Offer) -> pb.OfferedEntry:
     home_key = o.home.log_key if o.home is not None else ""
-    return pb.OfferedEntry(sequence=o.sequence, resource=listed_to_wire(o.resource, o.home), home_log_key=home_key)
+    return pb.OfferedEntry(
+        sequence=o.sequence, resource=listed_to_wire(o.resource, o.home, o.department_name), home_log_key=home_key
+    )
 
 
 def offer_from_wire(o: pb.OfferedEntry) -> Offer:
@@ -70,7 +73,7 @@ def offer_from_wire(o: pb.OfferedEntry) -> Offer:
         spec, status, r.version, r.create_time.ToDatetime(_UTC), r.update_time.ToDatetime(_UTC), _published(r)
     )
     home = HubRef(r.home_hub_code, r.home_hub_name, r.home_level, o.home_log_key) if r.home_hub_code else None
-    return Offer(o.sequence, resource, home)
+    return Offer(o.sequence, resource, home, department_name=r.home_department_name.strip()[:200])
 
 
 def _published(r: cpb.Resource) -> dt.datetime | None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
+# When the peer's call being served must be answered (time.monotonic()), None if it set no deadline: a handler
+# that asks hubs further on hands them a little less (receipt_chain). Set by from_peer for its worker thread.
+CALL_DEADLINE: ContextVar[float | None] = ContextVar("peer_call_deadline", default=None)
+_NO_DEADLINE = 86400.0
 _ANY_BUT_ENDED = tuple(s for s in PeerState if s is not PeerState.ENDED)
 _CHANGES = {
     pb.PEERING_CHANGE_SUSPENDED: "suspended",
@@ -44,6 +50,8 @@ def from_peer(
         async def handler(self: PeeringServicer, request: Req, context: Context) -> Resp:
             chain = list(context.auth_context().get("x509_pem_cert") or ())
             presented = chain[0] if chain else None
+            left: float | None = context.time_remaining()  # None, or very long, without a deadline
+            CALL_DEADLINE.set(None if left is None or left > _NO_DEADLINE else time.monotonic() + left)
 
             def call() -> Resp:
                 peer = self.federation.peering.admit(presented, allowed, doing)

@@ -16,13 +16,17 @@ for the keys it relays. A hub on the way can vouch for no more: an auditor trust
 ``exchange audit verify-receipt --trust`` is the check that counts.
 
 A hub beyond that cannot be reached makes the answer UNAVAILABLE with the reason FURTHER_HUB_UNAVAILABLE
-naming it (the asker tells it apart from its peer being down); a part that does not verify is DATA_LOSS
-naming its hub; a hub beyond whose records do not tie the exchange to the hub before it is
-FAILED_PRECONDITION naming both.
+naming it (the asker tells it apart from its peer being down). So does one that is slow: the asker's deadline
+goes with the ask (gRPC's own), and each hub asks the next with a little less than it has left
+(``handed_on``), so the hub that does not answer in time is the one named, by the hub next to it, before the
+asker's own call runs out (each hub's deadline is at most ``federation_call_seconds``). A part that does
+not verify is DATA_LOSS naming its hub; a hub beyond whose records do not tie the exchange to the hub before
+it is FAILED_PRECONDITION naming both.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -45,17 +49,30 @@ if TYPE_CHECKING:
     from exchange.server.federation import Federation
 
 FURTHER_UNAVAILABLE = "FURTHER_HUB_UNAVAILABLE"
+# What a hub keeps of the time it has left when it asks the next hub: to tell its asker what went wrong.
+KEEP_FRACTION = 0.1
+KEEP_AT_LEAST_SECONDS = 0.3
 MAX_PATH = 17  # federation_hop_limit is at most 16: a chain of 17 hubs
 WHAT = "fetch a receipt part"
 
 
 @dataclass(frozen=True)
 class Ask:
-    """One ask for a peer's part: its id of the exchange, how many hubs beyond it, the hubs it came through."""
+    """One ask for a peer's part: its id of the exchange, how many hubs beyond it, the hubs it came through,
+    and by when (time.monotonic()) the answer is needed (None: within ``federation_call_seconds``)."""
 
     exchange_id: str
     further_hops: int
     path: tuple[str, ...]
+    deadline: float | None = None
+
+
+def handed_on(deadline: float | None, now: float) -> float | None:
+    """The deadline to ask the next hub with, a little before one's own (None: none was set)."""
+    if deadline is None:
+        return None
+    left = deadline - now
+    return now + left - max(left * KEEP_FRACTION, KEEP_AT_LEAST_SECONDS)
 
 
 def part_to_wire(part: Part) -> pb.ReceiptPart:
@@ -111,9 +128,12 @@ class ChainParts:
             )
         return {o: by_origin[o] for o in origins}
 
-    def beyond(self, links: list[tuple[str, str]], further_hops: int, path: tuple[str, ...]) -> list[Part]:
+    def beyond(
+        self, links: list[tuple[str, str]], further_hops: int, path: tuple[str, ...], deadline: float | None = None
+    ) -> list[Part]:
         """The parts of the hubs ``links`` name beyond this one (none the ask came through), for a peer that
-        asked with ``further_hops`` along ``path``; each fetched from its adjacent hub and checked."""
+        asked with ``further_hops`` along ``path``, needing the answer by ``deadline``; each fetched from its
+        adjacent hub (with a little less time than is left) and checked."""
         hops = min(further_hops, self.federation.settings.federation_hop_limit)
         ahead = [(origin, their_id) for origin, their_id in links if origin not in (*path, self.origin)]
         if hops <= 0 or not ahead:
@@ -122,7 +142,8 @@ class ChainParts:
         found: list[Part] = []
         for origin, their_id in ahead:
             try:
-                found += self.fetch(peers[origin], Ask(their_id, hops - 1, (*path, self.origin)))
+                ask = Ask(their_id, hops - 1, (*path, self.origin), handed_on(deadline, time.monotonic()))
+                found += self.fetch(peers[origin], ask)
             except errors.Unavailable as e:
                 if e.reason == FURTHER_UNAVAILABLE:
                     raise
@@ -152,8 +173,23 @@ class ChainParts:
             except grpc.aio.AioRpcError as e:
                 raise self._refusal(peer, ask, e) from None
 
-        answer = self.federation.run(self.federation.call_on(peer, WHAT, pb_grpc.ReceiptServiceStub, rpc))
-        return self._checked(peer, ask, answer)
+        timeout = self._timeout(peer, ask)
+        call = self.federation.call_on(peer, WHAT, pb_grpc.ReceiptServiceStub, rpc, timeout)
+        return self._checked(peer, ask, self.federation.run(call))
+
+    def _timeout(self, peer: Peer, ask: Ask) -> float:
+        """The seconds to wait for the peer: ``federation_call_seconds``, or less if the ask must be answered
+        sooner; none left is UNAVAILABLE naming the peer not asked."""
+        seconds = self.federation.settings.federation_call_seconds
+        if ask.deadline is None:
+            return seconds
+        left = round(ask.deadline - time.monotonic(), 2)
+        if left <= 0:
+            raise errors.Unavailable(
+                f"hub {self.code} had no time left to ask peer hub {peer.code} for {WHAT}: the hubs before it "
+                "used the asker's deadline up"
+            )
+        return min(seconds, left)
 
     def _refusal(self, peer: Peer, ask: Ask, e: grpc.aio.AioRpcError) -> Exception:
         """What a refusal of the peer becomes here: its NOT_FOUND and a hub beyond it that cannot be reached

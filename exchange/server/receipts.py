@@ -26,7 +26,7 @@ from exchange.federation.model import Peer, PeerState
 from exchange.models import Principal
 from exchange.paging import MAX_PAGE_SIZE, PageRequest
 from exchange.server.federation_witness import peer_log, peer_witness
-from exchange.server.peering import from_peer
+from exchange.server.peering import CALL_DEADLINE, from_peer
 from exchange.server.receipt_chain import (
     FURTHER_UNAVAILABLE,
     Ask,
@@ -117,7 +117,11 @@ class ReceiptServicer(pb_grpc.ReceiptServiceServicer):
             raise errors.NotFound("exchange", exchange_id or "(none given)")
         part = self.parts.part(exchange_id, [e for e, _ in found], _witnesses([peer]))
         path = path_of(request, origin)
-        further = self.chain.beyond(links_of(found), request.further_hops, path) if request.further_hops > 0 else []
+        further = (
+            self.chain.beyond(links_of(found), request.further_hops, path, CALL_DEADLINE.get())
+            if request.further_hops > 0
+            else []
+        )
         return pb.GetReceiptPartResponse(part=part_to_wire(part), further=[part_to_wire(p) for p in further])
 
 

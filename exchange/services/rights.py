@@ -38,11 +38,12 @@ from exchange.models import (
     ShareType,
     Tally,
 )
-from exchange.paging import page_request
+from exchange.paging import PageRequest, page_request
 from exchange.services.auditing import change_record
 from exchange.services.federation.remote import refuse_if_remote
 from exchange.services.verification import grant_scope
 from exchange.store import Store
+from exchange.store.applications import OutgoingFilter
 from exchange.store.rights import GrantFilter, RequestFilter, RequestStep
 from exchange.workdays import ANSWER_WITHIN_WORKING_DAYS, DUE_SOON_WORKING_DAYS, WorkCalendar
 from policy import HUB_WIDE, Action, RightsPolicy
@@ -75,6 +76,14 @@ class Forwarding(Protocol):
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _merged(page: PageRequest, local: Page[ShareRequest], outgoing: Page[ShareRequest]) -> Page[ShareRequest]:
+    """One page of two lists paged from the same id: the first ``page.size`` of both, in id order."""
+    both = sorted([*local.items, *outgoing.items], key=lambda r: r.id)
+    shown = both[: page.size]
+    more = len(both) > page.size or bool(local.next_page_token or outgoing.next_page_token)
+    return Page(shown, page.token_after(shown[-1].id) if more and shown else "")
 
 
 def _new_id(prefix: str, at: dt.datetime) -> str:
@@ -649,23 +658,20 @@ class RightsService:
         self._require_reader(actor, "share requests", "REQUEST_READ_DENIED")
         today = self._clock().date()
         visible = None if self._sees_everything(actor) else actor.department_code
+        disputer = False
         if view == "mine":
             f = replace(f, consumer_department=actor.department_code)
         elif view == "for_me":
-            f = self._for_me(actor, f)
+            f, disputer = self._for_me(actor, f)
         f = replace(f, visible_to=visible, overdue_on=today if overdue_only else None)
         page = page_request(size, token, {**f.__dict__, "view": view})
         listed, overdue = self._store.rights.list_requests(page, f, today)
-        if listed.next_page_token or f.owner_department or overdue_only or view == "for_me":
+        # This hub's applications for resources homed at other hubs (decided there) are listed with the others,
+        # in the same id order: none awaits an owner or the share manager here, and none has an owner here.
+        if overdue_only or f.owner_department or (view == "for_me" and not disputer):
             return listed, overdue
-        # The last page also lists this hub's applications for resources homed at other hubs (decided there).
-        outgoing = [
-            r
-            for r in self._store.applications.list_outgoing(f.consumer_department or visible)
-            if (not f.resource_code or r.application.resource_code == f.resource_code)
-            and (not f.statuses or r.status in f.statuses)
-        ]
-        return replace(listed, items=[*listed.items, *outgoing]), overdue
+        outgoing = OutgoingFilter(f.consumer_department or visible, f.resource_code, f.statuses, disputable=disputer)
+        return _merged(page, listed, self._store.applications.outgoing_page(page, outgoing)), overdue
 
     def awaiting(self, actor: Principal) -> dict[ShareRequestStatus, Tally]:
         """What awaits the caller, counted by status with its deadlines (the console's notices).
@@ -687,18 +693,20 @@ class RightsService:
             f, today, self._calendar.add_working_days(today, DUE_SOON_WORKING_DAYS)
         )
 
-    def _for_me(self, actor: Principal, f: RequestFilter) -> RequestFilter:
-        """Requests awaiting the caller's move.
+    def _for_me(self, actor: Principal, f: RequestFilter) -> tuple[RequestFilter, bool]:
+        """Requests awaiting the caller's move, and whether the caller is a consumer that may dispute.
 
         The share manager: approved ones to grant and disputes to settle. An owner steward: pending
-        requests for the department's data. A consumer: the department's refusals, which it may dispute.
+        requests for the department's data. A consumer: the department's refusals, which it may dispute
+        (those refused at another hub's home too, disputed through this hub, until they are).
         """
         if self._policy.allows(actor.ref, Action.ISSUE_GRANT, HUB_WIDE):
-            return replace(f, statuses=(ShareRequestStatus.APPROVED, ShareRequestStatus.DISPUTED))
+            return replace(f, statuses=(ShareRequestStatus.APPROVED, ShareRequestStatus.DISPUTED)), False
         if self._policy.allows(actor.ref, Action.DECIDE_REQUEST, actor.department_code):
-            return replace(f, owner_department=actor.department_code, statuses=(ShareRequestStatus.PENDING,))
+            return replace(f, owner_department=actor.department_code, statuses=(ShareRequestStatus.PENDING,)), False
         if self._policy.allows(actor.ref, Action.DISPUTE_REFUSAL, actor.department_code):
-            return replace(f, consumer_department=actor.department_code, statuses=(ShareRequestStatus.REFUSED,))
+            refused = (ShareRequestStatus.REFUSED,)
+            return replace(f, consumer_department=actor.department_code, statuses=refused), True
         raise PermissionDenied(f"{actor.ref} decides nothing, so nothing awaits it", reason="NO_DECISIONS")
 
     def get_grant(self, actor: Principal, grant_id: str) -> Grant:

@@ -25,13 +25,16 @@ from exchange.models import (
     CrossHubLink,
     GrantStatus,
     MaskKind,
+    Page,
     PrincipalKind,
     PrincipalRef,
     ShareEvent,
     ShareRequest,
     ShareRequestStatus,
 )
+from exchange.paging import PageRequest
 from exchange.store.database import Database
+from exchange.store.paging import fetch_page
 from exchange.store.recorded import RecordedWrites
 from exchange.store.rights import RequestStep, RightsStore
 from exchange.store.schema import (
@@ -47,6 +50,18 @@ WAITING = "waiting"
 SUBMITTED = "submitted"
 REFUSED = "refused"  # a dispute the home, or a hub on the way, would not take
 LIST_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class OutgoingFilter:
+    """Which of this hub's applications homed elsewhere a list shows: of one consuming department, for one
+    resource, in some statuses; ``disputable`` keeps the refusals its department may still dispute (refused
+    at home, known there, not disputed yet)."""
+
+    consumer_department: str | None = None
+    resource_code: str | None = None
+    statuses: tuple[ShareRequestStatus, ...] = ()
+    disputable: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,13 +238,24 @@ class ApplicationStore:
                 raise NotFound("share request", request_id)
             return _outgoing_of(row)
 
-    def list_outgoing(self, department: str | None) -> list[ShareRequest]:
-        """This hub's applications for resources homed elsewhere (of ``department`` only, if named)."""
+    def outgoing_page(self, page: PageRequest, f: OutgoingFilter) -> Page[ShareRequest]:
+        """One page of this hub's applications homed elsewhere, in id order (as local requests are paged, so a
+        list merges the two page by page)."""
         with self._db.read() as s:
-            stmt = select(OutgoingApplicationRow).order_by(OutgoingApplicationRow.id).limit(LIST_LIMIT)
-            if department is not None:
-                stmt = stmt.where(OutgoingApplicationRow.consumer_department_code == department)
-            return [_outgoing_of(r) for r in s.scalars(stmt)]
+            stmt = select(OutgoingApplicationRow)
+            if f.consumer_department is not None:
+                stmt = stmt.where(OutgoingApplicationRow.consumer_department_code == f.consumer_department)
+            if f.resource_code:
+                stmt = stmt.where(OutgoingApplicationRow.resource_code == f.resource_code)
+            if f.statuses:
+                stmt = stmt.where(OutgoingApplicationRow.status.in_([x.value for x in f.statuses]))
+            if f.disputable:  # refused at home, known there, and not disputed yet (see the dispute's check)
+                stmt = stmt.where(
+                    OutgoingApplicationRow.status == ShareRequestStatus.REFUSED.value,
+                    OutgoingApplicationRow.dispute == "",
+                    OutgoingApplicationRow.home_request_id != "",
+                )
+            return fetch_page(s, stmt, OutgoingApplicationRow.id, page, convert=_outgoing_of)
 
     def waiting(self) -> list[tuple[ShareRequest, str]]:
         """Applications not yet accepted by their home, with the peer to submit each through."""

@@ -46,6 +46,7 @@ from exchange.store.schema import (
     BindingRow,
     CatalogOfferRow,
     DataItemRow,
+    DepartmentRow,
     RelatedResourceRow,
     ResourceRow,
     ResourceVersionRow,
@@ -225,6 +226,7 @@ def _record_version(s: Session, row: ResourceRow, change: ResourceChange, actor:
                 home_hub_code="",
                 home_hub_name="",
                 home_level="",
+                department_name=row.department.name,
                 via_peer="",
                 snapshot=snapshot(resource),
                 offered_at=row.updated_at,
@@ -332,7 +334,10 @@ class CatalogStore:
                                 ResourceRow.summary,
                                 ResourceRow.classification,
                             )
-                        )
+                        ),
+                        ResourceRow.department_id.in_(
+                            select(DepartmentRow.id).where(DepartmentRow.name.ilike(pattern, escape="\\"))
+                        ),
                     )
                 )
             if f.field_name:

@@ -38,12 +38,12 @@ class RemoteFilter:
 
 def _offer_of(row: CatalogOfferRow) -> Offer:
     home = HubRef(row.home_hub_code, row.home_hub_name, row.home_level, row.home_log_key) if row.home_hub_code else None
-    return Offer(row.sequence, from_snapshot(row.snapshot), home, row.via_peer)
+    return Offer(row.sequence, from_snapshot(row.snapshot), home, row.via_peer, row.department_name)
 
 
 def _entry_of(row: RemoteEntryRow) -> RemoteEntry:
     home = HubRef(row.home_hub_code, row.home_hub_name, row.home_level, row.home_log_key)
-    return RemoteEntry(from_snapshot(row.snapshot), home, row.via_peer, row.offer_sequence)
+    return RemoteEntry(from_snapshot(row.snapshot), home, row.via_peer, row.offer_sequence, row.department_name)
 
 
 def _keep(s: Session, peer: str, offer: Offer, home: HubRef, now: dt.datetime) -> None:
@@ -55,7 +55,7 @@ def _keep(s: Session, peer: str, offer: Offer, home: HubRef, now: dt.datetime) -
     row.status, row.version = offer.resource.status.value, offer.resource.version
     row.item_names = " " + " ".join(f"{i.name} {i.title}" for i in spec.data_items) + " "
     row.home_hub_code, row.home_hub_name, row.home_level = home.code, home.name, home.level
-    row.home_log_key = home.log_key
+    row.home_log_key, row.department_name = home.log_key, offer.department_name
     row.via_peer, row.offer_sequence, row.received_at = peer, offer.sequence, now
     row.snapshot = snapshot(offer.resource)
     s.add(row)
@@ -66,6 +66,7 @@ def _keep(s: Session, peer: str, offer: Offer, home: HubRef, now: dt.datetime) -
             home_hub_name=home.name,
             home_level=home.level,
             home_log_key=home.log_key,
+            department_name=offer.department_name,
             via_peer=peer,
             snapshot=row.snapshot,
             offered_at=now,
@@ -181,7 +182,7 @@ class FederatedCatalogStore:
                 stmt = stmt.where(RemoteEntryRow.status.in_([x.value for x in f.statuses]))
             if f.text:
                 pattern = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-                columns = (RemoteEntryRow.code, RemoteEntryRow.name)
+                columns = (RemoteEntryRow.code, RemoteEntryRow.name, RemoteEntryRow.department_name)
                 stmt = stmt.where(or_(*(c.ilike(pattern, escape="\\") for c in columns)))
             if f.field_name:
                 stmt = stmt.where(RemoteEntryRow.item_names.contains(f" {f.field_name} "))

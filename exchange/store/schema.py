@@ -638,6 +638,8 @@ class CatalogOfferRow(Base):
     offered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     # The home hub's audit log verifier key, relayed with its name ("" for this hub's own entries: its own key).
     home_log_key: Mapped[str] = mapped_column(Text, default="")
+    # The owning department's name as its home hub registers it (this hub's for its own entries), relayed.
+    department_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
 
 
 class RemoteEntryRow(Base):
@@ -662,6 +664,8 @@ class RemoteEntryRow(Base):
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     # The home hub's audit log verifier key: answers of exchanges forwarded to the home are checked with it.
     home_log_key: Mapped[str] = mapped_column(Text, default="")
+    # The owning department's name as its home hub registers it (shown and searched: not in this registry).
+    department_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
 
 
 # Share requests across hubs (docs/federation.md, "Applying across hubs").

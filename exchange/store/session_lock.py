@@ -32,6 +32,10 @@ class Solo:
     def held(self) -> bool:
         return True
 
+    @property
+    def holding(self) -> bool:
+        return True
+
     def release(self) -> None:
         pass
 
@@ -57,6 +61,11 @@ class SessionLock:
                     log.warning("no longer holding the %s: its connection failed (%s)", self._what, e)
                 self._close()
                 return False
+
+    @property
+    def holding(self) -> bool:
+        """Whether this process held the lock at its last ``held`` (no round trip: for a metrics scrape)."""
+        return self._held
 
     def _check(self) -> bool:
         if self._conn is None or self._conn.closed:

@@ -280,6 +280,7 @@ class Resource(_message.Message):
     HOME_HUB_CODE_FIELD_NUMBER: _builtins.int
     HOME_HUB_NAME_FIELD_NUMBER: _builtins.int
     HOME_LEVEL_FIELD_NUMBER: _builtins.int
+    HOME_DEPARTMENT_NAME_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Resource code: front part (1 to 9 classification digits) "/" back part
     (6 to 12 sequence digits), e.g. "10101/350200000001". Immutable.
@@ -313,6 +314,11 @@ class Resource(_message.Message):
     """
     home_hub_name: _builtins.str
     home_level: _builtins.str
+    home_department_name: _builtins.str
+    """Output only. The owning department's name as its home hub registers it, for an entry homed at another
+    hub (relayed hop by hop like the home hub's name); empty for this hub's entries, whose departments this
+    hub's registry names.
+    """
     @_builtins.property
     def data_items(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataItem]: ...
     @_builtins.property
@@ -350,10 +356,11 @@ class Resource(_message.Message):
         home_hub_code: _builtins.str = ...,
         home_hub_name: _builtins.str = ...,
         home_level: _builtins.str = ...,
+        home_department_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "publish_time", b"publish_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "code", b"code", "create_time", b"create_time", "data_items", b"data_items", "department_code", b"department_code", "format", b"format", "home_hub_code", b"home_hub_code", "home_hub_name", b"home_hub_name", "home_level", b"home_level", "legal_basis", b"legal_basis", "name", b"name", "open_conditions", b"open_conditions", "open_to_public", b"open_to_public", "publish_time", b"publish_time", "related_resource_codes", b"related_resource_codes", "share_conditions", b"share_conditions", "share_method", b"share_method", "share_type", b"share_type", "status", b"status", "subscribable", b"subscribable", "summary", b"summary", "update_cycle", b"update_cycle", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classification", b"classification", "code", b"code", "create_time", b"create_time", "data_items", b"data_items", "department_code", b"department_code", "format", b"format", "home_department_name", b"home_department_name", "home_hub_code", b"home_hub_code", "home_hub_name", b"home_hub_name", "home_level", b"home_level", "legal_basis", b"legal_basis", "name", b"name", "open_conditions", b"open_conditions", "open_to_public", b"open_to_public", "publish_time", b"publish_time", "related_resource_codes", b"related_resource_codes", "share_conditions", b"share_conditions", "share_method", b"share_method", "share_type", b"share_type", "status", b"status", "subscribable", b"subscribable", "summary", b"summary", "update_cycle", b"update_cycle", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -837,7 +844,7 @@ class ListResourcesRequest(_message.Message):
     status: Global___ResourceStatus.ValueType
     """Unset lists published and suspended entries (and the caller's own drafts)."""
     text: _builtins.str
-    """Words to find in the code, name, summary or classification."""
+    """Words to find in the code, name, summary or classification, or the owning department's name."""
     field_name: _builtins.str
     """Entries with a data item of this name or title."""
     subscribable: _builtins.bool

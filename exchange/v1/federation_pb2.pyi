@@ -630,7 +630,7 @@ class OfferedEntry(_message.Message):
     """
     @_builtins.property
     def resource(self) -> _catalog_pb2.Resource:
-        """its home_hub_* fields name the hub that holds its department"""
+        """Its home_hub_* fields name the hub that holds its department, home_department_name that department."""
 
     def __init__(
         self,

@@ -126,7 +126,9 @@ class _ShareRequestViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Shar
     SHARE_REQUEST_VIEW_MINE: _ShareRequestView.ValueType  # 1
     """applied for by the caller's department"""
     SHARE_REQUEST_VIEW_FOR_ME: _ShareRequestView.ValueType  # 2
-    """awaiting the caller's decision (owner or share manager)"""
+    """Awaiting the caller's move: decisions (owner or share manager); a consumer, the refusals it may still
+    dispute, those of requests homed at other hubs too.
+    """
 
 class ShareRequestView(_ShareRequestView, metaclass=_ShareRequestViewEnumTypeWrapper): ...
 
@@ -135,7 +137,9 @@ SHARE_REQUEST_VIEW_UNSPECIFIED: ShareRequestView.ValueType  # 0
 SHARE_REQUEST_VIEW_MINE: ShareRequestView.ValueType  # 1
 """applied for by the caller's department"""
 SHARE_REQUEST_VIEW_FOR_ME: ShareRequestView.ValueType  # 2
-"""awaiting the caller's decision (owner or share manager)"""
+"""Awaiting the caller's move: decisions (owner or share manager); a consumer, the refusals it may still
+dispute, those of requests homed at other hubs too.
+"""
 Global___ShareRequestView: _TypeAlias = ShareRequestView  # noqa: Y015
 
 @_typing.final

@@ -184,7 +184,7 @@ async def _entry(request: Request) -> Response:
         resource=resource,
         spec=resource.spec,
         home=listed.home,
-        owner=departments.get(resource.spec.department_code, ""),
+        owner=departments.get(resource.spec.department_code, "") or listed.department_name,
         versions=versions.items,
         next_token=versions.next_page_token,
         paged=bool(request.query_params.get("page")),

@@ -37,10 +37,12 @@ _LISTED = (ResourceStatus.PUBLISHED, ResourceStatus.SUSPENDED)
 
 @dataclass(frozen=True)
 class Listed:
-    """An entry as a search shows it: ``home`` None for this hub's own."""
+    """An entry as a search shows it: ``home`` None for this hub's own; ``department_name`` the owning
+    department's name at its home, for an entry homed elsewhere (this hub's registry names its own)."""
 
     resource: Resource
     home: HubRef | None = None
+    department_name: str = ""
 
 
 class FederatedCatalog:
@@ -147,7 +149,7 @@ class FederatedCatalog:
                 home_level,
             )
             found = self._store.federated.list(page, where)
-            remote = Page([Listed(e.resource, e.home) for e in found.items], found.next_page_token)
+            remote = Page([Listed(e.resource, e.home, e.department_name) for e in found.items], found.next_page_token)
         merged = sorted([*(Listed(r) for r in local.items), *remote.items], key=lambda x: x.resource.spec.code)
         more = len(merged) > page.size or bool(local.next_page_token or remote.next_page_token)
         shown = merged[: page.size]
@@ -165,7 +167,7 @@ class FederatedCatalog:
             remote = self._store.federated.get(code)
             if remote is None or version not in (0, remote.resource.version):
                 raise
-            return Listed(remote.resource, remote.home)
+            return Listed(remote.resource, remote.home, remote.department_name)
 
 
 def _refusal_record(peer: Peer, code: str, refusal: str) -> AuditRecord:
