@@ -239,6 +239,9 @@ def _hold_until_append_waits(
         row = lock.execute(text(_LOCK), {"id": subscription}).one()
         if row.next_sequence > len(written):  # every change written so far is in the window: write more
             _insert(engine, written, 5)
+        # PostgreSQL keeps the activity it read first in a transaction: read it afresh, or a wait that began
+        # after the first look in this transaction is never seen.
+        lock.execute(text("SELECT pg_stat_clear_snapshot()"))
         waiting = [str(q).lstrip().upper() for q in lock.execute(text(_WAITING)).scalars()]
         if any(q.startswith("SELECT SUBSCRIPTIONS.") and q.endswith("FOR UPDATE") for q in waiting):
             return
