@@ -287,17 +287,23 @@ class CrossHubRightsServicer(pb_grpc.CrossHubRightsServiceServicer):
         return pb.SubmitApplicationResponse(status=_status_to_wire(client.rights.accept(submission)))
 
     def _relay(self, peer: Peer, statement: Forwarded, wire: pb.CrossHubApplication) -> pb.SubmitApplicationResponse:
-        client = self.client
+        onward, hop_id = self._onward(peer, statement, wire, "apply", f"({wire.origin_request_id})")
+        return self.federation.run(self.client.submit(onward, statement, wire, hop_id, statement.home))
+
+    def _onward(
+        self, peer: Peer, statement: Forwarded, wire: pb.CrossHubApplication | pb.CrossHubDispute, call: str, ids: str
+    ) -> tuple[Peer, str]:
+        """The next hub towards the home and this hop's id, the relay recorded here (``relay:<call>``) first."""
         require_within(wire.consumer_department_code, statement.origin)
-        onward = client.route(statement.home, wire.resource_code)
+        onward = self.client.route(statement.home, wire.resource_code)
         hop_id = f"FW-{secrets.token_hex(8)}"
         record = hub_record(
-            peer.code, "relay:apply", subject=hop_id, resource=wire.resource_code,
-            reason=f"from hub {statement.origin} ({wire.origin_request_id}) to hub {statement.home} via {onward.code}; "
+            peer.code, f"relay:{call}", subject=hop_id, resource=wire.resource_code,
+            reason=f"from hub {statement.origin} {ids} to hub {statement.home} via {onward.code}; "
             f"path {' → '.join(statement.path)}",
         )  # fmt: skip
         self.federation.store.audit.stage([record])
-        return self.federation.run(client.submit(onward, statement, wire, hop_id, statement.home))
+        return onward, hop_id
 
     @from_peer((PeerState.ACTIVE,), "submit a dispute")
     def SubmitDispute(self, request: pb.SubmitDisputeRequest, peer: Peer) -> pb.SubmitDisputeResponse:
@@ -314,17 +320,9 @@ class CrossHubRightsServicer(pb_grpc.CrossHubRightsServiceServicer):
         return pb.SubmitDisputeResponse(status=_status_to_wire(client.rights.accept_dispute(submission)))
 
     def _relay_dispute(self, peer: Peer, statement: Forwarded, wire: pb.CrossHubDispute) -> pb.SubmitDisputeResponse:
-        client = self.client
-        require_within(wire.consumer_department_code, statement.origin)
-        onward = client.route(statement.home, wire.resource_code)
-        hop_id = f"FW-{secrets.token_hex(8)}"
-        record = hub_record(
-            peer.code, "relay:dispute", subject=hop_id, resource=wire.resource_code,
-            reason=f"from hub {statement.origin} ({wire.origin_request_id}) to hub {statement.home} "
-            f"({wire.home_request_id}) via {onward.code}; path {' → '.join(statement.path)}",
-        )  # fmt: skip
-        self.federation.store.audit.stage([record])
-        dispute = client.submit_dispute(onward, statement, wire, hop_id, statement.home, purpose=statement.purpose)
+        ids = f"({wire.origin_request_id}, at home {wire.home_request_id})"
+        onward, hop_id = self._onward(peer, statement, wire, "dispute", ids)
+        dispute = self.client.submit_dispute(onward, statement, wire, hop_id, statement.home, purpose=statement.purpose)
         return self.federation.run(dispute)
 
     @from_peer((PeerState.ACTIVE,), "read the status of applications")
