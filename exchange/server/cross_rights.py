@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 
 from audit.forwarded import Forwarded, ForwardError, check, issue, next_hop, request_digest
@@ -54,6 +54,22 @@ def _now() -> dt.datetime:
 
 def _bytes(message: pb.CrossHubApplication | pb.StatusQuery | pb.CrossHubDispute) -> bytes:
     return message.SerializeToString(deterministic=True)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a statement of this hub speaks for: an application or a dispute, and its exact bytes."""
+
+    resource_code: str
+    consumer_department_code: str
+    system: str
+    purpose: str
+    body: bytes
+
+    @classmethod
+    def about(cls, query: pb.StatusQuery) -> Subject:
+        """A status query speaks for no resource, department or purpose: only its bytes."""
+        return cls("", "", "", "", _bytes(query))
 
 
 class CrossHubClient:
@@ -118,10 +134,25 @@ class CrossHubClient:
             via = via or store.federated.via_towards(home)
         if not via:
             raise errors.FailedPrecondition(f"hub {self.me} knows no way to hub {home}", subject=home)
-        peer = store.peers.get(via)
+        return self.active_peer(via, f" towards hub {home}")
+
+    def active_peer(self, code: str, towards: str = "") -> Peer:
+        """Peer ``code``, if its peering is active (UNAVAILABLE otherwise: a later round tries again)."""
+        peer = self.federation.store.peers.get(code)
         if peer.state is not PeerState.ACTIVE:
-            raise errors.Unavailable(f"the peering with hub {via} towards hub {home} is {peer.state.value}")
+            raise errors.Unavailable(f"the peering with hub {code}{towards} is {peer.state.value}")
         return peer
+
+    def signed(
+        self, peer: Peer, received: Forwarded | None, exchange_id: str, subject: Subject, *, call: str, home: str
+    ) -> str:
+        """The statement this hub sends ``peer`` with a ``call`` of ``subject`` (an application or a dispute)."""
+        fresh = Forwarded(
+            sender=self.me, receiver=peer.code, home=home, resource=subject.resource_code, call=call,
+            department=subject.consumer_department_code, system=subject.system, purpose=subject.purpose,
+            path=(self.me,), exchanges=(exchange_id,), hops_left=HOPS, request=request_digest(subject.body),
+        )  # fmt: skip
+        return self.statement(received, fresh, exchange_id, peer.code)
 
     # The sync round: submit what waits, read back what changed
 
@@ -149,9 +180,7 @@ class CrossHubClient:
     async def _submit_one(self, home: str, via: str, application: pb.CrossHubApplication) -> None:
         store, request_id = self.federation.store, application.origin_request_id
         try:
-            peer = await asyncio.to_thread(store.peers.get, via)
-            if peer.state is not PeerState.ACTIVE:
-                raise errors.Unavailable(f"the peering with hub {via} is {peer.state.value}")
+            peer = await asyncio.to_thread(self.active_peer, via)
             answer = await self.submit(peer, None, application, request_id, home)
             status = _status(answer.status)
         except errors.ExchangeError as e:
@@ -170,15 +199,12 @@ class CrossHubClient:
     ) -> pb.SubmitApplicationResponse:
         """Submits ``application`` (homed at ``home``) to ``peer``: this hub's own (``received`` None) or one
         passed on."""
-        fresh = Forwarded(
-            sender=self.me, receiver=peer.code, home=home, resource=application.resource_code, call="apply",
-            department=application.consumer_department_code, system=application.applicant,
-            purpose=application.purpose, path=(self.me,), exchanges=(exchange_id,), hops_left=HOPS,
-            request=request_digest(_bytes(application)),
+        subject = Subject(
+            application.resource_code, application.consumer_department_code, application.applicant,
+            application.purpose, _bytes(application),
         )  # fmt: skip
-        request = pb.SubmitApplicationRequest(
-            statement=self.statement(received, fresh, exchange_id, peer.code), application=application
-        )
+        statement = self.signed(peer, received, exchange_id, subject, call="apply", home=home)
+        request = pb.SubmitApplicationRequest(statement=statement, application=application)
 
         async def rpc(stub: pb_grpc.CrossHubRightsServiceAsyncStub, timeout: float) -> pb.SubmitApplicationResponse:
             return await stub.SubmitApplication(request, timeout=timeout)
@@ -194,9 +220,7 @@ class CrossHubClient:
             reason=dispute.reason, disputer=dispute.disputer,
         )  # fmt: skip
         try:
-            peer = await asyncio.to_thread(store.peers.get, dispute.via_peer)
-            if peer.state is not PeerState.ACTIVE:
-                raise errors.Unavailable(f"the peering with hub {dispute.via_peer} is {peer.state.value}")
+            peer = await asyncio.to_thread(self.active_peer, dispute.via_peer)
             exchange_id = f"DS-{secrets.token_hex(8)}"
             await self.submit_dispute(peer, None, wire, exchange_id, dispute.home_hub, purpose=dispute.purpose)
         except errors.ExchangeError as e:
@@ -214,14 +238,11 @@ class CrossHubClient:
     ) -> pb.SubmitDisputeResponse:  # fmt: skip
         """Submits ``dispute`` (of a request homed at ``home``, for ``purpose``) to ``peer``: this hub's own
         (``received`` None) or one passed on."""
-        fresh = Forwarded(
-            sender=self.me, receiver=peer.code, home=home, resource=dispute.resource_code, call="dispute",
-            department=dispute.consumer_department_code, system=dispute.disputer, purpose=purpose,
-            path=(self.me,), exchanges=(exchange_id,), hops_left=HOPS, request=request_digest(_bytes(dispute)),
-        )  # fmt: skip
-        request = pb.SubmitDisputeRequest(
-            statement=self.statement(received, fresh, exchange_id, peer.code), dispute=dispute
+        subject = Subject(
+            dispute.resource_code, dispute.consumer_department_code, dispute.disputer, purpose, _bytes(dispute)
         )
+        statement = self.signed(peer, received, exchange_id, subject, call="dispute", home=home)
+        request = pb.SubmitDisputeRequest(statement=statement, dispute=dispute)
 
         async def rpc(stub: pb_grpc.CrossHubRightsServiceAsyncStub, timeout: float) -> pb.SubmitDisputeResponse:
             return await stub.SubmitDispute(request, timeout=timeout)
@@ -248,14 +269,10 @@ class CrossHubClient:
         self, peer: Peer, received: Forwarded | None, query: pb.StatusQuery, exchange_id: str
     ) -> pb.ListApplicationStatusResponse:
         """Asks ``peer`` for the status of applications submitted towards ``query.home_hub_code``."""
-        fresh = Forwarded(
-            sender=self.me, receiver=peer.code, home=query.home_hub_code, resource="", call="status",
-            department="", system="", purpose="", path=(self.me,), exchanges=(exchange_id,), hops_left=HOPS,
-            request=request_digest(_bytes(query)),
-        )  # fmt: skip
-        request = pb.ListApplicationStatusRequest(
-            statement=self.statement(received, fresh, exchange_id, peer.code), query=query
+        statement = self.signed(
+            peer, received, exchange_id, Subject.about(query), call="status", home=query.home_hub_code
         )
+        request = pb.ListApplicationStatusRequest(statement=statement, query=query)
 
         async def rpc(stub: pb_grpc.CrossHubRightsServiceAsyncStub, timeout: float) -> pb.ListApplicationStatusResponse:
             return await stub.ListApplicationStatus(request, timeout=timeout)
