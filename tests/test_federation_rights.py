@@ -5,7 +5,7 @@ see the status as for a local request."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -198,13 +198,20 @@ def _submit_raw(node: Node, to: Node, sign: CrossHubClient, times: int) -> list[
     request = apb.SubmitApplicationRequest(
         statement=issue(sign.signer, statement, dt.datetime.now(dt.UTC)), application=application
     )
+    return _sent(node, to, times, lambda stub: stub.SubmitApplication(request, timeout=20))
+
+
+def _sent(
+    node: Node, to: Node, times: int, call: Callable[[apb_grpc.CrossHubRightsServiceAsyncStub], Awaitable[object]]
+) -> list[grpc.StatusCode]:
+    """The status of each of ``times`` calls ``node`` makes to ``to``'s CrossHubRightsService."""
 
     async def send() -> list[grpc.StatusCode]:
         stub = apb_grpc.CrossHubRightsServiceStub(node.federation.channel(node.peer(to.code)))
         codes = []
         for _ in range(times):
             try:
-                await stub.SubmitApplication(request, timeout=20)
+                await call(stub)
                 codes.append(grpc.StatusCode.OK)
             except grpc.aio.AioRpcError as e:
                 codes.append(e.code())
@@ -550,19 +557,7 @@ def _dispute_raw(
     request = apb.SubmitDisputeRequest(
         statement=issue(sign.signer, statement, dt.datetime.now(dt.UTC)), dispute=dispute
     )
-
-    async def send() -> list[grpc.StatusCode]:
-        stub = apb_grpc.CrossHubRightsServiceStub(node.federation.channel(node.peer(to.code)))
-        codes = []
-        for _ in range(times):
-            try:
-                await stub.SubmitDispute(request, timeout=20)
-                codes.append(grpc.StatusCode.OK)
-            except grpc.aio.AioRpcError as e:
-                codes.append(e.code())
-        return codes
-
-    return node.federation.run(send())
+    return _sent(node, to, times, lambda stub: stub.SubmitDispute(request, timeout=20))
 
 
 def test_a_forged_replayed_or_foreign_dispute_statement_is_refused_at_the_home(tree: dict[str, Any]) -> None:
