@@ -33,8 +33,8 @@ from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import federation_pb2 as fpb
 from exchange.v1 import registry_pb2 as regpb
 from exchange.v1 import rights_pb2 as rpb
-from tests.federation_support import HUBS, Peerable, register_peer
-from tests.harness import AUTHORITY, RunningHub, base_settings
+from tests.federation_support import HUBS, PROVINCE_MARKET, Peerable, register_peer
+from tests.harness import AUTHORITY, RunningHub, base_settings, identity_spec
 from tests.hub_process import free_port
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -254,3 +254,21 @@ def grant_locally(
     with hub.client(manager) as c:
         grant = rpb.IssueGrantRequest(request_id=applied.id, daily_quota=MAX_DAILY_CALLS, rate_per_second=MAX_RATE)
         return str(c.call(c.rights.IssueGrant, grant).id)
+
+
+# The province's two entries of people, bound to one SQLite table, and the one person in it.
+PROVINCE_ENTRY = "10101/350000000001"
+PROVINCE_OTHER = "10101/350000000002"  # published beside PROVINCE_ENTRY (a test may suspend it)
+PROVINCE_PERSON = "350203198001012345"
+
+
+def publish_at_province(province: Served, root: Path) -> None:
+    """The province's market department, its table of people (one row) and both entries published over it."""
+    hub = province.running
+    hub.add_department(PROVINCE_MARKET)
+    url = f"sqlite:///{root / 'qy.db'}"
+    people_table(url, [("张三", PROVINCE_PERSON, "厦门市思明区湖滨南路1号")])
+    steward = hub.certifier(PROVINCE_MARKET.code)
+    for code, name in ((PROVINCE_ENTRY, "企业人员身份信息"), (PROVINCE_OTHER, "企业人员住所信息")):
+        spec = identity_spec(code, PROVINCE_MARKET.code, name=name, data_items=PEOPLE_ITEMS)
+        publish_sql(province, steward, spec, url, "qy")

@@ -34,23 +34,24 @@ from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import federation_pb2 as fpb
 from exchange.v1 import rights_pb2 as rpb
 from tests.federation_support import PROVINCE_MARKET, SIMING_MARKET
-from tests.harness import AUTHORITY, identity_spec
+from tests.harness import AUTHORITY
 from tests.served_hubs import (
-    PEOPLE_ITEMS,
+    PROVINCE_ENTRY,
+    PROVINCE_OTHER,
+    PROVINCE_PERSON,
     Served,
     audit_records,
     peer_pair,
-    people_table,
-    publish_sql,
+    publish_at_province,
     remote_codes,
     serve,
     until,
 )
 
-ENTRY = "10101/350000000001"
-OTHER = "10101/350000000002"  # published beside ENTRY, suspended later
+ENTRY = PROVINCE_ENTRY
+OTHER = PROVINCE_OTHER  # suspended later
 PURPOSE = "企业登记核查"
-PERSON = "350203198001012345"
+PERSON = PROVINCE_PERSON
 SYSTEM = "sm-djxt"
 
 
@@ -62,19 +63,8 @@ def tree(tmp_path: Path) -> Iterator[dict[str, Served]]:
                    ("county", "city", "province")}  # fmt: skip
         peer_pair(running["county"], running["city"])
         peer_pair(running["city"], running["province"])
-        _publish_at_province(running["province"], tmp_path)
+        publish_at_province(running["province"], tmp_path)
         yield running
-
-
-def _publish_at_province(province: Served, root: Path) -> None:
-    hub = province.running
-    hub.add_department(PROVINCE_MARKET)
-    url = f"sqlite:///{root / 'qy.db'}"
-    people_table(url, [("张三", PERSON, "厦门市思明区湖滨南路1号")])
-    steward = hub.certifier(PROVINCE_MARKET.code)
-    for code, name in ((ENTRY, "企业人员身份信息"), (OTHER, "企业人员住所信息")):
-        spec = identity_spec(code, PROVINCE_MARKET.code, name=name, data_items=PEOPLE_ITEMS)
-        publish_sql(province, steward, spec, url, "qy")
 
 
 def _status_at(node: Served, code: str) -> int:
@@ -288,7 +278,7 @@ def test_a_call_beyond_the_origin_hubs_hop_limit_is_refused_and_recorded(tmp_pat
         city, province = (stack.enter_context(serve(tmp_path, level)) for level in ("city", "province"))
         peer_pair(county, city)
         peer_pair(city, province)
-        _publish_at_province(province, tmp_path)
+        publish_at_province(province, tmp_path)
         county.running.add_department(SIMING_MARKET)
         county.running.add_system(SYSTEM, SIMING_MARKET.code)
         until(lambda: remote_codes(county, province.code) == [ENTRY, OTHER], "the province's entries at the county")

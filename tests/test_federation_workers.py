@@ -32,15 +32,25 @@ from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import rights_pb2 as rpb
 from tests.federation_support import PROVINCE_MARKET, department
 from tests.harness import AUTHORITY, identity_spec
-from tests.served_hubs import PEOPLE_ITEMS, Served, peer_pair, people_table, publish_sql, remote_codes, serve, until
+from tests.served_hubs import (
+    PROVINCE_ENTRY,
+    PROVINCE_OTHER,
+    PROVINCE_PERSON,
+    Served,
+    peer_pair,
+    publish_at_province,
+    remote_codes,
+    serve,
+    until,
+)
 
-ENTRY = "10101/350000000001"
-OTHER = "10101/350000000002"  # published beside ENTRY, suspended later
+ENTRY = PROVINCE_ENTRY
+OTHER = PROVINCE_OTHER  # suspended later
 CITY_MARKET = department("350200", "0077889", "厦门市市场监督管理局", m.AdministrativeLevel.CITY)
 CITY_ENTRY = "10101/350200000001"
 LATER = "10101/350200000002"  # published at the city once the province's holder was killed
 PURPOSE = "企业登记核查"
-PERSON = "350203198001012345"
+PERSON = PROVINCE_PERSON
 SYSTEM = "xm-djxt"
 SERVING = re.compile(r"worker (\d+) serving on port \d+ \(pid (\d+)\)")
 HOLDS = re.compile(r"process (\d+) now holds the federation's sync lock")
@@ -66,17 +76,6 @@ def _workers(node: Served) -> dict[int, int]:
 def _holders(node: Served) -> list[int]:
     """The pids that took the sync lock, in the order they took it."""
     return [int(pid) for pid in HOLDS.findall(node.log.read_text())]
-
-
-def _publish_at_province(province: Served, root: Path) -> None:
-    hub = province.running
-    hub.add_department(PROVINCE_MARKET)
-    url = f"sqlite:///{root / 'qy.db'}"
-    people_table(url, [("张三", PERSON, "厦门市思明区湖滨南路1号")])
-    steward = hub.certifier(PROVINCE_MARKET.code)
-    for code, name in ((ENTRY, "企业人员身份信息"), (OTHER, "企业人员住所信息")):
-        spec = identity_spec(code, PROVINCE_MARKET.code, name=name, data_items=PEOPLE_ITEMS)
-        publish_sql(province, steward, spec, url, "qy")
 
 
 def _publish_at_city(city: Served, code: str) -> None:
@@ -135,7 +134,7 @@ def test_a_hub_of_two_workers_federates_with_one_sync_holder_at_a_time(
     city, province = pair
     workers = _workers(province)
     # The catalog both ways: the city pulls from whichever worker answers; the province's holder pulls the city.
-    _publish_at_province(province, tmp_path)
+    publish_at_province(province, tmp_path)
     city.running.add_department(CITY_MARKET)
     _publish_at_city(city, CITY_ENTRY)
     until(lambda: remote_codes(city, province.code) == [ENTRY, OTHER], "the province's entries at the city")
