@@ -17,6 +17,8 @@ from sqlalchemy import select
 
 from exchange import models as m
 from exchange import pki
+from exchange.bootstrap import load_witness_key
+from exchange.cli.main import main
 from exchange.config import Settings
 from exchange.federation.model import Peer, PeerState
 from exchange.server.federation import Federation
@@ -175,3 +177,20 @@ def hub_identity(node: Node, into: Path) -> Path:
     (into / "cert.pem").write_bytes(files.hub_cert.read_bytes())
     (into / "ca.pem").write_bytes(node.running.ca_pem)
     return into
+
+
+def trust_file(tmp_path: Path, nodes: list[Node]) -> Path:
+    """An auditor's trusted keys for ``verify-receipt --trust``: each hub's log key and its witness key."""
+    lines = [n.running.hub.audit.signer.verifier().encode() for n in nodes]
+    lines += [
+        f"{load_witness_key(n.running.settings).verifier().encode()} {n.running.settings.audit_origin}" for n in nodes
+    ]
+    path = tmp_path / "trusted.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def cross_receipt(node: Node, auditor: Path, exchange_id: str, out: Path) -> int:
+    """``exchange audit cross-receipt`` at ``node`` as ``auditor``: the CLI's exit code."""
+    argv = ["--hub", node.running.settings.hub_address, "--identity", str(auditor)]
+    return main([*argv, "audit", "cross-receipt", exchange_id, "--out", str(out)])

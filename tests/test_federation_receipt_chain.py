@@ -24,7 +24,6 @@ from audit.note import Signer
 from audit.receipt import Part, ProvedRecord
 from exchange import errors
 from exchange import models as m
-from exchange.bootstrap import load_witness_key
 from exchange.cli.main import main
 from exchange.config import Settings
 from exchange.server.receipt_chain import FURTHER_UNAVAILABLE, Ask, ChainParts, handed_on
@@ -33,7 +32,7 @@ from exchange.store.audit import Entry
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import receipts_pb2 as rpb
 from exchange.v1 import receipts_pb2_grpc as rpb_grpc
-from tests.federation_support import PROVINCE_MARKET, Node, hubs, peer_pair
+from tests.federation_support import PROVINCE_MARKET, Node, cross_receipt, hubs, peer_pair, trust_file
 from tests.harness import AUTHORITY, identity_spec, reason_of
 from tests.witness_support import HubLog, hub_log, record
 
@@ -80,28 +79,15 @@ def _auditor(node: Node) -> Path:
     return node.running.add_person(f"au-{node.level}", AUTHORITY.code, m.Role.AUDITOR)
 
 
-def _trust(tmp_path: Path, nodes: list[Node]) -> Path:
-    lines = [n.running.hub.audit.signer.verifier().encode() for n in nodes]
-    lines += [f"{load_witness_key(n.running.settings).verifier().encode()} {_origin(n)}" for n in nodes]
-    path = tmp_path / "trusted.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def _cross_receipt(node: Node, auditor: Path, exchange_id: str, out: Path) -> int:
-    argv = ["--hub", node.running.settings.hub_address, "--identity", str(auditor)]
-    return main([*argv, "audit", "cross-receipt", exchange_id, "--out", str(out)])
-
-
 def test_an_auditor_at_any_hub_of_a_two_hop_exchange_gets_the_whole_chain_and_it_verifies_offline(
     tree: dict[str, Node], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ids = _two_hops(tree, 10)
     nodes = [tree["county"], tree["city"], tree["province"]]
-    trust = _trust(tmp_path, nodes)
+    trust = trust_file(tmp_path, nodes)
     for node, exchange_id in zip(nodes, ids, strict=True):
         receipt = tmp_path / f"{node.level}.json"
-        assert _cross_receipt(node, _auditor(node), exchange_id, receipt) == 0, capsys.readouterr().err
+        assert cross_receipt(node, _auditor(node), exchange_id, receipt) == 0, capsys.readouterr().err
         parts = json.loads(receipt.read_text())["parts"]
         assert sorted(p["origin"] for p in parts) == sorted(_origin(n) for n in nodes)
         capsys.readouterr()
@@ -276,9 +262,9 @@ def test_a_part_forged_whole_by_the_middle_hub_is_caught_with_a_key_the_asker_kn
     monkeypatch.setattr(ChainParts, "beyond", forging)
     auditor = _auditor(county)
     receipt = tmp_path / "forged-receipt.json"
-    assert _cross_receipt(county, auditor, at_county, receipt) == 0, capsys.readouterr().err
+    assert cross_receipt(county, auditor, at_county, receipt) == 0, capsys.readouterr().err
     capsys.readouterr()
-    trust = _trust(tmp_path, [county, city, province])
+    trust = trust_file(tmp_path, [county, city, province])
     assert main(["audit", "verify-receipt", str(receipt), "--trust", str(trust)]) == 1
     assert f"{_origin(province)}: the receipt states another log key than the one you trust" in capsys.readouterr().err
 

@@ -26,7 +26,7 @@ from exchange.v1 import receipts_pb2 as rpb
 from exchange.v1 import receipts_pb2_grpc as rpb_grpc
 from exchange.v1 import witness_pb2 as wpb
 from exchange.v1 import witness_pb2_grpc as wpb_grpc
-from tests.federation_support import Node, hubs, peer_pair
+from tests.federation_support import Node, cross_receipt, hubs, peer_pair, trust_file
 from tests.harness import AUTHORITY
 from tests.witness_support import HubLog, hub_log, record
 
@@ -199,19 +199,6 @@ def _linked(city: Node, province: Node) -> None:
     )
 
 
-def _trust(tmp_path: Path, *nodes: Node) -> Path:
-    lines = [n.running.hub.audit.signer.verifier().encode() for n in nodes]
-    lines += [f"{_witness_of(n).encode()} {n.running.settings.audit_origin}" for n in nodes]
-    path = tmp_path / "trusted.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def _cross_receipt(node: Node, auditor: Path, exchange_id: str, out: Path) -> int:
-    argv = ["--hub", node.running.settings.hub_address, "--identity", str(auditor)]
-    return main([*argv, "audit", "cross-receipt", exchange_id, "--out", str(out)])
-
-
 def test_a_cross_hub_receipt_is_fetched_at_either_end_and_verifies_offline(
     pair: dict[str, Node], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -219,14 +206,14 @@ def test_a_cross_hub_receipt_is_fetched_at_either_end_and_verifies_offline(
     auditors = {"city": _auditor(city), "province": _auditor(province)}
     _linked(city, province)
     out = tmp_path / "early.json"
-    assert _cross_receipt(city, auditors["city"], "EX-CITY", out) != 0  # not yet witnessed by the province
+    assert cross_receipt(city, auditors["city"], "EX-CITY", out) != 0  # not yet witnessed by the province
     assert "not yet under a checkpoint witnessed by hub 350000" in capsys.readouterr().err
     city.sync()
     province.sync()
-    trust = _trust(tmp_path, city, province)
+    trust = trust_file(tmp_path, [city, province])
     for node, exchange_id in ((city, "EX-CITY"), (province, "EX-PROV")):
         receipt = tmp_path / f"{node.level}.json"
-        assert _cross_receipt(node, auditors[node.level], exchange_id, receipt) == 0
+        assert cross_receipt(node, auditors[node.level], exchange_id, receipt) == 0
         capsys.readouterr()
         assert main(["audit", "verify-receipt", str(receipt), "--trust", str(trust)]) == 0
         said = capsys.readouterr().out
@@ -265,6 +252,6 @@ def test_the_part_of_an_exchange_the_caller_was_not_party_to_is_not_found(
     assert other[1].replace("EX-OTHER", "X") == missing[1].replace("EX-NONE", "X")  # nothing tells them apart
 
     auditor = _auditor(city)
-    assert _cross_receipt(city, auditor, "EX-CLAIM", tmp_path / "claim.json") != 0
+    assert cross_receipt(city, auditor, "EX-CLAIM", tmp_path / "claim.json") != 0
     assert "peer hub 350000 has no record of its exchange EX-OTHER that names this hub" in capsys.readouterr().err
     assert not (tmp_path / "claim.json").exists()
