@@ -91,10 +91,10 @@ class HeldEntries:
 
     def get(self, code: str) -> RemoteEntry | None:
         """The remote entry ``code`` (None: no entry homed elsewhere has it, which is never kept)."""
+        held = self.peek(code)
+        if held is not None:
+            return held
         now = self._clock()
-        held = self._held.get(code)
-        if held is not None and now - held[1] < self.seconds:
-            return held[0]
         with self._lock:
             generation = self._generation
         entry = self._store.federated.get(code)
