@@ -541,6 +541,10 @@ class PathResult:
     provider_ms_per_call: float = float("nan")
     middle_s_per_gib: float = float("nan")
     provider_s_per_gib: float = float("nan")
+    # The load generator's CPU ms per unary call, and the share of the machine's CPU left idle meanwhile:
+    # with everything on one machine, calls/s at 64 in flight is bounded by the sum of all three processes.
+    load_ms_per_call: float = float("nan")
+    idle_share: float = float("nan")
     errors: int = 0
     first_error: str = ""
 
@@ -552,6 +556,8 @@ def record(result: PathResult, kind: str, out: Outcome, cpu: dict[str, float]) -
     if kind == "closed":
         result.middle_ms_per_call = cpu.get("middle", nan) / max(1, out.calls) * 1000
         result.provider_ms_per_call = cpu.get("provider", nan) / max(1, out.calls) * 1000
+        result.load_ms_per_call = cpu.get("load", nan) / max(1, out.calls) * 1000
+        result.idle_share = cpu.get("idle", nan)
         result.rps = out.calls / out.elapsed
         result.closed_p50_ms = percentile(out.latencies_ms, 0.50)
         result.closed_p99_ms = percentile(out.latencies_ms, 0.99)
@@ -745,13 +751,15 @@ def table(results: dict[str, PathResult], args: argparse.Namespace) -> str:
         )
     lines += [
         "",
-        "| path | CPU ms per call: proxy or hub | CPU ms per call: provider | CPU s per GiB streamed: proxy or hub "
-        "| CPU s per GiB streamed: provider |",
-        "|---|---:|---:|---:|---:|",
+        "| path | CPU ms per call: proxy or hub | CPU ms per call: provider | CPU ms per call: load generator "
+        "| machine idle at 64 in flight | CPU s per GiB streamed: proxy or hub | CPU s per GiB streamed: provider |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for path, r in results.items():
-        cells = (r.middle_ms_per_call, r.provider_ms_per_call, r.middle_s_per_gib, r.provider_s_per_gib)
-        shown = ["—" if math.isnan(x) else f"{x:.2f}" if n < 2 else f"{x:.0f}" for n, x in enumerate(cells)]
+        cells = (r.middle_ms_per_call, r.provider_ms_per_call, r.load_ms_per_call)
+        shown = ["—" if math.isnan(x) else f"{x:.2f}" for x in cells]
+        shown.append("—" if math.isnan(r.idle_share) else f"{r.idle_share:.0%}")
+        shown += ["—" if math.isnan(x) else f"{x:.0f}" for x in (r.middle_s_per_gib, r.provider_s_per_gib)]
         lines.append(f"| {path} | {' | '.join(shown)} |")
     return "\n".join(lines)
 
@@ -954,7 +962,7 @@ def run(ctx: Any, home: Path, args: argparse.Namespace, paths: list[str]) -> tup
                     )
                     print(f"{path:6} {kind:6} ...", end=" ", flush=True)
                     hub_profile = functools.partial(profile, f"hub-{kind}.txt", args.seconds)
-                    pids = {"provider": provider.pid}
+                    pids = {"provider": provider.pid, "load": load.pid}
                     if path != "direct":
                         pids["middle"] = os.getpid() if path == "hub" else proxy.pid
                     outcome, spy, cpu = _measure(load, job, hub_profile if path == "hub" else _no_profile, pids)
@@ -1005,8 +1013,11 @@ def _measure(
         raise RuntimeError(f"{job.target.path} {job.kind}: {answer}")
     spy = start_profile()
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    idle_before = machine_idle()
     answer = _answer(load, timeout, job)
     used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    idle_after = machine_idle()
+    used["idle"] = (idle_after[0] - idle_before[0]) / max(1, idle_after[1] - idle_before[1])
     if not isinstance(answer, Outcome):
         raise RuntimeError(f"{job.target.path} {job.kind}: {answer}")
     return answer, spy, used
@@ -1025,6 +1036,15 @@ def cpu_seconds(pid: int) -> float:
     except (OSError, IndexError):
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_idle() -> tuple[int, int]:
+    """The machine's idle and total CPU ticks so far (all CPUs), from /proc/stat; zeros elsewhere."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return ticks[3] + ticks[4], sum(ticks[:8])  # idle + iowait; guest time is already in user
 
 
 def check_paths(targets: dict[str, Target]) -> None:
