@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 import pytest
 from google.protobuf.message import DecodeError
 
+import adapters.base as adapters_base
 from adapters.base import ProviderContractError, checked_records
 from adapters.grpc_batches import Cutter, received
 from exchange import values
@@ -144,6 +145,11 @@ def test_the_fast_check_agrees_with_the_plain_one(seed: int) -> None:
                 checked_records("P", types, records)
             assert raised.value.message == f"the provider P answered outside its declaration: {expected}"
         assert [r.SerializeToString() for r in records] == before  # checking leaves the records as they were
+
+
+def test_the_fast_check_parses_every_kind_that_needs_parsing() -> None:
+    """``checked_records`` parses decimals and dates in loops of their own; a kind that must parse needs one."""
+    assert set(adapters_base._PARSES) == adapters_base._INLINE
 
 
 MASKS = (
