@@ -202,28 +202,66 @@ _WIRE_KIND: dict[FieldType, WireKind] = {
 }
 
 
-def checked_records(provider: str, types: Mapping[str, FieldType], records: Rs) -> Rs:
+# A Value's HasField and WhichOneof taken from the class: called so, they skip the instance's attribute lookup
+# (which looks for a field of that name first), about half their cost when asked of every streamed value.
+_has = data_pb2.Value.HasField
+_kind = data_pb2.Value.WhichOneof
+
+
+def checked_records(provider: str, types: Mapping[str, FieldType], records: Rs) -> Rs:  # noqa: PLR0912 - per kind, inline
     """``checked_rows`` for records still in wire form: only the fields in ``types``, each of its type or null.
 
     Decimals and dates are also checked to be what they claim, since a consumer would parse them.
-    This runs for every streamed record, so it looks each value up once and only parses the kinds that
-    need it; a record found wrong is checked again the plain way (``_record_fault``) to say what is wrong.
+    This runs for every streamed record, so the fields are checked kind by kind, each value looked up once
+    with the cheapest test that settles the common case: a decimal's text is read once and parsed (it is
+    empty unless a decimal is set), a date's parts are read once and made a date (an unset date's are all
+    zero, which no calendar date is), and only values failing those are asked their kind. A record found
+    wrong is checked again the plain way (``_record_fault``) to say what is wrong.
     """
-    expected = [(name, _WIRE_KIND[kind], _PARSES.get(kind)) for name, kind in types.items()]
+    count = len(types)
+    plain = tuple((name, _WIRE_KIND[kind]) for name, kind in types.items() if kind not in _INLINE)
+    decimals = tuple(name for name, kind in types.items() if kind is FieldType.DECIMAL)
+    dates = tuple(name for name, kind in types.items() if kind is FieldType.DATE)
     for n, record in enumerate(records):
         fields = record.fields
-        present = 0
-        for name, wire_kind, parses in expected:
+        absent = 0
+        for name, wire_kind in plain:
             if name not in fields:
+                absent += 1
                 continue
-            present += 1
             value = fields[name]
-            if value.HasField(wire_kind):  # cheaper than WhichOneof, which is asked only of other values
-                if parses is not None and not parses(value):
-                    _record_fault(provider, types, n, record)
-            elif value.WhichOneof("kind") is not None:
+            # HasField is cheaper than WhichOneof, which is asked only of other values (a null, or a fault)
+            if not _has(value, wire_kind) and _kind(value, "kind") is not None:
                 _record_fault(provider, types, n, record)
-        if present != len(fields):
+        for name in decimals:
+            if name not in fields:
+                absent += 1
+                continue
+            value = fields[name]
+            text = value.decimal_value
+            if text:
+                try:
+                    Decimal(text)  # as _is_decimal, inline: this runs for every decimal streamed
+                    continue
+                except InvalidOperation:
+                    pass
+            elif _kind(value, "kind") is None:
+                continue
+            _record_fault(provider, types, n, record)  # not a decimal, an empty one, or another kind
+        for name in dates:
+            if name not in fields:
+                absent += 1
+                continue
+            value = fields[name]
+            d = value.date_value
+            try:
+                dt.date(d.year, d.month, d.day)  # as _is_date, inline
+                continue
+            except ValueError:
+                pass
+            if _kind(value, "kind") is not None:  # not a calendar date, or another kind; else a null
+                _record_fault(provider, types, n, record)
+        if count - absent != len(fields):  # a field not asked for
             _record_fault(provider, types, n, record)
     return records
 
@@ -274,3 +312,5 @@ _PARSES: dict[FieldType, Callable[[data_pb2.Value], bool]] = {
     FieldType.DECIMAL: _is_decimal,
     FieldType.DATE: _is_date,
 }
+# The kinds ``checked_records`` parses inline, each in its own loop: a kind added to _PARSES needs one there.
+_INLINE = frozenset({FieldType.DECIMAL, FieldType.DATE})

@@ -54,8 +54,14 @@ def _retagged(raw: bytes) -> Received:
         if data[pos] != _PROVIDER_RECORD:
             raise ValueError("not a record")
         data[pos] = _CONSUMER_RECORD
-        length, pos = _varint(data, pos + 1)
-        pos += length
+        first = data[pos + 1]  # the length: one or two bytes (a record under 16 KiB) read here, as this runs per record
+        if first < 0x80:
+            pos += 2 + first
+        elif (second := data[pos + 2]) < 0x80:
+            pos += 3 + ((first & 0x7F) | second << 7)
+        else:
+            length, pos = _varint(data, pos + 1)
+            pos += length
         if pos > total:
             raise ValueError("record cut short")
         ends.append(pos)
@@ -63,13 +69,7 @@ def _retagged(raw: bytes) -> Received:
 
 
 def _varint(data: bytearray, pos: int) -> tuple[int, int]:
-    """The record length at ``pos`` and where the record starts; one and two bytes (under 16 KiB) first."""
-    first = data[pos]
-    if first < 0x80:
-        return first, pos + 1
-    second = data[pos + 1]
-    if second < 0x80:
-        return (first & 0x7F) | second << 7, pos + 2
+    """The record length at ``pos`` and where the record starts (lengths of one and two bytes are read inline)."""
     length, shift = 0, 0
     while True:
         byte = data[pos]

@@ -1,7 +1,7 @@
 """Shape: keep only the granted fields, mask them, count and digest what leaves, and cut the page.
 
 Rows from a backend are projected and masked (``policy.masks.apply``); records already in wire form
-(a gRPC provider's, checked against the declaration) are masked in place (``policy.masks.record_masker``)
+(a gRPC provider's, checked against the declaration) are masked in place (``policy.masks.records_masker``)
 and digested only when a provenance statement needs it.
 """
 
@@ -16,7 +16,7 @@ from exchange.services.exchange.admit import query_page
 from exchange.services.exchange.answers import Ask, Plan, provider_name
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.values import RowsDigest
-from policy.masks import apply, record_masker
+from policy.masks import apply, records_masker
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class StreamShaper:
         self._plan = plan
         self._provenance = provenance
         masks = plan.decision.masks
-        self._mask = record_masker(masks) if masks else None
+        self._mask = records_masker(masks) if masks else None
         self._digest = RowsDigest()
         self._undigested = False
         self.counted = Count()
@@ -91,8 +91,7 @@ class StreamShaper:
         counted as the records' size, before the hub's fields are set."""
         records = message.records
         if self._mask is not None:
-            for record in records:
-                self._mask(record)
+            self._mask(records)
         self.counted.rows += len(records)
         encoded = message.SerializeToString()  # only records are set yet: their bytes in the consumer's batch
         self.counted.size += len(encoded)
