@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry import context as otel_context
 
 from adapters import options as opt
 from adapters.base import (
@@ -62,7 +63,11 @@ M = TypeVar("M")
 
 
 def _trace() -> tuple[tuple[str, str], ...] | None:
-    """The call's trace context for the provider (its ``traceparent``), so the provider's spans join the hub's."""
+    """The call's trace context for the provider (its ``traceparent``), so the provider's spans join the hub's.
+
+    An empty context (tracing off, the common case) carries no span: nothing to look up or send."""
+    if not otel_context.get_current():
+        return None
     return tracing.outgoing_metadata() or None
 
 

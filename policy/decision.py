@@ -116,6 +116,18 @@ def _masked_filters(grant: Grant, q: Question) -> Decision | None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    """A question's answer while no grant changes: the grant, and what its terms make of the question (the
+    refusal of a masked filter it does not let be verified, else the allowing decision). Only the grant's dates,
+    rate and quota are left to check on each call. Kept in ``DecisionPoint._cache``, which any grant change empties
+    (a revocation or suspension is seen by the next call)."""
+
+    grant: Grant
+    refused: Decision | None
+    allowed: Decision
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """Keeps Python's cyclic garbage collector out of a bulk load, then restores it as it was.
@@ -178,7 +190,8 @@ class DecisionPoint:
         # Per grant: tokens left and when they were counted (a bucket of one second's calls).
         self._buckets: dict[str, tuple[float, float]] = {}
         self._pairs: dict[tuple[str, str], _Pair] = {}
-        self._cache: dict[Question, str] = {}
+        # Per question answered lately: its grant and what the grant's terms make of it (dropped on any change).
+        self._cache: dict[Question, _Terms] = {}
         self.quota = quota or DailyQuota()
         self._lock = threading.Lock()
         self._load(grants or [])
@@ -238,13 +251,13 @@ class DecisionPoint:
             found = self._grant_for(q, today)
             if isinstance(found, Decision):
                 return found
-            grant = found
-            refusal = _masked_filters(grant, q) or self._limit(grant, today, consume=consume)
+            grant = found.grant
+            refusal = found.refused or self._limit(grant, today, consume=consume)
             if refusal is not None:
                 return refusal
         if consume and not self.quota.take(grant.id, grant.daily_quota, today):
             return _quota_used(grant, today, self.quota.used(grant.id, today))
-        return _allow(grant, q)
+        return found.allowed
 
     def decide_held(self, q: Question, resource_status: ResourceStatus, today: dt.date) -> Decision | None:
         """A call's decision (as ``decide``, counted) from what this process holds, never waiting on a lock
@@ -257,16 +270,15 @@ class DecisionPoint:
             return None
         try:
             found = self._grant_for(q, today)
-            return found if isinstance(found, Decision) else self._counted_held(found, q, today)
+            return found if isinstance(found, Decision) else self._counted_held(found, today)
         finally:
             self._lock.release()
 
-    def _counted_held(self, grant: Grant, q: Question, today: dt.date) -> Decision | None:
+    def _counted_held(self, terms: _Terms, today: dt.date) -> Decision | None:
         """``decide_held``'s part after the grant is found, under the lock: terms, rate, then quota."""
-        refusal = _masked_filters(grant, q)
-        if refusal is not None:
-            return refusal
-        decision = _allow(grant, q)
+        if terms.refused is not None:
+            return terms.refused
+        decision, grant = terms.allowed, terms.grant
         if decision.verifying:
             return None
         if not self._take_token(grant):
@@ -276,11 +288,11 @@ class DecisionPoint:
             return None
         return decision
 
-    def _grant_for(self, q: Question, today: dt.date) -> Grant | Decision:
-        """The grant that answers ``q`` today (cached, or found and cached), or a denial."""
-        grant = self._cached(q, today)
-        if grant is not None:
-            return grant
+    def _grant_for(self, q: Question, today: dt.date) -> _Terms | Decision:
+        """The grant that answers ``q`` today and its terms for ``q`` (cached, or found and cached), or a denial."""
+        terms = self._cache.get(q)
+        if terms is not None and terms.grant.start <= today <= terms.grant.end:
+            return terms
         found = self._match(q, today)
         if isinstance(found, Decision):
             return found
@@ -289,8 +301,8 @@ class DecisionPoint:
             return self._validity(grant, today)
         if len(self._cache) >= CACHE_LIMIT:
             self._cache.clear()
-        self._cache[q] = grant.id
-        return grant
+        terms = self._cache[q] = _Terms(grant, _masked_filters(grant, q), _allow(grant, q))
+        return terms
 
     def _limit(self, grant: Grant, today: dt.date, *, consume: bool) -> Decision | None:
         """A denial when the grant's quota is known to be used up today, or (for a call) its rate is."""
@@ -324,14 +336,6 @@ class DecisionPoint:
         if grant.id in self._buckets:
             tokens, then = self._buckets[grant.id]
             self._buckets[grant.id] = (tokens + 1, then)
-
-    def _cached(self, q: Question, today: dt.date) -> Grant | None:
-        """The grant that answered ``q`` before, if it still stands today."""
-        grant_id = self._cache.get(q)
-        if grant_id is None:
-            return None
-        grant = self._pairs[(q.resource, q.department)].grants.get(grant_id)
-        return grant if grant is not None and grant.start <= today <= grant.end else None
 
     def _match(self, q: Question, today: dt.date) -> str | Decision:
         """The id of the grant that allows ``q``, found by Casbin and checked by the index; or a denial."""

@@ -7,7 +7,7 @@ import random
 from dataclasses import replace
 
 from exchange import models as m
-from policy.decision import DecisionPoint, DenyReason, Question
+from policy.decision import Decision, DecisionPoint, DenyReason, Question
 from policy.quota import DailyQuota, LocalLeases
 
 TODAY = dt.date(2026, 11, 23)
@@ -171,3 +171,31 @@ def test_the_quota_refusal_names_the_grant_its_use_and_when_it_resets() -> None:
         assert refused.message == (
             "grant GR-20261123-0001 has used its daily quota of 3 calls (3 used); it resets at 2026-11-24 00:00 UTC"
         )
+
+
+def test_a_questions_kept_terms_follow_every_change_of_its_grant_on_the_next_call() -> None:
+    """The terms kept per question (masks, verification, fields) are dropped with any grant change, held or not."""
+
+    def waited(point: DecisionPoint, q: Question) -> Decision:
+        return point.decide(q, PUBLISHED, TODAY)
+
+    def held(point: DecisionPoint, q: Question) -> Decision:  # held when a leased block has calls left
+        return point.decide_held(q, PUBLISHED, TODAY) or point.decide(q, PUBLISHED, TODAY)
+
+    for decide in (waited, held):
+        point = DecisionPoint([_grant(daily_quota=1000)], quota=DailyQuota(LocalLeases(), block=2))
+        ask, lookup = _ask(fields=("name", "id_number")), _ask(filters=("id_number",))
+        for _ in range(3):  # the first call finds the grant, the others use what was kept
+            assert decide(point, ask).masks == (("id_number", m.MaskKind.ID_NUMBER),)
+            assert decide(point, lookup).reason is DenyReason.MASKED_FILTER_NOT_GRANTED
+        point.update(_grant(daily_quota=1000, masks=(("name", m.MaskKind.NAME),)))
+        assert decide(point, ask).masks == (("name", m.MaskKind.NAME),)
+        assert decide(point, lookup).allowed  # no longer masked, so no longer a masked filter
+        point.update(_grant(daily_quota=1000, fields=("name",)))
+        assert decide(point, ask).reason is DenyReason.FIELD_NOT_GRANTED
+        point.update(_grant(daily_quota=1000, end=TODAY - dt.timedelta(days=1)))
+        assert decide(point, _ask(fields=("name",))).reason is DenyReason.EXPIRED
+        point.update(_grant(daily_quota=1000))
+        assert decide(point, _ask(fields=("name",))).allowed
+        point.replace_all(lambda: [_grant(daily_quota=1000, status=m.GrantStatus.SUSPENDED)])
+        assert decide(point, _ask(fields=("name",))).reason is DenyReason.SUSPENDED

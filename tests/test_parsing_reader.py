@@ -51,23 +51,45 @@ def test_each_methods_reading_form_is_built_once_and_again_for_a_new_handler() -
     assert again is first and replaced is not first and replaced.request_streaming
 
 
-def test_the_first_message_is_read_and_the_stream_closed_behind_it() -> None:
-    closed: list[bool] = []
+class _Call:
+    """A call's reading side: its messages, then gRPC's EOF; how many reads were asked for."""
 
-    async def bodies() -> AsyncIterator[bytes]:
-        try:
-            yield b"one"
-            yield b"two"  # a unary call has one: what follows is never read
-        finally:
-            closed.append(True)  # a suspended reader would keep its call in a reference cycle
+    def __init__(self, *bodies: bytes) -> None:
+        self._bodies = list(bodies)
+        self.reads = 0
 
-    async def empty() -> AsyncIterator[bytes]:
-        nothing: tuple[bytes, ...] = ()
-        for body in nothing:
-            yield body
+    async def read(self) -> object:
+        self.reads += 1
+        return self._bodies.pop(0) if self._bodies else grpc.aio.EOF  # type: ignore[attr-defined]
 
-    async def read() -> tuple[bytes | None, list[bool]]:  # what was closed before the loop ends (it closes the rest)
-        return await _first(bodies()), list(closed)
 
-    assert asyncio.run(read()) == (b"one", [True])
-    assert asyncio.run(_first(empty())) is None
+def test_the_first_message_is_read_off_the_call_and_nothing_after_it() -> None:
+    two, none = _Call(b"one", b"two"), _Call()  # a unary call has one: what follows is never read
+    assert asyncio.run(_first(two)) == b"one" and two.reads == 1
+    assert asyncio.run(_first(none)) is None
+
+
+def test_a_unary_handler_reads_its_request_off_the_call_never_through_the_request_iterator() -> None:
+    gate = RequestParsing(cast(Any, None), False, cast(Any, None), 1024)
+    answered: list[xpb.QueryRequest] = []
+
+    async def query(request: xpb.QueryRequest, context: object) -> xpb.QueryResponse:
+        answered.append(request)
+        return xpb.QueryResponse(exchange_id="EX1")
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        query, request_deserializer=xpb.QueryRequest.FromString, response_serializer=xpb.QueryResponse.SerializeToString
+    )
+    reading = gate._reading(handler, "/exchange.v1.ExchangeService/Query")
+    iterated: list[bool] = []
+
+    class _Untouched:  # the request iterator gRPC hands the handler: iterating it would make a generator per call
+        def __aiter__(self) -> AsyncIterator[bytes]:
+            iterated.append(True)
+            raise AssertionError("the request iterator was used")
+
+    call = _Call(xpb.QueryRequest(resource_code="R1").SerializeToString())
+    behavior = cast(Any, reading.stream_unary)  # the reading form: a coroutine of (requests, call)
+    response = asyncio.run(behavior(_Untouched(), call))
+    assert response.exchange_id == "EX1" and answered[0].resource_code == "R1"
+    assert call.reads == 1 and not iterated

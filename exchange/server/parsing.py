@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 
@@ -23,6 +23,8 @@ from exchange.models import Principal
 from exchange.server.rpc import Authenticator, abort_with, peer_of, principal_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# What a call's read() answers after its last message (missing from the type stubs).
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 class Unread(Protocol):
@@ -99,8 +101,8 @@ class _Reader:
         self._expected = expected
         self._method = method
 
-    async def __call__(self, bodies: AsyncIterator[bytes], context: Context) -> Any:
-        body = await _first(bodies)
+    async def __call__(self, context: Context) -> Any:
+        body = await _first(context)
         refusal = self._refusal(body)
         if body is not None and refusal is None:
             try:
@@ -124,20 +126,26 @@ class _Reader:
         return None
 
 
-async def _first(bodies: AsyncIterator[bytes]) -> bytes | None:
-    """The stream's first message; the stream is closed then, not left suspended: a suspended reader and its
-    call form a reference cycle that only the collector's full pass would free."""
-    reader = aiter(bodies)
-    body = await anext(reader, None)
-    closing = getattr(reader, "aclose", None)
-    if body is not None and closing is not None:  # at the end of the stream, it has closed itself
-        await closing()
-    return body
+class _Readable(Protocol):
+    """What the reader uses of a call: its next request message (gRPC's ``EOF`` after the last)."""
+
+    async def read(self) -> object: ...
+
+
+async def _first(call: _Readable) -> bytes | None:
+    """The call's first message, read off the call itself (None if there is none).
+
+    Not through the request iterator gRPC hands the handler: iterating it makes an async generator per call
+    (registered with the event loop, then closed), and a suspended one forms a reference cycle with its call
+    that only the collector's full pass would free. Read so, no generator is ever made.
+    """
+    body = await call.read()
+    return None if body is _EOF else cast("bytes", body)
 
 
 def _read_unary(behavior: Any, read: _Reader) -> Any:
-    async def unary(bodies: AsyncIterator[bytes], context: Context) -> Any:
-        return await behavior(await read(bodies, context), context)
+    async def unary(bodies: AsyncIterator[bytes], context: Context) -> Any:  # bodies: unread (see ``_first``)
+        return await behavior(await read(context), context)
 
     return unary
 
@@ -146,12 +154,12 @@ def _read_stream(behavior: Any, read: _Reader) -> Any:
     if not inspect.isasyncgenfunction(behavior):  # a coroutine that writes its messages (grpc health's Watch)
 
         async def writing(bodies: AsyncIterator[bytes], context: Context) -> None:
-            await behavior(await read(bodies, context), context)
+            await behavior(await read(context), context)
 
         return writing
 
     async def stream(bodies: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
-        async for message in behavior(await read(bodies, context), context):
+        async for message in behavior(await read(context), context):
             yield message
 
     return stream

@@ -145,7 +145,8 @@ def provider_name(resource: Resource) -> str:
 def ask_of(request: xpb.QueryRequest | xpb.FetchDocumentRequest) -> Ask:
     """What a consumer's request asks, its text trimmed."""
     fields = tuple(map(str.strip, request.fields)) if isinstance(request, xpb.QueryRequest) else ()
-    filters = {k.strip(): v.strip() for k, v in request.filters.items()}
+    given = request.filters  # read by key: a message map's items() is a generator written in Python
+    filters = {k.strip(): given[k].strip() for k in given}
     return Ask(request.resource_code.strip(), request.purpose.strip(), filters, fields, request.provenance)
 
 

@@ -78,9 +78,9 @@ class Decider:
 
     def plan(self, actor: Principal, ask: Ask, call: Call, record: AuditRecord, started: float) -> Plan:
         """The allowed exchange; raises the refusal (its record is the caller's to write)."""
-        self._refuse_not_shared(actor, ask)
+        held = self._refuse_not_shared(actor, ask)
         admit(actor, ask, call)
-        resource, binding = self.entry(ask.resource_code)
+        resource, binding = held or self.entry(ask.resource_code)
         if resource.status is ResourceStatus.DRAFT and resource.spec.department_code != actor.department_code:
             raise NotFound("resource", ask.resource_code)
         filters = typed_filters(resource, ask)
@@ -146,19 +146,21 @@ class Decider:
         if plan.ticket is not None:
             self._guard.found(plan.ticket)
 
-    def _refuse_not_shared(self, actor: Principal, ask: Ask) -> None:
+    def _refuse_not_shared(self, actor: Principal, ask: Ask) -> tuple[Resource, Binding | None] | None:
         """A resource classed not shared is refused first, saying so and how to dispute it: no filter or field
-        could make it answer, so a complaint about them would only mislead."""
+        could make it answer, so a complaint about them would only mislead. The catalog entry, if it was read
+        (``plan`` reads it once)."""
         if actor.ref.kind is not PrincipalKind.SYSTEM or not validation.RESOURCE_CODE.match(ask.resource_code):
-            return
+            return None
         try:
-            resource = self.entry(ask.resource_code)[0]
+            found = self.entry(ask.resource_code)
         except NotFound:
-            return  # said after the request's own checks, as for any code the catalog does not hold
+            return None  # said after the request's own checks, as for any code the catalog does not hold
+        resource = found[0]
         if resource.spec.share_type is not ShareType.NOT_SHARED:
-            return
+            return found
         if resource.status is ResourceStatus.DRAFT and resource.spec.department_code != actor.department_code:
-            return
+            return found
         raise PermissionDenied(not_shared_message(resource), "NOT_SHARED")
 
     def _count_not_granted(self, actor: Principal, resource: Resource, decision: Decision, today: dt.date) -> None:

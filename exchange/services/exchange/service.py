@@ -134,9 +134,9 @@ class ExchangeService:
         ``link``: the call was forwarded by another hub (its records say so)."""
         call = Call(new_exchange_id(), "query", RECORD_KINDS, deadline, page=(page_size, page_token), link=link)
         plan = await self._plan(identify, ask, call)
-        answering = asyncio.ensure_future(self._answer(plan, ask, call))
+        answering = asyncio.get_running_loop().create_task(self._answer(plan, ask, call))
         settled = await _unless_abandoned(answering, self._abandoned)
-        if settled.result is not None and settled.result.rows:
+        if plan.ticket is not None and settled.result is not None and settled.result.rows:
             await self._found(plan)
         await self._recorder.append(settled.record)
         if settled.error is not None:
