@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import cast
 
@@ -100,9 +100,26 @@ _FLAT = frozenset((str, int, list))
 _STR = frozenset((str,))
 
 
+def _one_shot_encoder() -> Callable[[object], str]:
+    """``_CANONICAL.encode``, or the same text without what it makes anew on every call: the C encoder that
+    ``json`` builds for each value (its circular-reference check left out: canonical values are trees)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _CANONICAL.encode
+    try:
+        chunks = make(None, _CANONICAL.default, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+    except TypeError:  # another Python's C encoder, made differently
+        return _CANONICAL.encode
+    join = "".join
+    return lambda value: join(chunks(value, 0))
+
+
+_ENCODE = _one_shot_encoder()
+
+
 def canonical_text(value: object) -> str:
     """``value`` as canonical JSON text (sorted keys, compact, non-ASCII kept): what records and requests hash."""
-    return _CANONICAL.encode(value)
+    return _ENCODE(value)
 
 
 def canonical(record: Mapping[str, object]) -> bytes:
@@ -122,7 +139,7 @@ def canonical(record: Mapping[str, object]) -> bytes:
             raise RecordError(f"field {key!r}: only strings, integers and lists of strings are recorded")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise RecordError(f"field {key!r}: lists hold strings only")
-    return _CANONICAL.encode(record).encode()
+    return _ENCODE(record).encode()
 
 
 def _flat(record: dict[str, object]) -> bool:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit.records import AuditRecord, RecordError, canonical, record_leaf, with_logged
+from audit.records import AuditRecord, RecordError, canonical, canonical_text, record_leaf, with_logged
 
 
 def reference(record: Mapping[str, object]) -> bytes:
@@ -61,6 +61,30 @@ KEYS = st.one_of(STRINGS, st.sampled_from(["time", "masks", "logged", "fields", 
 @given(st.dictionaries(KEYS, VALUES, max_size=12))
 def test_any_mapping_has_the_bytes_or_the_error_it_had(record: dict[str, object]) -> None:
     assert outcome(canonical, record) == outcome(reference, record)
+
+
+# Any JSON value (a request, a row of an answer): nested lists and dicts of all that a request or row may hold.
+JSON = st.recursive(
+    st.one_of(STRINGS, INTS, st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none()),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(KEYS, inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(JSON)
+def test_any_value_has_the_text_json_gives(value: object) -> None:
+    def standard(v: object) -> bytes:
+        return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+    assert canonical_text(value).encode("utf-8", "surrogatepass") == standard(value)
+
+
+def test_what_json_cannot_encode_is_still_refused() -> None:
+    with pytest.raises(TypeError):
+        canonical_text({"a": object()})
+    with pytest.raises(TypeError):
+        canonical_text({1: "a", "b": "c"})  # keys of two kinds cannot be sorted
 
 
 @settings(max_examples=1000, deadline=None)
