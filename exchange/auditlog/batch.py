@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -46,6 +47,62 @@ def _expire_all(waiters: list[asyncio.Future[None]]) -> None:
             waiter.set_exception(_TIMED_OUT)
 
 
+# How early a loop may run a timer (uvloop's are set in whole milliseconds): a deadline that close counts as
+# passed, else the sweep would set its timer again and again until the clock reaches it.
+_TIMER_SLACK = 0.001
+
+
+def _settled(waiters: list[asyncio.Future[None]]) -> bool:
+    return all(waiter.done() for waiter in waiters)
+
+
+class _Expiry:
+    """The turns of one event loop and one timeout still waiting for the log, with one timer for all of them.
+
+    A timer per turn would leave tens of thousands in the loop's heap at a thousand calls a second, each firing
+    long after its records were confirmed. Turns are kept oldest first, so their deadlines are in order: settled
+    turns are dropped from the front as new ones come, and the one timer, set for the oldest deadline, fails the
+    callers of every turn whose deadline has passed, then is set again for the next unsettled turn's.
+    Used only in its loop.
+    """
+
+    def __init__(self, key: tuple[asyncio.AbstractEventLoop, float], gone: Callable[[_Expiry], None]) -> None:
+        self.key = key
+        self._loop, self._timeout = key
+        self._gone = gone  # told when nothing waits any more (so a closed loop is not held)
+        self._turns: deque[tuple[float, list[asyncio.Future[None]]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self.timers = 0  # how many times the timer was set (for tests)
+
+    def add(self, waiters: list[asyncio.Future[None]]) -> None:
+        """Starts ``waiters``' timeout now."""
+        turns = self._turns
+        while turns and _settled(turns[0][1]):
+            turns.popleft()
+        deadline = self._loop.time() + self._timeout
+        turns.append((deadline, waiters))
+        if self._timer is None:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        self._timer = self._loop.call_at(deadline, self._sweep)
+        self.timers += 1
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = self._loop.time() + _TIMER_SLACK
+        turns = self._turns
+        while turns:
+            deadline, waiters = turns[0]
+            if deadline <= now:
+                _expire_all(waiters)
+            elif not _settled(waiters):
+                self._arm(deadline)
+                return
+            turns.popleft()
+        self._gone(self)
+
+
 class GroupCommitter:
     def __init__(
         self,
@@ -68,6 +125,8 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[Staged | list[Staged] | None] = queue.SimpleQueue()
         # The records each event loop has appended in its current turn, by loop and timeout: handed over after it.
         self._turns: dict[tuple[asyncio.AbstractEventLoop, float], list[Staged]] = {}
+        # The timeouts of turns handed over, by loop and timeout: one timer each (see _Expiry).
+        self._expiries: dict[tuple[asyncio.AbstractEventLoop, float], _Expiry] = {}
         self._thread = threading.Thread(target=self._run, name="audit-commit", daemon=True)
         self._thread.start()
         self.batches = 0
@@ -111,8 +170,15 @@ class GroupCommitter:
         if not turn:
             return  # handed over by ``close``
         self._queue.put(turn)
-        loop, timeout = key
-        loop.call_later(timeout, _expire_all, [waiter[1] for _, waiter in turn if isinstance(waiter, tuple)])
+        expiry = self._expiries.get(key)
+        if expiry is None:
+            expiry = self._expiries[key] = _Expiry(key, self._expired)
+        expiry.add([waiter[1] for _, waiter in turn if isinstance(waiter, tuple)])
+
+    def _expired(self, expiry: _Expiry) -> None:
+        """An _Expiry with nothing left to wait for: forgotten (a later turn makes a new one)."""
+        if self._expiries.get(expiry.key) is expiry:
+            del self._expiries[expiry.key]
 
     def _refuse_if_halted(self) -> None:
         reason = self._halted()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import functools
 import os
 import socket
+import time
 
 from audit.records import AuditRecord
 from exchange.models import Principal
@@ -13,9 +14,17 @@ from exchange.models import Principal
 def now_text() -> str:
     """RFC 3339 UTC with microseconds, the form every record's time takes.
 
-    The same text as ``strftime("%Y-%m-%dT%H:%M:%S.%fZ")`` (microseconds always shown), at two thirds the cost.
+    The same text as ``strftime("%Y-%m-%dT%H:%M:%S.%fZ")`` (microseconds always shown); the part up to the second
+    is formatted once a second (every exchange record has a time or two, so this is on every call's path).
     """
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")[:26] + "Z"
+    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+    return f"{_second_text(second)}{micro:06d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second_text(second: int) -> str:
+    """The time text of ``second`` (seconds since the epoch) up to and with its decimal point."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
 
 
 def hub_instance() -> str:

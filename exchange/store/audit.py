@@ -102,23 +102,24 @@ class AuditStore:
         self._staged: DriverStatement | None = None
         self._integrating: audit_integrate.Statements | None = None
 
-    def _staged_row(self, record: AuditRecord, now: dt.datetime) -> dict[str, object]:
+    def _staged_row(self, record: AuditRecord) -> dict[str, object]:
+        """A staged row without its time: its record's canonical text and seal."""
         data = canonical(record.as_dict())
-        return {"record": data.decode(), "staged_at": now, "mac": self.sealer.staged(data) if self.sealer else None}
+        return {"record": data.decode(), "mac": self.sealer.staged(data) if self.sealer else None}
 
     def stage_in(self, session: Session, records: Sequence[AuditRecord]) -> None:
         """Inserts ``records``, sealed, in ``session``'s transaction: they commit with it or not at all."""
         now = dt.datetime.now(dt.UTC)
-        session.execute(insert(_STAGED), [self._staged_row(r, now) for r in records])
+        session.execute(insert(_STAGED), [{**self._staged_row(r), "staged_at": now} for r in records])
 
     def stage(self, records: list[AuditRecord]) -> None:
         """Stages records in one transaction of their own (exchanges, which change nothing else), written
         through the driver: the group commit's batches are small, and a session's own cost would dominate."""
         if self._staged is None:
             self._staged = DriverStatement.insert(_STAGED, ("record", "staged_at", "mac"), self._db.engine.dialect)
-        now = dt.datetime.now(dt.UTC)
+        rows = self._staged.values([self._staged_row(r) for r in records], {"staged_at": dt.datetime.now(dt.UTC)})
         with self._db.driver_write() as cursor:
-            cursor.executemany(self._staged.sql, self._staged.values([self._staged_row(r, now) for r in records]))
+            cursor.executemany(self._staged.sql, rows)
 
     def probe(self) -> None:
         """Commits a write to the audit tables that leaves nothing behind: can records be staged now?

@@ -44,6 +44,17 @@ class DriverStatement:
             row = {**row, **{k: bind(row[k]) for k, bind in self.binds.items()}}
         return row if self.named else tuple(row[k] for k in self.keys)
 
-    def values(self, rows: Iterable[Mapping[str, Any]]) -> list[Any]:
-        """Rows of parameters for the driver's executemany."""
-        return [self.params(row) for row in rows]
+    def values(self, rows: Iterable[Mapping[str, Any]], shared: Mapping[str, Any] | None = None) -> list[Any]:
+        """Rows of parameters for the driver's executemany; ``shared``: values that every row takes (a batch's
+        time, say), converted once for all rows, which then need not hold them."""
+        if not shared:
+            return [self.params(row) for row in rows]
+        fixed = {k: self.binds[k](v) if k in self.binds else v for k, v in shared.items()}
+        binds = [(k, bind) for k, bind in self.binds.items() if k not in fixed]
+        out: list[Any] = []
+        for row in rows:
+            full = {**row, **fixed}
+            for k, bind in binds:
+                full[k] = bind(full[k])
+            out.append(full if self.named else tuple(full[k] for k in self.keys))
+        return out
