@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ PATIENCE_SECONDS = 60.0
 
 
 def _settings(home: Path, **changes: object) -> Settings:
-    return base_settings(home, **{"audit_integrator": "process", "checkpoint_seconds": 0.1, **changes})
+    settings = base_settings(home, audit_integrator="process", checkpoint_seconds=0.1)
+    return replace(settings, **changes)  # type: ignore[arg-type]
 
 
 def _until(what: str, done: Callable[[], bool]) -> None:
