@@ -245,7 +245,7 @@ class Integrator:
             return
         if self.process.exitcode != 0:
             self.stopped_clean = False
-        log.info("audit integrator (pid %d) stopped (status %s)", self.process.pid, self.process.exitcode)
+        log.info("audit integrator (pid %d) ended its last round (status %s)", self.process.pid, self.process.exitcode)
         self._close()
 
     def _kill(self) -> None:
