@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,8 +23,9 @@ from sqlalchemy import insert
 from audit.records import AuditRecord
 from exchange import models as m
 from exchange.config import Settings, load
-from exchange.errors import ConfigError, Unavailable
+from exchange.errors import ConfigError, DeadlineExceeded, Unavailable
 from exchange.store import Store
+from exchange.store.database import WRITERS_SUFFIX, Database, deadline
 from exchange.store.schema import AuditStagedRow
 from tests.harness import HOUSING, POLICE, base_settings, running_hub
 
@@ -172,3 +174,40 @@ def test_the_setting_is_checked(tmp_path: Path) -> None:
 
 def test_exchange_serve_integrates_in_a_process_by_default(tmp_path: Path) -> None:
     assert load(None, {"EXCHANGE_HOME": str(tmp_path)}).audit_integrator == "process"
+
+
+def test_processes_take_turns_to_write_a_sqlite_store_on_its_lock_file(tmp_path: Path) -> None:
+    """The integrator process and the hub's group commit queue on the file beside the database: a writer waits
+    for the other's transaction, then writes, and a deadline that passes while it waits ends the wait."""
+    url = f"sqlite:///{tmp_path / 'exchange.db'}"
+    first, second = Database(url), Database(url)  # two open files: to flock, as two processes
+    try:
+        assert (tmp_path / f"exchange.db{WRITERS_SUFFIX}").exists()
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with first._one_writer():  # the turn alone, no SQLite transaction: only the lock file holds the second
+                holding.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        holding.wait(30)
+        with deadline(0.2), pytest.raises(DeadlineExceeded):
+            second.check_writable()
+        written = threading.Event()
+
+        def write() -> None:
+            second.check_writable()
+            written.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert not written.wait(0.3)  # still the first's turn
+        release.set()
+        holder.join(30)
+        writer.join(30)
+        assert written.is_set()
+    finally:
+        first.dispose()
+        second.dispose()
