@@ -152,7 +152,8 @@ class Integrator:
         self._stopping.set()
         with suppress(OSError):
             self._wake_write.send(None)
-        self._watcher.join(timeout + 5)
+        if self._watcher.is_alive():
+            self._watcher.join(timeout + 5)
         if self.process is not None:  # the watcher could not stop it: it is stuck
             self._kill()
         self._wake_read.close()
@@ -181,7 +182,14 @@ class Integrator:
                 wait([self._wake_read], timeout=max(0.0, due - time.monotonic()))
                 if not self._stopping.is_set() and time.monotonic() >= due:
                     self.restarts += 1
-                    self._spawn()
+                    try:
+                        self._spawn()
+                    except OSError as e:  # no process could be made now (memory, process limit): later
+                        self.process = None
+                        log.error(
+                            "audit integrator could not be started again: %s; trying in %.0fs", e, RESTART_LAST_SECONDS
+                        )
+                        due = time.monotonic() + RESTART_LAST_SECONDS
                 continue
             heard = [self._reports] if self._reports is not None else []  # None: closed by the exiting process
             ready = wait([*heard, self.process.sentinel, self._wake_read])
