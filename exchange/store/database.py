@@ -136,9 +136,11 @@ class Database:
         self._turns = 0  # this process's nested write turns (the RLock's owner only)
         self._writers_file: int | None = None
         database = make_url(url).database if self.backend == "sqlite" else None
-        if database and database != ":memory:":
-            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-            self._writers_file = os.open(database + WRITERS_SUFFIX, flags, 0o600)
+        if database and database != ":memory:" and not database.startswith("file:"):
+            try:
+                self._writers_file = os.open(database + WRITERS_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:  # a directory this process cannot write: its writes queue in the busy handler
+                log.info("no lock file beside %s (%s): writers take turns in SQLite's busy handler", database, e)
 
     @property
     def backend(self) -> str:
