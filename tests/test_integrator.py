@@ -88,7 +88,7 @@ def test_the_integrator_process_integrates_and_signs_what_the_hub_staged(tmp_pat
         # Proofs are served by the hub's own tree, caught up from the store without integrating.
         size = store.audit.size()
         assert h.hub.audit.inclusion_proof(size - 1, size) is not None
-        assert h.hub.audit.tree.size == size
+        assert h.hub.audit.tree.size >= size
 
 
 def test_a_killed_integrator_is_restarted_and_catches_up_losing_nothing(tmp_path: Path) -> None:
