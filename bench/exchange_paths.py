@@ -824,6 +824,12 @@ def options() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--profile", type=Path, help="record the hub with py-spy during its measurements, here")
     parser.add_argument(
+        "--audit-integrator",
+        choices=("process", "thread"),
+        default="process",
+        help="where the hub integrates its audit log (default process, as `exchange serve`)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="exit 1 when one of issue 17's targets is missed, 2 when a path had errors or one was not measured",
@@ -917,7 +923,7 @@ def print_profile(directory: Path) -> None:
 def run(ctx: Any, home: Path, args: argparse.Namespace, paths: list[str]) -> tuple[dict[str, PathResult], int]:
     """Sets up the hub, the provider and the proxy, then measures each path in turn; the audit size at the end."""
     profile = py_spy(args.profile)
-    with running_hub(base_settings(home / "hub")) as running:
+    with running_hub(base_settings(home / "hub", audit_integrator=args.audit_integrator)) as running:
         world = make_world(running)
         identity = running.add_system(SYSTEM, HOUSING.code)
         files = pki.HubFiles(running.settings.home)
@@ -965,11 +971,17 @@ def run(ctx: Any, home: Path, args: argparse.Namespace, paths: list[str]) -> tup
                     pids = {"provider": provider.pid, "load": load.pid}
                     if path != "direct":
                         pids["middle"] = os.getpid() if path == "hub" else proxy.pid
+                    integrator = running.hub.integrator.pid if running.hub.integrator is not None else None
+                    if path == "hub" and integrator is not None:
+                        pids["integrator"] = integrator  # the machine pays it too: shown beside the hub's
                     outcome, spy, cpu = _measure(load, job, hub_profile if path == "hub" else _no_profile, pids)
                     if spy is not None:
                         spy.wait(timeout=args.seconds + 30)
                     record(results[path], kind, outcome, cpu)
                     print(f"{outcome.calls} calls, {outcome.errors} errors in {outcome.elapsed:.1f}s")
+                    if "integrator" in cpu:
+                        ms = cpu["integrator"] / max(1, outcome.calls) * 1000
+                        print(f"       audit integrator process: {ms:.3f} ms CPU per call")
                     if outcome.first_error:
                         print(f"       first error: {outcome.first_error}")
         return results, running.hub.audit.flush()

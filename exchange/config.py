@@ -57,6 +57,10 @@ class Settings:
     audit_origin: str = "exchange.local/audit"
     # Seconds between signed checkpoints while records arrive.
     checkpoint_seconds: float = 2.0
+    # Where the audit log is integrated and its checkpoints signed: "process", a process of its own that the hub
+    # starts, restarts if it dies and stops with it (the serving process's core is left to calls); "thread", a
+    # thread of the serving process (one interpreter less: the test suite's hubs).
+    audit_integrator: str = "process"
     # Seconds between whole checks of the stored audit log against its seals and signed checkpoint
     # (also done at start); a failed check turns the hub NOT_SERVING.
     audit_check_seconds: float = 3600.0
@@ -362,6 +366,15 @@ def _tracing_problems(s: Settings) -> list[str]:
     return problems
 
 
+def _audit_problems(s: Settings) -> list[str]:
+    problems: list[str] = []
+    if s.audit_integrator not in {"process", "thread"}:
+        problems.append(f"audit_integrator must be process or thread, got {s.audit_integrator!r}")
+    if not s.audit_origin or any(c.isspace() for c in s.audit_origin) or "+" in s.audit_origin:
+        problems.append("audit_origin must be a non-empty name without spaces or '+'")
+    return problems
+
+
 def _validate(s: Settings) -> None:
     problems: list[str] = []
     addresses = [("listen", s.listen), ("hub_address", s.hub_address)]
@@ -384,8 +397,7 @@ def _validate(s: Settings) -> None:
         problems.append(f"log_level must be one of {', '.join(sorted(_LOG_LEVELS))}")
     if s.log_format not in {"json", "text"}:
         problems.append("log_format must be json or text")
-    if not s.audit_origin or any(c.isspace() for c in s.audit_origin) or "+" in s.audit_origin:
-        problems.append("audit_origin must be a non-empty name without spaces or '+'")
+    problems += _audit_problems(s)
     if not s.hostnames:
         problems.append("hostnames must name at least one host")
     url = s.effective_database_url

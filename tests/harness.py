@@ -167,6 +167,9 @@ def base_settings(home: Path, database_url: str = "", **changes: object) -> Sett
         backend_hosts=("127.0.0.0/8", "::1", ".example"),
         allow_plain_http=True,
         allow_sqlite_backends=True,
+        # Each hub's integrator in its own interpreter would cost a spawn (about 1.2 s of CPU) per hub started, a
+        # few thousand times a suite: the tests' hubs integrate in a thread, tests/test_integrator.py the process.
+        audit_integrator="thread",
     )
     return replace(settings, **changes)  # type: ignore[arg-type]
 

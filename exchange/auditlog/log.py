@@ -3,6 +3,9 @@
 Every hub process runs one ``AuditLog``. Its thread integrates what any process staged (one at a
 time, by the store's lock), catches its in-memory tree up with the entries in the store, and every
 few seconds, if the log grew, signs a checkpoint of the new size. Proofs are served from the tree.
+A hub whose integrator runs in a process of its own (exchange.auditlog.integrator) keeps an
+``AuditLog`` that does not integrate in the background: it checks the log at start, integrates only
+when asked (``flush``), and catches its tree up from the store when it serves proofs.
 
 The tree in memory is only its right edge (O(log n) hashes); the subtrees of 256 leaves and more are
 kept in the store as they complete, and proofs and earlier roots read them, so a hub's memory does
@@ -32,6 +35,9 @@ log = logging.getLogger(__name__)
 INTEGRATE_BATCH = 1000
 # Leaf hashes read from the store at a time while catching the tree up.
 SYNC_CHUNK = 50_000
+# A log that does not integrate in the background and is this many entries behind the store starts its tree
+# again from the kept subtrees (as at start) rather than reading every leaf since it last caught up.
+REBASE_LEAVES = 4096
 
 
 class AuditLog:
@@ -43,7 +49,10 @@ class AuditLog:
         *,
         checkpoint_seconds: float = 2.0,
         poll_seconds: float = 0.05,
+        integrating: bool = True,
     ) -> None:
+        """``integrating``: whether a thread of this process integrates and signs (False: another process
+        does, exchange.auditlog.integrator; this one integrates only in ``start`` and ``flush``)."""
         # Integrating every 50 ms keeps each round's transaction short (about 15 records at 300 calls/s), so a
         # group commit waiting for SQLite's write lock behind it waits a millisecond, not several (the p99 at
         # 300 calls/s in bench/exchange_paths.py: 11-14 ms with 200 ms rounds, 8 ms with these).
@@ -62,6 +71,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self.integrating = integrating
         self._thread = threading.Thread(target=self._run, name="audit-log", daemon=True)
         self._signed_size = -1
         # When this process last signed a checkpoint (Unix time), for the checkpoint-age metric.
@@ -71,7 +81,8 @@ class AuditLog:
         """Checks the stored log, integrates what waits and signs; raises AuditTampered over a bad log."""
         self.check()
         self.flush()
-        self._thread.start()
+        if self.integrating:
+            self._thread.start()
 
     def check(self) -> Checked:
         """Checks the whole stored log (exchange.auditlog.integrity); a failure marks the log broken and is raised."""
@@ -83,15 +94,21 @@ class AuditLog:
         self.checked_at = time.time()
         return checked
 
+    def mark_broken(self, reason: str) -> None:
+        """Another process (this hub's integrator) found the stored log broken: this one halts too."""
+        self._break(AuditTampered(reason))
+
     def _break(self, error: AuditTampered) -> None:
         if self.broken is None:
             log.error("the stored audit log failed its check: %s; nothing more is signed or served", error.message)
         self.broken = error.message
 
     def stop(self) -> None:
+        """Stops the integrating thread, if any, then integrates and signs what is left."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
         self.flush()
 
     def flush(self) -> int:
@@ -124,6 +141,8 @@ class AuditLog:
                 size = self.store.size()
             if self.tree.size == 0 and size > 0:
                 self._resume(size)
+            elif not self.integrating and integrated is None and size - self.tree.size >= REBASE_LEAVES:
+                self._rebase(size)
             try:
                 if integrated and integrated[0][0] == self.tree.size and integrated[-1][0] < size:
                     leaves = _in_order(integrated, self.tree.size)
@@ -163,6 +182,14 @@ class AuditLog:
         found = [self.store.node_hashes(level, [index]).get(index) for level, index in wanted]
         if all(h is not None for h in found):
             self.tree.start_at(kept, [h for h in found if h is not None])
+
+    def _rebase(self, size: int) -> None:
+        """Starts the tree again at the store's kept subtrees when they reach past it (else keeps it)."""
+        behind = self.tree
+        self.tree = FrontierTree(self.store)
+        self._resume(size)
+        if self.tree.size <= behind.size:
+            self.tree = behind
 
     def _sign(self, *, force: bool = False) -> None:
         self._refuse_if_broken()

@@ -28,6 +28,7 @@ from audit.note import Verifier
 from exchange import pki, tracing
 from exchange.auditlog.batch import GroupCommitter
 from exchange.auditlog.indexes import Difference, LogDoesNotVerify, check_index
+from exchange.auditlog.integrator import Integrator
 from exchange.auditlog.log import AuditLog
 from exchange.bootstrap import load_audit_signer
 from exchange.config import Settings
@@ -176,7 +177,10 @@ class Hub:
             load_audit_signer(settings),
             settings.audit_origin,
             checkpoint_seconds=settings.checkpoint_seconds,
+            integrating=settings.audit_integrator == "thread",
         )
+        # The integrator process (audit_integrator = "process"), started once the hub serves.
+        self.integrator: Integrator | None = None
         self.committer: GroupCommitter | None = None
         self.exchanging: ExchangeService | None = None
         # The services, once built (in start): the gRPC handlers and the web console call the same ones.
@@ -491,6 +495,9 @@ class Hub:
         heap.settle()  # what start-up built is kept out of the collector's full scans (exchange/server/heap.py)
         if self.settings.audit_index_check_seconds > 0:
             self._index_task = asyncio.get_running_loop().create_task(self._watch_index())
+        if not self.audit.integrating:  # last: a start that failed before leaves no process behind
+            self.integrator = Integrator(self.settings, self.audit)
+            await asyncio.to_thread(self.integrator.start)
         log.info("hub serving on port %d (store: %s)", self.port, self.store.db.backend)
         return self.port
 
@@ -752,13 +759,19 @@ class Hub:
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.stop)
 
+        # The integrator process's last round integrates and signs what the committer staged; if it could not
+        # (dead, failed, stuck), this process does.
+        if self.integrator is None or not await asyncio.to_thread(self.integrator.stop):
+            await self._final_flush()
+        self.store.close()
+        await asyncio.to_thread(self.tracing.shutdown)  # the last spans exported
+        log.info("hub stopped")
+
+    async def _final_flush(self) -> None:
         try:
             await asyncio.to_thread(self.audit.stop)
         except ExchangeError as e:  # the store is down or full: what was staged waits there, for the next start
             log.error("the final audit flush failed (%s); staged records are integrated when a hub next starts", e)
-        self.store.close()
-        await asyncio.to_thread(self.tracing.shutdown)  # the last spans exported
-        log.info("hub stopped")
 
 
 async def serve(settings: Settings, on_ready: Callable[[int], None] | None = None) -> None:

@@ -8,14 +8,16 @@ conflicting concurrent write ``Aborted``.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from alembic import command
 from alembic.config import Config
@@ -37,6 +39,10 @@ _deadline: ContextVar[float | None] = ContextVar("store_deadline", default=None)
 _IDLE_WAIT_MS = 5000
 # Where a pooled SQLite connection keeps the busy_timeout last set on it.
 _BUSY_TIMEOUT = "exchange_busy_timeout_ms"
+# Beside a SQLite file, the file whose lock the processes writing it take in turn (see Database._one_writer).
+WRITERS_SUFFIX = "-writers"
+# How often a process waiting for that lock tries it again.
+_TURN_POLL_SECONDS = 0.0005
 
 
 @contextmanager
@@ -123,8 +129,18 @@ class Database:
         # SQLite has one writer at a time. Threads of this process take turns on this lock, woken as soon as
         # it is free; left to SQLite's busy handler they would sleep 1, 2, 5, 10... ms between tries, which is
         # what a call waiting for its audit record behind the integrator's transaction saw as its tail.
-        # Other processes still queue through the busy handler.
+        # Processes take turns the same way on a lock file beside the database (flock), tried every half
+        # millisecond: the hub's audit integrator runs in a process of its own, and its rounds alternate with the
+        # group commit. Writers that do not take it (migrations, other tools) still queue through the busy handler.
         self._writer = threading.RLock() if self.backend == "sqlite" else None
+        self._turns = 0  # this process's nested write turns (the RLock's owner only)
+        self._writers_file: int | None = None
+        database = make_url(url).database if self.backend == "sqlite" else None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            try:
+                self._writers_file = os.open(database + WRITERS_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:  # a directory this process cannot write: its writes queue in the busy handler
+                log.info("no lock file beside %s (%s): writers take turns in SQLite's busy handler", database, e)
 
     @property
     def backend(self) -> str:
@@ -149,14 +165,34 @@ class Database:
             yield
             return
         wait = _remaining_ms()
-        if not self._writer.acquire(timeout=(_IDLE_WAIT_MS if wait is None else wait) / 1000):
-            if _deadline_passed():
-                raise DeadlineExceeded("the call's deadline passed while the store was busy")
-            raise Unavailable("the store is busy with other writes; retry later")
+        until = time.monotonic() + (_IDLE_WAIT_MS if wait is None else wait) / 1000
+        if not self._writer.acquire(timeout=max(0.0, until - time.monotonic())):
+            _busy()
         try:
-            yield
+            if self._turns == 0 and self._writers_file is not None:
+                self._take_file_turn(self._writers_file, until)
+            self._turns += 1
+            try:
+                yield
+            finally:
+                self._turns -= 1
+                if self._turns == 0 and self._writers_file is not None:
+                    fcntl.flock(self._writers_file, fcntl.LOCK_UN)
         finally:
             self._writer.release()
+
+    @staticmethod
+    def _take_file_turn(file: int, until: float) -> None:
+        """Takes the lock other processes writing this SQLite file take, waiting until ``until`` at most."""
+        while True:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                left = until - time.monotonic()
+                if left <= 0:
+                    _busy()
+                time.sleep(min(_TURN_POLL_SECONDS, left))
 
     @contextmanager
     def driver_write(self) -> Iterator[Any]:
@@ -276,6 +312,16 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._writers_file is not None:
+            os.close(self._writers_file)
+            self._writers_file = None
+
+
+def _busy() -> NoReturn:
+    """No turn to write came in time: the call's deadline passed, or the store is too busy."""
+    if _deadline_passed():
+        raise DeadlineExceeded("the call's deadline passed while the store was busy")
+    raise Unavailable("the store is busy with other writes; retry later")
 
 
 def _roll_back(connection: Any) -> None:
