@@ -92,11 +92,18 @@ def test_a_target_that_could_not_be_measured_exits_two_not_zero() -> None:
     assert verdicts[1].met is None
     status, reasons = check_status(results, verdicts, RATE)
     assert (status, reasons) == (2, ["hub CPU per query: could not be measured (NaN)"])
-    assert "| hub CPU per query | hub process CPU ms / calls, closed loop | — | <= 1.00 ms |  | not measured |" in (
-        goals_table(verdicts, RATE)
-    )
+    computed = "hub processes' CPU ms (serving + audit integrator) / calls, closed loop"
+    assert f"| hub CPU per query | {computed} | — | <= 1.00 ms |  | not measured |" in goals_table(verdicts, RATE)
     cpu = goals_json(verdicts, RATE)[1]
     assert (cpu["value"], cpu["met"], cpu["threshold"]) == (None, None, 1.0)
+
+
+def test_the_audit_integrator_process_counts_in_the_hubs_cpu_per_query() -> None:
+    """Integrating in a process of its own moves CPU, it does not remove it: the target counts both processes."""
+    results = with_hub(middle_ms_per_call=0.9, integrator_ms_per_call=0.2)
+    verdicts = evaluate(results)
+    assert verdicts[1].value == pytest.approx(1.1)
+    assert verdicts[1].met is False
 
 
 def test_a_proxy_without_calls_makes_the_ratios_unmeasured_rather_than_a_crash() -> None:
