@@ -276,10 +276,11 @@ class Hub:
             ),
         )
         parsing = RequestParsing(registry, settings.insecure_dev, refusals, settings.max_message_bytes)
-        # Tracing outermost, so that its span also covers the requests refused while being read.
-        traced = [RpcTracing(self.tracing.tracer)] if self.tracing.enabled else []
+        # Tracing (an interceptor) outermost, so that its span also covers the requests refused while being read;
+        # the parsing is applied by the table to each handler once, not by an interceptor per call.
+        traced = [RpcTracing(self.tracing.tracer)] if self.tracing.enabled else None
         # One table of methods, not ~80 registered ones, each with a pending accept (exchange.server.methods).
-        server = MethodTable(grpc.aio.server(options=options, interceptors=[*traced, parsing]))
+        server = MethodTable(grpc.aio.server(options=options, interceptors=traced), wrap=parsing.reading)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, registry, settings.insecure_dev, refusals), server
         )

@@ -57,9 +57,16 @@ class RequestParsing(_Interceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None or handler.request_streaming:  # type: ignore[redundant-expr,unused-ignore]
+        if handler is None:  # type: ignore[redundant-expr,unused-ignore]
             return handler
-        method = str(handler_call_details.method)
+        return self.reading(str(handler_call_details.method), handler)
+
+    def reading(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` of ``method`` in the form that reads its request itself; as it is if its request is a
+        stream or not parsed. Built once per handler (the hub's method table applies it at registration, with
+        no interceptor per call; ``intercept_service`` is the same as an interceptor)."""
+        if handler.request_deserializer is None or handler.request_streaming:
+            return handler
         held = self._wrapped.get(method)
         if held is not None and held[0] is handler:
             return held[1]
@@ -70,7 +77,7 @@ class RequestParsing(_Interceptor):
     def _reading(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
         """``handler`` in the form that reads its request itself (a one-message stream)."""
         parse = handler.request_deserializer
-        assert parse is not None  # intercept_service passes on a handler without one as it is
+        assert parse is not None  # reading passes on a handler without one as it is
         owner = getattr(parse, "__self__", None)
         expected = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request message")
         read = _Reader(self, parse, expected, method)
