@@ -8,8 +8,7 @@ storing what it read before the change: such a value is returned to its caller b
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Generic, TypeVar
 
@@ -29,14 +28,24 @@ def held_only() -> bool:
     return _HELD_ONLY.get()
 
 
-@contextmanager
-def holding_only() -> Iterator[None]:
-    """Within: a cache miss, or anything else that would wait on the store, raises ``NotHeld``."""
-    token = _HELD_ONLY.set(True)
-    try:
-        yield
-    finally:
-        _HELD_ONLY.reset(token)
+class _HoldingOnly:
+    """Within: a cache miss, or anything else that would wait on the store, raises ``NotHeld``.
+
+    A class rather than a generator-based context manager: it is entered for every decision held on the event
+    loop, and this costs no generator and no ``contextlib`` wrapper per entry.
+    """
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _HELD_ONLY.set(True)
+
+    def __exit__(self, *exc: object) -> None:
+        _HELD_ONLY.reset(self._token)
+
+
+# ``with holding_only():`` as before: each entry is a new instance (its own token), so entries may nest.
+holding_only = _HoldingOnly
 
 
 class Cache(Generic[K, V]):
