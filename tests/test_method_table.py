@@ -126,3 +126,66 @@ def test_only_a_streaming_method_is_sent_encoded() -> None:
 
     with pytest.raises(ValueError, match="not a server-streaming method"):
         asyncio.run(tell())
+
+
+class _Marking:
+    """A table's ``wrap``: each handler's answers marked, and every wrapping counted by method."""
+
+    def __init__(self) -> None:
+        self.wrapped: list[str] = []
+
+    def __call__(self, method: str, handler: Any) -> Any:
+        self.wrapped.append(method)
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def marked(request: bytes, context: Any) -> bytes:
+                answer: bytes = await inner(request, context)
+                return b"wrapped:" + answer
+
+            return grpc.unary_unary_rpc_method_handler(marked)
+        inner_stream = handler.unary_stream
+
+        async def marked_stream(request: bytes, context: Any) -> Any:
+            async for part in inner_stream(request, context):
+                yield b"wrapped:" + part
+
+        return grpc.unary_stream_rpc_method_handler(marked_stream, response_serializer=handler.response_serializer)
+
+
+async def _wrapped_calls() -> tuple[list[bytes], list[bytes], list[str]]:
+    marking = _Marking()
+    server = MethodTable(grpc.aio.server(), wrap=marking)
+
+    async def say(request: bytes, context: Any) -> bytes:
+        return b"said:" + request
+
+    async def parts(request: bytes, context: Any) -> Any:
+        for n in range(2):
+            yield str(n).encode()
+
+    server.add_registered_method_handlers("test.Said", {"Say": grpc.unary_unary_rpc_method_handler(say)})
+    server.add_registered_method_handlers("test.Parts", {"Get": grpc.unary_stream_rpc_method_handler(parts)})
+    server.send_encoded("/test.Parts/Get")
+    server.add_generic_rpc_handlers((_EchoOnly(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            unary = [await channel.unary_unary(m, None, None)(b"x", timeout=5) for m in ("/test.Said/Say", ECHO) * 2]
+            streamed = [m async for m in channel.unary_stream("/test.Parts/Get", None, None)(b"", timeout=5)]
+    finally:
+        await server.stop(None)
+    return unary, streamed, marking.wrapped
+
+
+def test_a_tables_wrap_is_applied_once_per_handler_and_to_every_kind_of_method() -> None:
+    unary, streamed, wrapped = asyncio.run(_wrapped_calls())
+    # Registered, told to send encoded, and found only generically: every call is served wrapped.
+    assert unary == [b"wrapped:said:x", b"wrapped:echo:x"] * 2
+    assert streamed == [b"wrapped:0", b"wrapped:1"]
+    # A registered method is wrapped when it enters the table, not per call; send_encoded's replacement is
+    # wrapped again (it is a new handler); a generic one is wrapped as it is found (the wrap keeps its own cache).
+    assert wrapped.count("/test.Said/Say") == 1
+    assert wrapped.count("/test.Parts/Get") == 2
+    assert wrapped.count(ECHO) == 2
