@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from sqlalchemy import Dialect, Table, bindparam, delete, func, select, update
@@ -73,7 +73,7 @@ class Statements:
             str(last.compile(dialect=dialect, compile_kwargs={"literal_binds": True})),
             str(size.compile(dialect=dialect, compile_kwargs={"literal_binds": True})),
             _ENTRIES.c.time.type.dialect_impl(dialect).result_processor(dialect, None),
-            DriverStatement.insert(_ENTRIES, ("seq", "leaf_hash", "record", "time", *INDEXED, "mac"), dialect),
+            _entries(dialect),
             DriverStatement.insert(_SUBJECTS, ("seq", "subject_hash"), dialect),
             DriverStatement.of(delete(_STAGED).where(_STAGED.c.id == bindparam("staged")), dialect),
             DriverStatement.of(head, dialect),
@@ -83,6 +83,16 @@ class Statements:
     def staged(self, limit: int) -> str:
         """The oldest ``limit`` staged records (LIMIT reads the same on SQLite and PostgreSQL)."""
         return f"{self.oldest} LIMIT {int(limit)}"
+
+
+def _entries(dialect: Dialect) -> DriverStatement:
+    """The insert of a round's entries. On SQLite, their hashes and seals go to the driver as the bytes they are:
+    sqlite3 stores bytes as a BLOB itself, and SQLAlchemy's conversion for them only wraps each in a memoryview
+    (the same stored value, without a Python call for each)."""
+    statement = DriverStatement.insert(_ENTRIES, ("seq", "leaf_hash", "record", "time", *INDEXED, "mac"), dialect)
+    if dialect.name != "sqlite":
+        return statement
+    return replace(statement, binds={k: b for k, b in statement.binds.items() if k not in ("leaf_hash", "mac")})
 
 
 class Moved(Exception):
@@ -150,7 +160,6 @@ def integrate_prepared(
                 "seq": seq,
                 "leaf_hash": leaf,
                 "record": text.decode(),
-                "time": logged,
                 "mac": sealer.entry(seq, leaf),
             }
         )
@@ -160,7 +169,8 @@ def integrate_prepared(
     if cursor.rowcount != len(prepared.ids):
         gone = len(prepared.ids) - cursor.rowcount
         raise Moved(f"{gone} of the {len(prepared.ids)} staged records read were integrated meanwhile")
-    cursor.executemany(sql.entries.sql, sql.entries.values(entries))
+    # The round's time is the same for every entry: converted for the driver once.
+    cursor.executemany(sql.entries.sql, sql.entries.values(entries, shared={"time": logged}))
     if subjects:
         cursor.executemany(sql.subjects.sql, sql.subjects.values(subjects))
     seal_head(cursor, sql, sealer, first + len(out), out[-1][1])
