@@ -108,6 +108,8 @@ class Prepared:
     records: list[bytes]
     indexed: list[dict[str, object]]
     subjects: list[list[str]]
+    # With nothing staged, the log's size as read with the staged records (else None: read under the lock).
+    size: int | None = None
 
 
 def prepare(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> Prepared:
@@ -117,12 +119,17 @@ def prepare(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> Prepare
     (the group commit, with calls waiting on it) should not wait for it too.
     """
     staged: Sequence[tuple[int, str, bytes | None]] = cursor.execute(sql.staged(limit)).fetchall()
-    check_staged(sealer, staged)
-    prepared = Prepared([], [], [], [])
+    # Each record encoded once, for its seal and its entry; every seal is checked before any record is parsed.
+    encoded = [record.encode() for _, record, _ in staged]
+    check_staged(sealer, [(i, e, mac) for (i, _, mac), e in zip(staged, encoded, strict=True)])
+    prepared = Prepared([], encoded, [], [])
+    if not staged:
+        # Nothing waits: the log's size for the tree, read here, spares the round its write transaction.
+        cursor.execute(sql.size)
+        return Prepared([], [], [], [], int(cursor.fetchone()[0] or 0))
     for staged_id, record, _ in staged:
         data = json.loads(record)
         prepared.ids.append(staged_id)
-        prepared.records.append(record.encode())
         prepared.indexed.append({k: str(data[k])[: _WIDTHS[k]] for k in INDEXED})
         prepared.subjects.append(sorted(set(data["data_subjects"])))
     return prepared
@@ -177,10 +184,11 @@ def integrate_prepared(
     return out, first + len(out)
 
 
-def check_staged(sealer: Sealer, staged: Sequence[tuple[int, str, bytes | None]]) -> None:
-    """Refuses staged records that do not carry this hub's seal: written or changed outside the hub."""
+def check_staged(sealer: Sealer, staged: Sequence[tuple[int, bytes, bytes | None]]) -> None:
+    """Refuses staged records (their encoded text) that do not carry this hub's seal: written or changed outside
+    the hub."""
     for staged_id, record, mac in staged:
-        if not Sealer.same(mac, sealer.staged(record.encode())):
+        if not Sealer.same(mac, sealer.staged(record)):
             raise AuditTampered(
                 f"staged audit record {staged_id} does not carry this hub's seal: it was written or changed "
                 "outside the hub; nothing is integrated or signed until an operator has looked"
