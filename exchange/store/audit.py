@@ -147,6 +147,8 @@ class AuditStore:
             # Read, checked and parsed before the write lock: a commit waiting for it waits for less.
             with self._db.driver_read() as cursor:
                 prepared = audit_integrate.prepare(cursor, sql, sealer, limit)
+            if prepared.size is not None:  # nothing staged: no write transaction (an idle round's poll)
+                return [], prepared.size
             try:
                 with self._db.driver_write() as cursor:
                     return audit_integrate.integrate_prepared(cursor, sql, sealer, prepared)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from sqlalchemy import Dialect, Table, bindparam, delete, func, select, update
@@ -73,7 +73,7 @@ class Statements:
             str(last.compile(dialect=dialect, compile_kwargs={"literal_binds": True})),
             str(size.compile(dialect=dialect, compile_kwargs={"literal_binds": True})),
             _ENTRIES.c.time.type.dialect_impl(dialect).result_processor(dialect, None),
-            DriverStatement.insert(_ENTRIES, ("seq", "leaf_hash", "record", "time", *INDEXED, "mac"), dialect),
+            _entries(dialect),
             DriverStatement.insert(_SUBJECTS, ("seq", "subject_hash"), dialect),
             DriverStatement.of(delete(_STAGED).where(_STAGED.c.id == bindparam("staged")), dialect),
             DriverStatement.of(head, dialect),
@@ -83,6 +83,16 @@ class Statements:
     def staged(self, limit: int) -> str:
         """The oldest ``limit`` staged records (LIMIT reads the same on SQLite and PostgreSQL)."""
         return f"{self.oldest} LIMIT {int(limit)}"
+
+
+def _entries(dialect: Dialect) -> DriverStatement:
+    """The insert of a round's entries. On SQLite, their hashes and seals go to the driver as the bytes they are:
+    sqlite3 stores bytes as a BLOB itself, and SQLAlchemy's conversion for them only wraps each in a memoryview
+    (the same stored value, without a Python call for each)."""
+    statement = DriverStatement.insert(_ENTRIES, ("seq", "leaf_hash", "record", "time", *INDEXED, "mac"), dialect)
+    if dialect.name != "sqlite":
+        return statement
+    return replace(statement, binds={k: b for k, b in statement.binds.items() if k not in ("leaf_hash", "mac")})
 
 
 class Moved(Exception):
@@ -98,6 +108,8 @@ class Prepared:
     records: list[bytes]
     indexed: list[dict[str, object]]
     subjects: list[list[str]]
+    # With nothing staged, the log's size as read with the staged records (else None: read under the lock).
+    size: int | None = None
 
 
 def prepare(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> Prepared:
@@ -107,12 +119,17 @@ def prepare(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> Prepare
     (the group commit, with calls waiting on it) should not wait for it too.
     """
     staged: Sequence[tuple[int, str, bytes | None]] = cursor.execute(sql.staged(limit)).fetchall()
-    check_staged(sealer, staged)
-    prepared = Prepared([], [], [], [])
+    # Each record encoded once, for its seal and its entry; every seal is checked before any record is parsed.
+    encoded = [record.encode() for _, record, _ in staged]
+    check_staged(sealer, [(i, e, mac) for (i, _, mac), e in zip(staged, encoded, strict=True)])
+    prepared = Prepared([], encoded, [], [])
+    if not staged:
+        # Nothing waits: the log's size for the tree, read here, spares the round its write transaction.
+        cursor.execute(sql.size)
+        return Prepared([], [], [], [], int(cursor.fetchone()[0] or 0))
     for staged_id, record, _ in staged:
         data = json.loads(record)
         prepared.ids.append(staged_id)
-        prepared.records.append(record.encode())
         prepared.indexed.append({k: str(data[k])[: _WIDTHS[k]] for k in INDEXED})
         prepared.subjects.append(sorted(set(data["data_subjects"])))
     return prepared
@@ -150,7 +167,6 @@ def integrate_prepared(
                 "seq": seq,
                 "leaf_hash": leaf,
                 "record": text.decode(),
-                "time": logged,
                 "mac": sealer.entry(seq, leaf),
             }
         )
@@ -160,17 +176,19 @@ def integrate_prepared(
     if cursor.rowcount != len(prepared.ids):
         gone = len(prepared.ids) - cursor.rowcount
         raise Moved(f"{gone} of the {len(prepared.ids)} staged records read were integrated meanwhile")
-    cursor.executemany(sql.entries.sql, sql.entries.values(entries))
+    # The round's time is the same for every entry: converted for the driver once.
+    cursor.executemany(sql.entries.sql, sql.entries.values(entries, shared={"time": logged}))
     if subjects:
         cursor.executemany(sql.subjects.sql, sql.subjects.values(subjects))
     seal_head(cursor, sql, sealer, first + len(out), out[-1][1])
     return out, first + len(out)
 
 
-def check_staged(sealer: Sealer, staged: Sequence[tuple[int, str, bytes | None]]) -> None:
-    """Refuses staged records that do not carry this hub's seal: written or changed outside the hub."""
+def check_staged(sealer: Sealer, staged: Sequence[tuple[int, bytes, bytes | None]]) -> None:
+    """Refuses staged records (their encoded text) that do not carry this hub's seal: written or changed outside
+    the hub."""
     for staged_id, record, mac in staged:
-        if not Sealer.same(mac, sealer.staged(record.encode())):
+        if not Sealer.same(mac, sealer.staged(record)):
             raise AuditTampered(
                 f"staged audit record {staged_id} does not carry this hub's seal: it was written or changed "
                 "outside the hub; nothing is integrated or signed until an operator has looked"
