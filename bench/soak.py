@@ -671,7 +671,8 @@ def consumer_target(identity: Path, port: int) -> Target:
 def run(args: argparse.Namespace, home: Path, database_url: str) -> dict[str, Any]:
     """Sets up, serves the hub in its own process, drives the load while reading, then checks the audit log."""
     ctx = multiprocessing.get_context("spawn")
-    settings = base_settings(home / "hub", database_url)
+    # As `exchange serve` runs in production: the audit integrator in its own process (the tests' hubs keep a thread).
+    settings = base_settings(home / "hub", database_url, audit_integrator="process")
     with ExitStack() as stack:
         world = set_up(stack, ctx, args, settings)
         port, log_file = free_port(), home / "hub.log"
