@@ -8,7 +8,8 @@ and its records parsed before the write lock is taken (``prepare``); under it on
 sequence and time is done (``integrate_prepared``), so the group commit, with calls waiting on it, waits for
 less. The rules are unchanged: staged records are taken oldest first and must carry this hub's seal; logged
 times never go back; each entry and the log's head are sealed in the same transaction; exactly the rows read
-are removed from the staging table (if another process integrated some meanwhile, the round is rolled back).
+are removed from the staging table, each matched by id and seal (if another process integrated some meanwhile,
+even if a newer record took a freed id, the round is rolled back).
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ class Statements:
             _ENTRIES.c.time.type.dialect_impl(dialect).result_processor(dialect, None),
             _entries(dialect),
             DriverStatement.insert(_SUBJECTS, ("seq", "subject_hash"), dialect),
-            DriverStatement.of(delete(_STAGED).where(_STAGED.c.id == bindparam("staged")), dialect),
+            DriverStatement.of(
+                delete(_STAGED).where(_STAGED.c.id == bindparam("staged"), _STAGED.c.mac == bindparam("seal")),
+                dialect,
+            ),
             DriverStatement.of(head, dialect),
             DriverStatement.insert(_HEAD, ("id", "size", "mac"), dialect),
         )
@@ -105,6 +109,8 @@ class Prepared:
     but its place in the log (its sequence, logged time, leaf hash and seal, which are chosen under the lock)."""
 
     ids: list[int]
+    # Their seals: a row is removed only if it still holds the record read (SQLite reuses a freed id).
+    seals: list[bytes]
     records: list[bytes]
     indexed: list[dict[str, object]]
     subjects: list[list[str]]
@@ -122,14 +128,15 @@ def prepare(cursor: Any, sql: Statements, sealer: Sealer, limit: int) -> Prepare
     # Each record encoded once, for its seal and its entry; every seal is checked before any record is parsed.
     encoded = [record.encode() for _, record, _ in staged]
     check_staged(sealer, [(i, e, mac) for (i, _, mac), e in zip(staged, encoded, strict=True)])
-    prepared = Prepared([], encoded, [], [])
+    prepared = Prepared([], [], encoded, [], [])
     if not staged:
         # Nothing waits: the log's size for the tree, read here, spares the round its write transaction.
         cursor.execute(sql.size)
-        return Prepared([], [], [], [], int(cursor.fetchone()[0] or 0))
-    for staged_id, record, _ in staged:
+        return Prepared([], [], [], [], [], int(cursor.fetchone()[0] or 0))
+    for staged_id, record, mac in staged:
         data = json.loads(record)
         prepared.ids.append(staged_id)
+        prepared.seals.append(bytes(cast(bytes, mac)))  # check_staged refused a row without one
         prepared.indexed.append({k: str(data[k])[: _WIDTHS[k]] for k in INDEXED})
         prepared.subjects.append(sorted(set(data["data_subjects"])))
     return prepared
@@ -172,7 +179,10 @@ def integrate_prepared(
         )
         subjects += [{"seq": seq, "subject_hash": h} for h in hashes]
         out.append((seq, leaf))
-    cursor.executemany(sql.unstage.sql, sql.unstage.values({"staged": i} for i in prepared.ids))
+    # By id and seal: on SQLite a row staged after the table emptied takes the id of one integrated meanwhile,
+    # and deleting by id alone would drop that new record and log the old one twice.
+    unstage = ({"staged": i, "seal": m} for i, m in zip(prepared.ids, prepared.seals, strict=True))
+    cursor.executemany(sql.unstage.sql, sql.unstage.values(unstage))
     if cursor.rowcount != len(prepared.ids):
         gone = len(prepared.ids) - cursor.rowcount
         raise Moved(f"{gone} of the {len(prepared.ids)} staged records read were integrated meanwhile")
