@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import threading
@@ -124,6 +125,50 @@ def test_the_integrator_stops_with_its_hub_after_a_last_round(tmp_path: Path) ->
         assert _all_signed(store) and store.audit.size() > 0
     finally:
         store.close()
+
+
+def test_an_integrator_signalled_with_its_hub_ends_in_order_and_is_not_restarted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SIGTERM to the whole process group (systemd, ``timeout``) reaches the integrator and the hub: the
+    integrator's last round is done, and the hub neither restarts it nor calls that a crash."""
+    caplog.set_level(logging.INFO, logger="exchange.auditlog.integrator")
+    with running_hub(_settings(tmp_path / "hub", checkpoint_seconds=3600)) as h:
+        integrator = h.hub.integrator
+        assert integrator is not None and integrator.pid is not None
+        pid = integrator.pid
+        h.add_department(POLICE)
+        _until("the integrator ready", lambda: integrator.ready)
+        os.kill(pid, signal.SIGTERM)  # the hub's own stop follows as the block ends
+    assert integrator.restarts == 0 and integrator.pid is None and integrator.stopped_clean and _reaped(pid)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "exchange.auditlog.integrator"]
+    assert not [m for level, m in said if level >= logging.WARNING], said
+    store = Store(h.settings.effective_database_url)
+    try:
+        assert _all_signed(store) and store.audit.size() > 0
+    finally:
+        store.close()
+
+
+def test_an_integrator_stopped_from_outside_is_restarted_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="exchange.auditlog.integrator")
+    with running_hub(_settings(tmp_path / "hub")) as h:
+        integrator, store = h.hub.integrator, h.hub.store
+        assert integrator is not None and integrator.pid is not None
+        first = integrator.pid
+        _until("the integrator ready", lambda: integrator.ready)
+        os.kill(first, signal.SIGTERM)  # to it alone: the hub goes on
+        _until("a new integrator", lambda: integrator.pid is not None and integrator.restarts == 1)
+        h.add_department(POLICE)
+        _until("the record integrated and signed by the new one", lambda: _all_signed(store))
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "exchange.auditlog.integrator"]
+    assert (
+        [m for level, m in said if level >= logging.WARNING]
+        == [m for _, m in said if "stopped from outside the hub" in m]
+        != []
+    ), said
 
 
 def test_a_broken_log_found_by_the_integrator_halts_the_hubs_appends(tmp_path: Path) -> None:

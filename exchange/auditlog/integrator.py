@@ -15,7 +15,9 @@ failed its check (appends halt: nothing more is released). A dead integrator is 
 delay; meanwhile the hub keeps serving (its records are durable once staged) and its checkpoint ages, as the
 alerts watch. The integrator stops with its hub: a final integration and signing, then it exits; it also
 stops so when its hub's process is gone (the pipe closes) or it is sent SIGTERM; SIGINT (a terminal's
-Ctrl-C, sent to the whole group) is left to the hub, which then stops it in order.
+Ctrl-C, sent to the whole group) is left to the hub, which then stops it in order. A SIGTERM to the whole
+group (systemd, ``timeout``) ends both: the integrator's last round is done and the stopping hub does not
+restart it; one sent to the integrator alone is logged as a warning and it is started again.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ STABLE_SECONDS = 60.0
 REPORT_SECONDS = 0.25
 # How long a stopping integrator may take for its final integration and signing before it is killed.
 STOP_SECONDS = 30.0
+# How long an integrator that ended in order, unasked, waits to hear that its hub is stopping too (both got
+# the signal; the hub's handler may run a moment later) before it counts as stopped from outside.
+HUB_STOP_SECONDS = 2.0
 
 
 def integrator_main(settings: Settings, reports: Connection, orders: Connection) -> None:
@@ -125,6 +130,8 @@ class Integrator:
         self.context = multiprocessing.get_context("spawn")
         self.process: Any = None  # a multiprocessing Process while one runs
         self.restarts = 0
+        # Whether the running process has checked the log and reported ready (its signal handling is set up).
+        self.ready = False
         self._reports: Connection | None = None
         self._orders: Connection | None = None
         self._started_at = 0.0
@@ -132,6 +139,9 @@ class Integrator:
         # Whether the last process stopped in order, its final integration and signing done.
         self.stopped_clean = False
         self._stopping = threading.Event()
+        # Set as the hub begins to stop: an integrator that ends in order then ended with it (a signal to the
+        # whole process group reaches both), and is not started again.
+        self._hub_stopping = threading.Event()
         self._wake_read, self._wake_write = self.context.Pipe(duplex=False)
         self._watcher = threading.Thread(target=self._watch, name="audit-integrator-watch", daemon=True)
 
@@ -144,11 +154,16 @@ class Integrator:
         self._spawn()
         self._watcher.start()
 
+    def hub_stopping(self) -> None:
+        """The hub has begun to stop: an integrator that ends from now on is not restarted."""
+        self._hub_stopping.set()
+
     def stop(self, timeout: float = STOP_SECONDS) -> bool:
         """Stops the integrator after its final integration and signing; returns whether that was done.
 
         False (it was dead, failed or did not stop in time, then killed): the caller integrates what is left.
         """
+        self._hub_stopping.set()
         self._stopping.set()
         with suppress(OSError):
             self._wake_write.send(None)
@@ -170,17 +185,16 @@ class Integrator:
         self.process.start()
         theirs.close()
         ours_read.close()
-        self._reports, self._started_at, self.stopped_clean = reports, time.monotonic(), False
+        self._reports, self._started_at, self.stopped_clean, self.ready = reports, time.monotonic(), False, False
         log.info("audit integrator started (pid %d)", self.process.pid)
 
     def _watch(self) -> None:
         """Reads the process's reports, restarts it when it dies, and stops it once the hub stops."""
         due: float | None = None  # when to restart a dead integrator
         while not self._stopping.is_set():
-            if self.process is None:
-                assert due is not None
-                wait([self._wake_read], timeout=max(0.0, due - time.monotonic()))
-                if not self._stopping.is_set() and time.monotonic() >= due:
+            if self.process is None:  # dead, to be restarted when ``due``; or ended with the hub (None)
+                wait([self._wake_read], timeout=None if due is None else max(0.0, due - time.monotonic()))
+                if not self._stopping.is_set() and due is not None and time.monotonic() >= due:
                     self.restarts += 1
                     try:
                         self._spawn()
@@ -207,6 +221,7 @@ class Integrator:
         try:
             while self._reports.poll():
                 kind, value = self._reports.recv()
+                self.ready = self.ready or kind == "ready"
                 if kind == "signed" or (kind in ("ready", "stopped") and value is not None):
                     self.audit.signed_at = max(self.audit.signed_at or 0.0, float(value))
                     self.stopped_clean = kind == "stopped"
@@ -220,18 +235,29 @@ class Integrator:
             self._reports.close()
             self._reports = None
 
-    def _died(self) -> float:
-        """The process ended unasked: logged, and its restart scheduled after a growing delay; returns when."""
+    def _died(self) -> float | None:
+        """The process ended unasked: logged, and its restart scheduled after a growing delay; returns when (None:
+        it ended in order with its hub, as when a signal reaches the whole process group, and is not restarted)."""
         self._read_reports()
         self.process.join()
         code, pid = self.process.exitcode, self.process.pid
         self._close()
+        in_order = code == 0 and self.stopped_clean  # its last round done, "stopped" reported
+        # SIGTERM before its handler was set (still starting): stopped too, its last round not done.
+        stopped = in_order or code == -signal.SIGTERM
+        if stopped and self._hub_stopping.wait(HUB_STOP_SECONDS):
+            done = "its last round done" if in_order else "before its last round: the hub integrates what is left"
+            log.info("audit integrator (pid %d) ended with the hub, %s", pid, done)
+            return None
         now = time.monotonic()
         if now - self._started_at >= STABLE_SECONDS:
             self._quick_deaths = 0
         delay = min(RESTART_LAST_SECONDS, RESTART_FIRST_SECONDS * 2.0**self._quick_deaths)
         self._quick_deaths += 1
         how = f"signal {-code}" if code is not None and code < 0 else f"status {code}"
+        if stopped:  # from outside (a SIGTERM to it alone), nothing lost: started again
+            log.warning("audit integrator (pid %d) was stopped from outside the hub; restarting in %.1fs", pid, delay)
+            return now + delay
         log.error(
             "audit integrator (pid %d) exited with %s; restarting in %.1fs (until then no checkpoint is signed)",
             pid,

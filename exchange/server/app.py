@@ -731,13 +731,7 @@ class Hub:
 
     async def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING, lets in-flight calls finish within the grace period, then closes."""
-        self.ready = False
-        heap.release()
-        self.metrics.ready.set(0)
-        tasks = (self._health_task, self._sweep_task, self._index_task, self._quota_task, self._calendar_task)
-        for task in (*tasks, self._poll_task):
-            if task is not None:
-                task.cancel()
+        self._begin_stop()
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
@@ -767,6 +761,19 @@ class Hub:
         self.store.close()
         await asyncio.to_thread(self.tracing.shutdown)  # the last spans exported
         log.info("hub stopped")
+
+    def _begin_stop(self) -> None:
+        """Not ready any more, background tasks cancelled, and the integrator told (one ending from now on ended
+        with the hub: not restarted)."""
+        self.ready = False
+        if self.integrator is not None:
+            self.integrator.hub_stopping()
+        heap.release()
+        self.metrics.ready.set(0)
+        tasks = (self._health_task, self._sweep_task, self._index_task, self._quota_task, self._calendar_task)
+        for task in (*tasks, self._poll_task):
+            if task is not None:
+                task.cancel()
 
     async def _final_flush(self) -> None:
         try:
