@@ -254,6 +254,7 @@ def test_no_audit_no_data(world: World, monkeypatch: pytest.MonkeyPatch) -> None
         raise Unavailable("disk gone")
 
     monkeypatch.setattr(committer._store, "stage", broken)
+    monkeypatch.setattr(committer._store, "stage_now", broken)  # in the event loop, and in its thread
     stub = world.exchange()
     error = fails(grpc.StatusCode.UNAVAILABLE, stub.Query, query(IDENTITY, {"id_number": ID_NUMBER}, ["name"]))
     assert "audit" in (error.details() or "")

@@ -1,9 +1,14 @@
-"""The group committer's timeouts: one timer per event loop, and a record not confirmed in time fails its caller."""
+"""The group committer: a loop's turn committed in the loop when nothing else writes, else by its thread without the
+loop waiting; one timer per event loop, and a record not confirmed in time fails its caller."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextvars import Context
 from pathlib import Path
@@ -16,6 +21,7 @@ from exchange.auditlog.batch import GroupCommitter
 from exchange.errors import Unavailable
 from exchange.store import Store
 from exchange.store.audit import AuditStore
+from exchange.store.database import WRITERS_SUFFIX
 
 
 def _record(n: int) -> AuditRecord:
@@ -41,6 +47,9 @@ class HeldStore(AuditStore):
         self.release.wait()
         super().stage(records)
 
+    def stage_now(self, records: list[AuditRecord]) -> bool:
+        return self.release.is_set() and super().stage_now(records)
+
 
 class CountingLoop(asyncio.SelectorEventLoop):
     """An event loop that counts the timers set on it."""
@@ -64,7 +73,7 @@ def sqlite(tmp_path: Path) -> Iterator[Store]:
 
 def test_a_loops_turns_share_one_timer_for_their_timeout(sqlite: Store) -> None:
     """Each turn's records are confirmed long before their timeout: no turn sets a timer of its own."""
-    committer = GroupCommitter(sqlite.audit)
+    committer = GroupCommitter(sqlite.audit, in_loop=False)  # every turn through the thread
 
     async def one_by_one() -> int:
         for i in range(100):
@@ -99,3 +108,96 @@ def test_records_not_confirmed_in_time_fail_their_callers_turn_by_turn(sqlite: S
     assert all(isinstance(e, Unavailable) and "did not confirm in time" in e.message for e in outcomes)
     # Committed later, as a timed-out record may be: its caller was told nothing was released.
     assert sqlite.audit.staged_count() == 3
+
+
+async def _appended_while_ticking(committer: GroupCommitter, n: int, hold: float = 0.0) -> int:
+    """Appends ``n`` records in one turn while a ticker runs every millisecond; the ticks it got in (the loop was
+    free meanwhile) once every record is confirmed."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.001)
+            ticks += 1
+
+    ticking = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(committer.append_async(_record(i)) for i in range(n))), 30)
+    finally:
+        ticking.cancel()
+    return ticks
+
+
+def test_a_loops_turn_is_committed_in_the_loop_when_nothing_else_writes(store: Store) -> None:
+    """On SQLite with no other writer, each turn is committed in the loop (no thread); on PostgreSQL never."""
+    committer = GroupCommitter(store.audit)
+
+    async def turns() -> None:
+        for t in range(5):
+            await asyncio.gather(*(committer.append_async(_record(10 * t + i)) for i in range(10)))
+
+    asyncio.run(turns())
+    committer.close()
+    assert store.audit.staged_count() == 50 and committer.records == 50
+    in_loop = store.db.backend == "sqlite"
+    assert committer.loop_batches == (committer.batches if in_loop else 0) and committer.batches >= 5
+
+
+def test_while_another_process_holds_the_lock_file_the_thread_commits_and_the_loop_goes_on(
+    sqlite: Store, tmp_path: Path
+) -> None:
+    committer = GroupCommitter(sqlite.audit)
+    other = os.open(str(tmp_path / "store.db") + WRITERS_SUFFIX, os.O_RDWR)  # another open file: its own flock
+    fcntl.flock(other, fcntl.LOCK_EX)
+    threading.Timer(0.3, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+    started = time.monotonic()
+    try:
+        ticks = asyncio.run(_appended_while_ticking(committer, 3))
+    finally:
+        committer.close()
+        os.close(other)
+    assert time.monotonic() - started >= 0.3  # confirmed only once the other writer was done
+    assert committer.loop_batches == 0 and committer.records == 3 and sqlite.audit.staged_count() == 3
+    assert ticks >= 10, "the loop waited for the other writer"
+
+
+def test_a_writer_that_takes_no_turn_sends_the_turn_to_the_thread(sqlite: Store, tmp_path: Path) -> None:
+    """A writer outside the hub's turn-taking (a migration, a tool) holds SQLite's lock: the loop does not wait
+    for it, the thread does, and the records are committed once it is done."""
+    committer = GroupCommitter(sqlite.audit)
+    tool = sqlite3.connect(tmp_path / "store.db", isolation_level=None, check_same_thread=False)
+    tool.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.3, tool.execute, ("COMMIT",)).start()
+    try:
+        ticks = asyncio.run(_appended_while_ticking(committer, 2))
+    finally:
+        committer.close()
+        tool.close()
+    assert committer.loop_batches == 0 and committer.records == 2 and sqlite.audit.staged_count() == 2
+    assert ticks >= 10, "the loop waited for SQLite's lock"
+
+
+def test_a_commit_that_fails_in_the_loop_fails_its_callers_through_the_thread(sqlite: Store, tmp_path: Path) -> None:
+    """Staging fails (the table is gone): tried in the loop, then by the thread, whose failure the callers get;
+    once the table is back, records are committed in the loop again."""
+    failures: list[bool] = []
+    committer = GroupCommitter(sqlite.audit, on_batch=lambda size, failed: failures.append(failed))
+    tool = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+
+    async def calls() -> BaseException | None:
+        tool.execute("ALTER TABLE audit_staged RENAME TO audit_staged_away")
+        refused = await asyncio.gather(committer.append_async(_record(1)), return_exceptions=True)
+        tool.execute("ALTER TABLE audit_staged_away RENAME TO audit_staged")
+        await committer.append_async(_record(2))
+        return refused[0]
+
+    try:
+        refused = asyncio.run(calls())
+    finally:
+        committer.close()
+        tool.close()
+    assert isinstance(refused, Unavailable) and "cannot be written" in refused.message
+    assert failures == [True, False] and not committer.failing and committer.loop_batches == 1
+    assert sqlite.audit.staged_count() == 1

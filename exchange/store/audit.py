@@ -115,11 +115,33 @@ class AuditStore:
     def stage(self, records: list[AuditRecord]) -> None:
         """Stages records in one transaction of their own (exchanges, which change nothing else), written
         through the driver: the group commit's batches are small, and a session's own cost would dominate."""
+        statement = self._staging()
+        rows = statement.values([self._staged_row(r) for r in records], {"staged_at": dt.datetime.now(dt.UTC)})
+        with self._db.driver_write() as cursor:
+            cursor.executemany(statement.sql, rows)
+
+    @property
+    def stages_now(self) -> bool:
+        """Whether ``stage_now`` can ever stage (SQLite); on PostgreSQL it never does."""
+        return self._db.backend == "sqlite"
+
+    def stage_now(self, records: list[AuditRecord]) -> bool:
+        """``stage``, for an event loop: only if the store's write turn is free at once (Database.driver_write_now);
+        False, with nothing staged, if it is not. Raises Unavailable as ``stage`` does."""
+        statement = self._staging()
+        with self._db.driver_write_now() as cursor:
+            if cursor is None:
+                return False
+            now = dt.datetime.now(dt.UTC)
+            cursor.executemany(
+                statement.sql, statement.values([self._staged_row(r) for r in records], {"staged_at": now})
+            )
+        return True
+
+    def _staging(self) -> DriverStatement:
         if self._staged is None:
             self._staged = DriverStatement.insert(_STAGED, ("record", "staged_at", "mac"), self._db.engine.dialect)
-        rows = self._staged.values([self._staged_row(r) for r in records], {"staged_at": dt.datetime.now(dt.UTC)})
-        with self._db.driver_write() as cursor:
-            cursor.executemany(self._staged.sql, rows)
+        return self._staged
 
     def probe(self) -> None:
         """Commits a write to the audit tables that leaves nothing behind: can records be staged now?

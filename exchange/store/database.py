@@ -135,6 +135,8 @@ class Database:
         self._writer = threading.RLock() if self.backend == "sqlite" else None
         self._turns = 0  # this process's nested write turns (the RLock's owner only)
         self._writers_file: int | None = None
+        # The connection of ``driver_write_now`` (an event loop's writes), made on first use.
+        self._now_connection: Any = None
         database = make_url(url).database if self.backend == "sqlite" else None
         if database and database != ":memory:" and not database.startswith("file:"):
             try:
@@ -211,6 +213,84 @@ class Database:
                 yield from self._driver_transaction(connection)
             finally:
                 connection.close()
+
+    @contextmanager
+    def driver_write_now(self) -> Iterator[Any | None]:
+        """``driver_write`` for an event loop, which must never wait: a cursor in a write transaction if, on SQLite,
+        this process's write turn, the lock file and SQLite's own write lock are all free at once; else None, and
+        nothing was done (on PostgreSQL always None: its writes are network round trips).
+
+        The transaction runs on a connection kept for it, whose commits never checkpoint the WAL (a checkpoint
+        syncs files to disk; the other connections' commits do it) and which never waits for SQLite's lock.
+        Driver errors inside the transaction are Unavailable, as in ``driver_write``.
+        """
+        if self._writer is None or not self._writer.acquire(blocking=False):
+            yield None
+            return
+        try:
+            if self._turns > 0 or not self._file_turn_now():
+                yield None
+                return
+            self._turns += 1
+            try:
+                yield from self._now_transaction()
+            finally:
+                self._turns -= 1
+                if self._writers_file is not None:
+                    fcntl.flock(self._writers_file, fcntl.LOCK_UN)
+        finally:
+            self._writer.release()
+
+    def _file_turn_now(self) -> bool:
+        """Takes the lock file if no other process holds it (True), without waiting; True without a lock file."""
+        if self._writers_file is None:
+            return True
+        try:
+            fcntl.flock(self._writers_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _now_transaction(self) -> Iterator[Any | None]:
+        """A write transaction on ``driver_write_now``'s connection; None if SQLite's write lock is taken (by a
+        writer that takes no turns here: a migration, another tool)."""
+        dbapi = self.engine.dialect.loaded_dbapi
+        try:
+            connection = self._now_connection or self._open_now_connection()
+            cursor = connection.cursor()
+        except (DBAPIError, dbapi.Error) as e:
+            log.warning("store unavailable: %s", e)
+            raise Unavailable("the store cannot be reached or is busy; retry later") from None
+        try:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+            except dbapi.OperationalError:  # busy: SQLite's lock is held, and this connection does not wait
+                yield None
+                return
+            try:
+                yield cursor
+                connection.commit()
+            except dbapi.Error as e:
+                log.warning("store unavailable: %s", e)
+                _roll_back(connection)
+                raise Unavailable("the store cannot be reached or is busy; retry later") from None
+            except BaseException:
+                _roll_back(connection)
+                raise
+        finally:
+            cursor.close()
+
+    def _open_now_connection(self) -> Any:
+        connection = self.engine.raw_connection()
+        connection.detach()  # kept by this Database, never handed to another user by the pool
+        cursor = connection.cursor()
+        try:
+            cursor.execute("PRAGMA busy_timeout=0")
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
+        finally:
+            cursor.close()
+        self._now_connection = connection
+        return connection
 
     @contextmanager
     def driver_read(self) -> Iterator[Any]:
@@ -311,6 +391,9 @@ class Database:
             return MigrationContext.configure(connection).get_current_revision() == head
 
     def dispose(self) -> None:
+        if self._now_connection is not None:
+            self._now_connection.close()
+            self._now_connection = None
         self.engine.dispose()
         if self._writers_file is not None:
             os.close(self._writers_file)
