@@ -17,7 +17,8 @@ loop: calls start on schedule, latency counts from the scheduled time), and MiB/
 50,000 records of ~1 KiB. The hub is held to issue 17's targets (GOALS); --check makes a missed one
 the exit status (1; 2 when a path had errors or a target could not be measured). Also shown:
 the CPU time the process in the middle (proxy or hub) and the provider used per call and per GiB
-streamed, read from /proc while measuring. --profile DIR records the hub with py-spy (if installed)
+streamed, read from /proc while measuring, and the share of the machine's CPU the host gave other guests
+(steal; over 5% the run says the host is oversubscribed). --profile DIR records the hub with py-spy (if installed)
 during its measurements, sampling only the thread holding the GIL, and prints the top functions.
 """
 
@@ -548,6 +549,9 @@ class PathResult:
     # thread of the hub's process (counted in middle_ms_per_call then).
     integrator_ms_per_call: float = 0.0
     idle_share: float = float("nan")
+    # The highest share of the machine's CPU taken by other guests of the host (steal) in any of the path's
+    # measurements: over a few percent, the host is oversubscribed and its absolute numbers mean little.
+    steal_share: float = 0.0
     errors: int = 0
     first_error: str = ""
 
@@ -555,6 +559,7 @@ class PathResult:
 def record(result: PathResult, kind: str, out: Outcome, cpu: dict[str, float]) -> None:
     result.errors += out.errors
     result.first_error = result.first_error or out.first_error
+    result.steal_share = max(result.steal_share, cpu.get("steal", 0.0))
     nan = float("nan")
     if kind == "closed":
         result.middle_ms_per_call = cpu.get("middle", nan) / max(1, out.calls) * 1000
@@ -757,8 +762,8 @@ def table(results: dict[str, PathResult], args: argparse.Namespace) -> str:
         "",
         "| path | CPU ms per call: proxy or hub | of which the audit integrator process | CPU ms per call: provider "
         "| CPU ms per call: load generator | machine idle at 64 in flight | CPU s per GiB streamed: proxy or hub "
-        "| CPU s per GiB streamed: provider |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU s per GiB streamed: provider | CPU stolen by the host, worst measurement |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for path, r in results.items():
         integrator = r.integrator_ms_per_call
@@ -766,6 +771,7 @@ def table(results: dict[str, PathResult], args: argparse.Namespace) -> str:
         shown = ["—" if math.isnan(x) else f"{x:.2f}" for x in cells]
         shown.append("—" if math.isnan(r.idle_share) else f"{r.idle_share:.0%}")
         shown += ["—" if math.isnan(x) else f"{x:.0f}" for x in (r.middle_s_per_gib, r.provider_s_per_gib)]
+        shown.append(f"{r.steal_share:.0%}")
         lines.append(f"| {path} | {' | '.join(shown)} |")
     return "\n".join(lines)
 
@@ -888,6 +894,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verdicts:
         print(f"\n{goals_table(verdicts, args.rate)}\n")
     print(f"audit records committed by the hub: {audited}")
+    stolen = max((r.steal_share for r in results.values()), default=0.0)
+    if stolen > STEAL_WARNING:
+        print(
+            f"host: up to {stolen:.0%} of the machine's CPU was stolen by other guests during a measurement: the host "
+            "is oversubscribed; ratios compare paths measured under it, absolute numbers (CPU per query, p99) mean "
+            "little. Measure again when it is quiet."
+        )
     if args.profile is not None:
         print_profile(args.profile)
     if args.json is not None:
@@ -1065,11 +1078,13 @@ def _measure(
         raise RuntimeError(f"{job.target.path} {job.kind}: {answer}")
     spy = start_profile()
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    idle_before = machine_idle()
+    ticks_before = machine_ticks()
     answer = _answer(load, timeout, job)
     used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
-    idle_after = machine_idle()
-    used["idle"] = (idle_after[0] - idle_before[0]) / max(1, idle_after[1] - idle_before[1])
+    ticks_after = machine_ticks()
+    total = max(1, ticks_after[2] - ticks_before[2])
+    used["idle"] = (ticks_after[0] - ticks_before[0]) / total
+    used["steal"] = (ticks_after[1] - ticks_before[1]) / total
     if not isinstance(answer, Outcome):
         raise RuntimeError(f"{job.target.path} {job.kind}: {answer}")
     return answer, spy, used
@@ -1090,13 +1105,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_idle() -> tuple[int, int]:
-    """The machine's idle and total CPU ticks so far (all CPUs), from /proc/stat; zeros elsewhere."""
+def machine_ticks() -> tuple[int, int, int]:
+    """The machine's idle, stolen and total CPU ticks so far (all CPUs), from /proc/stat; zeros elsewhere.
+    Stolen: time a virtual machine's CPUs were ready to run but the host ran other guests."""
     try:
         ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except (OSError, ValueError):
-        return 0, 0
-    return ticks[3] + ticks[4], sum(ticks[:8])  # idle + iowait; guest time is already in user
+        return 0, 0, 0
+    steal = ticks[7] if len(ticks) > 7 else 0
+    return ticks[3] + ticks[4], steal, sum(ticks[:8])  # idle + iowait; guest time is already in user
+
+
+# Above this share of stolen CPU in a measurement, the run says the host was oversubscribed.
+STEAL_WARNING = 0.05
 
 
 def check_paths(targets: dict[str, Target]) -> None:

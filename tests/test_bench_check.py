@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 
@@ -18,6 +19,7 @@ from bench.exchange_paths import (
     main,
     record,
     report_check,
+    table,
 )
 
 RATE = 300.0
@@ -180,3 +182,13 @@ def test_open_loop_tails_per_path_p50_p99_p999_and_max() -> None:
         2000.0,
     )
     assert result.open_rate == 1000.0
+
+
+def test_the_cpu_stolen_by_the_host_is_the_worst_of_a_paths_measurements_and_shown() -> None:
+    """A run on an oversubscribed host says so: each path keeps the highest steal share of its measurements."""
+    result = PathResult()
+    for kind, steal in (("closed", 0.02), ("open", 0.31), ("stream", 0.1)):
+        record(result, kind, Outcome(calls=10, elapsed=1.0, latencies_ms=[1.0] * 10), {"steal": steal})
+    assert result.steal_share == pytest.approx(0.31)
+    shown = table({"hub": result}, argparse.Namespace(concurrency=64, rate=300.0))
+    assert "CPU stolen by the host" in shown and "| 31% |" in shown
