@@ -201,3 +201,32 @@ def test_a_commit_that_fails_in_the_loop_fails_its_callers_through_the_thread(sq
     assert isinstance(refused, Unavailable) and "cannot be written" in refused.message
     assert failures == [True, False] and not committer.failing and committer.loop_batches == 1
     assert sqlite.audit.staged_count() == 1
+
+
+def test_records_that_find_the_write_turn_taken_are_tried_again_in_the_loop_and_joined_by_later_turns(
+    sqlite: Store, tmp_path: Path
+) -> None:
+    """Another process holds the lock file for a moment (an integrator's round): the loop does not wait and does
+    not hand the records to the thread within its patience; it tries again, a turn appended meanwhile joins them,
+    and both are committed in the loop in one batch once the turn is free."""
+    committer = GroupCommitter(sqlite.audit, loop_patience=30.0)
+    other = os.open(str(tmp_path / "store.db") + WRITERS_SUFFIX, os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+
+    async def two_turns() -> int:
+        first = asyncio.ensure_future(_appended_while_ticking(committer, 2))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(committer.append_async(_record(100)))
+        await asyncio.sleep(0.05)
+        assert committer.batches == 0 and sqlite.audit.staged_count() == 0  # still waiting, in the loop
+        fcntl.flock(other, fcntl.LOCK_UN)
+        await asyncio.wait_for(second, 10)
+        return await first
+
+    try:
+        ticks = asyncio.run(two_turns())
+    finally:
+        committer.close()
+        os.close(other)
+    assert committer.batches == committer.loop_batches == 1 and committer.records == 3
+    assert sqlite.audit.staged_count() == 3 and ticks >= 10

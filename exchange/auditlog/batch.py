@@ -10,8 +10,10 @@ On SQLite an event loop's turn of records is committed in the loop itself when n
 committer thread has nothing queued: handing a turn to the thread cost its callers the thread's wake-up and,
 worse, the GIL taken back from the loop after each driver call (the loop spends its time in gRPC's and uvloop's
 C code, which gives it up late), which was most of a call's wait for its record at 300 calls a second. The loop
-never waits there: when anything writes, or the commit fails, the turn goes to the thread as before, which
-waits its turn and fails the callers if it cannot commit either.
+never waits there: when the write turn is taken (mostly by an integrator's round, a few milliseconds), the loop
+tries again every millisecond, the turns appended meanwhile joining it, for up to ``loop_patience`` seconds;
+after that, or when the commit fails, the records go to the thread as before, which waits its turn and fails
+the callers if it cannot commit either.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 Waiter = Future[None] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 Staged = tuple[AuditRecord, Waiter]
 _TIMED_OUT = Unavailable("the audit log did not confirm in time; nothing was released")
+# How often a loop tries again to commit records that found the store's write turn taken (uvloop's timers
+# count whole milliseconds).
+_LOOP_RETRY_SECONDS = 0.001
 
 
 def _settle_async(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:
@@ -121,9 +126,11 @@ class GroupCommitter:
         on_batch: Callable[[int, bool], None] | None = None,
         halted: Callable[[], str | None] = lambda: None,
         in_loop: bool = True,
+        loop_patience: float = 0.005,
     ) -> None:
         """``in_loop``: whether an event loop's turn may be committed in the loop when the store allows it (see
-        the module's docstring); False sends every turn to the committer thread."""
+        the module's docstring); False sends every turn to the committer thread. ``loop_patience``: how long a
+        loop keeps trying when the write turn is taken before the thread takes its records."""
         self._store = store
         # Why records must not be taken now (the stored log failed its check), or None.
         self._halted = halted
@@ -142,6 +149,9 @@ class GroupCommitter:
         # thread is at work on a batch now (it then goes on, and turns queue behind it, in order).
         self._in_loop = in_loop and store.stages_now
         self._committing = False
+        self._loop_patience = loop_patience
+        # Per loop and timeout, records that found the write turn taken, tried again in the loop: since when.
+        self._retrying: dict[tuple[asyncio.AbstractEventLoop, float], tuple[float, list[Staged]]] = {}
         self._thread = threading.Thread(target=self._run, name="audit-commit", daemon=True)
         self._thread.start()
         self.batches = 0
@@ -185,20 +195,57 @@ class GroupCommitter:
         turn = self._turns.pop(key, None)
         if not turn:
             return  # handed over by ``close``
-        fits = len(turn) <= self._max_batch  # a larger turn is split into batches by the thread
-        if fits and self._in_loop and not self._committing and self._queue.empty() and self._commit_in_loop(turn):
-            return
+        waiting = self._retrying.get(key)
+        if waiting is not None:  # records before it wait to be tried again in the loop: this turn joins them
+            if len(waiting[1]) + len(turn) <= self._max_batch:
+                waiting[1].extend(turn)
+                return
+            del self._retrying[key]
+            self._to_thread(key, waiting[1])
+        elif self._may_commit_in_loop(turn):
+            committed = self._commit_in_loop(turn)
+            if committed is None:  # the write turn is taken: tried again in a moment
+                self._retrying[key] = (time.monotonic(), turn)
+                key[0].call_later(_LOOP_RETRY_SECONDS, self._retry, key)
+            if committed is not False:
+                return
+        self._to_thread(key, turn)
+
+    def _may_commit_in_loop(self, turn: list[Staged]) -> bool:
+        """Whether ``turn`` may be committed in the loop: the store allows it, the thread has nothing to do (else
+        records would overtake those queued), and the turn fits in a batch (a larger one is split by the thread)."""
+        return self._in_loop and not self._committing and self._queue.empty() and len(turn) <= self._max_batch
+
+    def _retry(self, key: tuple[asyncio.AbstractEventLoop, float]) -> None:
+        """Tries again to commit in the loop records that found the write turn taken; past ``loop_patience``, or
+        if the thread has work meanwhile, they go to the thread."""
+        waiting = self._retrying.pop(key, None)
+        if waiting is None:
+            return  # gone to the thread, or handed over by ``close``
+        since, turn = waiting
+        if self._may_commit_in_loop(turn):
+            committed = self._commit_in_loop(turn)
+            if committed is None and time.monotonic() - since < self._loop_patience:
+                self._retrying[key] = waiting
+                key[0].call_later(_LOOP_RETRY_SECONDS, self._retry, key)
+            if committed is True or key in self._retrying:
+                return
+        self._to_thread(key, turn)
+
+    def _to_thread(self, key: tuple[asyncio.AbstractEventLoop, float], turn: list[Staged]) -> None:
+        """Hands records to the committer thread, their timeout set."""
         self._queue.put(turn)
         expiry = self._expiries.get(key)
         if expiry is None:
             expiry = self._expiries[key] = _Expiry(key, self._expired)
         expiry.add([waiter[1] for _, waiter in turn if isinstance(waiter, tuple)])
 
-    def _commit_in_loop(self, turn: list[Staged]) -> bool:
-        """Commits ``turn`` in the loop if the store's write turn is free at once; False (nothing done) if not."""
+    def _commit_in_loop(self, turn: list[Staged]) -> bool | None:
+        """Commits ``turn`` in the loop if the store's write turn is free at once: True; None (nothing done) if it
+        is taken; False (nothing done) if the commit failed."""
         try:
             if not self._store.stage_now([record for record, _ in turn]):
-                return False
+                return None
         except Exception as e:  # the thread tries again, waiting its turn, and fails the callers if it must
             log.debug("audit records not committed in the event loop (%s); the committer thread tries", e)
             return False
@@ -224,6 +271,10 @@ class GroupCommitter:
         self.failing = False
 
     def close(self) -> None:
+        for key in list(self._retrying):  # records being tried again in a loop are committed before it stops
+            waiting = self._retrying.pop(key, None)
+            if waiting:
+                self._queue.put(waiting[1])
         for key in list(self._turns):  # a turn not handed over yet is committed before the committer stops
             turn = self._turns.pop(key, None)
             if turn:
