@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -267,16 +267,7 @@ class Database:
             except dbapi.OperationalError:  # busy: SQLite's lock is held, and this connection does not wait
                 yield None
                 return
-            try:
-                yield cursor
-                connection.commit()
-            except dbapi.Error as e:
-                log.warning("store unavailable: %s", e)
-                _roll_back(connection)
-                raise Unavailable("the store cannot be reached or is busy; retry later") from None
-            except BaseException:
-                _roll_back(connection)
-                raise
+            yield from self._committed(connection, cursor)
         finally:
             cursor.close()
 
@@ -315,11 +306,25 @@ class Database:
     def _driver_transaction(self, connection: Any) -> Iterator[Any]:
         cursor = connection.cursor()
         try:
-            if self.backend == "sqlite":
-                if connection.info.get(_BUSY_TIMEOUT) != _IDLE_WAIT_MS:
-                    cursor.execute(f"PRAGMA busy_timeout={_IDLE_WAIT_MS}")
-                    connection.info[_BUSY_TIMEOUT] = _IDLE_WAIT_MS
-                cursor.execute("BEGIN IMMEDIATE")
+            yield from self._committed(connection, cursor, self._begin_driver if self.backend == "sqlite" else None)
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _begin_driver(connection: Any, cursor: Any) -> None:
+        """Begins a driver write transaction on SQLite: the write lock taken up front, waiting for it up to 5 s."""
+        if connection.info.get(_BUSY_TIMEOUT) != _IDLE_WAIT_MS:
+            cursor.execute(f"PRAGMA busy_timeout={_IDLE_WAIT_MS}")
+            connection.info[_BUSY_TIMEOUT] = _IDLE_WAIT_MS
+        cursor.execute("BEGIN IMMEDIATE")
+
+    def _committed(
+        self, connection: Any, cursor: Any, begin: Callable[[Any, Any], None] | None = None
+    ) -> Iterator[Any]:
+        """Begins (``begin``, if given), yields ``cursor`` and commits; a driver error rolls back and is Unavailable."""
+        try:
+            if begin is not None:
+                begin(connection, cursor)
             yield cursor
             connection.commit()
         except self.engine.dialect.loaded_dbapi.Error as e:
@@ -329,8 +334,6 @@ class Database:
         except BaseException:
             _roll_back(connection)
             raise
-        finally:
-            cursor.close()
 
     def check_writable(self) -> None:
         """Opens and ends a write transaction (on SQLite, takes the write lock); raises Unavailable if it cannot."""
