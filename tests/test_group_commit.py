@@ -230,3 +230,22 @@ def test_records_that_find_the_write_turn_taken_are_tried_again_in_the_loop_and_
         os.close(other)
     assert committer.batches == committer.loop_batches == 1 and committer.records == 3
     assert sqlite.audit.staged_count() == 3 and ticks >= 10
+
+
+def test_a_loop_connection_left_in_a_transaction_is_replaced_not_taken_for_a_busy_store(sqlite: Store) -> None:
+    """Were the loop's connection ever left inside a transaction, its BEGIN would fail on every turn: that is not
+    SQLite being busy (which would send every turn to the thread after waiting), so the connection is replaced."""
+    committer = GroupCommitter(sqlite.audit)
+
+    async def one() -> None:
+        await committer.append_async(_record(1))
+
+    asyncio.run(one())
+    stuck = sqlite.db._now_connection
+    assert stuck is not None and committer.loop_batches == 1
+    stuck.cursor().execute("BEGIN")  # left open
+    asyncio.run(one())  # the stuck connection is dropped; tried again a moment later, on a new one
+    asyncio.run(one())
+    committer.close()
+    assert sqlite.db._now_connection is not stuck and committer.loop_batches == 3
+    assert committer.records == 3 and sqlite.audit.staged_count() == 3

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, NoReturn
@@ -41,6 +41,8 @@ _IDLE_WAIT_MS = 5000
 _BUSY_TIMEOUT = "exchange_busy_timeout_ms"
 # Beside a SQLite file, the file whose lock the processes writing it take in turn (see Database._one_writer).
 WRITERS_SUFFIX = "-writers"
+# SQLite's primary result code for "the database is locked by another connection".
+_SQLITE_BUSY = 5
 # How often a process waiting for that lock tries it again.
 _TURN_POLL_SECONDS = 0.0005
 
@@ -261,15 +263,31 @@ class Database:
         except (DBAPIError, dbapi.Error) as e:
             log.warning("store unavailable: %s", e)
             raise Unavailable("the store cannot be reached or is busy; retry later") from None
+        usable = True
         try:
             try:
                 cursor.execute("BEGIN IMMEDIATE")
-            except dbapi.OperationalError:  # busy: SQLite's lock is held, and this connection does not wait
+            except dbapi.OperationalError as e:
+                # Busy: SQLite's lock is held, and this connection does not wait. Anything else (a transaction
+                # left open, a broken file handle) makes this connection of no use: a new one next time.
+                usable = getattr(e, "sqlite_errorcode", _SQLITE_BUSY) & 0xFF == _SQLITE_BUSY
                 yield None
                 return
-            yield from self._committed(connection, cursor)
+            try:
+                yield from self._committed(connection, cursor)
+            except Unavailable:
+                usable = False
+                raise
         finally:
             cursor.close()
+            if not usable:
+                self._drop_now_connection()
+
+    def _drop_now_connection(self) -> None:
+        connection, self._now_connection = self._now_connection, None
+        if connection is not None:
+            with suppress(Exception):  # already broken: nothing more to do with it
+                connection.close()
 
     def _open_now_connection(self) -> Any:
         connection = self.engine.raw_connection()
@@ -394,9 +412,7 @@ class Database:
             return MigrationContext.configure(connection).get_current_revision() == head
 
     def dispose(self) -> None:
-        if self._now_connection is not None:
-            self._now_connection.close()
-            self._now_connection = None
+        self._drop_now_connection()
         self.engine.dispose()
         if self._writers_file is not None:
             os.close(self._writers_file)
