@@ -57,6 +57,20 @@ def _all_signed(store: Store) -> bool:
     return store.audit.staged_count() == 0 and _signed(store) == store.audit.size()
 
 
+def _assert_all_signed(settings: Settings) -> None:
+    """After the hub stopped: its log is not empty, nothing staged waits, the newest checkpoint covers it all."""
+    store = Store(settings.effective_database_url)
+    try:
+        assert _all_signed(store) and store.audit.size() > 0
+    finally:
+        store.close()
+
+
+def _integrator_said(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    """What the hub's side of the integrator logged: (level, message)."""
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "exchange.auditlog.integrator"]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -120,11 +134,7 @@ def test_the_integrator_stops_with_its_hub_after_a_last_round(tmp_path: Path) ->
         h.add_department(POLICE)
         h.add_person("zhang-wei", POLICE.code, m.Role.OWNER_STEWARD)
     assert integrator.pid is None and integrator.stopped_clean and _reaped(pid)
-    store = Store(h.settings.effective_database_url)
-    try:
-        assert _all_signed(store) and store.audit.size() > 0
-    finally:
-        store.close()
+    _assert_all_signed(h.settings)
 
 
 def test_an_integrator_signalled_with_its_hub_ends_in_order_and_is_not_restarted(
@@ -141,13 +151,9 @@ def test_an_integrator_signalled_with_its_hub_ends_in_order_and_is_not_restarted
         _until("the integrator ready", lambda: integrator.ready)
         os.kill(pid, signal.SIGTERM)  # the hub's own stop follows as the block ends
     assert integrator.restarts == 0 and integrator.pid is None and integrator.stopped_clean and _reaped(pid)
-    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "exchange.auditlog.integrator"]
+    said = _integrator_said(caplog)
     assert not [m for level, m in said if level >= logging.WARNING], said
-    store = Store(h.settings.effective_database_url)
-    try:
-        assert _all_signed(store) and store.audit.size() > 0
-    finally:
-        store.close()
+    _assert_all_signed(h.settings)
 
 
 def test_an_integrator_stopped_from_outside_is_restarted_with_a_warning(
@@ -163,7 +169,7 @@ def test_an_integrator_stopped_from_outside_is_restarted_with_a_warning(
         _until("a new integrator", lambda: integrator.pid is not None and integrator.restarts == 1)
         h.add_department(POLICE)
         _until("the record integrated and signed by the new one", lambda: _all_signed(store))
-    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "exchange.auditlog.integrator"]
+    said = _integrator_said(caplog)
     assert (
         [m for level, m in said if level >= logging.WARNING]
         == [m for _, m in said if "stopped from outside the hub" in m]

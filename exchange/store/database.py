@@ -188,15 +188,11 @@ class Database:
     @staticmethod
     def _take_file_turn(file: int, until: float) -> None:
         """Takes the lock other processes writing this SQLite file take, waiting until ``until`` at most."""
-        while True:
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                left = until - time.monotonic()
-                if left <= 0:
-                    _busy()
-                time.sleep(min(_TURN_POLL_SECONDS, left))
+        while not _flock_now(file):
+            left = until - time.monotonic()
+            if left <= 0:
+                _busy()
+            time.sleep(min(_TURN_POLL_SECONDS, left))
 
     @contextmanager
     def driver_write(self) -> Iterator[Any]:
@@ -245,13 +241,7 @@ class Database:
 
     def _file_turn_now(self) -> bool:
         """Takes the lock file if no other process holds it (True), without waiting; True without a lock file."""
-        if self._writers_file is None:
-            return True
-        try:
-            fcntl.flock(self._writers_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
+        return self._writers_file is None or _flock_now(self._writers_file)
 
     def _now_transaction(self) -> Iterator[Any | None]:
         """A write transaction on ``driver_write_now``'s connection; None if SQLite's write lock is taken (by a
@@ -417,6 +407,15 @@ class Database:
         if self._writers_file is not None:
             os.close(self._writers_file)
             self._writers_file = None
+
+
+def _flock_now(file: int) -> bool:
+    """Takes ``file``'s exclusive lock if no other open file holds it (True), without waiting."""
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _busy() -> NoReturn:
