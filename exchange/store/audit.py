@@ -58,6 +58,8 @@ HEAD_ID = 1
 BOUND_VALUES = 500
 
 log = logging.getLogger(__name__)
+# The staging inserts kept made, by number of rows: up to this many (a loop's turn rarely holds more records).
+_KEPT_ROW_COUNTS = 64
 # How often a round read ahead is read again when other processes keep integrating its records first.
 _READS_AGAIN = 10
 
@@ -100,6 +102,7 @@ class AuditStore:
         # Seals rows with the log's key (audit.seal); set once the key is known (AuditLog does).
         self.sealer: Sealer | None = None
         self._staged: DriverStatement | None = None
+        self._staged_rows: dict[int, str] = {}  # the staging insert by its number of rows (``stage_now``)
         self._integrating: audit_integrate.Statements | None = None
 
     def _staged_row(self, record: AuditRecord) -> dict[str, object]:
@@ -126,17 +129,24 @@ class AuditStore:
         return self._db.backend == "sqlite"
 
     def stage_now(self, records: list[AuditRecord]) -> bool:
-        """``stage``, for an event loop: only if the store's write turn is free at once (Database.driver_write_now);
-        False, with nothing staged, if it is not. Raises Unavailable as ``stage`` does."""
+        """``stage``, for an event loop: only if the store's write turn is free at once (Database.write_now); False,
+        with nothing staged, if it is not. Raises Unavailable as ``stage`` does. The records go in one statement (a
+        row of values each), which SQLite commits on its own: all of them or none."""
         statement = self._staging()
-        with self._db.driver_write_now() as cursor:
-            if cursor is None:
-                return False
-            now = dt.datetime.now(dt.UTC)
-            cursor.executemany(
-                statement.sql, statement.values([self._staged_row(r) for r in records], {"staged_at": now})
-            )
-        return True
+        rows = statement.values([self._staged_row(r) for r in records], {"staged_at": dt.datetime.now(dt.UTC)})
+        return self._db.write_now(self._staging_rows(len(rows)), [value for row in rows for value in row])
+
+    def _staging_rows(self, count: int) -> str:
+        """The staging insert with ``count`` rows of values; those of the usual sizes made once."""
+        sql = self._staged_rows.get(count)
+        if sql is None:
+            head, values, row = self._staging().sql.rpartition(" VALUES ")
+            if not values or self._staging().named:
+                raise AssertionError(f"not a positional single-row insert: {head}{values}{row}")
+            sql = f"{head} VALUES {', '.join([row] * count)}"
+            if count <= _KEPT_ROW_COUNTS:
+                self._staged_rows[count] = sql
+        return sql
 
     def _staging(self) -> DriverStatement:
         if self._staged is None:

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from contextvars import ContextVar
 from pathlib import Path
@@ -137,7 +137,7 @@ class Database:
         self._writer = threading.RLock() if self.backend == "sqlite" else None
         self._turns = 0  # this process's nested write turns (the RLock's owner only)
         self._writers_file: int | None = None
-        # The connection of ``driver_write_now`` (an event loop's writes), made on first use.
+        # The connection of ``write_now`` (an event loop's writes), made on first use.
         self._now_connection: Any = None
         database = make_url(url).database if self.backend == "sqlite" else None
         if database and database != ":memory:" and not database.startswith("file:"):
@@ -212,66 +212,62 @@ class Database:
             finally:
                 connection.close()
 
-    @contextmanager
-    def driver_write_now(self) -> Iterator[Any | None]:
-        """``driver_write`` for an event loop, which must never wait: a cursor in a write transaction if, on SQLite,
-        this process's write turn, the lock file and SQLite's own write lock are all free at once; else None, and
-        nothing was done (on PostgreSQL always None: its writes are network round trips).
+    def write_now(self, sql: str, params: Sequence[Any]) -> bool:
+        """One statement, committed on its own, for an event loop, which must never wait: True once committed;
+        False, with nothing done, unless this process's write turn, the lock file and SQLite's own write lock are
+        all free at once (on PostgreSQL always False: its writes are network round trips).
 
-        The transaction runs on a connection kept for it, whose commits never checkpoint the WAL (a checkpoint
-        syncs files to disk; the other connections' commits do it) and which never waits for SQLite's lock.
-        Driver errors inside the transaction are Unavailable, as in ``driver_write``.
+        The statement runs in SQLite's autocommit (no BEGIN or COMMIT of its own to pay for: a statement is atomic)
+        on a connection kept for it, whose commits never checkpoint the WAL (a checkpoint syncs files to disk; the
+        other connections' commits do it) and which never waits for SQLite's lock. Flat, without a context
+        manager: it runs for every turn of an event loop that records an exchange. A driver error is Unavailable,
+        with nothing written.
         """
-        if self._writer is None or not self._writer.acquire(blocking=False):
-            yield None
-            return
+        writer = self._writer
+        if writer is None or not writer.acquire(blocking=False):
+            return False
         try:
             if self._turns > 0 or not self._file_turn_now():
-                yield None
-                return
-            self._turns += 1
+                return False
             try:
-                yield from self._now_transaction()
+                return self._execute_now(sql, params)
             finally:
-                self._turns -= 1
                 if self._writers_file is not None:
                     fcntl.flock(self._writers_file, fcntl.LOCK_UN)
         finally:
-            self._writer.release()
+            writer.release()
 
     def _file_turn_now(self) -> bool:
         """Takes the lock file if no other process holds it (True), without waiting; True without a lock file."""
         return self._writers_file is None or _flock_now(self._writers_file)
 
-    def _now_transaction(self) -> Iterator[Any | None]:
-        """A write transaction on ``driver_write_now``'s connection; None if SQLite's write lock is taken (by a
-        writer that takes no turns here: a migration, another tool)."""
+    def _execute_now(self, sql: str, params: Sequence[Any]) -> bool:
+        """``sql`` run and committed on ``write_now``'s connection; False if SQLite's write lock is taken (by a
+        writer that takes no turns here: a migration, another tool), or if the connection was found inside a
+        transaction, where the statement would not commit on its own (it is replaced; the caller tries again)."""
         dbapi = self.engine.dialect.loaded_dbapi
         try:
-            connection = self._now_connection or self._open_now_connection()
-            cursor = connection.cursor()
+            connection = (self._now_connection or self._open_now_connection()).dbapi_connection
         except (DBAPIError, dbapi.Error) as e:
             log.warning("store unavailable: %s", e)
             raise Unavailable("the store cannot be reached or is busy; retry later") from None
-        usable = True
+        if connection.in_transaction:
+            self._drop_now_connection()
+            return False
         try:
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-            except dbapi.OperationalError as e:
-                # Busy: SQLite's lock is held, and this connection does not wait. Anything else (a transaction
-                # left open, a broken file handle) makes this connection of no use: a new one next time.
-                usable = getattr(e, "sqlite_errorcode", _SQLITE_BUSY) & 0xFF == _SQLITE_BUSY
-                yield None
-                return
-            try:
-                yield from self._committed(connection, cursor)
-            except Unavailable:
-                usable = False
-                raise
-        finally:
-            cursor.close()
-            if not usable:
+            connection.execute(sql, params)
+        except dbapi.Error as e:
+            busy = isinstance(e, dbapi.OperationalError) and _busy_code(e)
+            if connection.in_transaction or not busy:  # anything but a busy lock: a new connection next time
                 self._drop_now_connection()
+            if busy:
+                return False
+            log.warning("store unavailable: %s", e)
+            raise Unavailable("the store cannot be reached or is busy; retry later") from None
+        if connection.in_transaction:  # cannot be, in autocommit: nothing counts as committed then
+            self._drop_now_connection()
+            raise Unavailable("the store did not commit a write on its own; retry later")
+        return True
 
     def _drop_now_connection(self) -> None:
         connection, self._now_connection = self._now_connection, None
@@ -407,6 +403,11 @@ class Database:
         if self._writers_file is not None:
             os.close(self._writers_file)
             self._writers_file = None
+
+
+def _busy_code(error: Exception) -> bool:
+    """Whether a driver error is SQLite's "busy" (its lock held by another connection), in any of its forms."""
+    return getattr(error, "sqlite_errorcode", _SQLITE_BUSY) & 0xFF == _SQLITE_BUSY
 
 
 def _flock_now(file: int) -> bool:
