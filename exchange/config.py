@@ -66,6 +66,10 @@ class Settings:
     audit_check_seconds: float = 3600.0
     # Days the audit log keeps records in full (at least 180, the legal minimum for network logs).
     audit_retention_days: int = 180
+    # Under load (exchange records arriving more often than one per this many milliseconds), how long an audit
+    # commit waits for the records of the calls in flight to join it: one commit for several calls, each call
+    # answered at most this much later. 0: every commit at once. A lone call never waits for it.
+    audit_gather_ms: float = 2.0
     # Directories file backends may serve documents from; empty: `home`/documents.
     document_roots: tuple[str, ...] = ()
     # Hosts bindings may reach: names, ".suffix" names, addresses or networks (e.g. "10.20.0.0/16").
@@ -291,6 +295,7 @@ _RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("checkpoint_seconds", 0.1, 3600, "seconds"),
     ("audit_retention_days", 180, 36500, "days"),
     ("audit_check_seconds", 1, 7 * 86400, "seconds"),
+    ("audit_gather_ms", 0, 50, "milliseconds"),
     ("shutdown_grace_seconds", 0, 3600, "seconds"),
     ("call_timeout_seconds", 0.001, 3600, "seconds"),
     ("provider_timeout_seconds", 0.001, 600, "seconds"),

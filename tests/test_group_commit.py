@@ -249,3 +249,55 @@ def test_a_loop_connection_left_in_a_transaction_is_replaced_not_taken_for_a_bus
     committer.close()
     assert sqlite.db._now_connection is not stuck and committer.loop_batches == 3
     assert committer.records == 3 and sqlite.audit.staged_count() == 3
+
+
+def test_under_load_a_turn_waits_for_company_and_a_lone_record_does_not(store: Store) -> None:
+    """Records arriving close together (a burst, as under load) are committed a few turns at a time, each turn
+    waiting ``gather`` for the others; a record after a pause is committed at once, never waiting for it. On both
+    backends (PostgreSQL's turns go through the thread)."""
+    gather = 0.05
+    committer = GroupCommitter(store.audit, gather=gather)
+
+    async def burst(count: int) -> None:
+        async def one(i: int) -> None:
+            await asyncio.sleep(i * 0.0002)  # one record every 0.2 ms: far more often than one per ``gather``
+            await committer.append_async(_record(i))
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+
+    async def lone() -> float:
+        started = time.monotonic()
+        await committer.append_async(_record(10_000))
+        return time.monotonic() - started
+
+    try:
+        asyncio.run(burst(300))
+        assert committer.records == 300 and committer.gathered > 0
+        # Before the mean came down, records went one turn each; after it, a few commits took all the rest.
+        assert committer.batches < 150
+        time.sleep(1)  # a pause: the next record is a lone one
+        batches, gathered = committer.batches, committer.gathered
+        waited = asyncio.run(lone())
+        assert committer.gathered == gathered and committer.batches == batches + 1
+        assert waited < 10 * gather or committer.loop_batches == 0  # PostgreSQL's thread may be slow on a busy CI
+    finally:
+        committer.close()
+    assert store.audit.staged_count() == 301
+
+
+def test_a_turn_waiting_for_company_is_committed_when_the_committer_closes(sqlite: Store) -> None:
+    """A hub stopping while a turn waits for company: the turn is committed before the committer stops."""
+    committer = GroupCommitter(sqlite.audit, gather=10.0)  # a wait no test would sit through
+
+    async def burst_then_close() -> None:
+        for i in range(200):  # one turn each, the mean of their gaps coming down until a turn waits
+            task = asyncio.ensure_future(committer.append_async(_record(i)))
+            await asyncio.sleep(0)
+            if committer.gathered:
+                break
+        assert committer.gathered == 1 and not task.done()
+        await asyncio.to_thread(committer.close)
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(burst_then_close())
+    assert sqlite.audit.staged_count() == committer.records
