@@ -301,3 +301,12 @@ def test_a_turn_waiting_for_company_is_committed_when_the_committer_closes(sqlit
 
     asyncio.run(burst_then_close())
     assert sqlite.audit.staged_count() == committer.records
+
+
+def test_the_loops_statement_stages_a_turn_of_any_size_in_one_commit(sqlite: Store) -> None:
+    """A loop's turn is one statement with a row of values per record: a large turn as a small one, every record
+    readable after it; statements for the usual sizes are made once, a rare large one each time."""
+    for size in (1, 3, 100):
+        assert sqlite.audit.stage_now([_record(size * 1000 + i) for i in range(size)])
+    assert sqlite.audit.staged_count() == 104
+    assert set(sqlite.audit._staged_rows) == {1, 3}
