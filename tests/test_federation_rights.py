@@ -617,10 +617,11 @@ def test_a_dispute_submitted_to_the_province_reads_well_at_the_county_in_a_brows
     page.goto(console_url(tree["county"].running) + f"/requests/{applied.id}")
     page.fill("form.dispute textarea[name=reason]", "登记办理确需核验")
     page.click("form.dispute button[type=submit]")
-    # Waiting for the next sync round; or already at the province, if one of the hub's own rounds ran in between.
+    # Waiting for the next sync round; or already at the province, if one of the hub's own rounds ran in between
+    # (the province's status, its "disputed" entry, may then reach the county only on the round after).
     submitted = page.inner_text("main")
     assert "将随下一次同步转送至归属平台" in submitted
-    assert "尚未送达归属平台" in submitted or "归属平台异议处理中" in submitted
+    assert "尚未送达归属平台" in submitted or "已提交至归属平台 @350000" in submitted
     _seen_at_county(tree, applied.id)
     page.goto(console_url(tree["county"].running) + f"/requests/{applied.id}")
     shown = page.inner_text("main")
