@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -118,10 +118,9 @@ class AuditStore:
     def stage(self, records: list[AuditRecord]) -> None:
         """Stages records in one transaction of their own (exchanges, which change nothing else), written
         through the driver: the group commit's batches are small, and a session's own cost would dominate."""
-        statement = self._staging()
-        rows = statement.values([self._staged_row(r) for r in records], {"staged_at": dt.datetime.now(dt.UTC)})
+        rows = self._staged_values(records)
         with self._db.driver_write() as cursor:
-            cursor.executemany(statement.sql, rows)
+            cursor.executemany(self._staging().sql, rows)
 
     @property
     def stages_now(self) -> bool:
@@ -132,9 +131,12 @@ class AuditStore:
         """``stage``, for an event loop: only if the store's write turn is free at once (Database.write_now); False,
         with nothing staged, if it is not. Raises Unavailable as ``stage`` does. The records go in one statement (a
         row of values each), which SQLite commits on its own: all of them or none."""
-        statement = self._staging()
-        rows = statement.values([self._staged_row(r) for r in records], {"staged_at": dt.datetime.now(dt.UTC)})
+        rows = self._staged_values(records)
         return self._db.write_now(self._staging_rows(len(rows)), [value for row in rows for value in row])
+
+    def _staged_values(self, records: list[AuditRecord]) -> list[Any]:
+        """The driver's parameters for staging ``records`` now, a row each (``stage`` and ``stage_now``)."""
+        return self._staging().values([self._staged_row(r) for r in records], {"staged_at": dt.datetime.now(dt.UTC)})
 
     def _staging_rows(self, count: int) -> str:
         """The staging insert with ``count`` rows of values; those of the usual sizes made once."""
