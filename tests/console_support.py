@@ -143,5 +143,20 @@ def screenshot(page: Any, name: str) -> Path:
     return path
 
 
+def text_lines(page: Any, selector: str) -> int:
+    """How many lines the text in the first element ``selector`` matches takes on the page (its text's line boxes):
+    for tests that a cell reads as a unit, not a character or a syllable a line."""
+    count: int = page.eval_on_selector(
+        selector,
+        """el => { const tops = new Set(), walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+                   while (walk.nextNode()) {
+                     const range = document.createRange(); range.selectNodeContents(walk.currentNode);
+                     for (const r of range.getClientRects()) tops.add(Math.round(r.top));
+                   }
+                   return tops.size; }""",
+    )
+    return count
+
+
 def clear_screenshots() -> None:
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)

@@ -27,6 +27,7 @@ from tests.console_support import (
     new_page,
     principal_of,
     screenshot,
+    text_lines,
     web_client,
 )
 from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, identity_spec
@@ -83,20 +84,6 @@ def logged(hub: RunningHub) -> list[int]:
     return log_exchanges(hub, 7)
 
 
-def _lines(page: Any, selector: str) -> int:
-    """How many lines of text the element shows (the line boxes of its text)."""
-    count: int = page.eval_on_selector(
-        selector,
-        """el => { const tops = new Set(), walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
-                   while (walk.nextNode()) {
-                     const range = document.createRange(); range.selectNodeContents(walk.currentNode);
-                     for (const r of range.getClientRects()) tops.add(Math.round(r.top));
-                   }
-                   return tops.size; }""",
-    )
-    return count
-
-
 def _pin(page: Any, hub: RunningHub) -> None:
     page.fill("#pin-key", hub.files.audit_verifier.read_text().strip())
     page.click("#pin-button")
@@ -118,9 +105,9 @@ def test_the_auditor_finds_a_data_subjects_records_without_the_number_in_any_url
     assert page.locator("table.audit-results .tag.bad").count() >= 1
     # Readable at 1280 px: the purpose (不动产转移登记) and the caller's code each on one line, not a character or
     # a syllable a line; the time a date over a clock time.
-    assert _lines(page, "table.audit-results tbody tr:first-child td.purpose") == 1
-    assert _lines(page, "table.audit-results tbody tr:first-child span.code") == 1
-    assert _lines(page, "table.audit-results tbody tr:first-child td.time") == 2
+    assert text_lines(page, "table.audit-results tbody tr:first-child td.purpose") == 1
+    assert text_lines(page, "table.audit-results tbody tr:first-child span.code") == 1
+    assert text_lines(page, "table.audit-results tbody tr:first-child td.time") == 2
     screenshot(page, "audit-search")
     page.click("#audit-next button[type=submit]")
     page.wait_for_selector("table.audit-results")

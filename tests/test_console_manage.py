@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from exchange.v1 import rights_pb2 as pb
-from tests.console_support import console_hub, console_url, csrf_of, new_page, screenshot, web_client
+from tests.console_support import console_hub, console_url, csrf_of, new_page, screenshot, text_lines, web_client
 from tests.test_console_inbox import World
 
 
@@ -35,6 +35,7 @@ def test_the_share_manager_issues_a_grant_and_the_consumer_sees_it(world: World,
     page.goto(console_url(world.hub) + "/manage")
     awaiting = page.locator("#awaiting")
     assert awaiting.locator("tr", has_text=request_id).count() == 1
+    assert text_lines(page, "#awaiting tbody tr td.date") == 1  # a date is not broken at its hyphens
     screenshot(page, "manage-desk")
     awaiting.get_by_role("link", name=request_id).click()
     page.wait_for_url(f"**/manage/{request_id}")
@@ -58,6 +59,7 @@ def test_the_share_manager_issues_a_grant_and_the_consumer_sees_it(world: World,
     text = row.inner_text()
     assert "身份证号脱敏" in text and "300" in text and "有效" in text
     assert "0 / 300" in text  # the consuming department sees its own use today against the quota
+    assert text_lines(consumer, "tbody tr td.date") == 1
     screenshot(consumer, "grants-list")
     consumer.get_by_role("link", name=granted.grant_id).click()
     consumer.wait_for_url(f"**/grants/{granted.grant_id}")
