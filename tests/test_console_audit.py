@@ -106,7 +106,7 @@ def test_the_auditor_finds_a_data_subjects_records_without_the_number_in_any_url
     # Readable at 1280 px: the purpose (不动产转移登记) and the caller's code each on one line, not a character or
     # a syllable a line; the time a date over a clock time.
     assert text_lines(page, "table.audit-results tbody tr:first-child td.purpose") == 1
-    assert text_lines(page, "table.audit-results tbody tr:first-child span.code") == 1
+    assert text_lines(page, "table.audit-results tbody tr:first-child span.nowrap") == 1
     assert text_lines(page, "table.audit-results tbody tr:first-child td.time") == 2
     screenshot(page, "audit-search")
     page.click("#audit-next button[type=submit]")
