@@ -18,11 +18,10 @@ from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import exchange_pb2_grpc
 from exchange.v1 import rights_pb2 as rpb
-from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, identity_spec
+from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, identity_spec, today
 
 REGISTRY = m.Department("11350200MB00456789", "厦门市不动产登记中心", "350200", m.AdministrativeLevel.CITY)
 PURPOSE = "不动产转移登记"
-TODAY = dt.datetime.now(dt.UTC).date()
 
 
 @dataclass
@@ -58,8 +57,8 @@ class World:
             purpose=PURPOSE,
             legal_basis="《不动产登记暂行条例实施细则》第十一条",
             fields=fields,
-            start=TODAY,
-            end=TODAY + dt.timedelta(days=30),
+            start=today(),
+            end=today() + dt.timedelta(days=30),
             expected_daily_calls=1000,
         )
         with self.hub.client(self.people["consumer"]) as c:

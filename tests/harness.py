@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from opentelemetry.sdk.trace.export import SpanExporter
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, union_all, update
 
 from audit.records import AuditRecord
 from exchange import models as m
@@ -33,7 +35,7 @@ from exchange.config import Settings
 from exchange.server.app import Hub
 from exchange.server.loop import new_loop
 from exchange.store import Store
-from exchange.store.schema import Base, ObjectionRow
+from exchange.store.schema import AuditEntryRow, AuditStagedRow, Base, ObjectionRow
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
 from policy import assignments_of
@@ -193,6 +195,22 @@ def running_hub(settings: Settings, span_exporter: SpanExporter | None = None) -
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+def audit_records(store: Store) -> list[dict[str, Any]]:
+    """Every audit record, staged or integrated, read in one statement.
+
+    One statement sees one snapshot on every backend; two (staged, then integrated) would, on PostgreSQL,
+    see a record the integrator moves between them twice or not at all.
+    """
+    with store.db.read() as s:
+        texts = s.scalars(union_all(select(AuditStagedRow.record), select(AuditEntryRow.record))).all()
+    return [json.loads(t) for t in texts if t]
+
+
+def today() -> dt.date:
+    """The hub's today (it counts days in UTC), read when asked: a suite that runs past midnight stays right."""
+    return dt.datetime.now(dt.UTC).date()
 
 
 def reason_of(error: grpc.Call) -> str:

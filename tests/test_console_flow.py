@@ -25,8 +25,8 @@ from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import registry_pb2 as rpb
 from exchange.v1 import rights_pb2 as rpb_r
 from tests.console_support import console_hub, console_url, new_page, screenshot
-from tests.exchange_world import LOOKUP, PERSON_ID, PURPOSE, REGISTRY, TODAY, World, make_world, query
-from tests.harness import POLICE, RunningHub, identity_spec
+from tests.exchange_world import LOOKUP, PERSON_ID, PURPOSE, REGISTRY, World, make_world, query
+from tests.harness import POLICE, RunningHub, identity_spec, today
 
 LEGAL_BASIS = "《不动产登记暂行条例实施细则》第十一条"
 
@@ -175,8 +175,8 @@ def test_a_consumer_typing_the_approve_address_is_refused_and_nothing_changes(br
             purpose="二手房交易资金监管",
             legal_basis=LEGAL_BASIS,
             fields=("name",),
-            start=TODAY,
-            end=TODAY + dt.timedelta(days=30),
+            start=today(),
+            end=today() + dt.timedelta(days=30),
             expected_daily_calls=100,
         )
         pending = c.call(c.rights.Apply, rpb_r.ApplyRequest(request=w.application_to_wire(app)))

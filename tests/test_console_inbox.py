@@ -23,10 +23,9 @@ from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from exchange.workdays import WorkCalendar
 from tests.console_support import console_hub, console_url, csrf_of, new_page, screenshot, web_client
-from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, exchange_id_in, identity_spec
+from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, exchange_id_in, identity_spec, today
 
 IDENTITY = "10101/350200000001"
-TODAY = dt.datetime.now(dt.UTC).date()
 
 
 class World:
@@ -54,8 +53,8 @@ class World:
             purpose=purpose,
             legal_basis="《公共租赁住房管理办法》第七条",
             fields=("name", "id_number", "address"),
-            start=TODAY,
-            end=TODAY + dt.timedelta(days=365),
+            start=today(),
+            end=today() + dt.timedelta(days=365),
             expected_daily_calls=500,
         )
         applied = self.call(self.consumer, "Apply", pb.ApplyRequest(request=w.application_to_wire(app)))
@@ -81,7 +80,7 @@ class World:
                 s.execute(
                     update(ShareRequestRow)
                     .where(ShareRequestRow.id == request_id)
-                    .values(due_date=TODAY - dt.timedelta(days=3))
+                    .values(due_date=today() - dt.timedelta(days=3))
                 )
         finally:
             store.close()
@@ -114,9 +113,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield World(hub)
 
 
-def working_days_after(today: dt.date, due: dt.date) -> int:
+def working_days_after(start: dt.date, due: dt.date) -> int:
     calendar = WorkCalendar.mainland()
-    return sum(1 for n in range(1, (due - today).days + 1) if calendar.is_working_day(today + dt.timedelta(days=n)))
+    return sum(1 for n in range(1, (due - start).days + 1) if calendar.is_working_day(start + dt.timedelta(days=n)))
 
 
 def row_of(html: str, request_id: str) -> str:
@@ -134,7 +133,7 @@ def test_owner_sees_the_pending_request_and_approves_it_with_a_mask(world: World
     row = page.locator("tr", has_text=request_id)
     assert row.count() == 1
     assert due_day.isoformat() in row.inner_text()
-    assert f"剩余 {working_days_after(TODAY, due_day)} 个工作日" in row.inner_text()
+    assert f"剩余 {working_days_after(today(), due_day)} 个工作日" in row.inner_text()
     screenshot(page, "inbox-list")
 
     row.get_by_role("link", name=request_id).click()
@@ -211,14 +210,14 @@ def test_a_refused_approval_keeps_what_was_typed(world: World) -> None:
                 "csrf": token,
                 "fields": ["name", "phone"],  # phone was not asked for
                 "mask.name": "name",
-                "end_date": (TODAY + dt.timedelta(days=30)).isoformat(),
+                "end_date": (today() + dt.timedelta(days=30)).isoformat(),
                 "reason": "这段理由应当保留",
             },
         )
     assert refused.status_code == 400
     assert "phone not in" in refused.text  # the service's own reason
     assert "这段理由应当保留" in refused.text
-    assert (TODAY + dt.timedelta(days=30)).isoformat() in refused.text
+    assert (today() + dt.timedelta(days=30)).isoformat() in refused.text
     assert re.search(r'value="name" id="field-name" checked', refused.text)
     assert not re.search(r'value="id_number" id="field-id_number" checked', refused.text)
     assert re.search(r'<option value="name" selected>', refused.text)

@@ -15,10 +15,8 @@ from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import rights_pb2 as rpb
 from tests.console_support import console_hub, console_url, new_page, screenshot, web_client
 from tests.exchange_world import LOOKUP, World, lookup, make_world, serve_lookup
-from tests.harness import POLICE, RunningHub, identity_spec
+from tests.harness import POLICE, RunningHub, identity_spec, today
 from tests.test_report import UNUSED, _apply
-
-TODAY = dt.datetime.now(dt.UTC).date()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def _hub_report(hub: RunningHub, identity: Path) -> str:
     asked = apb.GetReportRequest(
-        from_date=(TODAY - dt.timedelta(days=29)).isoformat(), to_date=(TODAY + dt.timedelta(days=1)).isoformat()
+        from_date=(today() - dt.timedelta(days=29)).isoformat(), to_date=(today() + dt.timedelta(days=1)).isoformat()
     )
     with hub.client(identity) as c:
         return str(c.call(c.audit.GetReport, asked).report_json)

@@ -23,11 +23,10 @@ from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from tests.console_support import console_hub, console_url, csrf_of, new_page, screenshot, web_client
-from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, exchange_id_in, identity_spec
+from tests.harness import AUTHORITY, HOUSING, POLICE, RunningHub, exchange_id_in, identity_spec, today
 
 IDENTITY = "10101/350200000001"
 LICENCE = "10101/350200000002"
-TODAY = dt.datetime.now(dt.UTC).date()
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +68,8 @@ def _apply_by_grpc(hub: RunningHub, consumer: Path, purpose: str) -> pb.ShareReq
         purpose=purpose,
         legal_basis="《不动产登记暂行条例实施细则》第十一条",
         fields=("name", "id_number"),
-        start=TODAY,
-        end=TODAY + dt.timedelta(days=30),
+        start=today(),
+        end=today() + dt.timedelta(days=30),
         expected_daily_calls=100,
     )
     applied: pb.ShareRequest = _rpc(hub, consumer, "Apply", pb.ApplyRequest(request=w.application_to_wire(app)))
@@ -88,8 +87,8 @@ def _form(client: httpx.Client, **changes: Any) -> dict[str, Any]:
         "systems": ["zj-fwdj"],
         "purpose": "房屋交易资格审核",
         "legal_basis": "《城市房地产管理法》第三十八条",
-        "start": TODAY.isoformat(),
-        "end": (TODAY + dt.timedelta(days=90)).isoformat(),
+        "start": today().isoformat(),
+        "end": (today() + dt.timedelta(days=90)).isoformat(),
         "daily_calls": "200",
     }
     return {**form, **changes}
@@ -176,8 +175,8 @@ def test_a_person_who_may_not_apply_is_refused_and_recorded(hub: RunningHub, peo
             "systems": ["zj-fwdj"],
             "purpose": "查看",
             "legal_basis": "无",
-            "start": TODAY.isoformat(),
-            "end": (TODAY + dt.timedelta(days=9)).isoformat(),
+            "start": today().isoformat(),
+            "end": (today() + dt.timedelta(days=9)).isoformat(),
             "daily_calls": "1",
         }
         answer = auditor.post("/requests/new", data=form)
@@ -235,7 +234,7 @@ def test_an_overdue_request_is_marked(hub: RunningHub, people: dict[str, Path]) 
             s.execute(
                 update(ShareRequestRow)
                 .where(ShareRequestRow.id == late.id)
-                .values(due_date=TODAY - dt.timedelta(days=1))
+                .values(due_date=today() - dt.timedelta(days=1))
             )
     finally:
         store.close()

@@ -33,7 +33,7 @@ import grpc
 import pytest
 from google.protobuf import descriptor, message_factory
 from google.protobuf.message import Message
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 import exchange.v1
 from exchange import models as m
@@ -46,7 +46,7 @@ from exchange.federation.model import Peer, PeerRelation
 from exchange.server.rpc import DEV_PRINCIPAL_HEADER
 from exchange.services.registry import CertificateAuthority
 from exchange.store import Store
-from exchange.store.schema import AuditEntryRow, AuditStagedRow, Base
+from exchange.store.schema import Base
 from exchange.store.subscriptions import Subscription
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import catalog_pb2 as cpb
@@ -64,16 +64,17 @@ from tests.harness import (
     POLICE,
     TEST_RECORD,
     RunningHub,
+    audit_records,
     base_settings,
     identity_spec,
     reason_of,
     running_hub,
+    today,
     violations,
 )
 
 HERE = Path(__file__).resolve().parent
 DOCUMENTS = "10101/350200000006"
-TODAY = dt.datetime.now(dt.UTC).date()
 MARKET = m.Department("11350200MB0067890U", "厦门市市场监督管理局", "350200", m.AdministrativeLevel.CITY)
 PEER = "350000"  # a peer hub the scene's store holds (federation; it need not run: it is only named)
 # Services whose stubs are generated here but which departments serve, not the hub.
@@ -164,16 +165,12 @@ class Scene:
                 kept = [c for c in table.columns if c.name not in LIVENESS_COLUMNS.get(table.name, ())]
                 rows = sorted(repr(tuple(r)) for r in s.execute(select(*kept)))
                 out[table.name] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
-            staged = s.scalar(select(func.count()).select_from(AuditStagedRow)) or 0
-            logged = s.scalar(select(func.count()).select_from(AuditEntryRow)) or 0
-        out["audit records"] = str(staged + logged)
+        out["audit records"] = str(len(self.audit_records()))
         return out
 
     def audit_records(self) -> list[dict[str, Any]]:
         """Every audit record, staged or logged."""
-        with self.store.db.read() as s:
-            texts = [*s.scalars(select(AuditStagedRow.record)), *s.scalars(select(AuditEntryRow.record))]
-        return [json.loads(t) for t in texts if t]
+        return audit_records(self.store)
 
 
 # Tables a hub process rewrites on its own schedule (its quota holder record and parked calls).
@@ -190,8 +187,8 @@ def _application(resource: str = LOOKUP, systems: tuple[str, ...] = ("bdc-djxt",
         purpose=PURPOSE,
         legal_basis="《不动产登记暂行条例实施细则》第十一条",
         fields=("name", "id_number"),
-        start=TODAY,
-        end=TODAY + dt.timedelta(days=30),
+        start=today(),
+        end=today() + dt.timedelta(days=30),
         expected_daily_calls=100,
     )
     return pb.ApplyRequest(request=w.application_to_wire(app))
@@ -418,8 +415,8 @@ REQUESTS: dict[str, Build] = {
     # Auditors only; the allowed call needs peered hubs (tests/test_federation_witness.py makes it): kind "write".
     "AuditService.GetCrossHubReceipt": lambda s, c: apb.GetCrossHubReceiptRequest(exchange_id="EX-1"),
     "AuditService.GetReport": lambda s, c: apb.GetReportRequest(
-        from_date=(dt.date.today() - dt.timedelta(days=7)).isoformat(),
-        to_date=(dt.date.today() + dt.timedelta(days=1)).isoformat(),
+        from_date=(today() - dt.timedelta(days=7)).isoformat(),
+        to_date=(today() + dt.timedelta(days=1)).isoformat(),
     ),
     "ExchangeService.Query": lambda s, c: lookup(),
     "ExchangeService.StreamQuery": lambda s, c: lookup(),

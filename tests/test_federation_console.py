@@ -18,7 +18,7 @@ from exchange import models as m
 from exchange.v1 import catalog_pb2 as cpb
 from tests.console_support import console_url, csrf_of, new_page, screenshot, web_client
 from tests.federation_support import HUBS, PROVINCE_MARKET, SIMING_MARKET, Node, hubs, peer_pair
-from tests.harness import POLICE, identity_spec
+from tests.harness import POLICE, identity_spec, today
 
 COUNTY_ENTRY = "10101/350203000001"
 CITY_ENTRY = "10101/350200000001"
@@ -30,7 +30,6 @@ NAMES = {
     PROVINCE_ENTRY: "企业登记信息",
     SUSPENDED_ENTRY: "企业年报信息",
 }
-TODAY = dt.datetime.now(dt.UTC).date()
 
 
 def _publish(node: Node, department: m.Department, code: str) -> Path:
@@ -168,8 +167,8 @@ def test_a_request_page_falls_back_to_the_code_when_the_entry_is_no_longer_known
             "systems": ["sm-djxt"],
             "purpose": "企业登记核验",
             "legal_basis": "《市场主体登记管理条例》第十六条",
-            "start": TODAY.isoformat(),
-            "end": (TODAY + dt.timedelta(days=90)).isoformat(),
+            "start": today().isoformat(),
+            "end": (today() + dt.timedelta(days=90)).isoformat(),
             "daily_calls": "100",
         }
         applied = county.post("/requests/new", data=form, follow_redirects=False)

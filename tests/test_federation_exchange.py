@@ -39,14 +39,13 @@ from exchange.v1 import federation_pb2 as fpb_peers
 from exchange.v1 import forwarding_pb2 as fpb
 from exchange.v1 import rights_pb2 as rpb
 from tests.federation_support import PROVINCE_MARKET, SIMING_MARKET, Node, hubs, peer_pair
-from tests.harness import AUTHORITY, identity_spec
+from tests.harness import AUTHORITY, identity_spec, today
 
 ENTRY = "10101/350000000001"
 PURPOSE = "企业登记核查"
 PERSON = "350203198001012345"
 COMPANY = "91350203MA2Y000001"
 SYSTEM = "sm-djxt"
-TODAY = dt.datetime.now(dt.UTC).date()
 
 
 @pytest.fixture
@@ -102,7 +101,7 @@ def grant_at_home(province: Node, entry: str, fields: tuple[str, ...], *, mask_n
     clerk = hub.identity(m.PrincipalKind.PERSON, "sm-clerk")
     manager = hub.identity(m.PrincipalKind.PERSON, "fj-manager")
     app = m.Application(
-        entry, "", (SYSTEM,), PURPOSE, "《市场主体登记管理条例》", fields, TODAY, TODAY + dt.timedelta(days=30), 100
+        entry, "", (SYSTEM,), PURPOSE, "《市场主体登记管理条例》", fields, today(), today() + dt.timedelta(days=30), 100
     )
     with hub.client(clerk) as c:
         applied = c.call(c.rights.Apply, rpb.ApplyRequest(request=w.application_to_wire(app)))

@@ -27,13 +27,12 @@ from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from tests.console_support import console_url, csrf_of, new_page, screenshot, web_client
 from tests.federation_support import PROVINCE_MARKET, SIMING_MARKET, Node, department, hubs, peer_pair
-from tests.harness import POLICE, TEST_RECORD, identity_spec
+from tests.harness import POLICE, TEST_RECORD, identity_spec, today
 
 ENTRY = "10101/350000000001"
 CITY_ENTRY = "10101/350200000001"
 PROVINCE_DATA = department("350000", "0099887", "福建省大数据管理局", m.AdministrativeLevel.PROVINCE)
 HULI = department("350206", "0077889", "湖里区市场监督管理局", m.AdministrativeLevel.COUNTY)
-TODAY = dt.datetime.now(dt.UTC).date()
 
 
 @pytest.fixture
@@ -76,8 +75,8 @@ def _apply(tree: dict[str, Any], applicant: Path | None = None, **changes: Any) 
         purpose="企业登记核验",
         legal_basis="《市场主体登记管理条例》第十六条",
         fields=("name", "id_number"),
-        start=TODAY,
-        end=TODAY + dt.timedelta(days=365),
+        start=today(),
+        end=today() + dt.timedelta(days=365),
         expected_daily_calls=300,
     )
     wire = w.application_to_wire(replace(app, **changes))
@@ -186,7 +185,7 @@ def _submit_raw(node: Node, to: Node, sign: CrossHubClient, times: int) -> list[
     application = apb.CrossHubApplication(
         resource_code=ENTRY, consumer_department_code=SIMING_MARKET.code, consumer_department_name="x",
         system_codes=["sm-djxt"], purpose="企业登记核验", legal_basis="依法", fields=["name"],
-        start_date=TODAY.isoformat(), end_date=(TODAY + dt.timedelta(days=30)).isoformat(),
+        start_date=today().isoformat(), end_date=(today() + dt.timedelta(days=30)).isoformat(),
         expected_daily_calls=10, origin_request_id="SR-20261204-0000abcd", applicant="person/x",
     )  # fmt: skip
     statement = Forwarded(
@@ -376,19 +375,19 @@ def test_the_county_console_shows_the_grant_suspended_at_home_with_the_homes_rea
 def test_a_grant_past_its_end_date_at_home_shows_expired_at_the_consumers_hub() -> None:
     """Expiry is not a change at home (the grant stops at its end date): the consumer's hub tells it by the
     end date the home sent, as the home's policy does."""
-    app = m.Application(ENTRY, SIMING_MARKET.code, ("sm-djxt",), "核验", "依法", ("name",), TODAY, TODAY, 1)
+    app = m.Application(ENTRY, SIMING_MARKET.code, ("sm-djxt",), "核验", "依法", ("name",), today(), today(), 1)
     link = m.CrossHubLink(home_hub="350000", grant_status=m.GrantStatus.ACTIVE)
     request = m.ShareRequest(
         "SR-1", app, m.ShareRequestStatus.GRANTED, m.PrincipalRef(m.PrincipalKind.PERSON, "x"), dt.datetime.now(dt.UTC),
-        TODAY, approved_end=TODAY, grant_id="GR-1", cross_hub=link,
+        today(), approved_end=today(), grant_id="GR-1", cross_hub=link,
     )  # fmt: skip
-    assert not m.home_grant_expired(request, TODAY)  # valid through its end date
-    assert m.home_grant_expired(request, TODAY + dt.timedelta(days=1))
-    assert w.share_request_to_wire(request, TODAY + dt.timedelta(days=1)).cross_hub.grant_expired
+    assert not m.home_grant_expired(request, today())  # valid through its end date
+    assert m.home_grant_expired(request, today() + dt.timedelta(days=1))
+    assert w.share_request_to_wire(request, today() + dt.timedelta(days=1)).cross_hub.grant_expired
     revoked = replace(request, cross_hub=replace(link, grant_status=m.GrantStatus.REVOKED))
-    assert not m.home_grant_expired(revoked, TODAY + dt.timedelta(days=1))  # revoked says more than expired
+    assert not m.home_grant_expired(revoked, today() + dt.timedelta(days=1))  # revoked says more than expired
     local = replace(request, cross_hub=None)
-    assert not m.home_grant_expired(local, TODAY + dt.timedelta(days=1))  # a local grant is shown as a grant
+    assert not m.home_grant_expired(local, today() + dt.timedelta(days=1))  # a local grant is shown as a grant
 
 
 def test_a_grant_revoked_at_home_reads_well_at_the_county_in_a_browser(tree: dict[str, Any], browser: Any) -> None:
@@ -514,7 +513,7 @@ def test_a_dispute_the_home_will_not_take_is_refused_at_the_county_with_the_home
     submitted = _seen_at_county(tree, applied.id)
     store = county.running.hub.store
     stale = HomeStatus(
-        applied.id, submitted.cross_hub.home_request_id, m.ShareRequestStatus.REFUSED, "过时的答复", TODAY, 10**9
+        applied.id, submitted.cross_hub.home_request_id, m.ShareRequestStatus.REFUSED, "过时的答复", today(), 10**9
     )
     assert store.applications.record_status(applied.id, stale, (), audit=TEST_RECORD)
     _dispute(tree, applied.id)

@@ -39,9 +39,8 @@ from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import subscription_pb2 as spb
 from exchange.validation import uscc_check_character
 from tests.exchange_world import LOOKUP, PURPOSE, REGISTRY, every_caller, make_world, serve_lookup
-from tests.harness import POLICE, TEST_RECORD, RunningHub, base_settings, identity_spec, reason_of, running_hub
+from tests.harness import POLICE, TEST_RECORD, RunningHub, base_settings, identity_spec, reason_of, running_hub, today
 
-TODAY = dt.datetime.now(dt.UTC).date()
 DRAFT = "10101/350200000007"
 MISSING_RESOURCE = "10101/350200000099"
 MISSING_REQUEST = "SR-20000101-00000000"
@@ -143,8 +142,8 @@ def _app(resource: str) -> m.Application:
         purpose=PURPOSE,
         legal_basis="《不动产登记暂行条例实施细则》第十一条",
         fields=("name",),
-        start=TODAY,
-        end=TODAY + dt.timedelta(days=30),
+        start=today(),
+        end=today() + dt.timedelta(days=30),
         expected_daily_calls=100,
     )
 

@@ -10,7 +10,6 @@ answered.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,20 +18,28 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from exchange import models as m
 from exchange import wire as w
 from exchange.models import ShareRequestStatus, Tally
 from exchange.store import Store
-from exchange.store.schema import AuditEntryRow, AuditStagedRow, ShareRequestRow
+from exchange.store.schema import ShareRequestRow
 from exchange.v1 import objection_pb2 as opb
 from exchange.v1 import rights_pb2 as rpb
 from tests.console_support import console_hub, console_url, new_page, principal_of, screenshot, web_client
 from tests.exchange_world import LOOKUP, PURPOSE, World, make_world, serve_lookup
-from tests.harness import HOUSING, POLICE, RunningHub, base_settings, identity_spec, move_objection_due, running_hub
-
-TODAY = dt.datetime.now(dt.UTC).date()
+from tests.harness import (
+    HOUSING,
+    POLICE,
+    RunningHub,
+    audit_records,
+    base_settings,
+    identity_spec,
+    move_objection_due,
+    running_hub,
+    today,
+)
 
 
 @dataclass
@@ -51,8 +58,8 @@ def _publish_and_apply(world: World, owner: str, department: str, code: str) -> 
         purpose=PURPOSE,
         legal_basis="《不动产登记暂行条例实施细则》第十一条",
         fields=("name",),
-        start=TODAY,
-        end=TODAY + dt.timedelta(days=30),
+        start=today(),
+        end=today() + dt.timedelta(days=30),
         expected_daily_calls=100,
     )
     return str(_call(world, "consumer", "rights", "Apply", rpb.ApplyRequest(request=w.application_to_wire(app))).id)
@@ -91,10 +98,10 @@ def _script(hub: RunningHub, world: World) -> None:
     store = Store(hub.settings.effective_database_url)
     try:
         with store.db.write() as s:
-            for request_id, due in ((police_soon, TODAY), (housing_late, TODAY - dt.timedelta(days=3))):
+            for request_id, due in ((police_soon, today()), (housing_late, today() - dt.timedelta(days=3))):
                 s.execute(update(ShareRequestRow).where(ShareRequestRow.id == request_id).values(due_date=due))
-        move_objection_due(store, soon, TODAY)
-        move_objection_due(store, late, TODAY - dt.timedelta(days=3))
+        move_objection_due(store, soon, today())
+        move_objection_due(store, late, today() - dt.timedelta(days=3))
     finally:
         store.close()
 
@@ -222,11 +229,9 @@ def _refusals(scene: Scene) -> int:
     """Refusal records in the log (integrated, or staged to be)."""
     store = Store(scene.hub.settings.effective_database_url)
     try:
-        with store.db.read() as s:
-            texts = [*s.scalars(select(AuditStagedRow.record)), *s.scalars(select(AuditEntryRow.record))]
+        return sum(1 for r in audit_records(store) if r["action"].startswith("denied:"))
     finally:
         store.close()
-    return sum(1 for t in texts if t and json.loads(t)["action"].startswith("denied:"))
 
 
 def test_the_awaiting_box_in_a_browser(scene: Scene, browser: Any) -> None:

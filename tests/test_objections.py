@@ -24,12 +24,21 @@ from exchange import models as m
 from exchange.cli.client import HubClient
 from exchange.cli.main import main
 from exchange.store import Store
-from exchange.store.schema import AuditEntryRow, AuditStagedRow, ObjectionRow
+from exchange.store.schema import ObjectionRow
 from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import objection_pb2 as opb
 from exchange.workdays import WorkCalendar
 from tests.exchange_world import LOOKUP, REGISTRY, World, lookup, make_world, serve_lookup
-from tests.harness import HOUSING, POLICE, RunningHub, base_settings, move_objection_due, reason_of, running_hub
+from tests.harness import (
+    HOUSING,
+    POLICE,
+    RunningHub,
+    audit_records,
+    base_settings,
+    move_objection_due,
+    reason_of,
+    running_hub,
+)
 
 
 @dataclass
@@ -44,9 +53,7 @@ class Scene:
             return int(s.scalar(select(func.count()).select_from(ObjectionRow)) or 0)
 
     def records(self) -> list[dict[str, Any]]:
-        with self.store.db.read() as s:
-            texts = [*s.scalars(select(AuditStagedRow.record)), *s.scalars(select(AuditEntryRow.record))]
-        return [json.loads(t) for t in texts if t]
+        return audit_records(self.store)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -24,11 +24,9 @@ from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import rights_pb2 as rpb
 from exchange.workdays import WorkCalendar
 from tests.exchange_world import LOOKUP, PERSON_ID, PURPOSE, REGISTRY, World, lookup, make_world, query, serve_lookup
-from tests.harness import AUTHORITY, POLICE, RunningHub, base_settings, identity_spec, reason_of, running_hub
+from tests.harness import AUTHORITY, POLICE, RunningHub, base_settings, identity_spec, reason_of, running_hub, today
 
 UNUSED = "10101/350200000009"
-TODAY = dt.datetime.now(dt.UTC).date()
-FROM, TO = TODAY - dt.timedelta(days=60), TODAY + dt.timedelta(days=1)
 REFUSAL = "用途与职责不符"
 
 
@@ -48,8 +46,8 @@ def _apply(world: World, resource: str) -> str:
         purpose=PURPOSE,
         legal_basis="《不动产登记暂行条例实施细则》第十一条",
         fields=("name",),
-        start=TODAY,
-        end=TODAY + dt.timedelta(days=30),
+        start=today(),
+        end=today() + dt.timedelta(days=30),
         expected_daily_calls=10,
     )
     with world.hub.client(world.people["consumer"]) as c:
@@ -79,15 +77,15 @@ def _objection(action: str, subject: str, day: dt.date, by: tuple[str, str], rea
 
 def _objections(hub: RunningHub) -> None:
     """Three objections on the lookup: one answered late (corrected), one on time (rejected), one left open."""
-    old = TODAY - dt.timedelta(days=40)
+    old = today() - dt.timedelta(days=40)
     clerk, steward = ("person/bdc-clerk", REGISTRY.code), ("person/ga-steward", POLICE.code)
     records = [
         _objection("raise", "OB-1", old, clerk, "姓名与户籍不符"),
-        _objection("raise", "OB-2", TODAY, clerk, "姓名有误"),
+        _objection("raise", "OB-2", today(), clerk, "姓名有误"),
         _objection("raise", "OB-3", old, clerk, "姓名缺字"),
-        _objection("answer:corrected", "OB-1", TODAY, steward, f"effective {TODAY}T08:00:00Z; 已更正"),
-        _objection("answer:rejected", "OB-2", TODAY, steward, "数据无误"),
-        _objection("escalate", "OB-3", TODAY, ("person/sm-lin", AUTHORITY.code), "逾期未答复"),
+        _objection("answer:corrected", "OB-1", today(), steward, f"effective {today()}T08:00:00Z; 已更正"),
+        _objection("answer:rejected", "OB-2", today(), steward, "数据无误"),
+        _objection("escalate", "OB-3", today(), ("person/sm-lin", AUTHORITY.code), "逾期未答复"),
     ]
     hub.hub.store.audit.stage(records)
 
@@ -100,7 +98,7 @@ def _history(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> l
     world.publish("police", identity_spec(UNUSED, POLICE.code, name="从未使用的目录"))
     with pytest.raises(grpc.RpcError):  # no grant: denied, and UNUSED stays never used
         world.exchange().Query(query(UNUSED, {"id_number": PERSON_ID}, ["name"]), timeout=20)
-    long_ago, lately = TODAY - dt.timedelta(days=40), TODAY - dt.timedelta(days=3)
+    long_ago, lately = today() - dt.timedelta(days=40), today() - dt.timedelta(days=3)
     with dated(monkeypatch, long_ago):
         late, unanswered = _apply(world, UNUSED), _apply(world, UNUSED)
     with dated(monkeypatch, lately):
@@ -114,7 +112,7 @@ def _history(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> l
     hub.hub.audit.flush()
 
     def days(start: dt.date) -> int:
-        return sum(calendar.is_working_day(start + dt.timedelta(days=n)) for n in range(1, (TODAY - start).days + 1))
+        return sum(calendar.is_working_day(start + dt.timedelta(days=n)) for n in range(1, (today() - start).days + 1))
 
     return [0, days(long_ago), days(lately)]
 
@@ -165,7 +163,8 @@ def test_the_report_is_recomputed_offline_from_a_verified_export(
         world = make_world(hub)
         answer_days = _history(world, tmp_path, monkeypatch)
         auditor = world.people["auditor"]
-        answer = _report(hub, auditor, from_date=FROM.isoformat(), to_date=TO.isoformat())
+        start, end = today() - dt.timedelta(days=60), today() + dt.timedelta(days=1)
+        answer = _report(hub, auditor, from_date=start.isoformat(), to_date=end.isoformat())
         report = json.loads(answer.report_json)
         _check_figures(report, answer_days)
         assert report["checkpoint"] == {
@@ -176,7 +175,7 @@ def test_the_report_is_recomputed_offline_from_a_verified_export(
         assert report["objection_answer_working_days"] == 5 and report["calendar"]
 
         hub_argv = ["--hub", hub.settings.hub_address, "--identity", str(world.people["manager"])]
-        period = ["--from", FROM.isoformat(), "--to", TO.isoformat()]
+        period = ["--from", start.isoformat(), "--to", end.isoformat()]
         capsys.readouterr()
         assert main([*hub_argv, "report", *period, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["departments"] == report["departments"]  # the share manager too
@@ -225,10 +224,10 @@ def quiet_hub(tmp_path: Path) -> Iterator[World]:
 @pytest.mark.parametrize(
     ("start", "end", "says"),
     [
-        (TODAY, TODAY, "must hold a day"),
-        (TODAY, TODAY - dt.timedelta(days=3), "is before the period's start"),
-        (TODAY - dt.timedelta(days=181), TODAY, "past the log's retention of 180 days"),
-        ("2026-02-30", TODAY, "must be a date YYYY-MM-DD"),
+        (today(), today(), "must hold a day"),
+        (today(), today() - dt.timedelta(days=3), "is before the period's start"),
+        (today() - dt.timedelta(days=181), today(), "past the log's retention of 180 days"),
+        ("2026-02-30", today(), "must be a date YYYY-MM-DD"),
     ],
 )
 def test_a_bad_period_is_refused_and_recorded(quiet_hub: World, start: object, end: object, says: str) -> None:
@@ -249,7 +248,7 @@ def test_a_bad_period_is_refused_and_recorded(quiet_hub: World, start: object, e
 
 
 def test_only_auditors_and_the_share_manager_read_the_report(quiet_hub: World) -> None:
-    asked = {"from_date": TODAY.isoformat(), "to_date": (TODAY + dt.timedelta(days=1)).isoformat()}
+    asked = {"from_date": today().isoformat(), "to_date": (today() + dt.timedelta(days=1)).isoformat()}
     for who in ("police", "consumer"):
         with pytest.raises(grpc.RpcError) as info:
             _report(quiet_hub.hub, quiet_hub.people[who], **asked)

@@ -24,13 +24,12 @@ from exchange.v1 import rights_pb2 as pb
 from exchange.v1 import rights_pb2_grpc
 from exchange.workdays import WorkCalendar
 from policy.decision import DenyReason, Question
-from tests.harness import AUTHORITY, POLICE, RunningHub, identity_spec, reason_of, violations
+from tests.harness import AUTHORITY, POLICE, RunningHub, identity_spec, reason_of, today, violations
 
 REGISTRY = m.Department("11350200MB00456789", "厦门市不动产登记中心", "350200", m.AdministrativeLevel.CITY)
 IDENTITY = "10101/350200000001"
 LICENCE = "10101/350200000002"
 RECORD = "10101/350200000003"
-TODAY = dt.datetime.now(dt.UTC).date()
 
 
 @pytest.fixture
@@ -76,8 +75,8 @@ def _application(resource: str = IDENTITY, **changes: Any) -> pb.ShareRequest:
         purpose="不动产转移登记",
         legal_basis="《不动产登记暂行条例实施细则》第十一条",
         fields=("name", "id_number"),
-        start=TODAY,
-        end=TODAY + dt.timedelta(days=365),
+        start=today(),
+        end=today() + dt.timedelta(days=365),
         expected_daily_calls=500,
     )
     return w.application_to_wire(m.Application(**{**app.__dict__, **changes}))
@@ -118,10 +117,10 @@ def test_conditional_request_is_decided_by_the_owner_then_granted_by_the_share_m
     applied = as_("consumer")("Apply", pb.ApplyRequest(request=_application()))
     assert applied.status == pb.SHARE_REQUEST_STATUS_PENDING
     assert applied.consumer_department_code == REGISTRY.code and applied.applicant.code == "bdc-clerk"
-    due = WorkCalendar.mainland().add_working_days(TODAY, 10)
+    due = WorkCalendar.mainland().add_working_days(today(), 10)
     assert (applied.due_date.year, applied.due_date.month, applied.due_date.day) == (due.year, due.month, due.day)
 
-    shorter = TODAY + dt.timedelta(days=90)
+    shorter = today() + dt.timedelta(days=90)
     approval = pb.ApproveRequest(
         id=applied.id,
         fields=["id_number"],
@@ -206,9 +205,9 @@ BAD_APPLICATIONS: list[tuple[dict[str, Any], str]] = [
     ({"fields": ()}, "request.fields"),
     ({"purpose": " "}, "request.purpose"),
     ({"legal_basis": ""}, "request.legal_basis"),
-    ({"start": TODAY - dt.timedelta(days=1)}, "request.start_date"),
-    ({"end": TODAY + dt.timedelta(days=5000)}, "request.end_date"),
-    ({"end": TODAY}, "request.end_date"),
+    ({"start": today() - dt.timedelta(days=1)}, "request.start_date"),
+    ({"end": today() + dt.timedelta(days=5000)}, "request.end_date"),
+    ({"end": today()}, "request.end_date"),
     ({"expected_daily_calls": 0}, "request.expected_daily_calls"),
     ({"system_codes": ()}, "request.system_codes"),
     ({"system_codes": ("ga-rkxx",)}, "request.system_codes[0]"),  # another department's system
@@ -249,7 +248,7 @@ def test_decisions_only_on_pending_requests_and_only_once(hub: RunningHub, as_: 
     as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Refuse", pb.RefuseRequest(id=applied.id))
     wider = pb.ApproveRequest(id=applied.id, fields=["name", "address"])
     assert "fields" in violations(as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Approve", wider))
-    later = pb.ApproveRequest(id=applied.id, end_date=w.date_to_wire(TODAY + dt.timedelta(days=400)))
+    later = pb.ApproveRequest(id=applied.id, end_date=w.date_to_wire(today() + dt.timedelta(days=400)))
     assert "end_date" in violations(as_("owner").fails(grpc.StatusCode.INVALID_ARGUMENT, "Approve", later))
     stray_mask = pb.ApproveRequest(
         id=applied.id, fields=["name"], masks=[pb.FieldMask(field="id_number", mask=pb.MASK_KIND_ID_NUMBER)]
@@ -300,7 +299,7 @@ def test_lists_views_and_overdue_requests(hub: RunningHub, as_: Any) -> None:
             s.execute(
                 update(ShareRequestRow)
                 .where(ShareRequestRow.id == first.id)
-                .values(due_date=TODAY - dt.timedelta(days=1))
+                .values(due_date=today() - dt.timedelta(days=1))
             )
     finally:
         store.close()
@@ -328,18 +327,18 @@ def test_lists_views_and_overdue_requests(hub: RunningHub, as_: Any) -> None:
 
 def test_the_hubs_decisions_follow_grants_issued_and_revoked_through_it(hub: RunningHub, as_: Any) -> None:
     question = Question("bdc-djxt", REGISTRY.code, IDENTITY, "不动产转移登记", ("id_number",))
-    assert hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, TODAY).reason is DenyReason.NO_GRANT
+    assert hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, today()).reason is DenyReason.NO_GRANT
     applied = as_("consumer")("Apply", pb.ApplyRequest(request=_application()))
     as_("owner")(
         "Approve",
         pb.ApproveRequest(id=applied.id, masks=[pb.FieldMask(field="id_number", mask=pb.MASK_KIND_ID_NUMBER)]),
     )
     grant = as_("manager")("IssueGrant", pb.IssueGrantRequest(request_id=applied.id))
-    decision = hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, TODAY)
+    decision = hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, today())
     assert decision.allowed and decision.grant_id == grant.id
     assert decision.masks == (("id_number", m.MaskKind.ID_NUMBER),)
     as_("owner")("RevokeGrant", pb.ChangeGrantRequest(id=grant.id, reason="事项办结"))
-    assert hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, TODAY).reason is DenyReason.NO_GRANT
+    assert hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, today()).reason is DenyReason.NO_GRANT
 
 
 def test_check_access_answers_like_the_data_plane_without_using_quota(hub: RunningHub, as_: Any) -> None:
@@ -415,7 +414,7 @@ def test_concurrent_grant_changes_leave_decisions_as_the_store_says(hub: Running
     for t in threads:
         t.join()
     stored = as_("manager")("GetGrant", pb.GetGrantRequest(id=gid)).status
-    allowed = hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, TODAY, consume=False).allowed
+    allowed = hub.hub.decisions.decide(question, m.ResourceStatus.PUBLISHED, today(), consume=False).allowed
     assert allowed == (stored == pb.GRANT_STATUS_ACTIVE)
 
 

@@ -31,9 +31,8 @@ from exchange.store.rights import RequestFilter
 from exchange.workdays import WorkCalendar
 from policy import Action, RightsPolicy, assignments_of, require_compatible_roles
 from policy.decision import DecisionPoint, Question
-from tests.harness import AUTHORITY, HOUSING, POLICE, TEST_RECORD, identity_spec
+from tests.harness import AUTHORITY, HOUSING, POLICE, TEST_RECORD, identity_spec, today
 
-TODAY = dt.datetime.now(dt.UTC).date()
 DEPARTMENTS = (AUTHORITY, POLICE, HOUSING)
 RESOURCES = {
     "10101/350200000001": m.ShareType.CONDITIONAL,
@@ -145,7 +144,7 @@ action = st.one_of(
 
 
 def _requests(w: World) -> list[m.ShareRequest]:
-    return w.store.rights.list_requests(page_request(1000, "", {}), RequestFilter(), TODAY)[0].items
+    return w.store.rights.list_requests(page_request(1000, "", {}), RequestFilter(), today())[0].items
 
 
 def _step(w: World, act: tuple[Any, ...]) -> None:
@@ -168,7 +167,7 @@ def _step(w: World, act: tuple[Any, ...]) -> None:
         w.rights.apply(
             actor,
             m.Application(
-                resource, "", (system,), purpose, "依据", tuple(fields), TODAY, TODAY + dt.timedelta(days=30), 10
+                resource, "", (system,), purpose, "依据", tuple(fields), today(), today() + dt.timedelta(days=30), 10
             ),
         )
         return
@@ -198,13 +197,13 @@ def _check_invariants(w: World) -> None:
         held = w.actor(user)
         if held is not None:
             require_compatible_roles(held.roles)  # nobody holds conflicting roles
-    live = [g for g in w.store.rights.live_grants() if g.status is m.GrantStatus.ACTIVE and g.start <= TODAY <= g.end]
+    live = [g for g in w.store.rights.live_grants() if g.status is m.GrantStatus.ACTIVE and g.start <= today() <= g.end]
     for system, department in SYSTEMS.items():
         for resource in RESOURCES:
             for purpose in PURPOSES:
                 for field in FIELDS:
                     q = Question(system, department, resource, purpose, (field,))
-                    decision = w.decisions.decide(q, m.ResourceStatus.PUBLISHED, TODAY, consume=False)
+                    decision = w.decisions.decide(q, m.ResourceStatus.PUBLISHED, today(), consume=False)
                     backed = any(
                         g.resource_code == resource
                         and g.consumer_department_code == department
