@@ -54,8 +54,8 @@ from exchange.v1 import catalog_pb2 as cpb
 from exchange.v1 import rights_pb2 as rpb
 from exchange.v1 import subscription_pb2 as spb
 from exchange.v1 import subscription_pb2_grpc
-from tests.exchange_world import PURPOSE, REGISTRY, TODAY, make_world
-from tests.harness import RunningHub, base_settings, identity_spec, running_hub
+from tests.exchange_world import PURPOSE, REGISTRY, make_world
+from tests.harness import RunningHub, base_settings, identity_spec, running_hub, today
 
 MARKET = m.Department("11350200MB0067890U", "厦门市市场监督管理局", "350200", m.AdministrativeLevel.CITY)
 RESOURCE = "10201/350200000003"
@@ -208,7 +208,7 @@ def prepare(running: RunningHub, source: str, subscribers: int) -> list[Path]:
         c.call(c.catalog.SetBinding, cpb.SetBindingRequest(binding=binding, reason="接入前置库"))
     codes = tuple(f"djxt-{i:02d}" for i in range(1, subscribers + 1))
     basis = "《不动产登记暂行条例》第二十五条"
-    app = m.Application(RESOURCE, "", codes, PURPOSE, basis, FIELDS, TODAY, TODAY + dt.timedelta(days=30), 1000)
+    app = m.Application(RESOURCE, "", codes, PURPOSE, basis, FIELDS, today(), today() + dt.timedelta(days=30), 1000)
     with running.client(world.people["consumer"]) as c:
         applied = c.call(c.rights.Apply, rpb.ApplyRequest(request=w.application_to_wire(app)))
     with running.client(steward) as c:
