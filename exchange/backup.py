@@ -257,9 +257,7 @@ def _dump_table(session: Session, table: Table, out: Path) -> TablePart:
 
 def _dump(db: Database, work: Path) -> tuple[str, list[TablePart]]:
     """The schema revision and every table, read in one transaction (a consistent snapshot)."""
-    options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True} if db.backend == "postgresql" else {}
-    with db.read() as session:
-        session.connection(execution_options=options)
+    with db.read() as session:  # one snapshot (REPEATABLE READ on PostgreSQL)
         revision, head = _revision(session), _head()
         if revision is None or revision != head:
             raise FailedPrecondition(

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import grpc
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, event, update
 
 from audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from audit.note import Checkpoint, Signer, Verifier, open_note
@@ -156,6 +156,29 @@ def test_a_record_that_cannot_be_written_takes_its_change_back(store: Store) -> 
 def _tamper(store: Store, statement: object) -> None:
     with store.db.write() as s:
         s.execute(statement)  # type: ignore[call-overload]
+
+
+def test_an_exchange_is_seen_while_the_integrator_places_its_records(log: AuditLog, store: Store) -> None:
+    """The records of an exchange are found staged or placed, even when the integrator moves them from one to the
+    other mid-read (else a consumer's objection, moments after its answer, is refused: no such exchange)."""
+    log.store.stage([_record(7)])
+    placed_at: list[int] = []
+
+    def integrate_after_the_first_read(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        if not placed_at and "audit_" in statement:
+            placed_at.append(0)  # once, before the integrator's own statements come through here
+            mover = threading.Thread(target=log.flush)
+            mover.start()
+            mover.join()
+            placed_at[0] = store.audit.size()
+
+    event.listen(store.db.engine, "after_cursor_execute", integrate_after_the_first_read)
+    try:
+        seen = store.audit.exchange_seen("EX-7")
+    finally:
+        event.remove(store.db.engine, "after_cursor_execute", integrate_after_the_first_read)
+    assert placed_at == [1], "the integrator placed the record while exchange_seen was reading"
+    assert seen is not None and seen.actor_department == POLICE.code and seen.outcomes == frozenset({"allowed"})
 
 
 def test_an_edited_record_is_found(log: AuditLog, store: Store) -> None:

@@ -164,7 +164,7 @@ def test_round_trip_from_sqlite_into_postgresql(
     assert _tables(postgres_url) == source.rows
     db = Database(postgres_url)
     try:
-        with db.read() as s:  # sequences continue after the restored rows
+        with db.write() as s:  # sequences continue after the restored rows (nextval writes)
             for table in ("departments", "people", "share_events"):
                 top = max(row[0] for row in source.rows[table])
                 after = s.scalar(text(f"SELECT nextval(pg_get_serial_sequence('{table}', 'id'))"))

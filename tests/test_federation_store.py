@@ -11,7 +11,7 @@ import threading
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from exchange import models as m
 from exchange import pki
@@ -84,6 +84,34 @@ def test_offers_follow_published_changes_in_commit_order_and_skip_drafts(store: 
     assert offers[-1].resource.status is m.ResourceStatus.SUSPENDED and offers[-1].home is None
     later, _ = store.federated.offers(offers[2].sequence, 100, "350203")
     assert later == offers[3:]
+
+
+def test_an_offer_committed_while_a_page_is_read_is_in_that_page_or_after_its_last(store: Store) -> None:
+    """A peer moves its cursor to the page's last sequence when the page is empty: an offer committed while the
+    page was being read must not fall behind that last (the peer would never pull it)."""
+    store.registry.add_department(POLICE, audit=TEST_RECORD)
+    published: list[bool] = []
+
+    def publish_after_the_first_read(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        if not published and "catalog_offers" in statement:
+            published.append(False)  # once
+            spec = identity_spec("10101/350200000001", name="居民身份信息")
+            args = (spec, m.ResourceStatus.PUBLISHED, STEWARD, "")
+            writer = threading.Thread(target=store.catalog.create, args=args, kwargs={"audit": TEST_RECORD})
+            writer.start()
+            writer.join()
+            published[0] = True
+
+    event.listen(store.db.engine, "after_cursor_execute", publish_after_the_first_read)
+    try:
+        offers, last = store.federated.offers(0, 100, "350203")
+    finally:
+        event.remove(store.db.engine, "after_cursor_execute", publish_after_the_first_read)
+    assert published == [True], "the entry was published while the page was read"
+    assert all(o.sequence <= last for o in offers)
+    after = max((o.sequence for o in offers), default=last)  # where the peer's cursor goes (FederationClient.pull)
+    later, _ = store.federated.offers(after, 100, "350203")
+    assert [o.resource.spec.code for o in [*offers, *later]] == ["10101/350200000001"]
 
 
 def _offer(code: str, sequence: int, version: int = 1) -> Offer:

@@ -21,7 +21,7 @@ from exchange.paging import page_request
 from exchange.store import Store
 from exchange.store.catalog import ResourceFilter, Transition
 from exchange.store.database import deadline
-from exchange.store.schema import Base, ResourceRow, ResourceVersionRow
+from exchange.store.schema import Base, DepartmentRow, ResourceRow, ResourceVersionRow
 from tests.harness import AUTHORITY, HOUSING, POLICE, TEST_RECORD, identity_spec
 
 OPERATOR = m.PrincipalRef(m.PrincipalKind.PERSON, "op-admin")
@@ -329,3 +329,21 @@ def test_a_write_waiting_on_a_lock_ends_with_the_callers_deadline(populated: Sto
     with deadline(0), pytest.raises(DeadlineExceeded):
         populated.catalog.get("10101/350200000001")
     assert populated.catalog.get("10101/350200000001").version == 1
+
+
+def test_a_read_sees_one_snapshot(populated: Store) -> None:
+    """Every statement of one read sees the store as it was when the read began, on every backend: a count and
+    the list it counts agree even while another transaction commits between them."""
+    registry = m.Department("11350200MB00456789", "厦门市不动产登记中心", "350200", m.AdministrativeLevel.CITY)
+    with populated.db.read() as s:
+        before = s.scalar(select(func.count()).select_from(DepartmentRow))
+        writer = threading.Thread(
+            target=populated.registry.add_department, args=(registry,), kwargs={"audit": TEST_RECORD}
+        )
+        writer.start()
+        writer.join()
+        assert populated.registry.get_department(registry.code).name == registry.name  # committed, seen outside
+        assert s.scalar(select(func.count()).select_from(DepartmentRow)) == before == 3
+        assert set(s.scalars(select(DepartmentRow.code))) == {AUTHORITY.code, POLICE.code, HOUSING.code}
+    with populated.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(DepartmentRow)) == 4

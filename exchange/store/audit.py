@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -315,15 +315,14 @@ class AuditStore:
     def exchange_seen(self, exchange_id: str) -> ExchangeSeen | None:
         """What the log says of exchange ``exchange_id``: its records, integrated or staged and not yet placed
         (a consumer may object to an answer moments after it arrives); None if the log holds none."""
+        # One statement: the integrator moves records from staged to placed, and two reads could miss one.
+        placed = select(AuditEntryRow.record).where(
+            AuditEntryRow.exchange_id == exchange_id, AuditEntryRow.kind == "exchange"
+        )
+        staged = select(_STAGED.c.record).where(_STAGED.c.record.contains(exchange_id))
         with self._db.read() as s:
-            placed = s.scalars(
-                select(AuditEntryRow.record).where(
-                    AuditEntryRow.exchange_id == exchange_id, AuditEntryRow.kind == "exchange"
-                )
-            )
-            records = [json.loads(r) for r in placed if r]
-            staged = s.scalars(select(_STAGED.c.record).where(_STAGED.c.record.contains(exchange_id)))
-            records += [r for r in map(json.loads, staged) if r.get("exchange_id") == exchange_id]
+            texts = s.scalars(union_all(placed, staged)).all()
+        records = [r for r in (json.loads(t) for t in texts if t) if r.get("exchange_id") == exchange_id]
         records = [r for r in records if r.get("kind") == "exchange"]
         if not records:
             return None

@@ -127,7 +127,14 @@ class Database:
         self.write_sessions = sessionmaker(
             self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False
         )
-        self._reads = sessionmaker(self.engine, expire_on_commit=False)
+        # A read is one snapshot on every backend: SQLite's read transaction is one already; PostgreSQL's default
+        # (READ COMMITTED) gives each statement its own, so two reads could straddle another's commit. REPEATABLE
+        # READ READ ONLY costs no round trip (psycopg puts it in the BEGIN it sends) and, only reading, never
+        # fails to serialize.
+        reads = self.engine
+        if self.backend == "postgresql":
+            reads = reads.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        self._reads = sessionmaker(reads, expire_on_commit=False)
         # SQLite has one writer at a time. Threads of this process take turns on this lock, woken as soon as
         # it is free; left to SQLite's busy handler they would sleep 1, 2, 5, 10... ms between tries, which is
         # what a call waiting for its audit record behind the integrator's transaction saw as its tail.
@@ -345,7 +352,7 @@ class Database:
             session.execute(text("SELECT 1"))
 
     def read(self) -> AbstractContextManager[Session]:
-        """A transaction that only reads (concurrent with others on every backend)."""
+        """A transaction that only reads, from one snapshot, concurrent with others on every backend."""
         return self._transaction(self._reads)
 
     @contextmanager

@@ -84,14 +84,20 @@ class FederatedCatalogStore:
     def offers(self, after: int, size: int, to_peer: str) -> tuple[list[Offer], int]:
         """Offers after sequence ``after`` that ``to_peer`` may have (not those it relayed), and the last sequence."""
         with self._db.read() as s:
+            # The last first, and the page up to it: a page read before an offer committed and a last read after
+            # it would move the peer's cursor past an offer it never saw.
+            last = int(s.scalar(select(func.max(CatalogOfferRow.sequence))) or 0)
             stmt = (
                 select(CatalogOfferRow)
-                .where(CatalogOfferRow.sequence > after, CatalogOfferRow.via_peer != to_peer)
+                .where(
+                    CatalogOfferRow.sequence > after,
+                    CatalogOfferRow.sequence <= last,
+                    CatalogOfferRow.via_peer != to_peer,
+                )
                 .order_by(CatalogOfferRow.sequence)
                 .limit(size)
             )
-            rows = [_offer_of(r) for r in s.scalars(stmt)]
-            return rows, int(s.scalar(select(func.max(CatalogOfferRow.sequence))) or 0)
+            return [_offer_of(r) for r in s.scalars(stmt)], last
 
     def via_towards(self, home: str) -> str:
         """The peer an entry homed at hub ``home`` came through (the next hop towards it), "" if none did."""
