@@ -287,6 +287,23 @@ def test_pruned_detail_leaves_a_verifiable_log(log: AuditLog, store: Store) -> N
     assert len(store.audit.pruning_statements()) == 1
 
 
+def test_an_export_is_one_state_of_the_log_even_when_a_pruning_commits_while_it_is_read(
+    log: AuditLog, store: Store
+) -> None:
+    """Statements come before entries in an export: a pruning committed after they were written must not blank
+    entries still to come (an honest export would then fail its check: records hidden without a statement)."""
+    _fill(log, 10, checkpoint_every=5)
+    cutoff = _logged(store, 5)
+    lines = export_lines(store.audit, log.signer.verifier())
+    written = [next(lines), next(lines)]  # the header, and the first checkpoint: the statements (none) are out
+    assert "checkpoint" in written[1]
+    assert store.audit.prune(log.signer, cutoff + dt.timedelta(days=180), 180).entries == 5
+    report = verify_export([*written, *lines], log.signer.verifier())
+    assert (report.entries, report.pruned, report.statements) == (10, 0, 0)  # the log as the export began
+    again = verify_export(export_lines(store.audit, log.signer.verifier()), log.signer.verifier())
+    assert (again.entries, again.pruned, again.statements) == (10, 5, 1)
+
+
 def test_adding_the_logged_time_equals_re_encoding() -> None:
     for n in (0, 7, 123):
         data = _record(n).as_dict()

@@ -28,21 +28,22 @@ def export_lines(store: AuditStore, verifier: Verifier, start: int = 0, prefix: 
 
     ``prefix`` is ``MerkleTree.prefix(start)`` of the log (nothing when ``start`` is 0).
     """
-    latest = store.latest_checkpoint()
-    size = latest[0] if latest else 0
-    start = min(start, size)
-    header = {
-        "origin": verifier.name,
-        "verifier_key": verifier.encode(),
-        "start": start,
-        "size": size,
-        "prefix": [h.hex() for h in prefix],
-    }
-    yield json.dumps(header)
-    for note in store.pruning_statements():
-        yield json.dumps({"pruning": note}, ensure_ascii=False)
-    for _, note in store.checkpoints(start, size):
-        yield json.dumps({"checkpoint": note}, ensure_ascii=False)
-    for first in range(start, size, BATCH):
-        for entry in store.entries(first, min(size, first + BATCH)):
-            yield entry_line(entry.seq, entry.leaf_hash, entry.record)
+    with store.view() as log:  # one snapshot: a pruning committed meanwhile would blank entries not yet read
+        latest = log.latest_checkpoint()
+        size = latest[0] if latest else 0
+        start = min(start, size)
+        header = {
+            "origin": verifier.name,
+            "verifier_key": verifier.encode(),
+            "start": start,
+            "size": size,
+            "prefix": [h.hex() for h in prefix],
+        }
+        yield json.dumps(header)
+        for note in log.pruning_statements():
+            yield json.dumps({"pruning": note}, ensure_ascii=False)
+        for _, note in log.checkpoints(start, size):
+            yield json.dumps({"checkpoint": note}, ensure_ascii=False)
+        for first in range(start, size, BATCH):
+            for entry in log.entries(first, min(size, first + BATCH)):
+                yield entry_line(entry.seq, entry.leaf_hash, entry.record)

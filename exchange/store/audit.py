@@ -17,7 +17,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -94,6 +95,37 @@ class EntryFilter:
     subject_hash: str | None = None
     # Owners see entries on their resources; consumers their own department's entries.
     owner_resources: tuple[str, ...] | None = None
+
+
+class LogView:
+    """Reads of the sequenced log within one read transaction: what they return is one state of the log (an
+    export's pruning statements cover every record it shows blank, even if a pruning commits meanwhile)."""
+
+    def __init__(self, session: Session) -> None:
+        self._s = session
+
+    def entries(self, start: int, end: int) -> list[Entry]:
+        rows = self._s.scalars(
+            select(AuditEntryRow).where(AuditEntryRow.seq >= start, AuditEntryRow.seq < end).order_by(AuditEntryRow.seq)
+        )
+        return [Entry(r.seq, bytes(r.leaf_hash), r.record) for r in rows]
+
+    def pruning_statements(self) -> list[str]:
+        """The signed pruning statements, in the order they were made (each covering more)."""
+        return list(self._s.scalars(select(schema.AuditPruningRow.note).order_by(schema.AuditPruningRow.up_to)))
+
+    def latest_checkpoint(self) -> tuple[int, str] | None:
+        row = self._s.scalar(select(AuditCheckpointRow).order_by(AuditCheckpointRow.size.desc()).limit(1))
+        return None if row is None else (row.size, row.note)
+
+    def checkpoints(self, start: int, end: int) -> list[tuple[int, str]]:
+        """Checkpoints with sizes in [start, end], oldest first."""
+        rows = self._s.scalars(
+            select(AuditCheckpointRow)
+            .where(AuditCheckpointRow.size >= start, AuditCheckpointRow.size <= end)
+            .order_by(AuditCheckpointRow.size)
+        )
+        return [(r.size, r.note) for r in rows]
 
 
 class AuditStore:
@@ -303,14 +335,15 @@ class AuditStore:
             for start in range(0, len(rows), 300):  # within every database's limit of bound values
                 s.execute(insert_ignoring(AuditNodeRow).values(rows[start : start + 300]).on_conflict_do_nothing())
 
-    def entries(self, start: int, end: int) -> list[Entry]:
+    @contextmanager
+    def view(self) -> Iterator[LogView]:
+        """Reads of the log from one snapshot, for as long as the block lasts (an export holds one)."""
         with self._db.read() as s:
-            rows = s.scalars(
-                select(AuditEntryRow)
-                .where(AuditEntryRow.seq >= start, AuditEntryRow.seq < end)
-                .order_by(AuditEntryRow.seq)
-            )
-            return [Entry(r.seq, bytes(r.leaf_hash), r.record) for r in rows]
+            yield LogView(s)
+
+    def entries(self, start: int, end: int) -> list[Entry]:
+        with self.view() as v:
+            return v.entries(start, end)
 
     def exchange_seen(self, exchange_id: str) -> ExchangeSeen | None:
         """What the log says of exchange ``exchange_id``: its records, integrated or staged and not yet placed
@@ -386,8 +419,8 @@ class AuditStore:
 
     def pruning_statements(self) -> list[str]:
         """The signed pruning statements, in the order they were made (each covering more)."""
-        with self._db.read() as s:
-            return list(s.scalars(select(schema.AuditPruningRow.note).order_by(schema.AuditPruningRow.up_to)))
+        with self.view() as v:
+            return v.pruning_statements()
 
     def add_checkpoint(self, size: int, root: bytes, note: str) -> None:
         """Keeps a checkpoint; another process may have kept the same one first, which is fine.
@@ -406,9 +439,8 @@ class AuditStore:
                 raise Unavailable(f"the audit log's checkpoint of size {size} disagrees with this process's tree")
 
     def latest_checkpoint(self) -> tuple[int, str] | None:
-        with self._db.read() as s:
-            row = s.scalar(select(AuditCheckpointRow).order_by(AuditCheckpointRow.size.desc()).limit(1))
-            return None if row is None else (row.size, row.note)
+        with self.view() as v:
+            return v.latest_checkpoint()
 
     def checkpoint_roots(self, start: int, end: int) -> list[tuple[int, bytes]]:
         """(size, root) of the checkpoints with sizes in [start, end], oldest first."""
@@ -422,13 +454,8 @@ class AuditStore:
 
     def checkpoints(self, start: int, end: int) -> list[tuple[int, str]]:
         """Checkpoints with sizes in [start, end], oldest first."""
-        with self._db.read() as s:
-            rows = s.scalars(
-                select(AuditCheckpointRow)
-                .where(AuditCheckpointRow.size >= start, AuditCheckpointRow.size <= end)
-                .order_by(AuditCheckpointRow.size)
-            )
-            return [(r.size, r.note) for r in rows]
+        with self.view() as v:
+            return v.checkpoints(start, end)
 
 
 def _entry_of(row: AuditEntryRow) -> Entry:

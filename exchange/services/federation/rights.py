@@ -326,9 +326,12 @@ class CrossHubRights:
         return [self._status_of(request_id, sequence) for request_id, sequence in changed]
 
     def _status_of(self, request_id: str, sequence: int) -> HomeStatus:
-        request = self._store.rights.get_request(request_id)
+        """The request's status as of change ``sequence`` or later (0: its latest change, read here)."""
+        # The sequence before the state: a decision committed between the two reads is then sent again with its
+        # own sequence; read after, the origin would keep the older state under the newer sequence for good.
         if not sequence:
             sequence = self._store.applications.change_sequence(request_id)
+        request = self._store.rights.get_request(request_id)
         grant = self._store.rights.get_grant(request.grant_id) if request.grant_id else None
         change = next((e for e in reversed(grant.history) if e.action in GRANT_CHANGES), None) if grant else None
         link = request.cross_hub or CrossHubLink()
