@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, event, insert, select, update
 
 from audit.matching import PENDING, PROVED, HitError, RecordFilter, check_hit, compare, matches_in_log, mismatch
 from audit.merkle import leaf_hash
@@ -120,6 +121,35 @@ def test_pruned_entries_must_stay_blank(log: AuditLog, store: Store) -> None:
     ]
     _check(log, store, repair=True)
     assert _check(log, store) == []
+
+
+def test_a_repair_and_a_pruning_at_once_leave_the_pruned_entries_blank(log: AuditLog, store: Store) -> None:
+    """prune-audit commits while check-index --repair is between reading a chunk and writing it back: the repair
+    must not restore the pruned entries' columns or subject rows (the pruning waits for it, or it sees the pruning)."""
+    _tamper(store, delete(AuditSubjectRow).where(AuditSubjectRow.seq == 0, AuditSubjectRow.subject_hash == CITIZEN))
+    logged = json.loads(store.audit.entries(9, 10)[0].record or "")["logged"]
+    made = dt.datetime.fromisoformat(logged) + dt.timedelta(days=180, microseconds=1)  # every entry is old enough
+    pruning: list[threading.Thread] = []
+
+    def prune_after_the_read(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        if not pruning and "audit_subjects" in statement and "JOIN" in statement.upper():
+            pruning.append(threading.Thread(target=store.audit.prune, args=(log.signer, made, 180)))
+            pruning[0].start()
+            pruning[0].join(timeout=1.0)  # done by now, unless it waits for the repair's locks
+
+    event.listen(store.db.engine, "after_cursor_execute", prune_after_the_read)
+    try:
+        check_index(store, log.signer.verifier(), repair=True)
+    finally:
+        event.remove(store.db.engine, "after_cursor_execute", prune_after_the_read)
+    assert pruning, "the pruning ran while the repair read its chunk"
+    pruning[0].join(timeout=30)
+    assert not pruning[0].is_alive()
+    with store.db.read() as s:
+        assert s.scalars(select(AuditSubjectRow.seq)).all() == []
+        assert set(s.scalars(select(AuditEntryRow.resource))) == {""}
+    report = check_index(store, log.signer.verifier())
+    assert (report.pruned, report.differences) == (10, 0)
 
 
 def test_a_log_that_does_not_verify_cannot_vouch_for_the_indexes(log: AuditLog, store: Store) -> None:

@@ -107,13 +107,18 @@ def _verified_size(store: Store, verifier: Verifier) -> int:
 
 
 def _check_chunk(s: Session, start: int, end: int, report: IndexReport, repair: bool) -> list[Difference]:
+    chunk = (AuditEntryRow.seq >= start, AuditEntryRow.seq < end)
+    # A repair locks its entries first (PostgreSQL), as prune-audit locks those it blanks: a pruning waits for the
+    # repair, or the repair reads what the pruning left; it never writes a pruned entry's index back.
+    if repair:
+        s.execute(select(AuditEntryRow.seq).where(*chunk).with_for_update())
     # One statement (entries joined with their subject rows) sees one state of both tables, even at
     # PostgreSQL's READ COMMITTED while prune-audit or the integrator commit meanwhile.
     rows = s.execute(
         select(AuditEntryRow.seq, AuditEntryRow.leaf_hash, AuditEntryRow.record, AuditEntryRow.time, *_columns())
         .add_columns(AuditSubjectRow.subject_hash)
         .outerjoin(AuditSubjectRow, AuditSubjectRow.seq == AuditEntryRow.seq)
-        .where(AuditEntryRow.seq >= start, AuditEntryRow.seq < end)
+        .where(*chunk)
         .order_by(AuditEntryRow.seq)
     ).all()
     out: list[Difference] = []

@@ -402,8 +402,10 @@ class AuditStore:
         covered by the next run)."""
         cutoff = made - dt.timedelta(days=retention_days)
         with self._db.write() as s:
+            # Locked (PostgreSQL) before their subject rows go: a repair of the indexes (check-index --repair)
+            # locks its entries the same way, so neither writes back what the other removes.
             old = select(AuditEntryRow.seq).where(AuditEntryRow.time < cutoff, AuditEntryRow.record.is_not(None))
-            seqs = list(s.scalars(old))
+            seqs = list(s.scalars(old.with_for_update()))
             if seqs:
                 s.execute(delete(AuditSubjectRow).where(AuditSubjectRow.seq.in_(seqs)))
                 s.execute(update(AuditEntryRow).where(AuditEntryRow.seq.in_(seqs)).values(**_BLANK))
