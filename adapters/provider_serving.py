@@ -34,7 +34,13 @@ def serve(
     department's own exporter) each call gets a span joined to the hub's trace.
     """
     credentials = _credentials(identity)
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        # gRPC shares a port between servers by default (SO_REUSEPORT): a second provider started on a port in
+        # use (an old version still running) would silently take half the hub's calls. It is refused instead.
+        ("grpc.so_reuseport", 0),
+    ]
     traced: list[grpc.ServerInterceptor[Any, Any]] = [ProviderTracing(tracer)] if tracer is not None else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options, interceptors=traced)
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(provider), server)

@@ -35,7 +35,7 @@ from adapters.grpc_backend import GrpcBackend
 from adapters.provider import CHUNK_BYTES, Provider, ProviderDocument, ProviderQuery, serve
 from exchange import models as m
 from exchange import pki
-from exchange.errors import NotFound
+from exchange.errors import ConfigError, NotFound
 from exchange.v1 import data_pb2, provider_pb2, provider_pb2_grpc
 from exchange.values import record_from_wire, to_wire
 from tests.harness import HOUSING, identity_spec
@@ -484,6 +484,13 @@ def test_the_provider_must_hold_the_bound_systems_certificate(serving: Serve, co
     with pytest.raises(ProviderUnavailable, match="住房和建设局"):
         connect(port, system="sw-tax").fetch(_request())
     assert time.monotonic() - started < 4
+
+
+def test_a_second_provider_on_a_port_in_use_is_refused(certs: Pki, serving: Serve) -> None:
+    """Not sharing the port (gRPC's default on Linux): the hub's calls would go to either process."""
+    port = serving(_listing(3))
+    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+        serve(_listing(3), f"127.0.0.1:{port}", certs.identity)
 
 
 def test_a_provider_that_is_down_is_unavailable(connect: Connect) -> None:
