@@ -34,6 +34,7 @@ from types import FrameType
 from typing import Any
 
 from exchange import logs
+from exchange.auditlog.collection import Collector
 from exchange.auditlog.log import AuditLog
 from exchange.bootstrap import load_audit_signer
 from exchange.config import Settings
@@ -66,14 +67,17 @@ def integrator_main(settings: Settings, reports: Connection, orders: Connection)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the hub has it too, and stops this process in order
     signal.signal(signal.SIGTERM, stop_on_signal)
     store = Store(settings.effective_database_url)
+    collector = Collector()
     audit = AuditLog(
         store.audit,
         load_audit_signer(settings),
         settings.audit_origin,
         checkpoint_seconds=settings.checkpoint_seconds,
+        between_rounds=collector,
     )
     try:
         audit.start()
+        collector.start()  # what start-up built is kept; from now on garbage is collected between rounds only
     except AuditTampered as e:  # logged; the hub halts appends, and this process waits to be stopped
         _send(reports, ("broken", e.message))
     except ExchangeError as e:

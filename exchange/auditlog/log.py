@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from audit.merkle import KEPT_LEVEL, FrontierTree, ProofError, verify_consistency
 from audit.note import Checkpoint, Signer
@@ -50,6 +51,7 @@ class AuditLog:
         checkpoint_seconds: float = 2.0,
         poll_seconds: float = 0.05,
         integrating: bool = True,
+        between_rounds: Callable[[], None] | None = None,
     ) -> None:
         """``integrating``: whether a thread of this process integrates and signs (False: another process
         does, exchange.auditlog.integrator; this one integrates only in ``start`` and ``flush``)."""
@@ -72,6 +74,9 @@ class AuditLog:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.integrating = integrating
+        # Called by the integrating thread after each round, when it holds no transaction (the integrator
+        # process collects garbage there: exchange.auditlog.collection).
+        self._between_rounds = between_rounds
         self._thread = threading.Thread(target=self._run, name="audit-log", daemon=True)
         self._signed_size = -1
         # When this process last signed a checkpoint (Unix time), for the checkpoint-age metric.
@@ -245,6 +250,8 @@ class AuditLog:
             except Exception:
                 log.exception("audit log integration failed; retrying")
                 self._stop.wait(1.0)
+            if self._between_rounds is not None:
+                self._between_rounds()
 
     def prefix(self, size: int) -> list[bytes]:
         """The compact range standing for entries [0, size), for exports that start there."""
