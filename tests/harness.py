@@ -82,10 +82,13 @@ def identity_spec(code: str = "10101/350200000001", department: str = POLICE.cod
 class RunningHub:
     """A started hub and the identities made for it."""
 
-    def __init__(self, settings: Settings, operator: Path, hub: Hub) -> None:
+    def __init__(
+        self, settings: Settings, operator: Path, hub: Hub, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self.settings = settings
         self.hub = hub
         self.operator = operator
+        self.loop = loop  # the event loop serving the hub, where it runs in this process
         self.files = pki.HubFiles(settings.home)
         self.ca_pem = self.files.ca_cert.read_bytes()
         # Per department, a person who may certify its systems (its first owner steward).
@@ -189,7 +192,7 @@ def running_hub(settings: Settings, span_exporter: SpanExporter | None = None) -
     hub = Hub(settings, span_exporter=span_exporter)
     port = asyncio.run_coroutine_threadsafe(hub.start(), loop).result(timeout=30)
     try:
-        yield RunningHub(replace(settings, hub_address=f"localhost:{port}"), operator, hub)
+        yield RunningHub(replace(settings, hub_address=f"localhost:{port}"), operator, hub, loop)
     finally:
         asyncio.run_coroutine_threadsafe(hub.stop(grace=1), loop).result(timeout=30)
         loop.call_soon_threadsafe(loop.stop)

@@ -8,7 +8,9 @@ bound one record counts the rest; a caller the hub cannot identify leaves nothin
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from exchange.v1 import registry_pb2 as rgpb
 from exchange.validation import uscc_check_character
 from tests.exchange_world import REGISTRY, World, make_world, query
 from tests.harness import base_settings, reason_of, running_hub
+from tests.served_hubs import until
 
 LIMIT = 64 * 1024  # a small max_message_bytes, so an oversize body is quick to send
 QUERY = "/exchange.v1.ExchangeService/Query"
@@ -250,6 +253,65 @@ def test_a_body_over_what_the_transport_reads_is_still_recorded(tmp_path: Path) 
     (record,) = [r for r in _records(settings.effective_database_url) if r["actor"] == "system/bdc-huge"]
     assert record["outcome"] == "denied" and record["reason"].startswith("request_not_received")
     assert record["subject"] == QUERY and record["exchange_id"].startswith("EX")
+
+
+def _handlers() -> Iterator[asyncio.Task[Any]]:
+    """The hub's tasks serving calls in the stream-request form (how the hub reads every unary request)."""
+    for task in asyncio.all_tasks():
+        coroutine: Any = task.get_coro()
+        chain: list[str] = []
+        while coroutine is not None and hasattr(coroutine, "cr_code"):
+            chain.append(coroutine.cr_code.co_name)
+            coroutine = coroutine.cr_await
+        if "_handle_stream_unary_rpc" in chain and not task.done():
+            yield task
+
+
+def _noted(counts: list[int], count: int) -> int:
+    counts.append(count)
+    return count
+
+
+def test_a_call_cancelled_before_its_request_arrived_is_still_recorded(world: World) -> None:
+    """gRPC cancels the call whose request it refused unread, and that cancellation can reach the hub's
+    handler before the end of its read does (seen under load): the attempt is recorded all the same.
+
+    Made certain here: the caller holds its request back, and the handler's task is cancelled as gRPC's
+    server cancels it, while the hub waits for the request."""
+    system = _system(world, "bdc-cancelled")
+    assert world.hub.loop is not None
+    channel = grpc.secure_channel(world.hub.settings.hub_address, _credentials(system))
+    held = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        held.wait(20)
+        yield from ()
+
+    async def cancel_handlers() -> int:
+        handlers = list(_handlers())
+        for task in handlers:
+            task.cancel()
+        return len(handlers)
+
+    def cancelled() -> int:
+        assert world.hub.loop is not None
+        return asyncio.run_coroutine_threadsafe(cancel_handlers(), world.hub.loop).result(timeout=10)
+
+    call = channel.stream_unary(QUERY, request_serializer=bytes, response_deserializer=bytes).future(
+        requests(), timeout=20
+    )
+    counts: list[int] = []
+    try:
+        until(lambda: _noted(counts, cancelled()) > 0, "the hub's handler waiting for the request")
+    finally:
+        held.set()
+        call.cancel()  # type: ignore[no-untyped-call]
+        channel.close()
+    assert counts[-1] == 1  # the only call in flight
+    until(lambda: bool(_search(world, actor="system/bdc-cancelled")), "the record")
+    (record,) = _search(world, actor="system/bdc-cancelled")
+    assert (record["kind"], record["action"], record["subject"]) == ("exchange", "query", QUERY)
+    assert record["outcome"] == "denied" and record["reason"].startswith("request_not_received")
 
 
 def test_past_the_bound_one_record_counts_the_rest(tmp_path: Path) -> None:

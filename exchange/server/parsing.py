@@ -11,6 +11,7 @@ one gRPC refuses unread, and the hub, seeing no request arrive, still records th
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -31,6 +32,10 @@ class Unread(Protocol):
     """Where calls refused before their request was read are recorded."""
 
     async def unread(self, identify: Callable[[], Principal], method: str, reason: str, message: str) -> str: ...
+
+    def unread_later(
+        self, identify: Callable[[], Principal], method: str, reason: str, message: str
+    ) -> asyncio.Future[str]: ...
 
 
 if TYPE_CHECKING:  # generic in the type stubs only
@@ -98,6 +103,11 @@ class RequestParsing(_Interceptor):
         exchange_id = await self._refusals.unread(caller, method, reason, error.message)
         await abort_with(context, error.recorded_as(exchange_id) if exchange_id else error)
 
+    def gone(self, context: Context, method: str, error: errors.ExchangeError, reason: str) -> None:
+        """Records a call that gRPC cancelled before its request was read; there is no one left to answer."""
+        caller = partial(principal_of, self, peer_of(self, context))
+        self._refusals.unread_later(caller, method, reason, error.message)
+
 
 class _Reader:
     """The one request of a call, read from its (one-message) stream and parsed; a refusal otherwise."""
@@ -109,7 +119,13 @@ class _Reader:
         self._method = method
 
     async def __call__(self, context: Context) -> Any:
-        body = await _first(context)
+        try:
+            body = await _first(context)
+        except asyncio.CancelledError:
+            # gRPC cancels the call when it refused the request unread (over the transport's limit) or the caller
+            # went away; the cancellation can reach this task before the read's end does. Recorded all the same.
+            self._gate.gone(context, self._method, *self._unreceived())
+            raise
         refusal = self._refusal(body)
         if body is not None and refusal is None:
             try:
@@ -125,12 +141,16 @@ class _Reader:
         """Why a body is refused before it is parsed, and the reason recorded; None if it may be parsed."""
         limit = self._gate.limit
         if body is None:  # gRPC refused it unread (over the transport's limit), or the caller sent none
-            expected = f"a {self._expected} of at most {limit} bytes is expected"
-            return errors.InvalidArgument(f"no request was received: {expected}"), "request_not_received"
+            return self._unreceived()
         if len(body) > limit:
             message = f"the request is {len(body)} bytes, over this hub's limit of {limit}: send less per call"
             return errors.ResourceExhausted(message, "REQUEST_TOO_LARGE"), "request_too_large"
         return None
+
+    def _unreceived(self) -> tuple[errors.ExchangeError, str]:
+        """The refusal of a call whose request never arrived, and the reason recorded."""
+        expected = f"a {self._expected} of at most {self._gate.limit} bytes is expected"
+        return errors.InvalidArgument(f"no request was received: {expected}"), "request_not_received"
 
 
 class _Readable(Protocol):

@@ -50,10 +50,17 @@ class RefusalLog:
         the exchange id its caller quotes, or "" if ``identify`` (blocking) finds no one to record.
 
         It runs to its end even if the call is cancelled meanwhile, as when gRPC itself refused the request."""
+        return await asyncio.shield(self.unread_later(identify, method, reason, message))
+
+    def unread_later(
+        self, identify: Callable[[], Principal], method: str, reason: str, message: str
+    ) -> asyncio.Task[str]:
+        """Starts recording a call refused before its request was read (as ``unread``), for a call already
+        gone: the recording runs on its own, and ``close`` waits for it."""
         recording = asyncio.get_running_loop().create_task(self._unread(identify, method, reason, message))
         self._writing.add(recording)
         recording.add_done_callback(self._writing.discard)
-        return await asyncio.shield(recording)
+        return recording
 
     async def _unread(self, identify: Callable[[], Principal], method: str, reason: str, message: str) -> str:
         try:
