@@ -62,6 +62,12 @@ _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 M = TypeVar("M")
 
 
+def _caller_cancelled() -> bool:
+    """Whether the running task is being cancelled (its consumer left, its deadline passed)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 def _trace() -> tuple[tuple[str, str], ...] | None:
     """The call's trace context for the provider (its ``traceparent``), so the provider's spans join the hub's.
 
@@ -183,6 +189,10 @@ class GrpcBackend:
             answer = await cast("Awaitable[provider_pb2.ProviderBatch]", call)
         except grpc.aio.AioRpcError as e:
             raise self._failure(e) from None
+        except asyncio.CancelledError:
+            if _caller_cancelled():
+                raise
+            raise self._closed_under_call() from None
         rows = [self._row(r) for r in answer.records[: request.limit]]
         return checked_rows(self.name, request.resource, request.fields, rows)
 
@@ -249,7 +259,18 @@ class GrpcBackend:
         except TimeoutError:
             log.warning("the provider %s sent nothing for %ss", self.name, timeout)
             raise ProviderTimeout(self.name) from None
+        except asyncio.CancelledError:
+            if _caller_cancelled():
+                raise
+            raise self._closed_under_call() from None
         return None if message is _EOF else cast("M", message)
+
+    def _closed_under_call(self) -> ExchangeError:
+        """A call gRPC cancelled while its caller was not cancelled: this backend's channel was closed under it (its
+        binding replaced and the grace over, or the hub stopping). The consumer learns it as UNAVAILABLE, not as
+        a cancellation it never made (its call would wait unanswered for its own deadline)."""
+        log.warning("the connection to the provider %s was closed while a call was in flight", self.name)
+        return ProviderUnavailable(self.name)
 
     async def document(self, request: FetchRequest) -> Document:
         """The document the filters name; each chunk within ``request.timeout_seconds``."""
@@ -311,6 +332,10 @@ class GrpcBackend:
             answer = await cast("Awaitable[provider_pb2.ProviderChanges]", call)
         except grpc.aio.AioRpcError as e:
             raise self._failure(e) from None
+        except asyncio.CancelledError:
+            if _caller_cancelled():
+                raise
+            raise self._closed_under_call() from None
         if request.after is None:
             return ChangeBatch([], current(self.name, answer))
         page = list(answer.changes[: request.limit])

@@ -8,7 +8,7 @@ import asyncio
 import datetime as dt
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -163,20 +163,74 @@ def test_the_pool_keeps_one_lane_per_department_and_closes_a_replaced_backend() 
         pool = BackendPool(opener, threads_per_department=3)
         first = _resource(SPEC)
         second = _resource(identity_spec("10101/350200000002"))
-        binding = m.Binding(SPEC.code, m.BackendKind.SQL, {}, version=1)
+        binding = m.Binding(SPEC.code, m.BackendKind.SQL, {}, timeout_seconds=0.1, version=1)
         backend = pool.get(first, binding)
         assert pool.get(first, binding) is backend  # one open backend per binding version
         pool.get(second, m.Binding(second.spec.code, m.BackendKind.SQL, {}, version=1))
         assert opened[0][1] is opened[1][1] and opened[0][1].threads == 3  # the department's one lane
         assert POLICE.code in opened[0][0]
-        pool.get(first, m.Binding(SPEC.code, m.BackendKind.SQL, {}, version=2))
+        newer = pool.get(first, m.Binding(SPEC.code, m.BackendKind.SQL, {}, version=2))
+        assert pool.get(first, binding) is newer and len(opened) == 3  # a plan of the old version: the open one
         pool.close_retired()
-        await asyncio.sleep(0.2)
-        assert opened[0][2].closed == ["backend"] and opened[2][2].closed == []
+        assert opened[0][2].closed == []  # its calls in flight have their timeout (0.1 s) first
+        await _eventually(lambda: opened[0][2].closed == ["backend"])
+        assert opened[2][2].closed == []
         await pool.aclose()
         assert all(b.closed == ["backend"] for _, _, b in opened)
 
     asyncio.run(run())
+
+
+def test_calls_that_open_one_binding_at_once_share_one_backend_and_none_is_cut() -> None:
+    """Calls that find a binding not yet open open it each, at once (worker threads); the first one installed
+    is the one every call uses, and the others, never used, are the only ones closed."""
+    opened: list[Blocking] = []
+    together = threading.Barrier(4)
+
+    def opener(name: str, binding: m.Binding, lane: Lane) -> Backend:
+        blocking = Blocking(name=name)
+        opened.append(blocking)
+        together.wait(5)  # every call has missed the pool before any installs its backend
+        return OnThreads(blocking, lane)
+
+    async def run() -> None:
+        pool = BackendPool(opener, default_timeout=0.1)
+        binding = m.Binding(SPEC.code, m.BackendKind.SQL, {}, version=1)
+        got = await asyncio.gather(*(asyncio.to_thread(pool.get, _resource(SPEC), binding) for _ in range(4)))
+        assert len(opened) == 4 and len({id(b) for b in got}) == 1
+        pool.close_retired()
+        await _eventually(lambda: sum(b.closed == ["backend"] for b in opened) == 3)
+        assert pool.get(_resource(SPEC), binding) is got[0] and len(opened) == 4
+        await pool.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_retired_backend_still_waiting_is_closed_when_the_pool_is() -> None:
+    opened: list[Blocking] = []
+
+    def opener(name: str, binding: m.Binding, lane: Lane) -> Backend:
+        opened.append(Blocking(name=name))
+        return OnThreads(opened[-1], lane)
+
+    async def run() -> None:
+        pool = BackendPool(opener, default_timeout=600)
+        pool.get(_resource(SPEC), m.Binding(SPEC.code, m.BackendKind.SQL, {}, version=1))
+        pool.get(_resource(SPEC), m.Binding(SPEC.code, m.BackendKind.SQL, {}, version=2))
+        pool.close_retired()
+        await asyncio.sleep(0.05)
+        assert opened[0].closed == []  # waiting for its calls (up to 600 s)
+        await pool.aclose()  # the hub stopping does not wait for them
+        assert [b.closed for b in opened] == [["backend"], ["backend"]]
+
+    asyncio.run(run())
+
+
+async def _eventually(check: Callable[[], bool], limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        assert time.monotonic() < deadline, "not seen in time"
+        await asyncio.sleep(0.02)
 
 
 def _resource(spec: m.ResourceSpec) -> m.Resource:

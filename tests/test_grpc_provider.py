@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from concurrent import futures
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -636,3 +636,57 @@ def test_a_stream_message_with_a_field_the_hub_does_not_know_still_gives_its_rec
     with _raw_rogue(certs, messages) as port:
         batches = list(connect(port).stream(_request(fields=("contract_no",)), batch_size=2))
     assert batches == [[{"contract_no": f"XM2026-{n:06d}"} for n in (1, 2)], [{"contract_no": "XM2026-000003"}]]
+
+
+def test_a_call_cut_by_closing_the_backend_fails_unavailable(
+    serving: Serve, runner: asyncio.Runner, certs: Pki
+) -> None:
+    """Closing a backend (its binding replaced, the hub stopping) cancels its calls in gRPC; the call's caller,
+    not cancelled itself, learns UNAVAILABLE at once rather than a cancellation it never made. A caller that
+    is cancelled still sees its own cancellation."""
+    release = threading.Event()
+    provider = Provider()
+
+    @provider.records(CONTRACTS.code)
+    def hangs(q: ProviderQuery) -> Iterator[Row]:
+        while q.active() and not release.wait(0.05):
+            pass
+        return iter(())
+
+    port = serving(provider)
+
+    async def cut(ask: Callable[[GrpcBackend], Awaitable[object]]) -> BaseException:
+        backend = GrpcBackend("厦门市住房和建设局", f"127.0.0.1:{port}", SYSTEM, certs.hub)
+        call = asyncio.ensure_future(ask(backend))
+        await asyncio.sleep(0.5)  # the call is in flight (the provider hangs for the timeout of 30 s)
+        await backend.aclose()
+        try:
+            await asyncio.wait_for(call, 5)
+        except BaseException as e:  # what the call raised is the result
+            return e
+        raise AssertionError("the call did not fail")
+
+    async def streamed(backend: GrpcBackend) -> object:
+        return [b async for b in backend.stream(_request(timeout_seconds=30), 10)]
+
+    try:
+        for ask in (lambda b: b.fetch(_request(timeout_seconds=30)), streamed):
+            error = runner.run(cut(ask))
+            assert isinstance(error, ProviderUnavailable) and "住房和建设局" in error.message, repr(error)
+
+        async def cancelled() -> bool:
+            backend = GrpcBackend("厦门市住房和建设局", f"127.0.0.1:{port}", SYSTEM, certs.hub)
+            call = asyncio.ensure_future(backend.fetch(_request(timeout_seconds=30)))
+            await asyncio.sleep(0.5)
+            call.cancel()
+            try:
+                await call
+            except asyncio.CancelledError:
+                return True
+            finally:
+                await backend.aclose()
+            return False
+
+        assert runner.run(cancelled())
+    finally:
+        release.set()

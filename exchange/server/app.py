@@ -219,6 +219,7 @@ class Hub:
         self.backends = BackendPool(
             lambda name, b, lane: factory.open_backend(name, b, replace(self.backend_context, lane=lane)),
             settings.backend_threads_per_department or max(1, settings.worker_threads // 2),
+            settings.provider_timeout_seconds,
         )
         # What every call reads: certificate holders and catalog entries with their bindings.
         self.holders: Cache[str, Holder] = Cache()

@@ -29,59 +29,87 @@ Opener = Callable[[str, Binding, Lane], Backend]
 
 
 class BackendPool:
-    """One open backend per binding version, shared by all calls; a replaced version is closed.
+    """One open backend per binding version, shared by all calls; a replaced version is closed once the calls
+    still using it have had their time.
 
     It is also a bulkhead: one department's blocking backends may hold at most ``threads_per_department``
     worker threads at once (its ``Lane``); backends that answer on the event loop hold none.
     """
 
-    def __init__(self, opener: Opener, threads_per_department: int = 16) -> None:
+    def __init__(self, opener: Opener, threads_per_department: int = 16, default_timeout: float = 10.0) -> None:
         self._opener = opener
-        self._open: dict[str, tuple[int, Backend]] = {}
+        # Per resource: the open binding version, its backend, and how long one of its calls may wait.
+        self._open: dict[str, tuple[int, Backend, float]] = {}
         self._lock = threading.Lock()
         self._threads = max(1, threads_per_department)
+        self._default_timeout = default_timeout
         self._lanes: dict[str, Lane] = {}
-        self._retired: list[Backend] = []
-        self._closing: set[asyncio.Task[None]] = set()
+        self._retired: list[tuple[Backend, float]] = []  # each with the time its calls in flight still have
+        self._closing: dict[asyncio.Task[None], Backend] = {}
 
     def lane(self, department: str) -> Lane:
         with self._lock:
             return self._lanes.setdefault(department, Lane(self._threads))
 
     def get(self, resource: Resource, binding: Binding) -> Backend:
-        """The open backend of ``binding``'s version (called from worker threads); a replaced one is retired."""
+        """The open backend of ``binding``'s version (called from worker threads); a replaced one is retired.
+
+        Calls that find none open at once each open one; the first installed is kept and the others, never
+        used, are retired: a backend some call already uses is replaced only by a newer binding version."""
         with self._lock:
             held = self._open.get(binding.resource_code)
-            if held is not None and held[0] == binding.version:
+            if held is not None and held[0] >= binding.version:  # newer: this call's plan lost a race with a bind
                 return held[1]
         if held_only():  # opening one may read files and build a channel: not on the event loop
             raise NotHeld(binding.resource_code)
         backend = self._opener(provider_name(resource), binding, self.lane(resource.spec.department_code))
         with self._lock:
-            replaced = self._open.get(binding.resource_code)
-            self._open[binding.resource_code] = (binding.version, backend)
-            if replaced is not None:
-                self._retired.append(replaced[1])
+            held = self._open.get(binding.resource_code)
+            if held is not None and held[0] >= binding.version:  # another call opened it meanwhile
+                self._retired.append((backend, 0.0))
+                return held[1]
+            self._open[binding.resource_code] = (
+                binding.version,
+                backend,
+                binding.timeout_seconds or self._default_timeout,
+            )
+            if held is not None:
+                self._retired.append((held[1], held[2]))
         return backend
 
     def close_retired(self) -> None:
-        """On the event loop: closes the backends a newer binding replaced (a call still using one fails)."""
+        """On the event loop: closes the backends a newer binding replaced, each once its calls in flight have had
+        their timeout (a stream still reading from one after that fails, UNAVAILABLE)."""
         if not self._retired:
             return
         with self._lock:
             retired, self._retired = self._retired, []
         loop = asyncio.get_running_loop()
-        for backend in retired:
-            task = loop.create_task(backend.aclose())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+        for backend, grace in retired:
+            task = loop.create_task(_close_after(backend, grace))
+            self._closing[task] = backend
+            task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._closing.pop(task, None)
 
     async def aclose(self) -> None:
+        """Closes every backend now, the retired ones still waiting for their calls included."""
         with self._lock:
-            held, self._open = [b for _, b in self._open.values()] + self._retired, {}
-            self._retired = []
+            held = [b for _, b, _ in self._open.values()] + [b for b, _ in self._retired]
+            self._open, self._retired = {}, []
+        waiting, self._closing = self._closing, {}
+        for task, backend in waiting.items():
+            if task.cancel():
+                held.append(backend)
         for backend in held:
             await backend.aclose()
+
+
+async def _close_after(backend: Backend, grace: float) -> None:
+    if grace > 0:
+        await asyncio.sleep(grace)
+    await backend.aclose()
 
 
 class Provider:
