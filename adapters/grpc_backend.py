@@ -42,7 +42,7 @@ from adapters.factory import BackendContext, ClientTls
 from adapters.grpc_batches import Cutter, Received, received
 from adapters.grpc_changes import checked_changes, current, position
 from exchange import pki, tracing
-from exchange.backend import Backend, ChangeBatch, ChangeRequest
+from exchange.backend import Backend, ChangeBatch, ChangeRequest, being_cancelled
 from exchange.errors import ExchangeError, FieldViolation, InvalidArgument, NotFound
 from exchange.models import Binding, FieldType
 from exchange.v1 import data_pb2, exchange_pb2, provider_pb2, provider_pb2_grpc
@@ -60,12 +60,6 @@ _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 M = TypeVar("M")
-
-
-def _caller_cancelled() -> bool:
-    """Whether the running task is being cancelled (its consumer left, its deadline passed)."""
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
 
 
 def _trace() -> tuple[tuple[str, str], ...] | None:
@@ -190,7 +184,7 @@ class GrpcBackend:
         except grpc.aio.AioRpcError as e:
             raise self._failure(e) from None
         except asyncio.CancelledError:
-            if _caller_cancelled():
+            if being_cancelled():
                 raise
             raise self._closed_under_call() from None
         rows = [self._row(r) for r in answer.records[: request.limit]]
@@ -260,7 +254,7 @@ class GrpcBackend:
             log.warning("the provider %s sent nothing for %ss", self.name, timeout)
             raise ProviderTimeout(self.name) from None
         except asyncio.CancelledError:
-            if _caller_cancelled():
+            if being_cancelled():
                 raise
             raise self._closed_under_call() from None
         return None if message is _EOF else cast("M", message)
@@ -333,7 +327,7 @@ class GrpcBackend:
         except grpc.aio.AioRpcError as e:
             raise self._failure(e) from None
         except asyncio.CancelledError:
-            if _caller_cancelled():
+            if being_cancelled():
                 raise
             raise self._closed_under_call() from None
         if request.after is None:

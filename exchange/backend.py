@@ -108,6 +108,16 @@ class ChangeBatch:
     cursor: str
 
 
+def being_cancelled() -> bool:
+    """Whether the running task is being cancelled (its consumer left, its deadline passed, the hub stopping).
+
+    A CancelledError raised while it is not came from below, as when a backend's connection is closed under
+    a call: a failure to answer with, never taken for the consumer's leaving (whose call would then wait
+    unanswered for its own deadline, with no closing record)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 async def _nothing() -> None:
     return None
 

@@ -216,6 +216,16 @@ def today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
+def exchange_id_of(error: grpc.Call) -> str:
+    """The exchange id a refusal or failure names (google.rpc.RequestInfo.request_id), or ""."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else []:
+        info = error_details_pb2.RequestInfo()
+        if detail.Unpack(info):
+            return str(info.request_id)
+    return ""
+
+
 def reason_of(error: grpc.Call) -> str:
     """The ErrorInfo reason of a status, e.g. FIELD_NOT_GRANTED."""
     status = rpc_status.from_call(error)

@@ -33,8 +33,7 @@ from exchange.store import Store
 from exchange.store.schema import ConsoleLinkRow
 from exchange.v1 import audit_pb2 as apb
 from exchange.v1 import console_pb2 as pb
-from tests.harness import AUTHORITY, POLICE, RunningHub, base_settings, reason_of, running_hub
-from tests.test_refusals import exchange_id_of
+from tests.harness import AUTHORITY, POLICE, RunningHub, base_settings, exchange_id_of, reason_of, running_hub
 
 # Nothing listens here: the address only names the console in the links.
 CONSOLE = "127.0.0.1:1"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -23,7 +25,7 @@ from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import registry_pb2 as rgpb
 from exchange.v1 import rights_pb2 as rpb
 from tests.exchange_world import PURPOSE, World, fails, make_world, query
-from tests.harness import POLICE, RunningHub, identity_spec, reason_of, violations
+from tests.harness import POLICE, RunningHub, exchange_id_of, identity_spec, reason_of, violations
 
 IDENTITY = "10101/350200000001"
 OTHER = "10101/350200000005"
@@ -352,3 +354,31 @@ def test_forged_page_tokens_and_backend_bugs_are_contained(world: World, monkeyp
     with world.hub.client(world.people["auditor"]) as c:
         found = c.call(c.audit.SearchRecords, apb.SearchRecordsRequest(outcome="failed"))
     assert [json.loads(e.record)["action"] for e in found.entries] == ["query"]
+
+
+def test_a_cancellation_from_a_backend_fails_the_call_and_is_recorded(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend may raise CancelledError for a call its consumer did not cancel (gRPC does when a channel is
+    closed under a call). The hub answers UNAVAILABLE at once, with the failure recorded: taken for the
+    consumer's leaving, the call would wait unanswered for its own deadline, with no closing record."""
+    world.grant(IDENTITY, ("name", "id_number"), "police")
+    stub = world.exchange()
+    request = query(IDENTITY, {"id_number": ID_NUMBER}, ["name"])
+    stub.Query(request, timeout=20)  # opens the backend
+    backend = next(iter(world.hub.hub.backends._open.values()))[1]
+
+    async def cut(*_: object) -> list[dict[str, object]]:
+        raise asyncio.CancelledError
+
+    async def cut_stream(*_: object) -> AsyncIterator[object]:
+        raise asyncio.CancelledError
+        yield  # an async generator, as a backend's stream is
+
+    monkeypatch.setattr(backend, "fetch", cut)
+    monkeypatch.setattr(backend, "stream", cut_stream)
+    for call in (stub.Query, stub.StreamQuery):
+        error = fails(grpc.StatusCode.UNAVAILABLE, call, request, timeout=60)
+        assert POLICE.code in (error.details() or ""), error.details()
+        records = _audit(world, exchange_id_of(error))
+        assert [r["outcome"] for r in records if r["action"] in {"query", "stream_end"}] == ["failed"], records

@@ -6,6 +6,7 @@ refused with their status, logged and recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -421,6 +422,40 @@ def test_a_batch_altered_on_the_way_is_refused_before_it_reaches_the_county(tree
     while _hops(city)[-1][0] != "stream_end" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _hops(city)[-1] == ("stream_end", "out", "ok", 2)  # the city's own check passed what the province sent
+
+
+def test_a_stream_whose_channel_to_the_next_hub_is_closed_under_it_fails_at_once(tree: dict[str, Node]) -> None:
+    """The county's channel to the city closed while a stream passes through it (as a dropped channel is after
+    its grace): gRPC cancels the call, and the county's consumer learns UNAVAILABLE at once, with the hop's
+    failure recorded, rather than waiting unanswered for its own deadline."""
+    county, city = tree["county"], tree["city"]
+    forwarding = city.federation.forwarding
+    assert forwarding is not None
+    receive_parts = forwarding.receive_parts
+
+    async def stalling(
+        peer: Peer, note: str, raw: bytes, call: str, deadline: float | None
+    ) -> AsyncGenerator[Part, None]:
+        """The city's serving of a forwarded stream, replaced by one whose second part never comes in time."""
+        async for part in receive_parts(peer, note, raw, call, deadline):
+            yield part
+            await asyncio.sleep(60)
+
+    async def close_the_channel() -> None:
+        _, channel = county.federation._channels.pop(city.code)
+        await channel.close(None)
+
+    forwarding.receive_parts = stalling  # type: ignore[method-assign]
+    stream = _stream(county)
+    assert [r.fields["name"].string_value for r in next(stream).records] == ["李*"]
+    county.federation.run(close_the_channel())
+    with pytest.raises(grpc.RpcError) as info:
+        list(stream)
+    error = info.value
+    assert isinstance(error, grpc.Call) and error.code() is grpc.StatusCode.UNAVAILABLE, error.details()
+    said = f"the connection to peer hub 350200 at {county.peer(city.code).address} was closed while the stream"
+    assert said in str(error.details())
+    assert _hops(county) == [("stream", "out", "allowed", 0), ("stream_end", "out", "failed", 1)]
 
 
 DOCUMENTS = "10101/350000000002"

@@ -17,8 +17,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import select
 
 from exchange import models as m
@@ -36,7 +34,7 @@ from exchange.v1 import exchange_pb2 as xpb
 from exchange.v1 import registry_pb2 as rgpb
 from exchange.validation import uscc_check_character
 from tests.exchange_world import REGISTRY, World, make_world, query
-from tests.harness import base_settings, reason_of, running_hub
+from tests.harness import base_settings, exchange_id_of, reason_of, running_hub
 from tests.served_hubs import until
 
 LIMIT = 64 * 1024  # a small max_message_bytes, so an oversize body is quick to send
@@ -78,16 +76,6 @@ def _send(world: World, identity: Path, method: str, body: bytes) -> grpc.Call:
 def _credentials(identity: Path) -> grpc.ChannelCredentials:
     files = pki.IdentityFiles(identity)
     return grpc.ssl_channel_credentials(files.ca.read_bytes(), files.key.read_bytes(), files.cert.read_bytes())
-
-
-def exchange_id_of(error: grpc.Call) -> str:
-    """The exchange id a refusal names (RequestInfo.request_id), or ""."""
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else []:
-        info = error_details_pb2.RequestInfo()
-        if detail.Unpack(info):
-            return str(info.request_id)
-    return ""
 
 
 def _search(world: World, exchange_id: str = "", actor: str = "") -> list[dict[str, Any]]:

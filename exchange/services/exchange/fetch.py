@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
-from exchange.backend import Backend, Batch, Document, Lane, Row
+from exchange.backend import Backend, Batch, Document, Lane, Row, being_cancelled
 from exchange.errors import ExchangeError, FailedPrecondition, PermissionDenied, ResourceExhausted, Unavailable
 from exchange.models import Binding, Resource
 from exchange.services.cache import NotHeld, held_only
@@ -137,6 +137,11 @@ class Provider:
             error = reason_of(e)
             raise
         except Exception as e:  # a backend's own bug: the call fails, audited, and says nothing of it
+            error = "unexpected"
+            raise unexpected(plan, e) from None
+        except asyncio.CancelledError as e:  # from the backend itself unless this task is being cancelled
+            if being_cancelled():
+                raise
             error = "unexpected"
             raise unexpected(plan, e) from None
         finally:

@@ -18,6 +18,7 @@ from audit.note import Signer
 from audit.records import AuditRecord, SubjectHasher, canonical_text
 from exchange import validation
 from exchange.auditlog.batch import GroupCommitter
+from exchange.backend import being_cancelled
 from exchange.errors import (
     ExchangeError,
     FailedPrecondition,
@@ -193,9 +194,9 @@ class Ending:
         exchange_id = self._plan.record.exchange_id
         if isinstance(error, ExchangeError):
             self.outcome = error.recorded_as(exchange_id)  # its closing record says how the call ended
-        elif isinstance(error, asyncio.CancelledError | GeneratorExit):
+        elif isinstance(error, GeneratorExit) or (isinstance(error, asyncio.CancelledError) and being_cancelled()):
             self.outcome = "cancelled"
-        elif isinstance(error, Exception):
+        elif isinstance(error, Exception | asyncio.CancelledError):  # a CancelledError here came from a backend
             self.outcome = unexpected(self._plan, error).recorded_as(exchange_id)
             raise self.outcome from None
 

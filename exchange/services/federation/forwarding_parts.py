@@ -19,7 +19,8 @@ from google.protobuf.message import Message
 from audit.forwarded import Forwarded
 from audit.note import Signer
 from audit.records import AuditRecord
-from exchange.errors import DataLoss, ExchangeError
+from exchange.backend import being_cancelled
+from exchange.errors import DataLoss, ExchangeError, Unavailable
 from exchange.services.auditing import now_text
 from exchange.services.exchange.answers import Batch, Chunk, batch_to_wire, chunk_to_wire
 from exchange.services.exchange.record import Recorder, failed, since
@@ -74,15 +75,26 @@ async def pass_on(
         if not last:
             raise DataLoss(f"the {outgoing.what} from {hop} ended before its last part")
     except ExchangeError as e:
-        log.warning("forwarded %s %s to %s failed: %s", outgoing.what, out.exchange_id, hop, e.message)
-        ending = closing(out) if out.peer_exchange_id else out
-        await recorder.append(replace(failed(ending, outgoing.started, e), rows=check.rows, bytes=check.size))
-        raise e.recorded_as(out.exchange_id) from None
-    except (asyncio.CancelledError, GeneratorExit):  # the consumer went away: the record is written all the same
+        raise await _failed(recorder, outgoing, out, check, e) from None
+    except (asyncio.CancelledError, GeneratorExit) as e:
+        if isinstance(e, asyncio.CancelledError) and not being_cancelled():  # the channel to the hop closed under it
+            cut = Unavailable(f"the connection to {hop} was closed while the {outgoing.what} was passed on")
+            raise await _failed(recorder, outgoing, out, check, cut) from None
+        # the consumer went away: the record is written all the same
         recorder.append_in_background(replace(closing(out), outcome="cancelled", rows=check.rows, bytes=check.size))
         raise
     done = replace(closing(out), outcome="ok", rows=check.rows, bytes=check.size, latency_us=since(outgoing.started))
     await recorder.append(done)
+
+
+async def _failed(
+    recorder: Recorder, outgoing: Outgoing, out: AuditRecord, check: PartCheck, error: ExchangeError
+) -> ExchangeError:
+    """Records how a passed-on call failed; the error its consumer is given."""
+    log.warning("forwarded %s %s to %s failed: %s", outgoing.what, out.exchange_id, outgoing.hop, error.message)
+    ending = closing(out) if out.peer_exchange_id else out
+    await recorder.append(replace(failed(ending, outgoing.started, error), rows=check.rows, bytes=check.size))
+    return error.recorded_as(out.exchange_id)
 
 
 async def signed_batches(
