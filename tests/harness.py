@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -44,6 +45,7 @@ from policy import assignments_of
 # takes one: the change and its record commit together).
 TEST_RECORD = AuditRecord("registry", "test", "2026-11-22T00:00:00.000000Z", "person/test", "", "ok", subject="test")
 
+D = TypeVar("D", bound=Message)  # a status detail
 AUTHORITY = m.Department("11350200MB0012345Y", "厦门市大数据管理局", "350200", m.AdministrativeLevel.CITY)
 POLICE = m.Department("11350200MB0023456P", "厦门市公安局", "350200", m.AdministrativeLevel.CITY)
 HOUSING = m.Department("11350200MB0034567G", "厦门市住房和建设局", "350200", m.AdministrativeLevel.CITY)
@@ -216,24 +218,26 @@ def today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
-def exchange_id_of(error: grpc.Call) -> str:
-    """The exchange id a refusal or failure names (google.rpc.RequestInfo.request_id), or ""."""
+def _detail(error: grpc.Call, kind: type[D]) -> D | None:
+    """The first detail of ``kind`` in a status, or None."""
     status = rpc_status.from_call(error)
     for detail in status.details if status else []:
-        info = error_details_pb2.RequestInfo()
-        if detail.Unpack(info):
-            return str(info.request_id)
-    return ""
+        found = kind()
+        if detail.Unpack(found):
+            return found
+    return None
+
+
+def exchange_id_of(error: grpc.Call) -> str:
+    """The exchange id a refusal or failure names (google.rpc.RequestInfo.request_id), or ""."""
+    info = _detail(error, error_details_pb2.RequestInfo)
+    return str(info.request_id) if info else ""
 
 
 def reason_of(error: grpc.Call) -> str:
     """The ErrorInfo reason of a status, e.g. FIELD_NOT_GRANTED."""
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else []:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.reason)
-    return ""
+    info = _detail(error, error_details_pb2.ErrorInfo)
+    return str(info.reason) if info else ""
 
 
 def violations(error: grpc.Call) -> set[str]:
