@@ -26,6 +26,7 @@ from exchange.v1 import registry_pb2 as rgpb
 from exchange.v1 import rights_pb2 as rpb
 from tests.exchange_world import PURPOSE, World, fails, make_world, query
 from tests.harness import POLICE, RunningHub, exchange_id_of, identity_spec, reason_of, violations
+from tests.served_hubs import until
 
 IDENTITY = "10101/350200000001"
 OTHER = "10101/350200000005"
@@ -380,5 +381,12 @@ def test_a_cancellation_from_a_backend_fails_the_call_and_is_recorded(
     for call in (stub.Query, stub.StreamQuery):
         error = fails(grpc.StatusCode.UNAVAILABLE, call, request, timeout=60)
         assert POLICE.code in (error.details() or ""), error.details()
-        records = _audit(world, exchange_id_of(error))
-        assert [r["outcome"] for r in records if r["action"] in {"query", "stream_end"}] == ["failed"], records
+        # A stream's closing record is written in the background once its consumer has the status: waited for.
+        exchange_id = exchange_id_of(error)
+        until(lambda: _ending(world, exchange_id) != [], "the call's closing record")  # noqa: B023 - used at once
+        assert _ending(world, exchange_id) == ["failed"]
+
+
+def _ending(world: World, exchange_id: str) -> list[object]:
+    """The outcomes of an exchange's closing records (a query's one record, a stream's end)."""
+    return [r["outcome"] for r in _audit(world, exchange_id) if r["action"] in {"query", "stream_end"}]
